@@ -354,10 +354,10 @@ module accelerator(m_axi_wready, m_axi_bid, m_axi_bresp, m_axi_bvalid, m_axi_arr
     .b__payload(b__payload),
     .b__valid(b__valid),
     .busy(busy),
-    .clk(clk),
     .cycles(cycles),
     .done(done),
     .error(error),
+    .gemm_d_clk(clk),
     .image_stride(image_stride),
     .images(images),
     .op_cycles__0(op_cycles__0),
@@ -1259,70 +1259,64 @@ endmodule
 
 (* generator = "Amaranth" *)
 module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__valid, r__payload, b__valid, b__payload, aw__ready, start, prog, images, image_stride, cycles, op_cycles__0, op_cycles__1, op_cycles__2, op_cycles__3, op_cycles__4, op_cycles__5
-, op_cycles__6, op_cycles__7, op_cycles__8, op_cycles__9, op_cycles__10, op_cycles__11, op_cycles__12, op_cycles__13, op_cycles__14, op_cycles__15, pc, busy, done, error, ar__payload, aw__payload, clk);
+, op_cycles__6, op_cycles__7, op_cycles__8, op_cycles__9, op_cycles__10, op_cycles__11, op_cycles__12, op_cycles__13, op_cycles__14, op_cycles__15, pc, busy, done, error, ar__payload, aw__payload, gemm_d_clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$55  = 0;
   wire \$1 ;
   wire \$10 ;
   wire \$100 ;
-  reg [31:0] \$1000 ;
-  reg [15:0] \$1001 ;
-  reg [15:0] \$1002 ;
+  reg [15:0] \$1000 ;
+  reg [2:0] \$1001 ;
+  reg [2:0] \$1002 ;
   reg [31:0] \$1003 ;
-  reg [31:0] \$1004 ;
-  reg \$1005 ;
-  reg [7:0] \$1006 ;
-  reg \$1007 ;
+  reg [15:0] \$1004 ;
+  reg [15:0] \$1005 ;
+  reg [31:0] \$1006 ;
+  reg [31:0] \$1007 ;
   reg \$1008 ;
-  reg \$1009 ;
+  reg [7:0] \$1009 ;
   wire [32:0] \$101 ;
-  reg [15:0] \$1010 ;
+  reg \$1010 ;
   reg \$1011 ;
   reg \$1012 ;
-  reg [7:0] \$1013 ;
-  reg [7:0] \$1014 ;
-  reg [7:0] \$1015 ;
-  reg [7:0] \$1016 ;
-  reg [7:0] \$1017 ;
-  reg [7:0] \$1018 ;
-  reg [7:0] \$1019 ;
+  reg [15:0] \$1013 ;
+  reg \$1014 ;
+  reg \$1015 ;
+  reg \$1016 ;
+  reg \$1017 ;
+  reg [3:0] \$1018 ;
+  reg [15:0] \$1019 ;
   wire [3:0] \$102 ;
-  reg [7:0] \$1020 ;
-  reg \$1021 ;
-  reg \$1022 ;
-  reg \$1023 ;
-  reg [3:0] \$1024 ;
-  reg [15:0] \$1025 ;
+  reg \$1020 ;
+  reg [15:0] \$1021 ;
+  reg [15:0] \$1022 ;
+  reg [31:0] \$1023 ;
+  reg \$1024 ;
+  reg \$1025 ;
   reg \$1026 ;
-  reg [15:0] \$1027 ;
-  reg [15:0] \$1028 ;
-  reg [31:0] \$1029 ;
+  reg \$1027 ;
+  reg \$1028 ;
+  reg [8:0] \$1029 ;
   wire \$103 ;
   reg \$1030 ;
   reg \$1031 ;
-  reg \$1032 ;
-  reg \$1033 ;
-  reg \$1034 ;
-  reg [8:0] \$1035 ;
+  reg [3:0] \$1032 ;
+  reg [15:0] \$1033 ;
+  reg [9:0] \$1034 ;
+  reg [15:0] \$1035 ;
   reg \$1036 ;
   reg \$1037 ;
-  reg [3:0] \$1038 ;
-  reg [15:0] \$1039 ;
+  reg \$1038 ;
+  reg [8:0] \$1039 ;
   wire [64:0] \$104 ;
-  reg [9:0] \$1040 ;
-  reg [15:0] \$1041 ;
-  reg \$1042 ;
-  reg \$1043 ;
+  reg \$1040 ;
+  reg \$1041 ;
+  reg [31:0] \$1042 ;
+  reg [15:0] \$1043 ;
   reg \$1044 ;
-  reg [8:0] \$1045 ;
+  reg [2:0] \$1045 ;
   reg \$1046 ;
-  reg \$1047 ;
-  reg [31:0] \$1048 ;
-  reg [15:0] \$1049 ;
+  reg [3:0] \$1047 ;
   wire \$105 ;
-  reg \$1050 ;
-  reg [2:0] \$1051 ;
-  reg \$1052 ;
-  reg [3:0] \$1053 ;
   wire \$106 ;
   wire \$107 ;
   wire \$108 ;
@@ -1359,272 +1353,272 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$136 ;
   wire \$137 ;
   wire \$138 ;
-  wire [3:0] \$139 ;
+  wire \$139 ;
   wire [3:0] \$14 ;
   wire \$140 ;
-  wire [2:0] \$141 ;
-  wire [3:0] \$142 ;
-  wire \$143 ;
-  wire [3:0] \$144 ;
-  wire [3:0] \$145 ;
-  wire \$146 ;
-  wire [4:0] \$147 ;
+  wire \$141 ;
+  wire \$142 ;
+  wire [3:0] \$143 ;
+  wire \$144 ;
+  wire [2:0] \$145 ;
+  wire [3:0] \$146 ;
+  wire \$147 ;
   wire [3:0] \$148 ;
-  wire \$149 ;
+  wire [3:0] \$149 ;
   wire \$15 ;
-  wire [5:0] \$150 ;
-  wire [3:0] \$151 ;
-  wire \$152 ;
-  wire [6:0] \$153 ;
-  wire [3:0] \$154 ;
-  wire \$155 ;
-  wire [7:0] \$156 ;
-  wire [3:0] \$157 ;
-  wire \$158 ;
-  wire [8:0] \$159 ;
+  wire \$150 ;
+  wire [4:0] \$151 ;
+  wire [3:0] \$152 ;
+  wire \$153 ;
+  wire [5:0] \$154 ;
+  wire [3:0] \$155 ;
+  wire \$156 ;
+  wire [6:0] \$157 ;
+  wire [3:0] \$158 ;
+  wire \$159 ;
   wire \$16 ;
-  reg \$160 ;
-  wire \$161 ;
+  wire [7:0] \$160 ;
+  wire [3:0] \$161 ;
   wire \$162 ;
-  wire [9:0] \$163 ;
-  wire [16:0] \$164 ;
-  reg \$165 ;
+  wire [8:0] \$163 ;
+  reg \$164 ;
+  wire \$165 ;
   wire \$166 ;
-  wire \$167 ;
-  wire \$168 ;
-  wire \$169 ;
+  wire [9:0] \$167 ;
+  wire [16:0] \$168 ;
+  reg \$169 ;
   wire \$17 ;
   wire \$170 ;
-  wire [9:0] \$171 ;
-  wire [16:0] \$172 ;
-  reg \$173 ;
+  wire \$171 ;
+  wire \$172 ;
+  wire \$173 ;
   wire \$174 ;
-  wire \$175 ;
-  wire \$176 ;
-  wire \$177 ;
-  wire [9:0] \$178 ;
-  wire [16:0] \$179 ;
+  wire [9:0] \$175 ;
+  wire [16:0] \$176 ;
+  reg \$177 ;
+  wire \$178 ;
+  wire \$179 ;
   wire \$18 ;
-  reg \$180 ;
+  wire \$180 ;
   wire \$181 ;
-  wire \$182 ;
-  wire \$183 ;
-  wire \$184 ;
-  wire [9:0] \$185 ;
-  wire [16:0] \$186 ;
-  reg \$187 ;
+  wire [9:0] \$182 ;
+  wire [16:0] \$183 ;
+  reg \$184 ;
+  wire \$185 ;
+  wire \$186 ;
+  wire \$187 ;
   wire \$188 ;
-  wire \$189 ;
+  wire [9:0] \$189 ;
   wire \$19 ;
-  wire \$190 ;
-  wire \$191 ;
-  wire [9:0] \$192 ;
-  wire [16:0] \$193 ;
-  reg \$194 ;
+  wire [16:0] \$190 ;
+  reg \$191 ;
+  wire \$192 ;
+  wire \$193 ;
+  wire \$194 ;
   wire \$195 ;
-  wire \$196 ;
-  wire \$197 ;
-  wire \$198 ;
-  wire [9:0] \$199 ;
+  wire [9:0] \$196 ;
+  wire [16:0] \$197 ;
+  reg \$198 ;
+  wire \$199 ;
   wire \$2 ;
   wire \$20 ;
-  wire [16:0] \$200 ;
-  reg \$201 ;
+  wire \$200 ;
+  wire \$201 ;
   wire \$202 ;
-  wire \$203 ;
-  wire \$204 ;
-  wire \$205 ;
-  wire [9:0] \$206 ;
-  wire [16:0] \$207 ;
-  reg \$208 ;
+  wire [9:0] \$203 ;
+  wire [16:0] \$204 ;
+  reg \$205 ;
+  wire \$206 ;
+  wire \$207 ;
+  wire \$208 ;
   wire \$209 ;
   wire [15:0] \$21 ;
-  wire \$210 ;
-  wire \$211 ;
-  wire \$212 ;
-  wire [9:0] \$213 ;
-  wire [16:0] \$214 ;
-  reg \$215 ;
+  wire [9:0] \$210 ;
+  wire [16:0] \$211 ;
+  reg \$212 ;
+  wire \$213 ;
+  wire \$214 ;
+  wire \$215 ;
   wire \$216 ;
-  wire \$217 ;
-  wire \$218 ;
-  wire \$219 ;
+  wire [9:0] \$217 ;
+  wire [16:0] \$218 ;
+  reg \$219 ;
   wire \$22 ;
-  wire [9:0] \$220 ;
-  wire [16:0] \$221 ;
-  reg \$222 ;
+  wire \$220 ;
+  wire \$221 ;
+  wire \$222 ;
   wire \$223 ;
-  wire \$224 ;
-  wire \$225 ;
-  wire \$226 ;
-  reg \$227 ;
+  wire [9:0] \$224 ;
+  wire [16:0] \$225 ;
+  reg \$226 ;
+  wire \$227 ;
   wire \$228 ;
   wire \$229 ;
   wire [17:0] \$23 ;
   wire \$230 ;
-  wire \$231 ;
+  reg \$231 ;
   wire \$232 ;
   wire \$233 ;
   wire \$234 ;
-  reg \$235 ;
+  wire \$235 ;
   wire \$236 ;
   wire \$237 ;
   wire \$238 ;
-  wire \$239 ;
+  reg \$239 ;
   wire \$24 ;
   wire \$240 ;
-  reg \$241 ;
+  wire \$241 ;
   wire \$242 ;
   wire \$243 ;
   wire \$244 ;
-  wire \$245 ;
-  wire [9:0] \$246 ;
-  wire [10:0] \$247 ;
-  reg \$248 ;
+  reg \$245 ;
+  wire \$246 ;
+  wire \$247 ;
+  wire \$248 ;
   wire \$249 ;
   wire [15:0] \$25 ;
-  wire \$250 ;
-  wire \$251 ;
-  wire \$252 ;
+  wire [9:0] \$250 ;
+  wire [10:0] \$251 ;
+  reg \$252 ;
   wire \$253 ;
   wire \$254 ;
   wire \$255 ;
-  wire [9:0] \$256 ;
-  wire [10:0] \$257 ;
-  reg \$258 ;
+  wire \$256 ;
+  wire \$257 ;
+  wire \$258 ;
   wire \$259 ;
   wire \$26 ;
-  wire \$260 ;
-  wire \$261 ;
-  wire \$262 ;
+  wire [9:0] \$260 ;
+  wire [10:0] \$261 ;
+  reg \$262 ;
   wire \$263 ;
   wire \$264 ;
-  wire [9:0] \$265 ;
-  wire [10:0] \$266 ;
-  reg \$267 ;
+  wire \$265 ;
+  wire \$266 ;
+  wire \$267 ;
   wire \$268 ;
-  wire \$269 ;
+  wire [9:0] \$269 ;
   wire [18:0] \$27 ;
-  wire \$270 ;
-  wire \$271 ;
+  wire [10:0] \$270 ;
+  reg \$271 ;
   wire \$272 ;
   wire \$273 ;
-  wire [9:0] \$274 ;
-  wire [10:0] \$275 ;
-  reg \$276 ;
+  wire \$274 ;
+  wire \$275 ;
+  wire \$276 ;
   wire \$277 ;
-  wire \$278 ;
-  wire \$279 ;
+  wire [9:0] \$278 ;
+  wire [10:0] \$279 ;
   wire [20:0] \$28 ;
-  wire \$280 ;
+  reg \$280 ;
   wire \$281 ;
   wire \$282 ;
-  wire [9:0] \$283 ;
-  wire [10:0] \$284 ;
-  reg \$285 ;
+  wire \$283 ;
+  wire \$284 ;
+  wire \$285 ;
   wire \$286 ;
-  wire \$287 ;
-  wire \$288 ;
-  wire \$289 ;
+  wire [9:0] \$287 ;
+  wire [10:0] \$288 ;
+  reg \$289 ;
   wire [21:0] \$29 ;
   wire \$290 ;
   wire \$291 ;
-  wire [9:0] \$292 ;
-  wire [10:0] \$293 ;
-  reg \$294 ;
+  wire \$292 ;
+  wire \$293 ;
+  wire \$294 ;
   wire \$295 ;
-  wire \$296 ;
-  wire \$297 ;
-  wire \$298 ;
+  wire [9:0] \$296 ;
+  wire [10:0] \$297 ;
+  reg \$298 ;
   wire \$299 ;
   wire \$3 ;
   wire [21:0] \$30 ;
   wire \$300 ;
-  wire [9:0] \$301 ;
-  wire [10:0] \$302 ;
-  reg \$303 ;
+  wire \$301 ;
+  wire \$302 ;
+  wire \$303 ;
   wire \$304 ;
-  wire \$305 ;
-  wire \$306 ;
-  wire \$307 ;
+  wire [9:0] \$305 ;
+  wire [10:0] \$306 ;
+  reg \$307 ;
   wire \$308 ;
   wire \$309 ;
   wire \$31 ;
-  wire [9:0] \$310 ;
-  wire [10:0] \$311 ;
-  reg \$312 ;
+  wire \$310 ;
+  wire \$311 ;
+  wire \$312 ;
   wire \$313 ;
-  wire \$314 ;
-  wire \$315 ;
-  wire \$316 ;
+  wire [9:0] \$314 ;
+  wire [10:0] \$315 ;
+  reg \$316 ;
   wire \$317 ;
   wire \$318 ;
   wire \$319 ;
   wire [15:0] \$32 ;
-  wire [8:0] \$320 ;
-  wire [8:0] \$321 ;
-  wire [8:0] \$322 ;
-  wire [8:0] \$323 ;
-  wire [8:0] \$324 ;
-  wire [8:0] \$325 ;
-  wire [8:0] \$326 ;
-  wire [8:0] \$327 ;
-  wire \$328 ;
-  wire \$329 ;
+  wire \$320 ;
+  wire \$321 ;
+  wire \$322 ;
+  wire \$323 ;
+  wire \$324 ;
+  wire [7:0] \$325 ;
+  wire [7:0] \$326 ;
+  wire [7:0] \$327 ;
+  wire [7:0] \$328 ;
+  wire [7:0] \$329 ;
   wire \$33 ;
-  wire \$330 ;
-  wire \$331 ;
-  wire \$332 ;
+  wire [7:0] \$330 ;
+  wire [7:0] \$331 ;
+  wire [7:0] \$332 ;
   wire \$333 ;
   wire \$334 ;
   wire \$335 ;
-  wire [19:0] \$336 ;
-  wire [20:0] \$337 ;
+  wire \$336 ;
+  wire \$337 ;
   wire \$338 ;
   wire \$339 ;
   wire [18:0] \$34 ;
   wire \$340 ;
-  wire \$341 ;
-  wire \$342 ;
-  reg [31:0] \$343 ;
+  wire [19:0] \$341 ;
+  wire [20:0] \$342 ;
+  wire \$343 ;
   wire \$344 ;
   wire \$345 ;
-  reg [31:0] \$346 ;
+  wire \$346 ;
   wire \$347 ;
-  wire \$348 ;
+  reg [31:0] \$348 ;
   wire \$349 ;
   wire [20:0] \$35 ;
   wire \$350 ;
-  wire \$351 ;
+  reg [31:0] \$351 ;
   wire \$352 ;
   wire \$353 ;
-  wire [31:0] \$354 ;
-  wire [31:0] \$355 ;
-  wire [31:0] \$356 ;
-  wire [31:0] \$357 ;
-  wire [31:0] \$358 ;
-  wire \$359 ;
+  wire \$354 ;
+  wire \$355 ;
+  wire \$356 ;
+  wire \$357 ;
+  wire \$358 ;
+  wire [31:0] \$359 ;
   wire [21:0] \$36 ;
   wire [31:0] \$360 ;
   wire [31:0] \$361 ;
   wire [31:0] \$362 ;
   wire [31:0] \$363 ;
-  wire [2:0] \$364 ;
-  wire [2:0] \$365 ;
-  wire [2:0] \$366 ;
-  wire [1:0] \$367 ;
-  wire [2:0] \$368 ;
-  wire \$369 ;
+  wire \$364 ;
+  wire [31:0] \$365 ;
+  wire [31:0] \$366 ;
+  wire [31:0] \$367 ;
+  wire [31:0] \$368 ;
+  wire [2:0] \$369 ;
   wire [21:0] \$37 ;
   wire [2:0] \$370 ;
   wire [2:0] \$371 ;
-  wire [2:0] \$372 ;
+  wire [1:0] \$372 ;
   wire [2:0] \$373 ;
   wire \$374 ;
-  wire \$375 ;
-  wire \$376 ;
-  wire \$377 ;
-  wire \$378 ;
+  wire [2:0] \$375 ;
+  wire [2:0] \$376 ;
+  wire [2:0] \$377 ;
+  wire [2:0] \$378 ;
   wire \$379 ;
   wire \$38 ;
   wire \$380 ;
@@ -1688,7 +1682,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$432 ;
   wire \$433 ;
   wire \$434 ;
-  wire [30:0] \$435 ;
+  wire \$435 ;
   wire \$436 ;
   wire \$437 ;
   wire \$438 ;
@@ -1696,7 +1690,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$44 ;
   wire \$440 ;
   wire \$441 ;
-  wire \$442 ;
+  wire [30:0] \$442 ;
   wire \$443 ;
   wire \$444 ;
   wire \$445 ;
@@ -1734,76 +1728,76 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$474 ;
   wire \$475 ;
   wire \$476 ;
-  wire [16:0] \$477 ;
-  wire [16:0] \$478 ;
-  wire [32:0] \$479 ;
+  wire \$477 ;
+  wire \$478 ;
+  wire \$479 ;
   wire [15:0] \$48 ;
-  wire [32:0] \$480 ;
-  wire [16:0] \$481 ;
-  wire [16:0] \$482 ;
-  wire [16:0] \$483 ;
+  wire \$480 ;
+  wire \$481 ;
+  wire \$482 ;
+  wire \$483 ;
   wire [16:0] \$484 ;
-  wire [31:0] \$485 ;
-  wire [22:0] \$486 ;
-  wire [23:0] \$487 ;
-  wire [31:0] \$488 ;
-  wire [32:0] \$489 ;
+  wire [16:0] \$485 ;
+  wire [32:0] \$486 ;
+  wire [32:0] \$487 ;
+  wire [16:0] \$488 ;
+  wire [16:0] \$489 ;
   wire [18:0] \$49 ;
-  wire [32:0] \$490 ;
-  wire [47:0] \$491 ;
-  wire [16:0] \$492 ;
-  wire [18:0] \$493 ;
-  wire [19:0] \$494 ;
-  wire [20:0] \$495 ;
-  wire [3:0] \$496 ;
-  wire \$497 ;
-  wire [31:0] \$498 ;
-  wire [32:0] \$499 ;
+  wire [16:0] \$490 ;
+  wire [16:0] \$491 ;
+  wire [31:0] \$492 ;
+  wire [22:0] \$493 ;
+  wire [23:0] \$494 ;
+  wire [31:0] \$495 ;
+  wire [32:0] \$496 ;
+  wire [32:0] \$497 ;
+  wire [47:0] \$498 ;
+  wire [16:0] \$499 ;
   wire \$5 ;
   wire [20:0] \$50 ;
-  wire [48:0] \$500 ;
-  wire \$501 ;
-  wire [48:0] \$502 ;
-  wire \$503 ;
-  wire [48:0] \$504 ;
-  wire \$505 ;
-  wire [48:0] \$506 ;
-  wire \$507 ;
-  wire [48:0] \$508 ;
-  wire \$509 ;
+  wire [18:0] \$500 ;
+  wire [19:0] \$501 ;
+  wire [20:0] \$502 ;
+  wire [3:0] \$503 ;
+  wire \$504 ;
+  wire [31:0] \$505 ;
+  wire [32:0] \$506 ;
+  wire [48:0] \$507 ;
+  wire \$508 ;
+  wire [48:0] \$509 ;
   wire [21:0] \$51 ;
-  wire [48:0] \$510 ;
-  wire \$511 ;
-  wire [48:0] \$512 ;
-  wire \$513 ;
-  wire [48:0] \$514 ;
-  wire \$515 ;
-  wire [48:0] \$516 ;
-  wire \$517 ;
-  wire [48:0] \$518 ;
-  wire \$519 ;
+  wire \$510 ;
+  wire [48:0] \$511 ;
+  wire \$512 ;
+  wire [48:0] \$513 ;
+  wire \$514 ;
+  wire [48:0] \$515 ;
+  wire \$516 ;
+  wire [48:0] \$517 ;
+  wire \$518 ;
+  wire [48:0] \$519 ;
   wire [21:0] \$52 ;
-  wire [48:0] \$520 ;
-  wire \$521 ;
-  wire [48:0] \$522 ;
-  wire \$523 ;
-  wire [48:0] \$524 ;
-  wire \$525 ;
-  wire [48:0] \$526 ;
-  wire \$527 ;
-  wire [48:0] \$528 ;
-  wire \$529 ;
+  wire \$520 ;
+  wire [48:0] \$521 ;
+  wire \$522 ;
+  wire [48:0] \$523 ;
+  wire \$524 ;
+  wire [48:0] \$525 ;
+  wire \$526 ;
+  wire [48:0] \$527 ;
+  wire \$528 ;
+  wire [48:0] \$529 ;
   wire [15:0] \$53 ;
-  wire [48:0] \$530 ;
-  wire \$531 ;
-  wire [48:0] \$532 ;
-  wire \$533 ;
+  wire \$530 ;
+  wire [48:0] \$531 ;
+  wire \$532 ;
+  wire [48:0] \$533 ;
   wire \$534 ;
-  wire \$535 ;
+  wire [48:0] \$535 ;
   wire \$536 ;
-  wire \$537 ;
+  wire [48:0] \$537 ;
   wire \$538 ;
-  wire \$539 ;
+  wire [48:0] \$539 ;
   wire [20:0] \$54 ;
   wire \$540 ;
   wire \$541 ;
@@ -1838,35 +1832,35 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$568 ;
   wire \$569 ;
   wire [15:0] \$57 ;
-  wire [15:0] \$570 ;
+  wire \$570 ;
   wire \$571 ;
   wire \$572 ;
   wire \$573 ;
   wire \$574 ;
-  wire [16:0] \$575 ;
-  wire [32:0] \$576 ;
-  wire \$577 ;
+  wire \$575 ;
+  wire \$576 ;
+  wire [15:0] \$577 ;
   wire \$578 ;
   wire \$579 ;
   wire [17:0] \$58 ;
   wire \$580 ;
   wire \$581 ;
-  wire \$582 ;
+  wire [16:0] \$582 ;
   wire [32:0] \$583 ;
   wire \$584 ;
   wire \$585 ;
-  wire [14:0] \$586 ;
+  wire \$586 ;
   wire \$587 ;
   wire \$588 ;
-  wire [3:0] \$589 ;
+  wire \$589 ;
   wire [3:0] \$59 ;
-  wire \$590 ;
+  wire [32:0] \$590 ;
   wire \$591 ;
   wire \$592 ;
-  wire \$593 ;
+  wire [14:0] \$593 ;
   wire \$594 ;
   wire \$595 ;
-  wire \$596 ;
+  wire [3:0] \$596 ;
   wire \$597 ;
   wire \$598 ;
   wire \$599 ;
@@ -1897,21 +1891,21 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$620 ;
   wire \$621 ;
   wire \$622 ;
-  wire [16:0] \$623 ;
-  wire [32:0] \$624 ;
+  wire \$623 ;
+  wire \$624 ;
   wire \$625 ;
   wire \$626 ;
   wire \$627 ;
   wire \$628 ;
   wire \$629 ;
   wire [21:0] \$63 ;
-  wire \$630 ;
-  wire \$631 ;
+  wire [16:0] \$630 ;
+  wire [32:0] \$631 ;
   wire \$632 ;
   wire \$633 ;
   wire \$634 ;
   wire \$635 ;
-  wire [16:0] \$636 ;
+  wire \$636 ;
   wire \$637 ;
   wire \$638 ;
   wire \$639 ;
@@ -1919,7 +1913,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$640 ;
   wire \$641 ;
   wire \$642 ;
-  wire \$643 ;
+  wire [16:0] \$643 ;
   wire \$644 ;
   wire \$645 ;
   wire \$646 ;
@@ -2014,37 +2008,37 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$726 ;
   wire \$727 ;
   wire \$728 ;
-  wire [24:0] \$729 ;
+  wire \$729 ;
   wire [15:0] \$73 ;
-  wire [33:0] \$730 ;
+  wire \$730 ;
   wire \$731 ;
   wire \$732 ;
-  wire [24:0] \$733 ;
-  wire [33:0] \$734 ;
+  wire \$733 ;
+  wire \$734 ;
   wire \$735 ;
-  wire \$736 ;
-  wire \$737 ;
+  wire [24:0] \$736 ;
+  wire [33:0] \$737 ;
   wire \$738 ;
   wire \$739 ;
   wire [7:0] \$74 ;
-  wire \$740 ;
-  wire \$741 ;
+  wire [24:0] \$740 ;
+  wire [33:0] \$741 ;
   wire \$742 ;
   wire \$743 ;
-  wire [3:0] \$744 ;
+  wire \$744 ;
   wire \$745 ;
   wire \$746 ;
   wire \$747 ;
-  wire [3:0] \$748 ;
-  wire [14:0] \$749 ;
+  wire \$748 ;
+  wire \$749 ;
   wire [15:0] \$75 ;
   wire \$750 ;
-  wire \$751 ;
+  wire [3:0] \$751 ;
   wire \$752 ;
   wire \$753 ;
   wire \$754 ;
-  wire \$755 ;
-  wire \$756 ;
+  wire [3:0] \$755 ;
+  wire [14:0] \$756 ;
   wire \$757 ;
   wire \$758 ;
   wire \$759 ;
@@ -2052,41 +2046,41 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$760 ;
   wire \$761 ;
   wire \$762 ;
-  wire [16:0] \$763 ;
-  wire [16:0] \$764 ;
+  wire \$763 ;
+  wire \$764 ;
   wire \$765 ;
-  wire [32:0] \$766 ;
+  wire \$766 ;
   wire \$767 ;
   wire \$768 ;
   wire \$769 ;
   wire \$77 ;
-  wire [32:0] \$770 ;
-  wire \$771 ;
+  wire [16:0] \$770 ;
+  wire [16:0] \$771 ;
   wire \$772 ;
-  wire \$773 ;
+  wire [32:0] \$773 ;
   wire \$774 ;
   wire \$775 ;
-  wire [16:0] \$776 ;
-  wire [16:0] \$777 ;
+  wire \$776 ;
+  wire [32:0] \$777 ;
   wire \$778 ;
-  wire [32:0] \$779 ;
+  wire \$779 ;
   wire \$78 ;
   wire \$780 ;
   wire \$781 ;
   wire \$782 ;
-  wire \$783 ;
-  wire \$784 ;
+  wire [16:0] \$783 ;
+  wire [16:0] \$784 ;
   wire \$785 ;
-  wire \$786 ;
+  wire [32:0] \$786 ;
   wire \$787 ;
   wire \$788 ;
   wire \$789 ;
   wire \$79 ;
-  wire [16:0] \$790 ;
-  wire [16:0] \$791 ;
+  wire \$790 ;
+  wire \$791 ;
   wire \$792 ;
-  wire \$793 ;
-  wire \$794 ;
+  wire [16:0] \$793 ;
+  wire [16:0] \$794 ;
   wire \$795 ;
   wire \$796 ;
   wire \$797 ;
@@ -2186,8 +2180,8 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$881 ;
   wire \$882 ;
   wire \$883 ;
-  reg \$884 ;
-  reg \$885 ;
+  reg [13:0] \$884 ;
+  reg [15:0] \$885 ;
   reg \$886 ;
   reg \$887 ;
   reg \$888 ;
@@ -2205,25 +2199,25 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   reg \$899 ;
   wire \$9 ;
   wire \$90 ;
-  reg [15:0] \$900 ;
+  reg \$900 ;
   reg \$901 ;
   reg \$902 ;
-  reg \$903 ;
+  reg [15:0] \$903 ;
   reg \$904 ;
   reg \$905 ;
   reg \$906 ;
-  reg [2:0] \$907 ;
+  reg \$907 ;
   reg \$908 ;
-  reg [2:0] \$909 ;
+  reg \$909 ;
   wire \$91 ;
-  reg \$910 ;
+  reg [2:0] \$910 ;
   reg \$911 ;
-  reg \$912 ;
+  reg [2:0] \$912 ;
   reg \$913 ;
   reg \$914 ;
-  reg [47:0] \$915 ;
-  reg [47:0] \$916 ;
-  reg [47:0] \$917 ;
+  reg \$915 ;
+  reg \$916 ;
+  reg \$917 ;
   reg [47:0] \$918 ;
   reg [47:0] \$919 ;
   wire \$92 ;
@@ -2240,25 +2234,25 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire [3:0] \$93 ;
   reg [47:0] \$930 ;
   reg [47:0] \$931 ;
-  reg \$932 ;
-  reg \$933 ;
-  reg \$934 ;
+  reg [47:0] \$932 ;
+  reg [47:0] \$933 ;
+  reg [47:0] \$934 ;
   reg \$935 ;
   reg \$936 ;
-  reg [31:0] \$937 ;
+  reg \$937 ;
   reg \$938 ;
   reg \$939 ;
   wire \$94 ;
-  reg [3:0] \$940 ;
+  reg [31:0] \$940 ;
   reg \$941 ;
-  reg [31:0] \$942 ;
-  reg [31:0] \$943 ;
-  reg [15:0] \$944 ;
+  reg \$942 ;
+  reg [3:0] \$943 ;
+  reg \$944 ;
   reg [31:0] \$945 ;
-  reg [2:0] \$946 ;
-  reg \$947 ;
-  reg \$948 ;
-  reg \$949 ;
+  reg [31:0] \$946 ;
+  reg [15:0] \$947 ;
+  reg [31:0] \$948 ;
+  reg [2:0] \$949 ;
   wire [8:0] \$95 ;
   reg \$950 ;
   reg \$951 ;
@@ -2286,172 +2280,172 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   reg \$971 ;
   reg \$972 ;
   reg \$973 ;
-  reg [511:0] \$974 ;
-  reg [2:0] \$975 ;
-  reg [31:0] \$976 ;
-  reg [7:0] \$977 ;
-  reg [15:0] \$978 ;
-  reg [15:0] \$979 ;
+  reg \$974 ;
+  reg \$975 ;
+  reg \$976 ;
+  reg [511:0] \$977 ;
+  reg [2:0] \$978 ;
+  reg [31:0] \$979 ;
   wire [16:0] \$98 ;
-  reg \$980 ;
-  reg [65:0] \$981 ;
-  reg \$982 ;
+  reg [7:0] \$980 ;
+  reg [15:0] \$981 ;
+  reg [15:0] \$982 ;
   reg \$983 ;
-  reg \$984 ;
+  reg [65:0] \$984 ;
   reg \$985 ;
   reg \$986 ;
-  reg [31:0] \$987 ;
-  reg [15:0] \$988 ;
+  reg \$987 ;
+  reg \$988 ;
   reg \$989 ;
   wire [3:0] \$99 ;
-  reg [15:0] \$990 ;
+  reg [31:0] \$990 ;
   reg [15:0] \$991 ;
-  reg [15:0] \$992 ;
+  reg \$992 ;
   reg [15:0] \$993 ;
   reg [15:0] \$994 ;
   reg [15:0] \$995 ;
   reg [15:0] \$996 ;
   reg [15:0] \$997 ;
-  reg [2:0] \$998 ;
-  reg [2:0] \$999 ;
+  reg [15:0] \$998 ;
+  reg [15:0] \$999 ;
   reg \$signal ;
-  reg \$signal$274  = 1'h0;
-  reg [3:0] \$signal$281  = 4'h0;
-  reg \$signal$307  = 1'h0;
-  reg [15:0] \$signal$308  = 16'h0000;
-  reg \$signal$443  = 1'h0;
-  reg [31:0] \$signal$507  = 32'd0;
-  reg [31:0] \$signal$508  = 32'd0;
-  reg \$signal$529  = 1'h0;
+  reg \$signal$293  = 1'h0;
+  reg [3:0] \$signal$300  = 4'h0;
+  reg \$signal$326  = 1'h0;
+  reg [15:0] \$signal$327  = 16'h0000;
+  reg \$signal$457  = 1'h0;
+  reg [31:0] \$signal$524  = 32'd0;
+  reg [31:0] \$signal$525  = 32'd0;
+  reg \$signal$546  = 1'h0;
   wire [13:0] \$signature__addr ;
-  reg [8:0] \$signature__addr$277 ;
-  reg [8:0] \$signature__addr$282 ;
-  reg [8:0] \$signature__addr$285 ;
-  reg [8:0] \$signature__addr$288 ;
-  reg [8:0] \$signature__addr$291 ;
-  reg [8:0] \$signature__addr$294 ;
-  reg [8:0] \$signature__addr$297 ;
-  reg [8:0] \$signature__addr$300 ;
-  reg [8:0] \$signature__addr$303 ;
-  reg [8:0] \$signature__addr$314 ;
-  reg [8:0] \$signature__addr$318 ;
-  reg [8:0] \$signature__addr$320 ;
+  wire [13:0] \$signature__addr$104 ;
+  reg [8:0] \$signature__addr$296 ;
+  reg [8:0] \$signature__addr$301 ;
+  reg [8:0] \$signature__addr$304 ;
+  reg [8:0] \$signature__addr$307 ;
+  reg [8:0] \$signature__addr$310 ;
+  reg [8:0] \$signature__addr$313 ;
+  reg [8:0] \$signature__addr$316 ;
+  reg [8:0] \$signature__addr$319 ;
   reg [8:0] \$signature__addr$322 ;
-  reg [8:0] \$signature__addr$324 ;
-  reg [8:0] \$signature__addr$326 ;
-  reg [8:0] \$signature__addr$328 ;
-  reg [8:0] \$signature__addr$330 ;
-  reg [8:0] \$signature__addr$332 ;
+  reg [8:0] \$signature__addr$333 ;
   reg [8:0] \$signature__addr$337 ;
-  reg [8:0] \$signature__addr$342 ;
+  reg [8:0] \$signature__addr$339 ;
+  reg [8:0] \$signature__addr$341 ;
+  reg [8:0] \$signature__addr$343 ;
   reg [8:0] \$signature__addr$345 ;
-  reg [8:0] \$signature__addr$348 ;
+  reg [8:0] \$signature__addr$347 ;
+  reg [8:0] \$signature__addr$349 ;
   reg [8:0] \$signature__addr$351 ;
-  reg [8:0] \$signature__addr$354 ;
-  reg [8:0] \$signature__addr$357 ;
-  reg [8:0] \$signature__addr$360 ;
-  reg [8:0] \$signature__addr$363 ;
-  reg [8:0] \$signature__addr$366 ;
-  reg [8:0] \$signature__addr$368 ;
+  reg [8:0] \$signature__addr$356 ;
+  reg [8:0] \$signature__addr$361 ;
+  reg [8:0] \$signature__addr$364 ;
+  reg [8:0] \$signature__addr$367 ;
   reg [8:0] \$signature__addr$370 ;
-  reg [8:0] \$signature__addr$372 ;
-  reg [8:0] \$signature__addr$374 ;
+  reg [8:0] \$signature__addr$373 ;
   reg [8:0] \$signature__addr$376 ;
-  reg [8:0] \$signature__addr$378 ;
-  wire [13:0] \$signature__addr$88 ;
+  reg [8:0] \$signature__addr$379 ;
+  reg [8:0] \$signature__addr$382 ;
+  reg [8:0] \$signature__addr$385 ;
+  reg [8:0] \$signature__addr$387 ;
+  reg [8:0] \$signature__addr$389 ;
+  reg [8:0] \$signature__addr$391 ;
+  reg [8:0] \$signature__addr$393 ;
+  reg [8:0] \$signature__addr$395 ;
+  reg [8:0] \$signature__addr$397 ;
   wire [15:0] \$signature__data ;
-  reg [8:0] \$signature__data$279 ;
-  reg [8:0] \$signature__data$283 ;
-  reg [8:0] \$signature__data$286 ;
-  reg [8:0] \$signature__data$289 ;
-  reg [8:0] \$signature__data$292 ;
-  reg [8:0] \$signature__data$295 ;
+  wire [15:0] \$signature__data$110 ;
   reg [8:0] \$signature__data$298 ;
-  reg [8:0] \$signature__data$301 ;
-  reg [8:0] \$signature__data$304 ;
-  reg [7:0] \$signature__data$339 ;
-  reg [7:0] \$signature__data$343 ;
-  reg [7:0] \$signature__data$346 ;
-  reg [7:0] \$signature__data$349 ;
-  reg [7:0] \$signature__data$352 ;
-  reg [7:0] \$signature__data$355 ;
+  reg [8:0] \$signature__data$302 ;
+  reg [8:0] \$signature__data$305 ;
+  reg [8:0] \$signature__data$308 ;
+  reg [8:0] \$signature__data$311 ;
+  reg [8:0] \$signature__data$314 ;
+  reg [8:0] \$signature__data$317 ;
+  reg [8:0] \$signature__data$320 ;
+  reg [8:0] \$signature__data$323 ;
   reg [7:0] \$signature__data$358 ;
-  reg [7:0] \$signature__data$361 ;
-  wire [8:0] \$signature__data$382 ;
-  wire [8:0] \$signature__data$383 ;
-  wire [8:0] \$signature__data$384 ;
-  wire [8:0] \$signature__data$385 ;
-  wire [8:0] \$signature__data$386 ;
-  wire [8:0] \$signature__data$387 ;
-  wire [8:0] \$signature__data$388 ;
-  wire [8:0] \$signature__data$389 ;
-  wire [8:0] \$signature__data$390 ;
-  wire [7:0] \$signature__data$391 ;
-  wire [7:0] \$signature__data$392 ;
-  wire [7:0] \$signature__data$393 ;
-  wire [7:0] \$signature__data$394 ;
-  wire [7:0] \$signature__data$395 ;
-  wire [7:0] \$signature__data$396 ;
-  wire [7:0] \$signature__data$397 ;
-  wire [7:0] \$signature__data$398 ;
-  wire [15:0] \$signature__data$94 ;
+  reg [7:0] \$signature__data$362 ;
+  reg [7:0] \$signature__data$365 ;
+  reg [7:0] \$signature__data$368 ;
+  reg [7:0] \$signature__data$371 ;
+  reg [7:0] \$signature__data$374 ;
+  reg [7:0] \$signature__data$377 ;
+  reg [7:0] \$signature__data$380 ;
+  wire [8:0] \$signature__data$401 ;
+  wire [8:0] \$signature__data$402 ;
+  wire [8:0] \$signature__data$403 ;
+  wire [8:0] \$signature__data$404 ;
+  wire [8:0] \$signature__data$405 ;
+  wire [8:0] \$signature__data$406 ;
+  wire [8:0] \$signature__data$407 ;
+  wire [8:0] \$signature__data$408 ;
+  wire [8:0] \$signature__data$409 ;
+  wire [7:0] \$signature__data$410 ;
+  wire [7:0] \$signature__data$411 ;
+  wire [7:0] \$signature__data$412 ;
+  wire [7:0] \$signature__data$413 ;
+  wire [7:0] \$signature__data$414 ;
+  wire [7:0] \$signature__data$415 ;
+  wire [7:0] \$signature__data$416 ;
+  wire [7:0] \$signature__data$417 ;
   wire \$signature__en ;
-  reg \$signature__en$280 ;
-  reg \$signature__en$284 ;
-  reg \$signature__en$287 ;
-  reg \$signature__en$290 ;
-  reg \$signature__en$293 ;
-  reg \$signature__en$296 ;
+  wire \$signature__en$106 ;
   reg \$signature__en$299 ;
-  reg \$signature__en$302 ;
-  reg \$signature__en$305 ;
-  reg \$signature__en$316 ;
-  reg \$signature__en$319 ;
+  reg \$signature__en$303 ;
+  reg \$signature__en$306 ;
+  reg \$signature__en$309 ;
+  reg \$signature__en$312 ;
+  reg \$signature__en$315 ;
+  reg \$signature__en$318 ;
   reg \$signature__en$321 ;
-  reg \$signature__en$323 ;
-  reg \$signature__en$325 ;
-  reg \$signature__en$327 ;
-  reg \$signature__en$329 ;
-  reg \$signature__en$331 ;
-  reg \$signature__en$333 ;
+  reg \$signature__en$324 ;
+  reg \$signature__en$335 ;
+  reg \$signature__en$338 ;
   reg \$signature__en$340 ;
+  reg \$signature__en$342 ;
   reg \$signature__en$344 ;
-  reg \$signature__en$347 ;
+  reg \$signature__en$346 ;
+  reg \$signature__en$348 ;
   reg \$signature__en$350 ;
-  reg \$signature__en$353 ;
-  reg \$signature__en$356 ;
+  reg \$signature__en$352 ;
   reg \$signature__en$359 ;
-  reg \$signature__en$362 ;
-  reg \$signature__en$365 ;
-  reg \$signature__en$367 ;
+  reg \$signature__en$363 ;
+  reg \$signature__en$366 ;
   reg \$signature__en$369 ;
-  reg \$signature__en$371 ;
-  reg \$signature__en$373 ;
+  reg \$signature__en$372 ;
   reg \$signature__en$375 ;
-  reg \$signature__en$377 ;
-  reg \$signature__en$379 ;
-  wire \$signature__en$90 ;
+  reg \$signature__en$378 ;
+  reg \$signature__en$381 ;
+  reg \$signature__en$384 ;
+  reg \$signature__en$386 ;
+  reg \$signature__en$388 ;
+  reg \$signature__en$390 ;
+  reg \$signature__en$392 ;
+  reg \$signature__en$394 ;
+  reg \$signature__en$396 ;
+  reg \$signature__en$398 ;
   wire [63:0] a__payload;
-  reg [81:0] \a__payload$401 ;
-  wire [80:0] \a__payload$401.data ;
-  wire [8:0] \a__payload$401.data[0] ;
-  wire [8:0] \a__payload$401.data[1] ;
-  wire [8:0] \a__payload$401.data[2] ;
-  wire [8:0] \a__payload$401.data[3] ;
-  wire [8:0] \a__payload$401.data[4] ;
-  wire [8:0] \a__payload$401.data[5] ;
-  wire [8:0] \a__payload$401.data[6] ;
-  wire [8:0] \a__payload$401.data[7] ;
-  wire [8:0] \a__payload$401.data[8] ;
-  wire \a__payload$401.last ;
+  reg [81:0] \a__payload$420 ;
+  wire [80:0] \a__payload$420.data ;
+  wire [8:0] \a__payload$420.data[0] ;
+  wire [8:0] \a__payload$420.data[1] ;
+  wire [8:0] \a__payload$420.data[2] ;
+  wire [8:0] \a__payload$420.data[3] ;
+  wire [8:0] \a__payload$420.data[4] ;
+  wire [8:0] \a__payload$420.data[5] ;
+  wire [8:0] \a__payload$420.data[6] ;
+  wire [8:0] \a__payload$420.data[7] ;
+  wire [8:0] \a__payload$420.data[8] ;
+  wire \a__payload$420.last ;
   wire [15:0] \a__payload[0] ;
   wire [15:0] \a__payload[1] ;
   wire [15:0] \a__payload[2] ;
   wire [15:0] \a__payload[3] ;
   wire a__ready;
-  wire \a__ready$406 ;
+  wire \a__ready$425 ;
   reg a__valid;
-  reg \a__valid$399 ;
+  reg \a__valid$418 ;
   reg a_blocks_left = 1'h0;
   reg a_feed_k_hit = 1'h0;
   reg a_feed_nt_hit = 1'h0;
@@ -2470,10 +2464,14 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   reg a_read_free = 1'h0;
   reg a_read_half = 1'h0;
   reg a_read_last = 1'h0;
+  wire add_d_clk;
+  reg add_d_rst = 1'h1;
+  (* init = 1'h1 *)
+  wire add_rst;
   reg add_sel = 1'h0;
   wire [21:0] addr;
-  wire [21:0] \addr$89 ;
-  wire [21:0] \addr$97 ;
+  wire [21:0] \addr$105 ;
+  wire [21:0] \addr$113 ;
   reg addr_fault = 1'h0;
   output [36:0] ar__payload;
   wire [36:0] ar__payload;
@@ -2505,24 +2503,24 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \aw__valid$17 ;
   input b__payload;
   wire b__payload;
-  wire [63:0] \b__payload$179 ;
-  wire [15:0] \b__payload$179[0] ;
-  wire [15:0] \b__payload$179[1] ;
-  wire [15:0] \b__payload$179[2] ;
-  wire [15:0] \b__payload$179[3] ;
   wire \b__payload$19 ;
   wire \b__payload$19.err ;
+  wire [63:0] \b__payload$195 ;
+  wire [15:0] \b__payload$195[0] ;
+  wire [15:0] \b__payload$195[1] ;
+  wire [15:0] \b__payload$195[2] ;
+  wire [15:0] \b__payload$195[3] ;
   wire \b__payload.err ;
   wire b__ready;
   wire \b__ready$21 ;
-  wire \b__ready$234 ;
+  wire \b__ready$250 ;
   input b__valid;
   wire b__valid;
   wire \b__valid$23 ;
-  reg \b__valid$244 ;
+  reg \b__valid$260 ;
   wire [19:0] base;
-  wire [19:0] \base$41 ;
-  wire [19:0] \base$53 ;
+  wire [19:0] \base$57 ;
+  wire [19:0] \base$69 ;
   wire [512:0] beat__payload;
   wire [511:0] \beat__payload.data ;
   wire \beat__payload.err ;
@@ -2531,39 +2529,39 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   output busy;
   reg busy = 1'h0;
   (* init = 1'h0 *)
-  wire \busy$113 ;
-  wire \busy$546 ;
+  wire \busy$129 ;
+  wire \busy$563 ;
   wire [4:0] c__payload;
   (* init = 66'h00000000000000000 *)
-  wire [65:0] \c__payload$126 ;
-  wire [42:0] \c__payload$126.b ;
-  wire [5:0] \c__payload$126.e ;
-  wire \c__payload$126.last ;
-  wire [15:0] \c__payload$126.m ;
-  wire [43:0] \c__payload$128 ;
-  wire [5:0] \c__payload$128.e_a ;
-  wire [5:0] \c__payload$128.e_b ;
-  wire [15:0] \c__payload$128.m_a ;
-  wire [15:0] \c__payload$128.m_b ;
-  wire [52:0] \c__payload$130 ;
-  wire [5:0] \c__payload$130.e ;
-  wire [15:0] \c__payload$130.m ;
-  wire [9:0] \c__payload$130.qb ;
-  wire [14:0] \c__payload$130.qc ;
-  wire [5:0] \c__payload$130.sh ;
+  wire [65:0] \c__payload$142 ;
+  wire [42:0] \c__payload$142.b ;
+  wire [5:0] \c__payload$142.e ;
+  wire \c__payload$142.last ;
+  wire [15:0] \c__payload$142.m ;
+  wire [43:0] \c__payload$144 ;
+  wire [5:0] \c__payload$144.e_a ;
+  wire [5:0] \c__payload$144.e_b ;
+  wire [15:0] \c__payload$144.m_a ;
+  wire [15:0] \c__payload$144.m_b ;
+  wire [52:0] \c__payload$146 ;
+  wire [5:0] \c__payload$146.e ;
+  wire [15:0] \c__payload$146.m ;
+  wire [9:0] \c__payload$146.qb ;
+  wire [14:0] \c__payload$146.qc ;
+  wire [5:0] \c__payload$146.sh ;
   wire [4:0] \c__payload.f ;
   wire c__ready;
-  wire \c__ready$118 ;
-  wire \c__ready$120 ;
-  wire \c__ready$122 ;
+  wire \c__ready$134 ;
+  wire \c__ready$136 ;
+  wire \c__ready$138 ;
   (* init = 1'h0 *)
   wire c__valid;
   (* init = 1'h0 *)
-  wire \c__valid$127 ;
+  wire \c__valid$143 ;
   (* init = 1'h0 *)
-  wire \c__valid$129 ;
+  wire \c__valid$145 ;
   (* init = 1'h0 *)
-  wire \c__valid$131 ;
+  wire \c__valid$147 ;
   reg [31:0] c_addr = 32'd0;
   reg [15:0] c_ask = 16'h0000;
   reg [65:0] c_data = 66'h00000000000000000;
@@ -2578,7 +2576,6 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   reg c_valid2 = 1'h0;
   reg c_valid3 = 1'h0;
   wire clear;
-  input clk;
   wire clk;
   reg const_to0 = 1'h0;
   reg const_to1 = 1'h0;
@@ -2587,7 +2584,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   output [47:0] cycles;
   reg [47:0] cycles = 48'h000000000000;
   (* init = 48'h000000000000 *)
-  wire [47:0] \cycles$133 ;
+  wire [47:0] \cycles$149 ;
   reg d_const = 1'h0;
   reg d_count_zero = 1'h0;
   reg d_end = 1'h0;
@@ -2610,7 +2607,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   output done;
   reg done = 1'h0;
   (* init = 1'h0 *)
-  wire \done$111 ;
+  wire \done$127 ;
   reg dst_keep;
   wire dst_step;
   reg [8:0] elem;
@@ -2622,7 +2619,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   output [3:0] error;
   reg [3:0] error = 4'h0;
   (* init = 4'h0 *)
-  wire [3:0] \error$109 ;
+  wire [3:0] \error$125 ;
   reg [31:0] ext_req_addr = 32'd0;
   reg [15:0] ext_req_data = 16'h0000;
   reg ext_req_valid = 1'h0;
@@ -2639,29 +2636,38 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire feed_valid;
   reg fetch_sent = 1'h0;
   wire \final ;
-  wire \final$483 ;
-  wire \final$486 ;
+  wire \final$500 ;
+  wire \final$503 ;
   reg [15:0] fnt = 16'h0000;
+  wire gelu0_d_clk;
+  reg gelu0_d_rst = 1'h1;
+  (* init = 1'h1 *)
+  wire gelu0_rst;
   reg gelu_sel0 = 1'h0;
   reg gemm_active = 1'h0;
+  input gemm_d_clk;
+  wire gemm_d_clk;
+  reg gemm_d_rst = 1'h1;
   wire gemm_res_valid;
+  (* init = 1'h1 *)
+  wire gemm_rst;
   wire [31:0] i__payload;
-  wire [16:0] \i__payload$458 ;
-  wire [15:0] \i__payload$458.data ;
-  wire \i__payload$458.last ;
-  wire [15:0] \i__payload$459 ;
+  wire [16:0] \i__payload$473 ;
+  wire [15:0] \i__payload$473.data ;
+  wire \i__payload$473.last ;
+  wire [15:0] \i__payload$474 ;
   wire [7:0] \i__payload[0] ;
   wire [7:0] \i__payload[1] ;
   wire [7:0] \i__payload[2] ;
   wire [7:0] \i__payload[3] ;
   wire i__ready;
-  wire \i__ready$464 ;
-  wire \i__ready$465 ;
+  wire \i__ready$479 ;
+  wire \i__ready$480 ;
   reg i__valid;
-  wire \i__valid$460 ;
-  wire \i__valid$461 ;
+  wire \i__valid$475 ;
+  wire \i__valid$476 ;
   wire idle;
-  wire \idle$523 ;
+  wire \idle$540 ;
   input [31:0] image_stride;
   wire [31:0] image_stride;
   input [15:0] images;
@@ -2730,74 +2736,78 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   reg is_transpose = 1'h0;
   reg [15:0] k = 16'h0000;
   wire last__3;
-  wire \last__3$487 ;
+  wire \last__3$504 ;
   wire last__4;
-  wire \last__4$482 ;
-  wire \last__4$485 ;
+  wire \last__4$499 ;
+  wire \last__4$502 ;
+  wire layernorm_d_clk;
+  reg layernorm_d_rst = 1'h1;
   wire [15:0] layernorm_elem;
+  (* init = 1'h1 *)
+  wire layernorm_rst;
   wire [2:0] level;
-  wire [2:0] \level$86 ;
+  wire [2:0] \level$102 ;
   reg [15:0] lk = 16'h0000;
   reg load = 1'h0;
   (* init = 1'h0 *)
-  wire \load$40 ;
+  wire \load$56 ;
   (* init = 1'h0 *)
-  wire \load$52 ;
+  wire \load$68 ;
   (* init = 1'h0 *)
   wire load_gens;
   reg [15:0] n__0;
-  reg [15:0] \n__0$42 ;
-  reg [15:0] \n__0$54 ;
+  reg [15:0] \n__0$58 ;
+  reg [15:0] \n__0$70 ;
   reg [15:0] n__1;
-  reg [15:0] \n__1$44 ;
-  reg [15:0] \n__1$56 ;
+  reg [15:0] \n__1$60 ;
+  reg [15:0] \n__1$72 ;
   reg [15:0] n__2;
-  reg [15:0] \n__2$46 ;
-  reg [15:0] \n__2$58 ;
+  reg [15:0] \n__2$62 ;
+  reg [15:0] \n__2$74 ;
   reg [15:0] n__3;
-  reg [15:0] \n__3$48 ;
-  reg [15:0] \n__3$60 ;
+  reg [15:0] \n__3$64 ;
+  reg [15:0] \n__3$76 ;
   reg [15:0] n__4;
-  reg [15:0] \n__4$50 ;
-  reg [15:0] \n__4$62 ;
+  reg [15:0] \n__4$66 ;
+  reg [15:0] \n__4$78 ;
   reg next;
-  wire \next$456 ;
-  wire \next$91 ;
+  wire \next$107 ;
+  wire \next$471 ;
   reg [15:0] nt = 16'h0000;
   reg nt_hit = 1'h0;
   wire [63:0] o__payload;
-  wire [31:0] \o__payload$185 ;
-  wire [7:0] \o__payload$185[0] ;
-  wire [7:0] \o__payload$185[1] ;
-  wire [7:0] \o__payload$185[2] ;
-  wire [7:0] \o__payload$185[3] ;
-  wire [8:0] \o__payload$197 ;
-  wire [7:0] \o__payload$197.data ;
-  wire \o__payload$197.last ;
-  wire [7:0] \o__payload$199 ;
-  wire [255:0] \o__payload$419 ;
-  wire [31:0] \o__payload$419[0] ;
-  wire [31:0] \o__payload$419[1] ;
-  wire [31:0] \o__payload$419[2] ;
-  wire [31:0] \o__payload$419[3] ;
-  wire [31:0] \o__payload$419[4] ;
-  wire [31:0] \o__payload$419[5] ;
-  wire [31:0] \o__payload$419[6] ;
-  wire [31:0] \o__payload$419[7] ;
+  wire [31:0] \o__payload$201 ;
+  wire [7:0] \o__payload$201[0] ;
+  wire [7:0] \o__payload$201[1] ;
+  wire [7:0] \o__payload$201[2] ;
+  wire [7:0] \o__payload$201[3] ;
+  wire [8:0] \o__payload$213 ;
+  wire [7:0] \o__payload$213.data ;
+  wire \o__payload$213.last ;
+  wire [7:0] \o__payload$215 ;
+  wire [255:0] \o__payload$433 ;
+  wire [31:0] \o__payload$433[0] ;
+  wire [31:0] \o__payload$433[1] ;
+  wire [31:0] \o__payload$433[2] ;
+  wire [31:0] \o__payload$433[3] ;
+  wire [31:0] \o__payload$433[4] ;
+  wire [31:0] \o__payload$433[5] ;
+  wire [31:0] \o__payload$433[6] ;
+  wire [31:0] \o__payload$433[7] ;
   wire [15:0] \o__payload[0] ;
   wire [15:0] \o__payload[1] ;
   wire [15:0] \o__payload[2] ;
   wire [15:0] \o__payload[3] ;
   wire o__ready;
-  wire \o__ready$195 ;
-  wire \o__ready$208 ;
-  wire \o__ready$210 ;
-  wire \o__ready$420 ;
+  wire \o__ready$211 ;
+  wire \o__ready$224 ;
+  wire \o__ready$226 ;
+  wire \o__ready$434 ;
   wire o__valid;
-  wire \o__valid$191 ;
-  wire \o__valid$203 ;
-  wire \o__valid$206 ;
-  wire \o__valid$417 ;
+  wire \o__valid$207 ;
+  wire \o__valid$219 ;
+  wire \o__valid$222 ;
+  wire \o__valid$431 ;
   reg [31:0] offset = 32'd0;
   (* init = 48'h000000000000 *)
   wire [47:0] op_cycles0;
@@ -2913,7 +2923,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   output [31:0] pc;
   reg [31:0] pc = 32'd0;
   (* init = 32'd0 *)
-  wire [31:0] \pc$25 ;
+  wire [31:0] \pc$41 ;
   reg post_add = 1'h0;
   wire post_bad;
   reg [2:0] post_col = 3'h0;
@@ -2937,34 +2947,37 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire r__valid;
   wire \r__valid$11 ;
   wire [127:0] r_data;
-  wire [18:0] \r_data$217 ;
-  wire [15:0] \r_data$228 ;
-  wire [63:0] \r_data$248 ;
-  wire [18:0] \r_data$335 ;
-  wire [255:0] \r_data$435 ;
+  wire [18:0] \r_data$233 ;
+  wire [15:0] \r_data$244 ;
+  wire [63:0] \r_data$264 ;
+  wire [18:0] \r_data$354 ;
+  wire [63:0] \r_data$429 ;
+  wire [255:0] \r_data$449 ;
   reg r_en;
-  reg \r_en$241 ;
-  reg \r_en$251 ;
-  wire \r_en$423 ;
-  wire \r_en$462 ;
-  wire \r_en$463 ;
+  reg \r_en$257 ;
+  reg \r_en$267 ;
+  reg \r_en$426 ;
+  wire \r_en$437 ;
+  wire \r_en$477 ;
+  wire \r_en$478 ;
   wire r_rdy;
-  wire \r_rdy$227 ;
-  wire \r_rdy$240 ;
   wire \r_rdy$243 ;
-  wire \r_rdy$246 ;
-  wire \r_rdy$422 ;
+  wire \r_rdy$256 ;
+  wire \r_rdy$259 ;
+  wire \r_rdy$262 ;
+  wire \r_rdy$423 ;
+  wire \r_rdy$436 ;
   reg [98:0] req__payload;
-  wire [34:0] \req__payload$444 ;
-  wire [31:0] \req__payload$444.addr ;
-  wire [2:0] \req__payload$444.lb ;
+  wire [34:0] \req__payload$458 ;
+  wire [31:0] \req__payload$458.addr ;
+  wire [2:0] \req__payload$458.lb ;
   wire [31:0] \req__payload.addr ;
   wire [63:0] \req__payload.data ;
   wire [2:0] \req__payload.lb ;
   wire req__ready;
-  wire \req__ready$455 ;
+  wire \req__ready$470 ;
   reg req__valid;
-  wire \req__valid$436 ;
+  wire \req__valid$450 ;
   wire [15:0] res_lane0;
   wire [15:0] res_lane1;
   wire [15:0] res_lane2;
@@ -2993,7 +3006,11 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   reg sink_from_move = 1'h0;
   reg sink_from_softmax = 1'h0;
   reg sink_from_store = 1'h0;
+  wire softmax_d_clk;
+  reg softmax_d_rst = 1'h1;
   wire [15:0] softmax_elem;
+  (* init = 1'h1 *)
+  wire softmax_rst;
   reg src0_inflight = 1'h0;
   wire src0_issue;
   reg [2:0] src0_meta = 3'h0;
@@ -3003,26 +3020,26 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   input start;
   wire start;
   reg [17:0] strides__0;
-  reg [17:0] \strides__0$43 ;
-  reg [17:0] \strides__0$55 ;
+  reg [17:0] \strides__0$59 ;
+  reg [17:0] \strides__0$71 ;
   reg [17:0] strides__1;
-  reg [17:0] \strides__1$45 ;
-  reg [17:0] \strides__1$57 ;
+  reg [17:0] \strides__1$61 ;
+  reg [17:0] \strides__1$73 ;
   reg [17:0] strides__2;
-  reg [17:0] \strides__2$47 ;
-  reg [17:0] \strides__2$59 ;
+  reg [17:0] \strides__2$63 ;
+  reg [17:0] \strides__2$75 ;
   reg [17:0] strides__3;
-  reg [17:0] \strides__3$49 ;
-  reg [17:0] \strides__3$61 ;
+  reg [17:0] \strides__3$65 ;
+  reg [17:0] \strides__3$77 ;
   reg [17:0] strides__4;
-  reg [17:0] \strides__4$51 ;
-  reg [17:0] \strides__4$63 ;
+  reg [17:0] \strides__4$67 ;
+  reg [17:0] \strides__4$79 ;
   reg [31:0] tiles = 32'd0;
   wire unit_known;
   reg unit_rst = 1'h0;
   wire valid;
-  wire \valid$249 ;
-  wire \valid$85 ;
+  wire \valid$101 ;
+  wire \valid$265 ;
   reg [63:0] w__payload;
   wire [7:0] \w__payload[0] ;
   wire [7:0] \w__payload[1] ;
@@ -3032,6 +3049,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire [7:0] \w__payload[5] ;
   wire [7:0] \w__payload[6] ;
   wire [7:0] \w__payload[7] ;
+  wire w__ready;
   reg w__valid;
   reg [31:0] w_addr = 32'd0;
   reg [7:0] w_beat0;
@@ -3043,31 +3061,25 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   reg [7:0] w_beat6;
   reg [7:0] w_beat7;
   wire [18:0] w_data;
-  wire [127:0] \w_data$168 ;
-  wire [63:0] \w_data$192 ;
-  wire [15:0] \w_data$207 ;
-  wire [255:0] \w_data$418 ;
-  wire [18:0] \w_data$93 ;
+  wire [18:0] \w_data$109 ;
+  wire [127:0] \w_data$184 ;
+  wire [63:0] \w_data$208 ;
+  wire [15:0] \w_data$223 ;
+  wire [63:0] \w_data$283 ;
+  wire [255:0] \w_data$432 ;
   (* init = 1'h0 *)
   wire w_en;
-  reg \w_en$166  = 1'h0;
-  wire \w_en$189 ;
-  wire \w_en$200 ;
-  wire \w_en$416 ;
   (* init = 1'h0 *)
-  wire \w_en$92 ;
+  wire \w_en$108 ;
+  reg \w_en$182  = 1'h0;
+  wire \w_en$205 ;
+  wire \w_en$216 ;
+  reg \w_en$281 ;
+  wire \w_en$430 ;
   reg w_feed_half = 1'h0;
   reg w_filled0 = 1'h0;
   reg w_filled1 = 1'h0;
-  reg w_full = 1'h0;
-  reg [7:0] w_lane0 = 8'h00;
-  reg [7:0] w_lane1 = 8'h00;
-  reg [7:0] w_lane2 = 8'h00;
-  reg [7:0] w_lane3 = 8'h00;
-  reg [7:0] w_lane4 = 8'h00;
-  reg [7:0] w_lane5 = 8'h00;
-  reg [7:0] w_lane6 = 8'h00;
-  reg [7:0] w_lane7 = 8'h00;
+  wire w_in_valid;
   reg [2:0] w_lb;
   reg [9:0] w_load_addr = 10'h000;
   reg w_load_half = 1'h0;
@@ -3075,18 +3087,22 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   reg [3:0] w_load_lane = 4'h0;
   reg [15:0] w_load_nt = 16'h0000;
   wire w_rdy;
-  wire \w_rdy$209 ;
-  wire \w_rdy$238 ;
-  wire \w_rdy$421 ;
+  wire \w_rdy$225 ;
+  wire \w_rdy$254 ;
+  wire \w_rdy$435 ;
+  wire \w_rdy$466 ;
   reg [8:0] w_read_addr = 9'h000;
   reg w_read_free = 1'h0;
   reg w_read_half = 1'h0;
   reg [7:0] w_step = 8'h00;
   reg want_w = 1'h0;
   reg [7:0] welem;
-  wire [13:0] wr__addr;
-  reg [15:0] wr__data;
-  wire wr__en;
+  wire [13:0] wr_addr;
+  reg [15:0] wr_data;
+  wire wr_en;
+  reg [13:0] wr_port__addr = 14'h0000;
+  reg [15:0] wr_port__data = 16'h0000;
+  reg wr_port__en = 1'h0;
   reg [8:0] a_cache0 [511:0];
   initial begin
     a_cache0[0] = 9'h000;
@@ -3602,17 +3618,17 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     a_cache0[510] = 9'h000;
     a_cache0[511] = 9'h000;
   end
-  always @(posedge clk) begin
-    if (\$signature__en$280 )
-      a_cache0[\$signature__addr$277 ] <= \$signature__data$279 ;
+  always @(posedge gemm_d_clk) begin
+    if (\$signature__en$299 )
+      a_cache0[\$signature__addr$296 ] <= \$signature__data$298 ;
   end
   reg [8:0] _0_;
-  always @(posedge clk) begin
-    if (\$signature__en$316 ) begin
-      _0_ <= a_cache0[\$signature__addr$314 ];
+  always @(posedge gemm_d_clk) begin
+    if (\$signature__en$335 ) begin
+      _0_ <= a_cache0[\$signature__addr$333 ];
     end
   end
-  assign \$signature__data$382  = _0_;
+  assign \$signature__data$401  = _0_;
   reg [8:0] a_cache1 [511:0];
   initial begin
     a_cache1[0] = 9'h000;
@@ -4128,17 +4144,17 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     a_cache1[510] = 9'h000;
     a_cache1[511] = 9'h000;
   end
-  always @(posedge clk) begin
-    if (\$signature__en$284 )
-      a_cache1[\$signature__addr$282 ] <= \$signature__data$283 ;
+  always @(posedge gemm_d_clk) begin
+    if (\$signature__en$303 )
+      a_cache1[\$signature__addr$301 ] <= \$signature__data$302 ;
   end
   reg [8:0] _1_;
-  always @(posedge clk) begin
-    if (\$signature__en$319 ) begin
-      _1_ <= a_cache1[\$signature__addr$318 ];
+  always @(posedge gemm_d_clk) begin
+    if (\$signature__en$338 ) begin
+      _1_ <= a_cache1[\$signature__addr$337 ];
     end
   end
-  assign \$signature__data$383  = _1_;
+  assign \$signature__data$402  = _1_;
   reg [8:0] a_cache2 [511:0];
   initial begin
     a_cache2[0] = 9'h000;
@@ -4654,17 +4670,17 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     a_cache2[510] = 9'h000;
     a_cache2[511] = 9'h000;
   end
-  always @(posedge clk) begin
-    if (\$signature__en$287 )
-      a_cache2[\$signature__addr$285 ] <= \$signature__data$286 ;
+  always @(posedge gemm_d_clk) begin
+    if (\$signature__en$306 )
+      a_cache2[\$signature__addr$304 ] <= \$signature__data$305 ;
   end
   reg [8:0] _2_;
-  always @(posedge clk) begin
-    if (\$signature__en$321 ) begin
-      _2_ <= a_cache2[\$signature__addr$320 ];
+  always @(posedge gemm_d_clk) begin
+    if (\$signature__en$340 ) begin
+      _2_ <= a_cache2[\$signature__addr$339 ];
     end
   end
-  assign \$signature__data$384  = _2_;
+  assign \$signature__data$403  = _2_;
   reg [8:0] a_cache3 [511:0];
   initial begin
     a_cache3[0] = 9'h000;
@@ -5180,17 +5196,17 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     a_cache3[510] = 9'h000;
     a_cache3[511] = 9'h000;
   end
-  always @(posedge clk) begin
-    if (\$signature__en$290 )
-      a_cache3[\$signature__addr$288 ] <= \$signature__data$289 ;
+  always @(posedge gemm_d_clk) begin
+    if (\$signature__en$309 )
+      a_cache3[\$signature__addr$307 ] <= \$signature__data$308 ;
   end
   reg [8:0] _3_;
-  always @(posedge clk) begin
-    if (\$signature__en$323 ) begin
-      _3_ <= a_cache3[\$signature__addr$322 ];
+  always @(posedge gemm_d_clk) begin
+    if (\$signature__en$342 ) begin
+      _3_ <= a_cache3[\$signature__addr$341 ];
     end
   end
-  assign \$signature__data$385  = _3_;
+  assign \$signature__data$404  = _3_;
   reg [8:0] a_cache4 [511:0];
   initial begin
     a_cache4[0] = 9'h000;
@@ -5706,17 +5722,17 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     a_cache4[510] = 9'h000;
     a_cache4[511] = 9'h000;
   end
-  always @(posedge clk) begin
-    if (\$signature__en$293 )
-      a_cache4[\$signature__addr$291 ] <= \$signature__data$292 ;
+  always @(posedge gemm_d_clk) begin
+    if (\$signature__en$312 )
+      a_cache4[\$signature__addr$310 ] <= \$signature__data$311 ;
   end
   reg [8:0] _4_;
-  always @(posedge clk) begin
-    if (\$signature__en$325 ) begin
-      _4_ <= a_cache4[\$signature__addr$324 ];
+  always @(posedge gemm_d_clk) begin
+    if (\$signature__en$344 ) begin
+      _4_ <= a_cache4[\$signature__addr$343 ];
     end
   end
-  assign \$signature__data$386  = _4_;
+  assign \$signature__data$405  = _4_;
   reg [8:0] a_cache5 [511:0];
   initial begin
     a_cache5[0] = 9'h000;
@@ -6232,17 +6248,17 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     a_cache5[510] = 9'h000;
     a_cache5[511] = 9'h000;
   end
-  always @(posedge clk) begin
-    if (\$signature__en$296 )
-      a_cache5[\$signature__addr$294 ] <= \$signature__data$295 ;
+  always @(posedge gemm_d_clk) begin
+    if (\$signature__en$315 )
+      a_cache5[\$signature__addr$313 ] <= \$signature__data$314 ;
   end
   reg [8:0] _5_;
-  always @(posedge clk) begin
-    if (\$signature__en$327 ) begin
-      _5_ <= a_cache5[\$signature__addr$326 ];
+  always @(posedge gemm_d_clk) begin
+    if (\$signature__en$346 ) begin
+      _5_ <= a_cache5[\$signature__addr$345 ];
     end
   end
-  assign \$signature__data$387  = _5_;
+  assign \$signature__data$406  = _5_;
   reg [8:0] a_cache6 [511:0];
   initial begin
     a_cache6[0] = 9'h000;
@@ -6758,17 +6774,17 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     a_cache6[510] = 9'h000;
     a_cache6[511] = 9'h000;
   end
-  always @(posedge clk) begin
-    if (\$signature__en$299 )
-      a_cache6[\$signature__addr$297 ] <= \$signature__data$298 ;
+  always @(posedge gemm_d_clk) begin
+    if (\$signature__en$318 )
+      a_cache6[\$signature__addr$316 ] <= \$signature__data$317 ;
   end
   reg [8:0] _6_;
-  always @(posedge clk) begin
-    if (\$signature__en$329 ) begin
-      _6_ <= a_cache6[\$signature__addr$328 ];
+  always @(posedge gemm_d_clk) begin
+    if (\$signature__en$348 ) begin
+      _6_ <= a_cache6[\$signature__addr$347 ];
     end
   end
-  assign \$signature__data$388  = _6_;
+  assign \$signature__data$407  = _6_;
   reg [8:0] a_cache7 [511:0];
   initial begin
     a_cache7[0] = 9'h000;
@@ -7284,17 +7300,17 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     a_cache7[510] = 9'h000;
     a_cache7[511] = 9'h000;
   end
-  always @(posedge clk) begin
-    if (\$signature__en$302 )
-      a_cache7[\$signature__addr$300 ] <= \$signature__data$301 ;
+  always @(posedge gemm_d_clk) begin
+    if (\$signature__en$321 )
+      a_cache7[\$signature__addr$319 ] <= \$signature__data$320 ;
   end
   reg [8:0] _7_;
-  always @(posedge clk) begin
-    if (\$signature__en$331 ) begin
-      _7_ <= a_cache7[\$signature__addr$330 ];
+  always @(posedge gemm_d_clk) begin
+    if (\$signature__en$350 ) begin
+      _7_ <= a_cache7[\$signature__addr$349 ];
     end
   end
-  assign \$signature__data$389  = _7_;
+  assign \$signature__data$408  = _7_;
   reg [8:0] a_cache8 [511:0];
   initial begin
     a_cache8[0] = 9'h000;
@@ -7810,17 +7826,17 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     a_cache8[510] = 9'h000;
     a_cache8[511] = 9'h000;
   end
-  always @(posedge clk) begin
-    if (\$signature__en$305 )
-      a_cache8[\$signature__addr$303 ] <= \$signature__data$304 ;
+  always @(posedge gemm_d_clk) begin
+    if (\$signature__en$324 )
+      a_cache8[\$signature__addr$322 ] <= \$signature__data$323 ;
   end
   reg [8:0] _8_;
-  always @(posedge clk) begin
-    if (\$signature__en$333 ) begin
-      _8_ <= a_cache8[\$signature__addr$332 ];
+  always @(posedge gemm_d_clk) begin
+    if (\$signature__en$352 ) begin
+      _8_ <= a_cache8[\$signature__addr$351 ];
     end
   end
-  assign \$signature__data$390  = _8_;
+  assign \$signature__data$409  = _8_;
   reg [15:0] buffer [16383:0];
   initial begin
     buffer[0] = 16'h0000;
@@ -24208,21 +24224,21 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     buffer[16382] = 16'h0000;
     buffer[16383] = 16'h0000;
   end
-  always @(posedge clk) begin
-    if (wr__en)
-      buffer[\addr$97 [13:0]] <= wr__data;
+  always @(posedge gemm_d_clk) begin
+    if (wr_port__en)
+      buffer[wr_port__addr] <= wr_port__data;
   end
   reg [15:0] _9_;
   reg [15:0] _10_;
-  always @(posedge clk) begin
+  always @(posedge gemm_d_clk) begin
     if (src1_issue) begin
-      _9_ <= buffer[\addr$89 [13:0]];
+      _9_ <= buffer[\addr$105 [13:0]];
     end
     if (src0_issue) begin
       _10_ <= buffer[addr[13:0]];
     end
   end
-  assign \$signature__data$94  = _9_;
+  assign \$signature__data$110  = _9_;
   assign \$signature__data  = _10_;
   reg [7:0] w_cache0 [511:0];
   initial begin
@@ -24739,17 +24755,17 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     w_cache0[510] = 8'h00;
     w_cache0[511] = 8'h00;
   end
-  always @(posedge clk) begin
-    if (\$signature__en$340 )
-      w_cache0[\$signature__addr$337 ] <= \$signature__data$339 ;
+  always @(posedge gemm_d_clk) begin
+    if (\$signature__en$359 )
+      w_cache0[\$signature__addr$356 ] <= \$signature__data$358 ;
   end
   reg [7:0] _11_;
-  always @(posedge clk) begin
-    if (\$signature__en$365 ) begin
-      _11_ <= w_cache0[\$signature__addr$363 ];
+  always @(posedge gemm_d_clk) begin
+    if (\$signature__en$384 ) begin
+      _11_ <= w_cache0[\$signature__addr$382 ];
     end
   end
-  assign \$signature__data$391  = _11_;
+  assign \$signature__data$410  = _11_;
   reg [7:0] w_cache1 [511:0];
   initial begin
     w_cache1[0] = 8'h00;
@@ -25265,17 +25281,17 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     w_cache1[510] = 8'h00;
     w_cache1[511] = 8'h00;
   end
-  always @(posedge clk) begin
-    if (\$signature__en$344 )
-      w_cache1[\$signature__addr$342 ] <= \$signature__data$343 ;
+  always @(posedge gemm_d_clk) begin
+    if (\$signature__en$363 )
+      w_cache1[\$signature__addr$361 ] <= \$signature__data$362 ;
   end
   reg [7:0] _12_;
-  always @(posedge clk) begin
-    if (\$signature__en$367 ) begin
-      _12_ <= w_cache1[\$signature__addr$366 ];
+  always @(posedge gemm_d_clk) begin
+    if (\$signature__en$386 ) begin
+      _12_ <= w_cache1[\$signature__addr$385 ];
     end
   end
-  assign \$signature__data$392  = _12_;
+  assign \$signature__data$411  = _12_;
   reg [7:0] w_cache2 [511:0];
   initial begin
     w_cache2[0] = 8'h00;
@@ -25791,17 +25807,17 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     w_cache2[510] = 8'h00;
     w_cache2[511] = 8'h00;
   end
-  always @(posedge clk) begin
-    if (\$signature__en$347 )
-      w_cache2[\$signature__addr$345 ] <= \$signature__data$346 ;
+  always @(posedge gemm_d_clk) begin
+    if (\$signature__en$366 )
+      w_cache2[\$signature__addr$364 ] <= \$signature__data$365 ;
   end
   reg [7:0] _13_;
-  always @(posedge clk) begin
-    if (\$signature__en$369 ) begin
-      _13_ <= w_cache2[\$signature__addr$368 ];
+  always @(posedge gemm_d_clk) begin
+    if (\$signature__en$388 ) begin
+      _13_ <= w_cache2[\$signature__addr$387 ];
     end
   end
-  assign \$signature__data$393  = _13_;
+  assign \$signature__data$412  = _13_;
   reg [7:0] w_cache3 [511:0];
   initial begin
     w_cache3[0] = 8'h00;
@@ -26317,17 +26333,17 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     w_cache3[510] = 8'h00;
     w_cache3[511] = 8'h00;
   end
-  always @(posedge clk) begin
-    if (\$signature__en$350 )
-      w_cache3[\$signature__addr$348 ] <= \$signature__data$349 ;
+  always @(posedge gemm_d_clk) begin
+    if (\$signature__en$369 )
+      w_cache3[\$signature__addr$367 ] <= \$signature__data$368 ;
   end
   reg [7:0] _14_;
-  always @(posedge clk) begin
-    if (\$signature__en$371 ) begin
-      _14_ <= w_cache3[\$signature__addr$370 ];
+  always @(posedge gemm_d_clk) begin
+    if (\$signature__en$390 ) begin
+      _14_ <= w_cache3[\$signature__addr$389 ];
     end
   end
-  assign \$signature__data$394  = _14_;
+  assign \$signature__data$413  = _14_;
   reg [7:0] w_cache4 [511:0];
   initial begin
     w_cache4[0] = 8'h00;
@@ -26843,17 +26859,17 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     w_cache4[510] = 8'h00;
     w_cache4[511] = 8'h00;
   end
-  always @(posedge clk) begin
-    if (\$signature__en$353 )
-      w_cache4[\$signature__addr$351 ] <= \$signature__data$352 ;
+  always @(posedge gemm_d_clk) begin
+    if (\$signature__en$372 )
+      w_cache4[\$signature__addr$370 ] <= \$signature__data$371 ;
   end
   reg [7:0] _15_;
-  always @(posedge clk) begin
-    if (\$signature__en$373 ) begin
-      _15_ <= w_cache4[\$signature__addr$372 ];
+  always @(posedge gemm_d_clk) begin
+    if (\$signature__en$392 ) begin
+      _15_ <= w_cache4[\$signature__addr$391 ];
     end
   end
-  assign \$signature__data$395  = _15_;
+  assign \$signature__data$414  = _15_;
   reg [7:0] w_cache5 [511:0];
   initial begin
     w_cache5[0] = 8'h00;
@@ -27369,17 +27385,17 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     w_cache5[510] = 8'h00;
     w_cache5[511] = 8'h00;
   end
-  always @(posedge clk) begin
-    if (\$signature__en$356 )
-      w_cache5[\$signature__addr$354 ] <= \$signature__data$355 ;
+  always @(posedge gemm_d_clk) begin
+    if (\$signature__en$375 )
+      w_cache5[\$signature__addr$373 ] <= \$signature__data$374 ;
   end
   reg [7:0] _16_;
-  always @(posedge clk) begin
-    if (\$signature__en$375 ) begin
-      _16_ <= w_cache5[\$signature__addr$374 ];
+  always @(posedge gemm_d_clk) begin
+    if (\$signature__en$394 ) begin
+      _16_ <= w_cache5[\$signature__addr$393 ];
     end
   end
-  assign \$signature__data$396  = _16_;
+  assign \$signature__data$415  = _16_;
   reg [7:0] w_cache6 [511:0];
   initial begin
     w_cache6[0] = 8'h00;
@@ -27895,17 +27911,17 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     w_cache6[510] = 8'h00;
     w_cache6[511] = 8'h00;
   end
-  always @(posedge clk) begin
-    if (\$signature__en$359 )
-      w_cache6[\$signature__addr$357 ] <= \$signature__data$358 ;
+  always @(posedge gemm_d_clk) begin
+    if (\$signature__en$378 )
+      w_cache6[\$signature__addr$376 ] <= \$signature__data$377 ;
   end
   reg [7:0] _17_;
-  always @(posedge clk) begin
-    if (\$signature__en$377 ) begin
-      _17_ <= w_cache6[\$signature__addr$376 ];
+  always @(posedge gemm_d_clk) begin
+    if (\$signature__en$396 ) begin
+      _17_ <= w_cache6[\$signature__addr$395 ];
     end
   end
-  assign \$signature__data$397  = _17_;
+  assign \$signature__data$416  = _17_;
   reg [7:0] w_cache7 [511:0];
   initial begin
     w_cache7[0] = 8'h00;
@@ -28421,17 +28437,17 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     w_cache7[510] = 8'h00;
     w_cache7[511] = 8'h00;
   end
-  always @(posedge clk) begin
-    if (\$signature__en$362 )
-      w_cache7[\$signature__addr$360 ] <= \$signature__data$361 ;
+  always @(posedge gemm_d_clk) begin
+    if (\$signature__en$381 )
+      w_cache7[\$signature__addr$379 ] <= \$signature__data$380 ;
   end
   reg [7:0] _18_;
-  always @(posedge clk) begin
-    if (\$signature__en$379 ) begin
-      _18_ <= w_cache7[\$signature__addr$378 ];
+  always @(posedge gemm_d_clk) begin
+    if (\$signature__en$398 ) begin
+      _18_ <= w_cache7[\$signature__addr$397 ];
     end
   end
-  assign \$signature__data$398  = _18_;
+  assign \$signature__data$417  = _18_;
   assign \$1  = | ins[511:510];
   assign \$2  = is_gemm & \$1 ;
   assign \$3  = ~ post_gelu;
@@ -28446,8 +28462,8 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   assign \$11  = level + src0_inflight;
   assign \$12  = \$11  < 3'h4;
   assign src0_issue = \$10  & \$12 ;
-  assign \$13  = run1 & \valid$85 ;
-  assign \$14  = \level$86  + src1_inflight;
+  assign \$13  = run1 & \valid$101 ;
+  assign \$14  = \level$102  + src1_inflight;
   assign \$15  = \$14  < 3'h4;
   assign src1_issue = \$13  & \$15 ;
   assign \$16  = is_softmax | pre_sm;
@@ -28482,41 +28498,41 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   assign \$58  = post_add ? ins[379:362] : ins[415:398];
   assign \$63  = $signed(\$61 ) + $signed(\$62 );
   assign \$65  = c_valid0 & c__ready;
-  assign \$66  = c_valid1 & \c__ready$118 ;
-  assign \$67  = c_valid2 & \c__ready$120 ;
-  assign \$68  = c_valid3 & \c__ready$122 ;
+  assign \$66  = c_valid1 & \c__ready$134 ;
+  assign \$67  = c_valid2 & \c__ready$136 ;
+  assign \$68  = c_valid3 & \c__ready$138 ;
   assign c_fire = | { \$68 , \$67 , \$66 , \$65  };
   assign \$69  = sink_from_add ? o__payload[15:0] : 16'h0000;
-  assign \$70  = sink_from_gelu0 ? \o__payload$185 [7:0] : 8'h00;
+  assign \$70  = sink_from_gelu0 ? \o__payload$201 [7:0] : 8'h00;
   assign res_lane0 = \$69  | { \$70 [7], \$70 [7], \$70 [7], \$70 [7], \$70 [7], \$70 [7], \$70 [7], \$70 [7], \$70  };
   assign \$71  = sink_from_add ? o__payload[31:16] : 16'h0000;
-  assign \$72  = sink_from_gelu0 ? \o__payload$185 [15:8] : 8'h00;
+  assign \$72  = sink_from_gelu0 ? \o__payload$201 [15:8] : 8'h00;
   assign res_lane1 = \$71  | { \$72 [7], \$72 [7], \$72 [7], \$72 [7], \$72 [7], \$72 [7], \$72 [7], \$72 [7], \$72  };
   assign \$73  = sink_from_add ? o__payload[47:32] : 16'h0000;
-  assign \$74  = sink_from_gelu0 ? \o__payload$185 [23:16] : 8'h00;
+  assign \$74  = sink_from_gelu0 ? \o__payload$201 [23:16] : 8'h00;
   assign res_lane2 = \$73  | { \$74 [7], \$74 [7], \$74 [7], \$74 [7], \$74 [7], \$74 [7], \$74 [7], \$74 [7], \$74  };
   assign \$75  = sink_from_add ? o__payload[63:48] : 16'h0000;
-  assign \$76  = sink_from_gelu0 ? \o__payload$185 [31:24] : 8'h00;
+  assign \$76  = sink_from_gelu0 ? \o__payload$201 [31:24] : 8'h00;
   assign res_lane3 = \$75  | { \$76 [7], \$76 [7], \$76 [7], \$76 [7], \$76 [7], \$76 [7], \$76 [7], \$76 [7], \$76  };
   assign \$77  = sink_from_add & o__valid;
-  assign \$78  = sink_from_gelu0 & \o__valid$191 ;
-  assign \w_en$189  = | { \$78 , \$77  };
+  assign \$78  = sink_from_gelu0 & \o__valid$207 ;
+  assign \w_en$205  = | { \$78 , \$77  };
   assign o__ready = sink_from_add & w_rdy;
-  assign \o__ready$195  = sink_from_gelu0 & w_rdy;
+  assign \o__ready$211  = sink_from_gelu0 & w_rdy;
   assign \$79  = sink_from_softmax | a_from_softmax;
-  assign \$80  = \$79  & \o__valid$203 ;
+  assign \$80  = \$79  & \o__valid$219 ;
   assign \$81  = sink_from_layernorm | a_from_layernorm;
-  assign \$82  = \$81  & \o__valid$206 ;
-  assign \w_en$200  = | { \$82 , \$80  };
+  assign \$82  = \$81  & \o__valid$222 ;
+  assign \w_en$216  = | { \$82 , \$80  };
   assign \$83  = sink_from_softmax | a_from_softmax;
-  assign \$84  = \$83  ? { 8'h00, \o__payload$197 [7:0] } : 16'h0000;
+  assign \$84  = \$83  ? { 8'h00, \o__payload$213 [7:0] } : 16'h0000;
   assign \$85  = sink_from_layernorm | a_from_layernorm;
-  assign \$86  = \$85  ? { \o__payload$199 [7], \o__payload$199 [7], \o__payload$199 [7], \o__payload$199 [7], \o__payload$199 [7], \o__payload$199 [7], \o__payload$199 [7], \o__payload$199 [7], \o__payload$199  } : 16'h0000;
-  assign \w_data$207  = \$84  | \$86 ;
+  assign \$86  = \$85  ? { \o__payload$215 [7], \o__payload$215 [7], \o__payload$215 [7], \o__payload$215 [7], \o__payload$215 [7], \o__payload$215 [7], \o__payload$215 [7], \o__payload$215 [7], \o__payload$215  } : 16'h0000;
+  assign \w_data$223  = \$84  | \$86 ;
   assign \$87  = sink_from_softmax | a_from_softmax;
-  assign \o__ready$208  = \$87  & \w_rdy$209 ;
+  assign \o__ready$224  = \$87  & \w_rdy$225 ;
   assign \$88  = sink_from_layernorm | a_from_layernorm;
-  assign \o__ready$210  = \$88  & \w_rdy$209 ;
+  assign \o__ready$226  = \$88  & \w_rdy$225 ;
   assign \$89  = is_softmax | is_layernorm;
   assign \$90  = ~ ext_req_valid;
   assign \$91  = \$90  | req__ready;
@@ -28526,27 +28542,27 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   assign \$101  = \$100  ? { beat__payload[31], beat__payload[31:0] } : { 1'h0, beat__payload[31:0] };
   assign \$104  = \$103  ? { beat__payload[63], beat__payload[63:0] } : { 1'h0, beat__payload[63:0] };
   assign \$105  = beat__valid & beat__payload[512];
-  assign \$106  = a__ready & \b__ready$234 ;
+  assign \$106  = a__ready & \b__ready$250 ;
   assign \$107  = sink_from_add & \$106 ;
   assign \$108  = sink_from_gelu0 & i__ready;
   assign \$109  = | { \$108 , \$107  };
-  assign \$110  = ~ \w_en$166 ;
-  assign \$111  = \$110  | \w_rdy$238 ;
+  assign \$110  = ~ \w_en$182 ;
+  assign \$111  = \$110  | \w_rdy$254 ;
   assign \$112  = \$111  & elem_valid;
   assign \$113  = ~ add_sel;
-  assign \$114  = \r_rdy$240  | \$113 ;
+  assign \$114  = \r_rdy$256  | \$113 ;
   assign \$115  = \$112  & \$114 ;
-  assign \$116  = ~ \w_en$166 ;
-  assign \$117  = \$116  | \w_rdy$238 ;
+  assign \$116  = ~ \w_en$182 ;
+  assign \$117  = \$116  | \w_rdy$254 ;
   assign \$118  = \$117  & elem_valid;
   assign \$119  = ~ add_sel;
-  assign \$120  = \r_rdy$240  | \$119 ;
+  assign \$120  = \r_rdy$256  | \$119 ;
   assign \$121  = \$118  & \$120 ;
   assign \$122  = \$121  & add_sel;
-  assign \$123  = sink_from_add & \r_rdy$243 ;
-  assign \$124  = sink_from_add & \r_rdy$243 ;
-  assign \$125  = sink_from_gelu0 & \r_rdy$243 ;
-  assign \$127  = \r_rdy$246  & \valid$249 ;
+  assign \$123  = sink_from_add & \r_rdy$259 ;
+  assign \$124  = sink_from_add & \r_rdy$259 ;
+  assign \$125  = sink_from_gelu0 & \r_rdy$259 ;
+  assign \$127  = \r_rdy$262  & \valid$265 ;
   assign \$128  = pack_jo == 2'h3;
   assign \$129  = \$128  | \final ;
   assign \$130  = q0_to_pack & r_rdy;
@@ -28555,627 +28571,627 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   assign \$132  = ~ is_linear;
   assign \$133  = \$132  | rk_zero;
   assign \$134  = \$133  & beat__valid;
-  assign \$135  = pre_ln | pre_sm;
-  assign a_in = \$135  ? \r_data$228  : \r_data$217 [15:0];
-  assign \$136  = a_from_softmax | a_from_layernorm;
-  assign \$137  = \$136  & \r_rdy$227 ;
-  assign \$138  = a_from_src0 & r_rdy;
-  assign a_in_valid = \$137  | \$138 ;
-  assign \$141  = \$140  ? { a_in[1], a_in[1:0] } : { 1'h0, a_in[1:0] };
-  assign \$144  = \$143  ? { a_in[2], a_in[2:0] } : { 1'h0, a_in[2:0] };
-  assign \$147  = \$146  ? { a_in[3], a_in[3:0] } : { 1'h0, a_in[3:0] };
-  assign \$150  = \$149  ? { a_in[4], a_in[4:0] } : { 1'h0, a_in[4:0] };
-  assign \$153  = \$152  ? { a_in[5], a_in[5:0] } : { 1'h0, a_in[5:0] };
-  assign \$156  = \$155  ? { a_in[6], a_in[6:0] } : { 1'h0, a_in[6:0] };
-  assign \$159  = \$158  ? { a_in[7], a_in[7:0] } : { 1'h0, a_in[7:0] };
-  assign \$161  = ~ \$160 ;
-  assign \$162  = a_in_valid & \$161 ;
-  assign \$163  = \$signal$274  * 9'h100;
-  assign \$164  = \$163  + lk;
-  assign \$166  = ~ \$165 ;
-  assign \$167  = a_in_valid & \$166 ;
-  assign \$168  = | \$signal$281 ;
-  assign \$169  = ~ \$168 ;
-  assign \$170  = \$167  & \$169 ;
-  assign \$171  = \$signal$274  * 9'h100;
-  assign \$172  = \$171  + lk;
-  assign \$174  = ~ \$173 ;
-  assign \$175  = a_in_valid & \$174 ;
-  assign \$176  = \$signal$281  == 1'h1;
-  assign \$177  = \$175  & \$176 ;
-  assign \$178  = \$signal$274  * 9'h100;
-  assign \$179  = \$178  + lk;
-  assign \$181  = ~ \$180 ;
-  assign \$182  = a_in_valid & \$181 ;
-  assign \$183  = \$signal$281  == 2'h2;
-  assign \$184  = \$182  & \$183 ;
-  assign \$185  = \$signal$274  * 9'h100;
-  assign \$186  = \$185  + lk;
-  assign \$188  = ~ \$187 ;
-  assign \$189  = a_in_valid & \$188 ;
-  assign \$190  = \$signal$281  == 2'h3;
-  assign \$191  = \$189  & \$190 ;
-  assign \$192  = \$signal$274  * 9'h100;
-  assign \$193  = \$192  + lk;
-  assign \$195  = ~ \$194 ;
-  assign \$196  = a_in_valid & \$195 ;
-  assign \$197  = \$signal$281  == 3'h4;
-  assign \$198  = \$196  & \$197 ;
-  assign \$199  = \$signal$274  * 9'h100;
-  assign \$200  = \$199  + lk;
-  assign \$202  = ~ \$201 ;
-  assign \$203  = a_in_valid & \$202 ;
-  assign \$204  = \$signal$281  == 3'h5;
-  assign \$205  = \$203  & \$204 ;
-  assign \$206  = \$signal$274  * 9'h100;
-  assign \$207  = \$206  + lk;
-  assign \$209  = ~ \$208 ;
-  assign \$210  = a_in_valid & \$209 ;
-  assign \$211  = \$signal$281  == 3'h6;
-  assign \$212  = \$210  & \$211 ;
-  assign \$213  = \$signal$274  * 9'h100;
-  assign \$214  = \$213  + lk;
-  assign \$216  = ~ \$215 ;
-  assign \$217  = a_in_valid & \$216 ;
-  assign \$218  = \$signal$281  == 3'h7;
-  assign \$219  = \$217  & \$218 ;
-  assign \$220  = \$signal$274  * 9'h100;
-  assign \$221  = \$220  + lk;
-  assign \$223  = ~ \$222 ;
-  assign \$224  = a_in_valid & \$223 ;
-  assign \$225  = \$signal$281  == 4'h8;
-  assign \$226  = \$224  & \$225 ;
-  assign \$228  = \$signal$274  == \$signal$307 ;
-  assign \$229  = lk > \$signal$308 ;
+  assign \$135  = ~ is_linear;
+  assign \$136  = \$135  | rk_zero;
+  assign \$137  = ~ \$136 ;
+  assign \$138  = beat__valid & \$137 ;
+  assign \$139  = pre_ln | pre_sm;
+  assign a_in = \$139  ? \r_data$244  : \r_data$233 [15:0];
+  assign \$140  = a_from_softmax | a_from_layernorm;
+  assign \$141  = \$140  & \r_rdy$243 ;
+  assign \$142  = a_from_src0 & r_rdy;
+  assign a_in_valid = \$141  | \$142 ;
+  assign \$145  = \$144  ? { a_in[1], a_in[1:0] } : { 1'h0, a_in[1:0] };
+  assign \$148  = \$147  ? { a_in[2], a_in[2:0] } : { 1'h0, a_in[2:0] };
+  assign \$151  = \$150  ? { a_in[3], a_in[3:0] } : { 1'h0, a_in[3:0] };
+  assign \$154  = \$153  ? { a_in[4], a_in[4:0] } : { 1'h0, a_in[4:0] };
+  assign \$157  = \$156  ? { a_in[5], a_in[5:0] } : { 1'h0, a_in[5:0] };
+  assign \$160  = \$159  ? { a_in[6], a_in[6:0] } : { 1'h0, a_in[6:0] };
+  assign \$163  = \$162  ? { a_in[7], a_in[7:0] } : { 1'h0, a_in[7:0] };
+  assign \$165  = ~ \$164 ;
+  assign \$166  = a_in_valid & \$165 ;
+  assign \$167  = \$signal$293  * 9'h100;
+  assign \$168  = \$167  + lk;
+  assign \$170  = ~ \$169 ;
+  assign \$171  = a_in_valid & \$170 ;
+  assign \$172  = | \$signal$300 ;
+  assign \$173  = ~ \$172 ;
+  assign \$174  = \$171  & \$173 ;
+  assign \$175  = \$signal$293  * 9'h100;
+  assign \$176  = \$175  + lk;
+  assign \$178  = ~ \$177 ;
+  assign \$179  = a_in_valid & \$178 ;
+  assign \$180  = \$signal$300  == 1'h1;
+  assign \$181  = \$179  & \$180 ;
+  assign \$182  = \$signal$293  * 9'h100;
+  assign \$183  = \$182  + lk;
+  assign \$185  = ~ \$184 ;
+  assign \$186  = a_in_valid & \$185 ;
+  assign \$187  = \$signal$300  == 2'h2;
+  assign \$188  = \$186  & \$187 ;
+  assign \$189  = \$signal$293  * 9'h100;
+  assign \$190  = \$189  + lk;
+  assign \$192  = ~ \$191 ;
+  assign \$193  = a_in_valid & \$192 ;
+  assign \$194  = \$signal$300  == 2'h3;
+  assign \$195  = \$193  & \$194 ;
+  assign \$196  = \$signal$293  * 9'h100;
+  assign \$197  = \$196  + lk;
+  assign \$199  = ~ \$198 ;
+  assign \$200  = a_in_valid & \$199 ;
+  assign \$201  = \$signal$300  == 3'h4;
+  assign \$202  = \$200  & \$201 ;
+  assign \$203  = \$signal$293  * 9'h100;
+  assign \$204  = \$203  + lk;
+  assign \$206  = ~ \$205 ;
+  assign \$207  = a_in_valid & \$206 ;
+  assign \$208  = \$signal$300  == 3'h5;
+  assign \$209  = \$207  & \$208 ;
+  assign \$210  = \$signal$293  * 9'h100;
+  assign \$211  = \$210  + lk;
+  assign \$213  = ~ \$212 ;
+  assign \$214  = a_in_valid & \$213 ;
+  assign \$215  = \$signal$300  == 3'h6;
+  assign \$216  = \$214  & \$215 ;
+  assign \$217  = \$signal$293  * 9'h100;
+  assign \$218  = \$217  + lk;
+  assign \$220  = ~ \$219 ;
+  assign \$221  = a_in_valid & \$220 ;
+  assign \$222  = \$signal$300  == 3'h7;
+  assign \$223  = \$221  & \$222 ;
+  assign \$224  = \$signal$293  * 9'h100;
+  assign \$225  = \$224  + lk;
+  assign \$227  = ~ \$226 ;
+  assign \$228  = a_in_valid & \$227 ;
+  assign \$229  = \$signal$300  == 4'h8;
   assign \$230  = \$228  & \$229 ;
-  assign \$231  = pre_ln | pre_sm;
-  assign \$232  = ~ \$231 ;
-  assign \$233  = \$230  & \$232 ;
-  assign \$234  = \$227  | \$233 ;
-  assign \$236  = is_linear | \$235 ;
+  assign \$232  = \$signal$293  == \$signal$326 ;
+  assign \$233  = lk > \$signal$327 ;
+  assign \$234  = \$232  & \$233 ;
+  assign \$235  = pre_ln | pre_sm;
+  assign \$236  = ~ \$235 ;
   assign \$237  = \$234  & \$236 ;
-  assign \$238  = \$237  & feed_queue_room;
-  assign \$239  = \$238  & a_blocks_left;
-  assign \$240  = ~ is_linear;
-  assign \$242  = ~ \$241 ;
-  assign \$243  = \r_rdy$240  & \$242 ;
+  assign \$238  = \$231  | \$237 ;
+  assign \$240  = is_linear | \$239 ;
+  assign \$241  = \$238  & \$240 ;
+  assign \$242  = \$241  & feed_queue_room;
+  assign \$243  = \$242  & a_blocks_left;
   assign \$244  = ~ is_linear;
-  assign \$245  = \$243  & \$244 ;
-  assign \$246  = w_load_half * 9'h100;
-  assign \$247  = \$246  + w_load_addr;
-  assign \$249  = ~ \$248 ;
-  assign \$250  = \r_rdy$240  & \$249 ;
-  assign \$251  = ~ is_linear;
-  assign \$252  = \$250  & \$251 ;
-  assign \$253  = | w_load_lane;
-  assign \$254  = ~ \$253 ;
-  assign \$255  = \$252  & \$254 ;
-  assign \$256  = w_load_half * 9'h100;
-  assign \$257  = \$256  + w_load_addr;
-  assign \$259  = ~ \$258 ;
-  assign \$260  = \r_rdy$240  & \$259 ;
-  assign \$261  = ~ is_linear;
-  assign \$262  = \$260  & \$261 ;
-  assign \$263  = w_load_lane == 1'h1;
-  assign \$264  = \$262  & \$263 ;
-  assign \$265  = w_load_half * 9'h100;
-  assign \$266  = \$265  + w_load_addr;
-  assign \$268  = ~ \$267 ;
-  assign \$269  = \r_rdy$240  & \$268 ;
-  assign \$270  = ~ is_linear;
-  assign \$271  = \$269  & \$270 ;
-  assign \$272  = w_load_lane == 2'h2;
-  assign \$273  = \$271  & \$272 ;
-  assign \$274  = w_load_half * 9'h100;
-  assign \$275  = \$274  + w_load_addr;
-  assign \$277  = ~ \$276 ;
-  assign \$278  = \r_rdy$240  & \$277 ;
-  assign \$279  = ~ is_linear;
-  assign \$280  = \$278  & \$279 ;
-  assign \$281  = w_load_lane == 2'h3;
-  assign \$282  = \$280  & \$281 ;
-  assign \$283  = w_load_half * 9'h100;
-  assign \$284  = \$283  + w_load_addr;
-  assign \$286  = ~ \$285 ;
-  assign \$287  = \r_rdy$240  & \$286 ;
-  assign \$288  = ~ is_linear;
-  assign \$289  = \$287  & \$288 ;
-  assign \$290  = w_load_lane == 3'h4;
-  assign \$291  = \$289  & \$290 ;
-  assign \$292  = w_load_half * 9'h100;
-  assign \$293  = \$292  + w_load_addr;
-  assign \$295  = ~ \$294 ;
-  assign \$296  = \r_rdy$240  & \$295 ;
-  assign \$297  = ~ is_linear;
-  assign \$298  = \$296  & \$297 ;
-  assign \$299  = w_load_lane == 3'h5;
-  assign \$300  = \$298  & \$299 ;
-  assign \$301  = w_load_half * 9'h100;
-  assign \$302  = \$301  + w_load_addr;
-  assign \$304  = ~ \$303 ;
-  assign \$305  = \r_rdy$240  & \$304 ;
-  assign \$306  = ~ is_linear;
-  assign \$307  = \$305  & \$306 ;
-  assign \$308  = w_load_lane == 3'h6;
-  assign \$309  = \$307  & \$308 ;
-  assign \$310  = w_load_half * 9'h100;
-  assign \$311  = \$310  + w_load_addr;
-  assign \$313  = ~ \$312 ;
-  assign \$314  = \r_rdy$240  & \$313 ;
-  assign \$315  = ~ is_linear;
-  assign \$316  = \$314  & \$315 ;
-  assign \$317  = w_load_lane == 3'h7;
-  assign \$318  = \$316  & \$317 ;
-  assign \$319  = is_linear ? w_full : feed_valid;
-  assign \$320  = is_linear ? { w_lane0[7], w_lane0 } : { 1'h0, feed_beat[89:82] };
-  assign \$321  = is_linear ? { w_lane1[7], w_lane1 } : { 1'h0, feed_beat[97:90] };
-  assign \$322  = is_linear ? { w_lane2[7], w_lane2 } : { 1'h0, feed_beat[105:98] };
-  assign \$323  = is_linear ? { w_lane3[7], w_lane3 } : { 1'h0, feed_beat[113:106] };
-  assign \$324  = is_linear ? { w_lane4[7], w_lane4 } : { 1'h0, feed_beat[121:114] };
-  assign \$325  = is_linear ? { w_lane5[7], w_lane5 } : { 1'h0, feed_beat[129:122] };
-  assign \$326  = is_linear ? { w_lane6[7], w_lane6 } : { 1'h0, feed_beat[137:130] };
-  assign \$327  = is_linear ? { w_lane7[7], w_lane7 } : { 1'h0, feed_beat[145:138] };
-  assign \$328  = sink_from_gemm & dst_step;
-  assign \$329  = \$328  & last__4;
-  assign \$330  = res_to_pack & elem_take;
-  assign \$331  = post_col == 3'h7;
-  assign \$332  = \$330  & \$331 ;
-  assign \r_en$423  = \$329  | \$332 ;
-  assign \$333  = index__1 != dec_mt_last;
-  assign \$334  = index__3 < dec_rows_last;
-  assign \$335  = \$333  | \$334 ;
-  assign \$336  = index__2 * 4'h8;
-  assign \$337  = \$336  + index__4;
-  assign \$338  = \$337  < ins[71:56];
-  assign \$339  = \$335  & \$338 ;
-  assign \$340  = post_gelu | post_add;
-  assign \$341  = ~ \$340 ;
-  assign \$342  = gemm_active & \$341 ;
-  assign \$344  = post_gelu | post_add;
-  assign \$345  = gemm_active & \$344 ;
-  assign \$347  = ~ fetch_sent;
-  assign \$348  = in_fetch & \$347 ;
-  assign \$349  = | c_ask;
-  assign \$350  = in_const & \$349 ;
-  assign \$351  = sink_from_load & ext_req_valid;
-  assign \$353  = gemm_active & \$signal$443 ;
-  assign \req__valid$436  = | { \$353 , \$352 , \$351 , \$350 , \$348  };
-  assign \$354  = in_fetch ? pc : 32'd0;
-  assign \$355  = in_const ? c_addr : 32'd0;
-  assign \$356  = \$354  | \$355 ;
-  assign \$357  = sink_from_load ? ext_req_addr : 32'd0;
-  assign \$358  = \$356  | \$357 ;
-  assign \$361  = want_w ? w_addr : p_addr;
-  assign \$362  = gemm_active ? \$361  : 32'd0;
-  assign \$363  = \$360  | \$362 ;
-  assign \$364  = in_fetch ? 3'h6 : 3'h0;
-  assign \$365  = in_const ? dec_c_lb : 3'h0;
-  assign \$366  = \$364  | \$365 ;
-  assign \$367  = sink_from_load ? ins[23:22] : 2'h0;
-  assign \$368  = \$366  | { 1'h0, \$367  };
-  assign \$371  = want_w ? w_lb : 3'h6;
-  assign \$372  = gemm_active ? \$371  : 3'h0;
-  assign \$373  = \$370  | \$372 ;
-  assign \$375  = ~ c_full;
-  assign \$376  = in_const & \$375 ;
-  assign \$377  = sink_from_load & \valid$249 ;
-  assign \$379  = ~ is_linear;
-  assign \$380  = \$379  | rk_zero;
-  assign \$381  = ~ w_full;
-  assign \$382  = \a__valid$399  & \a__ready$406 ;
-  assign \$383  = \$381  | \$382 ;
-  assign \$384  = \$380  ? p__ready : \$383 ;
-  assign \$385  = gemm_active & \$384 ;
-  assign beat__ready = | { \$385 , \$378 , \$377 , \$376 , \$374  };
-  assign \$386  = sink_from_move & r_rdy;
-  assign \$387  = sink_from_load & beat__valid;
-  assign \$388  = ~ ext_req_valid;
-  assign \$389  = \$388  | \req__ready$455 ;
-  assign \$390  = r_rdy & \$389 ;
-  assign \$391  = sink_from_store & \$390 ;
-  assign \$392  = sink_from_softmax & \r_rdy$227 ;
-  assign \$393  = sink_from_layernorm & \r_rdy$227 ;
-  assign \$394  = sink_from_add & \r_rdy$246 ;
-  assign \$395  = sink_from_gelu0 & \r_rdy$246 ;
-  assign \$396  = sink_from_gemm & gemm_res_valid;
-  assign \$397  = | { \$396 , \$395 , \$394 , \$393 , \$392 , \$391 , \$387 , \$386  };
-  assign dst_step = \valid$249  & \$397 ;
-  assign \$398  = ~ sink_from_store;
-  assign \$399  = dst_step & \$398 ;
-  assign wr__en = \$399  & dst_keep;
-  assign \$400  = sink_from_softmax | a_from_softmax;
-  assign \i__valid$460  = \$400  & r_rdy;
-  assign \$401  = sink_from_layernorm | a_from_layernorm;
-  assign \i__valid$461  = \$401  & r_rdy;
-  assign \$402  = sink_from_softmax | sink_from_layernorm;
-  assign \$403  = \$402  & \valid$249 ;
-  assign \$404  = a_from_softmax | a_from_layernorm;
-  assign \$405  = \$404  & a_in_take;
-  assign \r_en$462  = \$403  | \$405 ;
-  assign \$406  = sink_from_move & \valid$249 ;
-  assign \$407  = sink_from_store & \valid$249 ;
-  assign \$408  = ~ ext_req_valid;
-  assign \$409  = \$408  | \req__ready$455 ;
-  assign \$410  = \$407  & \$409 ;
-  assign \$411  = sink_from_softmax | a_from_softmax;
-  assign \$412  = \$411  & \i__ready$464 ;
-  assign \$413  = sink_from_layernorm | a_from_layernorm;
-  assign \$414  = \$413  & \i__ready$465 ;
-  assign \$415  = q0_to_pack & elem_take;
-  assign \$416  = a_from_src0 & a_in_take;
-  assign \$417  = | { \$416 , \$415 , \$414 , \$412 , \$410 , \$406  };
-  assign \r_en$463  = r_rdy & \$417 ;
-  assign \$418  = in_stream & err;
-  assign \$419  = ~ busy;
-  assign clear = start & \$419 ;
-  assign \$420  = ins[5:0] == 1'h1;
-  assign \$421  = ins[5:0] == 2'h2;
-  assign \$422  = ins[5:0] == 2'h3;
-  assign \$423  = ins[5:0] == 3'h4;
-  assign \$424  = ins[5:0] == 3'h5;
-  assign \$425  = ins[5:0] == 3'h6;
-  assign \$426  = ins[5:0] == 3'h7;
-  assign \$427  = ins[5:0] == 4'h8;
-  assign \$428  = ins[5:0] == 4'h9;
-  assign \$429  = ins[5:0] == 4'ha;
-  assign \$430  = ins[5:0] == 4'hb;
-  assign \$431  = ins[5:0] == 4'hc;
-  assign \$432  = ins[5:0] == 4'hd;
-  assign \$433  = ins[5:0] == 4'he;
-  assign \$434  = ins[5:0] == 4'hf;
-  assign \$435  = 1'h1 << ins[3:0];
-  assign \$436  = ins[5:0] == 3'h4;
-  assign \$437  = ins[5:0] == 3'h5;
-  assign \$438  = \$436  | \$437 ;
-  assign \$439  = ins[5:0] == 3'h4;
-  assign \$440  = ins[511:510] == 1'h1;
-  assign \$441  = \$439  & \$440 ;
-  assign \$442  = ins[5:0] == 3'h4;
-  assign \$443  = ins[511:510] == 2'h2;
-  assign \$444  = \$442  & \$443 ;
-  assign \$445  = ins[5:0] == 3'h4;
-  assign \$446  = ins[511:510] == 2'h3;
-  assign \$447  = \$445  & \$446 ;
-  assign \$448  = ins[5:0] == 3'h5;
-  assign \$449  = ins[511:510] == 2'h3;
-  assign \$450  = \$448  & \$449 ;
-  assign \$451  = ~ unit_rst;
-  assign \$452  = src0_issue & \$451 ;
-  assign \$453  = last__3 & \last__4$482 ;
-  assign \$454  = ~ unit_rst;
-  assign \$455  = src1_issue & \$454 ;
-  assign \$456  = \last__3$487  & \last__4$485 ;
-  assign \$457  = ins[5:0] == 4'ha;
-  assign \$458  = ins[5:0] == 4'hb;
-  assign \$459  = ins[5:0] == 4'hc;
-  assign \$460  = ins[5:0] == 4'hd;
-  assign \$461  = ins[5:0] == 4'he;
-  assign \$462  = ins[5:0] == 4'hf;
-  assign \$463  = | { \$462 , \$461 , \$460 , \$459 , \$458 , \$457  };
-  assign \$464  = | ins[7:6];
-  assign \$465  = ~ \$464 ;
-  assign \$466  = ins[5:0] == 3'h7;
-  assign \$467  = ins[5:0] == 3'h4;
-  assign \$468  = ins[511:510] == 1'h1;
-  assign \$469  = \$467  & \$468 ;
-  assign \$470  = \$466  | \$469 ;
-  assign \$471  = \$465  & \$470 ;
-  assign \$472  = ins[5:0] == 4'h9;
-  assign \$473  = ins[5:0] == 3'h4;
-  assign \$474  = ins[511:510] == 2'h2;
-  assign \$475  = \$473  & \$474 ;
-  assign \$476  = \$472  | \$475 ;
-  assign \$477  = ins[55:40] + 4'h8;
-  assign \$478  = ins[71:56] + 3'h7;
-  assign \$479  = dec_n1p * 16'he38f;
-  assign \$482  = ins[87:72] - 1'h1;
-  assign \$483  = dec_mt - 1'h1;
-  assign \$484  = dec_nt - 1'h1;
-  assign \$485  = ins[39:24] * dec_mt;
-  assign \$487  = \$486  + 6'h3f;
-  assign \$489  = ins[497:466] + \$488 ;
-  assign \$490  = is_gemm ? \$489  : { 1'h0, ins[465:434] };
-  assign \$491  = dec_blocks * dec_nt;
-  assign \$494  = \$492  + \$493 ;
-  assign \$495  = ins[55:40] - \$494 ;
-  assign \$498  = \$497  ? offset : 32'd0;
-  assign \$499  = ins[465:434] + \$498 ;
-  assign \$500  = cycles + 1'h1;
-  assign \$501  = in_op & op_onehot[0];
-  assign \$502  = op_cycles__0 + 1'h1;
-  assign \$503  = in_op & op_onehot[1];
-  assign \$504  = op_cycles__1 + 1'h1;
-  assign \$505  = in_op & op_onehot[2];
-  assign \$506  = op_cycles__2 + 1'h1;
-  assign \$507  = in_op & op_onehot[3];
-  assign \$508  = op_cycles__3 + 1'h1;
-  assign \$509  = in_op & op_onehot[4];
-  assign \$510  = op_cycles__4 + 1'h1;
-  assign \$511  = in_op & op_onehot[5];
-  assign \$512  = op_cycles__5 + 1'h1;
-  assign \$513  = in_op & op_onehot[6];
-  assign \$514  = op_cycles__6 + 1'h1;
-  assign \$515  = in_op & op_onehot[7];
-  assign \$516  = op_cycles__7 + 1'h1;
-  assign \$517  = in_op & op_onehot[8];
-  assign \$518  = op_cycles__8 + 1'h1;
-  assign \$519  = in_op & op_onehot[9];
-  assign \$520  = op_cycles__9 + 1'h1;
-  assign \$521  = in_op & op_onehot[10];
-  assign \$522  = op_cycles__10 + 1'h1;
-  assign \$523  = in_op & op_onehot[11];
-  assign \$524  = op_cycles__11 + 1'h1;
-  assign \$525  = in_op & op_onehot[12];
-  assign \$526  = op_cycles__12 + 1'h1;
-  assign \$527  = in_op & op_onehot[13];
-  assign \$528  = op_cycles__13 + 1'h1;
-  assign \$529  = in_op & op_onehot[14];
-  assign \$530  = op_cycles__14 + 1'h1;
-  assign \$531  = in_op & op_onehot[15];
-  assign \$532  = op_cycles__15 + 1'h1;
-  assign \$533  = images_left > 1'h1;
-  assign \$534  = is_end & \$533 ;
-  assign \$535  = | ins[39:24];
-  assign \$536  = ~ \$535 ;
-  assign \$537  = | ins[55:40];
-  assign \$538  = ~ \$537 ;
-  assign \$539  = | ins[71:56];
-  assign \$540  = ~ \$539 ;
-  assign \$541  = | ins[87:72];
-  assign \$542  = ~ \$541 ;
-  assign \$543  = | ins[103:88];
-  assign \$544  = ~ \$543 ;
-  assign \$545  = | { \$544 , \$542 , \$540 , \$538 , \$536  };
-  assign \$546  = ~ post_bad;
-  assign \$547  = \$546  & unit_known;
-  assign \$548  = post_gelu | post_add;
-  assign \$549  = \$548  | pre_ln;
-  assign \$550  = \$549  | pre_sm;
-  assign \$551  = is_move | is_load;
-  assign \$552  = \$551  | is_store;
-  assign \$553  = \$552  | is_gemm;
-  assign \$554  = ~ \$553 ;
-  assign \$555  = \$550  | \$554 ;
-  assign \$556  = \$547  & \$555 ;
-  assign \$557  = ~ post_bad;
-  assign \$558  = post_gelu | post_add;
-  assign \$559  = \$558  | pre_ln;
-  assign \$560  = \$559  | pre_sm;
+  assign \$246  = ~ \$245 ;
+  assign \$247  = \r_rdy$256  & \$246 ;
+  assign \$248  = ~ is_linear;
+  assign \$249  = \$247  & \$248 ;
+  assign \$250  = w_load_half * 9'h100;
+  assign \$251  = \$250  + w_load_addr;
+  assign \$253  = ~ \$252 ;
+  assign \$254  = \r_rdy$256  & \$253 ;
+  assign \$255  = ~ is_linear;
+  assign \$256  = \$254  & \$255 ;
+  assign \$257  = | w_load_lane;
+  assign \$258  = ~ \$257 ;
+  assign \$259  = \$256  & \$258 ;
+  assign \$260  = w_load_half * 9'h100;
+  assign \$261  = \$260  + w_load_addr;
+  assign \$263  = ~ \$262 ;
+  assign \$264  = \r_rdy$256  & \$263 ;
+  assign \$265  = ~ is_linear;
+  assign \$266  = \$264  & \$265 ;
+  assign \$267  = w_load_lane == 1'h1;
+  assign \$268  = \$266  & \$267 ;
+  assign \$269  = w_load_half * 9'h100;
+  assign \$270  = \$269  + w_load_addr;
+  assign \$272  = ~ \$271 ;
+  assign \$273  = \r_rdy$256  & \$272 ;
+  assign \$274  = ~ is_linear;
+  assign \$275  = \$273  & \$274 ;
+  assign \$276  = w_load_lane == 2'h2;
+  assign \$277  = \$275  & \$276 ;
+  assign \$278  = w_load_half * 9'h100;
+  assign \$279  = \$278  + w_load_addr;
+  assign \$281  = ~ \$280 ;
+  assign \$282  = \r_rdy$256  & \$281 ;
+  assign \$283  = ~ is_linear;
+  assign \$284  = \$282  & \$283 ;
+  assign \$285  = w_load_lane == 2'h3;
+  assign \$286  = \$284  & \$285 ;
+  assign \$287  = w_load_half * 9'h100;
+  assign \$288  = \$287  + w_load_addr;
+  assign \$290  = ~ \$289 ;
+  assign \$291  = \r_rdy$256  & \$290 ;
+  assign \$292  = ~ is_linear;
+  assign \$293  = \$291  & \$292 ;
+  assign \$294  = w_load_lane == 3'h4;
+  assign \$295  = \$293  & \$294 ;
+  assign \$296  = w_load_half * 9'h100;
+  assign \$297  = \$296  + w_load_addr;
+  assign \$299  = ~ \$298 ;
+  assign \$300  = \r_rdy$256  & \$299 ;
+  assign \$301  = ~ is_linear;
+  assign \$302  = \$300  & \$301 ;
+  assign \$303  = w_load_lane == 3'h5;
+  assign \$304  = \$302  & \$303 ;
+  assign \$305  = w_load_half * 9'h100;
+  assign \$306  = \$305  + w_load_addr;
+  assign \$308  = ~ \$307 ;
+  assign \$309  = \r_rdy$256  & \$308 ;
+  assign \$310  = ~ is_linear;
+  assign \$311  = \$309  & \$310 ;
+  assign \$312  = w_load_lane == 3'h6;
+  assign \$313  = \$311  & \$312 ;
+  assign \$314  = w_load_half * 9'h100;
+  assign \$315  = \$314  + w_load_addr;
+  assign \$317  = ~ \$316 ;
+  assign \$318  = \r_rdy$256  & \$317 ;
+  assign \$319  = ~ is_linear;
+  assign \$320  = \$318  & \$319 ;
+  assign \$321  = w_load_lane == 3'h7;
+  assign \$322  = \$320  & \$321 ;
+  assign \$323  = is_linear ? \r_rdy$423  : feed_valid;
+  assign \$324  = is_linear & w__ready;
+  assign \$325  = is_linear ? \r_data$429 [7:0] : feed_beat[89:82];
+  assign \$326  = is_linear ? \r_data$429 [15:8] : feed_beat[97:90];
+  assign \$327  = is_linear ? \r_data$429 [23:16] : feed_beat[105:98];
+  assign \$328  = is_linear ? \r_data$429 [31:24] : feed_beat[113:106];
+  assign \$329  = is_linear ? \r_data$429 [39:32] : feed_beat[121:114];
+  assign \$330  = is_linear ? \r_data$429 [47:40] : feed_beat[129:122];
+  assign \$331  = is_linear ? \r_data$429 [55:48] : feed_beat[137:130];
+  assign \$332  = is_linear ? \r_data$429 [63:56] : feed_beat[145:138];
+  assign \$333  = sink_from_gemm & dst_step;
+  assign \$334  = \$333  & last__4;
+  assign \$335  = res_to_pack & elem_take;
+  assign \$336  = post_col == 3'h7;
+  assign \$337  = \$335  & \$336 ;
+  assign \r_en$437  = \$334  | \$337 ;
+  assign \$338  = index__1 != dec_mt_last;
+  assign \$339  = index__3 < dec_rows_last;
+  assign \$340  = \$338  | \$339 ;
+  assign \$341  = index__2 * 4'h8;
+  assign \$342  = \$341  + index__4;
+  assign \$343  = \$342  < ins[71:56];
+  assign \$344  = \$340  & \$343 ;
+  assign \$345  = post_gelu | post_add;
+  assign \$346  = ~ \$345 ;
+  assign \$347  = gemm_active & \$346 ;
+  assign \$349  = post_gelu | post_add;
+  assign \$350  = gemm_active & \$349 ;
+  assign \$352  = ~ fetch_sent;
+  assign \$353  = in_fetch & \$352 ;
+  assign \$354  = | c_ask;
+  assign \$355  = in_const & \$354 ;
+  assign \$356  = sink_from_load & ext_req_valid;
+  assign \$358  = gemm_active & \$signal$457 ;
+  assign \req__valid$450  = | { \$358 , \$357 , \$356 , \$355 , \$353  };
+  assign \$359  = in_fetch ? pc : 32'd0;
+  assign \$360  = in_const ? c_addr : 32'd0;
+  assign \$361  = \$359  | \$360 ;
+  assign \$362  = sink_from_load ? ext_req_addr : 32'd0;
+  assign \$363  = \$361  | \$362 ;
+  assign \$366  = want_w ? w_addr : p_addr;
+  assign \$367  = gemm_active ? \$366  : 32'd0;
+  assign \$368  = \$365  | \$367 ;
+  assign \$369  = in_fetch ? 3'h6 : 3'h0;
+  assign \$370  = in_const ? dec_c_lb : 3'h0;
+  assign \$371  = \$369  | \$370 ;
+  assign \$372  = sink_from_load ? ins[23:22] : 2'h0;
+  assign \$373  = \$371  | { 1'h0, \$372  };
+  assign \$376  = want_w ? w_lb : 3'h6;
+  assign \$377  = gemm_active ? \$376  : 3'h0;
+  assign \$378  = \$375  | \$377 ;
+  assign \$380  = ~ c_full;
+  assign \$381  = in_const & \$380 ;
+  assign \$382  = sink_from_load & \valid$265 ;
+  assign \$384  = ~ is_linear;
+  assign \$385  = \$384  | rk_zero;
+  assign \$386  = \$385  ? p__ready : \w_rdy$466 ;
+  assign \$387  = gemm_active & \$386 ;
+  assign beat__ready = | { \$387 , \$383 , \$382 , \$381 , \$379  };
+  assign \$388  = sink_from_move & r_rdy;
+  assign \$389  = sink_from_load & beat__valid;
+  assign \$390  = ~ ext_req_valid;
+  assign \$391  = \$390  | \req__ready$470 ;
+  assign \$392  = r_rdy & \$391 ;
+  assign \$393  = sink_from_store & \$392 ;
+  assign \$394  = sink_from_softmax & \r_rdy$243 ;
+  assign \$395  = sink_from_layernorm & \r_rdy$243 ;
+  assign \$396  = sink_from_add & \r_rdy$262 ;
+  assign \$397  = sink_from_gelu0 & \r_rdy$262 ;
+  assign \$398  = sink_from_gemm & gemm_res_valid;
+  assign \$399  = | { \$398 , \$397 , \$396 , \$395 , \$394 , \$393 , \$389 , \$388  };
+  assign dst_step = \valid$265  & \$399 ;
+  assign \$400  = ~ sink_from_store;
+  assign \$401  = dst_step & \$400 ;
+  assign wr_en = \$401  & dst_keep;
+  assign \$402  = sink_from_softmax | a_from_softmax;
+  assign \i__valid$475  = \$402  & r_rdy;
+  assign \$403  = sink_from_layernorm | a_from_layernorm;
+  assign \i__valid$476  = \$403  & r_rdy;
+  assign \$404  = sink_from_softmax | sink_from_layernorm;
+  assign \$405  = \$404  & \valid$265 ;
+  assign \$406  = a_from_softmax | a_from_layernorm;
+  assign \$407  = \$406  & a_in_take;
+  assign \r_en$477  = \$405  | \$407 ;
+  assign \$408  = sink_from_move & \valid$265 ;
+  assign \$409  = sink_from_store & \valid$265 ;
+  assign \$410  = ~ ext_req_valid;
+  assign \$411  = \$410  | \req__ready$470 ;
+  assign \$412  = \$409  & \$411 ;
+  assign \$413  = sink_from_softmax | a_from_softmax;
+  assign \$414  = \$413  & \i__ready$479 ;
+  assign \$415  = sink_from_layernorm | a_from_layernorm;
+  assign \$416  = \$415  & \i__ready$480 ;
+  assign \$417  = q0_to_pack & elem_take;
+  assign \$418  = a_from_src0 & a_in_take;
+  assign \$419  = | { \$418 , \$417 , \$416 , \$414 , \$412 , \$408  };
+  assign \r_en$478  = r_rdy & \$419 ;
+  assign \$420  = in_stream & err;
+  assign \$421  = ~ busy;
+  assign clear = start & \$421 ;
+  assign \$422  = rst | unit_rst;
+  assign \$423  = rst | unit_rst;
+  assign \$424  = rst | unit_rst;
+  assign \$425  = rst | unit_rst;
+  assign \$426  = rst | unit_rst;
+  assign \$427  = ins[5:0] == 1'h1;
+  assign \$428  = ins[5:0] == 2'h2;
+  assign \$429  = ins[5:0] == 2'h3;
+  assign \$430  = ins[5:0] == 3'h4;
+  assign \$431  = ins[5:0] == 3'h5;
+  assign \$432  = ins[5:0] == 3'h6;
+  assign \$433  = ins[5:0] == 3'h7;
+  assign \$434  = ins[5:0] == 4'h8;
+  assign \$435  = ins[5:0] == 4'h9;
+  assign \$436  = ins[5:0] == 4'ha;
+  assign \$437  = ins[5:0] == 4'hb;
+  assign \$438  = ins[5:0] == 4'hc;
+  assign \$439  = ins[5:0] == 4'hd;
+  assign \$440  = ins[5:0] == 4'he;
+  assign \$441  = ins[5:0] == 4'hf;
+  assign \$442  = 1'h1 << ins[3:0];
+  assign \$443  = ins[5:0] == 3'h4;
+  assign \$444  = ins[5:0] == 3'h5;
+  assign \$445  = \$443  | \$444 ;
+  assign \$446  = ins[5:0] == 3'h4;
+  assign \$447  = ins[511:510] == 1'h1;
+  assign \$448  = \$446  & \$447 ;
+  assign \$449  = ins[5:0] == 3'h4;
+  assign \$450  = ins[511:510] == 2'h2;
+  assign \$451  = \$449  & \$450 ;
+  assign \$452  = ins[5:0] == 3'h4;
+  assign \$453  = ins[511:510] == 2'h3;
+  assign \$454  = \$452  & \$453 ;
+  assign \$455  = ins[5:0] == 3'h5;
+  assign \$456  = ins[511:510] == 2'h3;
+  assign \$457  = \$455  & \$456 ;
+  assign \$458  = ~ unit_rst;
+  assign \$459  = src0_issue & \$458 ;
+  assign \$460  = last__3 & \last__4$499 ;
+  assign \$461  = ~ unit_rst;
+  assign \$462  = src1_issue & \$461 ;
+  assign \$463  = \last__3$504  & \last__4$502 ;
+  assign \$464  = ins[5:0] == 4'ha;
+  assign \$465  = ins[5:0] == 4'hb;
+  assign \$466  = ins[5:0] == 4'hc;
+  assign \$467  = ins[5:0] == 4'hd;
+  assign \$468  = ins[5:0] == 4'he;
+  assign \$469  = ins[5:0] == 4'hf;
+  assign \$470  = | { \$469 , \$468 , \$467 , \$466 , \$465 , \$464  };
+  assign \$471  = | ins[7:6];
+  assign \$472  = ~ \$471 ;
+  assign \$473  = ins[5:0] == 3'h7;
+  assign \$474  = ins[5:0] == 3'h4;
+  assign \$475  = ins[511:510] == 1'h1;
+  assign \$476  = \$474  & \$475 ;
+  assign \$477  = \$473  | \$476 ;
+  assign \$478  = \$472  & \$477 ;
+  assign \$479  = ins[5:0] == 4'h9;
+  assign \$480  = ins[5:0] == 3'h4;
+  assign \$481  = ins[511:510] == 2'h2;
+  assign \$482  = \$480  & \$481 ;
+  assign \$483  = \$479  | \$482 ;
+  assign \$484  = ins[55:40] + 4'h8;
+  assign \$485  = ins[71:56] + 3'h7;
+  assign \$486  = dec_n1p * 16'he38f;
+  assign \$489  = ins[87:72] - 1'h1;
+  assign \$490  = dec_mt - 1'h1;
+  assign \$491  = dec_nt - 1'h1;
+  assign \$492  = ins[39:24] * dec_mt;
+  assign \$494  = \$493  + 6'h3f;
+  assign \$496  = ins[497:466] + \$495 ;
+  assign \$497  = is_gemm ? \$496  : { 1'h0, ins[465:434] };
+  assign \$498  = dec_blocks * dec_nt;
+  assign \$501  = \$499  + \$500 ;
+  assign \$502  = ins[55:40] - \$501 ;
+  assign \$505  = \$504  ? offset : 32'd0;
+  assign \$506  = ins[465:434] + \$505 ;
+  assign \$507  = cycles + 1'h1;
+  assign \$508  = in_op & op_onehot[0];
+  assign \$509  = op_cycles__0 + 1'h1;
+  assign \$510  = in_op & op_onehot[1];
+  assign \$511  = op_cycles__1 + 1'h1;
+  assign \$512  = in_op & op_onehot[2];
+  assign \$513  = op_cycles__2 + 1'h1;
+  assign \$514  = in_op & op_onehot[3];
+  assign \$515  = op_cycles__3 + 1'h1;
+  assign \$516  = in_op & op_onehot[4];
+  assign \$517  = op_cycles__4 + 1'h1;
+  assign \$518  = in_op & op_onehot[5];
+  assign \$519  = op_cycles__5 + 1'h1;
+  assign \$520  = in_op & op_onehot[6];
+  assign \$521  = op_cycles__6 + 1'h1;
+  assign \$522  = in_op & op_onehot[7];
+  assign \$523  = op_cycles__7 + 1'h1;
+  assign \$524  = in_op & op_onehot[8];
+  assign \$525  = op_cycles__8 + 1'h1;
+  assign \$526  = in_op & op_onehot[9];
+  assign \$527  = op_cycles__9 + 1'h1;
+  assign \$528  = in_op & op_onehot[10];
+  assign \$529  = op_cycles__10 + 1'h1;
+  assign \$530  = in_op & op_onehot[11];
+  assign \$531  = op_cycles__11 + 1'h1;
+  assign \$532  = in_op & op_onehot[12];
+  assign \$533  = op_cycles__12 + 1'h1;
+  assign \$534  = in_op & op_onehot[13];
+  assign \$535  = op_cycles__13 + 1'h1;
+  assign \$536  = in_op & op_onehot[14];
+  assign \$537  = op_cycles__14 + 1'h1;
+  assign \$538  = in_op & op_onehot[15];
+  assign \$539  = op_cycles__15 + 1'h1;
+  assign \$540  = images_left > 1'h1;
+  assign \$541  = is_end & \$540 ;
+  assign \$542  = | ins[39:24];
+  assign \$543  = ~ \$542 ;
+  assign \$544  = | ins[55:40];
+  assign \$545  = ~ \$544 ;
+  assign \$546  = | ins[71:56];
+  assign \$547  = ~ \$546 ;
+  assign \$548  = | ins[87:72];
+  assign \$549  = ~ \$548 ;
+  assign \$550  = | ins[103:88];
+  assign \$551  = ~ \$550 ;
+  assign \$552  = | { \$551 , \$549 , \$547 , \$545 , \$543  };
+  assign \$553  = ~ post_bad;
+  assign \$554  = \$553  & unit_known;
+  assign \$555  = post_gelu | post_add;
+  assign \$556  = \$555  | pre_ln;
+  assign \$557  = \$556  | pre_sm;
+  assign \$558  = is_move | is_load;
+  assign \$559  = \$558  | is_store;
+  assign \$560  = \$559  | is_gemm;
   assign \$561  = ~ \$560 ;
-  assign \$562  = \$557  & \$561 ;
-  assign \$563  = is_move | is_load;
-  assign \$564  = \$563  | is_store;
-  assign \$565  = \$564  | is_gemm;
-  assign \$566  = \$562  & \$565 ;
-  assign \$567  = ~ busy;
-  assign \$568  = \$567  & start;
-  assign \$569  = | images;
-  assign \$570  = \$569  ? images : 16'h0001;
-  assign \$571  = | decode_wait;
-  assign \$572  = ~ \$571 ;
-  assign \$573  = in_decode & \$572 ;
-  assign \$574  = \$573  & d_end_more;
-  assign \$575  = images_left - 1'h1;
-  assign \$576  = offset + \$signal$508 ;
-  assign \$577  = in_stream & op_done;
-  assign \$578  = | fault_q;
+  assign \$562  = \$557  | \$561 ;
+  assign \$563  = \$554  & \$562 ;
+  assign \$564  = ~ post_bad;
+  assign \$565  = post_gelu | post_add;
+  assign \$566  = \$565  | pre_ln;
+  assign \$567  = \$566  | pre_sm;
+  assign \$568  = ~ \$567 ;
+  assign \$569  = \$564  & \$568 ;
+  assign \$570  = is_move | is_load;
+  assign \$571  = \$570  | is_store;
+  assign \$572  = \$571  | is_gemm;
+  assign \$573  = \$569  & \$572 ;
+  assign \$574  = ~ busy;
+  assign \$575  = \$574  & start;
+  assign \$576  = | images;
+  assign \$577  = \$576  ? images : 16'h0001;
+  assign \$578  = | decode_wait;
   assign \$579  = ~ \$578 ;
-  assign \$580  = \$577  & \$579 ;
-  assign \$581  = ~ addr_fault;
-  assign \$582  = \$580  & \$581 ;
-  assign \$583  = pc + 7'h40;
-  assign \$584  = ~ fetch_sent;
-  assign \$585  = req__ready & \$584 ;
-  assign \$586  = 1'h1 << dec_c_lb;
-  assign \$587  = ins[509:498] == 1'h1;
-  assign \$588  = | decode_wait;
-  assign \$589  = decode_wait - 1'h1;
-  assign \$590  = decode_wait == 1'h1;
-  assign \$591  = is_softmax | pre_sm;
-  assign \$592  = is_layernorm | pre_ln;
-  assign \$593  = is_gelu | is_add;
-  assign \$594  = \$593  | post_gelu;
-  assign \$595  = \$594  | post_add;
-  assign \$596  = is_gelu | is_add;
-  assign \$597  = \$596  | post_gelu;
-  assign \$598  = \$597  | post_add;
-  assign \$599  = \$598  & add_sel;
+  assign \$580  = in_decode & \$579 ;
+  assign \$581  = \$580  & d_end_more;
+  assign \$582  = images_left - 1'h1;
+  assign \$583  = offset + \$signal$525 ;
+  assign \$584  = in_stream & op_done;
+  assign \$585  = | fault_q;
+  assign \$586  = ~ \$585 ;
+  assign \$587  = \$584  & \$586 ;
+  assign \$588  = ~ addr_fault;
+  assign \$589  = \$587  & \$588 ;
+  assign \$590  = pc + 7'h40;
+  assign \$591  = ~ fetch_sent;
+  assign \$592  = req__ready & \$591 ;
+  assign \$593  = 1'h1 << dec_c_lb;
+  assign \$594  = ins[509:498] == 1'h1;
+  assign \$595  = | decode_wait;
+  assign \$596  = decode_wait - 1'h1;
+  assign \$597  = decode_wait == 1'h1;
+  assign \$598  = is_softmax | pre_sm;
+  assign \$599  = is_layernorm | pre_ln;
   assign \$600  = is_gelu | is_add;
   assign \$601  = \$600  | post_gelu;
   assign \$602  = \$601  | post_add;
-  assign \$603  = \$602  & gelu_sel0;
-  assign \$604  = ~ post_gelu;
-  assign \$605  = is_gemm & \$604 ;
-  assign \$606  = ~ post_add;
-  assign \$607  = \$605  & \$606 ;
-  assign \$608  = is_gemm & pre_sm;
-  assign \$609  = is_gemm & pre_ln;
-  assign \$610  = ~ pre_sm;
-  assign \$611  = is_gemm & \$610 ;
-  assign \$612  = ~ pre_ln;
-  assign \$613  = \$611  & \$612 ;
-  assign \$614  = ~ is_load;
-  assign \$615  = ~ is_linear;
-  assign \$616  = is_gemm & \$615 ;
-  assign \$617  = add_sel | \$616 ;
-  assign \$618  = is_gelu | is_add;
-  assign \$619  = post_gelu | post_add;
-  assign \$620  = is_gemm & \$619 ;
-  assign \$621  = | c_ask;
-  assign \$622  = \$621  & req__ready;
-  assign \$623  = c_ask - 1'h1;
-  assign \$624  = c_addr + c_step;
-  assign \$625  = ~ c_full;
-  assign \$626  = beat__valid & \$625 ;
-  assign \$627  = ~ beat__payload[512];
-  assign \$628  = ~ beat__payload[512];
-  assign \$629  = const_to0 & \$628 ;
-  assign \$630  = ~ beat__payload[512];
-  assign \$631  = const_to1 & \$630 ;
-  assign \$632  = ~ beat__payload[512];
-  assign \$633  = const_to2 & \$632 ;
+  assign \$603  = is_gelu | is_add;
+  assign \$604  = \$603  | post_gelu;
+  assign \$605  = \$604  | post_add;
+  assign \$606  = \$605  & add_sel;
+  assign \$607  = is_gelu | is_add;
+  assign \$608  = \$607  | post_gelu;
+  assign \$609  = \$608  | post_add;
+  assign \$610  = \$609  & gelu_sel0;
+  assign \$611  = ~ post_gelu;
+  assign \$612  = is_gemm & \$611 ;
+  assign \$613  = ~ post_add;
+  assign \$614  = \$612  & \$613 ;
+  assign \$615  = is_gemm & pre_sm;
+  assign \$616  = is_gemm & pre_ln;
+  assign \$617  = ~ pre_sm;
+  assign \$618  = is_gemm & \$617 ;
+  assign \$619  = ~ pre_ln;
+  assign \$620  = \$618  & \$619 ;
+  assign \$621  = ~ is_load;
+  assign \$622  = ~ is_linear;
+  assign \$623  = is_gemm & \$622 ;
+  assign \$624  = add_sel | \$623 ;
+  assign \$625  = is_gelu | is_add;
+  assign \$626  = post_gelu | post_add;
+  assign \$627  = is_gemm & \$626 ;
+  assign \$628  = | c_ask;
+  assign \$629  = \$628  & req__ready;
+  assign \$630  = c_ask - 1'h1;
+  assign \$631  = c_addr + c_step;
+  assign \$632  = ~ c_full;
+  assign \$633  = beat__valid & \$632 ;
   assign \$634  = ~ beat__payload[512];
-  assign \$635  = const_to3 & \$634 ;
-  assign \$636  = c_due - 1'h1;
-  assign \$637  = c_due == 2'h2;
-  assign \$638  = is_gelu | is_add;
-  assign \$639  = \$638  | post_gelu;
-  assign \$640  = \$639  | post_add;
-  assign \$641  = is_gelu | is_add;
-  assign \$642  = \$641  | post_gelu;
-  assign \$643  = \$642  | post_add;
-  assign \$644  = \$643  & add_sel;
+  assign \$635  = ~ beat__payload[512];
+  assign \$636  = const_to0 & \$635 ;
+  assign \$637  = ~ beat__payload[512];
+  assign \$638  = const_to1 & \$637 ;
+  assign \$639  = ~ beat__payload[512];
+  assign \$640  = const_to2 & \$639 ;
+  assign \$641  = ~ beat__payload[512];
+  assign \$642  = const_to3 & \$641 ;
+  assign \$643  = c_due - 1'h1;
+  assign \$644  = c_due == 2'h2;
   assign \$645  = is_gelu | is_add;
   assign \$646  = \$645  | post_gelu;
   assign \$647  = \$646  | post_add;
-  assign \$648  = \$647  & gelu_sel0;
-  assign \$649  = ~ post_gelu;
-  assign \$650  = is_gemm & \$649 ;
-  assign \$651  = ~ post_add;
-  assign \$652  = \$650  & \$651 ;
-  assign \$653  = is_gemm & pre_sm;
-  assign \$654  = is_gemm & pre_ln;
-  assign \$655  = ~ pre_sm;
-  assign \$656  = is_gemm & \$655 ;
-  assign \$657  = ~ pre_ln;
-  assign \$658  = \$656  & \$657 ;
-  assign \$659  = ~ is_load;
-  assign \$660  = ~ is_linear;
-  assign \$661  = is_gemm & \$660 ;
-  assign \$662  = add_sel | \$661 ;
-  assign \$663  = is_gelu | is_add;
-  assign \$664  = post_gelu | post_add;
-  assign \$665  = is_gemm & \$664 ;
-  assign \$666  = | ins[509:498];
-  assign \$667  = ~ \$666 ;
-  assign \$668  = is_gelu | is_add;
-  assign \$669  = \$668  | post_gelu;
-  assign \$670  = \$669  | post_add;
-  assign \$671  = is_gelu | is_add;
-  assign \$672  = \$671  | post_gelu;
-  assign \$673  = \$672  | post_add;
-  assign \$674  = \$673  & add_sel;
+  assign \$648  = is_gelu | is_add;
+  assign \$649  = \$648  | post_gelu;
+  assign \$650  = \$649  | post_add;
+  assign \$651  = \$650  & add_sel;
+  assign \$652  = is_gelu | is_add;
+  assign \$653  = \$652  | post_gelu;
+  assign \$654  = \$653  | post_add;
+  assign \$655  = \$654  & gelu_sel0;
+  assign \$656  = ~ post_gelu;
+  assign \$657  = is_gemm & \$656 ;
+  assign \$658  = ~ post_add;
+  assign \$659  = \$657  & \$658 ;
+  assign \$660  = is_gemm & pre_sm;
+  assign \$661  = is_gemm & pre_ln;
+  assign \$662  = ~ pre_sm;
+  assign \$663  = is_gemm & \$662 ;
+  assign \$664  = ~ pre_ln;
+  assign \$665  = \$663  & \$664 ;
+  assign \$666  = ~ is_load;
+  assign \$667  = ~ is_linear;
+  assign \$668  = is_gemm & \$667 ;
+  assign \$669  = add_sel | \$668 ;
+  assign \$670  = is_gelu | is_add;
+  assign \$671  = post_gelu | post_add;
+  assign \$672  = is_gemm & \$671 ;
+  assign \$673  = | ins[509:498];
+  assign \$674  = ~ \$673 ;
   assign \$675  = is_gelu | is_add;
   assign \$676  = \$675  | post_gelu;
   assign \$677  = \$676  | post_add;
-  assign \$678  = \$677  & gelu_sel0;
-  assign \$679  = ~ post_gelu;
-  assign \$680  = is_gemm & \$679 ;
-  assign \$681  = ~ post_add;
-  assign \$682  = \$680  & \$681 ;
-  assign \$683  = is_gemm & pre_sm;
-  assign \$684  = is_gemm & pre_ln;
-  assign \$685  = ~ pre_sm;
-  assign \$686  = is_gemm & \$685 ;
-  assign \$687  = ~ pre_ln;
-  assign \$688  = \$686  & \$687 ;
-  assign \$689  = ~ is_load;
-  assign \$690  = ~ is_linear;
-  assign \$691  = is_gemm & \$690 ;
-  assign \$692  = add_sel | \$691 ;
-  assign \$693  = is_gelu | is_add;
-  assign \$694  = post_gelu | post_add;
-  assign \$695  = is_gemm & \$694 ;
-  assign \$696  = | fault_q;
-  assign \$697  = ~ \$696 ;
-  assign \$698  = op_done & \$697 ;
-  assign \$699  = ~ addr_fault;
-  assign \$700  = \$698  & \$699 ;
-  assign \$701  = $signed(addr) < $signed(1'h0);
-  assign \$702  = $signed(addr) >= $signed(16'h4000);
-  assign \$703  = \$701  | \$702 ;
-  assign \$704  = valid & \$703 ;
-  assign \$705  = ~ is_load;
-  assign \$706  = \$704  & \$705 ;
-  assign \$707  = ~ is_gemm;
-  assign \$708  = \$706  & \$707 ;
-  assign \$709  = $signed(\addr$89 ) < $signed(1'h0);
-  assign \$710  = $signed(\addr$89 ) >= $signed(16'h4000);
-  assign \$711  = \$709  | \$710 ;
-  assign \$712  = \valid$85  & \$711 ;
-  assign \$713  = \$712  & is_add;
-  assign \$714  = \$708  | \$713 ;
-  assign \$715  = $signed(\addr$97 ) < $signed(1'h0);
-  assign \$716  = $signed(\addr$97 ) >= $signed(16'h4000);
-  assign \$717  = \$715  | \$716 ;
-  assign \$718  = \valid$249  & \$717 ;
-  assign \$719  = ~ is_store;
-  assign \$720  = \$718  & \$719 ;
-  assign \$721  = ~ is_gemm;
-  assign \$722  = \$720  & \$721 ;
-  assign \$723  = \$714  | \$722 ;
-  assign \$724  = | fault_q;
-  assign \$725  = idle & \idle$523 ;
-  assign \$726  = is_softmax | is_layernorm;
-  assign \$727  = ~ ext_req_valid;
-  assign \$728  = \$727  | req__ready;
-  assign \$729  = $signed(addr) << ins[23:22];
-  assign \$730  = $signed({ 1'h0, dec_ext_base }) + $signed(\$729 );
-  assign \$731  = ~ ext_req_valid;
-  assign \$732  = \$731  | \req__ready$455 ;
-  assign \$733  = $signed(\addr$97 ) << ins[23:22];
-  assign \$734  = $signed({ 1'h0, dec_ext_base }) + $signed(\$733 );
-  assign \$735  = \w_en$166  & \w_rdy$238 ;
-  assign \$736  = ~ \w_en$166 ;
-  assign \$737  = \$736  | \w_rdy$238 ;
-  assign \$738  = \$737  & elem_valid;
-  assign \$739  = ~ add_sel;
-  assign \$740  = \r_rdy$240  | \$739 ;
-  assign \$741  = \$738  & \$740 ;
-  assign \$742  = pack_j == 2'h3;
-  assign \$743  = \$742  | elem_final;
-  assign \$744  = pack_j + 1'h1;
-  assign \$745  = \r_rdy$246  & \valid$249 ;
-  assign \$746  = pack_jo == 2'h3;
-  assign \$747  = \$746  | \final ;
-  assign \$748  = pack_jo + 1'h1;
-  assign \$749  = 1'h1 << w_lb;
-  assign \$750  = | dec_tiles;
-  assign \$751  = | dec_k_last;
-  assign \$752  = ~ \$751 ;
-  assign \$753  = | dec_nt_last;
-  assign \$754  = ~ \$753 ;
-  assign \$755  = \$signal$443  & req__ready;
-  assign \$756  = ~ want_w;
-  assign \$757  = \$756  & is_linear;
-  assign \$758  = ~ is_linear;
-  assign \$759  = want_w & \$signal$529 ;
-  assign \$760  = \$758  | \$759 ;
+  assign \$678  = is_gelu | is_add;
+  assign \$679  = \$678  | post_gelu;
+  assign \$680  = \$679  | post_add;
+  assign \$681  = \$680  & add_sel;
+  assign \$682  = is_gelu | is_add;
+  assign \$683  = \$682  | post_gelu;
+  assign \$684  = \$683  | post_add;
+  assign \$685  = \$684  & gelu_sel0;
+  assign \$686  = ~ post_gelu;
+  assign \$687  = is_gemm & \$686 ;
+  assign \$688  = ~ post_add;
+  assign \$689  = \$687  & \$688 ;
+  assign \$690  = is_gemm & pre_sm;
+  assign \$691  = is_gemm & pre_ln;
+  assign \$692  = ~ pre_sm;
+  assign \$693  = is_gemm & \$692 ;
+  assign \$694  = ~ pre_ln;
+  assign \$695  = \$693  & \$694 ;
+  assign \$696  = ~ is_load;
+  assign \$697  = ~ is_linear;
+  assign \$698  = is_gemm & \$697 ;
+  assign \$699  = add_sel | \$698 ;
+  assign \$700  = is_gelu | is_add;
+  assign \$701  = post_gelu | post_add;
+  assign \$702  = is_gemm & \$701 ;
+  assign \$703  = | fault_q;
+  assign \$704  = ~ \$703 ;
+  assign \$705  = op_done & \$704 ;
+  assign \$706  = ~ addr_fault;
+  assign \$707  = \$705  & \$706 ;
+  assign \$708  = $signed(addr) < $signed(1'h0);
+  assign \$709  = $signed(addr) >= $signed(16'h4000);
+  assign \$710  = \$708  | \$709 ;
+  assign \$711  = valid & \$710 ;
+  assign \$712  = ~ is_load;
+  assign \$713  = \$711  & \$712 ;
+  assign \$714  = ~ is_gemm;
+  assign \$715  = \$713  & \$714 ;
+  assign \$716  = $signed(\addr$105 ) < $signed(1'h0);
+  assign \$717  = $signed(\addr$105 ) >= $signed(16'h4000);
+  assign \$718  = \$716  | \$717 ;
+  assign \$719  = \valid$101  & \$718 ;
+  assign \$720  = \$719  & is_add;
+  assign \$721  = \$715  | \$720 ;
+  assign \$722  = $signed(\addr$113 ) < $signed(1'h0);
+  assign \$723  = $signed(\addr$113 ) >= $signed(16'h4000);
+  assign \$724  = \$722  | \$723 ;
+  assign \$725  = \valid$265  & \$724 ;
+  assign \$726  = ~ is_store;
+  assign \$727  = \$725  & \$726 ;
+  assign \$728  = ~ is_gemm;
+  assign \$729  = \$727  & \$728 ;
+  assign \$730  = \$721  | \$729 ;
+  assign \$731  = | fault_q;
+  assign \$732  = idle & \idle$540 ;
+  assign \$733  = is_softmax | is_layernorm;
+  assign \$734  = ~ ext_req_valid;
+  assign \$735  = \$734  | req__ready;
+  assign \$736  = $signed(addr) << ins[23:22];
+  assign \$737  = $signed({ 1'h0, dec_ext_base }) + $signed(\$736 );
+  assign \$738  = ~ ext_req_valid;
+  assign \$739  = \$738  | \req__ready$470 ;
+  assign \$740  = $signed(\addr$113 ) << ins[23:22];
+  assign \$741  = $signed({ 1'h0, dec_ext_base }) + $signed(\$740 );
+  assign \$742  = \w_en$182  & \w_rdy$254 ;
+  assign \$743  = ~ \w_en$182 ;
+  assign \$744  = \$743  | \w_rdy$254 ;
+  assign \$745  = \$744  & elem_valid;
+  assign \$746  = ~ add_sel;
+  assign \$747  = \r_rdy$256  | \$746 ;
+  assign \$748  = \$745  & \$747 ;
+  assign \$749  = pack_j == 2'h3;
+  assign \$750  = \$749  | elem_final;
+  assign \$751  = pack_j + 1'h1;
+  assign \$752  = \r_rdy$262  & \valid$265 ;
+  assign \$753  = pack_jo == 2'h3;
+  assign \$754  = \$753  | \final ;
+  assign \$755  = pack_jo + 1'h1;
+  assign \$756  = 1'h1 << w_lb;
+  assign \$757  = | dec_tiles;
+  assign \$758  = | dec_k_last;
+  assign \$759  = ~ \$758 ;
+  assign \$760  = | dec_nt_last;
   assign \$761  = ~ \$760 ;
-  assign \$762  = want_w & \$761 ;
-  assign \$763  = k + 1'h1;
-  assign \$764  = k + 1'h1;
-  assign \$765  = \$764  == dec_k_last;
-  assign \$766  = w_addr + w_step;
-  assign \$767  = ~ is_linear;
-  assign \$768  = want_w & \$signal$529 ;
-  assign \$769  = \$767  | \$768 ;
-  assign \$770  = tiles - 1'h1;
-  assign \$771  = tiles != 1'h1;
-  assign \$772  = | dec_k_last;
-  assign \$773  = ~ \$772 ;
-  assign \$774  = | dec_nt_last;
-  assign \$775  = ~ \$774 ;
-  assign \$776  = nt + 1'h1;
-  assign \$777  = nt + 1'h1;
-  assign \$778  = \$777  == dec_nt_last;
-  assign \$779  = p_addr + 7'h40;
-  assign \$780  = \a__valid$399  & \a__ready$406 ;
-  assign \$781  = ~ is_linear;
-  assign \$782  = \$781  | rk_zero;
-  assign \$783  = ~ w_full;
-  assign \$784  = \a__valid$399  & \a__ready$406 ;
-  assign \$785  = \$783  | \$784 ;
-  assign \$786  = \$782  ? p__ready : \$785 ;
-  assign \$787  = beat__valid & \$786 ;
-  assign \$788  = \$787  & is_linear;
-  assign \$789  = rk == ins[87:72];
-  assign \$790  = rk + 1'h1;
-  assign \$791  = \$789  ? 17'h00000 : \$790 ;
+  assign \$762  = \$signal$457  & req__ready;
+  assign \$763  = ~ want_w;
+  assign \$764  = \$763  & is_linear;
+  assign \$765  = ~ is_linear;
+  assign \$766  = want_w & \$signal$546 ;
+  assign \$767  = \$765  | \$766 ;
+  assign \$768  = ~ \$767 ;
+  assign \$769  = want_w & \$768 ;
+  assign \$770  = k + 1'h1;
+  assign \$771  = k + 1'h1;
+  assign \$772  = \$771  == dec_k_last;
+  assign \$773  = w_addr + w_step;
+  assign \$774  = ~ is_linear;
+  assign \$775  = want_w & \$signal$546 ;
+  assign \$776  = \$774  | \$775 ;
+  assign \$777  = tiles - 1'h1;
+  assign \$778  = tiles != 1'h1;
+  assign \$779  = | dec_k_last;
+  assign \$780  = ~ \$779 ;
+  assign \$781  = | dec_nt_last;
+  assign \$782  = ~ \$781 ;
+  assign \$783  = nt + 1'h1;
+  assign \$784  = nt + 1'h1;
+  assign \$785  = \$784  == dec_nt_last;
+  assign \$786  = p_addr + 7'h40;
+  assign \$787  = ~ is_linear;
+  assign \$788  = \$787  | rk_zero;
+  assign \$789  = \$788  ? p__ready : \w_rdy$466 ;
+  assign \$790  = beat__valid & \$789 ;
+  assign \$791  = \$790  & is_linear;
   assign \$792  = rk == ins[87:72];
-  assign \$793  = ~ is_linear;
-  assign \$794  = \$793  | rk_zero;
-  assign \$795  = ~ \$794 ;
+  assign \$793  = rk + 1'h1;
+  assign \$794  = \$792  ? 17'h00000 : \$793 ;
+  assign \$795  = rk == ins[87:72];
   assign \$796  = | dec_k_last;
   assign \$797  = ~ \$796 ;
   assign \$798  = | dec_k_last;
@@ -29191,22 +29207,22 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   assign \$810  = a_in_valid & \$809 ;
   assign \$811  = | dec_k_last;
   assign \$812  = ~ \$811 ;
-  assign \$813  = \$signal$281  == 4'h8;
-  assign \$814  = ~ \$signal$274 ;
-  assign \$815  = \$signal$281  + 1'h1;
+  assign \$813  = \$signal$300  == 4'h8;
+  assign \$814  = ~ \$signal$293 ;
+  assign \$815  = \$signal$300  + 1'h1;
   assign \$816  = lk + 1'h1;
   assign \$817  = lk + 1'h1;
   assign \$818  = \$817  == dec_k_last;
-  assign \$819  = \$signal$281  == 4'h8;
+  assign \$819  = \$signal$300  == 4'h8;
   assign \$820  = lk + 1'h1;
   assign \$821  = lk + 1'h1;
   assign \$822  = \$821  == dec_k_last;
   assign \$823  = | dec_k_last;
   assign \$824  = ~ \$823 ;
-  assign \$825  = ~ \$signal$274 ;
-  assign \$826  = \$signal$281  + 1'h1;
-  assign \$827  = \$signal$307  * 9'h100;
-  assign \$828  = \$827  + \$signal$308 ;
+  assign \$825  = ~ \$signal$293 ;
+  assign \$826  = \$signal$300  + 1'h1;
+  assign \$827  = \$signal$326  * 9'h100;
+  assign \$828  = \$827  + \$signal$327 ;
   assign \$829  = a_issue & a_feed_k_hit;
   assign \$830  = \$829  & a_feed_nt_hit;
   assign \$831  = a_read & a_read_free;
@@ -29214,17 +29230,17 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   assign \$833  = ~ \$832 ;
   assign \$834  = | dec_nt_last;
   assign \$835  = ~ \$834 ;
-  assign \$836  = ~ \$signal$307 ;
+  assign \$836  = ~ \$signal$326 ;
   assign \$837  = feed_blocks - 1'h1;
   assign \$838  = feed_blocks != 1'h1;
   assign \$839  = fnt + 1'h1;
   assign \$840  = fnt + 1'h1;
   assign \$841  = \$840  == dec_nt_last;
-  assign \$842  = \$signal$308  + 1'h1;
-  assign \$843  = \$signal$308  + 1'h1;
+  assign \$842  = \$signal$327  + 1'h1;
+  assign \$843  = \$signal$327  + 1'h1;
   assign \$844  = \$843  == dec_k_last;
   assign \$846  = ~ \$845 ;
-  assign \$847  = \r_rdy$240  & \$846 ;
+  assign \$847  = \r_rdy$256  & \$846 ;
   assign \$848  = ~ is_linear;
   assign \$849  = \$847  & \$848 ;
   assign \$850  = w_load_lane == 3'h7;
@@ -29237,7 +29253,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   assign \$857  = w_load_lane + 1'h1;
   assign \$858  = w_feed_half * 9'h100;
   assign \$859  = \$858  + feed_ntk;
-  assign \$860  = \$859  + \$signal$308 ;
+  assign \$860  = \$859  + \$signal$327 ;
   assign \$861  = ~ is_linear;
   assign \$862  = a_issue & \$861 ;
   assign \$863  = \$862  & a_feed_k_hit;
@@ -29256,399 +29272,396 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   assign \$876  = post_col == 3'h7;
   assign \$877  = post_col + 1'h1;
   assign \$878  = \$876  ? 4'h0 : \$877 ;
-  assign \$879  = ~ \busy$546 ;
+  assign \$879  = ~ \busy$563 ;
   assign \$880  = in_stream & \$879 ;
   assign \$881  = ~ ext_req_valid;
   assign \$882  = \$880  & \$881 ;
-  assign \$883  = \$882  & \idle$523 ;
-  always @(posedge clk)
-    load <= \$884 ;
-  always @(posedge clk)
-    is_end <= \$885 ;
-  always @(posedge clk)
-    is_load <= \$886 ;
-  always @(posedge clk)
-    is_store <= \$887 ;
-  always @(posedge clk)
-    is_linear <= \$888 ;
-  always @(posedge clk)
-    is_matmul <= \$889 ;
-  always @(posedge clk)
-    is_softmax <= \$890 ;
-  always @(posedge clk)
-    is_gelu <= \$891 ;
-  always @(posedge clk)
-    is_layernorm <= \$892 ;
-  always @(posedge clk)
-    is_add <= \$893 ;
-  always @(posedge clk)
-    is_im2col <= \$894 ;
-  always @(posedge clk)
-    is_concat <= \$895 ;
-  always @(posedge clk)
-    is_split_heads <= \$896 ;
-  always @(posedge clk)
-    is_merge_heads <= \$897 ;
-  always @(posedge clk)
-    is_transpose <= \$898 ;
-  always @(posedge clk)
-    is_select <= \$899 ;
-  always @(posedge clk)
-    op_onehot <= \$900 ;
-  always @(posedge clk)
-    is_gemm <= \$901 ;
-  always @(posedge clk)
-    post_gelu <= \$902 ;
-  always @(posedge clk)
-    post_add <= \$903 ;
-  always @(posedge clk)
-    pre_ln <= \$904 ;
-  always @(posedge clk)
-    pre_sm <= \$905 ;
-  always @(posedge clk)
-    src0_inflight <= \$906 ;
-  always @(posedge clk)
-    src0_meta <= \$907 ;
-  always @(posedge clk)
-    src1_inflight <= \$908 ;
-  always @(posedge clk)
-    src1_meta <= \$909 ;
-  always @(posedge clk)
-    is_move <= \$910 ;
-  always @(posedge clk)
-    gelu_sel0 <= \$911 ;
-  always @(posedge clk)
-    add_sel <= \$912 ;
-  always @(posedge clk)
-    dec_n1p <= \$477 ;
-  always @(posedge clk)
-    dec_n2p <= \$478 ;
-  always @(posedge clk)
-    dec_mt <= \$480 [15:0];
-  always @(posedge clk)
-    dec_nt <= \$481 [15:0];
-  always @(posedge clk)
-    dec_k_last <= \$482 [15:0];
-  always @(posedge clk)
+  assign \$883  = \$882  & \idle$540 ;
+  always @(posedge gemm_d_clk)
+    wr_port__addr <= \$884 ;
+  always @(posedge gemm_d_clk)
+    wr_port__data <= \$885 ;
+  always @(posedge gemm_d_clk)
+    wr_port__en <= \$886 ;
+  always @(posedge gemm_d_clk)
+    gemm_d_rst <= \$422 ;
+  always @(posedge gemm_d_clk)
+    softmax_d_rst <= \$423 ;
+  always @(posedge gemm_d_clk)
+    layernorm_d_rst <= \$424 ;
+  always @(posedge gemm_d_clk)
+    add_d_rst <= \$425 ;
+  always @(posedge gemm_d_clk)
+    gelu0_d_rst <= \$426 ;
+  always @(posedge gemm_d_clk)
+    load <= \$887 ;
+  always @(posedge gemm_d_clk)
+    is_end <= \$888 ;
+  always @(posedge gemm_d_clk)
+    is_load <= \$889 ;
+  always @(posedge gemm_d_clk)
+    is_store <= \$890 ;
+  always @(posedge gemm_d_clk)
+    is_linear <= \$891 ;
+  always @(posedge gemm_d_clk)
+    is_matmul <= \$892 ;
+  always @(posedge gemm_d_clk)
+    is_softmax <= \$893 ;
+  always @(posedge gemm_d_clk)
+    is_gelu <= \$894 ;
+  always @(posedge gemm_d_clk)
+    is_layernorm <= \$895 ;
+  always @(posedge gemm_d_clk)
+    is_add <= \$896 ;
+  always @(posedge gemm_d_clk)
+    is_im2col <= \$897 ;
+  always @(posedge gemm_d_clk)
+    is_concat <= \$898 ;
+  always @(posedge gemm_d_clk)
+    is_split_heads <= \$899 ;
+  always @(posedge gemm_d_clk)
+    is_merge_heads <= \$900 ;
+  always @(posedge gemm_d_clk)
+    is_transpose <= \$901 ;
+  always @(posedge gemm_d_clk)
+    is_select <= \$902 ;
+  always @(posedge gemm_d_clk)
+    op_onehot <= \$903 ;
+  always @(posedge gemm_d_clk)
+    is_gemm <= \$904 ;
+  always @(posedge gemm_d_clk)
+    post_gelu <= \$905 ;
+  always @(posedge gemm_d_clk)
+    post_add <= \$906 ;
+  always @(posedge gemm_d_clk)
+    pre_ln <= \$907 ;
+  always @(posedge gemm_d_clk)
+    pre_sm <= \$908 ;
+  always @(posedge gemm_d_clk)
+    src0_inflight <= \$909 ;
+  always @(posedge gemm_d_clk)
+    src0_meta <= \$910 ;
+  always @(posedge gemm_d_clk)
+    src1_inflight <= \$911 ;
+  always @(posedge gemm_d_clk)
+    src1_meta <= \$912 ;
+  always @(posedge gemm_d_clk)
+    is_move <= \$913 ;
+  always @(posedge gemm_d_clk)
+    gelu_sel0 <= \$914 ;
+  always @(posedge gemm_d_clk)
+    add_sel <= \$915 ;
+  always @(posedge gemm_d_clk)
+    dec_n1p <= \$484 ;
+  always @(posedge gemm_d_clk)
+    dec_n2p <= \$485 ;
+  always @(posedge gemm_d_clk)
+    dec_mt <= \$487 [15:0];
+  always @(posedge gemm_d_clk)
+    dec_nt <= \$488 [15:0];
+  always @(posedge gemm_d_clk)
+    dec_k_last <= \$489 [15:0];
+  always @(posedge gemm_d_clk)
     dec_c_lb <= c_lb;
-  always @(posedge clk)
-    dec_mt_last <= \$483 [15:0];
-  always @(posedge clk)
-    dec_nt_last <= \$484 [15:0];
-  always @(posedge clk)
-    dec_blocks <= \$485 ;
-  always @(posedge clk)
-    dec_c_base <= \$490 [31:0];
-  always @(posedge clk)
-    dec_tiles <= \$491 [31:0];
-  always @(posedge clk)
-    dec_rows_last <= \$495 [15:0];
-  always @(posedge clk)
-    dec_ext_base <= \$499 [31:0];
-  always @(posedge clk)
-    addr_fault <= \$913 ;
-  always @(posedge clk)
-    ext_req_valid <= \$914 ;
-  always @(posedge clk)
-    cycles <= \$915 ;
-  always @(posedge clk)
-    op_cycles__0 <= \$916 ;
-  always @(posedge clk)
-    op_cycles__1 <= \$917 ;
-  always @(posedge clk)
-    op_cycles__2 <= \$918 ;
-  always @(posedge clk)
-    op_cycles__3 <= \$919 ;
-  always @(posedge clk)
-    op_cycles__4 <= \$920 ;
-  always @(posedge clk)
-    op_cycles__5 <= \$921 ;
-  always @(posedge clk)
-    op_cycles__6 <= \$922 ;
-  always @(posedge clk)
-    op_cycles__7 <= \$923 ;
-  always @(posedge clk)
-    op_cycles__8 <= \$924 ;
-  always @(posedge clk)
-    op_cycles__9 <= \$925 ;
-  always @(posedge clk)
-    op_cycles__10 <= \$926 ;
-  always @(posedge clk)
-    op_cycles__11 <= \$927 ;
-  always @(posedge clk)
-    op_cycles__12 <= \$928 ;
-  always @(posedge clk)
-    op_cycles__13 <= \$929 ;
-  always @(posedge clk)
-    op_cycles__14 <= \$930 ;
-  always @(posedge clk)
-    op_cycles__15 <= \$931 ;
-  always @(posedge clk)
-    d_end_more <= \$932 ;
-  always @(posedge clk)
-    d_end <= \$933 ;
-  always @(posedge clk)
-    d_count_zero <= \$934 ;
-  always @(posedge clk)
-    d_const <= \$935 ;
-  always @(posedge clk)
-    d_stream <= \$936 ;
-  always @(posedge clk)
-    pc <= \$937 ;
-  always @(posedge clk)
-    busy <= \$938 ;
-  always @(posedge clk)
-    done <= \$939 ;
-  always @(posedge clk)
-    error <= \$940 ;
-  always @(posedge clk)
-    fetch_sent <= \$941 ;
-  always @(posedge clk)
-    \$signal$507  <= \$942 ;
-  always @(posedge clk)
-    \$signal$508  <= \$943 ;
-  always @(posedge clk)
-    images_left <= \$944 ;
-  always @(posedge clk)
-    offset <= \$945 ;
-  always @(posedge clk)
-    seq_state <= \$946 ;
-  always @(posedge clk)
-    in_stream <= \$947 ;
-  always @(posedge clk)
-    in_decode <= \$948 ;
-  always @(posedge clk)
-    in_op <= \$949 ;
-  always @(posedge clk)
-    unit_rst <= \$950 ;
-  always @(posedge clk)
-    gemm_active <= \$951 ;
-  always @(posedge clk)
-    pack_active <= \$952 ;
-  always @(posedge clk)
-    sink_from_move <= \$953 ;
-  always @(posedge clk)
-    sink_from_load <= \$954 ;
-  always @(posedge clk)
-    sink_from_store <= \$955 ;
-  always @(posedge clk)
-    sink_from_softmax <= \$956 ;
-  always @(posedge clk)
-    sink_from_layernorm <= \$957 ;
-  always @(posedge clk)
-    sink_from_add <= \$958 ;
-  always @(posedge clk)
-    sink_from_gelu0 <= \$959 ;
-  always @(posedge clk)
-    sink_from_gemm <= \$960 ;
-  always @(posedge clk)
-    a_from_softmax <= \$961 ;
-  always @(posedge clk)
-    a_from_layernorm <= \$962 ;
-  always @(posedge clk)
-    a_from_src0 <= \$963 ;
-  always @(posedge clk)
-    const_to0 <= \$964 ;
-  always @(posedge clk)
-    const_to1 <= \$965 ;
-  always @(posedge clk)
-    const_to2 <= \$966 ;
-  always @(posedge clk)
-    const_to3 <= \$967 ;
-  always @(posedge clk)
-    in_fetch <= \$968 ;
-  always @(posedge clk)
-    in_const <= \$969 ;
-  always @(posedge clk)
-    run0 <= \$970 ;
-  always @(posedge clk)
-    run1 <= \$971 ;
-  always @(posedge clk)
-    q0_to_pack <= \$972 ;
-  always @(posedge clk)
-    res_to_pack <= \$973 ;
-  always @(posedge clk)
-    ins <= \$974 ;
-  always @(posedge clk)
-    decode_wait <= \$975 ;
-  always @(posedge clk)
-    c_addr <= \$976 ;
-  always @(posedge clk)
-    c_step <= \$977 ;
-  always @(posedge clk)
-    c_ask <= \$978 ;
-  always @(posedge clk)
-    c_due <= \$979 ;
-  always @(posedge clk)
-    c_last <= \$980 ;
-  always @(posedge clk)
-    c_data <= \$981 ;
-  always @(posedge clk)
-    c_full <= \$982 ;
-  always @(posedge clk)
-    c_valid0 <= \$983 ;
-  always @(posedge clk)
-    c_valid1 <= \$984 ;
-  always @(posedge clk)
-    c_valid2 <= \$985 ;
-  always @(posedge clk)
-    c_valid3 <= \$986 ;
-  always @(posedge clk)
-    ext_req_addr <= \$987 ;
-  always @(posedge clk)
-    ext_req_data <= \$988 ;
-  always @(posedge clk)
-    \w_en$166  <= \$989 ;
-  always @(posedge clk)
-    pack_a0 <= \$990 ;
-  always @(posedge clk)
-    pack_a1 <= \$991 ;
-  always @(posedge clk)
-    pack_a2 <= \$992 ;
-  always @(posedge clk)
-    pack_a3 <= \$993 ;
-  always @(posedge clk)
-    pack_b0 <= \$994 ;
-  always @(posedge clk)
-    pack_b1 <= \$995 ;
-  always @(posedge clk)
-    pack_b2 <= \$996 ;
-  always @(posedge clk)
-    pack_b3 <= \$997 ;
-  always @(posedge clk)
-    pack_j <= \$998 ;
-  always @(posedge clk)
-    pack_jo <= \$999 ;
-  always @(posedge clk)
-    tiles <= \$1000 ;
-  always @(posedge clk)
-    nt <= \$1001 ;
-  always @(posedge clk)
-    k <= \$1002 ;
-  always @(posedge clk)
-    w_addr <= \$1003 ;
-  always @(posedge clk)
-    p_addr <= \$1004 ;
-  always @(posedge clk)
-    want_w <= \$1005 ;
-  always @(posedge clk)
-    w_step <= \$1006 ;
-  always @(posedge clk)
-    \$signal$443  <= \$1007 ;
-  always @(posedge clk)
-    \$signal$529  <= \$1008 ;
-  always @(posedge clk)
-    nt_hit <= \$1009 ;
-  always @(posedge clk)
-    rk <= \$1010 ;
-  always @(posedge clk)
-    rk_zero <= \$1011 ;
-  always @(posedge clk)
-    w_full <= \$1012 ;
-  always @(posedge clk)
-    w_lane0 <= \$1013 ;
-  always @(posedge clk)
-    w_lane1 <= \$1014 ;
-  always @(posedge clk)
-    w_lane2 <= \$1015 ;
-  always @(posedge clk)
-    w_lane3 <= \$1016 ;
-  always @(posedge clk)
-    w_lane4 <= \$1017 ;
-  always @(posedge clk)
-    w_lane5 <= \$1018 ;
-  always @(posedge clk)
-    w_lane6 <= \$1019 ;
-  always @(posedge clk)
-    w_lane7 <= \$1020 ;
-  always @(posedge clk)
-    a_filled0 <= \$1021 ;
-  always @(posedge clk)
-    a_filled1 <= \$1022 ;
-  always @(posedge clk)
-    \$signal$274  <= \$1023 ;
-  always @(posedge clk)
-    \$signal$281  <= \$1024 ;
-  always @(posedge clk)
-    lk <= \$1025 ;
-  always @(posedge clk)
-    \$signal$307  <= \$1026 ;
-  always @(posedge clk)
-    \$signal$308  <= \$1027 ;
-  always @(posedge clk)
-    fnt <= \$1028 ;
-  always @(posedge clk)
-    feed_blocks <= \$1029 ;
-  always @(posedge clk)
-    a_load_k_hit <= \$1030 ;
-  always @(posedge clk)
-    a_feed_k_hit <= \$1031 ;
-  always @(posedge clk)
-    a_feed_nt_hit <= \$1032 ;
-  always @(posedge clk)
-    a_blocks_left <= \$1033 ;
-  always @(posedge clk)
-    a_read_last <= \$1034 ;
-  always @(posedge clk)
-    a_read_addr <= \$1035 ;
-  always @(posedge clk)
-    a_read_half <= \$1036 ;
-  always @(posedge clk)
-    a_read_free <= \$1037 ;
-  always @(posedge clk)
-    w_load_lane <= \$1038 ;
-  always @(posedge clk)
-    w_load_k <= \$1039 ;
-  always @(posedge clk)
-    w_load_addr <= \$1040 ;
-  always @(posedge clk)
-    w_load_nt <= \$1041 ;
-  always @(posedge clk)
-    w_filled0 <= \$1042 ;
-  always @(posedge clk)
-    w_filled1 <= \$1043 ;
-  always @(posedge clk)
-    w_load_half <= \$1044 ;
-  always @(posedge clk)
-    w_read_addr <= \$1045 ;
-  always @(posedge clk)
-    w_read_half <= \$1046 ;
-  always @(posedge clk)
-    w_read_free <= \$1047 ;
-  always @(posedge clk)
-    feed_ntk <= \$1048 ;
-  always @(posedge clk)
-    feed_mt <= \$1049 ;
-  always @(posedge clk)
-    w_feed_half <= \$1050 ;
-  always @(posedge clk)
-    post_col <= \$1051 ;
-  always @(posedge clk)
-    op_done <= \$1052 ;
-  always @(posedge clk)
-    fault_q <= \$1053 ;
+  always @(posedge gemm_d_clk)
+    dec_mt_last <= \$490 [15:0];
+  always @(posedge gemm_d_clk)
+    dec_nt_last <= \$491 [15:0];
+  always @(posedge gemm_d_clk)
+    dec_blocks <= \$492 ;
+  always @(posedge gemm_d_clk)
+    dec_c_base <= \$497 [31:0];
+  always @(posedge gemm_d_clk)
+    dec_tiles <= \$498 [31:0];
+  always @(posedge gemm_d_clk)
+    dec_rows_last <= \$502 [15:0];
+  always @(posedge gemm_d_clk)
+    dec_ext_base <= \$506 [31:0];
+  always @(posedge gemm_d_clk)
+    addr_fault <= \$916 ;
+  always @(posedge gemm_d_clk)
+    ext_req_valid <= \$917 ;
+  always @(posedge gemm_d_clk)
+    cycles <= \$918 ;
+  always @(posedge gemm_d_clk)
+    op_cycles__0 <= \$919 ;
+  always @(posedge gemm_d_clk)
+    op_cycles__1 <= \$920 ;
+  always @(posedge gemm_d_clk)
+    op_cycles__2 <= \$921 ;
+  always @(posedge gemm_d_clk)
+    op_cycles__3 <= \$922 ;
+  always @(posedge gemm_d_clk)
+    op_cycles__4 <= \$923 ;
+  always @(posedge gemm_d_clk)
+    op_cycles__5 <= \$924 ;
+  always @(posedge gemm_d_clk)
+    op_cycles__6 <= \$925 ;
+  always @(posedge gemm_d_clk)
+    op_cycles__7 <= \$926 ;
+  always @(posedge gemm_d_clk)
+    op_cycles__8 <= \$927 ;
+  always @(posedge gemm_d_clk)
+    op_cycles__9 <= \$928 ;
+  always @(posedge gemm_d_clk)
+    op_cycles__10 <= \$929 ;
+  always @(posedge gemm_d_clk)
+    op_cycles__11 <= \$930 ;
+  always @(posedge gemm_d_clk)
+    op_cycles__12 <= \$931 ;
+  always @(posedge gemm_d_clk)
+    op_cycles__13 <= \$932 ;
+  always @(posedge gemm_d_clk)
+    op_cycles__14 <= \$933 ;
+  always @(posedge gemm_d_clk)
+    op_cycles__15 <= \$934 ;
+  always @(posedge gemm_d_clk)
+    d_end_more <= \$935 ;
+  always @(posedge gemm_d_clk)
+    d_end <= \$936 ;
+  always @(posedge gemm_d_clk)
+    d_count_zero <= \$937 ;
+  always @(posedge gemm_d_clk)
+    d_const <= \$938 ;
+  always @(posedge gemm_d_clk)
+    d_stream <= \$939 ;
+  always @(posedge gemm_d_clk)
+    pc <= \$940 ;
+  always @(posedge gemm_d_clk)
+    busy <= \$941 ;
+  always @(posedge gemm_d_clk)
+    done <= \$942 ;
+  always @(posedge gemm_d_clk)
+    error <= \$943 ;
+  always @(posedge gemm_d_clk)
+    fetch_sent <= \$944 ;
+  always @(posedge gemm_d_clk)
+    \$signal$524  <= \$945 ;
+  always @(posedge gemm_d_clk)
+    \$signal$525  <= \$946 ;
+  always @(posedge gemm_d_clk)
+    images_left <= \$947 ;
+  always @(posedge gemm_d_clk)
+    offset <= \$948 ;
+  always @(posedge gemm_d_clk)
+    seq_state <= \$949 ;
+  always @(posedge gemm_d_clk)
+    in_stream <= \$950 ;
+  always @(posedge gemm_d_clk)
+    in_decode <= \$951 ;
+  always @(posedge gemm_d_clk)
+    in_op <= \$952 ;
+  always @(posedge gemm_d_clk)
+    unit_rst <= \$953 ;
+  always @(posedge gemm_d_clk)
+    gemm_active <= \$954 ;
+  always @(posedge gemm_d_clk)
+    pack_active <= \$955 ;
+  always @(posedge gemm_d_clk)
+    sink_from_move <= \$956 ;
+  always @(posedge gemm_d_clk)
+    sink_from_load <= \$957 ;
+  always @(posedge gemm_d_clk)
+    sink_from_store <= \$958 ;
+  always @(posedge gemm_d_clk)
+    sink_from_softmax <= \$959 ;
+  always @(posedge gemm_d_clk)
+    sink_from_layernorm <= \$960 ;
+  always @(posedge gemm_d_clk)
+    sink_from_add <= \$961 ;
+  always @(posedge gemm_d_clk)
+    sink_from_gelu0 <= \$962 ;
+  always @(posedge gemm_d_clk)
+    sink_from_gemm <= \$963 ;
+  always @(posedge gemm_d_clk)
+    a_from_softmax <= \$964 ;
+  always @(posedge gemm_d_clk)
+    a_from_layernorm <= \$965 ;
+  always @(posedge gemm_d_clk)
+    a_from_src0 <= \$966 ;
+  always @(posedge gemm_d_clk)
+    const_to0 <= \$967 ;
+  always @(posedge gemm_d_clk)
+    const_to1 <= \$968 ;
+  always @(posedge gemm_d_clk)
+    const_to2 <= \$969 ;
+  always @(posedge gemm_d_clk)
+    const_to3 <= \$970 ;
+  always @(posedge gemm_d_clk)
+    in_fetch <= \$971 ;
+  always @(posedge gemm_d_clk)
+    in_const <= \$972 ;
+  always @(posedge gemm_d_clk)
+    run0 <= \$973 ;
+  always @(posedge gemm_d_clk)
+    run1 <= \$974 ;
+  always @(posedge gemm_d_clk)
+    q0_to_pack <= \$975 ;
+  always @(posedge gemm_d_clk)
+    res_to_pack <= \$976 ;
+  always @(posedge gemm_d_clk)
+    ins <= \$977 ;
+  always @(posedge gemm_d_clk)
+    decode_wait <= \$978 ;
+  always @(posedge gemm_d_clk)
+    c_addr <= \$979 ;
+  always @(posedge gemm_d_clk)
+    c_step <= \$980 ;
+  always @(posedge gemm_d_clk)
+    c_ask <= \$981 ;
+  always @(posedge gemm_d_clk)
+    c_due <= \$982 ;
+  always @(posedge gemm_d_clk)
+    c_last <= \$983 ;
+  always @(posedge gemm_d_clk)
+    c_data <= \$984 ;
+  always @(posedge gemm_d_clk)
+    c_full <= \$985 ;
+  always @(posedge gemm_d_clk)
+    c_valid0 <= \$986 ;
+  always @(posedge gemm_d_clk)
+    c_valid1 <= \$987 ;
+  always @(posedge gemm_d_clk)
+    c_valid2 <= \$988 ;
+  always @(posedge gemm_d_clk)
+    c_valid3 <= \$989 ;
+  always @(posedge gemm_d_clk)
+    ext_req_addr <= \$990 ;
+  always @(posedge gemm_d_clk)
+    ext_req_data <= \$991 ;
+  always @(posedge gemm_d_clk)
+    \w_en$182  <= \$992 ;
+  always @(posedge gemm_d_clk)
+    pack_a0 <= \$993 ;
+  always @(posedge gemm_d_clk)
+    pack_a1 <= \$994 ;
+  always @(posedge gemm_d_clk)
+    pack_a2 <= \$995 ;
+  always @(posedge gemm_d_clk)
+    pack_a3 <= \$996 ;
+  always @(posedge gemm_d_clk)
+    pack_b0 <= \$997 ;
+  always @(posedge gemm_d_clk)
+    pack_b1 <= \$998 ;
+  always @(posedge gemm_d_clk)
+    pack_b2 <= \$999 ;
+  always @(posedge gemm_d_clk)
+    pack_b3 <= \$1000 ;
+  always @(posedge gemm_d_clk)
+    pack_j <= \$1001 ;
+  always @(posedge gemm_d_clk)
+    pack_jo <= \$1002 ;
+  always @(posedge gemm_d_clk)
+    tiles <= \$1003 ;
+  always @(posedge gemm_d_clk)
+    nt <= \$1004 ;
+  always @(posedge gemm_d_clk)
+    k <= \$1005 ;
+  always @(posedge gemm_d_clk)
+    w_addr <= \$1006 ;
+  always @(posedge gemm_d_clk)
+    p_addr <= \$1007 ;
+  always @(posedge gemm_d_clk)
+    want_w <= \$1008 ;
+  always @(posedge gemm_d_clk)
+    w_step <= \$1009 ;
+  always @(posedge gemm_d_clk)
+    \$signal$457  <= \$1010 ;
+  always @(posedge gemm_d_clk)
+    \$signal$546  <= \$1011 ;
+  always @(posedge gemm_d_clk)
+    nt_hit <= \$1012 ;
+  always @(posedge gemm_d_clk)
+    rk <= \$1013 ;
+  always @(posedge gemm_d_clk)
+    rk_zero <= \$1014 ;
+  always @(posedge gemm_d_clk)
+    a_filled0 <= \$1015 ;
+  always @(posedge gemm_d_clk)
+    a_filled1 <= \$1016 ;
+  always @(posedge gemm_d_clk)
+    \$signal$293  <= \$1017 ;
+  always @(posedge gemm_d_clk)
+    \$signal$300  <= \$1018 ;
+  always @(posedge gemm_d_clk)
+    lk <= \$1019 ;
+  always @(posedge gemm_d_clk)
+    \$signal$326  <= \$1020 ;
+  always @(posedge gemm_d_clk)
+    \$signal$327  <= \$1021 ;
+  always @(posedge gemm_d_clk)
+    fnt <= \$1022 ;
+  always @(posedge gemm_d_clk)
+    feed_blocks <= \$1023 ;
+  always @(posedge gemm_d_clk)
+    a_load_k_hit <= \$1024 ;
+  always @(posedge gemm_d_clk)
+    a_feed_k_hit <= \$1025 ;
+  always @(posedge gemm_d_clk)
+    a_feed_nt_hit <= \$1026 ;
+  always @(posedge gemm_d_clk)
+    a_blocks_left <= \$1027 ;
+  always @(posedge gemm_d_clk)
+    a_read_last <= \$1028 ;
+  always @(posedge gemm_d_clk)
+    a_read_addr <= \$1029 ;
+  always @(posedge gemm_d_clk)
+    a_read_half <= \$1030 ;
+  always @(posedge gemm_d_clk)
+    a_read_free <= \$1031 ;
+  always @(posedge gemm_d_clk)
+    w_load_lane <= \$1032 ;
+  always @(posedge gemm_d_clk)
+    w_load_k <= \$1033 ;
+  always @(posedge gemm_d_clk)
+    w_load_addr <= \$1034 ;
+  always @(posedge gemm_d_clk)
+    w_load_nt <= \$1035 ;
+  always @(posedge gemm_d_clk)
+    w_filled0 <= \$1036 ;
+  always @(posedge gemm_d_clk)
+    w_filled1 <= \$1037 ;
+  always @(posedge gemm_d_clk)
+    w_load_half <= \$1038 ;
+  always @(posedge gemm_d_clk)
+    w_read_addr <= \$1039 ;
+  always @(posedge gemm_d_clk)
+    w_read_half <= \$1040 ;
+  always @(posedge gemm_d_clk)
+    w_read_free <= \$1041 ;
+  always @(posedge gemm_d_clk)
+    feed_ntk <= \$1042 ;
+  always @(posedge gemm_d_clk)
+    feed_mt <= \$1043 ;
+  always @(posedge gemm_d_clk)
+    w_feed_half <= \$1044 ;
+  always @(posedge gemm_d_clk)
+    post_col <= \$1045 ;
+  always @(posedge gemm_d_clk)
+    op_done <= \$1046 ;
+  always @(posedge gemm_d_clk)
+    fault_q <= \$1047 ;
   \accelerator.core.add  add (
     .a__payload(a__payload),
     .a__ready(a__ready),
     .a__valid(a__valid),
-    .b__payload(\b__payload$179 ),
-    .b__ready(\b__ready$234 ),
-    .b__valid(\b__valid$244 ),
+    .add_d_clk(gemm_d_clk),
+    .add_d_rst(add_d_rst),
+    .b__payload(\b__payload$195 ),
+    .b__ready(\b__ready$250 ),
+    .b__valid(\b__valid$260 ),
     .c__payload(c_data[43:0]),
-    .c__ready(\c__ready$120 ),
+    .c__ready(\c__ready$136 ),
     .c__valid(c_valid2),
-    .clk(clk),
     .o__payload(o__payload),
     .o__ready(o__ready),
-    .o__valid(o__valid),
-    .rst(rst),
-    .unit_rst(unit_rst)
+    .o__valid(o__valid)
   );
   \accelerator.core.feed  feed (
     .a_issue(a_issue),
     .a_read(a_read),
     .a_read_last(a_read_last),
-    .clk(clk),
+    .clk(gemm_d_clk),
     .feed_beat(feed_beat),
     .feed_got_last(feed_got_last),
     .feed_queue_room(feed_queue_room),
@@ -29660,50 +29673,49 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   );
   \accelerator.core.gelu0  gelu0 (
     .c__payload(c_data[52:0]),
-    .c__ready(\c__ready$122 ),
+    .c__ready(\c__ready$138 ),
     .c__valid(c_valid3),
-    .clk(clk),
+    .gelu0_d_clk(gemm_d_clk),
+    .gelu0_d_rst(gelu0_d_rst),
     .go(i__ready),
     .i__payload(i__payload),
     .i__valid(i__valid),
-    .o__payload(\o__payload$185 ),
-    .o__ready(\o__ready$195 ),
-    .o__valid(\o__valid$191 ),
-    .rst(rst),
-    .unit_rst(unit_rst)
+    .o__payload(\o__payload$201 ),
+    .o__ready(\o__ready$211 ),
+    .o__valid(\o__valid$207 )
   );
   \accelerator.core.gemm  gemm (
-    .a__payload(\a__payload$401 ),
-    .a__ready(\a__ready$406 ),
-    .a__valid(\a__valid$399 ),
-    .clk(clk),
-    .o__payload(\w_data$418 ),
-    .o__ready(\o__ready$420 ),
-    .o__valid(\w_en$416 ),
+    .a__payload(\a__payload$420 ),
+    .a__ready(\a__ready$425 ),
+    .a__valid(\a__valid$418 ),
+    .gemm_d_clk(gemm_d_clk),
+    .gemm_d_rst(gemm_d_rst),
+    .o__payload(\w_data$432 ),
+    .o__ready(\o__ready$434 ),
+    .o__valid(\w_en$430 ),
     .p__payload(beat__payload[437:0]),
     .p__ready(p__ready),
     .p__valid(p__valid),
-    .rst(rst),
-    .unit_rst(unit_rst),
     .w__payload(w__payload),
+    .w__ready(w__ready),
     .w__valid(w__valid)
   );
   \accelerator.core.gemm_out_slice  gemm_out_slice (
-    .clk(clk),
-    .r_data(\r_data$435 ),
-    .r_en(\r_en$423 ),
+    .clk(gemm_d_clk),
+    .r_data(\r_data$449 ),
+    .r_en(\r_en$437 ),
     .r_rdy(gemm_res_valid),
     .rst(rst),
     .unit_rst(unit_rst),
-    .w_en(\w_en$416 ),
-    .w_port__data(\w_data$418 ),
-    .w_rdy(\o__ready$420 )
+    .w_en(\w_en$430 ),
+    .w_port__data(\w_data$432 ),
+    .w_rdy(\o__ready$434 )
   );
   \accelerator.core.gen_dst  gen_dst (
-    .addr(\addr$97 ),
+    .addr(\addr$113 ),
     .base(ins[123:104]),
-    .busy(\busy$546 ),
-    .clk(clk),
+    .busy(\busy$563 ),
+    .clk(gemm_d_clk),
     .\final (\final ),
     .index__1(index__1),
     .index__2(index__2),
@@ -29723,115 +29735,114 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     .strides__2(strides__2),
     .strides__3(strides__3),
     .strides__4(strides__4),
-    .\valid$31 (\valid$249 )
+    .\valid$31 (\valid$265 )
   );
   \accelerator.core.gen_src0  gen_src0 (
     .addr(addr),
     .base(ins[233:214]),
-    .clk(clk),
-    .\final (\final$483 ),
+    .clk(gemm_d_clk),
+    .\final (\final$500 ),
     .last__3(last__3),
-    .last__4(\last__4$482 ),
+    .last__4(\last__4$499 ),
     .load(load),
-    .n__0(\n__0$42 ),
-    .n__1(\n__1$44 ),
-    .n__2(\n__2$46 ),
-    .n__3(\n__3$48 ),
-    .n__4(\n__4$50 ),
+    .n__0(\n__0$58 ),
+    .n__1(\n__1$60 ),
+    .n__2(\n__2$62 ),
+    .n__3(\n__3$64 ),
+    .n__4(\n__4$66 ),
     .\next$29 (next),
     .rst(rst),
-    .strides__0(\strides__0$43 ),
-    .strides__1(\strides__1$45 ),
-    .strides__2(\strides__2$47 ),
-    .strides__3(\strides__3$49 ),
-    .strides__4(\strides__4$51 ),
+    .strides__0(\strides__0$59 ),
+    .strides__1(\strides__1$61 ),
+    .strides__2(\strides__2$63 ),
+    .strides__3(\strides__3$65 ),
+    .strides__4(\strides__4$67 ),
     .\valid$31 (valid)
   );
   \accelerator.core.gen_src1  gen_src1 (
-    .addr(\addr$89 ),
+    .addr(\addr$105 ),
     .base(ins[343:324]),
-    .clk(clk),
-    .\final (\final$486 ),
-    .last__3(\last__3$487 ),
-    .last__4(\last__4$485 ),
+    .clk(gemm_d_clk),
+    .\final (\final$503 ),
+    .last__3(\last__3$504 ),
+    .last__4(\last__4$502 ),
     .load(load),
-    .n__0(\n__0$54 ),
-    .n__1(\n__1$56 ),
-    .n__2(\n__2$58 ),
-    .n__3(\n__3$60 ),
-    .n__4(\n__4$62 ),
+    .n__0(\n__0$70 ),
+    .n__1(\n__1$72 ),
+    .n__2(\n__2$74 ),
+    .n__3(\n__3$76 ),
+    .n__4(\n__4$78 ),
     .\next$29 (src1_issue),
     .rst(rst),
-    .strides__0(\strides__0$55 ),
-    .strides__1(\strides__1$57 ),
-    .strides__2(\strides__2$59 ),
-    .strides__3(\strides__3$61 ),
-    .strides__4(\strides__4$63 ),
-    .\valid$31 (\valid$85 )
+    .strides__0(\strides__0$71 ),
+    .strides__1(\strides__1$73 ),
+    .strides__2(\strides__2$75 ),
+    .strides__3(\strides__3$77 ),
+    .strides__4(\strides__4$79 ),
+    .\valid$31 (\valid$101 )
   );
   \accelerator.core.layernorm  layernorm (
-    .buf_wdata(\r_data$217 [15:0]),
+    .buf_wdata(\r_data$233 [15:0]),
     .c__payload(c_data),
     .c__valid(c_valid1),
-    .clk(clk),
-    .i__ready(\i__ready$465 ),
-    .i__valid(\i__valid$461 ),
-    .idle_r(\c__ready$118 ),
-    .o__payload(\o__payload$199 ),
-    .o__ready(\o__ready$210 ),
-    .o__valid(\o__valid$206 ),
-    .rst(rst),
-    .unit_rst(unit_rst)
+    .i__ready(\i__ready$480 ),
+    .i__valid(\i__valid$476 ),
+    .idle_r(\c__ready$134 ),
+    .layernorm_d_clk(gemm_d_clk),
+    .layernorm_d_rst(layernorm_d_rst),
+    .o__payload(\o__payload$215 ),
+    .o__ready(\o__ready$226 ),
+    .o__valid(\o__valid$222 )
   );
   \accelerator.core.norm_out_slice  norm_out_slice (
-    .clk(clk),
-    .r_data(\r_data$228 ),
-    .r_en(\r_en$462 ),
-    .r_rdy(\r_rdy$227 ),
-    .rst(rst),
-    .unit_rst(unit_rst),
-    .w_en(\w_en$200 ),
-    .w_port__data(\w_data$207 ),
-    .w_rdy(\w_rdy$209 )
-  );
-  \accelerator.core.pack_slice  pack_slice (
-    .clk(clk),
-    .\port$9068$0 (pack_a0),
-    .\port$9070$0 (pack_a1),
-    .\port$9072$0 (pack_a2),
-    .\port$9074$0 (pack_a3),
-    .\port$9076$0 (pack_b0),
-    .\port$9078$0 (pack_b1),
-    .\port$9080$0 (pack_b2),
-    .\port$9082$0 (pack_b3),
-    .r_data(r_data),
-    .r_en(r_en),
+    .clk(gemm_d_clk),
+    .r_data(\r_data$244 ),
+    .r_en(\r_en$477 ),
     .r_rdy(\r_rdy$243 ),
     .rst(rst),
     .unit_rst(unit_rst),
-    .w_en(\w_en$166 ),
-    .w_rdy(\w_rdy$238 )
+    .w_en(\w_en$216 ),
+    .w_port__data(\w_data$223 ),
+    .w_rdy(\w_rdy$225 )
+  );
+  \accelerator.core.pack_slice  pack_slice (
+    .clk(gemm_d_clk),
+    .\port$9092$0 (pack_a0),
+    .\port$9094$0 (pack_a1),
+    .\port$9096$0 (pack_a2),
+    .\port$9098$0 (pack_a3),
+    .\port$9100$0 (pack_b0),
+    .\port$9102$0 (pack_b1),
+    .\port$9104$0 (pack_b2),
+    .\port$9106$0 (pack_b3),
+    .r_data(r_data),
+    .r_en(r_en),
+    .r_rdy(\r_rdy$259 ),
+    .rst(rst),
+    .unit_rst(unit_rst),
+    .w_en(\w_en$182 ),
+    .w_rdy(\w_rdy$254 )
   );
   \accelerator.core.q_src0  q_src0 (
-    .clk(clk),
+    .clk(gemm_d_clk),
     .level(level),
-    .\port$1606$0 (\$signature__data ),
-    .\port$8889$0 (src0_meta),
-    .r_data(\r_data$217 ),
-    .r_en(\r_en$463 ),
+    .\port$1602$0 (\$signature__data ),
+    .\port$8913$0 (src0_meta),
+    .r_data(\r_data$233 ),
+    .r_en(\r_en$478 ),
     .r_rdy(r_rdy),
     .rst(rst),
     .unit_rst(unit_rst),
     .w_en(src0_inflight)
   );
   \accelerator.core.q_src1  q_src1 (
-    .clk(clk),
-    .level(\level$86 ),
-    .\port$1607$0 (\$signature__data$94 ),
-    .\port$8893$0 (src1_meta),
-    .r_data(\r_data$335 ),
-    .r_en(\r_en$241 ),
-    .r_rdy(\r_rdy$240 ),
+    .clk(gemm_d_clk),
+    .level(\level$102 ),
+    .\port$1603$0 (\$signature__data$110 ),
+    .\port$8917$0 (src1_meta),
+    .r_data(\r_data$354 ),
+    .r_en(\r_en$257 ),
+    .r_rdy(\r_rdy$256 ),
     .rst(rst),
     .unit_rst(unit_rst),
     .w_en(src1_inflight)
@@ -29842,7 +29853,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     .ar__valid(ar__valid),
     .beat__payload(beat__payload),
     .beat__valid(beat__valid),
-    .clk(clk),
+    .clk(gemm_d_clk),
     .idle(idle),
     .r__payload(r__payload),
     .r__ready(r__ready),
@@ -29850,36 +29861,54 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     .\r_en$23 (beat__ready),
     .req__ready(req__ready),
     .rst(rst),
-    .w_data(\req__payload$444 ),
-    .w_en(\req__valid$436 )
+    .w_data(\req__payload$458 ),
+    .w_en(\req__valid$450 )
   );
   \accelerator.core.softmax  softmax (
     .c__payload(c_data[4:0]),
     .c__valid(c_valid0),
-    .clk(clk),
-    .i__payload(\i__payload$458 ),
-    .i__ready(\i__ready$464 ),
-    .i__valid(\i__valid$460 ),
+    .i__payload(\i__payload$473 ),
+    .i__ready(\i__ready$479 ),
+    .i__valid(\i__valid$475 ),
     .idle(c__ready),
-    .o__ready(\o__ready$208 ),
-    .oq_data(\o__payload$197 ),
-    .oq_valid(\o__valid$203 ),
-    .rst(rst),
-    .unit_rst(unit_rst)
+    .o__ready(\o__ready$224 ),
+    .oq_data(\o__payload$213 ),
+    .oq_valid(\o__valid$219 ),
+    .softmax_d_clk(gemm_d_clk),
+    .softmax_d_rst(softmax_d_rst)
   );
   \accelerator.core.unpack_slice  unpack_slice (
-    .clk(clk),
+    .clk(gemm_d_clk),
     .\port$194$0 (res_lane0),
     .\port$197$0 (res_lane1),
     .\port$200$0 (res_lane2),
     .\port$203$0 (res_lane3),
-    .r_data(\r_data$248 ),
-    .r_en(\r_en$251 ),
-    .r_rdy(\r_rdy$246 ),
+    .r_data(\r_data$264 ),
+    .r_en(\r_en$267 ),
+    .r_rdy(\r_rdy$262 ),
     .rst(rst),
     .unit_rst(unit_rst),
-    .w_en(\w_en$189 ),
+    .w_en(\w_en$205 ),
     .w_rdy(w_rdy)
+  );
+  \accelerator.core.w_beat_slice  w_beat_slice (
+    .clk(gemm_d_clk),
+    .in_decode(in_decode),
+    .\port$8744$0 (w_beat0),
+    .\port$8745$0 (w_beat1),
+    .\port$8746$0 (w_beat2),
+    .\port$8747$0 (w_beat3),
+    .\port$8748$0 (w_beat4),
+    .\port$8749$0 (w_beat5),
+    .\port$8750$0 (w_beat6),
+    .\port$8751$0 (w_beat7),
+    .r_data(\r_data$429 ),
+    .r_en(\r_en$426 ),
+    .r_rdy(\r_rdy$423 ),
+    .rst(rst),
+    .unit_rst(unit_rst),
+    .w_en(\w_en$281 ),
+    .w_rdy(\w_rdy$466 )
   );
   \accelerator.core.writer  writer (
     .aw__payload(aw__payload),
@@ -29888,10 +29917,10 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     .b__payload(b__payload),
     .b__valid(b__valid),
     .clear(clear),
-    .clk(clk),
+    .clk(gemm_d_clk),
     .err(err),
-    .idle(\idle$523 ),
-    .req__ready(\req__ready$455 ),
+    .idle(\idle$540 ),
+    .req__ready(\req__ready$470 ),
     .rst(rst),
     .w_data(req__payload),
     .w_en(req__valid)
@@ -29901,123 +29930,123 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     \$126  = 16'h0000;
     casez (pack_jo)
       3'h0:
-          \$126  = \r_data$248 [15:0];
+          \$126  = \r_data$264 [15:0];
       3'h1:
-          \$126  = \r_data$248 [31:16];
+          \$126  = \r_data$264 [31:16];
       3'h2:
-          \$126  = \r_data$248 [47:32];
+          \$126  = \r_data$264 [47:32];
       3'h3:
-          \$126  = \r_data$248 [63:48];
+          \$126  = \r_data$264 [63:48];
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$274 )
+    casez (\$signal$293 )
       1'h0:
-          \$160  = a_filled0;
+          \$164  = a_filled0;
       1'h1:
-          \$160  = a_filled1;
+          \$164  = a_filled1;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$274 )
+    casez (\$signal$293 )
       1'h0:
-          \$165  = a_filled0;
+          \$169  = a_filled0;
       1'h1:
-          \$165  = a_filled1;
+          \$169  = a_filled1;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$274 )
+    casez (\$signal$293 )
       1'h0:
-          \$173  = a_filled0;
+          \$177  = a_filled0;
       1'h1:
-          \$173  = a_filled1;
+          \$177  = a_filled1;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$274 )
+    casez (\$signal$293 )
       1'h0:
-          \$180  = a_filled0;
+          \$184  = a_filled0;
       1'h1:
-          \$180  = a_filled1;
+          \$184  = a_filled1;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$274 )
+    casez (\$signal$293 )
       1'h0:
-          \$187  = a_filled0;
+          \$191  = a_filled0;
       1'h1:
-          \$187  = a_filled1;
+          \$191  = a_filled1;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$274 )
+    casez (\$signal$293 )
       1'h0:
-          \$194  = a_filled0;
+          \$198  = a_filled0;
       1'h1:
-          \$194  = a_filled1;
+          \$198  = a_filled1;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$274 )
+    casez (\$signal$293 )
       1'h0:
-          \$201  = a_filled0;
+          \$205  = a_filled0;
       1'h1:
-          \$201  = a_filled1;
+          \$205  = a_filled1;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$274 )
+    casez (\$signal$293 )
       1'h0:
-          \$208  = a_filled0;
+          \$212  = a_filled0;
       1'h1:
-          \$208  = a_filled1;
+          \$212  = a_filled1;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$274 )
+    casez (\$signal$293 )
       1'h0:
-          \$215  = a_filled0;
+          \$219  = a_filled0;
       1'h1:
-          \$215  = a_filled1;
+          \$219  = a_filled1;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$274 )
+    casez (\$signal$293 )
       1'h0:
-          \$222  = a_filled0;
+          \$226  = a_filled0;
       1'h1:
-          \$222  = a_filled1;
+          \$226  = a_filled1;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$307 )
+    casez (\$signal$326 )
       1'h0:
-          \$227  = a_filled0;
+          \$231  = a_filled0;
       1'h1:
-          \$227  = a_filled1;
+          \$231  = a_filled1;
     endcase
   end
   always @* begin
@@ -30025,9 +30054,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_feed_half)
       1'h0:
-          \$235  = w_filled0;
+          \$239  = w_filled0;
       1'h1:
-          \$235  = w_filled1;
+          \$239  = w_filled1;
     endcase
   end
   always @* begin
@@ -30035,9 +30064,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_load_half)
       1'h0:
-          \$241  = w_filled0;
+          \$245  = w_filled0;
       1'h1:
-          \$241  = w_filled1;
+          \$245  = w_filled1;
     endcase
   end
   always @* begin
@@ -30045,9 +30074,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_load_half)
       1'h0:
-          \$248  = w_filled0;
+          \$252  = w_filled0;
       1'h1:
-          \$248  = w_filled1;
+          \$252  = w_filled1;
     endcase
   end
   always @* begin
@@ -30055,9 +30084,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_load_half)
       1'h0:
-          \$258  = w_filled0;
+          \$262  = w_filled0;
       1'h1:
-          \$258  = w_filled1;
+          \$262  = w_filled1;
     endcase
   end
   always @* begin
@@ -30065,9 +30094,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_load_half)
       1'h0:
-          \$267  = w_filled0;
+          \$271  = w_filled0;
       1'h1:
-          \$267  = w_filled1;
+          \$271  = w_filled1;
     endcase
   end
   always @* begin
@@ -30075,9 +30104,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_load_half)
       1'h0:
-          \$276  = w_filled0;
+          \$280  = w_filled0;
       1'h1:
-          \$276  = w_filled1;
+          \$280  = w_filled1;
     endcase
   end
   always @* begin
@@ -30085,9 +30114,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_load_half)
       1'h0:
-          \$285  = w_filled0;
+          \$289  = w_filled0;
       1'h1:
-          \$285  = w_filled1;
+          \$289  = w_filled1;
     endcase
   end
   always @* begin
@@ -30095,9 +30124,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_load_half)
       1'h0:
-          \$294  = w_filled0;
+          \$298  = w_filled0;
       1'h1:
-          \$294  = w_filled1;
+          \$298  = w_filled1;
     endcase
   end
   always @* begin
@@ -30105,9 +30134,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_load_half)
       1'h0:
-          \$303  = w_filled0;
+          \$307  = w_filled0;
       1'h1:
-          \$303  = w_filled1;
+          \$307  = w_filled1;
     endcase
   end
   always @* begin
@@ -30115,31 +30144,31 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_load_half)
       1'h0:
-          \$312  = w_filled0;
+          \$316  = w_filled0;
       1'h1:
-          \$312  = w_filled1;
+          \$316  = w_filled1;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$343  = 32'd0;
+    \$348  = 32'd0;
     casez (index__4)
       16'h0000:
-          \$343  = \r_data$435 [31:0];
+          \$348  = \r_data$449 [31:0];
       16'h0001:
-          \$343  = \r_data$435 [63:32];
+          \$348  = \r_data$449 [63:32];
       16'h0002:
-          \$343  = \r_data$435 [95:64];
+          \$348  = \r_data$449 [95:64];
       16'h0003:
-          \$343  = \r_data$435 [127:96];
+          \$348  = \r_data$449 [127:96];
       16'h0004:
-          \$343  = \r_data$435 [159:128];
+          \$348  = \r_data$449 [159:128];
       16'h0005:
-          \$343  = \r_data$435 [191:160];
+          \$348  = \r_data$449 [191:160];
       16'h0006:
-          \$343  = \r_data$435 [223:192];
+          \$348  = \r_data$449 [223:192];
       16'h0007:
-          \$343  = \r_data$435 [255:224];
+          \$348  = \r_data$449 [255:224];
     endcase
   end
   always @* begin
@@ -30147,27 +30176,27 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (post_col)
       3'h0:
-          \$346  = \r_data$435 [31:0];
+          \$351  = \r_data$449 [31:0];
       3'h1:
-          \$346  = \r_data$435 [63:32];
+          \$351  = \r_data$449 [63:32];
       3'h2:
-          \$346  = \r_data$435 [95:64];
+          \$351  = \r_data$449 [95:64];
       3'h3:
-          \$346  = \r_data$435 [127:96];
+          \$351  = \r_data$449 [127:96];
       3'h4:
-          \$346  = \r_data$435 [159:128];
+          \$351  = \r_data$449 [159:128];
       3'h5:
-          \$346  = \r_data$435 [191:160];
+          \$351  = \r_data$449 [191:160];
       3'h6:
-          \$346  = \r_data$435 [223:192];
+          \$351  = \r_data$449 [223:192];
       3'h7:
-          \$346  = \r_data$435 [255:224];
+          \$351  = \r_data$449 [255:224];
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$274 )
+    casez (\$signal$293 )
       1'h0:
           \$803  = a_filled0;
       1'h1:
@@ -30177,7 +30206,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$274 )
+    casez (\$signal$293 )
       1'h0:
           \$808  = a_filled0;
       1'h1:
@@ -30266,142 +30295,142 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \n__0$42  = ins[39:24];
+    \n__0$58  = ins[39:24];
     if (is_gemm) begin
-      \n__0$42  = \$21 ;
+      \n__0$58  = \$21 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \strides__0$43  = ins[251:234];
+    \strides__0$59  = ins[251:234];
     if (is_gemm) begin
-      \strides__0$43  = \$23 ;
+      \strides__0$59  = \$23 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \n__1$44  = ins[55:40];
+    \n__1$60  = ins[55:40];
     if (is_gemm) begin
-      \n__1$44  = \$25 ;
+      \n__1$60  = \$25 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \strides__1$45  = ins[269:252];
+    \strides__1$61  = ins[269:252];
     if (is_gemm) begin
-      \strides__1$45  = \$30 [17:0];
+      \strides__1$61  = \$30 [17:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \n__2$46  = ins[71:56];
+    \n__2$62  = ins[71:56];
     if (is_gemm) begin
-      \n__2$46  = \$32 ;
+      \n__2$62  = \$32 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \strides__2$47  = ins[287:270];
+    \strides__2$63  = ins[287:270];
     if (is_gemm) begin
-      \strides__2$47  = \$37 [17:0];
+      \strides__2$63  = \$37 [17:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \n__3$48  = ins[87:72];
+    \n__3$64  = ins[87:72];
     if (is_gemm) begin
-      \n__3$48  = { 12'h000, \$39  };
+      \n__3$64  = { 12'h000, \$39  };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \strides__3$49  = ins[305:288];
+    \strides__3$65  = ins[305:288];
     if (is_gemm) begin
-      \strides__3$49  = \$41 ;
+      \strides__3$65  = \$41 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \n__4$50  = ins[103:88];
+    \n__4$66  = ins[103:88];
     if (is_gemm) begin
-      \n__4$50  = \$43 ;
+      \n__4$66  = \$43 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \strides__4$51  = ins[323:306];
+    \strides__4$67  = ins[323:306];
     if (is_gemm) begin
-      \strides__4$51  = \$45 ;
+      \strides__4$67  = \$45 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \n__0$54  = ins[39:24];
+    \n__0$70  = ins[39:24];
     if (is_gemm) begin
-      \n__0$54  = \$46 ;
+      \n__0$70  = \$46 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \strides__0$55  = ins[361:344];
+    \strides__0$71  = ins[361:344];
     if (is_gemm) begin
-      \strides__0$55  = \$47 ;
+      \strides__0$71  = \$47 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \n__1$56  = ins[55:40];
+    \n__1$72  = ins[55:40];
     if (is_gemm) begin
-      \n__1$56  = \$48 ;
+      \n__1$72  = \$48 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \strides__1$57  = ins[379:362];
+    \strides__1$73  = ins[379:362];
     if (is_gemm) begin
-      \strides__1$57  = \$52 [17:0];
+      \strides__1$73  = \$52 [17:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \n__2$58  = ins[71:56];
+    \n__2$74  = ins[71:56];
     if (is_gemm) begin
-      \n__2$58  = \$53 ;
+      \n__2$74  = \$53 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \strides__2$59  = ins[397:380];
+    \strides__2$75  = ins[397:380];
     if (is_gemm) begin
-      \strides__2$59  = \$56 [17:0];
+      \strides__2$75  = \$56 [17:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \n__3$60  = ins[87:72];
+    \n__3$76  = ins[87:72];
     if (is_gemm) begin
-      \n__3$60  = \$57 ;
+      \n__3$76  = \$57 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \strides__3$61  = ins[415:398];
+    \strides__3$77  = ins[415:398];
     if (is_gemm) begin
-      \strides__3$61  = \$58 ;
+      \strides__3$77  = \$58 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \n__4$62  = ins[103:88];
+    \n__4$78  = ins[103:88];
     if (is_gemm) begin
-      \n__4$62  = { 12'h000, \$59  };
+      \n__4$78  = { 12'h000, \$59  };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \strides__4$63  = ins[433:416];
+    \strides__4$79  = ins[433:416];
     if (is_gemm) begin
-      \strides__4$63  = \$60 ;
+      \strides__4$79  = \$60 ;
     end
   end
   always @* begin
@@ -30416,9 +30445,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    wr__data = sink_data;
-    if (\$342 ) begin
-      wr__data = \$343 [15:0];
+    wr_data = sink_data;
+    if (\$347 ) begin
+      wr_data = \$348 [15:0];
     end
   end
   always @* begin
@@ -30448,11 +30477,11 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       end else if (is_store) begin
       end else if (is_gemm) begin
       end else if (\$89 ) begin
-        \$signal  = \r_rdy$227 ;
+        \$signal  = \r_rdy$243 ;
       end
     end
     if (pack_active) begin
-      \$signal  = \r_rdy$246 ;
+      \$signal  = \r_rdy$262 ;
     end
   end
   always @* begin
@@ -30460,7 +30489,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     sink_data = 16'h0000;
     if (in_stream) begin
       if (is_move) begin
-        sink_data = \r_data$217 [15:0];
+        sink_data = \r_data$233 [15:0];
       end else if (is_load) begin
         (* full_case = 32'd1 *)
         casez (ins[23:22])
@@ -30476,7 +30505,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       end else if (is_store) begin
       end else if (is_gemm) begin
       end else if (\$89 ) begin
-        sink_data = \r_data$228 ;
+        sink_data = \r_data$244 ;
       end
     end
     if (pack_active) begin
@@ -30494,7 +30523,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       end
     end
-    if (\$418 ) begin
+    if (\$420 ) begin
       fault = 4'h5;
     end
   end
@@ -30533,11 +30562,11 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       end else if (is_gemm) begin
       end else if (\$89 ) begin
       end else begin
-        elem_data = \r_data$217 [15:0];
+        elem_data = \r_data$233 [15:0];
       end
     end
-    if (\$345 ) begin
-      elem_data = \$346 [15:0];
+    if (\$350 ) begin
+      elem_data = \$351 [15:0];
     end
   end
   always @* begin
@@ -30551,7 +30580,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       end else if (is_gemm) begin
       end else if (\$89 ) begin
       end else begin
-        elem_final = \r_data$217 [17];
+        elem_final = \r_data$233 [17];
       end
     end
   end
@@ -30578,13 +30607,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \r_en$241  = 1'h0;
+    \r_en$257  = 1'h0;
     if (pack_active) begin
-      \r_en$241  = \$122 ;
+      \r_en$257  = \$122 ;
     end
     if (gemm_active) begin
-      if (\$240 ) begin
-        \r_en$241  = \$245 ;
+      if (\$244 ) begin
+        \r_en$257  = \$249 ;
       end
     end
   end
@@ -30597,9 +30626,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \b__valid$244  = 1'h0;
+    \b__valid$260  = 1'h0;
     if (pack_active) begin
-      \b__valid$244  = \$124 ;
+      \b__valid$260  = \$124 ;
     end
   end
   always @* begin
@@ -30611,11 +30640,11 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \r_en$251  = 1'h0;
+    \r_en$267  = 1'h0;
     if (pack_active) begin
       if (\$127 ) begin
         if (\$129 ) begin
-          \r_en$251  = 1'h1;
+          \r_en$267  = 1'h1;
         end
       end
     end
@@ -30809,162 +30838,43 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \w_en$281  = 1'h0;
+    if (gemm_active) begin
+      \w_en$281  = \$138 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     elem = 9'h000;
     casez (ins[16:12])
       5'h02:
-          elem = { \$141 [2], \$141 [2], \$141 [2], \$141 [2], \$141 [2], \$141 [2], \$141  };
+          elem = { \$145 [2], \$145 [2], \$145 [2], \$145 [2], \$145 [2], \$145 [2], \$145  };
       5'h03:
-          elem = { \$144 [3], \$144 [3], \$144 [3], \$144 [3], \$144 [3], \$144  };
+          elem = { \$148 [3], \$148 [3], \$148 [3], \$148 [3], \$148 [3], \$148  };
       5'h04:
-          elem = { \$147 [4], \$147 [4], \$147 [4], \$147 [4], \$147  };
+          elem = { \$151 [4], \$151 [4], \$151 [4], \$151 [4], \$151  };
       5'h05:
-          elem = { \$150 [5], \$150 [5], \$150 [5], \$150  };
+          elem = { \$154 [5], \$154 [5], \$154 [5], \$154  };
       5'h06:
-          elem = { \$153 [6], \$153 [6], \$153  };
+          elem = { \$157 [6], \$157 [6], \$157  };
       5'h07:
-          elem = { \$156 [7], \$156  };
+          elem = { \$160 [7], \$160  };
       5'h08:
-          elem = \$159 ;
+          elem = \$163 ;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     a_in_take = 1'h0;
     if (gemm_active) begin
-      a_in_take = \$162 ;
+      a_in_take = \$166 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$277  = 9'h000;
+    \$signature__addr$296  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$277  = \$164 [8:0];
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__data$279  = 9'h000;
-    if (gemm_active) begin
-      \$signature__data$279  = elem;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$280  = 1'h0;
-    if (gemm_active) begin
-      \$signature__en$280  = \$170 ;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$282  = 9'h000;
-    if (gemm_active) begin
-      \$signature__addr$282  = \$172 [8:0];
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__data$283  = 9'h000;
-    if (gemm_active) begin
-      \$signature__data$283  = elem;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$284  = 1'h0;
-    if (gemm_active) begin
-      \$signature__en$284  = \$177 ;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$285  = 9'h000;
-    if (gemm_active) begin
-      \$signature__addr$285  = \$179 [8:0];
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__data$286  = 9'h000;
-    if (gemm_active) begin
-      \$signature__data$286  = elem;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$287  = 1'h0;
-    if (gemm_active) begin
-      \$signature__en$287  = \$184 ;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$288  = 9'h000;
-    if (gemm_active) begin
-      \$signature__addr$288  = \$186 [8:0];
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__data$289  = 9'h000;
-    if (gemm_active) begin
-      \$signature__data$289  = elem;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$290  = 1'h0;
-    if (gemm_active) begin
-      \$signature__en$290  = \$191 ;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$291  = 9'h000;
-    if (gemm_active) begin
-      \$signature__addr$291  = \$193 [8:0];
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__data$292  = 9'h000;
-    if (gemm_active) begin
-      \$signature__data$292  = elem;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$293  = 1'h0;
-    if (gemm_active) begin
-      \$signature__en$293  = \$198 ;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$294  = 9'h000;
-    if (gemm_active) begin
-      \$signature__addr$294  = \$200 [8:0];
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__data$295  = 9'h000;
-    if (gemm_active) begin
-      \$signature__data$295  = elem;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$296  = 1'h0;
-    if (gemm_active) begin
-      \$signature__en$296  = \$205 ;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$297  = 9'h000;
-    if (gemm_active) begin
-      \$signature__addr$297  = \$207 [8:0];
+      \$signature__addr$296  = \$168 [8:0];
     end
   end
   always @* begin
@@ -30978,182 +30888,308 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     \$signature__en$299  = 1'h0;
     if (gemm_active) begin
-      \$signature__en$299  = \$212 ;
+      \$signature__en$299  = \$174 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$300  = 9'h000;
+    \$signature__addr$301  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$300  = \$214 [8:0];
+      \$signature__addr$301  = \$176 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__data$301  = 9'h000;
+    \$signature__data$302  = 9'h000;
     if (gemm_active) begin
-      \$signature__data$301  = elem;
+      \$signature__data$302  = elem;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$302  = 1'h0;
+    \$signature__en$303  = 1'h0;
     if (gemm_active) begin
-      \$signature__en$302  = \$219 ;
+      \$signature__en$303  = \$181 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$303  = 9'h000;
+    \$signature__addr$304  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$303  = \$221 [8:0];
+      \$signature__addr$304  = \$183 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__data$304  = 9'h000;
+    \$signature__data$305  = 9'h000;
     if (gemm_active) begin
-      \$signature__data$304  = elem;
+      \$signature__data$305  = elem;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$305  = 1'h0;
+    \$signature__en$306  = 1'h0;
     if (gemm_active) begin
-      \$signature__en$305  = \$226 ;
+      \$signature__en$306  = \$188 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    a_issue = 1'h0;
+    \$signature__addr$307  = 9'h000;
     if (gemm_active) begin
-      a_issue = \$239 ;
+      \$signature__addr$307  = \$190 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$314  = 9'h000;
+    \$signature__data$308  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$314  = a_read_addr;
+      \$signature__data$308  = elem;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$316  = 1'h1;
+    \$signature__en$309  = 1'h0;
     if (gemm_active) begin
-      \$signature__en$316  = a_read;
+      \$signature__en$309  = \$195 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$318  = 9'h000;
+    \$signature__addr$310  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$318  = a_read_addr;
+      \$signature__addr$310  = \$197 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$319  = 1'h1;
+    \$signature__data$311  = 9'h000;
     if (gemm_active) begin
-      \$signature__en$319  = a_read;
+      \$signature__data$311  = elem;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$320  = 9'h000;
+    \$signature__en$312  = 1'h0;
     if (gemm_active) begin
-      \$signature__addr$320  = a_read_addr;
+      \$signature__en$312  = \$202 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$321  = 1'h1;
+    \$signature__addr$313  = 9'h000;
     if (gemm_active) begin
-      \$signature__en$321  = a_read;
+      \$signature__addr$313  = \$204 [8:0];
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$signature__data$314  = 9'h000;
+    if (gemm_active) begin
+      \$signature__data$314  = elem;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$signature__en$315  = 1'h0;
+    if (gemm_active) begin
+      \$signature__en$315  = \$209 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$signature__addr$316  = 9'h000;
+    if (gemm_active) begin
+      \$signature__addr$316  = \$211 [8:0];
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$signature__data$317  = 9'h000;
+    if (gemm_active) begin
+      \$signature__data$317  = elem;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$signature__en$318  = 1'h0;
+    if (gemm_active) begin
+      \$signature__en$318  = \$216 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$signature__addr$319  = 9'h000;
+    if (gemm_active) begin
+      \$signature__addr$319  = \$218 [8:0];
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$signature__data$320  = 9'h000;
+    if (gemm_active) begin
+      \$signature__data$320  = elem;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$signature__en$321  = 1'h0;
+    if (gemm_active) begin
+      \$signature__en$321  = \$223 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     \$signature__addr$322  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$322  = a_read_addr;
+      \$signature__addr$322  = \$225 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$323  = 1'h1;
+    \$signature__data$323  = 9'h000;
     if (gemm_active) begin
-      \$signature__en$323  = a_read;
+      \$signature__data$323  = elem;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$324  = 9'h000;
+    \$signature__en$324  = 1'h0;
     if (gemm_active) begin
-      \$signature__addr$324  = a_read_addr;
+      \$signature__en$324  = \$230 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$325  = 1'h1;
+    a_issue = 1'h0;
     if (gemm_active) begin
-      \$signature__en$325  = a_read;
+      a_issue = \$243 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$326  = 9'h000;
+    \$signature__addr$333  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$326  = a_read_addr;
+      \$signature__addr$333  = a_read_addr;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$327  = 1'h1;
+    \$signature__en$335  = 1'h1;
     if (gemm_active) begin
-      \$signature__en$327  = a_read;
+      \$signature__en$335  = a_read;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$328  = 9'h000;
+    \$signature__addr$337  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$328  = a_read_addr;
+      \$signature__addr$337  = a_read_addr;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$329  = 1'h1;
+    \$signature__en$338  = 1'h1;
     if (gemm_active) begin
-      \$signature__en$329  = a_read;
+      \$signature__en$338  = a_read;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$330  = 9'h000;
+    \$signature__addr$339  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$330  = a_read_addr;
+      \$signature__addr$339  = a_read_addr;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$331  = 1'h1;
+    \$signature__en$340  = 1'h1;
     if (gemm_active) begin
-      \$signature__en$331  = a_read;
+      \$signature__en$340  = a_read;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$332  = 9'h000;
+    \$signature__addr$341  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$332  = a_read_addr;
+      \$signature__addr$341  = a_read_addr;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$333  = 1'h1;
+    \$signature__en$342  = 1'h1;
     if (gemm_active) begin
-      \$signature__en$333  = a_read;
+      \$signature__en$342  = a_read;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$signature__addr$343  = 9'h000;
+    if (gemm_active) begin
+      \$signature__addr$343  = a_read_addr;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$signature__en$344  = 1'h1;
+    if (gemm_active) begin
+      \$signature__en$344  = a_read;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$signature__addr$345  = 9'h000;
+    if (gemm_active) begin
+      \$signature__addr$345  = a_read_addr;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$signature__en$346  = 1'h1;
+    if (gemm_active) begin
+      \$signature__en$346  = a_read;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$signature__addr$347  = 9'h000;
+    if (gemm_active) begin
+      \$signature__addr$347  = a_read_addr;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$signature__en$348  = 1'h1;
+    if (gemm_active) begin
+      \$signature__en$348  = a_read;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$signature__addr$349  = 9'h000;
+    if (gemm_active) begin
+      \$signature__addr$349  = a_read_addr;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$signature__en$350  = 1'h1;
+    if (gemm_active) begin
+      \$signature__en$350  = a_read;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$signature__addr$351  = 9'h000;
+    if (gemm_active) begin
+      \$signature__addr$351  = a_read_addr;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$signature__en$352  = 1'h1;
+    if (gemm_active) begin
+      \$signature__en$352  = a_read;
     end
   end
   always @* begin
@@ -31162,153 +31198,27 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     if (gemm_active) begin
       casez (ins[21:17])
         5'h02:
-            welem = { \r_data$335 [1], \r_data$335 [1], \r_data$335 [1], \r_data$335 [1], \r_data$335 [1], \r_data$335 [1], \r_data$335 [1:0] };
+            welem = { \r_data$354 [1], \r_data$354 [1], \r_data$354 [1], \r_data$354 [1], \r_data$354 [1], \r_data$354 [1], \r_data$354 [1:0] };
         5'h03:
-            welem = { \r_data$335 [2], \r_data$335 [2], \r_data$335 [2], \r_data$335 [2], \r_data$335 [2], \r_data$335 [2:0] };
+            welem = { \r_data$354 [2], \r_data$354 [2], \r_data$354 [2], \r_data$354 [2], \r_data$354 [2], \r_data$354 [2:0] };
         5'h04:
-            welem = { \r_data$335 [3], \r_data$335 [3], \r_data$335 [3], \r_data$335 [3], \r_data$335 [3:0] };
+            welem = { \r_data$354 [3], \r_data$354 [3], \r_data$354 [3], \r_data$354 [3], \r_data$354 [3:0] };
         5'h05:
-            welem = { \r_data$335 [4], \r_data$335 [4], \r_data$335 [4], \r_data$335 [4:0] };
+            welem = { \r_data$354 [4], \r_data$354 [4], \r_data$354 [4], \r_data$354 [4:0] };
         5'h06:
-            welem = { \r_data$335 [5], \r_data$335 [5], \r_data$335 [5:0] };
+            welem = { \r_data$354 [5], \r_data$354 [5], \r_data$354 [5:0] };
         5'h07:
-            welem = { \r_data$335 [6], \r_data$335 [6:0] };
+            welem = { \r_data$354 [6], \r_data$354 [6:0] };
         5'h08:
-            welem = \r_data$335 [7:0];
+            welem = \r_data$354 [7:0];
       endcase
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$337  = 9'h000;
+    \$signature__addr$356  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$337  = \$247 [8:0];
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__data$339  = 8'h00;
-    if (gemm_active) begin
-      \$signature__data$339  = welem;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$340  = 1'h0;
-    if (gemm_active) begin
-      \$signature__en$340  = \$255 ;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$342  = 9'h000;
-    if (gemm_active) begin
-      \$signature__addr$342  = \$257 [8:0];
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__data$343  = 8'h00;
-    if (gemm_active) begin
-      \$signature__data$343  = welem;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$344  = 1'h0;
-    if (gemm_active) begin
-      \$signature__en$344  = \$264 ;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$345  = 9'h000;
-    if (gemm_active) begin
-      \$signature__addr$345  = \$266 [8:0];
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__data$346  = 8'h00;
-    if (gemm_active) begin
-      \$signature__data$346  = welem;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$347  = 1'h0;
-    if (gemm_active) begin
-      \$signature__en$347  = \$273 ;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$348  = 9'h000;
-    if (gemm_active) begin
-      \$signature__addr$348  = \$275 [8:0];
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__data$349  = 8'h00;
-    if (gemm_active) begin
-      \$signature__data$349  = welem;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$350  = 1'h0;
-    if (gemm_active) begin
-      \$signature__en$350  = \$282 ;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$351  = 9'h000;
-    if (gemm_active) begin
-      \$signature__addr$351  = \$284 [8:0];
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__data$352  = 8'h00;
-    if (gemm_active) begin
-      \$signature__data$352  = welem;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$353  = 1'h0;
-    if (gemm_active) begin
-      \$signature__en$353  = \$291 ;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$354  = 9'h000;
-    if (gemm_active) begin
-      \$signature__addr$354  = \$293 [8:0];
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__data$355  = 8'h00;
-    if (gemm_active) begin
-      \$signature__data$355  = welem;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$356  = 1'h0;
-    if (gemm_active) begin
-      \$signature__en$356  = \$300 ;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$357  = 9'h000;
-    if (gemm_active) begin
-      \$signature__addr$357  = \$302 [8:0];
+      \$signature__addr$356  = \$251 [8:0];
     end
   end
   always @* begin
@@ -31322,339 +31232,472 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     \$signature__en$359  = 1'h0;
     if (gemm_active) begin
-      \$signature__en$359  = \$309 ;
+      \$signature__en$359  = \$259 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$360  = 9'h000;
+    \$signature__addr$361  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$360  = \$311 [8:0];
+      \$signature__addr$361  = \$261 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__data$361  = 8'h00;
+    \$signature__data$362  = 8'h00;
     if (gemm_active) begin
-      \$signature__data$361  = welem;
+      \$signature__data$362  = welem;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$362  = 1'h0;
+    \$signature__en$363  = 1'h0;
     if (gemm_active) begin
-      \$signature__en$362  = \$318 ;
+      \$signature__en$363  = \$268 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$363  = 9'h000;
+    \$signature__addr$364  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$363  = w_read_addr;
+      \$signature__addr$364  = \$270 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$365  = 1'h1;
+    \$signature__data$365  = 8'h00;
     if (gemm_active) begin
-      \$signature__en$365  = a_read;
+      \$signature__data$365  = welem;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$366  = 9'h000;
+    \$signature__en$366  = 1'h0;
     if (gemm_active) begin
-      \$signature__addr$366  = w_read_addr;
+      \$signature__en$366  = \$277 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$367  = 1'h1;
+    \$signature__addr$367  = 9'h000;
     if (gemm_active) begin
-      \$signature__en$367  = a_read;
+      \$signature__addr$367  = \$279 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$368  = 9'h000;
+    \$signature__data$368  = 8'h00;
     if (gemm_active) begin
-      \$signature__addr$368  = w_read_addr;
+      \$signature__data$368  = welem;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$369  = 1'h1;
+    \$signature__en$369  = 1'h0;
     if (gemm_active) begin
-      \$signature__en$369  = a_read;
+      \$signature__en$369  = \$286 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     \$signature__addr$370  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$370  = w_read_addr;
+      \$signature__addr$370  = \$288 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$371  = 1'h1;
+    \$signature__data$371  = 8'h00;
     if (gemm_active) begin
-      \$signature__en$371  = a_read;
+      \$signature__data$371  = welem;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$372  = 9'h000;
+    \$signature__en$372  = 1'h0;
     if (gemm_active) begin
-      \$signature__addr$372  = w_read_addr;
+      \$signature__en$372  = \$295 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$373  = 1'h1;
+    \$signature__addr$373  = 9'h000;
     if (gemm_active) begin
-      \$signature__en$373  = a_read;
+      \$signature__addr$373  = \$297 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$374  = 9'h000;
+    \$signature__data$374  = 8'h00;
     if (gemm_active) begin
-      \$signature__addr$374  = w_read_addr;
+      \$signature__data$374  = welem;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$375  = 1'h1;
+    \$signature__en$375  = 1'h0;
     if (gemm_active) begin
-      \$signature__en$375  = a_read;
+      \$signature__en$375  = \$304 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     \$signature__addr$376  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$376  = w_read_addr;
+      \$signature__addr$376  = \$306 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$377  = 1'h1;
+    \$signature__data$377  = 8'h00;
     if (gemm_active) begin
-      \$signature__en$377  = a_read;
+      \$signature__data$377  = welem;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$378  = 9'h000;
+    \$signature__en$378  = 1'h0;
     if (gemm_active) begin
-      \$signature__addr$378  = w_read_addr;
+      \$signature__en$378  = \$313 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$379  = 1'h1;
+    \$signature__addr$379  = 9'h000;
     if (gemm_active) begin
-      \$signature__en$379  = a_read;
+      \$signature__addr$379  = \$315 [8:0];
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$signature__data$380  = 8'h00;
+    if (gemm_active) begin
+      \$signature__data$380  = welem;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$signature__en$381  = 1'h0;
+    if (gemm_active) begin
+      \$signature__en$381  = \$322 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$signature__addr$382  = 9'h000;
+    if (gemm_active) begin
+      \$signature__addr$382  = w_read_addr;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$signature__en$384  = 1'h1;
+    if (gemm_active) begin
+      \$signature__en$384  = a_read;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$signature__addr$385  = 9'h000;
+    if (gemm_active) begin
+      \$signature__addr$385  = w_read_addr;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$signature__en$386  = 1'h1;
+    if (gemm_active) begin
+      \$signature__en$386  = a_read;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$signature__addr$387  = 9'h000;
+    if (gemm_active) begin
+      \$signature__addr$387  = w_read_addr;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$signature__en$388  = 1'h1;
+    if (gemm_active) begin
+      \$signature__en$388  = a_read;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$signature__addr$389  = 9'h000;
+    if (gemm_active) begin
+      \$signature__addr$389  = w_read_addr;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$signature__en$390  = 1'h1;
+    if (gemm_active) begin
+      \$signature__en$390  = a_read;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$signature__addr$391  = 9'h000;
+    if (gemm_active) begin
+      \$signature__addr$391  = w_read_addr;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$signature__en$392  = 1'h1;
+    if (gemm_active) begin
+      \$signature__en$392  = a_read;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$signature__addr$393  = 9'h000;
+    if (gemm_active) begin
+      \$signature__addr$393  = w_read_addr;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$signature__en$394  = 1'h1;
+    if (gemm_active) begin
+      \$signature__en$394  = a_read;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$signature__addr$395  = 9'h000;
+    if (gemm_active) begin
+      \$signature__addr$395  = w_read_addr;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$signature__en$396  = 1'h1;
+    if (gemm_active) begin
+      \$signature__en$396  = a_read;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$signature__addr$397  = 9'h000;
+    if (gemm_active) begin
+      \$signature__addr$397  = w_read_addr;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$signature__en$398  = 1'h1;
+    if (gemm_active) begin
+      \$signature__en$398  = a_read;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     feed_data = 146'h0000000000000000000000000000000000000;
     if (gemm_active) begin
-      feed_data = { \$signature__data$398 , \$signature__data$397 , \$signature__data$396 , \$signature__data$395 , \$signature__data$394 , \$signature__data$393 , \$signature__data$392 , \$signature__data$391 , \$signature__data$390 , \$signature__data$389 , \$signature__data$388 , \$signature__data$387 , \$signature__data$386 , \$signature__data$385 , \$signature__data$384 , \$signature__data$383 , \$signature__data$382 , feed_got_last };
+      feed_data = { \$signature__data$417 , \$signature__data$416 , \$signature__data$415 , \$signature__data$414 , \$signature__data$413 , \$signature__data$412 , \$signature__data$411 , \$signature__data$410 , \$signature__data$409 , \$signature__data$408 , \$signature__data$407 , \$signature__data$406 , \$signature__data$405 , \$signature__data$404 , \$signature__data$403 , \$signature__data$402 , \$signature__data$401 , feed_got_last };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \a__valid$399  = 1'h0;
+    \a__valid$418  = 1'h0;
     if (gemm_active) begin
-      \a__valid$399  = feed_valid;
+      \a__valid$418  = feed_valid;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \a__payload$401  = 82'h000000000000000000000;
+    \a__payload$420  = 82'h000000000000000000000;
     if (gemm_active) begin
-      \a__payload$401 [81] = feed_beat[0];
-      \a__payload$401 [8:0] = feed_beat[9:1];
-      \a__payload$401 [17:9] = feed_beat[18:10];
-      \a__payload$401 [26:18] = feed_beat[27:19];
-      \a__payload$401 [35:27] = feed_beat[36:28];
-      \a__payload$401 [44:36] = feed_beat[45:37];
-      \a__payload$401 [53:45] = feed_beat[54:46];
-      \a__payload$401 [62:54] = feed_beat[63:55];
-      \a__payload$401 [71:63] = feed_beat[72:64];
-      \a__payload$401 [80:72] = feed_beat[81:73];
+      \a__payload$420 [81] = feed_beat[0];
+      \a__payload$420 [8:0] = feed_beat[9:1];
+      \a__payload$420 [17:9] = feed_beat[18:10];
+      \a__payload$420 [26:18] = feed_beat[27:19];
+      \a__payload$420 [35:27] = feed_beat[36:28];
+      \a__payload$420 [44:36] = feed_beat[45:37];
+      \a__payload$420 [53:45] = feed_beat[54:46];
+      \a__payload$420 [62:54] = feed_beat[63:55];
+      \a__payload$420 [71:63] = feed_beat[72:64];
+      \a__payload$420 [80:72] = feed_beat[81:73];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     w__valid = 1'h0;
     if (gemm_active) begin
-      w__valid = \$319 ;
+      w__valid = \$323 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     feed_ready = 1'h0;
     if (gemm_active) begin
-      feed_ready = \a__ready$406 ;
+      feed_ready = \a__ready$425 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \r_en$426  = 1'h0;
+    if (gemm_active) begin
+      \r_en$426  = \$324 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     w__payload = 64'h0000000000000000;
     if (gemm_active) begin
-      w__payload[7:0] = \$320 [7:0];
-      w__payload[15:8] = \$321 [7:0];
-      w__payload[23:16] = \$322 [7:0];
-      w__payload[31:24] = \$323 [7:0];
-      w__payload[39:32] = \$324 [7:0];
-      w__payload[47:40] = \$325 [7:0];
-      w__payload[55:48] = \$326 [7:0];
-      w__payload[63:56] = \$327 [7:0];
+      w__payload[7:0] = \$325 ;
+      w__payload[15:8] = \$326 ;
+      w__payload[23:16] = \$327 ;
+      w__payload[31:24] = \$328 ;
+      w__payload[39:32] = \$329 ;
+      w__payload[47:40] = \$330 ;
+      w__payload[55:48] = \$331 ;
+      w__payload[63:56] = \$332 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     dst_keep = 1'h1;
     if (gemm_active) begin
-      dst_keep = \$339 ;
+      dst_keep = \$344 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$884  = 1'h0;
-    casez (seq_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
-      3'h2:
-          if (\$588 ) begin
-            \$884  = \$590 ;
-          end
-    endcase
+    \$884  = \addr$113 [13:0];
     if (rst) begin
-      \$884  = 1'h0;
+      \$884  = 14'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$885  = \$420 ;
+    \$885  = wr_data;
     if (rst) begin
-      \$885  = 1'h0;
+      \$885  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$886  = \$421 ;
+    \$886  = wr_en;
     if (rst) begin
       \$886  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$887  = \$422 ;
+    \$887  = 1'h0;
+    casez (seq_state)
+      3'h0:
+          /* empty */;
+      3'h1:
+          /* empty */;
+      3'h2:
+          if (\$595 ) begin
+            \$887  = \$597 ;
+          end
+    endcase
     if (rst) begin
       \$887  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$888  = \$423 ;
+    \$888  = \$427 ;
     if (rst) begin
       \$888  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$889  = \$424 ;
+    \$889  = \$428 ;
     if (rst) begin
       \$889  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$890  = \$425 ;
+    \$890  = \$429 ;
     if (rst) begin
       \$890  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$891  = \$426 ;
+    \$891  = \$430 ;
     if (rst) begin
       \$891  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$892  = \$427 ;
+    \$892  = \$431 ;
     if (rst) begin
       \$892  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$893  = \$428 ;
+    \$893  = \$432 ;
     if (rst) begin
       \$893  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$894  = \$429 ;
+    \$894  = \$433 ;
     if (rst) begin
       \$894  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$895  = \$430 ;
+    \$895  = \$434 ;
     if (rst) begin
       \$895  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$896  = \$431 ;
+    \$896  = \$435 ;
     if (rst) begin
       \$896  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$897  = \$432 ;
+    \$897  = \$436 ;
     if (rst) begin
       \$897  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$898  = \$433 ;
+    \$898  = \$437 ;
     if (rst) begin
       \$898  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$899  = \$434 ;
+    \$899  = \$438 ;
     if (rst) begin
       \$899  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$900  = \$435 [15:0];
+    \$900  = \$439 ;
     if (rst) begin
-      \$900  = 16'h0000;
+      \$900  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$901  = \$438 ;
+    \$901  = \$440 ;
     if (rst) begin
       \$901  = 1'h0;
     end
@@ -31668,167 +31711,143 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$903  = \$444 ;
+    \$903  = \$442 [15:0];
     if (rst) begin
-      \$903  = 1'h0;
+      \$903  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$904  = \$447 ;
+    \$904  = \$445 ;
     if (rst) begin
       \$904  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$905  = \$450 ;
+    \$905  = \$448 ;
     if (rst) begin
       \$905  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$906  = \$452 ;
+    \$906  = \$451 ;
     if (rst) begin
       \$906  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$907  = { \$453 , \final$483 , \last__4$482  };
+    \$907  = \$454 ;
     if (rst) begin
-      \$907  = 3'h0;
+      \$907  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$908  = \$455 ;
+    \$908  = \$457 ;
     if (rst) begin
       \$908  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$909  = { \$456 , \final$486 , \last__4$485  };
+    \$909  = \$459 ;
     if (rst) begin
-      \$909  = 3'h0;
+      \$909  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$910  = \$463 ;
+    \$910  = { \$460 , \final$500 , \last__4$499  };
     if (rst) begin
-      \$910  = 1'h0;
+      \$910  = 3'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$911  = \$471 ;
+    \$911  = \$462 ;
     if (rst) begin
       \$911  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$912  = \$476 ;
+    \$912  = { \$463 , \final$503 , \last__4$502  };
     if (rst) begin
-      \$912  = 1'h0;
+      \$912  = 3'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$913  = 1'h0;
-    casez (seq_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
-      3'h2:
-          /* empty */;
-      3'h3:
-          /* empty */;
-      3'h4:
-          \$913  = \$723 ;
-    endcase
+    \$913  = \$470 ;
     if (rst) begin
       \$913  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$914  = ext_req_valid;
-    if (in_decode) begin
+    \$914  = \$478 ;
+    if (rst) begin
       \$914  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$915  = \$483 ;
+    if (rst) begin
+      \$915  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$916  = 1'h0;
+    casez (seq_state)
+      3'h0:
+          /* empty */;
+      3'h1:
+          /* empty */;
+      3'h2:
+          /* empty */;
+      3'h3:
+          /* empty */;
+      3'h4:
+          \$916  = \$730 ;
+    endcase
+    if (rst) begin
+      \$916  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$917  = ext_req_valid;
+    if (in_decode) begin
+      \$917  = 1'h0;
     end
     if (in_stream) begin
       if (is_move) begin
       end else if (is_load) begin
-        if (\$728 ) begin
-          \$914  = valid;
+        if (\$735 ) begin
+          \$917  = valid;
         end
       end else if (is_store) begin
-        if (\$732 ) begin
-          \$914  = dst_step;
+        if (\$739 ) begin
+          \$917  = dst_step;
         end
       end
     end
     if (rst) begin
-      \$914  = 1'h0;
+      \$917  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$915  = cycles;
+    \$918  = cycles;
     if (busy) begin
-      \$915  = \$500 [47:0];
+      \$918  = \$507 [47:0];
     end
-    if (\$568 ) begin
-      \$915  = 48'h000000000000;
-    end
-    if (rst) begin
-      \$915  = 48'h000000000000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$916  = op_cycles__0;
-    if (busy) begin
-      if (\$501 ) begin
-        \$916  = \$502 [47:0];
-      end
-    end
-    if (\$568 ) begin
-      \$916  = 48'h000000000000;
-    end
-    if (rst) begin
-      \$916  = 48'h000000000000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$917  = op_cycles__1;
-    if (busy) begin
-      if (\$503 ) begin
-        \$917  = \$504 [47:0];
-      end
-    end
-    if (\$568 ) begin
-      \$917  = 48'h000000000000;
-    end
-    if (rst) begin
-      \$917  = 48'h000000000000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$918  = op_cycles__2;
-    if (busy) begin
-      if (\$505 ) begin
-        \$918  = \$506 [47:0];
-      end
-    end
-    if (\$568 ) begin
+    if (\$575 ) begin
       \$918  = 48'h000000000000;
     end
     if (rst) begin
@@ -31837,13 +31856,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$919  = op_cycles__3;
+    \$919  = op_cycles__0;
     if (busy) begin
-      if (\$507 ) begin
-        \$919  = \$508 [47:0];
+      if (\$508 ) begin
+        \$919  = \$509 [47:0];
       end
     end
-    if (\$568 ) begin
+    if (\$575 ) begin
       \$919  = 48'h000000000000;
     end
     if (rst) begin
@@ -31852,13 +31871,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$920  = op_cycles__4;
+    \$920  = op_cycles__1;
     if (busy) begin
-      if (\$509 ) begin
-        \$920  = \$510 [47:0];
+      if (\$510 ) begin
+        \$920  = \$511 [47:0];
       end
     end
-    if (\$568 ) begin
+    if (\$575 ) begin
       \$920  = 48'h000000000000;
     end
     if (rst) begin
@@ -31867,13 +31886,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$921  = op_cycles__5;
+    \$921  = op_cycles__2;
     if (busy) begin
-      if (\$511 ) begin
-        \$921  = \$512 [47:0];
+      if (\$512 ) begin
+        \$921  = \$513 [47:0];
       end
     end
-    if (\$568 ) begin
+    if (\$575 ) begin
       \$921  = 48'h000000000000;
     end
     if (rst) begin
@@ -31882,13 +31901,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$922  = op_cycles__6;
+    \$922  = op_cycles__3;
     if (busy) begin
-      if (\$513 ) begin
-        \$922  = \$514 [47:0];
+      if (\$514 ) begin
+        \$922  = \$515 [47:0];
       end
     end
-    if (\$568 ) begin
+    if (\$575 ) begin
       \$922  = 48'h000000000000;
     end
     if (rst) begin
@@ -31897,13 +31916,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$923  = op_cycles__7;
+    \$923  = op_cycles__4;
     if (busy) begin
-      if (\$515 ) begin
-        \$923  = \$516 [47:0];
+      if (\$516 ) begin
+        \$923  = \$517 [47:0];
       end
     end
-    if (\$568 ) begin
+    if (\$575 ) begin
       \$923  = 48'h000000000000;
     end
     if (rst) begin
@@ -31912,13 +31931,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$924  = op_cycles__8;
+    \$924  = op_cycles__5;
     if (busy) begin
-      if (\$517 ) begin
-        \$924  = \$518 [47:0];
+      if (\$518 ) begin
+        \$924  = \$519 [47:0];
       end
     end
-    if (\$568 ) begin
+    if (\$575 ) begin
       \$924  = 48'h000000000000;
     end
     if (rst) begin
@@ -31927,13 +31946,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$925  = op_cycles__9;
+    \$925  = op_cycles__6;
     if (busy) begin
-      if (\$519 ) begin
-        \$925  = \$520 [47:0];
+      if (\$520 ) begin
+        \$925  = \$521 [47:0];
       end
     end
-    if (\$568 ) begin
+    if (\$575 ) begin
       \$925  = 48'h000000000000;
     end
     if (rst) begin
@@ -31942,13 +31961,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$926  = op_cycles__10;
+    \$926  = op_cycles__7;
     if (busy) begin
-      if (\$521 ) begin
-        \$926  = \$522 [47:0];
+      if (\$522 ) begin
+        \$926  = \$523 [47:0];
       end
     end
-    if (\$568 ) begin
+    if (\$575 ) begin
       \$926  = 48'h000000000000;
     end
     if (rst) begin
@@ -31957,13 +31976,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$927  = op_cycles__11;
+    \$927  = op_cycles__8;
     if (busy) begin
-      if (\$523 ) begin
-        \$927  = \$524 [47:0];
+      if (\$524 ) begin
+        \$927  = \$525 [47:0];
       end
     end
-    if (\$568 ) begin
+    if (\$575 ) begin
       \$927  = 48'h000000000000;
     end
     if (rst) begin
@@ -31972,13 +31991,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$928  = op_cycles__12;
+    \$928  = op_cycles__9;
     if (busy) begin
-      if (\$525 ) begin
-        \$928  = \$526 [47:0];
+      if (\$526 ) begin
+        \$928  = \$527 [47:0];
       end
     end
-    if (\$568 ) begin
+    if (\$575 ) begin
       \$928  = 48'h000000000000;
     end
     if (rst) begin
@@ -31987,13 +32006,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$929  = op_cycles__13;
+    \$929  = op_cycles__10;
     if (busy) begin
-      if (\$527 ) begin
-        \$929  = \$528 [47:0];
+      if (\$528 ) begin
+        \$929  = \$529 [47:0];
       end
     end
-    if (\$568 ) begin
+    if (\$575 ) begin
       \$929  = 48'h000000000000;
     end
     if (rst) begin
@@ -32002,13 +32021,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$930  = op_cycles__14;
+    \$930  = op_cycles__11;
     if (busy) begin
-      if (\$529 ) begin
-        \$930  = \$530 [47:0];
+      if (\$530 ) begin
+        \$930  = \$531 [47:0];
       end
     end
-    if (\$568 ) begin
+    if (\$575 ) begin
       \$930  = 48'h000000000000;
     end
     if (rst) begin
@@ -32017,13 +32036,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$931  = op_cycles__15;
+    \$931  = op_cycles__12;
     if (busy) begin
-      if (\$531 ) begin
-        \$931  = \$532 [47:0];
+      if (\$532 ) begin
+        \$931  = \$533 [47:0];
       end
     end
-    if (\$568 ) begin
+    if (\$575 ) begin
       \$931  = 48'h000000000000;
     end
     if (rst) begin
@@ -32032,90 +32051,105 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$932  = \$534 ;
+    \$932  = op_cycles__13;
+    if (busy) begin
+      if (\$534 ) begin
+        \$932  = \$535 [47:0];
+      end
+    end
+    if (\$575 ) begin
+      \$932  = 48'h000000000000;
+    end
     if (rst) begin
-      \$932  = 1'h0;
+      \$932  = 48'h000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$933  = is_end;
+    \$933  = op_cycles__14;
+    if (busy) begin
+      if (\$536 ) begin
+        \$933  = \$537 [47:0];
+      end
+    end
+    if (\$575 ) begin
+      \$933  = 48'h000000000000;
+    end
     if (rst) begin
-      \$933  = 1'h0;
+      \$933  = 48'h000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$934  = \$545 ;
+    \$934  = op_cycles__15;
+    if (busy) begin
+      if (\$538 ) begin
+        \$934  = \$539 [47:0];
+      end
+    end
+    if (\$575 ) begin
+      \$934  = 48'h000000000000;
+    end
     if (rst) begin
-      \$934  = 1'h0;
+      \$934  = 48'h000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$935  = \$556 ;
+    \$935  = \$541 ;
     if (rst) begin
       \$935  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$936  = \$566 ;
+    \$936  = is_end;
     if (rst) begin
       \$936  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$937  = pc;
-    if (\$568 ) begin
-      \$937  = prog;
-    end
-    if (\$574 ) begin
-      \$937  = \$signal$507 ;
-    end
-    if (\$582 ) begin
-      \$937  = \$583 [31:0];
-    end
+    \$937  = \$552 ;
     if (rst) begin
-      \$937  = 32'd0;
+      \$937  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$938  = busy;
-    if (\$568 ) begin
-      \$938  = 1'h1;
-    end
-    casez (seq_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
-      3'h2:
-          if (\$588 ) begin
-          end else if (d_end_more) begin
-          end else if (d_end) begin
-            \$938  = 1'h0;
-          end
-      3'h3:
-          /* empty */;
-      3'h4:
-          /* empty */;
-      3'h5:
-          if (\$725 ) begin
-            \$938  = 1'h0;
-          end
-    endcase
+    \$938  = \$563 ;
     if (rst) begin
       \$938  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$939  = done;
-    if (\$568 ) begin
+    \$939  = \$573 ;
+    if (rst) begin
       \$939  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$940  = pc;
+    if (\$575 ) begin
+      \$940  = prog;
+    end
+    if (\$581 ) begin
+      \$940  = \$signal$524 ;
+    end
+    if (\$589 ) begin
+      \$940  = \$590 [31:0];
+    end
+    if (rst) begin
+      \$940  = 32'd0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$941  = busy;
+    if (\$575 ) begin
+      \$941  = 1'h1;
     end
     casez (seq_state)
       3'h0:
@@ -32123,107 +32157,19 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h1:
           /* empty */;
       3'h2:
-          if (\$588 ) begin
+          if (\$595 ) begin
           end else if (d_end_more) begin
           end else if (d_end) begin
-            \$939  = 1'h1;
-          end
-      3'h3:
-          /* empty */;
-      3'h4:
-          /* empty */;
-      3'h5:
-          if (\$725 ) begin
-            \$939  = 1'h1;
-          end
-    endcase
-    if (rst) begin
-      \$939  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$940  = error;
-    if (\$568 ) begin
-      \$940  = 4'h0;
-    end
-    casez (seq_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-        begin
-          if (beat__valid) begin
-            if (beat__payload[512]) begin
-              \$940  = 4'h4;
-            end
-          end
-          if (start) begin
-            \$940  = 4'h6;
-          end
-        end
-      3'h2:
-        begin
-          (* full_case = 32'd1 *)
-          if (\$588 ) begin
-          end else if (d_end_more) begin
-          end else if (d_end) begin
-          end else if (d_count_zero) begin
-            \$940  = 4'h2;
-          end else if (d_const) begin
-          end else if (d_stream) begin
-          end else begin
-            \$940  = 4'h1;
-          end
-          if (start) begin
-            \$940  = 4'h6;
-          end
-        end
-      3'h3:
-        begin
-          if (\$626 ) begin
-            if (beat__payload[512]) begin
-              \$940  = 4'h4;
-            end
-          end
-          if (start) begin
-            \$940  = 4'h6;
-          end
-        end
-      3'h4:
-        begin
-          if (addr_fault) begin
-            \$940  = 4'h3;
-          end
-          if (\$724 ) begin
-            \$940  = fault_q;
-          end
-          if (start) begin
-            \$940  = 4'h6;
-          end
-        end
-    endcase
-    if (rst) begin
-      \$940  = 4'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$941  = fetch_sent;
-    if (\$568 ) begin
-      \$941  = 1'h0;
-    end
-    casez (seq_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-        begin
-          if (\$585 ) begin
-            \$941  = 1'h1;
-          end
-          if (beat__valid) begin
             \$941  = 1'h0;
           end
-        end
+      3'h3:
+          /* empty */;
+      3'h4:
+          /* empty */;
+      3'h5:
+          if (\$732 ) begin
+            \$941  = 1'h0;
+          end
     endcase
     if (rst) begin
       \$941  = 1'h0;
@@ -32231,409 +32177,260 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$942  = \$signal$507 ;
-    if (\$568 ) begin
-      \$942  = prog;
+    \$942  = done;
+    if (\$575 ) begin
+      \$942  = 1'h0;
     end
+    casez (seq_state)
+      3'h0:
+          /* empty */;
+      3'h1:
+          /* empty */;
+      3'h2:
+          if (\$595 ) begin
+          end else if (d_end_more) begin
+          end else if (d_end) begin
+            \$942  = 1'h1;
+          end
+      3'h3:
+          /* empty */;
+      3'h4:
+          /* empty */;
+      3'h5:
+          if (\$732 ) begin
+            \$942  = 1'h1;
+          end
+    endcase
     if (rst) begin
-      \$942  = 32'd0;
+      \$942  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$943  = \$signal$508 ;
-    if (\$568 ) begin
-      \$943  = image_stride;
+    \$943  = error;
+    if (\$575 ) begin
+      \$943  = 4'h0;
     end
+    casez (seq_state)
+      3'h0:
+          /* empty */;
+      3'h1:
+        begin
+          if (beat__valid) begin
+            if (beat__payload[512]) begin
+              \$943  = 4'h4;
+            end
+          end
+          if (start) begin
+            \$943  = 4'h6;
+          end
+        end
+      3'h2:
+        begin
+          (* full_case = 32'd1 *)
+          if (\$595 ) begin
+          end else if (d_end_more) begin
+          end else if (d_end) begin
+          end else if (d_count_zero) begin
+            \$943  = 4'h2;
+          end else if (d_const) begin
+          end else if (d_stream) begin
+          end else begin
+            \$943  = 4'h1;
+          end
+          if (start) begin
+            \$943  = 4'h6;
+          end
+        end
+      3'h3:
+        begin
+          if (\$633 ) begin
+            if (beat__payload[512]) begin
+              \$943  = 4'h4;
+            end
+          end
+          if (start) begin
+            \$943  = 4'h6;
+          end
+        end
+      3'h4:
+        begin
+          if (addr_fault) begin
+            \$943  = 4'h3;
+          end
+          if (\$731 ) begin
+            \$943  = fault_q;
+          end
+          if (start) begin
+            \$943  = 4'h6;
+          end
+        end
+    endcase
     if (rst) begin
-      \$943  = 32'd0;
+      \$943  = 4'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$944  = images_left;
-    if (\$568 ) begin
-      \$944  = \$570 ;
+    \$944  = fetch_sent;
+    if (\$575 ) begin
+      \$944  = 1'h0;
     end
-    if (\$574 ) begin
-      \$944  = \$575 [15:0];
-    end
+    casez (seq_state)
+      3'h0:
+          /* empty */;
+      3'h1:
+        begin
+          if (\$592 ) begin
+            \$944  = 1'h1;
+          end
+          if (beat__valid) begin
+            \$944  = 1'h0;
+          end
+        end
+    endcase
     if (rst) begin
-      \$944  = 16'h0000;
+      \$944  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$945  = offset;
-    if (\$568 ) begin
+    \$945  = \$signal$524 ;
+    if (\$575 ) begin
+      \$945  = prog;
+    end
+    if (rst) begin
       \$945  = 32'd0;
     end
-    if (\$574 ) begin
-      \$945  = \$576 [31:0];
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$946  = \$signal$525 ;
+    if (\$575 ) begin
+      \$946  = image_stride;
     end
     if (rst) begin
-      \$945  = 32'd0;
+      \$946  = 32'd0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$946  = seq_state;
+    \$947  = images_left;
+    if (\$575 ) begin
+      \$947  = \$577 ;
+    end
+    if (\$581 ) begin
+      \$947  = \$582 [15:0];
+    end
+    if (rst) begin
+      \$947  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$948  = offset;
+    if (\$575 ) begin
+      \$948  = 32'd0;
+    end
+    if (\$581 ) begin
+      \$948  = \$583 [31:0];
+    end
+    if (rst) begin
+      \$948  = 32'd0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$949  = seq_state;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
           if (start) begin
-            \$946  = 3'h1;
+            \$949  = 3'h1;
           end
       3'h1:
         begin
           if (beat__valid) begin
             (* full_case = 32'd1 *)
             if (beat__payload[512]) begin
-              \$946  = 3'h5;
+              \$949  = 3'h5;
             end else begin
-              \$946  = 3'h2;
+              \$949  = 3'h2;
             end
           end
           if (start) begin
-            \$946  = 3'h5;
+            \$949  = 3'h5;
           end
         end
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$588 ) begin
+          if (\$595 ) begin
           end else if (d_end_more) begin
-            \$946  = 3'h1;
+            \$949  = 3'h1;
           end else if (d_end) begin
-            \$946  = 3'h0;
+            \$949  = 3'h0;
           end else if (d_count_zero) begin
-            \$946  = 3'h5;
+            \$949  = 3'h5;
           end else if (d_const) begin
-            \$946  = 3'h3;
+            \$949  = 3'h3;
           end else if (d_stream) begin
-            \$946  = 3'h4;
+            \$949  = 3'h4;
           end else begin
-            \$946  = 3'h5;
+            \$949  = 3'h5;
           end
           if (start) begin
-            \$946  = 3'h5;
+            \$949  = 3'h5;
           end
         end
       3'h3:
         begin
-          if (\$626 ) begin
+          if (\$633 ) begin
             if (beat__payload[512]) begin
-              \$946  = 3'h5;
+              \$949  = 3'h5;
             end
           end
           if (c_fire) begin
             if (c_last) begin
-              \$946  = 3'h4;
+              \$949  = 3'h4;
             end
           end
-          if (\$667 ) begin
-            \$946  = 3'h4;
+          if (\$674 ) begin
+            \$949  = 3'h4;
           end
           if (start) begin
-            \$946  = 3'h5;
+            \$949  = 3'h5;
           end
         end
       3'h4:
         begin
-          if (\$700 ) begin
-            \$946  = 3'h1;
+          if (\$707 ) begin
+            \$949  = 3'h1;
           end
           if (addr_fault) begin
-            \$946  = 3'h5;
+            \$949  = 3'h5;
           end
-          if (\$724 ) begin
-            \$946  = 3'h5;
+          if (\$731 ) begin
+            \$949  = 3'h5;
           end
           if (start) begin
-            \$946  = 3'h5;
+            \$949  = 3'h5;
           end
         end
       3'h5:
-          if (\$725 ) begin
-            \$946  = 3'h0;
+          if (\$732 ) begin
+            \$949  = 3'h0;
           end
       default:
-          \$946  = 3'h0;
+          \$949  = 3'h0;
     endcase
     if (rst) begin
-      \$946  = 3'h0;
+      \$949  = 3'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$947  = in_stream;
-    (* full_case = 32'd1 *)
-    casez (seq_state)
-      3'h0:
-          if (start) begin
-            \$947  = 1'h0;
-          end
-      3'h1:
-        begin
-          if (beat__valid) begin
-            (* full_case = 32'd1 *)
-            if (beat__payload[512]) begin
-              \$947  = 1'h0;
-            end else begin
-              \$947  = 1'h0;
-            end
-          end
-          if (start) begin
-            \$947  = 1'h0;
-          end
-        end
-      3'h2:
-        begin
-          (* full_case = 32'd1 *)
-          if (\$588 ) begin
-          end else if (d_end_more) begin
-            \$947  = 1'h0;
-          end else if (d_end) begin
-            \$947  = 1'h0;
-          end else if (d_count_zero) begin
-            \$947  = 1'h0;
-          end else if (d_const) begin
-            \$947  = 1'h0;
-          end else if (d_stream) begin
-            \$947  = 1'h1;
-          end else begin
-            \$947  = 1'h0;
-          end
-          if (start) begin
-            \$947  = 1'h0;
-          end
-        end
-      3'h3:
-        begin
-          if (\$626 ) begin
-            if (beat__payload[512]) begin
-              \$947  = 1'h0;
-            end
-          end
-          if (c_fire) begin
-            if (c_last) begin
-              \$947  = 1'h1;
-            end
-          end
-          if (\$667 ) begin
-            \$947  = 1'h1;
-          end
-          if (start) begin
-            \$947  = 1'h0;
-          end
-        end
-      3'h4:
-        begin
-          if (\$700 ) begin
-            \$947  = 1'h0;
-          end
-          if (addr_fault) begin
-            \$947  = 1'h0;
-          end
-          if (\$724 ) begin
-            \$947  = 1'h0;
-          end
-          if (start) begin
-            \$947  = 1'h0;
-          end
-        end
-      3'h5:
-          if (\$725 ) begin
-            \$947  = 1'h0;
-          end
-      default:
-          \$947  = 1'h0;
-    endcase
-    if (rst) begin
-      \$947  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$948  = in_decode;
-    (* full_case = 32'd1 *)
-    casez (seq_state)
-      3'h0:
-          if (start) begin
-            \$948  = 1'h0;
-          end
-      3'h1:
-        begin
-          if (beat__valid) begin
-            (* full_case = 32'd1 *)
-            if (beat__payload[512]) begin
-              \$948  = 1'h0;
-            end else begin
-              \$948  = 1'h1;
-            end
-          end
-          if (start) begin
-            \$948  = 1'h0;
-          end
-        end
-      3'h2:
-        begin
-          (* full_case = 32'd1 *)
-          if (\$588 ) begin
-          end else if (d_end_more) begin
-            \$948  = 1'h0;
-          end else if (d_end) begin
-            \$948  = 1'h0;
-          end else if (d_count_zero) begin
-            \$948  = 1'h0;
-          end else if (d_const) begin
-            \$948  = 1'h0;
-          end else if (d_stream) begin
-            \$948  = 1'h0;
-          end else begin
-            \$948  = 1'h0;
-          end
-          if (start) begin
-            \$948  = 1'h0;
-          end
-        end
-      3'h3:
-        begin
-          if (\$626 ) begin
-            if (beat__payload[512]) begin
-              \$948  = 1'h0;
-            end
-          end
-          if (c_fire) begin
-            if (c_last) begin
-              \$948  = 1'h0;
-            end
-          end
-          if (\$667 ) begin
-            \$948  = 1'h0;
-          end
-          if (start) begin
-            \$948  = 1'h0;
-          end
-        end
-      3'h4:
-        begin
-          if (\$700 ) begin
-            \$948  = 1'h0;
-          end
-          if (addr_fault) begin
-            \$948  = 1'h0;
-          end
-          if (\$724 ) begin
-            \$948  = 1'h0;
-          end
-          if (start) begin
-            \$948  = 1'h0;
-          end
-        end
-      3'h5:
-          if (\$725 ) begin
-            \$948  = 1'h0;
-          end
-      default:
-          \$948  = 1'h0;
-    endcase
-    if (rst) begin
-      \$948  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$949  = in_op;
-    (* full_case = 32'd1 *)
-    casez (seq_state)
-      3'h0:
-          if (start) begin
-            \$949  = 1'h0;
-          end
-      3'h1:
-        begin
-          if (beat__valid) begin
-            (* full_case = 32'd1 *)
-            if (beat__payload[512]) begin
-              \$949  = 1'h0;
-            end else begin
-              \$949  = 1'h0;
-            end
-          end
-          if (start) begin
-            \$949  = 1'h0;
-          end
-        end
-      3'h2:
-        begin
-          (* full_case = 32'd1 *)
-          if (\$588 ) begin
-          end else if (d_end_more) begin
-            \$949  = 1'h0;
-          end else if (d_end) begin
-            \$949  = 1'h0;
-          end else if (d_count_zero) begin
-            \$949  = 1'h0;
-          end else if (d_const) begin
-            \$949  = 1'h1;
-          end else if (d_stream) begin
-            \$949  = 1'h1;
-          end else begin
-            \$949  = 1'h0;
-          end
-          if (start) begin
-            \$949  = 1'h0;
-          end
-        end
-      3'h3:
-        begin
-          if (\$626 ) begin
-            if (beat__payload[512]) begin
-              \$949  = 1'h0;
-            end
-          end
-          if (c_fire) begin
-            if (c_last) begin
-              \$949  = 1'h1;
-            end
-          end
-          if (\$667 ) begin
-            \$949  = 1'h1;
-          end
-          if (start) begin
-            \$949  = 1'h0;
-          end
-        end
-      3'h4:
-        begin
-          if (\$700 ) begin
-            \$949  = 1'h0;
-          end
-          if (addr_fault) begin
-            \$949  = 1'h0;
-          end
-          if (\$724 ) begin
-            \$949  = 1'h0;
-          end
-          if (start) begin
-            \$949  = 1'h0;
-          end
-        end
-      3'h5:
-          if (\$725 ) begin
-            \$949  = 1'h0;
-          end
-      default:
-          \$949  = 1'h0;
-    endcase
-    if (rst) begin
-      \$949  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$950  = unit_rst;
+    \$950  = in_stream;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
@@ -32645,72 +32442,72 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           if (beat__valid) begin
             (* full_case = 32'd1 *)
             if (beat__payload[512]) begin
-              \$950  = 1'h1;
+              \$950  = 1'h0;
             end else begin
               \$950  = 1'h0;
             end
           end
           if (start) begin
-            \$950  = 1'h1;
+            \$950  = 1'h0;
           end
         end
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$588 ) begin
+          if (\$595 ) begin
           end else if (d_end_more) begin
             \$950  = 1'h0;
           end else if (d_end) begin
             \$950  = 1'h0;
           end else if (d_count_zero) begin
-            \$950  = 1'h1;
+            \$950  = 1'h0;
           end else if (d_const) begin
             \$950  = 1'h0;
           end else if (d_stream) begin
-            \$950  = 1'h0;
-          end else begin
             \$950  = 1'h1;
+          end else begin
+            \$950  = 1'h0;
           end
           if (start) begin
-            \$950  = 1'h1;
+            \$950  = 1'h0;
           end
         end
       3'h3:
         begin
-          if (\$626 ) begin
+          if (\$633 ) begin
             if (beat__payload[512]) begin
-              \$950  = 1'h1;
+              \$950  = 1'h0;
             end
           end
           if (c_fire) begin
             if (c_last) begin
-              \$950  = 1'h0;
+              \$950  = 1'h1;
             end
           end
-          if (\$667 ) begin
-            \$950  = 1'h0;
+          if (\$674 ) begin
+            \$950  = 1'h1;
           end
           if (start) begin
-            \$950  = 1'h1;
+            \$950  = 1'h0;
           end
         end
       3'h4:
         begin
-          if (\$700 ) begin
+          if (\$707 ) begin
             \$950  = 1'h0;
           end
           if (addr_fault) begin
-            \$950  = 1'h1;
+            \$950  = 1'h0;
           end
-          if (\$724 ) begin
-            \$950  = 1'h1;
+          if (\$731 ) begin
+            \$950  = 1'h0;
           end
           if (start) begin
-            \$950  = 1'h1;
+            \$950  = 1'h0;
           end
         end
       3'h5:
-          if (\$725 ) begin
+          if (\$732 ) begin
             \$950  = 1'h0;
           end
       default:
@@ -32722,7 +32519,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$951  = gemm_active;
+    \$951  = in_decode;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
@@ -32736,7 +32533,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
             if (beat__payload[512]) begin
               \$951  = 1'h0;
             end else begin
-              \$951  = 1'h0;
+              \$951  = 1'h1;
             end
           end
           if (start) begin
@@ -32746,7 +32543,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$588 ) begin
+          if (\$595 ) begin
           end else if (d_end_more) begin
             \$951  = 1'h0;
           end else if (d_end) begin
@@ -32756,7 +32553,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end else if (d_const) begin
             \$951  = 1'h0;
           end else if (d_stream) begin
-            \$951  = is_gemm;
+            \$951  = 1'h0;
           end else begin
             \$951  = 1'h0;
           end
@@ -32766,18 +32563,18 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h3:
         begin
-          if (\$626 ) begin
+          if (\$633 ) begin
             if (beat__payload[512]) begin
               \$951  = 1'h0;
             end
           end
           if (c_fire) begin
             if (c_last) begin
-              \$951  = is_gemm;
+              \$951  = 1'h0;
             end
           end
-          if (\$667 ) begin
-            \$951  = is_gemm;
+          if (\$674 ) begin
+            \$951  = 1'h0;
           end
           if (start) begin
             \$951  = 1'h0;
@@ -32785,13 +32582,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h4:
         begin
-          if (\$700 ) begin
+          if (\$707 ) begin
             \$951  = 1'h0;
           end
           if (addr_fault) begin
             \$951  = 1'h0;
           end
-          if (\$724 ) begin
+          if (\$731 ) begin
             \$951  = 1'h0;
           end
           if (start) begin
@@ -32799,7 +32596,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end
         end
       3'h5:
-          if (\$725 ) begin
+          if (\$732 ) begin
             \$951  = 1'h0;
           end
       default:
@@ -32811,7 +32608,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$952  = pack_active;
+    \$952  = in_op;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
@@ -32835,7 +32632,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$588 ) begin
+          if (\$595 ) begin
           end else if (d_end_more) begin
             \$952  = 1'h0;
           end else if (d_end) begin
@@ -32843,9 +32640,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end else if (d_count_zero) begin
             \$952  = 1'h0;
           end else if (d_const) begin
-            \$952  = 1'h0;
+            \$952  = 1'h1;
           end else if (d_stream) begin
-            \$952  = \$595 ;
+            \$952  = 1'h1;
           end else begin
             \$952  = 1'h0;
           end
@@ -32855,18 +32652,18 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h3:
         begin
-          if (\$626 ) begin
+          if (\$633 ) begin
             if (beat__payload[512]) begin
               \$952  = 1'h0;
             end
           end
           if (c_fire) begin
             if (c_last) begin
-              \$952  = \$640 ;
+              \$952  = 1'h1;
             end
           end
-          if (\$667 ) begin
-            \$952  = \$670 ;
+          if (\$674 ) begin
+            \$952  = 1'h1;
           end
           if (start) begin
             \$952  = 1'h0;
@@ -32874,13 +32671,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h4:
         begin
-          if (\$700 ) begin
+          if (\$707 ) begin
             \$952  = 1'h0;
           end
           if (addr_fault) begin
             \$952  = 1'h0;
           end
-          if (\$724 ) begin
+          if (\$731 ) begin
             \$952  = 1'h0;
           end
           if (start) begin
@@ -32888,7 +32685,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end
         end
       3'h5:
-          if (\$725 ) begin
+          if (\$732 ) begin
             \$952  = 1'h0;
           end
       default:
@@ -32900,7 +32697,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$953  = sink_from_move;
+    \$953  = unit_rst;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
@@ -32912,72 +32709,72 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           if (beat__valid) begin
             (* full_case = 32'd1 *)
             if (beat__payload[512]) begin
-              \$953  = 1'h0;
+              \$953  = 1'h1;
             end else begin
               \$953  = 1'h0;
             end
           end
           if (start) begin
-            \$953  = 1'h0;
+            \$953  = 1'h1;
           end
         end
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$588 ) begin
+          if (\$595 ) begin
           end else if (d_end_more) begin
             \$953  = 1'h0;
           end else if (d_end) begin
             \$953  = 1'h0;
           end else if (d_count_zero) begin
-            \$953  = 1'h0;
+            \$953  = 1'h1;
           end else if (d_const) begin
             \$953  = 1'h0;
           end else if (d_stream) begin
-            \$953  = is_move;
-          end else begin
             \$953  = 1'h0;
+          end else begin
+            \$953  = 1'h1;
           end
           if (start) begin
-            \$953  = 1'h0;
+            \$953  = 1'h1;
           end
         end
       3'h3:
         begin
-          if (\$626 ) begin
+          if (\$633 ) begin
             if (beat__payload[512]) begin
-              \$953  = 1'h0;
+              \$953  = 1'h1;
             end
           end
           if (c_fire) begin
             if (c_last) begin
-              \$953  = is_move;
+              \$953  = 1'h0;
             end
           end
-          if (\$667 ) begin
-            \$953  = is_move;
+          if (\$674 ) begin
+            \$953  = 1'h0;
           end
           if (start) begin
-            \$953  = 1'h0;
+            \$953  = 1'h1;
           end
         end
       3'h4:
         begin
-          if (\$700 ) begin
+          if (\$707 ) begin
             \$953  = 1'h0;
           end
           if (addr_fault) begin
-            \$953  = 1'h0;
+            \$953  = 1'h1;
           end
-          if (\$724 ) begin
-            \$953  = 1'h0;
+          if (\$731 ) begin
+            \$953  = 1'h1;
           end
           if (start) begin
-            \$953  = 1'h0;
+            \$953  = 1'h1;
           end
         end
       3'h5:
-          if (\$725 ) begin
+          if (\$732 ) begin
             \$953  = 1'h0;
           end
       default:
@@ -32989,7 +32786,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$954  = sink_from_load;
+    \$954  = gemm_active;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
@@ -33013,7 +32810,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$588 ) begin
+          if (\$595 ) begin
           end else if (d_end_more) begin
             \$954  = 1'h0;
           end else if (d_end) begin
@@ -33023,7 +32820,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end else if (d_const) begin
             \$954  = 1'h0;
           end else if (d_stream) begin
-            \$954  = is_load;
+            \$954  = is_gemm;
           end else begin
             \$954  = 1'h0;
           end
@@ -33033,18 +32830,18 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h3:
         begin
-          if (\$626 ) begin
+          if (\$633 ) begin
             if (beat__payload[512]) begin
               \$954  = 1'h0;
             end
           end
           if (c_fire) begin
             if (c_last) begin
-              \$954  = is_load;
+              \$954  = is_gemm;
             end
           end
-          if (\$667 ) begin
-            \$954  = is_load;
+          if (\$674 ) begin
+            \$954  = is_gemm;
           end
           if (start) begin
             \$954  = 1'h0;
@@ -33052,13 +32849,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h4:
         begin
-          if (\$700 ) begin
+          if (\$707 ) begin
             \$954  = 1'h0;
           end
           if (addr_fault) begin
             \$954  = 1'h0;
           end
-          if (\$724 ) begin
+          if (\$731 ) begin
             \$954  = 1'h0;
           end
           if (start) begin
@@ -33066,7 +32863,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end
         end
       3'h5:
-          if (\$725 ) begin
+          if (\$732 ) begin
             \$954  = 1'h0;
           end
       default:
@@ -33078,7 +32875,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$955  = sink_from_store;
+    \$955  = pack_active;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
@@ -33102,7 +32899,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$588 ) begin
+          if (\$595 ) begin
           end else if (d_end_more) begin
             \$955  = 1'h0;
           end else if (d_end) begin
@@ -33112,7 +32909,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end else if (d_const) begin
             \$955  = 1'h0;
           end else if (d_stream) begin
-            \$955  = is_store;
+            \$955  = \$602 ;
           end else begin
             \$955  = 1'h0;
           end
@@ -33122,18 +32919,18 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h3:
         begin
-          if (\$626 ) begin
+          if (\$633 ) begin
             if (beat__payload[512]) begin
               \$955  = 1'h0;
             end
           end
           if (c_fire) begin
             if (c_last) begin
-              \$955  = is_store;
+              \$955  = \$647 ;
             end
           end
-          if (\$667 ) begin
-            \$955  = is_store;
+          if (\$674 ) begin
+            \$955  = \$677 ;
           end
           if (start) begin
             \$955  = 1'h0;
@@ -33141,13 +32938,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h4:
         begin
-          if (\$700 ) begin
+          if (\$707 ) begin
             \$955  = 1'h0;
           end
           if (addr_fault) begin
             \$955  = 1'h0;
           end
-          if (\$724 ) begin
+          if (\$731 ) begin
             \$955  = 1'h0;
           end
           if (start) begin
@@ -33155,7 +32952,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end
         end
       3'h5:
-          if (\$725 ) begin
+          if (\$732 ) begin
             \$955  = 1'h0;
           end
       default:
@@ -33167,7 +32964,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$956  = sink_from_softmax;
+    \$956  = sink_from_move;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
@@ -33191,7 +32988,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$588 ) begin
+          if (\$595 ) begin
           end else if (d_end_more) begin
             \$956  = 1'h0;
           end else if (d_end) begin
@@ -33201,7 +32998,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end else if (d_const) begin
             \$956  = 1'h0;
           end else if (d_stream) begin
-            \$956  = is_softmax;
+            \$956  = is_move;
           end else begin
             \$956  = 1'h0;
           end
@@ -33211,18 +33008,18 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h3:
         begin
-          if (\$626 ) begin
+          if (\$633 ) begin
             if (beat__payload[512]) begin
               \$956  = 1'h0;
             end
           end
           if (c_fire) begin
             if (c_last) begin
-              \$956  = is_softmax;
+              \$956  = is_move;
             end
           end
-          if (\$667 ) begin
-            \$956  = is_softmax;
+          if (\$674 ) begin
+            \$956  = is_move;
           end
           if (start) begin
             \$956  = 1'h0;
@@ -33230,13 +33027,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h4:
         begin
-          if (\$700 ) begin
+          if (\$707 ) begin
             \$956  = 1'h0;
           end
           if (addr_fault) begin
             \$956  = 1'h0;
           end
-          if (\$724 ) begin
+          if (\$731 ) begin
             \$956  = 1'h0;
           end
           if (start) begin
@@ -33244,7 +33041,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end
         end
       3'h5:
-          if (\$725 ) begin
+          if (\$732 ) begin
             \$956  = 1'h0;
           end
       default:
@@ -33256,7 +33053,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$957  = sink_from_layernorm;
+    \$957  = sink_from_load;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
@@ -33280,7 +33077,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$588 ) begin
+          if (\$595 ) begin
           end else if (d_end_more) begin
             \$957  = 1'h0;
           end else if (d_end) begin
@@ -33290,7 +33087,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end else if (d_const) begin
             \$957  = 1'h0;
           end else if (d_stream) begin
-            \$957  = is_layernorm;
+            \$957  = is_load;
           end else begin
             \$957  = 1'h0;
           end
@@ -33300,18 +33097,18 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h3:
         begin
-          if (\$626 ) begin
+          if (\$633 ) begin
             if (beat__payload[512]) begin
               \$957  = 1'h0;
             end
           end
           if (c_fire) begin
             if (c_last) begin
-              \$957  = is_layernorm;
+              \$957  = is_load;
             end
           end
-          if (\$667 ) begin
-            \$957  = is_layernorm;
+          if (\$674 ) begin
+            \$957  = is_load;
           end
           if (start) begin
             \$957  = 1'h0;
@@ -33319,13 +33116,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h4:
         begin
-          if (\$700 ) begin
+          if (\$707 ) begin
             \$957  = 1'h0;
           end
           if (addr_fault) begin
             \$957  = 1'h0;
           end
-          if (\$724 ) begin
+          if (\$731 ) begin
             \$957  = 1'h0;
           end
           if (start) begin
@@ -33333,7 +33130,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end
         end
       3'h5:
-          if (\$725 ) begin
+          if (\$732 ) begin
             \$957  = 1'h0;
           end
       default:
@@ -33345,7 +33142,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$958  = sink_from_add;
+    \$958  = sink_from_store;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
@@ -33369,7 +33166,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$588 ) begin
+          if (\$595 ) begin
           end else if (d_end_more) begin
             \$958  = 1'h0;
           end else if (d_end) begin
@@ -33379,7 +33176,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end else if (d_const) begin
             \$958  = 1'h0;
           end else if (d_stream) begin
-            \$958  = \$599 ;
+            \$958  = is_store;
           end else begin
             \$958  = 1'h0;
           end
@@ -33389,18 +33186,18 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h3:
         begin
-          if (\$626 ) begin
+          if (\$633 ) begin
             if (beat__payload[512]) begin
               \$958  = 1'h0;
             end
           end
           if (c_fire) begin
             if (c_last) begin
-              \$958  = \$644 ;
+              \$958  = is_store;
             end
           end
-          if (\$667 ) begin
-            \$958  = \$674 ;
+          if (\$674 ) begin
+            \$958  = is_store;
           end
           if (start) begin
             \$958  = 1'h0;
@@ -33408,13 +33205,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h4:
         begin
-          if (\$700 ) begin
+          if (\$707 ) begin
             \$958  = 1'h0;
           end
           if (addr_fault) begin
             \$958  = 1'h0;
           end
-          if (\$724 ) begin
+          if (\$731 ) begin
             \$958  = 1'h0;
           end
           if (start) begin
@@ -33422,7 +33219,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end
         end
       3'h5:
-          if (\$725 ) begin
+          if (\$732 ) begin
             \$958  = 1'h0;
           end
       default:
@@ -33434,7 +33231,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$959  = sink_from_gelu0;
+    \$959  = sink_from_softmax;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
@@ -33458,7 +33255,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$588 ) begin
+          if (\$595 ) begin
           end else if (d_end_more) begin
             \$959  = 1'h0;
           end else if (d_end) begin
@@ -33468,7 +33265,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end else if (d_const) begin
             \$959  = 1'h0;
           end else if (d_stream) begin
-            \$959  = \$603 ;
+            \$959  = is_softmax;
           end else begin
             \$959  = 1'h0;
           end
@@ -33478,18 +33275,18 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h3:
         begin
-          if (\$626 ) begin
+          if (\$633 ) begin
             if (beat__payload[512]) begin
               \$959  = 1'h0;
             end
           end
           if (c_fire) begin
             if (c_last) begin
-              \$959  = \$648 ;
+              \$959  = is_softmax;
             end
           end
-          if (\$667 ) begin
-            \$959  = \$678 ;
+          if (\$674 ) begin
+            \$959  = is_softmax;
           end
           if (start) begin
             \$959  = 1'h0;
@@ -33497,13 +33294,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h4:
         begin
-          if (\$700 ) begin
+          if (\$707 ) begin
             \$959  = 1'h0;
           end
           if (addr_fault) begin
             \$959  = 1'h0;
           end
-          if (\$724 ) begin
+          if (\$731 ) begin
             \$959  = 1'h0;
           end
           if (start) begin
@@ -33511,7 +33308,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end
         end
       3'h5:
-          if (\$725 ) begin
+          if (\$732 ) begin
             \$959  = 1'h0;
           end
       default:
@@ -33523,7 +33320,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$960  = sink_from_gemm;
+    \$960  = sink_from_layernorm;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
@@ -33547,7 +33344,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$588 ) begin
+          if (\$595 ) begin
           end else if (d_end_more) begin
             \$960  = 1'h0;
           end else if (d_end) begin
@@ -33557,7 +33354,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end else if (d_const) begin
             \$960  = 1'h0;
           end else if (d_stream) begin
-            \$960  = \$607 ;
+            \$960  = is_layernorm;
           end else begin
             \$960  = 1'h0;
           end
@@ -33567,18 +33364,18 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h3:
         begin
-          if (\$626 ) begin
+          if (\$633 ) begin
             if (beat__payload[512]) begin
               \$960  = 1'h0;
             end
           end
           if (c_fire) begin
             if (c_last) begin
-              \$960  = \$652 ;
+              \$960  = is_layernorm;
             end
           end
-          if (\$667 ) begin
-            \$960  = \$682 ;
+          if (\$674 ) begin
+            \$960  = is_layernorm;
           end
           if (start) begin
             \$960  = 1'h0;
@@ -33586,13 +33383,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h4:
         begin
-          if (\$700 ) begin
+          if (\$707 ) begin
             \$960  = 1'h0;
           end
           if (addr_fault) begin
             \$960  = 1'h0;
           end
-          if (\$724 ) begin
+          if (\$731 ) begin
             \$960  = 1'h0;
           end
           if (start) begin
@@ -33600,7 +33397,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end
         end
       3'h5:
-          if (\$725 ) begin
+          if (\$732 ) begin
             \$960  = 1'h0;
           end
       default:
@@ -33612,7 +33409,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$961  = a_from_softmax;
+    \$961  = sink_from_add;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
@@ -33636,7 +33433,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$588 ) begin
+          if (\$595 ) begin
           end else if (d_end_more) begin
             \$961  = 1'h0;
           end else if (d_end) begin
@@ -33646,7 +33443,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end else if (d_const) begin
             \$961  = 1'h0;
           end else if (d_stream) begin
-            \$961  = \$608 ;
+            \$961  = \$606 ;
           end else begin
             \$961  = 1'h0;
           end
@@ -33656,18 +33453,18 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h3:
         begin
-          if (\$626 ) begin
+          if (\$633 ) begin
             if (beat__payload[512]) begin
               \$961  = 1'h0;
             end
           end
           if (c_fire) begin
             if (c_last) begin
-              \$961  = \$653 ;
+              \$961  = \$651 ;
             end
           end
-          if (\$667 ) begin
-            \$961  = \$683 ;
+          if (\$674 ) begin
+            \$961  = \$681 ;
           end
           if (start) begin
             \$961  = 1'h0;
@@ -33675,13 +33472,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h4:
         begin
-          if (\$700 ) begin
+          if (\$707 ) begin
             \$961  = 1'h0;
           end
           if (addr_fault) begin
             \$961  = 1'h0;
           end
-          if (\$724 ) begin
+          if (\$731 ) begin
             \$961  = 1'h0;
           end
           if (start) begin
@@ -33689,7 +33486,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end
         end
       3'h5:
-          if (\$725 ) begin
+          if (\$732 ) begin
             \$961  = 1'h0;
           end
       default:
@@ -33701,7 +33498,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$962  = a_from_layernorm;
+    \$962  = sink_from_gelu0;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
@@ -33725,7 +33522,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$588 ) begin
+          if (\$595 ) begin
           end else if (d_end_more) begin
             \$962  = 1'h0;
           end else if (d_end) begin
@@ -33735,7 +33532,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end else if (d_const) begin
             \$962  = 1'h0;
           end else if (d_stream) begin
-            \$962  = \$609 ;
+            \$962  = \$610 ;
           end else begin
             \$962  = 1'h0;
           end
@@ -33745,18 +33542,18 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h3:
         begin
-          if (\$626 ) begin
+          if (\$633 ) begin
             if (beat__payload[512]) begin
               \$962  = 1'h0;
             end
           end
           if (c_fire) begin
             if (c_last) begin
-              \$962  = \$654 ;
+              \$962  = \$655 ;
             end
           end
-          if (\$667 ) begin
-            \$962  = \$684 ;
+          if (\$674 ) begin
+            \$962  = \$685 ;
           end
           if (start) begin
             \$962  = 1'h0;
@@ -33764,13 +33561,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h4:
         begin
-          if (\$700 ) begin
+          if (\$707 ) begin
             \$962  = 1'h0;
           end
           if (addr_fault) begin
             \$962  = 1'h0;
           end
-          if (\$724 ) begin
+          if (\$731 ) begin
             \$962  = 1'h0;
           end
           if (start) begin
@@ -33778,7 +33575,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end
         end
       3'h5:
-          if (\$725 ) begin
+          if (\$732 ) begin
             \$962  = 1'h0;
           end
       default:
@@ -33790,7 +33587,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$963  = a_from_src0;
+    \$963  = sink_from_gemm;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
@@ -33814,7 +33611,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$588 ) begin
+          if (\$595 ) begin
           end else if (d_end_more) begin
             \$963  = 1'h0;
           end else if (d_end) begin
@@ -33824,7 +33621,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end else if (d_const) begin
             \$963  = 1'h0;
           end else if (d_stream) begin
-            \$963  = \$613 ;
+            \$963  = \$614 ;
           end else begin
             \$963  = 1'h0;
           end
@@ -33834,18 +33631,18 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h3:
         begin
-          if (\$626 ) begin
+          if (\$633 ) begin
             if (beat__payload[512]) begin
               \$963  = 1'h0;
             end
           end
           if (c_fire) begin
             if (c_last) begin
-              \$963  = \$658 ;
+              \$963  = \$659 ;
             end
           end
-          if (\$667 ) begin
-            \$963  = \$688 ;
+          if (\$674 ) begin
+            \$963  = \$689 ;
           end
           if (start) begin
             \$963  = 1'h0;
@@ -33853,13 +33650,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h4:
         begin
-          if (\$700 ) begin
+          if (\$707 ) begin
             \$963  = 1'h0;
           end
           if (addr_fault) begin
             \$963  = 1'h0;
           end
-          if (\$724 ) begin
+          if (\$731 ) begin
             \$963  = 1'h0;
           end
           if (start) begin
@@ -33867,7 +33664,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end
         end
       3'h5:
-          if (\$725 ) begin
+          if (\$732 ) begin
             \$963  = 1'h0;
           end
       default:
@@ -33879,7 +33676,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$964  = const_to0;
+    \$964  = a_from_softmax;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
@@ -33903,7 +33700,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$588 ) begin
+          if (\$595 ) begin
           end else if (d_end_more) begin
             \$964  = 1'h0;
           end else if (d_end) begin
@@ -33911,9 +33708,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end else if (d_count_zero) begin
             \$964  = 1'h0;
           end else if (d_const) begin
-            \$964  = \$591 ;
-          end else if (d_stream) begin
             \$964  = 1'h0;
+          end else if (d_stream) begin
+            \$964  = \$615 ;
           end else begin
             \$964  = 1'h0;
           end
@@ -33923,18 +33720,18 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h3:
         begin
-          if (\$626 ) begin
+          if (\$633 ) begin
             if (beat__payload[512]) begin
               \$964  = 1'h0;
             end
           end
           if (c_fire) begin
             if (c_last) begin
-              \$964  = 1'h0;
+              \$964  = \$660 ;
             end
           end
-          if (\$667 ) begin
-            \$964  = 1'h0;
+          if (\$674 ) begin
+            \$964  = \$690 ;
           end
           if (start) begin
             \$964  = 1'h0;
@@ -33942,13 +33739,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h4:
         begin
-          if (\$700 ) begin
+          if (\$707 ) begin
             \$964  = 1'h0;
           end
           if (addr_fault) begin
             \$964  = 1'h0;
           end
-          if (\$724 ) begin
+          if (\$731 ) begin
             \$964  = 1'h0;
           end
           if (start) begin
@@ -33956,7 +33753,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end
         end
       3'h5:
-          if (\$725 ) begin
+          if (\$732 ) begin
             \$964  = 1'h0;
           end
       default:
@@ -33968,7 +33765,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$965  = const_to1;
+    \$965  = a_from_layernorm;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
@@ -33992,7 +33789,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$588 ) begin
+          if (\$595 ) begin
           end else if (d_end_more) begin
             \$965  = 1'h0;
           end else if (d_end) begin
@@ -34000,9 +33797,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end else if (d_count_zero) begin
             \$965  = 1'h0;
           end else if (d_const) begin
-            \$965  = \$592 ;
-          end else if (d_stream) begin
             \$965  = 1'h0;
+          end else if (d_stream) begin
+            \$965  = \$616 ;
           end else begin
             \$965  = 1'h0;
           end
@@ -34012,18 +33809,18 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h3:
         begin
-          if (\$626 ) begin
+          if (\$633 ) begin
             if (beat__payload[512]) begin
               \$965  = 1'h0;
             end
           end
           if (c_fire) begin
             if (c_last) begin
-              \$965  = 1'h0;
+              \$965  = \$661 ;
             end
           end
-          if (\$667 ) begin
-            \$965  = 1'h0;
+          if (\$674 ) begin
+            \$965  = \$691 ;
           end
           if (start) begin
             \$965  = 1'h0;
@@ -34031,13 +33828,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h4:
         begin
-          if (\$700 ) begin
+          if (\$707 ) begin
             \$965  = 1'h0;
           end
           if (addr_fault) begin
             \$965  = 1'h0;
           end
-          if (\$724 ) begin
+          if (\$731 ) begin
             \$965  = 1'h0;
           end
           if (start) begin
@@ -34045,7 +33842,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end
         end
       3'h5:
-          if (\$725 ) begin
+          if (\$732 ) begin
             \$965  = 1'h0;
           end
       default:
@@ -34057,7 +33854,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$966  = const_to2;
+    \$966  = a_from_src0;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
@@ -34081,7 +33878,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$588 ) begin
+          if (\$595 ) begin
           end else if (d_end_more) begin
             \$966  = 1'h0;
           end else if (d_end) begin
@@ -34089,9 +33886,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end else if (d_count_zero) begin
             \$966  = 1'h0;
           end else if (d_const) begin
-            \$966  = add_sel;
-          end else if (d_stream) begin
             \$966  = 1'h0;
+          end else if (d_stream) begin
+            \$966  = \$620 ;
           end else begin
             \$966  = 1'h0;
           end
@@ -34101,18 +33898,18 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h3:
         begin
-          if (\$626 ) begin
+          if (\$633 ) begin
             if (beat__payload[512]) begin
               \$966  = 1'h0;
             end
           end
           if (c_fire) begin
             if (c_last) begin
-              \$966  = 1'h0;
+              \$966  = \$665 ;
             end
           end
-          if (\$667 ) begin
-            \$966  = 1'h0;
+          if (\$674 ) begin
+            \$966  = \$695 ;
           end
           if (start) begin
             \$966  = 1'h0;
@@ -34120,13 +33917,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h4:
         begin
-          if (\$700 ) begin
+          if (\$707 ) begin
             \$966  = 1'h0;
           end
           if (addr_fault) begin
             \$966  = 1'h0;
           end
-          if (\$724 ) begin
+          if (\$731 ) begin
             \$966  = 1'h0;
           end
           if (start) begin
@@ -34134,7 +33931,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end
         end
       3'h5:
-          if (\$725 ) begin
+          if (\$732 ) begin
             \$966  = 1'h0;
           end
       default:
@@ -34146,7 +33943,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$967  = const_to3;
+    \$967  = const_to0;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
@@ -34170,7 +33967,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$588 ) begin
+          if (\$595 ) begin
           end else if (d_end_more) begin
             \$967  = 1'h0;
           end else if (d_end) begin
@@ -34178,7 +33975,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end else if (d_count_zero) begin
             \$967  = 1'h0;
           end else if (d_const) begin
-            \$967  = gelu_sel0;
+            \$967  = \$598 ;
           end else if (d_stream) begin
             \$967  = 1'h0;
           end else begin
@@ -34190,7 +33987,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h3:
         begin
-          if (\$626 ) begin
+          if (\$633 ) begin
             if (beat__payload[512]) begin
               \$967  = 1'h0;
             end
@@ -34200,7 +33997,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
               \$967  = 1'h0;
             end
           end
-          if (\$667 ) begin
+          if (\$674 ) begin
             \$967  = 1'h0;
           end
           if (start) begin
@@ -34209,13 +34006,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h4:
         begin
-          if (\$700 ) begin
+          if (\$707 ) begin
             \$967  = 1'h0;
           end
           if (addr_fault) begin
             \$967  = 1'h0;
           end
-          if (\$724 ) begin
+          if (\$731 ) begin
             \$967  = 1'h0;
           end
           if (start) begin
@@ -34223,7 +34020,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end
         end
       3'h5:
-          if (\$725 ) begin
+          if (\$732 ) begin
             \$967  = 1'h0;
           end
       default:
@@ -34235,12 +34032,12 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$968  = in_fetch;
+    \$968  = const_to1;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
           if (start) begin
-            \$968  = 1'h1;
+            \$968  = 1'h0;
           end
       3'h1:
         begin
@@ -34259,15 +34056,15 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$588 ) begin
+          if (\$595 ) begin
           end else if (d_end_more) begin
-            \$968  = 1'h1;
+            \$968  = 1'h0;
           end else if (d_end) begin
             \$968  = 1'h0;
           end else if (d_count_zero) begin
             \$968  = 1'h0;
           end else if (d_const) begin
-            \$968  = 1'h0;
+            \$968  = \$599 ;
           end else if (d_stream) begin
             \$968  = 1'h0;
           end else begin
@@ -34279,7 +34076,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h3:
         begin
-          if (\$626 ) begin
+          if (\$633 ) begin
             if (beat__payload[512]) begin
               \$968  = 1'h0;
             end
@@ -34289,7 +34086,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
               \$968  = 1'h0;
             end
           end
-          if (\$667 ) begin
+          if (\$674 ) begin
             \$968  = 1'h0;
           end
           if (start) begin
@@ -34298,13 +34095,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h4:
         begin
-          if (\$700 ) begin
-            \$968  = 1'h1;
+          if (\$707 ) begin
+            \$968  = 1'h0;
           end
           if (addr_fault) begin
             \$968  = 1'h0;
           end
-          if (\$724 ) begin
+          if (\$731 ) begin
             \$968  = 1'h0;
           end
           if (start) begin
@@ -34312,7 +34109,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end
         end
       3'h5:
-          if (\$725 ) begin
+          if (\$732 ) begin
             \$968  = 1'h0;
           end
       default:
@@ -34324,7 +34121,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$969  = in_const;
+    \$969  = const_to2;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
@@ -34348,7 +34145,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$588 ) begin
+          if (\$595 ) begin
           end else if (d_end_more) begin
             \$969  = 1'h0;
           end else if (d_end) begin
@@ -34356,7 +34153,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end else if (d_count_zero) begin
             \$969  = 1'h0;
           end else if (d_const) begin
-            \$969  = 1'h1;
+            \$969  = add_sel;
           end else if (d_stream) begin
             \$969  = 1'h0;
           end else begin
@@ -34368,7 +34165,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h3:
         begin
-          if (\$626 ) begin
+          if (\$633 ) begin
             if (beat__payload[512]) begin
               \$969  = 1'h0;
             end
@@ -34378,7 +34175,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
               \$969  = 1'h0;
             end
           end
-          if (\$667 ) begin
+          if (\$674 ) begin
             \$969  = 1'h0;
           end
           if (start) begin
@@ -34387,13 +34184,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h4:
         begin
-          if (\$700 ) begin
+          if (\$707 ) begin
             \$969  = 1'h0;
           end
           if (addr_fault) begin
             \$969  = 1'h0;
           end
-          if (\$724 ) begin
+          if (\$731 ) begin
             \$969  = 1'h0;
           end
           if (start) begin
@@ -34401,7 +34198,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end
         end
       3'h5:
-          if (\$725 ) begin
+          if (\$732 ) begin
             \$969  = 1'h0;
           end
       default:
@@ -34413,7 +34210,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$970  = run0;
+    \$970  = const_to3;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
@@ -34437,7 +34234,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$588 ) begin
+          if (\$595 ) begin
           end else if (d_end_more) begin
             \$970  = 1'h0;
           end else if (d_end) begin
@@ -34445,9 +34242,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end else if (d_count_zero) begin
             \$970  = 1'h0;
           end else if (d_const) begin
-            \$970  = 1'h0;
+            \$970  = gelu_sel0;
           end else if (d_stream) begin
-            \$970  = \$614 ;
+            \$970  = 1'h0;
           end else begin
             \$970  = 1'h0;
           end
@@ -34457,18 +34254,18 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h3:
         begin
-          if (\$626 ) begin
+          if (\$633 ) begin
             if (beat__payload[512]) begin
               \$970  = 1'h0;
             end
           end
           if (c_fire) begin
             if (c_last) begin
-              \$970  = \$659 ;
+              \$970  = 1'h0;
             end
           end
-          if (\$667 ) begin
-            \$970  = \$689 ;
+          if (\$674 ) begin
+            \$970  = 1'h0;
           end
           if (start) begin
             \$970  = 1'h0;
@@ -34476,13 +34273,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h4:
         begin
-          if (\$700 ) begin
+          if (\$707 ) begin
             \$970  = 1'h0;
           end
           if (addr_fault) begin
             \$970  = 1'h0;
           end
-          if (\$724 ) begin
+          if (\$731 ) begin
             \$970  = 1'h0;
           end
           if (start) begin
@@ -34490,7 +34287,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end
         end
       3'h5:
-          if (\$725 ) begin
+          if (\$732 ) begin
             \$970  = 1'h0;
           end
       default:
@@ -34502,12 +34299,12 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$971  = run1;
+    \$971  = in_fetch;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
           if (start) begin
-            \$971  = 1'h0;
+            \$971  = 1'h1;
           end
       3'h1:
         begin
@@ -34526,9 +34323,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$588 ) begin
+          if (\$595 ) begin
           end else if (d_end_more) begin
-            \$971  = 1'h0;
+            \$971  = 1'h1;
           end else if (d_end) begin
             \$971  = 1'h0;
           end else if (d_count_zero) begin
@@ -34536,7 +34333,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end else if (d_const) begin
             \$971  = 1'h0;
           end else if (d_stream) begin
-            \$971  = \$617 ;
+            \$971  = 1'h0;
           end else begin
             \$971  = 1'h0;
           end
@@ -34546,18 +34343,18 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h3:
         begin
-          if (\$626 ) begin
+          if (\$633 ) begin
             if (beat__payload[512]) begin
               \$971  = 1'h0;
             end
           end
           if (c_fire) begin
             if (c_last) begin
-              \$971  = \$662 ;
+              \$971  = 1'h0;
             end
           end
-          if (\$667 ) begin
-            \$971  = \$692 ;
+          if (\$674 ) begin
+            \$971  = 1'h0;
           end
           if (start) begin
             \$971  = 1'h0;
@@ -34565,13 +34362,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h4:
         begin
-          if (\$700 ) begin
-            \$971  = 1'h0;
+          if (\$707 ) begin
+            \$971  = 1'h1;
           end
           if (addr_fault) begin
             \$971  = 1'h0;
           end
-          if (\$724 ) begin
+          if (\$731 ) begin
             \$971  = 1'h0;
           end
           if (start) begin
@@ -34579,7 +34376,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end
         end
       3'h5:
-          if (\$725 ) begin
+          if (\$732 ) begin
             \$971  = 1'h0;
           end
       default:
@@ -34591,7 +34388,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$972  = q0_to_pack;
+    \$972  = in_const;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
@@ -34615,7 +34412,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$588 ) begin
+          if (\$595 ) begin
           end else if (d_end_more) begin
             \$972  = 1'h0;
           end else if (d_end) begin
@@ -34623,9 +34420,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end else if (d_count_zero) begin
             \$972  = 1'h0;
           end else if (d_const) begin
-            \$972  = 1'h0;
+            \$972  = 1'h1;
           end else if (d_stream) begin
-            \$972  = \$618 ;
+            \$972  = 1'h0;
           end else begin
             \$972  = 1'h0;
           end
@@ -34635,18 +34432,18 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h3:
         begin
-          if (\$626 ) begin
+          if (\$633 ) begin
             if (beat__payload[512]) begin
               \$972  = 1'h0;
             end
           end
           if (c_fire) begin
             if (c_last) begin
-              \$972  = \$663 ;
+              \$972  = 1'h0;
             end
           end
-          if (\$667 ) begin
-            \$972  = \$693 ;
+          if (\$674 ) begin
+            \$972  = 1'h0;
           end
           if (start) begin
             \$972  = 1'h0;
@@ -34654,13 +34451,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h4:
         begin
-          if (\$700 ) begin
+          if (\$707 ) begin
             \$972  = 1'h0;
           end
           if (addr_fault) begin
             \$972  = 1'h0;
           end
-          if (\$724 ) begin
+          if (\$731 ) begin
             \$972  = 1'h0;
           end
           if (start) begin
@@ -34668,7 +34465,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end
         end
       3'h5:
-          if (\$725 ) begin
+          if (\$732 ) begin
             \$972  = 1'h0;
           end
       default:
@@ -34680,7 +34477,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$973  = res_to_pack;
+    \$973  = run0;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
@@ -34704,7 +34501,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$588 ) begin
+          if (\$595 ) begin
           end else if (d_end_more) begin
             \$973  = 1'h0;
           end else if (d_end) begin
@@ -34714,7 +34511,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end else if (d_const) begin
             \$973  = 1'h0;
           end else if (d_stream) begin
-            \$973  = \$620 ;
+            \$973  = \$621 ;
           end else begin
             \$973  = 1'h0;
           end
@@ -34724,18 +34521,18 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h3:
         begin
-          if (\$626 ) begin
+          if (\$633 ) begin
             if (beat__payload[512]) begin
               \$973  = 1'h0;
             end
           end
           if (c_fire) begin
             if (c_last) begin
-              \$973  = \$665 ;
+              \$973  = \$666 ;
             end
           end
-          if (\$667 ) begin
-            \$973  = \$695 ;
+          if (\$674 ) begin
+            \$973  = \$696 ;
           end
           if (start) begin
             \$973  = 1'h0;
@@ -34743,13 +34540,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h4:
         begin
-          if (\$700 ) begin
+          if (\$707 ) begin
             \$973  = 1'h0;
           end
           if (addr_fault) begin
             \$973  = 1'h0;
           end
-          if (\$724 ) begin
+          if (\$731 ) begin
             \$973  = 1'h0;
           end
           if (start) begin
@@ -34757,7 +34554,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end
         end
       3'h5:
-          if (\$725 ) begin
+          if (\$732 ) begin
             \$973  = 1'h0;
           end
       default:
@@ -34769,199 +34566,396 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$974  = ins;
+    \$974  = run1;
+    (* full_case = 32'd1 *)
+    casez (seq_state)
+      3'h0:
+          if (start) begin
+            \$974  = 1'h0;
+          end
+      3'h1:
+        begin
+          if (beat__valid) begin
+            (* full_case = 32'd1 *)
+            if (beat__payload[512]) begin
+              \$974  = 1'h0;
+            end else begin
+              \$974  = 1'h0;
+            end
+          end
+          if (start) begin
+            \$974  = 1'h0;
+          end
+        end
+      3'h2:
+        begin
+          (* full_case = 32'd1 *)
+          if (\$595 ) begin
+          end else if (d_end_more) begin
+            \$974  = 1'h0;
+          end else if (d_end) begin
+            \$974  = 1'h0;
+          end else if (d_count_zero) begin
+            \$974  = 1'h0;
+          end else if (d_const) begin
+            \$974  = 1'h0;
+          end else if (d_stream) begin
+            \$974  = \$624 ;
+          end else begin
+            \$974  = 1'h0;
+          end
+          if (start) begin
+            \$974  = 1'h0;
+          end
+        end
+      3'h3:
+        begin
+          if (\$633 ) begin
+            if (beat__payload[512]) begin
+              \$974  = 1'h0;
+            end
+          end
+          if (c_fire) begin
+            if (c_last) begin
+              \$974  = \$669 ;
+            end
+          end
+          if (\$674 ) begin
+            \$974  = \$699 ;
+          end
+          if (start) begin
+            \$974  = 1'h0;
+          end
+        end
+      3'h4:
+        begin
+          if (\$707 ) begin
+            \$974  = 1'h0;
+          end
+          if (addr_fault) begin
+            \$974  = 1'h0;
+          end
+          if (\$731 ) begin
+            \$974  = 1'h0;
+          end
+          if (start) begin
+            \$974  = 1'h0;
+          end
+        end
+      3'h5:
+          if (\$732 ) begin
+            \$974  = 1'h0;
+          end
+      default:
+          \$974  = 1'h0;
+    endcase
+    if (rst) begin
+      \$974  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$975  = q0_to_pack;
+    (* full_case = 32'd1 *)
+    casez (seq_state)
+      3'h0:
+          if (start) begin
+            \$975  = 1'h0;
+          end
+      3'h1:
+        begin
+          if (beat__valid) begin
+            (* full_case = 32'd1 *)
+            if (beat__payload[512]) begin
+              \$975  = 1'h0;
+            end else begin
+              \$975  = 1'h0;
+            end
+          end
+          if (start) begin
+            \$975  = 1'h0;
+          end
+        end
+      3'h2:
+        begin
+          (* full_case = 32'd1 *)
+          if (\$595 ) begin
+          end else if (d_end_more) begin
+            \$975  = 1'h0;
+          end else if (d_end) begin
+            \$975  = 1'h0;
+          end else if (d_count_zero) begin
+            \$975  = 1'h0;
+          end else if (d_const) begin
+            \$975  = 1'h0;
+          end else if (d_stream) begin
+            \$975  = \$625 ;
+          end else begin
+            \$975  = 1'h0;
+          end
+          if (start) begin
+            \$975  = 1'h0;
+          end
+        end
+      3'h3:
+        begin
+          if (\$633 ) begin
+            if (beat__payload[512]) begin
+              \$975  = 1'h0;
+            end
+          end
+          if (c_fire) begin
+            if (c_last) begin
+              \$975  = \$670 ;
+            end
+          end
+          if (\$674 ) begin
+            \$975  = \$700 ;
+          end
+          if (start) begin
+            \$975  = 1'h0;
+          end
+        end
+      3'h4:
+        begin
+          if (\$707 ) begin
+            \$975  = 1'h0;
+          end
+          if (addr_fault) begin
+            \$975  = 1'h0;
+          end
+          if (\$731 ) begin
+            \$975  = 1'h0;
+          end
+          if (start) begin
+            \$975  = 1'h0;
+          end
+        end
+      3'h5:
+          if (\$732 ) begin
+            \$975  = 1'h0;
+          end
+      default:
+          \$975  = 1'h0;
+    endcase
+    if (rst) begin
+      \$975  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$976  = res_to_pack;
+    (* full_case = 32'd1 *)
+    casez (seq_state)
+      3'h0:
+          if (start) begin
+            \$976  = 1'h0;
+          end
+      3'h1:
+        begin
+          if (beat__valid) begin
+            (* full_case = 32'd1 *)
+            if (beat__payload[512]) begin
+              \$976  = 1'h0;
+            end else begin
+              \$976  = 1'h0;
+            end
+          end
+          if (start) begin
+            \$976  = 1'h0;
+          end
+        end
+      3'h2:
+        begin
+          (* full_case = 32'd1 *)
+          if (\$595 ) begin
+          end else if (d_end_more) begin
+            \$976  = 1'h0;
+          end else if (d_end) begin
+            \$976  = 1'h0;
+          end else if (d_count_zero) begin
+            \$976  = 1'h0;
+          end else if (d_const) begin
+            \$976  = 1'h0;
+          end else if (d_stream) begin
+            \$976  = \$627 ;
+          end else begin
+            \$976  = 1'h0;
+          end
+          if (start) begin
+            \$976  = 1'h0;
+          end
+        end
+      3'h3:
+        begin
+          if (\$633 ) begin
+            if (beat__payload[512]) begin
+              \$976  = 1'h0;
+            end
+          end
+          if (c_fire) begin
+            if (c_last) begin
+              \$976  = \$672 ;
+            end
+          end
+          if (\$674 ) begin
+            \$976  = \$702 ;
+          end
+          if (start) begin
+            \$976  = 1'h0;
+          end
+        end
+      3'h4:
+        begin
+          if (\$707 ) begin
+            \$976  = 1'h0;
+          end
+          if (addr_fault) begin
+            \$976  = 1'h0;
+          end
+          if (\$731 ) begin
+            \$976  = 1'h0;
+          end
+          if (start) begin
+            \$976  = 1'h0;
+          end
+        end
+      3'h5:
+          if (\$732 ) begin
+            \$976  = 1'h0;
+          end
+      default:
+          \$976  = 1'h0;
+    endcase
+    if (rst) begin
+      \$976  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$977  = ins;
     casez (seq_state)
       3'h0:
           /* empty */;
       3'h1:
           if (beat__valid) begin
-            \$974  = beat__payload[511:0];
+            \$977  = beat__payload[511:0];
           end
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$975  = decode_wait;
+    \$978  = decode_wait;
     casez (seq_state)
       3'h0:
           /* empty */;
       3'h1:
           if (beat__valid) begin
-            \$975  = 3'h4;
+            \$978  = 3'h4;
           end
       3'h2:
-          if (\$588 ) begin
-            \$975  = \$589 [2:0];
+          if (\$595 ) begin
+            \$978  = \$596 [2:0];
           end
     endcase
     if (rst) begin
-      \$975  = 3'h0;
+      \$978  = 3'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$976  = c_addr;
+    \$979  = c_addr;
     casez (seq_state)
       3'h0:
           /* empty */;
       3'h1:
           /* empty */;
       3'h2:
-          \$976  = dec_c_base;
+          \$979  = dec_c_base;
       3'h3:
-          if (\$622 ) begin
-            \$976  = \$624 [31:0];
+          if (\$629 ) begin
+            \$979  = \$631 [31:0];
           end
     endcase
     if (rst) begin
-      \$976  = 32'd0;
+      \$979  = 32'd0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$977  = c_step;
+    \$980  = c_step;
     casez (seq_state)
       3'h0:
           /* empty */;
       3'h1:
           /* empty */;
       3'h2:
-          \$977  = \$586 [7:0];
+          \$980  = \$593 [7:0];
     endcase
     if (rst) begin
-      \$977  = 8'h00;
+      \$980  = 8'h00;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$978  = c_ask;
+    \$981  = c_ask;
     casez (seq_state)
       3'h0:
           /* empty */;
       3'h1:
           /* empty */;
       3'h2:
-          \$978  = { 4'h0, ins[509:498] };
+          \$981  = { 4'h0, ins[509:498] };
       3'h3:
-          if (\$622 ) begin
-            \$978  = \$623 [15:0];
+          if (\$629 ) begin
+            \$981  = \$630 [15:0];
           end
     endcase
     if (rst) begin
-      \$978  = 16'h0000;
+      \$981  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$979  = c_due;
+    \$982  = c_due;
     casez (seq_state)
       3'h0:
           /* empty */;
       3'h1:
           /* empty */;
       3'h2:
-          \$979  = { 4'h0, ins[509:498] };
-      3'h3:
-          if (c_fire) begin
-            \$979  = \$636 [15:0];
-          end
-    endcase
-    if (rst) begin
-      \$979  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$980  = c_last;
-    casez (seq_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
-      3'h2:
-          \$980  = \$587 ;
+          \$982  = { 4'h0, ins[509:498] };
       3'h3:
           if (c_fire) begin
-            \$980  = \$637 ;
+            \$982  = \$643 [15:0];
           end
     endcase
     if (rst) begin
-      \$980  = 1'h0;
+      \$982  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$981  = c_data;
+    \$983  = c_last;
     casez (seq_state)
       3'h0:
           /* empty */;
       3'h1:
           /* empty */;
       3'h2:
-          /* empty */;
+          \$983  = \$594 ;
       3'h3:
-          if (\$626 ) begin
-            \$981  = beat__payload[65:0];
-          end
-    endcase
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$982  = c_full;
-    casez (seq_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
-      3'h2:
-          /* empty */;
-      3'h3:
-        begin
-          if (\$626 ) begin
-            \$982  = \$627 ;
-          end
           if (c_fire) begin
-            \$982  = 1'h0;
+            \$983  = \$644 ;
           end
-        end
     endcase
-    if (unit_rst) begin
-      \$982  = 1'h0;
-    end
-    if (rst) begin
-      \$982  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$983  = c_valid0;
-    casez (seq_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
-      3'h2:
-          /* empty */;
-      3'h3:
-        begin
-          if (\$626 ) begin
-            \$983  = \$629 ;
-          end
-          if (c_fire) begin
-            \$983  = 1'h0;
-          end
-        end
-    endcase
-    if (unit_rst) begin
-      \$983  = 1'h0;
-    end
     if (rst) begin
       \$983  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$984  = c_valid1;
+    \$984  = c_data;
     casez (seq_state)
       3'h0:
           /* empty */;
@@ -34970,25 +34964,14 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
           /* empty */;
       3'h3:
-        begin
-          if (\$626 ) begin
-            \$984  = \$631 ;
+          if (\$633 ) begin
+            \$984  = beat__payload[65:0];
           end
-          if (c_fire) begin
-            \$984  = 1'h0;
-          end
-        end
     endcase
-    if (unit_rst) begin
-      \$984  = 1'h0;
-    end
-    if (rst) begin
-      \$984  = 1'h0;
-    end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$985  = c_valid2;
+    \$985  = c_full;
     casez (seq_state)
       3'h0:
           /* empty */;
@@ -34998,8 +34981,8 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           /* empty */;
       3'h3:
         begin
-          if (\$626 ) begin
-            \$985  = \$633 ;
+          if (\$633 ) begin
+            \$985  = \$634 ;
           end
           if (c_fire) begin
             \$985  = 1'h0;
@@ -35015,7 +34998,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$986  = c_valid3;
+    \$986  = c_valid0;
     casez (seq_state)
       3'h0:
           /* empty */;
@@ -35025,8 +35008,8 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           /* empty */;
       3'h3:
         begin
-          if (\$626 ) begin
-            \$986  = \$635 ;
+          if (\$633 ) begin
+            \$986  = \$636 ;
           end
           if (c_fire) begin
             \$986  = 1'h0;
@@ -35042,52 +35025,78 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$987  = ext_req_addr;
-    if (in_stream) begin
-      if (is_move) begin
-      end else if (is_load) begin
-        if (\$728 ) begin
-          \$987  = \$730 [31:0];
+    \$987  = c_valid1;
+    casez (seq_state)
+      3'h0:
+          /* empty */;
+      3'h1:
+          /* empty */;
+      3'h2:
+          /* empty */;
+      3'h3:
+        begin
+          if (\$633 ) begin
+            \$987  = \$638 ;
+          end
+          if (c_fire) begin
+            \$987  = 1'h0;
+          end
         end
-      end else if (is_store) begin
-        if (\$732 ) begin
-          \$987  = \$734 [31:0];
-        end
-      end
+    endcase
+    if (unit_rst) begin
+      \$987  = 1'h0;
     end
     if (rst) begin
-      \$987  = 32'd0;
+      \$987  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$988  = ext_req_data;
-    if (in_stream) begin
-      if (is_move) begin
-      end else if (is_load) begin
-      end else if (is_store) begin
-        if (\$732 ) begin
-          \$988  = \r_data$217 [15:0];
+    \$988  = c_valid2;
+    casez (seq_state)
+      3'h0:
+          /* empty */;
+      3'h1:
+          /* empty */;
+      3'h2:
+          /* empty */;
+      3'h3:
+        begin
+          if (\$633 ) begin
+            \$988  = \$640 ;
+          end
+          if (c_fire) begin
+            \$988  = 1'h0;
+          end
         end
-      end
+    endcase
+    if (unit_rst) begin
+      \$988  = 1'h0;
     end
     if (rst) begin
-      \$988  = 16'h0000;
+      \$988  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$989  = \w_en$166 ;
-    if (pack_active) begin
-      if (\$735 ) begin
-        \$989  = 1'h0;
-      end
-      if (\$741 ) begin
-        if (\$743 ) begin
-          \$989  = 1'h1;
+    \$989  = c_valid3;
+    casez (seq_state)
+      3'h0:
+          /* empty */;
+      3'h1:
+          /* empty */;
+      3'h2:
+          /* empty */;
+      3'h3:
+        begin
+          if (\$633 ) begin
+            \$989  = \$642 ;
+          end
+          if (c_fire) begin
+            \$989  = 1'h0;
+          end
         end
-      end
-    end
+    endcase
     if (unit_rst) begin
       \$989  = 1'h0;
     end
@@ -35097,30 +35106,33 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$990  = pack_a0;
-    if (pack_active) begin
-      if (\$741 ) begin
-        casez (pack_j)
-          3'h0:
-              \$990  = elem_data;
-        endcase
+    \$990  = ext_req_addr;
+    if (in_stream) begin
+      if (is_move) begin
+      end else if (is_load) begin
+        if (\$735 ) begin
+          \$990  = \$737 [31:0];
+        end
+      end else if (is_store) begin
+        if (\$739 ) begin
+          \$990  = \$741 [31:0];
+        end
       end
     end
     if (rst) begin
-      \$990  = 16'h0000;
+      \$990  = 32'd0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$991  = pack_a1;
-    if (pack_active) begin
-      if (\$741 ) begin
-        casez (pack_j)
-          3'h0:
-              /* empty */;
-          3'h1:
-              \$991  = elem_data;
-        endcase
+    \$991  = ext_req_data;
+    if (in_stream) begin
+      if (is_move) begin
+      end else if (is_load) begin
+      end else if (is_store) begin
+        if (\$739 ) begin
+          \$991  = \r_data$233 [15:0];
+        end
       end
     end
     if (rst) begin
@@ -35129,36 +35141,31 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$992  = pack_a2;
+    \$992  = \w_en$182 ;
     if (pack_active) begin
-      if (\$741 ) begin
-        casez (pack_j)
-          3'h0:
-              /* empty */;
-          3'h1:
-              /* empty */;
-          3'h2:
-              \$992  = elem_data;
-        endcase
+      if (\$742 ) begin
+        \$992  = 1'h0;
+      end
+      if (\$748 ) begin
+        if (\$750 ) begin
+          \$992  = 1'h1;
+        end
       end
     end
+    if (unit_rst) begin
+      \$992  = 1'h0;
+    end
     if (rst) begin
-      \$992  = 16'h0000;
+      \$992  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$993  = pack_a3;
+    \$993  = pack_a0;
     if (pack_active) begin
-      if (\$741 ) begin
+      if (\$748 ) begin
         casez (pack_j)
           3'h0:
-              /* empty */;
-          3'h1:
-              /* empty */;
-          3'h2:
-              /* empty */;
-          3'h3:
               \$993  = elem_data;
         endcase
       end
@@ -35169,12 +35176,14 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$994  = pack_b0;
+    \$994  = pack_a1;
     if (pack_active) begin
-      if (\$741 ) begin
+      if (\$748 ) begin
         casez (pack_j)
           3'h0:
-              \$994  = \r_data$335 [15:0];
+              /* empty */;
+          3'h1:
+              \$994  = elem_data;
         endcase
       end
     end
@@ -35184,14 +35193,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$995  = pack_b1;
+    \$995  = pack_a2;
     if (pack_active) begin
-      if (\$741 ) begin
+      if (\$748 ) begin
         casez (pack_j)
           3'h0:
               /* empty */;
           3'h1:
-              \$995  = \r_data$335 [15:0];
+              /* empty */;
+          3'h2:
+              \$995  = elem_data;
         endcase
       end
     end
@@ -35201,16 +35212,18 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$996  = pack_b2;
+    \$996  = pack_a3;
     if (pack_active) begin
-      if (\$741 ) begin
+      if (\$748 ) begin
         casez (pack_j)
           3'h0:
               /* empty */;
           3'h1:
               /* empty */;
           3'h2:
-              \$996  = \r_data$335 [15:0];
+              /* empty */;
+          3'h3:
+              \$996  = elem_data;
         endcase
       end
     end
@@ -35220,18 +35233,12 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$997  = pack_b3;
+    \$997  = pack_b0;
     if (pack_active) begin
-      if (\$741 ) begin
+      if (\$748 ) begin
         casez (pack_j)
           3'h0:
-              /* empty */;
-          3'h1:
-              /* empty */;
-          3'h2:
-              /* empty */;
-          3'h3:
-              \$997  = \r_data$335 [15:0];
+              \$997  = \r_data$354 [15:0];
         endcase
       end
     end
@@ -35241,119 +35248,111 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$998  = pack_j;
+    \$998  = pack_b1;
     if (pack_active) begin
-      if (\$741 ) begin
+      if (\$748 ) begin
+        casez (pack_j)
+          3'h0:
+              /* empty */;
+          3'h1:
+              \$998  = \r_data$354 [15:0];
+        endcase
+      end
+    end
+    if (rst) begin
+      \$998  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$999  = pack_b2;
+    if (pack_active) begin
+      if (\$748 ) begin
+        casez (pack_j)
+          3'h0:
+              /* empty */;
+          3'h1:
+              /* empty */;
+          3'h2:
+              \$999  = \r_data$354 [15:0];
+        endcase
+      end
+    end
+    if (rst) begin
+      \$999  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1000  = pack_b3;
+    if (pack_active) begin
+      if (\$748 ) begin
+        casez (pack_j)
+          3'h0:
+              /* empty */;
+          3'h1:
+              /* empty */;
+          3'h2:
+              /* empty */;
+          3'h3:
+              \$1000  = \r_data$354 [15:0];
+        endcase
+      end
+    end
+    if (rst) begin
+      \$1000  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1001  = pack_j;
+    if (pack_active) begin
+      if (\$748 ) begin
         (* full_case = 32'd1 *)
-        if (\$743 ) begin
-          \$998  = 3'h0;
+        if (\$750 ) begin
+          \$1001  = 3'h0;
         end else begin
-          \$998  = \$744 [2:0];
+          \$1001  = \$751 [2:0];
         end
       end
     end
     if (unit_rst) begin
-      \$998  = 3'h0;
+      \$1001  = 3'h0;
     end
     if (rst) begin
-      \$998  = 3'h0;
+      \$1001  = 3'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$999  = pack_jo;
+    \$1002  = pack_jo;
     if (pack_active) begin
-      if (\$745 ) begin
+      if (\$752 ) begin
         (* full_case = 32'd1 *)
-        if (\$747 ) begin
-          \$999  = 3'h0;
+        if (\$754 ) begin
+          \$1002  = 3'h0;
         end else begin
-          \$999  = \$748 [2:0];
+          \$1002  = \$755 [2:0];
         end
       end
     end
     if (unit_rst) begin
-      \$999  = 3'h0;
+      \$1002  = 3'h0;
     end
     if (rst) begin
-      \$999  = 3'h0;
+      \$1002  = 3'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1000  = tiles;
+    \$1003  = tiles;
     if (in_decode) begin
-      \$1000  = dec_tiles;
+      \$1003  = dec_tiles;
     end
     if (gemm_active) begin
-      if (\$755 ) begin
-        if (\$769 ) begin
-          \$1000  = \$770 [31:0];
-        end
-      end
-    end
-    if (rst) begin
-      \$1000  = 32'd0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1001  = nt;
-    if (in_decode) begin
-      \$1001  = 16'h0000;
-    end
-    if (gemm_active) begin
-      if (\$755 ) begin
-        if (\$769 ) begin
-          (* full_case = 32'd1 *)
-          if (nt_hit) begin
-            \$1001  = 16'h0000;
-          end else begin
-            \$1001  = \$776 [15:0];
-          end
-        end
-      end
-    end
-    if (rst) begin
-      \$1001  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1002  = k;
-    if (in_decode) begin
-      \$1002  = 16'h0000;
-    end
-    if (gemm_active) begin
-      if (\$755 ) begin
-        if (\$757 ) begin
-        end else if (\$762 ) begin
-          \$1002  = \$763 [15:0];
-        end
-        if (\$769 ) begin
-          \$1002  = 16'h0000;
-        end
-      end
-    end
-    if (rst) begin
-      \$1002  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1003  = w_addr;
-    if (in_decode) begin
-      \$1003  = ins[465:434];
-    end
-    if (gemm_active) begin
-      if (\$755 ) begin
-        if (want_w) begin
-          \$1003  = \$766 [31:0];
-        end
-        if (\$769 ) begin
-          if (nt_hit) begin
-            \$1003  = ins[465:434];
-          end
+      if (\$762 ) begin
+        if (\$776 ) begin
+          \$1003  = \$777 [31:0];
         end
       end
     end
@@ -35363,87 +35362,104 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1004  = p_addr;
+    \$1004  = nt;
     if (in_decode) begin
-      \$1004  = ins[497:466];
+      \$1004  = 16'h0000;
     end
     if (gemm_active) begin
-      if (\$755 ) begin
-        if (\$769 ) begin
+      if (\$762 ) begin
+        if (\$776 ) begin
           (* full_case = 32'd1 *)
           if (nt_hit) begin
-            \$1004  = ins[497:466];
+            \$1004  = 16'h0000;
           end else begin
-            \$1004  = \$779 [31:0];
+            \$1004  = \$783 [15:0];
           end
         end
       end
     end
     if (rst) begin
-      \$1004  = 32'd0;
+      \$1004  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1005  = want_w;
+    \$1005  = k;
     if (in_decode) begin
-      \$1005  = 1'h0;
+      \$1005  = 16'h0000;
     end
     if (gemm_active) begin
-      if (\$755 ) begin
-        if (\$757 ) begin
-          \$1005  = 1'h1;
+      if (\$762 ) begin
+        if (\$764 ) begin
+        end else if (\$769 ) begin
+          \$1005  = \$770 [15:0];
         end
-        if (\$769 ) begin
-          \$1005  = 1'h0;
+        if (\$776 ) begin
+          \$1005  = 16'h0000;
         end
       end
     end
     if (rst) begin
-      \$1005  = 1'h0;
+      \$1005  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1006  = w_step;
+    \$1006  = w_addr;
     if (in_decode) begin
-      \$1006  = \$749 [7:0];
-    end
-    if (rst) begin
-      \$1006  = 8'h00;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1007  = \$signal$443 ;
-    if (in_decode) begin
-      \$1007  = \$750 ;
+      \$1006  = ins[465:434];
     end
     if (gemm_active) begin
-      if (\$755 ) begin
-        if (\$769 ) begin
-          \$1007  = \$771 ;
+      if (\$762 ) begin
+        if (want_w) begin
+          \$1006  = \$773 [31:0];
+        end
+        if (\$776 ) begin
+          if (nt_hit) begin
+            \$1006  = ins[465:434];
+          end
         end
       end
     end
     if (rst) begin
-      \$1007  = 1'h0;
+      \$1006  = 32'd0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1008  = \$signal$529 ;
+    \$1007  = p_addr;
     if (in_decode) begin
-      \$1008  = \$752 ;
+      \$1007  = ins[497:466];
     end
     if (gemm_active) begin
-      if (\$755 ) begin
-        if (\$757 ) begin
-        end else if (\$762 ) begin
-          \$1008  = \$765 ;
+      if (\$762 ) begin
+        if (\$776 ) begin
+          (* full_case = 32'd1 *)
+          if (nt_hit) begin
+            \$1007  = ins[497:466];
+          end else begin
+            \$1007  = \$786 [31:0];
+          end
         end
-        if (\$769 ) begin
-          \$1008  = \$773 ;
+      end
+    end
+    if (rst) begin
+      \$1007  = 32'd0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1008  = want_w;
+    if (in_decode) begin
+      \$1008  = 1'h0;
+    end
+    if (gemm_active) begin
+      if (\$762 ) begin
+        if (\$764 ) begin
+          \$1008  = 1'h1;
+        end
+        if (\$776 ) begin
+          \$1008  = 1'h0;
         end
       end
     end
@@ -35453,50 +35469,46 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1009  = nt_hit;
+    \$1009  = w_step;
     if (in_decode) begin
-      \$1009  = \$754 ;
+      \$1009  = \$756 [7:0];
+    end
+    if (rst) begin
+      \$1009  = 8'h00;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1010  = \$signal$457 ;
+    if (in_decode) begin
+      \$1010  = \$757 ;
     end
     if (gemm_active) begin
-      if (\$755 ) begin
-        if (\$769 ) begin
-          (* full_case = 32'd1 *)
-          if (nt_hit) begin
-            \$1009  = \$775 ;
-          end else begin
-            \$1009  = \$778 ;
-          end
+      if (\$762 ) begin
+        if (\$776 ) begin
+          \$1010  = \$778 ;
         end
       end
     end
     if (rst) begin
-      \$1009  = 1'h0;
+      \$1010  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1010  = rk;
+    \$1011  = \$signal$546 ;
     if (in_decode) begin
-      \$1010  = 16'h0000;
+      \$1011  = \$759 ;
     end
     if (gemm_active) begin
-      if (\$788 ) begin
-        \$1010  = \$791 [15:0];
-      end
-    end
-    if (rst) begin
-      \$1010  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1011  = rk_zero;
-    if (in_decode) begin
-      \$1011  = 1'h1;
-    end
-    if (gemm_active) begin
-      if (\$788 ) begin
-        \$1011  = \$792 ;
+      if (\$762 ) begin
+        if (\$764 ) begin
+        end else if (\$769 ) begin
+          \$1011  = \$772 ;
+        end
+        if (\$776 ) begin
+          \$1011  = \$780 ;
+        end
       end
     end
     if (rst) begin
@@ -35505,158 +35517,78 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1012  = w_full;
+    \$1012  = nt_hit;
     if (in_decode) begin
+      \$1012  = \$761 ;
+    end
+    if (gemm_active) begin
+      if (\$762 ) begin
+        if (\$776 ) begin
+          (* full_case = 32'd1 *)
+          if (nt_hit) begin
+            \$1012  = \$782 ;
+          end else begin
+            \$1012  = \$785 ;
+          end
+        end
+      end
+    end
+    if (rst) begin
       \$1012  = 1'h0;
     end
-    if (gemm_active) begin
-      if (\$780 ) begin
-        \$1012  = 1'h0;
-      end
-      if (\$788 ) begin
-        if (\$795 ) begin
-          \$1012  = 1'h1;
-        end
-      end
-    end
-    if (rst) begin
-      \$1012  = 1'h0;
-    end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1013  = w_lane0;
-    if (gemm_active) begin
-      if (\$788 ) begin
-        if (\$795 ) begin
-          \$1013  = w_beat0;
-        end
-      end
-    end
-    if (rst) begin
-      \$1013  = 8'h00;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1014  = w_lane1;
-    if (gemm_active) begin
-      if (\$788 ) begin
-        if (\$795 ) begin
-          \$1014  = w_beat1;
-        end
-      end
-    end
-    if (rst) begin
-      \$1014  = 8'h00;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1015  = w_lane2;
-    if (gemm_active) begin
-      if (\$788 ) begin
-        if (\$795 ) begin
-          \$1015  = w_beat2;
-        end
-      end
-    end
-    if (rst) begin
-      \$1015  = 8'h00;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1016  = w_lane3;
-    if (gemm_active) begin
-      if (\$788 ) begin
-        if (\$795 ) begin
-          \$1016  = w_beat3;
-        end
-      end
-    end
-    if (rst) begin
-      \$1016  = 8'h00;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1017  = w_lane4;
-    if (gemm_active) begin
-      if (\$788 ) begin
-        if (\$795 ) begin
-          \$1017  = w_beat4;
-        end
-      end
-    end
-    if (rst) begin
-      \$1017  = 8'h00;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1018  = w_lane5;
-    if (gemm_active) begin
-      if (\$788 ) begin
-        if (\$795 ) begin
-          \$1018  = w_beat5;
-        end
-      end
-    end
-    if (rst) begin
-      \$1018  = 8'h00;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1019  = w_lane6;
-    if (gemm_active) begin
-      if (\$788 ) begin
-        if (\$795 ) begin
-          \$1019  = w_beat6;
-        end
-      end
-    end
-    if (rst) begin
-      \$1019  = 8'h00;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1020  = w_lane7;
-    if (gemm_active) begin
-      if (\$788 ) begin
-        if (\$795 ) begin
-          \$1020  = w_beat7;
-        end
-      end
-    end
-    if (rst) begin
-      \$1020  = 8'h00;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1021  = a_filled0;
+    \$1013  = rk;
     if (in_decode) begin
-      \$1021  = 1'h0;
+      \$1013  = 16'h0000;
+    end
+    if (gemm_active) begin
+      if (\$791 ) begin
+        \$1013  = \$794 [15:0];
+      end
+    end
+    if (rst) begin
+      \$1013  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1014  = rk_zero;
+    if (in_decode) begin
+      \$1014  = 1'h1;
+    end
+    if (gemm_active) begin
+      if (\$791 ) begin
+        \$1014  = \$795 ;
+      end
+    end
+    if (rst) begin
+      \$1014  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1015  = a_filled0;
+    if (in_decode) begin
+      \$1015  = 1'h0;
     end
     if (gemm_active) begin
       if (\$807 ) begin
         if (a_load_k_hit) begin
           if (\$813 ) begin
-            casez (\$signal$274 )
+            casez (\$signal$293 )
               1'h0:
-                  \$1021  = 1'h1;
+                  \$1015  = 1'h1;
             endcase
           end
         end
       end else if (\$810 ) begin
         if (\$819 ) begin
           if (a_load_k_hit) begin
-            casez (\$signal$274 )
+            casez (\$signal$293 )
               1'h0:
-                  \$1021  = 1'h1;
+                  \$1015  = 1'h1;
             endcase
           end
         end
@@ -35664,30 +35596,30 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       if (\$831 ) begin
         casez (a_read_half)
           1'h0:
-              \$1021  = 1'h0;
+              \$1015  = 1'h0;
         endcase
       end
     end
     if (rst) begin
-      \$1021  = 1'h0;
+      \$1015  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1022  = a_filled1;
+    \$1016  = a_filled1;
     if (in_decode) begin
-      \$1022  = 1'h0;
+      \$1016  = 1'h0;
     end
     if (gemm_active) begin
       if (\$807 ) begin
         if (a_load_k_hit) begin
           if (\$813 ) begin
             (* full_case = 32'd1 *)
-            casez (\$signal$274 )
+            casez (\$signal$293 )
               1'h0:
                   /* empty */;
               1'h1:
-                  \$1022  = 1'h1;
+                  \$1016  = 1'h1;
             endcase
           end
         end
@@ -35695,11 +35627,11 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         if (\$819 ) begin
           if (a_load_k_hit) begin
             (* full_case = 32'd1 *)
-            casez (\$signal$274 )
+            casez (\$signal$293 )
               1'h0:
                   /* empty */;
               1'h1:
-                  \$1022  = 1'h1;
+                  \$1016  = 1'h1;
             endcase
           end
         end
@@ -35710,197 +35642,288 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           1'h0:
               /* empty */;
           1'h1:
-              \$1022  = 1'h0;
+              \$1016  = 1'h0;
         endcase
       end
     end
     if (rst) begin
-      \$1022  = 1'h0;
+      \$1016  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1023  = \$signal$274 ;
+    \$1017  = \$signal$293 ;
     if (in_decode) begin
-      \$1023  = 1'h0;
+      \$1017  = 1'h0;
     end
     if (gemm_active) begin
       if (\$807 ) begin
         if (a_load_k_hit) begin
           if (\$813 ) begin
-            \$1023  = \$814 ;
+            \$1017  = \$814 ;
           end
         end
       end else if (\$810 ) begin
         if (\$819 ) begin
           if (a_load_k_hit) begin
-            \$1023  = \$825 ;
+            \$1017  = \$825 ;
           end
         end
       end
     end
     if (rst) begin
-      \$1023  = 1'h0;
+      \$1017  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1024  = \$signal$281 ;
+    \$1018  = \$signal$300 ;
     if (in_decode) begin
-      \$1024  = 4'h0;
+      \$1018  = 4'h0;
     end
     if (gemm_active) begin
       if (\$807 ) begin
         if (a_load_k_hit) begin
           (* full_case = 32'd1 *)
           if (\$813 ) begin
-            \$1024  = 4'h0;
+            \$1018  = 4'h0;
           end else begin
-            \$1024  = \$815 [3:0];
+            \$1018  = \$815 [3:0];
           end
         end
       end else if (\$810 ) begin
         (* full_case = 32'd1 *)
         if (\$819 ) begin
-          \$1024  = 4'h0;
+          \$1018  = 4'h0;
         end else begin
-          \$1024  = \$826 [3:0];
+          \$1018  = \$826 [3:0];
         end
       end
     end
     if (rst) begin
-      \$1024  = 4'h0;
+      \$1018  = 4'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1025  = lk;
+    \$1019  = lk;
     if (in_decode) begin
-      \$1025  = 16'h0000;
+      \$1019  = 16'h0000;
     end
     if (gemm_active) begin
       if (\$807 ) begin
         (* full_case = 32'd1 *)
         if (a_load_k_hit) begin
-          \$1025  = 16'h0000;
+          \$1019  = 16'h0000;
         end else begin
-          \$1025  = \$816 [15:0];
+          \$1019  = \$816 [15:0];
         end
       end else if (\$810 ) begin
         if (\$819 ) begin
-          \$1025  = \$820 [15:0];
+          \$1019  = \$820 [15:0];
           if (a_load_k_hit) begin
-            \$1025  = 16'h0000;
+            \$1019  = 16'h0000;
           end
         end
       end
     end
     if (rst) begin
-      \$1025  = 16'h0000;
+      \$1019  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1026  = \$signal$307 ;
+    \$1020  = \$signal$326 ;
     if (in_decode) begin
-      \$1026  = 1'h0;
+      \$1020  = 1'h0;
     end
     if (gemm_active) begin
       if (a_issue) begin
         if (a_feed_k_hit) begin
           if (a_feed_nt_hit) begin
-            \$1026  = \$836 ;
+            \$1020  = \$836 ;
           end
         end
       end
     end
     if (rst) begin
-      \$1026  = 1'h0;
+      \$1020  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1027  = \$signal$308 ;
+    \$1021  = \$signal$327 ;
     if (in_decode) begin
-      \$1027  = 16'h0000;
+      \$1021  = 16'h0000;
     end
     if (gemm_active) begin
       if (a_issue) begin
         (* full_case = 32'd1 *)
         if (a_feed_k_hit) begin
-          \$1027  = 16'h0000;
+          \$1021  = 16'h0000;
         end else begin
-          \$1027  = \$842 [15:0];
+          \$1021  = \$842 [15:0];
         end
       end
     end
     if (rst) begin
-      \$1027  = 16'h0000;
+      \$1021  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1028  = fnt;
+    \$1022  = fnt;
     if (in_decode) begin
-      \$1028  = 16'h0000;
+      \$1022  = 16'h0000;
     end
     if (gemm_active) begin
       if (a_issue) begin
         if (a_feed_k_hit) begin
           (* full_case = 32'd1 *)
           if (a_feed_nt_hit) begin
-            \$1028  = 16'h0000;
+            \$1022  = 16'h0000;
           end else begin
-            \$1028  = \$839 [15:0];
+            \$1022  = \$839 [15:0];
           end
         end
       end
     end
     if (rst) begin
-      \$1028  = 16'h0000;
+      \$1022  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1029  = feed_blocks;
+    \$1023  = feed_blocks;
     if (in_decode) begin
-      \$1029  = dec_blocks;
+      \$1023  = dec_blocks;
     end
     if (gemm_active) begin
       if (a_issue) begin
         if (a_feed_k_hit) begin
           if (a_feed_nt_hit) begin
-            \$1029  = \$837 [31:0];
+            \$1023  = \$837 [31:0];
           end
         end
       end
     end
     if (rst) begin
-      \$1029  = 32'd0;
+      \$1023  = 32'd0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1030  = a_load_k_hit;
+    \$1024  = a_load_k_hit;
     if (in_decode) begin
-      \$1030  = \$797 ;
+      \$1024  = \$797 ;
     end
     if (gemm_active) begin
       if (\$807 ) begin
         (* full_case = 32'd1 *)
         if (a_load_k_hit) begin
-          \$1030  = \$812 ;
+          \$1024  = \$812 ;
         end else begin
-          \$1030  = \$818 ;
+          \$1024  = \$818 ;
         end
       end else if (\$810 ) begin
         if (\$819 ) begin
-          \$1030  = \$822 ;
+          \$1024  = \$822 ;
           if (a_load_k_hit) begin
-            \$1030  = \$824 ;
+            \$1024  = \$824 ;
           end
         end
       end
+    end
+    if (rst) begin
+      \$1024  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1025  = a_feed_k_hit;
+    if (in_decode) begin
+      \$1025  = \$799 ;
+    end
+    if (gemm_active) begin
+      if (a_issue) begin
+        (* full_case = 32'd1 *)
+        if (a_feed_k_hit) begin
+          \$1025  = \$833 ;
+        end else begin
+          \$1025  = \$844 ;
+        end
+      end
+    end
+    if (rst) begin
+      \$1025  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1026  = a_feed_nt_hit;
+    if (in_decode) begin
+      \$1026  = \$801 ;
+    end
+    if (gemm_active) begin
+      if (a_issue) begin
+        if (a_feed_k_hit) begin
+          (* full_case = 32'd1 *)
+          if (a_feed_nt_hit) begin
+            \$1026  = \$835 ;
+          end else begin
+            \$1026  = \$841 ;
+          end
+        end
+      end
+    end
+    if (rst) begin
+      \$1026  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1027  = a_blocks_left;
+    if (in_decode) begin
+      \$1027  = \$802 ;
+    end
+    if (gemm_active) begin
+      if (a_issue) begin
+        if (a_feed_k_hit) begin
+          if (a_feed_nt_hit) begin
+            \$1027  = \$838 ;
+          end
+        end
+      end
+    end
+    if (rst) begin
+      \$1027  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1028  = a_read_last;
+    if (gemm_active) begin
+      \$1028  = a_feed_k_hit;
+    end
+    if (rst) begin
+      \$1028  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1029  = a_read_addr;
+    if (gemm_active) begin
+      \$1029  = \$828 [8:0];
+    end
+    if (rst) begin
+      \$1029  = 9'h000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1030  = a_read_half;
+    if (gemm_active) begin
+      \$1030  = \$signal$326 ;
     end
     if (rst) begin
       \$1030  = 1'h0;
@@ -35908,19 +35931,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1031  = a_feed_k_hit;
-    if (in_decode) begin
-      \$1031  = \$799 ;
-    end
+    \$1031  = a_read_free;
     if (gemm_active) begin
-      if (a_issue) begin
-        (* full_case = 32'd1 *)
-        if (a_feed_k_hit) begin
-          \$1031  = \$833 ;
-        end else begin
-          \$1031  = \$844 ;
-        end
-      end
+      \$1031  = \$830 ;
     end
     if (rst) begin
       \$1031  = 1'h0;
@@ -35928,172 +35941,91 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1032  = a_feed_nt_hit;
-    if (in_decode) begin
-      \$1032  = \$801 ;
-    end
-    if (gemm_active) begin
-      if (a_issue) begin
-        if (a_feed_k_hit) begin
-          (* full_case = 32'd1 *)
-          if (a_feed_nt_hit) begin
-            \$1032  = \$835 ;
-          end else begin
-            \$1032  = \$841 ;
-          end
-        end
-      end
-    end
-    if (rst) begin
-      \$1032  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1033  = a_blocks_left;
-    if (in_decode) begin
-      \$1033  = \$802 ;
-    end
-    if (gemm_active) begin
-      if (a_issue) begin
-        if (a_feed_k_hit) begin
-          if (a_feed_nt_hit) begin
-            \$1033  = \$838 ;
-          end
-        end
-      end
-    end
-    if (rst) begin
-      \$1033  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1034  = a_read_last;
-    if (gemm_active) begin
-      \$1034  = a_feed_k_hit;
-    end
-    if (rst) begin
-      \$1034  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1035  = a_read_addr;
-    if (gemm_active) begin
-      \$1035  = \$828 [8:0];
-    end
-    if (rst) begin
-      \$1035  = 9'h000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1036  = a_read_half;
-    if (gemm_active) begin
-      \$1036  = \$signal$307 ;
-    end
-    if (rst) begin
-      \$1036  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1037  = a_read_free;
-    if (gemm_active) begin
-      \$1037  = \$830 ;
-    end
-    if (rst) begin
-      \$1037  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1038  = w_load_lane;
+    \$1032  = w_load_lane;
     if (gemm_active) begin
       if (\$849 ) begin
         (* full_case = 32'd1 *)
         if (\$850 ) begin
-          \$1038  = 4'h0;
+          \$1032  = 4'h0;
         end else begin
-          \$1038  = \$857 [3:0];
+          \$1032  = \$857 [3:0];
         end
       end
       if (in_decode) begin
-        \$1038  = 4'h0;
+        \$1032  = 4'h0;
       end
     end
     if (rst) begin
-      \$1038  = 4'h0;
+      \$1032  = 4'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1039  = w_load_k;
+    \$1033  = w_load_k;
     if (gemm_active) begin
       if (\$849 ) begin
         if (\$850 ) begin
-          \$1039  = \$851 [15:0];
+          \$1033  = \$851 [15:0];
           if (\$853 ) begin
-            \$1039  = 16'h0000;
+            \$1033  = 16'h0000;
           end
         end
       end
       if (in_decode) begin
-        \$1039  = 16'h0000;
+        \$1033  = 16'h0000;
       end
     end
     if (rst) begin
-      \$1039  = 16'h0000;
+      \$1033  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1040  = w_load_addr;
+    \$1034  = w_load_addr;
     if (gemm_active) begin
       if (\$849 ) begin
         if (\$850 ) begin
-          \$1040  = \$852 [9:0];
+          \$1034  = \$852 [9:0];
           if (\$853 ) begin
             if (\$855 ) begin
-              \$1040  = 10'h000;
+              \$1034  = 10'h000;
             end
           end
         end
       end
       if (in_decode) begin
-        \$1040  = 10'h000;
+        \$1034  = 10'h000;
       end
     end
     if (rst) begin
-      \$1040  = 10'h000;
+      \$1034  = 10'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1041  = w_load_nt;
+    \$1035  = w_load_nt;
     if (gemm_active) begin
       if (\$849 ) begin
         if (\$850 ) begin
           if (\$853 ) begin
-            \$1041  = \$854 [15:0];
+            \$1035  = \$854 [15:0];
             if (\$855 ) begin
-              \$1041  = 16'h0000;
+              \$1035  = 16'h0000;
             end
           end
         end
       end
       if (in_decode) begin
-        \$1041  = 16'h0000;
+        \$1035  = 16'h0000;
       end
     end
     if (rst) begin
-      \$1041  = 16'h0000;
+      \$1035  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1042  = w_filled0;
+    \$1036  = w_filled0;
     if (gemm_active) begin
       if (\$849 ) begin
         if (\$850 ) begin
@@ -36101,7 +36033,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
             if (\$855 ) begin
               casez (w_load_half)
                 1'h0:
-                    \$1042  = 1'h1;
+                    \$1036  = 1'h1;
               endcase
             end
           end
@@ -36110,20 +36042,20 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       if (\$873 ) begin
         casez (w_read_half)
           1'h0:
-              \$1042  = 1'h0;
+              \$1036  = 1'h0;
         endcase
       end
       if (in_decode) begin
-        \$1042  = 1'h0;
+        \$1036  = 1'h0;
       end
     end
     if (rst) begin
-      \$1042  = 1'h0;
+      \$1036  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1043  = w_filled1;
+    \$1037  = w_filled1;
     if (gemm_active) begin
       if (\$849 ) begin
         if (\$850 ) begin
@@ -36134,7 +36066,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
                 1'h0:
                     /* empty */;
                 1'h1:
-                    \$1043  = 1'h1;
+                    \$1037  = 1'h1;
               endcase
             end
           end
@@ -36146,26 +36078,123 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           1'h0:
               /* empty */;
           1'h1:
-              \$1043  = 1'h0;
+              \$1037  = 1'h0;
         endcase
       end
       if (in_decode) begin
-        \$1043  = 1'h0;
+        \$1037  = 1'h0;
       end
     end
     if (rst) begin
-      \$1043  = 1'h0;
+      \$1037  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1044  = w_load_half;
+    \$1038  = w_load_half;
     if (gemm_active) begin
       if (\$849 ) begin
         if (\$850 ) begin
           if (\$853 ) begin
             if (\$855 ) begin
-              \$1044  = \$856 ;
+              \$1038  = \$856 ;
+            end
+          end
+        end
+      end
+      if (in_decode) begin
+        \$1038  = 1'h0;
+      end
+    end
+    if (rst) begin
+      \$1038  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1039  = w_read_addr;
+    if (gemm_active) begin
+      \$1039  = \$860 [8:0];
+    end
+    if (rst) begin
+      \$1039  = 9'h000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1040  = w_read_half;
+    if (gemm_active) begin
+      \$1040  = w_feed_half;
+    end
+    if (rst) begin
+      \$1040  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1041  = w_read_free;
+    if (gemm_active) begin
+      \$1041  = \$866 ;
+    end
+    if (rst) begin
+      \$1041  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1042  = feed_ntk;
+    if (gemm_active) begin
+      if (\$868 ) begin
+        if (a_feed_k_hit) begin
+          (* full_case = 32'd1 *)
+          if (a_feed_nt_hit) begin
+            \$1042  = 32'd0;
+          end else begin
+            \$1042  = \$872 [31:0];
+          end
+        end
+      end
+      if (in_decode) begin
+        \$1042  = 32'd0;
+      end
+    end
+    if (rst) begin
+      \$1042  = 32'd0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1043  = feed_mt;
+    if (gemm_active) begin
+      if (\$868 ) begin
+        if (a_feed_k_hit) begin
+          if (a_feed_nt_hit) begin
+            (* full_case = 32'd1 *)
+            if (\$869 ) begin
+              \$1043  = 16'h0000;
+            end else begin
+              \$1043  = \$871 [15:0];
+            end
+          end
+        end
+      end
+      if (in_decode) begin
+        \$1043  = 16'h0000;
+      end
+    end
+    if (rst) begin
+      \$1043  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1044  = w_feed_half;
+    if (gemm_active) begin
+      if (\$868 ) begin
+        if (a_feed_k_hit) begin
+          if (a_feed_nt_hit) begin
+            if (\$869 ) begin
+              \$1044  = \$870 ;
             end
           end
         end
@@ -36180,128 +36209,31 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1045  = w_read_addr;
-    if (gemm_active) begin
-      \$1045  = \$860 [8:0];
+    \$1045  = post_col;
+    if (in_decode) begin
+      \$1045  = 3'h0;
+    end
+    if (\$875 ) begin
+      if (elem_take) begin
+        \$1045  = \$878 [2:0];
+      end
     end
     if (rst) begin
-      \$1045  = 9'h000;
+      \$1045  = 3'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1046  = w_read_half;
-    if (gemm_active) begin
-      \$1046  = w_feed_half;
-    end
+    \$1046  = \$883 ;
     if (rst) begin
       \$1046  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1047  = w_read_free;
-    if (gemm_active) begin
-      \$1047  = \$866 ;
-    end
+    \$1047  = fault;
     if (rst) begin
-      \$1047  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1048  = feed_ntk;
-    if (gemm_active) begin
-      if (\$868 ) begin
-        if (a_feed_k_hit) begin
-          (* full_case = 32'd1 *)
-          if (a_feed_nt_hit) begin
-            \$1048  = 32'd0;
-          end else begin
-            \$1048  = \$872 [31:0];
-          end
-        end
-      end
-      if (in_decode) begin
-        \$1048  = 32'd0;
-      end
-    end
-    if (rst) begin
-      \$1048  = 32'd0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1049  = feed_mt;
-    if (gemm_active) begin
-      if (\$868 ) begin
-        if (a_feed_k_hit) begin
-          if (a_feed_nt_hit) begin
-            (* full_case = 32'd1 *)
-            if (\$869 ) begin
-              \$1049  = 16'h0000;
-            end else begin
-              \$1049  = \$871 [15:0];
-            end
-          end
-        end
-      end
-      if (in_decode) begin
-        \$1049  = 16'h0000;
-      end
-    end
-    if (rst) begin
-      \$1049  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1050  = w_feed_half;
-    if (gemm_active) begin
-      if (\$868 ) begin
-        if (a_feed_k_hit) begin
-          if (a_feed_nt_hit) begin
-            if (\$869 ) begin
-              \$1050  = \$870 ;
-            end
-          end
-        end
-      end
-      if (in_decode) begin
-        \$1050  = 1'h0;
-      end
-    end
-    if (rst) begin
-      \$1050  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1051  = post_col;
-    if (in_decode) begin
-      \$1051  = 3'h0;
-    end
-    if (\$875 ) begin
-      if (elem_take) begin
-        \$1051  = \$878 [2:0];
-      end
-    end
-    if (rst) begin
-      \$1051  = 3'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1052  = \$883 ;
-    if (rst) begin
-      \$1052  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1053  = fault;
-    if (rst) begin
-      \$1053  = 4'h0;
+      \$1047  = 4'h0;
     end
   end
   assign \ar__payload$1  = ar__payload;
@@ -36317,35 +36249,45 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   assign b__ready = 1'h1;
   assign \b__ready$21  = 1'h1;
   assign \b__valid$23  = b__valid;
-  assign \pc$25  = pc;
+  assign clk = gemm_d_clk;
+  assign gemm_rst = gemm_d_rst;
+  assign softmax_d_clk = gemm_d_clk;
+  assign softmax_rst = softmax_d_rst;
+  assign layernorm_d_clk = gemm_d_clk;
+  assign layernorm_rst = layernorm_d_rst;
+  assign add_d_clk = gemm_d_clk;
+  assign add_rst = add_d_rst;
+  assign gelu0_d_clk = gemm_d_clk;
+  assign gelu0_rst = gelu0_d_rst;
+  assign \pc$41  = pc;
   assign load_gens = load;
   assign base = ins[123:104];
-  assign \load$40  = load;
-  assign \base$41  = ins[233:214];
-  assign \load$52  = load;
-  assign \base$53  = ins[343:324];
+  assign \load$56  = load;
+  assign \base$57  = ins[233:214];
+  assign \load$68  = load;
+  assign \base$69  = ins[343:324];
   assign \$signature__addr  = addr[13:0];
   assign \$signature__en  = src0_issue;
   assign w_en = src0_inflight;
   assign w_data = { src0_meta, \$signature__data  };
-  assign \$signature__addr$88  = \addr$89 [13:0];
-  assign \$signature__en$90  = src1_issue;
-  assign \next$91  = src1_issue;
-  assign \w_en$92  = src1_inflight;
-  assign \w_data$93  = { src1_meta, \$signature__data$94  };
-  assign wr__addr = \addr$97 [13:0];
-  assign \error$109  = error;
-  assign \done$111  = done;
-  assign \busy$113  = busy;
+  assign \$signature__addr$104  = \addr$105 [13:0];
+  assign \$signature__en$106  = src1_issue;
+  assign \next$107  = src1_issue;
+  assign \w_en$108  = src1_inflight;
+  assign \w_data$109  = { src1_meta, \$signature__data$110  };
+  assign wr_addr = \addr$113 [13:0];
+  assign \error$125  = error;
+  assign \done$127  = done;
+  assign \busy$129  = busy;
   assign c__payload = c_data[4:0];
   assign c__valid = c_valid0;
-  assign \c__payload$126  = c_data;
-  assign \c__valid$127  = c_valid1;
-  assign \c__payload$128  = c_data[43:0];
-  assign \c__valid$129  = c_valid2;
-  assign \c__payload$130  = c_data[52:0];
-  assign \c__valid$131  = c_valid3;
-  assign \cycles$133  = cycles;
+  assign \c__payload$142  = c_data;
+  assign \c__valid$143  = c_valid1;
+  assign \c__payload$144  = c_data[43:0];
+  assign \c__valid$145  = c_valid2;
+  assign \c__payload$146  = c_data[52:0];
+  assign \c__valid$147  = c_valid3;
+  assign \cycles$149  = cycles;
   assign op_cycles0 = op_cycles__0;
   assign op_cycles1 = op_cycles__1;
   assign op_cycles2 = op_cycles__2;
@@ -36362,18 +36304,20 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   assign op_cycles13 = op_cycles__13;
   assign op_cycles14 = op_cycles__14;
   assign op_cycles15 = op_cycles__15;
-  assign pack_full = \w_en$166 ;
-  assign \w_data$168  = { pack_b3, pack_b2, pack_b1, pack_b0, pack_a3, pack_a2, pack_a1, pack_a0 };
-  assign \w_data$192  = { res_lane3, res_lane2, res_lane1, res_lane0 };
-  assign softmax_elem = { 8'h00, \o__payload$197 [7:0] };
-  assign layernorm_elem = { \o__payload$199 [7], \o__payload$199 [7], \o__payload$199 [7], \o__payload$199 [7], \o__payload$199 [7], \o__payload$199 [7], \o__payload$199 [7], \o__payload$199 [7], \o__payload$199  };
+  assign pack_full = \w_en$182 ;
+  assign \w_data$184  = { pack_b3, pack_b2, pack_b1, pack_b0, pack_a3, pack_a2, pack_a1, pack_a0 };
+  assign \w_data$208  = { res_lane3, res_lane2, res_lane1, res_lane0 };
+  assign softmax_elem = { 8'h00, \o__payload$213 [7:0] };
+  assign layernorm_elem = { \o__payload$215 [7], \o__payload$215 [7], \o__payload$215 [7], \o__payload$215 [7], \o__payload$215 [7], \o__payload$215 [7], \o__payload$215 [7], \o__payload$215 [7], \o__payload$215  };
   assign p__payload = beat__payload[437:0];
-  assign \o__valid$417  = \w_en$416 ;
-  assign \o__payload$419  = \w_data$418 ;
-  assign \w_rdy$421  = \o__ready$420 ;
-  assign \r_rdy$422  = gemm_res_valid;
-  assign \next$456  = dst_step;
-  assign \i__payload$459  = \r_data$217 [15:0];
+  assign w_in_valid = \w_en$281 ;
+  assign \w_data$283  = { w_beat7, w_beat6, w_beat5, w_beat4, w_beat3, w_beat2, w_beat1, w_beat0 };
+  assign \o__valid$431  = \w_en$430 ;
+  assign \o__payload$433  = \w_data$432 ;
+  assign \w_rdy$435  = \o__ready$434 ;
+  assign \r_rdy$436  = gemm_res_valid;
+  assign \next$471  = dst_step;
+  assign \i__payload$474  = \r_data$233 [15:0];
   assign \ar__payload.addr  = ar__payload[28:0];
   assign \ar__payload.len  = ar__payload[36:29];
   assign \ar__payload$1.addr  = ar__payload[28:0];
@@ -36424,27 +36368,27 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   assign \ins.cnt  = ins[509:498];
   assign \ins.post  = ins[511:510];
   assign \c__payload.f  = c_data[4:0];
-  assign \c__payload$126.m  = c_data[15:0];
-  assign \c__payload$126.b  = c_data[58:16];
-  assign \c__payload$126.e  = c_data[64:59];
-  assign \c__payload$126.last  = c_data[65];
-  assign \c__payload$128.m_a  = c_data[15:0];
-  assign \c__payload$128.e_a  = c_data[21:16];
-  assign \c__payload$128.m_b  = c_data[37:22];
-  assign \c__payload$128.e_b  = c_data[43:38];
-  assign \c__payload$130.qb  = c_data[9:0];
-  assign \c__payload$130.qc  = c_data[24:10];
-  assign \c__payload$130.sh  = c_data[30:25];
-  assign \c__payload$130.m  = c_data[46:31];
-  assign \c__payload$130.e  = c_data[52:47];
+  assign \c__payload$142.m  = c_data[15:0];
+  assign \c__payload$142.b  = c_data[58:16];
+  assign \c__payload$142.e  = c_data[64:59];
+  assign \c__payload$142.last  = c_data[65];
+  assign \c__payload$144.m_a  = c_data[15:0];
+  assign \c__payload$144.e_a  = c_data[21:16];
+  assign \c__payload$144.m_b  = c_data[37:22];
+  assign \c__payload$144.e_b  = c_data[43:38];
+  assign \c__payload$146.qb  = c_data[9:0];
+  assign \c__payload$146.qc  = c_data[24:10];
+  assign \c__payload$146.sh  = c_data[30:25];
+  assign \c__payload$146.m  = c_data[46:31];
+  assign \c__payload$146.e  = c_data[52:47];
   assign \a__payload[0]  = a__payload[15:0];
   assign \a__payload[1]  = a__payload[31:16];
   assign \a__payload[2]  = a__payload[47:32];
   assign \a__payload[3]  = a__payload[63:48];
-  assign \b__payload$179[0]  = \b__payload$179 [15:0];
-  assign \b__payload$179[1]  = \b__payload$179 [31:16];
-  assign \b__payload$179[2]  = \b__payload$179 [47:32];
-  assign \b__payload$179[3]  = \b__payload$179 [63:48];
+  assign \b__payload$195[0]  = \b__payload$195 [15:0];
+  assign \b__payload$195[1]  = \b__payload$195 [31:16];
+  assign \b__payload$195[2]  = \b__payload$195 [47:32];
+  assign \b__payload$195[3]  = \b__payload$195 [63:48];
   assign \i__payload[0]  = i__payload[7:0];
   assign \i__payload[1]  = i__payload[15:8];
   assign \i__payload[2]  = i__payload[23:16];
@@ -36453,12 +36397,12 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   assign \o__payload[1]  = o__payload[31:16];
   assign \o__payload[2]  = o__payload[47:32];
   assign \o__payload[3]  = o__payload[63:48];
-  assign \o__payload$185[0]  = \o__payload$185 [7:0];
-  assign \o__payload$185[1]  = \o__payload$185 [15:8];
-  assign \o__payload$185[2]  = \o__payload$185 [23:16];
-  assign \o__payload$185[3]  = \o__payload$185 [31:24];
-  assign \o__payload$197.data  = \o__payload$197 [7:0];
-  assign \o__payload$197.last  = \o__payload$197 [8];
+  assign \o__payload$201[0]  = \o__payload$201 [7:0];
+  assign \o__payload$201[1]  = \o__payload$201 [15:8];
+  assign \o__payload$201[2]  = \o__payload$201 [23:16];
+  assign \o__payload$201[3]  = \o__payload$201 [31:24];
+  assign \o__payload$213.data  = \o__payload$213 [7:0];
+  assign \o__payload$213.last  = \o__payload$213 [8];
   assign \beat__payload.data  = beat__payload[511:0];
   assign \beat__payload.err  = beat__payload[512];
   assign \req__payload.addr  = req__payload[31:0];
@@ -36492,17 +36436,17 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   assign \p__payload.e[6]  = beat__payload[425:420];
   assign \p__payload.e[7]  = beat__payload[431:426];
   assign \p__payload.out_bits  = beat__payload[437:432];
-  assign \a__payload$401.data  = \a__payload$401 [80:0];
-  assign \a__payload$401.data[0]  = \a__payload$401 [8:0];
-  assign \a__payload$401.data[1]  = \a__payload$401 [17:9];
-  assign \a__payload$401.data[2]  = \a__payload$401 [26:18];
-  assign \a__payload$401.data[3]  = \a__payload$401 [35:27];
-  assign \a__payload$401.data[4]  = \a__payload$401 [44:36];
-  assign \a__payload$401.data[5]  = \a__payload$401 [53:45];
-  assign \a__payload$401.data[6]  = \a__payload$401 [62:54];
-  assign \a__payload$401.data[7]  = \a__payload$401 [71:63];
-  assign \a__payload$401.data[8]  = \a__payload$401 [80:72];
-  assign \a__payload$401.last  = \a__payload$401 [81];
+  assign \a__payload$420.data  = \a__payload$420 [80:0];
+  assign \a__payload$420.data[0]  = \a__payload$420 [8:0];
+  assign \a__payload$420.data[1]  = \a__payload$420 [17:9];
+  assign \a__payload$420.data[2]  = \a__payload$420 [26:18];
+  assign \a__payload$420.data[3]  = \a__payload$420 [35:27];
+  assign \a__payload$420.data[4]  = \a__payload$420 [44:36];
+  assign \a__payload$420.data[5]  = \a__payload$420 [53:45];
+  assign \a__payload$420.data[6]  = \a__payload$420 [62:54];
+  assign \a__payload$420.data[7]  = \a__payload$420 [71:63];
+  assign \a__payload$420.data[8]  = \a__payload$420 [80:72];
+  assign \a__payload$420.last  = \a__payload$420 [81];
   assign \w__payload[0]  = w__payload[7:0];
   assign \w__payload[1]  = w__payload[15:8];
   assign \w__payload[2]  = w__payload[23:16];
@@ -36511,30 +36455,30 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   assign \w__payload[5]  = w__payload[47:40];
   assign \w__payload[6]  = w__payload[55:48];
   assign \w__payload[7]  = w__payload[63:56];
-  assign \o__payload$419[0]  = \w_data$418 [31:0];
-  assign \o__payload$419[1]  = \w_data$418 [63:32];
-  assign \o__payload$419[2]  = \w_data$418 [95:64];
-  assign \o__payload$419[3]  = \w_data$418 [127:96];
-  assign \o__payload$419[4]  = \w_data$418 [159:128];
-  assign \o__payload$419[5]  = \w_data$418 [191:160];
-  assign \o__payload$419[6]  = \w_data$418 [223:192];
-  assign \o__payload$419[7]  = \w_data$418 [255:224];
-  assign \req__payload$444.addr  = \req__payload$444 [31:0];
-  assign \req__payload$444.lb  = \req__payload$444 [34:32];
-  assign \i__payload$458.data  = \i__payload$458 [15:0];
-  assign \i__payload$458.last  = \i__payload$458 [16];
-  assign \i__payload$458 [16] = \r_data$217 [16];
-  assign \i__payload$458 [15:0] = \r_data$217 [15:0];
-  assign \req__payload$444 [34:32] = \$373 ;
-  assign \req__payload$444 [31:0] = \$363 ;
+  assign \o__payload$433[0]  = \w_data$432 [31:0];
+  assign \o__payload$433[1]  = \w_data$432 [63:32];
+  assign \o__payload$433[2]  = \w_data$432 [95:64];
+  assign \o__payload$433[3]  = \w_data$432 [127:96];
+  assign \o__payload$433[4]  = \w_data$432 [159:128];
+  assign \o__payload$433[5]  = \w_data$432 [191:160];
+  assign \o__payload$433[6]  = \w_data$432 [223:192];
+  assign \o__payload$433[7]  = \w_data$432 [255:224];
+  assign \req__payload$458.addr  = \req__payload$458 [31:0];
+  assign \req__payload$458.lb  = \req__payload$458 [34:32];
+  assign \i__payload$473.data  = \i__payload$473 [15:0];
+  assign \i__payload$473.last  = \i__payload$473 [16];
+  assign \i__payload$473 [16] = \r_data$233 [16];
+  assign \i__payload$473 [15:0] = \r_data$233 [15:0];
+  assign \req__payload$458 [34:32] = \$378 ;
+  assign \req__payload$458 [31:0] = \$368 ;
   assign i__payload[31:24] = r_data[55:48];
   assign i__payload[23:16] = r_data[39:32];
   assign i__payload[15:8] = r_data[23:16];
   assign i__payload[7:0] = r_data[7:0];
-  assign \b__payload$179 [63:48] = r_data[127:112];
-  assign \b__payload$179 [47:32] = r_data[111:96];
-  assign \b__payload$179 [31:16] = r_data[95:80];
-  assign \b__payload$179 [15:0] = r_data[79:64];
+  assign \b__payload$195 [63:48] = r_data[127:112];
+  assign \b__payload$195 [47:32] = r_data[111:96];
+  assign \b__payload$195 [31:16] = r_data[95:80];
+  assign \b__payload$195 [15:0] = r_data[79:64];
   assign a__payload[63:48] = r_data[63:48];
   assign a__payload[47:32] = r_data[47:32];
   assign a__payload[31:16] = r_data[31:16];
@@ -36569,49 +36513,49 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   assign { \$102 [3], \$102 [1:0] } = 3'h0;
   assign \$102 [2] = ins[10];
   assign \$103  = ins[10];
-  assign \$139 [3:1] = 3'h0;
-  assign \$139 [0] = ins[8];
-  assign \$140  = ins[8];
-  assign \$142 [3:1] = 3'h0;
-  assign \$142 [0] = ins[8];
-  assign \$143  = ins[8];
-  assign \$145 [3:1] = 3'h0;
-  assign \$145 [0] = ins[8];
-  assign \$146  = ins[8];
-  assign \$148 [3:1] = 3'h0;
-  assign \$148 [0] = ins[8];
-  assign \$149  = ins[8];
-  assign \$151 [3:1] = 3'h0;
-  assign \$151 [0] = ins[8];
-  assign \$152  = ins[8];
-  assign \$154 [3:1] = 3'h0;
-  assign \$154 [0] = ins[8];
-  assign \$155  = ins[8];
-  assign \$157 [3:1] = 3'h0;
-  assign \$157 [0] = ins[8];
-  assign \$158  = ins[8];
-  assign \$352  = 1'h0;
-  assign \$359  = 1'h0;
-  assign \$360  = \$358 ;
-  assign \$369  = 1'h0;
-  assign \$370  = \$368 ;
-  assign \$374  = in_fetch;
-  assign \$378  = unit_rst;
-  assign \$480  = { 19'h00000, \$479 [32:19] };
-  assign \$481  = { 3'h0, dec_n2p[16:3] };
-  assign \$486  = { 1'h0, dec_nt, 6'h00 };
-  assign \$488 [5:0] = 6'h00;
-  assign \$488 [31:6] = { 8'h00, \$487 [23:6] };
-  assign \$492  = { 1'h0, dec_mt_last };
-  assign \$493  = { dec_mt_last, 3'h0 };
-  assign \$496 [2:0] = 3'h0;
-  assign \$496 [3] = ins[11];
-  assign \$497  = ins[11];
+  assign \$143 [3:1] = 3'h0;
+  assign \$143 [0] = ins[8];
+  assign \$144  = ins[8];
+  assign \$146 [3:1] = 3'h0;
+  assign \$146 [0] = ins[8];
+  assign \$147  = ins[8];
+  assign \$149 [3:1] = 3'h0;
+  assign \$149 [0] = ins[8];
+  assign \$150  = ins[8];
+  assign \$152 [3:1] = 3'h0;
+  assign \$152 [0] = ins[8];
+  assign \$153  = ins[8];
+  assign \$155 [3:1] = 3'h0;
+  assign \$155 [0] = ins[8];
+  assign \$156  = ins[8];
+  assign \$158 [3:1] = 3'h0;
+  assign \$158 [0] = ins[8];
+  assign \$159  = ins[8];
+  assign \$161 [3:1] = 3'h0;
+  assign \$161 [0] = ins[8];
+  assign \$162  = ins[8];
+  assign \$357  = 1'h0;
+  assign \$364  = 1'h0;
+  assign \$365  = \$363 ;
+  assign \$374  = 1'h0;
+  assign \$375  = \$373 ;
+  assign \$379  = in_fetch;
+  assign \$383  = unit_rst;
+  assign \$487  = { 19'h00000, \$486 [32:19] };
+  assign \$488  = { 3'h0, dec_n2p[16:3] };
+  assign \$493  = { 1'h0, dec_nt, 6'h00 };
+  assign \$495 [5:0] = 6'h00;
+  assign \$495 [31:6] = { 8'h00, \$494 [23:6] };
+  assign \$499  = { 1'h0, dec_mt_last };
+  assign \$500  = { dec_mt_last, 3'h0 };
+  assign \$503 [2:0] = 3'h0;
+  assign \$503 [3] = ins[11];
+  assign \$504  = ins[11];
   assign \$56  = \$55 ;
 endmodule
 
 (* generator = "Amaranth" *)
-module \accelerator.core.add (rst, o__ready, a__ready, b__ready, o__payload, a__payload, b__payload, a__valid, b__valid, unit_rst, c__payload, c__valid, c__ready, o__valid, clk);
+module \accelerator.core.add (o__ready, a__ready, b__ready, o__payload, a__payload, b__payload, a__valid, b__valid, add_d_rst, c__payload, c__valid, c__ready, o__valid, add_d_clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$56  = 0;
   wire \$1 ;
   wire [33:0] \$10 ;
@@ -38351,6 +38295,10 @@ module \accelerator.core.add (rst, o__ready, a__ready, b__ready, o__payload, a__
   wire a__ready;
   input a__valid;
   wire a__valid;
+  input add_d_clk;
+  wire add_d_clk;
+  input add_d_rst;
+  wire add_d_rst;
   input [63:0] b__payload;
   wire [63:0] b__payload;
   wire [15:0] \b__payload[0] ;
@@ -38371,8 +38319,6 @@ module \accelerator.core.add (rst, o__ready, a__ready, b__ready, o__payload, a__
   reg c__ready = 1'h1;
   input c__valid;
   wire c__valid;
-  input clk;
-  wire clk;
   reg [1:0] const_settle = 2'h0;
   wire const_settled;
   wire go;
@@ -39371,10 +39317,6 @@ module \accelerator.core.add (rst, o__ready, a__ready, b__ready, o__payload, a__
   wire [63:0] r_data;
   wire r_en;
   wire r_rdy;
-  input rst;
-  wire rst;
-  input unit_rst;
-  wire unit_rst;
   reg valid_s1 = 1'h0;
   reg valid_s10 = 1'h0;
   reg valid_s11 = 1'h0;
@@ -40741,411 +40683,411 @@ module \accelerator.core.add (rst, o__ready, a__ready, b__ready, o__payload, a__
   assign go = \$1520  & const_settled;
   assign a__ready = go & b__valid;
   assign b__ready = go & a__valid;
-  always @(posedge clk)
+  always @(posedge add_d_clk)
     l0_const <= \$1521 ;
-  always @(posedge clk)
+  always @(posedge add_d_clk)
     l1_const <= l0_const;
-  always @(posedge clk)
+  always @(posedge add_d_clk)
     l2_const <= l1_const;
-  always @(posedge clk)
+  always @(posedge add_d_clk)
     l3_const <= l2_const;
-  always @(posedge clk)
+  always @(posedge add_d_clk)
     const_settle <= \$1522 ;
-  always @(posedge clk)
+  always @(posedge add_d_clk)
     l0a_s1_p_t0 <= \$1523 ;
-  always @(posedge clk)
+  always @(posedge add_d_clk)
     l0a_s1_p_t1 <= \$1524 ;
-  always @(posedge clk)
+  always @(posedge add_d_clk)
     l0a_s1_p_t2 <= \$1525 ;
-  always @(posedge clk)
+  always @(posedge add_d_clk)
     l0a_s1_p_t3 <= \$1526 ;
-  always @(posedge clk)
+  always @(posedge add_d_clk)
     l0a_s1_p_t4 <= \$1527 ;
-  always @(posedge clk)
+  always @(posedge add_d_clk)
     l0a_s1_p_t5 <= \$1528 ;
-  always @(posedge clk)
+  always @(posedge add_d_clk)
     l0a_s1_p_t6 <= \$1529 ;
-  always @(posedge clk)
+  always @(posedge add_d_clk)
     l0a_s1_p_t7 <= \$1530 ;
-  always @(posedge clk)
+  always @(posedge add_d_clk)
     l0a_s2_p_t0 <= \$1531 ;
-  always @(posedge clk)
+  always @(posedge add_d_clk)
     l0a_s2_p_t1 <= \$1532 ;
-  always @(posedge clk)
+  always @(posedge add_d_clk)
     l0a_s2_p_t2 <= \$1533 ;
-  always @(posedge clk)
+  always @(posedge add_d_clk)
     l0a_s2_p_t3 <= \$1534 ;
-  always @(posedge clk)
+  always @(posedge add_d_clk)
     l0a_s3_p_t0 <= \$1535 ;
-  always @(posedge clk)
+  always @(posedge add_d_clk)
     l0a_s3_p_t1 <= \$1536 ;
-  always @(posedge clk)
+  always @(posedge add_d_clk)
     l0a_s4_p <= \$1537 ;
-  always @(posedge clk)
+  always @(posedge add_d_clk)
     l0a_s5_r_t <= \$1538 ;
-  always @(posedge clk)
+  always @(posedge add_d_clk)
     l0a_s6_r_t <= \$1539 ;
-  always @(posedge clk)
+  always @(posedge add_d_clk)
     l0a_s7_r <= \$1540 ;
-  always @(posedge clk)
+  always @(posedge add_d_clk)
     l0a_s8_c_ok <= \$1541 ;
-  always @(posedge clk)
+  always @(posedge add_d_clk)
     l0a_s8_c_neg <= \$1542 ;
-  always @(posedge clk)
+  always @(posedge add_d_clk)
     l0a_s8_c_low <= \$1543 ;
-  always @(posedge clk)
+  always @(posedge add_d_clk)
     l0a_s9_c <= \$1544 ;
-  always @(posedge clk)
+  always @(posedge add_d_clk)
     l0b_s1_p_t0 <= \$1545 ;
-  always @(posedge clk)
+  always @(posedge add_d_clk)
     l0b_s1_p_t1 <= \$1546 ;
-  always @(posedge clk)
+  always @(posedge add_d_clk)
     l0b_s1_p_t2 <= \$1547 ;
-  always @(posedge clk)
+  always @(posedge add_d_clk)
     l0b_s1_p_t3 <= \$1548 ;
-  always @(posedge clk)
+  always @(posedge add_d_clk)
     l0b_s1_p_t4 <= \$1549 ;
-  always @(posedge clk)
+  always @(posedge add_d_clk)
     l0b_s1_p_t5 <= \$1550 ;
-  always @(posedge clk)
+  always @(posedge add_d_clk)
     l0b_s1_p_t6 <= \$1551 ;
-  always @(posedge clk)
+  always @(posedge add_d_clk)
     l0b_s1_p_t7 <= \$1552 ;
-  always @(posedge clk)
+  always @(posedge add_d_clk)
     l0b_s2_p_t0 <= \$1553 ;
-  always @(posedge clk)
+  always @(posedge add_d_clk)
     l0b_s2_p_t1 <= \$1554 ;
-  always @(posedge clk)
+  always @(posedge add_d_clk)
     l0b_s2_p_t2 <= \$1555 ;
-  always @(posedge clk)
+  always @(posedge add_d_clk)
     l0b_s2_p_t3 <= \$1556 ;
-  always @(posedge clk)
+  always @(posedge add_d_clk)
     l0b_s3_p_t0 <= \$1557 ;
-  always @(posedge clk)
+  always @(posedge add_d_clk)
     l0b_s3_p_t1 <= \$1558 ;
-  always @(posedge clk)
+  always @(posedge add_d_clk)
     l0b_s4_p <= \$1559 ;
-  always @(posedge clk)
+  always @(posedge add_d_clk)
     l0b_s5_r_t <= \$1560 ;
-  always @(posedge clk)
+  always @(posedge add_d_clk)
     l0b_s6_r_t <= \$1561 ;
-  always @(posedge clk)
+  always @(posedge add_d_clk)
     l0b_s7_r <= \$1562 ;
-  always @(posedge clk)
+  always @(posedge add_d_clk)
     l0b_s8_c_ok <= \$1563 ;
-  always @(posedge clk)
+  always @(posedge add_d_clk)
     l0b_s8_c_neg <= \$1564 ;
-  always @(posedge clk)
+  always @(posedge add_d_clk)
     l0b_s8_c_low <= \$1565 ;
-  always @(posedge clk)
+  always @(posedge add_d_clk)
     l0b_s9_c <= \$1566 ;
-  always @(posedge clk)
+  always @(posedge add_d_clk)
     l0s_s1_sum <= \$1567 ;
-  always @(posedge clk)
+  always @(posedge add_d_clk)
     l0s_s2_o <= \$1568 ;
-  always @(posedge clk)
+  always @(posedge add_d_clk)
     l1a_s1_p_t0 <= \$1569 ;
-  always @(posedge clk)
+  always @(posedge add_d_clk)
     l1a_s1_p_t1 <= \$1570 ;
-  always @(posedge clk)
+  always @(posedge add_d_clk)
     l1a_s1_p_t2 <= \$1571 ;
-  always @(posedge clk)
+  always @(posedge add_d_clk)
     l1a_s1_p_t3 <= \$1572 ;
-  always @(posedge clk)
+  always @(posedge add_d_clk)
     l1a_s1_p_t4 <= \$1573 ;
-  always @(posedge clk)
+  always @(posedge add_d_clk)
     l1a_s1_p_t5 <= \$1574 ;
-  always @(posedge clk)
+  always @(posedge add_d_clk)
     l1a_s1_p_t6 <= \$1575 ;
-  always @(posedge clk)
+  always @(posedge add_d_clk)
     l1a_s1_p_t7 <= \$1576 ;
-  always @(posedge clk)
+  always @(posedge add_d_clk)
     l1a_s2_p_t0 <= \$1577 ;
-  always @(posedge clk)
+  always @(posedge add_d_clk)
     l1a_s2_p_t1 <= \$1578 ;
-  always @(posedge clk)
+  always @(posedge add_d_clk)
     l1a_s2_p_t2 <= \$1579 ;
-  always @(posedge clk)
+  always @(posedge add_d_clk)
     l1a_s2_p_t3 <= \$1580 ;
-  always @(posedge clk)
+  always @(posedge add_d_clk)
     l1a_s3_p_t0 <= \$1581 ;
-  always @(posedge clk)
+  always @(posedge add_d_clk)
     l1a_s3_p_t1 <= \$1582 ;
-  always @(posedge clk)
+  always @(posedge add_d_clk)
     l1a_s4_p <= \$1583 ;
-  always @(posedge clk)
+  always @(posedge add_d_clk)
     l1a_s5_r_t <= \$1584 ;
-  always @(posedge clk)
+  always @(posedge add_d_clk)
     l1a_s6_r_t <= \$1585 ;
-  always @(posedge clk)
+  always @(posedge add_d_clk)
     l1a_s7_r <= \$1586 ;
-  always @(posedge clk)
+  always @(posedge add_d_clk)
     l1a_s8_c_ok <= \$1587 ;
-  always @(posedge clk)
+  always @(posedge add_d_clk)
     l1a_s8_c_neg <= \$1588 ;
-  always @(posedge clk)
+  always @(posedge add_d_clk)
     l1a_s8_c_low <= \$1589 ;
-  always @(posedge clk)
+  always @(posedge add_d_clk)
     l1a_s9_c <= \$1590 ;
-  always @(posedge clk)
+  always @(posedge add_d_clk)
     l1b_s1_p_t0 <= \$1591 ;
-  always @(posedge clk)
+  always @(posedge add_d_clk)
     l1b_s1_p_t1 <= \$1592 ;
-  always @(posedge clk)
+  always @(posedge add_d_clk)
     l1b_s1_p_t2 <= \$1593 ;
-  always @(posedge clk)
+  always @(posedge add_d_clk)
     l1b_s1_p_t3 <= \$1594 ;
-  always @(posedge clk)
+  always @(posedge add_d_clk)
     l1b_s1_p_t4 <= \$1595 ;
-  always @(posedge clk)
+  always @(posedge add_d_clk)
     l1b_s1_p_t5 <= \$1596 ;
-  always @(posedge clk)
+  always @(posedge add_d_clk)
     l1b_s1_p_t6 <= \$1597 ;
-  always @(posedge clk)
+  always @(posedge add_d_clk)
     l1b_s1_p_t7 <= \$1598 ;
-  always @(posedge clk)
+  always @(posedge add_d_clk)
     l1b_s2_p_t0 <= \$1599 ;
-  always @(posedge clk)
+  always @(posedge add_d_clk)
     l1b_s2_p_t1 <= \$1600 ;
-  always @(posedge clk)
+  always @(posedge add_d_clk)
     l1b_s2_p_t2 <= \$1601 ;
-  always @(posedge clk)
+  always @(posedge add_d_clk)
     l1b_s2_p_t3 <= \$1602 ;
-  always @(posedge clk)
+  always @(posedge add_d_clk)
     l1b_s3_p_t0 <= \$1603 ;
-  always @(posedge clk)
+  always @(posedge add_d_clk)
     l1b_s3_p_t1 <= \$1604 ;
-  always @(posedge clk)
+  always @(posedge add_d_clk)
     l1b_s4_p <= \$1605 ;
-  always @(posedge clk)
+  always @(posedge add_d_clk)
     l1b_s5_r_t <= \$1606 ;
-  always @(posedge clk)
+  always @(posedge add_d_clk)
     l1b_s6_r_t <= \$1607 ;
-  always @(posedge clk)
+  always @(posedge add_d_clk)
     l1b_s7_r <= \$1608 ;
-  always @(posedge clk)
+  always @(posedge add_d_clk)
     l1b_s8_c_ok <= \$1609 ;
-  always @(posedge clk)
+  always @(posedge add_d_clk)
     l1b_s8_c_neg <= \$1610 ;
-  always @(posedge clk)
+  always @(posedge add_d_clk)
     l1b_s8_c_low <= \$1611 ;
-  always @(posedge clk)
+  always @(posedge add_d_clk)
     l1b_s9_c <= \$1612 ;
-  always @(posedge clk)
+  always @(posedge add_d_clk)
     l1s_s1_sum <= \$1613 ;
-  always @(posedge clk)
+  always @(posedge add_d_clk)
     l1s_s2_o <= \$1614 ;
-  always @(posedge clk)
+  always @(posedge add_d_clk)
     l2a_s1_p_t0 <= \$1615 ;
-  always @(posedge clk)
+  always @(posedge add_d_clk)
     l2a_s1_p_t1 <= \$1616 ;
-  always @(posedge clk)
+  always @(posedge add_d_clk)
     l2a_s1_p_t2 <= \$1617 ;
-  always @(posedge clk)
+  always @(posedge add_d_clk)
     l2a_s1_p_t3 <= \$1618 ;
-  always @(posedge clk)
+  always @(posedge add_d_clk)
     l2a_s1_p_t4 <= \$1619 ;
-  always @(posedge clk)
+  always @(posedge add_d_clk)
     l2a_s1_p_t5 <= \$1620 ;
-  always @(posedge clk)
+  always @(posedge add_d_clk)
     l2a_s1_p_t6 <= \$1621 ;
-  always @(posedge clk)
+  always @(posedge add_d_clk)
     l2a_s1_p_t7 <= \$1622 ;
-  always @(posedge clk)
+  always @(posedge add_d_clk)
     l2a_s2_p_t0 <= \$1623 ;
-  always @(posedge clk)
+  always @(posedge add_d_clk)
     l2a_s2_p_t1 <= \$1624 ;
-  always @(posedge clk)
+  always @(posedge add_d_clk)
     l2a_s2_p_t2 <= \$1625 ;
-  always @(posedge clk)
+  always @(posedge add_d_clk)
     l2a_s2_p_t3 <= \$1626 ;
-  always @(posedge clk)
+  always @(posedge add_d_clk)
     l2a_s3_p_t0 <= \$1627 ;
-  always @(posedge clk)
+  always @(posedge add_d_clk)
     l2a_s3_p_t1 <= \$1628 ;
-  always @(posedge clk)
+  always @(posedge add_d_clk)
     l2a_s4_p <= \$1629 ;
-  always @(posedge clk)
+  always @(posedge add_d_clk)
     l2a_s5_r_t <= \$1630 ;
-  always @(posedge clk)
+  always @(posedge add_d_clk)
     l2a_s6_r_t <= \$1631 ;
-  always @(posedge clk)
+  always @(posedge add_d_clk)
     l2a_s7_r <= \$1632 ;
-  always @(posedge clk)
+  always @(posedge add_d_clk)
     l2a_s8_c_ok <= \$1633 ;
-  always @(posedge clk)
+  always @(posedge add_d_clk)
     l2a_s8_c_neg <= \$1634 ;
-  always @(posedge clk)
+  always @(posedge add_d_clk)
     l2a_s8_c_low <= \$1635 ;
-  always @(posedge clk)
+  always @(posedge add_d_clk)
     l2a_s9_c <= \$1636 ;
-  always @(posedge clk)
+  always @(posedge add_d_clk)
     l2b_s1_p_t0 <= \$1637 ;
-  always @(posedge clk)
+  always @(posedge add_d_clk)
     l2b_s1_p_t1 <= \$1638 ;
-  always @(posedge clk)
+  always @(posedge add_d_clk)
     l2b_s1_p_t2 <= \$1639 ;
-  always @(posedge clk)
+  always @(posedge add_d_clk)
     l2b_s1_p_t3 <= \$1640 ;
-  always @(posedge clk)
+  always @(posedge add_d_clk)
     l2b_s1_p_t4 <= \$1641 ;
-  always @(posedge clk)
+  always @(posedge add_d_clk)
     l2b_s1_p_t5 <= \$1642 ;
-  always @(posedge clk)
+  always @(posedge add_d_clk)
     l2b_s1_p_t6 <= \$1643 ;
-  always @(posedge clk)
+  always @(posedge add_d_clk)
     l2b_s1_p_t7 <= \$1644 ;
-  always @(posedge clk)
+  always @(posedge add_d_clk)
     l2b_s2_p_t0 <= \$1645 ;
-  always @(posedge clk)
+  always @(posedge add_d_clk)
     l2b_s2_p_t1 <= \$1646 ;
-  always @(posedge clk)
+  always @(posedge add_d_clk)
     l2b_s2_p_t2 <= \$1647 ;
-  always @(posedge clk)
+  always @(posedge add_d_clk)
     l2b_s2_p_t3 <= \$1648 ;
-  always @(posedge clk)
+  always @(posedge add_d_clk)
     l2b_s3_p_t0 <= \$1649 ;
-  always @(posedge clk)
+  always @(posedge add_d_clk)
     l2b_s3_p_t1 <= \$1650 ;
-  always @(posedge clk)
+  always @(posedge add_d_clk)
     l2b_s4_p <= \$1651 ;
-  always @(posedge clk)
+  always @(posedge add_d_clk)
     l2b_s5_r_t <= \$1652 ;
-  always @(posedge clk)
+  always @(posedge add_d_clk)
     l2b_s6_r_t <= \$1653 ;
-  always @(posedge clk)
+  always @(posedge add_d_clk)
     l2b_s7_r <= \$1654 ;
-  always @(posedge clk)
+  always @(posedge add_d_clk)
     l2b_s8_c_ok <= \$1655 ;
-  always @(posedge clk)
+  always @(posedge add_d_clk)
     l2b_s8_c_neg <= \$1656 ;
-  always @(posedge clk)
+  always @(posedge add_d_clk)
     l2b_s8_c_low <= \$1657 ;
-  always @(posedge clk)
+  always @(posedge add_d_clk)
     l2b_s9_c <= \$1658 ;
-  always @(posedge clk)
+  always @(posedge add_d_clk)
     l2s_s1_sum <= \$1659 ;
-  always @(posedge clk)
+  always @(posedge add_d_clk)
     l2s_s2_o <= \$1660 ;
-  always @(posedge clk)
+  always @(posedge add_d_clk)
     l3a_s1_p_t0 <= \$1661 ;
-  always @(posedge clk)
+  always @(posedge add_d_clk)
     l3a_s1_p_t1 <= \$1662 ;
-  always @(posedge clk)
+  always @(posedge add_d_clk)
     l3a_s1_p_t2 <= \$1663 ;
-  always @(posedge clk)
+  always @(posedge add_d_clk)
     l3a_s1_p_t3 <= \$1664 ;
-  always @(posedge clk)
+  always @(posedge add_d_clk)
     l3a_s1_p_t4 <= \$1665 ;
-  always @(posedge clk)
+  always @(posedge add_d_clk)
     l3a_s1_p_t5 <= \$1666 ;
-  always @(posedge clk)
+  always @(posedge add_d_clk)
     l3a_s1_p_t6 <= \$1667 ;
-  always @(posedge clk)
+  always @(posedge add_d_clk)
     l3a_s1_p_t7 <= \$1668 ;
-  always @(posedge clk)
+  always @(posedge add_d_clk)
     l3a_s2_p_t0 <= \$1669 ;
-  always @(posedge clk)
+  always @(posedge add_d_clk)
     l3a_s2_p_t1 <= \$1670 ;
-  always @(posedge clk)
+  always @(posedge add_d_clk)
     l3a_s2_p_t2 <= \$1671 ;
-  always @(posedge clk)
+  always @(posedge add_d_clk)
     l3a_s2_p_t3 <= \$1672 ;
-  always @(posedge clk)
+  always @(posedge add_d_clk)
     l3a_s3_p_t0 <= \$1673 ;
-  always @(posedge clk)
+  always @(posedge add_d_clk)
     l3a_s3_p_t1 <= \$1674 ;
-  always @(posedge clk)
+  always @(posedge add_d_clk)
     l3a_s4_p <= \$1675 ;
-  always @(posedge clk)
+  always @(posedge add_d_clk)
     l3a_s5_r_t <= \$1676 ;
-  always @(posedge clk)
+  always @(posedge add_d_clk)
     l3a_s6_r_t <= \$1677 ;
-  always @(posedge clk)
+  always @(posedge add_d_clk)
     l3a_s7_r <= \$1678 ;
-  always @(posedge clk)
+  always @(posedge add_d_clk)
     l3a_s8_c_ok <= \$1679 ;
-  always @(posedge clk)
+  always @(posedge add_d_clk)
     l3a_s8_c_neg <= \$1680 ;
-  always @(posedge clk)
+  always @(posedge add_d_clk)
     l3a_s8_c_low <= \$1681 ;
-  always @(posedge clk)
+  always @(posedge add_d_clk)
     l3a_s9_c <= \$1682 ;
-  always @(posedge clk)
+  always @(posedge add_d_clk)
     l3b_s1_p_t0 <= \$1683 ;
-  always @(posedge clk)
+  always @(posedge add_d_clk)
     l3b_s1_p_t1 <= \$1684 ;
-  always @(posedge clk)
+  always @(posedge add_d_clk)
     l3b_s1_p_t2 <= \$1685 ;
-  always @(posedge clk)
+  always @(posedge add_d_clk)
     l3b_s1_p_t3 <= \$1686 ;
-  always @(posedge clk)
+  always @(posedge add_d_clk)
     l3b_s1_p_t4 <= \$1687 ;
-  always @(posedge clk)
+  always @(posedge add_d_clk)
     l3b_s1_p_t5 <= \$1688 ;
-  always @(posedge clk)
+  always @(posedge add_d_clk)
     l3b_s1_p_t6 <= \$1689 ;
-  always @(posedge clk)
+  always @(posedge add_d_clk)
     l3b_s1_p_t7 <= \$1690 ;
-  always @(posedge clk)
+  always @(posedge add_d_clk)
     l3b_s2_p_t0 <= \$1691 ;
-  always @(posedge clk)
+  always @(posedge add_d_clk)
     l3b_s2_p_t1 <= \$1692 ;
-  always @(posedge clk)
+  always @(posedge add_d_clk)
     l3b_s2_p_t2 <= \$1693 ;
-  always @(posedge clk)
+  always @(posedge add_d_clk)
     l3b_s2_p_t3 <= \$1694 ;
-  always @(posedge clk)
+  always @(posedge add_d_clk)
     l3b_s3_p_t0 <= \$1695 ;
-  always @(posedge clk)
+  always @(posedge add_d_clk)
     l3b_s3_p_t1 <= \$1696 ;
-  always @(posedge clk)
+  always @(posedge add_d_clk)
     l3b_s4_p <= \$1697 ;
-  always @(posedge clk)
+  always @(posedge add_d_clk)
     l3b_s5_r_t <= \$1698 ;
-  always @(posedge clk)
+  always @(posedge add_d_clk)
     l3b_s6_r_t <= \$1699 ;
-  always @(posedge clk)
+  always @(posedge add_d_clk)
     l3b_s7_r <= \$1700 ;
-  always @(posedge clk)
+  always @(posedge add_d_clk)
     l3b_s8_c_ok <= \$1701 ;
-  always @(posedge clk)
+  always @(posedge add_d_clk)
     l3b_s8_c_neg <= \$1702 ;
-  always @(posedge clk)
+  always @(posedge add_d_clk)
     l3b_s8_c_low <= \$1703 ;
-  always @(posedge clk)
+  always @(posedge add_d_clk)
     l3b_s9_c <= \$1704 ;
-  always @(posedge clk)
+  always @(posedge add_d_clk)
     l3s_s1_sum <= \$1705 ;
-  always @(posedge clk)
+  always @(posedge add_d_clk)
     l3s_s2_o <= \$1706 ;
-  always @(posedge clk)
+  always @(posedge add_d_clk)
     valid_s1 <= \$1707 ;
-  always @(posedge clk)
+  always @(posedge add_d_clk)
     valid_s2 <= \$1708 ;
-  always @(posedge clk)
+  always @(posedge add_d_clk)
     valid_s3 <= \$1709 ;
-  always @(posedge clk)
+  always @(posedge add_d_clk)
     valid_s4 <= \$1710 ;
-  always @(posedge clk)
+  always @(posedge add_d_clk)
     valid_s5 <= \$1711 ;
-  always @(posedge clk)
+  always @(posedge add_d_clk)
     valid_s6 <= \$1712 ;
-  always @(posedge clk)
+  always @(posedge add_d_clk)
     valid_s7 <= \$1713 ;
-  always @(posedge clk)
+  always @(posedge add_d_clk)
     valid_s8 <= \$1714 ;
-  always @(posedge clk)
+  always @(posedge add_d_clk)
     valid_s9 <= \$1715 ;
-  always @(posedge clk)
+  always @(posedge add_d_clk)
     valid_s10 <= \$1716 ;
-  always @(posedge clk)
+  always @(posedge add_d_clk)
     valid_s11 <= \$1717 ;
-  always @(posedge clk)
+  always @(posedge add_d_clk)
     out_queue_count <= \$1718 ;
-  always @(posedge clk)
+  always @(posedge add_d_clk)
     out_queue_room <= \$1719 ;
-  always @(posedge clk)
+  always @(posedge add_d_clk)
     c__ready <= \$1720 ;
   assign \$auto$rtlil.cc:2739:Not$18  = ~ { \$284 [31:25], \$284 [23:20], \$284 [18:17] };
   assign \$auto$rtlil.cc:2739:Not$20  = ~ { \$454 [31:25], \$454 [23:20], \$454 [18:17] };
@@ -41156,16 +41098,15 @@ module \accelerator.core.add (rst, o__ready, a__ready, b__ready, o__payload, a__
   assign \$auto$rtlil.cc:2739:Not$30  = ~ { \$1304 [31:25], \$1304 [23:20], \$1304 [18:17] };
   assign \$auto$rtlil.cc:2739:Not$32  = ~ { \$1474 [31:25], \$1474 [23:20], \$1474 [18:17] };
   \accelerator.core.add.out_queue  out_queue (
-    .clk(clk),
-    .\port$11573$0 (l0s_s2_o),
-    .\port$11665$0 (l1s_s2_o),
-    .\port$11757$0 (l2s_s2_o),
-    .\port$11849$0 (l3s_s2_o),
+    .add_d_clk(add_d_clk),
+    .add_d_rst(add_d_rst),
+    .\port$11579$0 (l0s_s2_o),
+    .\port$11671$0 (l1s_s2_o),
+    .\port$11763$0 (l2s_s2_o),
+    .\port$11855$0 (l3s_s2_o),
     .r_data(o__payload),
     .r_en(o__ready),
     .r_rdy(o__valid),
-    .rst(rst),
-    .unit_rst(unit_rst),
     .w_en(valid_s11)
   );
   always @* begin
@@ -41183,150 +41124,105 @@ module \accelerator.core.add (rst, o__ready, a__ready, b__ready, o__payload, a__
     end else if (\$3 ) begin
       \$1522  = \$4 [1:0];
     end
-    if (unit_rst) begin
-      \$1522  = 2'h0;
-    end
-    if (rst) begin
+    if (add_d_rst) begin
       \$1522  = 2'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$56 ) begin end
     \$1707  = \$118 ;
-    if (unit_rst) begin
-      \$1707  = 1'h0;
-    end
-    if (rst) begin
+    if (add_d_rst) begin
       \$1707  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$56 ) begin end
     \$1708  = valid_s1;
-    if (unit_rst) begin
-      \$1708  = 1'h0;
-    end
-    if (rst) begin
+    if (add_d_rst) begin
       \$1708  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$56 ) begin end
     \$1709  = valid_s2;
-    if (unit_rst) begin
-      \$1709  = 1'h0;
-    end
-    if (rst) begin
+    if (add_d_rst) begin
       \$1709  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$56 ) begin end
     \$1710  = valid_s3;
-    if (unit_rst) begin
-      \$1710  = 1'h0;
-    end
-    if (rst) begin
+    if (add_d_rst) begin
       \$1710  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$56 ) begin end
     \$1711  = valid_s4;
-    if (unit_rst) begin
-      \$1711  = 1'h0;
-    end
-    if (rst) begin
+    if (add_d_rst) begin
       \$1711  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$56 ) begin end
     \$1712  = valid_s5;
-    if (unit_rst) begin
-      \$1712  = 1'h0;
-    end
-    if (rst) begin
+    if (add_d_rst) begin
       \$1712  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$56 ) begin end
     \$1713  = valid_s6;
-    if (unit_rst) begin
-      \$1713  = 1'h0;
-    end
-    if (rst) begin
+    if (add_d_rst) begin
       \$1713  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$56 ) begin end
     \$1714  = valid_s7;
-    if (unit_rst) begin
-      \$1714  = 1'h0;
-    end
-    if (rst) begin
+    if (add_d_rst) begin
       \$1714  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$56 ) begin end
     \$1715  = valid_s8;
-    if (unit_rst) begin
-      \$1715  = 1'h0;
-    end
-    if (rst) begin
+    if (add_d_rst) begin
       \$1715  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$56 ) begin end
     \$1716  = valid_s9;
-    if (unit_rst) begin
-      \$1716  = 1'h0;
-    end
-    if (rst) begin
+    if (add_d_rst) begin
       \$1716  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$56 ) begin end
     \$1717  = valid_s10;
-    if (unit_rst) begin
-      \$1717  = 1'h0;
-    end
-    if (rst) begin
+    if (add_d_rst) begin
       \$1717  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$56 ) begin end
     \$1718  = \$130 ;
-    if (unit_rst) begin
-      \$1718  = 4'h0;
-    end
-    if (rst) begin
+    if (add_d_rst) begin
       \$1718  = 4'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$56 ) begin end
     \$1719  = \$142 ;
-    if (unit_rst) begin
-      \$1719  = 1'h1;
-    end
-    if (rst) begin
+    if (add_d_rst) begin
       \$1719  = 1'h1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$56 ) begin end
     \$1720  = \$154 ;
-    if (unit_rst) begin
-      \$1720  = 1'h1;
-    end
-    if (rst) begin
+    if (add_d_rst) begin
       \$1720  = 1'h1;
     end
   end
@@ -42405,7 +42301,7 @@ module \accelerator.core.add (rst, o__ready, a__ready, b__ready, o__payload, a__
 endmodule
 
 (* generator = "Amaranth" *)
-module \accelerator.core.add.out_queue (rst, r_en, r_data, unit_rst, \port$11573$0 , \port$11665$0 , \port$11757$0 , \port$11849$0 , w_en, r_rdy, clk);
+module \accelerator.core.add.out_queue (r_en, r_data, add_d_rst, \port$11579$0 , \port$11671$0 , \port$11763$0 , \port$11855$0 , w_en, r_rdy, add_d_clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$57  = 0;
   wire \$1 ;
   wire \$10 ;
@@ -42441,21 +42337,23 @@ module \accelerator.core.add.out_queue (rst, r_en, r_data, unit_rst, \port$11573
   wire [4:0] \$7 ;
   wire \$8 ;
   wire \$9 ;
-  input clk;
-  wire clk;
+  input add_d_clk;
+  wire add_d_clk;
+  input add_d_rst;
+  wire add_d_rst;
   (* init = 4'h0 *)
   wire [3:0] consume;
   reg [3:0] inner_level = 4'h0;
   wire inner_r_rdy;
   wire [3:0] level;
-  input [15:0] \port$11573$0 ;
-  wire [15:0] \port$11573$0 ;
-  input [15:0] \port$11665$0 ;
-  wire [15:0] \port$11665$0 ;
-  input [15:0] \port$11757$0 ;
-  wire [15:0] \port$11757$0 ;
-  input [15:0] \port$11849$0 ;
-  wire [15:0] \port$11849$0 ;
+  input [15:0] \port$11579$0 ;
+  wire [15:0] \port$11579$0 ;
+  input [15:0] \port$11671$0 ;
+  wire [15:0] \port$11671$0 ;
+  input [15:0] \port$11763$0 ;
+  wire [15:0] \port$11763$0 ;
+  input [15:0] \port$11855$0 ;
+  wire [15:0] \port$11855$0 ;
   (* init = 4'h0 *)
   wire [3:0] produce;
   output [63:0] r_data;
@@ -42468,10 +42366,6 @@ module \accelerator.core.add.out_queue (rst, r_en, r_data, unit_rst, \port$11573
   wire r_port__en;
   output r_rdy;
   reg r_rdy = 1'h0;
-  input rst;
-  wire rst;
-  input unit_rst;
-  wire unit_rst;
   wire [63:0] w_data;
   input w_en;
   wire w_en;
@@ -42496,12 +42390,12 @@ module \accelerator.core.add.out_queue (rst, r_en, r_data, unit_rst, \port$11573
     storage[11] = 64'h0000000000000000;
     storage[12] = 64'h0000000000000000;
   end
-  always @(posedge clk) begin
+  always @(posedge add_d_clk) begin
     if (w_port__en)
-      storage[w_port__addr] <= { \port$11849$0 , \port$11757$0 , \port$11665$0 , \port$11573$0  };
+      storage[w_port__addr] <= { \port$11855$0 , \port$11763$0 , \port$11671$0 , \port$11579$0  };
   end
   reg [63:0] _0_;
-  always @(posedge clk) begin
+  always @(posedge add_d_clk) begin
     if (r_port__en) begin
       _0_ <= storage[r_port__addr];
     end
@@ -42541,13 +42435,13 @@ module \accelerator.core.add.out_queue (rst, r_en, r_data, unit_rst, \port$11573
   assign \$28  = ~ r_rdy;
   assign \$29  = \$28  | r_en;
   assign \$30  = inner_r_rdy & \$29 ;
-  always @(posedge clk)
+  always @(posedge add_d_clk)
     w_port__addr <= \$31 ;
-  always @(posedge clk)
+  always @(posedge add_d_clk)
     r_port__addr <= \$32 ;
-  always @(posedge clk)
+  always @(posedge add_d_clk)
     inner_level <= \$33 ;
-  always @(posedge clk)
+  always @(posedge add_d_clk)
     r_rdy <= \$34 ;
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$57 ) begin end
@@ -42555,10 +42449,7 @@ module \accelerator.core.add.out_queue (rst, r_en, r_data, unit_rst, \port$11573
     if (\$4 ) begin
       \$31  = \$7 [3:0];
     end
-    if (unit_rst) begin
-      \$31  = 4'h0;
-    end
-    if (rst) begin
+    if (add_d_rst) begin
       \$31  = 4'h0;
     end
   end
@@ -42568,10 +42459,7 @@ module \accelerator.core.add.out_queue (rst, r_en, r_data, unit_rst, \port$11573
     if (\$10 ) begin
       \$32  = \$13 [3:0];
     end
-    if (unit_rst) begin
-      \$32  = 4'h0;
-    end
-    if (rst) begin
+    if (add_d_rst) begin
       \$32  = 4'h0;
     end
   end
@@ -42584,10 +42472,7 @@ module \accelerator.core.add.out_queue (rst, r_en, r_data, unit_rst, \port$11573
     if (\$26 ) begin
       \$33  = \$27 [3:0];
     end
-    if (unit_rst) begin
-      \$33  = 4'h0;
-    end
-    if (rst) begin
+    if (add_d_rst) begin
       \$33  = 4'h0;
     end
   end
@@ -42599,10 +42484,7 @@ module \accelerator.core.add.out_queue (rst, r_en, r_data, unit_rst, \port$11573
     end else if (r_en) begin
       \$34  = 1'h0;
     end
-    if (unit_rst) begin
-      \$34  = 1'h0;
-    end
-    if (rst) begin
+    if (add_d_rst) begin
       \$34  = 1'h0;
     end
   end
@@ -42610,8 +42492,8 @@ module \accelerator.core.add.out_queue (rst, r_en, r_data, unit_rst, \port$11573
   assign level = \$3 [3:0];
   assign r_level = \$3 [3:0];
   assign produce = w_port__addr;
-  assign w_port__data = { \port$11849$0 , \port$11757$0 , \port$11665$0 , \port$11573$0  };
-  assign w_data = { \port$11849$0 , \port$11757$0 , \port$11665$0 , \port$11573$0  };
+  assign w_port__data = { \port$11855$0 , \port$11763$0 , \port$11671$0 , \port$11579$0  };
+  assign w_data = { \port$11855$0 , \port$11763$0 , \port$11671$0 , \port$11579$0  };
   assign consume = r_port__addr;
   assign r_port__data = r_data;
 endmodule
@@ -43001,7 +42883,7 @@ module \accelerator.core.feed.feed_queue (rst, r_data, w_port__data, r_en, unit_
 endmodule
 
 (* generator = "Amaranth" *)
-module \accelerator.core.gelu0 (rst, o__ready, go, o__payload, i__payload, i__valid, unit_rst, c__payload, c__valid, c__ready, o__valid, clk);
+module \accelerator.core.gelu0 (o__ready, go, o__payload, i__payload, i__valid, gelu0_d_rst, c__payload, c__valid, c__ready, o__valid, gelu0_d_clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$60  = 0;
   wire \$1 ;
   wire \$10 ;
@@ -45499,10 +45381,12 @@ module \accelerator.core.gelu0 (rst, o__ready, go, o__payload, i__payload, i__va
   reg c__ready = 1'h1;
   input c__valid;
   wire c__valid;
-  input clk;
-  wire clk;
   reg [1:0] const_settle = 2'h0;
   wire const_settled;
+  input gelu0_d_clk;
+  wire gelu0_d_clk;
+  input gelu0_d_rst;
+  wire gelu0_d_rst;
   output go;
   wire go;
   input [31:0] i__payload;
@@ -45521,9 +45405,9 @@ module \accelerator.core.gelu0 (rst, o__ready, go, o__payload, i__payload, i__va
   wire [14:0] \l0_const.qc ;
   wire [5:0] \l0_const.sh ;
   wire [19:0] l0_p0_l0_0;
-  wire [39:0] \l0_p0_l0_0$700 ;
+  wire [39:0] \l0_p0_l0_0$699 ;
   wire [19:0] l0_p0_l0_1;
-  wire [39:0] \l0_p0_l0_1$701 ;
+  wire [39:0] \l0_p0_l0_1$700 ;
   wire [39:0] l0_p0_l0_10;
   wire [39:0] l0_p0_l0_11;
   wire [39:0] l0_p0_l0_12;
@@ -45535,39 +45419,39 @@ module \accelerator.core.gelu0 (rst, o__ready, go, o__payload, i__payload, i__va
   wire [39:0] l0_p0_l0_18;
   wire [39:0] l0_p0_l0_19;
   wire [19:0] l0_p0_l0_2;
-  wire [39:0] \l0_p0_l0_2$702 ;
+  wire [39:0] \l0_p0_l0_2$701 ;
   wire [19:0] l0_p0_l0_3;
-  wire [39:0] \l0_p0_l0_3$703 ;
+  wire [39:0] \l0_p0_l0_3$702 ;
   wire [19:0] l0_p0_l0_4;
-  wire [39:0] \l0_p0_l0_4$704 ;
+  wire [39:0] \l0_p0_l0_4$703 ;
   wire [19:0] l0_p0_l0_5;
-  wire [39:0] \l0_p0_l0_5$705 ;
+  wire [39:0] \l0_p0_l0_5$704 ;
   wire [19:0] l0_p0_l0_6;
-  wire [39:0] \l0_p0_l0_6$706 ;
+  wire [39:0] \l0_p0_l0_6$705 ;
   wire [19:0] l0_p0_l0_7;
-  wire [39:0] \l0_p0_l0_7$707 ;
+  wire [39:0] \l0_p0_l0_7$706 ;
   wire [19:0] l0_p0_l0_8;
-  wire [39:0] \l0_p0_l0_8$708 ;
+  wire [39:0] \l0_p0_l0_8$707 ;
   wire [19:0] l0_p0_l0_9;
-  wire [39:0] \l0_p0_l0_9$709 ;
+  wire [39:0] \l0_p0_l0_9$708 ;
   wire [19:0] l0_p0_l1_0;
-  wire [39:0] \l0_p0_l1_0$720 ;
+  wire [39:0] \l0_p0_l1_0$719 ;
   wire [19:0] l0_p0_l1_1;
-  wire [39:0] \l0_p0_l1_1$721 ;
+  wire [39:0] \l0_p0_l1_1$720 ;
   wire [39:0] l0_p0_l1_10;
   wire [39:0] l0_p0_l1_11;
   wire [39:0] l0_p0_l1_12;
   wire [39:0] l0_p0_l1_13;
   wire [19:0] l0_p0_l1_2;
-  wire [39:0] \l0_p0_l1_2$722 ;
+  wire [39:0] \l0_p0_l1_2$721 ;
   wire [19:0] l0_p0_l1_3;
-  wire [39:0] \l0_p0_l1_3$723 ;
+  wire [39:0] \l0_p0_l1_3$722 ;
   wire [19:0] l0_p0_l1_4;
-  wire [39:0] \l0_p0_l1_4$724 ;
+  wire [39:0] \l0_p0_l1_4$723 ;
   wire [19:0] l0_p0_l1_5;
-  wire [39:0] \l0_p0_l1_5$725 ;
+  wire [39:0] \l0_p0_l1_5$724 ;
   wire [19:0] l0_p0_l1_6;
-  wire [39:0] \l0_p0_l1_6$726 ;
+  wire [39:0] \l0_p0_l1_6$725 ;
   wire [39:0] l0_p0_l1_7;
   wire [39:0] l0_p0_l1_8;
   wire [39:0] l0_p0_l1_9;
@@ -45589,23 +45473,23 @@ module \accelerator.core.gelu0 (rst, o__ready, go, o__payload, i__payload, i__va
   (* init = 20'h00000 *)
   wire [19:0] l0_p1_l0_0;
   (* init = 40'h0000000000 *)
-  wire [39:0] \l0_p1_l0_0$734 ;
+  wire [39:0] \l0_p1_l0_0$733 ;
   (* init = 20'h00000 *)
   wire [19:0] l0_p1_l0_1;
   (* init = 40'h0000000000 *)
-  wire [39:0] \l0_p1_l0_1$735 ;
+  wire [39:0] \l0_p1_l0_1$734 ;
   (* init = 20'h00000 *)
   wire [19:0] l0_p1_l0_2;
   (* init = 40'h0000000000 *)
-  wire [39:0] \l0_p1_l0_2$736 ;
+  wire [39:0] \l0_p1_l0_2$735 ;
   (* init = 20'h00000 *)
   wire [19:0] l0_p1_l0_3;
   (* init = 40'h0000000000 *)
-  wire [39:0] \l0_p1_l0_3$737 ;
+  wire [39:0] \l0_p1_l0_3$736 ;
   (* init = 20'h00000 *)
   wire [19:0] l0_p1_l0_4;
   (* init = 40'h0000000000 *)
-  wire [39:0] \l0_p1_l0_4$738 ;
+  wire [39:0] \l0_p1_l0_4$737 ;
   (* init = 40'h0000000000 *)
   wire [39:0] l0_p1_l0_5;
   (* init = 40'h0000000000 *)
@@ -45617,15 +45501,15 @@ module \accelerator.core.gelu0 (rst, o__ready, go, o__payload, i__payload, i__va
   (* init = 40'h0000000000 *)
   wire [39:0] l0_p1_l0_9;
   wire [19:0] l0_p1_l1_0;
-  wire [39:0] \l0_p1_l1_0$744 ;
+  wire [39:0] \l0_p1_l1_0$743 ;
   wire [19:0] l0_p1_l1_1;
-  wire [39:0] \l0_p1_l1_1$745 ;
+  wire [39:0] \l0_p1_l1_1$744 ;
   (* init = 20'h00000 *)
   wire [19:0] l0_p1_l1_2;
-  wire [39:0] \l0_p1_l1_2$746 ;
+  wire [39:0] \l0_p1_l1_2$745 ;
   (* init = 20'h00000 *)
   wire [19:0] l0_p1_l1_3;
-  wire [39:0] \l0_p1_l1_3$747 ;
+  wire [39:0] \l0_p1_l1_3$746 ;
   wire [39:0] l0_p1_l1_4;
   wire [39:0] l0_p1_l1_5;
   (* init = 40'h0000000000 *)
@@ -45643,23 +45527,23 @@ module \accelerator.core.gelu0 (rst, o__ready, go, o__payload, i__payload, i__va
   (* init = 20'h00000 *)
   wire [19:0] l0_p2_l0_0;
   (* init = 40'h0000000000 *)
-  wire [39:0] \l0_p2_l0_0$751 ;
+  wire [39:0] \l0_p2_l0_0$750 ;
   (* init = 20'h00000 *)
   wire [19:0] l0_p2_l0_1;
   (* init = 40'h0000000000 *)
-  wire [39:0] \l0_p2_l0_1$752 ;
+  wire [39:0] \l0_p2_l0_1$751 ;
   (* init = 20'h00000 *)
   wire [19:0] l0_p2_l0_2;
   (* init = 40'h0000000000 *)
-  wire [39:0] \l0_p2_l0_2$753 ;
+  wire [39:0] \l0_p2_l0_2$752 ;
   (* init = 40'h0000000000 *)
   wire [39:0] l0_p2_l0_3;
   (* init = 40'h0000000000 *)
   wire [39:0] l0_p2_l0_4;
   wire [19:0] l0_p2_l1_0;
-  wire [39:0] \l0_p2_l1_0$756 ;
+  wire [39:0] \l0_p2_l1_0$755 ;
   wire [19:0] l0_p2_l1_1;
-  wire [39:0] \l0_p2_l1_1$757 ;
+  wire [39:0] \l0_p2_l1_1$756 ;
   (* init = 40'h0000000000 *)
   wire [39:0] l0_p2_l1_2;
   (* init = 40'h0000000000 *)
@@ -45677,9 +45561,9 @@ module \accelerator.core.gelu0 (rst, o__ready, go, o__payload, i__payload, i__va
   wire [39:0] l0_p3_l1_0;
   wire [39:0] l0_p3_l1_1;
   wire [19:0] l0_p_l0_0;
-  wire [39:0] \l0_p_l0_0$680 ;
+  wire [39:0] \l0_p_l0_0$679 ;
   wire [19:0] l0_p_l0_1;
-  wire [39:0] \l0_p_l0_1$681 ;
+  wire [39:0] \l0_p_l0_1$680 ;
   wire [39:0] l0_p_l0_10;
   wire [39:0] l0_p_l0_11;
   wire [39:0] l0_p_l0_12;
@@ -45691,21 +45575,21 @@ module \accelerator.core.gelu0 (rst, o__ready, go, o__payload, i__payload, i__va
   wire [39:0] l0_p_l0_18;
   wire [39:0] l0_p_l0_19;
   wire [19:0] l0_p_l0_2;
-  wire [39:0] \l0_p_l0_2$682 ;
+  wire [39:0] \l0_p_l0_2$681 ;
   wire [19:0] l0_p_l0_3;
-  wire [39:0] \l0_p_l0_3$683 ;
+  wire [39:0] \l0_p_l0_3$682 ;
   wire [19:0] l0_p_l0_4;
-  wire [39:0] \l0_p_l0_4$684 ;
+  wire [39:0] \l0_p_l0_4$683 ;
   wire [19:0] l0_p_l0_5;
-  wire [39:0] \l0_p_l0_5$685 ;
+  wire [39:0] \l0_p_l0_5$684 ;
   wire [19:0] l0_p_l0_6;
-  wire [39:0] \l0_p_l0_6$686 ;
+  wire [39:0] \l0_p_l0_6$685 ;
   wire [19:0] l0_p_l0_7;
-  wire [39:0] \l0_p_l0_7$687 ;
+  wire [39:0] \l0_p_l0_7$686 ;
   wire [19:0] l0_p_l0_8;
-  wire [39:0] \l0_p_l0_8$688 ;
+  wire [39:0] \l0_p_l0_8$687 ;
   wire [19:0] l0_p_l0_9;
-  wire [39:0] \l0_p_l0_9$689 ;
+  wire [39:0] \l0_p_l0_9$688 ;
   reg [39:0] l0_s10_p = 40'h0000000000;
   reg [7:0] l0_s10_q = 8'h00;
   reg [9:0] l0_s10_u = 10'h000;
@@ -45962,9 +45846,9 @@ module \accelerator.core.gelu0 (rst, o__ready, go, o__payload, i__payload, i__va
   wire [14:0] \l1_const.qc ;
   wire [5:0] \l1_const.sh ;
   wire [19:0] l1_p0_l0_0;
-  wire [39:0] \l1_p0_l0_0$928 ;
+  wire [39:0] \l1_p0_l0_0$927 ;
   wire [19:0] l1_p0_l0_1;
-  wire [39:0] \l1_p0_l0_1$929 ;
+  wire [39:0] \l1_p0_l0_1$928 ;
   wire [39:0] l1_p0_l0_10;
   wire [39:0] l1_p0_l0_11;
   wire [39:0] l1_p0_l0_12;
@@ -45976,39 +45860,39 @@ module \accelerator.core.gelu0 (rst, o__ready, go, o__payload, i__payload, i__va
   wire [39:0] l1_p0_l0_18;
   wire [39:0] l1_p0_l0_19;
   wire [19:0] l1_p0_l0_2;
-  wire [39:0] \l1_p0_l0_2$930 ;
+  wire [39:0] \l1_p0_l0_2$929 ;
   wire [19:0] l1_p0_l0_3;
-  wire [39:0] \l1_p0_l0_3$931 ;
+  wire [39:0] \l1_p0_l0_3$930 ;
   wire [19:0] l1_p0_l0_4;
-  wire [39:0] \l1_p0_l0_4$932 ;
+  wire [39:0] \l1_p0_l0_4$931 ;
   wire [19:0] l1_p0_l0_5;
-  wire [39:0] \l1_p0_l0_5$933 ;
+  wire [39:0] \l1_p0_l0_5$932 ;
   wire [19:0] l1_p0_l0_6;
-  wire [39:0] \l1_p0_l0_6$934 ;
+  wire [39:0] \l1_p0_l0_6$933 ;
   wire [19:0] l1_p0_l0_7;
-  wire [39:0] \l1_p0_l0_7$935 ;
+  wire [39:0] \l1_p0_l0_7$934 ;
   wire [19:0] l1_p0_l0_8;
-  wire [39:0] \l1_p0_l0_8$936 ;
+  wire [39:0] \l1_p0_l0_8$935 ;
   wire [19:0] l1_p0_l0_9;
-  wire [39:0] \l1_p0_l0_9$937 ;
+  wire [39:0] \l1_p0_l0_9$936 ;
   wire [19:0] l1_p0_l1_0;
-  wire [39:0] \l1_p0_l1_0$948 ;
+  wire [39:0] \l1_p0_l1_0$947 ;
   wire [19:0] l1_p0_l1_1;
-  wire [39:0] \l1_p0_l1_1$949 ;
+  wire [39:0] \l1_p0_l1_1$948 ;
   wire [39:0] l1_p0_l1_10;
   wire [39:0] l1_p0_l1_11;
   wire [39:0] l1_p0_l1_12;
   wire [39:0] l1_p0_l1_13;
   wire [19:0] l1_p0_l1_2;
-  wire [39:0] \l1_p0_l1_2$950 ;
+  wire [39:0] \l1_p0_l1_2$949 ;
   wire [19:0] l1_p0_l1_3;
-  wire [39:0] \l1_p0_l1_3$951 ;
+  wire [39:0] \l1_p0_l1_3$950 ;
   wire [19:0] l1_p0_l1_4;
-  wire [39:0] \l1_p0_l1_4$952 ;
+  wire [39:0] \l1_p0_l1_4$951 ;
   wire [19:0] l1_p0_l1_5;
-  wire [39:0] \l1_p0_l1_5$953 ;
+  wire [39:0] \l1_p0_l1_5$952 ;
   wire [19:0] l1_p0_l1_6;
-  wire [39:0] \l1_p0_l1_6$954 ;
+  wire [39:0] \l1_p0_l1_6$953 ;
   wire [39:0] l1_p0_l1_7;
   wire [39:0] l1_p0_l1_8;
   wire [39:0] l1_p0_l1_9;
@@ -46030,23 +45914,23 @@ module \accelerator.core.gelu0 (rst, o__ready, go, o__payload, i__payload, i__va
   (* init = 20'h00000 *)
   wire [19:0] l1_p1_l0_0;
   (* init = 40'h0000000000 *)
-  wire [39:0] \l1_p1_l0_0$962 ;
+  wire [39:0] \l1_p1_l0_0$961 ;
   (* init = 20'h00000 *)
   wire [19:0] l1_p1_l0_1;
   (* init = 40'h0000000000 *)
-  wire [39:0] \l1_p1_l0_1$963 ;
+  wire [39:0] \l1_p1_l0_1$962 ;
   (* init = 20'h00000 *)
   wire [19:0] l1_p1_l0_2;
   (* init = 40'h0000000000 *)
-  wire [39:0] \l1_p1_l0_2$964 ;
+  wire [39:0] \l1_p1_l0_2$963 ;
   (* init = 20'h00000 *)
   wire [19:0] l1_p1_l0_3;
   (* init = 40'h0000000000 *)
-  wire [39:0] \l1_p1_l0_3$965 ;
+  wire [39:0] \l1_p1_l0_3$964 ;
   (* init = 20'h00000 *)
   wire [19:0] l1_p1_l0_4;
   (* init = 40'h0000000000 *)
-  wire [39:0] \l1_p1_l0_4$966 ;
+  wire [39:0] \l1_p1_l0_4$965 ;
   (* init = 40'h0000000000 *)
   wire [39:0] l1_p1_l0_5;
   (* init = 40'h0000000000 *)
@@ -46058,15 +45942,15 @@ module \accelerator.core.gelu0 (rst, o__ready, go, o__payload, i__payload, i__va
   (* init = 40'h0000000000 *)
   wire [39:0] l1_p1_l0_9;
   wire [19:0] l1_p1_l1_0;
-  wire [39:0] \l1_p1_l1_0$972 ;
+  wire [39:0] \l1_p1_l1_0$971 ;
   wire [19:0] l1_p1_l1_1;
-  wire [39:0] \l1_p1_l1_1$973 ;
+  wire [39:0] \l1_p1_l1_1$972 ;
   (* init = 20'h00000 *)
   wire [19:0] l1_p1_l1_2;
-  wire [39:0] \l1_p1_l1_2$974 ;
+  wire [39:0] \l1_p1_l1_2$973 ;
   (* init = 20'h00000 *)
   wire [19:0] l1_p1_l1_3;
-  wire [39:0] \l1_p1_l1_3$975 ;
+  wire [39:0] \l1_p1_l1_3$974 ;
   wire [39:0] l1_p1_l1_4;
   wire [39:0] l1_p1_l1_5;
   (* init = 40'h0000000000 *)
@@ -46084,23 +45968,23 @@ module \accelerator.core.gelu0 (rst, o__ready, go, o__payload, i__payload, i__va
   (* init = 20'h00000 *)
   wire [19:0] l1_p2_l0_0;
   (* init = 40'h0000000000 *)
-  wire [39:0] \l1_p2_l0_0$979 ;
+  wire [39:0] \l1_p2_l0_0$978 ;
   (* init = 20'h00000 *)
   wire [19:0] l1_p2_l0_1;
   (* init = 40'h0000000000 *)
-  wire [39:0] \l1_p2_l0_1$980 ;
+  wire [39:0] \l1_p2_l0_1$979 ;
   (* init = 20'h00000 *)
   wire [19:0] l1_p2_l0_2;
   (* init = 40'h0000000000 *)
-  wire [39:0] \l1_p2_l0_2$981 ;
+  wire [39:0] \l1_p2_l0_2$980 ;
   (* init = 40'h0000000000 *)
   wire [39:0] l1_p2_l0_3;
   (* init = 40'h0000000000 *)
   wire [39:0] l1_p2_l0_4;
   wire [19:0] l1_p2_l1_0;
-  wire [39:0] \l1_p2_l1_0$984 ;
+  wire [39:0] \l1_p2_l1_0$983 ;
   wire [19:0] l1_p2_l1_1;
-  wire [39:0] \l1_p2_l1_1$985 ;
+  wire [39:0] \l1_p2_l1_1$984 ;
   (* init = 40'h0000000000 *)
   wire [39:0] l1_p2_l1_2;
   (* init = 40'h0000000000 *)
@@ -46118,9 +46002,9 @@ module \accelerator.core.gelu0 (rst, o__ready, go, o__payload, i__payload, i__va
   wire [39:0] l1_p3_l1_0;
   wire [39:0] l1_p3_l1_1;
   wire [19:0] l1_p_l0_0;
-  wire [39:0] \l1_p_l0_0$908 ;
+  wire [39:0] \l1_p_l0_0$907 ;
   wire [19:0] l1_p_l0_1;
-  wire [39:0] \l1_p_l0_1$909 ;
+  wire [39:0] \l1_p_l0_1$908 ;
   wire [39:0] l1_p_l0_10;
   wire [39:0] l1_p_l0_11;
   wire [39:0] l1_p_l0_12;
@@ -46132,21 +46016,21 @@ module \accelerator.core.gelu0 (rst, o__ready, go, o__payload, i__payload, i__va
   wire [39:0] l1_p_l0_18;
   wire [39:0] l1_p_l0_19;
   wire [19:0] l1_p_l0_2;
-  wire [39:0] \l1_p_l0_2$910 ;
+  wire [39:0] \l1_p_l0_2$909 ;
   wire [19:0] l1_p_l0_3;
-  wire [39:0] \l1_p_l0_3$911 ;
+  wire [39:0] \l1_p_l0_3$910 ;
   wire [19:0] l1_p_l0_4;
-  wire [39:0] \l1_p_l0_4$912 ;
+  wire [39:0] \l1_p_l0_4$911 ;
   wire [19:0] l1_p_l0_5;
-  wire [39:0] \l1_p_l0_5$913 ;
+  wire [39:0] \l1_p_l0_5$912 ;
   wire [19:0] l1_p_l0_6;
-  wire [39:0] \l1_p_l0_6$914 ;
+  wire [39:0] \l1_p_l0_6$913 ;
   wire [19:0] l1_p_l0_7;
-  wire [39:0] \l1_p_l0_7$915 ;
+  wire [39:0] \l1_p_l0_7$914 ;
   wire [19:0] l1_p_l0_8;
-  wire [39:0] \l1_p_l0_8$916 ;
+  wire [39:0] \l1_p_l0_8$915 ;
   wire [19:0] l1_p_l0_9;
-  wire [39:0] \l1_p_l0_9$917 ;
+  wire [39:0] \l1_p_l0_9$916 ;
   reg [39:0] l1_s10_p = 40'h0000000000;
   reg [7:0] l1_s10_q = 8'h00;
   reg [9:0] l1_s10_u = 10'h000;
@@ -46403,9 +46287,9 @@ module \accelerator.core.gelu0 (rst, o__ready, go, o__payload, i__payload, i__va
   wire [14:0] \l2_const.qc ;
   wire [5:0] \l2_const.sh ;
   wire [19:0] l2_p0_l0_0;
-  wire [39:0] \l2_p0_l0_0$1156 ;
+  wire [39:0] \l2_p0_l0_0$1155 ;
   wire [19:0] l2_p0_l0_1;
-  wire [39:0] \l2_p0_l0_1$1157 ;
+  wire [39:0] \l2_p0_l0_1$1156 ;
   wire [39:0] l2_p0_l0_10;
   wire [39:0] l2_p0_l0_11;
   wire [39:0] l2_p0_l0_12;
@@ -46417,39 +46301,39 @@ module \accelerator.core.gelu0 (rst, o__ready, go, o__payload, i__payload, i__va
   wire [39:0] l2_p0_l0_18;
   wire [39:0] l2_p0_l0_19;
   wire [19:0] l2_p0_l0_2;
-  wire [39:0] \l2_p0_l0_2$1158 ;
+  wire [39:0] \l2_p0_l0_2$1157 ;
   wire [19:0] l2_p0_l0_3;
-  wire [39:0] \l2_p0_l0_3$1159 ;
+  wire [39:0] \l2_p0_l0_3$1158 ;
   wire [19:0] l2_p0_l0_4;
-  wire [39:0] \l2_p0_l0_4$1160 ;
+  wire [39:0] \l2_p0_l0_4$1159 ;
   wire [19:0] l2_p0_l0_5;
-  wire [39:0] \l2_p0_l0_5$1161 ;
+  wire [39:0] \l2_p0_l0_5$1160 ;
   wire [19:0] l2_p0_l0_6;
-  wire [39:0] \l2_p0_l0_6$1162 ;
+  wire [39:0] \l2_p0_l0_6$1161 ;
   wire [19:0] l2_p0_l0_7;
-  wire [39:0] \l2_p0_l0_7$1163 ;
+  wire [39:0] \l2_p0_l0_7$1162 ;
   wire [19:0] l2_p0_l0_8;
-  wire [39:0] \l2_p0_l0_8$1164 ;
+  wire [39:0] \l2_p0_l0_8$1163 ;
   wire [19:0] l2_p0_l0_9;
-  wire [39:0] \l2_p0_l0_9$1165 ;
+  wire [39:0] \l2_p0_l0_9$1164 ;
   wire [19:0] l2_p0_l1_0;
-  wire [39:0] \l2_p0_l1_0$1176 ;
+  wire [39:0] \l2_p0_l1_0$1175 ;
   wire [19:0] l2_p0_l1_1;
-  wire [39:0] \l2_p0_l1_1$1177 ;
+  wire [39:0] \l2_p0_l1_1$1176 ;
   wire [39:0] l2_p0_l1_10;
   wire [39:0] l2_p0_l1_11;
   wire [39:0] l2_p0_l1_12;
   wire [39:0] l2_p0_l1_13;
   wire [19:0] l2_p0_l1_2;
-  wire [39:0] \l2_p0_l1_2$1178 ;
+  wire [39:0] \l2_p0_l1_2$1177 ;
   wire [19:0] l2_p0_l1_3;
-  wire [39:0] \l2_p0_l1_3$1179 ;
+  wire [39:0] \l2_p0_l1_3$1178 ;
   wire [19:0] l2_p0_l1_4;
-  wire [39:0] \l2_p0_l1_4$1180 ;
+  wire [39:0] \l2_p0_l1_4$1179 ;
   wire [19:0] l2_p0_l1_5;
-  wire [39:0] \l2_p0_l1_5$1181 ;
+  wire [39:0] \l2_p0_l1_5$1180 ;
   wire [19:0] l2_p0_l1_6;
-  wire [39:0] \l2_p0_l1_6$1182 ;
+  wire [39:0] \l2_p0_l1_6$1181 ;
   wire [39:0] l2_p0_l1_7;
   wire [39:0] l2_p0_l1_8;
   wire [39:0] l2_p0_l1_9;
@@ -46471,23 +46355,23 @@ module \accelerator.core.gelu0 (rst, o__ready, go, o__payload, i__payload, i__va
   (* init = 20'h00000 *)
   wire [19:0] l2_p1_l0_0;
   (* init = 40'h0000000000 *)
-  wire [39:0] \l2_p1_l0_0$1190 ;
+  wire [39:0] \l2_p1_l0_0$1189 ;
   (* init = 20'h00000 *)
   wire [19:0] l2_p1_l0_1;
   (* init = 40'h0000000000 *)
-  wire [39:0] \l2_p1_l0_1$1191 ;
+  wire [39:0] \l2_p1_l0_1$1190 ;
   (* init = 20'h00000 *)
   wire [19:0] l2_p1_l0_2;
   (* init = 40'h0000000000 *)
-  wire [39:0] \l2_p1_l0_2$1192 ;
+  wire [39:0] \l2_p1_l0_2$1191 ;
   (* init = 20'h00000 *)
   wire [19:0] l2_p1_l0_3;
   (* init = 40'h0000000000 *)
-  wire [39:0] \l2_p1_l0_3$1193 ;
+  wire [39:0] \l2_p1_l0_3$1192 ;
   (* init = 20'h00000 *)
   wire [19:0] l2_p1_l0_4;
   (* init = 40'h0000000000 *)
-  wire [39:0] \l2_p1_l0_4$1194 ;
+  wire [39:0] \l2_p1_l0_4$1193 ;
   (* init = 40'h0000000000 *)
   wire [39:0] l2_p1_l0_5;
   (* init = 40'h0000000000 *)
@@ -46499,15 +46383,15 @@ module \accelerator.core.gelu0 (rst, o__ready, go, o__payload, i__payload, i__va
   (* init = 40'h0000000000 *)
   wire [39:0] l2_p1_l0_9;
   wire [19:0] l2_p1_l1_0;
-  wire [39:0] \l2_p1_l1_0$1200 ;
+  wire [39:0] \l2_p1_l1_0$1199 ;
   wire [19:0] l2_p1_l1_1;
-  wire [39:0] \l2_p1_l1_1$1201 ;
+  wire [39:0] \l2_p1_l1_1$1200 ;
   (* init = 20'h00000 *)
   wire [19:0] l2_p1_l1_2;
-  wire [39:0] \l2_p1_l1_2$1202 ;
+  wire [39:0] \l2_p1_l1_2$1201 ;
   (* init = 20'h00000 *)
   wire [19:0] l2_p1_l1_3;
-  wire [39:0] \l2_p1_l1_3$1203 ;
+  wire [39:0] \l2_p1_l1_3$1202 ;
   wire [39:0] l2_p1_l1_4;
   wire [39:0] l2_p1_l1_5;
   (* init = 40'h0000000000 *)
@@ -46525,23 +46409,23 @@ module \accelerator.core.gelu0 (rst, o__ready, go, o__payload, i__payload, i__va
   (* init = 20'h00000 *)
   wire [19:0] l2_p2_l0_0;
   (* init = 40'h0000000000 *)
-  wire [39:0] \l2_p2_l0_0$1207 ;
+  wire [39:0] \l2_p2_l0_0$1206 ;
   (* init = 20'h00000 *)
   wire [19:0] l2_p2_l0_1;
   (* init = 40'h0000000000 *)
-  wire [39:0] \l2_p2_l0_1$1208 ;
+  wire [39:0] \l2_p2_l0_1$1207 ;
   (* init = 20'h00000 *)
   wire [19:0] l2_p2_l0_2;
   (* init = 40'h0000000000 *)
-  wire [39:0] \l2_p2_l0_2$1209 ;
+  wire [39:0] \l2_p2_l0_2$1208 ;
   (* init = 40'h0000000000 *)
   wire [39:0] l2_p2_l0_3;
   (* init = 40'h0000000000 *)
   wire [39:0] l2_p2_l0_4;
   wire [19:0] l2_p2_l1_0;
-  wire [39:0] \l2_p2_l1_0$1212 ;
+  wire [39:0] \l2_p2_l1_0$1211 ;
   wire [19:0] l2_p2_l1_1;
-  wire [39:0] \l2_p2_l1_1$1213 ;
+  wire [39:0] \l2_p2_l1_1$1212 ;
   (* init = 40'h0000000000 *)
   wire [39:0] l2_p2_l1_2;
   (* init = 40'h0000000000 *)
@@ -46559,9 +46443,9 @@ module \accelerator.core.gelu0 (rst, o__ready, go, o__payload, i__payload, i__va
   wire [39:0] l2_p3_l1_0;
   wire [39:0] l2_p3_l1_1;
   wire [19:0] l2_p_l0_0;
-  wire [39:0] \l2_p_l0_0$1136 ;
+  wire [39:0] \l2_p_l0_0$1135 ;
   wire [19:0] l2_p_l0_1;
-  wire [39:0] \l2_p_l0_1$1137 ;
+  wire [39:0] \l2_p_l0_1$1136 ;
   wire [39:0] l2_p_l0_10;
   wire [39:0] l2_p_l0_11;
   wire [39:0] l2_p_l0_12;
@@ -46573,21 +46457,21 @@ module \accelerator.core.gelu0 (rst, o__ready, go, o__payload, i__payload, i__va
   wire [39:0] l2_p_l0_18;
   wire [39:0] l2_p_l0_19;
   wire [19:0] l2_p_l0_2;
-  wire [39:0] \l2_p_l0_2$1138 ;
+  wire [39:0] \l2_p_l0_2$1137 ;
   wire [19:0] l2_p_l0_3;
-  wire [39:0] \l2_p_l0_3$1139 ;
+  wire [39:0] \l2_p_l0_3$1138 ;
   wire [19:0] l2_p_l0_4;
-  wire [39:0] \l2_p_l0_4$1140 ;
+  wire [39:0] \l2_p_l0_4$1139 ;
   wire [19:0] l2_p_l0_5;
-  wire [39:0] \l2_p_l0_5$1141 ;
+  wire [39:0] \l2_p_l0_5$1140 ;
   wire [19:0] l2_p_l0_6;
-  wire [39:0] \l2_p_l0_6$1142 ;
+  wire [39:0] \l2_p_l0_6$1141 ;
   wire [19:0] l2_p_l0_7;
-  wire [39:0] \l2_p_l0_7$1143 ;
+  wire [39:0] \l2_p_l0_7$1142 ;
   wire [19:0] l2_p_l0_8;
-  wire [39:0] \l2_p_l0_8$1144 ;
+  wire [39:0] \l2_p_l0_8$1143 ;
   wire [19:0] l2_p_l0_9;
-  wire [39:0] \l2_p_l0_9$1145 ;
+  wire [39:0] \l2_p_l0_9$1144 ;
   reg [39:0] l2_s10_p = 40'h0000000000;
   reg [7:0] l2_s10_q = 8'h00;
   reg [9:0] l2_s10_u = 10'h000;
@@ -46844,9 +46728,9 @@ module \accelerator.core.gelu0 (rst, o__ready, go, o__payload, i__payload, i__va
   wire [14:0] \l3_const.qc ;
   wire [5:0] \l3_const.sh ;
   wire [19:0] l3_p0_l0_0;
-  wire [39:0] \l3_p0_l0_0$1384 ;
+  wire [39:0] \l3_p0_l0_0$1383 ;
   wire [19:0] l3_p0_l0_1;
-  wire [39:0] \l3_p0_l0_1$1385 ;
+  wire [39:0] \l3_p0_l0_1$1384 ;
   wire [39:0] l3_p0_l0_10;
   wire [39:0] l3_p0_l0_11;
   wire [39:0] l3_p0_l0_12;
@@ -46858,39 +46742,39 @@ module \accelerator.core.gelu0 (rst, o__ready, go, o__payload, i__payload, i__va
   wire [39:0] l3_p0_l0_18;
   wire [39:0] l3_p0_l0_19;
   wire [19:0] l3_p0_l0_2;
-  wire [39:0] \l3_p0_l0_2$1386 ;
+  wire [39:0] \l3_p0_l0_2$1385 ;
   wire [19:0] l3_p0_l0_3;
-  wire [39:0] \l3_p0_l0_3$1387 ;
+  wire [39:0] \l3_p0_l0_3$1386 ;
   wire [19:0] l3_p0_l0_4;
-  wire [39:0] \l3_p0_l0_4$1388 ;
+  wire [39:0] \l3_p0_l0_4$1387 ;
   wire [19:0] l3_p0_l0_5;
-  wire [39:0] \l3_p0_l0_5$1389 ;
+  wire [39:0] \l3_p0_l0_5$1388 ;
   wire [19:0] l3_p0_l0_6;
-  wire [39:0] \l3_p0_l0_6$1390 ;
+  wire [39:0] \l3_p0_l0_6$1389 ;
   wire [19:0] l3_p0_l0_7;
-  wire [39:0] \l3_p0_l0_7$1391 ;
+  wire [39:0] \l3_p0_l0_7$1390 ;
   wire [19:0] l3_p0_l0_8;
-  wire [39:0] \l3_p0_l0_8$1392 ;
+  wire [39:0] \l3_p0_l0_8$1391 ;
   wire [19:0] l3_p0_l0_9;
-  wire [39:0] \l3_p0_l0_9$1393 ;
+  wire [39:0] \l3_p0_l0_9$1392 ;
   wire [19:0] l3_p0_l1_0;
-  wire [39:0] \l3_p0_l1_0$1404 ;
+  wire [39:0] \l3_p0_l1_0$1403 ;
   wire [19:0] l3_p0_l1_1;
-  wire [39:0] \l3_p0_l1_1$1405 ;
+  wire [39:0] \l3_p0_l1_1$1404 ;
   wire [39:0] l3_p0_l1_10;
   wire [39:0] l3_p0_l1_11;
   wire [39:0] l3_p0_l1_12;
   wire [39:0] l3_p0_l1_13;
   wire [19:0] l3_p0_l1_2;
-  wire [39:0] \l3_p0_l1_2$1406 ;
+  wire [39:0] \l3_p0_l1_2$1405 ;
   wire [19:0] l3_p0_l1_3;
-  wire [39:0] \l3_p0_l1_3$1407 ;
+  wire [39:0] \l3_p0_l1_3$1406 ;
   wire [19:0] l3_p0_l1_4;
-  wire [39:0] \l3_p0_l1_4$1408 ;
+  wire [39:0] \l3_p0_l1_4$1407 ;
   wire [19:0] l3_p0_l1_5;
-  wire [39:0] \l3_p0_l1_5$1409 ;
+  wire [39:0] \l3_p0_l1_5$1408 ;
   wire [19:0] l3_p0_l1_6;
-  wire [39:0] \l3_p0_l1_6$1410 ;
+  wire [39:0] \l3_p0_l1_6$1409 ;
   wire [39:0] l3_p0_l1_7;
   wire [39:0] l3_p0_l1_8;
   wire [39:0] l3_p0_l1_9;
@@ -46912,23 +46796,23 @@ module \accelerator.core.gelu0 (rst, o__ready, go, o__payload, i__payload, i__va
   (* init = 20'h00000 *)
   wire [19:0] l3_p1_l0_0;
   (* init = 40'h0000000000 *)
-  wire [39:0] \l3_p1_l0_0$1418 ;
+  wire [39:0] \l3_p1_l0_0$1417 ;
   (* init = 20'h00000 *)
   wire [19:0] l3_p1_l0_1;
   (* init = 40'h0000000000 *)
-  wire [39:0] \l3_p1_l0_1$1419 ;
+  wire [39:0] \l3_p1_l0_1$1418 ;
   (* init = 20'h00000 *)
   wire [19:0] l3_p1_l0_2;
   (* init = 40'h0000000000 *)
-  wire [39:0] \l3_p1_l0_2$1420 ;
+  wire [39:0] \l3_p1_l0_2$1419 ;
   (* init = 20'h00000 *)
   wire [19:0] l3_p1_l0_3;
   (* init = 40'h0000000000 *)
-  wire [39:0] \l3_p1_l0_3$1421 ;
+  wire [39:0] \l3_p1_l0_3$1420 ;
   (* init = 20'h00000 *)
   wire [19:0] l3_p1_l0_4;
   (* init = 40'h0000000000 *)
-  wire [39:0] \l3_p1_l0_4$1422 ;
+  wire [39:0] \l3_p1_l0_4$1421 ;
   (* init = 40'h0000000000 *)
   wire [39:0] l3_p1_l0_5;
   (* init = 40'h0000000000 *)
@@ -46940,15 +46824,15 @@ module \accelerator.core.gelu0 (rst, o__ready, go, o__payload, i__payload, i__va
   (* init = 40'h0000000000 *)
   wire [39:0] l3_p1_l0_9;
   wire [19:0] l3_p1_l1_0;
-  wire [39:0] \l3_p1_l1_0$1428 ;
+  wire [39:0] \l3_p1_l1_0$1427 ;
   wire [19:0] l3_p1_l1_1;
-  wire [39:0] \l3_p1_l1_1$1429 ;
+  wire [39:0] \l3_p1_l1_1$1428 ;
   (* init = 20'h00000 *)
   wire [19:0] l3_p1_l1_2;
-  wire [39:0] \l3_p1_l1_2$1430 ;
+  wire [39:0] \l3_p1_l1_2$1429 ;
   (* init = 20'h00000 *)
   wire [19:0] l3_p1_l1_3;
-  wire [39:0] \l3_p1_l1_3$1431 ;
+  wire [39:0] \l3_p1_l1_3$1430 ;
   wire [39:0] l3_p1_l1_4;
   wire [39:0] l3_p1_l1_5;
   (* init = 40'h0000000000 *)
@@ -46966,23 +46850,23 @@ module \accelerator.core.gelu0 (rst, o__ready, go, o__payload, i__payload, i__va
   (* init = 20'h00000 *)
   wire [19:0] l3_p2_l0_0;
   (* init = 40'h0000000000 *)
-  wire [39:0] \l3_p2_l0_0$1435 ;
+  wire [39:0] \l3_p2_l0_0$1434 ;
   (* init = 20'h00000 *)
   wire [19:0] l3_p2_l0_1;
   (* init = 40'h0000000000 *)
-  wire [39:0] \l3_p2_l0_1$1436 ;
+  wire [39:0] \l3_p2_l0_1$1435 ;
   (* init = 20'h00000 *)
   wire [19:0] l3_p2_l0_2;
   (* init = 40'h0000000000 *)
-  wire [39:0] \l3_p2_l0_2$1437 ;
+  wire [39:0] \l3_p2_l0_2$1436 ;
   (* init = 40'h0000000000 *)
   wire [39:0] l3_p2_l0_3;
   (* init = 40'h0000000000 *)
   wire [39:0] l3_p2_l0_4;
   wire [19:0] l3_p2_l1_0;
-  wire [39:0] \l3_p2_l1_0$1440 ;
+  wire [39:0] \l3_p2_l1_0$1439 ;
   wire [19:0] l3_p2_l1_1;
-  wire [39:0] \l3_p2_l1_1$1441 ;
+  wire [39:0] \l3_p2_l1_1$1440 ;
   (* init = 40'h0000000000 *)
   wire [39:0] l3_p2_l1_2;
   (* init = 40'h0000000000 *)
@@ -47000,9 +46884,9 @@ module \accelerator.core.gelu0 (rst, o__ready, go, o__payload, i__payload, i__va
   wire [39:0] l3_p3_l1_0;
   wire [39:0] l3_p3_l1_1;
   wire [19:0] l3_p_l0_0;
-  wire [39:0] \l3_p_l0_0$1364 ;
+  wire [39:0] \l3_p_l0_0$1363 ;
   wire [19:0] l3_p_l0_1;
-  wire [39:0] \l3_p_l0_1$1365 ;
+  wire [39:0] \l3_p_l0_1$1364 ;
   wire [39:0] l3_p_l0_10;
   wire [39:0] l3_p_l0_11;
   wire [39:0] l3_p_l0_12;
@@ -47014,21 +46898,21 @@ module \accelerator.core.gelu0 (rst, o__ready, go, o__payload, i__payload, i__va
   wire [39:0] l3_p_l0_18;
   wire [39:0] l3_p_l0_19;
   wire [19:0] l3_p_l0_2;
-  wire [39:0] \l3_p_l0_2$1366 ;
+  wire [39:0] \l3_p_l0_2$1365 ;
   wire [19:0] l3_p_l0_3;
-  wire [39:0] \l3_p_l0_3$1367 ;
+  wire [39:0] \l3_p_l0_3$1366 ;
   wire [19:0] l3_p_l0_4;
-  wire [39:0] \l3_p_l0_4$1368 ;
+  wire [39:0] \l3_p_l0_4$1367 ;
   wire [19:0] l3_p_l0_5;
-  wire [39:0] \l3_p_l0_5$1369 ;
+  wire [39:0] \l3_p_l0_5$1368 ;
   wire [19:0] l3_p_l0_6;
-  wire [39:0] \l3_p_l0_6$1370 ;
+  wire [39:0] \l3_p_l0_6$1369 ;
   wire [19:0] l3_p_l0_7;
-  wire [39:0] \l3_p_l0_7$1371 ;
+  wire [39:0] \l3_p_l0_7$1370 ;
   wire [19:0] l3_p_l0_8;
-  wire [39:0] \l3_p_l0_8$1372 ;
+  wire [39:0] \l3_p_l0_8$1371 ;
   wire [19:0] l3_p_l0_9;
-  wire [39:0] \l3_p_l0_9$1373 ;
+  wire [39:0] \l3_p_l0_9$1372 ;
   reg [39:0] l3_s10_p = 40'h0000000000;
   reg [7:0] l3_s10_q = 8'h00;
   reg [9:0] l3_s10_u = 10'h000;
@@ -47301,10 +47185,6 @@ module \accelerator.core.gelu0 (rst, o__ready, go, o__payload, i__payload, i__va
   wire [31:0] r_data;
   wire r_en;
   wire r_rdy;
-  input rst;
-  wire rst;
-  input unit_rst;
-  wire unit_rst;
   reg valid_s1 = 1'h0;
   reg valid_s10 = 1'h0;
   reg valid_s11 = 1'h0;
@@ -47575,28 +47455,28 @@ module \accelerator.core.gelu0 (rst, o__ready, go, o__payload, i__payload, i__va
   assign \$275  = l0_s5_p[18] ? { l0_s5_p[19], 2'h1 } : 3'h0;
   assign \$277  = l0_s5_p[19] ? 2'h1 : 2'h0;
   assign \$279  = { 18'h00000, \$241  } ^ { 17'h00000, \$243  };
-  assign \l0_p0_l1_0$720  = \$279  ^ { 14'h0000, \$245  };
+  assign \l0_p0_l1_0$719  = \$279  ^ { 14'h0000, \$245  };
   assign \$280  = { 18'h00000, \$241  } & { 17'h00000, \$243  };
   assign \$281  = { 18'h00000, \$241  } & { 14'h0000, \$245  };
   assign \$282  = \$280  | \$281 ;
   assign \$283  = { 17'h00000, \$243  } & { 14'h0000, \$245  };
   assign \$284  = \$282  | \$283 ;
   assign \$285  = { 15'h0000, \$247  } ^ { 8'h00, \$249  };
-  assign \l0_p0_l1_2$722  = \$285  ^ { 9'h000, \$251  };
+  assign \l0_p0_l1_2$721  = \$285  ^ { 9'h000, \$251  };
   assign \$286  = { 15'h0000, \$247  } & { 8'h00, \$249  };
   assign \$287  = { 15'h0000, \$247  } & { 9'h000, \$251  };
   assign \$288  = \$286  | \$287 ;
   assign \$289  = { 8'h00, \$249  } & { 9'h000, \$251  };
   assign \$290  = \$288  | \$289 ;
   assign \$291  = { 10'h000, \$253  } ^ { 11'h000, \$255  };
-  assign \l0_p0_l1_4$724  = \$291  ^ \$257 [39:0];
+  assign \l0_p0_l1_4$723  = \$291  ^ \$257 [39:0];
   assign \$292  = { 10'h000, \$253  } & { 11'h000, \$255  };
   assign \$293  = { 10'h000, \$253  } & \$257 [39:0];
   assign \$294  = \$292  | \$293 ;
   assign \$295  = { 11'h000, \$255  } & \$257 [39:0];
   assign \$296  = \$294  | \$295 ;
   assign \$297  = \$259 [39:0] ^ \$261 [39:0];
-  assign \l0_p0_l1_6$726  = \$297  ^ \$263 [39:0];
+  assign \l0_p0_l1_6$725  = \$297  ^ \$263 [39:0];
   assign \$298  = \$259 [39:0] & \$261 [39:0];
   assign \$299  = \$259 [39:0] & \$263 [39:0];
   assign \$300  = \$298  | \$299 ;
@@ -47616,24 +47496,24 @@ module \accelerator.core.gelu0 (rst, o__ready, go, o__payload, i__payload, i__va
   assign \$312  = \$310  | \$311 ;
   assign \$313  = \$272 [39:0] & \$274 [39:0];
   assign \$314  = \$312  | \$313 ;
-  assign \$315  = \l0_p0_l1_0$720  ^ { \$284 [38:0], 1'h0 };
-  assign \l0_p0_l2_0$43  = \$315  ^ \l0_p0_l1_2$722 ;
-  assign \$316  = \l0_p0_l1_0$720  & { \$284 [38:0], 1'h0 };
-  assign \$317  = \l0_p0_l1_0$720  & \l0_p0_l1_2$722 ;
+  assign \$315  = \l0_p0_l1_0$719  ^ { \$284 [38:0], 1'h0 };
+  assign \l0_p0_l2_0$43  = \$315  ^ \l0_p0_l1_2$721 ;
+  assign \$316  = \l0_p0_l1_0$719  & { \$284 [38:0], 1'h0 };
+  assign \$317  = \l0_p0_l1_0$719  & \l0_p0_l1_2$721 ;
   assign \$318  = \$316  | \$317 ;
-  assign \$319  = { \$284 [38:0], 1'h0 } & \l0_p0_l1_2$722 ;
+  assign \$319  = { \$284 [38:0], 1'h0 } & \l0_p0_l1_2$721 ;
   assign \$320  = \$318  | \$319 ;
-  assign \$321  = { \$290 [38:0], 1'h0 } ^ \l0_p0_l1_4$724 ;
+  assign \$321  = { \$290 [38:0], 1'h0 } ^ \l0_p0_l1_4$723 ;
   assign \l0_p0_l2_2$47  = \$321  ^ { \$296 [38:0], 1'h0 };
-  assign \$322  = { \$290 [38:0], 1'h0 } & \l0_p0_l1_4$724 ;
+  assign \$322  = { \$290 [38:0], 1'h0 } & \l0_p0_l1_4$723 ;
   assign \$323  = { \$290 [38:0], 1'h0 } & { \$296 [38:0], 1'h0 };
   assign \$324  = \$322  | \$323 ;
-  assign \$325  = \l0_p0_l1_4$724  & { \$296 [38:0], 1'h0 };
+  assign \$325  = \l0_p0_l1_4$723  & { \$296 [38:0], 1'h0 };
   assign \$326  = \$324  | \$325 ;
-  assign \$327  = \l0_p0_l1_6$726  ^ { \$302 [38:0], 1'h0 };
+  assign \$327  = \l0_p0_l1_6$725  ^ { \$302 [38:0], 1'h0 };
   assign \l0_p0_l2_4$51  = \$327  ^ l0_p0_l1_8;
-  assign \$328  = \l0_p0_l1_6$726  & { \$302 [38:0], 1'h0 };
-  assign \$329  = \l0_p0_l1_6$726  & l0_p0_l1_8;
+  assign \$328  = \l0_p0_l1_6$725  & { \$302 [38:0], 1'h0 };
+  assign \$329  = \l0_p0_l1_6$725  & l0_p0_l1_8;
   assign \$330  = \$328  | \$329 ;
   assign \$331  = { \$302 [38:0], 1'h0 } & l0_p0_l1_8;
   assign \$332  = \$330  | \$331 ;
@@ -47645,14 +47525,14 @@ module \accelerator.core.gelu0 (rst, o__ready, go, o__payload, i__payload, i__va
   assign \$337  = l0_p0_l1_10 & { \$314 [38:0], 1'h0 };
   assign \$338  = \$336  | \$337 ;
   assign \$339  = l0_s6_p_t0 ^ l0_s6_p_t1;
-  assign \l0_p1_l1_0$744  = \$339  ^ l0_s6_p_t2;
+  assign \l0_p1_l1_0$743  = \$339  ^ l0_s6_p_t2;
   assign \$340  = l0_s6_p_t0 & l0_s6_p_t1;
   assign \$341  = l0_s6_p_t0 & l0_s6_p_t2;
   assign \$342  = \$340  | \$341 ;
   assign \$343  = l0_s6_p_t1 & l0_s6_p_t2;
   assign \$344  = \$342  | \$343 ;
   assign \$345  = l0_s6_p_t3 ^ l0_s6_p_t4;
-  assign \l0_p1_l1_2$746  = \$345  ^ l0_s6_p_t5;
+  assign \l0_p1_l1_2$745  = \$345  ^ l0_s6_p_t5;
   assign \$346  = l0_s6_p_t3 & l0_s6_p_t4;
   assign \$347  = l0_s6_p_t3 & l0_s6_p_t5;
   assign \$348  = \$346  | \$347 ;
@@ -47665,12 +47545,12 @@ module \accelerator.core.gelu0 (rst, o__ready, go, o__payload, i__payload, i__va
   assign \$354  = \$352  | \$353 ;
   assign \$355  = l0_s6_p_t7 & l0_s6_p_t8;
   assign \$356  = \$354  | \$355 ;
-  assign \$357  = \l0_p1_l1_0$744  ^ { \$344 [38:0], 1'h0 };
-  assign \l0_p1_l2_0$65  = \$357  ^ \l0_p1_l1_2$746 ;
-  assign \$358  = \l0_p1_l1_0$744  & { \$344 [38:0], 1'h0 };
-  assign \$359  = \l0_p1_l1_0$744  & \l0_p1_l1_2$746 ;
+  assign \$357  = \l0_p1_l1_0$743  ^ { \$344 [38:0], 1'h0 };
+  assign \l0_p1_l2_0$65  = \$357  ^ \l0_p1_l1_2$745 ;
+  assign \$358  = \l0_p1_l1_0$743  & { \$344 [38:0], 1'h0 };
+  assign \$359  = \l0_p1_l1_0$743  & \l0_p1_l1_2$745 ;
   assign \$360  = \$358  | \$359 ;
-  assign \$361  = { \$344 [38:0], 1'h0 } & \l0_p1_l1_2$746 ;
+  assign \$361  = { \$344 [38:0], 1'h0 } & \l0_p1_l1_2$745 ;
   assign \$362  = \$360  | \$361 ;
   assign \$363  = { \$350 [38:0], 1'h0 } ^ l0_p1_l1_4;
   assign \l0_p1_l2_2$69  = \$363  ^ { \$356 [38:0], 1'h0 };
@@ -47680,16 +47560,16 @@ module \accelerator.core.gelu0 (rst, o__ready, go, o__payload, i__payload, i__va
   assign \$367  = l0_p1_l1_4 & { \$356 [38:0], 1'h0 };
   assign \$368  = \$366  | \$367 ;
   assign \$369  = l0_s7_p_t0 ^ l0_s7_p_t1;
-  assign \l0_p2_l1_0$756  = \$369  ^ l0_s7_p_t2;
+  assign \l0_p2_l1_0$755  = \$369  ^ l0_s7_p_t2;
   assign \$370  = l0_s7_p_t0 & l0_s7_p_t1;
   assign \$371  = l0_s7_p_t0 & l0_s7_p_t2;
   assign \$372  = \$370  | \$371 ;
   assign \$373  = l0_s7_p_t1 & l0_s7_p_t2;
   assign \$374  = \$372  | \$373 ;
-  assign \$375  = \l0_p2_l1_0$756  ^ { \$374 [38:0], 1'h0 };
+  assign \$375  = \l0_p2_l1_0$755  ^ { \$374 [38:0], 1'h0 };
   assign l0_p2_l2_0 = \$375  ^ l0_s7_p_t3;
-  assign \$376  = \l0_p2_l1_0$756  & { \$374 [38:0], 1'h0 };
-  assign \$377  = \l0_p2_l1_0$756  & l0_s7_p_t3;
+  assign \$376  = \l0_p2_l1_0$755  & { \$374 [38:0], 1'h0 };
+  assign \$377  = \l0_p2_l1_0$755  & l0_s7_p_t3;
   assign \$378  = \$376  | \$377 ;
   assign \$379  = { \$374 [38:0], 1'h0 } & l0_s7_p_t3;
   assign \$380  = \$378  | \$379 ;
@@ -48015,28 +47895,28 @@ module \accelerator.core.gelu0 (rst, o__ready, go, o__payload, i__payload, i__va
   assign \$749  = l1_s5_p[18] ? { l1_s5_p[19], 2'h1 } : 3'h0;
   assign \$751  = l1_s5_p[19] ? 2'h1 : 2'h0;
   assign \$753  = { 18'h00000, \$715  } ^ { 17'h00000, \$717  };
-  assign \l1_p0_l1_0$948  = \$753  ^ { 14'h0000, \$719  };
+  assign \l1_p0_l1_0$947  = \$753  ^ { 14'h0000, \$719  };
   assign \$754  = { 18'h00000, \$715  } & { 17'h00000, \$717  };
   assign \$755  = { 18'h00000, \$715  } & { 14'h0000, \$719  };
   assign \$756  = \$754  | \$755 ;
   assign \$757  = { 17'h00000, \$717  } & { 14'h0000, \$719  };
   assign \$758  = \$756  | \$757 ;
   assign \$759  = { 15'h0000, \$721  } ^ { 8'h00, \$723  };
-  assign \l1_p0_l1_2$950  = \$759  ^ { 9'h000, \$725  };
+  assign \l1_p0_l1_2$949  = \$759  ^ { 9'h000, \$725  };
   assign \$760  = { 15'h0000, \$721  } & { 8'h00, \$723  };
   assign \$761  = { 15'h0000, \$721  } & { 9'h000, \$725  };
   assign \$762  = \$760  | \$761 ;
   assign \$763  = { 8'h00, \$723  } & { 9'h000, \$725  };
   assign \$764  = \$762  | \$763 ;
   assign \$765  = { 10'h000, \$727  } ^ { 11'h000, \$729  };
-  assign \l1_p0_l1_4$952  = \$765  ^ \$731 [39:0];
+  assign \l1_p0_l1_4$951  = \$765  ^ \$731 [39:0];
   assign \$766  = { 10'h000, \$727  } & { 11'h000, \$729  };
   assign \$767  = { 10'h000, \$727  } & \$731 [39:0];
   assign \$768  = \$766  | \$767 ;
   assign \$769  = { 11'h000, \$729  } & \$731 [39:0];
   assign \$770  = \$768  | \$769 ;
   assign \$771  = \$733 [39:0] ^ \$735 [39:0];
-  assign \l1_p0_l1_6$954  = \$771  ^ \$737 [39:0];
+  assign \l1_p0_l1_6$953  = \$771  ^ \$737 [39:0];
   assign \$772  = \$733 [39:0] & \$735 [39:0];
   assign \$773  = \$733 [39:0] & \$737 [39:0];
   assign \$774  = \$772  | \$773 ;
@@ -48056,24 +47936,24 @@ module \accelerator.core.gelu0 (rst, o__ready, go, o__payload, i__payload, i__va
   assign \$786  = \$784  | \$785 ;
   assign \$787  = \$746 [39:0] & \$748 [39:0];
   assign \$788  = \$786  | \$787 ;
-  assign \$789  = \l1_p0_l1_0$948  ^ { \$758 [38:0], 1'h0 };
-  assign \l1_p0_l2_0$190  = \$789  ^ \l1_p0_l1_2$950 ;
-  assign \$790  = \l1_p0_l1_0$948  & { \$758 [38:0], 1'h0 };
-  assign \$791  = \l1_p0_l1_0$948  & \l1_p0_l1_2$950 ;
+  assign \$789  = \l1_p0_l1_0$947  ^ { \$758 [38:0], 1'h0 };
+  assign \l1_p0_l2_0$190  = \$789  ^ \l1_p0_l1_2$949 ;
+  assign \$790  = \l1_p0_l1_0$947  & { \$758 [38:0], 1'h0 };
+  assign \$791  = \l1_p0_l1_0$947  & \l1_p0_l1_2$949 ;
   assign \$792  = \$790  | \$791 ;
-  assign \$793  = { \$758 [38:0], 1'h0 } & \l1_p0_l1_2$950 ;
+  assign \$793  = { \$758 [38:0], 1'h0 } & \l1_p0_l1_2$949 ;
   assign \$794  = \$792  | \$793 ;
-  assign \$795  = { \$764 [38:0], 1'h0 } ^ \l1_p0_l1_4$952 ;
+  assign \$795  = { \$764 [38:0], 1'h0 } ^ \l1_p0_l1_4$951 ;
   assign \l1_p0_l2_2$194  = \$795  ^ { \$770 [38:0], 1'h0 };
-  assign \$796  = { \$764 [38:0], 1'h0 } & \l1_p0_l1_4$952 ;
+  assign \$796  = { \$764 [38:0], 1'h0 } & \l1_p0_l1_4$951 ;
   assign \$797  = { \$764 [38:0], 1'h0 } & { \$770 [38:0], 1'h0 };
   assign \$798  = \$796  | \$797 ;
-  assign \$799  = \l1_p0_l1_4$952  & { \$770 [38:0], 1'h0 };
+  assign \$799  = \l1_p0_l1_4$951  & { \$770 [38:0], 1'h0 };
   assign \$800  = \$798  | \$799 ;
-  assign \$801  = \l1_p0_l1_6$954  ^ { \$776 [38:0], 1'h0 };
+  assign \$801  = \l1_p0_l1_6$953  ^ { \$776 [38:0], 1'h0 };
   assign \l1_p0_l2_4$198  = \$801  ^ l1_p0_l1_8;
-  assign \$802  = \l1_p0_l1_6$954  & { \$776 [38:0], 1'h0 };
-  assign \$803  = \l1_p0_l1_6$954  & l1_p0_l1_8;
+  assign \$802  = \l1_p0_l1_6$953  & { \$776 [38:0], 1'h0 };
+  assign \$803  = \l1_p0_l1_6$953  & l1_p0_l1_8;
   assign \$804  = \$802  | \$803 ;
   assign \$805  = { \$776 [38:0], 1'h0 } & l1_p0_l1_8;
   assign \$806  = \$804  | \$805 ;
@@ -48085,14 +47965,14 @@ module \accelerator.core.gelu0 (rst, o__ready, go, o__payload, i__payload, i__va
   assign \$811  = l1_p0_l1_10 & { \$788 [38:0], 1'h0 };
   assign \$812  = \$810  | \$811 ;
   assign \$813  = l1_s6_p_t0 ^ l1_s6_p_t1;
-  assign \l1_p1_l1_0$972  = \$813  ^ l1_s6_p_t2;
+  assign \l1_p1_l1_0$971  = \$813  ^ l1_s6_p_t2;
   assign \$814  = l1_s6_p_t0 & l1_s6_p_t1;
   assign \$815  = l1_s6_p_t0 & l1_s6_p_t2;
   assign \$816  = \$814  | \$815 ;
   assign \$817  = l1_s6_p_t1 & l1_s6_p_t2;
   assign \$818  = \$816  | \$817 ;
   assign \$819  = l1_s6_p_t3 ^ l1_s6_p_t4;
-  assign \l1_p1_l1_2$974  = \$819  ^ l1_s6_p_t5;
+  assign \l1_p1_l1_2$973  = \$819  ^ l1_s6_p_t5;
   assign \$820  = l1_s6_p_t3 & l1_s6_p_t4;
   assign \$821  = l1_s6_p_t3 & l1_s6_p_t5;
   assign \$822  = \$820  | \$821 ;
@@ -48105,12 +47985,12 @@ module \accelerator.core.gelu0 (rst, o__ready, go, o__payload, i__payload, i__va
   assign \$828  = \$826  | \$827 ;
   assign \$829  = l1_s6_p_t7 & l1_s6_p_t8;
   assign \$830  = \$828  | \$829 ;
-  assign \$831  = \l1_p1_l1_0$972  ^ { \$818 [38:0], 1'h0 };
-  assign \l1_p1_l2_0$212  = \$831  ^ \l1_p1_l1_2$974 ;
-  assign \$832  = \l1_p1_l1_0$972  & { \$818 [38:0], 1'h0 };
-  assign \$833  = \l1_p1_l1_0$972  & \l1_p1_l1_2$974 ;
+  assign \$831  = \l1_p1_l1_0$971  ^ { \$818 [38:0], 1'h0 };
+  assign \l1_p1_l2_0$212  = \$831  ^ \l1_p1_l1_2$973 ;
+  assign \$832  = \l1_p1_l1_0$971  & { \$818 [38:0], 1'h0 };
+  assign \$833  = \l1_p1_l1_0$971  & \l1_p1_l1_2$973 ;
   assign \$834  = \$832  | \$833 ;
-  assign \$835  = { \$818 [38:0], 1'h0 } & \l1_p1_l1_2$974 ;
+  assign \$835  = { \$818 [38:0], 1'h0 } & \l1_p1_l1_2$973 ;
   assign \$836  = \$834  | \$835 ;
   assign \$837  = { \$824 [38:0], 1'h0 } ^ l1_p1_l1_4;
   assign \l1_p1_l2_2$216  = \$837  ^ { \$830 [38:0], 1'h0 };
@@ -48120,16 +48000,16 @@ module \accelerator.core.gelu0 (rst, o__ready, go, o__payload, i__payload, i__va
   assign \$841  = l1_p1_l1_4 & { \$830 [38:0], 1'h0 };
   assign \$842  = \$840  | \$841 ;
   assign \$843  = l1_s7_p_t0 ^ l1_s7_p_t1;
-  assign \l1_p2_l1_0$984  = \$843  ^ l1_s7_p_t2;
+  assign \l1_p2_l1_0$983  = \$843  ^ l1_s7_p_t2;
   assign \$844  = l1_s7_p_t0 & l1_s7_p_t1;
   assign \$845  = l1_s7_p_t0 & l1_s7_p_t2;
   assign \$846  = \$844  | \$845 ;
   assign \$847  = l1_s7_p_t1 & l1_s7_p_t2;
   assign \$848  = \$846  | \$847 ;
-  assign \$849  = \l1_p2_l1_0$984  ^ { \$848 [38:0], 1'h0 };
+  assign \$849  = \l1_p2_l1_0$983  ^ { \$848 [38:0], 1'h0 };
   assign l1_p2_l2_0 = \$849  ^ l1_s7_p_t3;
-  assign \$850  = \l1_p2_l1_0$984  & { \$848 [38:0], 1'h0 };
-  assign \$851  = \l1_p2_l1_0$984  & l1_s7_p_t3;
+  assign \$850  = \l1_p2_l1_0$983  & { \$848 [38:0], 1'h0 };
+  assign \$851  = \l1_p2_l1_0$983  & l1_s7_p_t3;
   assign \$852  = \$850  | \$851 ;
   assign \$853  = { \$848 [38:0], 1'h0 } & l1_s7_p_t3;
   assign \$854  = \$852  | \$853 ;
@@ -48455,28 +48335,28 @@ module \accelerator.core.gelu0 (rst, o__ready, go, o__payload, i__payload, i__va
   assign \$1223  = l2_s5_p[18] ? { l2_s5_p[19], 2'h1 } : 3'h0;
   assign \$1225  = l2_s5_p[19] ? 2'h1 : 2'h0;
   assign \$1227  = { 18'h00000, \$1189  } ^ { 17'h00000, \$1191  };
-  assign \l2_p0_l1_0$1176  = \$1227  ^ { 14'h0000, \$1193  };
+  assign \l2_p0_l1_0$1175  = \$1227  ^ { 14'h0000, \$1193  };
   assign \$1228  = { 18'h00000, \$1189  } & { 17'h00000, \$1191  };
   assign \$1229  = { 18'h00000, \$1189  } & { 14'h0000, \$1193  };
   assign \$1230  = \$1228  | \$1229 ;
   assign \$1231  = { 17'h00000, \$1191  } & { 14'h0000, \$1193  };
   assign \$1232  = \$1230  | \$1231 ;
   assign \$1233  = { 15'h0000, \$1195  } ^ { 8'h00, \$1197  };
-  assign \l2_p0_l1_2$1178  = \$1233  ^ { 9'h000, \$1199  };
+  assign \l2_p0_l1_2$1177  = \$1233  ^ { 9'h000, \$1199  };
   assign \$1234  = { 15'h0000, \$1195  } & { 8'h00, \$1197  };
   assign \$1235  = { 15'h0000, \$1195  } & { 9'h000, \$1199  };
   assign \$1236  = \$1234  | \$1235 ;
   assign \$1237  = { 8'h00, \$1197  } & { 9'h000, \$1199  };
   assign \$1238  = \$1236  | \$1237 ;
   assign \$1239  = { 10'h000, \$1201  } ^ { 11'h000, \$1203  };
-  assign \l2_p0_l1_4$1180  = \$1239  ^ \$1205 [39:0];
+  assign \l2_p0_l1_4$1179  = \$1239  ^ \$1205 [39:0];
   assign \$1240  = { 10'h000, \$1201  } & { 11'h000, \$1203  };
   assign \$1241  = { 10'h000, \$1201  } & \$1205 [39:0];
   assign \$1242  = \$1240  | \$1241 ;
   assign \$1243  = { 11'h000, \$1203  } & \$1205 [39:0];
   assign \$1244  = \$1242  | \$1243 ;
   assign \$1245  = \$1207 [39:0] ^ \$1209 [39:0];
-  assign \l2_p0_l1_6$1182  = \$1245  ^ \$1211 [39:0];
+  assign \l2_p0_l1_6$1181  = \$1245  ^ \$1211 [39:0];
   assign \$1246  = \$1207 [39:0] & \$1209 [39:0];
   assign \$1247  = \$1207 [39:0] & \$1211 [39:0];
   assign \$1248  = \$1246  | \$1247 ;
@@ -48496,24 +48376,24 @@ module \accelerator.core.gelu0 (rst, o__ready, go, o__payload, i__payload, i__va
   assign \$1260  = \$1258  | \$1259 ;
   assign \$1261  = \$1220 [39:0] & \$1222 [39:0];
   assign \$1262  = \$1260  | \$1261 ;
-  assign \$1263  = \l2_p0_l1_0$1176  ^ { \$1232 [38:0], 1'h0 };
-  assign \l2_p0_l2_0$337  = \$1263  ^ \l2_p0_l1_2$1178 ;
-  assign \$1264  = \l2_p0_l1_0$1176  & { \$1232 [38:0], 1'h0 };
-  assign \$1265  = \l2_p0_l1_0$1176  & \l2_p0_l1_2$1178 ;
+  assign \$1263  = \l2_p0_l1_0$1175  ^ { \$1232 [38:0], 1'h0 };
+  assign \l2_p0_l2_0$337  = \$1263  ^ \l2_p0_l1_2$1177 ;
+  assign \$1264  = \l2_p0_l1_0$1175  & { \$1232 [38:0], 1'h0 };
+  assign \$1265  = \l2_p0_l1_0$1175  & \l2_p0_l1_2$1177 ;
   assign \$1266  = \$1264  | \$1265 ;
-  assign \$1267  = { \$1232 [38:0], 1'h0 } & \l2_p0_l1_2$1178 ;
+  assign \$1267  = { \$1232 [38:0], 1'h0 } & \l2_p0_l1_2$1177 ;
   assign \$1268  = \$1266  | \$1267 ;
-  assign \$1269  = { \$1238 [38:0], 1'h0 } ^ \l2_p0_l1_4$1180 ;
+  assign \$1269  = { \$1238 [38:0], 1'h0 } ^ \l2_p0_l1_4$1179 ;
   assign \l2_p0_l2_2$341  = \$1269  ^ { \$1244 [38:0], 1'h0 };
-  assign \$1270  = { \$1238 [38:0], 1'h0 } & \l2_p0_l1_4$1180 ;
+  assign \$1270  = { \$1238 [38:0], 1'h0 } & \l2_p0_l1_4$1179 ;
   assign \$1271  = { \$1238 [38:0], 1'h0 } & { \$1244 [38:0], 1'h0 };
   assign \$1272  = \$1270  | \$1271 ;
-  assign \$1273  = \l2_p0_l1_4$1180  & { \$1244 [38:0], 1'h0 };
+  assign \$1273  = \l2_p0_l1_4$1179  & { \$1244 [38:0], 1'h0 };
   assign \$1274  = \$1272  | \$1273 ;
-  assign \$1275  = \l2_p0_l1_6$1182  ^ { \$1250 [38:0], 1'h0 };
+  assign \$1275  = \l2_p0_l1_6$1181  ^ { \$1250 [38:0], 1'h0 };
   assign \l2_p0_l2_4$345  = \$1275  ^ l2_p0_l1_8;
-  assign \$1276  = \l2_p0_l1_6$1182  & { \$1250 [38:0], 1'h0 };
-  assign \$1277  = \l2_p0_l1_6$1182  & l2_p0_l1_8;
+  assign \$1276  = \l2_p0_l1_6$1181  & { \$1250 [38:0], 1'h0 };
+  assign \$1277  = \l2_p0_l1_6$1181  & l2_p0_l1_8;
   assign \$1278  = \$1276  | \$1277 ;
   assign \$1279  = { \$1250 [38:0], 1'h0 } & l2_p0_l1_8;
   assign \$1280  = \$1278  | \$1279 ;
@@ -48525,14 +48405,14 @@ module \accelerator.core.gelu0 (rst, o__ready, go, o__payload, i__payload, i__va
   assign \$1285  = l2_p0_l1_10 & { \$1262 [38:0], 1'h0 };
   assign \$1286  = \$1284  | \$1285 ;
   assign \$1287  = l2_s6_p_t0 ^ l2_s6_p_t1;
-  assign \l2_p1_l1_0$1200  = \$1287  ^ l2_s6_p_t2;
+  assign \l2_p1_l1_0$1199  = \$1287  ^ l2_s6_p_t2;
   assign \$1288  = l2_s6_p_t0 & l2_s6_p_t1;
   assign \$1289  = l2_s6_p_t0 & l2_s6_p_t2;
   assign \$1290  = \$1288  | \$1289 ;
   assign \$1291  = l2_s6_p_t1 & l2_s6_p_t2;
   assign \$1292  = \$1290  | \$1291 ;
   assign \$1293  = l2_s6_p_t3 ^ l2_s6_p_t4;
-  assign \l2_p1_l1_2$1202  = \$1293  ^ l2_s6_p_t5;
+  assign \l2_p1_l1_2$1201  = \$1293  ^ l2_s6_p_t5;
   assign \$1294  = l2_s6_p_t3 & l2_s6_p_t4;
   assign \$1295  = l2_s6_p_t3 & l2_s6_p_t5;
   assign \$1296  = \$1294  | \$1295 ;
@@ -48545,12 +48425,12 @@ module \accelerator.core.gelu0 (rst, o__ready, go, o__payload, i__payload, i__va
   assign \$1302  = \$1300  | \$1301 ;
   assign \$1303  = l2_s6_p_t7 & l2_s6_p_t8;
   assign \$1304  = \$1302  | \$1303 ;
-  assign \$1305  = \l2_p1_l1_0$1200  ^ { \$1292 [38:0], 1'h0 };
-  assign \l2_p1_l2_0$359  = \$1305  ^ \l2_p1_l1_2$1202 ;
-  assign \$1306  = \l2_p1_l1_0$1200  & { \$1292 [38:0], 1'h0 };
-  assign \$1307  = \l2_p1_l1_0$1200  & \l2_p1_l1_2$1202 ;
+  assign \$1305  = \l2_p1_l1_0$1199  ^ { \$1292 [38:0], 1'h0 };
+  assign \l2_p1_l2_0$359  = \$1305  ^ \l2_p1_l1_2$1201 ;
+  assign \$1306  = \l2_p1_l1_0$1199  & { \$1292 [38:0], 1'h0 };
+  assign \$1307  = \l2_p1_l1_0$1199  & \l2_p1_l1_2$1201 ;
   assign \$1308  = \$1306  | \$1307 ;
-  assign \$1309  = { \$1292 [38:0], 1'h0 } & \l2_p1_l1_2$1202 ;
+  assign \$1309  = { \$1292 [38:0], 1'h0 } & \l2_p1_l1_2$1201 ;
   assign \$1310  = \$1308  | \$1309 ;
   assign \$1311  = { \$1298 [38:0], 1'h0 } ^ l2_p1_l1_4;
   assign \l2_p1_l2_2$363  = \$1311  ^ { \$1304 [38:0], 1'h0 };
@@ -48560,16 +48440,16 @@ module \accelerator.core.gelu0 (rst, o__ready, go, o__payload, i__payload, i__va
   assign \$1315  = l2_p1_l1_4 & { \$1304 [38:0], 1'h0 };
   assign \$1316  = \$1314  | \$1315 ;
   assign \$1317  = l2_s7_p_t0 ^ l2_s7_p_t1;
-  assign \l2_p2_l1_0$1212  = \$1317  ^ l2_s7_p_t2;
+  assign \l2_p2_l1_0$1211  = \$1317  ^ l2_s7_p_t2;
   assign \$1318  = l2_s7_p_t0 & l2_s7_p_t1;
   assign \$1319  = l2_s7_p_t0 & l2_s7_p_t2;
   assign \$1320  = \$1318  | \$1319 ;
   assign \$1321  = l2_s7_p_t1 & l2_s7_p_t2;
   assign \$1322  = \$1320  | \$1321 ;
-  assign \$1323  = \l2_p2_l1_0$1212  ^ { \$1322 [38:0], 1'h0 };
+  assign \$1323  = \l2_p2_l1_0$1211  ^ { \$1322 [38:0], 1'h0 };
   assign l2_p2_l2_0 = \$1323  ^ l2_s7_p_t3;
-  assign \$1324  = \l2_p2_l1_0$1212  & { \$1322 [38:0], 1'h0 };
-  assign \$1325  = \l2_p2_l1_0$1212  & l2_s7_p_t3;
+  assign \$1324  = \l2_p2_l1_0$1211  & { \$1322 [38:0], 1'h0 };
+  assign \$1325  = \l2_p2_l1_0$1211  & l2_s7_p_t3;
   assign \$1326  = \$1324  | \$1325 ;
   assign \$1327  = { \$1322 [38:0], 1'h0 } & l2_s7_p_t3;
   assign \$1328  = \$1326  | \$1327 ;
@@ -48895,28 +48775,28 @@ module \accelerator.core.gelu0 (rst, o__ready, go, o__payload, i__payload, i__va
   assign \$1697  = l3_s5_p[18] ? { l3_s5_p[19], 2'h1 } : 3'h0;
   assign \$1699  = l3_s5_p[19] ? 2'h1 : 2'h0;
   assign \$1701  = { 18'h00000, \$1663  } ^ { 17'h00000, \$1665  };
-  assign \l3_p0_l1_0$1404  = \$1701  ^ { 14'h0000, \$1667  };
+  assign \l3_p0_l1_0$1403  = \$1701  ^ { 14'h0000, \$1667  };
   assign \$1702  = { 18'h00000, \$1663  } & { 17'h00000, \$1665  };
   assign \$1703  = { 18'h00000, \$1663  } & { 14'h0000, \$1667  };
   assign \$1704  = \$1702  | \$1703 ;
   assign \$1705  = { 17'h00000, \$1665  } & { 14'h0000, \$1667  };
   assign \$1706  = \$1704  | \$1705 ;
   assign \$1707  = { 15'h0000, \$1669  } ^ { 8'h00, \$1671  };
-  assign \l3_p0_l1_2$1406  = \$1707  ^ { 9'h000, \$1673  };
+  assign \l3_p0_l1_2$1405  = \$1707  ^ { 9'h000, \$1673  };
   assign \$1708  = { 15'h0000, \$1669  } & { 8'h00, \$1671  };
   assign \$1709  = { 15'h0000, \$1669  } & { 9'h000, \$1673  };
   assign \$1710  = \$1708  | \$1709 ;
   assign \$1711  = { 8'h00, \$1671  } & { 9'h000, \$1673  };
   assign \$1712  = \$1710  | \$1711 ;
   assign \$1713  = { 10'h000, \$1675  } ^ { 11'h000, \$1677  };
-  assign \l3_p0_l1_4$1408  = \$1713  ^ \$1679 [39:0];
+  assign \l3_p0_l1_4$1407  = \$1713  ^ \$1679 [39:0];
   assign \$1714  = { 10'h000, \$1675  } & { 11'h000, \$1677  };
   assign \$1715  = { 10'h000, \$1675  } & \$1679 [39:0];
   assign \$1716  = \$1714  | \$1715 ;
   assign \$1717  = { 11'h000, \$1677  } & \$1679 [39:0];
   assign \$1718  = \$1716  | \$1717 ;
   assign \$1719  = \$1681 [39:0] ^ \$1683 [39:0];
-  assign \l3_p0_l1_6$1410  = \$1719  ^ \$1685 [39:0];
+  assign \l3_p0_l1_6$1409  = \$1719  ^ \$1685 [39:0];
   assign \$1720  = \$1681 [39:0] & \$1683 [39:0];
   assign \$1721  = \$1681 [39:0] & \$1685 [39:0];
   assign \$1722  = \$1720  | \$1721 ;
@@ -48936,24 +48816,24 @@ module \accelerator.core.gelu0 (rst, o__ready, go, o__payload, i__payload, i__va
   assign \$1734  = \$1732  | \$1733 ;
   assign \$1735  = \$1694 [39:0] & \$1696 [39:0];
   assign \$1736  = \$1734  | \$1735 ;
-  assign \$1737  = \l3_p0_l1_0$1404  ^ { \$1706 [38:0], 1'h0 };
-  assign \l3_p0_l2_0$484  = \$1737  ^ \l3_p0_l1_2$1406 ;
-  assign \$1738  = \l3_p0_l1_0$1404  & { \$1706 [38:0], 1'h0 };
-  assign \$1739  = \l3_p0_l1_0$1404  & \l3_p0_l1_2$1406 ;
+  assign \$1737  = \l3_p0_l1_0$1403  ^ { \$1706 [38:0], 1'h0 };
+  assign \l3_p0_l2_0$484  = \$1737  ^ \l3_p0_l1_2$1405 ;
+  assign \$1738  = \l3_p0_l1_0$1403  & { \$1706 [38:0], 1'h0 };
+  assign \$1739  = \l3_p0_l1_0$1403  & \l3_p0_l1_2$1405 ;
   assign \$1740  = \$1738  | \$1739 ;
-  assign \$1741  = { \$1706 [38:0], 1'h0 } & \l3_p0_l1_2$1406 ;
+  assign \$1741  = { \$1706 [38:0], 1'h0 } & \l3_p0_l1_2$1405 ;
   assign \$1742  = \$1740  | \$1741 ;
-  assign \$1743  = { \$1712 [38:0], 1'h0 } ^ \l3_p0_l1_4$1408 ;
+  assign \$1743  = { \$1712 [38:0], 1'h0 } ^ \l3_p0_l1_4$1407 ;
   assign \l3_p0_l2_2$488  = \$1743  ^ { \$1718 [38:0], 1'h0 };
-  assign \$1744  = { \$1712 [38:0], 1'h0 } & \l3_p0_l1_4$1408 ;
+  assign \$1744  = { \$1712 [38:0], 1'h0 } & \l3_p0_l1_4$1407 ;
   assign \$1745  = { \$1712 [38:0], 1'h0 } & { \$1718 [38:0], 1'h0 };
   assign \$1746  = \$1744  | \$1745 ;
-  assign \$1747  = \l3_p0_l1_4$1408  & { \$1718 [38:0], 1'h0 };
+  assign \$1747  = \l3_p0_l1_4$1407  & { \$1718 [38:0], 1'h0 };
   assign \$1748  = \$1746  | \$1747 ;
-  assign \$1749  = \l3_p0_l1_6$1410  ^ { \$1724 [38:0], 1'h0 };
+  assign \$1749  = \l3_p0_l1_6$1409  ^ { \$1724 [38:0], 1'h0 };
   assign \l3_p0_l2_4$492  = \$1749  ^ l3_p0_l1_8;
-  assign \$1750  = \l3_p0_l1_6$1410  & { \$1724 [38:0], 1'h0 };
-  assign \$1751  = \l3_p0_l1_6$1410  & l3_p0_l1_8;
+  assign \$1750  = \l3_p0_l1_6$1409  & { \$1724 [38:0], 1'h0 };
+  assign \$1751  = \l3_p0_l1_6$1409  & l3_p0_l1_8;
   assign \$1752  = \$1750  | \$1751 ;
   assign \$1753  = { \$1724 [38:0], 1'h0 } & l3_p0_l1_8;
   assign \$1754  = \$1752  | \$1753 ;
@@ -48965,14 +48845,14 @@ module \accelerator.core.gelu0 (rst, o__ready, go, o__payload, i__payload, i__va
   assign \$1759  = l3_p0_l1_10 & { \$1736 [38:0], 1'h0 };
   assign \$1760  = \$1758  | \$1759 ;
   assign \$1761  = l3_s6_p_t0 ^ l3_s6_p_t1;
-  assign \l3_p1_l1_0$1428  = \$1761  ^ l3_s6_p_t2;
+  assign \l3_p1_l1_0$1427  = \$1761  ^ l3_s6_p_t2;
   assign \$1762  = l3_s6_p_t0 & l3_s6_p_t1;
   assign \$1763  = l3_s6_p_t0 & l3_s6_p_t2;
   assign \$1764  = \$1762  | \$1763 ;
   assign \$1765  = l3_s6_p_t1 & l3_s6_p_t2;
   assign \$1766  = \$1764  | \$1765 ;
   assign \$1767  = l3_s6_p_t3 ^ l3_s6_p_t4;
-  assign \l3_p1_l1_2$1430  = \$1767  ^ l3_s6_p_t5;
+  assign \l3_p1_l1_2$1429  = \$1767  ^ l3_s6_p_t5;
   assign \$1768  = l3_s6_p_t3 & l3_s6_p_t4;
   assign \$1769  = l3_s6_p_t3 & l3_s6_p_t5;
   assign \$1770  = \$1768  | \$1769 ;
@@ -48985,12 +48865,12 @@ module \accelerator.core.gelu0 (rst, o__ready, go, o__payload, i__payload, i__va
   assign \$1776  = \$1774  | \$1775 ;
   assign \$1777  = l3_s6_p_t7 & l3_s6_p_t8;
   assign \$1778  = \$1776  | \$1777 ;
-  assign \$1779  = \l3_p1_l1_0$1428  ^ { \$1766 [38:0], 1'h0 };
-  assign \l3_p1_l2_0$506  = \$1779  ^ \l3_p1_l1_2$1430 ;
-  assign \$1780  = \l3_p1_l1_0$1428  & { \$1766 [38:0], 1'h0 };
-  assign \$1781  = \l3_p1_l1_0$1428  & \l3_p1_l1_2$1430 ;
+  assign \$1779  = \l3_p1_l1_0$1427  ^ { \$1766 [38:0], 1'h0 };
+  assign \l3_p1_l2_0$506  = \$1779  ^ \l3_p1_l1_2$1429 ;
+  assign \$1780  = \l3_p1_l1_0$1427  & { \$1766 [38:0], 1'h0 };
+  assign \$1781  = \l3_p1_l1_0$1427  & \l3_p1_l1_2$1429 ;
   assign \$1782  = \$1780  | \$1781 ;
-  assign \$1783  = { \$1766 [38:0], 1'h0 } & \l3_p1_l1_2$1430 ;
+  assign \$1783  = { \$1766 [38:0], 1'h0 } & \l3_p1_l1_2$1429 ;
   assign \$1784  = \$1782  | \$1783 ;
   assign \$1785  = { \$1772 [38:0], 1'h0 } ^ l3_p1_l1_4;
   assign \l3_p1_l2_2$510  = \$1785  ^ { \$1778 [38:0], 1'h0 };
@@ -49000,16 +48880,16 @@ module \accelerator.core.gelu0 (rst, o__ready, go, o__payload, i__payload, i__va
   assign \$1789  = l3_p1_l1_4 & { \$1778 [38:0], 1'h0 };
   assign \$1790  = \$1788  | \$1789 ;
   assign \$1791  = l3_s7_p_t0 ^ l3_s7_p_t1;
-  assign \l3_p2_l1_0$1440  = \$1791  ^ l3_s7_p_t2;
+  assign \l3_p2_l1_0$1439  = \$1791  ^ l3_s7_p_t2;
   assign \$1792  = l3_s7_p_t0 & l3_s7_p_t1;
   assign \$1793  = l3_s7_p_t0 & l3_s7_p_t2;
   assign \$1794  = \$1792  | \$1793 ;
   assign \$1795  = l3_s7_p_t1 & l3_s7_p_t2;
   assign \$1796  = \$1794  | \$1795 ;
-  assign \$1797  = \l3_p2_l1_0$1440  ^ { \$1796 [38:0], 1'h0 };
+  assign \$1797  = \l3_p2_l1_0$1439  ^ { \$1796 [38:0], 1'h0 };
   assign l3_p2_l2_0 = \$1797  ^ l3_s7_p_t3;
-  assign \$1798  = \l3_p2_l1_0$1440  & { \$1796 [38:0], 1'h0 };
-  assign \$1799  = \l3_p2_l1_0$1440  & l3_s7_p_t3;
+  assign \$1798  = \l3_p2_l1_0$1439  & { \$1796 [38:0], 1'h0 };
+  assign \$1799  = \l3_p2_l1_0$1439  & l3_s7_p_t3;
   assign \$1800  = \$1798  | \$1799 ;
   assign \$1801  = { \$1796 [38:0], 1'h0 } & l3_s7_p_t3;
   assign \$1802  = \$1800  | \$1801 ;
@@ -49258,819 +49138,819 @@ module \accelerator.core.gelu0 (rst, o__ready, go, o__payload, i__payload, i__va
   assign \$2072  = ~ c__valid;
   assign \$2073  = out_queue_room & \$2072 ;
   assign go = \$2073  & const_settled;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l0_const <= \$2074 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l1_const <= l0_const;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l2_const <= l1_const;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l3_const <= l2_const;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     const_settle <= \$2075 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l0_s1_q <= \$2076 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l0_s1_u <= \$2077 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l0_s2_p_t0 <= \$2078 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l0_s2_p_t1 <= \$2079 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l0_s2_p_t2 <= \$2080 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l0_s2_p_t3 <= \$2081 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l0_s2_p_t4 <= \$2082 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l0_s2_q <= \$2083 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l0_s2_u <= \$2084 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l0_s3_p_t0 <= \$2085 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l0_s3_p_t1 <= \$2086 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l0_s3_p_t2 <= \$2087 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l0_s3_q <= \$2088 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l0_s3_u <= \$2089 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l0_s4_p_t0 <= \$2090 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l0_s4_p_t1 <= \$2091 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l0_s4_q <= \$2092 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l0_s4_u <= \$2093 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l0_s5_p <= \$2094 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l0_s5_q <= \$2095 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l0_s5_u <= \$2096 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l0_s6_p_t0 <= \$2097 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l0_s6_p_t1 <= \$2098 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l0_s6_p_t2 <= \$2099 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l0_s6_p_t3 <= \$2100 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l0_s6_p_t4 <= \$2101 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l0_s6_p_t5 <= \$2102 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l0_s6_p_t6 <= \$2103 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l0_s6_p_t7 <= \$2104 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l0_s6_p_t8 <= \$2105 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l0_s6_p_t9 <= \$2106 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l0_s6_q <= \$2107 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l0_s6_u <= \$2108 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l0_s7_p_t0 <= \$2109 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l0_s7_p_t1 <= \$2110 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l0_s7_p_t2 <= \$2111 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l0_s7_p_t3 <= \$2112 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l0_s7_p_t4 <= \$2113 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l0_s7_q <= \$2114 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l0_s7_u <= \$2115 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l0_s8_p_t0 <= \$2116 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l0_s8_p_t1 <= \$2117 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l0_s8_p_t2 <= \$2118 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l0_s8_q <= \$2119 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l0_s8_u <= \$2120 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l0_s9_p_t0 <= \$2121 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l0_s9_p_t1 <= \$2122 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l0_s9_q <= \$2123 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l0_s9_u <= \$2124 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l0_s10_p <= \$2125 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l0_s10_q <= \$2126 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l0_s10_u <= \$2127 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l0_s11_t_t <= \$2128 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l0_s11_q <= \$2129 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l0_s12_t_t <= \$2130 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l0_s12_q <= \$2131 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l0_s13_t <= \$2132 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l0_s13_q <= \$2133 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l0_s14_q <= \$2134 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l0_s14_s <= \$2135 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l0_s15_v_t0 <= \$2136 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l0_s15_v_t1 <= \$2137 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l0_s15_v_t2 <= \$2138 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l0_s15_v_t3 <= \$2139 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l0_s15_v_t4 <= 25'h1ec0000;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l0_s16_v_t0 <= \$2141 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l0_s16_v_t1 <= \$2142 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l0_s16_v_t2 <= \$2143 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l0_s17_v_t0 <= \$2144 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l0_s17_v_t1 <= \$2145 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l0_s18_v <= \$2146 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l0_s19_w_t0 <= \$2147 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l0_s19_w_t1 <= \$2148 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l0_s19_w_t2 <= \$2149 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l0_s19_w_t3 <= \$2150 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l0_s19_w_t4 <= \$2151 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l0_s19_w_t5 <= \$2152 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l0_s19_w_t6 <= \$2153 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l0_s19_w_t7 <= \$2154 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l0_s20_w_t0 <= \$2155 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l0_s20_w_t1 <= \$2156 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l0_s20_w_t2 <= \$2157 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l0_s20_w_t3 <= \$2158 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l0_s21_w_t0 <= \$2159 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l0_s21_w_t1 <= \$2160 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l0_s22_w <= \$2161 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l0_s23_r_t <= \$2162 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l0_s24_r_t <= \$2163 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l0_s25_r <= \$2164 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l0_s26_o_ok <= \$2165 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l0_s26_o_neg <= \$2166 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l0_s26_o_low <= \$2167 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l0_s27_o <= \$2168 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l1_s1_q <= \$2169 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l1_s1_u <= \$2170 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l1_s2_p_t0 <= \$2171 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l1_s2_p_t1 <= \$2172 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l1_s2_p_t2 <= \$2173 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l1_s2_p_t3 <= \$2174 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l1_s2_p_t4 <= \$2175 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l1_s2_q <= \$2176 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l1_s2_u <= \$2177 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l1_s3_p_t0 <= \$2178 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l1_s3_p_t1 <= \$2179 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l1_s3_p_t2 <= \$2180 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l1_s3_q <= \$2181 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l1_s3_u <= \$2182 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l1_s4_p_t0 <= \$2183 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l1_s4_p_t1 <= \$2184 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l1_s4_q <= \$2185 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l1_s4_u <= \$2186 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l1_s5_p <= \$2187 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l1_s5_q <= \$2188 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l1_s5_u <= \$2189 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l1_s6_p_t0 <= \$2190 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l1_s6_p_t1 <= \$2191 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l1_s6_p_t2 <= \$2192 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l1_s6_p_t3 <= \$2193 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l1_s6_p_t4 <= \$2194 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l1_s6_p_t5 <= \$2195 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l1_s6_p_t6 <= \$2196 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l1_s6_p_t7 <= \$2197 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l1_s6_p_t8 <= \$2198 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l1_s6_p_t9 <= \$2199 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l1_s6_q <= \$2200 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l1_s6_u <= \$2201 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l1_s7_p_t0 <= \$2202 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l1_s7_p_t1 <= \$2203 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l1_s7_p_t2 <= \$2204 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l1_s7_p_t3 <= \$2205 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l1_s7_p_t4 <= \$2206 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l1_s7_q <= \$2207 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l1_s7_u <= \$2208 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l1_s8_p_t0 <= \$2209 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l1_s8_p_t1 <= \$2210 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l1_s8_p_t2 <= \$2211 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l1_s8_q <= \$2212 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l1_s8_u <= \$2213 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l1_s9_p_t0 <= \$2214 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l1_s9_p_t1 <= \$2215 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l1_s9_q <= \$2216 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l1_s9_u <= \$2217 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l1_s10_p <= \$2218 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l1_s10_q <= \$2219 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l1_s10_u <= \$2220 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l1_s11_t_t <= \$2221 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l1_s11_q <= \$2222 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l1_s12_t_t <= \$2223 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l1_s12_q <= \$2224 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l1_s13_t <= \$2225 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l1_s13_q <= \$2226 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l1_s14_q <= \$2227 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l1_s14_s <= \$2228 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l1_s15_v_t0 <= \$2229 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l1_s15_v_t1 <= \$2230 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l1_s15_v_t2 <= \$2231 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l1_s15_v_t3 <= \$2232 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l1_s15_v_t4 <= 25'h1ec0000;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l1_s16_v_t0 <= \$2234 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l1_s16_v_t1 <= \$2235 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l1_s16_v_t2 <= \$2236 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l1_s17_v_t0 <= \$2237 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l1_s17_v_t1 <= \$2238 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l1_s18_v <= \$2239 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l1_s19_w_t0 <= \$2240 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l1_s19_w_t1 <= \$2241 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l1_s19_w_t2 <= \$2242 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l1_s19_w_t3 <= \$2243 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l1_s19_w_t4 <= \$2244 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l1_s19_w_t5 <= \$2245 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l1_s19_w_t6 <= \$2246 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l1_s19_w_t7 <= \$2247 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l1_s20_w_t0 <= \$2248 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l1_s20_w_t1 <= \$2249 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l1_s20_w_t2 <= \$2250 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l1_s20_w_t3 <= \$2251 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l1_s21_w_t0 <= \$2252 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l1_s21_w_t1 <= \$2253 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l1_s22_w <= \$2254 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l1_s23_r_t <= \$2255 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l1_s24_r_t <= \$2256 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l1_s25_r <= \$2257 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l1_s26_o_ok <= \$2258 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l1_s26_o_neg <= \$2259 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l1_s26_o_low <= \$2260 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l1_s27_o <= \$2261 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l2_s1_q <= \$2262 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l2_s1_u <= \$2263 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l2_s2_p_t0 <= \$2264 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l2_s2_p_t1 <= \$2265 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l2_s2_p_t2 <= \$2266 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l2_s2_p_t3 <= \$2267 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l2_s2_p_t4 <= \$2268 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l2_s2_q <= \$2269 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l2_s2_u <= \$2270 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l2_s3_p_t0 <= \$2271 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l2_s3_p_t1 <= \$2272 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l2_s3_p_t2 <= \$2273 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l2_s3_q <= \$2274 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l2_s3_u <= \$2275 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l2_s4_p_t0 <= \$2276 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l2_s4_p_t1 <= \$2277 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l2_s4_q <= \$2278 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l2_s4_u <= \$2279 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l2_s5_p <= \$2280 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l2_s5_q <= \$2281 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l2_s5_u <= \$2282 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l2_s6_p_t0 <= \$2283 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l2_s6_p_t1 <= \$2284 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l2_s6_p_t2 <= \$2285 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l2_s6_p_t3 <= \$2286 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l2_s6_p_t4 <= \$2287 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l2_s6_p_t5 <= \$2288 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l2_s6_p_t6 <= \$2289 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l2_s6_p_t7 <= \$2290 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l2_s6_p_t8 <= \$2291 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l2_s6_p_t9 <= \$2292 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l2_s6_q <= \$2293 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l2_s6_u <= \$2294 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l2_s7_p_t0 <= \$2295 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l2_s7_p_t1 <= \$2296 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l2_s7_p_t2 <= \$2297 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l2_s7_p_t3 <= \$2298 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l2_s7_p_t4 <= \$2299 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l2_s7_q <= \$2300 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l2_s7_u <= \$2301 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l2_s8_p_t0 <= \$2302 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l2_s8_p_t1 <= \$2303 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l2_s8_p_t2 <= \$2304 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l2_s8_q <= \$2305 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l2_s8_u <= \$2306 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l2_s9_p_t0 <= \$2307 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l2_s9_p_t1 <= \$2308 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l2_s9_q <= \$2309 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l2_s9_u <= \$2310 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l2_s10_p <= \$2311 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l2_s10_q <= \$2312 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l2_s10_u <= \$2313 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l2_s11_t_t <= \$2314 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l2_s11_q <= \$2315 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l2_s12_t_t <= \$2316 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l2_s12_q <= \$2317 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l2_s13_t <= \$2318 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l2_s13_q <= \$2319 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l2_s14_q <= \$2320 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l2_s14_s <= \$2321 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l2_s15_v_t0 <= \$2322 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l2_s15_v_t1 <= \$2323 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l2_s15_v_t2 <= \$2324 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l2_s15_v_t3 <= \$2325 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l2_s15_v_t4 <= 25'h1ec0000;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l2_s16_v_t0 <= \$2327 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l2_s16_v_t1 <= \$2328 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l2_s16_v_t2 <= \$2329 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l2_s17_v_t0 <= \$2330 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l2_s17_v_t1 <= \$2331 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l2_s18_v <= \$2332 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l2_s19_w_t0 <= \$2333 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l2_s19_w_t1 <= \$2334 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l2_s19_w_t2 <= \$2335 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l2_s19_w_t3 <= \$2336 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l2_s19_w_t4 <= \$2337 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l2_s19_w_t5 <= \$2338 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l2_s19_w_t6 <= \$2339 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l2_s19_w_t7 <= \$2340 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l2_s20_w_t0 <= \$2341 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l2_s20_w_t1 <= \$2342 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l2_s20_w_t2 <= \$2343 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l2_s20_w_t3 <= \$2344 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l2_s21_w_t0 <= \$2345 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l2_s21_w_t1 <= \$2346 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l2_s22_w <= \$2347 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l2_s23_r_t <= \$2348 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l2_s24_r_t <= \$2349 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l2_s25_r <= \$2350 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l2_s26_o_ok <= \$2351 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l2_s26_o_neg <= \$2352 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l2_s26_o_low <= \$2353 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l2_s27_o <= \$2354 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l3_s1_q <= \$2355 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l3_s1_u <= \$2356 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l3_s2_p_t0 <= \$2357 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l3_s2_p_t1 <= \$2358 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l3_s2_p_t2 <= \$2359 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l3_s2_p_t3 <= \$2360 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l3_s2_p_t4 <= \$2361 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l3_s2_q <= \$2362 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l3_s2_u <= \$2363 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l3_s3_p_t0 <= \$2364 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l3_s3_p_t1 <= \$2365 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l3_s3_p_t2 <= \$2366 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l3_s3_q <= \$2367 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l3_s3_u <= \$2368 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l3_s4_p_t0 <= \$2369 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l3_s4_p_t1 <= \$2370 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l3_s4_q <= \$2371 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l3_s4_u <= \$2372 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l3_s5_p <= \$2373 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l3_s5_q <= \$2374 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l3_s5_u <= \$2375 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l3_s6_p_t0 <= \$2376 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l3_s6_p_t1 <= \$2377 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l3_s6_p_t2 <= \$2378 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l3_s6_p_t3 <= \$2379 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l3_s6_p_t4 <= \$2380 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l3_s6_p_t5 <= \$2381 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l3_s6_p_t6 <= \$2382 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l3_s6_p_t7 <= \$2383 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l3_s6_p_t8 <= \$2384 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l3_s6_p_t9 <= \$2385 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l3_s6_q <= \$2386 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l3_s6_u <= \$2387 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l3_s7_p_t0 <= \$2388 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l3_s7_p_t1 <= \$2389 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l3_s7_p_t2 <= \$2390 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l3_s7_p_t3 <= \$2391 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l3_s7_p_t4 <= \$2392 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l3_s7_q <= \$2393 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l3_s7_u <= \$2394 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l3_s8_p_t0 <= \$2395 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l3_s8_p_t1 <= \$2396 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l3_s8_p_t2 <= \$2397 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l3_s8_q <= \$2398 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l3_s8_u <= \$2399 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l3_s9_p_t0 <= \$2400 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l3_s9_p_t1 <= \$2401 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l3_s9_q <= \$2402 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l3_s9_u <= \$2403 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l3_s10_p <= \$2404 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l3_s10_q <= \$2405 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l3_s10_u <= \$2406 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l3_s11_t_t <= \$2407 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l3_s11_q <= \$2408 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l3_s12_t_t <= \$2409 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l3_s12_q <= \$2410 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l3_s13_t <= \$2411 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l3_s13_q <= \$2412 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l3_s14_q <= \$2413 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l3_s14_s <= \$2414 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l3_s15_v_t0 <= \$2415 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l3_s15_v_t1 <= \$2416 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l3_s15_v_t2 <= \$2417 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l3_s15_v_t3 <= \$2418 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l3_s15_v_t4 <= 25'h1ec0000;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l3_s16_v_t0 <= \$2420 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l3_s16_v_t1 <= \$2421 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l3_s16_v_t2 <= \$2422 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l3_s17_v_t0 <= \$2423 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l3_s17_v_t1 <= \$2424 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l3_s18_v <= \$2425 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l3_s19_w_t0 <= \$2426 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l3_s19_w_t1 <= \$2427 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l3_s19_w_t2 <= \$2428 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l3_s19_w_t3 <= \$2429 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l3_s19_w_t4 <= \$2430 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l3_s19_w_t5 <= \$2431 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l3_s19_w_t6 <= \$2432 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l3_s19_w_t7 <= \$2433 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l3_s20_w_t0 <= \$2434 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l3_s20_w_t1 <= \$2435 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l3_s20_w_t2 <= \$2436 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l3_s20_w_t3 <= \$2437 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l3_s21_w_t0 <= \$2438 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l3_s21_w_t1 <= \$2439 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l3_s22_w <= \$2440 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l3_s23_r_t <= \$2441 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l3_s24_r_t <= \$2442 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l3_s25_r <= \$2443 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l3_s26_o_ok <= \$2444 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l3_s26_o_neg <= \$2445 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l3_s26_o_low <= \$2446 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     l3_s27_o <= \$2447 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     valid_s1 <= \$2448 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     valid_s2 <= \$2449 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     valid_s3 <= \$2450 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     valid_s4 <= \$2451 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     valid_s5 <= \$2452 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     valid_s6 <= \$2453 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     valid_s7 <= \$2454 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     valid_s8 <= \$2455 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     valid_s9 <= \$2456 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     valid_s10 <= \$2457 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     valid_s11 <= \$2458 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     valid_s12 <= \$2459 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     valid_s13 <= \$2460 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     valid_s14 <= \$2461 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     valid_s15 <= \$2462 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     valid_s16 <= \$2463 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     valid_s17 <= \$2464 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     valid_s18 <= \$2465 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     valid_s19 <= \$2466 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     valid_s20 <= \$2467 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     valid_s21 <= \$2468 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     valid_s22 <= \$2469 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     valid_s23 <= \$2470 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     valid_s24 <= \$2471 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     valid_s25 <= \$2472 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     valid_s26 <= \$2473 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     valid_s27 <= \$2474 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     out_queue_count <= \$2475 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     out_queue_room <= \$2476 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     c__ready <= \$2477 ;
   assign \$auto$rtlil.cc:2739:Not$2  = ~ \$441 [0];
   assign \$auto$rtlil.cc:2739:Not$12  = ~ { \$1553 [40:34], \$1553 [32:29], \$1553 [27:26] };
@@ -50081,16 +49961,15 @@ module \accelerator.core.gelu0 (rst, o__ready, go, o__payload, i__payload, i__va
   assign \$auto$rtlil.cc:2739:Not$8  = ~ { \$1079 [40:34], \$1079 [32:29], \$1079 [27:26] };
   assign \$auto$rtlil.cc:2739:Not$10  = ~ \$1389 [0];
   \accelerator.core.gelu0.out_queue  out_queue (
-    .clk(clk),
-    .\port$12082$0 (l0_s27_o),
-    .\port$12268$0 (l1_s27_o),
-    .\port$12454$0 (l2_s27_o),
-    .\port$12640$0 (l3_s27_o),
+    .gelu0_d_clk(gelu0_d_clk),
+    .gelu0_d_rst(gelu0_d_rst),
+    .\port$12088$0 (l0_s27_o),
+    .\port$12274$0 (l1_s27_o),
+    .\port$12460$0 (l2_s27_o),
+    .\port$12646$0 (l3_s27_o),
     .r_data(o__payload),
     .r_en(o__ready),
     .r_rdy(o__valid),
-    .rst(rst),
-    .unit_rst(unit_rst),
     .w_en(valid_s27)
   );
   always @* begin
@@ -50108,310 +49987,217 @@ module \accelerator.core.gelu0 (rst, o__ready, go, o__payload, i__payload, i__va
     end else if (\$3 ) begin
       \$2075  = \$4 [1:0];
     end
-    if (unit_rst) begin
-      \$2075  = 2'h0;
-    end
-    if (rst) begin
+    if (gelu0_d_rst) begin
       \$2075  = 2'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
     \$2448  = \$141 ;
-    if (unit_rst) begin
-      \$2448  = 1'h0;
-    end
-    if (rst) begin
+    if (gelu0_d_rst) begin
       \$2448  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
     \$2449  = valid_s1;
-    if (unit_rst) begin
-      \$2449  = 1'h0;
-    end
-    if (rst) begin
+    if (gelu0_d_rst) begin
       \$2449  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
     \$2450  = valid_s2;
-    if (unit_rst) begin
-      \$2450  = 1'h0;
-    end
-    if (rst) begin
+    if (gelu0_d_rst) begin
       \$2450  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
     \$2451  = valid_s3;
-    if (unit_rst) begin
-      \$2451  = 1'h0;
-    end
-    if (rst) begin
+    if (gelu0_d_rst) begin
       \$2451  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
     \$2452  = valid_s4;
-    if (unit_rst) begin
-      \$2452  = 1'h0;
-    end
-    if (rst) begin
+    if (gelu0_d_rst) begin
       \$2452  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
     \$2453  = valid_s5;
-    if (unit_rst) begin
-      \$2453  = 1'h0;
-    end
-    if (rst) begin
+    if (gelu0_d_rst) begin
       \$2453  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
     \$2454  = valid_s6;
-    if (unit_rst) begin
-      \$2454  = 1'h0;
-    end
-    if (rst) begin
+    if (gelu0_d_rst) begin
       \$2454  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
     \$2455  = valid_s7;
-    if (unit_rst) begin
-      \$2455  = 1'h0;
-    end
-    if (rst) begin
+    if (gelu0_d_rst) begin
       \$2455  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
     \$2456  = valid_s8;
-    if (unit_rst) begin
-      \$2456  = 1'h0;
-    end
-    if (rst) begin
+    if (gelu0_d_rst) begin
       \$2456  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
     \$2457  = valid_s9;
-    if (unit_rst) begin
-      \$2457  = 1'h0;
-    end
-    if (rst) begin
+    if (gelu0_d_rst) begin
       \$2457  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
     \$2458  = valid_s10;
-    if (unit_rst) begin
-      \$2458  = 1'h0;
-    end
-    if (rst) begin
+    if (gelu0_d_rst) begin
       \$2458  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
     \$2459  = valid_s11;
-    if (unit_rst) begin
-      \$2459  = 1'h0;
-    end
-    if (rst) begin
+    if (gelu0_d_rst) begin
       \$2459  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
     \$2460  = valid_s12;
-    if (unit_rst) begin
-      \$2460  = 1'h0;
-    end
-    if (rst) begin
+    if (gelu0_d_rst) begin
       \$2460  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
     \$2461  = valid_s13;
-    if (unit_rst) begin
-      \$2461  = 1'h0;
-    end
-    if (rst) begin
+    if (gelu0_d_rst) begin
       \$2461  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
     \$2462  = valid_s14;
-    if (unit_rst) begin
-      \$2462  = 1'h0;
-    end
-    if (rst) begin
+    if (gelu0_d_rst) begin
       \$2462  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
     \$2463  = valid_s15;
-    if (unit_rst) begin
-      \$2463  = 1'h0;
-    end
-    if (rst) begin
+    if (gelu0_d_rst) begin
       \$2463  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
     \$2464  = valid_s16;
-    if (unit_rst) begin
-      \$2464  = 1'h0;
-    end
-    if (rst) begin
+    if (gelu0_d_rst) begin
       \$2464  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
     \$2465  = valid_s17;
-    if (unit_rst) begin
-      \$2465  = 1'h0;
-    end
-    if (rst) begin
+    if (gelu0_d_rst) begin
       \$2465  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
     \$2466  = valid_s18;
-    if (unit_rst) begin
-      \$2466  = 1'h0;
-    end
-    if (rst) begin
+    if (gelu0_d_rst) begin
       \$2466  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
     \$2467  = valid_s19;
-    if (unit_rst) begin
-      \$2467  = 1'h0;
-    end
-    if (rst) begin
+    if (gelu0_d_rst) begin
       \$2467  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
     \$2468  = valid_s20;
-    if (unit_rst) begin
-      \$2468  = 1'h0;
-    end
-    if (rst) begin
+    if (gelu0_d_rst) begin
       \$2468  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
     \$2469  = valid_s21;
-    if (unit_rst) begin
-      \$2469  = 1'h0;
-    end
-    if (rst) begin
+    if (gelu0_d_rst) begin
       \$2469  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
     \$2470  = valid_s22;
-    if (unit_rst) begin
-      \$2470  = 1'h0;
-    end
-    if (rst) begin
+    if (gelu0_d_rst) begin
       \$2470  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
     \$2471  = valid_s23;
-    if (unit_rst) begin
-      \$2471  = 1'h0;
-    end
-    if (rst) begin
+    if (gelu0_d_rst) begin
       \$2471  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
     \$2472  = valid_s24;
-    if (unit_rst) begin
-      \$2472  = 1'h0;
-    end
-    if (rst) begin
+    if (gelu0_d_rst) begin
       \$2472  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
     \$2473  = valid_s25;
-    if (unit_rst) begin
-      \$2473  = 1'h0;
-    end
-    if (rst) begin
+    if (gelu0_d_rst) begin
       \$2473  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
     \$2474  = valid_s26;
-    if (unit_rst) begin
-      \$2474  = 1'h0;
-    end
-    if (rst) begin
+    if (gelu0_d_rst) begin
       \$2474  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
     \$2475  = \$151 ;
-    if (unit_rst) begin
-      \$2475  = 5'h00;
-    end
-    if (rst) begin
+    if (gelu0_d_rst) begin
       \$2475  = 5'h00;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
     \$2476  = \$161 ;
-    if (unit_rst) begin
-      \$2476  = 1'h1;
-    end
-    if (rst) begin
+    if (gelu0_d_rst) begin
       \$2476  = 1'h1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$60 ) begin end
     \$2477  = \$171 ;
-    if (unit_rst) begin
-      \$2477  = 1'h1;
-    end
-    if (rst) begin
+    if (gelu0_d_rst) begin
       \$2477  = 1'h1;
     end
   end
@@ -50576,16 +50362,16 @@ module \accelerator.core.gelu0 (rst, o__ready, go, o__payload, i__payload, i__va
   assign l0_p2_l0_0 = l0_s3_p_t0;
   assign l0_p2_l0_1 = l0_s3_p_t1;
   assign l0_p2_l0_2 = l0_s3_p_t2;
-  assign \l0_p_l0_0$680  = { 18'h00000, \$241  };
-  assign \l0_p_l0_1$681  = { 17'h00000, \$243  };
-  assign \l0_p_l0_2$682  = { 14'h0000, \$245  };
-  assign \l0_p_l0_3$683  = { 15'h0000, \$247  };
-  assign \l0_p_l0_4$684  = { 8'h00, \$249  };
-  assign \l0_p_l0_5$685  = { 9'h000, \$251  };
-  assign \l0_p_l0_6$686  = { 10'h000, \$253  };
-  assign \l0_p_l0_7$687  = { 11'h000, \$255  };
-  assign \l0_p_l0_8$688  = \$257 [39:0];
-  assign \l0_p_l0_9$689  = \$259 [39:0];
+  assign \l0_p_l0_0$679  = { 18'h00000, \$241  };
+  assign \l0_p_l0_1$680  = { 17'h00000, \$243  };
+  assign \l0_p_l0_2$681  = { 14'h0000, \$245  };
+  assign \l0_p_l0_3$682  = { 15'h0000, \$247  };
+  assign \l0_p_l0_4$683  = { 8'h00, \$249  };
+  assign \l0_p_l0_5$684  = { 9'h000, \$251  };
+  assign \l0_p_l0_6$685  = { 10'h000, \$253  };
+  assign \l0_p_l0_7$686  = { 11'h000, \$255  };
+  assign \l0_p_l0_8$687  = \$257 [39:0];
+  assign \l0_p_l0_9$688  = \$259 [39:0];
   assign l0_p_l0_10 = \$261 [39:0];
   assign l0_p_l0_11 = \$263 [39:0];
   assign l0_p_l0_13 = { 1'h0, \$266  };
@@ -50595,16 +50381,16 @@ module \accelerator.core.gelu0 (rst, o__ready, go, o__payload, i__payload, i__va
   assign l0_p_l0_17 = \$274 [39:0];
   assign l0_p_l0_18 = \$276 [39:0];
   assign l0_p_l0_19 = \$278 [39:0];
-  assign \l0_p0_l0_0$700  = { 18'h00000, \$241  };
-  assign \l0_p0_l0_1$701  = { 17'h00000, \$243  };
-  assign \l0_p0_l0_2$702  = { 14'h0000, \$245  };
-  assign \l0_p0_l0_3$703  = { 15'h0000, \$247  };
-  assign \l0_p0_l0_4$704  = { 8'h00, \$249  };
-  assign \l0_p0_l0_5$705  = { 9'h000, \$251  };
-  assign \l0_p0_l0_6$706  = { 10'h000, \$253  };
-  assign \l0_p0_l0_7$707  = { 11'h000, \$255  };
-  assign \l0_p0_l0_8$708  = \$257 [39:0];
-  assign \l0_p0_l0_9$709  = \$259 [39:0];
+  assign \l0_p0_l0_0$699  = { 18'h00000, \$241  };
+  assign \l0_p0_l0_1$700  = { 17'h00000, \$243  };
+  assign \l0_p0_l0_2$701  = { 14'h0000, \$245  };
+  assign \l0_p0_l0_3$702  = { 15'h0000, \$247  };
+  assign \l0_p0_l0_4$703  = { 8'h00, \$249  };
+  assign \l0_p0_l0_5$704  = { 9'h000, \$251  };
+  assign \l0_p0_l0_6$705  = { 10'h000, \$253  };
+  assign \l0_p0_l0_7$706  = { 11'h000, \$255  };
+  assign \l0_p0_l0_8$707  = \$257 [39:0];
+  assign \l0_p0_l0_9$708  = \$259 [39:0];
   assign l0_p0_l0_10 = \$261 [39:0];
   assign l0_p0_l0_11 = \$263 [39:0];
   assign l0_p0_l0_12 = l0_p_l0_12;
@@ -50615,34 +50401,34 @@ module \accelerator.core.gelu0 (rst, o__ready, go, o__payload, i__payload, i__va
   assign l0_p0_l0_17 = \$274 [39:0];
   assign l0_p0_l0_18 = \$276 [39:0];
   assign l0_p0_l0_19 = \$278 [39:0];
-  assign \l0_p0_l1_1$721  = { \$284 [38:0], 1'h0 };
-  assign \l0_p0_l1_3$723  = { \$290 [38:0], 1'h0 };
-  assign \l0_p0_l1_5$725  = { \$296 [38:0], 1'h0 };
+  assign \l0_p0_l1_1$720  = { \$284 [38:0], 1'h0 };
+  assign \l0_p0_l1_3$722  = { \$290 [38:0], 1'h0 };
+  assign \l0_p0_l1_5$724  = { \$296 [38:0], 1'h0 };
   assign l0_p0_l1_7 = { \$302 [38:0], 1'h0 };
   assign l0_p0_l1_9 = { \$308 [38:0], 1'h0 };
   assign l0_p0_l1_11 = { \$314 [38:0], 1'h0 };
   assign l0_p0_l1_12 = \$276 [39:0];
   assign l0_p0_l1_13 = \$278 [39:0];
-  assign \l0_p1_l0_0$734  = l0_s6_p_t0;
-  assign \l0_p1_l0_1$735  = l0_s6_p_t1;
-  assign \l0_p1_l0_2$736  = l0_s6_p_t2;
-  assign \l0_p1_l0_3$737  = l0_s6_p_t3;
-  assign \l0_p1_l0_4$738  = l0_s6_p_t4;
+  assign \l0_p1_l0_0$733  = l0_s6_p_t0;
+  assign \l0_p1_l0_1$734  = l0_s6_p_t1;
+  assign \l0_p1_l0_2$735  = l0_s6_p_t2;
+  assign \l0_p1_l0_3$736  = l0_s6_p_t3;
+  assign \l0_p1_l0_4$737  = l0_s6_p_t4;
   assign l0_p1_l0_5 = l0_s6_p_t5;
   assign l0_p1_l0_6 = l0_s6_p_t6;
   assign l0_p1_l0_7 = l0_s6_p_t7;
   assign l0_p1_l0_8 = l0_s6_p_t8;
   assign l0_p1_l0_9 = l0_s6_p_t9;
-  assign \l0_p1_l1_1$745  = { \$344 [38:0], 1'h0 };
-  assign \l0_p1_l1_3$747  = { \$350 [38:0], 1'h0 };
+  assign \l0_p1_l1_1$744  = { \$344 [38:0], 1'h0 };
+  assign \l0_p1_l1_3$746  = { \$350 [38:0], 1'h0 };
   assign l0_p1_l1_5 = { \$356 [38:0], 1'h0 };
   assign l0_p1_l1_6 = l0_s6_p_t9;
-  assign \l0_p2_l0_0$751  = l0_s7_p_t0;
-  assign \l0_p2_l0_1$752  = l0_s7_p_t1;
-  assign \l0_p2_l0_2$753  = l0_s7_p_t2;
+  assign \l0_p2_l0_0$750  = l0_s7_p_t0;
+  assign \l0_p2_l0_1$751  = l0_s7_p_t1;
+  assign \l0_p2_l0_2$752  = l0_s7_p_t2;
   assign l0_p2_l0_3 = l0_s7_p_t3;
   assign l0_p2_l0_4 = l0_s7_p_t4;
-  assign \l0_p2_l1_1$757  = { \$374 [38:0], 1'h0 };
+  assign \l0_p2_l1_1$756  = { \$374 [38:0], 1'h0 };
   assign l0_p2_l1_2 = l0_s7_p_t3;
   assign l0_p2_l1_3 = l0_s7_p_t4;
   assign l0_p3_l0_0 = l0_s8_p_t0;
@@ -50776,16 +50562,16 @@ module \accelerator.core.gelu0 (rst, o__ready, go, o__payload, i__payload, i__va
   assign l1_p2_l0_0 = l1_s3_p_t0;
   assign l1_p2_l0_1 = l1_s3_p_t1;
   assign l1_p2_l0_2 = l1_s3_p_t2;
-  assign \l1_p_l0_0$908  = { 18'h00000, \$715  };
-  assign \l1_p_l0_1$909  = { 17'h00000, \$717  };
-  assign \l1_p_l0_2$910  = { 14'h0000, \$719  };
-  assign \l1_p_l0_3$911  = { 15'h0000, \$721  };
-  assign \l1_p_l0_4$912  = { 8'h00, \$723  };
-  assign \l1_p_l0_5$913  = { 9'h000, \$725  };
-  assign \l1_p_l0_6$914  = { 10'h000, \$727  };
-  assign \l1_p_l0_7$915  = { 11'h000, \$729  };
-  assign \l1_p_l0_8$916  = \$731 [39:0];
-  assign \l1_p_l0_9$917  = \$733 [39:0];
+  assign \l1_p_l0_0$907  = { 18'h00000, \$715  };
+  assign \l1_p_l0_1$908  = { 17'h00000, \$717  };
+  assign \l1_p_l0_2$909  = { 14'h0000, \$719  };
+  assign \l1_p_l0_3$910  = { 15'h0000, \$721  };
+  assign \l1_p_l0_4$911  = { 8'h00, \$723  };
+  assign \l1_p_l0_5$912  = { 9'h000, \$725  };
+  assign \l1_p_l0_6$913  = { 10'h000, \$727  };
+  assign \l1_p_l0_7$914  = { 11'h000, \$729  };
+  assign \l1_p_l0_8$915  = \$731 [39:0];
+  assign \l1_p_l0_9$916  = \$733 [39:0];
   assign l1_p_l0_10 = \$735 [39:0];
   assign l1_p_l0_11 = \$737 [39:0];
   assign l1_p_l0_13 = { 1'h0, \$740  };
@@ -50795,16 +50581,16 @@ module \accelerator.core.gelu0 (rst, o__ready, go, o__payload, i__payload, i__va
   assign l1_p_l0_17 = \$748 [39:0];
   assign l1_p_l0_18 = \$750 [39:0];
   assign l1_p_l0_19 = \$752 [39:0];
-  assign \l1_p0_l0_0$928  = { 18'h00000, \$715  };
-  assign \l1_p0_l0_1$929  = { 17'h00000, \$717  };
-  assign \l1_p0_l0_2$930  = { 14'h0000, \$719  };
-  assign \l1_p0_l0_3$931  = { 15'h0000, \$721  };
-  assign \l1_p0_l0_4$932  = { 8'h00, \$723  };
-  assign \l1_p0_l0_5$933  = { 9'h000, \$725  };
-  assign \l1_p0_l0_6$934  = { 10'h000, \$727  };
-  assign \l1_p0_l0_7$935  = { 11'h000, \$729  };
-  assign \l1_p0_l0_8$936  = \$731 [39:0];
-  assign \l1_p0_l0_9$937  = \$733 [39:0];
+  assign \l1_p0_l0_0$927  = { 18'h00000, \$715  };
+  assign \l1_p0_l0_1$928  = { 17'h00000, \$717  };
+  assign \l1_p0_l0_2$929  = { 14'h0000, \$719  };
+  assign \l1_p0_l0_3$930  = { 15'h0000, \$721  };
+  assign \l1_p0_l0_4$931  = { 8'h00, \$723  };
+  assign \l1_p0_l0_5$932  = { 9'h000, \$725  };
+  assign \l1_p0_l0_6$933  = { 10'h000, \$727  };
+  assign \l1_p0_l0_7$934  = { 11'h000, \$729  };
+  assign \l1_p0_l0_8$935  = \$731 [39:0];
+  assign \l1_p0_l0_9$936  = \$733 [39:0];
   assign l1_p0_l0_10 = \$735 [39:0];
   assign l1_p0_l0_11 = \$737 [39:0];
   assign l1_p0_l0_12 = l1_p_l0_12;
@@ -50815,34 +50601,34 @@ module \accelerator.core.gelu0 (rst, o__ready, go, o__payload, i__payload, i__va
   assign l1_p0_l0_17 = \$748 [39:0];
   assign l1_p0_l0_18 = \$750 [39:0];
   assign l1_p0_l0_19 = \$752 [39:0];
-  assign \l1_p0_l1_1$949  = { \$758 [38:0], 1'h0 };
-  assign \l1_p0_l1_3$951  = { \$764 [38:0], 1'h0 };
-  assign \l1_p0_l1_5$953  = { \$770 [38:0], 1'h0 };
+  assign \l1_p0_l1_1$948  = { \$758 [38:0], 1'h0 };
+  assign \l1_p0_l1_3$950  = { \$764 [38:0], 1'h0 };
+  assign \l1_p0_l1_5$952  = { \$770 [38:0], 1'h0 };
   assign l1_p0_l1_7 = { \$776 [38:0], 1'h0 };
   assign l1_p0_l1_9 = { \$782 [38:0], 1'h0 };
   assign l1_p0_l1_11 = { \$788 [38:0], 1'h0 };
   assign l1_p0_l1_12 = \$750 [39:0];
   assign l1_p0_l1_13 = \$752 [39:0];
-  assign \l1_p1_l0_0$962  = l1_s6_p_t0;
-  assign \l1_p1_l0_1$963  = l1_s6_p_t1;
-  assign \l1_p1_l0_2$964  = l1_s6_p_t2;
-  assign \l1_p1_l0_3$965  = l1_s6_p_t3;
-  assign \l1_p1_l0_4$966  = l1_s6_p_t4;
+  assign \l1_p1_l0_0$961  = l1_s6_p_t0;
+  assign \l1_p1_l0_1$962  = l1_s6_p_t1;
+  assign \l1_p1_l0_2$963  = l1_s6_p_t2;
+  assign \l1_p1_l0_3$964  = l1_s6_p_t3;
+  assign \l1_p1_l0_4$965  = l1_s6_p_t4;
   assign l1_p1_l0_5 = l1_s6_p_t5;
   assign l1_p1_l0_6 = l1_s6_p_t6;
   assign l1_p1_l0_7 = l1_s6_p_t7;
   assign l1_p1_l0_8 = l1_s6_p_t8;
   assign l1_p1_l0_9 = l1_s6_p_t9;
-  assign \l1_p1_l1_1$973  = { \$818 [38:0], 1'h0 };
-  assign \l1_p1_l1_3$975  = { \$824 [38:0], 1'h0 };
+  assign \l1_p1_l1_1$972  = { \$818 [38:0], 1'h0 };
+  assign \l1_p1_l1_3$974  = { \$824 [38:0], 1'h0 };
   assign l1_p1_l1_5 = { \$830 [38:0], 1'h0 };
   assign l1_p1_l1_6 = l1_s6_p_t9;
-  assign \l1_p2_l0_0$979  = l1_s7_p_t0;
-  assign \l1_p2_l0_1$980  = l1_s7_p_t1;
-  assign \l1_p2_l0_2$981  = l1_s7_p_t2;
+  assign \l1_p2_l0_0$978  = l1_s7_p_t0;
+  assign \l1_p2_l0_1$979  = l1_s7_p_t1;
+  assign \l1_p2_l0_2$980  = l1_s7_p_t2;
   assign l1_p2_l0_3 = l1_s7_p_t3;
   assign l1_p2_l0_4 = l1_s7_p_t4;
-  assign \l1_p2_l1_1$985  = { \$848 [38:0], 1'h0 };
+  assign \l1_p2_l1_1$984  = { \$848 [38:0], 1'h0 };
   assign l1_p2_l1_2 = l1_s7_p_t3;
   assign l1_p2_l1_3 = l1_s7_p_t4;
   assign l1_p3_l0_0 = l1_s8_p_t0;
@@ -50976,16 +50762,16 @@ module \accelerator.core.gelu0 (rst, o__ready, go, o__payload, i__payload, i__va
   assign l2_p2_l0_0 = l2_s3_p_t0;
   assign l2_p2_l0_1 = l2_s3_p_t1;
   assign l2_p2_l0_2 = l2_s3_p_t2;
-  assign \l2_p_l0_0$1136  = { 18'h00000, \$1189  };
-  assign \l2_p_l0_1$1137  = { 17'h00000, \$1191  };
-  assign \l2_p_l0_2$1138  = { 14'h0000, \$1193  };
-  assign \l2_p_l0_3$1139  = { 15'h0000, \$1195  };
-  assign \l2_p_l0_4$1140  = { 8'h00, \$1197  };
-  assign \l2_p_l0_5$1141  = { 9'h000, \$1199  };
-  assign \l2_p_l0_6$1142  = { 10'h000, \$1201  };
-  assign \l2_p_l0_7$1143  = { 11'h000, \$1203  };
-  assign \l2_p_l0_8$1144  = \$1205 [39:0];
-  assign \l2_p_l0_9$1145  = \$1207 [39:0];
+  assign \l2_p_l0_0$1135  = { 18'h00000, \$1189  };
+  assign \l2_p_l0_1$1136  = { 17'h00000, \$1191  };
+  assign \l2_p_l0_2$1137  = { 14'h0000, \$1193  };
+  assign \l2_p_l0_3$1138  = { 15'h0000, \$1195  };
+  assign \l2_p_l0_4$1139  = { 8'h00, \$1197  };
+  assign \l2_p_l0_5$1140  = { 9'h000, \$1199  };
+  assign \l2_p_l0_6$1141  = { 10'h000, \$1201  };
+  assign \l2_p_l0_7$1142  = { 11'h000, \$1203  };
+  assign \l2_p_l0_8$1143  = \$1205 [39:0];
+  assign \l2_p_l0_9$1144  = \$1207 [39:0];
   assign l2_p_l0_10 = \$1209 [39:0];
   assign l2_p_l0_11 = \$1211 [39:0];
   assign l2_p_l0_13 = { 1'h0, \$1214  };
@@ -50995,16 +50781,16 @@ module \accelerator.core.gelu0 (rst, o__ready, go, o__payload, i__payload, i__va
   assign l2_p_l0_17 = \$1222 [39:0];
   assign l2_p_l0_18 = \$1224 [39:0];
   assign l2_p_l0_19 = \$1226 [39:0];
-  assign \l2_p0_l0_0$1156  = { 18'h00000, \$1189  };
-  assign \l2_p0_l0_1$1157  = { 17'h00000, \$1191  };
-  assign \l2_p0_l0_2$1158  = { 14'h0000, \$1193  };
-  assign \l2_p0_l0_3$1159  = { 15'h0000, \$1195  };
-  assign \l2_p0_l0_4$1160  = { 8'h00, \$1197  };
-  assign \l2_p0_l0_5$1161  = { 9'h000, \$1199  };
-  assign \l2_p0_l0_6$1162  = { 10'h000, \$1201  };
-  assign \l2_p0_l0_7$1163  = { 11'h000, \$1203  };
-  assign \l2_p0_l0_8$1164  = \$1205 [39:0];
-  assign \l2_p0_l0_9$1165  = \$1207 [39:0];
+  assign \l2_p0_l0_0$1155  = { 18'h00000, \$1189  };
+  assign \l2_p0_l0_1$1156  = { 17'h00000, \$1191  };
+  assign \l2_p0_l0_2$1157  = { 14'h0000, \$1193  };
+  assign \l2_p0_l0_3$1158  = { 15'h0000, \$1195  };
+  assign \l2_p0_l0_4$1159  = { 8'h00, \$1197  };
+  assign \l2_p0_l0_5$1160  = { 9'h000, \$1199  };
+  assign \l2_p0_l0_6$1161  = { 10'h000, \$1201  };
+  assign \l2_p0_l0_7$1162  = { 11'h000, \$1203  };
+  assign \l2_p0_l0_8$1163  = \$1205 [39:0];
+  assign \l2_p0_l0_9$1164  = \$1207 [39:0];
   assign l2_p0_l0_10 = \$1209 [39:0];
   assign l2_p0_l0_11 = \$1211 [39:0];
   assign l2_p0_l0_12 = l2_p_l0_12;
@@ -51015,34 +50801,34 @@ module \accelerator.core.gelu0 (rst, o__ready, go, o__payload, i__payload, i__va
   assign l2_p0_l0_17 = \$1222 [39:0];
   assign l2_p0_l0_18 = \$1224 [39:0];
   assign l2_p0_l0_19 = \$1226 [39:0];
-  assign \l2_p0_l1_1$1177  = { \$1232 [38:0], 1'h0 };
-  assign \l2_p0_l1_3$1179  = { \$1238 [38:0], 1'h0 };
-  assign \l2_p0_l1_5$1181  = { \$1244 [38:0], 1'h0 };
+  assign \l2_p0_l1_1$1176  = { \$1232 [38:0], 1'h0 };
+  assign \l2_p0_l1_3$1178  = { \$1238 [38:0], 1'h0 };
+  assign \l2_p0_l1_5$1180  = { \$1244 [38:0], 1'h0 };
   assign l2_p0_l1_7 = { \$1250 [38:0], 1'h0 };
   assign l2_p0_l1_9 = { \$1256 [38:0], 1'h0 };
   assign l2_p0_l1_11 = { \$1262 [38:0], 1'h0 };
   assign l2_p0_l1_12 = \$1224 [39:0];
   assign l2_p0_l1_13 = \$1226 [39:0];
-  assign \l2_p1_l0_0$1190  = l2_s6_p_t0;
-  assign \l2_p1_l0_1$1191  = l2_s6_p_t1;
-  assign \l2_p1_l0_2$1192  = l2_s6_p_t2;
-  assign \l2_p1_l0_3$1193  = l2_s6_p_t3;
-  assign \l2_p1_l0_4$1194  = l2_s6_p_t4;
+  assign \l2_p1_l0_0$1189  = l2_s6_p_t0;
+  assign \l2_p1_l0_1$1190  = l2_s6_p_t1;
+  assign \l2_p1_l0_2$1191  = l2_s6_p_t2;
+  assign \l2_p1_l0_3$1192  = l2_s6_p_t3;
+  assign \l2_p1_l0_4$1193  = l2_s6_p_t4;
   assign l2_p1_l0_5 = l2_s6_p_t5;
   assign l2_p1_l0_6 = l2_s6_p_t6;
   assign l2_p1_l0_7 = l2_s6_p_t7;
   assign l2_p1_l0_8 = l2_s6_p_t8;
   assign l2_p1_l0_9 = l2_s6_p_t9;
-  assign \l2_p1_l1_1$1201  = { \$1292 [38:0], 1'h0 };
-  assign \l2_p1_l1_3$1203  = { \$1298 [38:0], 1'h0 };
+  assign \l2_p1_l1_1$1200  = { \$1292 [38:0], 1'h0 };
+  assign \l2_p1_l1_3$1202  = { \$1298 [38:0], 1'h0 };
   assign l2_p1_l1_5 = { \$1304 [38:0], 1'h0 };
   assign l2_p1_l1_6 = l2_s6_p_t9;
-  assign \l2_p2_l0_0$1207  = l2_s7_p_t0;
-  assign \l2_p2_l0_1$1208  = l2_s7_p_t1;
-  assign \l2_p2_l0_2$1209  = l2_s7_p_t2;
+  assign \l2_p2_l0_0$1206  = l2_s7_p_t0;
+  assign \l2_p2_l0_1$1207  = l2_s7_p_t1;
+  assign \l2_p2_l0_2$1208  = l2_s7_p_t2;
   assign l2_p2_l0_3 = l2_s7_p_t3;
   assign l2_p2_l0_4 = l2_s7_p_t4;
-  assign \l2_p2_l1_1$1213  = { \$1322 [38:0], 1'h0 };
+  assign \l2_p2_l1_1$1212  = { \$1322 [38:0], 1'h0 };
   assign l2_p2_l1_2 = l2_s7_p_t3;
   assign l2_p2_l1_3 = l2_s7_p_t4;
   assign l2_p3_l0_0 = l2_s8_p_t0;
@@ -51176,16 +50962,16 @@ module \accelerator.core.gelu0 (rst, o__ready, go, o__payload, i__payload, i__va
   assign l3_p2_l0_0 = l3_s3_p_t0;
   assign l3_p2_l0_1 = l3_s3_p_t1;
   assign l3_p2_l0_2 = l3_s3_p_t2;
-  assign \l3_p_l0_0$1364  = { 18'h00000, \$1663  };
-  assign \l3_p_l0_1$1365  = { 17'h00000, \$1665  };
-  assign \l3_p_l0_2$1366  = { 14'h0000, \$1667  };
-  assign \l3_p_l0_3$1367  = { 15'h0000, \$1669  };
-  assign \l3_p_l0_4$1368  = { 8'h00, \$1671  };
-  assign \l3_p_l0_5$1369  = { 9'h000, \$1673  };
-  assign \l3_p_l0_6$1370  = { 10'h000, \$1675  };
-  assign \l3_p_l0_7$1371  = { 11'h000, \$1677  };
-  assign \l3_p_l0_8$1372  = \$1679 [39:0];
-  assign \l3_p_l0_9$1373  = \$1681 [39:0];
+  assign \l3_p_l0_0$1363  = { 18'h00000, \$1663  };
+  assign \l3_p_l0_1$1364  = { 17'h00000, \$1665  };
+  assign \l3_p_l0_2$1365  = { 14'h0000, \$1667  };
+  assign \l3_p_l0_3$1366  = { 15'h0000, \$1669  };
+  assign \l3_p_l0_4$1367  = { 8'h00, \$1671  };
+  assign \l3_p_l0_5$1368  = { 9'h000, \$1673  };
+  assign \l3_p_l0_6$1369  = { 10'h000, \$1675  };
+  assign \l3_p_l0_7$1370  = { 11'h000, \$1677  };
+  assign \l3_p_l0_8$1371  = \$1679 [39:0];
+  assign \l3_p_l0_9$1372  = \$1681 [39:0];
   assign l3_p_l0_10 = \$1683 [39:0];
   assign l3_p_l0_11 = \$1685 [39:0];
   assign l3_p_l0_13 = { 1'h0, \$1688  };
@@ -51195,16 +50981,16 @@ module \accelerator.core.gelu0 (rst, o__ready, go, o__payload, i__payload, i__va
   assign l3_p_l0_17 = \$1696 [39:0];
   assign l3_p_l0_18 = \$1698 [39:0];
   assign l3_p_l0_19 = \$1700 [39:0];
-  assign \l3_p0_l0_0$1384  = { 18'h00000, \$1663  };
-  assign \l3_p0_l0_1$1385  = { 17'h00000, \$1665  };
-  assign \l3_p0_l0_2$1386  = { 14'h0000, \$1667  };
-  assign \l3_p0_l0_3$1387  = { 15'h0000, \$1669  };
-  assign \l3_p0_l0_4$1388  = { 8'h00, \$1671  };
-  assign \l3_p0_l0_5$1389  = { 9'h000, \$1673  };
-  assign \l3_p0_l0_6$1390  = { 10'h000, \$1675  };
-  assign \l3_p0_l0_7$1391  = { 11'h000, \$1677  };
-  assign \l3_p0_l0_8$1392  = \$1679 [39:0];
-  assign \l3_p0_l0_9$1393  = \$1681 [39:0];
+  assign \l3_p0_l0_0$1383  = { 18'h00000, \$1663  };
+  assign \l3_p0_l0_1$1384  = { 17'h00000, \$1665  };
+  assign \l3_p0_l0_2$1385  = { 14'h0000, \$1667  };
+  assign \l3_p0_l0_3$1386  = { 15'h0000, \$1669  };
+  assign \l3_p0_l0_4$1387  = { 8'h00, \$1671  };
+  assign \l3_p0_l0_5$1388  = { 9'h000, \$1673  };
+  assign \l3_p0_l0_6$1389  = { 10'h000, \$1675  };
+  assign \l3_p0_l0_7$1390  = { 11'h000, \$1677  };
+  assign \l3_p0_l0_8$1391  = \$1679 [39:0];
+  assign \l3_p0_l0_9$1392  = \$1681 [39:0];
   assign l3_p0_l0_10 = \$1683 [39:0];
   assign l3_p0_l0_11 = \$1685 [39:0];
   assign l3_p0_l0_12 = l3_p_l0_12;
@@ -51215,34 +51001,34 @@ module \accelerator.core.gelu0 (rst, o__ready, go, o__payload, i__payload, i__va
   assign l3_p0_l0_17 = \$1696 [39:0];
   assign l3_p0_l0_18 = \$1698 [39:0];
   assign l3_p0_l0_19 = \$1700 [39:0];
-  assign \l3_p0_l1_1$1405  = { \$1706 [38:0], 1'h0 };
-  assign \l3_p0_l1_3$1407  = { \$1712 [38:0], 1'h0 };
-  assign \l3_p0_l1_5$1409  = { \$1718 [38:0], 1'h0 };
+  assign \l3_p0_l1_1$1404  = { \$1706 [38:0], 1'h0 };
+  assign \l3_p0_l1_3$1406  = { \$1712 [38:0], 1'h0 };
+  assign \l3_p0_l1_5$1408  = { \$1718 [38:0], 1'h0 };
   assign l3_p0_l1_7 = { \$1724 [38:0], 1'h0 };
   assign l3_p0_l1_9 = { \$1730 [38:0], 1'h0 };
   assign l3_p0_l1_11 = { \$1736 [38:0], 1'h0 };
   assign l3_p0_l1_12 = \$1698 [39:0];
   assign l3_p0_l1_13 = \$1700 [39:0];
-  assign \l3_p1_l0_0$1418  = l3_s6_p_t0;
-  assign \l3_p1_l0_1$1419  = l3_s6_p_t1;
-  assign \l3_p1_l0_2$1420  = l3_s6_p_t2;
-  assign \l3_p1_l0_3$1421  = l3_s6_p_t3;
-  assign \l3_p1_l0_4$1422  = l3_s6_p_t4;
+  assign \l3_p1_l0_0$1417  = l3_s6_p_t0;
+  assign \l3_p1_l0_1$1418  = l3_s6_p_t1;
+  assign \l3_p1_l0_2$1419  = l3_s6_p_t2;
+  assign \l3_p1_l0_3$1420  = l3_s6_p_t3;
+  assign \l3_p1_l0_4$1421  = l3_s6_p_t4;
   assign l3_p1_l0_5 = l3_s6_p_t5;
   assign l3_p1_l0_6 = l3_s6_p_t6;
   assign l3_p1_l0_7 = l3_s6_p_t7;
   assign l3_p1_l0_8 = l3_s6_p_t8;
   assign l3_p1_l0_9 = l3_s6_p_t9;
-  assign \l3_p1_l1_1$1429  = { \$1766 [38:0], 1'h0 };
-  assign \l3_p1_l1_3$1431  = { \$1772 [38:0], 1'h0 };
+  assign \l3_p1_l1_1$1428  = { \$1766 [38:0], 1'h0 };
+  assign \l3_p1_l1_3$1430  = { \$1772 [38:0], 1'h0 };
   assign l3_p1_l1_5 = { \$1778 [38:0], 1'h0 };
   assign l3_p1_l1_6 = l3_s6_p_t9;
-  assign \l3_p2_l0_0$1435  = l3_s7_p_t0;
-  assign \l3_p2_l0_1$1436  = l3_s7_p_t1;
-  assign \l3_p2_l0_2$1437  = l3_s7_p_t2;
+  assign \l3_p2_l0_0$1434  = l3_s7_p_t0;
+  assign \l3_p2_l0_1$1435  = l3_s7_p_t1;
+  assign \l3_p2_l0_2$1436  = l3_s7_p_t2;
   assign l3_p2_l0_3 = l3_s7_p_t3;
   assign l3_p2_l0_4 = l3_s7_p_t4;
-  assign \l3_p2_l1_1$1441  = { \$1796 [38:0], 1'h0 };
+  assign \l3_p2_l1_1$1440  = { \$1796 [38:0], 1'h0 };
   assign l3_p2_l1_2 = l3_s7_p_t3;
   assign l3_p2_l1_3 = l3_s7_p_t4;
   assign l3_p3_l0_0 = l3_s8_p_t0;
@@ -52140,7 +51926,7 @@ module \accelerator.core.gelu0 (rst, o__ready, go, o__payload, i__payload, i__va
 endmodule
 
 (* generator = "Amaranth" *)
-module \accelerator.core.gelu0.out_queue (rst, r_en, r_data, unit_rst, \port$12082$0 , \port$12268$0 , \port$12454$0 , \port$12640$0 , w_en, r_rdy, clk);
+module \accelerator.core.gelu0.out_queue (r_en, r_data, gelu0_d_rst, \port$12088$0 , \port$12274$0 , \port$12460$0 , \port$12646$0 , w_en, r_rdy, gelu0_d_clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$61  = 0;
   wire \$1 ;
   wire \$10 ;
@@ -52176,21 +51962,23 @@ module \accelerator.core.gelu0.out_queue (rst, r_en, r_data, unit_rst, \port$120
   wire [5:0] \$7 ;
   wire \$8 ;
   wire \$9 ;
-  input clk;
-  wire clk;
   (* init = 5'h00 *)
   wire [4:0] consume;
+  input gelu0_d_clk;
+  wire gelu0_d_clk;
+  input gelu0_d_rst;
+  wire gelu0_d_rst;
   reg [4:0] inner_level = 5'h00;
   wire inner_r_rdy;
   wire [4:0] level;
-  input [7:0] \port$12082$0 ;
-  wire [7:0] \port$12082$0 ;
-  input [7:0] \port$12268$0 ;
-  wire [7:0] \port$12268$0 ;
-  input [7:0] \port$12454$0 ;
-  wire [7:0] \port$12454$0 ;
-  input [7:0] \port$12640$0 ;
-  wire [7:0] \port$12640$0 ;
+  input [7:0] \port$12088$0 ;
+  wire [7:0] \port$12088$0 ;
+  input [7:0] \port$12274$0 ;
+  wire [7:0] \port$12274$0 ;
+  input [7:0] \port$12460$0 ;
+  wire [7:0] \port$12460$0 ;
+  input [7:0] \port$12646$0 ;
+  wire [7:0] \port$12646$0 ;
   (* init = 5'h00 *)
   wire [4:0] produce;
   output [31:0] r_data;
@@ -52203,10 +51991,6 @@ module \accelerator.core.gelu0.out_queue (rst, r_en, r_data, unit_rst, \port$120
   wire r_port__en;
   output r_rdy;
   reg r_rdy = 1'h0;
-  input rst;
-  wire rst;
-  input unit_rst;
-  wire unit_rst;
   wire [31:0] w_data;
   input w_en;
   wire w_en;
@@ -52247,12 +52031,12 @@ module \accelerator.core.gelu0.out_queue (rst, r_en, r_data, unit_rst, \port$120
     storage[27] = 32'd0;
     storage[28] = 32'd0;
   end
-  always @(posedge clk) begin
+  always @(posedge gelu0_d_clk) begin
     if (w_port__en)
-      storage[w_port__addr] <= { \port$12640$0 , \port$12454$0 , \port$12268$0 , \port$12082$0  };
+      storage[w_port__addr] <= { \port$12646$0 , \port$12460$0 , \port$12274$0 , \port$12088$0  };
   end
   reg [31:0] _0_;
-  always @(posedge clk) begin
+  always @(posedge gelu0_d_clk) begin
     if (r_port__en) begin
       _0_ <= storage[r_port__addr];
     end
@@ -52292,13 +52076,13 @@ module \accelerator.core.gelu0.out_queue (rst, r_en, r_data, unit_rst, \port$120
   assign \$28  = ~ r_rdy;
   assign \$29  = \$28  | r_en;
   assign \$30  = inner_r_rdy & \$29 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     w_port__addr <= \$31 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     r_port__addr <= \$32 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     inner_level <= \$33 ;
-  always @(posedge clk)
+  always @(posedge gelu0_d_clk)
     r_rdy <= \$34 ;
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$61 ) begin end
@@ -52306,10 +52090,7 @@ module \accelerator.core.gelu0.out_queue (rst, r_en, r_data, unit_rst, \port$120
     if (\$4 ) begin
       \$31  = \$7 [4:0];
     end
-    if (unit_rst) begin
-      \$31  = 5'h00;
-    end
-    if (rst) begin
+    if (gelu0_d_rst) begin
       \$31  = 5'h00;
     end
   end
@@ -52319,10 +52100,7 @@ module \accelerator.core.gelu0.out_queue (rst, r_en, r_data, unit_rst, \port$120
     if (\$10 ) begin
       \$32  = \$13 [4:0];
     end
-    if (unit_rst) begin
-      \$32  = 5'h00;
-    end
-    if (rst) begin
+    if (gelu0_d_rst) begin
       \$32  = 5'h00;
     end
   end
@@ -52335,10 +52113,7 @@ module \accelerator.core.gelu0.out_queue (rst, r_en, r_data, unit_rst, \port$120
     if (\$26 ) begin
       \$33  = \$27 [4:0];
     end
-    if (unit_rst) begin
-      \$33  = 5'h00;
-    end
-    if (rst) begin
+    if (gelu0_d_rst) begin
       \$33  = 5'h00;
     end
   end
@@ -52350,10 +52125,7 @@ module \accelerator.core.gelu0.out_queue (rst, r_en, r_data, unit_rst, \port$120
     end else if (r_en) begin
       \$34  = 1'h0;
     end
-    if (unit_rst) begin
-      \$34  = 1'h0;
-    end
-    if (rst) begin
+    if (gelu0_d_rst) begin
       \$34  = 1'h0;
     end
   end
@@ -52361,14 +52133,14 @@ module \accelerator.core.gelu0.out_queue (rst, r_en, r_data, unit_rst, \port$120
   assign level = \$3 [4:0];
   assign r_level = \$3 [4:0];
   assign produce = w_port__addr;
-  assign w_port__data = { \port$12640$0 , \port$12454$0 , \port$12268$0 , \port$12082$0  };
-  assign w_data = { \port$12640$0 , \port$12454$0 , \port$12268$0 , \port$12082$0  };
+  assign w_port__data = { \port$12646$0 , \port$12460$0 , \port$12274$0 , \port$12088$0  };
+  assign w_data = { \port$12646$0 , \port$12460$0 , \port$12274$0 , \port$12088$0  };
   assign consume = r_port__addr;
   assign r_port__data = r_data;
 endmodule
 
 (* generator = "Amaranth" *)
-module \accelerator.core.gemm (rst, p__payload, a__ready, p__ready, o__valid, o__payload, o__ready, p__valid, a__valid, a__payload, w__valid, w__payload, unit_rst, clk);
+module \accelerator.core.gemm (p__payload, a__ready, w__ready, p__ready, o__valid, o__payload, o__ready, p__valid, a__valid, a__payload, w__valid, w__payload, gemm_d_rst, gemm_d_clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$62  = 0;
   wire \$1 ;
   wire [32:0] \$10 ;
@@ -53567,8 +53339,6 @@ module \accelerator.core.gemm (rst, p__payload, a__ready, p__ready, o__valid, o_
   wire \c_8_7.first ;
   wire \c_8_7.last ;
   wire \c_8_7.valid ;
-  input clk;
-  wire clk;
   (* init = 5'h00 *)
   wire [4:0] consume;
   reg [2:0] cp0_0_0 = 3'h0;
@@ -54425,6 +54195,10 @@ module \accelerator.core.gemm (rst, p__payload, a__ready, p__ready, o__valid, o_
   wire fin_8_6;
   wire fin_8_7;
   reg first = 1'h1;
+  input gemm_d_clk;
+  wire gemm_d_clk;
+  input gemm_d_rst;
+  wire gemm_d_rst;
   reg hold_en = 1'h0;
   reg [4:0] holdoff = 5'h00;
   reg last_ok = 1'h0;
@@ -54992,8 +54766,6 @@ module \accelerator.core.gemm (rst, p__payload, a__ready, p__ready, o__valid, o_
   reg rq_valid7 = 1'h0;
   reg rq_valid8 = 1'h0;
   reg rq_valid9 = 1'h0;
-  input rst;
-  wire rst;
   reg stale = 1'h0;
   wire [31:0] sum_0_0;
   wire [31:0] sum_0_1;
@@ -55069,8 +54841,6 @@ module \accelerator.core.gemm (rst, p__payload, a__ready, p__ready, o__valid, o_
   wire [31:0] sum_8_7;
   wire take;
   wire take_last;
-  input unit_rst;
-  wire unit_rst;
   reg [7:0] w_0_0 = 8'h00;
   reg [7:0] w_0_1 = 8'h00;
   reg [7:0] w_0_2 = 8'h00;
@@ -55145,6 +54915,7 @@ module \accelerator.core.gemm (rst, p__payload, a__ready, p__ready, o__valid, o_
   wire [7:0] \w__payload[5] ;
   wire [7:0] \w__payload[6] ;
   wire [7:0] \w__payload[7] ;
+  output w__ready;
   wire w__ready;
   input w__valid;
   wire w__valid;
@@ -55200,7 +54971,7 @@ module \accelerator.core.gemm (rst, p__payload, a__ready, p__ready, o__valid, o_
     out_queue[16] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
     out_queue[17] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
   end
-  always @(posedge clk) begin
+  always @(posedge gemm_d_clk) begin
     if (wp__en)
       out_queue[wp__addr] <= { rq_s10_o7, rq_s10_o6, rq_s10_o5, rq_s10_o4, rq_s10_o3, rq_s10_o2, rq_s10_o1, rq_s10_o0 };
   end
@@ -55365,1895 +55136,1895 @@ module \accelerator.core.gemm (rst, p__payload, a__ready, p__ready, o__valid, o_
   assign \$384  = \$382  ? 6'h00 : \$383 ;
   assign \$385  = level + wp__en;
   assign \$386  = \$385  - pop;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     r_valid <= \$387 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     hold_en <= \$388 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     r_last <= a__payload[81];
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     r_a <= a__payload[80:0];
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     r_w <= w__payload;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     first <= \$389 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     p_in <= \$390 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     p_in_valid <= \$391 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     raw_in <= \$392 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     p_hold <= \$393 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     raw_hold <= \$394 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     holdoff <= \$156 [4:0];
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     pending <= \$160 [5:0];
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     stale <= \$162 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     credits <= \$395 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     last_ok <= \$396 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     ctl_row1 <= c0;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     ctl_row2 <= ctl_row1;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     ctl_row3 <= ctl_row2;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     ctl_row4 <= ctl_row3;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     ctl_row5 <= ctl_row4;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     ctl_row6 <= ctl_row5;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     ctl_row7 <= ctl_row6;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     ctl_row8 <= ctl_row7;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     a_skew1_d1 <= r_a[17:9];
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     a_skew2_d1 <= r_a[26:18];
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     a_skew2_d2 <= a_skew2_d1;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     a_skew3_d1 <= r_a[35:27];
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     a_skew3_d2 <= a_skew3_d1;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     a_skew3_d3 <= a_skew3_d2;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     a_skew4_d1 <= r_a[44:36];
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     a_skew4_d2 <= a_skew4_d1;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     a_skew4_d3 <= a_skew4_d2;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     a_skew4_d4 <= a_skew4_d3;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     a_skew5_d1 <= r_a[53:45];
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     a_skew5_d2 <= a_skew5_d1;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     a_skew5_d3 <= a_skew5_d2;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     a_skew5_d4 <= a_skew5_d3;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     a_skew5_d5 <= a_skew5_d4;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     a_skew6_d1 <= r_a[62:54];
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     a_skew6_d2 <= a_skew6_d1;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     a_skew6_d3 <= a_skew6_d2;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     a_skew6_d4 <= a_skew6_d3;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     a_skew6_d5 <= a_skew6_d4;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     a_skew6_d6 <= a_skew6_d5;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     a_skew7_d1 <= r_a[71:63];
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     a_skew7_d2 <= a_skew7_d1;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     a_skew7_d3 <= a_skew7_d2;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     a_skew7_d4 <= a_skew7_d3;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     a_skew7_d5 <= a_skew7_d4;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     a_skew7_d6 <= a_skew7_d5;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     a_skew7_d7 <= a_skew7_d6;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     a_skew8_d1 <= r_a[80:72];
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     a_skew8_d2 <= a_skew8_d1;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     a_skew8_d3 <= a_skew8_d2;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     a_skew8_d4 <= a_skew8_d3;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     a_skew8_d5 <= a_skew8_d4;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     a_skew8_d6 <= a_skew8_d5;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     a_skew8_d7 <= a_skew8_d6;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     a_skew8_d8 <= a_skew8_d7;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     w_skew1_d1 <= r_w[15:8];
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     w_skew2_d1 <= r_w[23:16];
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     w_skew2_d2 <= w_skew2_d1;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     w_skew3_d1 <= r_w[31:24];
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     w_skew3_d2 <= w_skew3_d1;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     w_skew3_d3 <= w_skew3_d2;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     w_skew4_d1 <= r_w[39:32];
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     w_skew4_d2 <= w_skew4_d1;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     w_skew4_d3 <= w_skew4_d2;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     w_skew4_d4 <= w_skew4_d3;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     w_skew5_d1 <= r_w[47:40];
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     w_skew5_d2 <= w_skew5_d1;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     w_skew5_d3 <= w_skew5_d2;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     w_skew5_d4 <= w_skew5_d3;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     w_skew5_d5 <= w_skew5_d4;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     w_skew6_d1 <= r_w[55:48];
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     w_skew6_d2 <= w_skew6_d1;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     w_skew6_d3 <= w_skew6_d2;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     w_skew6_d4 <= w_skew6_d3;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     w_skew6_d5 <= w_skew6_d4;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     w_skew6_d6 <= w_skew6_d5;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     w_skew7_d1 <= r_w[63:56];
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     w_skew7_d2 <= w_skew7_d1;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     w_skew7_d3 <= w_skew7_d2;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     w_skew7_d4 <= w_skew7_d3;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     w_skew7_d5 <= w_skew7_d4;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     w_skew7_d6 <= w_skew7_d5;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     w_skew7_d7 <= w_skew7_d6;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     prod_0_0 <= dsp_0_0;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     cp0_0_0 <= c_0_0;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     cp1_0_0 <= cp0_0_0;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     c_0_0 <= c0;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     acc_0_0 <= \$397 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     done_0_0 <= fin_0_0;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     res_0_0 <= \$398 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     a_0_0 <= r_a[8:0];
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     w_0_0 <= r_w[7:0];
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     prod_0_1 <= dsp_0_1;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     cp0_0_1 <= c_0_1;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     cp1_0_1 <= cp0_0_1;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     c_0_1 <= c_0_0;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     acc_0_1 <= \$399 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     done_0_1 <= fin_0_1;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     res_0_1 <= \$400 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     a_0_1 <= a_0_0;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     w_0_1 <= w_skew1_d1;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     prod_0_2 <= dsp_0_2;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     cp0_0_2 <= c_0_2;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     cp1_0_2 <= cp0_0_2;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     c_0_2 <= c_0_1;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     acc_0_2 <= \$401 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     done_0_2 <= fin_0_2;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     res_0_2 <= \$402 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     a_0_2 <= a_0_1;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     w_0_2 <= w_skew2_d2;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     prod_0_3 <= dsp_0_3;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     cp0_0_3 <= c_0_3;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     cp1_0_3 <= cp0_0_3;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     c_0_3 <= c_0_2;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     acc_0_3 <= \$403 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     done_0_3 <= fin_0_3;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     res_0_3 <= \$404 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     a_0_3 <= a_0_2;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     w_0_3 <= w_skew3_d3;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     prod_0_4 <= dsp_0_4;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     cp0_0_4 <= c_0_4;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     cp1_0_4 <= cp0_0_4;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     c_0_4 <= c_0_3;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     acc_0_4 <= \$405 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     done_0_4 <= fin_0_4;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     res_0_4 <= \$406 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     a_0_4 <= a_0_3;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     w_0_4 <= w_skew4_d4;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     prod_0_5 <= dsp_0_5;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     cp0_0_5 <= c_0_5;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     cp1_0_5 <= cp0_0_5;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     c_0_5 <= c_0_4;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     acc_0_5 <= \$407 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     done_0_5 <= fin_0_5;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     res_0_5 <= \$408 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     a_0_5 <= a_0_4;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     w_0_5 <= w_skew5_d5;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     prod_0_6 <= dsp_0_6;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     cp0_0_6 <= c_0_6;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     cp1_0_6 <= cp0_0_6;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     c_0_6 <= c_0_5;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     acc_0_6 <= \$409 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     done_0_6 <= fin_0_6;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     res_0_6 <= \$410 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     a_0_6 <= a_0_5;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     w_0_6 <= w_skew6_d6;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     prod_0_7 <= dsp_0_7;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     cp0_0_7 <= c_0_7;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     cp1_0_7 <= cp0_0_7;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     c_0_7 <= c_0_6;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     acc_0_7 <= \$411 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     done_0_7 <= fin_0_7;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     res_0_7 <= \$412 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     res_valid_0 <= \$175 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     w_0_7 <= w_skew7_d7;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     prod_1_0 <= dsp_1_0;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     cp0_1_0 <= c_1_0;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     cp1_1_0 <= cp0_1_0;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     c_1_0 <= ctl_row1;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     acc_1_0 <= \$413 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     done_1_0 <= fin_1_0;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     res_1_0 <= \$414 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     a_1_0 <= a_skew1_d1;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     w_1_0 <= w_0_0;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     prod_1_1 <= dsp_1_1;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     cp0_1_1 <= c_1_1;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     cp1_1_1 <= cp0_1_1;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     c_1_1 <= c_1_0;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     acc_1_1 <= \$415 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     done_1_1 <= fin_1_1;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     res_1_1 <= \$416 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     a_1_1 <= a_1_0;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     w_1_1 <= w_0_1;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     prod_1_2 <= dsp_1_2;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     cp0_1_2 <= c_1_2;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     cp1_1_2 <= cp0_1_2;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     c_1_2 <= c_1_1;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     acc_1_2 <= \$417 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     done_1_2 <= fin_1_2;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     res_1_2 <= \$418 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     a_1_2 <= a_1_1;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     w_1_2 <= w_0_2;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     prod_1_3 <= dsp_1_3;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     cp0_1_3 <= c_1_3;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     cp1_1_3 <= cp0_1_3;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     c_1_3 <= c_1_2;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     acc_1_3 <= \$419 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     done_1_3 <= fin_1_3;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     res_1_3 <= \$420 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     a_1_3 <= a_1_2;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     w_1_3 <= w_0_3;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     prod_1_4 <= dsp_1_4;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     cp0_1_4 <= c_1_4;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     cp1_1_4 <= cp0_1_4;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     c_1_4 <= c_1_3;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     acc_1_4 <= \$421 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     done_1_4 <= fin_1_4;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     res_1_4 <= \$422 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     a_1_4 <= a_1_3;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     w_1_4 <= w_0_4;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     prod_1_5 <= dsp_1_5;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     cp0_1_5 <= c_1_5;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     cp1_1_5 <= cp0_1_5;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     c_1_5 <= c_1_4;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     acc_1_5 <= \$423 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     done_1_5 <= fin_1_5;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     res_1_5 <= \$424 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     a_1_5 <= a_1_4;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     w_1_5 <= w_0_5;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     prod_1_6 <= dsp_1_6;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     cp0_1_6 <= c_1_6;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     cp1_1_6 <= cp0_1_6;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     c_1_6 <= c_1_5;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     acc_1_6 <= \$425 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     done_1_6 <= fin_1_6;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     res_1_6 <= \$426 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     a_1_6 <= a_1_5;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     w_1_6 <= w_0_6;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     prod_1_7 <= dsp_1_7;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     cp0_1_7 <= c_1_7;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     cp1_1_7 <= cp0_1_7;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     c_1_7 <= c_1_6;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     acc_1_7 <= \$427 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     done_1_7 <= fin_1_7;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     res_1_7 <= \$428 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     res_valid_1 <= \$176 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     w_1_7 <= w_0_7;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     prod_2_0 <= dsp_2_0;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     cp0_2_0 <= c_2_0;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     cp1_2_0 <= cp0_2_0;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     c_2_0 <= ctl_row2;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     acc_2_0 <= \$429 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     done_2_0 <= fin_2_0;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     res_2_0 <= \$430 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     a_2_0 <= a_skew2_d2;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     w_2_0 <= w_1_0;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     prod_2_1 <= dsp_2_1;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     cp0_2_1 <= c_2_1;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     cp1_2_1 <= cp0_2_1;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     c_2_1 <= c_2_0;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     acc_2_1 <= \$431 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     done_2_1 <= fin_2_1;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     res_2_1 <= \$432 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     a_2_1 <= a_2_0;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     w_2_1 <= w_1_1;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     prod_2_2 <= dsp_2_2;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     cp0_2_2 <= c_2_2;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     cp1_2_2 <= cp0_2_2;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     c_2_2 <= c_2_1;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     acc_2_2 <= \$433 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     done_2_2 <= fin_2_2;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     res_2_2 <= \$434 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     a_2_2 <= a_2_1;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     w_2_2 <= w_1_2;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     prod_2_3 <= dsp_2_3;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     cp0_2_3 <= c_2_3;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     cp1_2_3 <= cp0_2_3;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     c_2_3 <= c_2_2;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     acc_2_3 <= \$435 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     done_2_3 <= fin_2_3;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     res_2_3 <= \$436 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     a_2_3 <= a_2_2;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     w_2_3 <= w_1_3;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     prod_2_4 <= dsp_2_4;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     cp0_2_4 <= c_2_4;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     cp1_2_4 <= cp0_2_4;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     c_2_4 <= c_2_3;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     acc_2_4 <= \$437 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     done_2_4 <= fin_2_4;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     res_2_4 <= \$438 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     a_2_4 <= a_2_3;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     w_2_4 <= w_1_4;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     prod_2_5 <= dsp_2_5;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     cp0_2_5 <= c_2_5;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     cp1_2_5 <= cp0_2_5;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     c_2_5 <= c_2_4;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     acc_2_5 <= \$439 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     done_2_5 <= fin_2_5;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     res_2_5 <= \$440 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     a_2_5 <= a_2_4;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     w_2_5 <= w_1_5;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     prod_2_6 <= dsp_2_6;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     cp0_2_6 <= c_2_6;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     cp1_2_6 <= cp0_2_6;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     c_2_6 <= c_2_5;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     acc_2_6 <= \$441 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     done_2_6 <= fin_2_6;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     res_2_6 <= \$442 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     a_2_6 <= a_2_5;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     w_2_6 <= w_1_6;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     prod_2_7 <= dsp_2_7;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     cp0_2_7 <= c_2_7;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     cp1_2_7 <= cp0_2_7;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     c_2_7 <= c_2_6;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     acc_2_7 <= \$443 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     done_2_7 <= fin_2_7;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     res_2_7 <= \$444 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     res_valid_2 <= \$177 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     w_2_7 <= w_1_7;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     prod_3_0 <= dsp_3_0;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     cp0_3_0 <= c_3_0;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     cp1_3_0 <= cp0_3_0;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     c_3_0 <= ctl_row3;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     acc_3_0 <= \$445 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     done_3_0 <= fin_3_0;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     res_3_0 <= \$446 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     a_3_0 <= a_skew3_d3;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     w_3_0 <= w_2_0;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     prod_3_1 <= dsp_3_1;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     cp0_3_1 <= c_3_1;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     cp1_3_1 <= cp0_3_1;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     c_3_1 <= c_3_0;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     acc_3_1 <= \$447 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     done_3_1 <= fin_3_1;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     res_3_1 <= \$448 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     a_3_1 <= a_3_0;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     w_3_1 <= w_2_1;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     prod_3_2 <= dsp_3_2;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     cp0_3_2 <= c_3_2;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     cp1_3_2 <= cp0_3_2;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     c_3_2 <= c_3_1;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     acc_3_2 <= \$449 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     done_3_2 <= fin_3_2;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     res_3_2 <= \$450 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     a_3_2 <= a_3_1;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     w_3_2 <= w_2_2;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     prod_3_3 <= dsp_3_3;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     cp0_3_3 <= c_3_3;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     cp1_3_3 <= cp0_3_3;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     c_3_3 <= c_3_2;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     acc_3_3 <= \$451 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     done_3_3 <= fin_3_3;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     res_3_3 <= \$452 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     a_3_3 <= a_3_2;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     w_3_3 <= w_2_3;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     prod_3_4 <= dsp_3_4;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     cp0_3_4 <= c_3_4;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     cp1_3_4 <= cp0_3_4;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     c_3_4 <= c_3_3;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     acc_3_4 <= \$453 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     done_3_4 <= fin_3_4;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     res_3_4 <= \$454 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     a_3_4 <= a_3_3;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     w_3_4 <= w_2_4;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     prod_3_5 <= dsp_3_5;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     cp0_3_5 <= c_3_5;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     cp1_3_5 <= cp0_3_5;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     c_3_5 <= c_3_4;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     acc_3_5 <= \$455 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     done_3_5 <= fin_3_5;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     res_3_5 <= \$456 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     a_3_5 <= a_3_4;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     w_3_5 <= w_2_5;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     prod_3_6 <= dsp_3_6;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     cp0_3_6 <= c_3_6;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     cp1_3_6 <= cp0_3_6;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     c_3_6 <= c_3_5;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     acc_3_6 <= \$457 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     done_3_6 <= fin_3_6;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     res_3_6 <= \$458 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     a_3_6 <= a_3_5;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     w_3_6 <= w_2_6;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     prod_3_7 <= dsp_3_7;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     cp0_3_7 <= c_3_7;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     cp1_3_7 <= cp0_3_7;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     c_3_7 <= c_3_6;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     acc_3_7 <= \$459 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     done_3_7 <= fin_3_7;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     res_3_7 <= \$460 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     res_valid_3 <= \$178 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     w_3_7 <= w_2_7;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     prod_4_0 <= dsp_4_0;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     cp0_4_0 <= c_4_0;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     cp1_4_0 <= cp0_4_0;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     c_4_0 <= ctl_row4;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     acc_4_0 <= \$461 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     done_4_0 <= fin_4_0;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     res_4_0 <= \$462 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     a_4_0 <= a_skew4_d4;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     w_4_0 <= w_3_0;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     prod_4_1 <= dsp_4_1;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     cp0_4_1 <= c_4_1;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     cp1_4_1 <= cp0_4_1;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     c_4_1 <= c_4_0;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     acc_4_1 <= \$463 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     done_4_1 <= fin_4_1;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     res_4_1 <= \$464 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     a_4_1 <= a_4_0;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     w_4_1 <= w_3_1;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     prod_4_2 <= dsp_4_2;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     cp0_4_2 <= c_4_2;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     cp1_4_2 <= cp0_4_2;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     c_4_2 <= c_4_1;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     acc_4_2 <= \$465 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     done_4_2 <= fin_4_2;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     res_4_2 <= \$466 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     a_4_2 <= a_4_1;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     w_4_2 <= w_3_2;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     prod_4_3 <= dsp_4_3;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     cp0_4_3 <= c_4_3;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     cp1_4_3 <= cp0_4_3;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     c_4_3 <= c_4_2;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     acc_4_3 <= \$467 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     done_4_3 <= fin_4_3;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     res_4_3 <= \$468 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     a_4_3 <= a_4_2;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     w_4_3 <= w_3_3;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     prod_4_4 <= dsp_4_4;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     cp0_4_4 <= c_4_4;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     cp1_4_4 <= cp0_4_4;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     c_4_4 <= c_4_3;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     acc_4_4 <= \$469 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     done_4_4 <= fin_4_4;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     res_4_4 <= \$470 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     a_4_4 <= a_4_3;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     w_4_4 <= w_3_4;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     prod_4_5 <= dsp_4_5;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     cp0_4_5 <= c_4_5;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     cp1_4_5 <= cp0_4_5;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     c_4_5 <= c_4_4;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     acc_4_5 <= \$471 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     done_4_5 <= fin_4_5;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     res_4_5 <= \$472 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     a_4_5 <= a_4_4;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     w_4_5 <= w_3_5;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     prod_4_6 <= dsp_4_6;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     cp0_4_6 <= c_4_6;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     cp1_4_6 <= cp0_4_6;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     c_4_6 <= c_4_5;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     acc_4_6 <= \$473 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     done_4_6 <= fin_4_6;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     res_4_6 <= \$474 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     a_4_6 <= a_4_5;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     w_4_6 <= w_3_6;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     prod_4_7 <= dsp_4_7;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     cp0_4_7 <= c_4_7;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     cp1_4_7 <= cp0_4_7;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     c_4_7 <= c_4_6;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     acc_4_7 <= \$475 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     done_4_7 <= fin_4_7;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     res_4_7 <= \$476 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     res_valid_4 <= \$179 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     w_4_7 <= w_3_7;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     prod_5_0 <= dsp_5_0;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     cp0_5_0 <= c_5_0;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     cp1_5_0 <= cp0_5_0;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     c_5_0 <= ctl_row5;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     acc_5_0 <= \$477 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     done_5_0 <= fin_5_0;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     res_5_0 <= \$478 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     a_5_0 <= a_skew5_d5;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     w_5_0 <= w_4_0;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     prod_5_1 <= dsp_5_1;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     cp0_5_1 <= c_5_1;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     cp1_5_1 <= cp0_5_1;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     c_5_1 <= c_5_0;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     acc_5_1 <= \$479 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     done_5_1 <= fin_5_1;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     res_5_1 <= \$480 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     a_5_1 <= a_5_0;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     w_5_1 <= w_4_1;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     prod_5_2 <= dsp_5_2;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     cp0_5_2 <= c_5_2;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     cp1_5_2 <= cp0_5_2;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     c_5_2 <= c_5_1;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     acc_5_2 <= \$481 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     done_5_2 <= fin_5_2;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     res_5_2 <= \$482 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     a_5_2 <= a_5_1;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     w_5_2 <= w_4_2;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     prod_5_3 <= dsp_5_3;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     cp0_5_3 <= c_5_3;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     cp1_5_3 <= cp0_5_3;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     c_5_3 <= c_5_2;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     acc_5_3 <= \$483 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     done_5_3 <= fin_5_3;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     res_5_3 <= \$484 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     a_5_3 <= a_5_2;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     w_5_3 <= w_4_3;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     prod_5_4 <= dsp_5_4;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     cp0_5_4 <= c_5_4;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     cp1_5_4 <= cp0_5_4;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     c_5_4 <= c_5_3;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     acc_5_4 <= \$485 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     done_5_4 <= fin_5_4;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     res_5_4 <= \$486 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     a_5_4 <= a_5_3;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     w_5_4 <= w_4_4;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     prod_5_5 <= dsp_5_5;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     cp0_5_5 <= c_5_5;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     cp1_5_5 <= cp0_5_5;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     c_5_5 <= c_5_4;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     acc_5_5 <= \$487 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     done_5_5 <= fin_5_5;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     res_5_5 <= \$488 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     a_5_5 <= a_5_4;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     w_5_5 <= w_4_5;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     prod_5_6 <= dsp_5_6;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     cp0_5_6 <= c_5_6;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     cp1_5_6 <= cp0_5_6;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     c_5_6 <= c_5_5;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     acc_5_6 <= \$489 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     done_5_6 <= fin_5_6;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     res_5_6 <= \$490 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     a_5_6 <= a_5_5;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     w_5_6 <= w_4_6;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     prod_5_7 <= dsp_5_7;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     cp0_5_7 <= c_5_7;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     cp1_5_7 <= cp0_5_7;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     c_5_7 <= c_5_6;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     acc_5_7 <= \$491 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     done_5_7 <= fin_5_7;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     res_5_7 <= \$492 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     res_valid_5 <= \$180 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     w_5_7 <= w_4_7;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     prod_6_0 <= dsp_6_0;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     cp0_6_0 <= c_6_0;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     cp1_6_0 <= cp0_6_0;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     c_6_0 <= ctl_row6;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     acc_6_0 <= \$493 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     done_6_0 <= fin_6_0;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     res_6_0 <= \$494 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     a_6_0 <= a_skew6_d6;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     w_6_0 <= w_5_0;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     prod_6_1 <= dsp_6_1;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     cp0_6_1 <= c_6_1;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     cp1_6_1 <= cp0_6_1;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     c_6_1 <= c_6_0;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     acc_6_1 <= \$495 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     done_6_1 <= fin_6_1;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     res_6_1 <= \$496 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     a_6_1 <= a_6_0;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     w_6_1 <= w_5_1;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     prod_6_2 <= dsp_6_2;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     cp0_6_2 <= c_6_2;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     cp1_6_2 <= cp0_6_2;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     c_6_2 <= c_6_1;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     acc_6_2 <= \$497 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     done_6_2 <= fin_6_2;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     res_6_2 <= \$498 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     a_6_2 <= a_6_1;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     w_6_2 <= w_5_2;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     prod_6_3 <= dsp_6_3;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     cp0_6_3 <= c_6_3;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     cp1_6_3 <= cp0_6_3;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     c_6_3 <= c_6_2;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     acc_6_3 <= \$499 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     done_6_3 <= fin_6_3;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     res_6_3 <= \$500 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     a_6_3 <= a_6_2;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     w_6_3 <= w_5_3;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     prod_6_4 <= dsp_6_4;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     cp0_6_4 <= c_6_4;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     cp1_6_4 <= cp0_6_4;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     c_6_4 <= c_6_3;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     acc_6_4 <= \$501 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     done_6_4 <= fin_6_4;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     res_6_4 <= \$502 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     a_6_4 <= a_6_3;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     w_6_4 <= w_5_4;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     prod_6_5 <= dsp_6_5;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     cp0_6_5 <= c_6_5;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     cp1_6_5 <= cp0_6_5;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     c_6_5 <= c_6_4;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     acc_6_5 <= \$503 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     done_6_5 <= fin_6_5;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     res_6_5 <= \$504 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     a_6_5 <= a_6_4;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     w_6_5 <= w_5_5;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     prod_6_6 <= dsp_6_6;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     cp0_6_6 <= c_6_6;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     cp1_6_6 <= cp0_6_6;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     c_6_6 <= c_6_5;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     acc_6_6 <= \$505 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     done_6_6 <= fin_6_6;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     res_6_6 <= \$506 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     a_6_6 <= a_6_5;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     w_6_6 <= w_5_6;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     prod_6_7 <= dsp_6_7;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     cp0_6_7 <= c_6_7;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     cp1_6_7 <= cp0_6_7;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     c_6_7 <= c_6_6;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     acc_6_7 <= \$507 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     done_6_7 <= fin_6_7;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     res_6_7 <= \$508 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     res_valid_6 <= \$181 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     w_6_7 <= w_5_7;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     prod_7_0 <= dsp_7_0;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     cp0_7_0 <= c_7_0;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     cp1_7_0 <= cp0_7_0;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     c_7_0 <= ctl_row7;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     acc_7_0 <= \$509 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     done_7_0 <= fin_7_0;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     res_7_0 <= \$510 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     a_7_0 <= a_skew7_d7;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     w_7_0 <= w_6_0;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     prod_7_1 <= dsp_7_1;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     cp0_7_1 <= c_7_1;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     cp1_7_1 <= cp0_7_1;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     c_7_1 <= c_7_0;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     acc_7_1 <= \$511 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     done_7_1 <= fin_7_1;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     res_7_1 <= \$512 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     a_7_1 <= a_7_0;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     w_7_1 <= w_6_1;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     prod_7_2 <= dsp_7_2;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     cp0_7_2 <= c_7_2;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     cp1_7_2 <= cp0_7_2;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     c_7_2 <= c_7_1;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     acc_7_2 <= \$513 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     done_7_2 <= fin_7_2;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     res_7_2 <= \$514 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     a_7_2 <= a_7_1;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     w_7_2 <= w_6_2;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     prod_7_3 <= dsp_7_3;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     cp0_7_3 <= c_7_3;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     cp1_7_3 <= cp0_7_3;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     c_7_3 <= c_7_2;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     acc_7_3 <= \$515 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     done_7_3 <= fin_7_3;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     res_7_3 <= \$516 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     a_7_3 <= a_7_2;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     w_7_3 <= w_6_3;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     prod_7_4 <= dsp_7_4;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     cp0_7_4 <= c_7_4;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     cp1_7_4 <= cp0_7_4;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     c_7_4 <= c_7_3;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     acc_7_4 <= \$517 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     done_7_4 <= fin_7_4;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     res_7_4 <= \$518 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     a_7_4 <= a_7_3;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     w_7_4 <= w_6_4;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     prod_7_5 <= dsp_7_5;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     cp0_7_5 <= c_7_5;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     cp1_7_5 <= cp0_7_5;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     c_7_5 <= c_7_4;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     acc_7_5 <= \$519 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     done_7_5 <= fin_7_5;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     res_7_5 <= \$520 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     a_7_5 <= a_7_4;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     w_7_5 <= w_6_5;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     prod_7_6 <= dsp_7_6;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     cp0_7_6 <= c_7_6;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     cp1_7_6 <= cp0_7_6;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     c_7_6 <= c_7_5;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     acc_7_6 <= \$521 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     done_7_6 <= fin_7_6;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     res_7_6 <= \$522 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     a_7_6 <= a_7_5;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     w_7_6 <= w_6_6;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     prod_7_7 <= dsp_7_7;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     cp0_7_7 <= c_7_7;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     cp1_7_7 <= cp0_7_7;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     c_7_7 <= c_7_6;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     acc_7_7 <= \$523 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     done_7_7 <= fin_7_7;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     res_7_7 <= \$524 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     res_valid_7 <= \$182 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     w_7_7 <= w_6_7;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     prod_8_0 <= dsp_8_0;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     cp0_8_0 <= c_8_0;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     cp1_8_0 <= cp0_8_0;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     c_8_0 <= ctl_row8;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     acc_8_0 <= \$525 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     done_8_0 <= fin_8_0;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     res_8_0 <= \$526 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     a_8_0 <= a_skew8_d8;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     prod_8_1 <= dsp_8_1;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     cp0_8_1 <= c_8_1;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     cp1_8_1 <= cp0_8_1;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     c_8_1 <= c_8_0;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     acc_8_1 <= \$527 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     done_8_1 <= fin_8_1;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     res_8_1 <= \$528 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     a_8_1 <= a_8_0;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     prod_8_2 <= dsp_8_2;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     cp0_8_2 <= c_8_2;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     cp1_8_2 <= cp0_8_2;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     c_8_2 <= c_8_1;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     acc_8_2 <= \$529 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     done_8_2 <= fin_8_2;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     res_8_2 <= \$530 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     a_8_2 <= a_8_1;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     prod_8_3 <= dsp_8_3;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     cp0_8_3 <= c_8_3;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     cp1_8_3 <= cp0_8_3;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     c_8_3 <= c_8_2;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     acc_8_3 <= \$531 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     done_8_3 <= fin_8_3;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     res_8_3 <= \$532 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     a_8_3 <= a_8_2;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     prod_8_4 <= dsp_8_4;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     cp0_8_4 <= c_8_4;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     cp1_8_4 <= cp0_8_4;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     c_8_4 <= c_8_3;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     acc_8_4 <= \$533 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     done_8_4 <= fin_8_4;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     res_8_4 <= \$534 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     a_8_4 <= a_8_3;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     prod_8_5 <= dsp_8_5;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     cp0_8_5 <= c_8_5;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     cp1_8_5 <= cp0_8_5;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     c_8_5 <= c_8_4;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     acc_8_5 <= \$535 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     done_8_5 <= fin_8_5;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     res_8_5 <= \$536 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     a_8_5 <= a_8_4;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     prod_8_6 <= dsp_8_6;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     cp0_8_6 <= c_8_6;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     cp1_8_6 <= cp0_8_6;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     c_8_6 <= c_8_5;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     acc_8_6 <= \$537 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     done_8_6 <= fin_8_6;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     res_8_6 <= \$538 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     a_8_6 <= a_8_5;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     prod_8_7 <= dsp_8_7;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     cp0_8_7 <= c_8_7;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     cp1_8_7 <= cp0_8_7;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     c_8_7 <= c_8_6;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     acc_8_7 <= \$539 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     done_8_7 <= fin_8_7;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     res_8_7 <= \$540 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     res_valid_8 <= \$183 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     p_dec_sel_m <= { \$199 , \$197 , \$195 , \$193 , \$191 , \$189 , \$187 , \$185  };
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     p_dec_sel_e <= { \$223 , \$220 , \$217 , \$214 , \$211 , \$208 , \$205 , \$202  };
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     p_dec_raw <= raw_hold;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     p_dec_hi <= { \$255 , \$254 , \$253 , \$252 , \$251 , \$250 , \$249 , \$248 , \$247 , \$246 , \$245 , \$244 , \$243 , \$242 , \$241 , \$240 , \$239 , \$238 , \$237 , \$236 , \$235 , \$234 , \$233 , \$232 , \$231 , \$230 , \$229 , \$228 , \$227 , \$226 , \$225 , \$224  };
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     p_dec <= \$541 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     deskew0_d1 <= res_0_0;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     deskew0_d2 <= deskew0_d1;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     deskew0_d3 <= deskew0_d2;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     deskew0_d4 <= deskew0_d3;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     deskew0_d5 <= deskew0_d4;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     deskew0_d6 <= deskew0_d5;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     deskew0_d7 <= deskew0_d6;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     deskew1_d1 <= res_0_1;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     deskew1_d2 <= deskew1_d1;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     deskew1_d3 <= deskew1_d2;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     deskew1_d4 <= deskew1_d3;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     deskew1_d5 <= deskew1_d4;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     deskew1_d6 <= deskew1_d5;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     deskew2_d1 <= res_0_2;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     deskew2_d2 <= deskew2_d1;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     deskew2_d3 <= deskew2_d2;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     deskew2_d4 <= deskew2_d3;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     deskew2_d5 <= deskew2_d4;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     deskew3_d1 <= res_0_3;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     deskew3_d2 <= deskew3_d1;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     deskew3_d3 <= deskew3_d2;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     deskew3_d4 <= deskew3_d3;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     deskew4_d1 <= res_0_4;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     deskew4_d2 <= deskew4_d1;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     deskew4_d3 <= deskew4_d2;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     deskew5_d1 <= res_0_5;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     deskew5_d2 <= deskew5_d1;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     deskew6_d1 <= res_0_6;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     rq_s1_raw <= \$542 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     rq_s1_hi <= \$543 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     rq_s1_lo <= \$544 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     rq_s1_s0 <= \$545 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     rq_s1_s1 <= \$546 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     rq_s1_s2 <= \$547 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     rq_s1_s3 <= \$548 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     rq_s1_s4 <= \$549 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     rq_s1_s5 <= \$550 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     rq_s1_s6 <= \$551 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     rq_s1_s7 <= \$552 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     rq_s1_m0 <= \$553 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     rq_s1_m1 <= \$554 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     rq_s1_m2 <= \$555 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     rq_s1_m3 <= \$556 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     rq_s1_m4 <= \$557 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     rq_s1_m5 <= \$558 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     rq_s1_m6 <= \$559 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     rq_s1_m7 <= \$560 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     rq_s1_e0 <= \$561 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     rq_s1_e1 <= \$562 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     rq_s1_e2 <= \$563 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     rq_s1_e3 <= \$564 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     rq_s1_e4 <= \$565 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     rq_s1_e5 <= \$566 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     rq_s1_e6 <= \$567 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     rq_s1_e7 <= \$568 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     rq_s2_raw <= \$569 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     rq_s2_hi <= \$570 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     rq_s2_lo <= \$571 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     rq_s2_e0 <= \$572 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     rq_s2_e1 <= \$573 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     rq_s2_e2 <= \$574 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     rq_s2_e3 <= \$575 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     rq_s2_e4 <= \$576 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     rq_s2_e5 <= \$577 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     rq_s2_e6 <= \$578 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     rq_s2_e7 <= \$579 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     rq_s3_raw <= \$580 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     rq_s3_hi <= \$581 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     rq_s3_lo <= \$582 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     rq_s3_e0 <= \$583 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     rq_s3_e1 <= \$584 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     rq_s3_e2 <= \$585 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     rq_s3_e3 <= \$586 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     rq_s3_e4 <= \$587 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     rq_s3_e5 <= \$588 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     rq_s3_e6 <= \$589 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     rq_s3_e7 <= \$590 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     rq_s4_raw <= \$591 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     rq_s4_hi <= \$592 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     rq_s4_lo <= \$593 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     rq_s4_e0 <= \$594 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     rq_s4_e1 <= \$595 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     rq_s4_e2 <= \$596 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     rq_s4_e3 <= \$597 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     rq_s4_e4 <= \$598 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     rq_s4_e5 <= \$599 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     rq_s4_e6 <= \$600 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     rq_s4_e7 <= \$601 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     rq_s4_pl0 <= \$602 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     rq_s4_ph0 <= \$603 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     rq_s4_pl1 <= \$604 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     rq_s4_ph1 <= \$605 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     rq_s4_pl2 <= \$606 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     rq_s4_ph2 <= \$607 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     rq_s4_pl3 <= \$608 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     rq_s4_ph3 <= \$609 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     rq_s4_pl4 <= \$610 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     rq_s4_ph4 <= \$611 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     rq_s4_pl5 <= \$612 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     rq_s4_ph5 <= \$613 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     rq_s4_pl6 <= \$614 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     rq_s4_ph6 <= \$615 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     rq_s4_pl7 <= \$616 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     rq_s4_ph7 <= \$617 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     rq_s5_raw <= \$618 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     rq_s5_hi <= \$619 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     rq_s5_lo <= \$620 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     rq_s5_e0 <= \$621 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     rq_s5_e1 <= \$622 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     rq_s5_e2 <= \$623 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     rq_s5_e3 <= \$624 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     rq_s5_e4 <= \$625 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     rq_s5_e5 <= \$626 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     rq_s5_e6 <= \$627 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     rq_s5_e7 <= \$628 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     rq_s5_p0 <= \$629 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     rq_s5_p1 <= \$630 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     rq_s5_p2 <= \$631 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     rq_s5_p3 <= \$632 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     rq_s5_p4 <= \$633 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     rq_s5_p5 <= \$634 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     rq_s5_p6 <= \$635 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     rq_s5_p7 <= \$636 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     rq_s6_raw <= \$637 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     rq_s6_hi <= \$638 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     rq_s6_lo <= \$639 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     rq_s6_e0 <= \$640 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     rq_s6_e1 <= \$641 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     rq_s6_e2 <= \$642 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     rq_s6_e3 <= \$643 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     rq_s6_e4 <= \$644 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     rq_s6_e5 <= \$645 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     rq_s6_e6 <= \$646 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     rq_s6_e7 <= \$647 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     rq_s6_t0 <= \$648 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     rq_s6_t1 <= \$649 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     rq_s6_t2 <= \$650 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     rq_s6_t3 <= \$651 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     rq_s6_t4 <= \$652 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     rq_s6_t5 <= \$653 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     rq_s6_t6 <= \$654 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     rq_s6_t7 <= \$655 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     rq_s7_raw <= \$656 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     rq_s7_hi <= \$657 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     rq_s7_lo <= \$658 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     rq_s7_u0 <= \$659 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     rq_s7_u1 <= \$660 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     rq_s7_u2 <= \$661 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     rq_s7_u3 <= \$662 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     rq_s7_u4 <= \$663 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     rq_s7_u5 <= \$664 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     rq_s7_u6 <= \$665 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     rq_s7_u7 <= \$666 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     rq_s8_raw <= \$667 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     rq_s8_hi <= \$668 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     rq_s8_lo <= \$669 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     rq_s8_r0 <= \$670 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     rq_s8_r1 <= \$671 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     rq_s8_r2 <= \$672 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     rq_s8_r3 <= \$673 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     rq_s8_r4 <= \$674 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     rq_s8_r5 <= \$675 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     rq_s8_r6 <= \$676 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     rq_s8_r7 <= \$677 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     rq_s9_raw <= \$678 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     rq_s9_hi <= \$679 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     rq_s9_lo <= \$680 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     rq_s9_lt0 <= \$681 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     rq_s9_lt1 <= \$682 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     rq_s9_lt2 <= \$683 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     rq_s9_lt3 <= \$684 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     rq_s9_lt4 <= \$685 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     rq_s9_lt5 <= \$686 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     rq_s9_lt6 <= \$687 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     rq_s9_lt7 <= \$688 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     rq_s9_gt0 <= \$689 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     rq_s9_gt1 <= \$690 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     rq_s9_gt2 <= \$691 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     rq_s9_gt3 <= \$692 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     rq_s9_gt4 <= \$693 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     rq_s9_gt5 <= \$694 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     rq_s9_gt6 <= \$695 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     rq_s9_gt7 <= \$696 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     rq_s9_r0 <= \$697 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     rq_s9_r1 <= \$698 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     rq_s9_r2 <= \$699 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     rq_s9_r3 <= \$700 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     rq_s9_r4 <= \$701 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     rq_s9_r5 <= \$702 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     rq_s9_r6 <= \$703 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     rq_s9_r7 <= \$704 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     rq_s10_o0 <= \$705 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     rq_s10_o1 <= \$706 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     rq_s10_o2 <= \$707 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     rq_s10_o3 <= \$708 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     rq_s10_o4 <= \$709 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     rq_s10_o5 <= \$710 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     rq_s10_o6 <= \$711 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     rq_s10_o7 <= \$712 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     rq_valid1 <= res_valid_0;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     rq_valid2 <= rq_valid1;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     rq_valid3 <= rq_valid2;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     rq_valid4 <= rq_valid3;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     rq_valid5 <= rq_valid4;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     rq_valid6 <= rq_valid5;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     rq_valid7 <= rq_valid6;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     rq_valid8 <= rq_valid7;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     rq_valid9 <= rq_valid8;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     wp__en <= \$713 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     wp__addr <= \$714 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     rp__addr <= \$715 ;
-  always @(posedge clk)
+  always @(posedge gemm_d_clk)
     level <= \$716 ;
   assign \$1  = ~ a__payload[81];
   assign may = \$1  | last_ok;
@@ -57496,7 +57267,7 @@ module \accelerator.core.gemm (rst, p__payload, a__ready, p__ready, o__valid, o_
   assign \$158  = pending - 1'h1;
   assign \$159  = \$157  ? \$158  : 7'h00;
   assign \$160  = hold_en ? 7'h2a : \$159 ;
-  assign \$161  = rst | stale;
+  assign \$161  = gemm_d_rst | stale;
   assign \$162  = \$161  & busy_next;
   assign \$163  = hold_en ? 4'h9 : 4'h0;
   assign \$164  = credits - \$163 ;
@@ -57540,548 +57311,542 @@ module \accelerator.core.gemm (rst, p__payload, a__ready, p__ready, o__valid, o_
   dsp_mult_s9_s8 dsp_0_0_mult (
     .a(r_a[8:0]),
     .b(r_w[7:0]),
-    .clk(clk),
+    .clk(gemm_d_clk),
     .p(dsp_0_0)
   );
   dsp_mult_s9_s8 dsp_0_1_mult (
     .a(a_0_0),
     .b(w_skew1_d1),
-    .clk(clk),
+    .clk(gemm_d_clk),
     .p(dsp_0_1)
   );
   dsp_mult_s9_s8 dsp_0_2_mult (
     .a(a_0_1),
     .b(w_skew2_d2),
-    .clk(clk),
+    .clk(gemm_d_clk),
     .p(dsp_0_2)
   );
   dsp_mult_s9_s8 dsp_0_3_mult (
     .a(a_0_2),
     .b(w_skew3_d3),
-    .clk(clk),
+    .clk(gemm_d_clk),
     .p(dsp_0_3)
   );
   dsp_mult_s9_s8 dsp_0_4_mult (
     .a(a_0_3),
     .b(w_skew4_d4),
-    .clk(clk),
+    .clk(gemm_d_clk),
     .p(dsp_0_4)
   );
   dsp_mult_s9_s8 dsp_0_5_mult (
     .a(a_0_4),
     .b(w_skew5_d5),
-    .clk(clk),
+    .clk(gemm_d_clk),
     .p(dsp_0_5)
   );
   dsp_mult_s9_s8 dsp_0_6_mult (
     .a(a_0_5),
     .b(w_skew6_d6),
-    .clk(clk),
+    .clk(gemm_d_clk),
     .p(dsp_0_6)
   );
   dsp_mult_s9_s8 dsp_0_7_mult (
     .a(a_0_6),
     .b(w_skew7_d7),
-    .clk(clk),
+    .clk(gemm_d_clk),
     .p(dsp_0_7)
   );
   dsp_mult_s9_s8 dsp_1_0_mult (
     .a(a_skew1_d1),
     .b(w_0_0),
-    .clk(clk),
+    .clk(gemm_d_clk),
     .p(dsp_1_0)
   );
   dsp_mult_s9_s8 dsp_1_1_mult (
     .a(a_1_0),
     .b(w_0_1),
-    .clk(clk),
+    .clk(gemm_d_clk),
     .p(dsp_1_1)
   );
   dsp_mult_s9_s8 dsp_1_2_mult (
     .a(a_1_1),
     .b(w_0_2),
-    .clk(clk),
+    .clk(gemm_d_clk),
     .p(dsp_1_2)
   );
   dsp_mult_s9_s8 dsp_1_3_mult (
     .a(a_1_2),
     .b(w_0_3),
-    .clk(clk),
+    .clk(gemm_d_clk),
     .p(dsp_1_3)
   );
   dsp_mult_s9_s8 dsp_1_4_mult (
     .a(a_1_3),
     .b(w_0_4),
-    .clk(clk),
+    .clk(gemm_d_clk),
     .p(dsp_1_4)
   );
   dsp_mult_s9_s8 dsp_1_5_mult (
     .a(a_1_4),
     .b(w_0_5),
-    .clk(clk),
+    .clk(gemm_d_clk),
     .p(dsp_1_5)
   );
   dsp_mult_s9_s8 dsp_1_6_mult (
     .a(a_1_5),
     .b(w_0_6),
-    .clk(clk),
+    .clk(gemm_d_clk),
     .p(dsp_1_6)
   );
   dsp_mult_s9_s8 dsp_1_7_mult (
     .a(a_1_6),
     .b(w_0_7),
-    .clk(clk),
+    .clk(gemm_d_clk),
     .p(dsp_1_7)
   );
   dsp_mult_s9_s8 dsp_2_0_mult (
     .a(a_skew2_d2),
     .b(w_1_0),
-    .clk(clk),
+    .clk(gemm_d_clk),
     .p(dsp_2_0)
   );
   dsp_mult_s9_s8 dsp_2_1_mult (
     .a(a_2_0),
     .b(w_1_1),
-    .clk(clk),
+    .clk(gemm_d_clk),
     .p(dsp_2_1)
   );
   dsp_mult_s9_s8 dsp_2_2_mult (
     .a(a_2_1),
     .b(w_1_2),
-    .clk(clk),
+    .clk(gemm_d_clk),
     .p(dsp_2_2)
   );
   dsp_mult_s9_s8 dsp_2_3_mult (
     .a(a_2_2),
     .b(w_1_3),
-    .clk(clk),
+    .clk(gemm_d_clk),
     .p(dsp_2_3)
   );
   dsp_mult_s9_s8 dsp_2_4_mult (
     .a(a_2_3),
     .b(w_1_4),
-    .clk(clk),
+    .clk(gemm_d_clk),
     .p(dsp_2_4)
   );
   dsp_mult_s9_s8 dsp_2_5_mult (
     .a(a_2_4),
     .b(w_1_5),
-    .clk(clk),
+    .clk(gemm_d_clk),
     .p(dsp_2_5)
   );
   dsp_mult_s9_s8 dsp_2_6_mult (
     .a(a_2_5),
     .b(w_1_6),
-    .clk(clk),
+    .clk(gemm_d_clk),
     .p(dsp_2_6)
   );
   dsp_mult_s9_s8 dsp_2_7_mult (
     .a(a_2_6),
     .b(w_1_7),
-    .clk(clk),
+    .clk(gemm_d_clk),
     .p(dsp_2_7)
   );
   dsp_mult_s9_s8 dsp_3_0_mult (
     .a(a_skew3_d3),
     .b(w_2_0),
-    .clk(clk),
+    .clk(gemm_d_clk),
     .p(dsp_3_0)
   );
   dsp_mult_s9_s8 dsp_3_1_mult (
     .a(a_3_0),
     .b(w_2_1),
-    .clk(clk),
+    .clk(gemm_d_clk),
     .p(dsp_3_1)
   );
   dsp_mult_s9_s8 dsp_3_2_mult (
     .a(a_3_1),
     .b(w_2_2),
-    .clk(clk),
+    .clk(gemm_d_clk),
     .p(dsp_3_2)
   );
   dsp_mult_s9_s8 dsp_3_3_mult (
     .a(a_3_2),
     .b(w_2_3),
-    .clk(clk),
+    .clk(gemm_d_clk),
     .p(dsp_3_3)
   );
   dsp_mult_s9_s8 dsp_3_4_mult (
     .a(a_3_3),
     .b(w_2_4),
-    .clk(clk),
+    .clk(gemm_d_clk),
     .p(dsp_3_4)
   );
   dsp_mult_s9_s8 dsp_3_5_mult (
     .a(a_3_4),
     .b(w_2_5),
-    .clk(clk),
+    .clk(gemm_d_clk),
     .p(dsp_3_5)
   );
   dsp_mult_s9_s8 dsp_3_6_mult (
     .a(a_3_5),
     .b(w_2_6),
-    .clk(clk),
+    .clk(gemm_d_clk),
     .p(dsp_3_6)
   );
   dsp_mult_s9_s8 dsp_3_7_mult (
     .a(a_3_6),
     .b(w_2_7),
-    .clk(clk),
+    .clk(gemm_d_clk),
     .p(dsp_3_7)
   );
   dsp_mult_s9_s8 dsp_4_0_mult (
     .a(a_skew4_d4),
     .b(w_3_0),
-    .clk(clk),
+    .clk(gemm_d_clk),
     .p(dsp_4_0)
   );
   dsp_mult_s9_s8 dsp_4_1_mult (
     .a(a_4_0),
     .b(w_3_1),
-    .clk(clk),
+    .clk(gemm_d_clk),
     .p(dsp_4_1)
   );
   dsp_mult_s9_s8 dsp_4_2_mult (
     .a(a_4_1),
     .b(w_3_2),
-    .clk(clk),
+    .clk(gemm_d_clk),
     .p(dsp_4_2)
   );
   dsp_mult_s9_s8 dsp_4_3_mult (
     .a(a_4_2),
     .b(w_3_3),
-    .clk(clk),
+    .clk(gemm_d_clk),
     .p(dsp_4_3)
   );
   dsp_mult_s9_s8 dsp_4_4_mult (
     .a(a_4_3),
     .b(w_3_4),
-    .clk(clk),
+    .clk(gemm_d_clk),
     .p(dsp_4_4)
   );
   dsp_mult_s9_s8 dsp_4_5_mult (
     .a(a_4_4),
     .b(w_3_5),
-    .clk(clk),
+    .clk(gemm_d_clk),
     .p(dsp_4_5)
   );
   dsp_mult_s9_s8 dsp_4_6_mult (
     .a(a_4_5),
     .b(w_3_6),
-    .clk(clk),
+    .clk(gemm_d_clk),
     .p(dsp_4_6)
   );
   dsp_mult_s9_s8 dsp_4_7_mult (
     .a(a_4_6),
     .b(w_3_7),
-    .clk(clk),
+    .clk(gemm_d_clk),
     .p(dsp_4_7)
   );
   dsp_mult_s9_s8 dsp_5_0_mult (
     .a(a_skew5_d5),
     .b(w_4_0),
-    .clk(clk),
+    .clk(gemm_d_clk),
     .p(dsp_5_0)
   );
   dsp_mult_s9_s8 dsp_5_1_mult (
     .a(a_5_0),
     .b(w_4_1),
-    .clk(clk),
+    .clk(gemm_d_clk),
     .p(dsp_5_1)
   );
   dsp_mult_s9_s8 dsp_5_2_mult (
     .a(a_5_1),
     .b(w_4_2),
-    .clk(clk),
+    .clk(gemm_d_clk),
     .p(dsp_5_2)
   );
   dsp_mult_s9_s8 dsp_5_3_mult (
     .a(a_5_2),
     .b(w_4_3),
-    .clk(clk),
+    .clk(gemm_d_clk),
     .p(dsp_5_3)
   );
   dsp_mult_s9_s8 dsp_5_4_mult (
     .a(a_5_3),
     .b(w_4_4),
-    .clk(clk),
+    .clk(gemm_d_clk),
     .p(dsp_5_4)
   );
   dsp_mult_s9_s8 dsp_5_5_mult (
     .a(a_5_4),
     .b(w_4_5),
-    .clk(clk),
+    .clk(gemm_d_clk),
     .p(dsp_5_5)
   );
   dsp_mult_s9_s8 dsp_5_6_mult (
     .a(a_5_5),
     .b(w_4_6),
-    .clk(clk),
+    .clk(gemm_d_clk),
     .p(dsp_5_6)
   );
   dsp_mult_s9_s8 dsp_5_7_mult (
     .a(a_5_6),
     .b(w_4_7),
-    .clk(clk),
+    .clk(gemm_d_clk),
     .p(dsp_5_7)
   );
   dsp_mult_s9_s8 dsp_6_0_mult (
     .a(a_skew6_d6),
     .b(w_5_0),
-    .clk(clk),
+    .clk(gemm_d_clk),
     .p(dsp_6_0)
   );
   dsp_mult_s9_s8 dsp_6_1_mult (
     .a(a_6_0),
     .b(w_5_1),
-    .clk(clk),
+    .clk(gemm_d_clk),
     .p(dsp_6_1)
   );
   dsp_mult_s9_s8 dsp_6_2_mult (
     .a(a_6_1),
     .b(w_5_2),
-    .clk(clk),
+    .clk(gemm_d_clk),
     .p(dsp_6_2)
   );
   dsp_mult_s9_s8 dsp_6_3_mult (
     .a(a_6_2),
     .b(w_5_3),
-    .clk(clk),
+    .clk(gemm_d_clk),
     .p(dsp_6_3)
   );
   dsp_mult_s9_s8 dsp_6_4_mult (
     .a(a_6_3),
     .b(w_5_4),
-    .clk(clk),
+    .clk(gemm_d_clk),
     .p(dsp_6_4)
   );
   dsp_mult_s9_s8 dsp_6_5_mult (
     .a(a_6_4),
     .b(w_5_5),
-    .clk(clk),
+    .clk(gemm_d_clk),
     .p(dsp_6_5)
   );
   dsp_mult_s9_s8 dsp_6_6_mult (
     .a(a_6_5),
     .b(w_5_6),
-    .clk(clk),
+    .clk(gemm_d_clk),
     .p(dsp_6_6)
   );
   dsp_mult_s9_s8 dsp_6_7_mult (
     .a(a_6_6),
     .b(w_5_7),
-    .clk(clk),
+    .clk(gemm_d_clk),
     .p(dsp_6_7)
   );
   dsp_mult_s9_s8 dsp_7_0_mult (
     .a(a_skew7_d7),
     .b(w_6_0),
-    .clk(clk),
+    .clk(gemm_d_clk),
     .p(dsp_7_0)
   );
   dsp_mult_s9_s8 dsp_7_1_mult (
     .a(a_7_0),
     .b(w_6_1),
-    .clk(clk),
+    .clk(gemm_d_clk),
     .p(dsp_7_1)
   );
   dsp_mult_s9_s8 dsp_7_2_mult (
     .a(a_7_1),
     .b(w_6_2),
-    .clk(clk),
+    .clk(gemm_d_clk),
     .p(dsp_7_2)
   );
   dsp_mult_s9_s8 dsp_7_3_mult (
     .a(a_7_2),
     .b(w_6_3),
-    .clk(clk),
+    .clk(gemm_d_clk),
     .p(dsp_7_3)
   );
   dsp_mult_s9_s8 dsp_7_4_mult (
     .a(a_7_3),
     .b(w_6_4),
-    .clk(clk),
+    .clk(gemm_d_clk),
     .p(dsp_7_4)
   );
   dsp_mult_s9_s8 dsp_7_5_mult (
     .a(a_7_4),
     .b(w_6_5),
-    .clk(clk),
+    .clk(gemm_d_clk),
     .p(dsp_7_5)
   );
   dsp_mult_s9_s8 dsp_7_6_mult (
     .a(a_7_5),
     .b(w_6_6),
-    .clk(clk),
+    .clk(gemm_d_clk),
     .p(dsp_7_6)
   );
   dsp_mult_s9_s8 dsp_7_7_mult (
     .a(a_7_6),
     .b(w_6_7),
-    .clk(clk),
+    .clk(gemm_d_clk),
     .p(dsp_7_7)
   );
   dsp_mult_s9_s8 dsp_8_0_mult (
     .a(a_skew8_d8),
     .b(w_7_0),
-    .clk(clk),
+    .clk(gemm_d_clk),
     .p(dsp_8_0)
   );
   dsp_mult_s9_s8 dsp_8_1_mult (
     .a(a_8_0),
     .b(w_7_1),
-    .clk(clk),
+    .clk(gemm_d_clk),
     .p(dsp_8_1)
   );
   dsp_mult_s9_s8 dsp_8_2_mult (
     .a(a_8_1),
     .b(w_7_2),
-    .clk(clk),
+    .clk(gemm_d_clk),
     .p(dsp_8_2)
   );
   dsp_mult_s9_s8 dsp_8_3_mult (
     .a(a_8_2),
     .b(w_7_3),
-    .clk(clk),
+    .clk(gemm_d_clk),
     .p(dsp_8_3)
   );
   dsp_mult_s9_s8 dsp_8_4_mult (
     .a(a_8_3),
     .b(w_7_4),
-    .clk(clk),
+    .clk(gemm_d_clk),
     .p(dsp_8_4)
   );
   dsp_mult_s9_s8 dsp_8_5_mult (
     .a(a_8_4),
     .b(w_7_5),
-    .clk(clk),
+    .clk(gemm_d_clk),
     .p(dsp_8_5)
   );
   dsp_mult_s9_s8 dsp_8_6_mult (
     .a(a_8_5),
     .b(w_7_6),
-    .clk(clk),
+    .clk(gemm_d_clk),
     .p(dsp_8_6)
   );
   dsp_mult_s9_s8 dsp_8_7_mult (
     .a(a_8_6),
     .b(w_7_7),
-    .clk(clk),
+    .clk(gemm_d_clk),
     .p(dsp_8_7)
   );
   dsp_mult_s15_u16 rq_ph0_mult (
     .a(rq_s1_s0[31:17]),
     .b(rq_s1_m0),
-    .clk(clk),
+    .clk(gemm_d_clk),
     .p(rq_ph0)
   );
   dsp_mult_s15_u16 rq_ph1_mult (
     .a(rq_s1_s1[31:17]),
     .b(rq_s1_m1),
-    .clk(clk),
+    .clk(gemm_d_clk),
     .p(rq_ph1)
   );
   dsp_mult_s15_u16 rq_ph2_mult (
     .a(rq_s1_s2[31:17]),
     .b(rq_s1_m2),
-    .clk(clk),
+    .clk(gemm_d_clk),
     .p(rq_ph2)
   );
   dsp_mult_s15_u16 rq_ph3_mult (
     .a(rq_s1_s3[31:17]),
     .b(rq_s1_m3),
-    .clk(clk),
+    .clk(gemm_d_clk),
     .p(rq_ph3)
   );
   dsp_mult_s15_u16 rq_ph4_mult (
     .a(rq_s1_s4[31:17]),
     .b(rq_s1_m4),
-    .clk(clk),
+    .clk(gemm_d_clk),
     .p(rq_ph4)
   );
   dsp_mult_s15_u16 rq_ph5_mult (
     .a(rq_s1_s5[31:17]),
     .b(rq_s1_m5),
-    .clk(clk),
+    .clk(gemm_d_clk),
     .p(rq_ph5)
   );
   dsp_mult_s15_u16 rq_ph6_mult (
     .a(rq_s1_s6[31:17]),
     .b(rq_s1_m6),
-    .clk(clk),
+    .clk(gemm_d_clk),
     .p(rq_ph6)
   );
   dsp_mult_s15_u16 rq_ph7_mult (
     .a(rq_s1_s7[31:17]),
     .b(rq_s1_m7),
-    .clk(clk),
+    .clk(gemm_d_clk),
     .p(rq_ph7)
   );
   dsp_mult_u17_u16 rq_pl0_mult (
     .a(rq_s1_s0[16:0]),
     .b(rq_s1_m0),
-    .clk(clk),
+    .clk(gemm_d_clk),
     .p(rq_pl0)
   );
   dsp_mult_u17_u16 rq_pl1_mult (
     .a(rq_s1_s1[16:0]),
     .b(rq_s1_m1),
-    .clk(clk),
+    .clk(gemm_d_clk),
     .p(rq_pl1)
   );
   dsp_mult_u17_u16 rq_pl2_mult (
     .a(rq_s1_s2[16:0]),
     .b(rq_s1_m2),
-    .clk(clk),
+    .clk(gemm_d_clk),
     .p(rq_pl2)
   );
   dsp_mult_u17_u16 rq_pl3_mult (
     .a(rq_s1_s3[16:0]),
     .b(rq_s1_m3),
-    .clk(clk),
+    .clk(gemm_d_clk),
     .p(rq_pl3)
   );
   dsp_mult_u17_u16 rq_pl4_mult (
     .a(rq_s1_s4[16:0]),
     .b(rq_s1_m4),
-    .clk(clk),
+    .clk(gemm_d_clk),
     .p(rq_pl4)
   );
   dsp_mult_u17_u16 rq_pl5_mult (
     .a(rq_s1_s5[16:0]),
     .b(rq_s1_m5),
-    .clk(clk),
+    .clk(gemm_d_clk),
     .p(rq_pl5)
   );
   dsp_mult_u17_u16 rq_pl6_mult (
     .a(rq_s1_s6[16:0]),
     .b(rq_s1_m6),
-    .clk(clk),
+    .clk(gemm_d_clk),
     .p(rq_pl6)
   );
   dsp_mult_u17_u16 rq_pl7_mult (
     .a(rq_s1_s7[16:0]),
     .b(rq_s1_m7),
-    .clk(clk),
+    .clk(gemm_d_clk),
     .p(rq_pl7)
   );
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$62 ) begin end
     \$387  = take;
-    if (unit_rst) begin
-      \$387  = 1'h0;
-    end
-    if (rst) begin
+    if (gemm_d_rst) begin
       \$387  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$62 ) begin end
     \$388  = take_last;
-    if (unit_rst) begin
-      \$388  = 1'h0;
-    end
-    if (rst) begin
+    if (gemm_d_rst) begin
       \$388  = 1'h0;
     end
   end
@@ -58091,10 +57856,7 @@ module \accelerator.core.gemm (rst, p__payload, a__ready, p__ready, o__valid, o_
     if (r_valid) begin
       \$389  = r_last;
     end
-    if (unit_rst) begin
-      \$389  = 1'h1;
-    end
-    if (rst) begin
+    if (gemm_d_rst) begin
       \$389  = 1'h1;
     end
   end
@@ -58114,10 +57876,7 @@ module \accelerator.core.gemm (rst, p__payload, a__ready, p__ready, o__valid, o_
     if (hold_en) begin
       \$391  = 1'h0;
     end
-    if (unit_rst) begin
-      \$391  = 1'h0;
-    end
-    if (rst) begin
+    if (gemm_d_rst) begin
       \$391  = 1'h0;
     end
   end
@@ -58145,20 +57904,14 @@ module \accelerator.core.gemm (rst, p__payload, a__ready, p__ready, o__valid, o_
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$62 ) begin end
     \$395  = \$165 [4:0];
-    if (unit_rst) begin
-      \$395  = 5'h12;
-    end
-    if (rst) begin
+    if (gemm_d_rst) begin
       \$395  = 5'h12;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$62 ) begin end
     \$396  = \$174 ;
-    if (unit_rst) begin
-      \$396  = 1'h0;
-    end
-    if (rst) begin
+    if (gemm_d_rst) begin
       \$396  = 1'h0;
     end
   end
@@ -59301,10 +59054,7 @@ module \accelerator.core.gemm (rst, p__payload, a__ready, p__ready, o__valid, o_
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$62 ) begin end
     \$713  = \$378 ;
-    if (unit_rst) begin
-      \$713  = 1'h0;
-    end
-    if (rst) begin
+    if (gemm_d_rst) begin
       \$713  = 1'h0;
     end
   end
@@ -59314,10 +59064,7 @@ module \accelerator.core.gemm (rst, p__payload, a__ready, p__ready, o__valid, o_
     if (wp__en) begin
       \$714  = \$381 [4:0];
     end
-    if (unit_rst) begin
-      \$714  = 5'h00;
-    end
-    if (rst) begin
+    if (gemm_d_rst) begin
       \$714  = 5'h00;
     end
   end
@@ -59327,20 +59074,14 @@ module \accelerator.core.gemm (rst, p__payload, a__ready, p__ready, o__valid, o_
     if (pop) begin
       \$715  = \$384 [4:0];
     end
-    if (unit_rst) begin
-      \$715  = 5'h00;
-    end
-    if (rst) begin
+    if (gemm_d_rst) begin
       \$715  = 5'h00;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$62 ) begin end
     \$716  = \$386 [4:0];
-    if (unit_rst) begin
-      \$716  = 5'h00;
-    end
-    if (rst) begin
+    if (gemm_d_rst) begin
       \$716  = 5'h00;
     end
   end
@@ -64019,7 +63760,7 @@ module \accelerator.core.gen_src1.walk (rst, next, \final , n__0, strides__0, n_
 endmodule
 
 (* generator = "Amaranth" *)
-module \accelerator.core.layernorm (rst, o__ready, i__valid, i__ready, o__payload, buf_wdata, unit_rst, c__payload, c__valid, idle_r, o__valid, clk);
+module \accelerator.core.layernorm (o__ready, i__valid, i__ready, o__payload, buf_wdata, layernorm_d_rst, c__payload, c__valid, idle_r, o__valid, layernorm_d_clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$70  = 0;
   wire \$1 ;
   wire \$10 ;
@@ -64721,33 +64462,33 @@ module \accelerator.core.layernorm (rst, o__ready, i__valid, i__ready, o__payloa
   (* init = 6'h00 *)
   wire [5:0] \$signature__addr ;
   (* init = 6'h00 *)
-  wire [5:0] \$signature__addr$296 ;
+  wire [5:0] \$signature__addr$295 ;
   (* init = 6'h00 *)
-  wire [5:0] \$signature__addr$304 ;
+  wire [5:0] \$signature__addr$303 ;
   (* init = 6'h00 *)
-  wire [5:0] \$signature__addr$308 ;
+  wire [5:0] \$signature__addr$307 ;
   (* init = 6'h00 *)
-  wire [5:0] \$signature__addr$312 ;
+  wire [5:0] \$signature__addr$311 ;
   (* init = 16'h0000 *)
   wire [15:0] \$signature__data ;
   (* init = 43'h00000000000 *)
-  wire [42:0] \$signature__data$297 ;
+  wire [42:0] \$signature__data$296 ;
   (* init = 16'h0000 *)
-  wire [15:0] \$signature__data$305 ;
+  wire [15:0] \$signature__data$304 ;
   (* init = 16'h0000 *)
-  wire [15:0] \$signature__data$309 ;
+  wire [15:0] \$signature__data$308 ;
   (* init = 16'h0000 *)
-  wire [15:0] \$signature__data$313 ;
+  wire [15:0] \$signature__data$312 ;
   (* init = 1'h0 *)
   wire \$signature__en ;
   (* init = 1'h0 *)
-  wire \$signature__en$298 ;
+  wire \$signature__en$297 ;
   (* init = 1'h0 *)
-  wire \$signature__en$306 ;
+  wire \$signature__en$305 ;
   (* init = 1'h0 *)
-  wire \$signature__en$310 ;
+  wire \$signature__en$309 ;
   (* init = 1'h0 *)
-  wire \$signature__en$314 ;
+  wire \$signature__en$313 ;
   wire accept;
   reg active = 1'h0;
   (* init = 6'h00 *)
@@ -64800,8 +64541,6 @@ module \accelerator.core.layernorm (rst, o__ready, i__valid, i__ready, o__payloa
   reg calc_var2 = 1'h0;
   reg calc_var3 = 1'h0;
   reg [5:0] ch = 6'h00;
-  input clk;
-  wire clk;
   reg [5:0] cm1 = 6'h3f;
   reg [5:0] cm2 = 6'h3e;
   reg [38:0] cn = 39'h0000000000;
@@ -64855,6 +64594,10 @@ module \accelerator.core.layernorm (rst, o__ready, i__valid, i__ready, o__payloa
   wire issue;
   reg [4:0] k = 5'h00;
   reg last_busy = 1'h0;
+  input layernorm_d_clk;
+  wire layernorm_d_clk;
+  input layernorm_d_rst;
+  wire layernorm_d_rst;
   (* init = 6'h00 *)
   wire [5:0] ld;
   wire load;
@@ -65160,21 +64903,19 @@ module \accelerator.core.layernorm (rst, o__ready, i__valid, i__ready, o__payloa
   (* init = 6'h00 *)
   wire [5:0] rp__addr;
   (* init = 6'h00 *)
-  wire [5:0] \rp__addr$299 ;
+  wire [5:0] \rp__addr$298 ;
   (* init = 6'h00 *)
-  wire [5:0] \rp__addr$307 ;
+  wire [5:0] \rp__addr$306 ;
   (* init = 6'h00 *)
-  wire [5:0] \rp__addr$311 ;
+  wire [5:0] \rp__addr$310 ;
   (* init = 6'h00 *)
-  wire [5:0] \rp__addr$315 ;
+  wire [5:0] \rp__addr$314 ;
   wire [15:0] rp__data;
   wire [42:0] \rp__data$17 ;
   wire [15:0] \rp__data$38 ;
   wire [15:0] \rp__data$39 ;
   wire [15:0] \rp__data$40 ;
   reg [1:0] rslot = 2'h0;
-  input rst;
-  wire rst;
   reg [21:0] s_acc = 22'h000000;
   reg [21:0] s_c = 22'h000000;
   reg sq0_l = 1'h0;
@@ -65277,8 +65018,6 @@ module \accelerator.core.layernorm (rst, o__ready, i__valid, i__ready, o__payloa
   reg [30:0] sq2_t1 = 31'h00000000;
   reg sq2_v = 1'h0;
   reg [15:0] sq2_x = 16'h0000;
-  input unit_rst;
-  wire unit_rst;
   wire [35:0] var1_l0_0;
   wire [35:0] var1_l0_1;
   wire [35:0] var1_l0_2;
@@ -65400,12 +65139,12 @@ module \accelerator.core.layernorm (rst, o__ready, i__valid, i__ready, o__payloa
     b_ram_bank0[62] = 43'h00000000000;
     b_ram_bank0[63] = 43'h00000000000;
   end
-  always @(posedge clk) begin
+  always @(posedge layernorm_d_clk) begin
     if (b_ram_we0)
       b_ram_bank0[b_ram_wa] <= b_ram_wd;
   end
   reg [42:0] _0_;
-  always @(posedge clk) begin
+  always @(posedge layernorm_d_clk) begin
     _0_ <= b_ram_bank0[oz1_ch];
   end
   assign \rp__data$17  = _0_;
@@ -65477,12 +65216,12 @@ module \accelerator.core.layernorm (rst, o__ready, i__valid, i__ready, o__payloa
     buf_bank0[62] = 16'h0000;
     buf_bank0[63] = 16'h0000;
   end
-  always @(posedge clk) begin
+  always @(posedge layernorm_d_clk) begin
     if (buf_we0)
       buf_bank0[buf_wa] <= buf_wd;
   end
   reg [15:0] _1_;
-  always @(posedge clk) begin
+  always @(posedge layernorm_d_clk) begin
     _1_ <= buf_bank0[ch];
   end
   assign \rp__data$38  = _1_;
@@ -65554,12 +65293,12 @@ module \accelerator.core.layernorm (rst, o__ready, i__valid, i__ready, o__payloa
     buf_bank1[62] = 16'h0000;
     buf_bank1[63] = 16'h0000;
   end
-  always @(posedge clk) begin
+  always @(posedge layernorm_d_clk) begin
     if (buf_we1)
       buf_bank1[buf_wa] <= buf_wd;
   end
   reg [15:0] _2_;
-  always @(posedge clk) begin
+  always @(posedge layernorm_d_clk) begin
     _2_ <= buf_bank1[ch];
   end
   assign \rp__data$39  = _2_;
@@ -65631,12 +65370,12 @@ module \accelerator.core.layernorm (rst, o__ready, i__valid, i__ready, o__payloa
     buf_bank2[62] = 16'h0000;
     buf_bank2[63] = 16'h0000;
   end
-  always @(posedge clk) begin
+  always @(posedge layernorm_d_clk) begin
     if (buf_we2)
       buf_bank2[buf_wa] <= buf_wd;
   end
   reg [15:0] _3_;
-  always @(posedge clk) begin
+  always @(posedge layernorm_d_clk) begin
     _3_ <= buf_bank2[ch];
   end
   assign \rp__data$40  = _3_;
@@ -65708,12 +65447,12 @@ module \accelerator.core.layernorm (rst, o__ready, i__valid, i__ready, o__payloa
     m_ram_bank0[62] = 16'h0000;
     m_ram_bank0[63] = 16'h0000;
   end
-  always @(posedge clk) begin
+  always @(posedge layernorm_d_clk) begin
     if (m_ram_we0)
       m_ram_bank0[m_ram_wa] <= m_ram_wd;
   end
   reg [15:0] _4_;
-  always @(posedge clk) begin
+  always @(posedge layernorm_d_clk) begin
     _4_ <= m_ram_bank0[oz1_ch];
   end
   assign rp__data = _4_;
@@ -66031,393 +65770,393 @@ module \accelerator.core.layernorm (rst, o__ready, i__valid, i__ready, o__payloa
   assign \$600  = \$598  | \$599 ;
   assign \$601  = { \$596 [46:0], 1'h0 } & { \$590 [46:0], 1'h0 };
   assign \$602  = \$600  | \$601 ;
-  always @(posedge clk)
+  always @(posedge layernorm_d_clk)
     m_ram_wa <= m_ram_waddr;
-  always @(posedge clk)
+  always @(posedge layernorm_d_clk)
     m_ram_wd <= c__payload[15:0];
-  always @(posedge clk)
+  always @(posedge layernorm_d_clk)
     m_ram_we0 <= \$603 ;
-  always @(posedge clk)
+  always @(posedge layernorm_d_clk)
     m_ram_rbank <= rp__data;
-  always @(posedge clk)
+  always @(posedge layernorm_d_clk)
     b_ram_wa <= m_ram_waddr;
-  always @(posedge clk)
+  always @(posedge layernorm_d_clk)
     b_ram_wd <= c__payload[58:16];
-  always @(posedge clk)
+  always @(posedge layernorm_d_clk)
     b_ram_we0 <= \$604 ;
-  always @(posedge clk)
+  always @(posedge layernorm_d_clk)
     b_ram_rbank <= \rp__data$17 ;
-  always @(posedge clk)
+  always @(posedge layernorm_d_clk)
     e_r <= \$605 ;
-  always @(posedge clk)
+  always @(posedge layernorm_d_clk)
     cm1 <= \$606 ;
-  always @(posedge clk)
+  always @(posedge layernorm_d_clk)
     cm2 <= \$607 ;
-  always @(posedge clk)
+  always @(posedge layernorm_d_clk)
     m_ram_waddr <= \$608 ;
-  always @(posedge clk)
+  always @(posedge layernorm_d_clk)
     c_now <= \$5 ;
-  always @(posedge clk)
+  always @(posedge layernorm_d_clk)
     c2 <= \$6 ;
-  always @(posedge clk)
+  always @(posedge layernorm_d_clk)
     cn <= \$8 ;
-  always @(posedge clk)
+  always @(posedge layernorm_d_clk)
     buf_wa <= cnt;
-  always @(posedge clk)
+  always @(posedge layernorm_d_clk)
     buf_wd <= buf_wdata;
-  always @(posedge clk)
+  always @(posedge layernorm_d_clk)
     buf_we0 <= \$609 ;
-  always @(posedge clk)
+  always @(posedge layernorm_d_clk)
     buf_we1 <= \$610 ;
-  always @(posedge clk)
+  always @(posedge layernorm_d_clk)
     buf_we2 <= \$611 ;
-  always @(posedge clk)
+  always @(posedge layernorm_d_clk)
     buf_rsel <= \$16 [2:0];
-  always @(posedge clk)
+  always @(posedge layernorm_d_clk)
     buf_rgroup0 <= \$21 ;
-  always @(posedge clk)
+  always @(posedge layernorm_d_clk)
     cnt <= \$612 ;
-  always @(posedge clk)
+  always @(posedge layernorm_d_clk)
     in_last <= \$613 ;
-  always @(posedge clk)
+  always @(posedge layernorm_d_clk)
     wslot <= \$614 ;
-  always @(posedge clk)
+  always @(posedge layernorm_d_clk)
     rows_held <= \$615 ;
-  always @(posedge clk)
+  always @(posedge layernorm_d_clk)
     room <= \$616 ;
-  always @(posedge clk)
+  always @(posedge layernorm_d_clk)
     in1_x <= buf_wdata;
-  always @(posedge clk)
+  always @(posedge layernorm_d_clk)
     in1_v <= \$617 ;
-  always @(posedge clk)
+  always @(posedge layernorm_d_clk)
     in1_l <= \$618 ;
-  always @(posedge clk)
+  always @(posedge layernorm_d_clk)
     in2_a <= \$39 ;
-  always @(posedge clk)
+  always @(posedge layernorm_d_clk)
     in2_s <= in1_x[15];
-  always @(posedge clk)
+  always @(posedge layernorm_d_clk)
     in2_x <= in1_x;
-  always @(posedge clk)
+  always @(posedge layernorm_d_clk)
     in2_v <= \$619 ;
-  always @(posedge clk)
+  always @(posedge layernorm_d_clk)
     in2_l <= \$620 ;
-  always @(posedge clk)
+  always @(posedge layernorm_d_clk)
     sq0_t0 <= sq0_l2_0;
-  always @(posedge clk)
+  always @(posedge layernorm_d_clk)
     sq0_t1 <= { \$210 [29:0], 1'h0 };
-  always @(posedge clk)
+  always @(posedge layernorm_d_clk)
     sq0_t2 <= sq0_l2_2;
-  always @(posedge clk)
+  always @(posedge layernorm_d_clk)
     sq0_t3 <= { \$216 [29:0], 1'h0 };
-  always @(posedge clk)
+  always @(posedge layernorm_d_clk)
     sq0_t4 <= sq0_l2_4;
-  always @(posedge clk)
+  always @(posedge layernorm_d_clk)
     sq0_t5 <= { \$222 [29:0], 1'h0 };
-  always @(posedge clk)
+  always @(posedge layernorm_d_clk)
     sq0_t6 <= { \$204 [29:0], 1'h0 };
-  always @(posedge clk)
+  always @(posedge layernorm_d_clk)
     sq0_t7 <= { 15'h0000, \$174  };
-  always @(posedge clk)
+  always @(posedge layernorm_d_clk)
     sq0_v <= \$621 ;
-  always @(posedge clk)
+  always @(posedge layernorm_d_clk)
     sq0_l <= \$622 ;
-  always @(posedge clk)
+  always @(posedge layernorm_d_clk)
     sq0_x <= in2_x;
-  always @(posedge clk)
+  always @(posedge layernorm_d_clk)
     sq1_t0 <= sq1_l2_0;
-  always @(posedge clk)
+  always @(posedge layernorm_d_clk)
     sq1_t1 <= { \$240 [29:0], 1'h0 };
-  always @(posedge clk)
+  always @(posedge layernorm_d_clk)
     sq1_t2 <= sq1_l2_2;
-  always @(posedge clk)
+  always @(posedge layernorm_d_clk)
     sq1_t3 <= { \$246 [29:0], 1'h0 };
-  always @(posedge clk)
+  always @(posedge layernorm_d_clk)
     sq1_v <= \$623 ;
-  always @(posedge clk)
+  always @(posedge layernorm_d_clk)
     sq1_l <= \$624 ;
-  always @(posedge clk)
+  always @(posedge layernorm_d_clk)
     sq1_x <= sq0_x;
-  always @(posedge clk)
+  always @(posedge layernorm_d_clk)
     sq2_t0 <= sq2_l2_0;
-  always @(posedge clk)
+  always @(posedge layernorm_d_clk)
     sq2_t1 <= { \$258 [29:0], 1'h0 };
-  always @(posedge clk)
+  always @(posedge layernorm_d_clk)
     sq2_v <= \$625 ;
-  always @(posedge clk)
+  always @(posedge layernorm_d_clk)
     sq2_l <= \$626 ;
-  always @(posedge clk)
+  always @(posedge layernorm_d_clk)
     sq2_x <= sq1_x;
-  always @(posedge clk)
+  always @(posedge layernorm_d_clk)
     h1_s <= \$627 ;
-  always @(posedge clk)
+  always @(posedge layernorm_d_clk)
     h1_qs <= \$628 ;
-  always @(posedge clk)
+  always @(posedge layernorm_d_clk)
     h1_qc <= \$629 ;
-  always @(posedge clk)
+  always @(posedge layernorm_d_clk)
     h1_valid <= \$630 ;
-  always @(posedge clk)
+  always @(posedge layernorm_d_clk)
     s_acc <= \$631 ;
-  always @(posedge clk)
+  always @(posedge layernorm_d_clk)
     qs_acc <= \$632 ;
-  always @(posedge clk)
+  always @(posedge layernorm_d_clk)
     qc_acc <= \$633 ;
-  always @(posedge clk)
+  always @(posedge layernorm_d_clk)
     last_busy <= \$634 ;
-  always @(posedge clk)
+  always @(posedge layernorm_d_clk)
     c3 <= { 16'h0000, \$44  };
-  always @(posedge clk)
+  always @(posedge layernorm_d_clk)
     cneg <= { \$45 [7], \$45 [7], \$45 [7], \$45 [7], \$45 [7], \$45 [7], \$45 [7], \$45 [7], \$45 [7], \$45 [7], \$45 [7], \$45 [7], \$45 [7], \$45 [7], \$45 [7], \$45 [7], \$45 [7], \$45  };
-  always @(posedge clk)
+  always @(posedge layernorm_d_clk)
     hb <= \$635 ;
-  always @(posedge clk)
+  always @(posedge layernorm_d_clk)
     xc <= \$636 ;
-  always @(posedge clk)
+  always @(posedge layernorm_d_clk)
     \$signal$112  <= \$637 ;
-  always @(posedge clk)
+  always @(posedge layernorm_d_clk)
     zc <= \$638 ;
-  always @(posedge clk)
+  always @(posedge layernorm_d_clk)
     \$signal$116  <= \$639 ;
-  always @(posedge clk)
+  always @(posedge layernorm_d_clk)
     yc <= \$640 ;
-  always @(posedge clk)
+  always @(posedge layernorm_d_clk)
     var_k <= \$51 [35:0];
-  always @(posedge clk)
+  always @(posedge layernorm_d_clk)
     var1_t0 <= var1_l2_0;
-  always @(posedge clk)
+  always @(posedge layernorm_d_clk)
     var1_t1 <= { \$321 [34:0], 1'h0 };
-  always @(posedge clk)
+  always @(posedge layernorm_d_clk)
     var1_t2 <= var1_l2_2;
-  always @(posedge clk)
+  always @(posedge layernorm_d_clk)
     var1_t3 <= { \$327 [34:0], 1'h0 };
-  always @(posedge clk)
+  always @(posedge layernorm_d_clk)
     var2_t0 <= var2_l2_0;
-  always @(posedge clk)
+  always @(posedge layernorm_d_clk)
     var2_t1 <= { \$339 [34:0], 1'h0 };
-  always @(posedge clk)
+  always @(posedge layernorm_d_clk)
     h1_n <= \$53 [23:0];
-  always @(posedge clk)
+  always @(posedge layernorm_d_clk)
     h1_n_ok <= \$641 ;
-  always @(posedge clk)
+  always @(posedge layernorm_d_clk)
     d_rem <= \$642 ;
-  always @(posedge clk)
+  always @(posedge layernorm_d_clk)
     nlo <= \$643 ;
-  always @(posedge clk)
+  always @(posedge layernorm_d_clk)
     k <= \$644 ;
-  always @(posedge clk)
+  always @(posedge layernorm_d_clk)
     s_c <= \$645 ;
-  always @(posedge clk)
+  always @(posedge layernorm_d_clk)
     qs_c <= \$646 ;
-  always @(posedge clk)
+  always @(posedge layernorm_d_clk)
     qc_c <= \$647 ;
-  always @(posedge clk)
+  always @(posedge layernorm_d_clk)
     calc_idle <= \$648 ;
-  always @(posedge clk)
+  always @(posedge layernorm_d_clk)
     calc_div <= \$649 ;
-  always @(posedge clk)
+  always @(posedge layernorm_d_clk)
     qbit <= \$650 ;
-  always @(posedge clk)
+  always @(posedge layernorm_d_clk)
     xc_add <= \$651 ;
-  always @(posedge clk)
+  always @(posedge layernorm_d_clk)
     calc_tail <= \$652 ;
-  always @(posedge clk)
+  always @(posedge layernorm_d_clk)
     calc_var1 <= \$653 ;
-  always @(posedge clk)
+  always @(posedge layernorm_d_clk)
     calc_var2 <= \$654 ;
-  always @(posedge clk)
+  always @(posedge layernorm_d_clk)
     calc_var3 <= \$655 ;
-  always @(posedge clk)
+  always @(posedge layernorm_d_clk)
     vsh <= \$656 ;
-  always @(posedge clk)
+  always @(posedge layernorm_d_clk)
     r_rem <= \$657 ;
-  always @(posedge clk)
+  always @(posedge layernorm_d_clk)
     root <= \$658 ;
-  always @(posedge clk)
+  always @(posedge layernorm_d_clk)
     f_rem <= \$659 ;
-  always @(posedge clk)
+  always @(posedge layernorm_d_clk)
     calc_root <= \$660 ;
-  always @(posedge clk)
+  always @(posedge layernorm_d_clk)
     calc_fact <= \$661 ;
-  always @(posedge clk)
+  always @(posedge layernorm_d_clk)
     f_q <= \$662 ;
-  always @(posedge clk)
+  always @(posedge layernorm_d_clk)
     calc_push <= \$663 ;
-  always @(posedge clk)
+  always @(posedge layernorm_d_clk)
     h2_mean <= \$664 ;
-  always @(posedge clk)
+  always @(posedge layernorm_d_clk)
     h2_factor <= \$665 ;
-  always @(posedge clk)
+  always @(posedge layernorm_d_clk)
     h2_valid <= \$666 ;
-  always @(posedge clk)
+  always @(posedge layernorm_d_clk)
     ch <= \$667 ;
-  always @(posedge clk)
+  always @(posedge layernorm_d_clk)
     out_last <= \$668 ;
-  always @(posedge clk)
+  always @(posedge layernorm_d_clk)
     active <= \$669 ;
-  always @(posedge clk)
+  always @(posedge layernorm_d_clk)
     rslot <= \$670 ;
-  always @(posedge clk)
+  always @(posedge layernorm_d_clk)
     cur_mean <= \$671 ;
-  always @(posedge clk)
+  always @(posedge layernorm_d_clk)
     cur_factor <= \$672 ;
-  always @(posedge clk)
+  always @(posedge layernorm_d_clk)
     o1_mean <= cur_mean;
-  always @(posedge clk)
+  always @(posedge layernorm_d_clk)
     o1_factor <= cur_factor;
-  always @(posedge clk)
+  always @(posedge layernorm_d_clk)
     o1_ch <= ch;
-  always @(posedge clk)
+  always @(posedge layernorm_d_clk)
     o2_mean <= o1_mean;
-  always @(posedge clk)
+  always @(posedge layernorm_d_clk)
     o2_factor <= o1_factor;
-  always @(posedge clk)
+  always @(posedge layernorm_d_clk)
     o2_ch <= o1_ch;
-  always @(posedge clk)
+  always @(posedge layernorm_d_clk)
     oy_y <= \$102 ;
-  always @(posedge clk)
+  always @(posedge layernorm_d_clk)
     oy_factor <= o2_factor;
-  always @(posedge clk)
+  always @(posedge layernorm_d_clk)
     oy_ch <= o2_ch;
-  always @(posedge clk)
+  always @(posedge layernorm_d_clk)
     oz0_t0 <= oz0_l1_0;
-  always @(posedge clk)
+  always @(posedge layernorm_d_clk)
     oz0_t1 <= { \$383 [30:0], 1'h0 };
-  always @(posedge clk)
+  always @(posedge layernorm_d_clk)
     oz0_t2 <= oz0_l1_2;
-  always @(posedge clk)
+  always @(posedge layernorm_d_clk)
     oz0_t3 <= { \$389 [30:0], 1'h0 };
-  always @(posedge clk)
+  always @(posedge layernorm_d_clk)
     oz0_t4 <= oz0_l1_4;
-  always @(posedge clk)
+  always @(posedge layernorm_d_clk)
     oz0_t5 <= { \$395 [30:0], 1'h0 };
-  always @(posedge clk)
+  always @(posedge layernorm_d_clk)
     oz0_t6 <= oz0_l1_6;
-  always @(posedge clk)
+  always @(posedge layernorm_d_clk)
     oz0_t7 <= { \$401 [30:0], 1'h0 };
-  always @(posedge clk)
+  always @(posedge layernorm_d_clk)
     oz0_t8 <= oz0_l1_8;
-  always @(posedge clk)
+  always @(posedge layernorm_d_clk)
     oz0_t9 <= { \$407 [30:0], 1'h0 };
-  always @(posedge clk)
+  always @(posedge layernorm_d_clk)
     oz0_t10 <= oz0_l1_10;
-  always @(posedge clk)
+  always @(posedge layernorm_d_clk)
     oz0_t11 <= { \$413 [30:0], 1'h0 };
-  always @(posedge clk)
+  always @(posedge layernorm_d_clk)
     oz0_ch <= oy_ch;
-  always @(posedge clk)
+  always @(posedge layernorm_d_clk)
     oz1_t0 <= oz1_l2_0;
-  always @(posedge clk)
+  always @(posedge layernorm_d_clk)
     oz1_t1 <= { \$443 [30:0], 1'h0 };
-  always @(posedge clk)
+  always @(posedge layernorm_d_clk)
     oz1_t2 <= oz1_l2_2;
-  always @(posedge clk)
+  always @(posedge layernorm_d_clk)
     oz1_t3 <= { \$449 [30:0], 1'h0 };
-  always @(posedge clk)
+  always @(posedge layernorm_d_clk)
     oz1_t4 <= oz1_l2_4;
-  always @(posedge clk)
+  always @(posedge layernorm_d_clk)
     oz1_t5 <= { \$437 [30:0], 1'h0 };
-  always @(posedge clk)
+  always @(posedge layernorm_d_clk)
     oz1_ch <= oz0_ch;
-  always @(posedge clk)
+  always @(posedge layernorm_d_clk)
     oz2_t0 <= oz2_l3_0;
-  always @(posedge clk)
+  always @(posedge layernorm_d_clk)
     oz2_t1 <= { \$473 [30:0], 1'h0 };
-  always @(posedge clk)
+  always @(posedge layernorm_d_clk)
     oz2_ch <= oz1_ch;
-  always @(posedge clk)
+  always @(posedge layernorm_d_clk)
     o7_z <= \$103 [31:0];
-  always @(posedge clk)
+  always @(posedge layernorm_d_clk)
     ov0_t0 <= ov0_l1_0;
-  always @(posedge clk)
+  always @(posedge layernorm_d_clk)
     ov0_t1 <= { \$512 [46:0], 1'h0 };
-  always @(posedge clk)
+  always @(posedge layernorm_d_clk)
     ov0_t2 <= ov0_l1_2;
-  always @(posedge clk)
+  always @(posedge layernorm_d_clk)
     ov0_t3 <= { \$518 [46:0], 1'h0 };
-  always @(posedge clk)
+  always @(posedge layernorm_d_clk)
     ov0_t4 <= ov0_l1_4;
-  always @(posedge clk)
+  always @(posedge layernorm_d_clk)
     ov0_t5 <= { \$524 [46:0], 1'h0 };
-  always @(posedge clk)
+  always @(posedge layernorm_d_clk)
     ov0_t6 <= ov0_l1_6;
-  always @(posedge clk)
+  always @(posedge layernorm_d_clk)
     ov0_t7 <= { \$530 [46:0], 1'h0 };
-  always @(posedge clk)
+  always @(posedge layernorm_d_clk)
     ov0_t8 <= ov0_l1_8;
-  always @(posedge clk)
+  always @(posedge layernorm_d_clk)
     ov0_t9 <= { \$536 [46:0], 1'h0 };
-  always @(posedge clk)
+  always @(posedge layernorm_d_clk)
     ov0_t10 <= ov0_l1_10;
-  always @(posedge clk)
+  always @(posedge layernorm_d_clk)
     ov0_t11 <= { \$542 [46:0], 1'h0 };
-  always @(posedge clk)
+  always @(posedge layernorm_d_clk)
     ov1_t0 <= ov1_l2_0;
-  always @(posedge clk)
+  always @(posedge layernorm_d_clk)
     ov1_t1 <= { \$572 [46:0], 1'h0 };
-  always @(posedge clk)
+  always @(posedge layernorm_d_clk)
     ov1_t2 <= ov1_l2_2;
-  always @(posedge clk)
+  always @(posedge layernorm_d_clk)
     ov1_t3 <= { \$578 [46:0], 1'h0 };
-  always @(posedge clk)
+  always @(posedge layernorm_d_clk)
     ov1_t4 <= ov1_l2_4;
-  always @(posedge clk)
+  always @(posedge layernorm_d_clk)
     ov1_t5 <= { \$566 [46:0], 1'h0 };
-  always @(posedge clk)
+  always @(posedge layernorm_d_clk)
     ov2_t0 <= ov2_l3_0;
-  always @(posedge clk)
+  always @(posedge layernorm_d_clk)
     ov2_t1 <= { \$602 [46:0], 1'h0 };
-  always @(posedge clk)
+  always @(posedge layernorm_d_clk)
     o11_v <= \$104 [47:0];
-  always @(posedge clk)
+  always @(posedge layernorm_d_clk)
     o12_t <= \$105 ;
-  always @(posedge clk)
+  always @(posedge layernorm_d_clk)
     o13_u <= \$106 ;
-  always @(posedge clk)
+  always @(posedge layernorm_d_clk)
     o14_u <= \$112 ;
-  always @(posedge clk)
+  always @(posedge layernorm_d_clk)
     o15_r <= \$114 [7:0];
-  always @(posedge clk)
+  always @(posedge layernorm_d_clk)
     o15_lo <= \$115 [10];
-  always @(posedge clk)
+  always @(posedge layernorm_d_clk)
     o15_hi <= \$116 [10];
-  always @(posedge clk)
+  always @(posedge layernorm_d_clk)
     o16_out <= \$118 ;
-  always @(posedge clk)
+  always @(posedge layernorm_d_clk)
     o_valid1 <= \$673 ;
-  always @(posedge clk)
+  always @(posedge layernorm_d_clk)
     o_valid2 <= \$674 ;
-  always @(posedge clk)
+  always @(posedge layernorm_d_clk)
     o_valid3 <= \$675 ;
-  always @(posedge clk)
+  always @(posedge layernorm_d_clk)
     o_valid4 <= \$676 ;
-  always @(posedge clk)
+  always @(posedge layernorm_d_clk)
     o_valid5 <= \$677 ;
-  always @(posedge clk)
+  always @(posedge layernorm_d_clk)
     o_valid6 <= \$678 ;
-  always @(posedge clk)
+  always @(posedge layernorm_d_clk)
     o_valid7 <= \$679 ;
-  always @(posedge clk)
+  always @(posedge layernorm_d_clk)
     o_valid8 <= \$680 ;
-  always @(posedge clk)
+  always @(posedge layernorm_d_clk)
     o_valid9 <= \$681 ;
-  always @(posedge clk)
+  always @(posedge layernorm_d_clk)
     o_valid10 <= \$682 ;
-  always @(posedge clk)
+  always @(posedge layernorm_d_clk)
     o_valid11 <= \$683 ;
-  always @(posedge clk)
+  always @(posedge layernorm_d_clk)
     o_valid12 <= \$684 ;
-  always @(posedge clk)
+  always @(posedge layernorm_d_clk)
     o_valid13 <= \$685 ;
-  always @(posedge clk)
+  always @(posedge layernorm_d_clk)
     o_valid14 <= \$686 ;
-  always @(posedge clk)
+  always @(posedge layernorm_d_clk)
     o_valid15 <= \$687 ;
-  always @(posedge clk)
+  always @(posedge layernorm_d_clk)
     o_valid16 <= \$688 ;
-  always @(posedge clk)
+  always @(posedge layernorm_d_clk)
     credits <= \$689 ;
-  always @(posedge clk)
+  always @(posedge layernorm_d_clk)
     has_credit <= \$690 ;
-  always @(posedge clk)
+  always @(posedge layernorm_d_clk)
     idle_r <= \$691 ;
   assign \$3  = m_ram_waddr - 1'h1;
   assign \$4  = m_ram_waddr + 1'h1;
@@ -66700,32 +66439,25 @@ module \accelerator.core.layernorm (rst, o__ready, i__valid, i__ready, o__payloa
   assign \$auto$rtlil.cc:2739:Not$36  = ~ \$408 [0];
   assign \$auto$rtlil.cc:2739:Not$38  = ~ \$506 [0];
   \accelerator.core.layernorm.out_queue  out_queue (
-    .clk(clk),
+    .layernorm_d_clk(layernorm_d_clk),
+    .layernorm_d_rst(layernorm_d_rst),
     .r_data(o__payload),
     .r_en(o__ready),
     .r_rdy(o__valid),
-    .rst(rst),
-    .unit_rst(unit_rst),
     .w_en(o_valid16),
     .w_port__data(o16_out)
   );
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
     \$603  = \$1 ;
-    if (unit_rst) begin
-      \$603  = 1'h0;
-    end
-    if (rst) begin
+    if (layernorm_d_rst) begin
       \$603  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
     \$604  = \$2 ;
-    if (unit_rst) begin
-      \$604  = 1'h0;
-    end
-    if (rst) begin
+    if (layernorm_d_rst) begin
       \$604  = 1'h0;
     end
   end
@@ -66744,10 +66476,7 @@ module \accelerator.core.layernorm (rst, o__ready, i__valid, i__ready, o__payloa
         \$606  = m_ram_waddr;
       end
     end
-    if (unit_rst) begin
-      \$606  = 6'h3f;
-    end
-    if (rst) begin
+    if (layernorm_d_rst) begin
       \$606  = 6'h3f;
     end
   end
@@ -66759,10 +66488,7 @@ module \accelerator.core.layernorm (rst, o__ready, i__valid, i__ready, o__payloa
         \$607  = \$3 [5:0];
       end
     end
-    if (unit_rst) begin
-      \$607  = 6'h3e;
-    end
-    if (rst) begin
+    if (layernorm_d_rst) begin
       \$607  = 6'h3e;
     end
   end
@@ -66777,40 +66503,28 @@ module \accelerator.core.layernorm (rst, o__ready, i__valid, i__ready, o__payloa
         \$608  = \$4 [5:0];
       end
     end
-    if (unit_rst) begin
-      \$608  = 6'h00;
-    end
-    if (rst) begin
+    if (layernorm_d_rst) begin
       \$608  = 6'h00;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
     \$609  = \$11 ;
-    if (unit_rst) begin
-      \$609  = 1'h0;
-    end
-    if (rst) begin
+    if (layernorm_d_rst) begin
       \$609  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
     \$610  = \$13 ;
-    if (unit_rst) begin
-      \$610  = 1'h0;
-    end
-    if (rst) begin
+    if (layernorm_d_rst) begin
       \$610  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
     \$611  = \$15 ;
-    if (unit_rst) begin
-      \$611  = 1'h0;
-    end
-    if (rst) begin
+    if (layernorm_d_rst) begin
       \$611  = 1'h0;
     end
   end
@@ -66820,10 +66534,7 @@ module \accelerator.core.layernorm (rst, o__ready, i__valid, i__ready, o__payloa
     if (buf_wen) begin
       \$612  = \$23 [5:0];
     end
-    if (unit_rst) begin
-      \$612  = 6'h00;
-    end
-    if (rst) begin
+    if (layernorm_d_rst) begin
       \$612  = 6'h00;
     end
   end
@@ -66836,10 +66547,7 @@ module \accelerator.core.layernorm (rst, o__ready, i__valid, i__ready, o__payloa
     if (m_ram_wen) begin
       \$613  = 1'h0;
     end
-    if (unit_rst) begin
-      \$613  = 1'h0;
-    end
-    if (rst) begin
+    if (layernorm_d_rst) begin
       \$613  = 1'h0;
     end
   end
@@ -66851,130 +66559,91 @@ module \accelerator.core.layernorm (rst, o__ready, i__valid, i__ready, o__payloa
         \$614  = \$29 [1:0];
       end
     end
-    if (unit_rst) begin
-      \$614  = 2'h0;
-    end
-    if (rst) begin
+    if (layernorm_d_rst) begin
       \$614  = 2'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
     \$615  = \$344 [1:0];
-    if (unit_rst) begin
-      \$615  = 2'h0;
-    end
-    if (rst) begin
+    if (layernorm_d_rst) begin
       \$615  = 2'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
     \$616  = \$37 ;
-    if (unit_rst) begin
-      \$616  = 1'h1;
-    end
-    if (rst) begin
+    if (layernorm_d_rst) begin
       \$616  = 1'h1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
     \$617  = buf_wen;
-    if (unit_rst) begin
-      \$617  = 1'h0;
-    end
-    if (rst) begin
+    if (layernorm_d_rst) begin
       \$617  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
     \$618  = \$38 ;
-    if (unit_rst) begin
-      \$618  = 1'h0;
-    end
-    if (rst) begin
+    if (layernorm_d_rst) begin
       \$618  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
     \$619  = in1_v;
-    if (unit_rst) begin
-      \$619  = 1'h0;
-    end
-    if (rst) begin
+    if (layernorm_d_rst) begin
       \$619  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
     \$620  = in1_l;
-    if (unit_rst) begin
-      \$620  = 1'h0;
-    end
-    if (rst) begin
+    if (layernorm_d_rst) begin
       \$620  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
     \$621  = in2_v;
-    if (unit_rst) begin
-      \$621  = 1'h0;
-    end
-    if (rst) begin
+    if (layernorm_d_rst) begin
       \$621  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
     \$622  = in2_l;
-    if (unit_rst) begin
-      \$622  = 1'h0;
-    end
-    if (rst) begin
+    if (layernorm_d_rst) begin
       \$622  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
     \$623  = sq0_v;
-    if (unit_rst) begin
-      \$623  = 1'h0;
-    end
-    if (rst) begin
+    if (layernorm_d_rst) begin
       \$623  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
     \$624  = sq0_l;
-    if (unit_rst) begin
-      \$624  = 1'h0;
-    end
-    if (rst) begin
+    if (layernorm_d_rst) begin
       \$624  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
     \$625  = sq1_v;
-    if (unit_rst) begin
-      \$625  = 1'h0;
-    end
-    if (rst) begin
+    if (layernorm_d_rst) begin
       \$625  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
     \$626  = sq1_l;
-    if (unit_rst) begin
-      \$626  = 1'h0;
-    end
-    if (rst) begin
+    if (layernorm_d_rst) begin
       \$626  = 1'h0;
     end
   end
@@ -67018,10 +66687,7 @@ module \accelerator.core.layernorm (rst, o__ready, i__valid, i__ready, o__payloa
         \$630  = 1'h0;
       end
     end
-    if (unit_rst) begin
-      \$630  = 1'h0;
-    end
-    if (rst) begin
+    if (layernorm_d_rst) begin
       \$630  = 1'h0;
     end
   end
@@ -67036,10 +66702,7 @@ module \accelerator.core.layernorm (rst, o__ready, i__valid, i__ready, o__payloa
         \$631  = \$41 [21:0];
       end
     end
-    if (unit_rst) begin
-      \$631  = 22'h000000;
-    end
-    if (rst) begin
+    if (layernorm_d_rst) begin
       \$631  = 22'h000000;
     end
   end
@@ -67054,10 +66717,7 @@ module \accelerator.core.layernorm (rst, o__ready, i__valid, i__ready, o__payloa
         \$632  = qacc_l2_0;
       end
     end
-    if (unit_rst) begin
-      \$632  = 37'h0000000000;
-    end
-    if (rst) begin
+    if (layernorm_d_rst) begin
       \$632  = 37'h0000000000;
     end
   end
@@ -67072,30 +66732,21 @@ module \accelerator.core.layernorm (rst, o__ready, i__valid, i__ready, o__payloa
         \$633  = { \$270 [35:0], 1'h0 };
       end
     end
-    if (unit_rst) begin
-      \$633  = 37'h0000000000;
-    end
-    if (rst) begin
+    if (layernorm_d_rst) begin
       \$633  = 37'h0000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
     \$634  = \$42 ;
-    if (unit_rst) begin
-      \$634  = 1'h0;
-    end
-    if (rst) begin
+    if (layernorm_d_rst) begin
       \$634  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
     \$635  = calc_div;
-    if (unit_rst) begin
-      \$635  = 1'h0;
-    end
-    if (rst) begin
+    if (layernorm_d_rst) begin
       \$635  = 1'h0;
     end
   end
@@ -67162,10 +66813,7 @@ module \accelerator.core.layernorm (rst, o__ready, i__valid, i__ready, o__payloa
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
     \$641  = \$56 ;
-    if (unit_rst) begin
-      \$641  = 1'h0;
-    end
-    if (rst) begin
+    if (layernorm_d_rst) begin
       \$641  = 1'h0;
     end
   end
@@ -67210,10 +66858,7 @@ module \accelerator.core.layernorm (rst, o__ready, i__valid, i__ready, o__payloa
     if (calc_fact) begin
       \$644  = \$88 [4:0];
     end
-    if (unit_rst) begin
-      \$644  = 5'h00;
-    end
-    if (rst) begin
+    if (layernorm_d_rst) begin
       \$644  = 5'h00;
     end
   end
@@ -67255,10 +66900,7 @@ module \accelerator.core.layernorm (rst, o__ready, i__valid, i__ready, o__payloa
     if (\$92 ) begin
       \$648  = 1'h1;
     end
-    if (unit_rst) begin
-      \$648  = 1'h1;
-    end
-    if (rst) begin
+    if (layernorm_d_rst) begin
       \$648  = 1'h1;
     end
   end
@@ -67275,10 +66917,7 @@ module \accelerator.core.layernorm (rst, o__ready, i__valid, i__ready, o__payloa
         \$649  = 1'h0;
       end
     end
-    if (unit_rst) begin
-      \$649  = 1'h0;
-    end
-    if (rst) begin
+    if (layernorm_d_rst) begin
       \$649  = 1'h0;
     end
   end
@@ -67307,10 +66946,7 @@ module \accelerator.core.layernorm (rst, o__ready, i__valid, i__ready, o__payloa
     if (calc_tail) begin
       \$652  = 1'h0;
     end
-    if (unit_rst) begin
-      \$652  = 1'h0;
-    end
-    if (rst) begin
+    if (layernorm_d_rst) begin
       \$652  = 1'h0;
     end
   end
@@ -67323,10 +66959,7 @@ module \accelerator.core.layernorm (rst, o__ready, i__valid, i__ready, o__payloa
     if (calc_var1) begin
       \$653  = 1'h0;
     end
-    if (unit_rst) begin
-      \$653  = 1'h0;
-    end
-    if (rst) begin
+    if (layernorm_d_rst) begin
       \$653  = 1'h0;
     end
   end
@@ -67339,10 +66972,7 @@ module \accelerator.core.layernorm (rst, o__ready, i__valid, i__ready, o__payloa
     if (calc_var2) begin
       \$654  = 1'h0;
     end
-    if (unit_rst) begin
-      \$654  = 1'h0;
-    end
-    if (rst) begin
+    if (layernorm_d_rst) begin
       \$654  = 1'h0;
     end
   end
@@ -67355,10 +66985,7 @@ module \accelerator.core.layernorm (rst, o__ready, i__valid, i__ready, o__payloa
     if (calc_var3) begin
       \$655  = 1'h0;
     end
-    if (unit_rst) begin
-      \$655  = 1'h0;
-    end
-    if (rst) begin
+    if (layernorm_d_rst) begin
       \$655  = 1'h0;
     end
   end
@@ -67413,10 +67040,7 @@ module \accelerator.core.layernorm (rst, o__ready, i__valid, i__ready, o__payloa
         \$660  = 1'h0;
       end
     end
-    if (unit_rst) begin
-      \$660  = 1'h0;
-    end
-    if (rst) begin
+    if (layernorm_d_rst) begin
       \$660  = 1'h0;
     end
   end
@@ -67433,10 +67057,7 @@ module \accelerator.core.layernorm (rst, o__ready, i__valid, i__ready, o__payloa
         \$661  = 1'h0;
       end
     end
-    if (unit_rst) begin
-      \$661  = 1'h0;
-    end
-    if (rst) begin
+    if (layernorm_d_rst) begin
       \$661  = 1'h0;
     end
   end
@@ -67458,10 +67079,7 @@ module \accelerator.core.layernorm (rst, o__ready, i__valid, i__ready, o__payloa
     if (\$92 ) begin
       \$663  = 1'h0;
     end
-    if (unit_rst) begin
-      \$663  = 1'h0;
-    end
-    if (rst) begin
+    if (layernorm_d_rst) begin
       \$663  = 1'h0;
     end
   end
@@ -67488,10 +67106,7 @@ module \accelerator.core.layernorm (rst, o__ready, i__valid, i__ready, o__payloa
     if (load) begin
       \$666  = 1'h0;
     end
-    if (unit_rst) begin
-      \$666  = 1'h0;
-    end
-    if (rst) begin
+    if (layernorm_d_rst) begin
       \$666  = 1'h0;
     end
   end
@@ -67501,10 +67116,7 @@ module \accelerator.core.layernorm (rst, o__ready, i__valid, i__ready, o__payloa
     if (issue) begin
       \$667  = \$95 [5:0];
     end
-    if (unit_rst) begin
-      \$667  = 6'h00;
-    end
-    if (rst) begin
+    if (layernorm_d_rst) begin
       \$667  = 6'h00;
     end
   end
@@ -67517,10 +67129,7 @@ module \accelerator.core.layernorm (rst, o__ready, i__valid, i__ready, o__payloa
     if (m_ram_wen) begin
       \$668  = 1'h0;
     end
-    if (unit_rst) begin
-      \$668  = 1'h0;
-    end
-    if (rst) begin
+    if (layernorm_d_rst) begin
       \$668  = 1'h0;
     end
   end
@@ -67535,10 +67144,7 @@ module \accelerator.core.layernorm (rst, o__ready, i__valid, i__ready, o__payloa
     if (load) begin
       \$669  = 1'h1;
     end
-    if (unit_rst) begin
-      \$669  = 1'h0;
-    end
-    if (rst) begin
+    if (layernorm_d_rst) begin
       \$669  = 1'h0;
     end
   end
@@ -67550,10 +67156,7 @@ module \accelerator.core.layernorm (rst, o__ready, i__valid, i__ready, o__payloa
         \$670  = \$101 [1:0];
       end
     end
-    if (unit_rst) begin
-      \$670  = 2'h0;
-    end
-    if (rst) begin
+    if (layernorm_d_rst) begin
       \$670  = 2'h0;
     end
   end
@@ -67574,190 +67177,133 @@ module \accelerator.core.layernorm (rst, o__ready, i__valid, i__ready, o__payloa
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
     \$673  = issue;
-    if (unit_rst) begin
-      \$673  = 1'h0;
-    end
-    if (rst) begin
+    if (layernorm_d_rst) begin
       \$673  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
     \$674  = o_valid1;
-    if (unit_rst) begin
-      \$674  = 1'h0;
-    end
-    if (rst) begin
+    if (layernorm_d_rst) begin
       \$674  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
     \$675  = o_valid2;
-    if (unit_rst) begin
-      \$675  = 1'h0;
-    end
-    if (rst) begin
+    if (layernorm_d_rst) begin
       \$675  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
     \$676  = o_valid3;
-    if (unit_rst) begin
-      \$676  = 1'h0;
-    end
-    if (rst) begin
+    if (layernorm_d_rst) begin
       \$676  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
     \$677  = o_valid4;
-    if (unit_rst) begin
-      \$677  = 1'h0;
-    end
-    if (rst) begin
+    if (layernorm_d_rst) begin
       \$677  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
     \$678  = o_valid5;
-    if (unit_rst) begin
-      \$678  = 1'h0;
-    end
-    if (rst) begin
+    if (layernorm_d_rst) begin
       \$678  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
     \$679  = o_valid6;
-    if (unit_rst) begin
-      \$679  = 1'h0;
-    end
-    if (rst) begin
+    if (layernorm_d_rst) begin
       \$679  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
     \$680  = o_valid7;
-    if (unit_rst) begin
-      \$680  = 1'h0;
-    end
-    if (rst) begin
+    if (layernorm_d_rst) begin
       \$680  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
     \$681  = o_valid8;
-    if (unit_rst) begin
-      \$681  = 1'h0;
-    end
-    if (rst) begin
+    if (layernorm_d_rst) begin
       \$681  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
     \$682  = o_valid9;
-    if (unit_rst) begin
-      \$682  = 1'h0;
-    end
-    if (rst) begin
+    if (layernorm_d_rst) begin
       \$682  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
     \$683  = o_valid10;
-    if (unit_rst) begin
-      \$683  = 1'h0;
-    end
-    if (rst) begin
+    if (layernorm_d_rst) begin
       \$683  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
     \$684  = o_valid11;
-    if (unit_rst) begin
-      \$684  = 1'h0;
-    end
-    if (rst) begin
+    if (layernorm_d_rst) begin
       \$684  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
     \$685  = o_valid12;
-    if (unit_rst) begin
-      \$685  = 1'h0;
-    end
-    if (rst) begin
+    if (layernorm_d_rst) begin
       \$685  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
     \$686  = o_valid13;
-    if (unit_rst) begin
-      \$686  = 1'h0;
-    end
-    if (rst) begin
+    if (layernorm_d_rst) begin
       \$686  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
     \$687  = o_valid14;
-    if (unit_rst) begin
-      \$687  = 1'h0;
-    end
-    if (rst) begin
+    if (layernorm_d_rst) begin
       \$687  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
     \$688  = o_valid15;
-    if (unit_rst) begin
-      \$688  = 1'h0;
-    end
-    if (rst) begin
+    if (layernorm_d_rst) begin
       \$688  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
     \$689  = \$121 [4:0];
-    if (unit_rst) begin
-      \$689  = 5'h14;
-    end
-    if (rst) begin
+    if (layernorm_d_rst) begin
       \$689  = 5'h14;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
     \$690  = \$130 ;
-    if (unit_rst) begin
-      \$690  = 1'h1;
-    end
-    if (rst) begin
+    if (layernorm_d_rst) begin
       \$690  = 1'h1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
     \$691  = \$139 ;
-    if (unit_rst) begin
-      \$691  = 1'h0;
-    end
-    if (rst) begin
+    if (layernorm_d_rst) begin
       \$691  = 1'h0;
     end
   end
@@ -67881,25 +67427,25 @@ module \accelerator.core.layernorm (rst, o__ready, i__valid, i__ready, o__payloa
   assign rp__addr = oz1_ch;
   assign m_ram_raddr = oz1_ch;
   assign m_ram_rdata = m_ram_rbank;
-  assign \$signature__addr$296  = b_ram_wa;
-  assign \$signature__data$297  = b_ram_wd;
-  assign \$signature__en$298  = b_ram_we0;
-  assign \rp__addr$299  = oz1_ch;
+  assign \$signature__addr$295  = b_ram_wa;
+  assign \$signature__data$296  = b_ram_wd;
+  assign \$signature__en$297  = b_ram_we0;
+  assign \rp__addr$298  = oz1_ch;
   assign b_ram_raddr = oz1_ch;
   assign b_ram_rdata = b_ram_rbank;
   assign c__ready = idle_r;
-  assign \$signature__addr$304  = buf_wa;
-  assign \$signature__data$305  = buf_wd;
-  assign \$signature__en$306  = buf_we0;
-  assign \rp__addr$307  = ch;
-  assign \$signature__addr$308  = buf_wa;
-  assign \$signature__data$309  = buf_wd;
-  assign \$signature__en$310  = buf_we1;
-  assign \rp__addr$311  = ch;
-  assign \$signature__addr$312  = buf_wa;
-  assign \$signature__data$313  = buf_wd;
-  assign \$signature__en$314  = buf_we2;
-  assign \rp__addr$315  = ch;
+  assign \$signature__addr$303  = buf_wa;
+  assign \$signature__data$304  = buf_wd;
+  assign \$signature__en$305  = buf_we0;
+  assign \rp__addr$306  = ch;
+  assign \$signature__addr$307  = buf_wa;
+  assign \$signature__data$308  = buf_wd;
+  assign \$signature__en$309  = buf_we1;
+  assign \rp__addr$310  = ch;
+  assign \$signature__addr$311  = buf_wa;
+  assign \$signature__data$312  = buf_wd;
+  assign \$signature__en$313  = buf_we2;
+  assign \rp__addr$314  = ch;
   assign sq0_l0_0 = { 14'h0000, \$145  };
   assign sq0_l0_1 = { 13'h0000, \$147  };
   assign sq0_l0_2 = { 10'h000, \$149  };
@@ -68147,7 +67693,7 @@ module \accelerator.core.layernorm (rst, o__ready, i__valid, i__ready, o__payloa
 endmodule
 
 (* generator = "Amaranth" *)
-module \accelerator.core.layernorm.out_queue (rst, r_en, r_data, unit_rst, w_port__data, w_en, r_rdy, clk);
+module \accelerator.core.layernorm.out_queue (r_en, r_data, layernorm_d_rst, w_port__data, w_en, r_rdy, layernorm_d_clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$71  = 0;
   wire \$1 ;
   wire \$10 ;
@@ -68183,12 +67729,14 @@ module \accelerator.core.layernorm.out_queue (rst, r_en, r_data, unit_rst, w_por
   wire [5:0] \$7 ;
   wire \$8 ;
   wire \$9 ;
-  input clk;
-  wire clk;
   (* init = 5'h00 *)
   wire [4:0] consume;
   reg [4:0] inner_level = 5'h00;
   wire inner_r_rdy;
+  input layernorm_d_clk;
+  wire layernorm_d_clk;
+  input layernorm_d_rst;
+  wire layernorm_d_rst;
   wire [4:0] level;
   (* init = 5'h00 *)
   wire [4:0] produce;
@@ -68202,10 +67750,6 @@ module \accelerator.core.layernorm.out_queue (rst, r_en, r_data, unit_rst, w_por
   wire r_port__en;
   output r_rdy;
   reg r_rdy = 1'h0;
-  input rst;
-  wire rst;
-  input unit_rst;
-  wire unit_rst;
   wire [7:0] w_data;
   input w_en;
   wire w_en;
@@ -68237,12 +67781,12 @@ module \accelerator.core.layernorm.out_queue (rst, r_en, r_data, unit_rst, w_por
     storage[17] = 8'h00;
     storage[18] = 8'h00;
   end
-  always @(posedge clk) begin
+  always @(posedge layernorm_d_clk) begin
     if (w_port__en)
       storage[w_port__addr] <= w_port__data;
   end
   reg [7:0] _0_;
-  always @(posedge clk) begin
+  always @(posedge layernorm_d_clk) begin
     if (r_port__en) begin
       _0_ <= storage[r_port__addr];
     end
@@ -68282,13 +67826,13 @@ module \accelerator.core.layernorm.out_queue (rst, r_en, r_data, unit_rst, w_por
   assign \$28  = ~ r_rdy;
   assign \$29  = \$28  | r_en;
   assign \$30  = inner_r_rdy & \$29 ;
-  always @(posedge clk)
+  always @(posedge layernorm_d_clk)
     w_port__addr <= \$31 ;
-  always @(posedge clk)
+  always @(posedge layernorm_d_clk)
     r_port__addr <= \$32 ;
-  always @(posedge clk)
+  always @(posedge layernorm_d_clk)
     inner_level <= \$33 ;
-  always @(posedge clk)
+  always @(posedge layernorm_d_clk)
     r_rdy <= \$34 ;
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$71 ) begin end
@@ -68296,10 +67840,7 @@ module \accelerator.core.layernorm.out_queue (rst, r_en, r_data, unit_rst, w_por
     if (\$4 ) begin
       \$31  = \$7 [4:0];
     end
-    if (unit_rst) begin
-      \$31  = 5'h00;
-    end
-    if (rst) begin
+    if (layernorm_d_rst) begin
       \$31  = 5'h00;
     end
   end
@@ -68309,10 +67850,7 @@ module \accelerator.core.layernorm.out_queue (rst, r_en, r_data, unit_rst, w_por
     if (\$10 ) begin
       \$32  = \$13 [4:0];
     end
-    if (unit_rst) begin
-      \$32  = 5'h00;
-    end
-    if (rst) begin
+    if (layernorm_d_rst) begin
       \$32  = 5'h00;
     end
   end
@@ -68325,10 +67863,7 @@ module \accelerator.core.layernorm.out_queue (rst, r_en, r_data, unit_rst, w_por
     if (\$26 ) begin
       \$33  = \$27 [4:0];
     end
-    if (unit_rst) begin
-      \$33  = 5'h00;
-    end
-    if (rst) begin
+    if (layernorm_d_rst) begin
       \$33  = 5'h00;
     end
   end
@@ -68340,10 +67875,7 @@ module \accelerator.core.layernorm.out_queue (rst, r_en, r_data, unit_rst, w_por
     end else if (r_en) begin
       \$34  = 1'h0;
     end
-    if (unit_rst) begin
-      \$34  = 1'h0;
-    end
-    if (rst) begin
+    if (layernorm_d_rst) begin
       \$34  = 1'h0;
     end
   end
@@ -68492,7 +68024,7 @@ module \accelerator.core.norm_out_slice (rst, w_en, w_port__data, r_en, w_rdy, r
 endmodule
 
 (* generator = "Amaranth" *)
-module \accelerator.core.pack_slice (rst, w_rdy, r_rdy, r_data, r_en, unit_rst, w_en, \port$9068$0 , \port$9070$0 , \port$9072$0 , \port$9074$0 , \port$9076$0 , \port$9078$0 , \port$9080$0 , \port$9082$0 , clk);
+module \accelerator.core.pack_slice (rst, w_rdy, r_rdy, r_data, r_en, unit_rst, w_en, \port$9092$0 , \port$9094$0 , \port$9096$0 , \port$9098$0 , \port$9100$0 , \port$9102$0 , \port$9104$0 , \port$9106$0 , clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$73  = 0;
   wire \$1 ;
   wire \$10 ;
@@ -68516,22 +68048,22 @@ module \accelerator.core.pack_slice (rst, w_rdy, r_rdy, r_data, r_en, unit_rst, 
   (* init = 1'h0 *)
   wire consume;
   reg [1:0] level = 2'h0;
-  input [15:0] \port$9068$0 ;
-  wire [15:0] \port$9068$0 ;
-  input [15:0] \port$9070$0 ;
-  wire [15:0] \port$9070$0 ;
-  input [15:0] \port$9072$0 ;
-  wire [15:0] \port$9072$0 ;
-  input [15:0] \port$9074$0 ;
-  wire [15:0] \port$9074$0 ;
-  input [15:0] \port$9076$0 ;
-  wire [15:0] \port$9076$0 ;
-  input [15:0] \port$9078$0 ;
-  wire [15:0] \port$9078$0 ;
-  input [15:0] \port$9080$0 ;
-  wire [15:0] \port$9080$0 ;
-  input [15:0] \port$9082$0 ;
-  wire [15:0] \port$9082$0 ;
+  input [15:0] \port$9092$0 ;
+  wire [15:0] \port$9092$0 ;
+  input [15:0] \port$9094$0 ;
+  wire [15:0] \port$9094$0 ;
+  input [15:0] \port$9096$0 ;
+  wire [15:0] \port$9096$0 ;
+  input [15:0] \port$9098$0 ;
+  wire [15:0] \port$9098$0 ;
+  input [15:0] \port$9100$0 ;
+  wire [15:0] \port$9100$0 ;
+  input [15:0] \port$9102$0 ;
+  wire [15:0] \port$9102$0 ;
+  input [15:0] \port$9104$0 ;
+  wire [15:0] \port$9104$0 ;
+  input [15:0] \port$9106$0 ;
+  wire [15:0] \port$9106$0 ;
   (* init = 1'h0 *)
   wire produce;
   output [127:0] r_data;
@@ -68565,7 +68097,7 @@ module \accelerator.core.pack_slice (rst, w_rdy, r_rdy, r_data, r_en, unit_rst, 
   end
   always @(posedge clk) begin
     if (w_port__en)
-      storage[w_port__addr] <= { \port$9082$0 , \port$9080$0 , \port$9078$0 , \port$9076$0 , \port$9074$0 , \port$9072$0 , \port$9070$0 , \port$9068$0  };
+      storage[w_port__addr] <= { \port$9106$0 , \port$9104$0 , \port$9102$0 , \port$9100$0 , \port$9098$0 , \port$9096$0 , \port$9094$0 , \port$9092$0  };
   end
   assign r_data = storage[r_port__addr];
   assign w_rdy = level != 2'h2;
@@ -68636,14 +68168,14 @@ module \accelerator.core.pack_slice (rst, w_rdy, r_rdy, r_data, r_en, unit_rst, 
   assign w_level = level;
   assign r_level = level;
   assign produce = w_port__addr;
-  assign w_port__data = { \port$9082$0 , \port$9080$0 , \port$9078$0 , \port$9076$0 , \port$9074$0 , \port$9072$0 , \port$9070$0 , \port$9068$0  };
-  assign w_data = { \port$9082$0 , \port$9080$0 , \port$9078$0 , \port$9076$0 , \port$9074$0 , \port$9072$0 , \port$9070$0 , \port$9068$0  };
+  assign w_port__data = { \port$9106$0 , \port$9104$0 , \port$9102$0 , \port$9100$0 , \port$9098$0 , \port$9096$0 , \port$9094$0 , \port$9092$0  };
+  assign w_data = { \port$9106$0 , \port$9104$0 , \port$9102$0 , \port$9100$0 , \port$9098$0 , \port$9096$0 , \port$9094$0 , \port$9092$0  };
   assign consume = r_port__addr;
   assign r_port__data = r_data;
 endmodule
 
 (* generator = "Amaranth" *)
-module \accelerator.core.q_src0 (rst, r_en, \port$1606$0 , r_rdy, r_data, w_en, \port$8889$0 , unit_rst, level, clk);
+module \accelerator.core.q_src0 (rst, r_en, \port$1602$0 , r_rdy, r_data, w_en, \port$8913$0 , unit_rst, level, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$74  = 0;
   wire \$1 ;
   wire \$10 ;
@@ -68668,10 +68200,10 @@ module \accelerator.core.q_src0 (rst, r_en, \port$1606$0 , r_rdy, r_data, w_en, 
   wire [1:0] consume;
   output [2:0] level;
   reg [2:0] level = 3'h0;
-  input [15:0] \port$1606$0 ;
-  wire [15:0] \port$1606$0 ;
-  input [2:0] \port$8889$0 ;
-  wire [2:0] \port$8889$0 ;
+  input [15:0] \port$1602$0 ;
+  wire [15:0] \port$1602$0 ;
+  input [2:0] \port$8913$0 ;
+  wire [2:0] \port$8913$0 ;
   (* init = 2'h0 *)
   wire [1:0] produce;
   output [18:0] r_data;
@@ -68706,7 +68238,7 @@ module \accelerator.core.q_src0 (rst, r_en, \port$1606$0 , r_rdy, r_data, w_en, 
   end
   always @(posedge clk) begin
     if (w_port__en)
-      storage[w_port__addr] <= { \port$8889$0 , \port$1606$0  };
+      storage[w_port__addr] <= { \port$8913$0 , \port$1602$0  };
   end
   assign r_data = storage[r_port__addr];
   assign w_rdy = level != 3'h4;
@@ -68777,14 +68309,14 @@ module \accelerator.core.q_src0 (rst, r_en, \port$1606$0 , r_rdy, r_data, w_en, 
   assign w_level = level;
   assign r_level = level;
   assign produce = w_port__addr;
-  assign w_port__data = { \port$8889$0 , \port$1606$0  };
-  assign w_data = { \port$8889$0 , \port$1606$0  };
+  assign w_port__data = { \port$8913$0 , \port$1602$0  };
+  assign w_data = { \port$8913$0 , \port$1602$0  };
   assign consume = r_port__addr;
   assign r_port__data = r_data;
 endmodule
 
 (* generator = "Amaranth" *)
-module \accelerator.core.q_src1 (rst, \port$1607$0 , r_rdy, r_data, r_en, w_en, \port$8893$0 , unit_rst, level, clk);
+module \accelerator.core.q_src1 (rst, \port$1603$0 , r_rdy, r_data, r_en, w_en, \port$8917$0 , unit_rst, level, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$75  = 0;
   wire \$1 ;
   wire \$10 ;
@@ -68809,10 +68341,10 @@ module \accelerator.core.q_src1 (rst, \port$1607$0 , r_rdy, r_data, r_en, w_en, 
   wire [1:0] consume;
   output [2:0] level;
   reg [2:0] level = 3'h0;
-  input [15:0] \port$1607$0 ;
-  wire [15:0] \port$1607$0 ;
-  input [2:0] \port$8893$0 ;
-  wire [2:0] \port$8893$0 ;
+  input [15:0] \port$1603$0 ;
+  wire [15:0] \port$1603$0 ;
+  input [2:0] \port$8917$0 ;
+  wire [2:0] \port$8917$0 ;
   (* init = 2'h0 *)
   wire [1:0] produce;
   output [18:0] r_data;
@@ -68847,7 +68379,7 @@ module \accelerator.core.q_src1 (rst, \port$1607$0 , r_rdy, r_data, r_en, w_en, 
   end
   always @(posedge clk) begin
     if (w_port__en)
-      storage[w_port__addr] <= { \port$8893$0 , \port$1607$0  };
+      storage[w_port__addr] <= { \port$8917$0 , \port$1603$0  };
   end
   assign r_data = storage[r_port__addr];
   assign w_rdy = level != 3'h4;
@@ -68918,8 +68450,8 @@ module \accelerator.core.q_src1 (rst, \port$1607$0 , r_rdy, r_data, r_en, w_en, 
   assign w_level = level;
   assign r_level = level;
   assign produce = w_port__addr;
-  assign w_port__data = { \port$8893$0 , \port$1607$0  };
-  assign w_data = { \port$8893$0 , \port$1607$0  };
+  assign w_port__data = { \port$8917$0 , \port$1603$0  };
+  assign w_data = { \port$8917$0 , \port$1603$0  };
   assign consume = r_port__addr;
   assign r_port__data = r_data;
 endmodule
@@ -69216,9 +68748,9 @@ module \accelerator.core.reader (rst, w_en, \r_en$23 , ar__valid, r__ready, idle
   );
   \accelerator.core.reader.shapes  shapes (
     .clk(clk),
-    .\port$1352$0 (\$13 [4:0]),
-    .\port$1353$0 (\$14 ),
-    .\port$1517$0 (r_data[2:0]),
+    .\port$1348$0 (\$13 [4:0]),
+    .\port$1349$0 (\$14 ),
+    .\port$1513$0 (r_data[2:0]),
     .r_data(\r_data$29 ),
     .r_en(\r_en$44 ),
     .r_rdy(\r_rdy$26 ),
@@ -69650,7 +69182,7 @@ module \accelerator.core.reader.req_slice (rst, w_en, r_en, w_rdy, r_rdy, r_data
 endmodule
 
 (* generator = "Amaranth" *)
-module \accelerator.core.reader.shapes (rst, w_en, \port$1352$0 , \port$1353$0 , w_rdy, r_data, \port$1517$0 , r_en, r_rdy, clk);
+module \accelerator.core.reader.shapes (rst, w_en, \port$1348$0 , \port$1349$0 , w_rdy, r_data, \port$1513$0 , r_en, r_rdy, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$79  = 0;
   wire \$1 ;
   wire \$10 ;
@@ -69692,12 +69224,12 @@ module \accelerator.core.reader.shapes (rst, w_en, \port$1352$0 , \port$1353$0 ,
   reg [3:0] inner_level = 4'h0;
   wire inner_r_rdy;
   wire [4:0] level;
-  input [4:0] \port$1352$0 ;
-  wire [4:0] \port$1352$0 ;
-  input \port$1353$0 ;
-  wire \port$1353$0 ;
-  input [2:0] \port$1517$0 ;
-  wire [2:0] \port$1517$0 ;
+  input [4:0] \port$1348$0 ;
+  wire [4:0] \port$1348$0 ;
+  input \port$1349$0 ;
+  wire \port$1349$0 ;
+  input [2:0] \port$1513$0 ;
+  wire [2:0] \port$1513$0 ;
   (* init = 4'h0 *)
   wire [3:0] produce;
   output [8:0] r_data;
@@ -69741,7 +69273,7 @@ module \accelerator.core.reader.shapes (rst, w_en, \port$1352$0 , \port$1353$0 ,
   end
   always @(posedge clk) begin
     if (w_port__en)
-      storage[w_port__addr] <= { \port$1353$0 , \port$1352$0 , \port$1517$0  };
+      storage[w_port__addr] <= { \port$1349$0 , \port$1348$0 , \port$1513$0  };
   end
   reg [8:0] _0_;
   always @(posedge clk) begin
@@ -69840,14 +69372,14 @@ module \accelerator.core.reader.shapes (rst, w_en, \port$1352$0 , \port$1353$0 ,
   assign level = w_level;
   assign r_level = w_level;
   assign produce = w_port__addr;
-  assign w_port__data = { \port$1353$0 , \port$1352$0 , \port$1517$0  };
-  assign w_data = { \port$1353$0 , \port$1352$0 , \port$1517$0  };
+  assign w_port__data = { \port$1349$0 , \port$1348$0 , \port$1513$0  };
+  assign w_data = { \port$1349$0 , \port$1348$0 , \port$1513$0  };
   assign consume = r_port__addr;
   assign r_port__data = r_data;
 endmodule
 
 (* generator = "Amaranth" *)
-module \accelerator.core.softmax (rst, o__ready, i__valid, i__ready, idle, i__payload, unit_rst, c__payload, c__valid, oq_data, oq_valid, clk);
+module \accelerator.core.softmax (o__ready, i__valid, i__ready, idle, i__payload, softmax_d_rst, c__payload, c__valid, oq_data, oq_valid, softmax_d_clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$80  = 0;
   wire \$1 ;
   wire \$10 ;
@@ -70500,8 +70032,6 @@ module \accelerator.core.softmax (rst, o__ready, i__valid, i__ready, idle, i__pa
   wire c__ready;
   input c__valid;
   wire c__valid;
-  input clk;
-  wire clk;
   reg credit_ok = 1'h0;
   reg [4:0] credits = 5'h10;
   reg d_busy = 1'h0;
@@ -70853,17 +70383,15 @@ module \accelerator.core.softmax (rst, o__ready, i__valid, i__ready, idle, i__pa
   reg [15:0] rmax = 16'h0000;
   reg row_first = 1'h1;
   wire [5:0] rp__addr;
-  wire [5:0] \rp__addr$219 ;
+  wire [5:0] \rp__addr$218 ;
   (* init = 5'h00 *)
-  wire [4:0] \rp__addr$223 ;
+  wire [4:0] \rp__addr$222 ;
   (* init = 4'h0 *)
-  wire [3:0] \rp__addr$348 ;
+  wire [3:0] \rp__addr$347 ;
   wire [15:0] rp__data;
   wire [15:0] \rp__data$18 ;
   wire [8:0] \rp__data$206 ;
   wire [15:0] \rp__data$21 ;
-  input rst;
-  wire rst;
   reg [15:0] run_max = 16'h0000;
   reg sbank0_full = 1'h0;
   reg [4:0] sbank0_lenm1 = 5'h00;
@@ -70880,26 +70408,28 @@ module \accelerator.core.softmax (rst, o__ready, i__valid, i__ready, idle, i__pa
   reg [15:0] score_mem_wdata = 16'h0000;
   reg [15:0] score_mem_wdata_q = 16'h0000;
   reg score_mem_we = 1'h0;
+  input softmax_d_clk;
+  wire softmax_d_clk;
+  input softmax_d_rst;
+  wire softmax_d_rst;
   wire take;
   reg [19:0] total = 20'h00000;
-  input unit_rst;
-  wire unit_rst;
   (* init = 6'h00 *)
   wire [5:0] wp__addr;
-  wire [5:0] \wp__addr$216 ;
-  wire [4:0] \wp__addr$220 ;
+  wire [5:0] \wp__addr$215 ;
+  wire [4:0] \wp__addr$219 ;
   (* init = 16'h0000 *)
   wire [15:0] wp__data;
   (* init = 16'h0000 *)
-  wire [15:0] \wp__data$217 ;
+  wire [15:0] \wp__data$216 ;
   (* init = 16'h0000 *)
-  wire [15:0] \wp__data$221 ;
+  wire [15:0] \wp__data$220 ;
   (* init = 1'h0 *)
   wire wp__en;
   (* init = 1'h0 *)
-  wire \wp__en$218 ;
+  wire \wp__en$217 ;
   (* init = 1'h0 *)
-  wire \wp__en$222 ;
+  wire \wp__en$221 ;
   (* ram_style = "distributed" *)
   reg [15:0] exp_mem_p0 [63:0];
   initial begin
@@ -70968,7 +70498,7 @@ module \accelerator.core.softmax (rst, o__ready, i__valid, i__ready, idle, i__pa
     exp_mem_p0[62] = 16'h0000;
     exp_mem_p0[63] = 16'h0000;
   end
-  always @(posedge clk) begin
+  always @(posedge softmax_d_clk) begin
     if (exp_mem_p0_we_q)
       exp_mem_p0[exp_mem_waddr_q[5:0]] <= exp_mem_wdata_q;
   end
@@ -71009,7 +70539,7 @@ module \accelerator.core.softmax (rst, o__ready, i__valid, i__ready, idle, i__pa
     exp_mem_p1[30] = 16'h0000;
     exp_mem_p1[31] = 16'h0000;
   end
-  always @(posedge clk) begin
+  always @(posedge softmax_d_clk) begin
     if (exp_mem_p1_we_q)
       exp_mem_p1[exp_mem_waddr_q[4:0]] <= exp_mem_wdata_q;
   end
@@ -71034,7 +70564,7 @@ module \accelerator.core.softmax (rst, o__ready, i__valid, i__ready, idle, i__pa
     out_queue[14] = 9'h000;
     out_queue[15] = 9'h000;
   end
-  always @(posedge clk) begin
+  always @(posedge softmax_d_clk) begin
     if (out_v5)
       out_queue[oq_wptr] <= { out_s6_last, out_s6_p };
   end
@@ -71107,7 +70637,7 @@ module \accelerator.core.softmax (rst, o__ready, i__valid, i__ready, idle, i__pa
     score_mem_p0[62] = 16'h0000;
     score_mem_p0[63] = 16'h0000;
   end
-  always @(posedge clk) begin
+  always @(posedge softmax_d_clk) begin
     if (score_mem_p0_we_q)
       score_mem_p0[score_mem_waddr_q] <= score_mem_wdata_q;
   end
@@ -71253,319 +70783,319 @@ module \accelerator.core.softmax (rst, o__ready, i__valid, i__ready, idle, i__pa
   assign \$485  = { \$480 [31:0], 1'h0 } & out_s4_t3;
   assign \$486  = \$484  | \$485 ;
   assign o_fire = oq_valid & o__ready;
-  always @(posedge clk)
+  always @(posedge softmax_d_clk)
     score_mem_waddr_q <= { lw, lcnt };
-  always @(posedge clk)
+  always @(posedge softmax_d_clk)
     score_mem_wdata_q <= score_mem_wdata;
-  always @(posedge clk)
+  always @(posedge softmax_d_clk)
     score_mem_p0_we_q <= \$487 ;
-  always @(posedge clk)
+  always @(posedge softmax_d_clk)
     score_mem_p0_q <= rp__data;
-  always @(posedge clk)
+  always @(posedge softmax_d_clk)
     score_mem_rdata <= score_mem_p0_q;
-  always @(posedge clk)
+  always @(posedge softmax_d_clk)
     exp_mem_waddr_q <= { ew[2:1], ex_s9_a };
-  always @(posedge clk)
+  always @(posedge softmax_d_clk)
     exp_mem_wdata_q <= exp_mem_wdata;
-  always @(posedge clk)
+  always @(posedge softmax_d_clk)
     exp_mem_p0_we_q <= \$488 ;
-  always @(posedge clk)
+  always @(posedge softmax_d_clk)
     exp_mem_p0_q <= \rp__data$18 ;
-  always @(posedge clk)
+  always @(posedge softmax_d_clk)
     exp_mem_p1_we_q <= \$489 ;
-  always @(posedge clk)
+  always @(posedge softmax_d_clk)
     exp_mem_p1_q <= \rp__data$21 ;
-  always @(posedge clk)
+  always @(posedge softmax_d_clk)
     exp_mem_part <= orb[2];
-  always @(posedge clk)
+  always @(posedge softmax_d_clk)
     exp_mem_rdata <= \$7 ;
-  always @(posedge clk)
+  always @(posedge softmax_d_clk)
     f <= \$490 ;
-  always @(posedge clk)
+  always @(posedge softmax_d_clk)
     score_mem_we <= \$491 ;
-  always @(posedge clk)
+  always @(posedge softmax_d_clk)
     score_mem_wdata <= \$492 ;
-  always @(posedge clk)
+  always @(posedge softmax_d_clk)
     in_last <= \$493 ;
-  always @(posedge clk)
+  always @(posedge softmax_d_clk)
     end_q <= \$494 ;
-  always @(posedge clk)
+  always @(posedge softmax_d_clk)
     bank_q <= \$495 ;
-  always @(posedge clk)
+  always @(posedge softmax_d_clk)
     sbank0_max <= \$496 ;
-  always @(posedge clk)
+  always @(posedge softmax_d_clk)
     sbank1_max <= \$497 ;
-  always @(posedge clk)
+  always @(posedge softmax_d_clk)
     run_max <= \$498 ;
-  always @(posedge clk)
+  always @(posedge softmax_d_clk)
     row_first <= \$499 ;
-  always @(posedge clk)
+  always @(posedge softmax_d_clk)
     lcnt <= \$500 ;
-  always @(posedge clk)
+  always @(posedge softmax_d_clk)
     lcnt_top <= \$501 ;
-  always @(posedge clk)
+  always @(posedge softmax_d_clk)
     lw <= \$502 ;
-  always @(posedge clk)
+  always @(posedge softmax_d_clk)
     sbank0_lenm1 <= \$503 ;
-  always @(posedge clk)
+  always @(posedge softmax_d_clk)
     sbank1_lenm1 <= \$504 ;
-  always @(posedge clk)
+  always @(posedge softmax_d_clk)
     exp_v0 <= \$505 ;
-  always @(posedge clk)
+  always @(posedge softmax_d_clk)
     exp_v1 <= \$506 ;
-  always @(posedge clk)
+  always @(posedge softmax_d_clk)
     exp_v2 <= \$507 ;
-  always @(posedge clk)
+  always @(posedge softmax_d_clk)
     exp_v3 <= \$508 ;
-  always @(posedge clk)
+  always @(posedge softmax_d_clk)
     exp_v4 <= \$509 ;
-  always @(posedge clk)
+  always @(posedge softmax_d_clk)
     exp_v5 <= \$510 ;
-  always @(posedge clk)
+  always @(posedge softmax_d_clk)
     exp_v6 <= \$511 ;
-  always @(posedge clk)
+  always @(posedge softmax_d_clk)
     exp_v7 <= \$512 ;
-  always @(posedge clk)
+  always @(posedge softmax_d_clk)
     exp_v8 <= \$513 ;
-  always @(posedge clk)
+  always @(posedge softmax_d_clk)
     exp_v9 <= \$514 ;
-  always @(posedge clk)
+  always @(posedge softmax_d_clk)
     exp_mem_we <= \$515 ;
-  always @(posedge clk)
+  always @(posedge softmax_d_clk)
     exp_ra0 <= \$516 ;
-  always @(posedge clk)
+  always @(posedge softmax_d_clk)
     exp_ra1 <= \$517 ;
-  always @(posedge clk)
+  always @(posedge softmax_d_clk)
     ex_s1_x <= \$518 ;
-  always @(posedge clk)
+  always @(posedge softmax_d_clk)
     ex_s1_a <= \$519 ;
-  always @(posedge clk)
+  always @(posedge softmax_d_clk)
     ex_s2_exp_n <= \$520 ;
-  always @(posedge clk)
+  always @(posedge softmax_d_clk)
     ex_s2_a <= \$521 ;
-  always @(posedge clk)
+  always @(posedge softmax_d_clk)
     ex_s3_exp_t <= \$522 ;
-  always @(posedge clk)
+  always @(posedge softmax_d_clk)
     ex_s3_a <= \$523 ;
-  always @(posedge clk)
+  always @(posedge softmax_d_clk)
     ex_s4_exp_q <= \$524 ;
-  always @(posedge clk)
+  always @(posedge softmax_d_clk)
     ex_s4_exp_r <= \$525 ;
-  always @(posedge clk)
+  always @(posedge softmax_d_clk)
     ex_s4_exp_h0 <= \$526 ;
-  always @(posedge clk)
+  always @(posedge softmax_d_clk)
     ex_s4_exp_h1 <= \$527 ;
-  always @(posedge clk)
+  always @(posedge softmax_d_clk)
     ex_s4_a <= \$528 ;
-  always @(posedge clk)
+  always @(posedge softmax_d_clk)
     ex_s5_exp_q <= \$529 ;
-  always @(posedge clk)
+  always @(posedge softmax_d_clk)
     ex_s5_exp_r <= \$530 ;
-  always @(posedge clk)
+  always @(posedge softmax_d_clk)
     ex_s5_exp_hv <= \$531 ;
-  always @(posedge clk)
+  always @(posedge softmax_d_clk)
     ex_s5_exp_qh <= \$532 ;
-  always @(posedge clk)
+  always @(posedge softmax_d_clk)
     ex_s5_a <= \$533 ;
-  always @(posedge clk)
+  always @(posedge softmax_d_clk)
     ex_s6_exp_q <= \$534 ;
-  always @(posedge clk)
+  always @(posedge softmax_d_clk)
     ex_s6_exp_g0 <= \$535 ;
-  always @(posedge clk)
+  always @(posedge softmax_d_clk)
     ex_s6_exp_g1 <= \$536 ;
-  always @(posedge clk)
+  always @(posedge softmax_d_clk)
     ex_s6_exp_g2 <= \$537 ;
-  always @(posedge clk)
+  always @(posedge softmax_d_clk)
     ex_s6_exp_g3 <= \$538 ;
-  always @(posedge clk)
+  always @(posedge softmax_d_clk)
     ex_s6_exp_g4 <= \$539 ;
-  always @(posedge clk)
+  always @(posedge softmax_d_clk)
     ex_s6_exp_g5 <= \$540 ;
-  always @(posedge clk)
+  always @(posedge softmax_d_clk)
     ex_s6_exp_g6 <= \$541 ;
-  always @(posedge clk)
+  always @(posedge softmax_d_clk)
     ex_s6_exp_g7 <= \$542 ;
-  always @(posedge clk)
+  always @(posedge softmax_d_clk)
     ex_s6_exp_g8 <= \$543 ;
-  always @(posedge clk)
+  always @(posedge softmax_d_clk)
     ex_s6_a <= \$544 ;
-  always @(posedge clk)
+  always @(posedge softmax_d_clk)
     ex_s7_exp_q <= \$545 ;
-  always @(posedge clk)
+  always @(posedge softmax_d_clk)
     ex_s7_exp_g0 <= \$546 ;
-  always @(posedge clk)
+  always @(posedge softmax_d_clk)
     ex_s7_exp_g1 <= \$547 ;
-  always @(posedge clk)
+  always @(posedge softmax_d_clk)
     ex_s7_exp_g2 <= \$548 ;
-  always @(posedge clk)
+  always @(posedge softmax_d_clk)
     ex_s7_a <= \$549 ;
-  always @(posedge clk)
+  always @(posedge softmax_d_clk)
     ex_s8_exp_q <= \$550 ;
-  always @(posedge clk)
+  always @(posedge softmax_d_clk)
     ex_s8_exp_gq <= \$551 ;
-  always @(posedge clk)
+  always @(posedge softmax_d_clk)
     ex_s8_a <= \$552 ;
-  always @(posedge clk)
+  always @(posedge softmax_d_clk)
     exp_mem_wdata <= \$553 ;
-  always @(posedge clk)
+  always @(posedge softmax_d_clk)
     ex_s9_a <= \$554 ;
-  always @(posedge clk)
+  always @(posedge softmax_d_clk)
     total <= \$555 ;
-  always @(posedge clk)
+  always @(posedge softmax_d_clk)
     ridx <= \$556 ;
-  always @(posedge clk)
+  always @(posedge softmax_d_clk)
     rlenm1 <= \$557 ;
-  always @(posedge clk)
+  always @(posedge softmax_d_clk)
     r_last <= \$558 ;
-  always @(posedge clk)
+  always @(posedge softmax_d_clk)
     rlenm2 <= \$559 ;
-  always @(posedge clk)
+  always @(posedge softmax_d_clk)
     rmax <= \$560 ;
-  always @(posedge clk)
+  always @(posedge softmax_d_clk)
     exp_idle <= \$561 ;
-  always @(posedge clk)
+  always @(posedge softmax_d_clk)
     exp_pass <= \$562 ;
-  always @(posedge clk)
+  always @(posedge softmax_d_clk)
     exp_drain <= \$563 ;
-  always @(posedge clk)
+  always @(posedge softmax_d_clk)
     er <= \$564 ;
-  always @(posedge clk)
+  always @(posedge softmax_d_clk)
     ew <= \$565 ;
-  always @(posedge clk)
+  always @(posedge softmax_d_clk)
     d_busy <= \$566 ;
-  always @(posedge clk)
+  always @(posedge softmax_d_clk)
     dbank <= \$567 ;
-  always @(posedge clk)
+  always @(posedge softmax_d_clk)
     dlenm1 <= \$568 ;
-  always @(posedge clk)
+  always @(posedge softmax_d_clk)
     den <= \$569 ;
-  always @(posedge clk)
+  always @(posedge softmax_d_clk)
     quo <= \$570 ;
-  always @(posedge clk)
+  always @(posedge softmax_d_clk)
     dcnt <= \$571 ;
-  always @(posedge clk)
+  always @(posedge softmax_d_clk)
     d_last <= \$572 ;
-  always @(posedge clk)
+  always @(posedge softmax_d_clk)
     prem <= \$573 ;
-  always @(posedge clk)
+  always @(posedge softmax_d_clk)
     nbits <= \$574 ;
-  always @(posedge clk)
+  always @(posedge softmax_d_clk)
     ebank0_recip <= \$575 ;
-  always @(posedge clk)
+  always @(posedge softmax_d_clk)
     ebank0_lenm1 <= \$576 ;
-  always @(posedge clk)
+  always @(posedge softmax_d_clk)
     ebank1_recip <= \$577 ;
-  always @(posedge clk)
+  always @(posedge softmax_d_clk)
     ebank1_lenm1 <= \$578 ;
-  always @(posedge clk)
+  always @(posedge softmax_d_clk)
     ebank2_recip <= \$579 ;
-  always @(posedge clk)
+  always @(posedge softmax_d_clk)
     ebank2_lenm1 <= \$580 ;
-  always @(posedge clk)
+  always @(posedge softmax_d_clk)
     credit_ok <= \$581 ;
-  always @(posedge clk)
+  always @(posedge softmax_d_clk)
     o_run <= \$582 ;
-  always @(posedge clk)
+  always @(posedge softmax_d_clk)
     oidx <= \$583 ;
-  always @(posedge clk)
+  always @(posedge softmax_d_clk)
     o_last <= \$584 ;
-  always @(posedge clk)
+  always @(posedge softmax_d_clk)
     o_lenm2 <= \$585 ;
-  always @(posedge clk)
+  always @(posedge softmax_d_clk)
     o_recip <= \$586 ;
-  always @(posedge clk)
+  always @(posedge softmax_d_clk)
     orb <= \$587 ;
-  always @(posedge clk)
+  always @(posedge softmax_d_clk)
     credits <= \$588 ;
-  always @(posedge clk)
+  always @(posedge softmax_d_clk)
     \inside  <= \$589 ;
-  always @(posedge clk)
+  always @(posedge softmax_d_clk)
     out_v0 <= \$590 ;
-  always @(posedge clk)
+  always @(posedge softmax_d_clk)
     out_v1 <= \$591 ;
-  always @(posedge clk)
+  always @(posedge softmax_d_clk)
     out_v2 <= \$592 ;
-  always @(posedge clk)
+  always @(posedge softmax_d_clk)
     out_v3 <= \$593 ;
-  always @(posedge clk)
+  always @(posedge softmax_d_clk)
     out_v4 <= \$594 ;
-  always @(posedge clk)
+  always @(posedge softmax_d_clk)
     out_v5 <= \$595 ;
-  always @(posedge clk)
+  always @(posedge softmax_d_clk)
     out_s1_recip <= \$596 ;
-  always @(posedge clk)
+  always @(posedge softmax_d_clk)
     out_s1_last <= \$597 ;
-  always @(posedge clk)
+  always @(posedge softmax_d_clk)
     out_s2_recip <= \$598 ;
-  always @(posedge clk)
+  always @(posedge softmax_d_clk)
     out_s2_last <= \$599 ;
-  always @(posedge clk)
+  always @(posedge softmax_d_clk)
     out_s3_last <= \$600 ;
-  always @(posedge clk)
+  always @(posedge softmax_d_clk)
     out_s3_t0 <= \$601 ;
-  always @(posedge clk)
+  always @(posedge softmax_d_clk)
     out_s3_t1 <= \$602 ;
-  always @(posedge clk)
+  always @(posedge softmax_d_clk)
     out_s3_t2 <= \$603 ;
-  always @(posedge clk)
+  always @(posedge softmax_d_clk)
     out_s3_t3 <= \$604 ;
-  always @(posedge clk)
+  always @(posedge softmax_d_clk)
     out_s3_t4 <= \$605 ;
-  always @(posedge clk)
+  always @(posedge softmax_d_clk)
     out_s3_t5 <= \$606 ;
-  always @(posedge clk)
+  always @(posedge softmax_d_clk)
     out_s3_t6 <= \$607 ;
-  always @(posedge clk)
+  always @(posedge softmax_d_clk)
     out_s3_t7 <= \$608 ;
-  always @(posedge clk)
+  always @(posedge softmax_d_clk)
     out_s4_last <= \$609 ;
-  always @(posedge clk)
+  always @(posedge softmax_d_clk)
     out_s4_t0 <= \$610 ;
-  always @(posedge clk)
+  always @(posedge softmax_d_clk)
     out_s4_t1 <= \$611 ;
-  always @(posedge clk)
+  always @(posedge softmax_d_clk)
     out_s4_t2 <= \$612 ;
-  always @(posedge clk)
+  always @(posedge softmax_d_clk)
     out_s4_t3 <= \$613 ;
-  always @(posedge clk)
+  always @(posedge softmax_d_clk)
     out_s5_last <= \$614 ;
-  always @(posedge clk)
+  always @(posedge softmax_d_clk)
     out_s5_t0 <= \$615 ;
-  always @(posedge clk)
+  always @(posedge softmax_d_clk)
     out_s5_t1 <= \$616 ;
-  always @(posedge clk)
+  always @(posedge softmax_d_clk)
     out_s6_p <= \$617 ;
-  always @(posedge clk)
+  always @(posedge softmax_d_clk)
     out_s6_last <= \$618 ;
-  always @(posedge clk)
+  always @(posedge softmax_d_clk)
     oq_written <= \$619 ;
-  always @(posedge clk)
+  always @(posedge softmax_d_clk)
     oq_wptr <= \$620 ;
-  always @(posedge clk)
+  always @(posedge softmax_d_clk)
     oq_data <= \$621 ;
-  always @(posedge clk)
+  always @(posedge softmax_d_clk)
     oq_valid <= \$622 ;
-  always @(posedge clk)
+  always @(posedge softmax_d_clk)
     oq_rptr <= \$623 ;
-  always @(posedge clk)
+  always @(posedge softmax_d_clk)
     oq_count <= \$624 ;
-  always @(posedge clk)
+  always @(posedge softmax_d_clk)
     oq_nonempty <= \$625 ;
-  always @(posedge clk)
+  always @(posedge softmax_d_clk)
     sbank0_full <= \$626 ;
-  always @(posedge clk)
+  always @(posedge softmax_d_clk)
     sbank1_full <= \$627 ;
-  always @(posedge clk)
+  always @(posedge softmax_d_clk)
     ebank0_busy <= \$628 ;
-  always @(posedge clk)
+  always @(posedge softmax_d_clk)
     ebank0_full <= \$629 ;
-  always @(posedge clk)
+  always @(posedge softmax_d_clk)
     ebank1_busy <= \$630 ;
-  always @(posedge clk)
+  always @(posedge softmax_d_clk)
     ebank1_full <= \$631 ;
-  always @(posedge clk)
+  always @(posedge softmax_d_clk)
     ebank2_busy <= \$632 ;
-  always @(posedge clk)
+  always @(posedge softmax_d_clk)
     ebank2_full <= \$633 ;
   assign \$3  = ~ \$2 ;
   assign \$4  = exp_mem_we & \$3 ;
@@ -71901,30 +71431,21 @@ module \accelerator.core.softmax (rst, o__ready, i__valid, i__ready, idle, i__pa
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$80 ) begin end
     \$487  = \$1 ;
-    if (unit_rst) begin
-      \$487  = 1'h0;
-    end
-    if (rst) begin
+    if (softmax_d_rst) begin
       \$487  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$80 ) begin end
     \$488  = \$4 ;
-    if (unit_rst) begin
-      \$488  = 1'h0;
-    end
-    if (rst) begin
+    if (softmax_d_rst) begin
       \$488  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$80 ) begin end
     \$489  = \$6 ;
-    if (unit_rst) begin
-      \$489  = 1'h0;
-    end
-    if (rst) begin
+    if (softmax_d_rst) begin
       \$489  = 1'h0;
     end
   end
@@ -71934,20 +71455,14 @@ module \accelerator.core.softmax (rst, o__ready, i__valid, i__ready, idle, i__pa
     if (\$8 ) begin
       \$490  = c__payload;
     end
-    if (unit_rst) begin
-      \$490  = 5'h00;
-    end
-    if (rst) begin
+    if (softmax_d_rst) begin
       \$490  = 5'h00;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$80 ) begin end
     \$491  = take;
-    if (unit_rst) begin
-      \$491  = 1'h0;
-    end
-    if (rst) begin
+    if (softmax_d_rst) begin
       \$491  = 1'h0;
     end
   end
@@ -71968,20 +71483,14 @@ module \accelerator.core.softmax (rst, o__ready, i__valid, i__ready, idle, i__pa
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$80 ) begin end
     \$494  = \$10 ;
-    if (unit_rst) begin
-      \$494  = 1'h0;
-    end
-    if (rst) begin
+    if (softmax_d_rst) begin
       \$494  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$80 ) begin end
     \$495  = lw;
-    if (unit_rst) begin
-      \$495  = 1'h0;
-    end
-    if (rst) begin
+    if (softmax_d_rst) begin
       \$495  = 1'h0;
     end
   end
@@ -71993,10 +71502,7 @@ module \accelerator.core.softmax (rst, o__ready, i__valid, i__ready, idle, i__pa
         \$496  = run_max;
       end
     end
-    if (unit_rst) begin
-      \$496  = 16'h0000;
-    end
-    if (rst) begin
+    if (softmax_d_rst) begin
       \$496  = 16'h0000;
     end
   end
@@ -72008,10 +71514,7 @@ module \accelerator.core.softmax (rst, o__ready, i__valid, i__ready, idle, i__pa
         \$497  = run_max;
       end
     end
-    if (unit_rst) begin
-      \$497  = 16'h0000;
-    end
-    if (rst) begin
+    if (softmax_d_rst) begin
       \$497  = 16'h0000;
     end
   end
@@ -72021,10 +71524,7 @@ module \accelerator.core.softmax (rst, o__ready, i__valid, i__ready, idle, i__pa
     if (score_mem_we) begin
       \$498  = \$17 ;
     end
-    if (unit_rst) begin
-      \$498  = 16'h0000;
-    end
-    if (rst) begin
+    if (softmax_d_rst) begin
       \$498  = 16'h0000;
     end
   end
@@ -72034,10 +71534,7 @@ module \accelerator.core.softmax (rst, o__ready, i__valid, i__ready, idle, i__pa
     if (score_mem_we) begin
       \$499  = \$19 ;
     end
-    if (unit_rst) begin
-      \$499  = 1'h1;
-    end
-    if (rst) begin
+    if (softmax_d_rst) begin
       \$499  = 1'h1;
     end
   end
@@ -72052,10 +71549,7 @@ module \accelerator.core.softmax (rst, o__ready, i__valid, i__ready, idle, i__pa
         \$500  = \$25 [4:0];
       end
     end
-    if (unit_rst) begin
-      \$500  = 5'h00;
-    end
-    if (rst) begin
+    if (softmax_d_rst) begin
       \$500  = 5'h00;
     end
   end
@@ -72070,10 +71564,7 @@ module \accelerator.core.softmax (rst, o__ready, i__valid, i__ready, idle, i__pa
         \$501  = \$26 ;
       end
     end
-    if (unit_rst) begin
-      \$501  = 1'h0;
-    end
-    if (rst) begin
+    if (softmax_d_rst) begin
       \$501  = 1'h0;
     end
   end
@@ -72085,10 +71576,7 @@ module \accelerator.core.softmax (rst, o__ready, i__valid, i__ready, idle, i__pa
         \$502  = \$22 ;
       end
     end
-    if (unit_rst) begin
-      \$502  = 1'h0;
-    end
-    if (rst) begin
+    if (softmax_d_rst) begin
       \$502  = 1'h0;
     end
   end
@@ -72102,10 +71590,7 @@ module \accelerator.core.softmax (rst, o__ready, i__valid, i__ready, idle, i__pa
         end
       end
     end
-    if (unit_rst) begin
-      \$503  = 5'h00;
-    end
-    if (rst) begin
+    if (softmax_d_rst) begin
       \$503  = 5'h00;
     end
   end
@@ -72119,140 +71604,98 @@ module \accelerator.core.softmax (rst, o__ready, i__valid, i__ready, idle, i__pa
         end
       end
     end
-    if (unit_rst) begin
-      \$504  = 5'h00;
-    end
-    if (rst) begin
+    if (softmax_d_rst) begin
       \$504  = 5'h00;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$80 ) begin end
     \$505  = exp_pass;
-    if (unit_rst) begin
-      \$505  = 1'h0;
-    end
-    if (rst) begin
+    if (softmax_d_rst) begin
       \$505  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$80 ) begin end
     \$506  = exp_v0;
-    if (unit_rst) begin
-      \$506  = 1'h0;
-    end
-    if (rst) begin
+    if (softmax_d_rst) begin
       \$506  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$80 ) begin end
     \$507  = exp_v1;
-    if (unit_rst) begin
-      \$507  = 1'h0;
-    end
-    if (rst) begin
+    if (softmax_d_rst) begin
       \$507  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$80 ) begin end
     \$508  = exp_v2;
-    if (unit_rst) begin
-      \$508  = 1'h0;
-    end
-    if (rst) begin
+    if (softmax_d_rst) begin
       \$508  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$80 ) begin end
     \$509  = exp_v3;
-    if (unit_rst) begin
-      \$509  = 1'h0;
-    end
-    if (rst) begin
+    if (softmax_d_rst) begin
       \$509  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$80 ) begin end
     \$510  = exp_v4;
-    if (unit_rst) begin
-      \$510  = 1'h0;
-    end
-    if (rst) begin
+    if (softmax_d_rst) begin
       \$510  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$80 ) begin end
     \$511  = exp_v5;
-    if (unit_rst) begin
-      \$511  = 1'h0;
-    end
-    if (rst) begin
+    if (softmax_d_rst) begin
       \$511  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$80 ) begin end
     \$512  = exp_v6;
-    if (unit_rst) begin
-      \$512  = 1'h0;
-    end
-    if (rst) begin
+    if (softmax_d_rst) begin
       \$512  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$80 ) begin end
     \$513  = exp_v7;
-    if (unit_rst) begin
-      \$513  = 1'h0;
-    end
-    if (rst) begin
+    if (softmax_d_rst) begin
       \$513  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$80 ) begin end
     \$514  = exp_v8;
-    if (unit_rst) begin
-      \$514  = 1'h0;
-    end
-    if (rst) begin
+    if (softmax_d_rst) begin
       \$514  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$80 ) begin end
     \$515  = exp_v9;
-    if (unit_rst) begin
-      \$515  = 1'h0;
-    end
-    if (rst) begin
+    if (softmax_d_rst) begin
       \$515  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$80 ) begin end
     \$516  = ridx;
-    if (unit_rst) begin
-      \$516  = 5'h00;
-    end
-    if (rst) begin
+    if (softmax_d_rst) begin
       \$516  = 5'h00;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$80 ) begin end
     \$517  = exp_ra0;
-    if (unit_rst) begin
-      \$517  = 5'h00;
-    end
-    if (rst) begin
+    if (softmax_d_rst) begin
       \$517  = 5'h00;
     end
   end
@@ -72265,10 +71708,7 @@ module \accelerator.core.softmax (rst, o__ready, i__valid, i__ready, idle, i__pa
     if (exp_idle) begin
       \$555  = 20'h00000;
     end
-    if (unit_rst) begin
-      \$555  = 20'h00000;
-    end
-    if (rst) begin
+    if (softmax_d_rst) begin
       \$555  = 20'h00000;
     end
   end
@@ -72281,10 +71721,7 @@ module \accelerator.core.softmax (rst, o__ready, i__valid, i__ready, idle, i__pa
     if (exp_pass) begin
       \$556  = \$56 [4:0];
     end
-    if (unit_rst) begin
-      \$556  = 5'h00;
-    end
-    if (rst) begin
+    if (softmax_d_rst) begin
       \$556  = 5'h00;
     end
   end
@@ -72294,10 +71731,7 @@ module \accelerator.core.softmax (rst, o__ready, i__valid, i__ready, idle, i__pa
     if (exp_idle) begin
       \$557  = \$39 ;
     end
-    if (unit_rst) begin
-      \$557  = 5'h00;
-    end
-    if (rst) begin
+    if (softmax_d_rst) begin
       \$557  = 5'h00;
     end
   end
@@ -72310,10 +71744,7 @@ module \accelerator.core.softmax (rst, o__ready, i__valid, i__ready, idle, i__pa
     if (exp_pass) begin
       \$558  = \$57 ;
     end
-    if (unit_rst) begin
-      \$558  = 1'h0;
-    end
-    if (rst) begin
+    if (softmax_d_rst) begin
       \$558  = 1'h0;
     end
   end
@@ -72323,10 +71754,7 @@ module \accelerator.core.softmax (rst, o__ready, i__valid, i__ready, idle, i__pa
     if (exp_idle) begin
       \$559  = \$44 ;
     end
-    if (unit_rst) begin
-      \$559  = 6'h00;
-    end
-    if (rst) begin
+    if (softmax_d_rst) begin
       \$559  = 6'h00;
     end
   end
@@ -72336,10 +71764,7 @@ module \accelerator.core.softmax (rst, o__ready, i__valid, i__ready, idle, i__pa
     if (exp_idle) begin
       \$560  = \$45 ;
     end
-    if (unit_rst) begin
-      \$560  = 16'h0000;
-    end
-    if (rst) begin
+    if (softmax_d_rst) begin
       \$560  = 16'h0000;
     end
   end
@@ -72352,10 +71777,7 @@ module \accelerator.core.softmax (rst, o__ready, i__valid, i__ready, idle, i__pa
     if (\$64 ) begin
       \$561  = 1'h1;
     end
-    if (unit_rst) begin
-      \$561  = 1'h1;
-    end
-    if (rst) begin
+    if (softmax_d_rst) begin
       \$561  = 1'h1;
     end
   end
@@ -72368,10 +71790,7 @@ module \accelerator.core.softmax (rst, o__ready, i__valid, i__ready, idle, i__pa
     if (\$58 ) begin
       \$562  = 1'h0;
     end
-    if (unit_rst) begin
-      \$562  = 1'h0;
-    end
-    if (rst) begin
+    if (softmax_d_rst) begin
       \$562  = 1'h0;
     end
   end
@@ -72384,10 +71803,7 @@ module \accelerator.core.softmax (rst, o__ready, i__valid, i__ready, idle, i__pa
     if (\$64 ) begin
       \$563  = 1'h0;
     end
-    if (unit_rst) begin
-      \$563  = 1'h0;
-    end
-    if (rst) begin
+    if (softmax_d_rst) begin
       \$563  = 1'h0;
     end
   end
@@ -72397,10 +71813,7 @@ module \accelerator.core.softmax (rst, o__ready, i__valid, i__ready, idle, i__pa
     if (\$58 ) begin
       \$564  = \$59 ;
     end
-    if (unit_rst) begin
-      \$564  = 1'h0;
-    end
-    if (rst) begin
+    if (softmax_d_rst) begin
       \$564  = 1'h0;
     end
   end
@@ -72410,10 +71823,7 @@ module \accelerator.core.softmax (rst, o__ready, i__valid, i__ready, idle, i__pa
     if (\$64 ) begin
       \$565  = { ew[1:0], ew[2] };
     end
-    if (unit_rst) begin
-      \$565  = 3'h1;
-    end
-    if (rst) begin
+    if (softmax_d_rst) begin
       \$565  = 3'h1;
     end
   end
@@ -72426,10 +71836,7 @@ module \accelerator.core.softmax (rst, o__ready, i__valid, i__ready, idle, i__pa
     if (\$75 ) begin
       \$566  = 1'h0;
     end
-    if (unit_rst) begin
-      \$566  = 1'h0;
-    end
-    if (rst) begin
+    if (softmax_d_rst) begin
       \$566  = 1'h0;
     end
   end
@@ -72439,10 +71846,7 @@ module \accelerator.core.softmax (rst, o__ready, i__valid, i__ready, idle, i__pa
     if (\$65 ) begin
       \$567  = ew;
     end
-    if (unit_rst) begin
-      \$567  = 3'h0;
-    end
-    if (rst) begin
+    if (softmax_d_rst) begin
       \$567  = 3'h0;
     end
   end
@@ -72452,10 +71856,7 @@ module \accelerator.core.softmax (rst, o__ready, i__valid, i__ready, idle, i__pa
     if (\$65 ) begin
       \$568  = rlenm1;
     end
-    if (unit_rst) begin
-      \$568  = 5'h00;
-    end
-    if (rst) begin
+    if (softmax_d_rst) begin
       \$568  = 5'h00;
     end
   end
@@ -72465,10 +71866,7 @@ module \accelerator.core.softmax (rst, o__ready, i__valid, i__ready, idle, i__pa
     if (\$65 ) begin
       \$569  = total;
     end
-    if (unit_rst) begin
-      \$569  = 20'h00000;
-    end
-    if (rst) begin
+    if (softmax_d_rst) begin
       \$569  = 20'h00000;
     end
   end
@@ -72480,10 +71878,7 @@ module \accelerator.core.softmax (rst, o__ready, i__valid, i__ready, idle, i__pa
     end else begin
       \$570  = { quo[15:0], \$71  };
     end
-    if (unit_rst) begin
-      \$570  = 17'h00000;
-    end
-    if (rst) begin
+    if (softmax_d_rst) begin
       \$570  = 17'h00000;
     end
   end
@@ -72495,10 +71890,7 @@ module \accelerator.core.softmax (rst, o__ready, i__valid, i__ready, idle, i__pa
     end else begin
       \$571  = \$73 [4:0];
     end
-    if (unit_rst) begin
-      \$571  = 5'h00;
-    end
-    if (rst) begin
+    if (softmax_d_rst) begin
       \$571  = 5'h00;
     end
   end
@@ -72510,10 +71902,7 @@ module \accelerator.core.softmax (rst, o__ready, i__valid, i__ready, idle, i__pa
     end else begin
       \$572  = \$74 ;
     end
-    if (unit_rst) begin
-      \$572  = 1'h0;
-    end
-    if (rst) begin
+    if (softmax_d_rst) begin
       \$572  = 1'h0;
     end
   end
@@ -72525,10 +71914,7 @@ module \accelerator.core.softmax (rst, o__ready, i__valid, i__ready, idle, i__pa
     end else begin
       \$573  = \$69 ;
     end
-    if (unit_rst) begin
-      \$573  = 20'h00000;
-    end
-    if (rst) begin
+    if (softmax_d_rst) begin
       \$573  = 20'h00000;
     end
   end
@@ -72540,10 +71926,7 @@ module \accelerator.core.softmax (rst, o__ready, i__valid, i__ready, idle, i__pa
     end else begin
       \$574  = \$72 [16:0];
     end
-    if (unit_rst) begin
-      \$574  = 17'h00000;
-    end
-    if (rst) begin
+    if (softmax_d_rst) begin
       \$574  = 17'h00000;
     end
   end
@@ -72555,10 +71938,7 @@ module \accelerator.core.softmax (rst, o__ready, i__valid, i__ready, idle, i__pa
         \$575  = { quo[15:0], \$77  };
       end
     end
-    if (unit_rst) begin
-      \$575  = 17'h00000;
-    end
-    if (rst) begin
+    if (softmax_d_rst) begin
       \$575  = 17'h00000;
     end
   end
@@ -72570,10 +71950,7 @@ module \accelerator.core.softmax (rst, o__ready, i__valid, i__ready, idle, i__pa
         \$576  = dlenm1;
       end
     end
-    if (unit_rst) begin
-      \$576  = 5'h00;
-    end
-    if (rst) begin
+    if (softmax_d_rst) begin
       \$576  = 5'h00;
     end
   end
@@ -72585,10 +71962,7 @@ module \accelerator.core.softmax (rst, o__ready, i__valid, i__ready, idle, i__pa
         \$577  = { quo[15:0], \$79  };
       end
     end
-    if (unit_rst) begin
-      \$577  = 17'h00000;
-    end
-    if (rst) begin
+    if (softmax_d_rst) begin
       \$577  = 17'h00000;
     end
   end
@@ -72600,10 +71974,7 @@ module \accelerator.core.softmax (rst, o__ready, i__valid, i__ready, idle, i__pa
         \$578  = dlenm1;
       end
     end
-    if (unit_rst) begin
-      \$578  = 5'h00;
-    end
-    if (rst) begin
+    if (softmax_d_rst) begin
       \$578  = 5'h00;
     end
   end
@@ -72615,10 +71986,7 @@ module \accelerator.core.softmax (rst, o__ready, i__valid, i__ready, idle, i__pa
         \$579  = { quo[15:0], \$81  };
       end
     end
-    if (unit_rst) begin
-      \$579  = 17'h00000;
-    end
-    if (rst) begin
+    if (softmax_d_rst) begin
       \$579  = 17'h00000;
     end
   end
@@ -72630,20 +71998,14 @@ module \accelerator.core.softmax (rst, o__ready, i__valid, i__ready, idle, i__pa
         \$580  = dlenm1;
       end
     end
-    if (unit_rst) begin
-      \$580  = 5'h00;
-    end
-    if (rst) begin
+    if (softmax_d_rst) begin
       \$580  = 5'h00;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$80 ) begin end
     \$581  = \$82 ;
-    if (unit_rst) begin
-      \$581  = 1'h0;
-    end
-    if (rst) begin
+    if (softmax_d_rst) begin
       \$581  = 1'h0;
     end
   end
@@ -72658,10 +72020,7 @@ module \accelerator.core.softmax (rst, o__ready, i__valid, i__ready, idle, i__pa
         \$582  = 1'h0;
       end
     end
-    if (unit_rst) begin
-      \$582  = 1'h0;
-    end
-    if (rst) begin
+    if (softmax_d_rst) begin
       \$582  = 1'h0;
     end
   end
@@ -72678,10 +72037,7 @@ module \accelerator.core.softmax (rst, o__ready, i__valid, i__ready, idle, i__pa
         \$583  = \$97 [4:0];
       end
     end
-    if (unit_rst) begin
-      \$583  = 5'h00;
-    end
-    if (rst) begin
+    if (softmax_d_rst) begin
       \$583  = 5'h00;
     end
   end
@@ -72698,10 +72054,7 @@ module \accelerator.core.softmax (rst, o__ready, i__valid, i__ready, idle, i__pa
         \$584  = \$98 ;
       end
     end
-    if (unit_rst) begin
-      \$584  = 1'h0;
-    end
-    if (rst) begin
+    if (softmax_d_rst) begin
       \$584  = 1'h0;
     end
   end
@@ -72711,10 +72064,7 @@ module \accelerator.core.softmax (rst, o__ready, i__valid, i__ready, idle, i__pa
     if (\$86 ) begin
       \$585  = \$93 ;
     end
-    if (unit_rst) begin
-      \$585  = 6'h00;
-    end
-    if (rst) begin
+    if (softmax_d_rst) begin
       \$585  = 6'h00;
     end
   end
@@ -72724,10 +72074,7 @@ module \accelerator.core.softmax (rst, o__ready, i__valid, i__ready, idle, i__pa
     if (\$86 ) begin
       \$586  = \$95 ;
     end
-    if (unit_rst) begin
-      \$586  = 17'h00000;
-    end
-    if (rst) begin
+    if (softmax_d_rst) begin
       \$586  = 17'h00000;
     end
   end
@@ -72739,100 +72086,70 @@ module \accelerator.core.softmax (rst, o__ready, i__valid, i__ready, idle, i__pa
         \$587  = { orb[1:0], orb[2] };
       end
     end
-    if (unit_rst) begin
-      \$587  = 3'h1;
-    end
-    if (rst) begin
+    if (softmax_d_rst) begin
       \$587  = 3'h1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$80 ) begin end
     \$588  = \$101 [4:0];
-    if (unit_rst) begin
-      \$588  = 5'h10;
-    end
-    if (rst) begin
+    if (softmax_d_rst) begin
       \$588  = 5'h10;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$80 ) begin end
     \$589  = \$103 [7:0];
-    if (unit_rst) begin
-      \$589  = 8'h00;
-    end
-    if (rst) begin
+    if (softmax_d_rst) begin
       \$589  = 8'h00;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$80 ) begin end
     \$590  = \$104 ;
-    if (unit_rst) begin
-      \$590  = 1'h0;
-    end
-    if (rst) begin
+    if (softmax_d_rst) begin
       \$590  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$80 ) begin end
     \$591  = out_v0;
-    if (unit_rst) begin
-      \$591  = 1'h0;
-    end
-    if (rst) begin
+    if (softmax_d_rst) begin
       \$591  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$80 ) begin end
     \$592  = out_v1;
-    if (unit_rst) begin
-      \$592  = 1'h0;
-    end
-    if (rst) begin
+    if (softmax_d_rst) begin
       \$592  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$80 ) begin end
     \$593  = out_v2;
-    if (unit_rst) begin
-      \$593  = 1'h0;
-    end
-    if (rst) begin
+    if (softmax_d_rst) begin
       \$593  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$80 ) begin end
     \$594  = out_v3;
-    if (unit_rst) begin
-      \$594  = 1'h0;
-    end
-    if (rst) begin
+    if (softmax_d_rst) begin
       \$594  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$80 ) begin end
     \$595  = out_v4;
-    if (unit_rst) begin
-      \$595  = 1'h0;
-    end
-    if (rst) begin
+    if (softmax_d_rst) begin
       \$595  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$80 ) begin end
     \$619  = out_v5;
-    if (unit_rst) begin
-      \$619  = 1'h0;
-    end
-    if (rst) begin
+    if (softmax_d_rst) begin
       \$619  = 1'h0;
     end
   end
@@ -72842,10 +72159,7 @@ module \accelerator.core.softmax (rst, o__ready, i__valid, i__ready, idle, i__pa
     if (out_v5) begin
       \$620  = \$108 [3:0];
     end
-    if (unit_rst) begin
-      \$620  = 4'h0;
-    end
-    if (rst) begin
+    if (softmax_d_rst) begin
       \$620  = 4'h0;
     end
   end
@@ -72864,10 +72178,7 @@ module \accelerator.core.softmax (rst, o__ready, i__valid, i__ready, idle, i__pa
     end else if (o__ready) begin
       \$622  = 1'h0;
     end
-    if (unit_rst) begin
-      \$622  = 1'h0;
-    end
-    if (rst) begin
+    if (softmax_d_rst) begin
       \$622  = 1'h0;
     end
   end
@@ -72877,30 +72188,21 @@ module \accelerator.core.softmax (rst, o__ready, i__valid, i__ready, idle, i__pa
     if (\$112 ) begin
       \$623  = \$113 [3:0];
     end
-    if (unit_rst) begin
-      \$623  = 4'h0;
-    end
-    if (rst) begin
+    if (softmax_d_rst) begin
       \$623  = 4'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$80 ) begin end
     \$624  = \$119 [4:0];
-    if (unit_rst) begin
-      \$624  = 5'h00;
-    end
-    if (rst) begin
+    if (softmax_d_rst) begin
       \$624  = 5'h00;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$80 ) begin end
     \$625  = \$131 ;
-    if (unit_rst) begin
-      \$625  = 1'h0;
-    end
-    if (rst) begin
+    if (softmax_d_rst) begin
       \$625  = 1'h0;
     end
   end
@@ -72913,10 +72215,7 @@ module \accelerator.core.softmax (rst, o__ready, i__valid, i__ready, idle, i__pa
     if (\$138 ) begin
       \$626  = 1'h1;
     end
-    if (unit_rst) begin
-      \$626  = 1'h0;
-    end
-    if (rst) begin
+    if (softmax_d_rst) begin
       \$626  = 1'h0;
     end
   end
@@ -72929,10 +72228,7 @@ module \accelerator.core.softmax (rst, o__ready, i__valid, i__ready, idle, i__pa
     if (\$145 ) begin
       \$627  = 1'h1;
     end
-    if (unit_rst) begin
-      \$627  = 1'h0;
-    end
-    if (rst) begin
+    if (softmax_d_rst) begin
       \$627  = 1'h0;
     end
   end
@@ -72945,10 +72241,7 @@ module \accelerator.core.softmax (rst, o__ready, i__valid, i__ready, idle, i__pa
     if (\$157 ) begin
       \$628  = 1'h1;
     end
-    if (unit_rst) begin
-      \$628  = 1'h0;
-    end
-    if (rst) begin
+    if (softmax_d_rst) begin
       \$628  = 1'h0;
     end
   end
@@ -72961,10 +72254,7 @@ module \accelerator.core.softmax (rst, o__ready, i__valid, i__ready, idle, i__pa
     if (\$159 ) begin
       \$629  = 1'h1;
     end
-    if (unit_rst) begin
-      \$629  = 1'h0;
-    end
-    if (rst) begin
+    if (softmax_d_rst) begin
       \$629  = 1'h0;
     end
   end
@@ -72977,10 +72267,7 @@ module \accelerator.core.softmax (rst, o__ready, i__valid, i__ready, idle, i__pa
     if (\$171 ) begin
       \$630  = 1'h1;
     end
-    if (unit_rst) begin
-      \$630  = 1'h0;
-    end
-    if (rst) begin
+    if (softmax_d_rst) begin
       \$630  = 1'h0;
     end
   end
@@ -72993,10 +72280,7 @@ module \accelerator.core.softmax (rst, o__ready, i__valid, i__ready, idle, i__pa
     if (\$173 ) begin
       \$631  = 1'h1;
     end
-    if (unit_rst) begin
-      \$631  = 1'h0;
-    end
-    if (rst) begin
+    if (softmax_d_rst) begin
       \$631  = 1'h0;
     end
   end
@@ -73009,10 +72293,7 @@ module \accelerator.core.softmax (rst, o__ready, i__valid, i__ready, idle, i__pa
     if (\$185 ) begin
       \$632  = 1'h1;
     end
-    if (unit_rst) begin
-      \$632  = 1'h0;
-    end
-    if (rst) begin
+    if (softmax_d_rst) begin
       \$632  = 1'h0;
     end
   end
@@ -73025,10 +72306,7 @@ module \accelerator.core.softmax (rst, o__ready, i__valid, i__ready, idle, i__pa
     if (\$187 ) begin
       \$633  = 1'h1;
     end
-    if (unit_rst) begin
-      \$633  = 1'h0;
-    end
-    if (rst) begin
+    if (softmax_d_rst) begin
       \$633  = 1'h0;
     end
   end
@@ -73070,14 +72348,14 @@ module \accelerator.core.softmax (rst, o__ready, i__valid, i__ready, idle, i__pa
   assign wp__en = score_mem_p0_we_q;
   assign rp__addr = { er, ridx };
   assign score_mem_raddr = { er, ridx };
-  assign \wp__addr$216  = exp_mem_waddr_q[5:0];
-  assign \wp__data$217  = exp_mem_wdata_q;
-  assign \wp__en$218  = exp_mem_p0_we_q;
-  assign \rp__addr$219  = { orb[1], oidx };
-  assign \wp__addr$220  = exp_mem_waddr_q[4:0];
-  assign \wp__data$221  = exp_mem_wdata_q;
-  assign \wp__en$222  = exp_mem_p1_we_q;
-  assign \rp__addr$223  = oidx;
+  assign \wp__addr$215  = exp_mem_waddr_q[5:0];
+  assign \wp__data$216  = exp_mem_wdata_q;
+  assign \wp__en$217  = exp_mem_p0_we_q;
+  assign \rp__addr$218  = { orb[1], oidx };
+  assign \wp__addr$219  = exp_mem_waddr_q[4:0];
+  assign \wp__data$220  = exp_mem_wdata_q;
+  assign \wp__en$221  = exp_mem_p1_we_q;
+  assign \rp__addr$222  = oidx;
   assign ex_exp_n_l0_0 = { \$194 [16], \$194  };
   assign ex_exp_n_l0_1 = { \$196 [16], \$196  };
   assign ex_exp_n_l0_2 = { \$197 [16], \$197  };
@@ -73179,7 +72457,7 @@ module \accelerator.core.softmax (rst, o__ready, i__valid, i__ready, idle, i__pa
   assign \$signature__addr  = oq_wptr;
   assign \$signature__data  = { out_s6_last, out_s6_p };
   assign \$signature__en  = out_v5;
-  assign \rp__addr$348  = oq_rptr;
+  assign \rp__addr$347  = oq_rptr;
   assign o__valid = oq_valid;
   assign o__payload = oq_data;
   assign \c__payload.f  = c__payload;
@@ -73467,8 +72745,163 @@ module \accelerator.core.unpack_slice (rst, \port$194$0 , \port$197$0 , \port$20
 endmodule
 
 (* generator = "Amaranth" *)
-module \accelerator.core.writer (rst, clear, aw__valid, idle, req__ready, b__valid, b__payload, aw__ready, w_en, w_data, aw__payload, err, clk);
+module \accelerator.core.w_beat_slice (rst, w_rdy, r_rdy, r_data, \port$8744$0 , \port$8745$0 , \port$8746$0 , \port$8747$0 , \port$8748$0 , \port$8749$0 , \port$8750$0 , \port$8751$0 , w_en, r_en, in_decode, unit_rst, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$82  = 0;
+  wire \$1 ;
+  wire \$10 ;
+  wire \$11 ;
+  wire \$12 ;
+  wire \$13 ;
+  wire [2:0] \$14 ;
+  wire \$15 ;
+  reg \$16 ;
+  reg \$17 ;
+  reg [1:0] \$18 ;
+  wire [1:0] \$2 ;
+  wire \$3 ;
+  wire [1:0] \$4 ;
+  wire \$5 ;
+  wire \$6 ;
+  wire \$7 ;
+  wire \$8 ;
+  wire [2:0] \$9 ;
+  input clk;
+  wire clk;
+  (* init = 1'h0 *)
+  wire consume;
+  input in_decode;
+  wire in_decode;
+  reg [1:0] level = 2'h0;
+  input [7:0] \port$8744$0 ;
+  wire [7:0] \port$8744$0 ;
+  input [7:0] \port$8745$0 ;
+  wire [7:0] \port$8745$0 ;
+  input [7:0] \port$8746$0 ;
+  wire [7:0] \port$8746$0 ;
+  input [7:0] \port$8747$0 ;
+  wire [7:0] \port$8747$0 ;
+  input [7:0] \port$8748$0 ;
+  wire [7:0] \port$8748$0 ;
+  input [7:0] \port$8749$0 ;
+  wire [7:0] \port$8749$0 ;
+  input [7:0] \port$8750$0 ;
+  wire [7:0] \port$8750$0 ;
+  input [7:0] \port$8751$0 ;
+  wire [7:0] \port$8751$0 ;
+  (* init = 1'h0 *)
+  wire produce;
+  output [63:0] r_data;
+  wire [63:0] r_data;
+  input r_en;
+  wire r_en;
+  (* init = 2'h0 *)
+  wire [1:0] r_level;
+  reg r_port__addr = 1'h0;
+  wire [63:0] r_port__data;
+  output r_rdy;
+  wire r_rdy;
+  input rst;
+  wire rst;
+  input unit_rst;
+  wire unit_rst;
+  wire [63:0] w_data;
+  input w_en;
+  wire w_en;
+  (* init = 2'h0 *)
+  wire [1:0] w_level;
+  reg w_port__addr = 1'h0;
+  wire [63:0] w_port__data;
+  wire w_port__en;
+  output w_rdy;
+  wire w_rdy;
+  reg [63:0] storage [1:0];
+  initial begin
+    storage[0] = 64'h0000000000000000;
+    storage[1] = 64'h0000000000000000;
+  end
+  always @(posedge clk) begin
+    if (w_port__en)
+      storage[w_port__addr] <= { \port$8751$0 , \port$8750$0 , \port$8749$0 , \port$8748$0 , \port$8747$0 , \port$8746$0 , \port$8745$0 , \port$8744$0  };
+  end
+  assign r_data = storage[r_port__addr];
+  assign w_rdy = level != 2'h2;
+  assign r_rdy = | level;
+  assign w_port__en = w_en & w_rdy;
+  assign \$1  = w_rdy & w_en;
+  assign \$2  = w_port__addr + 1'h1;
+  assign \$3  = r_rdy & r_en;
+  assign \$4  = r_port__addr + 1'h1;
+  assign \$5  = w_rdy & w_en;
+  assign \$6  = r_rdy & r_en;
+  assign \$7  = ~ \$6 ;
+  assign \$8  = \$5  & \$7 ;
+  assign \$9  = level + 1'h1;
+  assign \$10  = r_rdy & r_en;
+  assign \$11  = w_rdy & w_en;
+  assign \$12  = ~ \$11 ;
+  assign \$13  = \$10  & \$12 ;
+  assign \$14  = level - 1'h1;
+  assign \$15  = in_decode | unit_rst;
+  always @(posedge clk)
+    w_port__addr <= \$16 ;
+  always @(posedge clk)
+    r_port__addr <= \$17 ;
+  always @(posedge clk)
+    level <= \$18 ;
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$82 ) begin end
+    \$16  = w_port__addr;
+    if (\$1 ) begin
+      \$16  = \$2 [0];
+    end
+    if (\$15 ) begin
+      \$16  = 1'h0;
+    end
+    if (rst) begin
+      \$16  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$82 ) begin end
+    \$17  = r_port__addr;
+    if (\$3 ) begin
+      \$17  = \$4 [0];
+    end
+    if (\$15 ) begin
+      \$17  = 1'h0;
+    end
+    if (rst) begin
+      \$17  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$82 ) begin end
+    \$18  = level;
+    if (\$8 ) begin
+      \$18  = \$9 [1:0];
+    end
+    if (\$13 ) begin
+      \$18  = \$14 [1:0];
+    end
+    if (\$15 ) begin
+      \$18  = 2'h0;
+    end
+    if (rst) begin
+      \$18  = 2'h0;
+    end
+  end
+  assign w_level = level;
+  assign r_level = level;
+  assign produce = w_port__addr;
+  assign w_port__data = { \port$8751$0 , \port$8750$0 , \port$8749$0 , \port$8748$0 , \port$8747$0 , \port$8746$0 , \port$8745$0 , \port$8744$0  };
+  assign w_data = { \port$8751$0 , \port$8750$0 , \port$8749$0 , \port$8748$0 , \port$8747$0 , \port$8746$0 , \port$8745$0 , \port$8744$0  };
+  assign consume = r_port__addr;
+  assign r_port__data = r_data;
+endmodule
+
+(* generator = "Amaranth" *)
+module \accelerator.core.writer (rst, clear, aw__valid, idle, req__ready, b__valid, b__payload, aw__ready, w_en, w_data, aw__payload, err, clk);
+  reg \$auto$verilog_backend.cc:2355:dump_module$83  = 0;
   wire [10:0] \$1 ;
   wire \$10 ;
   wire \$11 ;
@@ -73572,7 +73005,7 @@ module \accelerator.core.writer (rst, clear, aw__valid, idle, req__ready, b__val
     .w_rdy(req__ready)
   );
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$82 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$83 ) begin end
     \$22  = pending;
     if (\$15 ) begin
       \$22  = \$19 [6:0];
@@ -73584,7 +73017,7 @@ module \accelerator.core.writer (rst, clear, aw__valid, idle, req__ready, b__val
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$82 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$83 ) begin end
     \$23  = err;
     if (clear) begin
       \$23  = 1'h0;
@@ -73617,7 +73050,7 @@ endmodule
 
 (* generator = "Amaranth" *)
 module \accelerator.core.writer.req_slice (rst, r_en, w_rdy, r_rdy, r_data, w_en, w_port__data, clk);
-  reg \$auto$verilog_backend.cc:2355:dump_module$83  = 0;
+  reg \$auto$verilog_backend.cc:2355:dump_module$84  = 0;
   wire \$1 ;
   wire \$10 ;
   wire \$11 ;
@@ -73699,7 +73132,7 @@ module \accelerator.core.writer.req_slice (rst, r_en, w_rdy, r_rdy, r_data, w_en
   always @(posedge clk)
     level <= \$17 ;
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$83 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$84 ) begin end
     \$15  = w_port__addr;
     if (\$1 ) begin
       \$15  = \$2 [0];
@@ -73709,7 +73142,7 @@ module \accelerator.core.writer.req_slice (rst, r_en, w_rdy, r_rdy, r_data, w_en
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$83 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$84 ) begin end
     \$16  = r_port__addr;
     if (\$3 ) begin
       \$16  = \$4 [0];
@@ -73719,7 +73152,7 @@ module \accelerator.core.writer.req_slice (rst, r_en, w_rdy, r_rdy, r_data, w_en
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$83 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$84 ) begin end
     \$17  = level;
     if (\$8 ) begin
       \$17  = \$9 [1:0];
@@ -73741,7 +73174,7 @@ endmodule
 
 (* generator = "Amaranth" *)
 module \accelerator.r_slice (\port$0$75 , w_en, clk, rst, r_en, w_rdy, r_rdy, r_data, \port$0$10 );
-  reg \$auto$verilog_backend.cc:2355:dump_module$84  = 0;
+  reg \$auto$verilog_backend.cc:2355:dump_module$85  = 0;
   wire \$1 ;
   wire \$10 ;
   wire \$11 ;
@@ -73826,7 +73259,7 @@ module \accelerator.r_slice (\port$0$75 , w_en, clk, rst, r_en, w_rdy, r_rdy, r_
   always @(posedge clk)
     level <= \$17 ;
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$84 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$85 ) begin end
     \$15  = w_port__addr;
     if (\$1 ) begin
       \$15  = \$2 [0];
@@ -73836,7 +73269,7 @@ module \accelerator.r_slice (\port$0$75 , w_en, clk, rst, r_en, w_rdy, r_rdy, r_
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$84 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$85 ) begin end
     \$16  = r_port__addr;
     if (\$3 ) begin
       \$16  = \$4 [0];
@@ -73846,7 +73279,7 @@ module \accelerator.r_slice (\port$0$75 , w_en, clk, rst, r_en, w_rdy, r_rdy, r_
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$84 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$85 ) begin end
     \$17  = level;
     if (\$8 ) begin
       \$17  = \$9 [1:0];

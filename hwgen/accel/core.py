@@ -40,7 +40,8 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from amaranth.hdl import Array, Cat, Const, Module, Mux, ResetInserter, Signal, signed, unsigned
+from amaranth.hdl import (Array, Cat, ClockDomain, ClockSignal, Const, DomainRenamer, Module, Mux, ResetInserter,
+                          ResetSignal, Signal, signed, unsigned)
 from amaranth.lib import wiring
 from amaranth.lib.fifo import SyncFIFO
 from amaranth.lib.memory import Memory
@@ -190,7 +191,15 @@ class AccelCore(wiring.Component):
         wiring.connect(m, wiring.flipped(self.b), writer.b)
 
         m.submodules.buffer = buf = Memory(shape=unsigned(ab), depth=depth, init=[])
-        rd0, rd1, wr = buf.read_port(), buf.read_port(), buf.write_port()
+        rd0, rd1, wr_port = buf.read_port(), buf.read_port(), buf.write_port()
+        # the buffer's writes a cycle after dst's step: the port's address, data and enable come
+        # from registers (the result lane's select by dst's index and its route to the buffer's
+        # block RAMs across the die was a critical path, 11.15 ns).  Nothing reads an element in
+        # the cycle after its write: an op reads only its sources, and the next op's reads wait
+        # for its fetch and decode
+        wr = SimpleNamespace(addr=Signal.like(wr_port.addr, name="wr_addr"), data=Signal(ab, name="wr_data"),
+                             en=Signal(name="wr_en"))
+        m.d.sync += [wr_port.addr.eq(wr.addr), wr_port.data.eq(wr.data), wr_port.en.eq(wr.en)]
 
         gens = {}
         for name in ("dst", "src0", "src1"):
@@ -199,7 +208,16 @@ class AccelCore(wiring.Component):
         units = {"gemm": self.gemm, "softmax": self.softmax, "layernorm": self.layernorm, "add": self.add,
                  **{f"gelu{k}": g for k, g in enumerate(self.gelus)}}
         for name, u in units.items():
-            m.submodules[name] = ResetInserter(unit_rst)(u)
+            # each unit runs in a domain of its own whose reset is one register, set from the
+            # core's reset or STOP: a ResetInserter's OR of the two is one LUT feeding the unit's
+            # thousands of flip-flops, and its two hops across the die were a seed's critical
+            # path (11.97 ns).  The unit resets a cycle after STOP (nothing streams in IDLE or
+            # FETCH) and a cycle after the core's reset (it is held longer than that).
+            u_rst = Signal(init=1, reset_less=True, name=f"{name}_rst")
+            m.d.sync += u_rst.eq(ResetSignal() | unit_rst)
+            m.domains += (cd := ClockDomain(f"{name}_d", local=True))
+            m.d.comb += [cd.clk.eq(ClockSignal()), cd.rst.eq(u_rst)]
+            m.submodules[name] = DomainRenamer(f"{name}_d")(u)
 
         # the instruction and the decode are reset-less: FETCH loads them before anything reads
         # them, and their reset made 511 + 300 loads on the reset net
@@ -868,9 +886,6 @@ class AccelCore(wiring.Component):
         rk = Signal(16)              # beats of the current tile received
         rk_zero = Signal()           # rk == 0, kept as a flag (it gates the reader's beat ready)
         is_p = ~is_linear | rk_zero
-        w_lanes = [Signal(signed(hw.w_bits), name=f"w_lane{j}") for j in range(C)]
-        w_full = Signal()
-        gemm_take = gemm.a.valid & gemm.a.ready
         # the beat's C weights, unpacked by the op's w_bits (a data mux: the lanes' enables do not
         # decode ``ins``)
         w_beat = [Signal(signed(hw.w_bits), name=f"w_beat{j}") for j in range(C)]
@@ -880,20 +895,21 @@ class AccelCore(wiring.Component):
                     m.d.comb += [w_beat[j].eq(reader.beat.payload.data[j * wb:(j + 1) * wb].as_signed())
                                  for j in range(C)]
         with m.If(restart):
-            m.d.sync += [rk.eq(0), rk_zero.eq(1), w_full.eq(0)]
+            m.d.sync += [rk.eq(0), rk_zero.eq(1)]
         m.d.comb += gemm.p.payload.as_value().eq(reader.beat.payload.data)
+        # a LINEAR's weight beats wait in a register slice: the reader's beat ready is then its
+        # room (a level register), not the GEMM's take, which ran through the ready into the
+        # beat register's and the lanes' enables
+        w_in = Signal(name="w_in_valid")
+        w_q, w_lanes = register_slice(m, "w_beat", w_in, Cat(*w_beat), None, reset=restart | unit_rst)
         with m.If(active):
-            with m.If(gemm_take):
-                m.d.sync += w_full.eq(0)
             # (the handshake from this op's own ready, not from ``reader.beat.ready``, which every
             # state drives)
-            beat_ready = Mux(is_p, gemm.p.ready, ~w_full | gemm_take)
+            beat_ready = Mux(is_p, gemm.p.ready, w_q.w_rdy)
             seq.reader_user(active, tiles_left, Mux(want_w, w_addr, p_addr), Mux(want_w, w_lb, p_lb), beat_ready)
-            m.d.comb += gemm.p.valid.eq(is_p & reader.beat.valid)
+            m.d.comb += [gemm.p.valid.eq(is_p & reader.beat.valid), w_in.eq(reader.beat.valid & ~is_p)]
             with m.If(reader.beat.valid & beat_ready & is_linear):
                 m.d.sync += [rk.eq(Mux(rk == ins.n3, 0, rk + 1)), rk_zero.eq(rk == ins.n3)]
-                with m.If(~is_p):
-                    m.d.sync += [w_full.eq(1), *[w_lanes[j].eq(w_beat[j]) for j in range(C)]]
 
         # --- A: each block of R rows (b, mt) is read from the buffer once, one element a cycle, into
         #     R lane memories (two halves: the next block loads while the column tiles use this one);
@@ -1047,10 +1063,12 @@ class AccelCore(wiring.Component):
                                          *[rp.data for _, rp in w_mems]))
             ab1, out = hw.a_bits + 1, feed.o.payload
             m.d.comb += [gemm.a.valid.eq(feed.o.valid), gemm.a.payload.last.eq(out[0]),
-                         gemm.w.valid.eq(Mux(is_linear, w_full, feed.o.valid)),
-                         feed.o.ready.eq(gemm.a.ready)]         # (a join: w goes with a)
+                         gemm.w.valid.eq(Mux(is_linear, w_q.r_rdy, feed.o.valid)),
+                         feed.o.ready.eq(gemm.a.ready),         # (a join: w goes with a)
+                         w_q.r_en.eq(is_linear & gemm.w.ready)]
             m.d.comb += [gemm.a.payload.data[i].eq(out[1 + i * ab1:][:ab1]) for i in range(R)]
-            m.d.comb += [gemm.w.payload[j].eq(Mux(is_linear, w_lanes[j], out[1 + R * ab1 + j * hw.w_bits:][:hw.w_bits]))
+            m.d.comb += [gemm.w.payload[j].eq(Mux(is_linear, w_lanes[j * hw.w_bits:][:hw.w_bits],
+                                                  out[1 + R * ab1 + j * hw.w_bits:][:hw.w_bits]))
                          for j in range(C)]
 
         # --- result rows into the buffer, one element a cycle; padding dropped ----------------------
