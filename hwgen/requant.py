@@ -260,10 +260,11 @@ def requant_stages(m: Module, en: Value, p, acc_bits: int, prefix: str = "rq_", 
             for _ in range(DSP_LATENCY):
                 ns = st.stage(**keep(ns), **carry(ns, "e"), **{n: getattr(ns, n) for n in operands})
             s2 = ns
-        if L >= A:
-            s2.__dict__.update({f"ph{k}": Const(0, 1) for k in range(lanes)})
-        s4 = st.stage(**keep(s2), **carry(s2, "e"),
-                      **{f"p{k}": (lane(s2, "ph", k) << L) + lane(s2, "pl", k) for k in range(lanes)})
+
+        def product(k):         # (one partial product when the accumulator fits one multiplier)
+            pl = lane(s2, "pl", k)
+            return (lane(s2, "ph", k) << L) + pl if L < A else pl
+        s4 = st.stage(**keep(s2), **carry(s2, "e"), **{f"p{k}": product(k) for k in range(lanes)})
     # then: the barrel shift of 2p by e (rshift_round_var's first step), in two levels
     s5 = st.stage(**keep(s4), **carry(s4, "e"),
                   **{f"t{k}": (lane(s4, "p", k) << 1) >> Cat(Const(0, 3), lane(s4, "e", k)[3:])

@@ -1274,7 +1274,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   reg [31:0] \$1007 ;
   reg \$1008 ;
   reg [7:0] \$1009 ;
-  wire [32:0] \$101 ;
+  wire \$101 ;
   reg \$1010 ;
   reg \$1011 ;
   reg \$1012 ;
@@ -1285,7 +1285,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   reg \$1017 ;
   reg [3:0] \$1018 ;
   reg [15:0] \$1019 ;
-  wire [3:0] \$102 ;
+  wire \$102 ;
   reg \$1020 ;
   reg [15:0] \$1021 ;
   reg [15:0] \$1022 ;
@@ -1307,7 +1307,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   reg \$1037 ;
   reg \$1038 ;
   reg [8:0] \$1039 ;
-  wire [64:0] \$104 ;
+  wire \$104 ;
   reg \$1040 ;
   reg \$1041 ;
   reg [31:0] \$1042 ;
@@ -1333,13 +1333,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$118 ;
   wire \$119 ;
   wire \$12 ;
-  wire \$120 ;
+  reg [15:0] \$120 ;
   wire \$121 ;
   wire \$122 ;
   wire \$123 ;
   wire \$124 ;
   wire \$125 ;
-  reg [15:0] \$126 ;
+  wire \$126 ;
   wire \$127 ;
   wire \$128 ;
   wire \$129 ;
@@ -1351,114 +1351,114 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$134 ;
   wire \$135 ;
   wire \$136 ;
-  wire \$137 ;
+  wire [3:0] \$137 ;
   wire \$138 ;
-  wire \$139 ;
+  wire [2:0] \$139 ;
   wire [3:0] \$14 ;
-  wire \$140 ;
+  wire [3:0] \$140 ;
   wire \$141 ;
-  wire \$142 ;
+  wire [3:0] \$142 ;
   wire [3:0] \$143 ;
   wire \$144 ;
-  wire [2:0] \$145 ;
+  wire [4:0] \$145 ;
   wire [3:0] \$146 ;
   wire \$147 ;
-  wire [3:0] \$148 ;
+  wire [5:0] \$148 ;
   wire [3:0] \$149 ;
   wire \$15 ;
   wire \$150 ;
-  wire [4:0] \$151 ;
+  wire [6:0] \$151 ;
   wire [3:0] \$152 ;
   wire \$153 ;
-  wire [5:0] \$154 ;
+  wire [7:0] \$154 ;
   wire [3:0] \$155 ;
   wire \$156 ;
-  wire [6:0] \$157 ;
-  wire [3:0] \$158 ;
+  wire [8:0] \$157 ;
+  reg \$158 ;
   wire \$159 ;
   wire \$16 ;
-  wire [7:0] \$160 ;
-  wire [3:0] \$161 ;
-  wire \$162 ;
-  wire [8:0] \$163 ;
-  reg \$164 ;
+  wire \$160 ;
+  wire [9:0] \$161 ;
+  wire [16:0] \$162 ;
+  reg \$163 ;
+  wire \$164 ;
   wire \$165 ;
   wire \$166 ;
-  wire [9:0] \$167 ;
-  wire [16:0] \$168 ;
-  reg \$169 ;
+  wire \$167 ;
+  wire \$168 ;
+  wire [9:0] \$169 ;
   wire \$17 ;
-  wire \$170 ;
-  wire \$171 ;
+  wire [16:0] \$170 ;
+  reg \$171 ;
   wire \$172 ;
   wire \$173 ;
   wire \$174 ;
-  wire [9:0] \$175 ;
-  wire [16:0] \$176 ;
-  reg \$177 ;
-  wire \$178 ;
+  wire \$175 ;
+  wire [9:0] \$176 ;
+  wire [16:0] \$177 ;
+  reg \$178 ;
   wire \$179 ;
   wire \$18 ;
   wire \$180 ;
   wire \$181 ;
-  wire [9:0] \$182 ;
-  wire [16:0] \$183 ;
-  reg \$184 ;
-  wire \$185 ;
+  wire \$182 ;
+  wire [9:0] \$183 ;
+  wire [16:0] \$184 ;
+  reg \$185 ;
   wire \$186 ;
   wire \$187 ;
   wire \$188 ;
-  wire [9:0] \$189 ;
+  wire \$189 ;
   wire \$19 ;
-  wire [16:0] \$190 ;
-  reg \$191 ;
-  wire \$192 ;
+  wire [9:0] \$190 ;
+  wire [16:0] \$191 ;
+  reg \$192 ;
   wire \$193 ;
   wire \$194 ;
   wire \$195 ;
-  wire [9:0] \$196 ;
-  wire [16:0] \$197 ;
-  reg \$198 ;
-  wire \$199 ;
+  wire \$196 ;
+  wire [9:0] \$197 ;
+  wire [16:0] \$198 ;
+  reg \$199 ;
   wire \$2 ;
   wire \$20 ;
   wire \$200 ;
   wire \$201 ;
   wire \$202 ;
-  wire [9:0] \$203 ;
-  wire [16:0] \$204 ;
-  reg \$205 ;
-  wire \$206 ;
+  wire \$203 ;
+  wire [9:0] \$204 ;
+  wire [16:0] \$205 ;
+  reg \$206 ;
   wire \$207 ;
   wire \$208 ;
   wire \$209 ;
   wire [15:0] \$21 ;
-  wire [9:0] \$210 ;
-  wire [16:0] \$211 ;
-  reg \$212 ;
-  wire \$213 ;
+  wire \$210 ;
+  wire [9:0] \$211 ;
+  wire [16:0] \$212 ;
+  reg \$213 ;
   wire \$214 ;
   wire \$215 ;
   wire \$216 ;
-  wire [9:0] \$217 ;
-  wire [16:0] \$218 ;
-  reg \$219 ;
+  wire \$217 ;
+  wire [9:0] \$218 ;
+  wire [16:0] \$219 ;
   wire \$22 ;
-  wire \$220 ;
+  reg \$220 ;
   wire \$221 ;
   wire \$222 ;
   wire \$223 ;
-  wire [9:0] \$224 ;
-  wire [16:0] \$225 ;
-  reg \$226 ;
+  wire \$224 ;
+  reg \$225 ;
+  wire \$226 ;
   wire \$227 ;
   wire \$228 ;
   wire \$229 ;
   wire [17:0] \$23 ;
   wire \$230 ;
-  reg \$231 ;
+  wire \$231 ;
   wire \$232 ;
-  wire \$233 ;
+  reg \$233 ;
   wire \$234 ;
   wire \$235 ;
   wire \$236 ;
@@ -1470,155 +1470,155 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$241 ;
   wire \$242 ;
   wire \$243 ;
-  wire \$244 ;
-  reg \$245 ;
-  wire \$246 ;
+  wire [9:0] \$244 ;
+  wire [10:0] \$245 ;
+  reg \$246 ;
   wire \$247 ;
   wire \$248 ;
   wire \$249 ;
   wire [15:0] \$25 ;
-  wire [9:0] \$250 ;
-  wire [10:0] \$251 ;
-  reg \$252 ;
+  wire \$250 ;
+  wire \$251 ;
+  wire \$252 ;
   wire \$253 ;
-  wire \$254 ;
-  wire \$255 ;
-  wire \$256 ;
+  wire [9:0] \$254 ;
+  wire [10:0] \$255 ;
+  reg \$256 ;
   wire \$257 ;
   wire \$258 ;
   wire \$259 ;
   wire \$26 ;
-  wire [9:0] \$260 ;
-  wire [10:0] \$261 ;
-  reg \$262 ;
-  wire \$263 ;
-  wire \$264 ;
-  wire \$265 ;
+  wire \$260 ;
+  wire \$261 ;
+  wire \$262 ;
+  wire [9:0] \$263 ;
+  wire [10:0] \$264 ;
+  reg \$265 ;
   wire \$266 ;
   wire \$267 ;
   wire \$268 ;
-  wire [9:0] \$269 ;
+  wire \$269 ;
   wire [18:0] \$27 ;
-  wire [10:0] \$270 ;
-  reg \$271 ;
-  wire \$272 ;
-  wire \$273 ;
-  wire \$274 ;
+  wire \$270 ;
+  wire \$271 ;
+  wire [9:0] \$272 ;
+  wire [10:0] \$273 ;
+  reg \$274 ;
   wire \$275 ;
   wire \$276 ;
   wire \$277 ;
-  wire [9:0] \$278 ;
-  wire [10:0] \$279 ;
+  wire \$278 ;
+  wire \$279 ;
   wire [20:0] \$28 ;
-  reg \$280 ;
-  wire \$281 ;
-  wire \$282 ;
-  wire \$283 ;
+  wire \$280 ;
+  wire [9:0] \$281 ;
+  wire [10:0] \$282 ;
+  reg \$283 ;
   wire \$284 ;
   wire \$285 ;
   wire \$286 ;
-  wire [9:0] \$287 ;
-  wire [10:0] \$288 ;
-  reg \$289 ;
+  wire \$287 ;
+  wire \$288 ;
+  wire \$289 ;
   wire [21:0] \$29 ;
-  wire \$290 ;
-  wire \$291 ;
-  wire \$292 ;
+  wire [9:0] \$290 ;
+  wire [10:0] \$291 ;
+  reg \$292 ;
   wire \$293 ;
   wire \$294 ;
   wire \$295 ;
-  wire [9:0] \$296 ;
-  wire [10:0] \$297 ;
-  reg \$298 ;
-  wire \$299 ;
+  wire \$296 ;
+  wire \$297 ;
+  wire \$298 ;
+  wire [9:0] \$299 ;
   wire \$3 ;
   wire [21:0] \$30 ;
-  wire \$300 ;
-  wire \$301 ;
+  wire [10:0] \$300 ;
+  reg \$301 ;
   wire \$302 ;
   wire \$303 ;
   wire \$304 ;
-  wire [9:0] \$305 ;
-  wire [10:0] \$306 ;
-  reg \$307 ;
-  wire \$308 ;
-  wire \$309 ;
+  wire \$305 ;
+  wire \$306 ;
+  wire \$307 ;
+  wire [9:0] \$308 ;
+  wire [10:0] \$309 ;
   wire \$31 ;
-  wire \$310 ;
+  reg \$310 ;
   wire \$311 ;
   wire \$312 ;
   wire \$313 ;
-  wire [9:0] \$314 ;
-  wire [10:0] \$315 ;
-  reg \$316 ;
+  wire \$314 ;
+  wire \$315 ;
+  wire \$316 ;
   wire \$317 ;
   wire \$318 ;
-  wire \$319 ;
+  wire [7:0] \$319 ;
   wire [15:0] \$32 ;
-  wire \$320 ;
-  wire \$321 ;
-  wire \$322 ;
-  wire \$323 ;
-  wire \$324 ;
+  wire [7:0] \$320 ;
+  wire [7:0] \$321 ;
+  wire [7:0] \$322 ;
+  wire [7:0] \$323 ;
+  wire [7:0] \$324 ;
   wire [7:0] \$325 ;
   wire [7:0] \$326 ;
-  wire [7:0] \$327 ;
-  wire [7:0] \$328 ;
-  wire [7:0] \$329 ;
+  wire \$327 ;
+  wire \$328 ;
+  wire \$329 ;
   wire \$33 ;
-  wire [7:0] \$330 ;
-  wire [7:0] \$331 ;
-  wire [7:0] \$332 ;
+  wire \$330 ;
+  wire \$331 ;
+  wire \$332 ;
   wire \$333 ;
   wire \$334 ;
-  wire \$335 ;
-  wire \$336 ;
+  wire [19:0] \$335 ;
+  wire [20:0] \$336 ;
   wire \$337 ;
   wire \$338 ;
   wire \$339 ;
   wire [18:0] \$34 ;
   wire \$340 ;
-  wire [19:0] \$341 ;
-  wire [20:0] \$342 ;
+  wire \$341 ;
+  reg [31:0] \$342 ;
   wire \$343 ;
   wire \$344 ;
-  wire \$345 ;
+  reg [31:0] \$345 ;
   wire \$346 ;
   wire \$347 ;
-  reg [31:0] \$348 ;
+  wire \$348 ;
   wire \$349 ;
   wire [20:0] \$35 ;
   wire \$350 ;
-  reg [31:0] \$351 ;
+  wire \$351 ;
   wire \$352 ;
-  wire \$353 ;
-  wire \$354 ;
-  wire \$355 ;
-  wire \$356 ;
-  wire \$357 ;
+  wire [31:0] \$353 ;
+  wire [31:0] \$354 ;
+  wire [31:0] \$355 ;
+  wire [31:0] \$356 ;
+  wire [31:0] \$357 ;
   wire \$358 ;
   wire [31:0] \$359 ;
   wire [21:0] \$36 ;
   wire [31:0] \$360 ;
   wire [31:0] \$361 ;
   wire [31:0] \$362 ;
-  wire [31:0] \$363 ;
-  wire \$364 ;
-  wire [31:0] \$365 ;
-  wire [31:0] \$366 ;
-  wire [31:0] \$367 ;
-  wire [31:0] \$368 ;
+  wire [2:0] \$363 ;
+  wire [2:0] \$364 ;
+  wire [2:0] \$365 ;
+  wire [1:0] \$366 ;
+  wire [2:0] \$367 ;
+  wire \$368 ;
   wire [2:0] \$369 ;
   wire [21:0] \$37 ;
   wire [2:0] \$370 ;
   wire [2:0] \$371 ;
-  wire [1:0] \$372 ;
-  wire [2:0] \$373 ;
+  wire [2:0] \$372 ;
+  wire \$373 ;
   wire \$374 ;
-  wire [2:0] \$375 ;
-  wire [2:0] \$376 ;
-  wire [2:0] \$377 ;
-  wire [2:0] \$378 ;
+  wire \$375 ;
+  wire \$376 ;
+  wire \$377 ;
+  wire \$378 ;
   wire \$379 ;
   wire \$38 ;
   wire \$380 ;
@@ -1683,14 +1683,14 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$433 ;
   wire \$434 ;
   wire \$435 ;
-  wire \$436 ;
+  wire [30:0] \$436 ;
   wire \$437 ;
   wire \$438 ;
   wire \$439 ;
   wire \$44 ;
   wire \$440 ;
   wire \$441 ;
-  wire [30:0] \$442 ;
+  wire \$442 ;
   wire \$443 ;
   wire \$444 ;
   wire \$445 ;
@@ -1729,85 +1729,85 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$475 ;
   wire \$476 ;
   wire \$477 ;
-  wire \$478 ;
-  wire \$479 ;
+  wire [16:0] \$478 ;
+  wire [16:0] \$479 ;
   wire [15:0] \$48 ;
-  wire \$480 ;
-  wire \$481 ;
-  wire \$482 ;
-  wire \$483 ;
+  wire [32:0] \$480 ;
+  wire [32:0] \$481 ;
+  wire [16:0] \$482 ;
+  wire [16:0] \$483 ;
   wire [16:0] \$484 ;
   wire [16:0] \$485 ;
-  wire [32:0] \$486 ;
-  wire [32:0] \$487 ;
-  wire [16:0] \$488 ;
-  wire [16:0] \$489 ;
+  wire [31:0] \$486 ;
+  wire [22:0] \$487 ;
+  wire [23:0] \$488 ;
+  wire [31:0] \$489 ;
   wire [18:0] \$49 ;
-  wire [16:0] \$490 ;
-  wire [16:0] \$491 ;
-  wire [31:0] \$492 ;
-  wire [22:0] \$493 ;
-  wire [23:0] \$494 ;
-  wire [31:0] \$495 ;
-  wire [32:0] \$496 ;
-  wire [32:0] \$497 ;
-  wire [47:0] \$498 ;
-  wire [16:0] \$499 ;
+  wire [32:0] \$490 ;
+  wire [32:0] \$491 ;
+  wire [47:0] \$492 ;
+  wire [16:0] \$493 ;
+  wire [18:0] \$494 ;
+  wire [19:0] \$495 ;
+  wire [20:0] \$496 ;
+  wire [3:0] \$497 ;
+  wire \$498 ;
+  wire [31:0] \$499 ;
   wire \$5 ;
   wire [20:0] \$50 ;
-  wire [18:0] \$500 ;
-  wire [19:0] \$501 ;
-  wire [20:0] \$502 ;
-  wire [3:0] \$503 ;
+  wire [32:0] \$500 ;
+  wire \$501 ;
+  wire \$502 ;
+  wire \$503 ;
   wire \$504 ;
-  wire [31:0] \$505 ;
-  wire [32:0] \$506 ;
-  wire [48:0] \$507 ;
+  wire \$505 ;
+  wire \$506 ;
+  wire \$507 ;
   wire \$508 ;
-  wire [48:0] \$509 ;
+  wire \$509 ;
   wire [21:0] \$51 ;
   wire \$510 ;
-  wire [48:0] \$511 ;
+  wire \$511 ;
   wire \$512 ;
-  wire [48:0] \$513 ;
+  wire \$513 ;
   wire \$514 ;
-  wire [48:0] \$515 ;
-  wire \$516 ;
-  wire [48:0] \$517 ;
-  wire \$518 ;
-  wire [48:0] \$519 ;
+  wire \$515 ;
+  wire [48:0] \$516 ;
+  wire \$517 ;
+  wire [48:0] \$518 ;
+  wire \$519 ;
   wire [21:0] \$52 ;
-  wire \$520 ;
-  wire [48:0] \$521 ;
-  wire \$522 ;
-  wire [48:0] \$523 ;
-  wire \$524 ;
-  wire [48:0] \$525 ;
-  wire \$526 ;
-  wire [48:0] \$527 ;
-  wire \$528 ;
-  wire [48:0] \$529 ;
+  wire [48:0] \$520 ;
+  wire \$521 ;
+  wire [48:0] \$522 ;
+  wire \$523 ;
+  wire [48:0] \$524 ;
+  wire \$525 ;
+  wire [48:0] \$526 ;
+  wire \$527 ;
+  wire [48:0] \$528 ;
+  wire \$529 ;
   wire [15:0] \$53 ;
-  wire \$530 ;
-  wire [48:0] \$531 ;
-  wire \$532 ;
-  wire [48:0] \$533 ;
-  wire \$534 ;
-  wire [48:0] \$535 ;
-  wire \$536 ;
-  wire [48:0] \$537 ;
-  wire \$538 ;
-  wire [48:0] \$539 ;
+  wire [48:0] \$530 ;
+  wire \$531 ;
+  wire [48:0] \$532 ;
+  wire \$533 ;
+  wire [48:0] \$534 ;
+  wire \$535 ;
+  wire [48:0] \$536 ;
+  wire \$537 ;
+  wire [48:0] \$538 ;
+  wire \$539 ;
   wire [20:0] \$54 ;
-  wire \$540 ;
+  wire [48:0] \$540 ;
   wire \$541 ;
-  wire \$542 ;
+  wire [48:0] \$542 ;
   wire \$543 ;
-  wire \$544 ;
+  wire [48:0] \$544 ;
   wire \$545 ;
-  wire \$546 ;
+  wire [48:0] \$546 ;
   wire \$547 ;
-  wire \$548 ;
+  wire [48:0] \$548 ;
   wire \$549 ;
   wire [20:0] \$55 ;
   wire \$550 ;
@@ -1839,39 +1839,39 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$574 ;
   wire \$575 ;
   wire \$576 ;
-  wire [15:0] \$577 ;
+  wire \$577 ;
   wire \$578 ;
   wire \$579 ;
   wire [17:0] \$58 ;
   wire \$580 ;
   wire \$581 ;
-  wire [16:0] \$582 ;
-  wire [32:0] \$583 ;
+  wire \$582 ;
+  wire \$583 ;
   wire \$584 ;
   wire \$585 ;
-  wire \$586 ;
+  wire [15:0] \$586 ;
   wire \$587 ;
   wire \$588 ;
   wire \$589 ;
   wire [3:0] \$59 ;
-  wire [32:0] \$590 ;
-  wire \$591 ;
-  wire \$592 ;
-  wire [14:0] \$593 ;
+  wire \$590 ;
+  wire [16:0] \$591 ;
+  wire [32:0] \$592 ;
+  wire \$593 ;
   wire \$594 ;
   wire \$595 ;
-  wire [3:0] \$596 ;
+  wire \$596 ;
   wire \$597 ;
   wire \$598 ;
-  wire \$599 ;
+  wire [32:0] \$599 ;
   wire \$6 ;
   wire [17:0] \$60 ;
   wire \$600 ;
   wire \$601 ;
-  wire \$602 ;
+  wire [14:0] \$602 ;
   wire \$603 ;
   wire \$604 ;
-  wire \$605 ;
+  wire [3:0] \$605 ;
   wire \$606 ;
   wire \$607 ;
   wire \$608 ;
@@ -1899,8 +1899,8 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$628 ;
   wire \$629 ;
   wire [21:0] \$63 ;
-  wire [16:0] \$630 ;
-  wire [32:0] \$631 ;
+  wire \$630 ;
+  wire \$631 ;
   wire \$632 ;
   wire \$633 ;
   wire \$634 ;
@@ -1908,12 +1908,12 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$636 ;
   wire \$637 ;
   wire \$638 ;
-  wire \$639 ;
+  wire [16:0] \$639 ;
   wire [20:0] \$64 ;
-  wire \$640 ;
+  wire [32:0] \$640 ;
   wire \$641 ;
   wire \$642 ;
-  wire [16:0] \$643 ;
+  wire \$643 ;
   wire \$644 ;
   wire \$645 ;
   wire \$646 ;
@@ -1923,7 +1923,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$65 ;
   wire \$650 ;
   wire \$651 ;
-  wire \$652 ;
+  wire [16:0] \$652 ;
   wire \$653 ;
   wire \$654 ;
   wire \$655 ;
@@ -1964,7 +1964,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$687 ;
   wire \$688 ;
   wire \$689 ;
-  wire [15:0] \$69 ;
+  wire \$69 ;
   wire \$690 ;
   wire \$691 ;
   wire \$692 ;
@@ -1976,7 +1976,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$698 ;
   wire \$699 ;
   wire \$7 ;
-  wire [7:0] \$70 ;
+  wire \$70 ;
   wire \$700 ;
   wire \$701 ;
   wire \$702 ;
@@ -1987,7 +1987,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$707 ;
   wire \$708 ;
   wire \$709 ;
-  wire [15:0] \$71 ;
+  wire [63:0] \$71 ;
   wire \$710 ;
   wire \$711 ;
   wire \$712 ;
@@ -1998,7 +1998,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$717 ;
   wire \$718 ;
   wire \$719 ;
-  wire [7:0] \$72 ;
+  wire [63:0] \$72 ;
   wire \$720 ;
   wire \$721 ;
   wire \$722 ;
@@ -2009,40 +2009,40 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$727 ;
   wire \$728 ;
   wire \$729 ;
-  wire [15:0] \$73 ;
+  wire \$73 ;
   wire \$730 ;
   wire \$731 ;
   wire \$732 ;
-  wire \$733 ;
-  wire \$734 ;
+  wire [24:0] \$733 ;
+  wire [33:0] \$734 ;
   wire \$735 ;
-  wire [24:0] \$736 ;
-  wire [33:0] \$737 ;
-  wire \$738 ;
+  wire \$736 ;
+  wire [24:0] \$737 ;
+  wire [33:0] \$738 ;
   wire \$739 ;
-  wire [7:0] \$74 ;
-  wire [24:0] \$740 ;
-  wire [33:0] \$741 ;
+  wire \$74 ;
+  wire \$740 ;
+  wire \$741 ;
   wire \$742 ;
   wire \$743 ;
   wire \$744 ;
   wire \$745 ;
   wire \$746 ;
   wire \$747 ;
-  wire \$748 ;
+  wire [3:0] \$748 ;
   wire \$749 ;
-  wire [15:0] \$75 ;
+  wire \$75 ;
   wire \$750 ;
-  wire [3:0] \$751 ;
-  wire \$752 ;
-  wire \$753 ;
+  wire \$751 ;
+  wire [3:0] \$752 ;
+  wire [14:0] \$753 ;
   wire \$754 ;
-  wire [3:0] \$755 ;
-  wire [14:0] \$756 ;
+  wire \$755 ;
+  wire \$756 ;
   wire \$757 ;
   wire \$758 ;
   wire \$759 ;
-  wire [7:0] \$76 ;
+  wire \$76 ;
   wire \$760 ;
   wire \$761 ;
   wire \$762 ;
@@ -2050,111 +2050,111 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$764 ;
   wire \$765 ;
   wire \$766 ;
-  wire \$767 ;
-  wire \$768 ;
+  wire [16:0] \$767 ;
+  wire [16:0] \$768 ;
   wire \$769 ;
   wire \$77 ;
-  wire [16:0] \$770 ;
-  wire [16:0] \$771 ;
+  wire [32:0] \$770 ;
+  wire \$771 ;
   wire \$772 ;
-  wire [32:0] \$773 ;
-  wire \$774 ;
+  wire \$773 ;
+  wire [32:0] \$774 ;
   wire \$775 ;
   wire \$776 ;
-  wire [32:0] \$777 ;
+  wire \$777 ;
   wire \$778 ;
   wire \$779 ;
-  wire \$78 ;
-  wire \$780 ;
-  wire \$781 ;
+  wire [15:0] \$78 ;
+  wire [16:0] \$780 ;
+  wire [16:0] \$781 ;
   wire \$782 ;
-  wire [16:0] \$783 ;
-  wire [16:0] \$784 ;
+  wire [32:0] \$783 ;
+  wire \$784 ;
   wire \$785 ;
-  wire [32:0] \$786 ;
+  wire \$786 ;
   wire \$787 ;
   wire \$788 ;
   wire \$789 ;
   wire \$79 ;
-  wire \$790 ;
-  wire \$791 ;
+  wire [16:0] \$790 ;
+  wire [16:0] \$791 ;
   wire \$792 ;
-  wire [16:0] \$793 ;
-  wire [16:0] \$794 ;
+  wire \$793 ;
+  wire \$794 ;
   wire \$795 ;
   wire \$796 ;
   wire \$797 ;
   wire \$798 ;
   wire \$799 ;
   wire \$8 ;
-  wire \$80 ;
-  wire \$800 ;
+  wire [15:0] \$80 ;
+  reg \$800 ;
   wire \$801 ;
   wire \$802 ;
-  reg \$803 ;
+  wire \$803 ;
   wire \$804 ;
-  wire \$805 ;
+  reg \$805 ;
   wire \$806 ;
   wire \$807 ;
-  reg \$808 ;
+  wire \$808 ;
   wire \$809 ;
   wire \$81 ;
   wire \$810 ;
   wire \$811 ;
-  wire \$812 ;
-  wire \$813 ;
-  wire \$814 ;
-  wire [4:0] \$815 ;
-  wire [16:0] \$816 ;
+  wire [4:0] \$812 ;
+  wire [16:0] \$813 ;
+  wire [16:0] \$814 ;
+  wire \$815 ;
+  wire \$816 ;
   wire [16:0] \$817 ;
-  wire \$818 ;
+  wire [16:0] \$818 ;
   wire \$819 ;
   wire \$82 ;
-  wire [16:0] \$820 ;
-  wire [16:0] \$821 ;
+  wire \$820 ;
+  wire \$821 ;
   wire \$822 ;
-  wire \$823 ;
-  wire \$824 ;
-  wire \$825 ;
-  wire [4:0] \$826 ;
-  wire [9:0] \$827 ;
-  wire [16:0] \$828 ;
+  wire [4:0] \$823 ;
+  wire [9:0] \$824 ;
+  wire [16:0] \$825 ;
+  wire \$826 ;
+  wire \$827 ;
+  wire \$828 ;
   wire \$829 ;
   wire \$83 ;
   wire \$830 ;
   wire \$831 ;
   wire \$832 ;
   wire \$833 ;
-  wire \$834 ;
+  wire [32:0] \$834 ;
   wire \$835 ;
-  wire \$836 ;
-  wire [32:0] \$837 ;
+  wire [16:0] \$836 ;
+  wire [16:0] \$837 ;
   wire \$838 ;
   wire [16:0] \$839 ;
-  wire [15:0] \$84 ;
+  wire \$84 ;
   wire [16:0] \$840 ;
   wire \$841 ;
-  wire [16:0] \$842 ;
-  wire [16:0] \$843 ;
+  reg \$842 ;
+  wire \$843 ;
   wire \$844 ;
-  reg \$845 ;
+  wire \$845 ;
   wire \$846 ;
   wire \$847 ;
-  wire \$848 ;
-  wire \$849 ;
+  wire [16:0] \$848 ;
+  wire [10:0] \$849 ;
   wire \$85 ;
   wire \$850 ;
   wire [16:0] \$851 ;
-  wire [10:0] \$852 ;
+  wire \$852 ;
   wire \$853 ;
-  wire [16:0] \$854 ;
-  wire \$855 ;
-  wire \$856 ;
-  wire [4:0] \$857 ;
-  wire [9:0] \$858 ;
-  wire [32:0] \$859 ;
-  wire [15:0] \$86 ;
-  wire [33:0] \$860 ;
+  wire [4:0] \$854 ;
+  wire [9:0] \$855 ;
+  wire [32:0] \$856 ;
+  wire [33:0] \$857 ;
+  wire \$858 ;
+  wire \$859 ;
+  wire \$86 ;
+  wire \$860 ;
   wire \$861 ;
   wire \$862 ;
   wire \$863 ;
@@ -2162,31 +2162,31 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$865 ;
   wire \$866 ;
   wire \$867 ;
-  wire \$868 ;
-  wire \$869 ;
-  wire \$87 ;
+  wire [16:0] \$868 ;
+  wire [32:0] \$869 ;
+  wire [3:0] \$87 ;
   wire \$870 ;
-  wire [16:0] \$871 ;
-  wire [32:0] \$872 ;
+  wire \$871 ;
+  wire \$872 ;
   wire \$873 ;
-  wire \$874 ;
-  wire \$875 ;
+  wire [3:0] \$874 ;
+  wire [3:0] \$875 ;
   wire \$876 ;
-  wire [3:0] \$877 ;
-  wire [3:0] \$878 ;
+  wire \$877 ;
+  wire \$878 ;
   wire \$879 ;
   wire \$88 ;
   wire \$880 ;
-  wire \$881 ;
-  wire \$882 ;
-  wire \$883 ;
-  reg [13:0] \$884 ;
-  reg [15:0] \$885 ;
+  reg [13:0] \$881 ;
+  reg [15:0] \$882 ;
+  reg \$883 ;
+  reg \$884 ;
+  reg \$885 ;
   reg \$886 ;
   reg \$887 ;
   reg \$888 ;
   reg \$889 ;
-  wire \$89 ;
+  wire [8:0] \$89 ;
   reg \$890 ;
   reg \$891 ;
   reg \$892 ;
@@ -2198,21 +2198,21 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   reg \$898 ;
   reg \$899 ;
   wire \$9 ;
-  wire \$90 ;
-  reg \$900 ;
+  wire [3:0] \$90 ;
+  reg [15:0] \$900 ;
   reg \$901 ;
   reg \$902 ;
-  reg [15:0] \$903 ;
+  reg \$903 ;
   reg \$904 ;
   reg \$905 ;
   reg \$906 ;
-  reg \$907 ;
+  reg [2:0] \$907 ;
   reg \$908 ;
-  reg \$909 ;
+  reg [2:0] \$909 ;
   wire \$91 ;
-  reg [2:0] \$910 ;
+  reg \$910 ;
   reg \$911 ;
-  reg [2:0] \$912 ;
+  reg \$912 ;
   reg \$913 ;
   reg \$914 ;
   reg \$915 ;
@@ -2220,7 +2220,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   reg \$917 ;
   reg [47:0] \$918 ;
   reg [47:0] \$919 ;
-  wire \$92 ;
+  wire [16:0] \$92 ;
   reg [47:0] \$920 ;
   reg [47:0] \$921 ;
   reg [47:0] \$922 ;
@@ -2253,7 +2253,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   reg [15:0] \$947 ;
   reg [31:0] \$948 ;
   reg [2:0] \$949 ;
-  wire [8:0] \$95 ;
+  wire [32:0] \$95 ;
   reg \$950 ;
   reg \$951 ;
   reg \$952 ;
@@ -2286,7 +2286,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   reg [511:0] \$977 ;
   reg [2:0] \$978 ;
   reg [31:0] \$979 ;
-  wire [16:0] \$98 ;
+  wire [64:0] \$98 ;
   reg [7:0] \$980 ;
   reg [15:0] \$981 ;
   reg [15:0] \$982 ;
@@ -2297,7 +2297,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   reg \$987 ;
   reg \$988 ;
   reg \$989 ;
-  wire [3:0] \$99 ;
+  wire \$99 ;
   reg [31:0] \$990 ;
   reg [15:0] \$991 ;
   reg \$992 ;
@@ -2309,143 +2309,143 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   reg [15:0] \$998 ;
   reg [15:0] \$999 ;
   reg \$signal ;
-  reg \$signal$293  = 1'h0;
-  reg [3:0] \$signal$300  = 4'h0;
-  reg \$signal$326  = 1'h0;
-  reg [15:0] \$signal$327  = 16'h0000;
-  reg \$signal$457  = 1'h0;
-  reg [31:0] \$signal$524  = 32'd0;
-  reg [31:0] \$signal$525  = 32'd0;
-  reg \$signal$546  = 1'h0;
+  reg \$signal$297  = 1'h0;
+  reg [3:0] \$signal$304  = 4'h0;
+  reg \$signal$330  = 1'h0;
+  reg [15:0] \$signal$331  = 16'h0000;
+  reg \$signal$461  = 1'h0;
+  reg [31:0] \$signal$531  = 32'd0;
+  reg [31:0] \$signal$532  = 32'd0;
+  reg \$signal$553  = 1'h0;
   wire [13:0] \$signature__addr ;
   wire [13:0] \$signature__addr$104 ;
-  reg [8:0] \$signature__addr$296 ;
-  reg [8:0] \$signature__addr$301 ;
-  reg [8:0] \$signature__addr$304 ;
-  reg [8:0] \$signature__addr$307 ;
-  reg [8:0] \$signature__addr$310 ;
-  reg [8:0] \$signature__addr$313 ;
-  reg [8:0] \$signature__addr$316 ;
-  reg [8:0] \$signature__addr$319 ;
-  reg [8:0] \$signature__addr$322 ;
-  reg [8:0] \$signature__addr$333 ;
+  reg [8:0] \$signature__addr$300 ;
+  reg [8:0] \$signature__addr$305 ;
+  reg [8:0] \$signature__addr$308 ;
+  reg [8:0] \$signature__addr$311 ;
+  reg [8:0] \$signature__addr$314 ;
+  reg [8:0] \$signature__addr$317 ;
+  reg [8:0] \$signature__addr$320 ;
+  reg [8:0] \$signature__addr$323 ;
+  reg [8:0] \$signature__addr$326 ;
   reg [8:0] \$signature__addr$337 ;
-  reg [8:0] \$signature__addr$339 ;
   reg [8:0] \$signature__addr$341 ;
   reg [8:0] \$signature__addr$343 ;
   reg [8:0] \$signature__addr$345 ;
   reg [8:0] \$signature__addr$347 ;
   reg [8:0] \$signature__addr$349 ;
   reg [8:0] \$signature__addr$351 ;
-  reg [8:0] \$signature__addr$356 ;
-  reg [8:0] \$signature__addr$361 ;
-  reg [8:0] \$signature__addr$364 ;
-  reg [8:0] \$signature__addr$367 ;
-  reg [8:0] \$signature__addr$370 ;
-  reg [8:0] \$signature__addr$373 ;
-  reg [8:0] \$signature__addr$376 ;
-  reg [8:0] \$signature__addr$379 ;
-  reg [8:0] \$signature__addr$382 ;
-  reg [8:0] \$signature__addr$385 ;
-  reg [8:0] \$signature__addr$387 ;
+  reg [8:0] \$signature__addr$353 ;
+  reg [8:0] \$signature__addr$355 ;
+  reg [8:0] \$signature__addr$360 ;
+  reg [8:0] \$signature__addr$365 ;
+  reg [8:0] \$signature__addr$368 ;
+  reg [8:0] \$signature__addr$371 ;
+  reg [8:0] \$signature__addr$374 ;
+  reg [8:0] \$signature__addr$377 ;
+  reg [8:0] \$signature__addr$380 ;
+  reg [8:0] \$signature__addr$383 ;
+  reg [8:0] \$signature__addr$386 ;
   reg [8:0] \$signature__addr$389 ;
   reg [8:0] \$signature__addr$391 ;
   reg [8:0] \$signature__addr$393 ;
   reg [8:0] \$signature__addr$395 ;
   reg [8:0] \$signature__addr$397 ;
+  reg [8:0] \$signature__addr$399 ;
+  reg [8:0] \$signature__addr$401 ;
   wire [15:0] \$signature__data ;
   wire [15:0] \$signature__data$110 ;
-  reg [8:0] \$signature__data$298 ;
   reg [8:0] \$signature__data$302 ;
-  reg [8:0] \$signature__data$305 ;
-  reg [8:0] \$signature__data$308 ;
-  reg [8:0] \$signature__data$311 ;
-  reg [8:0] \$signature__data$314 ;
-  reg [8:0] \$signature__data$317 ;
-  reg [8:0] \$signature__data$320 ;
-  reg [8:0] \$signature__data$323 ;
-  reg [7:0] \$signature__data$358 ;
+  reg [8:0] \$signature__data$306 ;
+  reg [8:0] \$signature__data$309 ;
+  reg [8:0] \$signature__data$312 ;
+  reg [8:0] \$signature__data$315 ;
+  reg [8:0] \$signature__data$318 ;
+  reg [8:0] \$signature__data$321 ;
+  reg [8:0] \$signature__data$324 ;
+  reg [8:0] \$signature__data$327 ;
   reg [7:0] \$signature__data$362 ;
-  reg [7:0] \$signature__data$365 ;
-  reg [7:0] \$signature__data$368 ;
-  reg [7:0] \$signature__data$371 ;
-  reg [7:0] \$signature__data$374 ;
-  reg [7:0] \$signature__data$377 ;
-  reg [7:0] \$signature__data$380 ;
-  wire [8:0] \$signature__data$401 ;
-  wire [8:0] \$signature__data$402 ;
-  wire [8:0] \$signature__data$403 ;
-  wire [8:0] \$signature__data$404 ;
+  reg [7:0] \$signature__data$366 ;
+  reg [7:0] \$signature__data$369 ;
+  reg [7:0] \$signature__data$372 ;
+  reg [7:0] \$signature__data$375 ;
+  reg [7:0] \$signature__data$378 ;
+  reg [7:0] \$signature__data$381 ;
+  reg [7:0] \$signature__data$384 ;
   wire [8:0] \$signature__data$405 ;
   wire [8:0] \$signature__data$406 ;
   wire [8:0] \$signature__data$407 ;
   wire [8:0] \$signature__data$408 ;
   wire [8:0] \$signature__data$409 ;
-  wire [7:0] \$signature__data$410 ;
-  wire [7:0] \$signature__data$411 ;
-  wire [7:0] \$signature__data$412 ;
-  wire [7:0] \$signature__data$413 ;
+  wire [8:0] \$signature__data$410 ;
+  wire [8:0] \$signature__data$411 ;
+  wire [8:0] \$signature__data$412 ;
+  wire [8:0] \$signature__data$413 ;
   wire [7:0] \$signature__data$414 ;
   wire [7:0] \$signature__data$415 ;
   wire [7:0] \$signature__data$416 ;
   wire [7:0] \$signature__data$417 ;
+  wire [7:0] \$signature__data$418 ;
+  wire [7:0] \$signature__data$419 ;
+  wire [7:0] \$signature__data$420 ;
+  wire [7:0] \$signature__data$421 ;
   wire \$signature__en ;
   wire \$signature__en$106 ;
-  reg \$signature__en$299 ;
   reg \$signature__en$303 ;
-  reg \$signature__en$306 ;
-  reg \$signature__en$309 ;
-  reg \$signature__en$312 ;
-  reg \$signature__en$315 ;
-  reg \$signature__en$318 ;
-  reg \$signature__en$321 ;
-  reg \$signature__en$324 ;
-  reg \$signature__en$335 ;
-  reg \$signature__en$338 ;
-  reg \$signature__en$340 ;
+  reg \$signature__en$307 ;
+  reg \$signature__en$310 ;
+  reg \$signature__en$313 ;
+  reg \$signature__en$316 ;
+  reg \$signature__en$319 ;
+  reg \$signature__en$322 ;
+  reg \$signature__en$325 ;
+  reg \$signature__en$328 ;
+  reg \$signature__en$339 ;
   reg \$signature__en$342 ;
   reg \$signature__en$344 ;
   reg \$signature__en$346 ;
   reg \$signature__en$348 ;
   reg \$signature__en$350 ;
   reg \$signature__en$352 ;
-  reg \$signature__en$359 ;
+  reg \$signature__en$354 ;
+  reg \$signature__en$356 ;
   reg \$signature__en$363 ;
-  reg \$signature__en$366 ;
-  reg \$signature__en$369 ;
-  reg \$signature__en$372 ;
-  reg \$signature__en$375 ;
-  reg \$signature__en$378 ;
-  reg \$signature__en$381 ;
-  reg \$signature__en$384 ;
-  reg \$signature__en$386 ;
+  reg \$signature__en$367 ;
+  reg \$signature__en$370 ;
+  reg \$signature__en$373 ;
+  reg \$signature__en$376 ;
+  reg \$signature__en$379 ;
+  reg \$signature__en$382 ;
+  reg \$signature__en$385 ;
   reg \$signature__en$388 ;
   reg \$signature__en$390 ;
   reg \$signature__en$392 ;
   reg \$signature__en$394 ;
   reg \$signature__en$396 ;
   reg \$signature__en$398 ;
+  reg \$signature__en$400 ;
+  reg \$signature__en$402 ;
   wire [63:0] a__payload;
-  reg [81:0] \a__payload$420 ;
-  wire [80:0] \a__payload$420.data ;
-  wire [8:0] \a__payload$420.data[0] ;
-  wire [8:0] \a__payload$420.data[1] ;
-  wire [8:0] \a__payload$420.data[2] ;
-  wire [8:0] \a__payload$420.data[3] ;
-  wire [8:0] \a__payload$420.data[4] ;
-  wire [8:0] \a__payload$420.data[5] ;
-  wire [8:0] \a__payload$420.data[6] ;
-  wire [8:0] \a__payload$420.data[7] ;
-  wire [8:0] \a__payload$420.data[8] ;
-  wire \a__payload$420.last ;
+  reg [81:0] \a__payload$424 ;
+  wire [80:0] \a__payload$424.data ;
+  wire [8:0] \a__payload$424.data[0] ;
+  wire [8:0] \a__payload$424.data[1] ;
+  wire [8:0] \a__payload$424.data[2] ;
+  wire [8:0] \a__payload$424.data[3] ;
+  wire [8:0] \a__payload$424.data[4] ;
+  wire [8:0] \a__payload$424.data[5] ;
+  wire [8:0] \a__payload$424.data[6] ;
+  wire [8:0] \a__payload$424.data[7] ;
+  wire [8:0] \a__payload$424.data[8] ;
+  wire \a__payload$424.last ;
   wire [15:0] \a__payload[0] ;
   wire [15:0] \a__payload[1] ;
   wire [15:0] \a__payload[2] ;
   wire [15:0] \a__payload[3] ;
   wire a__ready;
-  wire \a__ready$425 ;
+  wire \a__ready$429 ;
   reg a__valid;
-  reg \a__valid$418 ;
+  reg \a__valid$422 ;
   reg a_blocks_left = 1'h0;
   reg a_feed_k_hit = 1'h0;
   reg a_feed_nt_hit = 1'h0;
@@ -2466,6 +2466,10 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   reg a_read_last = 1'h0;
   wire add_d_clk;
   reg add_d_rst = 1'h1;
+  wire [15:0] add_res0;
+  wire [15:0] add_res1;
+  wire [15:0] add_res2;
+  wire [15:0] add_res3;
   (* init = 1'h1 *)
   wire add_rst;
   reg add_sel = 1'h0;
@@ -2513,11 +2517,11 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \b__payload.err ;
   wire b__ready;
   wire \b__ready$21 ;
-  wire \b__ready$250 ;
+  wire \b__ready$254 ;
   input b__valid;
   wire b__valid;
   wire \b__valid$23 ;
-  reg \b__valid$260 ;
+  reg \b__valid$264 ;
   wire [19:0] base;
   wire [19:0] \base$57 ;
   wire [19:0] \base$69 ;
@@ -2530,7 +2534,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   reg busy = 1'h0;
   (* init = 1'h0 *)
   wire \busy$129 ;
-  wire \busy$563 ;
+  wire \busy$570 ;
   wire [4:0] c__payload;
   (* init = 66'h00000000000000000 *)
   wire [65:0] \c__payload$142 ;
@@ -2609,6 +2613,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   (* init = 1'h0 *)
   wire \done$127 ;
   reg dst_keep;
+  reg dst_outside = 1'h0;
   wire dst_step;
   reg [8:0] elem;
   reg [15:0] elem_data;
@@ -2636,11 +2641,15 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire feed_valid;
   reg fetch_sent = 1'h0;
   wire \final ;
-  wire \final$500 ;
-  wire \final$503 ;
+  wire \final$504 ;
+  wire \final$507 ;
   reg [15:0] fnt = 16'h0000;
   wire gelu0_d_clk;
   reg gelu0_d_rst = 1'h1;
+  wire [15:0] gelu0_res0;
+  wire [15:0] gelu0_res1;
+  wire [15:0] gelu0_res2;
+  wire [15:0] gelu0_res3;
   (* init = 1'h1 *)
   wire gelu0_rst;
   reg gelu_sel0 = 1'h0;
@@ -2652,22 +2661,22 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   (* init = 1'h1 *)
   wire gemm_rst;
   wire [31:0] i__payload;
-  wire [16:0] \i__payload$473 ;
-  wire [15:0] \i__payload$473.data ;
-  wire \i__payload$473.last ;
-  wire [15:0] \i__payload$474 ;
+  wire [16:0] \i__payload$477 ;
+  wire [15:0] \i__payload$477.data ;
+  wire \i__payload$477.last ;
+  wire [15:0] \i__payload$478 ;
   wire [7:0] \i__payload[0] ;
   wire [7:0] \i__payload[1] ;
   wire [7:0] \i__payload[2] ;
   wire [7:0] \i__payload[3] ;
   wire i__ready;
-  wire \i__ready$479 ;
-  wire \i__ready$480 ;
+  wire \i__ready$483 ;
+  wire \i__ready$484 ;
   reg i__valid;
-  wire \i__valid$475 ;
-  wire \i__valid$476 ;
+  wire \i__valid$479 ;
+  wire \i__valid$480 ;
   wire idle;
-  wire \idle$540 ;
+  wire \idle$547 ;
   input [31:0] image_stride;
   wire [31:0] image_stride;
   input [15:0] images;
@@ -2736,10 +2745,10 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   reg is_transpose = 1'h0;
   reg [15:0] k = 16'h0000;
   wire last__3;
-  wire \last__3$504 ;
+  wire \last__3$508 ;
   wire last__4;
-  wire \last__4$499 ;
-  wire \last__4$502 ;
+  wire \last__4$503 ;
+  wire \last__4$506 ;
   wire layernorm_d_clk;
   reg layernorm_d_rst = 1'h1;
   wire [15:0] layernorm_elem;
@@ -2772,42 +2781,42 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   reg [15:0] \n__4$78 ;
   reg next;
   wire \next$107 ;
-  wire \next$471 ;
+  wire \next$475 ;
   reg [15:0] nt = 16'h0000;
   reg nt_hit = 1'h0;
   wire [63:0] o__payload;
-  wire [31:0] \o__payload$201 ;
-  wire [7:0] \o__payload$201[0] ;
-  wire [7:0] \o__payload$201[1] ;
-  wire [7:0] \o__payload$201[2] ;
-  wire [7:0] \o__payload$201[3] ;
-  wire [8:0] \o__payload$213 ;
-  wire [7:0] \o__payload$213.data ;
-  wire \o__payload$213.last ;
-  wire [7:0] \o__payload$215 ;
-  wire [255:0] \o__payload$433 ;
-  wire [31:0] \o__payload$433[0] ;
-  wire [31:0] \o__payload$433[1] ;
-  wire [31:0] \o__payload$433[2] ;
-  wire [31:0] \o__payload$433[3] ;
-  wire [31:0] \o__payload$433[4] ;
-  wire [31:0] \o__payload$433[5] ;
-  wire [31:0] \o__payload$433[6] ;
-  wire [31:0] \o__payload$433[7] ;
+  wire [31:0] \o__payload$203 ;
+  wire [7:0] \o__payload$203[0] ;
+  wire [7:0] \o__payload$203[1] ;
+  wire [7:0] \o__payload$203[2] ;
+  wire [7:0] \o__payload$203[3] ;
+  wire [8:0] \o__payload$217 ;
+  wire [7:0] \o__payload$217.data ;
+  wire \o__payload$217.last ;
+  wire [7:0] \o__payload$219 ;
+  wire [255:0] \o__payload$437 ;
+  wire [31:0] \o__payload$437[0] ;
+  wire [31:0] \o__payload$437[1] ;
+  wire [31:0] \o__payload$437[2] ;
+  wire [31:0] \o__payload$437[3] ;
+  wire [31:0] \o__payload$437[4] ;
+  wire [31:0] \o__payload$437[5] ;
+  wire [31:0] \o__payload$437[6] ;
+  wire [31:0] \o__payload$437[7] ;
   wire [15:0] \o__payload[0] ;
   wire [15:0] \o__payload[1] ;
   wire [15:0] \o__payload[2] ;
   wire [15:0] \o__payload[3] ;
   wire o__ready;
-  wire \o__ready$211 ;
-  wire \o__ready$224 ;
-  wire \o__ready$226 ;
-  wire \o__ready$434 ;
+  wire \o__ready$215 ;
+  wire \o__ready$228 ;
+  wire \o__ready$230 ;
+  wire \o__ready$438 ;
   wire o__valid;
-  wire \o__valid$207 ;
-  wire \o__valid$219 ;
-  wire \o__valid$222 ;
-  wire \o__valid$431 ;
+  wire \o__valid$211 ;
+  wire \o__valid$223 ;
+  wire \o__valid$226 ;
+  wire \o__valid$435 ;
   reg [31:0] offset = 32'd0;
   (* init = 48'h000000000000 *)
   wire [47:0] op_cycles0;
@@ -2947,41 +2956,37 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire r__valid;
   wire \r__valid$11 ;
   wire [127:0] r_data;
-  wire [18:0] \r_data$233 ;
-  wire [15:0] \r_data$244 ;
-  wire [63:0] \r_data$264 ;
-  wire [18:0] \r_data$354 ;
-  wire [63:0] \r_data$429 ;
-  wire [255:0] \r_data$449 ;
+  wire [18:0] \r_data$237 ;
+  wire [15:0] \r_data$248 ;
+  wire [63:0] \r_data$268 ;
+  wire [18:0] \r_data$358 ;
+  wire [63:0] \r_data$433 ;
+  wire [255:0] \r_data$453 ;
   reg r_en;
-  reg \r_en$257 ;
-  reg \r_en$267 ;
-  reg \r_en$426 ;
-  wire \r_en$437 ;
-  wire \r_en$477 ;
-  wire \r_en$478 ;
+  reg \r_en$261 ;
+  reg \r_en$271 ;
+  reg \r_en$430 ;
+  wire \r_en$441 ;
+  wire \r_en$481 ;
+  wire \r_en$482 ;
   wire r_rdy;
-  wire \r_rdy$243 ;
-  wire \r_rdy$256 ;
-  wire \r_rdy$259 ;
-  wire \r_rdy$262 ;
-  wire \r_rdy$423 ;
-  wire \r_rdy$436 ;
+  wire \r_rdy$247 ;
+  wire \r_rdy$260 ;
+  wire \r_rdy$263 ;
+  wire \r_rdy$266 ;
+  wire \r_rdy$427 ;
+  wire \r_rdy$440 ;
   reg [98:0] req__payload;
-  wire [34:0] \req__payload$458 ;
-  wire [31:0] \req__payload$458.addr ;
-  wire [2:0] \req__payload$458.lb ;
+  wire [34:0] \req__payload$462 ;
+  wire [31:0] \req__payload$462.addr ;
+  wire [2:0] \req__payload$462.lb ;
   wire [31:0] \req__payload.addr ;
   wire [63:0] \req__payload.data ;
   wire [2:0] \req__payload.lb ;
   wire req__ready;
-  wire \req__ready$470 ;
+  wire \req__ready$474 ;
   reg req__valid;
-  wire \req__valid$450 ;
-  wire [15:0] res_lane0;
-  wire [15:0] res_lane1;
-  wire [15:0] res_lane2;
-  wire [15:0] res_lane3;
+  wire \req__valid$454 ;
   reg res_to_pack = 1'h0;
   reg [15:0] rk = 16'h0000;
   reg rk_zero = 1'h0;
@@ -3014,9 +3019,11 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   reg src0_inflight = 1'h0;
   wire src0_issue;
   reg [2:0] src0_meta = 3'h0;
+  reg src0_outside = 1'h0;
   reg src1_inflight = 1'h0;
   wire src1_issue;
   reg [2:0] src1_meta = 3'h0;
+  reg src1_outside = 1'h0;
   input start;
   wire start;
   reg [17:0] strides__0;
@@ -3039,7 +3046,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   reg unit_rst = 1'h0;
   wire valid;
   wire \valid$101 ;
-  wire \valid$265 ;
+  wire \valid$269 ;
   reg [63:0] w__payload;
   wire [7:0] \w__payload[0] ;
   wire [7:0] \w__payload[1] ;
@@ -3063,19 +3070,19 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire [18:0] w_data;
   wire [18:0] \w_data$109 ;
   wire [127:0] \w_data$184 ;
-  wire [63:0] \w_data$208 ;
-  wire [15:0] \w_data$223 ;
-  wire [63:0] \w_data$283 ;
-  wire [255:0] \w_data$432 ;
+  wire [63:0] \w_data$212 ;
+  wire [15:0] \w_data$227 ;
+  wire [63:0] \w_data$287 ;
+  wire [255:0] \w_data$436 ;
   (* init = 1'h0 *)
   wire w_en;
   (* init = 1'h0 *)
   wire \w_en$108 ;
   reg \w_en$182  = 1'h0;
-  wire \w_en$205 ;
-  wire \w_en$216 ;
-  reg \w_en$281 ;
-  wire \w_en$430 ;
+  wire \w_en$207 ;
+  wire \w_en$220 ;
+  reg \w_en$285 ;
+  wire \w_en$434 ;
   reg w_feed_half = 1'h0;
   reg w_filled0 = 1'h0;
   reg w_filled1 = 1'h0;
@@ -3087,10 +3094,10 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   reg [3:0] w_load_lane = 4'h0;
   reg [15:0] w_load_nt = 16'h0000;
   wire w_rdy;
-  wire \w_rdy$225 ;
-  wire \w_rdy$254 ;
-  wire \w_rdy$435 ;
-  wire \w_rdy$466 ;
+  wire \w_rdy$229 ;
+  wire \w_rdy$258 ;
+  wire \w_rdy$439 ;
+  wire \w_rdy$470 ;
   reg [8:0] w_read_addr = 9'h000;
   reg w_read_free = 1'h0;
   reg w_read_half = 1'h0;
@@ -3619,16 +3626,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     a_cache0[511] = 9'h000;
   end
   always @(posedge gemm_d_clk) begin
-    if (\$signature__en$299 )
-      a_cache0[\$signature__addr$296 ] <= \$signature__data$298 ;
+    if (\$signature__en$303 )
+      a_cache0[\$signature__addr$300 ] <= \$signature__data$302 ;
   end
   reg [8:0] _0_;
   always @(posedge gemm_d_clk) begin
-    if (\$signature__en$335 ) begin
-      _0_ <= a_cache0[\$signature__addr$333 ];
+    if (\$signature__en$339 ) begin
+      _0_ <= a_cache0[\$signature__addr$337 ];
     end
   end
-  assign \$signature__data$401  = _0_;
+  assign \$signature__data$405  = _0_;
   reg [8:0] a_cache1 [511:0];
   initial begin
     a_cache1[0] = 9'h000;
@@ -4145,16 +4152,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     a_cache1[511] = 9'h000;
   end
   always @(posedge gemm_d_clk) begin
-    if (\$signature__en$303 )
-      a_cache1[\$signature__addr$301 ] <= \$signature__data$302 ;
+    if (\$signature__en$307 )
+      a_cache1[\$signature__addr$305 ] <= \$signature__data$306 ;
   end
   reg [8:0] _1_;
   always @(posedge gemm_d_clk) begin
-    if (\$signature__en$338 ) begin
-      _1_ <= a_cache1[\$signature__addr$337 ];
+    if (\$signature__en$342 ) begin
+      _1_ <= a_cache1[\$signature__addr$341 ];
     end
   end
-  assign \$signature__data$402  = _1_;
+  assign \$signature__data$406  = _1_;
   reg [8:0] a_cache2 [511:0];
   initial begin
     a_cache2[0] = 9'h000;
@@ -4671,16 +4678,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     a_cache2[511] = 9'h000;
   end
   always @(posedge gemm_d_clk) begin
-    if (\$signature__en$306 )
-      a_cache2[\$signature__addr$304 ] <= \$signature__data$305 ;
+    if (\$signature__en$310 )
+      a_cache2[\$signature__addr$308 ] <= \$signature__data$309 ;
   end
   reg [8:0] _2_;
   always @(posedge gemm_d_clk) begin
-    if (\$signature__en$340 ) begin
-      _2_ <= a_cache2[\$signature__addr$339 ];
+    if (\$signature__en$344 ) begin
+      _2_ <= a_cache2[\$signature__addr$343 ];
     end
   end
-  assign \$signature__data$403  = _2_;
+  assign \$signature__data$407  = _2_;
   reg [8:0] a_cache3 [511:0];
   initial begin
     a_cache3[0] = 9'h000;
@@ -5197,16 +5204,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     a_cache3[511] = 9'h000;
   end
   always @(posedge gemm_d_clk) begin
-    if (\$signature__en$309 )
-      a_cache3[\$signature__addr$307 ] <= \$signature__data$308 ;
+    if (\$signature__en$313 )
+      a_cache3[\$signature__addr$311 ] <= \$signature__data$312 ;
   end
   reg [8:0] _3_;
   always @(posedge gemm_d_clk) begin
-    if (\$signature__en$342 ) begin
-      _3_ <= a_cache3[\$signature__addr$341 ];
+    if (\$signature__en$346 ) begin
+      _3_ <= a_cache3[\$signature__addr$345 ];
     end
   end
-  assign \$signature__data$404  = _3_;
+  assign \$signature__data$408  = _3_;
   reg [8:0] a_cache4 [511:0];
   initial begin
     a_cache4[0] = 9'h000;
@@ -5723,16 +5730,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     a_cache4[511] = 9'h000;
   end
   always @(posedge gemm_d_clk) begin
-    if (\$signature__en$312 )
-      a_cache4[\$signature__addr$310 ] <= \$signature__data$311 ;
+    if (\$signature__en$316 )
+      a_cache4[\$signature__addr$314 ] <= \$signature__data$315 ;
   end
   reg [8:0] _4_;
   always @(posedge gemm_d_clk) begin
-    if (\$signature__en$344 ) begin
-      _4_ <= a_cache4[\$signature__addr$343 ];
+    if (\$signature__en$348 ) begin
+      _4_ <= a_cache4[\$signature__addr$347 ];
     end
   end
-  assign \$signature__data$405  = _4_;
+  assign \$signature__data$409  = _4_;
   reg [8:0] a_cache5 [511:0];
   initial begin
     a_cache5[0] = 9'h000;
@@ -6249,16 +6256,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     a_cache5[511] = 9'h000;
   end
   always @(posedge gemm_d_clk) begin
-    if (\$signature__en$315 )
-      a_cache5[\$signature__addr$313 ] <= \$signature__data$314 ;
+    if (\$signature__en$319 )
+      a_cache5[\$signature__addr$317 ] <= \$signature__data$318 ;
   end
   reg [8:0] _5_;
   always @(posedge gemm_d_clk) begin
-    if (\$signature__en$346 ) begin
-      _5_ <= a_cache5[\$signature__addr$345 ];
+    if (\$signature__en$350 ) begin
+      _5_ <= a_cache5[\$signature__addr$349 ];
     end
   end
-  assign \$signature__data$406  = _5_;
+  assign \$signature__data$410  = _5_;
   reg [8:0] a_cache6 [511:0];
   initial begin
     a_cache6[0] = 9'h000;
@@ -6775,16 +6782,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     a_cache6[511] = 9'h000;
   end
   always @(posedge gemm_d_clk) begin
-    if (\$signature__en$318 )
-      a_cache6[\$signature__addr$316 ] <= \$signature__data$317 ;
+    if (\$signature__en$322 )
+      a_cache6[\$signature__addr$320 ] <= \$signature__data$321 ;
   end
   reg [8:0] _6_;
   always @(posedge gemm_d_clk) begin
-    if (\$signature__en$348 ) begin
-      _6_ <= a_cache6[\$signature__addr$347 ];
+    if (\$signature__en$352 ) begin
+      _6_ <= a_cache6[\$signature__addr$351 ];
     end
   end
-  assign \$signature__data$407  = _6_;
+  assign \$signature__data$411  = _6_;
   reg [8:0] a_cache7 [511:0];
   initial begin
     a_cache7[0] = 9'h000;
@@ -7301,16 +7308,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     a_cache7[511] = 9'h000;
   end
   always @(posedge gemm_d_clk) begin
-    if (\$signature__en$321 )
-      a_cache7[\$signature__addr$319 ] <= \$signature__data$320 ;
+    if (\$signature__en$325 )
+      a_cache7[\$signature__addr$323 ] <= \$signature__data$324 ;
   end
   reg [8:0] _7_;
   always @(posedge gemm_d_clk) begin
-    if (\$signature__en$350 ) begin
-      _7_ <= a_cache7[\$signature__addr$349 ];
+    if (\$signature__en$354 ) begin
+      _7_ <= a_cache7[\$signature__addr$353 ];
     end
   end
-  assign \$signature__data$408  = _7_;
+  assign \$signature__data$412  = _7_;
   reg [8:0] a_cache8 [511:0];
   initial begin
     a_cache8[0] = 9'h000;
@@ -7827,16 +7834,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     a_cache8[511] = 9'h000;
   end
   always @(posedge gemm_d_clk) begin
-    if (\$signature__en$324 )
-      a_cache8[\$signature__addr$322 ] <= \$signature__data$323 ;
+    if (\$signature__en$328 )
+      a_cache8[\$signature__addr$326 ] <= \$signature__data$327 ;
   end
   reg [8:0] _8_;
   always @(posedge gemm_d_clk) begin
-    if (\$signature__en$352 ) begin
-      _8_ <= a_cache8[\$signature__addr$351 ];
+    if (\$signature__en$356 ) begin
+      _8_ <= a_cache8[\$signature__addr$355 ];
     end
   end
-  assign \$signature__data$409  = _8_;
+  assign \$signature__data$413  = _8_;
   reg [15:0] buffer [16383:0];
   initial begin
     buffer[0] = 16'h0000;
@@ -24756,16 +24763,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     w_cache0[511] = 8'h00;
   end
   always @(posedge gemm_d_clk) begin
-    if (\$signature__en$359 )
-      w_cache0[\$signature__addr$356 ] <= \$signature__data$358 ;
+    if (\$signature__en$363 )
+      w_cache0[\$signature__addr$360 ] <= \$signature__data$362 ;
   end
   reg [7:0] _11_;
   always @(posedge gemm_d_clk) begin
-    if (\$signature__en$384 ) begin
-      _11_ <= w_cache0[\$signature__addr$382 ];
+    if (\$signature__en$388 ) begin
+      _11_ <= w_cache0[\$signature__addr$386 ];
     end
   end
-  assign \$signature__data$410  = _11_;
+  assign \$signature__data$414  = _11_;
   reg [7:0] w_cache1 [511:0];
   initial begin
     w_cache1[0] = 8'h00;
@@ -25282,16 +25289,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     w_cache1[511] = 8'h00;
   end
   always @(posedge gemm_d_clk) begin
-    if (\$signature__en$363 )
-      w_cache1[\$signature__addr$361 ] <= \$signature__data$362 ;
+    if (\$signature__en$367 )
+      w_cache1[\$signature__addr$365 ] <= \$signature__data$366 ;
   end
   reg [7:0] _12_;
   always @(posedge gemm_d_clk) begin
-    if (\$signature__en$386 ) begin
-      _12_ <= w_cache1[\$signature__addr$385 ];
+    if (\$signature__en$390 ) begin
+      _12_ <= w_cache1[\$signature__addr$389 ];
     end
   end
-  assign \$signature__data$411  = _12_;
+  assign \$signature__data$415  = _12_;
   reg [7:0] w_cache2 [511:0];
   initial begin
     w_cache2[0] = 8'h00;
@@ -25808,16 +25815,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     w_cache2[511] = 8'h00;
   end
   always @(posedge gemm_d_clk) begin
-    if (\$signature__en$366 )
-      w_cache2[\$signature__addr$364 ] <= \$signature__data$365 ;
+    if (\$signature__en$370 )
+      w_cache2[\$signature__addr$368 ] <= \$signature__data$369 ;
   end
   reg [7:0] _13_;
   always @(posedge gemm_d_clk) begin
-    if (\$signature__en$388 ) begin
-      _13_ <= w_cache2[\$signature__addr$387 ];
+    if (\$signature__en$392 ) begin
+      _13_ <= w_cache2[\$signature__addr$391 ];
     end
   end
-  assign \$signature__data$412  = _13_;
+  assign \$signature__data$416  = _13_;
   reg [7:0] w_cache3 [511:0];
   initial begin
     w_cache3[0] = 8'h00;
@@ -26334,16 +26341,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     w_cache3[511] = 8'h00;
   end
   always @(posedge gemm_d_clk) begin
-    if (\$signature__en$369 )
-      w_cache3[\$signature__addr$367 ] <= \$signature__data$368 ;
+    if (\$signature__en$373 )
+      w_cache3[\$signature__addr$371 ] <= \$signature__data$372 ;
   end
   reg [7:0] _14_;
   always @(posedge gemm_d_clk) begin
-    if (\$signature__en$390 ) begin
-      _14_ <= w_cache3[\$signature__addr$389 ];
+    if (\$signature__en$394 ) begin
+      _14_ <= w_cache3[\$signature__addr$393 ];
     end
   end
-  assign \$signature__data$413  = _14_;
+  assign \$signature__data$417  = _14_;
   reg [7:0] w_cache4 [511:0];
   initial begin
     w_cache4[0] = 8'h00;
@@ -26860,16 +26867,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     w_cache4[511] = 8'h00;
   end
   always @(posedge gemm_d_clk) begin
-    if (\$signature__en$372 )
-      w_cache4[\$signature__addr$370 ] <= \$signature__data$371 ;
+    if (\$signature__en$376 )
+      w_cache4[\$signature__addr$374 ] <= \$signature__data$375 ;
   end
   reg [7:0] _15_;
   always @(posedge gemm_d_clk) begin
-    if (\$signature__en$392 ) begin
-      _15_ <= w_cache4[\$signature__addr$391 ];
+    if (\$signature__en$396 ) begin
+      _15_ <= w_cache4[\$signature__addr$395 ];
     end
   end
-  assign \$signature__data$414  = _15_;
+  assign \$signature__data$418  = _15_;
   reg [7:0] w_cache5 [511:0];
   initial begin
     w_cache5[0] = 8'h00;
@@ -27386,16 +27393,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     w_cache5[511] = 8'h00;
   end
   always @(posedge gemm_d_clk) begin
-    if (\$signature__en$375 )
-      w_cache5[\$signature__addr$373 ] <= \$signature__data$374 ;
+    if (\$signature__en$379 )
+      w_cache5[\$signature__addr$377 ] <= \$signature__data$378 ;
   end
   reg [7:0] _16_;
   always @(posedge gemm_d_clk) begin
-    if (\$signature__en$394 ) begin
-      _16_ <= w_cache5[\$signature__addr$393 ];
+    if (\$signature__en$398 ) begin
+      _16_ <= w_cache5[\$signature__addr$397 ];
     end
   end
-  assign \$signature__data$415  = _16_;
+  assign \$signature__data$419  = _16_;
   reg [7:0] w_cache6 [511:0];
   initial begin
     w_cache6[0] = 8'h00;
@@ -27912,16 +27919,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     w_cache6[511] = 8'h00;
   end
   always @(posedge gemm_d_clk) begin
-    if (\$signature__en$378 )
-      w_cache6[\$signature__addr$376 ] <= \$signature__data$377 ;
+    if (\$signature__en$382 )
+      w_cache6[\$signature__addr$380 ] <= \$signature__data$381 ;
   end
   reg [7:0] _17_;
   always @(posedge gemm_d_clk) begin
-    if (\$signature__en$396 ) begin
-      _17_ <= w_cache6[\$signature__addr$395 ];
+    if (\$signature__en$400 ) begin
+      _17_ <= w_cache6[\$signature__addr$399 ];
     end
   end
-  assign \$signature__data$416  = _17_;
+  assign \$signature__data$420  = _17_;
   reg [7:0] w_cache7 [511:0];
   initial begin
     w_cache7[0] = 8'h00;
@@ -28438,16 +28445,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     w_cache7[511] = 8'h00;
   end
   always @(posedge gemm_d_clk) begin
-    if (\$signature__en$381 )
-      w_cache7[\$signature__addr$379 ] <= \$signature__data$380 ;
+    if (\$signature__en$385 )
+      w_cache7[\$signature__addr$383 ] <= \$signature__data$384 ;
   end
   reg [7:0] _18_;
   always @(posedge gemm_d_clk) begin
-    if (\$signature__en$398 ) begin
-      _18_ <= w_cache7[\$signature__addr$397 ];
+    if (\$signature__en$402 ) begin
+      _18_ <= w_cache7[\$signature__addr$401 ];
     end
   end
-  assign \$signature__data$417  = _18_;
+  assign \$signature__data$421  = _18_;
   assign \$1  = | ins[511:510];
   assign \$2  = is_gemm & \$1 ;
   assign \$3  = ~ post_gelu;
@@ -28502,883 +28509,883 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   assign \$67  = c_valid2 & \c__ready$136 ;
   assign \$68  = c_valid3 & \c__ready$138 ;
   assign c_fire = | { \$68 , \$67 , \$66 , \$65  };
-  assign \$69  = sink_from_add ? o__payload[15:0] : 16'h0000;
-  assign \$70  = sink_from_gelu0 ? \o__payload$201 [7:0] : 8'h00;
-  assign res_lane0 = \$69  | { \$70 [7], \$70 [7], \$70 [7], \$70 [7], \$70 [7], \$70 [7], \$70 [7], \$70 [7], \$70  };
-  assign \$71  = sink_from_add ? o__payload[31:16] : 16'h0000;
-  assign \$72  = sink_from_gelu0 ? \o__payload$201 [15:8] : 8'h00;
-  assign res_lane1 = \$71  | { \$72 [7], \$72 [7], \$72 [7], \$72 [7], \$72 [7], \$72 [7], \$72 [7], \$72 [7], \$72  };
-  assign \$73  = sink_from_add ? o__payload[47:32] : 16'h0000;
-  assign \$74  = sink_from_gelu0 ? \o__payload$201 [23:16] : 8'h00;
-  assign res_lane2 = \$73  | { \$74 [7], \$74 [7], \$74 [7], \$74 [7], \$74 [7], \$74 [7], \$74 [7], \$74 [7], \$74  };
-  assign \$75  = sink_from_add ? o__payload[63:48] : 16'h0000;
-  assign \$76  = sink_from_gelu0 ? \o__payload$201 [31:24] : 8'h00;
-  assign res_lane3 = \$75  | { \$76 [7], \$76 [7], \$76 [7], \$76 [7], \$76 [7], \$76 [7], \$76 [7], \$76 [7], \$76  };
-  assign \$77  = sink_from_add & o__valid;
-  assign \$78  = sink_from_gelu0 & \o__valid$207 ;
-  assign \w_en$205  = | { \$78 , \$77  };
+  assign \$69  = sink_from_add & o__valid;
+  assign \$70  = sink_from_gelu0 & \o__valid$211 ;
+  assign \w_en$207  = | { \$70 , \$69  };
+  assign \$71  = sink_from_add ? o__payload : 64'h0000000000000000;
+  assign \$72  = sink_from_gelu0 ? { \o__payload$203 [31], \o__payload$203 [31], \o__payload$203 [31], \o__payload$203 [31], \o__payload$203 [31], \o__payload$203 [31], \o__payload$203 [31], \o__payload$203 [31], \o__payload$203 [31:23], \o__payload$203 [23], \o__payload$203 [23], \o__payload$203 [23], \o__payload$203 [23], \o__payload$203 [23], \o__payload$203 [23], \o__payload$203 [23], \o__payload$203 [23:15], \o__payload$203 [15], \o__payload$203 [15], \o__payload$203 [15], \o__payload$203 [15], \o__payload$203 [15], \o__payload$203 [15], \o__payload$203 [15], \o__payload$203 [15:7], \o__payload$203 [7], \o__payload$203 [7], \o__payload$203 [7], \o__payload$203 [7], \o__payload$203 [7], \o__payload$203 [7], \o__payload$203 [7], \o__payload$203 [7:0] } : 64'h0000000000000000;
+  assign \w_data$212  = \$71  | \$72 ;
   assign o__ready = sink_from_add & w_rdy;
-  assign \o__ready$211  = sink_from_gelu0 & w_rdy;
-  assign \$79  = sink_from_softmax | a_from_softmax;
-  assign \$80  = \$79  & \o__valid$219 ;
-  assign \$81  = sink_from_layernorm | a_from_layernorm;
-  assign \$82  = \$81  & \o__valid$222 ;
-  assign \w_en$216  = | { \$82 , \$80  };
-  assign \$83  = sink_from_softmax | a_from_softmax;
-  assign \$84  = \$83  ? { 8'h00, \o__payload$213 [7:0] } : 16'h0000;
-  assign \$85  = sink_from_layernorm | a_from_layernorm;
-  assign \$86  = \$85  ? { \o__payload$215 [7], \o__payload$215 [7], \o__payload$215 [7], \o__payload$215 [7], \o__payload$215 [7], \o__payload$215 [7], \o__payload$215 [7], \o__payload$215 [7], \o__payload$215  } : 16'h0000;
-  assign \w_data$223  = \$84  | \$86 ;
-  assign \$87  = sink_from_softmax | a_from_softmax;
-  assign \o__ready$224  = \$87  & \w_rdy$225 ;
-  assign \$88  = sink_from_layernorm | a_from_layernorm;
-  assign \o__ready$226  = \$88  & \w_rdy$225 ;
-  assign \$89  = is_softmax | is_layernorm;
-  assign \$90  = ~ ext_req_valid;
-  assign \$91  = \$90  | req__ready;
-  assign \$92  = valid & \$91 ;
-  assign \$95  = \$94  ? { beat__payload[7], beat__payload[7:0] } : { 1'h0, beat__payload[7:0] };
-  assign \$98  = \$97  ? { beat__payload[15], beat__payload[15:0] } : { 1'h0, beat__payload[15:0] };
-  assign \$101  = \$100  ? { beat__payload[31], beat__payload[31:0] } : { 1'h0, beat__payload[31:0] };
-  assign \$104  = \$103  ? { beat__payload[63], beat__payload[63:0] } : { 1'h0, beat__payload[63:0] };
-  assign \$105  = beat__valid & beat__payload[512];
-  assign \$106  = a__ready & \b__ready$250 ;
-  assign \$107  = sink_from_add & \$106 ;
-  assign \$108  = sink_from_gelu0 & i__ready;
-  assign \$109  = | { \$108 , \$107  };
+  assign \o__ready$215  = sink_from_gelu0 & w_rdy;
+  assign \$73  = sink_from_softmax | a_from_softmax;
+  assign \$74  = \$73  & \o__valid$223 ;
+  assign \$75  = sink_from_layernorm | a_from_layernorm;
+  assign \$76  = \$75  & \o__valid$226 ;
+  assign \w_en$220  = | { \$76 , \$74  };
+  assign \$77  = sink_from_softmax | a_from_softmax;
+  assign \$78  = \$77  ? { 8'h00, \o__payload$217 [7:0] } : 16'h0000;
+  assign \$79  = sink_from_layernorm | a_from_layernorm;
+  assign \$80  = \$79  ? { \o__payload$219 [7], \o__payload$219 [7], \o__payload$219 [7], \o__payload$219 [7], \o__payload$219 [7], \o__payload$219 [7], \o__payload$219 [7], \o__payload$219 [7], \o__payload$219  } : 16'h0000;
+  assign \w_data$227  = \$78  | \$80 ;
+  assign \$81  = sink_from_softmax | a_from_softmax;
+  assign \o__ready$228  = \$81  & \w_rdy$229 ;
+  assign \$82  = sink_from_layernorm | a_from_layernorm;
+  assign \o__ready$230  = \$82  & \w_rdy$229 ;
+  assign \$83  = is_softmax | is_layernorm;
+  assign \$84  = ~ ext_req_valid;
+  assign \$85  = \$84  | req__ready;
+  assign \$86  = valid & \$85 ;
+  assign \$89  = \$88  ? { beat__payload[7], beat__payload[7:0] } : { 1'h0, beat__payload[7:0] };
+  assign \$92  = \$91  ? { beat__payload[15], beat__payload[15:0] } : { 1'h0, beat__payload[15:0] };
+  assign \$95  = \$94  ? { beat__payload[31], beat__payload[31:0] } : { 1'h0, beat__payload[31:0] };
+  assign \$98  = \$97  ? { beat__payload[63], beat__payload[63:0] } : { 1'h0, beat__payload[63:0] };
+  assign \$99  = beat__valid & beat__payload[512];
+  assign \$100  = a__ready & \b__ready$254 ;
+  assign \$101  = sink_from_add & \$100 ;
+  assign \$102  = sink_from_gelu0 & i__ready;
+  assign \$103  = | { \$102 , \$101  };
+  assign \$104  = ~ \w_en$182 ;
+  assign \$105  = \$104  | \w_rdy$258 ;
+  assign \$106  = \$105  & elem_valid;
+  assign \$107  = ~ add_sel;
+  assign \$108  = \r_rdy$260  | \$107 ;
+  assign \$109  = \$106  & \$108 ;
   assign \$110  = ~ \w_en$182 ;
-  assign \$111  = \$110  | \w_rdy$254 ;
+  assign \$111  = \$110  | \w_rdy$258 ;
   assign \$112  = \$111  & elem_valid;
   assign \$113  = ~ add_sel;
-  assign \$114  = \r_rdy$256  | \$113 ;
+  assign \$114  = \r_rdy$260  | \$113 ;
   assign \$115  = \$112  & \$114 ;
-  assign \$116  = ~ \w_en$182 ;
-  assign \$117  = \$116  | \w_rdy$254 ;
-  assign \$118  = \$117  & elem_valid;
-  assign \$119  = ~ add_sel;
-  assign \$120  = \r_rdy$256  | \$119 ;
-  assign \$121  = \$118  & \$120 ;
-  assign \$122  = \$121  & add_sel;
-  assign \$123  = sink_from_add & \r_rdy$259 ;
-  assign \$124  = sink_from_add & \r_rdy$259 ;
-  assign \$125  = sink_from_gelu0 & \r_rdy$259 ;
-  assign \$127  = \r_rdy$262  & \valid$265 ;
-  assign \$128  = pack_jo == 2'h3;
-  assign \$129  = \$128  | \final ;
-  assign \$130  = q0_to_pack & r_rdy;
-  assign \$131  = res_to_pack & gemm_res_valid;
-  assign elem_valid = \$130  | \$131 ;
-  assign \$132  = ~ is_linear;
-  assign \$133  = \$132  | rk_zero;
-  assign \$134  = \$133  & beat__valid;
-  assign \$135  = ~ is_linear;
-  assign \$136  = \$135  | rk_zero;
-  assign \$137  = ~ \$136 ;
-  assign \$138  = beat__valid & \$137 ;
-  assign \$139  = pre_ln | pre_sm;
-  assign a_in = \$139  ? \r_data$244  : \r_data$233 [15:0];
-  assign \$140  = a_from_softmax | a_from_layernorm;
-  assign \$141  = \$140  & \r_rdy$243 ;
-  assign \$142  = a_from_src0 & r_rdy;
-  assign a_in_valid = \$141  | \$142 ;
-  assign \$145  = \$144  ? { a_in[1], a_in[1:0] } : { 1'h0, a_in[1:0] };
-  assign \$148  = \$147  ? { a_in[2], a_in[2:0] } : { 1'h0, a_in[2:0] };
-  assign \$151  = \$150  ? { a_in[3], a_in[3:0] } : { 1'h0, a_in[3:0] };
-  assign \$154  = \$153  ? { a_in[4], a_in[4:0] } : { 1'h0, a_in[4:0] };
-  assign \$157  = \$156  ? { a_in[5], a_in[5:0] } : { 1'h0, a_in[5:0] };
-  assign \$160  = \$159  ? { a_in[6], a_in[6:0] } : { 1'h0, a_in[6:0] };
-  assign \$163  = \$162  ? { a_in[7], a_in[7:0] } : { 1'h0, a_in[7:0] };
-  assign \$165  = ~ \$164 ;
-  assign \$166  = a_in_valid & \$165 ;
-  assign \$167  = \$signal$293  * 9'h100;
-  assign \$168  = \$167  + lk;
-  assign \$170  = ~ \$169 ;
-  assign \$171  = a_in_valid & \$170 ;
-  assign \$172  = | \$signal$300 ;
-  assign \$173  = ~ \$172 ;
-  assign \$174  = \$171  & \$173 ;
-  assign \$175  = \$signal$293  * 9'h100;
-  assign \$176  = \$175  + lk;
-  assign \$178  = ~ \$177 ;
-  assign \$179  = a_in_valid & \$178 ;
-  assign \$180  = \$signal$300  == 1'h1;
-  assign \$181  = \$179  & \$180 ;
-  assign \$182  = \$signal$293  * 9'h100;
-  assign \$183  = \$182  + lk;
-  assign \$185  = ~ \$184 ;
-  assign \$186  = a_in_valid & \$185 ;
-  assign \$187  = \$signal$300  == 2'h2;
-  assign \$188  = \$186  & \$187 ;
-  assign \$189  = \$signal$293  * 9'h100;
-  assign \$190  = \$189  + lk;
-  assign \$192  = ~ \$191 ;
-  assign \$193  = a_in_valid & \$192 ;
-  assign \$194  = \$signal$300  == 2'h3;
-  assign \$195  = \$193  & \$194 ;
-  assign \$196  = \$signal$293  * 9'h100;
-  assign \$197  = \$196  + lk;
-  assign \$199  = ~ \$198 ;
-  assign \$200  = a_in_valid & \$199 ;
-  assign \$201  = \$signal$300  == 3'h4;
-  assign \$202  = \$200  & \$201 ;
-  assign \$203  = \$signal$293  * 9'h100;
-  assign \$204  = \$203  + lk;
-  assign \$206  = ~ \$205 ;
-  assign \$207  = a_in_valid & \$206 ;
-  assign \$208  = \$signal$300  == 3'h5;
-  assign \$209  = \$207  & \$208 ;
-  assign \$210  = \$signal$293  * 9'h100;
-  assign \$211  = \$210  + lk;
-  assign \$213  = ~ \$212 ;
-  assign \$214  = a_in_valid & \$213 ;
-  assign \$215  = \$signal$300  == 3'h6;
-  assign \$216  = \$214  & \$215 ;
-  assign \$217  = \$signal$293  * 9'h100;
-  assign \$218  = \$217  + lk;
-  assign \$220  = ~ \$219 ;
-  assign \$221  = a_in_valid & \$220 ;
-  assign \$222  = \$signal$300  == 3'h7;
-  assign \$223  = \$221  & \$222 ;
-  assign \$224  = \$signal$293  * 9'h100;
-  assign \$225  = \$224  + lk;
-  assign \$227  = ~ \$226 ;
-  assign \$228  = a_in_valid & \$227 ;
-  assign \$229  = \$signal$300  == 4'h8;
-  assign \$230  = \$228  & \$229 ;
-  assign \$232  = \$signal$293  == \$signal$326 ;
-  assign \$233  = lk > \$signal$327 ;
-  assign \$234  = \$232  & \$233 ;
-  assign \$235  = pre_ln | pre_sm;
-  assign \$236  = ~ \$235 ;
-  assign \$237  = \$234  & \$236 ;
-  assign \$238  = \$231  | \$237 ;
-  assign \$240  = is_linear | \$239 ;
-  assign \$241  = \$238  & \$240 ;
-  assign \$242  = \$241  & feed_queue_room;
-  assign \$243  = \$242  & a_blocks_left;
-  assign \$244  = ~ is_linear;
-  assign \$246  = ~ \$245 ;
-  assign \$247  = \r_rdy$256  & \$246 ;
-  assign \$248  = ~ is_linear;
-  assign \$249  = \$247  & \$248 ;
-  assign \$250  = w_load_half * 9'h100;
-  assign \$251  = \$250  + w_load_addr;
-  assign \$253  = ~ \$252 ;
-  assign \$254  = \r_rdy$256  & \$253 ;
-  assign \$255  = ~ is_linear;
-  assign \$256  = \$254  & \$255 ;
-  assign \$257  = | w_load_lane;
-  assign \$258  = ~ \$257 ;
-  assign \$259  = \$256  & \$258 ;
-  assign \$260  = w_load_half * 9'h100;
-  assign \$261  = \$260  + w_load_addr;
-  assign \$263  = ~ \$262 ;
-  assign \$264  = \r_rdy$256  & \$263 ;
-  assign \$265  = ~ is_linear;
-  assign \$266  = \$264  & \$265 ;
-  assign \$267  = w_load_lane == 1'h1;
-  assign \$268  = \$266  & \$267 ;
-  assign \$269  = w_load_half * 9'h100;
-  assign \$270  = \$269  + w_load_addr;
-  assign \$272  = ~ \$271 ;
-  assign \$273  = \r_rdy$256  & \$272 ;
-  assign \$274  = ~ is_linear;
-  assign \$275  = \$273  & \$274 ;
-  assign \$276  = w_load_lane == 2'h2;
-  assign \$277  = \$275  & \$276 ;
-  assign \$278  = w_load_half * 9'h100;
-  assign \$279  = \$278  + w_load_addr;
-  assign \$281  = ~ \$280 ;
-  assign \$282  = \r_rdy$256  & \$281 ;
-  assign \$283  = ~ is_linear;
-  assign \$284  = \$282  & \$283 ;
-  assign \$285  = w_load_lane == 2'h3;
-  assign \$286  = \$284  & \$285 ;
-  assign \$287  = w_load_half * 9'h100;
-  assign \$288  = \$287  + w_load_addr;
-  assign \$290  = ~ \$289 ;
-  assign \$291  = \r_rdy$256  & \$290 ;
-  assign \$292  = ~ is_linear;
-  assign \$293  = \$291  & \$292 ;
-  assign \$294  = w_load_lane == 3'h4;
-  assign \$295  = \$293  & \$294 ;
-  assign \$296  = w_load_half * 9'h100;
-  assign \$297  = \$296  + w_load_addr;
-  assign \$299  = ~ \$298 ;
-  assign \$300  = \r_rdy$256  & \$299 ;
-  assign \$301  = ~ is_linear;
-  assign \$302  = \$300  & \$301 ;
-  assign \$303  = w_load_lane == 3'h5;
-  assign \$304  = \$302  & \$303 ;
-  assign \$305  = w_load_half * 9'h100;
-  assign \$306  = \$305  + w_load_addr;
-  assign \$308  = ~ \$307 ;
-  assign \$309  = \r_rdy$256  & \$308 ;
-  assign \$310  = ~ is_linear;
-  assign \$311  = \$309  & \$310 ;
-  assign \$312  = w_load_lane == 3'h6;
-  assign \$313  = \$311  & \$312 ;
-  assign \$314  = w_load_half * 9'h100;
-  assign \$315  = \$314  + w_load_addr;
-  assign \$317  = ~ \$316 ;
-  assign \$318  = \r_rdy$256  & \$317 ;
-  assign \$319  = ~ is_linear;
-  assign \$320  = \$318  & \$319 ;
-  assign \$321  = w_load_lane == 3'h7;
-  assign \$322  = \$320  & \$321 ;
-  assign \$323  = is_linear ? \r_rdy$423  : feed_valid;
-  assign \$324  = is_linear & w__ready;
-  assign \$325  = is_linear ? \r_data$429 [7:0] : feed_beat[89:82];
-  assign \$326  = is_linear ? \r_data$429 [15:8] : feed_beat[97:90];
-  assign \$327  = is_linear ? \r_data$429 [23:16] : feed_beat[105:98];
-  assign \$328  = is_linear ? \r_data$429 [31:24] : feed_beat[113:106];
-  assign \$329  = is_linear ? \r_data$429 [39:32] : feed_beat[121:114];
-  assign \$330  = is_linear ? \r_data$429 [47:40] : feed_beat[129:122];
-  assign \$331  = is_linear ? \r_data$429 [55:48] : feed_beat[137:130];
-  assign \$332  = is_linear ? \r_data$429 [63:56] : feed_beat[145:138];
-  assign \$333  = sink_from_gemm & dst_step;
-  assign \$334  = \$333  & last__4;
-  assign \$335  = res_to_pack & elem_take;
-  assign \$336  = post_col == 3'h7;
-  assign \$337  = \$335  & \$336 ;
-  assign \r_en$437  = \$334  | \$337 ;
-  assign \$338  = index__1 != dec_mt_last;
-  assign \$339  = index__3 < dec_rows_last;
-  assign \$340  = \$338  | \$339 ;
-  assign \$341  = index__2 * 4'h8;
-  assign \$342  = \$341  + index__4;
-  assign \$343  = \$342  < ins[71:56];
-  assign \$344  = \$340  & \$343 ;
-  assign \$345  = post_gelu | post_add;
-  assign \$346  = ~ \$345 ;
-  assign \$347  = gemm_active & \$346 ;
-  assign \$349  = post_gelu | post_add;
-  assign \$350  = gemm_active & \$349 ;
-  assign \$352  = ~ fetch_sent;
-  assign \$353  = in_fetch & \$352 ;
-  assign \$354  = | c_ask;
-  assign \$355  = in_const & \$354 ;
-  assign \$356  = sink_from_load & ext_req_valid;
-  assign \$358  = gemm_active & \$signal$457 ;
-  assign \req__valid$450  = | { \$358 , \$357 , \$356 , \$355 , \$353  };
-  assign \$359  = in_fetch ? pc : 32'd0;
-  assign \$360  = in_const ? c_addr : 32'd0;
-  assign \$361  = \$359  | \$360 ;
-  assign \$362  = sink_from_load ? ext_req_addr : 32'd0;
-  assign \$363  = \$361  | \$362 ;
-  assign \$366  = want_w ? w_addr : p_addr;
-  assign \$367  = gemm_active ? \$366  : 32'd0;
-  assign \$368  = \$365  | \$367 ;
-  assign \$369  = in_fetch ? 3'h6 : 3'h0;
-  assign \$370  = in_const ? dec_c_lb : 3'h0;
-  assign \$371  = \$369  | \$370 ;
-  assign \$372  = sink_from_load ? ins[23:22] : 2'h0;
-  assign \$373  = \$371  | { 1'h0, \$372  };
-  assign \$376  = want_w ? w_lb : 3'h6;
-  assign \$377  = gemm_active ? \$376  : 3'h0;
-  assign \$378  = \$375  | \$377 ;
-  assign \$380  = ~ c_full;
-  assign \$381  = in_const & \$380 ;
-  assign \$382  = sink_from_load & \valid$265 ;
-  assign \$384  = ~ is_linear;
-  assign \$385  = \$384  | rk_zero;
-  assign \$386  = \$385  ? p__ready : \w_rdy$466 ;
-  assign \$387  = gemm_active & \$386 ;
-  assign beat__ready = | { \$387 , \$383 , \$382 , \$381 , \$379  };
-  assign \$388  = sink_from_move & r_rdy;
-  assign \$389  = sink_from_load & beat__valid;
-  assign \$390  = ~ ext_req_valid;
-  assign \$391  = \$390  | \req__ready$470 ;
-  assign \$392  = r_rdy & \$391 ;
-  assign \$393  = sink_from_store & \$392 ;
-  assign \$394  = sink_from_softmax & \r_rdy$243 ;
-  assign \$395  = sink_from_layernorm & \r_rdy$243 ;
-  assign \$396  = sink_from_add & \r_rdy$262 ;
-  assign \$397  = sink_from_gelu0 & \r_rdy$262 ;
-  assign \$398  = sink_from_gemm & gemm_res_valid;
-  assign \$399  = | { \$398 , \$397 , \$396 , \$395 , \$394 , \$393 , \$389 , \$388  };
-  assign dst_step = \valid$265  & \$399 ;
-  assign \$400  = ~ sink_from_store;
-  assign \$401  = dst_step & \$400 ;
-  assign wr_en = \$401  & dst_keep;
-  assign \$402  = sink_from_softmax | a_from_softmax;
-  assign \i__valid$475  = \$402  & r_rdy;
-  assign \$403  = sink_from_layernorm | a_from_layernorm;
-  assign \i__valid$476  = \$403  & r_rdy;
-  assign \$404  = sink_from_softmax | sink_from_layernorm;
-  assign \$405  = \$404  & \valid$265 ;
-  assign \$406  = a_from_softmax | a_from_layernorm;
-  assign \$407  = \$406  & a_in_take;
-  assign \r_en$477  = \$405  | \$407 ;
-  assign \$408  = sink_from_move & \valid$265 ;
-  assign \$409  = sink_from_store & \valid$265 ;
-  assign \$410  = ~ ext_req_valid;
-  assign \$411  = \$410  | \req__ready$470 ;
-  assign \$412  = \$409  & \$411 ;
-  assign \$413  = sink_from_softmax | a_from_softmax;
-  assign \$414  = \$413  & \i__ready$479 ;
-  assign \$415  = sink_from_layernorm | a_from_layernorm;
-  assign \$416  = \$415  & \i__ready$480 ;
-  assign \$417  = q0_to_pack & elem_take;
-  assign \$418  = a_from_src0 & a_in_take;
-  assign \$419  = | { \$418 , \$417 , \$416 , \$414 , \$412 , \$408  };
-  assign \r_en$478  = r_rdy & \$419 ;
-  assign \$420  = in_stream & err;
-  assign \$421  = ~ busy;
-  assign clear = start & \$421 ;
-  assign \$422  = rst | unit_rst;
-  assign \$423  = rst | unit_rst;
-  assign \$424  = rst | unit_rst;
-  assign \$425  = rst | unit_rst;
-  assign \$426  = rst | unit_rst;
-  assign \$427  = ins[5:0] == 1'h1;
-  assign \$428  = ins[5:0] == 2'h2;
-  assign \$429  = ins[5:0] == 2'h3;
-  assign \$430  = ins[5:0] == 3'h4;
-  assign \$431  = ins[5:0] == 3'h5;
-  assign \$432  = ins[5:0] == 3'h6;
-  assign \$433  = ins[5:0] == 3'h7;
-  assign \$434  = ins[5:0] == 4'h8;
-  assign \$435  = ins[5:0] == 4'h9;
-  assign \$436  = ins[5:0] == 4'ha;
-  assign \$437  = ins[5:0] == 4'hb;
-  assign \$438  = ins[5:0] == 4'hc;
-  assign \$439  = ins[5:0] == 4'hd;
-  assign \$440  = ins[5:0] == 4'he;
-  assign \$441  = ins[5:0] == 4'hf;
-  assign \$442  = 1'h1 << ins[3:0];
+  assign \$116  = \$115  & add_sel;
+  assign \$117  = sink_from_add & \r_rdy$263 ;
+  assign \$118  = sink_from_add & \r_rdy$263 ;
+  assign \$119  = sink_from_gelu0 & \r_rdy$263 ;
+  assign \$121  = \r_rdy$266  & \valid$269 ;
+  assign \$122  = pack_jo == 2'h3;
+  assign \$123  = \$122  | \final ;
+  assign \$124  = q0_to_pack & r_rdy;
+  assign \$125  = res_to_pack & gemm_res_valid;
+  assign elem_valid = \$124  | \$125 ;
+  assign \$126  = ~ is_linear;
+  assign \$127  = \$126  | rk_zero;
+  assign \$128  = \$127  & beat__valid;
+  assign \$129  = ~ is_linear;
+  assign \$130  = \$129  | rk_zero;
+  assign \$131  = ~ \$130 ;
+  assign \$132  = beat__valid & \$131 ;
+  assign \$133  = pre_ln | pre_sm;
+  assign a_in = \$133  ? \r_data$248  : \r_data$237 [15:0];
+  assign \$134  = a_from_softmax | a_from_layernorm;
+  assign \$135  = \$134  & \r_rdy$247 ;
+  assign \$136  = a_from_src0 & r_rdy;
+  assign a_in_valid = \$135  | \$136 ;
+  assign \$139  = \$138  ? { a_in[1], a_in[1:0] } : { 1'h0, a_in[1:0] };
+  assign \$142  = \$141  ? { a_in[2], a_in[2:0] } : { 1'h0, a_in[2:0] };
+  assign \$145  = \$144  ? { a_in[3], a_in[3:0] } : { 1'h0, a_in[3:0] };
+  assign \$148  = \$147  ? { a_in[4], a_in[4:0] } : { 1'h0, a_in[4:0] };
+  assign \$151  = \$150  ? { a_in[5], a_in[5:0] } : { 1'h0, a_in[5:0] };
+  assign \$154  = \$153  ? { a_in[6], a_in[6:0] } : { 1'h0, a_in[6:0] };
+  assign \$157  = \$156  ? { a_in[7], a_in[7:0] } : { 1'h0, a_in[7:0] };
+  assign \$159  = ~ \$158 ;
+  assign \$160  = a_in_valid & \$159 ;
+  assign \$161  = \$signal$297  * 9'h100;
+  assign \$162  = \$161  + lk;
+  assign \$164  = ~ \$163 ;
+  assign \$165  = a_in_valid & \$164 ;
+  assign \$166  = | \$signal$304 ;
+  assign \$167  = ~ \$166 ;
+  assign \$168  = \$165  & \$167 ;
+  assign \$169  = \$signal$297  * 9'h100;
+  assign \$170  = \$169  + lk;
+  assign \$172  = ~ \$171 ;
+  assign \$173  = a_in_valid & \$172 ;
+  assign \$174  = \$signal$304  == 1'h1;
+  assign \$175  = \$173  & \$174 ;
+  assign \$176  = \$signal$297  * 9'h100;
+  assign \$177  = \$176  + lk;
+  assign \$179  = ~ \$178 ;
+  assign \$180  = a_in_valid & \$179 ;
+  assign \$181  = \$signal$304  == 2'h2;
+  assign \$182  = \$180  & \$181 ;
+  assign \$183  = \$signal$297  * 9'h100;
+  assign \$184  = \$183  + lk;
+  assign \$186  = ~ \$185 ;
+  assign \$187  = a_in_valid & \$186 ;
+  assign \$188  = \$signal$304  == 2'h3;
+  assign \$189  = \$187  & \$188 ;
+  assign \$190  = \$signal$297  * 9'h100;
+  assign \$191  = \$190  + lk;
+  assign \$193  = ~ \$192 ;
+  assign \$194  = a_in_valid & \$193 ;
+  assign \$195  = \$signal$304  == 3'h4;
+  assign \$196  = \$194  & \$195 ;
+  assign \$197  = \$signal$297  * 9'h100;
+  assign \$198  = \$197  + lk;
+  assign \$200  = ~ \$199 ;
+  assign \$201  = a_in_valid & \$200 ;
+  assign \$202  = \$signal$304  == 3'h5;
+  assign \$203  = \$201  & \$202 ;
+  assign \$204  = \$signal$297  * 9'h100;
+  assign \$205  = \$204  + lk;
+  assign \$207  = ~ \$206 ;
+  assign \$208  = a_in_valid & \$207 ;
+  assign \$209  = \$signal$304  == 3'h6;
+  assign \$210  = \$208  & \$209 ;
+  assign \$211  = \$signal$297  * 9'h100;
+  assign \$212  = \$211  + lk;
+  assign \$214  = ~ \$213 ;
+  assign \$215  = a_in_valid & \$214 ;
+  assign \$216  = \$signal$304  == 3'h7;
+  assign \$217  = \$215  & \$216 ;
+  assign \$218  = \$signal$297  * 9'h100;
+  assign \$219  = \$218  + lk;
+  assign \$221  = ~ \$220 ;
+  assign \$222  = a_in_valid & \$221 ;
+  assign \$223  = \$signal$304  == 4'h8;
+  assign \$224  = \$222  & \$223 ;
+  assign \$226  = \$signal$297  == \$signal$330 ;
+  assign \$227  = lk > \$signal$331 ;
+  assign \$228  = \$226  & \$227 ;
+  assign \$229  = pre_ln | pre_sm;
+  assign \$230  = ~ \$229 ;
+  assign \$231  = \$228  & \$230 ;
+  assign \$232  = \$225  | \$231 ;
+  assign \$234  = is_linear | \$233 ;
+  assign \$235  = \$232  & \$234 ;
+  assign \$236  = \$235  & feed_queue_room;
+  assign \$237  = \$236  & a_blocks_left;
+  assign \$238  = ~ is_linear;
+  assign \$240  = ~ \$239 ;
+  assign \$241  = \r_rdy$260  & \$240 ;
+  assign \$242  = ~ is_linear;
+  assign \$243  = \$241  & \$242 ;
+  assign \$244  = w_load_half * 9'h100;
+  assign \$245  = \$244  + w_load_addr;
+  assign \$247  = ~ \$246 ;
+  assign \$248  = \r_rdy$260  & \$247 ;
+  assign \$249  = ~ is_linear;
+  assign \$250  = \$248  & \$249 ;
+  assign \$251  = | w_load_lane;
+  assign \$252  = ~ \$251 ;
+  assign \$253  = \$250  & \$252 ;
+  assign \$254  = w_load_half * 9'h100;
+  assign \$255  = \$254  + w_load_addr;
+  assign \$257  = ~ \$256 ;
+  assign \$258  = \r_rdy$260  & \$257 ;
+  assign \$259  = ~ is_linear;
+  assign \$260  = \$258  & \$259 ;
+  assign \$261  = w_load_lane == 1'h1;
+  assign \$262  = \$260  & \$261 ;
+  assign \$263  = w_load_half * 9'h100;
+  assign \$264  = \$263  + w_load_addr;
+  assign \$266  = ~ \$265 ;
+  assign \$267  = \r_rdy$260  & \$266 ;
+  assign \$268  = ~ is_linear;
+  assign \$269  = \$267  & \$268 ;
+  assign \$270  = w_load_lane == 2'h2;
+  assign \$271  = \$269  & \$270 ;
+  assign \$272  = w_load_half * 9'h100;
+  assign \$273  = \$272  + w_load_addr;
+  assign \$275  = ~ \$274 ;
+  assign \$276  = \r_rdy$260  & \$275 ;
+  assign \$277  = ~ is_linear;
+  assign \$278  = \$276  & \$277 ;
+  assign \$279  = w_load_lane == 2'h3;
+  assign \$280  = \$278  & \$279 ;
+  assign \$281  = w_load_half * 9'h100;
+  assign \$282  = \$281  + w_load_addr;
+  assign \$284  = ~ \$283 ;
+  assign \$285  = \r_rdy$260  & \$284 ;
+  assign \$286  = ~ is_linear;
+  assign \$287  = \$285  & \$286 ;
+  assign \$288  = w_load_lane == 3'h4;
+  assign \$289  = \$287  & \$288 ;
+  assign \$290  = w_load_half * 9'h100;
+  assign \$291  = \$290  + w_load_addr;
+  assign \$293  = ~ \$292 ;
+  assign \$294  = \r_rdy$260  & \$293 ;
+  assign \$295  = ~ is_linear;
+  assign \$296  = \$294  & \$295 ;
+  assign \$297  = w_load_lane == 3'h5;
+  assign \$298  = \$296  & \$297 ;
+  assign \$299  = w_load_half * 9'h100;
+  assign \$300  = \$299  + w_load_addr;
+  assign \$302  = ~ \$301 ;
+  assign \$303  = \r_rdy$260  & \$302 ;
+  assign \$304  = ~ is_linear;
+  assign \$305  = \$303  & \$304 ;
+  assign \$306  = w_load_lane == 3'h6;
+  assign \$307  = \$305  & \$306 ;
+  assign \$308  = w_load_half * 9'h100;
+  assign \$309  = \$308  + w_load_addr;
+  assign \$311  = ~ \$310 ;
+  assign \$312  = \r_rdy$260  & \$311 ;
+  assign \$313  = ~ is_linear;
+  assign \$314  = \$312  & \$313 ;
+  assign \$315  = w_load_lane == 3'h7;
+  assign \$316  = \$314  & \$315 ;
+  assign \$317  = is_linear ? \r_rdy$427  : feed_valid;
+  assign \$318  = is_linear & w__ready;
+  assign \$319  = is_linear ? \r_data$433 [7:0] : feed_beat[89:82];
+  assign \$320  = is_linear ? \r_data$433 [15:8] : feed_beat[97:90];
+  assign \$321  = is_linear ? \r_data$433 [23:16] : feed_beat[105:98];
+  assign \$322  = is_linear ? \r_data$433 [31:24] : feed_beat[113:106];
+  assign \$323  = is_linear ? \r_data$433 [39:32] : feed_beat[121:114];
+  assign \$324  = is_linear ? \r_data$433 [47:40] : feed_beat[129:122];
+  assign \$325  = is_linear ? \r_data$433 [55:48] : feed_beat[137:130];
+  assign \$326  = is_linear ? \r_data$433 [63:56] : feed_beat[145:138];
+  assign \$327  = sink_from_gemm & dst_step;
+  assign \$328  = \$327  & last__4;
+  assign \$329  = res_to_pack & elem_take;
+  assign \$330  = post_col == 3'h7;
+  assign \$331  = \$329  & \$330 ;
+  assign \r_en$441  = \$328  | \$331 ;
+  assign \$332  = index__1 != dec_mt_last;
+  assign \$333  = index__3 < dec_rows_last;
+  assign \$334  = \$332  | \$333 ;
+  assign \$335  = index__2 * 4'h8;
+  assign \$336  = \$335  + index__4;
+  assign \$337  = \$336  < ins[71:56];
+  assign \$338  = \$334  & \$337 ;
+  assign \$339  = post_gelu | post_add;
+  assign \$340  = ~ \$339 ;
+  assign \$341  = gemm_active & \$340 ;
+  assign \$343  = post_gelu | post_add;
+  assign \$344  = gemm_active & \$343 ;
+  assign \$346  = ~ fetch_sent;
+  assign \$347  = in_fetch & \$346 ;
+  assign \$348  = | c_ask;
+  assign \$349  = in_const & \$348 ;
+  assign \$350  = sink_from_load & ext_req_valid;
+  assign \$352  = gemm_active & \$signal$461 ;
+  assign \req__valid$454  = | { \$352 , \$351 , \$350 , \$349 , \$347  };
+  assign \$353  = in_fetch ? pc : 32'd0;
+  assign \$354  = in_const ? c_addr : 32'd0;
+  assign \$355  = \$353  | \$354 ;
+  assign \$356  = sink_from_load ? ext_req_addr : 32'd0;
+  assign \$357  = \$355  | \$356 ;
+  assign \$360  = want_w ? w_addr : p_addr;
+  assign \$361  = gemm_active ? \$360  : 32'd0;
+  assign \$362  = \$359  | \$361 ;
+  assign \$363  = in_fetch ? 3'h6 : 3'h0;
+  assign \$364  = in_const ? dec_c_lb : 3'h0;
+  assign \$365  = \$363  | \$364 ;
+  assign \$366  = sink_from_load ? ins[23:22] : 2'h0;
+  assign \$367  = \$365  | { 1'h0, \$366  };
+  assign \$370  = want_w ? w_lb : 3'h6;
+  assign \$371  = gemm_active ? \$370  : 3'h0;
+  assign \$372  = \$369  | \$371 ;
+  assign \$374  = ~ c_full;
+  assign \$375  = in_const & \$374 ;
+  assign \$376  = sink_from_load & \valid$269 ;
+  assign \$378  = ~ is_linear;
+  assign \$379  = \$378  | rk_zero;
+  assign \$380  = \$379  ? p__ready : \w_rdy$470 ;
+  assign \$381  = gemm_active & \$380 ;
+  assign beat__ready = | { \$381 , \$377 , \$376 , \$375 , \$373  };
+  assign \$382  = sink_from_move & r_rdy;
+  assign \$383  = sink_from_load & beat__valid;
+  assign \$384  = ~ ext_req_valid;
+  assign \$385  = \$384  | \req__ready$474 ;
+  assign \$386  = r_rdy & \$385 ;
+  assign \$387  = sink_from_store & \$386 ;
+  assign \$388  = sink_from_softmax & \r_rdy$247 ;
+  assign \$389  = sink_from_layernorm & \r_rdy$247 ;
+  assign \$390  = sink_from_add & \r_rdy$266 ;
+  assign \$391  = sink_from_gelu0 & \r_rdy$266 ;
+  assign \$392  = sink_from_gemm & gemm_res_valid;
+  assign \$393  = | { \$392 , \$391 , \$390 , \$389 , \$388 , \$387 , \$383 , \$382  };
+  assign dst_step = \valid$269  & \$393 ;
+  assign \$394  = ~ sink_from_store;
+  assign \$395  = dst_step & \$394 ;
+  assign wr_en = \$395  & dst_keep;
+  assign \$396  = sink_from_softmax | a_from_softmax;
+  assign \i__valid$479  = \$396  & r_rdy;
+  assign \$397  = sink_from_layernorm | a_from_layernorm;
+  assign \i__valid$480  = \$397  & r_rdy;
+  assign \$398  = sink_from_softmax | sink_from_layernorm;
+  assign \$399  = \$398  & \valid$269 ;
+  assign \$400  = a_from_softmax | a_from_layernorm;
+  assign \$401  = \$400  & a_in_take;
+  assign \r_en$481  = \$399  | \$401 ;
+  assign \$402  = sink_from_move & \valid$269 ;
+  assign \$403  = sink_from_store & \valid$269 ;
+  assign \$404  = ~ ext_req_valid;
+  assign \$405  = \$404  | \req__ready$474 ;
+  assign \$406  = \$403  & \$405 ;
+  assign \$407  = sink_from_softmax | a_from_softmax;
+  assign \$408  = \$407  & \i__ready$483 ;
+  assign \$409  = sink_from_layernorm | a_from_layernorm;
+  assign \$410  = \$409  & \i__ready$484 ;
+  assign \$411  = q0_to_pack & elem_take;
+  assign \$412  = a_from_src0 & a_in_take;
+  assign \$413  = | { \$412 , \$411 , \$410 , \$408 , \$406 , \$402  };
+  assign \r_en$482  = r_rdy & \$413 ;
+  assign \$414  = in_stream & err;
+  assign \$415  = ~ busy;
+  assign clear = start & \$415 ;
+  assign \$416  = rst | unit_rst;
+  assign \$417  = rst | unit_rst;
+  assign \$418  = rst | unit_rst;
+  assign \$419  = rst | unit_rst;
+  assign \$420  = rst | unit_rst;
+  assign \$421  = ins[5:0] == 1'h1;
+  assign \$422  = ins[5:0] == 2'h2;
+  assign \$423  = ins[5:0] == 2'h3;
+  assign \$424  = ins[5:0] == 3'h4;
+  assign \$425  = ins[5:0] == 3'h5;
+  assign \$426  = ins[5:0] == 3'h6;
+  assign \$427  = ins[5:0] == 3'h7;
+  assign \$428  = ins[5:0] == 4'h8;
+  assign \$429  = ins[5:0] == 4'h9;
+  assign \$430  = ins[5:0] == 4'ha;
+  assign \$431  = ins[5:0] == 4'hb;
+  assign \$432  = ins[5:0] == 4'hc;
+  assign \$433  = ins[5:0] == 4'hd;
+  assign \$434  = ins[5:0] == 4'he;
+  assign \$435  = ins[5:0] == 4'hf;
+  assign \$436  = 1'h1 << ins[3:0];
+  assign \$437  = ins[5:0] == 3'h4;
+  assign \$438  = ins[5:0] == 3'h5;
+  assign \$439  = \$437  | \$438 ;
+  assign \$440  = ins[5:0] == 3'h4;
+  assign \$441  = ins[511:510] == 1'h1;
+  assign \$442  = \$440  & \$441 ;
   assign \$443  = ins[5:0] == 3'h4;
-  assign \$444  = ins[5:0] == 3'h5;
-  assign \$445  = \$443  | \$444 ;
+  assign \$444  = ins[511:510] == 2'h2;
+  assign \$445  = \$443  & \$444 ;
   assign \$446  = ins[5:0] == 3'h4;
-  assign \$447  = ins[511:510] == 1'h1;
+  assign \$447  = ins[511:510] == 2'h3;
   assign \$448  = \$446  & \$447 ;
-  assign \$449  = ins[5:0] == 3'h4;
-  assign \$450  = ins[511:510] == 2'h2;
+  assign \$449  = ins[5:0] == 3'h5;
+  assign \$450  = ins[511:510] == 2'h3;
   assign \$451  = \$449  & \$450 ;
-  assign \$452  = ins[5:0] == 3'h4;
-  assign \$453  = ins[511:510] == 2'h3;
-  assign \$454  = \$452  & \$453 ;
-  assign \$455  = ins[5:0] == 3'h5;
-  assign \$456  = ins[511:510] == 2'h3;
-  assign \$457  = \$455  & \$456 ;
-  assign \$458  = ~ unit_rst;
-  assign \$459  = src0_issue & \$458 ;
-  assign \$460  = last__3 & \last__4$499 ;
-  assign \$461  = ~ unit_rst;
-  assign \$462  = src1_issue & \$461 ;
-  assign \$463  = \last__3$504  & \last__4$502 ;
-  assign \$464  = ins[5:0] == 4'ha;
-  assign \$465  = ins[5:0] == 4'hb;
-  assign \$466  = ins[5:0] == 4'hc;
-  assign \$467  = ins[5:0] == 4'hd;
-  assign \$468  = ins[5:0] == 4'he;
-  assign \$469  = ins[5:0] == 4'hf;
-  assign \$470  = | { \$469 , \$468 , \$467 , \$466 , \$465 , \$464  };
-  assign \$471  = | ins[7:6];
-  assign \$472  = ~ \$471 ;
-  assign \$473  = ins[5:0] == 3'h7;
+  assign \$452  = ~ unit_rst;
+  assign \$453  = src0_issue & \$452 ;
+  assign \$454  = last__3 & \last__4$503 ;
+  assign \$455  = ~ unit_rst;
+  assign \$456  = src1_issue & \$455 ;
+  assign \$457  = \last__3$508  & \last__4$506 ;
+  assign \$458  = ins[5:0] == 4'ha;
+  assign \$459  = ins[5:0] == 4'hb;
+  assign \$460  = ins[5:0] == 4'hc;
+  assign \$461  = ins[5:0] == 4'hd;
+  assign \$462  = ins[5:0] == 4'he;
+  assign \$463  = ins[5:0] == 4'hf;
+  assign \$464  = | { \$463 , \$462 , \$461 , \$460 , \$459 , \$458  };
+  assign \$465  = | ins[7:6];
+  assign \$466  = ~ \$465 ;
+  assign \$467  = ins[5:0] == 3'h7;
+  assign \$468  = ins[5:0] == 3'h4;
+  assign \$469  = ins[511:510] == 1'h1;
+  assign \$470  = \$468  & \$469 ;
+  assign \$471  = \$467  | \$470 ;
+  assign \$472  = \$466  & \$471 ;
+  assign \$473  = ins[5:0] == 4'h9;
   assign \$474  = ins[5:0] == 3'h4;
-  assign \$475  = ins[511:510] == 1'h1;
+  assign \$475  = ins[511:510] == 2'h2;
   assign \$476  = \$474  & \$475 ;
   assign \$477  = \$473  | \$476 ;
-  assign \$478  = \$472  & \$477 ;
-  assign \$479  = ins[5:0] == 4'h9;
-  assign \$480  = ins[5:0] == 3'h4;
-  assign \$481  = ins[511:510] == 2'h2;
-  assign \$482  = \$480  & \$481 ;
-  assign \$483  = \$479  | \$482 ;
-  assign \$484  = ins[55:40] + 4'h8;
-  assign \$485  = ins[71:56] + 3'h7;
-  assign \$486  = dec_n1p * 16'he38f;
-  assign \$489  = ins[87:72] - 1'h1;
-  assign \$490  = dec_mt - 1'h1;
-  assign \$491  = dec_nt - 1'h1;
-  assign \$492  = ins[39:24] * dec_mt;
-  assign \$494  = \$493  + 6'h3f;
-  assign \$496  = ins[497:466] + \$495 ;
-  assign \$497  = is_gemm ? \$496  : { 1'h0, ins[465:434] };
-  assign \$498  = dec_blocks * dec_nt;
-  assign \$501  = \$499  + \$500 ;
-  assign \$502  = ins[55:40] - \$501 ;
-  assign \$505  = \$504  ? offset : 32'd0;
-  assign \$506  = ins[465:434] + \$505 ;
-  assign \$507  = cycles + 1'h1;
-  assign \$508  = in_op & op_onehot[0];
-  assign \$509  = op_cycles__0 + 1'h1;
-  assign \$510  = in_op & op_onehot[1];
-  assign \$511  = op_cycles__1 + 1'h1;
-  assign \$512  = in_op & op_onehot[2];
-  assign \$513  = op_cycles__2 + 1'h1;
-  assign \$514  = in_op & op_onehot[3];
-  assign \$515  = op_cycles__3 + 1'h1;
-  assign \$516  = in_op & op_onehot[4];
-  assign \$517  = op_cycles__4 + 1'h1;
-  assign \$518  = in_op & op_onehot[5];
-  assign \$519  = op_cycles__5 + 1'h1;
-  assign \$520  = in_op & op_onehot[6];
-  assign \$521  = op_cycles__6 + 1'h1;
-  assign \$522  = in_op & op_onehot[7];
-  assign \$523  = op_cycles__7 + 1'h1;
-  assign \$524  = in_op & op_onehot[8];
-  assign \$525  = op_cycles__8 + 1'h1;
-  assign \$526  = in_op & op_onehot[9];
-  assign \$527  = op_cycles__9 + 1'h1;
-  assign \$528  = in_op & op_onehot[10];
-  assign \$529  = op_cycles__10 + 1'h1;
-  assign \$530  = in_op & op_onehot[11];
-  assign \$531  = op_cycles__11 + 1'h1;
-  assign \$532  = in_op & op_onehot[12];
-  assign \$533  = op_cycles__12 + 1'h1;
-  assign \$534  = in_op & op_onehot[13];
-  assign \$535  = op_cycles__13 + 1'h1;
-  assign \$536  = in_op & op_onehot[14];
-  assign \$537  = op_cycles__14 + 1'h1;
-  assign \$538  = in_op & op_onehot[15];
-  assign \$539  = op_cycles__15 + 1'h1;
-  assign \$540  = images_left > 1'h1;
-  assign \$541  = is_end & \$540 ;
-  assign \$542  = | ins[39:24];
-  assign \$543  = ~ \$542 ;
-  assign \$544  = | ins[55:40];
-  assign \$545  = ~ \$544 ;
-  assign \$546  = | ins[71:56];
-  assign \$547  = ~ \$546 ;
-  assign \$548  = | ins[87:72];
-  assign \$549  = ~ \$548 ;
-  assign \$550  = | ins[103:88];
-  assign \$551  = ~ \$550 ;
-  assign \$552  = | { \$551 , \$549 , \$547 , \$545 , \$543  };
-  assign \$553  = ~ post_bad;
-  assign \$554  = \$553  & unit_known;
-  assign \$555  = post_gelu | post_add;
-  assign \$556  = \$555  | pre_ln;
-  assign \$557  = \$556  | pre_sm;
-  assign \$558  = is_move | is_load;
-  assign \$559  = \$558  | is_store;
-  assign \$560  = \$559  | is_gemm;
-  assign \$561  = ~ \$560 ;
-  assign \$562  = \$557  | \$561 ;
-  assign \$563  = \$554  & \$562 ;
-  assign \$564  = ~ post_bad;
-  assign \$565  = post_gelu | post_add;
-  assign \$566  = \$565  | pre_ln;
-  assign \$567  = \$566  | pre_sm;
-  assign \$568  = ~ \$567 ;
-  assign \$569  = \$564  & \$568 ;
-  assign \$570  = is_move | is_load;
-  assign \$571  = \$570  | is_store;
-  assign \$572  = \$571  | is_gemm;
-  assign \$573  = \$569  & \$572 ;
-  assign \$574  = ~ busy;
-  assign \$575  = \$574  & start;
-  assign \$576  = | images;
-  assign \$577  = \$576  ? images : 16'h0001;
-  assign \$578  = | decode_wait;
-  assign \$579  = ~ \$578 ;
-  assign \$580  = in_decode & \$579 ;
-  assign \$581  = \$580  & d_end_more;
-  assign \$582  = images_left - 1'h1;
-  assign \$583  = offset + \$signal$525 ;
-  assign \$584  = in_stream & op_done;
-  assign \$585  = | fault_q;
-  assign \$586  = ~ \$585 ;
-  assign \$587  = \$584  & \$586 ;
-  assign \$588  = ~ addr_fault;
-  assign \$589  = \$587  & \$588 ;
-  assign \$590  = pc + 7'h40;
-  assign \$591  = ~ fetch_sent;
-  assign \$592  = req__ready & \$591 ;
-  assign \$593  = 1'h1 << dec_c_lb;
-  assign \$594  = ins[509:498] == 1'h1;
-  assign \$595  = | decode_wait;
-  assign \$596  = decode_wait - 1'h1;
-  assign \$597  = decode_wait == 1'h1;
-  assign \$598  = is_softmax | pre_sm;
-  assign \$599  = is_layernorm | pre_ln;
-  assign \$600  = is_gelu | is_add;
-  assign \$601  = \$600  | post_gelu;
-  assign \$602  = \$601  | post_add;
-  assign \$603  = is_gelu | is_add;
-  assign \$604  = \$603  | post_gelu;
-  assign \$605  = \$604  | post_add;
-  assign \$606  = \$605  & add_sel;
-  assign \$607  = is_gelu | is_add;
-  assign \$608  = \$607  | post_gelu;
-  assign \$609  = \$608  | post_add;
-  assign \$610  = \$609  & gelu_sel0;
-  assign \$611  = ~ post_gelu;
-  assign \$612  = is_gemm & \$611 ;
-  assign \$613  = ~ post_add;
-  assign \$614  = \$612  & \$613 ;
-  assign \$615  = is_gemm & pre_sm;
-  assign \$616  = is_gemm & pre_ln;
-  assign \$617  = ~ pre_sm;
-  assign \$618  = is_gemm & \$617 ;
-  assign \$619  = ~ pre_ln;
-  assign \$620  = \$618  & \$619 ;
-  assign \$621  = ~ is_load;
-  assign \$622  = ~ is_linear;
-  assign \$623  = is_gemm & \$622 ;
-  assign \$624  = add_sel | \$623 ;
-  assign \$625  = is_gelu | is_add;
-  assign \$626  = post_gelu | post_add;
+  assign \$478  = ins[55:40] + 4'h8;
+  assign \$479  = ins[71:56] + 3'h7;
+  assign \$480  = dec_n1p * 16'he38f;
+  assign \$483  = ins[87:72] - 1'h1;
+  assign \$484  = dec_mt - 1'h1;
+  assign \$485  = dec_nt - 1'h1;
+  assign \$486  = ins[39:24] * dec_mt;
+  assign \$488  = \$487  + 6'h3f;
+  assign \$490  = ins[497:466] + \$489 ;
+  assign \$491  = is_gemm ? \$490  : { 1'h0, ins[465:434] };
+  assign \$492  = dec_blocks * dec_nt;
+  assign \$495  = \$493  + \$494 ;
+  assign \$496  = ins[55:40] - \$495 ;
+  assign \$499  = \$498  ? offset : 32'd0;
+  assign \$500  = ins[465:434] + \$499 ;
+  assign \$501  = in_stream & \valid$269 ;
+  assign \$502  = $signed(\addr$113 ) < $signed(1'h0);
+  assign \$503  = $signed(\addr$113 ) >= $signed(16'h4000);
+  assign \$504  = \$502  | \$503 ;
+  assign \$505  = \$501  & \$504 ;
+  assign \$506  = in_stream & valid;
+  assign \$507  = $signed(addr) < $signed(1'h0);
+  assign \$508  = $signed(addr) >= $signed(16'h4000);
+  assign \$509  = \$507  | \$508 ;
+  assign \$510  = \$506  & \$509 ;
+  assign \$511  = in_stream & \valid$101 ;
+  assign \$512  = $signed(\addr$105 ) < $signed(1'h0);
+  assign \$513  = $signed(\addr$105 ) >= $signed(16'h4000);
+  assign \$514  = \$512  | \$513 ;
+  assign \$515  = \$511  & \$514 ;
+  assign \$516  = cycles + 1'h1;
+  assign \$517  = in_op & op_onehot[0];
+  assign \$518  = op_cycles__0 + 1'h1;
+  assign \$519  = in_op & op_onehot[1];
+  assign \$520  = op_cycles__1 + 1'h1;
+  assign \$521  = in_op & op_onehot[2];
+  assign \$522  = op_cycles__2 + 1'h1;
+  assign \$523  = in_op & op_onehot[3];
+  assign \$524  = op_cycles__3 + 1'h1;
+  assign \$525  = in_op & op_onehot[4];
+  assign \$526  = op_cycles__4 + 1'h1;
+  assign \$527  = in_op & op_onehot[5];
+  assign \$528  = op_cycles__5 + 1'h1;
+  assign \$529  = in_op & op_onehot[6];
+  assign \$530  = op_cycles__6 + 1'h1;
+  assign \$531  = in_op & op_onehot[7];
+  assign \$532  = op_cycles__7 + 1'h1;
+  assign \$533  = in_op & op_onehot[8];
+  assign \$534  = op_cycles__8 + 1'h1;
+  assign \$535  = in_op & op_onehot[9];
+  assign \$536  = op_cycles__9 + 1'h1;
+  assign \$537  = in_op & op_onehot[10];
+  assign \$538  = op_cycles__10 + 1'h1;
+  assign \$539  = in_op & op_onehot[11];
+  assign \$540  = op_cycles__11 + 1'h1;
+  assign \$541  = in_op & op_onehot[12];
+  assign \$542  = op_cycles__12 + 1'h1;
+  assign \$543  = in_op & op_onehot[13];
+  assign \$544  = op_cycles__13 + 1'h1;
+  assign \$545  = in_op & op_onehot[14];
+  assign \$546  = op_cycles__14 + 1'h1;
+  assign \$547  = in_op & op_onehot[15];
+  assign \$548  = op_cycles__15 + 1'h1;
+  assign \$549  = images_left > 1'h1;
+  assign \$550  = is_end & \$549 ;
+  assign \$551  = | ins[39:24];
+  assign \$552  = ~ \$551 ;
+  assign \$553  = | ins[55:40];
+  assign \$554  = ~ \$553 ;
+  assign \$555  = | ins[71:56];
+  assign \$556  = ~ \$555 ;
+  assign \$557  = | ins[87:72];
+  assign \$558  = ~ \$557 ;
+  assign \$559  = | ins[103:88];
+  assign \$560  = ~ \$559 ;
+  assign \$561  = | { \$560 , \$558 , \$556 , \$554 , \$552  };
+  assign \$562  = ~ post_bad;
+  assign \$563  = \$562  & unit_known;
+  assign \$564  = post_gelu | post_add;
+  assign \$565  = \$564  | pre_ln;
+  assign \$566  = \$565  | pre_sm;
+  assign \$567  = is_move | is_load;
+  assign \$568  = \$567  | is_store;
+  assign \$569  = \$568  | is_gemm;
+  assign \$570  = ~ \$569 ;
+  assign \$571  = \$566  | \$570 ;
+  assign \$572  = \$563  & \$571 ;
+  assign \$573  = ~ post_bad;
+  assign \$574  = post_gelu | post_add;
+  assign \$575  = \$574  | pre_ln;
+  assign \$576  = \$575  | pre_sm;
+  assign \$577  = ~ \$576 ;
+  assign \$578  = \$573  & \$577 ;
+  assign \$579  = is_move | is_load;
+  assign \$580  = \$579  | is_store;
+  assign \$581  = \$580  | is_gemm;
+  assign \$582  = \$578  & \$581 ;
+  assign \$583  = ~ busy;
+  assign \$584  = \$583  & start;
+  assign \$585  = | images;
+  assign \$586  = \$585  ? images : 16'h0001;
+  assign \$587  = | decode_wait;
+  assign \$588  = ~ \$587 ;
+  assign \$589  = in_decode & \$588 ;
+  assign \$590  = \$589  & d_end_more;
+  assign \$591  = images_left - 1'h1;
+  assign \$592  = offset + \$signal$532 ;
+  assign \$593  = in_stream & op_done;
+  assign \$594  = | fault_q;
+  assign \$595  = ~ \$594 ;
+  assign \$596  = \$593  & \$595 ;
+  assign \$597  = ~ addr_fault;
+  assign \$598  = \$596  & \$597 ;
+  assign \$599  = pc + 7'h40;
+  assign \$600  = ~ fetch_sent;
+  assign \$601  = req__ready & \$600 ;
+  assign \$602  = 1'h1 << dec_c_lb;
+  assign \$603  = ins[509:498] == 1'h1;
+  assign \$604  = | decode_wait;
+  assign \$605  = decode_wait - 1'h1;
+  assign \$606  = decode_wait == 1'h1;
+  assign \$607  = is_softmax | pre_sm;
+  assign \$608  = is_layernorm | pre_ln;
+  assign \$609  = is_gelu | is_add;
+  assign \$610  = \$609  | post_gelu;
+  assign \$611  = \$610  | post_add;
+  assign \$612  = is_gelu | is_add;
+  assign \$613  = \$612  | post_gelu;
+  assign \$614  = \$613  | post_add;
+  assign \$615  = \$614  & add_sel;
+  assign \$616  = is_gelu | is_add;
+  assign \$617  = \$616  | post_gelu;
+  assign \$618  = \$617  | post_add;
+  assign \$619  = \$618  & gelu_sel0;
+  assign \$620  = ~ post_gelu;
+  assign \$621  = is_gemm & \$620 ;
+  assign \$622  = ~ post_add;
+  assign \$623  = \$621  & \$622 ;
+  assign \$624  = is_gemm & pre_sm;
+  assign \$625  = is_gemm & pre_ln;
+  assign \$626  = ~ pre_sm;
   assign \$627  = is_gemm & \$626 ;
-  assign \$628  = | c_ask;
-  assign \$629  = \$628  & req__ready;
-  assign \$630  = c_ask - 1'h1;
-  assign \$631  = c_addr + c_step;
-  assign \$632  = ~ c_full;
-  assign \$633  = beat__valid & \$632 ;
-  assign \$634  = ~ beat__payload[512];
-  assign \$635  = ~ beat__payload[512];
-  assign \$636  = const_to0 & \$635 ;
-  assign \$637  = ~ beat__payload[512];
-  assign \$638  = const_to1 & \$637 ;
-  assign \$639  = ~ beat__payload[512];
-  assign \$640  = const_to2 & \$639 ;
-  assign \$641  = ~ beat__payload[512];
-  assign \$642  = const_to3 & \$641 ;
-  assign \$643  = c_due - 1'h1;
-  assign \$644  = c_due == 2'h2;
-  assign \$645  = is_gelu | is_add;
-  assign \$646  = \$645  | post_gelu;
-  assign \$647  = \$646  | post_add;
-  assign \$648  = is_gelu | is_add;
-  assign \$649  = \$648  | post_gelu;
-  assign \$650  = \$649  | post_add;
-  assign \$651  = \$650  & add_sel;
-  assign \$652  = is_gelu | is_add;
-  assign \$653  = \$652  | post_gelu;
-  assign \$654  = \$653  | post_add;
-  assign \$655  = \$654  & gelu_sel0;
-  assign \$656  = ~ post_gelu;
-  assign \$657  = is_gemm & \$656 ;
-  assign \$658  = ~ post_add;
-  assign \$659  = \$657  & \$658 ;
-  assign \$660  = is_gemm & pre_sm;
-  assign \$661  = is_gemm & pre_ln;
-  assign \$662  = ~ pre_sm;
-  assign \$663  = is_gemm & \$662 ;
-  assign \$664  = ~ pre_ln;
-  assign \$665  = \$663  & \$664 ;
-  assign \$666  = ~ is_load;
-  assign \$667  = ~ is_linear;
-  assign \$668  = is_gemm & \$667 ;
-  assign \$669  = add_sel | \$668 ;
-  assign \$670  = is_gelu | is_add;
-  assign \$671  = post_gelu | post_add;
+  assign \$628  = ~ pre_ln;
+  assign \$629  = \$627  & \$628 ;
+  assign \$630  = ~ is_load;
+  assign \$631  = ~ is_linear;
+  assign \$632  = is_gemm & \$631 ;
+  assign \$633  = add_sel | \$632 ;
+  assign \$634  = is_gelu | is_add;
+  assign \$635  = post_gelu | post_add;
+  assign \$636  = is_gemm & \$635 ;
+  assign \$637  = | c_ask;
+  assign \$638  = \$637  & req__ready;
+  assign \$639  = c_ask - 1'h1;
+  assign \$640  = c_addr + c_step;
+  assign \$641  = ~ c_full;
+  assign \$642  = beat__valid & \$641 ;
+  assign \$643  = ~ beat__payload[512];
+  assign \$644  = ~ beat__payload[512];
+  assign \$645  = const_to0 & \$644 ;
+  assign \$646  = ~ beat__payload[512];
+  assign \$647  = const_to1 & \$646 ;
+  assign \$648  = ~ beat__payload[512];
+  assign \$649  = const_to2 & \$648 ;
+  assign \$650  = ~ beat__payload[512];
+  assign \$651  = const_to3 & \$650 ;
+  assign \$652  = c_due - 1'h1;
+  assign \$653  = c_due == 2'h2;
+  assign \$654  = is_gelu | is_add;
+  assign \$655  = \$654  | post_gelu;
+  assign \$656  = \$655  | post_add;
+  assign \$657  = is_gelu | is_add;
+  assign \$658  = \$657  | post_gelu;
+  assign \$659  = \$658  | post_add;
+  assign \$660  = \$659  & add_sel;
+  assign \$661  = is_gelu | is_add;
+  assign \$662  = \$661  | post_gelu;
+  assign \$663  = \$662  | post_add;
+  assign \$664  = \$663  & gelu_sel0;
+  assign \$665  = ~ post_gelu;
+  assign \$666  = is_gemm & \$665 ;
+  assign \$667  = ~ post_add;
+  assign \$668  = \$666  & \$667 ;
+  assign \$669  = is_gemm & pre_sm;
+  assign \$670  = is_gemm & pre_ln;
+  assign \$671  = ~ pre_sm;
   assign \$672  = is_gemm & \$671 ;
-  assign \$673  = | ins[509:498];
-  assign \$674  = ~ \$673 ;
-  assign \$675  = is_gelu | is_add;
-  assign \$676  = \$675  | post_gelu;
-  assign \$677  = \$676  | post_add;
-  assign \$678  = is_gelu | is_add;
-  assign \$679  = \$678  | post_gelu;
-  assign \$680  = \$679  | post_add;
-  assign \$681  = \$680  & add_sel;
-  assign \$682  = is_gelu | is_add;
-  assign \$683  = \$682  | post_gelu;
-  assign \$684  = \$683  | post_add;
-  assign \$685  = \$684  & gelu_sel0;
-  assign \$686  = ~ post_gelu;
-  assign \$687  = is_gemm & \$686 ;
-  assign \$688  = ~ post_add;
-  assign \$689  = \$687  & \$688 ;
-  assign \$690  = is_gemm & pre_sm;
-  assign \$691  = is_gemm & pre_ln;
-  assign \$692  = ~ pre_sm;
-  assign \$693  = is_gemm & \$692 ;
-  assign \$694  = ~ pre_ln;
-  assign \$695  = \$693  & \$694 ;
-  assign \$696  = ~ is_load;
-  assign \$697  = ~ is_linear;
-  assign \$698  = is_gemm & \$697 ;
-  assign \$699  = add_sel | \$698 ;
-  assign \$700  = is_gelu | is_add;
-  assign \$701  = post_gelu | post_add;
+  assign \$673  = ~ pre_ln;
+  assign \$674  = \$672  & \$673 ;
+  assign \$675  = ~ is_load;
+  assign \$676  = ~ is_linear;
+  assign \$677  = is_gemm & \$676 ;
+  assign \$678  = add_sel | \$677 ;
+  assign \$679  = is_gelu | is_add;
+  assign \$680  = post_gelu | post_add;
+  assign \$681  = is_gemm & \$680 ;
+  assign \$682  = | ins[509:498];
+  assign \$683  = ~ \$682 ;
+  assign \$684  = is_gelu | is_add;
+  assign \$685  = \$684  | post_gelu;
+  assign \$686  = \$685  | post_add;
+  assign \$687  = is_gelu | is_add;
+  assign \$688  = \$687  | post_gelu;
+  assign \$689  = \$688  | post_add;
+  assign \$690  = \$689  & add_sel;
+  assign \$691  = is_gelu | is_add;
+  assign \$692  = \$691  | post_gelu;
+  assign \$693  = \$692  | post_add;
+  assign \$694  = \$693  & gelu_sel0;
+  assign \$695  = ~ post_gelu;
+  assign \$696  = is_gemm & \$695 ;
+  assign \$697  = ~ post_add;
+  assign \$698  = \$696  & \$697 ;
+  assign \$699  = is_gemm & pre_sm;
+  assign \$700  = is_gemm & pre_ln;
+  assign \$701  = ~ pre_sm;
   assign \$702  = is_gemm & \$701 ;
-  assign \$703  = | fault_q;
-  assign \$704  = ~ \$703 ;
-  assign \$705  = op_done & \$704 ;
-  assign \$706  = ~ addr_fault;
-  assign \$707  = \$705  & \$706 ;
-  assign \$708  = $signed(addr) < $signed(1'h0);
-  assign \$709  = $signed(addr) >= $signed(16'h4000);
-  assign \$710  = \$708  | \$709 ;
-  assign \$711  = valid & \$710 ;
-  assign \$712  = ~ is_load;
-  assign \$713  = \$711  & \$712 ;
-  assign \$714  = ~ is_gemm;
-  assign \$715  = \$713  & \$714 ;
-  assign \$716  = $signed(\addr$105 ) < $signed(1'h0);
-  assign \$717  = $signed(\addr$105 ) >= $signed(16'h4000);
-  assign \$718  = \$716  | \$717 ;
-  assign \$719  = \valid$101  & \$718 ;
-  assign \$720  = \$719  & is_add;
-  assign \$721  = \$715  | \$720 ;
-  assign \$722  = $signed(\addr$113 ) < $signed(1'h0);
-  assign \$723  = $signed(\addr$113 ) >= $signed(16'h4000);
-  assign \$724  = \$722  | \$723 ;
-  assign \$725  = \valid$265  & \$724 ;
-  assign \$726  = ~ is_store;
-  assign \$727  = \$725  & \$726 ;
-  assign \$728  = ~ is_gemm;
-  assign \$729  = \$727  & \$728 ;
-  assign \$730  = \$721  | \$729 ;
-  assign \$731  = | fault_q;
-  assign \$732  = idle & \idle$540 ;
-  assign \$733  = is_softmax | is_layernorm;
-  assign \$734  = ~ ext_req_valid;
-  assign \$735  = \$734  | req__ready;
-  assign \$736  = $signed(addr) << ins[23:22];
-  assign \$737  = $signed({ 1'h0, dec_ext_base }) + $signed(\$736 );
-  assign \$738  = ~ ext_req_valid;
-  assign \$739  = \$738  | \req__ready$470 ;
-  assign \$740  = $signed(\addr$113 ) << ins[23:22];
-  assign \$741  = $signed({ 1'h0, dec_ext_base }) + $signed(\$740 );
-  assign \$742  = \w_en$182  & \w_rdy$254 ;
-  assign \$743  = ~ \w_en$182 ;
-  assign \$744  = \$743  | \w_rdy$254 ;
-  assign \$745  = \$744  & elem_valid;
-  assign \$746  = ~ add_sel;
-  assign \$747  = \r_rdy$256  | \$746 ;
-  assign \$748  = \$745  & \$747 ;
-  assign \$749  = pack_j == 2'h3;
-  assign \$750  = \$749  | elem_final;
-  assign \$751  = pack_j + 1'h1;
-  assign \$752  = \r_rdy$262  & \valid$265 ;
-  assign \$753  = pack_jo == 2'h3;
-  assign \$754  = \$753  | \final ;
-  assign \$755  = pack_jo + 1'h1;
-  assign \$756  = 1'h1 << w_lb;
-  assign \$757  = | dec_tiles;
-  assign \$758  = | dec_k_last;
-  assign \$759  = ~ \$758 ;
-  assign \$760  = | dec_nt_last;
-  assign \$761  = ~ \$760 ;
-  assign \$762  = \$signal$457  & req__ready;
-  assign \$763  = ~ want_w;
-  assign \$764  = \$763  & is_linear;
-  assign \$765  = ~ is_linear;
-  assign \$766  = want_w & \$signal$546 ;
-  assign \$767  = \$765  | \$766 ;
-  assign \$768  = ~ \$767 ;
-  assign \$769  = want_w & \$768 ;
-  assign \$770  = k + 1'h1;
-  assign \$771  = k + 1'h1;
-  assign \$772  = \$771  == dec_k_last;
-  assign \$773  = w_addr + w_step;
-  assign \$774  = ~ is_linear;
-  assign \$775  = want_w & \$signal$546 ;
-  assign \$776  = \$774  | \$775 ;
-  assign \$777  = tiles - 1'h1;
-  assign \$778  = tiles != 1'h1;
-  assign \$779  = | dec_k_last;
-  assign \$780  = ~ \$779 ;
-  assign \$781  = | dec_nt_last;
-  assign \$782  = ~ \$781 ;
-  assign \$783  = nt + 1'h1;
-  assign \$784  = nt + 1'h1;
-  assign \$785  = \$784  == dec_nt_last;
-  assign \$786  = p_addr + 7'h40;
-  assign \$787  = ~ is_linear;
-  assign \$788  = \$787  | rk_zero;
-  assign \$789  = \$788  ? p__ready : \w_rdy$466 ;
-  assign \$790  = beat__valid & \$789 ;
-  assign \$791  = \$790  & is_linear;
+  assign \$703  = ~ pre_ln;
+  assign \$704  = \$702  & \$703 ;
+  assign \$705  = ~ is_load;
+  assign \$706  = ~ is_linear;
+  assign \$707  = is_gemm & \$706 ;
+  assign \$708  = add_sel | \$707 ;
+  assign \$709  = is_gelu | is_add;
+  assign \$710  = post_gelu | post_add;
+  assign \$711  = is_gemm & \$710 ;
+  assign \$712  = | fault_q;
+  assign \$713  = ~ \$712 ;
+  assign \$714  = op_done & \$713 ;
+  assign \$715  = ~ addr_fault;
+  assign \$716  = \$714  & \$715 ;
+  assign \$717  = ~ is_load;
+  assign \$718  = src0_outside & \$717 ;
+  assign \$719  = ~ is_gemm;
+  assign \$720  = \$718  & \$719 ;
+  assign \$721  = src1_outside & is_add;
+  assign \$722  = \$720  | \$721 ;
+  assign \$723  = ~ is_store;
+  assign \$724  = dst_outside & \$723 ;
+  assign \$725  = ~ is_gemm;
+  assign \$726  = \$724  & \$725 ;
+  assign \$727  = \$722  | \$726 ;
+  assign \$728  = | fault_q;
+  assign \$729  = idle & \idle$547 ;
+  assign \$730  = is_softmax | is_layernorm;
+  assign \$731  = ~ ext_req_valid;
+  assign \$732  = \$731  | req__ready;
+  assign \$733  = $signed(addr) << ins[23:22];
+  assign \$734  = $signed({ 1'h0, dec_ext_base }) + $signed(\$733 );
+  assign \$735  = ~ ext_req_valid;
+  assign \$736  = \$735  | \req__ready$474 ;
+  assign \$737  = $signed(\addr$113 ) << ins[23:22];
+  assign \$738  = $signed({ 1'h0, dec_ext_base }) + $signed(\$737 );
+  assign \$739  = \w_en$182  & \w_rdy$258 ;
+  assign \$740  = ~ \w_en$182 ;
+  assign \$741  = \$740  | \w_rdy$258 ;
+  assign \$742  = \$741  & elem_valid;
+  assign \$743  = ~ add_sel;
+  assign \$744  = \r_rdy$260  | \$743 ;
+  assign \$745  = \$742  & \$744 ;
+  assign \$746  = pack_j == 2'h3;
+  assign \$747  = \$746  | elem_final;
+  assign \$748  = pack_j + 1'h1;
+  assign \$749  = \r_rdy$266  & \valid$269 ;
+  assign \$750  = pack_jo == 2'h3;
+  assign \$751  = \$750  | \final ;
+  assign \$752  = pack_jo + 1'h1;
+  assign \$753  = 1'h1 << w_lb;
+  assign \$754  = | dec_tiles;
+  assign \$755  = | dec_k_last;
+  assign \$756  = ~ \$755 ;
+  assign \$757  = | dec_nt_last;
+  assign \$758  = ~ \$757 ;
+  assign \$759  = \$signal$461  & req__ready;
+  assign \$760  = ~ want_w;
+  assign \$761  = \$760  & is_linear;
+  assign \$762  = ~ is_linear;
+  assign \$763  = want_w & \$signal$553 ;
+  assign \$764  = \$762  | \$763 ;
+  assign \$765  = ~ \$764 ;
+  assign \$766  = want_w & \$765 ;
+  assign \$767  = k + 1'h1;
+  assign \$768  = k + 1'h1;
+  assign \$769  = \$768  == dec_k_last;
+  assign \$770  = w_addr + w_step;
+  assign \$771  = ~ is_linear;
+  assign \$772  = want_w & \$signal$553 ;
+  assign \$773  = \$771  | \$772 ;
+  assign \$774  = tiles - 1'h1;
+  assign \$775  = tiles != 1'h1;
+  assign \$776  = | dec_k_last;
+  assign \$777  = ~ \$776 ;
+  assign \$778  = | dec_nt_last;
+  assign \$779  = ~ \$778 ;
+  assign \$780  = nt + 1'h1;
+  assign \$781  = nt + 1'h1;
+  assign \$782  = \$781  == dec_nt_last;
+  assign \$783  = p_addr + 7'h40;
+  assign \$784  = ~ is_linear;
+  assign \$785  = \$784  | rk_zero;
+  assign \$786  = \$785  ? p__ready : \w_rdy$470 ;
+  assign \$787  = beat__valid & \$786 ;
+  assign \$788  = \$787  & is_linear;
+  assign \$789  = rk == ins[87:72];
+  assign \$790  = rk + 1'h1;
+  assign \$791  = \$789  ? 17'h00000 : \$790 ;
   assign \$792  = rk == ins[87:72];
-  assign \$793  = rk + 1'h1;
-  assign \$794  = \$792  ? 17'h00000 : \$793 ;
-  assign \$795  = rk == ins[87:72];
-  assign \$796  = | dec_k_last;
-  assign \$797  = ~ \$796 ;
-  assign \$798  = | dec_k_last;
-  assign \$799  = ~ \$798 ;
-  assign \$800  = | dec_nt_last;
+  assign \$793  = | dec_k_last;
+  assign \$794  = ~ \$793 ;
+  assign \$795  = | dec_k_last;
+  assign \$796  = ~ \$795 ;
+  assign \$797  = | dec_nt_last;
+  assign \$798  = ~ \$797 ;
+  assign \$799  = | dec_blocks;
   assign \$801  = ~ \$800 ;
-  assign \$802  = | dec_blocks;
-  assign \$804  = ~ \$803 ;
-  assign \$805  = a_in_valid & \$804 ;
-  assign \$806  = pre_ln | pre_sm;
-  assign \$807  = \$805  & \$806 ;
+  assign \$802  = a_in_valid & \$801 ;
+  assign \$803  = pre_ln | pre_sm;
+  assign \$804  = \$802  & \$803 ;
+  assign \$806  = ~ \$805 ;
+  assign \$807  = a_in_valid & \$806 ;
+  assign \$808  = | dec_k_last;
   assign \$809  = ~ \$808 ;
-  assign \$810  = a_in_valid & \$809 ;
-  assign \$811  = | dec_k_last;
-  assign \$812  = ~ \$811 ;
-  assign \$813  = \$signal$300  == 4'h8;
-  assign \$814  = ~ \$signal$293 ;
-  assign \$815  = \$signal$300  + 1'h1;
-  assign \$816  = lk + 1'h1;
+  assign \$810  = \$signal$304  == 4'h8;
+  assign \$811  = ~ \$signal$297 ;
+  assign \$812  = \$signal$304  + 1'h1;
+  assign \$813  = lk + 1'h1;
+  assign \$814  = lk + 1'h1;
+  assign \$815  = \$814  == dec_k_last;
+  assign \$816  = \$signal$304  == 4'h8;
   assign \$817  = lk + 1'h1;
-  assign \$818  = \$817  == dec_k_last;
-  assign \$819  = \$signal$300  == 4'h8;
-  assign \$820  = lk + 1'h1;
-  assign \$821  = lk + 1'h1;
-  assign \$822  = \$821  == dec_k_last;
-  assign \$823  = | dec_k_last;
-  assign \$824  = ~ \$823 ;
-  assign \$825  = ~ \$signal$293 ;
-  assign \$826  = \$signal$300  + 1'h1;
-  assign \$827  = \$signal$326  * 9'h100;
-  assign \$828  = \$827  + \$signal$327 ;
-  assign \$829  = a_issue & a_feed_k_hit;
-  assign \$830  = \$829  & a_feed_nt_hit;
-  assign \$831  = a_read & a_read_free;
-  assign \$832  = | dec_k_last;
-  assign \$833  = ~ \$832 ;
-  assign \$834  = | dec_nt_last;
-  assign \$835  = ~ \$834 ;
-  assign \$836  = ~ \$signal$326 ;
-  assign \$837  = feed_blocks - 1'h1;
-  assign \$838  = feed_blocks != 1'h1;
-  assign \$839  = fnt + 1'h1;
-  assign \$840  = fnt + 1'h1;
-  assign \$841  = \$840  == dec_nt_last;
-  assign \$842  = \$signal$327  + 1'h1;
-  assign \$843  = \$signal$327  + 1'h1;
-  assign \$844  = \$843  == dec_k_last;
-  assign \$846  = ~ \$845 ;
-  assign \$847  = \r_rdy$256  & \$846 ;
-  assign \$848  = ~ is_linear;
-  assign \$849  = \$847  & \$848 ;
-  assign \$850  = w_load_lane == 3'h7;
-  assign \$851  = w_load_k + 1'h1;
-  assign \$852  = w_load_addr + 1'h1;
-  assign \$853  = w_load_k == dec_k_last;
-  assign \$854  = w_load_nt + 1'h1;
-  assign \$855  = w_load_nt == dec_nt_last;
-  assign \$856  = ~ w_load_half;
-  assign \$857  = w_load_lane + 1'h1;
-  assign \$858  = w_feed_half * 9'h100;
-  assign \$859  = \$858  + feed_ntk;
-  assign \$860  = \$859  + \$signal$327 ;
-  assign \$861  = ~ is_linear;
-  assign \$862  = a_issue & \$861 ;
-  assign \$863  = \$862  & a_feed_k_hit;
-  assign \$864  = \$863  & a_feed_nt_hit;
-  assign \$865  = feed_mt == dec_mt_last;
-  assign \$866  = \$864  & \$865 ;
-  assign \$867  = ~ is_linear;
-  assign \$868  = a_issue & \$867 ;
-  assign \$869  = feed_mt == dec_mt_last;
-  assign \$870  = ~ w_feed_half;
-  assign \$871  = feed_mt + 1'h1;
-  assign \$872  = feed_ntk + ins[87:72];
-  assign \$873  = a_read & w_read_free;
-  assign \$874  = post_gelu | post_add;
-  assign \$875  = gemm_active & \$874 ;
-  assign \$876  = post_col == 3'h7;
-  assign \$877  = post_col + 1'h1;
-  assign \$878  = \$876  ? 4'h0 : \$877 ;
-  assign \$879  = ~ \busy$563 ;
-  assign \$880  = in_stream & \$879 ;
-  assign \$881  = ~ ext_req_valid;
-  assign \$882  = \$880  & \$881 ;
-  assign \$883  = \$882  & \idle$540 ;
+  assign \$818  = lk + 1'h1;
+  assign \$819  = \$818  == dec_k_last;
+  assign \$820  = | dec_k_last;
+  assign \$821  = ~ \$820 ;
+  assign \$822  = ~ \$signal$297 ;
+  assign \$823  = \$signal$304  + 1'h1;
+  assign \$824  = \$signal$330  * 9'h100;
+  assign \$825  = \$824  + \$signal$331 ;
+  assign \$826  = a_issue & a_feed_k_hit;
+  assign \$827  = \$826  & a_feed_nt_hit;
+  assign \$828  = a_read & a_read_free;
+  assign \$829  = | dec_k_last;
+  assign \$830  = ~ \$829 ;
+  assign \$831  = | dec_nt_last;
+  assign \$832  = ~ \$831 ;
+  assign \$833  = ~ \$signal$330 ;
+  assign \$834  = feed_blocks - 1'h1;
+  assign \$835  = feed_blocks != 1'h1;
+  assign \$836  = fnt + 1'h1;
+  assign \$837  = fnt + 1'h1;
+  assign \$838  = \$837  == dec_nt_last;
+  assign \$839  = \$signal$331  + 1'h1;
+  assign \$840  = \$signal$331  + 1'h1;
+  assign \$841  = \$840  == dec_k_last;
+  assign \$843  = ~ \$842 ;
+  assign \$844  = \r_rdy$260  & \$843 ;
+  assign \$845  = ~ is_linear;
+  assign \$846  = \$844  & \$845 ;
+  assign \$847  = w_load_lane == 3'h7;
+  assign \$848  = w_load_k + 1'h1;
+  assign \$849  = w_load_addr + 1'h1;
+  assign \$850  = w_load_k == dec_k_last;
+  assign \$851  = w_load_nt + 1'h1;
+  assign \$852  = w_load_nt == dec_nt_last;
+  assign \$853  = ~ w_load_half;
+  assign \$854  = w_load_lane + 1'h1;
+  assign \$855  = w_feed_half * 9'h100;
+  assign \$856  = \$855  + feed_ntk;
+  assign \$857  = \$856  + \$signal$331 ;
+  assign \$858  = ~ is_linear;
+  assign \$859  = a_issue & \$858 ;
+  assign \$860  = \$859  & a_feed_k_hit;
+  assign \$861  = \$860  & a_feed_nt_hit;
+  assign \$862  = feed_mt == dec_mt_last;
+  assign \$863  = \$861  & \$862 ;
+  assign \$864  = ~ is_linear;
+  assign \$865  = a_issue & \$864 ;
+  assign \$866  = feed_mt == dec_mt_last;
+  assign \$867  = ~ w_feed_half;
+  assign \$868  = feed_mt + 1'h1;
+  assign \$869  = feed_ntk + ins[87:72];
+  assign \$870  = a_read & w_read_free;
+  assign \$871  = post_gelu | post_add;
+  assign \$872  = gemm_active & \$871 ;
+  assign \$873  = post_col == 3'h7;
+  assign \$874  = post_col + 1'h1;
+  assign \$875  = \$873  ? 4'h0 : \$874 ;
+  assign \$876  = ~ \busy$570 ;
+  assign \$877  = in_stream & \$876 ;
+  assign \$878  = ~ ext_req_valid;
+  assign \$879  = \$877  & \$878 ;
+  assign \$880  = \$879  & \idle$547 ;
   always @(posedge gemm_d_clk)
-    wr_port__addr <= \$884 ;
+    wr_port__addr <= \$881 ;
   always @(posedge gemm_d_clk)
-    wr_port__data <= \$885 ;
+    wr_port__data <= \$882 ;
   always @(posedge gemm_d_clk)
-    wr_port__en <= \$886 ;
+    wr_port__en <= \$883 ;
   always @(posedge gemm_d_clk)
-    gemm_d_rst <= \$422 ;
+    gemm_d_rst <= \$416 ;
   always @(posedge gemm_d_clk)
-    softmax_d_rst <= \$423 ;
+    softmax_d_rst <= \$417 ;
   always @(posedge gemm_d_clk)
-    layernorm_d_rst <= \$424 ;
+    layernorm_d_rst <= \$418 ;
   always @(posedge gemm_d_clk)
-    add_d_rst <= \$425 ;
+    add_d_rst <= \$419 ;
   always @(posedge gemm_d_clk)
-    gelu0_d_rst <= \$426 ;
+    gelu0_d_rst <= \$420 ;
   always @(posedge gemm_d_clk)
-    load <= \$887 ;
+    load <= \$884 ;
   always @(posedge gemm_d_clk)
-    is_end <= \$888 ;
+    is_end <= \$885 ;
   always @(posedge gemm_d_clk)
-    is_load <= \$889 ;
+    is_load <= \$886 ;
   always @(posedge gemm_d_clk)
-    is_store <= \$890 ;
+    is_store <= \$887 ;
   always @(posedge gemm_d_clk)
-    is_linear <= \$891 ;
+    is_linear <= \$888 ;
   always @(posedge gemm_d_clk)
-    is_matmul <= \$892 ;
+    is_matmul <= \$889 ;
   always @(posedge gemm_d_clk)
-    is_softmax <= \$893 ;
+    is_softmax <= \$890 ;
   always @(posedge gemm_d_clk)
-    is_gelu <= \$894 ;
+    is_gelu <= \$891 ;
   always @(posedge gemm_d_clk)
-    is_layernorm <= \$895 ;
+    is_layernorm <= \$892 ;
   always @(posedge gemm_d_clk)
-    is_add <= \$896 ;
+    is_add <= \$893 ;
   always @(posedge gemm_d_clk)
-    is_im2col <= \$897 ;
+    is_im2col <= \$894 ;
   always @(posedge gemm_d_clk)
-    is_concat <= \$898 ;
+    is_concat <= \$895 ;
   always @(posedge gemm_d_clk)
-    is_split_heads <= \$899 ;
+    is_split_heads <= \$896 ;
   always @(posedge gemm_d_clk)
-    is_merge_heads <= \$900 ;
+    is_merge_heads <= \$897 ;
   always @(posedge gemm_d_clk)
-    is_transpose <= \$901 ;
+    is_transpose <= \$898 ;
   always @(posedge gemm_d_clk)
-    is_select <= \$902 ;
+    is_select <= \$899 ;
   always @(posedge gemm_d_clk)
-    op_onehot <= \$903 ;
+    op_onehot <= \$900 ;
   always @(posedge gemm_d_clk)
-    is_gemm <= \$904 ;
+    is_gemm <= \$901 ;
   always @(posedge gemm_d_clk)
-    post_gelu <= \$905 ;
+    post_gelu <= \$902 ;
   always @(posedge gemm_d_clk)
-    post_add <= \$906 ;
+    post_add <= \$903 ;
   always @(posedge gemm_d_clk)
-    pre_ln <= \$907 ;
+    pre_ln <= \$904 ;
   always @(posedge gemm_d_clk)
-    pre_sm <= \$908 ;
+    pre_sm <= \$905 ;
   always @(posedge gemm_d_clk)
-    src0_inflight <= \$909 ;
+    src0_inflight <= \$906 ;
   always @(posedge gemm_d_clk)
-    src0_meta <= \$910 ;
+    src0_meta <= \$907 ;
   always @(posedge gemm_d_clk)
-    src1_inflight <= \$911 ;
+    src1_inflight <= \$908 ;
   always @(posedge gemm_d_clk)
-    src1_meta <= \$912 ;
+    src1_meta <= \$909 ;
   always @(posedge gemm_d_clk)
-    is_move <= \$913 ;
+    is_move <= \$910 ;
   always @(posedge gemm_d_clk)
-    gelu_sel0 <= \$914 ;
+    gelu_sel0 <= \$911 ;
   always @(posedge gemm_d_clk)
-    add_sel <= \$915 ;
+    add_sel <= \$912 ;
   always @(posedge gemm_d_clk)
-    dec_n1p <= \$484 ;
+    dec_n1p <= \$478 ;
   always @(posedge gemm_d_clk)
-    dec_n2p <= \$485 ;
+    dec_n2p <= \$479 ;
   always @(posedge gemm_d_clk)
-    dec_mt <= \$487 [15:0];
+    dec_mt <= \$481 [15:0];
   always @(posedge gemm_d_clk)
-    dec_nt <= \$488 [15:0];
+    dec_nt <= \$482 [15:0];
   always @(posedge gemm_d_clk)
-    dec_k_last <= \$489 [15:0];
+    dec_k_last <= \$483 [15:0];
   always @(posedge gemm_d_clk)
     dec_c_lb <= c_lb;
   always @(posedge gemm_d_clk)
-    dec_mt_last <= \$490 [15:0];
+    dec_mt_last <= \$484 [15:0];
   always @(posedge gemm_d_clk)
-    dec_nt_last <= \$491 [15:0];
+    dec_nt_last <= \$485 [15:0];
   always @(posedge gemm_d_clk)
-    dec_blocks <= \$492 ;
+    dec_blocks <= \$486 ;
   always @(posedge gemm_d_clk)
-    dec_c_base <= \$497 [31:0];
+    dec_c_base <= \$491 [31:0];
   always @(posedge gemm_d_clk)
-    dec_tiles <= \$498 [31:0];
+    dec_tiles <= \$492 [31:0];
   always @(posedge gemm_d_clk)
-    dec_rows_last <= \$502 [15:0];
+    dec_rows_last <= \$496 [15:0];
   always @(posedge gemm_d_clk)
-    dec_ext_base <= \$506 [31:0];
+    dec_ext_base <= \$500 [31:0];
   always @(posedge gemm_d_clk)
-    addr_fault <= \$916 ;
+    addr_fault <= \$913 ;
+  always @(posedge gemm_d_clk)
+    dst_outside <= \$914 ;
+  always @(posedge gemm_d_clk)
+    src0_outside <= \$915 ;
+  always @(posedge gemm_d_clk)
+    src1_outside <= \$916 ;
   always @(posedge gemm_d_clk)
     ext_req_valid <= \$917 ;
   always @(posedge gemm_d_clk)
@@ -29436,9 +29443,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   always @(posedge gemm_d_clk)
     fetch_sent <= \$944 ;
   always @(posedge gemm_d_clk)
-    \$signal$524  <= \$945 ;
+    \$signal$531  <= \$945 ;
   always @(posedge gemm_d_clk)
-    \$signal$525  <= \$946 ;
+    \$signal$532  <= \$946 ;
   always @(posedge gemm_d_clk)
     images_left <= \$947 ;
   always @(posedge gemm_d_clk)
@@ -29566,9 +29573,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   always @(posedge gemm_d_clk)
     w_step <= \$1009 ;
   always @(posedge gemm_d_clk)
-    \$signal$457  <= \$1010 ;
+    \$signal$461  <= \$1010 ;
   always @(posedge gemm_d_clk)
-    \$signal$546  <= \$1011 ;
+    \$signal$553  <= \$1011 ;
   always @(posedge gemm_d_clk)
     nt_hit <= \$1012 ;
   always @(posedge gemm_d_clk)
@@ -29580,15 +29587,15 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   always @(posedge gemm_d_clk)
     a_filled1 <= \$1016 ;
   always @(posedge gemm_d_clk)
-    \$signal$293  <= \$1017 ;
+    \$signal$297  <= \$1017 ;
   always @(posedge gemm_d_clk)
-    \$signal$300  <= \$1018 ;
+    \$signal$304  <= \$1018 ;
   always @(posedge gemm_d_clk)
     lk <= \$1019 ;
   always @(posedge gemm_d_clk)
-    \$signal$326  <= \$1020 ;
+    \$signal$330  <= \$1020 ;
   always @(posedge gemm_d_clk)
-    \$signal$327  <= \$1021 ;
+    \$signal$331  <= \$1021 ;
   always @(posedge gemm_d_clk)
     fnt <= \$1022 ;
   always @(posedge gemm_d_clk)
@@ -29648,8 +29655,8 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     .add_d_clk(gemm_d_clk),
     .add_d_rst(add_d_rst),
     .b__payload(\b__payload$195 ),
-    .b__ready(\b__ready$250 ),
-    .b__valid(\b__valid$260 ),
+    .b__ready(\b__ready$254 ),
+    .b__valid(\b__valid$264 ),
     .c__payload(c_data[43:0]),
     .c__ready(\c__ready$136 ),
     .c__valid(c_valid2),
@@ -29680,19 +29687,19 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     .go(i__ready),
     .i__payload(i__payload),
     .i__valid(i__valid),
-    .o__payload(\o__payload$201 ),
-    .o__ready(\o__ready$211 ),
-    .o__valid(\o__valid$207 )
+    .o__payload(\o__payload$203 ),
+    .o__ready(\o__ready$215 ),
+    .o__valid(\o__valid$211 )
   );
   \accelerator.core.gemm  gemm (
-    .a__payload(\a__payload$420 ),
-    .a__ready(\a__ready$425 ),
-    .a__valid(\a__valid$418 ),
+    .a__payload(\a__payload$424 ),
+    .a__ready(\a__ready$429 ),
+    .a__valid(\a__valid$422 ),
     .gemm_d_clk(gemm_d_clk),
     .gemm_d_rst(gemm_d_rst),
-    .o__payload(\w_data$432 ),
-    .o__ready(\o__ready$434 ),
-    .o__valid(\w_en$430 ),
+    .o__payload(\w_data$436 ),
+    .o__ready(\o__ready$438 ),
+    .o__valid(\w_en$434 ),
     .p__payload(beat__payload[437:0]),
     .p__ready(p__ready),
     .p__valid(p__valid),
@@ -29702,19 +29709,19 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   );
   \accelerator.core.gemm_out_slice  gemm_out_slice (
     .clk(gemm_d_clk),
-    .r_data(\r_data$449 ),
-    .r_en(\r_en$437 ),
+    .r_data(\r_data$453 ),
+    .r_en(\r_en$441 ),
     .r_rdy(gemm_res_valid),
     .rst(rst),
     .unit_rst(unit_rst),
-    .w_en(\w_en$430 ),
-    .w_port__data(\w_data$432 ),
-    .w_rdy(\o__ready$434 )
+    .w_en(\w_en$434 ),
+    .w_port__data(\w_data$436 ),
+    .w_rdy(\o__ready$438 )
   );
   \accelerator.core.gen_dst  gen_dst (
     .addr(\addr$113 ),
     .base(ins[123:104]),
-    .busy(\busy$563 ),
+    .busy(\busy$570 ),
     .clk(gemm_d_clk),
     .\final (\final ),
     .index__1(index__1),
@@ -29735,15 +29742,15 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     .strides__2(strides__2),
     .strides__3(strides__3),
     .strides__4(strides__4),
-    .\valid$31 (\valid$265 )
+    .\valid$31 (\valid$269 )
   );
   \accelerator.core.gen_src0  gen_src0 (
     .addr(addr),
     .base(ins[233:214]),
     .clk(gemm_d_clk),
-    .\final (\final$500 ),
+    .\final (\final$504 ),
     .last__3(last__3),
-    .last__4(\last__4$499 ),
+    .last__4(\last__4$503 ),
     .load(load),
     .n__0(\n__0$58 ),
     .n__1(\n__1$60 ),
@@ -29763,9 +29770,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     .addr(\addr$105 ),
     .base(ins[343:324]),
     .clk(gemm_d_clk),
-    .\final (\final$503 ),
-    .last__3(\last__3$504 ),
-    .last__4(\last__4$502 ),
+    .\final (\final$507 ),
+    .last__3(\last__3$508 ),
+    .last__4(\last__4$506 ),
     .load(load),
     .n__0(\n__0$70 ),
     .n__1(\n__1$72 ),
@@ -29782,54 +29789,54 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     .\valid$31 (\valid$101 )
   );
   \accelerator.core.layernorm  layernorm (
-    .buf_wdata(\r_data$233 [15:0]),
+    .buf_wdata(\r_data$237 [15:0]),
     .c__payload(c_data),
     .c__valid(c_valid1),
-    .i__ready(\i__ready$480 ),
-    .i__valid(\i__valid$476 ),
+    .i__ready(\i__ready$484 ),
+    .i__valid(\i__valid$480 ),
     .idle_r(\c__ready$134 ),
     .layernorm_d_clk(gemm_d_clk),
     .layernorm_d_rst(layernorm_d_rst),
-    .o__payload(\o__payload$215 ),
-    .o__ready(\o__ready$226 ),
-    .o__valid(\o__valid$222 )
+    .o__payload(\o__payload$219 ),
+    .o__ready(\o__ready$230 ),
+    .o__valid(\o__valid$226 )
   );
   \accelerator.core.norm_out_slice  norm_out_slice (
     .clk(gemm_d_clk),
-    .r_data(\r_data$244 ),
-    .r_en(\r_en$477 ),
-    .r_rdy(\r_rdy$243 ),
+    .r_data(\r_data$248 ),
+    .r_en(\r_en$481 ),
+    .r_rdy(\r_rdy$247 ),
     .rst(rst),
     .unit_rst(unit_rst),
-    .w_en(\w_en$216 ),
-    .w_port__data(\w_data$223 ),
-    .w_rdy(\w_rdy$225 )
+    .w_en(\w_en$220 ),
+    .w_port__data(\w_data$227 ),
+    .w_rdy(\w_rdy$229 )
   );
   \accelerator.core.pack_slice  pack_slice (
     .clk(gemm_d_clk),
-    .\port$9092$0 (pack_a0),
-    .\port$9094$0 (pack_a1),
-    .\port$9096$0 (pack_a2),
-    .\port$9098$0 (pack_a3),
-    .\port$9100$0 (pack_b0),
-    .\port$9102$0 (pack_b1),
-    .\port$9104$0 (pack_b2),
-    .\port$9106$0 (pack_b3),
+    .\port$9107$0 (pack_a0),
+    .\port$9109$0 (pack_a1),
+    .\port$9111$0 (pack_a2),
+    .\port$9113$0 (pack_a3),
+    .\port$9115$0 (pack_b0),
+    .\port$9117$0 (pack_b1),
+    .\port$9119$0 (pack_b2),
+    .\port$9121$0 (pack_b3),
     .r_data(r_data),
     .r_en(r_en),
-    .r_rdy(\r_rdy$259 ),
+    .r_rdy(\r_rdy$263 ),
     .rst(rst),
     .unit_rst(unit_rst),
     .w_en(\w_en$182 ),
-    .w_rdy(\w_rdy$254 )
+    .w_rdy(\w_rdy$258 )
   );
   \accelerator.core.q_src0  q_src0 (
     .clk(gemm_d_clk),
     .level(level),
-    .\port$1602$0 (\$signature__data ),
-    .\port$8913$0 (src0_meta),
-    .r_data(\r_data$233 ),
-    .r_en(\r_en$478 ),
+    .\port$1596$0 (\$signature__data ),
+    .\port$8922$0 (src0_meta),
+    .r_data(\r_data$237 ),
+    .r_en(\r_en$482 ),
     .r_rdy(r_rdy),
     .rst(rst),
     .unit_rst(unit_rst),
@@ -29838,11 +29845,11 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   \accelerator.core.q_src1  q_src1 (
     .clk(gemm_d_clk),
     .level(\level$102 ),
-    .\port$1603$0 (\$signature__data$110 ),
-    .\port$8917$0 (src1_meta),
-    .r_data(\r_data$354 ),
-    .r_en(\r_en$257 ),
-    .r_rdy(\r_rdy$256 ),
+    .\port$1597$0 (\$signature__data$110 ),
+    .\port$8926$0 (src1_meta),
+    .r_data(\r_data$358 ),
+    .r_en(\r_en$261 ),
+    .r_rdy(\r_rdy$260 ),
     .rst(rst),
     .unit_rst(unit_rst),
     .w_en(src1_inflight)
@@ -29861,54 +29868,51 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     .\r_en$23 (beat__ready),
     .req__ready(req__ready),
     .rst(rst),
-    .w_data(\req__payload$458 ),
-    .w_en(\req__valid$450 )
+    .w_data(\req__payload$462 ),
+    .w_en(\req__valid$454 )
   );
   \accelerator.core.softmax  softmax (
     .c__payload(c_data[4:0]),
     .c__valid(c_valid0),
-    .i__payload(\i__payload$473 ),
-    .i__ready(\i__ready$479 ),
-    .i__valid(\i__valid$475 ),
+    .i__payload(\i__payload$477 ),
+    .i__ready(\i__ready$483 ),
+    .i__valid(\i__valid$479 ),
     .idle(c__ready),
-    .o__ready(\o__ready$224 ),
-    .oq_data(\o__payload$213 ),
-    .oq_valid(\o__valid$219 ),
+    .o__ready(\o__ready$228 ),
+    .oq_data(\o__payload$217 ),
+    .oq_valid(\o__valid$223 ),
     .softmax_d_clk(gemm_d_clk),
     .softmax_d_rst(softmax_d_rst)
   );
   \accelerator.core.unpack_slice  unpack_slice (
     .clk(gemm_d_clk),
-    .\port$194$0 (res_lane0),
-    .\port$197$0 (res_lane1),
-    .\port$200$0 (res_lane2),
-    .\port$203$0 (res_lane3),
-    .r_data(\r_data$264 ),
-    .r_en(\r_en$267 ),
-    .r_rdy(\r_rdy$262 ),
+    .r_data(\r_data$268 ),
+    .r_en(\r_en$271 ),
+    .r_rdy(\r_rdy$266 ),
     .rst(rst),
     .unit_rst(unit_rst),
-    .w_en(\w_en$205 ),
+    .w_en(\w_en$207 ),
+    .w_port__data(\w_data$212 ),
     .w_rdy(w_rdy)
   );
   \accelerator.core.w_beat_slice  w_beat_slice (
     .clk(gemm_d_clk),
     .in_decode(in_decode),
-    .\port$8744$0 (w_beat0),
-    .\port$8745$0 (w_beat1),
-    .\port$8746$0 (w_beat2),
-    .\port$8747$0 (w_beat3),
-    .\port$8748$0 (w_beat4),
-    .\port$8749$0 (w_beat5),
-    .\port$8750$0 (w_beat6),
-    .\port$8751$0 (w_beat7),
-    .r_data(\r_data$429 ),
-    .r_en(\r_en$426 ),
-    .r_rdy(\r_rdy$423 ),
+    .\port$8753$0 (w_beat0),
+    .\port$8754$0 (w_beat1),
+    .\port$8755$0 (w_beat2),
+    .\port$8756$0 (w_beat3),
+    .\port$8757$0 (w_beat4),
+    .\port$8758$0 (w_beat5),
+    .\port$8759$0 (w_beat6),
+    .\port$8760$0 (w_beat7),
+    .r_data(\r_data$433 ),
+    .r_en(\r_en$430 ),
+    .r_rdy(\r_rdy$427 ),
     .rst(rst),
     .unit_rst(unit_rst),
-    .w_en(\w_en$281 ),
-    .w_rdy(\w_rdy$466 )
+    .w_en(\w_en$285 ),
+    .w_rdy(\w_rdy$470 )
   );
   \accelerator.core.writer  writer (
     .aw__payload(aw__payload),
@@ -29919,140 +29923,150 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     .clear(clear),
     .clk(gemm_d_clk),
     .err(err),
-    .idle(\idle$540 ),
-    .req__ready(\req__ready$470 ),
+    .idle(\idle$547 ),
+    .req__ready(\req__ready$474 ),
     .rst(rst),
     .w_data(req__payload),
     .w_en(req__valid)
   );
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$126  = 16'h0000;
+    \$120  = 16'h0000;
     casez (pack_jo)
       3'h0:
-          \$126  = \r_data$264 [15:0];
+          \$120  = \r_data$268 [15:0];
       3'h1:
-          \$126  = \r_data$264 [31:16];
+          \$120  = \r_data$268 [31:16];
       3'h2:
-          \$126  = \r_data$264 [47:32];
+          \$120  = \r_data$268 [47:32];
       3'h3:
-          \$126  = \r_data$264 [63:48];
+          \$120  = \r_data$268 [63:48];
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$293 )
+    casez (\$signal$297 )
       1'h0:
-          \$164  = a_filled0;
+          \$158  = a_filled0;
       1'h1:
-          \$164  = a_filled1;
+          \$158  = a_filled1;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$293 )
+    casez (\$signal$297 )
       1'h0:
-          \$169  = a_filled0;
+          \$163  = a_filled0;
       1'h1:
-          \$169  = a_filled1;
+          \$163  = a_filled1;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$293 )
+    casez (\$signal$297 )
       1'h0:
-          \$177  = a_filled0;
+          \$171  = a_filled0;
       1'h1:
-          \$177  = a_filled1;
+          \$171  = a_filled1;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$293 )
+    casez (\$signal$297 )
       1'h0:
-          \$184  = a_filled0;
+          \$178  = a_filled0;
       1'h1:
-          \$184  = a_filled1;
+          \$178  = a_filled1;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$293 )
+    casez (\$signal$297 )
       1'h0:
-          \$191  = a_filled0;
+          \$185  = a_filled0;
       1'h1:
-          \$191  = a_filled1;
+          \$185  = a_filled1;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$293 )
+    casez (\$signal$297 )
       1'h0:
-          \$198  = a_filled0;
+          \$192  = a_filled0;
       1'h1:
-          \$198  = a_filled1;
+          \$192  = a_filled1;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$293 )
+    casez (\$signal$297 )
       1'h0:
-          \$205  = a_filled0;
+          \$199  = a_filled0;
       1'h1:
-          \$205  = a_filled1;
+          \$199  = a_filled1;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$293 )
+    casez (\$signal$297 )
       1'h0:
-          \$212  = a_filled0;
+          \$206  = a_filled0;
       1'h1:
-          \$212  = a_filled1;
+          \$206  = a_filled1;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$293 )
+    casez (\$signal$297 )
       1'h0:
-          \$219  = a_filled0;
+          \$213  = a_filled0;
       1'h1:
-          \$219  = a_filled1;
+          \$213  = a_filled1;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$293 )
+    casez (\$signal$297 )
       1'h0:
-          \$226  = a_filled0;
+          \$220  = a_filled0;
       1'h1:
-          \$226  = a_filled1;
+          \$220  = a_filled1;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$326 )
+    casez (\$signal$330 )
       1'h0:
-          \$231  = a_filled0;
+          \$225  = a_filled0;
       1'h1:
-          \$231  = a_filled1;
+          \$225  = a_filled1;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     (* full_case = 32'd1 *)
     casez (w_feed_half)
+      1'h0:
+          \$233  = w_filled0;
+      1'h1:
+          \$233  = w_filled1;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    (* full_case = 32'd1 *)
+    casez (w_load_half)
       1'h0:
           \$239  = w_filled0;
       1'h1:
@@ -30064,9 +30078,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_load_half)
       1'h0:
-          \$245  = w_filled0;
+          \$246  = w_filled0;
       1'h1:
-          \$245  = w_filled1;
+          \$246  = w_filled1;
     endcase
   end
   always @* begin
@@ -30074,9 +30088,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_load_half)
       1'h0:
-          \$252  = w_filled0;
+          \$256  = w_filled0;
       1'h1:
-          \$252  = w_filled1;
+          \$256  = w_filled1;
     endcase
   end
   always @* begin
@@ -30084,9 +30098,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_load_half)
       1'h0:
-          \$262  = w_filled0;
+          \$265  = w_filled0;
       1'h1:
-          \$262  = w_filled1;
+          \$265  = w_filled1;
     endcase
   end
   always @* begin
@@ -30094,9 +30108,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_load_half)
       1'h0:
-          \$271  = w_filled0;
+          \$274  = w_filled0;
       1'h1:
-          \$271  = w_filled1;
+          \$274  = w_filled1;
     endcase
   end
   always @* begin
@@ -30104,9 +30118,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_load_half)
       1'h0:
-          \$280  = w_filled0;
+          \$283  = w_filled0;
       1'h1:
-          \$280  = w_filled1;
+          \$283  = w_filled1;
     endcase
   end
   always @* begin
@@ -30114,9 +30128,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_load_half)
       1'h0:
-          \$289  = w_filled0;
+          \$292  = w_filled0;
       1'h1:
-          \$289  = w_filled1;
+          \$292  = w_filled1;
     endcase
   end
   always @* begin
@@ -30124,9 +30138,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_load_half)
       1'h0:
-          \$298  = w_filled0;
+          \$301  = w_filled0;
       1'h1:
-          \$298  = w_filled1;
+          \$301  = w_filled1;
     endcase
   end
   always @* begin
@@ -30134,41 +30148,31 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_load_half)
       1'h0:
-          \$307  = w_filled0;
+          \$310  = w_filled0;
       1'h1:
-          \$307  = w_filled1;
+          \$310  = w_filled1;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    (* full_case = 32'd1 *)
-    casez (w_load_half)
-      1'h0:
-          \$316  = w_filled0;
-      1'h1:
-          \$316  = w_filled1;
-    endcase
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$348  = 32'd0;
+    \$342  = 32'd0;
     casez (index__4)
       16'h0000:
-          \$348  = \r_data$449 [31:0];
+          \$342  = \r_data$453 [31:0];
       16'h0001:
-          \$348  = \r_data$449 [63:32];
+          \$342  = \r_data$453 [63:32];
       16'h0002:
-          \$348  = \r_data$449 [95:64];
+          \$342  = \r_data$453 [95:64];
       16'h0003:
-          \$348  = \r_data$449 [127:96];
+          \$342  = \r_data$453 [127:96];
       16'h0004:
-          \$348  = \r_data$449 [159:128];
+          \$342  = \r_data$453 [159:128];
       16'h0005:
-          \$348  = \r_data$449 [191:160];
+          \$342  = \r_data$453 [191:160];
       16'h0006:
-          \$348  = \r_data$449 [223:192];
+          \$342  = \r_data$453 [223:192];
       16'h0007:
-          \$348  = \r_data$449 [255:224];
+          \$342  = \r_data$453 [255:224];
     endcase
   end
   always @* begin
@@ -30176,41 +30180,41 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (post_col)
       3'h0:
-          \$351  = \r_data$449 [31:0];
+          \$345  = \r_data$453 [31:0];
       3'h1:
-          \$351  = \r_data$449 [63:32];
+          \$345  = \r_data$453 [63:32];
       3'h2:
-          \$351  = \r_data$449 [95:64];
+          \$345  = \r_data$453 [95:64];
       3'h3:
-          \$351  = \r_data$449 [127:96];
+          \$345  = \r_data$453 [127:96];
       3'h4:
-          \$351  = \r_data$449 [159:128];
+          \$345  = \r_data$453 [159:128];
       3'h5:
-          \$351  = \r_data$449 [191:160];
+          \$345  = \r_data$453 [191:160];
       3'h6:
-          \$351  = \r_data$449 [223:192];
+          \$345  = \r_data$453 [223:192];
       3'h7:
-          \$351  = \r_data$449 [255:224];
+          \$345  = \r_data$453 [255:224];
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$293 )
+    casez (\$signal$297 )
       1'h0:
-          \$803  = a_filled0;
+          \$800  = a_filled0;
       1'h1:
-          \$803  = a_filled1;
+          \$800  = a_filled1;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$293 )
+    casez (\$signal$297 )
       1'h0:
-          \$808  = a_filled0;
+          \$805  = a_filled0;
       1'h1:
-          \$808  = a_filled1;
+          \$805  = a_filled1;
     endcase
   end
   always @* begin
@@ -30218,9 +30222,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_load_half)
       1'h0:
-          \$845  = w_filled0;
+          \$842  = w_filled0;
       1'h1:
-          \$845  = w_filled1;
+          \$842  = w_filled1;
     endcase
   end
   always @* begin
@@ -30439,15 +30443,15 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     if (in_stream) begin
       if (is_move) begin
       end else if (is_load) begin
-        next = \$92 ;
+        next = \$86 ;
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     wr_data = sink_data;
-    if (\$347 ) begin
-      wr_data = \$348 [15:0];
+    if (\$341 ) begin
+      wr_data = \$342 [15:0];
     end
   end
   always @* begin
@@ -30476,12 +30480,12 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         \$signal  = beat__valid;
       end else if (is_store) begin
       end else if (is_gemm) begin
-      end else if (\$89 ) begin
-        \$signal  = \r_rdy$243 ;
+      end else if (\$83 ) begin
+        \$signal  = \r_rdy$247 ;
       end
     end
     if (pack_active) begin
-      \$signal  = \r_rdy$262 ;
+      \$signal  = \r_rdy$266 ;
     end
   end
   always @* begin
@@ -30489,27 +30493,27 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     sink_data = 16'h0000;
     if (in_stream) begin
       if (is_move) begin
-        sink_data = \r_data$233 [15:0];
+        sink_data = \r_data$237 [15:0];
       end else if (is_load) begin
         (* full_case = 32'd1 *)
         casez (ins[23:22])
           2'h0:
-              sink_data = { \$95 [8], \$95 [8], \$95 [8], \$95 [8], \$95 [8], \$95 [8], \$95 [8], \$95  };
+              sink_data = { \$89 [8], \$89 [8], \$89 [8], \$89 [8], \$89 [8], \$89 [8], \$89 [8], \$89  };
           2'h1:
-              sink_data = \$98 [15:0];
+              sink_data = \$92 [15:0];
           2'h2:
-              sink_data = \$101 [15:0];
+              sink_data = \$95 [15:0];
           2'h3:
-              sink_data = \$104 [15:0];
+              sink_data = \$98 [15:0];
         endcase
       end else if (is_store) begin
       end else if (is_gemm) begin
-      end else if (\$89 ) begin
-        sink_data = \r_data$244 ;
+      end else if (\$83 ) begin
+        sink_data = \r_data$248 ;
       end
     end
     if (pack_active) begin
-      sink_data = \$126 ;
+      sink_data = \$120 ;
     end
   end
   always @* begin
@@ -30518,12 +30522,12 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     if (in_stream) begin
       if (is_move) begin
       end else if (is_load) begin
-        if (\$105 ) begin
+        if (\$99 ) begin
           fault = 4'h4;
         end
       end
     end
-    if (\$420 ) begin
+    if (\$414 ) begin
       fault = 4'h5;
     end
   end
@@ -30560,13 +30564,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       end else if (is_load) begin
       end else if (is_store) begin
       end else if (is_gemm) begin
-      end else if (\$89 ) begin
+      end else if (\$83 ) begin
       end else begin
-        elem_data = \r_data$233 [15:0];
+        elem_data = \r_data$237 [15:0];
       end
     end
-    if (\$350 ) begin
-      elem_data = \$351 [15:0];
+    if (\$344 ) begin
+      elem_data = \$345 [15:0];
     end
   end
   always @* begin
@@ -30578,9 +30582,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       end else if (is_load) begin
       end else if (is_store) begin
       end else if (is_gemm) begin
-      end else if (\$89 ) begin
+      end else if (\$83 ) begin
       end else begin
-        elem_final = \r_data$233 [17];
+        elem_final = \r_data$237 [17];
       end
     end
   end
@@ -30588,7 +30592,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     in_ready = 1'h0;
     if (pack_active) begin
-      in_ready = \$109 ;
+      in_ready = \$103 ;
     end
   end
   always @* begin
@@ -30602,18 +30606,18 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     elem_take = 1'h0;
     if (pack_active) begin
-      elem_take = \$115 ;
+      elem_take = \$109 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \r_en$257  = 1'h0;
+    \r_en$261  = 1'h0;
     if (pack_active) begin
-      \r_en$257  = \$122 ;
+      \r_en$261  = \$116 ;
     end
     if (gemm_active) begin
-      if (\$244 ) begin
-        \r_en$257  = \$249 ;
+      if (\$238 ) begin
+        \r_en$261  = \$243 ;
       end
     end
   end
@@ -30621,30 +30625,30 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     a__valid = 1'h0;
     if (pack_active) begin
-      a__valid = \$123 ;
+      a__valid = \$117 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \b__valid$260  = 1'h0;
+    \b__valid$264  = 1'h0;
     if (pack_active) begin
-      \b__valid$260  = \$124 ;
+      \b__valid$264  = \$118 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     i__valid = 1'h0;
     if (pack_active) begin
-      i__valid = \$125 ;
+      i__valid = \$119 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \r_en$267  = 1'h0;
+    \r_en$271  = 1'h0;
     if (pack_active) begin
-      if (\$127 ) begin
-        if (\$129 ) begin
-          \r_en$267  = 1'h1;
+      if (\$121 ) begin
+        if (\$123 ) begin
+          \r_en$271  = 1'h1;
         end
       end
     end
@@ -30833,14 +30837,14 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     p__valid = 1'h0;
     if (gemm_active) begin
-      p__valid = \$134 ;
+      p__valid = \$128 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \w_en$281  = 1'h0;
+    \w_en$285  = 1'h0;
     if (gemm_active) begin
-      \w_en$281  = \$138 ;
+      \w_en$285  = \$132 ;
     end
   end
   always @* begin
@@ -30848,54 +30852,33 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     elem = 9'h000;
     casez (ins[16:12])
       5'h02:
-          elem = { \$145 [2], \$145 [2], \$145 [2], \$145 [2], \$145 [2], \$145 [2], \$145  };
+          elem = { \$139 [2], \$139 [2], \$139 [2], \$139 [2], \$139 [2], \$139 [2], \$139  };
       5'h03:
-          elem = { \$148 [3], \$148 [3], \$148 [3], \$148 [3], \$148 [3], \$148  };
+          elem = { \$142 [3], \$142 [3], \$142 [3], \$142 [3], \$142 [3], \$142  };
       5'h04:
-          elem = { \$151 [4], \$151 [4], \$151 [4], \$151 [4], \$151  };
+          elem = { \$145 [4], \$145 [4], \$145 [4], \$145 [4], \$145  };
       5'h05:
-          elem = { \$154 [5], \$154 [5], \$154 [5], \$154  };
+          elem = { \$148 [5], \$148 [5], \$148 [5], \$148  };
       5'h06:
-          elem = { \$157 [6], \$157 [6], \$157  };
+          elem = { \$151 [6], \$151 [6], \$151  };
       5'h07:
-          elem = { \$160 [7], \$160  };
+          elem = { \$154 [7], \$154  };
       5'h08:
-          elem = \$163 ;
+          elem = \$157 ;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     a_in_take = 1'h0;
     if (gemm_active) begin
-      a_in_take = \$166 ;
+      a_in_take = \$160 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$296  = 9'h000;
+    \$signature__addr$300  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$296  = \$168 [8:0];
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__data$298  = 9'h000;
-    if (gemm_active) begin
-      \$signature__data$298  = elem;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$299  = 1'h0;
-    if (gemm_active) begin
-      \$signature__en$299  = \$174 ;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$301  = 9'h000;
-    if (gemm_active) begin
-      \$signature__addr$301  = \$176 [8:0];
+      \$signature__addr$300  = \$162 [8:0];
     end
   end
   always @* begin
@@ -30909,175 +30892,182 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     \$signature__en$303  = 1'h0;
     if (gemm_active) begin
-      \$signature__en$303  = \$181 ;
+      \$signature__en$303  = \$168 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$304  = 9'h000;
+    \$signature__addr$305  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$304  = \$183 [8:0];
+      \$signature__addr$305  = \$170 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__data$305  = 9'h000;
+    \$signature__data$306  = 9'h000;
     if (gemm_active) begin
-      \$signature__data$305  = elem;
+      \$signature__data$306  = elem;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$306  = 1'h0;
+    \$signature__en$307  = 1'h0;
     if (gemm_active) begin
-      \$signature__en$306  = \$188 ;
+      \$signature__en$307  = \$175 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$307  = 9'h000;
+    \$signature__addr$308  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$307  = \$190 [8:0];
+      \$signature__addr$308  = \$177 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__data$308  = 9'h000;
+    \$signature__data$309  = 9'h000;
     if (gemm_active) begin
-      \$signature__data$308  = elem;
+      \$signature__data$309  = elem;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$309  = 1'h0;
+    \$signature__en$310  = 1'h0;
     if (gemm_active) begin
-      \$signature__en$309  = \$195 ;
+      \$signature__en$310  = \$182 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$310  = 9'h000;
+    \$signature__addr$311  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$310  = \$197 [8:0];
+      \$signature__addr$311  = \$184 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__data$311  = 9'h000;
+    \$signature__data$312  = 9'h000;
     if (gemm_active) begin
-      \$signature__data$311  = elem;
+      \$signature__data$312  = elem;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$312  = 1'h0;
+    \$signature__en$313  = 1'h0;
     if (gemm_active) begin
-      \$signature__en$312  = \$202 ;
+      \$signature__en$313  = \$189 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$313  = 9'h000;
+    \$signature__addr$314  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$313  = \$204 [8:0];
+      \$signature__addr$314  = \$191 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__data$314  = 9'h000;
+    \$signature__data$315  = 9'h000;
     if (gemm_active) begin
-      \$signature__data$314  = elem;
+      \$signature__data$315  = elem;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$315  = 1'h0;
+    \$signature__en$316  = 1'h0;
     if (gemm_active) begin
-      \$signature__en$315  = \$209 ;
+      \$signature__en$316  = \$196 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$316  = 9'h000;
+    \$signature__addr$317  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$316  = \$211 [8:0];
+      \$signature__addr$317  = \$198 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__data$317  = 9'h000;
+    \$signature__data$318  = 9'h000;
     if (gemm_active) begin
-      \$signature__data$317  = elem;
+      \$signature__data$318  = elem;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$318  = 1'h0;
+    \$signature__en$319  = 1'h0;
     if (gemm_active) begin
-      \$signature__en$318  = \$216 ;
+      \$signature__en$319  = \$203 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$319  = 9'h000;
+    \$signature__addr$320  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$319  = \$218 [8:0];
+      \$signature__addr$320  = \$205 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__data$320  = 9'h000;
+    \$signature__data$321  = 9'h000;
     if (gemm_active) begin
-      \$signature__data$320  = elem;
+      \$signature__data$321  = elem;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$321  = 1'h0;
+    \$signature__en$322  = 1'h0;
     if (gemm_active) begin
-      \$signature__en$321  = \$223 ;
+      \$signature__en$322  = \$210 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$322  = 9'h000;
+    \$signature__addr$323  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$322  = \$225 [8:0];
+      \$signature__addr$323  = \$212 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__data$323  = 9'h000;
+    \$signature__data$324  = 9'h000;
     if (gemm_active) begin
-      \$signature__data$323  = elem;
+      \$signature__data$324  = elem;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$324  = 1'h0;
+    \$signature__en$325  = 1'h0;
     if (gemm_active) begin
-      \$signature__en$324  = \$230 ;
+      \$signature__en$325  = \$217 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$signature__addr$326  = 9'h000;
+    if (gemm_active) begin
+      \$signature__addr$326  = \$219 [8:0];
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$signature__data$327  = 9'h000;
+    if (gemm_active) begin
+      \$signature__data$327  = elem;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$signature__en$328  = 1'h0;
+    if (gemm_active) begin
+      \$signature__en$328  = \$224 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     a_issue = 1'h0;
     if (gemm_active) begin
-      a_issue = \$243 ;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$333  = 9'h000;
-    if (gemm_active) begin
-      \$signature__addr$333  = a_read_addr;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$335  = 1'h1;
-    if (gemm_active) begin
-      \$signature__en$335  = a_read;
+      a_issue = \$237 ;
     end
   end
   always @* begin
@@ -31089,23 +31079,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$338  = 1'h1;
+    \$signature__en$339  = 1'h1;
     if (gemm_active) begin
-      \$signature__en$338  = a_read;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$339  = 9'h000;
-    if (gemm_active) begin
-      \$signature__addr$339  = a_read_addr;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$340  = 1'h1;
-    if (gemm_active) begin
-      \$signature__en$340  = a_read;
+      \$signature__en$339  = a_read;
     end
   end
   always @* begin
@@ -31194,52 +31170,59 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$signature__addr$353  = 9'h000;
+    if (gemm_active) begin
+      \$signature__addr$353  = a_read_addr;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$signature__en$354  = 1'h1;
+    if (gemm_active) begin
+      \$signature__en$354  = a_read;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$signature__addr$355  = 9'h000;
+    if (gemm_active) begin
+      \$signature__addr$355  = a_read_addr;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$signature__en$356  = 1'h1;
+    if (gemm_active) begin
+      \$signature__en$356  = a_read;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     welem = 8'h00;
     if (gemm_active) begin
       casez (ins[21:17])
         5'h02:
-            welem = { \r_data$354 [1], \r_data$354 [1], \r_data$354 [1], \r_data$354 [1], \r_data$354 [1], \r_data$354 [1], \r_data$354 [1:0] };
+            welem = { \r_data$358 [1], \r_data$358 [1], \r_data$358 [1], \r_data$358 [1], \r_data$358 [1], \r_data$358 [1], \r_data$358 [1:0] };
         5'h03:
-            welem = { \r_data$354 [2], \r_data$354 [2], \r_data$354 [2], \r_data$354 [2], \r_data$354 [2], \r_data$354 [2:0] };
+            welem = { \r_data$358 [2], \r_data$358 [2], \r_data$358 [2], \r_data$358 [2], \r_data$358 [2], \r_data$358 [2:0] };
         5'h04:
-            welem = { \r_data$354 [3], \r_data$354 [3], \r_data$354 [3], \r_data$354 [3], \r_data$354 [3:0] };
+            welem = { \r_data$358 [3], \r_data$358 [3], \r_data$358 [3], \r_data$358 [3], \r_data$358 [3:0] };
         5'h05:
-            welem = { \r_data$354 [4], \r_data$354 [4], \r_data$354 [4], \r_data$354 [4:0] };
+            welem = { \r_data$358 [4], \r_data$358 [4], \r_data$358 [4], \r_data$358 [4:0] };
         5'h06:
-            welem = { \r_data$354 [5], \r_data$354 [5], \r_data$354 [5:0] };
+            welem = { \r_data$358 [5], \r_data$358 [5], \r_data$358 [5:0] };
         5'h07:
-            welem = { \r_data$354 [6], \r_data$354 [6:0] };
+            welem = { \r_data$358 [6], \r_data$358 [6:0] };
         5'h08:
-            welem = \r_data$354 [7:0];
+            welem = \r_data$358 [7:0];
       endcase
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$356  = 9'h000;
+    \$signature__addr$360  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$356  = \$251 [8:0];
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__data$358  = 8'h00;
-    if (gemm_active) begin
-      \$signature__data$358  = welem;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$359  = 1'h0;
-    if (gemm_active) begin
-      \$signature__en$359  = \$259 ;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$361  = 9'h000;
-    if (gemm_active) begin
-      \$signature__addr$361  = \$261 [8:0];
+      \$signature__addr$360  = \$245 [8:0];
     end
   end
   always @* begin
@@ -31253,168 +31236,161 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     \$signature__en$363  = 1'h0;
     if (gemm_active) begin
-      \$signature__en$363  = \$268 ;
+      \$signature__en$363  = \$253 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$364  = 9'h000;
+    \$signature__addr$365  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$364  = \$270 [8:0];
+      \$signature__addr$365  = \$255 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__data$365  = 8'h00;
+    \$signature__data$366  = 8'h00;
     if (gemm_active) begin
-      \$signature__data$365  = welem;
+      \$signature__data$366  = welem;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$366  = 1'h0;
+    \$signature__en$367  = 1'h0;
     if (gemm_active) begin
-      \$signature__en$366  = \$277 ;
+      \$signature__en$367  = \$262 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$367  = 9'h000;
+    \$signature__addr$368  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$367  = \$279 [8:0];
+      \$signature__addr$368  = \$264 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__data$368  = 8'h00;
+    \$signature__data$369  = 8'h00;
     if (gemm_active) begin
-      \$signature__data$368  = welem;
+      \$signature__data$369  = welem;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$369  = 1'h0;
+    \$signature__en$370  = 1'h0;
     if (gemm_active) begin
-      \$signature__en$369  = \$286 ;
+      \$signature__en$370  = \$271 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$370  = 9'h000;
+    \$signature__addr$371  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$370  = \$288 [8:0];
+      \$signature__addr$371  = \$273 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__data$371  = 8'h00;
+    \$signature__data$372  = 8'h00;
     if (gemm_active) begin
-      \$signature__data$371  = welem;
+      \$signature__data$372  = welem;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$372  = 1'h0;
+    \$signature__en$373  = 1'h0;
     if (gemm_active) begin
-      \$signature__en$372  = \$295 ;
+      \$signature__en$373  = \$280 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$373  = 9'h000;
+    \$signature__addr$374  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$373  = \$297 [8:0];
+      \$signature__addr$374  = \$282 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__data$374  = 8'h00;
+    \$signature__data$375  = 8'h00;
     if (gemm_active) begin
-      \$signature__data$374  = welem;
+      \$signature__data$375  = welem;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$375  = 1'h0;
+    \$signature__en$376  = 1'h0;
     if (gemm_active) begin
-      \$signature__en$375  = \$304 ;
+      \$signature__en$376  = \$289 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$376  = 9'h000;
+    \$signature__addr$377  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$376  = \$306 [8:0];
+      \$signature__addr$377  = \$291 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__data$377  = 8'h00;
+    \$signature__data$378  = 8'h00;
     if (gemm_active) begin
-      \$signature__data$377  = welem;
+      \$signature__data$378  = welem;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$378  = 1'h0;
+    \$signature__en$379  = 1'h0;
     if (gemm_active) begin
-      \$signature__en$378  = \$313 ;
+      \$signature__en$379  = \$298 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$379  = 9'h000;
+    \$signature__addr$380  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$379  = \$315 [8:0];
+      \$signature__addr$380  = \$300 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__data$380  = 8'h00;
+    \$signature__data$381  = 8'h00;
     if (gemm_active) begin
-      \$signature__data$380  = welem;
+      \$signature__data$381  = welem;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$381  = 1'h0;
+    \$signature__en$382  = 1'h0;
     if (gemm_active) begin
-      \$signature__en$381  = \$322 ;
+      \$signature__en$382  = \$307 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$382  = 9'h000;
+    \$signature__addr$383  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$382  = w_read_addr;
+      \$signature__addr$383  = \$309 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$384  = 1'h1;
+    \$signature__data$384  = 8'h00;
     if (gemm_active) begin
-      \$signature__en$384  = a_read;
+      \$signature__data$384  = welem;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$385  = 9'h000;
+    \$signature__en$385  = 1'h0;
     if (gemm_active) begin
-      \$signature__addr$385  = w_read_addr;
+      \$signature__en$385  = \$316 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$386  = 1'h1;
+    \$signature__addr$386  = 9'h000;
     if (gemm_active) begin
-      \$signature__en$386  = a_read;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$387  = 9'h000;
-    if (gemm_active) begin
-      \$signature__addr$387  = w_read_addr;
+      \$signature__addr$386  = w_read_addr;
     end
   end
   always @* begin
@@ -31496,313 +31472,341 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$signature__addr$399  = 9'h000;
+    if (gemm_active) begin
+      \$signature__addr$399  = w_read_addr;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$signature__en$400  = 1'h1;
+    if (gemm_active) begin
+      \$signature__en$400  = a_read;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$signature__addr$401  = 9'h000;
+    if (gemm_active) begin
+      \$signature__addr$401  = w_read_addr;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$signature__en$402  = 1'h1;
+    if (gemm_active) begin
+      \$signature__en$402  = a_read;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     feed_data = 146'h0000000000000000000000000000000000000;
     if (gemm_active) begin
-      feed_data = { \$signature__data$417 , \$signature__data$416 , \$signature__data$415 , \$signature__data$414 , \$signature__data$413 , \$signature__data$412 , \$signature__data$411 , \$signature__data$410 , \$signature__data$409 , \$signature__data$408 , \$signature__data$407 , \$signature__data$406 , \$signature__data$405 , \$signature__data$404 , \$signature__data$403 , \$signature__data$402 , \$signature__data$401 , feed_got_last };
+      feed_data = { \$signature__data$421 , \$signature__data$420 , \$signature__data$419 , \$signature__data$418 , \$signature__data$417 , \$signature__data$416 , \$signature__data$415 , \$signature__data$414 , \$signature__data$413 , \$signature__data$412 , \$signature__data$411 , \$signature__data$410 , \$signature__data$409 , \$signature__data$408 , \$signature__data$407 , \$signature__data$406 , \$signature__data$405 , feed_got_last };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \a__valid$418  = 1'h0;
+    \a__valid$422  = 1'h0;
     if (gemm_active) begin
-      \a__valid$418  = feed_valid;
+      \a__valid$422  = feed_valid;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \a__payload$420  = 82'h000000000000000000000;
+    \a__payload$424  = 82'h000000000000000000000;
     if (gemm_active) begin
-      \a__payload$420 [81] = feed_beat[0];
-      \a__payload$420 [8:0] = feed_beat[9:1];
-      \a__payload$420 [17:9] = feed_beat[18:10];
-      \a__payload$420 [26:18] = feed_beat[27:19];
-      \a__payload$420 [35:27] = feed_beat[36:28];
-      \a__payload$420 [44:36] = feed_beat[45:37];
-      \a__payload$420 [53:45] = feed_beat[54:46];
-      \a__payload$420 [62:54] = feed_beat[63:55];
-      \a__payload$420 [71:63] = feed_beat[72:64];
-      \a__payload$420 [80:72] = feed_beat[81:73];
+      \a__payload$424 [81] = feed_beat[0];
+      \a__payload$424 [8:0] = feed_beat[9:1];
+      \a__payload$424 [17:9] = feed_beat[18:10];
+      \a__payload$424 [26:18] = feed_beat[27:19];
+      \a__payload$424 [35:27] = feed_beat[36:28];
+      \a__payload$424 [44:36] = feed_beat[45:37];
+      \a__payload$424 [53:45] = feed_beat[54:46];
+      \a__payload$424 [62:54] = feed_beat[63:55];
+      \a__payload$424 [71:63] = feed_beat[72:64];
+      \a__payload$424 [80:72] = feed_beat[81:73];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     w__valid = 1'h0;
     if (gemm_active) begin
-      w__valid = \$323 ;
+      w__valid = \$317 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     feed_ready = 1'h0;
     if (gemm_active) begin
-      feed_ready = \a__ready$425 ;
+      feed_ready = \a__ready$429 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \r_en$426  = 1'h0;
+    \r_en$430  = 1'h0;
     if (gemm_active) begin
-      \r_en$426  = \$324 ;
+      \r_en$430  = \$318 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     w__payload = 64'h0000000000000000;
     if (gemm_active) begin
-      w__payload[7:0] = \$325 ;
-      w__payload[15:8] = \$326 ;
-      w__payload[23:16] = \$327 ;
-      w__payload[31:24] = \$328 ;
-      w__payload[39:32] = \$329 ;
-      w__payload[47:40] = \$330 ;
-      w__payload[55:48] = \$331 ;
-      w__payload[63:56] = \$332 ;
+      w__payload[7:0] = \$319 ;
+      w__payload[15:8] = \$320 ;
+      w__payload[23:16] = \$321 ;
+      w__payload[31:24] = \$322 ;
+      w__payload[39:32] = \$323 ;
+      w__payload[47:40] = \$324 ;
+      w__payload[55:48] = \$325 ;
+      w__payload[63:56] = \$326 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     dst_keep = 1'h1;
     if (gemm_active) begin
-      dst_keep = \$344 ;
+      dst_keep = \$338 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$884  = \addr$113 [13:0];
+    \$881  = \addr$113 [13:0];
     if (rst) begin
-      \$884  = 14'h0000;
+      \$881  = 14'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$885  = wr_data;
+    \$882  = wr_data;
     if (rst) begin
-      \$885  = 16'h0000;
+      \$882  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$886  = wr_en;
+    \$883  = wr_en;
     if (rst) begin
-      \$886  = 1'h0;
+      \$883  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$887  = 1'h0;
+    \$884  = 1'h0;
     casez (seq_state)
       3'h0:
           /* empty */;
       3'h1:
           /* empty */;
       3'h2:
-          if (\$595 ) begin
-            \$887  = \$597 ;
+          if (\$604 ) begin
+            \$884  = \$606 ;
           end
     endcase
+    if (rst) begin
+      \$884  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$885  = \$421 ;
+    if (rst) begin
+      \$885  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$886  = \$422 ;
+    if (rst) begin
+      \$886  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$887  = \$423 ;
     if (rst) begin
       \$887  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$888  = \$427 ;
+    \$888  = \$424 ;
     if (rst) begin
       \$888  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$889  = \$428 ;
+    \$889  = \$425 ;
     if (rst) begin
       \$889  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$890  = \$429 ;
+    \$890  = \$426 ;
     if (rst) begin
       \$890  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$891  = \$430 ;
+    \$891  = \$427 ;
     if (rst) begin
       \$891  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$892  = \$431 ;
+    \$892  = \$428 ;
     if (rst) begin
       \$892  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$893  = \$432 ;
+    \$893  = \$429 ;
     if (rst) begin
       \$893  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$894  = \$433 ;
+    \$894  = \$430 ;
     if (rst) begin
       \$894  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$895  = \$434 ;
+    \$895  = \$431 ;
     if (rst) begin
       \$895  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$896  = \$435 ;
+    \$896  = \$432 ;
     if (rst) begin
       \$896  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$897  = \$436 ;
+    \$897  = \$433 ;
     if (rst) begin
       \$897  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$898  = \$437 ;
+    \$898  = \$434 ;
     if (rst) begin
       \$898  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$899  = \$438 ;
+    \$899  = \$435 ;
     if (rst) begin
       \$899  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$900  = \$439 ;
+    \$900  = \$436 [15:0];
     if (rst) begin
-      \$900  = 1'h0;
+      \$900  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$901  = \$440 ;
+    \$901  = \$439 ;
     if (rst) begin
       \$901  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$902  = \$441 ;
+    \$902  = \$442 ;
     if (rst) begin
       \$902  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$903  = \$442 [15:0];
+    \$903  = \$445 ;
     if (rst) begin
-      \$903  = 16'h0000;
+      \$903  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$904  = \$445 ;
+    \$904  = \$448 ;
     if (rst) begin
       \$904  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$905  = \$448 ;
+    \$905  = \$451 ;
     if (rst) begin
       \$905  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$906  = \$451 ;
+    \$906  = \$453 ;
     if (rst) begin
       \$906  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$907  = \$454 ;
+    \$907  = { \$454 , \final$504 , \last__4$503  };
     if (rst) begin
-      \$907  = 1'h0;
+      \$907  = 3'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$908  = \$457 ;
+    \$908  = \$456 ;
     if (rst) begin
       \$908  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$909  = \$459 ;
+    \$909  = { \$457 , \final$507 , \last__4$506  };
     if (rst) begin
-      \$909  = 1'h0;
+      \$909  = 3'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$910  = { \$460 , \final$500 , \last__4$499  };
+    \$910  = \$464 ;
     if (rst) begin
-      \$910  = 3'h0;
+      \$910  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$911  = \$462 ;
+    \$911  = \$472 ;
     if (rst) begin
       \$911  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$912  = { \$463 , \final$503 , \last__4$502  };
+    \$912  = \$477 ;
     if (rst) begin
-      \$912  = 3'h0;
+      \$912  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$913  = \$470 ;
-    if (rst) begin
-      \$913  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$914  = \$478 ;
-    if (rst) begin
-      \$914  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$915  = \$483 ;
-    if (rst) begin
-      \$915  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$916  = 1'h0;
+    \$913  = 1'h0;
     casez (seq_state)
       3'h0:
           /* empty */;
@@ -31813,8 +31817,29 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h3:
           /* empty */;
       3'h4:
-          \$916  = \$730 ;
+          \$913  = \$727 ;
     endcase
+    if (rst) begin
+      \$913  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$914  = \$505 ;
+    if (rst) begin
+      \$914  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$915  = \$510 ;
+    if (rst) begin
+      \$915  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$916  = \$515 ;
     if (rst) begin
       \$916  = 1'h0;
     end
@@ -31828,11 +31853,11 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     if (in_stream) begin
       if (is_move) begin
       end else if (is_load) begin
-        if (\$735 ) begin
+        if (\$732 ) begin
           \$917  = valid;
         end
       end else if (is_store) begin
-        if (\$739 ) begin
+        if (\$736 ) begin
           \$917  = dst_step;
         end
       end
@@ -31845,9 +31870,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     \$918  = cycles;
     if (busy) begin
-      \$918  = \$507 [47:0];
+      \$918  = \$516 [47:0];
     end
-    if (\$575 ) begin
+    if (\$584 ) begin
       \$918  = 48'h000000000000;
     end
     if (rst) begin
@@ -31858,11 +31883,11 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     \$919  = op_cycles__0;
     if (busy) begin
-      if (\$508 ) begin
-        \$919  = \$509 [47:0];
+      if (\$517 ) begin
+        \$919  = \$518 [47:0];
       end
     end
-    if (\$575 ) begin
+    if (\$584 ) begin
       \$919  = 48'h000000000000;
     end
     if (rst) begin
@@ -31873,11 +31898,11 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     \$920  = op_cycles__1;
     if (busy) begin
-      if (\$510 ) begin
-        \$920  = \$511 [47:0];
+      if (\$519 ) begin
+        \$920  = \$520 [47:0];
       end
     end
-    if (\$575 ) begin
+    if (\$584 ) begin
       \$920  = 48'h000000000000;
     end
     if (rst) begin
@@ -31888,11 +31913,11 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     \$921  = op_cycles__2;
     if (busy) begin
-      if (\$512 ) begin
-        \$921  = \$513 [47:0];
+      if (\$521 ) begin
+        \$921  = \$522 [47:0];
       end
     end
-    if (\$575 ) begin
+    if (\$584 ) begin
       \$921  = 48'h000000000000;
     end
     if (rst) begin
@@ -31903,11 +31928,11 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     \$922  = op_cycles__3;
     if (busy) begin
-      if (\$514 ) begin
-        \$922  = \$515 [47:0];
+      if (\$523 ) begin
+        \$922  = \$524 [47:0];
       end
     end
-    if (\$575 ) begin
+    if (\$584 ) begin
       \$922  = 48'h000000000000;
     end
     if (rst) begin
@@ -31918,11 +31943,11 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     \$923  = op_cycles__4;
     if (busy) begin
-      if (\$516 ) begin
-        \$923  = \$517 [47:0];
+      if (\$525 ) begin
+        \$923  = \$526 [47:0];
       end
     end
-    if (\$575 ) begin
+    if (\$584 ) begin
       \$923  = 48'h000000000000;
     end
     if (rst) begin
@@ -31933,11 +31958,11 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     \$924  = op_cycles__5;
     if (busy) begin
-      if (\$518 ) begin
-        \$924  = \$519 [47:0];
+      if (\$527 ) begin
+        \$924  = \$528 [47:0];
       end
     end
-    if (\$575 ) begin
+    if (\$584 ) begin
       \$924  = 48'h000000000000;
     end
     if (rst) begin
@@ -31948,11 +31973,11 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     \$925  = op_cycles__6;
     if (busy) begin
-      if (\$520 ) begin
-        \$925  = \$521 [47:0];
+      if (\$529 ) begin
+        \$925  = \$530 [47:0];
       end
     end
-    if (\$575 ) begin
+    if (\$584 ) begin
       \$925  = 48'h000000000000;
     end
     if (rst) begin
@@ -31963,11 +31988,11 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     \$926  = op_cycles__7;
     if (busy) begin
-      if (\$522 ) begin
-        \$926  = \$523 [47:0];
+      if (\$531 ) begin
+        \$926  = \$532 [47:0];
       end
     end
-    if (\$575 ) begin
+    if (\$584 ) begin
       \$926  = 48'h000000000000;
     end
     if (rst) begin
@@ -31978,11 +32003,11 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     \$927  = op_cycles__8;
     if (busy) begin
-      if (\$524 ) begin
-        \$927  = \$525 [47:0];
+      if (\$533 ) begin
+        \$927  = \$534 [47:0];
       end
     end
-    if (\$575 ) begin
+    if (\$584 ) begin
       \$927  = 48'h000000000000;
     end
     if (rst) begin
@@ -31993,11 +32018,11 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     \$928  = op_cycles__9;
     if (busy) begin
-      if (\$526 ) begin
-        \$928  = \$527 [47:0];
+      if (\$535 ) begin
+        \$928  = \$536 [47:0];
       end
     end
-    if (\$575 ) begin
+    if (\$584 ) begin
       \$928  = 48'h000000000000;
     end
     if (rst) begin
@@ -32008,11 +32033,11 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     \$929  = op_cycles__10;
     if (busy) begin
-      if (\$528 ) begin
-        \$929  = \$529 [47:0];
+      if (\$537 ) begin
+        \$929  = \$538 [47:0];
       end
     end
-    if (\$575 ) begin
+    if (\$584 ) begin
       \$929  = 48'h000000000000;
     end
     if (rst) begin
@@ -32023,11 +32048,11 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     \$930  = op_cycles__11;
     if (busy) begin
-      if (\$530 ) begin
-        \$930  = \$531 [47:0];
+      if (\$539 ) begin
+        \$930  = \$540 [47:0];
       end
     end
-    if (\$575 ) begin
+    if (\$584 ) begin
       \$930  = 48'h000000000000;
     end
     if (rst) begin
@@ -32038,11 +32063,11 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     \$931  = op_cycles__12;
     if (busy) begin
-      if (\$532 ) begin
-        \$931  = \$533 [47:0];
+      if (\$541 ) begin
+        \$931  = \$542 [47:0];
       end
     end
-    if (\$575 ) begin
+    if (\$584 ) begin
       \$931  = 48'h000000000000;
     end
     if (rst) begin
@@ -32053,11 +32078,11 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     \$932  = op_cycles__13;
     if (busy) begin
-      if (\$534 ) begin
-        \$932  = \$535 [47:0];
+      if (\$543 ) begin
+        \$932  = \$544 [47:0];
       end
     end
-    if (\$575 ) begin
+    if (\$584 ) begin
       \$932  = 48'h000000000000;
     end
     if (rst) begin
@@ -32068,11 +32093,11 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     \$933  = op_cycles__14;
     if (busy) begin
-      if (\$536 ) begin
-        \$933  = \$537 [47:0];
+      if (\$545 ) begin
+        \$933  = \$546 [47:0];
       end
     end
-    if (\$575 ) begin
+    if (\$584 ) begin
       \$933  = 48'h000000000000;
     end
     if (rst) begin
@@ -32083,11 +32108,11 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     \$934  = op_cycles__15;
     if (busy) begin
-      if (\$538 ) begin
-        \$934  = \$539 [47:0];
+      if (\$547 ) begin
+        \$934  = \$548 [47:0];
       end
     end
-    if (\$575 ) begin
+    if (\$584 ) begin
       \$934  = 48'h000000000000;
     end
     if (rst) begin
@@ -32096,7 +32121,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$935  = \$541 ;
+    \$935  = \$550 ;
     if (rst) begin
       \$935  = 1'h0;
     end
@@ -32110,21 +32135,21 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$937  = \$552 ;
+    \$937  = \$561 ;
     if (rst) begin
       \$937  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$938  = \$563 ;
+    \$938  = \$572 ;
     if (rst) begin
       \$938  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$939  = \$573 ;
+    \$939  = \$582 ;
     if (rst) begin
       \$939  = 1'h0;
     end
@@ -32132,14 +32157,14 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     \$940  = pc;
-    if (\$575 ) begin
+    if (\$584 ) begin
       \$940  = prog;
     end
-    if (\$581 ) begin
-      \$940  = \$signal$524 ;
+    if (\$590 ) begin
+      \$940  = \$signal$531 ;
     end
-    if (\$589 ) begin
-      \$940  = \$590 [31:0];
+    if (\$598 ) begin
+      \$940  = \$599 [31:0];
     end
     if (rst) begin
       \$940  = 32'd0;
@@ -32148,7 +32173,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     \$941  = busy;
-    if (\$575 ) begin
+    if (\$584 ) begin
       \$941  = 1'h1;
     end
     casez (seq_state)
@@ -32157,7 +32182,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h1:
           /* empty */;
       3'h2:
-          if (\$595 ) begin
+          if (\$604 ) begin
           end else if (d_end_more) begin
           end else if (d_end) begin
             \$941  = 1'h0;
@@ -32167,7 +32192,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h4:
           /* empty */;
       3'h5:
-          if (\$732 ) begin
+          if (\$729 ) begin
             \$941  = 1'h0;
           end
     endcase
@@ -32178,7 +32203,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     \$942  = done;
-    if (\$575 ) begin
+    if (\$584 ) begin
       \$942  = 1'h0;
     end
     casez (seq_state)
@@ -32187,7 +32212,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h1:
           /* empty */;
       3'h2:
-          if (\$595 ) begin
+          if (\$604 ) begin
           end else if (d_end_more) begin
           end else if (d_end) begin
             \$942  = 1'h1;
@@ -32197,7 +32222,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h4:
           /* empty */;
       3'h5:
-          if (\$732 ) begin
+          if (\$729 ) begin
             \$942  = 1'h1;
           end
     endcase
@@ -32208,7 +32233,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     \$943  = error;
-    if (\$575 ) begin
+    if (\$584 ) begin
       \$943  = 4'h0;
     end
     casez (seq_state)
@@ -32228,7 +32253,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$595 ) begin
+          if (\$604 ) begin
           end else if (d_end_more) begin
           end else if (d_end) begin
           end else if (d_count_zero) begin
@@ -32244,7 +32269,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h3:
         begin
-          if (\$633 ) begin
+          if (\$642 ) begin
             if (beat__payload[512]) begin
               \$943  = 4'h4;
             end
@@ -32258,7 +32283,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           if (addr_fault) begin
             \$943  = 4'h3;
           end
-          if (\$731 ) begin
+          if (\$728 ) begin
             \$943  = fault_q;
           end
           if (start) begin
@@ -32273,7 +32298,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     \$944  = fetch_sent;
-    if (\$575 ) begin
+    if (\$584 ) begin
       \$944  = 1'h0;
     end
     casez (seq_state)
@@ -32281,7 +32306,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           /* empty */;
       3'h1:
         begin
-          if (\$592 ) begin
+          if (\$601 ) begin
             \$944  = 1'h1;
           end
           if (beat__valid) begin
@@ -32295,8 +32320,8 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$945  = \$signal$524 ;
-    if (\$575 ) begin
+    \$945  = \$signal$531 ;
+    if (\$584 ) begin
       \$945  = prog;
     end
     if (rst) begin
@@ -32305,8 +32330,8 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$946  = \$signal$525 ;
-    if (\$575 ) begin
+    \$946  = \$signal$532 ;
+    if (\$584 ) begin
       \$946  = image_stride;
     end
     if (rst) begin
@@ -32316,11 +32341,11 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     \$947  = images_left;
-    if (\$575 ) begin
-      \$947  = \$577 ;
+    if (\$584 ) begin
+      \$947  = \$586 ;
     end
-    if (\$581 ) begin
-      \$947  = \$582 [15:0];
+    if (\$590 ) begin
+      \$947  = \$591 [15:0];
     end
     if (rst) begin
       \$947  = 16'h0000;
@@ -32329,11 +32354,11 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     \$948  = offset;
-    if (\$575 ) begin
+    if (\$584 ) begin
       \$948  = 32'd0;
     end
-    if (\$581 ) begin
-      \$948  = \$583 [31:0];
+    if (\$590 ) begin
+      \$948  = \$592 [31:0];
     end
     if (rst) begin
       \$948  = 32'd0;
@@ -32365,7 +32390,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$595 ) begin
+          if (\$604 ) begin
           end else if (d_end_more) begin
             \$949  = 3'h1;
           end else if (d_end) begin
@@ -32385,7 +32410,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h3:
         begin
-          if (\$633 ) begin
+          if (\$642 ) begin
             if (beat__payload[512]) begin
               \$949  = 3'h5;
             end
@@ -32395,7 +32420,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
               \$949  = 3'h4;
             end
           end
-          if (\$674 ) begin
+          if (\$683 ) begin
             \$949  = 3'h4;
           end
           if (start) begin
@@ -32404,13 +32429,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h4:
         begin
-          if (\$707 ) begin
+          if (\$716 ) begin
             \$949  = 3'h1;
           end
           if (addr_fault) begin
             \$949  = 3'h5;
           end
-          if (\$731 ) begin
+          if (\$728 ) begin
             \$949  = 3'h5;
           end
           if (start) begin
@@ -32418,7 +32443,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end
         end
       3'h5:
-          if (\$732 ) begin
+          if (\$729 ) begin
             \$949  = 3'h0;
           end
       default:
@@ -32454,7 +32479,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$595 ) begin
+          if (\$604 ) begin
           end else if (d_end_more) begin
             \$950  = 1'h0;
           end else if (d_end) begin
@@ -32474,7 +32499,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h3:
         begin
-          if (\$633 ) begin
+          if (\$642 ) begin
             if (beat__payload[512]) begin
               \$950  = 1'h0;
             end
@@ -32484,7 +32509,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
               \$950  = 1'h1;
             end
           end
-          if (\$674 ) begin
+          if (\$683 ) begin
             \$950  = 1'h1;
           end
           if (start) begin
@@ -32493,13 +32518,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h4:
         begin
-          if (\$707 ) begin
+          if (\$716 ) begin
             \$950  = 1'h0;
           end
           if (addr_fault) begin
             \$950  = 1'h0;
           end
-          if (\$731 ) begin
+          if (\$728 ) begin
             \$950  = 1'h0;
           end
           if (start) begin
@@ -32507,7 +32532,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end
         end
       3'h5:
-          if (\$732 ) begin
+          if (\$729 ) begin
             \$950  = 1'h0;
           end
       default:
@@ -32543,7 +32568,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$595 ) begin
+          if (\$604 ) begin
           end else if (d_end_more) begin
             \$951  = 1'h0;
           end else if (d_end) begin
@@ -32563,7 +32588,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h3:
         begin
-          if (\$633 ) begin
+          if (\$642 ) begin
             if (beat__payload[512]) begin
               \$951  = 1'h0;
             end
@@ -32573,7 +32598,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
               \$951  = 1'h0;
             end
           end
-          if (\$674 ) begin
+          if (\$683 ) begin
             \$951  = 1'h0;
           end
           if (start) begin
@@ -32582,13 +32607,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h4:
         begin
-          if (\$707 ) begin
+          if (\$716 ) begin
             \$951  = 1'h0;
           end
           if (addr_fault) begin
             \$951  = 1'h0;
           end
-          if (\$731 ) begin
+          if (\$728 ) begin
             \$951  = 1'h0;
           end
           if (start) begin
@@ -32596,7 +32621,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end
         end
       3'h5:
-          if (\$732 ) begin
+          if (\$729 ) begin
             \$951  = 1'h0;
           end
       default:
@@ -32632,7 +32657,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$595 ) begin
+          if (\$604 ) begin
           end else if (d_end_more) begin
             \$952  = 1'h0;
           end else if (d_end) begin
@@ -32652,7 +32677,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h3:
         begin
-          if (\$633 ) begin
+          if (\$642 ) begin
             if (beat__payload[512]) begin
               \$952  = 1'h0;
             end
@@ -32662,7 +32687,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
               \$952  = 1'h1;
             end
           end
-          if (\$674 ) begin
+          if (\$683 ) begin
             \$952  = 1'h1;
           end
           if (start) begin
@@ -32671,13 +32696,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h4:
         begin
-          if (\$707 ) begin
+          if (\$716 ) begin
             \$952  = 1'h0;
           end
           if (addr_fault) begin
             \$952  = 1'h0;
           end
-          if (\$731 ) begin
+          if (\$728 ) begin
             \$952  = 1'h0;
           end
           if (start) begin
@@ -32685,7 +32710,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end
         end
       3'h5:
-          if (\$732 ) begin
+          if (\$729 ) begin
             \$952  = 1'h0;
           end
       default:
@@ -32721,7 +32746,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$595 ) begin
+          if (\$604 ) begin
           end else if (d_end_more) begin
             \$953  = 1'h0;
           end else if (d_end) begin
@@ -32741,7 +32766,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h3:
         begin
-          if (\$633 ) begin
+          if (\$642 ) begin
             if (beat__payload[512]) begin
               \$953  = 1'h1;
             end
@@ -32751,7 +32776,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
               \$953  = 1'h0;
             end
           end
-          if (\$674 ) begin
+          if (\$683 ) begin
             \$953  = 1'h0;
           end
           if (start) begin
@@ -32760,13 +32785,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h4:
         begin
-          if (\$707 ) begin
+          if (\$716 ) begin
             \$953  = 1'h0;
           end
           if (addr_fault) begin
             \$953  = 1'h1;
           end
-          if (\$731 ) begin
+          if (\$728 ) begin
             \$953  = 1'h1;
           end
           if (start) begin
@@ -32774,7 +32799,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end
         end
       3'h5:
-          if (\$732 ) begin
+          if (\$729 ) begin
             \$953  = 1'h0;
           end
       default:
@@ -32810,7 +32835,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$595 ) begin
+          if (\$604 ) begin
           end else if (d_end_more) begin
             \$954  = 1'h0;
           end else if (d_end) begin
@@ -32830,7 +32855,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h3:
         begin
-          if (\$633 ) begin
+          if (\$642 ) begin
             if (beat__payload[512]) begin
               \$954  = 1'h0;
             end
@@ -32840,7 +32865,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
               \$954  = is_gemm;
             end
           end
-          if (\$674 ) begin
+          if (\$683 ) begin
             \$954  = is_gemm;
           end
           if (start) begin
@@ -32849,13 +32874,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h4:
         begin
-          if (\$707 ) begin
+          if (\$716 ) begin
             \$954  = 1'h0;
           end
           if (addr_fault) begin
             \$954  = 1'h0;
           end
-          if (\$731 ) begin
+          if (\$728 ) begin
             \$954  = 1'h0;
           end
           if (start) begin
@@ -32863,7 +32888,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end
         end
       3'h5:
-          if (\$732 ) begin
+          if (\$729 ) begin
             \$954  = 1'h0;
           end
       default:
@@ -32899,7 +32924,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$595 ) begin
+          if (\$604 ) begin
           end else if (d_end_more) begin
             \$955  = 1'h0;
           end else if (d_end) begin
@@ -32909,7 +32934,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end else if (d_const) begin
             \$955  = 1'h0;
           end else if (d_stream) begin
-            \$955  = \$602 ;
+            \$955  = \$611 ;
           end else begin
             \$955  = 1'h0;
           end
@@ -32919,18 +32944,18 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h3:
         begin
-          if (\$633 ) begin
+          if (\$642 ) begin
             if (beat__payload[512]) begin
               \$955  = 1'h0;
             end
           end
           if (c_fire) begin
             if (c_last) begin
-              \$955  = \$647 ;
+              \$955  = \$656 ;
             end
           end
-          if (\$674 ) begin
-            \$955  = \$677 ;
+          if (\$683 ) begin
+            \$955  = \$686 ;
           end
           if (start) begin
             \$955  = 1'h0;
@@ -32938,13 +32963,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h4:
         begin
-          if (\$707 ) begin
+          if (\$716 ) begin
             \$955  = 1'h0;
           end
           if (addr_fault) begin
             \$955  = 1'h0;
           end
-          if (\$731 ) begin
+          if (\$728 ) begin
             \$955  = 1'h0;
           end
           if (start) begin
@@ -32952,7 +32977,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end
         end
       3'h5:
-          if (\$732 ) begin
+          if (\$729 ) begin
             \$955  = 1'h0;
           end
       default:
@@ -32988,7 +33013,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$595 ) begin
+          if (\$604 ) begin
           end else if (d_end_more) begin
             \$956  = 1'h0;
           end else if (d_end) begin
@@ -33008,7 +33033,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h3:
         begin
-          if (\$633 ) begin
+          if (\$642 ) begin
             if (beat__payload[512]) begin
               \$956  = 1'h0;
             end
@@ -33018,7 +33043,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
               \$956  = is_move;
             end
           end
-          if (\$674 ) begin
+          if (\$683 ) begin
             \$956  = is_move;
           end
           if (start) begin
@@ -33027,13 +33052,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h4:
         begin
-          if (\$707 ) begin
+          if (\$716 ) begin
             \$956  = 1'h0;
           end
           if (addr_fault) begin
             \$956  = 1'h0;
           end
-          if (\$731 ) begin
+          if (\$728 ) begin
             \$956  = 1'h0;
           end
           if (start) begin
@@ -33041,7 +33066,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end
         end
       3'h5:
-          if (\$732 ) begin
+          if (\$729 ) begin
             \$956  = 1'h0;
           end
       default:
@@ -33077,7 +33102,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$595 ) begin
+          if (\$604 ) begin
           end else if (d_end_more) begin
             \$957  = 1'h0;
           end else if (d_end) begin
@@ -33097,7 +33122,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h3:
         begin
-          if (\$633 ) begin
+          if (\$642 ) begin
             if (beat__payload[512]) begin
               \$957  = 1'h0;
             end
@@ -33107,7 +33132,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
               \$957  = is_load;
             end
           end
-          if (\$674 ) begin
+          if (\$683 ) begin
             \$957  = is_load;
           end
           if (start) begin
@@ -33116,13 +33141,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h4:
         begin
-          if (\$707 ) begin
+          if (\$716 ) begin
             \$957  = 1'h0;
           end
           if (addr_fault) begin
             \$957  = 1'h0;
           end
-          if (\$731 ) begin
+          if (\$728 ) begin
             \$957  = 1'h0;
           end
           if (start) begin
@@ -33130,7 +33155,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end
         end
       3'h5:
-          if (\$732 ) begin
+          if (\$729 ) begin
             \$957  = 1'h0;
           end
       default:
@@ -33166,7 +33191,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$595 ) begin
+          if (\$604 ) begin
           end else if (d_end_more) begin
             \$958  = 1'h0;
           end else if (d_end) begin
@@ -33186,7 +33211,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h3:
         begin
-          if (\$633 ) begin
+          if (\$642 ) begin
             if (beat__payload[512]) begin
               \$958  = 1'h0;
             end
@@ -33196,7 +33221,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
               \$958  = is_store;
             end
           end
-          if (\$674 ) begin
+          if (\$683 ) begin
             \$958  = is_store;
           end
           if (start) begin
@@ -33205,13 +33230,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h4:
         begin
-          if (\$707 ) begin
+          if (\$716 ) begin
             \$958  = 1'h0;
           end
           if (addr_fault) begin
             \$958  = 1'h0;
           end
-          if (\$731 ) begin
+          if (\$728 ) begin
             \$958  = 1'h0;
           end
           if (start) begin
@@ -33219,7 +33244,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end
         end
       3'h5:
-          if (\$732 ) begin
+          if (\$729 ) begin
             \$958  = 1'h0;
           end
       default:
@@ -33255,7 +33280,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$595 ) begin
+          if (\$604 ) begin
           end else if (d_end_more) begin
             \$959  = 1'h0;
           end else if (d_end) begin
@@ -33275,7 +33300,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h3:
         begin
-          if (\$633 ) begin
+          if (\$642 ) begin
             if (beat__payload[512]) begin
               \$959  = 1'h0;
             end
@@ -33285,7 +33310,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
               \$959  = is_softmax;
             end
           end
-          if (\$674 ) begin
+          if (\$683 ) begin
             \$959  = is_softmax;
           end
           if (start) begin
@@ -33294,13 +33319,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h4:
         begin
-          if (\$707 ) begin
+          if (\$716 ) begin
             \$959  = 1'h0;
           end
           if (addr_fault) begin
             \$959  = 1'h0;
           end
-          if (\$731 ) begin
+          if (\$728 ) begin
             \$959  = 1'h0;
           end
           if (start) begin
@@ -33308,7 +33333,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end
         end
       3'h5:
-          if (\$732 ) begin
+          if (\$729 ) begin
             \$959  = 1'h0;
           end
       default:
@@ -33344,7 +33369,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$595 ) begin
+          if (\$604 ) begin
           end else if (d_end_more) begin
             \$960  = 1'h0;
           end else if (d_end) begin
@@ -33364,7 +33389,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h3:
         begin
-          if (\$633 ) begin
+          if (\$642 ) begin
             if (beat__payload[512]) begin
               \$960  = 1'h0;
             end
@@ -33374,7 +33399,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
               \$960  = is_layernorm;
             end
           end
-          if (\$674 ) begin
+          if (\$683 ) begin
             \$960  = is_layernorm;
           end
           if (start) begin
@@ -33383,13 +33408,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h4:
         begin
-          if (\$707 ) begin
+          if (\$716 ) begin
             \$960  = 1'h0;
           end
           if (addr_fault) begin
             \$960  = 1'h0;
           end
-          if (\$731 ) begin
+          if (\$728 ) begin
             \$960  = 1'h0;
           end
           if (start) begin
@@ -33397,7 +33422,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end
         end
       3'h5:
-          if (\$732 ) begin
+          if (\$729 ) begin
             \$960  = 1'h0;
           end
       default:
@@ -33433,7 +33458,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$595 ) begin
+          if (\$604 ) begin
           end else if (d_end_more) begin
             \$961  = 1'h0;
           end else if (d_end) begin
@@ -33443,7 +33468,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end else if (d_const) begin
             \$961  = 1'h0;
           end else if (d_stream) begin
-            \$961  = \$606 ;
+            \$961  = \$615 ;
           end else begin
             \$961  = 1'h0;
           end
@@ -33453,18 +33478,18 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h3:
         begin
-          if (\$633 ) begin
+          if (\$642 ) begin
             if (beat__payload[512]) begin
               \$961  = 1'h0;
             end
           end
           if (c_fire) begin
             if (c_last) begin
-              \$961  = \$651 ;
+              \$961  = \$660 ;
             end
           end
-          if (\$674 ) begin
-            \$961  = \$681 ;
+          if (\$683 ) begin
+            \$961  = \$690 ;
           end
           if (start) begin
             \$961  = 1'h0;
@@ -33472,13 +33497,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h4:
         begin
-          if (\$707 ) begin
+          if (\$716 ) begin
             \$961  = 1'h0;
           end
           if (addr_fault) begin
             \$961  = 1'h0;
           end
-          if (\$731 ) begin
+          if (\$728 ) begin
             \$961  = 1'h0;
           end
           if (start) begin
@@ -33486,7 +33511,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end
         end
       3'h5:
-          if (\$732 ) begin
+          if (\$729 ) begin
             \$961  = 1'h0;
           end
       default:
@@ -33522,7 +33547,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$595 ) begin
+          if (\$604 ) begin
           end else if (d_end_more) begin
             \$962  = 1'h0;
           end else if (d_end) begin
@@ -33532,7 +33557,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end else if (d_const) begin
             \$962  = 1'h0;
           end else if (d_stream) begin
-            \$962  = \$610 ;
+            \$962  = \$619 ;
           end else begin
             \$962  = 1'h0;
           end
@@ -33542,18 +33567,18 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h3:
         begin
-          if (\$633 ) begin
+          if (\$642 ) begin
             if (beat__payload[512]) begin
               \$962  = 1'h0;
             end
           end
           if (c_fire) begin
             if (c_last) begin
-              \$962  = \$655 ;
+              \$962  = \$664 ;
             end
           end
-          if (\$674 ) begin
-            \$962  = \$685 ;
+          if (\$683 ) begin
+            \$962  = \$694 ;
           end
           if (start) begin
             \$962  = 1'h0;
@@ -33561,13 +33586,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h4:
         begin
-          if (\$707 ) begin
+          if (\$716 ) begin
             \$962  = 1'h0;
           end
           if (addr_fault) begin
             \$962  = 1'h0;
           end
-          if (\$731 ) begin
+          if (\$728 ) begin
             \$962  = 1'h0;
           end
           if (start) begin
@@ -33575,7 +33600,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end
         end
       3'h5:
-          if (\$732 ) begin
+          if (\$729 ) begin
             \$962  = 1'h0;
           end
       default:
@@ -33611,7 +33636,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$595 ) begin
+          if (\$604 ) begin
           end else if (d_end_more) begin
             \$963  = 1'h0;
           end else if (d_end) begin
@@ -33621,7 +33646,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end else if (d_const) begin
             \$963  = 1'h0;
           end else if (d_stream) begin
-            \$963  = \$614 ;
+            \$963  = \$623 ;
           end else begin
             \$963  = 1'h0;
           end
@@ -33631,18 +33656,18 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h3:
         begin
-          if (\$633 ) begin
+          if (\$642 ) begin
             if (beat__payload[512]) begin
               \$963  = 1'h0;
             end
           end
           if (c_fire) begin
             if (c_last) begin
-              \$963  = \$659 ;
+              \$963  = \$668 ;
             end
           end
-          if (\$674 ) begin
-            \$963  = \$689 ;
+          if (\$683 ) begin
+            \$963  = \$698 ;
           end
           if (start) begin
             \$963  = 1'h0;
@@ -33650,13 +33675,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h4:
         begin
-          if (\$707 ) begin
+          if (\$716 ) begin
             \$963  = 1'h0;
           end
           if (addr_fault) begin
             \$963  = 1'h0;
           end
-          if (\$731 ) begin
+          if (\$728 ) begin
             \$963  = 1'h0;
           end
           if (start) begin
@@ -33664,7 +33689,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end
         end
       3'h5:
-          if (\$732 ) begin
+          if (\$729 ) begin
             \$963  = 1'h0;
           end
       default:
@@ -33700,7 +33725,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$595 ) begin
+          if (\$604 ) begin
           end else if (d_end_more) begin
             \$964  = 1'h0;
           end else if (d_end) begin
@@ -33710,7 +33735,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end else if (d_const) begin
             \$964  = 1'h0;
           end else if (d_stream) begin
-            \$964  = \$615 ;
+            \$964  = \$624 ;
           end else begin
             \$964  = 1'h0;
           end
@@ -33720,18 +33745,18 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h3:
         begin
-          if (\$633 ) begin
+          if (\$642 ) begin
             if (beat__payload[512]) begin
               \$964  = 1'h0;
             end
           end
           if (c_fire) begin
             if (c_last) begin
-              \$964  = \$660 ;
+              \$964  = \$669 ;
             end
           end
-          if (\$674 ) begin
-            \$964  = \$690 ;
+          if (\$683 ) begin
+            \$964  = \$699 ;
           end
           if (start) begin
             \$964  = 1'h0;
@@ -33739,13 +33764,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h4:
         begin
-          if (\$707 ) begin
+          if (\$716 ) begin
             \$964  = 1'h0;
           end
           if (addr_fault) begin
             \$964  = 1'h0;
           end
-          if (\$731 ) begin
+          if (\$728 ) begin
             \$964  = 1'h0;
           end
           if (start) begin
@@ -33753,7 +33778,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end
         end
       3'h5:
-          if (\$732 ) begin
+          if (\$729 ) begin
             \$964  = 1'h0;
           end
       default:
@@ -33789,7 +33814,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$595 ) begin
+          if (\$604 ) begin
           end else if (d_end_more) begin
             \$965  = 1'h0;
           end else if (d_end) begin
@@ -33799,7 +33824,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end else if (d_const) begin
             \$965  = 1'h0;
           end else if (d_stream) begin
-            \$965  = \$616 ;
+            \$965  = \$625 ;
           end else begin
             \$965  = 1'h0;
           end
@@ -33809,18 +33834,18 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h3:
         begin
-          if (\$633 ) begin
+          if (\$642 ) begin
             if (beat__payload[512]) begin
               \$965  = 1'h0;
             end
           end
           if (c_fire) begin
             if (c_last) begin
-              \$965  = \$661 ;
+              \$965  = \$670 ;
             end
           end
-          if (\$674 ) begin
-            \$965  = \$691 ;
+          if (\$683 ) begin
+            \$965  = \$700 ;
           end
           if (start) begin
             \$965  = 1'h0;
@@ -33828,13 +33853,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h4:
         begin
-          if (\$707 ) begin
+          if (\$716 ) begin
             \$965  = 1'h0;
           end
           if (addr_fault) begin
             \$965  = 1'h0;
           end
-          if (\$731 ) begin
+          if (\$728 ) begin
             \$965  = 1'h0;
           end
           if (start) begin
@@ -33842,7 +33867,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end
         end
       3'h5:
-          if (\$732 ) begin
+          if (\$729 ) begin
             \$965  = 1'h0;
           end
       default:
@@ -33878,7 +33903,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$595 ) begin
+          if (\$604 ) begin
           end else if (d_end_more) begin
             \$966  = 1'h0;
           end else if (d_end) begin
@@ -33888,7 +33913,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end else if (d_const) begin
             \$966  = 1'h0;
           end else if (d_stream) begin
-            \$966  = \$620 ;
+            \$966  = \$629 ;
           end else begin
             \$966  = 1'h0;
           end
@@ -33898,18 +33923,18 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h3:
         begin
-          if (\$633 ) begin
+          if (\$642 ) begin
             if (beat__payload[512]) begin
               \$966  = 1'h0;
             end
           end
           if (c_fire) begin
             if (c_last) begin
-              \$966  = \$665 ;
+              \$966  = \$674 ;
             end
           end
-          if (\$674 ) begin
-            \$966  = \$695 ;
+          if (\$683 ) begin
+            \$966  = \$704 ;
           end
           if (start) begin
             \$966  = 1'h0;
@@ -33917,13 +33942,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h4:
         begin
-          if (\$707 ) begin
+          if (\$716 ) begin
             \$966  = 1'h0;
           end
           if (addr_fault) begin
             \$966  = 1'h0;
           end
-          if (\$731 ) begin
+          if (\$728 ) begin
             \$966  = 1'h0;
           end
           if (start) begin
@@ -33931,7 +33956,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end
         end
       3'h5:
-          if (\$732 ) begin
+          if (\$729 ) begin
             \$966  = 1'h0;
           end
       default:
@@ -33967,7 +33992,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$595 ) begin
+          if (\$604 ) begin
           end else if (d_end_more) begin
             \$967  = 1'h0;
           end else if (d_end) begin
@@ -33975,7 +34000,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end else if (d_count_zero) begin
             \$967  = 1'h0;
           end else if (d_const) begin
-            \$967  = \$598 ;
+            \$967  = \$607 ;
           end else if (d_stream) begin
             \$967  = 1'h0;
           end else begin
@@ -33987,7 +34012,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h3:
         begin
-          if (\$633 ) begin
+          if (\$642 ) begin
             if (beat__payload[512]) begin
               \$967  = 1'h0;
             end
@@ -33997,7 +34022,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
               \$967  = 1'h0;
             end
           end
-          if (\$674 ) begin
+          if (\$683 ) begin
             \$967  = 1'h0;
           end
           if (start) begin
@@ -34006,13 +34031,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h4:
         begin
-          if (\$707 ) begin
+          if (\$716 ) begin
             \$967  = 1'h0;
           end
           if (addr_fault) begin
             \$967  = 1'h0;
           end
-          if (\$731 ) begin
+          if (\$728 ) begin
             \$967  = 1'h0;
           end
           if (start) begin
@@ -34020,7 +34045,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end
         end
       3'h5:
-          if (\$732 ) begin
+          if (\$729 ) begin
             \$967  = 1'h0;
           end
       default:
@@ -34056,7 +34081,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$595 ) begin
+          if (\$604 ) begin
           end else if (d_end_more) begin
             \$968  = 1'h0;
           end else if (d_end) begin
@@ -34064,7 +34089,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end else if (d_count_zero) begin
             \$968  = 1'h0;
           end else if (d_const) begin
-            \$968  = \$599 ;
+            \$968  = \$608 ;
           end else if (d_stream) begin
             \$968  = 1'h0;
           end else begin
@@ -34076,7 +34101,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h3:
         begin
-          if (\$633 ) begin
+          if (\$642 ) begin
             if (beat__payload[512]) begin
               \$968  = 1'h0;
             end
@@ -34086,7 +34111,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
               \$968  = 1'h0;
             end
           end
-          if (\$674 ) begin
+          if (\$683 ) begin
             \$968  = 1'h0;
           end
           if (start) begin
@@ -34095,13 +34120,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h4:
         begin
-          if (\$707 ) begin
+          if (\$716 ) begin
             \$968  = 1'h0;
           end
           if (addr_fault) begin
             \$968  = 1'h0;
           end
-          if (\$731 ) begin
+          if (\$728 ) begin
             \$968  = 1'h0;
           end
           if (start) begin
@@ -34109,7 +34134,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end
         end
       3'h5:
-          if (\$732 ) begin
+          if (\$729 ) begin
             \$968  = 1'h0;
           end
       default:
@@ -34145,7 +34170,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$595 ) begin
+          if (\$604 ) begin
           end else if (d_end_more) begin
             \$969  = 1'h0;
           end else if (d_end) begin
@@ -34165,7 +34190,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h3:
         begin
-          if (\$633 ) begin
+          if (\$642 ) begin
             if (beat__payload[512]) begin
               \$969  = 1'h0;
             end
@@ -34175,7 +34200,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
               \$969  = 1'h0;
             end
           end
-          if (\$674 ) begin
+          if (\$683 ) begin
             \$969  = 1'h0;
           end
           if (start) begin
@@ -34184,13 +34209,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h4:
         begin
-          if (\$707 ) begin
+          if (\$716 ) begin
             \$969  = 1'h0;
           end
           if (addr_fault) begin
             \$969  = 1'h0;
           end
-          if (\$731 ) begin
+          if (\$728 ) begin
             \$969  = 1'h0;
           end
           if (start) begin
@@ -34198,7 +34223,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end
         end
       3'h5:
-          if (\$732 ) begin
+          if (\$729 ) begin
             \$969  = 1'h0;
           end
       default:
@@ -34234,7 +34259,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$595 ) begin
+          if (\$604 ) begin
           end else if (d_end_more) begin
             \$970  = 1'h0;
           end else if (d_end) begin
@@ -34254,7 +34279,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h3:
         begin
-          if (\$633 ) begin
+          if (\$642 ) begin
             if (beat__payload[512]) begin
               \$970  = 1'h0;
             end
@@ -34264,7 +34289,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
               \$970  = 1'h0;
             end
           end
-          if (\$674 ) begin
+          if (\$683 ) begin
             \$970  = 1'h0;
           end
           if (start) begin
@@ -34273,13 +34298,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h4:
         begin
-          if (\$707 ) begin
+          if (\$716 ) begin
             \$970  = 1'h0;
           end
           if (addr_fault) begin
             \$970  = 1'h0;
           end
-          if (\$731 ) begin
+          if (\$728 ) begin
             \$970  = 1'h0;
           end
           if (start) begin
@@ -34287,7 +34312,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end
         end
       3'h5:
-          if (\$732 ) begin
+          if (\$729 ) begin
             \$970  = 1'h0;
           end
       default:
@@ -34323,7 +34348,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$595 ) begin
+          if (\$604 ) begin
           end else if (d_end_more) begin
             \$971  = 1'h1;
           end else if (d_end) begin
@@ -34343,7 +34368,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h3:
         begin
-          if (\$633 ) begin
+          if (\$642 ) begin
             if (beat__payload[512]) begin
               \$971  = 1'h0;
             end
@@ -34353,7 +34378,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
               \$971  = 1'h0;
             end
           end
-          if (\$674 ) begin
+          if (\$683 ) begin
             \$971  = 1'h0;
           end
           if (start) begin
@@ -34362,13 +34387,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h4:
         begin
-          if (\$707 ) begin
+          if (\$716 ) begin
             \$971  = 1'h1;
           end
           if (addr_fault) begin
             \$971  = 1'h0;
           end
-          if (\$731 ) begin
+          if (\$728 ) begin
             \$971  = 1'h0;
           end
           if (start) begin
@@ -34376,7 +34401,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end
         end
       3'h5:
-          if (\$732 ) begin
+          if (\$729 ) begin
             \$971  = 1'h0;
           end
       default:
@@ -34412,7 +34437,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$595 ) begin
+          if (\$604 ) begin
           end else if (d_end_more) begin
             \$972  = 1'h0;
           end else if (d_end) begin
@@ -34432,7 +34457,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h3:
         begin
-          if (\$633 ) begin
+          if (\$642 ) begin
             if (beat__payload[512]) begin
               \$972  = 1'h0;
             end
@@ -34442,7 +34467,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
               \$972  = 1'h0;
             end
           end
-          if (\$674 ) begin
+          if (\$683 ) begin
             \$972  = 1'h0;
           end
           if (start) begin
@@ -34451,13 +34476,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h4:
         begin
-          if (\$707 ) begin
+          if (\$716 ) begin
             \$972  = 1'h0;
           end
           if (addr_fault) begin
             \$972  = 1'h0;
           end
-          if (\$731 ) begin
+          if (\$728 ) begin
             \$972  = 1'h0;
           end
           if (start) begin
@@ -34465,7 +34490,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end
         end
       3'h5:
-          if (\$732 ) begin
+          if (\$729 ) begin
             \$972  = 1'h0;
           end
       default:
@@ -34501,7 +34526,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$595 ) begin
+          if (\$604 ) begin
           end else if (d_end_more) begin
             \$973  = 1'h0;
           end else if (d_end) begin
@@ -34511,7 +34536,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end else if (d_const) begin
             \$973  = 1'h0;
           end else if (d_stream) begin
-            \$973  = \$621 ;
+            \$973  = \$630 ;
           end else begin
             \$973  = 1'h0;
           end
@@ -34521,18 +34546,18 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h3:
         begin
-          if (\$633 ) begin
+          if (\$642 ) begin
             if (beat__payload[512]) begin
               \$973  = 1'h0;
             end
           end
           if (c_fire) begin
             if (c_last) begin
-              \$973  = \$666 ;
+              \$973  = \$675 ;
             end
           end
-          if (\$674 ) begin
-            \$973  = \$696 ;
+          if (\$683 ) begin
+            \$973  = \$705 ;
           end
           if (start) begin
             \$973  = 1'h0;
@@ -34540,13 +34565,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h4:
         begin
-          if (\$707 ) begin
+          if (\$716 ) begin
             \$973  = 1'h0;
           end
           if (addr_fault) begin
             \$973  = 1'h0;
           end
-          if (\$731 ) begin
+          if (\$728 ) begin
             \$973  = 1'h0;
           end
           if (start) begin
@@ -34554,7 +34579,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end
         end
       3'h5:
-          if (\$732 ) begin
+          if (\$729 ) begin
             \$973  = 1'h0;
           end
       default:
@@ -34590,7 +34615,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$595 ) begin
+          if (\$604 ) begin
           end else if (d_end_more) begin
             \$974  = 1'h0;
           end else if (d_end) begin
@@ -34600,7 +34625,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end else if (d_const) begin
             \$974  = 1'h0;
           end else if (d_stream) begin
-            \$974  = \$624 ;
+            \$974  = \$633 ;
           end else begin
             \$974  = 1'h0;
           end
@@ -34610,18 +34635,18 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h3:
         begin
-          if (\$633 ) begin
+          if (\$642 ) begin
             if (beat__payload[512]) begin
               \$974  = 1'h0;
             end
           end
           if (c_fire) begin
             if (c_last) begin
-              \$974  = \$669 ;
+              \$974  = \$678 ;
             end
           end
-          if (\$674 ) begin
-            \$974  = \$699 ;
+          if (\$683 ) begin
+            \$974  = \$708 ;
           end
           if (start) begin
             \$974  = 1'h0;
@@ -34629,13 +34654,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h4:
         begin
-          if (\$707 ) begin
+          if (\$716 ) begin
             \$974  = 1'h0;
           end
           if (addr_fault) begin
             \$974  = 1'h0;
           end
-          if (\$731 ) begin
+          if (\$728 ) begin
             \$974  = 1'h0;
           end
           if (start) begin
@@ -34643,7 +34668,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end
         end
       3'h5:
-          if (\$732 ) begin
+          if (\$729 ) begin
             \$974  = 1'h0;
           end
       default:
@@ -34679,7 +34704,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$595 ) begin
+          if (\$604 ) begin
           end else if (d_end_more) begin
             \$975  = 1'h0;
           end else if (d_end) begin
@@ -34689,7 +34714,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end else if (d_const) begin
             \$975  = 1'h0;
           end else if (d_stream) begin
-            \$975  = \$625 ;
+            \$975  = \$634 ;
           end else begin
             \$975  = 1'h0;
           end
@@ -34699,18 +34724,18 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h3:
         begin
-          if (\$633 ) begin
+          if (\$642 ) begin
             if (beat__payload[512]) begin
               \$975  = 1'h0;
             end
           end
           if (c_fire) begin
             if (c_last) begin
-              \$975  = \$670 ;
+              \$975  = \$679 ;
             end
           end
-          if (\$674 ) begin
-            \$975  = \$700 ;
+          if (\$683 ) begin
+            \$975  = \$709 ;
           end
           if (start) begin
             \$975  = 1'h0;
@@ -34718,13 +34743,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h4:
         begin
-          if (\$707 ) begin
+          if (\$716 ) begin
             \$975  = 1'h0;
           end
           if (addr_fault) begin
             \$975  = 1'h0;
           end
-          if (\$731 ) begin
+          if (\$728 ) begin
             \$975  = 1'h0;
           end
           if (start) begin
@@ -34732,7 +34757,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end
         end
       3'h5:
-          if (\$732 ) begin
+          if (\$729 ) begin
             \$975  = 1'h0;
           end
       default:
@@ -34768,7 +34793,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$595 ) begin
+          if (\$604 ) begin
           end else if (d_end_more) begin
             \$976  = 1'h0;
           end else if (d_end) begin
@@ -34778,7 +34803,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end else if (d_const) begin
             \$976  = 1'h0;
           end else if (d_stream) begin
-            \$976  = \$627 ;
+            \$976  = \$636 ;
           end else begin
             \$976  = 1'h0;
           end
@@ -34788,18 +34813,18 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h3:
         begin
-          if (\$633 ) begin
+          if (\$642 ) begin
             if (beat__payload[512]) begin
               \$976  = 1'h0;
             end
           end
           if (c_fire) begin
             if (c_last) begin
-              \$976  = \$672 ;
+              \$976  = \$681 ;
             end
           end
-          if (\$674 ) begin
-            \$976  = \$702 ;
+          if (\$683 ) begin
+            \$976  = \$711 ;
           end
           if (start) begin
             \$976  = 1'h0;
@@ -34807,13 +34832,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h4:
         begin
-          if (\$707 ) begin
+          if (\$716 ) begin
             \$976  = 1'h0;
           end
           if (addr_fault) begin
             \$976  = 1'h0;
           end
-          if (\$731 ) begin
+          if (\$728 ) begin
             \$976  = 1'h0;
           end
           if (start) begin
@@ -34821,7 +34846,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end
         end
       3'h5:
-          if (\$732 ) begin
+          if (\$729 ) begin
             \$976  = 1'h0;
           end
       default:
@@ -34854,8 +34879,8 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
             \$978  = 3'h4;
           end
       3'h2:
-          if (\$595 ) begin
-            \$978  = \$596 [2:0];
+          if (\$604 ) begin
+            \$978  = \$605 [2:0];
           end
     endcase
     if (rst) begin
@@ -34873,8 +34898,8 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
           \$979  = dec_c_base;
       3'h3:
-          if (\$629 ) begin
-            \$979  = \$631 [31:0];
+          if (\$638 ) begin
+            \$979  = \$640 [31:0];
           end
     endcase
     if (rst) begin
@@ -34890,7 +34915,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h1:
           /* empty */;
       3'h2:
-          \$980  = \$593 [7:0];
+          \$980  = \$602 [7:0];
     endcase
     if (rst) begin
       \$980  = 8'h00;
@@ -34907,8 +34932,8 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
           \$981  = { 4'h0, ins[509:498] };
       3'h3:
-          if (\$629 ) begin
-            \$981  = \$630 [15:0];
+          if (\$638 ) begin
+            \$981  = \$639 [15:0];
           end
     endcase
     if (rst) begin
@@ -34927,7 +34952,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           \$982  = { 4'h0, ins[509:498] };
       3'h3:
           if (c_fire) begin
-            \$982  = \$643 [15:0];
+            \$982  = \$652 [15:0];
           end
     endcase
     if (rst) begin
@@ -34943,10 +34968,10 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h1:
           /* empty */;
       3'h2:
-          \$983  = \$594 ;
+          \$983  = \$603 ;
       3'h3:
           if (c_fire) begin
-            \$983  = \$644 ;
+            \$983  = \$653 ;
           end
     endcase
     if (rst) begin
@@ -34964,7 +34989,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
           /* empty */;
       3'h3:
-          if (\$633 ) begin
+          if (\$642 ) begin
             \$984  = beat__payload[65:0];
           end
     endcase
@@ -34981,8 +35006,8 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           /* empty */;
       3'h3:
         begin
-          if (\$633 ) begin
-            \$985  = \$634 ;
+          if (\$642 ) begin
+            \$985  = \$643 ;
           end
           if (c_fire) begin
             \$985  = 1'h0;
@@ -35008,8 +35033,8 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           /* empty */;
       3'h3:
         begin
-          if (\$633 ) begin
-            \$986  = \$636 ;
+          if (\$642 ) begin
+            \$986  = \$645 ;
           end
           if (c_fire) begin
             \$986  = 1'h0;
@@ -35035,8 +35060,8 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           /* empty */;
       3'h3:
         begin
-          if (\$633 ) begin
-            \$987  = \$638 ;
+          if (\$642 ) begin
+            \$987  = \$647 ;
           end
           if (c_fire) begin
             \$987  = 1'h0;
@@ -35062,8 +35087,8 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           /* empty */;
       3'h3:
         begin
-          if (\$633 ) begin
-            \$988  = \$640 ;
+          if (\$642 ) begin
+            \$988  = \$649 ;
           end
           if (c_fire) begin
             \$988  = 1'h0;
@@ -35089,8 +35114,8 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           /* empty */;
       3'h3:
         begin
-          if (\$633 ) begin
-            \$989  = \$642 ;
+          if (\$642 ) begin
+            \$989  = \$651 ;
           end
           if (c_fire) begin
             \$989  = 1'h0;
@@ -35110,12 +35135,12 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     if (in_stream) begin
       if (is_move) begin
       end else if (is_load) begin
-        if (\$735 ) begin
-          \$990  = \$737 [31:0];
+        if (\$732 ) begin
+          \$990  = \$734 [31:0];
         end
       end else if (is_store) begin
-        if (\$739 ) begin
-          \$990  = \$741 [31:0];
+        if (\$736 ) begin
+          \$990  = \$738 [31:0];
         end
       end
     end
@@ -35130,8 +35155,8 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       if (is_move) begin
       end else if (is_load) begin
       end else if (is_store) begin
-        if (\$739 ) begin
-          \$991  = \r_data$233 [15:0];
+        if (\$736 ) begin
+          \$991  = \r_data$237 [15:0];
         end
       end
     end
@@ -35143,11 +35168,11 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     \$992  = \w_en$182 ;
     if (pack_active) begin
-      if (\$742 ) begin
+      if (\$739 ) begin
         \$992  = 1'h0;
       end
-      if (\$748 ) begin
-        if (\$750 ) begin
+      if (\$745 ) begin
+        if (\$747 ) begin
           \$992  = 1'h1;
         end
       end
@@ -35163,7 +35188,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     \$993  = pack_a0;
     if (pack_active) begin
-      if (\$748 ) begin
+      if (\$745 ) begin
         casez (pack_j)
           3'h0:
               \$993  = elem_data;
@@ -35178,7 +35203,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     \$994  = pack_a1;
     if (pack_active) begin
-      if (\$748 ) begin
+      if (\$745 ) begin
         casez (pack_j)
           3'h0:
               /* empty */;
@@ -35195,7 +35220,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     \$995  = pack_a2;
     if (pack_active) begin
-      if (\$748 ) begin
+      if (\$745 ) begin
         casez (pack_j)
           3'h0:
               /* empty */;
@@ -35214,7 +35239,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     \$996  = pack_a3;
     if (pack_active) begin
-      if (\$748 ) begin
+      if (\$745 ) begin
         casez (pack_j)
           3'h0:
               /* empty */;
@@ -35235,10 +35260,10 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     \$997  = pack_b0;
     if (pack_active) begin
-      if (\$748 ) begin
+      if (\$745 ) begin
         casez (pack_j)
           3'h0:
-              \$997  = \r_data$354 [15:0];
+              \$997  = \r_data$358 [15:0];
         endcase
       end
     end
@@ -35250,12 +35275,12 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     \$998  = pack_b1;
     if (pack_active) begin
-      if (\$748 ) begin
+      if (\$745 ) begin
         casez (pack_j)
           3'h0:
               /* empty */;
           3'h1:
-              \$998  = \r_data$354 [15:0];
+              \$998  = \r_data$358 [15:0];
         endcase
       end
     end
@@ -35267,14 +35292,14 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     \$999  = pack_b2;
     if (pack_active) begin
-      if (\$748 ) begin
+      if (\$745 ) begin
         casez (pack_j)
           3'h0:
               /* empty */;
           3'h1:
               /* empty */;
           3'h2:
-              \$999  = \r_data$354 [15:0];
+              \$999  = \r_data$358 [15:0];
         endcase
       end
     end
@@ -35286,7 +35311,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     \$1000  = pack_b3;
     if (pack_active) begin
-      if (\$748 ) begin
+      if (\$745 ) begin
         casez (pack_j)
           3'h0:
               /* empty */;
@@ -35295,7 +35320,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           3'h2:
               /* empty */;
           3'h3:
-              \$1000  = \r_data$354 [15:0];
+              \$1000  = \r_data$358 [15:0];
         endcase
       end
     end
@@ -35307,12 +35332,12 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     \$1001  = pack_j;
     if (pack_active) begin
-      if (\$748 ) begin
+      if (\$745 ) begin
         (* full_case = 32'd1 *)
-        if (\$750 ) begin
+        if (\$747 ) begin
           \$1001  = 3'h0;
         end else begin
-          \$1001  = \$751 [2:0];
+          \$1001  = \$748 [2:0];
         end
       end
     end
@@ -35327,12 +35352,12 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     \$1002  = pack_jo;
     if (pack_active) begin
-      if (\$752 ) begin
+      if (\$749 ) begin
         (* full_case = 32'd1 *)
-        if (\$754 ) begin
+        if (\$751 ) begin
           \$1002  = 3'h0;
         end else begin
-          \$1002  = \$755 [2:0];
+          \$1002  = \$752 [2:0];
         end
       end
     end
@@ -35350,9 +35375,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       \$1003  = dec_tiles;
     end
     if (gemm_active) begin
-      if (\$762 ) begin
-        if (\$776 ) begin
-          \$1003  = \$777 [31:0];
+      if (\$759 ) begin
+        if (\$773 ) begin
+          \$1003  = \$774 [31:0];
         end
       end
     end
@@ -35367,13 +35392,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       \$1004  = 16'h0000;
     end
     if (gemm_active) begin
-      if (\$762 ) begin
-        if (\$776 ) begin
+      if (\$759 ) begin
+        if (\$773 ) begin
           (* full_case = 32'd1 *)
           if (nt_hit) begin
             \$1004  = 16'h0000;
           end else begin
-            \$1004  = \$783 [15:0];
+            \$1004  = \$780 [15:0];
           end
         end
       end
@@ -35389,12 +35414,12 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       \$1005  = 16'h0000;
     end
     if (gemm_active) begin
-      if (\$762 ) begin
-        if (\$764 ) begin
-        end else if (\$769 ) begin
-          \$1005  = \$770 [15:0];
+      if (\$759 ) begin
+        if (\$761 ) begin
+        end else if (\$766 ) begin
+          \$1005  = \$767 [15:0];
         end
-        if (\$776 ) begin
+        if (\$773 ) begin
           \$1005  = 16'h0000;
         end
       end
@@ -35410,11 +35435,11 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       \$1006  = ins[465:434];
     end
     if (gemm_active) begin
-      if (\$762 ) begin
+      if (\$759 ) begin
         if (want_w) begin
-          \$1006  = \$773 [31:0];
+          \$1006  = \$770 [31:0];
         end
-        if (\$776 ) begin
+        if (\$773 ) begin
           if (nt_hit) begin
             \$1006  = ins[465:434];
           end
@@ -35432,13 +35457,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       \$1007  = ins[497:466];
     end
     if (gemm_active) begin
-      if (\$762 ) begin
-        if (\$776 ) begin
+      if (\$759 ) begin
+        if (\$773 ) begin
           (* full_case = 32'd1 *)
           if (nt_hit) begin
             \$1007  = ins[497:466];
           end else begin
-            \$1007  = \$786 [31:0];
+            \$1007  = \$783 [31:0];
           end
         end
       end
@@ -35454,11 +35479,11 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       \$1008  = 1'h0;
     end
     if (gemm_active) begin
-      if (\$762 ) begin
-        if (\$764 ) begin
+      if (\$759 ) begin
+        if (\$761 ) begin
           \$1008  = 1'h1;
         end
-        if (\$776 ) begin
+        if (\$773 ) begin
           \$1008  = 1'h0;
         end
       end
@@ -35471,7 +35496,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     \$1009  = w_step;
     if (in_decode) begin
-      \$1009  = \$756 [7:0];
+      \$1009  = \$753 [7:0];
     end
     if (rst) begin
       \$1009  = 8'h00;
@@ -35479,14 +35504,14 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1010  = \$signal$457 ;
+    \$1010  = \$signal$461 ;
     if (in_decode) begin
-      \$1010  = \$757 ;
+      \$1010  = \$754 ;
     end
     if (gemm_active) begin
-      if (\$762 ) begin
-        if (\$776 ) begin
-          \$1010  = \$778 ;
+      if (\$759 ) begin
+        if (\$773 ) begin
+          \$1010  = \$775 ;
         end
       end
     end
@@ -35496,18 +35521,18 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1011  = \$signal$546 ;
+    \$1011  = \$signal$553 ;
     if (in_decode) begin
-      \$1011  = \$759 ;
+      \$1011  = \$756 ;
     end
     if (gemm_active) begin
-      if (\$762 ) begin
-        if (\$764 ) begin
-        end else if (\$769 ) begin
-          \$1011  = \$772 ;
+      if (\$759 ) begin
+        if (\$761 ) begin
+        end else if (\$766 ) begin
+          \$1011  = \$769 ;
         end
-        if (\$776 ) begin
-          \$1011  = \$780 ;
+        if (\$773 ) begin
+          \$1011  = \$777 ;
         end
       end
     end
@@ -35519,16 +35544,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     \$1012  = nt_hit;
     if (in_decode) begin
-      \$1012  = \$761 ;
+      \$1012  = \$758 ;
     end
     if (gemm_active) begin
-      if (\$762 ) begin
-        if (\$776 ) begin
+      if (\$759 ) begin
+        if (\$773 ) begin
           (* full_case = 32'd1 *)
           if (nt_hit) begin
-            \$1012  = \$782 ;
+            \$1012  = \$779 ;
           end else begin
-            \$1012  = \$785 ;
+            \$1012  = \$782 ;
           end
         end
       end
@@ -35544,8 +35569,8 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       \$1013  = 16'h0000;
     end
     if (gemm_active) begin
-      if (\$791 ) begin
-        \$1013  = \$794 [15:0];
+      if (\$788 ) begin
+        \$1013  = \$791 [15:0];
       end
     end
     if (rst) begin
@@ -35559,8 +35584,8 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       \$1014  = 1'h1;
     end
     if (gemm_active) begin
-      if (\$791 ) begin
-        \$1014  = \$795 ;
+      if (\$788 ) begin
+        \$1014  = \$792 ;
       end
     end
     if (rst) begin
@@ -35574,26 +35599,26 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       \$1015  = 1'h0;
     end
     if (gemm_active) begin
-      if (\$807 ) begin
+      if (\$804 ) begin
         if (a_load_k_hit) begin
-          if (\$813 ) begin
-            casez (\$signal$293 )
+          if (\$810 ) begin
+            casez (\$signal$297 )
               1'h0:
                   \$1015  = 1'h1;
             endcase
           end
         end
-      end else if (\$810 ) begin
-        if (\$819 ) begin
+      end else if (\$807 ) begin
+        if (\$816 ) begin
           if (a_load_k_hit) begin
-            casez (\$signal$293 )
+            casez (\$signal$297 )
               1'h0:
                   \$1015  = 1'h1;
             endcase
           end
         end
       end
-      if (\$831 ) begin
+      if (\$828 ) begin
         casez (a_read_half)
           1'h0:
               \$1015  = 1'h0;
@@ -35611,11 +35636,11 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       \$1016  = 1'h0;
     end
     if (gemm_active) begin
-      if (\$807 ) begin
+      if (\$804 ) begin
         if (a_load_k_hit) begin
-          if (\$813 ) begin
+          if (\$810 ) begin
             (* full_case = 32'd1 *)
-            casez (\$signal$293 )
+            casez (\$signal$297 )
               1'h0:
                   /* empty */;
               1'h1:
@@ -35623,11 +35648,11 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
             endcase
           end
         end
-      end else if (\$810 ) begin
-        if (\$819 ) begin
+      end else if (\$807 ) begin
+        if (\$816 ) begin
           if (a_load_k_hit) begin
             (* full_case = 32'd1 *)
-            casez (\$signal$293 )
+            casez (\$signal$297 )
               1'h0:
                   /* empty */;
               1'h1:
@@ -35636,7 +35661,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end
         end
       end
-      if (\$831 ) begin
+      if (\$828 ) begin
         (* full_case = 32'd1 *)
         casez (a_read_half)
           1'h0:
@@ -35652,21 +35677,21 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1017  = \$signal$293 ;
+    \$1017  = \$signal$297 ;
     if (in_decode) begin
       \$1017  = 1'h0;
     end
     if (gemm_active) begin
-      if (\$807 ) begin
+      if (\$804 ) begin
         if (a_load_k_hit) begin
-          if (\$813 ) begin
-            \$1017  = \$814 ;
+          if (\$810 ) begin
+            \$1017  = \$811 ;
           end
         end
-      end else if (\$810 ) begin
-        if (\$819 ) begin
+      end else if (\$807 ) begin
+        if (\$816 ) begin
           if (a_load_k_hit) begin
-            \$1017  = \$825 ;
+            \$1017  = \$822 ;
           end
         end
       end
@@ -35677,26 +35702,26 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1018  = \$signal$300 ;
+    \$1018  = \$signal$304 ;
     if (in_decode) begin
       \$1018  = 4'h0;
     end
     if (gemm_active) begin
-      if (\$807 ) begin
+      if (\$804 ) begin
         if (a_load_k_hit) begin
           (* full_case = 32'd1 *)
-          if (\$813 ) begin
+          if (\$810 ) begin
             \$1018  = 4'h0;
           end else begin
-            \$1018  = \$815 [3:0];
+            \$1018  = \$812 [3:0];
           end
         end
-      end else if (\$810 ) begin
+      end else if (\$807 ) begin
         (* full_case = 32'd1 *)
-        if (\$819 ) begin
+        if (\$816 ) begin
           \$1018  = 4'h0;
         end else begin
-          \$1018  = \$826 [3:0];
+          \$1018  = \$823 [3:0];
         end
       end
     end
@@ -35711,16 +35736,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       \$1019  = 16'h0000;
     end
     if (gemm_active) begin
-      if (\$807 ) begin
+      if (\$804 ) begin
         (* full_case = 32'd1 *)
         if (a_load_k_hit) begin
           \$1019  = 16'h0000;
         end else begin
-          \$1019  = \$816 [15:0];
+          \$1019  = \$813 [15:0];
         end
-      end else if (\$810 ) begin
-        if (\$819 ) begin
-          \$1019  = \$820 [15:0];
+      end else if (\$807 ) begin
+        if (\$816 ) begin
+          \$1019  = \$817 [15:0];
           if (a_load_k_hit) begin
             \$1019  = 16'h0000;
           end
@@ -35733,7 +35758,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1020  = \$signal$326 ;
+    \$1020  = \$signal$330 ;
     if (in_decode) begin
       \$1020  = 1'h0;
     end
@@ -35741,7 +35766,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       if (a_issue) begin
         if (a_feed_k_hit) begin
           if (a_feed_nt_hit) begin
-            \$1020  = \$836 ;
+            \$1020  = \$833 ;
           end
         end
       end
@@ -35752,7 +35777,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1021  = \$signal$327 ;
+    \$1021  = \$signal$331 ;
     if (in_decode) begin
       \$1021  = 16'h0000;
     end
@@ -35762,7 +35787,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         if (a_feed_k_hit) begin
           \$1021  = 16'h0000;
         end else begin
-          \$1021  = \$842 [15:0];
+          \$1021  = \$839 [15:0];
         end
       end
     end
@@ -35783,7 +35808,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           if (a_feed_nt_hit) begin
             \$1022  = 16'h0000;
           end else begin
-            \$1022  = \$839 [15:0];
+            \$1022  = \$836 [15:0];
           end
         end
       end
@@ -35802,7 +35827,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       if (a_issue) begin
         if (a_feed_k_hit) begin
           if (a_feed_nt_hit) begin
-            \$1023  = \$837 [31:0];
+            \$1023  = \$834 [31:0];
           end
         end
       end
@@ -35815,21 +35840,21 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     \$1024  = a_load_k_hit;
     if (in_decode) begin
-      \$1024  = \$797 ;
+      \$1024  = \$794 ;
     end
     if (gemm_active) begin
-      if (\$807 ) begin
+      if (\$804 ) begin
         (* full_case = 32'd1 *)
         if (a_load_k_hit) begin
-          \$1024  = \$812 ;
+          \$1024  = \$809 ;
         end else begin
-          \$1024  = \$818 ;
+          \$1024  = \$815 ;
         end
-      end else if (\$810 ) begin
-        if (\$819 ) begin
-          \$1024  = \$822 ;
+      end else if (\$807 ) begin
+        if (\$816 ) begin
+          \$1024  = \$819 ;
           if (a_load_k_hit) begin
-            \$1024  = \$824 ;
+            \$1024  = \$821 ;
           end
         end
       end
@@ -35842,15 +35867,15 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     \$1025  = a_feed_k_hit;
     if (in_decode) begin
-      \$1025  = \$799 ;
+      \$1025  = \$796 ;
     end
     if (gemm_active) begin
       if (a_issue) begin
         (* full_case = 32'd1 *)
         if (a_feed_k_hit) begin
-          \$1025  = \$833 ;
+          \$1025  = \$830 ;
         end else begin
-          \$1025  = \$844 ;
+          \$1025  = \$841 ;
         end
       end
     end
@@ -35862,16 +35887,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     \$1026  = a_feed_nt_hit;
     if (in_decode) begin
-      \$1026  = \$801 ;
+      \$1026  = \$798 ;
     end
     if (gemm_active) begin
       if (a_issue) begin
         if (a_feed_k_hit) begin
           (* full_case = 32'd1 *)
           if (a_feed_nt_hit) begin
-            \$1026  = \$835 ;
+            \$1026  = \$832 ;
           end else begin
-            \$1026  = \$841 ;
+            \$1026  = \$838 ;
           end
         end
       end
@@ -35884,13 +35909,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     \$1027  = a_blocks_left;
     if (in_decode) begin
-      \$1027  = \$802 ;
+      \$1027  = \$799 ;
     end
     if (gemm_active) begin
       if (a_issue) begin
         if (a_feed_k_hit) begin
           if (a_feed_nt_hit) begin
-            \$1027  = \$838 ;
+            \$1027  = \$835 ;
           end
         end
       end
@@ -35913,7 +35938,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     \$1029  = a_read_addr;
     if (gemm_active) begin
-      \$1029  = \$828 [8:0];
+      \$1029  = \$825 [8:0];
     end
     if (rst) begin
       \$1029  = 9'h000;
@@ -35923,7 +35948,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     \$1030  = a_read_half;
     if (gemm_active) begin
-      \$1030  = \$signal$326 ;
+      \$1030  = \$signal$330 ;
     end
     if (rst) begin
       \$1030  = 1'h0;
@@ -35933,7 +35958,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     \$1031  = a_read_free;
     if (gemm_active) begin
-      \$1031  = \$830 ;
+      \$1031  = \$827 ;
     end
     if (rst) begin
       \$1031  = 1'h0;
@@ -35943,12 +35968,12 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     \$1032  = w_load_lane;
     if (gemm_active) begin
-      if (\$849 ) begin
+      if (\$846 ) begin
         (* full_case = 32'd1 *)
-        if (\$850 ) begin
+        if (\$847 ) begin
           \$1032  = 4'h0;
         end else begin
-          \$1032  = \$857 [3:0];
+          \$1032  = \$854 [3:0];
         end
       end
       if (in_decode) begin
@@ -35963,10 +35988,10 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     \$1033  = w_load_k;
     if (gemm_active) begin
-      if (\$849 ) begin
-        if (\$850 ) begin
-          \$1033  = \$851 [15:0];
-          if (\$853 ) begin
+      if (\$846 ) begin
+        if (\$847 ) begin
+          \$1033  = \$848 [15:0];
+          if (\$850 ) begin
             \$1033  = 16'h0000;
           end
         end
@@ -35983,11 +36008,11 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     \$1034  = w_load_addr;
     if (gemm_active) begin
-      if (\$849 ) begin
-        if (\$850 ) begin
-          \$1034  = \$852 [9:0];
-          if (\$853 ) begin
-            if (\$855 ) begin
+      if (\$846 ) begin
+        if (\$847 ) begin
+          \$1034  = \$849 [9:0];
+          if (\$850 ) begin
+            if (\$852 ) begin
               \$1034  = 10'h000;
             end
           end
@@ -36005,11 +36030,11 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     \$1035  = w_load_nt;
     if (gemm_active) begin
-      if (\$849 ) begin
-        if (\$850 ) begin
-          if (\$853 ) begin
-            \$1035  = \$854 [15:0];
-            if (\$855 ) begin
+      if (\$846 ) begin
+        if (\$847 ) begin
+          if (\$850 ) begin
+            \$1035  = \$851 [15:0];
+            if (\$852 ) begin
               \$1035  = 16'h0000;
             end
           end
@@ -36027,10 +36052,10 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     \$1036  = w_filled0;
     if (gemm_active) begin
-      if (\$849 ) begin
-        if (\$850 ) begin
-          if (\$853 ) begin
-            if (\$855 ) begin
+      if (\$846 ) begin
+        if (\$847 ) begin
+          if (\$850 ) begin
+            if (\$852 ) begin
               casez (w_load_half)
                 1'h0:
                     \$1036  = 1'h1;
@@ -36039,7 +36064,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end
         end
       end
-      if (\$873 ) begin
+      if (\$870 ) begin
         casez (w_read_half)
           1'h0:
               \$1036  = 1'h0;
@@ -36057,10 +36082,10 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     \$1037  = w_filled1;
     if (gemm_active) begin
-      if (\$849 ) begin
-        if (\$850 ) begin
-          if (\$853 ) begin
-            if (\$855 ) begin
+      if (\$846 ) begin
+        if (\$847 ) begin
+          if (\$850 ) begin
+            if (\$852 ) begin
               (* full_case = 32'd1 *)
               casez (w_load_half)
                 1'h0:
@@ -36072,7 +36097,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end
         end
       end
-      if (\$873 ) begin
+      if (\$870 ) begin
         (* full_case = 32'd1 *)
         casez (w_read_half)
           1'h0:
@@ -36093,11 +36118,11 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     \$1038  = w_load_half;
     if (gemm_active) begin
-      if (\$849 ) begin
-        if (\$850 ) begin
-          if (\$853 ) begin
-            if (\$855 ) begin
-              \$1038  = \$856 ;
+      if (\$846 ) begin
+        if (\$847 ) begin
+          if (\$850 ) begin
+            if (\$852 ) begin
+              \$1038  = \$853 ;
             end
           end
         end
@@ -36114,7 +36139,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     \$1039  = w_read_addr;
     if (gemm_active) begin
-      \$1039  = \$860 [8:0];
+      \$1039  = \$857 [8:0];
     end
     if (rst) begin
       \$1039  = 9'h000;
@@ -36134,7 +36159,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     \$1041  = w_read_free;
     if (gemm_active) begin
-      \$1041  = \$866 ;
+      \$1041  = \$863 ;
     end
     if (rst) begin
       \$1041  = 1'h0;
@@ -36144,13 +36169,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     \$1042  = feed_ntk;
     if (gemm_active) begin
-      if (\$868 ) begin
+      if (\$865 ) begin
         if (a_feed_k_hit) begin
           (* full_case = 32'd1 *)
           if (a_feed_nt_hit) begin
             \$1042  = 32'd0;
           end else begin
-            \$1042  = \$872 [31:0];
+            \$1042  = \$869 [31:0];
           end
         end
       end
@@ -36166,14 +36191,14 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     \$1043  = feed_mt;
     if (gemm_active) begin
-      if (\$868 ) begin
+      if (\$865 ) begin
         if (a_feed_k_hit) begin
           if (a_feed_nt_hit) begin
             (* full_case = 32'd1 *)
-            if (\$869 ) begin
+            if (\$866 ) begin
               \$1043  = 16'h0000;
             end else begin
-              \$1043  = \$871 [15:0];
+              \$1043  = \$868 [15:0];
             end
           end
         end
@@ -36190,11 +36215,11 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     \$1044  = w_feed_half;
     if (gemm_active) begin
-      if (\$868 ) begin
+      if (\$865 ) begin
         if (a_feed_k_hit) begin
           if (a_feed_nt_hit) begin
-            if (\$869 ) begin
-              \$1044  = \$870 ;
+            if (\$866 ) begin
+              \$1044  = \$867 ;
             end
           end
         end
@@ -36213,9 +36238,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     if (in_decode) begin
       \$1045  = 3'h0;
     end
-    if (\$875 ) begin
+    if (\$872 ) begin
       if (elem_take) begin
-        \$1045  = \$878 [2:0];
+        \$1045  = \$875 [2:0];
       end
     end
     if (rst) begin
@@ -36224,7 +36249,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1046  = \$883 ;
+    \$1046  = \$880 ;
     if (rst) begin
       \$1046  = 1'h0;
     end
@@ -36306,18 +36331,25 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   assign op_cycles15 = op_cycles__15;
   assign pack_full = \w_en$182 ;
   assign \w_data$184  = { pack_b3, pack_b2, pack_b1, pack_b0, pack_a3, pack_a2, pack_a1, pack_a0 };
-  assign \w_data$208  = { res_lane3, res_lane2, res_lane1, res_lane0 };
-  assign softmax_elem = { 8'h00, \o__payload$213 [7:0] };
-  assign layernorm_elem = { \o__payload$215 [7], \o__payload$215 [7], \o__payload$215 [7], \o__payload$215 [7], \o__payload$215 [7], \o__payload$215 [7], \o__payload$215 [7], \o__payload$215 [7], \o__payload$215  };
+  assign add_res0 = o__payload[15:0];
+  assign add_res1 = o__payload[31:16];
+  assign add_res2 = o__payload[47:32];
+  assign add_res3 = o__payload[63:48];
+  assign gelu0_res0 = { \o__payload$203 [7], \o__payload$203 [7], \o__payload$203 [7], \o__payload$203 [7], \o__payload$203 [7], \o__payload$203 [7], \o__payload$203 [7], \o__payload$203 [7], \o__payload$203 [7:0] };
+  assign gelu0_res1 = { \o__payload$203 [15], \o__payload$203 [15], \o__payload$203 [15], \o__payload$203 [15], \o__payload$203 [15], \o__payload$203 [15], \o__payload$203 [15], \o__payload$203 [15], \o__payload$203 [15:8] };
+  assign gelu0_res2 = { \o__payload$203 [23], \o__payload$203 [23], \o__payload$203 [23], \o__payload$203 [23], \o__payload$203 [23], \o__payload$203 [23], \o__payload$203 [23], \o__payload$203 [23], \o__payload$203 [23:16] };
+  assign gelu0_res3 = { \o__payload$203 [31], \o__payload$203 [31], \o__payload$203 [31], \o__payload$203 [31], \o__payload$203 [31], \o__payload$203 [31], \o__payload$203 [31], \o__payload$203 [31], \o__payload$203 [31:24] };
+  assign softmax_elem = { 8'h00, \o__payload$217 [7:0] };
+  assign layernorm_elem = { \o__payload$219 [7], \o__payload$219 [7], \o__payload$219 [7], \o__payload$219 [7], \o__payload$219 [7], \o__payload$219 [7], \o__payload$219 [7], \o__payload$219 [7], \o__payload$219  };
   assign p__payload = beat__payload[437:0];
-  assign w_in_valid = \w_en$281 ;
-  assign \w_data$283  = { w_beat7, w_beat6, w_beat5, w_beat4, w_beat3, w_beat2, w_beat1, w_beat0 };
-  assign \o__valid$431  = \w_en$430 ;
-  assign \o__payload$433  = \w_data$432 ;
-  assign \w_rdy$435  = \o__ready$434 ;
-  assign \r_rdy$436  = gemm_res_valid;
-  assign \next$471  = dst_step;
-  assign \i__payload$474  = \r_data$233 [15:0];
+  assign w_in_valid = \w_en$285 ;
+  assign \w_data$287  = { w_beat7, w_beat6, w_beat5, w_beat4, w_beat3, w_beat2, w_beat1, w_beat0 };
+  assign \o__valid$435  = \w_en$434 ;
+  assign \o__payload$437  = \w_data$436 ;
+  assign \w_rdy$439  = \o__ready$438 ;
+  assign \r_rdy$440  = gemm_res_valid;
+  assign \next$475  = dst_step;
+  assign \i__payload$478  = \r_data$237 [15:0];
   assign \ar__payload.addr  = ar__payload[28:0];
   assign \ar__payload.len  = ar__payload[36:29];
   assign \ar__payload$1.addr  = ar__payload[28:0];
@@ -36397,12 +36429,12 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   assign \o__payload[1]  = o__payload[31:16];
   assign \o__payload[2]  = o__payload[47:32];
   assign \o__payload[3]  = o__payload[63:48];
-  assign \o__payload$201[0]  = \o__payload$201 [7:0];
-  assign \o__payload$201[1]  = \o__payload$201 [15:8];
-  assign \o__payload$201[2]  = \o__payload$201 [23:16];
-  assign \o__payload$201[3]  = \o__payload$201 [31:24];
-  assign \o__payload$213.data  = \o__payload$213 [7:0];
-  assign \o__payload$213.last  = \o__payload$213 [8];
+  assign \o__payload$203[0]  = \o__payload$203 [7:0];
+  assign \o__payload$203[1]  = \o__payload$203 [15:8];
+  assign \o__payload$203[2]  = \o__payload$203 [23:16];
+  assign \o__payload$203[3]  = \o__payload$203 [31:24];
+  assign \o__payload$217.data  = \o__payload$217 [7:0];
+  assign \o__payload$217.last  = \o__payload$217 [8];
   assign \beat__payload.data  = beat__payload[511:0];
   assign \beat__payload.err  = beat__payload[512];
   assign \req__payload.addr  = req__payload[31:0];
@@ -36436,17 +36468,17 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   assign \p__payload.e[6]  = beat__payload[425:420];
   assign \p__payload.e[7]  = beat__payload[431:426];
   assign \p__payload.out_bits  = beat__payload[437:432];
-  assign \a__payload$420.data  = \a__payload$420 [80:0];
-  assign \a__payload$420.data[0]  = \a__payload$420 [8:0];
-  assign \a__payload$420.data[1]  = \a__payload$420 [17:9];
-  assign \a__payload$420.data[2]  = \a__payload$420 [26:18];
-  assign \a__payload$420.data[3]  = \a__payload$420 [35:27];
-  assign \a__payload$420.data[4]  = \a__payload$420 [44:36];
-  assign \a__payload$420.data[5]  = \a__payload$420 [53:45];
-  assign \a__payload$420.data[6]  = \a__payload$420 [62:54];
-  assign \a__payload$420.data[7]  = \a__payload$420 [71:63];
-  assign \a__payload$420.data[8]  = \a__payload$420 [80:72];
-  assign \a__payload$420.last  = \a__payload$420 [81];
+  assign \a__payload$424.data  = \a__payload$424 [80:0];
+  assign \a__payload$424.data[0]  = \a__payload$424 [8:0];
+  assign \a__payload$424.data[1]  = \a__payload$424 [17:9];
+  assign \a__payload$424.data[2]  = \a__payload$424 [26:18];
+  assign \a__payload$424.data[3]  = \a__payload$424 [35:27];
+  assign \a__payload$424.data[4]  = \a__payload$424 [44:36];
+  assign \a__payload$424.data[5]  = \a__payload$424 [53:45];
+  assign \a__payload$424.data[6]  = \a__payload$424 [62:54];
+  assign \a__payload$424.data[7]  = \a__payload$424 [71:63];
+  assign \a__payload$424.data[8]  = \a__payload$424 [80:72];
+  assign \a__payload$424.last  = \a__payload$424 [81];
   assign \w__payload[0]  = w__payload[7:0];
   assign \w__payload[1]  = w__payload[15:8];
   assign \w__payload[2]  = w__payload[23:16];
@@ -36455,22 +36487,22 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   assign \w__payload[5]  = w__payload[47:40];
   assign \w__payload[6]  = w__payload[55:48];
   assign \w__payload[7]  = w__payload[63:56];
-  assign \o__payload$433[0]  = \w_data$432 [31:0];
-  assign \o__payload$433[1]  = \w_data$432 [63:32];
-  assign \o__payload$433[2]  = \w_data$432 [95:64];
-  assign \o__payload$433[3]  = \w_data$432 [127:96];
-  assign \o__payload$433[4]  = \w_data$432 [159:128];
-  assign \o__payload$433[5]  = \w_data$432 [191:160];
-  assign \o__payload$433[6]  = \w_data$432 [223:192];
-  assign \o__payload$433[7]  = \w_data$432 [255:224];
-  assign \req__payload$458.addr  = \req__payload$458 [31:0];
-  assign \req__payload$458.lb  = \req__payload$458 [34:32];
-  assign \i__payload$473.data  = \i__payload$473 [15:0];
-  assign \i__payload$473.last  = \i__payload$473 [16];
-  assign \i__payload$473 [16] = \r_data$233 [16];
-  assign \i__payload$473 [15:0] = \r_data$233 [15:0];
-  assign \req__payload$458 [34:32] = \$378 ;
-  assign \req__payload$458 [31:0] = \$368 ;
+  assign \o__payload$437[0]  = \w_data$436 [31:0];
+  assign \o__payload$437[1]  = \w_data$436 [63:32];
+  assign \o__payload$437[2]  = \w_data$436 [95:64];
+  assign \o__payload$437[3]  = \w_data$436 [127:96];
+  assign \o__payload$437[4]  = \w_data$436 [159:128];
+  assign \o__payload$437[5]  = \w_data$436 [191:160];
+  assign \o__payload$437[6]  = \w_data$436 [223:192];
+  assign \o__payload$437[7]  = \w_data$436 [255:224];
+  assign \req__payload$462.addr  = \req__payload$462 [31:0];
+  assign \req__payload$462.lb  = \req__payload$462 [34:32];
+  assign \i__payload$477.data  = \i__payload$477 [15:0];
+  assign \i__payload$477.last  = \i__payload$477 [16];
+  assign \i__payload$477 [16] = \r_data$237 [16];
+  assign \i__payload$477 [15:0] = \r_data$237 [15:0];
+  assign \req__payload$462 [34:32] = \$372 ;
+  assign \req__payload$462 [31:0] = \$362 ;
   assign i__payload[31:24] = r_data[55:48];
   assign i__payload[23:16] = r_data[39:32];
   assign i__payload[15:8] = r_data[23:16];
@@ -36501,18 +36533,24 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   assign \$61  = { ins[159], ins[159:142] };
   assign \$62  = { ins[159:142], 3'h0 };
   assign \$64  = { ins[177:160], 3'h0 };
+  assign { \$87 [3], \$87 [1:0] } = 3'h0;
+  assign \$87 [2] = ins[10];
+  assign \$88  = ins[10];
+  assign { \$90 [3], \$90 [1:0] } = 3'h0;
+  assign \$90 [2] = ins[10];
+  assign \$91  = ins[10];
   assign { \$93 [3], \$93 [1:0] } = 3'h0;
   assign \$93 [2] = ins[10];
   assign \$94  = ins[10];
   assign { \$96 [3], \$96 [1:0] } = 3'h0;
   assign \$96 [2] = ins[10];
   assign \$97  = ins[10];
-  assign { \$99 [3], \$99 [1:0] } = 3'h0;
-  assign \$99 [2] = ins[10];
-  assign \$100  = ins[10];
-  assign { \$102 [3], \$102 [1:0] } = 3'h0;
-  assign \$102 [2] = ins[10];
-  assign \$103  = ins[10];
+  assign \$137 [3:1] = 3'h0;
+  assign \$137 [0] = ins[8];
+  assign \$138  = ins[8];
+  assign \$140 [3:1] = 3'h0;
+  assign \$140 [0] = ins[8];
+  assign \$141  = ins[8];
   assign \$143 [3:1] = 3'h0;
   assign \$143 [0] = ins[8];
   assign \$144  = ins[8];
@@ -36528,29 +36566,23 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   assign \$155 [3:1] = 3'h0;
   assign \$155 [0] = ins[8];
   assign \$156  = ins[8];
-  assign \$158 [3:1] = 3'h0;
-  assign \$158 [0] = ins[8];
-  assign \$159  = ins[8];
-  assign \$161 [3:1] = 3'h0;
-  assign \$161 [0] = ins[8];
-  assign \$162  = ins[8];
-  assign \$357  = 1'h0;
-  assign \$364  = 1'h0;
-  assign \$365  = \$363 ;
-  assign \$374  = 1'h0;
-  assign \$375  = \$373 ;
-  assign \$379  = in_fetch;
-  assign \$383  = unit_rst;
-  assign \$487  = { 19'h00000, \$486 [32:19] };
-  assign \$488  = { 3'h0, dec_n2p[16:3] };
-  assign \$493  = { 1'h0, dec_nt, 6'h00 };
-  assign \$495 [5:0] = 6'h00;
-  assign \$495 [31:6] = { 8'h00, \$494 [23:6] };
-  assign \$499  = { 1'h0, dec_mt_last };
-  assign \$500  = { dec_mt_last, 3'h0 };
-  assign \$503 [2:0] = 3'h0;
-  assign \$503 [3] = ins[11];
-  assign \$504  = ins[11];
+  assign \$351  = 1'h0;
+  assign \$358  = 1'h0;
+  assign \$359  = \$357 ;
+  assign \$368  = 1'h0;
+  assign \$369  = \$367 ;
+  assign \$373  = in_fetch;
+  assign \$377  = unit_rst;
+  assign \$481  = { 19'h00000, \$480 [32:19] };
+  assign \$482  = { 3'h0, dec_n2p[16:3] };
+  assign \$487  = { 1'h0, dec_nt, 6'h00 };
+  assign \$489 [5:0] = 6'h00;
+  assign \$489 [31:6] = { 8'h00, \$488 [23:6] };
+  assign \$493  = { 1'h0, dec_mt_last };
+  assign \$494  = { dec_mt_last, 3'h0 };
+  assign \$497 [2:0] = 3'h0;
+  assign \$497 [3] = ins[11];
+  assign \$498  = ins[11];
   assign \$56  = \$55 ;
 endmodule
 
@@ -41100,10 +41132,10 @@ module \accelerator.core.add (o__ready, a__ready, b__ready, o__payload, a__paylo
   \accelerator.core.add.out_queue  out_queue (
     .add_d_clk(add_d_clk),
     .add_d_rst(add_d_rst),
-    .\port$11579$0 (l0s_s2_o),
-    .\port$11671$0 (l1s_s2_o),
-    .\port$11763$0 (l2s_s2_o),
-    .\port$11855$0 (l3s_s2_o),
+    .\port$11606$0 (l0s_s2_o),
+    .\port$11698$0 (l1s_s2_o),
+    .\port$11790$0 (l2s_s2_o),
+    .\port$11882$0 (l3s_s2_o),
     .r_data(o__payload),
     .r_en(o__ready),
     .r_rdy(o__valid),
@@ -42301,7 +42333,7 @@ module \accelerator.core.add (o__ready, a__ready, b__ready, o__payload, a__paylo
 endmodule
 
 (* generator = "Amaranth" *)
-module \accelerator.core.add.out_queue (r_en, r_data, add_d_rst, \port$11579$0 , \port$11671$0 , \port$11763$0 , \port$11855$0 , w_en, r_rdy, add_d_clk);
+module \accelerator.core.add.out_queue (r_en, r_data, add_d_rst, \port$11606$0 , \port$11698$0 , \port$11790$0 , \port$11882$0 , w_en, r_rdy, add_d_clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$57  = 0;
   wire \$1 ;
   wire \$10 ;
@@ -42346,14 +42378,14 @@ module \accelerator.core.add.out_queue (r_en, r_data, add_d_rst, \port$11579$0 ,
   reg [3:0] inner_level = 4'h0;
   wire inner_r_rdy;
   wire [3:0] level;
-  input [15:0] \port$11579$0 ;
-  wire [15:0] \port$11579$0 ;
-  input [15:0] \port$11671$0 ;
-  wire [15:0] \port$11671$0 ;
-  input [15:0] \port$11763$0 ;
-  wire [15:0] \port$11763$0 ;
-  input [15:0] \port$11855$0 ;
-  wire [15:0] \port$11855$0 ;
+  input [15:0] \port$11606$0 ;
+  wire [15:0] \port$11606$0 ;
+  input [15:0] \port$11698$0 ;
+  wire [15:0] \port$11698$0 ;
+  input [15:0] \port$11790$0 ;
+  wire [15:0] \port$11790$0 ;
+  input [15:0] \port$11882$0 ;
+  wire [15:0] \port$11882$0 ;
   (* init = 4'h0 *)
   wire [3:0] produce;
   output [63:0] r_data;
@@ -42392,7 +42424,7 @@ module \accelerator.core.add.out_queue (r_en, r_data, add_d_rst, \port$11579$0 ,
   end
   always @(posedge add_d_clk) begin
     if (w_port__en)
-      storage[w_port__addr] <= { \port$11855$0 , \port$11763$0 , \port$11671$0 , \port$11579$0  };
+      storage[w_port__addr] <= { \port$11882$0 , \port$11790$0 , \port$11698$0 , \port$11606$0  };
   end
   reg [63:0] _0_;
   always @(posedge add_d_clk) begin
@@ -42492,8 +42524,8 @@ module \accelerator.core.add.out_queue (r_en, r_data, add_d_rst, \port$11579$0 ,
   assign level = \$3 [3:0];
   assign r_level = \$3 [3:0];
   assign produce = w_port__addr;
-  assign w_port__data = { \port$11855$0 , \port$11763$0 , \port$11671$0 , \port$11579$0  };
-  assign w_data = { \port$11855$0 , \port$11763$0 , \port$11671$0 , \port$11579$0  };
+  assign w_port__data = { \port$11882$0 , \port$11790$0 , \port$11698$0 , \port$11606$0  };
+  assign w_data = { \port$11882$0 , \port$11790$0 , \port$11698$0 , \port$11606$0  };
   assign consume = r_port__addr;
   assign r_port__data = r_data;
 endmodule
@@ -49963,10 +49995,10 @@ module \accelerator.core.gelu0 (o__ready, go, o__payload, i__payload, i__valid, 
   \accelerator.core.gelu0.out_queue  out_queue (
     .gelu0_d_clk(gelu0_d_clk),
     .gelu0_d_rst(gelu0_d_rst),
-    .\port$12088$0 (l0_s27_o),
-    .\port$12274$0 (l1_s27_o),
-    .\port$12460$0 (l2_s27_o),
-    .\port$12646$0 (l3_s27_o),
+    .\port$12115$0 (l0_s27_o),
+    .\port$12301$0 (l1_s27_o),
+    .\port$12487$0 (l2_s27_o),
+    .\port$12673$0 (l3_s27_o),
     .r_data(o__payload),
     .r_en(o__ready),
     .r_rdy(o__valid),
@@ -51926,7 +51958,7 @@ module \accelerator.core.gelu0 (o__ready, go, o__payload, i__payload, i__valid, 
 endmodule
 
 (* generator = "Amaranth" *)
-module \accelerator.core.gelu0.out_queue (r_en, r_data, gelu0_d_rst, \port$12088$0 , \port$12274$0 , \port$12460$0 , \port$12646$0 , w_en, r_rdy, gelu0_d_clk);
+module \accelerator.core.gelu0.out_queue (r_en, r_data, gelu0_d_rst, \port$12115$0 , \port$12301$0 , \port$12487$0 , \port$12673$0 , w_en, r_rdy, gelu0_d_clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$61  = 0;
   wire \$1 ;
   wire \$10 ;
@@ -51971,14 +52003,14 @@ module \accelerator.core.gelu0.out_queue (r_en, r_data, gelu0_d_rst, \port$12088
   reg [4:0] inner_level = 5'h00;
   wire inner_r_rdy;
   wire [4:0] level;
-  input [7:0] \port$12088$0 ;
-  wire [7:0] \port$12088$0 ;
-  input [7:0] \port$12274$0 ;
-  wire [7:0] \port$12274$0 ;
-  input [7:0] \port$12460$0 ;
-  wire [7:0] \port$12460$0 ;
-  input [7:0] \port$12646$0 ;
-  wire [7:0] \port$12646$0 ;
+  input [7:0] \port$12115$0 ;
+  wire [7:0] \port$12115$0 ;
+  input [7:0] \port$12301$0 ;
+  wire [7:0] \port$12301$0 ;
+  input [7:0] \port$12487$0 ;
+  wire [7:0] \port$12487$0 ;
+  input [7:0] \port$12673$0 ;
+  wire [7:0] \port$12673$0 ;
   (* init = 5'h00 *)
   wire [4:0] produce;
   output [31:0] r_data;
@@ -52033,7 +52065,7 @@ module \accelerator.core.gelu0.out_queue (r_en, r_data, gelu0_d_rst, \port$12088
   end
   always @(posedge gelu0_d_clk) begin
     if (w_port__en)
-      storage[w_port__addr] <= { \port$12646$0 , \port$12460$0 , \port$12274$0 , \port$12088$0  };
+      storage[w_port__addr] <= { \port$12673$0 , \port$12487$0 , \port$12301$0 , \port$12115$0  };
   end
   reg [31:0] _0_;
   always @(posedge gelu0_d_clk) begin
@@ -52133,8 +52165,8 @@ module \accelerator.core.gelu0.out_queue (r_en, r_data, gelu0_d_rst, \port$12088
   assign level = \$3 [4:0];
   assign r_level = \$3 [4:0];
   assign produce = w_port__addr;
-  assign w_port__data = { \port$12646$0 , \port$12460$0 , \port$12274$0 , \port$12088$0  };
-  assign w_data = { \port$12646$0 , \port$12460$0 , \port$12274$0 , \port$12088$0  };
+  assign w_port__data = { \port$12673$0 , \port$12487$0 , \port$12301$0 , \port$12115$0  };
+  assign w_data = { \port$12673$0 , \port$12487$0 , \port$12301$0 , \port$12115$0  };
   assign consume = r_port__addr;
   assign r_port__data = r_data;
 endmodule
@@ -60412,63 +60444,59 @@ module \accelerator.core.gemm_out_slice (rst, r_en, w_en, w_port__data, w_rdy, r
 endmodule
 
 (* generator = "Amaranth" *)
-module \accelerator.core.gen_dst (rst, \next$29 , busy, n__0, strides__0, n__1, strides__1, n__2, strides__2, n__3, strides__3, n__4, strides__4, load, base, addr, last__4, \final , index__1, index__2, index__3
-, index__4, \valid$31 , clk);
+module \accelerator.core.gen_dst (rst, \next$29 , busy, addr, last__4, \final , index__1, index__2, index__3, index__4, n__0, strides__0, n__1, strides__1, n__2, strides__2, n__3, strides__3, n__4, strides__4, load
+, base, \valid$31 , clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$64  = 0;
   wire \$1 ;
   wire \$10 ;
-  wire [15:0] \$11 ;
-  wire [15:0] \$12 ;
-  wire [15:0] \$13 ;
-  wire [15:0] \$14 ;
-  wire [15:0] \$15 ;
+  wire \$11 ;
+  wire \$12 ;
+  wire \$13 ;
+  wire \$14 ;
+  wire \$15 ;
   wire \$16 ;
-  wire \$17 ;
-  wire \$18 ;
-  wire \$19 ;
+  reg [21:0] \$17 ;
+  reg \$18 ;
+  reg \$19 ;
   wire \$2 ;
-  wire \$20 ;
-  wire \$21 ;
-  wire \$22 ;
-  wire \$23 ;
-  reg [21:0] \$24 ;
-  reg \$25 ;
-  reg \$26 ;
-  reg \$27 ;
-  reg \$28 ;
-  reg \$29 ;
+  reg \$20 ;
+  reg \$21 ;
+  reg \$22 ;
+  reg \$23 ;
+  reg [15:0] \$24 ;
+  reg [15:0] \$25 ;
+  reg [15:0] \$26 ;
+  reg [15:0] \$27 ;
+  reg [15:0] \$28 ;
+  reg [21:0] \$29 ;
   wire \$3 ;
   reg \$30 ;
-  reg [15:0] \$31 ;
-  reg [15:0] \$32 ;
-  reg [15:0] \$33 ;
-  reg [15:0] \$34 ;
-  reg [15:0] \$35 ;
-  reg [21:0] \$36 ;
-  reg \$37 ;
-  reg \$38 ;
-  reg \$39 ;
-  wire [21:0] \$4 ;
-  reg \$40 ;
+  reg \$31 ;
+  reg \$32 ;
+  reg \$33 ;
+  reg \$34 ;
+  reg \$35 ;
+  reg [15:0] \$36 ;
+  reg [15:0] \$37 ;
+  reg [15:0] \$38 ;
+  reg [15:0] \$39 ;
+  wire \$4 ;
+  reg [15:0] \$40 ;
   reg \$41 ;
   reg \$42 ;
-  reg [15:0] \$43 ;
-  reg [15:0] \$44 ;
-  reg [15:0] \$45 ;
-  reg [15:0] \$46 ;
-  reg [15:0] \$47 ;
-  reg \$48 ;
-  reg \$49 ;
+  reg \$43 ;
+  reg \$44 ;
   wire \$5 ;
   wire \$6 ;
   wire \$7 ;
   wire \$8 ;
   wire \$9 ;
   reg \$signal  = 1'h0;
-  reg \$signal$30  = 1'h0;
+  reg \$signal$34  = 1'h0;
+  reg \$signal$72  = 1'h0;
   output [21:0] addr;
-  reg [21:0] addr = 22'h000000;
-  wire [21:0] \addr$59 ;
+  wire [21:0] addr;
+  wire [21:0] \addr$73 ;
   input [19:0] base;
   wire [19:0] base;
   wire [19:0] \base$3 ;
@@ -60476,58 +60504,59 @@ module \accelerator.core.gen_dst (rst, \next$29 , busy, n__0, strides__0, n__1, 
   wire busy;
   input clk;
   wire clk;
+  reg [21:0] e0_addr = 22'h000000;
+  reg e0_final = 1'h0;
+  reg [15:0] e0_i0 = 16'h0000;
+  reg [15:0] e0_i1 = 16'h0000;
+  reg [15:0] e0_i2 = 16'h0000;
+  reg [15:0] e0_i3 = 16'h0000;
+  reg [15:0] e0_i4 = 16'h0000;
+  reg e0_last0 = 1'h0;
+  reg e0_last1 = 1'h0;
+  reg e0_last2 = 1'h0;
+  reg e0_last3 = 1'h0;
+  reg e0_last4 = 1'h0;
+  reg [21:0] e1_addr = 22'h000000;
+  reg e1_final = 1'h0;
+  reg [15:0] e1_i0 = 16'h0000;
+  reg [15:0] e1_i1 = 16'h0000;
+  reg [15:0] e1_i2 = 16'h0000;
+  reg [15:0] e1_i3 = 16'h0000;
+  reg [15:0] e1_i4 = 16'h0000;
+  reg e1_last0 = 1'h0;
+  reg e1_last1 = 1'h0;
+  reg e1_last2 = 1'h0;
+  reg e1_last3 = 1'h0;
+  reg e1_last4 = 1'h0;
   output \final ;
-  reg \final  = 1'h0;
-  wire \final$71 ;
-  (* init = 22'h000000 *)
-  wire [21:0] head_addr;
-  (* init = 1'h0 *)
-  wire head_final;
-  (* init = 16'h0000 *)
-  wire [15:0] head_i0;
-  (* init = 16'h0000 *)
-  wire [15:0] head_i1;
-  (* init = 16'h0000 *)
-  wire [15:0] head_i2;
-  (* init = 16'h0000 *)
-  wire [15:0] head_i3;
-  (* init = 16'h0000 *)
-  wire [15:0] head_i4;
-  (* init = 1'h0 *)
-  wire head_last0;
-  (* init = 1'h0 *)
-  wire head_last1;
-  (* init = 1'h0 *)
-  wire head_last2;
-  (* init = 1'h0 *)
-  wire head_last3;
-  (* init = 1'h0 *)
-  wire head_last4;
-  reg [15:0] index__0 = 16'h0000;
-  wire [15:0] \index__0$73 ;
+  wire \final ;
+  wire \final$79 ;
+  reg has2 = 1'h0;
+  wire [15:0] index__0;
+  wire [15:0] \index__0$80 ;
   output [15:0] index__1;
-  reg [15:0] index__1 = 16'h0000;
-  wire [15:0] \index__1$75 ;
+  wire [15:0] index__1;
+  wire [15:0] \index__1$81 ;
   output [15:0] index__2;
-  reg [15:0] index__2 = 16'h0000;
-  wire [15:0] \index__2$77 ;
+  wire [15:0] index__2;
+  wire [15:0] \index__2$82 ;
   output [15:0] index__3;
-  reg [15:0] index__3 = 16'h0000;
-  wire [15:0] \index__3$79 ;
+  wire [15:0] index__3;
+  wire [15:0] \index__3$83 ;
   output [15:0] index__4;
-  reg [15:0] index__4 = 16'h0000;
-  wire [15:0] \index__4$81 ;
-  reg last__0 = 1'h0;
-  wire \last__0$61 ;
-  reg last__1 = 1'h0;
-  wire \last__1$63 ;
-  reg last__2 = 1'h0;
-  wire \last__2$65 ;
-  reg last__3 = 1'h0;
-  wire \last__3$67 ;
+  wire [15:0] index__4;
+  wire [15:0] \index__4$84 ;
+  wire last__0;
+  wire \last__0$74 ;
+  wire last__1;
+  wire \last__1$75 ;
+  wire last__2;
+  wire \last__2$76 ;
+  wire last__3;
+  wire \last__3$77 ;
   output last__4;
-  reg last__4 = 1'h0;
-  wire \last__4$69 ;
+  wire last__4;
+  wire \last__4$78 ;
   input load;
   wire load;
   wire \load$1 ;
@@ -60553,18 +60582,6 @@ module \accelerator.core.gen_dst (rst, \next$29 , busy, n__0, strides__0, n__1, 
   wire push;
   input rst;
   wire rst;
-  reg [21:0] second_addr = 22'h000000;
-  reg second_final = 1'h0;
-  reg [15:0] second_i0 = 16'h0000;
-  reg [15:0] second_i1 = 16'h0000;
-  reg [15:0] second_i2 = 16'h0000;
-  reg [15:0] second_i3 = 16'h0000;
-  reg [15:0] second_i4 = 16'h0000;
-  reg second_last0 = 1'h0;
-  reg second_last1 = 1'h0;
-  reg second_last2 = 1'h0;
-  reg second_last3 = 1'h0;
-  reg second_last4 = 1'h0;
   input [17:0] strides__0;
   wire [17:0] strides__0;
   wire [17:0] \strides__0$7 ;
@@ -60585,98 +60602,106 @@ module \accelerator.core.gen_dst (rst, \next$29 , busy, n__0, strides__0, n__1, 
   output \valid$31 ;
   wire \valid$31 ;
   always @(posedge clk)
-    second_addr <= \$36 ;
+    e1_addr <= \$29 ;
   always @(posedge clk)
-    second_last0 <= \$37 ;
+    e1_last0 <= \$30 ;
   always @(posedge clk)
-    second_last1 <= \$38 ;
+    e1_last1 <= \$31 ;
   always @(posedge clk)
-    second_last2 <= \$39 ;
+    e1_last2 <= \$32 ;
   always @(posedge clk)
-    second_last3 <= \$40 ;
+    e1_last3 <= \$33 ;
   always @(posedge clk)
-    second_last4 <= \$41 ;
+    e1_last4 <= \$34 ;
   always @(posedge clk)
-    second_final <= \$42 ;
+    e1_final <= \$35 ;
   always @(posedge clk)
-    second_i0 <= \$43 ;
+    e1_i0 <= \$36 ;
   always @(posedge clk)
-    second_i1 <= \$44 ;
+    e1_i1 <= \$37 ;
   always @(posedge clk)
-    second_i2 <= \$45 ;
+    e1_i2 <= \$38 ;
   always @(posedge clk)
-    second_i3 <= \$46 ;
+    e1_i3 <= \$39 ;
   always @(posedge clk)
-    second_i4 <= \$47 ;
+    e1_i4 <= \$40 ;
   always @(posedge clk)
-    \$signal$30  <= \$48 ;
+    \$signal  <= \$41 ;
   always @(posedge clk)
-    \$signal  <= \$49 ;
-  assign \$1  = ~ \$signal ;
+    has2 <= \$42 ;
+  always @(posedge clk)
+    \$signal$34  <= \$43 ;
+  always @(posedge clk)
+    \$signal$72  <= \$44 ;
+  assign \$1  = ~ has2;
   assign push = valid & \$1 ;
-  assign pop = \next$29  & \$signal$30 ;
-  assign busy = \$signal$30  | valid;
-  assign \$2  = ~ \$signal$30 ;
-  assign \$3  = \next$29  | \$2 ;
-  assign \$4  = \$signal  ? second_addr : \addr$59 ;
-  assign \$5  = \$signal  ? second_last0 : \last__0$61 ;
-  assign \$6  = \$signal  ? second_last1 : \last__1$63 ;
-  assign \$7  = \$signal  ? second_last2 : \last__2$65 ;
-  assign \$8  = \$signal  ? second_last3 : \last__3$67 ;
-  assign \$9  = \$signal  ? second_last4 : \last__4$69 ;
-  assign \$10  = \$signal  ? second_final : \final$71 ;
-  assign \$11  = \$signal  ? second_i0 : \index__0$73 ;
-  assign \$12  = \$signal  ? second_i1 : \index__1$75 ;
-  assign \$13  = \$signal  ? second_i2 : \index__2$77 ;
-  assign \$14  = \$signal  ? second_i3 : \index__3$79 ;
-  assign \$15  = \$signal  ? second_i4 : \index__4$81 ;
-  assign \$16  = ~ \$signal ;
-  assign \$17  = \$signal  | push;
-  assign \$18  = ~ pop;
-  assign \$19  = \$signal$30  & \$18 ;
-  assign \$20  = \$17  | \$19 ;
-  assign \$21  = \$signal$30  & push;
-  assign \$22  = \$signal  | \$21 ;
-  assign \$23  = pop ? 1'h0 : \$22 ;
+  assign pop = \next$29  & \$signal ;
+  assign busy = \$signal  | valid;
+  assign addr = \$signal$34  ? e1_addr : e0_addr;
+  assign last__0 = \$signal$34  ? e1_last0 : e0_last0;
+  assign last__1 = \$signal$34  ? e1_last1 : e0_last1;
+  assign last__2 = \$signal$34  ? e1_last2 : e0_last2;
+  assign last__3 = \$signal$34  ? e1_last3 : e0_last3;
+  assign last__4 = \$signal$34  ? e1_last4 : e0_last4;
+  assign \final  = \$signal$34  ? e1_final : e0_final;
+  assign index__0 = \$signal$34  ? e1_i0 : e0_i0;
+  assign index__1 = \$signal$34  ? e1_i1 : e0_i1;
+  assign index__2 = \$signal$34  ? e1_i2 : e0_i2;
+  assign index__3 = \$signal$34  ? e1_i3 : e0_i3;
+  assign index__4 = \$signal$34  ? e1_i4 : e0_i4;
+  assign \$2  = ~ has2;
+  assign \$3  = ! \$signal$72 ;
+  assign \$4  = \$2  & \$3 ;
+  assign \$5  = ~ has2;
+  assign \$7  = \$5  & \$6 ;
+  assign \$8  = has2 | push;
+  assign \$9  = ~ pop;
+  assign \$10  = \$signal  & \$9 ;
+  assign \$11  = \$8  | \$10 ;
+  assign \$12  = \$signal  & push;
+  assign \$13  = has2 | \$12 ;
+  assign \$14  = pop ? 1'h0 : \$13 ;
+  assign \$15  = \$signal$34  ^ pop;
+  assign \$16  = \$signal$72  ^ push;
   always @(posedge clk)
-    addr <= \$24 ;
+    e0_addr <= \$17 ;
   always @(posedge clk)
-    last__0 <= \$25 ;
+    e0_last0 <= \$18 ;
   always @(posedge clk)
-    last__1 <= \$26 ;
+    e0_last1 <= \$19 ;
   always @(posedge clk)
-    last__2 <= \$27 ;
+    e0_last2 <= \$20 ;
   always @(posedge clk)
-    last__3 <= \$28 ;
+    e0_last3 <= \$21 ;
   always @(posedge clk)
-    last__4 <= \$29 ;
+    e0_last4 <= \$22 ;
   always @(posedge clk)
-    \final  <= \$30 ;
+    e0_final <= \$23 ;
   always @(posedge clk)
-    index__0 <= \$31 ;
+    e0_i0 <= \$24 ;
   always @(posedge clk)
-    index__1 <= \$32 ;
+    e0_i1 <= \$25 ;
   always @(posedge clk)
-    index__2 <= \$33 ;
+    e0_i2 <= \$26 ;
   always @(posedge clk)
-    index__3 <= \$34 ;
+    e0_i3 <= \$27 ;
   always @(posedge clk)
-    index__4 <= \$35 ;
+    e0_i4 <= \$28 ;
   \accelerator.core.gen_dst.walk  walk (
-    .addr(\addr$59 ),
+    .addr(\addr$73 ),
     .base(base),
     .clk(clk),
-    .\final (\final$71 ),
-    .index__0(\index__0$73 ),
-    .index__1(\index__1$75 ),
-    .index__2(\index__2$77 ),
-    .index__3(\index__3$79 ),
-    .index__4(\index__4$81 ),
-    .last__0(\last__0$61 ),
-    .last__1(\last__1$63 ),
-    .last__2(\last__2$65 ),
-    .last__3(\last__3$67 ),
-    .last__4(\last__4$69 ),
+    .\final (\final$79 ),
+    .index__0(\index__0$80 ),
+    .index__1(\index__1$81 ),
+    .index__2(\index__2$82 ),
+    .index__3(\index__3$83 ),
+    .index__4(\index__4$84 ),
+    .last__0(\last__0$74 ),
+    .last__1(\last__1$75 ),
+    .last__2(\last__2$76 ),
+    .last__3(\last__3$77 ),
+    .last__4(\last__4$78 ),
     .load(load),
     .n__0(n__0),
     .n__1(n__1),
@@ -60694,194 +60719,218 @@ module \accelerator.core.gen_dst (rst, \next$29 , busy, n__0, strides__0, n__1, 
   );
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$64 ) begin end
-    \$36  = second_addr;
-    if (\$16 ) begin
-      \$36  = \addr$59 ;
+    \$29  = e1_addr;
+    if (\$7 ) begin
+      \$29  = \addr$73 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$64 ) begin end
-    \$37  = second_last0;
-    if (\$16 ) begin
-      \$37  = \last__0$61 ;
+    \$30  = e1_last0;
+    if (\$7 ) begin
+      \$30  = \last__0$74 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$64 ) begin end
-    \$38  = second_last1;
-    if (\$16 ) begin
-      \$38  = \last__1$63 ;
+    \$31  = e1_last1;
+    if (\$7 ) begin
+      \$31  = \last__1$75 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$64 ) begin end
-    \$39  = second_last2;
-    if (\$16 ) begin
-      \$39  = \last__2$65 ;
+    \$32  = e1_last2;
+    if (\$7 ) begin
+      \$32  = \last__2$76 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$64 ) begin end
-    \$40  = second_last3;
-    if (\$16 ) begin
-      \$40  = \last__3$67 ;
+    \$33  = e1_last3;
+    if (\$7 ) begin
+      \$33  = \last__3$77 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$64 ) begin end
-    \$41  = second_last4;
-    if (\$16 ) begin
-      \$41  = \last__4$69 ;
+    \$34  = e1_last4;
+    if (\$7 ) begin
+      \$34  = \last__4$78 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$64 ) begin end
-    \$42  = second_final;
-    if (\$16 ) begin
-      \$42  = \final$71 ;
+    \$35  = e1_final;
+    if (\$7 ) begin
+      \$35  = \final$79 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$64 ) begin end
-    \$43  = second_i0;
-    if (\$16 ) begin
-      \$43  = \index__0$73 ;
+    \$36  = e1_i0;
+    if (\$7 ) begin
+      \$36  = \index__0$80 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$64 ) begin end
-    \$44  = second_i1;
-    if (\$16 ) begin
-      \$44  = \index__1$75 ;
+    \$37  = e1_i1;
+    if (\$7 ) begin
+      \$37  = \index__1$81 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$64 ) begin end
-    \$45  = second_i2;
-    if (\$16 ) begin
-      \$45  = \index__2$77 ;
+    \$38  = e1_i2;
+    if (\$7 ) begin
+      \$38  = \index__2$82 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$64 ) begin end
-    \$46  = second_i3;
-    if (\$16 ) begin
-      \$46  = \index__3$79 ;
+    \$39  = e1_i3;
+    if (\$7 ) begin
+      \$39  = \index__3$83 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$64 ) begin end
-    \$47  = second_i4;
-    if (\$16 ) begin
-      \$47  = \index__4$81 ;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$64 ) begin end
-    (* full_case = 32'd1 *)
-    if (load) begin
-      \$48  = 1'h0;
-    end else begin
-      \$48  = \$20 ;
-    end
-    if (rst) begin
-      \$48  = 1'h0;
+    \$40  = e1_i4;
+    if (\$7 ) begin
+      \$40  = \index__4$84 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$64 ) begin end
     (* full_case = 32'd1 *)
     if (load) begin
-      \$49  = 1'h0;
+      \$41  = 1'h0;
     end else begin
-      \$49  = \$23 ;
+      \$41  = \$11 ;
     end
     if (rst) begin
-      \$49  = 1'h0;
+      \$41  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$64 ) begin end
-    \$24  = addr;
-    if (\$3 ) begin
-      \$24  = \$4 ;
+    (* full_case = 32'd1 *)
+    if (load) begin
+      \$42  = 1'h0;
+    end else begin
+      \$42  = \$14 ;
+    end
+    if (rst) begin
+      \$42  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$64 ) begin end
-    \$25  = last__0;
-    if (\$3 ) begin
-      \$25  = \$5 ;
+    (* full_case = 32'd1 *)
+    if (load) begin
+      \$43  = 1'h0;
+    end else begin
+      \$43  = \$15 ;
+    end
+    if (rst) begin
+      \$43  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$64 ) begin end
-    \$26  = last__1;
-    if (\$3 ) begin
-      \$26  = \$6 ;
+    (* full_case = 32'd1 *)
+    if (load) begin
+      \$44  = 1'h0;
+    end else begin
+      \$44  = \$16 ;
+    end
+    if (rst) begin
+      \$44  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$64 ) begin end
-    \$27  = last__2;
-    if (\$3 ) begin
-      \$27  = \$7 ;
+    \$17  = e0_addr;
+    if (\$4 ) begin
+      \$17  = \addr$73 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$64 ) begin end
-    \$28  = last__3;
-    if (\$3 ) begin
-      \$28  = \$8 ;
+    \$18  = e0_last0;
+    if (\$4 ) begin
+      \$18  = \last__0$74 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$64 ) begin end
-    \$29  = last__4;
-    if (\$3 ) begin
-      \$29  = \$9 ;
+    \$19  = e0_last1;
+    if (\$4 ) begin
+      \$19  = \last__1$75 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$64 ) begin end
-    \$30  = \final ;
-    if (\$3 ) begin
-      \$30  = \$10 ;
+    \$20  = e0_last2;
+    if (\$4 ) begin
+      \$20  = \last__2$76 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$64 ) begin end
-    \$31  = index__0;
-    if (\$3 ) begin
-      \$31  = \$11 ;
+    \$21  = e0_last3;
+    if (\$4 ) begin
+      \$21  = \last__3$77 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$64 ) begin end
-    \$32  = index__1;
-    if (\$3 ) begin
-      \$32  = \$12 ;
+    \$22  = e0_last4;
+    if (\$4 ) begin
+      \$22  = \last__4$78 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$64 ) begin end
-    \$33  = index__2;
-    if (\$3 ) begin
-      \$33  = \$13 ;
+    \$23  = e0_final;
+    if (\$4 ) begin
+      \$23  = \final$79 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$64 ) begin end
-    \$34  = index__3;
-    if (\$3 ) begin
-      \$34  = \$14 ;
+    \$24  = e0_i0;
+    if (\$4 ) begin
+      \$24  = \index__0$80 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$64 ) begin end
-    \$35  = index__4;
-    if (\$3 ) begin
-      \$35  = \$15 ;
+    \$25  = e0_i1;
+    if (\$4 ) begin
+      \$25  = \index__1$81 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$64 ) begin end
+    \$26  = e0_i2;
+    if (\$4 ) begin
+      \$26  = \index__2$82 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$64 ) begin end
+    \$27  = e0_i3;
+    if (\$4 ) begin
+      \$27  = \index__3$83 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$64 ) begin end
+    \$28  = e0_i4;
+    if (\$4 ) begin
+      \$28  = \index__4$84 ;
     end
   end
   assign \load$1  = load;
@@ -60897,19 +60946,8 @@ module \accelerator.core.gen_dst (rst, \next$29 , busy, n__0, strides__0, n__1, 
   assign \n__4$21  = n__4;
   assign \strides__4$23  = strides__4;
   assign next = push;
-  assign head_addr = addr;
-  assign head_final = \final ;
-  assign head_last0 = last__0;
-  assign head_i0 = index__0;
-  assign head_last1 = last__1;
-  assign head_i1 = index__1;
-  assign head_last2 = last__2;
-  assign head_i2 = index__2;
-  assign head_last3 = last__3;
-  assign head_i3 = index__3;
-  assign head_last4 = last__4;
-  assign head_i4 = index__4;
-  assign \valid$31  = \$signal$30 ;
+  assign \valid$31  = \$signal ;
+  assign \$6  = \$signal$72 ;
 endmodule
 
 (* generator = "Amaranth" *)
@@ -61618,7 +61656,7 @@ module \accelerator.core.gen_dst.walk (rst, next, \final , n__0, strides__0, n__
 endmodule
 
 (* generator = "Amaranth" *)
-module \accelerator.core.gen_src0 (rst, n__0, strides__0, n__1, strides__1, n__2, strides__2, n__3, strides__3, n__4, strides__4, \next$29 , load, base, addr, last__3, last__4, \final , \valid$31 , clk);
+module \accelerator.core.gen_src0 (rst, addr, last__3, last__4, \final , n__0, strides__0, n__1, strides__1, n__2, strides__2, n__3, strides__3, n__4, strides__4, \next$29 , load, base, \valid$31 , clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$66  = 0;
   wire \$1 ;
   wire \$10 ;
@@ -61628,17 +61666,17 @@ module \accelerator.core.gen_src0 (rst, n__0, strides__0, n__1, strides__1, n__2
   wire \$14 ;
   wire \$15 ;
   wire \$16 ;
-  wire \$17 ;
-  wire \$18 ;
-  reg [21:0] \$19 ;
+  reg [21:0] \$17 ;
+  reg \$18 ;
+  reg \$19 ;
   wire \$2 ;
   reg \$20 ;
   reg \$21 ;
   reg \$22 ;
   reg \$23 ;
-  reg \$24 ;
+  reg [21:0] \$24 ;
   reg \$25 ;
-  reg [21:0] \$26 ;
+  reg \$26 ;
   reg \$27 ;
   reg \$28 ;
   reg \$29 ;
@@ -61648,62 +61686,54 @@ module \accelerator.core.gen_src0 (rst, n__0, strides__0, n__1, strides__1, n__2
   reg \$32 ;
   reg \$33 ;
   reg \$34 ;
-  wire [21:0] \$4 ;
+  wire \$4 ;
   wire \$5 ;
   wire \$6 ;
   wire \$7 ;
   wire \$8 ;
   wire \$9 ;
   reg \$signal  = 1'h0;
-  reg \$signal$30  = 1'h0;
+  reg \$signal$34  = 1'h0;
+  reg \$signal$57  = 1'h0;
   output [21:0] addr;
-  reg [21:0] addr = 22'h000000;
-  wire [21:0] \addr$59 ;
+  wire [21:0] addr;
+  wire [21:0] \addr$58 ;
   input [19:0] base;
   wire [19:0] base;
   wire [19:0] \base$3 ;
   wire busy;
   input clk;
   wire clk;
+  reg [21:0] e0_addr = 22'h000000;
+  reg e0_final = 1'h0;
+  reg e0_last0 = 1'h0;
+  reg e0_last1 = 1'h0;
+  reg e0_last2 = 1'h0;
+  reg e0_last3 = 1'h0;
+  reg e0_last4 = 1'h0;
+  reg [21:0] e1_addr = 22'h000000;
+  reg e1_final = 1'h0;
+  reg e1_last0 = 1'h0;
+  reg e1_last1 = 1'h0;
+  reg e1_last2 = 1'h0;
+  reg e1_last3 = 1'h0;
+  reg e1_last4 = 1'h0;
   output \final ;
-  reg \final  = 1'h0;
-  wire \final$71 ;
-  (* init = 22'h000000 *)
-  wire [21:0] head_addr;
-  (* init = 1'h0 *)
-  wire head_final;
-  wire [15:0] head_i0;
-  wire [15:0] head_i1;
-  wire [15:0] head_i2;
-  wire [15:0] head_i3;
-  wire [15:0] head_i4;
-  (* init = 1'h0 *)
-  wire head_last0;
-  (* init = 1'h0 *)
-  wire head_last1;
-  (* init = 1'h0 *)
-  wire head_last2;
-  (* init = 1'h0 *)
-  wire head_last3;
-  (* init = 1'h0 *)
-  wire head_last4;
-  wire [15:0] index__0;
-  wire [15:0] index__1;
-  wire [15:0] index__2;
-  wire [15:0] index__3;
-  wire [15:0] index__4;
-  reg last__0 = 1'h0;
-  wire \last__0$61 ;
-  reg last__1 = 1'h0;
-  wire \last__1$63 ;
-  reg last__2 = 1'h0;
-  wire \last__2$65 ;
+  wire \final ;
+  wire \final$64 ;
+  reg has2 = 1'h0;
+  wire last__0;
+  wire \last__0$59 ;
+  wire last__1;
+  wire \last__1$60 ;
+  wire last__2;
+  wire \last__2$61 ;
   output last__3;
-  reg last__3 = 1'h0;
-  wire \last__3$67 ;
+  wire last__3;
+  wire \last__3$62 ;
   output last__4;
-  reg last__4 = 1'h0;
-  wire \last__4$69 ;
+  wire last__4;
+  wire \last__4$63 ;
   input load;
   wire load;
   wire \load$1 ;
@@ -61729,13 +61759,6 @@ module \accelerator.core.gen_src0 (rst, n__0, strides__0, n__1, strides__1, n__2
   wire push;
   input rst;
   wire rst;
-  reg [21:0] second_addr = 22'h000000;
-  reg second_final = 1'h0;
-  reg second_last0 = 1'h0;
-  reg second_last1 = 1'h0;
-  reg second_last2 = 1'h0;
-  reg second_last3 = 1'h0;
-  reg second_last4 = 1'h0;
   input [17:0] strides__0;
   wire [17:0] strides__0;
   wire [17:0] \strides__0$7 ;
@@ -61755,69 +61778,77 @@ module \accelerator.core.gen_src0 (rst, n__0, strides__0, n__1, strides__1, n__2
   (* init = 1'h0 *)
   output \valid$31 ;
   wire \valid$31 ;
-  assign \$1  = ~ \$signal ;
+  assign \$1  = ~ has2;
   assign push = valid & \$1 ;
-  assign pop = \next$29  & \$signal$30 ;
-  assign busy = \$signal$30  | valid;
-  assign \$2  = ~ \$signal$30 ;
-  assign \$3  = \next$29  | \$2 ;
-  assign \$4  = \$signal  ? second_addr : \addr$59 ;
-  assign \$5  = \$signal  ? second_last0 : \last__0$61 ;
-  assign \$6  = \$signal  ? second_last1 : \last__1$63 ;
-  assign \$7  = \$signal  ? second_last2 : \last__2$65 ;
-  assign \$8  = \$signal  ? second_last3 : \last__3$67 ;
-  assign \$9  = \$signal  ? second_last4 : \last__4$69 ;
-  assign \$10  = \$signal  ? second_final : \final$71 ;
-  assign \$11  = ~ \$signal ;
-  assign \$12  = \$signal  | push;
-  assign \$13  = ~ pop;
-  assign \$14  = \$signal$30  & \$13 ;
-  assign \$15  = \$12  | \$14 ;
-  assign \$16  = \$signal$30  & push;
-  assign \$17  = \$signal  | \$16 ;
-  assign \$18  = pop ? 1'h0 : \$17 ;
+  assign pop = \next$29  & \$signal ;
+  assign busy = \$signal  | valid;
+  assign addr = \$signal$34  ? e1_addr : e0_addr;
+  assign last__0 = \$signal$34  ? e1_last0 : e0_last0;
+  assign last__1 = \$signal$34  ? e1_last1 : e0_last1;
+  assign last__2 = \$signal$34  ? e1_last2 : e0_last2;
+  assign last__3 = \$signal$34  ? e1_last3 : e0_last3;
+  assign last__4 = \$signal$34  ? e1_last4 : e0_last4;
+  assign \final  = \$signal$34  ? e1_final : e0_final;
+  assign \$2  = ~ has2;
+  assign \$3  = ! \$signal$57 ;
+  assign \$4  = \$2  & \$3 ;
+  assign \$5  = ~ has2;
+  assign \$7  = \$5  & \$6 ;
+  assign \$8  = has2 | push;
+  assign \$9  = ~ pop;
+  assign \$10  = \$signal  & \$9 ;
+  assign \$11  = \$8  | \$10 ;
+  assign \$12  = \$signal  & push;
+  assign \$13  = has2 | \$12 ;
+  assign \$14  = pop ? 1'h0 : \$13 ;
+  assign \$15  = \$signal$34  ^ pop;
+  assign \$16  = \$signal$57  ^ push;
   always @(posedge clk)
-    addr <= \$19 ;
+    e0_addr <= \$17 ;
   always @(posedge clk)
-    last__0 <= \$20 ;
+    e0_last0 <= \$18 ;
   always @(posedge clk)
-    last__1 <= \$21 ;
+    e0_last1 <= \$19 ;
   always @(posedge clk)
-    last__2 <= \$22 ;
+    e0_last2 <= \$20 ;
   always @(posedge clk)
-    last__3 <= \$23 ;
+    e0_last3 <= \$21 ;
   always @(posedge clk)
-    last__4 <= \$24 ;
+    e0_last4 <= \$22 ;
   always @(posedge clk)
-    \final  <= \$25 ;
+    e0_final <= \$23 ;
   always @(posedge clk)
-    second_addr <= \$26 ;
+    e1_addr <= \$24 ;
   always @(posedge clk)
-    second_last0 <= \$27 ;
+    e1_last0 <= \$25 ;
   always @(posedge clk)
-    second_last1 <= \$28 ;
+    e1_last1 <= \$26 ;
   always @(posedge clk)
-    second_last2 <= \$29 ;
+    e1_last2 <= \$27 ;
   always @(posedge clk)
-    second_last3 <= \$30 ;
+    e1_last3 <= \$28 ;
   always @(posedge clk)
-    second_last4 <= \$31 ;
+    e1_last4 <= \$29 ;
   always @(posedge clk)
-    second_final <= \$32 ;
+    e1_final <= \$30 ;
   always @(posedge clk)
-    \$signal$30  <= \$33 ;
+    \$signal  <= \$31 ;
   always @(posedge clk)
-    \$signal  <= \$34 ;
+    has2 <= \$32 ;
+  always @(posedge clk)
+    \$signal$34  <= \$33 ;
+  always @(posedge clk)
+    \$signal$57  <= \$34 ;
   \accelerator.core.gen_src0.walk  walk (
-    .addr(\addr$59 ),
+    .addr(\addr$58 ),
     .base(base),
     .clk(clk),
-    .\final (\final$71 ),
-    .last__0(\last__0$61 ),
-    .last__1(\last__1$63 ),
-    .last__2(\last__2$65 ),
-    .last__3(\last__3$67 ),
-    .last__4(\last__4$69 ),
+    .\final (\final$64 ),
+    .last__0(\last__0$59 ),
+    .last__1(\last__1$60 ),
+    .last__2(\last__2$61 ),
+    .last__3(\last__3$62 ),
+    .last__4(\last__4$63 ),
     .load(load),
     .n__0(n__0),
     .n__1(n__1),
@@ -61835,100 +61866,124 @@ module \accelerator.core.gen_src0 (rst, n__0, strides__0, n__1, strides__1, n__2
   );
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$66 ) begin end
-    \$19  = addr;
-    if (\$3 ) begin
-      \$19  = \$4 ;
+    \$17  = e0_addr;
+    if (\$4 ) begin
+      \$17  = \addr$58 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$66 ) begin end
-    \$20  = last__0;
-    if (\$3 ) begin
-      \$20  = \$5 ;
+    \$18  = e0_last0;
+    if (\$4 ) begin
+      \$18  = \last__0$59 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$66 ) begin end
-    \$21  = last__1;
-    if (\$3 ) begin
-      \$21  = \$6 ;
+    \$19  = e0_last1;
+    if (\$4 ) begin
+      \$19  = \last__1$60 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$66 ) begin end
-    \$22  = last__2;
-    if (\$3 ) begin
-      \$22  = \$7 ;
+    \$20  = e0_last2;
+    if (\$4 ) begin
+      \$20  = \last__2$61 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$66 ) begin end
-    \$23  = last__3;
-    if (\$3 ) begin
-      \$23  = \$8 ;
+    \$21  = e0_last3;
+    if (\$4 ) begin
+      \$21  = \last__3$62 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$66 ) begin end
-    \$24  = last__4;
-    if (\$3 ) begin
-      \$24  = \$9 ;
+    \$22  = e0_last4;
+    if (\$4 ) begin
+      \$22  = \last__4$63 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$66 ) begin end
-    \$25  = \final ;
-    if (\$3 ) begin
-      \$25  = \$10 ;
+    \$23  = e0_final;
+    if (\$4 ) begin
+      \$23  = \final$64 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$66 ) begin end
-    \$26  = second_addr;
-    if (\$11 ) begin
-      \$26  = \addr$59 ;
+    \$24  = e1_addr;
+    if (\$7 ) begin
+      \$24  = \addr$58 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$66 ) begin end
-    \$27  = second_last0;
-    if (\$11 ) begin
-      \$27  = \last__0$61 ;
+    \$25  = e1_last0;
+    if (\$7 ) begin
+      \$25  = \last__0$59 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$66 ) begin end
-    \$28  = second_last1;
-    if (\$11 ) begin
-      \$28  = \last__1$63 ;
+    \$26  = e1_last1;
+    if (\$7 ) begin
+      \$26  = \last__1$60 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$66 ) begin end
-    \$29  = second_last2;
-    if (\$11 ) begin
-      \$29  = \last__2$65 ;
+    \$27  = e1_last2;
+    if (\$7 ) begin
+      \$27  = \last__2$61 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$66 ) begin end
-    \$30  = second_last3;
-    if (\$11 ) begin
-      \$30  = \last__3$67 ;
+    \$28  = e1_last3;
+    if (\$7 ) begin
+      \$28  = \last__3$62 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$66 ) begin end
-    \$31  = second_last4;
-    if (\$11 ) begin
-      \$31  = \last__4$69 ;
+    \$29  = e1_last4;
+    if (\$7 ) begin
+      \$29  = \last__4$63 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$66 ) begin end
-    \$32  = second_final;
-    if (\$11 ) begin
-      \$32  = \final$71 ;
+    \$30  = e1_final;
+    if (\$7 ) begin
+      \$30  = \final$64 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$66 ) begin end
+    (* full_case = 32'd1 *)
+    if (load) begin
+      \$31  = 1'h0;
+    end else begin
+      \$31  = \$11 ;
+    end
+    if (rst) begin
+      \$31  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$66 ) begin end
+    (* full_case = 32'd1 *)
+    if (load) begin
+      \$32  = 1'h0;
+    end else begin
+      \$32  = \$14 ;
+    end
+    if (rst) begin
+      \$32  = 1'h0;
     end
   end
   always @* begin
@@ -61949,7 +62004,7 @@ module \accelerator.core.gen_src0 (rst, n__0, strides__0, n__1, strides__1, n__2
     if (load) begin
       \$34  = 1'h0;
     end else begin
-      \$34  = \$18 ;
+      \$34  = \$16 ;
     end
     if (rst) begin
       \$34  = 1'h0;
@@ -61968,24 +62023,8 @@ module \accelerator.core.gen_src0 (rst, n__0, strides__0, n__1, strides__1, n__2
   assign \n__4$21  = n__4;
   assign \strides__4$23  = strides__4;
   assign next = push;
-  assign head_addr = addr;
-  assign head_final = \final ;
-  assign head_last0 = last__0;
-  assign index__0 = 16'h0000;
-  assign head_i0 = 16'h0000;
-  assign head_last1 = last__1;
-  assign index__1 = 16'h0000;
-  assign head_i1 = 16'h0000;
-  assign head_last2 = last__2;
-  assign index__2 = 16'h0000;
-  assign head_i2 = 16'h0000;
-  assign head_last3 = last__3;
-  assign index__3 = 16'h0000;
-  assign head_i3 = 16'h0000;
-  assign head_last4 = last__4;
-  assign index__4 = 16'h0000;
-  assign head_i4 = 16'h0000;
-  assign \valid$31  = \$signal$30 ;
+  assign \valid$31  = \$signal ;
+  assign \$6  = \$signal$57 ;
 endmodule
 
 (* generator = "Amaranth" *)
@@ -62689,7 +62728,7 @@ module \accelerator.core.gen_src0.walk (rst, next, \final , n__0, strides__0, n_
 endmodule
 
 (* generator = "Amaranth" *)
-module \accelerator.core.gen_src1 (rst, \next$29 , n__0, strides__0, n__1, strides__1, n__2, strides__2, n__3, strides__3, n__4, strides__4, load, base, addr, last__3, last__4, \final , \valid$31 , clk);
+module \accelerator.core.gen_src1 (rst, \next$29 , addr, last__3, last__4, \final , n__0, strides__0, n__1, strides__1, n__2, strides__2, n__3, strides__3, n__4, strides__4, load, base, \valid$31 , clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$68  = 0;
   wire \$1 ;
   wire \$10 ;
@@ -62699,17 +62738,17 @@ module \accelerator.core.gen_src1 (rst, \next$29 , n__0, strides__0, n__1, strid
   wire \$14 ;
   wire \$15 ;
   wire \$16 ;
-  wire \$17 ;
-  wire \$18 ;
-  reg [21:0] \$19 ;
+  reg [21:0] \$17 ;
+  reg \$18 ;
+  reg \$19 ;
   wire \$2 ;
   reg \$20 ;
   reg \$21 ;
   reg \$22 ;
   reg \$23 ;
-  reg \$24 ;
+  reg [21:0] \$24 ;
   reg \$25 ;
-  reg [21:0] \$26 ;
+  reg \$26 ;
   reg \$27 ;
   reg \$28 ;
   reg \$29 ;
@@ -62719,62 +62758,54 @@ module \accelerator.core.gen_src1 (rst, \next$29 , n__0, strides__0, n__1, strid
   reg \$32 ;
   reg \$33 ;
   reg \$34 ;
-  wire [21:0] \$4 ;
+  wire \$4 ;
   wire \$5 ;
   wire \$6 ;
   wire \$7 ;
   wire \$8 ;
   wire \$9 ;
   reg \$signal  = 1'h0;
-  reg \$signal$30  = 1'h0;
+  reg \$signal$34  = 1'h0;
+  reg \$signal$57  = 1'h0;
   output [21:0] addr;
-  reg [21:0] addr = 22'h000000;
-  wire [21:0] \addr$59 ;
+  wire [21:0] addr;
+  wire [21:0] \addr$58 ;
   input [19:0] base;
   wire [19:0] base;
   wire [19:0] \base$3 ;
   wire busy;
   input clk;
   wire clk;
+  reg [21:0] e0_addr = 22'h000000;
+  reg e0_final = 1'h0;
+  reg e0_last0 = 1'h0;
+  reg e0_last1 = 1'h0;
+  reg e0_last2 = 1'h0;
+  reg e0_last3 = 1'h0;
+  reg e0_last4 = 1'h0;
+  reg [21:0] e1_addr = 22'h000000;
+  reg e1_final = 1'h0;
+  reg e1_last0 = 1'h0;
+  reg e1_last1 = 1'h0;
+  reg e1_last2 = 1'h0;
+  reg e1_last3 = 1'h0;
+  reg e1_last4 = 1'h0;
   output \final ;
-  reg \final  = 1'h0;
-  wire \final$71 ;
-  (* init = 22'h000000 *)
-  wire [21:0] head_addr;
-  (* init = 1'h0 *)
-  wire head_final;
-  wire [15:0] head_i0;
-  wire [15:0] head_i1;
-  wire [15:0] head_i2;
-  wire [15:0] head_i3;
-  wire [15:0] head_i4;
-  (* init = 1'h0 *)
-  wire head_last0;
-  (* init = 1'h0 *)
-  wire head_last1;
-  (* init = 1'h0 *)
-  wire head_last2;
-  (* init = 1'h0 *)
-  wire head_last3;
-  (* init = 1'h0 *)
-  wire head_last4;
-  wire [15:0] index__0;
-  wire [15:0] index__1;
-  wire [15:0] index__2;
-  wire [15:0] index__3;
-  wire [15:0] index__4;
-  reg last__0 = 1'h0;
-  wire \last__0$61 ;
-  reg last__1 = 1'h0;
-  wire \last__1$63 ;
-  reg last__2 = 1'h0;
-  wire \last__2$65 ;
+  wire \final ;
+  wire \final$64 ;
+  reg has2 = 1'h0;
+  wire last__0;
+  wire \last__0$59 ;
+  wire last__1;
+  wire \last__1$60 ;
+  wire last__2;
+  wire \last__2$61 ;
   output last__3;
-  reg last__3 = 1'h0;
-  wire \last__3$67 ;
+  wire last__3;
+  wire \last__3$62 ;
   output last__4;
-  reg last__4 = 1'h0;
-  wire \last__4$69 ;
+  wire last__4;
+  wire \last__4$63 ;
   input load;
   wire load;
   wire \load$1 ;
@@ -62800,13 +62831,6 @@ module \accelerator.core.gen_src1 (rst, \next$29 , n__0, strides__0, n__1, strid
   wire push;
   input rst;
   wire rst;
-  reg [21:0] second_addr = 22'h000000;
-  reg second_final = 1'h0;
-  reg second_last0 = 1'h0;
-  reg second_last1 = 1'h0;
-  reg second_last2 = 1'h0;
-  reg second_last3 = 1'h0;
-  reg second_last4 = 1'h0;
   input [17:0] strides__0;
   wire [17:0] strides__0;
   wire [17:0] \strides__0$7 ;
@@ -62826,69 +62850,77 @@ module \accelerator.core.gen_src1 (rst, \next$29 , n__0, strides__0, n__1, strid
   (* init = 1'h0 *)
   output \valid$31 ;
   wire \valid$31 ;
-  assign \$1  = ~ \$signal ;
+  assign \$1  = ~ has2;
   assign push = valid & \$1 ;
-  assign pop = \next$29  & \$signal$30 ;
-  assign busy = \$signal$30  | valid;
-  assign \$2  = ~ \$signal$30 ;
-  assign \$3  = \next$29  | \$2 ;
-  assign \$4  = \$signal  ? second_addr : \addr$59 ;
-  assign \$5  = \$signal  ? second_last0 : \last__0$61 ;
-  assign \$6  = \$signal  ? second_last1 : \last__1$63 ;
-  assign \$7  = \$signal  ? second_last2 : \last__2$65 ;
-  assign \$8  = \$signal  ? second_last3 : \last__3$67 ;
-  assign \$9  = \$signal  ? second_last4 : \last__4$69 ;
-  assign \$10  = \$signal  ? second_final : \final$71 ;
-  assign \$11  = ~ \$signal ;
-  assign \$12  = \$signal  | push;
-  assign \$13  = ~ pop;
-  assign \$14  = \$signal$30  & \$13 ;
-  assign \$15  = \$12  | \$14 ;
-  assign \$16  = \$signal$30  & push;
-  assign \$17  = \$signal  | \$16 ;
-  assign \$18  = pop ? 1'h0 : \$17 ;
+  assign pop = \next$29  & \$signal ;
+  assign busy = \$signal  | valid;
+  assign addr = \$signal$34  ? e1_addr : e0_addr;
+  assign last__0 = \$signal$34  ? e1_last0 : e0_last0;
+  assign last__1 = \$signal$34  ? e1_last1 : e0_last1;
+  assign last__2 = \$signal$34  ? e1_last2 : e0_last2;
+  assign last__3 = \$signal$34  ? e1_last3 : e0_last3;
+  assign last__4 = \$signal$34  ? e1_last4 : e0_last4;
+  assign \final  = \$signal$34  ? e1_final : e0_final;
+  assign \$2  = ~ has2;
+  assign \$3  = ! \$signal$57 ;
+  assign \$4  = \$2  & \$3 ;
+  assign \$5  = ~ has2;
+  assign \$7  = \$5  & \$6 ;
+  assign \$8  = has2 | push;
+  assign \$9  = ~ pop;
+  assign \$10  = \$signal  & \$9 ;
+  assign \$11  = \$8  | \$10 ;
+  assign \$12  = \$signal  & push;
+  assign \$13  = has2 | \$12 ;
+  assign \$14  = pop ? 1'h0 : \$13 ;
+  assign \$15  = \$signal$34  ^ pop;
+  assign \$16  = \$signal$57  ^ push;
   always @(posedge clk)
-    addr <= \$19 ;
+    e0_addr <= \$17 ;
   always @(posedge clk)
-    last__0 <= \$20 ;
+    e0_last0 <= \$18 ;
   always @(posedge clk)
-    last__1 <= \$21 ;
+    e0_last1 <= \$19 ;
   always @(posedge clk)
-    last__2 <= \$22 ;
+    e0_last2 <= \$20 ;
   always @(posedge clk)
-    last__3 <= \$23 ;
+    e0_last3 <= \$21 ;
   always @(posedge clk)
-    last__4 <= \$24 ;
+    e0_last4 <= \$22 ;
   always @(posedge clk)
-    \final  <= \$25 ;
+    e0_final <= \$23 ;
   always @(posedge clk)
-    second_addr <= \$26 ;
+    e1_addr <= \$24 ;
   always @(posedge clk)
-    second_last0 <= \$27 ;
+    e1_last0 <= \$25 ;
   always @(posedge clk)
-    second_last1 <= \$28 ;
+    e1_last1 <= \$26 ;
   always @(posedge clk)
-    second_last2 <= \$29 ;
+    e1_last2 <= \$27 ;
   always @(posedge clk)
-    second_last3 <= \$30 ;
+    e1_last3 <= \$28 ;
   always @(posedge clk)
-    second_last4 <= \$31 ;
+    e1_last4 <= \$29 ;
   always @(posedge clk)
-    second_final <= \$32 ;
+    e1_final <= \$30 ;
   always @(posedge clk)
-    \$signal$30  <= \$33 ;
+    \$signal  <= \$31 ;
   always @(posedge clk)
-    \$signal  <= \$34 ;
+    has2 <= \$32 ;
+  always @(posedge clk)
+    \$signal$34  <= \$33 ;
+  always @(posedge clk)
+    \$signal$57  <= \$34 ;
   \accelerator.core.gen_src1.walk  walk (
-    .addr(\addr$59 ),
+    .addr(\addr$58 ),
     .base(base),
     .clk(clk),
-    .\final (\final$71 ),
-    .last__0(\last__0$61 ),
-    .last__1(\last__1$63 ),
-    .last__2(\last__2$65 ),
-    .last__3(\last__3$67 ),
-    .last__4(\last__4$69 ),
+    .\final (\final$64 ),
+    .last__0(\last__0$59 ),
+    .last__1(\last__1$60 ),
+    .last__2(\last__2$61 ),
+    .last__3(\last__3$62 ),
+    .last__4(\last__4$63 ),
     .load(load),
     .n__0(n__0),
     .n__1(n__1),
@@ -62906,100 +62938,124 @@ module \accelerator.core.gen_src1 (rst, \next$29 , n__0, strides__0, n__1, strid
   );
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$68 ) begin end
-    \$19  = addr;
-    if (\$3 ) begin
-      \$19  = \$4 ;
+    \$17  = e0_addr;
+    if (\$4 ) begin
+      \$17  = \addr$58 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$68 ) begin end
-    \$20  = last__0;
-    if (\$3 ) begin
-      \$20  = \$5 ;
+    \$18  = e0_last0;
+    if (\$4 ) begin
+      \$18  = \last__0$59 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$68 ) begin end
-    \$21  = last__1;
-    if (\$3 ) begin
-      \$21  = \$6 ;
+    \$19  = e0_last1;
+    if (\$4 ) begin
+      \$19  = \last__1$60 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$68 ) begin end
-    \$22  = last__2;
-    if (\$3 ) begin
-      \$22  = \$7 ;
+    \$20  = e0_last2;
+    if (\$4 ) begin
+      \$20  = \last__2$61 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$68 ) begin end
-    \$23  = last__3;
-    if (\$3 ) begin
-      \$23  = \$8 ;
+    \$21  = e0_last3;
+    if (\$4 ) begin
+      \$21  = \last__3$62 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$68 ) begin end
-    \$24  = last__4;
-    if (\$3 ) begin
-      \$24  = \$9 ;
+    \$22  = e0_last4;
+    if (\$4 ) begin
+      \$22  = \last__4$63 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$68 ) begin end
-    \$25  = \final ;
-    if (\$3 ) begin
-      \$25  = \$10 ;
+    \$23  = e0_final;
+    if (\$4 ) begin
+      \$23  = \final$64 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$68 ) begin end
-    \$26  = second_addr;
-    if (\$11 ) begin
-      \$26  = \addr$59 ;
+    \$24  = e1_addr;
+    if (\$7 ) begin
+      \$24  = \addr$58 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$68 ) begin end
-    \$27  = second_last0;
-    if (\$11 ) begin
-      \$27  = \last__0$61 ;
+    \$25  = e1_last0;
+    if (\$7 ) begin
+      \$25  = \last__0$59 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$68 ) begin end
-    \$28  = second_last1;
-    if (\$11 ) begin
-      \$28  = \last__1$63 ;
+    \$26  = e1_last1;
+    if (\$7 ) begin
+      \$26  = \last__1$60 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$68 ) begin end
-    \$29  = second_last2;
-    if (\$11 ) begin
-      \$29  = \last__2$65 ;
+    \$27  = e1_last2;
+    if (\$7 ) begin
+      \$27  = \last__2$61 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$68 ) begin end
-    \$30  = second_last3;
-    if (\$11 ) begin
-      \$30  = \last__3$67 ;
+    \$28  = e1_last3;
+    if (\$7 ) begin
+      \$28  = \last__3$62 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$68 ) begin end
-    \$31  = second_last4;
-    if (\$11 ) begin
-      \$31  = \last__4$69 ;
+    \$29  = e1_last4;
+    if (\$7 ) begin
+      \$29  = \last__4$63 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$68 ) begin end
-    \$32  = second_final;
-    if (\$11 ) begin
-      \$32  = \final$71 ;
+    \$30  = e1_final;
+    if (\$7 ) begin
+      \$30  = \final$64 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$68 ) begin end
+    (* full_case = 32'd1 *)
+    if (load) begin
+      \$31  = 1'h0;
+    end else begin
+      \$31  = \$11 ;
+    end
+    if (rst) begin
+      \$31  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$68 ) begin end
+    (* full_case = 32'd1 *)
+    if (load) begin
+      \$32  = 1'h0;
+    end else begin
+      \$32  = \$14 ;
+    end
+    if (rst) begin
+      \$32  = 1'h0;
     end
   end
   always @* begin
@@ -63020,7 +63076,7 @@ module \accelerator.core.gen_src1 (rst, \next$29 , n__0, strides__0, n__1, strid
     if (load) begin
       \$34  = 1'h0;
     end else begin
-      \$34  = \$18 ;
+      \$34  = \$16 ;
     end
     if (rst) begin
       \$34  = 1'h0;
@@ -63039,24 +63095,8 @@ module \accelerator.core.gen_src1 (rst, \next$29 , n__0, strides__0, n__1, strid
   assign \n__4$21  = n__4;
   assign \strides__4$23  = strides__4;
   assign next = push;
-  assign head_addr = addr;
-  assign head_final = \final ;
-  assign head_last0 = last__0;
-  assign index__0 = 16'h0000;
-  assign head_i0 = 16'h0000;
-  assign head_last1 = last__1;
-  assign index__1 = 16'h0000;
-  assign head_i1 = 16'h0000;
-  assign head_last2 = last__2;
-  assign index__2 = 16'h0000;
-  assign head_i2 = 16'h0000;
-  assign head_last3 = last__3;
-  assign index__3 = 16'h0000;
-  assign head_i3 = 16'h0000;
-  assign head_last4 = last__4;
-  assign index__4 = 16'h0000;
-  assign head_i4 = 16'h0000;
-  assign \valid$31  = \$signal$30 ;
+  assign \valid$31  = \$signal ;
+  assign \$6  = \$signal$57 ;
 endmodule
 
 (* generator = "Amaranth" *)
@@ -68024,7 +68064,7 @@ module \accelerator.core.norm_out_slice (rst, w_en, w_port__data, r_en, w_rdy, r
 endmodule
 
 (* generator = "Amaranth" *)
-module \accelerator.core.pack_slice (rst, w_rdy, r_rdy, r_data, r_en, unit_rst, w_en, \port$9092$0 , \port$9094$0 , \port$9096$0 , \port$9098$0 , \port$9100$0 , \port$9102$0 , \port$9104$0 , \port$9106$0 , clk);
+module \accelerator.core.pack_slice (rst, w_rdy, r_rdy, r_data, r_en, unit_rst, w_en, \port$9107$0 , \port$9109$0 , \port$9111$0 , \port$9113$0 , \port$9115$0 , \port$9117$0 , \port$9119$0 , \port$9121$0 , clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$73  = 0;
   wire \$1 ;
   wire \$10 ;
@@ -68048,22 +68088,22 @@ module \accelerator.core.pack_slice (rst, w_rdy, r_rdy, r_data, r_en, unit_rst, 
   (* init = 1'h0 *)
   wire consume;
   reg [1:0] level = 2'h0;
-  input [15:0] \port$9092$0 ;
-  wire [15:0] \port$9092$0 ;
-  input [15:0] \port$9094$0 ;
-  wire [15:0] \port$9094$0 ;
-  input [15:0] \port$9096$0 ;
-  wire [15:0] \port$9096$0 ;
-  input [15:0] \port$9098$0 ;
-  wire [15:0] \port$9098$0 ;
-  input [15:0] \port$9100$0 ;
-  wire [15:0] \port$9100$0 ;
-  input [15:0] \port$9102$0 ;
-  wire [15:0] \port$9102$0 ;
-  input [15:0] \port$9104$0 ;
-  wire [15:0] \port$9104$0 ;
-  input [15:0] \port$9106$0 ;
-  wire [15:0] \port$9106$0 ;
+  input [15:0] \port$9107$0 ;
+  wire [15:0] \port$9107$0 ;
+  input [15:0] \port$9109$0 ;
+  wire [15:0] \port$9109$0 ;
+  input [15:0] \port$9111$0 ;
+  wire [15:0] \port$9111$0 ;
+  input [15:0] \port$9113$0 ;
+  wire [15:0] \port$9113$0 ;
+  input [15:0] \port$9115$0 ;
+  wire [15:0] \port$9115$0 ;
+  input [15:0] \port$9117$0 ;
+  wire [15:0] \port$9117$0 ;
+  input [15:0] \port$9119$0 ;
+  wire [15:0] \port$9119$0 ;
+  input [15:0] \port$9121$0 ;
+  wire [15:0] \port$9121$0 ;
   (* init = 1'h0 *)
   wire produce;
   output [127:0] r_data;
@@ -68097,7 +68137,7 @@ module \accelerator.core.pack_slice (rst, w_rdy, r_rdy, r_data, r_en, unit_rst, 
   end
   always @(posedge clk) begin
     if (w_port__en)
-      storage[w_port__addr] <= { \port$9106$0 , \port$9104$0 , \port$9102$0 , \port$9100$0 , \port$9098$0 , \port$9096$0 , \port$9094$0 , \port$9092$0  };
+      storage[w_port__addr] <= { \port$9121$0 , \port$9119$0 , \port$9117$0 , \port$9115$0 , \port$9113$0 , \port$9111$0 , \port$9109$0 , \port$9107$0  };
   end
   assign r_data = storage[r_port__addr];
   assign w_rdy = level != 2'h2;
@@ -68168,14 +68208,14 @@ module \accelerator.core.pack_slice (rst, w_rdy, r_rdy, r_data, r_en, unit_rst, 
   assign w_level = level;
   assign r_level = level;
   assign produce = w_port__addr;
-  assign w_port__data = { \port$9106$0 , \port$9104$0 , \port$9102$0 , \port$9100$0 , \port$9098$0 , \port$9096$0 , \port$9094$0 , \port$9092$0  };
-  assign w_data = { \port$9106$0 , \port$9104$0 , \port$9102$0 , \port$9100$0 , \port$9098$0 , \port$9096$0 , \port$9094$0 , \port$9092$0  };
+  assign w_port__data = { \port$9121$0 , \port$9119$0 , \port$9117$0 , \port$9115$0 , \port$9113$0 , \port$9111$0 , \port$9109$0 , \port$9107$0  };
+  assign w_data = { \port$9121$0 , \port$9119$0 , \port$9117$0 , \port$9115$0 , \port$9113$0 , \port$9111$0 , \port$9109$0 , \port$9107$0  };
   assign consume = r_port__addr;
   assign r_port__data = r_data;
 endmodule
 
 (* generator = "Amaranth" *)
-module \accelerator.core.q_src0 (rst, r_en, \port$1602$0 , r_rdy, r_data, w_en, \port$8913$0 , unit_rst, level, clk);
+module \accelerator.core.q_src0 (rst, r_en, \port$1596$0 , r_rdy, r_data, w_en, \port$8922$0 , unit_rst, level, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$74  = 0;
   wire \$1 ;
   wire \$10 ;
@@ -68200,10 +68240,10 @@ module \accelerator.core.q_src0 (rst, r_en, \port$1602$0 , r_rdy, r_data, w_en, 
   wire [1:0] consume;
   output [2:0] level;
   reg [2:0] level = 3'h0;
-  input [15:0] \port$1602$0 ;
-  wire [15:0] \port$1602$0 ;
-  input [2:0] \port$8913$0 ;
-  wire [2:0] \port$8913$0 ;
+  input [15:0] \port$1596$0 ;
+  wire [15:0] \port$1596$0 ;
+  input [2:0] \port$8922$0 ;
+  wire [2:0] \port$8922$0 ;
   (* init = 2'h0 *)
   wire [1:0] produce;
   output [18:0] r_data;
@@ -68238,7 +68278,7 @@ module \accelerator.core.q_src0 (rst, r_en, \port$1602$0 , r_rdy, r_data, w_en, 
   end
   always @(posedge clk) begin
     if (w_port__en)
-      storage[w_port__addr] <= { \port$8913$0 , \port$1602$0  };
+      storage[w_port__addr] <= { \port$8922$0 , \port$1596$0  };
   end
   assign r_data = storage[r_port__addr];
   assign w_rdy = level != 3'h4;
@@ -68309,14 +68349,14 @@ module \accelerator.core.q_src0 (rst, r_en, \port$1602$0 , r_rdy, r_data, w_en, 
   assign w_level = level;
   assign r_level = level;
   assign produce = w_port__addr;
-  assign w_port__data = { \port$8913$0 , \port$1602$0  };
-  assign w_data = { \port$8913$0 , \port$1602$0  };
+  assign w_port__data = { \port$8922$0 , \port$1596$0  };
+  assign w_data = { \port$8922$0 , \port$1596$0  };
   assign consume = r_port__addr;
   assign r_port__data = r_data;
 endmodule
 
 (* generator = "Amaranth" *)
-module \accelerator.core.q_src1 (rst, \port$1603$0 , r_rdy, r_data, r_en, w_en, \port$8917$0 , unit_rst, level, clk);
+module \accelerator.core.q_src1 (rst, \port$1597$0 , r_rdy, r_data, r_en, w_en, \port$8926$0 , unit_rst, level, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$75  = 0;
   wire \$1 ;
   wire \$10 ;
@@ -68341,10 +68381,10 @@ module \accelerator.core.q_src1 (rst, \port$1603$0 , r_rdy, r_data, r_en, w_en, 
   wire [1:0] consume;
   output [2:0] level;
   reg [2:0] level = 3'h0;
-  input [15:0] \port$1603$0 ;
-  wire [15:0] \port$1603$0 ;
-  input [2:0] \port$8917$0 ;
-  wire [2:0] \port$8917$0 ;
+  input [15:0] \port$1597$0 ;
+  wire [15:0] \port$1597$0 ;
+  input [2:0] \port$8926$0 ;
+  wire [2:0] \port$8926$0 ;
   (* init = 2'h0 *)
   wire [1:0] produce;
   output [18:0] r_data;
@@ -68379,7 +68419,7 @@ module \accelerator.core.q_src1 (rst, \port$1603$0 , r_rdy, r_data, r_en, w_en, 
   end
   always @(posedge clk) begin
     if (w_port__en)
-      storage[w_port__addr] <= { \port$8917$0 , \port$1603$0  };
+      storage[w_port__addr] <= { \port$8926$0 , \port$1597$0  };
   end
   assign r_data = storage[r_port__addr];
   assign w_rdy = level != 3'h4;
@@ -68450,8 +68490,8 @@ module \accelerator.core.q_src1 (rst, \port$1603$0 , r_rdy, r_data, r_en, w_en, 
   assign w_level = level;
   assign r_level = level;
   assign produce = w_port__addr;
-  assign w_port__data = { \port$8917$0 , \port$1603$0  };
-  assign w_data = { \port$8917$0 , \port$1603$0  };
+  assign w_port__data = { \port$8926$0 , \port$1597$0  };
+  assign w_data = { \port$8926$0 , \port$1597$0  };
   assign consume = r_port__addr;
   assign r_port__data = r_data;
 endmodule
@@ -68748,9 +68788,9 @@ module \accelerator.core.reader (rst, w_en, \r_en$23 , ar__valid, r__ready, idle
   );
   \accelerator.core.reader.shapes  shapes (
     .clk(clk),
-    .\port$1348$0 (\$13 [4:0]),
-    .\port$1349$0 (\$14 ),
-    .\port$1513$0 (r_data[2:0]),
+    .\port$1342$0 (\$13 [4:0]),
+    .\port$1343$0 (\$14 ),
+    .\port$1507$0 (r_data[2:0]),
     .r_data(\r_data$29 ),
     .r_en(\r_en$44 ),
     .r_rdy(\r_rdy$26 ),
@@ -69182,7 +69222,7 @@ module \accelerator.core.reader.req_slice (rst, w_en, r_en, w_rdy, r_rdy, r_data
 endmodule
 
 (* generator = "Amaranth" *)
-module \accelerator.core.reader.shapes (rst, w_en, \port$1348$0 , \port$1349$0 , w_rdy, r_data, \port$1513$0 , r_en, r_rdy, clk);
+module \accelerator.core.reader.shapes (rst, w_en, \port$1342$0 , \port$1343$0 , w_rdy, r_data, \port$1507$0 , r_en, r_rdy, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$79  = 0;
   wire \$1 ;
   wire \$10 ;
@@ -69224,12 +69264,12 @@ module \accelerator.core.reader.shapes (rst, w_en, \port$1348$0 , \port$1349$0 ,
   reg [3:0] inner_level = 4'h0;
   wire inner_r_rdy;
   wire [4:0] level;
-  input [4:0] \port$1348$0 ;
-  wire [4:0] \port$1348$0 ;
-  input \port$1349$0 ;
-  wire \port$1349$0 ;
-  input [2:0] \port$1513$0 ;
-  wire [2:0] \port$1513$0 ;
+  input [4:0] \port$1342$0 ;
+  wire [4:0] \port$1342$0 ;
+  input \port$1343$0 ;
+  wire \port$1343$0 ;
+  input [2:0] \port$1507$0 ;
+  wire [2:0] \port$1507$0 ;
   (* init = 4'h0 *)
   wire [3:0] produce;
   output [8:0] r_data;
@@ -69273,7 +69313,7 @@ module \accelerator.core.reader.shapes (rst, w_en, \port$1348$0 , \port$1349$0 ,
   end
   always @(posedge clk) begin
     if (w_port__en)
-      storage[w_port__addr] <= { \port$1349$0 , \port$1348$0 , \port$1513$0  };
+      storage[w_port__addr] <= { \port$1343$0 , \port$1342$0 , \port$1507$0  };
   end
   reg [8:0] _0_;
   always @(posedge clk) begin
@@ -69372,8 +69412,8 @@ module \accelerator.core.reader.shapes (rst, w_en, \port$1348$0 , \port$1349$0 ,
   assign level = w_level;
   assign r_level = w_level;
   assign produce = w_port__addr;
-  assign w_port__data = { \port$1349$0 , \port$1348$0 , \port$1513$0  };
-  assign w_data = { \port$1349$0 , \port$1348$0 , \port$1513$0  };
+  assign w_port__data = { \port$1343$0 , \port$1342$0 , \port$1507$0  };
+  assign w_data = { \port$1343$0 , \port$1342$0 , \port$1507$0  };
   assign consume = r_port__addr;
   assign r_port__data = r_data;
 endmodule
@@ -72602,7 +72642,7 @@ module \accelerator.core.softmax (o__ready, i__valid, i__ready, idle, i__payload
 endmodule
 
 (* generator = "Amaranth" *)
-module \accelerator.core.unpack_slice (rst, \port$194$0 , \port$197$0 , \port$200$0 , \port$203$0 , w_en, w_rdy, r_rdy, r_data, r_en, unit_rst, clk);
+module \accelerator.core.unpack_slice (rst, w_en, w_port__data, w_rdy, r_rdy, r_data, r_en, unit_rst, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$81  = 0;
   wire \$1 ;
   wire \$10 ;
@@ -72626,14 +72666,6 @@ module \accelerator.core.unpack_slice (rst, \port$194$0 , \port$197$0 , \port$20
   (* init = 1'h0 *)
   wire consume;
   reg [1:0] level = 2'h0;
-  input [15:0] \port$194$0 ;
-  wire [15:0] \port$194$0 ;
-  input [15:0] \port$197$0 ;
-  wire [15:0] \port$197$0 ;
-  input [15:0] \port$200$0 ;
-  wire [15:0] \port$200$0 ;
-  input [15:0] \port$203$0 ;
-  wire [15:0] \port$203$0 ;
   (* init = 1'h0 *)
   wire produce;
   output [63:0] r_data;
@@ -72656,6 +72688,7 @@ module \accelerator.core.unpack_slice (rst, \port$194$0 , \port$197$0 , \port$20
   (* init = 2'h0 *)
   wire [1:0] w_level;
   reg w_port__addr = 1'h0;
+  input [63:0] w_port__data;
   wire [63:0] w_port__data;
   wire w_port__en;
   output w_rdy;
@@ -72667,7 +72700,7 @@ module \accelerator.core.unpack_slice (rst, \port$194$0 , \port$197$0 , \port$20
   end
   always @(posedge clk) begin
     if (w_port__en)
-      storage[w_port__addr] <= { \port$203$0 , \port$200$0 , \port$197$0 , \port$194$0  };
+      storage[w_port__addr] <= w_port__data;
   end
   assign r_data = storage[r_port__addr];
   assign w_rdy = level != 2'h2;
@@ -72738,14 +72771,13 @@ module \accelerator.core.unpack_slice (rst, \port$194$0 , \port$197$0 , \port$20
   assign w_level = level;
   assign r_level = level;
   assign produce = w_port__addr;
-  assign w_port__data = { \port$203$0 , \port$200$0 , \port$197$0 , \port$194$0  };
-  assign w_data = { \port$203$0 , \port$200$0 , \port$197$0 , \port$194$0  };
+  assign w_data = w_port__data;
   assign consume = r_port__addr;
   assign r_port__data = r_data;
 endmodule
 
 (* generator = "Amaranth" *)
-module \accelerator.core.w_beat_slice (rst, w_rdy, r_rdy, r_data, \port$8744$0 , \port$8745$0 , \port$8746$0 , \port$8747$0 , \port$8748$0 , \port$8749$0 , \port$8750$0 , \port$8751$0 , w_en, r_en, in_decode, unit_rst, clk);
+module \accelerator.core.w_beat_slice (rst, w_rdy, r_rdy, r_data, \port$8753$0 , \port$8754$0 , \port$8755$0 , \port$8756$0 , \port$8757$0 , \port$8758$0 , \port$8759$0 , \port$8760$0 , w_en, r_en, in_decode, unit_rst, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$82  = 0;
   wire \$1 ;
   wire \$10 ;
@@ -72772,22 +72804,22 @@ module \accelerator.core.w_beat_slice (rst, w_rdy, r_rdy, r_data, \port$8744$0 ,
   input in_decode;
   wire in_decode;
   reg [1:0] level = 2'h0;
-  input [7:0] \port$8744$0 ;
-  wire [7:0] \port$8744$0 ;
-  input [7:0] \port$8745$0 ;
-  wire [7:0] \port$8745$0 ;
-  input [7:0] \port$8746$0 ;
-  wire [7:0] \port$8746$0 ;
-  input [7:0] \port$8747$0 ;
-  wire [7:0] \port$8747$0 ;
-  input [7:0] \port$8748$0 ;
-  wire [7:0] \port$8748$0 ;
-  input [7:0] \port$8749$0 ;
-  wire [7:0] \port$8749$0 ;
-  input [7:0] \port$8750$0 ;
-  wire [7:0] \port$8750$0 ;
-  input [7:0] \port$8751$0 ;
-  wire [7:0] \port$8751$0 ;
+  input [7:0] \port$8753$0 ;
+  wire [7:0] \port$8753$0 ;
+  input [7:0] \port$8754$0 ;
+  wire [7:0] \port$8754$0 ;
+  input [7:0] \port$8755$0 ;
+  wire [7:0] \port$8755$0 ;
+  input [7:0] \port$8756$0 ;
+  wire [7:0] \port$8756$0 ;
+  input [7:0] \port$8757$0 ;
+  wire [7:0] \port$8757$0 ;
+  input [7:0] \port$8758$0 ;
+  wire [7:0] \port$8758$0 ;
+  input [7:0] \port$8759$0 ;
+  wire [7:0] \port$8759$0 ;
+  input [7:0] \port$8760$0 ;
+  wire [7:0] \port$8760$0 ;
   (* init = 1'h0 *)
   wire produce;
   output [63:0] r_data;
@@ -72821,7 +72853,7 @@ module \accelerator.core.w_beat_slice (rst, w_rdy, r_rdy, r_data, \port$8744$0 ,
   end
   always @(posedge clk) begin
     if (w_port__en)
-      storage[w_port__addr] <= { \port$8751$0 , \port$8750$0 , \port$8749$0 , \port$8748$0 , \port$8747$0 , \port$8746$0 , \port$8745$0 , \port$8744$0  };
+      storage[w_port__addr] <= { \port$8760$0 , \port$8759$0 , \port$8758$0 , \port$8757$0 , \port$8756$0 , \port$8755$0 , \port$8754$0 , \port$8753$0  };
   end
   assign r_data = storage[r_port__addr];
   assign w_rdy = level != 2'h2;
@@ -72893,8 +72925,8 @@ module \accelerator.core.w_beat_slice (rst, w_rdy, r_rdy, r_data, \port$8744$0 ,
   assign w_level = level;
   assign r_level = level;
   assign produce = w_port__addr;
-  assign w_port__data = { \port$8751$0 , \port$8750$0 , \port$8749$0 , \port$8748$0 , \port$8747$0 , \port$8746$0 , \port$8745$0 , \port$8744$0  };
-  assign w_data = { \port$8751$0 , \port$8750$0 , \port$8749$0 , \port$8748$0 , \port$8747$0 , \port$8746$0 , \port$8745$0 , \port$8744$0  };
+  assign w_port__data = { \port$8760$0 , \port$8759$0 , \port$8758$0 , \port$8757$0 , \port$8756$0 , \port$8755$0 , \port$8754$0 , \port$8753$0  };
+  assign w_data = { \port$8760$0 , \port$8759$0 , \port$8758$0 , \port$8757$0 , \port$8756$0 , \port$8755$0 , \port$8754$0 , \port$8753$0  };
   assign consume = r_port__addr;
   assign r_port__data = r_data;
 endmodule

@@ -118,6 +118,17 @@ def _one_hot(pairs):
     return reduce(operator.or_, [Mux(flag, value, 0) for flag, value in pairs])
 
 
+def _flagged_slice(m, name, sources, reset):
+    """The results of the units in use (``(flag, unit, payload)``, one flag at most set)
+    through one register slice (:func:`hwgen.pipeline.register_slice`): each unit's output
+    ready is its flag and the slice's room (a level register), so no sink's handshake reaches
+    back into a unit.  Returns the slice (the caller drives ``r_en``) and its payload."""
+    q, data = register_slice(m, name, Cat(*[flag & u.o.valid for flag, u, _ in sources]).any(),
+                             _one_hot((flag, payload) for flag, _, payload in sources), None, reset=reset)
+    m.d.comb += [u.o.ready.eq(flag & q.w_rdy) for flag, u, _ in sources]
+    return q, data
+
+
 class AccelCore(wiring.Component):
     """Sequencer, activation buffer, address generators and units.
 
@@ -291,10 +302,6 @@ class AccelCore(wiring.Component):
         dst_keep = Signal(init=1, name="dst_keep")       # a GEMM's padding rows and columns: 0
         gemm_res_valid = Signal(name="gemm_res_valid")   # a result row of the array at the sink
 
-        # --- faults that need no state: addresses outside the buffer -------------------------------
-        def outside(g):
-            return g.valid & ((g.addr < 0) | (g.addr >= depth))
-
         # --- per-op selections ----------------------------------------------------------------------
         is_move = registered(Cat(*[op == int(o) for o in MOVE_OPS]).any(), "is_move")
         # the packer's unit, each a register of ``ins`` (a gate after the op selects was a level
@@ -382,6 +389,11 @@ class AccelCore(wiring.Component):
         # one-hot flags of the state, registers set with it (:func:`goto`): the wide data paths
         # below are enabled by a flip-flop, not by a decode of ``seq_state``
         streaming = Signal(name="in_stream")    # in STREAM: the data paths below run
+        # a fault that needs no state: each port's head outside the buffer, registered (in STREAM
+        # only: a walk loaded for the next op, or left over from the last, is not checked early)
+        out_of = {name: Signal(name=f"{name}_outside") for name in gens}
+        for name, g in gens.items():
+            m.d.sync += out_of[name].eq(streaming & g.valid & ((g.addr < 0) | (g.addr >= depth)))
         gemm_active = Signal(name="gemm_active")   # in STREAM, a LINEAR or MATMUL
         # in STREAM, where dst's elements come from (one flag at most): src0 (a move), the reader
         # (LOAD), src0 into external memory (STORE), the Softmax or LayerNorm op, the add or a
@@ -550,11 +562,13 @@ class AccelCore(wiring.Component):
                 with m.If(op_done & ~fault_q.any() & ~addr_fault):
                     goto(_State.FETCH)
                 # (a GEMM's padding rows and columns may read beyond a tensor: their results are
-                # dropped.)  The check is registered (the comparators were on a critical path): the
-                # fault stops the run one cycle after the address, before the op can end.
-                m.d.sync += addr_fault.eq((outside(gens["src0"]) & ~is_op[Opcode.LOAD] & ~is_gemm)
-                                          | (outside(gens["src1"]) & is_op[Opcode.ADD])
-                                          | (outside(dst) & ~is_op[Opcode.STORE] & ~is_gemm))
+                # dropped.)  The check takes two registers (each port's comparator, then the op's
+                # mask: from dst's address through both in one cycle was a seed's critical path,
+                # 10.86 ns): the fault stops the run two cycles after the address, no later than
+                # the op's registered end can (dst is busy while it presents the address).
+                m.d.sync += addr_fault.eq((out_of["src0"] & ~is_op[Opcode.LOAD] & ~is_gemm)
+                                          | (out_of["src1"] & is_op[Opcode.ADD])
+                                          | (out_of["dst"] & ~is_op[Opcode.STORE] & ~is_gemm))
                 with m.If(addr_fault):
                     stop(Error.ADDRESS)
                 with m.If(fault_q.any()):
@@ -592,14 +606,14 @@ class AccelCore(wiring.Component):
         # unpacker: the unit's output ready is then the slice's room (its level), not the sink's
         # handshake, which ran from one unit's output queue through dst's step and back into
         # another's (13.1 ns, 11 of them routing).  One-hot flags: a flat OR of the results
-        packer.targets = packed = [(sink_from["add"], self.add)] + [(sink_from[f"gelu{k}"], g)
-                                                                    for k, g in enumerate(self.gelus)]
-        res_lanes = [Signal(ab, name=f"res_lane{k}") for k in range(lanes)]
-        m.d.comb += [lane.eq(_one_hot((flag, u.o.payload[k]) for flag, u in packed)) for k, lane in enumerate(res_lanes)]
-        packer.res, packer.res_beat = register_slice(m, "unpack", Cat(*[flag & u.o.valid for flag, u in packed]).any(),
-                                                     Cat(*res_lanes), None, reset=unit_rst)
-        for flag, u in packed:
-            m.d.comb += u.o.ready.eq(flag & packer.res.w_rdy)
+        packed_units = {"add": self.add, **{f"gelu{k}": g for k, g in enumerate(self.gelus)}}
+        packer.targets = [(sink_from[name], u) for name, u in packed_units.items()]
+        results = []
+        for name, u in packed_units.items():    # each unit's result lanes, an element wide each
+            res = [Signal(ab, name=f"{name}_res{k}") for k in range(lanes)]
+            m.d.comb += [r.eq(u.o.payload[k]) for k, r in enumerate(res)]
+            results.append((sink_from[name], u, Cat(*res)))
+        packer.res, packer.res_beat = _flagged_slice(m, "unpack", results, unit_rst)
         norm = self._norm_out(m, sink_from, a_from, unit_rst)
         store_advance = ~ext_req.valid | writer.req.ready     # a STORE's request register moves on
         with m.If(streaming):
@@ -691,9 +705,7 @@ class AccelCore(wiring.Component):
                  for n, u in (("softmax", self.softmax), ("layernorm", self.layernorm))]
         for _, u, elem in units:         # (the LayerNorm's signed, the Softmax's unsigned)
             m.d.comb += elem.eq(u.o.payload.data if u is self.softmax else u.o.payload)
-        q, data = register_slice(m, "norm_out", Cat(*[flag & u.o.valid for flag, u, _ in units]).any(),
-                                 _one_hot((flag, elem) for flag, _, elem in units), None, reset=reset)
-        m.d.comb += [u.o.ready.eq(flag & q.w_rdy) for flag, u, _ in units]
+        q, data = _flagged_slice(m, "norm_out", units, reset)
         return SimpleNamespace(q=q, data=data)
 
     def _src0_into(self, m, q0, sink_from, a_from):
