@@ -348,8 +348,9 @@ def valid_chain(m, depth: int, fire: Value, name: str = "valid") -> Value:
     return v
 
 
-def register_slice(m, name: str, valid: Value, payload, ready: Value | None, reset: Value | None = None):
-    """A register slice on a valid/ready channel: a two-entry ``lib.fifo.SyncFIFO`` whose input
+def register_slice(m, name: str, valid: Value, payload, ready: Value | None, reset: Value | None = None,
+                   depth: int = 2):
+    """A register slice on a valid/ready channel: a ``lib.fifo.SyncFIFO`` of ``depth`` entries (2) whose input
     side is connected here (``valid`` and ``payload`` in, ``ready`` driven; with ``ready`` None
     the caller gates ``valid`` with the FIFO's ``w_rdy`` itself).  Its ``w_rdy`` and ``r_rdy``
     come from its level register, so no valid, ready or payload path crosses it
@@ -361,7 +362,7 @@ def register_slice(m, name: str, valid: Value, payload, ready: Value | None, res
     from amaranth.lib.fifo import SyncFIFO
 
     value = payload.as_value() if isinstance(payload, data.View) else payload
-    fifo = SyncFIFO(width=len(value), depth=2)
+    fifo = SyncFIFO(width=len(value), depth=depth)
     m.submodules[f"{name}_slice"] = fifo if reset is None else ResetInserter(reset)(fifo)
     m.d.comb += [fifo.w_en.eq(valid), fifo.w_data.eq(value)]
     if ready is not None:

@@ -1263,46 +1263,46 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   reg \$auto$verilog_backend.cc:2355:dump_module$55  = 0;
   wire \$1 ;
   wire \$10 ;
-  wire \$100 ;
-  reg [15:0] \$1000 ;
-  reg [2:0] \$1001 ;
-  reg [2:0] \$1002 ;
-  reg [31:0] \$1003 ;
+  wire [64:0] \$100 ;
+  reg [31:0] \$1000 ;
+  reg [15:0] \$1001 ;
+  reg \$1002 ;
+  reg [15:0] \$1003 ;
   reg [15:0] \$1004 ;
   reg [15:0] \$1005 ;
-  reg [31:0] \$1006 ;
-  reg [31:0] \$1007 ;
-  reg \$1008 ;
-  reg [7:0] \$1009 ;
+  reg [15:0] \$1006 ;
+  reg [15:0] \$1007 ;
+  reg [15:0] \$1008 ;
+  reg [15:0] \$1009 ;
   wire \$101 ;
-  reg \$1010 ;
-  reg \$1011 ;
-  reg \$1012 ;
-  reg [15:0] \$1013 ;
-  reg \$1014 ;
-  reg \$1015 ;
-  reg \$1016 ;
-  reg \$1017 ;
-  reg [3:0] \$1018 ;
-  reg [15:0] \$1019 ;
+  reg [15:0] \$1010 ;
+  reg [2:0] \$1011 ;
+  reg [2:0] \$1012 ;
+  reg [31:0] \$1013 ;
+  reg [15:0] \$1014 ;
+  reg [15:0] \$1015 ;
+  reg [31:0] \$1016 ;
+  reg [31:0] \$1017 ;
+  reg \$1018 ;
+  reg [7:0] \$1019 ;
   wire \$102 ;
   reg \$1020 ;
-  reg [15:0] \$1021 ;
-  reg [15:0] \$1022 ;
-  reg [31:0] \$1023 ;
+  reg \$1021 ;
+  reg \$1022 ;
+  reg [15:0] \$1023 ;
   reg \$1024 ;
   reg \$1025 ;
   reg \$1026 ;
   reg \$1027 ;
-  reg \$1028 ;
-  reg [8:0] \$1029 ;
+  reg [3:0] \$1028 ;
+  reg [15:0] \$1029 ;
   wire \$103 ;
   reg \$1030 ;
-  reg \$1031 ;
-  reg [3:0] \$1032 ;
-  reg [15:0] \$1033 ;
-  reg [9:0] \$1034 ;
-  reg [15:0] \$1035 ;
+  reg [15:0] \$1031 ;
+  reg [15:0] \$1032 ;
+  reg [31:0] \$1033 ;
+  reg \$1034 ;
+  reg \$1035 ;
   reg \$1036 ;
   reg \$1037 ;
   reg \$1038 ;
@@ -1310,13 +1310,23 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$104 ;
   reg \$1040 ;
   reg \$1041 ;
-  reg [31:0] \$1042 ;
+  reg [3:0] \$1042 ;
   reg [15:0] \$1043 ;
-  reg \$1044 ;
-  reg [2:0] \$1045 ;
+  reg [9:0] \$1044 ;
+  reg [15:0] \$1045 ;
   reg \$1046 ;
-  reg [3:0] \$1047 ;
+  reg \$1047 ;
+  reg \$1048 ;
+  reg [8:0] \$1049 ;
   wire \$105 ;
+  reg \$1050 ;
+  reg \$1051 ;
+  reg [31:0] \$1052 ;
+  reg [15:0] \$1053 ;
+  reg \$1054 ;
+  reg [2:0] \$1055 ;
+  reg \$1056 ;
+  reg [3:0] \$1057 ;
   wire \$106 ;
   wire \$107 ;
   wire \$108 ;
@@ -1332,10 +1342,10 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$117 ;
   wire \$118 ;
   wire \$119 ;
-  wire \$12 ;
-  reg [15:0] \$120 ;
+  wire [4:0] \$12 ;
+  wire \$120 ;
   wire \$121 ;
-  wire \$122 ;
+  reg [15:0] \$122 ;
   wire \$123 ;
   wire \$124 ;
   wire \$125 ;
@@ -1351,219 +1361,219 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$134 ;
   wire \$135 ;
   wire \$136 ;
-  wire [3:0] \$137 ;
+  wire \$137 ;
   wire \$138 ;
-  wire [2:0] \$139 ;
-  wire [3:0] \$14 ;
-  wire [3:0] \$140 ;
-  wire \$141 ;
+  wire [3:0] \$139 ;
+  wire \$14 ;
+  wire \$140 ;
+  wire [2:0] \$141 ;
   wire [3:0] \$142 ;
-  wire [3:0] \$143 ;
-  wire \$144 ;
-  wire [4:0] \$145 ;
-  wire [3:0] \$146 ;
-  wire \$147 ;
-  wire [5:0] \$148 ;
-  wire [3:0] \$149 ;
-  wire \$15 ;
-  wire \$150 ;
-  wire [6:0] \$151 ;
-  wire [3:0] \$152 ;
-  wire \$153 ;
-  wire [7:0] \$154 ;
-  wire [3:0] \$155 ;
-  wire \$156 ;
-  wire [8:0] \$157 ;
-  reg \$158 ;
-  wire \$159 ;
-  wire \$16 ;
-  wire \$160 ;
-  wire [9:0] \$161 ;
-  wire [16:0] \$162 ;
-  reg \$163 ;
-  wire \$164 ;
-  wire \$165 ;
+  wire \$143 ;
+  wire [3:0] \$144 ;
+  wire [3:0] \$145 ;
+  wire \$146 ;
+  wire [4:0] \$147 ;
+  wire [3:0] \$148 ;
+  wire \$149 ;
+  wire [3:0] \$15 ;
+  wire [5:0] \$150 ;
+  wire [3:0] \$151 ;
+  wire \$152 ;
+  wire [6:0] \$153 ;
+  wire [3:0] \$154 ;
+  wire \$155 ;
+  wire [7:0] \$156 ;
+  wire [3:0] \$157 ;
+  wire \$158 ;
+  wire [8:0] \$159 ;
+  wire [4:0] \$16 ;
+  reg \$160 ;
+  wire \$161 ;
+  wire \$162 ;
+  wire [9:0] \$163 ;
+  wire [16:0] \$164 ;
+  reg \$165 ;
   wire \$166 ;
   wire \$167 ;
   wire \$168 ;
-  wire [9:0] \$169 ;
+  wire \$169 ;
   wire \$17 ;
-  wire [16:0] \$170 ;
-  reg \$171 ;
-  wire \$172 ;
-  wire \$173 ;
+  wire \$170 ;
+  wire [9:0] \$171 ;
+  wire [16:0] \$172 ;
+  reg \$173 ;
   wire \$174 ;
   wire \$175 ;
-  wire [9:0] \$176 ;
-  wire [16:0] \$177 ;
-  reg \$178 ;
-  wire \$179 ;
+  wire \$176 ;
+  wire \$177 ;
+  wire [9:0] \$178 ;
+  wire [16:0] \$179 ;
   wire \$18 ;
-  wire \$180 ;
+  reg \$180 ;
   wire \$181 ;
   wire \$182 ;
-  wire [9:0] \$183 ;
-  wire [16:0] \$184 ;
-  reg \$185 ;
-  wire \$186 ;
-  wire \$187 ;
+  wire \$183 ;
+  wire \$184 ;
+  wire [9:0] \$185 ;
+  wire [16:0] \$186 ;
+  reg \$187 ;
   wire \$188 ;
   wire \$189 ;
   wire \$19 ;
-  wire [9:0] \$190 ;
-  wire [16:0] \$191 ;
-  reg \$192 ;
-  wire \$193 ;
-  wire \$194 ;
+  wire \$190 ;
+  wire \$191 ;
+  wire [9:0] \$192 ;
+  wire [16:0] \$193 ;
+  reg \$194 ;
   wire \$195 ;
   wire \$196 ;
-  wire [9:0] \$197 ;
-  wire [16:0] \$198 ;
-  reg \$199 ;
+  wire \$197 ;
+  wire \$198 ;
+  wire [9:0] \$199 ;
   wire \$2 ;
   wire \$20 ;
-  wire \$200 ;
-  wire \$201 ;
+  wire [16:0] \$200 ;
+  reg \$201 ;
   wire \$202 ;
   wire \$203 ;
-  wire [9:0] \$204 ;
-  wire [16:0] \$205 ;
-  reg \$206 ;
-  wire \$207 ;
-  wire \$208 ;
+  wire \$204 ;
+  wire \$205 ;
+  wire [9:0] \$206 ;
+  wire [16:0] \$207 ;
+  reg \$208 ;
   wire \$209 ;
-  wire [15:0] \$21 ;
+  wire \$21 ;
   wire \$210 ;
-  wire [9:0] \$211 ;
-  wire [16:0] \$212 ;
-  reg \$213 ;
-  wire \$214 ;
-  wire \$215 ;
+  wire \$211 ;
+  wire \$212 ;
+  wire [9:0] \$213 ;
+  wire [16:0] \$214 ;
+  reg \$215 ;
   wire \$216 ;
   wire \$217 ;
-  wire [9:0] \$218 ;
-  wire [16:0] \$219 ;
+  wire \$218 ;
+  wire \$219 ;
   wire \$22 ;
-  reg \$220 ;
-  wire \$221 ;
-  wire \$222 ;
+  wire [9:0] \$220 ;
+  wire [16:0] \$221 ;
+  reg \$222 ;
   wire \$223 ;
   wire \$224 ;
-  reg \$225 ;
+  wire \$225 ;
   wire \$226 ;
-  wire \$227 ;
+  reg \$227 ;
   wire \$228 ;
   wire \$229 ;
-  wire [17:0] \$23 ;
+  wire [15:0] \$23 ;
   wire \$230 ;
   wire \$231 ;
   wire \$232 ;
-  reg \$233 ;
+  wire \$233 ;
   wire \$234 ;
-  wire \$235 ;
+  reg \$235 ;
   wire \$236 ;
   wire \$237 ;
   wire \$238 ;
-  reg \$239 ;
+  wire \$239 ;
   wire \$24 ;
   wire \$240 ;
-  wire \$241 ;
+  reg \$241 ;
   wire \$242 ;
   wire \$243 ;
-  wire [9:0] \$244 ;
-  wire [10:0] \$245 ;
-  reg \$246 ;
-  wire \$247 ;
-  wire \$248 ;
+  wire \$244 ;
+  wire \$245 ;
+  wire [9:0] \$246 ;
+  wire [10:0] \$247 ;
+  reg \$248 ;
   wire \$249 ;
-  wire [15:0] \$25 ;
+  wire [17:0] \$25 ;
   wire \$250 ;
   wire \$251 ;
   wire \$252 ;
   wire \$253 ;
-  wire [9:0] \$254 ;
-  wire [10:0] \$255 ;
-  reg \$256 ;
-  wire \$257 ;
-  wire \$258 ;
+  wire \$254 ;
+  wire \$255 ;
+  wire [9:0] \$256 ;
+  wire [10:0] \$257 ;
+  reg \$258 ;
   wire \$259 ;
   wire \$26 ;
   wire \$260 ;
   wire \$261 ;
   wire \$262 ;
-  wire [9:0] \$263 ;
-  wire [10:0] \$264 ;
-  reg \$265 ;
-  wire \$266 ;
-  wire \$267 ;
+  wire \$263 ;
+  wire \$264 ;
+  wire [9:0] \$265 ;
+  wire [10:0] \$266 ;
+  reg \$267 ;
   wire \$268 ;
   wire \$269 ;
-  wire [18:0] \$27 ;
+  wire [15:0] \$27 ;
   wire \$270 ;
   wire \$271 ;
-  wire [9:0] \$272 ;
-  wire [10:0] \$273 ;
-  reg \$274 ;
-  wire \$275 ;
-  wire \$276 ;
+  wire \$272 ;
+  wire \$273 ;
+  wire [9:0] \$274 ;
+  wire [10:0] \$275 ;
+  reg \$276 ;
   wire \$277 ;
   wire \$278 ;
   wire \$279 ;
-  wire [20:0] \$28 ;
+  wire \$28 ;
   wire \$280 ;
-  wire [9:0] \$281 ;
-  wire [10:0] \$282 ;
-  reg \$283 ;
-  wire \$284 ;
-  wire \$285 ;
+  wire \$281 ;
+  wire \$282 ;
+  wire [9:0] \$283 ;
+  wire [10:0] \$284 ;
+  reg \$285 ;
   wire \$286 ;
   wire \$287 ;
   wire \$288 ;
   wire \$289 ;
-  wire [21:0] \$29 ;
-  wire [9:0] \$290 ;
-  wire [10:0] \$291 ;
-  reg \$292 ;
-  wire \$293 ;
-  wire \$294 ;
+  wire [18:0] \$29 ;
+  wire \$290 ;
+  wire \$291 ;
+  wire [9:0] \$292 ;
+  wire [10:0] \$293 ;
+  reg \$294 ;
   wire \$295 ;
   wire \$296 ;
   wire \$297 ;
   wire \$298 ;
-  wire [9:0] \$299 ;
+  wire \$299 ;
   wire \$3 ;
-  wire [21:0] \$30 ;
-  wire [10:0] \$300 ;
-  reg \$301 ;
-  wire \$302 ;
-  wire \$303 ;
+  wire [20:0] \$30 ;
+  wire \$300 ;
+  wire [9:0] \$301 ;
+  wire [10:0] \$302 ;
+  reg \$303 ;
   wire \$304 ;
   wire \$305 ;
   wire \$306 ;
   wire \$307 ;
-  wire [9:0] \$308 ;
-  wire [10:0] \$309 ;
-  wire \$31 ;
-  reg \$310 ;
-  wire \$311 ;
-  wire \$312 ;
+  wire \$308 ;
+  wire \$309 ;
+  wire [21:0] \$31 ;
+  wire [9:0] \$310 ;
+  wire [10:0] \$311 ;
+  reg \$312 ;
   wire \$313 ;
   wire \$314 ;
   wire \$315 ;
   wire \$316 ;
   wire \$317 ;
   wire \$318 ;
-  wire [7:0] \$319 ;
-  wire [15:0] \$32 ;
-  wire [7:0] \$320 ;
+  wire \$319 ;
+  wire [21:0] \$32 ;
+  wire \$320 ;
   wire [7:0] \$321 ;
   wire [7:0] \$322 ;
   wire [7:0] \$323 ;
   wire [7:0] \$324 ;
   wire [7:0] \$325 ;
   wire [7:0] \$326 ;
-  wire \$327 ;
-  wire \$328 ;
+  wire [7:0] \$327 ;
+  wire [7:0] \$328 ;
   wire \$329 ;
   wire \$33 ;
   wire \$330 ;
@@ -1571,56 +1581,56 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$332 ;
   wire \$333 ;
   wire \$334 ;
-  wire [19:0] \$335 ;
-  wire [20:0] \$336 ;
-  wire \$337 ;
-  wire \$338 ;
+  wire \$335 ;
+  wire \$336 ;
+  wire [19:0] \$337 ;
+  wire [20:0] \$338 ;
   wire \$339 ;
-  wire [18:0] \$34 ;
+  wire [15:0] \$34 ;
   wire \$340 ;
   wire \$341 ;
-  reg [31:0] \$342 ;
+  wire \$342 ;
   wire \$343 ;
-  wire \$344 ;
-  reg [31:0] \$345 ;
+  reg [31:0] \$344 ;
+  wire \$345 ;
   wire \$346 ;
-  wire \$347 ;
+  reg [31:0] \$347 ;
   wire \$348 ;
   wire \$349 ;
-  wire [20:0] \$35 ;
+  wire \$35 ;
   wire \$350 ;
   wire \$351 ;
   wire \$352 ;
-  wire [31:0] \$353 ;
-  wire [31:0] \$354 ;
+  wire \$353 ;
+  wire \$354 ;
   wire [31:0] \$355 ;
   wire [31:0] \$356 ;
   wire [31:0] \$357 ;
-  wire \$358 ;
+  wire [31:0] \$358 ;
   wire [31:0] \$359 ;
-  wire [21:0] \$36 ;
-  wire [31:0] \$360 ;
+  wire [18:0] \$36 ;
+  wire \$360 ;
   wire [31:0] \$361 ;
   wire [31:0] \$362 ;
-  wire [2:0] \$363 ;
-  wire [2:0] \$364 ;
+  wire [31:0] \$363 ;
+  wire [31:0] \$364 ;
   wire [2:0] \$365 ;
-  wire [1:0] \$366 ;
+  wire [2:0] \$366 ;
   wire [2:0] \$367 ;
-  wire \$368 ;
+  wire [1:0] \$368 ;
   wire [2:0] \$369 ;
-  wire [21:0] \$37 ;
-  wire [2:0] \$370 ;
+  wire [20:0] \$37 ;
+  wire \$370 ;
   wire [2:0] \$371 ;
   wire [2:0] \$372 ;
-  wire \$373 ;
-  wire \$374 ;
+  wire [2:0] \$373 ;
+  wire [2:0] \$374 ;
   wire \$375 ;
   wire \$376 ;
   wire \$377 ;
   wire \$378 ;
   wire \$379 ;
-  wire \$38 ;
+  wire [21:0] \$38 ;
   wire \$380 ;
   wire \$381 ;
   wire \$382 ;
@@ -1631,7 +1641,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$387 ;
   wire \$388 ;
   wire \$389 ;
-  wire [3:0] \$39 ;
+  wire [21:0] \$39 ;
   wire \$390 ;
   wire \$391 ;
   wire \$392 ;
@@ -1654,7 +1664,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$407 ;
   wire \$408 ;
   wire \$409 ;
-  wire [17:0] \$41 ;
+  wire [3:0] \$41 ;
   wire \$410 ;
   wire \$411 ;
   wire \$412 ;
@@ -1676,16 +1686,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$427 ;
   wire \$428 ;
   wire \$429 ;
-  wire [15:0] \$43 ;
+  wire [17:0] \$43 ;
   wire \$430 ;
   wire \$431 ;
   wire \$432 ;
   wire \$433 ;
   wire \$434 ;
   wire \$435 ;
-  wire [30:0] \$436 ;
+  wire \$436 ;
   wire \$437 ;
-  wire \$438 ;
+  wire [30:0] \$438 ;
   wire \$439 ;
   wire \$44 ;
   wire \$440 ;
@@ -1698,7 +1708,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$447 ;
   wire \$448 ;
   wire \$449 ;
-  wire [17:0] \$45 ;
+  wire [15:0] \$45 ;
   wire \$450 ;
   wire \$451 ;
   wire \$452 ;
@@ -1709,7 +1719,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$457 ;
   wire \$458 ;
   wire \$459 ;
-  wire [15:0] \$46 ;
+  wire \$46 ;
   wire \$460 ;
   wire \$461 ;
   wire \$462 ;
@@ -1729,55 +1739,55 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$475 ;
   wire \$476 ;
   wire \$477 ;
-  wire [16:0] \$478 ;
-  wire [16:0] \$479 ;
+  wire \$478 ;
+  wire \$479 ;
   wire [15:0] \$48 ;
-  wire [32:0] \$480 ;
-  wire [32:0] \$481 ;
-  wire [16:0] \$482 ;
-  wire [16:0] \$483 ;
+  wire \$480 ;
+  wire \$481 ;
+  wire \$482 ;
+  wire \$483 ;
   wire [16:0] \$484 ;
   wire [16:0] \$485 ;
-  wire [31:0] \$486 ;
-  wire [22:0] \$487 ;
-  wire [23:0] \$488 ;
-  wire [31:0] \$489 ;
-  wire [18:0] \$49 ;
-  wire [32:0] \$490 ;
-  wire [32:0] \$491 ;
-  wire [47:0] \$492 ;
-  wire [16:0] \$493 ;
-  wire [18:0] \$494 ;
-  wire [19:0] \$495 ;
-  wire [20:0] \$496 ;
-  wire [3:0] \$497 ;
-  wire \$498 ;
-  wire [31:0] \$499 ;
+  wire [32:0] \$486 ;
+  wire [32:0] \$487 ;
+  wire [16:0] \$488 ;
+  wire [16:0] \$489 ;
+  wire [17:0] \$49 ;
+  wire [16:0] \$490 ;
+  wire [16:0] \$491 ;
+  wire [31:0] \$492 ;
+  wire [22:0] \$493 ;
+  wire [23:0] \$494 ;
+  wire [31:0] \$495 ;
+  wire [32:0] \$496 ;
+  wire [32:0] \$497 ;
+  wire [47:0] \$498 ;
+  wire [16:0] \$499 ;
   wire \$5 ;
-  wire [20:0] \$50 ;
-  wire [32:0] \$500 ;
-  wire \$501 ;
-  wire \$502 ;
-  wire \$503 ;
+  wire [15:0] \$50 ;
+  wire [18:0] \$500 ;
+  wire [19:0] \$501 ;
+  wire [20:0] \$502 ;
+  wire [3:0] \$503 ;
   wire \$504 ;
-  wire \$505 ;
-  wire \$506 ;
+  wire [31:0] \$505 ;
+  wire [32:0] \$506 ;
   wire \$507 ;
   wire \$508 ;
   wire \$509 ;
-  wire [21:0] \$51 ;
+  wire [18:0] \$51 ;
   wire \$510 ;
   wire \$511 ;
   wire \$512 ;
   wire \$513 ;
   wire \$514 ;
   wire \$515 ;
-  wire [48:0] \$516 ;
+  wire \$516 ;
   wire \$517 ;
-  wire [48:0] \$518 ;
+  wire \$518 ;
   wire \$519 ;
-  wire [21:0] \$52 ;
-  wire [48:0] \$520 ;
+  wire [20:0] \$52 ;
+  wire \$520 ;
   wire \$521 ;
   wire [48:0] \$522 ;
   wire \$523 ;
@@ -1787,7 +1797,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$527 ;
   wire [48:0] \$528 ;
   wire \$529 ;
-  wire [15:0] \$53 ;
+  wire [21:0] \$53 ;
   wire [48:0] \$530 ;
   wire \$531 ;
   wire [48:0] \$532 ;
@@ -1798,7 +1808,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$537 ;
   wire [48:0] \$538 ;
   wire \$539 ;
-  wire [20:0] \$54 ;
+  wire [21:0] \$54 ;
   wire [48:0] \$540 ;
   wire \$541 ;
   wire [48:0] \$542 ;
@@ -1809,12 +1819,12 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$547 ;
   wire [48:0] \$548 ;
   wire \$549 ;
-  wire [20:0] \$55 ;
-  wire \$550 ;
+  wire [15:0] \$55 ;
+  wire [48:0] \$550 ;
   wire \$551 ;
-  wire \$552 ;
+  wire [48:0] \$552 ;
   wire \$553 ;
-  wire \$554 ;
+  wire [48:0] \$554 ;
   wire \$555 ;
   wire \$556 ;
   wire \$557 ;
@@ -1831,7 +1841,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$567 ;
   wire \$568 ;
   wire \$569 ;
-  wire [15:0] \$57 ;
+  wire [20:0] \$57 ;
   wire \$570 ;
   wire \$571 ;
   wire \$572 ;
@@ -1842,43 +1852,43 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$577 ;
   wire \$578 ;
   wire \$579 ;
-  wire [17:0] \$58 ;
+  wire [20:0] \$58 ;
   wire \$580 ;
   wire \$581 ;
   wire \$582 ;
   wire \$583 ;
   wire \$584 ;
   wire \$585 ;
-  wire [15:0] \$586 ;
+  wire \$586 ;
   wire \$587 ;
   wire \$588 ;
   wire \$589 ;
-  wire [3:0] \$59 ;
+  wire [15:0] \$59 ;
   wire \$590 ;
-  wire [16:0] \$591 ;
-  wire [32:0] \$592 ;
+  wire \$591 ;
+  wire [15:0] \$592 ;
   wire \$593 ;
   wire \$594 ;
   wire \$595 ;
   wire \$596 ;
-  wire \$597 ;
-  wire \$598 ;
-  wire [32:0] \$599 ;
+  wire [16:0] \$597 ;
+  wire [32:0] \$598 ;
+  wire \$599 ;
   wire \$6 ;
   wire [17:0] \$60 ;
   wire \$600 ;
   wire \$601 ;
-  wire [14:0] \$602 ;
+  wire \$602 ;
   wire \$603 ;
   wire \$604 ;
-  wire [3:0] \$605 ;
+  wire [32:0] \$605 ;
   wire \$606 ;
   wire \$607 ;
-  wire \$608 ;
+  wire [14:0] \$608 ;
   wire \$609 ;
-  wire [18:0] \$61 ;
+  wire [3:0] \$61 ;
   wire \$610 ;
-  wire \$611 ;
+  wire [3:0] \$611 ;
   wire \$612 ;
   wire \$613 ;
   wire \$614 ;
@@ -1887,7 +1897,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$617 ;
   wire \$618 ;
   wire \$619 ;
-  wire [20:0] \$62 ;
+  wire [17:0] \$62 ;
   wire \$620 ;
   wire \$621 ;
   wire \$622 ;
@@ -1898,7 +1908,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$627 ;
   wire \$628 ;
   wire \$629 ;
-  wire [21:0] \$63 ;
+  wire [18:0] \$63 ;
   wire \$630 ;
   wire \$631 ;
   wire \$632 ;
@@ -1908,30 +1918,30 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$636 ;
   wire \$637 ;
   wire \$638 ;
-  wire [16:0] \$639 ;
+  wire \$639 ;
   wire [20:0] \$64 ;
-  wire [32:0] \$640 ;
+  wire \$640 ;
   wire \$641 ;
   wire \$642 ;
   wire \$643 ;
   wire \$644 ;
-  wire \$645 ;
-  wire \$646 ;
+  wire [16:0] \$645 ;
+  wire [32:0] \$646 ;
   wire \$647 ;
   wire \$648 ;
   wire \$649 ;
-  wire \$65 ;
+  wire [21:0] \$65 ;
   wire \$650 ;
   wire \$651 ;
-  wire [16:0] \$652 ;
+  wire \$652 ;
   wire \$653 ;
   wire \$654 ;
   wire \$655 ;
   wire \$656 ;
   wire \$657 ;
-  wire \$658 ;
+  wire [16:0] \$658 ;
   wire \$659 ;
-  wire \$66 ;
+  wire [20:0] \$66 ;
   wire \$660 ;
   wire \$661 ;
   wire \$662 ;
@@ -1987,7 +1997,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$707 ;
   wire \$708 ;
   wire \$709 ;
-  wire [63:0] \$71 ;
+  wire \$71 ;
   wire \$710 ;
   wire \$711 ;
   wire \$712 ;
@@ -1998,7 +2008,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$717 ;
   wire \$718 ;
   wire \$719 ;
-  wire [63:0] \$72 ;
+  wire \$72 ;
   wire \$720 ;
   wire \$721 ;
   wire \$722 ;
@@ -2009,39 +2019,39 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$727 ;
   wire \$728 ;
   wire \$729 ;
-  wire \$73 ;
+  wire [63:0] \$73 ;
   wire \$730 ;
   wire \$731 ;
   wire \$732 ;
-  wire [24:0] \$733 ;
-  wire [33:0] \$734 ;
+  wire \$733 ;
+  wire \$734 ;
   wire \$735 ;
   wire \$736 ;
-  wire [24:0] \$737 ;
-  wire [33:0] \$738 ;
-  wire \$739 ;
-  wire \$74 ;
-  wire \$740 ;
+  wire \$737 ;
+  wire \$738 ;
+  wire [24:0] \$739 ;
+  wire [63:0] \$74 ;
+  wire [33:0] \$740 ;
   wire \$741 ;
   wire \$742 ;
-  wire \$743 ;
-  wire \$744 ;
+  wire [24:0] \$743 ;
+  wire [33:0] \$744 ;
   wire \$745 ;
   wire \$746 ;
   wire \$747 ;
-  wire [3:0] \$748 ;
+  wire \$748 ;
   wire \$749 ;
   wire \$75 ;
   wire \$750 ;
   wire \$751 ;
-  wire [3:0] \$752 ;
-  wire [14:0] \$753 ;
-  wire \$754 ;
+  wire \$752 ;
+  wire \$753 ;
+  wire [3:0] \$754 ;
   wire \$755 ;
   wire \$756 ;
   wire \$757 ;
-  wire \$758 ;
-  wire \$759 ;
+  wire [3:0] \$758 ;
+  wire [14:0] \$759 ;
   wire \$76 ;
   wire \$760 ;
   wire \$761 ;
@@ -2050,143 +2060,143 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$764 ;
   wire \$765 ;
   wire \$766 ;
-  wire [16:0] \$767 ;
-  wire [16:0] \$768 ;
+  wire \$767 ;
+  wire \$768 ;
   wire \$769 ;
   wire \$77 ;
-  wire [32:0] \$770 ;
+  wire \$770 ;
   wire \$771 ;
   wire \$772 ;
-  wire \$773 ;
-  wire [32:0] \$774 ;
+  wire [16:0] \$773 ;
+  wire [16:0] \$774 ;
   wire \$775 ;
-  wire \$776 ;
+  wire [32:0] \$776 ;
   wire \$777 ;
   wire \$778 ;
   wire \$779 ;
-  wire [15:0] \$78 ;
-  wire [16:0] \$780 ;
-  wire [16:0] \$781 ;
+  wire \$78 ;
+  wire [32:0] \$780 ;
+  wire \$781 ;
   wire \$782 ;
-  wire [32:0] \$783 ;
+  wire \$783 ;
   wire \$784 ;
   wire \$785 ;
-  wire \$786 ;
-  wire \$787 ;
+  wire [16:0] \$786 ;
+  wire [16:0] \$787 ;
   wire \$788 ;
-  wire \$789 ;
+  wire [32:0] \$789 ;
   wire \$79 ;
-  wire [16:0] \$790 ;
-  wire [16:0] \$791 ;
+  wire \$790 ;
+  wire \$791 ;
   wire \$792 ;
   wire \$793 ;
   wire \$794 ;
   wire \$795 ;
-  wire \$796 ;
-  wire \$797 ;
+  wire [16:0] \$796 ;
+  wire [16:0] \$797 ;
   wire \$798 ;
   wire \$799 ;
   wire \$8 ;
   wire [15:0] \$80 ;
-  reg \$800 ;
+  wire \$800 ;
   wire \$801 ;
   wire \$802 ;
   wire \$803 ;
   wire \$804 ;
-  reg \$805 ;
-  wire \$806 ;
+  wire \$805 ;
+  reg \$806 ;
   wire \$807 ;
   wire \$808 ;
   wire \$809 ;
   wire \$81 ;
   wire \$810 ;
-  wire \$811 ;
-  wire [4:0] \$812 ;
-  wire [16:0] \$813 ;
-  wire [16:0] \$814 ;
+  reg \$811 ;
+  wire \$812 ;
+  wire \$813 ;
+  wire \$814 ;
   wire \$815 ;
   wire \$816 ;
-  wire [16:0] \$817 ;
-  wire [16:0] \$818 ;
-  wire \$819 ;
-  wire \$82 ;
-  wire \$820 ;
+  wire \$817 ;
+  wire [4:0] \$818 ;
+  wire [16:0] \$819 ;
+  wire [15:0] \$82 ;
+  wire [16:0] \$820 ;
   wire \$821 ;
   wire \$822 ;
-  wire [4:0] \$823 ;
-  wire [9:0] \$824 ;
-  wire [16:0] \$825 ;
+  wire [16:0] \$823 ;
+  wire [16:0] \$824 ;
+  wire \$825 ;
   wire \$826 ;
   wire \$827 ;
   wire \$828 ;
-  wire \$829 ;
+  wire [4:0] \$829 ;
   wire \$83 ;
-  wire \$830 ;
-  wire \$831 ;
+  wire [9:0] \$830 ;
+  wire [16:0] \$831 ;
   wire \$832 ;
   wire \$833 ;
-  wire [32:0] \$834 ;
+  wire \$834 ;
   wire \$835 ;
-  wire [16:0] \$836 ;
-  wire [16:0] \$837 ;
+  wire \$836 ;
+  wire \$837 ;
   wire \$838 ;
-  wire [16:0] \$839 ;
+  wire \$839 ;
   wire \$84 ;
-  wire [16:0] \$840 ;
+  wire [32:0] \$840 ;
   wire \$841 ;
-  reg \$842 ;
-  wire \$843 ;
+  wire [16:0] \$842 ;
+  wire [16:0] \$843 ;
   wire \$844 ;
-  wire \$845 ;
-  wire \$846 ;
+  wire [16:0] \$845 ;
+  wire [16:0] \$846 ;
   wire \$847 ;
-  wire [16:0] \$848 ;
-  wire [10:0] \$849 ;
+  reg \$848 ;
+  wire \$849 ;
   wire \$85 ;
   wire \$850 ;
-  wire [16:0] \$851 ;
+  wire \$851 ;
   wire \$852 ;
   wire \$853 ;
-  wire [4:0] \$854 ;
-  wire [9:0] \$855 ;
-  wire [32:0] \$856 ;
-  wire [33:0] \$857 ;
+  wire [16:0] \$854 ;
+  wire [10:0] \$855 ;
+  wire \$856 ;
+  wire [16:0] \$857 ;
   wire \$858 ;
   wire \$859 ;
   wire \$86 ;
-  wire \$860 ;
-  wire \$861 ;
-  wire \$862 ;
-  wire \$863 ;
+  wire [4:0] \$860 ;
+  wire [9:0] \$861 ;
+  wire [32:0] \$862 ;
+  wire [33:0] \$863 ;
   wire \$864 ;
   wire \$865 ;
   wire \$866 ;
   wire \$867 ;
-  wire [16:0] \$868 ;
-  wire [32:0] \$869 ;
-  wire [3:0] \$87 ;
+  wire \$868 ;
+  wire \$869 ;
+  wire \$87 ;
   wire \$870 ;
   wire \$871 ;
   wire \$872 ;
   wire \$873 ;
-  wire [3:0] \$874 ;
-  wire [3:0] \$875 ;
+  wire [16:0] \$874 ;
+  wire [32:0] \$875 ;
   wire \$876 ;
   wire \$877 ;
   wire \$878 ;
   wire \$879 ;
   wire \$88 ;
-  wire \$880 ;
-  reg [13:0] \$881 ;
-  reg [15:0] \$882 ;
-  reg \$883 ;
-  reg \$884 ;
-  reg \$885 ;
-  reg \$886 ;
-  reg \$887 ;
-  reg \$888 ;
+  wire [3:0] \$880 ;
+  wire [3:0] \$881 ;
+  wire \$882 ;
+  wire \$883 ;
+  wire \$884 ;
+  wire \$885 ;
+  wire \$886 ;
+  reg [13:0] \$887 ;
+  reg [15:0] \$888 ;
   reg \$889 ;
-  wire [8:0] \$89 ;
+  wire [3:0] \$89 ;
   reg \$890 ;
   reg \$891 ;
   reg \$892 ;
@@ -2198,73 +2208,73 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   reg \$898 ;
   reg \$899 ;
   wire \$9 ;
-  wire [3:0] \$90 ;
-  reg [15:0] \$900 ;
+  wire \$90 ;
+  reg \$900 ;
   reg \$901 ;
   reg \$902 ;
   reg \$903 ;
   reg \$904 ;
   reg \$905 ;
-  reg \$906 ;
-  reg [2:0] \$907 ;
+  reg [15:0] \$906 ;
+  reg \$907 ;
   reg \$908 ;
-  reg [2:0] \$909 ;
-  wire \$91 ;
+  reg \$909 ;
+  wire [8:0] \$91 ;
   reg \$910 ;
   reg \$911 ;
   reg \$912 ;
   reg \$913 ;
-  reg \$914 ;
-  reg \$915 ;
+  reg [2:0] \$914 ;
+  reg [2:0] \$915 ;
   reg \$916 ;
   reg \$917 ;
-  reg [47:0] \$918 ;
-  reg [47:0] \$919 ;
-  wire [16:0] \$92 ;
-  reg [47:0] \$920 ;
-  reg [47:0] \$921 ;
-  reg [47:0] \$922 ;
-  reg [47:0] \$923 ;
-  reg [47:0] \$924 ;
-  reg [47:0] \$925 ;
-  reg [47:0] \$926 ;
-  reg [47:0] \$927 ;
+  reg [2:0] \$918 ;
+  reg [2:0] \$919 ;
+  wire [3:0] \$92 ;
+  reg \$920 ;
+  reg \$921 ;
+  reg \$922 ;
+  reg \$923 ;
+  reg \$924 ;
+  reg \$925 ;
+  reg \$926 ;
+  reg \$927 ;
   reg [47:0] \$928 ;
   reg [47:0] \$929 ;
-  wire [3:0] \$93 ;
+  wire \$93 ;
   reg [47:0] \$930 ;
   reg [47:0] \$931 ;
   reg [47:0] \$932 ;
   reg [47:0] \$933 ;
   reg [47:0] \$934 ;
-  reg \$935 ;
-  reg \$936 ;
-  reg \$937 ;
-  reg \$938 ;
-  reg \$939 ;
-  wire \$94 ;
-  reg [31:0] \$940 ;
-  reg \$941 ;
-  reg \$942 ;
-  reg [3:0] \$943 ;
-  reg \$944 ;
-  reg [31:0] \$945 ;
-  reg [31:0] \$946 ;
-  reg [15:0] \$947 ;
-  reg [31:0] \$948 ;
-  reg [2:0] \$949 ;
-  wire [32:0] \$95 ;
-  reg \$950 ;
+  reg [47:0] \$935 ;
+  reg [47:0] \$936 ;
+  reg [47:0] \$937 ;
+  reg [47:0] \$938 ;
+  reg [47:0] \$939 ;
+  wire [16:0] \$94 ;
+  reg [47:0] \$940 ;
+  reg [47:0] \$941 ;
+  reg [47:0] \$942 ;
+  reg [47:0] \$943 ;
+  reg [47:0] \$944 ;
+  reg \$945 ;
+  reg \$946 ;
+  reg \$947 ;
+  reg \$948 ;
+  reg \$949 ;
+  wire [3:0] \$95 ;
+  reg [31:0] \$950 ;
   reg \$951 ;
   reg \$952 ;
-  reg \$953 ;
+  reg [3:0] \$953 ;
   reg \$954 ;
-  reg \$955 ;
-  reg \$956 ;
-  reg \$957 ;
-  reg \$958 ;
-  reg \$959 ;
-  wire [3:0] \$96 ;
+  reg [31:0] \$955 ;
+  reg [31:0] \$956 ;
+  reg [15:0] \$957 ;
+  reg [31:0] \$958 ;
+  reg [2:0] \$959 ;
+  wire \$96 ;
   reg \$960 ;
   reg \$961 ;
   reg \$962 ;
@@ -2275,7 +2285,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   reg \$967 ;
   reg \$968 ;
   reg \$969 ;
-  wire \$97 ;
+  wire [32:0] \$97 ;
   reg \$970 ;
   reg \$971 ;
   reg \$972 ;
@@ -2283,53 +2293,52 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   reg \$974 ;
   reg \$975 ;
   reg \$976 ;
-  reg [511:0] \$977 ;
-  reg [2:0] \$978 ;
-  reg [31:0] \$979 ;
-  wire [64:0] \$98 ;
-  reg [7:0] \$980 ;
-  reg [15:0] \$981 ;
-  reg [15:0] \$982 ;
+  reg \$977 ;
+  reg \$978 ;
+  reg \$979 ;
+  wire [3:0] \$98 ;
+  reg \$980 ;
+  reg \$981 ;
+  reg \$982 ;
   reg \$983 ;
-  reg [65:0] \$984 ;
+  reg \$984 ;
   reg \$985 ;
   reg \$986 ;
-  reg \$987 ;
-  reg \$988 ;
-  reg \$989 ;
+  reg [511:0] \$987 ;
+  reg [2:0] \$988 ;
+  reg [31:0] \$989 ;
   wire \$99 ;
-  reg [31:0] \$990 ;
+  reg [7:0] \$990 ;
   reg [15:0] \$991 ;
-  reg \$992 ;
-  reg [15:0] \$993 ;
-  reg [15:0] \$994 ;
-  reg [15:0] \$995 ;
-  reg [15:0] \$996 ;
-  reg [15:0] \$997 ;
-  reg [15:0] \$998 ;
-  reg [15:0] \$999 ;
+  reg [15:0] \$992 ;
+  reg \$993 ;
+  reg [65:0] \$994 ;
+  reg \$995 ;
+  reg \$996 ;
+  reg \$997 ;
+  reg \$998 ;
+  reg \$999 ;
   reg \$signal ;
-  reg \$signal$297  = 1'h0;
-  reg [3:0] \$signal$304  = 4'h0;
-  reg \$signal$330  = 1'h0;
-  reg [15:0] \$signal$331  = 16'h0000;
-  reg \$signal$461  = 1'h0;
-  reg [31:0] \$signal$531  = 32'd0;
-  reg [31:0] \$signal$532  = 32'd0;
-  reg \$signal$553  = 1'h0;
+  reg \$signal$299  = 1'h0;
+  reg [3:0] \$signal$306  = 4'h0;
+  reg \$signal$332  = 1'h0;
+  reg [15:0] \$signal$333  = 16'h0000;
+  reg \$signal$463  = 1'h0;
+  reg [31:0] \$signal$537  = 32'd0;
+  reg [31:0] \$signal$538  = 32'd0;
+  reg \$signal$559  = 1'h0;
   wire [13:0] \$signature__addr ;
-  wire [13:0] \$signature__addr$104 ;
-  reg [8:0] \$signature__addr$300 ;
-  reg [8:0] \$signature__addr$305 ;
-  reg [8:0] \$signature__addr$308 ;
-  reg [8:0] \$signature__addr$311 ;
-  reg [8:0] \$signature__addr$314 ;
-  reg [8:0] \$signature__addr$317 ;
-  reg [8:0] \$signature__addr$320 ;
-  reg [8:0] \$signature__addr$323 ;
-  reg [8:0] \$signature__addr$326 ;
-  reg [8:0] \$signature__addr$337 ;
-  reg [8:0] \$signature__addr$341 ;
+  wire [13:0] \$signature__addr$106 ;
+  reg [8:0] \$signature__addr$302 ;
+  reg [8:0] \$signature__addr$307 ;
+  reg [8:0] \$signature__addr$310 ;
+  reg [8:0] \$signature__addr$313 ;
+  reg [8:0] \$signature__addr$316 ;
+  reg [8:0] \$signature__addr$319 ;
+  reg [8:0] \$signature__addr$322 ;
+  reg [8:0] \$signature__addr$325 ;
+  reg [8:0] \$signature__addr$328 ;
+  reg [8:0] \$signature__addr$339 ;
   reg [8:0] \$signature__addr$343 ;
   reg [8:0] \$signature__addr$345 ;
   reg [8:0] \$signature__addr$347 ;
@@ -2337,43 +2346,40 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   reg [8:0] \$signature__addr$351 ;
   reg [8:0] \$signature__addr$353 ;
   reg [8:0] \$signature__addr$355 ;
-  reg [8:0] \$signature__addr$360 ;
-  reg [8:0] \$signature__addr$365 ;
-  reg [8:0] \$signature__addr$368 ;
-  reg [8:0] \$signature__addr$371 ;
-  reg [8:0] \$signature__addr$374 ;
-  reg [8:0] \$signature__addr$377 ;
-  reg [8:0] \$signature__addr$380 ;
-  reg [8:0] \$signature__addr$383 ;
-  reg [8:0] \$signature__addr$386 ;
-  reg [8:0] \$signature__addr$389 ;
+  reg [8:0] \$signature__addr$357 ;
+  reg [8:0] \$signature__addr$362 ;
+  reg [8:0] \$signature__addr$367 ;
+  reg [8:0] \$signature__addr$370 ;
+  reg [8:0] \$signature__addr$373 ;
+  reg [8:0] \$signature__addr$376 ;
+  reg [8:0] \$signature__addr$379 ;
+  reg [8:0] \$signature__addr$382 ;
+  reg [8:0] \$signature__addr$385 ;
+  reg [8:0] \$signature__addr$388 ;
   reg [8:0] \$signature__addr$391 ;
   reg [8:0] \$signature__addr$393 ;
   reg [8:0] \$signature__addr$395 ;
   reg [8:0] \$signature__addr$397 ;
   reg [8:0] \$signature__addr$399 ;
   reg [8:0] \$signature__addr$401 ;
-  wire [15:0] \$signature__data ;
-  wire [15:0] \$signature__data$110 ;
-  reg [8:0] \$signature__data$302 ;
-  reg [8:0] \$signature__data$306 ;
-  reg [8:0] \$signature__data$309 ;
-  reg [8:0] \$signature__data$312 ;
-  reg [8:0] \$signature__data$315 ;
-  reg [8:0] \$signature__data$318 ;
-  reg [8:0] \$signature__data$321 ;
-  reg [8:0] \$signature__data$324 ;
-  reg [8:0] \$signature__data$327 ;
-  reg [7:0] \$signature__data$362 ;
-  reg [7:0] \$signature__data$366 ;
-  reg [7:0] \$signature__data$369 ;
-  reg [7:0] \$signature__data$372 ;
-  reg [7:0] \$signature__data$375 ;
-  reg [7:0] \$signature__data$378 ;
-  reg [7:0] \$signature__data$381 ;
-  reg [7:0] \$signature__data$384 ;
-  wire [8:0] \$signature__data$405 ;
-  wire [8:0] \$signature__data$406 ;
+  reg [8:0] \$signature__addr$403 ;
+  reg [8:0] \$signature__data ;
+  reg [8:0] \$signature__data$308 ;
+  reg [8:0] \$signature__data$311 ;
+  reg [8:0] \$signature__data$314 ;
+  reg [8:0] \$signature__data$317 ;
+  reg [8:0] \$signature__data$320 ;
+  reg [8:0] \$signature__data$323 ;
+  reg [8:0] \$signature__data$326 ;
+  reg [8:0] \$signature__data$329 ;
+  reg [7:0] \$signature__data$364 ;
+  reg [7:0] \$signature__data$368 ;
+  reg [7:0] \$signature__data$371 ;
+  reg [7:0] \$signature__data$374 ;
+  reg [7:0] \$signature__data$377 ;
+  reg [7:0] \$signature__data$380 ;
+  reg [7:0] \$signature__data$383 ;
+  reg [7:0] \$signature__data$386 ;
   wire [8:0] \$signature__data$407 ;
   wire [8:0] \$signature__data$408 ;
   wire [8:0] \$signature__data$409 ;
@@ -2381,27 +2387,30 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire [8:0] \$signature__data$411 ;
   wire [8:0] \$signature__data$412 ;
   wire [8:0] \$signature__data$413 ;
-  wire [7:0] \$signature__data$414 ;
-  wire [7:0] \$signature__data$415 ;
+  wire [8:0] \$signature__data$414 ;
+  wire [8:0] \$signature__data$415 ;
   wire [7:0] \$signature__data$416 ;
   wire [7:0] \$signature__data$417 ;
   wire [7:0] \$signature__data$418 ;
   wire [7:0] \$signature__data$419 ;
   wire [7:0] \$signature__data$420 ;
   wire [7:0] \$signature__data$421 ;
+  wire [7:0] \$signature__data$422 ;
+  wire [7:0] \$signature__data$423 ;
+  wire [15:0] \$signature__data$505 ;
+  wire [15:0] \$signature__data$510 ;
   wire \$signature__en ;
-  wire \$signature__en$106 ;
-  reg \$signature__en$303 ;
-  reg \$signature__en$307 ;
-  reg \$signature__en$310 ;
-  reg \$signature__en$313 ;
-  reg \$signature__en$316 ;
-  reg \$signature__en$319 ;
-  reg \$signature__en$322 ;
-  reg \$signature__en$325 ;
-  reg \$signature__en$328 ;
-  reg \$signature__en$339 ;
-  reg \$signature__en$342 ;
+  wire \$signature__en$108 ;
+  reg \$signature__en$305 ;
+  reg \$signature__en$309 ;
+  reg \$signature__en$312 ;
+  reg \$signature__en$315 ;
+  reg \$signature__en$318 ;
+  reg \$signature__en$321 ;
+  reg \$signature__en$324 ;
+  reg \$signature__en$327 ;
+  reg \$signature__en$330 ;
+  reg \$signature__en$341 ;
   reg \$signature__en$344 ;
   reg \$signature__en$346 ;
   reg \$signature__en$348 ;
@@ -2409,15 +2418,15 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   reg \$signature__en$352 ;
   reg \$signature__en$354 ;
   reg \$signature__en$356 ;
-  reg \$signature__en$363 ;
-  reg \$signature__en$367 ;
-  reg \$signature__en$370 ;
-  reg \$signature__en$373 ;
-  reg \$signature__en$376 ;
-  reg \$signature__en$379 ;
-  reg \$signature__en$382 ;
-  reg \$signature__en$385 ;
-  reg \$signature__en$388 ;
+  reg \$signature__en$358 ;
+  reg \$signature__en$365 ;
+  reg \$signature__en$369 ;
+  reg \$signature__en$372 ;
+  reg \$signature__en$375 ;
+  reg \$signature__en$378 ;
+  reg \$signature__en$381 ;
+  reg \$signature__en$384 ;
+  reg \$signature__en$387 ;
   reg \$signature__en$390 ;
   reg \$signature__en$392 ;
   reg \$signature__en$394 ;
@@ -2425,27 +2434,28 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   reg \$signature__en$398 ;
   reg \$signature__en$400 ;
   reg \$signature__en$402 ;
+  reg \$signature__en$404 ;
   wire [63:0] a__payload;
-  reg [81:0] \a__payload$424 ;
-  wire [80:0] \a__payload$424.data ;
-  wire [8:0] \a__payload$424.data[0] ;
-  wire [8:0] \a__payload$424.data[1] ;
-  wire [8:0] \a__payload$424.data[2] ;
-  wire [8:0] \a__payload$424.data[3] ;
-  wire [8:0] \a__payload$424.data[4] ;
-  wire [8:0] \a__payload$424.data[5] ;
-  wire [8:0] \a__payload$424.data[6] ;
-  wire [8:0] \a__payload$424.data[7] ;
-  wire [8:0] \a__payload$424.data[8] ;
-  wire \a__payload$424.last ;
+  reg [81:0] \a__payload$426 ;
+  wire [80:0] \a__payload$426.data ;
+  wire [8:0] \a__payload$426.data[0] ;
+  wire [8:0] \a__payload$426.data[1] ;
+  wire [8:0] \a__payload$426.data[2] ;
+  wire [8:0] \a__payload$426.data[3] ;
+  wire [8:0] \a__payload$426.data[4] ;
+  wire [8:0] \a__payload$426.data[5] ;
+  wire [8:0] \a__payload$426.data[6] ;
+  wire [8:0] \a__payload$426.data[7] ;
+  wire [8:0] \a__payload$426.data[8] ;
+  wire \a__payload$426.last ;
   wire [15:0] \a__payload[0] ;
   wire [15:0] \a__payload[1] ;
   wire [15:0] \a__payload[2] ;
   wire [15:0] \a__payload[3] ;
   wire a__ready;
-  wire \a__ready$429 ;
+  wire \a__ready$431 ;
   reg a__valid;
-  reg \a__valid$422 ;
+  reg \a__valid$424 ;
   reg a_blocks_left = 1'h0;
   reg a_feed_k_hit = 1'h0;
   reg a_feed_nt_hit = 1'h0;
@@ -2474,8 +2484,8 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire add_rst;
   reg add_sel = 1'h0;
   wire [21:0] addr;
-  wire [21:0] \addr$105 ;
-  wire [21:0] \addr$113 ;
+  wire [21:0] \addr$107 ;
+  wire [21:0] \addr$115 ;
   reg addr_fault = 1'h0;
   output [36:0] ar__payload;
   wire [36:0] ar__payload;
@@ -2509,19 +2519,19 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire b__payload;
   wire \b__payload$19 ;
   wire \b__payload$19.err ;
-  wire [63:0] \b__payload$195 ;
-  wire [15:0] \b__payload$195[0] ;
-  wire [15:0] \b__payload$195[1] ;
-  wire [15:0] \b__payload$195[2] ;
-  wire [15:0] \b__payload$195[3] ;
+  wire [63:0] \b__payload$197 ;
+  wire [15:0] \b__payload$197[0] ;
+  wire [15:0] \b__payload$197[1] ;
+  wire [15:0] \b__payload$197[2] ;
+  wire [15:0] \b__payload$197[3] ;
   wire \b__payload.err ;
   wire b__ready;
   wire \b__ready$21 ;
-  wire \b__ready$254 ;
+  wire \b__ready$256 ;
   input b__valid;
   wire b__valid;
   wire \b__valid$23 ;
-  reg \b__valid$264 ;
+  reg \b__valid$266 ;
   wire [19:0] base;
   wire [19:0] \base$57 ;
   wire [19:0] \base$69 ;
@@ -2533,39 +2543,39 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   output busy;
   reg busy = 1'h0;
   (* init = 1'h0 *)
-  wire \busy$129 ;
-  wire \busy$570 ;
+  wire \busy$131 ;
+  wire \busy$576 ;
   wire [4:0] c__payload;
   (* init = 66'h00000000000000000 *)
-  wire [65:0] \c__payload$142 ;
-  wire [42:0] \c__payload$142.b ;
-  wire [5:0] \c__payload$142.e ;
-  wire \c__payload$142.last ;
-  wire [15:0] \c__payload$142.m ;
-  wire [43:0] \c__payload$144 ;
-  wire [5:0] \c__payload$144.e_a ;
-  wire [5:0] \c__payload$144.e_b ;
-  wire [15:0] \c__payload$144.m_a ;
-  wire [15:0] \c__payload$144.m_b ;
-  wire [52:0] \c__payload$146 ;
-  wire [5:0] \c__payload$146.e ;
-  wire [15:0] \c__payload$146.m ;
-  wire [9:0] \c__payload$146.qb ;
-  wire [14:0] \c__payload$146.qc ;
-  wire [5:0] \c__payload$146.sh ;
+  wire [65:0] \c__payload$144 ;
+  wire [42:0] \c__payload$144.b ;
+  wire [5:0] \c__payload$144.e ;
+  wire \c__payload$144.last ;
+  wire [15:0] \c__payload$144.m ;
+  wire [43:0] \c__payload$146 ;
+  wire [5:0] \c__payload$146.e_a ;
+  wire [5:0] \c__payload$146.e_b ;
+  wire [15:0] \c__payload$146.m_a ;
+  wire [15:0] \c__payload$146.m_b ;
+  wire [52:0] \c__payload$148 ;
+  wire [5:0] \c__payload$148.e ;
+  wire [15:0] \c__payload$148.m ;
+  wire [9:0] \c__payload$148.qb ;
+  wire [14:0] \c__payload$148.qc ;
+  wire [5:0] \c__payload$148.sh ;
   wire [4:0] \c__payload.f ;
   wire c__ready;
-  wire \c__ready$134 ;
   wire \c__ready$136 ;
   wire \c__ready$138 ;
+  wire \c__ready$140 ;
   (* init = 1'h0 *)
   wire c__valid;
-  (* init = 1'h0 *)
-  wire \c__valid$143 ;
   (* init = 1'h0 *)
   wire \c__valid$145 ;
   (* init = 1'h0 *)
   wire \c__valid$147 ;
+  (* init = 1'h0 *)
+  wire \c__valid$149 ;
   reg [31:0] c_addr = 32'd0;
   reg [15:0] c_ask = 16'h0000;
   reg [65:0] c_data = 66'h00000000000000000;
@@ -2588,7 +2598,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   output [47:0] cycles;
   reg [47:0] cycles = 48'h000000000000;
   (* init = 48'h000000000000 *)
-  wire [47:0] \cycles$149 ;
+  wire [47:0] \cycles$151 ;
   reg d_const = 1'h0;
   reg d_count_zero = 1'h0;
   reg d_end = 1'h0;
@@ -2611,7 +2621,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   output done;
   reg done = 1'h0;
   (* init = 1'h0 *)
-  wire \done$127 ;
+  wire \done$129 ;
   reg dst_keep;
   reg dst_outside = 1'h0;
   wire dst_step;
@@ -2624,7 +2634,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   output [3:0] error;
   reg [3:0] error = 4'h0;
   (* init = 4'h0 *)
-  wire [3:0] \error$125 ;
+  wire [3:0] \error$127 ;
   reg [31:0] ext_req_addr = 32'd0;
   reg [15:0] ext_req_data = 16'h0000;
   reg ext_req_valid = 1'h0;
@@ -2641,8 +2651,8 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire feed_valid;
   reg fetch_sent = 1'h0;
   wire \final ;
-  wire \final$504 ;
-  wire \final$507 ;
+  wire \final$508 ;
+  wire \final$513 ;
   reg [15:0] fnt = 16'h0000;
   wire gelu0_d_clk;
   reg gelu0_d_rst = 1'h1;
@@ -2661,22 +2671,22 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   (* init = 1'h1 *)
   wire gemm_rst;
   wire [31:0] i__payload;
-  wire [16:0] \i__payload$477 ;
-  wire [15:0] \i__payload$477.data ;
-  wire \i__payload$477.last ;
-  wire [15:0] \i__payload$478 ;
+  wire [16:0] \i__payload$479 ;
+  wire [15:0] \i__payload$479.data ;
+  wire \i__payload$479.last ;
+  wire [15:0] \i__payload$480 ;
   wire [7:0] \i__payload[0] ;
   wire [7:0] \i__payload[1] ;
   wire [7:0] \i__payload[2] ;
   wire [7:0] \i__payload[3] ;
   wire i__ready;
-  wire \i__ready$483 ;
-  wire \i__ready$484 ;
+  wire \i__ready$485 ;
+  wire \i__ready$486 ;
   reg i__valid;
-  wire \i__valid$479 ;
-  wire \i__valid$480 ;
+  wire \i__valid$481 ;
+  wire \i__valid$482 ;
   wire idle;
-  wire \idle$547 ;
+  wire \idle$553 ;
   input [31:0] image_stride;
   wire [31:0] image_stride;
   input [15:0] images;
@@ -2745,17 +2755,17 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   reg is_transpose = 1'h0;
   reg [15:0] k = 16'h0000;
   wire last__3;
-  wire \last__3$508 ;
+  wire \last__3$514 ;
   wire last__4;
-  wire \last__4$503 ;
-  wire \last__4$506 ;
+  wire \last__4$507 ;
+  wire \last__4$512 ;
   wire layernorm_d_clk;
   reg layernorm_d_rst = 1'h1;
   wire [15:0] layernorm_elem;
   (* init = 1'h1 *)
   wire layernorm_rst;
   wire [2:0] level;
-  wire [2:0] \level$102 ;
+  wire [2:0] \level$103 ;
   reg [15:0] lk = 16'h0000;
   reg load = 1'h0;
   (* init = 1'h0 *)
@@ -2780,43 +2790,43 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   reg [15:0] \n__4$66 ;
   reg [15:0] \n__4$78 ;
   reg next;
-  wire \next$107 ;
-  wire \next$475 ;
+  wire \next$109 ;
+  wire \next$477 ;
   reg [15:0] nt = 16'h0000;
   reg nt_hit = 1'h0;
   wire [63:0] o__payload;
-  wire [31:0] \o__payload$203 ;
-  wire [7:0] \o__payload$203[0] ;
-  wire [7:0] \o__payload$203[1] ;
-  wire [7:0] \o__payload$203[2] ;
-  wire [7:0] \o__payload$203[3] ;
-  wire [8:0] \o__payload$217 ;
-  wire [7:0] \o__payload$217.data ;
-  wire \o__payload$217.last ;
-  wire [7:0] \o__payload$219 ;
-  wire [255:0] \o__payload$437 ;
-  wire [31:0] \o__payload$437[0] ;
-  wire [31:0] \o__payload$437[1] ;
-  wire [31:0] \o__payload$437[2] ;
-  wire [31:0] \o__payload$437[3] ;
-  wire [31:0] \o__payload$437[4] ;
-  wire [31:0] \o__payload$437[5] ;
-  wire [31:0] \o__payload$437[6] ;
-  wire [31:0] \o__payload$437[7] ;
+  wire [31:0] \o__payload$205 ;
+  wire [7:0] \o__payload$205[0] ;
+  wire [7:0] \o__payload$205[1] ;
+  wire [7:0] \o__payload$205[2] ;
+  wire [7:0] \o__payload$205[3] ;
+  wire [8:0] \o__payload$219 ;
+  wire [7:0] \o__payload$219.data ;
+  wire \o__payload$219.last ;
+  wire [7:0] \o__payload$221 ;
+  wire [255:0] \o__payload$439 ;
+  wire [31:0] \o__payload$439[0] ;
+  wire [31:0] \o__payload$439[1] ;
+  wire [31:0] \o__payload$439[2] ;
+  wire [31:0] \o__payload$439[3] ;
+  wire [31:0] \o__payload$439[4] ;
+  wire [31:0] \o__payload$439[5] ;
+  wire [31:0] \o__payload$439[6] ;
+  wire [31:0] \o__payload$439[7] ;
   wire [15:0] \o__payload[0] ;
   wire [15:0] \o__payload[1] ;
   wire [15:0] \o__payload[2] ;
   wire [15:0] \o__payload[3] ;
   wire o__ready;
-  wire \o__ready$215 ;
-  wire \o__ready$228 ;
+  wire \o__ready$217 ;
   wire \o__ready$230 ;
-  wire \o__ready$438 ;
+  wire \o__ready$232 ;
+  wire \o__ready$440 ;
   wire o__valid;
-  wire \o__valid$211 ;
-  wire \o__valid$223 ;
-  wire \o__valid$226 ;
-  wire \o__valid$435 ;
+  wire \o__valid$213 ;
+  wire \o__valid$225 ;
+  wire \o__valid$228 ;
+  wire \o__valid$437 ;
   reg [31:0] offset = 32'd0;
   (* init = 48'h000000000000 *)
   wire [47:0] op_cycles0;
@@ -2956,37 +2966,37 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire r__valid;
   wire \r__valid$11 ;
   wire [127:0] r_data;
-  wire [18:0] \r_data$237 ;
-  wire [15:0] \r_data$248 ;
-  wire [63:0] \r_data$268 ;
-  wire [18:0] \r_data$358 ;
-  wire [63:0] \r_data$433 ;
-  wire [255:0] \r_data$453 ;
+  wire [18:0] \r_data$239 ;
+  wire [15:0] \r_data$250 ;
+  wire [63:0] \r_data$270 ;
+  wire [18:0] \r_data$360 ;
+  wire [63:0] \r_data$435 ;
+  wire [255:0] \r_data$455 ;
   reg r_en;
-  reg \r_en$261 ;
-  reg \r_en$271 ;
-  reg \r_en$430 ;
-  wire \r_en$441 ;
-  wire \r_en$481 ;
-  wire \r_en$482 ;
+  reg \r_en$263 ;
+  reg \r_en$273 ;
+  reg \r_en$432 ;
+  wire \r_en$443 ;
+  wire \r_en$483 ;
+  wire \r_en$484 ;
   wire r_rdy;
-  wire \r_rdy$247 ;
-  wire \r_rdy$260 ;
-  wire \r_rdy$263 ;
-  wire \r_rdy$266 ;
-  wire \r_rdy$427 ;
-  wire \r_rdy$440 ;
+  wire \r_rdy$249 ;
+  wire \r_rdy$262 ;
+  wire \r_rdy$265 ;
+  wire \r_rdy$268 ;
+  wire \r_rdy$429 ;
+  wire \r_rdy$442 ;
   reg [98:0] req__payload;
-  wire [34:0] \req__payload$462 ;
-  wire [31:0] \req__payload$462.addr ;
-  wire [2:0] \req__payload$462.lb ;
+  wire [34:0] \req__payload$464 ;
+  wire [31:0] \req__payload$464.addr ;
+  wire [2:0] \req__payload$464.lb ;
   wire [31:0] \req__payload.addr ;
   wire [63:0] \req__payload.data ;
   wire [2:0] \req__payload.lb ;
   wire req__ready;
-  wire \req__ready$474 ;
+  wire \req__ready$476 ;
   reg req__valid;
-  wire \req__valid$454 ;
+  wire \req__valid$456 ;
   reg res_to_pack = 1'h0;
   reg [15:0] rk = 16'h0000;
   reg rk_zero = 1'h0;
@@ -3016,10 +3026,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire [15:0] softmax_elem;
   (* init = 1'h1 *)
   wire softmax_rst;
+  reg [15:0] src0_elem = 16'h0000;
+  reg src0_held = 1'h0;
+  reg [2:0] src0_held_meta = 3'h0;
   reg src0_inflight = 1'h0;
   wire src0_issue;
   reg [2:0] src0_meta = 3'h0;
   reg src0_outside = 1'h0;
+  reg [15:0] src1_elem = 16'h0000;
+  reg src1_held = 1'h0;
+  reg [2:0] src1_held_meta = 3'h0;
   reg src1_inflight = 1'h0;
   wire src1_issue;
   reg [2:0] src1_meta = 3'h0;
@@ -3045,8 +3061,8 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire unit_known;
   reg unit_rst = 1'h0;
   wire valid;
-  wire \valid$101 ;
-  wire \valid$269 ;
+  wire \valid$102 ;
+  wire \valid$271 ;
   reg [63:0] w__payload;
   wire [7:0] \w__payload[0] ;
   wire [7:0] \w__payload[1] ;
@@ -3068,21 +3084,21 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   reg [7:0] w_beat6;
   reg [7:0] w_beat7;
   wire [18:0] w_data;
-  wire [18:0] \w_data$109 ;
-  wire [127:0] \w_data$184 ;
-  wire [63:0] \w_data$212 ;
-  wire [15:0] \w_data$227 ;
-  wire [63:0] \w_data$287 ;
-  wire [255:0] \w_data$436 ;
+  wire [18:0] \w_data$111 ;
+  wire [127:0] \w_data$186 ;
+  wire [63:0] \w_data$214 ;
+  wire [15:0] \w_data$229 ;
+  wire [63:0] \w_data$289 ;
+  wire [255:0] \w_data$438 ;
   (* init = 1'h0 *)
   wire w_en;
   (* init = 1'h0 *)
-  wire \w_en$108 ;
-  reg \w_en$182  = 1'h0;
-  wire \w_en$207 ;
-  wire \w_en$220 ;
-  reg \w_en$285 ;
-  wire \w_en$434 ;
+  wire \w_en$110 ;
+  reg \w_en$184  = 1'h0;
+  wire \w_en$209 ;
+  wire \w_en$222 ;
+  reg \w_en$287 ;
+  wire \w_en$436 ;
   reg w_feed_half = 1'h0;
   reg w_filled0 = 1'h0;
   reg w_filled1 = 1'h0;
@@ -3094,10 +3110,10 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   reg [3:0] w_load_lane = 4'h0;
   reg [15:0] w_load_nt = 16'h0000;
   wire w_rdy;
-  wire \w_rdy$229 ;
-  wire \w_rdy$258 ;
-  wire \w_rdy$439 ;
-  wire \w_rdy$470 ;
+  wire \w_rdy$231 ;
+  wire \w_rdy$260 ;
+  wire \w_rdy$441 ;
+  wire \w_rdy$472 ;
   reg [8:0] w_read_addr = 9'h000;
   reg w_read_free = 1'h0;
   reg w_read_half = 1'h0;
@@ -3626,16 +3642,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     a_cache0[511] = 9'h000;
   end
   always @(posedge gemm_d_clk) begin
-    if (\$signature__en$303 )
-      a_cache0[\$signature__addr$300 ] <= \$signature__data$302 ;
+    if (\$signature__en$305 )
+      a_cache0[\$signature__addr$302 ] <= \$signature__data ;
   end
   reg [8:0] _0_;
   always @(posedge gemm_d_clk) begin
-    if (\$signature__en$339 ) begin
-      _0_ <= a_cache0[\$signature__addr$337 ];
+    if (\$signature__en$341 ) begin
+      _0_ <= a_cache0[\$signature__addr$339 ];
     end
   end
-  assign \$signature__data$405  = _0_;
+  assign \$signature__data$407  = _0_;
   reg [8:0] a_cache1 [511:0];
   initial begin
     a_cache1[0] = 9'h000;
@@ -4152,16 +4168,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     a_cache1[511] = 9'h000;
   end
   always @(posedge gemm_d_clk) begin
-    if (\$signature__en$307 )
-      a_cache1[\$signature__addr$305 ] <= \$signature__data$306 ;
+    if (\$signature__en$309 )
+      a_cache1[\$signature__addr$307 ] <= \$signature__data$308 ;
   end
   reg [8:0] _1_;
   always @(posedge gemm_d_clk) begin
-    if (\$signature__en$342 ) begin
-      _1_ <= a_cache1[\$signature__addr$341 ];
+    if (\$signature__en$344 ) begin
+      _1_ <= a_cache1[\$signature__addr$343 ];
     end
   end
-  assign \$signature__data$406  = _1_;
+  assign \$signature__data$408  = _1_;
   reg [8:0] a_cache2 [511:0];
   initial begin
     a_cache2[0] = 9'h000;
@@ -4678,16 +4694,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     a_cache2[511] = 9'h000;
   end
   always @(posedge gemm_d_clk) begin
-    if (\$signature__en$310 )
-      a_cache2[\$signature__addr$308 ] <= \$signature__data$309 ;
+    if (\$signature__en$312 )
+      a_cache2[\$signature__addr$310 ] <= \$signature__data$311 ;
   end
   reg [8:0] _2_;
   always @(posedge gemm_d_clk) begin
-    if (\$signature__en$344 ) begin
-      _2_ <= a_cache2[\$signature__addr$343 ];
+    if (\$signature__en$346 ) begin
+      _2_ <= a_cache2[\$signature__addr$345 ];
     end
   end
-  assign \$signature__data$407  = _2_;
+  assign \$signature__data$409  = _2_;
   reg [8:0] a_cache3 [511:0];
   initial begin
     a_cache3[0] = 9'h000;
@@ -5204,16 +5220,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     a_cache3[511] = 9'h000;
   end
   always @(posedge gemm_d_clk) begin
-    if (\$signature__en$313 )
-      a_cache3[\$signature__addr$311 ] <= \$signature__data$312 ;
+    if (\$signature__en$315 )
+      a_cache3[\$signature__addr$313 ] <= \$signature__data$314 ;
   end
   reg [8:0] _3_;
   always @(posedge gemm_d_clk) begin
-    if (\$signature__en$346 ) begin
-      _3_ <= a_cache3[\$signature__addr$345 ];
+    if (\$signature__en$348 ) begin
+      _3_ <= a_cache3[\$signature__addr$347 ];
     end
   end
-  assign \$signature__data$408  = _3_;
+  assign \$signature__data$410  = _3_;
   reg [8:0] a_cache4 [511:0];
   initial begin
     a_cache4[0] = 9'h000;
@@ -5730,16 +5746,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     a_cache4[511] = 9'h000;
   end
   always @(posedge gemm_d_clk) begin
-    if (\$signature__en$316 )
-      a_cache4[\$signature__addr$314 ] <= \$signature__data$315 ;
+    if (\$signature__en$318 )
+      a_cache4[\$signature__addr$316 ] <= \$signature__data$317 ;
   end
   reg [8:0] _4_;
   always @(posedge gemm_d_clk) begin
-    if (\$signature__en$348 ) begin
-      _4_ <= a_cache4[\$signature__addr$347 ];
+    if (\$signature__en$350 ) begin
+      _4_ <= a_cache4[\$signature__addr$349 ];
     end
   end
-  assign \$signature__data$409  = _4_;
+  assign \$signature__data$411  = _4_;
   reg [8:0] a_cache5 [511:0];
   initial begin
     a_cache5[0] = 9'h000;
@@ -6256,16 +6272,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     a_cache5[511] = 9'h000;
   end
   always @(posedge gemm_d_clk) begin
-    if (\$signature__en$319 )
-      a_cache5[\$signature__addr$317 ] <= \$signature__data$318 ;
+    if (\$signature__en$321 )
+      a_cache5[\$signature__addr$319 ] <= \$signature__data$320 ;
   end
   reg [8:0] _5_;
   always @(posedge gemm_d_clk) begin
-    if (\$signature__en$350 ) begin
-      _5_ <= a_cache5[\$signature__addr$349 ];
+    if (\$signature__en$352 ) begin
+      _5_ <= a_cache5[\$signature__addr$351 ];
     end
   end
-  assign \$signature__data$410  = _5_;
+  assign \$signature__data$412  = _5_;
   reg [8:0] a_cache6 [511:0];
   initial begin
     a_cache6[0] = 9'h000;
@@ -6782,16 +6798,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     a_cache6[511] = 9'h000;
   end
   always @(posedge gemm_d_clk) begin
-    if (\$signature__en$322 )
-      a_cache6[\$signature__addr$320 ] <= \$signature__data$321 ;
+    if (\$signature__en$324 )
+      a_cache6[\$signature__addr$322 ] <= \$signature__data$323 ;
   end
   reg [8:0] _6_;
   always @(posedge gemm_d_clk) begin
-    if (\$signature__en$352 ) begin
-      _6_ <= a_cache6[\$signature__addr$351 ];
+    if (\$signature__en$354 ) begin
+      _6_ <= a_cache6[\$signature__addr$353 ];
     end
   end
-  assign \$signature__data$411  = _6_;
+  assign \$signature__data$413  = _6_;
   reg [8:0] a_cache7 [511:0];
   initial begin
     a_cache7[0] = 9'h000;
@@ -7308,16 +7324,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     a_cache7[511] = 9'h000;
   end
   always @(posedge gemm_d_clk) begin
-    if (\$signature__en$325 )
-      a_cache7[\$signature__addr$323 ] <= \$signature__data$324 ;
+    if (\$signature__en$327 )
+      a_cache7[\$signature__addr$325 ] <= \$signature__data$326 ;
   end
   reg [8:0] _7_;
   always @(posedge gemm_d_clk) begin
-    if (\$signature__en$354 ) begin
-      _7_ <= a_cache7[\$signature__addr$353 ];
+    if (\$signature__en$356 ) begin
+      _7_ <= a_cache7[\$signature__addr$355 ];
     end
   end
-  assign \$signature__data$412  = _7_;
+  assign \$signature__data$414  = _7_;
   reg [8:0] a_cache8 [511:0];
   initial begin
     a_cache8[0] = 9'h000;
@@ -7834,16 +7850,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     a_cache8[511] = 9'h000;
   end
   always @(posedge gemm_d_clk) begin
-    if (\$signature__en$328 )
-      a_cache8[\$signature__addr$326 ] <= \$signature__data$327 ;
+    if (\$signature__en$330 )
+      a_cache8[\$signature__addr$328 ] <= \$signature__data$329 ;
   end
   reg [8:0] _8_;
   always @(posedge gemm_d_clk) begin
-    if (\$signature__en$356 ) begin
-      _8_ <= a_cache8[\$signature__addr$355 ];
+    if (\$signature__en$358 ) begin
+      _8_ <= a_cache8[\$signature__addr$357 ];
     end
   end
-  assign \$signature__data$413  = _8_;
+  assign \$signature__data$415  = _8_;
   reg [15:0] buffer [16383:0];
   initial begin
     buffer[0] = 16'h0000;
@@ -24239,14 +24255,14 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   reg [15:0] _10_;
   always @(posedge gemm_d_clk) begin
     if (src1_issue) begin
-      _9_ <= buffer[\addr$105 [13:0]];
+      _9_ <= buffer[\addr$107 [13:0]];
     end
     if (src0_issue) begin
       _10_ <= buffer[addr[13:0]];
     end
   end
-  assign \$signature__data$110  = _9_;
-  assign \$signature__data  = _10_;
+  assign \$signature__data$510  = _9_;
+  assign \$signature__data$505  = _10_;
   reg [7:0] w_cache0 [511:0];
   initial begin
     w_cache0[0] = 8'h00;
@@ -24763,16 +24779,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     w_cache0[511] = 8'h00;
   end
   always @(posedge gemm_d_clk) begin
-    if (\$signature__en$363 )
-      w_cache0[\$signature__addr$360 ] <= \$signature__data$362 ;
+    if (\$signature__en$365 )
+      w_cache0[\$signature__addr$362 ] <= \$signature__data$364 ;
   end
   reg [7:0] _11_;
   always @(posedge gemm_d_clk) begin
-    if (\$signature__en$388 ) begin
-      _11_ <= w_cache0[\$signature__addr$386 ];
+    if (\$signature__en$390 ) begin
+      _11_ <= w_cache0[\$signature__addr$388 ];
     end
   end
-  assign \$signature__data$414  = _11_;
+  assign \$signature__data$416  = _11_;
   reg [7:0] w_cache1 [511:0];
   initial begin
     w_cache1[0] = 8'h00;
@@ -25289,16 +25305,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     w_cache1[511] = 8'h00;
   end
   always @(posedge gemm_d_clk) begin
-    if (\$signature__en$367 )
-      w_cache1[\$signature__addr$365 ] <= \$signature__data$366 ;
+    if (\$signature__en$369 )
+      w_cache1[\$signature__addr$367 ] <= \$signature__data$368 ;
   end
   reg [7:0] _12_;
   always @(posedge gemm_d_clk) begin
-    if (\$signature__en$390 ) begin
-      _12_ <= w_cache1[\$signature__addr$389 ];
+    if (\$signature__en$392 ) begin
+      _12_ <= w_cache1[\$signature__addr$391 ];
     end
   end
-  assign \$signature__data$415  = _12_;
+  assign \$signature__data$417  = _12_;
   reg [7:0] w_cache2 [511:0];
   initial begin
     w_cache2[0] = 8'h00;
@@ -25815,16 +25831,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     w_cache2[511] = 8'h00;
   end
   always @(posedge gemm_d_clk) begin
-    if (\$signature__en$370 )
-      w_cache2[\$signature__addr$368 ] <= \$signature__data$369 ;
+    if (\$signature__en$372 )
+      w_cache2[\$signature__addr$370 ] <= \$signature__data$371 ;
   end
   reg [7:0] _13_;
   always @(posedge gemm_d_clk) begin
-    if (\$signature__en$392 ) begin
-      _13_ <= w_cache2[\$signature__addr$391 ];
+    if (\$signature__en$394 ) begin
+      _13_ <= w_cache2[\$signature__addr$393 ];
     end
   end
-  assign \$signature__data$416  = _13_;
+  assign \$signature__data$418  = _13_;
   reg [7:0] w_cache3 [511:0];
   initial begin
     w_cache3[0] = 8'h00;
@@ -26341,16 +26357,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     w_cache3[511] = 8'h00;
   end
   always @(posedge gemm_d_clk) begin
-    if (\$signature__en$373 )
-      w_cache3[\$signature__addr$371 ] <= \$signature__data$372 ;
+    if (\$signature__en$375 )
+      w_cache3[\$signature__addr$373 ] <= \$signature__data$374 ;
   end
   reg [7:0] _14_;
   always @(posedge gemm_d_clk) begin
-    if (\$signature__en$394 ) begin
-      _14_ <= w_cache3[\$signature__addr$393 ];
+    if (\$signature__en$396 ) begin
+      _14_ <= w_cache3[\$signature__addr$395 ];
     end
   end
-  assign \$signature__data$417  = _14_;
+  assign \$signature__data$419  = _14_;
   reg [7:0] w_cache4 [511:0];
   initial begin
     w_cache4[0] = 8'h00;
@@ -26867,16 +26883,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     w_cache4[511] = 8'h00;
   end
   always @(posedge gemm_d_clk) begin
-    if (\$signature__en$376 )
-      w_cache4[\$signature__addr$374 ] <= \$signature__data$375 ;
+    if (\$signature__en$378 )
+      w_cache4[\$signature__addr$376 ] <= \$signature__data$377 ;
   end
   reg [7:0] _15_;
   always @(posedge gemm_d_clk) begin
-    if (\$signature__en$396 ) begin
-      _15_ <= w_cache4[\$signature__addr$395 ];
+    if (\$signature__en$398 ) begin
+      _15_ <= w_cache4[\$signature__addr$397 ];
     end
   end
-  assign \$signature__data$418  = _15_;
+  assign \$signature__data$420  = _15_;
   reg [7:0] w_cache5 [511:0];
   initial begin
     w_cache5[0] = 8'h00;
@@ -27393,16 +27409,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     w_cache5[511] = 8'h00;
   end
   always @(posedge gemm_d_clk) begin
-    if (\$signature__en$379 )
-      w_cache5[\$signature__addr$377 ] <= \$signature__data$378 ;
+    if (\$signature__en$381 )
+      w_cache5[\$signature__addr$379 ] <= \$signature__data$380 ;
   end
   reg [7:0] _16_;
   always @(posedge gemm_d_clk) begin
-    if (\$signature__en$398 ) begin
-      _16_ <= w_cache5[\$signature__addr$397 ];
+    if (\$signature__en$400 ) begin
+      _16_ <= w_cache5[\$signature__addr$399 ];
     end
   end
-  assign \$signature__data$419  = _16_;
+  assign \$signature__data$421  = _16_;
   reg [7:0] w_cache6 [511:0];
   initial begin
     w_cache6[0] = 8'h00;
@@ -27919,16 +27935,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     w_cache6[511] = 8'h00;
   end
   always @(posedge gemm_d_clk) begin
-    if (\$signature__en$382 )
-      w_cache6[\$signature__addr$380 ] <= \$signature__data$381 ;
+    if (\$signature__en$384 )
+      w_cache6[\$signature__addr$382 ] <= \$signature__data$383 ;
   end
   reg [7:0] _17_;
   always @(posedge gemm_d_clk) begin
-    if (\$signature__en$400 ) begin
-      _17_ <= w_cache6[\$signature__addr$399 ];
+    if (\$signature__en$402 ) begin
+      _17_ <= w_cache6[\$signature__addr$401 ];
     end
   end
-  assign \$signature__data$420  = _17_;
+  assign \$signature__data$422  = _17_;
   reg [7:0] w_cache7 [511:0];
   initial begin
     w_cache7[0] = 8'h00;
@@ -28445,16 +28461,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     w_cache7[511] = 8'h00;
   end
   always @(posedge gemm_d_clk) begin
-    if (\$signature__en$385 )
-      w_cache7[\$signature__addr$383 ] <= \$signature__data$384 ;
+    if (\$signature__en$387 )
+      w_cache7[\$signature__addr$385 ] <= \$signature__data$386 ;
   end
   reg [7:0] _18_;
   always @(posedge gemm_d_clk) begin
-    if (\$signature__en$402 ) begin
-      _18_ <= w_cache7[\$signature__addr$401 ];
+    if (\$signature__en$404 ) begin
+      _18_ <= w_cache7[\$signature__addr$403 ];
     end
   end
-  assign \$signature__data$421  = _18_;
+  assign \$signature__data$423  = _18_;
   assign \$1  = | ins[511:510];
   assign \$2  = is_gemm & \$1 ;
   assign \$3  = ~ post_gelu;
@@ -28467,1198 +28483,1216 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   assign post_bad = \$8  & \$9 ;
   assign \$10  = run0 & valid;
   assign \$11  = level + src0_inflight;
-  assign \$12  = \$11  < 3'h4;
-  assign src0_issue = \$10  & \$12 ;
-  assign \$13  = run1 & \valid$101 ;
-  assign \$14  = \level$102  + src1_inflight;
-  assign \$15  = \$14  < 3'h4;
-  assign src1_issue = \$13  & \$15 ;
-  assign \$16  = is_softmax | pre_sm;
-  assign \$17  = is_layernorm | pre_ln;
+  assign \$12  = \$11  + src0_held;
+  assign \$13  = \$12  < 3'h5;
+  assign src0_issue = \$10  & \$13 ;
+  assign \$14  = run1 & \valid$102 ;
+  assign \$15  = \level$103  + src1_inflight;
+  assign \$16  = \$15  + src1_held;
+  assign \$17  = \$16  < 3'h5;
+  assign src1_issue = \$14  & \$17 ;
   assign \$18  = is_softmax | pre_sm;
   assign \$19  = is_layernorm | pre_ln;
-  assign unit_known = | { gelu_sel0, add_sel, \$19 , \$18  };
-  assign \$20  = pre_ln | pre_sm;
-  assign \$21  = \$20  ? 16'h0001 : ins[39:24];
+  assign \$20  = is_softmax | pre_sm;
+  assign \$21  = is_layernorm | pre_ln;
+  assign unit_known = | { gelu_sel0, add_sel, \$21 , \$20  };
   assign \$22  = pre_ln | pre_sm;
-  assign \$23  = \$22  ? 18'h00000 : ins[251:234];
+  assign \$23  = \$22  ? 16'h0001 : ins[39:24];
   assign \$24  = pre_ln | pre_sm;
-  assign \$25  = \$24  ? ins[39:24] : dec_mt;
+  assign \$25  = \$24  ? 18'h00000 : ins[251:234];
   assign \$26  = pre_ln | pre_sm;
-  assign \$29  = $signed(\$27 ) + $signed(\$28 );
-  assign \$30  = \$26  ? { ins[251], ins[251], ins[251], ins[251], ins[251:234] } : \$29 ;
-  assign \$31  = pre_ln | pre_sm;
-  assign \$32  = \$31  ? dec_mt : ins[87:72];
+  assign \$27  = \$26  ? ins[39:24] : dec_mt;
+  assign \$28  = pre_ln | pre_sm;
+  assign \$31  = $signed(\$29 ) + $signed(\$30 );
+  assign \$32  = \$28  ? { ins[251], ins[251], ins[251], ins[251], ins[251:234] } : \$31 ;
   assign \$33  = pre_ln | pre_sm;
-  assign \$36  = $signed(\$34 ) + $signed(\$35 );
-  assign \$37  = \$33  ? \$36  : { ins[305], ins[305], ins[305], ins[305], ins[305:288] };
-  assign \$38  = pre_ln | pre_sm;
+  assign \$34  = \$33  ? dec_mt : ins[87:72];
+  assign \$35  = pre_ln | pre_sm;
+  assign \$38  = $signed(\$36 ) + $signed(\$37 );
+  assign \$39  = \$35  ? \$38  : { ins[305], ins[305], ins[305], ins[305], ins[305:288] };
   assign \$40  = pre_ln | pre_sm;
   assign \$42  = pre_ln | pre_sm;
-  assign \$43  = \$42  ? ins[87:72] : 16'h0001;
   assign \$44  = pre_ln | pre_sm;
-  assign \$45  = \$44  ? ins[305:288] : 18'h00000;
-  assign \$48  = post_add ? dec_mt : 16'h0001;
-  assign \$51  = $signed(\$49 ) + $signed(\$50 );
-  assign \$52  = post_add ? \$51  : 22'h000000;
-  assign \$57  = post_add ? 16'h0009 : ins[87:72];
-  assign \$58  = post_add ? ins[379:362] : ins[415:398];
-  assign \$63  = $signed(\$61 ) + $signed(\$62 );
-  assign \$65  = c_valid0 & c__ready;
-  assign \$66  = c_valid1 & \c__ready$134 ;
-  assign \$67  = c_valid2 & \c__ready$136 ;
-  assign \$68  = c_valid3 & \c__ready$138 ;
-  assign c_fire = | { \$68 , \$67 , \$66 , \$65  };
-  assign \$69  = sink_from_add & o__valid;
-  assign \$70  = sink_from_gelu0 & \o__valid$211 ;
-  assign \w_en$207  = | { \$70 , \$69  };
-  assign \$71  = sink_from_add ? o__payload : 64'h0000000000000000;
-  assign \$72  = sink_from_gelu0 ? { \o__payload$203 [31], \o__payload$203 [31], \o__payload$203 [31], \o__payload$203 [31], \o__payload$203 [31], \o__payload$203 [31], \o__payload$203 [31], \o__payload$203 [31], \o__payload$203 [31:23], \o__payload$203 [23], \o__payload$203 [23], \o__payload$203 [23], \o__payload$203 [23], \o__payload$203 [23], \o__payload$203 [23], \o__payload$203 [23], \o__payload$203 [23:15], \o__payload$203 [15], \o__payload$203 [15], \o__payload$203 [15], \o__payload$203 [15], \o__payload$203 [15], \o__payload$203 [15], \o__payload$203 [15], \o__payload$203 [15:7], \o__payload$203 [7], \o__payload$203 [7], \o__payload$203 [7], \o__payload$203 [7], \o__payload$203 [7], \o__payload$203 [7], \o__payload$203 [7], \o__payload$203 [7:0] } : 64'h0000000000000000;
-  assign \w_data$212  = \$71  | \$72 ;
+  assign \$45  = \$44  ? ins[87:72] : 16'h0001;
+  assign \$46  = pre_ln | pre_sm;
+  assign \$47  = \$46  ? ins[305:288] : 18'h00000;
+  assign \$50  = post_add ? dec_mt : 16'h0001;
+  assign \$53  = $signed(\$51 ) + $signed(\$52 );
+  assign \$54  = post_add ? \$53  : 22'h000000;
+  assign \$59  = post_add ? 16'h0009 : ins[87:72];
+  assign \$60  = post_add ? ins[379:362] : ins[415:398];
+  assign \$65  = $signed(\$63 ) + $signed(\$64 );
+  assign \$67  = c_valid0 & c__ready;
+  assign \$68  = c_valid1 & \c__ready$136 ;
+  assign \$69  = c_valid2 & \c__ready$138 ;
+  assign \$70  = c_valid3 & \c__ready$140 ;
+  assign c_fire = | { \$70 , \$69 , \$68 , \$67  };
+  assign \$71  = sink_from_add & o__valid;
+  assign \$72  = sink_from_gelu0 & \o__valid$213 ;
+  assign \w_en$209  = | { \$72 , \$71  };
+  assign \$73  = sink_from_add ? o__payload : 64'h0000000000000000;
+  assign \$74  = sink_from_gelu0 ? { \o__payload$205 [31], \o__payload$205 [31], \o__payload$205 [31], \o__payload$205 [31], \o__payload$205 [31], \o__payload$205 [31], \o__payload$205 [31], \o__payload$205 [31], \o__payload$205 [31:23], \o__payload$205 [23], \o__payload$205 [23], \o__payload$205 [23], \o__payload$205 [23], \o__payload$205 [23], \o__payload$205 [23], \o__payload$205 [23], \o__payload$205 [23:15], \o__payload$205 [15], \o__payload$205 [15], \o__payload$205 [15], \o__payload$205 [15], \o__payload$205 [15], \o__payload$205 [15], \o__payload$205 [15], \o__payload$205 [15:7], \o__payload$205 [7], \o__payload$205 [7], \o__payload$205 [7], \o__payload$205 [7], \o__payload$205 [7], \o__payload$205 [7], \o__payload$205 [7], \o__payload$205 [7:0] } : 64'h0000000000000000;
+  assign \w_data$214  = \$73  | \$74 ;
   assign o__ready = sink_from_add & w_rdy;
-  assign \o__ready$215  = sink_from_gelu0 & w_rdy;
-  assign \$73  = sink_from_softmax | a_from_softmax;
-  assign \$74  = \$73  & \o__valid$223 ;
-  assign \$75  = sink_from_layernorm | a_from_layernorm;
-  assign \$76  = \$75  & \o__valid$226 ;
-  assign \w_en$220  = | { \$76 , \$74  };
-  assign \$77  = sink_from_softmax | a_from_softmax;
-  assign \$78  = \$77  ? { 8'h00, \o__payload$217 [7:0] } : 16'h0000;
-  assign \$79  = sink_from_layernorm | a_from_layernorm;
-  assign \$80  = \$79  ? { \o__payload$219 [7], \o__payload$219 [7], \o__payload$219 [7], \o__payload$219 [7], \o__payload$219 [7], \o__payload$219 [7], \o__payload$219 [7], \o__payload$219 [7], \o__payload$219  } : 16'h0000;
-  assign \w_data$227  = \$78  | \$80 ;
-  assign \$81  = sink_from_softmax | a_from_softmax;
-  assign \o__ready$228  = \$81  & \w_rdy$229 ;
-  assign \$82  = sink_from_layernorm | a_from_layernorm;
-  assign \o__ready$230  = \$82  & \w_rdy$229 ;
-  assign \$83  = is_softmax | is_layernorm;
-  assign \$84  = ~ ext_req_valid;
-  assign \$85  = \$84  | req__ready;
-  assign \$86  = valid & \$85 ;
-  assign \$89  = \$88  ? { beat__payload[7], beat__payload[7:0] } : { 1'h0, beat__payload[7:0] };
-  assign \$92  = \$91  ? { beat__payload[15], beat__payload[15:0] } : { 1'h0, beat__payload[15:0] };
-  assign \$95  = \$94  ? { beat__payload[31], beat__payload[31:0] } : { 1'h0, beat__payload[31:0] };
-  assign \$98  = \$97  ? { beat__payload[63], beat__payload[63:0] } : { 1'h0, beat__payload[63:0] };
-  assign \$99  = beat__valid & beat__payload[512];
-  assign \$100  = a__ready & \b__ready$254 ;
-  assign \$101  = sink_from_add & \$100 ;
-  assign \$102  = sink_from_gelu0 & i__ready;
-  assign \$103  = | { \$102 , \$101  };
-  assign \$104  = ~ \w_en$182 ;
-  assign \$105  = \$104  | \w_rdy$258 ;
-  assign \$106  = \$105  & elem_valid;
-  assign \$107  = ~ add_sel;
-  assign \$108  = \r_rdy$260  | \$107 ;
-  assign \$109  = \$106  & \$108 ;
-  assign \$110  = ~ \w_en$182 ;
-  assign \$111  = \$110  | \w_rdy$258 ;
-  assign \$112  = \$111  & elem_valid;
-  assign \$113  = ~ add_sel;
-  assign \$114  = \r_rdy$260  | \$113 ;
-  assign \$115  = \$112  & \$114 ;
-  assign \$116  = \$115  & add_sel;
-  assign \$117  = sink_from_add & \r_rdy$263 ;
-  assign \$118  = sink_from_add & \r_rdy$263 ;
-  assign \$119  = sink_from_gelu0 & \r_rdy$263 ;
-  assign \$121  = \r_rdy$266  & \valid$269 ;
-  assign \$122  = pack_jo == 2'h3;
-  assign \$123  = \$122  | \final ;
-  assign \$124  = q0_to_pack & r_rdy;
-  assign \$125  = res_to_pack & gemm_res_valid;
-  assign elem_valid = \$124  | \$125 ;
-  assign \$126  = ~ is_linear;
-  assign \$127  = \$126  | rk_zero;
-  assign \$128  = \$127  & beat__valid;
-  assign \$129  = ~ is_linear;
-  assign \$130  = \$129  | rk_zero;
-  assign \$131  = ~ \$130 ;
-  assign \$132  = beat__valid & \$131 ;
-  assign \$133  = pre_ln | pre_sm;
-  assign a_in = \$133  ? \r_data$248  : \r_data$237 [15:0];
-  assign \$134  = a_from_softmax | a_from_layernorm;
-  assign \$135  = \$134  & \r_rdy$247 ;
-  assign \$136  = a_from_src0 & r_rdy;
-  assign a_in_valid = \$135  | \$136 ;
-  assign \$139  = \$138  ? { a_in[1], a_in[1:0] } : { 1'h0, a_in[1:0] };
-  assign \$142  = \$141  ? { a_in[2], a_in[2:0] } : { 1'h0, a_in[2:0] };
-  assign \$145  = \$144  ? { a_in[3], a_in[3:0] } : { 1'h0, a_in[3:0] };
-  assign \$148  = \$147  ? { a_in[4], a_in[4:0] } : { 1'h0, a_in[4:0] };
-  assign \$151  = \$150  ? { a_in[5], a_in[5:0] } : { 1'h0, a_in[5:0] };
-  assign \$154  = \$153  ? { a_in[6], a_in[6:0] } : { 1'h0, a_in[6:0] };
-  assign \$157  = \$156  ? { a_in[7], a_in[7:0] } : { 1'h0, a_in[7:0] };
-  assign \$159  = ~ \$158 ;
-  assign \$160  = a_in_valid & \$159 ;
-  assign \$161  = \$signal$297  * 9'h100;
-  assign \$162  = \$161  + lk;
-  assign \$164  = ~ \$163 ;
-  assign \$165  = a_in_valid & \$164 ;
-  assign \$166  = | \$signal$304 ;
-  assign \$167  = ~ \$166 ;
-  assign \$168  = \$165  & \$167 ;
-  assign \$169  = \$signal$297  * 9'h100;
-  assign \$170  = \$169  + lk;
-  assign \$172  = ~ \$171 ;
-  assign \$173  = a_in_valid & \$172 ;
-  assign \$174  = \$signal$304  == 1'h1;
-  assign \$175  = \$173  & \$174 ;
-  assign \$176  = \$signal$297  * 9'h100;
-  assign \$177  = \$176  + lk;
-  assign \$179  = ~ \$178 ;
-  assign \$180  = a_in_valid & \$179 ;
-  assign \$181  = \$signal$304  == 2'h2;
-  assign \$182  = \$180  & \$181 ;
-  assign \$183  = \$signal$297  * 9'h100;
-  assign \$184  = \$183  + lk;
-  assign \$186  = ~ \$185 ;
-  assign \$187  = a_in_valid & \$186 ;
-  assign \$188  = \$signal$304  == 2'h3;
-  assign \$189  = \$187  & \$188 ;
-  assign \$190  = \$signal$297  * 9'h100;
-  assign \$191  = \$190  + lk;
-  assign \$193  = ~ \$192 ;
-  assign \$194  = a_in_valid & \$193 ;
-  assign \$195  = \$signal$304  == 3'h4;
-  assign \$196  = \$194  & \$195 ;
-  assign \$197  = \$signal$297  * 9'h100;
-  assign \$198  = \$197  + lk;
-  assign \$200  = ~ \$199 ;
-  assign \$201  = a_in_valid & \$200 ;
-  assign \$202  = \$signal$304  == 3'h5;
-  assign \$203  = \$201  & \$202 ;
-  assign \$204  = \$signal$297  * 9'h100;
-  assign \$205  = \$204  + lk;
-  assign \$207  = ~ \$206 ;
-  assign \$208  = a_in_valid & \$207 ;
-  assign \$209  = \$signal$304  == 3'h6;
-  assign \$210  = \$208  & \$209 ;
-  assign \$211  = \$signal$297  * 9'h100;
-  assign \$212  = \$211  + lk;
-  assign \$214  = ~ \$213 ;
-  assign \$215  = a_in_valid & \$214 ;
-  assign \$216  = \$signal$304  == 3'h7;
-  assign \$217  = \$215  & \$216 ;
-  assign \$218  = \$signal$297  * 9'h100;
-  assign \$219  = \$218  + lk;
-  assign \$221  = ~ \$220 ;
-  assign \$222  = a_in_valid & \$221 ;
-  assign \$223  = \$signal$304  == 4'h8;
-  assign \$224  = \$222  & \$223 ;
-  assign \$226  = \$signal$297  == \$signal$330 ;
-  assign \$227  = lk > \$signal$331 ;
-  assign \$228  = \$226  & \$227 ;
-  assign \$229  = pre_ln | pre_sm;
-  assign \$230  = ~ \$229 ;
-  assign \$231  = \$228  & \$230 ;
-  assign \$232  = \$225  | \$231 ;
-  assign \$234  = is_linear | \$233 ;
-  assign \$235  = \$232  & \$234 ;
-  assign \$236  = \$235  & feed_queue_room;
-  assign \$237  = \$236  & a_blocks_left;
-  assign \$238  = ~ is_linear;
-  assign \$240  = ~ \$239 ;
-  assign \$241  = \r_rdy$260  & \$240 ;
-  assign \$242  = ~ is_linear;
-  assign \$243  = \$241  & \$242 ;
-  assign \$244  = w_load_half * 9'h100;
-  assign \$245  = \$244  + w_load_addr;
-  assign \$247  = ~ \$246 ;
-  assign \$248  = \r_rdy$260  & \$247 ;
-  assign \$249  = ~ is_linear;
-  assign \$250  = \$248  & \$249 ;
-  assign \$251  = | w_load_lane;
-  assign \$252  = ~ \$251 ;
-  assign \$253  = \$250  & \$252 ;
-  assign \$254  = w_load_half * 9'h100;
-  assign \$255  = \$254  + w_load_addr;
-  assign \$257  = ~ \$256 ;
-  assign \$258  = \r_rdy$260  & \$257 ;
-  assign \$259  = ~ is_linear;
-  assign \$260  = \$258  & \$259 ;
-  assign \$261  = w_load_lane == 1'h1;
+  assign \o__ready$217  = sink_from_gelu0 & w_rdy;
+  assign \$75  = sink_from_softmax | a_from_softmax;
+  assign \$76  = \$75  & \o__valid$225 ;
+  assign \$77  = sink_from_layernorm | a_from_layernorm;
+  assign \$78  = \$77  & \o__valid$228 ;
+  assign \w_en$222  = | { \$78 , \$76  };
+  assign \$79  = sink_from_softmax | a_from_softmax;
+  assign \$80  = \$79  ? { 8'h00, \o__payload$219 [7:0] } : 16'h0000;
+  assign \$81  = sink_from_layernorm | a_from_layernorm;
+  assign \$82  = \$81  ? { \o__payload$221 [7], \o__payload$221 [7], \o__payload$221 [7], \o__payload$221 [7], \o__payload$221 [7], \o__payload$221 [7], \o__payload$221 [7], \o__payload$221 [7], \o__payload$221  } : 16'h0000;
+  assign \w_data$229  = \$80  | \$82 ;
+  assign \$83  = sink_from_softmax | a_from_softmax;
+  assign \o__ready$230  = \$83  & \w_rdy$231 ;
+  assign \$84  = sink_from_layernorm | a_from_layernorm;
+  assign \o__ready$232  = \$84  & \w_rdy$231 ;
+  assign \$85  = is_softmax | is_layernorm;
+  assign \$86  = ~ ext_req_valid;
+  assign \$87  = \$86  | req__ready;
+  assign \$88  = valid & \$87 ;
+  assign \$91  = \$90  ? { beat__payload[7], beat__payload[7:0] } : { 1'h0, beat__payload[7:0] };
+  assign \$94  = \$93  ? { beat__payload[15], beat__payload[15:0] } : { 1'h0, beat__payload[15:0] };
+  assign \$97  = \$96  ? { beat__payload[31], beat__payload[31:0] } : { 1'h0, beat__payload[31:0] };
+  assign \$100  = \$99  ? { beat__payload[63], beat__payload[63:0] } : { 1'h0, beat__payload[63:0] };
+  assign \$101  = beat__valid & beat__payload[512];
+  assign \$102  = a__ready & \b__ready$256 ;
+  assign \$103  = sink_from_add & \$102 ;
+  assign \$104  = sink_from_gelu0 & i__ready;
+  assign \$105  = | { \$104 , \$103  };
+  assign \$106  = ~ \w_en$184 ;
+  assign \$107  = \$106  | \w_rdy$260 ;
+  assign \$108  = \$107  & elem_valid;
+  assign \$109  = ~ add_sel;
+  assign \$110  = \r_rdy$262  | \$109 ;
+  assign \$111  = \$108  & \$110 ;
+  assign \$112  = ~ \w_en$184 ;
+  assign \$113  = \$112  | \w_rdy$260 ;
+  assign \$114  = \$113  & elem_valid;
+  assign \$115  = ~ add_sel;
+  assign \$116  = \r_rdy$262  | \$115 ;
+  assign \$117  = \$114  & \$116 ;
+  assign \$118  = \$117  & add_sel;
+  assign \$119  = sink_from_add & \r_rdy$265 ;
+  assign \$120  = sink_from_add & \r_rdy$265 ;
+  assign \$121  = sink_from_gelu0 & \r_rdy$265 ;
+  assign \$123  = \r_rdy$268  & \valid$271 ;
+  assign \$124  = pack_jo == 2'h3;
+  assign \$125  = \$124  | \final ;
+  assign \$126  = q0_to_pack & r_rdy;
+  assign \$127  = res_to_pack & gemm_res_valid;
+  assign elem_valid = \$126  | \$127 ;
+  assign \$128  = ~ is_linear;
+  assign \$129  = \$128  | rk_zero;
+  assign \$130  = \$129  & beat__valid;
+  assign \$131  = ~ is_linear;
+  assign \$132  = \$131  | rk_zero;
+  assign \$133  = ~ \$132 ;
+  assign \$134  = beat__valid & \$133 ;
+  assign \$135  = pre_ln | pre_sm;
+  assign a_in = \$135  ? \r_data$250  : \r_data$239 [15:0];
+  assign \$136  = a_from_softmax | a_from_layernorm;
+  assign \$137  = \$136  & \r_rdy$249 ;
+  assign \$138  = a_from_src0 & r_rdy;
+  assign a_in_valid = \$137  | \$138 ;
+  assign \$141  = \$140  ? { a_in[1], a_in[1:0] } : { 1'h0, a_in[1:0] };
+  assign \$144  = \$143  ? { a_in[2], a_in[2:0] } : { 1'h0, a_in[2:0] };
+  assign \$147  = \$146  ? { a_in[3], a_in[3:0] } : { 1'h0, a_in[3:0] };
+  assign \$150  = \$149  ? { a_in[4], a_in[4:0] } : { 1'h0, a_in[4:0] };
+  assign \$153  = \$152  ? { a_in[5], a_in[5:0] } : { 1'h0, a_in[5:0] };
+  assign \$156  = \$155  ? { a_in[6], a_in[6:0] } : { 1'h0, a_in[6:0] };
+  assign \$159  = \$158  ? { a_in[7], a_in[7:0] } : { 1'h0, a_in[7:0] };
+  assign \$161  = ~ \$160 ;
+  assign \$162  = a_in_valid & \$161 ;
+  assign \$163  = \$signal$299  * 9'h100;
+  assign \$164  = \$163  + lk;
+  assign \$166  = ~ \$165 ;
+  assign \$167  = a_in_valid & \$166 ;
+  assign \$168  = | \$signal$306 ;
+  assign \$169  = ~ \$168 ;
+  assign \$170  = \$167  & \$169 ;
+  assign \$171  = \$signal$299  * 9'h100;
+  assign \$172  = \$171  + lk;
+  assign \$174  = ~ \$173 ;
+  assign \$175  = a_in_valid & \$174 ;
+  assign \$176  = \$signal$306  == 1'h1;
+  assign \$177  = \$175  & \$176 ;
+  assign \$178  = \$signal$299  * 9'h100;
+  assign \$179  = \$178  + lk;
+  assign \$181  = ~ \$180 ;
+  assign \$182  = a_in_valid & \$181 ;
+  assign \$183  = \$signal$306  == 2'h2;
+  assign \$184  = \$182  & \$183 ;
+  assign \$185  = \$signal$299  * 9'h100;
+  assign \$186  = \$185  + lk;
+  assign \$188  = ~ \$187 ;
+  assign \$189  = a_in_valid & \$188 ;
+  assign \$190  = \$signal$306  == 2'h3;
+  assign \$191  = \$189  & \$190 ;
+  assign \$192  = \$signal$299  * 9'h100;
+  assign \$193  = \$192  + lk;
+  assign \$195  = ~ \$194 ;
+  assign \$196  = a_in_valid & \$195 ;
+  assign \$197  = \$signal$306  == 3'h4;
+  assign \$198  = \$196  & \$197 ;
+  assign \$199  = \$signal$299  * 9'h100;
+  assign \$200  = \$199  + lk;
+  assign \$202  = ~ \$201 ;
+  assign \$203  = a_in_valid & \$202 ;
+  assign \$204  = \$signal$306  == 3'h5;
+  assign \$205  = \$203  & \$204 ;
+  assign \$206  = \$signal$299  * 9'h100;
+  assign \$207  = \$206  + lk;
+  assign \$209  = ~ \$208 ;
+  assign \$210  = a_in_valid & \$209 ;
+  assign \$211  = \$signal$306  == 3'h6;
+  assign \$212  = \$210  & \$211 ;
+  assign \$213  = \$signal$299  * 9'h100;
+  assign \$214  = \$213  + lk;
+  assign \$216  = ~ \$215 ;
+  assign \$217  = a_in_valid & \$216 ;
+  assign \$218  = \$signal$306  == 3'h7;
+  assign \$219  = \$217  & \$218 ;
+  assign \$220  = \$signal$299  * 9'h100;
+  assign \$221  = \$220  + lk;
+  assign \$223  = ~ \$222 ;
+  assign \$224  = a_in_valid & \$223 ;
+  assign \$225  = \$signal$306  == 4'h8;
+  assign \$226  = \$224  & \$225 ;
+  assign \$228  = \$signal$299  == \$signal$332 ;
+  assign \$229  = lk > \$signal$333 ;
+  assign \$230  = \$228  & \$229 ;
+  assign \$231  = pre_ln | pre_sm;
+  assign \$232  = ~ \$231 ;
+  assign \$233  = \$230  & \$232 ;
+  assign \$234  = \$227  | \$233 ;
+  assign \$236  = is_linear | \$235 ;
+  assign \$237  = \$234  & \$236 ;
+  assign \$238  = \$237  & feed_queue_room;
+  assign \$239  = \$238  & a_blocks_left;
+  assign \$240  = ~ is_linear;
+  assign \$242  = ~ \$241 ;
+  assign \$243  = \r_rdy$262  & \$242 ;
+  assign \$244  = ~ is_linear;
+  assign \$245  = \$243  & \$244 ;
+  assign \$246  = w_load_half * 9'h100;
+  assign \$247  = \$246  + w_load_addr;
+  assign \$249  = ~ \$248 ;
+  assign \$250  = \r_rdy$262  & \$249 ;
+  assign \$251  = ~ is_linear;
+  assign \$252  = \$250  & \$251 ;
+  assign \$253  = | w_load_lane;
+  assign \$254  = ~ \$253 ;
+  assign \$255  = \$252  & \$254 ;
+  assign \$256  = w_load_half * 9'h100;
+  assign \$257  = \$256  + w_load_addr;
+  assign \$259  = ~ \$258 ;
+  assign \$260  = \r_rdy$262  & \$259 ;
+  assign \$261  = ~ is_linear;
   assign \$262  = \$260  & \$261 ;
-  assign \$263  = w_load_half * 9'h100;
-  assign \$264  = \$263  + w_load_addr;
-  assign \$266  = ~ \$265 ;
-  assign \$267  = \r_rdy$260  & \$266 ;
-  assign \$268  = ~ is_linear;
-  assign \$269  = \$267  & \$268 ;
-  assign \$270  = w_load_lane == 2'h2;
+  assign \$263  = w_load_lane == 1'h1;
+  assign \$264  = \$262  & \$263 ;
+  assign \$265  = w_load_half * 9'h100;
+  assign \$266  = \$265  + w_load_addr;
+  assign \$268  = ~ \$267 ;
+  assign \$269  = \r_rdy$262  & \$268 ;
+  assign \$270  = ~ is_linear;
   assign \$271  = \$269  & \$270 ;
-  assign \$272  = w_load_half * 9'h100;
-  assign \$273  = \$272  + w_load_addr;
-  assign \$275  = ~ \$274 ;
-  assign \$276  = \r_rdy$260  & \$275 ;
-  assign \$277  = ~ is_linear;
-  assign \$278  = \$276  & \$277 ;
-  assign \$279  = w_load_lane == 2'h3;
+  assign \$272  = w_load_lane == 2'h2;
+  assign \$273  = \$271  & \$272 ;
+  assign \$274  = w_load_half * 9'h100;
+  assign \$275  = \$274  + w_load_addr;
+  assign \$277  = ~ \$276 ;
+  assign \$278  = \r_rdy$262  & \$277 ;
+  assign \$279  = ~ is_linear;
   assign \$280  = \$278  & \$279 ;
-  assign \$281  = w_load_half * 9'h100;
-  assign \$282  = \$281  + w_load_addr;
-  assign \$284  = ~ \$283 ;
-  assign \$285  = \r_rdy$260  & \$284 ;
-  assign \$286  = ~ is_linear;
-  assign \$287  = \$285  & \$286 ;
-  assign \$288  = w_load_lane == 3'h4;
+  assign \$281  = w_load_lane == 2'h3;
+  assign \$282  = \$280  & \$281 ;
+  assign \$283  = w_load_half * 9'h100;
+  assign \$284  = \$283  + w_load_addr;
+  assign \$286  = ~ \$285 ;
+  assign \$287  = \r_rdy$262  & \$286 ;
+  assign \$288  = ~ is_linear;
   assign \$289  = \$287  & \$288 ;
-  assign \$290  = w_load_half * 9'h100;
-  assign \$291  = \$290  + w_load_addr;
-  assign \$293  = ~ \$292 ;
-  assign \$294  = \r_rdy$260  & \$293 ;
-  assign \$295  = ~ is_linear;
-  assign \$296  = \$294  & \$295 ;
-  assign \$297  = w_load_lane == 3'h5;
+  assign \$290  = w_load_lane == 3'h4;
+  assign \$291  = \$289  & \$290 ;
+  assign \$292  = w_load_half * 9'h100;
+  assign \$293  = \$292  + w_load_addr;
+  assign \$295  = ~ \$294 ;
+  assign \$296  = \r_rdy$262  & \$295 ;
+  assign \$297  = ~ is_linear;
   assign \$298  = \$296  & \$297 ;
-  assign \$299  = w_load_half * 9'h100;
-  assign \$300  = \$299  + w_load_addr;
-  assign \$302  = ~ \$301 ;
-  assign \$303  = \r_rdy$260  & \$302 ;
-  assign \$304  = ~ is_linear;
-  assign \$305  = \$303  & \$304 ;
-  assign \$306  = w_load_lane == 3'h6;
+  assign \$299  = w_load_lane == 3'h5;
+  assign \$300  = \$298  & \$299 ;
+  assign \$301  = w_load_half * 9'h100;
+  assign \$302  = \$301  + w_load_addr;
+  assign \$304  = ~ \$303 ;
+  assign \$305  = \r_rdy$262  & \$304 ;
+  assign \$306  = ~ is_linear;
   assign \$307  = \$305  & \$306 ;
-  assign \$308  = w_load_half * 9'h100;
-  assign \$309  = \$308  + w_load_addr;
-  assign \$311  = ~ \$310 ;
-  assign \$312  = \r_rdy$260  & \$311 ;
-  assign \$313  = ~ is_linear;
-  assign \$314  = \$312  & \$313 ;
-  assign \$315  = w_load_lane == 3'h7;
+  assign \$308  = w_load_lane == 3'h6;
+  assign \$309  = \$307  & \$308 ;
+  assign \$310  = w_load_half * 9'h100;
+  assign \$311  = \$310  + w_load_addr;
+  assign \$313  = ~ \$312 ;
+  assign \$314  = \r_rdy$262  & \$313 ;
+  assign \$315  = ~ is_linear;
   assign \$316  = \$314  & \$315 ;
-  assign \$317  = is_linear ? \r_rdy$427  : feed_valid;
-  assign \$318  = is_linear & w__ready;
-  assign \$319  = is_linear ? \r_data$433 [7:0] : feed_beat[89:82];
-  assign \$320  = is_linear ? \r_data$433 [15:8] : feed_beat[97:90];
-  assign \$321  = is_linear ? \r_data$433 [23:16] : feed_beat[105:98];
-  assign \$322  = is_linear ? \r_data$433 [31:24] : feed_beat[113:106];
-  assign \$323  = is_linear ? \r_data$433 [39:32] : feed_beat[121:114];
-  assign \$324  = is_linear ? \r_data$433 [47:40] : feed_beat[129:122];
-  assign \$325  = is_linear ? \r_data$433 [55:48] : feed_beat[137:130];
-  assign \$326  = is_linear ? \r_data$433 [63:56] : feed_beat[145:138];
-  assign \$327  = sink_from_gemm & dst_step;
-  assign \$328  = \$327  & last__4;
-  assign \$329  = res_to_pack & elem_take;
-  assign \$330  = post_col == 3'h7;
-  assign \$331  = \$329  & \$330 ;
-  assign \r_en$441  = \$328  | \$331 ;
-  assign \$332  = index__1 != dec_mt_last;
-  assign \$333  = index__3 < dec_rows_last;
-  assign \$334  = \$332  | \$333 ;
-  assign \$335  = index__2 * 4'h8;
-  assign \$336  = \$335  + index__4;
-  assign \$337  = \$336  < ins[71:56];
-  assign \$338  = \$334  & \$337 ;
-  assign \$339  = post_gelu | post_add;
-  assign \$340  = ~ \$339 ;
-  assign \$341  = gemm_active & \$340 ;
-  assign \$343  = post_gelu | post_add;
-  assign \$344  = gemm_active & \$343 ;
-  assign \$346  = ~ fetch_sent;
-  assign \$347  = in_fetch & \$346 ;
-  assign \$348  = | c_ask;
-  assign \$349  = in_const & \$348 ;
-  assign \$350  = sink_from_load & ext_req_valid;
-  assign \$352  = gemm_active & \$signal$461 ;
-  assign \req__valid$454  = | { \$352 , \$351 , \$350 , \$349 , \$347  };
-  assign \$353  = in_fetch ? pc : 32'd0;
-  assign \$354  = in_const ? c_addr : 32'd0;
-  assign \$355  = \$353  | \$354 ;
-  assign \$356  = sink_from_load ? ext_req_addr : 32'd0;
+  assign \$317  = w_load_lane == 3'h7;
+  assign \$318  = \$316  & \$317 ;
+  assign \$319  = is_linear ? \r_rdy$429  : feed_valid;
+  assign \$320  = is_linear & w__ready;
+  assign \$321  = is_linear ? \r_data$435 [7:0] : feed_beat[89:82];
+  assign \$322  = is_linear ? \r_data$435 [15:8] : feed_beat[97:90];
+  assign \$323  = is_linear ? \r_data$435 [23:16] : feed_beat[105:98];
+  assign \$324  = is_linear ? \r_data$435 [31:24] : feed_beat[113:106];
+  assign \$325  = is_linear ? \r_data$435 [39:32] : feed_beat[121:114];
+  assign \$326  = is_linear ? \r_data$435 [47:40] : feed_beat[129:122];
+  assign \$327  = is_linear ? \r_data$435 [55:48] : feed_beat[137:130];
+  assign \$328  = is_linear ? \r_data$435 [63:56] : feed_beat[145:138];
+  assign \$329  = sink_from_gemm & dst_step;
+  assign \$330  = \$329  & last__4;
+  assign \$331  = res_to_pack & elem_take;
+  assign \$332  = post_col == 3'h7;
+  assign \$333  = \$331  & \$332 ;
+  assign \r_en$443  = \$330  | \$333 ;
+  assign \$334  = index__1 != dec_mt_last;
+  assign \$335  = index__3 < dec_rows_last;
+  assign \$336  = \$334  | \$335 ;
+  assign \$337  = index__2 * 4'h8;
+  assign \$338  = \$337  + index__4;
+  assign \$339  = \$338  < ins[71:56];
+  assign \$340  = \$336  & \$339 ;
+  assign \$341  = post_gelu | post_add;
+  assign \$342  = ~ \$341 ;
+  assign \$343  = gemm_active & \$342 ;
+  assign \$345  = post_gelu | post_add;
+  assign \$346  = gemm_active & \$345 ;
+  assign \$348  = ~ fetch_sent;
+  assign \$349  = in_fetch & \$348 ;
+  assign \$350  = | c_ask;
+  assign \$351  = in_const & \$350 ;
+  assign \$352  = sink_from_load & ext_req_valid;
+  assign \$354  = gemm_active & \$signal$463 ;
+  assign \req__valid$456  = | { \$354 , \$353 , \$352 , \$351 , \$349  };
+  assign \$355  = in_fetch ? pc : 32'd0;
+  assign \$356  = in_const ? c_addr : 32'd0;
   assign \$357  = \$355  | \$356 ;
-  assign \$360  = want_w ? w_addr : p_addr;
-  assign \$361  = gemm_active ? \$360  : 32'd0;
-  assign \$362  = \$359  | \$361 ;
-  assign \$363  = in_fetch ? 3'h6 : 3'h0;
-  assign \$364  = in_const ? dec_c_lb : 3'h0;
-  assign \$365  = \$363  | \$364 ;
-  assign \$366  = sink_from_load ? ins[23:22] : 2'h0;
-  assign \$367  = \$365  | { 1'h0, \$366  };
-  assign \$370  = want_w ? w_lb : 3'h6;
-  assign \$371  = gemm_active ? \$370  : 3'h0;
-  assign \$372  = \$369  | \$371 ;
-  assign \$374  = ~ c_full;
-  assign \$375  = in_const & \$374 ;
-  assign \$376  = sink_from_load & \valid$269 ;
-  assign \$378  = ~ is_linear;
-  assign \$379  = \$378  | rk_zero;
-  assign \$380  = \$379  ? p__ready : \w_rdy$470 ;
-  assign \$381  = gemm_active & \$380 ;
-  assign beat__ready = | { \$381 , \$377 , \$376 , \$375 , \$373  };
-  assign \$382  = sink_from_move & r_rdy;
-  assign \$383  = sink_from_load & beat__valid;
-  assign \$384  = ~ ext_req_valid;
-  assign \$385  = \$384  | \req__ready$474 ;
-  assign \$386  = r_rdy & \$385 ;
-  assign \$387  = sink_from_store & \$386 ;
-  assign \$388  = sink_from_softmax & \r_rdy$247 ;
-  assign \$389  = sink_from_layernorm & \r_rdy$247 ;
-  assign \$390  = sink_from_add & \r_rdy$266 ;
-  assign \$391  = sink_from_gelu0 & \r_rdy$266 ;
-  assign \$392  = sink_from_gemm & gemm_res_valid;
-  assign \$393  = | { \$392 , \$391 , \$390 , \$389 , \$388 , \$387 , \$383 , \$382  };
-  assign dst_step = \valid$269  & \$393 ;
-  assign \$394  = ~ sink_from_store;
-  assign \$395  = dst_step & \$394 ;
-  assign wr_en = \$395  & dst_keep;
-  assign \$396  = sink_from_softmax | a_from_softmax;
-  assign \i__valid$479  = \$396  & r_rdy;
-  assign \$397  = sink_from_layernorm | a_from_layernorm;
-  assign \i__valid$480  = \$397  & r_rdy;
-  assign \$398  = sink_from_softmax | sink_from_layernorm;
-  assign \$399  = \$398  & \valid$269 ;
-  assign \$400  = a_from_softmax | a_from_layernorm;
-  assign \$401  = \$400  & a_in_take;
-  assign \r_en$481  = \$399  | \$401 ;
-  assign \$402  = sink_from_move & \valid$269 ;
-  assign \$403  = sink_from_store & \valid$269 ;
-  assign \$404  = ~ ext_req_valid;
-  assign \$405  = \$404  | \req__ready$474 ;
-  assign \$406  = \$403  & \$405 ;
-  assign \$407  = sink_from_softmax | a_from_softmax;
-  assign \$408  = \$407  & \i__ready$483 ;
-  assign \$409  = sink_from_layernorm | a_from_layernorm;
-  assign \$410  = \$409  & \i__ready$484 ;
-  assign \$411  = q0_to_pack & elem_take;
-  assign \$412  = a_from_src0 & a_in_take;
-  assign \$413  = | { \$412 , \$411 , \$410 , \$408 , \$406 , \$402  };
-  assign \r_en$482  = r_rdy & \$413 ;
-  assign \$414  = in_stream & err;
-  assign \$415  = ~ busy;
-  assign clear = start & \$415 ;
-  assign \$416  = rst | unit_rst;
-  assign \$417  = rst | unit_rst;
+  assign \$358  = sink_from_load ? ext_req_addr : 32'd0;
+  assign \$359  = \$357  | \$358 ;
+  assign \$362  = want_w ? w_addr : p_addr;
+  assign \$363  = gemm_active ? \$362  : 32'd0;
+  assign \$364  = \$361  | \$363 ;
+  assign \$365  = in_fetch ? 3'h6 : 3'h0;
+  assign \$366  = in_const ? dec_c_lb : 3'h0;
+  assign \$367  = \$365  | \$366 ;
+  assign \$368  = sink_from_load ? ins[23:22] : 2'h0;
+  assign \$369  = \$367  | { 1'h0, \$368  };
+  assign \$372  = want_w ? w_lb : 3'h6;
+  assign \$373  = gemm_active ? \$372  : 3'h0;
+  assign \$374  = \$371  | \$373 ;
+  assign \$376  = ~ c_full;
+  assign \$377  = in_const & \$376 ;
+  assign \$378  = sink_from_load & \valid$271 ;
+  assign \$380  = ~ is_linear;
+  assign \$381  = \$380  | rk_zero;
+  assign \$382  = \$381  ? p__ready : \w_rdy$472 ;
+  assign \$383  = gemm_active & \$382 ;
+  assign beat__ready = | { \$383 , \$379 , \$378 , \$377 , \$375  };
+  assign \$384  = sink_from_move & r_rdy;
+  assign \$385  = sink_from_load & beat__valid;
+  assign \$386  = ~ ext_req_valid;
+  assign \$387  = \$386  | \req__ready$476 ;
+  assign \$388  = r_rdy & \$387 ;
+  assign \$389  = sink_from_store & \$388 ;
+  assign \$390  = sink_from_softmax & \r_rdy$249 ;
+  assign \$391  = sink_from_layernorm & \r_rdy$249 ;
+  assign \$392  = sink_from_add & \r_rdy$268 ;
+  assign \$393  = sink_from_gelu0 & \r_rdy$268 ;
+  assign \$394  = sink_from_gemm & gemm_res_valid;
+  assign \$395  = | { \$394 , \$393 , \$392 , \$391 , \$390 , \$389 , \$385 , \$384  };
+  assign dst_step = \valid$271  & \$395 ;
+  assign \$396  = ~ sink_from_store;
+  assign \$397  = dst_step & \$396 ;
+  assign wr_en = \$397  & dst_keep;
+  assign \$398  = sink_from_softmax | a_from_softmax;
+  assign \i__valid$481  = \$398  & r_rdy;
+  assign \$399  = sink_from_layernorm | a_from_layernorm;
+  assign \i__valid$482  = \$399  & r_rdy;
+  assign \$400  = sink_from_softmax | sink_from_layernorm;
+  assign \$401  = \$400  & \valid$271 ;
+  assign \$402  = a_from_softmax | a_from_layernorm;
+  assign \$403  = \$402  & a_in_take;
+  assign \r_en$483  = \$401  | \$403 ;
+  assign \$404  = sink_from_move & \valid$271 ;
+  assign \$405  = sink_from_store & \valid$271 ;
+  assign \$406  = ~ ext_req_valid;
+  assign \$407  = \$406  | \req__ready$476 ;
+  assign \$408  = \$405  & \$407 ;
+  assign \$409  = sink_from_softmax | a_from_softmax;
+  assign \$410  = \$409  & \i__ready$485 ;
+  assign \$411  = sink_from_layernorm | a_from_layernorm;
+  assign \$412  = \$411  & \i__ready$486 ;
+  assign \$413  = q0_to_pack & elem_take;
+  assign \$414  = a_from_src0 & a_in_take;
+  assign \$415  = | { \$414 , \$413 , \$412 , \$410 , \$408 , \$404  };
+  assign \r_en$484  = r_rdy & \$415 ;
+  assign \$416  = in_stream & err;
+  assign \$417  = ~ busy;
+  assign clear = start & \$417 ;
   assign \$418  = rst | unit_rst;
   assign \$419  = rst | unit_rst;
   assign \$420  = rst | unit_rst;
-  assign \$421  = ins[5:0] == 1'h1;
-  assign \$422  = ins[5:0] == 2'h2;
-  assign \$423  = ins[5:0] == 2'h3;
-  assign \$424  = ins[5:0] == 3'h4;
-  assign \$425  = ins[5:0] == 3'h5;
-  assign \$426  = ins[5:0] == 3'h6;
-  assign \$427  = ins[5:0] == 3'h7;
-  assign \$428  = ins[5:0] == 4'h8;
-  assign \$429  = ins[5:0] == 4'h9;
-  assign \$430  = ins[5:0] == 4'ha;
-  assign \$431  = ins[5:0] == 4'hb;
-  assign \$432  = ins[5:0] == 4'hc;
-  assign \$433  = ins[5:0] == 4'hd;
-  assign \$434  = ins[5:0] == 4'he;
-  assign \$435  = ins[5:0] == 4'hf;
-  assign \$436  = 1'h1 << ins[3:0];
-  assign \$437  = ins[5:0] == 3'h4;
-  assign \$438  = ins[5:0] == 3'h5;
-  assign \$439  = \$437  | \$438 ;
-  assign \$440  = ins[5:0] == 3'h4;
-  assign \$441  = ins[511:510] == 1'h1;
-  assign \$442  = \$440  & \$441 ;
-  assign \$443  = ins[5:0] == 3'h4;
-  assign \$444  = ins[511:510] == 2'h2;
-  assign \$445  = \$443  & \$444 ;
-  assign \$446  = ins[5:0] == 3'h4;
-  assign \$447  = ins[511:510] == 2'h3;
-  assign \$448  = \$446  & \$447 ;
-  assign \$449  = ins[5:0] == 3'h5;
-  assign \$450  = ins[511:510] == 2'h3;
-  assign \$451  = \$449  & \$450 ;
-  assign \$452  = ~ unit_rst;
-  assign \$453  = src0_issue & \$452 ;
-  assign \$454  = last__3 & \last__4$503 ;
-  assign \$455  = ~ unit_rst;
-  assign \$456  = src1_issue & \$455 ;
-  assign \$457  = \last__3$508  & \last__4$506 ;
-  assign \$458  = ins[5:0] == 4'ha;
-  assign \$459  = ins[5:0] == 4'hb;
-  assign \$460  = ins[5:0] == 4'hc;
-  assign \$461  = ins[5:0] == 4'hd;
-  assign \$462  = ins[5:0] == 4'he;
-  assign \$463  = ins[5:0] == 4'hf;
-  assign \$464  = | { \$463 , \$462 , \$461 , \$460 , \$459 , \$458  };
-  assign \$465  = | ins[7:6];
-  assign \$466  = ~ \$465 ;
-  assign \$467  = ins[5:0] == 3'h7;
-  assign \$468  = ins[5:0] == 3'h4;
-  assign \$469  = ins[511:510] == 1'h1;
-  assign \$470  = \$468  & \$469 ;
-  assign \$471  = \$467  | \$470 ;
-  assign \$472  = \$466  & \$471 ;
-  assign \$473  = ins[5:0] == 4'h9;
+  assign \$421  = rst | unit_rst;
+  assign \$422  = rst | unit_rst;
+  assign \$423  = ins[5:0] == 1'h1;
+  assign \$424  = ins[5:0] == 2'h2;
+  assign \$425  = ins[5:0] == 2'h3;
+  assign \$426  = ins[5:0] == 3'h4;
+  assign \$427  = ins[5:0] == 3'h5;
+  assign \$428  = ins[5:0] == 3'h6;
+  assign \$429  = ins[5:0] == 3'h7;
+  assign \$430  = ins[5:0] == 4'h8;
+  assign \$431  = ins[5:0] == 4'h9;
+  assign \$432  = ins[5:0] == 4'ha;
+  assign \$433  = ins[5:0] == 4'hb;
+  assign \$434  = ins[5:0] == 4'hc;
+  assign \$435  = ins[5:0] == 4'hd;
+  assign \$436  = ins[5:0] == 4'he;
+  assign \$437  = ins[5:0] == 4'hf;
+  assign \$438  = 1'h1 << ins[3:0];
+  assign \$439  = ins[5:0] == 3'h4;
+  assign \$440  = ins[5:0] == 3'h5;
+  assign \$441  = \$439  | \$440 ;
+  assign \$442  = ins[5:0] == 3'h4;
+  assign \$443  = ins[511:510] == 1'h1;
+  assign \$444  = \$442  & \$443 ;
+  assign \$445  = ins[5:0] == 3'h4;
+  assign \$446  = ins[511:510] == 2'h2;
+  assign \$447  = \$445  & \$446 ;
+  assign \$448  = ins[5:0] == 3'h4;
+  assign \$449  = ins[511:510] == 2'h3;
+  assign \$450  = \$448  & \$449 ;
+  assign \$451  = ins[5:0] == 3'h5;
+  assign \$452  = ins[511:510] == 2'h3;
+  assign \$453  = \$451  & \$452 ;
+  assign \$454  = ~ unit_rst;
+  assign \$455  = src0_issue & \$454 ;
+  assign \$456  = ~ unit_rst;
+  assign \$457  = src0_inflight & \$456 ;
+  assign \$458  = last__3 & \last__4$507 ;
+  assign \$459  = ~ unit_rst;
+  assign \$460  = src1_issue & \$459 ;
+  assign \$461  = ~ unit_rst;
+  assign \$462  = src1_inflight & \$461 ;
+  assign \$463  = \last__3$514  & \last__4$512 ;
+  assign \$464  = ins[5:0] == 4'ha;
+  assign \$465  = ins[5:0] == 4'hb;
+  assign \$466  = ins[5:0] == 4'hc;
+  assign \$467  = ins[5:0] == 4'hd;
+  assign \$468  = ins[5:0] == 4'he;
+  assign \$469  = ins[5:0] == 4'hf;
+  assign \$470  = | { \$469 , \$468 , \$467 , \$466 , \$465 , \$464  };
+  assign \$471  = | ins[7:6];
+  assign \$472  = ~ \$471 ;
+  assign \$473  = ins[5:0] == 3'h7;
   assign \$474  = ins[5:0] == 3'h4;
-  assign \$475  = ins[511:510] == 2'h2;
+  assign \$475  = ins[511:510] == 1'h1;
   assign \$476  = \$474  & \$475 ;
   assign \$477  = \$473  | \$476 ;
-  assign \$478  = ins[55:40] + 4'h8;
-  assign \$479  = ins[71:56] + 3'h7;
-  assign \$480  = dec_n1p * 16'he38f;
-  assign \$483  = ins[87:72] - 1'h1;
-  assign \$484  = dec_mt - 1'h1;
-  assign \$485  = dec_nt - 1'h1;
-  assign \$486  = ins[39:24] * dec_mt;
-  assign \$488  = \$487  + 6'h3f;
-  assign \$490  = ins[497:466] + \$489 ;
-  assign \$491  = is_gemm ? \$490  : { 1'h0, ins[465:434] };
-  assign \$492  = dec_blocks * dec_nt;
-  assign \$495  = \$493  + \$494 ;
-  assign \$496  = ins[55:40] - \$495 ;
-  assign \$499  = \$498  ? offset : 32'd0;
-  assign \$500  = ins[465:434] + \$499 ;
-  assign \$501  = in_stream & \valid$269 ;
-  assign \$502  = $signed(\addr$113 ) < $signed(1'h0);
-  assign \$503  = $signed(\addr$113 ) >= $signed(16'h4000);
-  assign \$504  = \$502  | \$503 ;
-  assign \$505  = \$501  & \$504 ;
-  assign \$506  = in_stream & valid;
-  assign \$507  = $signed(addr) < $signed(1'h0);
-  assign \$508  = $signed(addr) >= $signed(16'h4000);
-  assign \$509  = \$507  | \$508 ;
-  assign \$510  = \$506  & \$509 ;
-  assign \$511  = in_stream & \valid$101 ;
-  assign \$512  = $signed(\addr$105 ) < $signed(1'h0);
-  assign \$513  = $signed(\addr$105 ) >= $signed(16'h4000);
-  assign \$514  = \$512  | \$513 ;
-  assign \$515  = \$511  & \$514 ;
-  assign \$516  = cycles + 1'h1;
-  assign \$517  = in_op & op_onehot[0];
-  assign \$518  = op_cycles__0 + 1'h1;
-  assign \$519  = in_op & op_onehot[1];
-  assign \$520  = op_cycles__1 + 1'h1;
-  assign \$521  = in_op & op_onehot[2];
-  assign \$522  = op_cycles__2 + 1'h1;
-  assign \$523  = in_op & op_onehot[3];
-  assign \$524  = op_cycles__3 + 1'h1;
-  assign \$525  = in_op & op_onehot[4];
-  assign \$526  = op_cycles__4 + 1'h1;
-  assign \$527  = in_op & op_onehot[5];
-  assign \$528  = op_cycles__5 + 1'h1;
-  assign \$529  = in_op & op_onehot[6];
-  assign \$530  = op_cycles__6 + 1'h1;
-  assign \$531  = in_op & op_onehot[7];
-  assign \$532  = op_cycles__7 + 1'h1;
-  assign \$533  = in_op & op_onehot[8];
-  assign \$534  = op_cycles__8 + 1'h1;
-  assign \$535  = in_op & op_onehot[9];
-  assign \$536  = op_cycles__9 + 1'h1;
-  assign \$537  = in_op & op_onehot[10];
-  assign \$538  = op_cycles__10 + 1'h1;
-  assign \$539  = in_op & op_onehot[11];
-  assign \$540  = op_cycles__11 + 1'h1;
-  assign \$541  = in_op & op_onehot[12];
-  assign \$542  = op_cycles__12 + 1'h1;
-  assign \$543  = in_op & op_onehot[13];
-  assign \$544  = op_cycles__13 + 1'h1;
-  assign \$545  = in_op & op_onehot[14];
-  assign \$546  = op_cycles__14 + 1'h1;
-  assign \$547  = in_op & op_onehot[15];
-  assign \$548  = op_cycles__15 + 1'h1;
-  assign \$549  = images_left > 1'h1;
-  assign \$550  = is_end & \$549 ;
-  assign \$551  = | ins[39:24];
-  assign \$552  = ~ \$551 ;
-  assign \$553  = | ins[55:40];
-  assign \$554  = ~ \$553 ;
-  assign \$555  = | ins[71:56];
-  assign \$556  = ~ \$555 ;
-  assign \$557  = | ins[87:72];
+  assign \$478  = \$472  & \$477 ;
+  assign \$479  = ins[5:0] == 4'h9;
+  assign \$480  = ins[5:0] == 3'h4;
+  assign \$481  = ins[511:510] == 2'h2;
+  assign \$482  = \$480  & \$481 ;
+  assign \$483  = \$479  | \$482 ;
+  assign \$484  = ins[55:40] + 4'h8;
+  assign \$485  = ins[71:56] + 3'h7;
+  assign \$486  = dec_n1p * 16'he38f;
+  assign \$489  = ins[87:72] - 1'h1;
+  assign \$490  = dec_mt - 1'h1;
+  assign \$491  = dec_nt - 1'h1;
+  assign \$492  = ins[39:24] * dec_mt;
+  assign \$494  = \$493  + 6'h3f;
+  assign \$496  = ins[497:466] + \$495 ;
+  assign \$497  = is_gemm ? \$496  : { 1'h0, ins[465:434] };
+  assign \$498  = dec_blocks * dec_nt;
+  assign \$501  = \$499  + \$500 ;
+  assign \$502  = ins[55:40] - \$501 ;
+  assign \$505  = \$504  ? offset : 32'd0;
+  assign \$506  = ins[465:434] + \$505 ;
+  assign \$507  = in_stream & \valid$271 ;
+  assign \$508  = $signed(\addr$115 ) < $signed(1'h0);
+  assign \$509  = $signed(\addr$115 ) >= $signed(16'h4000);
+  assign \$510  = \$508  | \$509 ;
+  assign \$511  = \$507  & \$510 ;
+  assign \$512  = in_stream & valid;
+  assign \$513  = $signed(addr) < $signed(1'h0);
+  assign \$514  = $signed(addr) >= $signed(16'h4000);
+  assign \$515  = \$513  | \$514 ;
+  assign \$516  = \$512  & \$515 ;
+  assign \$517  = in_stream & \valid$102 ;
+  assign \$518  = $signed(\addr$107 ) < $signed(1'h0);
+  assign \$519  = $signed(\addr$107 ) >= $signed(16'h4000);
+  assign \$520  = \$518  | \$519 ;
+  assign \$521  = \$517  & \$520 ;
+  assign \$522  = cycles + 1'h1;
+  assign \$523  = in_op & op_onehot[0];
+  assign \$524  = op_cycles__0 + 1'h1;
+  assign \$525  = in_op & op_onehot[1];
+  assign \$526  = op_cycles__1 + 1'h1;
+  assign \$527  = in_op & op_onehot[2];
+  assign \$528  = op_cycles__2 + 1'h1;
+  assign \$529  = in_op & op_onehot[3];
+  assign \$530  = op_cycles__3 + 1'h1;
+  assign \$531  = in_op & op_onehot[4];
+  assign \$532  = op_cycles__4 + 1'h1;
+  assign \$533  = in_op & op_onehot[5];
+  assign \$534  = op_cycles__5 + 1'h1;
+  assign \$535  = in_op & op_onehot[6];
+  assign \$536  = op_cycles__6 + 1'h1;
+  assign \$537  = in_op & op_onehot[7];
+  assign \$538  = op_cycles__7 + 1'h1;
+  assign \$539  = in_op & op_onehot[8];
+  assign \$540  = op_cycles__8 + 1'h1;
+  assign \$541  = in_op & op_onehot[9];
+  assign \$542  = op_cycles__9 + 1'h1;
+  assign \$543  = in_op & op_onehot[10];
+  assign \$544  = op_cycles__10 + 1'h1;
+  assign \$545  = in_op & op_onehot[11];
+  assign \$546  = op_cycles__11 + 1'h1;
+  assign \$547  = in_op & op_onehot[12];
+  assign \$548  = op_cycles__12 + 1'h1;
+  assign \$549  = in_op & op_onehot[13];
+  assign \$550  = op_cycles__13 + 1'h1;
+  assign \$551  = in_op & op_onehot[14];
+  assign \$552  = op_cycles__14 + 1'h1;
+  assign \$553  = in_op & op_onehot[15];
+  assign \$554  = op_cycles__15 + 1'h1;
+  assign \$555  = images_left > 1'h1;
+  assign \$556  = is_end & \$555 ;
+  assign \$557  = | ins[39:24];
   assign \$558  = ~ \$557 ;
-  assign \$559  = | ins[103:88];
+  assign \$559  = | ins[55:40];
   assign \$560  = ~ \$559 ;
-  assign \$561  = | { \$560 , \$558 , \$556 , \$554 , \$552  };
-  assign \$562  = ~ post_bad;
-  assign \$563  = \$562  & unit_known;
-  assign \$564  = post_gelu | post_add;
-  assign \$565  = \$564  | pre_ln;
-  assign \$566  = \$565  | pre_sm;
-  assign \$567  = is_move | is_load;
-  assign \$568  = \$567  | is_store;
-  assign \$569  = \$568  | is_gemm;
-  assign \$570  = ~ \$569 ;
-  assign \$571  = \$566  | \$570 ;
-  assign \$572  = \$563  & \$571 ;
-  assign \$573  = ~ post_bad;
-  assign \$574  = post_gelu | post_add;
-  assign \$575  = \$574  | pre_ln;
-  assign \$576  = \$575  | pre_sm;
-  assign \$577  = ~ \$576 ;
-  assign \$578  = \$573  & \$577 ;
-  assign \$579  = is_move | is_load;
-  assign \$580  = \$579  | is_store;
-  assign \$581  = \$580  | is_gemm;
-  assign \$582  = \$578  & \$581 ;
-  assign \$583  = ~ busy;
-  assign \$584  = \$583  & start;
-  assign \$585  = | images;
-  assign \$586  = \$585  ? images : 16'h0001;
-  assign \$587  = | decode_wait;
-  assign \$588  = ~ \$587 ;
-  assign \$589  = in_decode & \$588 ;
-  assign \$590  = \$589  & d_end_more;
-  assign \$591  = images_left - 1'h1;
-  assign \$592  = offset + \$signal$532 ;
-  assign \$593  = in_stream & op_done;
-  assign \$594  = | fault_q;
-  assign \$595  = ~ \$594 ;
-  assign \$596  = \$593  & \$595 ;
-  assign \$597  = ~ addr_fault;
-  assign \$598  = \$596  & \$597 ;
-  assign \$599  = pc + 7'h40;
-  assign \$600  = ~ fetch_sent;
-  assign \$601  = req__ready & \$600 ;
-  assign \$602  = 1'h1 << dec_c_lb;
-  assign \$603  = ins[509:498] == 1'h1;
-  assign \$604  = | decode_wait;
-  assign \$605  = decode_wait - 1'h1;
-  assign \$606  = decode_wait == 1'h1;
-  assign \$607  = is_softmax | pre_sm;
-  assign \$608  = is_layernorm | pre_ln;
-  assign \$609  = is_gelu | is_add;
-  assign \$610  = \$609  | post_gelu;
-  assign \$611  = \$610  | post_add;
-  assign \$612  = is_gelu | is_add;
-  assign \$613  = \$612  | post_gelu;
-  assign \$614  = \$613  | post_add;
-  assign \$615  = \$614  & add_sel;
-  assign \$616  = is_gelu | is_add;
-  assign \$617  = \$616  | post_gelu;
-  assign \$618  = \$617  | post_add;
-  assign \$619  = \$618  & gelu_sel0;
-  assign \$620  = ~ post_gelu;
-  assign \$621  = is_gemm & \$620 ;
-  assign \$622  = ~ post_add;
-  assign \$623  = \$621  & \$622 ;
-  assign \$624  = is_gemm & pre_sm;
-  assign \$625  = is_gemm & pre_ln;
-  assign \$626  = ~ pre_sm;
+  assign \$561  = | ins[71:56];
+  assign \$562  = ~ \$561 ;
+  assign \$563  = | ins[87:72];
+  assign \$564  = ~ \$563 ;
+  assign \$565  = | ins[103:88];
+  assign \$566  = ~ \$565 ;
+  assign \$567  = | { \$566 , \$564 , \$562 , \$560 , \$558  };
+  assign \$568  = ~ post_bad;
+  assign \$569  = \$568  & unit_known;
+  assign \$570  = post_gelu | post_add;
+  assign \$571  = \$570  | pre_ln;
+  assign \$572  = \$571  | pre_sm;
+  assign \$573  = is_move | is_load;
+  assign \$574  = \$573  | is_store;
+  assign \$575  = \$574  | is_gemm;
+  assign \$576  = ~ \$575 ;
+  assign \$577  = \$572  | \$576 ;
+  assign \$578  = \$569  & \$577 ;
+  assign \$579  = ~ post_bad;
+  assign \$580  = post_gelu | post_add;
+  assign \$581  = \$580  | pre_ln;
+  assign \$582  = \$581  | pre_sm;
+  assign \$583  = ~ \$582 ;
+  assign \$584  = \$579  & \$583 ;
+  assign \$585  = is_move | is_load;
+  assign \$586  = \$585  | is_store;
+  assign \$587  = \$586  | is_gemm;
+  assign \$588  = \$584  & \$587 ;
+  assign \$589  = ~ busy;
+  assign \$590  = \$589  & start;
+  assign \$591  = | images;
+  assign \$592  = \$591  ? images : 16'h0001;
+  assign \$593  = | decode_wait;
+  assign \$594  = ~ \$593 ;
+  assign \$595  = in_decode & \$594 ;
+  assign \$596  = \$595  & d_end_more;
+  assign \$597  = images_left - 1'h1;
+  assign \$598  = offset + \$signal$538 ;
+  assign \$599  = in_stream & op_done;
+  assign \$600  = | fault_q;
+  assign \$601  = ~ \$600 ;
+  assign \$602  = \$599  & \$601 ;
+  assign \$603  = ~ addr_fault;
+  assign \$604  = \$602  & \$603 ;
+  assign \$605  = pc + 7'h40;
+  assign \$606  = ~ fetch_sent;
+  assign \$607  = req__ready & \$606 ;
+  assign \$608  = 1'h1 << dec_c_lb;
+  assign \$609  = ins[509:498] == 1'h1;
+  assign \$610  = | decode_wait;
+  assign \$611  = decode_wait - 1'h1;
+  assign \$612  = decode_wait == 1'h1;
+  assign \$613  = is_softmax | pre_sm;
+  assign \$614  = is_layernorm | pre_ln;
+  assign \$615  = is_gelu | is_add;
+  assign \$616  = \$615  | post_gelu;
+  assign \$617  = \$616  | post_add;
+  assign \$618  = is_gelu | is_add;
+  assign \$619  = \$618  | post_gelu;
+  assign \$620  = \$619  | post_add;
+  assign \$621  = \$620  & add_sel;
+  assign \$622  = is_gelu | is_add;
+  assign \$623  = \$622  | post_gelu;
+  assign \$624  = \$623  | post_add;
+  assign \$625  = \$624  & gelu_sel0;
+  assign \$626  = ~ post_gelu;
   assign \$627  = is_gemm & \$626 ;
-  assign \$628  = ~ pre_ln;
+  assign \$628  = ~ post_add;
   assign \$629  = \$627  & \$628 ;
-  assign \$630  = ~ is_load;
-  assign \$631  = ~ is_linear;
-  assign \$632  = is_gemm & \$631 ;
-  assign \$633  = add_sel | \$632 ;
-  assign \$634  = is_gelu | is_add;
-  assign \$635  = post_gelu | post_add;
-  assign \$636  = is_gemm & \$635 ;
-  assign \$637  = | c_ask;
-  assign \$638  = \$637  & req__ready;
-  assign \$639  = c_ask - 1'h1;
-  assign \$640  = c_addr + c_step;
-  assign \$641  = ~ c_full;
-  assign \$642  = beat__valid & \$641 ;
-  assign \$643  = ~ beat__payload[512];
-  assign \$644  = ~ beat__payload[512];
-  assign \$645  = const_to0 & \$644 ;
-  assign \$646  = ~ beat__payload[512];
-  assign \$647  = const_to1 & \$646 ;
-  assign \$648  = ~ beat__payload[512];
-  assign \$649  = const_to2 & \$648 ;
+  assign \$630  = is_gemm & pre_sm;
+  assign \$631  = is_gemm & pre_ln;
+  assign \$632  = ~ pre_sm;
+  assign \$633  = is_gemm & \$632 ;
+  assign \$634  = ~ pre_ln;
+  assign \$635  = \$633  & \$634 ;
+  assign \$636  = ~ is_load;
+  assign \$637  = ~ is_linear;
+  assign \$638  = is_gemm & \$637 ;
+  assign \$639  = add_sel | \$638 ;
+  assign \$640  = is_gelu | is_add;
+  assign \$641  = post_gelu | post_add;
+  assign \$642  = is_gemm & \$641 ;
+  assign \$643  = | c_ask;
+  assign \$644  = \$643  & req__ready;
+  assign \$645  = c_ask - 1'h1;
+  assign \$646  = c_addr + c_step;
+  assign \$647  = ~ c_full;
+  assign \$648  = beat__valid & \$647 ;
+  assign \$649  = ~ beat__payload[512];
   assign \$650  = ~ beat__payload[512];
-  assign \$651  = const_to3 & \$650 ;
-  assign \$652  = c_due - 1'h1;
-  assign \$653  = c_due == 2'h2;
-  assign \$654  = is_gelu | is_add;
-  assign \$655  = \$654  | post_gelu;
-  assign \$656  = \$655  | post_add;
-  assign \$657  = is_gelu | is_add;
-  assign \$658  = \$657  | post_gelu;
-  assign \$659  = \$658  | post_add;
-  assign \$660  = \$659  & add_sel;
-  assign \$661  = is_gelu | is_add;
-  assign \$662  = \$661  | post_gelu;
-  assign \$663  = \$662  | post_add;
-  assign \$664  = \$663  & gelu_sel0;
-  assign \$665  = ~ post_gelu;
-  assign \$666  = is_gemm & \$665 ;
-  assign \$667  = ~ post_add;
-  assign \$668  = \$666  & \$667 ;
-  assign \$669  = is_gemm & pre_sm;
-  assign \$670  = is_gemm & pre_ln;
-  assign \$671  = ~ pre_sm;
+  assign \$651  = const_to0 & \$650 ;
+  assign \$652  = ~ beat__payload[512];
+  assign \$653  = const_to1 & \$652 ;
+  assign \$654  = ~ beat__payload[512];
+  assign \$655  = const_to2 & \$654 ;
+  assign \$656  = ~ beat__payload[512];
+  assign \$657  = const_to3 & \$656 ;
+  assign \$658  = c_due - 1'h1;
+  assign \$659  = c_due == 2'h2;
+  assign \$660  = is_gelu | is_add;
+  assign \$661  = \$660  | post_gelu;
+  assign \$662  = \$661  | post_add;
+  assign \$663  = is_gelu | is_add;
+  assign \$664  = \$663  | post_gelu;
+  assign \$665  = \$664  | post_add;
+  assign \$666  = \$665  & add_sel;
+  assign \$667  = is_gelu | is_add;
+  assign \$668  = \$667  | post_gelu;
+  assign \$669  = \$668  | post_add;
+  assign \$670  = \$669  & gelu_sel0;
+  assign \$671  = ~ post_gelu;
   assign \$672  = is_gemm & \$671 ;
-  assign \$673  = ~ pre_ln;
+  assign \$673  = ~ post_add;
   assign \$674  = \$672  & \$673 ;
-  assign \$675  = ~ is_load;
-  assign \$676  = ~ is_linear;
-  assign \$677  = is_gemm & \$676 ;
-  assign \$678  = add_sel | \$677 ;
-  assign \$679  = is_gelu | is_add;
-  assign \$680  = post_gelu | post_add;
-  assign \$681  = is_gemm & \$680 ;
-  assign \$682  = | ins[509:498];
-  assign \$683  = ~ \$682 ;
-  assign \$684  = is_gelu | is_add;
-  assign \$685  = \$684  | post_gelu;
-  assign \$686  = \$685  | post_add;
-  assign \$687  = is_gelu | is_add;
-  assign \$688  = \$687  | post_gelu;
-  assign \$689  = \$688  | post_add;
-  assign \$690  = \$689  & add_sel;
-  assign \$691  = is_gelu | is_add;
-  assign \$692  = \$691  | post_gelu;
-  assign \$693  = \$692  | post_add;
-  assign \$694  = \$693  & gelu_sel0;
-  assign \$695  = ~ post_gelu;
-  assign \$696  = is_gemm & \$695 ;
-  assign \$697  = ~ post_add;
-  assign \$698  = \$696  & \$697 ;
-  assign \$699  = is_gemm & pre_sm;
-  assign \$700  = is_gemm & pre_ln;
-  assign \$701  = ~ pre_sm;
+  assign \$675  = is_gemm & pre_sm;
+  assign \$676  = is_gemm & pre_ln;
+  assign \$677  = ~ pre_sm;
+  assign \$678  = is_gemm & \$677 ;
+  assign \$679  = ~ pre_ln;
+  assign \$680  = \$678  & \$679 ;
+  assign \$681  = ~ is_load;
+  assign \$682  = ~ is_linear;
+  assign \$683  = is_gemm & \$682 ;
+  assign \$684  = add_sel | \$683 ;
+  assign \$685  = is_gelu | is_add;
+  assign \$686  = post_gelu | post_add;
+  assign \$687  = is_gemm & \$686 ;
+  assign \$688  = | ins[509:498];
+  assign \$689  = ~ \$688 ;
+  assign \$690  = is_gelu | is_add;
+  assign \$691  = \$690  | post_gelu;
+  assign \$692  = \$691  | post_add;
+  assign \$693  = is_gelu | is_add;
+  assign \$694  = \$693  | post_gelu;
+  assign \$695  = \$694  | post_add;
+  assign \$696  = \$695  & add_sel;
+  assign \$697  = is_gelu | is_add;
+  assign \$698  = \$697  | post_gelu;
+  assign \$699  = \$698  | post_add;
+  assign \$700  = \$699  & gelu_sel0;
+  assign \$701  = ~ post_gelu;
   assign \$702  = is_gemm & \$701 ;
-  assign \$703  = ~ pre_ln;
+  assign \$703  = ~ post_add;
   assign \$704  = \$702  & \$703 ;
-  assign \$705  = ~ is_load;
-  assign \$706  = ~ is_linear;
-  assign \$707  = is_gemm & \$706 ;
-  assign \$708  = add_sel | \$707 ;
-  assign \$709  = is_gelu | is_add;
-  assign \$710  = post_gelu | post_add;
-  assign \$711  = is_gemm & \$710 ;
-  assign \$712  = | fault_q;
-  assign \$713  = ~ \$712 ;
-  assign \$714  = op_done & \$713 ;
-  assign \$715  = ~ addr_fault;
-  assign \$716  = \$714  & \$715 ;
-  assign \$717  = ~ is_load;
-  assign \$718  = src0_outside & \$717 ;
-  assign \$719  = ~ is_gemm;
-  assign \$720  = \$718  & \$719 ;
-  assign \$721  = src1_outside & is_add;
-  assign \$722  = \$720  | \$721 ;
-  assign \$723  = ~ is_store;
-  assign \$724  = dst_outside & \$723 ;
+  assign \$705  = is_gemm & pre_sm;
+  assign \$706  = is_gemm & pre_ln;
+  assign \$707  = ~ pre_sm;
+  assign \$708  = is_gemm & \$707 ;
+  assign \$709  = ~ pre_ln;
+  assign \$710  = \$708  & \$709 ;
+  assign \$711  = ~ is_load;
+  assign \$712  = ~ is_linear;
+  assign \$713  = is_gemm & \$712 ;
+  assign \$714  = add_sel | \$713 ;
+  assign \$715  = is_gelu | is_add;
+  assign \$716  = post_gelu | post_add;
+  assign \$717  = is_gemm & \$716 ;
+  assign \$718  = | fault_q;
+  assign \$719  = ~ \$718 ;
+  assign \$720  = op_done & \$719 ;
+  assign \$721  = ~ addr_fault;
+  assign \$722  = \$720  & \$721 ;
+  assign \$723  = ~ is_load;
+  assign \$724  = src0_outside & \$723 ;
   assign \$725  = ~ is_gemm;
   assign \$726  = \$724  & \$725 ;
-  assign \$727  = \$722  | \$726 ;
-  assign \$728  = | fault_q;
-  assign \$729  = idle & \idle$547 ;
-  assign \$730  = is_softmax | is_layernorm;
-  assign \$731  = ~ ext_req_valid;
-  assign \$732  = \$731  | req__ready;
-  assign \$733  = $signed(addr) << ins[23:22];
-  assign \$734  = $signed({ 1'h0, dec_ext_base }) + $signed(\$733 );
-  assign \$735  = ~ ext_req_valid;
-  assign \$736  = \$735  | \req__ready$474 ;
-  assign \$737  = $signed(\addr$113 ) << ins[23:22];
-  assign \$738  = $signed({ 1'h0, dec_ext_base }) + $signed(\$737 );
-  assign \$739  = \w_en$182  & \w_rdy$258 ;
-  assign \$740  = ~ \w_en$182 ;
-  assign \$741  = \$740  | \w_rdy$258 ;
-  assign \$742  = \$741  & elem_valid;
-  assign \$743  = ~ add_sel;
-  assign \$744  = \r_rdy$260  | \$743 ;
-  assign \$745  = \$742  & \$744 ;
-  assign \$746  = pack_j == 2'h3;
-  assign \$747  = \$746  | elem_final;
-  assign \$748  = pack_j + 1'h1;
-  assign \$749  = \r_rdy$266  & \valid$269 ;
-  assign \$750  = pack_jo == 2'h3;
-  assign \$751  = \$750  | \final ;
-  assign \$752  = pack_jo + 1'h1;
-  assign \$753  = 1'h1 << w_lb;
-  assign \$754  = | dec_tiles;
-  assign \$755  = | dec_k_last;
-  assign \$756  = ~ \$755 ;
-  assign \$757  = | dec_nt_last;
-  assign \$758  = ~ \$757 ;
-  assign \$759  = \$signal$461  & req__ready;
-  assign \$760  = ~ want_w;
-  assign \$761  = \$760  & is_linear;
-  assign \$762  = ~ is_linear;
-  assign \$763  = want_w & \$signal$553 ;
-  assign \$764  = \$762  | \$763 ;
-  assign \$765  = ~ \$764 ;
-  assign \$766  = want_w & \$765 ;
-  assign \$767  = k + 1'h1;
-  assign \$768  = k + 1'h1;
-  assign \$769  = \$768  == dec_k_last;
-  assign \$770  = w_addr + w_step;
-  assign \$771  = ~ is_linear;
-  assign \$772  = want_w & \$signal$553 ;
-  assign \$773  = \$771  | \$772 ;
-  assign \$774  = tiles - 1'h1;
-  assign \$775  = tiles != 1'h1;
-  assign \$776  = | dec_k_last;
-  assign \$777  = ~ \$776 ;
-  assign \$778  = | dec_nt_last;
-  assign \$779  = ~ \$778 ;
-  assign \$780  = nt + 1'h1;
-  assign \$781  = nt + 1'h1;
-  assign \$782  = \$781  == dec_nt_last;
-  assign \$783  = p_addr + 7'h40;
-  assign \$784  = ~ is_linear;
-  assign \$785  = \$784  | rk_zero;
-  assign \$786  = \$785  ? p__ready : \w_rdy$470 ;
-  assign \$787  = beat__valid & \$786 ;
-  assign \$788  = \$787  & is_linear;
-  assign \$789  = rk == ins[87:72];
-  assign \$790  = rk + 1'h1;
-  assign \$791  = \$789  ? 17'h00000 : \$790 ;
-  assign \$792  = rk == ins[87:72];
-  assign \$793  = | dec_k_last;
-  assign \$794  = ~ \$793 ;
-  assign \$795  = | dec_k_last;
-  assign \$796  = ~ \$795 ;
-  assign \$797  = | dec_nt_last;
-  assign \$798  = ~ \$797 ;
-  assign \$799  = | dec_blocks;
-  assign \$801  = ~ \$800 ;
-  assign \$802  = a_in_valid & \$801 ;
-  assign \$803  = pre_ln | pre_sm;
-  assign \$804  = \$802  & \$803 ;
-  assign \$806  = ~ \$805 ;
-  assign \$807  = a_in_valid & \$806 ;
-  assign \$808  = | dec_k_last;
-  assign \$809  = ~ \$808 ;
-  assign \$810  = \$signal$304  == 4'h8;
-  assign \$811  = ~ \$signal$297 ;
-  assign \$812  = \$signal$304  + 1'h1;
-  assign \$813  = lk + 1'h1;
-  assign \$814  = lk + 1'h1;
-  assign \$815  = \$814  == dec_k_last;
-  assign \$816  = \$signal$304  == 4'h8;
-  assign \$817  = lk + 1'h1;
-  assign \$818  = lk + 1'h1;
-  assign \$819  = \$818  == dec_k_last;
-  assign \$820  = | dec_k_last;
-  assign \$821  = ~ \$820 ;
-  assign \$822  = ~ \$signal$297 ;
-  assign \$823  = \$signal$304  + 1'h1;
-  assign \$824  = \$signal$330  * 9'h100;
-  assign \$825  = \$824  + \$signal$331 ;
-  assign \$826  = a_issue & a_feed_k_hit;
-  assign \$827  = \$826  & a_feed_nt_hit;
-  assign \$828  = a_read & a_read_free;
-  assign \$829  = | dec_k_last;
-  assign \$830  = ~ \$829 ;
-  assign \$831  = | dec_nt_last;
-  assign \$832  = ~ \$831 ;
-  assign \$833  = ~ \$signal$330 ;
-  assign \$834  = feed_blocks - 1'h1;
-  assign \$835  = feed_blocks != 1'h1;
-  assign \$836  = fnt + 1'h1;
-  assign \$837  = fnt + 1'h1;
-  assign \$838  = \$837  == dec_nt_last;
-  assign \$839  = \$signal$331  + 1'h1;
-  assign \$840  = \$signal$331  + 1'h1;
-  assign \$841  = \$840  == dec_k_last;
-  assign \$843  = ~ \$842 ;
-  assign \$844  = \r_rdy$260  & \$843 ;
-  assign \$845  = ~ is_linear;
-  assign \$846  = \$844  & \$845 ;
-  assign \$847  = w_load_lane == 3'h7;
-  assign \$848  = w_load_k + 1'h1;
-  assign \$849  = w_load_addr + 1'h1;
-  assign \$850  = w_load_k == dec_k_last;
-  assign \$851  = w_load_nt + 1'h1;
-  assign \$852  = w_load_nt == dec_nt_last;
-  assign \$853  = ~ w_load_half;
-  assign \$854  = w_load_lane + 1'h1;
-  assign \$855  = w_feed_half * 9'h100;
-  assign \$856  = \$855  + feed_ntk;
-  assign \$857  = \$856  + \$signal$331 ;
-  assign \$858  = ~ is_linear;
-  assign \$859  = a_issue & \$858 ;
-  assign \$860  = \$859  & a_feed_k_hit;
-  assign \$861  = \$860  & a_feed_nt_hit;
-  assign \$862  = feed_mt == dec_mt_last;
-  assign \$863  = \$861  & \$862 ;
+  assign \$727  = src1_outside & is_add;
+  assign \$728  = \$726  | \$727 ;
+  assign \$729  = ~ is_store;
+  assign \$730  = dst_outside & \$729 ;
+  assign \$731  = ~ is_gemm;
+  assign \$732  = \$730  & \$731 ;
+  assign \$733  = \$728  | \$732 ;
+  assign \$734  = | fault_q;
+  assign \$735  = idle & \idle$553 ;
+  assign \$736  = is_softmax | is_layernorm;
+  assign \$737  = ~ ext_req_valid;
+  assign \$738  = \$737  | req__ready;
+  assign \$739  = $signed(addr) << ins[23:22];
+  assign \$740  = $signed({ 1'h0, dec_ext_base }) + $signed(\$739 );
+  assign \$741  = ~ ext_req_valid;
+  assign \$742  = \$741  | \req__ready$476 ;
+  assign \$743  = $signed(\addr$115 ) << ins[23:22];
+  assign \$744  = $signed({ 1'h0, dec_ext_base }) + $signed(\$743 );
+  assign \$745  = \w_en$184  & \w_rdy$260 ;
+  assign \$746  = ~ \w_en$184 ;
+  assign \$747  = \$746  | \w_rdy$260 ;
+  assign \$748  = \$747  & elem_valid;
+  assign \$749  = ~ add_sel;
+  assign \$750  = \r_rdy$262  | \$749 ;
+  assign \$751  = \$748  & \$750 ;
+  assign \$752  = pack_j == 2'h3;
+  assign \$753  = \$752  | elem_final;
+  assign \$754  = pack_j + 1'h1;
+  assign \$755  = \r_rdy$268  & \valid$271 ;
+  assign \$756  = pack_jo == 2'h3;
+  assign \$757  = \$756  | \final ;
+  assign \$758  = pack_jo + 1'h1;
+  assign \$759  = 1'h1 << w_lb;
+  assign \$760  = | dec_tiles;
+  assign \$761  = | dec_k_last;
+  assign \$762  = ~ \$761 ;
+  assign \$763  = | dec_nt_last;
+  assign \$764  = ~ \$763 ;
+  assign \$765  = \$signal$463  & req__ready;
+  assign \$766  = ~ want_w;
+  assign \$767  = \$766  & is_linear;
+  assign \$768  = ~ is_linear;
+  assign \$769  = want_w & \$signal$559 ;
+  assign \$770  = \$768  | \$769 ;
+  assign \$771  = ~ \$770 ;
+  assign \$772  = want_w & \$771 ;
+  assign \$773  = k + 1'h1;
+  assign \$774  = k + 1'h1;
+  assign \$775  = \$774  == dec_k_last;
+  assign \$776  = w_addr + w_step;
+  assign \$777  = ~ is_linear;
+  assign \$778  = want_w & \$signal$559 ;
+  assign \$779  = \$777  | \$778 ;
+  assign \$780  = tiles - 1'h1;
+  assign \$781  = tiles != 1'h1;
+  assign \$782  = | dec_k_last;
+  assign \$783  = ~ \$782 ;
+  assign \$784  = | dec_nt_last;
+  assign \$785  = ~ \$784 ;
+  assign \$786  = nt + 1'h1;
+  assign \$787  = nt + 1'h1;
+  assign \$788  = \$787  == dec_nt_last;
+  assign \$789  = p_addr + 7'h40;
+  assign \$790  = ~ is_linear;
+  assign \$791  = \$790  | rk_zero;
+  assign \$792  = \$791  ? p__ready : \w_rdy$472 ;
+  assign \$793  = beat__valid & \$792 ;
+  assign \$794  = \$793  & is_linear;
+  assign \$795  = rk == ins[87:72];
+  assign \$796  = rk + 1'h1;
+  assign \$797  = \$795  ? 17'h00000 : \$796 ;
+  assign \$798  = rk == ins[87:72];
+  assign \$799  = | dec_k_last;
+  assign \$800  = ~ \$799 ;
+  assign \$801  = | dec_k_last;
+  assign \$802  = ~ \$801 ;
+  assign \$803  = | dec_nt_last;
+  assign \$804  = ~ \$803 ;
+  assign \$805  = | dec_blocks;
+  assign \$807  = ~ \$806 ;
+  assign \$808  = a_in_valid & \$807 ;
+  assign \$809  = pre_ln | pre_sm;
+  assign \$810  = \$808  & \$809 ;
+  assign \$812  = ~ \$811 ;
+  assign \$813  = a_in_valid & \$812 ;
+  assign \$814  = | dec_k_last;
+  assign \$815  = ~ \$814 ;
+  assign \$816  = \$signal$306  == 4'h8;
+  assign \$817  = ~ \$signal$299 ;
+  assign \$818  = \$signal$306  + 1'h1;
+  assign \$819  = lk + 1'h1;
+  assign \$820  = lk + 1'h1;
+  assign \$821  = \$820  == dec_k_last;
+  assign \$822  = \$signal$306  == 4'h8;
+  assign \$823  = lk + 1'h1;
+  assign \$824  = lk + 1'h1;
+  assign \$825  = \$824  == dec_k_last;
+  assign \$826  = | dec_k_last;
+  assign \$827  = ~ \$826 ;
+  assign \$828  = ~ \$signal$299 ;
+  assign \$829  = \$signal$306  + 1'h1;
+  assign \$830  = \$signal$332  * 9'h100;
+  assign \$831  = \$830  + \$signal$333 ;
+  assign \$832  = a_issue & a_feed_k_hit;
+  assign \$833  = \$832  & a_feed_nt_hit;
+  assign \$834  = a_read & a_read_free;
+  assign \$835  = | dec_k_last;
+  assign \$836  = ~ \$835 ;
+  assign \$837  = | dec_nt_last;
+  assign \$838  = ~ \$837 ;
+  assign \$839  = ~ \$signal$332 ;
+  assign \$840  = feed_blocks - 1'h1;
+  assign \$841  = feed_blocks != 1'h1;
+  assign \$842  = fnt + 1'h1;
+  assign \$843  = fnt + 1'h1;
+  assign \$844  = \$843  == dec_nt_last;
+  assign \$845  = \$signal$333  + 1'h1;
+  assign \$846  = \$signal$333  + 1'h1;
+  assign \$847  = \$846  == dec_k_last;
+  assign \$849  = ~ \$848 ;
+  assign \$850  = \r_rdy$262  & \$849 ;
+  assign \$851  = ~ is_linear;
+  assign \$852  = \$850  & \$851 ;
+  assign \$853  = w_load_lane == 3'h7;
+  assign \$854  = w_load_k + 1'h1;
+  assign \$855  = w_load_addr + 1'h1;
+  assign \$856  = w_load_k == dec_k_last;
+  assign \$857  = w_load_nt + 1'h1;
+  assign \$858  = w_load_nt == dec_nt_last;
+  assign \$859  = ~ w_load_half;
+  assign \$860  = w_load_lane + 1'h1;
+  assign \$861  = w_feed_half * 9'h100;
+  assign \$862  = \$861  + feed_ntk;
+  assign \$863  = \$862  + \$signal$333 ;
   assign \$864  = ~ is_linear;
   assign \$865  = a_issue & \$864 ;
-  assign \$866  = feed_mt == dec_mt_last;
-  assign \$867  = ~ w_feed_half;
-  assign \$868  = feed_mt + 1'h1;
-  assign \$869  = feed_ntk + ins[87:72];
-  assign \$870  = a_read & w_read_free;
-  assign \$871  = post_gelu | post_add;
-  assign \$872  = gemm_active & \$871 ;
-  assign \$873  = post_col == 3'h7;
-  assign \$874  = post_col + 1'h1;
-  assign \$875  = \$873  ? 4'h0 : \$874 ;
-  assign \$876  = ~ \busy$570 ;
-  assign \$877  = in_stream & \$876 ;
-  assign \$878  = ~ ext_req_valid;
-  assign \$879  = \$877  & \$878 ;
-  assign \$880  = \$879  & \idle$547 ;
+  assign \$866  = \$865  & a_feed_k_hit;
+  assign \$867  = \$866  & a_feed_nt_hit;
+  assign \$868  = feed_mt == dec_mt_last;
+  assign \$869  = \$867  & \$868 ;
+  assign \$870  = ~ is_linear;
+  assign \$871  = a_issue & \$870 ;
+  assign \$872  = feed_mt == dec_mt_last;
+  assign \$873  = ~ w_feed_half;
+  assign \$874  = feed_mt + 1'h1;
+  assign \$875  = feed_ntk + ins[87:72];
+  assign \$876  = a_read & w_read_free;
+  assign \$877  = post_gelu | post_add;
+  assign \$878  = gemm_active & \$877 ;
+  assign \$879  = post_col == 3'h7;
+  assign \$880  = post_col + 1'h1;
+  assign \$881  = \$879  ? 4'h0 : \$880 ;
+  assign \$882  = ~ \busy$576 ;
+  assign \$883  = in_stream & \$882 ;
+  assign \$884  = ~ ext_req_valid;
+  assign \$885  = \$883  & \$884 ;
+  assign \$886  = \$885  & \idle$553 ;
   always @(posedge gemm_d_clk)
-    wr_port__addr <= \$881 ;
+    wr_port__addr <= \$887 ;
   always @(posedge gemm_d_clk)
-    wr_port__data <= \$882 ;
+    wr_port__data <= \$888 ;
   always @(posedge gemm_d_clk)
-    wr_port__en <= \$883 ;
+    wr_port__en <= \$889 ;
   always @(posedge gemm_d_clk)
-    gemm_d_rst <= \$416 ;
+    gemm_d_rst <= \$418 ;
   always @(posedge gemm_d_clk)
-    softmax_d_rst <= \$417 ;
+    softmax_d_rst <= \$419 ;
   always @(posedge gemm_d_clk)
-    layernorm_d_rst <= \$418 ;
+    layernorm_d_rst <= \$420 ;
   always @(posedge gemm_d_clk)
-    add_d_rst <= \$419 ;
+    add_d_rst <= \$421 ;
   always @(posedge gemm_d_clk)
-    gelu0_d_rst <= \$420 ;
+    gelu0_d_rst <= \$422 ;
   always @(posedge gemm_d_clk)
-    load <= \$884 ;
+    load <= \$890 ;
   always @(posedge gemm_d_clk)
-    is_end <= \$885 ;
+    is_end <= \$891 ;
   always @(posedge gemm_d_clk)
-    is_load <= \$886 ;
+    is_load <= \$892 ;
   always @(posedge gemm_d_clk)
-    is_store <= \$887 ;
+    is_store <= \$893 ;
   always @(posedge gemm_d_clk)
-    is_linear <= \$888 ;
+    is_linear <= \$894 ;
   always @(posedge gemm_d_clk)
-    is_matmul <= \$889 ;
+    is_matmul <= \$895 ;
   always @(posedge gemm_d_clk)
-    is_softmax <= \$890 ;
+    is_softmax <= \$896 ;
   always @(posedge gemm_d_clk)
-    is_gelu <= \$891 ;
+    is_gelu <= \$897 ;
   always @(posedge gemm_d_clk)
-    is_layernorm <= \$892 ;
+    is_layernorm <= \$898 ;
   always @(posedge gemm_d_clk)
-    is_add <= \$893 ;
+    is_add <= \$899 ;
   always @(posedge gemm_d_clk)
-    is_im2col <= \$894 ;
+    is_im2col <= \$900 ;
   always @(posedge gemm_d_clk)
-    is_concat <= \$895 ;
+    is_concat <= \$901 ;
   always @(posedge gemm_d_clk)
-    is_split_heads <= \$896 ;
+    is_split_heads <= \$902 ;
   always @(posedge gemm_d_clk)
-    is_merge_heads <= \$897 ;
+    is_merge_heads <= \$903 ;
   always @(posedge gemm_d_clk)
-    is_transpose <= \$898 ;
+    is_transpose <= \$904 ;
   always @(posedge gemm_d_clk)
-    is_select <= \$899 ;
+    is_select <= \$905 ;
   always @(posedge gemm_d_clk)
-    op_onehot <= \$900 ;
+    op_onehot <= \$906 ;
   always @(posedge gemm_d_clk)
-    is_gemm <= \$901 ;
+    is_gemm <= \$907 ;
   always @(posedge gemm_d_clk)
-    post_gelu <= \$902 ;
+    post_gelu <= \$908 ;
   always @(posedge gemm_d_clk)
-    post_add <= \$903 ;
+    post_add <= \$909 ;
   always @(posedge gemm_d_clk)
-    pre_ln <= \$904 ;
+    pre_ln <= \$910 ;
   always @(posedge gemm_d_clk)
-    pre_sm <= \$905 ;
+    pre_sm <= \$911 ;
   always @(posedge gemm_d_clk)
-    src0_inflight <= \$906 ;
+    src0_inflight <= \$912 ;
   always @(posedge gemm_d_clk)
-    src0_meta <= \$907 ;
+    src0_held <= \$913 ;
   always @(posedge gemm_d_clk)
-    src1_inflight <= \$908 ;
+    src0_elem <= \$signature__data$505 ;
   always @(posedge gemm_d_clk)
-    src1_meta <= \$909 ;
+    src0_held_meta <= \$914 ;
   always @(posedge gemm_d_clk)
-    is_move <= \$910 ;
+    src0_meta <= \$915 ;
   always @(posedge gemm_d_clk)
-    gelu_sel0 <= \$911 ;
+    src1_inflight <= \$916 ;
   always @(posedge gemm_d_clk)
-    add_sel <= \$912 ;
+    src1_held <= \$917 ;
   always @(posedge gemm_d_clk)
-    dec_n1p <= \$478 ;
+    src1_elem <= \$signature__data$510 ;
   always @(posedge gemm_d_clk)
-    dec_n2p <= \$479 ;
+    src1_held_meta <= \$918 ;
   always @(posedge gemm_d_clk)
-    dec_mt <= \$481 [15:0];
+    src1_meta <= \$919 ;
   always @(posedge gemm_d_clk)
-    dec_nt <= \$482 [15:0];
+    is_move <= \$920 ;
   always @(posedge gemm_d_clk)
-    dec_k_last <= \$483 [15:0];
+    gelu_sel0 <= \$921 ;
+  always @(posedge gemm_d_clk)
+    add_sel <= \$922 ;
+  always @(posedge gemm_d_clk)
+    dec_n1p <= \$484 ;
+  always @(posedge gemm_d_clk)
+    dec_n2p <= \$485 ;
+  always @(posedge gemm_d_clk)
+    dec_mt <= \$487 [15:0];
+  always @(posedge gemm_d_clk)
+    dec_nt <= \$488 [15:0];
+  always @(posedge gemm_d_clk)
+    dec_k_last <= \$489 [15:0];
   always @(posedge gemm_d_clk)
     dec_c_lb <= c_lb;
   always @(posedge gemm_d_clk)
-    dec_mt_last <= \$484 [15:0];
+    dec_mt_last <= \$490 [15:0];
   always @(posedge gemm_d_clk)
-    dec_nt_last <= \$485 [15:0];
+    dec_nt_last <= \$491 [15:0];
   always @(posedge gemm_d_clk)
-    dec_blocks <= \$486 ;
+    dec_blocks <= \$492 ;
   always @(posedge gemm_d_clk)
-    dec_c_base <= \$491 [31:0];
+    dec_c_base <= \$497 [31:0];
   always @(posedge gemm_d_clk)
-    dec_tiles <= \$492 [31:0];
+    dec_tiles <= \$498 [31:0];
   always @(posedge gemm_d_clk)
-    dec_rows_last <= \$496 [15:0];
+    dec_rows_last <= \$502 [15:0];
   always @(posedge gemm_d_clk)
-    dec_ext_base <= \$500 [31:0];
+    dec_ext_base <= \$506 [31:0];
   always @(posedge gemm_d_clk)
-    addr_fault <= \$913 ;
+    addr_fault <= \$923 ;
   always @(posedge gemm_d_clk)
-    dst_outside <= \$914 ;
+    dst_outside <= \$924 ;
   always @(posedge gemm_d_clk)
-    src0_outside <= \$915 ;
+    src0_outside <= \$925 ;
   always @(posedge gemm_d_clk)
-    src1_outside <= \$916 ;
+    src1_outside <= \$926 ;
   always @(posedge gemm_d_clk)
-    ext_req_valid <= \$917 ;
+    ext_req_valid <= \$927 ;
   always @(posedge gemm_d_clk)
-    cycles <= \$918 ;
+    cycles <= \$928 ;
   always @(posedge gemm_d_clk)
-    op_cycles__0 <= \$919 ;
+    op_cycles__0 <= \$929 ;
   always @(posedge gemm_d_clk)
-    op_cycles__1 <= \$920 ;
+    op_cycles__1 <= \$930 ;
   always @(posedge gemm_d_clk)
-    op_cycles__2 <= \$921 ;
+    op_cycles__2 <= \$931 ;
   always @(posedge gemm_d_clk)
-    op_cycles__3 <= \$922 ;
+    op_cycles__3 <= \$932 ;
   always @(posedge gemm_d_clk)
-    op_cycles__4 <= \$923 ;
+    op_cycles__4 <= \$933 ;
   always @(posedge gemm_d_clk)
-    op_cycles__5 <= \$924 ;
+    op_cycles__5 <= \$934 ;
   always @(posedge gemm_d_clk)
-    op_cycles__6 <= \$925 ;
+    op_cycles__6 <= \$935 ;
   always @(posedge gemm_d_clk)
-    op_cycles__7 <= \$926 ;
+    op_cycles__7 <= \$936 ;
   always @(posedge gemm_d_clk)
-    op_cycles__8 <= \$927 ;
+    op_cycles__8 <= \$937 ;
   always @(posedge gemm_d_clk)
-    op_cycles__9 <= \$928 ;
+    op_cycles__9 <= \$938 ;
   always @(posedge gemm_d_clk)
-    op_cycles__10 <= \$929 ;
+    op_cycles__10 <= \$939 ;
   always @(posedge gemm_d_clk)
-    op_cycles__11 <= \$930 ;
+    op_cycles__11 <= \$940 ;
   always @(posedge gemm_d_clk)
-    op_cycles__12 <= \$931 ;
+    op_cycles__12 <= \$941 ;
   always @(posedge gemm_d_clk)
-    op_cycles__13 <= \$932 ;
+    op_cycles__13 <= \$942 ;
   always @(posedge gemm_d_clk)
-    op_cycles__14 <= \$933 ;
+    op_cycles__14 <= \$943 ;
   always @(posedge gemm_d_clk)
-    op_cycles__15 <= \$934 ;
+    op_cycles__15 <= \$944 ;
   always @(posedge gemm_d_clk)
-    d_end_more <= \$935 ;
+    d_end_more <= \$945 ;
   always @(posedge gemm_d_clk)
-    d_end <= \$936 ;
+    d_end <= \$946 ;
   always @(posedge gemm_d_clk)
-    d_count_zero <= \$937 ;
+    d_count_zero <= \$947 ;
   always @(posedge gemm_d_clk)
-    d_const <= \$938 ;
+    d_const <= \$948 ;
   always @(posedge gemm_d_clk)
-    d_stream <= \$939 ;
+    d_stream <= \$949 ;
   always @(posedge gemm_d_clk)
-    pc <= \$940 ;
+    pc <= \$950 ;
   always @(posedge gemm_d_clk)
-    busy <= \$941 ;
+    busy <= \$951 ;
   always @(posedge gemm_d_clk)
-    done <= \$942 ;
+    done <= \$952 ;
   always @(posedge gemm_d_clk)
-    error <= \$943 ;
+    error <= \$953 ;
   always @(posedge gemm_d_clk)
-    fetch_sent <= \$944 ;
+    fetch_sent <= \$954 ;
   always @(posedge gemm_d_clk)
-    \$signal$531  <= \$945 ;
+    \$signal$537  <= \$955 ;
   always @(posedge gemm_d_clk)
-    \$signal$532  <= \$946 ;
+    \$signal$538  <= \$956 ;
   always @(posedge gemm_d_clk)
-    images_left <= \$947 ;
+    images_left <= \$957 ;
   always @(posedge gemm_d_clk)
-    offset <= \$948 ;
+    offset <= \$958 ;
   always @(posedge gemm_d_clk)
-    seq_state <= \$949 ;
+    seq_state <= \$959 ;
   always @(posedge gemm_d_clk)
-    in_stream <= \$950 ;
+    in_stream <= \$960 ;
   always @(posedge gemm_d_clk)
-    in_decode <= \$951 ;
+    in_decode <= \$961 ;
   always @(posedge gemm_d_clk)
-    in_op <= \$952 ;
+    in_op <= \$962 ;
   always @(posedge gemm_d_clk)
-    unit_rst <= \$953 ;
+    unit_rst <= \$963 ;
   always @(posedge gemm_d_clk)
-    gemm_active <= \$954 ;
+    gemm_active <= \$964 ;
   always @(posedge gemm_d_clk)
-    pack_active <= \$955 ;
+    pack_active <= \$965 ;
   always @(posedge gemm_d_clk)
-    sink_from_move <= \$956 ;
+    sink_from_move <= \$966 ;
   always @(posedge gemm_d_clk)
-    sink_from_load <= \$957 ;
+    sink_from_load <= \$967 ;
   always @(posedge gemm_d_clk)
-    sink_from_store <= \$958 ;
+    sink_from_store <= \$968 ;
   always @(posedge gemm_d_clk)
-    sink_from_softmax <= \$959 ;
+    sink_from_softmax <= \$969 ;
   always @(posedge gemm_d_clk)
-    sink_from_layernorm <= \$960 ;
+    sink_from_layernorm <= \$970 ;
   always @(posedge gemm_d_clk)
-    sink_from_add <= \$961 ;
+    sink_from_add <= \$971 ;
   always @(posedge gemm_d_clk)
-    sink_from_gelu0 <= \$962 ;
+    sink_from_gelu0 <= \$972 ;
   always @(posedge gemm_d_clk)
-    sink_from_gemm <= \$963 ;
+    sink_from_gemm <= \$973 ;
   always @(posedge gemm_d_clk)
-    a_from_softmax <= \$964 ;
+    a_from_softmax <= \$974 ;
   always @(posedge gemm_d_clk)
-    a_from_layernorm <= \$965 ;
+    a_from_layernorm <= \$975 ;
   always @(posedge gemm_d_clk)
-    a_from_src0 <= \$966 ;
+    a_from_src0 <= \$976 ;
   always @(posedge gemm_d_clk)
-    const_to0 <= \$967 ;
+    const_to0 <= \$977 ;
   always @(posedge gemm_d_clk)
-    const_to1 <= \$968 ;
+    const_to1 <= \$978 ;
   always @(posedge gemm_d_clk)
-    const_to2 <= \$969 ;
+    const_to2 <= \$979 ;
   always @(posedge gemm_d_clk)
-    const_to3 <= \$970 ;
+    const_to3 <= \$980 ;
   always @(posedge gemm_d_clk)
-    in_fetch <= \$971 ;
+    in_fetch <= \$981 ;
   always @(posedge gemm_d_clk)
-    in_const <= \$972 ;
+    in_const <= \$982 ;
   always @(posedge gemm_d_clk)
-    run0 <= \$973 ;
+    run0 <= \$983 ;
   always @(posedge gemm_d_clk)
-    run1 <= \$974 ;
+    run1 <= \$984 ;
   always @(posedge gemm_d_clk)
-    q0_to_pack <= \$975 ;
+    q0_to_pack <= \$985 ;
   always @(posedge gemm_d_clk)
-    res_to_pack <= \$976 ;
+    res_to_pack <= \$986 ;
   always @(posedge gemm_d_clk)
-    ins <= \$977 ;
+    ins <= \$987 ;
   always @(posedge gemm_d_clk)
-    decode_wait <= \$978 ;
+    decode_wait <= \$988 ;
   always @(posedge gemm_d_clk)
-    c_addr <= \$979 ;
+    c_addr <= \$989 ;
   always @(posedge gemm_d_clk)
-    c_step <= \$980 ;
+    c_step <= \$990 ;
   always @(posedge gemm_d_clk)
-    c_ask <= \$981 ;
+    c_ask <= \$991 ;
   always @(posedge gemm_d_clk)
-    c_due <= \$982 ;
+    c_due <= \$992 ;
   always @(posedge gemm_d_clk)
-    c_last <= \$983 ;
+    c_last <= \$993 ;
   always @(posedge gemm_d_clk)
-    c_data <= \$984 ;
+    c_data <= \$994 ;
   always @(posedge gemm_d_clk)
-    c_full <= \$985 ;
+    c_full <= \$995 ;
   always @(posedge gemm_d_clk)
-    c_valid0 <= \$986 ;
+    c_valid0 <= \$996 ;
   always @(posedge gemm_d_clk)
-    c_valid1 <= \$987 ;
+    c_valid1 <= \$997 ;
   always @(posedge gemm_d_clk)
-    c_valid2 <= \$988 ;
+    c_valid2 <= \$998 ;
   always @(posedge gemm_d_clk)
-    c_valid3 <= \$989 ;
+    c_valid3 <= \$999 ;
   always @(posedge gemm_d_clk)
-    ext_req_addr <= \$990 ;
+    ext_req_addr <= \$1000 ;
   always @(posedge gemm_d_clk)
-    ext_req_data <= \$991 ;
+    ext_req_data <= \$1001 ;
   always @(posedge gemm_d_clk)
-    \w_en$182  <= \$992 ;
+    \w_en$184  <= \$1002 ;
   always @(posedge gemm_d_clk)
-    pack_a0 <= \$993 ;
+    pack_a0 <= \$1003 ;
   always @(posedge gemm_d_clk)
-    pack_a1 <= \$994 ;
+    pack_a1 <= \$1004 ;
   always @(posedge gemm_d_clk)
-    pack_a2 <= \$995 ;
+    pack_a2 <= \$1005 ;
   always @(posedge gemm_d_clk)
-    pack_a3 <= \$996 ;
+    pack_a3 <= \$1006 ;
   always @(posedge gemm_d_clk)
-    pack_b0 <= \$997 ;
+    pack_b0 <= \$1007 ;
   always @(posedge gemm_d_clk)
-    pack_b1 <= \$998 ;
+    pack_b1 <= \$1008 ;
   always @(posedge gemm_d_clk)
-    pack_b2 <= \$999 ;
+    pack_b2 <= \$1009 ;
   always @(posedge gemm_d_clk)
-    pack_b3 <= \$1000 ;
+    pack_b3 <= \$1010 ;
   always @(posedge gemm_d_clk)
-    pack_j <= \$1001 ;
+    pack_j <= \$1011 ;
   always @(posedge gemm_d_clk)
-    pack_jo <= \$1002 ;
+    pack_jo <= \$1012 ;
   always @(posedge gemm_d_clk)
-    tiles <= \$1003 ;
+    tiles <= \$1013 ;
   always @(posedge gemm_d_clk)
-    nt <= \$1004 ;
+    nt <= \$1014 ;
   always @(posedge gemm_d_clk)
-    k <= \$1005 ;
+    k <= \$1015 ;
   always @(posedge gemm_d_clk)
-    w_addr <= \$1006 ;
+    w_addr <= \$1016 ;
   always @(posedge gemm_d_clk)
-    p_addr <= \$1007 ;
+    p_addr <= \$1017 ;
   always @(posedge gemm_d_clk)
-    want_w <= \$1008 ;
+    want_w <= \$1018 ;
   always @(posedge gemm_d_clk)
-    w_step <= \$1009 ;
+    w_step <= \$1019 ;
   always @(posedge gemm_d_clk)
-    \$signal$461  <= \$1010 ;
+    \$signal$463  <= \$1020 ;
   always @(posedge gemm_d_clk)
-    \$signal$553  <= \$1011 ;
+    \$signal$559  <= \$1021 ;
   always @(posedge gemm_d_clk)
-    nt_hit <= \$1012 ;
+    nt_hit <= \$1022 ;
   always @(posedge gemm_d_clk)
-    rk <= \$1013 ;
+    rk <= \$1023 ;
   always @(posedge gemm_d_clk)
-    rk_zero <= \$1014 ;
+    rk_zero <= \$1024 ;
   always @(posedge gemm_d_clk)
-    a_filled0 <= \$1015 ;
+    a_filled0 <= \$1025 ;
   always @(posedge gemm_d_clk)
-    a_filled1 <= \$1016 ;
+    a_filled1 <= \$1026 ;
   always @(posedge gemm_d_clk)
-    \$signal$297  <= \$1017 ;
+    \$signal$299  <= \$1027 ;
   always @(posedge gemm_d_clk)
-    \$signal$304  <= \$1018 ;
+    \$signal$306  <= \$1028 ;
   always @(posedge gemm_d_clk)
-    lk <= \$1019 ;
+    lk <= \$1029 ;
   always @(posedge gemm_d_clk)
-    \$signal$330  <= \$1020 ;
+    \$signal$332  <= \$1030 ;
   always @(posedge gemm_d_clk)
-    \$signal$331  <= \$1021 ;
+    \$signal$333  <= \$1031 ;
   always @(posedge gemm_d_clk)
-    fnt <= \$1022 ;
+    fnt <= \$1032 ;
   always @(posedge gemm_d_clk)
-    feed_blocks <= \$1023 ;
+    feed_blocks <= \$1033 ;
   always @(posedge gemm_d_clk)
-    a_load_k_hit <= \$1024 ;
+    a_load_k_hit <= \$1034 ;
   always @(posedge gemm_d_clk)
-    a_feed_k_hit <= \$1025 ;
+    a_feed_k_hit <= \$1035 ;
   always @(posedge gemm_d_clk)
-    a_feed_nt_hit <= \$1026 ;
+    a_feed_nt_hit <= \$1036 ;
   always @(posedge gemm_d_clk)
-    a_blocks_left <= \$1027 ;
+    a_blocks_left <= \$1037 ;
   always @(posedge gemm_d_clk)
-    a_read_last <= \$1028 ;
+    a_read_last <= \$1038 ;
   always @(posedge gemm_d_clk)
-    a_read_addr <= \$1029 ;
+    a_read_addr <= \$1039 ;
   always @(posedge gemm_d_clk)
-    a_read_half <= \$1030 ;
+    a_read_half <= \$1040 ;
   always @(posedge gemm_d_clk)
-    a_read_free <= \$1031 ;
+    a_read_free <= \$1041 ;
   always @(posedge gemm_d_clk)
-    w_load_lane <= \$1032 ;
+    w_load_lane <= \$1042 ;
   always @(posedge gemm_d_clk)
-    w_load_k <= \$1033 ;
+    w_load_k <= \$1043 ;
   always @(posedge gemm_d_clk)
-    w_load_addr <= \$1034 ;
+    w_load_addr <= \$1044 ;
   always @(posedge gemm_d_clk)
-    w_load_nt <= \$1035 ;
+    w_load_nt <= \$1045 ;
   always @(posedge gemm_d_clk)
-    w_filled0 <= \$1036 ;
+    w_filled0 <= \$1046 ;
   always @(posedge gemm_d_clk)
-    w_filled1 <= \$1037 ;
+    w_filled1 <= \$1047 ;
   always @(posedge gemm_d_clk)
-    w_load_half <= \$1038 ;
+    w_load_half <= \$1048 ;
   always @(posedge gemm_d_clk)
-    w_read_addr <= \$1039 ;
+    w_read_addr <= \$1049 ;
   always @(posedge gemm_d_clk)
-    w_read_half <= \$1040 ;
+    w_read_half <= \$1050 ;
   always @(posedge gemm_d_clk)
-    w_read_free <= \$1041 ;
+    w_read_free <= \$1051 ;
   always @(posedge gemm_d_clk)
-    feed_ntk <= \$1042 ;
+    feed_ntk <= \$1052 ;
   always @(posedge gemm_d_clk)
-    feed_mt <= \$1043 ;
+    feed_mt <= \$1053 ;
   always @(posedge gemm_d_clk)
-    w_feed_half <= \$1044 ;
+    w_feed_half <= \$1054 ;
   always @(posedge gemm_d_clk)
-    post_col <= \$1045 ;
+    post_col <= \$1055 ;
   always @(posedge gemm_d_clk)
-    op_done <= \$1046 ;
+    op_done <= \$1056 ;
   always @(posedge gemm_d_clk)
-    fault_q <= \$1047 ;
+    fault_q <= \$1057 ;
   \accelerator.core.add  add (
     .a__payload(a__payload),
     .a__ready(a__ready),
     .a__valid(a__valid),
     .add_d_clk(gemm_d_clk),
     .add_d_rst(add_d_rst),
-    .b__payload(\b__payload$195 ),
-    .b__ready(\b__ready$254 ),
-    .b__valid(\b__valid$264 ),
+    .b__payload(\b__payload$197 ),
+    .b__ready(\b__ready$256 ),
+    .b__valid(\b__valid$266 ),
     .c__payload(c_data[43:0]),
-    .c__ready(\c__ready$136 ),
+    .c__ready(\c__ready$138 ),
     .c__valid(c_valid2),
     .o__payload(o__payload),
     .o__ready(o__ready),
@@ -29680,26 +29714,26 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   );
   \accelerator.core.gelu0  gelu0 (
     .c__payload(c_data[52:0]),
-    .c__ready(\c__ready$138 ),
+    .c__ready(\c__ready$140 ),
     .c__valid(c_valid3),
     .gelu0_d_clk(gemm_d_clk),
     .gelu0_d_rst(gelu0_d_rst),
     .go(i__ready),
     .i__payload(i__payload),
     .i__valid(i__valid),
-    .o__payload(\o__payload$203 ),
-    .o__ready(\o__ready$215 ),
-    .o__valid(\o__valid$211 )
+    .o__payload(\o__payload$205 ),
+    .o__ready(\o__ready$217 ),
+    .o__valid(\o__valid$213 )
   );
   \accelerator.core.gemm  gemm (
-    .a__payload(\a__payload$424 ),
-    .a__ready(\a__ready$429 ),
-    .a__valid(\a__valid$422 ),
+    .a__payload(\a__payload$426 ),
+    .a__ready(\a__ready$431 ),
+    .a__valid(\a__valid$424 ),
     .gemm_d_clk(gemm_d_clk),
     .gemm_d_rst(gemm_d_rst),
-    .o__payload(\w_data$436 ),
-    .o__ready(\o__ready$438 ),
-    .o__valid(\w_en$434 ),
+    .o__payload(\w_data$438 ),
+    .o__ready(\o__ready$440 ),
+    .o__valid(\w_en$436 ),
     .p__payload(beat__payload[437:0]),
     .p__ready(p__ready),
     .p__valid(p__valid),
@@ -29709,19 +29743,19 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   );
   \accelerator.core.gemm_out_slice  gemm_out_slice (
     .clk(gemm_d_clk),
-    .r_data(\r_data$453 ),
-    .r_en(\r_en$441 ),
+    .r_data(\r_data$455 ),
+    .r_en(\r_en$443 ),
     .r_rdy(gemm_res_valid),
     .rst(rst),
     .unit_rst(unit_rst),
-    .w_en(\w_en$434 ),
-    .w_port__data(\w_data$436 ),
-    .w_rdy(\o__ready$438 )
+    .w_en(\w_en$436 ),
+    .w_port__data(\w_data$438 ),
+    .w_rdy(\o__ready$440 )
   );
   \accelerator.core.gen_dst  gen_dst (
-    .addr(\addr$113 ),
+    .addr(\addr$115 ),
     .base(ins[123:104]),
-    .busy(\busy$570 ),
+    .busy(\busy$576 ),
     .clk(gemm_d_clk),
     .\final (\final ),
     .index__1(index__1),
@@ -29742,15 +29776,15 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     .strides__2(strides__2),
     .strides__3(strides__3),
     .strides__4(strides__4),
-    .\valid$31 (\valid$269 )
+    .\valid$31 (\valid$271 )
   );
   \accelerator.core.gen_src0  gen_src0 (
     .addr(addr),
     .base(ins[233:214]),
     .clk(gemm_d_clk),
-    .\final (\final$504 ),
+    .\final (\final$508 ),
     .last__3(last__3),
-    .last__4(\last__4$503 ),
+    .last__4(\last__4$507 ),
     .load(load),
     .n__0(\n__0$58 ),
     .n__1(\n__1$60 ),
@@ -29767,12 +29801,12 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     .\valid$31 (valid)
   );
   \accelerator.core.gen_src1  gen_src1 (
-    .addr(\addr$105 ),
+    .addr(\addr$107 ),
     .base(ins[343:324]),
     .clk(gemm_d_clk),
-    .\final (\final$507 ),
-    .last__3(\last__3$508 ),
-    .last__4(\last__4$506 ),
+    .\final (\final$513 ),
+    .last__3(\last__3$514 ),
+    .last__4(\last__4$512 ),
     .load(load),
     .n__0(\n__0$70 ),
     .n__1(\n__1$72 ),
@@ -29786,73 +29820,73 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     .strides__2(\strides__2$75 ),
     .strides__3(\strides__3$77 ),
     .strides__4(\strides__4$79 ),
-    .\valid$31 (\valid$101 )
+    .\valid$31 (\valid$102 )
   );
   \accelerator.core.layernorm  layernorm (
-    .buf_wdata(\r_data$237 [15:0]),
+    .buf_wdata(\r_data$239 [15:0]),
     .c__payload(c_data),
     .c__valid(c_valid1),
-    .i__ready(\i__ready$484 ),
-    .i__valid(\i__valid$480 ),
-    .idle_r(\c__ready$134 ),
+    .i__ready(\i__ready$486 ),
+    .i__valid(\i__valid$482 ),
+    .idle_r(\c__ready$136 ),
     .layernorm_d_clk(gemm_d_clk),
     .layernorm_d_rst(layernorm_d_rst),
-    .o__payload(\o__payload$219 ),
-    .o__ready(\o__ready$230 ),
-    .o__valid(\o__valid$226 )
+    .o__payload(\o__payload$221 ),
+    .o__ready(\o__ready$232 ),
+    .o__valid(\o__valid$228 )
   );
   \accelerator.core.norm_out_slice  norm_out_slice (
     .clk(gemm_d_clk),
-    .r_data(\r_data$248 ),
-    .r_en(\r_en$481 ),
-    .r_rdy(\r_rdy$247 ),
+    .r_data(\r_data$250 ),
+    .r_en(\r_en$483 ),
+    .r_rdy(\r_rdy$249 ),
     .rst(rst),
     .unit_rst(unit_rst),
-    .w_en(\w_en$220 ),
-    .w_port__data(\w_data$227 ),
-    .w_rdy(\w_rdy$229 )
+    .w_en(\w_en$222 ),
+    .w_port__data(\w_data$229 ),
+    .w_rdy(\w_rdy$231 )
   );
   \accelerator.core.pack_slice  pack_slice (
     .clk(gemm_d_clk),
-    .\port$9107$0 (pack_a0),
-    .\port$9109$0 (pack_a1),
-    .\port$9111$0 (pack_a2),
-    .\port$9113$0 (pack_a3),
-    .\port$9115$0 (pack_b0),
-    .\port$9117$0 (pack_b1),
-    .\port$9119$0 (pack_b2),
-    .\port$9121$0 (pack_b3),
+    .\port$9132$0 (pack_a0),
+    .\port$9134$0 (pack_a1),
+    .\port$9136$0 (pack_a2),
+    .\port$9138$0 (pack_a3),
+    .\port$9140$0 (pack_b0),
+    .\port$9142$0 (pack_b1),
+    .\port$9144$0 (pack_b2),
+    .\port$9146$0 (pack_b3),
     .r_data(r_data),
     .r_en(r_en),
-    .r_rdy(\r_rdy$263 ),
+    .r_rdy(\r_rdy$265 ),
     .rst(rst),
     .unit_rst(unit_rst),
-    .w_en(\w_en$182 ),
-    .w_rdy(\w_rdy$258 )
+    .w_en(\w_en$184 ),
+    .w_rdy(\w_rdy$260 )
   );
   \accelerator.core.q_src0  q_src0 (
     .clk(gemm_d_clk),
     .level(level),
-    .\port$1596$0 (\$signature__data ),
-    .\port$8922$0 (src0_meta),
-    .r_data(\r_data$237 ),
-    .r_en(\r_en$482 ),
+    .\port$8938$0 (src0_elem),
+    .\port$8940$0 (src0_held_meta),
+    .r_data(\r_data$239 ),
+    .r_en(\r_en$484 ),
     .r_rdy(r_rdy),
     .rst(rst),
     .unit_rst(unit_rst),
-    .w_en(src0_inflight)
+    .w_en(src0_held)
   );
   \accelerator.core.q_src1  q_src1 (
     .clk(gemm_d_clk),
-    .level(\level$102 ),
-    .\port$1597$0 (\$signature__data$110 ),
-    .\port$8926$0 (src1_meta),
-    .r_data(\r_data$358 ),
-    .r_en(\r_en$261 ),
-    .r_rdy(\r_rdy$260 ),
+    .level(\level$103 ),
+    .\port$8947$0 (src1_elem),
+    .\port$8949$0 (src1_held_meta),
+    .r_data(\r_data$360 ),
+    .r_en(\r_en$263 ),
+    .r_rdy(\r_rdy$262 ),
     .rst(rst),
     .unit_rst(unit_rst),
-    .w_en(src1_inflight)
+    .w_en(src1_held)
   );
   \accelerator.core.reader  reader (
     .ar__payload(ar__payload),
@@ -29868,51 +29902,51 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     .\r_en$23 (beat__ready),
     .req__ready(req__ready),
     .rst(rst),
-    .w_data(\req__payload$462 ),
-    .w_en(\req__valid$454 )
+    .w_data(\req__payload$464 ),
+    .w_en(\req__valid$456 )
   );
   \accelerator.core.softmax  softmax (
     .c__payload(c_data[4:0]),
     .c__valid(c_valid0),
-    .i__payload(\i__payload$477 ),
-    .i__ready(\i__ready$483 ),
-    .i__valid(\i__valid$479 ),
+    .i__payload(\i__payload$479 ),
+    .i__ready(\i__ready$485 ),
+    .i__valid(\i__valid$481 ),
     .idle(c__ready),
-    .o__ready(\o__ready$228 ),
-    .oq_data(\o__payload$217 ),
-    .oq_valid(\o__valid$223 ),
+    .o__ready(\o__ready$230 ),
+    .oq_data(\o__payload$219 ),
+    .oq_valid(\o__valid$225 ),
     .softmax_d_clk(gemm_d_clk),
     .softmax_d_rst(softmax_d_rst)
   );
   \accelerator.core.unpack_slice  unpack_slice (
     .clk(gemm_d_clk),
-    .r_data(\r_data$268 ),
-    .r_en(\r_en$271 ),
-    .r_rdy(\r_rdy$266 ),
+    .r_data(\r_data$270 ),
+    .r_en(\r_en$273 ),
+    .r_rdy(\r_rdy$268 ),
     .rst(rst),
     .unit_rst(unit_rst),
-    .w_en(\w_en$207 ),
-    .w_port__data(\w_data$212 ),
+    .w_en(\w_en$209 ),
+    .w_port__data(\w_data$214 ),
     .w_rdy(w_rdy)
   );
   \accelerator.core.w_beat_slice  w_beat_slice (
     .clk(gemm_d_clk),
     .in_decode(in_decode),
-    .\port$8753$0 (w_beat0),
-    .\port$8754$0 (w_beat1),
-    .\port$8755$0 (w_beat2),
-    .\port$8756$0 (w_beat3),
-    .\port$8757$0 (w_beat4),
-    .\port$8758$0 (w_beat5),
-    .\port$8759$0 (w_beat6),
-    .\port$8760$0 (w_beat7),
-    .r_data(\r_data$433 ),
-    .r_en(\r_en$430 ),
-    .r_rdy(\r_rdy$427 ),
+    .\port$8768$0 (w_beat0),
+    .\port$8769$0 (w_beat1),
+    .\port$8770$0 (w_beat2),
+    .\port$8771$0 (w_beat3),
+    .\port$8772$0 (w_beat4),
+    .\port$8773$0 (w_beat5),
+    .\port$8774$0 (w_beat6),
+    .\port$8775$0 (w_beat7),
+    .r_data(\r_data$435 ),
+    .r_en(\r_en$432 ),
+    .r_rdy(\r_rdy$429 ),
     .rst(rst),
     .unit_rst(unit_rst),
-    .w_en(\w_en$285 ),
-    .w_rdy(\w_rdy$470 )
+    .w_en(\w_en$287 ),
+    .w_rdy(\w_rdy$472 )
   );
   \accelerator.core.writer  writer (
     .aw__payload(aw__payload),
@@ -29923,134 +29957,134 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     .clear(clear),
     .clk(gemm_d_clk),
     .err(err),
-    .idle(\idle$547 ),
-    .req__ready(\req__ready$474 ),
+    .idle(\idle$553 ),
+    .req__ready(\req__ready$476 ),
     .rst(rst),
     .w_data(req__payload),
     .w_en(req__valid)
   );
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$120  = 16'h0000;
+    \$122  = 16'h0000;
     casez (pack_jo)
       3'h0:
-          \$120  = \r_data$268 [15:0];
+          \$122  = \r_data$270 [15:0];
       3'h1:
-          \$120  = \r_data$268 [31:16];
+          \$122  = \r_data$270 [31:16];
       3'h2:
-          \$120  = \r_data$268 [47:32];
+          \$122  = \r_data$270 [47:32];
       3'h3:
-          \$120  = \r_data$268 [63:48];
+          \$122  = \r_data$270 [63:48];
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$297 )
+    casez (\$signal$299 )
       1'h0:
-          \$158  = a_filled0;
+          \$160  = a_filled0;
       1'h1:
-          \$158  = a_filled1;
+          \$160  = a_filled1;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$297 )
+    casez (\$signal$299 )
       1'h0:
-          \$163  = a_filled0;
+          \$165  = a_filled0;
       1'h1:
-          \$163  = a_filled1;
+          \$165  = a_filled1;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$297 )
+    casez (\$signal$299 )
       1'h0:
-          \$171  = a_filled0;
+          \$173  = a_filled0;
       1'h1:
-          \$171  = a_filled1;
+          \$173  = a_filled1;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$297 )
+    casez (\$signal$299 )
       1'h0:
-          \$178  = a_filled0;
+          \$180  = a_filled0;
       1'h1:
-          \$178  = a_filled1;
+          \$180  = a_filled1;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$297 )
+    casez (\$signal$299 )
       1'h0:
-          \$185  = a_filled0;
+          \$187  = a_filled0;
       1'h1:
-          \$185  = a_filled1;
+          \$187  = a_filled1;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$297 )
+    casez (\$signal$299 )
       1'h0:
-          \$192  = a_filled0;
+          \$194  = a_filled0;
       1'h1:
-          \$192  = a_filled1;
+          \$194  = a_filled1;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$297 )
+    casez (\$signal$299 )
       1'h0:
-          \$199  = a_filled0;
+          \$201  = a_filled0;
       1'h1:
-          \$199  = a_filled1;
+          \$201  = a_filled1;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$297 )
+    casez (\$signal$299 )
       1'h0:
-          \$206  = a_filled0;
+          \$208  = a_filled0;
       1'h1:
-          \$206  = a_filled1;
+          \$208  = a_filled1;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$297 )
+    casez (\$signal$299 )
       1'h0:
-          \$213  = a_filled0;
+          \$215  = a_filled0;
       1'h1:
-          \$213  = a_filled1;
+          \$215  = a_filled1;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$297 )
+    casez (\$signal$299 )
       1'h0:
-          \$220  = a_filled0;
+          \$222  = a_filled0;
       1'h1:
-          \$220  = a_filled1;
+          \$222  = a_filled1;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$330 )
+    casez (\$signal$332 )
       1'h0:
-          \$225  = a_filled0;
+          \$227  = a_filled0;
       1'h1:
-          \$225  = a_filled1;
+          \$227  = a_filled1;
     endcase
   end
   always @* begin
@@ -30058,9 +30092,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_feed_half)
       1'h0:
-          \$233  = w_filled0;
+          \$235  = w_filled0;
       1'h1:
-          \$233  = w_filled1;
+          \$235  = w_filled1;
     endcase
   end
   always @* begin
@@ -30068,9 +30102,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_load_half)
       1'h0:
-          \$239  = w_filled0;
+          \$241  = w_filled0;
       1'h1:
-          \$239  = w_filled1;
+          \$241  = w_filled1;
     endcase
   end
   always @* begin
@@ -30078,9 +30112,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_load_half)
       1'h0:
-          \$246  = w_filled0;
+          \$248  = w_filled0;
       1'h1:
-          \$246  = w_filled1;
+          \$248  = w_filled1;
     endcase
   end
   always @* begin
@@ -30088,9 +30122,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_load_half)
       1'h0:
-          \$256  = w_filled0;
+          \$258  = w_filled0;
       1'h1:
-          \$256  = w_filled1;
+          \$258  = w_filled1;
     endcase
   end
   always @* begin
@@ -30098,9 +30132,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_load_half)
       1'h0:
-          \$265  = w_filled0;
+          \$267  = w_filled0;
       1'h1:
-          \$265  = w_filled1;
+          \$267  = w_filled1;
     endcase
   end
   always @* begin
@@ -30108,9 +30142,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_load_half)
       1'h0:
-          \$274  = w_filled0;
+          \$276  = w_filled0;
       1'h1:
-          \$274  = w_filled1;
+          \$276  = w_filled1;
     endcase
   end
   always @* begin
@@ -30118,9 +30152,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_load_half)
       1'h0:
-          \$283  = w_filled0;
+          \$285  = w_filled0;
       1'h1:
-          \$283  = w_filled1;
+          \$285  = w_filled1;
     endcase
   end
   always @* begin
@@ -30128,9 +30162,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_load_half)
       1'h0:
-          \$292  = w_filled0;
+          \$294  = w_filled0;
       1'h1:
-          \$292  = w_filled1;
+          \$294  = w_filled1;
     endcase
   end
   always @* begin
@@ -30138,9 +30172,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_load_half)
       1'h0:
-          \$301  = w_filled0;
+          \$303  = w_filled0;
       1'h1:
-          \$301  = w_filled1;
+          \$303  = w_filled1;
     endcase
   end
   always @* begin
@@ -30148,31 +30182,31 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_load_half)
       1'h0:
-          \$310  = w_filled0;
+          \$312  = w_filled0;
       1'h1:
-          \$310  = w_filled1;
+          \$312  = w_filled1;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$342  = 32'd0;
+    \$344  = 32'd0;
     casez (index__4)
       16'h0000:
-          \$342  = \r_data$453 [31:0];
+          \$344  = \r_data$455 [31:0];
       16'h0001:
-          \$342  = \r_data$453 [63:32];
+          \$344  = \r_data$455 [63:32];
       16'h0002:
-          \$342  = \r_data$453 [95:64];
+          \$344  = \r_data$455 [95:64];
       16'h0003:
-          \$342  = \r_data$453 [127:96];
+          \$344  = \r_data$455 [127:96];
       16'h0004:
-          \$342  = \r_data$453 [159:128];
+          \$344  = \r_data$455 [159:128];
       16'h0005:
-          \$342  = \r_data$453 [191:160];
+          \$344  = \r_data$455 [191:160];
       16'h0006:
-          \$342  = \r_data$453 [223:192];
+          \$344  = \r_data$455 [223:192];
       16'h0007:
-          \$342  = \r_data$453 [255:224];
+          \$344  = \r_data$455 [255:224];
     endcase
   end
   always @* begin
@@ -30180,41 +30214,41 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (post_col)
       3'h0:
-          \$345  = \r_data$453 [31:0];
+          \$347  = \r_data$455 [31:0];
       3'h1:
-          \$345  = \r_data$453 [63:32];
+          \$347  = \r_data$455 [63:32];
       3'h2:
-          \$345  = \r_data$453 [95:64];
+          \$347  = \r_data$455 [95:64];
       3'h3:
-          \$345  = \r_data$453 [127:96];
+          \$347  = \r_data$455 [127:96];
       3'h4:
-          \$345  = \r_data$453 [159:128];
+          \$347  = \r_data$455 [159:128];
       3'h5:
-          \$345  = \r_data$453 [191:160];
+          \$347  = \r_data$455 [191:160];
       3'h6:
-          \$345  = \r_data$453 [223:192];
+          \$347  = \r_data$455 [223:192];
       3'h7:
-          \$345  = \r_data$453 [255:224];
+          \$347  = \r_data$455 [255:224];
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$297 )
+    casez (\$signal$299 )
       1'h0:
-          \$800  = a_filled0;
+          \$806  = a_filled0;
       1'h1:
-          \$800  = a_filled1;
+          \$806  = a_filled1;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$297 )
+    casez (\$signal$299 )
       1'h0:
-          \$805  = a_filled0;
+          \$811  = a_filled0;
       1'h1:
-          \$805  = a_filled1;
+          \$811  = a_filled1;
     endcase
   end
   always @* begin
@@ -30222,9 +30256,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_load_half)
       1'h0:
-          \$842  = w_filled0;
+          \$848  = w_filled0;
       1'h1:
-          \$842  = w_filled1;
+          \$848  = w_filled1;
     endcase
   end
   always @* begin
@@ -30252,7 +30286,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     strides__1 = ins[159:142];
     if (is_gemm) begin
-      strides__1 = \$63 [17:0];
+      strides__1 = \$65 [17:0];
     end
   end
   always @* begin
@@ -30266,7 +30300,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     strides__2 = ins[177:160];
     if (is_gemm) begin
-      strides__2 = \$64 [17:0];
+      strides__2 = \$66 [17:0];
     end
   end
   always @* begin
@@ -30301,140 +30335,140 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     \n__0$58  = ins[39:24];
     if (is_gemm) begin
-      \n__0$58  = \$21 ;
+      \n__0$58  = \$23 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     \strides__0$59  = ins[251:234];
     if (is_gemm) begin
-      \strides__0$59  = \$23 ;
+      \strides__0$59  = \$25 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     \n__1$60  = ins[55:40];
     if (is_gemm) begin
-      \n__1$60  = \$25 ;
+      \n__1$60  = \$27 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     \strides__1$61  = ins[269:252];
     if (is_gemm) begin
-      \strides__1$61  = \$30 [17:0];
+      \strides__1$61  = \$32 [17:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     \n__2$62  = ins[71:56];
     if (is_gemm) begin
-      \n__2$62  = \$32 ;
+      \n__2$62  = \$34 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     \strides__2$63  = ins[287:270];
     if (is_gemm) begin
-      \strides__2$63  = \$37 [17:0];
+      \strides__2$63  = \$39 [17:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     \n__3$64  = ins[87:72];
     if (is_gemm) begin
-      \n__3$64  = { 12'h000, \$39  };
+      \n__3$64  = { 12'h000, \$41  };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     \strides__3$65  = ins[305:288];
     if (is_gemm) begin
-      \strides__3$65  = \$41 ;
+      \strides__3$65  = \$43 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     \n__4$66  = ins[103:88];
     if (is_gemm) begin
-      \n__4$66  = \$43 ;
+      \n__4$66  = \$45 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     \strides__4$67  = ins[323:306];
     if (is_gemm) begin
-      \strides__4$67  = \$45 ;
+      \strides__4$67  = \$47 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     \n__0$70  = ins[39:24];
     if (is_gemm) begin
-      \n__0$70  = \$46 ;
+      \n__0$70  = \$48 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     \strides__0$71  = ins[361:344];
     if (is_gemm) begin
-      \strides__0$71  = \$47 ;
+      \strides__0$71  = \$49 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     \n__1$72  = ins[55:40];
     if (is_gemm) begin
-      \n__1$72  = \$48 ;
+      \n__1$72  = \$50 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     \strides__1$73  = ins[379:362];
     if (is_gemm) begin
-      \strides__1$73  = \$52 [17:0];
+      \strides__1$73  = \$54 [17:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     \n__2$74  = ins[71:56];
     if (is_gemm) begin
-      \n__2$74  = \$53 ;
+      \n__2$74  = \$55 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     \strides__2$75  = ins[397:380];
     if (is_gemm) begin
-      \strides__2$75  = \$56 [17:0];
+      \strides__2$75  = \$58 [17:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     \n__3$76  = ins[87:72];
     if (is_gemm) begin
-      \n__3$76  = \$57 ;
+      \n__3$76  = \$59 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     \strides__3$77  = ins[415:398];
     if (is_gemm) begin
-      \strides__3$77  = \$58 ;
+      \strides__3$77  = \$60 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     \n__4$78  = ins[103:88];
     if (is_gemm) begin
-      \n__4$78  = { 12'h000, \$59  };
+      \n__4$78  = { 12'h000, \$61  };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     \strides__4$79  = ins[433:416];
     if (is_gemm) begin
-      \strides__4$79  = \$60 ;
+      \strides__4$79  = \$62 ;
     end
   end
   always @* begin
@@ -30443,24 +30477,24 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     if (in_stream) begin
       if (is_move) begin
       end else if (is_load) begin
-        next = \$86 ;
+        next = \$88 ;
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     wr_data = sink_data;
-    if (\$341 ) begin
-      wr_data = \$342 [15:0];
+    if (\$343 ) begin
+      wr_data = \$344 [15:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     c_lb = 3'h0;
-    if (\$16 ) begin
+    if (\$18 ) begin
       c_lb = 3'h0;
     end
-    if (\$17 ) begin
+    if (\$19 ) begin
       c_lb = 3'h4;
     end
     if (add_sel) begin
@@ -30480,12 +30514,12 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         \$signal  = beat__valid;
       end else if (is_store) begin
       end else if (is_gemm) begin
-      end else if (\$83 ) begin
-        \$signal  = \r_rdy$247 ;
+      end else if (\$85 ) begin
+        \$signal  = \r_rdy$249 ;
       end
     end
     if (pack_active) begin
-      \$signal  = \r_rdy$266 ;
+      \$signal  = \r_rdy$268 ;
     end
   end
   always @* begin
@@ -30493,27 +30527,27 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     sink_data = 16'h0000;
     if (in_stream) begin
       if (is_move) begin
-        sink_data = \r_data$237 [15:0];
+        sink_data = \r_data$239 [15:0];
       end else if (is_load) begin
         (* full_case = 32'd1 *)
         casez (ins[23:22])
           2'h0:
-              sink_data = { \$89 [8], \$89 [8], \$89 [8], \$89 [8], \$89 [8], \$89 [8], \$89 [8], \$89  };
+              sink_data = { \$91 [8], \$91 [8], \$91 [8], \$91 [8], \$91 [8], \$91 [8], \$91 [8], \$91  };
           2'h1:
-              sink_data = \$92 [15:0];
+              sink_data = \$94 [15:0];
           2'h2:
-              sink_data = \$95 [15:0];
+              sink_data = \$97 [15:0];
           2'h3:
-              sink_data = \$98 [15:0];
+              sink_data = \$100 [15:0];
         endcase
       end else if (is_store) begin
       end else if (is_gemm) begin
-      end else if (\$83 ) begin
-        sink_data = \r_data$248 ;
+      end else if (\$85 ) begin
+        sink_data = \r_data$250 ;
       end
     end
     if (pack_active) begin
-      sink_data = \$120 ;
+      sink_data = \$122 ;
     end
   end
   always @* begin
@@ -30522,12 +30556,12 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     if (in_stream) begin
       if (is_move) begin
       end else if (is_load) begin
-        if (\$99 ) begin
+        if (\$101 ) begin
           fault = 4'h4;
         end
       end
     end
-    if (\$414 ) begin
+    if (\$416 ) begin
       fault = 4'h5;
     end
   end
@@ -30564,13 +30598,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       end else if (is_load) begin
       end else if (is_store) begin
       end else if (is_gemm) begin
-      end else if (\$83 ) begin
+      end else if (\$85 ) begin
       end else begin
-        elem_data = \r_data$237 [15:0];
+        elem_data = \r_data$239 [15:0];
       end
     end
-    if (\$344 ) begin
-      elem_data = \$345 [15:0];
+    if (\$346 ) begin
+      elem_data = \$347 [15:0];
     end
   end
   always @* begin
@@ -30582,9 +30616,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       end else if (is_load) begin
       end else if (is_store) begin
       end else if (is_gemm) begin
-      end else if (\$83 ) begin
+      end else if (\$85 ) begin
       end else begin
-        elem_final = \r_data$237 [17];
+        elem_final = \r_data$239 [17];
       end
     end
   end
@@ -30592,7 +30626,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     in_ready = 1'h0;
     if (pack_active) begin
-      in_ready = \$103 ;
+      in_ready = \$105 ;
     end
   end
   always @* begin
@@ -30606,18 +30640,18 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     elem_take = 1'h0;
     if (pack_active) begin
-      elem_take = \$109 ;
+      elem_take = \$111 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \r_en$261  = 1'h0;
+    \r_en$263  = 1'h0;
     if (pack_active) begin
-      \r_en$261  = \$116 ;
+      \r_en$263  = \$118 ;
     end
     if (gemm_active) begin
-      if (\$238 ) begin
-        \r_en$261  = \$243 ;
+      if (\$240 ) begin
+        \r_en$263  = \$245 ;
       end
     end
   end
@@ -30625,30 +30659,30 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     a__valid = 1'h0;
     if (pack_active) begin
-      a__valid = \$117 ;
+      a__valid = \$119 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \b__valid$264  = 1'h0;
+    \b__valid$266  = 1'h0;
     if (pack_active) begin
-      \b__valid$264  = \$118 ;
+      \b__valid$266  = \$120 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     i__valid = 1'h0;
     if (pack_active) begin
-      i__valid = \$119 ;
+      i__valid = \$121 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \r_en$271  = 1'h0;
+    \r_en$273  = 1'h0;
     if (pack_active) begin
-      if (\$121 ) begin
-        if (\$123 ) begin
-          \r_en$271  = 1'h1;
+      if (\$123 ) begin
+        if (\$125 ) begin
+          \r_en$273  = 1'h1;
         end
       end
     end
@@ -30837,14 +30871,14 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     p__valid = 1'h0;
     if (gemm_active) begin
-      p__valid = \$128 ;
+      p__valid = \$130 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \w_en$285  = 1'h0;
+    \w_en$287  = 1'h0;
     if (gemm_active) begin
-      \w_en$285  = \$132 ;
+      \w_en$287  = \$134 ;
     end
   end
   always @* begin
@@ -30852,250 +30886,236 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     elem = 9'h000;
     casez (ins[16:12])
       5'h02:
-          elem = { \$139 [2], \$139 [2], \$139 [2], \$139 [2], \$139 [2], \$139 [2], \$139  };
+          elem = { \$141 [2], \$141 [2], \$141 [2], \$141 [2], \$141 [2], \$141 [2], \$141  };
       5'h03:
-          elem = { \$142 [3], \$142 [3], \$142 [3], \$142 [3], \$142 [3], \$142  };
+          elem = { \$144 [3], \$144 [3], \$144 [3], \$144 [3], \$144 [3], \$144  };
       5'h04:
-          elem = { \$145 [4], \$145 [4], \$145 [4], \$145 [4], \$145  };
+          elem = { \$147 [4], \$147 [4], \$147 [4], \$147 [4], \$147  };
       5'h05:
-          elem = { \$148 [5], \$148 [5], \$148 [5], \$148  };
+          elem = { \$150 [5], \$150 [5], \$150 [5], \$150  };
       5'h06:
-          elem = { \$151 [6], \$151 [6], \$151  };
+          elem = { \$153 [6], \$153 [6], \$153  };
       5'h07:
-          elem = { \$154 [7], \$154  };
+          elem = { \$156 [7], \$156  };
       5'h08:
-          elem = \$157 ;
+          elem = \$159 ;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     a_in_take = 1'h0;
     if (gemm_active) begin
-      a_in_take = \$160 ;
+      a_in_take = \$162 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$300  = 9'h000;
+    \$signature__addr$302  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$300  = \$162 [8:0];
+      \$signature__addr$302  = \$164 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__data$302  = 9'h000;
+    \$signature__data  = 9'h000;
     if (gemm_active) begin
-      \$signature__data$302  = elem;
+      \$signature__data  = elem;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$303  = 1'h0;
+    \$signature__en$305  = 1'h0;
     if (gemm_active) begin
-      \$signature__en$303  = \$168 ;
+      \$signature__en$305  = \$170 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$305  = 9'h000;
+    \$signature__addr$307  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$305  = \$170 [8:0];
+      \$signature__addr$307  = \$172 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__data$306  = 9'h000;
+    \$signature__data$308  = 9'h000;
     if (gemm_active) begin
-      \$signature__data$306  = elem;
+      \$signature__data$308  = elem;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$307  = 1'h0;
+    \$signature__en$309  = 1'h0;
     if (gemm_active) begin
-      \$signature__en$307  = \$175 ;
+      \$signature__en$309  = \$177 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$308  = 9'h000;
+    \$signature__addr$310  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$308  = \$177 [8:0];
+      \$signature__addr$310  = \$179 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__data$309  = 9'h000;
+    \$signature__data$311  = 9'h000;
     if (gemm_active) begin
-      \$signature__data$309  = elem;
+      \$signature__data$311  = elem;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$310  = 1'h0;
+    \$signature__en$312  = 1'h0;
     if (gemm_active) begin
-      \$signature__en$310  = \$182 ;
+      \$signature__en$312  = \$184 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$311  = 9'h000;
+    \$signature__addr$313  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$311  = \$184 [8:0];
+      \$signature__addr$313  = \$186 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__data$312  = 9'h000;
+    \$signature__data$314  = 9'h000;
     if (gemm_active) begin
-      \$signature__data$312  = elem;
+      \$signature__data$314  = elem;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$313  = 1'h0;
+    \$signature__en$315  = 1'h0;
     if (gemm_active) begin
-      \$signature__en$313  = \$189 ;
+      \$signature__en$315  = \$191 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$314  = 9'h000;
+    \$signature__addr$316  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$314  = \$191 [8:0];
+      \$signature__addr$316  = \$193 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__data$315  = 9'h000;
+    \$signature__data$317  = 9'h000;
     if (gemm_active) begin
-      \$signature__data$315  = elem;
+      \$signature__data$317  = elem;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$316  = 1'h0;
+    \$signature__en$318  = 1'h0;
     if (gemm_active) begin
-      \$signature__en$316  = \$196 ;
+      \$signature__en$318  = \$198 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$317  = 9'h000;
+    \$signature__addr$319  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$317  = \$198 [8:0];
+      \$signature__addr$319  = \$200 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__data$318  = 9'h000;
+    \$signature__data$320  = 9'h000;
     if (gemm_active) begin
-      \$signature__data$318  = elem;
+      \$signature__data$320  = elem;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$319  = 1'h0;
+    \$signature__en$321  = 1'h0;
     if (gemm_active) begin
-      \$signature__en$319  = \$203 ;
+      \$signature__en$321  = \$205 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$320  = 9'h000;
+    \$signature__addr$322  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$320  = \$205 [8:0];
+      \$signature__addr$322  = \$207 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__data$321  = 9'h000;
+    \$signature__data$323  = 9'h000;
     if (gemm_active) begin
-      \$signature__data$321  = elem;
+      \$signature__data$323  = elem;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$322  = 1'h0;
+    \$signature__en$324  = 1'h0;
     if (gemm_active) begin
-      \$signature__en$322  = \$210 ;
+      \$signature__en$324  = \$212 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$323  = 9'h000;
+    \$signature__addr$325  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$323  = \$212 [8:0];
+      \$signature__addr$325  = \$214 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__data$324  = 9'h000;
+    \$signature__data$326  = 9'h000;
     if (gemm_active) begin
-      \$signature__data$324  = elem;
+      \$signature__data$326  = elem;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$325  = 1'h0;
+    \$signature__en$327  = 1'h0;
     if (gemm_active) begin
-      \$signature__en$325  = \$217 ;
+      \$signature__en$327  = \$219 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$326  = 9'h000;
+    \$signature__addr$328  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$326  = \$219 [8:0];
+      \$signature__addr$328  = \$221 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__data$327  = 9'h000;
+    \$signature__data$329  = 9'h000;
     if (gemm_active) begin
-      \$signature__data$327  = elem;
+      \$signature__data$329  = elem;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$328  = 1'h0;
+    \$signature__en$330  = 1'h0;
     if (gemm_active) begin
-      \$signature__en$328  = \$224 ;
+      \$signature__en$330  = \$226 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     a_issue = 1'h0;
     if (gemm_active) begin
-      a_issue = \$237 ;
+      a_issue = \$239 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$337  = 9'h000;
+    \$signature__addr$339  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$337  = a_read_addr;
+      \$signature__addr$339  = a_read_addr;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$339  = 1'h1;
+    \$signature__en$341  = 1'h1;
     if (gemm_active) begin
-      \$signature__en$339  = a_read;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$341  = 9'h000;
-    if (gemm_active) begin
-      \$signature__addr$341  = a_read_addr;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$342  = 1'h1;
-    if (gemm_active) begin
-      \$signature__en$342  = a_read;
+      \$signature__en$341  = a_read;
     end
   end
   always @* begin
@@ -31198,213 +31218,213 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$signature__addr$357  = 9'h000;
+    if (gemm_active) begin
+      \$signature__addr$357  = a_read_addr;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$signature__en$358  = 1'h1;
+    if (gemm_active) begin
+      \$signature__en$358  = a_read;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     welem = 8'h00;
     if (gemm_active) begin
       casez (ins[21:17])
         5'h02:
-            welem = { \r_data$358 [1], \r_data$358 [1], \r_data$358 [1], \r_data$358 [1], \r_data$358 [1], \r_data$358 [1], \r_data$358 [1:0] };
+            welem = { \r_data$360 [1], \r_data$360 [1], \r_data$360 [1], \r_data$360 [1], \r_data$360 [1], \r_data$360 [1], \r_data$360 [1:0] };
         5'h03:
-            welem = { \r_data$358 [2], \r_data$358 [2], \r_data$358 [2], \r_data$358 [2], \r_data$358 [2], \r_data$358 [2:0] };
+            welem = { \r_data$360 [2], \r_data$360 [2], \r_data$360 [2], \r_data$360 [2], \r_data$360 [2], \r_data$360 [2:0] };
         5'h04:
-            welem = { \r_data$358 [3], \r_data$358 [3], \r_data$358 [3], \r_data$358 [3], \r_data$358 [3:0] };
+            welem = { \r_data$360 [3], \r_data$360 [3], \r_data$360 [3], \r_data$360 [3], \r_data$360 [3:0] };
         5'h05:
-            welem = { \r_data$358 [4], \r_data$358 [4], \r_data$358 [4], \r_data$358 [4:0] };
+            welem = { \r_data$360 [4], \r_data$360 [4], \r_data$360 [4], \r_data$360 [4:0] };
         5'h06:
-            welem = { \r_data$358 [5], \r_data$358 [5], \r_data$358 [5:0] };
+            welem = { \r_data$360 [5], \r_data$360 [5], \r_data$360 [5:0] };
         5'h07:
-            welem = { \r_data$358 [6], \r_data$358 [6:0] };
+            welem = { \r_data$360 [6], \r_data$360 [6:0] };
         5'h08:
-            welem = \r_data$358 [7:0];
+            welem = \r_data$360 [7:0];
       endcase
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$360  = 9'h000;
+    \$signature__addr$362  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$360  = \$245 [8:0];
+      \$signature__addr$362  = \$247 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__data$362  = 8'h00;
+    \$signature__data$364  = 8'h00;
     if (gemm_active) begin
-      \$signature__data$362  = welem;
+      \$signature__data$364  = welem;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$363  = 1'h0;
+    \$signature__en$365  = 1'h0;
     if (gemm_active) begin
-      \$signature__en$363  = \$253 ;
+      \$signature__en$365  = \$255 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$365  = 9'h000;
+    \$signature__addr$367  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$365  = \$255 [8:0];
+      \$signature__addr$367  = \$257 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__data$366  = 8'h00;
+    \$signature__data$368  = 8'h00;
     if (gemm_active) begin
-      \$signature__data$366  = welem;
+      \$signature__data$368  = welem;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$367  = 1'h0;
+    \$signature__en$369  = 1'h0;
     if (gemm_active) begin
-      \$signature__en$367  = \$262 ;
+      \$signature__en$369  = \$264 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$368  = 9'h000;
+    \$signature__addr$370  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$368  = \$264 [8:0];
+      \$signature__addr$370  = \$266 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__data$369  = 8'h00;
+    \$signature__data$371  = 8'h00;
     if (gemm_active) begin
-      \$signature__data$369  = welem;
+      \$signature__data$371  = welem;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$370  = 1'h0;
+    \$signature__en$372  = 1'h0;
     if (gemm_active) begin
-      \$signature__en$370  = \$271 ;
+      \$signature__en$372  = \$273 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$371  = 9'h000;
+    \$signature__addr$373  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$371  = \$273 [8:0];
+      \$signature__addr$373  = \$275 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__data$372  = 8'h00;
+    \$signature__data$374  = 8'h00;
     if (gemm_active) begin
-      \$signature__data$372  = welem;
+      \$signature__data$374  = welem;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$373  = 1'h0;
+    \$signature__en$375  = 1'h0;
     if (gemm_active) begin
-      \$signature__en$373  = \$280 ;
+      \$signature__en$375  = \$282 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$374  = 9'h000;
+    \$signature__addr$376  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$374  = \$282 [8:0];
+      \$signature__addr$376  = \$284 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__data$375  = 8'h00;
+    \$signature__data$377  = 8'h00;
     if (gemm_active) begin
-      \$signature__data$375  = welem;
+      \$signature__data$377  = welem;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$376  = 1'h0;
+    \$signature__en$378  = 1'h0;
     if (gemm_active) begin
-      \$signature__en$376  = \$289 ;
+      \$signature__en$378  = \$291 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$377  = 9'h000;
+    \$signature__addr$379  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$377  = \$291 [8:0];
+      \$signature__addr$379  = \$293 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__data$378  = 8'h00;
+    \$signature__data$380  = 8'h00;
     if (gemm_active) begin
-      \$signature__data$378  = welem;
+      \$signature__data$380  = welem;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$379  = 1'h0;
+    \$signature__en$381  = 1'h0;
     if (gemm_active) begin
-      \$signature__en$379  = \$298 ;
+      \$signature__en$381  = \$300 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$380  = 9'h000;
+    \$signature__addr$382  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$380  = \$300 [8:0];
+      \$signature__addr$382  = \$302 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__data$381  = 8'h00;
+    \$signature__data$383  = 8'h00;
     if (gemm_active) begin
-      \$signature__data$381  = welem;
+      \$signature__data$383  = welem;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$382  = 1'h0;
+    \$signature__en$384  = 1'h0;
     if (gemm_active) begin
-      \$signature__en$382  = \$307 ;
+      \$signature__en$384  = \$309 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$383  = 9'h000;
+    \$signature__addr$385  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$383  = \$309 [8:0];
+      \$signature__addr$385  = \$311 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__data$384  = 8'h00;
+    \$signature__data$386  = 8'h00;
     if (gemm_active) begin
-      \$signature__data$384  = welem;
+      \$signature__data$386  = welem;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$385  = 1'h0;
+    \$signature__en$387  = 1'h0;
     if (gemm_active) begin
-      \$signature__en$385  = \$316 ;
+      \$signature__en$387  = \$318 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$386  = 9'h000;
+    \$signature__addr$388  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$386  = w_read_addr;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$388  = 1'h1;
-    if (gemm_active) begin
-      \$signature__en$388  = a_read;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$389  = 9'h000;
-    if (gemm_active) begin
-      \$signature__addr$389  = w_read_addr;
+      \$signature__addr$388  = w_read_addr;
     end
   end
   always @* begin
@@ -31500,1132 +31520,743 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$signature__addr$403  = 9'h000;
+    if (gemm_active) begin
+      \$signature__addr$403  = w_read_addr;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$signature__en$404  = 1'h1;
+    if (gemm_active) begin
+      \$signature__en$404  = a_read;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     feed_data = 146'h0000000000000000000000000000000000000;
     if (gemm_active) begin
-      feed_data = { \$signature__data$421 , \$signature__data$420 , \$signature__data$419 , \$signature__data$418 , \$signature__data$417 , \$signature__data$416 , \$signature__data$415 , \$signature__data$414 , \$signature__data$413 , \$signature__data$412 , \$signature__data$411 , \$signature__data$410 , \$signature__data$409 , \$signature__data$408 , \$signature__data$407 , \$signature__data$406 , \$signature__data$405 , feed_got_last };
+      feed_data = { \$signature__data$423 , \$signature__data$422 , \$signature__data$421 , \$signature__data$420 , \$signature__data$419 , \$signature__data$418 , \$signature__data$417 , \$signature__data$416 , \$signature__data$415 , \$signature__data$414 , \$signature__data$413 , \$signature__data$412 , \$signature__data$411 , \$signature__data$410 , \$signature__data$409 , \$signature__data$408 , \$signature__data$407 , feed_got_last };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \a__valid$422  = 1'h0;
+    \a__valid$424  = 1'h0;
     if (gemm_active) begin
-      \a__valid$422  = feed_valid;
+      \a__valid$424  = feed_valid;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \a__payload$424  = 82'h000000000000000000000;
+    \a__payload$426  = 82'h000000000000000000000;
     if (gemm_active) begin
-      \a__payload$424 [81] = feed_beat[0];
-      \a__payload$424 [8:0] = feed_beat[9:1];
-      \a__payload$424 [17:9] = feed_beat[18:10];
-      \a__payload$424 [26:18] = feed_beat[27:19];
-      \a__payload$424 [35:27] = feed_beat[36:28];
-      \a__payload$424 [44:36] = feed_beat[45:37];
-      \a__payload$424 [53:45] = feed_beat[54:46];
-      \a__payload$424 [62:54] = feed_beat[63:55];
-      \a__payload$424 [71:63] = feed_beat[72:64];
-      \a__payload$424 [80:72] = feed_beat[81:73];
+      \a__payload$426 [81] = feed_beat[0];
+      \a__payload$426 [8:0] = feed_beat[9:1];
+      \a__payload$426 [17:9] = feed_beat[18:10];
+      \a__payload$426 [26:18] = feed_beat[27:19];
+      \a__payload$426 [35:27] = feed_beat[36:28];
+      \a__payload$426 [44:36] = feed_beat[45:37];
+      \a__payload$426 [53:45] = feed_beat[54:46];
+      \a__payload$426 [62:54] = feed_beat[63:55];
+      \a__payload$426 [71:63] = feed_beat[72:64];
+      \a__payload$426 [80:72] = feed_beat[81:73];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     w__valid = 1'h0;
     if (gemm_active) begin
-      w__valid = \$317 ;
+      w__valid = \$319 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     feed_ready = 1'h0;
     if (gemm_active) begin
-      feed_ready = \a__ready$429 ;
+      feed_ready = \a__ready$431 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \r_en$430  = 1'h0;
+    \r_en$432  = 1'h0;
     if (gemm_active) begin
-      \r_en$430  = \$318 ;
+      \r_en$432  = \$320 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     w__payload = 64'h0000000000000000;
     if (gemm_active) begin
-      w__payload[7:0] = \$319 ;
-      w__payload[15:8] = \$320 ;
-      w__payload[23:16] = \$321 ;
-      w__payload[31:24] = \$322 ;
-      w__payload[39:32] = \$323 ;
-      w__payload[47:40] = \$324 ;
-      w__payload[55:48] = \$325 ;
-      w__payload[63:56] = \$326 ;
+      w__payload[7:0] = \$321 ;
+      w__payload[15:8] = \$322 ;
+      w__payload[23:16] = \$323 ;
+      w__payload[31:24] = \$324 ;
+      w__payload[39:32] = \$325 ;
+      w__payload[47:40] = \$326 ;
+      w__payload[55:48] = \$327 ;
+      w__payload[63:56] = \$328 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     dst_keep = 1'h1;
     if (gemm_active) begin
-      dst_keep = \$338 ;
+      dst_keep = \$340 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$881  = \addr$113 [13:0];
+    \$887  = \addr$115 [13:0];
     if (rst) begin
-      \$881  = 14'h0000;
+      \$887  = 14'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$882  = wr_data;
+    \$888  = wr_data;
     if (rst) begin
-      \$882  = 16'h0000;
+      \$888  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$883  = wr_en;
-    if (rst) begin
-      \$883  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$884  = 1'h0;
-    casez (seq_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
-      3'h2:
-          if (\$604 ) begin
-            \$884  = \$606 ;
-          end
-    endcase
-    if (rst) begin
-      \$884  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$885  = \$421 ;
-    if (rst) begin
-      \$885  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$886  = \$422 ;
-    if (rst) begin
-      \$886  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$887  = \$423 ;
-    if (rst) begin
-      \$887  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$888  = \$424 ;
-    if (rst) begin
-      \$888  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$889  = \$425 ;
+    \$889  = wr_en;
     if (rst) begin
       \$889  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$890  = \$426 ;
+    \$890  = 1'h0;
+    casez (seq_state)
+      3'h0:
+          /* empty */;
+      3'h1:
+          /* empty */;
+      3'h2:
+          if (\$610 ) begin
+            \$890  = \$612 ;
+          end
+    endcase
     if (rst) begin
       \$890  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$891  = \$427 ;
+    \$891  = \$423 ;
     if (rst) begin
       \$891  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$892  = \$428 ;
+    \$892  = \$424 ;
     if (rst) begin
       \$892  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$893  = \$429 ;
+    \$893  = \$425 ;
     if (rst) begin
       \$893  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$894  = \$430 ;
+    \$894  = \$426 ;
     if (rst) begin
       \$894  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$895  = \$431 ;
+    \$895  = \$427 ;
     if (rst) begin
       \$895  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$896  = \$432 ;
+    \$896  = \$428 ;
     if (rst) begin
       \$896  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$897  = \$433 ;
+    \$897  = \$429 ;
     if (rst) begin
       \$897  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$898  = \$434 ;
+    \$898  = \$430 ;
     if (rst) begin
       \$898  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$899  = \$435 ;
+    \$899  = \$431 ;
     if (rst) begin
       \$899  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$900  = \$436 [15:0];
+    \$900  = \$432 ;
     if (rst) begin
-      \$900  = 16'h0000;
+      \$900  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$901  = \$439 ;
+    \$901  = \$433 ;
     if (rst) begin
       \$901  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$902  = \$442 ;
+    \$902  = \$434 ;
     if (rst) begin
       \$902  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$903  = \$445 ;
+    \$903  = \$435 ;
     if (rst) begin
       \$903  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$904  = \$448 ;
+    \$904  = \$436 ;
     if (rst) begin
       \$904  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$905  = \$451 ;
+    \$905  = \$437 ;
     if (rst) begin
       \$905  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$906  = \$453 ;
+    \$906  = \$438 [15:0];
     if (rst) begin
-      \$906  = 1'h0;
+      \$906  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$907  = { \$454 , \final$504 , \last__4$503  };
+    \$907  = \$441 ;
     if (rst) begin
-      \$907  = 3'h0;
+      \$907  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$908  = \$456 ;
+    \$908  = \$444 ;
     if (rst) begin
       \$908  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$909  = { \$457 , \final$507 , \last__4$506  };
+    \$909  = \$447 ;
     if (rst) begin
-      \$909  = 3'h0;
+      \$909  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$910  = \$464 ;
+    \$910  = \$450 ;
     if (rst) begin
       \$910  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$911  = \$472 ;
+    \$911  = \$453 ;
     if (rst) begin
       \$911  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$912  = \$477 ;
+    \$912  = \$455 ;
     if (rst) begin
       \$912  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$913  = 1'h0;
-    casez (seq_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
-      3'h2:
-          /* empty */;
-      3'h3:
-          /* empty */;
-      3'h4:
-          \$913  = \$727 ;
-    endcase
+    \$913  = \$457 ;
     if (rst) begin
       \$913  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$914  = \$505 ;
+    \$914  = src0_meta;
     if (rst) begin
-      \$914  = 1'h0;
+      \$914  = 3'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$915  = \$510 ;
+    \$915  = { \$458 , \final$508 , \last__4$507  };
     if (rst) begin
-      \$915  = 1'h0;
+      \$915  = 3'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$916  = \$515 ;
+    \$916  = \$460 ;
     if (rst) begin
       \$916  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$917  = ext_req_valid;
-    if (in_decode) begin
+    \$917  = \$462 ;
+    if (rst) begin
       \$917  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$918  = src1_meta;
+    if (rst) begin
+      \$918  = 3'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$919  = { \$463 , \final$513 , \last__4$512  };
+    if (rst) begin
+      \$919  = 3'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$920  = \$470 ;
+    if (rst) begin
+      \$920  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$921  = \$478 ;
+    if (rst) begin
+      \$921  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$922  = \$483 ;
+    if (rst) begin
+      \$922  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$923  = 1'h0;
+    casez (seq_state)
+      3'h0:
+          /* empty */;
+      3'h1:
+          /* empty */;
+      3'h2:
+          /* empty */;
+      3'h3:
+          /* empty */;
+      3'h4:
+          \$923  = \$733 ;
+    endcase
+    if (rst) begin
+      \$923  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$924  = \$511 ;
+    if (rst) begin
+      \$924  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$925  = \$516 ;
+    if (rst) begin
+      \$925  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$926  = \$521 ;
+    if (rst) begin
+      \$926  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$927  = ext_req_valid;
+    if (in_decode) begin
+      \$927  = 1'h0;
     end
     if (in_stream) begin
       if (is_move) begin
       end else if (is_load) begin
-        if (\$732 ) begin
-          \$917  = valid;
+        if (\$738 ) begin
+          \$927  = valid;
         end
       end else if (is_store) begin
-        if (\$736 ) begin
-          \$917  = dst_step;
+        if (\$742 ) begin
+          \$927  = dst_step;
         end
       end
     end
     if (rst) begin
-      \$917  = 1'h0;
+      \$927  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$918  = cycles;
+    \$928  = cycles;
     if (busy) begin
-      \$918  = \$516 [47:0];
+      \$928  = \$522 [47:0];
     end
-    if (\$584 ) begin
-      \$918  = 48'h000000000000;
+    if (\$590 ) begin
+      \$928  = 48'h000000000000;
     end
     if (rst) begin
-      \$918  = 48'h000000000000;
+      \$928  = 48'h000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$919  = op_cycles__0;
-    if (busy) begin
-      if (\$517 ) begin
-        \$919  = \$518 [47:0];
-      end
-    end
-    if (\$584 ) begin
-      \$919  = 48'h000000000000;
-    end
-    if (rst) begin
-      \$919  = 48'h000000000000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$920  = op_cycles__1;
-    if (busy) begin
-      if (\$519 ) begin
-        \$920  = \$520 [47:0];
-      end
-    end
-    if (\$584 ) begin
-      \$920  = 48'h000000000000;
-    end
-    if (rst) begin
-      \$920  = 48'h000000000000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$921  = op_cycles__2;
-    if (busy) begin
-      if (\$521 ) begin
-        \$921  = \$522 [47:0];
-      end
-    end
-    if (\$584 ) begin
-      \$921  = 48'h000000000000;
-    end
-    if (rst) begin
-      \$921  = 48'h000000000000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$922  = op_cycles__3;
+    \$929  = op_cycles__0;
     if (busy) begin
       if (\$523 ) begin
-        \$922  = \$524 [47:0];
+        \$929  = \$524 [47:0];
       end
     end
-    if (\$584 ) begin
-      \$922  = 48'h000000000000;
+    if (\$590 ) begin
+      \$929  = 48'h000000000000;
     end
     if (rst) begin
-      \$922  = 48'h000000000000;
+      \$929  = 48'h000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$923  = op_cycles__4;
+    \$930  = op_cycles__1;
     if (busy) begin
       if (\$525 ) begin
-        \$923  = \$526 [47:0];
+        \$930  = \$526 [47:0];
       end
     end
-    if (\$584 ) begin
-      \$923  = 48'h000000000000;
+    if (\$590 ) begin
+      \$930  = 48'h000000000000;
     end
     if (rst) begin
-      \$923  = 48'h000000000000;
+      \$930  = 48'h000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$924  = op_cycles__5;
+    \$931  = op_cycles__2;
     if (busy) begin
       if (\$527 ) begin
-        \$924  = \$528 [47:0];
+        \$931  = \$528 [47:0];
       end
     end
-    if (\$584 ) begin
-      \$924  = 48'h000000000000;
+    if (\$590 ) begin
+      \$931  = 48'h000000000000;
     end
     if (rst) begin
-      \$924  = 48'h000000000000;
+      \$931  = 48'h000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$925  = op_cycles__6;
+    \$932  = op_cycles__3;
     if (busy) begin
       if (\$529 ) begin
-        \$925  = \$530 [47:0];
+        \$932  = \$530 [47:0];
       end
     end
-    if (\$584 ) begin
-      \$925  = 48'h000000000000;
+    if (\$590 ) begin
+      \$932  = 48'h000000000000;
     end
     if (rst) begin
-      \$925  = 48'h000000000000;
+      \$932  = 48'h000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$926  = op_cycles__7;
+    \$933  = op_cycles__4;
     if (busy) begin
       if (\$531 ) begin
-        \$926  = \$532 [47:0];
+        \$933  = \$532 [47:0];
       end
     end
-    if (\$584 ) begin
-      \$926  = 48'h000000000000;
+    if (\$590 ) begin
+      \$933  = 48'h000000000000;
     end
     if (rst) begin
-      \$926  = 48'h000000000000;
+      \$933  = 48'h000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$927  = op_cycles__8;
+    \$934  = op_cycles__5;
     if (busy) begin
       if (\$533 ) begin
-        \$927  = \$534 [47:0];
+        \$934  = \$534 [47:0];
       end
     end
-    if (\$584 ) begin
-      \$927  = 48'h000000000000;
+    if (\$590 ) begin
+      \$934  = 48'h000000000000;
     end
     if (rst) begin
-      \$927  = 48'h000000000000;
+      \$934  = 48'h000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$928  = op_cycles__9;
+    \$935  = op_cycles__6;
     if (busy) begin
       if (\$535 ) begin
-        \$928  = \$536 [47:0];
+        \$935  = \$536 [47:0];
       end
     end
-    if (\$584 ) begin
-      \$928  = 48'h000000000000;
+    if (\$590 ) begin
+      \$935  = 48'h000000000000;
     end
     if (rst) begin
-      \$928  = 48'h000000000000;
+      \$935  = 48'h000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$929  = op_cycles__10;
+    \$936  = op_cycles__7;
     if (busy) begin
       if (\$537 ) begin
-        \$929  = \$538 [47:0];
+        \$936  = \$538 [47:0];
       end
     end
-    if (\$584 ) begin
-      \$929  = 48'h000000000000;
+    if (\$590 ) begin
+      \$936  = 48'h000000000000;
     end
     if (rst) begin
-      \$929  = 48'h000000000000;
+      \$936  = 48'h000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$930  = op_cycles__11;
+    \$937  = op_cycles__8;
     if (busy) begin
       if (\$539 ) begin
-        \$930  = \$540 [47:0];
+        \$937  = \$540 [47:0];
       end
     end
-    if (\$584 ) begin
-      \$930  = 48'h000000000000;
+    if (\$590 ) begin
+      \$937  = 48'h000000000000;
     end
     if (rst) begin
-      \$930  = 48'h000000000000;
+      \$937  = 48'h000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$931  = op_cycles__12;
+    \$938  = op_cycles__9;
     if (busy) begin
       if (\$541 ) begin
-        \$931  = \$542 [47:0];
+        \$938  = \$542 [47:0];
       end
     end
-    if (\$584 ) begin
-      \$931  = 48'h000000000000;
+    if (\$590 ) begin
+      \$938  = 48'h000000000000;
     end
     if (rst) begin
-      \$931  = 48'h000000000000;
+      \$938  = 48'h000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$932  = op_cycles__13;
+    \$939  = op_cycles__10;
     if (busy) begin
       if (\$543 ) begin
-        \$932  = \$544 [47:0];
+        \$939  = \$544 [47:0];
       end
     end
-    if (\$584 ) begin
-      \$932  = 48'h000000000000;
+    if (\$590 ) begin
+      \$939  = 48'h000000000000;
     end
     if (rst) begin
-      \$932  = 48'h000000000000;
+      \$939  = 48'h000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$933  = op_cycles__14;
+    \$940  = op_cycles__11;
     if (busy) begin
       if (\$545 ) begin
-        \$933  = \$546 [47:0];
+        \$940  = \$546 [47:0];
       end
     end
-    if (\$584 ) begin
-      \$933  = 48'h000000000000;
+    if (\$590 ) begin
+      \$940  = 48'h000000000000;
     end
     if (rst) begin
-      \$933  = 48'h000000000000;
+      \$940  = 48'h000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$934  = op_cycles__15;
+    \$941  = op_cycles__12;
     if (busy) begin
       if (\$547 ) begin
-        \$934  = \$548 [47:0];
+        \$941  = \$548 [47:0];
       end
     end
-    if (\$584 ) begin
-      \$934  = 48'h000000000000;
+    if (\$590 ) begin
+      \$941  = 48'h000000000000;
     end
     if (rst) begin
-      \$934  = 48'h000000000000;
+      \$941  = 48'h000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$935  = \$550 ;
-    if (rst) begin
-      \$935  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$936  = is_end;
-    if (rst) begin
-      \$936  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$937  = \$561 ;
-    if (rst) begin
-      \$937  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$938  = \$572 ;
-    if (rst) begin
-      \$938  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$939  = \$582 ;
-    if (rst) begin
-      \$939  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$940  = pc;
-    if (\$584 ) begin
-      \$940  = prog;
+    \$942  = op_cycles__13;
+    if (busy) begin
+      if (\$549 ) begin
+        \$942  = \$550 [47:0];
+      end
     end
     if (\$590 ) begin
-      \$940  = \$signal$531 ;
-    end
-    if (\$598 ) begin
-      \$940  = \$599 [31:0];
+      \$942  = 48'h000000000000;
     end
     if (rst) begin
-      \$940  = 32'd0;
+      \$942  = 48'h000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$941  = busy;
-    if (\$584 ) begin
-      \$941  = 1'h1;
-    end
-    casez (seq_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
-      3'h2:
-          if (\$604 ) begin
-          end else if (d_end_more) begin
-          end else if (d_end) begin
-            \$941  = 1'h0;
-          end
-      3'h3:
-          /* empty */;
-      3'h4:
-          /* empty */;
-      3'h5:
-          if (\$729 ) begin
-            \$941  = 1'h0;
-          end
-    endcase
-    if (rst) begin
-      \$941  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$942  = done;
-    if (\$584 ) begin
-      \$942  = 1'h0;
-    end
-    casez (seq_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
-      3'h2:
-          if (\$604 ) begin
-          end else if (d_end_more) begin
-          end else if (d_end) begin
-            \$942  = 1'h1;
-          end
-      3'h3:
-          /* empty */;
-      3'h4:
-          /* empty */;
-      3'h5:
-          if (\$729 ) begin
-            \$942  = 1'h1;
-          end
-    endcase
-    if (rst) begin
-      \$942  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$943  = error;
-    if (\$584 ) begin
-      \$943  = 4'h0;
-    end
-    casez (seq_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-        begin
-          if (beat__valid) begin
-            if (beat__payload[512]) begin
-              \$943  = 4'h4;
-            end
-          end
-          if (start) begin
-            \$943  = 4'h6;
-          end
-        end
-      3'h2:
-        begin
-          (* full_case = 32'd1 *)
-          if (\$604 ) begin
-          end else if (d_end_more) begin
-          end else if (d_end) begin
-          end else if (d_count_zero) begin
-            \$943  = 4'h2;
-          end else if (d_const) begin
-          end else if (d_stream) begin
-          end else begin
-            \$943  = 4'h1;
-          end
-          if (start) begin
-            \$943  = 4'h6;
-          end
-        end
-      3'h3:
-        begin
-          if (\$642 ) begin
-            if (beat__payload[512]) begin
-              \$943  = 4'h4;
-            end
-          end
-          if (start) begin
-            \$943  = 4'h6;
-          end
-        end
-      3'h4:
-        begin
-          if (addr_fault) begin
-            \$943  = 4'h3;
-          end
-          if (\$728 ) begin
-            \$943  = fault_q;
-          end
-          if (start) begin
-            \$943  = 4'h6;
-          end
-        end
-    endcase
-    if (rst) begin
-      \$943  = 4'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$944  = fetch_sent;
-    if (\$584 ) begin
-      \$944  = 1'h0;
-    end
-    casez (seq_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-        begin
-          if (\$601 ) begin
-            \$944  = 1'h1;
-          end
-          if (beat__valid) begin
-            \$944  = 1'h0;
-          end
-        end
-    endcase
-    if (rst) begin
-      \$944  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$945  = \$signal$531 ;
-    if (\$584 ) begin
-      \$945  = prog;
-    end
-    if (rst) begin
-      \$945  = 32'd0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$946  = \$signal$532 ;
-    if (\$584 ) begin
-      \$946  = image_stride;
-    end
-    if (rst) begin
-      \$946  = 32'd0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$947  = images_left;
-    if (\$584 ) begin
-      \$947  = \$586 ;
+    \$943  = op_cycles__14;
+    if (busy) begin
+      if (\$551 ) begin
+        \$943  = \$552 [47:0];
+      end
     end
     if (\$590 ) begin
-      \$947  = \$591 [15:0];
+      \$943  = 48'h000000000000;
     end
     if (rst) begin
-      \$947  = 16'h0000;
+      \$943  = 48'h000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$948  = offset;
-    if (\$584 ) begin
-      \$948  = 32'd0;
+    \$944  = op_cycles__15;
+    if (busy) begin
+      if (\$553 ) begin
+        \$944  = \$554 [47:0];
+      end
     end
     if (\$590 ) begin
-      \$948  = \$592 [31:0];
+      \$944  = 48'h000000000000;
     end
     if (rst) begin
-      \$948  = 32'd0;
+      \$944  = 48'h000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$949  = seq_state;
-    (* full_case = 32'd1 *)
-    casez (seq_state)
-      3'h0:
-          if (start) begin
-            \$949  = 3'h1;
-          end
-      3'h1:
-        begin
-          if (beat__valid) begin
-            (* full_case = 32'd1 *)
-            if (beat__payload[512]) begin
-              \$949  = 3'h5;
-            end else begin
-              \$949  = 3'h2;
-            end
-          end
-          if (start) begin
-            \$949  = 3'h5;
-          end
-        end
-      3'h2:
-        begin
-          (* full_case = 32'd1 *)
-          if (\$604 ) begin
-          end else if (d_end_more) begin
-            \$949  = 3'h1;
-          end else if (d_end) begin
-            \$949  = 3'h0;
-          end else if (d_count_zero) begin
-            \$949  = 3'h5;
-          end else if (d_const) begin
-            \$949  = 3'h3;
-          end else if (d_stream) begin
-            \$949  = 3'h4;
-          end else begin
-            \$949  = 3'h5;
-          end
-          if (start) begin
-            \$949  = 3'h5;
-          end
-        end
-      3'h3:
-        begin
-          if (\$642 ) begin
-            if (beat__payload[512]) begin
-              \$949  = 3'h5;
-            end
-          end
-          if (c_fire) begin
-            if (c_last) begin
-              \$949  = 3'h4;
-            end
-          end
-          if (\$683 ) begin
-            \$949  = 3'h4;
-          end
-          if (start) begin
-            \$949  = 3'h5;
-          end
-        end
-      3'h4:
-        begin
-          if (\$716 ) begin
-            \$949  = 3'h1;
-          end
-          if (addr_fault) begin
-            \$949  = 3'h5;
-          end
-          if (\$728 ) begin
-            \$949  = 3'h5;
-          end
-          if (start) begin
-            \$949  = 3'h5;
-          end
-        end
-      3'h5:
-          if (\$729 ) begin
-            \$949  = 3'h0;
-          end
-      default:
-          \$949  = 3'h0;
-    endcase
+    \$945  = \$556 ;
     if (rst) begin
-      \$949  = 3'h0;
+      \$945  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$950  = in_stream;
-    (* full_case = 32'd1 *)
-    casez (seq_state)
-      3'h0:
-          if (start) begin
-            \$950  = 1'h0;
-          end
-      3'h1:
-        begin
-          if (beat__valid) begin
-            (* full_case = 32'd1 *)
-            if (beat__payload[512]) begin
-              \$950  = 1'h0;
-            end else begin
-              \$950  = 1'h0;
-            end
-          end
-          if (start) begin
-            \$950  = 1'h0;
-          end
-        end
-      3'h2:
-        begin
-          (* full_case = 32'd1 *)
-          if (\$604 ) begin
-          end else if (d_end_more) begin
-            \$950  = 1'h0;
-          end else if (d_end) begin
-            \$950  = 1'h0;
-          end else if (d_count_zero) begin
-            \$950  = 1'h0;
-          end else if (d_const) begin
-            \$950  = 1'h0;
-          end else if (d_stream) begin
-            \$950  = 1'h1;
-          end else begin
-            \$950  = 1'h0;
-          end
-          if (start) begin
-            \$950  = 1'h0;
-          end
-        end
-      3'h3:
-        begin
-          if (\$642 ) begin
-            if (beat__payload[512]) begin
-              \$950  = 1'h0;
-            end
-          end
-          if (c_fire) begin
-            if (c_last) begin
-              \$950  = 1'h1;
-            end
-          end
-          if (\$683 ) begin
-            \$950  = 1'h1;
-          end
-          if (start) begin
-            \$950  = 1'h0;
-          end
-        end
-      3'h4:
-        begin
-          if (\$716 ) begin
-            \$950  = 1'h0;
-          end
-          if (addr_fault) begin
-            \$950  = 1'h0;
-          end
-          if (\$728 ) begin
-            \$950  = 1'h0;
-          end
-          if (start) begin
-            \$950  = 1'h0;
-          end
-        end
-      3'h5:
-          if (\$729 ) begin
-            \$950  = 1'h0;
-          end
-      default:
-          \$950  = 1'h0;
-    endcase
+    \$946  = is_end;
     if (rst) begin
-      \$950  = 1'h0;
+      \$946  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$951  = in_decode;
-    (* full_case = 32'd1 *)
+    \$947  = \$567 ;
+    if (rst) begin
+      \$947  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$948  = \$578 ;
+    if (rst) begin
+      \$948  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$949  = \$588 ;
+    if (rst) begin
+      \$949  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$950  = pc;
+    if (\$590 ) begin
+      \$950  = prog;
+    end
+    if (\$596 ) begin
+      \$950  = \$signal$537 ;
+    end
+    if (\$604 ) begin
+      \$950  = \$605 [31:0];
+    end
+    if (rst) begin
+      \$950  = 32'd0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$951  = busy;
+    if (\$590 ) begin
+      \$951  = 1'h1;
+    end
     casez (seq_state)
       3'h0:
-          if (start) begin
-            \$951  = 1'h0;
-          end
+          /* empty */;
       3'h1:
-        begin
-          if (beat__valid) begin
-            (* full_case = 32'd1 *)
-            if (beat__payload[512]) begin
-              \$951  = 1'h0;
-            end else begin
-              \$951  = 1'h1;
-            end
-          end
-          if (start) begin
-            \$951  = 1'h0;
-          end
-        end
+          /* empty */;
       3'h2:
-        begin
-          (* full_case = 32'd1 *)
-          if (\$604 ) begin
+          if (\$610 ) begin
           end else if (d_end_more) begin
-            \$951  = 1'h0;
           end else if (d_end) begin
             \$951  = 1'h0;
-          end else if (d_count_zero) begin
-            \$951  = 1'h0;
-          end else if (d_const) begin
-            \$951  = 1'h0;
-          end else if (d_stream) begin
-            \$951  = 1'h0;
-          end else begin
-            \$951  = 1'h0;
           end
-          if (start) begin
-            \$951  = 1'h0;
-          end
-        end
       3'h3:
-        begin
-          if (\$642 ) begin
-            if (beat__payload[512]) begin
-              \$951  = 1'h0;
-            end
-          end
-          if (c_fire) begin
-            if (c_last) begin
-              \$951  = 1'h0;
-            end
-          end
-          if (\$683 ) begin
-            \$951  = 1'h0;
-          end
-          if (start) begin
-            \$951  = 1'h0;
-          end
-        end
+          /* empty */;
       3'h4:
-        begin
-          if (\$716 ) begin
-            \$951  = 1'h0;
-          end
-          if (addr_fault) begin
-            \$951  = 1'h0;
-          end
-          if (\$728 ) begin
-            \$951  = 1'h0;
-          end
-          if (start) begin
-            \$951  = 1'h0;
-          end
-        end
+          /* empty */;
       3'h5:
-          if (\$729 ) begin
+          if (\$735 ) begin
             \$951  = 1'h0;
           end
-      default:
-          \$951  = 1'h0;
     endcase
     if (rst) begin
       \$951  = 1'h0;
@@ -32633,88 +32264,29 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$952  = in_op;
-    (* full_case = 32'd1 *)
+    \$952  = done;
+    if (\$590 ) begin
+      \$952  = 1'h0;
+    end
     casez (seq_state)
       3'h0:
-          if (start) begin
-            \$952  = 1'h0;
-          end
+          /* empty */;
       3'h1:
-        begin
-          if (beat__valid) begin
-            (* full_case = 32'd1 *)
-            if (beat__payload[512]) begin
-              \$952  = 1'h0;
-            end else begin
-              \$952  = 1'h0;
-            end
-          end
-          if (start) begin
-            \$952  = 1'h0;
-          end
-        end
+          /* empty */;
       3'h2:
-        begin
-          (* full_case = 32'd1 *)
-          if (\$604 ) begin
+          if (\$610 ) begin
           end else if (d_end_more) begin
-            \$952  = 1'h0;
           end else if (d_end) begin
-            \$952  = 1'h0;
-          end else if (d_count_zero) begin
-            \$952  = 1'h0;
-          end else if (d_const) begin
             \$952  = 1'h1;
-          end else if (d_stream) begin
-            \$952  = 1'h1;
-          end else begin
-            \$952  = 1'h0;
           end
-          if (start) begin
-            \$952  = 1'h0;
-          end
-        end
       3'h3:
-        begin
-          if (\$642 ) begin
-            if (beat__payload[512]) begin
-              \$952  = 1'h0;
-            end
-          end
-          if (c_fire) begin
-            if (c_last) begin
-              \$952  = 1'h1;
-            end
-          end
-          if (\$683 ) begin
+          /* empty */;
+      3'h4:
+          /* empty */;
+      3'h5:
+          if (\$735 ) begin
             \$952  = 1'h1;
           end
-          if (start) begin
-            \$952  = 1'h0;
-          end
-        end
-      3'h4:
-        begin
-          if (\$716 ) begin
-            \$952  = 1'h0;
-          end
-          if (addr_fault) begin
-            \$952  = 1'h0;
-          end
-          if (\$728 ) begin
-            \$952  = 1'h0;
-          end
-          if (start) begin
-            \$952  = 1'h0;
-          end
-        end
-      3'h5:
-          if (\$729 ) begin
-            \$952  = 1'h0;
-          end
-      default:
-          \$952  = 1'h0;
     endcase
     if (rst) begin
       \$952  = 1'h0;
@@ -32722,177 +32294,87 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$953  = unit_rst;
-    (* full_case = 32'd1 *)
+    \$953  = error;
+    if (\$590 ) begin
+      \$953  = 4'h0;
+    end
     casez (seq_state)
       3'h0:
-          if (start) begin
-            \$953  = 1'h0;
-          end
+          /* empty */;
       3'h1:
         begin
           if (beat__valid) begin
-            (* full_case = 32'd1 *)
             if (beat__payload[512]) begin
-              \$953  = 1'h1;
-            end else begin
-              \$953  = 1'h0;
+              \$953  = 4'h4;
             end
           end
           if (start) begin
-            \$953  = 1'h1;
+            \$953  = 4'h6;
           end
         end
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$604 ) begin
+          if (\$610 ) begin
           end else if (d_end_more) begin
-            \$953  = 1'h0;
           end else if (d_end) begin
-            \$953  = 1'h0;
           end else if (d_count_zero) begin
-            \$953  = 1'h1;
+            \$953  = 4'h2;
           end else if (d_const) begin
-            \$953  = 1'h0;
           end else if (d_stream) begin
-            \$953  = 1'h0;
           end else begin
-            \$953  = 1'h1;
+            \$953  = 4'h1;
           end
           if (start) begin
-            \$953  = 1'h1;
+            \$953  = 4'h6;
           end
         end
       3'h3:
         begin
-          if (\$642 ) begin
+          if (\$648 ) begin
             if (beat__payload[512]) begin
-              \$953  = 1'h1;
+              \$953  = 4'h4;
             end
-          end
-          if (c_fire) begin
-            if (c_last) begin
-              \$953  = 1'h0;
-            end
-          end
-          if (\$683 ) begin
-            \$953  = 1'h0;
           end
           if (start) begin
-            \$953  = 1'h1;
+            \$953  = 4'h6;
           end
         end
       3'h4:
         begin
-          if (\$716 ) begin
-            \$953  = 1'h0;
-          end
           if (addr_fault) begin
-            \$953  = 1'h1;
+            \$953  = 4'h3;
           end
-          if (\$728 ) begin
-            \$953  = 1'h1;
+          if (\$734 ) begin
+            \$953  = fault_q;
           end
           if (start) begin
-            \$953  = 1'h1;
+            \$953  = 4'h6;
           end
         end
-      3'h5:
-          if (\$729 ) begin
-            \$953  = 1'h0;
-          end
-      default:
-          \$953  = 1'h0;
     endcase
     if (rst) begin
-      \$953  = 1'h0;
+      \$953  = 4'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$954  = gemm_active;
-    (* full_case = 32'd1 *)
+    \$954  = fetch_sent;
+    if (\$590 ) begin
+      \$954  = 1'h0;
+    end
     casez (seq_state)
       3'h0:
-          if (start) begin
-            \$954  = 1'h0;
-          end
+          /* empty */;
       3'h1:
         begin
+          if (\$607 ) begin
+            \$954  = 1'h1;
+          end
           if (beat__valid) begin
-            (* full_case = 32'd1 *)
-            if (beat__payload[512]) begin
-              \$954  = 1'h0;
-            end else begin
-              \$954  = 1'h0;
-            end
-          end
-          if (start) begin
             \$954  = 1'h0;
           end
         end
-      3'h2:
-        begin
-          (* full_case = 32'd1 *)
-          if (\$604 ) begin
-          end else if (d_end_more) begin
-            \$954  = 1'h0;
-          end else if (d_end) begin
-            \$954  = 1'h0;
-          end else if (d_count_zero) begin
-            \$954  = 1'h0;
-          end else if (d_const) begin
-            \$954  = 1'h0;
-          end else if (d_stream) begin
-            \$954  = is_gemm;
-          end else begin
-            \$954  = 1'h0;
-          end
-          if (start) begin
-            \$954  = 1'h0;
-          end
-        end
-      3'h3:
-        begin
-          if (\$642 ) begin
-            if (beat__payload[512]) begin
-              \$954  = 1'h0;
-            end
-          end
-          if (c_fire) begin
-            if (c_last) begin
-              \$954  = is_gemm;
-            end
-          end
-          if (\$683 ) begin
-            \$954  = is_gemm;
-          end
-          if (start) begin
-            \$954  = 1'h0;
-          end
-        end
-      3'h4:
-        begin
-          if (\$716 ) begin
-            \$954  = 1'h0;
-          end
-          if (addr_fault) begin
-            \$954  = 1'h0;
-          end
-          if (\$728 ) begin
-            \$954  = 1'h0;
-          end
-          if (start) begin
-            \$954  = 1'h0;
-          end
-        end
-      3'h5:
-          if (\$729 ) begin
-            \$954  = 1'h0;
-          end
-      default:
-          \$954  = 1'h0;
     endcase
     if (rst) begin
       \$954  = 1'h0;
@@ -32900,452 +32382,142 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$955  = pack_active;
+    \$955  = \$signal$537 ;
+    if (\$590 ) begin
+      \$955  = prog;
+    end
+    if (rst) begin
+      \$955  = 32'd0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$956  = \$signal$538 ;
+    if (\$590 ) begin
+      \$956  = image_stride;
+    end
+    if (rst) begin
+      \$956  = 32'd0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$957  = images_left;
+    if (\$590 ) begin
+      \$957  = \$592 ;
+    end
+    if (\$596 ) begin
+      \$957  = \$597 [15:0];
+    end
+    if (rst) begin
+      \$957  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$958  = offset;
+    if (\$590 ) begin
+      \$958  = 32'd0;
+    end
+    if (\$596 ) begin
+      \$958  = \$598 [31:0];
+    end
+    if (rst) begin
+      \$958  = 32'd0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$959  = seq_state;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
           if (start) begin
-            \$955  = 1'h0;
+            \$959  = 3'h1;
           end
       3'h1:
         begin
           if (beat__valid) begin
             (* full_case = 32'd1 *)
             if (beat__payload[512]) begin
-              \$955  = 1'h0;
+              \$959  = 3'h5;
             end else begin
-              \$955  = 1'h0;
+              \$959  = 3'h2;
             end
           end
           if (start) begin
-            \$955  = 1'h0;
+            \$959  = 3'h5;
           end
         end
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$604 ) begin
+          if (\$610 ) begin
           end else if (d_end_more) begin
-            \$955  = 1'h0;
+            \$959  = 3'h1;
           end else if (d_end) begin
-            \$955  = 1'h0;
+            \$959  = 3'h0;
           end else if (d_count_zero) begin
-            \$955  = 1'h0;
+            \$959  = 3'h5;
           end else if (d_const) begin
-            \$955  = 1'h0;
+            \$959  = 3'h3;
           end else if (d_stream) begin
-            \$955  = \$611 ;
+            \$959  = 3'h4;
           end else begin
-            \$955  = 1'h0;
+            \$959  = 3'h5;
           end
           if (start) begin
-            \$955  = 1'h0;
+            \$959  = 3'h5;
           end
         end
       3'h3:
         begin
-          if (\$642 ) begin
+          if (\$648 ) begin
             if (beat__payload[512]) begin
-              \$955  = 1'h0;
+              \$959  = 3'h5;
             end
           end
           if (c_fire) begin
             if (c_last) begin
-              \$955  = \$656 ;
+              \$959  = 3'h4;
             end
           end
-          if (\$683 ) begin
-            \$955  = \$686 ;
+          if (\$689 ) begin
+            \$959  = 3'h4;
           end
           if (start) begin
-            \$955  = 1'h0;
+            \$959  = 3'h5;
           end
         end
       3'h4:
         begin
-          if (\$716 ) begin
-            \$955  = 1'h0;
+          if (\$722 ) begin
+            \$959  = 3'h1;
           end
           if (addr_fault) begin
-            \$955  = 1'h0;
+            \$959  = 3'h5;
           end
-          if (\$728 ) begin
-            \$955  = 1'h0;
+          if (\$734 ) begin
+            \$959  = 3'h5;
           end
           if (start) begin
-            \$955  = 1'h0;
+            \$959  = 3'h5;
           end
         end
       3'h5:
-          if (\$729 ) begin
-            \$955  = 1'h0;
+          if (\$735 ) begin
+            \$959  = 3'h0;
           end
       default:
-          \$955  = 1'h0;
+          \$959  = 3'h0;
     endcase
     if (rst) begin
-      \$955  = 1'h0;
+      \$959  = 3'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$956  = sink_from_move;
-    (* full_case = 32'd1 *)
-    casez (seq_state)
-      3'h0:
-          if (start) begin
-            \$956  = 1'h0;
-          end
-      3'h1:
-        begin
-          if (beat__valid) begin
-            (* full_case = 32'd1 *)
-            if (beat__payload[512]) begin
-              \$956  = 1'h0;
-            end else begin
-              \$956  = 1'h0;
-            end
-          end
-          if (start) begin
-            \$956  = 1'h0;
-          end
-        end
-      3'h2:
-        begin
-          (* full_case = 32'd1 *)
-          if (\$604 ) begin
-          end else if (d_end_more) begin
-            \$956  = 1'h0;
-          end else if (d_end) begin
-            \$956  = 1'h0;
-          end else if (d_count_zero) begin
-            \$956  = 1'h0;
-          end else if (d_const) begin
-            \$956  = 1'h0;
-          end else if (d_stream) begin
-            \$956  = is_move;
-          end else begin
-            \$956  = 1'h0;
-          end
-          if (start) begin
-            \$956  = 1'h0;
-          end
-        end
-      3'h3:
-        begin
-          if (\$642 ) begin
-            if (beat__payload[512]) begin
-              \$956  = 1'h0;
-            end
-          end
-          if (c_fire) begin
-            if (c_last) begin
-              \$956  = is_move;
-            end
-          end
-          if (\$683 ) begin
-            \$956  = is_move;
-          end
-          if (start) begin
-            \$956  = 1'h0;
-          end
-        end
-      3'h4:
-        begin
-          if (\$716 ) begin
-            \$956  = 1'h0;
-          end
-          if (addr_fault) begin
-            \$956  = 1'h0;
-          end
-          if (\$728 ) begin
-            \$956  = 1'h0;
-          end
-          if (start) begin
-            \$956  = 1'h0;
-          end
-        end
-      3'h5:
-          if (\$729 ) begin
-            \$956  = 1'h0;
-          end
-      default:
-          \$956  = 1'h0;
-    endcase
-    if (rst) begin
-      \$956  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$957  = sink_from_load;
-    (* full_case = 32'd1 *)
-    casez (seq_state)
-      3'h0:
-          if (start) begin
-            \$957  = 1'h0;
-          end
-      3'h1:
-        begin
-          if (beat__valid) begin
-            (* full_case = 32'd1 *)
-            if (beat__payload[512]) begin
-              \$957  = 1'h0;
-            end else begin
-              \$957  = 1'h0;
-            end
-          end
-          if (start) begin
-            \$957  = 1'h0;
-          end
-        end
-      3'h2:
-        begin
-          (* full_case = 32'd1 *)
-          if (\$604 ) begin
-          end else if (d_end_more) begin
-            \$957  = 1'h0;
-          end else if (d_end) begin
-            \$957  = 1'h0;
-          end else if (d_count_zero) begin
-            \$957  = 1'h0;
-          end else if (d_const) begin
-            \$957  = 1'h0;
-          end else if (d_stream) begin
-            \$957  = is_load;
-          end else begin
-            \$957  = 1'h0;
-          end
-          if (start) begin
-            \$957  = 1'h0;
-          end
-        end
-      3'h3:
-        begin
-          if (\$642 ) begin
-            if (beat__payload[512]) begin
-              \$957  = 1'h0;
-            end
-          end
-          if (c_fire) begin
-            if (c_last) begin
-              \$957  = is_load;
-            end
-          end
-          if (\$683 ) begin
-            \$957  = is_load;
-          end
-          if (start) begin
-            \$957  = 1'h0;
-          end
-        end
-      3'h4:
-        begin
-          if (\$716 ) begin
-            \$957  = 1'h0;
-          end
-          if (addr_fault) begin
-            \$957  = 1'h0;
-          end
-          if (\$728 ) begin
-            \$957  = 1'h0;
-          end
-          if (start) begin
-            \$957  = 1'h0;
-          end
-        end
-      3'h5:
-          if (\$729 ) begin
-            \$957  = 1'h0;
-          end
-      default:
-          \$957  = 1'h0;
-    endcase
-    if (rst) begin
-      \$957  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$958  = sink_from_store;
-    (* full_case = 32'd1 *)
-    casez (seq_state)
-      3'h0:
-          if (start) begin
-            \$958  = 1'h0;
-          end
-      3'h1:
-        begin
-          if (beat__valid) begin
-            (* full_case = 32'd1 *)
-            if (beat__payload[512]) begin
-              \$958  = 1'h0;
-            end else begin
-              \$958  = 1'h0;
-            end
-          end
-          if (start) begin
-            \$958  = 1'h0;
-          end
-        end
-      3'h2:
-        begin
-          (* full_case = 32'd1 *)
-          if (\$604 ) begin
-          end else if (d_end_more) begin
-            \$958  = 1'h0;
-          end else if (d_end) begin
-            \$958  = 1'h0;
-          end else if (d_count_zero) begin
-            \$958  = 1'h0;
-          end else if (d_const) begin
-            \$958  = 1'h0;
-          end else if (d_stream) begin
-            \$958  = is_store;
-          end else begin
-            \$958  = 1'h0;
-          end
-          if (start) begin
-            \$958  = 1'h0;
-          end
-        end
-      3'h3:
-        begin
-          if (\$642 ) begin
-            if (beat__payload[512]) begin
-              \$958  = 1'h0;
-            end
-          end
-          if (c_fire) begin
-            if (c_last) begin
-              \$958  = is_store;
-            end
-          end
-          if (\$683 ) begin
-            \$958  = is_store;
-          end
-          if (start) begin
-            \$958  = 1'h0;
-          end
-        end
-      3'h4:
-        begin
-          if (\$716 ) begin
-            \$958  = 1'h0;
-          end
-          if (addr_fault) begin
-            \$958  = 1'h0;
-          end
-          if (\$728 ) begin
-            \$958  = 1'h0;
-          end
-          if (start) begin
-            \$958  = 1'h0;
-          end
-        end
-      3'h5:
-          if (\$729 ) begin
-            \$958  = 1'h0;
-          end
-      default:
-          \$958  = 1'h0;
-    endcase
-    if (rst) begin
-      \$958  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$959  = sink_from_softmax;
-    (* full_case = 32'd1 *)
-    casez (seq_state)
-      3'h0:
-          if (start) begin
-            \$959  = 1'h0;
-          end
-      3'h1:
-        begin
-          if (beat__valid) begin
-            (* full_case = 32'd1 *)
-            if (beat__payload[512]) begin
-              \$959  = 1'h0;
-            end else begin
-              \$959  = 1'h0;
-            end
-          end
-          if (start) begin
-            \$959  = 1'h0;
-          end
-        end
-      3'h2:
-        begin
-          (* full_case = 32'd1 *)
-          if (\$604 ) begin
-          end else if (d_end_more) begin
-            \$959  = 1'h0;
-          end else if (d_end) begin
-            \$959  = 1'h0;
-          end else if (d_count_zero) begin
-            \$959  = 1'h0;
-          end else if (d_const) begin
-            \$959  = 1'h0;
-          end else if (d_stream) begin
-            \$959  = is_softmax;
-          end else begin
-            \$959  = 1'h0;
-          end
-          if (start) begin
-            \$959  = 1'h0;
-          end
-        end
-      3'h3:
-        begin
-          if (\$642 ) begin
-            if (beat__payload[512]) begin
-              \$959  = 1'h0;
-            end
-          end
-          if (c_fire) begin
-            if (c_last) begin
-              \$959  = is_softmax;
-            end
-          end
-          if (\$683 ) begin
-            \$959  = is_softmax;
-          end
-          if (start) begin
-            \$959  = 1'h0;
-          end
-        end
-      3'h4:
-        begin
-          if (\$716 ) begin
-            \$959  = 1'h0;
-          end
-          if (addr_fault) begin
-            \$959  = 1'h0;
-          end
-          if (\$728 ) begin
-            \$959  = 1'h0;
-          end
-          if (start) begin
-            \$959  = 1'h0;
-          end
-        end
-      3'h5:
-          if (\$729 ) begin
-            \$959  = 1'h0;
-          end
-      default:
-          \$959  = 1'h0;
-    endcase
-    if (rst) begin
-      \$959  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$960  = sink_from_layernorm;
+    \$960  = in_stream;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
@@ -33369,7 +32541,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$604 ) begin
+          if (\$610 ) begin
           end else if (d_end_more) begin
             \$960  = 1'h0;
           end else if (d_end) begin
@@ -33379,7 +32551,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end else if (d_const) begin
             \$960  = 1'h0;
           end else if (d_stream) begin
-            \$960  = is_layernorm;
+            \$960  = 1'h1;
           end else begin
             \$960  = 1'h0;
           end
@@ -33389,18 +32561,18 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h3:
         begin
-          if (\$642 ) begin
+          if (\$648 ) begin
             if (beat__payload[512]) begin
               \$960  = 1'h0;
             end
           end
           if (c_fire) begin
             if (c_last) begin
-              \$960  = is_layernorm;
+              \$960  = 1'h1;
             end
           end
-          if (\$683 ) begin
-            \$960  = is_layernorm;
+          if (\$689 ) begin
+            \$960  = 1'h1;
           end
           if (start) begin
             \$960  = 1'h0;
@@ -33408,13 +32580,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h4:
         begin
-          if (\$716 ) begin
+          if (\$722 ) begin
             \$960  = 1'h0;
           end
           if (addr_fault) begin
             \$960  = 1'h0;
           end
-          if (\$728 ) begin
+          if (\$734 ) begin
             \$960  = 1'h0;
           end
           if (start) begin
@@ -33422,7 +32594,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end
         end
       3'h5:
-          if (\$729 ) begin
+          if (\$735 ) begin
             \$960  = 1'h0;
           end
       default:
@@ -33434,7 +32606,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$961  = sink_from_add;
+    \$961  = in_decode;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
@@ -33448,7 +32620,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
             if (beat__payload[512]) begin
               \$961  = 1'h0;
             end else begin
-              \$961  = 1'h0;
+              \$961  = 1'h1;
             end
           end
           if (start) begin
@@ -33458,7 +32630,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$604 ) begin
+          if (\$610 ) begin
           end else if (d_end_more) begin
             \$961  = 1'h0;
           end else if (d_end) begin
@@ -33468,7 +32640,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end else if (d_const) begin
             \$961  = 1'h0;
           end else if (d_stream) begin
-            \$961  = \$615 ;
+            \$961  = 1'h0;
           end else begin
             \$961  = 1'h0;
           end
@@ -33478,18 +32650,18 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h3:
         begin
-          if (\$642 ) begin
+          if (\$648 ) begin
             if (beat__payload[512]) begin
               \$961  = 1'h0;
             end
           end
           if (c_fire) begin
             if (c_last) begin
-              \$961  = \$660 ;
+              \$961  = 1'h0;
             end
           end
-          if (\$683 ) begin
-            \$961  = \$690 ;
+          if (\$689 ) begin
+            \$961  = 1'h0;
           end
           if (start) begin
             \$961  = 1'h0;
@@ -33497,13 +32669,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h4:
         begin
-          if (\$716 ) begin
+          if (\$722 ) begin
             \$961  = 1'h0;
           end
           if (addr_fault) begin
             \$961  = 1'h0;
           end
-          if (\$728 ) begin
+          if (\$734 ) begin
             \$961  = 1'h0;
           end
           if (start) begin
@@ -33511,7 +32683,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end
         end
       3'h5:
-          if (\$729 ) begin
+          if (\$735 ) begin
             \$961  = 1'h0;
           end
       default:
@@ -33523,7 +32695,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$962  = sink_from_gelu0;
+    \$962  = in_op;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
@@ -33547,7 +32719,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$604 ) begin
+          if (\$610 ) begin
           end else if (d_end_more) begin
             \$962  = 1'h0;
           end else if (d_end) begin
@@ -33555,9 +32727,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end else if (d_count_zero) begin
             \$962  = 1'h0;
           end else if (d_const) begin
-            \$962  = 1'h0;
+            \$962  = 1'h1;
           end else if (d_stream) begin
-            \$962  = \$619 ;
+            \$962  = 1'h1;
           end else begin
             \$962  = 1'h0;
           end
@@ -33567,18 +32739,18 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h3:
         begin
-          if (\$642 ) begin
+          if (\$648 ) begin
             if (beat__payload[512]) begin
               \$962  = 1'h0;
             end
           end
           if (c_fire) begin
             if (c_last) begin
-              \$962  = \$664 ;
+              \$962  = 1'h1;
             end
           end
-          if (\$683 ) begin
-            \$962  = \$694 ;
+          if (\$689 ) begin
+            \$962  = 1'h1;
           end
           if (start) begin
             \$962  = 1'h0;
@@ -33586,13 +32758,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h4:
         begin
-          if (\$716 ) begin
+          if (\$722 ) begin
             \$962  = 1'h0;
           end
           if (addr_fault) begin
             \$962  = 1'h0;
           end
-          if (\$728 ) begin
+          if (\$734 ) begin
             \$962  = 1'h0;
           end
           if (start) begin
@@ -33600,7 +32772,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end
         end
       3'h5:
-          if (\$729 ) begin
+          if (\$735 ) begin
             \$962  = 1'h0;
           end
       default:
@@ -33612,7 +32784,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$963  = sink_from_gemm;
+    \$963  = unit_rst;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
@@ -33624,72 +32796,72 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           if (beat__valid) begin
             (* full_case = 32'd1 *)
             if (beat__payload[512]) begin
-              \$963  = 1'h0;
+              \$963  = 1'h1;
             end else begin
               \$963  = 1'h0;
             end
           end
           if (start) begin
-            \$963  = 1'h0;
+            \$963  = 1'h1;
           end
         end
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$604 ) begin
+          if (\$610 ) begin
           end else if (d_end_more) begin
             \$963  = 1'h0;
           end else if (d_end) begin
             \$963  = 1'h0;
           end else if (d_count_zero) begin
-            \$963  = 1'h0;
+            \$963  = 1'h1;
           end else if (d_const) begin
             \$963  = 1'h0;
           end else if (d_stream) begin
-            \$963  = \$623 ;
-          end else begin
             \$963  = 1'h0;
+          end else begin
+            \$963  = 1'h1;
           end
           if (start) begin
-            \$963  = 1'h0;
+            \$963  = 1'h1;
           end
         end
       3'h3:
         begin
-          if (\$642 ) begin
+          if (\$648 ) begin
             if (beat__payload[512]) begin
-              \$963  = 1'h0;
+              \$963  = 1'h1;
             end
           end
           if (c_fire) begin
             if (c_last) begin
-              \$963  = \$668 ;
+              \$963  = 1'h0;
             end
           end
-          if (\$683 ) begin
-            \$963  = \$698 ;
+          if (\$689 ) begin
+            \$963  = 1'h0;
           end
           if (start) begin
-            \$963  = 1'h0;
+            \$963  = 1'h1;
           end
         end
       3'h4:
         begin
-          if (\$716 ) begin
+          if (\$722 ) begin
             \$963  = 1'h0;
           end
           if (addr_fault) begin
-            \$963  = 1'h0;
+            \$963  = 1'h1;
           end
-          if (\$728 ) begin
-            \$963  = 1'h0;
+          if (\$734 ) begin
+            \$963  = 1'h1;
           end
           if (start) begin
-            \$963  = 1'h0;
+            \$963  = 1'h1;
           end
         end
       3'h5:
-          if (\$729 ) begin
+          if (\$735 ) begin
             \$963  = 1'h0;
           end
       default:
@@ -33701,7 +32873,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$964  = a_from_softmax;
+    \$964  = gemm_active;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
@@ -33725,7 +32897,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$604 ) begin
+          if (\$610 ) begin
           end else if (d_end_more) begin
             \$964  = 1'h0;
           end else if (d_end) begin
@@ -33735,7 +32907,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end else if (d_const) begin
             \$964  = 1'h0;
           end else if (d_stream) begin
-            \$964  = \$624 ;
+            \$964  = is_gemm;
           end else begin
             \$964  = 1'h0;
           end
@@ -33745,18 +32917,18 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h3:
         begin
-          if (\$642 ) begin
+          if (\$648 ) begin
             if (beat__payload[512]) begin
               \$964  = 1'h0;
             end
           end
           if (c_fire) begin
             if (c_last) begin
-              \$964  = \$669 ;
+              \$964  = is_gemm;
             end
           end
-          if (\$683 ) begin
-            \$964  = \$699 ;
+          if (\$689 ) begin
+            \$964  = is_gemm;
           end
           if (start) begin
             \$964  = 1'h0;
@@ -33764,13 +32936,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h4:
         begin
-          if (\$716 ) begin
+          if (\$722 ) begin
             \$964  = 1'h0;
           end
           if (addr_fault) begin
             \$964  = 1'h0;
           end
-          if (\$728 ) begin
+          if (\$734 ) begin
             \$964  = 1'h0;
           end
           if (start) begin
@@ -33778,7 +32950,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end
         end
       3'h5:
-          if (\$729 ) begin
+          if (\$735 ) begin
             \$964  = 1'h0;
           end
       default:
@@ -33790,7 +32962,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$965  = a_from_layernorm;
+    \$965  = pack_active;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
@@ -33814,7 +32986,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$604 ) begin
+          if (\$610 ) begin
           end else if (d_end_more) begin
             \$965  = 1'h0;
           end else if (d_end) begin
@@ -33824,7 +32996,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end else if (d_const) begin
             \$965  = 1'h0;
           end else if (d_stream) begin
-            \$965  = \$625 ;
+            \$965  = \$617 ;
           end else begin
             \$965  = 1'h0;
           end
@@ -33834,18 +33006,18 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h3:
         begin
-          if (\$642 ) begin
+          if (\$648 ) begin
             if (beat__payload[512]) begin
               \$965  = 1'h0;
             end
           end
           if (c_fire) begin
             if (c_last) begin
-              \$965  = \$670 ;
+              \$965  = \$662 ;
             end
           end
-          if (\$683 ) begin
-            \$965  = \$700 ;
+          if (\$689 ) begin
+            \$965  = \$692 ;
           end
           if (start) begin
             \$965  = 1'h0;
@@ -33853,13 +33025,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h4:
         begin
-          if (\$716 ) begin
+          if (\$722 ) begin
             \$965  = 1'h0;
           end
           if (addr_fault) begin
             \$965  = 1'h0;
           end
-          if (\$728 ) begin
+          if (\$734 ) begin
             \$965  = 1'h0;
           end
           if (start) begin
@@ -33867,7 +33039,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end
         end
       3'h5:
-          if (\$729 ) begin
+          if (\$735 ) begin
             \$965  = 1'h0;
           end
       default:
@@ -33879,7 +33051,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$966  = a_from_src0;
+    \$966  = sink_from_move;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
@@ -33903,7 +33075,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$604 ) begin
+          if (\$610 ) begin
           end else if (d_end_more) begin
             \$966  = 1'h0;
           end else if (d_end) begin
@@ -33913,7 +33085,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end else if (d_const) begin
             \$966  = 1'h0;
           end else if (d_stream) begin
-            \$966  = \$629 ;
+            \$966  = is_move;
           end else begin
             \$966  = 1'h0;
           end
@@ -33923,18 +33095,18 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h3:
         begin
-          if (\$642 ) begin
+          if (\$648 ) begin
             if (beat__payload[512]) begin
               \$966  = 1'h0;
             end
           end
           if (c_fire) begin
             if (c_last) begin
-              \$966  = \$674 ;
+              \$966  = is_move;
             end
           end
-          if (\$683 ) begin
-            \$966  = \$704 ;
+          if (\$689 ) begin
+            \$966  = is_move;
           end
           if (start) begin
             \$966  = 1'h0;
@@ -33942,13 +33114,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h4:
         begin
-          if (\$716 ) begin
+          if (\$722 ) begin
             \$966  = 1'h0;
           end
           if (addr_fault) begin
             \$966  = 1'h0;
           end
-          if (\$728 ) begin
+          if (\$734 ) begin
             \$966  = 1'h0;
           end
           if (start) begin
@@ -33956,7 +33128,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end
         end
       3'h5:
-          if (\$729 ) begin
+          if (\$735 ) begin
             \$966  = 1'h0;
           end
       default:
@@ -33968,7 +33140,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$967  = const_to0;
+    \$967  = sink_from_load;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
@@ -33992,7 +33164,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$604 ) begin
+          if (\$610 ) begin
           end else if (d_end_more) begin
             \$967  = 1'h0;
           end else if (d_end) begin
@@ -34000,9 +33172,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end else if (d_count_zero) begin
             \$967  = 1'h0;
           end else if (d_const) begin
-            \$967  = \$607 ;
-          end else if (d_stream) begin
             \$967  = 1'h0;
+          end else if (d_stream) begin
+            \$967  = is_load;
           end else begin
             \$967  = 1'h0;
           end
@@ -34012,18 +33184,18 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h3:
         begin
-          if (\$642 ) begin
+          if (\$648 ) begin
             if (beat__payload[512]) begin
               \$967  = 1'h0;
             end
           end
           if (c_fire) begin
             if (c_last) begin
-              \$967  = 1'h0;
+              \$967  = is_load;
             end
           end
-          if (\$683 ) begin
-            \$967  = 1'h0;
+          if (\$689 ) begin
+            \$967  = is_load;
           end
           if (start) begin
             \$967  = 1'h0;
@@ -34031,13 +33203,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h4:
         begin
-          if (\$716 ) begin
+          if (\$722 ) begin
             \$967  = 1'h0;
           end
           if (addr_fault) begin
             \$967  = 1'h0;
           end
-          if (\$728 ) begin
+          if (\$734 ) begin
             \$967  = 1'h0;
           end
           if (start) begin
@@ -34045,7 +33217,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end
         end
       3'h5:
-          if (\$729 ) begin
+          if (\$735 ) begin
             \$967  = 1'h0;
           end
       default:
@@ -34057,7 +33229,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$968  = const_to1;
+    \$968  = sink_from_store;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
@@ -34081,7 +33253,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$604 ) begin
+          if (\$610 ) begin
           end else if (d_end_more) begin
             \$968  = 1'h0;
           end else if (d_end) begin
@@ -34089,9 +33261,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end else if (d_count_zero) begin
             \$968  = 1'h0;
           end else if (d_const) begin
-            \$968  = \$608 ;
-          end else if (d_stream) begin
             \$968  = 1'h0;
+          end else if (d_stream) begin
+            \$968  = is_store;
           end else begin
             \$968  = 1'h0;
           end
@@ -34101,18 +33273,18 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h3:
         begin
-          if (\$642 ) begin
+          if (\$648 ) begin
             if (beat__payload[512]) begin
               \$968  = 1'h0;
             end
           end
           if (c_fire) begin
             if (c_last) begin
-              \$968  = 1'h0;
+              \$968  = is_store;
             end
           end
-          if (\$683 ) begin
-            \$968  = 1'h0;
+          if (\$689 ) begin
+            \$968  = is_store;
           end
           if (start) begin
             \$968  = 1'h0;
@@ -34120,13 +33292,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h4:
         begin
-          if (\$716 ) begin
+          if (\$722 ) begin
             \$968  = 1'h0;
           end
           if (addr_fault) begin
             \$968  = 1'h0;
           end
-          if (\$728 ) begin
+          if (\$734 ) begin
             \$968  = 1'h0;
           end
           if (start) begin
@@ -34134,7 +33306,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end
         end
       3'h5:
-          if (\$729 ) begin
+          if (\$735 ) begin
             \$968  = 1'h0;
           end
       default:
@@ -34146,7 +33318,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$969  = const_to2;
+    \$969  = sink_from_softmax;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
@@ -34170,7 +33342,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$604 ) begin
+          if (\$610 ) begin
           end else if (d_end_more) begin
             \$969  = 1'h0;
           end else if (d_end) begin
@@ -34178,9 +33350,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end else if (d_count_zero) begin
             \$969  = 1'h0;
           end else if (d_const) begin
-            \$969  = add_sel;
-          end else if (d_stream) begin
             \$969  = 1'h0;
+          end else if (d_stream) begin
+            \$969  = is_softmax;
           end else begin
             \$969  = 1'h0;
           end
@@ -34190,18 +33362,18 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h3:
         begin
-          if (\$642 ) begin
+          if (\$648 ) begin
             if (beat__payload[512]) begin
               \$969  = 1'h0;
             end
           end
           if (c_fire) begin
             if (c_last) begin
-              \$969  = 1'h0;
+              \$969  = is_softmax;
             end
           end
-          if (\$683 ) begin
-            \$969  = 1'h0;
+          if (\$689 ) begin
+            \$969  = is_softmax;
           end
           if (start) begin
             \$969  = 1'h0;
@@ -34209,13 +33381,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h4:
         begin
-          if (\$716 ) begin
+          if (\$722 ) begin
             \$969  = 1'h0;
           end
           if (addr_fault) begin
             \$969  = 1'h0;
           end
-          if (\$728 ) begin
+          if (\$734 ) begin
             \$969  = 1'h0;
           end
           if (start) begin
@@ -34223,7 +33395,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end
         end
       3'h5:
-          if (\$729 ) begin
+          if (\$735 ) begin
             \$969  = 1'h0;
           end
       default:
@@ -34235,7 +33407,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$970  = const_to3;
+    \$970  = sink_from_layernorm;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
@@ -34259,7 +33431,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$604 ) begin
+          if (\$610 ) begin
           end else if (d_end_more) begin
             \$970  = 1'h0;
           end else if (d_end) begin
@@ -34267,9 +33439,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end else if (d_count_zero) begin
             \$970  = 1'h0;
           end else if (d_const) begin
-            \$970  = gelu_sel0;
-          end else if (d_stream) begin
             \$970  = 1'h0;
+          end else if (d_stream) begin
+            \$970  = is_layernorm;
           end else begin
             \$970  = 1'h0;
           end
@@ -34279,18 +33451,18 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h3:
         begin
-          if (\$642 ) begin
+          if (\$648 ) begin
             if (beat__payload[512]) begin
               \$970  = 1'h0;
             end
           end
           if (c_fire) begin
             if (c_last) begin
-              \$970  = 1'h0;
+              \$970  = is_layernorm;
             end
           end
-          if (\$683 ) begin
-            \$970  = 1'h0;
+          if (\$689 ) begin
+            \$970  = is_layernorm;
           end
           if (start) begin
             \$970  = 1'h0;
@@ -34298,13 +33470,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h4:
         begin
-          if (\$716 ) begin
+          if (\$722 ) begin
             \$970  = 1'h0;
           end
           if (addr_fault) begin
             \$970  = 1'h0;
           end
-          if (\$728 ) begin
+          if (\$734 ) begin
             \$970  = 1'h0;
           end
           if (start) begin
@@ -34312,7 +33484,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end
         end
       3'h5:
-          if (\$729 ) begin
+          if (\$735 ) begin
             \$970  = 1'h0;
           end
       default:
@@ -34324,12 +33496,12 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$971  = in_fetch;
+    \$971  = sink_from_add;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
           if (start) begin
-            \$971  = 1'h1;
+            \$971  = 1'h0;
           end
       3'h1:
         begin
@@ -34348,9 +33520,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$604 ) begin
+          if (\$610 ) begin
           end else if (d_end_more) begin
-            \$971  = 1'h1;
+            \$971  = 1'h0;
           end else if (d_end) begin
             \$971  = 1'h0;
           end else if (d_count_zero) begin
@@ -34358,7 +33530,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end else if (d_const) begin
             \$971  = 1'h0;
           end else if (d_stream) begin
-            \$971  = 1'h0;
+            \$971  = \$621 ;
           end else begin
             \$971  = 1'h0;
           end
@@ -34368,18 +33540,18 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h3:
         begin
-          if (\$642 ) begin
+          if (\$648 ) begin
             if (beat__payload[512]) begin
               \$971  = 1'h0;
             end
           end
           if (c_fire) begin
             if (c_last) begin
-              \$971  = 1'h0;
+              \$971  = \$666 ;
             end
           end
-          if (\$683 ) begin
-            \$971  = 1'h0;
+          if (\$689 ) begin
+            \$971  = \$696 ;
           end
           if (start) begin
             \$971  = 1'h0;
@@ -34387,13 +33559,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h4:
         begin
-          if (\$716 ) begin
-            \$971  = 1'h1;
+          if (\$722 ) begin
+            \$971  = 1'h0;
           end
           if (addr_fault) begin
             \$971  = 1'h0;
           end
-          if (\$728 ) begin
+          if (\$734 ) begin
             \$971  = 1'h0;
           end
           if (start) begin
@@ -34401,7 +33573,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end
         end
       3'h5:
-          if (\$729 ) begin
+          if (\$735 ) begin
             \$971  = 1'h0;
           end
       default:
@@ -34413,7 +33585,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$972  = in_const;
+    \$972  = sink_from_gelu0;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
@@ -34437,7 +33609,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$604 ) begin
+          if (\$610 ) begin
           end else if (d_end_more) begin
             \$972  = 1'h0;
           end else if (d_end) begin
@@ -34445,9 +33617,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end else if (d_count_zero) begin
             \$972  = 1'h0;
           end else if (d_const) begin
-            \$972  = 1'h1;
-          end else if (d_stream) begin
             \$972  = 1'h0;
+          end else if (d_stream) begin
+            \$972  = \$625 ;
           end else begin
             \$972  = 1'h0;
           end
@@ -34457,18 +33629,18 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h3:
         begin
-          if (\$642 ) begin
+          if (\$648 ) begin
             if (beat__payload[512]) begin
               \$972  = 1'h0;
             end
           end
           if (c_fire) begin
             if (c_last) begin
-              \$972  = 1'h0;
+              \$972  = \$670 ;
             end
           end
-          if (\$683 ) begin
-            \$972  = 1'h0;
+          if (\$689 ) begin
+            \$972  = \$700 ;
           end
           if (start) begin
             \$972  = 1'h0;
@@ -34476,13 +33648,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h4:
         begin
-          if (\$716 ) begin
+          if (\$722 ) begin
             \$972  = 1'h0;
           end
           if (addr_fault) begin
             \$972  = 1'h0;
           end
-          if (\$728 ) begin
+          if (\$734 ) begin
             \$972  = 1'h0;
           end
           if (start) begin
@@ -34490,7 +33662,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end
         end
       3'h5:
-          if (\$729 ) begin
+          if (\$735 ) begin
             \$972  = 1'h0;
           end
       default:
@@ -34502,7 +33674,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$973  = run0;
+    \$973  = sink_from_gemm;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
@@ -34526,7 +33698,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$604 ) begin
+          if (\$610 ) begin
           end else if (d_end_more) begin
             \$973  = 1'h0;
           end else if (d_end) begin
@@ -34536,7 +33708,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end else if (d_const) begin
             \$973  = 1'h0;
           end else if (d_stream) begin
-            \$973  = \$630 ;
+            \$973  = \$629 ;
           end else begin
             \$973  = 1'h0;
           end
@@ -34546,18 +33718,18 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h3:
         begin
-          if (\$642 ) begin
+          if (\$648 ) begin
             if (beat__payload[512]) begin
               \$973  = 1'h0;
             end
           end
           if (c_fire) begin
             if (c_last) begin
-              \$973  = \$675 ;
+              \$973  = \$674 ;
             end
           end
-          if (\$683 ) begin
-            \$973  = \$705 ;
+          if (\$689 ) begin
+            \$973  = \$704 ;
           end
           if (start) begin
             \$973  = 1'h0;
@@ -34565,13 +33737,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h4:
         begin
-          if (\$716 ) begin
+          if (\$722 ) begin
             \$973  = 1'h0;
           end
           if (addr_fault) begin
             \$973  = 1'h0;
           end
-          if (\$728 ) begin
+          if (\$734 ) begin
             \$973  = 1'h0;
           end
           if (start) begin
@@ -34579,7 +33751,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end
         end
       3'h5:
-          if (\$729 ) begin
+          if (\$735 ) begin
             \$973  = 1'h0;
           end
       default:
@@ -34591,7 +33763,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$974  = run1;
+    \$974  = a_from_softmax;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
@@ -34615,7 +33787,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$604 ) begin
+          if (\$610 ) begin
           end else if (d_end_more) begin
             \$974  = 1'h0;
           end else if (d_end) begin
@@ -34625,7 +33797,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end else if (d_const) begin
             \$974  = 1'h0;
           end else if (d_stream) begin
-            \$974  = \$633 ;
+            \$974  = \$630 ;
           end else begin
             \$974  = 1'h0;
           end
@@ -34635,18 +33807,18 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h3:
         begin
-          if (\$642 ) begin
+          if (\$648 ) begin
             if (beat__payload[512]) begin
               \$974  = 1'h0;
             end
           end
           if (c_fire) begin
             if (c_last) begin
-              \$974  = \$678 ;
+              \$974  = \$675 ;
             end
           end
-          if (\$683 ) begin
-            \$974  = \$708 ;
+          if (\$689 ) begin
+            \$974  = \$705 ;
           end
           if (start) begin
             \$974  = 1'h0;
@@ -34654,13 +33826,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h4:
         begin
-          if (\$716 ) begin
+          if (\$722 ) begin
             \$974  = 1'h0;
           end
           if (addr_fault) begin
             \$974  = 1'h0;
           end
-          if (\$728 ) begin
+          if (\$734 ) begin
             \$974  = 1'h0;
           end
           if (start) begin
@@ -34668,7 +33840,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end
         end
       3'h5:
-          if (\$729 ) begin
+          if (\$735 ) begin
             \$974  = 1'h0;
           end
       default:
@@ -34680,7 +33852,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$975  = q0_to_pack;
+    \$975  = a_from_layernorm;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
@@ -34704,7 +33876,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$604 ) begin
+          if (\$610 ) begin
           end else if (d_end_more) begin
             \$975  = 1'h0;
           end else if (d_end) begin
@@ -34714,7 +33886,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end else if (d_const) begin
             \$975  = 1'h0;
           end else if (d_stream) begin
-            \$975  = \$634 ;
+            \$975  = \$631 ;
           end else begin
             \$975  = 1'h0;
           end
@@ -34724,18 +33896,18 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h3:
         begin
-          if (\$642 ) begin
+          if (\$648 ) begin
             if (beat__payload[512]) begin
               \$975  = 1'h0;
             end
           end
           if (c_fire) begin
             if (c_last) begin
-              \$975  = \$679 ;
+              \$975  = \$676 ;
             end
           end
-          if (\$683 ) begin
-            \$975  = \$709 ;
+          if (\$689 ) begin
+            \$975  = \$706 ;
           end
           if (start) begin
             \$975  = 1'h0;
@@ -34743,13 +33915,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h4:
         begin
-          if (\$716 ) begin
+          if (\$722 ) begin
             \$975  = 1'h0;
           end
           if (addr_fault) begin
             \$975  = 1'h0;
           end
-          if (\$728 ) begin
+          if (\$734 ) begin
             \$975  = 1'h0;
           end
           if (start) begin
@@ -34757,7 +33929,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end
         end
       3'h5:
-          if (\$729 ) begin
+          if (\$735 ) begin
             \$975  = 1'h0;
           end
       default:
@@ -34769,7 +33941,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$976  = res_to_pack;
+    \$976  = a_from_src0;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
@@ -34793,7 +33965,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$604 ) begin
+          if (\$610 ) begin
           end else if (d_end_more) begin
             \$976  = 1'h0;
           end else if (d_end) begin
@@ -34803,7 +33975,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end else if (d_const) begin
             \$976  = 1'h0;
           end else if (d_stream) begin
-            \$976  = \$636 ;
+            \$976  = \$635 ;
           end else begin
             \$976  = 1'h0;
           end
@@ -34813,18 +33985,18 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h3:
         begin
-          if (\$642 ) begin
+          if (\$648 ) begin
             if (beat__payload[512]) begin
               \$976  = 1'h0;
             end
           end
           if (c_fire) begin
             if (c_last) begin
-              \$976  = \$681 ;
+              \$976  = \$680 ;
             end
           end
-          if (\$683 ) begin
-            \$976  = \$711 ;
+          if (\$689 ) begin
+            \$976  = \$710 ;
           end
           if (start) begin
             \$976  = 1'h0;
@@ -34832,13 +34004,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h4:
         begin
-          if (\$716 ) begin
+          if (\$722 ) begin
             \$976  = 1'h0;
           end
           if (addr_fault) begin
             \$976  = 1'h0;
           end
-          if (\$728 ) begin
+          if (\$734 ) begin
             \$976  = 1'h0;
           end
           if (start) begin
@@ -34846,7 +34018,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end
         end
       3'h5:
-          if (\$729 ) begin
+          if (\$735 ) begin
             \$976  = 1'h0;
           end
       default:
@@ -34858,121 +34030,622 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$977  = ins;
+    \$977  = const_to0;
+    (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
-          /* empty */;
+          if (start) begin
+            \$977  = 1'h0;
+          end
       3'h1:
+        begin
           if (beat__valid) begin
-            \$977  = beat__payload[511:0];
+            (* full_case = 32'd1 *)
+            if (beat__payload[512]) begin
+              \$977  = 1'h0;
+            end else begin
+              \$977  = 1'h0;
+            end
           end
+          if (start) begin
+            \$977  = 1'h0;
+          end
+        end
+      3'h2:
+        begin
+          (* full_case = 32'd1 *)
+          if (\$610 ) begin
+          end else if (d_end_more) begin
+            \$977  = 1'h0;
+          end else if (d_end) begin
+            \$977  = 1'h0;
+          end else if (d_count_zero) begin
+            \$977  = 1'h0;
+          end else if (d_const) begin
+            \$977  = \$613 ;
+          end else if (d_stream) begin
+            \$977  = 1'h0;
+          end else begin
+            \$977  = 1'h0;
+          end
+          if (start) begin
+            \$977  = 1'h0;
+          end
+        end
+      3'h3:
+        begin
+          if (\$648 ) begin
+            if (beat__payload[512]) begin
+              \$977  = 1'h0;
+            end
+          end
+          if (c_fire) begin
+            if (c_last) begin
+              \$977  = 1'h0;
+            end
+          end
+          if (\$689 ) begin
+            \$977  = 1'h0;
+          end
+          if (start) begin
+            \$977  = 1'h0;
+          end
+        end
+      3'h4:
+        begin
+          if (\$722 ) begin
+            \$977  = 1'h0;
+          end
+          if (addr_fault) begin
+            \$977  = 1'h0;
+          end
+          if (\$734 ) begin
+            \$977  = 1'h0;
+          end
+          if (start) begin
+            \$977  = 1'h0;
+          end
+        end
+      3'h5:
+          if (\$735 ) begin
+            \$977  = 1'h0;
+          end
+      default:
+          \$977  = 1'h0;
     endcase
+    if (rst) begin
+      \$977  = 1'h0;
+    end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$978  = decode_wait;
+    \$978  = const_to1;
+    (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
-          /* empty */;
+          if (start) begin
+            \$978  = 1'h0;
+          end
       3'h1:
+        begin
           if (beat__valid) begin
-            \$978  = 3'h4;
+            (* full_case = 32'd1 *)
+            if (beat__payload[512]) begin
+              \$978  = 1'h0;
+            end else begin
+              \$978  = 1'h0;
+            end
           end
-      3'h2:
-          if (\$604 ) begin
-            \$978  = \$605 [2:0];
+          if (start) begin
+            \$978  = 1'h0;
           end
-    endcase
-    if (rst) begin
-      \$978  = 3'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$979  = c_addr;
-    casez (seq_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
+        end
       3'h2:
-          \$979  = dec_c_base;
+        begin
+          (* full_case = 32'd1 *)
+          if (\$610 ) begin
+          end else if (d_end_more) begin
+            \$978  = 1'h0;
+          end else if (d_end) begin
+            \$978  = 1'h0;
+          end else if (d_count_zero) begin
+            \$978  = 1'h0;
+          end else if (d_const) begin
+            \$978  = \$614 ;
+          end else if (d_stream) begin
+            \$978  = 1'h0;
+          end else begin
+            \$978  = 1'h0;
+          end
+          if (start) begin
+            \$978  = 1'h0;
+          end
+        end
       3'h3:
-          if (\$638 ) begin
-            \$979  = \$640 [31:0];
+        begin
+          if (\$648 ) begin
+            if (beat__payload[512]) begin
+              \$978  = 1'h0;
+            end
           end
-    endcase
-    if (rst) begin
-      \$979  = 32'd0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$980  = c_step;
-    casez (seq_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
-      3'h2:
-          \$980  = \$602 [7:0];
-    endcase
-    if (rst) begin
-      \$980  = 8'h00;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$981  = c_ask;
-    casez (seq_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
-      3'h2:
-          \$981  = { 4'h0, ins[509:498] };
-      3'h3:
-          if (\$638 ) begin
-            \$981  = \$639 [15:0];
-          end
-    endcase
-    if (rst) begin
-      \$981  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$982  = c_due;
-    casez (seq_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
-      3'h2:
-          \$982  = { 4'h0, ins[509:498] };
-      3'h3:
           if (c_fire) begin
-            \$982  = \$652 [15:0];
+            if (c_last) begin
+              \$978  = 1'h0;
+            end
           end
+          if (\$689 ) begin
+            \$978  = 1'h0;
+          end
+          if (start) begin
+            \$978  = 1'h0;
+          end
+        end
+      3'h4:
+        begin
+          if (\$722 ) begin
+            \$978  = 1'h0;
+          end
+          if (addr_fault) begin
+            \$978  = 1'h0;
+          end
+          if (\$734 ) begin
+            \$978  = 1'h0;
+          end
+          if (start) begin
+            \$978  = 1'h0;
+          end
+        end
+      3'h5:
+          if (\$735 ) begin
+            \$978  = 1'h0;
+          end
+      default:
+          \$978  = 1'h0;
     endcase
     if (rst) begin
-      \$982  = 16'h0000;
+      \$978  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$983  = c_last;
+    \$979  = const_to2;
+    (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
-      3'h2:
-          \$983  = \$603 ;
-      3'h3:
-          if (c_fire) begin
-            \$983  = \$653 ;
+          if (start) begin
+            \$979  = 1'h0;
           end
+      3'h1:
+        begin
+          if (beat__valid) begin
+            (* full_case = 32'd1 *)
+            if (beat__payload[512]) begin
+              \$979  = 1'h0;
+            end else begin
+              \$979  = 1'h0;
+            end
+          end
+          if (start) begin
+            \$979  = 1'h0;
+          end
+        end
+      3'h2:
+        begin
+          (* full_case = 32'd1 *)
+          if (\$610 ) begin
+          end else if (d_end_more) begin
+            \$979  = 1'h0;
+          end else if (d_end) begin
+            \$979  = 1'h0;
+          end else if (d_count_zero) begin
+            \$979  = 1'h0;
+          end else if (d_const) begin
+            \$979  = add_sel;
+          end else if (d_stream) begin
+            \$979  = 1'h0;
+          end else begin
+            \$979  = 1'h0;
+          end
+          if (start) begin
+            \$979  = 1'h0;
+          end
+        end
+      3'h3:
+        begin
+          if (\$648 ) begin
+            if (beat__payload[512]) begin
+              \$979  = 1'h0;
+            end
+          end
+          if (c_fire) begin
+            if (c_last) begin
+              \$979  = 1'h0;
+            end
+          end
+          if (\$689 ) begin
+            \$979  = 1'h0;
+          end
+          if (start) begin
+            \$979  = 1'h0;
+          end
+        end
+      3'h4:
+        begin
+          if (\$722 ) begin
+            \$979  = 1'h0;
+          end
+          if (addr_fault) begin
+            \$979  = 1'h0;
+          end
+          if (\$734 ) begin
+            \$979  = 1'h0;
+          end
+          if (start) begin
+            \$979  = 1'h0;
+          end
+        end
+      3'h5:
+          if (\$735 ) begin
+            \$979  = 1'h0;
+          end
+      default:
+          \$979  = 1'h0;
+    endcase
+    if (rst) begin
+      \$979  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$980  = const_to3;
+    (* full_case = 32'd1 *)
+    casez (seq_state)
+      3'h0:
+          if (start) begin
+            \$980  = 1'h0;
+          end
+      3'h1:
+        begin
+          if (beat__valid) begin
+            (* full_case = 32'd1 *)
+            if (beat__payload[512]) begin
+              \$980  = 1'h0;
+            end else begin
+              \$980  = 1'h0;
+            end
+          end
+          if (start) begin
+            \$980  = 1'h0;
+          end
+        end
+      3'h2:
+        begin
+          (* full_case = 32'd1 *)
+          if (\$610 ) begin
+          end else if (d_end_more) begin
+            \$980  = 1'h0;
+          end else if (d_end) begin
+            \$980  = 1'h0;
+          end else if (d_count_zero) begin
+            \$980  = 1'h0;
+          end else if (d_const) begin
+            \$980  = gelu_sel0;
+          end else if (d_stream) begin
+            \$980  = 1'h0;
+          end else begin
+            \$980  = 1'h0;
+          end
+          if (start) begin
+            \$980  = 1'h0;
+          end
+        end
+      3'h3:
+        begin
+          if (\$648 ) begin
+            if (beat__payload[512]) begin
+              \$980  = 1'h0;
+            end
+          end
+          if (c_fire) begin
+            if (c_last) begin
+              \$980  = 1'h0;
+            end
+          end
+          if (\$689 ) begin
+            \$980  = 1'h0;
+          end
+          if (start) begin
+            \$980  = 1'h0;
+          end
+        end
+      3'h4:
+        begin
+          if (\$722 ) begin
+            \$980  = 1'h0;
+          end
+          if (addr_fault) begin
+            \$980  = 1'h0;
+          end
+          if (\$734 ) begin
+            \$980  = 1'h0;
+          end
+          if (start) begin
+            \$980  = 1'h0;
+          end
+        end
+      3'h5:
+          if (\$735 ) begin
+            \$980  = 1'h0;
+          end
+      default:
+          \$980  = 1'h0;
+    endcase
+    if (rst) begin
+      \$980  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$981  = in_fetch;
+    (* full_case = 32'd1 *)
+    casez (seq_state)
+      3'h0:
+          if (start) begin
+            \$981  = 1'h1;
+          end
+      3'h1:
+        begin
+          if (beat__valid) begin
+            (* full_case = 32'd1 *)
+            if (beat__payload[512]) begin
+              \$981  = 1'h0;
+            end else begin
+              \$981  = 1'h0;
+            end
+          end
+          if (start) begin
+            \$981  = 1'h0;
+          end
+        end
+      3'h2:
+        begin
+          (* full_case = 32'd1 *)
+          if (\$610 ) begin
+          end else if (d_end_more) begin
+            \$981  = 1'h1;
+          end else if (d_end) begin
+            \$981  = 1'h0;
+          end else if (d_count_zero) begin
+            \$981  = 1'h0;
+          end else if (d_const) begin
+            \$981  = 1'h0;
+          end else if (d_stream) begin
+            \$981  = 1'h0;
+          end else begin
+            \$981  = 1'h0;
+          end
+          if (start) begin
+            \$981  = 1'h0;
+          end
+        end
+      3'h3:
+        begin
+          if (\$648 ) begin
+            if (beat__payload[512]) begin
+              \$981  = 1'h0;
+            end
+          end
+          if (c_fire) begin
+            if (c_last) begin
+              \$981  = 1'h0;
+            end
+          end
+          if (\$689 ) begin
+            \$981  = 1'h0;
+          end
+          if (start) begin
+            \$981  = 1'h0;
+          end
+        end
+      3'h4:
+        begin
+          if (\$722 ) begin
+            \$981  = 1'h1;
+          end
+          if (addr_fault) begin
+            \$981  = 1'h0;
+          end
+          if (\$734 ) begin
+            \$981  = 1'h0;
+          end
+          if (start) begin
+            \$981  = 1'h0;
+          end
+        end
+      3'h5:
+          if (\$735 ) begin
+            \$981  = 1'h0;
+          end
+      default:
+          \$981  = 1'h0;
+    endcase
+    if (rst) begin
+      \$981  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$982  = in_const;
+    (* full_case = 32'd1 *)
+    casez (seq_state)
+      3'h0:
+          if (start) begin
+            \$982  = 1'h0;
+          end
+      3'h1:
+        begin
+          if (beat__valid) begin
+            (* full_case = 32'd1 *)
+            if (beat__payload[512]) begin
+              \$982  = 1'h0;
+            end else begin
+              \$982  = 1'h0;
+            end
+          end
+          if (start) begin
+            \$982  = 1'h0;
+          end
+        end
+      3'h2:
+        begin
+          (* full_case = 32'd1 *)
+          if (\$610 ) begin
+          end else if (d_end_more) begin
+            \$982  = 1'h0;
+          end else if (d_end) begin
+            \$982  = 1'h0;
+          end else if (d_count_zero) begin
+            \$982  = 1'h0;
+          end else if (d_const) begin
+            \$982  = 1'h1;
+          end else if (d_stream) begin
+            \$982  = 1'h0;
+          end else begin
+            \$982  = 1'h0;
+          end
+          if (start) begin
+            \$982  = 1'h0;
+          end
+        end
+      3'h3:
+        begin
+          if (\$648 ) begin
+            if (beat__payload[512]) begin
+              \$982  = 1'h0;
+            end
+          end
+          if (c_fire) begin
+            if (c_last) begin
+              \$982  = 1'h0;
+            end
+          end
+          if (\$689 ) begin
+            \$982  = 1'h0;
+          end
+          if (start) begin
+            \$982  = 1'h0;
+          end
+        end
+      3'h4:
+        begin
+          if (\$722 ) begin
+            \$982  = 1'h0;
+          end
+          if (addr_fault) begin
+            \$982  = 1'h0;
+          end
+          if (\$734 ) begin
+            \$982  = 1'h0;
+          end
+          if (start) begin
+            \$982  = 1'h0;
+          end
+        end
+      3'h5:
+          if (\$735 ) begin
+            \$982  = 1'h0;
+          end
+      default:
+          \$982  = 1'h0;
+    endcase
+    if (rst) begin
+      \$982  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$983  = run0;
+    (* full_case = 32'd1 *)
+    casez (seq_state)
+      3'h0:
+          if (start) begin
+            \$983  = 1'h0;
+          end
+      3'h1:
+        begin
+          if (beat__valid) begin
+            (* full_case = 32'd1 *)
+            if (beat__payload[512]) begin
+              \$983  = 1'h0;
+            end else begin
+              \$983  = 1'h0;
+            end
+          end
+          if (start) begin
+            \$983  = 1'h0;
+          end
+        end
+      3'h2:
+        begin
+          (* full_case = 32'd1 *)
+          if (\$610 ) begin
+          end else if (d_end_more) begin
+            \$983  = 1'h0;
+          end else if (d_end) begin
+            \$983  = 1'h0;
+          end else if (d_count_zero) begin
+            \$983  = 1'h0;
+          end else if (d_const) begin
+            \$983  = 1'h0;
+          end else if (d_stream) begin
+            \$983  = \$636 ;
+          end else begin
+            \$983  = 1'h0;
+          end
+          if (start) begin
+            \$983  = 1'h0;
+          end
+        end
+      3'h3:
+        begin
+          if (\$648 ) begin
+            if (beat__payload[512]) begin
+              \$983  = 1'h0;
+            end
+          end
+          if (c_fire) begin
+            if (c_last) begin
+              \$983  = \$681 ;
+            end
+          end
+          if (\$689 ) begin
+            \$983  = \$711 ;
+          end
+          if (start) begin
+            \$983  = 1'h0;
+          end
+        end
+      3'h4:
+        begin
+          if (\$722 ) begin
+            \$983  = 1'h0;
+          end
+          if (addr_fault) begin
+            \$983  = 1'h0;
+          end
+          if (\$734 ) begin
+            \$983  = 1'h0;
+          end
+          if (start) begin
+            \$983  = 1'h0;
+          end
+        end
+      3'h5:
+          if (\$735 ) begin
+            \$983  = 1'h0;
+          end
+      default:
+          \$983  = 1'h0;
     endcase
     if (rst) begin
       \$983  = 1'h0;
@@ -34980,794 +34653,927 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$984  = c_data;
+    \$984  = run1;
+    (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
-      3'h2:
-          /* empty */;
-      3'h3:
-          if (\$642 ) begin
-            \$984  = beat__payload[65:0];
+          if (start) begin
+            \$984  = 1'h0;
           end
+      3'h1:
+        begin
+          if (beat__valid) begin
+            (* full_case = 32'd1 *)
+            if (beat__payload[512]) begin
+              \$984  = 1'h0;
+            end else begin
+              \$984  = 1'h0;
+            end
+          end
+          if (start) begin
+            \$984  = 1'h0;
+          end
+        end
+      3'h2:
+        begin
+          (* full_case = 32'd1 *)
+          if (\$610 ) begin
+          end else if (d_end_more) begin
+            \$984  = 1'h0;
+          end else if (d_end) begin
+            \$984  = 1'h0;
+          end else if (d_count_zero) begin
+            \$984  = 1'h0;
+          end else if (d_const) begin
+            \$984  = 1'h0;
+          end else if (d_stream) begin
+            \$984  = \$639 ;
+          end else begin
+            \$984  = 1'h0;
+          end
+          if (start) begin
+            \$984  = 1'h0;
+          end
+        end
+      3'h3:
+        begin
+          if (\$648 ) begin
+            if (beat__payload[512]) begin
+              \$984  = 1'h0;
+            end
+          end
+          if (c_fire) begin
+            if (c_last) begin
+              \$984  = \$684 ;
+            end
+          end
+          if (\$689 ) begin
+            \$984  = \$714 ;
+          end
+          if (start) begin
+            \$984  = 1'h0;
+          end
+        end
+      3'h4:
+        begin
+          if (\$722 ) begin
+            \$984  = 1'h0;
+          end
+          if (addr_fault) begin
+            \$984  = 1'h0;
+          end
+          if (\$734 ) begin
+            \$984  = 1'h0;
+          end
+          if (start) begin
+            \$984  = 1'h0;
+          end
+        end
+      3'h5:
+          if (\$735 ) begin
+            \$984  = 1'h0;
+          end
+      default:
+          \$984  = 1'h0;
     endcase
+    if (rst) begin
+      \$984  = 1'h0;
+    end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$985  = c_full;
+    \$985  = q0_to_pack;
+    (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
-      3'h2:
-          /* empty */;
-      3'h3:
-        begin
-          if (\$642 ) begin
-            \$985  = \$643 ;
+          if (start) begin
+            \$985  = 1'h0;
           end
-          if (c_fire) begin
+      3'h1:
+        begin
+          if (beat__valid) begin
+            (* full_case = 32'd1 *)
+            if (beat__payload[512]) begin
+              \$985  = 1'h0;
+            end else begin
+              \$985  = 1'h0;
+            end
+          end
+          if (start) begin
             \$985  = 1'h0;
           end
         end
+      3'h2:
+        begin
+          (* full_case = 32'd1 *)
+          if (\$610 ) begin
+          end else if (d_end_more) begin
+            \$985  = 1'h0;
+          end else if (d_end) begin
+            \$985  = 1'h0;
+          end else if (d_count_zero) begin
+            \$985  = 1'h0;
+          end else if (d_const) begin
+            \$985  = 1'h0;
+          end else if (d_stream) begin
+            \$985  = \$640 ;
+          end else begin
+            \$985  = 1'h0;
+          end
+          if (start) begin
+            \$985  = 1'h0;
+          end
+        end
+      3'h3:
+        begin
+          if (\$648 ) begin
+            if (beat__payload[512]) begin
+              \$985  = 1'h0;
+            end
+          end
+          if (c_fire) begin
+            if (c_last) begin
+              \$985  = \$685 ;
+            end
+          end
+          if (\$689 ) begin
+            \$985  = \$715 ;
+          end
+          if (start) begin
+            \$985  = 1'h0;
+          end
+        end
+      3'h4:
+        begin
+          if (\$722 ) begin
+            \$985  = 1'h0;
+          end
+          if (addr_fault) begin
+            \$985  = 1'h0;
+          end
+          if (\$734 ) begin
+            \$985  = 1'h0;
+          end
+          if (start) begin
+            \$985  = 1'h0;
+          end
+        end
+      3'h5:
+          if (\$735 ) begin
+            \$985  = 1'h0;
+          end
+      default:
+          \$985  = 1'h0;
     endcase
-    if (unit_rst) begin
-      \$985  = 1'h0;
-    end
     if (rst) begin
       \$985  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$986  = c_valid0;
+    \$986  = res_to_pack;
+    (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
-      3'h2:
-          /* empty */;
-      3'h3:
-        begin
-          if (\$642 ) begin
-            \$986  = \$645 ;
+          if (start) begin
+            \$986  = 1'h0;
           end
-          if (c_fire) begin
+      3'h1:
+        begin
+          if (beat__valid) begin
+            (* full_case = 32'd1 *)
+            if (beat__payload[512]) begin
+              \$986  = 1'h0;
+            end else begin
+              \$986  = 1'h0;
+            end
+          end
+          if (start) begin
             \$986  = 1'h0;
           end
         end
+      3'h2:
+        begin
+          (* full_case = 32'd1 *)
+          if (\$610 ) begin
+          end else if (d_end_more) begin
+            \$986  = 1'h0;
+          end else if (d_end) begin
+            \$986  = 1'h0;
+          end else if (d_count_zero) begin
+            \$986  = 1'h0;
+          end else if (d_const) begin
+            \$986  = 1'h0;
+          end else if (d_stream) begin
+            \$986  = \$642 ;
+          end else begin
+            \$986  = 1'h0;
+          end
+          if (start) begin
+            \$986  = 1'h0;
+          end
+        end
+      3'h3:
+        begin
+          if (\$648 ) begin
+            if (beat__payload[512]) begin
+              \$986  = 1'h0;
+            end
+          end
+          if (c_fire) begin
+            if (c_last) begin
+              \$986  = \$687 ;
+            end
+          end
+          if (\$689 ) begin
+            \$986  = \$717 ;
+          end
+          if (start) begin
+            \$986  = 1'h0;
+          end
+        end
+      3'h4:
+        begin
+          if (\$722 ) begin
+            \$986  = 1'h0;
+          end
+          if (addr_fault) begin
+            \$986  = 1'h0;
+          end
+          if (\$734 ) begin
+            \$986  = 1'h0;
+          end
+          if (start) begin
+            \$986  = 1'h0;
+          end
+        end
+      3'h5:
+          if (\$735 ) begin
+            \$986  = 1'h0;
+          end
+      default:
+          \$986  = 1'h0;
     endcase
-    if (unit_rst) begin
+    if (rst) begin
       \$986  = 1'h0;
     end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$987  = ins;
+    casez (seq_state)
+      3'h0:
+          /* empty */;
+      3'h1:
+          if (beat__valid) begin
+            \$987  = beat__payload[511:0];
+          end
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$988  = decode_wait;
+    casez (seq_state)
+      3'h0:
+          /* empty */;
+      3'h1:
+          if (beat__valid) begin
+            \$988  = 3'h4;
+          end
+      3'h2:
+          if (\$610 ) begin
+            \$988  = \$611 [2:0];
+          end
+    endcase
     if (rst) begin
-      \$986  = 1'h0;
+      \$988  = 3'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$987  = c_valid1;
+    \$989  = c_addr;
     casez (seq_state)
       3'h0:
           /* empty */;
       3'h1:
           /* empty */;
       3'h2:
-          /* empty */;
+          \$989  = dec_c_base;
       3'h3:
-        begin
-          if (\$642 ) begin
-            \$987  = \$647 ;
+          if (\$644 ) begin
+            \$989  = \$646 [31:0];
           end
-          if (c_fire) begin
-            \$987  = 1'h0;
-          end
-        end
     endcase
-    if (unit_rst) begin
-      \$987  = 1'h0;
-    end
     if (rst) begin
-      \$987  = 1'h0;
+      \$989  = 32'd0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$988  = c_valid2;
+    \$990  = c_step;
     casez (seq_state)
       3'h0:
           /* empty */;
       3'h1:
           /* empty */;
       3'h2:
-          /* empty */;
-      3'h3:
-        begin
-          if (\$642 ) begin
-            \$988  = \$649 ;
-          end
-          if (c_fire) begin
-            \$988  = 1'h0;
-          end
-        end
+          \$990  = \$608 [7:0];
     endcase
-    if (unit_rst) begin
-      \$988  = 1'h0;
-    end
     if (rst) begin
-      \$988  = 1'h0;
+      \$990  = 8'h00;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$989  = c_valid3;
+    \$991  = c_ask;
     casez (seq_state)
       3'h0:
           /* empty */;
       3'h1:
           /* empty */;
       3'h2:
-          /* empty */;
+          \$991  = { 4'h0, ins[509:498] };
       3'h3:
-        begin
-          if (\$642 ) begin
-            \$989  = \$651 ;
+          if (\$644 ) begin
+            \$991  = \$645 [15:0];
           end
-          if (c_fire) begin
-            \$989  = 1'h0;
-          end
-        end
     endcase
-    if (unit_rst) begin
-      \$989  = 1'h0;
-    end
-    if (rst) begin
-      \$989  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$990  = ext_req_addr;
-    if (in_stream) begin
-      if (is_move) begin
-      end else if (is_load) begin
-        if (\$732 ) begin
-          \$990  = \$734 [31:0];
-        end
-      end else if (is_store) begin
-        if (\$736 ) begin
-          \$990  = \$738 [31:0];
-        end
-      end
-    end
-    if (rst) begin
-      \$990  = 32'd0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$991  = ext_req_data;
-    if (in_stream) begin
-      if (is_move) begin
-      end else if (is_load) begin
-      end else if (is_store) begin
-        if (\$736 ) begin
-          \$991  = \r_data$237 [15:0];
-        end
-      end
-    end
     if (rst) begin
       \$991  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$992  = \w_en$182 ;
-    if (pack_active) begin
-      if (\$739 ) begin
-        \$992  = 1'h0;
+    \$992  = c_due;
+    casez (seq_state)
+      3'h0:
+          /* empty */;
+      3'h1:
+          /* empty */;
+      3'h2:
+          \$992  = { 4'h0, ins[509:498] };
+      3'h3:
+          if (c_fire) begin
+            \$992  = \$658 [15:0];
+          end
+    endcase
+    if (rst) begin
+      \$992  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$993  = c_last;
+    casez (seq_state)
+      3'h0:
+          /* empty */;
+      3'h1:
+          /* empty */;
+      3'h2:
+          \$993  = \$609 ;
+      3'h3:
+          if (c_fire) begin
+            \$993  = \$659 ;
+          end
+    endcase
+    if (rst) begin
+      \$993  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$994  = c_data;
+    casez (seq_state)
+      3'h0:
+          /* empty */;
+      3'h1:
+          /* empty */;
+      3'h2:
+          /* empty */;
+      3'h3:
+          if (\$648 ) begin
+            \$994  = beat__payload[65:0];
+          end
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$995  = c_full;
+    casez (seq_state)
+      3'h0:
+          /* empty */;
+      3'h1:
+          /* empty */;
+      3'h2:
+          /* empty */;
+      3'h3:
+        begin
+          if (\$648 ) begin
+            \$995  = \$649 ;
+          end
+          if (c_fire) begin
+            \$995  = 1'h0;
+          end
+        end
+    endcase
+    if (unit_rst) begin
+      \$995  = 1'h0;
+    end
+    if (rst) begin
+      \$995  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$996  = c_valid0;
+    casez (seq_state)
+      3'h0:
+          /* empty */;
+      3'h1:
+          /* empty */;
+      3'h2:
+          /* empty */;
+      3'h3:
+        begin
+          if (\$648 ) begin
+            \$996  = \$651 ;
+          end
+          if (c_fire) begin
+            \$996  = 1'h0;
+          end
+        end
+    endcase
+    if (unit_rst) begin
+      \$996  = 1'h0;
+    end
+    if (rst) begin
+      \$996  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$997  = c_valid1;
+    casez (seq_state)
+      3'h0:
+          /* empty */;
+      3'h1:
+          /* empty */;
+      3'h2:
+          /* empty */;
+      3'h3:
+        begin
+          if (\$648 ) begin
+            \$997  = \$653 ;
+          end
+          if (c_fire) begin
+            \$997  = 1'h0;
+          end
+        end
+    endcase
+    if (unit_rst) begin
+      \$997  = 1'h0;
+    end
+    if (rst) begin
+      \$997  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$998  = c_valid2;
+    casez (seq_state)
+      3'h0:
+          /* empty */;
+      3'h1:
+          /* empty */;
+      3'h2:
+          /* empty */;
+      3'h3:
+        begin
+          if (\$648 ) begin
+            \$998  = \$655 ;
+          end
+          if (c_fire) begin
+            \$998  = 1'h0;
+          end
+        end
+    endcase
+    if (unit_rst) begin
+      \$998  = 1'h0;
+    end
+    if (rst) begin
+      \$998  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$999  = c_valid3;
+    casez (seq_state)
+      3'h0:
+          /* empty */;
+      3'h1:
+          /* empty */;
+      3'h2:
+          /* empty */;
+      3'h3:
+        begin
+          if (\$648 ) begin
+            \$999  = \$657 ;
+          end
+          if (c_fire) begin
+            \$999  = 1'h0;
+          end
+        end
+    endcase
+    if (unit_rst) begin
+      \$999  = 1'h0;
+    end
+    if (rst) begin
+      \$999  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1000  = ext_req_addr;
+    if (in_stream) begin
+      if (is_move) begin
+      end else if (is_load) begin
+        if (\$738 ) begin
+          \$1000  = \$740 [31:0];
+        end
+      end else if (is_store) begin
+        if (\$742 ) begin
+          \$1000  = \$744 [31:0];
+        end
       end
+    end
+    if (rst) begin
+      \$1000  = 32'd0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1001  = ext_req_data;
+    if (in_stream) begin
+      if (is_move) begin
+      end else if (is_load) begin
+      end else if (is_store) begin
+        if (\$742 ) begin
+          \$1001  = \r_data$239 [15:0];
+        end
+      end
+    end
+    if (rst) begin
+      \$1001  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1002  = \w_en$184 ;
+    if (pack_active) begin
       if (\$745 ) begin
-        if (\$747 ) begin
-          \$992  = 1'h1;
+        \$1002  = 1'h0;
+      end
+      if (\$751 ) begin
+        if (\$753 ) begin
+          \$1002  = 1'h1;
         end
       end
     end
     if (unit_rst) begin
-      \$992  = 1'h0;
+      \$1002  = 1'h0;
     end
     if (rst) begin
-      \$992  = 1'h0;
+      \$1002  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$993  = pack_a0;
+    \$1003  = pack_a0;
     if (pack_active) begin
-      if (\$745 ) begin
+      if (\$751 ) begin
         casez (pack_j)
           3'h0:
-              \$993  = elem_data;
+              \$1003  = elem_data;
         endcase
       end
     end
     if (rst) begin
-      \$993  = 16'h0000;
+      \$1003  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$994  = pack_a1;
+    \$1004  = pack_a1;
     if (pack_active) begin
-      if (\$745 ) begin
-        casez (pack_j)
-          3'h0:
-              /* empty */;
-          3'h1:
-              \$994  = elem_data;
-        endcase
-      end
-    end
-    if (rst) begin
-      \$994  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$995  = pack_a2;
-    if (pack_active) begin
-      if (\$745 ) begin
+      if (\$751 ) begin
         casez (pack_j)
           3'h0:
               /* empty */;
           3'h1:
-              /* empty */;
-          3'h2:
-              \$995  = elem_data;
+              \$1004  = elem_data;
         endcase
       end
     end
     if (rst) begin
-      \$995  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$996  = pack_a3;
-    if (pack_active) begin
-      if (\$745 ) begin
-        casez (pack_j)
-          3'h0:
-              /* empty */;
-          3'h1:
-              /* empty */;
-          3'h2:
-              /* empty */;
-          3'h3:
-              \$996  = elem_data;
-        endcase
-      end
-    end
-    if (rst) begin
-      \$996  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$997  = pack_b0;
-    if (pack_active) begin
-      if (\$745 ) begin
-        casez (pack_j)
-          3'h0:
-              \$997  = \r_data$358 [15:0];
-        endcase
-      end
-    end
-    if (rst) begin
-      \$997  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$998  = pack_b1;
-    if (pack_active) begin
-      if (\$745 ) begin
-        casez (pack_j)
-          3'h0:
-              /* empty */;
-          3'h1:
-              \$998  = \r_data$358 [15:0];
-        endcase
-      end
-    end
-    if (rst) begin
-      \$998  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$999  = pack_b2;
-    if (pack_active) begin
-      if (\$745 ) begin
-        casez (pack_j)
-          3'h0:
-              /* empty */;
-          3'h1:
-              /* empty */;
-          3'h2:
-              \$999  = \r_data$358 [15:0];
-        endcase
-      end
-    end
-    if (rst) begin
-      \$999  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1000  = pack_b3;
-    if (pack_active) begin
-      if (\$745 ) begin
-        casez (pack_j)
-          3'h0:
-              /* empty */;
-          3'h1:
-              /* empty */;
-          3'h2:
-              /* empty */;
-          3'h3:
-              \$1000  = \r_data$358 [15:0];
-        endcase
-      end
-    end
-    if (rst) begin
-      \$1000  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1001  = pack_j;
-    if (pack_active) begin
-      if (\$745 ) begin
-        (* full_case = 32'd1 *)
-        if (\$747 ) begin
-          \$1001  = 3'h0;
-        end else begin
-          \$1001  = \$748 [2:0];
-        end
-      end
-    end
-    if (unit_rst) begin
-      \$1001  = 3'h0;
-    end
-    if (rst) begin
-      \$1001  = 3'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1002  = pack_jo;
-    if (pack_active) begin
-      if (\$749 ) begin
-        (* full_case = 32'd1 *)
-        if (\$751 ) begin
-          \$1002  = 3'h0;
-        end else begin
-          \$1002  = \$752 [2:0];
-        end
-      end
-    end
-    if (unit_rst) begin
-      \$1002  = 3'h0;
-    end
-    if (rst) begin
-      \$1002  = 3'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1003  = tiles;
-    if (in_decode) begin
-      \$1003  = dec_tiles;
-    end
-    if (gemm_active) begin
-      if (\$759 ) begin
-        if (\$773 ) begin
-          \$1003  = \$774 [31:0];
-        end
-      end
-    end
-    if (rst) begin
-      \$1003  = 32'd0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1004  = nt;
-    if (in_decode) begin
       \$1004  = 16'h0000;
     end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1005  = pack_a2;
+    if (pack_active) begin
+      if (\$751 ) begin
+        casez (pack_j)
+          3'h0:
+              /* empty */;
+          3'h1:
+              /* empty */;
+          3'h2:
+              \$1005  = elem_data;
+        endcase
+      end
+    end
+    if (rst) begin
+      \$1005  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1006  = pack_a3;
+    if (pack_active) begin
+      if (\$751 ) begin
+        casez (pack_j)
+          3'h0:
+              /* empty */;
+          3'h1:
+              /* empty */;
+          3'h2:
+              /* empty */;
+          3'h3:
+              \$1006  = elem_data;
+        endcase
+      end
+    end
+    if (rst) begin
+      \$1006  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1007  = pack_b0;
+    if (pack_active) begin
+      if (\$751 ) begin
+        casez (pack_j)
+          3'h0:
+              \$1007  = \r_data$360 [15:0];
+        endcase
+      end
+    end
+    if (rst) begin
+      \$1007  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1008  = pack_b1;
+    if (pack_active) begin
+      if (\$751 ) begin
+        casez (pack_j)
+          3'h0:
+              /* empty */;
+          3'h1:
+              \$1008  = \r_data$360 [15:0];
+        endcase
+      end
+    end
+    if (rst) begin
+      \$1008  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1009  = pack_b2;
+    if (pack_active) begin
+      if (\$751 ) begin
+        casez (pack_j)
+          3'h0:
+              /* empty */;
+          3'h1:
+              /* empty */;
+          3'h2:
+              \$1009  = \r_data$360 [15:0];
+        endcase
+      end
+    end
+    if (rst) begin
+      \$1009  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1010  = pack_b3;
+    if (pack_active) begin
+      if (\$751 ) begin
+        casez (pack_j)
+          3'h0:
+              /* empty */;
+          3'h1:
+              /* empty */;
+          3'h2:
+              /* empty */;
+          3'h3:
+              \$1010  = \r_data$360 [15:0];
+        endcase
+      end
+    end
+    if (rst) begin
+      \$1010  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1011  = pack_j;
+    if (pack_active) begin
+      if (\$751 ) begin
+        (* full_case = 32'd1 *)
+        if (\$753 ) begin
+          \$1011  = 3'h0;
+        end else begin
+          \$1011  = \$754 [2:0];
+        end
+      end
+    end
+    if (unit_rst) begin
+      \$1011  = 3'h0;
+    end
+    if (rst) begin
+      \$1011  = 3'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1012  = pack_jo;
+    if (pack_active) begin
+      if (\$755 ) begin
+        (* full_case = 32'd1 *)
+        if (\$757 ) begin
+          \$1012  = 3'h0;
+        end else begin
+          \$1012  = \$758 [2:0];
+        end
+      end
+    end
+    if (unit_rst) begin
+      \$1012  = 3'h0;
+    end
+    if (rst) begin
+      \$1012  = 3'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1013  = tiles;
+    if (in_decode) begin
+      \$1013  = dec_tiles;
+    end
     if (gemm_active) begin
-      if (\$759 ) begin
-        if (\$773 ) begin
+      if (\$765 ) begin
+        if (\$779 ) begin
+          \$1013  = \$780 [31:0];
+        end
+      end
+    end
+    if (rst) begin
+      \$1013  = 32'd0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1014  = nt;
+    if (in_decode) begin
+      \$1014  = 16'h0000;
+    end
+    if (gemm_active) begin
+      if (\$765 ) begin
+        if (\$779 ) begin
           (* full_case = 32'd1 *)
           if (nt_hit) begin
-            \$1004  = 16'h0000;
+            \$1014  = 16'h0000;
           end else begin
-            \$1004  = \$780 [15:0];
+            \$1014  = \$786 [15:0];
           end
         end
       end
     end
     if (rst) begin
-      \$1004  = 16'h0000;
+      \$1014  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1005  = k;
+    \$1015  = k;
     if (in_decode) begin
-      \$1005  = 16'h0000;
+      \$1015  = 16'h0000;
     end
     if (gemm_active) begin
-      if (\$759 ) begin
-        if (\$761 ) begin
-        end else if (\$766 ) begin
-          \$1005  = \$767 [15:0];
+      if (\$765 ) begin
+        if (\$767 ) begin
+        end else if (\$772 ) begin
+          \$1015  = \$773 [15:0];
         end
-        if (\$773 ) begin
-          \$1005  = 16'h0000;
+        if (\$779 ) begin
+          \$1015  = 16'h0000;
         end
       end
     end
     if (rst) begin
-      \$1005  = 16'h0000;
+      \$1015  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1006  = w_addr;
+    \$1016  = w_addr;
     if (in_decode) begin
-      \$1006  = ins[465:434];
+      \$1016  = ins[465:434];
     end
     if (gemm_active) begin
-      if (\$759 ) begin
+      if (\$765 ) begin
         if (want_w) begin
-          \$1006  = \$770 [31:0];
+          \$1016  = \$776 [31:0];
         end
-        if (\$773 ) begin
+        if (\$779 ) begin
           if (nt_hit) begin
-            \$1006  = ins[465:434];
+            \$1016  = ins[465:434];
           end
         end
       end
     end
     if (rst) begin
-      \$1006  = 32'd0;
+      \$1016  = 32'd0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1007  = p_addr;
+    \$1017  = p_addr;
     if (in_decode) begin
-      \$1007  = ins[497:466];
+      \$1017  = ins[497:466];
     end
     if (gemm_active) begin
-      if (\$759 ) begin
-        if (\$773 ) begin
+      if (\$765 ) begin
+        if (\$779 ) begin
           (* full_case = 32'd1 *)
           if (nt_hit) begin
-            \$1007  = ins[497:466];
+            \$1017  = ins[497:466];
           end else begin
-            \$1007  = \$783 [31:0];
+            \$1017  = \$789 [31:0];
           end
         end
       end
     end
     if (rst) begin
-      \$1007  = 32'd0;
+      \$1017  = 32'd0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1008  = want_w;
+    \$1018  = want_w;
     if (in_decode) begin
-      \$1008  = 1'h0;
+      \$1018  = 1'h0;
     end
     if (gemm_active) begin
-      if (\$759 ) begin
-        if (\$761 ) begin
-          \$1008  = 1'h1;
+      if (\$765 ) begin
+        if (\$767 ) begin
+          \$1018  = 1'h1;
         end
-        if (\$773 ) begin
-          \$1008  = 1'h0;
+        if (\$779 ) begin
+          \$1018  = 1'h0;
         end
       end
     end
     if (rst) begin
-      \$1008  = 1'h0;
+      \$1018  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1009  = w_step;
+    \$1019  = w_step;
     if (in_decode) begin
-      \$1009  = \$753 [7:0];
+      \$1019  = \$759 [7:0];
     end
     if (rst) begin
-      \$1009  = 8'h00;
+      \$1019  = 8'h00;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1010  = \$signal$461 ;
+    \$1020  = \$signal$463 ;
     if (in_decode) begin
-      \$1010  = \$754 ;
+      \$1020  = \$760 ;
     end
     if (gemm_active) begin
-      if (\$759 ) begin
-        if (\$773 ) begin
-          \$1010  = \$775 ;
-        end
-      end
-    end
-    if (rst) begin
-      \$1010  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1011  = \$signal$553 ;
-    if (in_decode) begin
-      \$1011  = \$756 ;
-    end
-    if (gemm_active) begin
-      if (\$759 ) begin
-        if (\$761 ) begin
-        end else if (\$766 ) begin
-          \$1011  = \$769 ;
-        end
-        if (\$773 ) begin
-          \$1011  = \$777 ;
-        end
-      end
-    end
-    if (rst) begin
-      \$1011  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1012  = nt_hit;
-    if (in_decode) begin
-      \$1012  = \$758 ;
-    end
-    if (gemm_active) begin
-      if (\$759 ) begin
-        if (\$773 ) begin
-          (* full_case = 32'd1 *)
-          if (nt_hit) begin
-            \$1012  = \$779 ;
-          end else begin
-            \$1012  = \$782 ;
-          end
-        end
-      end
-    end
-    if (rst) begin
-      \$1012  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1013  = rk;
-    if (in_decode) begin
-      \$1013  = 16'h0000;
-    end
-    if (gemm_active) begin
-      if (\$788 ) begin
-        \$1013  = \$791 [15:0];
-      end
-    end
-    if (rst) begin
-      \$1013  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1014  = rk_zero;
-    if (in_decode) begin
-      \$1014  = 1'h1;
-    end
-    if (gemm_active) begin
-      if (\$788 ) begin
-        \$1014  = \$792 ;
-      end
-    end
-    if (rst) begin
-      \$1014  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1015  = a_filled0;
-    if (in_decode) begin
-      \$1015  = 1'h0;
-    end
-    if (gemm_active) begin
-      if (\$804 ) begin
-        if (a_load_k_hit) begin
-          if (\$810 ) begin
-            casez (\$signal$297 )
-              1'h0:
-                  \$1015  = 1'h1;
-            endcase
-          end
-        end
-      end else if (\$807 ) begin
-        if (\$816 ) begin
-          if (a_load_k_hit) begin
-            casez (\$signal$297 )
-              1'h0:
-                  \$1015  = 1'h1;
-            endcase
-          end
-        end
-      end
-      if (\$828 ) begin
-        casez (a_read_half)
-          1'h0:
-              \$1015  = 1'h0;
-        endcase
-      end
-    end
-    if (rst) begin
-      \$1015  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1016  = a_filled1;
-    if (in_decode) begin
-      \$1016  = 1'h0;
-    end
-    if (gemm_active) begin
-      if (\$804 ) begin
-        if (a_load_k_hit) begin
-          if (\$810 ) begin
-            (* full_case = 32'd1 *)
-            casez (\$signal$297 )
-              1'h0:
-                  /* empty */;
-              1'h1:
-                  \$1016  = 1'h1;
-            endcase
-          end
-        end
-      end else if (\$807 ) begin
-        if (\$816 ) begin
-          if (a_load_k_hit) begin
-            (* full_case = 32'd1 *)
-            casez (\$signal$297 )
-              1'h0:
-                  /* empty */;
-              1'h1:
-                  \$1016  = 1'h1;
-            endcase
-          end
-        end
-      end
-      if (\$828 ) begin
-        (* full_case = 32'd1 *)
-        casez (a_read_half)
-          1'h0:
-              /* empty */;
-          1'h1:
-              \$1016  = 1'h0;
-        endcase
-      end
-    end
-    if (rst) begin
-      \$1016  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1017  = \$signal$297 ;
-    if (in_decode) begin
-      \$1017  = 1'h0;
-    end
-    if (gemm_active) begin
-      if (\$804 ) begin
-        if (a_load_k_hit) begin
-          if (\$810 ) begin
-            \$1017  = \$811 ;
-          end
-        end
-      end else if (\$807 ) begin
-        if (\$816 ) begin
-          if (a_load_k_hit) begin
-            \$1017  = \$822 ;
-          end
-        end
-      end
-    end
-    if (rst) begin
-      \$1017  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1018  = \$signal$304 ;
-    if (in_decode) begin
-      \$1018  = 4'h0;
-    end
-    if (gemm_active) begin
-      if (\$804 ) begin
-        if (a_load_k_hit) begin
-          (* full_case = 32'd1 *)
-          if (\$810 ) begin
-            \$1018  = 4'h0;
-          end else begin
-            \$1018  = \$812 [3:0];
-          end
-        end
-      end else if (\$807 ) begin
-        (* full_case = 32'd1 *)
-        if (\$816 ) begin
-          \$1018  = 4'h0;
-        end else begin
-          \$1018  = \$823 [3:0];
-        end
-      end
-    end
-    if (rst) begin
-      \$1018  = 4'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1019  = lk;
-    if (in_decode) begin
-      \$1019  = 16'h0000;
-    end
-    if (gemm_active) begin
-      if (\$804 ) begin
-        (* full_case = 32'd1 *)
-        if (a_load_k_hit) begin
-          \$1019  = 16'h0000;
-        end else begin
-          \$1019  = \$813 [15:0];
-        end
-      end else if (\$807 ) begin
-        if (\$816 ) begin
-          \$1019  = \$817 [15:0];
-          if (a_load_k_hit) begin
-            \$1019  = 16'h0000;
-          end
-        end
-      end
-    end
-    if (rst) begin
-      \$1019  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1020  = \$signal$330 ;
-    if (in_decode) begin
-      \$1020  = 1'h0;
-    end
-    if (gemm_active) begin
-      if (a_issue) begin
-        if (a_feed_k_hit) begin
-          if (a_feed_nt_hit) begin
-            \$1020  = \$833 ;
-          end
+      if (\$765 ) begin
+        if (\$779 ) begin
+          \$1020  = \$781 ;
         end
       end
     end
@@ -35777,86 +35583,71 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1021  = \$signal$331 ;
+    \$1021  = \$signal$559 ;
     if (in_decode) begin
-      \$1021  = 16'h0000;
+      \$1021  = \$762 ;
     end
     if (gemm_active) begin
-      if (a_issue) begin
-        (* full_case = 32'd1 *)
-        if (a_feed_k_hit) begin
-          \$1021  = 16'h0000;
-        end else begin
-          \$1021  = \$839 [15:0];
+      if (\$765 ) begin
+        if (\$767 ) begin
+        end else if (\$772 ) begin
+          \$1021  = \$775 ;
+        end
+        if (\$779 ) begin
+          \$1021  = \$783 ;
         end
       end
     end
     if (rst) begin
-      \$1021  = 16'h0000;
+      \$1021  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1022  = fnt;
+    \$1022  = nt_hit;
     if (in_decode) begin
-      \$1022  = 16'h0000;
+      \$1022  = \$764 ;
     end
     if (gemm_active) begin
-      if (a_issue) begin
-        if (a_feed_k_hit) begin
+      if (\$765 ) begin
+        if (\$779 ) begin
           (* full_case = 32'd1 *)
-          if (a_feed_nt_hit) begin
-            \$1022  = 16'h0000;
+          if (nt_hit) begin
+            \$1022  = \$785 ;
           end else begin
-            \$1022  = \$836 [15:0];
+            \$1022  = \$788 ;
           end
         end
       end
     end
     if (rst) begin
-      \$1022  = 16'h0000;
+      \$1022  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1023  = feed_blocks;
+    \$1023  = rk;
     if (in_decode) begin
-      \$1023  = dec_blocks;
+      \$1023  = 16'h0000;
     end
     if (gemm_active) begin
-      if (a_issue) begin
-        if (a_feed_k_hit) begin
-          if (a_feed_nt_hit) begin
-            \$1023  = \$834 [31:0];
-          end
-        end
+      if (\$794 ) begin
+        \$1023  = \$797 [15:0];
       end
     end
     if (rst) begin
-      \$1023  = 32'd0;
+      \$1023  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1024  = a_load_k_hit;
+    \$1024  = rk_zero;
     if (in_decode) begin
-      \$1024  = \$794 ;
+      \$1024  = 1'h1;
     end
     if (gemm_active) begin
-      if (\$804 ) begin
-        (* full_case = 32'd1 *)
-        if (a_load_k_hit) begin
-          \$1024  = \$809 ;
-        end else begin
-          \$1024  = \$815 ;
-        end
-      end else if (\$807 ) begin
-        if (\$816 ) begin
-          \$1024  = \$819 ;
-          if (a_load_k_hit) begin
-            \$1024  = \$821 ;
-          end
-        end
+      if (\$794 ) begin
+        \$1024  = \$798 ;
       end
     end
     if (rst) begin
@@ -35865,18 +35656,35 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1025  = a_feed_k_hit;
+    \$1025  = a_filled0;
     if (in_decode) begin
-      \$1025  = \$796 ;
+      \$1025  = 1'h0;
     end
     if (gemm_active) begin
-      if (a_issue) begin
-        (* full_case = 32'd1 *)
-        if (a_feed_k_hit) begin
-          \$1025  = \$830 ;
-        end else begin
-          \$1025  = \$841 ;
+      if (\$810 ) begin
+        if (a_load_k_hit) begin
+          if (\$816 ) begin
+            casez (\$signal$299 )
+              1'h0:
+                  \$1025  = 1'h1;
+            endcase
+          end
         end
+      end else if (\$813 ) begin
+        if (\$822 ) begin
+          if (a_load_k_hit) begin
+            casez (\$signal$299 )
+              1'h0:
+                  \$1025  = 1'h1;
+            endcase
+          end
+        end
+      end
+      if (\$834 ) begin
+        casez (a_read_half)
+          1'h0:
+              \$1025  = 1'h0;
+        endcase
       end
     end
     if (rst) begin
@@ -35885,20 +35693,44 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1026  = a_feed_nt_hit;
+    \$1026  = a_filled1;
     if (in_decode) begin
-      \$1026  = \$798 ;
+      \$1026  = 1'h0;
     end
     if (gemm_active) begin
-      if (a_issue) begin
-        if (a_feed_k_hit) begin
-          (* full_case = 32'd1 *)
-          if (a_feed_nt_hit) begin
-            \$1026  = \$832 ;
-          end else begin
-            \$1026  = \$838 ;
+      if (\$810 ) begin
+        if (a_load_k_hit) begin
+          if (\$816 ) begin
+            (* full_case = 32'd1 *)
+            casez (\$signal$299 )
+              1'h0:
+                  /* empty */;
+              1'h1:
+                  \$1026  = 1'h1;
+            endcase
           end
         end
+      end else if (\$813 ) begin
+        if (\$822 ) begin
+          if (a_load_k_hit) begin
+            (* full_case = 32'd1 *)
+            casez (\$signal$299 )
+              1'h0:
+                  /* empty */;
+              1'h1:
+                  \$1026  = 1'h1;
+            endcase
+          end
+        end
+      end
+      if (\$834 ) begin
+        (* full_case = 32'd1 *)
+        casez (a_read_half)
+          1'h0:
+              /* empty */;
+          1'h1:
+              \$1026  = 1'h0;
+        endcase
       end
     end
     if (rst) begin
@@ -35907,15 +35739,21 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1027  = a_blocks_left;
+    \$1027  = \$signal$299 ;
     if (in_decode) begin
-      \$1027  = \$799 ;
+      \$1027  = 1'h0;
     end
     if (gemm_active) begin
-      if (a_issue) begin
-        if (a_feed_k_hit) begin
-          if (a_feed_nt_hit) begin
-            \$1027  = \$835 ;
+      if (\$810 ) begin
+        if (a_load_k_hit) begin
+          if (\$816 ) begin
+            \$1027  = \$817 ;
+          end
+        end
+      end else if (\$813 ) begin
+        if (\$822 ) begin
+          if (a_load_k_hit) begin
+            \$1027  = \$828 ;
           end
         end
       end
@@ -35926,29 +35764,74 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1028  = a_read_last;
+    \$1028  = \$signal$306 ;
+    if (in_decode) begin
+      \$1028  = 4'h0;
+    end
     if (gemm_active) begin
-      \$1028  = a_feed_k_hit;
+      if (\$810 ) begin
+        if (a_load_k_hit) begin
+          (* full_case = 32'd1 *)
+          if (\$816 ) begin
+            \$1028  = 4'h0;
+          end else begin
+            \$1028  = \$818 [3:0];
+          end
+        end
+      end else if (\$813 ) begin
+        (* full_case = 32'd1 *)
+        if (\$822 ) begin
+          \$1028  = 4'h0;
+        end else begin
+          \$1028  = \$829 [3:0];
+        end
+      end
     end
     if (rst) begin
-      \$1028  = 1'h0;
+      \$1028  = 4'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1029  = a_read_addr;
+    \$1029  = lk;
+    if (in_decode) begin
+      \$1029  = 16'h0000;
+    end
     if (gemm_active) begin
-      \$1029  = \$825 [8:0];
+      if (\$810 ) begin
+        (* full_case = 32'd1 *)
+        if (a_load_k_hit) begin
+          \$1029  = 16'h0000;
+        end else begin
+          \$1029  = \$819 [15:0];
+        end
+      end else if (\$813 ) begin
+        if (\$822 ) begin
+          \$1029  = \$823 [15:0];
+          if (a_load_k_hit) begin
+            \$1029  = 16'h0000;
+          end
+        end
+      end
     end
     if (rst) begin
-      \$1029  = 9'h000;
+      \$1029  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1030  = a_read_half;
+    \$1030  = \$signal$332 ;
+    if (in_decode) begin
+      \$1030  = 1'h0;
+    end
     if (gemm_active) begin
-      \$1030  = \$signal$330 ;
+      if (a_issue) begin
+        if (a_feed_k_hit) begin
+          if (a_feed_nt_hit) begin
+            \$1030  = \$839 ;
+          end
+        end
+      end
     end
     if (rst) begin
       \$1030  = 1'h0;
@@ -35956,122 +35839,128 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1031  = a_read_free;
-    if (gemm_active) begin
-      \$1031  = \$827 ;
+    \$1031  = \$signal$333 ;
+    if (in_decode) begin
+      \$1031  = 16'h0000;
     end
-    if (rst) begin
-      \$1031  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1032  = w_load_lane;
     if (gemm_active) begin
-      if (\$846 ) begin
+      if (a_issue) begin
         (* full_case = 32'd1 *)
-        if (\$847 ) begin
-          \$1032  = 4'h0;
+        if (a_feed_k_hit) begin
+          \$1031  = 16'h0000;
         end else begin
-          \$1032  = \$854 [3:0];
+          \$1031  = \$845 [15:0];
         end
-      end
-      if (in_decode) begin
-        \$1032  = 4'h0;
       end
     end
     if (rst) begin
-      \$1032  = 4'h0;
+      \$1031  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1033  = w_load_k;
+    \$1032  = fnt;
+    if (in_decode) begin
+      \$1032  = 16'h0000;
+    end
     if (gemm_active) begin
-      if (\$846 ) begin
-        if (\$847 ) begin
-          \$1033  = \$848 [15:0];
-          if (\$850 ) begin
-            \$1033  = 16'h0000;
+      if (a_issue) begin
+        if (a_feed_k_hit) begin
+          (* full_case = 32'd1 *)
+          if (a_feed_nt_hit) begin
+            \$1032  = 16'h0000;
+          end else begin
+            \$1032  = \$842 [15:0];
           end
         end
       end
-      if (in_decode) begin
-        \$1033  = 16'h0000;
-      end
     end
     if (rst) begin
-      \$1033  = 16'h0000;
+      \$1032  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1034  = w_load_addr;
+    \$1033  = feed_blocks;
+    if (in_decode) begin
+      \$1033  = dec_blocks;
+    end
     if (gemm_active) begin
-      if (\$846 ) begin
-        if (\$847 ) begin
-          \$1034  = \$849 [9:0];
-          if (\$850 ) begin
-            if (\$852 ) begin
-              \$1034  = 10'h000;
-            end
+      if (a_issue) begin
+        if (a_feed_k_hit) begin
+          if (a_feed_nt_hit) begin
+            \$1033  = \$840 [31:0];
           end
         end
       end
-      if (in_decode) begin
-        \$1034  = 10'h000;
-      end
     end
     if (rst) begin
-      \$1034  = 10'h000;
+      \$1033  = 32'd0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1035  = w_load_nt;
+    \$1034  = a_load_k_hit;
+    if (in_decode) begin
+      \$1034  = \$800 ;
+    end
     if (gemm_active) begin
-      if (\$846 ) begin
-        if (\$847 ) begin
-          if (\$850 ) begin
-            \$1035  = \$851 [15:0];
-            if (\$852 ) begin
-              \$1035  = 16'h0000;
-            end
+      if (\$810 ) begin
+        (* full_case = 32'd1 *)
+        if (a_load_k_hit) begin
+          \$1034  = \$815 ;
+        end else begin
+          \$1034  = \$821 ;
+        end
+      end else if (\$813 ) begin
+        if (\$822 ) begin
+          \$1034  = \$825 ;
+          if (a_load_k_hit) begin
+            \$1034  = \$827 ;
           end
         end
       end
-      if (in_decode) begin
-        \$1035  = 16'h0000;
-      end
     end
     if (rst) begin
-      \$1035  = 16'h0000;
+      \$1034  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1036  = w_filled0;
+    \$1035  = a_feed_k_hit;
+    if (in_decode) begin
+      \$1035  = \$802 ;
+    end
     if (gemm_active) begin
-      if (\$846 ) begin
-        if (\$847 ) begin
-          if (\$850 ) begin
-            if (\$852 ) begin
-              casez (w_load_half)
-                1'h0:
-                    \$1036  = 1'h1;
-              endcase
-            end
-          end
+      if (a_issue) begin
+        (* full_case = 32'd1 *)
+        if (a_feed_k_hit) begin
+          \$1035  = \$836 ;
+        end else begin
+          \$1035  = \$847 ;
         end
       end
-      if (\$870 ) begin
-        casez (w_read_half)
-          1'h0:
-              \$1036  = 1'h0;
-        endcase
-      end
-      if (in_decode) begin
-        \$1036  = 1'h0;
+    end
+    if (rst) begin
+      \$1035  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1036  = a_feed_nt_hit;
+    if (in_decode) begin
+      \$1036  = \$804 ;
+    end
+    if (gemm_active) begin
+      if (a_issue) begin
+        if (a_feed_k_hit) begin
+          (* full_case = 32'd1 *)
+          if (a_feed_nt_hit) begin
+            \$1036  = \$838 ;
+          end else begin
+            \$1036  = \$844 ;
+          end
+        end
       end
     end
     if (rst) begin
@@ -36080,34 +35969,17 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1037  = w_filled1;
+    \$1037  = a_blocks_left;
+    if (in_decode) begin
+      \$1037  = \$805 ;
+    end
     if (gemm_active) begin
-      if (\$846 ) begin
-        if (\$847 ) begin
-          if (\$850 ) begin
-            if (\$852 ) begin
-              (* full_case = 32'd1 *)
-              casez (w_load_half)
-                1'h0:
-                    /* empty */;
-                1'h1:
-                    \$1037  = 1'h1;
-              endcase
-            end
+      if (a_issue) begin
+        if (a_feed_k_hit) begin
+          if (a_feed_nt_hit) begin
+            \$1037  = \$841 ;
           end
         end
-      end
-      if (\$870 ) begin
-        (* full_case = 32'd1 *)
-        casez (w_read_half)
-          1'h0:
-              /* empty */;
-          1'h1:
-              \$1037  = 1'h0;
-        endcase
-      end
-      if (in_decode) begin
-        \$1037  = 1'h0;
       end
     end
     if (rst) begin
@@ -36116,20 +35988,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1038  = w_load_half;
+    \$1038  = a_read_last;
     if (gemm_active) begin
-      if (\$846 ) begin
-        if (\$847 ) begin
-          if (\$850 ) begin
-            if (\$852 ) begin
-              \$1038  = \$853 ;
-            end
-          end
-        end
-      end
-      if (in_decode) begin
-        \$1038  = 1'h0;
-      end
+      \$1038  = a_feed_k_hit;
     end
     if (rst) begin
       \$1038  = 1'h0;
@@ -36137,9 +35998,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1039  = w_read_addr;
+    \$1039  = a_read_addr;
     if (gemm_active) begin
-      \$1039  = \$857 [8:0];
+      \$1039  = \$831 [8:0];
     end
     if (rst) begin
       \$1039  = 9'h000;
@@ -36147,9 +36008,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1040  = w_read_half;
+    \$1040  = a_read_half;
     if (gemm_active) begin
-      \$1040  = w_feed_half;
+      \$1040  = \$signal$332 ;
     end
     if (rst) begin
       \$1040  = 1'h0;
@@ -36157,9 +36018,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1041  = w_read_free;
+    \$1041  = a_read_free;
     if (gemm_active) begin
-      \$1041  = \$863 ;
+      \$1041  = \$833 ;
     end
     if (rst) begin
       \$1041  = 1'h0;
@@ -36167,39 +36028,33 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1042  = feed_ntk;
+    \$1042  = w_load_lane;
     if (gemm_active) begin
-      if (\$865 ) begin
-        if (a_feed_k_hit) begin
-          (* full_case = 32'd1 *)
-          if (a_feed_nt_hit) begin
-            \$1042  = 32'd0;
-          end else begin
-            \$1042  = \$869 [31:0];
-          end
+      if (\$852 ) begin
+        (* full_case = 32'd1 *)
+        if (\$853 ) begin
+          \$1042  = 4'h0;
+        end else begin
+          \$1042  = \$860 [3:0];
         end
       end
       if (in_decode) begin
-        \$1042  = 32'd0;
+        \$1042  = 4'h0;
       end
     end
     if (rst) begin
-      \$1042  = 32'd0;
+      \$1042  = 4'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1043  = feed_mt;
+    \$1043  = w_load_k;
     if (gemm_active) begin
-      if (\$865 ) begin
-        if (a_feed_k_hit) begin
-          if (a_feed_nt_hit) begin
-            (* full_case = 32'd1 *)
-            if (\$866 ) begin
-              \$1043  = 16'h0000;
-            end else begin
-              \$1043  = \$868 [15:0];
-            end
+      if (\$852 ) begin
+        if (\$853 ) begin
+          \$1043  = \$854 [15:0];
+          if (\$856 ) begin
+            \$1043  = 16'h0000;
           end
         end
       end
@@ -36213,52 +36068,259 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1044  = w_feed_half;
+    \$1044  = w_load_addr;
     if (gemm_active) begin
-      if (\$865 ) begin
-        if (a_feed_k_hit) begin
-          if (a_feed_nt_hit) begin
-            if (\$866 ) begin
-              \$1044  = \$867 ;
+      if (\$852 ) begin
+        if (\$853 ) begin
+          \$1044  = \$855 [9:0];
+          if (\$856 ) begin
+            if (\$858 ) begin
+              \$1044  = 10'h000;
             end
           end
         end
       end
       if (in_decode) begin
-        \$1044  = 1'h0;
+        \$1044  = 10'h000;
       end
     end
     if (rst) begin
-      \$1044  = 1'h0;
+      \$1044  = 10'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1045  = post_col;
-    if (in_decode) begin
-      \$1045  = 3'h0;
-    end
-    if (\$872 ) begin
-      if (elem_take) begin
-        \$1045  = \$875 [2:0];
+    \$1045  = w_load_nt;
+    if (gemm_active) begin
+      if (\$852 ) begin
+        if (\$853 ) begin
+          if (\$856 ) begin
+            \$1045  = \$857 [15:0];
+            if (\$858 ) begin
+              \$1045  = 16'h0000;
+            end
+          end
+        end
+      end
+      if (in_decode) begin
+        \$1045  = 16'h0000;
       end
     end
     if (rst) begin
-      \$1045  = 3'h0;
+      \$1045  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1046  = \$880 ;
+    \$1046  = w_filled0;
+    if (gemm_active) begin
+      if (\$852 ) begin
+        if (\$853 ) begin
+          if (\$856 ) begin
+            if (\$858 ) begin
+              casez (w_load_half)
+                1'h0:
+                    \$1046  = 1'h1;
+              endcase
+            end
+          end
+        end
+      end
+      if (\$876 ) begin
+        casez (w_read_half)
+          1'h0:
+              \$1046  = 1'h0;
+        endcase
+      end
+      if (in_decode) begin
+        \$1046  = 1'h0;
+      end
+    end
     if (rst) begin
       \$1046  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1047  = fault;
+    \$1047  = w_filled1;
+    if (gemm_active) begin
+      if (\$852 ) begin
+        if (\$853 ) begin
+          if (\$856 ) begin
+            if (\$858 ) begin
+              (* full_case = 32'd1 *)
+              casez (w_load_half)
+                1'h0:
+                    /* empty */;
+                1'h1:
+                    \$1047  = 1'h1;
+              endcase
+            end
+          end
+        end
+      end
+      if (\$876 ) begin
+        (* full_case = 32'd1 *)
+        casez (w_read_half)
+          1'h0:
+              /* empty */;
+          1'h1:
+              \$1047  = 1'h0;
+        endcase
+      end
+      if (in_decode) begin
+        \$1047  = 1'h0;
+      end
+    end
     if (rst) begin
-      \$1047  = 4'h0;
+      \$1047  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1048  = w_load_half;
+    if (gemm_active) begin
+      if (\$852 ) begin
+        if (\$853 ) begin
+          if (\$856 ) begin
+            if (\$858 ) begin
+              \$1048  = \$859 ;
+            end
+          end
+        end
+      end
+      if (in_decode) begin
+        \$1048  = 1'h0;
+      end
+    end
+    if (rst) begin
+      \$1048  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1049  = w_read_addr;
+    if (gemm_active) begin
+      \$1049  = \$863 [8:0];
+    end
+    if (rst) begin
+      \$1049  = 9'h000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1050  = w_read_half;
+    if (gemm_active) begin
+      \$1050  = w_feed_half;
+    end
+    if (rst) begin
+      \$1050  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1051  = w_read_free;
+    if (gemm_active) begin
+      \$1051  = \$869 ;
+    end
+    if (rst) begin
+      \$1051  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1052  = feed_ntk;
+    if (gemm_active) begin
+      if (\$871 ) begin
+        if (a_feed_k_hit) begin
+          (* full_case = 32'd1 *)
+          if (a_feed_nt_hit) begin
+            \$1052  = 32'd0;
+          end else begin
+            \$1052  = \$875 [31:0];
+          end
+        end
+      end
+      if (in_decode) begin
+        \$1052  = 32'd0;
+      end
+    end
+    if (rst) begin
+      \$1052  = 32'd0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1053  = feed_mt;
+    if (gemm_active) begin
+      if (\$871 ) begin
+        if (a_feed_k_hit) begin
+          if (a_feed_nt_hit) begin
+            (* full_case = 32'd1 *)
+            if (\$872 ) begin
+              \$1053  = 16'h0000;
+            end else begin
+              \$1053  = \$874 [15:0];
+            end
+          end
+        end
+      end
+      if (in_decode) begin
+        \$1053  = 16'h0000;
+      end
+    end
+    if (rst) begin
+      \$1053  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1054  = w_feed_half;
+    if (gemm_active) begin
+      if (\$871 ) begin
+        if (a_feed_k_hit) begin
+          if (a_feed_nt_hit) begin
+            if (\$872 ) begin
+              \$1054  = \$873 ;
+            end
+          end
+        end
+      end
+      if (in_decode) begin
+        \$1054  = 1'h0;
+      end
+    end
+    if (rst) begin
+      \$1054  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1055  = post_col;
+    if (in_decode) begin
+      \$1055  = 3'h0;
+    end
+    if (\$878 ) begin
+      if (elem_take) begin
+        \$1055  = \$881 [2:0];
+      end
+    end
+    if (rst) begin
+      \$1055  = 3'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1056  = \$886 ;
+    if (rst) begin
+      \$1056  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1057  = fault;
+    if (rst) begin
+      \$1057  = 4'h0;
     end
   end
   assign \ar__payload$1  = ar__payload;
@@ -36293,26 +36355,26 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   assign \base$69  = ins[343:324];
   assign \$signature__addr  = addr[13:0];
   assign \$signature__en  = src0_issue;
-  assign w_en = src0_inflight;
-  assign w_data = { src0_meta, \$signature__data  };
-  assign \$signature__addr$104  = \addr$105 [13:0];
-  assign \$signature__en$106  = src1_issue;
-  assign \next$107  = src1_issue;
-  assign \w_en$108  = src1_inflight;
-  assign \w_data$109  = { src1_meta, \$signature__data$110  };
-  assign wr_addr = \addr$113 [13:0];
-  assign \error$125  = error;
-  assign \done$127  = done;
-  assign \busy$129  = busy;
+  assign w_en = src0_held;
+  assign w_data = { src0_held_meta, src0_elem };
+  assign \$signature__addr$106  = \addr$107 [13:0];
+  assign \$signature__en$108  = src1_issue;
+  assign \next$109  = src1_issue;
+  assign \w_en$110  = src1_held;
+  assign \w_data$111  = { src1_held_meta, src1_elem };
+  assign wr_addr = \addr$115 [13:0];
+  assign \error$127  = error;
+  assign \done$129  = done;
+  assign \busy$131  = busy;
   assign c__payload = c_data[4:0];
   assign c__valid = c_valid0;
-  assign \c__payload$142  = c_data;
-  assign \c__valid$143  = c_valid1;
-  assign \c__payload$144  = c_data[43:0];
-  assign \c__valid$145  = c_valid2;
-  assign \c__payload$146  = c_data[52:0];
-  assign \c__valid$147  = c_valid3;
-  assign \cycles$149  = cycles;
+  assign \c__payload$144  = c_data;
+  assign \c__valid$145  = c_valid1;
+  assign \c__payload$146  = c_data[43:0];
+  assign \c__valid$147  = c_valid2;
+  assign \c__payload$148  = c_data[52:0];
+  assign \c__valid$149  = c_valid3;
+  assign \cycles$151  = cycles;
   assign op_cycles0 = op_cycles__0;
   assign op_cycles1 = op_cycles__1;
   assign op_cycles2 = op_cycles__2;
@@ -36329,27 +36391,27 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   assign op_cycles13 = op_cycles__13;
   assign op_cycles14 = op_cycles__14;
   assign op_cycles15 = op_cycles__15;
-  assign pack_full = \w_en$182 ;
-  assign \w_data$184  = { pack_b3, pack_b2, pack_b1, pack_b0, pack_a3, pack_a2, pack_a1, pack_a0 };
+  assign pack_full = \w_en$184 ;
+  assign \w_data$186  = { pack_b3, pack_b2, pack_b1, pack_b0, pack_a3, pack_a2, pack_a1, pack_a0 };
   assign add_res0 = o__payload[15:0];
   assign add_res1 = o__payload[31:16];
   assign add_res2 = o__payload[47:32];
   assign add_res3 = o__payload[63:48];
-  assign gelu0_res0 = { \o__payload$203 [7], \o__payload$203 [7], \o__payload$203 [7], \o__payload$203 [7], \o__payload$203 [7], \o__payload$203 [7], \o__payload$203 [7], \o__payload$203 [7], \o__payload$203 [7:0] };
-  assign gelu0_res1 = { \o__payload$203 [15], \o__payload$203 [15], \o__payload$203 [15], \o__payload$203 [15], \o__payload$203 [15], \o__payload$203 [15], \o__payload$203 [15], \o__payload$203 [15], \o__payload$203 [15:8] };
-  assign gelu0_res2 = { \o__payload$203 [23], \o__payload$203 [23], \o__payload$203 [23], \o__payload$203 [23], \o__payload$203 [23], \o__payload$203 [23], \o__payload$203 [23], \o__payload$203 [23], \o__payload$203 [23:16] };
-  assign gelu0_res3 = { \o__payload$203 [31], \o__payload$203 [31], \o__payload$203 [31], \o__payload$203 [31], \o__payload$203 [31], \o__payload$203 [31], \o__payload$203 [31], \o__payload$203 [31], \o__payload$203 [31:24] };
-  assign softmax_elem = { 8'h00, \o__payload$217 [7:0] };
-  assign layernorm_elem = { \o__payload$219 [7], \o__payload$219 [7], \o__payload$219 [7], \o__payload$219 [7], \o__payload$219 [7], \o__payload$219 [7], \o__payload$219 [7], \o__payload$219 [7], \o__payload$219  };
+  assign gelu0_res0 = { \o__payload$205 [7], \o__payload$205 [7], \o__payload$205 [7], \o__payload$205 [7], \o__payload$205 [7], \o__payload$205 [7], \o__payload$205 [7], \o__payload$205 [7], \o__payload$205 [7:0] };
+  assign gelu0_res1 = { \o__payload$205 [15], \o__payload$205 [15], \o__payload$205 [15], \o__payload$205 [15], \o__payload$205 [15], \o__payload$205 [15], \o__payload$205 [15], \o__payload$205 [15], \o__payload$205 [15:8] };
+  assign gelu0_res2 = { \o__payload$205 [23], \o__payload$205 [23], \o__payload$205 [23], \o__payload$205 [23], \o__payload$205 [23], \o__payload$205 [23], \o__payload$205 [23], \o__payload$205 [23], \o__payload$205 [23:16] };
+  assign gelu0_res3 = { \o__payload$205 [31], \o__payload$205 [31], \o__payload$205 [31], \o__payload$205 [31], \o__payload$205 [31], \o__payload$205 [31], \o__payload$205 [31], \o__payload$205 [31], \o__payload$205 [31:24] };
+  assign softmax_elem = { 8'h00, \o__payload$219 [7:0] };
+  assign layernorm_elem = { \o__payload$221 [7], \o__payload$221 [7], \o__payload$221 [7], \o__payload$221 [7], \o__payload$221 [7], \o__payload$221 [7], \o__payload$221 [7], \o__payload$221 [7], \o__payload$221  };
   assign p__payload = beat__payload[437:0];
-  assign w_in_valid = \w_en$285 ;
-  assign \w_data$287  = { w_beat7, w_beat6, w_beat5, w_beat4, w_beat3, w_beat2, w_beat1, w_beat0 };
-  assign \o__valid$435  = \w_en$434 ;
-  assign \o__payload$437  = \w_data$436 ;
-  assign \w_rdy$439  = \o__ready$438 ;
-  assign \r_rdy$440  = gemm_res_valid;
-  assign \next$475  = dst_step;
-  assign \i__payload$478  = \r_data$237 [15:0];
+  assign w_in_valid = \w_en$287 ;
+  assign \w_data$289  = { w_beat7, w_beat6, w_beat5, w_beat4, w_beat3, w_beat2, w_beat1, w_beat0 };
+  assign \o__valid$437  = \w_en$436 ;
+  assign \o__payload$439  = \w_data$438 ;
+  assign \w_rdy$441  = \o__ready$440 ;
+  assign \r_rdy$442  = gemm_res_valid;
+  assign \next$477  = dst_step;
+  assign \i__payload$480  = \r_data$239 [15:0];
   assign \ar__payload.addr  = ar__payload[28:0];
   assign \ar__payload.len  = ar__payload[36:29];
   assign \ar__payload$1.addr  = ar__payload[28:0];
@@ -36400,27 +36462,27 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   assign \ins.cnt  = ins[509:498];
   assign \ins.post  = ins[511:510];
   assign \c__payload.f  = c_data[4:0];
-  assign \c__payload$142.m  = c_data[15:0];
-  assign \c__payload$142.b  = c_data[58:16];
-  assign \c__payload$142.e  = c_data[64:59];
-  assign \c__payload$142.last  = c_data[65];
-  assign \c__payload$144.m_a  = c_data[15:0];
-  assign \c__payload$144.e_a  = c_data[21:16];
-  assign \c__payload$144.m_b  = c_data[37:22];
-  assign \c__payload$144.e_b  = c_data[43:38];
-  assign \c__payload$146.qb  = c_data[9:0];
-  assign \c__payload$146.qc  = c_data[24:10];
-  assign \c__payload$146.sh  = c_data[30:25];
-  assign \c__payload$146.m  = c_data[46:31];
-  assign \c__payload$146.e  = c_data[52:47];
+  assign \c__payload$144.m  = c_data[15:0];
+  assign \c__payload$144.b  = c_data[58:16];
+  assign \c__payload$144.e  = c_data[64:59];
+  assign \c__payload$144.last  = c_data[65];
+  assign \c__payload$146.m_a  = c_data[15:0];
+  assign \c__payload$146.e_a  = c_data[21:16];
+  assign \c__payload$146.m_b  = c_data[37:22];
+  assign \c__payload$146.e_b  = c_data[43:38];
+  assign \c__payload$148.qb  = c_data[9:0];
+  assign \c__payload$148.qc  = c_data[24:10];
+  assign \c__payload$148.sh  = c_data[30:25];
+  assign \c__payload$148.m  = c_data[46:31];
+  assign \c__payload$148.e  = c_data[52:47];
   assign \a__payload[0]  = a__payload[15:0];
   assign \a__payload[1]  = a__payload[31:16];
   assign \a__payload[2]  = a__payload[47:32];
   assign \a__payload[3]  = a__payload[63:48];
-  assign \b__payload$195[0]  = \b__payload$195 [15:0];
-  assign \b__payload$195[1]  = \b__payload$195 [31:16];
-  assign \b__payload$195[2]  = \b__payload$195 [47:32];
-  assign \b__payload$195[3]  = \b__payload$195 [63:48];
+  assign \b__payload$197[0]  = \b__payload$197 [15:0];
+  assign \b__payload$197[1]  = \b__payload$197 [31:16];
+  assign \b__payload$197[2]  = \b__payload$197 [47:32];
+  assign \b__payload$197[3]  = \b__payload$197 [63:48];
   assign \i__payload[0]  = i__payload[7:0];
   assign \i__payload[1]  = i__payload[15:8];
   assign \i__payload[2]  = i__payload[23:16];
@@ -36429,12 +36491,12 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   assign \o__payload[1]  = o__payload[31:16];
   assign \o__payload[2]  = o__payload[47:32];
   assign \o__payload[3]  = o__payload[63:48];
-  assign \o__payload$203[0]  = \o__payload$203 [7:0];
-  assign \o__payload$203[1]  = \o__payload$203 [15:8];
-  assign \o__payload$203[2]  = \o__payload$203 [23:16];
-  assign \o__payload$203[3]  = \o__payload$203 [31:24];
-  assign \o__payload$217.data  = \o__payload$217 [7:0];
-  assign \o__payload$217.last  = \o__payload$217 [8];
+  assign \o__payload$205[0]  = \o__payload$205 [7:0];
+  assign \o__payload$205[1]  = \o__payload$205 [15:8];
+  assign \o__payload$205[2]  = \o__payload$205 [23:16];
+  assign \o__payload$205[3]  = \o__payload$205 [31:24];
+  assign \o__payload$219.data  = \o__payload$219 [7:0];
+  assign \o__payload$219.last  = \o__payload$219 [8];
   assign \beat__payload.data  = beat__payload[511:0];
   assign \beat__payload.err  = beat__payload[512];
   assign \req__payload.addr  = req__payload[31:0];
@@ -36468,17 +36530,17 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   assign \p__payload.e[6]  = beat__payload[425:420];
   assign \p__payload.e[7]  = beat__payload[431:426];
   assign \p__payload.out_bits  = beat__payload[437:432];
-  assign \a__payload$424.data  = \a__payload$424 [80:0];
-  assign \a__payload$424.data[0]  = \a__payload$424 [8:0];
-  assign \a__payload$424.data[1]  = \a__payload$424 [17:9];
-  assign \a__payload$424.data[2]  = \a__payload$424 [26:18];
-  assign \a__payload$424.data[3]  = \a__payload$424 [35:27];
-  assign \a__payload$424.data[4]  = \a__payload$424 [44:36];
-  assign \a__payload$424.data[5]  = \a__payload$424 [53:45];
-  assign \a__payload$424.data[6]  = \a__payload$424 [62:54];
-  assign \a__payload$424.data[7]  = \a__payload$424 [71:63];
-  assign \a__payload$424.data[8]  = \a__payload$424 [80:72];
-  assign \a__payload$424.last  = \a__payload$424 [81];
+  assign \a__payload$426.data  = \a__payload$426 [80:0];
+  assign \a__payload$426.data[0]  = \a__payload$426 [8:0];
+  assign \a__payload$426.data[1]  = \a__payload$426 [17:9];
+  assign \a__payload$426.data[2]  = \a__payload$426 [26:18];
+  assign \a__payload$426.data[3]  = \a__payload$426 [35:27];
+  assign \a__payload$426.data[4]  = \a__payload$426 [44:36];
+  assign \a__payload$426.data[5]  = \a__payload$426 [53:45];
+  assign \a__payload$426.data[6]  = \a__payload$426 [62:54];
+  assign \a__payload$426.data[7]  = \a__payload$426 [71:63];
+  assign \a__payload$426.data[8]  = \a__payload$426 [80:72];
+  assign \a__payload$426.last  = \a__payload$426 [81];
   assign \w__payload[0]  = w__payload[7:0];
   assign \w__payload[1]  = w__payload[15:8];
   assign \w__payload[2]  = w__payload[23:16];
@@ -36487,103 +36549,103 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   assign \w__payload[5]  = w__payload[47:40];
   assign \w__payload[6]  = w__payload[55:48];
   assign \w__payload[7]  = w__payload[63:56];
-  assign \o__payload$437[0]  = \w_data$436 [31:0];
-  assign \o__payload$437[1]  = \w_data$436 [63:32];
-  assign \o__payload$437[2]  = \w_data$436 [95:64];
-  assign \o__payload$437[3]  = \w_data$436 [127:96];
-  assign \o__payload$437[4]  = \w_data$436 [159:128];
-  assign \o__payload$437[5]  = \w_data$436 [191:160];
-  assign \o__payload$437[6]  = \w_data$436 [223:192];
-  assign \o__payload$437[7]  = \w_data$436 [255:224];
-  assign \req__payload$462.addr  = \req__payload$462 [31:0];
-  assign \req__payload$462.lb  = \req__payload$462 [34:32];
-  assign \i__payload$477.data  = \i__payload$477 [15:0];
-  assign \i__payload$477.last  = \i__payload$477 [16];
-  assign \i__payload$477 [16] = \r_data$237 [16];
-  assign \i__payload$477 [15:0] = \r_data$237 [15:0];
-  assign \req__payload$462 [34:32] = \$372 ;
-  assign \req__payload$462 [31:0] = \$362 ;
+  assign \o__payload$439[0]  = \w_data$438 [31:0];
+  assign \o__payload$439[1]  = \w_data$438 [63:32];
+  assign \o__payload$439[2]  = \w_data$438 [95:64];
+  assign \o__payload$439[3]  = \w_data$438 [127:96];
+  assign \o__payload$439[4]  = \w_data$438 [159:128];
+  assign \o__payload$439[5]  = \w_data$438 [191:160];
+  assign \o__payload$439[6]  = \w_data$438 [223:192];
+  assign \o__payload$439[7]  = \w_data$438 [255:224];
+  assign \req__payload$464.addr  = \req__payload$464 [31:0];
+  assign \req__payload$464.lb  = \req__payload$464 [34:32];
+  assign \i__payload$479.data  = \i__payload$479 [15:0];
+  assign \i__payload$479.last  = \i__payload$479 [16];
+  assign \i__payload$479 [16] = \r_data$239 [16];
+  assign \i__payload$479 [15:0] = \r_data$239 [15:0];
+  assign \req__payload$464 [34:32] = \$374 ;
+  assign \req__payload$464 [31:0] = \$364 ;
   assign i__payload[31:24] = r_data[55:48];
   assign i__payload[23:16] = r_data[39:32];
   assign i__payload[15:8] = r_data[23:16];
   assign i__payload[7:0] = r_data[7:0];
-  assign \b__payload$195 [63:48] = r_data[127:112];
-  assign \b__payload$195 [47:32] = r_data[111:96];
-  assign \b__payload$195 [31:16] = r_data[95:80];
-  assign \b__payload$195 [15:0] = r_data[79:64];
+  assign \b__payload$197 [63:48] = r_data[127:112];
+  assign \b__payload$197 [47:32] = r_data[111:96];
+  assign \b__payload$197 [31:16] = r_data[95:80];
+  assign \b__payload$197 [15:0] = r_data[79:64];
   assign a__payload[63:48] = r_data[63:48];
   assign a__payload[47:32] = r_data[47:32];
   assign a__payload[31:16] = r_data[31:16];
   assign a__payload[15:0] = r_data[15:0];
-  assign \$27  = { ins[269], ins[269:252] };
-  assign \$28  = { ins[269:252], 3'h0 };
-  assign \$34  = { ins[269], ins[269:252] };
-  assign \$35  = { ins[269:252], 3'h0 };
-  assign \$39  = 4'h9;
-  assign \$41  = ins[269:252];
-  assign \$46  = ins[39:24];
-  assign \$47  = ins[361:344];
-  assign \$49  = { ins[379], ins[379:362] };
-  assign \$50  = { ins[379:362], 3'h0 };
-  assign \$53  = dec_nt;
-  assign \$54  = { ins[397:380], 3'h0 };
-  assign \$55  = { ins[397:380], 3'h0 };
-  assign \$59  = 4'h8;
-  assign \$60  = ins[397:380];
-  assign \$61  = { ins[159], ins[159:142] };
-  assign \$62  = { ins[159:142], 3'h0 };
-  assign \$64  = { ins[177:160], 3'h0 };
-  assign { \$87 [3], \$87 [1:0] } = 3'h0;
-  assign \$87 [2] = ins[10];
-  assign \$88  = ins[10];
-  assign { \$90 [3], \$90 [1:0] } = 3'h0;
-  assign \$90 [2] = ins[10];
-  assign \$91  = ins[10];
-  assign { \$93 [3], \$93 [1:0] } = 3'h0;
-  assign \$93 [2] = ins[10];
-  assign \$94  = ins[10];
-  assign { \$96 [3], \$96 [1:0] } = 3'h0;
-  assign \$96 [2] = ins[10];
-  assign \$97  = ins[10];
-  assign \$137 [3:1] = 3'h0;
-  assign \$137 [0] = ins[8];
-  assign \$138  = ins[8];
-  assign \$140 [3:1] = 3'h0;
-  assign \$140 [0] = ins[8];
-  assign \$141  = ins[8];
-  assign \$143 [3:1] = 3'h0;
-  assign \$143 [0] = ins[8];
-  assign \$144  = ins[8];
-  assign \$146 [3:1] = 3'h0;
-  assign \$146 [0] = ins[8];
-  assign \$147  = ins[8];
-  assign \$149 [3:1] = 3'h0;
-  assign \$149 [0] = ins[8];
-  assign \$150  = ins[8];
-  assign \$152 [3:1] = 3'h0;
-  assign \$152 [0] = ins[8];
-  assign \$153  = ins[8];
-  assign \$155 [3:1] = 3'h0;
-  assign \$155 [0] = ins[8];
-  assign \$156  = ins[8];
-  assign \$351  = 1'h0;
-  assign \$358  = 1'h0;
-  assign \$359  = \$357 ;
-  assign \$368  = 1'h0;
-  assign \$369  = \$367 ;
-  assign \$373  = in_fetch;
-  assign \$377  = unit_rst;
-  assign \$481  = { 19'h00000, \$480 [32:19] };
-  assign \$482  = { 3'h0, dec_n2p[16:3] };
-  assign \$487  = { 1'h0, dec_nt, 6'h00 };
-  assign \$489 [5:0] = 6'h00;
-  assign \$489 [31:6] = { 8'h00, \$488 [23:6] };
-  assign \$493  = { 1'h0, dec_mt_last };
-  assign \$494  = { dec_mt_last, 3'h0 };
-  assign \$497 [2:0] = 3'h0;
-  assign \$497 [3] = ins[11];
-  assign \$498  = ins[11];
-  assign \$56  = \$55 ;
+  assign \$29  = { ins[269], ins[269:252] };
+  assign \$30  = { ins[269:252], 3'h0 };
+  assign \$36  = { ins[269], ins[269:252] };
+  assign \$37  = { ins[269:252], 3'h0 };
+  assign \$41  = 4'h9;
+  assign \$43  = ins[269:252];
+  assign \$48  = ins[39:24];
+  assign \$49  = ins[361:344];
+  assign \$51  = { ins[379], ins[379:362] };
+  assign \$52  = { ins[379:362], 3'h0 };
+  assign \$55  = dec_nt;
+  assign \$56  = { ins[397:380], 3'h0 };
+  assign \$57  = { ins[397:380], 3'h0 };
+  assign \$61  = 4'h8;
+  assign \$62  = ins[397:380];
+  assign \$63  = { ins[159], ins[159:142] };
+  assign \$64  = { ins[159:142], 3'h0 };
+  assign \$66  = { ins[177:160], 3'h0 };
+  assign { \$89 [3], \$89 [1:0] } = 3'h0;
+  assign \$89 [2] = ins[10];
+  assign \$90  = ins[10];
+  assign { \$92 [3], \$92 [1:0] } = 3'h0;
+  assign \$92 [2] = ins[10];
+  assign \$93  = ins[10];
+  assign { \$95 [3], \$95 [1:0] } = 3'h0;
+  assign \$95 [2] = ins[10];
+  assign \$96  = ins[10];
+  assign { \$98 [3], \$98 [1:0] } = 3'h0;
+  assign \$98 [2] = ins[10];
+  assign \$99  = ins[10];
+  assign \$139 [3:1] = 3'h0;
+  assign \$139 [0] = ins[8];
+  assign \$140  = ins[8];
+  assign \$142 [3:1] = 3'h0;
+  assign \$142 [0] = ins[8];
+  assign \$143  = ins[8];
+  assign \$145 [3:1] = 3'h0;
+  assign \$145 [0] = ins[8];
+  assign \$146  = ins[8];
+  assign \$148 [3:1] = 3'h0;
+  assign \$148 [0] = ins[8];
+  assign \$149  = ins[8];
+  assign \$151 [3:1] = 3'h0;
+  assign \$151 [0] = ins[8];
+  assign \$152  = ins[8];
+  assign \$154 [3:1] = 3'h0;
+  assign \$154 [0] = ins[8];
+  assign \$155  = ins[8];
+  assign \$157 [3:1] = 3'h0;
+  assign \$157 [0] = ins[8];
+  assign \$158  = ins[8];
+  assign \$353  = 1'h0;
+  assign \$360  = 1'h0;
+  assign \$361  = \$359 ;
+  assign \$370  = 1'h0;
+  assign \$371  = \$369 ;
+  assign \$375  = in_fetch;
+  assign \$379  = unit_rst;
+  assign \$487  = { 19'h00000, \$486 [32:19] };
+  assign \$488  = { 3'h0, dec_n2p[16:3] };
+  assign \$493  = { 1'h0, dec_nt, 6'h00 };
+  assign \$495 [5:0] = 6'h00;
+  assign \$495 [31:6] = { 8'h00, \$494 [23:6] };
+  assign \$499  = { 1'h0, dec_mt_last };
+  assign \$500  = { dec_mt_last, 3'h0 };
+  assign \$503 [2:0] = 3'h0;
+  assign \$503 [3] = ins[11];
+  assign \$504  = ins[11];
+  assign \$58  = \$57 ;
 endmodule
 
 (* generator = "Amaranth" *)
@@ -41132,10 +41194,10 @@ module \accelerator.core.add (o__ready, a__ready, b__ready, o__payload, a__paylo
   \accelerator.core.add.out_queue  out_queue (
     .add_d_clk(add_d_clk),
     .add_d_rst(add_d_rst),
-    .\port$11606$0 (l0s_s2_o),
-    .\port$11698$0 (l1s_s2_o),
-    .\port$11790$0 (l2s_s2_o),
-    .\port$11882$0 (l3s_s2_o),
+    .\port$11631$0 (l0s_s2_o),
+    .\port$11723$0 (l1s_s2_o),
+    .\port$11815$0 (l2s_s2_o),
+    .\port$11907$0 (l3s_s2_o),
     .r_data(o__payload),
     .r_en(o__ready),
     .r_rdy(o__valid),
@@ -42333,7 +42395,7 @@ module \accelerator.core.add (o__ready, a__ready, b__ready, o__payload, a__paylo
 endmodule
 
 (* generator = "Amaranth" *)
-module \accelerator.core.add.out_queue (r_en, r_data, add_d_rst, \port$11606$0 , \port$11698$0 , \port$11790$0 , \port$11882$0 , w_en, r_rdy, add_d_clk);
+module \accelerator.core.add.out_queue (r_en, r_data, add_d_rst, \port$11631$0 , \port$11723$0 , \port$11815$0 , \port$11907$0 , w_en, r_rdy, add_d_clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$57  = 0;
   wire \$1 ;
   wire \$10 ;
@@ -42378,14 +42440,14 @@ module \accelerator.core.add.out_queue (r_en, r_data, add_d_rst, \port$11606$0 ,
   reg [3:0] inner_level = 4'h0;
   wire inner_r_rdy;
   wire [3:0] level;
-  input [15:0] \port$11606$0 ;
-  wire [15:0] \port$11606$0 ;
-  input [15:0] \port$11698$0 ;
-  wire [15:0] \port$11698$0 ;
-  input [15:0] \port$11790$0 ;
-  wire [15:0] \port$11790$0 ;
-  input [15:0] \port$11882$0 ;
-  wire [15:0] \port$11882$0 ;
+  input [15:0] \port$11631$0 ;
+  wire [15:0] \port$11631$0 ;
+  input [15:0] \port$11723$0 ;
+  wire [15:0] \port$11723$0 ;
+  input [15:0] \port$11815$0 ;
+  wire [15:0] \port$11815$0 ;
+  input [15:0] \port$11907$0 ;
+  wire [15:0] \port$11907$0 ;
   (* init = 4'h0 *)
   wire [3:0] produce;
   output [63:0] r_data;
@@ -42424,7 +42486,7 @@ module \accelerator.core.add.out_queue (r_en, r_data, add_d_rst, \port$11606$0 ,
   end
   always @(posedge add_d_clk) begin
     if (w_port__en)
-      storage[w_port__addr] <= { \port$11882$0 , \port$11790$0 , \port$11698$0 , \port$11606$0  };
+      storage[w_port__addr] <= { \port$11907$0 , \port$11815$0 , \port$11723$0 , \port$11631$0  };
   end
   reg [63:0] _0_;
   always @(posedge add_d_clk) begin
@@ -42524,8 +42586,8 @@ module \accelerator.core.add.out_queue (r_en, r_data, add_d_rst, \port$11606$0 ,
   assign level = \$3 [3:0];
   assign r_level = \$3 [3:0];
   assign produce = w_port__addr;
-  assign w_port__data = { \port$11882$0 , \port$11790$0 , \port$11698$0 , \port$11606$0  };
-  assign w_data = { \port$11882$0 , \port$11790$0 , \port$11698$0 , \port$11606$0  };
+  assign w_port__data = { \port$11907$0 , \port$11815$0 , \port$11723$0 , \port$11631$0  };
+  assign w_data = { \port$11907$0 , \port$11815$0 , \port$11723$0 , \port$11631$0  };
   assign consume = r_port__addr;
   assign r_port__data = r_data;
 endmodule
@@ -49995,10 +50057,10 @@ module \accelerator.core.gelu0 (o__ready, go, o__payload, i__payload, i__valid, 
   \accelerator.core.gelu0.out_queue  out_queue (
     .gelu0_d_clk(gelu0_d_clk),
     .gelu0_d_rst(gelu0_d_rst),
-    .\port$12115$0 (l0_s27_o),
-    .\port$12301$0 (l1_s27_o),
-    .\port$12487$0 (l2_s27_o),
-    .\port$12673$0 (l3_s27_o),
+    .\port$12140$0 (l0_s27_o),
+    .\port$12326$0 (l1_s27_o),
+    .\port$12512$0 (l2_s27_o),
+    .\port$12698$0 (l3_s27_o),
     .r_data(o__payload),
     .r_en(o__ready),
     .r_rdy(o__valid),
@@ -51958,7 +52020,7 @@ module \accelerator.core.gelu0 (o__ready, go, o__payload, i__payload, i__valid, 
 endmodule
 
 (* generator = "Amaranth" *)
-module \accelerator.core.gelu0.out_queue (r_en, r_data, gelu0_d_rst, \port$12115$0 , \port$12301$0 , \port$12487$0 , \port$12673$0 , w_en, r_rdy, gelu0_d_clk);
+module \accelerator.core.gelu0.out_queue (r_en, r_data, gelu0_d_rst, \port$12140$0 , \port$12326$0 , \port$12512$0 , \port$12698$0 , w_en, r_rdy, gelu0_d_clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$61  = 0;
   wire \$1 ;
   wire \$10 ;
@@ -52003,14 +52065,14 @@ module \accelerator.core.gelu0.out_queue (r_en, r_data, gelu0_d_rst, \port$12115
   reg [4:0] inner_level = 5'h00;
   wire inner_r_rdy;
   wire [4:0] level;
-  input [7:0] \port$12115$0 ;
-  wire [7:0] \port$12115$0 ;
-  input [7:0] \port$12301$0 ;
-  wire [7:0] \port$12301$0 ;
-  input [7:0] \port$12487$0 ;
-  wire [7:0] \port$12487$0 ;
-  input [7:0] \port$12673$0 ;
-  wire [7:0] \port$12673$0 ;
+  input [7:0] \port$12140$0 ;
+  wire [7:0] \port$12140$0 ;
+  input [7:0] \port$12326$0 ;
+  wire [7:0] \port$12326$0 ;
+  input [7:0] \port$12512$0 ;
+  wire [7:0] \port$12512$0 ;
+  input [7:0] \port$12698$0 ;
+  wire [7:0] \port$12698$0 ;
   (* init = 5'h00 *)
   wire [4:0] produce;
   output [31:0] r_data;
@@ -52065,7 +52127,7 @@ module \accelerator.core.gelu0.out_queue (r_en, r_data, gelu0_d_rst, \port$12115
   end
   always @(posedge gelu0_d_clk) begin
     if (w_port__en)
-      storage[w_port__addr] <= { \port$12673$0 , \port$12487$0 , \port$12301$0 , \port$12115$0  };
+      storage[w_port__addr] <= { \port$12698$0 , \port$12512$0 , \port$12326$0 , \port$12140$0  };
   end
   reg [31:0] _0_;
   always @(posedge gelu0_d_clk) begin
@@ -52165,8 +52227,8 @@ module \accelerator.core.gelu0.out_queue (r_en, r_data, gelu0_d_rst, \port$12115
   assign level = \$3 [4:0];
   assign r_level = \$3 [4:0];
   assign produce = w_port__addr;
-  assign w_port__data = { \port$12673$0 , \port$12487$0 , \port$12301$0 , \port$12115$0  };
-  assign w_data = { \port$12673$0 , \port$12487$0 , \port$12301$0 , \port$12115$0  };
+  assign w_port__data = { \port$12698$0 , \port$12512$0 , \port$12326$0 , \port$12140$0  };
+  assign w_data = { \port$12698$0 , \port$12512$0 , \port$12326$0 , \port$12140$0  };
   assign consume = r_port__addr;
   assign r_port__data = r_data;
 endmodule
@@ -68064,7 +68126,7 @@ module \accelerator.core.norm_out_slice (rst, w_en, w_port__data, r_en, w_rdy, r
 endmodule
 
 (* generator = "Amaranth" *)
-module \accelerator.core.pack_slice (rst, w_rdy, r_rdy, r_data, r_en, unit_rst, w_en, \port$9107$0 , \port$9109$0 , \port$9111$0 , \port$9113$0 , \port$9115$0 , \port$9117$0 , \port$9119$0 , \port$9121$0 , clk);
+module \accelerator.core.pack_slice (rst, w_rdy, r_rdy, r_data, r_en, unit_rst, w_en, \port$9132$0 , \port$9134$0 , \port$9136$0 , \port$9138$0 , \port$9140$0 , \port$9142$0 , \port$9144$0 , \port$9146$0 , clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$73  = 0;
   wire \$1 ;
   wire \$10 ;
@@ -68088,22 +68150,22 @@ module \accelerator.core.pack_slice (rst, w_rdy, r_rdy, r_data, r_en, unit_rst, 
   (* init = 1'h0 *)
   wire consume;
   reg [1:0] level = 2'h0;
-  input [15:0] \port$9107$0 ;
-  wire [15:0] \port$9107$0 ;
-  input [15:0] \port$9109$0 ;
-  wire [15:0] \port$9109$0 ;
-  input [15:0] \port$9111$0 ;
-  wire [15:0] \port$9111$0 ;
-  input [15:0] \port$9113$0 ;
-  wire [15:0] \port$9113$0 ;
-  input [15:0] \port$9115$0 ;
-  wire [15:0] \port$9115$0 ;
-  input [15:0] \port$9117$0 ;
-  wire [15:0] \port$9117$0 ;
-  input [15:0] \port$9119$0 ;
-  wire [15:0] \port$9119$0 ;
-  input [15:0] \port$9121$0 ;
-  wire [15:0] \port$9121$0 ;
+  input [15:0] \port$9132$0 ;
+  wire [15:0] \port$9132$0 ;
+  input [15:0] \port$9134$0 ;
+  wire [15:0] \port$9134$0 ;
+  input [15:0] \port$9136$0 ;
+  wire [15:0] \port$9136$0 ;
+  input [15:0] \port$9138$0 ;
+  wire [15:0] \port$9138$0 ;
+  input [15:0] \port$9140$0 ;
+  wire [15:0] \port$9140$0 ;
+  input [15:0] \port$9142$0 ;
+  wire [15:0] \port$9142$0 ;
+  input [15:0] \port$9144$0 ;
+  wire [15:0] \port$9144$0 ;
+  input [15:0] \port$9146$0 ;
+  wire [15:0] \port$9146$0 ;
   (* init = 1'h0 *)
   wire produce;
   output [127:0] r_data;
@@ -68137,7 +68199,7 @@ module \accelerator.core.pack_slice (rst, w_rdy, r_rdy, r_data, r_en, unit_rst, 
   end
   always @(posedge clk) begin
     if (w_port__en)
-      storage[w_port__addr] <= { \port$9121$0 , \port$9119$0 , \port$9117$0 , \port$9115$0 , \port$9113$0 , \port$9111$0 , \port$9109$0 , \port$9107$0  };
+      storage[w_port__addr] <= { \port$9146$0 , \port$9144$0 , \port$9142$0 , \port$9140$0 , \port$9138$0 , \port$9136$0 , \port$9134$0 , \port$9132$0  };
   end
   assign r_data = storage[r_port__addr];
   assign w_rdy = level != 2'h2;
@@ -68208,51 +68270,55 @@ module \accelerator.core.pack_slice (rst, w_rdy, r_rdy, r_data, r_en, unit_rst, 
   assign w_level = level;
   assign r_level = level;
   assign produce = w_port__addr;
-  assign w_port__data = { \port$9121$0 , \port$9119$0 , \port$9117$0 , \port$9115$0 , \port$9113$0 , \port$9111$0 , \port$9109$0 , \port$9107$0  };
-  assign w_data = { \port$9121$0 , \port$9119$0 , \port$9117$0 , \port$9115$0 , \port$9113$0 , \port$9111$0 , \port$9109$0 , \port$9107$0  };
+  assign w_port__data = { \port$9146$0 , \port$9144$0 , \port$9142$0 , \port$9140$0 , \port$9138$0 , \port$9136$0 , \port$9134$0 , \port$9132$0  };
+  assign w_data = { \port$9146$0 , \port$9144$0 , \port$9142$0 , \port$9140$0 , \port$9138$0 , \port$9136$0 , \port$9134$0 , \port$9132$0  };
   assign consume = r_port__addr;
   assign r_port__data = r_data;
 endmodule
 
 (* generator = "Amaranth" *)
-module \accelerator.core.q_src0 (rst, r_en, \port$1596$0 , r_rdy, r_data, w_en, \port$8922$0 , unit_rst, level, clk);
+module \accelerator.core.q_src0 (rst, r_en, r_rdy, r_data, w_en, \port$8938$0 , \port$8940$0 , unit_rst, level, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$74  = 0;
   wire \$1 ;
   wire \$10 ;
   wire \$11 ;
   wire \$12 ;
-  wire \$13 ;
-  wire [3:0] \$14 ;
-  reg [1:0] \$15 ;
-  reg [1:0] \$16 ;
-  reg [2:0] \$17 ;
-  wire [2:0] \$2 ;
-  wire \$3 ;
-  wire [2:0] \$4 ;
+  wire [3:0] \$13 ;
+  wire \$14 ;
+  wire \$15 ;
+  wire \$16 ;
+  wire \$17 ;
+  wire [3:0] \$18 ;
+  reg [2:0] \$19 ;
+  wire \$2 ;
+  reg [2:0] \$20 ;
+  reg [2:0] \$21 ;
+  wire [3:0] \$3 ;
+  wire [3:0] \$4 ;
   wire \$5 ;
   wire \$6 ;
-  wire \$7 ;
-  wire \$8 ;
-  wire [3:0] \$9 ;
+  wire [3:0] \$7 ;
+  wire [3:0] \$8 ;
+  wire \$9 ;
   input clk;
   wire clk;
-  (* init = 2'h0 *)
-  wire [1:0] consume;
+  (* init = 3'h0 *)
+  wire [2:0] consume;
   output [2:0] level;
   reg [2:0] level = 3'h0;
-  input [15:0] \port$1596$0 ;
-  wire [15:0] \port$1596$0 ;
-  input [2:0] \port$8922$0 ;
-  wire [2:0] \port$8922$0 ;
-  (* init = 2'h0 *)
-  wire [1:0] produce;
+  input [15:0] \port$8938$0 ;
+  wire [15:0] \port$8938$0 ;
+  input [2:0] \port$8940$0 ;
+  wire [2:0] \port$8940$0 ;
+  (* init = 3'h0 *)
+  wire [2:0] produce;
   output [18:0] r_data;
   wire [18:0] r_data;
   input r_en;
   wire r_en;
   (* init = 3'h0 *)
   wire [2:0] r_level;
-  reg [1:0] r_port__addr = 2'h0;
+  reg [2:0] r_port__addr = 3'h0;
   wire [18:0] r_port__data;
   output r_rdy;
   wire r_rdy;
@@ -68265,135 +68331,144 @@ module \accelerator.core.q_src0 (rst, r_en, \port$1596$0 , r_rdy, r_data, w_en, 
   wire w_en;
   (* init = 3'h0 *)
   wire [2:0] w_level;
-  reg [1:0] w_port__addr = 2'h0;
+  reg [2:0] w_port__addr = 3'h0;
   wire [18:0] w_port__data;
   wire w_port__en;
   wire w_rdy;
-  reg [18:0] storage [3:0];
+  reg [18:0] storage [4:0];
   initial begin
     storage[0] = 19'h00000;
     storage[1] = 19'h00000;
     storage[2] = 19'h00000;
     storage[3] = 19'h00000;
+    storage[4] = 19'h00000;
   end
   always @(posedge clk) begin
     if (w_port__en)
-      storage[w_port__addr] <= { \port$8922$0 , \port$1596$0  };
+      storage[w_port__addr] <= { \port$8940$0 , \port$8938$0  };
   end
   assign r_data = storage[r_port__addr];
-  assign w_rdy = level != 3'h4;
+  assign w_rdy = level != 3'h5;
   assign r_rdy = | level;
   assign w_port__en = w_en & w_rdy;
   assign \$1  = w_rdy & w_en;
-  assign \$2  = w_port__addr + 1'h1;
-  assign \$3  = r_rdy & r_en;
-  assign \$4  = r_port__addr + 1'h1;
-  assign \$5  = w_rdy & w_en;
-  assign \$6  = r_rdy & r_en;
-  assign \$7  = ~ \$6 ;
-  assign \$8  = \$5  & \$7 ;
-  assign \$9  = level + 1'h1;
+  assign \$2  = w_port__addr == 3'h4;
+  assign \$3  = w_port__addr + 1'h1;
+  assign \$4  = \$2  ? 4'h0 : \$3 ;
+  assign \$5  = r_rdy & r_en;
+  assign \$6  = r_port__addr == 3'h4;
+  assign \$7  = r_port__addr + 1'h1;
+  assign \$8  = \$6  ? 4'h0 : \$7 ;
+  assign \$9  = w_rdy & w_en;
   assign \$10  = r_rdy & r_en;
-  assign \$11  = w_rdy & w_en;
-  assign \$12  = ~ \$11 ;
-  assign \$13  = \$10  & \$12 ;
-  assign \$14  = level - 1'h1;
+  assign \$11  = ~ \$10 ;
+  assign \$12  = \$9  & \$11 ;
+  assign \$13  = level + 1'h1;
+  assign \$14  = r_rdy & r_en;
+  assign \$15  = w_rdy & w_en;
+  assign \$16  = ~ \$15 ;
+  assign \$17  = \$14  & \$16 ;
+  assign \$18  = level - 1'h1;
   always @(posedge clk)
-    w_port__addr <= \$15 ;
+    w_port__addr <= \$19 ;
   always @(posedge clk)
-    r_port__addr <= \$16 ;
+    r_port__addr <= \$20 ;
   always @(posedge clk)
-    level <= \$17 ;
+    level <= \$21 ;
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$74 ) begin end
-    \$15  = w_port__addr;
+    \$19  = w_port__addr;
     if (\$1 ) begin
-      \$15  = \$2 [1:0];
+      \$19  = \$4 [2:0];
     end
     if (unit_rst) begin
-      \$15  = 2'h0;
+      \$19  = 3'h0;
     end
     if (rst) begin
-      \$15  = 2'h0;
+      \$19  = 3'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$74 ) begin end
-    \$16  = r_port__addr;
-    if (\$3 ) begin
-      \$16  = \$4 [1:0];
+    \$20  = r_port__addr;
+    if (\$5 ) begin
+      \$20  = \$8 [2:0];
     end
     if (unit_rst) begin
-      \$16  = 2'h0;
+      \$20  = 3'h0;
     end
     if (rst) begin
-      \$16  = 2'h0;
+      \$20  = 3'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$74 ) begin end
-    \$17  = level;
-    if (\$8 ) begin
-      \$17  = \$9 [2:0];
+    \$21  = level;
+    if (\$12 ) begin
+      \$21  = \$13 [2:0];
     end
-    if (\$13 ) begin
-      \$17  = \$14 [2:0];
+    if (\$17 ) begin
+      \$21  = \$18 [2:0];
     end
     if (unit_rst) begin
-      \$17  = 3'h0;
+      \$21  = 3'h0;
     end
     if (rst) begin
-      \$17  = 3'h0;
+      \$21  = 3'h0;
     end
   end
   assign w_level = level;
   assign r_level = level;
   assign produce = w_port__addr;
-  assign w_port__data = { \port$8922$0 , \port$1596$0  };
-  assign w_data = { \port$8922$0 , \port$1596$0  };
+  assign w_port__data = { \port$8940$0 , \port$8938$0  };
+  assign w_data = { \port$8940$0 , \port$8938$0  };
   assign consume = r_port__addr;
   assign r_port__data = r_data;
 endmodule
 
 (* generator = "Amaranth" *)
-module \accelerator.core.q_src1 (rst, \port$1597$0 , r_rdy, r_data, r_en, w_en, \port$8926$0 , unit_rst, level, clk);
+module \accelerator.core.q_src1 (rst, r_rdy, r_data, r_en, w_en, \port$8947$0 , \port$8949$0 , unit_rst, level, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$75  = 0;
   wire \$1 ;
   wire \$10 ;
   wire \$11 ;
   wire \$12 ;
-  wire \$13 ;
-  wire [3:0] \$14 ;
-  reg [1:0] \$15 ;
-  reg [1:0] \$16 ;
-  reg [2:0] \$17 ;
-  wire [2:0] \$2 ;
-  wire \$3 ;
-  wire [2:0] \$4 ;
+  wire [3:0] \$13 ;
+  wire \$14 ;
+  wire \$15 ;
+  wire \$16 ;
+  wire \$17 ;
+  wire [3:0] \$18 ;
+  reg [2:0] \$19 ;
+  wire \$2 ;
+  reg [2:0] \$20 ;
+  reg [2:0] \$21 ;
+  wire [3:0] \$3 ;
+  wire [3:0] \$4 ;
   wire \$5 ;
   wire \$6 ;
-  wire \$7 ;
-  wire \$8 ;
-  wire [3:0] \$9 ;
+  wire [3:0] \$7 ;
+  wire [3:0] \$8 ;
+  wire \$9 ;
   input clk;
   wire clk;
-  (* init = 2'h0 *)
-  wire [1:0] consume;
+  (* init = 3'h0 *)
+  wire [2:0] consume;
   output [2:0] level;
   reg [2:0] level = 3'h0;
-  input [15:0] \port$1597$0 ;
-  wire [15:0] \port$1597$0 ;
-  input [2:0] \port$8926$0 ;
-  wire [2:0] \port$8926$0 ;
-  (* init = 2'h0 *)
-  wire [1:0] produce;
+  input [15:0] \port$8947$0 ;
+  wire [15:0] \port$8947$0 ;
+  input [2:0] \port$8949$0 ;
+  wire [2:0] \port$8949$0 ;
+  (* init = 3'h0 *)
+  wire [2:0] produce;
   output [18:0] r_data;
   wire [18:0] r_data;
   input r_en;
   wire r_en;
   (* init = 3'h0 *)
   wire [2:0] r_level;
-  reg [1:0] r_port__addr = 2'h0;
+  reg [2:0] r_port__addr = 3'h0;
   wire [18:0] r_port__data;
   output r_rdy;
   wire r_rdy;
@@ -68406,92 +68481,97 @@ module \accelerator.core.q_src1 (rst, \port$1597$0 , r_rdy, r_data, r_en, w_en, 
   wire w_en;
   (* init = 3'h0 *)
   wire [2:0] w_level;
-  reg [1:0] w_port__addr = 2'h0;
+  reg [2:0] w_port__addr = 3'h0;
   wire [18:0] w_port__data;
   wire w_port__en;
   wire w_rdy;
-  reg [18:0] storage [3:0];
+  reg [18:0] storage [4:0];
   initial begin
     storage[0] = 19'h00000;
     storage[1] = 19'h00000;
     storage[2] = 19'h00000;
     storage[3] = 19'h00000;
+    storage[4] = 19'h00000;
   end
   always @(posedge clk) begin
     if (w_port__en)
-      storage[w_port__addr] <= { \port$8926$0 , \port$1597$0  };
+      storage[w_port__addr] <= { \port$8949$0 , \port$8947$0  };
   end
   assign r_data = storage[r_port__addr];
-  assign w_rdy = level != 3'h4;
+  assign w_rdy = level != 3'h5;
   assign r_rdy = | level;
   assign w_port__en = w_en & w_rdy;
   assign \$1  = w_rdy & w_en;
-  assign \$2  = w_port__addr + 1'h1;
-  assign \$3  = r_rdy & r_en;
-  assign \$4  = r_port__addr + 1'h1;
-  assign \$5  = w_rdy & w_en;
-  assign \$6  = r_rdy & r_en;
-  assign \$7  = ~ \$6 ;
-  assign \$8  = \$5  & \$7 ;
-  assign \$9  = level + 1'h1;
+  assign \$2  = w_port__addr == 3'h4;
+  assign \$3  = w_port__addr + 1'h1;
+  assign \$4  = \$2  ? 4'h0 : \$3 ;
+  assign \$5  = r_rdy & r_en;
+  assign \$6  = r_port__addr == 3'h4;
+  assign \$7  = r_port__addr + 1'h1;
+  assign \$8  = \$6  ? 4'h0 : \$7 ;
+  assign \$9  = w_rdy & w_en;
   assign \$10  = r_rdy & r_en;
-  assign \$11  = w_rdy & w_en;
-  assign \$12  = ~ \$11 ;
-  assign \$13  = \$10  & \$12 ;
-  assign \$14  = level - 1'h1;
+  assign \$11  = ~ \$10 ;
+  assign \$12  = \$9  & \$11 ;
+  assign \$13  = level + 1'h1;
+  assign \$14  = r_rdy & r_en;
+  assign \$15  = w_rdy & w_en;
+  assign \$16  = ~ \$15 ;
+  assign \$17  = \$14  & \$16 ;
+  assign \$18  = level - 1'h1;
   always @(posedge clk)
-    w_port__addr <= \$15 ;
+    w_port__addr <= \$19 ;
   always @(posedge clk)
-    r_port__addr <= \$16 ;
+    r_port__addr <= \$20 ;
   always @(posedge clk)
-    level <= \$17 ;
+    level <= \$21 ;
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$75 ) begin end
-    \$15  = w_port__addr;
+    \$19  = w_port__addr;
     if (\$1 ) begin
-      \$15  = \$2 [1:0];
+      \$19  = \$4 [2:0];
     end
     if (unit_rst) begin
-      \$15  = 2'h0;
+      \$19  = 3'h0;
     end
     if (rst) begin
-      \$15  = 2'h0;
+      \$19  = 3'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$75 ) begin end
-    \$16  = r_port__addr;
-    if (\$3 ) begin
-      \$16  = \$4 [1:0];
+    \$20  = r_port__addr;
+    if (\$5 ) begin
+      \$20  = \$8 [2:0];
     end
     if (unit_rst) begin
-      \$16  = 2'h0;
+      \$20  = 3'h0;
     end
     if (rst) begin
-      \$16  = 2'h0;
+      \$20  = 3'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$75 ) begin end
-    \$17  = level;
-    if (\$8 ) begin
-      \$17  = \$9 [2:0];
+    \$21  = level;
+    if (\$12 ) begin
+      \$21  = \$13 [2:0];
     end
-    if (\$13 ) begin
-      \$17  = \$14 [2:0];
+    if (\$17 ) begin
+      \$21  = \$18 [2:0];
     end
     if (unit_rst) begin
-      \$17  = 3'h0;
+      \$21  = 3'h0;
     end
     if (rst) begin
-      \$17  = 3'h0;
+      \$21  = 3'h0;
     end
   end
   assign w_level = level;
   assign r_level = level;
   assign produce = w_port__addr;
-  assign w_port__data = { \port$8926$0 , \port$1597$0  };
-  assign w_data = { \port$8926$0 , \port$1597$0  };
+  assign w_port__data = { \port$8949$0 , \port$8947$0  };
+  assign w_data = { \port$8949$0 , \port$8947$0  };
   assign consume = r_port__addr;
   assign r_port__data = r_data;
 endmodule
@@ -68508,7 +68588,7 @@ module \accelerator.core.reader (rst, w_en, \r_en$23 , ar__valid, r__ready, idle
   wire \$15 ;
   wire \$16 ;
   wire \$17 ;
-  wire \$18 ;
+  wire [63:0] \$18 ;
   wire \$19 ;
   wire \$2 ;
   wire \$20 ;
@@ -68533,12 +68613,12 @@ module \accelerator.core.reader (rst, w_en, \r_en$23 , ar__valid, r__ready, idle
   wire \$38 ;
   wire [63:0] \$39 ;
   wire [11:0] \$4 ;
-  wire \$40 ;
-  wire \$41 ;
-  wire [63:0] \$42 ;
-  wire [5:0] \$43 ;
-  wire [63:0] \$44 ;
-  wire [511:0] \$45 ;
+  wire [5:0] \$40 ;
+  wire [63:0] \$41 ;
+  wire [511:0] \$42 ;
+  wire \$43 ;
+  wire \$44 ;
+  wire \$45 ;
   wire \$46 ;
   wire \$47 ;
   wire \$48 ;
@@ -68563,30 +68643,27 @@ module \accelerator.core.reader (rst, w_en, \r_en$23 , ar__valid, r__ready, idle
   wire \$65 ;
   wire \$66 ;
   wire \$67 ;
-  wire \$68 ;
+  wire [5:0] \$68 ;
   wire \$69 ;
   wire \$7 ;
   wire \$70 ;
-  wire [5:0] \$71 ;
-  wire \$72 ;
+  wire \$71 ;
+  wire [5:0] \$72 ;
   wire \$73 ;
-  wire \$74 ;
-  wire [5:0] \$75 ;
-  wire \$76 ;
+  reg [63:0] \$74 ;
+  reg [63:0] \$75 ;
+  reg [63:0] \$76 ;
   reg [63:0] \$77 ;
   reg [63:0] \$78 ;
   reg [63:0] \$79 ;
   wire \$8 ;
   reg [63:0] \$80 ;
   reg [63:0] \$81 ;
-  reg [63:0] \$82 ;
-  reg [63:0] \$83 ;
-  reg [63:0] \$84 ;
-  reg [4:0] \$85 ;
-  reg [6:0] \$86 ;
-  reg \$87 ;
-  reg \$88 ;
-  reg \$89 ;
+  reg [4:0] \$82 ;
+  reg [6:0] \$83 ;
+  reg \$84 ;
+  reg \$85 ;
+  reg \$86 ;
   wire \$9 ;
   reg [63:0] acc0 = 64'h0000000000000000;
   reg [63:0] acc1 = 64'h0000000000000000;
@@ -68634,7 +68711,7 @@ module \accelerator.core.reader (rst, w_en, \r_en$23 , ar__valid, r__ready, idle
   wire r__valid;
   wire [34:0] r_data;
   wire [512:0] \r_data$22 ;
-  wire [8:0] \r_data$29 ;
+  wire [8:0] \r_data$30 ;
   wire r_en;
   input \r_en$23 ;
   wire \r_en$23 ;
@@ -68659,104 +68736,98 @@ module \accelerator.core.reader (rst, w_en, \r_en$23 , ar__valid, r__ready, idle
   wire \w_en$13 ;
   reg \w_en$15 ;
   wire w_rdy;
-  wire \w_rdy$30 ;
+  wire \w_rdy$27 ;
   wire \w_rdy$8 ;
-  assign \w_en$13  = \$8  & \w_rdy$8 ;
-  assign \$9  = r_data[34:32] > 2'h3;
-  assign \$10  = r_data[34:32] - 2'h3;
   assign \$11  = 1'h1 << \$10 [2:0];
   assign \$12  = \$9  ? \$11  : 12'h001;
   assign \$13  = \$12  - 1'h1;
   assign \$14  = r_data[34:32] <= 2'h3;
-  assign \$15  = first ? \r_data$29 [8] : ends;
-  assign \$16  = ~ \$15 ;
-  assign \$17  = \$16  | \w_rdy$30 ;
-  assign r__ready = \r_rdy$26  & \$17 ;
-  assign \$18  = | j;
+  assign r__ready = \r_rdy$26  & \w_rdy$27 ;
+  assign \$15  = | j;
+  assign \$16  = | j;
+  assign \$17  = ~ \$16 ;
+  assign \$18  = \$16  ? acc0 : r__payload[63:0];
   assign \$19  = | j;
   assign \$20  = ~ \$19 ;
-  assign \$21  = \$19  ? acc0 : r__payload[63:0];
+  assign \$21  = at[0] ? r__payload[63:0] : acc1;
   assign \$22  = | j;
   assign \$23  = ~ \$22 ;
-  assign \$24  = at[0] ? r__payload[63:0] : acc1;
+  assign \$24  = at[1] ? r__payload[63:0] : acc2;
   assign \$25  = | j;
   assign \$26  = ~ \$25 ;
-  assign \$27  = at[1] ? r__payload[63:0] : acc2;
+  assign \$27  = at[2] ? r__payload[63:0] : acc3;
   assign \$28  = | j;
   assign \$29  = ~ \$28 ;
-  assign \$30  = at[2] ? r__payload[63:0] : acc3;
+  assign \$30  = at[3] ? r__payload[63:0] : acc4;
   assign \$31  = | j;
   assign \$32  = ~ \$31 ;
-  assign \$33  = at[3] ? r__payload[63:0] : acc4;
+  assign \$33  = at[4] ? r__payload[63:0] : acc5;
   assign \$34  = | j;
   assign \$35  = ~ \$34 ;
-  assign \$36  = at[4] ? r__payload[63:0] : acc5;
+  assign \$36  = at[5] ? r__payload[63:0] : acc6;
   assign \$37  = | j;
   assign \$38  = ~ \$37 ;
-  assign \$39  = at[5] ? r__payload[63:0] : acc6;
-  assign \$40  = | j;
-  assign \$41  = ~ \$40 ;
-  assign \$42  = at[6] ? r__payload[63:0] : acc7;
-  assign \$44  = r__payload[63:0] >> \$43 ;
-  assign \$45  = \$18  ? { \$42 , \$39 , \$36 , \$33 , \$30 , \$27 , \$24 , \$21  } : { 448'h0000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000, \$44  };
-  assign \$46  = err | r__payload[64];
-  assign \$47  = r__valid & r__ready;
-  assign \$48  = first ? \r_data$29 [8] : ends;
-  assign \$49  = ~ r_rdy;
-  assign \$50  = ~ \r_rdy$26 ;
-  assign \$51  = \$49  & \$50 ;
-  assign \$52  = ~ beat__valid;
-  assign idle = \$51  & \$52 ;
-  assign \$53  = | j;
-  assign \$54  = ~ \$53 ;
-  assign \$55  = | j;
-  assign \$56  = ~ \$55 ;
-  assign \$57  = | j;
-  assign \$58  = ~ \$57 ;
-  assign \$59  = | j;
-  assign \$60  = ~ \$59 ;
-  assign \$61  = | j;
-  assign \$62  = ~ \$61 ;
-  assign \$63  = | j;
-  assign \$64  = ~ \$63 ;
-  assign \$65  = | j;
-  assign \$66  = ~ \$65 ;
-  assign \$67  = | j;
-  assign \$68  = ~ \$67 ;
-  assign \$69  = r__valid & r__ready;
-  assign \$70  = first ? \r_data$29 [8] : ends;
-  assign \$71  = j + 1'h1;
-  assign \$72  = | j;
-  assign \$73  = ~ \$72 ;
-  assign \$74  = err | r__payload[64];
-  assign \$75  = j + 1'h1;
-  assign \$76  = \$75  == \r_data$29 [7:3];
+  assign \$39  = at[6] ? r__payload[63:0] : acc7;
+  assign \$41  = r__payload[63:0] >> \$40 ;
+  assign \$42  = \$15  ? { \$39 , \$36 , \$33 , \$30 , \$27 , \$24 , \$21 , \$18  } : { 448'h0000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000, \$41  };
+  assign \$43  = err | r__payload[64];
+  assign \$44  = r__valid & r__ready;
+  assign \$45  = first ? \r_data$30 [8] : ends;
+  assign \$46  = ~ r_rdy;
+  assign \$47  = ~ \r_rdy$26 ;
+  assign \$48  = \$46  & \$47 ;
+  assign \$49  = ~ beat__valid;
+  assign idle = \$48  & \$49 ;
+  assign \$50  = | j;
+  assign \$51  = ~ \$50 ;
+  assign \$52  = | j;
+  assign \$53  = ~ \$52 ;
+  assign \$54  = | j;
+  assign \$55  = ~ \$54 ;
+  assign \$56  = | j;
+  assign \$57  = ~ \$56 ;
+  assign \$58  = | j;
+  assign \$59  = ~ \$58 ;
+  assign \$60  = | j;
+  assign \$61  = ~ \$60 ;
+  assign \$62  = | j;
+  assign \$63  = ~ \$62 ;
+  assign \$64  = | j;
+  assign \$65  = ~ \$64 ;
+  assign \$66  = r__valid & r__ready;
+  assign \$67  = first ? \r_data$30 [8] : ends;
+  assign \$68  = j + 1'h1;
+  assign \$69  = | j;
+  assign \$70  = ~ \$69 ;
+  assign \$71  = err | r__payload[64];
+  assign \$72  = j + 1'h1;
+  assign \$73  = \$72  == \r_data$30 [7:3];
   always @(posedge clk)
-    acc0 <= \$77 ;
+    acc0 <= \$74 ;
   always @(posedge clk)
-    acc1 <= \$78 ;
+    acc1 <= \$75 ;
   always @(posedge clk)
-    acc2 <= \$79 ;
+    acc2 <= \$76 ;
   always @(posedge clk)
-    acc3 <= \$80 ;
+    acc3 <= \$77 ;
   always @(posedge clk)
-    acc4 <= \$81 ;
+    acc4 <= \$78 ;
   always @(posedge clk)
-    acc5 <= \$82 ;
+    acc5 <= \$79 ;
   always @(posedge clk)
-    acc6 <= \$83 ;
+    acc6 <= \$80 ;
   always @(posedge clk)
-    acc7 <= \$84 ;
+    acc7 <= \$81 ;
   always @(posedge clk)
-    j <= \$85 ;
+    j <= \$82 ;
   always @(posedge clk)
-    at <= \$86 ;
+    at <= \$83 ;
   always @(posedge clk)
-    err <= \$87 ;
+    err <= \$84 ;
   always @(posedge clk)
-    first <= \$88 ;
+    first <= \$85 ;
   always @(posedge clk)
-    ends <= \$89 ;
+    ends <= \$86 ;
   assign ar__valid = r_rdy & \w_rdy$8 ;
   assign \$2  = r_data[34:32] > 2'h3;
   assign \$3  = r_data[34:32] - 2'h3;
@@ -68766,6 +68837,9 @@ module \accelerator.core.reader (rst, w_en, \r_en$23 , ar__valid, r__ready, idle
   assign \$7  = r_rdy & ar__ready;
   assign r_en = \$7  & \w_rdy$8 ;
   assign \$8  = r_rdy & ar__ready;
+  assign \w_en$13  = \$8  & \w_rdy$8 ;
+  assign \$9  = r_data[34:32] > 2'h3;
+  assign \$10  = r_data[34:32] - 2'h3;
   \accelerator.core.reader.beat_slice  beat_slice (
     .clk(clk),
     .r_data(beat__payload),
@@ -68774,7 +68848,7 @@ module \accelerator.core.reader (rst, w_en, \r_en$23 , ar__valid, r__ready, idle
     .rst(rst),
     .w_en(\w_en$15 ),
     .w_port__data(\w_data$17 ),
-    .w_rdy(\w_rdy$30 )
+    .w_rdy(\w_rdy$27 )
   );
   \accelerator.core.reader.req_slice  req_slice (
     .clk(clk),
@@ -68788,10 +68862,10 @@ module \accelerator.core.reader (rst, w_en, \r_en$23 , ar__valid, r__ready, idle
   );
   \accelerator.core.reader.shapes  shapes (
     .clk(clk),
-    .\port$1342$0 (\$13 [4:0]),
-    .\port$1343$0 (\$14 ),
-    .\port$1507$0 (r_data[2:0]),
-    .r_data(\r_data$29 ),
+    .\port$1348$0 (\$13 [4:0]),
+    .\port$1349$0 (\$14 ),
+    .\port$1510$0 (r_data[2:0]),
+    .r_data(\r_data$30 ),
     .r_en(\r_en$44 ),
     .r_rdy(\r_rdy$26 ),
     .rst(rst),
@@ -68801,8 +68875,8 @@ module \accelerator.core.reader (rst, w_en, \r_en$23 , ar__valid, r__ready, idle
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$76 ) begin end
     \r_en$44  = 1'h0;
-    if (\$47 ) begin
-      if (\$48 ) begin
+    if (\$44 ) begin
+      if (\$45 ) begin
         \r_en$44  = 1'h1;
       end
     end
@@ -68810,140 +68884,140 @@ module \accelerator.core.reader (rst, w_en, \r_en$23 , ar__valid, r__ready, idle
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$76 ) begin end
     \w_en$15  = 1'h0;
-    if (\$47 ) begin
-      if (\$48 ) begin
+    if (\$44 ) begin
+      if (\$45 ) begin
         \w_en$15  = 1'h1;
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$76 ) begin end
-    \$77  = acc0;
-    if (\$54 ) begin
+    \$74  = acc0;
+    if (\$51 ) begin
+      \$74  = r__payload[63:0];
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$76 ) begin end
+    \$75  = acc1;
+    if (at[0]) begin
+      \$75  = r__payload[63:0];
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$76 ) begin end
+    \$76  = acc2;
+    if (at[1]) begin
+      \$76  = r__payload[63:0];
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$76 ) begin end
+    \$77  = acc3;
+    if (at[2]) begin
       \$77  = r__payload[63:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$76 ) begin end
-    \$78  = acc1;
-    if (at[0]) begin
+    \$78  = acc4;
+    if (at[3]) begin
       \$78  = r__payload[63:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$76 ) begin end
-    \$79  = acc2;
-    if (at[1]) begin
+    \$79  = acc5;
+    if (at[4]) begin
       \$79  = r__payload[63:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$76 ) begin end
-    \$80  = acc3;
-    if (at[2]) begin
+    \$80  = acc6;
+    if (at[5]) begin
       \$80  = r__payload[63:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$76 ) begin end
-    \$81  = acc4;
-    if (at[3]) begin
+    \$81  = acc7;
+    if (at[6]) begin
       \$81  = r__payload[63:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$76 ) begin end
-    \$82  = acc5;
-    if (at[4]) begin
-      \$82  = r__payload[63:0];
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$76 ) begin end
-    \$83  = acc6;
-    if (at[5]) begin
-      \$83  = r__payload[63:0];
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$76 ) begin end
-    \$84  = acc7;
-    if (at[6]) begin
-      \$84  = r__payload[63:0];
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$76 ) begin end
-    \$85  = j;
-    if (\$69 ) begin
+    \$82  = j;
+    if (\$66 ) begin
       (* full_case = 32'd1 *)
-      if (\$70 ) begin
-        \$85  = 5'h00;
+      if (\$67 ) begin
+        \$82  = 5'h00;
       end else begin
-        \$85  = \$71 [4:0];
+        \$82  = \$68 [4:0];
       end
     end
     if (rst) begin
-      \$85  = 5'h00;
+      \$82  = 5'h00;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$76 ) begin end
-    \$86  = at;
-    if (\$69 ) begin
+    \$83  = at;
+    if (\$66 ) begin
       (* full_case = 32'd1 *)
-      if (\$70 ) begin
-        \$86  = 7'h00;
+      if (\$67 ) begin
+        \$83  = 7'h00;
       end else begin
-        \$86  = { at[5:0], \$73  };
+        \$83  = { at[5:0], \$70  };
       end
     end
     if (rst) begin
-      \$86  = 7'h00;
+      \$83  = 7'h00;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$76 ) begin end
-    \$87  = err;
-    if (\$69 ) begin
+    \$84  = err;
+    if (\$66 ) begin
       (* full_case = 32'd1 *)
-      if (\$70 ) begin
-        \$87  = 1'h0;
+      if (\$67 ) begin
+        \$84  = 1'h0;
       end else begin
-        \$87  = \$74 ;
+        \$84  = \$71 ;
       end
     end
     if (rst) begin
-      \$87  = 1'h0;
+      \$84  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$76 ) begin end
-    \$88  = first;
-    if (\$69 ) begin
+    \$85  = first;
+    if (\$66 ) begin
       (* full_case = 32'd1 *)
-      if (\$70 ) begin
-        \$88  = 1'h1;
+      if (\$67 ) begin
+        \$85  = 1'h1;
       end else begin
-        \$88  = 1'h0;
+        \$85  = 1'h0;
       end
     end
     if (rst) begin
-      \$88  = 1'h1;
+      \$85  = 1'h1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$76 ) begin end
-    \$89  = ends;
-    if (\$69 ) begin
+    \$86  = ends;
+    if (\$66 ) begin
       (* full_case = 32'd1 *)
-      if (\$70 ) begin
+      if (\$67 ) begin
       end else begin
-        \$89  = \$76 ;
+        \$86  = \$73 ;
       end
     end
     if (rst) begin
-      \$89  = 1'h0;
+      \$86  = 1'h0;
     end
   end
   assign req__valid = w_en;
@@ -68965,12 +69039,12 @@ module \accelerator.core.reader (rst, w_en, \r_en$23 , ar__valid, r__ready, idle
   assign \beat__payload.err  = beat__payload[512];
   assign \r__payload.data  = r__payload[63:0];
   assign \r__payload.err  = r__payload[64];
-  assign \w_data$17 [512] = \$46 ;
-  assign \w_data$17 [511:0] = \$45 ;
+  assign \w_data$17 [512] = \$43 ;
+  assign \w_data$17 [511:0] = \$42 ;
   assign ar__payload[36:29] = \$6 [7:0];
   assign ar__payload[28:0] = \$1 [28:0];
   assign \$1  = { 3'h0, r_data[31:3] };
-  assign \$43  = { \r_data$29 [2:0], 3'h0 };
+  assign \$40  = { \r_data$30 [2:0], 3'h0 };
 endmodule
 
 (* generator = "Amaranth" *)
@@ -68980,33 +69054,37 @@ module \accelerator.core.reader.beat_slice (rst, r_en, w_rdy, r_rdy, r_data, w_p
   wire \$10 ;
   wire \$11 ;
   wire \$12 ;
-  wire \$13 ;
-  wire [2:0] \$14 ;
-  reg \$15 ;
-  reg \$16 ;
-  reg [1:0] \$17 ;
-  wire [1:0] \$2 ;
-  wire \$3 ;
-  wire [1:0] \$4 ;
+  wire [2:0] \$13 ;
+  wire \$14 ;
+  wire \$15 ;
+  wire \$16 ;
+  wire \$17 ;
+  wire [2:0] \$18 ;
+  reg [1:0] \$19 ;
+  wire \$2 ;
+  reg [1:0] \$20 ;
+  reg [1:0] \$21 ;
+  wire [2:0] \$3 ;
+  wire [2:0] \$4 ;
   wire \$5 ;
   wire \$6 ;
-  wire \$7 ;
-  wire \$8 ;
-  wire [2:0] \$9 ;
+  wire [2:0] \$7 ;
+  wire [2:0] \$8 ;
+  wire \$9 ;
   input clk;
   wire clk;
-  (* init = 1'h0 *)
-  wire consume;
+  (* init = 2'h0 *)
+  wire [1:0] consume;
   reg [1:0] level = 2'h0;
-  (* init = 1'h0 *)
-  wire produce;
+  (* init = 2'h0 *)
+  wire [1:0] produce;
   output [512:0] r_data;
   wire [512:0] r_data;
   input r_en;
   wire r_en;
   (* init = 2'h0 *)
   wire [1:0] r_level;
-  reg r_port__addr = 1'h0;
+  reg [1:0] r_port__addr = 2'h0;
   wire [512:0] r_port__data;
   output r_rdy;
   wire r_rdy;
@@ -69017,76 +69095,81 @@ module \accelerator.core.reader.beat_slice (rst, r_en, w_rdy, r_rdy, r_data, w_p
   wire w_en;
   (* init = 2'h0 *)
   wire [1:0] w_level;
-  reg w_port__addr = 1'h0;
+  reg [1:0] w_port__addr = 2'h0;
   input [512:0] w_port__data;
   wire [512:0] w_port__data;
   wire w_port__en;
   output w_rdy;
   wire w_rdy;
-  reg [512:0] storage [1:0];
+  reg [512:0] storage [2:0];
   initial begin
     storage[0] = 513'h000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000;
     storage[1] = 513'h000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000;
+    storage[2] = 513'h000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000;
   end
   always @(posedge clk) begin
     if (w_port__en)
       storage[w_port__addr] <= w_port__data;
   end
   assign r_data = storage[r_port__addr];
-  assign w_rdy = level != 2'h2;
+  assign w_rdy = level != 2'h3;
   assign r_rdy = | level;
   assign w_port__en = w_en & w_rdy;
   assign \$1  = w_rdy & w_en;
-  assign \$2  = w_port__addr + 1'h1;
-  assign \$3  = r_rdy & r_en;
-  assign \$4  = r_port__addr + 1'h1;
-  assign \$5  = w_rdy & w_en;
-  assign \$6  = r_rdy & r_en;
-  assign \$7  = ~ \$6 ;
-  assign \$8  = \$5  & \$7 ;
-  assign \$9  = level + 1'h1;
+  assign \$2  = w_port__addr == 2'h2;
+  assign \$3  = w_port__addr + 1'h1;
+  assign \$4  = \$2  ? 3'h0 : \$3 ;
+  assign \$5  = r_rdy & r_en;
+  assign \$6  = r_port__addr == 2'h2;
+  assign \$7  = r_port__addr + 1'h1;
+  assign \$8  = \$6  ? 3'h0 : \$7 ;
+  assign \$9  = w_rdy & w_en;
   assign \$10  = r_rdy & r_en;
-  assign \$11  = w_rdy & w_en;
-  assign \$12  = ~ \$11 ;
-  assign \$13  = \$10  & \$12 ;
-  assign \$14  = level - 1'h1;
+  assign \$11  = ~ \$10 ;
+  assign \$12  = \$9  & \$11 ;
+  assign \$13  = level + 1'h1;
+  assign \$14  = r_rdy & r_en;
+  assign \$15  = w_rdy & w_en;
+  assign \$16  = ~ \$15 ;
+  assign \$17  = \$14  & \$16 ;
+  assign \$18  = level - 1'h1;
   always @(posedge clk)
-    w_port__addr <= \$15 ;
+    w_port__addr <= \$19 ;
   always @(posedge clk)
-    r_port__addr <= \$16 ;
+    r_port__addr <= \$20 ;
   always @(posedge clk)
-    level <= \$17 ;
+    level <= \$21 ;
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$77 ) begin end
-    \$15  = w_port__addr;
+    \$19  = w_port__addr;
     if (\$1 ) begin
-      \$15  = \$2 [0];
+      \$19  = \$4 [1:0];
     end
     if (rst) begin
-      \$15  = 1'h0;
+      \$19  = 2'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$77 ) begin end
-    \$16  = r_port__addr;
-    if (\$3 ) begin
-      \$16  = \$4 [0];
+    \$20  = r_port__addr;
+    if (\$5 ) begin
+      \$20  = \$8 [1:0];
     end
     if (rst) begin
-      \$16  = 1'h0;
+      \$20  = 2'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$77 ) begin end
-    \$17  = level;
-    if (\$8 ) begin
-      \$17  = \$9 [1:0];
+    \$21  = level;
+    if (\$12 ) begin
+      \$21  = \$13 [1:0];
     end
-    if (\$13 ) begin
-      \$17  = \$14 [1:0];
+    if (\$17 ) begin
+      \$21  = \$18 [1:0];
     end
     if (rst) begin
-      \$17  = 2'h0;
+      \$21  = 2'h0;
     end
   end
   assign w_level = level;
@@ -69222,7 +69305,7 @@ module \accelerator.core.reader.req_slice (rst, w_en, r_en, w_rdy, r_rdy, r_data
 endmodule
 
 (* generator = "Amaranth" *)
-module \accelerator.core.reader.shapes (rst, w_en, \port$1342$0 , \port$1343$0 , w_rdy, r_data, \port$1507$0 , r_en, r_rdy, clk);
+module \accelerator.core.reader.shapes (rst, w_en, \port$1348$0 , \port$1349$0 , w_rdy, r_data, \port$1510$0 , r_en, r_rdy, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$79  = 0;
   wire \$1 ;
   wire \$10 ;
@@ -69264,12 +69347,12 @@ module \accelerator.core.reader.shapes (rst, w_en, \port$1342$0 , \port$1343$0 ,
   reg [3:0] inner_level = 4'h0;
   wire inner_r_rdy;
   wire [4:0] level;
-  input [4:0] \port$1342$0 ;
-  wire [4:0] \port$1342$0 ;
-  input \port$1343$0 ;
-  wire \port$1343$0 ;
-  input [2:0] \port$1507$0 ;
-  wire [2:0] \port$1507$0 ;
+  input [4:0] \port$1348$0 ;
+  wire [4:0] \port$1348$0 ;
+  input \port$1349$0 ;
+  wire \port$1349$0 ;
+  input [2:0] \port$1510$0 ;
+  wire [2:0] \port$1510$0 ;
   (* init = 4'h0 *)
   wire [3:0] produce;
   output [8:0] r_data;
@@ -69313,7 +69396,7 @@ module \accelerator.core.reader.shapes (rst, w_en, \port$1342$0 , \port$1343$0 ,
   end
   always @(posedge clk) begin
     if (w_port__en)
-      storage[w_port__addr] <= { \port$1343$0 , \port$1342$0 , \port$1507$0  };
+      storage[w_port__addr] <= { \port$1349$0 , \port$1348$0 , \port$1510$0  };
   end
   reg [8:0] _0_;
   always @(posedge clk) begin
@@ -69412,8 +69495,8 @@ module \accelerator.core.reader.shapes (rst, w_en, \port$1342$0 , \port$1343$0 ,
   assign level = w_level;
   assign r_level = w_level;
   assign produce = w_port__addr;
-  assign w_port__data = { \port$1343$0 , \port$1342$0 , \port$1507$0  };
-  assign w_data = { \port$1343$0 , \port$1342$0 , \port$1507$0  };
+  assign w_port__data = { \port$1349$0 , \port$1348$0 , \port$1510$0  };
+  assign w_data = { \port$1349$0 , \port$1348$0 , \port$1510$0  };
   assign consume = r_port__addr;
   assign r_port__data = r_data;
 endmodule
@@ -72777,7 +72860,7 @@ module \accelerator.core.unpack_slice (rst, w_en, w_port__data, w_rdy, r_rdy, r_
 endmodule
 
 (* generator = "Amaranth" *)
-module \accelerator.core.w_beat_slice (rst, w_rdy, r_rdy, r_data, \port$8753$0 , \port$8754$0 , \port$8755$0 , \port$8756$0 , \port$8757$0 , \port$8758$0 , \port$8759$0 , \port$8760$0 , w_en, r_en, in_decode, unit_rst, clk);
+module \accelerator.core.w_beat_slice (rst, w_rdy, r_rdy, r_data, \port$8768$0 , \port$8769$0 , \port$8770$0 , \port$8771$0 , \port$8772$0 , \port$8773$0 , \port$8774$0 , \port$8775$0 , w_en, r_en, in_decode, unit_rst, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$82  = 0;
   wire \$1 ;
   wire \$10 ;
@@ -72804,22 +72887,22 @@ module \accelerator.core.w_beat_slice (rst, w_rdy, r_rdy, r_data, \port$8753$0 ,
   input in_decode;
   wire in_decode;
   reg [1:0] level = 2'h0;
-  input [7:0] \port$8753$0 ;
-  wire [7:0] \port$8753$0 ;
-  input [7:0] \port$8754$0 ;
-  wire [7:0] \port$8754$0 ;
-  input [7:0] \port$8755$0 ;
-  wire [7:0] \port$8755$0 ;
-  input [7:0] \port$8756$0 ;
-  wire [7:0] \port$8756$0 ;
-  input [7:0] \port$8757$0 ;
-  wire [7:0] \port$8757$0 ;
-  input [7:0] \port$8758$0 ;
-  wire [7:0] \port$8758$0 ;
-  input [7:0] \port$8759$0 ;
-  wire [7:0] \port$8759$0 ;
-  input [7:0] \port$8760$0 ;
-  wire [7:0] \port$8760$0 ;
+  input [7:0] \port$8768$0 ;
+  wire [7:0] \port$8768$0 ;
+  input [7:0] \port$8769$0 ;
+  wire [7:0] \port$8769$0 ;
+  input [7:0] \port$8770$0 ;
+  wire [7:0] \port$8770$0 ;
+  input [7:0] \port$8771$0 ;
+  wire [7:0] \port$8771$0 ;
+  input [7:0] \port$8772$0 ;
+  wire [7:0] \port$8772$0 ;
+  input [7:0] \port$8773$0 ;
+  wire [7:0] \port$8773$0 ;
+  input [7:0] \port$8774$0 ;
+  wire [7:0] \port$8774$0 ;
+  input [7:0] \port$8775$0 ;
+  wire [7:0] \port$8775$0 ;
   (* init = 1'h0 *)
   wire produce;
   output [63:0] r_data;
@@ -72853,7 +72936,7 @@ module \accelerator.core.w_beat_slice (rst, w_rdy, r_rdy, r_data, \port$8753$0 ,
   end
   always @(posedge clk) begin
     if (w_port__en)
-      storage[w_port__addr] <= { \port$8760$0 , \port$8759$0 , \port$8758$0 , \port$8757$0 , \port$8756$0 , \port$8755$0 , \port$8754$0 , \port$8753$0  };
+      storage[w_port__addr] <= { \port$8775$0 , \port$8774$0 , \port$8773$0 , \port$8772$0 , \port$8771$0 , \port$8770$0 , \port$8769$0 , \port$8768$0  };
   end
   assign r_data = storage[r_port__addr];
   assign w_rdy = level != 2'h2;
@@ -72925,8 +73008,8 @@ module \accelerator.core.w_beat_slice (rst, w_rdy, r_rdy, r_data, \port$8753$0 ,
   assign w_level = level;
   assign r_level = level;
   assign produce = w_port__addr;
-  assign w_port__data = { \port$8760$0 , \port$8759$0 , \port$8758$0 , \port$8757$0 , \port$8756$0 , \port$8755$0 , \port$8754$0 , \port$8753$0  };
-  assign w_data = { \port$8760$0 , \port$8759$0 , \port$8758$0 , \port$8757$0 , \port$8756$0 , \port$8755$0 , \port$8754$0 , \port$8753$0  };
+  assign w_port__data = { \port$8775$0 , \port$8774$0 , \port$8773$0 , \port$8772$0 , \port$8771$0 , \port$8770$0 , \port$8769$0 , \port$8768$0  };
+  assign w_data = { \port$8775$0 , \port$8774$0 , \port$8773$0 , \port$8772$0 , \port$8771$0 , \port$8770$0 , \port$8769$0 , \port$8768$0  };
   assign consume = r_port__addr;
   assign r_port__data = r_data;
 endmodule

@@ -271,17 +271,25 @@ class AccelCore(wiring.Component):
         m.d.comb += post_bad.eq(is_gemm & ins.post.any() & ~post_gelu & ~post_add & ~pre_ln & ~pre_sm)
 
         # --- buffer sources: src0, src1 -> small queues of (element, row end, k end, final) ------
+        # An element read is registered once more before its queue: the buffer's block RAMs have
+        # no output register in yosys's ECP5 mapping, and their 5.8 ns clock-to-out plus a route
+        # across the die into the queue's LUT-RAM was two seeds' critical path (10.7 ns).  With
+        # two reads in flight the queue takes 5 entries to keep one element a cycle.
         def source(name, port, run):
             g = gens[name]
-            fifo = SyncFIFO(width=ab + 3, depth=4)
+            fifo = SyncFIFO(width=ab + 3, depth=5)
             m.submodules[f"q_{name}"] = ResetInserter(unit_rst)(fifo)
-            inflight = Signal(name=f"{name}_inflight")
+            inflight = Signal(name=f"{name}_inflight")          # the port reads this cycle
+            held = Signal(name=f"{name}_held")                  # the element register holds one
             meta = Signal(3, name=f"{name}_meta")
+            held_meta = Signal(3, name=f"{name}_held_meta")
+            elem = Signal(ab, name=f"{name}_elem", reset_less=True)
             issue = Signal(name=f"{name}_issue")
-            m.d.comb += [issue.eq(run & g.valid & (fifo.level + inflight < fifo.depth)),
+            m.d.comb += [issue.eq(run & g.valid & (fifo.level + inflight + held < fifo.depth)),
                          port.addr.eq(g.addr), port.en.eq(issue), g.next.eq(issue),
-                         fifo.w_en.eq(inflight), fifo.w_data.eq(Cat(port.data, meta))]
-            m.d.sync += [inflight.eq(issue & ~unit_rst),
+                         fifo.w_en.eq(held), fifo.w_data.eq(Cat(elem, held_meta))]
+            m.d.sync += [inflight.eq(issue & ~unit_rst), held.eq(inflight & ~unit_rst),
+                         elem.eq(port.data), held_meta.eq(meta),
                          meta.eq(Cat(g.last[LEVELS - 1], g.final, g.last[LEVELS - 2] & g.last[LEVELS - 1]))]
             return fifo
 

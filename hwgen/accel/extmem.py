@@ -133,12 +133,16 @@ class ExtReader(wiring.Component):
         last_word = Mux(first, one_word, ends)
         # the assembled beat goes into a register slice, whose storage only the words write: the
         # consumer's ready moves the slice's level and read pointer, never the clock enables of
-        # a 512-bit register (that ready chain was the critical path)
+        # a 512-bit register (that ready chain was the critical path).  A word is taken only while
+        # the slice has room for a beat, the word its last or not: ``r.ready`` then comes from
+        # registers alone (from ``last_word`` it fed the slice's write and the shapes' pop through
+        # one more level, seed 1's critical path), and a third entry gives back the beat that a
+        # word held in the assembly used to buffer
         beat = Signal(data.StructLayout({"data": unsigned(8 << MAX_BEAT_LB), "err": 1}))
         assembled = Signal()
-        out_q, out = register_slice(m, "beat", assembled, beat, None)       # r.ready checks its room
+        out_q, out = register_slice(m, "beat", assembled, beat, None, depth=3)   # r.ready checks its room
         m.d.comb += [self.beat.valid.eq(out_q.r_rdy), self.beat.payload.eq(out), out_q.r_en.eq(self.beat.ready),
-                     self.r.ready.eq(shapes.r_rdy & (~last_word | out_q.w_rdy))]
+                     self.r.ready.eq(shapes.r_rdy & out_q.w_rdy)]
         # the beat's data, ungated (the slice stores it only when ``assembled``); a beat that ends
         # at its first word (j = 0) is a one-word beat: that select comes from j, not from the
         # shape's flag, which then fans out to the handshake alone
