@@ -1264,70 +1264,76 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$1 ;
   wire \$10 ;
   wire [64:0] \$100 ;
-  reg [31:0] \$1000 ;
-  reg [15:0] \$1001 ;
+  reg \$1000 ;
+  reg \$1001 ;
   reg \$1002 ;
-  reg [15:0] \$1003 ;
-  reg [15:0] \$1004 ;
-  reg [15:0] \$1005 ;
+  reg \$1003 ;
+  reg \$1004 ;
+  reg [31:0] \$1005 ;
   reg [15:0] \$1006 ;
-  reg [15:0] \$1007 ;
+  reg \$1007 ;
   reg [15:0] \$1008 ;
   reg [15:0] \$1009 ;
   wire \$101 ;
   reg [15:0] \$1010 ;
-  reg [2:0] \$1011 ;
-  reg [2:0] \$1012 ;
-  reg [31:0] \$1013 ;
+  reg [15:0] \$1011 ;
+  reg [15:0] \$1012 ;
+  reg [15:0] \$1013 ;
   reg [15:0] \$1014 ;
   reg [15:0] \$1015 ;
-  reg [31:0] \$1016 ;
-  reg [31:0] \$1017 ;
-  reg \$1018 ;
-  reg [7:0] \$1019 ;
+  reg [2:0] \$1016 ;
+  reg [2:0] \$1017 ;
+  reg [31:0] \$1018 ;
+  reg [15:0] \$1019 ;
   wire \$102 ;
-  reg \$1020 ;
-  reg \$1021 ;
-  reg \$1022 ;
-  reg [15:0] \$1023 ;
-  reg \$1024 ;
+  reg [15:0] \$1020 ;
+  reg [31:0] \$1021 ;
+  reg [31:0] \$1022 ;
+  reg \$1023 ;
+  reg [7:0] \$1024 ;
   reg \$1025 ;
   reg \$1026 ;
   reg \$1027 ;
-  reg [3:0] \$1028 ;
-  reg [15:0] \$1029 ;
+  reg [15:0] \$1028 ;
+  reg \$1029 ;
   wire \$103 ;
   reg \$1030 ;
-  reg [15:0] \$1031 ;
-  reg [15:0] \$1032 ;
-  reg [31:0] \$1033 ;
-  reg \$1034 ;
-  reg \$1035 ;
+  reg \$1031 ;
+  reg \$1032 ;
+  reg \$1033 ;
+  reg [3:0] \$1034 ;
+  reg [15:0] \$1035 ;
   reg \$1036 ;
-  reg \$1037 ;
-  reg \$1038 ;
-  reg [8:0] \$1039 ;
+  reg [15:0] \$1037 ;
+  reg [15:0] \$1038 ;
+  reg [31:0] \$1039 ;
   wire \$104 ;
   reg \$1040 ;
   reg \$1041 ;
-  reg [3:0] \$1042 ;
-  reg [15:0] \$1043 ;
-  reg [9:0] \$1044 ;
-  reg [15:0] \$1045 ;
+  reg \$1042 ;
+  reg \$1043 ;
+  reg \$1044 ;
+  reg [8:0] \$1045 ;
   reg \$1046 ;
   reg \$1047 ;
-  reg \$1048 ;
-  reg [8:0] \$1049 ;
+  reg [3:0] \$1048 ;
+  reg [15:0] \$1049 ;
   wire \$105 ;
-  reg \$1050 ;
-  reg \$1051 ;
-  reg [31:0] \$1052 ;
-  reg [15:0] \$1053 ;
+  reg [9:0] \$1050 ;
+  reg [15:0] \$1051 ;
+  reg \$1052 ;
+  reg \$1053 ;
   reg \$1054 ;
-  reg [2:0] \$1055 ;
+  reg [8:0] \$1055 ;
   reg \$1056 ;
-  reg [3:0] \$1057 ;
+  reg \$1057 ;
+  reg [31:0] \$1058 ;
+  reg [15:0] \$1059 ;
   wire \$106 ;
+  reg \$1060 ;
+  reg [2:0] \$1061 ;
+  reg \$1062 ;
+  reg [3:0] \$1063 ;
   wire \$107 ;
   wire \$108 ;
   wire \$109 ;
@@ -1463,7 +1469,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$226 ;
   reg \$227 ;
   wire \$228 ;
-  wire \$229 ;
+  reg \$229 ;
   wire [15:0] \$23 ;
   wire \$230 ;
   wire \$231 ;
@@ -1476,104 +1482,104 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$238 ;
   wire \$239 ;
   wire \$24 ;
-  wire \$240 ;
-  reg \$241 ;
-  wire \$242 ;
+  wire [9:0] \$240 ;
+  wire [10:0] \$241 ;
+  reg \$242 ;
   wire \$243 ;
   wire \$244 ;
   wire \$245 ;
-  wire [9:0] \$246 ;
-  wire [10:0] \$247 ;
-  reg \$248 ;
+  wire \$246 ;
+  wire \$247 ;
+  wire \$248 ;
   wire \$249 ;
   wire [17:0] \$25 ;
-  wire \$250 ;
-  wire \$251 ;
-  wire \$252 ;
+  wire [9:0] \$250 ;
+  wire [10:0] \$251 ;
+  reg \$252 ;
   wire \$253 ;
   wire \$254 ;
   wire \$255 ;
-  wire [9:0] \$256 ;
-  wire [10:0] \$257 ;
-  reg \$258 ;
-  wire \$259 ;
+  wire \$256 ;
+  wire \$257 ;
+  wire \$258 ;
+  wire [9:0] \$259 ;
   wire \$26 ;
-  wire \$260 ;
-  wire \$261 ;
+  wire [10:0] \$260 ;
+  reg \$261 ;
   wire \$262 ;
   wire \$263 ;
   wire \$264 ;
-  wire [9:0] \$265 ;
-  wire [10:0] \$266 ;
-  reg \$267 ;
-  wire \$268 ;
-  wire \$269 ;
+  wire \$265 ;
+  wire \$266 ;
+  wire \$267 ;
+  wire [9:0] \$268 ;
+  wire [10:0] \$269 ;
   wire [15:0] \$27 ;
-  wire \$270 ;
+  reg \$270 ;
   wire \$271 ;
   wire \$272 ;
   wire \$273 ;
-  wire [9:0] \$274 ;
-  wire [10:0] \$275 ;
-  reg \$276 ;
-  wire \$277 ;
-  wire \$278 ;
-  wire \$279 ;
+  wire \$274 ;
+  wire \$275 ;
+  wire \$276 ;
+  wire [9:0] \$277 ;
+  wire [10:0] \$278 ;
+  reg \$279 ;
   wire \$28 ;
   wire \$280 ;
   wire \$281 ;
   wire \$282 ;
-  wire [9:0] \$283 ;
-  wire [10:0] \$284 ;
-  reg \$285 ;
-  wire \$286 ;
-  wire \$287 ;
-  wire \$288 ;
+  wire \$283 ;
+  wire \$284 ;
+  wire \$285 ;
+  wire [9:0] \$286 ;
+  wire [10:0] \$287 ;
+  reg \$288 ;
   wire \$289 ;
   wire [18:0] \$29 ;
   wire \$290 ;
   wire \$291 ;
-  wire [9:0] \$292 ;
-  wire [10:0] \$293 ;
-  reg \$294 ;
-  wire \$295 ;
-  wire \$296 ;
-  wire \$297 ;
+  wire \$292 ;
+  wire \$293 ;
+  wire \$294 ;
+  wire [9:0] \$295 ;
+  wire [10:0] \$296 ;
+  reg \$297 ;
   wire \$298 ;
   wire \$299 ;
   wire \$3 ;
   wire [20:0] \$30 ;
   wire \$300 ;
-  wire [9:0] \$301 ;
-  wire [10:0] \$302 ;
-  reg \$303 ;
-  wire \$304 ;
-  wire \$305 ;
-  wire \$306 ;
+  wire \$301 ;
+  wire \$302 ;
+  wire \$303 ;
+  wire [9:0] \$304 ;
+  wire [10:0] \$305 ;
+  reg \$306 ;
   wire \$307 ;
   wire \$308 ;
   wire \$309 ;
   wire [21:0] \$31 ;
-  wire [9:0] \$310 ;
-  wire [10:0] \$311 ;
-  reg \$312 ;
+  wire \$310 ;
+  wire \$311 ;
+  wire \$312 ;
   wire \$313 ;
   wire \$314 ;
-  wire \$315 ;
-  wire \$316 ;
-  wire \$317 ;
-  wire \$318 ;
-  wire \$319 ;
+  wire [7:0] \$315 ;
+  wire [7:0] \$316 ;
+  wire [7:0] \$317 ;
+  wire [7:0] \$318 ;
+  wire [7:0] \$319 ;
   wire [21:0] \$32 ;
-  wire \$320 ;
+  wire [7:0] \$320 ;
   wire [7:0] \$321 ;
   wire [7:0] \$322 ;
-  wire [7:0] \$323 ;
-  wire [7:0] \$324 ;
-  wire [7:0] \$325 ;
-  wire [7:0] \$326 ;
-  wire [7:0] \$327 ;
-  wire [7:0] \$328 ;
+  wire \$323 ;
+  wire \$324 ;
+  wire \$325 ;
+  wire \$326 ;
+  wire \$327 ;
+  wire \$328 ;
   wire \$329 ;
   wire \$33 ;
   wire \$330 ;
@@ -1583,48 +1589,48 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$334 ;
   wire \$335 ;
   wire \$336 ;
-  wire [19:0] \$337 ;
-  wire [20:0] \$338 ;
+  wire \$337 ;
+  reg [31:0] \$338 ;
   wire \$339 ;
   wire [15:0] \$34 ;
   wire \$340 ;
-  wire \$341 ;
+  reg [31:0] \$341 ;
   wire \$342 ;
   wire \$343 ;
-  reg [31:0] \$344 ;
+  wire \$344 ;
   wire \$345 ;
   wire \$346 ;
-  reg [31:0] \$347 ;
+  wire \$347 ;
   wire \$348 ;
-  wire \$349 ;
+  wire [31:0] \$349 ;
   wire \$35 ;
-  wire \$350 ;
-  wire \$351 ;
-  wire \$352 ;
-  wire \$353 ;
+  wire [31:0] \$350 ;
+  wire [31:0] \$351 ;
+  wire [31:0] \$352 ;
+  wire [31:0] \$353 ;
   wire \$354 ;
   wire [31:0] \$355 ;
   wire [31:0] \$356 ;
   wire [31:0] \$357 ;
   wire [31:0] \$358 ;
-  wire [31:0] \$359 ;
+  wire [2:0] \$359 ;
   wire [18:0] \$36 ;
-  wire \$360 ;
-  wire [31:0] \$361 ;
-  wire [31:0] \$362 ;
-  wire [31:0] \$363 ;
-  wire [31:0] \$364 ;
+  wire [2:0] \$360 ;
+  wire [2:0] \$361 ;
+  wire [1:0] \$362 ;
+  wire [2:0] \$363 ;
+  wire \$364 ;
   wire [2:0] \$365 ;
   wire [2:0] \$366 ;
   wire [2:0] \$367 ;
-  wire [1:0] \$368 ;
-  wire [2:0] \$369 ;
+  wire [2:0] \$368 ;
+  wire \$369 ;
   wire [20:0] \$37 ;
   wire \$370 ;
-  wire [2:0] \$371 ;
-  wire [2:0] \$372 ;
-  wire [2:0] \$373 ;
-  wire [2:0] \$374 ;
+  wire \$371 ;
+  wire \$372 ;
+  wire \$373 ;
+  wire \$374 ;
   wire \$375 ;
   wire \$376 ;
   wire \$377 ;
@@ -1689,13 +1695,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire [17:0] \$43 ;
   wire \$430 ;
   wire \$431 ;
-  wire \$432 ;
+  wire [30:0] \$432 ;
   wire \$433 ;
   wire \$434 ;
   wire \$435 ;
   wire \$436 ;
   wire \$437 ;
-  wire [30:0] \$438 ;
+  wire \$438 ;
   wire \$439 ;
   wire \$44 ;
   wire \$440 ;
@@ -1739,39 +1745,39 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$475 ;
   wire \$476 ;
   wire \$477 ;
-  wire \$478 ;
-  wire \$479 ;
+  wire [16:0] \$478 ;
+  wire [16:0] \$479 ;
   wire [15:0] \$48 ;
-  wire \$480 ;
-  wire \$481 ;
-  wire \$482 ;
-  wire \$483 ;
+  wire [32:0] \$480 ;
+  wire [32:0] \$481 ;
+  wire [16:0] \$482 ;
+  wire [16:0] \$483 ;
   wire [16:0] \$484 ;
   wire [16:0] \$485 ;
-  wire [32:0] \$486 ;
-  wire [32:0] \$487 ;
-  wire [16:0] \$488 ;
-  wire [16:0] \$489 ;
+  wire [31:0] \$486 ;
+  wire [22:0] \$487 ;
+  wire [23:0] \$488 ;
+  wire [31:0] \$489 ;
   wire [17:0] \$49 ;
-  wire [16:0] \$490 ;
-  wire [16:0] \$491 ;
-  wire [31:0] \$492 ;
-  wire [22:0] \$493 ;
-  wire [23:0] \$494 ;
-  wire [31:0] \$495 ;
-  wire [32:0] \$496 ;
-  wire [32:0] \$497 ;
-  wire [47:0] \$498 ;
-  wire [16:0] \$499 ;
+  wire [32:0] \$490 ;
+  wire [32:0] \$491 ;
+  wire [47:0] \$492 ;
+  wire [16:0] \$493 ;
+  wire [18:0] \$494 ;
+  wire [19:0] \$495 ;
+  wire [20:0] \$496 ;
+  wire [18:0] \$497 ;
+  wire [19:0] \$498 ;
+  wire [3:0] \$499 ;
   wire \$5 ;
   wire [15:0] \$50 ;
-  wire [18:0] \$500 ;
-  wire [19:0] \$501 ;
-  wire [20:0] \$502 ;
-  wire [3:0] \$503 ;
+  wire \$500 ;
+  wire [31:0] \$501 ;
+  wire [32:0] \$502 ;
+  wire \$503 ;
   wire \$504 ;
-  wire [31:0] \$505 ;
-  wire [32:0] \$506 ;
+  wire \$505 ;
+  wire \$506 ;
   wire \$507 ;
   wire \$508 ;
   wire \$509 ;
@@ -1784,10 +1790,10 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$515 ;
   wire \$516 ;
   wire \$517 ;
-  wire \$518 ;
+  wire [48:0] \$518 ;
   wire \$519 ;
   wire [20:0] \$52 ;
-  wire \$520 ;
+  wire [48:0] \$520 ;
   wire \$521 ;
   wire [48:0] \$522 ;
   wire \$523 ;
@@ -1822,9 +1828,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire [15:0] \$55 ;
   wire [48:0] \$550 ;
   wire \$551 ;
-  wire [48:0] \$552 ;
+  wire \$552 ;
   wire \$553 ;
-  wire [48:0] \$554 ;
+  wire \$554 ;
   wire \$555 ;
   wire \$556 ;
   wire \$557 ;
@@ -1861,34 +1867,34 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$585 ;
   wire \$586 ;
   wire \$587 ;
-  wire \$588 ;
+  wire [15:0] \$588 ;
   wire \$589 ;
   wire [15:0] \$59 ;
   wire \$590 ;
   wire \$591 ;
-  wire [15:0] \$592 ;
-  wire \$593 ;
-  wire \$594 ;
+  wire \$592 ;
+  wire [16:0] \$593 ;
+  wire [32:0] \$594 ;
   wire \$595 ;
   wire \$596 ;
-  wire [16:0] \$597 ;
-  wire [32:0] \$598 ;
+  wire \$597 ;
+  wire \$598 ;
   wire \$599 ;
   wire \$6 ;
   wire [17:0] \$60 ;
   wire \$600 ;
-  wire \$601 ;
+  wire [32:0] \$601 ;
   wire \$602 ;
   wire \$603 ;
-  wire \$604 ;
-  wire [32:0] \$605 ;
+  wire [14:0] \$604 ;
+  wire \$605 ;
   wire \$606 ;
-  wire \$607 ;
-  wire [14:0] \$608 ;
+  wire [3:0] \$607 ;
+  wire \$608 ;
   wire \$609 ;
   wire [3:0] \$61 ;
   wire \$610 ;
-  wire [3:0] \$611 ;
+  wire \$611 ;
   wire \$612 ;
   wire \$613 ;
   wire \$614 ;
@@ -1921,12 +1927,12 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$639 ;
   wire [20:0] \$64 ;
   wire \$640 ;
-  wire \$641 ;
-  wire \$642 ;
+  wire [16:0] \$641 ;
+  wire [32:0] \$642 ;
   wire \$643 ;
   wire \$644 ;
-  wire [16:0] \$645 ;
-  wire [32:0] \$646 ;
+  wire \$645 ;
+  wire \$646 ;
   wire \$647 ;
   wire \$648 ;
   wire \$649 ;
@@ -1935,11 +1941,11 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$651 ;
   wire \$652 ;
   wire \$653 ;
-  wire \$654 ;
+  wire [16:0] \$654 ;
   wire \$655 ;
   wire \$656 ;
   wire \$657 ;
-  wire [16:0] \$658 ;
+  wire \$658 ;
   wire \$659 ;
   wire [20:0] \$66 ;
   wire \$660 ;
@@ -2025,8 +2031,8 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$732 ;
   wire \$733 ;
   wire \$734 ;
-  wire \$735 ;
-  wire \$736 ;
+  wire [24:0] \$735 ;
+  wire [33:0] \$736 ;
   wire \$737 ;
   wire \$738 ;
   wire [24:0] \$739 ;
@@ -2034,24 +2040,24 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire [33:0] \$740 ;
   wire \$741 ;
   wire \$742 ;
-  wire [24:0] \$743 ;
-  wire [33:0] \$744 ;
+  wire \$743 ;
+  wire \$744 ;
   wire \$745 ;
   wire \$746 ;
   wire \$747 ;
   wire \$748 ;
   wire \$749 ;
   wire \$75 ;
-  wire \$750 ;
+  wire [3:0] \$750 ;
   wire \$751 ;
   wire \$752 ;
   wire \$753 ;
   wire [3:0] \$754 ;
-  wire \$755 ;
+  wire [14:0] \$755 ;
   wire \$756 ;
   wire \$757 ;
-  wire [3:0] \$758 ;
-  wire [14:0] \$759 ;
+  wire \$758 ;
+  wire \$759 ;
   wire \$76 ;
   wire \$760 ;
   wire \$761 ;
@@ -2062,38 +2068,38 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$766 ;
   wire \$767 ;
   wire \$768 ;
-  wire \$769 ;
+  wire [16:0] \$769 ;
   wire \$77 ;
-  wire \$770 ;
+  wire [16:0] \$770 ;
   wire \$771 ;
-  wire \$772 ;
-  wire [16:0] \$773 ;
-  wire [16:0] \$774 ;
+  wire [32:0] \$772 ;
+  wire \$773 ;
+  wire \$774 ;
   wire \$775 ;
   wire [32:0] \$776 ;
   wire \$777 ;
   wire \$778 ;
   wire \$779 ;
   wire \$78 ;
-  wire [32:0] \$780 ;
+  wire \$780 ;
   wire \$781 ;
-  wire \$782 ;
-  wire \$783 ;
+  wire [16:0] \$782 ;
+  wire [16:0] \$783 ;
   wire \$784 ;
-  wire \$785 ;
-  wire [16:0] \$786 ;
-  wire [16:0] \$787 ;
+  wire [32:0] \$785 ;
+  wire \$786 ;
+  wire \$787 ;
   wire \$788 ;
-  wire [32:0] \$789 ;
+  wire \$789 ;
   wire \$79 ;
   wire \$790 ;
   wire \$791 ;
-  wire \$792 ;
-  wire \$793 ;
+  wire [16:0] \$792 ;
+  wire [16:0] \$793 ;
   wire \$794 ;
   wire \$795 ;
   wire [16:0] \$796 ;
-  wire [16:0] \$797 ;
+  wire \$797 ;
   wire \$798 ;
   wire \$799 ;
   wire \$8 ;
@@ -2104,7 +2110,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$803 ;
   wire \$804 ;
   wire \$805 ;
-  reg \$806 ;
+  wire \$806 ;
   wire \$807 ;
   wire \$808 ;
   wire \$809 ;
@@ -2115,92 +2121,92 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$813 ;
   wire \$814 ;
   wire \$815 ;
-  wire \$816 ;
+  reg \$816 ;
   wire \$817 ;
-  wire [4:0] \$818 ;
-  wire [16:0] \$819 ;
+  wire \$818 ;
+  wire \$819 ;
   wire [15:0] \$82 ;
-  wire [16:0] \$820 ;
+  wire \$820 ;
   wire \$821 ;
   wire \$822 ;
-  wire [16:0] \$823 ;
+  wire [4:0] \$823 ;
   wire [16:0] \$824 ;
-  wire \$825 ;
+  wire [16:0] \$825 ;
   wire \$826 ;
   wire \$827 ;
-  wire \$828 ;
-  wire [4:0] \$829 ;
+  wire [16:0] \$828 ;
+  wire [16:0] \$829 ;
   wire \$83 ;
-  wire [9:0] \$830 ;
-  wire [16:0] \$831 ;
+  wire \$830 ;
+  wire \$831 ;
   wire \$832 ;
   wire \$833 ;
-  wire \$834 ;
-  wire \$835 ;
-  wire \$836 ;
+  wire [4:0] \$834 ;
+  wire [9:0] \$835 ;
+  wire [16:0] \$836 ;
   wire \$837 ;
   wire \$838 ;
   wire \$839 ;
   wire \$84 ;
-  wire [32:0] \$840 ;
+  wire \$840 ;
   wire \$841 ;
-  wire [16:0] \$842 ;
-  wire [16:0] \$843 ;
+  wire \$842 ;
+  wire \$843 ;
   wire \$844 ;
-  wire [16:0] \$845 ;
-  wire [16:0] \$846 ;
-  wire \$847 ;
-  reg \$848 ;
+  wire [32:0] \$845 ;
+  wire \$846 ;
+  wire [16:0] \$847 ;
+  wire [16:0] \$848 ;
   wire \$849 ;
   wire \$85 ;
-  wire \$850 ;
-  wire \$851 ;
+  wire [16:0] \$850 ;
+  wire [16:0] \$851 ;
   wire \$852 ;
-  wire \$853 ;
-  wire [16:0] \$854 ;
-  wire [10:0] \$855 ;
+  reg \$853 ;
+  wire \$854 ;
+  wire \$855 ;
   wire \$856 ;
-  wire [16:0] \$857 ;
+  wire \$857 ;
   wire \$858 ;
-  wire \$859 ;
+  wire [16:0] \$859 ;
   wire \$86 ;
-  wire [4:0] \$860 ;
-  wire [9:0] \$861 ;
-  wire [32:0] \$862 ;
-  wire [33:0] \$863 ;
+  wire [10:0] \$860 ;
+  wire \$861 ;
+  wire [16:0] \$862 ;
+  wire \$863 ;
   wire \$864 ;
-  wire \$865 ;
-  wire \$866 ;
-  wire \$867 ;
-  wire \$868 ;
+  wire [4:0] \$865 ;
+  wire [9:0] \$866 ;
+  wire [32:0] \$867 ;
+  wire [33:0] \$868 ;
   wire \$869 ;
   wire \$87 ;
   wire \$870 ;
   wire \$871 ;
   wire \$872 ;
   wire \$873 ;
-  wire [16:0] \$874 ;
-  wire [32:0] \$875 ;
+  wire \$874 ;
+  wire \$875 ;
   wire \$876 ;
   wire \$877 ;
   wire \$878 ;
-  wire \$879 ;
+  wire [16:0] \$879 ;
   wire \$88 ;
-  wire [3:0] \$880 ;
-  wire [3:0] \$881 ;
+  wire [32:0] \$880 ;
+  wire \$881 ;
   wire \$882 ;
   wire \$883 ;
   wire \$884 ;
-  wire \$885 ;
-  wire \$886 ;
-  reg [13:0] \$887 ;
-  reg [15:0] \$888 ;
-  reg \$889 ;
+  wire [3:0] \$885 ;
+  wire [3:0] \$886 ;
+  wire \$887 ;
+  wire \$888 ;
+  wire \$889 ;
   wire [3:0] \$89 ;
-  reg \$890 ;
-  reg \$891 ;
-  reg \$892 ;
-  reg \$893 ;
+  wire \$890 ;
+  wire \$891 ;
+  reg [13:0] \$892 ;
+  reg [15:0] \$893 ;
   reg \$894 ;
   reg \$895 ;
   reg \$896 ;
@@ -2215,36 +2221,36 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   reg \$903 ;
   reg \$904 ;
   reg \$905 ;
-  reg [15:0] \$906 ;
+  reg \$906 ;
   reg \$907 ;
   reg \$908 ;
   reg \$909 ;
   wire [8:0] \$91 ;
   reg \$910 ;
-  reg \$911 ;
+  reg [15:0] \$911 ;
   reg \$912 ;
   reg \$913 ;
-  reg [2:0] \$914 ;
-  reg [2:0] \$915 ;
+  reg \$914 ;
+  reg \$915 ;
   reg \$916 ;
   reg \$917 ;
-  reg [2:0] \$918 ;
+  reg \$918 ;
   reg [2:0] \$919 ;
   wire [3:0] \$92 ;
-  reg \$920 ;
+  reg [2:0] \$920 ;
   reg \$921 ;
   reg \$922 ;
-  reg \$923 ;
-  reg \$924 ;
+  reg [2:0] \$923 ;
+  reg [2:0] \$924 ;
   reg \$925 ;
   reg \$926 ;
   reg \$927 ;
-  reg [47:0] \$928 ;
-  reg [47:0] \$929 ;
+  reg \$928 ;
+  reg \$929 ;
   wire \$93 ;
-  reg [47:0] \$930 ;
-  reg [47:0] \$931 ;
-  reg [47:0] \$932 ;
+  reg \$930 ;
+  reg \$931 ;
+  reg \$932 ;
   reg [47:0] \$933 ;
   reg [47:0] \$934 ;
   reg [47:0] \$935 ;
@@ -2258,28 +2264,28 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   reg [47:0] \$942 ;
   reg [47:0] \$943 ;
   reg [47:0] \$944 ;
-  reg \$945 ;
-  reg \$946 ;
-  reg \$947 ;
-  reg \$948 ;
-  reg \$949 ;
+  reg [47:0] \$945 ;
+  reg [47:0] \$946 ;
+  reg [47:0] \$947 ;
+  reg [47:0] \$948 ;
+  reg [47:0] \$949 ;
   wire [3:0] \$95 ;
-  reg [31:0] \$950 ;
+  reg \$950 ;
   reg \$951 ;
   reg \$952 ;
-  reg [3:0] \$953 ;
+  reg \$953 ;
   reg \$954 ;
   reg [31:0] \$955 ;
-  reg [31:0] \$956 ;
-  reg [15:0] \$957 ;
-  reg [31:0] \$958 ;
-  reg [2:0] \$959 ;
+  reg \$956 ;
+  reg \$957 ;
+  reg [3:0] \$958 ;
+  reg \$959 ;
   wire \$96 ;
-  reg \$960 ;
-  reg \$961 ;
-  reg \$962 ;
-  reg \$963 ;
-  reg \$964 ;
+  reg [31:0] \$960 ;
+  reg [31:0] \$961 ;
+  reg [15:0] \$962 ;
+  reg [31:0] \$963 ;
+  reg [2:0] \$964 ;
   reg \$965 ;
   reg \$966 ;
   reg \$967 ;
@@ -2304,29 +2310,29 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   reg \$984 ;
   reg \$985 ;
   reg \$986 ;
-  reg [511:0] \$987 ;
-  reg [2:0] \$988 ;
-  reg [31:0] \$989 ;
+  reg \$987 ;
+  reg \$988 ;
+  reg \$989 ;
   wire \$99 ;
-  reg [7:0] \$990 ;
-  reg [15:0] \$991 ;
-  reg [15:0] \$992 ;
-  reg \$993 ;
-  reg [65:0] \$994 ;
-  reg \$995 ;
-  reg \$996 ;
-  reg \$997 ;
+  reg \$990 ;
+  reg \$991 ;
+  reg [511:0] \$992 ;
+  reg [2:0] \$993 ;
+  reg [31:0] \$994 ;
+  reg [7:0] \$995 ;
+  reg [15:0] \$996 ;
+  reg [15:0] \$997 ;
   reg \$998 ;
-  reg \$999 ;
+  reg [65:0] \$999 ;
   reg \$signal ;
   reg \$signal$299  = 1'h0;
   reg [3:0] \$signal$306  = 4'h0;
   reg \$signal$332  = 1'h0;
-  reg [15:0] \$signal$333  = 16'h0000;
-  reg \$signal$463  = 1'h0;
-  reg [31:0] \$signal$537  = 32'd0;
+  reg \$signal$465  = 1'h0;
   reg [31:0] \$signal$538  = 32'd0;
-  reg \$signal$559  = 1'h0;
+  reg [31:0] \$signal$539  = 32'd0;
+  reg \$signal$560  = 1'h0;
+  reg [15:0] \$signal$563  = 16'h0000;
   wire [13:0] \$signature__addr ;
   wire [13:0] \$signature__addr$106 ;
   reg [8:0] \$signature__addr$302 ;
@@ -2397,8 +2403,8 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire [7:0] \$signature__data$421 ;
   wire [7:0] \$signature__data$422 ;
   wire [7:0] \$signature__data$423 ;
-  wire [15:0] \$signature__data$505 ;
-  wire [15:0] \$signature__data$510 ;
+  wire [15:0] \$signature__data$507 ;
+  wire [15:0] \$signature__data$512 ;
   wire \$signature__en ;
   wire \$signature__en$108 ;
   reg \$signature__en$305 ;
@@ -2469,6 +2475,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire a_in_valid;
   reg a_issue;
   reg a_load_k_hit = 1'h0;
+  reg a_loader_ahead = 1'h0;
   wire a_read;
   reg [8:0] a_read_addr = 9'h000;
   reg a_read_free = 1'h0;
@@ -2544,7 +2551,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   reg busy = 1'h0;
   (* init = 1'h0 *)
   wire \busy$131 ;
-  wire \busy$576 ;
+  wire \busy$578 ;
   wire [4:0] c__payload;
   (* init = 66'h00000000000000000 *)
   wire [65:0] \c__payload$144 ;
@@ -2607,6 +2614,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   reg [31:0] dec_blocks = 32'd0;
   reg [31:0] dec_c_base = 32'd0;
   reg [2:0] dec_c_lb = 3'h0;
+  reg [15:0] dec_cols_last = 16'h0000;
   reg [31:0] dec_ext_base = 32'd0;
   reg [15:0] dec_k_last = 16'h0000;
   reg [15:0] dec_mt = 16'h0000;
@@ -2651,8 +2659,8 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire feed_valid;
   reg fetch_sent = 1'h0;
   wire \final ;
-  wire \final$508 ;
-  wire \final$513 ;
+  wire \final$510 ;
+  wire \final$515 ;
   reg [15:0] fnt = 16'h0000;
   wire gelu0_d_clk;
   reg gelu0_d_rst = 1'h1;
@@ -2671,22 +2679,22 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   (* init = 1'h1 *)
   wire gemm_rst;
   wire [31:0] i__payload;
-  wire [16:0] \i__payload$479 ;
-  wire [15:0] \i__payload$479.data ;
-  wire \i__payload$479.last ;
-  wire [15:0] \i__payload$480 ;
+  wire [16:0] \i__payload$481 ;
+  wire [15:0] \i__payload$481.data ;
+  wire \i__payload$481.last ;
+  wire [15:0] \i__payload$482 ;
   wire [7:0] \i__payload[0] ;
   wire [7:0] \i__payload[1] ;
   wire [7:0] \i__payload[2] ;
   wire [7:0] \i__payload[3] ;
   wire i__ready;
-  wire \i__ready$485 ;
-  wire \i__ready$486 ;
+  wire \i__ready$487 ;
+  wire \i__ready$488 ;
   reg i__valid;
-  wire \i__valid$481 ;
-  wire \i__valid$482 ;
+  wire \i__valid$483 ;
+  wire \i__valid$484 ;
   wire idle;
-  wire \idle$553 ;
+  wire \idle$554 ;
   input [31:0] image_stride;
   wire [31:0] image_stride;
   input [15:0] images;
@@ -2755,10 +2763,10 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   reg is_transpose = 1'h0;
   reg [15:0] k = 16'h0000;
   wire last__3;
-  wire \last__3$514 ;
+  wire \last__3$516 ;
   wire last__4;
-  wire \last__4$507 ;
-  wire \last__4$512 ;
+  wire \last__4$509 ;
+  wire \last__4$514 ;
   wire layernorm_d_clk;
   reg layernorm_d_rst = 1'h1;
   wire [15:0] layernorm_elem;
@@ -2791,7 +2799,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   reg [15:0] \n__4$78 ;
   reg next;
   wire \next$109 ;
-  wire \next$477 ;
+  wire \next$479 ;
   reg [15:0] nt = 16'h0000;
   reg nt_hit = 1'h0;
   wire [63:0] o__payload;
@@ -2971,14 +2979,14 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire [63:0] \r_data$270 ;
   wire [18:0] \r_data$360 ;
   wire [63:0] \r_data$435 ;
-  wire [255:0] \r_data$455 ;
+  wire [255:0] \r_data$457 ;
   reg r_en;
   reg \r_en$263 ;
   reg \r_en$273 ;
   reg \r_en$432 ;
   wire \r_en$443 ;
-  wire \r_en$483 ;
-  wire \r_en$484 ;
+  wire \r_en$485 ;
+  wire \r_en$486 ;
   wire r_rdy;
   wire \r_rdy$249 ;
   wire \r_rdy$262 ;
@@ -2987,16 +2995,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \r_rdy$429 ;
   wire \r_rdy$442 ;
   reg [98:0] req__payload;
-  wire [34:0] \req__payload$464 ;
-  wire [31:0] \req__payload$464.addr ;
-  wire [2:0] \req__payload$464.lb ;
+  wire [34:0] \req__payload$466 ;
+  wire [31:0] \req__payload$466.addr ;
+  wire [2:0] \req__payload$466.lb ;
   wire [31:0] \req__payload.addr ;
   wire [63:0] \req__payload.data ;
   wire [2:0] \req__payload.lb ;
   wire req__ready;
-  wire \req__ready$476 ;
+  wire \req__ready$478 ;
   reg req__valid;
-  wire \req__valid$456 ;
+  wire \req__valid$458 ;
   reg res_to_pack = 1'h0;
   reg [15:0] rk = 16'h0000;
   reg rk_zero = 1'h0;
@@ -3113,7 +3121,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \w_rdy$231 ;
   wire \w_rdy$260 ;
   wire \w_rdy$441 ;
-  wire \w_rdy$472 ;
+  wire \w_rdy$474 ;
   reg [8:0] w_read_addr = 9'h000;
   reg w_read_free = 1'h0;
   reg w_read_half = 1'h0;
@@ -24261,8 +24269,8 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       _10_ <= buffer[addr[13:0]];
     end
   end
-  assign \$signature__data$510  = _9_;
-  assign \$signature__data$505  = _10_;
+  assign \$signature__data$512  = _9_;
+  assign \$signature__data$507  = _10_;
   reg [7:0] w_cache0 [511:0];
   initial begin
     w_cache0[0] = 8'h00;
@@ -28661,1027 +28669,1035 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   assign \$224  = a_in_valid & \$223 ;
   assign \$225  = \$signal$306  == 4'h8;
   assign \$226  = \$224  & \$225 ;
-  assign \$228  = \$signal$299  == \$signal$332 ;
-  assign \$229  = lk > \$signal$333 ;
-  assign \$230  = \$228  & \$229 ;
-  assign \$231  = pre_ln | pre_sm;
-  assign \$232  = ~ \$231 ;
-  assign \$233  = \$230  & \$232 ;
-  assign \$234  = \$227  | \$233 ;
-  assign \$236  = is_linear | \$235 ;
-  assign \$237  = \$234  & \$236 ;
-  assign \$238  = \$237  & feed_queue_room;
-  assign \$239  = \$238  & a_blocks_left;
-  assign \$240  = ~ is_linear;
-  assign \$242  = ~ \$241 ;
-  assign \$243  = \r_rdy$262  & \$242 ;
-  assign \$244  = ~ is_linear;
-  assign \$245  = \$243  & \$244 ;
-  assign \$246  = w_load_half * 9'h100;
-  assign \$247  = \$246  + w_load_addr;
-  assign \$249  = ~ \$248 ;
-  assign \$250  = \r_rdy$262  & \$249 ;
-  assign \$251  = ~ is_linear;
-  assign \$252  = \$250  & \$251 ;
-  assign \$253  = | w_load_lane;
-  assign \$254  = ~ \$253 ;
-  assign \$255  = \$252  & \$254 ;
-  assign \$256  = w_load_half * 9'h100;
-  assign \$257  = \$256  + w_load_addr;
-  assign \$259  = ~ \$258 ;
-  assign \$260  = \r_rdy$262  & \$259 ;
-  assign \$261  = ~ is_linear;
-  assign \$262  = \$260  & \$261 ;
-  assign \$263  = w_load_lane == 1'h1;
-  assign \$264  = \$262  & \$263 ;
-  assign \$265  = w_load_half * 9'h100;
-  assign \$266  = \$265  + w_load_addr;
-  assign \$268  = ~ \$267 ;
-  assign \$269  = \r_rdy$262  & \$268 ;
-  assign \$270  = ~ is_linear;
-  assign \$271  = \$269  & \$270 ;
-  assign \$272  = w_load_lane == 2'h2;
-  assign \$273  = \$271  & \$272 ;
-  assign \$274  = w_load_half * 9'h100;
-  assign \$275  = \$274  + w_load_addr;
-  assign \$277  = ~ \$276 ;
-  assign \$278  = \r_rdy$262  & \$277 ;
-  assign \$279  = ~ is_linear;
-  assign \$280  = \$278  & \$279 ;
-  assign \$281  = w_load_lane == 2'h3;
-  assign \$282  = \$280  & \$281 ;
-  assign \$283  = w_load_half * 9'h100;
-  assign \$284  = \$283  + w_load_addr;
-  assign \$286  = ~ \$285 ;
-  assign \$287  = \r_rdy$262  & \$286 ;
-  assign \$288  = ~ is_linear;
-  assign \$289  = \$287  & \$288 ;
-  assign \$290  = w_load_lane == 3'h4;
-  assign \$291  = \$289  & \$290 ;
-  assign \$292  = w_load_half * 9'h100;
-  assign \$293  = \$292  + w_load_addr;
-  assign \$295  = ~ \$294 ;
-  assign \$296  = \r_rdy$262  & \$295 ;
-  assign \$297  = ~ is_linear;
-  assign \$298  = \$296  & \$297 ;
-  assign \$299  = w_load_lane == 3'h5;
-  assign \$300  = \$298  & \$299 ;
-  assign \$301  = w_load_half * 9'h100;
-  assign \$302  = \$301  + w_load_addr;
-  assign \$304  = ~ \$303 ;
-  assign \$305  = \r_rdy$262  & \$304 ;
-  assign \$306  = ~ is_linear;
-  assign \$307  = \$305  & \$306 ;
-  assign \$308  = w_load_lane == 3'h6;
-  assign \$309  = \$307  & \$308 ;
-  assign \$310  = w_load_half * 9'h100;
-  assign \$311  = \$310  + w_load_addr;
-  assign \$313  = ~ \$312 ;
-  assign \$314  = \r_rdy$262  & \$313 ;
-  assign \$315  = ~ is_linear;
-  assign \$316  = \$314  & \$315 ;
-  assign \$317  = w_load_lane == 3'h7;
-  assign \$318  = \$316  & \$317 ;
-  assign \$319  = is_linear ? \r_rdy$429  : feed_valid;
-  assign \$320  = is_linear & w__ready;
-  assign \$321  = is_linear ? \r_data$435 [7:0] : feed_beat[89:82];
-  assign \$322  = is_linear ? \r_data$435 [15:8] : feed_beat[97:90];
-  assign \$323  = is_linear ? \r_data$435 [23:16] : feed_beat[105:98];
-  assign \$324  = is_linear ? \r_data$435 [31:24] : feed_beat[113:106];
-  assign \$325  = is_linear ? \r_data$435 [39:32] : feed_beat[121:114];
-  assign \$326  = is_linear ? \r_data$435 [47:40] : feed_beat[129:122];
-  assign \$327  = is_linear ? \r_data$435 [55:48] : feed_beat[137:130];
-  assign \$328  = is_linear ? \r_data$435 [63:56] : feed_beat[145:138];
-  assign \$329  = sink_from_gemm & dst_step;
-  assign \$330  = \$329  & last__4;
-  assign \$331  = res_to_pack & elem_take;
-  assign \$332  = post_col == 3'h7;
-  assign \$333  = \$331  & \$332 ;
-  assign \r_en$443  = \$330  | \$333 ;
-  assign \$334  = index__1 != dec_mt_last;
-  assign \$335  = index__3 < dec_rows_last;
-  assign \$336  = \$334  | \$335 ;
-  assign \$337  = index__2 * 4'h8;
-  assign \$338  = \$337  + index__4;
-  assign \$339  = \$338  < ins[71:56];
-  assign \$340  = \$336  & \$339 ;
-  assign \$341  = post_gelu | post_add;
-  assign \$342  = ~ \$341 ;
-  assign \$343  = gemm_active & \$342 ;
-  assign \$345  = post_gelu | post_add;
-  assign \$346  = gemm_active & \$345 ;
-  assign \$348  = ~ fetch_sent;
-  assign \$349  = in_fetch & \$348 ;
-  assign \$350  = | c_ask;
-  assign \$351  = in_const & \$350 ;
-  assign \$352  = sink_from_load & ext_req_valid;
-  assign \$354  = gemm_active & \$signal$463 ;
-  assign \req__valid$456  = | { \$354 , \$353 , \$352 , \$351 , \$349  };
-  assign \$355  = in_fetch ? pc : 32'd0;
-  assign \$356  = in_const ? c_addr : 32'd0;
-  assign \$357  = \$355  | \$356 ;
-  assign \$358  = sink_from_load ? ext_req_addr : 32'd0;
-  assign \$359  = \$357  | \$358 ;
-  assign \$362  = want_w ? w_addr : p_addr;
-  assign \$363  = gemm_active ? \$362  : 32'd0;
-  assign \$364  = \$361  | \$363 ;
-  assign \$365  = in_fetch ? 3'h6 : 3'h0;
-  assign \$366  = in_const ? dec_c_lb : 3'h0;
-  assign \$367  = \$365  | \$366 ;
-  assign \$368  = sink_from_load ? ins[23:22] : 2'h0;
-  assign \$369  = \$367  | { 1'h0, \$368  };
-  assign \$372  = want_w ? w_lb : 3'h6;
-  assign \$373  = gemm_active ? \$372  : 3'h0;
-  assign \$374  = \$371  | \$373 ;
-  assign \$376  = ~ c_full;
-  assign \$377  = in_const & \$376 ;
-  assign \$378  = sink_from_load & \valid$271 ;
-  assign \$380  = ~ is_linear;
-  assign \$381  = \$380  | rk_zero;
-  assign \$382  = \$381  ? p__ready : \w_rdy$472 ;
-  assign \$383  = gemm_active & \$382 ;
-  assign beat__ready = | { \$383 , \$379 , \$378 , \$377 , \$375  };
-  assign \$384  = sink_from_move & r_rdy;
-  assign \$385  = sink_from_load & beat__valid;
-  assign \$386  = ~ ext_req_valid;
-  assign \$387  = \$386  | \req__ready$476 ;
-  assign \$388  = r_rdy & \$387 ;
-  assign \$389  = sink_from_store & \$388 ;
-  assign \$390  = sink_from_softmax & \r_rdy$249 ;
-  assign \$391  = sink_from_layernorm & \r_rdy$249 ;
-  assign \$392  = sink_from_add & \r_rdy$268 ;
-  assign \$393  = sink_from_gelu0 & \r_rdy$268 ;
-  assign \$394  = sink_from_gemm & gemm_res_valid;
-  assign \$395  = | { \$394 , \$393 , \$392 , \$391 , \$390 , \$389 , \$385 , \$384  };
-  assign dst_step = \valid$271  & \$395 ;
-  assign \$396  = ~ sink_from_store;
-  assign \$397  = dst_step & \$396 ;
-  assign wr_en = \$397  & dst_keep;
-  assign \$398  = sink_from_softmax | a_from_softmax;
-  assign \i__valid$481  = \$398  & r_rdy;
-  assign \$399  = sink_from_layernorm | a_from_layernorm;
-  assign \i__valid$482  = \$399  & r_rdy;
-  assign \$400  = sink_from_softmax | sink_from_layernorm;
-  assign \$401  = \$400  & \valid$271 ;
-  assign \$402  = a_from_softmax | a_from_layernorm;
-  assign \$403  = \$402  & a_in_take;
-  assign \r_en$483  = \$401  | \$403 ;
-  assign \$404  = sink_from_move & \valid$271 ;
-  assign \$405  = sink_from_store & \valid$271 ;
-  assign \$406  = ~ ext_req_valid;
-  assign \$407  = \$406  | \req__ready$476 ;
-  assign \$408  = \$405  & \$407 ;
-  assign \$409  = sink_from_softmax | a_from_softmax;
-  assign \$410  = \$409  & \i__ready$485 ;
-  assign \$411  = sink_from_layernorm | a_from_layernorm;
-  assign \$412  = \$411  & \i__ready$486 ;
-  assign \$413  = q0_to_pack & elem_take;
-  assign \$414  = a_from_src0 & a_in_take;
-  assign \$415  = | { \$414 , \$413 , \$412 , \$410 , \$408 , \$404  };
-  assign \r_en$484  = r_rdy & \$415 ;
-  assign \$416  = in_stream & err;
-  assign \$417  = ~ busy;
-  assign clear = start & \$417 ;
-  assign \$418  = rst | unit_rst;
-  assign \$419  = rst | unit_rst;
-  assign \$420  = rst | unit_rst;
-  assign \$421  = rst | unit_rst;
-  assign \$422  = rst | unit_rst;
-  assign \$423  = ins[5:0] == 1'h1;
-  assign \$424  = ins[5:0] == 2'h2;
-  assign \$425  = ins[5:0] == 2'h3;
-  assign \$426  = ins[5:0] == 3'h4;
-  assign \$427  = ins[5:0] == 3'h5;
-  assign \$428  = ins[5:0] == 3'h6;
-  assign \$429  = ins[5:0] == 3'h7;
-  assign \$430  = ins[5:0] == 4'h8;
-  assign \$431  = ins[5:0] == 4'h9;
-  assign \$432  = ins[5:0] == 4'ha;
-  assign \$433  = ins[5:0] == 4'hb;
-  assign \$434  = ins[5:0] == 4'hc;
-  assign \$435  = ins[5:0] == 4'hd;
-  assign \$436  = ins[5:0] == 4'he;
-  assign \$437  = ins[5:0] == 4'hf;
-  assign \$438  = 1'h1 << ins[3:0];
+  assign \$228  = \$227  | a_loader_ahead;
+  assign \$230  = is_linear | \$229 ;
+  assign \$231  = \$228  & \$230 ;
+  assign \$232  = \$231  & feed_queue_room;
+  assign \$233  = \$232  & a_blocks_left;
+  assign \$234  = ~ is_linear;
+  assign \$236  = ~ \$235 ;
+  assign \$237  = \r_rdy$262  & \$236 ;
+  assign \$238  = ~ is_linear;
+  assign \$239  = \$237  & \$238 ;
+  assign \$240  = w_load_half * 9'h100;
+  assign \$241  = \$240  + w_load_addr;
+  assign \$243  = ~ \$242 ;
+  assign \$244  = \r_rdy$262  & \$243 ;
+  assign \$245  = ~ is_linear;
+  assign \$246  = \$244  & \$245 ;
+  assign \$247  = | w_load_lane;
+  assign \$248  = ~ \$247 ;
+  assign \$249  = \$246  & \$248 ;
+  assign \$250  = w_load_half * 9'h100;
+  assign \$251  = \$250  + w_load_addr;
+  assign \$253  = ~ \$252 ;
+  assign \$254  = \r_rdy$262  & \$253 ;
+  assign \$255  = ~ is_linear;
+  assign \$256  = \$254  & \$255 ;
+  assign \$257  = w_load_lane == 1'h1;
+  assign \$258  = \$256  & \$257 ;
+  assign \$259  = w_load_half * 9'h100;
+  assign \$260  = \$259  + w_load_addr;
+  assign \$262  = ~ \$261 ;
+  assign \$263  = \r_rdy$262  & \$262 ;
+  assign \$264  = ~ is_linear;
+  assign \$265  = \$263  & \$264 ;
+  assign \$266  = w_load_lane == 2'h2;
+  assign \$267  = \$265  & \$266 ;
+  assign \$268  = w_load_half * 9'h100;
+  assign \$269  = \$268  + w_load_addr;
+  assign \$271  = ~ \$270 ;
+  assign \$272  = \r_rdy$262  & \$271 ;
+  assign \$273  = ~ is_linear;
+  assign \$274  = \$272  & \$273 ;
+  assign \$275  = w_load_lane == 2'h3;
+  assign \$276  = \$274  & \$275 ;
+  assign \$277  = w_load_half * 9'h100;
+  assign \$278  = \$277  + w_load_addr;
+  assign \$280  = ~ \$279 ;
+  assign \$281  = \r_rdy$262  & \$280 ;
+  assign \$282  = ~ is_linear;
+  assign \$283  = \$281  & \$282 ;
+  assign \$284  = w_load_lane == 3'h4;
+  assign \$285  = \$283  & \$284 ;
+  assign \$286  = w_load_half * 9'h100;
+  assign \$287  = \$286  + w_load_addr;
+  assign \$289  = ~ \$288 ;
+  assign \$290  = \r_rdy$262  & \$289 ;
+  assign \$291  = ~ is_linear;
+  assign \$292  = \$290  & \$291 ;
+  assign \$293  = w_load_lane == 3'h5;
+  assign \$294  = \$292  & \$293 ;
+  assign \$295  = w_load_half * 9'h100;
+  assign \$296  = \$295  + w_load_addr;
+  assign \$298  = ~ \$297 ;
+  assign \$299  = \r_rdy$262  & \$298 ;
+  assign \$300  = ~ is_linear;
+  assign \$301  = \$299  & \$300 ;
+  assign \$302  = w_load_lane == 3'h6;
+  assign \$303  = \$301  & \$302 ;
+  assign \$304  = w_load_half * 9'h100;
+  assign \$305  = \$304  + w_load_addr;
+  assign \$307  = ~ \$306 ;
+  assign \$308  = \r_rdy$262  & \$307 ;
+  assign \$309  = ~ is_linear;
+  assign \$310  = \$308  & \$309 ;
+  assign \$311  = w_load_lane == 3'h7;
+  assign \$312  = \$310  & \$311 ;
+  assign \$313  = is_linear ? \r_rdy$429  : feed_valid;
+  assign \$314  = is_linear & w__ready;
+  assign \$315  = is_linear ? \r_data$435 [7:0] : feed_beat[89:82];
+  assign \$316  = is_linear ? \r_data$435 [15:8] : feed_beat[97:90];
+  assign \$317  = is_linear ? \r_data$435 [23:16] : feed_beat[105:98];
+  assign \$318  = is_linear ? \r_data$435 [31:24] : feed_beat[113:106];
+  assign \$319  = is_linear ? \r_data$435 [39:32] : feed_beat[121:114];
+  assign \$320  = is_linear ? \r_data$435 [47:40] : feed_beat[129:122];
+  assign \$321  = is_linear ? \r_data$435 [55:48] : feed_beat[137:130];
+  assign \$322  = is_linear ? \r_data$435 [63:56] : feed_beat[145:138];
+  assign \$323  = sink_from_gemm & dst_step;
+  assign \$324  = \$323  & last__4;
+  assign \$325  = res_to_pack & elem_take;
+  assign \$326  = post_col == 3'h7;
+  assign \$327  = \$325  & \$326 ;
+  assign \r_en$443  = \$324  | \$327 ;
+  assign \$328  = index__1 != dec_mt_last;
+  assign \$329  = index__3[3:0] < dec_rows_last[3:0];
+  assign \$330  = \$328  | \$329 ;
+  assign \$331  = index__2 != dec_nt_last;
+  assign \$332  = index__4[3:0] < dec_cols_last[3:0];
+  assign \$333  = \$331  | \$332 ;
+  assign \$334  = \$330  & \$333 ;
+  assign \$335  = post_gelu | post_add;
+  assign \$336  = ~ \$335 ;
+  assign \$337  = gemm_active & \$336 ;
+  assign \$339  = post_gelu | post_add;
+  assign \$340  = gemm_active & \$339 ;
+  assign \$342  = ~ fetch_sent;
+  assign \$343  = in_fetch & \$342 ;
+  assign \$344  = | c_ask;
+  assign \$345  = in_const & \$344 ;
+  assign \$346  = sink_from_load & ext_req_valid;
+  assign \$348  = gemm_active & \$signal$465 ;
+  assign \req__valid$458  = | { \$348 , \$347 , \$346 , \$345 , \$343  };
+  assign \$349  = in_fetch ? pc : 32'd0;
+  assign \$350  = in_const ? c_addr : 32'd0;
+  assign \$351  = \$349  | \$350 ;
+  assign \$352  = sink_from_load ? ext_req_addr : 32'd0;
+  assign \$353  = \$351  | \$352 ;
+  assign \$356  = want_w ? w_addr : p_addr;
+  assign \$357  = gemm_active ? \$356  : 32'd0;
+  assign \$358  = \$355  | \$357 ;
+  assign \$359  = in_fetch ? 3'h6 : 3'h0;
+  assign \$360  = in_const ? dec_c_lb : 3'h0;
+  assign \$361  = \$359  | \$360 ;
+  assign \$362  = sink_from_load ? ins[23:22] : 2'h0;
+  assign \$363  = \$361  | { 1'h0, \$362  };
+  assign \$366  = want_w ? w_lb : 3'h6;
+  assign \$367  = gemm_active ? \$366  : 3'h0;
+  assign \$368  = \$365  | \$367 ;
+  assign \$370  = ~ c_full;
+  assign \$371  = in_const & \$370 ;
+  assign \$372  = sink_from_load & \valid$271 ;
+  assign \$374  = ~ is_linear;
+  assign \$375  = \$374  | rk_zero;
+  assign \$376  = \$375  ? p__ready : \w_rdy$474 ;
+  assign \$377  = gemm_active & \$376 ;
+  assign beat__ready = | { \$377 , \$373 , \$372 , \$371 , \$369  };
+  assign \$378  = sink_from_move & r_rdy;
+  assign \$379  = sink_from_load & beat__valid;
+  assign \$380  = ~ ext_req_valid;
+  assign \$381  = \$380  | \req__ready$478 ;
+  assign \$382  = r_rdy & \$381 ;
+  assign \$383  = sink_from_store & \$382 ;
+  assign \$384  = sink_from_softmax & \r_rdy$249 ;
+  assign \$385  = sink_from_layernorm & \r_rdy$249 ;
+  assign \$386  = sink_from_add & \r_rdy$268 ;
+  assign \$387  = sink_from_gelu0 & \r_rdy$268 ;
+  assign \$388  = sink_from_gemm & gemm_res_valid;
+  assign \$389  = | { \$388 , \$387 , \$386 , \$385 , \$384 , \$383 , \$379 , \$378  };
+  assign dst_step = \valid$271  & \$389 ;
+  assign \$390  = ~ sink_from_store;
+  assign \$391  = dst_step & \$390 ;
+  assign wr_en = \$391  & dst_keep;
+  assign \$392  = sink_from_softmax | a_from_softmax;
+  assign \i__valid$483  = \$392  & r_rdy;
+  assign \$393  = sink_from_layernorm | a_from_layernorm;
+  assign \i__valid$484  = \$393  & r_rdy;
+  assign \$394  = sink_from_softmax | sink_from_layernorm;
+  assign \$395  = \$394  & \valid$271 ;
+  assign \$396  = a_from_softmax | a_from_layernorm;
+  assign \$397  = \$396  & a_in_take;
+  assign \r_en$485  = \$395  | \$397 ;
+  assign \$398  = sink_from_move & \valid$271 ;
+  assign \$399  = sink_from_store & \valid$271 ;
+  assign \$400  = ~ ext_req_valid;
+  assign \$401  = \$400  | \req__ready$478 ;
+  assign \$402  = \$399  & \$401 ;
+  assign \$403  = sink_from_softmax | a_from_softmax;
+  assign \$404  = \$403  & \i__ready$487 ;
+  assign \$405  = sink_from_layernorm | a_from_layernorm;
+  assign \$406  = \$405  & \i__ready$488 ;
+  assign \$407  = q0_to_pack & elem_take;
+  assign \$408  = a_from_src0 & a_in_take;
+  assign \$409  = | { \$408 , \$407 , \$406 , \$404 , \$402 , \$398  };
+  assign \r_en$486  = r_rdy & \$409 ;
+  assign \$410  = in_stream & err;
+  assign \$411  = ~ busy;
+  assign clear = start & \$411 ;
+  assign \$412  = rst | unit_rst;
+  assign \$413  = rst | unit_rst;
+  assign \$414  = rst | unit_rst;
+  assign \$415  = rst | unit_rst;
+  assign \$416  = rst | unit_rst;
+  assign \$417  = ins[5:0] == 1'h1;
+  assign \$418  = ins[5:0] == 2'h2;
+  assign \$419  = ins[5:0] == 2'h3;
+  assign \$420  = ins[5:0] == 3'h4;
+  assign \$421  = ins[5:0] == 3'h5;
+  assign \$422  = ins[5:0] == 3'h6;
+  assign \$423  = ins[5:0] == 3'h7;
+  assign \$424  = ins[5:0] == 4'h8;
+  assign \$425  = ins[5:0] == 4'h9;
+  assign \$426  = ins[5:0] == 4'ha;
+  assign \$427  = ins[5:0] == 4'hb;
+  assign \$428  = ins[5:0] == 4'hc;
+  assign \$429  = ins[5:0] == 4'hd;
+  assign \$430  = ins[5:0] == 4'he;
+  assign \$431  = ins[5:0] == 4'hf;
+  assign \$432  = 1'h1 << ins[3:0];
+  assign \$433  = ins[5:0] == 3'h4;
+  assign \$434  = ins[5:0] == 3'h5;
+  assign \$435  = \$433  | \$434 ;
+  assign \$436  = ins[5:0] == 3'h4;
+  assign \$437  = ins[511:510] == 1'h1;
+  assign \$438  = \$436  & \$437 ;
   assign \$439  = ins[5:0] == 3'h4;
-  assign \$440  = ins[5:0] == 3'h5;
-  assign \$441  = \$439  | \$440 ;
+  assign \$440  = ins[511:510] == 2'h2;
+  assign \$441  = \$439  & \$440 ;
   assign \$442  = ins[5:0] == 3'h4;
-  assign \$443  = ins[511:510] == 1'h1;
+  assign \$443  = ins[511:510] == 2'h3;
   assign \$444  = \$442  & \$443 ;
-  assign \$445  = ins[5:0] == 3'h4;
-  assign \$446  = ins[511:510] == 2'h2;
+  assign \$445  = ins[5:0] == 3'h5;
+  assign \$446  = ins[511:510] == 2'h3;
   assign \$447  = \$445  & \$446 ;
-  assign \$448  = ins[5:0] == 3'h4;
-  assign \$449  = ins[511:510] == 2'h3;
-  assign \$450  = \$448  & \$449 ;
-  assign \$451  = ins[5:0] == 3'h5;
-  assign \$452  = ins[511:510] == 2'h3;
-  assign \$453  = \$451  & \$452 ;
-  assign \$454  = ~ unit_rst;
-  assign \$455  = src0_issue & \$454 ;
-  assign \$456  = ~ unit_rst;
-  assign \$457  = src0_inflight & \$456 ;
-  assign \$458  = last__3 & \last__4$507 ;
-  assign \$459  = ~ unit_rst;
-  assign \$460  = src1_issue & \$459 ;
-  assign \$461  = ~ unit_rst;
-  assign \$462  = src1_inflight & \$461 ;
-  assign \$463  = \last__3$514  & \last__4$512 ;
-  assign \$464  = ins[5:0] == 4'ha;
-  assign \$465  = ins[5:0] == 4'hb;
-  assign \$466  = ins[5:0] == 4'hc;
-  assign \$467  = ins[5:0] == 4'hd;
-  assign \$468  = ins[5:0] == 4'he;
-  assign \$469  = ins[5:0] == 4'hf;
-  assign \$470  = | { \$469 , \$468 , \$467 , \$466 , \$465 , \$464  };
-  assign \$471  = | ins[7:6];
-  assign \$472  = ~ \$471 ;
-  assign \$473  = ins[5:0] == 3'h7;
+  assign \$448  = ~ unit_rst;
+  assign \$449  = src0_issue & \$448 ;
+  assign \$450  = ~ unit_rst;
+  assign \$451  = src0_inflight & \$450 ;
+  assign \$452  = last__3 & \last__4$509 ;
+  assign \$453  = ~ unit_rst;
+  assign \$454  = src1_issue & \$453 ;
+  assign \$455  = ~ unit_rst;
+  assign \$456  = src1_inflight & \$455 ;
+  assign \$457  = \last__3$516  & \last__4$514 ;
+  assign \$458  = ins[5:0] == 4'ha;
+  assign \$459  = ins[5:0] == 4'hb;
+  assign \$460  = ins[5:0] == 4'hc;
+  assign \$461  = ins[5:0] == 4'hd;
+  assign \$462  = ins[5:0] == 4'he;
+  assign \$463  = ins[5:0] == 4'hf;
+  assign \$464  = | { \$463 , \$462 , \$461 , \$460 , \$459 , \$458  };
+  assign \$465  = | ins[7:6];
+  assign \$466  = ~ \$465 ;
+  assign \$467  = ins[5:0] == 3'h7;
+  assign \$468  = ins[5:0] == 3'h4;
+  assign \$469  = ins[511:510] == 1'h1;
+  assign \$470  = \$468  & \$469 ;
+  assign \$471  = \$467  | \$470 ;
+  assign \$472  = \$466  & \$471 ;
+  assign \$473  = ins[5:0] == 4'h9;
   assign \$474  = ins[5:0] == 3'h4;
-  assign \$475  = ins[511:510] == 1'h1;
+  assign \$475  = ins[511:510] == 2'h2;
   assign \$476  = \$474  & \$475 ;
   assign \$477  = \$473  | \$476 ;
-  assign \$478  = \$472  & \$477 ;
-  assign \$479  = ins[5:0] == 4'h9;
-  assign \$480  = ins[5:0] == 3'h4;
-  assign \$481  = ins[511:510] == 2'h2;
-  assign \$482  = \$480  & \$481 ;
-  assign \$483  = \$479  | \$482 ;
-  assign \$484  = ins[55:40] + 4'h8;
-  assign \$485  = ins[71:56] + 3'h7;
-  assign \$486  = dec_n1p * 16'he38f;
-  assign \$489  = ins[87:72] - 1'h1;
-  assign \$490  = dec_mt - 1'h1;
-  assign \$491  = dec_nt - 1'h1;
-  assign \$492  = ins[39:24] * dec_mt;
-  assign \$494  = \$493  + 6'h3f;
-  assign \$496  = ins[497:466] + \$495 ;
-  assign \$497  = is_gemm ? \$496  : { 1'h0, ins[465:434] };
-  assign \$498  = dec_blocks * dec_nt;
-  assign \$501  = \$499  + \$500 ;
-  assign \$502  = ins[55:40] - \$501 ;
-  assign \$505  = \$504  ? offset : 32'd0;
-  assign \$506  = ins[465:434] + \$505 ;
-  assign \$507  = in_stream & \valid$271 ;
-  assign \$508  = $signed(\addr$115 ) < $signed(1'h0);
-  assign \$509  = $signed(\addr$115 ) >= $signed(16'h4000);
-  assign \$510  = \$508  | \$509 ;
-  assign \$511  = \$507  & \$510 ;
-  assign \$512  = in_stream & valid;
-  assign \$513  = $signed(addr) < $signed(1'h0);
-  assign \$514  = $signed(addr) >= $signed(16'h4000);
-  assign \$515  = \$513  | \$514 ;
-  assign \$516  = \$512  & \$515 ;
-  assign \$517  = in_stream & \valid$102 ;
-  assign \$518  = $signed(\addr$107 ) < $signed(1'h0);
-  assign \$519  = $signed(\addr$107 ) >= $signed(16'h4000);
-  assign \$520  = \$518  | \$519 ;
-  assign \$521  = \$517  & \$520 ;
-  assign \$522  = cycles + 1'h1;
-  assign \$523  = in_op & op_onehot[0];
-  assign \$524  = op_cycles__0 + 1'h1;
-  assign \$525  = in_op & op_onehot[1];
-  assign \$526  = op_cycles__1 + 1'h1;
-  assign \$527  = in_op & op_onehot[2];
-  assign \$528  = op_cycles__2 + 1'h1;
-  assign \$529  = in_op & op_onehot[3];
-  assign \$530  = op_cycles__3 + 1'h1;
-  assign \$531  = in_op & op_onehot[4];
-  assign \$532  = op_cycles__4 + 1'h1;
-  assign \$533  = in_op & op_onehot[5];
-  assign \$534  = op_cycles__5 + 1'h1;
-  assign \$535  = in_op & op_onehot[6];
-  assign \$536  = op_cycles__6 + 1'h1;
-  assign \$537  = in_op & op_onehot[7];
-  assign \$538  = op_cycles__7 + 1'h1;
-  assign \$539  = in_op & op_onehot[8];
-  assign \$540  = op_cycles__8 + 1'h1;
-  assign \$541  = in_op & op_onehot[9];
-  assign \$542  = op_cycles__9 + 1'h1;
-  assign \$543  = in_op & op_onehot[10];
-  assign \$544  = op_cycles__10 + 1'h1;
-  assign \$545  = in_op & op_onehot[11];
-  assign \$546  = op_cycles__11 + 1'h1;
-  assign \$547  = in_op & op_onehot[12];
-  assign \$548  = op_cycles__12 + 1'h1;
-  assign \$549  = in_op & op_onehot[13];
-  assign \$550  = op_cycles__13 + 1'h1;
-  assign \$551  = in_op & op_onehot[14];
-  assign \$552  = op_cycles__14 + 1'h1;
-  assign \$553  = in_op & op_onehot[15];
-  assign \$554  = op_cycles__15 + 1'h1;
-  assign \$555  = images_left > 1'h1;
-  assign \$556  = is_end & \$555 ;
-  assign \$557  = | ins[39:24];
+  assign \$478  = ins[55:40] + 4'h8;
+  assign \$479  = ins[71:56] + 3'h7;
+  assign \$480  = dec_n1p * 16'he38f;
+  assign \$483  = ins[87:72] - 1'h1;
+  assign \$484  = dec_mt - 1'h1;
+  assign \$485  = dec_nt - 1'h1;
+  assign \$486  = ins[39:24] * dec_mt;
+  assign \$488  = \$487  + 6'h3f;
+  assign \$490  = ins[497:466] + \$489 ;
+  assign \$491  = is_gemm ? \$490  : { 1'h0, ins[465:434] };
+  assign \$492  = dec_blocks * dec_nt;
+  assign \$495  = \$493  + \$494 ;
+  assign \$496  = ins[55:40] - \$495 ;
+  assign \$498  = ins[71:56] - \$497 ;
+  assign \$501  = \$500  ? offset : 32'd0;
+  assign \$502  = ins[465:434] + \$501 ;
+  assign \$503  = in_stream & \valid$271 ;
+  assign \$504  = $signed(\addr$115 ) < $signed(1'h0);
+  assign \$505  = $signed(\addr$115 ) >= $signed(16'h4000);
+  assign \$506  = \$504  | \$505 ;
+  assign \$507  = \$503  & \$506 ;
+  assign \$508  = in_stream & valid;
+  assign \$509  = $signed(addr) < $signed(1'h0);
+  assign \$510  = $signed(addr) >= $signed(16'h4000);
+  assign \$511  = \$509  | \$510 ;
+  assign \$512  = \$508  & \$511 ;
+  assign \$513  = in_stream & \valid$102 ;
+  assign \$514  = $signed(\addr$107 ) < $signed(1'h0);
+  assign \$515  = $signed(\addr$107 ) >= $signed(16'h4000);
+  assign \$516  = \$514  | \$515 ;
+  assign \$517  = \$513  & \$516 ;
+  assign \$518  = cycles + 1'h1;
+  assign \$519  = in_op & op_onehot[0];
+  assign \$520  = op_cycles__0 + 1'h1;
+  assign \$521  = in_op & op_onehot[1];
+  assign \$522  = op_cycles__1 + 1'h1;
+  assign \$523  = in_op & op_onehot[2];
+  assign \$524  = op_cycles__2 + 1'h1;
+  assign \$525  = in_op & op_onehot[3];
+  assign \$526  = op_cycles__3 + 1'h1;
+  assign \$527  = in_op & op_onehot[4];
+  assign \$528  = op_cycles__4 + 1'h1;
+  assign \$529  = in_op & op_onehot[5];
+  assign \$530  = op_cycles__5 + 1'h1;
+  assign \$531  = in_op & op_onehot[6];
+  assign \$532  = op_cycles__6 + 1'h1;
+  assign \$533  = in_op & op_onehot[7];
+  assign \$534  = op_cycles__7 + 1'h1;
+  assign \$535  = in_op & op_onehot[8];
+  assign \$536  = op_cycles__8 + 1'h1;
+  assign \$537  = in_op & op_onehot[9];
+  assign \$538  = op_cycles__9 + 1'h1;
+  assign \$539  = in_op & op_onehot[10];
+  assign \$540  = op_cycles__10 + 1'h1;
+  assign \$541  = in_op & op_onehot[11];
+  assign \$542  = op_cycles__11 + 1'h1;
+  assign \$543  = in_op & op_onehot[12];
+  assign \$544  = op_cycles__12 + 1'h1;
+  assign \$545  = in_op & op_onehot[13];
+  assign \$546  = op_cycles__13 + 1'h1;
+  assign \$547  = in_op & op_onehot[14];
+  assign \$548  = op_cycles__14 + 1'h1;
+  assign \$549  = in_op & op_onehot[15];
+  assign \$550  = op_cycles__15 + 1'h1;
+  assign \$551  = images_left > 1'h1;
+  assign \$552  = is_end & \$551 ;
+  assign \$553  = | ins[39:24];
+  assign \$554  = ~ \$553 ;
+  assign \$555  = | ins[55:40];
+  assign \$556  = ~ \$555 ;
+  assign \$557  = | ins[71:56];
   assign \$558  = ~ \$557 ;
-  assign \$559  = | ins[55:40];
+  assign \$559  = | ins[87:72];
   assign \$560  = ~ \$559 ;
-  assign \$561  = | ins[71:56];
+  assign \$561  = | ins[103:88];
   assign \$562  = ~ \$561 ;
-  assign \$563  = | ins[87:72];
-  assign \$564  = ~ \$563 ;
-  assign \$565  = | ins[103:88];
-  assign \$566  = ~ \$565 ;
-  assign \$567  = | { \$566 , \$564 , \$562 , \$560 , \$558  };
-  assign \$568  = ~ post_bad;
-  assign \$569  = \$568  & unit_known;
-  assign \$570  = post_gelu | post_add;
-  assign \$571  = \$570  | pre_ln;
-  assign \$572  = \$571  | pre_sm;
-  assign \$573  = is_move | is_load;
-  assign \$574  = \$573  | is_store;
-  assign \$575  = \$574  | is_gemm;
-  assign \$576  = ~ \$575 ;
-  assign \$577  = \$572  | \$576 ;
-  assign \$578  = \$569  & \$577 ;
-  assign \$579  = ~ post_bad;
-  assign \$580  = post_gelu | post_add;
-  assign \$581  = \$580  | pre_ln;
-  assign \$582  = \$581  | pre_sm;
-  assign \$583  = ~ \$582 ;
-  assign \$584  = \$579  & \$583 ;
-  assign \$585  = is_move | is_load;
-  assign \$586  = \$585  | is_store;
-  assign \$587  = \$586  | is_gemm;
-  assign \$588  = \$584  & \$587 ;
-  assign \$589  = ~ busy;
-  assign \$590  = \$589  & start;
-  assign \$591  = | images;
-  assign \$592  = \$591  ? images : 16'h0001;
-  assign \$593  = | decode_wait;
-  assign \$594  = ~ \$593 ;
-  assign \$595  = in_decode & \$594 ;
-  assign \$596  = \$595  & d_end_more;
-  assign \$597  = images_left - 1'h1;
-  assign \$598  = offset + \$signal$538 ;
-  assign \$599  = in_stream & op_done;
-  assign \$600  = | fault_q;
-  assign \$601  = ~ \$600 ;
-  assign \$602  = \$599  & \$601 ;
-  assign \$603  = ~ addr_fault;
-  assign \$604  = \$602  & \$603 ;
-  assign \$605  = pc + 7'h40;
-  assign \$606  = ~ fetch_sent;
-  assign \$607  = req__ready & \$606 ;
-  assign \$608  = 1'h1 << dec_c_lb;
-  assign \$609  = ins[509:498] == 1'h1;
-  assign \$610  = | decode_wait;
-  assign \$611  = decode_wait - 1'h1;
-  assign \$612  = decode_wait == 1'h1;
-  assign \$613  = is_softmax | pre_sm;
-  assign \$614  = is_layernorm | pre_ln;
-  assign \$615  = is_gelu | is_add;
-  assign \$616  = \$615  | post_gelu;
-  assign \$617  = \$616  | post_add;
+  assign \$563  = | { \$562 , \$560 , \$558 , \$556 , \$554  };
+  assign \$564  = ~ post_bad;
+  assign \$565  = \$564  & unit_known;
+  assign \$566  = post_gelu | post_add;
+  assign \$567  = \$566  | pre_ln;
+  assign \$568  = \$567  | pre_sm;
+  assign \$569  = is_move | is_load;
+  assign \$570  = \$569  | is_store;
+  assign \$571  = \$570  | is_gemm;
+  assign \$572  = ~ \$571 ;
+  assign \$573  = \$568  | \$572 ;
+  assign \$574  = \$565  & \$573 ;
+  assign \$575  = ~ post_bad;
+  assign \$576  = post_gelu | post_add;
+  assign \$577  = \$576  | pre_ln;
+  assign \$578  = \$577  | pre_sm;
+  assign \$579  = ~ \$578 ;
+  assign \$580  = \$575  & \$579 ;
+  assign \$581  = is_move | is_load;
+  assign \$582  = \$581  | is_store;
+  assign \$583  = \$582  | is_gemm;
+  assign \$584  = \$580  & \$583 ;
+  assign \$585  = ~ busy;
+  assign \$586  = \$585  & start;
+  assign \$587  = | images;
+  assign \$588  = \$587  ? images : 16'h0001;
+  assign \$589  = | decode_wait;
+  assign \$590  = ~ \$589 ;
+  assign \$591  = in_decode & \$590 ;
+  assign \$592  = \$591  & d_end_more;
+  assign \$593  = images_left - 1'h1;
+  assign \$594  = offset + \$signal$539 ;
+  assign \$595  = in_stream & op_done;
+  assign \$596  = | fault_q;
+  assign \$597  = ~ \$596 ;
+  assign \$598  = \$595  & \$597 ;
+  assign \$599  = ~ addr_fault;
+  assign \$600  = \$598  & \$599 ;
+  assign \$601  = pc + 7'h40;
+  assign \$602  = ~ fetch_sent;
+  assign \$603  = req__ready & \$602 ;
+  assign \$604  = 1'h1 << dec_c_lb;
+  assign \$605  = ins[509:498] == 1'h1;
+  assign \$606  = | decode_wait;
+  assign \$607  = decode_wait - 1'h1;
+  assign \$608  = decode_wait == 1'h1;
+  assign \$609  = is_softmax | pre_sm;
+  assign \$610  = is_layernorm | pre_ln;
+  assign \$611  = is_gelu | is_add;
+  assign \$612  = \$611  | post_gelu;
+  assign \$613  = \$612  | post_add;
+  assign \$614  = is_gelu | is_add;
+  assign \$615  = \$614  | post_gelu;
+  assign \$616  = \$615  | post_add;
+  assign \$617  = \$616  & add_sel;
   assign \$618  = is_gelu | is_add;
   assign \$619  = \$618  | post_gelu;
   assign \$620  = \$619  | post_add;
-  assign \$621  = \$620  & add_sel;
-  assign \$622  = is_gelu | is_add;
-  assign \$623  = \$622  | post_gelu;
-  assign \$624  = \$623  | post_add;
-  assign \$625  = \$624  & gelu_sel0;
-  assign \$626  = ~ post_gelu;
-  assign \$627  = is_gemm & \$626 ;
-  assign \$628  = ~ post_add;
-  assign \$629  = \$627  & \$628 ;
-  assign \$630  = is_gemm & pre_sm;
-  assign \$631  = is_gemm & pre_ln;
-  assign \$632  = ~ pre_sm;
-  assign \$633  = is_gemm & \$632 ;
-  assign \$634  = ~ pre_ln;
-  assign \$635  = \$633  & \$634 ;
-  assign \$636  = ~ is_load;
-  assign \$637  = ~ is_linear;
+  assign \$621  = \$620  & gelu_sel0;
+  assign \$622  = ~ post_gelu;
+  assign \$623  = is_gemm & \$622 ;
+  assign \$624  = ~ post_add;
+  assign \$625  = \$623  & \$624 ;
+  assign \$626  = is_gemm & pre_sm;
+  assign \$627  = is_gemm & pre_ln;
+  assign \$628  = ~ pre_sm;
+  assign \$629  = is_gemm & \$628 ;
+  assign \$630  = ~ pre_ln;
+  assign \$631  = \$629  & \$630 ;
+  assign \$632  = ~ is_load;
+  assign \$633  = ~ is_linear;
+  assign \$634  = is_gemm & \$633 ;
+  assign \$635  = add_sel | \$634 ;
+  assign \$636  = is_gelu | is_add;
+  assign \$637  = post_gelu | post_add;
   assign \$638  = is_gemm & \$637 ;
-  assign \$639  = add_sel | \$638 ;
-  assign \$640  = is_gelu | is_add;
-  assign \$641  = post_gelu | post_add;
-  assign \$642  = is_gemm & \$641 ;
-  assign \$643  = | c_ask;
-  assign \$644  = \$643  & req__ready;
-  assign \$645  = c_ask - 1'h1;
-  assign \$646  = c_addr + c_step;
-  assign \$647  = ~ c_full;
-  assign \$648  = beat__valid & \$647 ;
-  assign \$649  = ~ beat__payload[512];
+  assign \$639  = | c_ask;
+  assign \$640  = \$639  & req__ready;
+  assign \$641  = c_ask - 1'h1;
+  assign \$642  = c_addr + c_step;
+  assign \$643  = ~ c_full;
+  assign \$644  = beat__valid & \$643 ;
+  assign \$645  = ~ beat__payload[512];
+  assign \$646  = ~ beat__payload[512];
+  assign \$647  = const_to0 & \$646 ;
+  assign \$648  = ~ beat__payload[512];
+  assign \$649  = const_to1 & \$648 ;
   assign \$650  = ~ beat__payload[512];
-  assign \$651  = const_to0 & \$650 ;
+  assign \$651  = const_to2 & \$650 ;
   assign \$652  = ~ beat__payload[512];
-  assign \$653  = const_to1 & \$652 ;
-  assign \$654  = ~ beat__payload[512];
-  assign \$655  = const_to2 & \$654 ;
-  assign \$656  = ~ beat__payload[512];
-  assign \$657  = const_to3 & \$656 ;
-  assign \$658  = c_due - 1'h1;
-  assign \$659  = c_due == 2'h2;
-  assign \$660  = is_gelu | is_add;
-  assign \$661  = \$660  | post_gelu;
-  assign \$662  = \$661  | post_add;
+  assign \$653  = const_to3 & \$652 ;
+  assign \$654  = c_due - 1'h1;
+  assign \$655  = c_due == 2'h2;
+  assign \$656  = is_gelu | is_add;
+  assign \$657  = \$656  | post_gelu;
+  assign \$658  = \$657  | post_add;
+  assign \$659  = is_gelu | is_add;
+  assign \$660  = \$659  | post_gelu;
+  assign \$661  = \$660  | post_add;
+  assign \$662  = \$661  & add_sel;
   assign \$663  = is_gelu | is_add;
   assign \$664  = \$663  | post_gelu;
   assign \$665  = \$664  | post_add;
-  assign \$666  = \$665  & add_sel;
-  assign \$667  = is_gelu | is_add;
-  assign \$668  = \$667  | post_gelu;
-  assign \$669  = \$668  | post_add;
-  assign \$670  = \$669  & gelu_sel0;
-  assign \$671  = ~ post_gelu;
-  assign \$672  = is_gemm & \$671 ;
-  assign \$673  = ~ post_add;
-  assign \$674  = \$672  & \$673 ;
-  assign \$675  = is_gemm & pre_sm;
-  assign \$676  = is_gemm & pre_ln;
-  assign \$677  = ~ pre_sm;
-  assign \$678  = is_gemm & \$677 ;
-  assign \$679  = ~ pre_ln;
-  assign \$680  = \$678  & \$679 ;
-  assign \$681  = ~ is_load;
-  assign \$682  = ~ is_linear;
+  assign \$666  = \$665  & gelu_sel0;
+  assign \$667  = ~ post_gelu;
+  assign \$668  = is_gemm & \$667 ;
+  assign \$669  = ~ post_add;
+  assign \$670  = \$668  & \$669 ;
+  assign \$671  = is_gemm & pre_sm;
+  assign \$672  = is_gemm & pre_ln;
+  assign \$673  = ~ pre_sm;
+  assign \$674  = is_gemm & \$673 ;
+  assign \$675  = ~ pre_ln;
+  assign \$676  = \$674  & \$675 ;
+  assign \$677  = ~ is_load;
+  assign \$678  = ~ is_linear;
+  assign \$679  = is_gemm & \$678 ;
+  assign \$680  = add_sel | \$679 ;
+  assign \$681  = is_gelu | is_add;
+  assign \$682  = post_gelu | post_add;
   assign \$683  = is_gemm & \$682 ;
-  assign \$684  = add_sel | \$683 ;
-  assign \$685  = is_gelu | is_add;
-  assign \$686  = post_gelu | post_add;
-  assign \$687  = is_gemm & \$686 ;
-  assign \$688  = | ins[509:498];
-  assign \$689  = ~ \$688 ;
-  assign \$690  = is_gelu | is_add;
-  assign \$691  = \$690  | post_gelu;
-  assign \$692  = \$691  | post_add;
+  assign \$684  = | ins[509:498];
+  assign \$685  = ~ \$684 ;
+  assign \$686  = is_gelu | is_add;
+  assign \$687  = \$686  | post_gelu;
+  assign \$688  = \$687  | post_add;
+  assign \$689  = is_gelu | is_add;
+  assign \$690  = \$689  | post_gelu;
+  assign \$691  = \$690  | post_add;
+  assign \$692  = \$691  & add_sel;
   assign \$693  = is_gelu | is_add;
   assign \$694  = \$693  | post_gelu;
   assign \$695  = \$694  | post_add;
-  assign \$696  = \$695  & add_sel;
-  assign \$697  = is_gelu | is_add;
-  assign \$698  = \$697  | post_gelu;
-  assign \$699  = \$698  | post_add;
-  assign \$700  = \$699  & gelu_sel0;
-  assign \$701  = ~ post_gelu;
-  assign \$702  = is_gemm & \$701 ;
-  assign \$703  = ~ post_add;
-  assign \$704  = \$702  & \$703 ;
-  assign \$705  = is_gemm & pre_sm;
-  assign \$706  = is_gemm & pre_ln;
-  assign \$707  = ~ pre_sm;
-  assign \$708  = is_gemm & \$707 ;
-  assign \$709  = ~ pre_ln;
-  assign \$710  = \$708  & \$709 ;
-  assign \$711  = ~ is_load;
-  assign \$712  = ~ is_linear;
+  assign \$696  = \$695  & gelu_sel0;
+  assign \$697  = ~ post_gelu;
+  assign \$698  = is_gemm & \$697 ;
+  assign \$699  = ~ post_add;
+  assign \$700  = \$698  & \$699 ;
+  assign \$701  = is_gemm & pre_sm;
+  assign \$702  = is_gemm & pre_ln;
+  assign \$703  = ~ pre_sm;
+  assign \$704  = is_gemm & \$703 ;
+  assign \$705  = ~ pre_ln;
+  assign \$706  = \$704  & \$705 ;
+  assign \$707  = ~ is_load;
+  assign \$708  = ~ is_linear;
+  assign \$709  = is_gemm & \$708 ;
+  assign \$710  = add_sel | \$709 ;
+  assign \$711  = is_gelu | is_add;
+  assign \$712  = post_gelu | post_add;
   assign \$713  = is_gemm & \$712 ;
-  assign \$714  = add_sel | \$713 ;
-  assign \$715  = is_gelu | is_add;
-  assign \$716  = post_gelu | post_add;
-  assign \$717  = is_gemm & \$716 ;
-  assign \$718  = | fault_q;
-  assign \$719  = ~ \$718 ;
-  assign \$720  = op_done & \$719 ;
-  assign \$721  = ~ addr_fault;
+  assign \$714  = | fault_q;
+  assign \$715  = ~ \$714 ;
+  assign \$716  = op_done & \$715 ;
+  assign \$717  = ~ addr_fault;
+  assign \$718  = \$716  & \$717 ;
+  assign \$719  = ~ is_load;
+  assign \$720  = src0_outside & \$719 ;
+  assign \$721  = ~ is_gemm;
   assign \$722  = \$720  & \$721 ;
-  assign \$723  = ~ is_load;
-  assign \$724  = src0_outside & \$723 ;
-  assign \$725  = ~ is_gemm;
-  assign \$726  = \$724  & \$725 ;
-  assign \$727  = src1_outside & is_add;
-  assign \$728  = \$726  | \$727 ;
-  assign \$729  = ~ is_store;
-  assign \$730  = dst_outside & \$729 ;
-  assign \$731  = ~ is_gemm;
-  assign \$732  = \$730  & \$731 ;
-  assign \$733  = \$728  | \$732 ;
-  assign \$734  = | fault_q;
-  assign \$735  = idle & \idle$553 ;
-  assign \$736  = is_softmax | is_layernorm;
+  assign \$723  = src1_outside & is_add;
+  assign \$724  = \$722  | \$723 ;
+  assign \$725  = ~ is_store;
+  assign \$726  = dst_outside & \$725 ;
+  assign \$727  = ~ is_gemm;
+  assign \$728  = \$726  & \$727 ;
+  assign \$729  = \$724  | \$728 ;
+  assign \$730  = | fault_q;
+  assign \$731  = idle & \idle$554 ;
+  assign \$732  = is_softmax | is_layernorm;
+  assign \$733  = ~ ext_req_valid;
+  assign \$734  = \$733  | req__ready;
+  assign \$735  = $signed(addr) << ins[23:22];
+  assign \$736  = $signed({ 1'h0, dec_ext_base }) + $signed(\$735 );
   assign \$737  = ~ ext_req_valid;
-  assign \$738  = \$737  | req__ready;
-  assign \$739  = $signed(addr) << ins[23:22];
+  assign \$738  = \$737  | \req__ready$478 ;
+  assign \$739  = $signed(\addr$115 ) << ins[23:22];
   assign \$740  = $signed({ 1'h0, dec_ext_base }) + $signed(\$739 );
-  assign \$741  = ~ ext_req_valid;
-  assign \$742  = \$741  | \req__ready$476 ;
-  assign \$743  = $signed(\addr$115 ) << ins[23:22];
-  assign \$744  = $signed({ 1'h0, dec_ext_base }) + $signed(\$743 );
-  assign \$745  = \w_en$184  & \w_rdy$260 ;
-  assign \$746  = ~ \w_en$184 ;
-  assign \$747  = \$746  | \w_rdy$260 ;
-  assign \$748  = \$747  & elem_valid;
-  assign \$749  = ~ add_sel;
-  assign \$750  = \r_rdy$262  | \$749 ;
-  assign \$751  = \$748  & \$750 ;
-  assign \$752  = pack_j == 2'h3;
-  assign \$753  = \$752  | elem_final;
-  assign \$754  = pack_j + 1'h1;
-  assign \$755  = \r_rdy$268  & \valid$271 ;
-  assign \$756  = pack_jo == 2'h3;
-  assign \$757  = \$756  | \final ;
-  assign \$758  = pack_jo + 1'h1;
-  assign \$759  = 1'h1 << w_lb;
-  assign \$760  = | dec_tiles;
-  assign \$761  = | dec_k_last;
-  assign \$762  = ~ \$761 ;
-  assign \$763  = | dec_nt_last;
-  assign \$764  = ~ \$763 ;
-  assign \$765  = \$signal$463  & req__ready;
-  assign \$766  = ~ want_w;
-  assign \$767  = \$766  & is_linear;
-  assign \$768  = ~ is_linear;
-  assign \$769  = want_w & \$signal$559 ;
-  assign \$770  = \$768  | \$769 ;
-  assign \$771  = ~ \$770 ;
-  assign \$772  = want_w & \$771 ;
-  assign \$773  = k + 1'h1;
-  assign \$774  = k + 1'h1;
-  assign \$775  = \$774  == dec_k_last;
-  assign \$776  = w_addr + w_step;
-  assign \$777  = ~ is_linear;
-  assign \$778  = want_w & \$signal$559 ;
-  assign \$779  = \$777  | \$778 ;
-  assign \$780  = tiles - 1'h1;
-  assign \$781  = tiles != 1'h1;
-  assign \$782  = | dec_k_last;
-  assign \$783  = ~ \$782 ;
-  assign \$784  = | dec_nt_last;
-  assign \$785  = ~ \$784 ;
-  assign \$786  = nt + 1'h1;
-  assign \$787  = nt + 1'h1;
-  assign \$788  = \$787  == dec_nt_last;
-  assign \$789  = p_addr + 7'h40;
-  assign \$790  = ~ is_linear;
-  assign \$791  = \$790  | rk_zero;
-  assign \$792  = \$791  ? p__ready : \w_rdy$472 ;
-  assign \$793  = beat__valid & \$792 ;
-  assign \$794  = \$793  & is_linear;
-  assign \$795  = rk == ins[87:72];
-  assign \$796  = rk + 1'h1;
-  assign \$797  = \$795  ? 17'h00000 : \$796 ;
-  assign \$798  = rk == ins[87:72];
-  assign \$799  = | dec_k_last;
+  assign \$741  = \w_en$184  & \w_rdy$260 ;
+  assign \$742  = ~ \w_en$184 ;
+  assign \$743  = \$742  | \w_rdy$260 ;
+  assign \$744  = \$743  & elem_valid;
+  assign \$745  = ~ add_sel;
+  assign \$746  = \r_rdy$262  | \$745 ;
+  assign \$747  = \$744  & \$746 ;
+  assign \$748  = pack_j == 2'h3;
+  assign \$749  = \$748  | elem_final;
+  assign \$750  = pack_j + 1'h1;
+  assign \$751  = \r_rdy$268  & \valid$271 ;
+  assign \$752  = pack_jo == 2'h3;
+  assign \$753  = \$752  | \final ;
+  assign \$754  = pack_jo + 1'h1;
+  assign \$755  = 1'h1 << w_lb;
+  assign \$756  = | dec_tiles;
+  assign \$757  = | dec_k_last;
+  assign \$758  = ~ \$757 ;
+  assign \$759  = | dec_nt_last;
+  assign \$760  = ~ \$759 ;
+  assign \$761  = \$signal$465  & req__ready;
+  assign \$762  = ~ want_w;
+  assign \$763  = \$762  & is_linear;
+  assign \$764  = ~ is_linear;
+  assign \$765  = want_w & \$signal$560 ;
+  assign \$766  = \$764  | \$765 ;
+  assign \$767  = ~ \$766 ;
+  assign \$768  = want_w & \$767 ;
+  assign \$769  = k + 1'h1;
+  assign \$770  = k + 1'h1;
+  assign \$771  = \$770  == dec_k_last;
+  assign \$772  = w_addr + w_step;
+  assign \$773  = ~ is_linear;
+  assign \$774  = want_w & \$signal$560 ;
+  assign \$775  = \$773  | \$774 ;
+  assign \$776  = tiles - 1'h1;
+  assign \$777  = tiles != 1'h1;
+  assign \$778  = | dec_k_last;
+  assign \$779  = ~ \$778 ;
+  assign \$780  = | dec_nt_last;
+  assign \$781  = ~ \$780 ;
+  assign \$782  = nt + 1'h1;
+  assign \$783  = nt + 1'h1;
+  assign \$784  = \$783  == dec_nt_last;
+  assign \$785  = p_addr + 7'h40;
+  assign \$786  = ~ is_linear;
+  assign \$787  = \$786  | rk_zero;
+  assign \$788  = \$787  ? p__ready : \w_rdy$474 ;
+  assign \$789  = beat__valid & \$788 ;
+  assign \$790  = \$789  & is_linear;
+  assign \$791  = rk == ins[87:72];
+  assign \$792  = rk + 1'h1;
+  assign \$793  = \$791  ? 17'h00000 : \$792 ;
+  assign \$794  = rk == ins[87:72];
+  assign \$795  = \$signal$299  == \$signal$332 ;
+  assign \$796  = \$signal$563  + 1'h1;
+  assign \$797  = lk > \$796 ;
+  assign \$798  = \$795  & \$797 ;
+  assign \$799  = pre_ln | pre_sm;
   assign \$800  = ~ \$799 ;
-  assign \$801  = | dec_k_last;
-  assign \$802  = ~ \$801 ;
-  assign \$803  = | dec_nt_last;
-  assign \$804  = ~ \$803 ;
-  assign \$805  = | dec_blocks;
+  assign \$801  = \$798  & \$800 ;
+  assign \$802  = ~ in_decode;
+  assign \$803  = \$801  & \$802 ;
+  assign \$804  = | dec_k_last;
+  assign \$805  = ~ \$804 ;
+  assign \$806  = | dec_k_last;
   assign \$807  = ~ \$806 ;
-  assign \$808  = a_in_valid & \$807 ;
-  assign \$809  = pre_ln | pre_sm;
-  assign \$810  = \$808  & \$809 ;
+  assign \$808  = | dec_nt_last;
+  assign \$809  = ~ \$808 ;
+  assign \$810  = | dec_blocks;
   assign \$812  = ~ \$811 ;
   assign \$813  = a_in_valid & \$812 ;
-  assign \$814  = | dec_k_last;
-  assign \$815  = ~ \$814 ;
-  assign \$816  = \$signal$306  == 4'h8;
-  assign \$817  = ~ \$signal$299 ;
-  assign \$818  = \$signal$306  + 1'h1;
-  assign \$819  = lk + 1'h1;
-  assign \$820  = lk + 1'h1;
-  assign \$821  = \$820  == dec_k_last;
-  assign \$822  = \$signal$306  == 4'h8;
-  assign \$823  = lk + 1'h1;
+  assign \$814  = pre_ln | pre_sm;
+  assign \$815  = \$813  & \$814 ;
+  assign \$817  = ~ \$816 ;
+  assign \$818  = a_in_valid & \$817 ;
+  assign \$819  = | dec_k_last;
+  assign \$820  = ~ \$819 ;
+  assign \$821  = \$signal$306  == 4'h8;
+  assign \$822  = ~ \$signal$299 ;
+  assign \$823  = \$signal$306  + 1'h1;
   assign \$824  = lk + 1'h1;
-  assign \$825  = \$824  == dec_k_last;
-  assign \$826  = | dec_k_last;
-  assign \$827  = ~ \$826 ;
-  assign \$828  = ~ \$signal$299 ;
-  assign \$829  = \$signal$306  + 1'h1;
-  assign \$830  = \$signal$332  * 9'h100;
-  assign \$831  = \$830  + \$signal$333 ;
-  assign \$832  = a_issue & a_feed_k_hit;
-  assign \$833  = \$832  & a_feed_nt_hit;
-  assign \$834  = a_read & a_read_free;
-  assign \$835  = | dec_k_last;
-  assign \$836  = ~ \$835 ;
-  assign \$837  = | dec_nt_last;
-  assign \$838  = ~ \$837 ;
-  assign \$839  = ~ \$signal$332 ;
-  assign \$840  = feed_blocks - 1'h1;
-  assign \$841  = feed_blocks != 1'h1;
-  assign \$842  = fnt + 1'h1;
-  assign \$843  = fnt + 1'h1;
-  assign \$844  = \$843  == dec_nt_last;
-  assign \$845  = \$signal$333  + 1'h1;
-  assign \$846  = \$signal$333  + 1'h1;
-  assign \$847  = \$846  == dec_k_last;
-  assign \$849  = ~ \$848 ;
-  assign \$850  = \r_rdy$262  & \$849 ;
-  assign \$851  = ~ is_linear;
-  assign \$852  = \$850  & \$851 ;
-  assign \$853  = w_load_lane == 3'h7;
-  assign \$854  = w_load_k + 1'h1;
-  assign \$855  = w_load_addr + 1'h1;
-  assign \$856  = w_load_k == dec_k_last;
-  assign \$857  = w_load_nt + 1'h1;
-  assign \$858  = w_load_nt == dec_nt_last;
-  assign \$859  = ~ w_load_half;
-  assign \$860  = w_load_lane + 1'h1;
-  assign \$861  = w_feed_half * 9'h100;
-  assign \$862  = \$861  + feed_ntk;
-  assign \$863  = \$862  + \$signal$333 ;
-  assign \$864  = ~ is_linear;
-  assign \$865  = a_issue & \$864 ;
-  assign \$866  = \$865  & a_feed_k_hit;
-  assign \$867  = \$866  & a_feed_nt_hit;
-  assign \$868  = feed_mt == dec_mt_last;
-  assign \$869  = \$867  & \$868 ;
-  assign \$870  = ~ is_linear;
-  assign \$871  = a_issue & \$870 ;
-  assign \$872  = feed_mt == dec_mt_last;
-  assign \$873  = ~ w_feed_half;
-  assign \$874  = feed_mt + 1'h1;
-  assign \$875  = feed_ntk + ins[87:72];
-  assign \$876  = a_read & w_read_free;
-  assign \$877  = post_gelu | post_add;
-  assign \$878  = gemm_active & \$877 ;
-  assign \$879  = post_col == 3'h7;
-  assign \$880  = post_col + 1'h1;
-  assign \$881  = \$879  ? 4'h0 : \$880 ;
-  assign \$882  = ~ \busy$576 ;
-  assign \$883  = in_stream & \$882 ;
-  assign \$884  = ~ ext_req_valid;
-  assign \$885  = \$883  & \$884 ;
-  assign \$886  = \$885  & \idle$553 ;
+  assign \$825  = lk + 1'h1;
+  assign \$826  = \$825  == dec_k_last;
+  assign \$827  = \$signal$306  == 4'h8;
+  assign \$828  = lk + 1'h1;
+  assign \$829  = lk + 1'h1;
+  assign \$830  = \$829  == dec_k_last;
+  assign \$831  = | dec_k_last;
+  assign \$832  = ~ \$831 ;
+  assign \$833  = ~ \$signal$299 ;
+  assign \$834  = \$signal$306  + 1'h1;
+  assign \$835  = \$signal$332  * 9'h100;
+  assign \$836  = \$835  + \$signal$563 ;
+  assign \$837  = a_issue & a_feed_k_hit;
+  assign \$838  = \$837  & a_feed_nt_hit;
+  assign \$839  = a_read & a_read_free;
+  assign \$840  = | dec_k_last;
+  assign \$841  = ~ \$840 ;
+  assign \$842  = | dec_nt_last;
+  assign \$843  = ~ \$842 ;
+  assign \$844  = ~ \$signal$332 ;
+  assign \$845  = feed_blocks - 1'h1;
+  assign \$846  = feed_blocks != 1'h1;
+  assign \$847  = fnt + 1'h1;
+  assign \$848  = fnt + 1'h1;
+  assign \$849  = \$848  == dec_nt_last;
+  assign \$850  = \$signal$563  + 1'h1;
+  assign \$851  = \$signal$563  + 1'h1;
+  assign \$852  = \$851  == dec_k_last;
+  assign \$854  = ~ \$853 ;
+  assign \$855  = \r_rdy$262  & \$854 ;
+  assign \$856  = ~ is_linear;
+  assign \$857  = \$855  & \$856 ;
+  assign \$858  = w_load_lane == 3'h7;
+  assign \$859  = w_load_k + 1'h1;
+  assign \$860  = w_load_addr + 1'h1;
+  assign \$861  = w_load_k == dec_k_last;
+  assign \$862  = w_load_nt + 1'h1;
+  assign \$863  = w_load_nt == dec_nt_last;
+  assign \$864  = ~ w_load_half;
+  assign \$865  = w_load_lane + 1'h1;
+  assign \$866  = w_feed_half * 9'h100;
+  assign \$867  = \$866  + feed_ntk;
+  assign \$868  = \$867  + \$signal$563 ;
+  assign \$869  = ~ is_linear;
+  assign \$870  = a_issue & \$869 ;
+  assign \$871  = \$870  & a_feed_k_hit;
+  assign \$872  = \$871  & a_feed_nt_hit;
+  assign \$873  = feed_mt == dec_mt_last;
+  assign \$874  = \$872  & \$873 ;
+  assign \$875  = ~ is_linear;
+  assign \$876  = a_issue & \$875 ;
+  assign \$877  = feed_mt == dec_mt_last;
+  assign \$878  = ~ w_feed_half;
+  assign \$879  = feed_mt + 1'h1;
+  assign \$880  = feed_ntk + ins[87:72];
+  assign \$881  = a_read & w_read_free;
+  assign \$882  = post_gelu | post_add;
+  assign \$883  = gemm_active & \$882 ;
+  assign \$884  = post_col == 3'h7;
+  assign \$885  = post_col + 1'h1;
+  assign \$886  = \$884  ? 4'h0 : \$885 ;
+  assign \$887  = ~ \busy$578 ;
+  assign \$888  = in_stream & \$887 ;
+  assign \$889  = ~ ext_req_valid;
+  assign \$890  = \$888  & \$889 ;
+  assign \$891  = \$890  & \idle$554 ;
   always @(posedge gemm_d_clk)
-    wr_port__addr <= \$887 ;
+    wr_port__addr <= \$892 ;
   always @(posedge gemm_d_clk)
-    wr_port__data <= \$888 ;
+    wr_port__data <= \$893 ;
   always @(posedge gemm_d_clk)
-    wr_port__en <= \$889 ;
+    wr_port__en <= \$894 ;
   always @(posedge gemm_d_clk)
-    gemm_d_rst <= \$418 ;
+    gemm_d_rst <= \$412 ;
   always @(posedge gemm_d_clk)
-    softmax_d_rst <= \$419 ;
+    softmax_d_rst <= \$413 ;
   always @(posedge gemm_d_clk)
-    layernorm_d_rst <= \$420 ;
+    layernorm_d_rst <= \$414 ;
   always @(posedge gemm_d_clk)
-    add_d_rst <= \$421 ;
+    add_d_rst <= \$415 ;
   always @(posedge gemm_d_clk)
-    gelu0_d_rst <= \$422 ;
+    gelu0_d_rst <= \$416 ;
   always @(posedge gemm_d_clk)
-    load <= \$890 ;
+    load <= \$895 ;
   always @(posedge gemm_d_clk)
-    is_end <= \$891 ;
+    is_end <= \$896 ;
   always @(posedge gemm_d_clk)
-    is_load <= \$892 ;
+    is_load <= \$897 ;
   always @(posedge gemm_d_clk)
-    is_store <= \$893 ;
+    is_store <= \$898 ;
   always @(posedge gemm_d_clk)
-    is_linear <= \$894 ;
+    is_linear <= \$899 ;
   always @(posedge gemm_d_clk)
-    is_matmul <= \$895 ;
+    is_matmul <= \$900 ;
   always @(posedge gemm_d_clk)
-    is_softmax <= \$896 ;
+    is_softmax <= \$901 ;
   always @(posedge gemm_d_clk)
-    is_gelu <= \$897 ;
+    is_gelu <= \$902 ;
   always @(posedge gemm_d_clk)
-    is_layernorm <= \$898 ;
+    is_layernorm <= \$903 ;
   always @(posedge gemm_d_clk)
-    is_add <= \$899 ;
+    is_add <= \$904 ;
   always @(posedge gemm_d_clk)
-    is_im2col <= \$900 ;
+    is_im2col <= \$905 ;
   always @(posedge gemm_d_clk)
-    is_concat <= \$901 ;
+    is_concat <= \$906 ;
   always @(posedge gemm_d_clk)
-    is_split_heads <= \$902 ;
+    is_split_heads <= \$907 ;
   always @(posedge gemm_d_clk)
-    is_merge_heads <= \$903 ;
+    is_merge_heads <= \$908 ;
   always @(posedge gemm_d_clk)
-    is_transpose <= \$904 ;
+    is_transpose <= \$909 ;
   always @(posedge gemm_d_clk)
-    is_select <= \$905 ;
+    is_select <= \$910 ;
   always @(posedge gemm_d_clk)
-    op_onehot <= \$906 ;
+    op_onehot <= \$911 ;
   always @(posedge gemm_d_clk)
-    is_gemm <= \$907 ;
+    is_gemm <= \$912 ;
   always @(posedge gemm_d_clk)
-    post_gelu <= \$908 ;
+    post_gelu <= \$913 ;
   always @(posedge gemm_d_clk)
-    post_add <= \$909 ;
+    post_add <= \$914 ;
   always @(posedge gemm_d_clk)
-    pre_ln <= \$910 ;
+    pre_ln <= \$915 ;
   always @(posedge gemm_d_clk)
-    pre_sm <= \$911 ;
+    pre_sm <= \$916 ;
   always @(posedge gemm_d_clk)
-    src0_inflight <= \$912 ;
+    src0_inflight <= \$917 ;
   always @(posedge gemm_d_clk)
-    src0_held <= \$913 ;
+    src0_held <= \$918 ;
   always @(posedge gemm_d_clk)
-    src0_elem <= \$signature__data$505 ;
+    src0_elem <= \$signature__data$507 ;
   always @(posedge gemm_d_clk)
-    src0_held_meta <= \$914 ;
+    src0_held_meta <= \$919 ;
   always @(posedge gemm_d_clk)
-    src0_meta <= \$915 ;
+    src0_meta <= \$920 ;
   always @(posedge gemm_d_clk)
-    src1_inflight <= \$916 ;
+    src1_inflight <= \$921 ;
   always @(posedge gemm_d_clk)
-    src1_held <= \$917 ;
+    src1_held <= \$922 ;
   always @(posedge gemm_d_clk)
-    src1_elem <= \$signature__data$510 ;
+    src1_elem <= \$signature__data$512 ;
   always @(posedge gemm_d_clk)
-    src1_held_meta <= \$918 ;
+    src1_held_meta <= \$923 ;
   always @(posedge gemm_d_clk)
-    src1_meta <= \$919 ;
+    src1_meta <= \$924 ;
   always @(posedge gemm_d_clk)
-    is_move <= \$920 ;
+    is_move <= \$925 ;
   always @(posedge gemm_d_clk)
-    gelu_sel0 <= \$921 ;
+    gelu_sel0 <= \$926 ;
   always @(posedge gemm_d_clk)
-    add_sel <= \$922 ;
+    add_sel <= \$927 ;
   always @(posedge gemm_d_clk)
-    dec_n1p <= \$484 ;
+    dec_n1p <= \$478 ;
   always @(posedge gemm_d_clk)
-    dec_n2p <= \$485 ;
+    dec_n2p <= \$479 ;
   always @(posedge gemm_d_clk)
-    dec_mt <= \$487 [15:0];
+    dec_mt <= \$481 [15:0];
   always @(posedge gemm_d_clk)
-    dec_nt <= \$488 [15:0];
+    dec_nt <= \$482 [15:0];
   always @(posedge gemm_d_clk)
-    dec_k_last <= \$489 [15:0];
+    dec_k_last <= \$483 [15:0];
   always @(posedge gemm_d_clk)
     dec_c_lb <= c_lb;
   always @(posedge gemm_d_clk)
-    dec_mt_last <= \$490 [15:0];
+    dec_mt_last <= \$484 [15:0];
   always @(posedge gemm_d_clk)
-    dec_nt_last <= \$491 [15:0];
+    dec_nt_last <= \$485 [15:0];
   always @(posedge gemm_d_clk)
-    dec_blocks <= \$492 ;
+    dec_blocks <= \$486 ;
   always @(posedge gemm_d_clk)
-    dec_c_base <= \$497 [31:0];
+    dec_c_base <= \$491 [31:0];
   always @(posedge gemm_d_clk)
-    dec_tiles <= \$498 [31:0];
+    dec_tiles <= \$492 [31:0];
   always @(posedge gemm_d_clk)
-    dec_rows_last <= \$502 [15:0];
+    dec_rows_last <= \$496 [15:0];
   always @(posedge gemm_d_clk)
-    dec_ext_base <= \$506 [31:0];
+    dec_cols_last <= \$498 [15:0];
   always @(posedge gemm_d_clk)
-    addr_fault <= \$923 ;
+    dec_ext_base <= \$502 [31:0];
   always @(posedge gemm_d_clk)
-    dst_outside <= \$924 ;
+    addr_fault <= \$928 ;
   always @(posedge gemm_d_clk)
-    src0_outside <= \$925 ;
+    dst_outside <= \$929 ;
   always @(posedge gemm_d_clk)
-    src1_outside <= \$926 ;
+    src0_outside <= \$930 ;
   always @(posedge gemm_d_clk)
-    ext_req_valid <= \$927 ;
+    src1_outside <= \$931 ;
   always @(posedge gemm_d_clk)
-    cycles <= \$928 ;
+    ext_req_valid <= \$932 ;
   always @(posedge gemm_d_clk)
-    op_cycles__0 <= \$929 ;
+    cycles <= \$933 ;
   always @(posedge gemm_d_clk)
-    op_cycles__1 <= \$930 ;
+    op_cycles__0 <= \$934 ;
   always @(posedge gemm_d_clk)
-    op_cycles__2 <= \$931 ;
+    op_cycles__1 <= \$935 ;
   always @(posedge gemm_d_clk)
-    op_cycles__3 <= \$932 ;
+    op_cycles__2 <= \$936 ;
   always @(posedge gemm_d_clk)
-    op_cycles__4 <= \$933 ;
+    op_cycles__3 <= \$937 ;
   always @(posedge gemm_d_clk)
-    op_cycles__5 <= \$934 ;
+    op_cycles__4 <= \$938 ;
   always @(posedge gemm_d_clk)
-    op_cycles__6 <= \$935 ;
+    op_cycles__5 <= \$939 ;
   always @(posedge gemm_d_clk)
-    op_cycles__7 <= \$936 ;
+    op_cycles__6 <= \$940 ;
   always @(posedge gemm_d_clk)
-    op_cycles__8 <= \$937 ;
+    op_cycles__7 <= \$941 ;
   always @(posedge gemm_d_clk)
-    op_cycles__9 <= \$938 ;
+    op_cycles__8 <= \$942 ;
   always @(posedge gemm_d_clk)
-    op_cycles__10 <= \$939 ;
+    op_cycles__9 <= \$943 ;
   always @(posedge gemm_d_clk)
-    op_cycles__11 <= \$940 ;
+    op_cycles__10 <= \$944 ;
   always @(posedge gemm_d_clk)
-    op_cycles__12 <= \$941 ;
+    op_cycles__11 <= \$945 ;
   always @(posedge gemm_d_clk)
-    op_cycles__13 <= \$942 ;
+    op_cycles__12 <= \$946 ;
   always @(posedge gemm_d_clk)
-    op_cycles__14 <= \$943 ;
+    op_cycles__13 <= \$947 ;
   always @(posedge gemm_d_clk)
-    op_cycles__15 <= \$944 ;
+    op_cycles__14 <= \$948 ;
   always @(posedge gemm_d_clk)
-    d_end_more <= \$945 ;
+    op_cycles__15 <= \$949 ;
   always @(posedge gemm_d_clk)
-    d_end <= \$946 ;
+    d_end_more <= \$950 ;
   always @(posedge gemm_d_clk)
-    d_count_zero <= \$947 ;
+    d_end <= \$951 ;
   always @(posedge gemm_d_clk)
-    d_const <= \$948 ;
+    d_count_zero <= \$952 ;
   always @(posedge gemm_d_clk)
-    d_stream <= \$949 ;
+    d_const <= \$953 ;
   always @(posedge gemm_d_clk)
-    pc <= \$950 ;
+    d_stream <= \$954 ;
   always @(posedge gemm_d_clk)
-    busy <= \$951 ;
+    pc <= \$955 ;
   always @(posedge gemm_d_clk)
-    done <= \$952 ;
+    busy <= \$956 ;
   always @(posedge gemm_d_clk)
-    error <= \$953 ;
+    done <= \$957 ;
   always @(posedge gemm_d_clk)
-    fetch_sent <= \$954 ;
+    error <= \$958 ;
   always @(posedge gemm_d_clk)
-    \$signal$537  <= \$955 ;
+    fetch_sent <= \$959 ;
   always @(posedge gemm_d_clk)
-    \$signal$538  <= \$956 ;
+    \$signal$538  <= \$960 ;
   always @(posedge gemm_d_clk)
-    images_left <= \$957 ;
+    \$signal$539  <= \$961 ;
   always @(posedge gemm_d_clk)
-    offset <= \$958 ;
+    images_left <= \$962 ;
   always @(posedge gemm_d_clk)
-    seq_state <= \$959 ;
+    offset <= \$963 ;
   always @(posedge gemm_d_clk)
-    in_stream <= \$960 ;
+    seq_state <= \$964 ;
   always @(posedge gemm_d_clk)
-    in_decode <= \$961 ;
+    in_stream <= \$965 ;
   always @(posedge gemm_d_clk)
-    in_op <= \$962 ;
+    in_decode <= \$966 ;
   always @(posedge gemm_d_clk)
-    unit_rst <= \$963 ;
+    in_op <= \$967 ;
   always @(posedge gemm_d_clk)
-    gemm_active <= \$964 ;
+    unit_rst <= \$968 ;
   always @(posedge gemm_d_clk)
-    pack_active <= \$965 ;
+    gemm_active <= \$969 ;
   always @(posedge gemm_d_clk)
-    sink_from_move <= \$966 ;
+    pack_active <= \$970 ;
   always @(posedge gemm_d_clk)
-    sink_from_load <= \$967 ;
+    sink_from_move <= \$971 ;
   always @(posedge gemm_d_clk)
-    sink_from_store <= \$968 ;
+    sink_from_load <= \$972 ;
   always @(posedge gemm_d_clk)
-    sink_from_softmax <= \$969 ;
+    sink_from_store <= \$973 ;
   always @(posedge gemm_d_clk)
-    sink_from_layernorm <= \$970 ;
+    sink_from_softmax <= \$974 ;
   always @(posedge gemm_d_clk)
-    sink_from_add <= \$971 ;
+    sink_from_layernorm <= \$975 ;
   always @(posedge gemm_d_clk)
-    sink_from_gelu0 <= \$972 ;
+    sink_from_add <= \$976 ;
   always @(posedge gemm_d_clk)
-    sink_from_gemm <= \$973 ;
+    sink_from_gelu0 <= \$977 ;
   always @(posedge gemm_d_clk)
-    a_from_softmax <= \$974 ;
+    sink_from_gemm <= \$978 ;
   always @(posedge gemm_d_clk)
-    a_from_layernorm <= \$975 ;
+    a_from_softmax <= \$979 ;
   always @(posedge gemm_d_clk)
-    a_from_src0 <= \$976 ;
+    a_from_layernorm <= \$980 ;
   always @(posedge gemm_d_clk)
-    const_to0 <= \$977 ;
+    a_from_src0 <= \$981 ;
   always @(posedge gemm_d_clk)
-    const_to1 <= \$978 ;
+    const_to0 <= \$982 ;
   always @(posedge gemm_d_clk)
-    const_to2 <= \$979 ;
+    const_to1 <= \$983 ;
   always @(posedge gemm_d_clk)
-    const_to3 <= \$980 ;
+    const_to2 <= \$984 ;
   always @(posedge gemm_d_clk)
-    in_fetch <= \$981 ;
+    const_to3 <= \$985 ;
   always @(posedge gemm_d_clk)
-    in_const <= \$982 ;
+    in_fetch <= \$986 ;
   always @(posedge gemm_d_clk)
-    run0 <= \$983 ;
+    in_const <= \$987 ;
   always @(posedge gemm_d_clk)
-    run1 <= \$984 ;
+    run0 <= \$988 ;
   always @(posedge gemm_d_clk)
-    q0_to_pack <= \$985 ;
+    run1 <= \$989 ;
   always @(posedge gemm_d_clk)
-    res_to_pack <= \$986 ;
+    q0_to_pack <= \$990 ;
   always @(posedge gemm_d_clk)
-    ins <= \$987 ;
+    res_to_pack <= \$991 ;
   always @(posedge gemm_d_clk)
-    decode_wait <= \$988 ;
+    ins <= \$992 ;
   always @(posedge gemm_d_clk)
-    c_addr <= \$989 ;
+    decode_wait <= \$993 ;
   always @(posedge gemm_d_clk)
-    c_step <= \$990 ;
+    c_addr <= \$994 ;
   always @(posedge gemm_d_clk)
-    c_ask <= \$991 ;
+    c_step <= \$995 ;
   always @(posedge gemm_d_clk)
-    c_due <= \$992 ;
+    c_ask <= \$996 ;
   always @(posedge gemm_d_clk)
-    c_last <= \$993 ;
+    c_due <= \$997 ;
   always @(posedge gemm_d_clk)
-    c_data <= \$994 ;
+    c_last <= \$998 ;
   always @(posedge gemm_d_clk)
-    c_full <= \$995 ;
+    c_data <= \$999 ;
   always @(posedge gemm_d_clk)
-    c_valid0 <= \$996 ;
+    c_full <= \$1000 ;
   always @(posedge gemm_d_clk)
-    c_valid1 <= \$997 ;
+    c_valid0 <= \$1001 ;
   always @(posedge gemm_d_clk)
-    c_valid2 <= \$998 ;
+    c_valid1 <= \$1002 ;
   always @(posedge gemm_d_clk)
-    c_valid3 <= \$999 ;
+    c_valid2 <= \$1003 ;
   always @(posedge gemm_d_clk)
-    ext_req_addr <= \$1000 ;
+    c_valid3 <= \$1004 ;
   always @(posedge gemm_d_clk)
-    ext_req_data <= \$1001 ;
+    ext_req_addr <= \$1005 ;
   always @(posedge gemm_d_clk)
-    \w_en$184  <= \$1002 ;
+    ext_req_data <= \$1006 ;
   always @(posedge gemm_d_clk)
-    pack_a0 <= \$1003 ;
+    \w_en$184  <= \$1007 ;
   always @(posedge gemm_d_clk)
-    pack_a1 <= \$1004 ;
+    pack_a0 <= \$1008 ;
   always @(posedge gemm_d_clk)
-    pack_a2 <= \$1005 ;
+    pack_a1 <= \$1009 ;
   always @(posedge gemm_d_clk)
-    pack_a3 <= \$1006 ;
+    pack_a2 <= \$1010 ;
   always @(posedge gemm_d_clk)
-    pack_b0 <= \$1007 ;
+    pack_a3 <= \$1011 ;
   always @(posedge gemm_d_clk)
-    pack_b1 <= \$1008 ;
+    pack_b0 <= \$1012 ;
   always @(posedge gemm_d_clk)
-    pack_b2 <= \$1009 ;
+    pack_b1 <= \$1013 ;
   always @(posedge gemm_d_clk)
-    pack_b3 <= \$1010 ;
+    pack_b2 <= \$1014 ;
   always @(posedge gemm_d_clk)
-    pack_j <= \$1011 ;
+    pack_b3 <= \$1015 ;
   always @(posedge gemm_d_clk)
-    pack_jo <= \$1012 ;
+    pack_j <= \$1016 ;
   always @(posedge gemm_d_clk)
-    tiles <= \$1013 ;
+    pack_jo <= \$1017 ;
   always @(posedge gemm_d_clk)
-    nt <= \$1014 ;
+    tiles <= \$1018 ;
   always @(posedge gemm_d_clk)
-    k <= \$1015 ;
+    nt <= \$1019 ;
   always @(posedge gemm_d_clk)
-    w_addr <= \$1016 ;
+    k <= \$1020 ;
   always @(posedge gemm_d_clk)
-    p_addr <= \$1017 ;
+    w_addr <= \$1021 ;
   always @(posedge gemm_d_clk)
-    want_w <= \$1018 ;
+    p_addr <= \$1022 ;
   always @(posedge gemm_d_clk)
-    w_step <= \$1019 ;
+    want_w <= \$1023 ;
   always @(posedge gemm_d_clk)
-    \$signal$463  <= \$1020 ;
+    w_step <= \$1024 ;
   always @(posedge gemm_d_clk)
-    \$signal$559  <= \$1021 ;
+    \$signal$465  <= \$1025 ;
   always @(posedge gemm_d_clk)
-    nt_hit <= \$1022 ;
+    \$signal$560  <= \$1026 ;
   always @(posedge gemm_d_clk)
-    rk <= \$1023 ;
+    nt_hit <= \$1027 ;
   always @(posedge gemm_d_clk)
-    rk_zero <= \$1024 ;
+    rk <= \$1028 ;
   always @(posedge gemm_d_clk)
-    a_filled0 <= \$1025 ;
+    rk_zero <= \$1029 ;
   always @(posedge gemm_d_clk)
-    a_filled1 <= \$1026 ;
+    a_loader_ahead <= \$1030 ;
   always @(posedge gemm_d_clk)
-    \$signal$299  <= \$1027 ;
+    a_filled0 <= \$1031 ;
   always @(posedge gemm_d_clk)
-    \$signal$306  <= \$1028 ;
+    a_filled1 <= \$1032 ;
   always @(posedge gemm_d_clk)
-    lk <= \$1029 ;
+    \$signal$299  <= \$1033 ;
   always @(posedge gemm_d_clk)
-    \$signal$332  <= \$1030 ;
+    \$signal$306  <= \$1034 ;
   always @(posedge gemm_d_clk)
-    \$signal$333  <= \$1031 ;
+    lk <= \$1035 ;
   always @(posedge gemm_d_clk)
-    fnt <= \$1032 ;
+    \$signal$332  <= \$1036 ;
   always @(posedge gemm_d_clk)
-    feed_blocks <= \$1033 ;
+    \$signal$563  <= \$1037 ;
   always @(posedge gemm_d_clk)
-    a_load_k_hit <= \$1034 ;
+    fnt <= \$1038 ;
   always @(posedge gemm_d_clk)
-    a_feed_k_hit <= \$1035 ;
+    feed_blocks <= \$1039 ;
   always @(posedge gemm_d_clk)
-    a_feed_nt_hit <= \$1036 ;
+    a_load_k_hit <= \$1040 ;
   always @(posedge gemm_d_clk)
-    a_blocks_left <= \$1037 ;
+    a_feed_k_hit <= \$1041 ;
   always @(posedge gemm_d_clk)
-    a_read_last <= \$1038 ;
+    a_feed_nt_hit <= \$1042 ;
   always @(posedge gemm_d_clk)
-    a_read_addr <= \$1039 ;
+    a_blocks_left <= \$1043 ;
   always @(posedge gemm_d_clk)
-    a_read_half <= \$1040 ;
+    a_read_last <= \$1044 ;
   always @(posedge gemm_d_clk)
-    a_read_free <= \$1041 ;
+    a_read_addr <= \$1045 ;
   always @(posedge gemm_d_clk)
-    w_load_lane <= \$1042 ;
+    a_read_half <= \$1046 ;
   always @(posedge gemm_d_clk)
-    w_load_k <= \$1043 ;
+    a_read_free <= \$1047 ;
   always @(posedge gemm_d_clk)
-    w_load_addr <= \$1044 ;
+    w_load_lane <= \$1048 ;
   always @(posedge gemm_d_clk)
-    w_load_nt <= \$1045 ;
+    w_load_k <= \$1049 ;
   always @(posedge gemm_d_clk)
-    w_filled0 <= \$1046 ;
+    w_load_addr <= \$1050 ;
   always @(posedge gemm_d_clk)
-    w_filled1 <= \$1047 ;
+    w_load_nt <= \$1051 ;
   always @(posedge gemm_d_clk)
-    w_load_half <= \$1048 ;
+    w_filled0 <= \$1052 ;
   always @(posedge gemm_d_clk)
-    w_read_addr <= \$1049 ;
+    w_filled1 <= \$1053 ;
   always @(posedge gemm_d_clk)
-    w_read_half <= \$1050 ;
+    w_load_half <= \$1054 ;
   always @(posedge gemm_d_clk)
-    w_read_free <= \$1051 ;
+    w_read_addr <= \$1055 ;
   always @(posedge gemm_d_clk)
-    feed_ntk <= \$1052 ;
+    w_read_half <= \$1056 ;
   always @(posedge gemm_d_clk)
-    feed_mt <= \$1053 ;
+    w_read_free <= \$1057 ;
   always @(posedge gemm_d_clk)
-    w_feed_half <= \$1054 ;
+    feed_ntk <= \$1058 ;
   always @(posedge gemm_d_clk)
-    post_col <= \$1055 ;
+    feed_mt <= \$1059 ;
   always @(posedge gemm_d_clk)
-    op_done <= \$1056 ;
+    w_feed_half <= \$1060 ;
   always @(posedge gemm_d_clk)
-    fault_q <= \$1057 ;
+    post_col <= \$1061 ;
+  always @(posedge gemm_d_clk)
+    op_done <= \$1062 ;
+  always @(posedge gemm_d_clk)
+    fault_q <= \$1063 ;
   \accelerator.core.add  add (
     .a__payload(a__payload),
     .a__ready(a__ready),
@@ -29704,13 +29720,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     .a_read_last(a_read_last),
     .clk(gemm_d_clk),
     .feed_beat(feed_beat),
+    .feed_data(feed_data),
     .feed_got_last(feed_got_last),
     .feed_queue_room(feed_queue_room),
     .feed_ready(feed_ready),
     .feed_valid(feed_valid),
     .rst(rst),
-    .unit_rst(unit_rst),
-    .w_data(feed_data)
+    .unit_rst(unit_rst)
   );
   \accelerator.core.gelu0  gelu0 (
     .c__payload(c_data[52:0]),
@@ -29743,7 +29759,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   );
   \accelerator.core.gemm_out_slice  gemm_out_slice (
     .clk(gemm_d_clk),
-    .r_data(\r_data$455 ),
+    .r_data(\r_data$457 ),
     .r_en(\r_en$443 ),
     .r_rdy(gemm_res_valid),
     .rst(rst),
@@ -29755,7 +29771,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   \accelerator.core.gen_dst  gen_dst (
     .addr(\addr$115 ),
     .base(ins[123:104]),
-    .busy(\busy$576 ),
+    .busy(\busy$578 ),
     .clk(gemm_d_clk),
     .\final (\final ),
     .index__1(index__1),
@@ -29782,9 +29798,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     .addr(addr),
     .base(ins[233:214]),
     .clk(gemm_d_clk),
-    .\final (\final$508 ),
+    .\final (\final$510 ),
     .last__3(last__3),
-    .last__4(\last__4$507 ),
+    .last__4(\last__4$509 ),
     .load(load),
     .n__0(\n__0$58 ),
     .n__1(\n__1$60 ),
@@ -29804,9 +29820,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     .addr(\addr$107 ),
     .base(ins[343:324]),
     .clk(gemm_d_clk),
-    .\final (\final$513 ),
-    .last__3(\last__3$514 ),
-    .last__4(\last__4$512 ),
+    .\final (\final$515 ),
+    .last__3(\last__3$516 ),
+    .last__4(\last__4$514 ),
     .load(load),
     .n__0(\n__0$70 ),
     .n__1(\n__1$72 ),
@@ -29826,8 +29842,8 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     .buf_wdata(\r_data$239 [15:0]),
     .c__payload(c_data),
     .c__valid(c_valid1),
-    .i__ready(\i__ready$486 ),
-    .i__valid(\i__valid$482 ),
+    .i__ready(\i__ready$488 ),
+    .i__valid(\i__valid$484 ),
     .idle_r(\c__ready$136 ),
     .layernorm_d_clk(gemm_d_clk),
     .layernorm_d_rst(layernorm_d_rst),
@@ -29838,7 +29854,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   \accelerator.core.norm_out_slice  norm_out_slice (
     .clk(gemm_d_clk),
     .r_data(\r_data$250 ),
-    .r_en(\r_en$483 ),
+    .r_en(\r_en$485 ),
     .r_rdy(\r_rdy$249 ),
     .rst(rst),
     .unit_rst(unit_rst),
@@ -29848,14 +29864,14 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   );
   \accelerator.core.pack_slice  pack_slice (
     .clk(gemm_d_clk),
-    .\port$9132$0 (pack_a0),
-    .\port$9134$0 (pack_a1),
-    .\port$9136$0 (pack_a2),
-    .\port$9138$0 (pack_a3),
-    .\port$9140$0 (pack_b0),
-    .\port$9142$0 (pack_b1),
-    .\port$9144$0 (pack_b2),
-    .\port$9146$0 (pack_b3),
+    .\port$9142$0 (pack_a0),
+    .\port$9144$0 (pack_a1),
+    .\port$9146$0 (pack_a2),
+    .\port$9148$0 (pack_a3),
+    .\port$9150$0 (pack_b0),
+    .\port$9152$0 (pack_b1),
+    .\port$9154$0 (pack_b2),
+    .\port$9156$0 (pack_b3),
     .r_data(r_data),
     .r_en(r_en),
     .r_rdy(\r_rdy$265 ),
@@ -29867,10 +29883,10 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   \accelerator.core.q_src0  q_src0 (
     .clk(gemm_d_clk),
     .level(level),
-    .\port$8938$0 (src0_elem),
-    .\port$8940$0 (src0_held_meta),
+    .\port$8947$0 (src0_elem),
+    .\port$8949$0 (src0_held_meta),
     .r_data(\r_data$239 ),
-    .r_en(\r_en$484 ),
+    .r_en(\r_en$486 ),
     .r_rdy(r_rdy),
     .rst(rst),
     .unit_rst(unit_rst),
@@ -29879,8 +29895,8 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   \accelerator.core.q_src1  q_src1 (
     .clk(gemm_d_clk),
     .level(\level$103 ),
-    .\port$8947$0 (src1_elem),
-    .\port$8949$0 (src1_held_meta),
+    .\port$8956$0 (src1_elem),
+    .\port$8958$0 (src1_held_meta),
     .r_data(\r_data$360 ),
     .r_en(\r_en$263 ),
     .r_rdy(\r_rdy$262 ),
@@ -29902,15 +29918,15 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     .\r_en$23 (beat__ready),
     .req__ready(req__ready),
     .rst(rst),
-    .w_data(\req__payload$464 ),
-    .w_en(\req__valid$456 )
+    .w_data(\req__payload$466 ),
+    .w_en(\req__valid$458 )
   );
   \accelerator.core.softmax  softmax (
     .c__payload(c_data[4:0]),
     .c__valid(c_valid0),
-    .i__payload(\i__payload$479 ),
-    .i__ready(\i__ready$485 ),
-    .i__valid(\i__valid$481 ),
+    .i__payload(\i__payload$481 ),
+    .i__ready(\i__ready$487 ),
+    .i__valid(\i__valid$483 ),
     .idle(c__ready),
     .o__ready(\o__ready$230 ),
     .oq_data(\o__payload$219 ),
@@ -29932,21 +29948,21 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   \accelerator.core.w_beat_slice  w_beat_slice (
     .clk(gemm_d_clk),
     .in_decode(in_decode),
-    .\port$8768$0 (w_beat0),
-    .\port$8769$0 (w_beat1),
-    .\port$8770$0 (w_beat2),
-    .\port$8771$0 (w_beat3),
-    .\port$8772$0 (w_beat4),
-    .\port$8773$0 (w_beat5),
-    .\port$8774$0 (w_beat6),
-    .\port$8775$0 (w_beat7),
+    .\port$8777$0 (w_beat0),
+    .\port$8778$0 (w_beat1),
+    .\port$8779$0 (w_beat2),
+    .\port$8780$0 (w_beat3),
+    .\port$8781$0 (w_beat4),
+    .\port$8782$0 (w_beat5),
+    .\port$8783$0 (w_beat6),
+    .\port$8784$0 (w_beat7),
     .r_data(\r_data$435 ),
     .r_en(\r_en$432 ),
     .r_rdy(\r_rdy$429 ),
     .rst(rst),
     .unit_rst(unit_rst),
     .w_en(\w_en$287 ),
-    .w_rdy(\w_rdy$472 )
+    .w_rdy(\w_rdy$474 )
   );
   \accelerator.core.writer  writer (
     .aw__payload(aw__payload),
@@ -29957,8 +29973,8 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     .clear(clear),
     .clk(gemm_d_clk),
     .err(err),
-    .idle(\idle$553 ),
-    .req__ready(\req__ready$476 ),
+    .idle(\idle$554 ),
+    .req__ready(\req__ready$478 ),
     .rst(rst),
     .w_data(req__payload),
     .w_en(req__valid)
@@ -30092,6 +30108,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_feed_half)
       1'h0:
+          \$229  = w_filled0;
+      1'h1:
+          \$229  = w_filled1;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    (* full_case = 32'd1 *)
+    casez (w_load_half)
+      1'h0:
           \$235  = w_filled0;
       1'h1:
           \$235  = w_filled1;
@@ -30102,9 +30128,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_load_half)
       1'h0:
-          \$241  = w_filled0;
+          \$242  = w_filled0;
       1'h1:
-          \$241  = w_filled1;
+          \$242  = w_filled1;
     endcase
   end
   always @* begin
@@ -30112,9 +30138,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_load_half)
       1'h0:
-          \$248  = w_filled0;
+          \$252  = w_filled0;
       1'h1:
-          \$248  = w_filled1;
+          \$252  = w_filled1;
     endcase
   end
   always @* begin
@@ -30122,9 +30148,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_load_half)
       1'h0:
-          \$258  = w_filled0;
+          \$261  = w_filled0;
       1'h1:
-          \$258  = w_filled1;
+          \$261  = w_filled1;
     endcase
   end
   always @* begin
@@ -30132,9 +30158,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_load_half)
       1'h0:
-          \$267  = w_filled0;
+          \$270  = w_filled0;
       1'h1:
-          \$267  = w_filled1;
+          \$270  = w_filled1;
     endcase
   end
   always @* begin
@@ -30142,9 +30168,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_load_half)
       1'h0:
-          \$276  = w_filled0;
+          \$279  = w_filled0;
       1'h1:
-          \$276  = w_filled1;
+          \$279  = w_filled1;
     endcase
   end
   always @* begin
@@ -30152,9 +30178,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_load_half)
       1'h0:
-          \$285  = w_filled0;
+          \$288  = w_filled0;
       1'h1:
-          \$285  = w_filled1;
+          \$288  = w_filled1;
     endcase
   end
   always @* begin
@@ -30162,9 +30188,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_load_half)
       1'h0:
-          \$294  = w_filled0;
+          \$297  = w_filled0;
       1'h1:
-          \$294  = w_filled1;
+          \$297  = w_filled1;
     endcase
   end
   always @* begin
@@ -30172,41 +30198,31 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_load_half)
       1'h0:
-          \$303  = w_filled0;
+          \$306  = w_filled0;
       1'h1:
-          \$303  = w_filled1;
+          \$306  = w_filled1;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    (* full_case = 32'd1 *)
-    casez (w_load_half)
-      1'h0:
-          \$312  = w_filled0;
-      1'h1:
-          \$312  = w_filled1;
-    endcase
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$344  = 32'd0;
+    \$338  = 32'd0;
     casez (index__4)
       16'h0000:
-          \$344  = \r_data$455 [31:0];
+          \$338  = \r_data$457 [31:0];
       16'h0001:
-          \$344  = \r_data$455 [63:32];
+          \$338  = \r_data$457 [63:32];
       16'h0002:
-          \$344  = \r_data$455 [95:64];
+          \$338  = \r_data$457 [95:64];
       16'h0003:
-          \$344  = \r_data$455 [127:96];
+          \$338  = \r_data$457 [127:96];
       16'h0004:
-          \$344  = \r_data$455 [159:128];
+          \$338  = \r_data$457 [159:128];
       16'h0005:
-          \$344  = \r_data$455 [191:160];
+          \$338  = \r_data$457 [191:160];
       16'h0006:
-          \$344  = \r_data$455 [223:192];
+          \$338  = \r_data$457 [223:192];
       16'h0007:
-          \$344  = \r_data$455 [255:224];
+          \$338  = \r_data$457 [255:224];
     endcase
   end
   always @* begin
@@ -30214,31 +30230,21 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (post_col)
       3'h0:
-          \$347  = \r_data$455 [31:0];
+          \$341  = \r_data$457 [31:0];
       3'h1:
-          \$347  = \r_data$455 [63:32];
+          \$341  = \r_data$457 [63:32];
       3'h2:
-          \$347  = \r_data$455 [95:64];
+          \$341  = \r_data$457 [95:64];
       3'h3:
-          \$347  = \r_data$455 [127:96];
+          \$341  = \r_data$457 [127:96];
       3'h4:
-          \$347  = \r_data$455 [159:128];
+          \$341  = \r_data$457 [159:128];
       3'h5:
-          \$347  = \r_data$455 [191:160];
+          \$341  = \r_data$457 [191:160];
       3'h6:
-          \$347  = \r_data$455 [223:192];
+          \$341  = \r_data$457 [223:192];
       3'h7:
-          \$347  = \r_data$455 [255:224];
-    endcase
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    (* full_case = 32'd1 *)
-    casez (\$signal$299 )
-      1'h0:
-          \$806  = a_filled0;
-      1'h1:
-          \$806  = a_filled1;
+          \$341  = \r_data$457 [255:224];
     endcase
   end
   always @* begin
@@ -30254,11 +30260,21 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     (* full_case = 32'd1 *)
+    casez (\$signal$299 )
+      1'h0:
+          \$816  = a_filled0;
+      1'h1:
+          \$816  = a_filled1;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    (* full_case = 32'd1 *)
     casez (w_load_half)
       1'h0:
-          \$848  = w_filled0;
+          \$853  = w_filled0;
       1'h1:
-          \$848  = w_filled1;
+          \$853  = w_filled1;
     endcase
   end
   always @* begin
@@ -30484,8 +30500,8 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     wr_data = sink_data;
-    if (\$343 ) begin
-      wr_data = \$344 [15:0];
+    if (\$337 ) begin
+      wr_data = \$338 [15:0];
     end
   end
   always @* begin
@@ -30561,7 +30577,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       end
     end
-    if (\$416 ) begin
+    if (\$410 ) begin
       fault = 4'h5;
     end
   end
@@ -30603,8 +30619,8 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         elem_data = \r_data$239 [15:0];
       end
     end
-    if (\$346 ) begin
-      elem_data = \$347 [15:0];
+    if (\$340 ) begin
+      elem_data = \$341 [15:0];
     end
   end
   always @* begin
@@ -30650,8 +30666,8 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       \r_en$263  = \$118 ;
     end
     if (gemm_active) begin
-      if (\$240 ) begin
-        \r_en$263  = \$245 ;
+      if (\$234 ) begin
+        \r_en$263  = \$239 ;
       end
     end
   end
@@ -31101,7 +31117,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     a_issue = 1'h0;
     if (gemm_active) begin
-      a_issue = \$239 ;
+      a_issue = \$233 ;
     end
   end
   always @* begin
@@ -31256,7 +31272,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     \$signature__addr$362  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$362  = \$247 [8:0];
+      \$signature__addr$362  = \$241 [8:0];
     end
   end
   always @* begin
@@ -31270,14 +31286,14 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     \$signature__en$365  = 1'h0;
     if (gemm_active) begin
-      \$signature__en$365  = \$255 ;
+      \$signature__en$365  = \$249 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     \$signature__addr$367  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$367  = \$257 [8:0];
+      \$signature__addr$367  = \$251 [8:0];
     end
   end
   always @* begin
@@ -31291,14 +31307,14 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     \$signature__en$369  = 1'h0;
     if (gemm_active) begin
-      \$signature__en$369  = \$264 ;
+      \$signature__en$369  = \$258 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     \$signature__addr$370  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$370  = \$266 [8:0];
+      \$signature__addr$370  = \$260 [8:0];
     end
   end
   always @* begin
@@ -31312,14 +31328,14 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     \$signature__en$372  = 1'h0;
     if (gemm_active) begin
-      \$signature__en$372  = \$273 ;
+      \$signature__en$372  = \$267 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     \$signature__addr$373  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$373  = \$275 [8:0];
+      \$signature__addr$373  = \$269 [8:0];
     end
   end
   always @* begin
@@ -31333,14 +31349,14 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     \$signature__en$375  = 1'h0;
     if (gemm_active) begin
-      \$signature__en$375  = \$282 ;
+      \$signature__en$375  = \$276 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     \$signature__addr$376  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$376  = \$284 [8:0];
+      \$signature__addr$376  = \$278 [8:0];
     end
   end
   always @* begin
@@ -31354,14 +31370,14 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     \$signature__en$378  = 1'h0;
     if (gemm_active) begin
-      \$signature__en$378  = \$291 ;
+      \$signature__en$378  = \$285 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     \$signature__addr$379  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$379  = \$293 [8:0];
+      \$signature__addr$379  = \$287 [8:0];
     end
   end
   always @* begin
@@ -31375,14 +31391,14 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     \$signature__en$381  = 1'h0;
     if (gemm_active) begin
-      \$signature__en$381  = \$300 ;
+      \$signature__en$381  = \$294 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     \$signature__addr$382  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$382  = \$302 [8:0];
+      \$signature__addr$382  = \$296 [8:0];
     end
   end
   always @* begin
@@ -31396,14 +31412,14 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     \$signature__en$384  = 1'h0;
     if (gemm_active) begin
-      \$signature__en$384  = \$309 ;
+      \$signature__en$384  = \$303 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     \$signature__addr$385  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$385  = \$311 [8:0];
+      \$signature__addr$385  = \$305 [8:0];
     end
   end
   always @* begin
@@ -31417,7 +31433,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     \$signature__en$387  = 1'h0;
     if (gemm_active) begin
-      \$signature__en$387  = \$318 ;
+      \$signature__en$387  = \$312 ;
     end
   end
   always @* begin
@@ -31566,7 +31582,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     w__valid = 1'h0;
     if (gemm_active) begin
-      w__valid = \$319 ;
+      w__valid = \$313 ;
     end
   end
   always @* begin
@@ -31580,811 +31596,653 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     \r_en$432  = 1'h0;
     if (gemm_active) begin
-      \r_en$432  = \$320 ;
+      \r_en$432  = \$314 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     w__payload = 64'h0000000000000000;
     if (gemm_active) begin
-      w__payload[7:0] = \$321 ;
-      w__payload[15:8] = \$322 ;
-      w__payload[23:16] = \$323 ;
-      w__payload[31:24] = \$324 ;
-      w__payload[39:32] = \$325 ;
-      w__payload[47:40] = \$326 ;
-      w__payload[55:48] = \$327 ;
-      w__payload[63:56] = \$328 ;
+      w__payload[7:0] = \$315 ;
+      w__payload[15:8] = \$316 ;
+      w__payload[23:16] = \$317 ;
+      w__payload[31:24] = \$318 ;
+      w__payload[39:32] = \$319 ;
+      w__payload[47:40] = \$320 ;
+      w__payload[55:48] = \$321 ;
+      w__payload[63:56] = \$322 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     dst_keep = 1'h1;
     if (gemm_active) begin
-      dst_keep = \$340 ;
+      dst_keep = \$334 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$887  = \addr$115 [13:0];
+    \$892  = \addr$115 [13:0];
     if (rst) begin
-      \$887  = 14'h0000;
+      \$892  = 14'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$888  = wr_data;
+    \$893  = wr_data;
     if (rst) begin
-      \$888  = 16'h0000;
+      \$893  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$889  = wr_en;
-    if (rst) begin
-      \$889  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$890  = 1'h0;
-    casez (seq_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
-      3'h2:
-          if (\$610 ) begin
-            \$890  = \$612 ;
-          end
-    endcase
-    if (rst) begin
-      \$890  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$891  = \$423 ;
-    if (rst) begin
-      \$891  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$892  = \$424 ;
-    if (rst) begin
-      \$892  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$893  = \$425 ;
-    if (rst) begin
-      \$893  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$894  = \$426 ;
+    \$894  = wr_en;
     if (rst) begin
       \$894  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$895  = \$427 ;
+    \$895  = 1'h0;
+    casez (seq_state)
+      3'h0:
+          /* empty */;
+      3'h1:
+          /* empty */;
+      3'h2:
+          if (\$606 ) begin
+            \$895  = \$608 ;
+          end
+    endcase
     if (rst) begin
       \$895  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$896  = \$428 ;
+    \$896  = \$417 ;
     if (rst) begin
       \$896  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$897  = \$429 ;
+    \$897  = \$418 ;
     if (rst) begin
       \$897  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$898  = \$430 ;
+    \$898  = \$419 ;
     if (rst) begin
       \$898  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$899  = \$431 ;
+    \$899  = \$420 ;
     if (rst) begin
       \$899  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$900  = \$432 ;
+    \$900  = \$421 ;
     if (rst) begin
       \$900  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$901  = \$433 ;
+    \$901  = \$422 ;
     if (rst) begin
       \$901  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$902  = \$434 ;
+    \$902  = \$423 ;
     if (rst) begin
       \$902  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$903  = \$435 ;
+    \$903  = \$424 ;
     if (rst) begin
       \$903  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$904  = \$436 ;
+    \$904  = \$425 ;
     if (rst) begin
       \$904  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$905  = \$437 ;
+    \$905  = \$426 ;
     if (rst) begin
       \$905  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$906  = \$438 [15:0];
+    \$906  = \$427 ;
     if (rst) begin
-      \$906  = 16'h0000;
+      \$906  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$907  = \$441 ;
+    \$907  = \$428 ;
     if (rst) begin
       \$907  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$908  = \$444 ;
+    \$908  = \$429 ;
     if (rst) begin
       \$908  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$909  = \$447 ;
+    \$909  = \$430 ;
     if (rst) begin
       \$909  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$910  = \$450 ;
+    \$910  = \$431 ;
     if (rst) begin
       \$910  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$911  = \$453 ;
+    \$911  = \$432 [15:0];
     if (rst) begin
-      \$911  = 1'h0;
+      \$911  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$912  = \$455 ;
+    \$912  = \$435 ;
     if (rst) begin
       \$912  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$913  = \$457 ;
+    \$913  = \$438 ;
     if (rst) begin
       \$913  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$914  = src0_meta;
+    \$914  = \$441 ;
     if (rst) begin
-      \$914  = 3'h0;
+      \$914  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$915  = { \$458 , \final$508 , \last__4$507  };
+    \$915  = \$444 ;
     if (rst) begin
-      \$915  = 3'h0;
+      \$915  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$916  = \$460 ;
+    \$916  = \$447 ;
     if (rst) begin
       \$916  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$917  = \$462 ;
+    \$917  = \$449 ;
     if (rst) begin
       \$917  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$918  = src1_meta;
+    \$918  = \$451 ;
     if (rst) begin
-      \$918  = 3'h0;
+      \$918  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$919  = { \$463 , \final$513 , \last__4$512  };
+    \$919  = src0_meta;
     if (rst) begin
       \$919  = 3'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$920  = \$470 ;
+    \$920  = { \$452 , \final$510 , \last__4$509  };
     if (rst) begin
-      \$920  = 1'h0;
+      \$920  = 3'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$921  = \$478 ;
+    \$921  = \$454 ;
     if (rst) begin
       \$921  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$922  = \$483 ;
+    \$922  = \$456 ;
     if (rst) begin
       \$922  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$923  = 1'h0;
-    casez (seq_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
-      3'h2:
-          /* empty */;
-      3'h3:
-          /* empty */;
-      3'h4:
-          \$923  = \$733 ;
-    endcase
+    \$923  = src1_meta;
     if (rst) begin
-      \$923  = 1'h0;
+      \$923  = 3'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$924  = \$511 ;
+    \$924  = { \$457 , \final$515 , \last__4$514  };
     if (rst) begin
-      \$924  = 1'h0;
+      \$924  = 3'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$925  = \$516 ;
+    \$925  = \$464 ;
     if (rst) begin
       \$925  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$926  = \$521 ;
+    \$926  = \$472 ;
     if (rst) begin
       \$926  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$927  = ext_req_valid;
-    if (in_decode) begin
-      \$927  = 1'h0;
-    end
-    if (in_stream) begin
-      if (is_move) begin
-      end else if (is_load) begin
-        if (\$738 ) begin
-          \$927  = valid;
-        end
-      end else if (is_store) begin
-        if (\$742 ) begin
-          \$927  = dst_step;
-        end
-      end
-    end
+    \$927  = \$477 ;
     if (rst) begin
       \$927  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$928  = cycles;
-    if (busy) begin
-      \$928  = \$522 [47:0];
-    end
-    if (\$590 ) begin
-      \$928  = 48'h000000000000;
-    end
-    if (rst) begin
-      \$928  = 48'h000000000000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$929  = op_cycles__0;
-    if (busy) begin
-      if (\$523 ) begin
-        \$929  = \$524 [47:0];
-      end
-    end
-    if (\$590 ) begin
-      \$929  = 48'h000000000000;
-    end
-    if (rst) begin
-      \$929  = 48'h000000000000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$930  = op_cycles__1;
-    if (busy) begin
-      if (\$525 ) begin
-        \$930  = \$526 [47:0];
-      end
-    end
-    if (\$590 ) begin
-      \$930  = 48'h000000000000;
-    end
-    if (rst) begin
-      \$930  = 48'h000000000000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$931  = op_cycles__2;
-    if (busy) begin
-      if (\$527 ) begin
-        \$931  = \$528 [47:0];
-      end
-    end
-    if (\$590 ) begin
-      \$931  = 48'h000000000000;
-    end
-    if (rst) begin
-      \$931  = 48'h000000000000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$932  = op_cycles__3;
-    if (busy) begin
-      if (\$529 ) begin
-        \$932  = \$530 [47:0];
-      end
-    end
-    if (\$590 ) begin
-      \$932  = 48'h000000000000;
-    end
-    if (rst) begin
-      \$932  = 48'h000000000000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$933  = op_cycles__4;
-    if (busy) begin
-      if (\$531 ) begin
-        \$933  = \$532 [47:0];
-      end
-    end
-    if (\$590 ) begin
-      \$933  = 48'h000000000000;
-    end
-    if (rst) begin
-      \$933  = 48'h000000000000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$934  = op_cycles__5;
-    if (busy) begin
-      if (\$533 ) begin
-        \$934  = \$534 [47:0];
-      end
-    end
-    if (\$590 ) begin
-      \$934  = 48'h000000000000;
-    end
-    if (rst) begin
-      \$934  = 48'h000000000000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$935  = op_cycles__6;
-    if (busy) begin
-      if (\$535 ) begin
-        \$935  = \$536 [47:0];
-      end
-    end
-    if (\$590 ) begin
-      \$935  = 48'h000000000000;
-    end
-    if (rst) begin
-      \$935  = 48'h000000000000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$936  = op_cycles__7;
-    if (busy) begin
-      if (\$537 ) begin
-        \$936  = \$538 [47:0];
-      end
-    end
-    if (\$590 ) begin
-      \$936  = 48'h000000000000;
-    end
-    if (rst) begin
-      \$936  = 48'h000000000000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$937  = op_cycles__8;
-    if (busy) begin
-      if (\$539 ) begin
-        \$937  = \$540 [47:0];
-      end
-    end
-    if (\$590 ) begin
-      \$937  = 48'h000000000000;
-    end
-    if (rst) begin
-      \$937  = 48'h000000000000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$938  = op_cycles__9;
-    if (busy) begin
-      if (\$541 ) begin
-        \$938  = \$542 [47:0];
-      end
-    end
-    if (\$590 ) begin
-      \$938  = 48'h000000000000;
-    end
-    if (rst) begin
-      \$938  = 48'h000000000000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$939  = op_cycles__10;
-    if (busy) begin
-      if (\$543 ) begin
-        \$939  = \$544 [47:0];
-      end
-    end
-    if (\$590 ) begin
-      \$939  = 48'h000000000000;
-    end
-    if (rst) begin
-      \$939  = 48'h000000000000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$940  = op_cycles__11;
-    if (busy) begin
-      if (\$545 ) begin
-        \$940  = \$546 [47:0];
-      end
-    end
-    if (\$590 ) begin
-      \$940  = 48'h000000000000;
-    end
-    if (rst) begin
-      \$940  = 48'h000000000000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$941  = op_cycles__12;
-    if (busy) begin
-      if (\$547 ) begin
-        \$941  = \$548 [47:0];
-      end
-    end
-    if (\$590 ) begin
-      \$941  = 48'h000000000000;
-    end
-    if (rst) begin
-      \$941  = 48'h000000000000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$942  = op_cycles__13;
-    if (busy) begin
-      if (\$549 ) begin
-        \$942  = \$550 [47:0];
-      end
-    end
-    if (\$590 ) begin
-      \$942  = 48'h000000000000;
-    end
-    if (rst) begin
-      \$942  = 48'h000000000000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$943  = op_cycles__14;
-    if (busy) begin
-      if (\$551 ) begin
-        \$943  = \$552 [47:0];
-      end
-    end
-    if (\$590 ) begin
-      \$943  = 48'h000000000000;
-    end
-    if (rst) begin
-      \$943  = 48'h000000000000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$944  = op_cycles__15;
-    if (busy) begin
-      if (\$553 ) begin
-        \$944  = \$554 [47:0];
-      end
-    end
-    if (\$590 ) begin
-      \$944  = 48'h000000000000;
-    end
-    if (rst) begin
-      \$944  = 48'h000000000000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$945  = \$556 ;
-    if (rst) begin
-      \$945  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$946  = is_end;
-    if (rst) begin
-      \$946  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$947  = \$567 ;
-    if (rst) begin
-      \$947  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$948  = \$578 ;
-    if (rst) begin
-      \$948  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$949  = \$588 ;
-    if (rst) begin
-      \$949  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$950  = pc;
-    if (\$590 ) begin
-      \$950  = prog;
-    end
-    if (\$596 ) begin
-      \$950  = \$signal$537 ;
-    end
-    if (\$604 ) begin
-      \$950  = \$605 [31:0];
-    end
-    if (rst) begin
-      \$950  = 32'd0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$951  = busy;
-    if (\$590 ) begin
-      \$951  = 1'h1;
-    end
+    \$928  = 1'h0;
     casez (seq_state)
       3'h0:
           /* empty */;
       3'h1:
           /* empty */;
       3'h2:
-          if (\$610 ) begin
-          end else if (d_end_more) begin
-          end else if (d_end) begin
-            \$951  = 1'h0;
-          end
+          /* empty */;
       3'h3:
           /* empty */;
       3'h4:
-          /* empty */;
-      3'h5:
-          if (\$735 ) begin
-            \$951  = 1'h0;
-          end
+          \$928  = \$729 ;
     endcase
+    if (rst) begin
+      \$928  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$929  = \$507 ;
+    if (rst) begin
+      \$929  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$930  = \$512 ;
+    if (rst) begin
+      \$930  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$931  = \$517 ;
+    if (rst) begin
+      \$931  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$932  = ext_req_valid;
+    if (in_decode) begin
+      \$932  = 1'h0;
+    end
+    if (in_stream) begin
+      if (is_move) begin
+      end else if (is_load) begin
+        if (\$734 ) begin
+          \$932  = valid;
+        end
+      end else if (is_store) begin
+        if (\$738 ) begin
+          \$932  = dst_step;
+        end
+      end
+    end
+    if (rst) begin
+      \$932  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$933  = cycles;
+    if (busy) begin
+      \$933  = \$518 [47:0];
+    end
+    if (\$586 ) begin
+      \$933  = 48'h000000000000;
+    end
+    if (rst) begin
+      \$933  = 48'h000000000000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$934  = op_cycles__0;
+    if (busy) begin
+      if (\$519 ) begin
+        \$934  = \$520 [47:0];
+      end
+    end
+    if (\$586 ) begin
+      \$934  = 48'h000000000000;
+    end
+    if (rst) begin
+      \$934  = 48'h000000000000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$935  = op_cycles__1;
+    if (busy) begin
+      if (\$521 ) begin
+        \$935  = \$522 [47:0];
+      end
+    end
+    if (\$586 ) begin
+      \$935  = 48'h000000000000;
+    end
+    if (rst) begin
+      \$935  = 48'h000000000000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$936  = op_cycles__2;
+    if (busy) begin
+      if (\$523 ) begin
+        \$936  = \$524 [47:0];
+      end
+    end
+    if (\$586 ) begin
+      \$936  = 48'h000000000000;
+    end
+    if (rst) begin
+      \$936  = 48'h000000000000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$937  = op_cycles__3;
+    if (busy) begin
+      if (\$525 ) begin
+        \$937  = \$526 [47:0];
+      end
+    end
+    if (\$586 ) begin
+      \$937  = 48'h000000000000;
+    end
+    if (rst) begin
+      \$937  = 48'h000000000000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$938  = op_cycles__4;
+    if (busy) begin
+      if (\$527 ) begin
+        \$938  = \$528 [47:0];
+      end
+    end
+    if (\$586 ) begin
+      \$938  = 48'h000000000000;
+    end
+    if (rst) begin
+      \$938  = 48'h000000000000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$939  = op_cycles__5;
+    if (busy) begin
+      if (\$529 ) begin
+        \$939  = \$530 [47:0];
+      end
+    end
+    if (\$586 ) begin
+      \$939  = 48'h000000000000;
+    end
+    if (rst) begin
+      \$939  = 48'h000000000000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$940  = op_cycles__6;
+    if (busy) begin
+      if (\$531 ) begin
+        \$940  = \$532 [47:0];
+      end
+    end
+    if (\$586 ) begin
+      \$940  = 48'h000000000000;
+    end
+    if (rst) begin
+      \$940  = 48'h000000000000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$941  = op_cycles__7;
+    if (busy) begin
+      if (\$533 ) begin
+        \$941  = \$534 [47:0];
+      end
+    end
+    if (\$586 ) begin
+      \$941  = 48'h000000000000;
+    end
+    if (rst) begin
+      \$941  = 48'h000000000000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$942  = op_cycles__8;
+    if (busy) begin
+      if (\$535 ) begin
+        \$942  = \$536 [47:0];
+      end
+    end
+    if (\$586 ) begin
+      \$942  = 48'h000000000000;
+    end
+    if (rst) begin
+      \$942  = 48'h000000000000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$943  = op_cycles__9;
+    if (busy) begin
+      if (\$537 ) begin
+        \$943  = \$538 [47:0];
+      end
+    end
+    if (\$586 ) begin
+      \$943  = 48'h000000000000;
+    end
+    if (rst) begin
+      \$943  = 48'h000000000000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$944  = op_cycles__10;
+    if (busy) begin
+      if (\$539 ) begin
+        \$944  = \$540 [47:0];
+      end
+    end
+    if (\$586 ) begin
+      \$944  = 48'h000000000000;
+    end
+    if (rst) begin
+      \$944  = 48'h000000000000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$945  = op_cycles__11;
+    if (busy) begin
+      if (\$541 ) begin
+        \$945  = \$542 [47:0];
+      end
+    end
+    if (\$586 ) begin
+      \$945  = 48'h000000000000;
+    end
+    if (rst) begin
+      \$945  = 48'h000000000000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$946  = op_cycles__12;
+    if (busy) begin
+      if (\$543 ) begin
+        \$946  = \$544 [47:0];
+      end
+    end
+    if (\$586 ) begin
+      \$946  = 48'h000000000000;
+    end
+    if (rst) begin
+      \$946  = 48'h000000000000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$947  = op_cycles__13;
+    if (busy) begin
+      if (\$545 ) begin
+        \$947  = \$546 [47:0];
+      end
+    end
+    if (\$586 ) begin
+      \$947  = 48'h000000000000;
+    end
+    if (rst) begin
+      \$947  = 48'h000000000000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$948  = op_cycles__14;
+    if (busy) begin
+      if (\$547 ) begin
+        \$948  = \$548 [47:0];
+      end
+    end
+    if (\$586 ) begin
+      \$948  = 48'h000000000000;
+    end
+    if (rst) begin
+      \$948  = 48'h000000000000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$949  = op_cycles__15;
+    if (busy) begin
+      if (\$549 ) begin
+        \$949  = \$550 [47:0];
+      end
+    end
+    if (\$586 ) begin
+      \$949  = 48'h000000000000;
+    end
+    if (rst) begin
+      \$949  = 48'h000000000000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$950  = \$552 ;
+    if (rst) begin
+      \$950  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$951  = is_end;
     if (rst) begin
       \$951  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$952  = done;
-    if (\$590 ) begin
-      \$952  = 1'h0;
-    end
-    casez (seq_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
-      3'h2:
-          if (\$610 ) begin
-          end else if (d_end_more) begin
-          end else if (d_end) begin
-            \$952  = 1'h1;
-          end
-      3'h3:
-          /* empty */;
-      3'h4:
-          /* empty */;
-      3'h5:
-          if (\$735 ) begin
-            \$952  = 1'h1;
-          end
-    endcase
+    \$952  = \$563 ;
     if (rst) begin
       \$952  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$953  = error;
-    if (\$590 ) begin
-      \$953  = 4'h0;
-    end
-    casez (seq_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-        begin
-          if (beat__valid) begin
-            if (beat__payload[512]) begin
-              \$953  = 4'h4;
-            end
-          end
-          if (start) begin
-            \$953  = 4'h6;
-          end
-        end
-      3'h2:
-        begin
-          (* full_case = 32'd1 *)
-          if (\$610 ) begin
-          end else if (d_end_more) begin
-          end else if (d_end) begin
-          end else if (d_count_zero) begin
-            \$953  = 4'h2;
-          end else if (d_const) begin
-          end else if (d_stream) begin
-          end else begin
-            \$953  = 4'h1;
-          end
-          if (start) begin
-            \$953  = 4'h6;
-          end
-        end
-      3'h3:
-        begin
-          if (\$648 ) begin
-            if (beat__payload[512]) begin
-              \$953  = 4'h4;
-            end
-          end
-          if (start) begin
-            \$953  = 4'h6;
-          end
-        end
-      3'h4:
-        begin
-          if (addr_fault) begin
-            \$953  = 4'h3;
-          end
-          if (\$734 ) begin
-            \$953  = fault_q;
-          end
-          if (start) begin
-            \$953  = 4'h6;
-          end
-        end
-    endcase
+    \$953  = \$574 ;
     if (rst) begin
-      \$953  = 4'h0;
+      \$953  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$954  = fetch_sent;
-    if (\$590 ) begin
-      \$954  = 1'h0;
-    end
-    casez (seq_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-        begin
-          if (\$607 ) begin
-            \$954  = 1'h1;
-          end
-          if (beat__valid) begin
-            \$954  = 1'h0;
-          end
-        end
-    endcase
+    \$954  = \$584 ;
     if (rst) begin
       \$954  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$955  = \$signal$537 ;
-    if (\$590 ) begin
+    \$955  = pc;
+    if (\$586 ) begin
       \$955  = prog;
+    end
+    if (\$592 ) begin
+      \$955  = \$signal$538 ;
+    end
+    if (\$600 ) begin
+      \$955  = \$601 [31:0];
     end
     if (rst) begin
       \$955  = 32'd0;
@@ -32392,577 +32250,290 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$956  = \$signal$538 ;
-    if (\$590 ) begin
-      \$956  = image_stride;
+    \$956  = busy;
+    if (\$586 ) begin
+      \$956  = 1'h1;
     end
+    casez (seq_state)
+      3'h0:
+          /* empty */;
+      3'h1:
+          /* empty */;
+      3'h2:
+          if (\$606 ) begin
+          end else if (d_end_more) begin
+          end else if (d_end) begin
+            \$956  = 1'h0;
+          end
+      3'h3:
+          /* empty */;
+      3'h4:
+          /* empty */;
+      3'h5:
+          if (\$731 ) begin
+            \$956  = 1'h0;
+          end
+    endcase
     if (rst) begin
-      \$956  = 32'd0;
+      \$956  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$957  = images_left;
-    if (\$590 ) begin
-      \$957  = \$592 ;
+    \$957  = done;
+    if (\$586 ) begin
+      \$957  = 1'h0;
     end
-    if (\$596 ) begin
-      \$957  = \$597 [15:0];
-    end
+    casez (seq_state)
+      3'h0:
+          /* empty */;
+      3'h1:
+          /* empty */;
+      3'h2:
+          if (\$606 ) begin
+          end else if (d_end_more) begin
+          end else if (d_end) begin
+            \$957  = 1'h1;
+          end
+      3'h3:
+          /* empty */;
+      3'h4:
+          /* empty */;
+      3'h5:
+          if (\$731 ) begin
+            \$957  = 1'h1;
+          end
+    endcase
     if (rst) begin
-      \$957  = 16'h0000;
+      \$957  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$958  = offset;
-    if (\$590 ) begin
-      \$958  = 32'd0;
+    \$958  = error;
+    if (\$586 ) begin
+      \$958  = 4'h0;
     end
-    if (\$596 ) begin
-      \$958  = \$598 [31:0];
-    end
+    casez (seq_state)
+      3'h0:
+          /* empty */;
+      3'h1:
+        begin
+          if (beat__valid) begin
+            if (beat__payload[512]) begin
+              \$958  = 4'h4;
+            end
+          end
+          if (start) begin
+            \$958  = 4'h6;
+          end
+        end
+      3'h2:
+        begin
+          (* full_case = 32'd1 *)
+          if (\$606 ) begin
+          end else if (d_end_more) begin
+          end else if (d_end) begin
+          end else if (d_count_zero) begin
+            \$958  = 4'h2;
+          end else if (d_const) begin
+          end else if (d_stream) begin
+          end else begin
+            \$958  = 4'h1;
+          end
+          if (start) begin
+            \$958  = 4'h6;
+          end
+        end
+      3'h3:
+        begin
+          if (\$644 ) begin
+            if (beat__payload[512]) begin
+              \$958  = 4'h4;
+            end
+          end
+          if (start) begin
+            \$958  = 4'h6;
+          end
+        end
+      3'h4:
+        begin
+          if (addr_fault) begin
+            \$958  = 4'h3;
+          end
+          if (\$730 ) begin
+            \$958  = fault_q;
+          end
+          if (start) begin
+            \$958  = 4'h6;
+          end
+        end
+    endcase
     if (rst) begin
-      \$958  = 32'd0;
+      \$958  = 4'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$959  = seq_state;
+    \$959  = fetch_sent;
+    if (\$586 ) begin
+      \$959  = 1'h0;
+    end
+    casez (seq_state)
+      3'h0:
+          /* empty */;
+      3'h1:
+        begin
+          if (\$603 ) begin
+            \$959  = 1'h1;
+          end
+          if (beat__valid) begin
+            \$959  = 1'h0;
+          end
+        end
+    endcase
+    if (rst) begin
+      \$959  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$960  = \$signal$538 ;
+    if (\$586 ) begin
+      \$960  = prog;
+    end
+    if (rst) begin
+      \$960  = 32'd0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$961  = \$signal$539 ;
+    if (\$586 ) begin
+      \$961  = image_stride;
+    end
+    if (rst) begin
+      \$961  = 32'd0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$962  = images_left;
+    if (\$586 ) begin
+      \$962  = \$588 ;
+    end
+    if (\$592 ) begin
+      \$962  = \$593 [15:0];
+    end
+    if (rst) begin
+      \$962  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$963  = offset;
+    if (\$586 ) begin
+      \$963  = 32'd0;
+    end
+    if (\$592 ) begin
+      \$963  = \$594 [31:0];
+    end
+    if (rst) begin
+      \$963  = 32'd0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$964  = seq_state;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
           if (start) begin
-            \$959  = 3'h1;
+            \$964  = 3'h1;
           end
       3'h1:
         begin
           if (beat__valid) begin
             (* full_case = 32'd1 *)
             if (beat__payload[512]) begin
-              \$959  = 3'h5;
+              \$964  = 3'h5;
             end else begin
-              \$959  = 3'h2;
+              \$964  = 3'h2;
             end
           end
           if (start) begin
-            \$959  = 3'h5;
+            \$964  = 3'h5;
           end
         end
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$610 ) begin
+          if (\$606 ) begin
           end else if (d_end_more) begin
-            \$959  = 3'h1;
+            \$964  = 3'h1;
           end else if (d_end) begin
-            \$959  = 3'h0;
+            \$964  = 3'h0;
           end else if (d_count_zero) begin
-            \$959  = 3'h5;
+            \$964  = 3'h5;
           end else if (d_const) begin
-            \$959  = 3'h3;
+            \$964  = 3'h3;
           end else if (d_stream) begin
-            \$959  = 3'h4;
+            \$964  = 3'h4;
           end else begin
-            \$959  = 3'h5;
+            \$964  = 3'h5;
           end
           if (start) begin
-            \$959  = 3'h5;
+            \$964  = 3'h5;
           end
         end
       3'h3:
         begin
-          if (\$648 ) begin
+          if (\$644 ) begin
             if (beat__payload[512]) begin
-              \$959  = 3'h5;
+              \$964  = 3'h5;
             end
           end
           if (c_fire) begin
             if (c_last) begin
-              \$959  = 3'h4;
+              \$964  = 3'h4;
             end
           end
-          if (\$689 ) begin
-            \$959  = 3'h4;
+          if (\$685 ) begin
+            \$964  = 3'h4;
           end
           if (start) begin
-            \$959  = 3'h5;
+            \$964  = 3'h5;
           end
         end
       3'h4:
         begin
-          if (\$722 ) begin
-            \$959  = 3'h1;
+          if (\$718 ) begin
+            \$964  = 3'h1;
           end
           if (addr_fault) begin
-            \$959  = 3'h5;
+            \$964  = 3'h5;
           end
-          if (\$734 ) begin
-            \$959  = 3'h5;
+          if (\$730 ) begin
+            \$964  = 3'h5;
           end
           if (start) begin
-            \$959  = 3'h5;
+            \$964  = 3'h5;
           end
         end
       3'h5:
-          if (\$735 ) begin
-            \$959  = 3'h0;
+          if (\$731 ) begin
+            \$964  = 3'h0;
           end
       default:
-          \$959  = 3'h0;
+          \$964  = 3'h0;
     endcase
     if (rst) begin
-      \$959  = 3'h0;
+      \$964  = 3'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$960  = in_stream;
-    (* full_case = 32'd1 *)
-    casez (seq_state)
-      3'h0:
-          if (start) begin
-            \$960  = 1'h0;
-          end
-      3'h1:
-        begin
-          if (beat__valid) begin
-            (* full_case = 32'd1 *)
-            if (beat__payload[512]) begin
-              \$960  = 1'h0;
-            end else begin
-              \$960  = 1'h0;
-            end
-          end
-          if (start) begin
-            \$960  = 1'h0;
-          end
-        end
-      3'h2:
-        begin
-          (* full_case = 32'd1 *)
-          if (\$610 ) begin
-          end else if (d_end_more) begin
-            \$960  = 1'h0;
-          end else if (d_end) begin
-            \$960  = 1'h0;
-          end else if (d_count_zero) begin
-            \$960  = 1'h0;
-          end else if (d_const) begin
-            \$960  = 1'h0;
-          end else if (d_stream) begin
-            \$960  = 1'h1;
-          end else begin
-            \$960  = 1'h0;
-          end
-          if (start) begin
-            \$960  = 1'h0;
-          end
-        end
-      3'h3:
-        begin
-          if (\$648 ) begin
-            if (beat__payload[512]) begin
-              \$960  = 1'h0;
-            end
-          end
-          if (c_fire) begin
-            if (c_last) begin
-              \$960  = 1'h1;
-            end
-          end
-          if (\$689 ) begin
-            \$960  = 1'h1;
-          end
-          if (start) begin
-            \$960  = 1'h0;
-          end
-        end
-      3'h4:
-        begin
-          if (\$722 ) begin
-            \$960  = 1'h0;
-          end
-          if (addr_fault) begin
-            \$960  = 1'h0;
-          end
-          if (\$734 ) begin
-            \$960  = 1'h0;
-          end
-          if (start) begin
-            \$960  = 1'h0;
-          end
-        end
-      3'h5:
-          if (\$735 ) begin
-            \$960  = 1'h0;
-          end
-      default:
-          \$960  = 1'h0;
-    endcase
-    if (rst) begin
-      \$960  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$961  = in_decode;
-    (* full_case = 32'd1 *)
-    casez (seq_state)
-      3'h0:
-          if (start) begin
-            \$961  = 1'h0;
-          end
-      3'h1:
-        begin
-          if (beat__valid) begin
-            (* full_case = 32'd1 *)
-            if (beat__payload[512]) begin
-              \$961  = 1'h0;
-            end else begin
-              \$961  = 1'h1;
-            end
-          end
-          if (start) begin
-            \$961  = 1'h0;
-          end
-        end
-      3'h2:
-        begin
-          (* full_case = 32'd1 *)
-          if (\$610 ) begin
-          end else if (d_end_more) begin
-            \$961  = 1'h0;
-          end else if (d_end) begin
-            \$961  = 1'h0;
-          end else if (d_count_zero) begin
-            \$961  = 1'h0;
-          end else if (d_const) begin
-            \$961  = 1'h0;
-          end else if (d_stream) begin
-            \$961  = 1'h0;
-          end else begin
-            \$961  = 1'h0;
-          end
-          if (start) begin
-            \$961  = 1'h0;
-          end
-        end
-      3'h3:
-        begin
-          if (\$648 ) begin
-            if (beat__payload[512]) begin
-              \$961  = 1'h0;
-            end
-          end
-          if (c_fire) begin
-            if (c_last) begin
-              \$961  = 1'h0;
-            end
-          end
-          if (\$689 ) begin
-            \$961  = 1'h0;
-          end
-          if (start) begin
-            \$961  = 1'h0;
-          end
-        end
-      3'h4:
-        begin
-          if (\$722 ) begin
-            \$961  = 1'h0;
-          end
-          if (addr_fault) begin
-            \$961  = 1'h0;
-          end
-          if (\$734 ) begin
-            \$961  = 1'h0;
-          end
-          if (start) begin
-            \$961  = 1'h0;
-          end
-        end
-      3'h5:
-          if (\$735 ) begin
-            \$961  = 1'h0;
-          end
-      default:
-          \$961  = 1'h0;
-    endcase
-    if (rst) begin
-      \$961  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$962  = in_op;
-    (* full_case = 32'd1 *)
-    casez (seq_state)
-      3'h0:
-          if (start) begin
-            \$962  = 1'h0;
-          end
-      3'h1:
-        begin
-          if (beat__valid) begin
-            (* full_case = 32'd1 *)
-            if (beat__payload[512]) begin
-              \$962  = 1'h0;
-            end else begin
-              \$962  = 1'h0;
-            end
-          end
-          if (start) begin
-            \$962  = 1'h0;
-          end
-        end
-      3'h2:
-        begin
-          (* full_case = 32'd1 *)
-          if (\$610 ) begin
-          end else if (d_end_more) begin
-            \$962  = 1'h0;
-          end else if (d_end) begin
-            \$962  = 1'h0;
-          end else if (d_count_zero) begin
-            \$962  = 1'h0;
-          end else if (d_const) begin
-            \$962  = 1'h1;
-          end else if (d_stream) begin
-            \$962  = 1'h1;
-          end else begin
-            \$962  = 1'h0;
-          end
-          if (start) begin
-            \$962  = 1'h0;
-          end
-        end
-      3'h3:
-        begin
-          if (\$648 ) begin
-            if (beat__payload[512]) begin
-              \$962  = 1'h0;
-            end
-          end
-          if (c_fire) begin
-            if (c_last) begin
-              \$962  = 1'h1;
-            end
-          end
-          if (\$689 ) begin
-            \$962  = 1'h1;
-          end
-          if (start) begin
-            \$962  = 1'h0;
-          end
-        end
-      3'h4:
-        begin
-          if (\$722 ) begin
-            \$962  = 1'h0;
-          end
-          if (addr_fault) begin
-            \$962  = 1'h0;
-          end
-          if (\$734 ) begin
-            \$962  = 1'h0;
-          end
-          if (start) begin
-            \$962  = 1'h0;
-          end
-        end
-      3'h5:
-          if (\$735 ) begin
-            \$962  = 1'h0;
-          end
-      default:
-          \$962  = 1'h0;
-    endcase
-    if (rst) begin
-      \$962  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$963  = unit_rst;
-    (* full_case = 32'd1 *)
-    casez (seq_state)
-      3'h0:
-          if (start) begin
-            \$963  = 1'h0;
-          end
-      3'h1:
-        begin
-          if (beat__valid) begin
-            (* full_case = 32'd1 *)
-            if (beat__payload[512]) begin
-              \$963  = 1'h1;
-            end else begin
-              \$963  = 1'h0;
-            end
-          end
-          if (start) begin
-            \$963  = 1'h1;
-          end
-        end
-      3'h2:
-        begin
-          (* full_case = 32'd1 *)
-          if (\$610 ) begin
-          end else if (d_end_more) begin
-            \$963  = 1'h0;
-          end else if (d_end) begin
-            \$963  = 1'h0;
-          end else if (d_count_zero) begin
-            \$963  = 1'h1;
-          end else if (d_const) begin
-            \$963  = 1'h0;
-          end else if (d_stream) begin
-            \$963  = 1'h0;
-          end else begin
-            \$963  = 1'h1;
-          end
-          if (start) begin
-            \$963  = 1'h1;
-          end
-        end
-      3'h3:
-        begin
-          if (\$648 ) begin
-            if (beat__payload[512]) begin
-              \$963  = 1'h1;
-            end
-          end
-          if (c_fire) begin
-            if (c_last) begin
-              \$963  = 1'h0;
-            end
-          end
-          if (\$689 ) begin
-            \$963  = 1'h0;
-          end
-          if (start) begin
-            \$963  = 1'h1;
-          end
-        end
-      3'h4:
-        begin
-          if (\$722 ) begin
-            \$963  = 1'h0;
-          end
-          if (addr_fault) begin
-            \$963  = 1'h1;
-          end
-          if (\$734 ) begin
-            \$963  = 1'h1;
-          end
-          if (start) begin
-            \$963  = 1'h1;
-          end
-        end
-      3'h5:
-          if (\$735 ) begin
-            \$963  = 1'h0;
-          end
-      default:
-          \$963  = 1'h0;
-    endcase
-    if (rst) begin
-      \$963  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$964  = gemm_active;
-    (* full_case = 32'd1 *)
-    casez (seq_state)
-      3'h0:
-          if (start) begin
-            \$964  = 1'h0;
-          end
-      3'h1:
-        begin
-          if (beat__valid) begin
-            (* full_case = 32'd1 *)
-            if (beat__payload[512]) begin
-              \$964  = 1'h0;
-            end else begin
-              \$964  = 1'h0;
-            end
-          end
-          if (start) begin
-            \$964  = 1'h0;
-          end
-        end
-      3'h2:
-        begin
-          (* full_case = 32'd1 *)
-          if (\$610 ) begin
-          end else if (d_end_more) begin
-            \$964  = 1'h0;
-          end else if (d_end) begin
-            \$964  = 1'h0;
-          end else if (d_count_zero) begin
-            \$964  = 1'h0;
-          end else if (d_const) begin
-            \$964  = 1'h0;
-          end else if (d_stream) begin
-            \$964  = is_gemm;
-          end else begin
-            \$964  = 1'h0;
-          end
-          if (start) begin
-            \$964  = 1'h0;
-          end
-        end
-      3'h3:
-        begin
-          if (\$648 ) begin
-            if (beat__payload[512]) begin
-              \$964  = 1'h0;
-            end
-          end
-          if (c_fire) begin
-            if (c_last) begin
-              \$964  = is_gemm;
-            end
-          end
-          if (\$689 ) begin
-            \$964  = is_gemm;
-          end
-          if (start) begin
-            \$964  = 1'h0;
-          end
-        end
-      3'h4:
-        begin
-          if (\$722 ) begin
-            \$964  = 1'h0;
-          end
-          if (addr_fault) begin
-            \$964  = 1'h0;
-          end
-          if (\$734 ) begin
-            \$964  = 1'h0;
-          end
-          if (start) begin
-            \$964  = 1'h0;
-          end
-        end
-      3'h5:
-          if (\$735 ) begin
-            \$964  = 1'h0;
-          end
-      default:
-          \$964  = 1'h0;
-    endcase
-    if (rst) begin
-      \$964  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$965  = pack_active;
+    \$965  = in_stream;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
@@ -32986,7 +32557,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$610 ) begin
+          if (\$606 ) begin
           end else if (d_end_more) begin
             \$965  = 1'h0;
           end else if (d_end) begin
@@ -32996,7 +32567,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end else if (d_const) begin
             \$965  = 1'h0;
           end else if (d_stream) begin
-            \$965  = \$617 ;
+            \$965  = 1'h1;
           end else begin
             \$965  = 1'h0;
           end
@@ -33006,18 +32577,18 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h3:
         begin
-          if (\$648 ) begin
+          if (\$644 ) begin
             if (beat__payload[512]) begin
               \$965  = 1'h0;
             end
           end
           if (c_fire) begin
             if (c_last) begin
-              \$965  = \$662 ;
+              \$965  = 1'h1;
             end
           end
-          if (\$689 ) begin
-            \$965  = \$692 ;
+          if (\$685 ) begin
+            \$965  = 1'h1;
           end
           if (start) begin
             \$965  = 1'h0;
@@ -33025,13 +32596,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h4:
         begin
-          if (\$722 ) begin
+          if (\$718 ) begin
             \$965  = 1'h0;
           end
           if (addr_fault) begin
             \$965  = 1'h0;
           end
-          if (\$734 ) begin
+          if (\$730 ) begin
             \$965  = 1'h0;
           end
           if (start) begin
@@ -33039,7 +32610,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end
         end
       3'h5:
-          if (\$735 ) begin
+          if (\$731 ) begin
             \$965  = 1'h0;
           end
       default:
@@ -33051,7 +32622,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$966  = sink_from_move;
+    \$966  = in_decode;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
@@ -33065,7 +32636,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
             if (beat__payload[512]) begin
               \$966  = 1'h0;
             end else begin
-              \$966  = 1'h0;
+              \$966  = 1'h1;
             end
           end
           if (start) begin
@@ -33075,7 +32646,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$610 ) begin
+          if (\$606 ) begin
           end else if (d_end_more) begin
             \$966  = 1'h0;
           end else if (d_end) begin
@@ -33085,7 +32656,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end else if (d_const) begin
             \$966  = 1'h0;
           end else if (d_stream) begin
-            \$966  = is_move;
+            \$966  = 1'h0;
           end else begin
             \$966  = 1'h0;
           end
@@ -33095,18 +32666,18 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h3:
         begin
-          if (\$648 ) begin
+          if (\$644 ) begin
             if (beat__payload[512]) begin
               \$966  = 1'h0;
             end
           end
           if (c_fire) begin
             if (c_last) begin
-              \$966  = is_move;
+              \$966  = 1'h0;
             end
           end
-          if (\$689 ) begin
-            \$966  = is_move;
+          if (\$685 ) begin
+            \$966  = 1'h0;
           end
           if (start) begin
             \$966  = 1'h0;
@@ -33114,13 +32685,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h4:
         begin
-          if (\$722 ) begin
+          if (\$718 ) begin
             \$966  = 1'h0;
           end
           if (addr_fault) begin
             \$966  = 1'h0;
           end
-          if (\$734 ) begin
+          if (\$730 ) begin
             \$966  = 1'h0;
           end
           if (start) begin
@@ -33128,7 +32699,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end
         end
       3'h5:
-          if (\$735 ) begin
+          if (\$731 ) begin
             \$966  = 1'h0;
           end
       default:
@@ -33140,7 +32711,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$967  = sink_from_load;
+    \$967  = in_op;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
@@ -33164,7 +32735,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$610 ) begin
+          if (\$606 ) begin
           end else if (d_end_more) begin
             \$967  = 1'h0;
           end else if (d_end) begin
@@ -33172,9 +32743,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end else if (d_count_zero) begin
             \$967  = 1'h0;
           end else if (d_const) begin
-            \$967  = 1'h0;
+            \$967  = 1'h1;
           end else if (d_stream) begin
-            \$967  = is_load;
+            \$967  = 1'h1;
           end else begin
             \$967  = 1'h0;
           end
@@ -33184,18 +32755,18 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h3:
         begin
-          if (\$648 ) begin
+          if (\$644 ) begin
             if (beat__payload[512]) begin
               \$967  = 1'h0;
             end
           end
           if (c_fire) begin
             if (c_last) begin
-              \$967  = is_load;
+              \$967  = 1'h1;
             end
           end
-          if (\$689 ) begin
-            \$967  = is_load;
+          if (\$685 ) begin
+            \$967  = 1'h1;
           end
           if (start) begin
             \$967  = 1'h0;
@@ -33203,13 +32774,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h4:
         begin
-          if (\$722 ) begin
+          if (\$718 ) begin
             \$967  = 1'h0;
           end
           if (addr_fault) begin
             \$967  = 1'h0;
           end
-          if (\$734 ) begin
+          if (\$730 ) begin
             \$967  = 1'h0;
           end
           if (start) begin
@@ -33217,7 +32788,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end
         end
       3'h5:
-          if (\$735 ) begin
+          if (\$731 ) begin
             \$967  = 1'h0;
           end
       default:
@@ -33229,7 +32800,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$968  = sink_from_store;
+    \$968  = unit_rst;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
@@ -33241,72 +32812,72 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           if (beat__valid) begin
             (* full_case = 32'd1 *)
             if (beat__payload[512]) begin
-              \$968  = 1'h0;
+              \$968  = 1'h1;
             end else begin
               \$968  = 1'h0;
             end
           end
           if (start) begin
-            \$968  = 1'h0;
+            \$968  = 1'h1;
           end
         end
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$610 ) begin
+          if (\$606 ) begin
           end else if (d_end_more) begin
             \$968  = 1'h0;
           end else if (d_end) begin
             \$968  = 1'h0;
           end else if (d_count_zero) begin
-            \$968  = 1'h0;
+            \$968  = 1'h1;
           end else if (d_const) begin
             \$968  = 1'h0;
           end else if (d_stream) begin
-            \$968  = is_store;
-          end else begin
             \$968  = 1'h0;
+          end else begin
+            \$968  = 1'h1;
           end
           if (start) begin
-            \$968  = 1'h0;
+            \$968  = 1'h1;
           end
         end
       3'h3:
         begin
-          if (\$648 ) begin
+          if (\$644 ) begin
             if (beat__payload[512]) begin
-              \$968  = 1'h0;
+              \$968  = 1'h1;
             end
           end
           if (c_fire) begin
             if (c_last) begin
-              \$968  = is_store;
+              \$968  = 1'h0;
             end
           end
-          if (\$689 ) begin
-            \$968  = is_store;
+          if (\$685 ) begin
+            \$968  = 1'h0;
           end
           if (start) begin
-            \$968  = 1'h0;
+            \$968  = 1'h1;
           end
         end
       3'h4:
         begin
-          if (\$722 ) begin
+          if (\$718 ) begin
             \$968  = 1'h0;
           end
           if (addr_fault) begin
-            \$968  = 1'h0;
+            \$968  = 1'h1;
           end
-          if (\$734 ) begin
-            \$968  = 1'h0;
+          if (\$730 ) begin
+            \$968  = 1'h1;
           end
           if (start) begin
-            \$968  = 1'h0;
+            \$968  = 1'h1;
           end
         end
       3'h5:
-          if (\$735 ) begin
+          if (\$731 ) begin
             \$968  = 1'h0;
           end
       default:
@@ -33318,7 +32889,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$969  = sink_from_softmax;
+    \$969  = gemm_active;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
@@ -33342,7 +32913,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$610 ) begin
+          if (\$606 ) begin
           end else if (d_end_more) begin
             \$969  = 1'h0;
           end else if (d_end) begin
@@ -33352,7 +32923,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end else if (d_const) begin
             \$969  = 1'h0;
           end else if (d_stream) begin
-            \$969  = is_softmax;
+            \$969  = is_gemm;
           end else begin
             \$969  = 1'h0;
           end
@@ -33362,18 +32933,18 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h3:
         begin
-          if (\$648 ) begin
+          if (\$644 ) begin
             if (beat__payload[512]) begin
               \$969  = 1'h0;
             end
           end
           if (c_fire) begin
             if (c_last) begin
-              \$969  = is_softmax;
+              \$969  = is_gemm;
             end
           end
-          if (\$689 ) begin
-            \$969  = is_softmax;
+          if (\$685 ) begin
+            \$969  = is_gemm;
           end
           if (start) begin
             \$969  = 1'h0;
@@ -33381,13 +32952,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h4:
         begin
-          if (\$722 ) begin
+          if (\$718 ) begin
             \$969  = 1'h0;
           end
           if (addr_fault) begin
             \$969  = 1'h0;
           end
-          if (\$734 ) begin
+          if (\$730 ) begin
             \$969  = 1'h0;
           end
           if (start) begin
@@ -33395,7 +32966,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end
         end
       3'h5:
-          if (\$735 ) begin
+          if (\$731 ) begin
             \$969  = 1'h0;
           end
       default:
@@ -33407,7 +32978,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$970  = sink_from_layernorm;
+    \$970  = pack_active;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
@@ -33431,7 +33002,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$610 ) begin
+          if (\$606 ) begin
           end else if (d_end_more) begin
             \$970  = 1'h0;
           end else if (d_end) begin
@@ -33441,7 +33012,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end else if (d_const) begin
             \$970  = 1'h0;
           end else if (d_stream) begin
-            \$970  = is_layernorm;
+            \$970  = \$613 ;
           end else begin
             \$970  = 1'h0;
           end
@@ -33451,18 +33022,18 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h3:
         begin
-          if (\$648 ) begin
+          if (\$644 ) begin
             if (beat__payload[512]) begin
               \$970  = 1'h0;
             end
           end
           if (c_fire) begin
             if (c_last) begin
-              \$970  = is_layernorm;
+              \$970  = \$658 ;
             end
           end
-          if (\$689 ) begin
-            \$970  = is_layernorm;
+          if (\$685 ) begin
+            \$970  = \$688 ;
           end
           if (start) begin
             \$970  = 1'h0;
@@ -33470,13 +33041,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h4:
         begin
-          if (\$722 ) begin
+          if (\$718 ) begin
             \$970  = 1'h0;
           end
           if (addr_fault) begin
             \$970  = 1'h0;
           end
-          if (\$734 ) begin
+          if (\$730 ) begin
             \$970  = 1'h0;
           end
           if (start) begin
@@ -33484,7 +33055,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end
         end
       3'h5:
-          if (\$735 ) begin
+          if (\$731 ) begin
             \$970  = 1'h0;
           end
       default:
@@ -33496,7 +33067,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$971  = sink_from_add;
+    \$971  = sink_from_move;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
@@ -33520,7 +33091,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$610 ) begin
+          if (\$606 ) begin
           end else if (d_end_more) begin
             \$971  = 1'h0;
           end else if (d_end) begin
@@ -33530,7 +33101,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end else if (d_const) begin
             \$971  = 1'h0;
           end else if (d_stream) begin
-            \$971  = \$621 ;
+            \$971  = is_move;
           end else begin
             \$971  = 1'h0;
           end
@@ -33540,18 +33111,18 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h3:
         begin
-          if (\$648 ) begin
+          if (\$644 ) begin
             if (beat__payload[512]) begin
               \$971  = 1'h0;
             end
           end
           if (c_fire) begin
             if (c_last) begin
-              \$971  = \$666 ;
+              \$971  = is_move;
             end
           end
-          if (\$689 ) begin
-            \$971  = \$696 ;
+          if (\$685 ) begin
+            \$971  = is_move;
           end
           if (start) begin
             \$971  = 1'h0;
@@ -33559,13 +33130,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h4:
         begin
-          if (\$722 ) begin
+          if (\$718 ) begin
             \$971  = 1'h0;
           end
           if (addr_fault) begin
             \$971  = 1'h0;
           end
-          if (\$734 ) begin
+          if (\$730 ) begin
             \$971  = 1'h0;
           end
           if (start) begin
@@ -33573,7 +33144,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end
         end
       3'h5:
-          if (\$735 ) begin
+          if (\$731 ) begin
             \$971  = 1'h0;
           end
       default:
@@ -33585,7 +33156,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$972  = sink_from_gelu0;
+    \$972  = sink_from_load;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
@@ -33609,7 +33180,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$610 ) begin
+          if (\$606 ) begin
           end else if (d_end_more) begin
             \$972  = 1'h0;
           end else if (d_end) begin
@@ -33619,7 +33190,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end else if (d_const) begin
             \$972  = 1'h0;
           end else if (d_stream) begin
-            \$972  = \$625 ;
+            \$972  = is_load;
           end else begin
             \$972  = 1'h0;
           end
@@ -33629,18 +33200,18 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h3:
         begin
-          if (\$648 ) begin
+          if (\$644 ) begin
             if (beat__payload[512]) begin
               \$972  = 1'h0;
             end
           end
           if (c_fire) begin
             if (c_last) begin
-              \$972  = \$670 ;
+              \$972  = is_load;
             end
           end
-          if (\$689 ) begin
-            \$972  = \$700 ;
+          if (\$685 ) begin
+            \$972  = is_load;
           end
           if (start) begin
             \$972  = 1'h0;
@@ -33648,13 +33219,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h4:
         begin
-          if (\$722 ) begin
+          if (\$718 ) begin
             \$972  = 1'h0;
           end
           if (addr_fault) begin
             \$972  = 1'h0;
           end
-          if (\$734 ) begin
+          if (\$730 ) begin
             \$972  = 1'h0;
           end
           if (start) begin
@@ -33662,7 +33233,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end
         end
       3'h5:
-          if (\$735 ) begin
+          if (\$731 ) begin
             \$972  = 1'h0;
           end
       default:
@@ -33674,7 +33245,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$973  = sink_from_gemm;
+    \$973  = sink_from_store;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
@@ -33698,7 +33269,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$610 ) begin
+          if (\$606 ) begin
           end else if (d_end_more) begin
             \$973  = 1'h0;
           end else if (d_end) begin
@@ -33708,7 +33279,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end else if (d_const) begin
             \$973  = 1'h0;
           end else if (d_stream) begin
-            \$973  = \$629 ;
+            \$973  = is_store;
           end else begin
             \$973  = 1'h0;
           end
@@ -33718,18 +33289,18 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h3:
         begin
-          if (\$648 ) begin
+          if (\$644 ) begin
             if (beat__payload[512]) begin
               \$973  = 1'h0;
             end
           end
           if (c_fire) begin
             if (c_last) begin
-              \$973  = \$674 ;
+              \$973  = is_store;
             end
           end
-          if (\$689 ) begin
-            \$973  = \$704 ;
+          if (\$685 ) begin
+            \$973  = is_store;
           end
           if (start) begin
             \$973  = 1'h0;
@@ -33737,13 +33308,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h4:
         begin
-          if (\$722 ) begin
+          if (\$718 ) begin
             \$973  = 1'h0;
           end
           if (addr_fault) begin
             \$973  = 1'h0;
           end
-          if (\$734 ) begin
+          if (\$730 ) begin
             \$973  = 1'h0;
           end
           if (start) begin
@@ -33751,7 +33322,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end
         end
       3'h5:
-          if (\$735 ) begin
+          if (\$731 ) begin
             \$973  = 1'h0;
           end
       default:
@@ -33763,7 +33334,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$974  = a_from_softmax;
+    \$974  = sink_from_softmax;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
@@ -33787,7 +33358,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$610 ) begin
+          if (\$606 ) begin
           end else if (d_end_more) begin
             \$974  = 1'h0;
           end else if (d_end) begin
@@ -33797,7 +33368,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end else if (d_const) begin
             \$974  = 1'h0;
           end else if (d_stream) begin
-            \$974  = \$630 ;
+            \$974  = is_softmax;
           end else begin
             \$974  = 1'h0;
           end
@@ -33807,18 +33378,18 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h3:
         begin
-          if (\$648 ) begin
+          if (\$644 ) begin
             if (beat__payload[512]) begin
               \$974  = 1'h0;
             end
           end
           if (c_fire) begin
             if (c_last) begin
-              \$974  = \$675 ;
+              \$974  = is_softmax;
             end
           end
-          if (\$689 ) begin
-            \$974  = \$705 ;
+          if (\$685 ) begin
+            \$974  = is_softmax;
           end
           if (start) begin
             \$974  = 1'h0;
@@ -33826,13 +33397,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h4:
         begin
-          if (\$722 ) begin
+          if (\$718 ) begin
             \$974  = 1'h0;
           end
           if (addr_fault) begin
             \$974  = 1'h0;
           end
-          if (\$734 ) begin
+          if (\$730 ) begin
             \$974  = 1'h0;
           end
           if (start) begin
@@ -33840,7 +33411,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end
         end
       3'h5:
-          if (\$735 ) begin
+          if (\$731 ) begin
             \$974  = 1'h0;
           end
       default:
@@ -33852,7 +33423,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$975  = a_from_layernorm;
+    \$975  = sink_from_layernorm;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
@@ -33876,7 +33447,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$610 ) begin
+          if (\$606 ) begin
           end else if (d_end_more) begin
             \$975  = 1'h0;
           end else if (d_end) begin
@@ -33886,7 +33457,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end else if (d_const) begin
             \$975  = 1'h0;
           end else if (d_stream) begin
-            \$975  = \$631 ;
+            \$975  = is_layernorm;
           end else begin
             \$975  = 1'h0;
           end
@@ -33896,18 +33467,18 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h3:
         begin
-          if (\$648 ) begin
+          if (\$644 ) begin
             if (beat__payload[512]) begin
               \$975  = 1'h0;
             end
           end
           if (c_fire) begin
             if (c_last) begin
-              \$975  = \$676 ;
+              \$975  = is_layernorm;
             end
           end
-          if (\$689 ) begin
-            \$975  = \$706 ;
+          if (\$685 ) begin
+            \$975  = is_layernorm;
           end
           if (start) begin
             \$975  = 1'h0;
@@ -33915,13 +33486,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h4:
         begin
-          if (\$722 ) begin
+          if (\$718 ) begin
             \$975  = 1'h0;
           end
           if (addr_fault) begin
             \$975  = 1'h0;
           end
-          if (\$734 ) begin
+          if (\$730 ) begin
             \$975  = 1'h0;
           end
           if (start) begin
@@ -33929,7 +33500,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end
         end
       3'h5:
-          if (\$735 ) begin
+          if (\$731 ) begin
             \$975  = 1'h0;
           end
       default:
@@ -33941,7 +33512,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$976  = a_from_src0;
+    \$976  = sink_from_add;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
@@ -33965,7 +33536,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$610 ) begin
+          if (\$606 ) begin
           end else if (d_end_more) begin
             \$976  = 1'h0;
           end else if (d_end) begin
@@ -33975,7 +33546,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end else if (d_const) begin
             \$976  = 1'h0;
           end else if (d_stream) begin
-            \$976  = \$635 ;
+            \$976  = \$617 ;
           end else begin
             \$976  = 1'h0;
           end
@@ -33985,18 +33556,18 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h3:
         begin
-          if (\$648 ) begin
+          if (\$644 ) begin
             if (beat__payload[512]) begin
               \$976  = 1'h0;
             end
           end
           if (c_fire) begin
             if (c_last) begin
-              \$976  = \$680 ;
+              \$976  = \$662 ;
             end
           end
-          if (\$689 ) begin
-            \$976  = \$710 ;
+          if (\$685 ) begin
+            \$976  = \$692 ;
           end
           if (start) begin
             \$976  = 1'h0;
@@ -34004,13 +33575,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h4:
         begin
-          if (\$722 ) begin
+          if (\$718 ) begin
             \$976  = 1'h0;
           end
           if (addr_fault) begin
             \$976  = 1'h0;
           end
-          if (\$734 ) begin
+          if (\$730 ) begin
             \$976  = 1'h0;
           end
           if (start) begin
@@ -34018,7 +33589,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end
         end
       3'h5:
-          if (\$735 ) begin
+          if (\$731 ) begin
             \$976  = 1'h0;
           end
       default:
@@ -34030,7 +33601,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$977  = const_to0;
+    \$977  = sink_from_gelu0;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
@@ -34054,7 +33625,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$610 ) begin
+          if (\$606 ) begin
           end else if (d_end_more) begin
             \$977  = 1'h0;
           end else if (d_end) begin
@@ -34062,9 +33633,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end else if (d_count_zero) begin
             \$977  = 1'h0;
           end else if (d_const) begin
-            \$977  = \$613 ;
-          end else if (d_stream) begin
             \$977  = 1'h0;
+          end else if (d_stream) begin
+            \$977  = \$621 ;
           end else begin
             \$977  = 1'h0;
           end
@@ -34074,18 +33645,18 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h3:
         begin
-          if (\$648 ) begin
+          if (\$644 ) begin
             if (beat__payload[512]) begin
               \$977  = 1'h0;
             end
           end
           if (c_fire) begin
             if (c_last) begin
-              \$977  = 1'h0;
+              \$977  = \$666 ;
             end
           end
-          if (\$689 ) begin
-            \$977  = 1'h0;
+          if (\$685 ) begin
+            \$977  = \$696 ;
           end
           if (start) begin
             \$977  = 1'h0;
@@ -34093,13 +33664,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h4:
         begin
-          if (\$722 ) begin
+          if (\$718 ) begin
             \$977  = 1'h0;
           end
           if (addr_fault) begin
             \$977  = 1'h0;
           end
-          if (\$734 ) begin
+          if (\$730 ) begin
             \$977  = 1'h0;
           end
           if (start) begin
@@ -34107,7 +33678,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end
         end
       3'h5:
-          if (\$735 ) begin
+          if (\$731 ) begin
             \$977  = 1'h0;
           end
       default:
@@ -34119,7 +33690,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$978  = const_to1;
+    \$978  = sink_from_gemm;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
@@ -34143,7 +33714,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$610 ) begin
+          if (\$606 ) begin
           end else if (d_end_more) begin
             \$978  = 1'h0;
           end else if (d_end) begin
@@ -34151,9 +33722,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end else if (d_count_zero) begin
             \$978  = 1'h0;
           end else if (d_const) begin
-            \$978  = \$614 ;
-          end else if (d_stream) begin
             \$978  = 1'h0;
+          end else if (d_stream) begin
+            \$978  = \$625 ;
           end else begin
             \$978  = 1'h0;
           end
@@ -34163,18 +33734,18 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h3:
         begin
-          if (\$648 ) begin
+          if (\$644 ) begin
             if (beat__payload[512]) begin
               \$978  = 1'h0;
             end
           end
           if (c_fire) begin
             if (c_last) begin
-              \$978  = 1'h0;
+              \$978  = \$670 ;
             end
           end
-          if (\$689 ) begin
-            \$978  = 1'h0;
+          if (\$685 ) begin
+            \$978  = \$700 ;
           end
           if (start) begin
             \$978  = 1'h0;
@@ -34182,13 +33753,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h4:
         begin
-          if (\$722 ) begin
+          if (\$718 ) begin
             \$978  = 1'h0;
           end
           if (addr_fault) begin
             \$978  = 1'h0;
           end
-          if (\$734 ) begin
+          if (\$730 ) begin
             \$978  = 1'h0;
           end
           if (start) begin
@@ -34196,7 +33767,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end
         end
       3'h5:
-          if (\$735 ) begin
+          if (\$731 ) begin
             \$978  = 1'h0;
           end
       default:
@@ -34208,7 +33779,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$979  = const_to2;
+    \$979  = a_from_softmax;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
@@ -34232,7 +33803,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$610 ) begin
+          if (\$606 ) begin
           end else if (d_end_more) begin
             \$979  = 1'h0;
           end else if (d_end) begin
@@ -34240,9 +33811,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end else if (d_count_zero) begin
             \$979  = 1'h0;
           end else if (d_const) begin
-            \$979  = add_sel;
-          end else if (d_stream) begin
             \$979  = 1'h0;
+          end else if (d_stream) begin
+            \$979  = \$626 ;
           end else begin
             \$979  = 1'h0;
           end
@@ -34252,18 +33823,18 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h3:
         begin
-          if (\$648 ) begin
+          if (\$644 ) begin
             if (beat__payload[512]) begin
               \$979  = 1'h0;
             end
           end
           if (c_fire) begin
             if (c_last) begin
-              \$979  = 1'h0;
+              \$979  = \$671 ;
             end
           end
-          if (\$689 ) begin
-            \$979  = 1'h0;
+          if (\$685 ) begin
+            \$979  = \$701 ;
           end
           if (start) begin
             \$979  = 1'h0;
@@ -34271,13 +33842,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h4:
         begin
-          if (\$722 ) begin
+          if (\$718 ) begin
             \$979  = 1'h0;
           end
           if (addr_fault) begin
             \$979  = 1'h0;
           end
-          if (\$734 ) begin
+          if (\$730 ) begin
             \$979  = 1'h0;
           end
           if (start) begin
@@ -34285,7 +33856,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end
         end
       3'h5:
-          if (\$735 ) begin
+          if (\$731 ) begin
             \$979  = 1'h0;
           end
       default:
@@ -34297,7 +33868,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$980  = const_to3;
+    \$980  = a_from_layernorm;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
@@ -34321,7 +33892,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$610 ) begin
+          if (\$606 ) begin
           end else if (d_end_more) begin
             \$980  = 1'h0;
           end else if (d_end) begin
@@ -34329,9 +33900,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end else if (d_count_zero) begin
             \$980  = 1'h0;
           end else if (d_const) begin
-            \$980  = gelu_sel0;
-          end else if (d_stream) begin
             \$980  = 1'h0;
+          end else if (d_stream) begin
+            \$980  = \$627 ;
           end else begin
             \$980  = 1'h0;
           end
@@ -34341,18 +33912,18 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h3:
         begin
-          if (\$648 ) begin
+          if (\$644 ) begin
             if (beat__payload[512]) begin
               \$980  = 1'h0;
             end
           end
           if (c_fire) begin
             if (c_last) begin
-              \$980  = 1'h0;
+              \$980  = \$672 ;
             end
           end
-          if (\$689 ) begin
-            \$980  = 1'h0;
+          if (\$685 ) begin
+            \$980  = \$702 ;
           end
           if (start) begin
             \$980  = 1'h0;
@@ -34360,13 +33931,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h4:
         begin
-          if (\$722 ) begin
+          if (\$718 ) begin
             \$980  = 1'h0;
           end
           if (addr_fault) begin
             \$980  = 1'h0;
           end
-          if (\$734 ) begin
+          if (\$730 ) begin
             \$980  = 1'h0;
           end
           if (start) begin
@@ -34374,7 +33945,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end
         end
       3'h5:
-          if (\$735 ) begin
+          if (\$731 ) begin
             \$980  = 1'h0;
           end
       default:
@@ -34386,12 +33957,12 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$981  = in_fetch;
+    \$981  = a_from_src0;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
           if (start) begin
-            \$981  = 1'h1;
+            \$981  = 1'h0;
           end
       3'h1:
         begin
@@ -34410,9 +33981,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$610 ) begin
+          if (\$606 ) begin
           end else if (d_end_more) begin
-            \$981  = 1'h1;
+            \$981  = 1'h0;
           end else if (d_end) begin
             \$981  = 1'h0;
           end else if (d_count_zero) begin
@@ -34420,7 +33991,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end else if (d_const) begin
             \$981  = 1'h0;
           end else if (d_stream) begin
-            \$981  = 1'h0;
+            \$981  = \$631 ;
           end else begin
             \$981  = 1'h0;
           end
@@ -34430,18 +34001,18 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h3:
         begin
-          if (\$648 ) begin
+          if (\$644 ) begin
             if (beat__payload[512]) begin
               \$981  = 1'h0;
             end
           end
           if (c_fire) begin
             if (c_last) begin
-              \$981  = 1'h0;
+              \$981  = \$676 ;
             end
           end
-          if (\$689 ) begin
-            \$981  = 1'h0;
+          if (\$685 ) begin
+            \$981  = \$706 ;
           end
           if (start) begin
             \$981  = 1'h0;
@@ -34449,13 +34020,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h4:
         begin
-          if (\$722 ) begin
-            \$981  = 1'h1;
+          if (\$718 ) begin
+            \$981  = 1'h0;
           end
           if (addr_fault) begin
             \$981  = 1'h0;
           end
-          if (\$734 ) begin
+          if (\$730 ) begin
             \$981  = 1'h0;
           end
           if (start) begin
@@ -34463,7 +34034,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end
         end
       3'h5:
-          if (\$735 ) begin
+          if (\$731 ) begin
             \$981  = 1'h0;
           end
       default:
@@ -34475,7 +34046,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$982  = in_const;
+    \$982  = const_to0;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
@@ -34499,7 +34070,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$610 ) begin
+          if (\$606 ) begin
           end else if (d_end_more) begin
             \$982  = 1'h0;
           end else if (d_end) begin
@@ -34507,7 +34078,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end else if (d_count_zero) begin
             \$982  = 1'h0;
           end else if (d_const) begin
-            \$982  = 1'h1;
+            \$982  = \$609 ;
           end else if (d_stream) begin
             \$982  = 1'h0;
           end else begin
@@ -34519,7 +34090,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h3:
         begin
-          if (\$648 ) begin
+          if (\$644 ) begin
             if (beat__payload[512]) begin
               \$982  = 1'h0;
             end
@@ -34529,7 +34100,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
               \$982  = 1'h0;
             end
           end
-          if (\$689 ) begin
+          if (\$685 ) begin
             \$982  = 1'h0;
           end
           if (start) begin
@@ -34538,13 +34109,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h4:
         begin
-          if (\$722 ) begin
+          if (\$718 ) begin
             \$982  = 1'h0;
           end
           if (addr_fault) begin
             \$982  = 1'h0;
           end
-          if (\$734 ) begin
+          if (\$730 ) begin
             \$982  = 1'h0;
           end
           if (start) begin
@@ -34552,7 +34123,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end
         end
       3'h5:
-          if (\$735 ) begin
+          if (\$731 ) begin
             \$982  = 1'h0;
           end
       default:
@@ -34564,7 +34135,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$983  = run0;
+    \$983  = const_to1;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
@@ -34588,7 +34159,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$610 ) begin
+          if (\$606 ) begin
           end else if (d_end_more) begin
             \$983  = 1'h0;
           end else if (d_end) begin
@@ -34596,9 +34167,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end else if (d_count_zero) begin
             \$983  = 1'h0;
           end else if (d_const) begin
-            \$983  = 1'h0;
+            \$983  = \$610 ;
           end else if (d_stream) begin
-            \$983  = \$636 ;
+            \$983  = 1'h0;
           end else begin
             \$983  = 1'h0;
           end
@@ -34608,18 +34179,18 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h3:
         begin
-          if (\$648 ) begin
+          if (\$644 ) begin
             if (beat__payload[512]) begin
               \$983  = 1'h0;
             end
           end
           if (c_fire) begin
             if (c_last) begin
-              \$983  = \$681 ;
+              \$983  = 1'h0;
             end
           end
-          if (\$689 ) begin
-            \$983  = \$711 ;
+          if (\$685 ) begin
+            \$983  = 1'h0;
           end
           if (start) begin
             \$983  = 1'h0;
@@ -34627,13 +34198,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h4:
         begin
-          if (\$722 ) begin
+          if (\$718 ) begin
             \$983  = 1'h0;
           end
           if (addr_fault) begin
             \$983  = 1'h0;
           end
-          if (\$734 ) begin
+          if (\$730 ) begin
             \$983  = 1'h0;
           end
           if (start) begin
@@ -34641,7 +34212,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end
         end
       3'h5:
-          if (\$735 ) begin
+          if (\$731 ) begin
             \$983  = 1'h0;
           end
       default:
@@ -34653,7 +34224,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$984  = run1;
+    \$984  = const_to2;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
@@ -34677,7 +34248,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$610 ) begin
+          if (\$606 ) begin
           end else if (d_end_more) begin
             \$984  = 1'h0;
           end else if (d_end) begin
@@ -34685,9 +34256,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end else if (d_count_zero) begin
             \$984  = 1'h0;
           end else if (d_const) begin
-            \$984  = 1'h0;
+            \$984  = add_sel;
           end else if (d_stream) begin
-            \$984  = \$639 ;
+            \$984  = 1'h0;
           end else begin
             \$984  = 1'h0;
           end
@@ -34697,18 +34268,18 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h3:
         begin
-          if (\$648 ) begin
+          if (\$644 ) begin
             if (beat__payload[512]) begin
               \$984  = 1'h0;
             end
           end
           if (c_fire) begin
             if (c_last) begin
-              \$984  = \$684 ;
+              \$984  = 1'h0;
             end
           end
-          if (\$689 ) begin
-            \$984  = \$714 ;
+          if (\$685 ) begin
+            \$984  = 1'h0;
           end
           if (start) begin
             \$984  = 1'h0;
@@ -34716,13 +34287,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h4:
         begin
-          if (\$722 ) begin
+          if (\$718 ) begin
             \$984  = 1'h0;
           end
           if (addr_fault) begin
             \$984  = 1'h0;
           end
-          if (\$734 ) begin
+          if (\$730 ) begin
             \$984  = 1'h0;
           end
           if (start) begin
@@ -34730,7 +34301,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end
         end
       3'h5:
-          if (\$735 ) begin
+          if (\$731 ) begin
             \$984  = 1'h0;
           end
       default:
@@ -34742,7 +34313,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$985  = q0_to_pack;
+    \$985  = const_to3;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
@@ -34766,7 +34337,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$610 ) begin
+          if (\$606 ) begin
           end else if (d_end_more) begin
             \$985  = 1'h0;
           end else if (d_end) begin
@@ -34774,9 +34345,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end else if (d_count_zero) begin
             \$985  = 1'h0;
           end else if (d_const) begin
-            \$985  = 1'h0;
+            \$985  = gelu_sel0;
           end else if (d_stream) begin
-            \$985  = \$640 ;
+            \$985  = 1'h0;
           end else begin
             \$985  = 1'h0;
           end
@@ -34786,18 +34357,18 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h3:
         begin
-          if (\$648 ) begin
+          if (\$644 ) begin
             if (beat__payload[512]) begin
               \$985  = 1'h0;
             end
           end
           if (c_fire) begin
             if (c_last) begin
-              \$985  = \$685 ;
+              \$985  = 1'h0;
             end
           end
-          if (\$689 ) begin
-            \$985  = \$715 ;
+          if (\$685 ) begin
+            \$985  = 1'h0;
           end
           if (start) begin
             \$985  = 1'h0;
@@ -34805,13 +34376,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h4:
         begin
-          if (\$722 ) begin
+          if (\$718 ) begin
             \$985  = 1'h0;
           end
           if (addr_fault) begin
             \$985  = 1'h0;
           end
-          if (\$734 ) begin
+          if (\$730 ) begin
             \$985  = 1'h0;
           end
           if (start) begin
@@ -34819,7 +34390,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end
         end
       3'h5:
-          if (\$735 ) begin
+          if (\$731 ) begin
             \$985  = 1'h0;
           end
       default:
@@ -34831,12 +34402,12 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$986  = res_to_pack;
+    \$986  = in_fetch;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
           if (start) begin
-            \$986  = 1'h0;
+            \$986  = 1'h1;
           end
       3'h1:
         begin
@@ -34855,9 +34426,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$610 ) begin
+          if (\$606 ) begin
           end else if (d_end_more) begin
-            \$986  = 1'h0;
+            \$986  = 1'h1;
           end else if (d_end) begin
             \$986  = 1'h0;
           end else if (d_count_zero) begin
@@ -34865,7 +34436,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end else if (d_const) begin
             \$986  = 1'h0;
           end else if (d_stream) begin
-            \$986  = \$642 ;
+            \$986  = 1'h0;
           end else begin
             \$986  = 1'h0;
           end
@@ -34875,18 +34446,18 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h3:
         begin
-          if (\$648 ) begin
+          if (\$644 ) begin
             if (beat__payload[512]) begin
               \$986  = 1'h0;
             end
           end
           if (c_fire) begin
             if (c_last) begin
-              \$986  = \$687 ;
+              \$986  = 1'h0;
             end
           end
-          if (\$689 ) begin
-            \$986  = \$717 ;
+          if (\$685 ) begin
+            \$986  = 1'h0;
           end
           if (start) begin
             \$986  = 1'h0;
@@ -34894,13 +34465,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h4:
         begin
-          if (\$722 ) begin
-            \$986  = 1'h0;
+          if (\$718 ) begin
+            \$986  = 1'h1;
           end
           if (addr_fault) begin
             \$986  = 1'h0;
           end
-          if (\$734 ) begin
+          if (\$730 ) begin
             \$986  = 1'h0;
           end
           if (start) begin
@@ -34908,7 +34479,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end
         end
       3'h5:
-          if (\$735 ) begin
+          if (\$731 ) begin
             \$986  = 1'h0;
           end
       default:
@@ -34920,253 +34491,590 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$987  = ins;
+    \$987  = in_const;
+    (* full_case = 32'd1 *)
+    casez (seq_state)
+      3'h0:
+          if (start) begin
+            \$987  = 1'h0;
+          end
+      3'h1:
+        begin
+          if (beat__valid) begin
+            (* full_case = 32'd1 *)
+            if (beat__payload[512]) begin
+              \$987  = 1'h0;
+            end else begin
+              \$987  = 1'h0;
+            end
+          end
+          if (start) begin
+            \$987  = 1'h0;
+          end
+        end
+      3'h2:
+        begin
+          (* full_case = 32'd1 *)
+          if (\$606 ) begin
+          end else if (d_end_more) begin
+            \$987  = 1'h0;
+          end else if (d_end) begin
+            \$987  = 1'h0;
+          end else if (d_count_zero) begin
+            \$987  = 1'h0;
+          end else if (d_const) begin
+            \$987  = 1'h1;
+          end else if (d_stream) begin
+            \$987  = 1'h0;
+          end else begin
+            \$987  = 1'h0;
+          end
+          if (start) begin
+            \$987  = 1'h0;
+          end
+        end
+      3'h3:
+        begin
+          if (\$644 ) begin
+            if (beat__payload[512]) begin
+              \$987  = 1'h0;
+            end
+          end
+          if (c_fire) begin
+            if (c_last) begin
+              \$987  = 1'h0;
+            end
+          end
+          if (\$685 ) begin
+            \$987  = 1'h0;
+          end
+          if (start) begin
+            \$987  = 1'h0;
+          end
+        end
+      3'h4:
+        begin
+          if (\$718 ) begin
+            \$987  = 1'h0;
+          end
+          if (addr_fault) begin
+            \$987  = 1'h0;
+          end
+          if (\$730 ) begin
+            \$987  = 1'h0;
+          end
+          if (start) begin
+            \$987  = 1'h0;
+          end
+        end
+      3'h5:
+          if (\$731 ) begin
+            \$987  = 1'h0;
+          end
+      default:
+          \$987  = 1'h0;
+    endcase
+    if (rst) begin
+      \$987  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$988  = run0;
+    (* full_case = 32'd1 *)
+    casez (seq_state)
+      3'h0:
+          if (start) begin
+            \$988  = 1'h0;
+          end
+      3'h1:
+        begin
+          if (beat__valid) begin
+            (* full_case = 32'd1 *)
+            if (beat__payload[512]) begin
+              \$988  = 1'h0;
+            end else begin
+              \$988  = 1'h0;
+            end
+          end
+          if (start) begin
+            \$988  = 1'h0;
+          end
+        end
+      3'h2:
+        begin
+          (* full_case = 32'd1 *)
+          if (\$606 ) begin
+          end else if (d_end_more) begin
+            \$988  = 1'h0;
+          end else if (d_end) begin
+            \$988  = 1'h0;
+          end else if (d_count_zero) begin
+            \$988  = 1'h0;
+          end else if (d_const) begin
+            \$988  = 1'h0;
+          end else if (d_stream) begin
+            \$988  = \$632 ;
+          end else begin
+            \$988  = 1'h0;
+          end
+          if (start) begin
+            \$988  = 1'h0;
+          end
+        end
+      3'h3:
+        begin
+          if (\$644 ) begin
+            if (beat__payload[512]) begin
+              \$988  = 1'h0;
+            end
+          end
+          if (c_fire) begin
+            if (c_last) begin
+              \$988  = \$677 ;
+            end
+          end
+          if (\$685 ) begin
+            \$988  = \$707 ;
+          end
+          if (start) begin
+            \$988  = 1'h0;
+          end
+        end
+      3'h4:
+        begin
+          if (\$718 ) begin
+            \$988  = 1'h0;
+          end
+          if (addr_fault) begin
+            \$988  = 1'h0;
+          end
+          if (\$730 ) begin
+            \$988  = 1'h0;
+          end
+          if (start) begin
+            \$988  = 1'h0;
+          end
+        end
+      3'h5:
+          if (\$731 ) begin
+            \$988  = 1'h0;
+          end
+      default:
+          \$988  = 1'h0;
+    endcase
+    if (rst) begin
+      \$988  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$989  = run1;
+    (* full_case = 32'd1 *)
+    casez (seq_state)
+      3'h0:
+          if (start) begin
+            \$989  = 1'h0;
+          end
+      3'h1:
+        begin
+          if (beat__valid) begin
+            (* full_case = 32'd1 *)
+            if (beat__payload[512]) begin
+              \$989  = 1'h0;
+            end else begin
+              \$989  = 1'h0;
+            end
+          end
+          if (start) begin
+            \$989  = 1'h0;
+          end
+        end
+      3'h2:
+        begin
+          (* full_case = 32'd1 *)
+          if (\$606 ) begin
+          end else if (d_end_more) begin
+            \$989  = 1'h0;
+          end else if (d_end) begin
+            \$989  = 1'h0;
+          end else if (d_count_zero) begin
+            \$989  = 1'h0;
+          end else if (d_const) begin
+            \$989  = 1'h0;
+          end else if (d_stream) begin
+            \$989  = \$635 ;
+          end else begin
+            \$989  = 1'h0;
+          end
+          if (start) begin
+            \$989  = 1'h0;
+          end
+        end
+      3'h3:
+        begin
+          if (\$644 ) begin
+            if (beat__payload[512]) begin
+              \$989  = 1'h0;
+            end
+          end
+          if (c_fire) begin
+            if (c_last) begin
+              \$989  = \$680 ;
+            end
+          end
+          if (\$685 ) begin
+            \$989  = \$710 ;
+          end
+          if (start) begin
+            \$989  = 1'h0;
+          end
+        end
+      3'h4:
+        begin
+          if (\$718 ) begin
+            \$989  = 1'h0;
+          end
+          if (addr_fault) begin
+            \$989  = 1'h0;
+          end
+          if (\$730 ) begin
+            \$989  = 1'h0;
+          end
+          if (start) begin
+            \$989  = 1'h0;
+          end
+        end
+      3'h5:
+          if (\$731 ) begin
+            \$989  = 1'h0;
+          end
+      default:
+          \$989  = 1'h0;
+    endcase
+    if (rst) begin
+      \$989  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$990  = q0_to_pack;
+    (* full_case = 32'd1 *)
+    casez (seq_state)
+      3'h0:
+          if (start) begin
+            \$990  = 1'h0;
+          end
+      3'h1:
+        begin
+          if (beat__valid) begin
+            (* full_case = 32'd1 *)
+            if (beat__payload[512]) begin
+              \$990  = 1'h0;
+            end else begin
+              \$990  = 1'h0;
+            end
+          end
+          if (start) begin
+            \$990  = 1'h0;
+          end
+        end
+      3'h2:
+        begin
+          (* full_case = 32'd1 *)
+          if (\$606 ) begin
+          end else if (d_end_more) begin
+            \$990  = 1'h0;
+          end else if (d_end) begin
+            \$990  = 1'h0;
+          end else if (d_count_zero) begin
+            \$990  = 1'h0;
+          end else if (d_const) begin
+            \$990  = 1'h0;
+          end else if (d_stream) begin
+            \$990  = \$636 ;
+          end else begin
+            \$990  = 1'h0;
+          end
+          if (start) begin
+            \$990  = 1'h0;
+          end
+        end
+      3'h3:
+        begin
+          if (\$644 ) begin
+            if (beat__payload[512]) begin
+              \$990  = 1'h0;
+            end
+          end
+          if (c_fire) begin
+            if (c_last) begin
+              \$990  = \$681 ;
+            end
+          end
+          if (\$685 ) begin
+            \$990  = \$711 ;
+          end
+          if (start) begin
+            \$990  = 1'h0;
+          end
+        end
+      3'h4:
+        begin
+          if (\$718 ) begin
+            \$990  = 1'h0;
+          end
+          if (addr_fault) begin
+            \$990  = 1'h0;
+          end
+          if (\$730 ) begin
+            \$990  = 1'h0;
+          end
+          if (start) begin
+            \$990  = 1'h0;
+          end
+        end
+      3'h5:
+          if (\$731 ) begin
+            \$990  = 1'h0;
+          end
+      default:
+          \$990  = 1'h0;
+    endcase
+    if (rst) begin
+      \$990  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$991  = res_to_pack;
+    (* full_case = 32'd1 *)
+    casez (seq_state)
+      3'h0:
+          if (start) begin
+            \$991  = 1'h0;
+          end
+      3'h1:
+        begin
+          if (beat__valid) begin
+            (* full_case = 32'd1 *)
+            if (beat__payload[512]) begin
+              \$991  = 1'h0;
+            end else begin
+              \$991  = 1'h0;
+            end
+          end
+          if (start) begin
+            \$991  = 1'h0;
+          end
+        end
+      3'h2:
+        begin
+          (* full_case = 32'd1 *)
+          if (\$606 ) begin
+          end else if (d_end_more) begin
+            \$991  = 1'h0;
+          end else if (d_end) begin
+            \$991  = 1'h0;
+          end else if (d_count_zero) begin
+            \$991  = 1'h0;
+          end else if (d_const) begin
+            \$991  = 1'h0;
+          end else if (d_stream) begin
+            \$991  = \$638 ;
+          end else begin
+            \$991  = 1'h0;
+          end
+          if (start) begin
+            \$991  = 1'h0;
+          end
+        end
+      3'h3:
+        begin
+          if (\$644 ) begin
+            if (beat__payload[512]) begin
+              \$991  = 1'h0;
+            end
+          end
+          if (c_fire) begin
+            if (c_last) begin
+              \$991  = \$683 ;
+            end
+          end
+          if (\$685 ) begin
+            \$991  = \$713 ;
+          end
+          if (start) begin
+            \$991  = 1'h0;
+          end
+        end
+      3'h4:
+        begin
+          if (\$718 ) begin
+            \$991  = 1'h0;
+          end
+          if (addr_fault) begin
+            \$991  = 1'h0;
+          end
+          if (\$730 ) begin
+            \$991  = 1'h0;
+          end
+          if (start) begin
+            \$991  = 1'h0;
+          end
+        end
+      3'h5:
+          if (\$731 ) begin
+            \$991  = 1'h0;
+          end
+      default:
+          \$991  = 1'h0;
+    endcase
+    if (rst) begin
+      \$991  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$992  = ins;
     casez (seq_state)
       3'h0:
           /* empty */;
       3'h1:
           if (beat__valid) begin
-            \$987  = beat__payload[511:0];
+            \$992  = beat__payload[511:0];
           end
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$988  = decode_wait;
+    \$993  = decode_wait;
     casez (seq_state)
       3'h0:
           /* empty */;
       3'h1:
           if (beat__valid) begin
-            \$988  = 3'h4;
+            \$993  = 3'h4;
           end
       3'h2:
-          if (\$610 ) begin
-            \$988  = \$611 [2:0];
+          if (\$606 ) begin
+            \$993  = \$607 [2:0];
           end
     endcase
     if (rst) begin
-      \$988  = 3'h0;
+      \$993  = 3'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$989  = c_addr;
+    \$994  = c_addr;
     casez (seq_state)
       3'h0:
           /* empty */;
       3'h1:
           /* empty */;
       3'h2:
-          \$989  = dec_c_base;
+          \$994  = dec_c_base;
       3'h3:
-          if (\$644 ) begin
-            \$989  = \$646 [31:0];
+          if (\$640 ) begin
+            \$994  = \$642 [31:0];
           end
     endcase
     if (rst) begin
-      \$989  = 32'd0;
+      \$994  = 32'd0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$990  = c_step;
+    \$995  = c_step;
     casez (seq_state)
       3'h0:
           /* empty */;
       3'h1:
           /* empty */;
       3'h2:
-          \$990  = \$608 [7:0];
+          \$995  = \$604 [7:0];
     endcase
     if (rst) begin
-      \$990  = 8'h00;
+      \$995  = 8'h00;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$991  = c_ask;
+    \$996  = c_ask;
     casez (seq_state)
       3'h0:
           /* empty */;
       3'h1:
           /* empty */;
       3'h2:
-          \$991  = { 4'h0, ins[509:498] };
+          \$996  = { 4'h0, ins[509:498] };
       3'h3:
-          if (\$644 ) begin
-            \$991  = \$645 [15:0];
+          if (\$640 ) begin
+            \$996  = \$641 [15:0];
           end
     endcase
     if (rst) begin
-      \$991  = 16'h0000;
+      \$996  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$992  = c_due;
+    \$997  = c_due;
     casez (seq_state)
       3'h0:
           /* empty */;
       3'h1:
           /* empty */;
       3'h2:
-          \$992  = { 4'h0, ins[509:498] };
-      3'h3:
-          if (c_fire) begin
-            \$992  = \$658 [15:0];
-          end
-    endcase
-    if (rst) begin
-      \$992  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$993  = c_last;
-    casez (seq_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
-      3'h2:
-          \$993  = \$609 ;
+          \$997  = { 4'h0, ins[509:498] };
       3'h3:
           if (c_fire) begin
-            \$993  = \$659 ;
+            \$997  = \$654 [15:0];
           end
     endcase
     if (rst) begin
-      \$993  = 1'h0;
+      \$997  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$994  = c_data;
+    \$998  = c_last;
     casez (seq_state)
       3'h0:
           /* empty */;
       3'h1:
           /* empty */;
       3'h2:
-          /* empty */;
+          \$998  = \$605 ;
       3'h3:
-          if (\$648 ) begin
-            \$994  = beat__payload[65:0];
-          end
-    endcase
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$995  = c_full;
-    casez (seq_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
-      3'h2:
-          /* empty */;
-      3'h3:
-        begin
-          if (\$648 ) begin
-            \$995  = \$649 ;
-          end
           if (c_fire) begin
-            \$995  = 1'h0;
-          end
-        end
-    endcase
-    if (unit_rst) begin
-      \$995  = 1'h0;
-    end
-    if (rst) begin
-      \$995  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$996  = c_valid0;
-    casez (seq_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
-      3'h2:
-          /* empty */;
-      3'h3:
-        begin
-          if (\$648 ) begin
-            \$996  = \$651 ;
-          end
-          if (c_fire) begin
-            \$996  = 1'h0;
-          end
-        end
-    endcase
-    if (unit_rst) begin
-      \$996  = 1'h0;
-    end
-    if (rst) begin
-      \$996  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$997  = c_valid1;
-    casez (seq_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
-      3'h2:
-          /* empty */;
-      3'h3:
-        begin
-          if (\$648 ) begin
-            \$997  = \$653 ;
-          end
-          if (c_fire) begin
-            \$997  = 1'h0;
-          end
-        end
-    endcase
-    if (unit_rst) begin
-      \$997  = 1'h0;
-    end
-    if (rst) begin
-      \$997  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$998  = c_valid2;
-    casez (seq_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
-      3'h2:
-          /* empty */;
-      3'h3:
-        begin
-          if (\$648 ) begin
             \$998  = \$655 ;
           end
-          if (c_fire) begin
-            \$998  = 1'h0;
-          end
-        end
     endcase
-    if (unit_rst) begin
-      \$998  = 1'h0;
-    end
     if (rst) begin
       \$998  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$999  = c_valid3;
+    \$999  = c_data;
+    casez (seq_state)
+      3'h0:
+          /* empty */;
+      3'h1:
+          /* empty */;
+      3'h2:
+          /* empty */;
+      3'h3:
+          if (\$644 ) begin
+            \$999  = beat__payload[65:0];
+          end
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1000  = c_full;
     casez (seq_state)
       3'h0:
           /* empty */;
@@ -35176,69 +35084,68 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           /* empty */;
       3'h3:
         begin
-          if (\$648 ) begin
-            \$999  = \$657 ;
+          if (\$644 ) begin
+            \$1000  = \$645 ;
           end
           if (c_fire) begin
-            \$999  = 1'h0;
+            \$1000  = 1'h0;
           end
         end
     endcase
     if (unit_rst) begin
-      \$999  = 1'h0;
+      \$1000  = 1'h0;
     end
     if (rst) begin
-      \$999  = 1'h0;
+      \$1000  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1000  = ext_req_addr;
-    if (in_stream) begin
-      if (is_move) begin
-      end else if (is_load) begin
-        if (\$738 ) begin
-          \$1000  = \$740 [31:0];
+    \$1001  = c_valid0;
+    casez (seq_state)
+      3'h0:
+          /* empty */;
+      3'h1:
+          /* empty */;
+      3'h2:
+          /* empty */;
+      3'h3:
+        begin
+          if (\$644 ) begin
+            \$1001  = \$647 ;
+          end
+          if (c_fire) begin
+            \$1001  = 1'h0;
+          end
         end
-      end else if (is_store) begin
-        if (\$742 ) begin
-          \$1000  = \$744 [31:0];
-        end
-      end
+    endcase
+    if (unit_rst) begin
+      \$1001  = 1'h0;
     end
     if (rst) begin
-      \$1000  = 32'd0;
+      \$1001  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1001  = ext_req_data;
-    if (in_stream) begin
-      if (is_move) begin
-      end else if (is_load) begin
-      end else if (is_store) begin
-        if (\$742 ) begin
-          \$1001  = \r_data$239 [15:0];
+    \$1002  = c_valid1;
+    casez (seq_state)
+      3'h0:
+          /* empty */;
+      3'h1:
+          /* empty */;
+      3'h2:
+          /* empty */;
+      3'h3:
+        begin
+          if (\$644 ) begin
+            \$1002  = \$649 ;
+          end
+          if (c_fire) begin
+            \$1002  = 1'h0;
+          end
         end
-      end
-    end
-    if (rst) begin
-      \$1001  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1002  = \w_en$184 ;
-    if (pack_active) begin
-      if (\$745 ) begin
-        \$1002  = 1'h0;
-      end
-      if (\$751 ) begin
-        if (\$753 ) begin
-          \$1002  = 1'h1;
-        end
-      end
-    end
+    endcase
     if (unit_rst) begin
       \$1002  = 1'h0;
     end
@@ -35248,70 +35155,87 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1003  = pack_a0;
-    if (pack_active) begin
-      if (\$751 ) begin
-        casez (pack_j)
-          3'h0:
-              \$1003  = elem_data;
-        endcase
-      end
+    \$1003  = c_valid2;
+    casez (seq_state)
+      3'h0:
+          /* empty */;
+      3'h1:
+          /* empty */;
+      3'h2:
+          /* empty */;
+      3'h3:
+        begin
+          if (\$644 ) begin
+            \$1003  = \$651 ;
+          end
+          if (c_fire) begin
+            \$1003  = 1'h0;
+          end
+        end
+    endcase
+    if (unit_rst) begin
+      \$1003  = 1'h0;
     end
     if (rst) begin
-      \$1003  = 16'h0000;
+      \$1003  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1004  = pack_a1;
-    if (pack_active) begin
-      if (\$751 ) begin
-        casez (pack_j)
-          3'h0:
-              /* empty */;
-          3'h1:
-              \$1004  = elem_data;
-        endcase
-      end
+    \$1004  = c_valid3;
+    casez (seq_state)
+      3'h0:
+          /* empty */;
+      3'h1:
+          /* empty */;
+      3'h2:
+          /* empty */;
+      3'h3:
+        begin
+          if (\$644 ) begin
+            \$1004  = \$653 ;
+          end
+          if (c_fire) begin
+            \$1004  = 1'h0;
+          end
+        end
+    endcase
+    if (unit_rst) begin
+      \$1004  = 1'h0;
     end
     if (rst) begin
-      \$1004  = 16'h0000;
+      \$1004  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1005  = pack_a2;
-    if (pack_active) begin
-      if (\$751 ) begin
-        casez (pack_j)
-          3'h0:
-              /* empty */;
-          3'h1:
-              /* empty */;
-          3'h2:
-              \$1005  = elem_data;
-        endcase
+    \$1005  = ext_req_addr;
+    if (in_stream) begin
+      if (is_move) begin
+      end else if (is_load) begin
+        if (\$734 ) begin
+          \$1005  = \$736 [31:0];
+        end
+      end else if (is_store) begin
+        if (\$738 ) begin
+          \$1005  = \$740 [31:0];
+        end
       end
     end
     if (rst) begin
-      \$1005  = 16'h0000;
+      \$1005  = 32'd0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1006  = pack_a3;
-    if (pack_active) begin
-      if (\$751 ) begin
-        casez (pack_j)
-          3'h0:
-              /* empty */;
-          3'h1:
-              /* empty */;
-          3'h2:
-              /* empty */;
-          3'h3:
-              \$1006  = elem_data;
-        endcase
+    \$1006  = ext_req_data;
+    if (in_stream) begin
+      if (is_move) begin
+      end else if (is_load) begin
+      end else if (is_store) begin
+        if (\$738 ) begin
+          \$1006  = \r_data$239 [15:0];
+        end
       end
     end
     if (rst) begin
@@ -35320,29 +35244,32 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1007  = pack_b0;
+    \$1007  = \w_en$184 ;
     if (pack_active) begin
-      if (\$751 ) begin
-        casez (pack_j)
-          3'h0:
-              \$1007  = \r_data$360 [15:0];
-        endcase
+      if (\$741 ) begin
+        \$1007  = 1'h0;
+      end
+      if (\$747 ) begin
+        if (\$749 ) begin
+          \$1007  = 1'h1;
+        end
       end
     end
+    if (unit_rst) begin
+      \$1007  = 1'h0;
+    end
     if (rst) begin
-      \$1007  = 16'h0000;
+      \$1007  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1008  = pack_b1;
+    \$1008  = pack_a0;
     if (pack_active) begin
-      if (\$751 ) begin
+      if (\$747 ) begin
         casez (pack_j)
           3'h0:
-              /* empty */;
-          3'h1:
-              \$1008  = \r_data$360 [15:0];
+              \$1008  = elem_data;
         endcase
       end
     end
@@ -35352,16 +35279,14 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1009  = pack_b2;
+    \$1009  = pack_a1;
     if (pack_active) begin
-      if (\$751 ) begin
+      if (\$747 ) begin
         casez (pack_j)
           3'h0:
               /* empty */;
           3'h1:
-              /* empty */;
-          3'h2:
-              \$1009  = \r_data$360 [15:0];
+              \$1009  = elem_data;
         endcase
       end
     end
@@ -35371,18 +35296,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1010  = pack_b3;
+    \$1010  = pack_a2;
     if (pack_active) begin
-      if (\$751 ) begin
+      if (\$747 ) begin
         casez (pack_j)
           3'h0:
               /* empty */;
           3'h1:
               /* empty */;
           3'h2:
-              /* empty */;
-          3'h3:
-              \$1010  = \r_data$360 [15:0];
+              \$1010  = elem_data;
         endcase
       end
     end
@@ -35392,572 +35315,542 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1011  = pack_j;
+    \$1011  = pack_a3;
     if (pack_active) begin
-      if (\$751 ) begin
-        (* full_case = 32'd1 *)
-        if (\$753 ) begin
-          \$1011  = 3'h0;
-        end else begin
-          \$1011  = \$754 [2:0];
-        end
-      end
-    end
-    if (unit_rst) begin
-      \$1011  = 3'h0;
-    end
-    if (rst) begin
-      \$1011  = 3'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1012  = pack_jo;
-    if (pack_active) begin
-      if (\$755 ) begin
-        (* full_case = 32'd1 *)
-        if (\$757 ) begin
-          \$1012  = 3'h0;
-        end else begin
-          \$1012  = \$758 [2:0];
-        end
-      end
-    end
-    if (unit_rst) begin
-      \$1012  = 3'h0;
-    end
-    if (rst) begin
-      \$1012  = 3'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1013  = tiles;
-    if (in_decode) begin
-      \$1013  = dec_tiles;
-    end
-    if (gemm_active) begin
-      if (\$765 ) begin
-        if (\$779 ) begin
-          \$1013  = \$780 [31:0];
-        end
-      end
-    end
-    if (rst) begin
-      \$1013  = 32'd0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1014  = nt;
-    if (in_decode) begin
-      \$1014  = 16'h0000;
-    end
-    if (gemm_active) begin
-      if (\$765 ) begin
-        if (\$779 ) begin
-          (* full_case = 32'd1 *)
-          if (nt_hit) begin
-            \$1014  = 16'h0000;
-          end else begin
-            \$1014  = \$786 [15:0];
-          end
-        end
-      end
-    end
-    if (rst) begin
-      \$1014  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1015  = k;
-    if (in_decode) begin
-      \$1015  = 16'h0000;
-    end
-    if (gemm_active) begin
-      if (\$765 ) begin
-        if (\$767 ) begin
-        end else if (\$772 ) begin
-          \$1015  = \$773 [15:0];
-        end
-        if (\$779 ) begin
-          \$1015  = 16'h0000;
-        end
-      end
-    end
-    if (rst) begin
-      \$1015  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1016  = w_addr;
-    if (in_decode) begin
-      \$1016  = ins[465:434];
-    end
-    if (gemm_active) begin
-      if (\$765 ) begin
-        if (want_w) begin
-          \$1016  = \$776 [31:0];
-        end
-        if (\$779 ) begin
-          if (nt_hit) begin
-            \$1016  = ins[465:434];
-          end
-        end
-      end
-    end
-    if (rst) begin
-      \$1016  = 32'd0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1017  = p_addr;
-    if (in_decode) begin
-      \$1017  = ins[497:466];
-    end
-    if (gemm_active) begin
-      if (\$765 ) begin
-        if (\$779 ) begin
-          (* full_case = 32'd1 *)
-          if (nt_hit) begin
-            \$1017  = ins[497:466];
-          end else begin
-            \$1017  = \$789 [31:0];
-          end
-        end
-      end
-    end
-    if (rst) begin
-      \$1017  = 32'd0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1018  = want_w;
-    if (in_decode) begin
-      \$1018  = 1'h0;
-    end
-    if (gemm_active) begin
-      if (\$765 ) begin
-        if (\$767 ) begin
-          \$1018  = 1'h1;
-        end
-        if (\$779 ) begin
-          \$1018  = 1'h0;
-        end
-      end
-    end
-    if (rst) begin
-      \$1018  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1019  = w_step;
-    if (in_decode) begin
-      \$1019  = \$759 [7:0];
-    end
-    if (rst) begin
-      \$1019  = 8'h00;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1020  = \$signal$463 ;
-    if (in_decode) begin
-      \$1020  = \$760 ;
-    end
-    if (gemm_active) begin
-      if (\$765 ) begin
-        if (\$779 ) begin
-          \$1020  = \$781 ;
-        end
-      end
-    end
-    if (rst) begin
-      \$1020  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1021  = \$signal$559 ;
-    if (in_decode) begin
-      \$1021  = \$762 ;
-    end
-    if (gemm_active) begin
-      if (\$765 ) begin
-        if (\$767 ) begin
-        end else if (\$772 ) begin
-          \$1021  = \$775 ;
-        end
-        if (\$779 ) begin
-          \$1021  = \$783 ;
-        end
-      end
-    end
-    if (rst) begin
-      \$1021  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1022  = nt_hit;
-    if (in_decode) begin
-      \$1022  = \$764 ;
-    end
-    if (gemm_active) begin
-      if (\$765 ) begin
-        if (\$779 ) begin
-          (* full_case = 32'd1 *)
-          if (nt_hit) begin
-            \$1022  = \$785 ;
-          end else begin
-            \$1022  = \$788 ;
-          end
-        end
-      end
-    end
-    if (rst) begin
-      \$1022  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1023  = rk;
-    if (in_decode) begin
-      \$1023  = 16'h0000;
-    end
-    if (gemm_active) begin
-      if (\$794 ) begin
-        \$1023  = \$797 [15:0];
-      end
-    end
-    if (rst) begin
-      \$1023  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1024  = rk_zero;
-    if (in_decode) begin
-      \$1024  = 1'h1;
-    end
-    if (gemm_active) begin
-      if (\$794 ) begin
-        \$1024  = \$798 ;
-      end
-    end
-    if (rst) begin
-      \$1024  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1025  = a_filled0;
-    if (in_decode) begin
-      \$1025  = 1'h0;
-    end
-    if (gemm_active) begin
-      if (\$810 ) begin
-        if (a_load_k_hit) begin
-          if (\$816 ) begin
-            casez (\$signal$299 )
-              1'h0:
-                  \$1025  = 1'h1;
-            endcase
-          end
-        end
-      end else if (\$813 ) begin
-        if (\$822 ) begin
-          if (a_load_k_hit) begin
-            casez (\$signal$299 )
-              1'h0:
-                  \$1025  = 1'h1;
-            endcase
-          end
-        end
-      end
-      if (\$834 ) begin
-        casez (a_read_half)
-          1'h0:
-              \$1025  = 1'h0;
+      if (\$747 ) begin
+        casez (pack_j)
+          3'h0:
+              /* empty */;
+          3'h1:
+              /* empty */;
+          3'h2:
+              /* empty */;
+          3'h3:
+              \$1011  = elem_data;
         endcase
       end
     end
     if (rst) begin
+      \$1011  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1012  = pack_b0;
+    if (pack_active) begin
+      if (\$747 ) begin
+        casez (pack_j)
+          3'h0:
+              \$1012  = \r_data$360 [15:0];
+        endcase
+      end
+    end
+    if (rst) begin
+      \$1012  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1013  = pack_b1;
+    if (pack_active) begin
+      if (\$747 ) begin
+        casez (pack_j)
+          3'h0:
+              /* empty */;
+          3'h1:
+              \$1013  = \r_data$360 [15:0];
+        endcase
+      end
+    end
+    if (rst) begin
+      \$1013  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1014  = pack_b2;
+    if (pack_active) begin
+      if (\$747 ) begin
+        casez (pack_j)
+          3'h0:
+              /* empty */;
+          3'h1:
+              /* empty */;
+          3'h2:
+              \$1014  = \r_data$360 [15:0];
+        endcase
+      end
+    end
+    if (rst) begin
+      \$1014  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1015  = pack_b3;
+    if (pack_active) begin
+      if (\$747 ) begin
+        casez (pack_j)
+          3'h0:
+              /* empty */;
+          3'h1:
+              /* empty */;
+          3'h2:
+              /* empty */;
+          3'h3:
+              \$1015  = \r_data$360 [15:0];
+        endcase
+      end
+    end
+    if (rst) begin
+      \$1015  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1016  = pack_j;
+    if (pack_active) begin
+      if (\$747 ) begin
+        (* full_case = 32'd1 *)
+        if (\$749 ) begin
+          \$1016  = 3'h0;
+        end else begin
+          \$1016  = \$750 [2:0];
+        end
+      end
+    end
+    if (unit_rst) begin
+      \$1016  = 3'h0;
+    end
+    if (rst) begin
+      \$1016  = 3'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1017  = pack_jo;
+    if (pack_active) begin
+      if (\$751 ) begin
+        (* full_case = 32'd1 *)
+        if (\$753 ) begin
+          \$1017  = 3'h0;
+        end else begin
+          \$1017  = \$754 [2:0];
+        end
+      end
+    end
+    if (unit_rst) begin
+      \$1017  = 3'h0;
+    end
+    if (rst) begin
+      \$1017  = 3'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1018  = tiles;
+    if (in_decode) begin
+      \$1018  = dec_tiles;
+    end
+    if (gemm_active) begin
+      if (\$761 ) begin
+        if (\$775 ) begin
+          \$1018  = \$776 [31:0];
+        end
+      end
+    end
+    if (rst) begin
+      \$1018  = 32'd0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1019  = nt;
+    if (in_decode) begin
+      \$1019  = 16'h0000;
+    end
+    if (gemm_active) begin
+      if (\$761 ) begin
+        if (\$775 ) begin
+          (* full_case = 32'd1 *)
+          if (nt_hit) begin
+            \$1019  = 16'h0000;
+          end else begin
+            \$1019  = \$782 [15:0];
+          end
+        end
+      end
+    end
+    if (rst) begin
+      \$1019  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1020  = k;
+    if (in_decode) begin
+      \$1020  = 16'h0000;
+    end
+    if (gemm_active) begin
+      if (\$761 ) begin
+        if (\$763 ) begin
+        end else if (\$768 ) begin
+          \$1020  = \$769 [15:0];
+        end
+        if (\$775 ) begin
+          \$1020  = 16'h0000;
+        end
+      end
+    end
+    if (rst) begin
+      \$1020  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1021  = w_addr;
+    if (in_decode) begin
+      \$1021  = ins[465:434];
+    end
+    if (gemm_active) begin
+      if (\$761 ) begin
+        if (want_w) begin
+          \$1021  = \$772 [31:0];
+        end
+        if (\$775 ) begin
+          if (nt_hit) begin
+            \$1021  = ins[465:434];
+          end
+        end
+      end
+    end
+    if (rst) begin
+      \$1021  = 32'd0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1022  = p_addr;
+    if (in_decode) begin
+      \$1022  = ins[497:466];
+    end
+    if (gemm_active) begin
+      if (\$761 ) begin
+        if (\$775 ) begin
+          (* full_case = 32'd1 *)
+          if (nt_hit) begin
+            \$1022  = ins[497:466];
+          end else begin
+            \$1022  = \$785 [31:0];
+          end
+        end
+      end
+    end
+    if (rst) begin
+      \$1022  = 32'd0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1023  = want_w;
+    if (in_decode) begin
+      \$1023  = 1'h0;
+    end
+    if (gemm_active) begin
+      if (\$761 ) begin
+        if (\$763 ) begin
+          \$1023  = 1'h1;
+        end
+        if (\$775 ) begin
+          \$1023  = 1'h0;
+        end
+      end
+    end
+    if (rst) begin
+      \$1023  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1024  = w_step;
+    if (in_decode) begin
+      \$1024  = \$755 [7:0];
+    end
+    if (rst) begin
+      \$1024  = 8'h00;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1025  = \$signal$465 ;
+    if (in_decode) begin
+      \$1025  = \$756 ;
+    end
+    if (gemm_active) begin
+      if (\$761 ) begin
+        if (\$775 ) begin
+          \$1025  = \$777 ;
+        end
+      end
+    end
+    if (rst) begin
       \$1025  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1026  = a_filled1;
+    \$1026  = \$signal$560 ;
     if (in_decode) begin
-      \$1026  = 1'h0;
+      \$1026  = \$758 ;
     end
     if (gemm_active) begin
-      if (\$810 ) begin
+      if (\$761 ) begin
+        if (\$763 ) begin
+        end else if (\$768 ) begin
+          \$1026  = \$771 ;
+        end
+        if (\$775 ) begin
+          \$1026  = \$779 ;
+        end
+      end
+    end
+    if (rst) begin
+      \$1026  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1027  = nt_hit;
+    if (in_decode) begin
+      \$1027  = \$760 ;
+    end
+    if (gemm_active) begin
+      if (\$761 ) begin
+        if (\$775 ) begin
+          (* full_case = 32'd1 *)
+          if (nt_hit) begin
+            \$1027  = \$781 ;
+          end else begin
+            \$1027  = \$784 ;
+          end
+        end
+      end
+    end
+    if (rst) begin
+      \$1027  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1028  = rk;
+    if (in_decode) begin
+      \$1028  = 16'h0000;
+    end
+    if (gemm_active) begin
+      if (\$790 ) begin
+        \$1028  = \$793 [15:0];
+      end
+    end
+    if (rst) begin
+      \$1028  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1029  = rk_zero;
+    if (in_decode) begin
+      \$1029  = 1'h1;
+    end
+    if (gemm_active) begin
+      if (\$790 ) begin
+        \$1029  = \$794 ;
+      end
+    end
+    if (rst) begin
+      \$1029  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1030  = \$803 ;
+    if (rst) begin
+      \$1030  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1031  = a_filled0;
+    if (in_decode) begin
+      \$1031  = 1'h0;
+    end
+    if (gemm_active) begin
+      if (\$815 ) begin
         if (a_load_k_hit) begin
-          if (\$816 ) begin
+          if (\$821 ) begin
+            casez (\$signal$299 )
+              1'h0:
+                  \$1031  = 1'h1;
+            endcase
+          end
+        end
+      end else if (\$818 ) begin
+        if (\$827 ) begin
+          if (a_load_k_hit) begin
+            casez (\$signal$299 )
+              1'h0:
+                  \$1031  = 1'h1;
+            endcase
+          end
+        end
+      end
+      if (\$839 ) begin
+        casez (a_read_half)
+          1'h0:
+              \$1031  = 1'h0;
+        endcase
+      end
+    end
+    if (rst) begin
+      \$1031  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1032  = a_filled1;
+    if (in_decode) begin
+      \$1032  = 1'h0;
+    end
+    if (gemm_active) begin
+      if (\$815 ) begin
+        if (a_load_k_hit) begin
+          if (\$821 ) begin
             (* full_case = 32'd1 *)
             casez (\$signal$299 )
               1'h0:
                   /* empty */;
               1'h1:
-                  \$1026  = 1'h1;
+                  \$1032  = 1'h1;
             endcase
           end
         end
-      end else if (\$813 ) begin
-        if (\$822 ) begin
+      end else if (\$818 ) begin
+        if (\$827 ) begin
           if (a_load_k_hit) begin
             (* full_case = 32'd1 *)
             casez (\$signal$299 )
               1'h0:
                   /* empty */;
               1'h1:
-                  \$1026  = 1'h1;
+                  \$1032  = 1'h1;
             endcase
           end
         end
       end
-      if (\$834 ) begin
+      if (\$839 ) begin
         (* full_case = 32'd1 *)
         casez (a_read_half)
           1'h0:
               /* empty */;
           1'h1:
-              \$1026  = 1'h0;
+              \$1032  = 1'h0;
         endcase
       end
     end
     if (rst) begin
-      \$1026  = 1'h0;
+      \$1032  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1027  = \$signal$299 ;
+    \$1033  = \$signal$299 ;
     if (in_decode) begin
-      \$1027  = 1'h0;
+      \$1033  = 1'h0;
     end
     if (gemm_active) begin
-      if (\$810 ) begin
+      if (\$815 ) begin
         if (a_load_k_hit) begin
-          if (\$816 ) begin
-            \$1027  = \$817 ;
+          if (\$821 ) begin
+            \$1033  = \$822 ;
           end
         end
-      end else if (\$813 ) begin
-        if (\$822 ) begin
+      end else if (\$818 ) begin
+        if (\$827 ) begin
           if (a_load_k_hit) begin
-            \$1027  = \$828 ;
+            \$1033  = \$833 ;
           end
         end
       end
     end
     if (rst) begin
-      \$1027  = 1'h0;
+      \$1033  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1028  = \$signal$306 ;
+    \$1034  = \$signal$306 ;
     if (in_decode) begin
-      \$1028  = 4'h0;
+      \$1034  = 4'h0;
     end
     if (gemm_active) begin
-      if (\$810 ) begin
+      if (\$815 ) begin
         if (a_load_k_hit) begin
           (* full_case = 32'd1 *)
-          if (\$816 ) begin
-            \$1028  = 4'h0;
+          if (\$821 ) begin
+            \$1034  = 4'h0;
           end else begin
-            \$1028  = \$818 [3:0];
+            \$1034  = \$823 [3:0];
           end
         end
-      end else if (\$813 ) begin
+      end else if (\$818 ) begin
         (* full_case = 32'd1 *)
-        if (\$822 ) begin
-          \$1028  = 4'h0;
+        if (\$827 ) begin
+          \$1034  = 4'h0;
         end else begin
-          \$1028  = \$829 [3:0];
+          \$1034  = \$834 [3:0];
         end
       end
     end
     if (rst) begin
-      \$1028  = 4'h0;
+      \$1034  = 4'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1029  = lk;
+    \$1035  = lk;
     if (in_decode) begin
-      \$1029  = 16'h0000;
+      \$1035  = 16'h0000;
     end
     if (gemm_active) begin
-      if (\$810 ) begin
+      if (\$815 ) begin
         (* full_case = 32'd1 *)
         if (a_load_k_hit) begin
-          \$1029  = 16'h0000;
+          \$1035  = 16'h0000;
         end else begin
-          \$1029  = \$819 [15:0];
+          \$1035  = \$824 [15:0];
         end
-      end else if (\$813 ) begin
-        if (\$822 ) begin
-          \$1029  = \$823 [15:0];
+      end else if (\$818 ) begin
+        if (\$827 ) begin
+          \$1035  = \$828 [15:0];
           if (a_load_k_hit) begin
-            \$1029  = 16'h0000;
+            \$1035  = 16'h0000;
           end
         end
       end
     end
     if (rst) begin
-      \$1029  = 16'h0000;
+      \$1035  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1030  = \$signal$332 ;
+    \$1036  = \$signal$332 ;
     if (in_decode) begin
-      \$1030  = 1'h0;
+      \$1036  = 1'h0;
     end
     if (gemm_active) begin
       if (a_issue) begin
         if (a_feed_k_hit) begin
           if (a_feed_nt_hit) begin
-            \$1030  = \$839 ;
-          end
-        end
-      end
-    end
-    if (rst) begin
-      \$1030  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1031  = \$signal$333 ;
-    if (in_decode) begin
-      \$1031  = 16'h0000;
-    end
-    if (gemm_active) begin
-      if (a_issue) begin
-        (* full_case = 32'd1 *)
-        if (a_feed_k_hit) begin
-          \$1031  = 16'h0000;
-        end else begin
-          \$1031  = \$845 [15:0];
-        end
-      end
-    end
-    if (rst) begin
-      \$1031  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1032  = fnt;
-    if (in_decode) begin
-      \$1032  = 16'h0000;
-    end
-    if (gemm_active) begin
-      if (a_issue) begin
-        if (a_feed_k_hit) begin
-          (* full_case = 32'd1 *)
-          if (a_feed_nt_hit) begin
-            \$1032  = 16'h0000;
-          end else begin
-            \$1032  = \$842 [15:0];
-          end
-        end
-      end
-    end
-    if (rst) begin
-      \$1032  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1033  = feed_blocks;
-    if (in_decode) begin
-      \$1033  = dec_blocks;
-    end
-    if (gemm_active) begin
-      if (a_issue) begin
-        if (a_feed_k_hit) begin
-          if (a_feed_nt_hit) begin
-            \$1033  = \$840 [31:0];
-          end
-        end
-      end
-    end
-    if (rst) begin
-      \$1033  = 32'd0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1034  = a_load_k_hit;
-    if (in_decode) begin
-      \$1034  = \$800 ;
-    end
-    if (gemm_active) begin
-      if (\$810 ) begin
-        (* full_case = 32'd1 *)
-        if (a_load_k_hit) begin
-          \$1034  = \$815 ;
-        end else begin
-          \$1034  = \$821 ;
-        end
-      end else if (\$813 ) begin
-        if (\$822 ) begin
-          \$1034  = \$825 ;
-          if (a_load_k_hit) begin
-            \$1034  = \$827 ;
-          end
-        end
-      end
-    end
-    if (rst) begin
-      \$1034  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1035  = a_feed_k_hit;
-    if (in_decode) begin
-      \$1035  = \$802 ;
-    end
-    if (gemm_active) begin
-      if (a_issue) begin
-        (* full_case = 32'd1 *)
-        if (a_feed_k_hit) begin
-          \$1035  = \$836 ;
-        end else begin
-          \$1035  = \$847 ;
-        end
-      end
-    end
-    if (rst) begin
-      \$1035  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1036  = a_feed_nt_hit;
-    if (in_decode) begin
-      \$1036  = \$804 ;
-    end
-    if (gemm_active) begin
-      if (a_issue) begin
-        if (a_feed_k_hit) begin
-          (* full_case = 32'd1 *)
-          if (a_feed_nt_hit) begin
-            \$1036  = \$838 ;
-          end else begin
             \$1036  = \$844 ;
           end
         end
@@ -35969,48 +35862,87 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1037  = a_blocks_left;
+    \$1037  = \$signal$563 ;
     if (in_decode) begin
-      \$1037  = \$805 ;
+      \$1037  = 16'h0000;
+    end
+    if (gemm_active) begin
+      if (a_issue) begin
+        (* full_case = 32'd1 *)
+        if (a_feed_k_hit) begin
+          \$1037  = 16'h0000;
+        end else begin
+          \$1037  = \$850 [15:0];
+        end
+      end
+    end
+    if (rst) begin
+      \$1037  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1038  = fnt;
+    if (in_decode) begin
+      \$1038  = 16'h0000;
     end
     if (gemm_active) begin
       if (a_issue) begin
         if (a_feed_k_hit) begin
+          (* full_case = 32'd1 *)
           if (a_feed_nt_hit) begin
-            \$1037  = \$841 ;
+            \$1038  = 16'h0000;
+          end else begin
+            \$1038  = \$847 [15:0];
           end
         end
       end
     end
     if (rst) begin
-      \$1037  = 1'h0;
+      \$1038  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1038  = a_read_last;
+    \$1039  = feed_blocks;
+    if (in_decode) begin
+      \$1039  = dec_blocks;
+    end
     if (gemm_active) begin
-      \$1038  = a_feed_k_hit;
+      if (a_issue) begin
+        if (a_feed_k_hit) begin
+          if (a_feed_nt_hit) begin
+            \$1039  = \$845 [31:0];
+          end
+        end
+      end
     end
     if (rst) begin
-      \$1038  = 1'h0;
+      \$1039  = 32'd0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1039  = a_read_addr;
-    if (gemm_active) begin
-      \$1039  = \$831 [8:0];
+    \$1040  = a_load_k_hit;
+    if (in_decode) begin
+      \$1040  = \$805 ;
     end
-    if (rst) begin
-      \$1039  = 9'h000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1040  = a_read_half;
     if (gemm_active) begin
-      \$1040  = \$signal$332 ;
+      if (\$815 ) begin
+        (* full_case = 32'd1 *)
+        if (a_load_k_hit) begin
+          \$1040  = \$820 ;
+        end else begin
+          \$1040  = \$826 ;
+        end
+      end else if (\$818 ) begin
+        if (\$827 ) begin
+          \$1040  = \$830 ;
+          if (a_load_k_hit) begin
+            \$1040  = \$832 ;
+          end
+        end
+      end
     end
     if (rst) begin
       \$1040  = 1'h0;
@@ -36018,9 +35950,19 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1041  = a_read_free;
+    \$1041  = a_feed_k_hit;
+    if (in_decode) begin
+      \$1041  = \$807 ;
+    end
     if (gemm_active) begin
-      \$1041  = \$833 ;
+      if (a_issue) begin
+        (* full_case = 32'd1 *)
+        if (a_feed_k_hit) begin
+          \$1041  = \$841 ;
+        end else begin
+          \$1041  = \$852 ;
+        end
+      end
     end
     if (rst) begin
       \$1041  = 1'h0;
@@ -36028,113 +35970,70 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1042  = w_load_lane;
+    \$1042  = a_feed_nt_hit;
+    if (in_decode) begin
+      \$1042  = \$809 ;
+    end
     if (gemm_active) begin
-      if (\$852 ) begin
-        (* full_case = 32'd1 *)
-        if (\$853 ) begin
-          \$1042  = 4'h0;
-        end else begin
-          \$1042  = \$860 [3:0];
+      if (a_issue) begin
+        if (a_feed_k_hit) begin
+          (* full_case = 32'd1 *)
+          if (a_feed_nt_hit) begin
+            \$1042  = \$843 ;
+          end else begin
+            \$1042  = \$849 ;
+          end
         end
-      end
-      if (in_decode) begin
-        \$1042  = 4'h0;
       end
     end
     if (rst) begin
-      \$1042  = 4'h0;
+      \$1042  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1043  = w_load_k;
+    \$1043  = a_blocks_left;
+    if (in_decode) begin
+      \$1043  = \$810 ;
+    end
     if (gemm_active) begin
-      if (\$852 ) begin
-        if (\$853 ) begin
-          \$1043  = \$854 [15:0];
-          if (\$856 ) begin
-            \$1043  = 16'h0000;
+      if (a_issue) begin
+        if (a_feed_k_hit) begin
+          if (a_feed_nt_hit) begin
+            \$1043  = \$846 ;
           end
         end
       end
-      if (in_decode) begin
-        \$1043  = 16'h0000;
-      end
     end
     if (rst) begin
-      \$1043  = 16'h0000;
+      \$1043  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1044  = w_load_addr;
+    \$1044  = a_read_last;
     if (gemm_active) begin
-      if (\$852 ) begin
-        if (\$853 ) begin
-          \$1044  = \$855 [9:0];
-          if (\$856 ) begin
-            if (\$858 ) begin
-              \$1044  = 10'h000;
-            end
-          end
-        end
-      end
-      if (in_decode) begin
-        \$1044  = 10'h000;
-      end
+      \$1044  = a_feed_k_hit;
     end
     if (rst) begin
-      \$1044  = 10'h000;
+      \$1044  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1045  = w_load_nt;
+    \$1045  = a_read_addr;
     if (gemm_active) begin
-      if (\$852 ) begin
-        if (\$853 ) begin
-          if (\$856 ) begin
-            \$1045  = \$857 [15:0];
-            if (\$858 ) begin
-              \$1045  = 16'h0000;
-            end
-          end
-        end
-      end
-      if (in_decode) begin
-        \$1045  = 16'h0000;
-      end
+      \$1045  = \$836 [8:0];
     end
     if (rst) begin
-      \$1045  = 16'h0000;
+      \$1045  = 9'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1046  = w_filled0;
+    \$1046  = a_read_half;
     if (gemm_active) begin
-      if (\$852 ) begin
-        if (\$853 ) begin
-          if (\$856 ) begin
-            if (\$858 ) begin
-              casez (w_load_half)
-                1'h0:
-                    \$1046  = 1'h1;
-              endcase
-            end
-          end
-        end
-      end
-      if (\$876 ) begin
-        casez (w_read_half)
-          1'h0:
-              \$1046  = 1'h0;
-        endcase
-      end
-      if (in_decode) begin
-        \$1046  = 1'h0;
-      end
+      \$1046  = \$signal$332 ;
     end
     if (rst) begin
       \$1046  = 1'h0;
@@ -36142,35 +36041,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1047  = w_filled1;
+    \$1047  = a_read_free;
     if (gemm_active) begin
-      if (\$852 ) begin
-        if (\$853 ) begin
-          if (\$856 ) begin
-            if (\$858 ) begin
-              (* full_case = 32'd1 *)
-              casez (w_load_half)
-                1'h0:
-                    /* empty */;
-                1'h1:
-                    \$1047  = 1'h1;
-              endcase
-            end
-          end
-        end
-      end
-      if (\$876 ) begin
-        (* full_case = 32'd1 *)
-        casez (w_read_half)
-          1'h0:
-              /* empty */;
-          1'h1:
-              \$1047  = 1'h0;
-        endcase
-      end
-      if (in_decode) begin
-        \$1047  = 1'h0;
-      end
+      \$1047  = \$838 ;
     end
     if (rst) begin
       \$1047  = 1'h0;
@@ -36178,110 +36051,163 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1048  = w_load_half;
+    \$1048  = w_load_lane;
     if (gemm_active) begin
-      if (\$852 ) begin
-        if (\$853 ) begin
-          if (\$856 ) begin
-            if (\$858 ) begin
-              \$1048  = \$859 ;
+      if (\$857 ) begin
+        (* full_case = 32'd1 *)
+        if (\$858 ) begin
+          \$1048  = 4'h0;
+        end else begin
+          \$1048  = \$865 [3:0];
+        end
+      end
+      if (in_decode) begin
+        \$1048  = 4'h0;
+      end
+    end
+    if (rst) begin
+      \$1048  = 4'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1049  = w_load_k;
+    if (gemm_active) begin
+      if (\$857 ) begin
+        if (\$858 ) begin
+          \$1049  = \$859 [15:0];
+          if (\$861 ) begin
+            \$1049  = 16'h0000;
+          end
+        end
+      end
+      if (in_decode) begin
+        \$1049  = 16'h0000;
+      end
+    end
+    if (rst) begin
+      \$1049  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1050  = w_load_addr;
+    if (gemm_active) begin
+      if (\$857 ) begin
+        if (\$858 ) begin
+          \$1050  = \$860 [9:0];
+          if (\$861 ) begin
+            if (\$863 ) begin
+              \$1050  = 10'h000;
             end
           end
         end
       end
       if (in_decode) begin
-        \$1048  = 1'h0;
+        \$1050  = 10'h000;
       end
     end
     if (rst) begin
-      \$1048  = 1'h0;
+      \$1050  = 10'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1049  = w_read_addr;
+    \$1051  = w_load_nt;
     if (gemm_active) begin
-      \$1049  = \$863 [8:0];
-    end
-    if (rst) begin
-      \$1049  = 9'h000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1050  = w_read_half;
-    if (gemm_active) begin
-      \$1050  = w_feed_half;
-    end
-    if (rst) begin
-      \$1050  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1051  = w_read_free;
-    if (gemm_active) begin
-      \$1051  = \$869 ;
-    end
-    if (rst) begin
-      \$1051  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1052  = feed_ntk;
-    if (gemm_active) begin
-      if (\$871 ) begin
-        if (a_feed_k_hit) begin
-          (* full_case = 32'd1 *)
-          if (a_feed_nt_hit) begin
-            \$1052  = 32'd0;
-          end else begin
-            \$1052  = \$875 [31:0];
-          end
-        end
-      end
-      if (in_decode) begin
-        \$1052  = 32'd0;
-      end
-    end
-    if (rst) begin
-      \$1052  = 32'd0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1053  = feed_mt;
-    if (gemm_active) begin
-      if (\$871 ) begin
-        if (a_feed_k_hit) begin
-          if (a_feed_nt_hit) begin
-            (* full_case = 32'd1 *)
-            if (\$872 ) begin
-              \$1053  = 16'h0000;
-            end else begin
-              \$1053  = \$874 [15:0];
+      if (\$857 ) begin
+        if (\$858 ) begin
+          if (\$861 ) begin
+            \$1051  = \$862 [15:0];
+            if (\$863 ) begin
+              \$1051  = 16'h0000;
             end
           end
         end
       end
       if (in_decode) begin
-        \$1053  = 16'h0000;
+        \$1051  = 16'h0000;
       end
     end
     if (rst) begin
-      \$1053  = 16'h0000;
+      \$1051  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1054  = w_feed_half;
+    \$1052  = w_filled0;
     if (gemm_active) begin
-      if (\$871 ) begin
-        if (a_feed_k_hit) begin
-          if (a_feed_nt_hit) begin
-            if (\$872 ) begin
-              \$1054  = \$873 ;
+      if (\$857 ) begin
+        if (\$858 ) begin
+          if (\$861 ) begin
+            if (\$863 ) begin
+              casez (w_load_half)
+                1'h0:
+                    \$1052  = 1'h1;
+              endcase
+            end
+          end
+        end
+      end
+      if (\$881 ) begin
+        casez (w_read_half)
+          1'h0:
+              \$1052  = 1'h0;
+        endcase
+      end
+      if (in_decode) begin
+        \$1052  = 1'h0;
+      end
+    end
+    if (rst) begin
+      \$1052  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1053  = w_filled1;
+    if (gemm_active) begin
+      if (\$857 ) begin
+        if (\$858 ) begin
+          if (\$861 ) begin
+            if (\$863 ) begin
+              (* full_case = 32'd1 *)
+              casez (w_load_half)
+                1'h0:
+                    /* empty */;
+                1'h1:
+                    \$1053  = 1'h1;
+              endcase
+            end
+          end
+        end
+      end
+      if (\$881 ) begin
+        (* full_case = 32'd1 *)
+        casez (w_read_half)
+          1'h0:
+              /* empty */;
+          1'h1:
+              \$1053  = 1'h0;
+        endcase
+      end
+      if (in_decode) begin
+        \$1053  = 1'h0;
+      end
+    end
+    if (rst) begin
+      \$1053  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1054  = w_load_half;
+    if (gemm_active) begin
+      if (\$857 ) begin
+        if (\$858 ) begin
+          if (\$861 ) begin
+            if (\$863 ) begin
+              \$1054  = \$864 ;
             end
           end
         end
@@ -36296,31 +36222,128 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1055  = post_col;
-    if (in_decode) begin
-      \$1055  = 3'h0;
-    end
-    if (\$878 ) begin
-      if (elem_take) begin
-        \$1055  = \$881 [2:0];
-      end
+    \$1055  = w_read_addr;
+    if (gemm_active) begin
+      \$1055  = \$868 [8:0];
     end
     if (rst) begin
-      \$1055  = 3'h0;
+      \$1055  = 9'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1056  = \$886 ;
+    \$1056  = w_read_half;
+    if (gemm_active) begin
+      \$1056  = w_feed_half;
+    end
     if (rst) begin
       \$1056  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1057  = fault;
+    \$1057  = w_read_free;
+    if (gemm_active) begin
+      \$1057  = \$874 ;
+    end
     if (rst) begin
-      \$1057  = 4'h0;
+      \$1057  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1058  = feed_ntk;
+    if (gemm_active) begin
+      if (\$876 ) begin
+        if (a_feed_k_hit) begin
+          (* full_case = 32'd1 *)
+          if (a_feed_nt_hit) begin
+            \$1058  = 32'd0;
+          end else begin
+            \$1058  = \$880 [31:0];
+          end
+        end
+      end
+      if (in_decode) begin
+        \$1058  = 32'd0;
+      end
+    end
+    if (rst) begin
+      \$1058  = 32'd0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1059  = feed_mt;
+    if (gemm_active) begin
+      if (\$876 ) begin
+        if (a_feed_k_hit) begin
+          if (a_feed_nt_hit) begin
+            (* full_case = 32'd1 *)
+            if (\$877 ) begin
+              \$1059  = 16'h0000;
+            end else begin
+              \$1059  = \$879 [15:0];
+            end
+          end
+        end
+      end
+      if (in_decode) begin
+        \$1059  = 16'h0000;
+      end
+    end
+    if (rst) begin
+      \$1059  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1060  = w_feed_half;
+    if (gemm_active) begin
+      if (\$876 ) begin
+        if (a_feed_k_hit) begin
+          if (a_feed_nt_hit) begin
+            if (\$877 ) begin
+              \$1060  = \$878 ;
+            end
+          end
+        end
+      end
+      if (in_decode) begin
+        \$1060  = 1'h0;
+      end
+    end
+    if (rst) begin
+      \$1060  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1061  = post_col;
+    if (in_decode) begin
+      \$1061  = 3'h0;
+    end
+    if (\$883 ) begin
+      if (elem_take) begin
+        \$1061  = \$886 [2:0];
+      end
+    end
+    if (rst) begin
+      \$1061  = 3'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1062  = \$891 ;
+    if (rst) begin
+      \$1062  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1063  = fault;
+    if (rst) begin
+      \$1063  = 4'h0;
     end
   end
   assign \ar__payload$1  = ar__payload;
@@ -36410,8 +36433,8 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   assign \o__payload$439  = \w_data$438 ;
   assign \w_rdy$441  = \o__ready$440 ;
   assign \r_rdy$442  = gemm_res_valid;
-  assign \next$477  = dst_step;
-  assign \i__payload$480  = \r_data$239 [15:0];
+  assign \next$479  = dst_step;
+  assign \i__payload$482  = \r_data$239 [15:0];
   assign \ar__payload.addr  = ar__payload[28:0];
   assign \ar__payload.len  = ar__payload[36:29];
   assign \ar__payload$1.addr  = ar__payload[28:0];
@@ -36557,14 +36580,14 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   assign \o__payload$439[5]  = \w_data$438 [191:160];
   assign \o__payload$439[6]  = \w_data$438 [223:192];
   assign \o__payload$439[7]  = \w_data$438 [255:224];
-  assign \req__payload$464.addr  = \req__payload$464 [31:0];
-  assign \req__payload$464.lb  = \req__payload$464 [34:32];
-  assign \i__payload$479.data  = \i__payload$479 [15:0];
-  assign \i__payload$479.last  = \i__payload$479 [16];
-  assign \i__payload$479 [16] = \r_data$239 [16];
-  assign \i__payload$479 [15:0] = \r_data$239 [15:0];
-  assign \req__payload$464 [34:32] = \$374 ;
-  assign \req__payload$464 [31:0] = \$364 ;
+  assign \req__payload$466.addr  = \req__payload$466 [31:0];
+  assign \req__payload$466.lb  = \req__payload$466 [34:32];
+  assign \i__payload$481.data  = \i__payload$481 [15:0];
+  assign \i__payload$481.last  = \i__payload$481 [16];
+  assign \i__payload$481 [16] = \r_data$239 [16];
+  assign \i__payload$481 [15:0] = \r_data$239 [15:0];
+  assign \req__payload$466 [34:32] = \$368 ;
+  assign \req__payload$466 [31:0] = \$358 ;
   assign i__payload[31:24] = r_data[55:48];
   assign i__payload[23:16] = r_data[39:32];
   assign i__payload[15:8] = r_data[23:16];
@@ -36628,23 +36651,24 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   assign \$157 [3:1] = 3'h0;
   assign \$157 [0] = ins[8];
   assign \$158  = ins[8];
-  assign \$353  = 1'h0;
-  assign \$360  = 1'h0;
-  assign \$361  = \$359 ;
-  assign \$370  = 1'h0;
-  assign \$371  = \$369 ;
-  assign \$375  = in_fetch;
-  assign \$379  = unit_rst;
-  assign \$487  = { 19'h00000, \$486 [32:19] };
-  assign \$488  = { 3'h0, dec_n2p[16:3] };
-  assign \$493  = { 1'h0, dec_nt, 6'h00 };
-  assign \$495 [5:0] = 6'h00;
-  assign \$495 [31:6] = { 8'h00, \$494 [23:6] };
-  assign \$499  = { 1'h0, dec_mt_last };
-  assign \$500  = { dec_mt_last, 3'h0 };
-  assign \$503 [2:0] = 3'h0;
-  assign \$503 [3] = ins[11];
-  assign \$504  = ins[11];
+  assign \$347  = 1'h0;
+  assign \$354  = 1'h0;
+  assign \$355  = \$353 ;
+  assign \$364  = 1'h0;
+  assign \$365  = \$363 ;
+  assign \$369  = in_fetch;
+  assign \$373  = unit_rst;
+  assign \$481  = { 19'h00000, \$480 [32:19] };
+  assign \$482  = { 3'h0, dec_n2p[16:3] };
+  assign \$487  = { 1'h0, dec_nt, 6'h00 };
+  assign \$489 [5:0] = 6'h00;
+  assign \$489 [31:6] = { 8'h00, \$488 [23:6] };
+  assign \$493  = { 1'h0, dec_mt_last };
+  assign \$494  = { dec_mt_last, 3'h0 };
+  assign \$497  = { dec_nt_last, 3'h0 };
+  assign \$499 [2:0] = 3'h0;
+  assign \$499 [3] = ins[11];
+  assign \$500  = ins[11];
   assign \$58  = \$57 ;
 endmodule
 
@@ -41194,10 +41218,10 @@ module \accelerator.core.add (o__ready, a__ready, b__ready, o__payload, a__paylo
   \accelerator.core.add.out_queue  out_queue (
     .add_d_clk(add_d_clk),
     .add_d_rst(add_d_rst),
-    .\port$11631$0 (l0s_s2_o),
-    .\port$11723$0 (l1s_s2_o),
-    .\port$11815$0 (l2s_s2_o),
-    .\port$11907$0 (l3s_s2_o),
+    .\port$11643$0 (l0s_s2_o),
+    .\port$11735$0 (l1s_s2_o),
+    .\port$11827$0 (l2s_s2_o),
+    .\port$11919$0 (l3s_s2_o),
     .r_data(o__payload),
     .r_en(o__ready),
     .r_rdy(o__valid),
@@ -42395,7 +42419,7 @@ module \accelerator.core.add (o__ready, a__ready, b__ready, o__payload, a__paylo
 endmodule
 
 (* generator = "Amaranth" *)
-module \accelerator.core.add.out_queue (r_en, r_data, add_d_rst, \port$11631$0 , \port$11723$0 , \port$11815$0 , \port$11907$0 , w_en, r_rdy, add_d_clk);
+module \accelerator.core.add.out_queue (r_en, r_data, add_d_rst, \port$11643$0 , \port$11735$0 , \port$11827$0 , \port$11919$0 , w_en, r_rdy, add_d_clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$57  = 0;
   wire \$1 ;
   wire \$10 ;
@@ -42440,14 +42464,14 @@ module \accelerator.core.add.out_queue (r_en, r_data, add_d_rst, \port$11631$0 ,
   reg [3:0] inner_level = 4'h0;
   wire inner_r_rdy;
   wire [3:0] level;
-  input [15:0] \port$11631$0 ;
-  wire [15:0] \port$11631$0 ;
-  input [15:0] \port$11723$0 ;
-  wire [15:0] \port$11723$0 ;
-  input [15:0] \port$11815$0 ;
-  wire [15:0] \port$11815$0 ;
-  input [15:0] \port$11907$0 ;
-  wire [15:0] \port$11907$0 ;
+  input [15:0] \port$11643$0 ;
+  wire [15:0] \port$11643$0 ;
+  input [15:0] \port$11735$0 ;
+  wire [15:0] \port$11735$0 ;
+  input [15:0] \port$11827$0 ;
+  wire [15:0] \port$11827$0 ;
+  input [15:0] \port$11919$0 ;
+  wire [15:0] \port$11919$0 ;
   (* init = 4'h0 *)
   wire [3:0] produce;
   output [63:0] r_data;
@@ -42486,7 +42510,7 @@ module \accelerator.core.add.out_queue (r_en, r_data, add_d_rst, \port$11631$0 ,
   end
   always @(posedge add_d_clk) begin
     if (w_port__en)
-      storage[w_port__addr] <= { \port$11907$0 , \port$11815$0 , \port$11723$0 , \port$11631$0  };
+      storage[w_port__addr] <= { \port$11919$0 , \port$11827$0 , \port$11735$0 , \port$11643$0  };
   end
   reg [63:0] _0_;
   always @(posedge add_d_clk) begin
@@ -42586,14 +42610,14 @@ module \accelerator.core.add.out_queue (r_en, r_data, add_d_rst, \port$11631$0 ,
   assign level = \$3 [3:0];
   assign r_level = \$3 [3:0];
   assign produce = w_port__addr;
-  assign w_port__data = { \port$11907$0 , \port$11815$0 , \port$11723$0 , \port$11631$0  };
-  assign w_data = { \port$11907$0 , \port$11815$0 , \port$11723$0 , \port$11631$0  };
+  assign w_port__data = { \port$11919$0 , \port$11827$0 , \port$11735$0 , \port$11643$0  };
+  assign w_data = { \port$11919$0 , \port$11827$0 , \port$11735$0 , \port$11643$0  };
   assign consume = r_port__addr;
   assign r_port__data = r_data;
 endmodule
 
 (* generator = "Amaranth" *)
-module \accelerator.core.feed (rst, feed_beat, a_issue, w_data, feed_ready, unit_rst, a_read_last, a_read, feed_got_last, feed_queue_room, feed_valid, clk);
+module \accelerator.core.feed (rst, feed_beat, a_issue, feed_data, feed_ready, unit_rst, a_read_last, a_read, feed_got_last, feed_queue_room, feed_valid, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$58  = 0;
   wire \$1 ;
   wire \$10 ;
@@ -42619,9 +42643,10 @@ module \accelerator.core.feed (rst, feed_beat, a_issue, w_data, feed_ready, unit
   reg \$29 ;
   wire \$3 ;
   reg \$30 ;
-  reg [2:0] \$31 ;
-  reg \$32 ;
+  reg \$31 ;
+  reg [2:0] \$32 ;
   reg \$33 ;
+  reg \$34 ;
   wire \$4 ;
   wire \$5 ;
   wire \$6 ;
@@ -42638,10 +42663,13 @@ module \accelerator.core.feed (rst, feed_beat, a_issue, w_data, feed_ready, unit
   wire clk;
   output [145:0] feed_beat;
   wire [145:0] feed_beat;
+  input [145:0] feed_data;
   wire [145:0] feed_data;
   reg feed_got = 1'h0;
   output feed_got_last;
   reg feed_got_last = 1'h0;
+  reg feed_held = 1'h0;
+  reg [145:0] feed_held_data = 146'h0000000000000000000000000000000000000;
   wire feed_queue_below_full;
   wire feed_queue_below_full1;
   reg [2:0] feed_queue_count = 3'h0;
@@ -42663,7 +42691,7 @@ module \accelerator.core.feed (rst, feed_beat, a_issue, w_data, feed_ready, unit
   wire rst;
   input unit_rst;
   wire unit_rst;
-  input [145:0] w_data;
+  (* init = 146'h0000000000000000000000000000000000000 *)
   wire [145:0] w_data;
   (* init = 1'h0 *)
   wire w_en;
@@ -42691,8 +42719,8 @@ module \accelerator.core.feed (rst, feed_beat, a_issue, w_data, feed_ready, unit
   assign \$22  = \$20  & \$21 ;
   assign \$23  = \$22  ? feed_queue_is1 : feed_queue_is0;
   assign \$24  = \$19  ? 1'h0 : \$23 ;
-  assign feed_queue_below_full1 = feed_queue_count < 3'h4;
-  assign feed_queue_below_full = feed_queue_count < 3'h5;
+  assign feed_queue_below_full1 = feed_queue_count < 3'h5;
+  assign feed_queue_below_full = feed_queue_count < 3'h6;
   assign \$25  = | feed_queue_count;
   assign feed_queue_is0 = ~ \$25 ;
   assign feed_queue_is1 = feed_queue_count == 1'h1;
@@ -42705,11 +42733,15 @@ module \accelerator.core.feed (rst, feed_beat, a_issue, w_data, feed_ready, unit
   always @(posedge clk)
     feed_got_last <= \$30 ;
   always @(posedge clk)
-    feed_queue_count <= \$31 ;
+    feed_held <= \$31 ;
   always @(posedge clk)
-    feed_queue_room <= \$32 ;
+    feed_held_data <= feed_data;
   always @(posedge clk)
-    feed_queue_idle <= \$33 ;
+    feed_queue_count <= \$32 ;
+  always @(posedge clk)
+    feed_queue_room <= \$33 ;
+  always @(posedge clk)
+    feed_queue_idle <= \$34 ;
   \accelerator.core.feed.feed_queue  feed_queue (
     .clk(clk),
     .r_data(feed_beat),
@@ -42717,8 +42749,8 @@ module \accelerator.core.feed (rst, feed_beat, a_issue, w_data, feed_ready, unit
     .r_rdy(feed_valid),
     .rst(rst),
     .unit_rst(unit_rst),
-    .w_en(feed_got),
-    .w_port__data(w_data)
+    .w_en(feed_held),
+    .w_port__data(feed_held_data)
   );
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$58 ) begin end
@@ -42752,91 +42784,105 @@ module \accelerator.core.feed (rst, feed_beat, a_issue, w_data, feed_ready, unit
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$58 ) begin end
-    \$31  = \$8 ;
+    \$31  = feed_got;
     if (unit_rst) begin
-      \$31  = 3'h0;
+      \$31  = 1'h0;
     end
     if (rst) begin
-      \$31  = 3'h0;
+      \$31  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$58 ) begin end
-    \$32  = \$16 ;
+    \$32  = \$8 ;
     if (unit_rst) begin
-      \$32  = 1'h1;
+      \$32  = 3'h0;
     end
     if (rst) begin
-      \$32  = 1'h1;
+      \$32  = 3'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$58 ) begin end
-    \$33  = \$24 ;
+    \$33  = \$16 ;
     if (unit_rst) begin
       \$33  = 1'h1;
     end
     if (rst) begin
       \$33  = 1'h1;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$58 ) begin end
+    \$34  = \$24 ;
+    if (unit_rst) begin
+      \$34  = 1'h1;
+    end
+    if (rst) begin
+      \$34  = 1'h1;
     end
   end
   assign feed_queue_minus1 = \$27 [2:0];
   assign feed_queue_plus1 = \$26 [2:0];
-  assign w_en = feed_got;
-  assign feed_data = w_data;
+  assign w_en = feed_held;
+  assign w_data = feed_held_data;
   assign r_rdy = feed_valid;
   assign r_data = feed_beat;
   assign r_en = feed_ready;
 endmodule
 
 (* generator = "Amaranth" *)
-module \accelerator.core.feed.feed_queue (rst, r_data, w_port__data, r_en, unit_rst, w_en, r_rdy, clk);
+module \accelerator.core.feed.feed_queue (rst, r_data, r_en, unit_rst, w_en, w_port__data, r_rdy, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$59  = 0;
   wire \$1 ;
   wire \$10 ;
   wire \$11 ;
-  wire \$12 ;
-  wire \$13 ;
+  wire [3:0] \$12 ;
+  wire [3:0] \$13 ;
   wire \$14 ;
   wire \$15 ;
-  wire [3:0] \$16 ;
+  wire \$16 ;
   wire \$17 ;
   wire \$18 ;
   wire \$19 ;
   wire \$2 ;
-  wire \$20 ;
+  wire [3:0] \$20 ;
   wire \$21 ;
   wire \$22 ;
-  wire [3:0] \$23 ;
+  wire \$23 ;
   wire \$24 ;
   wire \$25 ;
   wire \$26 ;
-  reg [1:0] \$27 ;
-  reg [1:0] \$28 ;
-  reg [2:0] \$29 ;
+  wire [3:0] \$27 ;
+  wire \$28 ;
+  wire \$29 ;
   wire [3:0] \$3 ;
-  reg \$30 ;
+  wire \$30 ;
+  reg [2:0] \$31 ;
+  reg [2:0] \$32 ;
+  reg [2:0] \$33 ;
+  reg \$34 ;
   wire \$4 ;
-  wire [2:0] \$5 ;
-  wire \$6 ;
-  wire \$7 ;
+  wire \$5 ;
+  wire [3:0] \$6 ;
+  wire [3:0] \$7 ;
   wire \$8 ;
-  wire [2:0] \$9 ;
+  wire \$9 ;
   input clk;
   wire clk;
-  (* init = 2'h0 *)
-  wire [1:0] consume;
+  (* init = 3'h0 *)
+  wire [2:0] consume;
   reg [2:0] inner_level = 3'h0;
   wire inner_r_rdy;
   wire [2:0] level;
-  (* init = 2'h0 *)
-  wire [1:0] produce;
+  (* init = 3'h0 *)
+  wire [2:0] produce;
   output [145:0] r_data;
   wire [145:0] r_data;
   input r_en;
   wire r_en;
   wire [2:0] r_level;
-  reg [1:0] r_port__addr = 2'h0;
+  reg [2:0] r_port__addr = 3'h0;
   wire [145:0] r_port__data;
   wire r_port__en;
   output r_rdy;
@@ -42849,17 +42895,18 @@ module \accelerator.core.feed.feed_queue (rst, r_data, w_port__data, r_en, unit_
   input w_en;
   wire w_en;
   wire [2:0] w_level;
-  reg [1:0] w_port__addr = 2'h0;
+  reg [2:0] w_port__addr = 3'h0;
   input [145:0] w_port__data;
   wire [145:0] w_port__data;
   wire w_port__en;
   wire w_rdy;
-  reg [145:0] storage [3:0];
+  reg [145:0] storage [4:0];
   initial begin
     storage[0] = 146'h0000000000000000000000000000000000000;
     storage[1] = 146'h0000000000000000000000000000000000000;
     storage[2] = 146'h0000000000000000000000000000000000000;
     storage[3] = 146'h0000000000000000000000000000000000000;
+    storage[4] = 146'h0000000000000000000000000000000000000;
   end
   always @(posedge clk) begin
     if (w_port__en)
@@ -42872,7 +42919,7 @@ module \accelerator.core.feed.feed_queue (rst, r_data, w_port__data, r_en, unit_
     end
   end
   assign r_data = _0_;
-  assign w_rdy = inner_level != 3'h4;
+  assign w_rdy = inner_level != 3'h5;
   assign inner_r_rdy = | inner_level;
   assign w_port__en = w_rdy & w_en;
   assign \$1  = ~ r_rdy;
@@ -42880,91 +42927,95 @@ module \accelerator.core.feed.feed_queue (rst, r_data, w_port__data, r_en, unit_
   assign r_port__en = inner_r_rdy & \$2 ;
   assign \$3  = inner_level + r_rdy;
   assign \$4  = w_rdy & w_en;
-  assign \$5  = w_port__addr + 1'h1;
-  assign \$6  = ~ r_rdy;
-  assign \$7  = \$6  | r_en;
-  assign \$8  = inner_r_rdy & \$7 ;
-  assign \$9  = r_port__addr + 1'h1;
-  assign \$10  = w_rdy & w_en;
-  assign \$11  = ~ r_rdy;
-  assign \$12  = \$11  | r_en;
-  assign \$13  = inner_r_rdy & \$12 ;
-  assign \$14  = ~ \$13 ;
-  assign \$15  = \$10  & \$14 ;
-  assign \$16  = inner_level + 1'h1;
-  assign \$17  = ~ r_rdy;
-  assign \$18  = \$17  | r_en;
-  assign \$19  = inner_r_rdy & \$18 ;
-  assign \$20  = w_rdy & w_en;
-  assign \$21  = ~ \$20 ;
-  assign \$22  = \$19  & \$21 ;
-  assign \$23  = inner_level - 1'h1;
-  assign \$24  = ~ r_rdy;
-  assign \$25  = \$24  | r_en;
-  assign \$26  = inner_r_rdy & \$25 ;
+  assign \$5  = w_port__addr == 3'h4;
+  assign \$6  = w_port__addr + 1'h1;
+  assign \$7  = \$5  ? 4'h0 : \$6 ;
+  assign \$8  = ~ r_rdy;
+  assign \$9  = \$8  | r_en;
+  assign \$10  = inner_r_rdy & \$9 ;
+  assign \$11  = r_port__addr == 3'h4;
+  assign \$12  = r_port__addr + 1'h1;
+  assign \$13  = \$11  ? 4'h0 : \$12 ;
+  assign \$14  = w_rdy & w_en;
+  assign \$15  = ~ r_rdy;
+  assign \$16  = \$15  | r_en;
+  assign \$17  = inner_r_rdy & \$16 ;
+  assign \$18  = ~ \$17 ;
+  assign \$19  = \$14  & \$18 ;
+  assign \$20  = inner_level + 1'h1;
+  assign \$21  = ~ r_rdy;
+  assign \$22  = \$21  | r_en;
+  assign \$23  = inner_r_rdy & \$22 ;
+  assign \$24  = w_rdy & w_en;
+  assign \$25  = ~ \$24 ;
+  assign \$26  = \$23  & \$25 ;
+  assign \$27  = inner_level - 1'h1;
+  assign \$28  = ~ r_rdy;
+  assign \$29  = \$28  | r_en;
+  assign \$30  = inner_r_rdy & \$29 ;
   always @(posedge clk)
-    w_port__addr <= \$27 ;
+    w_port__addr <= \$31 ;
   always @(posedge clk)
-    r_port__addr <= \$28 ;
+    r_port__addr <= \$32 ;
   always @(posedge clk)
-    inner_level <= \$29 ;
+    inner_level <= \$33 ;
   always @(posedge clk)
-    r_rdy <= \$30 ;
+    r_rdy <= \$34 ;
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$59 ) begin end
-    \$27  = w_port__addr;
+    \$31  = w_port__addr;
     if (\$4 ) begin
-      \$27  = \$5 [1:0];
+      \$31  = \$7 [2:0];
     end
     if (unit_rst) begin
-      \$27  = 2'h0;
+      \$31  = 3'h0;
     end
     if (rst) begin
-      \$27  = 2'h0;
+      \$31  = 3'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$59 ) begin end
-    \$28  = r_port__addr;
-    if (\$8 ) begin
-      \$28  = \$9 [1:0];
+    \$32  = r_port__addr;
+    if (\$10 ) begin
+      \$32  = \$13 [2:0];
     end
     if (unit_rst) begin
-      \$28  = 2'h0;
+      \$32  = 3'h0;
     end
     if (rst) begin
-      \$28  = 2'h0;
+      \$32  = 3'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$59 ) begin end
-    \$29  = inner_level;
-    if (\$15 ) begin
-      \$29  = \$16 [2:0];
+    \$33  = inner_level;
+    if (\$19 ) begin
+      \$33  = \$20 [2:0];
     end
-    if (\$22 ) begin
-      \$29  = \$23 [2:0];
-    end
-    if (unit_rst) begin
-      \$29  = 3'h0;
-    end
-    if (rst) begin
-      \$29  = 3'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$59 ) begin end
-    \$30  = r_rdy;
     if (\$26 ) begin
-      \$30  = 1'h1;
-    end else if (r_en) begin
-      \$30  = 1'h0;
+      \$33  = \$27 [2:0];
     end
     if (unit_rst) begin
-      \$30  = 1'h0;
+      \$33  = 3'h0;
     end
     if (rst) begin
-      \$30  = 1'h0;
+      \$33  = 3'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$59 ) begin end
+    \$34  = r_rdy;
+    if (\$30 ) begin
+      \$34  = 1'h1;
+    end else if (r_en) begin
+      \$34  = 1'h0;
+    end
+    if (unit_rst) begin
+      \$34  = 1'h0;
+    end
+    if (rst) begin
+      \$34  = 1'h0;
     end
   end
   assign w_level = \$3 [2:0];
@@ -50057,10 +50108,10 @@ module \accelerator.core.gelu0 (o__ready, go, o__payload, i__payload, i__valid, 
   \accelerator.core.gelu0.out_queue  out_queue (
     .gelu0_d_clk(gelu0_d_clk),
     .gelu0_d_rst(gelu0_d_rst),
-    .\port$12140$0 (l0_s27_o),
-    .\port$12326$0 (l1_s27_o),
-    .\port$12512$0 (l2_s27_o),
-    .\port$12698$0 (l3_s27_o),
+    .\port$12152$0 (l0_s27_o),
+    .\port$12338$0 (l1_s27_o),
+    .\port$12524$0 (l2_s27_o),
+    .\port$12710$0 (l3_s27_o),
     .r_data(o__payload),
     .r_en(o__ready),
     .r_rdy(o__valid),
@@ -52020,7 +52071,7 @@ module \accelerator.core.gelu0 (o__ready, go, o__payload, i__payload, i__valid, 
 endmodule
 
 (* generator = "Amaranth" *)
-module \accelerator.core.gelu0.out_queue (r_en, r_data, gelu0_d_rst, \port$12140$0 , \port$12326$0 , \port$12512$0 , \port$12698$0 , w_en, r_rdy, gelu0_d_clk);
+module \accelerator.core.gelu0.out_queue (r_en, r_data, gelu0_d_rst, \port$12152$0 , \port$12338$0 , \port$12524$0 , \port$12710$0 , w_en, r_rdy, gelu0_d_clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$61  = 0;
   wire \$1 ;
   wire \$10 ;
@@ -52065,14 +52116,14 @@ module \accelerator.core.gelu0.out_queue (r_en, r_data, gelu0_d_rst, \port$12140
   reg [4:0] inner_level = 5'h00;
   wire inner_r_rdy;
   wire [4:0] level;
-  input [7:0] \port$12140$0 ;
-  wire [7:0] \port$12140$0 ;
-  input [7:0] \port$12326$0 ;
-  wire [7:0] \port$12326$0 ;
-  input [7:0] \port$12512$0 ;
-  wire [7:0] \port$12512$0 ;
-  input [7:0] \port$12698$0 ;
-  wire [7:0] \port$12698$0 ;
+  input [7:0] \port$12152$0 ;
+  wire [7:0] \port$12152$0 ;
+  input [7:0] \port$12338$0 ;
+  wire [7:0] \port$12338$0 ;
+  input [7:0] \port$12524$0 ;
+  wire [7:0] \port$12524$0 ;
+  input [7:0] \port$12710$0 ;
+  wire [7:0] \port$12710$0 ;
   (* init = 5'h00 *)
   wire [4:0] produce;
   output [31:0] r_data;
@@ -52127,7 +52178,7 @@ module \accelerator.core.gelu0.out_queue (r_en, r_data, gelu0_d_rst, \port$12140
   end
   always @(posedge gelu0_d_clk) begin
     if (w_port__en)
-      storage[w_port__addr] <= { \port$12698$0 , \port$12512$0 , \port$12326$0 , \port$12140$0  };
+      storage[w_port__addr] <= { \port$12710$0 , \port$12524$0 , \port$12338$0 , \port$12152$0  };
   end
   reg [31:0] _0_;
   always @(posedge gelu0_d_clk) begin
@@ -52227,8 +52278,8 @@ module \accelerator.core.gelu0.out_queue (r_en, r_data, gelu0_d_rst, \port$12140
   assign level = \$3 [4:0];
   assign r_level = \$3 [4:0];
   assign produce = w_port__addr;
-  assign w_port__data = { \port$12698$0 , \port$12512$0 , \port$12326$0 , \port$12140$0  };
-  assign w_data = { \port$12698$0 , \port$12512$0 , \port$12326$0 , \port$12140$0  };
+  assign w_port__data = { \port$12710$0 , \port$12524$0 , \port$12338$0 , \port$12152$0  };
+  assign w_data = { \port$12710$0 , \port$12524$0 , \port$12338$0 , \port$12152$0  };
   assign consume = r_port__addr;
   assign r_port__data = r_data;
 endmodule
@@ -68126,7 +68177,7 @@ module \accelerator.core.norm_out_slice (rst, w_en, w_port__data, r_en, w_rdy, r
 endmodule
 
 (* generator = "Amaranth" *)
-module \accelerator.core.pack_slice (rst, w_rdy, r_rdy, r_data, r_en, unit_rst, w_en, \port$9132$0 , \port$9134$0 , \port$9136$0 , \port$9138$0 , \port$9140$0 , \port$9142$0 , \port$9144$0 , \port$9146$0 , clk);
+module \accelerator.core.pack_slice (rst, w_rdy, r_rdy, r_data, r_en, unit_rst, w_en, \port$9142$0 , \port$9144$0 , \port$9146$0 , \port$9148$0 , \port$9150$0 , \port$9152$0 , \port$9154$0 , \port$9156$0 , clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$73  = 0;
   wire \$1 ;
   wire \$10 ;
@@ -68150,22 +68201,22 @@ module \accelerator.core.pack_slice (rst, w_rdy, r_rdy, r_data, r_en, unit_rst, 
   (* init = 1'h0 *)
   wire consume;
   reg [1:0] level = 2'h0;
-  input [15:0] \port$9132$0 ;
-  wire [15:0] \port$9132$0 ;
-  input [15:0] \port$9134$0 ;
-  wire [15:0] \port$9134$0 ;
-  input [15:0] \port$9136$0 ;
-  wire [15:0] \port$9136$0 ;
-  input [15:0] \port$9138$0 ;
-  wire [15:0] \port$9138$0 ;
-  input [15:0] \port$9140$0 ;
-  wire [15:0] \port$9140$0 ;
   input [15:0] \port$9142$0 ;
   wire [15:0] \port$9142$0 ;
   input [15:0] \port$9144$0 ;
   wire [15:0] \port$9144$0 ;
   input [15:0] \port$9146$0 ;
   wire [15:0] \port$9146$0 ;
+  input [15:0] \port$9148$0 ;
+  wire [15:0] \port$9148$0 ;
+  input [15:0] \port$9150$0 ;
+  wire [15:0] \port$9150$0 ;
+  input [15:0] \port$9152$0 ;
+  wire [15:0] \port$9152$0 ;
+  input [15:0] \port$9154$0 ;
+  wire [15:0] \port$9154$0 ;
+  input [15:0] \port$9156$0 ;
+  wire [15:0] \port$9156$0 ;
   (* init = 1'h0 *)
   wire produce;
   output [127:0] r_data;
@@ -68199,7 +68250,7 @@ module \accelerator.core.pack_slice (rst, w_rdy, r_rdy, r_data, r_en, unit_rst, 
   end
   always @(posedge clk) begin
     if (w_port__en)
-      storage[w_port__addr] <= { \port$9146$0 , \port$9144$0 , \port$9142$0 , \port$9140$0 , \port$9138$0 , \port$9136$0 , \port$9134$0 , \port$9132$0  };
+      storage[w_port__addr] <= { \port$9156$0 , \port$9154$0 , \port$9152$0 , \port$9150$0 , \port$9148$0 , \port$9146$0 , \port$9144$0 , \port$9142$0  };
   end
   assign r_data = storage[r_port__addr];
   assign w_rdy = level != 2'h2;
@@ -68270,165 +68321,15 @@ module \accelerator.core.pack_slice (rst, w_rdy, r_rdy, r_data, r_en, unit_rst, 
   assign w_level = level;
   assign r_level = level;
   assign produce = w_port__addr;
-  assign w_port__data = { \port$9146$0 , \port$9144$0 , \port$9142$0 , \port$9140$0 , \port$9138$0 , \port$9136$0 , \port$9134$0 , \port$9132$0  };
-  assign w_data = { \port$9146$0 , \port$9144$0 , \port$9142$0 , \port$9140$0 , \port$9138$0 , \port$9136$0 , \port$9134$0 , \port$9132$0  };
+  assign w_port__data = { \port$9156$0 , \port$9154$0 , \port$9152$0 , \port$9150$0 , \port$9148$0 , \port$9146$0 , \port$9144$0 , \port$9142$0  };
+  assign w_data = { \port$9156$0 , \port$9154$0 , \port$9152$0 , \port$9150$0 , \port$9148$0 , \port$9146$0 , \port$9144$0 , \port$9142$0  };
   assign consume = r_port__addr;
   assign r_port__data = r_data;
 endmodule
 
 (* generator = "Amaranth" *)
-module \accelerator.core.q_src0 (rst, r_en, r_rdy, r_data, w_en, \port$8938$0 , \port$8940$0 , unit_rst, level, clk);
+module \accelerator.core.q_src0 (rst, r_en, r_rdy, r_data, w_en, \port$8947$0 , \port$8949$0 , unit_rst, level, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$74  = 0;
-  wire \$1 ;
-  wire \$10 ;
-  wire \$11 ;
-  wire \$12 ;
-  wire [3:0] \$13 ;
-  wire \$14 ;
-  wire \$15 ;
-  wire \$16 ;
-  wire \$17 ;
-  wire [3:0] \$18 ;
-  reg [2:0] \$19 ;
-  wire \$2 ;
-  reg [2:0] \$20 ;
-  reg [2:0] \$21 ;
-  wire [3:0] \$3 ;
-  wire [3:0] \$4 ;
-  wire \$5 ;
-  wire \$6 ;
-  wire [3:0] \$7 ;
-  wire [3:0] \$8 ;
-  wire \$9 ;
-  input clk;
-  wire clk;
-  (* init = 3'h0 *)
-  wire [2:0] consume;
-  output [2:0] level;
-  reg [2:0] level = 3'h0;
-  input [15:0] \port$8938$0 ;
-  wire [15:0] \port$8938$0 ;
-  input [2:0] \port$8940$0 ;
-  wire [2:0] \port$8940$0 ;
-  (* init = 3'h0 *)
-  wire [2:0] produce;
-  output [18:0] r_data;
-  wire [18:0] r_data;
-  input r_en;
-  wire r_en;
-  (* init = 3'h0 *)
-  wire [2:0] r_level;
-  reg [2:0] r_port__addr = 3'h0;
-  wire [18:0] r_port__data;
-  output r_rdy;
-  wire r_rdy;
-  input rst;
-  wire rst;
-  input unit_rst;
-  wire unit_rst;
-  wire [18:0] w_data;
-  input w_en;
-  wire w_en;
-  (* init = 3'h0 *)
-  wire [2:0] w_level;
-  reg [2:0] w_port__addr = 3'h0;
-  wire [18:0] w_port__data;
-  wire w_port__en;
-  wire w_rdy;
-  reg [18:0] storage [4:0];
-  initial begin
-    storage[0] = 19'h00000;
-    storage[1] = 19'h00000;
-    storage[2] = 19'h00000;
-    storage[3] = 19'h00000;
-    storage[4] = 19'h00000;
-  end
-  always @(posedge clk) begin
-    if (w_port__en)
-      storage[w_port__addr] <= { \port$8940$0 , \port$8938$0  };
-  end
-  assign r_data = storage[r_port__addr];
-  assign w_rdy = level != 3'h5;
-  assign r_rdy = | level;
-  assign w_port__en = w_en & w_rdy;
-  assign \$1  = w_rdy & w_en;
-  assign \$2  = w_port__addr == 3'h4;
-  assign \$3  = w_port__addr + 1'h1;
-  assign \$4  = \$2  ? 4'h0 : \$3 ;
-  assign \$5  = r_rdy & r_en;
-  assign \$6  = r_port__addr == 3'h4;
-  assign \$7  = r_port__addr + 1'h1;
-  assign \$8  = \$6  ? 4'h0 : \$7 ;
-  assign \$9  = w_rdy & w_en;
-  assign \$10  = r_rdy & r_en;
-  assign \$11  = ~ \$10 ;
-  assign \$12  = \$9  & \$11 ;
-  assign \$13  = level + 1'h1;
-  assign \$14  = r_rdy & r_en;
-  assign \$15  = w_rdy & w_en;
-  assign \$16  = ~ \$15 ;
-  assign \$17  = \$14  & \$16 ;
-  assign \$18  = level - 1'h1;
-  always @(posedge clk)
-    w_port__addr <= \$19 ;
-  always @(posedge clk)
-    r_port__addr <= \$20 ;
-  always @(posedge clk)
-    level <= \$21 ;
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$74 ) begin end
-    \$19  = w_port__addr;
-    if (\$1 ) begin
-      \$19  = \$4 [2:0];
-    end
-    if (unit_rst) begin
-      \$19  = 3'h0;
-    end
-    if (rst) begin
-      \$19  = 3'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$74 ) begin end
-    \$20  = r_port__addr;
-    if (\$5 ) begin
-      \$20  = \$8 [2:0];
-    end
-    if (unit_rst) begin
-      \$20  = 3'h0;
-    end
-    if (rst) begin
-      \$20  = 3'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$74 ) begin end
-    \$21  = level;
-    if (\$12 ) begin
-      \$21  = \$13 [2:0];
-    end
-    if (\$17 ) begin
-      \$21  = \$18 [2:0];
-    end
-    if (unit_rst) begin
-      \$21  = 3'h0;
-    end
-    if (rst) begin
-      \$21  = 3'h0;
-    end
-  end
-  assign w_level = level;
-  assign r_level = level;
-  assign produce = w_port__addr;
-  assign w_port__data = { \port$8940$0 , \port$8938$0  };
-  assign w_data = { \port$8940$0 , \port$8938$0  };
-  assign consume = r_port__addr;
-  assign r_port__data = r_data;
-endmodule
-
-(* generator = "Amaranth" *)
-module \accelerator.core.q_src1 (rst, r_rdy, r_data, r_en, w_en, \port$8947$0 , \port$8949$0 , unit_rst, level, clk);
-  reg \$auto$verilog_backend.cc:2355:dump_module$75  = 0;
   wire \$1 ;
   wire \$10 ;
   wire \$11 ;
@@ -68526,6 +68427,156 @@ module \accelerator.core.q_src1 (rst, r_rdy, r_data, r_en, w_en, \port$8947$0 , 
   always @(posedge clk)
     level <= \$21 ;
   always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$74 ) begin end
+    \$19  = w_port__addr;
+    if (\$1 ) begin
+      \$19  = \$4 [2:0];
+    end
+    if (unit_rst) begin
+      \$19  = 3'h0;
+    end
+    if (rst) begin
+      \$19  = 3'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$74 ) begin end
+    \$20  = r_port__addr;
+    if (\$5 ) begin
+      \$20  = \$8 [2:0];
+    end
+    if (unit_rst) begin
+      \$20  = 3'h0;
+    end
+    if (rst) begin
+      \$20  = 3'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$74 ) begin end
+    \$21  = level;
+    if (\$12 ) begin
+      \$21  = \$13 [2:0];
+    end
+    if (\$17 ) begin
+      \$21  = \$18 [2:0];
+    end
+    if (unit_rst) begin
+      \$21  = 3'h0;
+    end
+    if (rst) begin
+      \$21  = 3'h0;
+    end
+  end
+  assign w_level = level;
+  assign r_level = level;
+  assign produce = w_port__addr;
+  assign w_port__data = { \port$8949$0 , \port$8947$0  };
+  assign w_data = { \port$8949$0 , \port$8947$0  };
+  assign consume = r_port__addr;
+  assign r_port__data = r_data;
+endmodule
+
+(* generator = "Amaranth" *)
+module \accelerator.core.q_src1 (rst, r_rdy, r_data, r_en, w_en, \port$8956$0 , \port$8958$0 , unit_rst, level, clk);
+  reg \$auto$verilog_backend.cc:2355:dump_module$75  = 0;
+  wire \$1 ;
+  wire \$10 ;
+  wire \$11 ;
+  wire \$12 ;
+  wire [3:0] \$13 ;
+  wire \$14 ;
+  wire \$15 ;
+  wire \$16 ;
+  wire \$17 ;
+  wire [3:0] \$18 ;
+  reg [2:0] \$19 ;
+  wire \$2 ;
+  reg [2:0] \$20 ;
+  reg [2:0] \$21 ;
+  wire [3:0] \$3 ;
+  wire [3:0] \$4 ;
+  wire \$5 ;
+  wire \$6 ;
+  wire [3:0] \$7 ;
+  wire [3:0] \$8 ;
+  wire \$9 ;
+  input clk;
+  wire clk;
+  (* init = 3'h0 *)
+  wire [2:0] consume;
+  output [2:0] level;
+  reg [2:0] level = 3'h0;
+  input [15:0] \port$8956$0 ;
+  wire [15:0] \port$8956$0 ;
+  input [2:0] \port$8958$0 ;
+  wire [2:0] \port$8958$0 ;
+  (* init = 3'h0 *)
+  wire [2:0] produce;
+  output [18:0] r_data;
+  wire [18:0] r_data;
+  input r_en;
+  wire r_en;
+  (* init = 3'h0 *)
+  wire [2:0] r_level;
+  reg [2:0] r_port__addr = 3'h0;
+  wire [18:0] r_port__data;
+  output r_rdy;
+  wire r_rdy;
+  input rst;
+  wire rst;
+  input unit_rst;
+  wire unit_rst;
+  wire [18:0] w_data;
+  input w_en;
+  wire w_en;
+  (* init = 3'h0 *)
+  wire [2:0] w_level;
+  reg [2:0] w_port__addr = 3'h0;
+  wire [18:0] w_port__data;
+  wire w_port__en;
+  wire w_rdy;
+  reg [18:0] storage [4:0];
+  initial begin
+    storage[0] = 19'h00000;
+    storage[1] = 19'h00000;
+    storage[2] = 19'h00000;
+    storage[3] = 19'h00000;
+    storage[4] = 19'h00000;
+  end
+  always @(posedge clk) begin
+    if (w_port__en)
+      storage[w_port__addr] <= { \port$8958$0 , \port$8956$0  };
+  end
+  assign r_data = storage[r_port__addr];
+  assign w_rdy = level != 3'h5;
+  assign r_rdy = | level;
+  assign w_port__en = w_en & w_rdy;
+  assign \$1  = w_rdy & w_en;
+  assign \$2  = w_port__addr == 3'h4;
+  assign \$3  = w_port__addr + 1'h1;
+  assign \$4  = \$2  ? 4'h0 : \$3 ;
+  assign \$5  = r_rdy & r_en;
+  assign \$6  = r_port__addr == 3'h4;
+  assign \$7  = r_port__addr + 1'h1;
+  assign \$8  = \$6  ? 4'h0 : \$7 ;
+  assign \$9  = w_rdy & w_en;
+  assign \$10  = r_rdy & r_en;
+  assign \$11  = ~ \$10 ;
+  assign \$12  = \$9  & \$11 ;
+  assign \$13  = level + 1'h1;
+  assign \$14  = r_rdy & r_en;
+  assign \$15  = w_rdy & w_en;
+  assign \$16  = ~ \$15 ;
+  assign \$17  = \$14  & \$16 ;
+  assign \$18  = level - 1'h1;
+  always @(posedge clk)
+    w_port__addr <= \$19 ;
+  always @(posedge clk)
+    r_port__addr <= \$20 ;
+  always @(posedge clk)
+    level <= \$21 ;
+  always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$75 ) begin end
     \$19  = w_port__addr;
     if (\$1 ) begin
@@ -68570,8 +68621,8 @@ module \accelerator.core.q_src1 (rst, r_rdy, r_data, r_en, w_en, \port$8947$0 , 
   assign w_level = level;
   assign r_level = level;
   assign produce = w_port__addr;
-  assign w_port__data = { \port$8949$0 , \port$8947$0  };
-  assign w_data = { \port$8949$0 , \port$8947$0  };
+  assign w_port__data = { \port$8958$0 , \port$8956$0  };
+  assign w_data = { \port$8958$0 , \port$8956$0  };
   assign consume = r_port__addr;
   assign r_port__data = r_data;
 endmodule
@@ -68862,9 +68913,9 @@ module \accelerator.core.reader (rst, w_en, \r_en$23 , ar__valid, r__ready, idle
   );
   \accelerator.core.reader.shapes  shapes (
     .clk(clk),
-    .\port$1348$0 (\$13 [4:0]),
-    .\port$1349$0 (\$14 ),
-    .\port$1510$0 (r_data[2:0]),
+    .\port$1353$0 (\$13 [4:0]),
+    .\port$1354$0 (\$14 ),
+    .\port$1515$0 (r_data[2:0]),
     .r_data(\r_data$30 ),
     .r_en(\r_en$44 ),
     .r_rdy(\r_rdy$26 ),
@@ -69305,7 +69356,7 @@ module \accelerator.core.reader.req_slice (rst, w_en, r_en, w_rdy, r_rdy, r_data
 endmodule
 
 (* generator = "Amaranth" *)
-module \accelerator.core.reader.shapes (rst, w_en, \port$1348$0 , \port$1349$0 , w_rdy, r_data, \port$1510$0 , r_en, r_rdy, clk);
+module \accelerator.core.reader.shapes (rst, w_en, \port$1353$0 , \port$1354$0 , w_rdy, r_data, \port$1515$0 , r_en, r_rdy, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$79  = 0;
   wire \$1 ;
   wire \$10 ;
@@ -69347,12 +69398,12 @@ module \accelerator.core.reader.shapes (rst, w_en, \port$1348$0 , \port$1349$0 ,
   reg [3:0] inner_level = 4'h0;
   wire inner_r_rdy;
   wire [4:0] level;
-  input [4:0] \port$1348$0 ;
-  wire [4:0] \port$1348$0 ;
-  input \port$1349$0 ;
-  wire \port$1349$0 ;
-  input [2:0] \port$1510$0 ;
-  wire [2:0] \port$1510$0 ;
+  input [4:0] \port$1353$0 ;
+  wire [4:0] \port$1353$0 ;
+  input \port$1354$0 ;
+  wire \port$1354$0 ;
+  input [2:0] \port$1515$0 ;
+  wire [2:0] \port$1515$0 ;
   (* init = 4'h0 *)
   wire [3:0] produce;
   output [8:0] r_data;
@@ -69396,7 +69447,7 @@ module \accelerator.core.reader.shapes (rst, w_en, \port$1348$0 , \port$1349$0 ,
   end
   always @(posedge clk) begin
     if (w_port__en)
-      storage[w_port__addr] <= { \port$1349$0 , \port$1348$0 , \port$1510$0  };
+      storage[w_port__addr] <= { \port$1354$0 , \port$1353$0 , \port$1515$0  };
   end
   reg [8:0] _0_;
   always @(posedge clk) begin
@@ -69495,8 +69546,8 @@ module \accelerator.core.reader.shapes (rst, w_en, \port$1348$0 , \port$1349$0 ,
   assign level = w_level;
   assign r_level = w_level;
   assign produce = w_port__addr;
-  assign w_port__data = { \port$1349$0 , \port$1348$0 , \port$1510$0  };
-  assign w_data = { \port$1349$0 , \port$1348$0 , \port$1510$0  };
+  assign w_port__data = { \port$1354$0 , \port$1353$0 , \port$1515$0  };
+  assign w_data = { \port$1354$0 , \port$1353$0 , \port$1515$0  };
   assign consume = r_port__addr;
   assign r_port__data = r_data;
 endmodule
@@ -72860,7 +72911,7 @@ module \accelerator.core.unpack_slice (rst, w_en, w_port__data, w_rdy, r_rdy, r_
 endmodule
 
 (* generator = "Amaranth" *)
-module \accelerator.core.w_beat_slice (rst, w_rdy, r_rdy, r_data, \port$8768$0 , \port$8769$0 , \port$8770$0 , \port$8771$0 , \port$8772$0 , \port$8773$0 , \port$8774$0 , \port$8775$0 , w_en, r_en, in_decode, unit_rst, clk);
+module \accelerator.core.w_beat_slice (rst, w_rdy, r_rdy, r_data, \port$8777$0 , \port$8778$0 , \port$8779$0 , \port$8780$0 , \port$8781$0 , \port$8782$0 , \port$8783$0 , \port$8784$0 , w_en, r_en, in_decode, unit_rst, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$82  = 0;
   wire \$1 ;
   wire \$10 ;
@@ -72887,22 +72938,22 @@ module \accelerator.core.w_beat_slice (rst, w_rdy, r_rdy, r_data, \port$8768$0 ,
   input in_decode;
   wire in_decode;
   reg [1:0] level = 2'h0;
-  input [7:0] \port$8768$0 ;
-  wire [7:0] \port$8768$0 ;
-  input [7:0] \port$8769$0 ;
-  wire [7:0] \port$8769$0 ;
-  input [7:0] \port$8770$0 ;
-  wire [7:0] \port$8770$0 ;
-  input [7:0] \port$8771$0 ;
-  wire [7:0] \port$8771$0 ;
-  input [7:0] \port$8772$0 ;
-  wire [7:0] \port$8772$0 ;
-  input [7:0] \port$8773$0 ;
-  wire [7:0] \port$8773$0 ;
-  input [7:0] \port$8774$0 ;
-  wire [7:0] \port$8774$0 ;
-  input [7:0] \port$8775$0 ;
-  wire [7:0] \port$8775$0 ;
+  input [7:0] \port$8777$0 ;
+  wire [7:0] \port$8777$0 ;
+  input [7:0] \port$8778$0 ;
+  wire [7:0] \port$8778$0 ;
+  input [7:0] \port$8779$0 ;
+  wire [7:0] \port$8779$0 ;
+  input [7:0] \port$8780$0 ;
+  wire [7:0] \port$8780$0 ;
+  input [7:0] \port$8781$0 ;
+  wire [7:0] \port$8781$0 ;
+  input [7:0] \port$8782$0 ;
+  wire [7:0] \port$8782$0 ;
+  input [7:0] \port$8783$0 ;
+  wire [7:0] \port$8783$0 ;
+  input [7:0] \port$8784$0 ;
+  wire [7:0] \port$8784$0 ;
   (* init = 1'h0 *)
   wire produce;
   output [63:0] r_data;
@@ -72936,7 +72987,7 @@ module \accelerator.core.w_beat_slice (rst, w_rdy, r_rdy, r_data, \port$8768$0 ,
   end
   always @(posedge clk) begin
     if (w_port__en)
-      storage[w_port__addr] <= { \port$8775$0 , \port$8774$0 , \port$8773$0 , \port$8772$0 , \port$8771$0 , \port$8770$0 , \port$8769$0 , \port$8768$0  };
+      storage[w_port__addr] <= { \port$8784$0 , \port$8783$0 , \port$8782$0 , \port$8781$0 , \port$8780$0 , \port$8779$0 , \port$8778$0 , \port$8777$0  };
   end
   assign r_data = storage[r_port__addr];
   assign w_rdy = level != 2'h2;
@@ -73008,8 +73059,8 @@ module \accelerator.core.w_beat_slice (rst, w_rdy, r_rdy, r_data, \port$8768$0 ,
   assign w_level = level;
   assign r_level = level;
   assign produce = w_port__addr;
-  assign w_port__data = { \port$8775$0 , \port$8774$0 , \port$8773$0 , \port$8772$0 , \port$8771$0 , \port$8770$0 , \port$8769$0 , \port$8768$0  };
-  assign w_data = { \port$8775$0 , \port$8774$0 , \port$8773$0 , \port$8772$0 , \port$8771$0 , \port$8770$0 , \port$8769$0 , \port$8768$0  };
+  assign w_port__data = { \port$8784$0 , \port$8783$0 , \port$8782$0 , \port$8781$0 , \port$8780$0 , \port$8779$0 , \port$8778$0 , \port$8777$0  };
+  assign w_data = { \port$8784$0 , \port$8783$0 , \port$8782$0 , \port$8781$0 , \port$8780$0 , \port$8779$0 , \port$8778$0 , \port$8777$0  };
   assign consume = r_port__addr;
   assign r_port__data = r_data;
 endmodule

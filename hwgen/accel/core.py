@@ -61,9 +61,9 @@ from .isa import (COUNT_BITS, POST_ADD, POST_GELU, PRE_UNIT, EXT_BITS, FLAG_A_SI
 __all__ = ["AccelCore", "Error", "CYCLE_BITS"]
 
 CYCLE_BITS = 48
-# the operand feed's queue: the read pipeline's two cycles (issue -> read -> data) + 3 keep one
-# beat a cycle (:func:`~hwgen.pipeline.credited_output`)
-FEED_QUEUE = 5
+# the operand feed's queue: the read pipeline's three cycles (issue -> read -> data -> held) + 3
+# keep one beat a cycle (:func:`~hwgen.pipeline.credited_output`)
+FEED_QUEUE = 6
 DECODE_STAGES = 4         # the decode pipeline's depth: DECODE waits this many cycles
 
 
@@ -332,7 +332,8 @@ class AccelCore(wiring.Component):
         # reset net, whose fanout is timed)
         widths = {"n1p": COUNT_BITS + 1, "n2p": COUNT_BITS + 1, "mt": COUNT_BITS, "nt": COUNT_BITS,
                   "mt_last": COUNT_BITS, "nt_last": COUNT_BITS, "k_last": COUNT_BITS, "blocks": 32,
-                  "tiles": 32, "c_base": EXT_BITS, "c_lb": 3, "ext_base": EXT_BITS, "rows_last": COUNT_BITS}
+                  "tiles": 32, "c_base": EXT_BITS, "c_lb": 3, "ext_base": EXT_BITS, "rows_last": COUNT_BITS,
+                  "cols_last": COUNT_BITS}
         dec = self.decoded = SimpleNamespace(**{k: Signal(w, name=f"dec_{k}", reset_less=True)
                                                 for k, w in widths.items()})
         prog, stride, offset = Signal(EXT_BITS), Signal(EXT_BITS), Signal(EXT_BITS)   # of this start
@@ -348,6 +349,7 @@ class AccelCore(wiring.Component):
                      dec.tiles.eq(dec.blocks * dec.nt),
                      # the rows of the last block of R that are the tensor's (the others are padding)
                      dec.rows_last.eq(ins.n1 - _times(dec.mt_last, hw.gemm_rows)),
+                     dec.cols_last.eq(ins.n2 - _times(dec.nt_last, hw.gemm_cols)),     # and columns
                      # a LOAD's or STORE's ext0, moved on for image k of a start
                      dec.ext_base.eq(ins.ext0 + Mux((ins.flags & FLAG_PER_IMAGE).any(), offset, 0))]
         decode_wait = Signal(range(DECODE_STAGES + 1))
@@ -792,7 +794,7 @@ class AccelCore(wiring.Component):
     def _feed_queue(self, m, issue, reset):
         """The operand beats' read pipeline: a beat issued in cycle t is read from the lane
         memories in t + 1 (``read``, ``a_addr``, ``w_addr``: registers the caller sets with the
-        issue) and lands in t + 2 in a queue of :data:`FEED_QUEUE` beats
+        issue), is on their outputs in t + 2 and lands in t + 3 in a queue of :data:`FEED_QUEUE` beats
         (:func:`~hwgen.pipeline.credited_output`) whose output ``o`` is the GEMM's operand
         beat; ``room`` (a register) gates the issue.  ``reset`` empties it all (STOP)."""
         hw, R, C = self.hw, self.hw.gemm_rows, self.hw.gemm_cols
@@ -808,8 +810,13 @@ class AccelCore(wiring.Component):
                                               ready=Signal(name="feed_ready")))
         fm = Module()
         got = Signal(name="feed_got")                  # the read's data is on the lane memories' outputs
-        fm.d.sync += [f.read.eq(issue), got.eq(f.read), f.got_last.eq(f.last)]
-        f.room, _ = credited_output(fm, f.o, f.data, got, issue, FEED_QUEUE, name="feed_queue")
+        # ... and registered once before the queue: a lane memory's block RAM has no output
+        # register in yosys's ECP5 mapping (5.8 ns clock-to-out), and its route into the queue's
+        # LUT-RAM was a seed's critical path (10.28 ns)
+        held = Signal(name="feed_held")
+        held_data = Signal(width, name="feed_held_data", reset_less=True)
+        fm.d.sync += [f.read.eq(issue), got.eq(f.read), f.got_last.eq(f.last), held.eq(got), held_data.eq(f.data)]
+        f.room, _ = credited_output(fm, f.o, held_data, held, issue, FEED_QUEUE, name="feed_queue")
         m.submodules.feed = ResetInserter(reset)(fm)
         return f
 
@@ -964,6 +971,13 @@ class AccelCore(wiring.Component):
                                                 Signal(name="a_feed_nt_hit"), Signal(name="a_blocks_left"))
         k_one, nt_one = ~dec.k_last.any(), ~dec.nt_last.any()            # K = 1, one column tile
         elem = Signal(signed(hw.a_bits + 1))
+        # "the loader is past the feeder's k" as a register, set when the loader is two k ahead:
+        # the feeder steps at most once a cycle, so one ahead still holds a cycle later, and a
+        # half changing hands or a restart clears it.  The 16-bit comparator in front of the
+        # issue and its fanout was a seed's critical path (10.38 ns); a block's last k waits for
+        # its ``filled`` flag instead
+        ahead = Signal(name="a_loader_ahead")
+        m.d.sync += ahead.eq((lh == fh) & (lk > fk + 1) & ~(pre_ln | pre_sm) & ~restart)
         with m.If(restart):
             m.d.sync += [filled[0].eq(0), filled[1].eq(0), lh.eq(0), li.eq(0), lk.eq(0), fh.eq(0), fk.eq(0),
                          fnt.eq(0), feed_blocks.eq(dec.blocks), lk_hit.eq(k_one), fk_hit.eq(k_one),
@@ -1010,8 +1024,9 @@ class AccelCore(wiring.Component):
                     m.d.sync += li.eq(li + 1)
 
             # a block's first column tile follows its loading: beat k goes once all R rows of k
-            # are in (the loader on this half, past k); after a pre unit, once the block is in
-            ready_k = filled[fh] | ((lh == fh) & (lk > fk) & ~pre)
+            # are in (the loader on this half, past k); after a pre unit, once the block is in.
+            # "Past k" is a register (``ahead``, below)
+            ready_k = filled[fh] | ahead
             m.d.comb += issue.eq(ready_k & (is_linear | wfilled[fw]) & feed.room & blocks_left)
             m.d.sync += [feed.last.eq(fk_hit), feed.a_addr.eq(fh * kmax + fk), feed.a_half.eq(fh),
                          feed.a_free.eq(issue & fk_hit & fnt_hit)]
@@ -1098,10 +1113,13 @@ class AccelCore(wiring.Component):
         res_q, res = register_slice(m, "gemm_out", gemm.o.valid, gemm.o.payload, gemm.o.ready, reset=unit_rst)
         res_valid, res_lanes = res_q.r_rdy, Array(res[j] for j in range(C))
         dst = gens["dst"]
-        # a padding row: in the last block, past its rows (no product of the block index by R
-        # on the write's enable when R is not a power of two)
-        col = dst.index[2] * C + dst.index[4]
-        keep = ((dst.index[1] != self.decoded.mt_last) | (dst.index[3] < self.decoded.rows_last)) & (col < ins.n2)
+        # a padding row: in the last block, past its rows; a padding column: in the last column
+        # tile, past its columns (no product of the tile index by R or C, and no comparator as
+        # wide as a count, on the write's enable: the column's sum and compare were a seed's
+        # critical path, 10.98 ns); row and column in a tile compared on their own few bits
+        dec, rb, cb = self.decoded, R.bit_length(), C.bit_length()
+        keep = (((dst.index[1] != dec.mt_last) | (dst.index[3][:rb] < dec.rows_last[:rb]))
+                & ((dst.index[2] != dec.nt_last) | (dst.index[4][:cb] < dec.cols_last[:cb])))
         lane = res_lanes[dst.index[4]]
         jc = Signal(range(C), name="post_col")       # the result row's element going to the packer
         with m.If(restart):
