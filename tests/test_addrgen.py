@@ -33,6 +33,17 @@ def _walks(seed, count):
     return walks
 
 
+async def _load(ctx, dut, n, base, strides):
+    """Load a walk (one cycle of ``load``)."""
+    ctx.set(dut.base, base)
+    for d in range(LEVELS):
+        ctx.set(dut.n[d], n[d])
+        ctx.set(dut.strides[d], strides[d])
+    ctx.set(dut.load, 1)
+    await ctx.tick()
+    ctx.set(dut.load, 0)
+
+
 def test_points_in_order_under_random_pops():
     dut = AddrGen(with_index=True)
     walks = _walks(1, 25)
@@ -43,13 +54,7 @@ def test_points_in_order_under_random_pops():
         nonlocal seen
         for k, (n, base, strides) in enumerate(walks):
             want = _points(n, base, strides)
-            ctx.set(dut.base, base)
-            for d in range(LEVELS):
-                ctx.set(dut.n[d], n[d])
-                ctx.set(dut.strides[d], strides[d])
-            ctx.set(dut.load, 1)
-            await ctx.tick()
-            ctx.set(dut.load, 0)
+            await _load(ctx, dut, n, base, strides)
             if k % 5 == 4:      # a walk abandoned after a few pops: the next load restarts cleanly
                 want = want[:2]
             got = []
@@ -86,13 +91,7 @@ def test_one_point_a_cycle_when_popped_every_cycle():
     got, cycles = [], []
 
     async def bench(ctx):
-        ctx.set(dut.base, base)
-        for d in range(LEVELS):
-            ctx.set(dut.n[d], n[d])
-            ctx.set(dut.strides[d], strides[d])
-        ctx.set(dut.load, 1)
-        await ctx.tick()
-        ctx.set(dut.load, 0)
+        await _load(ctx, dut, n, base, strides)
         ctx.set(dut.next, 1)
         for c in range(len(want) + 10):
             if ctx.get(dut.valid):
