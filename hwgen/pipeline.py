@@ -20,7 +20,7 @@ from amaranth.lib import data
 from amaranth.lib.memory import Memory
 
 __all__ = ["eq_const", "Stager", "stream_pipeline", "rshift_round_const", "rshift_round_var", "clamp", "partial_products", "compress", "compress_levels", "sum_pair", "product_shape", "fit",
-           "divide_stages", "lane_layout", "register_slice"]
+           "divide_stages", "lane_layout", "register_slice", "credited_output", "credit_counter"]
 
 
 
@@ -387,10 +387,18 @@ def credited_output(m, o, data: Value, valid: Value, fire: Value, depth: int,
     m.submodules[name] = q
     m.d.comb += [q.w_en.eq(valid), q.w_data.eq(data),
                  o.valid.eq(q.r_rdy), o.payload.eq(q.r_data), q.r_en.eq(o.ready)]
+    return credit_counter(m, fire, o.valid & o.ready, depth, name)
+
+
+def credit_counter(m, fire: Value, took: Value, depth: int, name: str) -> tuple[Signal, Signal]:
+    """Credits of a queue of ``depth`` entries fed through a pipeline: ``fire`` (an entry
+    started, at most one a cycle) counts up, ``took`` (one left the queue) down.  Returns
+    ``room`` (count < depth) and ``idle`` (count = 0), both registers whose next values come
+    from flags of the count register, so that no adder or comparator lies between the
+    handshakes and them."""
     count = Signal(range(depth + 1), name=f"{name}_count")
     room = Signal(init=1, name=f"{name}_room")
     idle = Signal(init=1, name=f"{name}_idle")
-    took = o.valid & o.ready
     # the next room / idle from flags of the count register (no adder between the input
     # handshake and these registers): count +1 (fire only), -1 (took only) or unchanged
     below_full1 = Signal(name=f"{name}_below_full1")      # count < depth - 1

@@ -1263,95 +1263,83 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   reg \$auto$verilog_backend.cc:2355:dump_module$55  = 0;
   wire \$1 ;
   wire \$10 ;
-  wire [64:0] \$100 ;
-  reg \$1000 ;
-  reg \$1001 ;
-  reg \$1002 ;
-  reg \$1003 ;
-  reg \$1004 ;
-  reg [31:0] \$1005 ;
-  reg [15:0] \$1006 ;
-  reg \$1007 ;
+  wire \$100 ;
+  reg [15:0] \$1000 ;
+  reg [15:0] \$1001 ;
+  reg [15:0] \$1002 ;
+  reg [15:0] \$1003 ;
+  reg [2:0] \$1004 ;
+  reg [2:0] \$1005 ;
+  reg [31:0] \$1006 ;
+  reg [15:0] \$1007 ;
   reg [15:0] \$1008 ;
-  reg [15:0] \$1009 ;
+  reg [31:0] \$1009 ;
   wire \$101 ;
-  reg [15:0] \$1010 ;
-  reg [15:0] \$1011 ;
-  reg [15:0] \$1012 ;
-  reg [15:0] \$1013 ;
-  reg [15:0] \$1014 ;
-  reg [15:0] \$1015 ;
-  reg [2:0] \$1016 ;
-  reg [2:0] \$1017 ;
-  reg [31:0] \$1018 ;
-  reg [15:0] \$1019 ;
+  reg [31:0] \$1010 ;
+  reg \$1011 ;
+  reg [7:0] \$1012 ;
+  reg \$1013 ;
+  reg \$1014 ;
+  reg \$1015 ;
+  reg [15:0] \$1016 ;
+  reg \$1017 ;
+  reg \$1018 ;
+  reg \$1019 ;
   wire \$102 ;
-  reg [15:0] \$1020 ;
-  reg [31:0] \$1021 ;
-  reg [31:0] \$1022 ;
-  reg \$1023 ;
-  reg [7:0] \$1024 ;
-  reg \$1025 ;
-  reg \$1026 ;
-  reg \$1027 ;
-  reg [15:0] \$1028 ;
+  reg \$1020 ;
+  reg \$1021 ;
+  reg [3:0] \$1022 ;
+  reg [15:0] \$1023 ;
+  reg \$1024 ;
+  reg [15:0] \$1025 ;
+  reg [15:0] \$1026 ;
+  reg [31:0] \$1027 ;
+  reg \$1028 ;
   reg \$1029 ;
   wire \$103 ;
   reg \$1030 ;
   reg \$1031 ;
   reg \$1032 ;
-  reg \$1033 ;
-  reg [3:0] \$1034 ;
-  reg [15:0] \$1035 ;
-  reg \$1036 ;
+  reg [8:0] \$1033 ;
+  reg \$1034 ;
+  reg \$1035 ;
+  reg [3:0] \$1036 ;
   reg [15:0] \$1037 ;
-  reg [15:0] \$1038 ;
-  reg [31:0] \$1039 ;
+  reg [9:0] \$1038 ;
+  reg [15:0] \$1039 ;
   wire \$104 ;
   reg \$1040 ;
   reg \$1041 ;
   reg \$1042 ;
-  reg \$1043 ;
+  reg [8:0] \$1043 ;
   reg \$1044 ;
-  reg [8:0] \$1045 ;
-  reg \$1046 ;
-  reg \$1047 ;
-  reg [3:0] \$1048 ;
-  reg [15:0] \$1049 ;
+  reg \$1045 ;
+  reg [31:0] \$1046 ;
+  reg [15:0] \$1047 ;
+  reg \$1048 ;
+  reg [2:0] \$1049 ;
   wire \$105 ;
-  reg [9:0] \$1050 ;
-  reg [15:0] \$1051 ;
-  reg \$1052 ;
-  reg \$1053 ;
-  reg \$1054 ;
-  reg [8:0] \$1055 ;
-  reg \$1056 ;
-  reg \$1057 ;
-  reg [31:0] \$1058 ;
-  reg [15:0] \$1059 ;
+  reg \$1050 ;
+  reg [3:0] \$1051 ;
   wire \$106 ;
-  reg \$1060 ;
-  reg [2:0] \$1061 ;
-  reg \$1062 ;
-  reg [3:0] \$1063 ;
   wire \$107 ;
   wire \$108 ;
   wire \$109 ;
-  wire [3:0] \$11 ;
+  wire \$11 ;
   wire \$110 ;
   wire \$111 ;
   wire \$112 ;
   wire \$113 ;
   wire \$114 ;
   wire \$115 ;
-  wire \$116 ;
+  reg [15:0] \$116 ;
   wire \$117 ;
   wire \$118 ;
   wire \$119 ;
-  wire [4:0] \$12 ;
+  wire \$12 ;
   wire \$120 ;
   wire \$121 ;
-  reg [15:0] \$122 ;
+  wire \$122 ;
   wire \$123 ;
   wire \$124 ;
   wire \$125 ;
@@ -1363,217 +1351,217 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$130 ;
   wire \$131 ;
   wire \$132 ;
-  wire \$133 ;
+  wire [3:0] \$133 ;
   wire \$134 ;
-  wire \$135 ;
-  wire \$136 ;
+  wire [2:0] \$135 ;
+  wire [3:0] \$136 ;
   wire \$137 ;
-  wire \$138 ;
+  wire [3:0] \$138 ;
   wire [3:0] \$139 ;
   wire \$14 ;
   wire \$140 ;
-  wire [2:0] \$141 ;
+  wire [4:0] \$141 ;
   wire [3:0] \$142 ;
   wire \$143 ;
-  wire [3:0] \$144 ;
+  wire [5:0] \$144 ;
   wire [3:0] \$145 ;
   wire \$146 ;
-  wire [4:0] \$147 ;
+  wire [6:0] \$147 ;
   wire [3:0] \$148 ;
   wire \$149 ;
-  wire [3:0] \$15 ;
-  wire [5:0] \$150 ;
+  wire \$15 ;
+  wire [7:0] \$150 ;
   wire [3:0] \$151 ;
   wire \$152 ;
-  wire [6:0] \$153 ;
-  wire [3:0] \$154 ;
+  wire [8:0] \$153 ;
+  reg \$154 ;
   wire \$155 ;
-  wire [7:0] \$156 ;
-  wire [3:0] \$157 ;
-  wire \$158 ;
-  wire [8:0] \$159 ;
-  wire [4:0] \$16 ;
-  reg \$160 ;
+  wire \$156 ;
+  wire [9:0] \$157 ;
+  wire [16:0] \$158 ;
+  reg \$159 ;
+  wire \$16 ;
+  wire \$160 ;
   wire \$161 ;
   wire \$162 ;
-  wire [9:0] \$163 ;
-  wire [16:0] \$164 ;
-  reg \$165 ;
-  wire \$166 ;
-  wire \$167 ;
+  wire \$163 ;
+  wire \$164 ;
+  wire [9:0] \$165 ;
+  wire [16:0] \$166 ;
+  reg \$167 ;
   wire \$168 ;
   wire \$169 ;
-  wire \$17 ;
+  wire [15:0] \$17 ;
   wire \$170 ;
-  wire [9:0] \$171 ;
-  wire [16:0] \$172 ;
-  reg \$173 ;
-  wire \$174 ;
+  wire \$171 ;
+  wire [9:0] \$172 ;
+  wire [16:0] \$173 ;
+  reg \$174 ;
   wire \$175 ;
   wire \$176 ;
   wire \$177 ;
-  wire [9:0] \$178 ;
-  wire [16:0] \$179 ;
+  wire \$178 ;
+  wire [9:0] \$179 ;
   wire \$18 ;
-  reg \$180 ;
-  wire \$181 ;
+  wire [16:0] \$180 ;
+  reg \$181 ;
   wire \$182 ;
   wire \$183 ;
   wire \$184 ;
-  wire [9:0] \$185 ;
-  wire [16:0] \$186 ;
-  reg \$187 ;
-  wire \$188 ;
+  wire \$185 ;
+  wire [9:0] \$186 ;
+  wire [16:0] \$187 ;
+  reg \$188 ;
   wire \$189 ;
-  wire \$19 ;
+  wire [17:0] \$19 ;
   wire \$190 ;
   wire \$191 ;
-  wire [9:0] \$192 ;
-  wire [16:0] \$193 ;
-  reg \$194 ;
-  wire \$195 ;
+  wire \$192 ;
+  wire [9:0] \$193 ;
+  wire [16:0] \$194 ;
+  reg \$195 ;
   wire \$196 ;
   wire \$197 ;
   wire \$198 ;
-  wire [9:0] \$199 ;
+  wire \$199 ;
   wire \$2 ;
   wire \$20 ;
-  wire [16:0] \$200 ;
-  reg \$201 ;
-  wire \$202 ;
+  wire [9:0] \$200 ;
+  wire [16:0] \$201 ;
+  reg \$202 ;
   wire \$203 ;
   wire \$204 ;
   wire \$205 ;
-  wire [9:0] \$206 ;
-  wire [16:0] \$207 ;
-  reg \$208 ;
-  wire \$209 ;
-  wire \$21 ;
+  wire \$206 ;
+  wire [9:0] \$207 ;
+  wire [16:0] \$208 ;
+  reg \$209 ;
+  wire [15:0] \$21 ;
   wire \$210 ;
   wire \$211 ;
   wire \$212 ;
-  wire [9:0] \$213 ;
-  wire [16:0] \$214 ;
-  reg \$215 ;
-  wire \$216 ;
+  wire \$213 ;
+  wire [9:0] \$214 ;
+  wire [16:0] \$215 ;
+  reg \$216 ;
   wire \$217 ;
   wire \$218 ;
   wire \$219 ;
   wire \$22 ;
-  wire [9:0] \$220 ;
-  wire [16:0] \$221 ;
-  reg \$222 ;
-  wire \$223 ;
+  wire \$220 ;
+  reg \$221 ;
+  wire \$222 ;
+  reg \$223 ;
   wire \$224 ;
   wire \$225 ;
   wire \$226 ;
-  reg \$227 ;
+  wire \$227 ;
   wire \$228 ;
   reg \$229 ;
-  wire [15:0] \$23 ;
+  wire [18:0] \$23 ;
   wire \$230 ;
   wire \$231 ;
   wire \$232 ;
   wire \$233 ;
-  wire \$234 ;
-  reg \$235 ;
-  wire \$236 ;
+  wire [9:0] \$234 ;
+  wire [10:0] \$235 ;
+  reg \$236 ;
   wire \$237 ;
   wire \$238 ;
   wire \$239 ;
-  wire \$24 ;
-  wire [9:0] \$240 ;
-  wire [10:0] \$241 ;
-  reg \$242 ;
+  wire [20:0] \$24 ;
+  wire \$240 ;
+  wire \$241 ;
+  wire \$242 ;
   wire \$243 ;
-  wire \$244 ;
-  wire \$245 ;
-  wire \$246 ;
+  wire [9:0] \$244 ;
+  wire [10:0] \$245 ;
+  reg \$246 ;
   wire \$247 ;
   wire \$248 ;
   wire \$249 ;
-  wire [17:0] \$25 ;
-  wire [9:0] \$250 ;
-  wire [10:0] \$251 ;
-  reg \$252 ;
-  wire \$253 ;
-  wire \$254 ;
-  wire \$255 ;
+  wire [21:0] \$25 ;
+  wire \$250 ;
+  wire \$251 ;
+  wire \$252 ;
+  wire [9:0] \$253 ;
+  wire [10:0] \$254 ;
+  reg \$255 ;
   wire \$256 ;
   wire \$257 ;
   wire \$258 ;
-  wire [9:0] \$259 ;
-  wire \$26 ;
-  wire [10:0] \$260 ;
-  reg \$261 ;
-  wire \$262 ;
-  wire \$263 ;
-  wire \$264 ;
+  wire \$259 ;
+  wire [21:0] \$26 ;
+  wire \$260 ;
+  wire \$261 ;
+  wire [9:0] \$262 ;
+  wire [10:0] \$263 ;
+  reg \$264 ;
   wire \$265 ;
   wire \$266 ;
   wire \$267 ;
-  wire [9:0] \$268 ;
-  wire [10:0] \$269 ;
-  wire [15:0] \$27 ;
-  reg \$270 ;
-  wire \$271 ;
-  wire \$272 ;
-  wire \$273 ;
+  wire \$268 ;
+  wire \$269 ;
+  wire \$27 ;
+  wire \$270 ;
+  wire [9:0] \$271 ;
+  wire [10:0] \$272 ;
+  reg \$273 ;
   wire \$274 ;
   wire \$275 ;
   wire \$276 ;
-  wire [9:0] \$277 ;
-  wire [10:0] \$278 ;
-  reg \$279 ;
-  wire \$28 ;
-  wire \$280 ;
-  wire \$281 ;
-  wire \$282 ;
+  wire \$277 ;
+  wire \$278 ;
+  wire \$279 ;
+  wire [15:0] \$28 ;
+  wire [9:0] \$280 ;
+  wire [10:0] \$281 ;
+  reg \$282 ;
   wire \$283 ;
   wire \$284 ;
   wire \$285 ;
-  wire [9:0] \$286 ;
-  wire [10:0] \$287 ;
-  reg \$288 ;
-  wire \$289 ;
-  wire [18:0] \$29 ;
-  wire \$290 ;
-  wire \$291 ;
+  wire \$286 ;
+  wire \$287 ;
+  wire \$288 ;
+  wire [9:0] \$289 ;
+  wire \$29 ;
+  wire [10:0] \$290 ;
+  reg \$291 ;
   wire \$292 ;
   wire \$293 ;
   wire \$294 ;
-  wire [9:0] \$295 ;
-  wire [10:0] \$296 ;
-  reg \$297 ;
-  wire \$298 ;
-  wire \$299 ;
+  wire \$295 ;
+  wire \$296 ;
+  wire \$297 ;
+  wire [9:0] \$298 ;
+  wire [10:0] \$299 ;
   wire \$3 ;
-  wire [20:0] \$30 ;
-  wire \$300 ;
+  wire [18:0] \$30 ;
+  reg \$300 ;
   wire \$301 ;
   wire \$302 ;
   wire \$303 ;
-  wire [9:0] \$304 ;
-  wire [10:0] \$305 ;
-  reg \$306 ;
+  wire \$304 ;
+  wire \$305 ;
+  wire \$306 ;
   wire \$307 ;
   wire \$308 ;
-  wire \$309 ;
-  wire [21:0] \$31 ;
-  wire \$310 ;
-  wire \$311 ;
-  wire \$312 ;
-  wire \$313 ;
-  wire \$314 ;
+  wire [7:0] \$309 ;
+  wire [20:0] \$31 ;
+  wire [7:0] \$310 ;
+  wire [7:0] \$311 ;
+  wire [7:0] \$312 ;
+  wire [7:0] \$313 ;
+  wire [7:0] \$314 ;
   wire [7:0] \$315 ;
   wire [7:0] \$316 ;
-  wire [7:0] \$317 ;
-  wire [7:0] \$318 ;
-  wire [7:0] \$319 ;
+  wire \$317 ;
+  wire \$318 ;
+  wire \$319 ;
   wire [21:0] \$32 ;
-  wire [7:0] \$320 ;
-  wire [7:0] \$321 ;
-  wire [7:0] \$322 ;
+  wire \$320 ;
+  wire \$321 ;
+  wire \$322 ;
   wire \$323 ;
   wire \$324 ;
   wire \$325 ;
@@ -1581,51 +1569,51 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$327 ;
   wire \$328 ;
   wire \$329 ;
-  wire \$33 ;
+  wire [21:0] \$33 ;
   wire \$330 ;
   wire \$331 ;
-  wire \$332 ;
+  reg [31:0] \$332 ;
   wire \$333 ;
   wire \$334 ;
-  wire \$335 ;
+  reg [31:0] \$335 ;
   wire \$336 ;
   wire \$337 ;
-  reg [31:0] \$338 ;
+  wire \$338 ;
   wire \$339 ;
-  wire [15:0] \$34 ;
+  wire \$34 ;
   wire \$340 ;
-  reg [31:0] \$341 ;
+  wire \$341 ;
   wire \$342 ;
-  wire \$343 ;
-  wire \$344 ;
-  wire \$345 ;
-  wire \$346 ;
-  wire \$347 ;
+  wire [31:0] \$343 ;
+  wire [31:0] \$344 ;
+  wire [31:0] \$345 ;
+  wire [31:0] \$346 ;
+  wire [31:0] \$347 ;
   wire \$348 ;
   wire [31:0] \$349 ;
-  wire \$35 ;
+  wire [3:0] \$35 ;
   wire [31:0] \$350 ;
   wire [31:0] \$351 ;
   wire [31:0] \$352 ;
-  wire [31:0] \$353 ;
-  wire \$354 ;
-  wire [31:0] \$355 ;
-  wire [31:0] \$356 ;
-  wire [31:0] \$357 ;
-  wire [31:0] \$358 ;
+  wire [2:0] \$353 ;
+  wire [2:0] \$354 ;
+  wire [2:0] \$355 ;
+  wire [1:0] \$356 ;
+  wire [2:0] \$357 ;
+  wire \$358 ;
   wire [2:0] \$359 ;
-  wire [18:0] \$36 ;
+  wire \$36 ;
   wire [2:0] \$360 ;
   wire [2:0] \$361 ;
-  wire [1:0] \$362 ;
-  wire [2:0] \$363 ;
+  wire [2:0] \$362 ;
+  wire \$363 ;
   wire \$364 ;
-  wire [2:0] \$365 ;
-  wire [2:0] \$366 ;
-  wire [2:0] \$367 ;
-  wire [2:0] \$368 ;
+  wire \$365 ;
+  wire \$366 ;
+  wire \$367 ;
+  wire \$368 ;
   wire \$369 ;
-  wire [20:0] \$37 ;
+  wire [17:0] \$37 ;
   wire \$370 ;
   wire \$371 ;
   wire \$372 ;
@@ -1636,7 +1624,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$377 ;
   wire \$378 ;
   wire \$379 ;
-  wire [21:0] \$38 ;
+  wire \$38 ;
   wire \$380 ;
   wire \$381 ;
   wire \$382 ;
@@ -1647,7 +1635,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$387 ;
   wire \$388 ;
   wire \$389 ;
-  wire [21:0] \$39 ;
+  wire [15:0] \$39 ;
   wire \$390 ;
   wire \$391 ;
   wire \$392 ;
@@ -1670,7 +1658,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$407 ;
   wire \$408 ;
   wire \$409 ;
-  wire [3:0] \$41 ;
+  wire [17:0] \$41 ;
   wire \$410 ;
   wire \$411 ;
   wire \$412 ;
@@ -1681,21 +1669,21 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$417 ;
   wire \$418 ;
   wire \$419 ;
-  wire \$42 ;
+  wire [15:0] \$42 ;
   wire \$420 ;
   wire \$421 ;
   wire \$422 ;
   wire \$423 ;
   wire \$424 ;
   wire \$425 ;
-  wire \$426 ;
+  wire [30:0] \$426 ;
   wire \$427 ;
   wire \$428 ;
   wire \$429 ;
   wire [17:0] \$43 ;
   wire \$430 ;
   wire \$431 ;
-  wire [30:0] \$432 ;
+  wire \$432 ;
   wire \$433 ;
   wire \$434 ;
   wire \$435 ;
@@ -1703,7 +1691,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$437 ;
   wire \$438 ;
   wire \$439 ;
-  wire \$44 ;
+  wire [15:0] \$44 ;
   wire \$440 ;
   wire \$441 ;
   wire \$442 ;
@@ -1714,7 +1702,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$447 ;
   wire \$448 ;
   wire \$449 ;
-  wire [15:0] \$45 ;
+  wire [18:0] \$45 ;
   wire \$450 ;
   wire \$451 ;
   wire \$452 ;
@@ -1725,7 +1713,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$457 ;
   wire \$458 ;
   wire \$459 ;
-  wire \$46 ;
+  wire [20:0] \$46 ;
   wire \$460 ;
   wire \$461 ;
   wire \$462 ;
@@ -1736,59 +1724,59 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$467 ;
   wire \$468 ;
   wire \$469 ;
-  wire [17:0] \$47 ;
+  wire [21:0] \$47 ;
   wire \$470 ;
   wire \$471 ;
-  wire \$472 ;
-  wire \$473 ;
-  wire \$474 ;
-  wire \$475 ;
-  wire \$476 ;
-  wire \$477 ;
+  wire [16:0] \$472 ;
+  wire [16:0] \$473 ;
+  wire [32:0] \$474 ;
+  wire [32:0] \$475 ;
+  wire [16:0] \$476 ;
+  wire [16:0] \$477 ;
   wire [16:0] \$478 ;
   wire [16:0] \$479 ;
-  wire [15:0] \$48 ;
-  wire [32:0] \$480 ;
-  wire [32:0] \$481 ;
-  wire [16:0] \$482 ;
-  wire [16:0] \$483 ;
-  wire [16:0] \$484 ;
-  wire [16:0] \$485 ;
-  wire [31:0] \$486 ;
-  wire [22:0] \$487 ;
-  wire [23:0] \$488 ;
-  wire [31:0] \$489 ;
-  wire [17:0] \$49 ;
-  wire [32:0] \$490 ;
-  wire [32:0] \$491 ;
-  wire [47:0] \$492 ;
-  wire [16:0] \$493 ;
-  wire [18:0] \$494 ;
-  wire [19:0] \$495 ;
-  wire [20:0] \$496 ;
-  wire [18:0] \$497 ;
-  wire [19:0] \$498 ;
-  wire [3:0] \$499 ;
+  wire [21:0] \$48 ;
+  wire [31:0] \$480 ;
+  wire [22:0] \$481 ;
+  wire [23:0] \$482 ;
+  wire [31:0] \$483 ;
+  wire [32:0] \$484 ;
+  wire [32:0] \$485 ;
+  wire [47:0] \$486 ;
+  wire [16:0] \$487 ;
+  wire [18:0] \$488 ;
+  wire [19:0] \$489 ;
+  wire [15:0] \$49 ;
+  wire [20:0] \$490 ;
+  wire [18:0] \$491 ;
+  wire [19:0] \$492 ;
+  wire [3:0] \$493 ;
+  wire \$494 ;
+  wire [31:0] \$495 ;
+  wire [32:0] \$496 ;
+  wire \$497 ;
+  wire \$498 ;
+  wire \$499 ;
   wire \$5 ;
-  wire [15:0] \$50 ;
+  wire [20:0] \$50 ;
   wire \$500 ;
-  wire [31:0] \$501 ;
-  wire [32:0] \$502 ;
+  wire \$501 ;
+  wire \$502 ;
   wire \$503 ;
   wire \$504 ;
   wire \$505 ;
-  wire \$506 ;
+  wire [48:0] \$506 ;
   wire \$507 ;
-  wire \$508 ;
+  wire [48:0] \$508 ;
   wire \$509 ;
-  wire [18:0] \$51 ;
-  wire \$510 ;
+  wire [20:0] \$51 ;
+  wire [48:0] \$510 ;
   wire \$511 ;
-  wire \$512 ;
+  wire [48:0] \$512 ;
   wire \$513 ;
-  wire \$514 ;
+  wire [48:0] \$514 ;
   wire \$515 ;
-  wire \$516 ;
+  wire [48:0] \$516 ;
   wire \$517 ;
   wire [48:0] \$518 ;
   wire \$519 ;
@@ -1803,7 +1791,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$527 ;
   wire [48:0] \$528 ;
   wire \$529 ;
-  wire [21:0] \$53 ;
+  wire [15:0] \$53 ;
   wire [48:0] \$530 ;
   wire \$531 ;
   wire [48:0] \$532 ;
@@ -1814,19 +1802,19 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$537 ;
   wire [48:0] \$538 ;
   wire \$539 ;
-  wire [21:0] \$54 ;
-  wire [48:0] \$540 ;
+  wire [17:0] \$54 ;
+  wire \$540 ;
   wire \$541 ;
-  wire [48:0] \$542 ;
+  wire \$542 ;
   wire \$543 ;
-  wire [48:0] \$544 ;
+  wire \$544 ;
   wire \$545 ;
-  wire [48:0] \$546 ;
+  wire \$546 ;
   wire \$547 ;
-  wire [48:0] \$548 ;
+  wire \$548 ;
   wire \$549 ;
-  wire [15:0] \$55 ;
-  wire [48:0] \$550 ;
+  wire [3:0] \$55 ;
+  wire \$550 ;
   wire \$551 ;
   wire \$552 ;
   wire \$553 ;
@@ -1836,7 +1824,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$557 ;
   wire \$558 ;
   wire \$559 ;
-  wire [20:0] \$56 ;
+  wire [17:0] \$56 ;
   wire \$560 ;
   wire \$561 ;
   wire \$562 ;
@@ -1847,52 +1835,52 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$567 ;
   wire \$568 ;
   wire \$569 ;
-  wire [20:0] \$57 ;
+  wire [18:0] \$57 ;
   wire \$570 ;
   wire \$571 ;
   wire \$572 ;
   wire \$573 ;
   wire \$574 ;
   wire \$575 ;
-  wire \$576 ;
+  wire [15:0] \$576 ;
   wire \$577 ;
   wire \$578 ;
   wire \$579 ;
   wire [20:0] \$58 ;
   wire \$580 ;
-  wire \$581 ;
-  wire \$582 ;
+  wire [16:0] \$581 ;
+  wire [32:0] \$582 ;
   wire \$583 ;
   wire \$584 ;
   wire \$585 ;
   wire \$586 ;
   wire \$587 ;
-  wire [15:0] \$588 ;
-  wire \$589 ;
-  wire [15:0] \$59 ;
+  wire \$588 ;
+  wire [32:0] \$589 ;
+  wire [21:0] \$59 ;
   wire \$590 ;
   wire \$591 ;
-  wire \$592 ;
-  wire [16:0] \$593 ;
-  wire [32:0] \$594 ;
-  wire \$595 ;
+  wire [14:0] \$592 ;
+  wire \$593 ;
+  wire \$594 ;
+  wire [3:0] \$595 ;
   wire \$596 ;
   wire \$597 ;
   wire \$598 ;
   wire \$599 ;
   wire \$6 ;
-  wire [17:0] \$60 ;
+  wire [20:0] \$60 ;
   wire \$600 ;
-  wire [32:0] \$601 ;
+  wire \$601 ;
   wire \$602 ;
   wire \$603 ;
-  wire [14:0] \$604 ;
+  wire \$604 ;
   wire \$605 ;
   wire \$606 ;
-  wire [3:0] \$607 ;
+  wire \$607 ;
   wire \$608 ;
   wire \$609 ;
-  wire [3:0] \$61 ;
+  wire \$61 ;
   wire \$610 ;
   wire \$611 ;
   wire \$612 ;
@@ -1903,7 +1891,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$617 ;
   wire \$618 ;
   wire \$619 ;
-  wire [17:0] \$62 ;
+  wire \$62 ;
   wire \$620 ;
   wire \$621 ;
   wire \$622 ;
@@ -1913,9 +1901,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$626 ;
   wire \$627 ;
   wire \$628 ;
-  wire \$629 ;
-  wire [18:0] \$63 ;
-  wire \$630 ;
+  wire [16:0] \$629 ;
+  wire \$63 ;
+  wire [32:0] \$630 ;
   wire \$631 ;
   wire \$632 ;
   wire \$633 ;
@@ -1925,10 +1913,10 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$637 ;
   wire \$638 ;
   wire \$639 ;
-  wire [20:0] \$64 ;
+  wire \$64 ;
   wire \$640 ;
-  wire [16:0] \$641 ;
-  wire [32:0] \$642 ;
+  wire \$641 ;
+  wire [16:0] \$642 ;
   wire \$643 ;
   wire \$644 ;
   wire \$645 ;
@@ -1936,18 +1924,18 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$647 ;
   wire \$648 ;
   wire \$649 ;
-  wire [21:0] \$65 ;
+  wire \$65 ;
   wire \$650 ;
   wire \$651 ;
   wire \$652 ;
   wire \$653 ;
-  wire [16:0] \$654 ;
+  wire \$654 ;
   wire \$655 ;
   wire \$656 ;
   wire \$657 ;
   wire \$658 ;
   wire \$659 ;
-  wire [20:0] \$66 ;
+  wire \$66 ;
   wire \$660 ;
   wire \$661 ;
   wire \$662 ;
@@ -1958,7 +1946,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$667 ;
   wire \$668 ;
   wire \$669 ;
-  wire \$67 ;
+  wire [63:0] \$67 ;
   wire \$670 ;
   wire \$671 ;
   wire \$672 ;
@@ -1969,7 +1957,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$677 ;
   wire \$678 ;
   wire \$679 ;
-  wire \$68 ;
+  wire [63:0] \$68 ;
   wire \$680 ;
   wire \$681 ;
   wire \$682 ;
@@ -2018,29 +2006,29 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$720 ;
   wire \$721 ;
   wire \$722 ;
-  wire \$723 ;
-  wire \$724 ;
+  wire [24:0] \$723 ;
+  wire [33:0] \$724 ;
   wire \$725 ;
   wire \$726 ;
-  wire \$727 ;
-  wire \$728 ;
+  wire [24:0] \$727 ;
+  wire [33:0] \$728 ;
   wire \$729 ;
-  wire [63:0] \$73 ;
+  wire \$73 ;
   wire \$730 ;
   wire \$731 ;
   wire \$732 ;
   wire \$733 ;
   wire \$734 ;
-  wire [24:0] \$735 ;
-  wire [33:0] \$736 ;
+  wire \$735 ;
+  wire \$736 ;
   wire \$737 ;
-  wire \$738 ;
-  wire [24:0] \$739 ;
-  wire [63:0] \$74 ;
-  wire [33:0] \$740 ;
+  wire [3:0] \$738 ;
+  wire \$739 ;
+  wire [15:0] \$74 ;
+  wire \$740 ;
   wire \$741 ;
-  wire \$742 ;
-  wire \$743 ;
+  wire [3:0] \$742 ;
+  wire [14:0] \$743 ;
   wire \$744 ;
   wire \$745 ;
   wire \$746 ;
@@ -2048,45 +2036,45 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$748 ;
   wire \$749 ;
   wire \$75 ;
-  wire [3:0] \$750 ;
+  wire \$750 ;
   wire \$751 ;
   wire \$752 ;
   wire \$753 ;
-  wire [3:0] \$754 ;
-  wire [14:0] \$755 ;
+  wire \$754 ;
+  wire \$755 ;
   wire \$756 ;
-  wire \$757 ;
-  wire \$758 ;
+  wire [16:0] \$757 ;
+  wire [16:0] \$758 ;
   wire \$759 ;
-  wire \$76 ;
-  wire \$760 ;
+  wire [15:0] \$76 ;
+  wire [32:0] \$760 ;
   wire \$761 ;
   wire \$762 ;
   wire \$763 ;
-  wire \$764 ;
+  wire [32:0] \$764 ;
   wire \$765 ;
   wire \$766 ;
   wire \$767 ;
   wire \$768 ;
-  wire [16:0] \$769 ;
+  wire \$769 ;
   wire \$77 ;
   wire [16:0] \$770 ;
-  wire \$771 ;
-  wire [32:0] \$772 ;
-  wire \$773 ;
+  wire [16:0] \$771 ;
+  wire \$772 ;
+  wire [32:0] \$773 ;
   wire \$774 ;
   wire \$775 ;
-  wire [32:0] \$776 ;
+  wire \$776 ;
   wire \$777 ;
   wire \$778 ;
   wire \$779 ;
   wire \$78 ;
-  wire \$780 ;
-  wire \$781 ;
-  wire [16:0] \$782 ;
-  wire [16:0] \$783 ;
-  wire \$784 ;
-  wire [32:0] \$785 ;
+  wire [16:0] \$780 ;
+  wire [16:0] \$781 ;
+  wire \$782 ;
+  wire \$783 ;
+  wire [16:0] \$784 ;
+  wire \$785 ;
   wire \$786 ;
   wire \$787 ;
   wire \$788 ;
@@ -2094,21 +2082,21 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$79 ;
   wire \$790 ;
   wire \$791 ;
-  wire [16:0] \$792 ;
-  wire [16:0] \$793 ;
+  wire \$792 ;
+  wire \$793 ;
   wire \$794 ;
   wire \$795 ;
-  wire [16:0] \$796 ;
+  wire \$796 ;
   wire \$797 ;
   wire \$798 ;
-  wire \$799 ;
+  reg \$799 ;
   wire \$8 ;
-  wire [15:0] \$80 ;
+  wire \$80 ;
   wire \$800 ;
   wire \$801 ;
   wire \$802 ;
   wire \$803 ;
-  wire \$804 ;
+  reg \$804 ;
   wire \$805 ;
   wire \$806 ;
   wire \$807 ;
@@ -2116,103 +2104,103 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$809 ;
   wire \$81 ;
   wire \$810 ;
-  reg \$811 ;
-  wire \$812 ;
-  wire \$813 ;
+  wire [4:0] \$811 ;
+  wire [16:0] \$812 ;
+  wire [16:0] \$813 ;
   wire \$814 ;
   wire \$815 ;
-  reg \$816 ;
-  wire \$817 ;
+  wire [16:0] \$816 ;
+  wire [16:0] \$817 ;
   wire \$818 ;
   wire \$819 ;
-  wire [15:0] \$82 ;
+  wire \$82 ;
   wire \$820 ;
   wire \$821 ;
-  wire \$822 ;
-  wire [4:0] \$823 ;
+  wire [4:0] \$822 ;
+  wire [9:0] \$823 ;
   wire [16:0] \$824 ;
-  wire [16:0] \$825 ;
+  wire \$825 ;
   wire \$826 ;
   wire \$827 ;
-  wire [16:0] \$828 ;
-  wire [16:0] \$829 ;
-  wire \$83 ;
+  wire \$828 ;
+  wire \$829 ;
+  wire [3:0] \$83 ;
   wire \$830 ;
   wire \$831 ;
   wire \$832 ;
-  wire \$833 ;
-  wire [4:0] \$834 ;
-  wire [9:0] \$835 ;
+  wire [32:0] \$833 ;
+  wire \$834 ;
+  wire [16:0] \$835 ;
   wire [16:0] \$836 ;
   wire \$837 ;
-  wire \$838 ;
-  wire \$839 ;
+  wire [16:0] \$838 ;
+  wire [16:0] \$839 ;
   wire \$84 ;
   wire \$840 ;
-  wire \$841 ;
+  reg \$841 ;
   wire \$842 ;
   wire \$843 ;
   wire \$844 ;
-  wire [32:0] \$845 ;
+  wire \$845 ;
   wire \$846 ;
   wire [16:0] \$847 ;
-  wire [16:0] \$848 ;
+  wire [10:0] \$848 ;
   wire \$849 ;
-  wire \$85 ;
+  wire [8:0] \$85 ;
   wire [16:0] \$850 ;
-  wire [16:0] \$851 ;
+  wire \$851 ;
   wire \$852 ;
-  reg \$853 ;
-  wire \$854 ;
-  wire \$855 ;
-  wire \$856 ;
+  wire [4:0] \$853 ;
+  wire [9:0] \$854 ;
+  wire [32:0] \$855 ;
+  wire [33:0] \$856 ;
   wire \$857 ;
   wire \$858 ;
-  wire [16:0] \$859 ;
-  wire \$86 ;
-  wire [10:0] \$860 ;
+  wire \$859 ;
+  wire [3:0] \$86 ;
+  wire \$860 ;
   wire \$861 ;
-  wire [16:0] \$862 ;
+  wire \$862 ;
   wire \$863 ;
   wire \$864 ;
-  wire [4:0] \$865 ;
-  wire [9:0] \$866 ;
-  wire [32:0] \$867 ;
-  wire [33:0] \$868 ;
+  wire \$865 ;
+  wire \$866 ;
+  wire [16:0] \$867 ;
+  wire [32:0] \$868 ;
   wire \$869 ;
   wire \$87 ;
   wire \$870 ;
   wire \$871 ;
   wire \$872 ;
-  wire \$873 ;
-  wire \$874 ;
+  wire [3:0] \$873 ;
+  wire [3:0] \$874 ;
   wire \$875 ;
   wire \$876 ;
   wire \$877 ;
   wire \$878 ;
-  wire [16:0] \$879 ;
-  wire \$88 ;
-  wire [32:0] \$880 ;
-  wire \$881 ;
-  wire \$882 ;
-  wire \$883 ;
-  wire \$884 ;
-  wire [3:0] \$885 ;
-  wire [3:0] \$886 ;
-  wire \$887 ;
-  wire \$888 ;
-  wire \$889 ;
+  wire \$879 ;
+  wire [16:0] \$88 ;
+  reg [13:0] \$880 ;
+  reg [15:0] \$881 ;
+  reg \$882 ;
+  reg \$883 ;
+  reg \$884 ;
+  reg \$885 ;
+  reg \$886 ;
+  reg \$887 ;
+  reg \$888 ;
+  reg \$889 ;
   wire [3:0] \$89 ;
-  wire \$890 ;
-  wire \$891 ;
-  reg [13:0] \$892 ;
-  reg [15:0] \$893 ;
+  reg \$890 ;
+  reg \$891 ;
+  reg \$892 ;
+  reg \$893 ;
   reg \$894 ;
   reg \$895 ;
   reg \$896 ;
   reg \$897 ;
   reg \$898 ;
-  reg \$899 ;
+  reg [15:0] \$899 ;
   wire \$9 ;
   wire \$90 ;
   reg \$900 ;
@@ -2222,76 +2210,76 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   reg \$904 ;
   reg \$905 ;
   reg \$906 ;
-  reg \$907 ;
-  reg \$908 ;
+  reg [2:0] \$907 ;
+  reg [2:0] \$908 ;
   reg \$909 ;
-  wire [8:0] \$91 ;
+  wire [32:0] \$91 ;
   reg \$910 ;
-  reg [15:0] \$911 ;
-  reg \$912 ;
+  reg [2:0] \$911 ;
+  reg [2:0] \$912 ;
   reg \$913 ;
   reg \$914 ;
   reg \$915 ;
   reg \$916 ;
   reg \$917 ;
   reg \$918 ;
-  reg [2:0] \$919 ;
+  reg \$919 ;
   wire [3:0] \$92 ;
-  reg [2:0] \$920 ;
-  reg \$921 ;
-  reg \$922 ;
-  reg [2:0] \$923 ;
-  reg [2:0] \$924 ;
-  reg \$925 ;
-  reg \$926 ;
-  reg \$927 ;
-  reg \$928 ;
-  reg \$929 ;
+  reg \$920 ;
+  reg [47:0] \$921 ;
+  reg [47:0] \$922 ;
+  reg [47:0] \$923 ;
+  reg [47:0] \$924 ;
+  reg [47:0] \$925 ;
+  reg [47:0] \$926 ;
+  reg [47:0] \$927 ;
+  reg [47:0] \$928 ;
+  reg [47:0] \$929 ;
   wire \$93 ;
-  reg \$930 ;
-  reg \$931 ;
-  reg \$932 ;
+  reg [47:0] \$930 ;
+  reg [47:0] \$931 ;
+  reg [47:0] \$932 ;
   reg [47:0] \$933 ;
   reg [47:0] \$934 ;
   reg [47:0] \$935 ;
   reg [47:0] \$936 ;
   reg [47:0] \$937 ;
-  reg [47:0] \$938 ;
-  reg [47:0] \$939 ;
-  wire [16:0] \$94 ;
-  reg [47:0] \$940 ;
-  reg [47:0] \$941 ;
-  reg [47:0] \$942 ;
-  reg [47:0] \$943 ;
-  reg [47:0] \$944 ;
-  reg [47:0] \$945 ;
-  reg [47:0] \$946 ;
-  reg [47:0] \$947 ;
-  reg [47:0] \$948 ;
-  reg [47:0] \$949 ;
-  wire [3:0] \$95 ;
-  reg \$950 ;
-  reg \$951 ;
-  reg \$952 ;
+  reg \$938 ;
+  reg \$939 ;
+  wire [64:0] \$94 ;
+  reg \$940 ;
+  reg \$941 ;
+  reg \$942 ;
+  reg [31:0] \$943 ;
+  reg \$944 ;
+  reg \$945 ;
+  reg [3:0] \$946 ;
+  reg \$947 ;
+  reg [31:0] \$948 ;
+  reg [31:0] \$949 ;
+  wire \$95 ;
+  reg [15:0] \$950 ;
+  reg [31:0] \$951 ;
+  reg [2:0] \$952 ;
   reg \$953 ;
   reg \$954 ;
-  reg [31:0] \$955 ;
+  reg \$955 ;
   reg \$956 ;
   reg \$957 ;
-  reg [3:0] \$958 ;
+  reg \$958 ;
   reg \$959 ;
   wire \$96 ;
-  reg [31:0] \$960 ;
-  reg [31:0] \$961 ;
-  reg [15:0] \$962 ;
-  reg [31:0] \$963 ;
-  reg [2:0] \$964 ;
+  reg \$960 ;
+  reg \$961 ;
+  reg \$962 ;
+  reg \$963 ;
+  reg \$964 ;
   reg \$965 ;
   reg \$966 ;
   reg \$967 ;
   reg \$968 ;
   reg \$969 ;
-  wire [32:0] \$97 ;
+  wire \$97 ;
   reg \$970 ;
   reg \$971 ;
   reg \$972 ;
@@ -2302,49 +2290,50 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   reg \$977 ;
   reg \$978 ;
   reg \$979 ;
-  wire [3:0] \$98 ;
-  reg \$980 ;
-  reg \$981 ;
-  reg \$982 ;
-  reg \$983 ;
-  reg \$984 ;
-  reg \$985 ;
+  wire \$98 ;
+  reg [511:0] \$980 ;
+  reg [2:0] \$981 ;
+  reg [31:0] \$982 ;
+  reg [7:0] \$983 ;
+  reg [15:0] \$984 ;
+  reg [15:0] \$985 ;
   reg \$986 ;
-  reg \$987 ;
+  reg [65:0] \$987 ;
   reg \$988 ;
   reg \$989 ;
   wire \$99 ;
   reg \$990 ;
   reg \$991 ;
-  reg [511:0] \$992 ;
-  reg [2:0] \$993 ;
-  reg [31:0] \$994 ;
-  reg [7:0] \$995 ;
+  reg \$992 ;
+  reg [31:0] \$993 ;
+  reg [15:0] \$994 ;
+  reg \$995 ;
   reg [15:0] \$996 ;
   reg [15:0] \$997 ;
-  reg \$998 ;
-  reg [65:0] \$999 ;
+  reg [15:0] \$998 ;
+  reg [15:0] \$999 ;
   reg \$signal ;
-  reg \$signal$299  = 1'h0;
-  reg [3:0] \$signal$306  = 4'h0;
-  reg \$signal$332  = 1'h0;
-  reg \$signal$465  = 1'h0;
+  reg \$signal$297  = 1'h0;
+  reg [3:0] \$signal$304  = 4'h0;
+  reg \$signal$330  = 1'h0;
+  reg \$signal$463  = 1'h0;
   reg [31:0] \$signal$538  = 32'd0;
   reg [31:0] \$signal$539  = 32'd0;
   reg \$signal$560  = 1'h0;
   reg [15:0] \$signal$563  = 16'h0000;
   wire [13:0] \$signature__addr ;
-  wire [13:0] \$signature__addr$106 ;
-  reg [8:0] \$signature__addr$302 ;
-  reg [8:0] \$signature__addr$307 ;
-  reg [8:0] \$signature__addr$310 ;
-  reg [8:0] \$signature__addr$313 ;
-  reg [8:0] \$signature__addr$316 ;
-  reg [8:0] \$signature__addr$319 ;
-  reg [8:0] \$signature__addr$322 ;
-  reg [8:0] \$signature__addr$325 ;
-  reg [8:0] \$signature__addr$328 ;
-  reg [8:0] \$signature__addr$339 ;
+  wire [13:0] \$signature__addr$103 ;
+  reg [8:0] \$signature__addr$300 ;
+  reg [8:0] \$signature__addr$305 ;
+  reg [8:0] \$signature__addr$308 ;
+  reg [8:0] \$signature__addr$311 ;
+  reg [8:0] \$signature__addr$314 ;
+  reg [8:0] \$signature__addr$317 ;
+  reg [8:0] \$signature__addr$320 ;
+  reg [8:0] \$signature__addr$323 ;
+  reg [8:0] \$signature__addr$326 ;
+  reg [8:0] \$signature__addr$337 ;
+  reg [8:0] \$signature__addr$341 ;
   reg [8:0] \$signature__addr$343 ;
   reg [8:0] \$signature__addr$345 ;
   reg [8:0] \$signature__addr$347 ;
@@ -2352,40 +2341,41 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   reg [8:0] \$signature__addr$351 ;
   reg [8:0] \$signature__addr$353 ;
   reg [8:0] \$signature__addr$355 ;
-  reg [8:0] \$signature__addr$357 ;
-  reg [8:0] \$signature__addr$362 ;
-  reg [8:0] \$signature__addr$367 ;
-  reg [8:0] \$signature__addr$370 ;
-  reg [8:0] \$signature__addr$373 ;
-  reg [8:0] \$signature__addr$376 ;
-  reg [8:0] \$signature__addr$379 ;
-  reg [8:0] \$signature__addr$382 ;
-  reg [8:0] \$signature__addr$385 ;
-  reg [8:0] \$signature__addr$388 ;
+  reg [8:0] \$signature__addr$360 ;
+  reg [8:0] \$signature__addr$365 ;
+  reg [8:0] \$signature__addr$368 ;
+  reg [8:0] \$signature__addr$371 ;
+  reg [8:0] \$signature__addr$374 ;
+  reg [8:0] \$signature__addr$377 ;
+  reg [8:0] \$signature__addr$380 ;
+  reg [8:0] \$signature__addr$383 ;
+  reg [8:0] \$signature__addr$386 ;
+  reg [8:0] \$signature__addr$389 ;
   reg [8:0] \$signature__addr$391 ;
   reg [8:0] \$signature__addr$393 ;
   reg [8:0] \$signature__addr$395 ;
   reg [8:0] \$signature__addr$397 ;
   reg [8:0] \$signature__addr$399 ;
   reg [8:0] \$signature__addr$401 ;
-  reg [8:0] \$signature__addr$403 ;
   reg [8:0] \$signature__data ;
-  reg [8:0] \$signature__data$308 ;
-  reg [8:0] \$signature__data$311 ;
-  reg [8:0] \$signature__data$314 ;
-  reg [8:0] \$signature__data$317 ;
-  reg [8:0] \$signature__data$320 ;
-  reg [8:0] \$signature__data$323 ;
-  reg [8:0] \$signature__data$326 ;
-  reg [8:0] \$signature__data$329 ;
-  reg [7:0] \$signature__data$364 ;
-  reg [7:0] \$signature__data$368 ;
-  reg [7:0] \$signature__data$371 ;
-  reg [7:0] \$signature__data$374 ;
-  reg [7:0] \$signature__data$377 ;
-  reg [7:0] \$signature__data$380 ;
-  reg [7:0] \$signature__data$383 ;
-  reg [7:0] \$signature__data$386 ;
+  reg [8:0] \$signature__data$306 ;
+  reg [8:0] \$signature__data$309 ;
+  reg [8:0] \$signature__data$312 ;
+  reg [8:0] \$signature__data$315 ;
+  reg [8:0] \$signature__data$318 ;
+  reg [8:0] \$signature__data$321 ;
+  reg [8:0] \$signature__data$324 ;
+  reg [8:0] \$signature__data$327 ;
+  reg [7:0] \$signature__data$362 ;
+  reg [7:0] \$signature__data$366 ;
+  reg [7:0] \$signature__data$369 ;
+  reg [7:0] \$signature__data$372 ;
+  reg [7:0] \$signature__data$375 ;
+  reg [7:0] \$signature__data$378 ;
+  reg [7:0] \$signature__data$381 ;
+  reg [7:0] \$signature__data$384 ;
+  wire [8:0] \$signature__data$405 ;
+  wire [8:0] \$signature__data$406 ;
   wire [8:0] \$signature__data$407 ;
   wire [8:0] \$signature__data$408 ;
   wire [8:0] \$signature__data$409 ;
@@ -2393,30 +2383,29 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire [8:0] \$signature__data$411 ;
   wire [8:0] \$signature__data$412 ;
   wire [8:0] \$signature__data$413 ;
-  wire [8:0] \$signature__data$414 ;
-  wire [8:0] \$signature__data$415 ;
+  wire [7:0] \$signature__data$414 ;
+  wire [7:0] \$signature__data$415 ;
   wire [7:0] \$signature__data$416 ;
   wire [7:0] \$signature__data$417 ;
   wire [7:0] \$signature__data$418 ;
   wire [7:0] \$signature__data$419 ;
   wire [7:0] \$signature__data$420 ;
   wire [7:0] \$signature__data$421 ;
-  wire [7:0] \$signature__data$422 ;
-  wire [7:0] \$signature__data$423 ;
-  wire [15:0] \$signature__data$507 ;
+  wire [15:0] \$signature__data$506 ;
   wire [15:0] \$signature__data$512 ;
   wire \$signature__en ;
-  wire \$signature__en$108 ;
-  reg \$signature__en$305 ;
-  reg \$signature__en$309 ;
-  reg \$signature__en$312 ;
-  reg \$signature__en$315 ;
-  reg \$signature__en$318 ;
-  reg \$signature__en$321 ;
-  reg \$signature__en$324 ;
-  reg \$signature__en$327 ;
-  reg \$signature__en$330 ;
-  reg \$signature__en$341 ;
+  wire \$signature__en$105 ;
+  reg \$signature__en$303 ;
+  reg \$signature__en$307 ;
+  reg \$signature__en$310 ;
+  reg \$signature__en$313 ;
+  reg \$signature__en$316 ;
+  reg \$signature__en$319 ;
+  reg \$signature__en$322 ;
+  reg \$signature__en$325 ;
+  reg \$signature__en$328 ;
+  reg \$signature__en$339 ;
+  reg \$signature__en$342 ;
   reg \$signature__en$344 ;
   reg \$signature__en$346 ;
   reg \$signature__en$348 ;
@@ -2424,15 +2413,15 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   reg \$signature__en$352 ;
   reg \$signature__en$354 ;
   reg \$signature__en$356 ;
-  reg \$signature__en$358 ;
-  reg \$signature__en$365 ;
-  reg \$signature__en$369 ;
-  reg \$signature__en$372 ;
-  reg \$signature__en$375 ;
-  reg \$signature__en$378 ;
-  reg \$signature__en$381 ;
-  reg \$signature__en$384 ;
-  reg \$signature__en$387 ;
+  reg \$signature__en$363 ;
+  reg \$signature__en$367 ;
+  reg \$signature__en$370 ;
+  reg \$signature__en$373 ;
+  reg \$signature__en$376 ;
+  reg \$signature__en$379 ;
+  reg \$signature__en$382 ;
+  reg \$signature__en$385 ;
+  reg \$signature__en$388 ;
   reg \$signature__en$390 ;
   reg \$signature__en$392 ;
   reg \$signature__en$394 ;
@@ -2440,28 +2429,27 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   reg \$signature__en$398 ;
   reg \$signature__en$400 ;
   reg \$signature__en$402 ;
-  reg \$signature__en$404 ;
   wire [63:0] a__payload;
-  reg [81:0] \a__payload$426 ;
-  wire [80:0] \a__payload$426.data ;
-  wire [8:0] \a__payload$426.data[0] ;
-  wire [8:0] \a__payload$426.data[1] ;
-  wire [8:0] \a__payload$426.data[2] ;
-  wire [8:0] \a__payload$426.data[3] ;
-  wire [8:0] \a__payload$426.data[4] ;
-  wire [8:0] \a__payload$426.data[5] ;
-  wire [8:0] \a__payload$426.data[6] ;
-  wire [8:0] \a__payload$426.data[7] ;
-  wire [8:0] \a__payload$426.data[8] ;
-  wire \a__payload$426.last ;
+  reg [81:0] \a__payload$424 ;
+  wire [80:0] \a__payload$424.data ;
+  wire [8:0] \a__payload$424.data[0] ;
+  wire [8:0] \a__payload$424.data[1] ;
+  wire [8:0] \a__payload$424.data[2] ;
+  wire [8:0] \a__payload$424.data[3] ;
+  wire [8:0] \a__payload$424.data[4] ;
+  wire [8:0] \a__payload$424.data[5] ;
+  wire [8:0] \a__payload$424.data[6] ;
+  wire [8:0] \a__payload$424.data[7] ;
+  wire [8:0] \a__payload$424.data[8] ;
+  wire \a__payload$424.last ;
   wire [15:0] \a__payload[0] ;
   wire [15:0] \a__payload[1] ;
   wire [15:0] \a__payload[2] ;
   wire [15:0] \a__payload[3] ;
   wire a__ready;
-  wire \a__ready$431 ;
+  wire \a__ready$429 ;
   reg a__valid;
-  reg \a__valid$424 ;
+  reg \a__valid$422 ;
   reg a_blocks_left = 1'h0;
   reg a_feed_k_hit = 1'h0;
   reg a_feed_nt_hit = 1'h0;
@@ -2491,8 +2479,8 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire add_rst;
   reg add_sel = 1'h0;
   wire [21:0] addr;
-  wire [21:0] \addr$107 ;
-  wire [21:0] \addr$115 ;
+  wire [21:0] \addr$104 ;
+  wire [21:0] \addr$113 ;
   reg addr_fault = 1'h0;
   output [36:0] ar__payload;
   wire [36:0] ar__payload;
@@ -2526,19 +2514,19 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire b__payload;
   wire \b__payload$19 ;
   wire \b__payload$19.err ;
-  wire [63:0] \b__payload$197 ;
-  wire [15:0] \b__payload$197[0] ;
-  wire [15:0] \b__payload$197[1] ;
-  wire [15:0] \b__payload$197[2] ;
-  wire [15:0] \b__payload$197[3] ;
+  wire [63:0] \b__payload$195 ;
+  wire [15:0] \b__payload$195[0] ;
+  wire [15:0] \b__payload$195[1] ;
+  wire [15:0] \b__payload$195[2] ;
+  wire [15:0] \b__payload$195[3] ;
   wire \b__payload.err ;
   wire b__ready;
   wire \b__ready$21 ;
-  wire \b__ready$256 ;
+  wire \b__ready$254 ;
   input b__valid;
   wire b__valid;
   wire \b__valid$23 ;
-  reg \b__valid$266 ;
+  reg \b__valid$264 ;
   wire [19:0] base;
   wire [19:0] \base$57 ;
   wire [19:0] \base$69 ;
@@ -2550,39 +2538,39 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   output busy;
   reg busy = 1'h0;
   (* init = 1'h0 *)
-  wire \busy$131 ;
+  wire \busy$129 ;
   wire \busy$578 ;
   wire [4:0] c__payload;
   (* init = 66'h00000000000000000 *)
-  wire [65:0] \c__payload$144 ;
-  wire [42:0] \c__payload$144.b ;
-  wire [5:0] \c__payload$144.e ;
-  wire \c__payload$144.last ;
-  wire [15:0] \c__payload$144.m ;
-  wire [43:0] \c__payload$146 ;
-  wire [5:0] \c__payload$146.e_a ;
-  wire [5:0] \c__payload$146.e_b ;
-  wire [15:0] \c__payload$146.m_a ;
-  wire [15:0] \c__payload$146.m_b ;
-  wire [52:0] \c__payload$148 ;
-  wire [5:0] \c__payload$148.e ;
-  wire [15:0] \c__payload$148.m ;
-  wire [9:0] \c__payload$148.qb ;
-  wire [14:0] \c__payload$148.qc ;
-  wire [5:0] \c__payload$148.sh ;
+  wire [65:0] \c__payload$142 ;
+  wire [42:0] \c__payload$142.b ;
+  wire [5:0] \c__payload$142.e ;
+  wire \c__payload$142.last ;
+  wire [15:0] \c__payload$142.m ;
+  wire [43:0] \c__payload$144 ;
+  wire [5:0] \c__payload$144.e_a ;
+  wire [5:0] \c__payload$144.e_b ;
+  wire [15:0] \c__payload$144.m_a ;
+  wire [15:0] \c__payload$144.m_b ;
+  wire [52:0] \c__payload$146 ;
+  wire [5:0] \c__payload$146.e ;
+  wire [15:0] \c__payload$146.m ;
+  wire [9:0] \c__payload$146.qb ;
+  wire [14:0] \c__payload$146.qc ;
+  wire [5:0] \c__payload$146.sh ;
   wire [4:0] \c__payload.f ;
   wire c__ready;
+  wire \c__ready$134 ;
   wire \c__ready$136 ;
   wire \c__ready$138 ;
-  wire \c__ready$140 ;
   (* init = 1'h0 *)
   wire c__valid;
+  (* init = 1'h0 *)
+  wire \c__valid$143 ;
   (* init = 1'h0 *)
   wire \c__valid$145 ;
   (* init = 1'h0 *)
   wire \c__valid$147 ;
-  (* init = 1'h0 *)
-  wire \c__valid$149 ;
   reg [31:0] c_addr = 32'd0;
   reg [15:0] c_ask = 16'h0000;
   reg [65:0] c_data = 66'h00000000000000000;
@@ -2605,7 +2593,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   output [47:0] cycles;
   reg [47:0] cycles = 48'h000000000000;
   (* init = 48'h000000000000 *)
-  wire [47:0] \cycles$151 ;
+  wire [47:0] \cycles$149 ;
   reg d_const = 1'h0;
   reg d_count_zero = 1'h0;
   reg d_end = 1'h0;
@@ -2629,7 +2617,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   output done;
   reg done = 1'h0;
   (* init = 1'h0 *)
-  wire \done$129 ;
+  wire \done$127 ;
   reg dst_keep;
   reg dst_outside = 1'h0;
   wire dst_step;
@@ -2642,7 +2630,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   output [3:0] error;
   reg [3:0] error = 4'h0;
   (* init = 4'h0 *)
-  wire [3:0] \error$127 ;
+  wire [3:0] \error$125 ;
   reg [31:0] ext_req_addr = 32'd0;
   reg [15:0] ext_req_data = 16'h0000;
   reg ext_req_valid = 1'h0;
@@ -2659,7 +2647,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire feed_valid;
   reg fetch_sent = 1'h0;
   wire \final ;
-  wire \final$510 ;
+  wire \final$509 ;
   wire \final$515 ;
   reg [15:0] fnt = 16'h0000;
   wire gelu0_d_clk;
@@ -2679,20 +2667,20 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   (* init = 1'h1 *)
   wire gemm_rst;
   wire [31:0] i__payload;
-  wire [16:0] \i__payload$481 ;
-  wire [15:0] \i__payload$481.data ;
-  wire \i__payload$481.last ;
-  wire [15:0] \i__payload$482 ;
+  wire [16:0] \i__payload$479 ;
+  wire [15:0] \i__payload$479.data ;
+  wire \i__payload$479.last ;
+  wire [15:0] \i__payload$480 ;
   wire [7:0] \i__payload[0] ;
   wire [7:0] \i__payload[1] ;
   wire [7:0] \i__payload[2] ;
   wire [7:0] \i__payload[3] ;
   wire i__ready;
-  wire \i__ready$487 ;
-  wire \i__ready$488 ;
+  wire \i__ready$485 ;
+  wire \i__ready$486 ;
   reg i__valid;
-  wire \i__valid$483 ;
-  wire \i__valid$484 ;
+  wire \i__valid$481 ;
+  wire \i__valid$482 ;
   wire idle;
   wire \idle$554 ;
   input [31:0] image_stride;
@@ -2765,15 +2753,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire last__3;
   wire \last__3$516 ;
   wire last__4;
-  wire \last__4$509 ;
+  wire \last__4$508 ;
   wire \last__4$514 ;
   wire layernorm_d_clk;
   reg layernorm_d_rst = 1'h1;
   wire [15:0] layernorm_elem;
   (* init = 1'h1 *)
   wire layernorm_rst;
-  wire [2:0] level;
-  wire [2:0] \level$103 ;
   reg [15:0] lk = 16'h0000;
   reg load = 1'h0;
   (* init = 1'h0 *)
@@ -2798,43 +2784,43 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   reg [15:0] \n__4$66 ;
   reg [15:0] \n__4$78 ;
   reg next;
-  wire \next$109 ;
-  wire \next$479 ;
+  wire \next$106 ;
+  wire \next$477 ;
   reg [15:0] nt = 16'h0000;
   reg nt_hit = 1'h0;
   wire [63:0] o__payload;
-  wire [31:0] \o__payload$205 ;
-  wire [7:0] \o__payload$205[0] ;
-  wire [7:0] \o__payload$205[1] ;
-  wire [7:0] \o__payload$205[2] ;
-  wire [7:0] \o__payload$205[3] ;
-  wire [8:0] \o__payload$219 ;
-  wire [7:0] \o__payload$219.data ;
-  wire \o__payload$219.last ;
-  wire [7:0] \o__payload$221 ;
-  wire [255:0] \o__payload$439 ;
-  wire [31:0] \o__payload$439[0] ;
-  wire [31:0] \o__payload$439[1] ;
-  wire [31:0] \o__payload$439[2] ;
-  wire [31:0] \o__payload$439[3] ;
-  wire [31:0] \o__payload$439[4] ;
-  wire [31:0] \o__payload$439[5] ;
-  wire [31:0] \o__payload$439[6] ;
-  wire [31:0] \o__payload$439[7] ;
+  wire [31:0] \o__payload$203 ;
+  wire [7:0] \o__payload$203[0] ;
+  wire [7:0] \o__payload$203[1] ;
+  wire [7:0] \o__payload$203[2] ;
+  wire [7:0] \o__payload$203[3] ;
+  wire [8:0] \o__payload$217 ;
+  wire [7:0] \o__payload$217.data ;
+  wire \o__payload$217.last ;
+  wire [7:0] \o__payload$219 ;
+  wire [255:0] \o__payload$437 ;
+  wire [31:0] \o__payload$437[0] ;
+  wire [31:0] \o__payload$437[1] ;
+  wire [31:0] \o__payload$437[2] ;
+  wire [31:0] \o__payload$437[3] ;
+  wire [31:0] \o__payload$437[4] ;
+  wire [31:0] \o__payload$437[5] ;
+  wire [31:0] \o__payload$437[6] ;
+  wire [31:0] \o__payload$437[7] ;
   wire [15:0] \o__payload[0] ;
   wire [15:0] \o__payload[1] ;
   wire [15:0] \o__payload[2] ;
   wire [15:0] \o__payload[3] ;
   wire o__ready;
-  wire \o__ready$217 ;
+  wire \o__ready$215 ;
+  wire \o__ready$228 ;
   wire \o__ready$230 ;
-  wire \o__ready$232 ;
-  wire \o__ready$440 ;
+  wire \o__ready$438 ;
   wire o__valid;
-  wire \o__valid$213 ;
-  wire \o__valid$225 ;
-  wire \o__valid$228 ;
-  wire \o__valid$437 ;
+  wire \o__valid$211 ;
+  wire \o__valid$223 ;
+  wire \o__valid$226 ;
+  wire \o__valid$435 ;
   reg [31:0] offset = 32'd0;
   (* init = 48'h000000000000 *)
   wire [47:0] op_cycles0;
@@ -2974,37 +2960,37 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire r__valid;
   wire \r__valid$11 ;
   wire [127:0] r_data;
-  wire [18:0] \r_data$239 ;
-  wire [15:0] \r_data$250 ;
-  wire [63:0] \r_data$270 ;
-  wire [18:0] \r_data$360 ;
-  wire [63:0] \r_data$435 ;
-  wire [255:0] \r_data$457 ;
+  wire [18:0] \r_data$237 ;
+  wire [15:0] \r_data$248 ;
+  wire [63:0] \r_data$268 ;
+  wire [18:0] \r_data$358 ;
+  wire [63:0] \r_data$433 ;
+  wire [255:0] \r_data$455 ;
   reg r_en;
-  reg \r_en$263 ;
-  reg \r_en$273 ;
-  reg \r_en$432 ;
-  wire \r_en$443 ;
-  wire \r_en$485 ;
-  wire \r_en$486 ;
+  reg \r_en$261 ;
+  reg \r_en$271 ;
+  reg \r_en$430 ;
+  wire \r_en$441 ;
+  wire \r_en$483 ;
+  wire \r_en$484 ;
   wire r_rdy;
-  wire \r_rdy$249 ;
-  wire \r_rdy$262 ;
-  wire \r_rdy$265 ;
-  wire \r_rdy$268 ;
-  wire \r_rdy$429 ;
-  wire \r_rdy$442 ;
+  wire \r_rdy$247 ;
+  wire \r_rdy$260 ;
+  wire \r_rdy$263 ;
+  wire \r_rdy$266 ;
+  wire \r_rdy$427 ;
+  wire \r_rdy$440 ;
   reg [98:0] req__payload;
-  wire [34:0] \req__payload$466 ;
-  wire [31:0] \req__payload$466.addr ;
-  wire [2:0] \req__payload$466.lb ;
+  wire [34:0] \req__payload$464 ;
+  wire [31:0] \req__payload$464.addr ;
+  wire [2:0] \req__payload$464.lb ;
   wire [31:0] \req__payload.addr ;
   wire [63:0] \req__payload.data ;
   wire [2:0] \req__payload.lb ;
   wire req__ready;
-  wire \req__ready$478 ;
+  wire \req__ready$476 ;
   reg req__valid;
-  wire \req__valid$458 ;
+  wire \req__valid$456 ;
   reg res_to_pack = 1'h0;
   reg [15:0] rk = 16'h0000;
   reg rk_zero = 1'h0;
@@ -3034,15 +3020,19 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire [15:0] softmax_elem;
   (* init = 1'h1 *)
   wire softmax_rst;
+  wire src0_credit_room;
   reg [15:0] src0_elem = 16'h0000;
-  reg src0_held = 1'h0;
+  (* init = 1'h0 *)
+  wire src0_held;
   reg [2:0] src0_held_meta = 3'h0;
   reg src0_inflight = 1'h0;
   wire src0_issue;
   reg [2:0] src0_meta = 3'h0;
   reg src0_outside = 1'h0;
+  wire src1_credit_room;
   reg [15:0] src1_elem = 16'h0000;
-  reg src1_held = 1'h0;
+  (* init = 1'h0 *)
+  wire src1_held;
   reg [2:0] src1_held_meta = 3'h0;
   reg src1_inflight = 1'h0;
   wire src1_issue;
@@ -3069,8 +3059,8 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire unit_known;
   reg unit_rst = 1'h0;
   wire valid;
-  wire \valid$102 ;
-  wire \valid$271 ;
+  wire \valid$101 ;
+  wire \valid$269 ;
   reg [63:0] w__payload;
   wire [7:0] \w__payload[0] ;
   wire [7:0] \w__payload[1] ;
@@ -3092,21 +3082,19 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   reg [7:0] w_beat6;
   reg [7:0] w_beat7;
   wire [18:0] w_data;
-  wire [18:0] \w_data$111 ;
-  wire [127:0] \w_data$186 ;
-  wire [63:0] \w_data$214 ;
-  wire [15:0] \w_data$229 ;
-  wire [63:0] \w_data$289 ;
-  wire [255:0] \w_data$438 ;
-  (* init = 1'h0 *)
-  wire w_en;
-  (* init = 1'h0 *)
-  wire \w_en$110 ;
-  reg \w_en$184  = 1'h0;
-  wire \w_en$209 ;
-  wire \w_en$222 ;
-  reg \w_en$287 ;
-  wire \w_en$436 ;
+  wire [18:0] \w_data$109 ;
+  wire [127:0] \w_data$184 ;
+  wire [63:0] \w_data$212 ;
+  wire [15:0] \w_data$227 ;
+  wire [63:0] \w_data$287 ;
+  wire [255:0] \w_data$436 ;
+  reg w_en = 1'h0;
+  reg \w_en$107  = 1'h0;
+  reg \w_en$182  = 1'h0;
+  wire \w_en$207 ;
+  wire \w_en$220 ;
+  reg \w_en$285 ;
+  wire \w_en$434 ;
   reg w_feed_half = 1'h0;
   reg w_filled0 = 1'h0;
   reg w_filled1 = 1'h0;
@@ -3118,10 +3106,10 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   reg [3:0] w_load_lane = 4'h0;
   reg [15:0] w_load_nt = 16'h0000;
   wire w_rdy;
-  wire \w_rdy$231 ;
-  wire \w_rdy$260 ;
-  wire \w_rdy$441 ;
-  wire \w_rdy$474 ;
+  wire \w_rdy$229 ;
+  wire \w_rdy$258 ;
+  wire \w_rdy$439 ;
+  wire \w_rdy$472 ;
   reg [8:0] w_read_addr = 9'h000;
   reg w_read_free = 1'h0;
   reg w_read_half = 1'h0;
@@ -3650,16 +3638,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     a_cache0[511] = 9'h000;
   end
   always @(posedge gemm_d_clk) begin
-    if (\$signature__en$305 )
-      a_cache0[\$signature__addr$302 ] <= \$signature__data ;
+    if (\$signature__en$303 )
+      a_cache0[\$signature__addr$300 ] <= \$signature__data ;
   end
   reg [8:0] _0_;
   always @(posedge gemm_d_clk) begin
-    if (\$signature__en$341 ) begin
-      _0_ <= a_cache0[\$signature__addr$339 ];
+    if (\$signature__en$339 ) begin
+      _0_ <= a_cache0[\$signature__addr$337 ];
     end
   end
-  assign \$signature__data$407  = _0_;
+  assign \$signature__data$405  = _0_;
   reg [8:0] a_cache1 [511:0];
   initial begin
     a_cache1[0] = 9'h000;
@@ -4176,16 +4164,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     a_cache1[511] = 9'h000;
   end
   always @(posedge gemm_d_clk) begin
-    if (\$signature__en$309 )
-      a_cache1[\$signature__addr$307 ] <= \$signature__data$308 ;
+    if (\$signature__en$307 )
+      a_cache1[\$signature__addr$305 ] <= \$signature__data$306 ;
   end
   reg [8:0] _1_;
   always @(posedge gemm_d_clk) begin
-    if (\$signature__en$344 ) begin
-      _1_ <= a_cache1[\$signature__addr$343 ];
+    if (\$signature__en$342 ) begin
+      _1_ <= a_cache1[\$signature__addr$341 ];
     end
   end
-  assign \$signature__data$408  = _1_;
+  assign \$signature__data$406  = _1_;
   reg [8:0] a_cache2 [511:0];
   initial begin
     a_cache2[0] = 9'h000;
@@ -4702,16 +4690,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     a_cache2[511] = 9'h000;
   end
   always @(posedge gemm_d_clk) begin
-    if (\$signature__en$312 )
-      a_cache2[\$signature__addr$310 ] <= \$signature__data$311 ;
+    if (\$signature__en$310 )
+      a_cache2[\$signature__addr$308 ] <= \$signature__data$309 ;
   end
   reg [8:0] _2_;
   always @(posedge gemm_d_clk) begin
-    if (\$signature__en$346 ) begin
-      _2_ <= a_cache2[\$signature__addr$345 ];
+    if (\$signature__en$344 ) begin
+      _2_ <= a_cache2[\$signature__addr$343 ];
     end
   end
-  assign \$signature__data$409  = _2_;
+  assign \$signature__data$407  = _2_;
   reg [8:0] a_cache3 [511:0];
   initial begin
     a_cache3[0] = 9'h000;
@@ -5228,16 +5216,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     a_cache3[511] = 9'h000;
   end
   always @(posedge gemm_d_clk) begin
-    if (\$signature__en$315 )
-      a_cache3[\$signature__addr$313 ] <= \$signature__data$314 ;
+    if (\$signature__en$313 )
+      a_cache3[\$signature__addr$311 ] <= \$signature__data$312 ;
   end
   reg [8:0] _3_;
   always @(posedge gemm_d_clk) begin
-    if (\$signature__en$348 ) begin
-      _3_ <= a_cache3[\$signature__addr$347 ];
+    if (\$signature__en$346 ) begin
+      _3_ <= a_cache3[\$signature__addr$345 ];
     end
   end
-  assign \$signature__data$410  = _3_;
+  assign \$signature__data$408  = _3_;
   reg [8:0] a_cache4 [511:0];
   initial begin
     a_cache4[0] = 9'h000;
@@ -5754,16 +5742,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     a_cache4[511] = 9'h000;
   end
   always @(posedge gemm_d_clk) begin
-    if (\$signature__en$318 )
-      a_cache4[\$signature__addr$316 ] <= \$signature__data$317 ;
+    if (\$signature__en$316 )
+      a_cache4[\$signature__addr$314 ] <= \$signature__data$315 ;
   end
   reg [8:0] _4_;
   always @(posedge gemm_d_clk) begin
-    if (\$signature__en$350 ) begin
-      _4_ <= a_cache4[\$signature__addr$349 ];
+    if (\$signature__en$348 ) begin
+      _4_ <= a_cache4[\$signature__addr$347 ];
     end
   end
-  assign \$signature__data$411  = _4_;
+  assign \$signature__data$409  = _4_;
   reg [8:0] a_cache5 [511:0];
   initial begin
     a_cache5[0] = 9'h000;
@@ -6280,16 +6268,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     a_cache5[511] = 9'h000;
   end
   always @(posedge gemm_d_clk) begin
-    if (\$signature__en$321 )
-      a_cache5[\$signature__addr$319 ] <= \$signature__data$320 ;
+    if (\$signature__en$319 )
+      a_cache5[\$signature__addr$317 ] <= \$signature__data$318 ;
   end
   reg [8:0] _5_;
   always @(posedge gemm_d_clk) begin
-    if (\$signature__en$352 ) begin
-      _5_ <= a_cache5[\$signature__addr$351 ];
+    if (\$signature__en$350 ) begin
+      _5_ <= a_cache5[\$signature__addr$349 ];
     end
   end
-  assign \$signature__data$412  = _5_;
+  assign \$signature__data$410  = _5_;
   reg [8:0] a_cache6 [511:0];
   initial begin
     a_cache6[0] = 9'h000;
@@ -6806,16 +6794,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     a_cache6[511] = 9'h000;
   end
   always @(posedge gemm_d_clk) begin
-    if (\$signature__en$324 )
-      a_cache6[\$signature__addr$322 ] <= \$signature__data$323 ;
+    if (\$signature__en$322 )
+      a_cache6[\$signature__addr$320 ] <= \$signature__data$321 ;
   end
   reg [8:0] _6_;
   always @(posedge gemm_d_clk) begin
-    if (\$signature__en$354 ) begin
-      _6_ <= a_cache6[\$signature__addr$353 ];
+    if (\$signature__en$352 ) begin
+      _6_ <= a_cache6[\$signature__addr$351 ];
     end
   end
-  assign \$signature__data$413  = _6_;
+  assign \$signature__data$411  = _6_;
   reg [8:0] a_cache7 [511:0];
   initial begin
     a_cache7[0] = 9'h000;
@@ -7332,16 +7320,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     a_cache7[511] = 9'h000;
   end
   always @(posedge gemm_d_clk) begin
-    if (\$signature__en$327 )
-      a_cache7[\$signature__addr$325 ] <= \$signature__data$326 ;
+    if (\$signature__en$325 )
+      a_cache7[\$signature__addr$323 ] <= \$signature__data$324 ;
   end
   reg [8:0] _7_;
   always @(posedge gemm_d_clk) begin
-    if (\$signature__en$356 ) begin
-      _7_ <= a_cache7[\$signature__addr$355 ];
+    if (\$signature__en$354 ) begin
+      _7_ <= a_cache7[\$signature__addr$353 ];
     end
   end
-  assign \$signature__data$414  = _7_;
+  assign \$signature__data$412  = _7_;
   reg [8:0] a_cache8 [511:0];
   initial begin
     a_cache8[0] = 9'h000;
@@ -7858,16 +7846,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     a_cache8[511] = 9'h000;
   end
   always @(posedge gemm_d_clk) begin
-    if (\$signature__en$330 )
-      a_cache8[\$signature__addr$328 ] <= \$signature__data$329 ;
+    if (\$signature__en$328 )
+      a_cache8[\$signature__addr$326 ] <= \$signature__data$327 ;
   end
   reg [8:0] _8_;
   always @(posedge gemm_d_clk) begin
-    if (\$signature__en$358 ) begin
-      _8_ <= a_cache8[\$signature__addr$357 ];
+    if (\$signature__en$356 ) begin
+      _8_ <= a_cache8[\$signature__addr$355 ];
     end
   end
-  assign \$signature__data$415  = _8_;
+  assign \$signature__data$413  = _8_;
   reg [15:0] buffer [16383:0];
   initial begin
     buffer[0] = 16'h0000;
@@ -24263,14 +24251,14 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   reg [15:0] _10_;
   always @(posedge gemm_d_clk) begin
     if (src1_issue) begin
-      _9_ <= buffer[\addr$107 [13:0]];
+      _9_ <= buffer[\addr$104 [13:0]];
     end
     if (src0_issue) begin
       _10_ <= buffer[addr[13:0]];
     end
   end
   assign \$signature__data$512  = _9_;
-  assign \$signature__data$507  = _10_;
+  assign \$signature__data$506  = _10_;
   reg [7:0] w_cache0 [511:0];
   initial begin
     w_cache0[0] = 8'h00;
@@ -24787,16 +24775,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     w_cache0[511] = 8'h00;
   end
   always @(posedge gemm_d_clk) begin
-    if (\$signature__en$365 )
-      w_cache0[\$signature__addr$362 ] <= \$signature__data$364 ;
+    if (\$signature__en$363 )
+      w_cache0[\$signature__addr$360 ] <= \$signature__data$362 ;
   end
   reg [7:0] _11_;
   always @(posedge gemm_d_clk) begin
-    if (\$signature__en$390 ) begin
-      _11_ <= w_cache0[\$signature__addr$388 ];
+    if (\$signature__en$388 ) begin
+      _11_ <= w_cache0[\$signature__addr$386 ];
     end
   end
-  assign \$signature__data$416  = _11_;
+  assign \$signature__data$414  = _11_;
   reg [7:0] w_cache1 [511:0];
   initial begin
     w_cache1[0] = 8'h00;
@@ -25313,16 +25301,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     w_cache1[511] = 8'h00;
   end
   always @(posedge gemm_d_clk) begin
-    if (\$signature__en$369 )
-      w_cache1[\$signature__addr$367 ] <= \$signature__data$368 ;
+    if (\$signature__en$367 )
+      w_cache1[\$signature__addr$365 ] <= \$signature__data$366 ;
   end
   reg [7:0] _12_;
   always @(posedge gemm_d_clk) begin
-    if (\$signature__en$392 ) begin
-      _12_ <= w_cache1[\$signature__addr$391 ];
+    if (\$signature__en$390 ) begin
+      _12_ <= w_cache1[\$signature__addr$389 ];
     end
   end
-  assign \$signature__data$417  = _12_;
+  assign \$signature__data$415  = _12_;
   reg [7:0] w_cache2 [511:0];
   initial begin
     w_cache2[0] = 8'h00;
@@ -25839,16 +25827,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     w_cache2[511] = 8'h00;
   end
   always @(posedge gemm_d_clk) begin
-    if (\$signature__en$372 )
-      w_cache2[\$signature__addr$370 ] <= \$signature__data$371 ;
+    if (\$signature__en$370 )
+      w_cache2[\$signature__addr$368 ] <= \$signature__data$369 ;
   end
   reg [7:0] _13_;
   always @(posedge gemm_d_clk) begin
-    if (\$signature__en$394 ) begin
-      _13_ <= w_cache2[\$signature__addr$393 ];
+    if (\$signature__en$392 ) begin
+      _13_ <= w_cache2[\$signature__addr$391 ];
     end
   end
-  assign \$signature__data$418  = _13_;
+  assign \$signature__data$416  = _13_;
   reg [7:0] w_cache3 [511:0];
   initial begin
     w_cache3[0] = 8'h00;
@@ -26365,16 +26353,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     w_cache3[511] = 8'h00;
   end
   always @(posedge gemm_d_clk) begin
-    if (\$signature__en$375 )
-      w_cache3[\$signature__addr$373 ] <= \$signature__data$374 ;
+    if (\$signature__en$373 )
+      w_cache3[\$signature__addr$371 ] <= \$signature__data$372 ;
   end
   reg [7:0] _14_;
   always @(posedge gemm_d_clk) begin
-    if (\$signature__en$396 ) begin
-      _14_ <= w_cache3[\$signature__addr$395 ];
+    if (\$signature__en$394 ) begin
+      _14_ <= w_cache3[\$signature__addr$393 ];
     end
   end
-  assign \$signature__data$419  = _14_;
+  assign \$signature__data$417  = _14_;
   reg [7:0] w_cache4 [511:0];
   initial begin
     w_cache4[0] = 8'h00;
@@ -26891,16 +26879,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     w_cache4[511] = 8'h00;
   end
   always @(posedge gemm_d_clk) begin
-    if (\$signature__en$378 )
-      w_cache4[\$signature__addr$376 ] <= \$signature__data$377 ;
+    if (\$signature__en$376 )
+      w_cache4[\$signature__addr$374 ] <= \$signature__data$375 ;
   end
   reg [7:0] _15_;
   always @(posedge gemm_d_clk) begin
-    if (\$signature__en$398 ) begin
-      _15_ <= w_cache4[\$signature__addr$397 ];
+    if (\$signature__en$396 ) begin
+      _15_ <= w_cache4[\$signature__addr$395 ];
     end
   end
-  assign \$signature__data$420  = _15_;
+  assign \$signature__data$418  = _15_;
   reg [7:0] w_cache5 [511:0];
   initial begin
     w_cache5[0] = 8'h00;
@@ -27417,16 +27405,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     w_cache5[511] = 8'h00;
   end
   always @(posedge gemm_d_clk) begin
-    if (\$signature__en$381 )
-      w_cache5[\$signature__addr$379 ] <= \$signature__data$380 ;
+    if (\$signature__en$379 )
+      w_cache5[\$signature__addr$377 ] <= \$signature__data$378 ;
   end
   reg [7:0] _16_;
   always @(posedge gemm_d_clk) begin
-    if (\$signature__en$400 ) begin
-      _16_ <= w_cache5[\$signature__addr$399 ];
+    if (\$signature__en$398 ) begin
+      _16_ <= w_cache5[\$signature__addr$397 ];
     end
   end
-  assign \$signature__data$421  = _16_;
+  assign \$signature__data$419  = _16_;
   reg [7:0] w_cache6 [511:0];
   initial begin
     w_cache6[0] = 8'h00;
@@ -27943,16 +27931,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     w_cache6[511] = 8'h00;
   end
   always @(posedge gemm_d_clk) begin
-    if (\$signature__en$384 )
-      w_cache6[\$signature__addr$382 ] <= \$signature__data$383 ;
+    if (\$signature__en$382 )
+      w_cache6[\$signature__addr$380 ] <= \$signature__data$381 ;
   end
   reg [7:0] _17_;
   always @(posedge gemm_d_clk) begin
-    if (\$signature__en$402 ) begin
-      _17_ <= w_cache6[\$signature__addr$401 ];
+    if (\$signature__en$400 ) begin
+      _17_ <= w_cache6[\$signature__addr$399 ];
     end
   end
-  assign \$signature__data$422  = _17_;
+  assign \$signature__data$420  = _17_;
   reg [7:0] w_cache7 [511:0];
   initial begin
     w_cache7[0] = 8'h00;
@@ -28469,16 +28457,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     w_cache7[511] = 8'h00;
   end
   always @(posedge gemm_d_clk) begin
-    if (\$signature__en$387 )
-      w_cache7[\$signature__addr$385 ] <= \$signature__data$386 ;
+    if (\$signature__en$385 )
+      w_cache7[\$signature__addr$383 ] <= \$signature__data$384 ;
   end
   reg [7:0] _18_;
   always @(posedge gemm_d_clk) begin
-    if (\$signature__en$404 ) begin
-      _18_ <= w_cache7[\$signature__addr$403 ];
+    if (\$signature__en$402 ) begin
+      _18_ <= w_cache7[\$signature__addr$401 ];
     end
   end
-  assign \$signature__data$423  = _18_;
+  assign \$signature__data$421  = _18_;
   assign \$1  = | ins[511:510];
   assign \$2  = is_gemm & \$1 ;
   assign \$3  = ~ post_gelu;
@@ -28490,1225 +28478,1213 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   assign \$9  = ~ pre_sm;
   assign post_bad = \$8  & \$9 ;
   assign \$10  = run0 & valid;
-  assign \$11  = level + src0_inflight;
-  assign \$12  = \$11  + src0_held;
-  assign \$13  = \$12  < 3'h5;
-  assign src0_issue = \$10  & \$13 ;
-  assign \$14  = run1 & \valid$102 ;
-  assign \$15  = \level$103  + src1_inflight;
-  assign \$16  = \$15  + src1_held;
-  assign \$17  = \$16  < 3'h5;
-  assign src1_issue = \$14  & \$17 ;
-  assign \$18  = is_softmax | pre_sm;
-  assign \$19  = is_layernorm | pre_ln;
-  assign \$20  = is_softmax | pre_sm;
-  assign \$21  = is_layernorm | pre_ln;
-  assign unit_known = | { gelu_sel0, add_sel, \$21 , \$20  };
+  assign src0_issue = \$10  & src0_credit_room;
+  assign \$11  = run1 & \valid$101 ;
+  assign src1_issue = \$11  & src1_credit_room;
+  assign \$12  = is_softmax | pre_sm;
+  assign \$13  = is_layernorm | pre_ln;
+  assign \$14  = is_softmax | pre_sm;
+  assign \$15  = is_layernorm | pre_ln;
+  assign unit_known = | { gelu_sel0, add_sel, \$15 , \$14  };
+  assign \$16  = pre_ln | pre_sm;
+  assign \$17  = \$16  ? 16'h0001 : ins[39:24];
+  assign \$18  = pre_ln | pre_sm;
+  assign \$19  = \$18  ? 18'h00000 : ins[251:234];
+  assign \$20  = pre_ln | pre_sm;
+  assign \$21  = \$20  ? ins[39:24] : dec_mt;
   assign \$22  = pre_ln | pre_sm;
-  assign \$23  = \$22  ? 16'h0001 : ins[39:24];
-  assign \$24  = pre_ln | pre_sm;
-  assign \$25  = \$24  ? 18'h00000 : ins[251:234];
-  assign \$26  = pre_ln | pre_sm;
-  assign \$27  = \$26  ? ins[39:24] : dec_mt;
-  assign \$28  = pre_ln | pre_sm;
-  assign \$31  = $signed(\$29 ) + $signed(\$30 );
-  assign \$32  = \$28  ? { ins[251], ins[251], ins[251], ins[251], ins[251:234] } : \$31 ;
-  assign \$33  = pre_ln | pre_sm;
-  assign \$34  = \$33  ? dec_mt : ins[87:72];
-  assign \$35  = pre_ln | pre_sm;
-  assign \$38  = $signed(\$36 ) + $signed(\$37 );
-  assign \$39  = \$35  ? \$38  : { ins[305], ins[305], ins[305], ins[305], ins[305:288] };
+  assign \$25  = $signed(\$23 ) + $signed(\$24 );
+  assign \$26  = \$22  ? { ins[251], ins[251], ins[251], ins[251], ins[251:234] } : \$25 ;
+  assign \$27  = pre_ln | pre_sm;
+  assign \$28  = \$27  ? dec_mt : ins[87:72];
+  assign \$29  = pre_ln | pre_sm;
+  assign \$32  = $signed(\$30 ) + $signed(\$31 );
+  assign \$33  = \$29  ? \$32  : { ins[305], ins[305], ins[305], ins[305], ins[305:288] };
+  assign \$34  = pre_ln | pre_sm;
+  assign \$36  = pre_ln | pre_sm;
+  assign \$38  = pre_ln | pre_sm;
+  assign \$39  = \$38  ? ins[87:72] : 16'h0001;
   assign \$40  = pre_ln | pre_sm;
-  assign \$42  = pre_ln | pre_sm;
-  assign \$44  = pre_ln | pre_sm;
-  assign \$45  = \$44  ? ins[87:72] : 16'h0001;
-  assign \$46  = pre_ln | pre_sm;
-  assign \$47  = \$46  ? ins[305:288] : 18'h00000;
-  assign \$50  = post_add ? dec_mt : 16'h0001;
-  assign \$53  = $signed(\$51 ) + $signed(\$52 );
-  assign \$54  = post_add ? \$53  : 22'h000000;
-  assign \$59  = post_add ? 16'h0009 : ins[87:72];
-  assign \$60  = post_add ? ins[379:362] : ins[415:398];
-  assign \$65  = $signed(\$63 ) + $signed(\$64 );
-  assign \$67  = c_valid0 & c__ready;
-  assign \$68  = c_valid1 & \c__ready$136 ;
-  assign \$69  = c_valid2 & \c__ready$138 ;
-  assign \$70  = c_valid3 & \c__ready$140 ;
-  assign c_fire = | { \$70 , \$69 , \$68 , \$67  };
-  assign \$71  = sink_from_add & o__valid;
-  assign \$72  = sink_from_gelu0 & \o__valid$213 ;
-  assign \w_en$209  = | { \$72 , \$71  };
-  assign \$73  = sink_from_add ? o__payload : 64'h0000000000000000;
-  assign \$74  = sink_from_gelu0 ? { \o__payload$205 [31], \o__payload$205 [31], \o__payload$205 [31], \o__payload$205 [31], \o__payload$205 [31], \o__payload$205 [31], \o__payload$205 [31], \o__payload$205 [31], \o__payload$205 [31:23], \o__payload$205 [23], \o__payload$205 [23], \o__payload$205 [23], \o__payload$205 [23], \o__payload$205 [23], \o__payload$205 [23], \o__payload$205 [23], \o__payload$205 [23:15], \o__payload$205 [15], \o__payload$205 [15], \o__payload$205 [15], \o__payload$205 [15], \o__payload$205 [15], \o__payload$205 [15], \o__payload$205 [15], \o__payload$205 [15:7], \o__payload$205 [7], \o__payload$205 [7], \o__payload$205 [7], \o__payload$205 [7], \o__payload$205 [7], \o__payload$205 [7], \o__payload$205 [7], \o__payload$205 [7:0] } : 64'h0000000000000000;
-  assign \w_data$214  = \$73  | \$74 ;
+  assign \$41  = \$40  ? ins[305:288] : 18'h00000;
+  assign \$44  = post_add ? dec_mt : 16'h0001;
+  assign \$47  = $signed(\$45 ) + $signed(\$46 );
+  assign \$48  = post_add ? \$47  : 22'h000000;
+  assign \$53  = post_add ? 16'h0009 : ins[87:72];
+  assign \$54  = post_add ? ins[379:362] : ins[415:398];
+  assign \$59  = $signed(\$57 ) + $signed(\$58 );
+  assign \$61  = c_valid0 & c__ready;
+  assign \$62  = c_valid1 & \c__ready$134 ;
+  assign \$63  = c_valid2 & \c__ready$136 ;
+  assign \$64  = c_valid3 & \c__ready$138 ;
+  assign c_fire = | { \$64 , \$63 , \$62 , \$61  };
+  assign \$65  = sink_from_add & o__valid;
+  assign \$66  = sink_from_gelu0 & \o__valid$211 ;
+  assign \w_en$207  = | { \$66 , \$65  };
+  assign \$67  = sink_from_add ? o__payload : 64'h0000000000000000;
+  assign \$68  = sink_from_gelu0 ? { \o__payload$203 [31], \o__payload$203 [31], \o__payload$203 [31], \o__payload$203 [31], \o__payload$203 [31], \o__payload$203 [31], \o__payload$203 [31], \o__payload$203 [31], \o__payload$203 [31:23], \o__payload$203 [23], \o__payload$203 [23], \o__payload$203 [23], \o__payload$203 [23], \o__payload$203 [23], \o__payload$203 [23], \o__payload$203 [23], \o__payload$203 [23:15], \o__payload$203 [15], \o__payload$203 [15], \o__payload$203 [15], \o__payload$203 [15], \o__payload$203 [15], \o__payload$203 [15], \o__payload$203 [15], \o__payload$203 [15:7], \o__payload$203 [7], \o__payload$203 [7], \o__payload$203 [7], \o__payload$203 [7], \o__payload$203 [7], \o__payload$203 [7], \o__payload$203 [7], \o__payload$203 [7:0] } : 64'h0000000000000000;
+  assign \w_data$212  = \$67  | \$68 ;
   assign o__ready = sink_from_add & w_rdy;
-  assign \o__ready$217  = sink_from_gelu0 & w_rdy;
-  assign \$75  = sink_from_softmax | a_from_softmax;
-  assign \$76  = \$75  & \o__valid$225 ;
-  assign \$77  = sink_from_layernorm | a_from_layernorm;
-  assign \$78  = \$77  & \o__valid$228 ;
-  assign \w_en$222  = | { \$78 , \$76  };
-  assign \$79  = sink_from_softmax | a_from_softmax;
-  assign \$80  = \$79  ? { 8'h00, \o__payload$219 [7:0] } : 16'h0000;
-  assign \$81  = sink_from_layernorm | a_from_layernorm;
-  assign \$82  = \$81  ? { \o__payload$221 [7], \o__payload$221 [7], \o__payload$221 [7], \o__payload$221 [7], \o__payload$221 [7], \o__payload$221 [7], \o__payload$221 [7], \o__payload$221 [7], \o__payload$221  } : 16'h0000;
-  assign \w_data$229  = \$80  | \$82 ;
-  assign \$83  = sink_from_softmax | a_from_softmax;
-  assign \o__ready$230  = \$83  & \w_rdy$231 ;
-  assign \$84  = sink_from_layernorm | a_from_layernorm;
-  assign \o__ready$232  = \$84  & \w_rdy$231 ;
-  assign \$85  = is_softmax | is_layernorm;
-  assign \$86  = ~ ext_req_valid;
-  assign \$87  = \$86  | req__ready;
-  assign \$88  = valid & \$87 ;
-  assign \$91  = \$90  ? { beat__payload[7], beat__payload[7:0] } : { 1'h0, beat__payload[7:0] };
-  assign \$94  = \$93  ? { beat__payload[15], beat__payload[15:0] } : { 1'h0, beat__payload[15:0] };
-  assign \$97  = \$96  ? { beat__payload[31], beat__payload[31:0] } : { 1'h0, beat__payload[31:0] };
-  assign \$100  = \$99  ? { beat__payload[63], beat__payload[63:0] } : { 1'h0, beat__payload[63:0] };
-  assign \$101  = beat__valid & beat__payload[512];
-  assign \$102  = a__ready & \b__ready$256 ;
-  assign \$103  = sink_from_add & \$102 ;
-  assign \$104  = sink_from_gelu0 & i__ready;
-  assign \$105  = | { \$104 , \$103  };
-  assign \$106  = ~ \w_en$184 ;
-  assign \$107  = \$106  | \w_rdy$260 ;
+  assign \o__ready$215  = sink_from_gelu0 & w_rdy;
+  assign \$69  = sink_from_softmax | a_from_softmax;
+  assign \$70  = \$69  & \o__valid$223 ;
+  assign \$71  = sink_from_layernorm | a_from_layernorm;
+  assign \$72  = \$71  & \o__valid$226 ;
+  assign \w_en$220  = | { \$72 , \$70  };
+  assign \$73  = sink_from_softmax | a_from_softmax;
+  assign \$74  = \$73  ? { 8'h00, \o__payload$217 [7:0] } : 16'h0000;
+  assign \$75  = sink_from_layernorm | a_from_layernorm;
+  assign \$76  = \$75  ? { \o__payload$219 [7], \o__payload$219 [7], \o__payload$219 [7], \o__payload$219 [7], \o__payload$219 [7], \o__payload$219 [7], \o__payload$219 [7], \o__payload$219 [7], \o__payload$219  } : 16'h0000;
+  assign \w_data$227  = \$74  | \$76 ;
+  assign \$77  = sink_from_softmax | a_from_softmax;
+  assign \o__ready$228  = \$77  & \w_rdy$229 ;
+  assign \$78  = sink_from_layernorm | a_from_layernorm;
+  assign \o__ready$230  = \$78  & \w_rdy$229 ;
+  assign \$79  = is_softmax | is_layernorm;
+  assign \$80  = ~ ext_req_valid;
+  assign \$81  = \$80  | req__ready;
+  assign \$82  = valid & \$81 ;
+  assign \$85  = \$84  ? { beat__payload[7], beat__payload[7:0] } : { 1'h0, beat__payload[7:0] };
+  assign \$88  = \$87  ? { beat__payload[15], beat__payload[15:0] } : { 1'h0, beat__payload[15:0] };
+  assign \$91  = \$90  ? { beat__payload[31], beat__payload[31:0] } : { 1'h0, beat__payload[31:0] };
+  assign \$94  = \$93  ? { beat__payload[63], beat__payload[63:0] } : { 1'h0, beat__payload[63:0] };
+  assign \$95  = beat__valid & beat__payload[512];
+  assign \$96  = a__ready & \b__ready$254 ;
+  assign \$97  = sink_from_add & \$96 ;
+  assign \$98  = sink_from_gelu0 & i__ready;
+  assign \$99  = | { \$98 , \$97  };
+  assign \$100  = ~ \w_en$182 ;
+  assign \$101  = \$100  | \w_rdy$258 ;
+  assign \$102  = \$101  & elem_valid;
+  assign \$103  = ~ add_sel;
+  assign \$104  = \r_rdy$260  | \$103 ;
+  assign \$105  = \$102  & \$104 ;
+  assign \$106  = ~ \w_en$182 ;
+  assign \$107  = \$106  | \w_rdy$258 ;
   assign \$108  = \$107  & elem_valid;
   assign \$109  = ~ add_sel;
-  assign \$110  = \r_rdy$262  | \$109 ;
+  assign \$110  = \r_rdy$260  | \$109 ;
   assign \$111  = \$108  & \$110 ;
-  assign \$112  = ~ \w_en$184 ;
-  assign \$113  = \$112  | \w_rdy$260 ;
-  assign \$114  = \$113  & elem_valid;
-  assign \$115  = ~ add_sel;
-  assign \$116  = \r_rdy$262  | \$115 ;
-  assign \$117  = \$114  & \$116 ;
-  assign \$118  = \$117  & add_sel;
-  assign \$119  = sink_from_add & \r_rdy$265 ;
-  assign \$120  = sink_from_add & \r_rdy$265 ;
-  assign \$121  = sink_from_gelu0 & \r_rdy$265 ;
-  assign \$123  = \r_rdy$268  & \valid$271 ;
-  assign \$124  = pack_jo == 2'h3;
-  assign \$125  = \$124  | \final ;
-  assign \$126  = q0_to_pack & r_rdy;
-  assign \$127  = res_to_pack & gemm_res_valid;
-  assign elem_valid = \$126  | \$127 ;
-  assign \$128  = ~ is_linear;
-  assign \$129  = \$128  | rk_zero;
-  assign \$130  = \$129  & beat__valid;
-  assign \$131  = ~ is_linear;
-  assign \$132  = \$131  | rk_zero;
-  assign \$133  = ~ \$132 ;
-  assign \$134  = beat__valid & \$133 ;
-  assign \$135  = pre_ln | pre_sm;
-  assign a_in = \$135  ? \r_data$250  : \r_data$239 [15:0];
-  assign \$136  = a_from_softmax | a_from_layernorm;
-  assign \$137  = \$136  & \r_rdy$249 ;
-  assign \$138  = a_from_src0 & r_rdy;
-  assign a_in_valid = \$137  | \$138 ;
-  assign \$141  = \$140  ? { a_in[1], a_in[1:0] } : { 1'h0, a_in[1:0] };
-  assign \$144  = \$143  ? { a_in[2], a_in[2:0] } : { 1'h0, a_in[2:0] };
-  assign \$147  = \$146  ? { a_in[3], a_in[3:0] } : { 1'h0, a_in[3:0] };
-  assign \$150  = \$149  ? { a_in[4], a_in[4:0] } : { 1'h0, a_in[4:0] };
-  assign \$153  = \$152  ? { a_in[5], a_in[5:0] } : { 1'h0, a_in[5:0] };
-  assign \$156  = \$155  ? { a_in[6], a_in[6:0] } : { 1'h0, a_in[6:0] };
-  assign \$159  = \$158  ? { a_in[7], a_in[7:0] } : { 1'h0, a_in[7:0] };
-  assign \$161  = ~ \$160 ;
-  assign \$162  = a_in_valid & \$161 ;
-  assign \$163  = \$signal$299  * 9'h100;
-  assign \$164  = \$163  + lk;
-  assign \$166  = ~ \$165 ;
-  assign \$167  = a_in_valid & \$166 ;
-  assign \$168  = | \$signal$306 ;
-  assign \$169  = ~ \$168 ;
-  assign \$170  = \$167  & \$169 ;
-  assign \$171  = \$signal$299  * 9'h100;
-  assign \$172  = \$171  + lk;
-  assign \$174  = ~ \$173 ;
-  assign \$175  = a_in_valid & \$174 ;
-  assign \$176  = \$signal$306  == 1'h1;
-  assign \$177  = \$175  & \$176 ;
-  assign \$178  = \$signal$299  * 9'h100;
-  assign \$179  = \$178  + lk;
-  assign \$181  = ~ \$180 ;
-  assign \$182  = a_in_valid & \$181 ;
-  assign \$183  = \$signal$306  == 2'h2;
-  assign \$184  = \$182  & \$183 ;
-  assign \$185  = \$signal$299  * 9'h100;
-  assign \$186  = \$185  + lk;
-  assign \$188  = ~ \$187 ;
-  assign \$189  = a_in_valid & \$188 ;
-  assign \$190  = \$signal$306  == 2'h3;
-  assign \$191  = \$189  & \$190 ;
-  assign \$192  = \$signal$299  * 9'h100;
-  assign \$193  = \$192  + lk;
-  assign \$195  = ~ \$194 ;
-  assign \$196  = a_in_valid & \$195 ;
-  assign \$197  = \$signal$306  == 3'h4;
-  assign \$198  = \$196  & \$197 ;
-  assign \$199  = \$signal$299  * 9'h100;
-  assign \$200  = \$199  + lk;
-  assign \$202  = ~ \$201 ;
-  assign \$203  = a_in_valid & \$202 ;
-  assign \$204  = \$signal$306  == 3'h5;
-  assign \$205  = \$203  & \$204 ;
-  assign \$206  = \$signal$299  * 9'h100;
-  assign \$207  = \$206  + lk;
-  assign \$209  = ~ \$208 ;
-  assign \$210  = a_in_valid & \$209 ;
-  assign \$211  = \$signal$306  == 3'h6;
-  assign \$212  = \$210  & \$211 ;
-  assign \$213  = \$signal$299  * 9'h100;
-  assign \$214  = \$213  + lk;
-  assign \$216  = ~ \$215 ;
-  assign \$217  = a_in_valid & \$216 ;
-  assign \$218  = \$signal$306  == 3'h7;
-  assign \$219  = \$217  & \$218 ;
-  assign \$220  = \$signal$299  * 9'h100;
-  assign \$221  = \$220  + lk;
-  assign \$223  = ~ \$222 ;
-  assign \$224  = a_in_valid & \$223 ;
-  assign \$225  = \$signal$306  == 4'h8;
-  assign \$226  = \$224  & \$225 ;
-  assign \$228  = \$227  | a_loader_ahead;
-  assign \$230  = is_linear | \$229 ;
-  assign \$231  = \$228  & \$230 ;
-  assign \$232  = \$231  & feed_queue_room;
-  assign \$233  = \$232  & a_blocks_left;
-  assign \$234  = ~ is_linear;
-  assign \$236  = ~ \$235 ;
-  assign \$237  = \r_rdy$262  & \$236 ;
-  assign \$238  = ~ is_linear;
-  assign \$239  = \$237  & \$238 ;
-  assign \$240  = w_load_half * 9'h100;
-  assign \$241  = \$240  + w_load_addr;
-  assign \$243  = ~ \$242 ;
-  assign \$244  = \r_rdy$262  & \$243 ;
-  assign \$245  = ~ is_linear;
-  assign \$246  = \$244  & \$245 ;
-  assign \$247  = | w_load_lane;
-  assign \$248  = ~ \$247 ;
-  assign \$249  = \$246  & \$248 ;
-  assign \$250  = w_load_half * 9'h100;
-  assign \$251  = \$250  + w_load_addr;
-  assign \$253  = ~ \$252 ;
-  assign \$254  = \r_rdy$262  & \$253 ;
-  assign \$255  = ~ is_linear;
-  assign \$256  = \$254  & \$255 ;
-  assign \$257  = w_load_lane == 1'h1;
-  assign \$258  = \$256  & \$257 ;
-  assign \$259  = w_load_half * 9'h100;
-  assign \$260  = \$259  + w_load_addr;
-  assign \$262  = ~ \$261 ;
-  assign \$263  = \r_rdy$262  & \$262 ;
-  assign \$264  = ~ is_linear;
-  assign \$265  = \$263  & \$264 ;
-  assign \$266  = w_load_lane == 2'h2;
-  assign \$267  = \$265  & \$266 ;
-  assign \$268  = w_load_half * 9'h100;
-  assign \$269  = \$268  + w_load_addr;
-  assign \$271  = ~ \$270 ;
-  assign \$272  = \r_rdy$262  & \$271 ;
-  assign \$273  = ~ is_linear;
-  assign \$274  = \$272  & \$273 ;
-  assign \$275  = w_load_lane == 2'h3;
-  assign \$276  = \$274  & \$275 ;
-  assign \$277  = w_load_half * 9'h100;
-  assign \$278  = \$277  + w_load_addr;
-  assign \$280  = ~ \$279 ;
-  assign \$281  = \r_rdy$262  & \$280 ;
-  assign \$282  = ~ is_linear;
-  assign \$283  = \$281  & \$282 ;
-  assign \$284  = w_load_lane == 3'h4;
-  assign \$285  = \$283  & \$284 ;
-  assign \$286  = w_load_half * 9'h100;
-  assign \$287  = \$286  + w_load_addr;
-  assign \$289  = ~ \$288 ;
-  assign \$290  = \r_rdy$262  & \$289 ;
-  assign \$291  = ~ is_linear;
-  assign \$292  = \$290  & \$291 ;
-  assign \$293  = w_load_lane == 3'h5;
-  assign \$294  = \$292  & \$293 ;
-  assign \$295  = w_load_half * 9'h100;
-  assign \$296  = \$295  + w_load_addr;
-  assign \$298  = ~ \$297 ;
-  assign \$299  = \r_rdy$262  & \$298 ;
-  assign \$300  = ~ is_linear;
-  assign \$301  = \$299  & \$300 ;
-  assign \$302  = w_load_lane == 3'h6;
-  assign \$303  = \$301  & \$302 ;
-  assign \$304  = w_load_half * 9'h100;
-  assign \$305  = \$304  + w_load_addr;
-  assign \$307  = ~ \$306 ;
-  assign \$308  = \r_rdy$262  & \$307 ;
-  assign \$309  = ~ is_linear;
-  assign \$310  = \$308  & \$309 ;
-  assign \$311  = w_load_lane == 3'h7;
-  assign \$312  = \$310  & \$311 ;
-  assign \$313  = is_linear ? \r_rdy$429  : feed_valid;
-  assign \$314  = is_linear & w__ready;
-  assign \$315  = is_linear ? \r_data$435 [7:0] : feed_beat[89:82];
-  assign \$316  = is_linear ? \r_data$435 [15:8] : feed_beat[97:90];
-  assign \$317  = is_linear ? \r_data$435 [23:16] : feed_beat[105:98];
-  assign \$318  = is_linear ? \r_data$435 [31:24] : feed_beat[113:106];
-  assign \$319  = is_linear ? \r_data$435 [39:32] : feed_beat[121:114];
-  assign \$320  = is_linear ? \r_data$435 [47:40] : feed_beat[129:122];
-  assign \$321  = is_linear ? \r_data$435 [55:48] : feed_beat[137:130];
-  assign \$322  = is_linear ? \r_data$435 [63:56] : feed_beat[145:138];
-  assign \$323  = sink_from_gemm & dst_step;
-  assign \$324  = \$323  & last__4;
-  assign \$325  = res_to_pack & elem_take;
-  assign \$326  = post_col == 3'h7;
-  assign \$327  = \$325  & \$326 ;
-  assign \r_en$443  = \$324  | \$327 ;
-  assign \$328  = index__1 != dec_mt_last;
-  assign \$329  = index__3[3:0] < dec_rows_last[3:0];
-  assign \$330  = \$328  | \$329 ;
-  assign \$331  = index__2 != dec_nt_last;
-  assign \$332  = index__4[3:0] < dec_cols_last[3:0];
-  assign \$333  = \$331  | \$332 ;
-  assign \$334  = \$330  & \$333 ;
-  assign \$335  = post_gelu | post_add;
-  assign \$336  = ~ \$335 ;
-  assign \$337  = gemm_active & \$336 ;
-  assign \$339  = post_gelu | post_add;
-  assign \$340  = gemm_active & \$339 ;
-  assign \$342  = ~ fetch_sent;
-  assign \$343  = in_fetch & \$342 ;
-  assign \$344  = | c_ask;
-  assign \$345  = in_const & \$344 ;
-  assign \$346  = sink_from_load & ext_req_valid;
-  assign \$348  = gemm_active & \$signal$465 ;
-  assign \req__valid$458  = | { \$348 , \$347 , \$346 , \$345 , \$343  };
-  assign \$349  = in_fetch ? pc : 32'd0;
-  assign \$350  = in_const ? c_addr : 32'd0;
-  assign \$351  = \$349  | \$350 ;
-  assign \$352  = sink_from_load ? ext_req_addr : 32'd0;
-  assign \$353  = \$351  | \$352 ;
-  assign \$356  = want_w ? w_addr : p_addr;
-  assign \$357  = gemm_active ? \$356  : 32'd0;
-  assign \$358  = \$355  | \$357 ;
-  assign \$359  = in_fetch ? 3'h6 : 3'h0;
-  assign \$360  = in_const ? dec_c_lb : 3'h0;
-  assign \$361  = \$359  | \$360 ;
-  assign \$362  = sink_from_load ? ins[23:22] : 2'h0;
-  assign \$363  = \$361  | { 1'h0, \$362  };
-  assign \$366  = want_w ? w_lb : 3'h6;
-  assign \$367  = gemm_active ? \$366  : 3'h0;
-  assign \$368  = \$365  | \$367 ;
-  assign \$370  = ~ c_full;
-  assign \$371  = in_const & \$370 ;
-  assign \$372  = sink_from_load & \valid$271 ;
-  assign \$374  = ~ is_linear;
-  assign \$375  = \$374  | rk_zero;
-  assign \$376  = \$375  ? p__ready : \w_rdy$474 ;
-  assign \$377  = gemm_active & \$376 ;
-  assign beat__ready = | { \$377 , \$373 , \$372 , \$371 , \$369  };
-  assign \$378  = sink_from_move & r_rdy;
-  assign \$379  = sink_from_load & beat__valid;
-  assign \$380  = ~ ext_req_valid;
-  assign \$381  = \$380  | \req__ready$478 ;
-  assign \$382  = r_rdy & \$381 ;
-  assign \$383  = sink_from_store & \$382 ;
-  assign \$384  = sink_from_softmax & \r_rdy$249 ;
-  assign \$385  = sink_from_layernorm & \r_rdy$249 ;
-  assign \$386  = sink_from_add & \r_rdy$268 ;
-  assign \$387  = sink_from_gelu0 & \r_rdy$268 ;
-  assign \$388  = sink_from_gemm & gemm_res_valid;
-  assign \$389  = | { \$388 , \$387 , \$386 , \$385 , \$384 , \$383 , \$379 , \$378  };
-  assign dst_step = \valid$271  & \$389 ;
-  assign \$390  = ~ sink_from_store;
-  assign \$391  = dst_step & \$390 ;
-  assign wr_en = \$391  & dst_keep;
-  assign \$392  = sink_from_softmax | a_from_softmax;
-  assign \i__valid$483  = \$392  & r_rdy;
-  assign \$393  = sink_from_layernorm | a_from_layernorm;
-  assign \i__valid$484  = \$393  & r_rdy;
-  assign \$394  = sink_from_softmax | sink_from_layernorm;
-  assign \$395  = \$394  & \valid$271 ;
-  assign \$396  = a_from_softmax | a_from_layernorm;
-  assign \$397  = \$396  & a_in_take;
-  assign \r_en$485  = \$395  | \$397 ;
-  assign \$398  = sink_from_move & \valid$271 ;
-  assign \$399  = sink_from_store & \valid$271 ;
-  assign \$400  = ~ ext_req_valid;
-  assign \$401  = \$400  | \req__ready$478 ;
-  assign \$402  = \$399  & \$401 ;
-  assign \$403  = sink_from_softmax | a_from_softmax;
-  assign \$404  = \$403  & \i__ready$487 ;
-  assign \$405  = sink_from_layernorm | a_from_layernorm;
-  assign \$406  = \$405  & \i__ready$488 ;
-  assign \$407  = q0_to_pack & elem_take;
-  assign \$408  = a_from_src0 & a_in_take;
-  assign \$409  = | { \$408 , \$407 , \$406 , \$404 , \$402 , \$398  };
-  assign \r_en$486  = r_rdy & \$409 ;
-  assign \$410  = in_stream & err;
-  assign \$411  = ~ busy;
-  assign clear = start & \$411 ;
-  assign \$412  = rst | unit_rst;
-  assign \$413  = rst | unit_rst;
-  assign \$414  = rst | unit_rst;
-  assign \$415  = rst | unit_rst;
-  assign \$416  = rst | unit_rst;
-  assign \$417  = ins[5:0] == 1'h1;
-  assign \$418  = ins[5:0] == 2'h2;
-  assign \$419  = ins[5:0] == 2'h3;
-  assign \$420  = ins[5:0] == 3'h4;
-  assign \$421  = ins[5:0] == 3'h5;
-  assign \$422  = ins[5:0] == 3'h6;
-  assign \$423  = ins[5:0] == 3'h7;
-  assign \$424  = ins[5:0] == 4'h8;
-  assign \$425  = ins[5:0] == 4'h9;
-  assign \$426  = ins[5:0] == 4'ha;
-  assign \$427  = ins[5:0] == 4'hb;
-  assign \$428  = ins[5:0] == 4'hc;
-  assign \$429  = ins[5:0] == 4'hd;
-  assign \$430  = ins[5:0] == 4'he;
-  assign \$431  = ins[5:0] == 4'hf;
-  assign \$432  = 1'h1 << ins[3:0];
+  assign \$112  = \$111  & add_sel;
+  assign \$113  = sink_from_add & \r_rdy$263 ;
+  assign \$114  = sink_from_add & \r_rdy$263 ;
+  assign \$115  = sink_from_gelu0 & \r_rdy$263 ;
+  assign \$117  = \r_rdy$266  & \valid$269 ;
+  assign \$118  = pack_jo == 2'h3;
+  assign \$119  = \$118  | \final ;
+  assign \$120  = q0_to_pack & r_rdy;
+  assign \$121  = res_to_pack & gemm_res_valid;
+  assign elem_valid = \$120  | \$121 ;
+  assign \$122  = ~ is_linear;
+  assign \$123  = \$122  | rk_zero;
+  assign \$124  = \$123  & beat__valid;
+  assign \$125  = ~ is_linear;
+  assign \$126  = \$125  | rk_zero;
+  assign \$127  = ~ \$126 ;
+  assign \$128  = beat__valid & \$127 ;
+  assign \$129  = pre_ln | pre_sm;
+  assign a_in = \$129  ? \r_data$248  : \r_data$237 [15:0];
+  assign \$130  = a_from_softmax | a_from_layernorm;
+  assign \$131  = \$130  & \r_rdy$247 ;
+  assign \$132  = a_from_src0 & r_rdy;
+  assign a_in_valid = \$131  | \$132 ;
+  assign \$135  = \$134  ? { a_in[1], a_in[1:0] } : { 1'h0, a_in[1:0] };
+  assign \$138  = \$137  ? { a_in[2], a_in[2:0] } : { 1'h0, a_in[2:0] };
+  assign \$141  = \$140  ? { a_in[3], a_in[3:0] } : { 1'h0, a_in[3:0] };
+  assign \$144  = \$143  ? { a_in[4], a_in[4:0] } : { 1'h0, a_in[4:0] };
+  assign \$147  = \$146  ? { a_in[5], a_in[5:0] } : { 1'h0, a_in[5:0] };
+  assign \$150  = \$149  ? { a_in[6], a_in[6:0] } : { 1'h0, a_in[6:0] };
+  assign \$153  = \$152  ? { a_in[7], a_in[7:0] } : { 1'h0, a_in[7:0] };
+  assign \$155  = ~ \$154 ;
+  assign \$156  = a_in_valid & \$155 ;
+  assign \$157  = \$signal$297  * 9'h100;
+  assign \$158  = \$157  + lk;
+  assign \$160  = ~ \$159 ;
+  assign \$161  = a_in_valid & \$160 ;
+  assign \$162  = | \$signal$304 ;
+  assign \$163  = ~ \$162 ;
+  assign \$164  = \$161  & \$163 ;
+  assign \$165  = \$signal$297  * 9'h100;
+  assign \$166  = \$165  + lk;
+  assign \$168  = ~ \$167 ;
+  assign \$169  = a_in_valid & \$168 ;
+  assign \$170  = \$signal$304  == 1'h1;
+  assign \$171  = \$169  & \$170 ;
+  assign \$172  = \$signal$297  * 9'h100;
+  assign \$173  = \$172  + lk;
+  assign \$175  = ~ \$174 ;
+  assign \$176  = a_in_valid & \$175 ;
+  assign \$177  = \$signal$304  == 2'h2;
+  assign \$178  = \$176  & \$177 ;
+  assign \$179  = \$signal$297  * 9'h100;
+  assign \$180  = \$179  + lk;
+  assign \$182  = ~ \$181 ;
+  assign \$183  = a_in_valid & \$182 ;
+  assign \$184  = \$signal$304  == 2'h3;
+  assign \$185  = \$183  & \$184 ;
+  assign \$186  = \$signal$297  * 9'h100;
+  assign \$187  = \$186  + lk;
+  assign \$189  = ~ \$188 ;
+  assign \$190  = a_in_valid & \$189 ;
+  assign \$191  = \$signal$304  == 3'h4;
+  assign \$192  = \$190  & \$191 ;
+  assign \$193  = \$signal$297  * 9'h100;
+  assign \$194  = \$193  + lk;
+  assign \$196  = ~ \$195 ;
+  assign \$197  = a_in_valid & \$196 ;
+  assign \$198  = \$signal$304  == 3'h5;
+  assign \$199  = \$197  & \$198 ;
+  assign \$200  = \$signal$297  * 9'h100;
+  assign \$201  = \$200  + lk;
+  assign \$203  = ~ \$202 ;
+  assign \$204  = a_in_valid & \$203 ;
+  assign \$205  = \$signal$304  == 3'h6;
+  assign \$206  = \$204  & \$205 ;
+  assign \$207  = \$signal$297  * 9'h100;
+  assign \$208  = \$207  + lk;
+  assign \$210  = ~ \$209 ;
+  assign \$211  = a_in_valid & \$210 ;
+  assign \$212  = \$signal$304  == 3'h7;
+  assign \$213  = \$211  & \$212 ;
+  assign \$214  = \$signal$297  * 9'h100;
+  assign \$215  = \$214  + lk;
+  assign \$217  = ~ \$216 ;
+  assign \$218  = a_in_valid & \$217 ;
+  assign \$219  = \$signal$304  == 4'h8;
+  assign \$220  = \$218  & \$219 ;
+  assign \$222  = \$221  | a_loader_ahead;
+  assign \$224  = is_linear | \$223 ;
+  assign \$225  = \$222  & \$224 ;
+  assign \$226  = \$225  & feed_queue_room;
+  assign \$227  = \$226  & a_blocks_left;
+  assign \$228  = ~ is_linear;
+  assign \$230  = ~ \$229 ;
+  assign \$231  = \r_rdy$260  & \$230 ;
+  assign \$232  = ~ is_linear;
+  assign \$233  = \$231  & \$232 ;
+  assign \$234  = w_load_half * 9'h100;
+  assign \$235  = \$234  + w_load_addr;
+  assign \$237  = ~ \$236 ;
+  assign \$238  = \r_rdy$260  & \$237 ;
+  assign \$239  = ~ is_linear;
+  assign \$240  = \$238  & \$239 ;
+  assign \$241  = | w_load_lane;
+  assign \$242  = ~ \$241 ;
+  assign \$243  = \$240  & \$242 ;
+  assign \$244  = w_load_half * 9'h100;
+  assign \$245  = \$244  + w_load_addr;
+  assign \$247  = ~ \$246 ;
+  assign \$248  = \r_rdy$260  & \$247 ;
+  assign \$249  = ~ is_linear;
+  assign \$250  = \$248  & \$249 ;
+  assign \$251  = w_load_lane == 1'h1;
+  assign \$252  = \$250  & \$251 ;
+  assign \$253  = w_load_half * 9'h100;
+  assign \$254  = \$253  + w_load_addr;
+  assign \$256  = ~ \$255 ;
+  assign \$257  = \r_rdy$260  & \$256 ;
+  assign \$258  = ~ is_linear;
+  assign \$259  = \$257  & \$258 ;
+  assign \$260  = w_load_lane == 2'h2;
+  assign \$261  = \$259  & \$260 ;
+  assign \$262  = w_load_half * 9'h100;
+  assign \$263  = \$262  + w_load_addr;
+  assign \$265  = ~ \$264 ;
+  assign \$266  = \r_rdy$260  & \$265 ;
+  assign \$267  = ~ is_linear;
+  assign \$268  = \$266  & \$267 ;
+  assign \$269  = w_load_lane == 2'h3;
+  assign \$270  = \$268  & \$269 ;
+  assign \$271  = w_load_half * 9'h100;
+  assign \$272  = \$271  + w_load_addr;
+  assign \$274  = ~ \$273 ;
+  assign \$275  = \r_rdy$260  & \$274 ;
+  assign \$276  = ~ is_linear;
+  assign \$277  = \$275  & \$276 ;
+  assign \$278  = w_load_lane == 3'h4;
+  assign \$279  = \$277  & \$278 ;
+  assign \$280  = w_load_half * 9'h100;
+  assign \$281  = \$280  + w_load_addr;
+  assign \$283  = ~ \$282 ;
+  assign \$284  = \r_rdy$260  & \$283 ;
+  assign \$285  = ~ is_linear;
+  assign \$286  = \$284  & \$285 ;
+  assign \$287  = w_load_lane == 3'h5;
+  assign \$288  = \$286  & \$287 ;
+  assign \$289  = w_load_half * 9'h100;
+  assign \$290  = \$289  + w_load_addr;
+  assign \$292  = ~ \$291 ;
+  assign \$293  = \r_rdy$260  & \$292 ;
+  assign \$294  = ~ is_linear;
+  assign \$295  = \$293  & \$294 ;
+  assign \$296  = w_load_lane == 3'h6;
+  assign \$297  = \$295  & \$296 ;
+  assign \$298  = w_load_half * 9'h100;
+  assign \$299  = \$298  + w_load_addr;
+  assign \$301  = ~ \$300 ;
+  assign \$302  = \r_rdy$260  & \$301 ;
+  assign \$303  = ~ is_linear;
+  assign \$304  = \$302  & \$303 ;
+  assign \$305  = w_load_lane == 3'h7;
+  assign \$306  = \$304  & \$305 ;
+  assign \$307  = is_linear ? \r_rdy$427  : feed_valid;
+  assign \$308  = is_linear & w__ready;
+  assign \$309  = is_linear ? \r_data$433 [7:0] : feed_beat[89:82];
+  assign \$310  = is_linear ? \r_data$433 [15:8] : feed_beat[97:90];
+  assign \$311  = is_linear ? \r_data$433 [23:16] : feed_beat[105:98];
+  assign \$312  = is_linear ? \r_data$433 [31:24] : feed_beat[113:106];
+  assign \$313  = is_linear ? \r_data$433 [39:32] : feed_beat[121:114];
+  assign \$314  = is_linear ? \r_data$433 [47:40] : feed_beat[129:122];
+  assign \$315  = is_linear ? \r_data$433 [55:48] : feed_beat[137:130];
+  assign \$316  = is_linear ? \r_data$433 [63:56] : feed_beat[145:138];
+  assign \$317  = sink_from_gemm & dst_step;
+  assign \$318  = \$317  & last__4;
+  assign \$319  = res_to_pack & elem_take;
+  assign \$320  = post_col == 3'h7;
+  assign \$321  = \$319  & \$320 ;
+  assign \r_en$441  = \$318  | \$321 ;
+  assign \$322  = index__1 != dec_mt_last;
+  assign \$323  = index__3[3:0] < dec_rows_last[3:0];
+  assign \$324  = \$322  | \$323 ;
+  assign \$325  = index__2 != dec_nt_last;
+  assign \$326  = index__4[3:0] < dec_cols_last[3:0];
+  assign \$327  = \$325  | \$326 ;
+  assign \$328  = \$324  & \$327 ;
+  assign \$329  = post_gelu | post_add;
+  assign \$330  = ~ \$329 ;
+  assign \$331  = gemm_active & \$330 ;
+  assign \$333  = post_gelu | post_add;
+  assign \$334  = gemm_active & \$333 ;
+  assign \$336  = ~ fetch_sent;
+  assign \$337  = in_fetch & \$336 ;
+  assign \$338  = | c_ask;
+  assign \$339  = in_const & \$338 ;
+  assign \$340  = sink_from_load & ext_req_valid;
+  assign \$342  = gemm_active & \$signal$463 ;
+  assign \req__valid$456  = | { \$342 , \$341 , \$340 , \$339 , \$337  };
+  assign \$343  = in_fetch ? pc : 32'd0;
+  assign \$344  = in_const ? c_addr : 32'd0;
+  assign \$345  = \$343  | \$344 ;
+  assign \$346  = sink_from_load ? ext_req_addr : 32'd0;
+  assign \$347  = \$345  | \$346 ;
+  assign \$350  = want_w ? w_addr : p_addr;
+  assign \$351  = gemm_active ? \$350  : 32'd0;
+  assign \$352  = \$349  | \$351 ;
+  assign \$353  = in_fetch ? 3'h6 : 3'h0;
+  assign \$354  = in_const ? dec_c_lb : 3'h0;
+  assign \$355  = \$353  | \$354 ;
+  assign \$356  = sink_from_load ? ins[23:22] : 2'h0;
+  assign \$357  = \$355  | { 1'h0, \$356  };
+  assign \$360  = want_w ? w_lb : 3'h6;
+  assign \$361  = gemm_active ? \$360  : 3'h0;
+  assign \$362  = \$359  | \$361 ;
+  assign \$364  = ~ c_full;
+  assign \$365  = in_const & \$364 ;
+  assign \$366  = sink_from_load & \valid$269 ;
+  assign \$368  = ~ is_linear;
+  assign \$369  = \$368  | rk_zero;
+  assign \$370  = \$369  ? p__ready : \w_rdy$472 ;
+  assign \$371  = gemm_active & \$370 ;
+  assign beat__ready = | { \$371 , \$367 , \$366 , \$365 , \$363  };
+  assign \$372  = sink_from_move & r_rdy;
+  assign \$373  = sink_from_load & beat__valid;
+  assign \$374  = ~ ext_req_valid;
+  assign \$375  = \$374  | \req__ready$476 ;
+  assign \$376  = r_rdy & \$375 ;
+  assign \$377  = sink_from_store & \$376 ;
+  assign \$378  = sink_from_softmax & \r_rdy$247 ;
+  assign \$379  = sink_from_layernorm & \r_rdy$247 ;
+  assign \$380  = sink_from_add & \r_rdy$266 ;
+  assign \$381  = sink_from_gelu0 & \r_rdy$266 ;
+  assign \$382  = sink_from_gemm & gemm_res_valid;
+  assign \$383  = | { \$382 , \$381 , \$380 , \$379 , \$378 , \$377 , \$373 , \$372  };
+  assign dst_step = \valid$269  & \$383 ;
+  assign \$384  = ~ sink_from_store;
+  assign \$385  = dst_step & \$384 ;
+  assign wr_en = \$385  & dst_keep;
+  assign \$386  = sink_from_softmax | a_from_softmax;
+  assign \i__valid$481  = \$386  & r_rdy;
+  assign \$387  = sink_from_layernorm | a_from_layernorm;
+  assign \i__valid$482  = \$387  & r_rdy;
+  assign \$388  = sink_from_softmax | sink_from_layernorm;
+  assign \$389  = \$388  & \valid$269 ;
+  assign \$390  = a_from_softmax | a_from_layernorm;
+  assign \$391  = \$390  & a_in_take;
+  assign \r_en$483  = \$389  | \$391 ;
+  assign \$392  = sink_from_move & \valid$269 ;
+  assign \$393  = sink_from_store & \valid$269 ;
+  assign \$394  = ~ ext_req_valid;
+  assign \$395  = \$394  | \req__ready$476 ;
+  assign \$396  = \$393  & \$395 ;
+  assign \$397  = sink_from_softmax | a_from_softmax;
+  assign \$398  = \$397  & \i__ready$485 ;
+  assign \$399  = sink_from_layernorm | a_from_layernorm;
+  assign \$400  = \$399  & \i__ready$486 ;
+  assign \$401  = q0_to_pack & elem_take;
+  assign \$402  = a_from_src0 & a_in_take;
+  assign \$403  = | { \$402 , \$401 , \$400 , \$398 , \$396 , \$392  };
+  assign \r_en$484  = r_rdy & \$403 ;
+  assign \$404  = in_stream & err;
+  assign \$405  = ~ busy;
+  assign clear = start & \$405 ;
+  assign \$406  = rst | unit_rst;
+  assign \$407  = rst | unit_rst;
+  assign \$408  = rst | unit_rst;
+  assign \$409  = rst | unit_rst;
+  assign \$410  = rst | unit_rst;
+  assign \$411  = ins[5:0] == 1'h1;
+  assign \$412  = ins[5:0] == 2'h2;
+  assign \$413  = ins[5:0] == 2'h3;
+  assign \$414  = ins[5:0] == 3'h4;
+  assign \$415  = ins[5:0] == 3'h5;
+  assign \$416  = ins[5:0] == 3'h6;
+  assign \$417  = ins[5:0] == 3'h7;
+  assign \$418  = ins[5:0] == 4'h8;
+  assign \$419  = ins[5:0] == 4'h9;
+  assign \$420  = ins[5:0] == 4'ha;
+  assign \$421  = ins[5:0] == 4'hb;
+  assign \$422  = ins[5:0] == 4'hc;
+  assign \$423  = ins[5:0] == 4'hd;
+  assign \$424  = ins[5:0] == 4'he;
+  assign \$425  = ins[5:0] == 4'hf;
+  assign \$426  = 1'h1 << ins[3:0];
+  assign \$427  = ins[5:0] == 3'h4;
+  assign \$428  = ins[5:0] == 3'h5;
+  assign \$429  = \$427  | \$428 ;
+  assign \$430  = ins[5:0] == 3'h4;
+  assign \$431  = ins[511:510] == 1'h1;
+  assign \$432  = \$430  & \$431 ;
   assign \$433  = ins[5:0] == 3'h4;
-  assign \$434  = ins[5:0] == 3'h5;
-  assign \$435  = \$433  | \$434 ;
+  assign \$434  = ins[511:510] == 2'h2;
+  assign \$435  = \$433  & \$434 ;
   assign \$436  = ins[5:0] == 3'h4;
-  assign \$437  = ins[511:510] == 1'h1;
+  assign \$437  = ins[511:510] == 2'h3;
   assign \$438  = \$436  & \$437 ;
-  assign \$439  = ins[5:0] == 3'h4;
-  assign \$440  = ins[511:510] == 2'h2;
+  assign \$439  = ins[5:0] == 3'h5;
+  assign \$440  = ins[511:510] == 2'h3;
   assign \$441  = \$439  & \$440 ;
-  assign \$442  = ins[5:0] == 3'h4;
-  assign \$443  = ins[511:510] == 2'h3;
-  assign \$444  = \$442  & \$443 ;
-  assign \$445  = ins[5:0] == 3'h5;
-  assign \$446  = ins[511:510] == 2'h3;
-  assign \$447  = \$445  & \$446 ;
-  assign \$448  = ~ unit_rst;
-  assign \$449  = src0_issue & \$448 ;
-  assign \$450  = ~ unit_rst;
-  assign \$451  = src0_inflight & \$450 ;
-  assign \$452  = last__3 & \last__4$509 ;
-  assign \$453  = ~ unit_rst;
-  assign \$454  = src1_issue & \$453 ;
-  assign \$455  = ~ unit_rst;
-  assign \$456  = src1_inflight & \$455 ;
-  assign \$457  = \last__3$516  & \last__4$514 ;
-  assign \$458  = ins[5:0] == 4'ha;
-  assign \$459  = ins[5:0] == 4'hb;
-  assign \$460  = ins[5:0] == 4'hc;
-  assign \$461  = ins[5:0] == 4'hd;
-  assign \$462  = ins[5:0] == 4'he;
-  assign \$463  = ins[5:0] == 4'hf;
-  assign \$464  = | { \$463 , \$462 , \$461 , \$460 , \$459 , \$458  };
-  assign \$465  = | ins[7:6];
-  assign \$466  = ~ \$465 ;
-  assign \$467  = ins[5:0] == 3'h7;
+  assign \$442  = ~ unit_rst;
+  assign \$443  = src0_issue & \$442 ;
+  assign \$444  = ~ unit_rst;
+  assign \$445  = src0_inflight & \$444 ;
+  assign \$446  = last__3 & \last__4$508 ;
+  assign \$447  = ~ unit_rst;
+  assign \$448  = src1_issue & \$447 ;
+  assign \$449  = ~ unit_rst;
+  assign \$450  = src1_inflight & \$449 ;
+  assign \$451  = \last__3$516  & \last__4$514 ;
+  assign \$452  = ins[5:0] == 4'ha;
+  assign \$453  = ins[5:0] == 4'hb;
+  assign \$454  = ins[5:0] == 4'hc;
+  assign \$455  = ins[5:0] == 4'hd;
+  assign \$456  = ins[5:0] == 4'he;
+  assign \$457  = ins[5:0] == 4'hf;
+  assign \$458  = | { \$457 , \$456 , \$455 , \$454 , \$453 , \$452  };
+  assign \$459  = | ins[7:6];
+  assign \$460  = ~ \$459 ;
+  assign \$461  = ins[5:0] == 3'h7;
+  assign \$462  = ins[5:0] == 3'h4;
+  assign \$463  = ins[511:510] == 1'h1;
+  assign \$464  = \$462  & \$463 ;
+  assign \$465  = \$461  | \$464 ;
+  assign \$466  = \$460  & \$465 ;
+  assign \$467  = ins[5:0] == 4'h9;
   assign \$468  = ins[5:0] == 3'h4;
-  assign \$469  = ins[511:510] == 1'h1;
+  assign \$469  = ins[511:510] == 2'h2;
   assign \$470  = \$468  & \$469 ;
   assign \$471  = \$467  | \$470 ;
-  assign \$472  = \$466  & \$471 ;
-  assign \$473  = ins[5:0] == 4'h9;
-  assign \$474  = ins[5:0] == 3'h4;
-  assign \$475  = ins[511:510] == 2'h2;
-  assign \$476  = \$474  & \$475 ;
-  assign \$477  = \$473  | \$476 ;
-  assign \$478  = ins[55:40] + 4'h8;
-  assign \$479  = ins[71:56] + 3'h7;
-  assign \$480  = dec_n1p * 16'he38f;
-  assign \$483  = ins[87:72] - 1'h1;
-  assign \$484  = dec_mt - 1'h1;
-  assign \$485  = dec_nt - 1'h1;
-  assign \$486  = ins[39:24] * dec_mt;
-  assign \$488  = \$487  + 6'h3f;
-  assign \$490  = ins[497:466] + \$489 ;
-  assign \$491  = is_gemm ? \$490  : { 1'h0, ins[465:434] };
-  assign \$492  = dec_blocks * dec_nt;
-  assign \$495  = \$493  + \$494 ;
-  assign \$496  = ins[55:40] - \$495 ;
-  assign \$498  = ins[71:56] - \$497 ;
-  assign \$501  = \$500  ? offset : 32'd0;
-  assign \$502  = ins[465:434] + \$501 ;
-  assign \$503  = in_stream & \valid$271 ;
-  assign \$504  = $signed(\addr$115 ) < $signed(1'h0);
-  assign \$505  = $signed(\addr$115 ) >= $signed(16'h4000);
-  assign \$506  = \$504  | \$505 ;
-  assign \$507  = \$503  & \$506 ;
-  assign \$508  = in_stream & valid;
-  assign \$509  = $signed(addr) < $signed(1'h0);
-  assign \$510  = $signed(addr) >= $signed(16'h4000);
-  assign \$511  = \$509  | \$510 ;
-  assign \$512  = \$508  & \$511 ;
-  assign \$513  = in_stream & \valid$102 ;
-  assign \$514  = $signed(\addr$107 ) < $signed(1'h0);
-  assign \$515  = $signed(\addr$107 ) >= $signed(16'h4000);
-  assign \$516  = \$514  | \$515 ;
-  assign \$517  = \$513  & \$516 ;
-  assign \$518  = cycles + 1'h1;
-  assign \$519  = in_op & op_onehot[0];
-  assign \$520  = op_cycles__0 + 1'h1;
-  assign \$521  = in_op & op_onehot[1];
-  assign \$522  = op_cycles__1 + 1'h1;
-  assign \$523  = in_op & op_onehot[2];
-  assign \$524  = op_cycles__2 + 1'h1;
-  assign \$525  = in_op & op_onehot[3];
-  assign \$526  = op_cycles__3 + 1'h1;
-  assign \$527  = in_op & op_onehot[4];
-  assign \$528  = op_cycles__4 + 1'h1;
-  assign \$529  = in_op & op_onehot[5];
-  assign \$530  = op_cycles__5 + 1'h1;
-  assign \$531  = in_op & op_onehot[6];
-  assign \$532  = op_cycles__6 + 1'h1;
-  assign \$533  = in_op & op_onehot[7];
-  assign \$534  = op_cycles__7 + 1'h1;
-  assign \$535  = in_op & op_onehot[8];
-  assign \$536  = op_cycles__8 + 1'h1;
-  assign \$537  = in_op & op_onehot[9];
-  assign \$538  = op_cycles__9 + 1'h1;
-  assign \$539  = in_op & op_onehot[10];
-  assign \$540  = op_cycles__10 + 1'h1;
-  assign \$541  = in_op & op_onehot[11];
-  assign \$542  = op_cycles__11 + 1'h1;
-  assign \$543  = in_op & op_onehot[12];
-  assign \$544  = op_cycles__12 + 1'h1;
-  assign \$545  = in_op & op_onehot[13];
-  assign \$546  = op_cycles__13 + 1'h1;
-  assign \$547  = in_op & op_onehot[14];
-  assign \$548  = op_cycles__14 + 1'h1;
-  assign \$549  = in_op & op_onehot[15];
-  assign \$550  = op_cycles__15 + 1'h1;
-  assign \$551  = images_left > 1'h1;
-  assign \$552  = is_end & \$551 ;
-  assign \$553  = | ins[39:24];
-  assign \$554  = ~ \$553 ;
-  assign \$555  = | ins[55:40];
-  assign \$556  = ~ \$555 ;
-  assign \$557  = | ins[71:56];
-  assign \$558  = ~ \$557 ;
-  assign \$559  = | ins[87:72];
+  assign \$472  = ins[55:40] + 4'h8;
+  assign \$473  = ins[71:56] + 3'h7;
+  assign \$474  = dec_n1p * 16'he38f;
+  assign \$477  = ins[87:72] - 1'h1;
+  assign \$478  = dec_mt - 1'h1;
+  assign \$479  = dec_nt - 1'h1;
+  assign \$480  = ins[39:24] * dec_mt;
+  assign \$482  = \$481  + 6'h3f;
+  assign \$484  = ins[497:466] + \$483 ;
+  assign \$485  = is_gemm ? \$484  : { 1'h0, ins[465:434] };
+  assign \$486  = dec_blocks * dec_nt;
+  assign \$489  = \$487  + \$488 ;
+  assign \$490  = ins[55:40] - \$489 ;
+  assign \$492  = ins[71:56] - \$491 ;
+  assign \$495  = \$494  ? offset : 32'd0;
+  assign \$496  = ins[465:434] + \$495 ;
+  assign \$497  = in_stream & \valid$269 ;
+  assign \$498  = | \addr$113 [21:14];
+  assign \$499  = \$497  & \$498 ;
+  assign \$500  = in_stream & valid;
+  assign \$501  = | addr[21:14];
+  assign \$502  = \$500  & \$501 ;
+  assign \$503  = in_stream & \valid$101 ;
+  assign \$504  = | \addr$104 [21:14];
+  assign \$505  = \$503  & \$504 ;
+  assign \$506  = cycles + 1'h1;
+  assign \$507  = in_op & op_onehot[0];
+  assign \$508  = op_cycles__0 + 1'h1;
+  assign \$509  = in_op & op_onehot[1];
+  assign \$510  = op_cycles__1 + 1'h1;
+  assign \$511  = in_op & op_onehot[2];
+  assign \$512  = op_cycles__2 + 1'h1;
+  assign \$513  = in_op & op_onehot[3];
+  assign \$514  = op_cycles__3 + 1'h1;
+  assign \$515  = in_op & op_onehot[4];
+  assign \$516  = op_cycles__4 + 1'h1;
+  assign \$517  = in_op & op_onehot[5];
+  assign \$518  = op_cycles__5 + 1'h1;
+  assign \$519  = in_op & op_onehot[6];
+  assign \$520  = op_cycles__6 + 1'h1;
+  assign \$521  = in_op & op_onehot[7];
+  assign \$522  = op_cycles__7 + 1'h1;
+  assign \$523  = in_op & op_onehot[8];
+  assign \$524  = op_cycles__8 + 1'h1;
+  assign \$525  = in_op & op_onehot[9];
+  assign \$526  = op_cycles__9 + 1'h1;
+  assign \$527  = in_op & op_onehot[10];
+  assign \$528  = op_cycles__10 + 1'h1;
+  assign \$529  = in_op & op_onehot[11];
+  assign \$530  = op_cycles__11 + 1'h1;
+  assign \$531  = in_op & op_onehot[12];
+  assign \$532  = op_cycles__12 + 1'h1;
+  assign \$533  = in_op & op_onehot[13];
+  assign \$534  = op_cycles__13 + 1'h1;
+  assign \$535  = in_op & op_onehot[14];
+  assign \$536  = op_cycles__14 + 1'h1;
+  assign \$537  = in_op & op_onehot[15];
+  assign \$538  = op_cycles__15 + 1'h1;
+  assign \$539  = images_left > 1'h1;
+  assign \$540  = is_end & \$539 ;
+  assign \$541  = | ins[39:24];
+  assign \$542  = ~ \$541 ;
+  assign \$543  = | ins[55:40];
+  assign \$544  = ~ \$543 ;
+  assign \$545  = | ins[71:56];
+  assign \$546  = ~ \$545 ;
+  assign \$547  = | ins[87:72];
+  assign \$548  = ~ \$547 ;
+  assign \$549  = | ins[103:88];
+  assign \$550  = ~ \$549 ;
+  assign \$551  = | { \$550 , \$548 , \$546 , \$544 , \$542  };
+  assign \$552  = ~ post_bad;
+  assign \$553  = \$552  & unit_known;
+  assign \$554  = post_gelu | post_add;
+  assign \$555  = \$554  | pre_ln;
+  assign \$556  = \$555  | pre_sm;
+  assign \$557  = is_move | is_load;
+  assign \$558  = \$557  | is_store;
+  assign \$559  = \$558  | is_gemm;
   assign \$560  = ~ \$559 ;
-  assign \$561  = | ins[103:88];
-  assign \$562  = ~ \$561 ;
-  assign \$563  = | { \$562 , \$560 , \$558 , \$556 , \$554  };
-  assign \$564  = ~ post_bad;
-  assign \$565  = \$564  & unit_known;
-  assign \$566  = post_gelu | post_add;
-  assign \$567  = \$566  | pre_ln;
-  assign \$568  = \$567  | pre_sm;
+  assign \$561  = \$556  | \$560 ;
+  assign \$562  = \$553  & \$561 ;
+  assign \$563  = ~ post_bad;
+  assign \$564  = post_gelu | post_add;
+  assign \$565  = \$564  | pre_ln;
+  assign \$566  = \$565  | pre_sm;
+  assign \$567  = ~ \$566 ;
+  assign \$568  = \$563  & \$567 ;
   assign \$569  = is_move | is_load;
   assign \$570  = \$569  | is_store;
   assign \$571  = \$570  | is_gemm;
-  assign \$572  = ~ \$571 ;
-  assign \$573  = \$568  | \$572 ;
-  assign \$574  = \$565  & \$573 ;
-  assign \$575  = ~ post_bad;
-  assign \$576  = post_gelu | post_add;
-  assign \$577  = \$576  | pre_ln;
-  assign \$578  = \$577  | pre_sm;
-  assign \$579  = ~ \$578 ;
-  assign \$580  = \$575  & \$579 ;
-  assign \$581  = is_move | is_load;
-  assign \$582  = \$581  | is_store;
-  assign \$583  = \$582  | is_gemm;
-  assign \$584  = \$580  & \$583 ;
-  assign \$585  = ~ busy;
-  assign \$586  = \$585  & start;
-  assign \$587  = | images;
-  assign \$588  = \$587  ? images : 16'h0001;
-  assign \$589  = | decode_wait;
-  assign \$590  = ~ \$589 ;
-  assign \$591  = in_decode & \$590 ;
-  assign \$592  = \$591  & d_end_more;
-  assign \$593  = images_left - 1'h1;
-  assign \$594  = offset + \$signal$539 ;
-  assign \$595  = in_stream & op_done;
-  assign \$596  = | fault_q;
-  assign \$597  = ~ \$596 ;
-  assign \$598  = \$595  & \$597 ;
-  assign \$599  = ~ addr_fault;
-  assign \$600  = \$598  & \$599 ;
-  assign \$601  = pc + 7'h40;
-  assign \$602  = ~ fetch_sent;
-  assign \$603  = req__ready & \$602 ;
-  assign \$604  = 1'h1 << dec_c_lb;
-  assign \$605  = ins[509:498] == 1'h1;
-  assign \$606  = | decode_wait;
-  assign \$607  = decode_wait - 1'h1;
-  assign \$608  = decode_wait == 1'h1;
-  assign \$609  = is_softmax | pre_sm;
-  assign \$610  = is_layernorm | pre_ln;
-  assign \$611  = is_gelu | is_add;
-  assign \$612  = \$611  | post_gelu;
-  assign \$613  = \$612  | post_add;
-  assign \$614  = is_gelu | is_add;
-  assign \$615  = \$614  | post_gelu;
-  assign \$616  = \$615  | post_add;
-  assign \$617  = \$616  & add_sel;
-  assign \$618  = is_gelu | is_add;
-  assign \$619  = \$618  | post_gelu;
-  assign \$620  = \$619  | post_add;
-  assign \$621  = \$620  & gelu_sel0;
-  assign \$622  = ~ post_gelu;
-  assign \$623  = is_gemm & \$622 ;
-  assign \$624  = ~ post_add;
-  assign \$625  = \$623  & \$624 ;
-  assign \$626  = is_gemm & pre_sm;
-  assign \$627  = is_gemm & pre_ln;
-  assign \$628  = ~ pre_sm;
-  assign \$629  = is_gemm & \$628 ;
-  assign \$630  = ~ pre_ln;
-  assign \$631  = \$629  & \$630 ;
-  assign \$632  = ~ is_load;
-  assign \$633  = ~ is_linear;
-  assign \$634  = is_gemm & \$633 ;
-  assign \$635  = add_sel | \$634 ;
-  assign \$636  = is_gelu | is_add;
-  assign \$637  = post_gelu | post_add;
-  assign \$638  = is_gemm & \$637 ;
-  assign \$639  = | c_ask;
-  assign \$640  = \$639  & req__ready;
-  assign \$641  = c_ask - 1'h1;
-  assign \$642  = c_addr + c_step;
-  assign \$643  = ~ c_full;
-  assign \$644  = beat__valid & \$643 ;
-  assign \$645  = ~ beat__payload[512];
-  assign \$646  = ~ beat__payload[512];
-  assign \$647  = const_to0 & \$646 ;
-  assign \$648  = ~ beat__payload[512];
-  assign \$649  = const_to1 & \$648 ;
-  assign \$650  = ~ beat__payload[512];
-  assign \$651  = const_to2 & \$650 ;
-  assign \$652  = ~ beat__payload[512];
-  assign \$653  = const_to3 & \$652 ;
-  assign \$654  = c_due - 1'h1;
-  assign \$655  = c_due == 2'h2;
-  assign \$656  = is_gelu | is_add;
-  assign \$657  = \$656  | post_gelu;
-  assign \$658  = \$657  | post_add;
-  assign \$659  = is_gelu | is_add;
-  assign \$660  = \$659  | post_gelu;
-  assign \$661  = \$660  | post_add;
-  assign \$662  = \$661  & add_sel;
-  assign \$663  = is_gelu | is_add;
-  assign \$664  = \$663  | post_gelu;
-  assign \$665  = \$664  | post_add;
-  assign \$666  = \$665  & gelu_sel0;
-  assign \$667  = ~ post_gelu;
-  assign \$668  = is_gemm & \$667 ;
-  assign \$669  = ~ post_add;
-  assign \$670  = \$668  & \$669 ;
-  assign \$671  = is_gemm & pre_sm;
-  assign \$672  = is_gemm & pre_ln;
-  assign \$673  = ~ pre_sm;
-  assign \$674  = is_gemm & \$673 ;
-  assign \$675  = ~ pre_ln;
-  assign \$676  = \$674  & \$675 ;
-  assign \$677  = ~ is_load;
-  assign \$678  = ~ is_linear;
-  assign \$679  = is_gemm & \$678 ;
-  assign \$680  = add_sel | \$679 ;
+  assign \$572  = \$568  & \$571 ;
+  assign \$573  = ~ busy;
+  assign \$574  = \$573  & start;
+  assign \$575  = | images;
+  assign \$576  = \$575  ? images : 16'h0001;
+  assign \$577  = | decode_wait;
+  assign \$578  = ~ \$577 ;
+  assign \$579  = in_decode & \$578 ;
+  assign \$580  = \$579  & d_end_more;
+  assign \$581  = images_left - 1'h1;
+  assign \$582  = offset + \$signal$539 ;
+  assign \$583  = in_stream & op_done;
+  assign \$584  = | fault_q;
+  assign \$585  = ~ \$584 ;
+  assign \$586  = \$583  & \$585 ;
+  assign \$587  = ~ addr_fault;
+  assign \$588  = \$586  & \$587 ;
+  assign \$589  = pc + 7'h40;
+  assign \$590  = ~ fetch_sent;
+  assign \$591  = req__ready & \$590 ;
+  assign \$592  = 1'h1 << dec_c_lb;
+  assign \$593  = ins[509:498] == 1'h1;
+  assign \$594  = | decode_wait;
+  assign \$595  = decode_wait - 1'h1;
+  assign \$596  = decode_wait == 1'h1;
+  assign \$597  = is_softmax | pre_sm;
+  assign \$598  = is_layernorm | pre_ln;
+  assign \$599  = is_gelu | is_add;
+  assign \$600  = \$599  | post_gelu;
+  assign \$601  = \$600  | post_add;
+  assign \$602  = is_gelu | is_add;
+  assign \$603  = \$602  | post_gelu;
+  assign \$604  = \$603  | post_add;
+  assign \$605  = \$604  & add_sel;
+  assign \$606  = is_gelu | is_add;
+  assign \$607  = \$606  | post_gelu;
+  assign \$608  = \$607  | post_add;
+  assign \$609  = \$608  & gelu_sel0;
+  assign \$610  = ~ post_gelu;
+  assign \$611  = is_gemm & \$610 ;
+  assign \$612  = ~ post_add;
+  assign \$613  = \$611  & \$612 ;
+  assign \$614  = is_gemm & pre_sm;
+  assign \$615  = is_gemm & pre_ln;
+  assign \$616  = ~ pre_sm;
+  assign \$617  = is_gemm & \$616 ;
+  assign \$618  = ~ pre_ln;
+  assign \$619  = \$617  & \$618 ;
+  assign \$620  = ~ is_load;
+  assign \$621  = ~ is_linear;
+  assign \$622  = is_gemm & \$621 ;
+  assign \$623  = add_sel | \$622 ;
+  assign \$624  = is_gelu | is_add;
+  assign \$625  = post_gelu | post_add;
+  assign \$626  = is_gemm & \$625 ;
+  assign \$627  = | c_ask;
+  assign \$628  = \$627  & req__ready;
+  assign \$629  = c_ask - 1'h1;
+  assign \$630  = c_addr + c_step;
+  assign \$631  = ~ c_full;
+  assign \$632  = beat__valid & \$631 ;
+  assign \$633  = ~ beat__payload[512];
+  assign \$634  = ~ beat__payload[512];
+  assign \$635  = const_to0 & \$634 ;
+  assign \$636  = ~ beat__payload[512];
+  assign \$637  = const_to1 & \$636 ;
+  assign \$638  = ~ beat__payload[512];
+  assign \$639  = const_to2 & \$638 ;
+  assign \$640  = ~ beat__payload[512];
+  assign \$641  = const_to3 & \$640 ;
+  assign \$642  = c_due - 1'h1;
+  assign \$643  = c_due == 2'h2;
+  assign \$644  = is_gelu | is_add;
+  assign \$645  = \$644  | post_gelu;
+  assign \$646  = \$645  | post_add;
+  assign \$647  = is_gelu | is_add;
+  assign \$648  = \$647  | post_gelu;
+  assign \$649  = \$648  | post_add;
+  assign \$650  = \$649  & add_sel;
+  assign \$651  = is_gelu | is_add;
+  assign \$652  = \$651  | post_gelu;
+  assign \$653  = \$652  | post_add;
+  assign \$654  = \$653  & gelu_sel0;
+  assign \$655  = ~ post_gelu;
+  assign \$656  = is_gemm & \$655 ;
+  assign \$657  = ~ post_add;
+  assign \$658  = \$656  & \$657 ;
+  assign \$659  = is_gemm & pre_sm;
+  assign \$660  = is_gemm & pre_ln;
+  assign \$661  = ~ pre_sm;
+  assign \$662  = is_gemm & \$661 ;
+  assign \$663  = ~ pre_ln;
+  assign \$664  = \$662  & \$663 ;
+  assign \$665  = ~ is_load;
+  assign \$666  = ~ is_linear;
+  assign \$667  = is_gemm & \$666 ;
+  assign \$668  = add_sel | \$667 ;
+  assign \$669  = is_gelu | is_add;
+  assign \$670  = post_gelu | post_add;
+  assign \$671  = is_gemm & \$670 ;
+  assign \$672  = | ins[509:498];
+  assign \$673  = ~ \$672 ;
+  assign \$674  = is_gelu | is_add;
+  assign \$675  = \$674  | post_gelu;
+  assign \$676  = \$675  | post_add;
+  assign \$677  = is_gelu | is_add;
+  assign \$678  = \$677  | post_gelu;
+  assign \$679  = \$678  | post_add;
+  assign \$680  = \$679  & add_sel;
   assign \$681  = is_gelu | is_add;
-  assign \$682  = post_gelu | post_add;
-  assign \$683  = is_gemm & \$682 ;
-  assign \$684  = | ins[509:498];
-  assign \$685  = ~ \$684 ;
-  assign \$686  = is_gelu | is_add;
-  assign \$687  = \$686  | post_gelu;
-  assign \$688  = \$687  | post_add;
-  assign \$689  = is_gelu | is_add;
-  assign \$690  = \$689  | post_gelu;
-  assign \$691  = \$690  | post_add;
-  assign \$692  = \$691  & add_sel;
-  assign \$693  = is_gelu | is_add;
-  assign \$694  = \$693  | post_gelu;
-  assign \$695  = \$694  | post_add;
-  assign \$696  = \$695  & gelu_sel0;
-  assign \$697  = ~ post_gelu;
-  assign \$698  = is_gemm & \$697 ;
-  assign \$699  = ~ post_add;
-  assign \$700  = \$698  & \$699 ;
-  assign \$701  = is_gemm & pre_sm;
-  assign \$702  = is_gemm & pre_ln;
-  assign \$703  = ~ pre_sm;
-  assign \$704  = is_gemm & \$703 ;
-  assign \$705  = ~ pre_ln;
+  assign \$682  = \$681  | post_gelu;
+  assign \$683  = \$682  | post_add;
+  assign \$684  = \$683  & gelu_sel0;
+  assign \$685  = ~ post_gelu;
+  assign \$686  = is_gemm & \$685 ;
+  assign \$687  = ~ post_add;
+  assign \$688  = \$686  & \$687 ;
+  assign \$689  = is_gemm & pre_sm;
+  assign \$690  = is_gemm & pre_ln;
+  assign \$691  = ~ pre_sm;
+  assign \$692  = is_gemm & \$691 ;
+  assign \$693  = ~ pre_ln;
+  assign \$694  = \$692  & \$693 ;
+  assign \$695  = ~ is_load;
+  assign \$696  = ~ is_linear;
+  assign \$697  = is_gemm & \$696 ;
+  assign \$698  = add_sel | \$697 ;
+  assign \$699  = is_gelu | is_add;
+  assign \$700  = post_gelu | post_add;
+  assign \$701  = is_gemm & \$700 ;
+  assign \$702  = | fault_q;
+  assign \$703  = ~ \$702 ;
+  assign \$704  = op_done & \$703 ;
+  assign \$705  = ~ addr_fault;
   assign \$706  = \$704  & \$705 ;
   assign \$707  = ~ is_load;
-  assign \$708  = ~ is_linear;
-  assign \$709  = is_gemm & \$708 ;
-  assign \$710  = add_sel | \$709 ;
-  assign \$711  = is_gelu | is_add;
-  assign \$712  = post_gelu | post_add;
-  assign \$713  = is_gemm & \$712 ;
-  assign \$714  = | fault_q;
-  assign \$715  = ~ \$714 ;
-  assign \$716  = op_done & \$715 ;
-  assign \$717  = ~ addr_fault;
-  assign \$718  = \$716  & \$717 ;
-  assign \$719  = ~ is_load;
-  assign \$720  = src0_outside & \$719 ;
-  assign \$721  = ~ is_gemm;
-  assign \$722  = \$720  & \$721 ;
-  assign \$723  = src1_outside & is_add;
-  assign \$724  = \$722  | \$723 ;
-  assign \$725  = ~ is_store;
-  assign \$726  = dst_outside & \$725 ;
-  assign \$727  = ~ is_gemm;
-  assign \$728  = \$726  & \$727 ;
-  assign \$729  = \$724  | \$728 ;
-  assign \$730  = | fault_q;
-  assign \$731  = idle & \idle$554 ;
-  assign \$732  = is_softmax | is_layernorm;
-  assign \$733  = ~ ext_req_valid;
-  assign \$734  = \$733  | req__ready;
-  assign \$735  = $signed(addr) << ins[23:22];
-  assign \$736  = $signed({ 1'h0, dec_ext_base }) + $signed(\$735 );
-  assign \$737  = ~ ext_req_valid;
-  assign \$738  = \$737  | \req__ready$478 ;
-  assign \$739  = $signed(\addr$115 ) << ins[23:22];
-  assign \$740  = $signed({ 1'h0, dec_ext_base }) + $signed(\$739 );
-  assign \$741  = \w_en$184  & \w_rdy$260 ;
-  assign \$742  = ~ \w_en$184 ;
-  assign \$743  = \$742  | \w_rdy$260 ;
-  assign \$744  = \$743  & elem_valid;
-  assign \$745  = ~ add_sel;
-  assign \$746  = \r_rdy$262  | \$745 ;
-  assign \$747  = \$744  & \$746 ;
-  assign \$748  = pack_j == 2'h3;
-  assign \$749  = \$748  | elem_final;
-  assign \$750  = pack_j + 1'h1;
-  assign \$751  = \r_rdy$268  & \valid$271 ;
-  assign \$752  = pack_jo == 2'h3;
-  assign \$753  = \$752  | \final ;
-  assign \$754  = pack_jo + 1'h1;
-  assign \$755  = 1'h1 << w_lb;
-  assign \$756  = | dec_tiles;
-  assign \$757  = | dec_k_last;
-  assign \$758  = ~ \$757 ;
-  assign \$759  = | dec_nt_last;
-  assign \$760  = ~ \$759 ;
-  assign \$761  = \$signal$465  & req__ready;
-  assign \$762  = ~ want_w;
-  assign \$763  = \$762  & is_linear;
-  assign \$764  = ~ is_linear;
-  assign \$765  = want_w & \$signal$560 ;
-  assign \$766  = \$764  | \$765 ;
+  assign \$708  = src0_outside & \$707 ;
+  assign \$709  = ~ is_gemm;
+  assign \$710  = \$708  & \$709 ;
+  assign \$711  = src1_outside & is_add;
+  assign \$712  = \$710  | \$711 ;
+  assign \$713  = ~ is_store;
+  assign \$714  = dst_outside & \$713 ;
+  assign \$715  = ~ is_gemm;
+  assign \$716  = \$714  & \$715 ;
+  assign \$717  = \$712  | \$716 ;
+  assign \$718  = | fault_q;
+  assign \$719  = idle & \idle$554 ;
+  assign \$720  = is_softmax | is_layernorm;
+  assign \$721  = ~ ext_req_valid;
+  assign \$722  = \$721  | req__ready;
+  assign \$723  = $signed(addr) << ins[23:22];
+  assign \$724  = $signed({ 1'h0, dec_ext_base }) + $signed(\$723 );
+  assign \$725  = ~ ext_req_valid;
+  assign \$726  = \$725  | \req__ready$476 ;
+  assign \$727  = $signed(\addr$113 ) << ins[23:22];
+  assign \$728  = $signed({ 1'h0, dec_ext_base }) + $signed(\$727 );
+  assign \$729  = \w_en$182  & \w_rdy$258 ;
+  assign \$730  = ~ \w_en$182 ;
+  assign \$731  = \$730  | \w_rdy$258 ;
+  assign \$732  = \$731  & elem_valid;
+  assign \$733  = ~ add_sel;
+  assign \$734  = \r_rdy$260  | \$733 ;
+  assign \$735  = \$732  & \$734 ;
+  assign \$736  = pack_j == 2'h3;
+  assign \$737  = \$736  | elem_final;
+  assign \$738  = pack_j + 1'h1;
+  assign \$739  = \r_rdy$266  & \valid$269 ;
+  assign \$740  = pack_jo == 2'h3;
+  assign \$741  = \$740  | \final ;
+  assign \$742  = pack_jo + 1'h1;
+  assign \$743  = 1'h1 << w_lb;
+  assign \$744  = | dec_tiles;
+  assign \$745  = | dec_k_last;
+  assign \$746  = ~ \$745 ;
+  assign \$747  = | dec_nt_last;
+  assign \$748  = ~ \$747 ;
+  assign \$749  = \$signal$463  & req__ready;
+  assign \$750  = ~ want_w;
+  assign \$751  = \$750  & is_linear;
+  assign \$752  = ~ is_linear;
+  assign \$753  = want_w & \$signal$560 ;
+  assign \$754  = \$752  | \$753 ;
+  assign \$755  = ~ \$754 ;
+  assign \$756  = want_w & \$755 ;
+  assign \$757  = k + 1'h1;
+  assign \$758  = k + 1'h1;
+  assign \$759  = \$758  == dec_k_last;
+  assign \$760  = w_addr + w_step;
+  assign \$761  = ~ is_linear;
+  assign \$762  = want_w & \$signal$560 ;
+  assign \$763  = \$761  | \$762 ;
+  assign \$764  = tiles - 1'h1;
+  assign \$765  = tiles != 1'h1;
+  assign \$766  = | dec_k_last;
   assign \$767  = ~ \$766 ;
-  assign \$768  = want_w & \$767 ;
-  assign \$769  = k + 1'h1;
-  assign \$770  = k + 1'h1;
-  assign \$771  = \$770  == dec_k_last;
-  assign \$772  = w_addr + w_step;
-  assign \$773  = ~ is_linear;
-  assign \$774  = want_w & \$signal$560 ;
-  assign \$775  = \$773  | \$774 ;
-  assign \$776  = tiles - 1'h1;
-  assign \$777  = tiles != 1'h1;
-  assign \$778  = | dec_k_last;
-  assign \$779  = ~ \$778 ;
-  assign \$780  = | dec_nt_last;
-  assign \$781  = ~ \$780 ;
-  assign \$782  = nt + 1'h1;
-  assign \$783  = nt + 1'h1;
-  assign \$784  = \$783  == dec_nt_last;
-  assign \$785  = p_addr + 7'h40;
-  assign \$786  = ~ is_linear;
-  assign \$787  = \$786  | rk_zero;
-  assign \$788  = \$787  ? p__ready : \w_rdy$474 ;
-  assign \$789  = beat__valid & \$788 ;
-  assign \$790  = \$789  & is_linear;
-  assign \$791  = rk == ins[87:72];
-  assign \$792  = rk + 1'h1;
-  assign \$793  = \$791  ? 17'h00000 : \$792 ;
-  assign \$794  = rk == ins[87:72];
-  assign \$795  = \$signal$299  == \$signal$332 ;
-  assign \$796  = \$signal$563  + 1'h1;
-  assign \$797  = lk > \$796 ;
-  assign \$798  = \$795  & \$797 ;
-  assign \$799  = pre_ln | pre_sm;
+  assign \$768  = | dec_nt_last;
+  assign \$769  = ~ \$768 ;
+  assign \$770  = nt + 1'h1;
+  assign \$771  = nt + 1'h1;
+  assign \$772  = \$771  == dec_nt_last;
+  assign \$773  = p_addr + 7'h40;
+  assign \$774  = ~ is_linear;
+  assign \$775  = \$774  | rk_zero;
+  assign \$776  = \$775  ? p__ready : \w_rdy$472 ;
+  assign \$777  = beat__valid & \$776 ;
+  assign \$778  = \$777  & is_linear;
+  assign \$779  = rk == ins[87:72];
+  assign \$780  = rk + 1'h1;
+  assign \$781  = \$779  ? 17'h00000 : \$780 ;
+  assign \$782  = rk == ins[87:72];
+  assign \$783  = \$signal$297  == \$signal$330 ;
+  assign \$784  = \$signal$563  + 1'h1;
+  assign \$785  = lk > \$784 ;
+  assign \$786  = \$783  & \$785 ;
+  assign \$787  = pre_ln | pre_sm;
+  assign \$788  = ~ \$787 ;
+  assign \$789  = \$786  & \$788 ;
+  assign \$790  = ~ in_decode;
+  assign \$791  = \$789  & \$790 ;
+  assign \$792  = | dec_k_last;
+  assign \$793  = ~ \$792 ;
+  assign \$794  = | dec_k_last;
+  assign \$795  = ~ \$794 ;
+  assign \$796  = | dec_nt_last;
+  assign \$797  = ~ \$796 ;
+  assign \$798  = | dec_blocks;
   assign \$800  = ~ \$799 ;
-  assign \$801  = \$798  & \$800 ;
-  assign \$802  = ~ in_decode;
+  assign \$801  = a_in_valid & \$800 ;
+  assign \$802  = pre_ln | pre_sm;
   assign \$803  = \$801  & \$802 ;
-  assign \$804  = | dec_k_last;
   assign \$805  = ~ \$804 ;
-  assign \$806  = | dec_k_last;
-  assign \$807  = ~ \$806 ;
-  assign \$808  = | dec_nt_last;
-  assign \$809  = ~ \$808 ;
-  assign \$810  = | dec_blocks;
-  assign \$812  = ~ \$811 ;
-  assign \$813  = a_in_valid & \$812 ;
-  assign \$814  = pre_ln | pre_sm;
-  assign \$815  = \$813  & \$814 ;
-  assign \$817  = ~ \$816 ;
-  assign \$818  = a_in_valid & \$817 ;
+  assign \$806  = a_in_valid & \$805 ;
+  assign \$807  = | dec_k_last;
+  assign \$808  = ~ \$807 ;
+  assign \$809  = \$signal$304  == 4'h8;
+  assign \$810  = ~ \$signal$297 ;
+  assign \$811  = \$signal$304  + 1'h1;
+  assign \$812  = lk + 1'h1;
+  assign \$813  = lk + 1'h1;
+  assign \$814  = \$813  == dec_k_last;
+  assign \$815  = \$signal$304  == 4'h8;
+  assign \$816  = lk + 1'h1;
+  assign \$817  = lk + 1'h1;
+  assign \$818  = \$817  == dec_k_last;
   assign \$819  = | dec_k_last;
   assign \$820  = ~ \$819 ;
-  assign \$821  = \$signal$306  == 4'h8;
-  assign \$822  = ~ \$signal$299 ;
-  assign \$823  = \$signal$306  + 1'h1;
-  assign \$824  = lk + 1'h1;
-  assign \$825  = lk + 1'h1;
-  assign \$826  = \$825  == dec_k_last;
-  assign \$827  = \$signal$306  == 4'h8;
-  assign \$828  = lk + 1'h1;
-  assign \$829  = lk + 1'h1;
-  assign \$830  = \$829  == dec_k_last;
-  assign \$831  = | dec_k_last;
-  assign \$832  = ~ \$831 ;
-  assign \$833  = ~ \$signal$299 ;
-  assign \$834  = \$signal$306  + 1'h1;
-  assign \$835  = \$signal$332  * 9'h100;
-  assign \$836  = \$835  + \$signal$563 ;
-  assign \$837  = a_issue & a_feed_k_hit;
-  assign \$838  = \$837  & a_feed_nt_hit;
-  assign \$839  = a_read & a_read_free;
-  assign \$840  = | dec_k_last;
-  assign \$841  = ~ \$840 ;
-  assign \$842  = | dec_nt_last;
-  assign \$843  = ~ \$842 ;
-  assign \$844  = ~ \$signal$332 ;
-  assign \$845  = feed_blocks - 1'h1;
-  assign \$846  = feed_blocks != 1'h1;
-  assign \$847  = fnt + 1'h1;
-  assign \$848  = fnt + 1'h1;
-  assign \$849  = \$848  == dec_nt_last;
-  assign \$850  = \$signal$563  + 1'h1;
-  assign \$851  = \$signal$563  + 1'h1;
-  assign \$852  = \$851  == dec_k_last;
-  assign \$854  = ~ \$853 ;
-  assign \$855  = \r_rdy$262  & \$854 ;
-  assign \$856  = ~ is_linear;
-  assign \$857  = \$855  & \$856 ;
-  assign \$858  = w_load_lane == 3'h7;
-  assign \$859  = w_load_k + 1'h1;
-  assign \$860  = w_load_addr + 1'h1;
-  assign \$861  = w_load_k == dec_k_last;
-  assign \$862  = w_load_nt + 1'h1;
-  assign \$863  = w_load_nt == dec_nt_last;
-  assign \$864  = ~ w_load_half;
-  assign \$865  = w_load_lane + 1'h1;
-  assign \$866  = w_feed_half * 9'h100;
-  assign \$867  = \$866  + feed_ntk;
-  assign \$868  = \$867  + \$signal$563 ;
-  assign \$869  = ~ is_linear;
-  assign \$870  = a_issue & \$869 ;
-  assign \$871  = \$870  & a_feed_k_hit;
-  assign \$872  = \$871  & a_feed_nt_hit;
-  assign \$873  = feed_mt == dec_mt_last;
-  assign \$874  = \$872  & \$873 ;
-  assign \$875  = ~ is_linear;
-  assign \$876  = a_issue & \$875 ;
-  assign \$877  = feed_mt == dec_mt_last;
-  assign \$878  = ~ w_feed_half;
-  assign \$879  = feed_mt + 1'h1;
-  assign \$880  = feed_ntk + ins[87:72];
-  assign \$881  = a_read & w_read_free;
-  assign \$882  = post_gelu | post_add;
-  assign \$883  = gemm_active & \$882 ;
-  assign \$884  = post_col == 3'h7;
-  assign \$885  = post_col + 1'h1;
-  assign \$886  = \$884  ? 4'h0 : \$885 ;
-  assign \$887  = ~ \busy$578 ;
-  assign \$888  = in_stream & \$887 ;
-  assign \$889  = ~ ext_req_valid;
-  assign \$890  = \$888  & \$889 ;
-  assign \$891  = \$890  & \idle$554 ;
+  assign \$821  = ~ \$signal$297 ;
+  assign \$822  = \$signal$304  + 1'h1;
+  assign \$823  = \$signal$330  * 9'h100;
+  assign \$824  = \$823  + \$signal$563 ;
+  assign \$825  = a_issue & a_feed_k_hit;
+  assign \$826  = \$825  & a_feed_nt_hit;
+  assign \$827  = a_read & a_read_free;
+  assign \$828  = | dec_k_last;
+  assign \$829  = ~ \$828 ;
+  assign \$830  = | dec_nt_last;
+  assign \$831  = ~ \$830 ;
+  assign \$832  = ~ \$signal$330 ;
+  assign \$833  = feed_blocks - 1'h1;
+  assign \$834  = feed_blocks != 1'h1;
+  assign \$835  = fnt + 1'h1;
+  assign \$836  = fnt + 1'h1;
+  assign \$837  = \$836  == dec_nt_last;
+  assign \$838  = \$signal$563  + 1'h1;
+  assign \$839  = \$signal$563  + 1'h1;
+  assign \$840  = \$839  == dec_k_last;
+  assign \$842  = ~ \$841 ;
+  assign \$843  = \r_rdy$260  & \$842 ;
+  assign \$844  = ~ is_linear;
+  assign \$845  = \$843  & \$844 ;
+  assign \$846  = w_load_lane == 3'h7;
+  assign \$847  = w_load_k + 1'h1;
+  assign \$848  = w_load_addr + 1'h1;
+  assign \$849  = w_load_k == dec_k_last;
+  assign \$850  = w_load_nt + 1'h1;
+  assign \$851  = w_load_nt == dec_nt_last;
+  assign \$852  = ~ w_load_half;
+  assign \$853  = w_load_lane + 1'h1;
+  assign \$854  = w_feed_half * 9'h100;
+  assign \$855  = \$854  + feed_ntk;
+  assign \$856  = \$855  + \$signal$563 ;
+  assign \$857  = ~ is_linear;
+  assign \$858  = a_issue & \$857 ;
+  assign \$859  = \$858  & a_feed_k_hit;
+  assign \$860  = \$859  & a_feed_nt_hit;
+  assign \$861  = feed_mt == dec_mt_last;
+  assign \$862  = \$860  & \$861 ;
+  assign \$863  = ~ is_linear;
+  assign \$864  = a_issue & \$863 ;
+  assign \$865  = feed_mt == dec_mt_last;
+  assign \$866  = ~ w_feed_half;
+  assign \$867  = feed_mt + 1'h1;
+  assign \$868  = feed_ntk + ins[87:72];
+  assign \$869  = a_read & w_read_free;
+  assign \$870  = post_gelu | post_add;
+  assign \$871  = gemm_active & \$870 ;
+  assign \$872  = post_col == 3'h7;
+  assign \$873  = post_col + 1'h1;
+  assign \$874  = \$872  ? 4'h0 : \$873 ;
+  assign \$875  = ~ \busy$578 ;
+  assign \$876  = in_stream & \$875 ;
+  assign \$877  = ~ ext_req_valid;
+  assign \$878  = \$876  & \$877 ;
+  assign \$879  = \$878  & \idle$554 ;
   always @(posedge gemm_d_clk)
-    wr_port__addr <= \$892 ;
+    wr_port__addr <= \$880 ;
   always @(posedge gemm_d_clk)
-    wr_port__data <= \$893 ;
+    wr_port__data <= \$881 ;
   always @(posedge gemm_d_clk)
-    wr_port__en <= \$894 ;
+    wr_port__en <= \$882 ;
   always @(posedge gemm_d_clk)
-    gemm_d_rst <= \$412 ;
+    gemm_d_rst <= \$406 ;
   always @(posedge gemm_d_clk)
-    softmax_d_rst <= \$413 ;
+    softmax_d_rst <= \$407 ;
   always @(posedge gemm_d_clk)
-    layernorm_d_rst <= \$414 ;
+    layernorm_d_rst <= \$408 ;
   always @(posedge gemm_d_clk)
-    add_d_rst <= \$415 ;
+    add_d_rst <= \$409 ;
   always @(posedge gemm_d_clk)
-    gelu0_d_rst <= \$416 ;
+    gelu0_d_rst <= \$410 ;
   always @(posedge gemm_d_clk)
-    load <= \$895 ;
+    load <= \$883 ;
   always @(posedge gemm_d_clk)
-    is_end <= \$896 ;
+    is_end <= \$884 ;
   always @(posedge gemm_d_clk)
-    is_load <= \$897 ;
+    is_load <= \$885 ;
   always @(posedge gemm_d_clk)
-    is_store <= \$898 ;
+    is_store <= \$886 ;
   always @(posedge gemm_d_clk)
-    is_linear <= \$899 ;
+    is_linear <= \$887 ;
   always @(posedge gemm_d_clk)
-    is_matmul <= \$900 ;
+    is_matmul <= \$888 ;
   always @(posedge gemm_d_clk)
-    is_softmax <= \$901 ;
+    is_softmax <= \$889 ;
   always @(posedge gemm_d_clk)
-    is_gelu <= \$902 ;
+    is_gelu <= \$890 ;
   always @(posedge gemm_d_clk)
-    is_layernorm <= \$903 ;
+    is_layernorm <= \$891 ;
   always @(posedge gemm_d_clk)
-    is_add <= \$904 ;
+    is_add <= \$892 ;
   always @(posedge gemm_d_clk)
-    is_im2col <= \$905 ;
+    is_im2col <= \$893 ;
   always @(posedge gemm_d_clk)
-    is_concat <= \$906 ;
+    is_concat <= \$894 ;
   always @(posedge gemm_d_clk)
-    is_split_heads <= \$907 ;
+    is_split_heads <= \$895 ;
   always @(posedge gemm_d_clk)
-    is_merge_heads <= \$908 ;
+    is_merge_heads <= \$896 ;
   always @(posedge gemm_d_clk)
-    is_transpose <= \$909 ;
+    is_transpose <= \$897 ;
   always @(posedge gemm_d_clk)
-    is_select <= \$910 ;
+    is_select <= \$898 ;
   always @(posedge gemm_d_clk)
-    op_onehot <= \$911 ;
+    op_onehot <= \$899 ;
   always @(posedge gemm_d_clk)
-    is_gemm <= \$912 ;
+    is_gemm <= \$900 ;
   always @(posedge gemm_d_clk)
-    post_gelu <= \$913 ;
+    post_gelu <= \$901 ;
   always @(posedge gemm_d_clk)
-    post_add <= \$914 ;
+    post_add <= \$902 ;
   always @(posedge gemm_d_clk)
-    pre_ln <= \$915 ;
+    pre_ln <= \$903 ;
   always @(posedge gemm_d_clk)
-    pre_sm <= \$916 ;
+    pre_sm <= \$904 ;
   always @(posedge gemm_d_clk)
-    src0_inflight <= \$917 ;
+    src0_inflight <= \$905 ;
   always @(posedge gemm_d_clk)
-    src0_held <= \$918 ;
+    w_en <= \$906 ;
   always @(posedge gemm_d_clk)
-    src0_elem <= \$signature__data$507 ;
+    src0_elem <= \$signature__data$506 ;
   always @(posedge gemm_d_clk)
-    src0_held_meta <= \$919 ;
+    src0_held_meta <= \$907 ;
   always @(posedge gemm_d_clk)
-    src0_meta <= \$920 ;
+    src0_meta <= \$908 ;
   always @(posedge gemm_d_clk)
-    src1_inflight <= \$921 ;
+    src1_inflight <= \$909 ;
   always @(posedge gemm_d_clk)
-    src1_held <= \$922 ;
+    \w_en$107  <= \$910 ;
   always @(posedge gemm_d_clk)
     src1_elem <= \$signature__data$512 ;
   always @(posedge gemm_d_clk)
-    src1_held_meta <= \$923 ;
+    src1_held_meta <= \$911 ;
   always @(posedge gemm_d_clk)
-    src1_meta <= \$924 ;
+    src1_meta <= \$912 ;
   always @(posedge gemm_d_clk)
-    is_move <= \$925 ;
+    is_move <= \$913 ;
   always @(posedge gemm_d_clk)
-    gelu_sel0 <= \$926 ;
+    gelu_sel0 <= \$914 ;
   always @(posedge gemm_d_clk)
-    add_sel <= \$927 ;
+    add_sel <= \$915 ;
   always @(posedge gemm_d_clk)
-    dec_n1p <= \$478 ;
+    dec_n1p <= \$472 ;
   always @(posedge gemm_d_clk)
-    dec_n2p <= \$479 ;
+    dec_n2p <= \$473 ;
   always @(posedge gemm_d_clk)
-    dec_mt <= \$481 [15:0];
+    dec_mt <= \$475 [15:0];
   always @(posedge gemm_d_clk)
-    dec_nt <= \$482 [15:0];
+    dec_nt <= \$476 [15:0];
   always @(posedge gemm_d_clk)
-    dec_k_last <= \$483 [15:0];
+    dec_k_last <= \$477 [15:0];
   always @(posedge gemm_d_clk)
     dec_c_lb <= c_lb;
   always @(posedge gemm_d_clk)
-    dec_mt_last <= \$484 [15:0];
+    dec_mt_last <= \$478 [15:0];
   always @(posedge gemm_d_clk)
-    dec_nt_last <= \$485 [15:0];
+    dec_nt_last <= \$479 [15:0];
   always @(posedge gemm_d_clk)
-    dec_blocks <= \$486 ;
+    dec_blocks <= \$480 ;
   always @(posedge gemm_d_clk)
-    dec_c_base <= \$491 [31:0];
+    dec_c_base <= \$485 [31:0];
   always @(posedge gemm_d_clk)
-    dec_tiles <= \$492 [31:0];
+    dec_tiles <= \$486 [31:0];
   always @(posedge gemm_d_clk)
-    dec_rows_last <= \$496 [15:0];
+    dec_rows_last <= \$490 [15:0];
   always @(posedge gemm_d_clk)
-    dec_cols_last <= \$498 [15:0];
+    dec_cols_last <= \$492 [15:0];
   always @(posedge gemm_d_clk)
-    dec_ext_base <= \$502 [31:0];
+    dec_ext_base <= \$496 [31:0];
   always @(posedge gemm_d_clk)
-    addr_fault <= \$928 ;
+    addr_fault <= \$916 ;
   always @(posedge gemm_d_clk)
-    dst_outside <= \$929 ;
+    dst_outside <= \$917 ;
   always @(posedge gemm_d_clk)
-    src0_outside <= \$930 ;
+    src0_outside <= \$918 ;
   always @(posedge gemm_d_clk)
-    src1_outside <= \$931 ;
+    src1_outside <= \$919 ;
   always @(posedge gemm_d_clk)
-    ext_req_valid <= \$932 ;
+    ext_req_valid <= \$920 ;
   always @(posedge gemm_d_clk)
-    cycles <= \$933 ;
+    cycles <= \$921 ;
   always @(posedge gemm_d_clk)
-    op_cycles__0 <= \$934 ;
+    op_cycles__0 <= \$922 ;
   always @(posedge gemm_d_clk)
-    op_cycles__1 <= \$935 ;
+    op_cycles__1 <= \$923 ;
   always @(posedge gemm_d_clk)
-    op_cycles__2 <= \$936 ;
+    op_cycles__2 <= \$924 ;
   always @(posedge gemm_d_clk)
-    op_cycles__3 <= \$937 ;
+    op_cycles__3 <= \$925 ;
   always @(posedge gemm_d_clk)
-    op_cycles__4 <= \$938 ;
+    op_cycles__4 <= \$926 ;
   always @(posedge gemm_d_clk)
-    op_cycles__5 <= \$939 ;
+    op_cycles__5 <= \$927 ;
   always @(posedge gemm_d_clk)
-    op_cycles__6 <= \$940 ;
+    op_cycles__6 <= \$928 ;
   always @(posedge gemm_d_clk)
-    op_cycles__7 <= \$941 ;
+    op_cycles__7 <= \$929 ;
   always @(posedge gemm_d_clk)
-    op_cycles__8 <= \$942 ;
+    op_cycles__8 <= \$930 ;
   always @(posedge gemm_d_clk)
-    op_cycles__9 <= \$943 ;
+    op_cycles__9 <= \$931 ;
   always @(posedge gemm_d_clk)
-    op_cycles__10 <= \$944 ;
+    op_cycles__10 <= \$932 ;
   always @(posedge gemm_d_clk)
-    op_cycles__11 <= \$945 ;
+    op_cycles__11 <= \$933 ;
   always @(posedge gemm_d_clk)
-    op_cycles__12 <= \$946 ;
+    op_cycles__12 <= \$934 ;
   always @(posedge gemm_d_clk)
-    op_cycles__13 <= \$947 ;
+    op_cycles__13 <= \$935 ;
   always @(posedge gemm_d_clk)
-    op_cycles__14 <= \$948 ;
+    op_cycles__14 <= \$936 ;
   always @(posedge gemm_d_clk)
-    op_cycles__15 <= \$949 ;
+    op_cycles__15 <= \$937 ;
   always @(posedge gemm_d_clk)
-    d_end_more <= \$950 ;
+    d_end_more <= \$938 ;
   always @(posedge gemm_d_clk)
-    d_end <= \$951 ;
+    d_end <= \$939 ;
   always @(posedge gemm_d_clk)
-    d_count_zero <= \$952 ;
+    d_count_zero <= \$940 ;
   always @(posedge gemm_d_clk)
-    d_const <= \$953 ;
+    d_const <= \$941 ;
   always @(posedge gemm_d_clk)
-    d_stream <= \$954 ;
+    d_stream <= \$942 ;
   always @(posedge gemm_d_clk)
-    pc <= \$955 ;
+    pc <= \$943 ;
   always @(posedge gemm_d_clk)
-    busy <= \$956 ;
+    busy <= \$944 ;
   always @(posedge gemm_d_clk)
-    done <= \$957 ;
+    done <= \$945 ;
   always @(posedge gemm_d_clk)
-    error <= \$958 ;
+    error <= \$946 ;
   always @(posedge gemm_d_clk)
-    fetch_sent <= \$959 ;
+    fetch_sent <= \$947 ;
   always @(posedge gemm_d_clk)
-    \$signal$538  <= \$960 ;
+    \$signal$538  <= \$948 ;
   always @(posedge gemm_d_clk)
-    \$signal$539  <= \$961 ;
+    \$signal$539  <= \$949 ;
   always @(posedge gemm_d_clk)
-    images_left <= \$962 ;
+    images_left <= \$950 ;
   always @(posedge gemm_d_clk)
-    offset <= \$963 ;
+    offset <= \$951 ;
   always @(posedge gemm_d_clk)
-    seq_state <= \$964 ;
+    seq_state <= \$952 ;
   always @(posedge gemm_d_clk)
-    in_stream <= \$965 ;
+    in_stream <= \$953 ;
   always @(posedge gemm_d_clk)
-    in_decode <= \$966 ;
+    in_decode <= \$954 ;
   always @(posedge gemm_d_clk)
-    in_op <= \$967 ;
+    in_op <= \$955 ;
   always @(posedge gemm_d_clk)
-    unit_rst <= \$968 ;
+    unit_rst <= \$956 ;
   always @(posedge gemm_d_clk)
-    gemm_active <= \$969 ;
+    gemm_active <= \$957 ;
   always @(posedge gemm_d_clk)
-    pack_active <= \$970 ;
+    pack_active <= \$958 ;
   always @(posedge gemm_d_clk)
-    sink_from_move <= \$971 ;
+    sink_from_move <= \$959 ;
   always @(posedge gemm_d_clk)
-    sink_from_load <= \$972 ;
+    sink_from_load <= \$960 ;
   always @(posedge gemm_d_clk)
-    sink_from_store <= \$973 ;
+    sink_from_store <= \$961 ;
   always @(posedge gemm_d_clk)
-    sink_from_softmax <= \$974 ;
+    sink_from_softmax <= \$962 ;
   always @(posedge gemm_d_clk)
-    sink_from_layernorm <= \$975 ;
+    sink_from_layernorm <= \$963 ;
   always @(posedge gemm_d_clk)
-    sink_from_add <= \$976 ;
+    sink_from_add <= \$964 ;
   always @(posedge gemm_d_clk)
-    sink_from_gelu0 <= \$977 ;
+    sink_from_gelu0 <= \$965 ;
   always @(posedge gemm_d_clk)
-    sink_from_gemm <= \$978 ;
+    sink_from_gemm <= \$966 ;
   always @(posedge gemm_d_clk)
-    a_from_softmax <= \$979 ;
+    a_from_softmax <= \$967 ;
   always @(posedge gemm_d_clk)
-    a_from_layernorm <= \$980 ;
+    a_from_layernorm <= \$968 ;
   always @(posedge gemm_d_clk)
-    a_from_src0 <= \$981 ;
+    a_from_src0 <= \$969 ;
   always @(posedge gemm_d_clk)
-    const_to0 <= \$982 ;
+    const_to0 <= \$970 ;
   always @(posedge gemm_d_clk)
-    const_to1 <= \$983 ;
+    const_to1 <= \$971 ;
   always @(posedge gemm_d_clk)
-    const_to2 <= \$984 ;
+    const_to2 <= \$972 ;
   always @(posedge gemm_d_clk)
-    const_to3 <= \$985 ;
+    const_to3 <= \$973 ;
   always @(posedge gemm_d_clk)
-    in_fetch <= \$986 ;
+    in_fetch <= \$974 ;
   always @(posedge gemm_d_clk)
-    in_const <= \$987 ;
+    in_const <= \$975 ;
   always @(posedge gemm_d_clk)
-    run0 <= \$988 ;
+    run0 <= \$976 ;
   always @(posedge gemm_d_clk)
-    run1 <= \$989 ;
+    run1 <= \$977 ;
   always @(posedge gemm_d_clk)
-    q0_to_pack <= \$990 ;
+    q0_to_pack <= \$978 ;
   always @(posedge gemm_d_clk)
-    res_to_pack <= \$991 ;
+    res_to_pack <= \$979 ;
   always @(posedge gemm_d_clk)
-    ins <= \$992 ;
+    ins <= \$980 ;
   always @(posedge gemm_d_clk)
-    decode_wait <= \$993 ;
+    decode_wait <= \$981 ;
   always @(posedge gemm_d_clk)
-    c_addr <= \$994 ;
+    c_addr <= \$982 ;
   always @(posedge gemm_d_clk)
-    c_step <= \$995 ;
+    c_step <= \$983 ;
   always @(posedge gemm_d_clk)
-    c_ask <= \$996 ;
+    c_ask <= \$984 ;
   always @(posedge gemm_d_clk)
-    c_due <= \$997 ;
+    c_due <= \$985 ;
   always @(posedge gemm_d_clk)
-    c_last <= \$998 ;
+    c_last <= \$986 ;
   always @(posedge gemm_d_clk)
-    c_data <= \$999 ;
+    c_data <= \$987 ;
   always @(posedge gemm_d_clk)
-    c_full <= \$1000 ;
+    c_full <= \$988 ;
   always @(posedge gemm_d_clk)
-    c_valid0 <= \$1001 ;
+    c_valid0 <= \$989 ;
   always @(posedge gemm_d_clk)
-    c_valid1 <= \$1002 ;
+    c_valid1 <= \$990 ;
   always @(posedge gemm_d_clk)
-    c_valid2 <= \$1003 ;
+    c_valid2 <= \$991 ;
   always @(posedge gemm_d_clk)
-    c_valid3 <= \$1004 ;
+    c_valid3 <= \$992 ;
   always @(posedge gemm_d_clk)
-    ext_req_addr <= \$1005 ;
+    ext_req_addr <= \$993 ;
   always @(posedge gemm_d_clk)
-    ext_req_data <= \$1006 ;
+    ext_req_data <= \$994 ;
   always @(posedge gemm_d_clk)
-    \w_en$184  <= \$1007 ;
+    \w_en$182  <= \$995 ;
   always @(posedge gemm_d_clk)
-    pack_a0 <= \$1008 ;
+    pack_a0 <= \$996 ;
   always @(posedge gemm_d_clk)
-    pack_a1 <= \$1009 ;
+    pack_a1 <= \$997 ;
   always @(posedge gemm_d_clk)
-    pack_a2 <= \$1010 ;
+    pack_a2 <= \$998 ;
   always @(posedge gemm_d_clk)
-    pack_a3 <= \$1011 ;
+    pack_a3 <= \$999 ;
   always @(posedge gemm_d_clk)
-    pack_b0 <= \$1012 ;
+    pack_b0 <= \$1000 ;
   always @(posedge gemm_d_clk)
-    pack_b1 <= \$1013 ;
+    pack_b1 <= \$1001 ;
   always @(posedge gemm_d_clk)
-    pack_b2 <= \$1014 ;
+    pack_b2 <= \$1002 ;
   always @(posedge gemm_d_clk)
-    pack_b3 <= \$1015 ;
+    pack_b3 <= \$1003 ;
   always @(posedge gemm_d_clk)
-    pack_j <= \$1016 ;
+    pack_j <= \$1004 ;
   always @(posedge gemm_d_clk)
-    pack_jo <= \$1017 ;
+    pack_jo <= \$1005 ;
   always @(posedge gemm_d_clk)
-    tiles <= \$1018 ;
+    tiles <= \$1006 ;
   always @(posedge gemm_d_clk)
-    nt <= \$1019 ;
+    nt <= \$1007 ;
   always @(posedge gemm_d_clk)
-    k <= \$1020 ;
+    k <= \$1008 ;
   always @(posedge gemm_d_clk)
-    w_addr <= \$1021 ;
+    w_addr <= \$1009 ;
   always @(posedge gemm_d_clk)
-    p_addr <= \$1022 ;
+    p_addr <= \$1010 ;
   always @(posedge gemm_d_clk)
-    want_w <= \$1023 ;
+    want_w <= \$1011 ;
   always @(posedge gemm_d_clk)
-    w_step <= \$1024 ;
+    w_step <= \$1012 ;
   always @(posedge gemm_d_clk)
-    \$signal$465  <= \$1025 ;
+    \$signal$463  <= \$1013 ;
   always @(posedge gemm_d_clk)
-    \$signal$560  <= \$1026 ;
+    \$signal$560  <= \$1014 ;
   always @(posedge gemm_d_clk)
-    nt_hit <= \$1027 ;
+    nt_hit <= \$1015 ;
   always @(posedge gemm_d_clk)
-    rk <= \$1028 ;
+    rk <= \$1016 ;
   always @(posedge gemm_d_clk)
-    rk_zero <= \$1029 ;
+    rk_zero <= \$1017 ;
   always @(posedge gemm_d_clk)
-    a_loader_ahead <= \$1030 ;
+    a_loader_ahead <= \$1018 ;
   always @(posedge gemm_d_clk)
-    a_filled0 <= \$1031 ;
+    a_filled0 <= \$1019 ;
   always @(posedge gemm_d_clk)
-    a_filled1 <= \$1032 ;
+    a_filled1 <= \$1020 ;
   always @(posedge gemm_d_clk)
-    \$signal$299  <= \$1033 ;
+    \$signal$297  <= \$1021 ;
   always @(posedge gemm_d_clk)
-    \$signal$306  <= \$1034 ;
+    \$signal$304  <= \$1022 ;
   always @(posedge gemm_d_clk)
-    lk <= \$1035 ;
+    lk <= \$1023 ;
   always @(posedge gemm_d_clk)
-    \$signal$332  <= \$1036 ;
+    \$signal$330  <= \$1024 ;
   always @(posedge gemm_d_clk)
-    \$signal$563  <= \$1037 ;
+    \$signal$563  <= \$1025 ;
   always @(posedge gemm_d_clk)
-    fnt <= \$1038 ;
+    fnt <= \$1026 ;
   always @(posedge gemm_d_clk)
-    feed_blocks <= \$1039 ;
+    feed_blocks <= \$1027 ;
   always @(posedge gemm_d_clk)
-    a_load_k_hit <= \$1040 ;
+    a_load_k_hit <= \$1028 ;
   always @(posedge gemm_d_clk)
-    a_feed_k_hit <= \$1041 ;
+    a_feed_k_hit <= \$1029 ;
   always @(posedge gemm_d_clk)
-    a_feed_nt_hit <= \$1042 ;
+    a_feed_nt_hit <= \$1030 ;
   always @(posedge gemm_d_clk)
-    a_blocks_left <= \$1043 ;
+    a_blocks_left <= \$1031 ;
   always @(posedge gemm_d_clk)
-    a_read_last <= \$1044 ;
+    a_read_last <= \$1032 ;
   always @(posedge gemm_d_clk)
-    a_read_addr <= \$1045 ;
+    a_read_addr <= \$1033 ;
   always @(posedge gemm_d_clk)
-    a_read_half <= \$1046 ;
+    a_read_half <= \$1034 ;
   always @(posedge gemm_d_clk)
-    a_read_free <= \$1047 ;
+    a_read_free <= \$1035 ;
   always @(posedge gemm_d_clk)
-    w_load_lane <= \$1048 ;
+    w_load_lane <= \$1036 ;
   always @(posedge gemm_d_clk)
-    w_load_k <= \$1049 ;
+    w_load_k <= \$1037 ;
   always @(posedge gemm_d_clk)
-    w_load_addr <= \$1050 ;
+    w_load_addr <= \$1038 ;
   always @(posedge gemm_d_clk)
-    w_load_nt <= \$1051 ;
+    w_load_nt <= \$1039 ;
   always @(posedge gemm_d_clk)
-    w_filled0 <= \$1052 ;
+    w_filled0 <= \$1040 ;
   always @(posedge gemm_d_clk)
-    w_filled1 <= \$1053 ;
+    w_filled1 <= \$1041 ;
   always @(posedge gemm_d_clk)
-    w_load_half <= \$1054 ;
+    w_load_half <= \$1042 ;
   always @(posedge gemm_d_clk)
-    w_read_addr <= \$1055 ;
+    w_read_addr <= \$1043 ;
   always @(posedge gemm_d_clk)
-    w_read_half <= \$1056 ;
+    w_read_half <= \$1044 ;
   always @(posedge gemm_d_clk)
-    w_read_free <= \$1057 ;
+    w_read_free <= \$1045 ;
   always @(posedge gemm_d_clk)
-    feed_ntk <= \$1058 ;
+    feed_ntk <= \$1046 ;
   always @(posedge gemm_d_clk)
-    feed_mt <= \$1059 ;
+    feed_mt <= \$1047 ;
   always @(posedge gemm_d_clk)
-    w_feed_half <= \$1060 ;
+    w_feed_half <= \$1048 ;
   always @(posedge gemm_d_clk)
-    post_col <= \$1061 ;
+    post_col <= \$1049 ;
   always @(posedge gemm_d_clk)
-    op_done <= \$1062 ;
+    op_done <= \$1050 ;
   always @(posedge gemm_d_clk)
-    fault_q <= \$1063 ;
+    fault_q <= \$1051 ;
   \accelerator.core.add  add (
     .a__payload(a__payload),
     .a__ready(a__ready),
     .a__valid(a__valid),
     .add_d_clk(gemm_d_clk),
     .add_d_rst(add_d_rst),
-    .b__payload(\b__payload$197 ),
-    .b__ready(\b__ready$256 ),
-    .b__valid(\b__valid$266 ),
+    .b__payload(\b__payload$195 ),
+    .b__ready(\b__ready$254 ),
+    .b__valid(\b__valid$264 ),
     .c__payload(c_data[43:0]),
-    .c__ready(\c__ready$138 ),
+    .c__ready(\c__ready$136 ),
     .c__valid(c_valid2),
     .o__payload(o__payload),
     .o__ready(o__ready),
@@ -29730,26 +29706,26 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   );
   \accelerator.core.gelu0  gelu0 (
     .c__payload(c_data[52:0]),
-    .c__ready(\c__ready$140 ),
+    .c__ready(\c__ready$138 ),
     .c__valid(c_valid3),
     .gelu0_d_clk(gemm_d_clk),
     .gelu0_d_rst(gelu0_d_rst),
     .go(i__ready),
     .i__payload(i__payload),
     .i__valid(i__valid),
-    .o__payload(\o__payload$205 ),
-    .o__ready(\o__ready$217 ),
-    .o__valid(\o__valid$213 )
+    .o__payload(\o__payload$203 ),
+    .o__ready(\o__ready$215 ),
+    .o__valid(\o__valid$211 )
   );
   \accelerator.core.gemm  gemm (
-    .a__payload(\a__payload$426 ),
-    .a__ready(\a__ready$431 ),
-    .a__valid(\a__valid$424 ),
+    .a__payload(\a__payload$424 ),
+    .a__ready(\a__ready$429 ),
+    .a__valid(\a__valid$422 ),
     .gemm_d_clk(gemm_d_clk),
     .gemm_d_rst(gemm_d_rst),
-    .o__payload(\w_data$438 ),
-    .o__ready(\o__ready$440 ),
-    .o__valid(\w_en$436 ),
+    .o__payload(\w_data$436 ),
+    .o__ready(\o__ready$438 ),
+    .o__valid(\w_en$434 ),
     .p__payload(beat__payload[437:0]),
     .p__ready(p__ready),
     .p__valid(p__valid),
@@ -29759,17 +29735,17 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   );
   \accelerator.core.gemm_out_slice  gemm_out_slice (
     .clk(gemm_d_clk),
-    .r_data(\r_data$457 ),
-    .r_en(\r_en$443 ),
+    .r_data(\r_data$455 ),
+    .r_en(\r_en$441 ),
     .r_rdy(gemm_res_valid),
     .rst(rst),
     .unit_rst(unit_rst),
-    .w_en(\w_en$436 ),
-    .w_port__data(\w_data$438 ),
-    .w_rdy(\o__ready$440 )
+    .w_en(\w_en$434 ),
+    .w_port__data(\w_data$436 ),
+    .w_rdy(\o__ready$438 )
   );
   \accelerator.core.gen_dst  gen_dst (
-    .addr(\addr$115 ),
+    .addr(\addr$113 ),
     .base(ins[123:104]),
     .busy(\busy$578 ),
     .clk(gemm_d_clk),
@@ -29792,15 +29768,15 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     .strides__2(strides__2),
     .strides__3(strides__3),
     .strides__4(strides__4),
-    .\valid$31 (\valid$271 )
+    .\valid$31 (\valid$269 )
   );
   \accelerator.core.gen_src0  gen_src0 (
     .addr(addr),
     .base(ins[233:214]),
     .clk(gemm_d_clk),
-    .\final (\final$510 ),
+    .\final (\final$509 ),
     .last__3(last__3),
-    .last__4(\last__4$509 ),
+    .last__4(\last__4$508 ),
     .load(load),
     .n__0(\n__0$58 ),
     .n__1(\n__1$60 ),
@@ -29817,7 +29793,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     .\valid$31 (valid)
   );
   \accelerator.core.gen_src1  gen_src1 (
-    .addr(\addr$107 ),
+    .addr(\addr$104 ),
     .base(ins[343:324]),
     .clk(gemm_d_clk),
     .\final (\final$515 ),
@@ -29836,73 +29812,71 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     .strides__2(\strides__2$75 ),
     .strides__3(\strides__3$77 ),
     .strides__4(\strides__4$79 ),
-    .\valid$31 (\valid$102 )
+    .\valid$31 (\valid$101 )
   );
   \accelerator.core.layernorm  layernorm (
-    .buf_wdata(\r_data$239 [15:0]),
+    .buf_wdata(\r_data$237 [15:0]),
     .c__payload(c_data),
     .c__valid(c_valid1),
-    .i__ready(\i__ready$488 ),
-    .i__valid(\i__valid$484 ),
-    .idle_r(\c__ready$136 ),
+    .i__ready(\i__ready$486 ),
+    .i__valid(\i__valid$482 ),
+    .idle_r(\c__ready$134 ),
     .layernorm_d_clk(gemm_d_clk),
     .layernorm_d_rst(layernorm_d_rst),
-    .o__payload(\o__payload$221 ),
-    .o__ready(\o__ready$232 ),
-    .o__valid(\o__valid$228 )
+    .o__payload(\o__payload$219 ),
+    .o__ready(\o__ready$230 ),
+    .o__valid(\o__valid$226 )
   );
   \accelerator.core.norm_out_slice  norm_out_slice (
     .clk(gemm_d_clk),
-    .r_data(\r_data$250 ),
-    .r_en(\r_en$485 ),
-    .r_rdy(\r_rdy$249 ),
+    .r_data(\r_data$248 ),
+    .r_en(\r_en$483 ),
+    .r_rdy(\r_rdy$247 ),
     .rst(rst),
     .unit_rst(unit_rst),
-    .w_en(\w_en$222 ),
-    .w_port__data(\w_data$229 ),
-    .w_rdy(\w_rdy$231 )
+    .w_en(\w_en$220 ),
+    .w_port__data(\w_data$227 ),
+    .w_rdy(\w_rdy$229 )
   );
   \accelerator.core.pack_slice  pack_slice (
     .clk(gemm_d_clk),
-    .\port$9142$0 (pack_a0),
-    .\port$9144$0 (pack_a1),
-    .\port$9146$0 (pack_a2),
-    .\port$9148$0 (pack_a3),
-    .\port$9150$0 (pack_b0),
-    .\port$9152$0 (pack_b1),
-    .\port$9154$0 (pack_b2),
-    .\port$9156$0 (pack_b3),
+    .\port$9196$0 (pack_a0),
+    .\port$9198$0 (pack_a1),
+    .\port$9200$0 (pack_a2),
+    .\port$9202$0 (pack_a3),
+    .\port$9204$0 (pack_b0),
+    .\port$9206$0 (pack_b1),
+    .\port$9208$0 (pack_b2),
+    .\port$9210$0 (pack_b3),
     .r_data(r_data),
     .r_en(r_en),
-    .r_rdy(\r_rdy$265 ),
+    .r_rdy(\r_rdy$263 ),
     .rst(rst),
     .unit_rst(unit_rst),
-    .w_en(\w_en$184 ),
-    .w_rdy(\w_rdy$260 )
+    .w_en(\w_en$182 ),
+    .w_rdy(\w_rdy$258 )
   );
   \accelerator.core.q_src0  q_src0 (
     .clk(gemm_d_clk),
-    .level(level),
-    .\port$8947$0 (src0_elem),
-    .\port$8949$0 (src0_held_meta),
-    .r_data(\r_data$239 ),
-    .r_en(\r_en$486 ),
+    .\port$9001$0 (src0_elem),
+    .\port$9003$0 (src0_held_meta),
+    .r_data(\r_data$237 ),
+    .r_en(\r_en$484 ),
     .r_rdy(r_rdy),
     .rst(rst),
     .unit_rst(unit_rst),
-    .w_en(src0_held)
+    .w_en(w_en)
   );
   \accelerator.core.q_src1  q_src1 (
     .clk(gemm_d_clk),
-    .level(\level$103 ),
-    .\port$8956$0 (src1_elem),
-    .\port$8958$0 (src1_held_meta),
-    .r_data(\r_data$360 ),
-    .r_en(\r_en$263 ),
-    .r_rdy(\r_rdy$262 ),
+    .\port$9010$0 (src1_elem),
+    .\port$9012$0 (src1_held_meta),
+    .r_data(\r_data$358 ),
+    .r_en(\r_en$261 ),
+    .r_rdy(\r_rdy$260 ),
     .rst(rst),
     .unit_rst(unit_rst),
-    .w_en(src1_held)
+    .w_en(\w_en$107 )
   );
   \accelerator.core.reader  reader (
     .ar__payload(ar__payload),
@@ -29918,51 +29892,69 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     .\r_en$23 (beat__ready),
     .req__ready(req__ready),
     .rst(rst),
-    .w_data(\req__payload$466 ),
-    .w_en(\req__valid$458 )
+    .w_data(\req__payload$464 ),
+    .w_en(\req__valid$456 )
   );
   \accelerator.core.softmax  softmax (
     .c__payload(c_data[4:0]),
     .c__valid(c_valid0),
-    .i__payload(\i__payload$481 ),
-    .i__ready(\i__ready$487 ),
-    .i__valid(\i__valid$483 ),
+    .i__payload(\i__payload$479 ),
+    .i__ready(\i__ready$485 ),
+    .i__valid(\i__valid$481 ),
     .idle(c__ready),
-    .o__ready(\o__ready$230 ),
-    .oq_data(\o__payload$219 ),
-    .oq_valid(\o__valid$225 ),
+    .o__ready(\o__ready$228 ),
+    .oq_data(\o__payload$217 ),
+    .oq_valid(\o__valid$223 ),
     .softmax_d_clk(gemm_d_clk),
     .softmax_d_rst(softmax_d_rst)
   );
+  \accelerator.core.src0_credit  src0_credit (
+    .clk(gemm_d_clk),
+    .r_en(\r_en$484 ),
+    .r_rdy(r_rdy),
+    .rst(rst),
+    .src0_credit_room(src0_credit_room),
+    .src0_issue(src0_issue),
+    .unit_rst(unit_rst)
+  );
+  \accelerator.core.src1_credit  src1_credit (
+    .clk(gemm_d_clk),
+    .r_en(\r_en$261 ),
+    .r_rdy(\r_rdy$260 ),
+    .rst(rst),
+    .src1_credit_room(src1_credit_room),
+    .src1_issue(src1_issue),
+    .unit_rst(unit_rst)
+  );
   \accelerator.core.unpack_slice  unpack_slice (
     .clk(gemm_d_clk),
-    .r_data(\r_data$270 ),
-    .r_en(\r_en$273 ),
-    .r_rdy(\r_rdy$268 ),
+    .r_data(\r_data$268 ),
+    .r_en(\r_en$271 ),
+    .r_rdy(\r_rdy$266 ),
     .rst(rst),
     .unit_rst(unit_rst),
-    .w_en(\w_en$209 ),
-    .w_port__data(\w_data$214 ),
+    .w_en(\w_en$207 ),
+    .w_port__data(\w_data$212 ),
     .w_rdy(w_rdy)
   );
   \accelerator.core.w_beat_slice  w_beat_slice (
     .clk(gemm_d_clk),
     .in_decode(in_decode),
-    .\port$8777$0 (w_beat0),
-    .\port$8778$0 (w_beat1),
-    .\port$8779$0 (w_beat2),
-    .\port$8780$0 (w_beat3),
-    .\port$8781$0 (w_beat4),
-    .\port$8782$0 (w_beat5),
-    .\port$8783$0 (w_beat6),
-    .\port$8784$0 (w_beat7),
-    .r_data(\r_data$435 ),
-    .r_en(\r_en$432 ),
-    .r_rdy(\r_rdy$429 ),
+    .\port$8831$0 (w_beat0),
+    .\port$8832$0 (w_beat1),
+    .\port$8833$0 (w_beat2),
+    .\port$8834$0 (w_beat3),
+    .\port$8835$0 (w_beat4),
+    .\port$8836$0 (w_beat5),
+    .\port$8837$0 (w_beat6),
+    .\port$8838$0 (w_beat7),
+    .r_data(\r_data$433 ),
+    .r_en(\r_en$430 ),
+    .r_rdy(\r_rdy$427 ),
     .rst(rst),
     .unit_rst(unit_rst),
-    .w_en(\w_en$287 ),
-    .w_rdy(\w_rdy$474 )
+    .w_en(\w_en$285 ),
+    .w_rdy(\w_rdy$472 )
   );
   \accelerator.core.writer  writer (
     .aw__payload(aw__payload),
@@ -29974,139 +29966,149 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     .clk(gemm_d_clk),
     .err(err),
     .idle(\idle$554 ),
-    .req__ready(\req__ready$478 ),
+    .req__ready(\req__ready$476 ),
     .rst(rst),
     .w_data(req__payload),
     .w_en(req__valid)
   );
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$122  = 16'h0000;
+    \$116  = 16'h0000;
     casez (pack_jo)
       3'h0:
-          \$122  = \r_data$270 [15:0];
+          \$116  = \r_data$268 [15:0];
       3'h1:
-          \$122  = \r_data$270 [31:16];
+          \$116  = \r_data$268 [31:16];
       3'h2:
-          \$122  = \r_data$270 [47:32];
+          \$116  = \r_data$268 [47:32];
       3'h3:
-          \$122  = \r_data$270 [63:48];
+          \$116  = \r_data$268 [63:48];
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$299 )
+    casez (\$signal$297 )
       1'h0:
-          \$160  = a_filled0;
+          \$154  = a_filled0;
       1'h1:
-          \$160  = a_filled1;
+          \$154  = a_filled1;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$299 )
+    casez (\$signal$297 )
       1'h0:
-          \$165  = a_filled0;
+          \$159  = a_filled0;
       1'h1:
-          \$165  = a_filled1;
+          \$159  = a_filled1;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$299 )
+    casez (\$signal$297 )
       1'h0:
-          \$173  = a_filled0;
+          \$167  = a_filled0;
       1'h1:
-          \$173  = a_filled1;
+          \$167  = a_filled1;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$299 )
+    casez (\$signal$297 )
       1'h0:
-          \$180  = a_filled0;
+          \$174  = a_filled0;
       1'h1:
-          \$180  = a_filled1;
+          \$174  = a_filled1;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$299 )
+    casez (\$signal$297 )
       1'h0:
-          \$187  = a_filled0;
+          \$181  = a_filled0;
       1'h1:
-          \$187  = a_filled1;
+          \$181  = a_filled1;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$299 )
+    casez (\$signal$297 )
       1'h0:
-          \$194  = a_filled0;
+          \$188  = a_filled0;
       1'h1:
-          \$194  = a_filled1;
+          \$188  = a_filled1;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$299 )
+    casez (\$signal$297 )
       1'h0:
-          \$201  = a_filled0;
+          \$195  = a_filled0;
       1'h1:
-          \$201  = a_filled1;
+          \$195  = a_filled1;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$299 )
+    casez (\$signal$297 )
       1'h0:
-          \$208  = a_filled0;
+          \$202  = a_filled0;
       1'h1:
-          \$208  = a_filled1;
+          \$202  = a_filled1;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$299 )
+    casez (\$signal$297 )
       1'h0:
-          \$215  = a_filled0;
+          \$209  = a_filled0;
       1'h1:
-          \$215  = a_filled1;
+          \$209  = a_filled1;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$299 )
+    casez (\$signal$297 )
       1'h0:
-          \$222  = a_filled0;
+          \$216  = a_filled0;
       1'h1:
-          \$222  = a_filled1;
+          \$216  = a_filled1;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$332 )
+    casez (\$signal$330 )
       1'h0:
-          \$227  = a_filled0;
+          \$221  = a_filled0;
       1'h1:
-          \$227  = a_filled1;
+          \$221  = a_filled1;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     (* full_case = 32'd1 *)
     casez (w_feed_half)
+      1'h0:
+          \$223  = w_filled0;
+      1'h1:
+          \$223  = w_filled1;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    (* full_case = 32'd1 *)
+    casez (w_load_half)
       1'h0:
           \$229  = w_filled0;
       1'h1:
@@ -30118,9 +30120,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_load_half)
       1'h0:
-          \$235  = w_filled0;
+          \$236  = w_filled0;
       1'h1:
-          \$235  = w_filled1;
+          \$236  = w_filled1;
     endcase
   end
   always @* begin
@@ -30128,9 +30130,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_load_half)
       1'h0:
-          \$242  = w_filled0;
+          \$246  = w_filled0;
       1'h1:
-          \$242  = w_filled1;
+          \$246  = w_filled1;
     endcase
   end
   always @* begin
@@ -30138,9 +30140,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_load_half)
       1'h0:
-          \$252  = w_filled0;
+          \$255  = w_filled0;
       1'h1:
-          \$252  = w_filled1;
+          \$255  = w_filled1;
     endcase
   end
   always @* begin
@@ -30148,9 +30150,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_load_half)
       1'h0:
-          \$261  = w_filled0;
+          \$264  = w_filled0;
       1'h1:
-          \$261  = w_filled1;
+          \$264  = w_filled1;
     endcase
   end
   always @* begin
@@ -30158,9 +30160,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_load_half)
       1'h0:
-          \$270  = w_filled0;
+          \$273  = w_filled0;
       1'h1:
-          \$270  = w_filled1;
+          \$273  = w_filled1;
     endcase
   end
   always @* begin
@@ -30168,9 +30170,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_load_half)
       1'h0:
-          \$279  = w_filled0;
+          \$282  = w_filled0;
       1'h1:
-          \$279  = w_filled1;
+          \$282  = w_filled1;
     endcase
   end
   always @* begin
@@ -30178,9 +30180,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_load_half)
       1'h0:
-          \$288  = w_filled0;
+          \$291  = w_filled0;
       1'h1:
-          \$288  = w_filled1;
+          \$291  = w_filled1;
     endcase
   end
   always @* begin
@@ -30188,41 +30190,31 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_load_half)
       1'h0:
-          \$297  = w_filled0;
+          \$300  = w_filled0;
       1'h1:
-          \$297  = w_filled1;
+          \$300  = w_filled1;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    (* full_case = 32'd1 *)
-    casez (w_load_half)
-      1'h0:
-          \$306  = w_filled0;
-      1'h1:
-          \$306  = w_filled1;
-    endcase
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$338  = 32'd0;
+    \$332  = 32'd0;
     casez (index__4)
       16'h0000:
-          \$338  = \r_data$457 [31:0];
+          \$332  = \r_data$455 [31:0];
       16'h0001:
-          \$338  = \r_data$457 [63:32];
+          \$332  = \r_data$455 [63:32];
       16'h0002:
-          \$338  = \r_data$457 [95:64];
+          \$332  = \r_data$455 [95:64];
       16'h0003:
-          \$338  = \r_data$457 [127:96];
+          \$332  = \r_data$455 [127:96];
       16'h0004:
-          \$338  = \r_data$457 [159:128];
+          \$332  = \r_data$455 [159:128];
       16'h0005:
-          \$338  = \r_data$457 [191:160];
+          \$332  = \r_data$455 [191:160];
       16'h0006:
-          \$338  = \r_data$457 [223:192];
+          \$332  = \r_data$455 [223:192];
       16'h0007:
-          \$338  = \r_data$457 [255:224];
+          \$332  = \r_data$455 [255:224];
     endcase
   end
   always @* begin
@@ -30230,41 +30222,41 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (post_col)
       3'h0:
-          \$341  = \r_data$457 [31:0];
+          \$335  = \r_data$455 [31:0];
       3'h1:
-          \$341  = \r_data$457 [63:32];
+          \$335  = \r_data$455 [63:32];
       3'h2:
-          \$341  = \r_data$457 [95:64];
+          \$335  = \r_data$455 [95:64];
       3'h3:
-          \$341  = \r_data$457 [127:96];
+          \$335  = \r_data$455 [127:96];
       3'h4:
-          \$341  = \r_data$457 [159:128];
+          \$335  = \r_data$455 [159:128];
       3'h5:
-          \$341  = \r_data$457 [191:160];
+          \$335  = \r_data$455 [191:160];
       3'h6:
-          \$341  = \r_data$457 [223:192];
+          \$335  = \r_data$455 [223:192];
       3'h7:
-          \$341  = \r_data$457 [255:224];
+          \$335  = \r_data$455 [255:224];
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$299 )
+    casez (\$signal$297 )
       1'h0:
-          \$811  = a_filled0;
+          \$799  = a_filled0;
       1'h1:
-          \$811  = a_filled1;
+          \$799  = a_filled1;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$299 )
+    casez (\$signal$297 )
       1'h0:
-          \$816  = a_filled0;
+          \$804  = a_filled0;
       1'h1:
-          \$816  = a_filled1;
+          \$804  = a_filled1;
     endcase
   end
   always @* begin
@@ -30272,9 +30264,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_load_half)
       1'h0:
-          \$853  = w_filled0;
+          \$841  = w_filled0;
       1'h1:
-          \$853  = w_filled1;
+          \$841  = w_filled1;
     endcase
   end
   always @* begin
@@ -30302,7 +30294,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     strides__1 = ins[159:142];
     if (is_gemm) begin
-      strides__1 = \$65 [17:0];
+      strides__1 = \$59 [17:0];
     end
   end
   always @* begin
@@ -30316,7 +30308,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     strides__2 = ins[177:160];
     if (is_gemm) begin
-      strides__2 = \$66 [17:0];
+      strides__2 = \$60 [17:0];
     end
   end
   always @* begin
@@ -30351,140 +30343,140 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     \n__0$58  = ins[39:24];
     if (is_gemm) begin
-      \n__0$58  = \$23 ;
+      \n__0$58  = \$17 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     \strides__0$59  = ins[251:234];
     if (is_gemm) begin
-      \strides__0$59  = \$25 ;
+      \strides__0$59  = \$19 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     \n__1$60  = ins[55:40];
     if (is_gemm) begin
-      \n__1$60  = \$27 ;
+      \n__1$60  = \$21 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     \strides__1$61  = ins[269:252];
     if (is_gemm) begin
-      \strides__1$61  = \$32 [17:0];
+      \strides__1$61  = \$26 [17:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     \n__2$62  = ins[71:56];
     if (is_gemm) begin
-      \n__2$62  = \$34 ;
+      \n__2$62  = \$28 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     \strides__2$63  = ins[287:270];
     if (is_gemm) begin
-      \strides__2$63  = \$39 [17:0];
+      \strides__2$63  = \$33 [17:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     \n__3$64  = ins[87:72];
     if (is_gemm) begin
-      \n__3$64  = { 12'h000, \$41  };
+      \n__3$64  = { 12'h000, \$35  };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     \strides__3$65  = ins[305:288];
     if (is_gemm) begin
-      \strides__3$65  = \$43 ;
+      \strides__3$65  = \$37 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     \n__4$66  = ins[103:88];
     if (is_gemm) begin
-      \n__4$66  = \$45 ;
+      \n__4$66  = \$39 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     \strides__4$67  = ins[323:306];
     if (is_gemm) begin
-      \strides__4$67  = \$47 ;
+      \strides__4$67  = \$41 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     \n__0$70  = ins[39:24];
     if (is_gemm) begin
-      \n__0$70  = \$48 ;
+      \n__0$70  = \$42 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     \strides__0$71  = ins[361:344];
     if (is_gemm) begin
-      \strides__0$71  = \$49 ;
+      \strides__0$71  = \$43 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     \n__1$72  = ins[55:40];
     if (is_gemm) begin
-      \n__1$72  = \$50 ;
+      \n__1$72  = \$44 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     \strides__1$73  = ins[379:362];
     if (is_gemm) begin
-      \strides__1$73  = \$54 [17:0];
+      \strides__1$73  = \$48 [17:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     \n__2$74  = ins[71:56];
     if (is_gemm) begin
-      \n__2$74  = \$55 ;
+      \n__2$74  = \$49 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     \strides__2$75  = ins[397:380];
     if (is_gemm) begin
-      \strides__2$75  = \$58 [17:0];
+      \strides__2$75  = \$52 [17:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     \n__3$76  = ins[87:72];
     if (is_gemm) begin
-      \n__3$76  = \$59 ;
+      \n__3$76  = \$53 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     \strides__3$77  = ins[415:398];
     if (is_gemm) begin
-      \strides__3$77  = \$60 ;
+      \strides__3$77  = \$54 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     \n__4$78  = ins[103:88];
     if (is_gemm) begin
-      \n__4$78  = { 12'h000, \$61  };
+      \n__4$78  = { 12'h000, \$55  };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     \strides__4$79  = ins[433:416];
     if (is_gemm) begin
-      \strides__4$79  = \$62 ;
+      \strides__4$79  = \$56 ;
     end
   end
   always @* begin
@@ -30493,24 +30485,24 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     if (in_stream) begin
       if (is_move) begin
       end else if (is_load) begin
-        next = \$88 ;
+        next = \$82 ;
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     wr_data = sink_data;
-    if (\$337 ) begin
-      wr_data = \$338 [15:0];
+    if (\$331 ) begin
+      wr_data = \$332 [15:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     c_lb = 3'h0;
-    if (\$18 ) begin
+    if (\$12 ) begin
       c_lb = 3'h0;
     end
-    if (\$19 ) begin
+    if (\$13 ) begin
       c_lb = 3'h4;
     end
     if (add_sel) begin
@@ -30530,12 +30522,12 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         \$signal  = beat__valid;
       end else if (is_store) begin
       end else if (is_gemm) begin
-      end else if (\$85 ) begin
-        \$signal  = \r_rdy$249 ;
+      end else if (\$79 ) begin
+        \$signal  = \r_rdy$247 ;
       end
     end
     if (pack_active) begin
-      \$signal  = \r_rdy$268 ;
+      \$signal  = \r_rdy$266 ;
     end
   end
   always @* begin
@@ -30543,27 +30535,27 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     sink_data = 16'h0000;
     if (in_stream) begin
       if (is_move) begin
-        sink_data = \r_data$239 [15:0];
+        sink_data = \r_data$237 [15:0];
       end else if (is_load) begin
         (* full_case = 32'd1 *)
         casez (ins[23:22])
           2'h0:
-              sink_data = { \$91 [8], \$91 [8], \$91 [8], \$91 [8], \$91 [8], \$91 [8], \$91 [8], \$91  };
+              sink_data = { \$85 [8], \$85 [8], \$85 [8], \$85 [8], \$85 [8], \$85 [8], \$85 [8], \$85  };
           2'h1:
-              sink_data = \$94 [15:0];
+              sink_data = \$88 [15:0];
           2'h2:
-              sink_data = \$97 [15:0];
+              sink_data = \$91 [15:0];
           2'h3:
-              sink_data = \$100 [15:0];
+              sink_data = \$94 [15:0];
         endcase
       end else if (is_store) begin
       end else if (is_gemm) begin
-      end else if (\$85 ) begin
-        sink_data = \r_data$250 ;
+      end else if (\$79 ) begin
+        sink_data = \r_data$248 ;
       end
     end
     if (pack_active) begin
-      sink_data = \$122 ;
+      sink_data = \$116 ;
     end
   end
   always @* begin
@@ -30572,12 +30564,12 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     if (in_stream) begin
       if (is_move) begin
       end else if (is_load) begin
-        if (\$101 ) begin
+        if (\$95 ) begin
           fault = 4'h4;
         end
       end
     end
-    if (\$410 ) begin
+    if (\$404 ) begin
       fault = 4'h5;
     end
   end
@@ -30614,13 +30606,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       end else if (is_load) begin
       end else if (is_store) begin
       end else if (is_gemm) begin
-      end else if (\$85 ) begin
+      end else if (\$79 ) begin
       end else begin
-        elem_data = \r_data$239 [15:0];
+        elem_data = \r_data$237 [15:0];
       end
     end
-    if (\$340 ) begin
-      elem_data = \$341 [15:0];
+    if (\$334 ) begin
+      elem_data = \$335 [15:0];
     end
   end
   always @* begin
@@ -30632,9 +30624,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       end else if (is_load) begin
       end else if (is_store) begin
       end else if (is_gemm) begin
-      end else if (\$85 ) begin
+      end else if (\$79 ) begin
       end else begin
-        elem_final = \r_data$239 [17];
+        elem_final = \r_data$237 [17];
       end
     end
   end
@@ -30642,7 +30634,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     in_ready = 1'h0;
     if (pack_active) begin
-      in_ready = \$105 ;
+      in_ready = \$99 ;
     end
   end
   always @* begin
@@ -30656,18 +30648,18 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     elem_take = 1'h0;
     if (pack_active) begin
-      elem_take = \$111 ;
+      elem_take = \$105 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \r_en$263  = 1'h0;
+    \r_en$261  = 1'h0;
     if (pack_active) begin
-      \r_en$263  = \$118 ;
+      \r_en$261  = \$112 ;
     end
     if (gemm_active) begin
-      if (\$234 ) begin
-        \r_en$263  = \$239 ;
+      if (\$228 ) begin
+        \r_en$261  = \$233 ;
       end
     end
   end
@@ -30675,30 +30667,30 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     a__valid = 1'h0;
     if (pack_active) begin
-      a__valid = \$119 ;
+      a__valid = \$113 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \b__valid$266  = 1'h0;
+    \b__valid$264  = 1'h0;
     if (pack_active) begin
-      \b__valid$266  = \$120 ;
+      \b__valid$264  = \$114 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     i__valid = 1'h0;
     if (pack_active) begin
-      i__valid = \$121 ;
+      i__valid = \$115 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \r_en$273  = 1'h0;
+    \r_en$271  = 1'h0;
     if (pack_active) begin
-      if (\$123 ) begin
-        if (\$125 ) begin
-          \r_en$273  = 1'h1;
+      if (\$117 ) begin
+        if (\$119 ) begin
+          \r_en$271  = 1'h1;
         end
       end
     end
@@ -30887,14 +30879,14 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     p__valid = 1'h0;
     if (gemm_active) begin
-      p__valid = \$130 ;
+      p__valid = \$124 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \w_en$287  = 1'h0;
+    \w_en$285  = 1'h0;
     if (gemm_active) begin
-      \w_en$287  = \$134 ;
+      \w_en$285  = \$128 ;
     end
   end
   always @* begin
@@ -30902,33 +30894,33 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     elem = 9'h000;
     casez (ins[16:12])
       5'h02:
-          elem = { \$141 [2], \$141 [2], \$141 [2], \$141 [2], \$141 [2], \$141 [2], \$141  };
+          elem = { \$135 [2], \$135 [2], \$135 [2], \$135 [2], \$135 [2], \$135 [2], \$135  };
       5'h03:
-          elem = { \$144 [3], \$144 [3], \$144 [3], \$144 [3], \$144 [3], \$144  };
+          elem = { \$138 [3], \$138 [3], \$138 [3], \$138 [3], \$138 [3], \$138  };
       5'h04:
-          elem = { \$147 [4], \$147 [4], \$147 [4], \$147 [4], \$147  };
+          elem = { \$141 [4], \$141 [4], \$141 [4], \$141 [4], \$141  };
       5'h05:
-          elem = { \$150 [5], \$150 [5], \$150 [5], \$150  };
+          elem = { \$144 [5], \$144 [5], \$144 [5], \$144  };
       5'h06:
-          elem = { \$153 [6], \$153 [6], \$153  };
+          elem = { \$147 [6], \$147 [6], \$147  };
       5'h07:
-          elem = { \$156 [7], \$156  };
+          elem = { \$150 [7], \$150  };
       5'h08:
-          elem = \$159 ;
+          elem = \$153 ;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     a_in_take = 1'h0;
     if (gemm_active) begin
-      a_in_take = \$162 ;
+      a_in_take = \$156 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$302  = 9'h000;
+    \$signature__addr$300  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$302  = \$164 [8:0];
+      \$signature__addr$300  = \$158 [8:0];
     end
   end
   always @* begin
@@ -30940,198 +30932,212 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$305  = 1'h0;
+    \$signature__en$303  = 1'h0;
     if (gemm_active) begin
-      \$signature__en$305  = \$170 ;
+      \$signature__en$303  = \$164 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$307  = 9'h000;
+    \$signature__addr$305  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$307  = \$172 [8:0];
+      \$signature__addr$305  = \$166 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__data$308  = 9'h000;
+    \$signature__data$306  = 9'h000;
     if (gemm_active) begin
-      \$signature__data$308  = elem;
+      \$signature__data$306  = elem;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$309  = 1'h0;
+    \$signature__en$307  = 1'h0;
     if (gemm_active) begin
-      \$signature__en$309  = \$177 ;
+      \$signature__en$307  = \$171 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$310  = 9'h000;
+    \$signature__addr$308  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$310  = \$179 [8:0];
+      \$signature__addr$308  = \$173 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__data$311  = 9'h000;
+    \$signature__data$309  = 9'h000;
     if (gemm_active) begin
-      \$signature__data$311  = elem;
+      \$signature__data$309  = elem;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$312  = 1'h0;
+    \$signature__en$310  = 1'h0;
     if (gemm_active) begin
-      \$signature__en$312  = \$184 ;
+      \$signature__en$310  = \$178 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$313  = 9'h000;
+    \$signature__addr$311  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$313  = \$186 [8:0];
+      \$signature__addr$311  = \$180 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__data$314  = 9'h000;
+    \$signature__data$312  = 9'h000;
     if (gemm_active) begin
-      \$signature__data$314  = elem;
+      \$signature__data$312  = elem;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$315  = 1'h0;
+    \$signature__en$313  = 1'h0;
     if (gemm_active) begin
-      \$signature__en$315  = \$191 ;
+      \$signature__en$313  = \$185 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$316  = 9'h000;
+    \$signature__addr$314  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$316  = \$193 [8:0];
+      \$signature__addr$314  = \$187 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__data$317  = 9'h000;
+    \$signature__data$315  = 9'h000;
     if (gemm_active) begin
-      \$signature__data$317  = elem;
+      \$signature__data$315  = elem;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$318  = 1'h0;
+    \$signature__en$316  = 1'h0;
     if (gemm_active) begin
-      \$signature__en$318  = \$198 ;
+      \$signature__en$316  = \$192 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$319  = 9'h000;
+    \$signature__addr$317  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$319  = \$200 [8:0];
+      \$signature__addr$317  = \$194 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__data$320  = 9'h000;
+    \$signature__data$318  = 9'h000;
     if (gemm_active) begin
-      \$signature__data$320  = elem;
+      \$signature__data$318  = elem;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$321  = 1'h0;
+    \$signature__en$319  = 1'h0;
     if (gemm_active) begin
-      \$signature__en$321  = \$205 ;
+      \$signature__en$319  = \$199 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$322  = 9'h000;
+    \$signature__addr$320  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$322  = \$207 [8:0];
+      \$signature__addr$320  = \$201 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__data$323  = 9'h000;
+    \$signature__data$321  = 9'h000;
     if (gemm_active) begin
-      \$signature__data$323  = elem;
+      \$signature__data$321  = elem;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$324  = 1'h0;
+    \$signature__en$322  = 1'h0;
     if (gemm_active) begin
-      \$signature__en$324  = \$212 ;
+      \$signature__en$322  = \$206 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$325  = 9'h000;
+    \$signature__addr$323  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$325  = \$214 [8:0];
+      \$signature__addr$323  = \$208 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__data$326  = 9'h000;
+    \$signature__data$324  = 9'h000;
     if (gemm_active) begin
-      \$signature__data$326  = elem;
+      \$signature__data$324  = elem;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$327  = 1'h0;
+    \$signature__en$325  = 1'h0;
     if (gemm_active) begin
-      \$signature__en$327  = \$219 ;
+      \$signature__en$325  = \$213 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$328  = 9'h000;
+    \$signature__addr$326  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$328  = \$221 [8:0];
+      \$signature__addr$326  = \$215 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__data$329  = 9'h000;
+    \$signature__data$327  = 9'h000;
     if (gemm_active) begin
-      \$signature__data$329  = elem;
+      \$signature__data$327  = elem;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$330  = 1'h0;
+    \$signature__en$328  = 1'h0;
     if (gemm_active) begin
-      \$signature__en$330  = \$226 ;
+      \$signature__en$328  = \$220 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     a_issue = 1'h0;
     if (gemm_active) begin
-      a_issue = \$233 ;
+      a_issue = \$227 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$339  = 9'h000;
+    \$signature__addr$337  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$339  = a_read_addr;
+      \$signature__addr$337  = a_read_addr;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$341  = 1'h1;
+    \$signature__en$339  = 1'h1;
     if (gemm_active) begin
-      \$signature__en$341  = a_read;
+      \$signature__en$339  = a_read;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$signature__addr$341  = 9'h000;
+    if (gemm_active) begin
+      \$signature__addr$341  = a_read_addr;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$signature__en$342  = 1'h1;
+    if (gemm_active) begin
+      \$signature__en$342  = a_read;
     end
   end
   always @* begin
@@ -31234,213 +31240,213 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$357  = 9'h000;
-    if (gemm_active) begin
-      \$signature__addr$357  = a_read_addr;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$358  = 1'h1;
-    if (gemm_active) begin
-      \$signature__en$358  = a_read;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     welem = 8'h00;
     if (gemm_active) begin
       casez (ins[21:17])
         5'h02:
-            welem = { \r_data$360 [1], \r_data$360 [1], \r_data$360 [1], \r_data$360 [1], \r_data$360 [1], \r_data$360 [1], \r_data$360 [1:0] };
+            welem = { \r_data$358 [1], \r_data$358 [1], \r_data$358 [1], \r_data$358 [1], \r_data$358 [1], \r_data$358 [1], \r_data$358 [1:0] };
         5'h03:
-            welem = { \r_data$360 [2], \r_data$360 [2], \r_data$360 [2], \r_data$360 [2], \r_data$360 [2], \r_data$360 [2:0] };
+            welem = { \r_data$358 [2], \r_data$358 [2], \r_data$358 [2], \r_data$358 [2], \r_data$358 [2], \r_data$358 [2:0] };
         5'h04:
-            welem = { \r_data$360 [3], \r_data$360 [3], \r_data$360 [3], \r_data$360 [3], \r_data$360 [3:0] };
+            welem = { \r_data$358 [3], \r_data$358 [3], \r_data$358 [3], \r_data$358 [3], \r_data$358 [3:0] };
         5'h05:
-            welem = { \r_data$360 [4], \r_data$360 [4], \r_data$360 [4], \r_data$360 [4:0] };
+            welem = { \r_data$358 [4], \r_data$358 [4], \r_data$358 [4], \r_data$358 [4:0] };
         5'h06:
-            welem = { \r_data$360 [5], \r_data$360 [5], \r_data$360 [5:0] };
+            welem = { \r_data$358 [5], \r_data$358 [5], \r_data$358 [5:0] };
         5'h07:
-            welem = { \r_data$360 [6], \r_data$360 [6:0] };
+            welem = { \r_data$358 [6], \r_data$358 [6:0] };
         5'h08:
-            welem = \r_data$360 [7:0];
+            welem = \r_data$358 [7:0];
       endcase
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$362  = 9'h000;
+    \$signature__addr$360  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$362  = \$241 [8:0];
+      \$signature__addr$360  = \$235 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__data$364  = 8'h00;
+    \$signature__data$362  = 8'h00;
     if (gemm_active) begin
-      \$signature__data$364  = welem;
+      \$signature__data$362  = welem;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$365  = 1'h0;
+    \$signature__en$363  = 1'h0;
     if (gemm_active) begin
-      \$signature__en$365  = \$249 ;
+      \$signature__en$363  = \$243 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$367  = 9'h000;
+    \$signature__addr$365  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$367  = \$251 [8:0];
+      \$signature__addr$365  = \$245 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__data$368  = 8'h00;
+    \$signature__data$366  = 8'h00;
     if (gemm_active) begin
-      \$signature__data$368  = welem;
+      \$signature__data$366  = welem;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$369  = 1'h0;
+    \$signature__en$367  = 1'h0;
     if (gemm_active) begin
-      \$signature__en$369  = \$258 ;
+      \$signature__en$367  = \$252 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$370  = 9'h000;
+    \$signature__addr$368  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$370  = \$260 [8:0];
+      \$signature__addr$368  = \$254 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__data$371  = 8'h00;
+    \$signature__data$369  = 8'h00;
     if (gemm_active) begin
-      \$signature__data$371  = welem;
+      \$signature__data$369  = welem;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$372  = 1'h0;
+    \$signature__en$370  = 1'h0;
     if (gemm_active) begin
-      \$signature__en$372  = \$267 ;
+      \$signature__en$370  = \$261 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$373  = 9'h000;
+    \$signature__addr$371  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$373  = \$269 [8:0];
+      \$signature__addr$371  = \$263 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__data$374  = 8'h00;
+    \$signature__data$372  = 8'h00;
     if (gemm_active) begin
-      \$signature__data$374  = welem;
+      \$signature__data$372  = welem;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$375  = 1'h0;
+    \$signature__en$373  = 1'h0;
     if (gemm_active) begin
-      \$signature__en$375  = \$276 ;
+      \$signature__en$373  = \$270 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$376  = 9'h000;
+    \$signature__addr$374  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$376  = \$278 [8:0];
+      \$signature__addr$374  = \$272 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__data$377  = 8'h00;
+    \$signature__data$375  = 8'h00;
     if (gemm_active) begin
-      \$signature__data$377  = welem;
+      \$signature__data$375  = welem;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$378  = 1'h0;
+    \$signature__en$376  = 1'h0;
     if (gemm_active) begin
-      \$signature__en$378  = \$285 ;
+      \$signature__en$376  = \$279 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$379  = 9'h000;
+    \$signature__addr$377  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$379  = \$287 [8:0];
+      \$signature__addr$377  = \$281 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__data$380  = 8'h00;
+    \$signature__data$378  = 8'h00;
     if (gemm_active) begin
-      \$signature__data$380  = welem;
+      \$signature__data$378  = welem;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$381  = 1'h0;
+    \$signature__en$379  = 1'h0;
     if (gemm_active) begin
-      \$signature__en$381  = \$294 ;
+      \$signature__en$379  = \$288 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$382  = 9'h000;
+    \$signature__addr$380  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$382  = \$296 [8:0];
+      \$signature__addr$380  = \$290 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__data$383  = 8'h00;
+    \$signature__data$381  = 8'h00;
     if (gemm_active) begin
-      \$signature__data$383  = welem;
+      \$signature__data$381  = welem;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$384  = 1'h0;
+    \$signature__en$382  = 1'h0;
     if (gemm_active) begin
-      \$signature__en$384  = \$303 ;
+      \$signature__en$382  = \$297 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$385  = 9'h000;
+    \$signature__addr$383  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$385  = \$305 [8:0];
+      \$signature__addr$383  = \$299 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__data$386  = 8'h00;
+    \$signature__data$384  = 8'h00;
     if (gemm_active) begin
-      \$signature__data$386  = welem;
+      \$signature__data$384  = welem;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$387  = 1'h0;
+    \$signature__en$385  = 1'h0;
     if (gemm_active) begin
-      \$signature__en$387  = \$312 ;
+      \$signature__en$385  = \$306 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$388  = 9'h000;
+    \$signature__addr$386  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$388  = w_read_addr;
+      \$signature__addr$386  = w_read_addr;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$signature__en$388  = 1'h1;
+    if (gemm_active) begin
+      \$signature__en$388  = a_read;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$signature__addr$389  = 9'h000;
+    if (gemm_active) begin
+      \$signature__addr$389  = w_read_addr;
     end
   end
   always @* begin
@@ -31536,723 +31542,709 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$403  = 9'h000;
-    if (gemm_active) begin
-      \$signature__addr$403  = w_read_addr;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$404  = 1'h1;
-    if (gemm_active) begin
-      \$signature__en$404  = a_read;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     feed_data = 146'h0000000000000000000000000000000000000;
     if (gemm_active) begin
-      feed_data = { \$signature__data$423 , \$signature__data$422 , \$signature__data$421 , \$signature__data$420 , \$signature__data$419 , \$signature__data$418 , \$signature__data$417 , \$signature__data$416 , \$signature__data$415 , \$signature__data$414 , \$signature__data$413 , \$signature__data$412 , \$signature__data$411 , \$signature__data$410 , \$signature__data$409 , \$signature__data$408 , \$signature__data$407 , feed_got_last };
+      feed_data = { \$signature__data$421 , \$signature__data$420 , \$signature__data$419 , \$signature__data$418 , \$signature__data$417 , \$signature__data$416 , \$signature__data$415 , \$signature__data$414 , \$signature__data$413 , \$signature__data$412 , \$signature__data$411 , \$signature__data$410 , \$signature__data$409 , \$signature__data$408 , \$signature__data$407 , \$signature__data$406 , \$signature__data$405 , feed_got_last };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \a__valid$424  = 1'h0;
+    \a__valid$422  = 1'h0;
     if (gemm_active) begin
-      \a__valid$424  = feed_valid;
+      \a__valid$422  = feed_valid;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \a__payload$426  = 82'h000000000000000000000;
+    \a__payload$424  = 82'h000000000000000000000;
     if (gemm_active) begin
-      \a__payload$426 [81] = feed_beat[0];
-      \a__payload$426 [8:0] = feed_beat[9:1];
-      \a__payload$426 [17:9] = feed_beat[18:10];
-      \a__payload$426 [26:18] = feed_beat[27:19];
-      \a__payload$426 [35:27] = feed_beat[36:28];
-      \a__payload$426 [44:36] = feed_beat[45:37];
-      \a__payload$426 [53:45] = feed_beat[54:46];
-      \a__payload$426 [62:54] = feed_beat[63:55];
-      \a__payload$426 [71:63] = feed_beat[72:64];
-      \a__payload$426 [80:72] = feed_beat[81:73];
+      \a__payload$424 [81] = feed_beat[0];
+      \a__payload$424 [8:0] = feed_beat[9:1];
+      \a__payload$424 [17:9] = feed_beat[18:10];
+      \a__payload$424 [26:18] = feed_beat[27:19];
+      \a__payload$424 [35:27] = feed_beat[36:28];
+      \a__payload$424 [44:36] = feed_beat[45:37];
+      \a__payload$424 [53:45] = feed_beat[54:46];
+      \a__payload$424 [62:54] = feed_beat[63:55];
+      \a__payload$424 [71:63] = feed_beat[72:64];
+      \a__payload$424 [80:72] = feed_beat[81:73];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     w__valid = 1'h0;
     if (gemm_active) begin
-      w__valid = \$313 ;
+      w__valid = \$307 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     feed_ready = 1'h0;
     if (gemm_active) begin
-      feed_ready = \a__ready$431 ;
+      feed_ready = \a__ready$429 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \r_en$432  = 1'h0;
+    \r_en$430  = 1'h0;
     if (gemm_active) begin
-      \r_en$432  = \$314 ;
+      \r_en$430  = \$308 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     w__payload = 64'h0000000000000000;
     if (gemm_active) begin
-      w__payload[7:0] = \$315 ;
-      w__payload[15:8] = \$316 ;
-      w__payload[23:16] = \$317 ;
-      w__payload[31:24] = \$318 ;
-      w__payload[39:32] = \$319 ;
-      w__payload[47:40] = \$320 ;
-      w__payload[55:48] = \$321 ;
-      w__payload[63:56] = \$322 ;
+      w__payload[7:0] = \$309 ;
+      w__payload[15:8] = \$310 ;
+      w__payload[23:16] = \$311 ;
+      w__payload[31:24] = \$312 ;
+      w__payload[39:32] = \$313 ;
+      w__payload[47:40] = \$314 ;
+      w__payload[55:48] = \$315 ;
+      w__payload[63:56] = \$316 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     dst_keep = 1'h1;
     if (gemm_active) begin
-      dst_keep = \$334 ;
+      dst_keep = \$328 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$892  = \addr$115 [13:0];
+    \$880  = \addr$113 [13:0];
     if (rst) begin
-      \$892  = 14'h0000;
+      \$880  = 14'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$893  = wr_data;
+    \$881  = wr_data;
     if (rst) begin
-      \$893  = 16'h0000;
+      \$881  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$894  = wr_en;
+    \$882  = wr_en;
+    if (rst) begin
+      \$882  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$883  = 1'h0;
+    casez (seq_state)
+      3'h0:
+          /* empty */;
+      3'h1:
+          /* empty */;
+      3'h2:
+          if (\$594 ) begin
+            \$883  = \$596 ;
+          end
+    endcase
+    if (rst) begin
+      \$883  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$884  = \$411 ;
+    if (rst) begin
+      \$884  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$885  = \$412 ;
+    if (rst) begin
+      \$885  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$886  = \$413 ;
+    if (rst) begin
+      \$886  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$887  = \$414 ;
+    if (rst) begin
+      \$887  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$888  = \$415 ;
+    if (rst) begin
+      \$888  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$889  = \$416 ;
+    if (rst) begin
+      \$889  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$890  = \$417 ;
+    if (rst) begin
+      \$890  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$891  = \$418 ;
+    if (rst) begin
+      \$891  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$892  = \$419 ;
+    if (rst) begin
+      \$892  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$893  = \$420 ;
+    if (rst) begin
+      \$893  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$894  = \$421 ;
     if (rst) begin
       \$894  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$895  = 1'h0;
-    casez (seq_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
-      3'h2:
-          if (\$606 ) begin
-            \$895  = \$608 ;
-          end
-    endcase
+    \$895  = \$422 ;
     if (rst) begin
       \$895  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$896  = \$417 ;
+    \$896  = \$423 ;
     if (rst) begin
       \$896  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$897  = \$418 ;
+    \$897  = \$424 ;
     if (rst) begin
       \$897  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$898  = \$419 ;
+    \$898  = \$425 ;
     if (rst) begin
       \$898  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$899  = \$420 ;
+    \$899  = \$426 [15:0];
     if (rst) begin
-      \$899  = 1'h0;
+      \$899  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$900  = \$421 ;
+    \$900  = \$429 ;
     if (rst) begin
       \$900  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$901  = \$422 ;
+    \$901  = \$432 ;
     if (rst) begin
       \$901  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$902  = \$423 ;
+    \$902  = \$435 ;
     if (rst) begin
       \$902  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$903  = \$424 ;
+    \$903  = \$438 ;
     if (rst) begin
       \$903  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$904  = \$425 ;
+    \$904  = \$441 ;
     if (rst) begin
       \$904  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$905  = \$426 ;
+    \$905  = \$443 ;
     if (rst) begin
       \$905  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$906  = \$427 ;
+    \$906  = \$445 ;
     if (rst) begin
       \$906  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$907  = \$428 ;
+    \$907  = src0_meta;
     if (rst) begin
-      \$907  = 1'h0;
+      \$907  = 3'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$908  = \$429 ;
+    \$908  = { \$446 , \final$509 , \last__4$508  };
     if (rst) begin
-      \$908  = 1'h0;
+      \$908  = 3'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$909  = \$430 ;
+    \$909  = \$448 ;
     if (rst) begin
       \$909  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$910  = \$431 ;
+    \$910  = \$450 ;
     if (rst) begin
       \$910  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$911  = \$432 [15:0];
+    \$911  = src1_meta;
     if (rst) begin
-      \$911  = 16'h0000;
+      \$911  = 3'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$912  = \$435 ;
+    \$912  = { \$451 , \final$515 , \last__4$514  };
     if (rst) begin
-      \$912  = 1'h0;
+      \$912  = 3'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$913  = \$438 ;
+    \$913  = \$458 ;
     if (rst) begin
       \$913  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$914  = \$441 ;
+    \$914  = \$466 ;
     if (rst) begin
       \$914  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$915  = \$444 ;
+    \$915  = \$471 ;
     if (rst) begin
       \$915  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$916  = \$447 ;
+    \$916  = 1'h0;
+    casez (seq_state)
+      3'h0:
+          /* empty */;
+      3'h1:
+          /* empty */;
+      3'h2:
+          /* empty */;
+      3'h3:
+          /* empty */;
+      3'h4:
+          \$916  = \$717 ;
+    endcase
     if (rst) begin
       \$916  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$917  = \$449 ;
+    \$917  = \$499 ;
     if (rst) begin
       \$917  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$918  = \$451 ;
+    \$918  = \$502 ;
     if (rst) begin
       \$918  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$919  = src0_meta;
+    \$919  = \$505 ;
     if (rst) begin
-      \$919  = 3'h0;
+      \$919  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$920  = { \$452 , \final$510 , \last__4$509  };
-    if (rst) begin
-      \$920  = 3'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$921  = \$454 ;
-    if (rst) begin
-      \$921  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$922  = \$456 ;
-    if (rst) begin
-      \$922  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$923  = src1_meta;
-    if (rst) begin
-      \$923  = 3'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$924  = { \$457 , \final$515 , \last__4$514  };
-    if (rst) begin
-      \$924  = 3'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$925  = \$464 ;
-    if (rst) begin
-      \$925  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$926  = \$472 ;
-    if (rst) begin
-      \$926  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$927  = \$477 ;
-    if (rst) begin
-      \$927  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$928  = 1'h0;
-    casez (seq_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
-      3'h2:
-          /* empty */;
-      3'h3:
-          /* empty */;
-      3'h4:
-          \$928  = \$729 ;
-    endcase
-    if (rst) begin
-      \$928  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$929  = \$507 ;
-    if (rst) begin
-      \$929  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$930  = \$512 ;
-    if (rst) begin
-      \$930  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$931  = \$517 ;
-    if (rst) begin
-      \$931  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$932  = ext_req_valid;
+    \$920  = ext_req_valid;
     if (in_decode) begin
-      \$932  = 1'h0;
+      \$920  = 1'h0;
     end
     if (in_stream) begin
       if (is_move) begin
       end else if (is_load) begin
-        if (\$734 ) begin
-          \$932  = valid;
+        if (\$722 ) begin
+          \$920  = valid;
         end
       end else if (is_store) begin
-        if (\$738 ) begin
-          \$932  = dst_step;
+        if (\$726 ) begin
+          \$920  = dst_step;
         end
       end
     end
     if (rst) begin
-      \$932  = 1'h0;
+      \$920  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$933  = cycles;
+    \$921  = cycles;
     if (busy) begin
-      \$933  = \$518 [47:0];
+      \$921  = \$506 [47:0];
     end
-    if (\$586 ) begin
-      \$933  = 48'h000000000000;
+    if (\$574 ) begin
+      \$921  = 48'h000000000000;
     end
     if (rst) begin
-      \$933  = 48'h000000000000;
+      \$921  = 48'h000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$934  = op_cycles__0;
+    \$922  = op_cycles__0;
+    if (busy) begin
+      if (\$507 ) begin
+        \$922  = \$508 [47:0];
+      end
+    end
+    if (\$574 ) begin
+      \$922  = 48'h000000000000;
+    end
+    if (rst) begin
+      \$922  = 48'h000000000000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$923  = op_cycles__1;
+    if (busy) begin
+      if (\$509 ) begin
+        \$923  = \$510 [47:0];
+      end
+    end
+    if (\$574 ) begin
+      \$923  = 48'h000000000000;
+    end
+    if (rst) begin
+      \$923  = 48'h000000000000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$924  = op_cycles__2;
+    if (busy) begin
+      if (\$511 ) begin
+        \$924  = \$512 [47:0];
+      end
+    end
+    if (\$574 ) begin
+      \$924  = 48'h000000000000;
+    end
+    if (rst) begin
+      \$924  = 48'h000000000000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$925  = op_cycles__3;
+    if (busy) begin
+      if (\$513 ) begin
+        \$925  = \$514 [47:0];
+      end
+    end
+    if (\$574 ) begin
+      \$925  = 48'h000000000000;
+    end
+    if (rst) begin
+      \$925  = 48'h000000000000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$926  = op_cycles__4;
+    if (busy) begin
+      if (\$515 ) begin
+        \$926  = \$516 [47:0];
+      end
+    end
+    if (\$574 ) begin
+      \$926  = 48'h000000000000;
+    end
+    if (rst) begin
+      \$926  = 48'h000000000000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$927  = op_cycles__5;
+    if (busy) begin
+      if (\$517 ) begin
+        \$927  = \$518 [47:0];
+      end
+    end
+    if (\$574 ) begin
+      \$927  = 48'h000000000000;
+    end
+    if (rst) begin
+      \$927  = 48'h000000000000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$928  = op_cycles__6;
     if (busy) begin
       if (\$519 ) begin
-        \$934  = \$520 [47:0];
+        \$928  = \$520 [47:0];
       end
     end
-    if (\$586 ) begin
-      \$934  = 48'h000000000000;
+    if (\$574 ) begin
+      \$928  = 48'h000000000000;
     end
     if (rst) begin
-      \$934  = 48'h000000000000;
+      \$928  = 48'h000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$935  = op_cycles__1;
+    \$929  = op_cycles__7;
     if (busy) begin
       if (\$521 ) begin
-        \$935  = \$522 [47:0];
+        \$929  = \$522 [47:0];
       end
     end
-    if (\$586 ) begin
-      \$935  = 48'h000000000000;
+    if (\$574 ) begin
+      \$929  = 48'h000000000000;
     end
     if (rst) begin
-      \$935  = 48'h000000000000;
+      \$929  = 48'h000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$936  = op_cycles__2;
+    \$930  = op_cycles__8;
     if (busy) begin
       if (\$523 ) begin
-        \$936  = \$524 [47:0];
+        \$930  = \$524 [47:0];
       end
     end
-    if (\$586 ) begin
-      \$936  = 48'h000000000000;
+    if (\$574 ) begin
+      \$930  = 48'h000000000000;
     end
     if (rst) begin
-      \$936  = 48'h000000000000;
+      \$930  = 48'h000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$937  = op_cycles__3;
+    \$931  = op_cycles__9;
     if (busy) begin
       if (\$525 ) begin
-        \$937  = \$526 [47:0];
+        \$931  = \$526 [47:0];
       end
     end
-    if (\$586 ) begin
-      \$937  = 48'h000000000000;
+    if (\$574 ) begin
+      \$931  = 48'h000000000000;
     end
     if (rst) begin
-      \$937  = 48'h000000000000;
+      \$931  = 48'h000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$938  = op_cycles__4;
+    \$932  = op_cycles__10;
     if (busy) begin
       if (\$527 ) begin
-        \$938  = \$528 [47:0];
+        \$932  = \$528 [47:0];
       end
     end
-    if (\$586 ) begin
-      \$938  = 48'h000000000000;
+    if (\$574 ) begin
+      \$932  = 48'h000000000000;
     end
     if (rst) begin
-      \$938  = 48'h000000000000;
+      \$932  = 48'h000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$939  = op_cycles__5;
+    \$933  = op_cycles__11;
     if (busy) begin
       if (\$529 ) begin
-        \$939  = \$530 [47:0];
+        \$933  = \$530 [47:0];
       end
     end
-    if (\$586 ) begin
-      \$939  = 48'h000000000000;
+    if (\$574 ) begin
+      \$933  = 48'h000000000000;
     end
     if (rst) begin
-      \$939  = 48'h000000000000;
+      \$933  = 48'h000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$940  = op_cycles__6;
+    \$934  = op_cycles__12;
     if (busy) begin
       if (\$531 ) begin
-        \$940  = \$532 [47:0];
+        \$934  = \$532 [47:0];
       end
     end
-    if (\$586 ) begin
-      \$940  = 48'h000000000000;
+    if (\$574 ) begin
+      \$934  = 48'h000000000000;
     end
     if (rst) begin
-      \$940  = 48'h000000000000;
+      \$934  = 48'h000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$941  = op_cycles__7;
+    \$935  = op_cycles__13;
     if (busy) begin
       if (\$533 ) begin
-        \$941  = \$534 [47:0];
+        \$935  = \$534 [47:0];
       end
     end
-    if (\$586 ) begin
-      \$941  = 48'h000000000000;
+    if (\$574 ) begin
+      \$935  = 48'h000000000000;
     end
     if (rst) begin
-      \$941  = 48'h000000000000;
+      \$935  = 48'h000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$942  = op_cycles__8;
+    \$936  = op_cycles__14;
     if (busy) begin
       if (\$535 ) begin
-        \$942  = \$536 [47:0];
+        \$936  = \$536 [47:0];
       end
     end
-    if (\$586 ) begin
-      \$942  = 48'h000000000000;
+    if (\$574 ) begin
+      \$936  = 48'h000000000000;
     end
     if (rst) begin
-      \$942  = 48'h000000000000;
+      \$936  = 48'h000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$943  = op_cycles__9;
+    \$937  = op_cycles__15;
     if (busy) begin
       if (\$537 ) begin
-        \$943  = \$538 [47:0];
+        \$937  = \$538 [47:0];
       end
     end
-    if (\$586 ) begin
-      \$943  = 48'h000000000000;
+    if (\$574 ) begin
+      \$937  = 48'h000000000000;
     end
     if (rst) begin
-      \$943  = 48'h000000000000;
+      \$937  = 48'h000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$944  = op_cycles__10;
-    if (busy) begin
-      if (\$539 ) begin
-        \$944  = \$540 [47:0];
-      end
-    end
-    if (\$586 ) begin
-      \$944  = 48'h000000000000;
-    end
+    \$938  = \$540 ;
     if (rst) begin
-      \$944  = 48'h000000000000;
+      \$938  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$945  = op_cycles__11;
-    if (busy) begin
-      if (\$541 ) begin
-        \$945  = \$542 [47:0];
-      end
-    end
-    if (\$586 ) begin
-      \$945  = 48'h000000000000;
-    end
+    \$939  = is_end;
     if (rst) begin
-      \$945  = 48'h000000000000;
+      \$939  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$946  = op_cycles__12;
-    if (busy) begin
-      if (\$543 ) begin
-        \$946  = \$544 [47:0];
-      end
-    end
-    if (\$586 ) begin
-      \$946  = 48'h000000000000;
-    end
+    \$940  = \$551 ;
     if (rst) begin
-      \$946  = 48'h000000000000;
+      \$940  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$947  = op_cycles__13;
-    if (busy) begin
-      if (\$545 ) begin
-        \$947  = \$546 [47:0];
-      end
-    end
-    if (\$586 ) begin
-      \$947  = 48'h000000000000;
-    end
+    \$941  = \$562 ;
     if (rst) begin
-      \$947  = 48'h000000000000;
+      \$941  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$948  = op_cycles__14;
-    if (busy) begin
-      if (\$547 ) begin
-        \$948  = \$548 [47:0];
-      end
-    end
-    if (\$586 ) begin
-      \$948  = 48'h000000000000;
-    end
+    \$942  = \$572 ;
     if (rst) begin
-      \$948  = 48'h000000000000;
+      \$942  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$949  = op_cycles__15;
-    if (busy) begin
-      if (\$549 ) begin
-        \$949  = \$550 [47:0];
-      end
+    \$943  = pc;
+    if (\$574 ) begin
+      \$943  = prog;
     end
-    if (\$586 ) begin
-      \$949  = 48'h000000000000;
+    if (\$580 ) begin
+      \$943  = \$signal$538 ;
+    end
+    if (\$588 ) begin
+      \$943  = \$589 [31:0];
     end
     if (rst) begin
-      \$949  = 48'h000000000000;
+      \$943  = 32'd0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$950  = \$552 ;
-    if (rst) begin
-      \$950  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$951  = is_end;
-    if (rst) begin
-      \$951  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$952  = \$563 ;
-    if (rst) begin
-      \$952  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$953  = \$574 ;
-    if (rst) begin
-      \$953  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$954  = \$584 ;
-    if (rst) begin
-      \$954  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$955  = pc;
-    if (\$586 ) begin
-      \$955  = prog;
-    end
-    if (\$592 ) begin
-      \$955  = \$signal$538 ;
-    end
-    if (\$600 ) begin
-      \$955  = \$601 [31:0];
-    end
-    if (rst) begin
-      \$955  = 32'd0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$956  = busy;
-    if (\$586 ) begin
-      \$956  = 1'h1;
+    \$944  = busy;
+    if (\$574 ) begin
+      \$944  = 1'h1;
     end
     casez (seq_state)
       3'h0:
@@ -32260,19 +32252,628 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h1:
           /* empty */;
       3'h2:
-          if (\$606 ) begin
+          if (\$594 ) begin
           end else if (d_end_more) begin
           end else if (d_end) begin
-            \$956  = 1'h0;
+            \$944  = 1'h0;
           end
       3'h3:
           /* empty */;
       3'h4:
           /* empty */;
       3'h5:
-          if (\$731 ) begin
+          if (\$719 ) begin
+            \$944  = 1'h0;
+          end
+    endcase
+    if (rst) begin
+      \$944  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$945  = done;
+    if (\$574 ) begin
+      \$945  = 1'h0;
+    end
+    casez (seq_state)
+      3'h0:
+          /* empty */;
+      3'h1:
+          /* empty */;
+      3'h2:
+          if (\$594 ) begin
+          end else if (d_end_more) begin
+          end else if (d_end) begin
+            \$945  = 1'h1;
+          end
+      3'h3:
+          /* empty */;
+      3'h4:
+          /* empty */;
+      3'h5:
+          if (\$719 ) begin
+            \$945  = 1'h1;
+          end
+    endcase
+    if (rst) begin
+      \$945  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$946  = error;
+    if (\$574 ) begin
+      \$946  = 4'h0;
+    end
+    casez (seq_state)
+      3'h0:
+          /* empty */;
+      3'h1:
+        begin
+          if (beat__valid) begin
+            if (beat__payload[512]) begin
+              \$946  = 4'h4;
+            end
+          end
+          if (start) begin
+            \$946  = 4'h6;
+          end
+        end
+      3'h2:
+        begin
+          (* full_case = 32'd1 *)
+          if (\$594 ) begin
+          end else if (d_end_more) begin
+          end else if (d_end) begin
+          end else if (d_count_zero) begin
+            \$946  = 4'h2;
+          end else if (d_const) begin
+          end else if (d_stream) begin
+          end else begin
+            \$946  = 4'h1;
+          end
+          if (start) begin
+            \$946  = 4'h6;
+          end
+        end
+      3'h3:
+        begin
+          if (\$632 ) begin
+            if (beat__payload[512]) begin
+              \$946  = 4'h4;
+            end
+          end
+          if (start) begin
+            \$946  = 4'h6;
+          end
+        end
+      3'h4:
+        begin
+          if (addr_fault) begin
+            \$946  = 4'h3;
+          end
+          if (\$718 ) begin
+            \$946  = fault_q;
+          end
+          if (start) begin
+            \$946  = 4'h6;
+          end
+        end
+    endcase
+    if (rst) begin
+      \$946  = 4'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$947  = fetch_sent;
+    if (\$574 ) begin
+      \$947  = 1'h0;
+    end
+    casez (seq_state)
+      3'h0:
+          /* empty */;
+      3'h1:
+        begin
+          if (\$591 ) begin
+            \$947  = 1'h1;
+          end
+          if (beat__valid) begin
+            \$947  = 1'h0;
+          end
+        end
+    endcase
+    if (rst) begin
+      \$947  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$948  = \$signal$538 ;
+    if (\$574 ) begin
+      \$948  = prog;
+    end
+    if (rst) begin
+      \$948  = 32'd0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$949  = \$signal$539 ;
+    if (\$574 ) begin
+      \$949  = image_stride;
+    end
+    if (rst) begin
+      \$949  = 32'd0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$950  = images_left;
+    if (\$574 ) begin
+      \$950  = \$576 ;
+    end
+    if (\$580 ) begin
+      \$950  = \$581 [15:0];
+    end
+    if (rst) begin
+      \$950  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$951  = offset;
+    if (\$574 ) begin
+      \$951  = 32'd0;
+    end
+    if (\$580 ) begin
+      \$951  = \$582 [31:0];
+    end
+    if (rst) begin
+      \$951  = 32'd0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$952  = seq_state;
+    (* full_case = 32'd1 *)
+    casez (seq_state)
+      3'h0:
+          if (start) begin
+            \$952  = 3'h1;
+          end
+      3'h1:
+        begin
+          if (beat__valid) begin
+            (* full_case = 32'd1 *)
+            if (beat__payload[512]) begin
+              \$952  = 3'h5;
+            end else begin
+              \$952  = 3'h2;
+            end
+          end
+          if (start) begin
+            \$952  = 3'h5;
+          end
+        end
+      3'h2:
+        begin
+          (* full_case = 32'd1 *)
+          if (\$594 ) begin
+          end else if (d_end_more) begin
+            \$952  = 3'h1;
+          end else if (d_end) begin
+            \$952  = 3'h0;
+          end else if (d_count_zero) begin
+            \$952  = 3'h5;
+          end else if (d_const) begin
+            \$952  = 3'h3;
+          end else if (d_stream) begin
+            \$952  = 3'h4;
+          end else begin
+            \$952  = 3'h5;
+          end
+          if (start) begin
+            \$952  = 3'h5;
+          end
+        end
+      3'h3:
+        begin
+          if (\$632 ) begin
+            if (beat__payload[512]) begin
+              \$952  = 3'h5;
+            end
+          end
+          if (c_fire) begin
+            if (c_last) begin
+              \$952  = 3'h4;
+            end
+          end
+          if (\$673 ) begin
+            \$952  = 3'h4;
+          end
+          if (start) begin
+            \$952  = 3'h5;
+          end
+        end
+      3'h4:
+        begin
+          if (\$706 ) begin
+            \$952  = 3'h1;
+          end
+          if (addr_fault) begin
+            \$952  = 3'h5;
+          end
+          if (\$718 ) begin
+            \$952  = 3'h5;
+          end
+          if (start) begin
+            \$952  = 3'h5;
+          end
+        end
+      3'h5:
+          if (\$719 ) begin
+            \$952  = 3'h0;
+          end
+      default:
+          \$952  = 3'h0;
+    endcase
+    if (rst) begin
+      \$952  = 3'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$953  = in_stream;
+    (* full_case = 32'd1 *)
+    casez (seq_state)
+      3'h0:
+          if (start) begin
+            \$953  = 1'h0;
+          end
+      3'h1:
+        begin
+          if (beat__valid) begin
+            (* full_case = 32'd1 *)
+            if (beat__payload[512]) begin
+              \$953  = 1'h0;
+            end else begin
+              \$953  = 1'h0;
+            end
+          end
+          if (start) begin
+            \$953  = 1'h0;
+          end
+        end
+      3'h2:
+        begin
+          (* full_case = 32'd1 *)
+          if (\$594 ) begin
+          end else if (d_end_more) begin
+            \$953  = 1'h0;
+          end else if (d_end) begin
+            \$953  = 1'h0;
+          end else if (d_count_zero) begin
+            \$953  = 1'h0;
+          end else if (d_const) begin
+            \$953  = 1'h0;
+          end else if (d_stream) begin
+            \$953  = 1'h1;
+          end else begin
+            \$953  = 1'h0;
+          end
+          if (start) begin
+            \$953  = 1'h0;
+          end
+        end
+      3'h3:
+        begin
+          if (\$632 ) begin
+            if (beat__payload[512]) begin
+              \$953  = 1'h0;
+            end
+          end
+          if (c_fire) begin
+            if (c_last) begin
+              \$953  = 1'h1;
+            end
+          end
+          if (\$673 ) begin
+            \$953  = 1'h1;
+          end
+          if (start) begin
+            \$953  = 1'h0;
+          end
+        end
+      3'h4:
+        begin
+          if (\$706 ) begin
+            \$953  = 1'h0;
+          end
+          if (addr_fault) begin
+            \$953  = 1'h0;
+          end
+          if (\$718 ) begin
+            \$953  = 1'h0;
+          end
+          if (start) begin
+            \$953  = 1'h0;
+          end
+        end
+      3'h5:
+          if (\$719 ) begin
+            \$953  = 1'h0;
+          end
+      default:
+          \$953  = 1'h0;
+    endcase
+    if (rst) begin
+      \$953  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$954  = in_decode;
+    (* full_case = 32'd1 *)
+    casez (seq_state)
+      3'h0:
+          if (start) begin
+            \$954  = 1'h0;
+          end
+      3'h1:
+        begin
+          if (beat__valid) begin
+            (* full_case = 32'd1 *)
+            if (beat__payload[512]) begin
+              \$954  = 1'h0;
+            end else begin
+              \$954  = 1'h1;
+            end
+          end
+          if (start) begin
+            \$954  = 1'h0;
+          end
+        end
+      3'h2:
+        begin
+          (* full_case = 32'd1 *)
+          if (\$594 ) begin
+          end else if (d_end_more) begin
+            \$954  = 1'h0;
+          end else if (d_end) begin
+            \$954  = 1'h0;
+          end else if (d_count_zero) begin
+            \$954  = 1'h0;
+          end else if (d_const) begin
+            \$954  = 1'h0;
+          end else if (d_stream) begin
+            \$954  = 1'h0;
+          end else begin
+            \$954  = 1'h0;
+          end
+          if (start) begin
+            \$954  = 1'h0;
+          end
+        end
+      3'h3:
+        begin
+          if (\$632 ) begin
+            if (beat__payload[512]) begin
+              \$954  = 1'h0;
+            end
+          end
+          if (c_fire) begin
+            if (c_last) begin
+              \$954  = 1'h0;
+            end
+          end
+          if (\$673 ) begin
+            \$954  = 1'h0;
+          end
+          if (start) begin
+            \$954  = 1'h0;
+          end
+        end
+      3'h4:
+        begin
+          if (\$706 ) begin
+            \$954  = 1'h0;
+          end
+          if (addr_fault) begin
+            \$954  = 1'h0;
+          end
+          if (\$718 ) begin
+            \$954  = 1'h0;
+          end
+          if (start) begin
+            \$954  = 1'h0;
+          end
+        end
+      3'h5:
+          if (\$719 ) begin
+            \$954  = 1'h0;
+          end
+      default:
+          \$954  = 1'h0;
+    endcase
+    if (rst) begin
+      \$954  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$955  = in_op;
+    (* full_case = 32'd1 *)
+    casez (seq_state)
+      3'h0:
+          if (start) begin
+            \$955  = 1'h0;
+          end
+      3'h1:
+        begin
+          if (beat__valid) begin
+            (* full_case = 32'd1 *)
+            if (beat__payload[512]) begin
+              \$955  = 1'h0;
+            end else begin
+              \$955  = 1'h0;
+            end
+          end
+          if (start) begin
+            \$955  = 1'h0;
+          end
+        end
+      3'h2:
+        begin
+          (* full_case = 32'd1 *)
+          if (\$594 ) begin
+          end else if (d_end_more) begin
+            \$955  = 1'h0;
+          end else if (d_end) begin
+            \$955  = 1'h0;
+          end else if (d_count_zero) begin
+            \$955  = 1'h0;
+          end else if (d_const) begin
+            \$955  = 1'h1;
+          end else if (d_stream) begin
+            \$955  = 1'h1;
+          end else begin
+            \$955  = 1'h0;
+          end
+          if (start) begin
+            \$955  = 1'h0;
+          end
+        end
+      3'h3:
+        begin
+          if (\$632 ) begin
+            if (beat__payload[512]) begin
+              \$955  = 1'h0;
+            end
+          end
+          if (c_fire) begin
+            if (c_last) begin
+              \$955  = 1'h1;
+            end
+          end
+          if (\$673 ) begin
+            \$955  = 1'h1;
+          end
+          if (start) begin
+            \$955  = 1'h0;
+          end
+        end
+      3'h4:
+        begin
+          if (\$706 ) begin
+            \$955  = 1'h0;
+          end
+          if (addr_fault) begin
+            \$955  = 1'h0;
+          end
+          if (\$718 ) begin
+            \$955  = 1'h0;
+          end
+          if (start) begin
+            \$955  = 1'h0;
+          end
+        end
+      3'h5:
+          if (\$719 ) begin
+            \$955  = 1'h0;
+          end
+      default:
+          \$955  = 1'h0;
+    endcase
+    if (rst) begin
+      \$955  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$956  = unit_rst;
+    (* full_case = 32'd1 *)
+    casez (seq_state)
+      3'h0:
+          if (start) begin
             \$956  = 1'h0;
           end
+      3'h1:
+        begin
+          if (beat__valid) begin
+            (* full_case = 32'd1 *)
+            if (beat__payload[512]) begin
+              \$956  = 1'h1;
+            end else begin
+              \$956  = 1'h0;
+            end
+          end
+          if (start) begin
+            \$956  = 1'h1;
+          end
+        end
+      3'h2:
+        begin
+          (* full_case = 32'd1 *)
+          if (\$594 ) begin
+          end else if (d_end_more) begin
+            \$956  = 1'h0;
+          end else if (d_end) begin
+            \$956  = 1'h0;
+          end else if (d_count_zero) begin
+            \$956  = 1'h1;
+          end else if (d_const) begin
+            \$956  = 1'h0;
+          end else if (d_stream) begin
+            \$956  = 1'h0;
+          end else begin
+            \$956  = 1'h1;
+          end
+          if (start) begin
+            \$956  = 1'h1;
+          end
+        end
+      3'h3:
+        begin
+          if (\$632 ) begin
+            if (beat__payload[512]) begin
+              \$956  = 1'h1;
+            end
+          end
+          if (c_fire) begin
+            if (c_last) begin
+              \$956  = 1'h0;
+            end
+          end
+          if (\$673 ) begin
+            \$956  = 1'h0;
+          end
+          if (start) begin
+            \$956  = 1'h1;
+          end
+        end
+      3'h4:
+        begin
+          if (\$706 ) begin
+            \$956  = 1'h0;
+          end
+          if (addr_fault) begin
+            \$956  = 1'h1;
+          end
+          if (\$718 ) begin
+            \$956  = 1'h1;
+          end
+          if (start) begin
+            \$956  = 1'h1;
+          end
+        end
+      3'h5:
+          if (\$719 ) begin
+            \$956  = 1'h0;
+          end
+      default:
+          \$956  = 1'h0;
     endcase
     if (rst) begin
       \$956  = 1'h0;
@@ -32280,117 +32881,266 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$957  = done;
-    if (\$586 ) begin
-      \$957  = 1'h0;
-    end
+    \$957  = gemm_active;
+    (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
-      3'h2:
-          if (\$606 ) begin
-          end else if (d_end_more) begin
-          end else if (d_end) begin
-            \$957  = 1'h1;
+          if (start) begin
+            \$957  = 1'h0;
           end
-      3'h3:
-          /* empty */;
-      3'h4:
-          /* empty */;
-      3'h5:
-          if (\$731 ) begin
-            \$957  = 1'h1;
-          end
-    endcase
-    if (rst) begin
-      \$957  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$958  = error;
-    if (\$586 ) begin
-      \$958  = 4'h0;
-    end
-    casez (seq_state)
-      3'h0:
-          /* empty */;
       3'h1:
         begin
           if (beat__valid) begin
+            (* full_case = 32'd1 *)
             if (beat__payload[512]) begin
-              \$958  = 4'h4;
+              \$957  = 1'h0;
+            end else begin
+              \$957  = 1'h0;
             end
           end
           if (start) begin
-            \$958  = 4'h6;
+            \$957  = 1'h0;
           end
         end
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$606 ) begin
+          if (\$594 ) begin
           end else if (d_end_more) begin
+            \$957  = 1'h0;
           end else if (d_end) begin
+            \$957  = 1'h0;
           end else if (d_count_zero) begin
-            \$958  = 4'h2;
+            \$957  = 1'h0;
           end else if (d_const) begin
+            \$957  = 1'h0;
           end else if (d_stream) begin
+            \$957  = is_gemm;
           end else begin
-            \$958  = 4'h1;
+            \$957  = 1'h0;
           end
           if (start) begin
-            \$958  = 4'h6;
+            \$957  = 1'h0;
           end
         end
       3'h3:
         begin
-          if (\$644 ) begin
+          if (\$632 ) begin
             if (beat__payload[512]) begin
-              \$958  = 4'h4;
+              \$957  = 1'h0;
             end
           end
+          if (c_fire) begin
+            if (c_last) begin
+              \$957  = is_gemm;
+            end
+          end
+          if (\$673 ) begin
+            \$957  = is_gemm;
+          end
           if (start) begin
-            \$958  = 4'h6;
+            \$957  = 1'h0;
           end
         end
       3'h4:
         begin
-          if (addr_fault) begin
-            \$958  = 4'h3;
+          if (\$706 ) begin
+            \$957  = 1'h0;
           end
-          if (\$730 ) begin
-            \$958  = fault_q;
+          if (addr_fault) begin
+            \$957  = 1'h0;
+          end
+          if (\$718 ) begin
+            \$957  = 1'h0;
           end
           if (start) begin
-            \$958  = 4'h6;
+            \$957  = 1'h0;
           end
         end
+      3'h5:
+          if (\$719 ) begin
+            \$957  = 1'h0;
+          end
+      default:
+          \$957  = 1'h0;
     endcase
     if (rst) begin
-      \$958  = 4'h0;
+      \$957  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$959  = fetch_sent;
-    if (\$586 ) begin
-      \$959  = 1'h0;
-    end
+    \$958  = pack_active;
+    (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
-          /* empty */;
+          if (start) begin
+            \$958  = 1'h0;
+          end
       3'h1:
         begin
-          if (\$603 ) begin
-            \$959  = 1'h1;
-          end
           if (beat__valid) begin
+            (* full_case = 32'd1 *)
+            if (beat__payload[512]) begin
+              \$958  = 1'h0;
+            end else begin
+              \$958  = 1'h0;
+            end
+          end
+          if (start) begin
+            \$958  = 1'h0;
+          end
+        end
+      3'h2:
+        begin
+          (* full_case = 32'd1 *)
+          if (\$594 ) begin
+          end else if (d_end_more) begin
+            \$958  = 1'h0;
+          end else if (d_end) begin
+            \$958  = 1'h0;
+          end else if (d_count_zero) begin
+            \$958  = 1'h0;
+          end else if (d_const) begin
+            \$958  = 1'h0;
+          end else if (d_stream) begin
+            \$958  = \$601 ;
+          end else begin
+            \$958  = 1'h0;
+          end
+          if (start) begin
+            \$958  = 1'h0;
+          end
+        end
+      3'h3:
+        begin
+          if (\$632 ) begin
+            if (beat__payload[512]) begin
+              \$958  = 1'h0;
+            end
+          end
+          if (c_fire) begin
+            if (c_last) begin
+              \$958  = \$646 ;
+            end
+          end
+          if (\$673 ) begin
+            \$958  = \$676 ;
+          end
+          if (start) begin
+            \$958  = 1'h0;
+          end
+        end
+      3'h4:
+        begin
+          if (\$706 ) begin
+            \$958  = 1'h0;
+          end
+          if (addr_fault) begin
+            \$958  = 1'h0;
+          end
+          if (\$718 ) begin
+            \$958  = 1'h0;
+          end
+          if (start) begin
+            \$958  = 1'h0;
+          end
+        end
+      3'h5:
+          if (\$719 ) begin
+            \$958  = 1'h0;
+          end
+      default:
+          \$958  = 1'h0;
+    endcase
+    if (rst) begin
+      \$958  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$959  = sink_from_move;
+    (* full_case = 32'd1 *)
+    casez (seq_state)
+      3'h0:
+          if (start) begin
+            \$959  = 1'h0;
+          end
+      3'h1:
+        begin
+          if (beat__valid) begin
+            (* full_case = 32'd1 *)
+            if (beat__payload[512]) begin
+              \$959  = 1'h0;
+            end else begin
+              \$959  = 1'h0;
+            end
+          end
+          if (start) begin
             \$959  = 1'h0;
           end
         end
+      3'h2:
+        begin
+          (* full_case = 32'd1 *)
+          if (\$594 ) begin
+          end else if (d_end_more) begin
+            \$959  = 1'h0;
+          end else if (d_end) begin
+            \$959  = 1'h0;
+          end else if (d_count_zero) begin
+            \$959  = 1'h0;
+          end else if (d_const) begin
+            \$959  = 1'h0;
+          end else if (d_stream) begin
+            \$959  = is_move;
+          end else begin
+            \$959  = 1'h0;
+          end
+          if (start) begin
+            \$959  = 1'h0;
+          end
+        end
+      3'h3:
+        begin
+          if (\$632 ) begin
+            if (beat__payload[512]) begin
+              \$959  = 1'h0;
+            end
+          end
+          if (c_fire) begin
+            if (c_last) begin
+              \$959  = is_move;
+            end
+          end
+          if (\$673 ) begin
+            \$959  = is_move;
+          end
+          if (start) begin
+            \$959  = 1'h0;
+          end
+        end
+      3'h4:
+        begin
+          if (\$706 ) begin
+            \$959  = 1'h0;
+          end
+          if (addr_fault) begin
+            \$959  = 1'h0;
+          end
+          if (\$718 ) begin
+            \$959  = 1'h0;
+          end
+          if (start) begin
+            \$959  = 1'h0;
+          end
+        end
+      3'h5:
+          if (\$719 ) begin
+            \$959  = 1'h0;
+          end
+      default:
+          \$959  = 1'h0;
     endcase
     if (rst) begin
       \$959  = 1'h0;
@@ -32398,142 +33148,452 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$960  = \$signal$538 ;
-    if (\$586 ) begin
-      \$960  = prog;
-    end
-    if (rst) begin
-      \$960  = 32'd0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$961  = \$signal$539 ;
-    if (\$586 ) begin
-      \$961  = image_stride;
-    end
-    if (rst) begin
-      \$961  = 32'd0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$962  = images_left;
-    if (\$586 ) begin
-      \$962  = \$588 ;
-    end
-    if (\$592 ) begin
-      \$962  = \$593 [15:0];
-    end
-    if (rst) begin
-      \$962  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$963  = offset;
-    if (\$586 ) begin
-      \$963  = 32'd0;
-    end
-    if (\$592 ) begin
-      \$963  = \$594 [31:0];
-    end
-    if (rst) begin
-      \$963  = 32'd0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$964  = seq_state;
+    \$960  = sink_from_load;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
           if (start) begin
-            \$964  = 3'h1;
+            \$960  = 1'h0;
           end
       3'h1:
         begin
           if (beat__valid) begin
             (* full_case = 32'd1 *)
             if (beat__payload[512]) begin
-              \$964  = 3'h5;
+              \$960  = 1'h0;
             end else begin
-              \$964  = 3'h2;
+              \$960  = 1'h0;
             end
           end
           if (start) begin
-            \$964  = 3'h5;
+            \$960  = 1'h0;
           end
         end
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$606 ) begin
+          if (\$594 ) begin
           end else if (d_end_more) begin
-            \$964  = 3'h1;
+            \$960  = 1'h0;
           end else if (d_end) begin
-            \$964  = 3'h0;
+            \$960  = 1'h0;
           end else if (d_count_zero) begin
-            \$964  = 3'h5;
+            \$960  = 1'h0;
           end else if (d_const) begin
-            \$964  = 3'h3;
+            \$960  = 1'h0;
           end else if (d_stream) begin
-            \$964  = 3'h4;
+            \$960  = is_load;
           end else begin
-            \$964  = 3'h5;
+            \$960  = 1'h0;
           end
           if (start) begin
-            \$964  = 3'h5;
+            \$960  = 1'h0;
           end
         end
       3'h3:
         begin
-          if (\$644 ) begin
+          if (\$632 ) begin
             if (beat__payload[512]) begin
-              \$964  = 3'h5;
+              \$960  = 1'h0;
             end
           end
           if (c_fire) begin
             if (c_last) begin
-              \$964  = 3'h4;
+              \$960  = is_load;
             end
           end
-          if (\$685 ) begin
-            \$964  = 3'h4;
+          if (\$673 ) begin
+            \$960  = is_load;
           end
           if (start) begin
-            \$964  = 3'h5;
+            \$960  = 1'h0;
           end
         end
       3'h4:
         begin
-          if (\$718 ) begin
-            \$964  = 3'h1;
+          if (\$706 ) begin
+            \$960  = 1'h0;
           end
           if (addr_fault) begin
-            \$964  = 3'h5;
+            \$960  = 1'h0;
           end
-          if (\$730 ) begin
-            \$964  = 3'h5;
+          if (\$718 ) begin
+            \$960  = 1'h0;
           end
           if (start) begin
-            \$964  = 3'h5;
+            \$960  = 1'h0;
           end
         end
       3'h5:
-          if (\$731 ) begin
-            \$964  = 3'h0;
+          if (\$719 ) begin
+            \$960  = 1'h0;
           end
       default:
-          \$964  = 3'h0;
+          \$960  = 1'h0;
     endcase
     if (rst) begin
-      \$964  = 3'h0;
+      \$960  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$965  = in_stream;
+    \$961  = sink_from_store;
+    (* full_case = 32'd1 *)
+    casez (seq_state)
+      3'h0:
+          if (start) begin
+            \$961  = 1'h0;
+          end
+      3'h1:
+        begin
+          if (beat__valid) begin
+            (* full_case = 32'd1 *)
+            if (beat__payload[512]) begin
+              \$961  = 1'h0;
+            end else begin
+              \$961  = 1'h0;
+            end
+          end
+          if (start) begin
+            \$961  = 1'h0;
+          end
+        end
+      3'h2:
+        begin
+          (* full_case = 32'd1 *)
+          if (\$594 ) begin
+          end else if (d_end_more) begin
+            \$961  = 1'h0;
+          end else if (d_end) begin
+            \$961  = 1'h0;
+          end else if (d_count_zero) begin
+            \$961  = 1'h0;
+          end else if (d_const) begin
+            \$961  = 1'h0;
+          end else if (d_stream) begin
+            \$961  = is_store;
+          end else begin
+            \$961  = 1'h0;
+          end
+          if (start) begin
+            \$961  = 1'h0;
+          end
+        end
+      3'h3:
+        begin
+          if (\$632 ) begin
+            if (beat__payload[512]) begin
+              \$961  = 1'h0;
+            end
+          end
+          if (c_fire) begin
+            if (c_last) begin
+              \$961  = is_store;
+            end
+          end
+          if (\$673 ) begin
+            \$961  = is_store;
+          end
+          if (start) begin
+            \$961  = 1'h0;
+          end
+        end
+      3'h4:
+        begin
+          if (\$706 ) begin
+            \$961  = 1'h0;
+          end
+          if (addr_fault) begin
+            \$961  = 1'h0;
+          end
+          if (\$718 ) begin
+            \$961  = 1'h0;
+          end
+          if (start) begin
+            \$961  = 1'h0;
+          end
+        end
+      3'h5:
+          if (\$719 ) begin
+            \$961  = 1'h0;
+          end
+      default:
+          \$961  = 1'h0;
+    endcase
+    if (rst) begin
+      \$961  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$962  = sink_from_softmax;
+    (* full_case = 32'd1 *)
+    casez (seq_state)
+      3'h0:
+          if (start) begin
+            \$962  = 1'h0;
+          end
+      3'h1:
+        begin
+          if (beat__valid) begin
+            (* full_case = 32'd1 *)
+            if (beat__payload[512]) begin
+              \$962  = 1'h0;
+            end else begin
+              \$962  = 1'h0;
+            end
+          end
+          if (start) begin
+            \$962  = 1'h0;
+          end
+        end
+      3'h2:
+        begin
+          (* full_case = 32'd1 *)
+          if (\$594 ) begin
+          end else if (d_end_more) begin
+            \$962  = 1'h0;
+          end else if (d_end) begin
+            \$962  = 1'h0;
+          end else if (d_count_zero) begin
+            \$962  = 1'h0;
+          end else if (d_const) begin
+            \$962  = 1'h0;
+          end else if (d_stream) begin
+            \$962  = is_softmax;
+          end else begin
+            \$962  = 1'h0;
+          end
+          if (start) begin
+            \$962  = 1'h0;
+          end
+        end
+      3'h3:
+        begin
+          if (\$632 ) begin
+            if (beat__payload[512]) begin
+              \$962  = 1'h0;
+            end
+          end
+          if (c_fire) begin
+            if (c_last) begin
+              \$962  = is_softmax;
+            end
+          end
+          if (\$673 ) begin
+            \$962  = is_softmax;
+          end
+          if (start) begin
+            \$962  = 1'h0;
+          end
+        end
+      3'h4:
+        begin
+          if (\$706 ) begin
+            \$962  = 1'h0;
+          end
+          if (addr_fault) begin
+            \$962  = 1'h0;
+          end
+          if (\$718 ) begin
+            \$962  = 1'h0;
+          end
+          if (start) begin
+            \$962  = 1'h0;
+          end
+        end
+      3'h5:
+          if (\$719 ) begin
+            \$962  = 1'h0;
+          end
+      default:
+          \$962  = 1'h0;
+    endcase
+    if (rst) begin
+      \$962  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$963  = sink_from_layernorm;
+    (* full_case = 32'd1 *)
+    casez (seq_state)
+      3'h0:
+          if (start) begin
+            \$963  = 1'h0;
+          end
+      3'h1:
+        begin
+          if (beat__valid) begin
+            (* full_case = 32'd1 *)
+            if (beat__payload[512]) begin
+              \$963  = 1'h0;
+            end else begin
+              \$963  = 1'h0;
+            end
+          end
+          if (start) begin
+            \$963  = 1'h0;
+          end
+        end
+      3'h2:
+        begin
+          (* full_case = 32'd1 *)
+          if (\$594 ) begin
+          end else if (d_end_more) begin
+            \$963  = 1'h0;
+          end else if (d_end) begin
+            \$963  = 1'h0;
+          end else if (d_count_zero) begin
+            \$963  = 1'h0;
+          end else if (d_const) begin
+            \$963  = 1'h0;
+          end else if (d_stream) begin
+            \$963  = is_layernorm;
+          end else begin
+            \$963  = 1'h0;
+          end
+          if (start) begin
+            \$963  = 1'h0;
+          end
+        end
+      3'h3:
+        begin
+          if (\$632 ) begin
+            if (beat__payload[512]) begin
+              \$963  = 1'h0;
+            end
+          end
+          if (c_fire) begin
+            if (c_last) begin
+              \$963  = is_layernorm;
+            end
+          end
+          if (\$673 ) begin
+            \$963  = is_layernorm;
+          end
+          if (start) begin
+            \$963  = 1'h0;
+          end
+        end
+      3'h4:
+        begin
+          if (\$706 ) begin
+            \$963  = 1'h0;
+          end
+          if (addr_fault) begin
+            \$963  = 1'h0;
+          end
+          if (\$718 ) begin
+            \$963  = 1'h0;
+          end
+          if (start) begin
+            \$963  = 1'h0;
+          end
+        end
+      3'h5:
+          if (\$719 ) begin
+            \$963  = 1'h0;
+          end
+      default:
+          \$963  = 1'h0;
+    endcase
+    if (rst) begin
+      \$963  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$964  = sink_from_add;
+    (* full_case = 32'd1 *)
+    casez (seq_state)
+      3'h0:
+          if (start) begin
+            \$964  = 1'h0;
+          end
+      3'h1:
+        begin
+          if (beat__valid) begin
+            (* full_case = 32'd1 *)
+            if (beat__payload[512]) begin
+              \$964  = 1'h0;
+            end else begin
+              \$964  = 1'h0;
+            end
+          end
+          if (start) begin
+            \$964  = 1'h0;
+          end
+        end
+      3'h2:
+        begin
+          (* full_case = 32'd1 *)
+          if (\$594 ) begin
+          end else if (d_end_more) begin
+            \$964  = 1'h0;
+          end else if (d_end) begin
+            \$964  = 1'h0;
+          end else if (d_count_zero) begin
+            \$964  = 1'h0;
+          end else if (d_const) begin
+            \$964  = 1'h0;
+          end else if (d_stream) begin
+            \$964  = \$605 ;
+          end else begin
+            \$964  = 1'h0;
+          end
+          if (start) begin
+            \$964  = 1'h0;
+          end
+        end
+      3'h3:
+        begin
+          if (\$632 ) begin
+            if (beat__payload[512]) begin
+              \$964  = 1'h0;
+            end
+          end
+          if (c_fire) begin
+            if (c_last) begin
+              \$964  = \$650 ;
+            end
+          end
+          if (\$673 ) begin
+            \$964  = \$680 ;
+          end
+          if (start) begin
+            \$964  = 1'h0;
+          end
+        end
+      3'h4:
+        begin
+          if (\$706 ) begin
+            \$964  = 1'h0;
+          end
+          if (addr_fault) begin
+            \$964  = 1'h0;
+          end
+          if (\$718 ) begin
+            \$964  = 1'h0;
+          end
+          if (start) begin
+            \$964  = 1'h0;
+          end
+        end
+      3'h5:
+          if (\$719 ) begin
+            \$964  = 1'h0;
+          end
+      default:
+          \$964  = 1'h0;
+    endcase
+    if (rst) begin
+      \$964  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$965  = sink_from_gelu0;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
@@ -32557,7 +33617,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$606 ) begin
+          if (\$594 ) begin
           end else if (d_end_more) begin
             \$965  = 1'h0;
           end else if (d_end) begin
@@ -32567,7 +33627,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end else if (d_const) begin
             \$965  = 1'h0;
           end else if (d_stream) begin
-            \$965  = 1'h1;
+            \$965  = \$609 ;
           end else begin
             \$965  = 1'h0;
           end
@@ -32577,18 +33637,18 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h3:
         begin
-          if (\$644 ) begin
+          if (\$632 ) begin
             if (beat__payload[512]) begin
               \$965  = 1'h0;
             end
           end
           if (c_fire) begin
             if (c_last) begin
-              \$965  = 1'h1;
+              \$965  = \$654 ;
             end
           end
-          if (\$685 ) begin
-            \$965  = 1'h1;
+          if (\$673 ) begin
+            \$965  = \$684 ;
           end
           if (start) begin
             \$965  = 1'h0;
@@ -32596,13 +33656,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h4:
         begin
-          if (\$718 ) begin
+          if (\$706 ) begin
             \$965  = 1'h0;
           end
           if (addr_fault) begin
             \$965  = 1'h0;
           end
-          if (\$730 ) begin
+          if (\$718 ) begin
             \$965  = 1'h0;
           end
           if (start) begin
@@ -32610,7 +33670,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end
         end
       3'h5:
-          if (\$731 ) begin
+          if (\$719 ) begin
             \$965  = 1'h0;
           end
       default:
@@ -32622,7 +33682,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$966  = in_decode;
+    \$966  = sink_from_gemm;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
@@ -32636,7 +33696,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
             if (beat__payload[512]) begin
               \$966  = 1'h0;
             end else begin
-              \$966  = 1'h1;
+              \$966  = 1'h0;
             end
           end
           if (start) begin
@@ -32646,7 +33706,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$606 ) begin
+          if (\$594 ) begin
           end else if (d_end_more) begin
             \$966  = 1'h0;
           end else if (d_end) begin
@@ -32656,7 +33716,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end else if (d_const) begin
             \$966  = 1'h0;
           end else if (d_stream) begin
-            \$966  = 1'h0;
+            \$966  = \$613 ;
           end else begin
             \$966  = 1'h0;
           end
@@ -32666,18 +33726,18 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h3:
         begin
-          if (\$644 ) begin
+          if (\$632 ) begin
             if (beat__payload[512]) begin
               \$966  = 1'h0;
             end
           end
           if (c_fire) begin
             if (c_last) begin
-              \$966  = 1'h0;
+              \$966  = \$658 ;
             end
           end
-          if (\$685 ) begin
-            \$966  = 1'h0;
+          if (\$673 ) begin
+            \$966  = \$688 ;
           end
           if (start) begin
             \$966  = 1'h0;
@@ -32685,13 +33745,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h4:
         begin
-          if (\$718 ) begin
+          if (\$706 ) begin
             \$966  = 1'h0;
           end
           if (addr_fault) begin
             \$966  = 1'h0;
           end
-          if (\$730 ) begin
+          if (\$718 ) begin
             \$966  = 1'h0;
           end
           if (start) begin
@@ -32699,7 +33759,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end
         end
       3'h5:
-          if (\$731 ) begin
+          if (\$719 ) begin
             \$966  = 1'h0;
           end
       default:
@@ -32711,7 +33771,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$967  = in_op;
+    \$967  = a_from_softmax;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
@@ -32735,7 +33795,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$606 ) begin
+          if (\$594 ) begin
           end else if (d_end_more) begin
             \$967  = 1'h0;
           end else if (d_end) begin
@@ -32743,9 +33803,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end else if (d_count_zero) begin
             \$967  = 1'h0;
           end else if (d_const) begin
-            \$967  = 1'h1;
+            \$967  = 1'h0;
           end else if (d_stream) begin
-            \$967  = 1'h1;
+            \$967  = \$614 ;
           end else begin
             \$967  = 1'h0;
           end
@@ -32755,18 +33815,18 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h3:
         begin
-          if (\$644 ) begin
+          if (\$632 ) begin
             if (beat__payload[512]) begin
               \$967  = 1'h0;
             end
           end
           if (c_fire) begin
             if (c_last) begin
-              \$967  = 1'h1;
+              \$967  = \$659 ;
             end
           end
-          if (\$685 ) begin
-            \$967  = 1'h1;
+          if (\$673 ) begin
+            \$967  = \$689 ;
           end
           if (start) begin
             \$967  = 1'h0;
@@ -32774,13 +33834,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h4:
         begin
-          if (\$718 ) begin
+          if (\$706 ) begin
             \$967  = 1'h0;
           end
           if (addr_fault) begin
             \$967  = 1'h0;
           end
-          if (\$730 ) begin
+          if (\$718 ) begin
             \$967  = 1'h0;
           end
           if (start) begin
@@ -32788,7 +33848,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end
         end
       3'h5:
-          if (\$731 ) begin
+          if (\$719 ) begin
             \$967  = 1'h0;
           end
       default:
@@ -32800,7 +33860,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$968  = unit_rst;
+    \$968  = a_from_layernorm;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
@@ -32812,72 +33872,72 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           if (beat__valid) begin
             (* full_case = 32'd1 *)
             if (beat__payload[512]) begin
-              \$968  = 1'h1;
+              \$968  = 1'h0;
             end else begin
               \$968  = 1'h0;
             end
           end
           if (start) begin
-            \$968  = 1'h1;
+            \$968  = 1'h0;
           end
         end
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$606 ) begin
+          if (\$594 ) begin
           end else if (d_end_more) begin
             \$968  = 1'h0;
           end else if (d_end) begin
             \$968  = 1'h0;
           end else if (d_count_zero) begin
-            \$968  = 1'h1;
+            \$968  = 1'h0;
           end else if (d_const) begin
             \$968  = 1'h0;
           end else if (d_stream) begin
-            \$968  = 1'h0;
+            \$968  = \$615 ;
           end else begin
-            \$968  = 1'h1;
+            \$968  = 1'h0;
           end
           if (start) begin
-            \$968  = 1'h1;
+            \$968  = 1'h0;
           end
         end
       3'h3:
         begin
-          if (\$644 ) begin
+          if (\$632 ) begin
             if (beat__payload[512]) begin
-              \$968  = 1'h1;
+              \$968  = 1'h0;
             end
           end
           if (c_fire) begin
             if (c_last) begin
-              \$968  = 1'h0;
+              \$968  = \$660 ;
             end
           end
-          if (\$685 ) begin
-            \$968  = 1'h0;
+          if (\$673 ) begin
+            \$968  = \$690 ;
           end
           if (start) begin
-            \$968  = 1'h1;
+            \$968  = 1'h0;
           end
         end
       3'h4:
         begin
-          if (\$718 ) begin
+          if (\$706 ) begin
             \$968  = 1'h0;
           end
           if (addr_fault) begin
-            \$968  = 1'h1;
+            \$968  = 1'h0;
           end
-          if (\$730 ) begin
-            \$968  = 1'h1;
+          if (\$718 ) begin
+            \$968  = 1'h0;
           end
           if (start) begin
-            \$968  = 1'h1;
+            \$968  = 1'h0;
           end
         end
       3'h5:
-          if (\$731 ) begin
+          if (\$719 ) begin
             \$968  = 1'h0;
           end
       default:
@@ -32889,7 +33949,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$969  = gemm_active;
+    \$969  = a_from_src0;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
@@ -32913,7 +33973,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$606 ) begin
+          if (\$594 ) begin
           end else if (d_end_more) begin
             \$969  = 1'h0;
           end else if (d_end) begin
@@ -32923,7 +33983,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end else if (d_const) begin
             \$969  = 1'h0;
           end else if (d_stream) begin
-            \$969  = is_gemm;
+            \$969  = \$619 ;
           end else begin
             \$969  = 1'h0;
           end
@@ -32933,18 +33993,18 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h3:
         begin
-          if (\$644 ) begin
+          if (\$632 ) begin
             if (beat__payload[512]) begin
               \$969  = 1'h0;
             end
           end
           if (c_fire) begin
             if (c_last) begin
-              \$969  = is_gemm;
+              \$969  = \$664 ;
             end
           end
-          if (\$685 ) begin
-            \$969  = is_gemm;
+          if (\$673 ) begin
+            \$969  = \$694 ;
           end
           if (start) begin
             \$969  = 1'h0;
@@ -32952,13 +34012,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h4:
         begin
-          if (\$718 ) begin
+          if (\$706 ) begin
             \$969  = 1'h0;
           end
           if (addr_fault) begin
             \$969  = 1'h0;
           end
-          if (\$730 ) begin
+          if (\$718 ) begin
             \$969  = 1'h0;
           end
           if (start) begin
@@ -32966,7 +34026,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end
         end
       3'h5:
-          if (\$731 ) begin
+          if (\$719 ) begin
             \$969  = 1'h0;
           end
       default:
@@ -32978,7 +34038,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$970  = pack_active;
+    \$970  = const_to0;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
@@ -33002,7 +34062,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$606 ) begin
+          if (\$594 ) begin
           end else if (d_end_more) begin
             \$970  = 1'h0;
           end else if (d_end) begin
@@ -33010,9 +34070,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end else if (d_count_zero) begin
             \$970  = 1'h0;
           end else if (d_const) begin
-            \$970  = 1'h0;
+            \$970  = \$597 ;
           end else if (d_stream) begin
-            \$970  = \$613 ;
+            \$970  = 1'h0;
           end else begin
             \$970  = 1'h0;
           end
@@ -33022,18 +34082,18 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h3:
         begin
-          if (\$644 ) begin
+          if (\$632 ) begin
             if (beat__payload[512]) begin
               \$970  = 1'h0;
             end
           end
           if (c_fire) begin
             if (c_last) begin
-              \$970  = \$658 ;
+              \$970  = 1'h0;
             end
           end
-          if (\$685 ) begin
-            \$970  = \$688 ;
+          if (\$673 ) begin
+            \$970  = 1'h0;
           end
           if (start) begin
             \$970  = 1'h0;
@@ -33041,13 +34101,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h4:
         begin
-          if (\$718 ) begin
+          if (\$706 ) begin
             \$970  = 1'h0;
           end
           if (addr_fault) begin
             \$970  = 1'h0;
           end
-          if (\$730 ) begin
+          if (\$718 ) begin
             \$970  = 1'h0;
           end
           if (start) begin
@@ -33055,7 +34115,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end
         end
       3'h5:
-          if (\$731 ) begin
+          if (\$719 ) begin
             \$970  = 1'h0;
           end
       default:
@@ -33067,7 +34127,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$971  = sink_from_move;
+    \$971  = const_to1;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
@@ -33091,7 +34151,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$606 ) begin
+          if (\$594 ) begin
           end else if (d_end_more) begin
             \$971  = 1'h0;
           end else if (d_end) begin
@@ -33099,9 +34159,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end else if (d_count_zero) begin
             \$971  = 1'h0;
           end else if (d_const) begin
-            \$971  = 1'h0;
+            \$971  = \$598 ;
           end else if (d_stream) begin
-            \$971  = is_move;
+            \$971  = 1'h0;
           end else begin
             \$971  = 1'h0;
           end
@@ -33111,18 +34171,18 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h3:
         begin
-          if (\$644 ) begin
+          if (\$632 ) begin
             if (beat__payload[512]) begin
               \$971  = 1'h0;
             end
           end
           if (c_fire) begin
             if (c_last) begin
-              \$971  = is_move;
+              \$971  = 1'h0;
             end
           end
-          if (\$685 ) begin
-            \$971  = is_move;
+          if (\$673 ) begin
+            \$971  = 1'h0;
           end
           if (start) begin
             \$971  = 1'h0;
@@ -33130,13 +34190,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h4:
         begin
-          if (\$718 ) begin
+          if (\$706 ) begin
             \$971  = 1'h0;
           end
           if (addr_fault) begin
             \$971  = 1'h0;
           end
-          if (\$730 ) begin
+          if (\$718 ) begin
             \$971  = 1'h0;
           end
           if (start) begin
@@ -33144,7 +34204,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end
         end
       3'h5:
-          if (\$731 ) begin
+          if (\$719 ) begin
             \$971  = 1'h0;
           end
       default:
@@ -33156,7 +34216,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$972  = sink_from_load;
+    \$972  = const_to2;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
@@ -33180,7 +34240,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$606 ) begin
+          if (\$594 ) begin
           end else if (d_end_more) begin
             \$972  = 1'h0;
           end else if (d_end) begin
@@ -33188,9 +34248,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end else if (d_count_zero) begin
             \$972  = 1'h0;
           end else if (d_const) begin
-            \$972  = 1'h0;
+            \$972  = add_sel;
           end else if (d_stream) begin
-            \$972  = is_load;
+            \$972  = 1'h0;
           end else begin
             \$972  = 1'h0;
           end
@@ -33200,18 +34260,18 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h3:
         begin
-          if (\$644 ) begin
+          if (\$632 ) begin
             if (beat__payload[512]) begin
               \$972  = 1'h0;
             end
           end
           if (c_fire) begin
             if (c_last) begin
-              \$972  = is_load;
+              \$972  = 1'h0;
             end
           end
-          if (\$685 ) begin
-            \$972  = is_load;
+          if (\$673 ) begin
+            \$972  = 1'h0;
           end
           if (start) begin
             \$972  = 1'h0;
@@ -33219,13 +34279,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h4:
         begin
-          if (\$718 ) begin
+          if (\$706 ) begin
             \$972  = 1'h0;
           end
           if (addr_fault) begin
             \$972  = 1'h0;
           end
-          if (\$730 ) begin
+          if (\$718 ) begin
             \$972  = 1'h0;
           end
           if (start) begin
@@ -33233,7 +34293,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end
         end
       3'h5:
-          if (\$731 ) begin
+          if (\$719 ) begin
             \$972  = 1'h0;
           end
       default:
@@ -33245,7 +34305,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$973  = sink_from_store;
+    \$973  = const_to3;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
@@ -33269,7 +34329,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$606 ) begin
+          if (\$594 ) begin
           end else if (d_end_more) begin
             \$973  = 1'h0;
           end else if (d_end) begin
@@ -33277,9 +34337,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end else if (d_count_zero) begin
             \$973  = 1'h0;
           end else if (d_const) begin
-            \$973  = 1'h0;
+            \$973  = gelu_sel0;
           end else if (d_stream) begin
-            \$973  = is_store;
+            \$973  = 1'h0;
           end else begin
             \$973  = 1'h0;
           end
@@ -33289,18 +34349,18 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h3:
         begin
-          if (\$644 ) begin
+          if (\$632 ) begin
             if (beat__payload[512]) begin
               \$973  = 1'h0;
             end
           end
           if (c_fire) begin
             if (c_last) begin
-              \$973  = is_store;
+              \$973  = 1'h0;
             end
           end
-          if (\$685 ) begin
-            \$973  = is_store;
+          if (\$673 ) begin
+            \$973  = 1'h0;
           end
           if (start) begin
             \$973  = 1'h0;
@@ -33308,13 +34368,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h4:
         begin
-          if (\$718 ) begin
+          if (\$706 ) begin
             \$973  = 1'h0;
           end
           if (addr_fault) begin
             \$973  = 1'h0;
           end
-          if (\$730 ) begin
+          if (\$718 ) begin
             \$973  = 1'h0;
           end
           if (start) begin
@@ -33322,7 +34382,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end
         end
       3'h5:
-          if (\$731 ) begin
+          if (\$719 ) begin
             \$973  = 1'h0;
           end
       default:
@@ -33334,12 +34394,12 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$974  = sink_from_softmax;
+    \$974  = in_fetch;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
           if (start) begin
-            \$974  = 1'h0;
+            \$974  = 1'h1;
           end
       3'h1:
         begin
@@ -33358,9 +34418,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$606 ) begin
+          if (\$594 ) begin
           end else if (d_end_more) begin
-            \$974  = 1'h0;
+            \$974  = 1'h1;
           end else if (d_end) begin
             \$974  = 1'h0;
           end else if (d_count_zero) begin
@@ -33368,7 +34428,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end else if (d_const) begin
             \$974  = 1'h0;
           end else if (d_stream) begin
-            \$974  = is_softmax;
+            \$974  = 1'h0;
           end else begin
             \$974  = 1'h0;
           end
@@ -33378,18 +34438,18 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h3:
         begin
-          if (\$644 ) begin
+          if (\$632 ) begin
             if (beat__payload[512]) begin
               \$974  = 1'h0;
             end
           end
           if (c_fire) begin
             if (c_last) begin
-              \$974  = is_softmax;
+              \$974  = 1'h0;
             end
           end
-          if (\$685 ) begin
-            \$974  = is_softmax;
+          if (\$673 ) begin
+            \$974  = 1'h0;
           end
           if (start) begin
             \$974  = 1'h0;
@@ -33397,13 +34457,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h4:
         begin
-          if (\$718 ) begin
-            \$974  = 1'h0;
+          if (\$706 ) begin
+            \$974  = 1'h1;
           end
           if (addr_fault) begin
             \$974  = 1'h0;
           end
-          if (\$730 ) begin
+          if (\$718 ) begin
             \$974  = 1'h0;
           end
           if (start) begin
@@ -33411,7 +34471,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end
         end
       3'h5:
-          if (\$731 ) begin
+          if (\$719 ) begin
             \$974  = 1'h0;
           end
       default:
@@ -33423,7 +34483,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$975  = sink_from_layernorm;
+    \$975  = in_const;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
@@ -33447,7 +34507,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$606 ) begin
+          if (\$594 ) begin
           end else if (d_end_more) begin
             \$975  = 1'h0;
           end else if (d_end) begin
@@ -33455,9 +34515,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end else if (d_count_zero) begin
             \$975  = 1'h0;
           end else if (d_const) begin
-            \$975  = 1'h0;
+            \$975  = 1'h1;
           end else if (d_stream) begin
-            \$975  = is_layernorm;
+            \$975  = 1'h0;
           end else begin
             \$975  = 1'h0;
           end
@@ -33467,18 +34527,18 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h3:
         begin
-          if (\$644 ) begin
+          if (\$632 ) begin
             if (beat__payload[512]) begin
               \$975  = 1'h0;
             end
           end
           if (c_fire) begin
             if (c_last) begin
-              \$975  = is_layernorm;
+              \$975  = 1'h0;
             end
           end
-          if (\$685 ) begin
-            \$975  = is_layernorm;
+          if (\$673 ) begin
+            \$975  = 1'h0;
           end
           if (start) begin
             \$975  = 1'h0;
@@ -33486,13 +34546,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h4:
         begin
-          if (\$718 ) begin
+          if (\$706 ) begin
             \$975  = 1'h0;
           end
           if (addr_fault) begin
             \$975  = 1'h0;
           end
-          if (\$730 ) begin
+          if (\$718 ) begin
             \$975  = 1'h0;
           end
           if (start) begin
@@ -33500,7 +34560,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end
         end
       3'h5:
-          if (\$731 ) begin
+          if (\$719 ) begin
             \$975  = 1'h0;
           end
       default:
@@ -33512,7 +34572,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$976  = sink_from_add;
+    \$976  = run0;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
@@ -33536,7 +34596,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$606 ) begin
+          if (\$594 ) begin
           end else if (d_end_more) begin
             \$976  = 1'h0;
           end else if (d_end) begin
@@ -33546,7 +34606,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end else if (d_const) begin
             \$976  = 1'h0;
           end else if (d_stream) begin
-            \$976  = \$617 ;
+            \$976  = \$620 ;
           end else begin
             \$976  = 1'h0;
           end
@@ -33556,18 +34616,18 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h3:
         begin
-          if (\$644 ) begin
+          if (\$632 ) begin
             if (beat__payload[512]) begin
               \$976  = 1'h0;
             end
           end
           if (c_fire) begin
             if (c_last) begin
-              \$976  = \$662 ;
+              \$976  = \$665 ;
             end
           end
-          if (\$685 ) begin
-            \$976  = \$692 ;
+          if (\$673 ) begin
+            \$976  = \$695 ;
           end
           if (start) begin
             \$976  = 1'h0;
@@ -33575,13 +34635,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h4:
         begin
-          if (\$718 ) begin
+          if (\$706 ) begin
             \$976  = 1'h0;
           end
           if (addr_fault) begin
             \$976  = 1'h0;
           end
-          if (\$730 ) begin
+          if (\$718 ) begin
             \$976  = 1'h0;
           end
           if (start) begin
@@ -33589,7 +34649,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end
         end
       3'h5:
-          if (\$731 ) begin
+          if (\$719 ) begin
             \$976  = 1'h0;
           end
       default:
@@ -33601,7 +34661,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$977  = sink_from_gelu0;
+    \$977  = run1;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
@@ -33625,7 +34685,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$606 ) begin
+          if (\$594 ) begin
           end else if (d_end_more) begin
             \$977  = 1'h0;
           end else if (d_end) begin
@@ -33635,7 +34695,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end else if (d_const) begin
             \$977  = 1'h0;
           end else if (d_stream) begin
-            \$977  = \$621 ;
+            \$977  = \$623 ;
           end else begin
             \$977  = 1'h0;
           end
@@ -33645,18 +34705,18 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h3:
         begin
-          if (\$644 ) begin
+          if (\$632 ) begin
             if (beat__payload[512]) begin
               \$977  = 1'h0;
             end
           end
           if (c_fire) begin
             if (c_last) begin
-              \$977  = \$666 ;
+              \$977  = \$668 ;
             end
           end
-          if (\$685 ) begin
-            \$977  = \$696 ;
+          if (\$673 ) begin
+            \$977  = \$698 ;
           end
           if (start) begin
             \$977  = 1'h0;
@@ -33664,13 +34724,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h4:
         begin
-          if (\$718 ) begin
+          if (\$706 ) begin
             \$977  = 1'h0;
           end
           if (addr_fault) begin
             \$977  = 1'h0;
           end
-          if (\$730 ) begin
+          if (\$718 ) begin
             \$977  = 1'h0;
           end
           if (start) begin
@@ -33678,7 +34738,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end
         end
       3'h5:
-          if (\$731 ) begin
+          if (\$719 ) begin
             \$977  = 1'h0;
           end
       default:
@@ -33690,7 +34750,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$978  = sink_from_gemm;
+    \$978  = q0_to_pack;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
@@ -33714,7 +34774,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$606 ) begin
+          if (\$594 ) begin
           end else if (d_end_more) begin
             \$978  = 1'h0;
           end else if (d_end) begin
@@ -33724,7 +34784,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end else if (d_const) begin
             \$978  = 1'h0;
           end else if (d_stream) begin
-            \$978  = \$625 ;
+            \$978  = \$624 ;
           end else begin
             \$978  = 1'h0;
           end
@@ -33734,18 +34794,18 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h3:
         begin
-          if (\$644 ) begin
+          if (\$632 ) begin
             if (beat__payload[512]) begin
               \$978  = 1'h0;
             end
           end
           if (c_fire) begin
             if (c_last) begin
-              \$978  = \$670 ;
+              \$978  = \$669 ;
             end
           end
-          if (\$685 ) begin
-            \$978  = \$700 ;
+          if (\$673 ) begin
+            \$978  = \$699 ;
           end
           if (start) begin
             \$978  = 1'h0;
@@ -33753,13 +34813,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h4:
         begin
-          if (\$718 ) begin
+          if (\$706 ) begin
             \$978  = 1'h0;
           end
           if (addr_fault) begin
             \$978  = 1'h0;
           end
-          if (\$730 ) begin
+          if (\$718 ) begin
             \$978  = 1'h0;
           end
           if (start) begin
@@ -33767,7 +34827,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end
         end
       3'h5:
-          if (\$731 ) begin
+          if (\$719 ) begin
             \$978  = 1'h0;
           end
       default:
@@ -33779,7 +34839,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$979  = a_from_softmax;
+    \$979  = res_to_pack;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
@@ -33803,7 +34863,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$606 ) begin
+          if (\$594 ) begin
           end else if (d_end_more) begin
             \$979  = 1'h0;
           end else if (d_end) begin
@@ -33823,7 +34883,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h3:
         begin
-          if (\$644 ) begin
+          if (\$632 ) begin
             if (beat__payload[512]) begin
               \$979  = 1'h0;
             end
@@ -33833,7 +34893,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
               \$979  = \$671 ;
             end
           end
-          if (\$685 ) begin
+          if (\$673 ) begin
             \$979  = \$701 ;
           end
           if (start) begin
@@ -33842,13 +34902,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h4:
         begin
-          if (\$718 ) begin
+          if (\$706 ) begin
             \$979  = 1'h0;
           end
           if (addr_fault) begin
             \$979  = 1'h0;
           end
-          if (\$730 ) begin
+          if (\$718 ) begin
             \$979  = 1'h0;
           end
           if (start) begin
@@ -33856,7 +34916,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end
         end
       3'h5:
-          if (\$731 ) begin
+          if (\$719 ) begin
             \$979  = 1'h0;
           end
       default:
@@ -33868,622 +34928,121 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$980  = a_from_layernorm;
-    (* full_case = 32'd1 *)
+    \$980  = ins;
     casez (seq_state)
       3'h0:
-          if (start) begin
-            \$980  = 1'h0;
-          end
+          /* empty */;
       3'h1:
-        begin
           if (beat__valid) begin
-            (* full_case = 32'd1 *)
-            if (beat__payload[512]) begin
-              \$980  = 1'h0;
-            end else begin
-              \$980  = 1'h0;
-            end
+            \$980  = beat__payload[511:0];
           end
-          if (start) begin
-            \$980  = 1'h0;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$981  = decode_wait;
+    casez (seq_state)
+      3'h0:
+          /* empty */;
+      3'h1:
+          if (beat__valid) begin
+            \$981  = 3'h4;
           end
-        end
       3'h2:
-        begin
-          (* full_case = 32'd1 *)
-          if (\$606 ) begin
-          end else if (d_end_more) begin
-            \$980  = 1'h0;
-          end else if (d_end) begin
-            \$980  = 1'h0;
-          end else if (d_count_zero) begin
-            \$980  = 1'h0;
-          end else if (d_const) begin
-            \$980  = 1'h0;
-          end else if (d_stream) begin
-            \$980  = \$627 ;
-          end else begin
-            \$980  = 1'h0;
+          if (\$594 ) begin
+            \$981  = \$595 [2:0];
           end
-          if (start) begin
-            \$980  = 1'h0;
-          end
-        end
-      3'h3:
-        begin
-          if (\$644 ) begin
-            if (beat__payload[512]) begin
-              \$980  = 1'h0;
-            end
-          end
-          if (c_fire) begin
-            if (c_last) begin
-              \$980  = \$672 ;
-            end
-          end
-          if (\$685 ) begin
-            \$980  = \$702 ;
-          end
-          if (start) begin
-            \$980  = 1'h0;
-          end
-        end
-      3'h4:
-        begin
-          if (\$718 ) begin
-            \$980  = 1'h0;
-          end
-          if (addr_fault) begin
-            \$980  = 1'h0;
-          end
-          if (\$730 ) begin
-            \$980  = 1'h0;
-          end
-          if (start) begin
-            \$980  = 1'h0;
-          end
-        end
-      3'h5:
-          if (\$731 ) begin
-            \$980  = 1'h0;
-          end
-      default:
-          \$980  = 1'h0;
     endcase
     if (rst) begin
-      \$980  = 1'h0;
+      \$981  = 3'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$981  = a_from_src0;
-    (* full_case = 32'd1 *)
+    \$982  = c_addr;
     casez (seq_state)
       3'h0:
-          if (start) begin
-            \$981  = 1'h0;
-          end
+          /* empty */;
       3'h1:
-        begin
-          if (beat__valid) begin
-            (* full_case = 32'd1 *)
-            if (beat__payload[512]) begin
-              \$981  = 1'h0;
-            end else begin
-              \$981  = 1'h0;
-            end
-          end
-          if (start) begin
-            \$981  = 1'h0;
-          end
-        end
+          /* empty */;
       3'h2:
-        begin
-          (* full_case = 32'd1 *)
-          if (\$606 ) begin
-          end else if (d_end_more) begin
-            \$981  = 1'h0;
-          end else if (d_end) begin
-            \$981  = 1'h0;
-          end else if (d_count_zero) begin
-            \$981  = 1'h0;
-          end else if (d_const) begin
-            \$981  = 1'h0;
-          end else if (d_stream) begin
-            \$981  = \$631 ;
-          end else begin
-            \$981  = 1'h0;
-          end
-          if (start) begin
-            \$981  = 1'h0;
-          end
-        end
+          \$982  = dec_c_base;
       3'h3:
-        begin
-          if (\$644 ) begin
-            if (beat__payload[512]) begin
-              \$981  = 1'h0;
-            end
+          if (\$628 ) begin
+            \$982  = \$630 [31:0];
           end
-          if (c_fire) begin
-            if (c_last) begin
-              \$981  = \$676 ;
-            end
-          end
-          if (\$685 ) begin
-            \$981  = \$706 ;
-          end
-          if (start) begin
-            \$981  = 1'h0;
-          end
-        end
-      3'h4:
-        begin
-          if (\$718 ) begin
-            \$981  = 1'h0;
-          end
-          if (addr_fault) begin
-            \$981  = 1'h0;
-          end
-          if (\$730 ) begin
-            \$981  = 1'h0;
-          end
-          if (start) begin
-            \$981  = 1'h0;
-          end
-        end
-      3'h5:
-          if (\$731 ) begin
-            \$981  = 1'h0;
-          end
-      default:
-          \$981  = 1'h0;
     endcase
     if (rst) begin
-      \$981  = 1'h0;
+      \$982  = 32'd0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$982  = const_to0;
-    (* full_case = 32'd1 *)
+    \$983  = c_step;
     casez (seq_state)
       3'h0:
-          if (start) begin
-            \$982  = 1'h0;
-          end
+          /* empty */;
       3'h1:
-        begin
-          if (beat__valid) begin
-            (* full_case = 32'd1 *)
-            if (beat__payload[512]) begin
-              \$982  = 1'h0;
-            end else begin
-              \$982  = 1'h0;
-            end
-          end
-          if (start) begin
-            \$982  = 1'h0;
-          end
-        end
+          /* empty */;
       3'h2:
-        begin
-          (* full_case = 32'd1 *)
-          if (\$606 ) begin
-          end else if (d_end_more) begin
-            \$982  = 1'h0;
-          end else if (d_end) begin
-            \$982  = 1'h0;
-          end else if (d_count_zero) begin
-            \$982  = 1'h0;
-          end else if (d_const) begin
-            \$982  = \$609 ;
-          end else if (d_stream) begin
-            \$982  = 1'h0;
-          end else begin
-            \$982  = 1'h0;
-          end
-          if (start) begin
-            \$982  = 1'h0;
-          end
-        end
-      3'h3:
-        begin
-          if (\$644 ) begin
-            if (beat__payload[512]) begin
-              \$982  = 1'h0;
-            end
-          end
-          if (c_fire) begin
-            if (c_last) begin
-              \$982  = 1'h0;
-            end
-          end
-          if (\$685 ) begin
-            \$982  = 1'h0;
-          end
-          if (start) begin
-            \$982  = 1'h0;
-          end
-        end
-      3'h4:
-        begin
-          if (\$718 ) begin
-            \$982  = 1'h0;
-          end
-          if (addr_fault) begin
-            \$982  = 1'h0;
-          end
-          if (\$730 ) begin
-            \$982  = 1'h0;
-          end
-          if (start) begin
-            \$982  = 1'h0;
-          end
-        end
-      3'h5:
-          if (\$731 ) begin
-            \$982  = 1'h0;
-          end
-      default:
-          \$982  = 1'h0;
+          \$983  = \$592 [7:0];
     endcase
     if (rst) begin
-      \$982  = 1'h0;
+      \$983  = 8'h00;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$983  = const_to1;
-    (* full_case = 32'd1 *)
+    \$984  = c_ask;
     casez (seq_state)
       3'h0:
-          if (start) begin
-            \$983  = 1'h0;
-          end
+          /* empty */;
       3'h1:
-        begin
-          if (beat__valid) begin
-            (* full_case = 32'd1 *)
-            if (beat__payload[512]) begin
-              \$983  = 1'h0;
-            end else begin
-              \$983  = 1'h0;
-            end
-          end
-          if (start) begin
-            \$983  = 1'h0;
-          end
-        end
+          /* empty */;
       3'h2:
-        begin
-          (* full_case = 32'd1 *)
-          if (\$606 ) begin
-          end else if (d_end_more) begin
-            \$983  = 1'h0;
-          end else if (d_end) begin
-            \$983  = 1'h0;
-          end else if (d_count_zero) begin
-            \$983  = 1'h0;
-          end else if (d_const) begin
-            \$983  = \$610 ;
-          end else if (d_stream) begin
-            \$983  = 1'h0;
-          end else begin
-            \$983  = 1'h0;
-          end
-          if (start) begin
-            \$983  = 1'h0;
-          end
-        end
+          \$984  = { 4'h0, ins[509:498] };
       3'h3:
-        begin
-          if (\$644 ) begin
-            if (beat__payload[512]) begin
-              \$983  = 1'h0;
-            end
+          if (\$628 ) begin
+            \$984  = \$629 [15:0];
           end
-          if (c_fire) begin
-            if (c_last) begin
-              \$983  = 1'h0;
-            end
-          end
-          if (\$685 ) begin
-            \$983  = 1'h0;
-          end
-          if (start) begin
-            \$983  = 1'h0;
-          end
-        end
-      3'h4:
-        begin
-          if (\$718 ) begin
-            \$983  = 1'h0;
-          end
-          if (addr_fault) begin
-            \$983  = 1'h0;
-          end
-          if (\$730 ) begin
-            \$983  = 1'h0;
-          end
-          if (start) begin
-            \$983  = 1'h0;
-          end
-        end
-      3'h5:
-          if (\$731 ) begin
-            \$983  = 1'h0;
-          end
-      default:
-          \$983  = 1'h0;
     endcase
     if (rst) begin
-      \$983  = 1'h0;
+      \$984  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$984  = const_to2;
-    (* full_case = 32'd1 *)
+    \$985  = c_due;
     casez (seq_state)
       3'h0:
-          if (start) begin
-            \$984  = 1'h0;
-          end
+          /* empty */;
       3'h1:
-        begin
-          if (beat__valid) begin
-            (* full_case = 32'd1 *)
-            if (beat__payload[512]) begin
-              \$984  = 1'h0;
-            end else begin
-              \$984  = 1'h0;
-            end
-          end
-          if (start) begin
-            \$984  = 1'h0;
-          end
-        end
+          /* empty */;
       3'h2:
-        begin
-          (* full_case = 32'd1 *)
-          if (\$606 ) begin
-          end else if (d_end_more) begin
-            \$984  = 1'h0;
-          end else if (d_end) begin
-            \$984  = 1'h0;
-          end else if (d_count_zero) begin
-            \$984  = 1'h0;
-          end else if (d_const) begin
-            \$984  = add_sel;
-          end else if (d_stream) begin
-            \$984  = 1'h0;
-          end else begin
-            \$984  = 1'h0;
-          end
-          if (start) begin
-            \$984  = 1'h0;
-          end
-        end
+          \$985  = { 4'h0, ins[509:498] };
       3'h3:
-        begin
-          if (\$644 ) begin
-            if (beat__payload[512]) begin
-              \$984  = 1'h0;
-            end
-          end
           if (c_fire) begin
-            if (c_last) begin
-              \$984  = 1'h0;
-            end
+            \$985  = \$642 [15:0];
           end
-          if (\$685 ) begin
-            \$984  = 1'h0;
-          end
-          if (start) begin
-            \$984  = 1'h0;
-          end
-        end
-      3'h4:
-        begin
-          if (\$718 ) begin
-            \$984  = 1'h0;
-          end
-          if (addr_fault) begin
-            \$984  = 1'h0;
-          end
-          if (\$730 ) begin
-            \$984  = 1'h0;
-          end
-          if (start) begin
-            \$984  = 1'h0;
-          end
-        end
-      3'h5:
-          if (\$731 ) begin
-            \$984  = 1'h0;
-          end
-      default:
-          \$984  = 1'h0;
     endcase
     if (rst) begin
-      \$984  = 1'h0;
+      \$985  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$985  = const_to3;
-    (* full_case = 32'd1 *)
+    \$986  = c_last;
     casez (seq_state)
       3'h0:
-          if (start) begin
-            \$985  = 1'h0;
-          end
+          /* empty */;
       3'h1:
-        begin
-          if (beat__valid) begin
-            (* full_case = 32'd1 *)
-            if (beat__payload[512]) begin
-              \$985  = 1'h0;
-            end else begin
-              \$985  = 1'h0;
-            end
-          end
-          if (start) begin
-            \$985  = 1'h0;
-          end
-        end
+          /* empty */;
       3'h2:
-        begin
-          (* full_case = 32'd1 *)
-          if (\$606 ) begin
-          end else if (d_end_more) begin
-            \$985  = 1'h0;
-          end else if (d_end) begin
-            \$985  = 1'h0;
-          end else if (d_count_zero) begin
-            \$985  = 1'h0;
-          end else if (d_const) begin
-            \$985  = gelu_sel0;
-          end else if (d_stream) begin
-            \$985  = 1'h0;
-          end else begin
-            \$985  = 1'h0;
-          end
-          if (start) begin
-            \$985  = 1'h0;
-          end
-        end
+          \$986  = \$593 ;
       3'h3:
-        begin
-          if (\$644 ) begin
-            if (beat__payload[512]) begin
-              \$985  = 1'h0;
-            end
-          end
           if (c_fire) begin
-            if (c_last) begin
-              \$985  = 1'h0;
-            end
+            \$986  = \$643 ;
           end
-          if (\$685 ) begin
-            \$985  = 1'h0;
-          end
-          if (start) begin
-            \$985  = 1'h0;
-          end
-        end
-      3'h4:
-        begin
-          if (\$718 ) begin
-            \$985  = 1'h0;
-          end
-          if (addr_fault) begin
-            \$985  = 1'h0;
-          end
-          if (\$730 ) begin
-            \$985  = 1'h0;
-          end
-          if (start) begin
-            \$985  = 1'h0;
-          end
-        end
-      3'h5:
-          if (\$731 ) begin
-            \$985  = 1'h0;
-          end
-      default:
-          \$985  = 1'h0;
-    endcase
-    if (rst) begin
-      \$985  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$986  = in_fetch;
-    (* full_case = 32'd1 *)
-    casez (seq_state)
-      3'h0:
-          if (start) begin
-            \$986  = 1'h1;
-          end
-      3'h1:
-        begin
-          if (beat__valid) begin
-            (* full_case = 32'd1 *)
-            if (beat__payload[512]) begin
-              \$986  = 1'h0;
-            end else begin
-              \$986  = 1'h0;
-            end
-          end
-          if (start) begin
-            \$986  = 1'h0;
-          end
-        end
-      3'h2:
-        begin
-          (* full_case = 32'd1 *)
-          if (\$606 ) begin
-          end else if (d_end_more) begin
-            \$986  = 1'h1;
-          end else if (d_end) begin
-            \$986  = 1'h0;
-          end else if (d_count_zero) begin
-            \$986  = 1'h0;
-          end else if (d_const) begin
-            \$986  = 1'h0;
-          end else if (d_stream) begin
-            \$986  = 1'h0;
-          end else begin
-            \$986  = 1'h0;
-          end
-          if (start) begin
-            \$986  = 1'h0;
-          end
-        end
-      3'h3:
-        begin
-          if (\$644 ) begin
-            if (beat__payload[512]) begin
-              \$986  = 1'h0;
-            end
-          end
-          if (c_fire) begin
-            if (c_last) begin
-              \$986  = 1'h0;
-            end
-          end
-          if (\$685 ) begin
-            \$986  = 1'h0;
-          end
-          if (start) begin
-            \$986  = 1'h0;
-          end
-        end
-      3'h4:
-        begin
-          if (\$718 ) begin
-            \$986  = 1'h1;
-          end
-          if (addr_fault) begin
-            \$986  = 1'h0;
-          end
-          if (\$730 ) begin
-            \$986  = 1'h0;
-          end
-          if (start) begin
-            \$986  = 1'h0;
-          end
-        end
-      3'h5:
-          if (\$731 ) begin
-            \$986  = 1'h0;
-          end
-      default:
-          \$986  = 1'h0;
     endcase
     if (rst) begin
       \$986  = 1'h0;
@@ -34491,786 +35050,448 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$987  = in_const;
-    (* full_case = 32'd1 *)
+    \$987  = c_data;
     casez (seq_state)
       3'h0:
-          if (start) begin
-            \$987  = 1'h0;
-          end
+          /* empty */;
       3'h1:
-        begin
-          if (beat__valid) begin
-            (* full_case = 32'd1 *)
-            if (beat__payload[512]) begin
-              \$987  = 1'h0;
-            end else begin
-              \$987  = 1'h0;
-            end
-          end
-          if (start) begin
-            \$987  = 1'h0;
-          end
-        end
+          /* empty */;
       3'h2:
-        begin
-          (* full_case = 32'd1 *)
-          if (\$606 ) begin
-          end else if (d_end_more) begin
-            \$987  = 1'h0;
-          end else if (d_end) begin
-            \$987  = 1'h0;
-          end else if (d_count_zero) begin
-            \$987  = 1'h0;
-          end else if (d_const) begin
-            \$987  = 1'h1;
-          end else if (d_stream) begin
-            \$987  = 1'h0;
-          end else begin
-            \$987  = 1'h0;
-          end
-          if (start) begin
-            \$987  = 1'h0;
-          end
-        end
+          /* empty */;
       3'h3:
-        begin
-          if (\$644 ) begin
-            if (beat__payload[512]) begin
-              \$987  = 1'h0;
-            end
+          if (\$632 ) begin
+            \$987  = beat__payload[65:0];
           end
-          if (c_fire) begin
-            if (c_last) begin
-              \$987  = 1'h0;
-            end
-          end
-          if (\$685 ) begin
-            \$987  = 1'h0;
-          end
-          if (start) begin
-            \$987  = 1'h0;
-          end
-        end
-      3'h4:
-        begin
-          if (\$718 ) begin
-            \$987  = 1'h0;
-          end
-          if (addr_fault) begin
-            \$987  = 1'h0;
-          end
-          if (\$730 ) begin
-            \$987  = 1'h0;
-          end
-          if (start) begin
-            \$987  = 1'h0;
-          end
-        end
-      3'h5:
-          if (\$731 ) begin
-            \$987  = 1'h0;
-          end
-      default:
-          \$987  = 1'h0;
     endcase
-    if (rst) begin
-      \$987  = 1'h0;
-    end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$988  = run0;
-    (* full_case = 32'd1 *)
+    \$988  = c_full;
     casez (seq_state)
       3'h0:
-          if (start) begin
-            \$988  = 1'h0;
-          end
+          /* empty */;
       3'h1:
-        begin
-          if (beat__valid) begin
-            (* full_case = 32'd1 *)
-            if (beat__payload[512]) begin
-              \$988  = 1'h0;
-            end else begin
-              \$988  = 1'h0;
-            end
-          end
-          if (start) begin
-            \$988  = 1'h0;
-          end
-        end
+          /* empty */;
       3'h2:
-        begin
-          (* full_case = 32'd1 *)
-          if (\$606 ) begin
-          end else if (d_end_more) begin
-            \$988  = 1'h0;
-          end else if (d_end) begin
-            \$988  = 1'h0;
-          end else if (d_count_zero) begin
-            \$988  = 1'h0;
-          end else if (d_const) begin
-            \$988  = 1'h0;
-          end else if (d_stream) begin
-            \$988  = \$632 ;
-          end else begin
-            \$988  = 1'h0;
-          end
-          if (start) begin
-            \$988  = 1'h0;
-          end
-        end
+          /* empty */;
       3'h3:
         begin
-          if (\$644 ) begin
-            if (beat__payload[512]) begin
-              \$988  = 1'h0;
-            end
+          if (\$632 ) begin
+            \$988  = \$633 ;
           end
           if (c_fire) begin
-            if (c_last) begin
-              \$988  = \$677 ;
-            end
-          end
-          if (\$685 ) begin
-            \$988  = \$707 ;
-          end
-          if (start) begin
             \$988  = 1'h0;
           end
         end
-      3'h4:
-        begin
-          if (\$718 ) begin
-            \$988  = 1'h0;
-          end
-          if (addr_fault) begin
-            \$988  = 1'h0;
-          end
-          if (\$730 ) begin
-            \$988  = 1'h0;
-          end
-          if (start) begin
-            \$988  = 1'h0;
-          end
-        end
-      3'h5:
-          if (\$731 ) begin
-            \$988  = 1'h0;
-          end
-      default:
-          \$988  = 1'h0;
     endcase
+    if (unit_rst) begin
+      \$988  = 1'h0;
+    end
     if (rst) begin
       \$988  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$989  = run1;
-    (* full_case = 32'd1 *)
+    \$989  = c_valid0;
     casez (seq_state)
       3'h0:
-          if (start) begin
-            \$989  = 1'h0;
-          end
+          /* empty */;
       3'h1:
-        begin
-          if (beat__valid) begin
-            (* full_case = 32'd1 *)
-            if (beat__payload[512]) begin
-              \$989  = 1'h0;
-            end else begin
-              \$989  = 1'h0;
-            end
-          end
-          if (start) begin
-            \$989  = 1'h0;
-          end
-        end
+          /* empty */;
       3'h2:
-        begin
-          (* full_case = 32'd1 *)
-          if (\$606 ) begin
-          end else if (d_end_more) begin
-            \$989  = 1'h0;
-          end else if (d_end) begin
-            \$989  = 1'h0;
-          end else if (d_count_zero) begin
-            \$989  = 1'h0;
-          end else if (d_const) begin
-            \$989  = 1'h0;
-          end else if (d_stream) begin
-            \$989  = \$635 ;
-          end else begin
-            \$989  = 1'h0;
-          end
-          if (start) begin
-            \$989  = 1'h0;
-          end
-        end
+          /* empty */;
       3'h3:
         begin
-          if (\$644 ) begin
-            if (beat__payload[512]) begin
-              \$989  = 1'h0;
-            end
+          if (\$632 ) begin
+            \$989  = \$635 ;
           end
           if (c_fire) begin
-            if (c_last) begin
-              \$989  = \$680 ;
-            end
-          end
-          if (\$685 ) begin
-            \$989  = \$710 ;
-          end
-          if (start) begin
             \$989  = 1'h0;
           end
         end
-      3'h4:
-        begin
-          if (\$718 ) begin
-            \$989  = 1'h0;
-          end
-          if (addr_fault) begin
-            \$989  = 1'h0;
-          end
-          if (\$730 ) begin
-            \$989  = 1'h0;
-          end
-          if (start) begin
-            \$989  = 1'h0;
-          end
-        end
-      3'h5:
-          if (\$731 ) begin
-            \$989  = 1'h0;
-          end
-      default:
-          \$989  = 1'h0;
     endcase
+    if (unit_rst) begin
+      \$989  = 1'h0;
+    end
     if (rst) begin
       \$989  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$990  = q0_to_pack;
-    (* full_case = 32'd1 *)
+    \$990  = c_valid1;
     casez (seq_state)
       3'h0:
-          if (start) begin
-            \$990  = 1'h0;
-          end
+          /* empty */;
       3'h1:
-        begin
-          if (beat__valid) begin
-            (* full_case = 32'd1 *)
-            if (beat__payload[512]) begin
-              \$990  = 1'h0;
-            end else begin
-              \$990  = 1'h0;
-            end
-          end
-          if (start) begin
-            \$990  = 1'h0;
-          end
-        end
+          /* empty */;
       3'h2:
-        begin
-          (* full_case = 32'd1 *)
-          if (\$606 ) begin
-          end else if (d_end_more) begin
-            \$990  = 1'h0;
-          end else if (d_end) begin
-            \$990  = 1'h0;
-          end else if (d_count_zero) begin
-            \$990  = 1'h0;
-          end else if (d_const) begin
-            \$990  = 1'h0;
-          end else if (d_stream) begin
-            \$990  = \$636 ;
-          end else begin
-            \$990  = 1'h0;
-          end
-          if (start) begin
-            \$990  = 1'h0;
-          end
-        end
+          /* empty */;
       3'h3:
         begin
-          if (\$644 ) begin
-            if (beat__payload[512]) begin
-              \$990  = 1'h0;
-            end
+          if (\$632 ) begin
+            \$990  = \$637 ;
           end
           if (c_fire) begin
-            if (c_last) begin
-              \$990  = \$681 ;
-            end
-          end
-          if (\$685 ) begin
-            \$990  = \$711 ;
-          end
-          if (start) begin
             \$990  = 1'h0;
           end
         end
-      3'h4:
-        begin
-          if (\$718 ) begin
-            \$990  = 1'h0;
-          end
-          if (addr_fault) begin
-            \$990  = 1'h0;
-          end
-          if (\$730 ) begin
-            \$990  = 1'h0;
-          end
-          if (start) begin
-            \$990  = 1'h0;
-          end
-        end
-      3'h5:
-          if (\$731 ) begin
-            \$990  = 1'h0;
-          end
-      default:
-          \$990  = 1'h0;
     endcase
+    if (unit_rst) begin
+      \$990  = 1'h0;
+    end
     if (rst) begin
       \$990  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$991  = res_to_pack;
-    (* full_case = 32'd1 *)
+    \$991  = c_valid2;
     casez (seq_state)
       3'h0:
-          if (start) begin
-            \$991  = 1'h0;
-          end
+          /* empty */;
       3'h1:
-        begin
-          if (beat__valid) begin
-            (* full_case = 32'd1 *)
-            if (beat__payload[512]) begin
-              \$991  = 1'h0;
-            end else begin
-              \$991  = 1'h0;
-            end
-          end
-          if (start) begin
-            \$991  = 1'h0;
-          end
-        end
+          /* empty */;
       3'h2:
-        begin
-          (* full_case = 32'd1 *)
-          if (\$606 ) begin
-          end else if (d_end_more) begin
-            \$991  = 1'h0;
-          end else if (d_end) begin
-            \$991  = 1'h0;
-          end else if (d_count_zero) begin
-            \$991  = 1'h0;
-          end else if (d_const) begin
-            \$991  = 1'h0;
-          end else if (d_stream) begin
-            \$991  = \$638 ;
-          end else begin
-            \$991  = 1'h0;
-          end
-          if (start) begin
-            \$991  = 1'h0;
-          end
-        end
+          /* empty */;
       3'h3:
         begin
-          if (\$644 ) begin
-            if (beat__payload[512]) begin
-              \$991  = 1'h0;
-            end
+          if (\$632 ) begin
+            \$991  = \$639 ;
           end
           if (c_fire) begin
-            if (c_last) begin
-              \$991  = \$683 ;
-            end
-          end
-          if (\$685 ) begin
-            \$991  = \$713 ;
-          end
-          if (start) begin
             \$991  = 1'h0;
           end
         end
-      3'h4:
-        begin
-          if (\$718 ) begin
-            \$991  = 1'h0;
-          end
-          if (addr_fault) begin
-            \$991  = 1'h0;
-          end
-          if (\$730 ) begin
-            \$991  = 1'h0;
-          end
-          if (start) begin
-            \$991  = 1'h0;
-          end
-        end
-      3'h5:
-          if (\$731 ) begin
-            \$991  = 1'h0;
-          end
-      default:
-          \$991  = 1'h0;
     endcase
+    if (unit_rst) begin
+      \$991  = 1'h0;
+    end
     if (rst) begin
       \$991  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$992  = ins;
-    casez (seq_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-          if (beat__valid) begin
-            \$992  = beat__payload[511:0];
-          end
-    endcase
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$993  = decode_wait;
-    casez (seq_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-          if (beat__valid) begin
-            \$993  = 3'h4;
-          end
-      3'h2:
-          if (\$606 ) begin
-            \$993  = \$607 [2:0];
-          end
-    endcase
-    if (rst) begin
-      \$993  = 3'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$994  = c_addr;
+    \$992  = c_valid3;
     casez (seq_state)
       3'h0:
           /* empty */;
       3'h1:
           /* empty */;
       3'h2:
-          \$994  = dec_c_base;
+          /* empty */;
       3'h3:
-          if (\$640 ) begin
-            \$994  = \$642 [31:0];
+        begin
+          if (\$632 ) begin
+            \$992  = \$641 ;
           end
+          if (c_fire) begin
+            \$992  = 1'h0;
+          end
+        end
     endcase
+    if (unit_rst) begin
+      \$992  = 1'h0;
+    end
     if (rst) begin
-      \$994  = 32'd0;
+      \$992  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$995  = c_step;
-    casez (seq_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
-      3'h2:
-          \$995  = \$604 [7:0];
-    endcase
+    \$993  = ext_req_addr;
+    if (in_stream) begin
+      if (is_move) begin
+      end else if (is_load) begin
+        if (\$722 ) begin
+          \$993  = \$724 [31:0];
+        end
+      end else if (is_store) begin
+        if (\$726 ) begin
+          \$993  = \$728 [31:0];
+        end
+      end
+    end
     if (rst) begin
-      \$995  = 8'h00;
+      \$993  = 32'd0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$996  = c_ask;
-    casez (seq_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
-      3'h2:
-          \$996  = { 4'h0, ins[509:498] };
-      3'h3:
-          if (\$640 ) begin
-            \$996  = \$641 [15:0];
-          end
-    endcase
+    \$994  = ext_req_data;
+    if (in_stream) begin
+      if (is_move) begin
+      end else if (is_load) begin
+      end else if (is_store) begin
+        if (\$726 ) begin
+          \$994  = \r_data$237 [15:0];
+        end
+      end
+    end
+    if (rst) begin
+      \$994  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$995  = \w_en$182 ;
+    if (pack_active) begin
+      if (\$729 ) begin
+        \$995  = 1'h0;
+      end
+      if (\$735 ) begin
+        if (\$737 ) begin
+          \$995  = 1'h1;
+        end
+      end
+    end
+    if (unit_rst) begin
+      \$995  = 1'h0;
+    end
+    if (rst) begin
+      \$995  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$996  = pack_a0;
+    if (pack_active) begin
+      if (\$735 ) begin
+        casez (pack_j)
+          3'h0:
+              \$996  = elem_data;
+        endcase
+      end
+    end
     if (rst) begin
       \$996  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$997  = c_due;
-    casez (seq_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
-      3'h2:
-          \$997  = { 4'h0, ins[509:498] };
-      3'h3:
-          if (c_fire) begin
-            \$997  = \$654 [15:0];
-          end
-    endcase
+    \$997  = pack_a1;
+    if (pack_active) begin
+      if (\$735 ) begin
+        casez (pack_j)
+          3'h0:
+              /* empty */;
+          3'h1:
+              \$997  = elem_data;
+        endcase
+      end
+    end
     if (rst) begin
       \$997  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$998  = c_last;
-    casez (seq_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
-      3'h2:
-          \$998  = \$605 ;
-      3'h3:
-          if (c_fire) begin
-            \$998  = \$655 ;
-          end
-    endcase
-    if (rst) begin
-      \$998  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$999  = c_data;
-    casez (seq_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
-      3'h2:
-          /* empty */;
-      3'h3:
-          if (\$644 ) begin
-            \$999  = beat__payload[65:0];
-          end
-    endcase
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1000  = c_full;
-    casez (seq_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
-      3'h2:
-          /* empty */;
-      3'h3:
-        begin
-          if (\$644 ) begin
-            \$1000  = \$645 ;
-          end
-          if (c_fire) begin
-            \$1000  = 1'h0;
-          end
-        end
-    endcase
-    if (unit_rst) begin
-      \$1000  = 1'h0;
-    end
-    if (rst) begin
-      \$1000  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1001  = c_valid0;
-    casez (seq_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
-      3'h2:
-          /* empty */;
-      3'h3:
-        begin
-          if (\$644 ) begin
-            \$1001  = \$647 ;
-          end
-          if (c_fire) begin
-            \$1001  = 1'h0;
-          end
-        end
-    endcase
-    if (unit_rst) begin
-      \$1001  = 1'h0;
-    end
-    if (rst) begin
-      \$1001  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1002  = c_valid1;
-    casez (seq_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
-      3'h2:
-          /* empty */;
-      3'h3:
-        begin
-          if (\$644 ) begin
-            \$1002  = \$649 ;
-          end
-          if (c_fire) begin
-            \$1002  = 1'h0;
-          end
-        end
-    endcase
-    if (unit_rst) begin
-      \$1002  = 1'h0;
-    end
-    if (rst) begin
-      \$1002  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1003  = c_valid2;
-    casez (seq_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
-      3'h2:
-          /* empty */;
-      3'h3:
-        begin
-          if (\$644 ) begin
-            \$1003  = \$651 ;
-          end
-          if (c_fire) begin
-            \$1003  = 1'h0;
-          end
-        end
-    endcase
-    if (unit_rst) begin
-      \$1003  = 1'h0;
-    end
-    if (rst) begin
-      \$1003  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1004  = c_valid3;
-    casez (seq_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
-      3'h2:
-          /* empty */;
-      3'h3:
-        begin
-          if (\$644 ) begin
-            \$1004  = \$653 ;
-          end
-          if (c_fire) begin
-            \$1004  = 1'h0;
-          end
-        end
-    endcase
-    if (unit_rst) begin
-      \$1004  = 1'h0;
-    end
-    if (rst) begin
-      \$1004  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1005  = ext_req_addr;
-    if (in_stream) begin
-      if (is_move) begin
-      end else if (is_load) begin
-        if (\$734 ) begin
-          \$1005  = \$736 [31:0];
-        end
-      end else if (is_store) begin
-        if (\$738 ) begin
-          \$1005  = \$740 [31:0];
-        end
-      end
-    end
-    if (rst) begin
-      \$1005  = 32'd0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1006  = ext_req_data;
-    if (in_stream) begin
-      if (is_move) begin
-      end else if (is_load) begin
-      end else if (is_store) begin
-        if (\$738 ) begin
-          \$1006  = \r_data$239 [15:0];
-        end
-      end
-    end
-    if (rst) begin
-      \$1006  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1007  = \w_en$184 ;
+    \$998  = pack_a2;
     if (pack_active) begin
-      if (\$741 ) begin
-        \$1007  = 1'h0;
-      end
-      if (\$747 ) begin
-        if (\$749 ) begin
-          \$1007  = 1'h1;
-        end
-      end
-    end
-    if (unit_rst) begin
-      \$1007  = 1'h0;
-    end
-    if (rst) begin
-      \$1007  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1008  = pack_a0;
-    if (pack_active) begin
-      if (\$747 ) begin
+      if (\$735 ) begin
         casez (pack_j)
           3'h0:
-              \$1008  = elem_data;
+              /* empty */;
+          3'h1:
+              /* empty */;
+          3'h2:
+              \$998  = elem_data;
         endcase
+      end
+    end
+    if (rst) begin
+      \$998  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$999  = pack_a3;
+    if (pack_active) begin
+      if (\$735 ) begin
+        casez (pack_j)
+          3'h0:
+              /* empty */;
+          3'h1:
+              /* empty */;
+          3'h2:
+              /* empty */;
+          3'h3:
+              \$999  = elem_data;
+        endcase
+      end
+    end
+    if (rst) begin
+      \$999  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1000  = pack_b0;
+    if (pack_active) begin
+      if (\$735 ) begin
+        casez (pack_j)
+          3'h0:
+              \$1000  = \r_data$358 [15:0];
+        endcase
+      end
+    end
+    if (rst) begin
+      \$1000  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1001  = pack_b1;
+    if (pack_active) begin
+      if (\$735 ) begin
+        casez (pack_j)
+          3'h0:
+              /* empty */;
+          3'h1:
+              \$1001  = \r_data$358 [15:0];
+        endcase
+      end
+    end
+    if (rst) begin
+      \$1001  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1002  = pack_b2;
+    if (pack_active) begin
+      if (\$735 ) begin
+        casez (pack_j)
+          3'h0:
+              /* empty */;
+          3'h1:
+              /* empty */;
+          3'h2:
+              \$1002  = \r_data$358 [15:0];
+        endcase
+      end
+    end
+    if (rst) begin
+      \$1002  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1003  = pack_b3;
+    if (pack_active) begin
+      if (\$735 ) begin
+        casez (pack_j)
+          3'h0:
+              /* empty */;
+          3'h1:
+              /* empty */;
+          3'h2:
+              /* empty */;
+          3'h3:
+              \$1003  = \r_data$358 [15:0];
+        endcase
+      end
+    end
+    if (rst) begin
+      \$1003  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1004  = pack_j;
+    if (pack_active) begin
+      if (\$735 ) begin
+        (* full_case = 32'd1 *)
+        if (\$737 ) begin
+          \$1004  = 3'h0;
+        end else begin
+          \$1004  = \$738 [2:0];
+        end
+      end
+    end
+    if (unit_rst) begin
+      \$1004  = 3'h0;
+    end
+    if (rst) begin
+      \$1004  = 3'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1005  = pack_jo;
+    if (pack_active) begin
+      if (\$739 ) begin
+        (* full_case = 32'd1 *)
+        if (\$741 ) begin
+          \$1005  = 3'h0;
+        end else begin
+          \$1005  = \$742 [2:0];
+        end
+      end
+    end
+    if (unit_rst) begin
+      \$1005  = 3'h0;
+    end
+    if (rst) begin
+      \$1005  = 3'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1006  = tiles;
+    if (in_decode) begin
+      \$1006  = dec_tiles;
+    end
+    if (gemm_active) begin
+      if (\$749 ) begin
+        if (\$763 ) begin
+          \$1006  = \$764 [31:0];
+        end
+      end
+    end
+    if (rst) begin
+      \$1006  = 32'd0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1007  = nt;
+    if (in_decode) begin
+      \$1007  = 16'h0000;
+    end
+    if (gemm_active) begin
+      if (\$749 ) begin
+        if (\$763 ) begin
+          (* full_case = 32'd1 *)
+          if (nt_hit) begin
+            \$1007  = 16'h0000;
+          end else begin
+            \$1007  = \$770 [15:0];
+          end
+        end
+      end
+    end
+    if (rst) begin
+      \$1007  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1008  = k;
+    if (in_decode) begin
+      \$1008  = 16'h0000;
+    end
+    if (gemm_active) begin
+      if (\$749 ) begin
+        if (\$751 ) begin
+        end else if (\$756 ) begin
+          \$1008  = \$757 [15:0];
+        end
+        if (\$763 ) begin
+          \$1008  = 16'h0000;
+        end
       end
     end
     if (rst) begin
@@ -35279,391 +35500,460 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1009  = pack_a1;
-    if (pack_active) begin
-      if (\$747 ) begin
-        casez (pack_j)
-          3'h0:
-              /* empty */;
-          3'h1:
-              \$1009  = elem_data;
-        endcase
-      end
-    end
-    if (rst) begin
-      \$1009  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1010  = pack_a2;
-    if (pack_active) begin
-      if (\$747 ) begin
-        casez (pack_j)
-          3'h0:
-              /* empty */;
-          3'h1:
-              /* empty */;
-          3'h2:
-              \$1010  = elem_data;
-        endcase
-      end
-    end
-    if (rst) begin
-      \$1010  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1011  = pack_a3;
-    if (pack_active) begin
-      if (\$747 ) begin
-        casez (pack_j)
-          3'h0:
-              /* empty */;
-          3'h1:
-              /* empty */;
-          3'h2:
-              /* empty */;
-          3'h3:
-              \$1011  = elem_data;
-        endcase
-      end
-    end
-    if (rst) begin
-      \$1011  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1012  = pack_b0;
-    if (pack_active) begin
-      if (\$747 ) begin
-        casez (pack_j)
-          3'h0:
-              \$1012  = \r_data$360 [15:0];
-        endcase
-      end
-    end
-    if (rst) begin
-      \$1012  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1013  = pack_b1;
-    if (pack_active) begin
-      if (\$747 ) begin
-        casez (pack_j)
-          3'h0:
-              /* empty */;
-          3'h1:
-              \$1013  = \r_data$360 [15:0];
-        endcase
-      end
-    end
-    if (rst) begin
-      \$1013  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1014  = pack_b2;
-    if (pack_active) begin
-      if (\$747 ) begin
-        casez (pack_j)
-          3'h0:
-              /* empty */;
-          3'h1:
-              /* empty */;
-          3'h2:
-              \$1014  = \r_data$360 [15:0];
-        endcase
-      end
-    end
-    if (rst) begin
-      \$1014  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1015  = pack_b3;
-    if (pack_active) begin
-      if (\$747 ) begin
-        casez (pack_j)
-          3'h0:
-              /* empty */;
-          3'h1:
-              /* empty */;
-          3'h2:
-              /* empty */;
-          3'h3:
-              \$1015  = \r_data$360 [15:0];
-        endcase
-      end
-    end
-    if (rst) begin
-      \$1015  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1016  = pack_j;
-    if (pack_active) begin
-      if (\$747 ) begin
-        (* full_case = 32'd1 *)
-        if (\$749 ) begin
-          \$1016  = 3'h0;
-        end else begin
-          \$1016  = \$750 [2:0];
-        end
-      end
-    end
-    if (unit_rst) begin
-      \$1016  = 3'h0;
-    end
-    if (rst) begin
-      \$1016  = 3'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1017  = pack_jo;
-    if (pack_active) begin
-      if (\$751 ) begin
-        (* full_case = 32'd1 *)
-        if (\$753 ) begin
-          \$1017  = 3'h0;
-        end else begin
-          \$1017  = \$754 [2:0];
-        end
-      end
-    end
-    if (unit_rst) begin
-      \$1017  = 3'h0;
-    end
-    if (rst) begin
-      \$1017  = 3'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1018  = tiles;
+    \$1009  = w_addr;
     if (in_decode) begin
-      \$1018  = dec_tiles;
+      \$1009  = ins[465:434];
     end
     if (gemm_active) begin
-      if (\$761 ) begin
-        if (\$775 ) begin
-          \$1018  = \$776 [31:0];
-        end
-      end
-    end
-    if (rst) begin
-      \$1018  = 32'd0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1019  = nt;
-    if (in_decode) begin
-      \$1019  = 16'h0000;
-    end
-    if (gemm_active) begin
-      if (\$761 ) begin
-        if (\$775 ) begin
-          (* full_case = 32'd1 *)
-          if (nt_hit) begin
-            \$1019  = 16'h0000;
-          end else begin
-            \$1019  = \$782 [15:0];
-          end
-        end
-      end
-    end
-    if (rst) begin
-      \$1019  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1020  = k;
-    if (in_decode) begin
-      \$1020  = 16'h0000;
-    end
-    if (gemm_active) begin
-      if (\$761 ) begin
-        if (\$763 ) begin
-        end else if (\$768 ) begin
-          \$1020  = \$769 [15:0];
-        end
-        if (\$775 ) begin
-          \$1020  = 16'h0000;
-        end
-      end
-    end
-    if (rst) begin
-      \$1020  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1021  = w_addr;
-    if (in_decode) begin
-      \$1021  = ins[465:434];
-    end
-    if (gemm_active) begin
-      if (\$761 ) begin
+      if (\$749 ) begin
         if (want_w) begin
-          \$1021  = \$772 [31:0];
+          \$1009  = \$760 [31:0];
         end
-        if (\$775 ) begin
+        if (\$763 ) begin
           if (nt_hit) begin
-            \$1021  = ins[465:434];
+            \$1009  = ins[465:434];
           end
         end
       end
     end
     if (rst) begin
-      \$1021  = 32'd0;
+      \$1009  = 32'd0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1022  = p_addr;
+    \$1010  = p_addr;
     if (in_decode) begin
-      \$1022  = ins[497:466];
+      \$1010  = ins[497:466];
     end
     if (gemm_active) begin
-      if (\$761 ) begin
-        if (\$775 ) begin
+      if (\$749 ) begin
+        if (\$763 ) begin
           (* full_case = 32'd1 *)
           if (nt_hit) begin
-            \$1022  = ins[497:466];
+            \$1010  = ins[497:466];
           end else begin
-            \$1022  = \$785 [31:0];
+            \$1010  = \$773 [31:0];
           end
         end
       end
     end
     if (rst) begin
-      \$1022  = 32'd0;
+      \$1010  = 32'd0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1023  = want_w;
+    \$1011  = want_w;
     if (in_decode) begin
-      \$1023  = 1'h0;
+      \$1011  = 1'h0;
     end
     if (gemm_active) begin
-      if (\$761 ) begin
+      if (\$749 ) begin
+        if (\$751 ) begin
+          \$1011  = 1'h1;
+        end
         if (\$763 ) begin
-          \$1023  = 1'h1;
-        end
-        if (\$775 ) begin
-          \$1023  = 1'h0;
+          \$1011  = 1'h0;
         end
       end
     end
     if (rst) begin
-      \$1023  = 1'h0;
+      \$1011  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1024  = w_step;
+    \$1012  = w_step;
     if (in_decode) begin
-      \$1024  = \$755 [7:0];
+      \$1012  = \$743 [7:0];
     end
     if (rst) begin
-      \$1024  = 8'h00;
+      \$1012  = 8'h00;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1025  = \$signal$465 ;
+    \$1013  = \$signal$463 ;
     if (in_decode) begin
-      \$1025  = \$756 ;
+      \$1013  = \$744 ;
     end
     if (gemm_active) begin
-      if (\$761 ) begin
-        if (\$775 ) begin
-          \$1025  = \$777 ;
-        end
-      end
-    end
-    if (rst) begin
-      \$1025  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1026  = \$signal$560 ;
-    if (in_decode) begin
-      \$1026  = \$758 ;
-    end
-    if (gemm_active) begin
-      if (\$761 ) begin
+      if (\$749 ) begin
         if (\$763 ) begin
-        end else if (\$768 ) begin
-          \$1026  = \$771 ;
-        end
-        if (\$775 ) begin
-          \$1026  = \$779 ;
+          \$1013  = \$765 ;
         end
       end
     end
     if (rst) begin
-      \$1026  = 1'h0;
+      \$1013  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1027  = nt_hit;
+    \$1014  = \$signal$560 ;
     if (in_decode) begin
-      \$1027  = \$760 ;
+      \$1014  = \$746 ;
     end
     if (gemm_active) begin
-      if (\$761 ) begin
-        if (\$775 ) begin
+      if (\$749 ) begin
+        if (\$751 ) begin
+        end else if (\$756 ) begin
+          \$1014  = \$759 ;
+        end
+        if (\$763 ) begin
+          \$1014  = \$767 ;
+        end
+      end
+    end
+    if (rst) begin
+      \$1014  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1015  = nt_hit;
+    if (in_decode) begin
+      \$1015  = \$748 ;
+    end
+    if (gemm_active) begin
+      if (\$749 ) begin
+        if (\$763 ) begin
           (* full_case = 32'd1 *)
           if (nt_hit) begin
-            \$1027  = \$781 ;
+            \$1015  = \$769 ;
           end else begin
-            \$1027  = \$784 ;
+            \$1015  = \$772 ;
           end
         end
       end
     end
     if (rst) begin
-      \$1027  = 1'h0;
+      \$1015  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1028  = rk;
+    \$1016  = rk;
     if (in_decode) begin
-      \$1028  = 16'h0000;
+      \$1016  = 16'h0000;
     end
     if (gemm_active) begin
-      if (\$790 ) begin
-        \$1028  = \$793 [15:0];
+      if (\$778 ) begin
+        \$1016  = \$781 [15:0];
       end
     end
     if (rst) begin
-      \$1028  = 16'h0000;
+      \$1016  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1029  = rk_zero;
+    \$1017  = rk_zero;
     if (in_decode) begin
-      \$1029  = 1'h1;
+      \$1017  = 1'h1;
     end
     if (gemm_active) begin
-      if (\$790 ) begin
-        \$1029  = \$794 ;
+      if (\$778 ) begin
+        \$1017  = \$782 ;
+      end
+    end
+    if (rst) begin
+      \$1017  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1018  = \$791 ;
+    if (rst) begin
+      \$1018  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1019  = a_filled0;
+    if (in_decode) begin
+      \$1019  = 1'h0;
+    end
+    if (gemm_active) begin
+      if (\$803 ) begin
+        if (a_load_k_hit) begin
+          if (\$809 ) begin
+            casez (\$signal$297 )
+              1'h0:
+                  \$1019  = 1'h1;
+            endcase
+          end
+        end
+      end else if (\$806 ) begin
+        if (\$815 ) begin
+          if (a_load_k_hit) begin
+            casez (\$signal$297 )
+              1'h0:
+                  \$1019  = 1'h1;
+            endcase
+          end
+        end
+      end
+      if (\$827 ) begin
+        casez (a_read_half)
+          1'h0:
+              \$1019  = 1'h0;
+        endcase
+      end
+    end
+    if (rst) begin
+      \$1019  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1020  = a_filled1;
+    if (in_decode) begin
+      \$1020  = 1'h0;
+    end
+    if (gemm_active) begin
+      if (\$803 ) begin
+        if (a_load_k_hit) begin
+          if (\$809 ) begin
+            (* full_case = 32'd1 *)
+            casez (\$signal$297 )
+              1'h0:
+                  /* empty */;
+              1'h1:
+                  \$1020  = 1'h1;
+            endcase
+          end
+        end
+      end else if (\$806 ) begin
+        if (\$815 ) begin
+          if (a_load_k_hit) begin
+            (* full_case = 32'd1 *)
+            casez (\$signal$297 )
+              1'h0:
+                  /* empty */;
+              1'h1:
+                  \$1020  = 1'h1;
+            endcase
+          end
+        end
+      end
+      if (\$827 ) begin
+        (* full_case = 32'd1 *)
+        casez (a_read_half)
+          1'h0:
+              /* empty */;
+          1'h1:
+              \$1020  = 1'h0;
+        endcase
+      end
+    end
+    if (rst) begin
+      \$1020  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1021  = \$signal$297 ;
+    if (in_decode) begin
+      \$1021  = 1'h0;
+    end
+    if (gemm_active) begin
+      if (\$803 ) begin
+        if (a_load_k_hit) begin
+          if (\$809 ) begin
+            \$1021  = \$810 ;
+          end
+        end
+      end else if (\$806 ) begin
+        if (\$815 ) begin
+          if (a_load_k_hit) begin
+            \$1021  = \$821 ;
+          end
+        end
+      end
+    end
+    if (rst) begin
+      \$1021  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1022  = \$signal$304 ;
+    if (in_decode) begin
+      \$1022  = 4'h0;
+    end
+    if (gemm_active) begin
+      if (\$803 ) begin
+        if (a_load_k_hit) begin
+          (* full_case = 32'd1 *)
+          if (\$809 ) begin
+            \$1022  = 4'h0;
+          end else begin
+            \$1022  = \$811 [3:0];
+          end
+        end
+      end else if (\$806 ) begin
+        (* full_case = 32'd1 *)
+        if (\$815 ) begin
+          \$1022  = 4'h0;
+        end else begin
+          \$1022  = \$822 [3:0];
+        end
+      end
+    end
+    if (rst) begin
+      \$1022  = 4'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1023  = lk;
+    if (in_decode) begin
+      \$1023  = 16'h0000;
+    end
+    if (gemm_active) begin
+      if (\$803 ) begin
+        (* full_case = 32'd1 *)
+        if (a_load_k_hit) begin
+          \$1023  = 16'h0000;
+        end else begin
+          \$1023  = \$812 [15:0];
+        end
+      end else if (\$806 ) begin
+        if (\$815 ) begin
+          \$1023  = \$816 [15:0];
+          if (a_load_k_hit) begin
+            \$1023  = 16'h0000;
+          end
+        end
+      end
+    end
+    if (rst) begin
+      \$1023  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1024  = \$signal$330 ;
+    if (in_decode) begin
+      \$1024  = 1'h0;
+    end
+    if (gemm_active) begin
+      if (a_issue) begin
+        if (a_feed_k_hit) begin
+          if (a_feed_nt_hit) begin
+            \$1024  = \$832 ;
+          end
+        end
+      end
+    end
+    if (rst) begin
+      \$1024  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1025  = \$signal$563 ;
+    if (in_decode) begin
+      \$1025  = 16'h0000;
+    end
+    if (gemm_active) begin
+      if (a_issue) begin
+        (* full_case = 32'd1 *)
+        if (a_feed_k_hit) begin
+          \$1025  = 16'h0000;
+        end else begin
+          \$1025  = \$838 [15:0];
+        end
+      end
+    end
+    if (rst) begin
+      \$1025  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1026  = fnt;
+    if (in_decode) begin
+      \$1026  = 16'h0000;
+    end
+    if (gemm_active) begin
+      if (a_issue) begin
+        if (a_feed_k_hit) begin
+          (* full_case = 32'd1 *)
+          if (a_feed_nt_hit) begin
+            \$1026  = 16'h0000;
+          end else begin
+            \$1026  = \$835 [15:0];
+          end
+        end
+      end
+    end
+    if (rst) begin
+      \$1026  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1027  = feed_blocks;
+    if (in_decode) begin
+      \$1027  = dec_blocks;
+    end
+    if (gemm_active) begin
+      if (a_issue) begin
+        if (a_feed_k_hit) begin
+          if (a_feed_nt_hit) begin
+            \$1027  = \$833 [31:0];
+          end
+        end
+      end
+    end
+    if (rst) begin
+      \$1027  = 32'd0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1028  = a_load_k_hit;
+    if (in_decode) begin
+      \$1028  = \$793 ;
+    end
+    if (gemm_active) begin
+      if (\$803 ) begin
+        (* full_case = 32'd1 *)
+        if (a_load_k_hit) begin
+          \$1028  = \$808 ;
+        end else begin
+          \$1028  = \$814 ;
+        end
+      end else if (\$806 ) begin
+        if (\$815 ) begin
+          \$1028  = \$818 ;
+          if (a_load_k_hit) begin
+            \$1028  = \$820 ;
+          end
+        end
+      end
+    end
+    if (rst) begin
+      \$1028  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1029  = a_feed_k_hit;
+    if (in_decode) begin
+      \$1029  = \$795 ;
+    end
+    if (gemm_active) begin
+      if (a_issue) begin
+        (* full_case = 32'd1 *)
+        if (a_feed_k_hit) begin
+          \$1029  = \$829 ;
+        end else begin
+          \$1029  = \$840 ;
+        end
       end
     end
     if (rst) begin
@@ -35672,42 +35962,39 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1030  = \$803 ;
+    \$1030  = a_feed_nt_hit;
+    if (in_decode) begin
+      \$1030  = \$797 ;
+    end
+    if (gemm_active) begin
+      if (a_issue) begin
+        if (a_feed_k_hit) begin
+          (* full_case = 32'd1 *)
+          if (a_feed_nt_hit) begin
+            \$1030  = \$831 ;
+          end else begin
+            \$1030  = \$837 ;
+          end
+        end
+      end
+    end
     if (rst) begin
       \$1030  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1031  = a_filled0;
+    \$1031  = a_blocks_left;
     if (in_decode) begin
-      \$1031  = 1'h0;
+      \$1031  = \$798 ;
     end
     if (gemm_active) begin
-      if (\$815 ) begin
-        if (a_load_k_hit) begin
-          if (\$821 ) begin
-            casez (\$signal$299 )
-              1'h0:
-                  \$1031  = 1'h1;
-            endcase
+      if (a_issue) begin
+        if (a_feed_k_hit) begin
+          if (a_feed_nt_hit) begin
+            \$1031  = \$834 ;
           end
         end
-      end else if (\$818 ) begin
-        if (\$827 ) begin
-          if (a_load_k_hit) begin
-            casez (\$signal$299 )
-              1'h0:
-                  \$1031  = 1'h1;
-            endcase
-          end
-        end
-      end
-      if (\$839 ) begin
-        casez (a_read_half)
-          1'h0:
-              \$1031  = 1'h0;
-        endcase
       end
     end
     if (rst) begin
@@ -35716,232 +36003,152 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1032  = a_filled1;
-    if (in_decode) begin
+    \$1032  = a_read_last;
+    if (gemm_active) begin
+      \$1032  = a_feed_k_hit;
+    end
+    if (rst) begin
       \$1032  = 1'h0;
     end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1033  = a_read_addr;
     if (gemm_active) begin
-      if (\$815 ) begin
-        if (a_load_k_hit) begin
-          if (\$821 ) begin
-            (* full_case = 32'd1 *)
-            casez (\$signal$299 )
-              1'h0:
-                  /* empty */;
-              1'h1:
-                  \$1032  = 1'h1;
-            endcase
-          end
+      \$1033  = \$824 [8:0];
+    end
+    if (rst) begin
+      \$1033  = 9'h000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1034  = a_read_half;
+    if (gemm_active) begin
+      \$1034  = \$signal$330 ;
+    end
+    if (rst) begin
+      \$1034  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1035  = a_read_free;
+    if (gemm_active) begin
+      \$1035  = \$826 ;
+    end
+    if (rst) begin
+      \$1035  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1036  = w_load_lane;
+    if (gemm_active) begin
+      if (\$845 ) begin
+        (* full_case = 32'd1 *)
+        if (\$846 ) begin
+          \$1036  = 4'h0;
+        end else begin
+          \$1036  = \$853 [3:0];
         end
-      end else if (\$818 ) begin
-        if (\$827 ) begin
-          if (a_load_k_hit) begin
-            (* full_case = 32'd1 *)
-            casez (\$signal$299 )
-              1'h0:
-                  /* empty */;
-              1'h1:
-                  \$1032  = 1'h1;
-            endcase
+      end
+      if (in_decode) begin
+        \$1036  = 4'h0;
+      end
+    end
+    if (rst) begin
+      \$1036  = 4'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1037  = w_load_k;
+    if (gemm_active) begin
+      if (\$845 ) begin
+        if (\$846 ) begin
+          \$1037  = \$847 [15:0];
+          if (\$849 ) begin
+            \$1037  = 16'h0000;
           end
         end
       end
-      if (\$839 ) begin
-        (* full_case = 32'd1 *)
-        casez (a_read_half)
+      if (in_decode) begin
+        \$1037  = 16'h0000;
+      end
+    end
+    if (rst) begin
+      \$1037  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1038  = w_load_addr;
+    if (gemm_active) begin
+      if (\$845 ) begin
+        if (\$846 ) begin
+          \$1038  = \$848 [9:0];
+          if (\$849 ) begin
+            if (\$851 ) begin
+              \$1038  = 10'h000;
+            end
+          end
+        end
+      end
+      if (in_decode) begin
+        \$1038  = 10'h000;
+      end
+    end
+    if (rst) begin
+      \$1038  = 10'h000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1039  = w_load_nt;
+    if (gemm_active) begin
+      if (\$845 ) begin
+        if (\$846 ) begin
+          if (\$849 ) begin
+            \$1039  = \$850 [15:0];
+            if (\$851 ) begin
+              \$1039  = 16'h0000;
+            end
+          end
+        end
+      end
+      if (in_decode) begin
+        \$1039  = 16'h0000;
+      end
+    end
+    if (rst) begin
+      \$1039  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1040  = w_filled0;
+    if (gemm_active) begin
+      if (\$845 ) begin
+        if (\$846 ) begin
+          if (\$849 ) begin
+            if (\$851 ) begin
+              casez (w_load_half)
+                1'h0:
+                    \$1040  = 1'h1;
+              endcase
+            end
+          end
+        end
+      end
+      if (\$869 ) begin
+        casez (w_read_half)
           1'h0:
-              /* empty */;
-          1'h1:
-              \$1032  = 1'h0;
+              \$1040  = 1'h0;
         endcase
       end
-    end
-    if (rst) begin
-      \$1032  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1033  = \$signal$299 ;
-    if (in_decode) begin
-      \$1033  = 1'h0;
-    end
-    if (gemm_active) begin
-      if (\$815 ) begin
-        if (a_load_k_hit) begin
-          if (\$821 ) begin
-            \$1033  = \$822 ;
-          end
-        end
-      end else if (\$818 ) begin
-        if (\$827 ) begin
-          if (a_load_k_hit) begin
-            \$1033  = \$833 ;
-          end
-        end
-      end
-    end
-    if (rst) begin
-      \$1033  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1034  = \$signal$306 ;
-    if (in_decode) begin
-      \$1034  = 4'h0;
-    end
-    if (gemm_active) begin
-      if (\$815 ) begin
-        if (a_load_k_hit) begin
-          (* full_case = 32'd1 *)
-          if (\$821 ) begin
-            \$1034  = 4'h0;
-          end else begin
-            \$1034  = \$823 [3:0];
-          end
-        end
-      end else if (\$818 ) begin
-        (* full_case = 32'd1 *)
-        if (\$827 ) begin
-          \$1034  = 4'h0;
-        end else begin
-          \$1034  = \$834 [3:0];
-        end
-      end
-    end
-    if (rst) begin
-      \$1034  = 4'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1035  = lk;
-    if (in_decode) begin
-      \$1035  = 16'h0000;
-    end
-    if (gemm_active) begin
-      if (\$815 ) begin
-        (* full_case = 32'd1 *)
-        if (a_load_k_hit) begin
-          \$1035  = 16'h0000;
-        end else begin
-          \$1035  = \$824 [15:0];
-        end
-      end else if (\$818 ) begin
-        if (\$827 ) begin
-          \$1035  = \$828 [15:0];
-          if (a_load_k_hit) begin
-            \$1035  = 16'h0000;
-          end
-        end
-      end
-    end
-    if (rst) begin
-      \$1035  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1036  = \$signal$332 ;
-    if (in_decode) begin
-      \$1036  = 1'h0;
-    end
-    if (gemm_active) begin
-      if (a_issue) begin
-        if (a_feed_k_hit) begin
-          if (a_feed_nt_hit) begin
-            \$1036  = \$844 ;
-          end
-        end
-      end
-    end
-    if (rst) begin
-      \$1036  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1037  = \$signal$563 ;
-    if (in_decode) begin
-      \$1037  = 16'h0000;
-    end
-    if (gemm_active) begin
-      if (a_issue) begin
-        (* full_case = 32'd1 *)
-        if (a_feed_k_hit) begin
-          \$1037  = 16'h0000;
-        end else begin
-          \$1037  = \$850 [15:0];
-        end
-      end
-    end
-    if (rst) begin
-      \$1037  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1038  = fnt;
-    if (in_decode) begin
-      \$1038  = 16'h0000;
-    end
-    if (gemm_active) begin
-      if (a_issue) begin
-        if (a_feed_k_hit) begin
-          (* full_case = 32'd1 *)
-          if (a_feed_nt_hit) begin
-            \$1038  = 16'h0000;
-          end else begin
-            \$1038  = \$847 [15:0];
-          end
-        end
-      end
-    end
-    if (rst) begin
-      \$1038  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1039  = feed_blocks;
-    if (in_decode) begin
-      \$1039  = dec_blocks;
-    end
-    if (gemm_active) begin
-      if (a_issue) begin
-        if (a_feed_k_hit) begin
-          if (a_feed_nt_hit) begin
-            \$1039  = \$845 [31:0];
-          end
-        end
-      end
-    end
-    if (rst) begin
-      \$1039  = 32'd0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1040  = a_load_k_hit;
-    if (in_decode) begin
-      \$1040  = \$805 ;
-    end
-    if (gemm_active) begin
-      if (\$815 ) begin
-        (* full_case = 32'd1 *)
-        if (a_load_k_hit) begin
-          \$1040  = \$820 ;
-        end else begin
-          \$1040  = \$826 ;
-        end
-      end else if (\$818 ) begin
-        if (\$827 ) begin
-          \$1040  = \$830 ;
-          if (a_load_k_hit) begin
-            \$1040  = \$832 ;
-          end
-        end
+      if (in_decode) begin
+        \$1040  = 1'h0;
       end
     end
     if (rst) begin
@@ -35950,18 +36157,34 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1041  = a_feed_k_hit;
-    if (in_decode) begin
-      \$1041  = \$807 ;
-    end
+    \$1041  = w_filled1;
     if (gemm_active) begin
-      if (a_issue) begin
-        (* full_case = 32'd1 *)
-        if (a_feed_k_hit) begin
-          \$1041  = \$841 ;
-        end else begin
-          \$1041  = \$852 ;
+      if (\$845 ) begin
+        if (\$846 ) begin
+          if (\$849 ) begin
+            if (\$851 ) begin
+              (* full_case = 32'd1 *)
+              casez (w_load_half)
+                1'h0:
+                    /* empty */;
+                1'h1:
+                    \$1041  = 1'h1;
+              endcase
+            end
+          end
         end
+      end
+      if (\$869 ) begin
+        (* full_case = 32'd1 *)
+        casez (w_read_half)
+          1'h0:
+              /* empty */;
+          1'h1:
+              \$1041  = 1'h0;
+        endcase
+      end
+      if (in_decode) begin
+        \$1041  = 1'h0;
       end
     end
     if (rst) begin
@@ -35970,20 +36193,19 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1042  = a_feed_nt_hit;
-    if (in_decode) begin
-      \$1042  = \$809 ;
-    end
+    \$1042  = w_load_half;
     if (gemm_active) begin
-      if (a_issue) begin
-        if (a_feed_k_hit) begin
-          (* full_case = 32'd1 *)
-          if (a_feed_nt_hit) begin
-            \$1042  = \$843 ;
-          end else begin
-            \$1042  = \$849 ;
+      if (\$845 ) begin
+        if (\$846 ) begin
+          if (\$849 ) begin
+            if (\$851 ) begin
+              \$1042  = \$852 ;
+            end
           end
         end
+      end
+      if (in_decode) begin
+        \$1042  = 1'h0;
       end
     end
     if (rst) begin
@@ -35992,28 +36214,19 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1043  = a_blocks_left;
-    if (in_decode) begin
-      \$1043  = \$810 ;
-    end
+    \$1043  = w_read_addr;
     if (gemm_active) begin
-      if (a_issue) begin
-        if (a_feed_k_hit) begin
-          if (a_feed_nt_hit) begin
-            \$1043  = \$846 ;
-          end
-        end
-      end
+      \$1043  = \$856 [8:0];
     end
     if (rst) begin
-      \$1043  = 1'h0;
+      \$1043  = 9'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1044  = a_read_last;
+    \$1044  = w_read_half;
     if (gemm_active) begin
-      \$1044  = a_feed_k_hit;
+      \$1044  = w_feed_half;
     end
     if (rst) begin
       \$1044  = 1'h0;
@@ -36021,329 +36234,108 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1045  = a_read_addr;
+    \$1045  = w_read_free;
     if (gemm_active) begin
-      \$1045  = \$836 [8:0];
+      \$1045  = \$862 ;
     end
     if (rst) begin
-      \$1045  = 9'h000;
+      \$1045  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1046  = a_read_half;
+    \$1046  = feed_ntk;
     if (gemm_active) begin
-      \$1046  = \$signal$332 ;
-    end
-    if (rst) begin
-      \$1046  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1047  = a_read_free;
-    if (gemm_active) begin
-      \$1047  = \$838 ;
-    end
-    if (rst) begin
-      \$1047  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1048  = w_load_lane;
-    if (gemm_active) begin
-      if (\$857 ) begin
-        (* full_case = 32'd1 *)
-        if (\$858 ) begin
-          \$1048  = 4'h0;
-        end else begin
-          \$1048  = \$865 [3:0];
-        end
-      end
-      if (in_decode) begin
-        \$1048  = 4'h0;
-      end
-    end
-    if (rst) begin
-      \$1048  = 4'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1049  = w_load_k;
-    if (gemm_active) begin
-      if (\$857 ) begin
-        if (\$858 ) begin
-          \$1049  = \$859 [15:0];
-          if (\$861 ) begin
-            \$1049  = 16'h0000;
-          end
-        end
-      end
-      if (in_decode) begin
-        \$1049  = 16'h0000;
-      end
-    end
-    if (rst) begin
-      \$1049  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1050  = w_load_addr;
-    if (gemm_active) begin
-      if (\$857 ) begin
-        if (\$858 ) begin
-          \$1050  = \$860 [9:0];
-          if (\$861 ) begin
-            if (\$863 ) begin
-              \$1050  = 10'h000;
-            end
-          end
-        end
-      end
-      if (in_decode) begin
-        \$1050  = 10'h000;
-      end
-    end
-    if (rst) begin
-      \$1050  = 10'h000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1051  = w_load_nt;
-    if (gemm_active) begin
-      if (\$857 ) begin
-        if (\$858 ) begin
-          if (\$861 ) begin
-            \$1051  = \$862 [15:0];
-            if (\$863 ) begin
-              \$1051  = 16'h0000;
-            end
-          end
-        end
-      end
-      if (in_decode) begin
-        \$1051  = 16'h0000;
-      end
-    end
-    if (rst) begin
-      \$1051  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1052  = w_filled0;
-    if (gemm_active) begin
-      if (\$857 ) begin
-        if (\$858 ) begin
-          if (\$861 ) begin
-            if (\$863 ) begin
-              casez (w_load_half)
-                1'h0:
-                    \$1052  = 1'h1;
-              endcase
-            end
-          end
-        end
-      end
-      if (\$881 ) begin
-        casez (w_read_half)
-          1'h0:
-              \$1052  = 1'h0;
-        endcase
-      end
-      if (in_decode) begin
-        \$1052  = 1'h0;
-      end
-    end
-    if (rst) begin
-      \$1052  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1053  = w_filled1;
-    if (gemm_active) begin
-      if (\$857 ) begin
-        if (\$858 ) begin
-          if (\$861 ) begin
-            if (\$863 ) begin
-              (* full_case = 32'd1 *)
-              casez (w_load_half)
-                1'h0:
-                    /* empty */;
-                1'h1:
-                    \$1053  = 1'h1;
-              endcase
-            end
-          end
-        end
-      end
-      if (\$881 ) begin
-        (* full_case = 32'd1 *)
-        casez (w_read_half)
-          1'h0:
-              /* empty */;
-          1'h1:
-              \$1053  = 1'h0;
-        endcase
-      end
-      if (in_decode) begin
-        \$1053  = 1'h0;
-      end
-    end
-    if (rst) begin
-      \$1053  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1054  = w_load_half;
-    if (gemm_active) begin
-      if (\$857 ) begin
-        if (\$858 ) begin
-          if (\$861 ) begin
-            if (\$863 ) begin
-              \$1054  = \$864 ;
-            end
-          end
-        end
-      end
-      if (in_decode) begin
-        \$1054  = 1'h0;
-      end
-    end
-    if (rst) begin
-      \$1054  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1055  = w_read_addr;
-    if (gemm_active) begin
-      \$1055  = \$868 [8:0];
-    end
-    if (rst) begin
-      \$1055  = 9'h000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1056  = w_read_half;
-    if (gemm_active) begin
-      \$1056  = w_feed_half;
-    end
-    if (rst) begin
-      \$1056  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1057  = w_read_free;
-    if (gemm_active) begin
-      \$1057  = \$874 ;
-    end
-    if (rst) begin
-      \$1057  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1058  = feed_ntk;
-    if (gemm_active) begin
-      if (\$876 ) begin
+      if (\$864 ) begin
         if (a_feed_k_hit) begin
           (* full_case = 32'd1 *)
           if (a_feed_nt_hit) begin
-            \$1058  = 32'd0;
+            \$1046  = 32'd0;
           end else begin
-            \$1058  = \$880 [31:0];
+            \$1046  = \$868 [31:0];
           end
         end
       end
       if (in_decode) begin
-        \$1058  = 32'd0;
+        \$1046  = 32'd0;
       end
     end
     if (rst) begin
-      \$1058  = 32'd0;
+      \$1046  = 32'd0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1059  = feed_mt;
+    \$1047  = feed_mt;
     if (gemm_active) begin
-      if (\$876 ) begin
+      if (\$864 ) begin
         if (a_feed_k_hit) begin
           if (a_feed_nt_hit) begin
             (* full_case = 32'd1 *)
-            if (\$877 ) begin
-              \$1059  = 16'h0000;
+            if (\$865 ) begin
+              \$1047  = 16'h0000;
             end else begin
-              \$1059  = \$879 [15:0];
+              \$1047  = \$867 [15:0];
             end
           end
         end
       end
       if (in_decode) begin
-        \$1059  = 16'h0000;
+        \$1047  = 16'h0000;
       end
     end
     if (rst) begin
-      \$1059  = 16'h0000;
+      \$1047  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1060  = w_feed_half;
+    \$1048  = w_feed_half;
     if (gemm_active) begin
-      if (\$876 ) begin
+      if (\$864 ) begin
         if (a_feed_k_hit) begin
           if (a_feed_nt_hit) begin
-            if (\$877 ) begin
-              \$1060  = \$878 ;
+            if (\$865 ) begin
+              \$1048  = \$866 ;
             end
           end
         end
       end
       if (in_decode) begin
-        \$1060  = 1'h0;
+        \$1048  = 1'h0;
       end
     end
     if (rst) begin
-      \$1060  = 1'h0;
+      \$1048  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1061  = post_col;
+    \$1049  = post_col;
     if (in_decode) begin
-      \$1061  = 3'h0;
+      \$1049  = 3'h0;
     end
-    if (\$883 ) begin
+    if (\$871 ) begin
       if (elem_take) begin
-        \$1061  = \$886 [2:0];
+        \$1049  = \$874 [2:0];
       end
     end
     if (rst) begin
-      \$1061  = 3'h0;
+      \$1049  = 3'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1062  = \$891 ;
+    \$1050  = \$879 ;
     if (rst) begin
-      \$1062  = 1'h0;
+      \$1050  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1063  = fault;
+    \$1051  = fault;
     if (rst) begin
-      \$1063  = 4'h0;
+      \$1051  = 4'h0;
     end
   end
   assign \ar__payload$1  = ar__payload;
@@ -36378,26 +36370,26 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   assign \base$69  = ins[343:324];
   assign \$signature__addr  = addr[13:0];
   assign \$signature__en  = src0_issue;
-  assign w_en = src0_held;
+  assign src0_held = w_en;
   assign w_data = { src0_held_meta, src0_elem };
-  assign \$signature__addr$106  = \addr$107 [13:0];
-  assign \$signature__en$108  = src1_issue;
-  assign \next$109  = src1_issue;
-  assign \w_en$110  = src1_held;
-  assign \w_data$111  = { src1_held_meta, src1_elem };
-  assign wr_addr = \addr$115 [13:0];
-  assign \error$127  = error;
-  assign \done$129  = done;
-  assign \busy$131  = busy;
+  assign \$signature__addr$103  = \addr$104 [13:0];
+  assign \$signature__en$105  = src1_issue;
+  assign \next$106  = src1_issue;
+  assign src1_held = \w_en$107 ;
+  assign \w_data$109  = { src1_held_meta, src1_elem };
+  assign wr_addr = \addr$113 [13:0];
+  assign \error$125  = error;
+  assign \done$127  = done;
+  assign \busy$129  = busy;
   assign c__payload = c_data[4:0];
   assign c__valid = c_valid0;
-  assign \c__payload$144  = c_data;
-  assign \c__valid$145  = c_valid1;
-  assign \c__payload$146  = c_data[43:0];
-  assign \c__valid$147  = c_valid2;
-  assign \c__payload$148  = c_data[52:0];
-  assign \c__valid$149  = c_valid3;
-  assign \cycles$151  = cycles;
+  assign \c__payload$142  = c_data;
+  assign \c__valid$143  = c_valid1;
+  assign \c__payload$144  = c_data[43:0];
+  assign \c__valid$145  = c_valid2;
+  assign \c__payload$146  = c_data[52:0];
+  assign \c__valid$147  = c_valid3;
+  assign \cycles$149  = cycles;
   assign op_cycles0 = op_cycles__0;
   assign op_cycles1 = op_cycles__1;
   assign op_cycles2 = op_cycles__2;
@@ -36414,27 +36406,27 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   assign op_cycles13 = op_cycles__13;
   assign op_cycles14 = op_cycles__14;
   assign op_cycles15 = op_cycles__15;
-  assign pack_full = \w_en$184 ;
-  assign \w_data$186  = { pack_b3, pack_b2, pack_b1, pack_b0, pack_a3, pack_a2, pack_a1, pack_a0 };
+  assign pack_full = \w_en$182 ;
+  assign \w_data$184  = { pack_b3, pack_b2, pack_b1, pack_b0, pack_a3, pack_a2, pack_a1, pack_a0 };
   assign add_res0 = o__payload[15:0];
   assign add_res1 = o__payload[31:16];
   assign add_res2 = o__payload[47:32];
   assign add_res3 = o__payload[63:48];
-  assign gelu0_res0 = { \o__payload$205 [7], \o__payload$205 [7], \o__payload$205 [7], \o__payload$205 [7], \o__payload$205 [7], \o__payload$205 [7], \o__payload$205 [7], \o__payload$205 [7], \o__payload$205 [7:0] };
-  assign gelu0_res1 = { \o__payload$205 [15], \o__payload$205 [15], \o__payload$205 [15], \o__payload$205 [15], \o__payload$205 [15], \o__payload$205 [15], \o__payload$205 [15], \o__payload$205 [15], \o__payload$205 [15:8] };
-  assign gelu0_res2 = { \o__payload$205 [23], \o__payload$205 [23], \o__payload$205 [23], \o__payload$205 [23], \o__payload$205 [23], \o__payload$205 [23], \o__payload$205 [23], \o__payload$205 [23], \o__payload$205 [23:16] };
-  assign gelu0_res3 = { \o__payload$205 [31], \o__payload$205 [31], \o__payload$205 [31], \o__payload$205 [31], \o__payload$205 [31], \o__payload$205 [31], \o__payload$205 [31], \o__payload$205 [31], \o__payload$205 [31:24] };
-  assign softmax_elem = { 8'h00, \o__payload$219 [7:0] };
-  assign layernorm_elem = { \o__payload$221 [7], \o__payload$221 [7], \o__payload$221 [7], \o__payload$221 [7], \o__payload$221 [7], \o__payload$221 [7], \o__payload$221 [7], \o__payload$221 [7], \o__payload$221  };
+  assign gelu0_res0 = { \o__payload$203 [7], \o__payload$203 [7], \o__payload$203 [7], \o__payload$203 [7], \o__payload$203 [7], \o__payload$203 [7], \o__payload$203 [7], \o__payload$203 [7], \o__payload$203 [7:0] };
+  assign gelu0_res1 = { \o__payload$203 [15], \o__payload$203 [15], \o__payload$203 [15], \o__payload$203 [15], \o__payload$203 [15], \o__payload$203 [15], \o__payload$203 [15], \o__payload$203 [15], \o__payload$203 [15:8] };
+  assign gelu0_res2 = { \o__payload$203 [23], \o__payload$203 [23], \o__payload$203 [23], \o__payload$203 [23], \o__payload$203 [23], \o__payload$203 [23], \o__payload$203 [23], \o__payload$203 [23], \o__payload$203 [23:16] };
+  assign gelu0_res3 = { \o__payload$203 [31], \o__payload$203 [31], \o__payload$203 [31], \o__payload$203 [31], \o__payload$203 [31], \o__payload$203 [31], \o__payload$203 [31], \o__payload$203 [31], \o__payload$203 [31:24] };
+  assign softmax_elem = { 8'h00, \o__payload$217 [7:0] };
+  assign layernorm_elem = { \o__payload$219 [7], \o__payload$219 [7], \o__payload$219 [7], \o__payload$219 [7], \o__payload$219 [7], \o__payload$219 [7], \o__payload$219 [7], \o__payload$219 [7], \o__payload$219  };
   assign p__payload = beat__payload[437:0];
-  assign w_in_valid = \w_en$287 ;
-  assign \w_data$289  = { w_beat7, w_beat6, w_beat5, w_beat4, w_beat3, w_beat2, w_beat1, w_beat0 };
-  assign \o__valid$437  = \w_en$436 ;
-  assign \o__payload$439  = \w_data$438 ;
-  assign \w_rdy$441  = \o__ready$440 ;
-  assign \r_rdy$442  = gemm_res_valid;
-  assign \next$479  = dst_step;
-  assign \i__payload$482  = \r_data$239 [15:0];
+  assign w_in_valid = \w_en$285 ;
+  assign \w_data$287  = { w_beat7, w_beat6, w_beat5, w_beat4, w_beat3, w_beat2, w_beat1, w_beat0 };
+  assign \o__valid$435  = \w_en$434 ;
+  assign \o__payload$437  = \w_data$436 ;
+  assign \w_rdy$439  = \o__ready$438 ;
+  assign \r_rdy$440  = gemm_res_valid;
+  assign \next$477  = dst_step;
+  assign \i__payload$480  = \r_data$237 [15:0];
   assign \ar__payload.addr  = ar__payload[28:0];
   assign \ar__payload.len  = ar__payload[36:29];
   assign \ar__payload$1.addr  = ar__payload[28:0];
@@ -36485,27 +36477,27 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   assign \ins.cnt  = ins[509:498];
   assign \ins.post  = ins[511:510];
   assign \c__payload.f  = c_data[4:0];
-  assign \c__payload$144.m  = c_data[15:0];
-  assign \c__payload$144.b  = c_data[58:16];
-  assign \c__payload$144.e  = c_data[64:59];
-  assign \c__payload$144.last  = c_data[65];
-  assign \c__payload$146.m_a  = c_data[15:0];
-  assign \c__payload$146.e_a  = c_data[21:16];
-  assign \c__payload$146.m_b  = c_data[37:22];
-  assign \c__payload$146.e_b  = c_data[43:38];
-  assign \c__payload$148.qb  = c_data[9:0];
-  assign \c__payload$148.qc  = c_data[24:10];
-  assign \c__payload$148.sh  = c_data[30:25];
-  assign \c__payload$148.m  = c_data[46:31];
-  assign \c__payload$148.e  = c_data[52:47];
+  assign \c__payload$142.m  = c_data[15:0];
+  assign \c__payload$142.b  = c_data[58:16];
+  assign \c__payload$142.e  = c_data[64:59];
+  assign \c__payload$142.last  = c_data[65];
+  assign \c__payload$144.m_a  = c_data[15:0];
+  assign \c__payload$144.e_a  = c_data[21:16];
+  assign \c__payload$144.m_b  = c_data[37:22];
+  assign \c__payload$144.e_b  = c_data[43:38];
+  assign \c__payload$146.qb  = c_data[9:0];
+  assign \c__payload$146.qc  = c_data[24:10];
+  assign \c__payload$146.sh  = c_data[30:25];
+  assign \c__payload$146.m  = c_data[46:31];
+  assign \c__payload$146.e  = c_data[52:47];
   assign \a__payload[0]  = a__payload[15:0];
   assign \a__payload[1]  = a__payload[31:16];
   assign \a__payload[2]  = a__payload[47:32];
   assign \a__payload[3]  = a__payload[63:48];
-  assign \b__payload$197[0]  = \b__payload$197 [15:0];
-  assign \b__payload$197[1]  = \b__payload$197 [31:16];
-  assign \b__payload$197[2]  = \b__payload$197 [47:32];
-  assign \b__payload$197[3]  = \b__payload$197 [63:48];
+  assign \b__payload$195[0]  = \b__payload$195 [15:0];
+  assign \b__payload$195[1]  = \b__payload$195 [31:16];
+  assign \b__payload$195[2]  = \b__payload$195 [47:32];
+  assign \b__payload$195[3]  = \b__payload$195 [63:48];
   assign \i__payload[0]  = i__payload[7:0];
   assign \i__payload[1]  = i__payload[15:8];
   assign \i__payload[2]  = i__payload[23:16];
@@ -36514,12 +36506,12 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   assign \o__payload[1]  = o__payload[31:16];
   assign \o__payload[2]  = o__payload[47:32];
   assign \o__payload[3]  = o__payload[63:48];
-  assign \o__payload$205[0]  = \o__payload$205 [7:0];
-  assign \o__payload$205[1]  = \o__payload$205 [15:8];
-  assign \o__payload$205[2]  = \o__payload$205 [23:16];
-  assign \o__payload$205[3]  = \o__payload$205 [31:24];
-  assign \o__payload$219.data  = \o__payload$219 [7:0];
-  assign \o__payload$219.last  = \o__payload$219 [8];
+  assign \o__payload$203[0]  = \o__payload$203 [7:0];
+  assign \o__payload$203[1]  = \o__payload$203 [15:8];
+  assign \o__payload$203[2]  = \o__payload$203 [23:16];
+  assign \o__payload$203[3]  = \o__payload$203 [31:24];
+  assign \o__payload$217.data  = \o__payload$217 [7:0];
+  assign \o__payload$217.last  = \o__payload$217 [8];
   assign \beat__payload.data  = beat__payload[511:0];
   assign \beat__payload.err  = beat__payload[512];
   assign \req__payload.addr  = req__payload[31:0];
@@ -36553,17 +36545,17 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   assign \p__payload.e[6]  = beat__payload[425:420];
   assign \p__payload.e[7]  = beat__payload[431:426];
   assign \p__payload.out_bits  = beat__payload[437:432];
-  assign \a__payload$426.data  = \a__payload$426 [80:0];
-  assign \a__payload$426.data[0]  = \a__payload$426 [8:0];
-  assign \a__payload$426.data[1]  = \a__payload$426 [17:9];
-  assign \a__payload$426.data[2]  = \a__payload$426 [26:18];
-  assign \a__payload$426.data[3]  = \a__payload$426 [35:27];
-  assign \a__payload$426.data[4]  = \a__payload$426 [44:36];
-  assign \a__payload$426.data[5]  = \a__payload$426 [53:45];
-  assign \a__payload$426.data[6]  = \a__payload$426 [62:54];
-  assign \a__payload$426.data[7]  = \a__payload$426 [71:63];
-  assign \a__payload$426.data[8]  = \a__payload$426 [80:72];
-  assign \a__payload$426.last  = \a__payload$426 [81];
+  assign \a__payload$424.data  = \a__payload$424 [80:0];
+  assign \a__payload$424.data[0]  = \a__payload$424 [8:0];
+  assign \a__payload$424.data[1]  = \a__payload$424 [17:9];
+  assign \a__payload$424.data[2]  = \a__payload$424 [26:18];
+  assign \a__payload$424.data[3]  = \a__payload$424 [35:27];
+  assign \a__payload$424.data[4]  = \a__payload$424 [44:36];
+  assign \a__payload$424.data[5]  = \a__payload$424 [53:45];
+  assign \a__payload$424.data[6]  = \a__payload$424 [62:54];
+  assign \a__payload$424.data[7]  = \a__payload$424 [71:63];
+  assign \a__payload$424.data[8]  = \a__payload$424 [80:72];
+  assign \a__payload$424.last  = \a__payload$424 [81];
   assign \w__payload[0]  = w__payload[7:0];
   assign \w__payload[1]  = w__payload[15:8];
   assign \w__payload[2]  = w__payload[23:16];
@@ -36572,64 +36564,70 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   assign \w__payload[5]  = w__payload[47:40];
   assign \w__payload[6]  = w__payload[55:48];
   assign \w__payload[7]  = w__payload[63:56];
-  assign \o__payload$439[0]  = \w_data$438 [31:0];
-  assign \o__payload$439[1]  = \w_data$438 [63:32];
-  assign \o__payload$439[2]  = \w_data$438 [95:64];
-  assign \o__payload$439[3]  = \w_data$438 [127:96];
-  assign \o__payload$439[4]  = \w_data$438 [159:128];
-  assign \o__payload$439[5]  = \w_data$438 [191:160];
-  assign \o__payload$439[6]  = \w_data$438 [223:192];
-  assign \o__payload$439[7]  = \w_data$438 [255:224];
-  assign \req__payload$466.addr  = \req__payload$466 [31:0];
-  assign \req__payload$466.lb  = \req__payload$466 [34:32];
-  assign \i__payload$481.data  = \i__payload$481 [15:0];
-  assign \i__payload$481.last  = \i__payload$481 [16];
-  assign \i__payload$481 [16] = \r_data$239 [16];
-  assign \i__payload$481 [15:0] = \r_data$239 [15:0];
-  assign \req__payload$466 [34:32] = \$368 ;
-  assign \req__payload$466 [31:0] = \$358 ;
+  assign \o__payload$437[0]  = \w_data$436 [31:0];
+  assign \o__payload$437[1]  = \w_data$436 [63:32];
+  assign \o__payload$437[2]  = \w_data$436 [95:64];
+  assign \o__payload$437[3]  = \w_data$436 [127:96];
+  assign \o__payload$437[4]  = \w_data$436 [159:128];
+  assign \o__payload$437[5]  = \w_data$436 [191:160];
+  assign \o__payload$437[6]  = \w_data$436 [223:192];
+  assign \o__payload$437[7]  = \w_data$436 [255:224];
+  assign \req__payload$464.addr  = \req__payload$464 [31:0];
+  assign \req__payload$464.lb  = \req__payload$464 [34:32];
+  assign \i__payload$479.data  = \i__payload$479 [15:0];
+  assign \i__payload$479.last  = \i__payload$479 [16];
+  assign \i__payload$479 [16] = \r_data$237 [16];
+  assign \i__payload$479 [15:0] = \r_data$237 [15:0];
+  assign \req__payload$464 [34:32] = \$362 ;
+  assign \req__payload$464 [31:0] = \$352 ;
   assign i__payload[31:24] = r_data[55:48];
   assign i__payload[23:16] = r_data[39:32];
   assign i__payload[15:8] = r_data[23:16];
   assign i__payload[7:0] = r_data[7:0];
-  assign \b__payload$197 [63:48] = r_data[127:112];
-  assign \b__payload$197 [47:32] = r_data[111:96];
-  assign \b__payload$197 [31:16] = r_data[95:80];
-  assign \b__payload$197 [15:0] = r_data[79:64];
+  assign \b__payload$195 [63:48] = r_data[127:112];
+  assign \b__payload$195 [47:32] = r_data[111:96];
+  assign \b__payload$195 [31:16] = r_data[95:80];
+  assign \b__payload$195 [15:0] = r_data[79:64];
   assign a__payload[63:48] = r_data[63:48];
   assign a__payload[47:32] = r_data[47:32];
   assign a__payload[31:16] = r_data[31:16];
   assign a__payload[15:0] = r_data[15:0];
-  assign \$29  = { ins[269], ins[269:252] };
-  assign \$30  = { ins[269:252], 3'h0 };
-  assign \$36  = { ins[269], ins[269:252] };
-  assign \$37  = { ins[269:252], 3'h0 };
-  assign \$41  = 4'h9;
-  assign \$43  = ins[269:252];
-  assign \$48  = ins[39:24];
-  assign \$49  = ins[361:344];
-  assign \$51  = { ins[379], ins[379:362] };
-  assign \$52  = { ins[379:362], 3'h0 };
-  assign \$55  = dec_nt;
-  assign \$56  = { ins[397:380], 3'h0 };
-  assign \$57  = { ins[397:380], 3'h0 };
-  assign \$61  = 4'h8;
-  assign \$62  = ins[397:380];
-  assign \$63  = { ins[159], ins[159:142] };
-  assign \$64  = { ins[159:142], 3'h0 };
-  assign \$66  = { ins[177:160], 3'h0 };
+  assign \$23  = { ins[269], ins[269:252] };
+  assign \$24  = { ins[269:252], 3'h0 };
+  assign \$30  = { ins[269], ins[269:252] };
+  assign \$31  = { ins[269:252], 3'h0 };
+  assign \$35  = 4'h9;
+  assign \$37  = ins[269:252];
+  assign \$42  = ins[39:24];
+  assign \$43  = ins[361:344];
+  assign \$45  = { ins[379], ins[379:362] };
+  assign \$46  = { ins[379:362], 3'h0 };
+  assign \$49  = dec_nt;
+  assign \$50  = { ins[397:380], 3'h0 };
+  assign \$51  = { ins[397:380], 3'h0 };
+  assign \$55  = 4'h8;
+  assign \$56  = ins[397:380];
+  assign \$57  = { ins[159], ins[159:142] };
+  assign \$58  = { ins[159:142], 3'h0 };
+  assign \$60  = { ins[177:160], 3'h0 };
+  assign { \$83 [3], \$83 [1:0] } = 3'h0;
+  assign \$83 [2] = ins[10];
+  assign \$84  = ins[10];
+  assign { \$86 [3], \$86 [1:0] } = 3'h0;
+  assign \$86 [2] = ins[10];
+  assign \$87  = ins[10];
   assign { \$89 [3], \$89 [1:0] } = 3'h0;
   assign \$89 [2] = ins[10];
   assign \$90  = ins[10];
   assign { \$92 [3], \$92 [1:0] } = 3'h0;
   assign \$92 [2] = ins[10];
   assign \$93  = ins[10];
-  assign { \$95 [3], \$95 [1:0] } = 3'h0;
-  assign \$95 [2] = ins[10];
-  assign \$96  = ins[10];
-  assign { \$98 [3], \$98 [1:0] } = 3'h0;
-  assign \$98 [2] = ins[10];
-  assign \$99  = ins[10];
+  assign \$133 [3:1] = 3'h0;
+  assign \$133 [0] = ins[8];
+  assign \$134  = ins[8];
+  assign \$136 [3:1] = 3'h0;
+  assign \$136 [0] = ins[8];
+  assign \$137  = ins[8];
   assign \$139 [3:1] = 3'h0;
   assign \$139 [0] = ins[8];
   assign \$140  = ins[8];
@@ -36645,31 +36643,25 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   assign \$151 [3:1] = 3'h0;
   assign \$151 [0] = ins[8];
   assign \$152  = ins[8];
-  assign \$154 [3:1] = 3'h0;
-  assign \$154 [0] = ins[8];
-  assign \$155  = ins[8];
-  assign \$157 [3:1] = 3'h0;
-  assign \$157 [0] = ins[8];
-  assign \$158  = ins[8];
-  assign \$347  = 1'h0;
-  assign \$354  = 1'h0;
-  assign \$355  = \$353 ;
-  assign \$364  = 1'h0;
-  assign \$365  = \$363 ;
-  assign \$369  = in_fetch;
-  assign \$373  = unit_rst;
-  assign \$481  = { 19'h00000, \$480 [32:19] };
-  assign \$482  = { 3'h0, dec_n2p[16:3] };
-  assign \$487  = { 1'h0, dec_nt, 6'h00 };
-  assign \$489 [5:0] = 6'h00;
-  assign \$489 [31:6] = { 8'h00, \$488 [23:6] };
-  assign \$493  = { 1'h0, dec_mt_last };
-  assign \$494  = { dec_mt_last, 3'h0 };
-  assign \$497  = { dec_nt_last, 3'h0 };
-  assign \$499 [2:0] = 3'h0;
-  assign \$499 [3] = ins[11];
-  assign \$500  = ins[11];
-  assign \$58  = \$57 ;
+  assign \$341  = 1'h0;
+  assign \$348  = 1'h0;
+  assign \$349  = \$347 ;
+  assign \$358  = 1'h0;
+  assign \$359  = \$357 ;
+  assign \$363  = in_fetch;
+  assign \$367  = unit_rst;
+  assign \$475  = { 19'h00000, \$474 [32:19] };
+  assign \$476  = { 3'h0, dec_n2p[16:3] };
+  assign \$481  = { 1'h0, dec_nt, 6'h00 };
+  assign \$483 [5:0] = 6'h00;
+  assign \$483 [31:6] = { 8'h00, \$482 [23:6] };
+  assign \$487  = { 1'h0, dec_mt_last };
+  assign \$488  = { dec_mt_last, 3'h0 };
+  assign \$491  = { dec_nt_last, 3'h0 };
+  assign \$493 [2:0] = 3'h0;
+  assign \$493 [3] = ins[11];
+  assign \$494  = ins[11];
+  assign \$52  = \$51 ;
 endmodule
 
 (* generator = "Amaranth" *)
@@ -41218,10 +41210,10 @@ module \accelerator.core.add (o__ready, a__ready, b__ready, o__payload, a__paylo
   \accelerator.core.add.out_queue  out_queue (
     .add_d_clk(add_d_clk),
     .add_d_rst(add_d_rst),
-    .\port$11643$0 (l0s_s2_o),
-    .\port$11735$0 (l1s_s2_o),
-    .\port$11827$0 (l2s_s2_o),
-    .\port$11919$0 (l3s_s2_o),
+    .\port$11697$0 (l0s_s2_o),
+    .\port$11789$0 (l1s_s2_o),
+    .\port$11881$0 (l2s_s2_o),
+    .\port$11973$0 (l3s_s2_o),
     .r_data(o__payload),
     .r_en(o__ready),
     .r_rdy(o__valid),
@@ -42419,7 +42411,7 @@ module \accelerator.core.add (o__ready, a__ready, b__ready, o__payload, a__paylo
 endmodule
 
 (* generator = "Amaranth" *)
-module \accelerator.core.add.out_queue (r_en, r_data, add_d_rst, \port$11643$0 , \port$11735$0 , \port$11827$0 , \port$11919$0 , w_en, r_rdy, add_d_clk);
+module \accelerator.core.add.out_queue (r_en, r_data, add_d_rst, \port$11697$0 , \port$11789$0 , \port$11881$0 , \port$11973$0 , w_en, r_rdy, add_d_clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$57  = 0;
   wire \$1 ;
   wire \$10 ;
@@ -42464,14 +42456,14 @@ module \accelerator.core.add.out_queue (r_en, r_data, add_d_rst, \port$11643$0 ,
   reg [3:0] inner_level = 4'h0;
   wire inner_r_rdy;
   wire [3:0] level;
-  input [15:0] \port$11643$0 ;
-  wire [15:0] \port$11643$0 ;
-  input [15:0] \port$11735$0 ;
-  wire [15:0] \port$11735$0 ;
-  input [15:0] \port$11827$0 ;
-  wire [15:0] \port$11827$0 ;
-  input [15:0] \port$11919$0 ;
-  wire [15:0] \port$11919$0 ;
+  input [15:0] \port$11697$0 ;
+  wire [15:0] \port$11697$0 ;
+  input [15:0] \port$11789$0 ;
+  wire [15:0] \port$11789$0 ;
+  input [15:0] \port$11881$0 ;
+  wire [15:0] \port$11881$0 ;
+  input [15:0] \port$11973$0 ;
+  wire [15:0] \port$11973$0 ;
   (* init = 4'h0 *)
   wire [3:0] produce;
   output [63:0] r_data;
@@ -42510,7 +42502,7 @@ module \accelerator.core.add.out_queue (r_en, r_data, add_d_rst, \port$11643$0 ,
   end
   always @(posedge add_d_clk) begin
     if (w_port__en)
-      storage[w_port__addr] <= { \port$11919$0 , \port$11827$0 , \port$11735$0 , \port$11643$0  };
+      storage[w_port__addr] <= { \port$11973$0 , \port$11881$0 , \port$11789$0 , \port$11697$0  };
   end
   reg [63:0] _0_;
   always @(posedge add_d_clk) begin
@@ -42610,8 +42602,8 @@ module \accelerator.core.add.out_queue (r_en, r_data, add_d_rst, \port$11643$0 ,
   assign level = \$3 [3:0];
   assign r_level = \$3 [3:0];
   assign produce = w_port__addr;
-  assign w_port__data = { \port$11919$0 , \port$11827$0 , \port$11735$0 , \port$11643$0  };
-  assign w_data = { \port$11919$0 , \port$11827$0 , \port$11735$0 , \port$11643$0  };
+  assign w_port__data = { \port$11973$0 , \port$11881$0 , \port$11789$0 , \port$11697$0  };
+  assign w_data = { \port$11973$0 , \port$11881$0 , \port$11789$0 , \port$11697$0  };
   assign consume = r_port__addr;
   assign r_port__data = r_data;
 endmodule
@@ -50108,10 +50100,10 @@ module \accelerator.core.gelu0 (o__ready, go, o__payload, i__payload, i__valid, 
   \accelerator.core.gelu0.out_queue  out_queue (
     .gelu0_d_clk(gelu0_d_clk),
     .gelu0_d_rst(gelu0_d_rst),
-    .\port$12152$0 (l0_s27_o),
-    .\port$12338$0 (l1_s27_o),
-    .\port$12524$0 (l2_s27_o),
-    .\port$12710$0 (l3_s27_o),
+    .\port$12206$0 (l0_s27_o),
+    .\port$12392$0 (l1_s27_o),
+    .\port$12578$0 (l2_s27_o),
+    .\port$12764$0 (l3_s27_o),
     .r_data(o__payload),
     .r_en(o__ready),
     .r_rdy(o__valid),
@@ -52071,7 +52063,7 @@ module \accelerator.core.gelu0 (o__ready, go, o__payload, i__payload, i__valid, 
 endmodule
 
 (* generator = "Amaranth" *)
-module \accelerator.core.gelu0.out_queue (r_en, r_data, gelu0_d_rst, \port$12152$0 , \port$12338$0 , \port$12524$0 , \port$12710$0 , w_en, r_rdy, gelu0_d_clk);
+module \accelerator.core.gelu0.out_queue (r_en, r_data, gelu0_d_rst, \port$12206$0 , \port$12392$0 , \port$12578$0 , \port$12764$0 , w_en, r_rdy, gelu0_d_clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$61  = 0;
   wire \$1 ;
   wire \$10 ;
@@ -52116,14 +52108,14 @@ module \accelerator.core.gelu0.out_queue (r_en, r_data, gelu0_d_rst, \port$12152
   reg [4:0] inner_level = 5'h00;
   wire inner_r_rdy;
   wire [4:0] level;
-  input [7:0] \port$12152$0 ;
-  wire [7:0] \port$12152$0 ;
-  input [7:0] \port$12338$0 ;
-  wire [7:0] \port$12338$0 ;
-  input [7:0] \port$12524$0 ;
-  wire [7:0] \port$12524$0 ;
-  input [7:0] \port$12710$0 ;
-  wire [7:0] \port$12710$0 ;
+  input [7:0] \port$12206$0 ;
+  wire [7:0] \port$12206$0 ;
+  input [7:0] \port$12392$0 ;
+  wire [7:0] \port$12392$0 ;
+  input [7:0] \port$12578$0 ;
+  wire [7:0] \port$12578$0 ;
+  input [7:0] \port$12764$0 ;
+  wire [7:0] \port$12764$0 ;
   (* init = 5'h00 *)
   wire [4:0] produce;
   output [31:0] r_data;
@@ -52178,7 +52170,7 @@ module \accelerator.core.gelu0.out_queue (r_en, r_data, gelu0_d_rst, \port$12152
   end
   always @(posedge gelu0_d_clk) begin
     if (w_port__en)
-      storage[w_port__addr] <= { \port$12710$0 , \port$12524$0 , \port$12338$0 , \port$12152$0  };
+      storage[w_port__addr] <= { \port$12764$0 , \port$12578$0 , \port$12392$0 , \port$12206$0  };
   end
   reg [31:0] _0_;
   always @(posedge gelu0_d_clk) begin
@@ -52278,8 +52270,8 @@ module \accelerator.core.gelu0.out_queue (r_en, r_data, gelu0_d_rst, \port$12152
   assign level = \$3 [4:0];
   assign r_level = \$3 [4:0];
   assign produce = w_port__addr;
-  assign w_port__data = { \port$12710$0 , \port$12524$0 , \port$12338$0 , \port$12152$0  };
-  assign w_data = { \port$12710$0 , \port$12524$0 , \port$12338$0 , \port$12152$0  };
+  assign w_port__data = { \port$12764$0 , \port$12578$0 , \port$12392$0 , \port$12206$0  };
+  assign w_data = { \port$12764$0 , \port$12578$0 , \port$12392$0 , \port$12206$0  };
   assign consume = r_port__addr;
   assign r_port__data = r_data;
 endmodule
@@ -68177,7 +68169,7 @@ module \accelerator.core.norm_out_slice (rst, w_en, w_port__data, r_en, w_rdy, r
 endmodule
 
 (* generator = "Amaranth" *)
-module \accelerator.core.pack_slice (rst, w_rdy, r_rdy, r_data, r_en, unit_rst, w_en, \port$9142$0 , \port$9144$0 , \port$9146$0 , \port$9148$0 , \port$9150$0 , \port$9152$0 , \port$9154$0 , \port$9156$0 , clk);
+module \accelerator.core.pack_slice (rst, w_rdy, r_rdy, r_data, r_en, unit_rst, w_en, \port$9196$0 , \port$9198$0 , \port$9200$0 , \port$9202$0 , \port$9204$0 , \port$9206$0 , \port$9208$0 , \port$9210$0 , clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$73  = 0;
   wire \$1 ;
   wire \$10 ;
@@ -68201,22 +68193,22 @@ module \accelerator.core.pack_slice (rst, w_rdy, r_rdy, r_data, r_en, unit_rst, 
   (* init = 1'h0 *)
   wire consume;
   reg [1:0] level = 2'h0;
-  input [15:0] \port$9142$0 ;
-  wire [15:0] \port$9142$0 ;
-  input [15:0] \port$9144$0 ;
-  wire [15:0] \port$9144$0 ;
-  input [15:0] \port$9146$0 ;
-  wire [15:0] \port$9146$0 ;
-  input [15:0] \port$9148$0 ;
-  wire [15:0] \port$9148$0 ;
-  input [15:0] \port$9150$0 ;
-  wire [15:0] \port$9150$0 ;
-  input [15:0] \port$9152$0 ;
-  wire [15:0] \port$9152$0 ;
-  input [15:0] \port$9154$0 ;
-  wire [15:0] \port$9154$0 ;
-  input [15:0] \port$9156$0 ;
-  wire [15:0] \port$9156$0 ;
+  input [15:0] \port$9196$0 ;
+  wire [15:0] \port$9196$0 ;
+  input [15:0] \port$9198$0 ;
+  wire [15:0] \port$9198$0 ;
+  input [15:0] \port$9200$0 ;
+  wire [15:0] \port$9200$0 ;
+  input [15:0] \port$9202$0 ;
+  wire [15:0] \port$9202$0 ;
+  input [15:0] \port$9204$0 ;
+  wire [15:0] \port$9204$0 ;
+  input [15:0] \port$9206$0 ;
+  wire [15:0] \port$9206$0 ;
+  input [15:0] \port$9208$0 ;
+  wire [15:0] \port$9208$0 ;
+  input [15:0] \port$9210$0 ;
+  wire [15:0] \port$9210$0 ;
   (* init = 1'h0 *)
   wire produce;
   output [127:0] r_data;
@@ -68250,7 +68242,7 @@ module \accelerator.core.pack_slice (rst, w_rdy, r_rdy, r_data, r_en, unit_rst, 
   end
   always @(posedge clk) begin
     if (w_port__en)
-      storage[w_port__addr] <= { \port$9156$0 , \port$9154$0 , \port$9152$0 , \port$9150$0 , \port$9148$0 , \port$9146$0 , \port$9144$0 , \port$9142$0  };
+      storage[w_port__addr] <= { \port$9210$0 , \port$9208$0 , \port$9206$0 , \port$9204$0 , \port$9202$0 , \port$9200$0 , \port$9198$0 , \port$9196$0  };
   end
   assign r_data = storage[r_port__addr];
   assign w_rdy = level != 2'h2;
@@ -68321,14 +68313,14 @@ module \accelerator.core.pack_slice (rst, w_rdy, r_rdy, r_data, r_en, unit_rst, 
   assign w_level = level;
   assign r_level = level;
   assign produce = w_port__addr;
-  assign w_port__data = { \port$9156$0 , \port$9154$0 , \port$9152$0 , \port$9150$0 , \port$9148$0 , \port$9146$0 , \port$9144$0 , \port$9142$0  };
-  assign w_data = { \port$9156$0 , \port$9154$0 , \port$9152$0 , \port$9150$0 , \port$9148$0 , \port$9146$0 , \port$9144$0 , \port$9142$0  };
+  assign w_port__data = { \port$9210$0 , \port$9208$0 , \port$9206$0 , \port$9204$0 , \port$9202$0 , \port$9200$0 , \port$9198$0 , \port$9196$0  };
+  assign w_data = { \port$9210$0 , \port$9208$0 , \port$9206$0 , \port$9204$0 , \port$9202$0 , \port$9200$0 , \port$9198$0 , \port$9196$0  };
   assign consume = r_port__addr;
   assign r_port__data = r_data;
 endmodule
 
 (* generator = "Amaranth" *)
-module \accelerator.core.q_src0 (rst, r_en, r_rdy, r_data, w_en, \port$8947$0 , \port$8949$0 , unit_rst, level, clk);
+module \accelerator.core.q_src0 (rst, r_en, r_rdy, r_data, w_en, \port$9001$0 , \port$9003$0 , unit_rst, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$74  = 0;
   wire \$1 ;
   wire \$10 ;
@@ -68355,12 +68347,11 @@ module \accelerator.core.q_src0 (rst, r_en, r_rdy, r_data, w_en, \port$8947$0 , 
   wire clk;
   (* init = 3'h0 *)
   wire [2:0] consume;
-  output [2:0] level;
   reg [2:0] level = 3'h0;
-  input [15:0] \port$8947$0 ;
-  wire [15:0] \port$8947$0 ;
-  input [2:0] \port$8949$0 ;
-  wire [2:0] \port$8949$0 ;
+  input [15:0] \port$9001$0 ;
+  wire [15:0] \port$9001$0 ;
+  input [2:0] \port$9003$0 ;
+  wire [2:0] \port$9003$0 ;
   (* init = 3'h0 *)
   wire [2:0] produce;
   output [18:0] r_data;
@@ -68396,7 +68387,7 @@ module \accelerator.core.q_src0 (rst, r_en, r_rdy, r_data, w_en, \port$8947$0 , 
   end
   always @(posedge clk) begin
     if (w_port__en)
-      storage[w_port__addr] <= { \port$8949$0 , \port$8947$0  };
+      storage[w_port__addr] <= { \port$9003$0 , \port$9001$0  };
   end
   assign r_data = storage[r_port__addr];
   assign w_rdy = level != 3'h5;
@@ -68471,14 +68462,14 @@ module \accelerator.core.q_src0 (rst, r_en, r_rdy, r_data, w_en, \port$8947$0 , 
   assign w_level = level;
   assign r_level = level;
   assign produce = w_port__addr;
-  assign w_port__data = { \port$8949$0 , \port$8947$0  };
-  assign w_data = { \port$8949$0 , \port$8947$0  };
+  assign w_port__data = { \port$9003$0 , \port$9001$0  };
+  assign w_data = { \port$9003$0 , \port$9001$0  };
   assign consume = r_port__addr;
   assign r_port__data = r_data;
 endmodule
 
 (* generator = "Amaranth" *)
-module \accelerator.core.q_src1 (rst, r_rdy, r_data, r_en, w_en, \port$8956$0 , \port$8958$0 , unit_rst, level, clk);
+module \accelerator.core.q_src1 (rst, r_rdy, r_data, r_en, w_en, \port$9010$0 , \port$9012$0 , unit_rst, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$75  = 0;
   wire \$1 ;
   wire \$10 ;
@@ -68505,12 +68496,11 @@ module \accelerator.core.q_src1 (rst, r_rdy, r_data, r_en, w_en, \port$8956$0 , 
   wire clk;
   (* init = 3'h0 *)
   wire [2:0] consume;
-  output [2:0] level;
   reg [2:0] level = 3'h0;
-  input [15:0] \port$8956$0 ;
-  wire [15:0] \port$8956$0 ;
-  input [2:0] \port$8958$0 ;
-  wire [2:0] \port$8958$0 ;
+  input [15:0] \port$9010$0 ;
+  wire [15:0] \port$9010$0 ;
+  input [2:0] \port$9012$0 ;
+  wire [2:0] \port$9012$0 ;
   (* init = 3'h0 *)
   wire [2:0] produce;
   output [18:0] r_data;
@@ -68546,7 +68536,7 @@ module \accelerator.core.q_src1 (rst, r_rdy, r_data, r_en, w_en, \port$8956$0 , 
   end
   always @(posedge clk) begin
     if (w_port__en)
-      storage[w_port__addr] <= { \port$8958$0 , \port$8956$0  };
+      storage[w_port__addr] <= { \port$9012$0 , \port$9010$0  };
   end
   assign r_data = storage[r_port__addr];
   assign w_rdy = level != 3'h5;
@@ -68621,8 +68611,8 @@ module \accelerator.core.q_src1 (rst, r_rdy, r_data, r_en, w_en, \port$8956$0 , 
   assign w_level = level;
   assign r_level = level;
   assign produce = w_port__addr;
-  assign w_port__data = { \port$8958$0 , \port$8956$0  };
-  assign w_data = { \port$8958$0 , \port$8956$0  };
+  assign w_port__data = { \port$9012$0 , \port$9010$0  };
+  assign w_data = { \port$9012$0 , \port$9010$0  };
   assign consume = r_port__addr;
   assign r_port__data = r_data;
 endmodule
@@ -68913,9 +68903,9 @@ module \accelerator.core.reader (rst, w_en, \r_en$23 , ar__valid, r__ready, idle
   );
   \accelerator.core.reader.shapes  shapes (
     .clk(clk),
-    .\port$1353$0 (\$13 [4:0]),
-    .\port$1354$0 (\$14 ),
-    .\port$1515$0 (r_data[2:0]),
+    .\port$1341$0 (\$13 [4:0]),
+    .\port$1342$0 (\$14 ),
+    .\port$1503$0 (r_data[2:0]),
     .r_data(\r_data$30 ),
     .r_en(\r_en$44 ),
     .r_rdy(\r_rdy$26 ),
@@ -69356,7 +69346,7 @@ module \accelerator.core.reader.req_slice (rst, w_en, r_en, w_rdy, r_rdy, r_data
 endmodule
 
 (* generator = "Amaranth" *)
-module \accelerator.core.reader.shapes (rst, w_en, \port$1353$0 , \port$1354$0 , w_rdy, r_data, \port$1515$0 , r_en, r_rdy, clk);
+module \accelerator.core.reader.shapes (rst, w_en, \port$1341$0 , \port$1342$0 , w_rdy, r_data, \port$1503$0 , r_en, r_rdy, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$79  = 0;
   wire \$1 ;
   wire \$10 ;
@@ -69398,12 +69388,12 @@ module \accelerator.core.reader.shapes (rst, w_en, \port$1353$0 , \port$1354$0 ,
   reg [3:0] inner_level = 4'h0;
   wire inner_r_rdy;
   wire [4:0] level;
-  input [4:0] \port$1353$0 ;
-  wire [4:0] \port$1353$0 ;
-  input \port$1354$0 ;
-  wire \port$1354$0 ;
-  input [2:0] \port$1515$0 ;
-  wire [2:0] \port$1515$0 ;
+  input [4:0] \port$1341$0 ;
+  wire [4:0] \port$1341$0 ;
+  input \port$1342$0 ;
+  wire \port$1342$0 ;
+  input [2:0] \port$1503$0 ;
+  wire [2:0] \port$1503$0 ;
   (* init = 4'h0 *)
   wire [3:0] produce;
   output [8:0] r_data;
@@ -69447,7 +69437,7 @@ module \accelerator.core.reader.shapes (rst, w_en, \port$1353$0 , \port$1354$0 ,
   end
   always @(posedge clk) begin
     if (w_port__en)
-      storage[w_port__addr] <= { \port$1354$0 , \port$1353$0 , \port$1515$0  };
+      storage[w_port__addr] <= { \port$1342$0 , \port$1341$0 , \port$1503$0  };
   end
   reg [8:0] _0_;
   always @(posedge clk) begin
@@ -69546,8 +69536,8 @@ module \accelerator.core.reader.shapes (rst, w_en, \port$1353$0 , \port$1354$0 ,
   assign level = w_level;
   assign r_level = w_level;
   assign produce = w_port__addr;
-  assign w_port__data = { \port$1354$0 , \port$1353$0 , \port$1515$0  };
-  assign w_data = { \port$1354$0 , \port$1353$0 , \port$1515$0  };
+  assign w_port__data = { \port$1342$0 , \port$1341$0 , \port$1503$0  };
+  assign w_data = { \port$1342$0 , \port$1341$0 , \port$1503$0  };
   assign consume = r_port__addr;
   assign r_port__data = r_data;
 endmodule
@@ -72776,8 +72766,260 @@ module \accelerator.core.softmax (o__ready, i__valid, i__ready, idle, i__payload
 endmodule
 
 (* generator = "Amaranth" *)
-module \accelerator.core.unpack_slice (rst, w_en, w_port__data, w_rdy, r_rdy, r_data, r_en, unit_rst, clk);
+module \accelerator.core.src0_credit (rst, src0_issue, r_en, r_rdy, unit_rst, src0_credit_room, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$81  = 0;
+  wire \$1 ;
+  wire [2:0] \$10 ;
+  wire [2:0] \$11 ;
+  wire \$12 ;
+  wire \$13 ;
+  wire \$14 ;
+  wire \$15 ;
+  wire \$16 ;
+  wire \$17 ;
+  wire \$18 ;
+  wire \$19 ;
+  wire [3:0] \$2 ;
+  wire \$20 ;
+  wire \$21 ;
+  wire \$22 ;
+  wire \$23 ;
+  wire \$24 ;
+  wire \$25 ;
+  wire \$26 ;
+  wire \$27 ;
+  reg [2:0] \$28 ;
+  reg \$29 ;
+  wire [3:0] \$3 ;
+  reg \$30 ;
+  wire \$4 ;
+  wire \$5 ;
+  wire \$6 ;
+  wire \$7 ;
+  wire \$8 ;
+  wire \$9 ;
+  input clk;
+  wire clk;
+  input r_en;
+  wire r_en;
+  input r_rdy;
+  wire r_rdy;
+  input rst;
+  wire rst;
+  wire src0_credit_below_full;
+  wire src0_credit_below_full1;
+  reg [2:0] src0_credit_count = 3'h0;
+  reg src0_credit_idle = 1'h1;
+  wire src0_credit_is0;
+  wire src0_credit_is1;
+  wire [2:0] src0_credit_minus1;
+  wire [2:0] src0_credit_plus1;
+  output src0_credit_room;
+  reg src0_credit_room = 1'h1;
+  input src0_issue;
+  wire src0_issue;
+  input unit_rst;
+  wire unit_rst;
+  assign src0_credit_below_full1 = src0_credit_count < 3'h4;
+  assign src0_credit_below_full = src0_credit_count < 3'h5;
+  assign \$1  = | src0_credit_count;
+  assign src0_credit_is0 = ~ \$1 ;
+  assign src0_credit_is1 = src0_credit_count == 1'h1;
+  assign \$2  = src0_credit_count + 1'h1;
+  assign \$3  = src0_credit_count - 1'h1;
+  assign \$4  = r_en & r_rdy;
+  assign \$5  = ~ \$4 ;
+  assign \$6  = src0_issue & \$5 ;
+  assign \$7  = r_en & r_rdy;
+  assign \$8  = ~ src0_issue;
+  assign \$9  = \$7  & \$8 ;
+  assign \$10  = \$9  ? \$3 [2:0] : src0_credit_count;
+  assign \$11  = \$6  ? \$2 [2:0] : \$10 ;
+  assign \$12  = r_en & r_rdy;
+  assign \$13  = ~ \$12 ;
+  assign \$14  = src0_issue & \$13 ;
+  assign \$15  = r_en & r_rdy;
+  assign \$16  = ~ src0_issue;
+  assign \$17  = \$15  & \$16 ;
+  assign \$18  = \$17  ? 1'h1 : src0_credit_below_full;
+  assign \$19  = \$14  ? src0_credit_below_full1 : \$18 ;
+  assign \$20  = r_en & r_rdy;
+  assign \$21  = ~ \$20 ;
+  assign \$22  = src0_issue & \$21 ;
+  assign \$23  = r_en & r_rdy;
+  assign \$24  = ~ src0_issue;
+  assign \$25  = \$23  & \$24 ;
+  assign \$26  = \$25  ? src0_credit_is1 : src0_credit_is0;
+  assign \$27  = \$22  ? 1'h0 : \$26 ;
+  always @(posedge clk)
+    src0_credit_count <= \$28 ;
+  always @(posedge clk)
+    src0_credit_room <= \$29 ;
+  always @(posedge clk)
+    src0_credit_idle <= \$30 ;
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$81 ) begin end
+    \$28  = \$11 ;
+    if (unit_rst) begin
+      \$28  = 3'h0;
+    end
+    if (rst) begin
+      \$28  = 3'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$81 ) begin end
+    \$29  = \$19 ;
+    if (unit_rst) begin
+      \$29  = 1'h1;
+    end
+    if (rst) begin
+      \$29  = 1'h1;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$81 ) begin end
+    \$30  = \$27 ;
+    if (unit_rst) begin
+      \$30  = 1'h1;
+    end
+    if (rst) begin
+      \$30  = 1'h1;
+    end
+  end
+  assign src0_credit_plus1 = \$2 [2:0];
+  assign src0_credit_minus1 = \$3 [2:0];
+endmodule
+
+(* generator = "Amaranth" *)
+module \accelerator.core.src1_credit (rst, src1_issue, r_rdy, r_en, unit_rst, src1_credit_room, clk);
+  reg \$auto$verilog_backend.cc:2355:dump_module$82  = 0;
+  wire \$1 ;
+  wire [2:0] \$10 ;
+  wire [2:0] \$11 ;
+  wire \$12 ;
+  wire \$13 ;
+  wire \$14 ;
+  wire \$15 ;
+  wire \$16 ;
+  wire \$17 ;
+  wire \$18 ;
+  wire \$19 ;
+  wire [3:0] \$2 ;
+  wire \$20 ;
+  wire \$21 ;
+  wire \$22 ;
+  wire \$23 ;
+  wire \$24 ;
+  wire \$25 ;
+  wire \$26 ;
+  wire \$27 ;
+  reg [2:0] \$28 ;
+  reg \$29 ;
+  wire [3:0] \$3 ;
+  reg \$30 ;
+  wire \$4 ;
+  wire \$5 ;
+  wire \$6 ;
+  wire \$7 ;
+  wire \$8 ;
+  wire \$9 ;
+  input clk;
+  wire clk;
+  input r_en;
+  wire r_en;
+  input r_rdy;
+  wire r_rdy;
+  input rst;
+  wire rst;
+  wire src1_credit_below_full;
+  wire src1_credit_below_full1;
+  reg [2:0] src1_credit_count = 3'h0;
+  reg src1_credit_idle = 1'h1;
+  wire src1_credit_is0;
+  wire src1_credit_is1;
+  wire [2:0] src1_credit_minus1;
+  wire [2:0] src1_credit_plus1;
+  output src1_credit_room;
+  reg src1_credit_room = 1'h1;
+  input src1_issue;
+  wire src1_issue;
+  input unit_rst;
+  wire unit_rst;
+  assign src1_credit_below_full1 = src1_credit_count < 3'h4;
+  assign src1_credit_below_full = src1_credit_count < 3'h5;
+  assign \$1  = | src1_credit_count;
+  assign src1_credit_is0 = ~ \$1 ;
+  assign src1_credit_is1 = src1_credit_count == 1'h1;
+  assign \$2  = src1_credit_count + 1'h1;
+  assign \$3  = src1_credit_count - 1'h1;
+  assign \$4  = r_en & r_rdy;
+  assign \$5  = ~ \$4 ;
+  assign \$6  = src1_issue & \$5 ;
+  assign \$7  = r_en & r_rdy;
+  assign \$8  = ~ src1_issue;
+  assign \$9  = \$7  & \$8 ;
+  assign \$10  = \$9  ? \$3 [2:0] : src1_credit_count;
+  assign \$11  = \$6  ? \$2 [2:0] : \$10 ;
+  assign \$12  = r_en & r_rdy;
+  assign \$13  = ~ \$12 ;
+  assign \$14  = src1_issue & \$13 ;
+  assign \$15  = r_en & r_rdy;
+  assign \$16  = ~ src1_issue;
+  assign \$17  = \$15  & \$16 ;
+  assign \$18  = \$17  ? 1'h1 : src1_credit_below_full;
+  assign \$19  = \$14  ? src1_credit_below_full1 : \$18 ;
+  assign \$20  = r_en & r_rdy;
+  assign \$21  = ~ \$20 ;
+  assign \$22  = src1_issue & \$21 ;
+  assign \$23  = r_en & r_rdy;
+  assign \$24  = ~ src1_issue;
+  assign \$25  = \$23  & \$24 ;
+  assign \$26  = \$25  ? src1_credit_is1 : src1_credit_is0;
+  assign \$27  = \$22  ? 1'h0 : \$26 ;
+  always @(posedge clk)
+    src1_credit_count <= \$28 ;
+  always @(posedge clk)
+    src1_credit_room <= \$29 ;
+  always @(posedge clk)
+    src1_credit_idle <= \$30 ;
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$82 ) begin end
+    \$28  = \$11 ;
+    if (unit_rst) begin
+      \$28  = 3'h0;
+    end
+    if (rst) begin
+      \$28  = 3'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$82 ) begin end
+    \$29  = \$19 ;
+    if (unit_rst) begin
+      \$29  = 1'h1;
+    end
+    if (rst) begin
+      \$29  = 1'h1;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$82 ) begin end
+    \$30  = \$27 ;
+    if (unit_rst) begin
+      \$30  = 1'h1;
+    end
+    if (rst) begin
+      \$30  = 1'h1;
+    end
+  end
+  assign src1_credit_plus1 = \$2 [2:0];
+  assign src1_credit_minus1 = \$3 [2:0];
+endmodule
+
+(* generator = "Amaranth" *)
+module \accelerator.core.unpack_slice (rst, w_en, w_port__data, w_rdy, r_rdy, r_data, r_en, unit_rst, clk);
+  reg \$auto$verilog_backend.cc:2355:dump_module$83  = 0;
   wire \$1 ;
   wire \$10 ;
   wire \$11 ;
@@ -72861,7 +73103,7 @@ module \accelerator.core.unpack_slice (rst, w_en, w_port__data, w_rdy, r_rdy, r_
   always @(posedge clk)
     level <= \$17 ;
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$81 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$83 ) begin end
     \$15  = w_port__addr;
     if (\$1 ) begin
       \$15  = \$2 [0];
@@ -72874,7 +73116,7 @@ module \accelerator.core.unpack_slice (rst, w_en, w_port__data, w_rdy, r_rdy, r_
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$81 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$83 ) begin end
     \$16  = r_port__addr;
     if (\$3 ) begin
       \$16  = \$4 [0];
@@ -72887,7 +73129,7 @@ module \accelerator.core.unpack_slice (rst, w_en, w_port__data, w_rdy, r_rdy, r_
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$81 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$83 ) begin end
     \$17  = level;
     if (\$8 ) begin
       \$17  = \$9 [1:0];
@@ -72911,8 +73153,8 @@ module \accelerator.core.unpack_slice (rst, w_en, w_port__data, w_rdy, r_rdy, r_
 endmodule
 
 (* generator = "Amaranth" *)
-module \accelerator.core.w_beat_slice (rst, w_rdy, r_rdy, r_data, \port$8777$0 , \port$8778$0 , \port$8779$0 , \port$8780$0 , \port$8781$0 , \port$8782$0 , \port$8783$0 , \port$8784$0 , w_en, r_en, in_decode, unit_rst, clk);
-  reg \$auto$verilog_backend.cc:2355:dump_module$82  = 0;
+module \accelerator.core.w_beat_slice (rst, w_rdy, r_rdy, r_data, \port$8831$0 , \port$8832$0 , \port$8833$0 , \port$8834$0 , \port$8835$0 , \port$8836$0 , \port$8837$0 , \port$8838$0 , w_en, r_en, in_decode, unit_rst, clk);
+  reg \$auto$verilog_backend.cc:2355:dump_module$84  = 0;
   wire \$1 ;
   wire \$10 ;
   wire \$11 ;
@@ -72938,22 +73180,22 @@ module \accelerator.core.w_beat_slice (rst, w_rdy, r_rdy, r_data, \port$8777$0 ,
   input in_decode;
   wire in_decode;
   reg [1:0] level = 2'h0;
-  input [7:0] \port$8777$0 ;
-  wire [7:0] \port$8777$0 ;
-  input [7:0] \port$8778$0 ;
-  wire [7:0] \port$8778$0 ;
-  input [7:0] \port$8779$0 ;
-  wire [7:0] \port$8779$0 ;
-  input [7:0] \port$8780$0 ;
-  wire [7:0] \port$8780$0 ;
-  input [7:0] \port$8781$0 ;
-  wire [7:0] \port$8781$0 ;
-  input [7:0] \port$8782$0 ;
-  wire [7:0] \port$8782$0 ;
-  input [7:0] \port$8783$0 ;
-  wire [7:0] \port$8783$0 ;
-  input [7:0] \port$8784$0 ;
-  wire [7:0] \port$8784$0 ;
+  input [7:0] \port$8831$0 ;
+  wire [7:0] \port$8831$0 ;
+  input [7:0] \port$8832$0 ;
+  wire [7:0] \port$8832$0 ;
+  input [7:0] \port$8833$0 ;
+  wire [7:0] \port$8833$0 ;
+  input [7:0] \port$8834$0 ;
+  wire [7:0] \port$8834$0 ;
+  input [7:0] \port$8835$0 ;
+  wire [7:0] \port$8835$0 ;
+  input [7:0] \port$8836$0 ;
+  wire [7:0] \port$8836$0 ;
+  input [7:0] \port$8837$0 ;
+  wire [7:0] \port$8837$0 ;
+  input [7:0] \port$8838$0 ;
+  wire [7:0] \port$8838$0 ;
   (* init = 1'h0 *)
   wire produce;
   output [63:0] r_data;
@@ -72987,7 +73229,7 @@ module \accelerator.core.w_beat_slice (rst, w_rdy, r_rdy, r_data, \port$8777$0 ,
   end
   always @(posedge clk) begin
     if (w_port__en)
-      storage[w_port__addr] <= { \port$8784$0 , \port$8783$0 , \port$8782$0 , \port$8781$0 , \port$8780$0 , \port$8779$0 , \port$8778$0 , \port$8777$0  };
+      storage[w_port__addr] <= { \port$8838$0 , \port$8837$0 , \port$8836$0 , \port$8835$0 , \port$8834$0 , \port$8833$0 , \port$8832$0 , \port$8831$0  };
   end
   assign r_data = storage[r_port__addr];
   assign w_rdy = level != 2'h2;
@@ -73015,7 +73257,7 @@ module \accelerator.core.w_beat_slice (rst, w_rdy, r_rdy, r_data, \port$8777$0 ,
   always @(posedge clk)
     level <= \$18 ;
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$82 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$84 ) begin end
     \$16  = w_port__addr;
     if (\$1 ) begin
       \$16  = \$2 [0];
@@ -73028,7 +73270,7 @@ module \accelerator.core.w_beat_slice (rst, w_rdy, r_rdy, r_data, \port$8777$0 ,
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$82 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$84 ) begin end
     \$17  = r_port__addr;
     if (\$3 ) begin
       \$17  = \$4 [0];
@@ -73041,7 +73283,7 @@ module \accelerator.core.w_beat_slice (rst, w_rdy, r_rdy, r_data, \port$8777$0 ,
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$82 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$84 ) begin end
     \$18  = level;
     if (\$8 ) begin
       \$18  = \$9 [1:0];
@@ -73059,15 +73301,15 @@ module \accelerator.core.w_beat_slice (rst, w_rdy, r_rdy, r_data, \port$8777$0 ,
   assign w_level = level;
   assign r_level = level;
   assign produce = w_port__addr;
-  assign w_port__data = { \port$8784$0 , \port$8783$0 , \port$8782$0 , \port$8781$0 , \port$8780$0 , \port$8779$0 , \port$8778$0 , \port$8777$0  };
-  assign w_data = { \port$8784$0 , \port$8783$0 , \port$8782$0 , \port$8781$0 , \port$8780$0 , \port$8779$0 , \port$8778$0 , \port$8777$0  };
+  assign w_port__data = { \port$8838$0 , \port$8837$0 , \port$8836$0 , \port$8835$0 , \port$8834$0 , \port$8833$0 , \port$8832$0 , \port$8831$0  };
+  assign w_data = { \port$8838$0 , \port$8837$0 , \port$8836$0 , \port$8835$0 , \port$8834$0 , \port$8833$0 , \port$8832$0 , \port$8831$0  };
   assign consume = r_port__addr;
   assign r_port__data = r_data;
 endmodule
 
 (* generator = "Amaranth" *)
 module \accelerator.core.writer (rst, clear, aw__valid, idle, req__ready, b__valid, b__payload, aw__ready, w_en, w_data, aw__payload, err, clk);
-  reg \$auto$verilog_backend.cc:2355:dump_module$83  = 0;
+  reg \$auto$verilog_backend.cc:2355:dump_module$85  = 0;
   wire [10:0] \$1 ;
   wire \$10 ;
   wire \$11 ;
@@ -73171,7 +73413,7 @@ module \accelerator.core.writer (rst, clear, aw__valid, idle, req__ready, b__val
     .w_rdy(req__ready)
   );
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$83 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$85 ) begin end
     \$22  = pending;
     if (\$15 ) begin
       \$22  = \$19 [6:0];
@@ -73183,7 +73425,7 @@ module \accelerator.core.writer (rst, clear, aw__valid, idle, req__ready, b__val
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$83 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$85 ) begin end
     \$23  = err;
     if (clear) begin
       \$23  = 1'h0;
@@ -73216,7 +73458,7 @@ endmodule
 
 (* generator = "Amaranth" *)
 module \accelerator.core.writer.req_slice (rst, r_en, w_rdy, r_rdy, r_data, w_en, w_port__data, clk);
-  reg \$auto$verilog_backend.cc:2355:dump_module$84  = 0;
+  reg \$auto$verilog_backend.cc:2355:dump_module$86  = 0;
   wire \$1 ;
   wire \$10 ;
   wire \$11 ;
@@ -73298,7 +73540,7 @@ module \accelerator.core.writer.req_slice (rst, r_en, w_rdy, r_rdy, r_data, w_en
   always @(posedge clk)
     level <= \$17 ;
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$84 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$86 ) begin end
     \$15  = w_port__addr;
     if (\$1 ) begin
       \$15  = \$2 [0];
@@ -73308,7 +73550,7 @@ module \accelerator.core.writer.req_slice (rst, r_en, w_rdy, r_rdy, r_data, w_en
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$84 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$86 ) begin end
     \$16  = r_port__addr;
     if (\$3 ) begin
       \$16  = \$4 [0];
@@ -73318,7 +73560,7 @@ module \accelerator.core.writer.req_slice (rst, r_en, w_rdy, r_rdy, r_data, w_en
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$84 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$86 ) begin end
     \$17  = level;
     if (\$8 ) begin
       \$17  = \$9 [1:0];
@@ -73340,7 +73582,7 @@ endmodule
 
 (* generator = "Amaranth" *)
 module \accelerator.r_slice (\port$0$75 , w_en, clk, rst, r_en, w_rdy, r_rdy, r_data, \port$0$10 );
-  reg \$auto$verilog_backend.cc:2355:dump_module$85  = 0;
+  reg \$auto$verilog_backend.cc:2355:dump_module$87  = 0;
   wire \$1 ;
   wire \$10 ;
   wire \$11 ;
@@ -73425,7 +73667,7 @@ module \accelerator.r_slice (\port$0$75 , w_en, clk, rst, r_en, w_rdy, r_rdy, r_
   always @(posedge clk)
     level <= \$17 ;
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$85 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$87 ) begin end
     \$15  = w_port__addr;
     if (\$1 ) begin
       \$15  = \$2 [0];
@@ -73435,7 +73677,7 @@ module \accelerator.r_slice (\port$0$75 , w_en, clk, rst, r_en, w_rdy, r_rdy, r_
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$85 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$87 ) begin end
     \$16  = r_port__addr;
     if (\$3 ) begin
       \$16  = \$4 [0];
@@ -73445,7 +73687,7 @@ module \accelerator.r_slice (\port$0$75 , w_en, clk, rst, r_en, w_rdy, r_rdy, r_
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$85 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$87 ) begin end
     \$17  = level;
     if (\$8 ) begin
       \$17  = \$9 [1:0];
