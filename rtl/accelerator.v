@@ -29840,14 +29840,14 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   );
   \accelerator.core.pack_slice  pack_slice (
     .clk(gemm_d_clk),
-    .\port$9196$0 (pack_a0),
-    .\port$9198$0 (pack_a1),
-    .\port$9200$0 (pack_a2),
-    .\port$9202$0 (pack_a3),
-    .\port$9204$0 (pack_b0),
-    .\port$9206$0 (pack_b1),
-    .\port$9208$0 (pack_b2),
-    .\port$9210$0 (pack_b3),
+    .\port$9178$0 (pack_a0),
+    .\port$9180$0 (pack_a1),
+    .\port$9182$0 (pack_a2),
+    .\port$9184$0 (pack_a3),
+    .\port$9186$0 (pack_b0),
+    .\port$9188$0 (pack_b1),
+    .\port$9190$0 (pack_b2),
+    .\port$9192$0 (pack_b3),
     .r_data(r_data),
     .r_en(r_en),
     .r_rdy(\r_rdy$263 ),
@@ -29858,8 +29858,8 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   );
   \accelerator.core.q_src0  q_src0 (
     .clk(gemm_d_clk),
-    .\port$9001$0 (src0_elem),
-    .\port$9003$0 (src0_held_meta),
+    .\port$8983$0 (src0_elem),
+    .\port$8985$0 (src0_held_meta),
     .r_data(\r_data$237 ),
     .r_en(\r_en$484 ),
     .r_rdy(r_rdy),
@@ -29869,8 +29869,8 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   );
   \accelerator.core.q_src1  q_src1 (
     .clk(gemm_d_clk),
-    .\port$9010$0 (src1_elem),
-    .\port$9012$0 (src1_held_meta),
+    .\port$8992$0 (src1_elem),
+    .\port$8994$0 (src1_held_meta),
     .r_data(\r_data$358 ),
     .r_en(\r_en$261 ),
     .r_rdy(\r_rdy$260 ),
@@ -29940,14 +29940,14 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   \accelerator.core.w_beat_slice  w_beat_slice (
     .clk(gemm_d_clk),
     .in_decode(in_decode),
-    .\port$8831$0 (w_beat0),
-    .\port$8832$0 (w_beat1),
-    .\port$8833$0 (w_beat2),
-    .\port$8834$0 (w_beat3),
-    .\port$8835$0 (w_beat4),
-    .\port$8836$0 (w_beat5),
-    .\port$8837$0 (w_beat6),
-    .\port$8838$0 (w_beat7),
+    .\port$8813$0 (w_beat0),
+    .\port$8814$0 (w_beat1),
+    .\port$8815$0 (w_beat2),
+    .\port$8816$0 (w_beat3),
+    .\port$8817$0 (w_beat4),
+    .\port$8818$0 (w_beat5),
+    .\port$8819$0 (w_beat6),
+    .\port$8820$0 (w_beat7),
     .r_data(\r_data$433 ),
     .r_en(\r_en$430 ),
     .r_rdy(\r_rdy$427 ),
@@ -41210,10 +41210,10 @@ module \accelerator.core.add (o__ready, a__ready, b__ready, o__payload, a__paylo
   \accelerator.core.add.out_queue  out_queue (
     .add_d_clk(add_d_clk),
     .add_d_rst(add_d_rst),
-    .\port$11697$0 (l0s_s2_o),
-    .\port$11789$0 (l1s_s2_o),
-    .\port$11881$0 (l2s_s2_o),
-    .\port$11973$0 (l3s_s2_o),
+    .\port$11681$0 (l0s_s2_o),
+    .\port$11773$0 (l1s_s2_o),
+    .\port$11865$0 (l2s_s2_o),
+    .\port$11957$0 (l3s_s2_o),
     .r_data(o__payload),
     .r_en(o__ready),
     .r_rdy(o__valid),
@@ -42411,7 +42411,7 @@ module \accelerator.core.add (o__ready, a__ready, b__ready, o__payload, a__paylo
 endmodule
 
 (* generator = "Amaranth" *)
-module \accelerator.core.add.out_queue (r_en, r_data, add_d_rst, \port$11697$0 , \port$11789$0 , \port$11881$0 , \port$11973$0 , w_en, r_rdy, add_d_clk);
+module \accelerator.core.add.out_queue (r_en, r_data, add_d_rst, \port$11681$0 , \port$11773$0 , \port$11865$0 , \port$11957$0 , w_en, r_rdy, add_d_clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$57  = 0;
   wire \$1 ;
   wire \$10 ;
@@ -42456,14 +42456,14 @@ module \accelerator.core.add.out_queue (r_en, r_data, add_d_rst, \port$11697$0 ,
   reg [3:0] inner_level = 4'h0;
   wire inner_r_rdy;
   wire [3:0] level;
-  input [15:0] \port$11697$0 ;
-  wire [15:0] \port$11697$0 ;
-  input [15:0] \port$11789$0 ;
-  wire [15:0] \port$11789$0 ;
-  input [15:0] \port$11881$0 ;
-  wire [15:0] \port$11881$0 ;
-  input [15:0] \port$11973$0 ;
-  wire [15:0] \port$11973$0 ;
+  input [15:0] \port$11681$0 ;
+  wire [15:0] \port$11681$0 ;
+  input [15:0] \port$11773$0 ;
+  wire [15:0] \port$11773$0 ;
+  input [15:0] \port$11865$0 ;
+  wire [15:0] \port$11865$0 ;
+  input [15:0] \port$11957$0 ;
+  wire [15:0] \port$11957$0 ;
   (* init = 4'h0 *)
   wire [3:0] produce;
   output [63:0] r_data;
@@ -42502,7 +42502,7 @@ module \accelerator.core.add.out_queue (r_en, r_data, add_d_rst, \port$11697$0 ,
   end
   always @(posedge add_d_clk) begin
     if (w_port__en)
-      storage[w_port__addr] <= { \port$11973$0 , \port$11881$0 , \port$11789$0 , \port$11697$0  };
+      storage[w_port__addr] <= { \port$11957$0 , \port$11865$0 , \port$11773$0 , \port$11681$0  };
   end
   reg [63:0] _0_;
   always @(posedge add_d_clk) begin
@@ -42602,8 +42602,8 @@ module \accelerator.core.add.out_queue (r_en, r_data, add_d_rst, \port$11697$0 ,
   assign level = \$3 [3:0];
   assign r_level = \$3 [3:0];
   assign produce = w_port__addr;
-  assign w_port__data = { \port$11973$0 , \port$11881$0 , \port$11789$0 , \port$11697$0  };
-  assign w_data = { \port$11973$0 , \port$11881$0 , \port$11789$0 , \port$11697$0  };
+  assign w_port__data = { \port$11957$0 , \port$11865$0 , \port$11773$0 , \port$11681$0  };
+  assign w_data = { \port$11957$0 , \port$11865$0 , \port$11773$0 , \port$11681$0  };
   assign consume = r_port__addr;
   assign r_port__data = r_data;
 endmodule
@@ -50100,10 +50100,10 @@ module \accelerator.core.gelu0 (o__ready, go, o__payload, i__payload, i__valid, 
   \accelerator.core.gelu0.out_queue  out_queue (
     .gelu0_d_clk(gelu0_d_clk),
     .gelu0_d_rst(gelu0_d_rst),
-    .\port$12206$0 (l0_s27_o),
-    .\port$12392$0 (l1_s27_o),
-    .\port$12578$0 (l2_s27_o),
-    .\port$12764$0 (l3_s27_o),
+    .\port$12190$0 (l0_s27_o),
+    .\port$12376$0 (l1_s27_o),
+    .\port$12562$0 (l2_s27_o),
+    .\port$12748$0 (l3_s27_o),
     .r_data(o__payload),
     .r_en(o__ready),
     .r_rdy(o__valid),
@@ -52063,7 +52063,7 @@ module \accelerator.core.gelu0 (o__ready, go, o__payload, i__payload, i__valid, 
 endmodule
 
 (* generator = "Amaranth" *)
-module \accelerator.core.gelu0.out_queue (r_en, r_data, gelu0_d_rst, \port$12206$0 , \port$12392$0 , \port$12578$0 , \port$12764$0 , w_en, r_rdy, gelu0_d_clk);
+module \accelerator.core.gelu0.out_queue (r_en, r_data, gelu0_d_rst, \port$12190$0 , \port$12376$0 , \port$12562$0 , \port$12748$0 , w_en, r_rdy, gelu0_d_clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$61  = 0;
   wire \$1 ;
   wire \$10 ;
@@ -52108,14 +52108,14 @@ module \accelerator.core.gelu0.out_queue (r_en, r_data, gelu0_d_rst, \port$12206
   reg [4:0] inner_level = 5'h00;
   wire inner_r_rdy;
   wire [4:0] level;
-  input [7:0] \port$12206$0 ;
-  wire [7:0] \port$12206$0 ;
-  input [7:0] \port$12392$0 ;
-  wire [7:0] \port$12392$0 ;
-  input [7:0] \port$12578$0 ;
-  wire [7:0] \port$12578$0 ;
-  input [7:0] \port$12764$0 ;
-  wire [7:0] \port$12764$0 ;
+  input [7:0] \port$12190$0 ;
+  wire [7:0] \port$12190$0 ;
+  input [7:0] \port$12376$0 ;
+  wire [7:0] \port$12376$0 ;
+  input [7:0] \port$12562$0 ;
+  wire [7:0] \port$12562$0 ;
+  input [7:0] \port$12748$0 ;
+  wire [7:0] \port$12748$0 ;
   (* init = 5'h00 *)
   wire [4:0] produce;
   output [31:0] r_data;
@@ -52170,7 +52170,7 @@ module \accelerator.core.gelu0.out_queue (r_en, r_data, gelu0_d_rst, \port$12206
   end
   always @(posedge gelu0_d_clk) begin
     if (w_port__en)
-      storage[w_port__addr] <= { \port$12764$0 , \port$12578$0 , \port$12392$0 , \port$12206$0  };
+      storage[w_port__addr] <= { \port$12748$0 , \port$12562$0 , \port$12376$0 , \port$12190$0  };
   end
   reg [31:0] _0_;
   always @(posedge gelu0_d_clk) begin
@@ -52270,8 +52270,8 @@ module \accelerator.core.gelu0.out_queue (r_en, r_data, gelu0_d_rst, \port$12206
   assign level = \$3 [4:0];
   assign r_level = \$3 [4:0];
   assign produce = w_port__addr;
-  assign w_port__data = { \port$12764$0 , \port$12578$0 , \port$12392$0 , \port$12206$0  };
-  assign w_data = { \port$12764$0 , \port$12578$0 , \port$12392$0 , \port$12206$0  };
+  assign w_port__data = { \port$12748$0 , \port$12562$0 , \port$12376$0 , \port$12190$0  };
+  assign w_data = { \port$12748$0 , \port$12562$0 , \port$12376$0 , \port$12190$0  };
   assign consume = r_port__addr;
   assign r_port__data = r_data;
 endmodule
@@ -68169,7 +68169,7 @@ module \accelerator.core.norm_out_slice (rst, w_en, w_port__data, r_en, w_rdy, r
 endmodule
 
 (* generator = "Amaranth" *)
-module \accelerator.core.pack_slice (rst, w_rdy, r_rdy, r_data, r_en, unit_rst, w_en, \port$9196$0 , \port$9198$0 , \port$9200$0 , \port$9202$0 , \port$9204$0 , \port$9206$0 , \port$9208$0 , \port$9210$0 , clk);
+module \accelerator.core.pack_slice (rst, w_rdy, r_rdy, r_data, r_en, unit_rst, w_en, \port$9178$0 , \port$9180$0 , \port$9182$0 , \port$9184$0 , \port$9186$0 , \port$9188$0 , \port$9190$0 , \port$9192$0 , clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$73  = 0;
   wire \$1 ;
   wire \$10 ;
@@ -68193,22 +68193,22 @@ module \accelerator.core.pack_slice (rst, w_rdy, r_rdy, r_data, r_en, unit_rst, 
   (* init = 1'h0 *)
   wire consume;
   reg [1:0] level = 2'h0;
-  input [15:0] \port$9196$0 ;
-  wire [15:0] \port$9196$0 ;
-  input [15:0] \port$9198$0 ;
-  wire [15:0] \port$9198$0 ;
-  input [15:0] \port$9200$0 ;
-  wire [15:0] \port$9200$0 ;
-  input [15:0] \port$9202$0 ;
-  wire [15:0] \port$9202$0 ;
-  input [15:0] \port$9204$0 ;
-  wire [15:0] \port$9204$0 ;
-  input [15:0] \port$9206$0 ;
-  wire [15:0] \port$9206$0 ;
-  input [15:0] \port$9208$0 ;
-  wire [15:0] \port$9208$0 ;
-  input [15:0] \port$9210$0 ;
-  wire [15:0] \port$9210$0 ;
+  input [15:0] \port$9178$0 ;
+  wire [15:0] \port$9178$0 ;
+  input [15:0] \port$9180$0 ;
+  wire [15:0] \port$9180$0 ;
+  input [15:0] \port$9182$0 ;
+  wire [15:0] \port$9182$0 ;
+  input [15:0] \port$9184$0 ;
+  wire [15:0] \port$9184$0 ;
+  input [15:0] \port$9186$0 ;
+  wire [15:0] \port$9186$0 ;
+  input [15:0] \port$9188$0 ;
+  wire [15:0] \port$9188$0 ;
+  input [15:0] \port$9190$0 ;
+  wire [15:0] \port$9190$0 ;
+  input [15:0] \port$9192$0 ;
+  wire [15:0] \port$9192$0 ;
   (* init = 1'h0 *)
   wire produce;
   output [127:0] r_data;
@@ -68242,7 +68242,7 @@ module \accelerator.core.pack_slice (rst, w_rdy, r_rdy, r_data, r_en, unit_rst, 
   end
   always @(posedge clk) begin
     if (w_port__en)
-      storage[w_port__addr] <= { \port$9210$0 , \port$9208$0 , \port$9206$0 , \port$9204$0 , \port$9202$0 , \port$9200$0 , \port$9198$0 , \port$9196$0  };
+      storage[w_port__addr] <= { \port$9192$0 , \port$9190$0 , \port$9188$0 , \port$9186$0 , \port$9184$0 , \port$9182$0 , \port$9180$0 , \port$9178$0  };
   end
   assign r_data = storage[r_port__addr];
   assign w_rdy = level != 2'h2;
@@ -68313,14 +68313,14 @@ module \accelerator.core.pack_slice (rst, w_rdy, r_rdy, r_data, r_en, unit_rst, 
   assign w_level = level;
   assign r_level = level;
   assign produce = w_port__addr;
-  assign w_port__data = { \port$9210$0 , \port$9208$0 , \port$9206$0 , \port$9204$0 , \port$9202$0 , \port$9200$0 , \port$9198$0 , \port$9196$0  };
-  assign w_data = { \port$9210$0 , \port$9208$0 , \port$9206$0 , \port$9204$0 , \port$9202$0 , \port$9200$0 , \port$9198$0 , \port$9196$0  };
+  assign w_port__data = { \port$9192$0 , \port$9190$0 , \port$9188$0 , \port$9186$0 , \port$9184$0 , \port$9182$0 , \port$9180$0 , \port$9178$0  };
+  assign w_data = { \port$9192$0 , \port$9190$0 , \port$9188$0 , \port$9186$0 , \port$9184$0 , \port$9182$0 , \port$9180$0 , \port$9178$0  };
   assign consume = r_port__addr;
   assign r_port__data = r_data;
 endmodule
 
 (* generator = "Amaranth" *)
-module \accelerator.core.q_src0 (rst, r_en, r_rdy, r_data, w_en, \port$9001$0 , \port$9003$0 , unit_rst, clk);
+module \accelerator.core.q_src0 (rst, r_en, r_rdy, r_data, w_en, \port$8983$0 , \port$8985$0 , unit_rst, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$74  = 0;
   wire \$1 ;
   wire \$10 ;
@@ -68348,10 +68348,10 @@ module \accelerator.core.q_src0 (rst, r_en, r_rdy, r_data, w_en, \port$9001$0 , 
   (* init = 3'h0 *)
   wire [2:0] consume;
   reg [2:0] level = 3'h0;
-  input [15:0] \port$9001$0 ;
-  wire [15:0] \port$9001$0 ;
-  input [2:0] \port$9003$0 ;
-  wire [2:0] \port$9003$0 ;
+  input [15:0] \port$8983$0 ;
+  wire [15:0] \port$8983$0 ;
+  input [2:0] \port$8985$0 ;
+  wire [2:0] \port$8985$0 ;
   (* init = 3'h0 *)
   wire [2:0] produce;
   output [18:0] r_data;
@@ -68387,7 +68387,7 @@ module \accelerator.core.q_src0 (rst, r_en, r_rdy, r_data, w_en, \port$9001$0 , 
   end
   always @(posedge clk) begin
     if (w_port__en)
-      storage[w_port__addr] <= { \port$9003$0 , \port$9001$0  };
+      storage[w_port__addr] <= { \port$8985$0 , \port$8983$0  };
   end
   assign r_data = storage[r_port__addr];
   assign w_rdy = level != 3'h5;
@@ -68462,14 +68462,14 @@ module \accelerator.core.q_src0 (rst, r_en, r_rdy, r_data, w_en, \port$9001$0 , 
   assign w_level = level;
   assign r_level = level;
   assign produce = w_port__addr;
-  assign w_port__data = { \port$9003$0 , \port$9001$0  };
-  assign w_data = { \port$9003$0 , \port$9001$0  };
+  assign w_port__data = { \port$8985$0 , \port$8983$0  };
+  assign w_data = { \port$8985$0 , \port$8983$0  };
   assign consume = r_port__addr;
   assign r_port__data = r_data;
 endmodule
 
 (* generator = "Amaranth" *)
-module \accelerator.core.q_src1 (rst, r_rdy, r_data, r_en, w_en, \port$9010$0 , \port$9012$0 , unit_rst, clk);
+module \accelerator.core.q_src1 (rst, r_rdy, r_data, r_en, w_en, \port$8992$0 , \port$8994$0 , unit_rst, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$75  = 0;
   wire \$1 ;
   wire \$10 ;
@@ -68497,10 +68497,10 @@ module \accelerator.core.q_src1 (rst, r_rdy, r_data, r_en, w_en, \port$9010$0 , 
   (* init = 3'h0 *)
   wire [2:0] consume;
   reg [2:0] level = 3'h0;
-  input [15:0] \port$9010$0 ;
-  wire [15:0] \port$9010$0 ;
-  input [2:0] \port$9012$0 ;
-  wire [2:0] \port$9012$0 ;
+  input [15:0] \port$8992$0 ;
+  wire [15:0] \port$8992$0 ;
+  input [2:0] \port$8994$0 ;
+  wire [2:0] \port$8994$0 ;
   (* init = 3'h0 *)
   wire [2:0] produce;
   output [18:0] r_data;
@@ -68536,7 +68536,7 @@ module \accelerator.core.q_src1 (rst, r_rdy, r_data, r_en, w_en, \port$9010$0 , 
   end
   always @(posedge clk) begin
     if (w_port__en)
-      storage[w_port__addr] <= { \port$9012$0 , \port$9010$0  };
+      storage[w_port__addr] <= { \port$8994$0 , \port$8992$0  };
   end
   assign r_data = storage[r_port__addr];
   assign w_rdy = level != 3'h5;
@@ -68611,8 +68611,8 @@ module \accelerator.core.q_src1 (rst, r_rdy, r_data, r_en, w_en, \port$9010$0 , 
   assign w_level = level;
   assign r_level = level;
   assign produce = w_port__addr;
-  assign w_port__data = { \port$9012$0 , \port$9010$0  };
-  assign w_data = { \port$9012$0 , \port$9010$0  };
+  assign w_port__data = { \port$8994$0 , \port$8992$0  };
+  assign w_data = { \port$8994$0 , \port$8992$0  };
   assign consume = r_port__addr;
   assign r_port__data = r_data;
 endmodule
@@ -68627,36 +68627,36 @@ module \accelerator.core.reader (rst, w_en, \r_en$23 , ar__valid, r__ready, idle
   wire [12:0] \$13 ;
   wire \$14 ;
   wire \$15 ;
-  wire \$16 ;
+  wire [63:0] \$16 ;
   wire \$17 ;
   wire [63:0] \$18 ;
   wire \$19 ;
   wire \$2 ;
-  wire \$20 ;
-  wire [63:0] \$21 ;
-  wire \$22 ;
+  wire [63:0] \$20 ;
+  wire \$21 ;
+  wire [63:0] \$22 ;
   wire \$23 ;
   wire [63:0] \$24 ;
   wire \$25 ;
-  wire \$26 ;
-  wire [63:0] \$27 ;
-  wire \$28 ;
+  wire [63:0] \$26 ;
+  wire \$27 ;
+  wire [63:0] \$28 ;
   wire \$29 ;
   wire [3:0] \$3 ;
   wire [63:0] \$30 ;
-  wire \$31 ;
-  wire \$32 ;
-  wire [63:0] \$33 ;
+  wire [5:0] \$31 ;
+  wire [63:0] \$32 ;
+  wire [511:0] \$33 ;
   wire \$34 ;
   wire \$35 ;
-  wire [63:0] \$36 ;
+  wire \$36 ;
   wire \$37 ;
   wire \$38 ;
-  wire [63:0] \$39 ;
+  wire \$39 ;
   wire [11:0] \$4 ;
-  wire [5:0] \$40 ;
-  wire [63:0] \$41 ;
-  wire [511:0] \$42 ;
+  wire \$40 ;
+  wire \$41 ;
+  wire \$42 ;
   wire \$43 ;
   wire \$44 ;
   wire \$45 ;
@@ -68666,45 +68666,28 @@ module \accelerator.core.reader (rst, w_en, \r_en$23 , ar__valid, r__ready, idle
   wire \$49 ;
   wire [11:0] \$5 ;
   wire \$50 ;
-  wire \$51 ;
+  wire [5:0] \$51 ;
   wire \$52 ;
   wire \$53 ;
-  wire \$54 ;
+  wire [5:0] \$54 ;
   wire \$55 ;
-  wire \$56 ;
-  wire \$57 ;
-  wire \$58 ;
-  wire \$59 ;
+  reg [63:0] \$56 ;
+  reg [63:0] \$57 ;
+  reg [63:0] \$58 ;
+  reg [63:0] \$59 ;
   wire [12:0] \$6 ;
-  wire \$60 ;
-  wire \$61 ;
-  wire \$62 ;
-  wire \$63 ;
-  wire \$64 ;
-  wire \$65 ;
-  wire \$66 ;
-  wire \$67 ;
-  wire [5:0] \$68 ;
-  wire \$69 ;
+  reg [63:0] \$60 ;
+  reg [63:0] \$61 ;
+  reg [63:0] \$62 ;
+  reg [63:0] \$63 ;
+  reg [4:0] \$64 ;
+  reg [6:0] \$65 ;
+  reg \$66 ;
+  reg \$67 ;
+  reg \$68 ;
+  reg \$69 ;
   wire \$7 ;
-  wire \$70 ;
-  wire \$71 ;
-  wire [5:0] \$72 ;
-  wire \$73 ;
-  reg [63:0] \$74 ;
-  reg [63:0] \$75 ;
-  reg [63:0] \$76 ;
-  reg [63:0] \$77 ;
-  reg [63:0] \$78 ;
-  reg [63:0] \$79 ;
   wire \$8 ;
-  reg [63:0] \$80 ;
-  reg [63:0] \$81 ;
-  reg [4:0] \$82 ;
-  reg [6:0] \$83 ;
-  reg \$84 ;
-  reg \$85 ;
-  reg \$86 ;
   wire \$9 ;
   reg [63:0] acc0 = 64'h0000000000000000;
   reg [63:0] acc1 = 64'h0000000000000000;
@@ -68742,6 +68725,7 @@ module \accelerator.core.reader (rst, w_en, \r_en$23 , ar__valid, r__ready, idle
   output idle;
   wire idle;
   reg [4:0] j = 5'h00;
+  reg multi = 1'h0;
   input [64:0] r__payload;
   wire [64:0] r__payload;
   wire [63:0] \r__payload.data ;
@@ -68779,96 +68763,63 @@ module \accelerator.core.reader (rst, w_en, \r_en$23 , ar__valid, r__ready, idle
   wire w_rdy;
   wire \w_rdy$27 ;
   wire \w_rdy$8 ;
-  assign \$11  = 1'h1 << \$10 [2:0];
-  assign \$12  = \$9  ? \$11  : 12'h001;
-  assign \$13  = \$12  - 1'h1;
-  assign \$14  = r_data[34:32] <= 2'h3;
-  assign r__ready = \r_rdy$26  & \w_rdy$27 ;
-  assign \$15  = | j;
-  assign \$16  = | j;
-  assign \$17  = ~ \$16 ;
-  assign \$18  = \$16  ? acc0 : r__payload[63:0];
-  assign \$19  = | j;
-  assign \$20  = ~ \$19 ;
-  assign \$21  = at[0] ? r__payload[63:0] : acc1;
-  assign \$22  = | j;
-  assign \$23  = ~ \$22 ;
-  assign \$24  = at[1] ? r__payload[63:0] : acc2;
-  assign \$25  = | j;
-  assign \$26  = ~ \$25 ;
-  assign \$27  = at[2] ? r__payload[63:0] : acc3;
-  assign \$28  = | j;
-  assign \$29  = ~ \$28 ;
-  assign \$30  = at[3] ? r__payload[63:0] : acc4;
-  assign \$31  = | j;
-  assign \$32  = ~ \$31 ;
-  assign \$33  = at[4] ? r__payload[63:0] : acc5;
-  assign \$34  = | j;
-  assign \$35  = ~ \$34 ;
-  assign \$36  = at[5] ? r__payload[63:0] : acc6;
-  assign \$37  = | j;
-  assign \$38  = ~ \$37 ;
-  assign \$39  = at[6] ? r__payload[63:0] : acc7;
-  assign \$41  = r__payload[63:0] >> \$40 ;
-  assign \$42  = \$15  ? { \$39 , \$36 , \$33 , \$30 , \$27 , \$24 , \$21 , \$18  } : { 448'h0000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000, \$41  };
-  assign \$43  = err | r__payload[64];
-  assign \$44  = r__valid & r__ready;
-  assign \$45  = first ? \r_data$30 [8] : ends;
-  assign \$46  = ~ r_rdy;
-  assign \$47  = ~ \r_rdy$26 ;
-  assign \$48  = \$46  & \$47 ;
-  assign \$49  = ~ beat__valid;
-  assign idle = \$48  & \$49 ;
-  assign \$50  = | j;
-  assign \$51  = ~ \$50 ;
-  assign \$52  = | j;
-  assign \$53  = ~ \$52 ;
-  assign \$54  = | j;
-  assign \$55  = ~ \$54 ;
-  assign \$56  = | j;
-  assign \$57  = ~ \$56 ;
-  assign \$58  = | j;
-  assign \$59  = ~ \$58 ;
-  assign \$60  = | j;
-  assign \$61  = ~ \$60 ;
-  assign \$62  = | j;
-  assign \$63  = ~ \$62 ;
-  assign \$64  = | j;
-  assign \$65  = ~ \$64 ;
-  assign \$66  = r__valid & r__ready;
-  assign \$67  = first ? \r_data$30 [8] : ends;
-  assign \$68  = j + 1'h1;
-  assign \$69  = | j;
-  assign \$70  = ~ \$69 ;
-  assign \$71  = err | r__payload[64];
-  assign \$72  = j + 1'h1;
-  assign \$73  = \$72  == \r_data$30 [7:3];
+  assign \$27  = ~ multi;
+  assign \$28  = at[5] ? r__payload[63:0] : acc6;
+  assign \$29  = ~ multi;
+  assign \$30  = at[6] ? r__payload[63:0] : acc7;
+  assign \$32  = r__payload[63:0] >> \$31 ;
+  assign \$33  = multi ? { \$30 , \$28 , \$26 , \$24 , \$22 , \$20 , \$18 , \$16  } : { 448'h0000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000, \$32  };
+  assign \$34  = err | r__payload[64];
+  assign \$35  = r__valid & r__ready;
+  assign \$36  = first ? \r_data$30 [8] : ends;
+  assign \$37  = ~ r_rdy;
+  assign \$38  = ~ \r_rdy$26 ;
+  assign \$39  = \$37  & \$38 ;
+  assign \$40  = ~ beat__valid;
+  assign idle = \$39  & \$40 ;
+  assign \$41  = ~ multi;
+  assign \$42  = ~ multi;
+  assign \$43  = ~ multi;
+  assign \$44  = ~ multi;
+  assign \$45  = ~ multi;
+  assign \$46  = ~ multi;
+  assign \$47  = ~ multi;
+  assign \$48  = ~ multi;
+  assign \$49  = r__valid & r__ready;
+  assign \$50  = first ? \r_data$30 [8] : ends;
+  assign \$51  = j + 1'h1;
+  assign \$52  = ~ multi;
+  assign \$53  = err | r__payload[64];
+  assign \$54  = j + 1'h1;
+  assign \$55  = \$54  == \r_data$30 [7:3];
   always @(posedge clk)
-    acc0 <= \$74 ;
+    acc0 <= \$56 ;
   always @(posedge clk)
-    acc1 <= \$75 ;
+    acc1 <= \$57 ;
   always @(posedge clk)
-    acc2 <= \$76 ;
+    acc2 <= \$58 ;
   always @(posedge clk)
-    acc3 <= \$77 ;
+    acc3 <= \$59 ;
   always @(posedge clk)
-    acc4 <= \$78 ;
+    acc4 <= \$60 ;
   always @(posedge clk)
-    acc5 <= \$79 ;
+    acc5 <= \$61 ;
   always @(posedge clk)
-    acc6 <= \$80 ;
+    acc6 <= \$62 ;
   always @(posedge clk)
-    acc7 <= \$81 ;
+    acc7 <= \$63 ;
   always @(posedge clk)
-    j <= \$82 ;
+    j <= \$64 ;
   always @(posedge clk)
-    at <= \$83 ;
+    at <= \$65 ;
   always @(posedge clk)
-    err <= \$84 ;
+    err <= \$66 ;
   always @(posedge clk)
-    first <= \$85 ;
+    first <= \$67 ;
   always @(posedge clk)
-    ends <= \$86 ;
+    multi <= \$68 ;
+  always @(posedge clk)
+    ends <= \$69 ;
   assign ar__valid = r_rdy & \w_rdy$8 ;
   assign \$2  = r_data[34:32] > 2'h3;
   assign \$3  = r_data[34:32] - 2'h3;
@@ -68881,6 +68832,23 @@ module \accelerator.core.reader (rst, w_en, \r_en$23 , ar__valid, r__ready, idle
   assign \w_en$13  = \$8  & \w_rdy$8 ;
   assign \$9  = r_data[34:32] > 2'h3;
   assign \$10  = r_data[34:32] - 2'h3;
+  assign \$11  = 1'h1 << \$10 [2:0];
+  assign \$12  = \$9  ? \$11  : 12'h001;
+  assign \$13  = \$12  - 1'h1;
+  assign \$14  = r_data[34:32] <= 2'h3;
+  assign r__ready = \r_rdy$26  & \w_rdy$27 ;
+  assign \$15  = ~ multi;
+  assign \$16  = multi ? acc0 : r__payload[63:0];
+  assign \$17  = ~ multi;
+  assign \$18  = at[0] ? r__payload[63:0] : acc1;
+  assign \$19  = ~ multi;
+  assign \$20  = at[1] ? r__payload[63:0] : acc2;
+  assign \$21  = ~ multi;
+  assign \$22  = at[2] ? r__payload[63:0] : acc3;
+  assign \$23  = ~ multi;
+  assign \$24  = at[3] ? r__payload[63:0] : acc4;
+  assign \$25  = ~ multi;
+  assign \$26  = at[4] ? r__payload[63:0] : acc5;
   \accelerator.core.reader.beat_slice  beat_slice (
     .clk(clk),
     .r_data(beat__payload),
@@ -68905,7 +68873,7 @@ module \accelerator.core.reader (rst, w_en, \r_en$23 , ar__valid, r__ready, idle
     .clk(clk),
     .\port$1341$0 (\$13 [4:0]),
     .\port$1342$0 (\$14 ),
-    .\port$1503$0 (r_data[2:0]),
+    .\port$1485$0 (r_data[2:0]),
     .r_data(\r_data$30 ),
     .r_en(\r_en$44 ),
     .r_rdy(\r_rdy$26 ),
@@ -68916,8 +68884,8 @@ module \accelerator.core.reader (rst, w_en, \r_en$23 , ar__valid, r__ready, idle
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$76 ) begin end
     \r_en$44  = 1'h0;
-    if (\$44 ) begin
-      if (\$45 ) begin
+    if (\$35 ) begin
+      if (\$36 ) begin
         \r_en$44  = 1'h1;
       end
     end
@@ -68925,140 +68893,155 @@ module \accelerator.core.reader (rst, w_en, \r_en$23 , ar__valid, r__ready, idle
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$76 ) begin end
     \w_en$15  = 1'h0;
-    if (\$44 ) begin
-      if (\$45 ) begin
+    if (\$35 ) begin
+      if (\$36 ) begin
         \w_en$15  = 1'h1;
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$76 ) begin end
-    \$74  = acc0;
-    if (\$51 ) begin
-      \$74  = r__payload[63:0];
+    \$56  = acc0;
+    if (\$41 ) begin
+      \$56  = r__payload[63:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$76 ) begin end
-    \$75  = acc1;
+    \$57  = acc1;
     if (at[0]) begin
-      \$75  = r__payload[63:0];
+      \$57  = r__payload[63:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$76 ) begin end
-    \$76  = acc2;
+    \$58  = acc2;
     if (at[1]) begin
-      \$76  = r__payload[63:0];
+      \$58  = r__payload[63:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$76 ) begin end
-    \$77  = acc3;
+    \$59  = acc3;
     if (at[2]) begin
-      \$77  = r__payload[63:0];
+      \$59  = r__payload[63:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$76 ) begin end
-    \$78  = acc4;
+    \$60  = acc4;
     if (at[3]) begin
-      \$78  = r__payload[63:0];
+      \$60  = r__payload[63:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$76 ) begin end
-    \$79  = acc5;
+    \$61  = acc5;
     if (at[4]) begin
-      \$79  = r__payload[63:0];
+      \$61  = r__payload[63:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$76 ) begin end
-    \$80  = acc6;
+    \$62  = acc6;
     if (at[5]) begin
-      \$80  = r__payload[63:0];
+      \$62  = r__payload[63:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$76 ) begin end
-    \$81  = acc7;
+    \$63  = acc7;
     if (at[6]) begin
-      \$81  = r__payload[63:0];
+      \$63  = r__payload[63:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$76 ) begin end
-    \$82  = j;
-    if (\$66 ) begin
+    \$64  = j;
+    if (\$49 ) begin
       (* full_case = 32'd1 *)
-      if (\$67 ) begin
-        \$82  = 5'h00;
+      if (\$50 ) begin
+        \$64  = 5'h00;
       end else begin
-        \$82  = \$68 [4:0];
+        \$64  = \$51 [4:0];
       end
     end
     if (rst) begin
-      \$82  = 5'h00;
+      \$64  = 5'h00;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$76 ) begin end
-    \$83  = at;
-    if (\$66 ) begin
+    \$65  = at;
+    if (\$49 ) begin
       (* full_case = 32'd1 *)
-      if (\$67 ) begin
-        \$83  = 7'h00;
+      if (\$50 ) begin
+        \$65  = 7'h00;
       end else begin
-        \$83  = { at[5:0], \$70  };
+        \$65  = { at[5:0], \$52  };
       end
     end
     if (rst) begin
-      \$83  = 7'h00;
+      \$65  = 7'h00;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$76 ) begin end
-    \$84  = err;
-    if (\$66 ) begin
+    \$66  = err;
+    if (\$49 ) begin
       (* full_case = 32'd1 *)
-      if (\$67 ) begin
-        \$84  = 1'h0;
+      if (\$50 ) begin
+        \$66  = 1'h0;
       end else begin
-        \$84  = \$71 ;
+        \$66  = \$53 ;
       end
     end
     if (rst) begin
-      \$84  = 1'h0;
+      \$66  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$76 ) begin end
-    \$85  = first;
-    if (\$66 ) begin
+    \$67  = first;
+    if (\$49 ) begin
       (* full_case = 32'd1 *)
-      if (\$67 ) begin
-        \$85  = 1'h1;
+      if (\$50 ) begin
+        \$67  = 1'h1;
       end else begin
-        \$85  = 1'h0;
+        \$67  = 1'h0;
       end
     end
     if (rst) begin
-      \$85  = 1'h1;
+      \$67  = 1'h1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$76 ) begin end
-    \$86  = ends;
-    if (\$66 ) begin
+    \$68  = multi;
+    if (\$49 ) begin
       (* full_case = 32'd1 *)
-      if (\$67 ) begin
+      if (\$50 ) begin
+        \$68  = 1'h0;
       end else begin
-        \$86  = \$73 ;
+        \$68  = 1'h1;
       end
     end
     if (rst) begin
-      \$86  = 1'h0;
+      \$68  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$76 ) begin end
+    \$69  = ends;
+    if (\$49 ) begin
+      (* full_case = 32'd1 *)
+      if (\$50 ) begin
+      end else begin
+        \$69  = \$55 ;
+      end
+    end
+    if (rst) begin
+      \$69  = 1'h0;
     end
   end
   assign req__valid = w_en;
@@ -69080,12 +69063,12 @@ module \accelerator.core.reader (rst, w_en, \r_en$23 , ar__valid, r__ready, idle
   assign \beat__payload.err  = beat__payload[512];
   assign \r__payload.data  = r__payload[63:0];
   assign \r__payload.err  = r__payload[64];
-  assign \w_data$17 [512] = \$43 ;
-  assign \w_data$17 [511:0] = \$42 ;
+  assign \w_data$17 [512] = \$34 ;
+  assign \w_data$17 [511:0] = \$33 ;
   assign ar__payload[36:29] = \$6 [7:0];
   assign ar__payload[28:0] = \$1 [28:0];
   assign \$1  = { 3'h0, r_data[31:3] };
-  assign \$40  = { \r_data$30 [2:0], 3'h0 };
+  assign \$31  = { \r_data$30 [2:0], 3'h0 };
 endmodule
 
 (* generator = "Amaranth" *)
@@ -69346,7 +69329,7 @@ module \accelerator.core.reader.req_slice (rst, w_en, r_en, w_rdy, r_rdy, r_data
 endmodule
 
 (* generator = "Amaranth" *)
-module \accelerator.core.reader.shapes (rst, w_en, \port$1341$0 , \port$1342$0 , w_rdy, r_data, \port$1503$0 , r_en, r_rdy, clk);
+module \accelerator.core.reader.shapes (rst, w_en, \port$1341$0 , \port$1342$0 , w_rdy, r_data, \port$1485$0 , r_en, r_rdy, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$79  = 0;
   wire \$1 ;
   wire \$10 ;
@@ -69392,8 +69375,8 @@ module \accelerator.core.reader.shapes (rst, w_en, \port$1341$0 , \port$1342$0 ,
   wire [4:0] \port$1341$0 ;
   input \port$1342$0 ;
   wire \port$1342$0 ;
-  input [2:0] \port$1503$0 ;
-  wire [2:0] \port$1503$0 ;
+  input [2:0] \port$1485$0 ;
+  wire [2:0] \port$1485$0 ;
   (* init = 4'h0 *)
   wire [3:0] produce;
   output [8:0] r_data;
@@ -69437,7 +69420,7 @@ module \accelerator.core.reader.shapes (rst, w_en, \port$1341$0 , \port$1342$0 ,
   end
   always @(posedge clk) begin
     if (w_port__en)
-      storage[w_port__addr] <= { \port$1342$0 , \port$1341$0 , \port$1503$0  };
+      storage[w_port__addr] <= { \port$1342$0 , \port$1341$0 , \port$1485$0  };
   end
   reg [8:0] _0_;
   always @(posedge clk) begin
@@ -69536,8 +69519,8 @@ module \accelerator.core.reader.shapes (rst, w_en, \port$1341$0 , \port$1342$0 ,
   assign level = w_level;
   assign r_level = w_level;
   assign produce = w_port__addr;
-  assign w_port__data = { \port$1342$0 , \port$1341$0 , \port$1503$0  };
-  assign w_data = { \port$1342$0 , \port$1341$0 , \port$1503$0  };
+  assign w_port__data = { \port$1342$0 , \port$1341$0 , \port$1485$0  };
+  assign w_data = { \port$1342$0 , \port$1341$0 , \port$1485$0  };
   assign consume = r_port__addr;
   assign r_port__data = r_data;
 endmodule
@@ -73153,7 +73136,7 @@ module \accelerator.core.unpack_slice (rst, w_en, w_port__data, w_rdy, r_rdy, r_
 endmodule
 
 (* generator = "Amaranth" *)
-module \accelerator.core.w_beat_slice (rst, w_rdy, r_rdy, r_data, \port$8831$0 , \port$8832$0 , \port$8833$0 , \port$8834$0 , \port$8835$0 , \port$8836$0 , \port$8837$0 , \port$8838$0 , w_en, r_en, in_decode, unit_rst, clk);
+module \accelerator.core.w_beat_slice (rst, w_rdy, r_rdy, r_data, \port$8813$0 , \port$8814$0 , \port$8815$0 , \port$8816$0 , \port$8817$0 , \port$8818$0 , \port$8819$0 , \port$8820$0 , w_en, r_en, in_decode, unit_rst, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$84  = 0;
   wire \$1 ;
   wire \$10 ;
@@ -73180,22 +73163,22 @@ module \accelerator.core.w_beat_slice (rst, w_rdy, r_rdy, r_data, \port$8831$0 ,
   input in_decode;
   wire in_decode;
   reg [1:0] level = 2'h0;
-  input [7:0] \port$8831$0 ;
-  wire [7:0] \port$8831$0 ;
-  input [7:0] \port$8832$0 ;
-  wire [7:0] \port$8832$0 ;
-  input [7:0] \port$8833$0 ;
-  wire [7:0] \port$8833$0 ;
-  input [7:0] \port$8834$0 ;
-  wire [7:0] \port$8834$0 ;
-  input [7:0] \port$8835$0 ;
-  wire [7:0] \port$8835$0 ;
-  input [7:0] \port$8836$0 ;
-  wire [7:0] \port$8836$0 ;
-  input [7:0] \port$8837$0 ;
-  wire [7:0] \port$8837$0 ;
-  input [7:0] \port$8838$0 ;
-  wire [7:0] \port$8838$0 ;
+  input [7:0] \port$8813$0 ;
+  wire [7:0] \port$8813$0 ;
+  input [7:0] \port$8814$0 ;
+  wire [7:0] \port$8814$0 ;
+  input [7:0] \port$8815$0 ;
+  wire [7:0] \port$8815$0 ;
+  input [7:0] \port$8816$0 ;
+  wire [7:0] \port$8816$0 ;
+  input [7:0] \port$8817$0 ;
+  wire [7:0] \port$8817$0 ;
+  input [7:0] \port$8818$0 ;
+  wire [7:0] \port$8818$0 ;
+  input [7:0] \port$8819$0 ;
+  wire [7:0] \port$8819$0 ;
+  input [7:0] \port$8820$0 ;
+  wire [7:0] \port$8820$0 ;
   (* init = 1'h0 *)
   wire produce;
   output [63:0] r_data;
@@ -73229,7 +73212,7 @@ module \accelerator.core.w_beat_slice (rst, w_rdy, r_rdy, r_data, \port$8831$0 ,
   end
   always @(posedge clk) begin
     if (w_port__en)
-      storage[w_port__addr] <= { \port$8838$0 , \port$8837$0 , \port$8836$0 , \port$8835$0 , \port$8834$0 , \port$8833$0 , \port$8832$0 , \port$8831$0  };
+      storage[w_port__addr] <= { \port$8820$0 , \port$8819$0 , \port$8818$0 , \port$8817$0 , \port$8816$0 , \port$8815$0 , \port$8814$0 , \port$8813$0  };
   end
   assign r_data = storage[r_port__addr];
   assign w_rdy = level != 2'h2;
@@ -73301,8 +73284,8 @@ module \accelerator.core.w_beat_slice (rst, w_rdy, r_rdy, r_data, \port$8831$0 ,
   assign w_level = level;
   assign r_level = level;
   assign produce = w_port__addr;
-  assign w_port__data = { \port$8838$0 , \port$8837$0 , \port$8836$0 , \port$8835$0 , \port$8834$0 , \port$8833$0 , \port$8832$0 , \port$8831$0  };
-  assign w_data = { \port$8838$0 , \port$8837$0 , \port$8836$0 , \port$8835$0 , \port$8834$0 , \port$8833$0 , \port$8832$0 , \port$8831$0  };
+  assign w_port__data = { \port$8820$0 , \port$8819$0 , \port$8818$0 , \port$8817$0 , \port$8816$0 , \port$8815$0 , \port$8814$0 , \port$8813$0  };
+  assign w_data = { \port$8820$0 , \port$8819$0 , \port$8818$0 , \port$8817$0 , \port$8816$0 , \port$8815$0 , \port$8814$0 , \port$8813$0  };
   assign consume = r_port__addr;
   assign r_port__data = r_data;
 endmodule

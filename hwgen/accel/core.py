@@ -1038,7 +1038,7 @@ class AccelCore(wiring.Component):
 
             # a block's first column tile follows its loading: beat k goes once all R rows of k
             # are in (the loader on this half, past k); after a pre unit, once the block is in.
-            # "Past k" is a register (``ahead``, below)
+            # "Past k" is a register (``ahead``, above)
             ready_k = filled[fh] | ahead
             m.d.comb += issue.eq(ready_k & (is_linear | wfilled[fw]) & feed.room & blocks_left)
             m.d.sync += [feed.last.eq(fk_hit), feed.a_addr.eq(fh * kmax + fk), feed.a_half.eq(fh),

@@ -125,10 +125,12 @@ class ExtReader(wiring.Component):
         # word slot k takes the R channel's data whenever j = k, the handshake or not (a word not
         # yet accepted is presented again, and j moves only when it is), so the slots' 512
         # enables are flip-flops, not the R handshake (seed 1's path): ``j`` one-hot, a register
-        # (slot 0's bit is j = 0, a LUT of j: as a register it would equal ``first`` and be
-        # merged with it, and its fanout would load the handshake's net)
+        # (slot 0's bit is j = 0, the inverse of the register ``multi``, j > 0: a register equal
+        # to ``first`` would be merged with it and its fanout would load the handshake's net, and
+        # a LUT of j's bits into the 512 selects was a seed's critical path, 9.86 ns)
+        multi = Signal(name="multi")
         at_reg = Signal(max(1, slots - 1), name="at")
-        at = Cat(~j.any(), at_reg)
+        at = Cat(~multi, at_reg)
         err = Signal()
         last_word = Mux(first, one_word, ends)
         # the assembled beat goes into a register slice, whose storage only the words write: the
@@ -144,20 +146,20 @@ class ExtReader(wiring.Component):
         m.d.comb += [self.beat.valid.eq(out_q.r_rdy), self.beat.payload.eq(out), out_q.r_en.eq(self.beat.ready),
                      self.r.ready.eq(shapes.r_rdy & out_q.w_rdy)]
         # the beat's data, ungated (the slice stores it only when ``assembled``); a beat that ends
-        # at its first word (j = 0) is a one-word beat: that select comes from j, not from the
-        # shape's flag, which then fans out to the handshake alone
+        # at its first word (j = 0) is a one-word beat: that select comes from ``multi``, not from
+        # the shape's flag, which then fans out to the handshake alone
         single = (self.r.payload.data >> (off << 3))[:wb]
         whole = Cat(*[Mux(at[k], self.r.payload.data, acc[k]) for k in range(slots)])
-        m.d.comb += [beat.data.eq(Mux(j.any(), whole, single)), beat.err.eq(err | self.r.payload.err)]
+        m.d.comb += [beat.data.eq(Mux(multi, whole, single)), beat.err.eq(err | self.r.payload.err)]
         for k in range(slots):
             with m.If(at[k]):
                 m.d.sync += acc[k].eq(self.r.payload.data)
         with m.If(self.r.valid & self.r.ready):
             with m.If(last_word):
                 m.d.comb += [shapes.r_en.eq(1), assembled.eq(1)]
-                m.d.sync += [j.eq(0), at_reg.eq(0), err.eq(0), first.eq(1)]
+                m.d.sync += [j.eq(0), at_reg.eq(0), err.eq(0), first.eq(1), multi.eq(0)]
             with m.Else():
-                m.d.sync += [j.eq(j + 1), at_reg.eq(at[:-1]), err.eq(err | self.r.payload.err), first.eq(0),
+                m.d.sync += [j.eq(j + 1), at_reg.eq(at[:-1]), err.eq(err | self.r.payload.err), first.eq(0), multi.eq(1),
                              ends.eq(j + 1 == words_m1)]
         m.d.comb += self.idle.eq(~req_q.r_rdy & ~shapes.r_rdy & ~out_q.r_rdy)
         return m
