@@ -84,13 +84,36 @@ XILINX_FLOWS = (("abc -luts", f"{_XC7} -run begin:map_luts; opt_expr -mux_undef 
                 ("abc9", f"{_XC7}; check -assert"))
 
 
+# a tool run that takes longer is stopped and reported (the accelerator's slowest place and
+# route took 25 minutes beside another on 2 cores); HWGEN_TOOL_TIMEOUT_S sets another bound
+TOOL_TIMEOUT_S = 3 * 3600
+
+
+def _tool_timeout() -> float:
+    text = os.environ.get("HWGEN_TOOL_TIMEOUT_S")
+    if not text:
+        return TOOL_TIMEOUT_S
+    try:
+        limit = float(text)
+    except ValueError:
+        limit = 0.0
+    if not limit > 0 or limit == float("inf"):
+        raise UserError(f"HWGEN_TOOL_TIMEOUT_S is {text!r}; expected a number of seconds above 0")
+    return limit
+
+
 def _run(cmd: list[str], cwd: Path, output: str, tries: int = 2) -> str | None:
     """Run a tool until it writes ``output``; return None, or the last lines of its error.
     The WebAssembly tools sometimes die mid-run (seen here: the same command fails, then
-    passes), so a run that leaves no output is tried again, at most ``tries`` times."""
+    passes), so a run that leaves no output is tried again, at most ``tries`` times; a run
+    past the time bound (``TOOL_TIMEOUT_S``) is not."""
+    limit = _tool_timeout()
     for _ in range(tries):
         (cwd / output).unlink(missing_ok=True)
-        proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
+        try:
+            proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=limit)
+        except subprocess.TimeoutExpired:
+            return f"stopped after {limit:g} s (HWGEN_TOOL_TIMEOUT_S sets the bound)"
         if proc.returncode == 0 and (cwd / output).is_file() and (cwd / output).stat().st_size:
             return None
     return " | ".join((proc.stderr or proc.stdout).strip().splitlines()[-2:])
@@ -153,7 +176,10 @@ def _tool_versions() -> str:
 
 
 def _critical_path(pnr: dict) -> dict | None:
-    """From and to of the slowest clock's critical path in a nextpnr report, with its delay."""
+    """The slowest clock's critical path in a nextpnr report: from, to, delay, routing delay and
+    every step as ``[type, cell, delay_ns, [x, y]]`` (the cell and tile location the step ends
+    at), so that the path can be read from the report alone (nextpnr's own report lives in a
+    temporary folder that is gone when the run ends)."""
     paths = pnr.get("critical_paths") or []
     if not paths:
         return None
@@ -162,8 +188,11 @@ def _critical_path(pnr: dict) -> dict | None:
     if not steps:
         return None
     delay = sum(float(s.get("delay", 0.0)) for s in steps)
+    routing = sum(float(s.get("delay", 0.0)) for s in steps if s.get("type") == "routing")
     return {"from": steps[0].get("from", {}).get("cell"), "to": steps[-1].get("to", {}).get("cell"),
-            "delay_ns": round(delay, 3), "steps": len(steps)}
+            "delay_ns": round(delay, 3), "routing_ns": round(routing, 3), "steps": len(steps),
+            "path": [[s.get("type"), s.get("to", {}).get("cell"), round(float(s.get("delay", 0.0)), 3),
+                      s.get("to", {}).get("loc")] for s in steps]}
 
 
 def place_and_route(wd: Path, netlist: str, top: str, seeds=SEEDS, pnr_args: tuple = ()) -> dict:
@@ -179,7 +208,7 @@ def place_and_route(wd: Path, netlist: str, top: str, seeds=SEEDS, pnr_args: tup
     # one nextpnr process per seed, as many at once as there are cores (each is single-threaded)
     with ThreadPoolExecutor(max_workers=max(1, min(len(seeds), os.cpu_count() or 1))) as pool:
         runs = list(pool.map(one, seeds))
-    per_seed, worst = {}, None
+    per_seed, paths, worst = {}, {}, None
     for seed, out, err in runs:
         if err is not None:
             raise RuntimeError(f"nextpnr-ecp5 failed on {top} (seed {seed}): {err}")
@@ -187,11 +216,12 @@ def place_and_route(wd: Path, netlist: str, top: str, seeds=SEEDS, pnr_args: tup
         fmax = pnr["fmax"]
         clk = round(min(v["achieved"] for v in fmax.values()), 2) if fmax else None
         per_seed[str(seed)] = clk
+        paths[str(seed)] = _critical_path(pnr)
         if clk is not None and (worst is None or clk < worst[0]):
-            worst = (clk, _critical_path(pnr))
+            worst = (clk, paths[str(seed)])
     vals = sorted(v for v in per_seed.values() if v is not None)
     return {"fmax_mhz": vals[0] if vals else None, "fmax_median_mhz": statistics.median(vals) if vals else None,
-            "fmax_by_seed": per_seed, "critical_path": worst[1] if worst else None}
+            "fmax_by_seed": per_seed, "critical_path": worst[1] if worst else None, "critical_path_by_seed": paths}
 
 
 def ecp5_sources(design: str, ecp5_cells: str, wd: Path) -> str:
@@ -265,6 +295,7 @@ def hardware_report(rtl_dir: str | Path, reports_dir: str | Path = "reports", pr
     if not manifest_path.is_file():
         raise UserError(f"no manifest.json in {rtl_dir}; run 'hwgen generate' (make verilog) first")
     manifest = json.loads(manifest_path.read_text())
+    _tool_timeout()             # a malformed bound is refused before any tool runs
     from tqdm import tqdm
 
     units = {}
@@ -334,7 +365,7 @@ def accelerator_entry(res: dict, manifest: dict, cycle_reports: dict | None = No
     return {"config": {"hw": (manifest.get("config") or {}).get("hw"), "accel": acc["accel_config"]},
             "verilog_sha256": acc.get("verilog_sha256"),
             "ecp5": {k: e.get(k) for k in ("lut4", "ff", "ebr", "mult18", "fmax_mhz", "fmax_median_mhz",
-                                           "fmax_by_seed", "critical_path", "flow")},
+                                           "fmax_by_seed", "critical_path", "critical_path_by_seed", "flow")},
             "nextpnr_args": " ".join(ACCEL_PNR_ARGS),
             "fits_lfe5u_85f": all(fits.values()), "lfe5u_85f": LFE5U_85F,
             "xilinx": {k: x.get(k) for k in ("lut6", "ff", "bram36", "dsp48", "flow")},
@@ -402,7 +433,7 @@ def accelerator_markdown(acc: dict) -> list[str]:
              f"{x['bram36']} | {x['dsp48']} |", "",
              f"Critical path (worst seed): {cp.get('from')} -> {cp.get('to')}, {cp.get('delay_ns')} ns, "
              f"{cp.get('steps')} steps. nextpnr-ecp5 arguments beside the units': `{acc.get('nextpnr_args') or 'none'}`.",
-             "",
+             "", *critical_paths_markdown(e.get("critical_path_by_seed") or {}),
              f"Bandwidth assumed: {acc['bandwidth_assumed']}.", "",
              "| model | cycles per image | GEMM bound | images/s at Fmax | external MB/s read | measured by |",
              "| --- | ---: | ---: | ---: | ---: | --- |"]
@@ -410,4 +441,18 @@ def accelerator_markdown(acc: dict) -> list[str]:
         bound = f"{t['gemm_bound_cycles']:,}" if t.get("gemm_bound_cycles") else ""
         lines.append(f"| {model}{' (stale: ' + t['stale'] + ')' if t.get('stale') else ''} | {t['cycles_per_image']:,} | {bound} | {t['images_per_second']} | "
                      f"{t['ext_read_mb_per_s']} | {t['measured_by']}{'' if t['same_accel_config'] else ' (a larger AccelConfig)'} |")
+    return lines
+
+
+def critical_paths_markdown(by_seed: dict) -> list[str]:
+    """Every seed's critical path, step by step (reports cached before the steps were kept have
+    none: nothing is written then)."""
+    lines = []
+    for seed, cp in by_seed.items():
+        if not cp or not cp.get("path"):
+            continue
+        lines += [f"Seed {seed}: {cp['delay_ns']} ns, {cp.get('routing_ns')} of it routing, {cp['steps']} steps:", "",
+                  "| step | ends at cell | tile | ns |", "| --- | --- | --- | ---: |"]
+        lines += [f"| {kind} | `{cell}` | {tuple(loc) if loc else ''} | {delay} |" for kind, cell, delay, loc in cp["path"]]
+        lines.append("")
     return lines

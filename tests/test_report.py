@@ -1,7 +1,11 @@
 """The hardware report runs real yosys (ECP5, Xilinx) and nextpnr-ecp5 on a generated unit."""
 import json
+import sys
 
-from hwgen.report import LFE5U_85F, accelerator_entry, accelerator_markdown, fmax_wrapper, measure_component
+import pytest
+
+from golden.errors import UserError
+from hwgen.report import _run, _tool_timeout, LFE5U_85F, accelerator_entry, accelerator_markdown, fmax_wrapper, measure_component
 from hwgen.residual_add import ResidualAdd
 
 
@@ -10,6 +14,11 @@ def test_synthesize_residual_add():
     res = measure_component(ResidualAdd(bits=16, lanes=1), "residual_add", seeds=(1,), use_cache=False)
     e, x = res["ecp5"], res["xilinx"]
     assert list(e["fmax_by_seed"]) == ["1"] and e["critical_path"]["delay_ns"] > 0
+    # the path is kept step by step (nextpnr's report is gone with the temporary folder)
+    cp = e["critical_path"]
+    assert e["critical_path_by_seed"] == {"1": cp} and len(cp["path"]) == cp["steps"]
+    assert abs(sum(step[2] for step in cp["path"]) - cp["delay_ns"]) < 0.01 and 0 <= cp["routing_ns"] <= cp["delay_ns"]
+    assert cp["path"][0][0] == "clk-to-q" and cp["path"][-1][1] == cp["to"]
     assert e["lut4"] > 0 and e["ff"] > 0 and e["fmax_mhz"] > 10
     assert x["lut6"] > 0 and x["ff"] > 0
     # its multipliers are LUT carry-save trees (hwgen/residual_add.py), not DSP blocks
@@ -28,6 +37,8 @@ def test_fmax_wrapper_covers_every_port_bit():
 def _synth_result(lut4: int, fmax: float) -> dict:
     return {"ecp5": {"lut4": lut4, "ff": 40000, "ebr": 40, "mult18": 3, "fmax_mhz": fmax, "fmax_median_mhz": fmax,
                      "fmax_by_seed": {"1": fmax}, "critical_path": {"from": "a", "to": "b", "delay_ns": 20.0, "steps": 9},
+                     "critical_path_by_seed": {"1": {"from": "a", "to": "b", "delay_ns": 1.5, "routing_ns": 1.0, "steps": 2,
+                                                     "path": [["clk-to-q", "a", 0.5, [3, 4]], ["routing", "b", 1.0, [9, 4]]]}},
                      "flow": "abc -lut 4"},
             "xilinx": {"lut6": 60000, "ff": 40000, "bram36": 20.0, "dsp48": 0, "flow": "abc -luts"}}
 
@@ -53,5 +64,21 @@ def test_accelerator_entry_images_per_second_and_fit(tmp_path):
     assert entry["fits_lfe5u_85f"] and "400.0 MB/s" in entry["bandwidth_assumed"]
     md = "\n".join(accelerator_markdown(entry))
     assert "| digits | 125,000 | 50,000 | 400.0 | 80.0 |" in md and "a larger AccelConfig" in md
+    assert "Seed 1: 1.5 ns, 1.0 of it routing, 2 steps" in md and "| routing | `b` | (9, 4) | 1.0 |" in md
     over = accelerator_entry(_synth_result(LFE5U_85F["lut4"] + 1, 50.0), manifest, {})
     assert not over["fits_lfe5u_85f"] and "NO" in "\n".join(accelerator_markdown(over))
+
+
+def test_a_tool_past_its_time_bound_is_stopped_and_said(tmp_path, monkeypatch):
+    monkeypatch.setenv("HWGEN_TOOL_TIMEOUT_S", "0.5")
+    err = _run([sys.executable, "-c", "import time; time.sleep(30)"], tmp_path, "out.json")
+    assert err == "stopped after 0.5 s (HWGEN_TOOL_TIMEOUT_S sets the bound)"
+    # a tool within the bound that writes its output is a success
+    assert _run([sys.executable, "-c", "open('out.json', 'w').write('{}')"], tmp_path, "out.json") is None
+
+
+@pytest.mark.parametrize("bad", ["soon", "0", "-5", "nan", "inf"])
+def test_a_malformed_time_bound_is_refused(monkeypatch, bad):
+    monkeypatch.setenv("HWGEN_TOOL_TIMEOUT_S", bad)
+    with pytest.raises(UserError, match="HWGEN_TOOL_TIMEOUT_S"):
+        _tool_timeout()
