@@ -1264,49 +1264,49 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$1 ;
   wire \$10 ;
   wire \$100 ;
-  reg [15:0] \$1000 ;
-  reg [15:0] \$1001 ;
-  reg [15:0] \$1002 ;
-  reg [15:0] \$1003 ;
-  reg [2:0] \$1004 ;
-  reg [2:0] \$1005 ;
-  reg [31:0] \$1006 ;
+  reg \$1000 ;
+  reg \$1001 ;
+  reg \$1002 ;
+  reg [31:0] \$1003 ;
+  reg [15:0] \$1004 ;
+  reg \$1005 ;
+  reg [15:0] \$1006 ;
   reg [15:0] \$1007 ;
   reg [15:0] \$1008 ;
-  reg [31:0] \$1009 ;
+  reg [15:0] \$1009 ;
   wire \$101 ;
-  reg [31:0] \$1010 ;
-  reg \$1011 ;
-  reg [7:0] \$1012 ;
-  reg \$1013 ;
-  reg \$1014 ;
-  reg \$1015 ;
-  reg [15:0] \$1016 ;
-  reg \$1017 ;
-  reg \$1018 ;
-  reg \$1019 ;
+  reg [15:0] \$1010 ;
+  reg [15:0] \$1011 ;
+  reg [15:0] \$1012 ;
+  reg [15:0] \$1013 ;
+  reg [2:0] \$1014 ;
+  reg [2:0] \$1015 ;
+  reg [31:0] \$1016 ;
+  reg [15:0] \$1017 ;
+  reg [15:0] \$1018 ;
+  reg [31:0] \$1019 ;
   wire \$102 ;
-  reg \$1020 ;
+  reg [31:0] \$1020 ;
   reg \$1021 ;
-  reg [3:0] \$1022 ;
-  reg [15:0] \$1023 ;
+  reg [7:0] \$1022 ;
+  reg \$1023 ;
   reg \$1024 ;
-  reg [15:0] \$1025 ;
+  reg \$1025 ;
   reg [15:0] \$1026 ;
-  reg [31:0] \$1027 ;
+  reg \$1027 ;
   reg \$1028 ;
   reg \$1029 ;
   wire \$103 ;
   reg \$1030 ;
   reg \$1031 ;
-  reg \$1032 ;
-  reg [8:0] \$1033 ;
+  reg [3:0] \$1032 ;
+  reg [15:0] \$1033 ;
   reg \$1034 ;
-  reg \$1035 ;
-  reg [3:0] \$1036 ;
-  reg [15:0] \$1037 ;
-  reg [9:0] \$1038 ;
-  reg [15:0] \$1039 ;
+  reg [15:0] \$1035 ;
+  reg [15:0] \$1036 ;
+  reg [31:0] \$1037 ;
+  reg \$1038 ;
+  reg \$1039 ;
   wire \$104 ;
   reg \$1040 ;
   reg \$1041 ;
@@ -1314,14 +1314,24 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   reg [8:0] \$1043 ;
   reg \$1044 ;
   reg \$1045 ;
-  reg [31:0] \$1046 ;
+  reg [3:0] \$1046 ;
   reg [15:0] \$1047 ;
-  reg \$1048 ;
-  reg [2:0] \$1049 ;
+  reg [9:0] \$1048 ;
+  reg [15:0] \$1049 ;
   wire \$105 ;
   reg \$1050 ;
-  reg [3:0] \$1051 ;
+  reg \$1051 ;
+  reg \$1052 ;
+  reg [8:0] \$1053 ;
+  reg \$1054 ;
+  reg \$1055 ;
+  reg [31:0] \$1056 ;
+  reg [15:0] \$1057 ;
+  reg \$1058 ;
+  reg [2:0] \$1059 ;
   wire \$106 ;
+  reg \$1060 ;
+  reg [3:0] \$1061 ;
   wire \$107 ;
   wire \$108 ;
   wire \$109 ;
@@ -1332,287 +1342,287 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$113 ;
   wire \$114 ;
   wire \$115 ;
-  reg [15:0] \$116 ;
+  wire \$116 ;
   wire \$117 ;
   wire \$118 ;
   wire \$119 ;
   wire \$12 ;
-  wire \$120 ;
+  wire [3:0] \$120 ;
   wire \$121 ;
-  wire \$122 ;
-  wire \$123 ;
+  wire [2:0] \$122 ;
+  wire [3:0] \$123 ;
   wire \$124 ;
-  wire \$125 ;
-  wire \$126 ;
+  wire [3:0] \$125 ;
+  wire [3:0] \$126 ;
   wire \$127 ;
-  wire \$128 ;
-  wire \$129 ;
+  wire [4:0] \$128 ;
+  wire [3:0] \$129 ;
   wire \$13 ;
   wire \$130 ;
-  wire \$131 ;
-  wire \$132 ;
-  wire [3:0] \$133 ;
-  wire \$134 ;
-  wire [2:0] \$135 ;
-  wire [3:0] \$136 ;
-  wire \$137 ;
+  wire [5:0] \$131 ;
+  wire [3:0] \$132 ;
+  wire \$133 ;
+  wire [6:0] \$134 ;
+  wire [3:0] \$135 ;
+  wire \$136 ;
+  wire [7:0] \$137 ;
   wire [3:0] \$138 ;
-  wire [3:0] \$139 ;
+  wire \$139 ;
   wire \$14 ;
-  wire \$140 ;
-  wire [4:0] \$141 ;
-  wire [3:0] \$142 ;
+  wire [8:0] \$140 ;
+  reg \$141 ;
+  wire \$142 ;
   wire \$143 ;
-  wire [5:0] \$144 ;
-  wire [3:0] \$145 ;
-  wire \$146 ;
-  wire [6:0] \$147 ;
-  wire [3:0] \$148 ;
+  wire [9:0] \$144 ;
+  wire [16:0] \$145 ;
+  reg \$146 ;
+  wire \$147 ;
+  wire \$148 ;
   wire \$149 ;
   wire \$15 ;
-  wire [7:0] \$150 ;
-  wire [3:0] \$151 ;
-  wire \$152 ;
-  wire [8:0] \$153 ;
+  wire \$150 ;
+  wire \$151 ;
+  wire [9:0] \$152 ;
+  wire [16:0] \$153 ;
   reg \$154 ;
   wire \$155 ;
   wire \$156 ;
-  wire [9:0] \$157 ;
-  wire [16:0] \$158 ;
-  reg \$159 ;
+  wire \$157 ;
+  wire \$158 ;
+  wire [9:0] \$159 ;
   wire \$16 ;
-  wire \$160 ;
-  wire \$161 ;
+  wire [16:0] \$160 ;
+  reg \$161 ;
   wire \$162 ;
   wire \$163 ;
   wire \$164 ;
-  wire [9:0] \$165 ;
-  wire [16:0] \$166 ;
-  reg \$167 ;
-  wire \$168 ;
+  wire \$165 ;
+  wire [9:0] \$166 ;
+  wire [16:0] \$167 ;
+  reg \$168 ;
   wire \$169 ;
   wire [15:0] \$17 ;
   wire \$170 ;
   wire \$171 ;
-  wire [9:0] \$172 ;
-  wire [16:0] \$173 ;
-  reg \$174 ;
-  wire \$175 ;
+  wire \$172 ;
+  wire [9:0] \$173 ;
+  wire [16:0] \$174 ;
+  reg \$175 ;
   wire \$176 ;
   wire \$177 ;
   wire \$178 ;
-  wire [9:0] \$179 ;
+  wire \$179 ;
   wire \$18 ;
-  wire [16:0] \$180 ;
-  reg \$181 ;
-  wire \$182 ;
+  wire [9:0] \$180 ;
+  wire [16:0] \$181 ;
+  reg \$182 ;
   wire \$183 ;
   wire \$184 ;
   wire \$185 ;
-  wire [9:0] \$186 ;
-  wire [16:0] \$187 ;
-  reg \$188 ;
-  wire \$189 ;
+  wire \$186 ;
+  wire [9:0] \$187 ;
+  wire [16:0] \$188 ;
+  reg \$189 ;
   wire [17:0] \$19 ;
   wire \$190 ;
   wire \$191 ;
   wire \$192 ;
-  wire [9:0] \$193 ;
-  wire [16:0] \$194 ;
-  reg \$195 ;
-  wire \$196 ;
+  wire \$193 ;
+  wire [9:0] \$194 ;
+  wire [16:0] \$195 ;
+  reg \$196 ;
   wire \$197 ;
   wire \$198 ;
   wire \$199 ;
   wire \$2 ;
   wire \$20 ;
-  wire [9:0] \$200 ;
-  wire [16:0] \$201 ;
-  reg \$202 ;
-  wire \$203 ;
+  wire \$200 ;
+  wire [9:0] \$201 ;
+  wire [16:0] \$202 ;
+  reg \$203 ;
   wire \$204 ;
   wire \$205 ;
   wire \$206 ;
-  wire [9:0] \$207 ;
-  wire [16:0] \$208 ;
-  reg \$209 ;
+  wire \$207 ;
+  reg \$208 ;
+  wire \$209 ;
   wire [15:0] \$21 ;
-  wire \$210 ;
+  reg \$210 ;
   wire \$211 ;
   wire \$212 ;
   wire \$213 ;
-  wire [9:0] \$214 ;
-  wire [16:0] \$215 ;
+  wire \$214 ;
+  wire \$215 ;
   reg \$216 ;
   wire \$217 ;
   wire \$218 ;
   wire \$219 ;
   wire \$22 ;
   wire \$220 ;
-  reg \$221 ;
-  wire \$222 ;
+  wire [9:0] \$221 ;
+  wire [10:0] \$222 ;
   reg \$223 ;
   wire \$224 ;
   wire \$225 ;
   wire \$226 ;
   wire \$227 ;
   wire \$228 ;
-  reg \$229 ;
+  wire \$229 ;
   wire [18:0] \$23 ;
   wire \$230 ;
-  wire \$231 ;
-  wire \$232 ;
-  wire \$233 ;
-  wire [9:0] \$234 ;
-  wire [10:0] \$235 ;
-  reg \$236 ;
+  wire [9:0] \$231 ;
+  wire [10:0] \$232 ;
+  reg \$233 ;
+  wire \$234 ;
+  wire \$235 ;
+  wire \$236 ;
   wire \$237 ;
   wire \$238 ;
   wire \$239 ;
   wire [20:0] \$24 ;
-  wire \$240 ;
-  wire \$241 ;
-  wire \$242 ;
+  wire [9:0] \$240 ;
+  wire [10:0] \$241 ;
+  reg \$242 ;
   wire \$243 ;
-  wire [9:0] \$244 ;
-  wire [10:0] \$245 ;
-  reg \$246 ;
+  wire \$244 ;
+  wire \$245 ;
+  wire \$246 ;
   wire \$247 ;
   wire \$248 ;
-  wire \$249 ;
+  wire [9:0] \$249 ;
   wire [21:0] \$25 ;
-  wire \$250 ;
-  wire \$251 ;
+  wire [10:0] \$250 ;
+  reg \$251 ;
   wire \$252 ;
-  wire [9:0] \$253 ;
-  wire [10:0] \$254 ;
-  reg \$255 ;
+  wire \$253 ;
+  wire \$254 ;
+  wire \$255 ;
   wire \$256 ;
   wire \$257 ;
-  wire \$258 ;
-  wire \$259 ;
+  wire [9:0] \$258 ;
+  wire [10:0] \$259 ;
   wire [21:0] \$26 ;
-  wire \$260 ;
+  reg \$260 ;
   wire \$261 ;
-  wire [9:0] \$262 ;
-  wire [10:0] \$263 ;
-  reg \$264 ;
+  wire \$262 ;
+  wire \$263 ;
+  wire \$264 ;
   wire \$265 ;
   wire \$266 ;
-  wire \$267 ;
-  wire \$268 ;
-  wire \$269 ;
+  wire [9:0] \$267 ;
+  wire [10:0] \$268 ;
+  reg \$269 ;
   wire \$27 ;
   wire \$270 ;
-  wire [9:0] \$271 ;
-  wire [10:0] \$272 ;
-  reg \$273 ;
+  wire \$271 ;
+  wire \$272 ;
+  wire \$273 ;
   wire \$274 ;
   wire \$275 ;
-  wire \$276 ;
-  wire \$277 ;
-  wire \$278 ;
+  wire [9:0] \$276 ;
+  wire [10:0] \$277 ;
+  reg \$278 ;
   wire \$279 ;
   wire [15:0] \$28 ;
-  wire [9:0] \$280 ;
-  wire [10:0] \$281 ;
-  reg \$282 ;
+  wire \$280 ;
+  wire \$281 ;
+  wire \$282 ;
   wire \$283 ;
   wire \$284 ;
-  wire \$285 ;
-  wire \$286 ;
-  wire \$287 ;
+  wire [9:0] \$285 ;
+  wire [10:0] \$286 ;
+  reg \$287 ;
   wire \$288 ;
-  wire [9:0] \$289 ;
+  wire \$289 ;
   wire \$29 ;
-  wire [10:0] \$290 ;
-  reg \$291 ;
+  wire \$290 ;
+  wire \$291 ;
   wire \$292 ;
   wire \$293 ;
   wire \$294 ;
   wire \$295 ;
-  wire \$296 ;
-  wire \$297 ;
-  wire [9:0] \$298 ;
-  wire [10:0] \$299 ;
+  wire [7:0] \$296 ;
+  wire [7:0] \$297 ;
+  wire [7:0] \$298 ;
+  wire [7:0] \$299 ;
   wire \$3 ;
   wire [18:0] \$30 ;
-  reg \$300 ;
-  wire \$301 ;
-  wire \$302 ;
-  wire \$303 ;
+  wire [7:0] \$300 ;
+  wire [7:0] \$301 ;
+  wire [7:0] \$302 ;
+  wire [7:0] \$303 ;
   wire \$304 ;
   wire \$305 ;
   wire \$306 ;
   wire \$307 ;
   wire \$308 ;
-  wire [7:0] \$309 ;
+  wire \$309 ;
   wire [20:0] \$31 ;
-  wire [7:0] \$310 ;
-  wire [7:0] \$311 ;
-  wire [7:0] \$312 ;
-  wire [7:0] \$313 ;
-  wire [7:0] \$314 ;
-  wire [7:0] \$315 ;
-  wire [7:0] \$316 ;
+  wire \$310 ;
+  wire \$311 ;
+  wire \$312 ;
+  wire \$313 ;
+  wire \$314 ;
+  wire \$315 ;
+  wire \$316 ;
   wire \$317 ;
-  wire \$318 ;
-  wire \$319 ;
+  reg [31:0] \$318 ;
+  wire [3:0] \$319 ;
   wire [21:0] \$32 ;
   wire \$320 ;
-  wire \$321 ;
-  wire \$322 ;
+  wire [8:0] \$321 ;
+  wire [3:0] \$322 ;
   wire \$323 ;
-  wire \$324 ;
-  wire \$325 ;
+  wire [16:0] \$324 ;
+  wire [3:0] \$325 ;
   wire \$326 ;
-  wire \$327 ;
-  wire \$328 ;
+  wire [32:0] \$327 ;
+  wire [3:0] \$328 ;
   wire \$329 ;
   wire [21:0] \$33 ;
-  wire \$330 ;
-  wire \$331 ;
-  reg [31:0] \$332 ;
-  wire \$333 ;
+  wire [64:0] \$330 ;
+  wire [15:0] \$331 ;
+  wire [15:0] \$332 ;
+  wire [15:0] \$333 ;
   wire \$334 ;
-  reg [31:0] \$335 ;
-  wire \$336 ;
+  wire [15:0] \$335 ;
+  wire [15:0] \$336 ;
   wire \$337 ;
-  wire \$338 ;
-  wire \$339 ;
+  wire [15:0] \$338 ;
+  wire [15:0] \$339 ;
   wire \$34 ;
-  wire \$340 ;
-  wire \$341 ;
-  wire \$342 ;
-  wire [31:0] \$343 ;
-  wire [31:0] \$344 ;
-  wire [31:0] \$345 ;
-  wire [31:0] \$346 ;
-  wire [31:0] \$347 ;
+  reg [31:0] \$340 ;
+  wire [31:0] \$341 ;
+  wire [31:0] \$342 ;
+  wire \$343 ;
+  wire \$344 ;
+  wire \$345 ;
+  wire \$346 ;
+  wire \$347 ;
   wire \$348 ;
-  wire [31:0] \$349 ;
+  wire \$349 ;
   wire [3:0] \$35 ;
   wire [31:0] \$350 ;
   wire [31:0] \$351 ;
   wire [31:0] \$352 ;
-  wire [2:0] \$353 ;
-  wire [2:0] \$354 ;
-  wire [2:0] \$355 ;
-  wire [1:0] \$356 ;
-  wire [2:0] \$357 ;
-  wire \$358 ;
-  wire [2:0] \$359 ;
+  wire [31:0] \$353 ;
+  wire [31:0] \$354 ;
+  wire \$355 ;
+  wire [31:0] \$356 ;
+  wire [31:0] \$357 ;
+  wire [31:0] \$358 ;
+  wire [31:0] \$359 ;
   wire \$36 ;
   wire [2:0] \$360 ;
   wire [2:0] \$361 ;
   wire [2:0] \$362 ;
-  wire \$363 ;
-  wire \$364 ;
+  wire [1:0] \$363 ;
+  wire [2:0] \$364 ;
   wire \$365 ;
-  wire \$366 ;
-  wire \$367 ;
-  wire \$368 ;
-  wire \$369 ;
+  wire [2:0] \$366 ;
+  wire [2:0] \$367 ;
+  wire [2:0] \$368 ;
+  wire [2:0] \$369 ;
   wire [17:0] \$37 ;
   wire \$370 ;
   wire \$371 ;
@@ -1676,7 +1686,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$423 ;
   wire \$424 ;
   wire \$425 ;
-  wire [30:0] \$426 ;
+  wire \$426 ;
   wire \$427 ;
   wire \$428 ;
   wire \$429 ;
@@ -1684,7 +1694,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$430 ;
   wire \$431 ;
   wire \$432 ;
-  wire \$433 ;
+  wire [30:0] \$433 ;
   wire \$434 ;
   wire \$435 ;
   wire \$436 ;
@@ -1727,54 +1737,54 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire [21:0] \$47 ;
   wire \$470 ;
   wire \$471 ;
-  wire [16:0] \$472 ;
-  wire [16:0] \$473 ;
-  wire [32:0] \$474 ;
-  wire [32:0] \$475 ;
-  wire [16:0] \$476 ;
-  wire [16:0] \$477 ;
-  wire [16:0] \$478 ;
+  wire \$472 ;
+  wire \$473 ;
+  wire \$474 ;
+  wire \$475 ;
+  wire \$476 ;
+  wire \$477 ;
+  wire \$478 ;
   wire [16:0] \$479 ;
   wire [21:0] \$48 ;
-  wire [31:0] \$480 ;
-  wire [22:0] \$481 ;
-  wire [23:0] \$482 ;
-  wire [31:0] \$483 ;
-  wire [32:0] \$484 ;
-  wire [32:0] \$485 ;
-  wire [47:0] \$486 ;
-  wire [16:0] \$487 ;
-  wire [18:0] \$488 ;
-  wire [19:0] \$489 ;
+  wire [16:0] \$480 ;
+  wire [32:0] \$481 ;
+  wire [32:0] \$482 ;
+  wire [16:0] \$483 ;
+  wire [16:0] \$484 ;
+  wire [16:0] \$485 ;
+  wire [16:0] \$486 ;
+  wire [31:0] \$487 ;
+  wire [22:0] \$488 ;
+  wire [23:0] \$489 ;
   wire [15:0] \$49 ;
-  wire [20:0] \$490 ;
-  wire [18:0] \$491 ;
-  wire [19:0] \$492 ;
-  wire [3:0] \$493 ;
-  wire \$494 ;
-  wire [31:0] \$495 ;
-  wire [32:0] \$496 ;
-  wire \$497 ;
-  wire \$498 ;
-  wire \$499 ;
+  wire [31:0] \$490 ;
+  wire [32:0] \$491 ;
+  wire [32:0] \$492 ;
+  wire [31:0] \$493 ;
+  wire [31:0] \$494 ;
+  wire [46:0] \$495 ;
+  wire [47:0] \$496 ;
+  wire [16:0] \$497 ;
+  wire [18:0] \$498 ;
+  wire [19:0] \$499 ;
   wire \$5 ;
   wire [20:0] \$50 ;
-  wire \$500 ;
-  wire \$501 ;
-  wire \$502 ;
-  wire \$503 ;
+  wire [20:0] \$500 ;
+  wire [18:0] \$501 ;
+  wire [19:0] \$502 ;
+  wire [3:0] \$503 ;
   wire \$504 ;
-  wire \$505 ;
-  wire [48:0] \$506 ;
+  wire [31:0] \$505 ;
+  wire [32:0] \$506 ;
   wire \$507 ;
-  wire [48:0] \$508 ;
+  wire \$508 ;
   wire \$509 ;
   wire [20:0] \$51 ;
-  wire [48:0] \$510 ;
+  wire \$510 ;
   wire \$511 ;
-  wire [48:0] \$512 ;
+  wire \$512 ;
   wire \$513 ;
-  wire [48:0] \$514 ;
+  wire \$514 ;
   wire \$515 ;
   wire [48:0] \$516 ;
   wire \$517 ;
@@ -1803,15 +1813,15 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire [48:0] \$538 ;
   wire \$539 ;
   wire [17:0] \$54 ;
-  wire \$540 ;
+  wire [48:0] \$540 ;
   wire \$541 ;
-  wire \$542 ;
+  wire [48:0] \$542 ;
   wire \$543 ;
-  wire \$544 ;
+  wire [48:0] \$544 ;
   wire \$545 ;
-  wire \$546 ;
+  wire [48:0] \$546 ;
   wire \$547 ;
-  wire \$548 ;
+  wire [48:0] \$548 ;
   wire \$549 ;
   wire [3:0] \$55 ;
   wire \$550 ;
@@ -1842,40 +1852,40 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$573 ;
   wire \$574 ;
   wire \$575 ;
-  wire [15:0] \$576 ;
+  wire \$576 ;
   wire \$577 ;
   wire \$578 ;
   wire \$579 ;
   wire [20:0] \$58 ;
   wire \$580 ;
-  wire [16:0] \$581 ;
-  wire [32:0] \$582 ;
+  wire \$581 ;
+  wire \$582 ;
   wire \$583 ;
   wire \$584 ;
   wire \$585 ;
-  wire \$586 ;
+  wire [15:0] \$586 ;
   wire \$587 ;
   wire \$588 ;
-  wire [32:0] \$589 ;
+  wire \$589 ;
   wire [21:0] \$59 ;
   wire \$590 ;
-  wire \$591 ;
-  wire [14:0] \$592 ;
+  wire [16:0] \$591 ;
+  wire [32:0] \$592 ;
   wire \$593 ;
   wire \$594 ;
-  wire [3:0] \$595 ;
+  wire \$595 ;
   wire \$596 ;
   wire \$597 ;
   wire \$598 ;
-  wire \$599 ;
+  wire [32:0] \$599 ;
   wire \$6 ;
   wire [20:0] \$60 ;
   wire \$600 ;
   wire \$601 ;
-  wire \$602 ;
+  wire [14:0] \$602 ;
   wire \$603 ;
   wire \$604 ;
-  wire \$605 ;
+  wire [3:0] \$605 ;
   wire \$606 ;
   wire \$607 ;
   wire \$608 ;
@@ -1901,9 +1911,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$626 ;
   wire \$627 ;
   wire \$628 ;
-  wire [16:0] \$629 ;
+  wire \$629 ;
   wire \$63 ;
-  wire [32:0] \$630 ;
+  wire \$630 ;
   wire \$631 ;
   wire \$632 ;
   wire \$633 ;
@@ -1912,11 +1922,11 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$636 ;
   wire \$637 ;
   wire \$638 ;
-  wire \$639 ;
+  wire [16:0] \$639 ;
   wire \$64 ;
-  wire \$640 ;
+  wire [32:0] \$640 ;
   wire \$641 ;
-  wire [16:0] \$642 ;
+  wire \$642 ;
   wire \$643 ;
   wire \$644 ;
   wire \$645 ;
@@ -1927,7 +1937,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$65 ;
   wire \$650 ;
   wire \$651 ;
-  wire \$652 ;
+  wire [16:0] \$652 ;
   wire \$653 ;
   wire \$654 ;
   wire \$655 ;
@@ -2006,63 +2016,63 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$720 ;
   wire \$721 ;
   wire \$722 ;
-  wire [24:0] \$723 ;
-  wire [33:0] \$724 ;
+  wire \$723 ;
+  wire \$724 ;
   wire \$725 ;
   wire \$726 ;
-  wire [24:0] \$727 ;
-  wire [33:0] \$728 ;
+  wire \$727 ;
+  wire \$728 ;
   wire \$729 ;
   wire \$73 ;
   wire \$730 ;
   wire \$731 ;
   wire \$732 ;
-  wire \$733 ;
-  wire \$734 ;
+  wire [24:0] \$733 ;
+  wire [33:0] \$734 ;
   wire \$735 ;
   wire \$736 ;
-  wire \$737 ;
-  wire [3:0] \$738 ;
+  wire [24:0] \$737 ;
+  wire [33:0] \$738 ;
   wire \$739 ;
   wire [15:0] \$74 ;
   wire \$740 ;
   wire \$741 ;
-  wire [3:0] \$742 ;
-  wire [14:0] \$743 ;
+  wire \$742 ;
+  wire \$743 ;
   wire \$744 ;
   wire \$745 ;
   wire \$746 ;
   wire \$747 ;
-  wire \$748 ;
+  wire [3:0] \$748 ;
   wire \$749 ;
   wire \$75 ;
   wire \$750 ;
   wire \$751 ;
-  wire \$752 ;
-  wire \$753 ;
+  wire [3:0] \$752 ;
+  wire [14:0] \$753 ;
   wire \$754 ;
   wire \$755 ;
   wire \$756 ;
-  wire [16:0] \$757 ;
-  wire [16:0] \$758 ;
+  wire \$757 ;
+  wire \$758 ;
   wire \$759 ;
   wire [15:0] \$76 ;
-  wire [32:0] \$760 ;
+  wire \$760 ;
   wire \$761 ;
   wire \$762 ;
   wire \$763 ;
-  wire [32:0] \$764 ;
+  wire \$764 ;
   wire \$765 ;
   wire \$766 ;
-  wire \$767 ;
-  wire \$768 ;
+  wire [16:0] \$767 ;
+  wire [16:0] \$768 ;
   wire \$769 ;
   wire \$77 ;
-  wire [16:0] \$770 ;
-  wire [16:0] \$771 ;
+  wire [32:0] \$770 ;
+  wire \$771 ;
   wire \$772 ;
-  wire [32:0] \$773 ;
-  wire \$774 ;
+  wire \$773 ;
+  wire [32:0] \$774 ;
   wire \$775 ;
   wire \$776 ;
   wire \$777 ;
@@ -2072,127 +2082,127 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire [16:0] \$780 ;
   wire [16:0] \$781 ;
   wire \$782 ;
-  wire \$783 ;
-  wire [16:0] \$784 ;
+  wire [32:0] \$783 ;
+  wire \$784 ;
   wire \$785 ;
   wire \$786 ;
   wire \$787 ;
   wire \$788 ;
   wire \$789 ;
   wire \$79 ;
-  wire \$790 ;
-  wire \$791 ;
+  wire [16:0] \$790 ;
+  wire [16:0] \$791 ;
   wire \$792 ;
   wire \$793 ;
-  wire \$794 ;
+  wire [16:0] \$794 ;
   wire \$795 ;
   wire \$796 ;
   wire \$797 ;
   wire \$798 ;
-  reg \$799 ;
+  wire \$799 ;
   wire \$8 ;
   wire \$80 ;
   wire \$800 ;
   wire \$801 ;
   wire \$802 ;
   wire \$803 ;
-  reg \$804 ;
+  wire \$804 ;
   wire \$805 ;
   wire \$806 ;
   wire \$807 ;
   wire \$808 ;
-  wire \$809 ;
+  reg \$809 ;
   wire \$81 ;
   wire \$810 ;
-  wire [4:0] \$811 ;
-  wire [16:0] \$812 ;
-  wire [16:0] \$813 ;
-  wire \$814 ;
+  wire \$811 ;
+  wire \$812 ;
+  wire \$813 ;
+  reg \$814 ;
   wire \$815 ;
-  wire [16:0] \$816 ;
-  wire [16:0] \$817 ;
+  wire \$816 ;
+  wire \$817 ;
   wire \$818 ;
   wire \$819 ;
   wire \$82 ;
   wire \$820 ;
-  wire \$821 ;
-  wire [4:0] \$822 ;
-  wire [9:0] \$823 ;
-  wire [16:0] \$824 ;
+  wire [4:0] \$821 ;
+  wire [16:0] \$822 ;
+  wire [16:0] \$823 ;
+  wire \$824 ;
   wire \$825 ;
-  wire \$826 ;
-  wire \$827 ;
+  wire [16:0] \$826 ;
+  wire [16:0] \$827 ;
   wire \$828 ;
   wire \$829 ;
-  wire [3:0] \$83 ;
+  wire \$83 ;
   wire \$830 ;
   wire \$831 ;
-  wire \$832 ;
-  wire [32:0] \$833 ;
-  wire \$834 ;
-  wire [16:0] \$835 ;
-  wire [16:0] \$836 ;
+  wire [4:0] \$832 ;
+  wire [9:0] \$833 ;
+  wire [16:0] \$834 ;
+  wire \$835 ;
+  wire \$836 ;
   wire \$837 ;
-  wire [16:0] \$838 ;
-  wire [16:0] \$839 ;
+  wire \$838 ;
+  wire \$839 ;
   wire \$84 ;
   wire \$840 ;
-  reg \$841 ;
+  wire \$841 ;
   wire \$842 ;
-  wire \$843 ;
+  wire [32:0] \$843 ;
   wire \$844 ;
-  wire \$845 ;
-  wire \$846 ;
-  wire [16:0] \$847 ;
-  wire [10:0] \$848 ;
-  wire \$849 ;
-  wire [8:0] \$85 ;
-  wire [16:0] \$850 ;
-  wire \$851 ;
+  wire [16:0] \$845 ;
+  wire [16:0] \$846 ;
+  wire \$847 ;
+  wire [16:0] \$848 ;
+  wire [16:0] \$849 ;
+  wire \$85 ;
+  wire \$850 ;
+  reg \$851 ;
   wire \$852 ;
-  wire [4:0] \$853 ;
-  wire [9:0] \$854 ;
-  wire [32:0] \$855 ;
-  wire [33:0] \$856 ;
-  wire \$857 ;
-  wire \$858 ;
+  wire \$853 ;
+  wire \$854 ;
+  wire \$855 ;
+  wire \$856 ;
+  wire [16:0] \$857 ;
+  wire [10:0] \$858 ;
   wire \$859 ;
-  wire [3:0] \$86 ;
-  wire \$860 ;
+  wire \$86 ;
+  wire [16:0] \$860 ;
   wire \$861 ;
   wire \$862 ;
-  wire \$863 ;
-  wire \$864 ;
-  wire \$865 ;
-  wire \$866 ;
-  wire [16:0] \$867 ;
-  wire [32:0] \$868 ;
+  wire [4:0] \$863 ;
+  wire [9:0] \$864 ;
+  wire [32:0] \$865 ;
+  wire [33:0] \$866 ;
+  wire \$867 ;
+  wire \$868 ;
   wire \$869 ;
   wire \$87 ;
   wire \$870 ;
   wire \$871 ;
   wire \$872 ;
-  wire [3:0] \$873 ;
-  wire [3:0] \$874 ;
+  wire \$873 ;
+  wire \$874 ;
   wire \$875 ;
   wire \$876 ;
-  wire \$877 ;
-  wire \$878 ;
+  wire [16:0] \$877 ;
+  wire [32:0] \$878 ;
   wire \$879 ;
-  wire [16:0] \$88 ;
-  reg [13:0] \$880 ;
-  reg [15:0] \$881 ;
-  reg \$882 ;
-  reg \$883 ;
-  reg \$884 ;
-  reg \$885 ;
-  reg \$886 ;
-  reg \$887 ;
-  reg \$888 ;
-  reg \$889 ;
-  wire [3:0] \$89 ;
-  reg \$890 ;
-  reg \$891 ;
+  wire \$88 ;
+  wire \$880 ;
+  wire \$881 ;
+  wire \$882 ;
+  wire [3:0] \$883 ;
+  wire [3:0] \$884 ;
+  wire \$885 ;
+  wire \$886 ;
+  wire \$887 ;
+  wire \$888 ;
+  wire \$889 ;
+  wire \$89 ;
+  reg [13:0] \$890 ;
+  reg [15:0] \$891 ;
   reg \$892 ;
   reg \$893 ;
   reg \$894 ;
@@ -2200,7 +2210,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   reg \$896 ;
   reg \$897 ;
   reg \$898 ;
-  reg [15:0] \$899 ;
+  reg \$899 ;
   wire \$9 ;
   wire \$90 ;
   reg \$900 ;
@@ -2210,33 +2220,33 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   reg \$904 ;
   reg \$905 ;
   reg \$906 ;
-  reg [2:0] \$907 ;
-  reg [2:0] \$908 ;
-  reg \$909 ;
-  wire [32:0] \$91 ;
+  reg \$907 ;
+  reg \$908 ;
+  reg [15:0] \$909 ;
+  wire \$91 ;
   reg \$910 ;
-  reg [2:0] \$911 ;
-  reg [2:0] \$912 ;
+  reg \$911 ;
+  reg \$912 ;
   reg \$913 ;
   reg \$914 ;
   reg \$915 ;
   reg \$916 ;
-  reg \$917 ;
-  reg \$918 ;
+  reg [2:0] \$917 ;
+  reg [2:0] \$918 ;
   reg \$919 ;
-  wire [3:0] \$92 ;
+  wire \$92 ;
   reg \$920 ;
-  reg [47:0] \$921 ;
-  reg [47:0] \$922 ;
-  reg [47:0] \$923 ;
-  reg [47:0] \$924 ;
-  reg [47:0] \$925 ;
-  reg [47:0] \$926 ;
-  reg [47:0] \$927 ;
-  reg [47:0] \$928 ;
-  reg [47:0] \$929 ;
+  reg [2:0] \$921 ;
+  reg [2:0] \$922 ;
+  reg \$923 ;
+  reg \$924 ;
+  reg \$925 ;
+  reg \$926 ;
+  reg \$927 ;
+  reg \$928 ;
+  reg \$929 ;
   wire \$93 ;
-  reg [47:0] \$930 ;
+  reg \$930 ;
   reg [47:0] \$931 ;
   reg [47:0] \$932 ;
   reg [47:0] \$933 ;
@@ -2244,34 +2254,34 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   reg [47:0] \$935 ;
   reg [47:0] \$936 ;
   reg [47:0] \$937 ;
-  reg \$938 ;
-  reg \$939 ;
-  wire [64:0] \$94 ;
-  reg \$940 ;
-  reg \$941 ;
-  reg \$942 ;
-  reg [31:0] \$943 ;
-  reg \$944 ;
-  reg \$945 ;
-  reg [3:0] \$946 ;
-  reg \$947 ;
-  reg [31:0] \$948 ;
-  reg [31:0] \$949 ;
+  reg [47:0] \$938 ;
+  reg [47:0] \$939 ;
+  wire \$94 ;
+  reg [47:0] \$940 ;
+  reg [47:0] \$941 ;
+  reg [47:0] \$942 ;
+  reg [47:0] \$943 ;
+  reg [47:0] \$944 ;
+  reg [47:0] \$945 ;
+  reg [47:0] \$946 ;
+  reg [47:0] \$947 ;
+  reg \$948 ;
+  reg \$949 ;
   wire \$95 ;
-  reg [15:0] \$950 ;
-  reg [31:0] \$951 ;
-  reg [2:0] \$952 ;
-  reg \$953 ;
+  reg \$950 ;
+  reg \$951 ;
+  reg \$952 ;
+  reg [31:0] \$953 ;
   reg \$954 ;
   reg \$955 ;
-  reg \$956 ;
+  reg [3:0] \$956 ;
   reg \$957 ;
-  reg \$958 ;
-  reg \$959 ;
+  reg [31:0] \$958 ;
+  reg [31:0] \$959 ;
   wire \$96 ;
-  reg \$960 ;
-  reg \$961 ;
-  reg \$962 ;
+  reg [15:0] \$960 ;
+  reg [31:0] \$961 ;
+  reg [2:0] \$962 ;
   reg \$963 ;
   reg \$964 ;
   reg \$965 ;
@@ -2291,48 +2301,48 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   reg \$978 ;
   reg \$979 ;
   wire \$98 ;
-  reg [511:0] \$980 ;
-  reg [2:0] \$981 ;
-  reg [31:0] \$982 ;
-  reg [7:0] \$983 ;
-  reg [15:0] \$984 ;
-  reg [15:0] \$985 ;
+  reg \$980 ;
+  reg \$981 ;
+  reg \$982 ;
+  reg \$983 ;
+  reg \$984 ;
+  reg \$985 ;
   reg \$986 ;
-  reg [65:0] \$987 ;
+  reg \$987 ;
   reg \$988 ;
   reg \$989 ;
   wire \$99 ;
-  reg \$990 ;
-  reg \$991 ;
-  reg \$992 ;
-  reg [31:0] \$993 ;
+  reg [511:0] \$990 ;
+  reg [2:0] \$991 ;
+  reg [31:0] \$992 ;
+  reg [7:0] \$993 ;
   reg [15:0] \$994 ;
-  reg \$995 ;
-  reg [15:0] \$996 ;
-  reg [15:0] \$997 ;
-  reg [15:0] \$998 ;
-  reg [15:0] \$999 ;
-  reg \$signal ;
-  reg \$signal$297  = 1'h0;
-  reg [3:0] \$signal$304  = 4'h0;
-  reg \$signal$330  = 1'h0;
-  reg \$signal$463  = 1'h0;
-  reg [31:0] \$signal$538  = 32'd0;
-  reg [31:0] \$signal$539  = 32'd0;
-  reg \$signal$560  = 1'h0;
-  reg [15:0] \$signal$563  = 16'h0000;
+  reg [15:0] \$995 ;
+  reg \$996 ;
+  reg [65:0] \$997 ;
+  reg \$998 ;
+  reg \$999 ;
+  reg \$signal  = 1'h0;
+  reg [3:0] \$signal$302  = 4'h0;
+  reg \$signal$328  = 1'h0;
+  reg \$signal$464  = 1'h0;
+  reg [31:0] \$signal$540  = 32'd0;
+  reg [31:0] \$signal$541  = 32'd0;
+  reg \$signal$562  = 1'h0;
+  reg [15:0] \$signal$565  = 16'h0000;
   wire [13:0] \$signature__addr ;
   wire [13:0] \$signature__addr$103 ;
-  reg [8:0] \$signature__addr$300 ;
-  reg [8:0] \$signature__addr$305 ;
-  reg [8:0] \$signature__addr$308 ;
-  reg [8:0] \$signature__addr$311 ;
-  reg [8:0] \$signature__addr$314 ;
-  reg [8:0] \$signature__addr$317 ;
-  reg [8:0] \$signature__addr$320 ;
-  reg [8:0] \$signature__addr$323 ;
-  reg [8:0] \$signature__addr$326 ;
-  reg [8:0] \$signature__addr$337 ;
+  reg [8:0] \$signature__addr$298 ;
+  reg [8:0] \$signature__addr$303 ;
+  reg [8:0] \$signature__addr$306 ;
+  reg [8:0] \$signature__addr$309 ;
+  reg [8:0] \$signature__addr$312 ;
+  reg [8:0] \$signature__addr$315 ;
+  reg [8:0] \$signature__addr$318 ;
+  reg [8:0] \$signature__addr$321 ;
+  reg [8:0] \$signature__addr$324 ;
+  reg [8:0] \$signature__addr$335 ;
+  reg [8:0] \$signature__addr$339 ;
   reg [8:0] \$signature__addr$341 ;
   reg [8:0] \$signature__addr$343 ;
   reg [8:0] \$signature__addr$345 ;
@@ -2340,40 +2350,41 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   reg [8:0] \$signature__addr$349 ;
   reg [8:0] \$signature__addr$351 ;
   reg [8:0] \$signature__addr$353 ;
-  reg [8:0] \$signature__addr$355 ;
-  reg [8:0] \$signature__addr$360 ;
-  reg [8:0] \$signature__addr$365 ;
-  reg [8:0] \$signature__addr$368 ;
-  reg [8:0] \$signature__addr$371 ;
-  reg [8:0] \$signature__addr$374 ;
-  reg [8:0] \$signature__addr$377 ;
-  reg [8:0] \$signature__addr$380 ;
-  reg [8:0] \$signature__addr$383 ;
-  reg [8:0] \$signature__addr$386 ;
+  reg [8:0] \$signature__addr$358 ;
+  reg [8:0] \$signature__addr$363 ;
+  reg [8:0] \$signature__addr$366 ;
+  reg [8:0] \$signature__addr$369 ;
+  reg [8:0] \$signature__addr$372 ;
+  reg [8:0] \$signature__addr$375 ;
+  reg [8:0] \$signature__addr$378 ;
+  reg [8:0] \$signature__addr$381 ;
+  reg [8:0] \$signature__addr$384 ;
+  reg [8:0] \$signature__addr$387 ;
   reg [8:0] \$signature__addr$389 ;
   reg [8:0] \$signature__addr$391 ;
   reg [8:0] \$signature__addr$393 ;
   reg [8:0] \$signature__addr$395 ;
   reg [8:0] \$signature__addr$397 ;
   reg [8:0] \$signature__addr$399 ;
-  reg [8:0] \$signature__addr$401 ;
   reg [8:0] \$signature__data ;
-  reg [8:0] \$signature__data$306 ;
-  reg [8:0] \$signature__data$309 ;
-  reg [8:0] \$signature__data$312 ;
-  reg [8:0] \$signature__data$315 ;
-  reg [8:0] \$signature__data$318 ;
-  reg [8:0] \$signature__data$321 ;
-  reg [8:0] \$signature__data$324 ;
-  reg [8:0] \$signature__data$327 ;
-  reg [7:0] \$signature__data$362 ;
-  reg [7:0] \$signature__data$366 ;
-  reg [7:0] \$signature__data$369 ;
-  reg [7:0] \$signature__data$372 ;
-  reg [7:0] \$signature__data$375 ;
-  reg [7:0] \$signature__data$378 ;
-  reg [7:0] \$signature__data$381 ;
-  reg [7:0] \$signature__data$384 ;
+  reg [8:0] \$signature__data$304 ;
+  reg [8:0] \$signature__data$307 ;
+  reg [8:0] \$signature__data$310 ;
+  reg [8:0] \$signature__data$313 ;
+  reg [8:0] \$signature__data$316 ;
+  reg [8:0] \$signature__data$319 ;
+  reg [8:0] \$signature__data$322 ;
+  reg [8:0] \$signature__data$325 ;
+  reg [7:0] \$signature__data$360 ;
+  reg [7:0] \$signature__data$364 ;
+  reg [7:0] \$signature__data$367 ;
+  reg [7:0] \$signature__data$370 ;
+  reg [7:0] \$signature__data$373 ;
+  reg [7:0] \$signature__data$376 ;
+  reg [7:0] \$signature__data$379 ;
+  reg [7:0] \$signature__data$382 ;
+  wire [8:0] \$signature__data$403 ;
+  wire [8:0] \$signature__data$404 ;
   wire [8:0] \$signature__data$405 ;
   wire [8:0] \$signature__data$406 ;
   wire [8:0] \$signature__data$407 ;
@@ -2381,30 +2392,29 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire [8:0] \$signature__data$409 ;
   wire [8:0] \$signature__data$410 ;
   wire [8:0] \$signature__data$411 ;
-  wire [8:0] \$signature__data$412 ;
-  wire [8:0] \$signature__data$413 ;
+  wire [7:0] \$signature__data$412 ;
+  wire [7:0] \$signature__data$413 ;
   wire [7:0] \$signature__data$414 ;
   wire [7:0] \$signature__data$415 ;
   wire [7:0] \$signature__data$416 ;
   wire [7:0] \$signature__data$417 ;
   wire [7:0] \$signature__data$418 ;
   wire [7:0] \$signature__data$419 ;
-  wire [7:0] \$signature__data$420 ;
-  wire [7:0] \$signature__data$421 ;
   wire [15:0] \$signature__data$506 ;
   wire [15:0] \$signature__data$512 ;
   wire \$signature__en ;
   wire \$signature__en$105 ;
-  reg \$signature__en$303 ;
-  reg \$signature__en$307 ;
-  reg \$signature__en$310 ;
-  reg \$signature__en$313 ;
-  reg \$signature__en$316 ;
-  reg \$signature__en$319 ;
-  reg \$signature__en$322 ;
-  reg \$signature__en$325 ;
-  reg \$signature__en$328 ;
-  reg \$signature__en$339 ;
+  reg \$signature__en$301 ;
+  reg \$signature__en$305 ;
+  reg \$signature__en$308 ;
+  reg \$signature__en$311 ;
+  reg \$signature__en$314 ;
+  reg \$signature__en$317 ;
+  reg \$signature__en$320 ;
+  reg \$signature__en$323 ;
+  reg \$signature__en$326 ;
+  reg \$signature__en$337 ;
+  reg \$signature__en$340 ;
   reg \$signature__en$342 ;
   reg \$signature__en$344 ;
   reg \$signature__en$346 ;
@@ -2412,15 +2422,15 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   reg \$signature__en$350 ;
   reg \$signature__en$352 ;
   reg \$signature__en$354 ;
-  reg \$signature__en$356 ;
-  reg \$signature__en$363 ;
-  reg \$signature__en$367 ;
-  reg \$signature__en$370 ;
-  reg \$signature__en$373 ;
-  reg \$signature__en$376 ;
-  reg \$signature__en$379 ;
-  reg \$signature__en$382 ;
-  reg \$signature__en$385 ;
+  reg \$signature__en$361 ;
+  reg \$signature__en$365 ;
+  reg \$signature__en$368 ;
+  reg \$signature__en$371 ;
+  reg \$signature__en$374 ;
+  reg \$signature__en$377 ;
+  reg \$signature__en$380 ;
+  reg \$signature__en$383 ;
+  reg \$signature__en$386 ;
   reg \$signature__en$388 ;
   reg \$signature__en$390 ;
   reg \$signature__en$392 ;
@@ -2428,28 +2438,27 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   reg \$signature__en$396 ;
   reg \$signature__en$398 ;
   reg \$signature__en$400 ;
-  reg \$signature__en$402 ;
   wire [63:0] a__payload;
-  reg [81:0] \a__payload$424 ;
-  wire [80:0] \a__payload$424.data ;
-  wire [8:0] \a__payload$424.data[0] ;
-  wire [8:0] \a__payload$424.data[1] ;
-  wire [8:0] \a__payload$424.data[2] ;
-  wire [8:0] \a__payload$424.data[3] ;
-  wire [8:0] \a__payload$424.data[4] ;
-  wire [8:0] \a__payload$424.data[5] ;
-  wire [8:0] \a__payload$424.data[6] ;
-  wire [8:0] \a__payload$424.data[7] ;
-  wire [8:0] \a__payload$424.data[8] ;
-  wire \a__payload$424.last ;
+  reg [81:0] \a__payload$422 ;
+  wire [80:0] \a__payload$422.data ;
+  wire [8:0] \a__payload$422.data[0] ;
+  wire [8:0] \a__payload$422.data[1] ;
+  wire [8:0] \a__payload$422.data[2] ;
+  wire [8:0] \a__payload$422.data[3] ;
+  wire [8:0] \a__payload$422.data[4] ;
+  wire [8:0] \a__payload$422.data[5] ;
+  wire [8:0] \a__payload$422.data[6] ;
+  wire [8:0] \a__payload$422.data[7] ;
+  wire [8:0] \a__payload$422.data[8] ;
+  wire \a__payload$422.last ;
   wire [15:0] \a__payload[0] ;
   wire [15:0] \a__payload[1] ;
   wire [15:0] \a__payload[2] ;
   wire [15:0] \a__payload[3] ;
   wire a__ready;
-  wire \a__ready$429 ;
+  wire \a__ready$427 ;
   reg a__valid;
-  reg \a__valid$422 ;
+  reg \a__valid$420 ;
   reg a_blocks_left = 1'h0;
   reg a_feed_k_hit = 1'h0;
   reg a_feed_nt_hit = 1'h0;
@@ -2514,19 +2523,19 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire b__payload;
   wire \b__payload$19 ;
   wire \b__payload$19.err ;
-  wire [63:0] \b__payload$195 ;
-  wire [15:0] \b__payload$195[0] ;
-  wire [15:0] \b__payload$195[1] ;
-  wire [15:0] \b__payload$195[2] ;
-  wire [15:0] \b__payload$195[3] ;
+  wire [63:0] \b__payload$193 ;
+  wire [15:0] \b__payload$193[0] ;
+  wire [15:0] \b__payload$193[1] ;
+  wire [15:0] \b__payload$193[2] ;
+  wire [15:0] \b__payload$193[3] ;
   wire \b__payload.err ;
   wire b__ready;
   wire \b__ready$21 ;
-  wire \b__ready$254 ;
+  wire \b__ready$251 ;
   input b__valid;
   wire b__valid;
   wire \b__valid$23 ;
-  reg \b__valid$264 ;
+  reg \b__valid$261 ;
   wire [19:0] base;
   wire [19:0] \base$57 ;
   wire [19:0] \base$69 ;
@@ -2538,39 +2547,39 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   output busy;
   reg busy = 1'h0;
   (* init = 1'h0 *)
-  wire \busy$129 ;
-  wire \busy$578 ;
+  wire \busy$127 ;
+  wire \busy$580 ;
   wire [4:0] c__payload;
   (* init = 66'h00000000000000000 *)
-  wire [65:0] \c__payload$142 ;
-  wire [42:0] \c__payload$142.b ;
-  wire [5:0] \c__payload$142.e ;
-  wire \c__payload$142.last ;
-  wire [15:0] \c__payload$142.m ;
-  wire [43:0] \c__payload$144 ;
-  wire [5:0] \c__payload$144.e_a ;
-  wire [5:0] \c__payload$144.e_b ;
-  wire [15:0] \c__payload$144.m_a ;
-  wire [15:0] \c__payload$144.m_b ;
-  wire [52:0] \c__payload$146 ;
-  wire [5:0] \c__payload$146.e ;
-  wire [15:0] \c__payload$146.m ;
-  wire [9:0] \c__payload$146.qb ;
-  wire [14:0] \c__payload$146.qc ;
-  wire [5:0] \c__payload$146.sh ;
+  wire [65:0] \c__payload$140 ;
+  wire [42:0] \c__payload$140.b ;
+  wire [5:0] \c__payload$140.e ;
+  wire \c__payload$140.last ;
+  wire [15:0] \c__payload$140.m ;
+  wire [43:0] \c__payload$142 ;
+  wire [5:0] \c__payload$142.e_a ;
+  wire [5:0] \c__payload$142.e_b ;
+  wire [15:0] \c__payload$142.m_a ;
+  wire [15:0] \c__payload$142.m_b ;
+  wire [52:0] \c__payload$144 ;
+  wire [5:0] \c__payload$144.e ;
+  wire [15:0] \c__payload$144.m ;
+  wire [9:0] \c__payload$144.qb ;
+  wire [14:0] \c__payload$144.qc ;
+  wire [5:0] \c__payload$144.sh ;
   wire [4:0] \c__payload.f ;
   wire c__ready;
+  wire \c__ready$132 ;
   wire \c__ready$134 ;
   wire \c__ready$136 ;
-  wire \c__ready$138 ;
   (* init = 1'h0 *)
   wire c__valid;
+  (* init = 1'h0 *)
+  wire \c__valid$141 ;
   (* init = 1'h0 *)
   wire \c__valid$143 ;
   (* init = 1'h0 *)
   wire \c__valid$145 ;
-  (* init = 1'h0 *)
-  wire \c__valid$147 ;
   reg [31:0] c_addr = 32'd0;
   reg [15:0] c_ask = 16'h0000;
   reg [65:0] c_data = 66'h00000000000000000;
@@ -2593,7 +2602,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   output [47:0] cycles;
   reg [47:0] cycles = 48'h000000000000;
   (* init = 48'h000000000000 *)
-  wire [47:0] \cycles$149 ;
+  wire [47:0] \cycles$147 ;
   reg d_const = 1'h0;
   reg d_count_zero = 1'h0;
   reg d_end = 1'h0;
@@ -2613,11 +2622,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   reg [15:0] dec_nt_last = 16'h0000;
   reg [15:0] dec_rows_last = 16'h0000;
   reg [31:0] dec_tiles = 32'd0;
+  reg [15:0] dec_tiles_hi = 16'h0000;
+  reg [31:0] dec_tiles_lo = 32'd0;
   reg [2:0] decode_wait = 3'h0;
   output done;
   reg done = 1'h0;
   (* init = 1'h0 *)
-  wire \done$127 ;
+  wire \done$125 ;
   reg dst_keep;
   reg dst_outside = 1'h0;
   wire dst_step;
@@ -2630,7 +2641,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   output [3:0] error;
   reg [3:0] error = 4'h0;
   (* init = 4'h0 *)
-  wire [3:0] \error$125 ;
+  wire [3:0] \error$123 ;
   reg [31:0] ext_req_addr = 32'd0;
   reg [15:0] ext_req_data = 16'h0000;
   reg ext_req_valid = 1'h0;
@@ -2682,7 +2693,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \i__valid$481 ;
   wire \i__valid$482 ;
   wire idle;
-  wire \idle$554 ;
+  wire \idle$556 ;
   input [31:0] image_stride;
   wire [31:0] image_stride;
   input [15:0] images;
@@ -2766,6 +2777,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \load$56 ;
   (* init = 1'h0 *)
   wire \load$68 ;
+  reg [15:0] load_elem;
   (* init = 1'h0 *)
   wire load_gens;
   reg [15:0] n__0;
@@ -2789,38 +2801,38 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   reg [15:0] nt = 16'h0000;
   reg nt_hit = 1'h0;
   wire [63:0] o__payload;
-  wire [31:0] \o__payload$203 ;
-  wire [7:0] \o__payload$203[0] ;
-  wire [7:0] \o__payload$203[1] ;
-  wire [7:0] \o__payload$203[2] ;
-  wire [7:0] \o__payload$203[3] ;
-  wire [8:0] \o__payload$217 ;
-  wire [7:0] \o__payload$217.data ;
-  wire \o__payload$217.last ;
-  wire [7:0] \o__payload$219 ;
-  wire [255:0] \o__payload$437 ;
-  wire [31:0] \o__payload$437[0] ;
-  wire [31:0] \o__payload$437[1] ;
-  wire [31:0] \o__payload$437[2] ;
-  wire [31:0] \o__payload$437[3] ;
-  wire [31:0] \o__payload$437[4] ;
-  wire [31:0] \o__payload$437[5] ;
-  wire [31:0] \o__payload$437[6] ;
-  wire [31:0] \o__payload$437[7] ;
+  wire [31:0] \o__payload$201 ;
+  wire [7:0] \o__payload$201[0] ;
+  wire [7:0] \o__payload$201[1] ;
+  wire [7:0] \o__payload$201[2] ;
+  wire [7:0] \o__payload$201[3] ;
+  wire [8:0] \o__payload$218 ;
+  wire [7:0] \o__payload$218.data ;
+  wire \o__payload$218.last ;
+  wire [7:0] \o__payload$220 ;
+  wire [255:0] \o__payload$435 ;
+  wire [31:0] \o__payload$435[0] ;
+  wire [31:0] \o__payload$435[1] ;
+  wire [31:0] \o__payload$435[2] ;
+  wire [31:0] \o__payload$435[3] ;
+  wire [31:0] \o__payload$435[4] ;
+  wire [31:0] \o__payload$435[5] ;
+  wire [31:0] \o__payload$435[6] ;
+  wire [31:0] \o__payload$435[7] ;
   wire [15:0] \o__payload[0] ;
   wire [15:0] \o__payload[1] ;
   wire [15:0] \o__payload[2] ;
   wire [15:0] \o__payload[3] ;
   wire o__ready;
-  wire \o__ready$215 ;
-  wire \o__ready$228 ;
-  wire \o__ready$230 ;
-  wire \o__ready$438 ;
+  wire \o__ready$213 ;
+  wire \o__ready$229 ;
+  wire \o__ready$231 ;
+  wire \o__ready$436 ;
   wire o__valid;
-  wire \o__valid$211 ;
-  wire \o__valid$223 ;
-  wire \o__valid$226 ;
-  wire \o__valid$435 ;
+  wire \o__valid$209 ;
+  wire \o__valid$224 ;
+  wire \o__valid$227 ;
+  wire \o__valid$433 ;
   reg [31:0] offset = 32'd0;
   (* init = 48'h000000000000 *)
   wire [47:0] op_cycles0;
@@ -2960,37 +2972,37 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire r__valid;
   wire \r__valid$11 ;
   wire [127:0] r_data;
-  wire [18:0] \r_data$237 ;
-  wire [15:0] \r_data$248 ;
-  wire [63:0] \r_data$268 ;
-  wire [18:0] \r_data$358 ;
-  wire [63:0] \r_data$433 ;
-  wire [255:0] \r_data$455 ;
+  wire [63:0] \r_data$216 ;
+  wire [18:0] \r_data$246 ;
+  wire [15:0] \r_data$289 ;
+  wire [18:0] \r_data$356 ;
+  wire [63:0] \r_data$431 ;
+  wire [255:0] \r_data$453 ;
   reg r_en;
-  reg \r_en$261 ;
-  reg \r_en$271 ;
-  reg \r_en$430 ;
-  wire \r_en$441 ;
+  reg \r_en$258 ;
+  reg \r_en$266 ;
+  reg \r_en$428 ;
+  wire \r_en$439 ;
   wire \r_en$483 ;
   wire \r_en$484 ;
   wire r_rdy;
-  wire \r_rdy$247 ;
   wire \r_rdy$260 ;
   wire \r_rdy$263 ;
-  wire \r_rdy$266 ;
-  wire \r_rdy$427 ;
-  wire \r_rdy$440 ;
+  wire \r_rdy$268 ;
+  wire \r_rdy$291 ;
+  wire \r_rdy$425 ;
+  wire \r_rdy$438 ;
   reg [98:0] req__payload;
-  wire [34:0] \req__payload$464 ;
-  wire [31:0] \req__payload$464.addr ;
-  wire [2:0] \req__payload$464.lb ;
+  wire [34:0] \req__payload$465 ;
+  wire [31:0] \req__payload$465.addr ;
+  wire [2:0] \req__payload$465.lb ;
   wire [31:0] \req__payload.addr ;
   wire [63:0] \req__payload.data ;
   wire [2:0] \req__payload.lb ;
   wire req__ready;
   wire \req__ready$476 ;
   reg req__valid;
-  wire \req__valid$456 ;
+  wire \req__valid$458 ;
   reg res_to_pack = 1'h0;
   reg [15:0] rk = 16'h0000;
   reg rk_zero = 1'h0;
@@ -3006,7 +3018,6 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   (* enum_value_100 = "STREAM" *)
   (* enum_value_101 = "STOP" *)
   reg [2:0] seq_state = 3'h0;
-  reg [15:0] sink_data;
   reg sink_from_add = 1'h0;
   reg sink_from_gelu0 = 1'h0;
   reg sink_from_gemm = 1'h0;
@@ -3058,9 +3069,10 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   reg [31:0] tiles = 32'd0;
   wire unit_known;
   reg unit_rst = 1'h0;
+  reg [15:0] unpack_elem;
   wire valid;
   wire \valid$101 ;
-  wire \valid$269 ;
+  wire \valid$264 ;
   reg [63:0] w__payload;
   wire [7:0] \w__payload[0] ;
   wire [7:0] \w__payload[1] ;
@@ -3083,18 +3095,18 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   reg [7:0] w_beat7;
   wire [18:0] w_data;
   wire [18:0] \w_data$109 ;
-  wire [127:0] \w_data$184 ;
-  wire [63:0] \w_data$212 ;
-  wire [15:0] \w_data$227 ;
-  wire [63:0] \w_data$287 ;
-  wire [255:0] \w_data$436 ;
+  wire [127:0] \w_data$182 ;
+  wire [63:0] \w_data$210 ;
+  wire [15:0] \w_data$228 ;
+  wire [63:0] \w_data$283 ;
+  wire [255:0] \w_data$434 ;
   reg w_en = 1'h0;
   reg \w_en$107  = 1'h0;
-  reg \w_en$182  = 1'h0;
-  wire \w_en$207 ;
-  wire \w_en$220 ;
-  reg \w_en$285 ;
-  wire \w_en$434 ;
+  reg \w_en$180  = 1'h0;
+  wire \w_en$205 ;
+  wire \w_en$221 ;
+  reg \w_en$281 ;
+  wire \w_en$432 ;
   reg w_feed_half = 1'h0;
   reg w_filled0 = 1'h0;
   reg w_filled1 = 1'h0;
@@ -3106,10 +3118,10 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   reg [3:0] w_load_lane = 4'h0;
   reg [15:0] w_load_nt = 16'h0000;
   wire w_rdy;
-  wire \w_rdy$229 ;
-  wire \w_rdy$258 ;
-  wire \w_rdy$439 ;
-  wire \w_rdy$472 ;
+  wire \w_rdy$230 ;
+  wire \w_rdy$255 ;
+  wire \w_rdy$437 ;
+  wire \w_rdy$473 ;
   reg [8:0] w_read_addr = 9'h000;
   reg w_read_free = 1'h0;
   reg w_read_half = 1'h0;
@@ -3117,7 +3129,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   reg want_w = 1'h0;
   reg [7:0] welem;
   wire [13:0] wr_addr;
-  reg [15:0] wr_data;
+  wire [15:0] wr_data;
   wire wr_en;
   reg [13:0] wr_port__addr = 14'h0000;
   reg [15:0] wr_port__data = 16'h0000;
@@ -3638,16 +3650,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     a_cache0[511] = 9'h000;
   end
   always @(posedge gemm_d_clk) begin
-    if (\$signature__en$303 )
-      a_cache0[\$signature__addr$300 ] <= \$signature__data ;
+    if (\$signature__en$301 )
+      a_cache0[\$signature__addr$298 ] <= \$signature__data ;
   end
   reg [8:0] _0_;
   always @(posedge gemm_d_clk) begin
-    if (\$signature__en$339 ) begin
-      _0_ <= a_cache0[\$signature__addr$337 ];
+    if (\$signature__en$337 ) begin
+      _0_ <= a_cache0[\$signature__addr$335 ];
     end
   end
-  assign \$signature__data$405  = _0_;
+  assign \$signature__data$403  = _0_;
   reg [8:0] a_cache1 [511:0];
   initial begin
     a_cache1[0] = 9'h000;
@@ -4164,16 +4176,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     a_cache1[511] = 9'h000;
   end
   always @(posedge gemm_d_clk) begin
-    if (\$signature__en$307 )
-      a_cache1[\$signature__addr$305 ] <= \$signature__data$306 ;
+    if (\$signature__en$305 )
+      a_cache1[\$signature__addr$303 ] <= \$signature__data$304 ;
   end
   reg [8:0] _1_;
   always @(posedge gemm_d_clk) begin
-    if (\$signature__en$342 ) begin
-      _1_ <= a_cache1[\$signature__addr$341 ];
+    if (\$signature__en$340 ) begin
+      _1_ <= a_cache1[\$signature__addr$339 ];
     end
   end
-  assign \$signature__data$406  = _1_;
+  assign \$signature__data$404  = _1_;
   reg [8:0] a_cache2 [511:0];
   initial begin
     a_cache2[0] = 9'h000;
@@ -4690,16 +4702,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     a_cache2[511] = 9'h000;
   end
   always @(posedge gemm_d_clk) begin
-    if (\$signature__en$310 )
-      a_cache2[\$signature__addr$308 ] <= \$signature__data$309 ;
+    if (\$signature__en$308 )
+      a_cache2[\$signature__addr$306 ] <= \$signature__data$307 ;
   end
   reg [8:0] _2_;
   always @(posedge gemm_d_clk) begin
-    if (\$signature__en$344 ) begin
-      _2_ <= a_cache2[\$signature__addr$343 ];
+    if (\$signature__en$342 ) begin
+      _2_ <= a_cache2[\$signature__addr$341 ];
     end
   end
-  assign \$signature__data$407  = _2_;
+  assign \$signature__data$405  = _2_;
   reg [8:0] a_cache3 [511:0];
   initial begin
     a_cache3[0] = 9'h000;
@@ -5216,16 +5228,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     a_cache3[511] = 9'h000;
   end
   always @(posedge gemm_d_clk) begin
-    if (\$signature__en$313 )
-      a_cache3[\$signature__addr$311 ] <= \$signature__data$312 ;
+    if (\$signature__en$311 )
+      a_cache3[\$signature__addr$309 ] <= \$signature__data$310 ;
   end
   reg [8:0] _3_;
   always @(posedge gemm_d_clk) begin
-    if (\$signature__en$346 ) begin
-      _3_ <= a_cache3[\$signature__addr$345 ];
+    if (\$signature__en$344 ) begin
+      _3_ <= a_cache3[\$signature__addr$343 ];
     end
   end
-  assign \$signature__data$408  = _3_;
+  assign \$signature__data$406  = _3_;
   reg [8:0] a_cache4 [511:0];
   initial begin
     a_cache4[0] = 9'h000;
@@ -5742,16 +5754,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     a_cache4[511] = 9'h000;
   end
   always @(posedge gemm_d_clk) begin
-    if (\$signature__en$316 )
-      a_cache4[\$signature__addr$314 ] <= \$signature__data$315 ;
+    if (\$signature__en$314 )
+      a_cache4[\$signature__addr$312 ] <= \$signature__data$313 ;
   end
   reg [8:0] _4_;
   always @(posedge gemm_d_clk) begin
-    if (\$signature__en$348 ) begin
-      _4_ <= a_cache4[\$signature__addr$347 ];
+    if (\$signature__en$346 ) begin
+      _4_ <= a_cache4[\$signature__addr$345 ];
     end
   end
-  assign \$signature__data$409  = _4_;
+  assign \$signature__data$407  = _4_;
   reg [8:0] a_cache5 [511:0];
   initial begin
     a_cache5[0] = 9'h000;
@@ -6268,16 +6280,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     a_cache5[511] = 9'h000;
   end
   always @(posedge gemm_d_clk) begin
-    if (\$signature__en$319 )
-      a_cache5[\$signature__addr$317 ] <= \$signature__data$318 ;
+    if (\$signature__en$317 )
+      a_cache5[\$signature__addr$315 ] <= \$signature__data$316 ;
   end
   reg [8:0] _5_;
   always @(posedge gemm_d_clk) begin
-    if (\$signature__en$350 ) begin
-      _5_ <= a_cache5[\$signature__addr$349 ];
+    if (\$signature__en$348 ) begin
+      _5_ <= a_cache5[\$signature__addr$347 ];
     end
   end
-  assign \$signature__data$410  = _5_;
+  assign \$signature__data$408  = _5_;
   reg [8:0] a_cache6 [511:0];
   initial begin
     a_cache6[0] = 9'h000;
@@ -6794,16 +6806,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     a_cache6[511] = 9'h000;
   end
   always @(posedge gemm_d_clk) begin
-    if (\$signature__en$322 )
-      a_cache6[\$signature__addr$320 ] <= \$signature__data$321 ;
+    if (\$signature__en$320 )
+      a_cache6[\$signature__addr$318 ] <= \$signature__data$319 ;
   end
   reg [8:0] _6_;
   always @(posedge gemm_d_clk) begin
-    if (\$signature__en$352 ) begin
-      _6_ <= a_cache6[\$signature__addr$351 ];
+    if (\$signature__en$350 ) begin
+      _6_ <= a_cache6[\$signature__addr$349 ];
     end
   end
-  assign \$signature__data$411  = _6_;
+  assign \$signature__data$409  = _6_;
   reg [8:0] a_cache7 [511:0];
   initial begin
     a_cache7[0] = 9'h000;
@@ -7320,16 +7332,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     a_cache7[511] = 9'h000;
   end
   always @(posedge gemm_d_clk) begin
-    if (\$signature__en$325 )
-      a_cache7[\$signature__addr$323 ] <= \$signature__data$324 ;
+    if (\$signature__en$323 )
+      a_cache7[\$signature__addr$321 ] <= \$signature__data$322 ;
   end
   reg [8:0] _7_;
   always @(posedge gemm_d_clk) begin
-    if (\$signature__en$354 ) begin
-      _7_ <= a_cache7[\$signature__addr$353 ];
+    if (\$signature__en$352 ) begin
+      _7_ <= a_cache7[\$signature__addr$351 ];
     end
   end
-  assign \$signature__data$412  = _7_;
+  assign \$signature__data$410  = _7_;
   reg [8:0] a_cache8 [511:0];
   initial begin
     a_cache8[0] = 9'h000;
@@ -7846,16 +7858,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     a_cache8[511] = 9'h000;
   end
   always @(posedge gemm_d_clk) begin
-    if (\$signature__en$328 )
-      a_cache8[\$signature__addr$326 ] <= \$signature__data$327 ;
+    if (\$signature__en$326 )
+      a_cache8[\$signature__addr$324 ] <= \$signature__data$325 ;
   end
   reg [8:0] _8_;
   always @(posedge gemm_d_clk) begin
-    if (\$signature__en$356 ) begin
-      _8_ <= a_cache8[\$signature__addr$355 ];
+    if (\$signature__en$354 ) begin
+      _8_ <= a_cache8[\$signature__addr$353 ];
     end
   end
-  assign \$signature__data$413  = _8_;
+  assign \$signature__data$411  = _8_;
   reg [15:0] buffer [16383:0];
   initial begin
     buffer[0] = 16'h0000;
@@ -24775,16 +24787,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     w_cache0[511] = 8'h00;
   end
   always @(posedge gemm_d_clk) begin
-    if (\$signature__en$363 )
-      w_cache0[\$signature__addr$360 ] <= \$signature__data$362 ;
+    if (\$signature__en$361 )
+      w_cache0[\$signature__addr$358 ] <= \$signature__data$360 ;
   end
   reg [7:0] _11_;
   always @(posedge gemm_d_clk) begin
-    if (\$signature__en$388 ) begin
-      _11_ <= w_cache0[\$signature__addr$386 ];
+    if (\$signature__en$386 ) begin
+      _11_ <= w_cache0[\$signature__addr$384 ];
     end
   end
-  assign \$signature__data$414  = _11_;
+  assign \$signature__data$412  = _11_;
   reg [7:0] w_cache1 [511:0];
   initial begin
     w_cache1[0] = 8'h00;
@@ -25301,16 +25313,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     w_cache1[511] = 8'h00;
   end
   always @(posedge gemm_d_clk) begin
-    if (\$signature__en$367 )
-      w_cache1[\$signature__addr$365 ] <= \$signature__data$366 ;
+    if (\$signature__en$365 )
+      w_cache1[\$signature__addr$363 ] <= \$signature__data$364 ;
   end
   reg [7:0] _12_;
   always @(posedge gemm_d_clk) begin
-    if (\$signature__en$390 ) begin
-      _12_ <= w_cache1[\$signature__addr$389 ];
+    if (\$signature__en$388 ) begin
+      _12_ <= w_cache1[\$signature__addr$387 ];
     end
   end
-  assign \$signature__data$415  = _12_;
+  assign \$signature__data$413  = _12_;
   reg [7:0] w_cache2 [511:0];
   initial begin
     w_cache2[0] = 8'h00;
@@ -25827,16 +25839,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     w_cache2[511] = 8'h00;
   end
   always @(posedge gemm_d_clk) begin
-    if (\$signature__en$370 )
-      w_cache2[\$signature__addr$368 ] <= \$signature__data$369 ;
+    if (\$signature__en$368 )
+      w_cache2[\$signature__addr$366 ] <= \$signature__data$367 ;
   end
   reg [7:0] _13_;
   always @(posedge gemm_d_clk) begin
-    if (\$signature__en$392 ) begin
-      _13_ <= w_cache2[\$signature__addr$391 ];
+    if (\$signature__en$390 ) begin
+      _13_ <= w_cache2[\$signature__addr$389 ];
     end
   end
-  assign \$signature__data$416  = _13_;
+  assign \$signature__data$414  = _13_;
   reg [7:0] w_cache3 [511:0];
   initial begin
     w_cache3[0] = 8'h00;
@@ -26353,16 +26365,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     w_cache3[511] = 8'h00;
   end
   always @(posedge gemm_d_clk) begin
-    if (\$signature__en$373 )
-      w_cache3[\$signature__addr$371 ] <= \$signature__data$372 ;
+    if (\$signature__en$371 )
+      w_cache3[\$signature__addr$369 ] <= \$signature__data$370 ;
   end
   reg [7:0] _14_;
   always @(posedge gemm_d_clk) begin
-    if (\$signature__en$394 ) begin
-      _14_ <= w_cache3[\$signature__addr$393 ];
+    if (\$signature__en$392 ) begin
+      _14_ <= w_cache3[\$signature__addr$391 ];
     end
   end
-  assign \$signature__data$417  = _14_;
+  assign \$signature__data$415  = _14_;
   reg [7:0] w_cache4 [511:0];
   initial begin
     w_cache4[0] = 8'h00;
@@ -26879,16 +26891,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     w_cache4[511] = 8'h00;
   end
   always @(posedge gemm_d_clk) begin
-    if (\$signature__en$376 )
-      w_cache4[\$signature__addr$374 ] <= \$signature__data$375 ;
+    if (\$signature__en$374 )
+      w_cache4[\$signature__addr$372 ] <= \$signature__data$373 ;
   end
   reg [7:0] _15_;
   always @(posedge gemm_d_clk) begin
-    if (\$signature__en$396 ) begin
-      _15_ <= w_cache4[\$signature__addr$395 ];
+    if (\$signature__en$394 ) begin
+      _15_ <= w_cache4[\$signature__addr$393 ];
     end
   end
-  assign \$signature__data$418  = _15_;
+  assign \$signature__data$416  = _15_;
   reg [7:0] w_cache5 [511:0];
   initial begin
     w_cache5[0] = 8'h00;
@@ -27405,16 +27417,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     w_cache5[511] = 8'h00;
   end
   always @(posedge gemm_d_clk) begin
-    if (\$signature__en$379 )
-      w_cache5[\$signature__addr$377 ] <= \$signature__data$378 ;
+    if (\$signature__en$377 )
+      w_cache5[\$signature__addr$375 ] <= \$signature__data$376 ;
   end
   reg [7:0] _16_;
   always @(posedge gemm_d_clk) begin
-    if (\$signature__en$398 ) begin
-      _16_ <= w_cache5[\$signature__addr$397 ];
+    if (\$signature__en$396 ) begin
+      _16_ <= w_cache5[\$signature__addr$395 ];
     end
   end
-  assign \$signature__data$419  = _16_;
+  assign \$signature__data$417  = _16_;
   reg [7:0] w_cache6 [511:0];
   initial begin
     w_cache6[0] = 8'h00;
@@ -27931,16 +27943,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     w_cache6[511] = 8'h00;
   end
   always @(posedge gemm_d_clk) begin
-    if (\$signature__en$382 )
-      w_cache6[\$signature__addr$380 ] <= \$signature__data$381 ;
+    if (\$signature__en$380 )
+      w_cache6[\$signature__addr$378 ] <= \$signature__data$379 ;
   end
   reg [7:0] _17_;
   always @(posedge gemm_d_clk) begin
-    if (\$signature__en$400 ) begin
-      _17_ <= w_cache6[\$signature__addr$399 ];
+    if (\$signature__en$398 ) begin
+      _17_ <= w_cache6[\$signature__addr$397 ];
     end
   end
-  assign \$signature__data$420  = _17_;
+  assign \$signature__data$418  = _17_;
   reg [7:0] w_cache7 [511:0];
   initial begin
     w_cache7[0] = 8'h00;
@@ -28457,16 +28469,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     w_cache7[511] = 8'h00;
   end
   always @(posedge gemm_d_clk) begin
-    if (\$signature__en$385 )
-      w_cache7[\$signature__addr$383 ] <= \$signature__data$384 ;
+    if (\$signature__en$383 )
+      w_cache7[\$signature__addr$381 ] <= \$signature__data$382 ;
   end
   reg [7:0] _18_;
   always @(posedge gemm_d_clk) begin
-    if (\$signature__en$402 ) begin
-      _18_ <= w_cache7[\$signature__addr$401 ];
+    if (\$signature__en$400 ) begin
+      _18_ <= w_cache7[\$signature__addr$399 ];
     end
   end
-  assign \$signature__data$421  = _18_;
+  assign \$signature__data$419  = _18_;
   assign \$1  = | ins[511:510];
   assign \$2  = is_gemm & \$1 ;
   assign \$3  = ~ post_gelu;
@@ -28513,1178 +28525,1192 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   assign \$54  = post_add ? ins[379:362] : ins[415:398];
   assign \$59  = $signed(\$57 ) + $signed(\$58 );
   assign \$61  = c_valid0 & c__ready;
-  assign \$62  = c_valid1 & \c__ready$134 ;
-  assign \$63  = c_valid2 & \c__ready$136 ;
-  assign \$64  = c_valid3 & \c__ready$138 ;
+  assign \$62  = c_valid1 & \c__ready$132 ;
+  assign \$63  = c_valid2 & \c__ready$134 ;
+  assign \$64  = c_valid3 & \c__ready$136 ;
   assign c_fire = | { \$64 , \$63 , \$62 , \$61  };
   assign \$65  = sink_from_add & o__valid;
-  assign \$66  = sink_from_gelu0 & \o__valid$211 ;
-  assign \w_en$207  = | { \$66 , \$65  };
+  assign \$66  = sink_from_gelu0 & \o__valid$209 ;
+  assign \w_en$205  = | { \$66 , \$65  };
   assign \$67  = sink_from_add ? o__payload : 64'h0000000000000000;
-  assign \$68  = sink_from_gelu0 ? { \o__payload$203 [31], \o__payload$203 [31], \o__payload$203 [31], \o__payload$203 [31], \o__payload$203 [31], \o__payload$203 [31], \o__payload$203 [31], \o__payload$203 [31], \o__payload$203 [31:23], \o__payload$203 [23], \o__payload$203 [23], \o__payload$203 [23], \o__payload$203 [23], \o__payload$203 [23], \o__payload$203 [23], \o__payload$203 [23], \o__payload$203 [23:15], \o__payload$203 [15], \o__payload$203 [15], \o__payload$203 [15], \o__payload$203 [15], \o__payload$203 [15], \o__payload$203 [15], \o__payload$203 [15], \o__payload$203 [15:7], \o__payload$203 [7], \o__payload$203 [7], \o__payload$203 [7], \o__payload$203 [7], \o__payload$203 [7], \o__payload$203 [7], \o__payload$203 [7], \o__payload$203 [7:0] } : 64'h0000000000000000;
-  assign \w_data$212  = \$67  | \$68 ;
+  assign \$68  = sink_from_gelu0 ? { \o__payload$201 [31], \o__payload$201 [31], \o__payload$201 [31], \o__payload$201 [31], \o__payload$201 [31], \o__payload$201 [31], \o__payload$201 [31], \o__payload$201 [31], \o__payload$201 [31:23], \o__payload$201 [23], \o__payload$201 [23], \o__payload$201 [23], \o__payload$201 [23], \o__payload$201 [23], \o__payload$201 [23], \o__payload$201 [23], \o__payload$201 [23:15], \o__payload$201 [15], \o__payload$201 [15], \o__payload$201 [15], \o__payload$201 [15], \o__payload$201 [15], \o__payload$201 [15], \o__payload$201 [15], \o__payload$201 [15:7], \o__payload$201 [7], \o__payload$201 [7], \o__payload$201 [7], \o__payload$201 [7], \o__payload$201 [7], \o__payload$201 [7], \o__payload$201 [7], \o__payload$201 [7:0] } : 64'h0000000000000000;
+  assign \w_data$210  = \$67  | \$68 ;
   assign o__ready = sink_from_add & w_rdy;
-  assign \o__ready$215  = sink_from_gelu0 & w_rdy;
+  assign \o__ready$213  = sink_from_gelu0 & w_rdy;
   assign \$69  = sink_from_softmax | a_from_softmax;
-  assign \$70  = \$69  & \o__valid$223 ;
+  assign \$70  = \$69  & \o__valid$224 ;
   assign \$71  = sink_from_layernorm | a_from_layernorm;
-  assign \$72  = \$71  & \o__valid$226 ;
-  assign \w_en$220  = | { \$72 , \$70  };
+  assign \$72  = \$71  & \o__valid$227 ;
+  assign \w_en$221  = | { \$72 , \$70  };
   assign \$73  = sink_from_softmax | a_from_softmax;
-  assign \$74  = \$73  ? { 8'h00, \o__payload$217 [7:0] } : 16'h0000;
+  assign \$74  = \$73  ? { 8'h00, \o__payload$218 [7:0] } : 16'h0000;
   assign \$75  = sink_from_layernorm | a_from_layernorm;
-  assign \$76  = \$75  ? { \o__payload$219 [7], \o__payload$219 [7], \o__payload$219 [7], \o__payload$219 [7], \o__payload$219 [7], \o__payload$219 [7], \o__payload$219 [7], \o__payload$219 [7], \o__payload$219  } : 16'h0000;
-  assign \w_data$227  = \$74  | \$76 ;
+  assign \$76  = \$75  ? { \o__payload$220 [7], \o__payload$220 [7], \o__payload$220 [7], \o__payload$220 [7], \o__payload$220 [7], \o__payload$220 [7], \o__payload$220 [7], \o__payload$220 [7], \o__payload$220  } : 16'h0000;
+  assign \w_data$228  = \$74  | \$76 ;
   assign \$77  = sink_from_softmax | a_from_softmax;
-  assign \o__ready$228  = \$77  & \w_rdy$229 ;
+  assign \o__ready$229  = \$77  & \w_rdy$230 ;
   assign \$78  = sink_from_layernorm | a_from_layernorm;
-  assign \o__ready$230  = \$78  & \w_rdy$229 ;
+  assign \o__ready$231  = \$78  & \w_rdy$230 ;
   assign \$79  = is_softmax | is_layernorm;
   assign \$80  = ~ ext_req_valid;
   assign \$81  = \$80  | req__ready;
   assign \$82  = valid & \$81 ;
-  assign \$85  = \$84  ? { beat__payload[7], beat__payload[7:0] } : { 1'h0, beat__payload[7:0] };
-  assign \$88  = \$87  ? { beat__payload[15], beat__payload[15:0] } : { 1'h0, beat__payload[15:0] };
-  assign \$91  = \$90  ? { beat__payload[31], beat__payload[31:0] } : { 1'h0, beat__payload[31:0] };
-  assign \$94  = \$93  ? { beat__payload[63], beat__payload[63:0] } : { 1'h0, beat__payload[63:0] };
-  assign \$95  = beat__valid & beat__payload[512];
-  assign \$96  = a__ready & \b__ready$254 ;
-  assign \$97  = sink_from_add & \$96 ;
-  assign \$98  = sink_from_gelu0 & i__ready;
-  assign \$99  = | { \$98 , \$97  };
-  assign \$100  = ~ \w_en$182 ;
-  assign \$101  = \$100  | \w_rdy$258 ;
-  assign \$102  = \$101  & elem_valid;
-  assign \$103  = ~ add_sel;
-  assign \$104  = \r_rdy$260  | \$103 ;
-  assign \$105  = \$102  & \$104 ;
-  assign \$106  = ~ \w_en$182 ;
-  assign \$107  = \$106  | \w_rdy$258 ;
-  assign \$108  = \$107  & elem_valid;
-  assign \$109  = ~ add_sel;
-  assign \$110  = \r_rdy$260  | \$109 ;
-  assign \$111  = \$108  & \$110 ;
-  assign \$112  = \$111  & add_sel;
-  assign \$113  = sink_from_add & \r_rdy$263 ;
-  assign \$114  = sink_from_add & \r_rdy$263 ;
-  assign \$115  = sink_from_gelu0 & \r_rdy$263 ;
-  assign \$117  = \r_rdy$266  & \valid$269 ;
-  assign \$118  = pack_jo == 2'h3;
-  assign \$119  = \$118  | \final ;
-  assign \$120  = q0_to_pack & r_rdy;
-  assign \$121  = res_to_pack & gemm_res_valid;
-  assign elem_valid = \$120  | \$121 ;
-  assign \$122  = ~ is_linear;
-  assign \$123  = \$122  | rk_zero;
-  assign \$124  = \$123  & beat__valid;
-  assign \$125  = ~ is_linear;
-  assign \$126  = \$125  | rk_zero;
-  assign \$127  = ~ \$126 ;
-  assign \$128  = beat__valid & \$127 ;
-  assign \$129  = pre_ln | pre_sm;
-  assign a_in = \$129  ? \r_data$248  : \r_data$237 [15:0];
-  assign \$130  = a_from_softmax | a_from_layernorm;
-  assign \$131  = \$130  & \r_rdy$247 ;
-  assign \$132  = a_from_src0 & r_rdy;
-  assign a_in_valid = \$131  | \$132 ;
-  assign \$135  = \$134  ? { a_in[1], a_in[1:0] } : { 1'h0, a_in[1:0] };
-  assign \$138  = \$137  ? { a_in[2], a_in[2:0] } : { 1'h0, a_in[2:0] };
-  assign \$141  = \$140  ? { a_in[3], a_in[3:0] } : { 1'h0, a_in[3:0] };
-  assign \$144  = \$143  ? { a_in[4], a_in[4:0] } : { 1'h0, a_in[4:0] };
-  assign \$147  = \$146  ? { a_in[5], a_in[5:0] } : { 1'h0, a_in[5:0] };
-  assign \$150  = \$149  ? { a_in[6], a_in[6:0] } : { 1'h0, a_in[6:0] };
-  assign \$153  = \$152  ? { a_in[7], a_in[7:0] } : { 1'h0, a_in[7:0] };
+  assign \$83  = beat__valid & beat__payload[512];
+  assign \$84  = a__ready & \b__ready$251 ;
+  assign \$85  = sink_from_add & \$84 ;
+  assign \$86  = sink_from_gelu0 & i__ready;
+  assign \$87  = | { \$86 , \$85  };
+  assign \$88  = ~ \w_en$180 ;
+  assign \$89  = \$88  | \w_rdy$255 ;
+  assign \$90  = \$89  & elem_valid;
+  assign \$91  = ~ add_sel;
+  assign \$92  = r_rdy | \$91 ;
+  assign \$93  = \$90  & \$92 ;
+  assign \$94  = ~ \w_en$180 ;
+  assign \$95  = \$94  | \w_rdy$255 ;
+  assign \$96  = \$95  & elem_valid;
+  assign \$97  = ~ add_sel;
+  assign \$98  = r_rdy | \$97 ;
+  assign \$99  = \$96  & \$98 ;
+  assign \$100  = \$99  & add_sel;
+  assign \$101  = sink_from_add & \r_rdy$260 ;
+  assign \$102  = sink_from_add & \r_rdy$260 ;
+  assign \$103  = sink_from_gelu0 & \r_rdy$260 ;
+  assign \$104  = \r_rdy$263  & \valid$264 ;
+  assign \$105  = pack_jo == 2'h3;
+  assign \$106  = \$105  | \final ;
+  assign \$107  = q0_to_pack & \r_rdy$268 ;
+  assign \$108  = res_to_pack & gemm_res_valid;
+  assign elem_valid = \$107  | \$108 ;
+  assign \$109  = ~ is_linear;
+  assign \$110  = \$109  | rk_zero;
+  assign \$111  = \$110  & beat__valid;
+  assign \$112  = ~ is_linear;
+  assign \$113  = \$112  | rk_zero;
+  assign \$114  = ~ \$113 ;
+  assign \$115  = beat__valid & \$114 ;
+  assign \$116  = pre_ln | pre_sm;
+  assign a_in = \$116  ? \r_data$289  : \r_data$246 [15:0];
+  assign \$117  = a_from_softmax | a_from_layernorm;
+  assign \$118  = \$117  & \r_rdy$291 ;
+  assign \$119  = a_from_src0 & \r_rdy$268 ;
+  assign a_in_valid = \$118  | \$119 ;
+  assign \$122  = \$121  ? { a_in[1], a_in[1:0] } : { 1'h0, a_in[1:0] };
+  assign \$125  = \$124  ? { a_in[2], a_in[2:0] } : { 1'h0, a_in[2:0] };
+  assign \$128  = \$127  ? { a_in[3], a_in[3:0] } : { 1'h0, a_in[3:0] };
+  assign \$131  = \$130  ? { a_in[4], a_in[4:0] } : { 1'h0, a_in[4:0] };
+  assign \$134  = \$133  ? { a_in[5], a_in[5:0] } : { 1'h0, a_in[5:0] };
+  assign \$137  = \$136  ? { a_in[6], a_in[6:0] } : { 1'h0, a_in[6:0] };
+  assign \$140  = \$139  ? { a_in[7], a_in[7:0] } : { 1'h0, a_in[7:0] };
+  assign \$142  = ~ \$141 ;
+  assign \$143  = a_in_valid & \$142 ;
+  assign \$144  = \$signal  * 9'h100;
+  assign \$145  = \$144  + lk;
+  assign \$147  = ~ \$146 ;
+  assign \$148  = a_in_valid & \$147 ;
+  assign \$149  = | \$signal$302 ;
+  assign \$150  = ~ \$149 ;
+  assign \$151  = \$148  & \$150 ;
+  assign \$152  = \$signal  * 9'h100;
+  assign \$153  = \$152  + lk;
   assign \$155  = ~ \$154 ;
   assign \$156  = a_in_valid & \$155 ;
-  assign \$157  = \$signal$297  * 9'h100;
-  assign \$158  = \$157  + lk;
-  assign \$160  = ~ \$159 ;
-  assign \$161  = a_in_valid & \$160 ;
-  assign \$162  = | \$signal$304 ;
-  assign \$163  = ~ \$162 ;
-  assign \$164  = \$161  & \$163 ;
-  assign \$165  = \$signal$297  * 9'h100;
-  assign \$166  = \$165  + lk;
-  assign \$168  = ~ \$167 ;
-  assign \$169  = a_in_valid & \$168 ;
-  assign \$170  = \$signal$304  == 1'h1;
-  assign \$171  = \$169  & \$170 ;
-  assign \$172  = \$signal$297  * 9'h100;
-  assign \$173  = \$172  + lk;
-  assign \$175  = ~ \$174 ;
-  assign \$176  = a_in_valid & \$175 ;
-  assign \$177  = \$signal$304  == 2'h2;
-  assign \$178  = \$176  & \$177 ;
-  assign \$179  = \$signal$297  * 9'h100;
-  assign \$180  = \$179  + lk;
-  assign \$182  = ~ \$181 ;
-  assign \$183  = a_in_valid & \$182 ;
-  assign \$184  = \$signal$304  == 2'h3;
-  assign \$185  = \$183  & \$184 ;
-  assign \$186  = \$signal$297  * 9'h100;
-  assign \$187  = \$186  + lk;
-  assign \$189  = ~ \$188 ;
-  assign \$190  = a_in_valid & \$189 ;
-  assign \$191  = \$signal$304  == 3'h4;
-  assign \$192  = \$190  & \$191 ;
-  assign \$193  = \$signal$297  * 9'h100;
-  assign \$194  = \$193  + lk;
-  assign \$196  = ~ \$195 ;
-  assign \$197  = a_in_valid & \$196 ;
-  assign \$198  = \$signal$304  == 3'h5;
-  assign \$199  = \$197  & \$198 ;
-  assign \$200  = \$signal$297  * 9'h100;
-  assign \$201  = \$200  + lk;
-  assign \$203  = ~ \$202 ;
-  assign \$204  = a_in_valid & \$203 ;
-  assign \$205  = \$signal$304  == 3'h6;
-  assign \$206  = \$204  & \$205 ;
-  assign \$207  = \$signal$297  * 9'h100;
-  assign \$208  = \$207  + lk;
-  assign \$210  = ~ \$209 ;
-  assign \$211  = a_in_valid & \$210 ;
-  assign \$212  = \$signal$304  == 3'h7;
-  assign \$213  = \$211  & \$212 ;
-  assign \$214  = \$signal$297  * 9'h100;
-  assign \$215  = \$214  + lk;
+  assign \$157  = \$signal$302  == 1'h1;
+  assign \$158  = \$156  & \$157 ;
+  assign \$159  = \$signal  * 9'h100;
+  assign \$160  = \$159  + lk;
+  assign \$162  = ~ \$161 ;
+  assign \$163  = a_in_valid & \$162 ;
+  assign \$164  = \$signal$302  == 2'h2;
+  assign \$165  = \$163  & \$164 ;
+  assign \$166  = \$signal  * 9'h100;
+  assign \$167  = \$166  + lk;
+  assign \$169  = ~ \$168 ;
+  assign \$170  = a_in_valid & \$169 ;
+  assign \$171  = \$signal$302  == 2'h3;
+  assign \$172  = \$170  & \$171 ;
+  assign \$173  = \$signal  * 9'h100;
+  assign \$174  = \$173  + lk;
+  assign \$176  = ~ \$175 ;
+  assign \$177  = a_in_valid & \$176 ;
+  assign \$178  = \$signal$302  == 3'h4;
+  assign \$179  = \$177  & \$178 ;
+  assign \$180  = \$signal  * 9'h100;
+  assign \$181  = \$180  + lk;
+  assign \$183  = ~ \$182 ;
+  assign \$184  = a_in_valid & \$183 ;
+  assign \$185  = \$signal$302  == 3'h5;
+  assign \$186  = \$184  & \$185 ;
+  assign \$187  = \$signal  * 9'h100;
+  assign \$188  = \$187  + lk;
+  assign \$190  = ~ \$189 ;
+  assign \$191  = a_in_valid & \$190 ;
+  assign \$192  = \$signal$302  == 3'h6;
+  assign \$193  = \$191  & \$192 ;
+  assign \$194  = \$signal  * 9'h100;
+  assign \$195  = \$194  + lk;
+  assign \$197  = ~ \$196 ;
+  assign \$198  = a_in_valid & \$197 ;
+  assign \$199  = \$signal$302  == 3'h7;
+  assign \$200  = \$198  & \$199 ;
+  assign \$201  = \$signal  * 9'h100;
+  assign \$202  = \$201  + lk;
+  assign \$204  = ~ \$203 ;
+  assign \$205  = a_in_valid & \$204 ;
+  assign \$206  = \$signal$302  == 4'h8;
+  assign \$207  = \$205  & \$206 ;
+  assign \$209  = \$208  | a_loader_ahead;
+  assign \$211  = is_linear | \$210 ;
+  assign \$212  = \$209  & \$211 ;
+  assign \$213  = \$212  & feed_queue_room;
+  assign \$214  = \$213  & a_blocks_left;
+  assign \$215  = ~ is_linear;
   assign \$217  = ~ \$216 ;
-  assign \$218  = a_in_valid & \$217 ;
-  assign \$219  = \$signal$304  == 4'h8;
+  assign \$218  = r_rdy & \$217 ;
+  assign \$219  = ~ is_linear;
   assign \$220  = \$218  & \$219 ;
-  assign \$222  = \$221  | a_loader_ahead;
-  assign \$224  = is_linear | \$223 ;
-  assign \$225  = \$222  & \$224 ;
-  assign \$226  = \$225  & feed_queue_room;
-  assign \$227  = \$226  & a_blocks_left;
-  assign \$228  = ~ is_linear;
-  assign \$230  = ~ \$229 ;
-  assign \$231  = \r_rdy$260  & \$230 ;
-  assign \$232  = ~ is_linear;
-  assign \$233  = \$231  & \$232 ;
-  assign \$234  = w_load_half * 9'h100;
-  assign \$235  = \$234  + w_load_addr;
-  assign \$237  = ~ \$236 ;
-  assign \$238  = \r_rdy$260  & \$237 ;
-  assign \$239  = ~ is_linear;
-  assign \$240  = \$238  & \$239 ;
-  assign \$241  = | w_load_lane;
-  assign \$242  = ~ \$241 ;
-  assign \$243  = \$240  & \$242 ;
-  assign \$244  = w_load_half * 9'h100;
-  assign \$245  = \$244  + w_load_addr;
-  assign \$247  = ~ \$246 ;
-  assign \$248  = \r_rdy$260  & \$247 ;
-  assign \$249  = ~ is_linear;
-  assign \$250  = \$248  & \$249 ;
-  assign \$251  = w_load_lane == 1'h1;
-  assign \$252  = \$250  & \$251 ;
-  assign \$253  = w_load_half * 9'h100;
-  assign \$254  = \$253  + w_load_addr;
-  assign \$256  = ~ \$255 ;
-  assign \$257  = \r_rdy$260  & \$256 ;
-  assign \$258  = ~ is_linear;
-  assign \$259  = \$257  & \$258 ;
-  assign \$260  = w_load_lane == 2'h2;
-  assign \$261  = \$259  & \$260 ;
-  assign \$262  = w_load_half * 9'h100;
-  assign \$263  = \$262  + w_load_addr;
-  assign \$265  = ~ \$264 ;
-  assign \$266  = \r_rdy$260  & \$265 ;
-  assign \$267  = ~ is_linear;
-  assign \$268  = \$266  & \$267 ;
-  assign \$269  = w_load_lane == 2'h3;
-  assign \$270  = \$268  & \$269 ;
-  assign \$271  = w_load_half * 9'h100;
-  assign \$272  = \$271  + w_load_addr;
-  assign \$274  = ~ \$273 ;
-  assign \$275  = \r_rdy$260  & \$274 ;
-  assign \$276  = ~ is_linear;
-  assign \$277  = \$275  & \$276 ;
-  assign \$278  = w_load_lane == 3'h4;
-  assign \$279  = \$277  & \$278 ;
-  assign \$280  = w_load_half * 9'h100;
-  assign \$281  = \$280  + w_load_addr;
-  assign \$283  = ~ \$282 ;
-  assign \$284  = \r_rdy$260  & \$283 ;
-  assign \$285  = ~ is_linear;
-  assign \$286  = \$284  & \$285 ;
-  assign \$287  = w_load_lane == 3'h5;
-  assign \$288  = \$286  & \$287 ;
-  assign \$289  = w_load_half * 9'h100;
-  assign \$290  = \$289  + w_load_addr;
-  assign \$292  = ~ \$291 ;
-  assign \$293  = \r_rdy$260  & \$292 ;
-  assign \$294  = ~ is_linear;
-  assign \$295  = \$293  & \$294 ;
-  assign \$296  = w_load_lane == 3'h6;
-  assign \$297  = \$295  & \$296 ;
-  assign \$298  = w_load_half * 9'h100;
-  assign \$299  = \$298  + w_load_addr;
-  assign \$301  = ~ \$300 ;
-  assign \$302  = \r_rdy$260  & \$301 ;
-  assign \$303  = ~ is_linear;
-  assign \$304  = \$302  & \$303 ;
-  assign \$305  = w_load_lane == 3'h7;
-  assign \$306  = \$304  & \$305 ;
-  assign \$307  = is_linear ? \r_rdy$427  : feed_valid;
-  assign \$308  = is_linear & w__ready;
-  assign \$309  = is_linear ? \r_data$433 [7:0] : feed_beat[89:82];
-  assign \$310  = is_linear ? \r_data$433 [15:8] : feed_beat[97:90];
-  assign \$311  = is_linear ? \r_data$433 [23:16] : feed_beat[105:98];
-  assign \$312  = is_linear ? \r_data$433 [31:24] : feed_beat[113:106];
-  assign \$313  = is_linear ? \r_data$433 [39:32] : feed_beat[121:114];
-  assign \$314  = is_linear ? \r_data$433 [47:40] : feed_beat[129:122];
-  assign \$315  = is_linear ? \r_data$433 [55:48] : feed_beat[137:130];
-  assign \$316  = is_linear ? \r_data$433 [63:56] : feed_beat[145:138];
-  assign \$317  = sink_from_gemm & dst_step;
-  assign \$318  = \$317  & last__4;
-  assign \$319  = res_to_pack & elem_take;
-  assign \$320  = post_col == 3'h7;
-  assign \$321  = \$319  & \$320 ;
-  assign \r_en$441  = \$318  | \$321 ;
-  assign \$322  = index__1 != dec_mt_last;
-  assign \$323  = index__3[3:0] < dec_rows_last[3:0];
-  assign \$324  = \$322  | \$323 ;
-  assign \$325  = index__2 != dec_nt_last;
-  assign \$326  = index__4[3:0] < dec_cols_last[3:0];
-  assign \$327  = \$325  | \$326 ;
-  assign \$328  = \$324  & \$327 ;
-  assign \$329  = post_gelu | post_add;
-  assign \$330  = ~ \$329 ;
-  assign \$331  = gemm_active & \$330 ;
-  assign \$333  = post_gelu | post_add;
-  assign \$334  = gemm_active & \$333 ;
-  assign \$336  = ~ fetch_sent;
-  assign \$337  = in_fetch & \$336 ;
-  assign \$338  = | c_ask;
-  assign \$339  = in_const & \$338 ;
-  assign \$340  = sink_from_load & ext_req_valid;
-  assign \$342  = gemm_active & \$signal$463 ;
-  assign \req__valid$456  = | { \$342 , \$341 , \$340 , \$339 , \$337  };
-  assign \$343  = in_fetch ? pc : 32'd0;
-  assign \$344  = in_const ? c_addr : 32'd0;
-  assign \$345  = \$343  | \$344 ;
-  assign \$346  = sink_from_load ? ext_req_addr : 32'd0;
-  assign \$347  = \$345  | \$346 ;
-  assign \$350  = want_w ? w_addr : p_addr;
-  assign \$351  = gemm_active ? \$350  : 32'd0;
-  assign \$352  = \$349  | \$351 ;
-  assign \$353  = in_fetch ? 3'h6 : 3'h0;
-  assign \$354  = in_const ? dec_c_lb : 3'h0;
-  assign \$355  = \$353  | \$354 ;
-  assign \$356  = sink_from_load ? ins[23:22] : 2'h0;
-  assign \$357  = \$355  | { 1'h0, \$356  };
-  assign \$360  = want_w ? w_lb : 3'h6;
-  assign \$361  = gemm_active ? \$360  : 3'h0;
-  assign \$362  = \$359  | \$361 ;
-  assign \$364  = ~ c_full;
-  assign \$365  = in_const & \$364 ;
-  assign \$366  = sink_from_load & \valid$269 ;
-  assign \$368  = ~ is_linear;
-  assign \$369  = \$368  | rk_zero;
-  assign \$370  = \$369  ? p__ready : \w_rdy$472 ;
-  assign \$371  = gemm_active & \$370 ;
-  assign beat__ready = | { \$371 , \$367 , \$366 , \$365 , \$363  };
-  assign \$372  = sink_from_move & r_rdy;
-  assign \$373  = sink_from_load & beat__valid;
-  assign \$374  = ~ ext_req_valid;
-  assign \$375  = \$374  | \req__ready$476 ;
-  assign \$376  = r_rdy & \$375 ;
-  assign \$377  = sink_from_store & \$376 ;
-  assign \$378  = sink_from_softmax & \r_rdy$247 ;
-  assign \$379  = sink_from_layernorm & \r_rdy$247 ;
-  assign \$380  = sink_from_add & \r_rdy$266 ;
-  assign \$381  = sink_from_gelu0 & \r_rdy$266 ;
-  assign \$382  = sink_from_gemm & gemm_res_valid;
-  assign \$383  = | { \$382 , \$381 , \$380 , \$379 , \$378 , \$377 , \$373 , \$372  };
-  assign dst_step = \valid$269  & \$383 ;
-  assign \$384  = ~ sink_from_store;
-  assign \$385  = dst_step & \$384 ;
-  assign wr_en = \$385  & dst_keep;
-  assign \$386  = sink_from_softmax | a_from_softmax;
-  assign \i__valid$481  = \$386  & r_rdy;
-  assign \$387  = sink_from_layernorm | a_from_layernorm;
-  assign \i__valid$482  = \$387  & r_rdy;
-  assign \$388  = sink_from_softmax | sink_from_layernorm;
-  assign \$389  = \$388  & \valid$269 ;
-  assign \$390  = a_from_softmax | a_from_layernorm;
-  assign \$391  = \$390  & a_in_take;
-  assign \r_en$483  = \$389  | \$391 ;
-  assign \$392  = sink_from_move & \valid$269 ;
-  assign \$393  = sink_from_store & \valid$269 ;
-  assign \$394  = ~ ext_req_valid;
-  assign \$395  = \$394  | \req__ready$476 ;
-  assign \$396  = \$393  & \$395 ;
-  assign \$397  = sink_from_softmax | a_from_softmax;
-  assign \$398  = \$397  & \i__ready$485 ;
-  assign \$399  = sink_from_layernorm | a_from_layernorm;
-  assign \$400  = \$399  & \i__ready$486 ;
-  assign \$401  = q0_to_pack & elem_take;
-  assign \$402  = a_from_src0 & a_in_take;
-  assign \$403  = | { \$402 , \$401 , \$400 , \$398 , \$396 , \$392  };
-  assign \r_en$484  = r_rdy & \$403 ;
-  assign \$404  = in_stream & err;
-  assign \$405  = ~ busy;
-  assign clear = start & \$405 ;
-  assign \$406  = rst | unit_rst;
-  assign \$407  = rst | unit_rst;
-  assign \$408  = rst | unit_rst;
-  assign \$409  = rst | unit_rst;
-  assign \$410  = rst | unit_rst;
-  assign \$411  = ins[5:0] == 1'h1;
-  assign \$412  = ins[5:0] == 2'h2;
-  assign \$413  = ins[5:0] == 2'h3;
-  assign \$414  = ins[5:0] == 3'h4;
-  assign \$415  = ins[5:0] == 3'h5;
-  assign \$416  = ins[5:0] == 3'h6;
-  assign \$417  = ins[5:0] == 3'h7;
-  assign \$418  = ins[5:0] == 4'h8;
-  assign \$419  = ins[5:0] == 4'h9;
-  assign \$420  = ins[5:0] == 4'ha;
-  assign \$421  = ins[5:0] == 4'hb;
-  assign \$422  = ins[5:0] == 4'hc;
-  assign \$423  = ins[5:0] == 4'hd;
-  assign \$424  = ins[5:0] == 4'he;
-  assign \$425  = ins[5:0] == 4'hf;
-  assign \$426  = 1'h1 << ins[3:0];
-  assign \$427  = ins[5:0] == 3'h4;
-  assign \$428  = ins[5:0] == 3'h5;
-  assign \$429  = \$427  | \$428 ;
-  assign \$430  = ins[5:0] == 3'h4;
-  assign \$431  = ins[511:510] == 1'h1;
-  assign \$432  = \$430  & \$431 ;
-  assign \$433  = ins[5:0] == 3'h4;
-  assign \$434  = ins[511:510] == 2'h2;
-  assign \$435  = \$433  & \$434 ;
-  assign \$436  = ins[5:0] == 3'h4;
-  assign \$437  = ins[511:510] == 2'h3;
-  assign \$438  = \$436  & \$437 ;
-  assign \$439  = ins[5:0] == 3'h5;
-  assign \$440  = ins[511:510] == 2'h3;
-  assign \$441  = \$439  & \$440 ;
-  assign \$442  = ~ unit_rst;
-  assign \$443  = src0_issue & \$442 ;
-  assign \$444  = ~ unit_rst;
-  assign \$445  = src0_inflight & \$444 ;
-  assign \$446  = last__3 & \last__4$508 ;
-  assign \$447  = ~ unit_rst;
-  assign \$448  = src1_issue & \$447 ;
+  assign \$221  = w_load_half * 9'h100;
+  assign \$222  = \$221  + w_load_addr;
+  assign \$224  = ~ \$223 ;
+  assign \$225  = r_rdy & \$224 ;
+  assign \$226  = ~ is_linear;
+  assign \$227  = \$225  & \$226 ;
+  assign \$228  = | w_load_lane;
+  assign \$229  = ~ \$228 ;
+  assign \$230  = \$227  & \$229 ;
+  assign \$231  = w_load_half * 9'h100;
+  assign \$232  = \$231  + w_load_addr;
+  assign \$234  = ~ \$233 ;
+  assign \$235  = r_rdy & \$234 ;
+  assign \$236  = ~ is_linear;
+  assign \$237  = \$235  & \$236 ;
+  assign \$238  = w_load_lane == 1'h1;
+  assign \$239  = \$237  & \$238 ;
+  assign \$240  = w_load_half * 9'h100;
+  assign \$241  = \$240  + w_load_addr;
+  assign \$243  = ~ \$242 ;
+  assign \$244  = r_rdy & \$243 ;
+  assign \$245  = ~ is_linear;
+  assign \$246  = \$244  & \$245 ;
+  assign \$247  = w_load_lane == 2'h2;
+  assign \$248  = \$246  & \$247 ;
+  assign \$249  = w_load_half * 9'h100;
+  assign \$250  = \$249  + w_load_addr;
+  assign \$252  = ~ \$251 ;
+  assign \$253  = r_rdy & \$252 ;
+  assign \$254  = ~ is_linear;
+  assign \$255  = \$253  & \$254 ;
+  assign \$256  = w_load_lane == 2'h3;
+  assign \$257  = \$255  & \$256 ;
+  assign \$258  = w_load_half * 9'h100;
+  assign \$259  = \$258  + w_load_addr;
+  assign \$261  = ~ \$260 ;
+  assign \$262  = r_rdy & \$261 ;
+  assign \$263  = ~ is_linear;
+  assign \$264  = \$262  & \$263 ;
+  assign \$265  = w_load_lane == 3'h4;
+  assign \$266  = \$264  & \$265 ;
+  assign \$267  = w_load_half * 9'h100;
+  assign \$268  = \$267  + w_load_addr;
+  assign \$270  = ~ \$269 ;
+  assign \$271  = r_rdy & \$270 ;
+  assign \$272  = ~ is_linear;
+  assign \$273  = \$271  & \$272 ;
+  assign \$274  = w_load_lane == 3'h5;
+  assign \$275  = \$273  & \$274 ;
+  assign \$276  = w_load_half * 9'h100;
+  assign \$277  = \$276  + w_load_addr;
+  assign \$279  = ~ \$278 ;
+  assign \$280  = r_rdy & \$279 ;
+  assign \$281  = ~ is_linear;
+  assign \$282  = \$280  & \$281 ;
+  assign \$283  = w_load_lane == 3'h6;
+  assign \$284  = \$282  & \$283 ;
+  assign \$285  = w_load_half * 9'h100;
+  assign \$286  = \$285  + w_load_addr;
+  assign \$288  = ~ \$287 ;
+  assign \$289  = r_rdy & \$288 ;
+  assign \$290  = ~ is_linear;
+  assign \$291  = \$289  & \$290 ;
+  assign \$292  = w_load_lane == 3'h7;
+  assign \$293  = \$291  & \$292 ;
+  assign \$294  = is_linear ? \r_rdy$425  : feed_valid;
+  assign \$295  = is_linear & w__ready;
+  assign \$296  = is_linear ? \r_data$431 [7:0] : feed_beat[89:82];
+  assign \$297  = is_linear ? \r_data$431 [15:8] : feed_beat[97:90];
+  assign \$298  = is_linear ? \r_data$431 [23:16] : feed_beat[105:98];
+  assign \$299  = is_linear ? \r_data$431 [31:24] : feed_beat[113:106];
+  assign \$300  = is_linear ? \r_data$431 [39:32] : feed_beat[121:114];
+  assign \$301  = is_linear ? \r_data$431 [47:40] : feed_beat[129:122];
+  assign \$302  = is_linear ? \r_data$431 [55:48] : feed_beat[137:130];
+  assign \$303  = is_linear ? \r_data$431 [63:56] : feed_beat[145:138];
+  assign \$304  = sink_from_gemm & dst_step;
+  assign \$305  = \$304  & last__4;
+  assign \$306  = res_to_pack & elem_take;
+  assign \$307  = post_col == 3'h7;
+  assign \$308  = \$306  & \$307 ;
+  assign \r_en$439  = \$305  | \$308 ;
+  assign \$309  = index__1 != dec_mt_last;
+  assign \$310  = index__3[3:0] < dec_rows_last[3:0];
+  assign \$311  = \$309  | \$310 ;
+  assign \$312  = index__2 != dec_nt_last;
+  assign \$313  = index__4[3:0] < dec_cols_last[3:0];
+  assign \$314  = \$312  | \$313 ;
+  assign \$315  = \$311  & \$314 ;
+  assign \$316  = post_gelu | post_add;
+  assign \$317  = gemm_active & \$316 ;
+  assign \$321  = \$320  ? { beat__payload[7], beat__payload[7:0] } : { 1'h0, beat__payload[7:0] };
+  assign \$324  = \$323  ? { beat__payload[15], beat__payload[15:0] } : { 1'h0, beat__payload[15:0] };
+  assign \$327  = \$326  ? { beat__payload[31], beat__payload[31:0] } : { 1'h0, beat__payload[31:0] };
+  assign \$330  = \$329  ? { beat__payload[63], beat__payload[63:0] } : { 1'h0, beat__payload[63:0] };
+  assign \$331  = sink_from_move ? \r_data$246 [15:0] : 16'h0000;
+  assign \$332  = sink_from_load ? load_elem : 16'h0000;
+  assign \$333  = \$331  | \$332 ;
+  assign \$334  = sink_from_softmax | sink_from_layernorm;
+  assign \$335  = \$334  ? \r_data$289  : 16'h0000;
+  assign \$336  = \$333  | \$335 ;
+  assign \$337  = | { sink_from_gelu0, sink_from_add };
+  assign \$338  = \$337  ? unpack_elem : 16'h0000;
+  assign \$339  = \$336  | \$338 ;
+  assign \$341  = sink_from_gemm ? \$340  : 32'd0;
+  assign \$342  = { 16'h0000, \$339  } | \$341 ;
+  assign \$343  = ~ fetch_sent;
+  assign \$344  = in_fetch & \$343 ;
+  assign \$345  = | c_ask;
+  assign \$346  = in_const & \$345 ;
+  assign \$347  = sink_from_load & ext_req_valid;
+  assign \$349  = gemm_active & \$signal$464 ;
+  assign \req__valid$458  = | { \$349 , \$348 , \$347 , \$346 , \$344  };
+  assign \$350  = in_fetch ? pc : 32'd0;
+  assign \$351  = in_const ? c_addr : 32'd0;
+  assign \$352  = \$350  | \$351 ;
+  assign \$353  = sink_from_load ? ext_req_addr : 32'd0;
+  assign \$354  = \$352  | \$353 ;
+  assign \$357  = want_w ? w_addr : p_addr;
+  assign \$358  = gemm_active ? \$357  : 32'd0;
+  assign \$359  = \$356  | \$358 ;
+  assign \$360  = in_fetch ? 3'h6 : 3'h0;
+  assign \$361  = in_const ? dec_c_lb : 3'h0;
+  assign \$362  = \$360  | \$361 ;
+  assign \$363  = sink_from_load ? ins[23:22] : 2'h0;
+  assign \$364  = \$362  | { 1'h0, \$363  };
+  assign \$367  = want_w ? w_lb : 3'h6;
+  assign \$368  = gemm_active ? \$367  : 3'h0;
+  assign \$369  = \$366  | \$368 ;
+  assign \$371  = ~ c_full;
+  assign \$372  = in_const & \$371 ;
+  assign \$373  = sink_from_load & \valid$264 ;
+  assign \$375  = ~ is_linear;
+  assign \$376  = \$375  | rk_zero;
+  assign \$377  = \$376  ? p__ready : \w_rdy$473 ;
+  assign \$378  = gemm_active & \$377 ;
+  assign beat__ready = | { \$378 , \$374 , \$373 , \$372 , \$370  };
+  assign \$379  = sink_from_move & \r_rdy$268 ;
+  assign \$380  = sink_from_load & beat__valid;
+  assign \$381  = ~ ext_req_valid;
+  assign \$382  = \$381  | \req__ready$476 ;
+  assign \$383  = \r_rdy$268  & \$382 ;
+  assign \$384  = sink_from_store & \$383 ;
+  assign \$385  = sink_from_softmax & \r_rdy$291 ;
+  assign \$386  = sink_from_layernorm & \r_rdy$291 ;
+  assign \$387  = sink_from_add & \r_rdy$263 ;
+  assign \$388  = sink_from_gelu0 & \r_rdy$263 ;
+  assign \$389  = sink_from_gemm & gemm_res_valid;
+  assign \$390  = | { \$389 , \$388 , \$387 , \$386 , \$385 , \$384 , \$380 , \$379  };
+  assign dst_step = \valid$264  & \$390 ;
+  assign \$391  = ~ sink_from_store;
+  assign \$392  = dst_step & \$391 ;
+  assign wr_en = \$392  & dst_keep;
+  assign \$393  = sink_from_softmax | a_from_softmax;
+  assign \i__valid$481  = \$393  & \r_rdy$268 ;
+  assign \$394  = sink_from_layernorm | a_from_layernorm;
+  assign \i__valid$482  = \$394  & \r_rdy$268 ;
+  assign \$395  = sink_from_softmax | sink_from_layernorm;
+  assign \$396  = \$395  & \valid$264 ;
+  assign \$397  = a_from_softmax | a_from_layernorm;
+  assign \$398  = \$397  & a_in_take;
+  assign \r_en$483  = \$396  | \$398 ;
+  assign \$399  = sink_from_move & \valid$264 ;
+  assign \$400  = sink_from_store & \valid$264 ;
+  assign \$401  = ~ ext_req_valid;
+  assign \$402  = \$401  | \req__ready$476 ;
+  assign \$403  = \$400  & \$402 ;
+  assign \$404  = sink_from_softmax | a_from_softmax;
+  assign \$405  = \$404  & \i__ready$485 ;
+  assign \$406  = sink_from_layernorm | a_from_layernorm;
+  assign \$407  = \$406  & \i__ready$486 ;
+  assign \$408  = q0_to_pack & elem_take;
+  assign \$409  = a_from_src0 & a_in_take;
+  assign \$410  = | { \$409 , \$408 , \$407 , \$405 , \$403 , \$399  };
+  assign \r_en$484  = \r_rdy$268  & \$410 ;
+  assign \$411  = in_stream & err;
+  assign \$412  = ~ busy;
+  assign clear = start & \$412 ;
+  assign \$413  = rst | unit_rst;
+  assign \$414  = rst | unit_rst;
+  assign \$415  = rst | unit_rst;
+  assign \$416  = rst | unit_rst;
+  assign \$417  = rst | unit_rst;
+  assign \$418  = ins[5:0] == 1'h1;
+  assign \$419  = ins[5:0] == 2'h2;
+  assign \$420  = ins[5:0] == 2'h3;
+  assign \$421  = ins[5:0] == 3'h4;
+  assign \$422  = ins[5:0] == 3'h5;
+  assign \$423  = ins[5:0] == 3'h6;
+  assign \$424  = ins[5:0] == 3'h7;
+  assign \$425  = ins[5:0] == 4'h8;
+  assign \$426  = ins[5:0] == 4'h9;
+  assign \$427  = ins[5:0] == 4'ha;
+  assign \$428  = ins[5:0] == 4'hb;
+  assign \$429  = ins[5:0] == 4'hc;
+  assign \$430  = ins[5:0] == 4'hd;
+  assign \$431  = ins[5:0] == 4'he;
+  assign \$432  = ins[5:0] == 4'hf;
+  assign \$433  = 1'h1 << ins[3:0];
+  assign \$434  = ins[5:0] == 3'h4;
+  assign \$435  = ins[5:0] == 3'h5;
+  assign \$436  = \$434  | \$435 ;
+  assign \$437  = ins[5:0] == 3'h4;
+  assign \$438  = ins[511:510] == 1'h1;
+  assign \$439  = \$437  & \$438 ;
+  assign \$440  = ins[5:0] == 3'h4;
+  assign \$441  = ins[511:510] == 2'h2;
+  assign \$442  = \$440  & \$441 ;
+  assign \$443  = ins[5:0] == 3'h4;
+  assign \$444  = ins[511:510] == 2'h3;
+  assign \$445  = \$443  & \$444 ;
+  assign \$446  = ins[5:0] == 3'h5;
+  assign \$447  = ins[511:510] == 2'h3;
+  assign \$448  = \$446  & \$447 ;
   assign \$449  = ~ unit_rst;
-  assign \$450  = src1_inflight & \$449 ;
-  assign \$451  = \last__3$516  & \last__4$514 ;
-  assign \$452  = ins[5:0] == 4'ha;
-  assign \$453  = ins[5:0] == 4'hb;
-  assign \$454  = ins[5:0] == 4'hc;
-  assign \$455  = ins[5:0] == 4'hd;
-  assign \$456  = ins[5:0] == 4'he;
-  assign \$457  = ins[5:0] == 4'hf;
-  assign \$458  = | { \$457 , \$456 , \$455 , \$454 , \$453 , \$452  };
-  assign \$459  = | ins[7:6];
-  assign \$460  = ~ \$459 ;
-  assign \$461  = ins[5:0] == 3'h7;
-  assign \$462  = ins[5:0] == 3'h4;
-  assign \$463  = ins[511:510] == 1'h1;
-  assign \$464  = \$462  & \$463 ;
-  assign \$465  = \$461  | \$464 ;
-  assign \$466  = \$460  & \$465 ;
-  assign \$467  = ins[5:0] == 4'h9;
-  assign \$468  = ins[5:0] == 3'h4;
-  assign \$469  = ins[511:510] == 2'h2;
-  assign \$470  = \$468  & \$469 ;
-  assign \$471  = \$467  | \$470 ;
-  assign \$472  = ins[55:40] + 4'h8;
-  assign \$473  = ins[71:56] + 3'h7;
-  assign \$474  = dec_n1p * 16'he38f;
-  assign \$477  = ins[87:72] - 1'h1;
-  assign \$478  = dec_mt - 1'h1;
-  assign \$479  = dec_nt - 1'h1;
-  assign \$480  = ins[39:24] * dec_mt;
-  assign \$482  = \$481  + 6'h3f;
-  assign \$484  = ins[497:466] + \$483 ;
-  assign \$485  = is_gemm ? \$484  : { 1'h0, ins[465:434] };
-  assign \$486  = dec_blocks * dec_nt;
-  assign \$489  = \$487  + \$488 ;
-  assign \$490  = ins[55:40] - \$489 ;
-  assign \$492  = ins[71:56] - \$491 ;
-  assign \$495  = \$494  ? offset : 32'd0;
-  assign \$496  = ins[465:434] + \$495 ;
-  assign \$497  = in_stream & \valid$269 ;
-  assign \$498  = | \addr$113 [21:14];
-  assign \$499  = \$497  & \$498 ;
-  assign \$500  = in_stream & valid;
-  assign \$501  = | addr[21:14];
-  assign \$502  = \$500  & \$501 ;
-  assign \$503  = in_stream & \valid$101 ;
-  assign \$504  = | \addr$104 [21:14];
-  assign \$505  = \$503  & \$504 ;
-  assign \$506  = cycles + 1'h1;
-  assign \$507  = in_op & op_onehot[0];
-  assign \$508  = op_cycles__0 + 1'h1;
-  assign \$509  = in_op & op_onehot[1];
-  assign \$510  = op_cycles__1 + 1'h1;
-  assign \$511  = in_op & op_onehot[2];
-  assign \$512  = op_cycles__2 + 1'h1;
-  assign \$513  = in_op & op_onehot[3];
-  assign \$514  = op_cycles__3 + 1'h1;
-  assign \$515  = in_op & op_onehot[4];
-  assign \$516  = op_cycles__4 + 1'h1;
-  assign \$517  = in_op & op_onehot[5];
-  assign \$518  = op_cycles__5 + 1'h1;
-  assign \$519  = in_op & op_onehot[6];
-  assign \$520  = op_cycles__6 + 1'h1;
-  assign \$521  = in_op & op_onehot[7];
-  assign \$522  = op_cycles__7 + 1'h1;
-  assign \$523  = in_op & op_onehot[8];
-  assign \$524  = op_cycles__8 + 1'h1;
-  assign \$525  = in_op & op_onehot[9];
-  assign \$526  = op_cycles__9 + 1'h1;
-  assign \$527  = in_op & op_onehot[10];
-  assign \$528  = op_cycles__10 + 1'h1;
-  assign \$529  = in_op & op_onehot[11];
-  assign \$530  = op_cycles__11 + 1'h1;
-  assign \$531  = in_op & op_onehot[12];
-  assign \$532  = op_cycles__12 + 1'h1;
-  assign \$533  = in_op & op_onehot[13];
-  assign \$534  = op_cycles__13 + 1'h1;
-  assign \$535  = in_op & op_onehot[14];
-  assign \$536  = op_cycles__14 + 1'h1;
-  assign \$537  = in_op & op_onehot[15];
-  assign \$538  = op_cycles__15 + 1'h1;
-  assign \$539  = images_left > 1'h1;
-  assign \$540  = is_end & \$539 ;
-  assign \$541  = | ins[39:24];
-  assign \$542  = ~ \$541 ;
-  assign \$543  = | ins[55:40];
-  assign \$544  = ~ \$543 ;
-  assign \$545  = | ins[71:56];
-  assign \$546  = ~ \$545 ;
-  assign \$547  = | ins[87:72];
-  assign \$548  = ~ \$547 ;
-  assign \$549  = | ins[103:88];
-  assign \$550  = ~ \$549 ;
-  assign \$551  = | { \$550 , \$548 , \$546 , \$544 , \$542  };
-  assign \$552  = ~ post_bad;
-  assign \$553  = \$552  & unit_known;
-  assign \$554  = post_gelu | post_add;
-  assign \$555  = \$554  | pre_ln;
-  assign \$556  = \$555  | pre_sm;
-  assign \$557  = is_move | is_load;
-  assign \$558  = \$557  | is_store;
-  assign \$559  = \$558  | is_gemm;
+  assign \$450  = src0_issue & \$449 ;
+  assign \$451  = ~ unit_rst;
+  assign \$452  = src0_inflight & \$451 ;
+  assign \$453  = last__3 & \last__4$508 ;
+  assign \$454  = ~ unit_rst;
+  assign \$455  = src1_issue & \$454 ;
+  assign \$456  = ~ unit_rst;
+  assign \$457  = src1_inflight & \$456 ;
+  assign \$458  = \last__3$516  & \last__4$514 ;
+  assign \$459  = ins[5:0] == 4'ha;
+  assign \$460  = ins[5:0] == 4'hb;
+  assign \$461  = ins[5:0] == 4'hc;
+  assign \$462  = ins[5:0] == 4'hd;
+  assign \$463  = ins[5:0] == 4'he;
+  assign \$464  = ins[5:0] == 4'hf;
+  assign \$465  = | { \$464 , \$463 , \$462 , \$461 , \$460 , \$459  };
+  assign \$466  = | ins[7:6];
+  assign \$467  = ~ \$466 ;
+  assign \$468  = ins[5:0] == 3'h7;
+  assign \$469  = ins[5:0] == 3'h4;
+  assign \$470  = ins[511:510] == 1'h1;
+  assign \$471  = \$469  & \$470 ;
+  assign \$472  = \$468  | \$471 ;
+  assign \$473  = \$467  & \$472 ;
+  assign \$474  = ins[5:0] == 4'h9;
+  assign \$475  = ins[5:0] == 3'h4;
+  assign \$476  = ins[511:510] == 2'h2;
+  assign \$477  = \$475  & \$476 ;
+  assign \$478  = \$474  | \$477 ;
+  assign \$479  = ins[55:40] + 4'h8;
+  assign \$480  = ins[71:56] + 3'h7;
+  assign \$481  = dec_n1p * 16'he38f;
+  assign \$484  = ins[87:72] - 1'h1;
+  assign \$485  = dec_mt - 1'h1;
+  assign \$486  = dec_nt - 1'h1;
+  assign \$487  = ins[39:24] * dec_mt;
+  assign \$489  = \$488  + 6'h3f;
+  assign \$491  = ins[497:466] + \$490 ;
+  assign \$492  = is_gemm ? \$491  : { 1'h0, ins[465:434] };
+  assign \$493  = dec_blocks[15:0] * dec_nt;
+  assign \$494  = dec_blocks[31:16] * dec_nt;
+  assign \$496  = dec_tiles_lo + \$495 ;
+  assign \$499  = \$497  + \$498 ;
+  assign \$500  = ins[55:40] - \$499 ;
+  assign \$502  = ins[71:56] - \$501 ;
+  assign \$505  = \$504  ? offset : 32'd0;
+  assign \$506  = ins[465:434] + \$505 ;
+  assign \$507  = in_stream & \valid$264 ;
+  assign \$508  = | \addr$113 [21:14];
+  assign \$509  = \$507  & \$508 ;
+  assign \$510  = in_stream & valid;
+  assign \$511  = | addr[21:14];
+  assign \$512  = \$510  & \$511 ;
+  assign \$513  = in_stream & \valid$101 ;
+  assign \$514  = | \addr$104 [21:14];
+  assign \$515  = \$513  & \$514 ;
+  assign \$516  = cycles + 1'h1;
+  assign \$517  = in_op & op_onehot[0];
+  assign \$518  = op_cycles__0 + 1'h1;
+  assign \$519  = in_op & op_onehot[1];
+  assign \$520  = op_cycles__1 + 1'h1;
+  assign \$521  = in_op & op_onehot[2];
+  assign \$522  = op_cycles__2 + 1'h1;
+  assign \$523  = in_op & op_onehot[3];
+  assign \$524  = op_cycles__3 + 1'h1;
+  assign \$525  = in_op & op_onehot[4];
+  assign \$526  = op_cycles__4 + 1'h1;
+  assign \$527  = in_op & op_onehot[5];
+  assign \$528  = op_cycles__5 + 1'h1;
+  assign \$529  = in_op & op_onehot[6];
+  assign \$530  = op_cycles__6 + 1'h1;
+  assign \$531  = in_op & op_onehot[7];
+  assign \$532  = op_cycles__7 + 1'h1;
+  assign \$533  = in_op & op_onehot[8];
+  assign \$534  = op_cycles__8 + 1'h1;
+  assign \$535  = in_op & op_onehot[9];
+  assign \$536  = op_cycles__9 + 1'h1;
+  assign \$537  = in_op & op_onehot[10];
+  assign \$538  = op_cycles__10 + 1'h1;
+  assign \$539  = in_op & op_onehot[11];
+  assign \$540  = op_cycles__11 + 1'h1;
+  assign \$541  = in_op & op_onehot[12];
+  assign \$542  = op_cycles__12 + 1'h1;
+  assign \$543  = in_op & op_onehot[13];
+  assign \$544  = op_cycles__13 + 1'h1;
+  assign \$545  = in_op & op_onehot[14];
+  assign \$546  = op_cycles__14 + 1'h1;
+  assign \$547  = in_op & op_onehot[15];
+  assign \$548  = op_cycles__15 + 1'h1;
+  assign \$549  = images_left > 1'h1;
+  assign \$550  = is_end & \$549 ;
+  assign \$551  = | ins[39:24];
+  assign \$552  = ~ \$551 ;
+  assign \$553  = | ins[55:40];
+  assign \$554  = ~ \$553 ;
+  assign \$555  = | ins[71:56];
+  assign \$556  = ~ \$555 ;
+  assign \$557  = | ins[87:72];
+  assign \$558  = ~ \$557 ;
+  assign \$559  = | ins[103:88];
   assign \$560  = ~ \$559 ;
-  assign \$561  = \$556  | \$560 ;
-  assign \$562  = \$553  & \$561 ;
-  assign \$563  = ~ post_bad;
+  assign \$561  = | { \$560 , \$558 , \$556 , \$554 , \$552  };
+  assign \$562  = ~ post_bad;
+  assign \$563  = \$562  & unit_known;
   assign \$564  = post_gelu | post_add;
   assign \$565  = \$564  | pre_ln;
   assign \$566  = \$565  | pre_sm;
-  assign \$567  = ~ \$566 ;
-  assign \$568  = \$563  & \$567 ;
-  assign \$569  = is_move | is_load;
-  assign \$570  = \$569  | is_store;
-  assign \$571  = \$570  | is_gemm;
-  assign \$572  = \$568  & \$571 ;
-  assign \$573  = ~ busy;
-  assign \$574  = \$573  & start;
-  assign \$575  = | images;
-  assign \$576  = \$575  ? images : 16'h0001;
-  assign \$577  = | decode_wait;
-  assign \$578  = ~ \$577 ;
-  assign \$579  = in_decode & \$578 ;
-  assign \$580  = \$579  & d_end_more;
-  assign \$581  = images_left - 1'h1;
-  assign \$582  = offset + \$signal$539 ;
-  assign \$583  = in_stream & op_done;
-  assign \$584  = | fault_q;
-  assign \$585  = ~ \$584 ;
-  assign \$586  = \$583  & \$585 ;
-  assign \$587  = ~ addr_fault;
-  assign \$588  = \$586  & \$587 ;
-  assign \$589  = pc + 7'h40;
-  assign \$590  = ~ fetch_sent;
-  assign \$591  = req__ready & \$590 ;
-  assign \$592  = 1'h1 << dec_c_lb;
-  assign \$593  = ins[509:498] == 1'h1;
-  assign \$594  = | decode_wait;
-  assign \$595  = decode_wait - 1'h1;
-  assign \$596  = decode_wait == 1'h1;
-  assign \$597  = is_softmax | pre_sm;
-  assign \$598  = is_layernorm | pre_ln;
-  assign \$599  = is_gelu | is_add;
-  assign \$600  = \$599  | post_gelu;
-  assign \$601  = \$600  | post_add;
-  assign \$602  = is_gelu | is_add;
-  assign \$603  = \$602  | post_gelu;
-  assign \$604  = \$603  | post_add;
-  assign \$605  = \$604  & add_sel;
-  assign \$606  = is_gelu | is_add;
-  assign \$607  = \$606  | post_gelu;
-  assign \$608  = \$607  | post_add;
-  assign \$609  = \$608  & gelu_sel0;
-  assign \$610  = ~ post_gelu;
-  assign \$611  = is_gemm & \$610 ;
-  assign \$612  = ~ post_add;
-  assign \$613  = \$611  & \$612 ;
-  assign \$614  = is_gemm & pre_sm;
-  assign \$615  = is_gemm & pre_ln;
-  assign \$616  = ~ pre_sm;
-  assign \$617  = is_gemm & \$616 ;
-  assign \$618  = ~ pre_ln;
-  assign \$619  = \$617  & \$618 ;
-  assign \$620  = ~ is_load;
-  assign \$621  = ~ is_linear;
-  assign \$622  = is_gemm & \$621 ;
-  assign \$623  = add_sel | \$622 ;
-  assign \$624  = is_gelu | is_add;
-  assign \$625  = post_gelu | post_add;
-  assign \$626  = is_gemm & \$625 ;
-  assign \$627  = | c_ask;
-  assign \$628  = \$627  & req__ready;
-  assign \$629  = c_ask - 1'h1;
-  assign \$630  = c_addr + c_step;
-  assign \$631  = ~ c_full;
-  assign \$632  = beat__valid & \$631 ;
-  assign \$633  = ~ beat__payload[512];
-  assign \$634  = ~ beat__payload[512];
-  assign \$635  = const_to0 & \$634 ;
-  assign \$636  = ~ beat__payload[512];
-  assign \$637  = const_to1 & \$636 ;
-  assign \$638  = ~ beat__payload[512];
-  assign \$639  = const_to2 & \$638 ;
-  assign \$640  = ~ beat__payload[512];
-  assign \$641  = const_to3 & \$640 ;
-  assign \$642  = c_due - 1'h1;
-  assign \$643  = c_due == 2'h2;
-  assign \$644  = is_gelu | is_add;
-  assign \$645  = \$644  | post_gelu;
-  assign \$646  = \$645  | post_add;
-  assign \$647  = is_gelu | is_add;
-  assign \$648  = \$647  | post_gelu;
-  assign \$649  = \$648  | post_add;
-  assign \$650  = \$649  & add_sel;
-  assign \$651  = is_gelu | is_add;
-  assign \$652  = \$651  | post_gelu;
-  assign \$653  = \$652  | post_add;
-  assign \$654  = \$653  & gelu_sel0;
-  assign \$655  = ~ post_gelu;
-  assign \$656  = is_gemm & \$655 ;
-  assign \$657  = ~ post_add;
-  assign \$658  = \$656  & \$657 ;
-  assign \$659  = is_gemm & pre_sm;
-  assign \$660  = is_gemm & pre_ln;
-  assign \$661  = ~ pre_sm;
-  assign \$662  = is_gemm & \$661 ;
-  assign \$663  = ~ pre_ln;
-  assign \$664  = \$662  & \$663 ;
-  assign \$665  = ~ is_load;
-  assign \$666  = ~ is_linear;
-  assign \$667  = is_gemm & \$666 ;
-  assign \$668  = add_sel | \$667 ;
-  assign \$669  = is_gelu | is_add;
-  assign \$670  = post_gelu | post_add;
-  assign \$671  = is_gemm & \$670 ;
-  assign \$672  = | ins[509:498];
-  assign \$673  = ~ \$672 ;
-  assign \$674  = is_gelu | is_add;
-  assign \$675  = \$674  | post_gelu;
-  assign \$676  = \$675  | post_add;
-  assign \$677  = is_gelu | is_add;
-  assign \$678  = \$677  | post_gelu;
-  assign \$679  = \$678  | post_add;
-  assign \$680  = \$679  & add_sel;
-  assign \$681  = is_gelu | is_add;
-  assign \$682  = \$681  | post_gelu;
-  assign \$683  = \$682  | post_add;
-  assign \$684  = \$683  & gelu_sel0;
-  assign \$685  = ~ post_gelu;
-  assign \$686  = is_gemm & \$685 ;
-  assign \$687  = ~ post_add;
-  assign \$688  = \$686  & \$687 ;
-  assign \$689  = is_gemm & pre_sm;
-  assign \$690  = is_gemm & pre_ln;
-  assign \$691  = ~ pre_sm;
-  assign \$692  = is_gemm & \$691 ;
-  assign \$693  = ~ pre_ln;
-  assign \$694  = \$692  & \$693 ;
-  assign \$695  = ~ is_load;
-  assign \$696  = ~ is_linear;
-  assign \$697  = is_gemm & \$696 ;
-  assign \$698  = add_sel | \$697 ;
-  assign \$699  = is_gelu | is_add;
-  assign \$700  = post_gelu | post_add;
-  assign \$701  = is_gemm & \$700 ;
-  assign \$702  = | fault_q;
-  assign \$703  = ~ \$702 ;
-  assign \$704  = op_done & \$703 ;
-  assign \$705  = ~ addr_fault;
-  assign \$706  = \$704  & \$705 ;
-  assign \$707  = ~ is_load;
-  assign \$708  = src0_outside & \$707 ;
-  assign \$709  = ~ is_gemm;
-  assign \$710  = \$708  & \$709 ;
-  assign \$711  = src1_outside & is_add;
-  assign \$712  = \$710  | \$711 ;
-  assign \$713  = ~ is_store;
-  assign \$714  = dst_outside & \$713 ;
-  assign \$715  = ~ is_gemm;
+  assign \$567  = is_move | is_load;
+  assign \$568  = \$567  | is_store;
+  assign \$569  = \$568  | is_gemm;
+  assign \$570  = ~ \$569 ;
+  assign \$571  = \$566  | \$570 ;
+  assign \$572  = \$563  & \$571 ;
+  assign \$573  = ~ post_bad;
+  assign \$574  = post_gelu | post_add;
+  assign \$575  = \$574  | pre_ln;
+  assign \$576  = \$575  | pre_sm;
+  assign \$577  = ~ \$576 ;
+  assign \$578  = \$573  & \$577 ;
+  assign \$579  = is_move | is_load;
+  assign \$580  = \$579  | is_store;
+  assign \$581  = \$580  | is_gemm;
+  assign \$582  = \$578  & \$581 ;
+  assign \$583  = ~ busy;
+  assign \$584  = \$583  & start;
+  assign \$585  = | images;
+  assign \$586  = \$585  ? images : 16'h0001;
+  assign \$587  = | decode_wait;
+  assign \$588  = ~ \$587 ;
+  assign \$589  = in_decode & \$588 ;
+  assign \$590  = \$589  & d_end_more;
+  assign \$591  = images_left - 1'h1;
+  assign \$592  = offset + \$signal$541 ;
+  assign \$593  = in_stream & op_done;
+  assign \$594  = | fault_q;
+  assign \$595  = ~ \$594 ;
+  assign \$596  = \$593  & \$595 ;
+  assign \$597  = ~ addr_fault;
+  assign \$598  = \$596  & \$597 ;
+  assign \$599  = pc + 7'h40;
+  assign \$600  = ~ fetch_sent;
+  assign \$601  = req__ready & \$600 ;
+  assign \$602  = 1'h1 << dec_c_lb;
+  assign \$603  = ins[509:498] == 1'h1;
+  assign \$604  = | decode_wait;
+  assign \$605  = decode_wait - 1'h1;
+  assign \$606  = decode_wait == 1'h1;
+  assign \$607  = is_softmax | pre_sm;
+  assign \$608  = is_layernorm | pre_ln;
+  assign \$609  = is_gelu | is_add;
+  assign \$610  = \$609  | post_gelu;
+  assign \$611  = \$610  | post_add;
+  assign \$612  = is_gelu | is_add;
+  assign \$613  = \$612  | post_gelu;
+  assign \$614  = \$613  | post_add;
+  assign \$615  = \$614  & add_sel;
+  assign \$616  = is_gelu | is_add;
+  assign \$617  = \$616  | post_gelu;
+  assign \$618  = \$617  | post_add;
+  assign \$619  = \$618  & gelu_sel0;
+  assign \$620  = ~ post_gelu;
+  assign \$621  = is_gemm & \$620 ;
+  assign \$622  = ~ post_add;
+  assign \$623  = \$621  & \$622 ;
+  assign \$624  = is_gemm & pre_sm;
+  assign \$625  = is_gemm & pre_ln;
+  assign \$626  = ~ pre_sm;
+  assign \$627  = is_gemm & \$626 ;
+  assign \$628  = ~ pre_ln;
+  assign \$629  = \$627  & \$628 ;
+  assign \$630  = ~ is_load;
+  assign \$631  = ~ is_linear;
+  assign \$632  = is_gemm & \$631 ;
+  assign \$633  = add_sel | \$632 ;
+  assign \$634  = is_gelu | is_add;
+  assign \$635  = post_gelu | post_add;
+  assign \$636  = is_gemm & \$635 ;
+  assign \$637  = | c_ask;
+  assign \$638  = \$637  & req__ready;
+  assign \$639  = c_ask - 1'h1;
+  assign \$640  = c_addr + c_step;
+  assign \$641  = ~ c_full;
+  assign \$642  = beat__valid & \$641 ;
+  assign \$643  = ~ beat__payload[512];
+  assign \$644  = ~ beat__payload[512];
+  assign \$645  = const_to0 & \$644 ;
+  assign \$646  = ~ beat__payload[512];
+  assign \$647  = const_to1 & \$646 ;
+  assign \$648  = ~ beat__payload[512];
+  assign \$649  = const_to2 & \$648 ;
+  assign \$650  = ~ beat__payload[512];
+  assign \$651  = const_to3 & \$650 ;
+  assign \$652  = c_due - 1'h1;
+  assign \$653  = c_due == 2'h2;
+  assign \$654  = is_gelu | is_add;
+  assign \$655  = \$654  | post_gelu;
+  assign \$656  = \$655  | post_add;
+  assign \$657  = is_gelu | is_add;
+  assign \$658  = \$657  | post_gelu;
+  assign \$659  = \$658  | post_add;
+  assign \$660  = \$659  & add_sel;
+  assign \$661  = is_gelu | is_add;
+  assign \$662  = \$661  | post_gelu;
+  assign \$663  = \$662  | post_add;
+  assign \$664  = \$663  & gelu_sel0;
+  assign \$665  = ~ post_gelu;
+  assign \$666  = is_gemm & \$665 ;
+  assign \$667  = ~ post_add;
+  assign \$668  = \$666  & \$667 ;
+  assign \$669  = is_gemm & pre_sm;
+  assign \$670  = is_gemm & pre_ln;
+  assign \$671  = ~ pre_sm;
+  assign \$672  = is_gemm & \$671 ;
+  assign \$673  = ~ pre_ln;
+  assign \$674  = \$672  & \$673 ;
+  assign \$675  = ~ is_load;
+  assign \$676  = ~ is_linear;
+  assign \$677  = is_gemm & \$676 ;
+  assign \$678  = add_sel | \$677 ;
+  assign \$679  = is_gelu | is_add;
+  assign \$680  = post_gelu | post_add;
+  assign \$681  = is_gemm & \$680 ;
+  assign \$682  = | ins[509:498];
+  assign \$683  = ~ \$682 ;
+  assign \$684  = is_gelu | is_add;
+  assign \$685  = \$684  | post_gelu;
+  assign \$686  = \$685  | post_add;
+  assign \$687  = is_gelu | is_add;
+  assign \$688  = \$687  | post_gelu;
+  assign \$689  = \$688  | post_add;
+  assign \$690  = \$689  & add_sel;
+  assign \$691  = is_gelu | is_add;
+  assign \$692  = \$691  | post_gelu;
+  assign \$693  = \$692  | post_add;
+  assign \$694  = \$693  & gelu_sel0;
+  assign \$695  = ~ post_gelu;
+  assign \$696  = is_gemm & \$695 ;
+  assign \$697  = ~ post_add;
+  assign \$698  = \$696  & \$697 ;
+  assign \$699  = is_gemm & pre_sm;
+  assign \$700  = is_gemm & pre_ln;
+  assign \$701  = ~ pre_sm;
+  assign \$702  = is_gemm & \$701 ;
+  assign \$703  = ~ pre_ln;
+  assign \$704  = \$702  & \$703 ;
+  assign \$705  = ~ is_load;
+  assign \$706  = ~ is_linear;
+  assign \$707  = is_gemm & \$706 ;
+  assign \$708  = add_sel | \$707 ;
+  assign \$709  = is_gelu | is_add;
+  assign \$710  = post_gelu | post_add;
+  assign \$711  = is_gemm & \$710 ;
+  assign \$712  = | fault_q;
+  assign \$713  = ~ \$712 ;
+  assign \$714  = op_done & \$713 ;
+  assign \$715  = ~ addr_fault;
   assign \$716  = \$714  & \$715 ;
-  assign \$717  = \$712  | \$716 ;
-  assign \$718  = | fault_q;
-  assign \$719  = idle & \idle$554 ;
-  assign \$720  = is_softmax | is_layernorm;
-  assign \$721  = ~ ext_req_valid;
-  assign \$722  = \$721  | req__ready;
-  assign \$723  = $signed(addr) << ins[23:22];
-  assign \$724  = $signed({ 1'h0, dec_ext_base }) + $signed(\$723 );
-  assign \$725  = ~ ext_req_valid;
-  assign \$726  = \$725  | \req__ready$476 ;
-  assign \$727  = $signed(\addr$113 ) << ins[23:22];
-  assign \$728  = $signed({ 1'h0, dec_ext_base }) + $signed(\$727 );
-  assign \$729  = \w_en$182  & \w_rdy$258 ;
-  assign \$730  = ~ \w_en$182 ;
-  assign \$731  = \$730  | \w_rdy$258 ;
-  assign \$732  = \$731  & elem_valid;
-  assign \$733  = ~ add_sel;
-  assign \$734  = \r_rdy$260  | \$733 ;
-  assign \$735  = \$732  & \$734 ;
-  assign \$736  = pack_j == 2'h3;
-  assign \$737  = \$736  | elem_final;
-  assign \$738  = pack_j + 1'h1;
-  assign \$739  = \r_rdy$266  & \valid$269 ;
-  assign \$740  = pack_jo == 2'h3;
-  assign \$741  = \$740  | \final ;
-  assign \$742  = pack_jo + 1'h1;
-  assign \$743  = 1'h1 << w_lb;
-  assign \$744  = | dec_tiles;
-  assign \$745  = | dec_k_last;
-  assign \$746  = ~ \$745 ;
-  assign \$747  = | dec_nt_last;
-  assign \$748  = ~ \$747 ;
-  assign \$749  = \$signal$463  & req__ready;
-  assign \$750  = ~ want_w;
-  assign \$751  = \$750  & is_linear;
-  assign \$752  = ~ is_linear;
-  assign \$753  = want_w & \$signal$560 ;
-  assign \$754  = \$752  | \$753 ;
-  assign \$755  = ~ \$754 ;
-  assign \$756  = want_w & \$755 ;
-  assign \$757  = k + 1'h1;
-  assign \$758  = k + 1'h1;
-  assign \$759  = \$758  == dec_k_last;
-  assign \$760  = w_addr + w_step;
-  assign \$761  = ~ is_linear;
-  assign \$762  = want_w & \$signal$560 ;
-  assign \$763  = \$761  | \$762 ;
-  assign \$764  = tiles - 1'h1;
-  assign \$765  = tiles != 1'h1;
-  assign \$766  = | dec_k_last;
-  assign \$767  = ~ \$766 ;
-  assign \$768  = | dec_nt_last;
-  assign \$769  = ~ \$768 ;
-  assign \$770  = nt + 1'h1;
-  assign \$771  = nt + 1'h1;
-  assign \$772  = \$771  == dec_nt_last;
-  assign \$773  = p_addr + 7'h40;
-  assign \$774  = ~ is_linear;
-  assign \$775  = \$774  | rk_zero;
-  assign \$776  = \$775  ? p__ready : \w_rdy$472 ;
-  assign \$777  = beat__valid & \$776 ;
-  assign \$778  = \$777  & is_linear;
-  assign \$779  = rk == ins[87:72];
-  assign \$780  = rk + 1'h1;
-  assign \$781  = \$779  ? 17'h00000 : \$780 ;
-  assign \$782  = rk == ins[87:72];
-  assign \$783  = \$signal$297  == \$signal$330 ;
-  assign \$784  = \$signal$563  + 1'h1;
-  assign \$785  = lk > \$784 ;
-  assign \$786  = \$783  & \$785 ;
-  assign \$787  = pre_ln | pre_sm;
-  assign \$788  = ~ \$787 ;
-  assign \$789  = \$786  & \$788 ;
-  assign \$790  = ~ in_decode;
-  assign \$791  = \$789  & \$790 ;
-  assign \$792  = | dec_k_last;
-  assign \$793  = ~ \$792 ;
-  assign \$794  = | dec_k_last;
-  assign \$795  = ~ \$794 ;
-  assign \$796  = | dec_nt_last;
-  assign \$797  = ~ \$796 ;
-  assign \$798  = | dec_blocks;
-  assign \$800  = ~ \$799 ;
-  assign \$801  = a_in_valid & \$800 ;
-  assign \$802  = pre_ln | pre_sm;
-  assign \$803  = \$801  & \$802 ;
+  assign \$717  = ~ is_load;
+  assign \$718  = src0_outside & \$717 ;
+  assign \$719  = ~ is_gemm;
+  assign \$720  = \$718  & \$719 ;
+  assign \$721  = src1_outside & is_add;
+  assign \$722  = \$720  | \$721 ;
+  assign \$723  = ~ is_store;
+  assign \$724  = dst_outside & \$723 ;
+  assign \$725  = ~ is_gemm;
+  assign \$726  = \$724  & \$725 ;
+  assign \$727  = \$722  | \$726 ;
+  assign \$728  = | fault_q;
+  assign \$729  = idle & \idle$556 ;
+  assign \$730  = is_softmax | is_layernorm;
+  assign \$731  = ~ ext_req_valid;
+  assign \$732  = \$731  | req__ready;
+  assign \$733  = $signed(addr) << ins[23:22];
+  assign \$734  = $signed({ 1'h0, dec_ext_base }) + $signed(\$733 );
+  assign \$735  = ~ ext_req_valid;
+  assign \$736  = \$735  | \req__ready$476 ;
+  assign \$737  = $signed(\addr$113 ) << ins[23:22];
+  assign \$738  = $signed({ 1'h0, dec_ext_base }) + $signed(\$737 );
+  assign \$739  = \w_en$180  & \w_rdy$255 ;
+  assign \$740  = ~ \w_en$180 ;
+  assign \$741  = \$740  | \w_rdy$255 ;
+  assign \$742  = \$741  & elem_valid;
+  assign \$743  = ~ add_sel;
+  assign \$744  = r_rdy | \$743 ;
+  assign \$745  = \$742  & \$744 ;
+  assign \$746  = pack_j == 2'h3;
+  assign \$747  = \$746  | elem_final;
+  assign \$748  = pack_j + 1'h1;
+  assign \$749  = \r_rdy$263  & \valid$264 ;
+  assign \$750  = pack_jo == 2'h3;
+  assign \$751  = \$750  | \final ;
+  assign \$752  = pack_jo + 1'h1;
+  assign \$753  = 1'h1 << w_lb;
+  assign \$754  = | dec_tiles;
+  assign \$755  = | dec_k_last;
+  assign \$756  = ~ \$755 ;
+  assign \$757  = | dec_nt_last;
+  assign \$758  = ~ \$757 ;
+  assign \$759  = \$signal$464  & req__ready;
+  assign \$760  = ~ want_w;
+  assign \$761  = \$760  & is_linear;
+  assign \$762  = ~ is_linear;
+  assign \$763  = want_w & \$signal$562 ;
+  assign \$764  = \$762  | \$763 ;
+  assign \$765  = ~ \$764 ;
+  assign \$766  = want_w & \$765 ;
+  assign \$767  = k + 1'h1;
+  assign \$768  = k + 1'h1;
+  assign \$769  = \$768  == dec_k_last;
+  assign \$770  = w_addr + w_step;
+  assign \$771  = ~ is_linear;
+  assign \$772  = want_w & \$signal$562 ;
+  assign \$773  = \$771  | \$772 ;
+  assign \$774  = tiles - 1'h1;
+  assign \$775  = tiles != 1'h1;
+  assign \$776  = | dec_k_last;
+  assign \$777  = ~ \$776 ;
+  assign \$778  = | dec_nt_last;
+  assign \$779  = ~ \$778 ;
+  assign \$780  = nt + 1'h1;
+  assign \$781  = nt + 1'h1;
+  assign \$782  = \$781  == dec_nt_last;
+  assign \$783  = p_addr + 7'h40;
+  assign \$784  = ~ is_linear;
+  assign \$785  = \$784  | rk_zero;
+  assign \$786  = \$785  ? p__ready : \w_rdy$473 ;
+  assign \$787  = beat__valid & \$786 ;
+  assign \$788  = \$787  & is_linear;
+  assign \$789  = rk == ins[87:72];
+  assign \$790  = rk + 1'h1;
+  assign \$791  = \$789  ? 17'h00000 : \$790 ;
+  assign \$792  = rk == ins[87:72];
+  assign \$793  = \$signal  == \$signal$328 ;
+  assign \$794  = \$signal$565  + 1'h1;
+  assign \$795  = lk > \$794 ;
+  assign \$796  = \$793  & \$795 ;
+  assign \$797  = pre_ln | pre_sm;
+  assign \$798  = ~ \$797 ;
+  assign \$799  = \$796  & \$798 ;
+  assign \$800  = ~ in_decode;
+  assign \$801  = \$799  & \$800 ;
+  assign \$802  = | dec_k_last;
+  assign \$803  = ~ \$802 ;
+  assign \$804  = | dec_k_last;
   assign \$805  = ~ \$804 ;
-  assign \$806  = a_in_valid & \$805 ;
-  assign \$807  = | dec_k_last;
-  assign \$808  = ~ \$807 ;
-  assign \$809  = \$signal$304  == 4'h8;
-  assign \$810  = ~ \$signal$297 ;
-  assign \$811  = \$signal$304  + 1'h1;
-  assign \$812  = lk + 1'h1;
-  assign \$813  = lk + 1'h1;
-  assign \$814  = \$813  == dec_k_last;
-  assign \$815  = \$signal$304  == 4'h8;
-  assign \$816  = lk + 1'h1;
-  assign \$817  = lk + 1'h1;
-  assign \$818  = \$817  == dec_k_last;
-  assign \$819  = | dec_k_last;
-  assign \$820  = ~ \$819 ;
-  assign \$821  = ~ \$signal$297 ;
-  assign \$822  = \$signal$304  + 1'h1;
-  assign \$823  = \$signal$330  * 9'h100;
-  assign \$824  = \$823  + \$signal$563 ;
-  assign \$825  = a_issue & a_feed_k_hit;
-  assign \$826  = \$825  & a_feed_nt_hit;
-  assign \$827  = a_read & a_read_free;
-  assign \$828  = | dec_k_last;
-  assign \$829  = ~ \$828 ;
-  assign \$830  = | dec_nt_last;
-  assign \$831  = ~ \$830 ;
-  assign \$832  = ~ \$signal$330 ;
-  assign \$833  = feed_blocks - 1'h1;
-  assign \$834  = feed_blocks != 1'h1;
-  assign \$835  = fnt + 1'h1;
-  assign \$836  = fnt + 1'h1;
-  assign \$837  = \$836  == dec_nt_last;
-  assign \$838  = \$signal$563  + 1'h1;
-  assign \$839  = \$signal$563  + 1'h1;
-  assign \$840  = \$839  == dec_k_last;
-  assign \$842  = ~ \$841 ;
-  assign \$843  = \r_rdy$260  & \$842 ;
-  assign \$844  = ~ is_linear;
-  assign \$845  = \$843  & \$844 ;
-  assign \$846  = w_load_lane == 3'h7;
-  assign \$847  = w_load_k + 1'h1;
-  assign \$848  = w_load_addr + 1'h1;
-  assign \$849  = w_load_k == dec_k_last;
-  assign \$850  = w_load_nt + 1'h1;
-  assign \$851  = w_load_nt == dec_nt_last;
-  assign \$852  = ~ w_load_half;
-  assign \$853  = w_load_lane + 1'h1;
-  assign \$854  = w_feed_half * 9'h100;
-  assign \$855  = \$854  + feed_ntk;
-  assign \$856  = \$855  + \$signal$563 ;
-  assign \$857  = ~ is_linear;
-  assign \$858  = a_issue & \$857 ;
-  assign \$859  = \$858  & a_feed_k_hit;
-  assign \$860  = \$859  & a_feed_nt_hit;
-  assign \$861  = feed_mt == dec_mt_last;
-  assign \$862  = \$860  & \$861 ;
-  assign \$863  = ~ is_linear;
-  assign \$864  = a_issue & \$863 ;
-  assign \$865  = feed_mt == dec_mt_last;
-  assign \$866  = ~ w_feed_half;
-  assign \$867  = feed_mt + 1'h1;
-  assign \$868  = feed_ntk + ins[87:72];
-  assign \$869  = a_read & w_read_free;
-  assign \$870  = post_gelu | post_add;
-  assign \$871  = gemm_active & \$870 ;
-  assign \$872  = post_col == 3'h7;
-  assign \$873  = post_col + 1'h1;
-  assign \$874  = \$872  ? 4'h0 : \$873 ;
-  assign \$875  = ~ \busy$578 ;
-  assign \$876  = in_stream & \$875 ;
-  assign \$877  = ~ ext_req_valid;
-  assign \$878  = \$876  & \$877 ;
-  assign \$879  = \$878  & \idle$554 ;
+  assign \$806  = | dec_nt_last;
+  assign \$807  = ~ \$806 ;
+  assign \$808  = | dec_blocks;
+  assign \$810  = ~ \$809 ;
+  assign \$811  = a_in_valid & \$810 ;
+  assign \$812  = pre_ln | pre_sm;
+  assign \$813  = \$811  & \$812 ;
+  assign \$815  = ~ \$814 ;
+  assign \$816  = a_in_valid & \$815 ;
+  assign \$817  = | dec_k_last;
+  assign \$818  = ~ \$817 ;
+  assign \$819  = \$signal$302  == 4'h8;
+  assign \$820  = ~ \$signal ;
+  assign \$821  = \$signal$302  + 1'h1;
+  assign \$822  = lk + 1'h1;
+  assign \$823  = lk + 1'h1;
+  assign \$824  = \$823  == dec_k_last;
+  assign \$825  = \$signal$302  == 4'h8;
+  assign \$826  = lk + 1'h1;
+  assign \$827  = lk + 1'h1;
+  assign \$828  = \$827  == dec_k_last;
+  assign \$829  = | dec_k_last;
+  assign \$830  = ~ \$829 ;
+  assign \$831  = ~ \$signal ;
+  assign \$832  = \$signal$302  + 1'h1;
+  assign \$833  = \$signal$328  * 9'h100;
+  assign \$834  = \$833  + \$signal$565 ;
+  assign \$835  = a_issue & a_feed_k_hit;
+  assign \$836  = \$835  & a_feed_nt_hit;
+  assign \$837  = a_read & a_read_free;
+  assign \$838  = | dec_k_last;
+  assign \$839  = ~ \$838 ;
+  assign \$840  = | dec_nt_last;
+  assign \$841  = ~ \$840 ;
+  assign \$842  = ~ \$signal$328 ;
+  assign \$843  = feed_blocks - 1'h1;
+  assign \$844  = feed_blocks != 1'h1;
+  assign \$845  = fnt + 1'h1;
+  assign \$846  = fnt + 1'h1;
+  assign \$847  = \$846  == dec_nt_last;
+  assign \$848  = \$signal$565  + 1'h1;
+  assign \$849  = \$signal$565  + 1'h1;
+  assign \$850  = \$849  == dec_k_last;
+  assign \$852  = ~ \$851 ;
+  assign \$853  = r_rdy & \$852 ;
+  assign \$854  = ~ is_linear;
+  assign \$855  = \$853  & \$854 ;
+  assign \$856  = w_load_lane == 3'h7;
+  assign \$857  = w_load_k + 1'h1;
+  assign \$858  = w_load_addr + 1'h1;
+  assign \$859  = w_load_k == dec_k_last;
+  assign \$860  = w_load_nt + 1'h1;
+  assign \$861  = w_load_nt == dec_nt_last;
+  assign \$862  = ~ w_load_half;
+  assign \$863  = w_load_lane + 1'h1;
+  assign \$864  = w_feed_half * 9'h100;
+  assign \$865  = \$864  + feed_ntk;
+  assign \$866  = \$865  + \$signal$565 ;
+  assign \$867  = ~ is_linear;
+  assign \$868  = a_issue & \$867 ;
+  assign \$869  = \$868  & a_feed_k_hit;
+  assign \$870  = \$869  & a_feed_nt_hit;
+  assign \$871  = feed_mt == dec_mt_last;
+  assign \$872  = \$870  & \$871 ;
+  assign \$873  = ~ is_linear;
+  assign \$874  = a_issue & \$873 ;
+  assign \$875  = feed_mt == dec_mt_last;
+  assign \$876  = ~ w_feed_half;
+  assign \$877  = feed_mt + 1'h1;
+  assign \$878  = feed_ntk + ins[87:72];
+  assign \$879  = a_read & w_read_free;
+  assign \$880  = post_gelu | post_add;
+  assign \$881  = gemm_active & \$880 ;
+  assign \$882  = post_col == 3'h7;
+  assign \$883  = post_col + 1'h1;
+  assign \$884  = \$882  ? 4'h0 : \$883 ;
+  assign \$885  = ~ \busy$580 ;
+  assign \$886  = in_stream & \$885 ;
+  assign \$887  = ~ ext_req_valid;
+  assign \$888  = \$886  & \$887 ;
+  assign \$889  = \$888  & \idle$556 ;
   always @(posedge gemm_d_clk)
-    wr_port__addr <= \$880 ;
+    wr_port__addr <= \$890 ;
   always @(posedge gemm_d_clk)
-    wr_port__data <= \$881 ;
+    wr_port__data <= \$891 ;
   always @(posedge gemm_d_clk)
-    wr_port__en <= \$882 ;
+    wr_port__en <= \$892 ;
   always @(posedge gemm_d_clk)
-    gemm_d_rst <= \$406 ;
+    gemm_d_rst <= \$413 ;
   always @(posedge gemm_d_clk)
-    softmax_d_rst <= \$407 ;
+    softmax_d_rst <= \$414 ;
   always @(posedge gemm_d_clk)
-    layernorm_d_rst <= \$408 ;
+    layernorm_d_rst <= \$415 ;
   always @(posedge gemm_d_clk)
-    add_d_rst <= \$409 ;
+    add_d_rst <= \$416 ;
   always @(posedge gemm_d_clk)
-    gelu0_d_rst <= \$410 ;
+    gelu0_d_rst <= \$417 ;
   always @(posedge gemm_d_clk)
-    load <= \$883 ;
+    load <= \$893 ;
   always @(posedge gemm_d_clk)
-    is_end <= \$884 ;
+    is_end <= \$894 ;
   always @(posedge gemm_d_clk)
-    is_load <= \$885 ;
+    is_load <= \$895 ;
   always @(posedge gemm_d_clk)
-    is_store <= \$886 ;
+    is_store <= \$896 ;
   always @(posedge gemm_d_clk)
-    is_linear <= \$887 ;
+    is_linear <= \$897 ;
   always @(posedge gemm_d_clk)
-    is_matmul <= \$888 ;
+    is_matmul <= \$898 ;
   always @(posedge gemm_d_clk)
-    is_softmax <= \$889 ;
+    is_softmax <= \$899 ;
   always @(posedge gemm_d_clk)
-    is_gelu <= \$890 ;
+    is_gelu <= \$900 ;
   always @(posedge gemm_d_clk)
-    is_layernorm <= \$891 ;
+    is_layernorm <= \$901 ;
   always @(posedge gemm_d_clk)
-    is_add <= \$892 ;
+    is_add <= \$902 ;
   always @(posedge gemm_d_clk)
-    is_im2col <= \$893 ;
+    is_im2col <= \$903 ;
   always @(posedge gemm_d_clk)
-    is_concat <= \$894 ;
+    is_concat <= \$904 ;
   always @(posedge gemm_d_clk)
-    is_split_heads <= \$895 ;
+    is_split_heads <= \$905 ;
   always @(posedge gemm_d_clk)
-    is_merge_heads <= \$896 ;
+    is_merge_heads <= \$906 ;
   always @(posedge gemm_d_clk)
-    is_transpose <= \$897 ;
+    is_transpose <= \$907 ;
   always @(posedge gemm_d_clk)
-    is_select <= \$898 ;
+    is_select <= \$908 ;
   always @(posedge gemm_d_clk)
-    op_onehot <= \$899 ;
+    op_onehot <= \$909 ;
   always @(posedge gemm_d_clk)
-    is_gemm <= \$900 ;
+    is_gemm <= \$910 ;
   always @(posedge gemm_d_clk)
-    post_gelu <= \$901 ;
+    post_gelu <= \$911 ;
   always @(posedge gemm_d_clk)
-    post_add <= \$902 ;
+    post_add <= \$912 ;
   always @(posedge gemm_d_clk)
-    pre_ln <= \$903 ;
+    pre_ln <= \$913 ;
   always @(posedge gemm_d_clk)
-    pre_sm <= \$904 ;
+    pre_sm <= \$914 ;
   always @(posedge gemm_d_clk)
-    src0_inflight <= \$905 ;
+    src0_inflight <= \$915 ;
   always @(posedge gemm_d_clk)
-    w_en <= \$906 ;
+    w_en <= \$916 ;
   always @(posedge gemm_d_clk)
     src0_elem <= \$signature__data$506 ;
   always @(posedge gemm_d_clk)
-    src0_held_meta <= \$907 ;
+    src0_held_meta <= \$917 ;
   always @(posedge gemm_d_clk)
-    src0_meta <= \$908 ;
+    src0_meta <= \$918 ;
   always @(posedge gemm_d_clk)
-    src1_inflight <= \$909 ;
+    src1_inflight <= \$919 ;
   always @(posedge gemm_d_clk)
-    \w_en$107  <= \$910 ;
+    \w_en$107  <= \$920 ;
   always @(posedge gemm_d_clk)
     src1_elem <= \$signature__data$512 ;
   always @(posedge gemm_d_clk)
-    src1_held_meta <= \$911 ;
+    src1_held_meta <= \$921 ;
   always @(posedge gemm_d_clk)
-    src1_meta <= \$912 ;
+    src1_meta <= \$922 ;
   always @(posedge gemm_d_clk)
-    is_move <= \$913 ;
+    is_move <= \$923 ;
   always @(posedge gemm_d_clk)
-    gelu_sel0 <= \$914 ;
+    gelu_sel0 <= \$924 ;
   always @(posedge gemm_d_clk)
-    add_sel <= \$915 ;
+    add_sel <= \$925 ;
   always @(posedge gemm_d_clk)
-    dec_n1p <= \$472 ;
+    dec_n1p <= \$479 ;
   always @(posedge gemm_d_clk)
-    dec_n2p <= \$473 ;
+    dec_n2p <= \$480 ;
   always @(posedge gemm_d_clk)
-    dec_mt <= \$475 [15:0];
+    dec_mt <= \$482 [15:0];
   always @(posedge gemm_d_clk)
-    dec_nt <= \$476 [15:0];
+    dec_nt <= \$483 [15:0];
   always @(posedge gemm_d_clk)
-    dec_k_last <= \$477 [15:0];
+    dec_k_last <= \$484 [15:0];
   always @(posedge gemm_d_clk)
     dec_c_lb <= c_lb;
   always @(posedge gemm_d_clk)
-    dec_mt_last <= \$478 [15:0];
+    dec_mt_last <= \$485 [15:0];
   always @(posedge gemm_d_clk)
-    dec_nt_last <= \$479 [15:0];
+    dec_nt_last <= \$486 [15:0];
   always @(posedge gemm_d_clk)
-    dec_blocks <= \$480 ;
+    dec_blocks <= \$487 ;
   always @(posedge gemm_d_clk)
-    dec_c_base <= \$485 [31:0];
+    dec_c_base <= \$492 [31:0];
   always @(posedge gemm_d_clk)
-    dec_tiles <= \$486 [31:0];
+    dec_tiles_lo <= \$493 ;
   always @(posedge gemm_d_clk)
-    dec_rows_last <= \$490 [15:0];
+    dec_tiles_hi <= \$494 [15:0];
   always @(posedge gemm_d_clk)
-    dec_cols_last <= \$492 [15:0];
+    dec_tiles <= \$496 [31:0];
   always @(posedge gemm_d_clk)
-    dec_ext_base <= \$496 [31:0];
+    dec_rows_last <= \$500 [15:0];
   always @(posedge gemm_d_clk)
-    addr_fault <= \$916 ;
+    dec_cols_last <= \$502 [15:0];
   always @(posedge gemm_d_clk)
-    dst_outside <= \$917 ;
+    dec_ext_base <= \$506 [31:0];
   always @(posedge gemm_d_clk)
-    src0_outside <= \$918 ;
+    addr_fault <= \$926 ;
   always @(posedge gemm_d_clk)
-    src1_outside <= \$919 ;
+    dst_outside <= \$927 ;
   always @(posedge gemm_d_clk)
-    ext_req_valid <= \$920 ;
+    src0_outside <= \$928 ;
   always @(posedge gemm_d_clk)
-    cycles <= \$921 ;
+    src1_outside <= \$929 ;
   always @(posedge gemm_d_clk)
-    op_cycles__0 <= \$922 ;
+    ext_req_valid <= \$930 ;
   always @(posedge gemm_d_clk)
-    op_cycles__1 <= \$923 ;
+    cycles <= \$931 ;
   always @(posedge gemm_d_clk)
-    op_cycles__2 <= \$924 ;
+    op_cycles__0 <= \$932 ;
   always @(posedge gemm_d_clk)
-    op_cycles__3 <= \$925 ;
+    op_cycles__1 <= \$933 ;
   always @(posedge gemm_d_clk)
-    op_cycles__4 <= \$926 ;
+    op_cycles__2 <= \$934 ;
   always @(posedge gemm_d_clk)
-    op_cycles__5 <= \$927 ;
+    op_cycles__3 <= \$935 ;
   always @(posedge gemm_d_clk)
-    op_cycles__6 <= \$928 ;
+    op_cycles__4 <= \$936 ;
   always @(posedge gemm_d_clk)
-    op_cycles__7 <= \$929 ;
+    op_cycles__5 <= \$937 ;
   always @(posedge gemm_d_clk)
-    op_cycles__8 <= \$930 ;
+    op_cycles__6 <= \$938 ;
   always @(posedge gemm_d_clk)
-    op_cycles__9 <= \$931 ;
+    op_cycles__7 <= \$939 ;
   always @(posedge gemm_d_clk)
-    op_cycles__10 <= \$932 ;
+    op_cycles__8 <= \$940 ;
   always @(posedge gemm_d_clk)
-    op_cycles__11 <= \$933 ;
+    op_cycles__9 <= \$941 ;
   always @(posedge gemm_d_clk)
-    op_cycles__12 <= \$934 ;
+    op_cycles__10 <= \$942 ;
   always @(posedge gemm_d_clk)
-    op_cycles__13 <= \$935 ;
+    op_cycles__11 <= \$943 ;
   always @(posedge gemm_d_clk)
-    op_cycles__14 <= \$936 ;
+    op_cycles__12 <= \$944 ;
   always @(posedge gemm_d_clk)
-    op_cycles__15 <= \$937 ;
+    op_cycles__13 <= \$945 ;
   always @(posedge gemm_d_clk)
-    d_end_more <= \$938 ;
+    op_cycles__14 <= \$946 ;
   always @(posedge gemm_d_clk)
-    d_end <= \$939 ;
+    op_cycles__15 <= \$947 ;
   always @(posedge gemm_d_clk)
-    d_count_zero <= \$940 ;
+    d_end_more <= \$948 ;
   always @(posedge gemm_d_clk)
-    d_const <= \$941 ;
+    d_end <= \$949 ;
   always @(posedge gemm_d_clk)
-    d_stream <= \$942 ;
+    d_count_zero <= \$950 ;
   always @(posedge gemm_d_clk)
-    pc <= \$943 ;
+    d_const <= \$951 ;
   always @(posedge gemm_d_clk)
-    busy <= \$944 ;
+    d_stream <= \$952 ;
   always @(posedge gemm_d_clk)
-    done <= \$945 ;
+    pc <= \$953 ;
   always @(posedge gemm_d_clk)
-    error <= \$946 ;
+    busy <= \$954 ;
   always @(posedge gemm_d_clk)
-    fetch_sent <= \$947 ;
+    done <= \$955 ;
   always @(posedge gemm_d_clk)
-    \$signal$538  <= \$948 ;
+    error <= \$956 ;
   always @(posedge gemm_d_clk)
-    \$signal$539  <= \$949 ;
+    fetch_sent <= \$957 ;
   always @(posedge gemm_d_clk)
-    images_left <= \$950 ;
+    \$signal$540  <= \$958 ;
   always @(posedge gemm_d_clk)
-    offset <= \$951 ;
+    \$signal$541  <= \$959 ;
   always @(posedge gemm_d_clk)
-    seq_state <= \$952 ;
+    images_left <= \$960 ;
   always @(posedge gemm_d_clk)
-    in_stream <= \$953 ;
+    offset <= \$961 ;
   always @(posedge gemm_d_clk)
-    in_decode <= \$954 ;
+    seq_state <= \$962 ;
   always @(posedge gemm_d_clk)
-    in_op <= \$955 ;
+    in_stream <= \$963 ;
   always @(posedge gemm_d_clk)
-    unit_rst <= \$956 ;
+    in_decode <= \$964 ;
   always @(posedge gemm_d_clk)
-    gemm_active <= \$957 ;
+    in_op <= \$965 ;
   always @(posedge gemm_d_clk)
-    pack_active <= \$958 ;
+    unit_rst <= \$966 ;
   always @(posedge gemm_d_clk)
-    sink_from_move <= \$959 ;
+    gemm_active <= \$967 ;
   always @(posedge gemm_d_clk)
-    sink_from_load <= \$960 ;
+    pack_active <= \$968 ;
   always @(posedge gemm_d_clk)
-    sink_from_store <= \$961 ;
+    sink_from_move <= \$969 ;
   always @(posedge gemm_d_clk)
-    sink_from_softmax <= \$962 ;
+    sink_from_load <= \$970 ;
   always @(posedge gemm_d_clk)
-    sink_from_layernorm <= \$963 ;
+    sink_from_store <= \$971 ;
   always @(posedge gemm_d_clk)
-    sink_from_add <= \$964 ;
+    sink_from_softmax <= \$972 ;
   always @(posedge gemm_d_clk)
-    sink_from_gelu0 <= \$965 ;
+    sink_from_layernorm <= \$973 ;
   always @(posedge gemm_d_clk)
-    sink_from_gemm <= \$966 ;
+    sink_from_add <= \$974 ;
   always @(posedge gemm_d_clk)
-    a_from_softmax <= \$967 ;
+    sink_from_gelu0 <= \$975 ;
   always @(posedge gemm_d_clk)
-    a_from_layernorm <= \$968 ;
+    sink_from_gemm <= \$976 ;
   always @(posedge gemm_d_clk)
-    a_from_src0 <= \$969 ;
+    a_from_softmax <= \$977 ;
   always @(posedge gemm_d_clk)
-    const_to0 <= \$970 ;
+    a_from_layernorm <= \$978 ;
   always @(posedge gemm_d_clk)
-    const_to1 <= \$971 ;
+    a_from_src0 <= \$979 ;
   always @(posedge gemm_d_clk)
-    const_to2 <= \$972 ;
+    const_to0 <= \$980 ;
   always @(posedge gemm_d_clk)
-    const_to3 <= \$973 ;
+    const_to1 <= \$981 ;
   always @(posedge gemm_d_clk)
-    in_fetch <= \$974 ;
+    const_to2 <= \$982 ;
   always @(posedge gemm_d_clk)
-    in_const <= \$975 ;
+    const_to3 <= \$983 ;
   always @(posedge gemm_d_clk)
-    run0 <= \$976 ;
+    in_fetch <= \$984 ;
   always @(posedge gemm_d_clk)
-    run1 <= \$977 ;
+    in_const <= \$985 ;
   always @(posedge gemm_d_clk)
-    q0_to_pack <= \$978 ;
+    run0 <= \$986 ;
   always @(posedge gemm_d_clk)
-    res_to_pack <= \$979 ;
+    run1 <= \$987 ;
   always @(posedge gemm_d_clk)
-    ins <= \$980 ;
+    q0_to_pack <= \$988 ;
   always @(posedge gemm_d_clk)
-    decode_wait <= \$981 ;
+    res_to_pack <= \$989 ;
   always @(posedge gemm_d_clk)
-    c_addr <= \$982 ;
+    ins <= \$990 ;
   always @(posedge gemm_d_clk)
-    c_step <= \$983 ;
+    decode_wait <= \$991 ;
   always @(posedge gemm_d_clk)
-    c_ask <= \$984 ;
+    c_addr <= \$992 ;
   always @(posedge gemm_d_clk)
-    c_due <= \$985 ;
+    c_step <= \$993 ;
   always @(posedge gemm_d_clk)
-    c_last <= \$986 ;
+    c_ask <= \$994 ;
   always @(posedge gemm_d_clk)
-    c_data <= \$987 ;
+    c_due <= \$995 ;
   always @(posedge gemm_d_clk)
-    c_full <= \$988 ;
+    c_last <= \$996 ;
   always @(posedge gemm_d_clk)
-    c_valid0 <= \$989 ;
+    c_data <= \$997 ;
   always @(posedge gemm_d_clk)
-    c_valid1 <= \$990 ;
+    c_full <= \$998 ;
   always @(posedge gemm_d_clk)
-    c_valid2 <= \$991 ;
+    c_valid0 <= \$999 ;
   always @(posedge gemm_d_clk)
-    c_valid3 <= \$992 ;
+    c_valid1 <= \$1000 ;
   always @(posedge gemm_d_clk)
-    ext_req_addr <= \$993 ;
+    c_valid2 <= \$1001 ;
   always @(posedge gemm_d_clk)
-    ext_req_data <= \$994 ;
+    c_valid3 <= \$1002 ;
   always @(posedge gemm_d_clk)
-    \w_en$182  <= \$995 ;
+    ext_req_addr <= \$1003 ;
   always @(posedge gemm_d_clk)
-    pack_a0 <= \$996 ;
+    ext_req_data <= \$1004 ;
   always @(posedge gemm_d_clk)
-    pack_a1 <= \$997 ;
+    \w_en$180  <= \$1005 ;
   always @(posedge gemm_d_clk)
-    pack_a2 <= \$998 ;
+    pack_a0 <= \$1006 ;
   always @(posedge gemm_d_clk)
-    pack_a3 <= \$999 ;
+    pack_a1 <= \$1007 ;
   always @(posedge gemm_d_clk)
-    pack_b0 <= \$1000 ;
+    pack_a2 <= \$1008 ;
   always @(posedge gemm_d_clk)
-    pack_b1 <= \$1001 ;
+    pack_a3 <= \$1009 ;
   always @(posedge gemm_d_clk)
-    pack_b2 <= \$1002 ;
+    pack_b0 <= \$1010 ;
   always @(posedge gemm_d_clk)
-    pack_b3 <= \$1003 ;
+    pack_b1 <= \$1011 ;
   always @(posedge gemm_d_clk)
-    pack_j <= \$1004 ;
+    pack_b2 <= \$1012 ;
   always @(posedge gemm_d_clk)
-    pack_jo <= \$1005 ;
+    pack_b3 <= \$1013 ;
   always @(posedge gemm_d_clk)
-    tiles <= \$1006 ;
+    pack_j <= \$1014 ;
   always @(posedge gemm_d_clk)
-    nt <= \$1007 ;
+    pack_jo <= \$1015 ;
   always @(posedge gemm_d_clk)
-    k <= \$1008 ;
+    tiles <= \$1016 ;
   always @(posedge gemm_d_clk)
-    w_addr <= \$1009 ;
+    nt <= \$1017 ;
   always @(posedge gemm_d_clk)
-    p_addr <= \$1010 ;
+    k <= \$1018 ;
   always @(posedge gemm_d_clk)
-    want_w <= \$1011 ;
+    w_addr <= \$1019 ;
   always @(posedge gemm_d_clk)
-    w_step <= \$1012 ;
+    p_addr <= \$1020 ;
   always @(posedge gemm_d_clk)
-    \$signal$463  <= \$1013 ;
+    want_w <= \$1021 ;
   always @(posedge gemm_d_clk)
-    \$signal$560  <= \$1014 ;
+    w_step <= \$1022 ;
   always @(posedge gemm_d_clk)
-    nt_hit <= \$1015 ;
+    \$signal$464  <= \$1023 ;
   always @(posedge gemm_d_clk)
-    rk <= \$1016 ;
+    \$signal$562  <= \$1024 ;
   always @(posedge gemm_d_clk)
-    rk_zero <= \$1017 ;
+    nt_hit <= \$1025 ;
   always @(posedge gemm_d_clk)
-    a_loader_ahead <= \$1018 ;
+    rk <= \$1026 ;
   always @(posedge gemm_d_clk)
-    a_filled0 <= \$1019 ;
+    rk_zero <= \$1027 ;
   always @(posedge gemm_d_clk)
-    a_filled1 <= \$1020 ;
+    a_loader_ahead <= \$1028 ;
   always @(posedge gemm_d_clk)
-    \$signal$297  <= \$1021 ;
+    a_filled0 <= \$1029 ;
   always @(posedge gemm_d_clk)
-    \$signal$304  <= \$1022 ;
+    a_filled1 <= \$1030 ;
   always @(posedge gemm_d_clk)
-    lk <= \$1023 ;
+    \$signal  <= \$1031 ;
   always @(posedge gemm_d_clk)
-    \$signal$330  <= \$1024 ;
+    \$signal$302  <= \$1032 ;
   always @(posedge gemm_d_clk)
-    \$signal$563  <= \$1025 ;
+    lk <= \$1033 ;
   always @(posedge gemm_d_clk)
-    fnt <= \$1026 ;
+    \$signal$328  <= \$1034 ;
   always @(posedge gemm_d_clk)
-    feed_blocks <= \$1027 ;
+    \$signal$565  <= \$1035 ;
   always @(posedge gemm_d_clk)
-    a_load_k_hit <= \$1028 ;
+    fnt <= \$1036 ;
   always @(posedge gemm_d_clk)
-    a_feed_k_hit <= \$1029 ;
+    feed_blocks <= \$1037 ;
   always @(posedge gemm_d_clk)
-    a_feed_nt_hit <= \$1030 ;
+    a_load_k_hit <= \$1038 ;
   always @(posedge gemm_d_clk)
-    a_blocks_left <= \$1031 ;
+    a_feed_k_hit <= \$1039 ;
   always @(posedge gemm_d_clk)
-    a_read_last <= \$1032 ;
+    a_feed_nt_hit <= \$1040 ;
   always @(posedge gemm_d_clk)
-    a_read_addr <= \$1033 ;
+    a_blocks_left <= \$1041 ;
   always @(posedge gemm_d_clk)
-    a_read_half <= \$1034 ;
+    a_read_last <= \$1042 ;
   always @(posedge gemm_d_clk)
-    a_read_free <= \$1035 ;
+    a_read_addr <= \$1043 ;
   always @(posedge gemm_d_clk)
-    w_load_lane <= \$1036 ;
+    a_read_half <= \$1044 ;
   always @(posedge gemm_d_clk)
-    w_load_k <= \$1037 ;
+    a_read_free <= \$1045 ;
   always @(posedge gemm_d_clk)
-    w_load_addr <= \$1038 ;
+    w_load_lane <= \$1046 ;
   always @(posedge gemm_d_clk)
-    w_load_nt <= \$1039 ;
+    w_load_k <= \$1047 ;
   always @(posedge gemm_d_clk)
-    w_filled0 <= \$1040 ;
+    w_load_addr <= \$1048 ;
   always @(posedge gemm_d_clk)
-    w_filled1 <= \$1041 ;
+    w_load_nt <= \$1049 ;
   always @(posedge gemm_d_clk)
-    w_load_half <= \$1042 ;
+    w_filled0 <= \$1050 ;
   always @(posedge gemm_d_clk)
-    w_read_addr <= \$1043 ;
+    w_filled1 <= \$1051 ;
   always @(posedge gemm_d_clk)
-    w_read_half <= \$1044 ;
+    w_load_half <= \$1052 ;
   always @(posedge gemm_d_clk)
-    w_read_free <= \$1045 ;
+    w_read_addr <= \$1053 ;
   always @(posedge gemm_d_clk)
-    feed_ntk <= \$1046 ;
+    w_read_half <= \$1054 ;
   always @(posedge gemm_d_clk)
-    feed_mt <= \$1047 ;
+    w_read_free <= \$1055 ;
   always @(posedge gemm_d_clk)
-    w_feed_half <= \$1048 ;
+    feed_ntk <= \$1056 ;
   always @(posedge gemm_d_clk)
-    post_col <= \$1049 ;
+    feed_mt <= \$1057 ;
   always @(posedge gemm_d_clk)
-    op_done <= \$1050 ;
+    w_feed_half <= \$1058 ;
   always @(posedge gemm_d_clk)
-    fault_q <= \$1051 ;
+    post_col <= \$1059 ;
+  always @(posedge gemm_d_clk)
+    op_done <= \$1060 ;
+  always @(posedge gemm_d_clk)
+    fault_q <= \$1061 ;
   \accelerator.core.add  add (
     .a__payload(a__payload),
     .a__ready(a__ready),
     .a__valid(a__valid),
     .add_d_clk(gemm_d_clk),
     .add_d_rst(add_d_rst),
-    .b__payload(\b__payload$195 ),
-    .b__ready(\b__ready$254 ),
-    .b__valid(\b__valid$264 ),
+    .b__payload(\b__payload$193 ),
+    .b__ready(\b__ready$251 ),
+    .b__valid(\b__valid$261 ),
     .c__payload(c_data[43:0]),
-    .c__ready(\c__ready$136 ),
+    .c__ready(\c__ready$134 ),
     .c__valid(c_valid2),
     .o__payload(o__payload),
     .o__ready(o__ready),
@@ -29706,26 +29732,26 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   );
   \accelerator.core.gelu0  gelu0 (
     .c__payload(c_data[52:0]),
-    .c__ready(\c__ready$138 ),
+    .c__ready(\c__ready$136 ),
     .c__valid(c_valid3),
     .gelu0_d_clk(gemm_d_clk),
     .gelu0_d_rst(gelu0_d_rst),
     .go(i__ready),
     .i__payload(i__payload),
     .i__valid(i__valid),
-    .o__payload(\o__payload$203 ),
-    .o__ready(\o__ready$215 ),
-    .o__valid(\o__valid$211 )
+    .o__payload(\o__payload$201 ),
+    .o__ready(\o__ready$213 ),
+    .o__valid(\o__valid$209 )
   );
   \accelerator.core.gemm  gemm (
-    .a__payload(\a__payload$424 ),
-    .a__ready(\a__ready$429 ),
-    .a__valid(\a__valid$422 ),
+    .a__payload(\a__payload$422 ),
+    .a__ready(\a__ready$427 ),
+    .a__valid(\a__valid$420 ),
     .gemm_d_clk(gemm_d_clk),
     .gemm_d_rst(gemm_d_rst),
-    .o__payload(\w_data$436 ),
-    .o__ready(\o__ready$438 ),
-    .o__valid(\w_en$434 ),
+    .o__payload(\w_data$434 ),
+    .o__ready(\o__ready$436 ),
+    .o__valid(\w_en$432 ),
     .p__payload(beat__payload[437:0]),
     .p__ready(p__ready),
     .p__valid(p__valid),
@@ -29735,19 +29761,19 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   );
   \accelerator.core.gemm_out_slice  gemm_out_slice (
     .clk(gemm_d_clk),
-    .r_data(\r_data$455 ),
-    .r_en(\r_en$441 ),
+    .r_data(\r_data$453 ),
+    .r_en(\r_en$439 ),
     .r_rdy(gemm_res_valid),
     .rst(rst),
     .unit_rst(unit_rst),
-    .w_en(\w_en$434 ),
-    .w_port__data(\w_data$436 ),
-    .w_rdy(\o__ready$438 )
+    .w_en(\w_en$432 ),
+    .w_port__data(\w_data$434 ),
+    .w_rdy(\o__ready$436 )
   );
   \accelerator.core.gen_dst  gen_dst (
     .addr(\addr$113 ),
     .base(ins[123:104]),
-    .busy(\busy$578 ),
+    .busy(\busy$580 ),
     .clk(gemm_d_clk),
     .\final (\final ),
     .index__1(index__1),
@@ -29768,7 +29794,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     .strides__2(strides__2),
     .strides__3(strides__3),
     .strides__4(strides__4),
-    .\valid$31 (\valid$269 )
+    .\valid$31 (\valid$264 )
   );
   \accelerator.core.gen_src0  gen_src0 (
     .addr(addr),
@@ -29815,65 +29841,65 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     .\valid$31 (\valid$101 )
   );
   \accelerator.core.layernorm  layernorm (
-    .buf_wdata(\r_data$237 [15:0]),
+    .buf_wdata(\r_data$246 [15:0]),
     .c__payload(c_data),
     .c__valid(c_valid1),
     .i__ready(\i__ready$486 ),
     .i__valid(\i__valid$482 ),
-    .idle_r(\c__ready$134 ),
+    .idle_r(\c__ready$132 ),
     .layernorm_d_clk(gemm_d_clk),
     .layernorm_d_rst(layernorm_d_rst),
-    .o__payload(\o__payload$219 ),
-    .o__ready(\o__ready$230 ),
-    .o__valid(\o__valid$226 )
+    .o__payload(\o__payload$220 ),
+    .o__ready(\o__ready$231 ),
+    .o__valid(\o__valid$227 )
   );
   \accelerator.core.norm_out_slice  norm_out_slice (
     .clk(gemm_d_clk),
-    .r_data(\r_data$248 ),
+    .r_data(\r_data$289 ),
     .r_en(\r_en$483 ),
-    .r_rdy(\r_rdy$247 ),
+    .r_rdy(\r_rdy$291 ),
     .rst(rst),
     .unit_rst(unit_rst),
-    .w_en(\w_en$220 ),
-    .w_port__data(\w_data$227 ),
-    .w_rdy(\w_rdy$229 )
+    .w_en(\w_en$221 ),
+    .w_port__data(\w_data$228 ),
+    .w_rdy(\w_rdy$230 )
   );
   \accelerator.core.pack_slice  pack_slice (
     .clk(gemm_d_clk),
-    .\port$9178$0 (pack_a0),
-    .\port$9180$0 (pack_a1),
-    .\port$9182$0 (pack_a2),
-    .\port$9184$0 (pack_a3),
-    .\port$9186$0 (pack_b0),
-    .\port$9188$0 (pack_b1),
-    .\port$9190$0 (pack_b2),
-    .\port$9192$0 (pack_b3),
+    .\port$9187$0 (pack_a0),
+    .\port$9189$0 (pack_a1),
+    .\port$9191$0 (pack_a2),
+    .\port$9193$0 (pack_a3),
+    .\port$9195$0 (pack_b0),
+    .\port$9197$0 (pack_b1),
+    .\port$9199$0 (pack_b2),
+    .\port$9201$0 (pack_b3),
     .r_data(r_data),
     .r_en(r_en),
-    .r_rdy(\r_rdy$263 ),
+    .r_rdy(\r_rdy$260 ),
     .rst(rst),
     .unit_rst(unit_rst),
-    .w_en(\w_en$182 ),
-    .w_rdy(\w_rdy$258 )
+    .w_en(\w_en$180 ),
+    .w_rdy(\w_rdy$255 )
   );
   \accelerator.core.q_src0  q_src0 (
     .clk(gemm_d_clk),
-    .\port$8983$0 (src0_elem),
-    .\port$8985$0 (src0_held_meta),
-    .r_data(\r_data$237 ),
+    .\port$8990$0 (src0_elem),
+    .\port$8992$0 (src0_held_meta),
+    .r_data(\r_data$246 ),
     .r_en(\r_en$484 ),
-    .r_rdy(r_rdy),
+    .r_rdy(\r_rdy$268 ),
     .rst(rst),
     .unit_rst(unit_rst),
     .w_en(w_en)
   );
   \accelerator.core.q_src1  q_src1 (
     .clk(gemm_d_clk),
-    .\port$8992$0 (src1_elem),
-    .\port$8994$0 (src1_held_meta),
-    .r_data(\r_data$358 ),
-    .r_en(\r_en$261 ),
-    .r_rdy(\r_rdy$260 ),
+    .\port$8999$0 (src1_elem),
+    .\port$9001$0 (src1_held_meta),
+    .r_data(\r_data$356 ),
+    .r_en(\r_en$258 ),
+    .r_rdy(r_rdy),
     .rst(rst),
     .unit_rst(unit_rst),
     .w_en(\w_en$107 )
@@ -29892,8 +29918,8 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     .\r_en$23 (beat__ready),
     .req__ready(req__ready),
     .rst(rst),
-    .w_data(\req__payload$464 ),
-    .w_en(\req__valid$456 )
+    .w_data(\req__payload$465 ),
+    .w_en(\req__valid$458 )
   );
   \accelerator.core.softmax  softmax (
     .c__payload(c_data[4:0]),
@@ -29902,16 +29928,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     .i__ready(\i__ready$485 ),
     .i__valid(\i__valid$481 ),
     .idle(c__ready),
-    .o__ready(\o__ready$228 ),
-    .oq_data(\o__payload$217 ),
-    .oq_valid(\o__valid$223 ),
+    .o__ready(\o__ready$229 ),
+    .oq_data(\o__payload$218 ),
+    .oq_valid(\o__valid$224 ),
     .softmax_d_clk(gemm_d_clk),
     .softmax_d_rst(softmax_d_rst)
   );
   \accelerator.core.src0_credit  src0_credit (
     .clk(gemm_d_clk),
     .r_en(\r_en$484 ),
-    .r_rdy(r_rdy),
+    .r_rdy(\r_rdy$268 ),
     .rst(rst),
     .src0_credit_room(src0_credit_room),
     .src0_issue(src0_issue),
@@ -29919,8 +29945,8 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   );
   \accelerator.core.src1_credit  src1_credit (
     .clk(gemm_d_clk),
-    .r_en(\r_en$261 ),
-    .r_rdy(\r_rdy$260 ),
+    .r_en(\r_en$258 ),
+    .r_rdy(r_rdy),
     .rst(rst),
     .src1_credit_room(src1_credit_room),
     .src1_issue(src1_issue),
@@ -29928,33 +29954,33 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   );
   \accelerator.core.unpack_slice  unpack_slice (
     .clk(gemm_d_clk),
-    .r_data(\r_data$268 ),
-    .r_en(\r_en$271 ),
-    .r_rdy(\r_rdy$266 ),
+    .r_data(\r_data$216 ),
+    .r_en(\r_en$266 ),
+    .r_rdy(\r_rdy$263 ),
     .rst(rst),
     .unit_rst(unit_rst),
-    .w_en(\w_en$207 ),
-    .w_port__data(\w_data$212 ),
+    .w_en(\w_en$205 ),
+    .w_port__data(\w_data$210 ),
     .w_rdy(w_rdy)
   );
   \accelerator.core.w_beat_slice  w_beat_slice (
     .clk(gemm_d_clk),
     .in_decode(in_decode),
-    .\port$8813$0 (w_beat0),
-    .\port$8814$0 (w_beat1),
-    .\port$8815$0 (w_beat2),
-    .\port$8816$0 (w_beat3),
-    .\port$8817$0 (w_beat4),
-    .\port$8818$0 (w_beat5),
-    .\port$8819$0 (w_beat6),
-    .\port$8820$0 (w_beat7),
-    .r_data(\r_data$433 ),
-    .r_en(\r_en$430 ),
-    .r_rdy(\r_rdy$427 ),
+    .\port$8819$0 (w_beat0),
+    .\port$8820$0 (w_beat1),
+    .\port$8821$0 (w_beat2),
+    .\port$8822$0 (w_beat3),
+    .\port$8823$0 (w_beat4),
+    .\port$8824$0 (w_beat5),
+    .\port$8825$0 (w_beat6),
+    .\port$8826$0 (w_beat7),
+    .r_data(\r_data$431 ),
+    .r_en(\r_en$428 ),
+    .r_rdy(\r_rdy$425 ),
     .rst(rst),
     .unit_rst(unit_rst),
-    .w_en(\w_en$285 ),
-    .w_rdy(\w_rdy$472 )
+    .w_en(\w_en$281 ),
+    .w_rdy(\w_rdy$473 )
   );
   \accelerator.core.writer  writer (
     .aw__payload(aw__payload),
@@ -29965,7 +29991,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     .clear(clear),
     .clk(gemm_d_clk),
     .err(err),
-    .idle(\idle$554 ),
+    .idle(\idle$556 ),
     .req__ready(\req__ready$476 ),
     .rst(rst),
     .w_data(req__payload),
@@ -29973,22 +29999,42 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   );
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$116  = 16'h0000;
+    unpack_elem = 16'h0000;
     casez (pack_jo)
       3'h0:
-          \$116  = \r_data$268 [15:0];
+          unpack_elem = \r_data$216 [15:0];
       3'h1:
-          \$116  = \r_data$268 [31:16];
+          unpack_elem = \r_data$216 [31:16];
       3'h2:
-          \$116  = \r_data$268 [47:32];
+          unpack_elem = \r_data$216 [47:32];
       3'h3:
-          \$116  = \r_data$268 [63:48];
+          unpack_elem = \r_data$216 [63:48];
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$297 )
+    casez (\$signal )
+      1'h0:
+          \$141  = a_filled0;
+      1'h1:
+          \$141  = a_filled1;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    (* full_case = 32'd1 *)
+    casez (\$signal )
+      1'h0:
+          \$146  = a_filled0;
+      1'h1:
+          \$146  = a_filled1;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    (* full_case = 32'd1 *)
+    casez (\$signal )
       1'h0:
           \$154  = a_filled0;
       1'h1:
@@ -29998,107 +30044,107 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$297 )
+    casez (\$signal )
       1'h0:
-          \$159  = a_filled0;
+          \$161  = a_filled0;
       1'h1:
-          \$159  = a_filled1;
+          \$161  = a_filled1;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$297 )
+    casez (\$signal )
       1'h0:
-          \$167  = a_filled0;
+          \$168  = a_filled0;
       1'h1:
-          \$167  = a_filled1;
+          \$168  = a_filled1;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$297 )
+    casez (\$signal )
       1'h0:
-          \$174  = a_filled0;
+          \$175  = a_filled0;
       1'h1:
-          \$174  = a_filled1;
+          \$175  = a_filled1;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$297 )
+    casez (\$signal )
       1'h0:
-          \$181  = a_filled0;
+          \$182  = a_filled0;
       1'h1:
-          \$181  = a_filled1;
+          \$182  = a_filled1;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$297 )
+    casez (\$signal )
       1'h0:
-          \$188  = a_filled0;
+          \$189  = a_filled0;
       1'h1:
-          \$188  = a_filled1;
+          \$189  = a_filled1;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$297 )
+    casez (\$signal )
       1'h0:
-          \$195  = a_filled0;
+          \$196  = a_filled0;
       1'h1:
-          \$195  = a_filled1;
+          \$196  = a_filled1;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$297 )
+    casez (\$signal )
       1'h0:
-          \$202  = a_filled0;
+          \$203  = a_filled0;
       1'h1:
-          \$202  = a_filled1;
+          \$203  = a_filled1;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$297 )
+    casez (\$signal$328 )
       1'h0:
-          \$209  = a_filled0;
+          \$208  = a_filled0;
       1'h1:
-          \$209  = a_filled1;
-    endcase
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    (* full_case = 32'd1 *)
-    casez (\$signal$297 )
-      1'h0:
-          \$216  = a_filled0;
-      1'h1:
-          \$216  = a_filled1;
-    endcase
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    (* full_case = 32'd1 *)
-    casez (\$signal$330 )
-      1'h0:
-          \$221  = a_filled0;
-      1'h1:
-          \$221  = a_filled1;
+          \$208  = a_filled1;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     (* full_case = 32'd1 *)
     casez (w_feed_half)
+      1'h0:
+          \$210  = w_filled0;
+      1'h1:
+          \$210  = w_filled1;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    (* full_case = 32'd1 *)
+    casez (w_load_half)
+      1'h0:
+          \$216  = w_filled0;
+      1'h1:
+          \$216  = w_filled1;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    (* full_case = 32'd1 *)
+    casez (w_load_half)
       1'h0:
           \$223  = w_filled0;
       1'h1:
@@ -30110,9 +30156,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_load_half)
       1'h0:
-          \$229  = w_filled0;
+          \$233  = w_filled0;
       1'h1:
-          \$229  = w_filled1;
+          \$233  = w_filled1;
     endcase
   end
   always @* begin
@@ -30120,9 +30166,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_load_half)
       1'h0:
-          \$236  = w_filled0;
+          \$242  = w_filled0;
       1'h1:
-          \$236  = w_filled1;
+          \$242  = w_filled1;
     endcase
   end
   always @* begin
@@ -30130,9 +30176,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_load_half)
       1'h0:
-          \$246  = w_filled0;
+          \$251  = w_filled0;
       1'h1:
-          \$246  = w_filled1;
+          \$251  = w_filled1;
     endcase
   end
   always @* begin
@@ -30140,9 +30186,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_load_half)
       1'h0:
-          \$255  = w_filled0;
+          \$260  = w_filled0;
       1'h1:
-          \$255  = w_filled1;
+          \$260  = w_filled1;
     endcase
   end
   always @* begin
@@ -30150,9 +30196,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_load_half)
       1'h0:
-          \$264  = w_filled0;
+          \$269  = w_filled0;
       1'h1:
-          \$264  = w_filled1;
+          \$269  = w_filled1;
     endcase
   end
   always @* begin
@@ -30160,9 +30206,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_load_half)
       1'h0:
-          \$273  = w_filled0;
+          \$278  = w_filled0;
       1'h1:
-          \$273  = w_filled1;
+          \$278  = w_filled1;
     endcase
   end
   always @* begin
@@ -30170,51 +30216,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_load_half)
       1'h0:
-          \$282  = w_filled0;
+          \$287  = w_filled0;
       1'h1:
-          \$282  = w_filled1;
-    endcase
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    (* full_case = 32'd1 *)
-    casez (w_load_half)
-      1'h0:
-          \$291  = w_filled0;
-      1'h1:
-          \$291  = w_filled1;
-    endcase
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    (* full_case = 32'd1 *)
-    casez (w_load_half)
-      1'h0:
-          \$300  = w_filled0;
-      1'h1:
-          \$300  = w_filled1;
-    endcase
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$332  = 32'd0;
-    casez (index__4)
-      16'h0000:
-          \$332  = \r_data$455 [31:0];
-      16'h0001:
-          \$332  = \r_data$455 [63:32];
-      16'h0002:
-          \$332  = \r_data$455 [95:64];
-      16'h0003:
-          \$332  = \r_data$455 [127:96];
-      16'h0004:
-          \$332  = \r_data$455 [159:128];
-      16'h0005:
-          \$332  = \r_data$455 [191:160];
-      16'h0006:
-          \$332  = \r_data$455 [223:192];
-      16'h0007:
-          \$332  = \r_data$455 [255:224];
+          \$287  = w_filled1;
     endcase
   end
   always @* begin
@@ -30222,41 +30226,63 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (post_col)
       3'h0:
-          \$335  = \r_data$455 [31:0];
+          \$318  = \r_data$453 [31:0];
       3'h1:
-          \$335  = \r_data$455 [63:32];
+          \$318  = \r_data$453 [63:32];
       3'h2:
-          \$335  = \r_data$455 [95:64];
+          \$318  = \r_data$453 [95:64];
       3'h3:
-          \$335  = \r_data$455 [127:96];
+          \$318  = \r_data$453 [127:96];
       3'h4:
-          \$335  = \r_data$455 [159:128];
+          \$318  = \r_data$453 [159:128];
       3'h5:
-          \$335  = \r_data$455 [191:160];
+          \$318  = \r_data$453 [191:160];
       3'h6:
-          \$335  = \r_data$455 [223:192];
+          \$318  = \r_data$453 [223:192];
       3'h7:
-          \$335  = \r_data$455 [255:224];
+          \$318  = \r_data$453 [255:224];
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$340  = 32'd0;
+    casez (index__4)
+      16'h0000:
+          \$340  = \r_data$453 [31:0];
+      16'h0001:
+          \$340  = \r_data$453 [63:32];
+      16'h0002:
+          \$340  = \r_data$453 [95:64];
+      16'h0003:
+          \$340  = \r_data$453 [127:96];
+      16'h0004:
+          \$340  = \r_data$453 [159:128];
+      16'h0005:
+          \$340  = \r_data$453 [191:160];
+      16'h0006:
+          \$340  = \r_data$453 [223:192];
+      16'h0007:
+          \$340  = \r_data$453 [255:224];
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$297 )
+    casez (\$signal )
       1'h0:
-          \$799  = a_filled0;
+          \$809  = a_filled0;
       1'h1:
-          \$799  = a_filled1;
+          \$809  = a_filled1;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$297 )
+    casez (\$signal )
       1'h0:
-          \$804  = a_filled0;
+          \$814  = a_filled0;
       1'h1:
-          \$804  = a_filled1;
+          \$814  = a_filled1;
     endcase
   end
   always @* begin
@@ -30264,9 +30290,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_load_half)
       1'h0:
-          \$841  = w_filled0;
+          \$851  = w_filled0;
       1'h1:
-          \$841  = w_filled1;
+          \$851  = w_filled1;
     endcase
   end
   always @* begin
@@ -30491,13 +30517,6 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    wr_data = sink_data;
-    if (\$331 ) begin
-      wr_data = \$332 [15:0];
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     c_lb = 3'h0;
     if (\$12 ) begin
       c_lb = 3'h0;
@@ -30514,62 +30533,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signal  = 1'h0;
-    if (in_stream) begin
-      if (is_move) begin
-        \$signal  = r_rdy;
-      end else if (is_load) begin
-        \$signal  = beat__valid;
-      end else if (is_store) begin
-      end else if (is_gemm) begin
-      end else if (\$79 ) begin
-        \$signal  = \r_rdy$247 ;
-      end
-    end
-    if (pack_active) begin
-      \$signal  = \r_rdy$266 ;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    sink_data = 16'h0000;
-    if (in_stream) begin
-      if (is_move) begin
-        sink_data = \r_data$237 [15:0];
-      end else if (is_load) begin
-        (* full_case = 32'd1 *)
-        casez (ins[23:22])
-          2'h0:
-              sink_data = { \$85 [8], \$85 [8], \$85 [8], \$85 [8], \$85 [8], \$85 [8], \$85 [8], \$85  };
-          2'h1:
-              sink_data = \$88 [15:0];
-          2'h2:
-              sink_data = \$91 [15:0];
-          2'h3:
-              sink_data = \$94 [15:0];
-        endcase
-      end else if (is_store) begin
-      end else if (is_gemm) begin
-      end else if (\$79 ) begin
-        sink_data = \r_data$248 ;
-      end
-    end
-    if (pack_active) begin
-      sink_data = \$116 ;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     fault = 4'h0;
     if (in_stream) begin
       if (is_move) begin
       end else if (is_load) begin
-        if (\$95 ) begin
+        if (\$83 ) begin
           fault = 4'h4;
         end
       end
     end
-    if (\$404 ) begin
+    if (\$411 ) begin
       fault = 4'h5;
     end
   end
@@ -30608,11 +30581,11 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       end else if (is_gemm) begin
       end else if (\$79 ) begin
       end else begin
-        elem_data = \r_data$237 [15:0];
+        elem_data = \r_data$246 [15:0];
       end
     end
-    if (\$334 ) begin
-      elem_data = \$335 [15:0];
+    if (\$317 ) begin
+      elem_data = \$318 [15:0];
     end
   end
   always @* begin
@@ -30626,7 +30599,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       end else if (is_gemm) begin
       end else if (\$79 ) begin
       end else begin
-        elem_final = \r_data$237 [17];
+        elem_final = \r_data$246 [17];
       end
     end
   end
@@ -30634,7 +30607,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     in_ready = 1'h0;
     if (pack_active) begin
-      in_ready = \$99 ;
+      in_ready = \$87 ;
     end
   end
   always @* begin
@@ -30648,18 +30621,18 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     elem_take = 1'h0;
     if (pack_active) begin
-      elem_take = \$105 ;
+      elem_take = \$93 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \r_en$261  = 1'h0;
+    \r_en$258  = 1'h0;
     if (pack_active) begin
-      \r_en$261  = \$112 ;
+      \r_en$258  = \$100 ;
     end
     if (gemm_active) begin
-      if (\$228 ) begin
-        \r_en$261  = \$233 ;
+      if (\$215 ) begin
+        \r_en$258  = \$220 ;
       end
     end
   end
@@ -30667,30 +30640,30 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     a__valid = 1'h0;
     if (pack_active) begin
-      a__valid = \$113 ;
+      a__valid = \$101 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \b__valid$264  = 1'h0;
+    \b__valid$261  = 1'h0;
     if (pack_active) begin
-      \b__valid$264  = \$114 ;
+      \b__valid$261  = \$102 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     i__valid = 1'h0;
     if (pack_active) begin
-      i__valid = \$115 ;
+      i__valid = \$103 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \r_en$271  = 1'h0;
+    \r_en$266  = 1'h0;
     if (pack_active) begin
-      if (\$117 ) begin
-        if (\$119 ) begin
-          \r_en$271  = 1'h1;
+      if (\$104 ) begin
+        if (\$106 ) begin
+          \r_en$266  = 1'h1;
         end
       end
     end
@@ -30879,14 +30852,14 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     p__valid = 1'h0;
     if (gemm_active) begin
-      p__valid = \$124 ;
+      p__valid = \$111 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \w_en$285  = 1'h0;
+    \w_en$281  = 1'h0;
     if (gemm_active) begin
-      \w_en$285  = \$128 ;
+      \w_en$281  = \$115 ;
     end
   end
   always @* begin
@@ -30894,33 +30867,33 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     elem = 9'h000;
     casez (ins[16:12])
       5'h02:
-          elem = { \$135 [2], \$135 [2], \$135 [2], \$135 [2], \$135 [2], \$135 [2], \$135  };
+          elem = { \$122 [2], \$122 [2], \$122 [2], \$122 [2], \$122 [2], \$122 [2], \$122  };
       5'h03:
-          elem = { \$138 [3], \$138 [3], \$138 [3], \$138 [3], \$138 [3], \$138  };
+          elem = { \$125 [3], \$125 [3], \$125 [3], \$125 [3], \$125 [3], \$125  };
       5'h04:
-          elem = { \$141 [4], \$141 [4], \$141 [4], \$141 [4], \$141  };
+          elem = { \$128 [4], \$128 [4], \$128 [4], \$128 [4], \$128  };
       5'h05:
-          elem = { \$144 [5], \$144 [5], \$144 [5], \$144  };
+          elem = { \$131 [5], \$131 [5], \$131 [5], \$131  };
       5'h06:
-          elem = { \$147 [6], \$147 [6], \$147  };
+          elem = { \$134 [6], \$134 [6], \$134  };
       5'h07:
-          elem = { \$150 [7], \$150  };
+          elem = { \$137 [7], \$137  };
       5'h08:
-          elem = \$153 ;
+          elem = \$140 ;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     a_in_take = 1'h0;
     if (gemm_active) begin
-      a_in_take = \$156 ;
+      a_in_take = \$143 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$300  = 9'h000;
+    \$signature__addr$298  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$300  = \$158 [8:0];
+      \$signature__addr$298  = \$145 [8:0];
     end
   end
   always @* begin
@@ -30932,198 +30905,212 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$303  = 1'h0;
+    \$signature__en$301  = 1'h0;
     if (gemm_active) begin
-      \$signature__en$303  = \$164 ;
+      \$signature__en$301  = \$151 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$305  = 9'h000;
+    \$signature__addr$303  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$305  = \$166 [8:0];
+      \$signature__addr$303  = \$153 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__data$306  = 9'h000;
+    \$signature__data$304  = 9'h000;
     if (gemm_active) begin
-      \$signature__data$306  = elem;
+      \$signature__data$304  = elem;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$307  = 1'h0;
+    \$signature__en$305  = 1'h0;
     if (gemm_active) begin
-      \$signature__en$307  = \$171 ;
+      \$signature__en$305  = \$158 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$308  = 9'h000;
+    \$signature__addr$306  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$308  = \$173 [8:0];
+      \$signature__addr$306  = \$160 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__data$309  = 9'h000;
+    \$signature__data$307  = 9'h000;
     if (gemm_active) begin
-      \$signature__data$309  = elem;
+      \$signature__data$307  = elem;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$310  = 1'h0;
+    \$signature__en$308  = 1'h0;
     if (gemm_active) begin
-      \$signature__en$310  = \$178 ;
+      \$signature__en$308  = \$165 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$311  = 9'h000;
+    \$signature__addr$309  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$311  = \$180 [8:0];
+      \$signature__addr$309  = \$167 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__data$312  = 9'h000;
+    \$signature__data$310  = 9'h000;
     if (gemm_active) begin
-      \$signature__data$312  = elem;
+      \$signature__data$310  = elem;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$313  = 1'h0;
+    \$signature__en$311  = 1'h0;
     if (gemm_active) begin
-      \$signature__en$313  = \$185 ;
+      \$signature__en$311  = \$172 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$314  = 9'h000;
+    \$signature__addr$312  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$314  = \$187 [8:0];
+      \$signature__addr$312  = \$174 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__data$315  = 9'h000;
+    \$signature__data$313  = 9'h000;
     if (gemm_active) begin
-      \$signature__data$315  = elem;
+      \$signature__data$313  = elem;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$316  = 1'h0;
+    \$signature__en$314  = 1'h0;
     if (gemm_active) begin
-      \$signature__en$316  = \$192 ;
+      \$signature__en$314  = \$179 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$317  = 9'h000;
+    \$signature__addr$315  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$317  = \$194 [8:0];
+      \$signature__addr$315  = \$181 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__data$318  = 9'h000;
+    \$signature__data$316  = 9'h000;
     if (gemm_active) begin
-      \$signature__data$318  = elem;
+      \$signature__data$316  = elem;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$319  = 1'h0;
+    \$signature__en$317  = 1'h0;
     if (gemm_active) begin
-      \$signature__en$319  = \$199 ;
+      \$signature__en$317  = \$186 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$320  = 9'h000;
+    \$signature__addr$318  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$320  = \$201 [8:0];
+      \$signature__addr$318  = \$188 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__data$321  = 9'h000;
+    \$signature__data$319  = 9'h000;
     if (gemm_active) begin
-      \$signature__data$321  = elem;
+      \$signature__data$319  = elem;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$322  = 1'h0;
+    \$signature__en$320  = 1'h0;
     if (gemm_active) begin
-      \$signature__en$322  = \$206 ;
+      \$signature__en$320  = \$193 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$323  = 9'h000;
+    \$signature__addr$321  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$323  = \$208 [8:0];
+      \$signature__addr$321  = \$195 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__data$324  = 9'h000;
+    \$signature__data$322  = 9'h000;
     if (gemm_active) begin
-      \$signature__data$324  = elem;
+      \$signature__data$322  = elem;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$325  = 1'h0;
+    \$signature__en$323  = 1'h0;
     if (gemm_active) begin
-      \$signature__en$325  = \$213 ;
+      \$signature__en$323  = \$200 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$326  = 9'h000;
+    \$signature__addr$324  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$326  = \$215 [8:0];
+      \$signature__addr$324  = \$202 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__data$327  = 9'h000;
+    \$signature__data$325  = 9'h000;
     if (gemm_active) begin
-      \$signature__data$327  = elem;
+      \$signature__data$325  = elem;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$328  = 1'h0;
+    \$signature__en$326  = 1'h0;
     if (gemm_active) begin
-      \$signature__en$328  = \$220 ;
+      \$signature__en$326  = \$207 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     a_issue = 1'h0;
     if (gemm_active) begin
-      a_issue = \$227 ;
+      a_issue = \$214 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$337  = 9'h000;
+    \$signature__addr$335  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$337  = a_read_addr;
+      \$signature__addr$335  = a_read_addr;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$339  = 1'h1;
+    \$signature__en$337  = 1'h1;
     if (gemm_active) begin
-      \$signature__en$339  = a_read;
+      \$signature__en$337  = a_read;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$signature__addr$339  = 9'h000;
+    if (gemm_active) begin
+      \$signature__addr$339  = a_read_addr;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$signature__en$340  = 1'h1;
+    if (gemm_active) begin
+      \$signature__en$340  = a_read;
     end
   end
   always @* begin
@@ -31226,213 +31213,213 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$355  = 9'h000;
-    if (gemm_active) begin
-      \$signature__addr$355  = a_read_addr;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$356  = 1'h1;
-    if (gemm_active) begin
-      \$signature__en$356  = a_read;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     welem = 8'h00;
     if (gemm_active) begin
       casez (ins[21:17])
         5'h02:
-            welem = { \r_data$358 [1], \r_data$358 [1], \r_data$358 [1], \r_data$358 [1], \r_data$358 [1], \r_data$358 [1], \r_data$358 [1:0] };
+            welem = { \r_data$356 [1], \r_data$356 [1], \r_data$356 [1], \r_data$356 [1], \r_data$356 [1], \r_data$356 [1], \r_data$356 [1:0] };
         5'h03:
-            welem = { \r_data$358 [2], \r_data$358 [2], \r_data$358 [2], \r_data$358 [2], \r_data$358 [2], \r_data$358 [2:0] };
+            welem = { \r_data$356 [2], \r_data$356 [2], \r_data$356 [2], \r_data$356 [2], \r_data$356 [2], \r_data$356 [2:0] };
         5'h04:
-            welem = { \r_data$358 [3], \r_data$358 [3], \r_data$358 [3], \r_data$358 [3], \r_data$358 [3:0] };
+            welem = { \r_data$356 [3], \r_data$356 [3], \r_data$356 [3], \r_data$356 [3], \r_data$356 [3:0] };
         5'h05:
-            welem = { \r_data$358 [4], \r_data$358 [4], \r_data$358 [4], \r_data$358 [4:0] };
+            welem = { \r_data$356 [4], \r_data$356 [4], \r_data$356 [4], \r_data$356 [4:0] };
         5'h06:
-            welem = { \r_data$358 [5], \r_data$358 [5], \r_data$358 [5:0] };
+            welem = { \r_data$356 [5], \r_data$356 [5], \r_data$356 [5:0] };
         5'h07:
-            welem = { \r_data$358 [6], \r_data$358 [6:0] };
+            welem = { \r_data$356 [6], \r_data$356 [6:0] };
         5'h08:
-            welem = \r_data$358 [7:0];
+            welem = \r_data$356 [7:0];
       endcase
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$360  = 9'h000;
+    \$signature__addr$358  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$360  = \$235 [8:0];
+      \$signature__addr$358  = \$222 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__data$362  = 8'h00;
+    \$signature__data$360  = 8'h00;
     if (gemm_active) begin
-      \$signature__data$362  = welem;
+      \$signature__data$360  = welem;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$363  = 1'h0;
+    \$signature__en$361  = 1'h0;
     if (gemm_active) begin
-      \$signature__en$363  = \$243 ;
+      \$signature__en$361  = \$230 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$365  = 9'h000;
+    \$signature__addr$363  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$365  = \$245 [8:0];
+      \$signature__addr$363  = \$232 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__data$366  = 8'h00;
+    \$signature__data$364  = 8'h00;
     if (gemm_active) begin
-      \$signature__data$366  = welem;
+      \$signature__data$364  = welem;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$367  = 1'h0;
+    \$signature__en$365  = 1'h0;
     if (gemm_active) begin
-      \$signature__en$367  = \$252 ;
+      \$signature__en$365  = \$239 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$368  = 9'h000;
+    \$signature__addr$366  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$368  = \$254 [8:0];
+      \$signature__addr$366  = \$241 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__data$369  = 8'h00;
+    \$signature__data$367  = 8'h00;
     if (gemm_active) begin
-      \$signature__data$369  = welem;
+      \$signature__data$367  = welem;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$370  = 1'h0;
+    \$signature__en$368  = 1'h0;
     if (gemm_active) begin
-      \$signature__en$370  = \$261 ;
+      \$signature__en$368  = \$248 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$371  = 9'h000;
+    \$signature__addr$369  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$371  = \$263 [8:0];
+      \$signature__addr$369  = \$250 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__data$372  = 8'h00;
+    \$signature__data$370  = 8'h00;
     if (gemm_active) begin
-      \$signature__data$372  = welem;
+      \$signature__data$370  = welem;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$373  = 1'h0;
+    \$signature__en$371  = 1'h0;
     if (gemm_active) begin
-      \$signature__en$373  = \$270 ;
+      \$signature__en$371  = \$257 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$374  = 9'h000;
+    \$signature__addr$372  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$374  = \$272 [8:0];
+      \$signature__addr$372  = \$259 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__data$375  = 8'h00;
+    \$signature__data$373  = 8'h00;
     if (gemm_active) begin
-      \$signature__data$375  = welem;
+      \$signature__data$373  = welem;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$376  = 1'h0;
+    \$signature__en$374  = 1'h0;
     if (gemm_active) begin
-      \$signature__en$376  = \$279 ;
+      \$signature__en$374  = \$266 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$377  = 9'h000;
+    \$signature__addr$375  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$377  = \$281 [8:0];
+      \$signature__addr$375  = \$268 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__data$378  = 8'h00;
+    \$signature__data$376  = 8'h00;
     if (gemm_active) begin
-      \$signature__data$378  = welem;
+      \$signature__data$376  = welem;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$379  = 1'h0;
+    \$signature__en$377  = 1'h0;
     if (gemm_active) begin
-      \$signature__en$379  = \$288 ;
+      \$signature__en$377  = \$275 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$380  = 9'h000;
+    \$signature__addr$378  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$380  = \$290 [8:0];
+      \$signature__addr$378  = \$277 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__data$381  = 8'h00;
+    \$signature__data$379  = 8'h00;
     if (gemm_active) begin
-      \$signature__data$381  = welem;
+      \$signature__data$379  = welem;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$382  = 1'h0;
+    \$signature__en$380  = 1'h0;
     if (gemm_active) begin
-      \$signature__en$382  = \$297 ;
+      \$signature__en$380  = \$284 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$383  = 9'h000;
+    \$signature__addr$381  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$383  = \$299 [8:0];
+      \$signature__addr$381  = \$286 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__data$384  = 8'h00;
+    \$signature__data$382  = 8'h00;
     if (gemm_active) begin
-      \$signature__data$384  = welem;
+      \$signature__data$382  = welem;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$385  = 1'h0;
+    \$signature__en$383  = 1'h0;
     if (gemm_active) begin
-      \$signature__en$385  = \$306 ;
+      \$signature__en$383  = \$293 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$386  = 9'h000;
+    \$signature__addr$384  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$386  = w_read_addr;
+      \$signature__addr$384  = w_read_addr;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$signature__en$386  = 1'h1;
+    if (gemm_active) begin
+      \$signature__en$386  = a_read;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$signature__addr$387  = 9'h000;
+    if (gemm_active) begin
+      \$signature__addr$387  = w_read_addr;
     end
   end
   always @* begin
@@ -31528,723 +31515,723 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$401  = 9'h000;
-    if (gemm_active) begin
-      \$signature__addr$401  = w_read_addr;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$402  = 1'h1;
-    if (gemm_active) begin
-      \$signature__en$402  = a_read;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     feed_data = 146'h0000000000000000000000000000000000000;
     if (gemm_active) begin
-      feed_data = { \$signature__data$421 , \$signature__data$420 , \$signature__data$419 , \$signature__data$418 , \$signature__data$417 , \$signature__data$416 , \$signature__data$415 , \$signature__data$414 , \$signature__data$413 , \$signature__data$412 , \$signature__data$411 , \$signature__data$410 , \$signature__data$409 , \$signature__data$408 , \$signature__data$407 , \$signature__data$406 , \$signature__data$405 , feed_got_last };
+      feed_data = { \$signature__data$419 , \$signature__data$418 , \$signature__data$417 , \$signature__data$416 , \$signature__data$415 , \$signature__data$414 , \$signature__data$413 , \$signature__data$412 , \$signature__data$411 , \$signature__data$410 , \$signature__data$409 , \$signature__data$408 , \$signature__data$407 , \$signature__data$406 , \$signature__data$405 , \$signature__data$404 , \$signature__data$403 , feed_got_last };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \a__valid$422  = 1'h0;
+    \a__valid$420  = 1'h0;
     if (gemm_active) begin
-      \a__valid$422  = feed_valid;
+      \a__valid$420  = feed_valid;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \a__payload$424  = 82'h000000000000000000000;
+    \a__payload$422  = 82'h000000000000000000000;
     if (gemm_active) begin
-      \a__payload$424 [81] = feed_beat[0];
-      \a__payload$424 [8:0] = feed_beat[9:1];
-      \a__payload$424 [17:9] = feed_beat[18:10];
-      \a__payload$424 [26:18] = feed_beat[27:19];
-      \a__payload$424 [35:27] = feed_beat[36:28];
-      \a__payload$424 [44:36] = feed_beat[45:37];
-      \a__payload$424 [53:45] = feed_beat[54:46];
-      \a__payload$424 [62:54] = feed_beat[63:55];
-      \a__payload$424 [71:63] = feed_beat[72:64];
-      \a__payload$424 [80:72] = feed_beat[81:73];
+      \a__payload$422 [81] = feed_beat[0];
+      \a__payload$422 [8:0] = feed_beat[9:1];
+      \a__payload$422 [17:9] = feed_beat[18:10];
+      \a__payload$422 [26:18] = feed_beat[27:19];
+      \a__payload$422 [35:27] = feed_beat[36:28];
+      \a__payload$422 [44:36] = feed_beat[45:37];
+      \a__payload$422 [53:45] = feed_beat[54:46];
+      \a__payload$422 [62:54] = feed_beat[63:55];
+      \a__payload$422 [71:63] = feed_beat[72:64];
+      \a__payload$422 [80:72] = feed_beat[81:73];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     w__valid = 1'h0;
     if (gemm_active) begin
-      w__valid = \$307 ;
+      w__valid = \$294 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     feed_ready = 1'h0;
     if (gemm_active) begin
-      feed_ready = \a__ready$429 ;
+      feed_ready = \a__ready$427 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \r_en$430  = 1'h0;
+    \r_en$428  = 1'h0;
     if (gemm_active) begin
-      \r_en$430  = \$308 ;
+      \r_en$428  = \$295 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     w__payload = 64'h0000000000000000;
     if (gemm_active) begin
-      w__payload[7:0] = \$309 ;
-      w__payload[15:8] = \$310 ;
-      w__payload[23:16] = \$311 ;
-      w__payload[31:24] = \$312 ;
-      w__payload[39:32] = \$313 ;
-      w__payload[47:40] = \$314 ;
-      w__payload[55:48] = \$315 ;
-      w__payload[63:56] = \$316 ;
+      w__payload[7:0] = \$296 ;
+      w__payload[15:8] = \$297 ;
+      w__payload[23:16] = \$298 ;
+      w__payload[31:24] = \$299 ;
+      w__payload[39:32] = \$300 ;
+      w__payload[47:40] = \$301 ;
+      w__payload[55:48] = \$302 ;
+      w__payload[63:56] = \$303 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     dst_keep = 1'h1;
     if (gemm_active) begin
-      dst_keep = \$328 ;
+      dst_keep = \$315 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$880  = \addr$113 [13:0];
-    if (rst) begin
-      \$880  = 14'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$881  = wr_data;
-    if (rst) begin
-      \$881  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$882  = wr_en;
-    if (rst) begin
-      \$882  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$883  = 1'h0;
-    casez (seq_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
-      3'h2:
-          if (\$594 ) begin
-            \$883  = \$596 ;
-          end
+    (* full_case = 32'd1 *)
+    casez (ins[23:22])
+      2'h0:
+          load_elem = { \$321 [8], \$321 [8], \$321 [8], \$321 [8], \$321 [8], \$321 [8], \$321 [8], \$321  };
+      2'h1:
+          load_elem = \$324 [15:0];
+      2'h2:
+          load_elem = \$327 [15:0];
+      2'h3:
+          load_elem = \$330 [15:0];
     endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$890  = \addr$113 [13:0];
     if (rst) begin
-      \$883  = 1'h0;
+      \$890  = 14'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$884  = \$411 ;
+    \$891  = \$342 [15:0];
     if (rst) begin
-      \$884  = 1'h0;
+      \$891  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$885  = \$412 ;
-    if (rst) begin
-      \$885  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$886  = \$413 ;
-    if (rst) begin
-      \$886  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$887  = \$414 ;
-    if (rst) begin
-      \$887  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$888  = \$415 ;
-    if (rst) begin
-      \$888  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$889  = \$416 ;
-    if (rst) begin
-      \$889  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$890  = \$417 ;
-    if (rst) begin
-      \$890  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$891  = \$418 ;
-    if (rst) begin
-      \$891  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$892  = \$419 ;
+    \$892  = wr_en;
     if (rst) begin
       \$892  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$893  = \$420 ;
+    \$893  = 1'h0;
+    casez (seq_state)
+      3'h0:
+          /* empty */;
+      3'h1:
+          /* empty */;
+      3'h2:
+          if (\$604 ) begin
+            \$893  = \$606 ;
+          end
+    endcase
     if (rst) begin
       \$893  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$894  = \$421 ;
+    \$894  = \$418 ;
     if (rst) begin
       \$894  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$895  = \$422 ;
+    \$895  = \$419 ;
     if (rst) begin
       \$895  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$896  = \$423 ;
+    \$896  = \$420 ;
     if (rst) begin
       \$896  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$897  = \$424 ;
+    \$897  = \$421 ;
     if (rst) begin
       \$897  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$898  = \$425 ;
+    \$898  = \$422 ;
     if (rst) begin
       \$898  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$899  = \$426 [15:0];
+    \$899  = \$423 ;
     if (rst) begin
-      \$899  = 16'h0000;
+      \$899  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$900  = \$429 ;
+    \$900  = \$424 ;
     if (rst) begin
       \$900  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$901  = \$432 ;
+    \$901  = \$425 ;
     if (rst) begin
       \$901  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$902  = \$435 ;
+    \$902  = \$426 ;
     if (rst) begin
       \$902  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$903  = \$438 ;
+    \$903  = \$427 ;
     if (rst) begin
       \$903  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$904  = \$441 ;
+    \$904  = \$428 ;
     if (rst) begin
       \$904  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$905  = \$443 ;
+    \$905  = \$429 ;
     if (rst) begin
       \$905  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$906  = \$445 ;
+    \$906  = \$430 ;
     if (rst) begin
       \$906  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$907  = src0_meta;
+    \$907  = \$431 ;
     if (rst) begin
-      \$907  = 3'h0;
+      \$907  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$908  = { \$446 , \final$509 , \last__4$508  };
+    \$908  = \$432 ;
     if (rst) begin
-      \$908  = 3'h0;
+      \$908  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$909  = \$448 ;
+    \$909  = \$433 [15:0];
     if (rst) begin
-      \$909  = 1'h0;
+      \$909  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$910  = \$450 ;
+    \$910  = \$436 ;
     if (rst) begin
       \$910  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$911  = src1_meta;
+    \$911  = \$439 ;
     if (rst) begin
-      \$911  = 3'h0;
+      \$911  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$912  = { \$451 , \final$515 , \last__4$514  };
+    \$912  = \$442 ;
     if (rst) begin
-      \$912  = 3'h0;
+      \$912  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$913  = \$458 ;
+    \$913  = \$445 ;
     if (rst) begin
       \$913  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$914  = \$466 ;
+    \$914  = \$448 ;
     if (rst) begin
       \$914  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$915  = \$471 ;
+    \$915  = \$450 ;
     if (rst) begin
       \$915  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$916  = 1'h0;
-    casez (seq_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
-      3'h2:
-          /* empty */;
-      3'h3:
-          /* empty */;
-      3'h4:
-          \$916  = \$717 ;
-    endcase
+    \$916  = \$452 ;
     if (rst) begin
       \$916  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$917  = \$499 ;
+    \$917  = src0_meta;
     if (rst) begin
-      \$917  = 1'h0;
+      \$917  = 3'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$918  = \$502 ;
+    \$918  = { \$453 , \final$509 , \last__4$508  };
     if (rst) begin
-      \$918  = 1'h0;
+      \$918  = 3'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$919  = \$505 ;
+    \$919  = \$455 ;
     if (rst) begin
       \$919  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$920  = ext_req_valid;
-    if (in_decode) begin
+    \$920  = \$457 ;
+    if (rst) begin
       \$920  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$921  = src1_meta;
+    if (rst) begin
+      \$921  = 3'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$922  = { \$458 , \final$515 , \last__4$514  };
+    if (rst) begin
+      \$922  = 3'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$923  = \$465 ;
+    if (rst) begin
+      \$923  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$924  = \$473 ;
+    if (rst) begin
+      \$924  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$925  = \$478 ;
+    if (rst) begin
+      \$925  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$926  = 1'h0;
+    casez (seq_state)
+      3'h0:
+          /* empty */;
+      3'h1:
+          /* empty */;
+      3'h2:
+          /* empty */;
+      3'h3:
+          /* empty */;
+      3'h4:
+          \$926  = \$727 ;
+    endcase
+    if (rst) begin
+      \$926  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$927  = \$509 ;
+    if (rst) begin
+      \$927  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$928  = \$512 ;
+    if (rst) begin
+      \$928  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$929  = \$515 ;
+    if (rst) begin
+      \$929  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$930  = ext_req_valid;
+    if (in_decode) begin
+      \$930  = 1'h0;
     end
     if (in_stream) begin
       if (is_move) begin
       end else if (is_load) begin
-        if (\$722 ) begin
-          \$920  = valid;
+        if (\$732 ) begin
+          \$930  = valid;
         end
       end else if (is_store) begin
-        if (\$726 ) begin
-          \$920  = dst_step;
+        if (\$736 ) begin
+          \$930  = dst_step;
         end
       end
     end
     if (rst) begin
-      \$920  = 1'h0;
+      \$930  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$921  = cycles;
+    \$931  = cycles;
     if (busy) begin
-      \$921  = \$506 [47:0];
+      \$931  = \$516 [47:0];
     end
-    if (\$574 ) begin
-      \$921  = 48'h000000000000;
+    if (\$584 ) begin
+      \$931  = 48'h000000000000;
     end
     if (rst) begin
-      \$921  = 48'h000000000000;
+      \$931  = 48'h000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$922  = op_cycles__0;
-    if (busy) begin
-      if (\$507 ) begin
-        \$922  = \$508 [47:0];
-      end
-    end
-    if (\$574 ) begin
-      \$922  = 48'h000000000000;
-    end
-    if (rst) begin
-      \$922  = 48'h000000000000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$923  = op_cycles__1;
-    if (busy) begin
-      if (\$509 ) begin
-        \$923  = \$510 [47:0];
-      end
-    end
-    if (\$574 ) begin
-      \$923  = 48'h000000000000;
-    end
-    if (rst) begin
-      \$923  = 48'h000000000000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$924  = op_cycles__2;
-    if (busy) begin
-      if (\$511 ) begin
-        \$924  = \$512 [47:0];
-      end
-    end
-    if (\$574 ) begin
-      \$924  = 48'h000000000000;
-    end
-    if (rst) begin
-      \$924  = 48'h000000000000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$925  = op_cycles__3;
-    if (busy) begin
-      if (\$513 ) begin
-        \$925  = \$514 [47:0];
-      end
-    end
-    if (\$574 ) begin
-      \$925  = 48'h000000000000;
-    end
-    if (rst) begin
-      \$925  = 48'h000000000000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$926  = op_cycles__4;
-    if (busy) begin
-      if (\$515 ) begin
-        \$926  = \$516 [47:0];
-      end
-    end
-    if (\$574 ) begin
-      \$926  = 48'h000000000000;
-    end
-    if (rst) begin
-      \$926  = 48'h000000000000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$927  = op_cycles__5;
+    \$932  = op_cycles__0;
     if (busy) begin
       if (\$517 ) begin
-        \$927  = \$518 [47:0];
+        \$932  = \$518 [47:0];
       end
     end
-    if (\$574 ) begin
-      \$927  = 48'h000000000000;
+    if (\$584 ) begin
+      \$932  = 48'h000000000000;
     end
     if (rst) begin
-      \$927  = 48'h000000000000;
+      \$932  = 48'h000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$928  = op_cycles__6;
+    \$933  = op_cycles__1;
     if (busy) begin
       if (\$519 ) begin
-        \$928  = \$520 [47:0];
+        \$933  = \$520 [47:0];
       end
     end
-    if (\$574 ) begin
-      \$928  = 48'h000000000000;
+    if (\$584 ) begin
+      \$933  = 48'h000000000000;
     end
     if (rst) begin
-      \$928  = 48'h000000000000;
+      \$933  = 48'h000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$929  = op_cycles__7;
+    \$934  = op_cycles__2;
     if (busy) begin
       if (\$521 ) begin
-        \$929  = \$522 [47:0];
+        \$934  = \$522 [47:0];
       end
     end
-    if (\$574 ) begin
-      \$929  = 48'h000000000000;
+    if (\$584 ) begin
+      \$934  = 48'h000000000000;
     end
     if (rst) begin
-      \$929  = 48'h000000000000;
+      \$934  = 48'h000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$930  = op_cycles__8;
+    \$935  = op_cycles__3;
     if (busy) begin
       if (\$523 ) begin
-        \$930  = \$524 [47:0];
+        \$935  = \$524 [47:0];
       end
     end
-    if (\$574 ) begin
-      \$930  = 48'h000000000000;
+    if (\$584 ) begin
+      \$935  = 48'h000000000000;
     end
     if (rst) begin
-      \$930  = 48'h000000000000;
+      \$935  = 48'h000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$931  = op_cycles__9;
+    \$936  = op_cycles__4;
     if (busy) begin
       if (\$525 ) begin
-        \$931  = \$526 [47:0];
+        \$936  = \$526 [47:0];
       end
     end
-    if (\$574 ) begin
-      \$931  = 48'h000000000000;
+    if (\$584 ) begin
+      \$936  = 48'h000000000000;
     end
     if (rst) begin
-      \$931  = 48'h000000000000;
+      \$936  = 48'h000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$932  = op_cycles__10;
+    \$937  = op_cycles__5;
     if (busy) begin
       if (\$527 ) begin
-        \$932  = \$528 [47:0];
+        \$937  = \$528 [47:0];
       end
     end
-    if (\$574 ) begin
-      \$932  = 48'h000000000000;
+    if (\$584 ) begin
+      \$937  = 48'h000000000000;
     end
     if (rst) begin
-      \$932  = 48'h000000000000;
+      \$937  = 48'h000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$933  = op_cycles__11;
+    \$938  = op_cycles__6;
     if (busy) begin
       if (\$529 ) begin
-        \$933  = \$530 [47:0];
+        \$938  = \$530 [47:0];
       end
     end
-    if (\$574 ) begin
-      \$933  = 48'h000000000000;
+    if (\$584 ) begin
+      \$938  = 48'h000000000000;
     end
     if (rst) begin
-      \$933  = 48'h000000000000;
+      \$938  = 48'h000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$934  = op_cycles__12;
+    \$939  = op_cycles__7;
     if (busy) begin
       if (\$531 ) begin
-        \$934  = \$532 [47:0];
+        \$939  = \$532 [47:0];
       end
     end
-    if (\$574 ) begin
-      \$934  = 48'h000000000000;
+    if (\$584 ) begin
+      \$939  = 48'h000000000000;
     end
     if (rst) begin
-      \$934  = 48'h000000000000;
+      \$939  = 48'h000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$935  = op_cycles__13;
+    \$940  = op_cycles__8;
     if (busy) begin
       if (\$533 ) begin
-        \$935  = \$534 [47:0];
+        \$940  = \$534 [47:0];
       end
     end
-    if (\$574 ) begin
-      \$935  = 48'h000000000000;
+    if (\$584 ) begin
+      \$940  = 48'h000000000000;
     end
     if (rst) begin
-      \$935  = 48'h000000000000;
+      \$940  = 48'h000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$936  = op_cycles__14;
+    \$941  = op_cycles__9;
     if (busy) begin
       if (\$535 ) begin
-        \$936  = \$536 [47:0];
+        \$941  = \$536 [47:0];
       end
     end
-    if (\$574 ) begin
-      \$936  = 48'h000000000000;
+    if (\$584 ) begin
+      \$941  = 48'h000000000000;
     end
     if (rst) begin
-      \$936  = 48'h000000000000;
+      \$941  = 48'h000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$937  = op_cycles__15;
+    \$942  = op_cycles__10;
     if (busy) begin
       if (\$537 ) begin
-        \$937  = \$538 [47:0];
+        \$942  = \$538 [47:0];
       end
     end
-    if (\$574 ) begin
-      \$937  = 48'h000000000000;
+    if (\$584 ) begin
+      \$942  = 48'h000000000000;
     end
     if (rst) begin
-      \$937  = 48'h000000000000;
+      \$942  = 48'h000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$938  = \$540 ;
+    \$943  = op_cycles__11;
+    if (busy) begin
+      if (\$539 ) begin
+        \$943  = \$540 [47:0];
+      end
+    end
+    if (\$584 ) begin
+      \$943  = 48'h000000000000;
+    end
     if (rst) begin
-      \$938  = 1'h0;
+      \$943  = 48'h000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$939  = is_end;
+    \$944  = op_cycles__12;
+    if (busy) begin
+      if (\$541 ) begin
+        \$944  = \$542 [47:0];
+      end
+    end
+    if (\$584 ) begin
+      \$944  = 48'h000000000000;
+    end
     if (rst) begin
-      \$939  = 1'h0;
+      \$944  = 48'h000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$940  = \$551 ;
+    \$945  = op_cycles__13;
+    if (busy) begin
+      if (\$543 ) begin
+        \$945  = \$544 [47:0];
+      end
+    end
+    if (\$584 ) begin
+      \$945  = 48'h000000000000;
+    end
     if (rst) begin
-      \$940  = 1'h0;
+      \$945  = 48'h000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$941  = \$562 ;
+    \$946  = op_cycles__14;
+    if (busy) begin
+      if (\$545 ) begin
+        \$946  = \$546 [47:0];
+      end
+    end
+    if (\$584 ) begin
+      \$946  = 48'h000000000000;
+    end
     if (rst) begin
-      \$941  = 1'h0;
+      \$946  = 48'h000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$942  = \$572 ;
+    \$947  = op_cycles__15;
+    if (busy) begin
+      if (\$547 ) begin
+        \$947  = \$548 [47:0];
+      end
+    end
+    if (\$584 ) begin
+      \$947  = 48'h000000000000;
+    end
     if (rst) begin
-      \$942  = 1'h0;
+      \$947  = 48'h000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$943  = pc;
-    if (\$574 ) begin
-      \$943  = prog;
-    end
-    if (\$580 ) begin
-      \$943  = \$signal$538 ;
-    end
-    if (\$588 ) begin
-      \$943  = \$589 [31:0];
-    end
+    \$948  = \$550 ;
     if (rst) begin
-      \$943  = 32'd0;
+      \$948  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$944  = busy;
-    if (\$574 ) begin
-      \$944  = 1'h1;
+    \$949  = is_end;
+    if (rst) begin
+      \$949  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$950  = \$561 ;
+    if (rst) begin
+      \$950  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$951  = \$572 ;
+    if (rst) begin
+      \$951  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$952  = \$582 ;
+    if (rst) begin
+      \$952  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$953  = pc;
+    if (\$584 ) begin
+      \$953  = prog;
+    end
+    if (\$590 ) begin
+      \$953  = \$signal$540 ;
+    end
+    if (\$598 ) begin
+      \$953  = \$599 [31:0];
+    end
+    if (rst) begin
+      \$953  = 32'd0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$954  = busy;
+    if (\$584 ) begin
+      \$954  = 1'h1;
     end
     casez (seq_state)
       3'h0:
@@ -32252,450 +32239,19 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h1:
           /* empty */;
       3'h2:
-          if (\$594 ) begin
+          if (\$604 ) begin
           end else if (d_end_more) begin
           end else if (d_end) begin
-            \$944  = 1'h0;
+            \$954  = 1'h0;
           end
       3'h3:
           /* empty */;
       3'h4:
           /* empty */;
       3'h5:
-          if (\$719 ) begin
-            \$944  = 1'h0;
-          end
-    endcase
-    if (rst) begin
-      \$944  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$945  = done;
-    if (\$574 ) begin
-      \$945  = 1'h0;
-    end
-    casez (seq_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
-      3'h2:
-          if (\$594 ) begin
-          end else if (d_end_more) begin
-          end else if (d_end) begin
-            \$945  = 1'h1;
-          end
-      3'h3:
-          /* empty */;
-      3'h4:
-          /* empty */;
-      3'h5:
-          if (\$719 ) begin
-            \$945  = 1'h1;
-          end
-    endcase
-    if (rst) begin
-      \$945  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$946  = error;
-    if (\$574 ) begin
-      \$946  = 4'h0;
-    end
-    casez (seq_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-        begin
-          if (beat__valid) begin
-            if (beat__payload[512]) begin
-              \$946  = 4'h4;
-            end
-          end
-          if (start) begin
-            \$946  = 4'h6;
-          end
-        end
-      3'h2:
-        begin
-          (* full_case = 32'd1 *)
-          if (\$594 ) begin
-          end else if (d_end_more) begin
-          end else if (d_end) begin
-          end else if (d_count_zero) begin
-            \$946  = 4'h2;
-          end else if (d_const) begin
-          end else if (d_stream) begin
-          end else begin
-            \$946  = 4'h1;
-          end
-          if (start) begin
-            \$946  = 4'h6;
-          end
-        end
-      3'h3:
-        begin
-          if (\$632 ) begin
-            if (beat__payload[512]) begin
-              \$946  = 4'h4;
-            end
-          end
-          if (start) begin
-            \$946  = 4'h6;
-          end
-        end
-      3'h4:
-        begin
-          if (addr_fault) begin
-            \$946  = 4'h3;
-          end
-          if (\$718 ) begin
-            \$946  = fault_q;
-          end
-          if (start) begin
-            \$946  = 4'h6;
-          end
-        end
-    endcase
-    if (rst) begin
-      \$946  = 4'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$947  = fetch_sent;
-    if (\$574 ) begin
-      \$947  = 1'h0;
-    end
-    casez (seq_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-        begin
-          if (\$591 ) begin
-            \$947  = 1'h1;
-          end
-          if (beat__valid) begin
-            \$947  = 1'h0;
-          end
-        end
-    endcase
-    if (rst) begin
-      \$947  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$948  = \$signal$538 ;
-    if (\$574 ) begin
-      \$948  = prog;
-    end
-    if (rst) begin
-      \$948  = 32'd0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$949  = \$signal$539 ;
-    if (\$574 ) begin
-      \$949  = image_stride;
-    end
-    if (rst) begin
-      \$949  = 32'd0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$950  = images_left;
-    if (\$574 ) begin
-      \$950  = \$576 ;
-    end
-    if (\$580 ) begin
-      \$950  = \$581 [15:0];
-    end
-    if (rst) begin
-      \$950  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$951  = offset;
-    if (\$574 ) begin
-      \$951  = 32'd0;
-    end
-    if (\$580 ) begin
-      \$951  = \$582 [31:0];
-    end
-    if (rst) begin
-      \$951  = 32'd0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$952  = seq_state;
-    (* full_case = 32'd1 *)
-    casez (seq_state)
-      3'h0:
-          if (start) begin
-            \$952  = 3'h1;
-          end
-      3'h1:
-        begin
-          if (beat__valid) begin
-            (* full_case = 32'd1 *)
-            if (beat__payload[512]) begin
-              \$952  = 3'h5;
-            end else begin
-              \$952  = 3'h2;
-            end
-          end
-          if (start) begin
-            \$952  = 3'h5;
-          end
-        end
-      3'h2:
-        begin
-          (* full_case = 32'd1 *)
-          if (\$594 ) begin
-          end else if (d_end_more) begin
-            \$952  = 3'h1;
-          end else if (d_end) begin
-            \$952  = 3'h0;
-          end else if (d_count_zero) begin
-            \$952  = 3'h5;
-          end else if (d_const) begin
-            \$952  = 3'h3;
-          end else if (d_stream) begin
-            \$952  = 3'h4;
-          end else begin
-            \$952  = 3'h5;
-          end
-          if (start) begin
-            \$952  = 3'h5;
-          end
-        end
-      3'h3:
-        begin
-          if (\$632 ) begin
-            if (beat__payload[512]) begin
-              \$952  = 3'h5;
-            end
-          end
-          if (c_fire) begin
-            if (c_last) begin
-              \$952  = 3'h4;
-            end
-          end
-          if (\$673 ) begin
-            \$952  = 3'h4;
-          end
-          if (start) begin
-            \$952  = 3'h5;
-          end
-        end
-      3'h4:
-        begin
-          if (\$706 ) begin
-            \$952  = 3'h1;
-          end
-          if (addr_fault) begin
-            \$952  = 3'h5;
-          end
-          if (\$718 ) begin
-            \$952  = 3'h5;
-          end
-          if (start) begin
-            \$952  = 3'h5;
-          end
-        end
-      3'h5:
-          if (\$719 ) begin
-            \$952  = 3'h0;
-          end
-      default:
-          \$952  = 3'h0;
-    endcase
-    if (rst) begin
-      \$952  = 3'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$953  = in_stream;
-    (* full_case = 32'd1 *)
-    casez (seq_state)
-      3'h0:
-          if (start) begin
-            \$953  = 1'h0;
-          end
-      3'h1:
-        begin
-          if (beat__valid) begin
-            (* full_case = 32'd1 *)
-            if (beat__payload[512]) begin
-              \$953  = 1'h0;
-            end else begin
-              \$953  = 1'h0;
-            end
-          end
-          if (start) begin
-            \$953  = 1'h0;
-          end
-        end
-      3'h2:
-        begin
-          (* full_case = 32'd1 *)
-          if (\$594 ) begin
-          end else if (d_end_more) begin
-            \$953  = 1'h0;
-          end else if (d_end) begin
-            \$953  = 1'h0;
-          end else if (d_count_zero) begin
-            \$953  = 1'h0;
-          end else if (d_const) begin
-            \$953  = 1'h0;
-          end else if (d_stream) begin
-            \$953  = 1'h1;
-          end else begin
-            \$953  = 1'h0;
-          end
-          if (start) begin
-            \$953  = 1'h0;
-          end
-        end
-      3'h3:
-        begin
-          if (\$632 ) begin
-            if (beat__payload[512]) begin
-              \$953  = 1'h0;
-            end
-          end
-          if (c_fire) begin
-            if (c_last) begin
-              \$953  = 1'h1;
-            end
-          end
-          if (\$673 ) begin
-            \$953  = 1'h1;
-          end
-          if (start) begin
-            \$953  = 1'h0;
-          end
-        end
-      3'h4:
-        begin
-          if (\$706 ) begin
-            \$953  = 1'h0;
-          end
-          if (addr_fault) begin
-            \$953  = 1'h0;
-          end
-          if (\$718 ) begin
-            \$953  = 1'h0;
-          end
-          if (start) begin
-            \$953  = 1'h0;
-          end
-        end
-      3'h5:
-          if (\$719 ) begin
-            \$953  = 1'h0;
-          end
-      default:
-          \$953  = 1'h0;
-    endcase
-    if (rst) begin
-      \$953  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$954  = in_decode;
-    (* full_case = 32'd1 *)
-    casez (seq_state)
-      3'h0:
-          if (start) begin
+          if (\$729 ) begin
             \$954  = 1'h0;
           end
-      3'h1:
-        begin
-          if (beat__valid) begin
-            (* full_case = 32'd1 *)
-            if (beat__payload[512]) begin
-              \$954  = 1'h0;
-            end else begin
-              \$954  = 1'h1;
-            end
-          end
-          if (start) begin
-            \$954  = 1'h0;
-          end
-        end
-      3'h2:
-        begin
-          (* full_case = 32'd1 *)
-          if (\$594 ) begin
-          end else if (d_end_more) begin
-            \$954  = 1'h0;
-          end else if (d_end) begin
-            \$954  = 1'h0;
-          end else if (d_count_zero) begin
-            \$954  = 1'h0;
-          end else if (d_const) begin
-            \$954  = 1'h0;
-          end else if (d_stream) begin
-            \$954  = 1'h0;
-          end else begin
-            \$954  = 1'h0;
-          end
-          if (start) begin
-            \$954  = 1'h0;
-          end
-        end
-      3'h3:
-        begin
-          if (\$632 ) begin
-            if (beat__payload[512]) begin
-              \$954  = 1'h0;
-            end
-          end
-          if (c_fire) begin
-            if (c_last) begin
-              \$954  = 1'h0;
-            end
-          end
-          if (\$673 ) begin
-            \$954  = 1'h0;
-          end
-          if (start) begin
-            \$954  = 1'h0;
-          end
-        end
-      3'h4:
-        begin
-          if (\$706 ) begin
-            \$954  = 1'h0;
-          end
-          if (addr_fault) begin
-            \$954  = 1'h0;
-          end
-          if (\$718 ) begin
-            \$954  = 1'h0;
-          end
-          if (start) begin
-            \$954  = 1'h0;
-          end
-        end
-      3'h5:
-          if (\$719 ) begin
-            \$954  = 1'h0;
-          end
-      default:
-          \$954  = 1'h0;
     endcase
     if (rst) begin
       \$954  = 1'h0;
@@ -32703,88 +32259,29 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$955  = in_op;
-    (* full_case = 32'd1 *)
+    \$955  = done;
+    if (\$584 ) begin
+      \$955  = 1'h0;
+    end
     casez (seq_state)
       3'h0:
-          if (start) begin
-            \$955  = 1'h0;
-          end
+          /* empty */;
       3'h1:
-        begin
-          if (beat__valid) begin
-            (* full_case = 32'd1 *)
-            if (beat__payload[512]) begin
-              \$955  = 1'h0;
-            end else begin
-              \$955  = 1'h0;
-            end
-          end
-          if (start) begin
-            \$955  = 1'h0;
-          end
-        end
+          /* empty */;
       3'h2:
-        begin
-          (* full_case = 32'd1 *)
-          if (\$594 ) begin
+          if (\$604 ) begin
           end else if (d_end_more) begin
-            \$955  = 1'h0;
           end else if (d_end) begin
-            \$955  = 1'h0;
-          end else if (d_count_zero) begin
-            \$955  = 1'h0;
-          end else if (d_const) begin
             \$955  = 1'h1;
-          end else if (d_stream) begin
-            \$955  = 1'h1;
-          end else begin
-            \$955  = 1'h0;
           end
-          if (start) begin
-            \$955  = 1'h0;
-          end
-        end
       3'h3:
-        begin
-          if (\$632 ) begin
-            if (beat__payload[512]) begin
-              \$955  = 1'h0;
-            end
-          end
-          if (c_fire) begin
-            if (c_last) begin
-              \$955  = 1'h1;
-            end
-          end
-          if (\$673 ) begin
+          /* empty */;
+      3'h4:
+          /* empty */;
+      3'h5:
+          if (\$729 ) begin
             \$955  = 1'h1;
           end
-          if (start) begin
-            \$955  = 1'h0;
-          end
-        end
-      3'h4:
-        begin
-          if (\$706 ) begin
-            \$955  = 1'h0;
-          end
-          if (addr_fault) begin
-            \$955  = 1'h0;
-          end
-          if (\$718 ) begin
-            \$955  = 1'h0;
-          end
-          if (start) begin
-            \$955  = 1'h0;
-          end
-        end
-      3'h5:
-          if (\$719 ) begin
-            \$955  = 1'h0;
-          end
-      default:
-          \$955  = 1'h0;
     endcase
     if (rst) begin
       \$955  = 1'h0;
@@ -32792,177 +32289,87 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$956  = unit_rst;
-    (* full_case = 32'd1 *)
+    \$956  = error;
+    if (\$584 ) begin
+      \$956  = 4'h0;
+    end
     casez (seq_state)
       3'h0:
-          if (start) begin
-            \$956  = 1'h0;
-          end
+          /* empty */;
       3'h1:
         begin
           if (beat__valid) begin
-            (* full_case = 32'd1 *)
             if (beat__payload[512]) begin
-              \$956  = 1'h1;
-            end else begin
-              \$956  = 1'h0;
+              \$956  = 4'h4;
             end
           end
           if (start) begin
-            \$956  = 1'h1;
+            \$956  = 4'h6;
           end
         end
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$594 ) begin
+          if (\$604 ) begin
           end else if (d_end_more) begin
-            \$956  = 1'h0;
           end else if (d_end) begin
-            \$956  = 1'h0;
           end else if (d_count_zero) begin
-            \$956  = 1'h1;
+            \$956  = 4'h2;
           end else if (d_const) begin
-            \$956  = 1'h0;
           end else if (d_stream) begin
-            \$956  = 1'h0;
           end else begin
-            \$956  = 1'h1;
+            \$956  = 4'h1;
           end
           if (start) begin
-            \$956  = 1'h1;
+            \$956  = 4'h6;
           end
         end
       3'h3:
         begin
-          if (\$632 ) begin
+          if (\$642 ) begin
             if (beat__payload[512]) begin
-              \$956  = 1'h1;
+              \$956  = 4'h4;
             end
-          end
-          if (c_fire) begin
-            if (c_last) begin
-              \$956  = 1'h0;
-            end
-          end
-          if (\$673 ) begin
-            \$956  = 1'h0;
           end
           if (start) begin
-            \$956  = 1'h1;
+            \$956  = 4'h6;
           end
         end
       3'h4:
         begin
-          if (\$706 ) begin
-            \$956  = 1'h0;
-          end
           if (addr_fault) begin
-            \$956  = 1'h1;
+            \$956  = 4'h3;
           end
-          if (\$718 ) begin
-            \$956  = 1'h1;
+          if (\$728 ) begin
+            \$956  = fault_q;
           end
           if (start) begin
-            \$956  = 1'h1;
+            \$956  = 4'h6;
           end
         end
-      3'h5:
-          if (\$719 ) begin
-            \$956  = 1'h0;
-          end
-      default:
-          \$956  = 1'h0;
     endcase
     if (rst) begin
-      \$956  = 1'h0;
+      \$956  = 4'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$957  = gemm_active;
-    (* full_case = 32'd1 *)
+    \$957  = fetch_sent;
+    if (\$584 ) begin
+      \$957  = 1'h0;
+    end
     casez (seq_state)
       3'h0:
-          if (start) begin
-            \$957  = 1'h0;
-          end
+          /* empty */;
       3'h1:
         begin
+          if (\$601 ) begin
+            \$957  = 1'h1;
+          end
           if (beat__valid) begin
-            (* full_case = 32'd1 *)
-            if (beat__payload[512]) begin
-              \$957  = 1'h0;
-            end else begin
-              \$957  = 1'h0;
-            end
-          end
-          if (start) begin
             \$957  = 1'h0;
           end
         end
-      3'h2:
-        begin
-          (* full_case = 32'd1 *)
-          if (\$594 ) begin
-          end else if (d_end_more) begin
-            \$957  = 1'h0;
-          end else if (d_end) begin
-            \$957  = 1'h0;
-          end else if (d_count_zero) begin
-            \$957  = 1'h0;
-          end else if (d_const) begin
-            \$957  = 1'h0;
-          end else if (d_stream) begin
-            \$957  = is_gemm;
-          end else begin
-            \$957  = 1'h0;
-          end
-          if (start) begin
-            \$957  = 1'h0;
-          end
-        end
-      3'h3:
-        begin
-          if (\$632 ) begin
-            if (beat__payload[512]) begin
-              \$957  = 1'h0;
-            end
-          end
-          if (c_fire) begin
-            if (c_last) begin
-              \$957  = is_gemm;
-            end
-          end
-          if (\$673 ) begin
-            \$957  = is_gemm;
-          end
-          if (start) begin
-            \$957  = 1'h0;
-          end
-        end
-      3'h4:
-        begin
-          if (\$706 ) begin
-            \$957  = 1'h0;
-          end
-          if (addr_fault) begin
-            \$957  = 1'h0;
-          end
-          if (\$718 ) begin
-            \$957  = 1'h0;
-          end
-          if (start) begin
-            \$957  = 1'h0;
-          end
-        end
-      3'h5:
-          if (\$719 ) begin
-            \$957  = 1'h0;
-          end
-      default:
-          \$957  = 1'h0;
     endcase
     if (rst) begin
       \$957  = 1'h0;
@@ -32970,452 +32377,142 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$958  = pack_active;
+    \$958  = \$signal$540 ;
+    if (\$584 ) begin
+      \$958  = prog;
+    end
+    if (rst) begin
+      \$958  = 32'd0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$959  = \$signal$541 ;
+    if (\$584 ) begin
+      \$959  = image_stride;
+    end
+    if (rst) begin
+      \$959  = 32'd0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$960  = images_left;
+    if (\$584 ) begin
+      \$960  = \$586 ;
+    end
+    if (\$590 ) begin
+      \$960  = \$591 [15:0];
+    end
+    if (rst) begin
+      \$960  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$961  = offset;
+    if (\$584 ) begin
+      \$961  = 32'd0;
+    end
+    if (\$590 ) begin
+      \$961  = \$592 [31:0];
+    end
+    if (rst) begin
+      \$961  = 32'd0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$962  = seq_state;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
           if (start) begin
-            \$958  = 1'h0;
+            \$962  = 3'h1;
           end
       3'h1:
         begin
           if (beat__valid) begin
             (* full_case = 32'd1 *)
             if (beat__payload[512]) begin
-              \$958  = 1'h0;
+              \$962  = 3'h5;
             end else begin
-              \$958  = 1'h0;
+              \$962  = 3'h2;
             end
           end
           if (start) begin
-            \$958  = 1'h0;
+            \$962  = 3'h5;
           end
         end
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$594 ) begin
+          if (\$604 ) begin
           end else if (d_end_more) begin
-            \$958  = 1'h0;
+            \$962  = 3'h1;
           end else if (d_end) begin
-            \$958  = 1'h0;
+            \$962  = 3'h0;
           end else if (d_count_zero) begin
-            \$958  = 1'h0;
+            \$962  = 3'h5;
           end else if (d_const) begin
-            \$958  = 1'h0;
+            \$962  = 3'h3;
           end else if (d_stream) begin
-            \$958  = \$601 ;
+            \$962  = 3'h4;
           end else begin
-            \$958  = 1'h0;
+            \$962  = 3'h5;
           end
           if (start) begin
-            \$958  = 1'h0;
+            \$962  = 3'h5;
           end
         end
       3'h3:
         begin
-          if (\$632 ) begin
+          if (\$642 ) begin
             if (beat__payload[512]) begin
-              \$958  = 1'h0;
+              \$962  = 3'h5;
             end
           end
           if (c_fire) begin
             if (c_last) begin
-              \$958  = \$646 ;
+              \$962  = 3'h4;
             end
           end
-          if (\$673 ) begin
-            \$958  = \$676 ;
+          if (\$683 ) begin
+            \$962  = 3'h4;
           end
           if (start) begin
-            \$958  = 1'h0;
+            \$962  = 3'h5;
           end
         end
       3'h4:
         begin
-          if (\$706 ) begin
-            \$958  = 1'h0;
+          if (\$716 ) begin
+            \$962  = 3'h1;
           end
           if (addr_fault) begin
-            \$958  = 1'h0;
+            \$962  = 3'h5;
           end
-          if (\$718 ) begin
-            \$958  = 1'h0;
+          if (\$728 ) begin
+            \$962  = 3'h5;
           end
           if (start) begin
-            \$958  = 1'h0;
+            \$962  = 3'h5;
           end
         end
       3'h5:
-          if (\$719 ) begin
-            \$958  = 1'h0;
+          if (\$729 ) begin
+            \$962  = 3'h0;
           end
       default:
-          \$958  = 1'h0;
+          \$962  = 3'h0;
     endcase
     if (rst) begin
-      \$958  = 1'h0;
+      \$962  = 3'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$959  = sink_from_move;
-    (* full_case = 32'd1 *)
-    casez (seq_state)
-      3'h0:
-          if (start) begin
-            \$959  = 1'h0;
-          end
-      3'h1:
-        begin
-          if (beat__valid) begin
-            (* full_case = 32'd1 *)
-            if (beat__payload[512]) begin
-              \$959  = 1'h0;
-            end else begin
-              \$959  = 1'h0;
-            end
-          end
-          if (start) begin
-            \$959  = 1'h0;
-          end
-        end
-      3'h2:
-        begin
-          (* full_case = 32'd1 *)
-          if (\$594 ) begin
-          end else if (d_end_more) begin
-            \$959  = 1'h0;
-          end else if (d_end) begin
-            \$959  = 1'h0;
-          end else if (d_count_zero) begin
-            \$959  = 1'h0;
-          end else if (d_const) begin
-            \$959  = 1'h0;
-          end else if (d_stream) begin
-            \$959  = is_move;
-          end else begin
-            \$959  = 1'h0;
-          end
-          if (start) begin
-            \$959  = 1'h0;
-          end
-        end
-      3'h3:
-        begin
-          if (\$632 ) begin
-            if (beat__payload[512]) begin
-              \$959  = 1'h0;
-            end
-          end
-          if (c_fire) begin
-            if (c_last) begin
-              \$959  = is_move;
-            end
-          end
-          if (\$673 ) begin
-            \$959  = is_move;
-          end
-          if (start) begin
-            \$959  = 1'h0;
-          end
-        end
-      3'h4:
-        begin
-          if (\$706 ) begin
-            \$959  = 1'h0;
-          end
-          if (addr_fault) begin
-            \$959  = 1'h0;
-          end
-          if (\$718 ) begin
-            \$959  = 1'h0;
-          end
-          if (start) begin
-            \$959  = 1'h0;
-          end
-        end
-      3'h5:
-          if (\$719 ) begin
-            \$959  = 1'h0;
-          end
-      default:
-          \$959  = 1'h0;
-    endcase
-    if (rst) begin
-      \$959  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$960  = sink_from_load;
-    (* full_case = 32'd1 *)
-    casez (seq_state)
-      3'h0:
-          if (start) begin
-            \$960  = 1'h0;
-          end
-      3'h1:
-        begin
-          if (beat__valid) begin
-            (* full_case = 32'd1 *)
-            if (beat__payload[512]) begin
-              \$960  = 1'h0;
-            end else begin
-              \$960  = 1'h0;
-            end
-          end
-          if (start) begin
-            \$960  = 1'h0;
-          end
-        end
-      3'h2:
-        begin
-          (* full_case = 32'd1 *)
-          if (\$594 ) begin
-          end else if (d_end_more) begin
-            \$960  = 1'h0;
-          end else if (d_end) begin
-            \$960  = 1'h0;
-          end else if (d_count_zero) begin
-            \$960  = 1'h0;
-          end else if (d_const) begin
-            \$960  = 1'h0;
-          end else if (d_stream) begin
-            \$960  = is_load;
-          end else begin
-            \$960  = 1'h0;
-          end
-          if (start) begin
-            \$960  = 1'h0;
-          end
-        end
-      3'h3:
-        begin
-          if (\$632 ) begin
-            if (beat__payload[512]) begin
-              \$960  = 1'h0;
-            end
-          end
-          if (c_fire) begin
-            if (c_last) begin
-              \$960  = is_load;
-            end
-          end
-          if (\$673 ) begin
-            \$960  = is_load;
-          end
-          if (start) begin
-            \$960  = 1'h0;
-          end
-        end
-      3'h4:
-        begin
-          if (\$706 ) begin
-            \$960  = 1'h0;
-          end
-          if (addr_fault) begin
-            \$960  = 1'h0;
-          end
-          if (\$718 ) begin
-            \$960  = 1'h0;
-          end
-          if (start) begin
-            \$960  = 1'h0;
-          end
-        end
-      3'h5:
-          if (\$719 ) begin
-            \$960  = 1'h0;
-          end
-      default:
-          \$960  = 1'h0;
-    endcase
-    if (rst) begin
-      \$960  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$961  = sink_from_store;
-    (* full_case = 32'd1 *)
-    casez (seq_state)
-      3'h0:
-          if (start) begin
-            \$961  = 1'h0;
-          end
-      3'h1:
-        begin
-          if (beat__valid) begin
-            (* full_case = 32'd1 *)
-            if (beat__payload[512]) begin
-              \$961  = 1'h0;
-            end else begin
-              \$961  = 1'h0;
-            end
-          end
-          if (start) begin
-            \$961  = 1'h0;
-          end
-        end
-      3'h2:
-        begin
-          (* full_case = 32'd1 *)
-          if (\$594 ) begin
-          end else if (d_end_more) begin
-            \$961  = 1'h0;
-          end else if (d_end) begin
-            \$961  = 1'h0;
-          end else if (d_count_zero) begin
-            \$961  = 1'h0;
-          end else if (d_const) begin
-            \$961  = 1'h0;
-          end else if (d_stream) begin
-            \$961  = is_store;
-          end else begin
-            \$961  = 1'h0;
-          end
-          if (start) begin
-            \$961  = 1'h0;
-          end
-        end
-      3'h3:
-        begin
-          if (\$632 ) begin
-            if (beat__payload[512]) begin
-              \$961  = 1'h0;
-            end
-          end
-          if (c_fire) begin
-            if (c_last) begin
-              \$961  = is_store;
-            end
-          end
-          if (\$673 ) begin
-            \$961  = is_store;
-          end
-          if (start) begin
-            \$961  = 1'h0;
-          end
-        end
-      3'h4:
-        begin
-          if (\$706 ) begin
-            \$961  = 1'h0;
-          end
-          if (addr_fault) begin
-            \$961  = 1'h0;
-          end
-          if (\$718 ) begin
-            \$961  = 1'h0;
-          end
-          if (start) begin
-            \$961  = 1'h0;
-          end
-        end
-      3'h5:
-          if (\$719 ) begin
-            \$961  = 1'h0;
-          end
-      default:
-          \$961  = 1'h0;
-    endcase
-    if (rst) begin
-      \$961  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$962  = sink_from_softmax;
-    (* full_case = 32'd1 *)
-    casez (seq_state)
-      3'h0:
-          if (start) begin
-            \$962  = 1'h0;
-          end
-      3'h1:
-        begin
-          if (beat__valid) begin
-            (* full_case = 32'd1 *)
-            if (beat__payload[512]) begin
-              \$962  = 1'h0;
-            end else begin
-              \$962  = 1'h0;
-            end
-          end
-          if (start) begin
-            \$962  = 1'h0;
-          end
-        end
-      3'h2:
-        begin
-          (* full_case = 32'd1 *)
-          if (\$594 ) begin
-          end else if (d_end_more) begin
-            \$962  = 1'h0;
-          end else if (d_end) begin
-            \$962  = 1'h0;
-          end else if (d_count_zero) begin
-            \$962  = 1'h0;
-          end else if (d_const) begin
-            \$962  = 1'h0;
-          end else if (d_stream) begin
-            \$962  = is_softmax;
-          end else begin
-            \$962  = 1'h0;
-          end
-          if (start) begin
-            \$962  = 1'h0;
-          end
-        end
-      3'h3:
-        begin
-          if (\$632 ) begin
-            if (beat__payload[512]) begin
-              \$962  = 1'h0;
-            end
-          end
-          if (c_fire) begin
-            if (c_last) begin
-              \$962  = is_softmax;
-            end
-          end
-          if (\$673 ) begin
-            \$962  = is_softmax;
-          end
-          if (start) begin
-            \$962  = 1'h0;
-          end
-        end
-      3'h4:
-        begin
-          if (\$706 ) begin
-            \$962  = 1'h0;
-          end
-          if (addr_fault) begin
-            \$962  = 1'h0;
-          end
-          if (\$718 ) begin
-            \$962  = 1'h0;
-          end
-          if (start) begin
-            \$962  = 1'h0;
-          end
-        end
-      3'h5:
-          if (\$719 ) begin
-            \$962  = 1'h0;
-          end
-      default:
-          \$962  = 1'h0;
-    endcase
-    if (rst) begin
-      \$962  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$963  = sink_from_layernorm;
+    \$963  = in_stream;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
@@ -33439,7 +32536,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$594 ) begin
+          if (\$604 ) begin
           end else if (d_end_more) begin
             \$963  = 1'h0;
           end else if (d_end) begin
@@ -33449,7 +32546,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end else if (d_const) begin
             \$963  = 1'h0;
           end else if (d_stream) begin
-            \$963  = is_layernorm;
+            \$963  = 1'h1;
           end else begin
             \$963  = 1'h0;
           end
@@ -33459,18 +32556,18 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h3:
         begin
-          if (\$632 ) begin
+          if (\$642 ) begin
             if (beat__payload[512]) begin
               \$963  = 1'h0;
             end
           end
           if (c_fire) begin
             if (c_last) begin
-              \$963  = is_layernorm;
+              \$963  = 1'h1;
             end
           end
-          if (\$673 ) begin
-            \$963  = is_layernorm;
+          if (\$683 ) begin
+            \$963  = 1'h1;
           end
           if (start) begin
             \$963  = 1'h0;
@@ -33478,13 +32575,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h4:
         begin
-          if (\$706 ) begin
+          if (\$716 ) begin
             \$963  = 1'h0;
           end
           if (addr_fault) begin
             \$963  = 1'h0;
           end
-          if (\$718 ) begin
+          if (\$728 ) begin
             \$963  = 1'h0;
           end
           if (start) begin
@@ -33492,7 +32589,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end
         end
       3'h5:
-          if (\$719 ) begin
+          if (\$729 ) begin
             \$963  = 1'h0;
           end
       default:
@@ -33504,7 +32601,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$964  = sink_from_add;
+    \$964  = in_decode;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
@@ -33518,7 +32615,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
             if (beat__payload[512]) begin
               \$964  = 1'h0;
             end else begin
-              \$964  = 1'h0;
+              \$964  = 1'h1;
             end
           end
           if (start) begin
@@ -33528,7 +32625,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$594 ) begin
+          if (\$604 ) begin
           end else if (d_end_more) begin
             \$964  = 1'h0;
           end else if (d_end) begin
@@ -33538,7 +32635,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end else if (d_const) begin
             \$964  = 1'h0;
           end else if (d_stream) begin
-            \$964  = \$605 ;
+            \$964  = 1'h0;
           end else begin
             \$964  = 1'h0;
           end
@@ -33548,18 +32645,18 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h3:
         begin
-          if (\$632 ) begin
+          if (\$642 ) begin
             if (beat__payload[512]) begin
               \$964  = 1'h0;
             end
           end
           if (c_fire) begin
             if (c_last) begin
-              \$964  = \$650 ;
+              \$964  = 1'h0;
             end
           end
-          if (\$673 ) begin
-            \$964  = \$680 ;
+          if (\$683 ) begin
+            \$964  = 1'h0;
           end
           if (start) begin
             \$964  = 1'h0;
@@ -33567,13 +32664,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h4:
         begin
-          if (\$706 ) begin
+          if (\$716 ) begin
             \$964  = 1'h0;
           end
           if (addr_fault) begin
             \$964  = 1'h0;
           end
-          if (\$718 ) begin
+          if (\$728 ) begin
             \$964  = 1'h0;
           end
           if (start) begin
@@ -33581,7 +32678,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end
         end
       3'h5:
-          if (\$719 ) begin
+          if (\$729 ) begin
             \$964  = 1'h0;
           end
       default:
@@ -33593,7 +32690,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$965  = sink_from_gelu0;
+    \$965  = in_op;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
@@ -33617,7 +32714,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$594 ) begin
+          if (\$604 ) begin
           end else if (d_end_more) begin
             \$965  = 1'h0;
           end else if (d_end) begin
@@ -33625,9 +32722,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end else if (d_count_zero) begin
             \$965  = 1'h0;
           end else if (d_const) begin
-            \$965  = 1'h0;
+            \$965  = 1'h1;
           end else if (d_stream) begin
-            \$965  = \$609 ;
+            \$965  = 1'h1;
           end else begin
             \$965  = 1'h0;
           end
@@ -33637,18 +32734,18 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h3:
         begin
-          if (\$632 ) begin
+          if (\$642 ) begin
             if (beat__payload[512]) begin
               \$965  = 1'h0;
             end
           end
           if (c_fire) begin
             if (c_last) begin
-              \$965  = \$654 ;
+              \$965  = 1'h1;
             end
           end
-          if (\$673 ) begin
-            \$965  = \$684 ;
+          if (\$683 ) begin
+            \$965  = 1'h1;
           end
           if (start) begin
             \$965  = 1'h0;
@@ -33656,13 +32753,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h4:
         begin
-          if (\$706 ) begin
+          if (\$716 ) begin
             \$965  = 1'h0;
           end
           if (addr_fault) begin
             \$965  = 1'h0;
           end
-          if (\$718 ) begin
+          if (\$728 ) begin
             \$965  = 1'h0;
           end
           if (start) begin
@@ -33670,7 +32767,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end
         end
       3'h5:
-          if (\$719 ) begin
+          if (\$729 ) begin
             \$965  = 1'h0;
           end
       default:
@@ -33682,7 +32779,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$966  = sink_from_gemm;
+    \$966  = unit_rst;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
@@ -33694,72 +32791,72 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           if (beat__valid) begin
             (* full_case = 32'd1 *)
             if (beat__payload[512]) begin
-              \$966  = 1'h0;
+              \$966  = 1'h1;
             end else begin
               \$966  = 1'h0;
             end
           end
           if (start) begin
-            \$966  = 1'h0;
+            \$966  = 1'h1;
           end
         end
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$594 ) begin
+          if (\$604 ) begin
           end else if (d_end_more) begin
             \$966  = 1'h0;
           end else if (d_end) begin
             \$966  = 1'h0;
           end else if (d_count_zero) begin
-            \$966  = 1'h0;
+            \$966  = 1'h1;
           end else if (d_const) begin
             \$966  = 1'h0;
           end else if (d_stream) begin
-            \$966  = \$613 ;
-          end else begin
             \$966  = 1'h0;
+          end else begin
+            \$966  = 1'h1;
           end
           if (start) begin
-            \$966  = 1'h0;
+            \$966  = 1'h1;
           end
         end
       3'h3:
         begin
-          if (\$632 ) begin
+          if (\$642 ) begin
             if (beat__payload[512]) begin
-              \$966  = 1'h0;
+              \$966  = 1'h1;
             end
           end
           if (c_fire) begin
             if (c_last) begin
-              \$966  = \$658 ;
+              \$966  = 1'h0;
             end
           end
-          if (\$673 ) begin
-            \$966  = \$688 ;
+          if (\$683 ) begin
+            \$966  = 1'h0;
           end
           if (start) begin
-            \$966  = 1'h0;
+            \$966  = 1'h1;
           end
         end
       3'h4:
         begin
-          if (\$706 ) begin
+          if (\$716 ) begin
             \$966  = 1'h0;
           end
           if (addr_fault) begin
-            \$966  = 1'h0;
+            \$966  = 1'h1;
           end
-          if (\$718 ) begin
-            \$966  = 1'h0;
+          if (\$728 ) begin
+            \$966  = 1'h1;
           end
           if (start) begin
-            \$966  = 1'h0;
+            \$966  = 1'h1;
           end
         end
       3'h5:
-          if (\$719 ) begin
+          if (\$729 ) begin
             \$966  = 1'h0;
           end
       default:
@@ -33771,7 +32868,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$967  = a_from_softmax;
+    \$967  = gemm_active;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
@@ -33795,7 +32892,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$594 ) begin
+          if (\$604 ) begin
           end else if (d_end_more) begin
             \$967  = 1'h0;
           end else if (d_end) begin
@@ -33805,7 +32902,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end else if (d_const) begin
             \$967  = 1'h0;
           end else if (d_stream) begin
-            \$967  = \$614 ;
+            \$967  = is_gemm;
           end else begin
             \$967  = 1'h0;
           end
@@ -33815,18 +32912,18 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h3:
         begin
-          if (\$632 ) begin
+          if (\$642 ) begin
             if (beat__payload[512]) begin
               \$967  = 1'h0;
             end
           end
           if (c_fire) begin
             if (c_last) begin
-              \$967  = \$659 ;
+              \$967  = is_gemm;
             end
           end
-          if (\$673 ) begin
-            \$967  = \$689 ;
+          if (\$683 ) begin
+            \$967  = is_gemm;
           end
           if (start) begin
             \$967  = 1'h0;
@@ -33834,13 +32931,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h4:
         begin
-          if (\$706 ) begin
+          if (\$716 ) begin
             \$967  = 1'h0;
           end
           if (addr_fault) begin
             \$967  = 1'h0;
           end
-          if (\$718 ) begin
+          if (\$728 ) begin
             \$967  = 1'h0;
           end
           if (start) begin
@@ -33848,7 +32945,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end
         end
       3'h5:
-          if (\$719 ) begin
+          if (\$729 ) begin
             \$967  = 1'h0;
           end
       default:
@@ -33860,7 +32957,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$968  = a_from_layernorm;
+    \$968  = pack_active;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
@@ -33884,7 +32981,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$594 ) begin
+          if (\$604 ) begin
           end else if (d_end_more) begin
             \$968  = 1'h0;
           end else if (d_end) begin
@@ -33894,7 +32991,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end else if (d_const) begin
             \$968  = 1'h0;
           end else if (d_stream) begin
-            \$968  = \$615 ;
+            \$968  = \$611 ;
           end else begin
             \$968  = 1'h0;
           end
@@ -33904,18 +33001,18 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h3:
         begin
-          if (\$632 ) begin
+          if (\$642 ) begin
             if (beat__payload[512]) begin
               \$968  = 1'h0;
             end
           end
           if (c_fire) begin
             if (c_last) begin
-              \$968  = \$660 ;
+              \$968  = \$656 ;
             end
           end
-          if (\$673 ) begin
-            \$968  = \$690 ;
+          if (\$683 ) begin
+            \$968  = \$686 ;
           end
           if (start) begin
             \$968  = 1'h0;
@@ -33923,13 +33020,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h4:
         begin
-          if (\$706 ) begin
+          if (\$716 ) begin
             \$968  = 1'h0;
           end
           if (addr_fault) begin
             \$968  = 1'h0;
           end
-          if (\$718 ) begin
+          if (\$728 ) begin
             \$968  = 1'h0;
           end
           if (start) begin
@@ -33937,7 +33034,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end
         end
       3'h5:
-          if (\$719 ) begin
+          if (\$729 ) begin
             \$968  = 1'h0;
           end
       default:
@@ -33949,7 +33046,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$969  = a_from_src0;
+    \$969  = sink_from_move;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
@@ -33973,7 +33070,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$594 ) begin
+          if (\$604 ) begin
           end else if (d_end_more) begin
             \$969  = 1'h0;
           end else if (d_end) begin
@@ -33983,7 +33080,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end else if (d_const) begin
             \$969  = 1'h0;
           end else if (d_stream) begin
-            \$969  = \$619 ;
+            \$969  = is_move;
           end else begin
             \$969  = 1'h0;
           end
@@ -33993,18 +33090,18 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h3:
         begin
-          if (\$632 ) begin
+          if (\$642 ) begin
             if (beat__payload[512]) begin
               \$969  = 1'h0;
             end
           end
           if (c_fire) begin
             if (c_last) begin
-              \$969  = \$664 ;
+              \$969  = is_move;
             end
           end
-          if (\$673 ) begin
-            \$969  = \$694 ;
+          if (\$683 ) begin
+            \$969  = is_move;
           end
           if (start) begin
             \$969  = 1'h0;
@@ -34012,13 +33109,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h4:
         begin
-          if (\$706 ) begin
+          if (\$716 ) begin
             \$969  = 1'h0;
           end
           if (addr_fault) begin
             \$969  = 1'h0;
           end
-          if (\$718 ) begin
+          if (\$728 ) begin
             \$969  = 1'h0;
           end
           if (start) begin
@@ -34026,7 +33123,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end
         end
       3'h5:
-          if (\$719 ) begin
+          if (\$729 ) begin
             \$969  = 1'h0;
           end
       default:
@@ -34038,7 +33135,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$970  = const_to0;
+    \$970  = sink_from_load;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
@@ -34062,7 +33159,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$594 ) begin
+          if (\$604 ) begin
           end else if (d_end_more) begin
             \$970  = 1'h0;
           end else if (d_end) begin
@@ -34070,9 +33167,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end else if (d_count_zero) begin
             \$970  = 1'h0;
           end else if (d_const) begin
-            \$970  = \$597 ;
-          end else if (d_stream) begin
             \$970  = 1'h0;
+          end else if (d_stream) begin
+            \$970  = is_load;
           end else begin
             \$970  = 1'h0;
           end
@@ -34082,18 +33179,18 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h3:
         begin
-          if (\$632 ) begin
+          if (\$642 ) begin
             if (beat__payload[512]) begin
               \$970  = 1'h0;
             end
           end
           if (c_fire) begin
             if (c_last) begin
-              \$970  = 1'h0;
+              \$970  = is_load;
             end
           end
-          if (\$673 ) begin
-            \$970  = 1'h0;
+          if (\$683 ) begin
+            \$970  = is_load;
           end
           if (start) begin
             \$970  = 1'h0;
@@ -34101,13 +33198,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h4:
         begin
-          if (\$706 ) begin
+          if (\$716 ) begin
             \$970  = 1'h0;
           end
           if (addr_fault) begin
             \$970  = 1'h0;
           end
-          if (\$718 ) begin
+          if (\$728 ) begin
             \$970  = 1'h0;
           end
           if (start) begin
@@ -34115,7 +33212,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end
         end
       3'h5:
-          if (\$719 ) begin
+          if (\$729 ) begin
             \$970  = 1'h0;
           end
       default:
@@ -34127,7 +33224,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$971  = const_to1;
+    \$971  = sink_from_store;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
@@ -34151,7 +33248,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$594 ) begin
+          if (\$604 ) begin
           end else if (d_end_more) begin
             \$971  = 1'h0;
           end else if (d_end) begin
@@ -34159,9 +33256,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end else if (d_count_zero) begin
             \$971  = 1'h0;
           end else if (d_const) begin
-            \$971  = \$598 ;
-          end else if (d_stream) begin
             \$971  = 1'h0;
+          end else if (d_stream) begin
+            \$971  = is_store;
           end else begin
             \$971  = 1'h0;
           end
@@ -34171,18 +33268,18 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h3:
         begin
-          if (\$632 ) begin
+          if (\$642 ) begin
             if (beat__payload[512]) begin
               \$971  = 1'h0;
             end
           end
           if (c_fire) begin
             if (c_last) begin
-              \$971  = 1'h0;
+              \$971  = is_store;
             end
           end
-          if (\$673 ) begin
-            \$971  = 1'h0;
+          if (\$683 ) begin
+            \$971  = is_store;
           end
           if (start) begin
             \$971  = 1'h0;
@@ -34190,13 +33287,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h4:
         begin
-          if (\$706 ) begin
+          if (\$716 ) begin
             \$971  = 1'h0;
           end
           if (addr_fault) begin
             \$971  = 1'h0;
           end
-          if (\$718 ) begin
+          if (\$728 ) begin
             \$971  = 1'h0;
           end
           if (start) begin
@@ -34204,7 +33301,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end
         end
       3'h5:
-          if (\$719 ) begin
+          if (\$729 ) begin
             \$971  = 1'h0;
           end
       default:
@@ -34216,7 +33313,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$972  = const_to2;
+    \$972  = sink_from_softmax;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
@@ -34240,7 +33337,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$594 ) begin
+          if (\$604 ) begin
           end else if (d_end_more) begin
             \$972  = 1'h0;
           end else if (d_end) begin
@@ -34248,9 +33345,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end else if (d_count_zero) begin
             \$972  = 1'h0;
           end else if (d_const) begin
-            \$972  = add_sel;
-          end else if (d_stream) begin
             \$972  = 1'h0;
+          end else if (d_stream) begin
+            \$972  = is_softmax;
           end else begin
             \$972  = 1'h0;
           end
@@ -34260,18 +33357,18 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h3:
         begin
-          if (\$632 ) begin
+          if (\$642 ) begin
             if (beat__payload[512]) begin
               \$972  = 1'h0;
             end
           end
           if (c_fire) begin
             if (c_last) begin
-              \$972  = 1'h0;
+              \$972  = is_softmax;
             end
           end
-          if (\$673 ) begin
-            \$972  = 1'h0;
+          if (\$683 ) begin
+            \$972  = is_softmax;
           end
           if (start) begin
             \$972  = 1'h0;
@@ -34279,13 +33376,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h4:
         begin
-          if (\$706 ) begin
+          if (\$716 ) begin
             \$972  = 1'h0;
           end
           if (addr_fault) begin
             \$972  = 1'h0;
           end
-          if (\$718 ) begin
+          if (\$728 ) begin
             \$972  = 1'h0;
           end
           if (start) begin
@@ -34293,7 +33390,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end
         end
       3'h5:
-          if (\$719 ) begin
+          if (\$729 ) begin
             \$972  = 1'h0;
           end
       default:
@@ -34305,7 +33402,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$973  = const_to3;
+    \$973  = sink_from_layernorm;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
@@ -34329,7 +33426,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$594 ) begin
+          if (\$604 ) begin
           end else if (d_end_more) begin
             \$973  = 1'h0;
           end else if (d_end) begin
@@ -34337,9 +33434,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end else if (d_count_zero) begin
             \$973  = 1'h0;
           end else if (d_const) begin
-            \$973  = gelu_sel0;
-          end else if (d_stream) begin
             \$973  = 1'h0;
+          end else if (d_stream) begin
+            \$973  = is_layernorm;
           end else begin
             \$973  = 1'h0;
           end
@@ -34349,18 +33446,18 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h3:
         begin
-          if (\$632 ) begin
+          if (\$642 ) begin
             if (beat__payload[512]) begin
               \$973  = 1'h0;
             end
           end
           if (c_fire) begin
             if (c_last) begin
-              \$973  = 1'h0;
+              \$973  = is_layernorm;
             end
           end
-          if (\$673 ) begin
-            \$973  = 1'h0;
+          if (\$683 ) begin
+            \$973  = is_layernorm;
           end
           if (start) begin
             \$973  = 1'h0;
@@ -34368,13 +33465,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h4:
         begin
-          if (\$706 ) begin
+          if (\$716 ) begin
             \$973  = 1'h0;
           end
           if (addr_fault) begin
             \$973  = 1'h0;
           end
-          if (\$718 ) begin
+          if (\$728 ) begin
             \$973  = 1'h0;
           end
           if (start) begin
@@ -34382,7 +33479,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end
         end
       3'h5:
-          if (\$719 ) begin
+          if (\$729 ) begin
             \$973  = 1'h0;
           end
       default:
@@ -34394,12 +33491,12 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$974  = in_fetch;
+    \$974  = sink_from_add;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
           if (start) begin
-            \$974  = 1'h1;
+            \$974  = 1'h0;
           end
       3'h1:
         begin
@@ -34418,9 +33515,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$594 ) begin
+          if (\$604 ) begin
           end else if (d_end_more) begin
-            \$974  = 1'h1;
+            \$974  = 1'h0;
           end else if (d_end) begin
             \$974  = 1'h0;
           end else if (d_count_zero) begin
@@ -34428,7 +33525,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end else if (d_const) begin
             \$974  = 1'h0;
           end else if (d_stream) begin
-            \$974  = 1'h0;
+            \$974  = \$615 ;
           end else begin
             \$974  = 1'h0;
           end
@@ -34438,18 +33535,18 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h3:
         begin
-          if (\$632 ) begin
+          if (\$642 ) begin
             if (beat__payload[512]) begin
               \$974  = 1'h0;
             end
           end
           if (c_fire) begin
             if (c_last) begin
-              \$974  = 1'h0;
+              \$974  = \$660 ;
             end
           end
-          if (\$673 ) begin
-            \$974  = 1'h0;
+          if (\$683 ) begin
+            \$974  = \$690 ;
           end
           if (start) begin
             \$974  = 1'h0;
@@ -34457,13 +33554,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h4:
         begin
-          if (\$706 ) begin
-            \$974  = 1'h1;
+          if (\$716 ) begin
+            \$974  = 1'h0;
           end
           if (addr_fault) begin
             \$974  = 1'h0;
           end
-          if (\$718 ) begin
+          if (\$728 ) begin
             \$974  = 1'h0;
           end
           if (start) begin
@@ -34471,7 +33568,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end
         end
       3'h5:
-          if (\$719 ) begin
+          if (\$729 ) begin
             \$974  = 1'h0;
           end
       default:
@@ -34483,7 +33580,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$975  = in_const;
+    \$975  = sink_from_gelu0;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
@@ -34507,7 +33604,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$594 ) begin
+          if (\$604 ) begin
           end else if (d_end_more) begin
             \$975  = 1'h0;
           end else if (d_end) begin
@@ -34515,9 +33612,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end else if (d_count_zero) begin
             \$975  = 1'h0;
           end else if (d_const) begin
-            \$975  = 1'h1;
-          end else if (d_stream) begin
             \$975  = 1'h0;
+          end else if (d_stream) begin
+            \$975  = \$619 ;
           end else begin
             \$975  = 1'h0;
           end
@@ -34527,18 +33624,18 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h3:
         begin
-          if (\$632 ) begin
+          if (\$642 ) begin
             if (beat__payload[512]) begin
               \$975  = 1'h0;
             end
           end
           if (c_fire) begin
             if (c_last) begin
-              \$975  = 1'h0;
+              \$975  = \$664 ;
             end
           end
-          if (\$673 ) begin
-            \$975  = 1'h0;
+          if (\$683 ) begin
+            \$975  = \$694 ;
           end
           if (start) begin
             \$975  = 1'h0;
@@ -34546,13 +33643,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h4:
         begin
-          if (\$706 ) begin
+          if (\$716 ) begin
             \$975  = 1'h0;
           end
           if (addr_fault) begin
             \$975  = 1'h0;
           end
-          if (\$718 ) begin
+          if (\$728 ) begin
             \$975  = 1'h0;
           end
           if (start) begin
@@ -34560,7 +33657,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end
         end
       3'h5:
-          if (\$719 ) begin
+          if (\$729 ) begin
             \$975  = 1'h0;
           end
       default:
@@ -34572,7 +33669,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$976  = run0;
+    \$976  = sink_from_gemm;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
@@ -34596,7 +33693,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$594 ) begin
+          if (\$604 ) begin
           end else if (d_end_more) begin
             \$976  = 1'h0;
           end else if (d_end) begin
@@ -34606,7 +33703,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end else if (d_const) begin
             \$976  = 1'h0;
           end else if (d_stream) begin
-            \$976  = \$620 ;
+            \$976  = \$623 ;
           end else begin
             \$976  = 1'h0;
           end
@@ -34616,18 +33713,18 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h3:
         begin
-          if (\$632 ) begin
+          if (\$642 ) begin
             if (beat__payload[512]) begin
               \$976  = 1'h0;
             end
           end
           if (c_fire) begin
             if (c_last) begin
-              \$976  = \$665 ;
+              \$976  = \$668 ;
             end
           end
-          if (\$673 ) begin
-            \$976  = \$695 ;
+          if (\$683 ) begin
+            \$976  = \$698 ;
           end
           if (start) begin
             \$976  = 1'h0;
@@ -34635,13 +33732,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h4:
         begin
-          if (\$706 ) begin
+          if (\$716 ) begin
             \$976  = 1'h0;
           end
           if (addr_fault) begin
             \$976  = 1'h0;
           end
-          if (\$718 ) begin
+          if (\$728 ) begin
             \$976  = 1'h0;
           end
           if (start) begin
@@ -34649,7 +33746,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end
         end
       3'h5:
-          if (\$719 ) begin
+          if (\$729 ) begin
             \$976  = 1'h0;
           end
       default:
@@ -34661,7 +33758,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$977  = run1;
+    \$977  = a_from_softmax;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
@@ -34685,7 +33782,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$594 ) begin
+          if (\$604 ) begin
           end else if (d_end_more) begin
             \$977  = 1'h0;
           end else if (d_end) begin
@@ -34695,7 +33792,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end else if (d_const) begin
             \$977  = 1'h0;
           end else if (d_stream) begin
-            \$977  = \$623 ;
+            \$977  = \$624 ;
           end else begin
             \$977  = 1'h0;
           end
@@ -34705,18 +33802,18 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h3:
         begin
-          if (\$632 ) begin
+          if (\$642 ) begin
             if (beat__payload[512]) begin
               \$977  = 1'h0;
             end
           end
           if (c_fire) begin
             if (c_last) begin
-              \$977  = \$668 ;
+              \$977  = \$669 ;
             end
           end
-          if (\$673 ) begin
-            \$977  = \$698 ;
+          if (\$683 ) begin
+            \$977  = \$699 ;
           end
           if (start) begin
             \$977  = 1'h0;
@@ -34724,13 +33821,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h4:
         begin
-          if (\$706 ) begin
+          if (\$716 ) begin
             \$977  = 1'h0;
           end
           if (addr_fault) begin
             \$977  = 1'h0;
           end
-          if (\$718 ) begin
+          if (\$728 ) begin
             \$977  = 1'h0;
           end
           if (start) begin
@@ -34738,7 +33835,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end
         end
       3'h5:
-          if (\$719 ) begin
+          if (\$729 ) begin
             \$977  = 1'h0;
           end
       default:
@@ -34750,7 +33847,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$978  = q0_to_pack;
+    \$978  = a_from_layernorm;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
@@ -34774,7 +33871,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$594 ) begin
+          if (\$604 ) begin
           end else if (d_end_more) begin
             \$978  = 1'h0;
           end else if (d_end) begin
@@ -34784,7 +33881,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end else if (d_const) begin
             \$978  = 1'h0;
           end else if (d_stream) begin
-            \$978  = \$624 ;
+            \$978  = \$625 ;
           end else begin
             \$978  = 1'h0;
           end
@@ -34794,18 +33891,18 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h3:
         begin
-          if (\$632 ) begin
+          if (\$642 ) begin
             if (beat__payload[512]) begin
               \$978  = 1'h0;
             end
           end
           if (c_fire) begin
             if (c_last) begin
-              \$978  = \$669 ;
+              \$978  = \$670 ;
             end
           end
-          if (\$673 ) begin
-            \$978  = \$699 ;
+          if (\$683 ) begin
+            \$978  = \$700 ;
           end
           if (start) begin
             \$978  = 1'h0;
@@ -34813,13 +33910,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h4:
         begin
-          if (\$706 ) begin
+          if (\$716 ) begin
             \$978  = 1'h0;
           end
           if (addr_fault) begin
             \$978  = 1'h0;
           end
-          if (\$718 ) begin
+          if (\$728 ) begin
             \$978  = 1'h0;
           end
           if (start) begin
@@ -34827,7 +33924,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end
         end
       3'h5:
-          if (\$719 ) begin
+          if (\$729 ) begin
             \$978  = 1'h0;
           end
       default:
@@ -34839,7 +33936,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$979  = res_to_pack;
+    \$979  = a_from_src0;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
@@ -34863,7 +33960,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$594 ) begin
+          if (\$604 ) begin
           end else if (d_end_more) begin
             \$979  = 1'h0;
           end else if (d_end) begin
@@ -34873,7 +33970,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end else if (d_const) begin
             \$979  = 1'h0;
           end else if (d_stream) begin
-            \$979  = \$626 ;
+            \$979  = \$629 ;
           end else begin
             \$979  = 1'h0;
           end
@@ -34883,18 +33980,18 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h3:
         begin
-          if (\$632 ) begin
+          if (\$642 ) begin
             if (beat__payload[512]) begin
               \$979  = 1'h0;
             end
           end
           if (c_fire) begin
             if (c_last) begin
-              \$979  = \$671 ;
+              \$979  = \$674 ;
             end
           end
-          if (\$673 ) begin
-            \$979  = \$701 ;
+          if (\$683 ) begin
+            \$979  = \$704 ;
           end
           if (start) begin
             \$979  = 1'h0;
@@ -34902,13 +33999,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h4:
         begin
-          if (\$706 ) begin
+          if (\$716 ) begin
             \$979  = 1'h0;
           end
           if (addr_fault) begin
             \$979  = 1'h0;
           end
-          if (\$718 ) begin
+          if (\$728 ) begin
             \$979  = 1'h0;
           end
           if (start) begin
@@ -34916,7 +34013,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end
         end
       3'h5:
-          if (\$719 ) begin
+          if (\$729 ) begin
             \$979  = 1'h0;
           end
       default:
@@ -34928,121 +34025,622 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$980  = ins;
+    \$980  = const_to0;
+    (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
-          /* empty */;
+          if (start) begin
+            \$980  = 1'h0;
+          end
       3'h1:
+        begin
           if (beat__valid) begin
-            \$980  = beat__payload[511:0];
+            (* full_case = 32'd1 *)
+            if (beat__payload[512]) begin
+              \$980  = 1'h0;
+            end else begin
+              \$980  = 1'h0;
+            end
           end
+          if (start) begin
+            \$980  = 1'h0;
+          end
+        end
+      3'h2:
+        begin
+          (* full_case = 32'd1 *)
+          if (\$604 ) begin
+          end else if (d_end_more) begin
+            \$980  = 1'h0;
+          end else if (d_end) begin
+            \$980  = 1'h0;
+          end else if (d_count_zero) begin
+            \$980  = 1'h0;
+          end else if (d_const) begin
+            \$980  = \$607 ;
+          end else if (d_stream) begin
+            \$980  = 1'h0;
+          end else begin
+            \$980  = 1'h0;
+          end
+          if (start) begin
+            \$980  = 1'h0;
+          end
+        end
+      3'h3:
+        begin
+          if (\$642 ) begin
+            if (beat__payload[512]) begin
+              \$980  = 1'h0;
+            end
+          end
+          if (c_fire) begin
+            if (c_last) begin
+              \$980  = 1'h0;
+            end
+          end
+          if (\$683 ) begin
+            \$980  = 1'h0;
+          end
+          if (start) begin
+            \$980  = 1'h0;
+          end
+        end
+      3'h4:
+        begin
+          if (\$716 ) begin
+            \$980  = 1'h0;
+          end
+          if (addr_fault) begin
+            \$980  = 1'h0;
+          end
+          if (\$728 ) begin
+            \$980  = 1'h0;
+          end
+          if (start) begin
+            \$980  = 1'h0;
+          end
+        end
+      3'h5:
+          if (\$729 ) begin
+            \$980  = 1'h0;
+          end
+      default:
+          \$980  = 1'h0;
     endcase
+    if (rst) begin
+      \$980  = 1'h0;
+    end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$981  = decode_wait;
+    \$981  = const_to1;
+    (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
-          /* empty */;
+          if (start) begin
+            \$981  = 1'h0;
+          end
       3'h1:
+        begin
           if (beat__valid) begin
-            \$981  = 3'h4;
+            (* full_case = 32'd1 *)
+            if (beat__payload[512]) begin
+              \$981  = 1'h0;
+            end else begin
+              \$981  = 1'h0;
+            end
           end
-      3'h2:
-          if (\$594 ) begin
-            \$981  = \$595 [2:0];
+          if (start) begin
+            \$981  = 1'h0;
           end
-    endcase
-    if (rst) begin
-      \$981  = 3'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$982  = c_addr;
-    casez (seq_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
+        end
       3'h2:
-          \$982  = dec_c_base;
+        begin
+          (* full_case = 32'd1 *)
+          if (\$604 ) begin
+          end else if (d_end_more) begin
+            \$981  = 1'h0;
+          end else if (d_end) begin
+            \$981  = 1'h0;
+          end else if (d_count_zero) begin
+            \$981  = 1'h0;
+          end else if (d_const) begin
+            \$981  = \$608 ;
+          end else if (d_stream) begin
+            \$981  = 1'h0;
+          end else begin
+            \$981  = 1'h0;
+          end
+          if (start) begin
+            \$981  = 1'h0;
+          end
+        end
       3'h3:
-          if (\$628 ) begin
-            \$982  = \$630 [31:0];
+        begin
+          if (\$642 ) begin
+            if (beat__payload[512]) begin
+              \$981  = 1'h0;
+            end
           end
-    endcase
-    if (rst) begin
-      \$982  = 32'd0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$983  = c_step;
-    casez (seq_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
-      3'h2:
-          \$983  = \$592 [7:0];
-    endcase
-    if (rst) begin
-      \$983  = 8'h00;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$984  = c_ask;
-    casez (seq_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
-      3'h2:
-          \$984  = { 4'h0, ins[509:498] };
-      3'h3:
-          if (\$628 ) begin
-            \$984  = \$629 [15:0];
-          end
-    endcase
-    if (rst) begin
-      \$984  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$985  = c_due;
-    casez (seq_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
-      3'h2:
-          \$985  = { 4'h0, ins[509:498] };
-      3'h3:
           if (c_fire) begin
-            \$985  = \$642 [15:0];
+            if (c_last) begin
+              \$981  = 1'h0;
+            end
           end
+          if (\$683 ) begin
+            \$981  = 1'h0;
+          end
+          if (start) begin
+            \$981  = 1'h0;
+          end
+        end
+      3'h4:
+        begin
+          if (\$716 ) begin
+            \$981  = 1'h0;
+          end
+          if (addr_fault) begin
+            \$981  = 1'h0;
+          end
+          if (\$728 ) begin
+            \$981  = 1'h0;
+          end
+          if (start) begin
+            \$981  = 1'h0;
+          end
+        end
+      3'h5:
+          if (\$729 ) begin
+            \$981  = 1'h0;
+          end
+      default:
+          \$981  = 1'h0;
     endcase
     if (rst) begin
-      \$985  = 16'h0000;
+      \$981  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$986  = c_last;
+    \$982  = const_to2;
+    (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
-      3'h2:
-          \$986  = \$593 ;
-      3'h3:
-          if (c_fire) begin
-            \$986  = \$643 ;
+          if (start) begin
+            \$982  = 1'h0;
           end
+      3'h1:
+        begin
+          if (beat__valid) begin
+            (* full_case = 32'd1 *)
+            if (beat__payload[512]) begin
+              \$982  = 1'h0;
+            end else begin
+              \$982  = 1'h0;
+            end
+          end
+          if (start) begin
+            \$982  = 1'h0;
+          end
+        end
+      3'h2:
+        begin
+          (* full_case = 32'd1 *)
+          if (\$604 ) begin
+          end else if (d_end_more) begin
+            \$982  = 1'h0;
+          end else if (d_end) begin
+            \$982  = 1'h0;
+          end else if (d_count_zero) begin
+            \$982  = 1'h0;
+          end else if (d_const) begin
+            \$982  = add_sel;
+          end else if (d_stream) begin
+            \$982  = 1'h0;
+          end else begin
+            \$982  = 1'h0;
+          end
+          if (start) begin
+            \$982  = 1'h0;
+          end
+        end
+      3'h3:
+        begin
+          if (\$642 ) begin
+            if (beat__payload[512]) begin
+              \$982  = 1'h0;
+            end
+          end
+          if (c_fire) begin
+            if (c_last) begin
+              \$982  = 1'h0;
+            end
+          end
+          if (\$683 ) begin
+            \$982  = 1'h0;
+          end
+          if (start) begin
+            \$982  = 1'h0;
+          end
+        end
+      3'h4:
+        begin
+          if (\$716 ) begin
+            \$982  = 1'h0;
+          end
+          if (addr_fault) begin
+            \$982  = 1'h0;
+          end
+          if (\$728 ) begin
+            \$982  = 1'h0;
+          end
+          if (start) begin
+            \$982  = 1'h0;
+          end
+        end
+      3'h5:
+          if (\$729 ) begin
+            \$982  = 1'h0;
+          end
+      default:
+          \$982  = 1'h0;
+    endcase
+    if (rst) begin
+      \$982  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$983  = const_to3;
+    (* full_case = 32'd1 *)
+    casez (seq_state)
+      3'h0:
+          if (start) begin
+            \$983  = 1'h0;
+          end
+      3'h1:
+        begin
+          if (beat__valid) begin
+            (* full_case = 32'd1 *)
+            if (beat__payload[512]) begin
+              \$983  = 1'h0;
+            end else begin
+              \$983  = 1'h0;
+            end
+          end
+          if (start) begin
+            \$983  = 1'h0;
+          end
+        end
+      3'h2:
+        begin
+          (* full_case = 32'd1 *)
+          if (\$604 ) begin
+          end else if (d_end_more) begin
+            \$983  = 1'h0;
+          end else if (d_end) begin
+            \$983  = 1'h0;
+          end else if (d_count_zero) begin
+            \$983  = 1'h0;
+          end else if (d_const) begin
+            \$983  = gelu_sel0;
+          end else if (d_stream) begin
+            \$983  = 1'h0;
+          end else begin
+            \$983  = 1'h0;
+          end
+          if (start) begin
+            \$983  = 1'h0;
+          end
+        end
+      3'h3:
+        begin
+          if (\$642 ) begin
+            if (beat__payload[512]) begin
+              \$983  = 1'h0;
+            end
+          end
+          if (c_fire) begin
+            if (c_last) begin
+              \$983  = 1'h0;
+            end
+          end
+          if (\$683 ) begin
+            \$983  = 1'h0;
+          end
+          if (start) begin
+            \$983  = 1'h0;
+          end
+        end
+      3'h4:
+        begin
+          if (\$716 ) begin
+            \$983  = 1'h0;
+          end
+          if (addr_fault) begin
+            \$983  = 1'h0;
+          end
+          if (\$728 ) begin
+            \$983  = 1'h0;
+          end
+          if (start) begin
+            \$983  = 1'h0;
+          end
+        end
+      3'h5:
+          if (\$729 ) begin
+            \$983  = 1'h0;
+          end
+      default:
+          \$983  = 1'h0;
+    endcase
+    if (rst) begin
+      \$983  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$984  = in_fetch;
+    (* full_case = 32'd1 *)
+    casez (seq_state)
+      3'h0:
+          if (start) begin
+            \$984  = 1'h1;
+          end
+      3'h1:
+        begin
+          if (beat__valid) begin
+            (* full_case = 32'd1 *)
+            if (beat__payload[512]) begin
+              \$984  = 1'h0;
+            end else begin
+              \$984  = 1'h0;
+            end
+          end
+          if (start) begin
+            \$984  = 1'h0;
+          end
+        end
+      3'h2:
+        begin
+          (* full_case = 32'd1 *)
+          if (\$604 ) begin
+          end else if (d_end_more) begin
+            \$984  = 1'h1;
+          end else if (d_end) begin
+            \$984  = 1'h0;
+          end else if (d_count_zero) begin
+            \$984  = 1'h0;
+          end else if (d_const) begin
+            \$984  = 1'h0;
+          end else if (d_stream) begin
+            \$984  = 1'h0;
+          end else begin
+            \$984  = 1'h0;
+          end
+          if (start) begin
+            \$984  = 1'h0;
+          end
+        end
+      3'h3:
+        begin
+          if (\$642 ) begin
+            if (beat__payload[512]) begin
+              \$984  = 1'h0;
+            end
+          end
+          if (c_fire) begin
+            if (c_last) begin
+              \$984  = 1'h0;
+            end
+          end
+          if (\$683 ) begin
+            \$984  = 1'h0;
+          end
+          if (start) begin
+            \$984  = 1'h0;
+          end
+        end
+      3'h4:
+        begin
+          if (\$716 ) begin
+            \$984  = 1'h1;
+          end
+          if (addr_fault) begin
+            \$984  = 1'h0;
+          end
+          if (\$728 ) begin
+            \$984  = 1'h0;
+          end
+          if (start) begin
+            \$984  = 1'h0;
+          end
+        end
+      3'h5:
+          if (\$729 ) begin
+            \$984  = 1'h0;
+          end
+      default:
+          \$984  = 1'h0;
+    endcase
+    if (rst) begin
+      \$984  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$985  = in_const;
+    (* full_case = 32'd1 *)
+    casez (seq_state)
+      3'h0:
+          if (start) begin
+            \$985  = 1'h0;
+          end
+      3'h1:
+        begin
+          if (beat__valid) begin
+            (* full_case = 32'd1 *)
+            if (beat__payload[512]) begin
+              \$985  = 1'h0;
+            end else begin
+              \$985  = 1'h0;
+            end
+          end
+          if (start) begin
+            \$985  = 1'h0;
+          end
+        end
+      3'h2:
+        begin
+          (* full_case = 32'd1 *)
+          if (\$604 ) begin
+          end else if (d_end_more) begin
+            \$985  = 1'h0;
+          end else if (d_end) begin
+            \$985  = 1'h0;
+          end else if (d_count_zero) begin
+            \$985  = 1'h0;
+          end else if (d_const) begin
+            \$985  = 1'h1;
+          end else if (d_stream) begin
+            \$985  = 1'h0;
+          end else begin
+            \$985  = 1'h0;
+          end
+          if (start) begin
+            \$985  = 1'h0;
+          end
+        end
+      3'h3:
+        begin
+          if (\$642 ) begin
+            if (beat__payload[512]) begin
+              \$985  = 1'h0;
+            end
+          end
+          if (c_fire) begin
+            if (c_last) begin
+              \$985  = 1'h0;
+            end
+          end
+          if (\$683 ) begin
+            \$985  = 1'h0;
+          end
+          if (start) begin
+            \$985  = 1'h0;
+          end
+        end
+      3'h4:
+        begin
+          if (\$716 ) begin
+            \$985  = 1'h0;
+          end
+          if (addr_fault) begin
+            \$985  = 1'h0;
+          end
+          if (\$728 ) begin
+            \$985  = 1'h0;
+          end
+          if (start) begin
+            \$985  = 1'h0;
+          end
+        end
+      3'h5:
+          if (\$729 ) begin
+            \$985  = 1'h0;
+          end
+      default:
+          \$985  = 1'h0;
+    endcase
+    if (rst) begin
+      \$985  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$986  = run0;
+    (* full_case = 32'd1 *)
+    casez (seq_state)
+      3'h0:
+          if (start) begin
+            \$986  = 1'h0;
+          end
+      3'h1:
+        begin
+          if (beat__valid) begin
+            (* full_case = 32'd1 *)
+            if (beat__payload[512]) begin
+              \$986  = 1'h0;
+            end else begin
+              \$986  = 1'h0;
+            end
+          end
+          if (start) begin
+            \$986  = 1'h0;
+          end
+        end
+      3'h2:
+        begin
+          (* full_case = 32'd1 *)
+          if (\$604 ) begin
+          end else if (d_end_more) begin
+            \$986  = 1'h0;
+          end else if (d_end) begin
+            \$986  = 1'h0;
+          end else if (d_count_zero) begin
+            \$986  = 1'h0;
+          end else if (d_const) begin
+            \$986  = 1'h0;
+          end else if (d_stream) begin
+            \$986  = \$630 ;
+          end else begin
+            \$986  = 1'h0;
+          end
+          if (start) begin
+            \$986  = 1'h0;
+          end
+        end
+      3'h3:
+        begin
+          if (\$642 ) begin
+            if (beat__payload[512]) begin
+              \$986  = 1'h0;
+            end
+          end
+          if (c_fire) begin
+            if (c_last) begin
+              \$986  = \$675 ;
+            end
+          end
+          if (\$683 ) begin
+            \$986  = \$705 ;
+          end
+          if (start) begin
+            \$986  = 1'h0;
+          end
+        end
+      3'h4:
+        begin
+          if (\$716 ) begin
+            \$986  = 1'h0;
+          end
+          if (addr_fault) begin
+            \$986  = 1'h0;
+          end
+          if (\$728 ) begin
+            \$986  = 1'h0;
+          end
+          if (start) begin
+            \$986  = 1'h0;
+          end
+        end
+      3'h5:
+          if (\$729 ) begin
+            \$986  = 1'h0;
+          end
+      default:
+          \$986  = 1'h0;
     endcase
     if (rst) begin
       \$986  = 1'h0;
@@ -35050,726 +34648,900 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$987  = c_data;
+    \$987  = run1;
+    (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
-      3'h2:
-          /* empty */;
-      3'h3:
-          if (\$632 ) begin
-            \$987  = beat__payload[65:0];
+          if (start) begin
+            \$987  = 1'h0;
           end
+      3'h1:
+        begin
+          if (beat__valid) begin
+            (* full_case = 32'd1 *)
+            if (beat__payload[512]) begin
+              \$987  = 1'h0;
+            end else begin
+              \$987  = 1'h0;
+            end
+          end
+          if (start) begin
+            \$987  = 1'h0;
+          end
+        end
+      3'h2:
+        begin
+          (* full_case = 32'd1 *)
+          if (\$604 ) begin
+          end else if (d_end_more) begin
+            \$987  = 1'h0;
+          end else if (d_end) begin
+            \$987  = 1'h0;
+          end else if (d_count_zero) begin
+            \$987  = 1'h0;
+          end else if (d_const) begin
+            \$987  = 1'h0;
+          end else if (d_stream) begin
+            \$987  = \$633 ;
+          end else begin
+            \$987  = 1'h0;
+          end
+          if (start) begin
+            \$987  = 1'h0;
+          end
+        end
+      3'h3:
+        begin
+          if (\$642 ) begin
+            if (beat__payload[512]) begin
+              \$987  = 1'h0;
+            end
+          end
+          if (c_fire) begin
+            if (c_last) begin
+              \$987  = \$678 ;
+            end
+          end
+          if (\$683 ) begin
+            \$987  = \$708 ;
+          end
+          if (start) begin
+            \$987  = 1'h0;
+          end
+        end
+      3'h4:
+        begin
+          if (\$716 ) begin
+            \$987  = 1'h0;
+          end
+          if (addr_fault) begin
+            \$987  = 1'h0;
+          end
+          if (\$728 ) begin
+            \$987  = 1'h0;
+          end
+          if (start) begin
+            \$987  = 1'h0;
+          end
+        end
+      3'h5:
+          if (\$729 ) begin
+            \$987  = 1'h0;
+          end
+      default:
+          \$987  = 1'h0;
     endcase
+    if (rst) begin
+      \$987  = 1'h0;
+    end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$988  = c_full;
+    \$988  = q0_to_pack;
+    (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
-      3'h2:
-          /* empty */;
-      3'h3:
-        begin
-          if (\$632 ) begin
-            \$988  = \$633 ;
+          if (start) begin
+            \$988  = 1'h0;
           end
-          if (c_fire) begin
+      3'h1:
+        begin
+          if (beat__valid) begin
+            (* full_case = 32'd1 *)
+            if (beat__payload[512]) begin
+              \$988  = 1'h0;
+            end else begin
+              \$988  = 1'h0;
+            end
+          end
+          if (start) begin
             \$988  = 1'h0;
           end
         end
+      3'h2:
+        begin
+          (* full_case = 32'd1 *)
+          if (\$604 ) begin
+          end else if (d_end_more) begin
+            \$988  = 1'h0;
+          end else if (d_end) begin
+            \$988  = 1'h0;
+          end else if (d_count_zero) begin
+            \$988  = 1'h0;
+          end else if (d_const) begin
+            \$988  = 1'h0;
+          end else if (d_stream) begin
+            \$988  = \$634 ;
+          end else begin
+            \$988  = 1'h0;
+          end
+          if (start) begin
+            \$988  = 1'h0;
+          end
+        end
+      3'h3:
+        begin
+          if (\$642 ) begin
+            if (beat__payload[512]) begin
+              \$988  = 1'h0;
+            end
+          end
+          if (c_fire) begin
+            if (c_last) begin
+              \$988  = \$679 ;
+            end
+          end
+          if (\$683 ) begin
+            \$988  = \$709 ;
+          end
+          if (start) begin
+            \$988  = 1'h0;
+          end
+        end
+      3'h4:
+        begin
+          if (\$716 ) begin
+            \$988  = 1'h0;
+          end
+          if (addr_fault) begin
+            \$988  = 1'h0;
+          end
+          if (\$728 ) begin
+            \$988  = 1'h0;
+          end
+          if (start) begin
+            \$988  = 1'h0;
+          end
+        end
+      3'h5:
+          if (\$729 ) begin
+            \$988  = 1'h0;
+          end
+      default:
+          \$988  = 1'h0;
     endcase
-    if (unit_rst) begin
-      \$988  = 1'h0;
-    end
     if (rst) begin
       \$988  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$989  = c_valid0;
+    \$989  = res_to_pack;
+    (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
-      3'h2:
-          /* empty */;
-      3'h3:
-        begin
-          if (\$632 ) begin
-            \$989  = \$635 ;
+          if (start) begin
+            \$989  = 1'h0;
           end
-          if (c_fire) begin
+      3'h1:
+        begin
+          if (beat__valid) begin
+            (* full_case = 32'd1 *)
+            if (beat__payload[512]) begin
+              \$989  = 1'h0;
+            end else begin
+              \$989  = 1'h0;
+            end
+          end
+          if (start) begin
             \$989  = 1'h0;
           end
         end
+      3'h2:
+        begin
+          (* full_case = 32'd1 *)
+          if (\$604 ) begin
+          end else if (d_end_more) begin
+            \$989  = 1'h0;
+          end else if (d_end) begin
+            \$989  = 1'h0;
+          end else if (d_count_zero) begin
+            \$989  = 1'h0;
+          end else if (d_const) begin
+            \$989  = 1'h0;
+          end else if (d_stream) begin
+            \$989  = \$636 ;
+          end else begin
+            \$989  = 1'h0;
+          end
+          if (start) begin
+            \$989  = 1'h0;
+          end
+        end
+      3'h3:
+        begin
+          if (\$642 ) begin
+            if (beat__payload[512]) begin
+              \$989  = 1'h0;
+            end
+          end
+          if (c_fire) begin
+            if (c_last) begin
+              \$989  = \$681 ;
+            end
+          end
+          if (\$683 ) begin
+            \$989  = \$711 ;
+          end
+          if (start) begin
+            \$989  = 1'h0;
+          end
+        end
+      3'h4:
+        begin
+          if (\$716 ) begin
+            \$989  = 1'h0;
+          end
+          if (addr_fault) begin
+            \$989  = 1'h0;
+          end
+          if (\$728 ) begin
+            \$989  = 1'h0;
+          end
+          if (start) begin
+            \$989  = 1'h0;
+          end
+        end
+      3'h5:
+          if (\$729 ) begin
+            \$989  = 1'h0;
+          end
+      default:
+          \$989  = 1'h0;
     endcase
-    if (unit_rst) begin
+    if (rst) begin
       \$989  = 1'h0;
     end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$990  = ins;
+    casez (seq_state)
+      3'h0:
+          /* empty */;
+      3'h1:
+          if (beat__valid) begin
+            \$990  = beat__payload[511:0];
+          end
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$991  = decode_wait;
+    casez (seq_state)
+      3'h0:
+          /* empty */;
+      3'h1:
+          if (beat__valid) begin
+            \$991  = 3'h5;
+          end
+      3'h2:
+          if (\$604 ) begin
+            \$991  = \$605 [2:0];
+          end
+    endcase
     if (rst) begin
-      \$989  = 1'h0;
+      \$991  = 3'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$990  = c_valid1;
+    \$992  = c_addr;
     casez (seq_state)
       3'h0:
           /* empty */;
       3'h1:
           /* empty */;
       3'h2:
-          /* empty */;
+          \$992  = dec_c_base;
       3'h3:
-        begin
-          if (\$632 ) begin
-            \$990  = \$637 ;
+          if (\$638 ) begin
+            \$992  = \$640 [31:0];
           end
-          if (c_fire) begin
-            \$990  = 1'h0;
-          end
-        end
     endcase
-    if (unit_rst) begin
-      \$990  = 1'h0;
-    end
     if (rst) begin
-      \$990  = 1'h0;
+      \$992  = 32'd0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$991  = c_valid2;
+    \$993  = c_step;
     casez (seq_state)
       3'h0:
           /* empty */;
       3'h1:
           /* empty */;
       3'h2:
-          /* empty */;
-      3'h3:
-        begin
-          if (\$632 ) begin
-            \$991  = \$639 ;
-          end
-          if (c_fire) begin
-            \$991  = 1'h0;
-          end
-        end
+          \$993  = \$602 [7:0];
     endcase
-    if (unit_rst) begin
-      \$991  = 1'h0;
-    end
     if (rst) begin
-      \$991  = 1'h0;
+      \$993  = 8'h00;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$992  = c_valid3;
+    \$994  = c_ask;
     casez (seq_state)
       3'h0:
           /* empty */;
       3'h1:
           /* empty */;
       3'h2:
-          /* empty */;
+          \$994  = { 4'h0, ins[509:498] };
       3'h3:
-        begin
-          if (\$632 ) begin
-            \$992  = \$641 ;
+          if (\$638 ) begin
+            \$994  = \$639 [15:0];
           end
-          if (c_fire) begin
-            \$992  = 1'h0;
-          end
-        end
     endcase
-    if (unit_rst) begin
-      \$992  = 1'h0;
-    end
-    if (rst) begin
-      \$992  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$993  = ext_req_addr;
-    if (in_stream) begin
-      if (is_move) begin
-      end else if (is_load) begin
-        if (\$722 ) begin
-          \$993  = \$724 [31:0];
-        end
-      end else if (is_store) begin
-        if (\$726 ) begin
-          \$993  = \$728 [31:0];
-        end
-      end
-    end
-    if (rst) begin
-      \$993  = 32'd0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$994  = ext_req_data;
-    if (in_stream) begin
-      if (is_move) begin
-      end else if (is_load) begin
-      end else if (is_store) begin
-        if (\$726 ) begin
-          \$994  = \r_data$237 [15:0];
-        end
-      end
-    end
     if (rst) begin
       \$994  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$995  = \w_en$182 ;
-    if (pack_active) begin
-      if (\$729 ) begin
-        \$995  = 1'h0;
-      end
-      if (\$735 ) begin
-        if (\$737 ) begin
-          \$995  = 1'h1;
+    \$995  = c_due;
+    casez (seq_state)
+      3'h0:
+          /* empty */;
+      3'h1:
+          /* empty */;
+      3'h2:
+          \$995  = { 4'h0, ins[509:498] };
+      3'h3:
+          if (c_fire) begin
+            \$995  = \$652 [15:0];
+          end
+    endcase
+    if (rst) begin
+      \$995  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$996  = c_last;
+    casez (seq_state)
+      3'h0:
+          /* empty */;
+      3'h1:
+          /* empty */;
+      3'h2:
+          \$996  = \$603 ;
+      3'h3:
+          if (c_fire) begin
+            \$996  = \$653 ;
+          end
+    endcase
+    if (rst) begin
+      \$996  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$997  = c_data;
+    casez (seq_state)
+      3'h0:
+          /* empty */;
+      3'h1:
+          /* empty */;
+      3'h2:
+          /* empty */;
+      3'h3:
+          if (\$642 ) begin
+            \$997  = beat__payload[65:0];
+          end
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$998  = c_full;
+    casez (seq_state)
+      3'h0:
+          /* empty */;
+      3'h1:
+          /* empty */;
+      3'h2:
+          /* empty */;
+      3'h3:
+        begin
+          if (\$642 ) begin
+            \$998  = \$643 ;
+          end
+          if (c_fire) begin
+            \$998  = 1'h0;
+          end
+        end
+    endcase
+    if (unit_rst) begin
+      \$998  = 1'h0;
+    end
+    if (rst) begin
+      \$998  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$999  = c_valid0;
+    casez (seq_state)
+      3'h0:
+          /* empty */;
+      3'h1:
+          /* empty */;
+      3'h2:
+          /* empty */;
+      3'h3:
+        begin
+          if (\$642 ) begin
+            \$999  = \$645 ;
+          end
+          if (c_fire) begin
+            \$999  = 1'h0;
+          end
+        end
+    endcase
+    if (unit_rst) begin
+      \$999  = 1'h0;
+    end
+    if (rst) begin
+      \$999  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1000  = c_valid1;
+    casez (seq_state)
+      3'h0:
+          /* empty */;
+      3'h1:
+          /* empty */;
+      3'h2:
+          /* empty */;
+      3'h3:
+        begin
+          if (\$642 ) begin
+            \$1000  = \$647 ;
+          end
+          if (c_fire) begin
+            \$1000  = 1'h0;
+          end
+        end
+    endcase
+    if (unit_rst) begin
+      \$1000  = 1'h0;
+    end
+    if (rst) begin
+      \$1000  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1001  = c_valid2;
+    casez (seq_state)
+      3'h0:
+          /* empty */;
+      3'h1:
+          /* empty */;
+      3'h2:
+          /* empty */;
+      3'h3:
+        begin
+          if (\$642 ) begin
+            \$1001  = \$649 ;
+          end
+          if (c_fire) begin
+            \$1001  = 1'h0;
+          end
+        end
+    endcase
+    if (unit_rst) begin
+      \$1001  = 1'h0;
+    end
+    if (rst) begin
+      \$1001  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1002  = c_valid3;
+    casez (seq_state)
+      3'h0:
+          /* empty */;
+      3'h1:
+          /* empty */;
+      3'h2:
+          /* empty */;
+      3'h3:
+        begin
+          if (\$642 ) begin
+            \$1002  = \$651 ;
+          end
+          if (c_fire) begin
+            \$1002  = 1'h0;
+          end
+        end
+    endcase
+    if (unit_rst) begin
+      \$1002  = 1'h0;
+    end
+    if (rst) begin
+      \$1002  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1003  = ext_req_addr;
+    if (in_stream) begin
+      if (is_move) begin
+      end else if (is_load) begin
+        if (\$732 ) begin
+          \$1003  = \$734 [31:0];
+        end
+      end else if (is_store) begin
+        if (\$736 ) begin
+          \$1003  = \$738 [31:0];
         end
       end
     end
-    if (unit_rst) begin
-      \$995  = 1'h0;
-    end
     if (rst) begin
-      \$995  = 1'h0;
+      \$1003  = 32'd0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$996  = pack_a0;
-    if (pack_active) begin
-      if (\$735 ) begin
-        casez (pack_j)
-          3'h0:
-              \$996  = elem_data;
-        endcase
-      end
-    end
-    if (rst) begin
-      \$996  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$997  = pack_a1;
-    if (pack_active) begin
-      if (\$735 ) begin
-        casez (pack_j)
-          3'h0:
-              /* empty */;
-          3'h1:
-              \$997  = elem_data;
-        endcase
-      end
-    end
-    if (rst) begin
-      \$997  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$998  = pack_a2;
-    if (pack_active) begin
-      if (\$735 ) begin
-        casez (pack_j)
-          3'h0:
-              /* empty */;
-          3'h1:
-              /* empty */;
-          3'h2:
-              \$998  = elem_data;
-        endcase
-      end
-    end
-    if (rst) begin
-      \$998  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$999  = pack_a3;
-    if (pack_active) begin
-      if (\$735 ) begin
-        casez (pack_j)
-          3'h0:
-              /* empty */;
-          3'h1:
-              /* empty */;
-          3'h2:
-              /* empty */;
-          3'h3:
-              \$999  = elem_data;
-        endcase
-      end
-    end
-    if (rst) begin
-      \$999  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1000  = pack_b0;
-    if (pack_active) begin
-      if (\$735 ) begin
-        casez (pack_j)
-          3'h0:
-              \$1000  = \r_data$358 [15:0];
-        endcase
-      end
-    end
-    if (rst) begin
-      \$1000  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1001  = pack_b1;
-    if (pack_active) begin
-      if (\$735 ) begin
-        casez (pack_j)
-          3'h0:
-              /* empty */;
-          3'h1:
-              \$1001  = \r_data$358 [15:0];
-        endcase
-      end
-    end
-    if (rst) begin
-      \$1001  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1002  = pack_b2;
-    if (pack_active) begin
-      if (\$735 ) begin
-        casez (pack_j)
-          3'h0:
-              /* empty */;
-          3'h1:
-              /* empty */;
-          3'h2:
-              \$1002  = \r_data$358 [15:0];
-        endcase
-      end
-    end
-    if (rst) begin
-      \$1002  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1003  = pack_b3;
-    if (pack_active) begin
-      if (\$735 ) begin
-        casez (pack_j)
-          3'h0:
-              /* empty */;
-          3'h1:
-              /* empty */;
-          3'h2:
-              /* empty */;
-          3'h3:
-              \$1003  = \r_data$358 [15:0];
-        endcase
-      end
-    end
-    if (rst) begin
-      \$1003  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1004  = pack_j;
-    if (pack_active) begin
-      if (\$735 ) begin
-        (* full_case = 32'd1 *)
-        if (\$737 ) begin
-          \$1004  = 3'h0;
-        end else begin
-          \$1004  = \$738 [2:0];
+    \$1004  = ext_req_data;
+    if (in_stream) begin
+      if (is_move) begin
+      end else if (is_load) begin
+      end else if (is_store) begin
+        if (\$736 ) begin
+          \$1004  = \r_data$246 [15:0];
         end
       end
     end
-    if (unit_rst) begin
-      \$1004  = 3'h0;
-    end
     if (rst) begin
-      \$1004  = 3'h0;
+      \$1004  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1005  = pack_jo;
+    \$1005  = \w_en$180 ;
     if (pack_active) begin
       if (\$739 ) begin
-        (* full_case = 32'd1 *)
-        if (\$741 ) begin
-          \$1005  = 3'h0;
-        end else begin
-          \$1005  = \$742 [2:0];
+        \$1005  = 1'h0;
+      end
+      if (\$745 ) begin
+        if (\$747 ) begin
+          \$1005  = 1'h1;
         end
       end
     end
     if (unit_rst) begin
-      \$1005  = 3'h0;
+      \$1005  = 1'h0;
     end
     if (rst) begin
-      \$1005  = 3'h0;
+      \$1005  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1006  = tiles;
-    if (in_decode) begin
-      \$1006  = dec_tiles;
-    end
-    if (gemm_active) begin
-      if (\$749 ) begin
-        if (\$763 ) begin
-          \$1006  = \$764 [31:0];
-        end
-      end
-    end
-    if (rst) begin
-      \$1006  = 32'd0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1007  = nt;
-    if (in_decode) begin
-      \$1007  = 16'h0000;
-    end
-    if (gemm_active) begin
-      if (\$749 ) begin
-        if (\$763 ) begin
-          (* full_case = 32'd1 *)
-          if (nt_hit) begin
-            \$1007  = 16'h0000;
-          end else begin
-            \$1007  = \$770 [15:0];
-          end
-        end
-      end
-    end
-    if (rst) begin
-      \$1007  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1008  = k;
-    if (in_decode) begin
-      \$1008  = 16'h0000;
-    end
-    if (gemm_active) begin
-      if (\$749 ) begin
-        if (\$751 ) begin
-        end else if (\$756 ) begin
-          \$1008  = \$757 [15:0];
-        end
-        if (\$763 ) begin
-          \$1008  = 16'h0000;
-        end
-      end
-    end
-    if (rst) begin
-      \$1008  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1009  = w_addr;
-    if (in_decode) begin
-      \$1009  = ins[465:434];
-    end
-    if (gemm_active) begin
-      if (\$749 ) begin
-        if (want_w) begin
-          \$1009  = \$760 [31:0];
-        end
-        if (\$763 ) begin
-          if (nt_hit) begin
-            \$1009  = ins[465:434];
-          end
-        end
-      end
-    end
-    if (rst) begin
-      \$1009  = 32'd0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1010  = p_addr;
-    if (in_decode) begin
-      \$1010  = ins[497:466];
-    end
-    if (gemm_active) begin
-      if (\$749 ) begin
-        if (\$763 ) begin
-          (* full_case = 32'd1 *)
-          if (nt_hit) begin
-            \$1010  = ins[497:466];
-          end else begin
-            \$1010  = \$773 [31:0];
-          end
-        end
-      end
-    end
-    if (rst) begin
-      \$1010  = 32'd0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1011  = want_w;
-    if (in_decode) begin
-      \$1011  = 1'h0;
-    end
-    if (gemm_active) begin
-      if (\$749 ) begin
-        if (\$751 ) begin
-          \$1011  = 1'h1;
-        end
-        if (\$763 ) begin
-          \$1011  = 1'h0;
-        end
-      end
-    end
-    if (rst) begin
-      \$1011  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1012  = w_step;
-    if (in_decode) begin
-      \$1012  = \$743 [7:0];
-    end
-    if (rst) begin
-      \$1012  = 8'h00;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1013  = \$signal$463 ;
-    if (in_decode) begin
-      \$1013  = \$744 ;
-    end
-    if (gemm_active) begin
-      if (\$749 ) begin
-        if (\$763 ) begin
-          \$1013  = \$765 ;
-        end
-      end
-    end
-    if (rst) begin
-      \$1013  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1014  = \$signal$560 ;
-    if (in_decode) begin
-      \$1014  = \$746 ;
-    end
-    if (gemm_active) begin
-      if (\$749 ) begin
-        if (\$751 ) begin
-        end else if (\$756 ) begin
-          \$1014  = \$759 ;
-        end
-        if (\$763 ) begin
-          \$1014  = \$767 ;
-        end
-      end
-    end
-    if (rst) begin
-      \$1014  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1015  = nt_hit;
-    if (in_decode) begin
-      \$1015  = \$748 ;
-    end
-    if (gemm_active) begin
-      if (\$749 ) begin
-        if (\$763 ) begin
-          (* full_case = 32'd1 *)
-          if (nt_hit) begin
-            \$1015  = \$769 ;
-          end else begin
-            \$1015  = \$772 ;
-          end
-        end
-      end
-    end
-    if (rst) begin
-      \$1015  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1016  = rk;
-    if (in_decode) begin
-      \$1016  = 16'h0000;
-    end
-    if (gemm_active) begin
-      if (\$778 ) begin
-        \$1016  = \$781 [15:0];
-      end
-    end
-    if (rst) begin
-      \$1016  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1017  = rk_zero;
-    if (in_decode) begin
-      \$1017  = 1'h1;
-    end
-    if (gemm_active) begin
-      if (\$778 ) begin
-        \$1017  = \$782 ;
-      end
-    end
-    if (rst) begin
-      \$1017  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1018  = \$791 ;
-    if (rst) begin
-      \$1018  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1019  = a_filled0;
-    if (in_decode) begin
-      \$1019  = 1'h0;
-    end
-    if (gemm_active) begin
-      if (\$803 ) begin
-        if (a_load_k_hit) begin
-          if (\$809 ) begin
-            casez (\$signal$297 )
-              1'h0:
-                  \$1019  = 1'h1;
-            endcase
-          end
-        end
-      end else if (\$806 ) begin
-        if (\$815 ) begin
-          if (a_load_k_hit) begin
-            casez (\$signal$297 )
-              1'h0:
-                  \$1019  = 1'h1;
-            endcase
-          end
-        end
-      end
-      if (\$827 ) begin
-        casez (a_read_half)
-          1'h0:
-              \$1019  = 1'h0;
+    \$1006  = pack_a0;
+    if (pack_active) begin
+      if (\$745 ) begin
+        casez (pack_j)
+          3'h0:
+              \$1006  = elem_data;
         endcase
       end
     end
     if (rst) begin
-      \$1019  = 1'h0;
+      \$1006  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1020  = a_filled1;
-    if (in_decode) begin
-      \$1020  = 1'h0;
-    end
-    if (gemm_active) begin
-      if (\$803 ) begin
-        if (a_load_k_hit) begin
-          if (\$809 ) begin
-            (* full_case = 32'd1 *)
-            casez (\$signal$297 )
-              1'h0:
-                  /* empty */;
-              1'h1:
-                  \$1020  = 1'h1;
-            endcase
-          end
-        end
-      end else if (\$806 ) begin
-        if (\$815 ) begin
-          if (a_load_k_hit) begin
-            (* full_case = 32'd1 *)
-            casez (\$signal$297 )
-              1'h0:
-                  /* empty */;
-              1'h1:
-                  \$1020  = 1'h1;
-            endcase
-          end
-        end
-      end
-      if (\$827 ) begin
-        (* full_case = 32'd1 *)
-        casez (a_read_half)
-          1'h0:
+    \$1007  = pack_a1;
+    if (pack_active) begin
+      if (\$745 ) begin
+        casez (pack_j)
+          3'h0:
               /* empty */;
-          1'h1:
-              \$1020  = 1'h0;
+          3'h1:
+              \$1007  = elem_data;
         endcase
       end
     end
     if (rst) begin
-      \$1020  = 1'h0;
+      \$1007  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1021  = \$signal$297 ;
+    \$1008  = pack_a2;
+    if (pack_active) begin
+      if (\$745 ) begin
+        casez (pack_j)
+          3'h0:
+              /* empty */;
+          3'h1:
+              /* empty */;
+          3'h2:
+              \$1008  = elem_data;
+        endcase
+      end
+    end
+    if (rst) begin
+      \$1008  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1009  = pack_a3;
+    if (pack_active) begin
+      if (\$745 ) begin
+        casez (pack_j)
+          3'h0:
+              /* empty */;
+          3'h1:
+              /* empty */;
+          3'h2:
+              /* empty */;
+          3'h3:
+              \$1009  = elem_data;
+        endcase
+      end
+    end
+    if (rst) begin
+      \$1009  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1010  = pack_b0;
+    if (pack_active) begin
+      if (\$745 ) begin
+        casez (pack_j)
+          3'h0:
+              \$1010  = \r_data$356 [15:0];
+        endcase
+      end
+    end
+    if (rst) begin
+      \$1010  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1011  = pack_b1;
+    if (pack_active) begin
+      if (\$745 ) begin
+        casez (pack_j)
+          3'h0:
+              /* empty */;
+          3'h1:
+              \$1011  = \r_data$356 [15:0];
+        endcase
+      end
+    end
+    if (rst) begin
+      \$1011  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1012  = pack_b2;
+    if (pack_active) begin
+      if (\$745 ) begin
+        casez (pack_j)
+          3'h0:
+              /* empty */;
+          3'h1:
+              /* empty */;
+          3'h2:
+              \$1012  = \r_data$356 [15:0];
+        endcase
+      end
+    end
+    if (rst) begin
+      \$1012  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1013  = pack_b3;
+    if (pack_active) begin
+      if (\$745 ) begin
+        casez (pack_j)
+          3'h0:
+              /* empty */;
+          3'h1:
+              /* empty */;
+          3'h2:
+              /* empty */;
+          3'h3:
+              \$1013  = \r_data$356 [15:0];
+        endcase
+      end
+    end
+    if (rst) begin
+      \$1013  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1014  = pack_j;
+    if (pack_active) begin
+      if (\$745 ) begin
+        (* full_case = 32'd1 *)
+        if (\$747 ) begin
+          \$1014  = 3'h0;
+        end else begin
+          \$1014  = \$748 [2:0];
+        end
+      end
+    end
+    if (unit_rst) begin
+      \$1014  = 3'h0;
+    end
+    if (rst) begin
+      \$1014  = 3'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1015  = pack_jo;
+    if (pack_active) begin
+      if (\$749 ) begin
+        (* full_case = 32'd1 *)
+        if (\$751 ) begin
+          \$1015  = 3'h0;
+        end else begin
+          \$1015  = \$752 [2:0];
+        end
+      end
+    end
+    if (unit_rst) begin
+      \$1015  = 3'h0;
+    end
+    if (rst) begin
+      \$1015  = 3'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1016  = tiles;
+    if (in_decode) begin
+      \$1016  = dec_tiles;
+    end
+    if (gemm_active) begin
+      if (\$759 ) begin
+        if (\$773 ) begin
+          \$1016  = \$774 [31:0];
+        end
+      end
+    end
+    if (rst) begin
+      \$1016  = 32'd0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1017  = nt;
+    if (in_decode) begin
+      \$1017  = 16'h0000;
+    end
+    if (gemm_active) begin
+      if (\$759 ) begin
+        if (\$773 ) begin
+          (* full_case = 32'd1 *)
+          if (nt_hit) begin
+            \$1017  = 16'h0000;
+          end else begin
+            \$1017  = \$780 [15:0];
+          end
+        end
+      end
+    end
+    if (rst) begin
+      \$1017  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1018  = k;
+    if (in_decode) begin
+      \$1018  = 16'h0000;
+    end
+    if (gemm_active) begin
+      if (\$759 ) begin
+        if (\$761 ) begin
+        end else if (\$766 ) begin
+          \$1018  = \$767 [15:0];
+        end
+        if (\$773 ) begin
+          \$1018  = 16'h0000;
+        end
+      end
+    end
+    if (rst) begin
+      \$1018  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1019  = w_addr;
+    if (in_decode) begin
+      \$1019  = ins[465:434];
+    end
+    if (gemm_active) begin
+      if (\$759 ) begin
+        if (want_w) begin
+          \$1019  = \$770 [31:0];
+        end
+        if (\$773 ) begin
+          if (nt_hit) begin
+            \$1019  = ins[465:434];
+          end
+        end
+      end
+    end
+    if (rst) begin
+      \$1019  = 32'd0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1020  = p_addr;
+    if (in_decode) begin
+      \$1020  = ins[497:466];
+    end
+    if (gemm_active) begin
+      if (\$759 ) begin
+        if (\$773 ) begin
+          (* full_case = 32'd1 *)
+          if (nt_hit) begin
+            \$1020  = ins[497:466];
+          end else begin
+            \$1020  = \$783 [31:0];
+          end
+        end
+      end
+    end
+    if (rst) begin
+      \$1020  = 32'd0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1021  = want_w;
     if (in_decode) begin
       \$1021  = 1'h0;
     end
     if (gemm_active) begin
-      if (\$803 ) begin
-        if (a_load_k_hit) begin
-          if (\$809 ) begin
-            \$1021  = \$810 ;
-          end
+      if (\$759 ) begin
+        if (\$761 ) begin
+          \$1021  = 1'h1;
         end
-      end else if (\$806 ) begin
-        if (\$815 ) begin
-          if (a_load_k_hit) begin
-            \$1021  = \$821 ;
-          end
+        if (\$773 ) begin
+          \$1021  = 1'h0;
         end
       end
     end
@@ -35779,72 +35551,45 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1022  = \$signal$304 ;
+    \$1022  = w_step;
     if (in_decode) begin
-      \$1022  = 4'h0;
-    end
-    if (gemm_active) begin
-      if (\$803 ) begin
-        if (a_load_k_hit) begin
-          (* full_case = 32'd1 *)
-          if (\$809 ) begin
-            \$1022  = 4'h0;
-          end else begin
-            \$1022  = \$811 [3:0];
-          end
-        end
-      end else if (\$806 ) begin
-        (* full_case = 32'd1 *)
-        if (\$815 ) begin
-          \$1022  = 4'h0;
-        end else begin
-          \$1022  = \$822 [3:0];
-        end
-      end
+      \$1022  = \$753 [7:0];
     end
     if (rst) begin
-      \$1022  = 4'h0;
+      \$1022  = 8'h00;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1023  = lk;
+    \$1023  = \$signal$464 ;
     if (in_decode) begin
-      \$1023  = 16'h0000;
+      \$1023  = \$754 ;
     end
     if (gemm_active) begin
-      if (\$803 ) begin
-        (* full_case = 32'd1 *)
-        if (a_load_k_hit) begin
-          \$1023  = 16'h0000;
-        end else begin
-          \$1023  = \$812 [15:0];
-        end
-      end else if (\$806 ) begin
-        if (\$815 ) begin
-          \$1023  = \$816 [15:0];
-          if (a_load_k_hit) begin
-            \$1023  = 16'h0000;
-          end
+      if (\$759 ) begin
+        if (\$773 ) begin
+          \$1023  = \$775 ;
         end
       end
     end
     if (rst) begin
-      \$1023  = 16'h0000;
+      \$1023  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1024  = \$signal$330 ;
+    \$1024  = \$signal$562 ;
     if (in_decode) begin
-      \$1024  = 1'h0;
+      \$1024  = \$756 ;
     end
     if (gemm_active) begin
-      if (a_issue) begin
-        if (a_feed_k_hit) begin
-          if (a_feed_nt_hit) begin
-            \$1024  = \$832 ;
-          end
+      if (\$759 ) begin
+        if (\$761 ) begin
+        end else if (\$766 ) begin
+          \$1024  = \$769 ;
+        end
+        if (\$773 ) begin
+          \$1024  = \$777 ;
         end
       end
     end
@@ -35854,40 +35599,35 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1025  = \$signal$563 ;
+    \$1025  = nt_hit;
     if (in_decode) begin
-      \$1025  = 16'h0000;
+      \$1025  = \$758 ;
     end
     if (gemm_active) begin
-      if (a_issue) begin
-        (* full_case = 32'd1 *)
-        if (a_feed_k_hit) begin
-          \$1025  = 16'h0000;
-        end else begin
-          \$1025  = \$838 [15:0];
-        end
-      end
-    end
-    if (rst) begin
-      \$1025  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1026  = fnt;
-    if (in_decode) begin
-      \$1026  = 16'h0000;
-    end
-    if (gemm_active) begin
-      if (a_issue) begin
-        if (a_feed_k_hit) begin
+      if (\$759 ) begin
+        if (\$773 ) begin
           (* full_case = 32'd1 *)
-          if (a_feed_nt_hit) begin
-            \$1026  = 16'h0000;
+          if (nt_hit) begin
+            \$1025  = \$779 ;
           end else begin
-            \$1026  = \$835 [15:0];
+            \$1025  = \$782 ;
           end
         end
+      end
+    end
+    if (rst) begin
+      \$1025  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1026  = rk;
+    if (in_decode) begin
+      \$1026  = 16'h0000;
+    end
+    if (gemm_active) begin
+      if (\$788 ) begin
+        \$1026  = \$791 [15:0];
       end
     end
     if (rst) begin
@@ -35896,64 +35636,57 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1027  = feed_blocks;
+    \$1027  = rk_zero;
     if (in_decode) begin
-      \$1027  = dec_blocks;
+      \$1027  = 1'h1;
     end
     if (gemm_active) begin
-      if (a_issue) begin
-        if (a_feed_k_hit) begin
-          if (a_feed_nt_hit) begin
-            \$1027  = \$833 [31:0];
-          end
-        end
+      if (\$788 ) begin
+        \$1027  = \$792 ;
       end
     end
     if (rst) begin
-      \$1027  = 32'd0;
+      \$1027  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1028  = a_load_k_hit;
-    if (in_decode) begin
-      \$1028  = \$793 ;
-    end
-    if (gemm_active) begin
-      if (\$803 ) begin
-        (* full_case = 32'd1 *)
-        if (a_load_k_hit) begin
-          \$1028  = \$808 ;
-        end else begin
-          \$1028  = \$814 ;
-        end
-      end else if (\$806 ) begin
-        if (\$815 ) begin
-          \$1028  = \$818 ;
-          if (a_load_k_hit) begin
-            \$1028  = \$820 ;
-          end
-        end
-      end
-    end
+    \$1028  = \$801 ;
     if (rst) begin
       \$1028  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1029  = a_feed_k_hit;
+    \$1029  = a_filled0;
     if (in_decode) begin
-      \$1029  = \$795 ;
+      \$1029  = 1'h0;
     end
     if (gemm_active) begin
-      if (a_issue) begin
-        (* full_case = 32'd1 *)
-        if (a_feed_k_hit) begin
-          \$1029  = \$829 ;
-        end else begin
-          \$1029  = \$840 ;
+      if (\$813 ) begin
+        if (a_load_k_hit) begin
+          if (\$819 ) begin
+            casez (\$signal )
+              1'h0:
+                  \$1029  = 1'h1;
+            endcase
+          end
         end
+      end else if (\$816 ) begin
+        if (\$825 ) begin
+          if (a_load_k_hit) begin
+            casez (\$signal )
+              1'h0:
+                  \$1029  = 1'h1;
+            endcase
+          end
+        end
+      end
+      if (\$837 ) begin
+        casez (a_read_half)
+          1'h0:
+              \$1029  = 1'h0;
+        endcase
       end
     end
     if (rst) begin
@@ -35962,20 +35695,44 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1030  = a_feed_nt_hit;
+    \$1030  = a_filled1;
     if (in_decode) begin
-      \$1030  = \$797 ;
+      \$1030  = 1'h0;
     end
     if (gemm_active) begin
-      if (a_issue) begin
-        if (a_feed_k_hit) begin
-          (* full_case = 32'd1 *)
-          if (a_feed_nt_hit) begin
-            \$1030  = \$831 ;
-          end else begin
-            \$1030  = \$837 ;
+      if (\$813 ) begin
+        if (a_load_k_hit) begin
+          if (\$819 ) begin
+            (* full_case = 32'd1 *)
+            casez (\$signal )
+              1'h0:
+                  /* empty */;
+              1'h1:
+                  \$1030  = 1'h1;
+            endcase
           end
         end
+      end else if (\$816 ) begin
+        if (\$825 ) begin
+          if (a_load_k_hit) begin
+            (* full_case = 32'd1 *)
+            casez (\$signal )
+              1'h0:
+                  /* empty */;
+              1'h1:
+                  \$1030  = 1'h1;
+            endcase
+          end
+        end
+      end
+      if (\$837 ) begin
+        (* full_case = 32'd1 *)
+        casez (a_read_half)
+          1'h0:
+              /* empty */;
+          1'h1:
+              \$1030  = 1'h0;
+        endcase
       end
     end
     if (rst) begin
@@ -35984,15 +35741,21 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1031  = a_blocks_left;
+    \$1031  = \$signal ;
     if (in_decode) begin
-      \$1031  = \$798 ;
+      \$1031  = 1'h0;
     end
     if (gemm_active) begin
-      if (a_issue) begin
-        if (a_feed_k_hit) begin
-          if (a_feed_nt_hit) begin
-            \$1031  = \$834 ;
+      if (\$813 ) begin
+        if (a_load_k_hit) begin
+          if (\$819 ) begin
+            \$1031  = \$820 ;
+          end
+        end
+      end else if (\$816 ) begin
+        if (\$825 ) begin
+          if (a_load_k_hit) begin
+            \$1031  = \$831 ;
           end
         end
       end
@@ -36003,29 +35766,74 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1032  = a_read_last;
+    \$1032  = \$signal$302 ;
+    if (in_decode) begin
+      \$1032  = 4'h0;
+    end
     if (gemm_active) begin
-      \$1032  = a_feed_k_hit;
+      if (\$813 ) begin
+        if (a_load_k_hit) begin
+          (* full_case = 32'd1 *)
+          if (\$819 ) begin
+            \$1032  = 4'h0;
+          end else begin
+            \$1032  = \$821 [3:0];
+          end
+        end
+      end else if (\$816 ) begin
+        (* full_case = 32'd1 *)
+        if (\$825 ) begin
+          \$1032  = 4'h0;
+        end else begin
+          \$1032  = \$832 [3:0];
+        end
+      end
     end
     if (rst) begin
-      \$1032  = 1'h0;
+      \$1032  = 4'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1033  = a_read_addr;
+    \$1033  = lk;
+    if (in_decode) begin
+      \$1033  = 16'h0000;
+    end
     if (gemm_active) begin
-      \$1033  = \$824 [8:0];
+      if (\$813 ) begin
+        (* full_case = 32'd1 *)
+        if (a_load_k_hit) begin
+          \$1033  = 16'h0000;
+        end else begin
+          \$1033  = \$822 [15:0];
+        end
+      end else if (\$816 ) begin
+        if (\$825 ) begin
+          \$1033  = \$826 [15:0];
+          if (a_load_k_hit) begin
+            \$1033  = 16'h0000;
+          end
+        end
+      end
     end
     if (rst) begin
-      \$1033  = 9'h000;
+      \$1033  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1034  = a_read_half;
+    \$1034  = \$signal$328 ;
+    if (in_decode) begin
+      \$1034  = 1'h0;
+    end
     if (gemm_active) begin
-      \$1034  = \$signal$330 ;
+      if (a_issue) begin
+        if (a_feed_k_hit) begin
+          if (a_feed_nt_hit) begin
+            \$1034  = \$842 ;
+          end
+        end
+      end
     end
     if (rst) begin
       \$1034  = 1'h0;
@@ -36033,122 +35841,128 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1035  = a_read_free;
-    if (gemm_active) begin
-      \$1035  = \$826 ;
+    \$1035  = \$signal$565 ;
+    if (in_decode) begin
+      \$1035  = 16'h0000;
     end
-    if (rst) begin
-      \$1035  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1036  = w_load_lane;
     if (gemm_active) begin
-      if (\$845 ) begin
+      if (a_issue) begin
         (* full_case = 32'd1 *)
-        if (\$846 ) begin
-          \$1036  = 4'h0;
+        if (a_feed_k_hit) begin
+          \$1035  = 16'h0000;
         end else begin
-          \$1036  = \$853 [3:0];
+          \$1035  = \$848 [15:0];
         end
-      end
-      if (in_decode) begin
-        \$1036  = 4'h0;
       end
     end
     if (rst) begin
-      \$1036  = 4'h0;
+      \$1035  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1037  = w_load_k;
+    \$1036  = fnt;
+    if (in_decode) begin
+      \$1036  = 16'h0000;
+    end
     if (gemm_active) begin
-      if (\$845 ) begin
-        if (\$846 ) begin
-          \$1037  = \$847 [15:0];
-          if (\$849 ) begin
-            \$1037  = 16'h0000;
+      if (a_issue) begin
+        if (a_feed_k_hit) begin
+          (* full_case = 32'd1 *)
+          if (a_feed_nt_hit) begin
+            \$1036  = 16'h0000;
+          end else begin
+            \$1036  = \$845 [15:0];
           end
         end
       end
-      if (in_decode) begin
-        \$1037  = 16'h0000;
-      end
     end
     if (rst) begin
-      \$1037  = 16'h0000;
+      \$1036  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1038  = w_load_addr;
+    \$1037  = feed_blocks;
+    if (in_decode) begin
+      \$1037  = dec_blocks;
+    end
     if (gemm_active) begin
-      if (\$845 ) begin
-        if (\$846 ) begin
-          \$1038  = \$848 [9:0];
-          if (\$849 ) begin
-            if (\$851 ) begin
-              \$1038  = 10'h000;
-            end
+      if (a_issue) begin
+        if (a_feed_k_hit) begin
+          if (a_feed_nt_hit) begin
+            \$1037  = \$843 [31:0];
           end
         end
       end
-      if (in_decode) begin
-        \$1038  = 10'h000;
-      end
     end
     if (rst) begin
-      \$1038  = 10'h000;
+      \$1037  = 32'd0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1039  = w_load_nt;
+    \$1038  = a_load_k_hit;
+    if (in_decode) begin
+      \$1038  = \$803 ;
+    end
     if (gemm_active) begin
-      if (\$845 ) begin
-        if (\$846 ) begin
-          if (\$849 ) begin
-            \$1039  = \$850 [15:0];
-            if (\$851 ) begin
-              \$1039  = 16'h0000;
-            end
+      if (\$813 ) begin
+        (* full_case = 32'd1 *)
+        if (a_load_k_hit) begin
+          \$1038  = \$818 ;
+        end else begin
+          \$1038  = \$824 ;
+        end
+      end else if (\$816 ) begin
+        if (\$825 ) begin
+          \$1038  = \$828 ;
+          if (a_load_k_hit) begin
+            \$1038  = \$830 ;
           end
         end
       end
-      if (in_decode) begin
-        \$1039  = 16'h0000;
-      end
     end
     if (rst) begin
-      \$1039  = 16'h0000;
+      \$1038  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1040  = w_filled0;
+    \$1039  = a_feed_k_hit;
+    if (in_decode) begin
+      \$1039  = \$805 ;
+    end
     if (gemm_active) begin
-      if (\$845 ) begin
-        if (\$846 ) begin
-          if (\$849 ) begin
-            if (\$851 ) begin
-              casez (w_load_half)
-                1'h0:
-                    \$1040  = 1'h1;
-              endcase
-            end
-          end
+      if (a_issue) begin
+        (* full_case = 32'd1 *)
+        if (a_feed_k_hit) begin
+          \$1039  = \$839 ;
+        end else begin
+          \$1039  = \$850 ;
         end
       end
-      if (\$869 ) begin
-        casez (w_read_half)
-          1'h0:
-              \$1040  = 1'h0;
-        endcase
-      end
-      if (in_decode) begin
-        \$1040  = 1'h0;
+    end
+    if (rst) begin
+      \$1039  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1040  = a_feed_nt_hit;
+    if (in_decode) begin
+      \$1040  = \$807 ;
+    end
+    if (gemm_active) begin
+      if (a_issue) begin
+        if (a_feed_k_hit) begin
+          (* full_case = 32'd1 *)
+          if (a_feed_nt_hit) begin
+            \$1040  = \$841 ;
+          end else begin
+            \$1040  = \$847 ;
+          end
+        end
       end
     end
     if (rst) begin
@@ -36157,34 +35971,17 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1041  = w_filled1;
+    \$1041  = a_blocks_left;
+    if (in_decode) begin
+      \$1041  = \$808 ;
+    end
     if (gemm_active) begin
-      if (\$845 ) begin
-        if (\$846 ) begin
-          if (\$849 ) begin
-            if (\$851 ) begin
-              (* full_case = 32'd1 *)
-              casez (w_load_half)
-                1'h0:
-                    /* empty */;
-                1'h1:
-                    \$1041  = 1'h1;
-              endcase
-            end
+      if (a_issue) begin
+        if (a_feed_k_hit) begin
+          if (a_feed_nt_hit) begin
+            \$1041  = \$844 ;
           end
         end
-      end
-      if (\$869 ) begin
-        (* full_case = 32'd1 *)
-        casez (w_read_half)
-          1'h0:
-              /* empty */;
-          1'h1:
-              \$1041  = 1'h0;
-        endcase
-      end
-      if (in_decode) begin
-        \$1041  = 1'h0;
       end
     end
     if (rst) begin
@@ -36193,20 +35990,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1042  = w_load_half;
+    \$1042  = a_read_last;
     if (gemm_active) begin
-      if (\$845 ) begin
-        if (\$846 ) begin
-          if (\$849 ) begin
-            if (\$851 ) begin
-              \$1042  = \$852 ;
-            end
-          end
-        end
-      end
-      if (in_decode) begin
-        \$1042  = 1'h0;
-      end
+      \$1042  = a_feed_k_hit;
     end
     if (rst) begin
       \$1042  = 1'h0;
@@ -36214,9 +36000,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1043  = w_read_addr;
+    \$1043  = a_read_addr;
     if (gemm_active) begin
-      \$1043  = \$856 [8:0];
+      \$1043  = \$834 [8:0];
     end
     if (rst) begin
       \$1043  = 9'h000;
@@ -36224,9 +36010,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1044  = w_read_half;
+    \$1044  = a_read_half;
     if (gemm_active) begin
-      \$1044  = w_feed_half;
+      \$1044  = \$signal$328 ;
     end
     if (rst) begin
       \$1044  = 1'h0;
@@ -36234,9 +36020,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1045  = w_read_free;
+    \$1045  = a_read_free;
     if (gemm_active) begin
-      \$1045  = \$862 ;
+      \$1045  = \$836 ;
     end
     if (rst) begin
       \$1045  = 1'h0;
@@ -36244,39 +36030,33 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1046  = feed_ntk;
+    \$1046  = w_load_lane;
     if (gemm_active) begin
-      if (\$864 ) begin
-        if (a_feed_k_hit) begin
-          (* full_case = 32'd1 *)
-          if (a_feed_nt_hit) begin
-            \$1046  = 32'd0;
-          end else begin
-            \$1046  = \$868 [31:0];
-          end
+      if (\$855 ) begin
+        (* full_case = 32'd1 *)
+        if (\$856 ) begin
+          \$1046  = 4'h0;
+        end else begin
+          \$1046  = \$863 [3:0];
         end
       end
       if (in_decode) begin
-        \$1046  = 32'd0;
+        \$1046  = 4'h0;
       end
     end
     if (rst) begin
-      \$1046  = 32'd0;
+      \$1046  = 4'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1047  = feed_mt;
+    \$1047  = w_load_k;
     if (gemm_active) begin
-      if (\$864 ) begin
-        if (a_feed_k_hit) begin
-          if (a_feed_nt_hit) begin
-            (* full_case = 32'd1 *)
-            if (\$865 ) begin
-              \$1047  = 16'h0000;
-            end else begin
-              \$1047  = \$867 [15:0];
-            end
+      if (\$855 ) begin
+        if (\$856 ) begin
+          \$1047  = \$857 [15:0];
+          if (\$859 ) begin
+            \$1047  = 16'h0000;
           end
         end
       end
@@ -36290,52 +36070,259 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1048  = w_feed_half;
+    \$1048  = w_load_addr;
     if (gemm_active) begin
-      if (\$864 ) begin
-        if (a_feed_k_hit) begin
-          if (a_feed_nt_hit) begin
-            if (\$865 ) begin
-              \$1048  = \$866 ;
+      if (\$855 ) begin
+        if (\$856 ) begin
+          \$1048  = \$858 [9:0];
+          if (\$859 ) begin
+            if (\$861 ) begin
+              \$1048  = 10'h000;
             end
           end
         end
       end
       if (in_decode) begin
-        \$1048  = 1'h0;
+        \$1048  = 10'h000;
       end
     end
     if (rst) begin
-      \$1048  = 1'h0;
+      \$1048  = 10'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1049  = post_col;
-    if (in_decode) begin
-      \$1049  = 3'h0;
-    end
-    if (\$871 ) begin
-      if (elem_take) begin
-        \$1049  = \$874 [2:0];
+    \$1049  = w_load_nt;
+    if (gemm_active) begin
+      if (\$855 ) begin
+        if (\$856 ) begin
+          if (\$859 ) begin
+            \$1049  = \$860 [15:0];
+            if (\$861 ) begin
+              \$1049  = 16'h0000;
+            end
+          end
+        end
+      end
+      if (in_decode) begin
+        \$1049  = 16'h0000;
       end
     end
     if (rst) begin
-      \$1049  = 3'h0;
+      \$1049  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1050  = \$879 ;
+    \$1050  = w_filled0;
+    if (gemm_active) begin
+      if (\$855 ) begin
+        if (\$856 ) begin
+          if (\$859 ) begin
+            if (\$861 ) begin
+              casez (w_load_half)
+                1'h0:
+                    \$1050  = 1'h1;
+              endcase
+            end
+          end
+        end
+      end
+      if (\$879 ) begin
+        casez (w_read_half)
+          1'h0:
+              \$1050  = 1'h0;
+        endcase
+      end
+      if (in_decode) begin
+        \$1050  = 1'h0;
+      end
+    end
     if (rst) begin
       \$1050  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1051  = fault;
+    \$1051  = w_filled1;
+    if (gemm_active) begin
+      if (\$855 ) begin
+        if (\$856 ) begin
+          if (\$859 ) begin
+            if (\$861 ) begin
+              (* full_case = 32'd1 *)
+              casez (w_load_half)
+                1'h0:
+                    /* empty */;
+                1'h1:
+                    \$1051  = 1'h1;
+              endcase
+            end
+          end
+        end
+      end
+      if (\$879 ) begin
+        (* full_case = 32'd1 *)
+        casez (w_read_half)
+          1'h0:
+              /* empty */;
+          1'h1:
+              \$1051  = 1'h0;
+        endcase
+      end
+      if (in_decode) begin
+        \$1051  = 1'h0;
+      end
+    end
     if (rst) begin
-      \$1051  = 4'h0;
+      \$1051  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1052  = w_load_half;
+    if (gemm_active) begin
+      if (\$855 ) begin
+        if (\$856 ) begin
+          if (\$859 ) begin
+            if (\$861 ) begin
+              \$1052  = \$862 ;
+            end
+          end
+        end
+      end
+      if (in_decode) begin
+        \$1052  = 1'h0;
+      end
+    end
+    if (rst) begin
+      \$1052  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1053  = w_read_addr;
+    if (gemm_active) begin
+      \$1053  = \$866 [8:0];
+    end
+    if (rst) begin
+      \$1053  = 9'h000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1054  = w_read_half;
+    if (gemm_active) begin
+      \$1054  = w_feed_half;
+    end
+    if (rst) begin
+      \$1054  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1055  = w_read_free;
+    if (gemm_active) begin
+      \$1055  = \$872 ;
+    end
+    if (rst) begin
+      \$1055  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1056  = feed_ntk;
+    if (gemm_active) begin
+      if (\$874 ) begin
+        if (a_feed_k_hit) begin
+          (* full_case = 32'd1 *)
+          if (a_feed_nt_hit) begin
+            \$1056  = 32'd0;
+          end else begin
+            \$1056  = \$878 [31:0];
+          end
+        end
+      end
+      if (in_decode) begin
+        \$1056  = 32'd0;
+      end
+    end
+    if (rst) begin
+      \$1056  = 32'd0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1057  = feed_mt;
+    if (gemm_active) begin
+      if (\$874 ) begin
+        if (a_feed_k_hit) begin
+          if (a_feed_nt_hit) begin
+            (* full_case = 32'd1 *)
+            if (\$875 ) begin
+              \$1057  = 16'h0000;
+            end else begin
+              \$1057  = \$877 [15:0];
+            end
+          end
+        end
+      end
+      if (in_decode) begin
+        \$1057  = 16'h0000;
+      end
+    end
+    if (rst) begin
+      \$1057  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1058  = w_feed_half;
+    if (gemm_active) begin
+      if (\$874 ) begin
+        if (a_feed_k_hit) begin
+          if (a_feed_nt_hit) begin
+            if (\$875 ) begin
+              \$1058  = \$876 ;
+            end
+          end
+        end
+      end
+      if (in_decode) begin
+        \$1058  = 1'h0;
+      end
+    end
+    if (rst) begin
+      \$1058  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1059  = post_col;
+    if (in_decode) begin
+      \$1059  = 3'h0;
+    end
+    if (\$881 ) begin
+      if (elem_take) begin
+        \$1059  = \$884 [2:0];
+      end
+    end
+    if (rst) begin
+      \$1059  = 3'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1060  = \$889 ;
+    if (rst) begin
+      \$1060  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1061  = fault;
+    if (rst) begin
+      \$1061  = 4'h0;
     end
   end
   assign \ar__payload$1  = ar__payload;
@@ -36378,18 +36365,18 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   assign src1_held = \w_en$107 ;
   assign \w_data$109  = { src1_held_meta, src1_elem };
   assign wr_addr = \addr$113 [13:0];
-  assign \error$125  = error;
-  assign \done$127  = done;
-  assign \busy$129  = busy;
+  assign \error$123  = error;
+  assign \done$125  = done;
+  assign \busy$127  = busy;
   assign c__payload = c_data[4:0];
   assign c__valid = c_valid0;
-  assign \c__payload$142  = c_data;
-  assign \c__valid$143  = c_valid1;
-  assign \c__payload$144  = c_data[43:0];
-  assign \c__valid$145  = c_valid2;
-  assign \c__payload$146  = c_data[52:0];
-  assign \c__valid$147  = c_valid3;
-  assign \cycles$149  = cycles;
+  assign \c__payload$140  = c_data;
+  assign \c__valid$141  = c_valid1;
+  assign \c__payload$142  = c_data[43:0];
+  assign \c__valid$143  = c_valid2;
+  assign \c__payload$144  = c_data[52:0];
+  assign \c__valid$145  = c_valid3;
+  assign \cycles$147  = cycles;
   assign op_cycles0 = op_cycles__0;
   assign op_cycles1 = op_cycles__1;
   assign op_cycles2 = op_cycles__2;
@@ -36406,27 +36393,28 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   assign op_cycles13 = op_cycles__13;
   assign op_cycles14 = op_cycles__14;
   assign op_cycles15 = op_cycles__15;
-  assign pack_full = \w_en$182 ;
-  assign \w_data$184  = { pack_b3, pack_b2, pack_b1, pack_b0, pack_a3, pack_a2, pack_a1, pack_a0 };
+  assign pack_full = \w_en$180 ;
+  assign \w_data$182  = { pack_b3, pack_b2, pack_b1, pack_b0, pack_a3, pack_a2, pack_a1, pack_a0 };
   assign add_res0 = o__payload[15:0];
   assign add_res1 = o__payload[31:16];
   assign add_res2 = o__payload[47:32];
   assign add_res3 = o__payload[63:48];
-  assign gelu0_res0 = { \o__payload$203 [7], \o__payload$203 [7], \o__payload$203 [7], \o__payload$203 [7], \o__payload$203 [7], \o__payload$203 [7], \o__payload$203 [7], \o__payload$203 [7], \o__payload$203 [7:0] };
-  assign gelu0_res1 = { \o__payload$203 [15], \o__payload$203 [15], \o__payload$203 [15], \o__payload$203 [15], \o__payload$203 [15], \o__payload$203 [15], \o__payload$203 [15], \o__payload$203 [15], \o__payload$203 [15:8] };
-  assign gelu0_res2 = { \o__payload$203 [23], \o__payload$203 [23], \o__payload$203 [23], \o__payload$203 [23], \o__payload$203 [23], \o__payload$203 [23], \o__payload$203 [23], \o__payload$203 [23], \o__payload$203 [23:16] };
-  assign gelu0_res3 = { \o__payload$203 [31], \o__payload$203 [31], \o__payload$203 [31], \o__payload$203 [31], \o__payload$203 [31], \o__payload$203 [31], \o__payload$203 [31], \o__payload$203 [31], \o__payload$203 [31:24] };
-  assign softmax_elem = { 8'h00, \o__payload$217 [7:0] };
-  assign layernorm_elem = { \o__payload$219 [7], \o__payload$219 [7], \o__payload$219 [7], \o__payload$219 [7], \o__payload$219 [7], \o__payload$219 [7], \o__payload$219 [7], \o__payload$219 [7], \o__payload$219  };
+  assign gelu0_res0 = { \o__payload$201 [7], \o__payload$201 [7], \o__payload$201 [7], \o__payload$201 [7], \o__payload$201 [7], \o__payload$201 [7], \o__payload$201 [7], \o__payload$201 [7], \o__payload$201 [7:0] };
+  assign gelu0_res1 = { \o__payload$201 [15], \o__payload$201 [15], \o__payload$201 [15], \o__payload$201 [15], \o__payload$201 [15], \o__payload$201 [15], \o__payload$201 [15], \o__payload$201 [15], \o__payload$201 [15:8] };
+  assign gelu0_res2 = { \o__payload$201 [23], \o__payload$201 [23], \o__payload$201 [23], \o__payload$201 [23], \o__payload$201 [23], \o__payload$201 [23], \o__payload$201 [23], \o__payload$201 [23], \o__payload$201 [23:16] };
+  assign gelu0_res3 = { \o__payload$201 [31], \o__payload$201 [31], \o__payload$201 [31], \o__payload$201 [31], \o__payload$201 [31], \o__payload$201 [31], \o__payload$201 [31], \o__payload$201 [31], \o__payload$201 [31:24] };
+  assign softmax_elem = { 8'h00, \o__payload$218 [7:0] };
+  assign layernorm_elem = { \o__payload$220 [7], \o__payload$220 [7], \o__payload$220 [7], \o__payload$220 [7], \o__payload$220 [7], \o__payload$220 [7], \o__payload$220 [7], \o__payload$220 [7], \o__payload$220  };
   assign p__payload = beat__payload[437:0];
-  assign w_in_valid = \w_en$285 ;
-  assign \w_data$287  = { w_beat7, w_beat6, w_beat5, w_beat4, w_beat3, w_beat2, w_beat1, w_beat0 };
-  assign \o__valid$435  = \w_en$434 ;
-  assign \o__payload$437  = \w_data$436 ;
-  assign \w_rdy$439  = \o__ready$438 ;
-  assign \r_rdy$440  = gemm_res_valid;
+  assign w_in_valid = \w_en$281 ;
+  assign \w_data$283  = { w_beat7, w_beat6, w_beat5, w_beat4, w_beat3, w_beat2, w_beat1, w_beat0 };
+  assign \o__valid$433  = \w_en$432 ;
+  assign \o__payload$435  = \w_data$434 ;
+  assign \w_rdy$437  = \o__ready$436 ;
+  assign \r_rdy$438  = gemm_res_valid;
+  assign wr_data = \$342 [15:0];
   assign \next$477  = dst_step;
-  assign \i__payload$480  = \r_data$237 [15:0];
+  assign \i__payload$480  = \r_data$246 [15:0];
   assign \ar__payload.addr  = ar__payload[28:0];
   assign \ar__payload.len  = ar__payload[36:29];
   assign \ar__payload$1.addr  = ar__payload[28:0];
@@ -36477,27 +36465,27 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   assign \ins.cnt  = ins[509:498];
   assign \ins.post  = ins[511:510];
   assign \c__payload.f  = c_data[4:0];
-  assign \c__payload$142.m  = c_data[15:0];
-  assign \c__payload$142.b  = c_data[58:16];
-  assign \c__payload$142.e  = c_data[64:59];
-  assign \c__payload$142.last  = c_data[65];
-  assign \c__payload$144.m_a  = c_data[15:0];
-  assign \c__payload$144.e_a  = c_data[21:16];
-  assign \c__payload$144.m_b  = c_data[37:22];
-  assign \c__payload$144.e_b  = c_data[43:38];
-  assign \c__payload$146.qb  = c_data[9:0];
-  assign \c__payload$146.qc  = c_data[24:10];
-  assign \c__payload$146.sh  = c_data[30:25];
-  assign \c__payload$146.m  = c_data[46:31];
-  assign \c__payload$146.e  = c_data[52:47];
+  assign \c__payload$140.m  = c_data[15:0];
+  assign \c__payload$140.b  = c_data[58:16];
+  assign \c__payload$140.e  = c_data[64:59];
+  assign \c__payload$140.last  = c_data[65];
+  assign \c__payload$142.m_a  = c_data[15:0];
+  assign \c__payload$142.e_a  = c_data[21:16];
+  assign \c__payload$142.m_b  = c_data[37:22];
+  assign \c__payload$142.e_b  = c_data[43:38];
+  assign \c__payload$144.qb  = c_data[9:0];
+  assign \c__payload$144.qc  = c_data[24:10];
+  assign \c__payload$144.sh  = c_data[30:25];
+  assign \c__payload$144.m  = c_data[46:31];
+  assign \c__payload$144.e  = c_data[52:47];
   assign \a__payload[0]  = a__payload[15:0];
   assign \a__payload[1]  = a__payload[31:16];
   assign \a__payload[2]  = a__payload[47:32];
   assign \a__payload[3]  = a__payload[63:48];
-  assign \b__payload$195[0]  = \b__payload$195 [15:0];
-  assign \b__payload$195[1]  = \b__payload$195 [31:16];
-  assign \b__payload$195[2]  = \b__payload$195 [47:32];
-  assign \b__payload$195[3]  = \b__payload$195 [63:48];
+  assign \b__payload$193[0]  = \b__payload$193 [15:0];
+  assign \b__payload$193[1]  = \b__payload$193 [31:16];
+  assign \b__payload$193[2]  = \b__payload$193 [47:32];
+  assign \b__payload$193[3]  = \b__payload$193 [63:48];
   assign \i__payload[0]  = i__payload[7:0];
   assign \i__payload[1]  = i__payload[15:8];
   assign \i__payload[2]  = i__payload[23:16];
@@ -36506,12 +36494,12 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   assign \o__payload[1]  = o__payload[31:16];
   assign \o__payload[2]  = o__payload[47:32];
   assign \o__payload[3]  = o__payload[63:48];
-  assign \o__payload$203[0]  = \o__payload$203 [7:0];
-  assign \o__payload$203[1]  = \o__payload$203 [15:8];
-  assign \o__payload$203[2]  = \o__payload$203 [23:16];
-  assign \o__payload$203[3]  = \o__payload$203 [31:24];
-  assign \o__payload$217.data  = \o__payload$217 [7:0];
-  assign \o__payload$217.last  = \o__payload$217 [8];
+  assign \o__payload$201[0]  = \o__payload$201 [7:0];
+  assign \o__payload$201[1]  = \o__payload$201 [15:8];
+  assign \o__payload$201[2]  = \o__payload$201 [23:16];
+  assign \o__payload$201[3]  = \o__payload$201 [31:24];
+  assign \o__payload$218.data  = \o__payload$218 [7:0];
+  assign \o__payload$218.last  = \o__payload$218 [8];
   assign \beat__payload.data  = beat__payload[511:0];
   assign \beat__payload.err  = beat__payload[512];
   assign \req__payload.addr  = req__payload[31:0];
@@ -36545,17 +36533,17 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   assign \p__payload.e[6]  = beat__payload[425:420];
   assign \p__payload.e[7]  = beat__payload[431:426];
   assign \p__payload.out_bits  = beat__payload[437:432];
-  assign \a__payload$424.data  = \a__payload$424 [80:0];
-  assign \a__payload$424.data[0]  = \a__payload$424 [8:0];
-  assign \a__payload$424.data[1]  = \a__payload$424 [17:9];
-  assign \a__payload$424.data[2]  = \a__payload$424 [26:18];
-  assign \a__payload$424.data[3]  = \a__payload$424 [35:27];
-  assign \a__payload$424.data[4]  = \a__payload$424 [44:36];
-  assign \a__payload$424.data[5]  = \a__payload$424 [53:45];
-  assign \a__payload$424.data[6]  = \a__payload$424 [62:54];
-  assign \a__payload$424.data[7]  = \a__payload$424 [71:63];
-  assign \a__payload$424.data[8]  = \a__payload$424 [80:72];
-  assign \a__payload$424.last  = \a__payload$424 [81];
+  assign \a__payload$422.data  = \a__payload$422 [80:0];
+  assign \a__payload$422.data[0]  = \a__payload$422 [8:0];
+  assign \a__payload$422.data[1]  = \a__payload$422 [17:9];
+  assign \a__payload$422.data[2]  = \a__payload$422 [26:18];
+  assign \a__payload$422.data[3]  = \a__payload$422 [35:27];
+  assign \a__payload$422.data[4]  = \a__payload$422 [44:36];
+  assign \a__payload$422.data[5]  = \a__payload$422 [53:45];
+  assign \a__payload$422.data[6]  = \a__payload$422 [62:54];
+  assign \a__payload$422.data[7]  = \a__payload$422 [71:63];
+  assign \a__payload$422.data[8]  = \a__payload$422 [80:72];
+  assign \a__payload$422.last  = \a__payload$422 [81];
   assign \w__payload[0]  = w__payload[7:0];
   assign \w__payload[1]  = w__payload[15:8];
   assign \w__payload[2]  = w__payload[23:16];
@@ -36564,30 +36552,30 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   assign \w__payload[5]  = w__payload[47:40];
   assign \w__payload[6]  = w__payload[55:48];
   assign \w__payload[7]  = w__payload[63:56];
-  assign \o__payload$437[0]  = \w_data$436 [31:0];
-  assign \o__payload$437[1]  = \w_data$436 [63:32];
-  assign \o__payload$437[2]  = \w_data$436 [95:64];
-  assign \o__payload$437[3]  = \w_data$436 [127:96];
-  assign \o__payload$437[4]  = \w_data$436 [159:128];
-  assign \o__payload$437[5]  = \w_data$436 [191:160];
-  assign \o__payload$437[6]  = \w_data$436 [223:192];
-  assign \o__payload$437[7]  = \w_data$436 [255:224];
-  assign \req__payload$464.addr  = \req__payload$464 [31:0];
-  assign \req__payload$464.lb  = \req__payload$464 [34:32];
+  assign \o__payload$435[0]  = \w_data$434 [31:0];
+  assign \o__payload$435[1]  = \w_data$434 [63:32];
+  assign \o__payload$435[2]  = \w_data$434 [95:64];
+  assign \o__payload$435[3]  = \w_data$434 [127:96];
+  assign \o__payload$435[4]  = \w_data$434 [159:128];
+  assign \o__payload$435[5]  = \w_data$434 [191:160];
+  assign \o__payload$435[6]  = \w_data$434 [223:192];
+  assign \o__payload$435[7]  = \w_data$434 [255:224];
+  assign \req__payload$465.addr  = \req__payload$465 [31:0];
+  assign \req__payload$465.lb  = \req__payload$465 [34:32];
   assign \i__payload$479.data  = \i__payload$479 [15:0];
   assign \i__payload$479.last  = \i__payload$479 [16];
-  assign \i__payload$479 [16] = \r_data$237 [16];
-  assign \i__payload$479 [15:0] = \r_data$237 [15:0];
-  assign \req__payload$464 [34:32] = \$362 ;
-  assign \req__payload$464 [31:0] = \$352 ;
+  assign \i__payload$479 [16] = \r_data$246 [16];
+  assign \i__payload$479 [15:0] = \r_data$246 [15:0];
+  assign \req__payload$465 [34:32] = \$369 ;
+  assign \req__payload$465 [31:0] = \$359 ;
   assign i__payload[31:24] = r_data[55:48];
   assign i__payload[23:16] = r_data[39:32];
   assign i__payload[15:8] = r_data[23:16];
   assign i__payload[7:0] = r_data[7:0];
-  assign \b__payload$195 [63:48] = r_data[127:112];
-  assign \b__payload$195 [47:32] = r_data[111:96];
-  assign \b__payload$195 [31:16] = r_data[95:80];
-  assign \b__payload$195 [15:0] = r_data[79:64];
+  assign \b__payload$193 [63:48] = r_data[127:112];
+  assign \b__payload$193 [47:32] = r_data[111:96];
+  assign \b__payload$193 [31:16] = r_data[95:80];
+  assign \b__payload$193 [15:0] = r_data[79:64];
   assign a__payload[63:48] = r_data[63:48];
   assign a__payload[47:32] = r_data[47:32];
   assign a__payload[31:16] = r_data[31:16];
@@ -36610,57 +36598,58 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   assign \$57  = { ins[159], ins[159:142] };
   assign \$58  = { ins[159:142], 3'h0 };
   assign \$60  = { ins[177:160], 3'h0 };
-  assign { \$83 [3], \$83 [1:0] } = 3'h0;
-  assign \$83 [2] = ins[10];
-  assign \$84  = ins[10];
-  assign { \$86 [3], \$86 [1:0] } = 3'h0;
-  assign \$86 [2] = ins[10];
-  assign \$87  = ins[10];
-  assign { \$89 [3], \$89 [1:0] } = 3'h0;
-  assign \$89 [2] = ins[10];
-  assign \$90  = ins[10];
-  assign { \$92 [3], \$92 [1:0] } = 3'h0;
-  assign \$92 [2] = ins[10];
-  assign \$93  = ins[10];
-  assign \$133 [3:1] = 3'h0;
-  assign \$133 [0] = ins[8];
-  assign \$134  = ins[8];
-  assign \$136 [3:1] = 3'h0;
-  assign \$136 [0] = ins[8];
-  assign \$137  = ins[8];
-  assign \$139 [3:1] = 3'h0;
-  assign \$139 [0] = ins[8];
-  assign \$140  = ins[8];
-  assign \$142 [3:1] = 3'h0;
-  assign \$142 [0] = ins[8];
-  assign \$143  = ins[8];
-  assign \$145 [3:1] = 3'h0;
-  assign \$145 [0] = ins[8];
-  assign \$146  = ins[8];
-  assign \$148 [3:1] = 3'h0;
-  assign \$148 [0] = ins[8];
-  assign \$149  = ins[8];
-  assign \$151 [3:1] = 3'h0;
-  assign \$151 [0] = ins[8];
-  assign \$152  = ins[8];
-  assign \$341  = 1'h0;
+  assign \$120 [3:1] = 3'h0;
+  assign \$120 [0] = ins[8];
+  assign \$121  = ins[8];
+  assign \$123 [3:1] = 3'h0;
+  assign \$123 [0] = ins[8];
+  assign \$124  = ins[8];
+  assign \$126 [3:1] = 3'h0;
+  assign \$126 [0] = ins[8];
+  assign \$127  = ins[8];
+  assign \$129 [3:1] = 3'h0;
+  assign \$129 [0] = ins[8];
+  assign \$130  = ins[8];
+  assign \$132 [3:1] = 3'h0;
+  assign \$132 [0] = ins[8];
+  assign \$133  = ins[8];
+  assign \$135 [3:1] = 3'h0;
+  assign \$135 [0] = ins[8];
+  assign \$136  = ins[8];
+  assign \$138 [3:1] = 3'h0;
+  assign \$138 [0] = ins[8];
+  assign \$139  = ins[8];
+  assign { \$319 [3], \$319 [1:0] } = 3'h0;
+  assign \$319 [2] = ins[10];
+  assign \$320  = ins[10];
+  assign { \$322 [3], \$322 [1:0] } = 3'h0;
+  assign \$322 [2] = ins[10];
+  assign \$323  = ins[10];
+  assign { \$325 [3], \$325 [1:0] } = 3'h0;
+  assign \$325 [2] = ins[10];
+  assign \$326  = ins[10];
+  assign { \$328 [3], \$328 [1:0] } = 3'h0;
+  assign \$328 [2] = ins[10];
+  assign \$329  = ins[10];
   assign \$348  = 1'h0;
-  assign \$349  = \$347 ;
-  assign \$358  = 1'h0;
-  assign \$359  = \$357 ;
-  assign \$363  = in_fetch;
-  assign \$367  = unit_rst;
-  assign \$475  = { 19'h00000, \$474 [32:19] };
-  assign \$476  = { 3'h0, dec_n2p[16:3] };
-  assign \$481  = { 1'h0, dec_nt, 6'h00 };
-  assign \$483 [5:0] = 6'h00;
-  assign \$483 [31:6] = { 8'h00, \$482 [23:6] };
-  assign \$487  = { 1'h0, dec_mt_last };
-  assign \$488  = { dec_mt_last, 3'h0 };
-  assign \$491  = { dec_nt_last, 3'h0 };
-  assign \$493 [2:0] = 3'h0;
-  assign \$493 [3] = ins[11];
-  assign \$494  = ins[11];
+  assign \$355  = 1'h0;
+  assign \$356  = \$354 ;
+  assign \$365  = 1'h0;
+  assign \$366  = \$364 ;
+  assign \$370  = in_fetch;
+  assign \$374  = unit_rst;
+  assign \$482  = { 19'h00000, \$481 [32:19] };
+  assign \$483  = { 3'h0, dec_n2p[16:3] };
+  assign \$488  = { 1'h0, dec_nt, 6'h00 };
+  assign \$490 [5:0] = 6'h00;
+  assign \$490 [31:6] = { 8'h00, \$489 [23:6] };
+  assign \$495  = { 15'h0000, dec_tiles_hi, 16'h0000 };
+  assign \$497  = { 1'h0, dec_mt_last };
+  assign \$498  = { dec_mt_last, 3'h0 };
+  assign \$501  = { dec_nt_last, 3'h0 };
+  assign \$503 [2:0] = 3'h0;
+  assign \$503 [3] = ins[11];
+  assign \$504  = ins[11];
   assign \$52  = \$51 ;
 endmodule
 
@@ -41210,10 +41199,10 @@ module \accelerator.core.add (o__ready, a__ready, b__ready, o__payload, a__paylo
   \accelerator.core.add.out_queue  out_queue (
     .add_d_clk(add_d_clk),
     .add_d_rst(add_d_rst),
-    .\port$11681$0 (l0s_s2_o),
-    .\port$11773$0 (l1s_s2_o),
-    .\port$11865$0 (l2s_s2_o),
-    .\port$11957$0 (l3s_s2_o),
+    .\port$11690$0 (l0s_s2_o),
+    .\port$11782$0 (l1s_s2_o),
+    .\port$11874$0 (l2s_s2_o),
+    .\port$11966$0 (l3s_s2_o),
     .r_data(o__payload),
     .r_en(o__ready),
     .r_rdy(o__valid),
@@ -42411,7 +42400,7 @@ module \accelerator.core.add (o__ready, a__ready, b__ready, o__payload, a__paylo
 endmodule
 
 (* generator = "Amaranth" *)
-module \accelerator.core.add.out_queue (r_en, r_data, add_d_rst, \port$11681$0 , \port$11773$0 , \port$11865$0 , \port$11957$0 , w_en, r_rdy, add_d_clk);
+module \accelerator.core.add.out_queue (r_en, r_data, add_d_rst, \port$11690$0 , \port$11782$0 , \port$11874$0 , \port$11966$0 , w_en, r_rdy, add_d_clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$57  = 0;
   wire \$1 ;
   wire \$10 ;
@@ -42456,14 +42445,14 @@ module \accelerator.core.add.out_queue (r_en, r_data, add_d_rst, \port$11681$0 ,
   reg [3:0] inner_level = 4'h0;
   wire inner_r_rdy;
   wire [3:0] level;
-  input [15:0] \port$11681$0 ;
-  wire [15:0] \port$11681$0 ;
-  input [15:0] \port$11773$0 ;
-  wire [15:0] \port$11773$0 ;
-  input [15:0] \port$11865$0 ;
-  wire [15:0] \port$11865$0 ;
-  input [15:0] \port$11957$0 ;
-  wire [15:0] \port$11957$0 ;
+  input [15:0] \port$11690$0 ;
+  wire [15:0] \port$11690$0 ;
+  input [15:0] \port$11782$0 ;
+  wire [15:0] \port$11782$0 ;
+  input [15:0] \port$11874$0 ;
+  wire [15:0] \port$11874$0 ;
+  input [15:0] \port$11966$0 ;
+  wire [15:0] \port$11966$0 ;
   (* init = 4'h0 *)
   wire [3:0] produce;
   output [63:0] r_data;
@@ -42502,7 +42491,7 @@ module \accelerator.core.add.out_queue (r_en, r_data, add_d_rst, \port$11681$0 ,
   end
   always @(posedge add_d_clk) begin
     if (w_port__en)
-      storage[w_port__addr] <= { \port$11957$0 , \port$11865$0 , \port$11773$0 , \port$11681$0  };
+      storage[w_port__addr] <= { \port$11966$0 , \port$11874$0 , \port$11782$0 , \port$11690$0  };
   end
   reg [63:0] _0_;
   always @(posedge add_d_clk) begin
@@ -42602,8 +42591,8 @@ module \accelerator.core.add.out_queue (r_en, r_data, add_d_rst, \port$11681$0 ,
   assign level = \$3 [3:0];
   assign r_level = \$3 [3:0];
   assign produce = w_port__addr;
-  assign w_port__data = { \port$11957$0 , \port$11865$0 , \port$11773$0 , \port$11681$0  };
-  assign w_data = { \port$11957$0 , \port$11865$0 , \port$11773$0 , \port$11681$0  };
+  assign w_port__data = { \port$11966$0 , \port$11874$0 , \port$11782$0 , \port$11690$0  };
+  assign w_data = { \port$11966$0 , \port$11874$0 , \port$11782$0 , \port$11690$0  };
   assign consume = r_port__addr;
   assign r_port__data = r_data;
 endmodule
@@ -50100,10 +50089,10 @@ module \accelerator.core.gelu0 (o__ready, go, o__payload, i__payload, i__valid, 
   \accelerator.core.gelu0.out_queue  out_queue (
     .gelu0_d_clk(gelu0_d_clk),
     .gelu0_d_rst(gelu0_d_rst),
-    .\port$12190$0 (l0_s27_o),
-    .\port$12376$0 (l1_s27_o),
-    .\port$12562$0 (l2_s27_o),
-    .\port$12748$0 (l3_s27_o),
+    .\port$12199$0 (l0_s27_o),
+    .\port$12385$0 (l1_s27_o),
+    .\port$12571$0 (l2_s27_o),
+    .\port$12757$0 (l3_s27_o),
     .r_data(o__payload),
     .r_en(o__ready),
     .r_rdy(o__valid),
@@ -52063,7 +52052,7 @@ module \accelerator.core.gelu0 (o__ready, go, o__payload, i__payload, i__valid, 
 endmodule
 
 (* generator = "Amaranth" *)
-module \accelerator.core.gelu0.out_queue (r_en, r_data, gelu0_d_rst, \port$12190$0 , \port$12376$0 , \port$12562$0 , \port$12748$0 , w_en, r_rdy, gelu0_d_clk);
+module \accelerator.core.gelu0.out_queue (r_en, r_data, gelu0_d_rst, \port$12199$0 , \port$12385$0 , \port$12571$0 , \port$12757$0 , w_en, r_rdy, gelu0_d_clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$61  = 0;
   wire \$1 ;
   wire \$10 ;
@@ -52108,14 +52097,14 @@ module \accelerator.core.gelu0.out_queue (r_en, r_data, gelu0_d_rst, \port$12190
   reg [4:0] inner_level = 5'h00;
   wire inner_r_rdy;
   wire [4:0] level;
-  input [7:0] \port$12190$0 ;
-  wire [7:0] \port$12190$0 ;
-  input [7:0] \port$12376$0 ;
-  wire [7:0] \port$12376$0 ;
-  input [7:0] \port$12562$0 ;
-  wire [7:0] \port$12562$0 ;
-  input [7:0] \port$12748$0 ;
-  wire [7:0] \port$12748$0 ;
+  input [7:0] \port$12199$0 ;
+  wire [7:0] \port$12199$0 ;
+  input [7:0] \port$12385$0 ;
+  wire [7:0] \port$12385$0 ;
+  input [7:0] \port$12571$0 ;
+  wire [7:0] \port$12571$0 ;
+  input [7:0] \port$12757$0 ;
+  wire [7:0] \port$12757$0 ;
   (* init = 5'h00 *)
   wire [4:0] produce;
   output [31:0] r_data;
@@ -52170,7 +52159,7 @@ module \accelerator.core.gelu0.out_queue (r_en, r_data, gelu0_d_rst, \port$12190
   end
   always @(posedge gelu0_d_clk) begin
     if (w_port__en)
-      storage[w_port__addr] <= { \port$12748$0 , \port$12562$0 , \port$12376$0 , \port$12190$0  };
+      storage[w_port__addr] <= { \port$12757$0 , \port$12571$0 , \port$12385$0 , \port$12199$0  };
   end
   reg [31:0] _0_;
   always @(posedge gelu0_d_clk) begin
@@ -52270,8 +52259,8 @@ module \accelerator.core.gelu0.out_queue (r_en, r_data, gelu0_d_rst, \port$12190
   assign level = \$3 [4:0];
   assign r_level = \$3 [4:0];
   assign produce = w_port__addr;
-  assign w_port__data = { \port$12748$0 , \port$12562$0 , \port$12376$0 , \port$12190$0  };
-  assign w_data = { \port$12748$0 , \port$12562$0 , \port$12376$0 , \port$12190$0  };
+  assign w_port__data = { \port$12757$0 , \port$12571$0 , \port$12385$0 , \port$12199$0  };
+  assign w_data = { \port$12757$0 , \port$12571$0 , \port$12385$0 , \port$12199$0  };
   assign consume = r_port__addr;
   assign r_port__data = r_data;
 endmodule
@@ -68169,7 +68158,7 @@ module \accelerator.core.norm_out_slice (rst, w_en, w_port__data, r_en, w_rdy, r
 endmodule
 
 (* generator = "Amaranth" *)
-module \accelerator.core.pack_slice (rst, w_rdy, r_rdy, r_data, r_en, unit_rst, w_en, \port$9178$0 , \port$9180$0 , \port$9182$0 , \port$9184$0 , \port$9186$0 , \port$9188$0 , \port$9190$0 , \port$9192$0 , clk);
+module \accelerator.core.pack_slice (rst, w_rdy, r_rdy, r_data, r_en, unit_rst, w_en, \port$9187$0 , \port$9189$0 , \port$9191$0 , \port$9193$0 , \port$9195$0 , \port$9197$0 , \port$9199$0 , \port$9201$0 , clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$73  = 0;
   wire \$1 ;
   wire \$10 ;
@@ -68193,22 +68182,22 @@ module \accelerator.core.pack_slice (rst, w_rdy, r_rdy, r_data, r_en, unit_rst, 
   (* init = 1'h0 *)
   wire consume;
   reg [1:0] level = 2'h0;
-  input [15:0] \port$9178$0 ;
-  wire [15:0] \port$9178$0 ;
-  input [15:0] \port$9180$0 ;
-  wire [15:0] \port$9180$0 ;
-  input [15:0] \port$9182$0 ;
-  wire [15:0] \port$9182$0 ;
-  input [15:0] \port$9184$0 ;
-  wire [15:0] \port$9184$0 ;
-  input [15:0] \port$9186$0 ;
-  wire [15:0] \port$9186$0 ;
-  input [15:0] \port$9188$0 ;
-  wire [15:0] \port$9188$0 ;
-  input [15:0] \port$9190$0 ;
-  wire [15:0] \port$9190$0 ;
-  input [15:0] \port$9192$0 ;
-  wire [15:0] \port$9192$0 ;
+  input [15:0] \port$9187$0 ;
+  wire [15:0] \port$9187$0 ;
+  input [15:0] \port$9189$0 ;
+  wire [15:0] \port$9189$0 ;
+  input [15:0] \port$9191$0 ;
+  wire [15:0] \port$9191$0 ;
+  input [15:0] \port$9193$0 ;
+  wire [15:0] \port$9193$0 ;
+  input [15:0] \port$9195$0 ;
+  wire [15:0] \port$9195$0 ;
+  input [15:0] \port$9197$0 ;
+  wire [15:0] \port$9197$0 ;
+  input [15:0] \port$9199$0 ;
+  wire [15:0] \port$9199$0 ;
+  input [15:0] \port$9201$0 ;
+  wire [15:0] \port$9201$0 ;
   (* init = 1'h0 *)
   wire produce;
   output [127:0] r_data;
@@ -68242,7 +68231,7 @@ module \accelerator.core.pack_slice (rst, w_rdy, r_rdy, r_data, r_en, unit_rst, 
   end
   always @(posedge clk) begin
     if (w_port__en)
-      storage[w_port__addr] <= { \port$9192$0 , \port$9190$0 , \port$9188$0 , \port$9186$0 , \port$9184$0 , \port$9182$0 , \port$9180$0 , \port$9178$0  };
+      storage[w_port__addr] <= { \port$9201$0 , \port$9199$0 , \port$9197$0 , \port$9195$0 , \port$9193$0 , \port$9191$0 , \port$9189$0 , \port$9187$0  };
   end
   assign r_data = storage[r_port__addr];
   assign w_rdy = level != 2'h2;
@@ -68313,14 +68302,14 @@ module \accelerator.core.pack_slice (rst, w_rdy, r_rdy, r_data, r_en, unit_rst, 
   assign w_level = level;
   assign r_level = level;
   assign produce = w_port__addr;
-  assign w_port__data = { \port$9192$0 , \port$9190$0 , \port$9188$0 , \port$9186$0 , \port$9184$0 , \port$9182$0 , \port$9180$0 , \port$9178$0  };
-  assign w_data = { \port$9192$0 , \port$9190$0 , \port$9188$0 , \port$9186$0 , \port$9184$0 , \port$9182$0 , \port$9180$0 , \port$9178$0  };
+  assign w_port__data = { \port$9201$0 , \port$9199$0 , \port$9197$0 , \port$9195$0 , \port$9193$0 , \port$9191$0 , \port$9189$0 , \port$9187$0  };
+  assign w_data = { \port$9201$0 , \port$9199$0 , \port$9197$0 , \port$9195$0 , \port$9193$0 , \port$9191$0 , \port$9189$0 , \port$9187$0  };
   assign consume = r_port__addr;
   assign r_port__data = r_data;
 endmodule
 
 (* generator = "Amaranth" *)
-module \accelerator.core.q_src0 (rst, r_en, r_rdy, r_data, w_en, \port$8983$0 , \port$8985$0 , unit_rst, clk);
+module \accelerator.core.q_src0 (rst, r_en, r_rdy, r_data, w_en, \port$8990$0 , \port$8992$0 , unit_rst, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$74  = 0;
   wire \$1 ;
   wire \$10 ;
@@ -68348,10 +68337,10 @@ module \accelerator.core.q_src0 (rst, r_en, r_rdy, r_data, w_en, \port$8983$0 , 
   (* init = 3'h0 *)
   wire [2:0] consume;
   reg [2:0] level = 3'h0;
-  input [15:0] \port$8983$0 ;
-  wire [15:0] \port$8983$0 ;
-  input [2:0] \port$8985$0 ;
-  wire [2:0] \port$8985$0 ;
+  input [15:0] \port$8990$0 ;
+  wire [15:0] \port$8990$0 ;
+  input [2:0] \port$8992$0 ;
+  wire [2:0] \port$8992$0 ;
   (* init = 3'h0 *)
   wire [2:0] produce;
   output [18:0] r_data;
@@ -68387,7 +68376,7 @@ module \accelerator.core.q_src0 (rst, r_en, r_rdy, r_data, w_en, \port$8983$0 , 
   end
   always @(posedge clk) begin
     if (w_port__en)
-      storage[w_port__addr] <= { \port$8985$0 , \port$8983$0  };
+      storage[w_port__addr] <= { \port$8992$0 , \port$8990$0  };
   end
   assign r_data = storage[r_port__addr];
   assign w_rdy = level != 3'h5;
@@ -68462,14 +68451,14 @@ module \accelerator.core.q_src0 (rst, r_en, r_rdy, r_data, w_en, \port$8983$0 , 
   assign w_level = level;
   assign r_level = level;
   assign produce = w_port__addr;
-  assign w_port__data = { \port$8985$0 , \port$8983$0  };
-  assign w_data = { \port$8985$0 , \port$8983$0  };
+  assign w_port__data = { \port$8992$0 , \port$8990$0  };
+  assign w_data = { \port$8992$0 , \port$8990$0  };
   assign consume = r_port__addr;
   assign r_port__data = r_data;
 endmodule
 
 (* generator = "Amaranth" *)
-module \accelerator.core.q_src1 (rst, r_rdy, r_data, r_en, w_en, \port$8992$0 , \port$8994$0 , unit_rst, clk);
+module \accelerator.core.q_src1 (rst, r_rdy, r_data, r_en, w_en, \port$8999$0 , \port$9001$0 , unit_rst, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$75  = 0;
   wire \$1 ;
   wire \$10 ;
@@ -68497,10 +68486,10 @@ module \accelerator.core.q_src1 (rst, r_rdy, r_data, r_en, w_en, \port$8992$0 , 
   (* init = 3'h0 *)
   wire [2:0] consume;
   reg [2:0] level = 3'h0;
-  input [15:0] \port$8992$0 ;
-  wire [15:0] \port$8992$0 ;
-  input [2:0] \port$8994$0 ;
-  wire [2:0] \port$8994$0 ;
+  input [15:0] \port$8999$0 ;
+  wire [15:0] \port$8999$0 ;
+  input [2:0] \port$9001$0 ;
+  wire [2:0] \port$9001$0 ;
   (* init = 3'h0 *)
   wire [2:0] produce;
   output [18:0] r_data;
@@ -68536,7 +68525,7 @@ module \accelerator.core.q_src1 (rst, r_rdy, r_data, r_en, w_en, \port$8992$0 , 
   end
   always @(posedge clk) begin
     if (w_port__en)
-      storage[w_port__addr] <= { \port$8994$0 , \port$8992$0  };
+      storage[w_port__addr] <= { \port$9001$0 , \port$8999$0  };
   end
   assign r_data = storage[r_port__addr];
   assign w_rdy = level != 3'h5;
@@ -68611,8 +68600,8 @@ module \accelerator.core.q_src1 (rst, r_rdy, r_data, r_en, w_en, \port$8992$0 , 
   assign w_level = level;
   assign r_level = level;
   assign produce = w_port__addr;
-  assign w_port__data = { \port$8994$0 , \port$8992$0  };
-  assign w_data = { \port$8994$0 , \port$8992$0  };
+  assign w_port__data = { \port$9001$0 , \port$8999$0  };
+  assign w_data = { \port$9001$0 , \port$8999$0  };
   assign consume = r_port__addr;
   assign r_port__data = r_data;
 endmodule
@@ -68871,9 +68860,9 @@ module \accelerator.core.reader (rst, w_en, \r_en$23 , ar__valid, r__ready, idle
   );
   \accelerator.core.reader.shapes  shapes (
     .clk(clk),
-    .\port$1341$0 (\$13 [4:0]),
-    .\port$1342$0 (\$14 ),
-    .\port$1485$0 (r_data[2:0]),
+    .\port$1350$0 (\$13 [4:0]),
+    .\port$1351$0 (\$14 ),
+    .\port$1494$0 (r_data[2:0]),
     .r_data(\r_data$30 ),
     .r_en(\r_en$44 ),
     .r_rdy(\r_rdy$26 ),
@@ -69329,7 +69318,7 @@ module \accelerator.core.reader.req_slice (rst, w_en, r_en, w_rdy, r_rdy, r_data
 endmodule
 
 (* generator = "Amaranth" *)
-module \accelerator.core.reader.shapes (rst, w_en, \port$1341$0 , \port$1342$0 , w_rdy, r_data, \port$1485$0 , r_en, r_rdy, clk);
+module \accelerator.core.reader.shapes (rst, w_en, \port$1350$0 , \port$1351$0 , w_rdy, r_data, \port$1494$0 , r_en, r_rdy, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$79  = 0;
   wire \$1 ;
   wire \$10 ;
@@ -69371,12 +69360,12 @@ module \accelerator.core.reader.shapes (rst, w_en, \port$1341$0 , \port$1342$0 ,
   reg [3:0] inner_level = 4'h0;
   wire inner_r_rdy;
   wire [4:0] level;
-  input [4:0] \port$1341$0 ;
-  wire [4:0] \port$1341$0 ;
-  input \port$1342$0 ;
-  wire \port$1342$0 ;
-  input [2:0] \port$1485$0 ;
-  wire [2:0] \port$1485$0 ;
+  input [4:0] \port$1350$0 ;
+  wire [4:0] \port$1350$0 ;
+  input \port$1351$0 ;
+  wire \port$1351$0 ;
+  input [2:0] \port$1494$0 ;
+  wire [2:0] \port$1494$0 ;
   (* init = 4'h0 *)
   wire [3:0] produce;
   output [8:0] r_data;
@@ -69420,7 +69409,7 @@ module \accelerator.core.reader.shapes (rst, w_en, \port$1341$0 , \port$1342$0 ,
   end
   always @(posedge clk) begin
     if (w_port__en)
-      storage[w_port__addr] <= { \port$1342$0 , \port$1341$0 , \port$1485$0  };
+      storage[w_port__addr] <= { \port$1351$0 , \port$1350$0 , \port$1494$0  };
   end
   reg [8:0] _0_;
   always @(posedge clk) begin
@@ -69519,8 +69508,8 @@ module \accelerator.core.reader.shapes (rst, w_en, \port$1341$0 , \port$1342$0 ,
   assign level = w_level;
   assign r_level = w_level;
   assign produce = w_port__addr;
-  assign w_port__data = { \port$1342$0 , \port$1341$0 , \port$1485$0  };
-  assign w_data = { \port$1342$0 , \port$1341$0 , \port$1485$0  };
+  assign w_port__data = { \port$1351$0 , \port$1350$0 , \port$1494$0  };
+  assign w_data = { \port$1351$0 , \port$1350$0 , \port$1494$0  };
   assign consume = r_port__addr;
   assign r_port__data = r_data;
 endmodule
@@ -73136,7 +73125,7 @@ module \accelerator.core.unpack_slice (rst, w_en, w_port__data, w_rdy, r_rdy, r_
 endmodule
 
 (* generator = "Amaranth" *)
-module \accelerator.core.w_beat_slice (rst, w_rdy, r_rdy, r_data, \port$8813$0 , \port$8814$0 , \port$8815$0 , \port$8816$0 , \port$8817$0 , \port$8818$0 , \port$8819$0 , \port$8820$0 , w_en, r_en, in_decode, unit_rst, clk);
+module \accelerator.core.w_beat_slice (rst, w_rdy, r_rdy, r_data, \port$8819$0 , \port$8820$0 , \port$8821$0 , \port$8822$0 , \port$8823$0 , \port$8824$0 , \port$8825$0 , \port$8826$0 , w_en, r_en, in_decode, unit_rst, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$84  = 0;
   wire \$1 ;
   wire \$10 ;
@@ -73163,22 +73152,22 @@ module \accelerator.core.w_beat_slice (rst, w_rdy, r_rdy, r_data, \port$8813$0 ,
   input in_decode;
   wire in_decode;
   reg [1:0] level = 2'h0;
-  input [7:0] \port$8813$0 ;
-  wire [7:0] \port$8813$0 ;
-  input [7:0] \port$8814$0 ;
-  wire [7:0] \port$8814$0 ;
-  input [7:0] \port$8815$0 ;
-  wire [7:0] \port$8815$0 ;
-  input [7:0] \port$8816$0 ;
-  wire [7:0] \port$8816$0 ;
-  input [7:0] \port$8817$0 ;
-  wire [7:0] \port$8817$0 ;
-  input [7:0] \port$8818$0 ;
-  wire [7:0] \port$8818$0 ;
   input [7:0] \port$8819$0 ;
   wire [7:0] \port$8819$0 ;
   input [7:0] \port$8820$0 ;
   wire [7:0] \port$8820$0 ;
+  input [7:0] \port$8821$0 ;
+  wire [7:0] \port$8821$0 ;
+  input [7:0] \port$8822$0 ;
+  wire [7:0] \port$8822$0 ;
+  input [7:0] \port$8823$0 ;
+  wire [7:0] \port$8823$0 ;
+  input [7:0] \port$8824$0 ;
+  wire [7:0] \port$8824$0 ;
+  input [7:0] \port$8825$0 ;
+  wire [7:0] \port$8825$0 ;
+  input [7:0] \port$8826$0 ;
+  wire [7:0] \port$8826$0 ;
   (* init = 1'h0 *)
   wire produce;
   output [63:0] r_data;
@@ -73212,7 +73201,7 @@ module \accelerator.core.w_beat_slice (rst, w_rdy, r_rdy, r_data, \port$8813$0 ,
   end
   always @(posedge clk) begin
     if (w_port__en)
-      storage[w_port__addr] <= { \port$8820$0 , \port$8819$0 , \port$8818$0 , \port$8817$0 , \port$8816$0 , \port$8815$0 , \port$8814$0 , \port$8813$0  };
+      storage[w_port__addr] <= { \port$8826$0 , \port$8825$0 , \port$8824$0 , \port$8823$0 , \port$8822$0 , \port$8821$0 , \port$8820$0 , \port$8819$0  };
   end
   assign r_data = storage[r_port__addr];
   assign w_rdy = level != 2'h2;
@@ -73284,8 +73273,8 @@ module \accelerator.core.w_beat_slice (rst, w_rdy, r_rdy, r_data, \port$8813$0 ,
   assign w_level = level;
   assign r_level = level;
   assign produce = w_port__addr;
-  assign w_port__data = { \port$8820$0 , \port$8819$0 , \port$8818$0 , \port$8817$0 , \port$8816$0 , \port$8815$0 , \port$8814$0 , \port$8813$0  };
-  assign w_data = { \port$8820$0 , \port$8819$0 , \port$8818$0 , \port$8817$0 , \port$8816$0 , \port$8815$0 , \port$8814$0 , \port$8813$0  };
+  assign w_port__data = { \port$8826$0 , \port$8825$0 , \port$8824$0 , \port$8823$0 , \port$8822$0 , \port$8821$0 , \port$8820$0 , \port$8819$0  };
+  assign w_data = { \port$8826$0 , \port$8825$0 , \port$8824$0 , \port$8823$0 , \port$8822$0 , \port$8821$0 , \port$8820$0 , \port$8819$0  };
   assign consume = r_port__addr;
   assign r_port__data = r_data;
 endmodule
