@@ -55,7 +55,7 @@ from .addrgen import AddrGen
 from .compiler import AccelConfig, c_layout
 from .extmem import ExtReader, ExtWriter, read_port, write_port
 from .compiler import p_layout, w_layout
-from .isa import (COUNT_BITS, POST_ADD, POST_GELU, PRE_UNIT, EXT_BITS, FLAG_A_SIGNED, FLAG_EXT_SIGNED, FLAG_PER_IMAGE, FLAG_W_EXT, GEMM_OPS, INSTR_BYTES, LAYOUT, LEVELS,
+from .isa import (ADDR_BITS, COUNT_BITS, POST_ADD, POST_GELU, PRE_UNIT, EXT_BITS, FLAG_A_SIGNED, FLAG_EXT_SIGNED, FLAG_PER_IMAGE, FLAG_W_EXT, GEMM_OPS, INSTR_BYTES, LAYOUT, LEVELS,
                   MOVE_OPS, Opcode, beat_bytes)
 
 __all__ = ["AccelCore", "Error", "CYCLE_BITS"]
@@ -438,8 +438,12 @@ class AccelCore(wiring.Component):
         # reader or writer (the address arithmetic ends here, not in the request slice)
         ext_req = SimpleNamespace(valid=Signal(name="ext_req_valid"), addr=Signal(EXT_BITS, name="ext_req_addr"),
                                   data=Signal(ab, name="ext_req_data"))
+        # a LOAD's element offset (src0's external index times the element size), a stage of its
+        # own in front of ``ext_req``: the queue head's select, the shift and the 32-bit add were
+        # one path (10.31 ns, a seed's critical path)
+        ld_off = SimpleNamespace(valid=Signal(name="ld_off_valid"), addr=Signal(signed(ADDR_BITS + 5), name="ld_off"))
         with m.If(in_decode):
-            m.d.sync += ext_req.valid.eq(0)
+            m.d.sync += [ext_req.valid.eq(0), ld_off.valid.eq(0)]
 
         count_zero = Cat(*[~ins[f"n{d}"].any() for d in range(LEVELS)]).any()
         images_left = Signal(16)
@@ -649,9 +653,12 @@ class AccelCore(wiring.Component):
             with m.Elif(is_op[Opcode.LOAD]):         # src0 walks the external index
                 src = gens["src0"]
                 advance = ~ext_req.valid | reader.req.ready
-                m.d.comb += src.next.eq(src.valid & advance)
+                off_advance = ~ld_off.valid | advance
+                m.d.comb += src.next.eq(src.valid & off_advance)
+                with m.If(off_advance):
+                    m.d.sync += [ld_off.valid.eq(src.valid), ld_off.addr.eq(src.addr << ins.esize)]
                 with m.If(advance):
-                    m.d.sync += [ext_req.valid.eq(src.valid), ext_req.addr.eq(dec.ext_base + (src.addr << ins.esize))]
+                    m.d.sync += [ext_req.valid.eq(ld_off.valid), ext_req.addr.eq(dec.ext_base + ld_off.addr)]
                 with m.If(reader.beat.valid & reader.beat.payload.err):
                     m.d.comb += fault.eq(Error.READ)
             with m.Elif(is_op[Opcode.STORE]):        # dst walks the external index
@@ -712,16 +719,14 @@ class AccelCore(wiring.Component):
                     "gemm": gemm_res_valid}
         m.d.comb += [dst_step.eq(dst.valid & Cat(*[sink_from[k] & v for k, v in sink_has.items()]).any()),
                      dst.next.eq(dst_step), wr.en.eq(dst_step & ~sink_from["store"] & dst_keep)]
-        self._src0_into(m, q0, sink_from, a_from)
+        norm_in_pop = self._src0_into(m, q0, sink_from, a_from, unit_rst)
         # the Softmax's and LayerNorm's results go to dst (their own op) or to operand A (a pre unit)
         norm_to_dst = sink_from["softmax"] | sink_from["layernorm"]
         norm_to_a = a_from["softmax"] | a_from["layernorm"]
         m.d.comb += norm.q.r_en.eq((norm_to_dst & dst.valid) | (norm_to_a & a_in_take))
         # q0's pop: one OR of its consumers (one flag of each is set in STREAM)
         q0_pop = [sink_from["move"] & dst.valid, sink_from["store"] & dst.valid & store_advance,
-                  *[(sink_from[name] | a_from[name]) & unit.i.ready
-                    for name, unit in (("softmax", self.softmax), ("layernorm", self.layernorm))],
-                  q0_to_pack & elems.take, a_from["src0"] & a_in_take]
+                  norm_in_pop, q0_to_pack & elems.take, a_from["src0"] & a_in_take]
         m.d.comb += q0.r_en.eq(q0.r_rdy & Cat(*q0_pop).any())
         with m.If(streaming & writer.err):
             m.d.comb += fault.eq(Error.WRITE)
@@ -743,16 +748,23 @@ class AccelCore(wiring.Component):
         q, data = _flagged_slice(m, "norm_out", units, reset)
         return SimpleNamespace(q=q, data=data)
 
-    def _src0_into(self, m, q0, sink_from, a_from):
+    def _src0_into(self, m, q0, sink_from, a_from, reset):
         """src0's elements (``q0``'s entries: element, row end, ...) into the Softmax (with their
-        row ends) and the LayerNorm, ungated; each unit's valid from the one-hot flags of its
-        op of its own (``sink_from``) or of a GEMM it feeds (``a_from``)."""
+        row ends) and the LayerNorm through one register slice, its payload to both ungated;
+        each unit's valid from the one-hot flags of its op of its own (``sink_from``) or of a
+        GEMM it feeds (``a_from``).  The slice's room, a level register, is what pops ``q0``:
+        the units' input ready (the Softmax's from its row counter) ran through q0's pop into
+        src0's credit counter (9.77 ns, a seed's critical path).  Returns q0's pop."""
         ab = self.accel.act_elem_bits
         sm, ln = self.softmax, self.layernorm
-        m.d.comb += [sm.i.payload.data.eq(q0.r_data[:ab]), sm.i.payload.last.eq(q0.r_data[ab]),
-                     ln.i.payload.eq(q0.r_data[:ab])]
-        for name, unit in (("softmax", sm), ("layernorm", ln)):
-            m.d.comb += unit.i.valid.eq((sink_from[name] | a_from[name]) & q0.r_rdy)
+        flags = [(sink_from[name] | a_from[name], unit) for name, unit in (("softmax", sm), ("layernorm", ln))]
+        in_use = Cat(*[flag for flag, _ in flags]).any()
+        q, data = register_slice(m, "norm_in", in_use & q0.r_rdy, q0.r_data[:ab + 1], None, reset=reset)
+        m.d.comb += [sm.i.payload.data.eq(data[:ab]), sm.i.payload.last.eq(data[ab]), ln.i.payload.eq(data[:ab]),
+                     q.r_en.eq(Cat(*[flag & unit.i.ready for flag, unit in flags]).any())]
+        for flag, unit in flags:
+            m.d.comb += unit.i.valid.eq(flag & q.r_rdy)
+        return in_use & q.w_rdy
 
     def _lanes(self, m, two, elems, q1, s1_data, sink_ready, dst):
         """The GELU and add units take ``lanes`` elements a beat: pack ``elems`` (and, for the
@@ -780,8 +792,12 @@ class AccelCore(wiring.Component):
         m.d.comb += [elems.take.eq(take), q1.r_en.eq(take & two)]
         with m.If(full & beat_q.w_rdy):
             m.d.sync += full.eq(0)
-        with m.If(take):
+        # lane j loads whenever the beat has room, taken or not: it is the lane the next element
+        # fills, so a load without a take is overwritten before the beat is full.  (Under ``take``
+        # its enables were the end of a path from src0's queue level through the take, 10.74 ns.)
+        with m.If(~full | beat_q.w_rdy):
             m.d.sync += [a[j].eq(elems.data), b[j].eq(s1_data)]
+        with m.If(take):
             with m.If(eq_const(j, lanes - 1) | elems.final):
                 m.d.sync += [full.eq(1), j.eq(0)]
             with m.Else():
@@ -1143,7 +1159,15 @@ class AccelCore(wiring.Component):
         dec, rb, cb = self.decoded, R.bit_length(), C.bit_length()
         keep = (((dst.index[1] != dec.mt_last) | (dst.index[3][:rb] < dec.rows_last[:rb]))
                 & ((dst.index[2] != dec.nt_last) | (dst.index[4][:cb] < dec.cols_last[:cb])))
-        lane = res_lanes[dst.index[4]]
+        # the row's element going to dst: a column counter of its own that steps with dst's walk
+        # (level 4, C columns: the walk's index[4] at every point), not the walk's queued index,
+        # whose head select and the C-way select were a seed's critical path (9.58 ns)
+        dst_col = Signal(range(C), name="dst_col")
+        with m.If(restart):
+            m.d.sync += dst_col.eq(0)
+        with m.Elif(seq.dst_step):
+            m.d.sync += dst_col.eq(Mux(dst.last[LEVELS - 1], 0, dst_col + 1))
+        lane = res_lanes[dst_col]
         jc = Signal(range(C), name="post_col")       # the result row's element going to the packer
         with m.If(restart):
             m.d.sync += jc.eq(0)
