@@ -349,20 +349,23 @@ def valid_chain(m, depth: int, fire: Value, name: str = "valid") -> Value:
 
 
 def register_slice(m, name: str, valid: Value, payload, ready: Value | None, reset: Value | None = None,
-                   depth: int = 2):
+                   depth: int = 2, registered_out: bool = False):
     """A register slice on a valid/ready channel: a ``lib.fifo.SyncFIFO`` of ``depth`` entries (2) whose input
     side is connected here (``valid`` and ``payload`` in, ``ready`` driven; with ``ready`` None
     the caller gates ``valid`` with the FIFO's ``w_rdy`` itself).  Its ``w_rdy`` and ``r_rdy``
     come from its level register, so no valid, ready or payload path crosses it
     combinationally, and it still passes one beat a cycle.  ``reset`` empties it.  Returns the
     FIFO and the payload out (a ``lib.data.View`` of the same layout when ``payload`` is one,
-    else ``r_data``): the caller drives ``r_en`` and reads ``r_rdy`` (valid out)."""
+    else ``r_data``): the caller drives ``r_en`` and reads ``r_rdy`` (valid out).
+    ``registered_out``: the payload out comes from flip-flops, not from the LUT-RAM's read
+    (a ``SyncFIFOBuffered`` of ``depth + 1``: one cycle more latency, and ``r_en`` enables
+    the output register), for a payload that feeds logic without a register of its own."""
     from amaranth.hdl import ResetInserter
     from amaranth.lib import data
-    from amaranth.lib.fifo import SyncFIFO
+    from amaranth.lib.fifo import SyncFIFO, SyncFIFOBuffered
 
     value = payload.as_value() if isinstance(payload, data.View) else payload
-    fifo = SyncFIFO(width=len(value), depth=depth)
+    fifo = SyncFIFOBuffered(width=len(value), depth=depth + 1) if registered_out else SyncFIFO(width=len(value), depth=depth)
     m.submodules[f"{name}_slice"] = fifo if reset is None else ResetInserter(reset)(fifo)
     m.d.comb += [fifo.w_en.eq(valid), fifo.w_data.eq(value)]
     if ready is not None:

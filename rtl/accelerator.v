@@ -29931,14 +29931,14 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   );
   \accelerator.core.pack_slice  pack_slice (
     .clk(gemm_d_clk),
-    .\port$9247$0 (pack_a0),
-    .\port$9249$0 (pack_a1),
-    .\port$9251$0 (pack_a2),
-    .\port$9253$0 (pack_a3),
-    .\port$9255$0 (pack_b0),
-    .\port$9257$0 (pack_b1),
-    .\port$9259$0 (pack_b2),
-    .\port$9261$0 (pack_b3),
+    .\port$9267$0 (pack_a0),
+    .\port$9269$0 (pack_a1),
+    .\port$9271$0 (pack_a2),
+    .\port$9273$0 (pack_a3),
+    .\port$9275$0 (pack_b0),
+    .\port$9277$0 (pack_b1),
+    .\port$9279$0 (pack_b2),
+    .\port$9281$0 (pack_b3),
     .r_data(r_data),
     .r_en(r_en),
     .r_rdy(\r_rdy$261 ),
@@ -29949,8 +29949,8 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   );
   \accelerator.core.q_src0  q_src0 (
     .clk(gemm_d_clk),
-    .\port$9046$0 (src0_elem),
-    .\port$9048$0 (src0_held_meta),
+    .\port$9066$0 (src0_elem),
+    .\port$9068$0 (src0_held_meta),
     .r_data(\r_data$247 ),
     .r_en(\r_en$493 ),
     .r_rdy(\r_rdy$269 ),
@@ -29960,8 +29960,8 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   );
   \accelerator.core.q_src1  q_src1 (
     .clk(gemm_d_clk),
-    .\port$9055$0 (src1_elem),
-    .\port$9057$0 (src1_held_meta),
+    .\port$9075$0 (src1_elem),
+    .\port$9077$0 (src1_held_meta),
     .r_data(\r_data$357 ),
     .r_en(\r_en$259 ),
     .r_rdy(r_rdy),
@@ -30031,14 +30031,14 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   \accelerator.core.w_beat_slice  w_beat_slice (
     .clk(gemm_d_clk),
     .in_decode(in_decode),
-    .\port$8875$0 (w_beat0),
-    .\port$8876$0 (w_beat1),
-    .\port$8877$0 (w_beat2),
-    .\port$8878$0 (w_beat3),
-    .\port$8879$0 (w_beat4),
-    .\port$8880$0 (w_beat5),
-    .\port$8881$0 (w_beat6),
-    .\port$8882$0 (w_beat7),
+    .\port$8895$0 (w_beat0),
+    .\port$8896$0 (w_beat1),
+    .\port$8897$0 (w_beat2),
+    .\port$8898$0 (w_beat3),
+    .\port$8899$0 (w_beat4),
+    .\port$8900$0 (w_beat5),
+    .\port$8901$0 (w_beat6),
+    .\port$8902$0 (w_beat7),
     .r_data(\r_data$432 ),
     .r_en(\r_en$429 ),
     .r_rdy(\r_rdy$426 ),
@@ -30057,9 +30057,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     .clk(gemm_d_clk),
     .err(err),
     .idle(\idle$564 ),
+    .req__payload(req__payload),
     .req__ready(\req__ready$478 ),
     .rst(rst),
-    .w_data(req__payload),
     .w_en(req__valid)
   );
   always @* begin
@@ -41310,10 +41310,10 @@ module \accelerator.core.add (o__ready, a__ready, b__ready, o__payload, a__paylo
   \accelerator.core.add.out_queue  out_queue (
     .add_d_clk(add_d_clk),
     .add_d_rst(add_d_rst),
-    .\port$11752$0 (l0s_s2_o),
-    .\port$11844$0 (l1s_s2_o),
-    .\port$11936$0 (l2s_s2_o),
-    .\port$12028$0 (l3s_s2_o),
+    .\port$11774$0 (l0s_s2_o),
+    .\port$11866$0 (l1s_s2_o),
+    .\port$11958$0 (l2s_s2_o),
+    .\port$12050$0 (l3s_s2_o),
     .r_data(o__payload),
     .r_en(o__ready),
     .r_rdy(o__valid),
@@ -42511,7 +42511,7 @@ module \accelerator.core.add (o__ready, a__ready, b__ready, o__payload, a__paylo
 endmodule
 
 (* generator = "Amaranth" *)
-module \accelerator.core.add.out_queue (r_en, r_data, add_d_rst, \port$11752$0 , \port$11844$0 , \port$11936$0 , \port$12028$0 , w_en, r_rdy, add_d_clk);
+module \accelerator.core.add.out_queue (r_en, r_data, add_d_rst, \port$11774$0 , \port$11866$0 , \port$11958$0 , \port$12050$0 , w_en, r_rdy, add_d_clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$57  = 0;
   wire \$1 ;
   wire \$10 ;
@@ -42556,14 +42556,14 @@ module \accelerator.core.add.out_queue (r_en, r_data, add_d_rst, \port$11752$0 ,
   reg [3:0] inner_level = 4'h0;
   wire inner_r_rdy;
   wire [3:0] level;
-  input [15:0] \port$11752$0 ;
-  wire [15:0] \port$11752$0 ;
-  input [15:0] \port$11844$0 ;
-  wire [15:0] \port$11844$0 ;
-  input [15:0] \port$11936$0 ;
-  wire [15:0] \port$11936$0 ;
-  input [15:0] \port$12028$0 ;
-  wire [15:0] \port$12028$0 ;
+  input [15:0] \port$11774$0 ;
+  wire [15:0] \port$11774$0 ;
+  input [15:0] \port$11866$0 ;
+  wire [15:0] \port$11866$0 ;
+  input [15:0] \port$11958$0 ;
+  wire [15:0] \port$11958$0 ;
+  input [15:0] \port$12050$0 ;
+  wire [15:0] \port$12050$0 ;
   (* init = 4'h0 *)
   wire [3:0] produce;
   output [63:0] r_data;
@@ -42602,7 +42602,7 @@ module \accelerator.core.add.out_queue (r_en, r_data, add_d_rst, \port$11752$0 ,
   end
   always @(posedge add_d_clk) begin
     if (w_port__en)
-      storage[w_port__addr] <= { \port$12028$0 , \port$11936$0 , \port$11844$0 , \port$11752$0  };
+      storage[w_port__addr] <= { \port$12050$0 , \port$11958$0 , \port$11866$0 , \port$11774$0  };
   end
   reg [63:0] _0_;
   always @(posedge add_d_clk) begin
@@ -42702,8 +42702,8 @@ module \accelerator.core.add.out_queue (r_en, r_data, add_d_rst, \port$11752$0 ,
   assign level = \$3 [3:0];
   assign r_level = \$3 [3:0];
   assign produce = w_port__addr;
-  assign w_port__data = { \port$12028$0 , \port$11936$0 , \port$11844$0 , \port$11752$0  };
-  assign w_data = { \port$12028$0 , \port$11936$0 , \port$11844$0 , \port$11752$0  };
+  assign w_port__data = { \port$12050$0 , \port$11958$0 , \port$11866$0 , \port$11774$0  };
+  assign w_data = { \port$12050$0 , \port$11958$0 , \port$11866$0 , \port$11774$0  };
   assign consume = r_port__addr;
   assign r_port__data = r_data;
 endmodule
@@ -50200,10 +50200,10 @@ module \accelerator.core.gelu0 (o__ready, go, o__payload, i__payload, i__valid, 
   \accelerator.core.gelu0.out_queue  out_queue (
     .gelu0_d_clk(gelu0_d_clk),
     .gelu0_d_rst(gelu0_d_rst),
-    .\port$12261$0 (l0_s27_o),
-    .\port$12447$0 (l1_s27_o),
-    .\port$12633$0 (l2_s27_o),
-    .\port$12819$0 (l3_s27_o),
+    .\port$12283$0 (l0_s27_o),
+    .\port$12469$0 (l1_s27_o),
+    .\port$12655$0 (l2_s27_o),
+    .\port$12841$0 (l3_s27_o),
     .r_data(o__payload),
     .r_en(o__ready),
     .r_rdy(o__valid),
@@ -52163,7 +52163,7 @@ module \accelerator.core.gelu0 (o__ready, go, o__payload, i__payload, i__valid, 
 endmodule
 
 (* generator = "Amaranth" *)
-module \accelerator.core.gelu0.out_queue (r_en, r_data, gelu0_d_rst, \port$12261$0 , \port$12447$0 , \port$12633$0 , \port$12819$0 , w_en, r_rdy, gelu0_d_clk);
+module \accelerator.core.gelu0.out_queue (r_en, r_data, gelu0_d_rst, \port$12283$0 , \port$12469$0 , \port$12655$0 , \port$12841$0 , w_en, r_rdy, gelu0_d_clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$61  = 0;
   wire \$1 ;
   wire \$10 ;
@@ -52208,14 +52208,14 @@ module \accelerator.core.gelu0.out_queue (r_en, r_data, gelu0_d_rst, \port$12261
   reg [4:0] inner_level = 5'h00;
   wire inner_r_rdy;
   wire [4:0] level;
-  input [7:0] \port$12261$0 ;
-  wire [7:0] \port$12261$0 ;
-  input [7:0] \port$12447$0 ;
-  wire [7:0] \port$12447$0 ;
-  input [7:0] \port$12633$0 ;
-  wire [7:0] \port$12633$0 ;
-  input [7:0] \port$12819$0 ;
-  wire [7:0] \port$12819$0 ;
+  input [7:0] \port$12283$0 ;
+  wire [7:0] \port$12283$0 ;
+  input [7:0] \port$12469$0 ;
+  wire [7:0] \port$12469$0 ;
+  input [7:0] \port$12655$0 ;
+  wire [7:0] \port$12655$0 ;
+  input [7:0] \port$12841$0 ;
+  wire [7:0] \port$12841$0 ;
   (* init = 5'h00 *)
   wire [4:0] produce;
   output [31:0] r_data;
@@ -52270,7 +52270,7 @@ module \accelerator.core.gelu0.out_queue (r_en, r_data, gelu0_d_rst, \port$12261
   end
   always @(posedge gelu0_d_clk) begin
     if (w_port__en)
-      storage[w_port__addr] <= { \port$12819$0 , \port$12633$0 , \port$12447$0 , \port$12261$0  };
+      storage[w_port__addr] <= { \port$12841$0 , \port$12655$0 , \port$12469$0 , \port$12283$0  };
   end
   reg [31:0] _0_;
   always @(posedge gelu0_d_clk) begin
@@ -52370,8 +52370,8 @@ module \accelerator.core.gelu0.out_queue (r_en, r_data, gelu0_d_rst, \port$12261
   assign level = \$3 [4:0];
   assign r_level = \$3 [4:0];
   assign produce = w_port__addr;
-  assign w_port__data = { \port$12819$0 , \port$12633$0 , \port$12447$0 , \port$12261$0  };
-  assign w_data = { \port$12819$0 , \port$12633$0 , \port$12447$0 , \port$12261$0  };
+  assign w_port__data = { \port$12841$0 , \port$12655$0 , \port$12469$0 , \port$12283$0  };
+  assign w_data = { \port$12841$0 , \port$12655$0 , \port$12469$0 , \port$12283$0  };
   assign consume = r_port__addr;
   assign r_port__data = r_data;
 endmodule
@@ -68404,58 +68404,73 @@ module \accelerator.core.norm_out_slice (rst, w_en, w_port__data, r_en, w_rdy, r
 endmodule
 
 (* generator = "Amaranth" *)
-module \accelerator.core.pack_slice (rst, w_rdy, r_rdy, r_data, r_en, unit_rst, w_en, \port$9247$0 , \port$9249$0 , \port$9251$0 , \port$9253$0 , \port$9255$0 , \port$9257$0 , \port$9259$0 , \port$9261$0 , clk);
+module \accelerator.core.pack_slice (rst, w_rdy, r_data, r_en, unit_rst, w_en, \port$9267$0 , \port$9269$0 , \port$9271$0 , \port$9273$0 , \port$9275$0 , \port$9277$0 , \port$9279$0 , \port$9281$0 , r_rdy, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$74  = 0;
   wire \$1 ;
   wire \$10 ;
   wire \$11 ;
   wire \$12 ;
   wire \$13 ;
-  wire [2:0] \$14 ;
-  reg \$15 ;
-  reg \$16 ;
-  reg [1:0] \$17 ;
-  wire [1:0] \$2 ;
-  wire \$3 ;
-  wire [1:0] \$4 ;
-  wire \$5 ;
+  wire \$14 ;
+  wire \$15 ;
+  wire [2:0] \$16 ;
+  wire \$17 ;
+  wire \$18 ;
+  wire \$19 ;
+  wire \$2 ;
+  wire \$20 ;
+  wire \$21 ;
+  wire \$22 ;
+  wire [2:0] \$23 ;
+  wire \$24 ;
+  wire \$25 ;
+  wire \$26 ;
+  reg \$27 ;
+  reg \$28 ;
+  reg [1:0] \$29 ;
+  wire [2:0] \$3 ;
+  reg \$30 ;
+  wire \$4 ;
+  wire [1:0] \$5 ;
   wire \$6 ;
   wire \$7 ;
   wire \$8 ;
-  wire [2:0] \$9 ;
+  wire [1:0] \$9 ;
   input clk;
   wire clk;
   (* init = 1'h0 *)
   wire consume;
-  reg [1:0] level = 2'h0;
-  input [15:0] \port$9247$0 ;
-  wire [15:0] \port$9247$0 ;
-  input [15:0] \port$9249$0 ;
-  wire [15:0] \port$9249$0 ;
-  input [15:0] \port$9251$0 ;
-  wire [15:0] \port$9251$0 ;
-  input [15:0] \port$9253$0 ;
-  wire [15:0] \port$9253$0 ;
-  input [15:0] \port$9255$0 ;
-  wire [15:0] \port$9255$0 ;
-  input [15:0] \port$9257$0 ;
-  wire [15:0] \port$9257$0 ;
-  input [15:0] \port$9259$0 ;
-  wire [15:0] \port$9259$0 ;
-  input [15:0] \port$9261$0 ;
-  wire [15:0] \port$9261$0 ;
+  reg [1:0] inner_level = 2'h0;
+  wire inner_r_rdy;
+  wire [1:0] level;
+  input [15:0] \port$9267$0 ;
+  wire [15:0] \port$9267$0 ;
+  input [15:0] \port$9269$0 ;
+  wire [15:0] \port$9269$0 ;
+  input [15:0] \port$9271$0 ;
+  wire [15:0] \port$9271$0 ;
+  input [15:0] \port$9273$0 ;
+  wire [15:0] \port$9273$0 ;
+  input [15:0] \port$9275$0 ;
+  wire [15:0] \port$9275$0 ;
+  input [15:0] \port$9277$0 ;
+  wire [15:0] \port$9277$0 ;
+  input [15:0] \port$9279$0 ;
+  wire [15:0] \port$9279$0 ;
+  input [15:0] \port$9281$0 ;
+  wire [15:0] \port$9281$0 ;
   (* init = 1'h0 *)
   wire produce;
   output [127:0] r_data;
   wire [127:0] r_data;
   input r_en;
   wire r_en;
-  (* init = 2'h0 *)
   wire [1:0] r_level;
   reg r_port__addr = 1'h0;
   wire [127:0] r_port__data;
+  wire r_port__en;
   output r_rdy;
-  wire r_rdy;
+  reg r_rdy = 1'h0;
   input rst;
   wire rst;
   input unit_rst;
@@ -68463,7 +68478,6 @@ module \accelerator.core.pack_slice (rst, w_rdy, r_rdy, r_data, r_en, unit_rst, 
   wire [127:0] w_data;
   input w_en;
   wire w_en;
-  (* init = 2'h0 *)
   wire [1:0] w_level;
   reg w_port__addr = 1'h0;
   wire [127:0] w_port__data;
@@ -68477,85 +68491,122 @@ module \accelerator.core.pack_slice (rst, w_rdy, r_rdy, r_data, r_en, unit_rst, 
   end
   always @(posedge clk) begin
     if (w_port__en)
-      storage[w_port__addr] <= { \port$9261$0 , \port$9259$0 , \port$9257$0 , \port$9255$0 , \port$9253$0 , \port$9251$0 , \port$9249$0 , \port$9247$0  };
+      storage[w_port__addr] <= { \port$9281$0 , \port$9279$0 , \port$9277$0 , \port$9275$0 , \port$9273$0 , \port$9271$0 , \port$9269$0 , \port$9267$0  };
   end
-  assign r_data = storage[r_port__addr];
-  assign w_rdy = level != 2'h2;
-  assign r_rdy = | level;
-  assign w_port__en = w_en & w_rdy;
-  assign \$1  = w_rdy & w_en;
-  assign \$2  = w_port__addr + 1'h1;
-  assign \$3  = r_rdy & r_en;
-  assign \$4  = r_port__addr + 1'h1;
-  assign \$5  = w_rdy & w_en;
-  assign \$6  = r_rdy & r_en;
-  assign \$7  = ~ \$6 ;
-  assign \$8  = \$5  & \$7 ;
-  assign \$9  = level + 1'h1;
-  assign \$10  = r_rdy & r_en;
-  assign \$11  = w_rdy & w_en;
-  assign \$12  = ~ \$11 ;
-  assign \$13  = \$10  & \$12 ;
-  assign \$14  = level - 1'h1;
+  reg [127:0] _0_;
+  always @(posedge clk) begin
+    if (r_port__en) begin
+      _0_ <= storage[r_port__addr];
+    end
+  end
+  assign r_data = _0_;
+  assign w_rdy = inner_level != 2'h2;
+  assign inner_r_rdy = | inner_level;
+  assign w_port__en = w_rdy & w_en;
+  assign \$1  = ~ r_rdy;
+  assign \$2  = \$1  | r_en;
+  assign r_port__en = inner_r_rdy & \$2 ;
+  assign \$3  = inner_level + r_rdy;
+  assign \$4  = w_rdy & w_en;
+  assign \$5  = w_port__addr + 1'h1;
+  assign \$6  = ~ r_rdy;
+  assign \$7  = \$6  | r_en;
+  assign \$8  = inner_r_rdy & \$7 ;
+  assign \$9  = r_port__addr + 1'h1;
+  assign \$10  = w_rdy & w_en;
+  assign \$11  = ~ r_rdy;
+  assign \$12  = \$11  | r_en;
+  assign \$13  = inner_r_rdy & \$12 ;
+  assign \$14  = ~ \$13 ;
+  assign \$15  = \$10  & \$14 ;
+  assign \$16  = inner_level + 1'h1;
+  assign \$17  = ~ r_rdy;
+  assign \$18  = \$17  | r_en;
+  assign \$19  = inner_r_rdy & \$18 ;
+  assign \$20  = w_rdy & w_en;
+  assign \$21  = ~ \$20 ;
+  assign \$22  = \$19  & \$21 ;
+  assign \$23  = inner_level - 1'h1;
+  assign \$24  = ~ r_rdy;
+  assign \$25  = \$24  | r_en;
+  assign \$26  = inner_r_rdy & \$25 ;
   always @(posedge clk)
-    w_port__addr <= \$15 ;
+    w_port__addr <= \$27 ;
   always @(posedge clk)
-    r_port__addr <= \$16 ;
+    r_port__addr <= \$28 ;
   always @(posedge clk)
-    level <= \$17 ;
+    inner_level <= \$29 ;
+  always @(posedge clk)
+    r_rdy <= \$30 ;
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$74 ) begin end
-    \$15  = w_port__addr;
-    if (\$1 ) begin
-      \$15  = \$2 [0];
+    \$27  = w_port__addr;
+    if (\$4 ) begin
+      \$27  = \$5 [0];
     end
     if (unit_rst) begin
-      \$15  = 1'h0;
+      \$27  = 1'h0;
     end
     if (rst) begin
-      \$15  = 1'h0;
+      \$27  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$74 ) begin end
-    \$16  = r_port__addr;
-    if (\$3 ) begin
-      \$16  = \$4 [0];
-    end
-    if (unit_rst) begin
-      \$16  = 1'h0;
-    end
-    if (rst) begin
-      \$16  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$74 ) begin end
-    \$17  = level;
+    \$28  = r_port__addr;
     if (\$8 ) begin
-      \$17  = \$9 [1:0];
-    end
-    if (\$13 ) begin
-      \$17  = \$14 [1:0];
+      \$28  = \$9 [0];
     end
     if (unit_rst) begin
-      \$17  = 2'h0;
+      \$28  = 1'h0;
     end
     if (rst) begin
-      \$17  = 2'h0;
+      \$28  = 1'h0;
     end
   end
-  assign w_level = level;
-  assign r_level = level;
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$74 ) begin end
+    \$29  = inner_level;
+    if (\$15 ) begin
+      \$29  = \$16 [1:0];
+    end
+    if (\$22 ) begin
+      \$29  = \$23 [1:0];
+    end
+    if (unit_rst) begin
+      \$29  = 2'h0;
+    end
+    if (rst) begin
+      \$29  = 2'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$74 ) begin end
+    \$30  = r_rdy;
+    if (\$26 ) begin
+      \$30  = 1'h1;
+    end else if (r_en) begin
+      \$30  = 1'h0;
+    end
+    if (unit_rst) begin
+      \$30  = 1'h0;
+    end
+    if (rst) begin
+      \$30  = 1'h0;
+    end
+  end
+  assign w_level = \$3 [1:0];
+  assign level = \$3 [1:0];
+  assign r_level = \$3 [1:0];
   assign produce = w_port__addr;
-  assign w_port__data = { \port$9261$0 , \port$9259$0 , \port$9257$0 , \port$9255$0 , \port$9253$0 , \port$9251$0 , \port$9249$0 , \port$9247$0  };
-  assign w_data = { \port$9261$0 , \port$9259$0 , \port$9257$0 , \port$9255$0 , \port$9253$0 , \port$9251$0 , \port$9249$0 , \port$9247$0  };
+  assign w_port__data = { \port$9281$0 , \port$9279$0 , \port$9277$0 , \port$9275$0 , \port$9273$0 , \port$9271$0 , \port$9269$0 , \port$9267$0  };
+  assign w_data = { \port$9281$0 , \port$9279$0 , \port$9277$0 , \port$9275$0 , \port$9273$0 , \port$9271$0 , \port$9269$0 , \port$9267$0  };
   assign consume = r_port__addr;
   assign r_port__data = r_data;
 endmodule
 
 (* generator = "Amaranth" *)
-module \accelerator.core.q_src0 (rst, r_en, r_rdy, r_data, w_en, \port$9046$0 , \port$9048$0 , unit_rst, clk);
+module \accelerator.core.q_src0 (rst, r_en, r_rdy, r_data, w_en, \port$9066$0 , \port$9068$0 , unit_rst, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$75  = 0;
   wire \$1 ;
   wire \$10 ;
@@ -68583,10 +68634,10 @@ module \accelerator.core.q_src0 (rst, r_en, r_rdy, r_data, w_en, \port$9046$0 , 
   (* init = 3'h0 *)
   wire [2:0] consume;
   reg [2:0] level = 3'h0;
-  input [15:0] \port$9046$0 ;
-  wire [15:0] \port$9046$0 ;
-  input [2:0] \port$9048$0 ;
-  wire [2:0] \port$9048$0 ;
+  input [15:0] \port$9066$0 ;
+  wire [15:0] \port$9066$0 ;
+  input [2:0] \port$9068$0 ;
+  wire [2:0] \port$9068$0 ;
   (* init = 3'h0 *)
   wire [2:0] produce;
   output [18:0] r_data;
@@ -68622,7 +68673,7 @@ module \accelerator.core.q_src0 (rst, r_en, r_rdy, r_data, w_en, \port$9046$0 , 
   end
   always @(posedge clk) begin
     if (w_port__en)
-      storage[w_port__addr] <= { \port$9048$0 , \port$9046$0  };
+      storage[w_port__addr] <= { \port$9068$0 , \port$9066$0  };
   end
   assign r_data = storage[r_port__addr];
   assign w_rdy = level != 3'h5;
@@ -68697,14 +68748,14 @@ module \accelerator.core.q_src0 (rst, r_en, r_rdy, r_data, w_en, \port$9046$0 , 
   assign w_level = level;
   assign r_level = level;
   assign produce = w_port__addr;
-  assign w_port__data = { \port$9048$0 , \port$9046$0  };
-  assign w_data = { \port$9048$0 , \port$9046$0  };
+  assign w_port__data = { \port$9068$0 , \port$9066$0  };
+  assign w_data = { \port$9068$0 , \port$9066$0  };
   assign consume = r_port__addr;
   assign r_port__data = r_data;
 endmodule
 
 (* generator = "Amaranth" *)
-module \accelerator.core.q_src1 (rst, r_rdy, r_data, r_en, w_en, \port$9055$0 , \port$9057$0 , unit_rst, clk);
+module \accelerator.core.q_src1 (rst, r_rdy, r_data, r_en, w_en, \port$9075$0 , \port$9077$0 , unit_rst, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$76  = 0;
   wire \$1 ;
   wire \$10 ;
@@ -68732,10 +68783,10 @@ module \accelerator.core.q_src1 (rst, r_rdy, r_data, r_en, w_en, \port$9055$0 , 
   (* init = 3'h0 *)
   wire [2:0] consume;
   reg [2:0] level = 3'h0;
-  input [15:0] \port$9055$0 ;
-  wire [15:0] \port$9055$0 ;
-  input [2:0] \port$9057$0 ;
-  wire [2:0] \port$9057$0 ;
+  input [15:0] \port$9075$0 ;
+  wire [15:0] \port$9075$0 ;
+  input [2:0] \port$9077$0 ;
+  wire [2:0] \port$9077$0 ;
   (* init = 3'h0 *)
   wire [2:0] produce;
   output [18:0] r_data;
@@ -68771,7 +68822,7 @@ module \accelerator.core.q_src1 (rst, r_rdy, r_data, r_en, w_en, \port$9055$0 , 
   end
   always @(posedge clk) begin
     if (w_port__en)
-      storage[w_port__addr] <= { \port$9057$0 , \port$9055$0  };
+      storage[w_port__addr] <= { \port$9077$0 , \port$9075$0  };
   end
   assign r_data = storage[r_port__addr];
   assign w_rdy = level != 3'h5;
@@ -68846,8 +68897,8 @@ module \accelerator.core.q_src1 (rst, r_rdy, r_data, r_en, w_en, \port$9055$0 , 
   assign w_level = level;
   assign r_level = level;
   assign produce = w_port__addr;
-  assign w_port__data = { \port$9057$0 , \port$9055$0  };
-  assign w_data = { \port$9057$0 , \port$9055$0  };
+  assign w_port__data = { \port$9077$0 , \port$9075$0  };
+  assign w_data = { \port$9077$0 , \port$9075$0  };
   assign consume = r_port__addr;
   assign r_port__data = r_data;
 endmodule
@@ -73371,7 +73422,7 @@ module \accelerator.core.unpack_slice (rst, w_en, w_port__data, w_rdy, r_rdy, r_
 endmodule
 
 (* generator = "Amaranth" *)
-module \accelerator.core.w_beat_slice (rst, w_rdy, r_rdy, r_data, \port$8875$0 , \port$8876$0 , \port$8877$0 , \port$8878$0 , \port$8879$0 , \port$8880$0 , \port$8881$0 , \port$8882$0 , w_en, r_en, in_decode, unit_rst, clk);
+module \accelerator.core.w_beat_slice (rst, w_rdy, r_rdy, r_data, \port$8895$0 , \port$8896$0 , \port$8897$0 , \port$8898$0 , \port$8899$0 , \port$8900$0 , \port$8901$0 , \port$8902$0 , w_en, r_en, in_decode, unit_rst, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$85  = 0;
   wire \$1 ;
   wire \$10 ;
@@ -73398,22 +73449,22 @@ module \accelerator.core.w_beat_slice (rst, w_rdy, r_rdy, r_data, \port$8875$0 ,
   input in_decode;
   wire in_decode;
   reg [1:0] level = 2'h0;
-  input [7:0] \port$8875$0 ;
-  wire [7:0] \port$8875$0 ;
-  input [7:0] \port$8876$0 ;
-  wire [7:0] \port$8876$0 ;
-  input [7:0] \port$8877$0 ;
-  wire [7:0] \port$8877$0 ;
-  input [7:0] \port$8878$0 ;
-  wire [7:0] \port$8878$0 ;
-  input [7:0] \port$8879$0 ;
-  wire [7:0] \port$8879$0 ;
-  input [7:0] \port$8880$0 ;
-  wire [7:0] \port$8880$0 ;
-  input [7:0] \port$8881$0 ;
-  wire [7:0] \port$8881$0 ;
-  input [7:0] \port$8882$0 ;
-  wire [7:0] \port$8882$0 ;
+  input [7:0] \port$8895$0 ;
+  wire [7:0] \port$8895$0 ;
+  input [7:0] \port$8896$0 ;
+  wire [7:0] \port$8896$0 ;
+  input [7:0] \port$8897$0 ;
+  wire [7:0] \port$8897$0 ;
+  input [7:0] \port$8898$0 ;
+  wire [7:0] \port$8898$0 ;
+  input [7:0] \port$8899$0 ;
+  wire [7:0] \port$8899$0 ;
+  input [7:0] \port$8900$0 ;
+  wire [7:0] \port$8900$0 ;
+  input [7:0] \port$8901$0 ;
+  wire [7:0] \port$8901$0 ;
+  input [7:0] \port$8902$0 ;
+  wire [7:0] \port$8902$0 ;
   (* init = 1'h0 *)
   wire produce;
   output [63:0] r_data;
@@ -73447,7 +73498,7 @@ module \accelerator.core.w_beat_slice (rst, w_rdy, r_rdy, r_data, \port$8875$0 ,
   end
   always @(posedge clk) begin
     if (w_port__en)
-      storage[w_port__addr] <= { \port$8882$0 , \port$8881$0 , \port$8880$0 , \port$8879$0 , \port$8878$0 , \port$8877$0 , \port$8876$0 , \port$8875$0  };
+      storage[w_port__addr] <= { \port$8902$0 , \port$8901$0 , \port$8900$0 , \port$8899$0 , \port$8898$0 , \port$8897$0 , \port$8896$0 , \port$8895$0  };
   end
   assign r_data = storage[r_port__addr];
   assign w_rdy = level != 2'h2;
@@ -73519,16 +73570,16 @@ module \accelerator.core.w_beat_slice (rst, w_rdy, r_rdy, r_data, \port$8875$0 ,
   assign w_level = level;
   assign r_level = level;
   assign produce = w_port__addr;
-  assign w_port__data = { \port$8882$0 , \port$8881$0 , \port$8880$0 , \port$8879$0 , \port$8878$0 , \port$8877$0 , \port$8876$0 , \port$8875$0  };
-  assign w_data = { \port$8882$0 , \port$8881$0 , \port$8880$0 , \port$8879$0 , \port$8878$0 , \port$8877$0 , \port$8876$0 , \port$8875$0  };
+  assign w_port__data = { \port$8902$0 , \port$8901$0 , \port$8900$0 , \port$8899$0 , \port$8898$0 , \port$8897$0 , \port$8896$0 , \port$8895$0  };
+  assign w_data = { \port$8902$0 , \port$8901$0 , \port$8900$0 , \port$8899$0 , \port$8898$0 , \port$8897$0 , \port$8896$0 , \port$8895$0  };
   assign consume = r_port__addr;
   assign r_port__data = r_data;
 endmodule
 
 (* generator = "Amaranth" *)
-module \accelerator.core.writer (rst, clear, aw__valid, idle, req__ready, b__valid, b__payload, aw__ready, w_en, w_data, aw__payload, err, clk);
+module \accelerator.core.writer (rst, clear, aw__valid, idle, req__ready, b__valid, b__payload, aw__ready, w_en, req__payload, aw__payload, err, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$86  = 0;
-  wire [10:0] \$1 ;
+  wire [14:0] \$1 ;
   wire \$10 ;
   wire \$11 ;
   wire \$12 ;
@@ -73537,19 +73588,18 @@ module \accelerator.core.writer (rst, clear, aw__valid, idle, req__ready, b__val
   wire \$15 ;
   wire \$16 ;
   wire \$17 ;
-  wire \$18 ;
+  wire [7:0] \$18 ;
   wire [7:0] \$19 ;
-  wire [23:0] \$2 ;
-  wire [7:0] \$20 ;
-  wire \$21 ;
-  reg [6:0] \$22 ;
-  reg \$23 ;
-  wire [24:0] \$3 ;
-  wire [31:0] \$4 ;
-  wire \$5 ;
-  wire [31:0] \$6 ;
-  wire [5:0] \$7 ;
-  wire [126:0] \$8 ;
+  wire [14:0] \$2 ;
+  wire \$20 ;
+  reg [6:0] \$21 ;
+  reg \$22 ;
+  wire [14:0] \$3 ;
+  wire [14:0] \$4 ;
+  wire [5:0] \$5 ;
+  wire [126:0] \$6 ;
+  wire \$7 ;
+  wire \$8 ;
   wire \$9 ;
   output [100:0] aw__payload;
   wire [100:0] aw__payload;
@@ -73574,11 +73624,11 @@ module \accelerator.core.writer (rst, clear, aw__valid, idle, req__ready, b__val
   reg err = 1'h0;
   output idle;
   wire idle;
-  wire [3:0] nbytes;
   reg [6:0] pending = 7'h00;
-  wire [98:0] r_data;
+  wire [100:0] r_data;
   wire r_en;
   wire r_rdy;
+  input [98:0] req__payload;
   wire [98:0] req__payload;
   wire [31:0] \req__payload.addr ;
   wire [63:0] \req__payload.data ;
@@ -73588,38 +73638,41 @@ module \accelerator.core.writer (rst, clear, aw__valid, idle, req__ready, b__val
   wire req__valid;
   input rst;
   wire rst;
-  wire [7:0] strb;
-  input [98:0] w_data;
-  wire [98:0] w_data;
+  reg [7:0] strb;
+  wire [100:0] w_data;
   input w_en;
   wire w_en;
   wire w_rdy;
-  assign \$1  = 1'h1 << r_data[98:96];
-  assign \$2  = 1'h1 << \$1 [3:0];
-  assign \$3  = \$2  - 1'h1;
-  assign \$4  = $signed(\$3 ) << r_data[2:0];
-  assign \$5  = pending < 7'h40;
-  assign aw__valid = r_rdy & \$5 ;
-  assign \$8  = r_data[95:32] << \$7 ;
-  assign \$9  = pending < 7'h40;
-  assign r_en = aw__ready & \$9 ;
-  assign \$10  = | pending;
-  assign \$11  = ~ \$10 ;
-  assign \$12  = ~ r_rdy;
-  assign idle = \$11  & \$12 ;
-  assign \$13  = aw__valid & aw__ready;
-  assign \$14  = ~ b__valid;
-  assign \$15  = \$13  & \$14 ;
-  assign \$16  = aw__valid & aw__ready;
-  assign \$17  = ~ \$16 ;
-  assign \$18  = b__valid & \$17 ;
-  assign \$19  = pending + 1'h1;
-  assign \$20  = pending - 1'h1;
-  assign \$21  = b__valid & b__payload;
+  wire [100:0] word;
+  wire [28:0] \word.addr ;
+  wire [63:0] \word.data ;
+  wire [7:0] \word.strb ;
+  assign \$1  = 1'h1 << req__payload[2:0];
+  assign \$2  = 2'h3 << req__payload[2:0];
+  assign \$3  = 4'hf << req__payload[2:0];
+  assign \$4  = 8'hff << req__payload[2:0];
+  assign \$6  = req__payload[95:32] << \$5 ;
+  assign \$7  = pending < 7'h40;
+  assign aw__valid = r_rdy & \$7 ;
+  assign \$8  = pending < 7'h40;
+  assign r_en = aw__ready & \$8 ;
+  assign \$9  = | pending;
+  assign \$10  = ~ \$9 ;
+  assign \$11  = ~ r_rdy;
+  assign idle = \$10  & \$11 ;
+  assign \$12  = aw__valid & aw__ready;
+  assign \$13  = ~ b__valid;
+  assign \$14  = \$12  & \$13 ;
+  assign \$15  = aw__valid & aw__ready;
+  assign \$16  = ~ \$15 ;
+  assign \$17  = b__valid & \$16 ;
+  assign \$18  = pending + 1'h1;
+  assign \$19  = pending - 1'h1;
+  assign \$20  = b__valid & b__payload;
   always @(posedge clk)
-    pending <= \$22 ;
+    pending <= \$21 ;
   always @(posedge clk)
-    err <= \$23 ;
+    err <= \$22 ;
   \accelerator.core.writer.req_slice  req_slice (
     .clk(clk),
     .r_data(r_data),
@@ -73627,51 +73680,68 @@ module \accelerator.core.writer (rst, clear, aw__valid, idle, req__ready, b__val
     .r_rdy(r_rdy),
     .rst(rst),
     .w_en(w_en),
-    .w_port__data(w_data),
+    .w_port__data(word),
     .w_rdy(req__ready)
   );
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$86 ) begin end
-    \$22  = pending;
-    if (\$15 ) begin
-      \$22  = \$19 [6:0];
-    end else if (\$18 ) begin
-      \$22  = \$20 [6:0];
+    strb = 8'h00;
+    casez (req__payload[98:96])
+      3'h0:
+          strb = \$1 [7:0];
+      3'h1:
+          strb = \$2 [7:0];
+      3'h2:
+          strb = \$3 [7:0];
+      3'h3:
+          strb = \$4 [7:0];
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$86 ) begin end
+    \$21  = pending;
+    if (\$14 ) begin
+      \$21  = \$18 [6:0];
+    end else if (\$17 ) begin
+      \$21  = \$19 [6:0];
     end
     if (rst) begin
-      \$22  = 7'h00;
+      \$21  = 7'h00;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$86 ) begin end
-    \$23  = err;
+    \$22  = err;
     if (clear) begin
-      \$23  = 1'h0;
-    end else if (\$21 ) begin
-      \$23  = 1'h1;
+      \$22  = 1'h0;
+    end else if (\$20 ) begin
+      \$22  = 1'h1;
     end
     if (rst) begin
-      \$23  = 1'h0;
+      \$22  = 1'h0;
     end
   end
   assign req__valid = w_en;
-  assign req__payload = w_data;
+  assign w_data = word;
   assign w_rdy = req__ready;
-  assign nbytes = \$1 [3:0];
-  assign strb = \$4 [7:0];
   assign b__ready = 1'h1;
-  assign \req__payload.addr  = w_data[31:0];
-  assign \req__payload.data  = w_data[95:32];
-  assign \req__payload.lb  = w_data[98:96];
+  assign \req__payload.addr  = req__payload[31:0];
+  assign \req__payload.data  = req__payload[95:32];
+  assign \req__payload.lb  = req__payload[98:96];
+  assign \word.addr  = word[28:0];
+  assign \word.data  = word[92:29];
+  assign \word.strb  = word[100:93];
   assign \aw__payload.addr  = aw__payload[28:0];
   assign \aw__payload.data  = aw__payload[92:29];
   assign \aw__payload.strb  = aw__payload[100:93];
   assign \b__payload.err  = b__payload;
-  assign aw__payload[100:93] = \$4 [7:0];
-  assign aw__payload[92:29] = \$8 [63:0];
-  assign aw__payload[28:0] = \$6 [28:0];
-  assign \$6  = { 3'h0, r_data[31:3] };
-  assign \$7  = { r_data[2:0], 3'h0 };
+  assign aw__payload[100:93] = r_data[100:93];
+  assign aw__payload[92:29] = r_data[92:29];
+  assign aw__payload[28:0] = r_data[28:0];
+  assign word[100:93] = strb;
+  assign word[92:29] = \$6 [63:0];
+  assign word[28:0] = req__payload[31:3];
+  assign \$5  = { req__payload[2:0], 3'h0 };
 endmodule
 
 (* generator = "Amaranth" *)
@@ -73701,33 +73771,33 @@ module \accelerator.core.writer.req_slice (rst, r_en, w_rdy, r_rdy, r_data, w_en
   reg [1:0] level = 2'h0;
   (* init = 1'h0 *)
   wire produce;
-  output [98:0] r_data;
-  wire [98:0] r_data;
+  output [100:0] r_data;
+  wire [100:0] r_data;
   input r_en;
   wire r_en;
   (* init = 2'h0 *)
   wire [1:0] r_level;
   reg r_port__addr = 1'h0;
-  wire [98:0] r_port__data;
+  wire [100:0] r_port__data;
   output r_rdy;
   wire r_rdy;
   input rst;
   wire rst;
-  wire [98:0] w_data;
+  wire [100:0] w_data;
   input w_en;
   wire w_en;
   (* init = 2'h0 *)
   wire [1:0] w_level;
   reg w_port__addr = 1'h0;
-  input [98:0] w_port__data;
-  wire [98:0] w_port__data;
+  input [100:0] w_port__data;
+  wire [100:0] w_port__data;
   wire w_port__en;
   output w_rdy;
   wire w_rdy;
-  reg [98:0] storage [1:0];
+  reg [100:0] storage [1:0];
   initial begin
-    storage[0] = 99'h0000000000000000000000000;
-    storage[1] = 99'h0000000000000000000000000;
+    storage[0] = 101'h00000000000000000000000000;
+    storage[1] = 101'h00000000000000000000000000;
   end
   always @(posedge clk) begin
     if (w_port__en)

@@ -626,7 +626,11 @@ class AccelCore(wiring.Component):
         # the packed beat's register slice (:meth:`_lanes`); its payload goes to every unit it may
         # feed, ungated (their valid selects): a gate on the data was a LUT level in front of the
         # units' first stages
-        packer.slice, beat = register_slice(m, "pack", packer.full, Cat(*packer.a, *packer.b), None, reset=unit_rst)
+        # (its payload from flip-flops: the units' first stages start at their inputs, and the
+        # slice's LUT-RAM read, its address fanned out to every lane, in front of the GELU's
+        # first adder was a seed's critical path, 9.47 ns)
+        packer.slice, beat = register_slice(m, "pack", packer.full, Cat(*packer.a, *packer.b), None, reset=unit_rst,
+                                            registered_out=True)
         for u in (self.add, *self.gelus):
             ins_ = (u.a.payload, u.b.payload) if u is self.add else (u.i.payload,)
             for half, port in enumerate(ins_):
