@@ -3163,6 +3163,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   reg [13:0] wr_port__addr = 14'h0000;
   reg [15:0] wr_port__data = 16'h0000;
   reg wr_port__en = 1'h0;
+  (* no_rw_check = 32'd1 *)
   reg [8:0] a_cache0 [511:0];
   initial begin
     a_cache0[0] = 9'h000;
@@ -3689,6 +3690,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     end
   end
   assign \$signature__data$404  = _0_;
+  (* no_rw_check = 32'd1 *)
   reg [8:0] a_cache1 [511:0];
   initial begin
     a_cache1[0] = 9'h000;
@@ -4215,6 +4217,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     end
   end
   assign \$signature__data$405  = _1_;
+  (* no_rw_check = 32'd1 *)
   reg [8:0] a_cache2 [511:0];
   initial begin
     a_cache2[0] = 9'h000;
@@ -4741,6 +4744,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     end
   end
   assign \$signature__data$406  = _2_;
+  (* no_rw_check = 32'd1 *)
   reg [8:0] a_cache3 [511:0];
   initial begin
     a_cache3[0] = 9'h000;
@@ -5267,6 +5271,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     end
   end
   assign \$signature__data$407  = _3_;
+  (* no_rw_check = 32'd1 *)
   reg [8:0] a_cache4 [511:0];
   initial begin
     a_cache4[0] = 9'h000;
@@ -5793,6 +5798,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     end
   end
   assign \$signature__data$408  = _4_;
+  (* no_rw_check = 32'd1 *)
   reg [8:0] a_cache5 [511:0];
   initial begin
     a_cache5[0] = 9'h000;
@@ -6319,6 +6325,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     end
   end
   assign \$signature__data$409  = _5_;
+  (* no_rw_check = 32'd1 *)
   reg [8:0] a_cache6 [511:0];
   initial begin
     a_cache6[0] = 9'h000;
@@ -6845,6 +6852,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     end
   end
   assign \$signature__data$410  = _6_;
+  (* no_rw_check = 32'd1 *)
   reg [8:0] a_cache7 [511:0];
   initial begin
     a_cache7[0] = 9'h000;
@@ -7371,6 +7379,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     end
   end
   assign \$signature__data$411  = _7_;
+  (* no_rw_check = 32'd1 *)
   reg [8:0] a_cache8 [511:0];
   initial begin
     a_cache8[0] = 9'h000;
@@ -7897,6 +7906,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     end
   end
   assign \$signature__data$412  = _8_;
+  (* no_rw_check = 32'd1 *)
   reg [15:0] buffer [16383:0];
   initial begin
     buffer[0] = 16'h0000;
@@ -24300,6 +24310,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   assign \$signature__data$520  = _9_;
   assign \$signature__data$514  = _10_;
+  (* no_rw_check = 32'd1 *)
   reg [7:0] w_cache0 [511:0];
   initial begin
     w_cache0[0] = 8'h00;
@@ -24826,6 +24837,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     end
   end
   assign \$signature__data$413  = _11_;
+  (* no_rw_check = 32'd1 *)
   reg [7:0] w_cache1 [511:0];
   initial begin
     w_cache1[0] = 8'h00;
@@ -25352,6 +25364,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     end
   end
   assign \$signature__data$414  = _12_;
+  (* no_rw_check = 32'd1 *)
   reg [7:0] w_cache2 [511:0];
   initial begin
     w_cache2[0] = 8'h00;
@@ -25878,6 +25891,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     end
   end
   assign \$signature__data$415  = _13_;
+  (* no_rw_check = 32'd1 *)
   reg [7:0] w_cache3 [511:0];
   initial begin
     w_cache3[0] = 8'h00;
@@ -26404,6 +26418,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     end
   end
   assign \$signature__data$416  = _14_;
+  (* no_rw_check = 32'd1 *)
   reg [7:0] w_cache4 [511:0];
   initial begin
     w_cache4[0] = 8'h00;
@@ -26930,6 +26945,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     end
   end
   assign \$signature__data$417  = _15_;
+  (* no_rw_check = 32'd1 *)
   reg [7:0] w_cache5 [511:0];
   initial begin
     w_cache5[0] = 8'h00;
@@ -27456,6 +27472,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     end
   end
   assign \$signature__data$418  = _16_;
+  (* no_rw_check = 32'd1 *)
   reg [7:0] w_cache6 [511:0];
   initial begin
     w_cache6[0] = 8'h00;
@@ -27982,6 +27999,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     end
   end
   assign \$signature__data$419  = _17_;
+  (* no_rw_check = 32'd1 *)
   reg [7:0] w_cache7 [511:0];
   initial begin
     w_cache7[0] = 8'h00;

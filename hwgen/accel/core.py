@@ -65,6 +65,13 @@ CYCLE_BITS = 48
 # keep one beat a cycle (:func:`~hwgen.pipeline.credited_output`)
 FEED_QUEUE = 6
 DECODE_STAGES = 5         # the decode pipeline's depth: DECODE waits this many cycles
+# The block RAMs' attribute: no read port reads the address its memory's write port writes in
+# the same cycle (the buffer: an instruction's dst never overlaps its sources, which the
+# interpreter checks, and instructions do not overlap in time; the lane memories and the W
+# cache: reads and writes in different halves).  Without it yosys emulates amaranth's "old
+# data" on such a collision: the write delayed a register stage and a 2:1 mux after every
+# block RAM output, a LUT on each read's path.
+NO_COLLISION = {"no_rw_check": 1}
 
 
 class _State(enum.IntEnum):
@@ -201,7 +208,7 @@ class AccelCore(wiring.Component):
         wiring.connect(m, wiring.flipped(self.aw), writer.aw)
         wiring.connect(m, wiring.flipped(self.b), writer.b)
 
-        m.submodules.buffer = buf = Memory(shape=unsigned(ab), depth=depth, init=[])
+        m.submodules.buffer = buf = Memory(shape=unsigned(ab), depth=depth, init=[], attrs=NO_COLLISION)
         rd0, rd1, wr_port = buf.read_port(), buf.read_port(), buf.write_port()
         # the buffer's writes a cycle after dst's step: the port's address, data and enable come
         # from registers (the result lane's select by dst's index and its route to the buffer's
@@ -993,12 +1000,12 @@ class AccelCore(wiring.Component):
         kmax = hw.gemm_max_k
         lane_mems = []
         for i in range(R):
-            mem = Memory(shape=signed(hw.a_bits + 1), depth=2 * kmax, init=[])
+            mem = Memory(shape=signed(hw.a_bits + 1), depth=2 * kmax, init=[], attrs=NO_COLLISION)
             m.submodules[f"a_cache{i}"] = mem
             lane_mems.append((mem.write_port(), mem.read_port()))
         w_mems = []
         for j in range(C):
-            mem = Memory(shape=signed(hw.w_bits), depth=2 * accel.w_cache_elems, init=[])
+            mem = Memory(shape=signed(hw.w_bits), depth=2 * accel.w_cache_elems, init=[], attrs=NO_COLLISION)
             m.submodules[f"w_cache{j}"] = mem
             w_mems.append((mem.write_port(), mem.read_port()))
         wfilled = Array(Signal(name=f"w_filled{h}") for h in range(2))

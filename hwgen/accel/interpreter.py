@@ -128,6 +128,7 @@ class _Machine:
         self.buf = torch.zeros(accel.act_buffer_elems, dtype=torch.int64)
         self.stats = RunStats()
         self.where = ""
+        self.read: list[tuple[str, torch.Tensor]] = []
 
     # --- memory ---------------------------------------------------------------------------------
     def ext(self, addr: int, nbytes: int) -> bytes:
@@ -154,11 +155,25 @@ class _Machine:
         return idx
 
     def gather(self, port: Port, n, dims, what: str) -> torch.Tensor:
-        return self.buf[self.check(self.index(port, n, dims), what)]
+        idx = self.check(self.index(port, n, dims), what)
+        self.read.append((what, idx))
+        return self.buf[idx]
 
     def scatter(self, port: Port, n, dims, values: torch.Tensor) -> None:
         idx = self.check(self.index(port, n, dims), "dst")
-        self.buf[idx.reshape(-1)] = _wrap(values.reshape(-1).to(torch.int64), self.accel.act_elem_bits)
+        # the block RAMs are built without yosys's emulation of a read and a write of one
+        # address in one cycle (hwgen.accel.core.NO_COLLISION): an instruction may not write
+        # where it reads
+        flat = idx.reshape(-1)
+        lo, hi = (int(v) for v in torch.aminmax(flat))
+        for what, src in self.read:
+            s_lo, s_hi = (int(v) for v in torch.aminmax(src))
+            if s_lo <= hi and lo <= s_hi:
+                both = int(torch.isin(flat, src.reshape(-1)).sum())
+                if both:
+                    raise UserError(f"accel program: dst writes {both} elements that {what} reads in the same "
+                                    f"instruction; accepted: dst apart from its sources{self.where}")
+        self.buf[flat] = _wrap(values.reshape(-1).to(torch.int64), self.accel.act_elem_bits)
 
     # --- units ------------------------------------------------------------------------------------
     def unit(self, kind: str, index: int = 0):
@@ -177,6 +192,7 @@ class _Machine:
     # --- execution --------------------------------------------------------------------------------
     def step(self, ins: Instr) -> None:
         op = ins.op
+        self.read = []                # (source, its addresses) read by this instruction
         if any(c < 1 for c in ins.n):
             raise UserError(f"accel program: {op.name} with a loop count of 0 {ins.n}{self.where}")
         all_dims = tuple(range(LEVELS))
