@@ -4,6 +4,7 @@ refuses is refused in one line."""
 
 import json
 import struct
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -14,8 +15,8 @@ from hypothesis import strategies as st
 from golden.errors import UserError
 from golden.executor import run_graph
 from hwgen.accel.compiler import AccelConfig, c_layout, compile, post_consts
-from hwgen.accel.interpreter import header, interpret, read_logits, run, write_input
-from hwgen.accel.isa import (FIELDS, INSTR_BYTES, LAYOUT, LEVELS, POST_ADD, POST_GELU, PRE_UNIT, Instr, Opcode, Port, beat_bytes,
+from hwgen.accel.interpreter import _Machine, header, interpret, read_logits, run, write_input
+from hwgen.accel.isa import (FIELDS, INSTR_BYTES, LAYOUT, LEVELS, MOVE_OPS, POST_ADD, POST_GELU, PRE_UNIT, Instr, Opcode, Port, beat_bytes,
                              decode, encode, pack_beats, unpack_beats)
 from hwgen.capabilities import unit_for
 from hwgen.config import HwConfig
@@ -198,6 +199,22 @@ def test_layernorm_constants_without_their_last_flag_stop_in_one_line(programs, 
         run(image, hw, program.accel)
     msg = _one_line(exc)
     assert f"flag beats [{ins.cnt - 2}] as the last" in msg and f"beat {ins.cnt - 1} alone" in msg
+
+
+def test_an_instruction_that_writes_where_it_reads_is_refused(programs):
+    """The accelerator's block RAMs are built for no read of an address in the cycle it is
+    written (hwgen.accel.core.NO_COLLISION), so an instruction's dst may not overlap what it
+    reads: a data move written over its own source, and an add over its second operand, are
+    refused in one line; the compiled programs have none."""
+    _, program = programs["w8a8"]
+    move = next(i for i in program.instrs if i.op in MOVE_OPS)
+    add = next(i for i in program.instrs if i.op == Opcode.LINEAR and i.post == POST_ADD)
+    for ins, src in ((replace(move, dst=move.src0), "src0"), (replace(add, dst=Port(add.src1.base, add.dst.strides)), "src1")):
+        mach = _Machine(bytearray(program.image), program.hw, program.accel)
+        with pytest.raises(UserError) as exc:
+            mach.step(ins)
+        msg = _one_line(exc)
+        assert f"that {src} reads in the same instruction" in msg and "dst apart from its sources" in msg
 
 
 def test_corrupted_weight_changes_the_logits(programs, digits_images, digits_w8a8):
