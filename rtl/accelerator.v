@@ -1264,66 +1264,96 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$1 ;
   wire \$10 ;
   wire \$100 ;
-  reg [15:0] \$1000 ;
-  reg [15:0] \$1001 ;
-  reg [15:0] \$1002 ;
-  reg [15:0] \$1003 ;
-  reg [2:0] \$1004 ;
-  reg [2:0] \$1005 ;
-  reg [31:0] \$1006 ;
-  reg [15:0] \$1007 ;
-  reg [15:0] \$1008 ;
-  reg [31:0] \$1009 ;
+  reg \$1000 ;
+  reg \$1001 ;
+  reg \$1002 ;
+  reg \$1003 ;
+  reg \$1004 ;
+  reg \$1005 ;
+  reg \$1006 ;
+  reg \$1007 ;
+  reg [511:0] \$1008 ;
+  reg [2:0] \$1009 ;
   wire \$101 ;
   reg [31:0] \$1010 ;
-  reg \$1011 ;
-  reg [7:0] \$1012 ;
-  reg \$1013 ;
+  reg [7:0] \$1011 ;
+  reg [15:0] \$1012 ;
+  reg [15:0] \$1013 ;
   reg \$1014 ;
-  reg \$1015 ;
-  reg [15:0] \$1016 ;
+  reg [65:0] \$1015 ;
+  reg \$1016 ;
   reg \$1017 ;
   reg \$1018 ;
   reg \$1019 ;
   wire \$102 ;
   reg \$1020 ;
-  reg \$1021 ;
-  reg [3:0] \$1022 ;
+  reg [24:0] \$1021 ;
+  reg [31:0] \$1022 ;
   reg [15:0] \$1023 ;
   reg \$1024 ;
   reg [15:0] \$1025 ;
   reg [15:0] \$1026 ;
-  reg [31:0] \$1027 ;
-  reg \$1028 ;
-  reg \$1029 ;
+  reg [15:0] \$1027 ;
+  reg [15:0] \$1028 ;
+  reg [15:0] \$1029 ;
   wire \$103 ;
-  reg \$1030 ;
-  reg \$1031 ;
-  reg \$1032 ;
-  reg [8:0] \$1033 ;
-  reg \$1034 ;
-  reg \$1035 ;
-  reg [3:0] \$1036 ;
+  reg [15:0] \$1030 ;
+  reg [15:0] \$1031 ;
+  reg [15:0] \$1032 ;
+  reg [2:0] \$1033 ;
+  reg [2:0] \$1034 ;
+  reg [31:0] \$1035 ;
+  reg [15:0] \$1036 ;
   reg [15:0] \$1037 ;
-  reg [9:0] \$1038 ;
-  reg [15:0] \$1039 ;
+  reg [31:0] \$1038 ;
+  reg [31:0] \$1039 ;
   wire \$104 ;
   reg \$1040 ;
-  reg \$1041 ;
+  reg [7:0] \$1041 ;
   reg \$1042 ;
-  reg [8:0] \$1043 ;
+  reg \$1043 ;
   reg \$1044 ;
-  reg \$1045 ;
-  reg [31:0] \$1046 ;
-  reg [15:0] \$1047 ;
+  reg [15:0] \$1045 ;
+  reg \$1046 ;
+  reg \$1047 ;
   reg \$1048 ;
-  reg [2:0] \$1049 ;
+  reg \$1049 ;
   wire \$105 ;
   reg \$1050 ;
   reg [3:0] \$1051 ;
+  reg [15:0] \$1052 ;
+  reg \$1053 ;
+  reg [15:0] \$1054 ;
+  reg [15:0] \$1055 ;
+  reg [31:0] \$1056 ;
+  reg \$1057 ;
+  reg \$1058 ;
+  reg \$1059 ;
   wire \$106 ;
+  reg \$1060 ;
+  reg \$1061 ;
+  reg [8:0] \$1062 ;
+  reg \$1063 ;
+  reg \$1064 ;
+  reg [3:0] \$1065 ;
+  reg [15:0] \$1066 ;
+  reg [9:0] \$1067 ;
+  reg [15:0] \$1068 ;
+  reg \$1069 ;
   wire \$107 ;
+  reg \$1070 ;
+  reg \$1071 ;
+  reg [8:0] \$1072 ;
+  reg \$1073 ;
+  reg \$1074 ;
+  reg [31:0] \$1075 ;
+  reg [15:0] \$1076 ;
+  reg \$1077 ;
+  reg [2:0] \$1078 ;
+  reg [2:0] \$1079 ;
   wire \$108 ;
+  reg \$1080 ;
+  reg [3:0] \$1081 ;
   wire \$109 ;
   wire \$11 ;
   wire \$110 ;
@@ -1332,290 +1362,290 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$113 ;
   wire \$114 ;
   wire \$115 ;
-  reg [15:0] \$116 ;
+  wire \$116 ;
   wire \$117 ;
   wire \$118 ;
   wire \$119 ;
   wire \$12 ;
   wire \$120 ;
   wire \$121 ;
-  wire \$122 ;
+  wire [3:0] \$122 ;
   wire \$123 ;
-  wire \$124 ;
-  wire \$125 ;
+  wire [2:0] \$124 ;
+  wire [3:0] \$125 ;
   wire \$126 ;
-  wire \$127 ;
-  wire \$128 ;
+  wire [3:0] \$127 ;
+  wire [3:0] \$128 ;
   wire \$129 ;
   wire \$13 ;
-  wire \$130 ;
-  wire \$131 ;
+  wire [4:0] \$130 ;
+  wire [3:0] \$131 ;
   wire \$132 ;
-  wire [3:0] \$133 ;
-  wire \$134 ;
-  wire [2:0] \$135 ;
-  wire [3:0] \$136 ;
-  wire \$137 ;
-  wire [3:0] \$138 ;
-  wire [3:0] \$139 ;
+  wire [5:0] \$133 ;
+  wire [3:0] \$134 ;
+  wire \$135 ;
+  wire [6:0] \$136 ;
+  wire [3:0] \$137 ;
+  wire \$138 ;
+  wire [7:0] \$139 ;
   wire \$14 ;
-  wire \$140 ;
-  wire [4:0] \$141 ;
-  wire [3:0] \$142 ;
-  wire \$143 ;
-  wire [5:0] \$144 ;
-  wire [3:0] \$145 ;
-  wire \$146 ;
-  wire [6:0] \$147 ;
-  wire [3:0] \$148 ;
+  wire [3:0] \$140 ;
+  wire \$141 ;
+  wire [8:0] \$142 ;
+  reg \$143 ;
+  wire \$144 ;
+  wire \$145 ;
+  wire [9:0] \$146 ;
+  wire [16:0] \$147 ;
+  reg \$148 ;
   wire \$149 ;
   wire \$15 ;
-  wire [7:0] \$150 ;
-  wire [3:0] \$151 ;
+  wire \$150 ;
+  wire \$151 ;
   wire \$152 ;
-  wire [8:0] \$153 ;
-  reg \$154 ;
-  wire \$155 ;
-  wire \$156 ;
-  wire [9:0] \$157 ;
-  wire [16:0] \$158 ;
-  reg \$159 ;
+  wire \$153 ;
+  wire [9:0] \$154 ;
+  wire [16:0] \$155 ;
+  reg \$156 ;
+  wire \$157 ;
+  wire \$158 ;
+  wire \$159 ;
   wire \$16 ;
   wire \$160 ;
-  wire \$161 ;
-  wire \$162 ;
-  wire \$163 ;
+  wire [9:0] \$161 ;
+  wire [16:0] \$162 ;
+  reg \$163 ;
   wire \$164 ;
-  wire [9:0] \$165 ;
-  wire [16:0] \$166 ;
-  reg \$167 ;
-  wire \$168 ;
-  wire \$169 ;
+  wire \$165 ;
+  wire \$166 ;
+  wire \$167 ;
+  wire [9:0] \$168 ;
+  wire [16:0] \$169 ;
   wire [15:0] \$17 ;
-  wire \$170 ;
+  reg \$170 ;
   wire \$171 ;
-  wire [9:0] \$172 ;
-  wire [16:0] \$173 ;
-  reg \$174 ;
-  wire \$175 ;
-  wire \$176 ;
-  wire \$177 ;
+  wire \$172 ;
+  wire \$173 ;
+  wire \$174 ;
+  wire [9:0] \$175 ;
+  wire [16:0] \$176 ;
+  reg \$177 ;
   wire \$178 ;
-  wire [9:0] \$179 ;
+  wire \$179 ;
   wire \$18 ;
-  wire [16:0] \$180 ;
-  reg \$181 ;
-  wire \$182 ;
-  wire \$183 ;
-  wire \$184 ;
+  wire \$180 ;
+  wire \$181 ;
+  wire [9:0] \$182 ;
+  wire [16:0] \$183 ;
+  reg \$184 ;
   wire \$185 ;
-  wire [9:0] \$186 ;
-  wire [16:0] \$187 ;
-  reg \$188 ;
-  wire \$189 ;
+  wire \$186 ;
+  wire \$187 ;
+  wire \$188 ;
+  wire [9:0] \$189 ;
   wire [17:0] \$19 ;
-  wire \$190 ;
-  wire \$191 ;
+  wire [16:0] \$190 ;
+  reg \$191 ;
   wire \$192 ;
-  wire [9:0] \$193 ;
-  wire [16:0] \$194 ;
-  reg \$195 ;
-  wire \$196 ;
-  wire \$197 ;
-  wire \$198 ;
+  wire \$193 ;
+  wire \$194 ;
+  wire \$195 ;
+  wire [9:0] \$196 ;
+  wire [16:0] \$197 ;
+  reg \$198 ;
   wire \$199 ;
   wire \$2 ;
   wire \$20 ;
-  wire [9:0] \$200 ;
-  wire [16:0] \$201 ;
-  reg \$202 ;
-  wire \$203 ;
-  wire \$204 ;
-  wire \$205 ;
+  wire \$200 ;
+  wire \$201 ;
+  wire \$202 ;
+  wire [9:0] \$203 ;
+  wire [16:0] \$204 ;
+  reg \$205 ;
   wire \$206 ;
-  wire [9:0] \$207 ;
-  wire [16:0] \$208 ;
-  reg \$209 ;
+  wire \$207 ;
+  wire \$208 ;
+  wire \$209 ;
   wire [15:0] \$21 ;
-  wire \$210 ;
+  reg \$210 ;
   wire \$211 ;
-  wire \$212 ;
+  reg \$212 ;
   wire \$213 ;
-  wire [9:0] \$214 ;
-  wire [16:0] \$215 ;
-  reg \$216 ;
+  wire \$214 ;
+  wire \$215 ;
+  wire \$216 ;
   wire \$217 ;
-  wire \$218 ;
+  reg \$218 ;
   wire \$219 ;
   wire \$22 ;
   wire \$220 ;
-  reg \$221 ;
+  wire \$221 ;
   wire \$222 ;
-  reg \$223 ;
-  wire \$224 ;
-  wire \$225 ;
+  wire [9:0] \$223 ;
+  wire [10:0] \$224 ;
+  reg \$225 ;
   wire \$226 ;
   wire \$227 ;
   wire \$228 ;
-  reg \$229 ;
+  wire \$229 ;
   wire [18:0] \$23 ;
   wire \$230 ;
   wire \$231 ;
   wire \$232 ;
-  wire \$233 ;
-  wire [9:0] \$234 ;
-  wire [10:0] \$235 ;
-  reg \$236 ;
+  wire [9:0] \$233 ;
+  wire [10:0] \$234 ;
+  reg \$235 ;
+  wire \$236 ;
   wire \$237 ;
   wire \$238 ;
   wire \$239 ;
   wire [20:0] \$24 ;
   wire \$240 ;
   wire \$241 ;
-  wire \$242 ;
-  wire \$243 ;
-  wire [9:0] \$244 ;
-  wire [10:0] \$245 ;
-  reg \$246 ;
+  wire [9:0] \$242 ;
+  wire [10:0] \$243 ;
+  reg \$244 ;
+  wire \$245 ;
+  wire \$246 ;
   wire \$247 ;
   wire \$248 ;
   wire \$249 ;
   wire [21:0] \$25 ;
   wire \$250 ;
-  wire \$251 ;
-  wire \$252 ;
-  wire [9:0] \$253 ;
-  wire [10:0] \$254 ;
-  reg \$255 ;
+  wire [9:0] \$251 ;
+  wire [10:0] \$252 ;
+  reg \$253 ;
+  wire \$254 ;
+  wire \$255 ;
   wire \$256 ;
   wire \$257 ;
   wire \$258 ;
   wire \$259 ;
   wire [21:0] \$26 ;
-  wire \$260 ;
-  wire \$261 ;
-  wire [9:0] \$262 ;
-  wire [10:0] \$263 ;
-  reg \$264 ;
+  wire [9:0] \$260 ;
+  wire [10:0] \$261 ;
+  reg \$262 ;
+  wire \$263 ;
+  wire \$264 ;
   wire \$265 ;
   wire \$266 ;
   wire \$267 ;
   wire \$268 ;
-  wire \$269 ;
+  wire [9:0] \$269 ;
   wire \$27 ;
-  wire \$270 ;
-  wire [9:0] \$271 ;
-  wire [10:0] \$272 ;
-  reg \$273 ;
+  wire [10:0] \$270 ;
+  reg \$271 ;
+  wire \$272 ;
+  wire \$273 ;
   wire \$274 ;
   wire \$275 ;
   wire \$276 ;
   wire \$277 ;
-  wire \$278 ;
-  wire \$279 ;
+  wire [9:0] \$278 ;
+  wire [10:0] \$279 ;
   wire [15:0] \$28 ;
-  wire [9:0] \$280 ;
-  wire [10:0] \$281 ;
-  reg \$282 ;
+  reg \$280 ;
+  wire \$281 ;
+  wire \$282 ;
   wire \$283 ;
   wire \$284 ;
   wire \$285 ;
   wire \$286 ;
-  wire \$287 ;
-  wire \$288 ;
-  wire [9:0] \$289 ;
+  wire [9:0] \$287 ;
+  wire [10:0] \$288 ;
+  reg \$289 ;
   wire \$29 ;
-  wire [10:0] \$290 ;
-  reg \$291 ;
+  wire \$290 ;
+  wire \$291 ;
   wire \$292 ;
   wire \$293 ;
   wire \$294 ;
   wire \$295 ;
   wire \$296 ;
   wire \$297 ;
-  wire [9:0] \$298 ;
-  wire [10:0] \$299 ;
+  wire [7:0] \$298 ;
+  wire [7:0] \$299 ;
   wire \$3 ;
   wire [18:0] \$30 ;
-  reg \$300 ;
-  wire \$301 ;
-  wire \$302 ;
-  wire \$303 ;
-  wire \$304 ;
-  wire \$305 ;
+  wire [7:0] \$300 ;
+  wire [7:0] \$301 ;
+  wire [7:0] \$302 ;
+  wire [7:0] \$303 ;
+  wire [7:0] \$304 ;
+  wire [7:0] \$305 ;
   wire \$306 ;
   wire \$307 ;
   wire \$308 ;
-  wire [7:0] \$309 ;
+  wire \$309 ;
   wire [20:0] \$31 ;
-  wire [7:0] \$310 ;
-  wire [7:0] \$311 ;
-  wire [7:0] \$312 ;
-  wire [7:0] \$313 ;
-  wire [7:0] \$314 ;
-  wire [7:0] \$315 ;
-  wire [7:0] \$316 ;
+  wire \$310 ;
+  wire \$311 ;
+  wire \$312 ;
+  wire \$313 ;
+  wire \$314 ;
+  wire \$315 ;
+  wire \$316 ;
   wire \$317 ;
   wire \$318 ;
   wire \$319 ;
   wire [21:0] \$32 ;
-  wire \$320 ;
-  wire \$321 ;
+  reg [31:0] \$320 ;
+  wire [3:0] \$321 ;
   wire \$322 ;
-  wire \$323 ;
-  wire \$324 ;
+  wire [8:0] \$323 ;
+  wire [3:0] \$324 ;
   wire \$325 ;
-  wire \$326 ;
-  wire \$327 ;
+  wire [16:0] \$326 ;
+  wire [3:0] \$327 ;
   wire \$328 ;
-  wire \$329 ;
+  wire [32:0] \$329 ;
   wire [21:0] \$33 ;
-  wire \$330 ;
+  wire [3:0] \$330 ;
   wire \$331 ;
-  reg [31:0] \$332 ;
-  wire \$333 ;
-  wire \$334 ;
-  reg [31:0] \$335 ;
+  wire [64:0] \$332 ;
+  wire [15:0] \$333 ;
+  wire [15:0] \$334 ;
+  wire [15:0] \$335 ;
   wire \$336 ;
-  wire \$337 ;
-  wire \$338 ;
+  wire [15:0] \$337 ;
+  wire [15:0] \$338 ;
   wire \$339 ;
   wire \$34 ;
-  wire \$340 ;
-  wire \$341 ;
-  wire \$342 ;
+  wire [15:0] \$340 ;
+  wire [15:0] \$341 ;
+  reg [31:0] \$342 ;
   wire [31:0] \$343 ;
   wire [31:0] \$344 ;
-  wire [31:0] \$345 ;
-  wire [31:0] \$346 ;
-  wire [31:0] \$347 ;
+  wire \$345 ;
+  wire \$346 ;
+  wire \$347 ;
   wire \$348 ;
-  wire [31:0] \$349 ;
+  wire \$349 ;
   wire [3:0] \$35 ;
-  wire [31:0] \$350 ;
-  wire [31:0] \$351 ;
+  wire \$350 ;
+  wire \$351 ;
   wire [31:0] \$352 ;
-  wire [2:0] \$353 ;
-  wire [2:0] \$354 ;
-  wire [2:0] \$355 ;
-  wire [1:0] \$356 ;
-  wire [2:0] \$357 ;
-  wire \$358 ;
-  wire [2:0] \$359 ;
+  wire [31:0] \$353 ;
+  wire [31:0] \$354 ;
+  wire [31:0] \$355 ;
+  wire [31:0] \$356 ;
+  wire \$357 ;
+  wire [31:0] \$358 ;
+  wire [31:0] \$359 ;
   wire \$36 ;
-  wire [2:0] \$360 ;
-  wire [2:0] \$361 ;
+  wire [31:0] \$360 ;
+  wire [31:0] \$361 ;
   wire [2:0] \$362 ;
-  wire \$363 ;
-  wire \$364 ;
-  wire \$365 ;
-  wire \$366 ;
+  wire [2:0] \$363 ;
+  wire [2:0] \$364 ;
+  wire [1:0] \$365 ;
+  wire [2:0] \$366 ;
   wire \$367 ;
-  wire \$368 ;
-  wire \$369 ;
+  wire [2:0] \$368 ;
+  wire [2:0] \$369 ;
   wire [17:0] \$37 ;
-  wire \$370 ;
-  wire \$371 ;
+  wire [2:0] \$370 ;
+  wire [2:0] \$371 ;
   wire \$372 ;
   wire \$373 ;
   wire \$374 ;
@@ -1676,7 +1706,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$423 ;
   wire \$424 ;
   wire \$425 ;
-  wire [30:0] \$426 ;
+  wire \$426 ;
   wire \$427 ;
   wire \$428 ;
   wire \$429 ;
@@ -1694,7 +1724,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire [15:0] \$44 ;
   wire \$440 ;
   wire \$441 ;
-  wire \$442 ;
+  wire [30:0] \$442 ;
   wire \$443 ;
   wire \$444 ;
   wire \$445 ;
@@ -1727,101 +1757,101 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire [21:0] \$47 ;
   wire \$470 ;
   wire \$471 ;
-  wire [16:0] \$472 ;
-  wire [16:0] \$473 ;
-  wire [32:0] \$474 ;
-  wire [32:0] \$475 ;
-  wire [16:0] \$476 ;
-  wire [16:0] \$477 ;
-  wire [16:0] \$478 ;
-  wire [16:0] \$479 ;
+  wire \$472 ;
+  wire \$473 ;
+  wire \$474 ;
+  wire \$475 ;
+  wire \$476 ;
+  wire \$477 ;
+  wire \$478 ;
+  wire \$479 ;
   wire [21:0] \$48 ;
-  wire [31:0] \$480 ;
-  wire [22:0] \$481 ;
-  wire [23:0] \$482 ;
-  wire [31:0] \$483 ;
-  wire [32:0] \$484 ;
-  wire [32:0] \$485 ;
-  wire [47:0] \$486 ;
-  wire [16:0] \$487 ;
-  wire [18:0] \$488 ;
-  wire [19:0] \$489 ;
+  wire \$480 ;
+  wire \$481 ;
+  wire \$482 ;
+  wire \$483 ;
+  wire \$484 ;
+  wire \$485 ;
+  wire \$486 ;
+  wire \$487 ;
+  wire [16:0] \$488 ;
+  wire [16:0] \$489 ;
   wire [15:0] \$49 ;
-  wire [20:0] \$490 ;
-  wire [18:0] \$491 ;
-  wire [19:0] \$492 ;
-  wire [3:0] \$493 ;
-  wire \$494 ;
-  wire [31:0] \$495 ;
-  wire [32:0] \$496 ;
-  wire \$497 ;
-  wire \$498 ;
-  wire \$499 ;
+  wire [32:0] \$490 ;
+  wire [32:0] \$491 ;
+  wire [16:0] \$492 ;
+  wire [16:0] \$493 ;
+  wire [16:0] \$494 ;
+  wire [16:0] \$495 ;
+  wire [31:0] \$496 ;
+  wire [22:0] \$497 ;
+  wire [23:0] \$498 ;
+  wire [31:0] \$499 ;
   wire \$5 ;
   wire [20:0] \$50 ;
-  wire \$500 ;
-  wire \$501 ;
-  wire \$502 ;
-  wire \$503 ;
-  wire \$504 ;
-  wire \$505 ;
-  wire [48:0] \$506 ;
-  wire \$507 ;
-  wire [48:0] \$508 ;
-  wire \$509 ;
+  wire [32:0] \$500 ;
+  wire [32:0] \$501 ;
+  wire [31:0] \$502 ;
+  wire [31:0] \$503 ;
+  wire [46:0] \$504 ;
+  wire [47:0] \$505 ;
+  wire [16:0] \$506 ;
+  wire [18:0] \$507 ;
+  wire [19:0] \$508 ;
+  wire [20:0] \$509 ;
   wire [20:0] \$51 ;
-  wire [48:0] \$510 ;
-  wire \$511 ;
-  wire [48:0] \$512 ;
+  wire [18:0] \$510 ;
+  wire [19:0] \$511 ;
+  wire [3:0] \$512 ;
   wire \$513 ;
-  wire [48:0] \$514 ;
-  wire \$515 ;
-  wire [48:0] \$516 ;
+  wire [31:0] \$514 ;
+  wire [32:0] \$515 ;
+  wire \$516 ;
   wire \$517 ;
-  wire [48:0] \$518 ;
+  wire \$518 ;
   wire \$519 ;
   wire [20:0] \$52 ;
-  wire [48:0] \$520 ;
+  wire \$520 ;
   wire \$521 ;
-  wire [48:0] \$522 ;
+  wire \$522 ;
   wire \$523 ;
-  wire [48:0] \$524 ;
-  wire \$525 ;
-  wire [48:0] \$526 ;
-  wire \$527 ;
-  wire [48:0] \$528 ;
-  wire \$529 ;
+  wire \$524 ;
+  wire [48:0] \$525 ;
+  wire \$526 ;
+  wire [48:0] \$527 ;
+  wire \$528 ;
+  wire [48:0] \$529 ;
   wire [15:0] \$53 ;
-  wire [48:0] \$530 ;
-  wire \$531 ;
-  wire [48:0] \$532 ;
-  wire \$533 ;
-  wire [48:0] \$534 ;
-  wire \$535 ;
-  wire [48:0] \$536 ;
-  wire \$537 ;
-  wire [48:0] \$538 ;
-  wire \$539 ;
+  wire \$530 ;
+  wire [48:0] \$531 ;
+  wire \$532 ;
+  wire [48:0] \$533 ;
+  wire \$534 ;
+  wire [48:0] \$535 ;
+  wire \$536 ;
+  wire [48:0] \$537 ;
+  wire \$538 ;
+  wire [48:0] \$539 ;
   wire [17:0] \$54 ;
   wire \$540 ;
-  wire \$541 ;
+  wire [48:0] \$541 ;
   wire \$542 ;
-  wire \$543 ;
+  wire [48:0] \$543 ;
   wire \$544 ;
-  wire \$545 ;
+  wire [48:0] \$545 ;
   wire \$546 ;
-  wire \$547 ;
+  wire [48:0] \$547 ;
   wire \$548 ;
-  wire \$549 ;
+  wire [48:0] \$549 ;
   wire [3:0] \$55 ;
   wire \$550 ;
-  wire \$551 ;
+  wire [48:0] \$551 ;
   wire \$552 ;
-  wire \$553 ;
+  wire [48:0] \$553 ;
   wire \$554 ;
-  wire \$555 ;
+  wire [48:0] \$555 ;
   wire \$556 ;
-  wire \$557 ;
+  wire [48:0] \$557 ;
   wire \$558 ;
   wire \$559 ;
   wire [17:0] \$56 ;
@@ -1842,50 +1872,50 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$573 ;
   wire \$574 ;
   wire \$575 ;
-  wire [15:0] \$576 ;
+  wire \$576 ;
   wire \$577 ;
   wire \$578 ;
   wire \$579 ;
   wire [20:0] \$58 ;
   wire \$580 ;
-  wire [16:0] \$581 ;
-  wire [32:0] \$582 ;
+  wire \$581 ;
+  wire \$582 ;
   wire \$583 ;
   wire \$584 ;
   wire \$585 ;
   wire \$586 ;
   wire \$587 ;
   wire \$588 ;
-  wire [32:0] \$589 ;
+  wire \$589 ;
   wire [21:0] \$59 ;
   wire \$590 ;
   wire \$591 ;
-  wire [14:0] \$592 ;
+  wire \$592 ;
   wire \$593 ;
   wire \$594 ;
-  wire [3:0] \$595 ;
+  wire [15:0] \$595 ;
   wire \$596 ;
   wire \$597 ;
   wire \$598 ;
   wire \$599 ;
   wire \$6 ;
   wire [20:0] \$60 ;
-  wire \$600 ;
-  wire \$601 ;
+  wire [16:0] \$600 ;
+  wire [32:0] \$601 ;
   wire \$602 ;
   wire \$603 ;
   wire \$604 ;
   wire \$605 ;
   wire \$606 ;
   wire \$607 ;
-  wire \$608 ;
+  wire [32:0] \$608 ;
   wire \$609 ;
   wire \$61 ;
   wire \$610 ;
-  wire \$611 ;
+  wire [14:0] \$611 ;
   wire \$612 ;
   wire \$613 ;
-  wire \$614 ;
+  wire [3:0] \$614 ;
   wire \$615 ;
   wire \$616 ;
   wire \$617 ;
@@ -1901,9 +1931,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$626 ;
   wire \$627 ;
   wire \$628 ;
-  wire [16:0] \$629 ;
+  wire \$629 ;
   wire \$63 ;
-  wire [32:0] \$630 ;
+  wire \$630 ;
   wire \$631 ;
   wire \$632 ;
   wire \$633 ;
@@ -1916,14 +1946,14 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$64 ;
   wire \$640 ;
   wire \$641 ;
-  wire [16:0] \$642 ;
+  wire \$642 ;
   wire \$643 ;
   wire \$644 ;
   wire \$645 ;
   wire \$646 ;
   wire \$647 ;
-  wire \$648 ;
-  wire \$649 ;
+  wire [16:0] \$648 ;
+  wire [32:0] \$649 ;
   wire \$65 ;
   wire \$650 ;
   wire \$651 ;
@@ -1937,7 +1967,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$659 ;
   wire \$66 ;
   wire \$660 ;
-  wire \$661 ;
+  wire [16:0] \$661 ;
   wire \$662 ;
   wire \$663 ;
   wire \$664 ;
@@ -2006,12 +2036,12 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$720 ;
   wire \$721 ;
   wire \$722 ;
-  wire [24:0] \$723 ;
-  wire [33:0] \$724 ;
+  wire \$723 ;
+  wire \$724 ;
   wire \$725 ;
   wire \$726 ;
-  wire [24:0] \$727 ;
-  wire [33:0] \$728 ;
+  wire \$727 ;
+  wire \$728 ;
   wire \$729 ;
   wire \$73 ;
   wire \$730 ;
@@ -2022,46 +2052,46 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$735 ;
   wire \$736 ;
   wire \$737 ;
-  wire [3:0] \$738 ;
+  wire \$738 ;
   wire \$739 ;
   wire [15:0] \$74 ;
   wire \$740 ;
   wire \$741 ;
-  wire [3:0] \$742 ;
-  wire [14:0] \$743 ;
-  wire \$744 ;
+  wire \$742 ;
+  wire \$743 ;
+  wire [24:0] \$744 ;
   wire \$745 ;
   wire \$746 ;
-  wire \$747 ;
+  wire [33:0] \$747 ;
   wire \$748 ;
   wire \$749 ;
   wire \$75 ;
-  wire \$750 ;
-  wire \$751 ;
+  wire [24:0] \$750 ;
+  wire [33:0] \$751 ;
   wire \$752 ;
   wire \$753 ;
   wire \$754 ;
   wire \$755 ;
   wire \$756 ;
-  wire [16:0] \$757 ;
-  wire [16:0] \$758 ;
+  wire \$757 ;
+  wire \$758 ;
   wire \$759 ;
   wire [15:0] \$76 ;
-  wire [32:0] \$760 ;
+  wire \$760 ;
   wire \$761 ;
   wire \$762 ;
-  wire \$763 ;
-  wire [32:0] \$764 ;
+  wire [3:0] \$763 ;
+  wire \$764 ;
   wire \$765 ;
   wire \$766 ;
-  wire \$767 ;
-  wire \$768 ;
+  wire [3:0] \$767 ;
+  wire [14:0] \$768 ;
   wire \$769 ;
   wire \$77 ;
-  wire [16:0] \$770 ;
-  wire [16:0] \$771 ;
+  wire \$770 ;
+  wire \$771 ;
   wire \$772 ;
-  wire [32:0] \$773 ;
+  wire \$773 ;
   wire \$774 ;
   wire \$775 ;
   wire \$776 ;
@@ -2069,154 +2099,154 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$778 ;
   wire \$779 ;
   wire \$78 ;
-  wire [16:0] \$780 ;
-  wire [16:0] \$781 ;
-  wire \$782 ;
-  wire \$783 ;
-  wire [16:0] \$784 ;
-  wire \$785 ;
+  wire \$780 ;
+  wire \$781 ;
+  wire [16:0] \$782 ;
+  wire [16:0] \$783 ;
+  wire \$784 ;
+  wire [32:0] \$785 ;
   wire \$786 ;
   wire \$787 ;
   wire \$788 ;
-  wire \$789 ;
+  wire [32:0] \$789 ;
   wire \$79 ;
   wire \$790 ;
   wire \$791 ;
   wire \$792 ;
   wire \$793 ;
   wire \$794 ;
-  wire \$795 ;
-  wire \$796 ;
+  wire [16:0] \$795 ;
+  wire [16:0] \$796 ;
   wire \$797 ;
-  wire \$798 ;
-  reg \$799 ;
+  wire [32:0] \$798 ;
+  wire \$799 ;
   wire \$8 ;
   wire \$80 ;
   wire \$800 ;
   wire \$801 ;
   wire \$802 ;
   wire \$803 ;
-  reg \$804 ;
-  wire \$805 ;
-  wire \$806 ;
+  wire \$804 ;
+  wire [16:0] \$805 ;
+  wire [16:0] \$806 ;
   wire \$807 ;
   wire \$808 ;
-  wire \$809 ;
+  wire [16:0] \$809 ;
   wire \$81 ;
   wire \$810 ;
-  wire [4:0] \$811 ;
-  wire [16:0] \$812 ;
-  wire [16:0] \$813 ;
+  wire \$811 ;
+  wire \$812 ;
+  wire \$813 ;
   wire \$814 ;
   wire \$815 ;
-  wire [16:0] \$816 ;
-  wire [16:0] \$817 ;
+  wire \$816 ;
+  wire \$817 ;
   wire \$818 ;
   wire \$819 ;
   wire \$82 ;
   wire \$820 ;
   wire \$821 ;
-  wire [4:0] \$822 ;
-  wire [9:0] \$823 ;
-  wire [16:0] \$824 ;
+  wire \$822 ;
+  wire \$823 ;
+  reg \$824 ;
   wire \$825 ;
   wire \$826 ;
   wire \$827 ;
   wire \$828 ;
-  wire \$829 ;
-  wire [3:0] \$83 ;
+  reg \$829 ;
+  wire \$83 ;
   wire \$830 ;
   wire \$831 ;
   wire \$832 ;
-  wire [32:0] \$833 ;
+  wire \$833 ;
   wire \$834 ;
-  wire [16:0] \$835 ;
-  wire [16:0] \$836 ;
-  wire \$837 ;
+  wire \$835 ;
+  wire [4:0] \$836 ;
+  wire [16:0] \$837 ;
   wire [16:0] \$838 ;
-  wire [16:0] \$839 ;
+  wire \$839 ;
   wire \$84 ;
   wire \$840 ;
-  reg \$841 ;
-  wire \$842 ;
+  wire [16:0] \$841 ;
+  wire [16:0] \$842 ;
   wire \$843 ;
   wire \$844 ;
   wire \$845 ;
   wire \$846 ;
-  wire [16:0] \$847 ;
-  wire [10:0] \$848 ;
-  wire \$849 ;
-  wire [8:0] \$85 ;
-  wire [16:0] \$850 ;
+  wire [4:0] \$847 ;
+  wire [9:0] \$848 ;
+  wire [16:0] \$849 ;
+  wire \$85 ;
+  wire \$850 ;
   wire \$851 ;
   wire \$852 ;
-  wire [4:0] \$853 ;
-  wire [9:0] \$854 ;
-  wire [32:0] \$855 ;
-  wire [33:0] \$856 ;
+  wire \$853 ;
+  wire \$854 ;
+  wire \$855 ;
+  wire \$856 ;
   wire \$857 ;
-  wire \$858 ;
+  wire [32:0] \$858 ;
   wire \$859 ;
-  wire [3:0] \$86 ;
-  wire \$860 ;
-  wire \$861 ;
+  wire \$86 ;
+  wire [16:0] \$860 ;
+  wire [16:0] \$861 ;
   wire \$862 ;
-  wire \$863 ;
-  wire \$864 ;
+  wire [16:0] \$863 ;
+  wire [16:0] \$864 ;
   wire \$865 ;
-  wire \$866 ;
-  wire [16:0] \$867 ;
-  wire [32:0] \$868 ;
+  reg \$866 ;
+  wire \$867 ;
+  wire \$868 ;
   wire \$869 ;
   wire \$87 ;
   wire \$870 ;
   wire \$871 ;
-  wire \$872 ;
-  wire [3:0] \$873 ;
-  wire [3:0] \$874 ;
-  wire \$875 ;
+  wire [16:0] \$872 ;
+  wire [10:0] \$873 ;
+  wire \$874 ;
+  wire [16:0] \$875 ;
   wire \$876 ;
   wire \$877 ;
-  wire \$878 ;
-  wire \$879 ;
-  wire [16:0] \$88 ;
-  reg [13:0] \$880 ;
-  reg [15:0] \$881 ;
-  reg \$882 ;
-  reg \$883 ;
-  reg \$884 ;
-  reg \$885 ;
-  reg \$886 ;
-  reg \$887 ;
-  reg \$888 ;
-  reg \$889 ;
-  wire [3:0] \$89 ;
-  reg \$890 ;
-  reg \$891 ;
-  reg \$892 ;
-  reg \$893 ;
-  reg \$894 ;
-  reg \$895 ;
-  reg \$896 ;
-  reg \$897 ;
-  reg \$898 ;
-  reg [15:0] \$899 ;
+  wire [4:0] \$878 ;
+  wire [9:0] \$879 ;
+  wire \$88 ;
+  wire [32:0] \$880 ;
+  wire [33:0] \$881 ;
+  wire \$882 ;
+  wire \$883 ;
+  wire \$884 ;
+  wire \$885 ;
+  wire \$886 ;
+  wire \$887 ;
+  wire \$888 ;
+  wire \$889 ;
+  wire \$89 ;
+  wire \$890 ;
+  wire \$891 ;
+  wire [16:0] \$892 ;
+  wire [32:0] \$893 ;
+  wire \$894 ;
+  wire [3:0] \$895 ;
+  wire [3:0] \$896 ;
+  wire \$897 ;
+  wire \$898 ;
+  wire \$899 ;
   wire \$9 ;
   wire \$90 ;
-  reg \$900 ;
-  reg \$901 ;
-  reg \$902 ;
-  reg \$903 ;
-  reg \$904 ;
-  reg \$905 ;
-  reg \$906 ;
-  reg [2:0] \$907 ;
-  reg [2:0] \$908 ;
+  wire [3:0] \$900 ;
+  wire [3:0] \$901 ;
+  wire \$902 ;
+  wire \$903 ;
+  wire \$904 ;
+  wire \$905 ;
+  wire \$906 ;
+  reg [13:0] \$907 ;
+  reg [15:0] \$908 ;
   reg \$909 ;
-  wire [32:0] \$91 ;
+  wire \$91 ;
   reg \$910 ;
-  reg [2:0] \$911 ;
-  reg [2:0] \$912 ;
+  reg \$911 ;
+  reg \$912 ;
   reg \$913 ;
   reg \$914 ;
   reg \$915 ;
@@ -2224,156 +2254,156 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   reg \$917 ;
   reg \$918 ;
   reg \$919 ;
-  wire [3:0] \$92 ;
+  wire \$92 ;
   reg \$920 ;
-  reg [47:0] \$921 ;
-  reg [47:0] \$922 ;
-  reg [47:0] \$923 ;
-  reg [47:0] \$924 ;
-  reg [47:0] \$925 ;
-  reg [47:0] \$926 ;
-  reg [47:0] \$927 ;
-  reg [47:0] \$928 ;
-  reg [47:0] \$929 ;
+  reg \$921 ;
+  reg \$922 ;
+  reg \$923 ;
+  reg \$924 ;
+  reg \$925 ;
+  reg [15:0] \$926 ;
+  reg \$927 ;
+  reg \$928 ;
+  reg \$929 ;
   wire \$93 ;
-  reg [47:0] \$930 ;
-  reg [47:0] \$931 ;
-  reg [47:0] \$932 ;
-  reg [47:0] \$933 ;
-  reg [47:0] \$934 ;
-  reg [47:0] \$935 ;
-  reg [47:0] \$936 ;
-  reg [47:0] \$937 ;
-  reg \$938 ;
-  reg \$939 ;
-  wire [64:0] \$94 ;
+  reg \$930 ;
+  reg \$931 ;
+  reg \$932 ;
+  reg \$933 ;
+  reg [2:0] \$934 ;
+  reg [2:0] \$935 ;
+  reg \$936 ;
+  reg \$937 ;
+  reg [2:0] \$938 ;
+  reg [2:0] \$939 ;
+  wire \$94 ;
   reg \$940 ;
   reg \$941 ;
   reg \$942 ;
-  reg [31:0] \$943 ;
+  reg \$943 ;
   reg \$944 ;
   reg \$945 ;
-  reg [3:0] \$946 ;
+  reg \$946 ;
   reg \$947 ;
-  reg [31:0] \$948 ;
-  reg [31:0] \$949 ;
+  reg \$948 ;
+  reg [47:0] \$949 ;
   wire \$95 ;
-  reg [15:0] \$950 ;
-  reg [31:0] \$951 ;
-  reg [2:0] \$952 ;
-  reg \$953 ;
-  reg \$954 ;
-  reg \$955 ;
-  reg \$956 ;
-  reg \$957 ;
-  reg \$958 ;
-  reg \$959 ;
+  reg [47:0] \$950 ;
+  reg [47:0] \$951 ;
+  reg [47:0] \$952 ;
+  reg [47:0] \$953 ;
+  reg [47:0] \$954 ;
+  reg [47:0] \$955 ;
+  reg [47:0] \$956 ;
+  reg [47:0] \$957 ;
+  reg [47:0] \$958 ;
+  reg [47:0] \$959 ;
   wire \$96 ;
-  reg \$960 ;
-  reg \$961 ;
-  reg \$962 ;
-  reg \$963 ;
-  reg \$964 ;
-  reg \$965 ;
+  reg [47:0] \$960 ;
+  reg [47:0] \$961 ;
+  reg [47:0] \$962 ;
+  reg [47:0] \$963 ;
+  reg [47:0] \$964 ;
+  reg [47:0] \$965 ;
   reg \$966 ;
   reg \$967 ;
   reg \$968 ;
   reg \$969 ;
   wire \$97 ;
   reg \$970 ;
-  reg \$971 ;
+  reg [31:0] \$971 ;
   reg \$972 ;
   reg \$973 ;
-  reg \$974 ;
+  reg [3:0] \$974 ;
   reg \$975 ;
-  reg \$976 ;
-  reg \$977 ;
-  reg \$978 ;
-  reg \$979 ;
+  reg [31:0] \$976 ;
+  reg [31:0] \$977 ;
+  reg [15:0] \$978 ;
+  reg [31:0] \$979 ;
   wire \$98 ;
-  reg [511:0] \$980 ;
-  reg [2:0] \$981 ;
-  reg [31:0] \$982 ;
-  reg [7:0] \$983 ;
-  reg [15:0] \$984 ;
-  reg [15:0] \$985 ;
+  reg [2:0] \$980 ;
+  reg \$981 ;
+  reg \$982 ;
+  reg \$983 ;
+  reg \$984 ;
+  reg \$985 ;
   reg \$986 ;
-  reg [65:0] \$987 ;
+  reg \$987 ;
   reg \$988 ;
   reg \$989 ;
   wire \$99 ;
   reg \$990 ;
   reg \$991 ;
   reg \$992 ;
-  reg [31:0] \$993 ;
-  reg [15:0] \$994 ;
+  reg \$993 ;
+  reg \$994 ;
   reg \$995 ;
-  reg [15:0] \$996 ;
-  reg [15:0] \$997 ;
-  reg [15:0] \$998 ;
-  reg [15:0] \$999 ;
-  reg \$signal ;
-  reg \$signal$297  = 1'h0;
-  reg [3:0] \$signal$304  = 4'h0;
-  reg \$signal$330  = 1'h0;
-  reg \$signal$463  = 1'h0;
-  reg [31:0] \$signal$538  = 32'd0;
-  reg [31:0] \$signal$539  = 32'd0;
-  reg \$signal$560  = 1'h0;
-  reg [15:0] \$signal$563  = 16'h0000;
+  reg \$996 ;
+  reg \$997 ;
+  reg \$998 ;
+  reg \$999 ;
+  reg \$signal  = 1'h0;
+  reg [3:0] \$signal$303  = 4'h0;
+  reg \$signal$329  = 1'h0;
+  reg \$signal$466  = 1'h0;
+  reg [31:0] \$signal$548  = 32'd0;
+  reg [31:0] \$signal$549  = 32'd0;
+  reg \$signal$571  = 1'h0;
+  reg [15:0] \$signal$574  = 16'h0000;
   wire [13:0] \$signature__addr ;
   wire [13:0] \$signature__addr$103 ;
-  reg [8:0] \$signature__addr$300 ;
-  reg [8:0] \$signature__addr$305 ;
-  reg [8:0] \$signature__addr$308 ;
-  reg [8:0] \$signature__addr$311 ;
-  reg [8:0] \$signature__addr$314 ;
-  reg [8:0] \$signature__addr$317 ;
-  reg [8:0] \$signature__addr$320 ;
-  reg [8:0] \$signature__addr$323 ;
-  reg [8:0] \$signature__addr$326 ;
-  reg [8:0] \$signature__addr$337 ;
-  reg [8:0] \$signature__addr$341 ;
-  reg [8:0] \$signature__addr$343 ;
-  reg [8:0] \$signature__addr$345 ;
-  reg [8:0] \$signature__addr$347 ;
-  reg [8:0] \$signature__addr$349 ;
-  reg [8:0] \$signature__addr$351 ;
-  reg [8:0] \$signature__addr$353 ;
-  reg [8:0] \$signature__addr$355 ;
-  reg [8:0] \$signature__addr$360 ;
-  reg [8:0] \$signature__addr$365 ;
-  reg [8:0] \$signature__addr$368 ;
-  reg [8:0] \$signature__addr$371 ;
-  reg [8:0] \$signature__addr$374 ;
-  reg [8:0] \$signature__addr$377 ;
-  reg [8:0] \$signature__addr$380 ;
-  reg [8:0] \$signature__addr$383 ;
-  reg [8:0] \$signature__addr$386 ;
-  reg [8:0] \$signature__addr$389 ;
-  reg [8:0] \$signature__addr$391 ;
-  reg [8:0] \$signature__addr$393 ;
-  reg [8:0] \$signature__addr$395 ;
-  reg [8:0] \$signature__addr$397 ;
-  reg [8:0] \$signature__addr$399 ;
-  reg [8:0] \$signature__addr$401 ;
+  reg [8:0] \$signature__addr$299 ;
+  reg [8:0] \$signature__addr$304 ;
+  reg [8:0] \$signature__addr$307 ;
+  reg [8:0] \$signature__addr$310 ;
+  reg [8:0] \$signature__addr$313 ;
+  reg [8:0] \$signature__addr$316 ;
+  reg [8:0] \$signature__addr$319 ;
+  reg [8:0] \$signature__addr$322 ;
+  reg [8:0] \$signature__addr$325 ;
+  reg [8:0] \$signature__addr$336 ;
+  reg [8:0] \$signature__addr$340 ;
+  reg [8:0] \$signature__addr$342 ;
+  reg [8:0] \$signature__addr$344 ;
+  reg [8:0] \$signature__addr$346 ;
+  reg [8:0] \$signature__addr$348 ;
+  reg [8:0] \$signature__addr$350 ;
+  reg [8:0] \$signature__addr$352 ;
+  reg [8:0] \$signature__addr$354 ;
+  reg [8:0] \$signature__addr$359 ;
+  reg [8:0] \$signature__addr$364 ;
+  reg [8:0] \$signature__addr$367 ;
+  reg [8:0] \$signature__addr$370 ;
+  reg [8:0] \$signature__addr$373 ;
+  reg [8:0] \$signature__addr$376 ;
+  reg [8:0] \$signature__addr$379 ;
+  reg [8:0] \$signature__addr$382 ;
+  reg [8:0] \$signature__addr$385 ;
+  reg [8:0] \$signature__addr$388 ;
+  reg [8:0] \$signature__addr$390 ;
+  reg [8:0] \$signature__addr$392 ;
+  reg [8:0] \$signature__addr$394 ;
+  reg [8:0] \$signature__addr$396 ;
+  reg [8:0] \$signature__addr$398 ;
+  reg [8:0] \$signature__addr$400 ;
   reg [8:0] \$signature__data ;
-  reg [8:0] \$signature__data$306 ;
-  reg [8:0] \$signature__data$309 ;
-  reg [8:0] \$signature__data$312 ;
-  reg [8:0] \$signature__data$315 ;
-  reg [8:0] \$signature__data$318 ;
-  reg [8:0] \$signature__data$321 ;
-  reg [8:0] \$signature__data$324 ;
-  reg [8:0] \$signature__data$327 ;
-  reg [7:0] \$signature__data$362 ;
-  reg [7:0] \$signature__data$366 ;
-  reg [7:0] \$signature__data$369 ;
-  reg [7:0] \$signature__data$372 ;
-  reg [7:0] \$signature__data$375 ;
-  reg [7:0] \$signature__data$378 ;
-  reg [7:0] \$signature__data$381 ;
-  reg [7:0] \$signature__data$384 ;
+  reg [8:0] \$signature__data$305 ;
+  reg [8:0] \$signature__data$308 ;
+  reg [8:0] \$signature__data$311 ;
+  reg [8:0] \$signature__data$314 ;
+  reg [8:0] \$signature__data$317 ;
+  reg [8:0] \$signature__data$320 ;
+  reg [8:0] \$signature__data$323 ;
+  reg [8:0] \$signature__data$326 ;
+  reg [7:0] \$signature__data$361 ;
+  reg [7:0] \$signature__data$365 ;
+  reg [7:0] \$signature__data$368 ;
+  reg [7:0] \$signature__data$371 ;
+  reg [7:0] \$signature__data$374 ;
+  reg [7:0] \$signature__data$377 ;
+  reg [7:0] \$signature__data$380 ;
+  reg [7:0] \$signature__data$383 ;
+  wire [8:0] \$signature__data$404 ;
   wire [8:0] \$signature__data$405 ;
   wire [8:0] \$signature__data$406 ;
   wire [8:0] \$signature__data$407 ;
@@ -2382,7 +2412,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire [8:0] \$signature__data$410 ;
   wire [8:0] \$signature__data$411 ;
   wire [8:0] \$signature__data$412 ;
-  wire [8:0] \$signature__data$413 ;
+  wire [7:0] \$signature__data$413 ;
   wire [7:0] \$signature__data$414 ;
   wire [7:0] \$signature__data$415 ;
   wire [7:0] \$signature__data$416 ;
@@ -2390,66 +2420,65 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire [7:0] \$signature__data$418 ;
   wire [7:0] \$signature__data$419 ;
   wire [7:0] \$signature__data$420 ;
-  wire [7:0] \$signature__data$421 ;
-  wire [15:0] \$signature__data$506 ;
-  wire [15:0] \$signature__data$512 ;
+  wire [15:0] \$signature__data$514 ;
+  wire [15:0] \$signature__data$520 ;
   wire \$signature__en ;
   wire \$signature__en$105 ;
-  reg \$signature__en$303 ;
-  reg \$signature__en$307 ;
-  reg \$signature__en$310 ;
-  reg \$signature__en$313 ;
-  reg \$signature__en$316 ;
-  reg \$signature__en$319 ;
-  reg \$signature__en$322 ;
-  reg \$signature__en$325 ;
-  reg \$signature__en$328 ;
-  reg \$signature__en$339 ;
-  reg \$signature__en$342 ;
-  reg \$signature__en$344 ;
-  reg \$signature__en$346 ;
-  reg \$signature__en$348 ;
-  reg \$signature__en$350 ;
-  reg \$signature__en$352 ;
-  reg \$signature__en$354 ;
-  reg \$signature__en$356 ;
-  reg \$signature__en$363 ;
-  reg \$signature__en$367 ;
-  reg \$signature__en$370 ;
-  reg \$signature__en$373 ;
-  reg \$signature__en$376 ;
-  reg \$signature__en$379 ;
-  reg \$signature__en$382 ;
-  reg \$signature__en$385 ;
-  reg \$signature__en$388 ;
-  reg \$signature__en$390 ;
-  reg \$signature__en$392 ;
-  reg \$signature__en$394 ;
-  reg \$signature__en$396 ;
-  reg \$signature__en$398 ;
-  reg \$signature__en$400 ;
-  reg \$signature__en$402 ;
+  reg \$signature__en$302 ;
+  reg \$signature__en$306 ;
+  reg \$signature__en$309 ;
+  reg \$signature__en$312 ;
+  reg \$signature__en$315 ;
+  reg \$signature__en$318 ;
+  reg \$signature__en$321 ;
+  reg \$signature__en$324 ;
+  reg \$signature__en$327 ;
+  reg \$signature__en$338 ;
+  reg \$signature__en$341 ;
+  reg \$signature__en$343 ;
+  reg \$signature__en$345 ;
+  reg \$signature__en$347 ;
+  reg \$signature__en$349 ;
+  reg \$signature__en$351 ;
+  reg \$signature__en$353 ;
+  reg \$signature__en$355 ;
+  reg \$signature__en$362 ;
+  reg \$signature__en$366 ;
+  reg \$signature__en$369 ;
+  reg \$signature__en$372 ;
+  reg \$signature__en$375 ;
+  reg \$signature__en$378 ;
+  reg \$signature__en$381 ;
+  reg \$signature__en$384 ;
+  reg \$signature__en$387 ;
+  reg \$signature__en$389 ;
+  reg \$signature__en$391 ;
+  reg \$signature__en$393 ;
+  reg \$signature__en$395 ;
+  reg \$signature__en$397 ;
+  reg \$signature__en$399 ;
+  reg \$signature__en$401 ;
   wire [63:0] a__payload;
-  reg [81:0] \a__payload$424 ;
-  wire [80:0] \a__payload$424.data ;
-  wire [8:0] \a__payload$424.data[0] ;
-  wire [8:0] \a__payload$424.data[1] ;
-  wire [8:0] \a__payload$424.data[2] ;
-  wire [8:0] \a__payload$424.data[3] ;
-  wire [8:0] \a__payload$424.data[4] ;
-  wire [8:0] \a__payload$424.data[5] ;
-  wire [8:0] \a__payload$424.data[6] ;
-  wire [8:0] \a__payload$424.data[7] ;
-  wire [8:0] \a__payload$424.data[8] ;
-  wire \a__payload$424.last ;
+  reg [81:0] \a__payload$423 ;
+  wire [80:0] \a__payload$423.data ;
+  wire [8:0] \a__payload$423.data[0] ;
+  wire [8:0] \a__payload$423.data[1] ;
+  wire [8:0] \a__payload$423.data[2] ;
+  wire [8:0] \a__payload$423.data[3] ;
+  wire [8:0] \a__payload$423.data[4] ;
+  wire [8:0] \a__payload$423.data[5] ;
+  wire [8:0] \a__payload$423.data[6] ;
+  wire [8:0] \a__payload$423.data[7] ;
+  wire [8:0] \a__payload$423.data[8] ;
+  wire \a__payload$423.last ;
   wire [15:0] \a__payload[0] ;
   wire [15:0] \a__payload[1] ;
   wire [15:0] \a__payload[2] ;
   wire [15:0] \a__payload[3] ;
   wire a__ready;
-  wire \a__ready$429 ;
+  wire \a__ready$428 ;
   reg a__valid;
-  reg \a__valid$422 ;
+  reg \a__valid$421 ;
   reg a_blocks_left = 1'h0;
   reg a_feed_k_hit = 1'h0;
   reg a_feed_nt_hit = 1'h0;
@@ -2514,19 +2543,19 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire b__payload;
   wire \b__payload$19 ;
   wire \b__payload$19.err ;
-  wire [63:0] \b__payload$195 ;
-  wire [15:0] \b__payload$195[0] ;
-  wire [15:0] \b__payload$195[1] ;
-  wire [15:0] \b__payload$195[2] ;
-  wire [15:0] \b__payload$195[3] ;
+  wire [63:0] \b__payload$193 ;
+  wire [15:0] \b__payload$193[0] ;
+  wire [15:0] \b__payload$193[1] ;
+  wire [15:0] \b__payload$193[2] ;
+  wire [15:0] \b__payload$193[3] ;
   wire \b__payload.err ;
   wire b__ready;
   wire \b__ready$21 ;
-  wire \b__ready$254 ;
+  wire \b__ready$252 ;
   input b__valid;
   wire b__valid;
   wire \b__valid$23 ;
-  reg \b__valid$264 ;
+  reg \b__valid$262 ;
   wire [19:0] base;
   wire [19:0] \base$57 ;
   wire [19:0] \base$69 ;
@@ -2538,39 +2567,39 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   output busy;
   reg busy = 1'h0;
   (* init = 1'h0 *)
-  wire \busy$129 ;
-  wire \busy$578 ;
+  wire \busy$127 ;
+  wire \busy$589 ;
   wire [4:0] c__payload;
   (* init = 66'h00000000000000000 *)
-  wire [65:0] \c__payload$142 ;
-  wire [42:0] \c__payload$142.b ;
-  wire [5:0] \c__payload$142.e ;
-  wire \c__payload$142.last ;
-  wire [15:0] \c__payload$142.m ;
-  wire [43:0] \c__payload$144 ;
-  wire [5:0] \c__payload$144.e_a ;
-  wire [5:0] \c__payload$144.e_b ;
-  wire [15:0] \c__payload$144.m_a ;
-  wire [15:0] \c__payload$144.m_b ;
-  wire [52:0] \c__payload$146 ;
-  wire [5:0] \c__payload$146.e ;
-  wire [15:0] \c__payload$146.m ;
-  wire [9:0] \c__payload$146.qb ;
-  wire [14:0] \c__payload$146.qc ;
-  wire [5:0] \c__payload$146.sh ;
+  wire [65:0] \c__payload$140 ;
+  wire [42:0] \c__payload$140.b ;
+  wire [5:0] \c__payload$140.e ;
+  wire \c__payload$140.last ;
+  wire [15:0] \c__payload$140.m ;
+  wire [43:0] \c__payload$142 ;
+  wire [5:0] \c__payload$142.e_a ;
+  wire [5:0] \c__payload$142.e_b ;
+  wire [15:0] \c__payload$142.m_a ;
+  wire [15:0] \c__payload$142.m_b ;
+  wire [52:0] \c__payload$144 ;
+  wire [5:0] \c__payload$144.e ;
+  wire [15:0] \c__payload$144.m ;
+  wire [9:0] \c__payload$144.qb ;
+  wire [14:0] \c__payload$144.qc ;
+  wire [5:0] \c__payload$144.sh ;
   wire [4:0] \c__payload.f ;
   wire c__ready;
+  wire \c__ready$132 ;
   wire \c__ready$134 ;
   wire \c__ready$136 ;
-  wire \c__ready$138 ;
   (* init = 1'h0 *)
   wire c__valid;
+  (* init = 1'h0 *)
+  wire \c__valid$141 ;
   (* init = 1'h0 *)
   wire \c__valid$143 ;
   (* init = 1'h0 *)
   wire \c__valid$145 ;
-  (* init = 1'h0 *)
-  wire \c__valid$147 ;
   reg [31:0] c_addr = 32'd0;
   reg [15:0] c_ask = 16'h0000;
   reg [65:0] c_data = 66'h00000000000000000;
@@ -2593,7 +2622,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   output [47:0] cycles;
   reg [47:0] cycles = 48'h000000000000;
   (* init = 48'h000000000000 *)
-  wire [47:0] \cycles$149 ;
+  wire [47:0] \cycles$147 ;
   reg d_const = 1'h0;
   reg d_count_zero = 1'h0;
   reg d_end = 1'h0;
@@ -2613,11 +2642,14 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   reg [15:0] dec_nt_last = 16'h0000;
   reg [15:0] dec_rows_last = 16'h0000;
   reg [31:0] dec_tiles = 32'd0;
+  reg [15:0] dec_tiles_hi = 16'h0000;
+  reg [31:0] dec_tiles_lo = 32'd0;
   reg [2:0] decode_wait = 3'h0;
   output done;
   reg done = 1'h0;
   (* init = 1'h0 *)
-  wire \done$127 ;
+  wire \done$125 ;
+  reg [2:0] dst_col = 3'h0;
   reg dst_keep;
   reg dst_outside = 1'h0;
   wire dst_step;
@@ -2630,7 +2662,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   output [3:0] error;
   reg [3:0] error = 4'h0;
   (* init = 4'h0 *)
-  wire [3:0] \error$125 ;
+  wire [3:0] \error$123 ;
   reg [31:0] ext_req_addr = 32'd0;
   reg [15:0] ext_req_data = 16'h0000;
   reg ext_req_valid = 1'h0;
@@ -2647,8 +2679,8 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire feed_valid;
   reg fetch_sent = 1'h0;
   wire \final ;
-  wire \final$509 ;
-  wire \final$515 ;
+  wire \final$517 ;
+  wire \final$523 ;
   reg [15:0] fnt = 16'h0000;
   wire gelu0_d_clk;
   reg gelu0_d_rst = 1'h1;
@@ -2667,22 +2699,22 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   (* init = 1'h1 *)
   wire gemm_rst;
   wire [31:0] i__payload;
-  wire [16:0] \i__payload$479 ;
-  wire [15:0] \i__payload$479.data ;
-  wire \i__payload$479.last ;
-  wire [15:0] \i__payload$480 ;
+  wire [16:0] \i__payload$483 ;
+  wire [15:0] \i__payload$483.data ;
+  wire \i__payload$483.last ;
+  wire [15:0] \i__payload$485 ;
   wire [7:0] \i__payload[0] ;
   wire [7:0] \i__payload[1] ;
   wire [7:0] \i__payload[2] ;
   wire [7:0] \i__payload[3] ;
   wire i__ready;
-  wire \i__ready$485 ;
-  wire \i__ready$486 ;
+  wire \i__ready$487 ;
+  wire \i__ready$488 ;
   reg i__valid;
-  wire \i__valid$481 ;
-  wire \i__valid$482 ;
+  wire \i__valid$489 ;
+  wire \i__valid$491 ;
   wire idle;
-  wire \idle$554 ;
+  wire \idle$564 ;
   input [31:0] image_stride;
   wire [31:0] image_stride;
   input [15:0] images;
@@ -2751,21 +2783,24 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   reg is_transpose = 1'h0;
   reg [15:0] k = 16'h0000;
   wire last__3;
-  wire \last__3$516 ;
+  wire \last__3$524 ;
   wire last__4;
-  wire \last__4$508 ;
-  wire \last__4$514 ;
+  wire \last__4$516 ;
+  wire \last__4$522 ;
   wire layernorm_d_clk;
   reg layernorm_d_rst = 1'h1;
   wire [15:0] layernorm_elem;
   (* init = 1'h1 *)
   wire layernorm_rst;
+  reg [24:0] ld_off = 25'h0000000;
+  reg ld_off_valid = 1'h0;
   reg [15:0] lk = 16'h0000;
   reg load = 1'h0;
   (* init = 1'h0 *)
   wire \load$56 ;
   (* init = 1'h0 *)
   wire \load$68 ;
+  reg [15:0] load_elem;
   (* init = 1'h0 *)
   wire load_gens;
   reg [15:0] n__0;
@@ -2785,42 +2820,42 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   reg [15:0] \n__4$78 ;
   reg next;
   wire \next$106 ;
-  wire \next$477 ;
+  wire \next$479 ;
   reg [15:0] nt = 16'h0000;
   reg nt_hit = 1'h0;
   wire [63:0] o__payload;
-  wire [31:0] \o__payload$203 ;
-  wire [7:0] \o__payload$203[0] ;
-  wire [7:0] \o__payload$203[1] ;
-  wire [7:0] \o__payload$203[2] ;
-  wire [7:0] \o__payload$203[3] ;
-  wire [8:0] \o__payload$217 ;
-  wire [7:0] \o__payload$217.data ;
-  wire \o__payload$217.last ;
-  wire [7:0] \o__payload$219 ;
-  wire [255:0] \o__payload$437 ;
-  wire [31:0] \o__payload$437[0] ;
-  wire [31:0] \o__payload$437[1] ;
-  wire [31:0] \o__payload$437[2] ;
-  wire [31:0] \o__payload$437[3] ;
-  wire [31:0] \o__payload$437[4] ;
-  wire [31:0] \o__payload$437[5] ;
-  wire [31:0] \o__payload$437[6] ;
-  wire [31:0] \o__payload$437[7] ;
+  wire [31:0] \o__payload$201 ;
+  wire [7:0] \o__payload$201[0] ;
+  wire [7:0] \o__payload$201[1] ;
+  wire [7:0] \o__payload$201[2] ;
+  wire [7:0] \o__payload$201[3] ;
+  wire [8:0] \o__payload$218 ;
+  wire [7:0] \o__payload$218.data ;
+  wire \o__payload$218.last ;
+  wire [7:0] \o__payload$220 ;
+  wire [255:0] \o__payload$436 ;
+  wire [31:0] \o__payload$436[0] ;
+  wire [31:0] \o__payload$436[1] ;
+  wire [31:0] \o__payload$436[2] ;
+  wire [31:0] \o__payload$436[3] ;
+  wire [31:0] \o__payload$436[4] ;
+  wire [31:0] \o__payload$436[5] ;
+  wire [31:0] \o__payload$436[6] ;
+  wire [31:0] \o__payload$436[7] ;
   wire [15:0] \o__payload[0] ;
   wire [15:0] \o__payload[1] ;
   wire [15:0] \o__payload[2] ;
   wire [15:0] \o__payload[3] ;
   wire o__ready;
-  wire \o__ready$215 ;
-  wire \o__ready$228 ;
-  wire \o__ready$230 ;
-  wire \o__ready$438 ;
+  wire \o__ready$213 ;
+  wire \o__ready$229 ;
+  wire \o__ready$231 ;
+  wire \o__ready$437 ;
   wire o__valid;
-  wire \o__valid$211 ;
-  wire \o__valid$223 ;
-  wire \o__valid$226 ;
-  wire \o__valid$435 ;
+  wire \o__valid$209 ;
+  wire \o__valid$224 ;
+  wire \o__valid$227 ;
+  wire \o__valid$434 ;
   reg [31:0] offset = 32'd0;
   (* init = 48'h000000000000 *)
   wire [47:0] op_cycles0;
@@ -2960,37 +2995,40 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire r__valid;
   wire \r__valid$11 ;
   wire [127:0] r_data;
-  wire [18:0] \r_data$237 ;
-  wire [15:0] \r_data$248 ;
-  wire [63:0] \r_data$268 ;
-  wire [18:0] \r_data$358 ;
-  wire [63:0] \r_data$433 ;
-  wire [255:0] \r_data$455 ;
+  wire [63:0] \r_data$216 ;
+  wire [18:0] \r_data$247 ;
+  wire [15:0] \r_data$290 ;
+  wire [18:0] \r_data$357 ;
+  wire [63:0] \r_data$432 ;
+  wire [255:0] \r_data$454 ;
+  wire [16:0] \r_data$484 ;
   reg r_en;
-  reg \r_en$261 ;
-  reg \r_en$271 ;
-  reg \r_en$430 ;
-  wire \r_en$441 ;
-  wire \r_en$483 ;
-  wire \r_en$484 ;
+  reg \r_en$259 ;
+  reg \r_en$267 ;
+  reg \r_en$429 ;
+  wire \r_en$440 ;
+  wire \r_en$486 ;
+  wire \r_en$492 ;
+  wire \r_en$493 ;
   wire r_rdy;
-  wire \r_rdy$247 ;
-  wire \r_rdy$260 ;
-  wire \r_rdy$263 ;
-  wire \r_rdy$266 ;
-  wire \r_rdy$427 ;
-  wire \r_rdy$440 ;
+  wire \r_rdy$261 ;
+  wire \r_rdy$264 ;
+  wire \r_rdy$269 ;
+  wire \r_rdy$292 ;
+  wire \r_rdy$426 ;
+  wire \r_rdy$439 ;
+  wire \r_rdy$490 ;
   reg [98:0] req__payload;
-  wire [34:0] \req__payload$464 ;
-  wire [31:0] \req__payload$464.addr ;
-  wire [2:0] \req__payload$464.lb ;
+  wire [34:0] \req__payload$467 ;
+  wire [31:0] \req__payload$467.addr ;
+  wire [2:0] \req__payload$467.lb ;
   wire [31:0] \req__payload.addr ;
   wire [63:0] \req__payload.data ;
   wire [2:0] \req__payload.lb ;
   wire req__ready;
-  wire \req__ready$476 ;
+  wire \req__ready$478 ;
   reg req__valid;
-  wire \req__valid$456 ;
+  wire \req__valid$460 ;
   reg res_to_pack = 1'h0;
   reg [15:0] rk = 16'h0000;
   reg rk_zero = 1'h0;
@@ -3006,7 +3044,6 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   (* enum_value_100 = "STREAM" *)
   (* enum_value_101 = "STOP" *)
   reg [2:0] seq_state = 3'h0;
-  reg [15:0] sink_data;
   reg sink_from_add = 1'h0;
   reg sink_from_gelu0 = 1'h0;
   reg sink_from_gemm = 1'h0;
@@ -3058,9 +3095,10 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   reg [31:0] tiles = 32'd0;
   wire unit_known;
   reg unit_rst = 1'h0;
+  reg [15:0] unpack_elem;
   wire valid;
   wire \valid$101 ;
-  wire \valid$269 ;
+  wire \valid$265 ;
   reg [63:0] w__payload;
   wire [7:0] \w__payload[0] ;
   wire [7:0] \w__payload[1] ;
@@ -3083,18 +3121,20 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   reg [7:0] w_beat7;
   wire [18:0] w_data;
   wire [18:0] \w_data$109 ;
-  wire [127:0] \w_data$184 ;
-  wire [63:0] \w_data$212 ;
-  wire [15:0] \w_data$227 ;
-  wire [63:0] \w_data$287 ;
-  wire [255:0] \w_data$436 ;
+  wire [127:0] \w_data$182 ;
+  wire [63:0] \w_data$210 ;
+  wire [15:0] \w_data$228 ;
+  wire [63:0] \w_data$284 ;
+  wire [255:0] \w_data$435 ;
+  wire [16:0] \w_data$482 ;
   reg w_en = 1'h0;
   reg \w_en$107  = 1'h0;
-  reg \w_en$182  = 1'h0;
-  wire \w_en$207 ;
-  wire \w_en$220 ;
-  reg \w_en$285 ;
-  wire \w_en$434 ;
+  reg \w_en$180  = 1'h0;
+  wire \w_en$205 ;
+  wire \w_en$221 ;
+  reg \w_en$282 ;
+  wire \w_en$433 ;
+  wire \w_en$481 ;
   reg w_feed_half = 1'h0;
   reg w_filled0 = 1'h0;
   reg w_filled1 = 1'h0;
@@ -3106,10 +3146,11 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   reg [3:0] w_load_lane = 4'h0;
   reg [15:0] w_load_nt = 16'h0000;
   wire w_rdy;
-  wire \w_rdy$229 ;
-  wire \w_rdy$258 ;
-  wire \w_rdy$439 ;
-  wire \w_rdy$472 ;
+  wire \w_rdy$230 ;
+  wire \w_rdy$256 ;
+  wire \w_rdy$438 ;
+  wire \w_rdy$475 ;
+  wire \w_rdy$494 ;
   reg [8:0] w_read_addr = 9'h000;
   reg w_read_free = 1'h0;
   reg w_read_half = 1'h0;
@@ -3117,7 +3158,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   reg want_w = 1'h0;
   reg [7:0] welem;
   wire [13:0] wr_addr;
-  reg [15:0] wr_data;
+  wire [15:0] wr_data;
   wire wr_en;
   reg [13:0] wr_port__addr = 14'h0000;
   reg [15:0] wr_port__data = 16'h0000;
@@ -3638,16 +3679,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     a_cache0[511] = 9'h000;
   end
   always @(posedge gemm_d_clk) begin
-    if (\$signature__en$303 )
-      a_cache0[\$signature__addr$300 ] <= \$signature__data ;
+    if (\$signature__en$302 )
+      a_cache0[\$signature__addr$299 ] <= \$signature__data ;
   end
   reg [8:0] _0_;
   always @(posedge gemm_d_clk) begin
-    if (\$signature__en$339 ) begin
-      _0_ <= a_cache0[\$signature__addr$337 ];
+    if (\$signature__en$338 ) begin
+      _0_ <= a_cache0[\$signature__addr$336 ];
     end
   end
-  assign \$signature__data$405  = _0_;
+  assign \$signature__data$404  = _0_;
   reg [8:0] a_cache1 [511:0];
   initial begin
     a_cache1[0] = 9'h000;
@@ -4164,16 +4205,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     a_cache1[511] = 9'h000;
   end
   always @(posedge gemm_d_clk) begin
-    if (\$signature__en$307 )
-      a_cache1[\$signature__addr$305 ] <= \$signature__data$306 ;
+    if (\$signature__en$306 )
+      a_cache1[\$signature__addr$304 ] <= \$signature__data$305 ;
   end
   reg [8:0] _1_;
   always @(posedge gemm_d_clk) begin
-    if (\$signature__en$342 ) begin
-      _1_ <= a_cache1[\$signature__addr$341 ];
+    if (\$signature__en$341 ) begin
+      _1_ <= a_cache1[\$signature__addr$340 ];
     end
   end
-  assign \$signature__data$406  = _1_;
+  assign \$signature__data$405  = _1_;
   reg [8:0] a_cache2 [511:0];
   initial begin
     a_cache2[0] = 9'h000;
@@ -4690,16 +4731,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     a_cache2[511] = 9'h000;
   end
   always @(posedge gemm_d_clk) begin
-    if (\$signature__en$310 )
-      a_cache2[\$signature__addr$308 ] <= \$signature__data$309 ;
+    if (\$signature__en$309 )
+      a_cache2[\$signature__addr$307 ] <= \$signature__data$308 ;
   end
   reg [8:0] _2_;
   always @(posedge gemm_d_clk) begin
-    if (\$signature__en$344 ) begin
-      _2_ <= a_cache2[\$signature__addr$343 ];
+    if (\$signature__en$343 ) begin
+      _2_ <= a_cache2[\$signature__addr$342 ];
     end
   end
-  assign \$signature__data$407  = _2_;
+  assign \$signature__data$406  = _2_;
   reg [8:0] a_cache3 [511:0];
   initial begin
     a_cache3[0] = 9'h000;
@@ -5216,16 +5257,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     a_cache3[511] = 9'h000;
   end
   always @(posedge gemm_d_clk) begin
-    if (\$signature__en$313 )
-      a_cache3[\$signature__addr$311 ] <= \$signature__data$312 ;
+    if (\$signature__en$312 )
+      a_cache3[\$signature__addr$310 ] <= \$signature__data$311 ;
   end
   reg [8:0] _3_;
   always @(posedge gemm_d_clk) begin
-    if (\$signature__en$346 ) begin
-      _3_ <= a_cache3[\$signature__addr$345 ];
+    if (\$signature__en$345 ) begin
+      _3_ <= a_cache3[\$signature__addr$344 ];
     end
   end
-  assign \$signature__data$408  = _3_;
+  assign \$signature__data$407  = _3_;
   reg [8:0] a_cache4 [511:0];
   initial begin
     a_cache4[0] = 9'h000;
@@ -5742,16 +5783,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     a_cache4[511] = 9'h000;
   end
   always @(posedge gemm_d_clk) begin
-    if (\$signature__en$316 )
-      a_cache4[\$signature__addr$314 ] <= \$signature__data$315 ;
+    if (\$signature__en$315 )
+      a_cache4[\$signature__addr$313 ] <= \$signature__data$314 ;
   end
   reg [8:0] _4_;
   always @(posedge gemm_d_clk) begin
-    if (\$signature__en$348 ) begin
-      _4_ <= a_cache4[\$signature__addr$347 ];
+    if (\$signature__en$347 ) begin
+      _4_ <= a_cache4[\$signature__addr$346 ];
     end
   end
-  assign \$signature__data$409  = _4_;
+  assign \$signature__data$408  = _4_;
   reg [8:0] a_cache5 [511:0];
   initial begin
     a_cache5[0] = 9'h000;
@@ -6268,16 +6309,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     a_cache5[511] = 9'h000;
   end
   always @(posedge gemm_d_clk) begin
-    if (\$signature__en$319 )
-      a_cache5[\$signature__addr$317 ] <= \$signature__data$318 ;
+    if (\$signature__en$318 )
+      a_cache5[\$signature__addr$316 ] <= \$signature__data$317 ;
   end
   reg [8:0] _5_;
   always @(posedge gemm_d_clk) begin
-    if (\$signature__en$350 ) begin
-      _5_ <= a_cache5[\$signature__addr$349 ];
+    if (\$signature__en$349 ) begin
+      _5_ <= a_cache5[\$signature__addr$348 ];
     end
   end
-  assign \$signature__data$410  = _5_;
+  assign \$signature__data$409  = _5_;
   reg [8:0] a_cache6 [511:0];
   initial begin
     a_cache6[0] = 9'h000;
@@ -6794,16 +6835,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     a_cache6[511] = 9'h000;
   end
   always @(posedge gemm_d_clk) begin
-    if (\$signature__en$322 )
-      a_cache6[\$signature__addr$320 ] <= \$signature__data$321 ;
+    if (\$signature__en$321 )
+      a_cache6[\$signature__addr$319 ] <= \$signature__data$320 ;
   end
   reg [8:0] _6_;
   always @(posedge gemm_d_clk) begin
-    if (\$signature__en$352 ) begin
-      _6_ <= a_cache6[\$signature__addr$351 ];
+    if (\$signature__en$351 ) begin
+      _6_ <= a_cache6[\$signature__addr$350 ];
     end
   end
-  assign \$signature__data$411  = _6_;
+  assign \$signature__data$410  = _6_;
   reg [8:0] a_cache7 [511:0];
   initial begin
     a_cache7[0] = 9'h000;
@@ -7320,16 +7361,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     a_cache7[511] = 9'h000;
   end
   always @(posedge gemm_d_clk) begin
-    if (\$signature__en$325 )
-      a_cache7[\$signature__addr$323 ] <= \$signature__data$324 ;
+    if (\$signature__en$324 )
+      a_cache7[\$signature__addr$322 ] <= \$signature__data$323 ;
   end
   reg [8:0] _7_;
   always @(posedge gemm_d_clk) begin
-    if (\$signature__en$354 ) begin
-      _7_ <= a_cache7[\$signature__addr$353 ];
+    if (\$signature__en$353 ) begin
+      _7_ <= a_cache7[\$signature__addr$352 ];
     end
   end
-  assign \$signature__data$412  = _7_;
+  assign \$signature__data$411  = _7_;
   reg [8:0] a_cache8 [511:0];
   initial begin
     a_cache8[0] = 9'h000;
@@ -7846,16 +7887,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     a_cache8[511] = 9'h000;
   end
   always @(posedge gemm_d_clk) begin
-    if (\$signature__en$328 )
-      a_cache8[\$signature__addr$326 ] <= \$signature__data$327 ;
+    if (\$signature__en$327 )
+      a_cache8[\$signature__addr$325 ] <= \$signature__data$326 ;
   end
   reg [8:0] _8_;
   always @(posedge gemm_d_clk) begin
-    if (\$signature__en$356 ) begin
-      _8_ <= a_cache8[\$signature__addr$355 ];
+    if (\$signature__en$355 ) begin
+      _8_ <= a_cache8[\$signature__addr$354 ];
     end
   end
-  assign \$signature__data$413  = _8_;
+  assign \$signature__data$412  = _8_;
   reg [15:0] buffer [16383:0];
   initial begin
     buffer[0] = 16'h0000;
@@ -24257,8 +24298,8 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       _10_ <= buffer[addr[13:0]];
     end
   end
-  assign \$signature__data$512  = _9_;
-  assign \$signature__data$506  = _10_;
+  assign \$signature__data$520  = _9_;
+  assign \$signature__data$514  = _10_;
   reg [7:0] w_cache0 [511:0];
   initial begin
     w_cache0[0] = 8'h00;
@@ -24775,16 +24816,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     w_cache0[511] = 8'h00;
   end
   always @(posedge gemm_d_clk) begin
-    if (\$signature__en$363 )
-      w_cache0[\$signature__addr$360 ] <= \$signature__data$362 ;
+    if (\$signature__en$362 )
+      w_cache0[\$signature__addr$359 ] <= \$signature__data$361 ;
   end
   reg [7:0] _11_;
   always @(posedge gemm_d_clk) begin
-    if (\$signature__en$388 ) begin
-      _11_ <= w_cache0[\$signature__addr$386 ];
+    if (\$signature__en$387 ) begin
+      _11_ <= w_cache0[\$signature__addr$385 ];
     end
   end
-  assign \$signature__data$414  = _11_;
+  assign \$signature__data$413  = _11_;
   reg [7:0] w_cache1 [511:0];
   initial begin
     w_cache1[0] = 8'h00;
@@ -25301,16 +25342,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     w_cache1[511] = 8'h00;
   end
   always @(posedge gemm_d_clk) begin
-    if (\$signature__en$367 )
-      w_cache1[\$signature__addr$365 ] <= \$signature__data$366 ;
+    if (\$signature__en$366 )
+      w_cache1[\$signature__addr$364 ] <= \$signature__data$365 ;
   end
   reg [7:0] _12_;
   always @(posedge gemm_d_clk) begin
-    if (\$signature__en$390 ) begin
-      _12_ <= w_cache1[\$signature__addr$389 ];
+    if (\$signature__en$389 ) begin
+      _12_ <= w_cache1[\$signature__addr$388 ];
     end
   end
-  assign \$signature__data$415  = _12_;
+  assign \$signature__data$414  = _12_;
   reg [7:0] w_cache2 [511:0];
   initial begin
     w_cache2[0] = 8'h00;
@@ -25827,16 +25868,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     w_cache2[511] = 8'h00;
   end
   always @(posedge gemm_d_clk) begin
-    if (\$signature__en$370 )
-      w_cache2[\$signature__addr$368 ] <= \$signature__data$369 ;
+    if (\$signature__en$369 )
+      w_cache2[\$signature__addr$367 ] <= \$signature__data$368 ;
   end
   reg [7:0] _13_;
   always @(posedge gemm_d_clk) begin
-    if (\$signature__en$392 ) begin
-      _13_ <= w_cache2[\$signature__addr$391 ];
+    if (\$signature__en$391 ) begin
+      _13_ <= w_cache2[\$signature__addr$390 ];
     end
   end
-  assign \$signature__data$416  = _13_;
+  assign \$signature__data$415  = _13_;
   reg [7:0] w_cache3 [511:0];
   initial begin
     w_cache3[0] = 8'h00;
@@ -26353,16 +26394,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     w_cache3[511] = 8'h00;
   end
   always @(posedge gemm_d_clk) begin
-    if (\$signature__en$373 )
-      w_cache3[\$signature__addr$371 ] <= \$signature__data$372 ;
+    if (\$signature__en$372 )
+      w_cache3[\$signature__addr$370 ] <= \$signature__data$371 ;
   end
   reg [7:0] _14_;
   always @(posedge gemm_d_clk) begin
-    if (\$signature__en$394 ) begin
-      _14_ <= w_cache3[\$signature__addr$393 ];
+    if (\$signature__en$393 ) begin
+      _14_ <= w_cache3[\$signature__addr$392 ];
     end
   end
-  assign \$signature__data$417  = _14_;
+  assign \$signature__data$416  = _14_;
   reg [7:0] w_cache4 [511:0];
   initial begin
     w_cache4[0] = 8'h00;
@@ -26879,16 +26920,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     w_cache4[511] = 8'h00;
   end
   always @(posedge gemm_d_clk) begin
-    if (\$signature__en$376 )
-      w_cache4[\$signature__addr$374 ] <= \$signature__data$375 ;
+    if (\$signature__en$375 )
+      w_cache4[\$signature__addr$373 ] <= \$signature__data$374 ;
   end
   reg [7:0] _15_;
   always @(posedge gemm_d_clk) begin
-    if (\$signature__en$396 ) begin
-      _15_ <= w_cache4[\$signature__addr$395 ];
+    if (\$signature__en$395 ) begin
+      _15_ <= w_cache4[\$signature__addr$394 ];
     end
   end
-  assign \$signature__data$418  = _15_;
+  assign \$signature__data$417  = _15_;
   reg [7:0] w_cache5 [511:0];
   initial begin
     w_cache5[0] = 8'h00;
@@ -27405,16 +27446,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     w_cache5[511] = 8'h00;
   end
   always @(posedge gemm_d_clk) begin
-    if (\$signature__en$379 )
-      w_cache5[\$signature__addr$377 ] <= \$signature__data$378 ;
+    if (\$signature__en$378 )
+      w_cache5[\$signature__addr$376 ] <= \$signature__data$377 ;
   end
   reg [7:0] _16_;
   always @(posedge gemm_d_clk) begin
-    if (\$signature__en$398 ) begin
-      _16_ <= w_cache5[\$signature__addr$397 ];
+    if (\$signature__en$397 ) begin
+      _16_ <= w_cache5[\$signature__addr$396 ];
     end
   end
-  assign \$signature__data$419  = _16_;
+  assign \$signature__data$418  = _16_;
   reg [7:0] w_cache6 [511:0];
   initial begin
     w_cache6[0] = 8'h00;
@@ -27931,16 +27972,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     w_cache6[511] = 8'h00;
   end
   always @(posedge gemm_d_clk) begin
-    if (\$signature__en$382 )
-      w_cache6[\$signature__addr$380 ] <= \$signature__data$381 ;
+    if (\$signature__en$381 )
+      w_cache6[\$signature__addr$379 ] <= \$signature__data$380 ;
   end
   reg [7:0] _17_;
   always @(posedge gemm_d_clk) begin
-    if (\$signature__en$400 ) begin
-      _17_ <= w_cache6[\$signature__addr$399 ];
+    if (\$signature__en$399 ) begin
+      _17_ <= w_cache6[\$signature__addr$398 ];
     end
   end
-  assign \$signature__data$420  = _17_;
+  assign \$signature__data$419  = _17_;
   reg [7:0] w_cache7 [511:0];
   initial begin
     w_cache7[0] = 8'h00;
@@ -28457,16 +28498,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     w_cache7[511] = 8'h00;
   end
   always @(posedge gemm_d_clk) begin
-    if (\$signature__en$385 )
-      w_cache7[\$signature__addr$383 ] <= \$signature__data$384 ;
+    if (\$signature__en$384 )
+      w_cache7[\$signature__addr$382 ] <= \$signature__data$383 ;
   end
   reg [7:0] _18_;
   always @(posedge gemm_d_clk) begin
-    if (\$signature__en$402 ) begin
-      _18_ <= w_cache7[\$signature__addr$401 ];
+    if (\$signature__en$401 ) begin
+      _18_ <= w_cache7[\$signature__addr$400 ];
     end
   end
-  assign \$signature__data$421  = _18_;
+  assign \$signature__data$420  = _18_;
   assign \$1  = | ins[511:510];
   assign \$2  = is_gemm & \$1 ;
   assign \$3  = ~ post_gelu;
@@ -28513,1178 +28554,1217 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   assign \$54  = post_add ? ins[379:362] : ins[415:398];
   assign \$59  = $signed(\$57 ) + $signed(\$58 );
   assign \$61  = c_valid0 & c__ready;
-  assign \$62  = c_valid1 & \c__ready$134 ;
-  assign \$63  = c_valid2 & \c__ready$136 ;
-  assign \$64  = c_valid3 & \c__ready$138 ;
+  assign \$62  = c_valid1 & \c__ready$132 ;
+  assign \$63  = c_valid2 & \c__ready$134 ;
+  assign \$64  = c_valid3 & \c__ready$136 ;
   assign c_fire = | { \$64 , \$63 , \$62 , \$61  };
   assign \$65  = sink_from_add & o__valid;
-  assign \$66  = sink_from_gelu0 & \o__valid$211 ;
-  assign \w_en$207  = | { \$66 , \$65  };
+  assign \$66  = sink_from_gelu0 & \o__valid$209 ;
+  assign \w_en$205  = | { \$66 , \$65  };
   assign \$67  = sink_from_add ? o__payload : 64'h0000000000000000;
-  assign \$68  = sink_from_gelu0 ? { \o__payload$203 [31], \o__payload$203 [31], \o__payload$203 [31], \o__payload$203 [31], \o__payload$203 [31], \o__payload$203 [31], \o__payload$203 [31], \o__payload$203 [31], \o__payload$203 [31:23], \o__payload$203 [23], \o__payload$203 [23], \o__payload$203 [23], \o__payload$203 [23], \o__payload$203 [23], \o__payload$203 [23], \o__payload$203 [23], \o__payload$203 [23:15], \o__payload$203 [15], \o__payload$203 [15], \o__payload$203 [15], \o__payload$203 [15], \o__payload$203 [15], \o__payload$203 [15], \o__payload$203 [15], \o__payload$203 [15:7], \o__payload$203 [7], \o__payload$203 [7], \o__payload$203 [7], \o__payload$203 [7], \o__payload$203 [7], \o__payload$203 [7], \o__payload$203 [7], \o__payload$203 [7:0] } : 64'h0000000000000000;
-  assign \w_data$212  = \$67  | \$68 ;
+  assign \$68  = sink_from_gelu0 ? { \o__payload$201 [31], \o__payload$201 [31], \o__payload$201 [31], \o__payload$201 [31], \o__payload$201 [31], \o__payload$201 [31], \o__payload$201 [31], \o__payload$201 [31], \o__payload$201 [31:23], \o__payload$201 [23], \o__payload$201 [23], \o__payload$201 [23], \o__payload$201 [23], \o__payload$201 [23], \o__payload$201 [23], \o__payload$201 [23], \o__payload$201 [23:15], \o__payload$201 [15], \o__payload$201 [15], \o__payload$201 [15], \o__payload$201 [15], \o__payload$201 [15], \o__payload$201 [15], \o__payload$201 [15], \o__payload$201 [15:7], \o__payload$201 [7], \o__payload$201 [7], \o__payload$201 [7], \o__payload$201 [7], \o__payload$201 [7], \o__payload$201 [7], \o__payload$201 [7], \o__payload$201 [7:0] } : 64'h0000000000000000;
+  assign \w_data$210  = \$67  | \$68 ;
   assign o__ready = sink_from_add & w_rdy;
-  assign \o__ready$215  = sink_from_gelu0 & w_rdy;
+  assign \o__ready$213  = sink_from_gelu0 & w_rdy;
   assign \$69  = sink_from_softmax | a_from_softmax;
-  assign \$70  = \$69  & \o__valid$223 ;
+  assign \$70  = \$69  & \o__valid$224 ;
   assign \$71  = sink_from_layernorm | a_from_layernorm;
-  assign \$72  = \$71  & \o__valid$226 ;
-  assign \w_en$220  = | { \$72 , \$70  };
+  assign \$72  = \$71  & \o__valid$227 ;
+  assign \w_en$221  = | { \$72 , \$70  };
   assign \$73  = sink_from_softmax | a_from_softmax;
-  assign \$74  = \$73  ? { 8'h00, \o__payload$217 [7:0] } : 16'h0000;
+  assign \$74  = \$73  ? { 8'h00, \o__payload$218 [7:0] } : 16'h0000;
   assign \$75  = sink_from_layernorm | a_from_layernorm;
-  assign \$76  = \$75  ? { \o__payload$219 [7], \o__payload$219 [7], \o__payload$219 [7], \o__payload$219 [7], \o__payload$219 [7], \o__payload$219 [7], \o__payload$219 [7], \o__payload$219 [7], \o__payload$219  } : 16'h0000;
-  assign \w_data$227  = \$74  | \$76 ;
+  assign \$76  = \$75  ? { \o__payload$220 [7], \o__payload$220 [7], \o__payload$220 [7], \o__payload$220 [7], \o__payload$220 [7], \o__payload$220 [7], \o__payload$220 [7], \o__payload$220 [7], \o__payload$220  } : 16'h0000;
+  assign \w_data$228  = \$74  | \$76 ;
   assign \$77  = sink_from_softmax | a_from_softmax;
-  assign \o__ready$228  = \$77  & \w_rdy$229 ;
+  assign \o__ready$229  = \$77  & \w_rdy$230 ;
   assign \$78  = sink_from_layernorm | a_from_layernorm;
-  assign \o__ready$230  = \$78  & \w_rdy$229 ;
+  assign \o__ready$231  = \$78  & \w_rdy$230 ;
   assign \$79  = is_softmax | is_layernorm;
-  assign \$80  = ~ ext_req_valid;
-  assign \$81  = \$80  | req__ready;
-  assign \$82  = valid & \$81 ;
-  assign \$85  = \$84  ? { beat__payload[7], beat__payload[7:0] } : { 1'h0, beat__payload[7:0] };
-  assign \$88  = \$87  ? { beat__payload[15], beat__payload[15:0] } : { 1'h0, beat__payload[15:0] };
-  assign \$91  = \$90  ? { beat__payload[31], beat__payload[31:0] } : { 1'h0, beat__payload[31:0] };
-  assign \$94  = \$93  ? { beat__payload[63], beat__payload[63:0] } : { 1'h0, beat__payload[63:0] };
-  assign \$95  = beat__valid & beat__payload[512];
-  assign \$96  = a__ready & \b__ready$254 ;
-  assign \$97  = sink_from_add & \$96 ;
-  assign \$98  = sink_from_gelu0 & i__ready;
-  assign \$99  = | { \$98 , \$97  };
-  assign \$100  = ~ \w_en$182 ;
-  assign \$101  = \$100  | \w_rdy$258 ;
-  assign \$102  = \$101  & elem_valid;
-  assign \$103  = ~ add_sel;
-  assign \$104  = \r_rdy$260  | \$103 ;
-  assign \$105  = \$102  & \$104 ;
-  assign \$106  = ~ \w_en$182 ;
-  assign \$107  = \$106  | \w_rdy$258 ;
-  assign \$108  = \$107  & elem_valid;
-  assign \$109  = ~ add_sel;
-  assign \$110  = \r_rdy$260  | \$109 ;
-  assign \$111  = \$108  & \$110 ;
-  assign \$112  = \$111  & add_sel;
-  assign \$113  = sink_from_add & \r_rdy$263 ;
-  assign \$114  = sink_from_add & \r_rdy$263 ;
-  assign \$115  = sink_from_gelu0 & \r_rdy$263 ;
-  assign \$117  = \r_rdy$266  & \valid$269 ;
-  assign \$118  = pack_jo == 2'h3;
-  assign \$119  = \$118  | \final ;
-  assign \$120  = q0_to_pack & r_rdy;
-  assign \$121  = res_to_pack & gemm_res_valid;
-  assign elem_valid = \$120  | \$121 ;
-  assign \$122  = ~ is_linear;
-  assign \$123  = \$122  | rk_zero;
-  assign \$124  = \$123  & beat__valid;
-  assign \$125  = ~ is_linear;
-  assign \$126  = \$125  | rk_zero;
-  assign \$127  = ~ \$126 ;
-  assign \$128  = beat__valid & \$127 ;
-  assign \$129  = pre_ln | pre_sm;
-  assign a_in = \$129  ? \r_data$248  : \r_data$237 [15:0];
-  assign \$130  = a_from_softmax | a_from_layernorm;
-  assign \$131  = \$130  & \r_rdy$247 ;
-  assign \$132  = a_from_src0 & r_rdy;
-  assign a_in_valid = \$131  | \$132 ;
-  assign \$135  = \$134  ? { a_in[1], a_in[1:0] } : { 1'h0, a_in[1:0] };
-  assign \$138  = \$137  ? { a_in[2], a_in[2:0] } : { 1'h0, a_in[2:0] };
-  assign \$141  = \$140  ? { a_in[3], a_in[3:0] } : { 1'h0, a_in[3:0] };
-  assign \$144  = \$143  ? { a_in[4], a_in[4:0] } : { 1'h0, a_in[4:0] };
-  assign \$147  = \$146  ? { a_in[5], a_in[5:0] } : { 1'h0, a_in[5:0] };
-  assign \$150  = \$149  ? { a_in[6], a_in[6:0] } : { 1'h0, a_in[6:0] };
-  assign \$153  = \$152  ? { a_in[7], a_in[7:0] } : { 1'h0, a_in[7:0] };
-  assign \$155  = ~ \$154 ;
-  assign \$156  = a_in_valid & \$155 ;
-  assign \$157  = \$signal$297  * 9'h100;
-  assign \$158  = \$157  + lk;
-  assign \$160  = ~ \$159 ;
-  assign \$161  = a_in_valid & \$160 ;
-  assign \$162  = | \$signal$304 ;
-  assign \$163  = ~ \$162 ;
-  assign \$164  = \$161  & \$163 ;
-  assign \$165  = \$signal$297  * 9'h100;
-  assign \$166  = \$165  + lk;
-  assign \$168  = ~ \$167 ;
-  assign \$169  = a_in_valid & \$168 ;
-  assign \$170  = \$signal$304  == 1'h1;
-  assign \$171  = \$169  & \$170 ;
-  assign \$172  = \$signal$297  * 9'h100;
-  assign \$173  = \$172  + lk;
-  assign \$175  = ~ \$174 ;
-  assign \$176  = a_in_valid & \$175 ;
-  assign \$177  = \$signal$304  == 2'h2;
-  assign \$178  = \$176  & \$177 ;
-  assign \$179  = \$signal$297  * 9'h100;
-  assign \$180  = \$179  + lk;
-  assign \$182  = ~ \$181 ;
-  assign \$183  = a_in_valid & \$182 ;
-  assign \$184  = \$signal$304  == 2'h3;
-  assign \$185  = \$183  & \$184 ;
-  assign \$186  = \$signal$297  * 9'h100;
-  assign \$187  = \$186  + lk;
-  assign \$189  = ~ \$188 ;
-  assign \$190  = a_in_valid & \$189 ;
-  assign \$191  = \$signal$304  == 3'h4;
-  assign \$192  = \$190  & \$191 ;
-  assign \$193  = \$signal$297  * 9'h100;
-  assign \$194  = \$193  + lk;
-  assign \$196  = ~ \$195 ;
-  assign \$197  = a_in_valid & \$196 ;
-  assign \$198  = \$signal$304  == 3'h5;
-  assign \$199  = \$197  & \$198 ;
-  assign \$200  = \$signal$297  * 9'h100;
-  assign \$201  = \$200  + lk;
-  assign \$203  = ~ \$202 ;
-  assign \$204  = a_in_valid & \$203 ;
-  assign \$205  = \$signal$304  == 3'h6;
-  assign \$206  = \$204  & \$205 ;
-  assign \$207  = \$signal$297  * 9'h100;
-  assign \$208  = \$207  + lk;
-  assign \$210  = ~ \$209 ;
-  assign \$211  = a_in_valid & \$210 ;
-  assign \$212  = \$signal$304  == 3'h7;
-  assign \$213  = \$211  & \$212 ;
-  assign \$214  = \$signal$297  * 9'h100;
-  assign \$215  = \$214  + lk;
-  assign \$217  = ~ \$216 ;
-  assign \$218  = a_in_valid & \$217 ;
-  assign \$219  = \$signal$304  == 4'h8;
-  assign \$220  = \$218  & \$219 ;
-  assign \$222  = \$221  | a_loader_ahead;
-  assign \$224  = is_linear | \$223 ;
-  assign \$225  = \$222  & \$224 ;
-  assign \$226  = \$225  & feed_queue_room;
-  assign \$227  = \$226  & a_blocks_left;
+  assign \$80  = ~ ld_off_valid;
+  assign \$81  = ~ ext_req_valid;
+  assign \$82  = \$81  | req__ready;
+  assign \$83  = \$80  | \$82 ;
+  assign \$84  = valid & \$83 ;
+  assign \$85  = beat__valid & beat__payload[512];
+  assign \$86  = a__ready & \b__ready$252 ;
+  assign \$87  = sink_from_add & \$86 ;
+  assign \$88  = sink_from_gelu0 & i__ready;
+  assign \$89  = | { \$88 , \$87  };
+  assign \$90  = ~ \w_en$180 ;
+  assign \$91  = \$90  | \w_rdy$256 ;
+  assign \$92  = \$91  & elem_valid;
+  assign \$93  = ~ add_sel;
+  assign \$94  = r_rdy | \$93 ;
+  assign \$95  = \$92  & \$94 ;
+  assign \$96  = ~ \w_en$180 ;
+  assign \$97  = \$96  | \w_rdy$256 ;
+  assign \$98  = \$97  & elem_valid;
+  assign \$99  = ~ add_sel;
+  assign \$100  = r_rdy | \$99 ;
+  assign \$101  = \$98  & \$100 ;
+  assign \$102  = \$101  & add_sel;
+  assign \$103  = sink_from_add & \r_rdy$261 ;
+  assign \$104  = sink_from_add & \r_rdy$261 ;
+  assign \$105  = sink_from_gelu0 & \r_rdy$261 ;
+  assign \$106  = \r_rdy$264  & \valid$265 ;
+  assign \$107  = pack_jo == 2'h3;
+  assign \$108  = \$107  | \final ;
+  assign \$109  = q0_to_pack & \r_rdy$269 ;
+  assign \$110  = res_to_pack & gemm_res_valid;
+  assign elem_valid = \$109  | \$110 ;
+  assign \$111  = ~ is_linear;
+  assign \$112  = \$111  | rk_zero;
+  assign \$113  = \$112  & beat__valid;
+  assign \$114  = ~ is_linear;
+  assign \$115  = \$114  | rk_zero;
+  assign \$116  = ~ \$115 ;
+  assign \$117  = beat__valid & \$116 ;
+  assign \$118  = pre_ln | pre_sm;
+  assign a_in = \$118  ? \r_data$290  : \r_data$247 [15:0];
+  assign \$119  = a_from_softmax | a_from_layernorm;
+  assign \$120  = \$119  & \r_rdy$292 ;
+  assign \$121  = a_from_src0 & \r_rdy$269 ;
+  assign a_in_valid = \$120  | \$121 ;
+  assign \$124  = \$123  ? { a_in[1], a_in[1:0] } : { 1'h0, a_in[1:0] };
+  assign \$127  = \$126  ? { a_in[2], a_in[2:0] } : { 1'h0, a_in[2:0] };
+  assign \$130  = \$129  ? { a_in[3], a_in[3:0] } : { 1'h0, a_in[3:0] };
+  assign \$133  = \$132  ? { a_in[4], a_in[4:0] } : { 1'h0, a_in[4:0] };
+  assign \$136  = \$135  ? { a_in[5], a_in[5:0] } : { 1'h0, a_in[5:0] };
+  assign \$139  = \$138  ? { a_in[6], a_in[6:0] } : { 1'h0, a_in[6:0] };
+  assign \$142  = \$141  ? { a_in[7], a_in[7:0] } : { 1'h0, a_in[7:0] };
+  assign \$144  = ~ \$143 ;
+  assign \$145  = a_in_valid & \$144 ;
+  assign \$146  = \$signal  * 9'h100;
+  assign \$147  = \$146  + lk;
+  assign \$149  = ~ \$148 ;
+  assign \$150  = a_in_valid & \$149 ;
+  assign \$151  = | \$signal$303 ;
+  assign \$152  = ~ \$151 ;
+  assign \$153  = \$150  & \$152 ;
+  assign \$154  = \$signal  * 9'h100;
+  assign \$155  = \$154  + lk;
+  assign \$157  = ~ \$156 ;
+  assign \$158  = a_in_valid & \$157 ;
+  assign \$159  = \$signal$303  == 1'h1;
+  assign \$160  = \$158  & \$159 ;
+  assign \$161  = \$signal  * 9'h100;
+  assign \$162  = \$161  + lk;
+  assign \$164  = ~ \$163 ;
+  assign \$165  = a_in_valid & \$164 ;
+  assign \$166  = \$signal$303  == 2'h2;
+  assign \$167  = \$165  & \$166 ;
+  assign \$168  = \$signal  * 9'h100;
+  assign \$169  = \$168  + lk;
+  assign \$171  = ~ \$170 ;
+  assign \$172  = a_in_valid & \$171 ;
+  assign \$173  = \$signal$303  == 2'h3;
+  assign \$174  = \$172  & \$173 ;
+  assign \$175  = \$signal  * 9'h100;
+  assign \$176  = \$175  + lk;
+  assign \$178  = ~ \$177 ;
+  assign \$179  = a_in_valid & \$178 ;
+  assign \$180  = \$signal$303  == 3'h4;
+  assign \$181  = \$179  & \$180 ;
+  assign \$182  = \$signal  * 9'h100;
+  assign \$183  = \$182  + lk;
+  assign \$185  = ~ \$184 ;
+  assign \$186  = a_in_valid & \$185 ;
+  assign \$187  = \$signal$303  == 3'h5;
+  assign \$188  = \$186  & \$187 ;
+  assign \$189  = \$signal  * 9'h100;
+  assign \$190  = \$189  + lk;
+  assign \$192  = ~ \$191 ;
+  assign \$193  = a_in_valid & \$192 ;
+  assign \$194  = \$signal$303  == 3'h6;
+  assign \$195  = \$193  & \$194 ;
+  assign \$196  = \$signal  * 9'h100;
+  assign \$197  = \$196  + lk;
+  assign \$199  = ~ \$198 ;
+  assign \$200  = a_in_valid & \$199 ;
+  assign \$201  = \$signal$303  == 3'h7;
+  assign \$202  = \$200  & \$201 ;
+  assign \$203  = \$signal  * 9'h100;
+  assign \$204  = \$203  + lk;
+  assign \$206  = ~ \$205 ;
+  assign \$207  = a_in_valid & \$206 ;
+  assign \$208  = \$signal$303  == 4'h8;
+  assign \$209  = \$207  & \$208 ;
+  assign \$211  = \$210  | a_loader_ahead;
+  assign \$213  = is_linear | \$212 ;
+  assign \$214  = \$211  & \$213 ;
+  assign \$215  = \$214  & feed_queue_room;
+  assign \$216  = \$215  & a_blocks_left;
+  assign \$217  = ~ is_linear;
+  assign \$219  = ~ \$218 ;
+  assign \$220  = r_rdy & \$219 ;
+  assign \$221  = ~ is_linear;
+  assign \$222  = \$220  & \$221 ;
+  assign \$223  = w_load_half * 9'h100;
+  assign \$224  = \$223  + w_load_addr;
+  assign \$226  = ~ \$225 ;
+  assign \$227  = r_rdy & \$226 ;
   assign \$228  = ~ is_linear;
-  assign \$230  = ~ \$229 ;
-  assign \$231  = \r_rdy$260  & \$230 ;
-  assign \$232  = ~ is_linear;
-  assign \$233  = \$231  & \$232 ;
-  assign \$234  = w_load_half * 9'h100;
-  assign \$235  = \$234  + w_load_addr;
-  assign \$237  = ~ \$236 ;
-  assign \$238  = \r_rdy$260  & \$237 ;
-  assign \$239  = ~ is_linear;
-  assign \$240  = \$238  & \$239 ;
-  assign \$241  = | w_load_lane;
-  assign \$242  = ~ \$241 ;
-  assign \$243  = \$240  & \$242 ;
-  assign \$244  = w_load_half * 9'h100;
-  assign \$245  = \$244  + w_load_addr;
-  assign \$247  = ~ \$246 ;
-  assign \$248  = \r_rdy$260  & \$247 ;
-  assign \$249  = ~ is_linear;
+  assign \$229  = \$227  & \$228 ;
+  assign \$230  = | w_load_lane;
+  assign \$231  = ~ \$230 ;
+  assign \$232  = \$229  & \$231 ;
+  assign \$233  = w_load_half * 9'h100;
+  assign \$234  = \$233  + w_load_addr;
+  assign \$236  = ~ \$235 ;
+  assign \$237  = r_rdy & \$236 ;
+  assign \$238  = ~ is_linear;
+  assign \$239  = \$237  & \$238 ;
+  assign \$240  = w_load_lane == 1'h1;
+  assign \$241  = \$239  & \$240 ;
+  assign \$242  = w_load_half * 9'h100;
+  assign \$243  = \$242  + w_load_addr;
+  assign \$245  = ~ \$244 ;
+  assign \$246  = r_rdy & \$245 ;
+  assign \$247  = ~ is_linear;
+  assign \$248  = \$246  & \$247 ;
+  assign \$249  = w_load_lane == 2'h2;
   assign \$250  = \$248  & \$249 ;
-  assign \$251  = w_load_lane == 1'h1;
-  assign \$252  = \$250  & \$251 ;
-  assign \$253  = w_load_half * 9'h100;
-  assign \$254  = \$253  + w_load_addr;
-  assign \$256  = ~ \$255 ;
-  assign \$257  = \r_rdy$260  & \$256 ;
-  assign \$258  = ~ is_linear;
+  assign \$251  = w_load_half * 9'h100;
+  assign \$252  = \$251  + w_load_addr;
+  assign \$254  = ~ \$253 ;
+  assign \$255  = r_rdy & \$254 ;
+  assign \$256  = ~ is_linear;
+  assign \$257  = \$255  & \$256 ;
+  assign \$258  = w_load_lane == 2'h3;
   assign \$259  = \$257  & \$258 ;
-  assign \$260  = w_load_lane == 2'h2;
-  assign \$261  = \$259  & \$260 ;
-  assign \$262  = w_load_half * 9'h100;
-  assign \$263  = \$262  + w_load_addr;
-  assign \$265  = ~ \$264 ;
-  assign \$266  = \r_rdy$260  & \$265 ;
-  assign \$267  = ~ is_linear;
+  assign \$260  = w_load_half * 9'h100;
+  assign \$261  = \$260  + w_load_addr;
+  assign \$263  = ~ \$262 ;
+  assign \$264  = r_rdy & \$263 ;
+  assign \$265  = ~ is_linear;
+  assign \$266  = \$264  & \$265 ;
+  assign \$267  = w_load_lane == 3'h4;
   assign \$268  = \$266  & \$267 ;
-  assign \$269  = w_load_lane == 2'h3;
-  assign \$270  = \$268  & \$269 ;
-  assign \$271  = w_load_half * 9'h100;
-  assign \$272  = \$271  + w_load_addr;
-  assign \$274  = ~ \$273 ;
-  assign \$275  = \r_rdy$260  & \$274 ;
-  assign \$276  = ~ is_linear;
+  assign \$269  = w_load_half * 9'h100;
+  assign \$270  = \$269  + w_load_addr;
+  assign \$272  = ~ \$271 ;
+  assign \$273  = r_rdy & \$272 ;
+  assign \$274  = ~ is_linear;
+  assign \$275  = \$273  & \$274 ;
+  assign \$276  = w_load_lane == 3'h5;
   assign \$277  = \$275  & \$276 ;
-  assign \$278  = w_load_lane == 3'h4;
-  assign \$279  = \$277  & \$278 ;
-  assign \$280  = w_load_half * 9'h100;
-  assign \$281  = \$280  + w_load_addr;
-  assign \$283  = ~ \$282 ;
-  assign \$284  = \r_rdy$260  & \$283 ;
-  assign \$285  = ~ is_linear;
+  assign \$278  = w_load_half * 9'h100;
+  assign \$279  = \$278  + w_load_addr;
+  assign \$281  = ~ \$280 ;
+  assign \$282  = r_rdy & \$281 ;
+  assign \$283  = ~ is_linear;
+  assign \$284  = \$282  & \$283 ;
+  assign \$285  = w_load_lane == 3'h6;
   assign \$286  = \$284  & \$285 ;
-  assign \$287  = w_load_lane == 3'h5;
-  assign \$288  = \$286  & \$287 ;
-  assign \$289  = w_load_half * 9'h100;
-  assign \$290  = \$289  + w_load_addr;
-  assign \$292  = ~ \$291 ;
-  assign \$293  = \r_rdy$260  & \$292 ;
-  assign \$294  = ~ is_linear;
+  assign \$287  = w_load_half * 9'h100;
+  assign \$288  = \$287  + w_load_addr;
+  assign \$290  = ~ \$289 ;
+  assign \$291  = r_rdy & \$290 ;
+  assign \$292  = ~ is_linear;
+  assign \$293  = \$291  & \$292 ;
+  assign \$294  = w_load_lane == 3'h7;
   assign \$295  = \$293  & \$294 ;
-  assign \$296  = w_load_lane == 3'h6;
-  assign \$297  = \$295  & \$296 ;
-  assign \$298  = w_load_half * 9'h100;
-  assign \$299  = \$298  + w_load_addr;
-  assign \$301  = ~ \$300 ;
-  assign \$302  = \r_rdy$260  & \$301 ;
-  assign \$303  = ~ is_linear;
-  assign \$304  = \$302  & \$303 ;
-  assign \$305  = w_load_lane == 3'h7;
-  assign \$306  = \$304  & \$305 ;
-  assign \$307  = is_linear ? \r_rdy$427  : feed_valid;
-  assign \$308  = is_linear & w__ready;
-  assign \$309  = is_linear ? \r_data$433 [7:0] : feed_beat[89:82];
-  assign \$310  = is_linear ? \r_data$433 [15:8] : feed_beat[97:90];
-  assign \$311  = is_linear ? \r_data$433 [23:16] : feed_beat[105:98];
-  assign \$312  = is_linear ? \r_data$433 [31:24] : feed_beat[113:106];
-  assign \$313  = is_linear ? \r_data$433 [39:32] : feed_beat[121:114];
-  assign \$314  = is_linear ? \r_data$433 [47:40] : feed_beat[129:122];
-  assign \$315  = is_linear ? \r_data$433 [55:48] : feed_beat[137:130];
-  assign \$316  = is_linear ? \r_data$433 [63:56] : feed_beat[145:138];
-  assign \$317  = sink_from_gemm & dst_step;
-  assign \$318  = \$317  & last__4;
-  assign \$319  = res_to_pack & elem_take;
-  assign \$320  = post_col == 3'h7;
-  assign \$321  = \$319  & \$320 ;
-  assign \r_en$441  = \$318  | \$321 ;
-  assign \$322  = index__1 != dec_mt_last;
-  assign \$323  = index__3[3:0] < dec_rows_last[3:0];
-  assign \$324  = \$322  | \$323 ;
-  assign \$325  = index__2 != dec_nt_last;
-  assign \$326  = index__4[3:0] < dec_cols_last[3:0];
-  assign \$327  = \$325  | \$326 ;
-  assign \$328  = \$324  & \$327 ;
-  assign \$329  = post_gelu | post_add;
-  assign \$330  = ~ \$329 ;
-  assign \$331  = gemm_active & \$330 ;
-  assign \$333  = post_gelu | post_add;
-  assign \$334  = gemm_active & \$333 ;
-  assign \$336  = ~ fetch_sent;
-  assign \$337  = in_fetch & \$336 ;
-  assign \$338  = | c_ask;
-  assign \$339  = in_const & \$338 ;
-  assign \$340  = sink_from_load & ext_req_valid;
-  assign \$342  = gemm_active & \$signal$463 ;
-  assign \req__valid$456  = | { \$342 , \$341 , \$340 , \$339 , \$337  };
-  assign \$343  = in_fetch ? pc : 32'd0;
-  assign \$344  = in_const ? c_addr : 32'd0;
-  assign \$345  = \$343  | \$344 ;
-  assign \$346  = sink_from_load ? ext_req_addr : 32'd0;
-  assign \$347  = \$345  | \$346 ;
-  assign \$350  = want_w ? w_addr : p_addr;
-  assign \$351  = gemm_active ? \$350  : 32'd0;
-  assign \$352  = \$349  | \$351 ;
-  assign \$353  = in_fetch ? 3'h6 : 3'h0;
-  assign \$354  = in_const ? dec_c_lb : 3'h0;
-  assign \$355  = \$353  | \$354 ;
-  assign \$356  = sink_from_load ? ins[23:22] : 2'h0;
-  assign \$357  = \$355  | { 1'h0, \$356  };
-  assign \$360  = want_w ? w_lb : 3'h6;
-  assign \$361  = gemm_active ? \$360  : 3'h0;
-  assign \$362  = \$359  | \$361 ;
-  assign \$364  = ~ c_full;
-  assign \$365  = in_const & \$364 ;
-  assign \$366  = sink_from_load & \valid$269 ;
-  assign \$368  = ~ is_linear;
-  assign \$369  = \$368  | rk_zero;
-  assign \$370  = \$369  ? p__ready : \w_rdy$472 ;
-  assign \$371  = gemm_active & \$370 ;
-  assign beat__ready = | { \$371 , \$367 , \$366 , \$365 , \$363  };
-  assign \$372  = sink_from_move & r_rdy;
-  assign \$373  = sink_from_load & beat__valid;
-  assign \$374  = ~ ext_req_valid;
-  assign \$375  = \$374  | \req__ready$476 ;
-  assign \$376  = r_rdy & \$375 ;
-  assign \$377  = sink_from_store & \$376 ;
-  assign \$378  = sink_from_softmax & \r_rdy$247 ;
-  assign \$379  = sink_from_layernorm & \r_rdy$247 ;
-  assign \$380  = sink_from_add & \r_rdy$266 ;
-  assign \$381  = sink_from_gelu0 & \r_rdy$266 ;
-  assign \$382  = sink_from_gemm & gemm_res_valid;
-  assign \$383  = | { \$382 , \$381 , \$380 , \$379 , \$378 , \$377 , \$373 , \$372  };
-  assign dst_step = \valid$269  & \$383 ;
-  assign \$384  = ~ sink_from_store;
-  assign \$385  = dst_step & \$384 ;
-  assign wr_en = \$385  & dst_keep;
-  assign \$386  = sink_from_softmax | a_from_softmax;
-  assign \i__valid$481  = \$386  & r_rdy;
-  assign \$387  = sink_from_layernorm | a_from_layernorm;
-  assign \i__valid$482  = \$387  & r_rdy;
-  assign \$388  = sink_from_softmax | sink_from_layernorm;
-  assign \$389  = \$388  & \valid$269 ;
-  assign \$390  = a_from_softmax | a_from_layernorm;
-  assign \$391  = \$390  & a_in_take;
-  assign \r_en$483  = \$389  | \$391 ;
-  assign \$392  = sink_from_move & \valid$269 ;
-  assign \$393  = sink_from_store & \valid$269 ;
-  assign \$394  = ~ ext_req_valid;
-  assign \$395  = \$394  | \req__ready$476 ;
-  assign \$396  = \$393  & \$395 ;
-  assign \$397  = sink_from_softmax | a_from_softmax;
-  assign \$398  = \$397  & \i__ready$485 ;
-  assign \$399  = sink_from_layernorm | a_from_layernorm;
-  assign \$400  = \$399  & \i__ready$486 ;
-  assign \$401  = q0_to_pack & elem_take;
-  assign \$402  = a_from_src0 & a_in_take;
-  assign \$403  = | { \$402 , \$401 , \$400 , \$398 , \$396 , \$392  };
-  assign \r_en$484  = r_rdy & \$403 ;
-  assign \$404  = in_stream & err;
-  assign \$405  = ~ busy;
-  assign clear = start & \$405 ;
-  assign \$406  = rst | unit_rst;
-  assign \$407  = rst | unit_rst;
-  assign \$408  = rst | unit_rst;
-  assign \$409  = rst | unit_rst;
-  assign \$410  = rst | unit_rst;
-  assign \$411  = ins[5:0] == 1'h1;
-  assign \$412  = ins[5:0] == 2'h2;
-  assign \$413  = ins[5:0] == 2'h3;
-  assign \$414  = ins[5:0] == 3'h4;
-  assign \$415  = ins[5:0] == 3'h5;
-  assign \$416  = ins[5:0] == 3'h6;
-  assign \$417  = ins[5:0] == 3'h7;
-  assign \$418  = ins[5:0] == 4'h8;
-  assign \$419  = ins[5:0] == 4'h9;
-  assign \$420  = ins[5:0] == 4'ha;
-  assign \$421  = ins[5:0] == 4'hb;
-  assign \$422  = ins[5:0] == 4'hc;
-  assign \$423  = ins[5:0] == 4'hd;
-  assign \$424  = ins[5:0] == 4'he;
-  assign \$425  = ins[5:0] == 4'hf;
-  assign \$426  = 1'h1 << ins[3:0];
-  assign \$427  = ins[5:0] == 3'h4;
-  assign \$428  = ins[5:0] == 3'h5;
-  assign \$429  = \$427  | \$428 ;
+  assign \$296  = is_linear ? \r_rdy$426  : feed_valid;
+  assign \$297  = is_linear & w__ready;
+  assign \$298  = is_linear ? \r_data$432 [7:0] : feed_beat[89:82];
+  assign \$299  = is_linear ? \r_data$432 [15:8] : feed_beat[97:90];
+  assign \$300  = is_linear ? \r_data$432 [23:16] : feed_beat[105:98];
+  assign \$301  = is_linear ? \r_data$432 [31:24] : feed_beat[113:106];
+  assign \$302  = is_linear ? \r_data$432 [39:32] : feed_beat[121:114];
+  assign \$303  = is_linear ? \r_data$432 [47:40] : feed_beat[129:122];
+  assign \$304  = is_linear ? \r_data$432 [55:48] : feed_beat[137:130];
+  assign \$305  = is_linear ? \r_data$432 [63:56] : feed_beat[145:138];
+  assign \$306  = sink_from_gemm & dst_step;
+  assign \$307  = \$306  & last__4;
+  assign \$308  = res_to_pack & elem_take;
+  assign \$309  = post_col == 3'h7;
+  assign \$310  = \$308  & \$309 ;
+  assign \r_en$440  = \$307  | \$310 ;
+  assign \$311  = index__1 != dec_mt_last;
+  assign \$312  = index__3[3:0] < dec_rows_last[3:0];
+  assign \$313  = \$311  | \$312 ;
+  assign \$314  = index__2 != dec_nt_last;
+  assign \$315  = index__4[3:0] < dec_cols_last[3:0];
+  assign \$316  = \$314  | \$315 ;
+  assign \$317  = \$313  & \$316 ;
+  assign \$318  = post_gelu | post_add;
+  assign \$319  = gemm_active & \$318 ;
+  assign \$323  = \$322  ? { beat__payload[7], beat__payload[7:0] } : { 1'h0, beat__payload[7:0] };
+  assign \$326  = \$325  ? { beat__payload[15], beat__payload[15:0] } : { 1'h0, beat__payload[15:0] };
+  assign \$329  = \$328  ? { beat__payload[31], beat__payload[31:0] } : { 1'h0, beat__payload[31:0] };
+  assign \$332  = \$331  ? { beat__payload[63], beat__payload[63:0] } : { 1'h0, beat__payload[63:0] };
+  assign \$333  = sink_from_move ? \r_data$247 [15:0] : 16'h0000;
+  assign \$334  = sink_from_load ? load_elem : 16'h0000;
+  assign \$335  = \$333  | \$334 ;
+  assign \$336  = sink_from_softmax | sink_from_layernorm;
+  assign \$337  = \$336  ? \r_data$290  : 16'h0000;
+  assign \$338  = \$335  | \$337 ;
+  assign \$339  = | { sink_from_gelu0, sink_from_add };
+  assign \$340  = \$339  ? unpack_elem : 16'h0000;
+  assign \$341  = \$338  | \$340 ;
+  assign \$343  = sink_from_gemm ? \$342  : 32'd0;
+  assign \$344  = { 16'h0000, \$341  } | \$343 ;
+  assign \$345  = ~ fetch_sent;
+  assign \$346  = in_fetch & \$345 ;
+  assign \$347  = | c_ask;
+  assign \$348  = in_const & \$347 ;
+  assign \$349  = sink_from_load & ext_req_valid;
+  assign \$351  = gemm_active & \$signal$466 ;
+  assign \req__valid$460  = | { \$351 , \$350 , \$349 , \$348 , \$346  };
+  assign \$352  = in_fetch ? pc : 32'd0;
+  assign \$353  = in_const ? c_addr : 32'd0;
+  assign \$354  = \$352  | \$353 ;
+  assign \$355  = sink_from_load ? ext_req_addr : 32'd0;
+  assign \$356  = \$354  | \$355 ;
+  assign \$359  = want_w ? w_addr : p_addr;
+  assign \$360  = gemm_active ? \$359  : 32'd0;
+  assign \$361  = \$358  | \$360 ;
+  assign \$362  = in_fetch ? 3'h6 : 3'h0;
+  assign \$363  = in_const ? dec_c_lb : 3'h0;
+  assign \$364  = \$362  | \$363 ;
+  assign \$365  = sink_from_load ? ins[23:22] : 2'h0;
+  assign \$366  = \$364  | { 1'h0, \$365  };
+  assign \$369  = want_w ? w_lb : 3'h6;
+  assign \$370  = gemm_active ? \$369  : 3'h0;
+  assign \$371  = \$368  | \$370 ;
+  assign \$373  = ~ c_full;
+  assign \$374  = in_const & \$373 ;
+  assign \$375  = sink_from_load & \valid$265 ;
+  assign \$377  = ~ is_linear;
+  assign \$378  = \$377  | rk_zero;
+  assign \$379  = \$378  ? p__ready : \w_rdy$475 ;
+  assign \$380  = gemm_active & \$379 ;
+  assign beat__ready = | { \$380 , \$376 , \$375 , \$374 , \$372  };
+  assign \$381  = sink_from_move & \r_rdy$269 ;
+  assign \$382  = sink_from_load & beat__valid;
+  assign \$383  = ~ ext_req_valid;
+  assign \$384  = \$383  | \req__ready$478 ;
+  assign \$385  = \r_rdy$269  & \$384 ;
+  assign \$386  = sink_from_store & \$385 ;
+  assign \$387  = sink_from_softmax & \r_rdy$292 ;
+  assign \$388  = sink_from_layernorm & \r_rdy$292 ;
+  assign \$389  = sink_from_add & \r_rdy$264 ;
+  assign \$390  = sink_from_gelu0 & \r_rdy$264 ;
+  assign \$391  = sink_from_gemm & gemm_res_valid;
+  assign \$392  = | { \$391 , \$390 , \$389 , \$388 , \$387 , \$386 , \$382 , \$381  };
+  assign dst_step = \valid$265  & \$392 ;
+  assign \$393  = ~ sink_from_store;
+  assign \$394  = dst_step & \$393 ;
+  assign wr_en = \$394  & dst_keep;
+  assign \$395  = sink_from_softmax | a_from_softmax;
+  assign \$396  = sink_from_layernorm | a_from_layernorm;
+  assign \$397  = | { \$396 , \$395  };
+  assign \w_en$481  = \$397  & \r_rdy$269 ;
+  assign \$398  = sink_from_softmax | a_from_softmax;
+  assign \$399  = \$398  & \i__ready$487 ;
+  assign \$400  = sink_from_layernorm | a_from_layernorm;
+  assign \$401  = \$400  & \i__ready$488 ;
+  assign \r_en$486  = | { \$401 , \$399  };
+  assign \$402  = sink_from_softmax | a_from_softmax;
+  assign \i__valid$489  = \$402  & \r_rdy$490 ;
+  assign \$403  = sink_from_layernorm | a_from_layernorm;
+  assign \i__valid$491  = \$403  & \r_rdy$490 ;
+  assign \$404  = sink_from_softmax | sink_from_layernorm;
+  assign \$405  = \$404  & \valid$265 ;
+  assign \$406  = a_from_softmax | a_from_layernorm;
+  assign \$407  = \$406  & a_in_take;
+  assign \r_en$492  = \$405  | \$407 ;
+  assign \$408  = sink_from_move & \valid$265 ;
+  assign \$409  = sink_from_store & \valid$265 ;
+  assign \$410  = ~ ext_req_valid;
+  assign \$411  = \$410  | \req__ready$478 ;
+  assign \$412  = \$409  & \$411 ;
+  assign \$413  = sink_from_softmax | a_from_softmax;
+  assign \$414  = sink_from_layernorm | a_from_layernorm;
+  assign \$415  = | { \$414 , \$413  };
+  assign \$416  = \$415  & \w_rdy$494 ;
+  assign \$417  = q0_to_pack & elem_take;
+  assign \$418  = a_from_src0 & a_in_take;
+  assign \$419  = | { \$418 , \$417 , \$416 , \$412 , \$408  };
+  assign \r_en$493  = \r_rdy$269  & \$419 ;
+  assign \$420  = in_stream & err;
+  assign \$421  = ~ busy;
+  assign clear = start & \$421 ;
+  assign \$422  = rst | unit_rst;
+  assign \$423  = rst | unit_rst;
+  assign \$424  = rst | unit_rst;
+  assign \$425  = rst | unit_rst;
+  assign \$426  = rst | unit_rst;
+  assign \$427  = ins[5:0] == 1'h1;
+  assign \$428  = ins[5:0] == 2'h2;
+  assign \$429  = ins[5:0] == 2'h3;
   assign \$430  = ins[5:0] == 3'h4;
-  assign \$431  = ins[511:510] == 1'h1;
-  assign \$432  = \$430  & \$431 ;
-  assign \$433  = ins[5:0] == 3'h4;
-  assign \$434  = ins[511:510] == 2'h2;
-  assign \$435  = \$433  & \$434 ;
-  assign \$436  = ins[5:0] == 3'h4;
-  assign \$437  = ins[511:510] == 2'h3;
-  assign \$438  = \$436  & \$437 ;
-  assign \$439  = ins[5:0] == 3'h5;
-  assign \$440  = ins[511:510] == 2'h3;
-  assign \$441  = \$439  & \$440 ;
-  assign \$442  = ~ unit_rst;
-  assign \$443  = src0_issue & \$442 ;
-  assign \$444  = ~ unit_rst;
-  assign \$445  = src0_inflight & \$444 ;
-  assign \$446  = last__3 & \last__4$508 ;
-  assign \$447  = ~ unit_rst;
-  assign \$448  = src1_issue & \$447 ;
-  assign \$449  = ~ unit_rst;
-  assign \$450  = src1_inflight & \$449 ;
-  assign \$451  = \last__3$516  & \last__4$514 ;
-  assign \$452  = ins[5:0] == 4'ha;
-  assign \$453  = ins[5:0] == 4'hb;
-  assign \$454  = ins[5:0] == 4'hc;
-  assign \$455  = ins[5:0] == 4'hd;
-  assign \$456  = ins[5:0] == 4'he;
-  assign \$457  = ins[5:0] == 4'hf;
-  assign \$458  = | { \$457 , \$456 , \$455 , \$454 , \$453 , \$452  };
-  assign \$459  = | ins[7:6];
-  assign \$460  = ~ \$459 ;
-  assign \$461  = ins[5:0] == 3'h7;
-  assign \$462  = ins[5:0] == 3'h4;
-  assign \$463  = ins[511:510] == 1'h1;
-  assign \$464  = \$462  & \$463 ;
-  assign \$465  = \$461  | \$464 ;
-  assign \$466  = \$460  & \$465 ;
-  assign \$467  = ins[5:0] == 4'h9;
-  assign \$468  = ins[5:0] == 3'h4;
-  assign \$469  = ins[511:510] == 2'h2;
-  assign \$470  = \$468  & \$469 ;
-  assign \$471  = \$467  | \$470 ;
-  assign \$472  = ins[55:40] + 4'h8;
-  assign \$473  = ins[71:56] + 3'h7;
-  assign \$474  = dec_n1p * 16'he38f;
-  assign \$477  = ins[87:72] - 1'h1;
-  assign \$478  = dec_mt - 1'h1;
-  assign \$479  = dec_nt - 1'h1;
-  assign \$480  = ins[39:24] * dec_mt;
-  assign \$482  = \$481  + 6'h3f;
-  assign \$484  = ins[497:466] + \$483 ;
-  assign \$485  = is_gemm ? \$484  : { 1'h0, ins[465:434] };
-  assign \$486  = dec_blocks * dec_nt;
-  assign \$489  = \$487  + \$488 ;
-  assign \$490  = ins[55:40] - \$489 ;
-  assign \$492  = ins[71:56] - \$491 ;
-  assign \$495  = \$494  ? offset : 32'd0;
-  assign \$496  = ins[465:434] + \$495 ;
-  assign \$497  = in_stream & \valid$269 ;
-  assign \$498  = | \addr$113 [21:14];
-  assign \$499  = \$497  & \$498 ;
-  assign \$500  = in_stream & valid;
-  assign \$501  = | addr[21:14];
-  assign \$502  = \$500  & \$501 ;
-  assign \$503  = in_stream & \valid$101 ;
-  assign \$504  = | \addr$104 [21:14];
-  assign \$505  = \$503  & \$504 ;
-  assign \$506  = cycles + 1'h1;
-  assign \$507  = in_op & op_onehot[0];
-  assign \$508  = op_cycles__0 + 1'h1;
-  assign \$509  = in_op & op_onehot[1];
-  assign \$510  = op_cycles__1 + 1'h1;
-  assign \$511  = in_op & op_onehot[2];
-  assign \$512  = op_cycles__2 + 1'h1;
-  assign \$513  = in_op & op_onehot[3];
-  assign \$514  = op_cycles__3 + 1'h1;
-  assign \$515  = in_op & op_onehot[4];
-  assign \$516  = op_cycles__4 + 1'h1;
-  assign \$517  = in_op & op_onehot[5];
-  assign \$518  = op_cycles__5 + 1'h1;
-  assign \$519  = in_op & op_onehot[6];
-  assign \$520  = op_cycles__6 + 1'h1;
-  assign \$521  = in_op & op_onehot[7];
-  assign \$522  = op_cycles__7 + 1'h1;
-  assign \$523  = in_op & op_onehot[8];
-  assign \$524  = op_cycles__8 + 1'h1;
-  assign \$525  = in_op & op_onehot[9];
-  assign \$526  = op_cycles__9 + 1'h1;
-  assign \$527  = in_op & op_onehot[10];
-  assign \$528  = op_cycles__10 + 1'h1;
-  assign \$529  = in_op & op_onehot[11];
-  assign \$530  = op_cycles__11 + 1'h1;
-  assign \$531  = in_op & op_onehot[12];
-  assign \$532  = op_cycles__12 + 1'h1;
-  assign \$533  = in_op & op_onehot[13];
-  assign \$534  = op_cycles__13 + 1'h1;
-  assign \$535  = in_op & op_onehot[14];
-  assign \$536  = op_cycles__14 + 1'h1;
-  assign \$537  = in_op & op_onehot[15];
-  assign \$538  = op_cycles__15 + 1'h1;
-  assign \$539  = images_left > 1'h1;
-  assign \$540  = is_end & \$539 ;
-  assign \$541  = | ins[39:24];
-  assign \$542  = ~ \$541 ;
-  assign \$543  = | ins[55:40];
-  assign \$544  = ~ \$543 ;
-  assign \$545  = | ins[71:56];
-  assign \$546  = ~ \$545 ;
-  assign \$547  = | ins[87:72];
-  assign \$548  = ~ \$547 ;
-  assign \$549  = | ins[103:88];
-  assign \$550  = ~ \$549 ;
-  assign \$551  = | { \$550 , \$548 , \$546 , \$544 , \$542  };
-  assign \$552  = ~ post_bad;
-  assign \$553  = \$552  & unit_known;
-  assign \$554  = post_gelu | post_add;
-  assign \$555  = \$554  | pre_ln;
-  assign \$556  = \$555  | pre_sm;
-  assign \$557  = is_move | is_load;
-  assign \$558  = \$557  | is_store;
-  assign \$559  = \$558  | is_gemm;
-  assign \$560  = ~ \$559 ;
-  assign \$561  = \$556  | \$560 ;
-  assign \$562  = \$553  & \$561 ;
-  assign \$563  = ~ post_bad;
-  assign \$564  = post_gelu | post_add;
-  assign \$565  = \$564  | pre_ln;
-  assign \$566  = \$565  | pre_sm;
+  assign \$431  = ins[5:0] == 3'h5;
+  assign \$432  = ins[5:0] == 3'h6;
+  assign \$433  = ins[5:0] == 3'h7;
+  assign \$434  = ins[5:0] == 4'h8;
+  assign \$435  = ins[5:0] == 4'h9;
+  assign \$436  = ins[5:0] == 4'ha;
+  assign \$437  = ins[5:0] == 4'hb;
+  assign \$438  = ins[5:0] == 4'hc;
+  assign \$439  = ins[5:0] == 4'hd;
+  assign \$440  = ins[5:0] == 4'he;
+  assign \$441  = ins[5:0] == 4'hf;
+  assign \$442  = 1'h1 << ins[3:0];
+  assign \$443  = ins[5:0] == 3'h4;
+  assign \$444  = ins[5:0] == 3'h5;
+  assign \$445  = \$443  | \$444 ;
+  assign \$446  = ins[5:0] == 3'h4;
+  assign \$447  = ins[511:510] == 1'h1;
+  assign \$448  = \$446  & \$447 ;
+  assign \$449  = ins[5:0] == 3'h4;
+  assign \$450  = ins[511:510] == 2'h2;
+  assign \$451  = \$449  & \$450 ;
+  assign \$452  = ins[5:0] == 3'h4;
+  assign \$453  = ins[511:510] == 2'h3;
+  assign \$454  = \$452  & \$453 ;
+  assign \$455  = ins[5:0] == 3'h5;
+  assign \$456  = ins[511:510] == 2'h3;
+  assign \$457  = \$455  & \$456 ;
+  assign \$458  = ~ unit_rst;
+  assign \$459  = src0_issue & \$458 ;
+  assign \$460  = ~ unit_rst;
+  assign \$461  = src0_inflight & \$460 ;
+  assign \$462  = last__3 & \last__4$516 ;
+  assign \$463  = ~ unit_rst;
+  assign \$464  = src1_issue & \$463 ;
+  assign \$465  = ~ unit_rst;
+  assign \$466  = src1_inflight & \$465 ;
+  assign \$467  = \last__3$524  & \last__4$522 ;
+  assign \$468  = ins[5:0] == 4'ha;
+  assign \$469  = ins[5:0] == 4'hb;
+  assign \$470  = ins[5:0] == 4'hc;
+  assign \$471  = ins[5:0] == 4'hd;
+  assign \$472  = ins[5:0] == 4'he;
+  assign \$473  = ins[5:0] == 4'hf;
+  assign \$474  = | { \$473 , \$472 , \$471 , \$470 , \$469 , \$468  };
+  assign \$475  = | ins[7:6];
+  assign \$476  = ~ \$475 ;
+  assign \$477  = ins[5:0] == 3'h7;
+  assign \$478  = ins[5:0] == 3'h4;
+  assign \$479  = ins[511:510] == 1'h1;
+  assign \$480  = \$478  & \$479 ;
+  assign \$481  = \$477  | \$480 ;
+  assign \$482  = \$476  & \$481 ;
+  assign \$483  = ins[5:0] == 4'h9;
+  assign \$484  = ins[5:0] == 3'h4;
+  assign \$485  = ins[511:510] == 2'h2;
+  assign \$486  = \$484  & \$485 ;
+  assign \$487  = \$483  | \$486 ;
+  assign \$488  = ins[55:40] + 4'h8;
+  assign \$489  = ins[71:56] + 3'h7;
+  assign \$490  = dec_n1p * 16'he38f;
+  assign \$493  = ins[87:72] - 1'h1;
+  assign \$494  = dec_mt - 1'h1;
+  assign \$495  = dec_nt - 1'h1;
+  assign \$496  = ins[39:24] * dec_mt;
+  assign \$498  = \$497  + 6'h3f;
+  assign \$500  = ins[497:466] + \$499 ;
+  assign \$501  = is_gemm ? \$500  : { 1'h0, ins[465:434] };
+  assign \$502  = dec_blocks[15:0] * dec_nt;
+  assign \$503  = dec_blocks[31:16] * dec_nt;
+  assign \$505  = dec_tiles_lo + \$504 ;
+  assign \$508  = \$506  + \$507 ;
+  assign \$509  = ins[55:40] - \$508 ;
+  assign \$511  = ins[71:56] - \$510 ;
+  assign \$514  = \$513  ? offset : 32'd0;
+  assign \$515  = ins[465:434] + \$514 ;
+  assign \$516  = in_stream & \valid$265 ;
+  assign \$517  = | \addr$113 [21:14];
+  assign \$518  = \$516  & \$517 ;
+  assign \$519  = in_stream & valid;
+  assign \$520  = | addr[21:14];
+  assign \$521  = \$519  & \$520 ;
+  assign \$522  = in_stream & \valid$101 ;
+  assign \$523  = | \addr$104 [21:14];
+  assign \$524  = \$522  & \$523 ;
+  assign \$525  = cycles + 1'h1;
+  assign \$526  = in_op & op_onehot[0];
+  assign \$527  = op_cycles__0 + 1'h1;
+  assign \$528  = in_op & op_onehot[1];
+  assign \$529  = op_cycles__1 + 1'h1;
+  assign \$530  = in_op & op_onehot[2];
+  assign \$531  = op_cycles__2 + 1'h1;
+  assign \$532  = in_op & op_onehot[3];
+  assign \$533  = op_cycles__3 + 1'h1;
+  assign \$534  = in_op & op_onehot[4];
+  assign \$535  = op_cycles__4 + 1'h1;
+  assign \$536  = in_op & op_onehot[5];
+  assign \$537  = op_cycles__5 + 1'h1;
+  assign \$538  = in_op & op_onehot[6];
+  assign \$539  = op_cycles__6 + 1'h1;
+  assign \$540  = in_op & op_onehot[7];
+  assign \$541  = op_cycles__7 + 1'h1;
+  assign \$542  = in_op & op_onehot[8];
+  assign \$543  = op_cycles__8 + 1'h1;
+  assign \$544  = in_op & op_onehot[9];
+  assign \$545  = op_cycles__9 + 1'h1;
+  assign \$546  = in_op & op_onehot[10];
+  assign \$547  = op_cycles__10 + 1'h1;
+  assign \$548  = in_op & op_onehot[11];
+  assign \$549  = op_cycles__11 + 1'h1;
+  assign \$550  = in_op & op_onehot[12];
+  assign \$551  = op_cycles__12 + 1'h1;
+  assign \$552  = in_op & op_onehot[13];
+  assign \$553  = op_cycles__13 + 1'h1;
+  assign \$554  = in_op & op_onehot[14];
+  assign \$555  = op_cycles__14 + 1'h1;
+  assign \$556  = in_op & op_onehot[15];
+  assign \$557  = op_cycles__15 + 1'h1;
+  assign \$558  = images_left > 1'h1;
+  assign \$559  = is_end & \$558 ;
+  assign \$560  = | ins[39:24];
+  assign \$561  = ~ \$560 ;
+  assign \$562  = | ins[55:40];
+  assign \$563  = ~ \$562 ;
+  assign \$564  = | ins[71:56];
+  assign \$565  = ~ \$564 ;
+  assign \$566  = | ins[87:72];
   assign \$567  = ~ \$566 ;
-  assign \$568  = \$563  & \$567 ;
-  assign \$569  = is_move | is_load;
-  assign \$570  = \$569  | is_store;
-  assign \$571  = \$570  | is_gemm;
-  assign \$572  = \$568  & \$571 ;
-  assign \$573  = ~ busy;
-  assign \$574  = \$573  & start;
-  assign \$575  = | images;
-  assign \$576  = \$575  ? images : 16'h0001;
-  assign \$577  = | decode_wait;
-  assign \$578  = ~ \$577 ;
-  assign \$579  = in_decode & \$578 ;
-  assign \$580  = \$579  & d_end_more;
-  assign \$581  = images_left - 1'h1;
-  assign \$582  = offset + \$signal$539 ;
-  assign \$583  = in_stream & op_done;
-  assign \$584  = | fault_q;
-  assign \$585  = ~ \$584 ;
-  assign \$586  = \$583  & \$585 ;
-  assign \$587  = ~ addr_fault;
-  assign \$588  = \$586  & \$587 ;
-  assign \$589  = pc + 7'h40;
-  assign \$590  = ~ fetch_sent;
-  assign \$591  = req__ready & \$590 ;
-  assign \$592  = 1'h1 << dec_c_lb;
-  assign \$593  = ins[509:498] == 1'h1;
-  assign \$594  = | decode_wait;
-  assign \$595  = decode_wait - 1'h1;
-  assign \$596  = decode_wait == 1'h1;
-  assign \$597  = is_softmax | pre_sm;
-  assign \$598  = is_layernorm | pre_ln;
-  assign \$599  = is_gelu | is_add;
-  assign \$600  = \$599  | post_gelu;
-  assign \$601  = \$600  | post_add;
-  assign \$602  = is_gelu | is_add;
-  assign \$603  = \$602  | post_gelu;
-  assign \$604  = \$603  | post_add;
-  assign \$605  = \$604  & add_sel;
-  assign \$606  = is_gelu | is_add;
-  assign \$607  = \$606  | post_gelu;
-  assign \$608  = \$607  | post_add;
-  assign \$609  = \$608  & gelu_sel0;
-  assign \$610  = ~ post_gelu;
-  assign \$611  = is_gemm & \$610 ;
-  assign \$612  = ~ post_add;
-  assign \$613  = \$611  & \$612 ;
-  assign \$614  = is_gemm & pre_sm;
-  assign \$615  = is_gemm & pre_ln;
-  assign \$616  = ~ pre_sm;
-  assign \$617  = is_gemm & \$616 ;
-  assign \$618  = ~ pre_ln;
-  assign \$619  = \$617  & \$618 ;
-  assign \$620  = ~ is_load;
-  assign \$621  = ~ is_linear;
-  assign \$622  = is_gemm & \$621 ;
-  assign \$623  = add_sel | \$622 ;
-  assign \$624  = is_gelu | is_add;
-  assign \$625  = post_gelu | post_add;
-  assign \$626  = is_gemm & \$625 ;
-  assign \$627  = | c_ask;
-  assign \$628  = \$627  & req__ready;
-  assign \$629  = c_ask - 1'h1;
-  assign \$630  = c_addr + c_step;
-  assign \$631  = ~ c_full;
-  assign \$632  = beat__valid & \$631 ;
-  assign \$633  = ~ beat__payload[512];
-  assign \$634  = ~ beat__payload[512];
-  assign \$635  = const_to0 & \$634 ;
-  assign \$636  = ~ beat__payload[512];
-  assign \$637  = const_to1 & \$636 ;
-  assign \$638  = ~ beat__payload[512];
-  assign \$639  = const_to2 & \$638 ;
-  assign \$640  = ~ beat__payload[512];
-  assign \$641  = const_to3 & \$640 ;
-  assign \$642  = c_due - 1'h1;
-  assign \$643  = c_due == 2'h2;
-  assign \$644  = is_gelu | is_add;
-  assign \$645  = \$644  | post_gelu;
-  assign \$646  = \$645  | post_add;
-  assign \$647  = is_gelu | is_add;
-  assign \$648  = \$647  | post_gelu;
-  assign \$649  = \$648  | post_add;
-  assign \$650  = \$649  & add_sel;
-  assign \$651  = is_gelu | is_add;
-  assign \$652  = \$651  | post_gelu;
-  assign \$653  = \$652  | post_add;
-  assign \$654  = \$653  & gelu_sel0;
-  assign \$655  = ~ post_gelu;
-  assign \$656  = is_gemm & \$655 ;
-  assign \$657  = ~ post_add;
-  assign \$658  = \$656  & \$657 ;
-  assign \$659  = is_gemm & pre_sm;
-  assign \$660  = is_gemm & pre_ln;
-  assign \$661  = ~ pre_sm;
-  assign \$662  = is_gemm & \$661 ;
-  assign \$663  = ~ pre_ln;
-  assign \$664  = \$662  & \$663 ;
-  assign \$665  = ~ is_load;
-  assign \$666  = ~ is_linear;
-  assign \$667  = is_gemm & \$666 ;
-  assign \$668  = add_sel | \$667 ;
-  assign \$669  = is_gelu | is_add;
-  assign \$670  = post_gelu | post_add;
-  assign \$671  = is_gemm & \$670 ;
-  assign \$672  = | ins[509:498];
-  assign \$673  = ~ \$672 ;
-  assign \$674  = is_gelu | is_add;
-  assign \$675  = \$674  | post_gelu;
-  assign \$676  = \$675  | post_add;
-  assign \$677  = is_gelu | is_add;
-  assign \$678  = \$677  | post_gelu;
-  assign \$679  = \$678  | post_add;
-  assign \$680  = \$679  & add_sel;
-  assign \$681  = is_gelu | is_add;
-  assign \$682  = \$681  | post_gelu;
-  assign \$683  = \$682  | post_add;
-  assign \$684  = \$683  & gelu_sel0;
-  assign \$685  = ~ post_gelu;
+  assign \$568  = | ins[103:88];
+  assign \$569  = ~ \$568 ;
+  assign \$570  = | { \$569 , \$567 , \$565 , \$563 , \$561  };
+  assign \$571  = ~ post_bad;
+  assign \$572  = \$571  & unit_known;
+  assign \$573  = post_gelu | post_add;
+  assign \$574  = \$573  | pre_ln;
+  assign \$575  = \$574  | pre_sm;
+  assign \$576  = is_move | is_load;
+  assign \$577  = \$576  | is_store;
+  assign \$578  = \$577  | is_gemm;
+  assign \$579  = ~ \$578 ;
+  assign \$580  = \$575  | \$579 ;
+  assign \$581  = \$572  & \$580 ;
+  assign \$582  = ~ post_bad;
+  assign \$583  = post_gelu | post_add;
+  assign \$584  = \$583  | pre_ln;
+  assign \$585  = \$584  | pre_sm;
+  assign \$586  = ~ \$585 ;
+  assign \$587  = \$582  & \$586 ;
+  assign \$588  = is_move | is_load;
+  assign \$589  = \$588  | is_store;
+  assign \$590  = \$589  | is_gemm;
+  assign \$591  = \$587  & \$590 ;
+  assign \$592  = ~ busy;
+  assign \$593  = \$592  & start;
+  assign \$594  = | images;
+  assign \$595  = \$594  ? images : 16'h0001;
+  assign \$596  = | decode_wait;
+  assign \$597  = ~ \$596 ;
+  assign \$598  = in_decode & \$597 ;
+  assign \$599  = \$598  & d_end_more;
+  assign \$600  = images_left - 1'h1;
+  assign \$601  = offset + \$signal$549 ;
+  assign \$602  = in_stream & op_done;
+  assign \$603  = | fault_q;
+  assign \$604  = ~ \$603 ;
+  assign \$605  = \$602  & \$604 ;
+  assign \$606  = ~ addr_fault;
+  assign \$607  = \$605  & \$606 ;
+  assign \$608  = pc + 7'h40;
+  assign \$609  = ~ fetch_sent;
+  assign \$610  = req__ready & \$609 ;
+  assign \$611  = 1'h1 << dec_c_lb;
+  assign \$612  = ins[509:498] == 1'h1;
+  assign \$613  = | decode_wait;
+  assign \$614  = decode_wait - 1'h1;
+  assign \$615  = decode_wait == 1'h1;
+  assign \$616  = is_softmax | pre_sm;
+  assign \$617  = is_layernorm | pre_ln;
+  assign \$618  = is_gelu | is_add;
+  assign \$619  = \$618  | post_gelu;
+  assign \$620  = \$619  | post_add;
+  assign \$621  = is_gelu | is_add;
+  assign \$622  = \$621  | post_gelu;
+  assign \$623  = \$622  | post_add;
+  assign \$624  = \$623  & add_sel;
+  assign \$625  = is_gelu | is_add;
+  assign \$626  = \$625  | post_gelu;
+  assign \$627  = \$626  | post_add;
+  assign \$628  = \$627  & gelu_sel0;
+  assign \$629  = ~ post_gelu;
+  assign \$630  = is_gemm & \$629 ;
+  assign \$631  = ~ post_add;
+  assign \$632  = \$630  & \$631 ;
+  assign \$633  = is_gemm & pre_sm;
+  assign \$634  = is_gemm & pre_ln;
+  assign \$635  = ~ pre_sm;
+  assign \$636  = is_gemm & \$635 ;
+  assign \$637  = ~ pre_ln;
+  assign \$638  = \$636  & \$637 ;
+  assign \$639  = ~ is_load;
+  assign \$640  = ~ is_linear;
+  assign \$641  = is_gemm & \$640 ;
+  assign \$642  = add_sel | \$641 ;
+  assign \$643  = is_gelu | is_add;
+  assign \$644  = post_gelu | post_add;
+  assign \$645  = is_gemm & \$644 ;
+  assign \$646  = | c_ask;
+  assign \$647  = \$646  & req__ready;
+  assign \$648  = c_ask - 1'h1;
+  assign \$649  = c_addr + c_step;
+  assign \$650  = ~ c_full;
+  assign \$651  = beat__valid & \$650 ;
+  assign \$652  = ~ beat__payload[512];
+  assign \$653  = ~ beat__payload[512];
+  assign \$654  = const_to0 & \$653 ;
+  assign \$655  = ~ beat__payload[512];
+  assign \$656  = const_to1 & \$655 ;
+  assign \$657  = ~ beat__payload[512];
+  assign \$658  = const_to2 & \$657 ;
+  assign \$659  = ~ beat__payload[512];
+  assign \$660  = const_to3 & \$659 ;
+  assign \$661  = c_due - 1'h1;
+  assign \$662  = c_due == 2'h2;
+  assign \$663  = is_gelu | is_add;
+  assign \$664  = \$663  | post_gelu;
+  assign \$665  = \$664  | post_add;
+  assign \$666  = is_gelu | is_add;
+  assign \$667  = \$666  | post_gelu;
+  assign \$668  = \$667  | post_add;
+  assign \$669  = \$668  & add_sel;
+  assign \$670  = is_gelu | is_add;
+  assign \$671  = \$670  | post_gelu;
+  assign \$672  = \$671  | post_add;
+  assign \$673  = \$672  & gelu_sel0;
+  assign \$674  = ~ post_gelu;
+  assign \$675  = is_gemm & \$674 ;
+  assign \$676  = ~ post_add;
+  assign \$677  = \$675  & \$676 ;
+  assign \$678  = is_gemm & pre_sm;
+  assign \$679  = is_gemm & pre_ln;
+  assign \$680  = ~ pre_sm;
+  assign \$681  = is_gemm & \$680 ;
+  assign \$682  = ~ pre_ln;
+  assign \$683  = \$681  & \$682 ;
+  assign \$684  = ~ is_load;
+  assign \$685  = ~ is_linear;
   assign \$686  = is_gemm & \$685 ;
-  assign \$687  = ~ post_add;
-  assign \$688  = \$686  & \$687 ;
-  assign \$689  = is_gemm & pre_sm;
-  assign \$690  = is_gemm & pre_ln;
-  assign \$691  = ~ pre_sm;
-  assign \$692  = is_gemm & \$691 ;
-  assign \$693  = ~ pre_ln;
-  assign \$694  = \$692  & \$693 ;
-  assign \$695  = ~ is_load;
-  assign \$696  = ~ is_linear;
-  assign \$697  = is_gemm & \$696 ;
-  assign \$698  = add_sel | \$697 ;
-  assign \$699  = is_gelu | is_add;
-  assign \$700  = post_gelu | post_add;
-  assign \$701  = is_gemm & \$700 ;
-  assign \$702  = | fault_q;
-  assign \$703  = ~ \$702 ;
-  assign \$704  = op_done & \$703 ;
-  assign \$705  = ~ addr_fault;
-  assign \$706  = \$704  & \$705 ;
-  assign \$707  = ~ is_load;
-  assign \$708  = src0_outside & \$707 ;
-  assign \$709  = ~ is_gemm;
-  assign \$710  = \$708  & \$709 ;
-  assign \$711  = src1_outside & is_add;
-  assign \$712  = \$710  | \$711 ;
-  assign \$713  = ~ is_store;
-  assign \$714  = dst_outside & \$713 ;
-  assign \$715  = ~ is_gemm;
-  assign \$716  = \$714  & \$715 ;
-  assign \$717  = \$712  | \$716 ;
-  assign \$718  = | fault_q;
-  assign \$719  = idle & \idle$554 ;
-  assign \$720  = is_softmax | is_layernorm;
-  assign \$721  = ~ ext_req_valid;
-  assign \$722  = \$721  | req__ready;
-  assign \$723  = $signed(addr) << ins[23:22];
-  assign \$724  = $signed({ 1'h0, dec_ext_base }) + $signed(\$723 );
-  assign \$725  = ~ ext_req_valid;
-  assign \$726  = \$725  | \req__ready$476 ;
-  assign \$727  = $signed(\addr$113 ) << ins[23:22];
-  assign \$728  = $signed({ 1'h0, dec_ext_base }) + $signed(\$727 );
-  assign \$729  = \w_en$182  & \w_rdy$258 ;
-  assign \$730  = ~ \w_en$182 ;
-  assign \$731  = \$730  | \w_rdy$258 ;
-  assign \$732  = \$731  & elem_valid;
-  assign \$733  = ~ add_sel;
-  assign \$734  = \r_rdy$260  | \$733 ;
-  assign \$735  = \$732  & \$734 ;
-  assign \$736  = pack_j == 2'h3;
-  assign \$737  = \$736  | elem_final;
-  assign \$738  = pack_j + 1'h1;
-  assign \$739  = \r_rdy$266  & \valid$269 ;
-  assign \$740  = pack_jo == 2'h3;
-  assign \$741  = \$740  | \final ;
-  assign \$742  = pack_jo + 1'h1;
-  assign \$743  = 1'h1 << w_lb;
-  assign \$744  = | dec_tiles;
-  assign \$745  = | dec_k_last;
-  assign \$746  = ~ \$745 ;
-  assign \$747  = | dec_nt_last;
-  assign \$748  = ~ \$747 ;
-  assign \$749  = \$signal$463  & req__ready;
-  assign \$750  = ~ want_w;
-  assign \$751  = \$750  & is_linear;
-  assign \$752  = ~ is_linear;
-  assign \$753  = want_w & \$signal$560 ;
-  assign \$754  = \$752  | \$753 ;
-  assign \$755  = ~ \$754 ;
-  assign \$756  = want_w & \$755 ;
-  assign \$757  = k + 1'h1;
-  assign \$758  = k + 1'h1;
-  assign \$759  = \$758  == dec_k_last;
-  assign \$760  = w_addr + w_step;
-  assign \$761  = ~ is_linear;
-  assign \$762  = want_w & \$signal$560 ;
-  assign \$763  = \$761  | \$762 ;
-  assign \$764  = tiles - 1'h1;
-  assign \$765  = tiles != 1'h1;
-  assign \$766  = | dec_k_last;
-  assign \$767  = ~ \$766 ;
-  assign \$768  = | dec_nt_last;
-  assign \$769  = ~ \$768 ;
-  assign \$770  = nt + 1'h1;
-  assign \$771  = nt + 1'h1;
-  assign \$772  = \$771  == dec_nt_last;
-  assign \$773  = p_addr + 7'h40;
-  assign \$774  = ~ is_linear;
-  assign \$775  = \$774  | rk_zero;
-  assign \$776  = \$775  ? p__ready : \w_rdy$472 ;
-  assign \$777  = beat__valid & \$776 ;
-  assign \$778  = \$777  & is_linear;
-  assign \$779  = rk == ins[87:72];
-  assign \$780  = rk + 1'h1;
-  assign \$781  = \$779  ? 17'h00000 : \$780 ;
-  assign \$782  = rk == ins[87:72];
-  assign \$783  = \$signal$297  == \$signal$330 ;
-  assign \$784  = \$signal$563  + 1'h1;
-  assign \$785  = lk > \$784 ;
-  assign \$786  = \$783  & \$785 ;
-  assign \$787  = pre_ln | pre_sm;
-  assign \$788  = ~ \$787 ;
-  assign \$789  = \$786  & \$788 ;
-  assign \$790  = ~ in_decode;
-  assign \$791  = \$789  & \$790 ;
-  assign \$792  = | dec_k_last;
-  assign \$793  = ~ \$792 ;
-  assign \$794  = | dec_k_last;
-  assign \$795  = ~ \$794 ;
-  assign \$796  = | dec_nt_last;
-  assign \$797  = ~ \$796 ;
-  assign \$798  = | dec_blocks;
-  assign \$800  = ~ \$799 ;
-  assign \$801  = a_in_valid & \$800 ;
-  assign \$802  = pre_ln | pre_sm;
-  assign \$803  = \$801  & \$802 ;
-  assign \$805  = ~ \$804 ;
-  assign \$806  = a_in_valid & \$805 ;
-  assign \$807  = | dec_k_last;
-  assign \$808  = ~ \$807 ;
-  assign \$809  = \$signal$304  == 4'h8;
-  assign \$810  = ~ \$signal$297 ;
-  assign \$811  = \$signal$304  + 1'h1;
-  assign \$812  = lk + 1'h1;
-  assign \$813  = lk + 1'h1;
-  assign \$814  = \$813  == dec_k_last;
-  assign \$815  = \$signal$304  == 4'h8;
-  assign \$816  = lk + 1'h1;
-  assign \$817  = lk + 1'h1;
-  assign \$818  = \$817  == dec_k_last;
+  assign \$687  = add_sel | \$686 ;
+  assign \$688  = is_gelu | is_add;
+  assign \$689  = post_gelu | post_add;
+  assign \$690  = is_gemm & \$689 ;
+  assign \$691  = | ins[509:498];
+  assign \$692  = ~ \$691 ;
+  assign \$693  = is_gelu | is_add;
+  assign \$694  = \$693  | post_gelu;
+  assign \$695  = \$694  | post_add;
+  assign \$696  = is_gelu | is_add;
+  assign \$697  = \$696  | post_gelu;
+  assign \$698  = \$697  | post_add;
+  assign \$699  = \$698  & add_sel;
+  assign \$700  = is_gelu | is_add;
+  assign \$701  = \$700  | post_gelu;
+  assign \$702  = \$701  | post_add;
+  assign \$703  = \$702  & gelu_sel0;
+  assign \$704  = ~ post_gelu;
+  assign \$705  = is_gemm & \$704 ;
+  assign \$706  = ~ post_add;
+  assign \$707  = \$705  & \$706 ;
+  assign \$708  = is_gemm & pre_sm;
+  assign \$709  = is_gemm & pre_ln;
+  assign \$710  = ~ pre_sm;
+  assign \$711  = is_gemm & \$710 ;
+  assign \$712  = ~ pre_ln;
+  assign \$713  = \$711  & \$712 ;
+  assign \$714  = ~ is_load;
+  assign \$715  = ~ is_linear;
+  assign \$716  = is_gemm & \$715 ;
+  assign \$717  = add_sel | \$716 ;
+  assign \$718  = is_gelu | is_add;
+  assign \$719  = post_gelu | post_add;
+  assign \$720  = is_gemm & \$719 ;
+  assign \$721  = | fault_q;
+  assign \$722  = ~ \$721 ;
+  assign \$723  = op_done & \$722 ;
+  assign \$724  = ~ addr_fault;
+  assign \$725  = \$723  & \$724 ;
+  assign \$726  = ~ is_load;
+  assign \$727  = src0_outside & \$726 ;
+  assign \$728  = ~ is_gemm;
+  assign \$729  = \$727  & \$728 ;
+  assign \$730  = src1_outside & is_add;
+  assign \$731  = \$729  | \$730 ;
+  assign \$732  = ~ is_store;
+  assign \$733  = dst_outside & \$732 ;
+  assign \$734  = ~ is_gemm;
+  assign \$735  = \$733  & \$734 ;
+  assign \$736  = \$731  | \$735 ;
+  assign \$737  = | fault_q;
+  assign \$738  = idle & \idle$564 ;
+  assign \$739  = is_softmax | is_layernorm;
+  assign \$740  = ~ ld_off_valid;
+  assign \$741  = ~ ext_req_valid;
+  assign \$742  = \$741  | req__ready;
+  assign \$743  = \$740  | \$742 ;
+  assign \$744  = $signed(addr) << ins[23:22];
+  assign \$745  = ~ ext_req_valid;
+  assign \$746  = \$745  | req__ready;
+  assign \$747  = $signed({ 1'h0, dec_ext_base }) + $signed(ld_off);
+  assign \$748  = ~ ext_req_valid;
+  assign \$749  = \$748  | \req__ready$478 ;
+  assign \$750  = $signed(\addr$113 ) << ins[23:22];
+  assign \$751  = $signed({ 1'h0, dec_ext_base }) + $signed(\$750 );
+  assign \$752  = \w_en$180  & \w_rdy$256 ;
+  assign \$753  = ~ \w_en$180 ;
+  assign \$754  = \$753  | \w_rdy$256 ;
+  assign \$755  = ~ \w_en$180 ;
+  assign \$756  = \$755  | \w_rdy$256 ;
+  assign \$757  = \$756  & elem_valid;
+  assign \$758  = ~ add_sel;
+  assign \$759  = r_rdy | \$758 ;
+  assign \$760  = \$757  & \$759 ;
+  assign \$761  = pack_j == 2'h3;
+  assign \$762  = \$761  | elem_final;
+  assign \$763  = pack_j + 1'h1;
+  assign \$764  = \r_rdy$264  & \valid$265 ;
+  assign \$765  = pack_jo == 2'h3;
+  assign \$766  = \$765  | \final ;
+  assign \$767  = pack_jo + 1'h1;
+  assign \$768  = 1'h1 << w_lb;
+  assign \$769  = | dec_tiles;
+  assign \$770  = | dec_k_last;
+  assign \$771  = ~ \$770 ;
+  assign \$772  = | dec_nt_last;
+  assign \$773  = ~ \$772 ;
+  assign \$774  = \$signal$466  & req__ready;
+  assign \$775  = ~ want_w;
+  assign \$776  = \$775  & is_linear;
+  assign \$777  = ~ is_linear;
+  assign \$778  = want_w & \$signal$571 ;
+  assign \$779  = \$777  | \$778 ;
+  assign \$780  = ~ \$779 ;
+  assign \$781  = want_w & \$780 ;
+  assign \$782  = k + 1'h1;
+  assign \$783  = k + 1'h1;
+  assign \$784  = \$783  == dec_k_last;
+  assign \$785  = w_addr + w_step;
+  assign \$786  = ~ is_linear;
+  assign \$787  = want_w & \$signal$571 ;
+  assign \$788  = \$786  | \$787 ;
+  assign \$789  = tiles - 1'h1;
+  assign \$790  = tiles != 1'h1;
+  assign \$791  = | dec_k_last;
+  assign \$792  = ~ \$791 ;
+  assign \$793  = | dec_nt_last;
+  assign \$794  = ~ \$793 ;
+  assign \$795  = nt + 1'h1;
+  assign \$796  = nt + 1'h1;
+  assign \$797  = \$796  == dec_nt_last;
+  assign \$798  = p_addr + 7'h40;
+  assign \$799  = ~ is_linear;
+  assign \$800  = \$799  | rk_zero;
+  assign \$801  = \$800  ? p__ready : \w_rdy$475 ;
+  assign \$802  = beat__valid & \$801 ;
+  assign \$803  = \$802  & is_linear;
+  assign \$804  = rk == ins[87:72];
+  assign \$805  = rk + 1'h1;
+  assign \$806  = \$804  ? 17'h00000 : \$805 ;
+  assign \$807  = rk == ins[87:72];
+  assign \$808  = \$signal  == \$signal$329 ;
+  assign \$809  = \$signal$574  + 1'h1;
+  assign \$810  = lk > \$809 ;
+  assign \$811  = \$808  & \$810 ;
+  assign \$812  = pre_ln | pre_sm;
+  assign \$813  = ~ \$812 ;
+  assign \$814  = \$811  & \$813 ;
+  assign \$815  = ~ in_decode;
+  assign \$816  = \$814  & \$815 ;
+  assign \$817  = | dec_k_last;
+  assign \$818  = ~ \$817 ;
   assign \$819  = | dec_k_last;
   assign \$820  = ~ \$819 ;
-  assign \$821  = ~ \$signal$297 ;
-  assign \$822  = \$signal$304  + 1'h1;
-  assign \$823  = \$signal$330  * 9'h100;
-  assign \$824  = \$823  + \$signal$563 ;
-  assign \$825  = a_issue & a_feed_k_hit;
-  assign \$826  = \$825  & a_feed_nt_hit;
-  assign \$827  = a_read & a_read_free;
-  assign \$828  = | dec_k_last;
-  assign \$829  = ~ \$828 ;
-  assign \$830  = | dec_nt_last;
-  assign \$831  = ~ \$830 ;
-  assign \$832  = ~ \$signal$330 ;
-  assign \$833  = feed_blocks - 1'h1;
-  assign \$834  = feed_blocks != 1'h1;
-  assign \$835  = fnt + 1'h1;
-  assign \$836  = fnt + 1'h1;
-  assign \$837  = \$836  == dec_nt_last;
-  assign \$838  = \$signal$563  + 1'h1;
-  assign \$839  = \$signal$563  + 1'h1;
-  assign \$840  = \$839  == dec_k_last;
-  assign \$842  = ~ \$841 ;
-  assign \$843  = \r_rdy$260  & \$842 ;
-  assign \$844  = ~ is_linear;
-  assign \$845  = \$843  & \$844 ;
-  assign \$846  = w_load_lane == 3'h7;
-  assign \$847  = w_load_k + 1'h1;
-  assign \$848  = w_load_addr + 1'h1;
-  assign \$849  = w_load_k == dec_k_last;
-  assign \$850  = w_load_nt + 1'h1;
-  assign \$851  = w_load_nt == dec_nt_last;
-  assign \$852  = ~ w_load_half;
-  assign \$853  = w_load_lane + 1'h1;
-  assign \$854  = w_feed_half * 9'h100;
-  assign \$855  = \$854  + feed_ntk;
-  assign \$856  = \$855  + \$signal$563 ;
-  assign \$857  = ~ is_linear;
-  assign \$858  = a_issue & \$857 ;
-  assign \$859  = \$858  & a_feed_k_hit;
-  assign \$860  = \$859  & a_feed_nt_hit;
-  assign \$861  = feed_mt == dec_mt_last;
-  assign \$862  = \$860  & \$861 ;
-  assign \$863  = ~ is_linear;
-  assign \$864  = a_issue & \$863 ;
-  assign \$865  = feed_mt == dec_mt_last;
-  assign \$866  = ~ w_feed_half;
-  assign \$867  = feed_mt + 1'h1;
-  assign \$868  = feed_ntk + ins[87:72];
-  assign \$869  = a_read & w_read_free;
-  assign \$870  = post_gelu | post_add;
-  assign \$871  = gemm_active & \$870 ;
-  assign \$872  = post_col == 3'h7;
-  assign \$873  = post_col + 1'h1;
-  assign \$874  = \$872  ? 4'h0 : \$873 ;
-  assign \$875  = ~ \busy$578 ;
-  assign \$876  = in_stream & \$875 ;
-  assign \$877  = ~ ext_req_valid;
-  assign \$878  = \$876  & \$877 ;
-  assign \$879  = \$878  & \idle$554 ;
+  assign \$821  = | dec_nt_last;
+  assign \$822  = ~ \$821 ;
+  assign \$823  = | dec_blocks;
+  assign \$825  = ~ \$824 ;
+  assign \$826  = a_in_valid & \$825 ;
+  assign \$827  = pre_ln | pre_sm;
+  assign \$828  = \$826  & \$827 ;
+  assign \$830  = ~ \$829 ;
+  assign \$831  = a_in_valid & \$830 ;
+  assign \$832  = | dec_k_last;
+  assign \$833  = ~ \$832 ;
+  assign \$834  = \$signal$303  == 4'h8;
+  assign \$835  = ~ \$signal ;
+  assign \$836  = \$signal$303  + 1'h1;
+  assign \$837  = lk + 1'h1;
+  assign \$838  = lk + 1'h1;
+  assign \$839  = \$838  == dec_k_last;
+  assign \$840  = \$signal$303  == 4'h8;
+  assign \$841  = lk + 1'h1;
+  assign \$842  = lk + 1'h1;
+  assign \$843  = \$842  == dec_k_last;
+  assign \$844  = | dec_k_last;
+  assign \$845  = ~ \$844 ;
+  assign \$846  = ~ \$signal ;
+  assign \$847  = \$signal$303  + 1'h1;
+  assign \$848  = \$signal$329  * 9'h100;
+  assign \$849  = \$848  + \$signal$574 ;
+  assign \$850  = a_issue & a_feed_k_hit;
+  assign \$851  = \$850  & a_feed_nt_hit;
+  assign \$852  = a_read & a_read_free;
+  assign \$853  = | dec_k_last;
+  assign \$854  = ~ \$853 ;
+  assign \$855  = | dec_nt_last;
+  assign \$856  = ~ \$855 ;
+  assign \$857  = ~ \$signal$329 ;
+  assign \$858  = feed_blocks - 1'h1;
+  assign \$859  = feed_blocks != 1'h1;
+  assign \$860  = fnt + 1'h1;
+  assign \$861  = fnt + 1'h1;
+  assign \$862  = \$861  == dec_nt_last;
+  assign \$863  = \$signal$574  + 1'h1;
+  assign \$864  = \$signal$574  + 1'h1;
+  assign \$865  = \$864  == dec_k_last;
+  assign \$867  = ~ \$866 ;
+  assign \$868  = r_rdy & \$867 ;
+  assign \$869  = ~ is_linear;
+  assign \$870  = \$868  & \$869 ;
+  assign \$871  = w_load_lane == 3'h7;
+  assign \$872  = w_load_k + 1'h1;
+  assign \$873  = w_load_addr + 1'h1;
+  assign \$874  = w_load_k == dec_k_last;
+  assign \$875  = w_load_nt + 1'h1;
+  assign \$876  = w_load_nt == dec_nt_last;
+  assign \$877  = ~ w_load_half;
+  assign \$878  = w_load_lane + 1'h1;
+  assign \$879  = w_feed_half * 9'h100;
+  assign \$880  = \$879  + feed_ntk;
+  assign \$881  = \$880  + \$signal$574 ;
+  assign \$882  = ~ is_linear;
+  assign \$883  = a_issue & \$882 ;
+  assign \$884  = \$883  & a_feed_k_hit;
+  assign \$885  = \$884  & a_feed_nt_hit;
+  assign \$886  = feed_mt == dec_mt_last;
+  assign \$887  = \$885  & \$886 ;
+  assign \$888  = ~ is_linear;
+  assign \$889  = a_issue & \$888 ;
+  assign \$890  = feed_mt == dec_mt_last;
+  assign \$891  = ~ w_feed_half;
+  assign \$892  = feed_mt + 1'h1;
+  assign \$893  = feed_ntk + ins[87:72];
+  assign \$894  = a_read & w_read_free;
+  assign \$895  = dst_col + 1'h1;
+  assign \$896  = last__4 ? 4'h0 : \$895 ;
+  assign \$897  = post_gelu | post_add;
+  assign \$898  = gemm_active & \$897 ;
+  assign \$899  = post_col == 3'h7;
+  assign \$900  = post_col + 1'h1;
+  assign \$901  = \$899  ? 4'h0 : \$900 ;
+  assign \$902  = ~ \busy$589 ;
+  assign \$903  = in_stream & \$902 ;
+  assign \$904  = ~ ext_req_valid;
+  assign \$905  = \$903  & \$904 ;
+  assign \$906  = \$905  & \idle$564 ;
   always @(posedge gemm_d_clk)
-    wr_port__addr <= \$880 ;
+    wr_port__addr <= \$907 ;
   always @(posedge gemm_d_clk)
-    wr_port__data <= \$881 ;
+    wr_port__data <= \$908 ;
   always @(posedge gemm_d_clk)
-    wr_port__en <= \$882 ;
+    wr_port__en <= \$909 ;
   always @(posedge gemm_d_clk)
-    gemm_d_rst <= \$406 ;
+    gemm_d_rst <= \$422 ;
   always @(posedge gemm_d_clk)
-    softmax_d_rst <= \$407 ;
+    softmax_d_rst <= \$423 ;
   always @(posedge gemm_d_clk)
-    layernorm_d_rst <= \$408 ;
+    layernorm_d_rst <= \$424 ;
   always @(posedge gemm_d_clk)
-    add_d_rst <= \$409 ;
+    add_d_rst <= \$425 ;
   always @(posedge gemm_d_clk)
-    gelu0_d_rst <= \$410 ;
+    gelu0_d_rst <= \$426 ;
   always @(posedge gemm_d_clk)
-    load <= \$883 ;
+    load <= \$910 ;
   always @(posedge gemm_d_clk)
-    is_end <= \$884 ;
+    is_end <= \$911 ;
   always @(posedge gemm_d_clk)
-    is_load <= \$885 ;
+    is_load <= \$912 ;
   always @(posedge gemm_d_clk)
-    is_store <= \$886 ;
+    is_store <= \$913 ;
   always @(posedge gemm_d_clk)
-    is_linear <= \$887 ;
+    is_linear <= \$914 ;
   always @(posedge gemm_d_clk)
-    is_matmul <= \$888 ;
+    is_matmul <= \$915 ;
   always @(posedge gemm_d_clk)
-    is_softmax <= \$889 ;
+    is_softmax <= \$916 ;
   always @(posedge gemm_d_clk)
-    is_gelu <= \$890 ;
+    is_gelu <= \$917 ;
   always @(posedge gemm_d_clk)
-    is_layernorm <= \$891 ;
+    is_layernorm <= \$918 ;
   always @(posedge gemm_d_clk)
-    is_add <= \$892 ;
+    is_add <= \$919 ;
   always @(posedge gemm_d_clk)
-    is_im2col <= \$893 ;
+    is_im2col <= \$920 ;
   always @(posedge gemm_d_clk)
-    is_concat <= \$894 ;
+    is_concat <= \$921 ;
   always @(posedge gemm_d_clk)
-    is_split_heads <= \$895 ;
+    is_split_heads <= \$922 ;
   always @(posedge gemm_d_clk)
-    is_merge_heads <= \$896 ;
+    is_merge_heads <= \$923 ;
   always @(posedge gemm_d_clk)
-    is_transpose <= \$897 ;
+    is_transpose <= \$924 ;
   always @(posedge gemm_d_clk)
-    is_select <= \$898 ;
+    is_select <= \$925 ;
   always @(posedge gemm_d_clk)
-    op_onehot <= \$899 ;
+    op_onehot <= \$926 ;
   always @(posedge gemm_d_clk)
-    is_gemm <= \$900 ;
+    is_gemm <= \$927 ;
   always @(posedge gemm_d_clk)
-    post_gelu <= \$901 ;
+    post_gelu <= \$928 ;
   always @(posedge gemm_d_clk)
-    post_add <= \$902 ;
+    post_add <= \$929 ;
   always @(posedge gemm_d_clk)
-    pre_ln <= \$903 ;
+    pre_ln <= \$930 ;
   always @(posedge gemm_d_clk)
-    pre_sm <= \$904 ;
+    pre_sm <= \$931 ;
   always @(posedge gemm_d_clk)
-    src0_inflight <= \$905 ;
+    src0_inflight <= \$932 ;
   always @(posedge gemm_d_clk)
-    w_en <= \$906 ;
+    w_en <= \$933 ;
   always @(posedge gemm_d_clk)
-    src0_elem <= \$signature__data$506 ;
+    src0_elem <= \$signature__data$514 ;
   always @(posedge gemm_d_clk)
-    src0_held_meta <= \$907 ;
+    src0_held_meta <= \$934 ;
   always @(posedge gemm_d_clk)
-    src0_meta <= \$908 ;
+    src0_meta <= \$935 ;
   always @(posedge gemm_d_clk)
-    src1_inflight <= \$909 ;
+    src1_inflight <= \$936 ;
   always @(posedge gemm_d_clk)
-    \w_en$107  <= \$910 ;
+    \w_en$107  <= \$937 ;
   always @(posedge gemm_d_clk)
-    src1_elem <= \$signature__data$512 ;
+    src1_elem <= \$signature__data$520 ;
   always @(posedge gemm_d_clk)
-    src1_held_meta <= \$911 ;
+    src1_held_meta <= \$938 ;
   always @(posedge gemm_d_clk)
-    src1_meta <= \$912 ;
+    src1_meta <= \$939 ;
   always @(posedge gemm_d_clk)
-    is_move <= \$913 ;
+    is_move <= \$940 ;
   always @(posedge gemm_d_clk)
-    gelu_sel0 <= \$914 ;
+    gelu_sel0 <= \$941 ;
   always @(posedge gemm_d_clk)
-    add_sel <= \$915 ;
+    add_sel <= \$942 ;
   always @(posedge gemm_d_clk)
-    dec_n1p <= \$472 ;
+    dec_n1p <= \$488 ;
   always @(posedge gemm_d_clk)
-    dec_n2p <= \$473 ;
+    dec_n2p <= \$489 ;
   always @(posedge gemm_d_clk)
-    dec_mt <= \$475 [15:0];
+    dec_mt <= \$491 [15:0];
   always @(posedge gemm_d_clk)
-    dec_nt <= \$476 [15:0];
+    dec_nt <= \$492 [15:0];
   always @(posedge gemm_d_clk)
-    dec_k_last <= \$477 [15:0];
+    dec_k_last <= \$493 [15:0];
   always @(posedge gemm_d_clk)
     dec_c_lb <= c_lb;
   always @(posedge gemm_d_clk)
-    dec_mt_last <= \$478 [15:0];
+    dec_mt_last <= \$494 [15:0];
   always @(posedge gemm_d_clk)
-    dec_nt_last <= \$479 [15:0];
+    dec_nt_last <= \$495 [15:0];
   always @(posedge gemm_d_clk)
-    dec_blocks <= \$480 ;
+    dec_blocks <= \$496 ;
   always @(posedge gemm_d_clk)
-    dec_c_base <= \$485 [31:0];
+    dec_c_base <= \$501 [31:0];
   always @(posedge gemm_d_clk)
-    dec_tiles <= \$486 [31:0];
+    dec_tiles_lo <= \$502 ;
   always @(posedge gemm_d_clk)
-    dec_rows_last <= \$490 [15:0];
+    dec_tiles_hi <= \$503 [15:0];
   always @(posedge gemm_d_clk)
-    dec_cols_last <= \$492 [15:0];
+    dec_tiles <= \$505 [31:0];
   always @(posedge gemm_d_clk)
-    dec_ext_base <= \$496 [31:0];
+    dec_rows_last <= \$509 [15:0];
   always @(posedge gemm_d_clk)
-    addr_fault <= \$916 ;
+    dec_cols_last <= \$511 [15:0];
   always @(posedge gemm_d_clk)
-    dst_outside <= \$917 ;
+    dec_ext_base <= \$515 [31:0];
   always @(posedge gemm_d_clk)
-    src0_outside <= \$918 ;
+    addr_fault <= \$943 ;
   always @(posedge gemm_d_clk)
-    src1_outside <= \$919 ;
+    dst_outside <= \$944 ;
   always @(posedge gemm_d_clk)
-    ext_req_valid <= \$920 ;
+    src0_outside <= \$945 ;
   always @(posedge gemm_d_clk)
-    cycles <= \$921 ;
+    src1_outside <= \$946 ;
   always @(posedge gemm_d_clk)
-    op_cycles__0 <= \$922 ;
+    ext_req_valid <= \$947 ;
   always @(posedge gemm_d_clk)
-    op_cycles__1 <= \$923 ;
+    ld_off_valid <= \$948 ;
   always @(posedge gemm_d_clk)
-    op_cycles__2 <= \$924 ;
+    cycles <= \$949 ;
   always @(posedge gemm_d_clk)
-    op_cycles__3 <= \$925 ;
+    op_cycles__0 <= \$950 ;
   always @(posedge gemm_d_clk)
-    op_cycles__4 <= \$926 ;
+    op_cycles__1 <= \$951 ;
   always @(posedge gemm_d_clk)
-    op_cycles__5 <= \$927 ;
+    op_cycles__2 <= \$952 ;
   always @(posedge gemm_d_clk)
-    op_cycles__6 <= \$928 ;
+    op_cycles__3 <= \$953 ;
   always @(posedge gemm_d_clk)
-    op_cycles__7 <= \$929 ;
+    op_cycles__4 <= \$954 ;
   always @(posedge gemm_d_clk)
-    op_cycles__8 <= \$930 ;
+    op_cycles__5 <= \$955 ;
   always @(posedge gemm_d_clk)
-    op_cycles__9 <= \$931 ;
+    op_cycles__6 <= \$956 ;
   always @(posedge gemm_d_clk)
-    op_cycles__10 <= \$932 ;
+    op_cycles__7 <= \$957 ;
   always @(posedge gemm_d_clk)
-    op_cycles__11 <= \$933 ;
+    op_cycles__8 <= \$958 ;
   always @(posedge gemm_d_clk)
-    op_cycles__12 <= \$934 ;
+    op_cycles__9 <= \$959 ;
   always @(posedge gemm_d_clk)
-    op_cycles__13 <= \$935 ;
+    op_cycles__10 <= \$960 ;
   always @(posedge gemm_d_clk)
-    op_cycles__14 <= \$936 ;
+    op_cycles__11 <= \$961 ;
   always @(posedge gemm_d_clk)
-    op_cycles__15 <= \$937 ;
+    op_cycles__12 <= \$962 ;
   always @(posedge gemm_d_clk)
-    d_end_more <= \$938 ;
+    op_cycles__13 <= \$963 ;
   always @(posedge gemm_d_clk)
-    d_end <= \$939 ;
+    op_cycles__14 <= \$964 ;
   always @(posedge gemm_d_clk)
-    d_count_zero <= \$940 ;
+    op_cycles__15 <= \$965 ;
   always @(posedge gemm_d_clk)
-    d_const <= \$941 ;
+    d_end_more <= \$966 ;
   always @(posedge gemm_d_clk)
-    d_stream <= \$942 ;
+    d_end <= \$967 ;
   always @(posedge gemm_d_clk)
-    pc <= \$943 ;
+    d_count_zero <= \$968 ;
   always @(posedge gemm_d_clk)
-    busy <= \$944 ;
+    d_const <= \$969 ;
   always @(posedge gemm_d_clk)
-    done <= \$945 ;
+    d_stream <= \$970 ;
   always @(posedge gemm_d_clk)
-    error <= \$946 ;
+    pc <= \$971 ;
   always @(posedge gemm_d_clk)
-    fetch_sent <= \$947 ;
+    busy <= \$972 ;
   always @(posedge gemm_d_clk)
-    \$signal$538  <= \$948 ;
+    done <= \$973 ;
   always @(posedge gemm_d_clk)
-    \$signal$539  <= \$949 ;
+    error <= \$974 ;
   always @(posedge gemm_d_clk)
-    images_left <= \$950 ;
+    fetch_sent <= \$975 ;
   always @(posedge gemm_d_clk)
-    offset <= \$951 ;
+    \$signal$548  <= \$976 ;
   always @(posedge gemm_d_clk)
-    seq_state <= \$952 ;
+    \$signal$549  <= \$977 ;
   always @(posedge gemm_d_clk)
-    in_stream <= \$953 ;
+    images_left <= \$978 ;
   always @(posedge gemm_d_clk)
-    in_decode <= \$954 ;
+    offset <= \$979 ;
   always @(posedge gemm_d_clk)
-    in_op <= \$955 ;
+    seq_state <= \$980 ;
   always @(posedge gemm_d_clk)
-    unit_rst <= \$956 ;
+    in_stream <= \$981 ;
   always @(posedge gemm_d_clk)
-    gemm_active <= \$957 ;
+    in_decode <= \$982 ;
   always @(posedge gemm_d_clk)
-    pack_active <= \$958 ;
+    in_op <= \$983 ;
   always @(posedge gemm_d_clk)
-    sink_from_move <= \$959 ;
+    unit_rst <= \$984 ;
   always @(posedge gemm_d_clk)
-    sink_from_load <= \$960 ;
+    gemm_active <= \$985 ;
   always @(posedge gemm_d_clk)
-    sink_from_store <= \$961 ;
+    pack_active <= \$986 ;
   always @(posedge gemm_d_clk)
-    sink_from_softmax <= \$962 ;
+    sink_from_move <= \$987 ;
   always @(posedge gemm_d_clk)
-    sink_from_layernorm <= \$963 ;
+    sink_from_load <= \$988 ;
   always @(posedge gemm_d_clk)
-    sink_from_add <= \$964 ;
+    sink_from_store <= \$989 ;
   always @(posedge gemm_d_clk)
-    sink_from_gelu0 <= \$965 ;
+    sink_from_softmax <= \$990 ;
   always @(posedge gemm_d_clk)
-    sink_from_gemm <= \$966 ;
+    sink_from_layernorm <= \$991 ;
   always @(posedge gemm_d_clk)
-    a_from_softmax <= \$967 ;
+    sink_from_add <= \$992 ;
   always @(posedge gemm_d_clk)
-    a_from_layernorm <= \$968 ;
+    sink_from_gelu0 <= \$993 ;
   always @(posedge gemm_d_clk)
-    a_from_src0 <= \$969 ;
+    sink_from_gemm <= \$994 ;
   always @(posedge gemm_d_clk)
-    const_to0 <= \$970 ;
+    a_from_softmax <= \$995 ;
   always @(posedge gemm_d_clk)
-    const_to1 <= \$971 ;
+    a_from_layernorm <= \$996 ;
   always @(posedge gemm_d_clk)
-    const_to2 <= \$972 ;
+    a_from_src0 <= \$997 ;
   always @(posedge gemm_d_clk)
-    const_to3 <= \$973 ;
+    const_to0 <= \$998 ;
   always @(posedge gemm_d_clk)
-    in_fetch <= \$974 ;
+    const_to1 <= \$999 ;
   always @(posedge gemm_d_clk)
-    in_const <= \$975 ;
+    const_to2 <= \$1000 ;
   always @(posedge gemm_d_clk)
-    run0 <= \$976 ;
+    const_to3 <= \$1001 ;
   always @(posedge gemm_d_clk)
-    run1 <= \$977 ;
+    in_fetch <= \$1002 ;
   always @(posedge gemm_d_clk)
-    q0_to_pack <= \$978 ;
+    in_const <= \$1003 ;
   always @(posedge gemm_d_clk)
-    res_to_pack <= \$979 ;
+    run0 <= \$1004 ;
   always @(posedge gemm_d_clk)
-    ins <= \$980 ;
+    run1 <= \$1005 ;
   always @(posedge gemm_d_clk)
-    decode_wait <= \$981 ;
+    q0_to_pack <= \$1006 ;
   always @(posedge gemm_d_clk)
-    c_addr <= \$982 ;
+    res_to_pack <= \$1007 ;
   always @(posedge gemm_d_clk)
-    c_step <= \$983 ;
+    ins <= \$1008 ;
   always @(posedge gemm_d_clk)
-    c_ask <= \$984 ;
+    decode_wait <= \$1009 ;
   always @(posedge gemm_d_clk)
-    c_due <= \$985 ;
+    c_addr <= \$1010 ;
   always @(posedge gemm_d_clk)
-    c_last <= \$986 ;
+    c_step <= \$1011 ;
   always @(posedge gemm_d_clk)
-    c_data <= \$987 ;
+    c_ask <= \$1012 ;
   always @(posedge gemm_d_clk)
-    c_full <= \$988 ;
+    c_due <= \$1013 ;
   always @(posedge gemm_d_clk)
-    c_valid0 <= \$989 ;
+    c_last <= \$1014 ;
   always @(posedge gemm_d_clk)
-    c_valid1 <= \$990 ;
+    c_data <= \$1015 ;
   always @(posedge gemm_d_clk)
-    c_valid2 <= \$991 ;
+    c_full <= \$1016 ;
   always @(posedge gemm_d_clk)
-    c_valid3 <= \$992 ;
+    c_valid0 <= \$1017 ;
   always @(posedge gemm_d_clk)
-    ext_req_addr <= \$993 ;
+    c_valid1 <= \$1018 ;
   always @(posedge gemm_d_clk)
-    ext_req_data <= \$994 ;
+    c_valid2 <= \$1019 ;
   always @(posedge gemm_d_clk)
-    \w_en$182  <= \$995 ;
+    c_valid3 <= \$1020 ;
   always @(posedge gemm_d_clk)
-    pack_a0 <= \$996 ;
+    ld_off <= \$1021 ;
   always @(posedge gemm_d_clk)
-    pack_a1 <= \$997 ;
+    ext_req_addr <= \$1022 ;
   always @(posedge gemm_d_clk)
-    pack_a2 <= \$998 ;
+    ext_req_data <= \$1023 ;
   always @(posedge gemm_d_clk)
-    pack_a3 <= \$999 ;
+    \w_en$180  <= \$1024 ;
   always @(posedge gemm_d_clk)
-    pack_b0 <= \$1000 ;
+    pack_a0 <= \$1025 ;
   always @(posedge gemm_d_clk)
-    pack_b1 <= \$1001 ;
+    pack_a1 <= \$1026 ;
   always @(posedge gemm_d_clk)
-    pack_b2 <= \$1002 ;
+    pack_a2 <= \$1027 ;
   always @(posedge gemm_d_clk)
-    pack_b3 <= \$1003 ;
+    pack_a3 <= \$1028 ;
   always @(posedge gemm_d_clk)
-    pack_j <= \$1004 ;
+    pack_b0 <= \$1029 ;
   always @(posedge gemm_d_clk)
-    pack_jo <= \$1005 ;
+    pack_b1 <= \$1030 ;
   always @(posedge gemm_d_clk)
-    tiles <= \$1006 ;
+    pack_b2 <= \$1031 ;
   always @(posedge gemm_d_clk)
-    nt <= \$1007 ;
+    pack_b3 <= \$1032 ;
   always @(posedge gemm_d_clk)
-    k <= \$1008 ;
+    pack_j <= \$1033 ;
   always @(posedge gemm_d_clk)
-    w_addr <= \$1009 ;
+    pack_jo <= \$1034 ;
   always @(posedge gemm_d_clk)
-    p_addr <= \$1010 ;
+    tiles <= \$1035 ;
   always @(posedge gemm_d_clk)
-    want_w <= \$1011 ;
+    nt <= \$1036 ;
   always @(posedge gemm_d_clk)
-    w_step <= \$1012 ;
+    k <= \$1037 ;
   always @(posedge gemm_d_clk)
-    \$signal$463  <= \$1013 ;
+    w_addr <= \$1038 ;
   always @(posedge gemm_d_clk)
-    \$signal$560  <= \$1014 ;
+    p_addr <= \$1039 ;
   always @(posedge gemm_d_clk)
-    nt_hit <= \$1015 ;
+    want_w <= \$1040 ;
   always @(posedge gemm_d_clk)
-    rk <= \$1016 ;
+    w_step <= \$1041 ;
   always @(posedge gemm_d_clk)
-    rk_zero <= \$1017 ;
+    \$signal$466  <= \$1042 ;
   always @(posedge gemm_d_clk)
-    a_loader_ahead <= \$1018 ;
+    \$signal$571  <= \$1043 ;
   always @(posedge gemm_d_clk)
-    a_filled0 <= \$1019 ;
+    nt_hit <= \$1044 ;
   always @(posedge gemm_d_clk)
-    a_filled1 <= \$1020 ;
+    rk <= \$1045 ;
   always @(posedge gemm_d_clk)
-    \$signal$297  <= \$1021 ;
+    rk_zero <= \$1046 ;
   always @(posedge gemm_d_clk)
-    \$signal$304  <= \$1022 ;
+    a_loader_ahead <= \$1047 ;
   always @(posedge gemm_d_clk)
-    lk <= \$1023 ;
+    a_filled0 <= \$1048 ;
   always @(posedge gemm_d_clk)
-    \$signal$330  <= \$1024 ;
+    a_filled1 <= \$1049 ;
   always @(posedge gemm_d_clk)
-    \$signal$563  <= \$1025 ;
+    \$signal  <= \$1050 ;
   always @(posedge gemm_d_clk)
-    fnt <= \$1026 ;
+    \$signal$303  <= \$1051 ;
   always @(posedge gemm_d_clk)
-    feed_blocks <= \$1027 ;
+    lk <= \$1052 ;
   always @(posedge gemm_d_clk)
-    a_load_k_hit <= \$1028 ;
+    \$signal$329  <= \$1053 ;
   always @(posedge gemm_d_clk)
-    a_feed_k_hit <= \$1029 ;
+    \$signal$574  <= \$1054 ;
   always @(posedge gemm_d_clk)
-    a_feed_nt_hit <= \$1030 ;
+    fnt <= \$1055 ;
   always @(posedge gemm_d_clk)
-    a_blocks_left <= \$1031 ;
+    feed_blocks <= \$1056 ;
   always @(posedge gemm_d_clk)
-    a_read_last <= \$1032 ;
+    a_load_k_hit <= \$1057 ;
   always @(posedge gemm_d_clk)
-    a_read_addr <= \$1033 ;
+    a_feed_k_hit <= \$1058 ;
   always @(posedge gemm_d_clk)
-    a_read_half <= \$1034 ;
+    a_feed_nt_hit <= \$1059 ;
   always @(posedge gemm_d_clk)
-    a_read_free <= \$1035 ;
+    a_blocks_left <= \$1060 ;
   always @(posedge gemm_d_clk)
-    w_load_lane <= \$1036 ;
+    a_read_last <= \$1061 ;
   always @(posedge gemm_d_clk)
-    w_load_k <= \$1037 ;
+    a_read_addr <= \$1062 ;
   always @(posedge gemm_d_clk)
-    w_load_addr <= \$1038 ;
+    a_read_half <= \$1063 ;
   always @(posedge gemm_d_clk)
-    w_load_nt <= \$1039 ;
+    a_read_free <= \$1064 ;
   always @(posedge gemm_d_clk)
-    w_filled0 <= \$1040 ;
+    w_load_lane <= \$1065 ;
   always @(posedge gemm_d_clk)
-    w_filled1 <= \$1041 ;
+    w_load_k <= \$1066 ;
   always @(posedge gemm_d_clk)
-    w_load_half <= \$1042 ;
+    w_load_addr <= \$1067 ;
   always @(posedge gemm_d_clk)
-    w_read_addr <= \$1043 ;
+    w_load_nt <= \$1068 ;
   always @(posedge gemm_d_clk)
-    w_read_half <= \$1044 ;
+    w_filled0 <= \$1069 ;
   always @(posedge gemm_d_clk)
-    w_read_free <= \$1045 ;
+    w_filled1 <= \$1070 ;
   always @(posedge gemm_d_clk)
-    feed_ntk <= \$1046 ;
+    w_load_half <= \$1071 ;
   always @(posedge gemm_d_clk)
-    feed_mt <= \$1047 ;
+    w_read_addr <= \$1072 ;
   always @(posedge gemm_d_clk)
-    w_feed_half <= \$1048 ;
+    w_read_half <= \$1073 ;
   always @(posedge gemm_d_clk)
-    post_col <= \$1049 ;
+    w_read_free <= \$1074 ;
   always @(posedge gemm_d_clk)
-    op_done <= \$1050 ;
+    feed_ntk <= \$1075 ;
   always @(posedge gemm_d_clk)
-    fault_q <= \$1051 ;
+    feed_mt <= \$1076 ;
+  always @(posedge gemm_d_clk)
+    w_feed_half <= \$1077 ;
+  always @(posedge gemm_d_clk)
+    dst_col <= \$1078 ;
+  always @(posedge gemm_d_clk)
+    post_col <= \$1079 ;
+  always @(posedge gemm_d_clk)
+    op_done <= \$1080 ;
+  always @(posedge gemm_d_clk)
+    fault_q <= \$1081 ;
   \accelerator.core.add  add (
     .a__payload(a__payload),
     .a__ready(a__ready),
     .a__valid(a__valid),
     .add_d_clk(gemm_d_clk),
     .add_d_rst(add_d_rst),
-    .b__payload(\b__payload$195 ),
-    .b__ready(\b__ready$254 ),
-    .b__valid(\b__valid$264 ),
+    .b__payload(\b__payload$193 ),
+    .b__ready(\b__ready$252 ),
+    .b__valid(\b__valid$262 ),
     .c__payload(c_data[43:0]),
-    .c__ready(\c__ready$136 ),
+    .c__ready(\c__ready$134 ),
     .c__valid(c_valid2),
     .o__payload(o__payload),
     .o__ready(o__ready),
@@ -29706,26 +29786,26 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   );
   \accelerator.core.gelu0  gelu0 (
     .c__payload(c_data[52:0]),
-    .c__ready(\c__ready$138 ),
+    .c__ready(\c__ready$136 ),
     .c__valid(c_valid3),
     .gelu0_d_clk(gemm_d_clk),
     .gelu0_d_rst(gelu0_d_rst),
     .go(i__ready),
     .i__payload(i__payload),
     .i__valid(i__valid),
-    .o__payload(\o__payload$203 ),
-    .o__ready(\o__ready$215 ),
-    .o__valid(\o__valid$211 )
+    .o__payload(\o__payload$201 ),
+    .o__ready(\o__ready$213 ),
+    .o__valid(\o__valid$209 )
   );
   \accelerator.core.gemm  gemm (
-    .a__payload(\a__payload$424 ),
-    .a__ready(\a__ready$429 ),
-    .a__valid(\a__valid$422 ),
+    .a__payload(\a__payload$423 ),
+    .a__ready(\a__ready$428 ),
+    .a__valid(\a__valid$421 ),
     .gemm_d_clk(gemm_d_clk),
     .gemm_d_rst(gemm_d_rst),
-    .o__payload(\w_data$436 ),
-    .o__ready(\o__ready$438 ),
-    .o__valid(\w_en$434 ),
+    .o__payload(\w_data$435 ),
+    .o__ready(\o__ready$437 ),
+    .o__valid(\w_en$433 ),
     .p__payload(beat__payload[437:0]),
     .p__ready(p__ready),
     .p__valid(p__valid),
@@ -29735,19 +29815,19 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   );
   \accelerator.core.gemm_out_slice  gemm_out_slice (
     .clk(gemm_d_clk),
-    .r_data(\r_data$455 ),
-    .r_en(\r_en$441 ),
+    .r_data(\r_data$454 ),
+    .r_en(\r_en$440 ),
     .r_rdy(gemm_res_valid),
     .rst(rst),
     .unit_rst(unit_rst),
-    .w_en(\w_en$434 ),
-    .w_port__data(\w_data$436 ),
-    .w_rdy(\o__ready$438 )
+    .w_en(\w_en$433 ),
+    .w_port__data(\w_data$435 ),
+    .w_rdy(\o__ready$437 )
   );
   \accelerator.core.gen_dst  gen_dst (
     .addr(\addr$113 ),
     .base(ins[123:104]),
-    .busy(\busy$578 ),
+    .busy(\busy$589 ),
     .clk(gemm_d_clk),
     .\final (\final ),
     .index__1(index__1),
@@ -29768,15 +29848,15 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     .strides__2(strides__2),
     .strides__3(strides__3),
     .strides__4(strides__4),
-    .\valid$31 (\valid$269 )
+    .\valid$31 (\valid$265 )
   );
   \accelerator.core.gen_src0  gen_src0 (
     .addr(addr),
     .base(ins[233:214]),
     .clk(gemm_d_clk),
-    .\final (\final$509 ),
+    .\final (\final$517 ),
     .last__3(last__3),
-    .last__4(\last__4$508 ),
+    .last__4(\last__4$516 ),
     .load(load),
     .n__0(\n__0$58 ),
     .n__1(\n__1$60 ),
@@ -29796,9 +29876,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     .addr(\addr$104 ),
     .base(ins[343:324]),
     .clk(gemm_d_clk),
-    .\final (\final$515 ),
-    .last__3(\last__3$516 ),
-    .last__4(\last__4$514 ),
+    .\final (\final$523 ),
+    .last__3(\last__3$524 ),
+    .last__4(\last__4$522 ),
     .load(load),
     .n__0(\n__0$70 ),
     .n__1(\n__1$72 ),
@@ -29815,65 +29895,76 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     .\valid$31 (\valid$101 )
   );
   \accelerator.core.layernorm  layernorm (
-    .buf_wdata(\r_data$237 [15:0]),
+    .buf_wdata(\r_data$484 [15:0]),
     .c__payload(c_data),
     .c__valid(c_valid1),
-    .i__ready(\i__ready$486 ),
-    .i__valid(\i__valid$482 ),
-    .idle_r(\c__ready$134 ),
+    .i__ready(\i__ready$488 ),
+    .i__valid(\i__valid$491 ),
+    .idle_r(\c__ready$132 ),
     .layernorm_d_clk(gemm_d_clk),
     .layernorm_d_rst(layernorm_d_rst),
-    .o__payload(\o__payload$219 ),
-    .o__ready(\o__ready$230 ),
-    .o__valid(\o__valid$226 )
+    .o__payload(\o__payload$220 ),
+    .o__ready(\o__ready$231 ),
+    .o__valid(\o__valid$227 )
+  );
+  \accelerator.core.norm_in_slice  norm_in_slice (
+    .clk(gemm_d_clk),
+    .r_data(\r_data$484 ),
+    .r_en(\r_en$486 ),
+    .r_rdy(\r_rdy$490 ),
+    .rst(rst),
+    .unit_rst(unit_rst),
+    .w_en(\w_en$481 ),
+    .w_port__data(\r_data$247 [16:0]),
+    .w_rdy(\w_rdy$494 )
   );
   \accelerator.core.norm_out_slice  norm_out_slice (
     .clk(gemm_d_clk),
-    .r_data(\r_data$248 ),
-    .r_en(\r_en$483 ),
-    .r_rdy(\r_rdy$247 ),
+    .r_data(\r_data$290 ),
+    .r_en(\r_en$492 ),
+    .r_rdy(\r_rdy$292 ),
     .rst(rst),
     .unit_rst(unit_rst),
-    .w_en(\w_en$220 ),
-    .w_port__data(\w_data$227 ),
-    .w_rdy(\w_rdy$229 )
+    .w_en(\w_en$221 ),
+    .w_port__data(\w_data$228 ),
+    .w_rdy(\w_rdy$230 )
   );
   \accelerator.core.pack_slice  pack_slice (
     .clk(gemm_d_clk),
-    .\port$9178$0 (pack_a0),
-    .\port$9180$0 (pack_a1),
-    .\port$9182$0 (pack_a2),
-    .\port$9184$0 (pack_a3),
-    .\port$9186$0 (pack_b0),
-    .\port$9188$0 (pack_b1),
-    .\port$9190$0 (pack_b2),
-    .\port$9192$0 (pack_b3),
+    .\port$9247$0 (pack_a0),
+    .\port$9249$0 (pack_a1),
+    .\port$9251$0 (pack_a2),
+    .\port$9253$0 (pack_a3),
+    .\port$9255$0 (pack_b0),
+    .\port$9257$0 (pack_b1),
+    .\port$9259$0 (pack_b2),
+    .\port$9261$0 (pack_b3),
     .r_data(r_data),
     .r_en(r_en),
-    .r_rdy(\r_rdy$263 ),
+    .r_rdy(\r_rdy$261 ),
     .rst(rst),
     .unit_rst(unit_rst),
-    .w_en(\w_en$182 ),
-    .w_rdy(\w_rdy$258 )
+    .w_en(\w_en$180 ),
+    .w_rdy(\w_rdy$256 )
   );
   \accelerator.core.q_src0  q_src0 (
     .clk(gemm_d_clk),
-    .\port$8983$0 (src0_elem),
-    .\port$8985$0 (src0_held_meta),
-    .r_data(\r_data$237 ),
-    .r_en(\r_en$484 ),
-    .r_rdy(r_rdy),
+    .\port$9046$0 (src0_elem),
+    .\port$9048$0 (src0_held_meta),
+    .r_data(\r_data$247 ),
+    .r_en(\r_en$493 ),
+    .r_rdy(\r_rdy$269 ),
     .rst(rst),
     .unit_rst(unit_rst),
     .w_en(w_en)
   );
   \accelerator.core.q_src1  q_src1 (
     .clk(gemm_d_clk),
-    .\port$8992$0 (src1_elem),
-    .\port$8994$0 (src1_held_meta),
-    .r_data(\r_data$358 ),
-    .r_en(\r_en$261 ),
-    .r_rdy(\r_rdy$260 ),
+    .\port$9055$0 (src1_elem),
+    .\port$9057$0 (src1_held_meta),
+    .r_data(\r_data$357 ),
+    .r_en(\r_en$259 ),
+    .r_rdy(r_rdy),
     .rst(rst),
     .unit_rst(unit_rst),
     .w_en(\w_en$107 )
@@ -29892,26 +29983,26 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     .\r_en$23 (beat__ready),
     .req__ready(req__ready),
     .rst(rst),
-    .w_data(\req__payload$464 ),
-    .w_en(\req__valid$456 )
+    .w_data(\req__payload$467 ),
+    .w_en(\req__valid$460 )
   );
   \accelerator.core.softmax  softmax (
     .c__payload(c_data[4:0]),
     .c__valid(c_valid0),
-    .i__payload(\i__payload$479 ),
-    .i__ready(\i__ready$485 ),
-    .i__valid(\i__valid$481 ),
+    .i__payload(\i__payload$483 ),
+    .i__ready(\i__ready$487 ),
+    .i__valid(\i__valid$489 ),
     .idle(c__ready),
-    .o__ready(\o__ready$228 ),
-    .oq_data(\o__payload$217 ),
-    .oq_valid(\o__valid$223 ),
+    .o__ready(\o__ready$229 ),
+    .oq_data(\o__payload$218 ),
+    .oq_valid(\o__valid$224 ),
     .softmax_d_clk(gemm_d_clk),
     .softmax_d_rst(softmax_d_rst)
   );
   \accelerator.core.src0_credit  src0_credit (
     .clk(gemm_d_clk),
-    .r_en(\r_en$484 ),
-    .r_rdy(r_rdy),
+    .r_en(\r_en$493 ),
+    .r_rdy(\r_rdy$269 ),
     .rst(rst),
     .src0_credit_room(src0_credit_room),
     .src0_issue(src0_issue),
@@ -29919,8 +30010,8 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   );
   \accelerator.core.src1_credit  src1_credit (
     .clk(gemm_d_clk),
-    .r_en(\r_en$261 ),
-    .r_rdy(\r_rdy$260 ),
+    .r_en(\r_en$259 ),
+    .r_rdy(r_rdy),
     .rst(rst),
     .src1_credit_room(src1_credit_room),
     .src1_issue(src1_issue),
@@ -29928,33 +30019,33 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   );
   \accelerator.core.unpack_slice  unpack_slice (
     .clk(gemm_d_clk),
-    .r_data(\r_data$268 ),
-    .r_en(\r_en$271 ),
-    .r_rdy(\r_rdy$266 ),
+    .r_data(\r_data$216 ),
+    .r_en(\r_en$267 ),
+    .r_rdy(\r_rdy$264 ),
     .rst(rst),
     .unit_rst(unit_rst),
-    .w_en(\w_en$207 ),
-    .w_port__data(\w_data$212 ),
+    .w_en(\w_en$205 ),
+    .w_port__data(\w_data$210 ),
     .w_rdy(w_rdy)
   );
   \accelerator.core.w_beat_slice  w_beat_slice (
     .clk(gemm_d_clk),
     .in_decode(in_decode),
-    .\port$8813$0 (w_beat0),
-    .\port$8814$0 (w_beat1),
-    .\port$8815$0 (w_beat2),
-    .\port$8816$0 (w_beat3),
-    .\port$8817$0 (w_beat4),
-    .\port$8818$0 (w_beat5),
-    .\port$8819$0 (w_beat6),
-    .\port$8820$0 (w_beat7),
-    .r_data(\r_data$433 ),
-    .r_en(\r_en$430 ),
-    .r_rdy(\r_rdy$427 ),
+    .\port$8875$0 (w_beat0),
+    .\port$8876$0 (w_beat1),
+    .\port$8877$0 (w_beat2),
+    .\port$8878$0 (w_beat3),
+    .\port$8879$0 (w_beat4),
+    .\port$8880$0 (w_beat5),
+    .\port$8881$0 (w_beat6),
+    .\port$8882$0 (w_beat7),
+    .r_data(\r_data$432 ),
+    .r_en(\r_en$429 ),
+    .r_rdy(\r_rdy$426 ),
     .rst(rst),
     .unit_rst(unit_rst),
-    .w_en(\w_en$285 ),
-    .w_rdy(\w_rdy$472 )
+    .w_en(\w_en$282 ),
+    .w_rdy(\w_rdy$475 )
   );
   \accelerator.core.writer  writer (
     .aw__payload(aw__payload),
@@ -29965,134 +30056,134 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     .clear(clear),
     .clk(gemm_d_clk),
     .err(err),
-    .idle(\idle$554 ),
-    .req__ready(\req__ready$476 ),
+    .idle(\idle$564 ),
+    .req__ready(\req__ready$478 ),
     .rst(rst),
     .w_data(req__payload),
     .w_en(req__valid)
   );
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$116  = 16'h0000;
+    unpack_elem = 16'h0000;
     casez (pack_jo)
       3'h0:
-          \$116  = \r_data$268 [15:0];
+          unpack_elem = \r_data$216 [15:0];
       3'h1:
-          \$116  = \r_data$268 [31:16];
+          unpack_elem = \r_data$216 [31:16];
       3'h2:
-          \$116  = \r_data$268 [47:32];
+          unpack_elem = \r_data$216 [47:32];
       3'h3:
-          \$116  = \r_data$268 [63:48];
+          unpack_elem = \r_data$216 [63:48];
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$297 )
+    casez (\$signal )
       1'h0:
-          \$154  = a_filled0;
+          \$143  = a_filled0;
       1'h1:
-          \$154  = a_filled1;
+          \$143  = a_filled1;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$297 )
+    casez (\$signal )
       1'h0:
-          \$159  = a_filled0;
+          \$148  = a_filled0;
       1'h1:
-          \$159  = a_filled1;
+          \$148  = a_filled1;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$297 )
+    casez (\$signal )
       1'h0:
-          \$167  = a_filled0;
+          \$156  = a_filled0;
       1'h1:
-          \$167  = a_filled1;
+          \$156  = a_filled1;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$297 )
+    casez (\$signal )
       1'h0:
-          \$174  = a_filled0;
+          \$163  = a_filled0;
       1'h1:
-          \$174  = a_filled1;
+          \$163  = a_filled1;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$297 )
+    casez (\$signal )
       1'h0:
-          \$181  = a_filled0;
+          \$170  = a_filled0;
       1'h1:
-          \$181  = a_filled1;
+          \$170  = a_filled1;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$297 )
+    casez (\$signal )
       1'h0:
-          \$188  = a_filled0;
+          \$177  = a_filled0;
       1'h1:
-          \$188  = a_filled1;
+          \$177  = a_filled1;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$297 )
+    casez (\$signal )
       1'h0:
-          \$195  = a_filled0;
+          \$184  = a_filled0;
       1'h1:
-          \$195  = a_filled1;
+          \$184  = a_filled1;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$297 )
+    casez (\$signal )
       1'h0:
-          \$202  = a_filled0;
+          \$191  = a_filled0;
       1'h1:
-          \$202  = a_filled1;
+          \$191  = a_filled1;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$297 )
+    casez (\$signal )
       1'h0:
-          \$209  = a_filled0;
+          \$198  = a_filled0;
       1'h1:
-          \$209  = a_filled1;
+          \$198  = a_filled1;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$297 )
+    casez (\$signal )
       1'h0:
-          \$216  = a_filled0;
+          \$205  = a_filled0;
       1'h1:
-          \$216  = a_filled1;
+          \$205  = a_filled1;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$330 )
+    casez (\$signal$329 )
       1'h0:
-          \$221  = a_filled0;
+          \$210  = a_filled0;
       1'h1:
-          \$221  = a_filled1;
+          \$210  = a_filled1;
     endcase
   end
   always @* begin
@@ -30100,9 +30191,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_feed_half)
       1'h0:
-          \$223  = w_filled0;
+          \$212  = w_filled0;
       1'h1:
-          \$223  = w_filled1;
+          \$212  = w_filled1;
     endcase
   end
   always @* begin
@@ -30110,9 +30201,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_load_half)
       1'h0:
-          \$229  = w_filled0;
+          \$218  = w_filled0;
       1'h1:
-          \$229  = w_filled1;
+          \$218  = w_filled1;
     endcase
   end
   always @* begin
@@ -30120,9 +30211,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_load_half)
       1'h0:
-          \$236  = w_filled0;
+          \$225  = w_filled0;
       1'h1:
-          \$236  = w_filled1;
+          \$225  = w_filled1;
     endcase
   end
   always @* begin
@@ -30130,9 +30221,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_load_half)
       1'h0:
-          \$246  = w_filled0;
+          \$235  = w_filled0;
       1'h1:
-          \$246  = w_filled1;
+          \$235  = w_filled1;
     endcase
   end
   always @* begin
@@ -30140,9 +30231,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_load_half)
       1'h0:
-          \$255  = w_filled0;
+          \$244  = w_filled0;
       1'h1:
-          \$255  = w_filled1;
+          \$244  = w_filled1;
     endcase
   end
   always @* begin
@@ -30150,9 +30241,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_load_half)
       1'h0:
-          \$264  = w_filled0;
+          \$253  = w_filled0;
       1'h1:
-          \$264  = w_filled1;
+          \$253  = w_filled1;
     endcase
   end
   always @* begin
@@ -30160,9 +30251,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_load_half)
       1'h0:
-          \$273  = w_filled0;
+          \$262  = w_filled0;
       1'h1:
-          \$273  = w_filled1;
+          \$262  = w_filled1;
     endcase
   end
   always @* begin
@@ -30170,9 +30261,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_load_half)
       1'h0:
-          \$282  = w_filled0;
+          \$271  = w_filled0;
       1'h1:
-          \$282  = w_filled1;
+          \$271  = w_filled1;
     endcase
   end
   always @* begin
@@ -30180,9 +30271,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_load_half)
       1'h0:
-          \$291  = w_filled0;
+          \$280  = w_filled0;
       1'h1:
-          \$291  = w_filled1;
+          \$280  = w_filled1;
     endcase
   end
   always @* begin
@@ -30190,31 +30281,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_load_half)
       1'h0:
-          \$300  = w_filled0;
+          \$289  = w_filled0;
       1'h1:
-          \$300  = w_filled1;
-    endcase
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$332  = 32'd0;
-    casez (index__4)
-      16'h0000:
-          \$332  = \r_data$455 [31:0];
-      16'h0001:
-          \$332  = \r_data$455 [63:32];
-      16'h0002:
-          \$332  = \r_data$455 [95:64];
-      16'h0003:
-          \$332  = \r_data$455 [127:96];
-      16'h0004:
-          \$332  = \r_data$455 [159:128];
-      16'h0005:
-          \$332  = \r_data$455 [191:160];
-      16'h0006:
-          \$332  = \r_data$455 [223:192];
-      16'h0007:
-          \$332  = \r_data$455 [255:224];
+          \$289  = w_filled1;
     endcase
   end
   always @* begin
@@ -30222,41 +30291,63 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (post_col)
       3'h0:
-          \$335  = \r_data$455 [31:0];
+          \$320  = \r_data$454 [31:0];
       3'h1:
-          \$335  = \r_data$455 [63:32];
+          \$320  = \r_data$454 [63:32];
       3'h2:
-          \$335  = \r_data$455 [95:64];
+          \$320  = \r_data$454 [95:64];
       3'h3:
-          \$335  = \r_data$455 [127:96];
+          \$320  = \r_data$454 [127:96];
       3'h4:
-          \$335  = \r_data$455 [159:128];
+          \$320  = \r_data$454 [159:128];
       3'h5:
-          \$335  = \r_data$455 [191:160];
+          \$320  = \r_data$454 [191:160];
       3'h6:
-          \$335  = \r_data$455 [223:192];
+          \$320  = \r_data$454 [223:192];
       3'h7:
-          \$335  = \r_data$455 [255:224];
+          \$320  = \r_data$454 [255:224];
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$297 )
-      1'h0:
-          \$799  = a_filled0;
-      1'h1:
-          \$799  = a_filled1;
+    casez (dst_col)
+      3'h0:
+          \$342  = \r_data$454 [31:0];
+      3'h1:
+          \$342  = \r_data$454 [63:32];
+      3'h2:
+          \$342  = \r_data$454 [95:64];
+      3'h3:
+          \$342  = \r_data$454 [127:96];
+      3'h4:
+          \$342  = \r_data$454 [159:128];
+      3'h5:
+          \$342  = \r_data$454 [191:160];
+      3'h6:
+          \$342  = \r_data$454 [223:192];
+      3'h7:
+          \$342  = \r_data$454 [255:224];
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal$297 )
+    casez (\$signal )
       1'h0:
-          \$804  = a_filled0;
+          \$824  = a_filled0;
       1'h1:
-          \$804  = a_filled1;
+          \$824  = a_filled1;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    (* full_case = 32'd1 *)
+    casez (\$signal )
+      1'h0:
+          \$829  = a_filled0;
+      1'h1:
+          \$829  = a_filled1;
     endcase
   end
   always @* begin
@@ -30264,9 +30355,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_load_half)
       1'h0:
-          \$841  = w_filled0;
+          \$866  = w_filled0;
       1'h1:
-          \$841  = w_filled1;
+          \$866  = w_filled1;
     endcase
   end
   always @* begin
@@ -30485,15 +30576,8 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     if (in_stream) begin
       if (is_move) begin
       end else if (is_load) begin
-        next = \$82 ;
+        next = \$84 ;
       end
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    wr_data = sink_data;
-    if (\$331 ) begin
-      wr_data = \$332 [15:0];
     end
   end
   always @* begin
@@ -30514,62 +30598,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signal  = 1'h0;
-    if (in_stream) begin
-      if (is_move) begin
-        \$signal  = r_rdy;
-      end else if (is_load) begin
-        \$signal  = beat__valid;
-      end else if (is_store) begin
-      end else if (is_gemm) begin
-      end else if (\$79 ) begin
-        \$signal  = \r_rdy$247 ;
-      end
-    end
-    if (pack_active) begin
-      \$signal  = \r_rdy$266 ;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    sink_data = 16'h0000;
-    if (in_stream) begin
-      if (is_move) begin
-        sink_data = \r_data$237 [15:0];
-      end else if (is_load) begin
-        (* full_case = 32'd1 *)
-        casez (ins[23:22])
-          2'h0:
-              sink_data = { \$85 [8], \$85 [8], \$85 [8], \$85 [8], \$85 [8], \$85 [8], \$85 [8], \$85  };
-          2'h1:
-              sink_data = \$88 [15:0];
-          2'h2:
-              sink_data = \$91 [15:0];
-          2'h3:
-              sink_data = \$94 [15:0];
-        endcase
-      end else if (is_store) begin
-      end else if (is_gemm) begin
-      end else if (\$79 ) begin
-        sink_data = \r_data$248 ;
-      end
-    end
-    if (pack_active) begin
-      sink_data = \$116 ;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     fault = 4'h0;
     if (in_stream) begin
       if (is_move) begin
       end else if (is_load) begin
-        if (\$95 ) begin
+        if (\$85 ) begin
           fault = 4'h4;
         end
       end
     end
-    if (\$404 ) begin
+    if (\$420 ) begin
       fault = 4'h5;
     end
   end
@@ -30608,11 +30646,11 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       end else if (is_gemm) begin
       end else if (\$79 ) begin
       end else begin
-        elem_data = \r_data$237 [15:0];
+        elem_data = \r_data$247 [15:0];
       end
     end
-    if (\$334 ) begin
-      elem_data = \$335 [15:0];
+    if (\$319 ) begin
+      elem_data = \$320 [15:0];
     end
   end
   always @* begin
@@ -30626,7 +30664,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       end else if (is_gemm) begin
       end else if (\$79 ) begin
       end else begin
-        elem_final = \r_data$237 [17];
+        elem_final = \r_data$247 [17];
       end
     end
   end
@@ -30634,7 +30672,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     in_ready = 1'h0;
     if (pack_active) begin
-      in_ready = \$99 ;
+      in_ready = \$89 ;
     end
   end
   always @* begin
@@ -30648,18 +30686,18 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     elem_take = 1'h0;
     if (pack_active) begin
-      elem_take = \$105 ;
+      elem_take = \$95 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \r_en$261  = 1'h0;
+    \r_en$259  = 1'h0;
     if (pack_active) begin
-      \r_en$261  = \$112 ;
+      \r_en$259  = \$102 ;
     end
     if (gemm_active) begin
-      if (\$228 ) begin
-        \r_en$261  = \$233 ;
+      if (\$217 ) begin
+        \r_en$259  = \$222 ;
       end
     end
   end
@@ -30667,30 +30705,30 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     a__valid = 1'h0;
     if (pack_active) begin
-      a__valid = \$113 ;
+      a__valid = \$103 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \b__valid$264  = 1'h0;
+    \b__valid$262  = 1'h0;
     if (pack_active) begin
-      \b__valid$264  = \$114 ;
+      \b__valid$262  = \$104 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     i__valid = 1'h0;
     if (pack_active) begin
-      i__valid = \$115 ;
+      i__valid = \$105 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \r_en$271  = 1'h0;
+    \r_en$267  = 1'h0;
     if (pack_active) begin
-      if (\$117 ) begin
-        if (\$119 ) begin
-          \r_en$271  = 1'h1;
+      if (\$106 ) begin
+        if (\$108 ) begin
+          \r_en$267  = 1'h1;
         end
       end
     end
@@ -30879,14 +30917,14 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     p__valid = 1'h0;
     if (gemm_active) begin
-      p__valid = \$124 ;
+      p__valid = \$113 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \w_en$285  = 1'h0;
+    \w_en$282  = 1'h0;
     if (gemm_active) begin
-      \w_en$285  = \$128 ;
+      \w_en$282  = \$117 ;
     end
   end
   always @* begin
@@ -30894,33 +30932,33 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     elem = 9'h000;
     casez (ins[16:12])
       5'h02:
-          elem = { \$135 [2], \$135 [2], \$135 [2], \$135 [2], \$135 [2], \$135 [2], \$135  };
+          elem = { \$124 [2], \$124 [2], \$124 [2], \$124 [2], \$124 [2], \$124 [2], \$124  };
       5'h03:
-          elem = { \$138 [3], \$138 [3], \$138 [3], \$138 [3], \$138 [3], \$138  };
+          elem = { \$127 [3], \$127 [3], \$127 [3], \$127 [3], \$127 [3], \$127  };
       5'h04:
-          elem = { \$141 [4], \$141 [4], \$141 [4], \$141 [4], \$141  };
+          elem = { \$130 [4], \$130 [4], \$130 [4], \$130 [4], \$130  };
       5'h05:
-          elem = { \$144 [5], \$144 [5], \$144 [5], \$144  };
+          elem = { \$133 [5], \$133 [5], \$133 [5], \$133  };
       5'h06:
-          elem = { \$147 [6], \$147 [6], \$147  };
+          elem = { \$136 [6], \$136 [6], \$136  };
       5'h07:
-          elem = { \$150 [7], \$150  };
+          elem = { \$139 [7], \$139  };
       5'h08:
-          elem = \$153 ;
+          elem = \$142 ;
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     a_in_take = 1'h0;
     if (gemm_active) begin
-      a_in_take = \$156 ;
+      a_in_take = \$145 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$300  = 9'h000;
+    \$signature__addr$299  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$300  = \$158 [8:0];
+      \$signature__addr$299  = \$147 [8:0];
     end
   end
   always @* begin
@@ -30932,310 +30970,310 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$303  = 1'h0;
+    \$signature__en$302  = 1'h0;
     if (gemm_active) begin
-      \$signature__en$303  = \$164 ;
+      \$signature__en$302  = \$153 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$305  = 9'h000;
+    \$signature__addr$304  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$305  = \$166 [8:0];
+      \$signature__addr$304  = \$155 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__data$306  = 9'h000;
+    \$signature__data$305  = 9'h000;
     if (gemm_active) begin
-      \$signature__data$306  = elem;
+      \$signature__data$305  = elem;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$307  = 1'h0;
+    \$signature__en$306  = 1'h0;
     if (gemm_active) begin
-      \$signature__en$307  = \$171 ;
+      \$signature__en$306  = \$160 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$308  = 9'h000;
+    \$signature__addr$307  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$308  = \$173 [8:0];
+      \$signature__addr$307  = \$162 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__data$309  = 9'h000;
+    \$signature__data$308  = 9'h000;
     if (gemm_active) begin
-      \$signature__data$309  = elem;
+      \$signature__data$308  = elem;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$310  = 1'h0;
+    \$signature__en$309  = 1'h0;
     if (gemm_active) begin
-      \$signature__en$310  = \$178 ;
+      \$signature__en$309  = \$167 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$311  = 9'h000;
+    \$signature__addr$310  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$311  = \$180 [8:0];
+      \$signature__addr$310  = \$169 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__data$312  = 9'h000;
+    \$signature__data$311  = 9'h000;
     if (gemm_active) begin
-      \$signature__data$312  = elem;
+      \$signature__data$311  = elem;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$313  = 1'h0;
+    \$signature__en$312  = 1'h0;
     if (gemm_active) begin
-      \$signature__en$313  = \$185 ;
+      \$signature__en$312  = \$174 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$314  = 9'h000;
+    \$signature__addr$313  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$314  = \$187 [8:0];
+      \$signature__addr$313  = \$176 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__data$315  = 9'h000;
+    \$signature__data$314  = 9'h000;
     if (gemm_active) begin
-      \$signature__data$315  = elem;
+      \$signature__data$314  = elem;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$316  = 1'h0;
+    \$signature__en$315  = 1'h0;
     if (gemm_active) begin
-      \$signature__en$316  = \$192 ;
+      \$signature__en$315  = \$181 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$317  = 9'h000;
+    \$signature__addr$316  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$317  = \$194 [8:0];
+      \$signature__addr$316  = \$183 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__data$318  = 9'h000;
+    \$signature__data$317  = 9'h000;
     if (gemm_active) begin
-      \$signature__data$318  = elem;
+      \$signature__data$317  = elem;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$319  = 1'h0;
+    \$signature__en$318  = 1'h0;
     if (gemm_active) begin
-      \$signature__en$319  = \$199 ;
+      \$signature__en$318  = \$188 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$320  = 9'h000;
+    \$signature__addr$319  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$320  = \$201 [8:0];
+      \$signature__addr$319  = \$190 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__data$321  = 9'h000;
+    \$signature__data$320  = 9'h000;
     if (gemm_active) begin
-      \$signature__data$321  = elem;
+      \$signature__data$320  = elem;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$322  = 1'h0;
+    \$signature__en$321  = 1'h0;
     if (gemm_active) begin
-      \$signature__en$322  = \$206 ;
+      \$signature__en$321  = \$195 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$323  = 9'h000;
+    \$signature__addr$322  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$323  = \$208 [8:0];
+      \$signature__addr$322  = \$197 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__data$324  = 9'h000;
+    \$signature__data$323  = 9'h000;
     if (gemm_active) begin
-      \$signature__data$324  = elem;
+      \$signature__data$323  = elem;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$325  = 1'h0;
+    \$signature__en$324  = 1'h0;
     if (gemm_active) begin
-      \$signature__en$325  = \$213 ;
+      \$signature__en$324  = \$202 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$326  = 9'h000;
+    \$signature__addr$325  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$326  = \$215 [8:0];
+      \$signature__addr$325  = \$204 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__data$327  = 9'h000;
+    \$signature__data$326  = 9'h000;
     if (gemm_active) begin
-      \$signature__data$327  = elem;
+      \$signature__data$326  = elem;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$328  = 1'h0;
+    \$signature__en$327  = 1'h0;
     if (gemm_active) begin
-      \$signature__en$328  = \$220 ;
+      \$signature__en$327  = \$209 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     a_issue = 1'h0;
     if (gemm_active) begin
-      a_issue = \$227 ;
+      a_issue = \$216 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$337  = 9'h000;
+    \$signature__addr$336  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$337  = a_read_addr;
+      \$signature__addr$336  = a_read_addr;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$339  = 1'h1;
+    \$signature__en$338  = 1'h1;
     if (gemm_active) begin
-      \$signature__en$339  = a_read;
+      \$signature__en$338  = a_read;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$341  = 9'h000;
+    \$signature__addr$340  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$341  = a_read_addr;
+      \$signature__addr$340  = a_read_addr;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$342  = 1'h1;
+    \$signature__en$341  = 1'h1;
     if (gemm_active) begin
-      \$signature__en$342  = a_read;
+      \$signature__en$341  = a_read;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$343  = 9'h000;
+    \$signature__addr$342  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$343  = a_read_addr;
+      \$signature__addr$342  = a_read_addr;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$344  = 1'h1;
+    \$signature__en$343  = 1'h1;
     if (gemm_active) begin
-      \$signature__en$344  = a_read;
+      \$signature__en$343  = a_read;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$345  = 9'h000;
+    \$signature__addr$344  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$345  = a_read_addr;
+      \$signature__addr$344  = a_read_addr;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$346  = 1'h1;
+    \$signature__en$345  = 1'h1;
     if (gemm_active) begin
-      \$signature__en$346  = a_read;
+      \$signature__en$345  = a_read;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$347  = 9'h000;
+    \$signature__addr$346  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$347  = a_read_addr;
+      \$signature__addr$346  = a_read_addr;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$348  = 1'h1;
+    \$signature__en$347  = 1'h1;
     if (gemm_active) begin
-      \$signature__en$348  = a_read;
+      \$signature__en$347  = a_read;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$349  = 9'h000;
+    \$signature__addr$348  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$349  = a_read_addr;
+      \$signature__addr$348  = a_read_addr;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$350  = 1'h1;
+    \$signature__en$349  = 1'h1;
     if (gemm_active) begin
-      \$signature__en$350  = a_read;
+      \$signature__en$349  = a_read;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$351  = 9'h000;
+    \$signature__addr$350  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$351  = a_read_addr;
+      \$signature__addr$350  = a_read_addr;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$352  = 1'h1;
+    \$signature__en$351  = 1'h1;
     if (gemm_active) begin
-      \$signature__en$352  = a_read;
+      \$signature__en$351  = a_read;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$353  = 9'h000;
+    \$signature__addr$352  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$353  = a_read_addr;
+      \$signature__addr$352  = a_read_addr;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$354  = 1'h1;
+    \$signature__en$353  = 1'h1;
     if (gemm_active) begin
-      \$signature__en$354  = a_read;
+      \$signature__en$353  = a_read;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$355  = 9'h000;
+    \$signature__addr$354  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$355  = a_read_addr;
+      \$signature__addr$354  = a_read_addr;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$356  = 1'h1;
+    \$signature__en$355  = 1'h1;
     if (gemm_active) begin
-      \$signature__en$356  = a_read;
+      \$signature__en$355  = a_read;
     end
   end
   always @* begin
@@ -31244,3060 +31282,1059 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     if (gemm_active) begin
       casez (ins[21:17])
         5'h02:
-            welem = { \r_data$358 [1], \r_data$358 [1], \r_data$358 [1], \r_data$358 [1], \r_data$358 [1], \r_data$358 [1], \r_data$358 [1:0] };
+            welem = { \r_data$357 [1], \r_data$357 [1], \r_data$357 [1], \r_data$357 [1], \r_data$357 [1], \r_data$357 [1], \r_data$357 [1:0] };
         5'h03:
-            welem = { \r_data$358 [2], \r_data$358 [2], \r_data$358 [2], \r_data$358 [2], \r_data$358 [2], \r_data$358 [2:0] };
+            welem = { \r_data$357 [2], \r_data$357 [2], \r_data$357 [2], \r_data$357 [2], \r_data$357 [2], \r_data$357 [2:0] };
         5'h04:
-            welem = { \r_data$358 [3], \r_data$358 [3], \r_data$358 [3], \r_data$358 [3], \r_data$358 [3:0] };
+            welem = { \r_data$357 [3], \r_data$357 [3], \r_data$357 [3], \r_data$357 [3], \r_data$357 [3:0] };
         5'h05:
-            welem = { \r_data$358 [4], \r_data$358 [4], \r_data$358 [4], \r_data$358 [4:0] };
+            welem = { \r_data$357 [4], \r_data$357 [4], \r_data$357 [4], \r_data$357 [4:0] };
         5'h06:
-            welem = { \r_data$358 [5], \r_data$358 [5], \r_data$358 [5:0] };
+            welem = { \r_data$357 [5], \r_data$357 [5], \r_data$357 [5:0] };
         5'h07:
-            welem = { \r_data$358 [6], \r_data$358 [6:0] };
+            welem = { \r_data$357 [6], \r_data$357 [6:0] };
         5'h08:
-            welem = \r_data$358 [7:0];
+            welem = \r_data$357 [7:0];
       endcase
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$360  = 9'h000;
+    \$signature__addr$359  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$360  = \$235 [8:0];
+      \$signature__addr$359  = \$224 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__data$362  = 8'h00;
+    \$signature__data$361  = 8'h00;
     if (gemm_active) begin
-      \$signature__data$362  = welem;
+      \$signature__data$361  = welem;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$363  = 1'h0;
+    \$signature__en$362  = 1'h0;
     if (gemm_active) begin
-      \$signature__en$363  = \$243 ;
+      \$signature__en$362  = \$232 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$365  = 9'h000;
+    \$signature__addr$364  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$365  = \$245 [8:0];
+      \$signature__addr$364  = \$234 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__data$366  = 8'h00;
+    \$signature__data$365  = 8'h00;
     if (gemm_active) begin
-      \$signature__data$366  = welem;
+      \$signature__data$365  = welem;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$367  = 1'h0;
+    \$signature__en$366  = 1'h0;
     if (gemm_active) begin
-      \$signature__en$367  = \$252 ;
+      \$signature__en$366  = \$241 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$368  = 9'h000;
+    \$signature__addr$367  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$368  = \$254 [8:0];
+      \$signature__addr$367  = \$243 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__data$369  = 8'h00;
+    \$signature__data$368  = 8'h00;
     if (gemm_active) begin
-      \$signature__data$369  = welem;
+      \$signature__data$368  = welem;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$370  = 1'h0;
+    \$signature__en$369  = 1'h0;
     if (gemm_active) begin
-      \$signature__en$370  = \$261 ;
+      \$signature__en$369  = \$250 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$371  = 9'h000;
+    \$signature__addr$370  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$371  = \$263 [8:0];
+      \$signature__addr$370  = \$252 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__data$372  = 8'h00;
+    \$signature__data$371  = 8'h00;
     if (gemm_active) begin
-      \$signature__data$372  = welem;
+      \$signature__data$371  = welem;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$373  = 1'h0;
+    \$signature__en$372  = 1'h0;
     if (gemm_active) begin
-      \$signature__en$373  = \$270 ;
+      \$signature__en$372  = \$259 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$374  = 9'h000;
+    \$signature__addr$373  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$374  = \$272 [8:0];
+      \$signature__addr$373  = \$261 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__data$375  = 8'h00;
+    \$signature__data$374  = 8'h00;
     if (gemm_active) begin
-      \$signature__data$375  = welem;
+      \$signature__data$374  = welem;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$376  = 1'h0;
+    \$signature__en$375  = 1'h0;
     if (gemm_active) begin
-      \$signature__en$376  = \$279 ;
+      \$signature__en$375  = \$268 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$377  = 9'h000;
+    \$signature__addr$376  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$377  = \$281 [8:0];
+      \$signature__addr$376  = \$270 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__data$378  = 8'h00;
+    \$signature__data$377  = 8'h00;
     if (gemm_active) begin
-      \$signature__data$378  = welem;
+      \$signature__data$377  = welem;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$379  = 1'h0;
+    \$signature__en$378  = 1'h0;
     if (gemm_active) begin
-      \$signature__en$379  = \$288 ;
+      \$signature__en$378  = \$277 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$380  = 9'h000;
+    \$signature__addr$379  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$380  = \$290 [8:0];
+      \$signature__addr$379  = \$279 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__data$381  = 8'h00;
+    \$signature__data$380  = 8'h00;
     if (gemm_active) begin
-      \$signature__data$381  = welem;
+      \$signature__data$380  = welem;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$382  = 1'h0;
+    \$signature__en$381  = 1'h0;
     if (gemm_active) begin
-      \$signature__en$382  = \$297 ;
+      \$signature__en$381  = \$286 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$383  = 9'h000;
+    \$signature__addr$382  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$383  = \$299 [8:0];
+      \$signature__addr$382  = \$288 [8:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__data$384  = 8'h00;
+    \$signature__data$383  = 8'h00;
     if (gemm_active) begin
-      \$signature__data$384  = welem;
+      \$signature__data$383  = welem;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$385  = 1'h0;
+    \$signature__en$384  = 1'h0;
     if (gemm_active) begin
-      \$signature__en$385  = \$306 ;
+      \$signature__en$384  = \$295 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$386  = 9'h000;
+    \$signature__addr$385  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$386  = w_read_addr;
+      \$signature__addr$385  = w_read_addr;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$388  = 1'h1;
+    \$signature__en$387  = 1'h1;
     if (gemm_active) begin
-      \$signature__en$388  = a_read;
+      \$signature__en$387  = a_read;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$389  = 9'h000;
+    \$signature__addr$388  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$389  = w_read_addr;
+      \$signature__addr$388  = w_read_addr;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$390  = 1'h1;
+    \$signature__en$389  = 1'h1;
     if (gemm_active) begin
-      \$signature__en$390  = a_read;
+      \$signature__en$389  = a_read;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$391  = 9'h000;
+    \$signature__addr$390  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$391  = w_read_addr;
+      \$signature__addr$390  = w_read_addr;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$392  = 1'h1;
+    \$signature__en$391  = 1'h1;
     if (gemm_active) begin
-      \$signature__en$392  = a_read;
+      \$signature__en$391  = a_read;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$393  = 9'h000;
+    \$signature__addr$392  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$393  = w_read_addr;
+      \$signature__addr$392  = w_read_addr;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$394  = 1'h1;
+    \$signature__en$393  = 1'h1;
     if (gemm_active) begin
-      \$signature__en$394  = a_read;
+      \$signature__en$393  = a_read;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$395  = 9'h000;
+    \$signature__addr$394  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$395  = w_read_addr;
+      \$signature__addr$394  = w_read_addr;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$396  = 1'h1;
+    \$signature__en$395  = 1'h1;
     if (gemm_active) begin
-      \$signature__en$396  = a_read;
+      \$signature__en$395  = a_read;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$397  = 9'h000;
+    \$signature__addr$396  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$397  = w_read_addr;
+      \$signature__addr$396  = w_read_addr;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$398  = 1'h1;
+    \$signature__en$397  = 1'h1;
     if (gemm_active) begin
-      \$signature__en$398  = a_read;
+      \$signature__en$397  = a_read;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$399  = 9'h000;
+    \$signature__addr$398  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$399  = w_read_addr;
+      \$signature__addr$398  = w_read_addr;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$400  = 1'h1;
+    \$signature__en$399  = 1'h1;
     if (gemm_active) begin
-      \$signature__en$400  = a_read;
+      \$signature__en$399  = a_read;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$401  = 9'h000;
+    \$signature__addr$400  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$401  = w_read_addr;
+      \$signature__addr$400  = w_read_addr;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$402  = 1'h1;
+    \$signature__en$401  = 1'h1;
     if (gemm_active) begin
-      \$signature__en$402  = a_read;
+      \$signature__en$401  = a_read;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     feed_data = 146'h0000000000000000000000000000000000000;
     if (gemm_active) begin
-      feed_data = { \$signature__data$421 , \$signature__data$420 , \$signature__data$419 , \$signature__data$418 , \$signature__data$417 , \$signature__data$416 , \$signature__data$415 , \$signature__data$414 , \$signature__data$413 , \$signature__data$412 , \$signature__data$411 , \$signature__data$410 , \$signature__data$409 , \$signature__data$408 , \$signature__data$407 , \$signature__data$406 , \$signature__data$405 , feed_got_last };
+      feed_data = { \$signature__data$420 , \$signature__data$419 , \$signature__data$418 , \$signature__data$417 , \$signature__data$416 , \$signature__data$415 , \$signature__data$414 , \$signature__data$413 , \$signature__data$412 , \$signature__data$411 , \$signature__data$410 , \$signature__data$409 , \$signature__data$408 , \$signature__data$407 , \$signature__data$406 , \$signature__data$405 , \$signature__data$404 , feed_got_last };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \a__valid$422  = 1'h0;
+    \a__valid$421  = 1'h0;
     if (gemm_active) begin
-      \a__valid$422  = feed_valid;
+      \a__valid$421  = feed_valid;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \a__payload$424  = 82'h000000000000000000000;
+    \a__payload$423  = 82'h000000000000000000000;
     if (gemm_active) begin
-      \a__payload$424 [81] = feed_beat[0];
-      \a__payload$424 [8:0] = feed_beat[9:1];
-      \a__payload$424 [17:9] = feed_beat[18:10];
-      \a__payload$424 [26:18] = feed_beat[27:19];
-      \a__payload$424 [35:27] = feed_beat[36:28];
-      \a__payload$424 [44:36] = feed_beat[45:37];
-      \a__payload$424 [53:45] = feed_beat[54:46];
-      \a__payload$424 [62:54] = feed_beat[63:55];
-      \a__payload$424 [71:63] = feed_beat[72:64];
-      \a__payload$424 [80:72] = feed_beat[81:73];
+      \a__payload$423 [81] = feed_beat[0];
+      \a__payload$423 [8:0] = feed_beat[9:1];
+      \a__payload$423 [17:9] = feed_beat[18:10];
+      \a__payload$423 [26:18] = feed_beat[27:19];
+      \a__payload$423 [35:27] = feed_beat[36:28];
+      \a__payload$423 [44:36] = feed_beat[45:37];
+      \a__payload$423 [53:45] = feed_beat[54:46];
+      \a__payload$423 [62:54] = feed_beat[63:55];
+      \a__payload$423 [71:63] = feed_beat[72:64];
+      \a__payload$423 [80:72] = feed_beat[81:73];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     w__valid = 1'h0;
     if (gemm_active) begin
-      w__valid = \$307 ;
+      w__valid = \$296 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     feed_ready = 1'h0;
     if (gemm_active) begin
-      feed_ready = \a__ready$429 ;
+      feed_ready = \a__ready$428 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \r_en$430  = 1'h0;
+    \r_en$429  = 1'h0;
     if (gemm_active) begin
-      \r_en$430  = \$308 ;
+      \r_en$429  = \$297 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     w__payload = 64'h0000000000000000;
     if (gemm_active) begin
-      w__payload[7:0] = \$309 ;
-      w__payload[15:8] = \$310 ;
-      w__payload[23:16] = \$311 ;
-      w__payload[31:24] = \$312 ;
-      w__payload[39:32] = \$313 ;
-      w__payload[47:40] = \$314 ;
-      w__payload[55:48] = \$315 ;
-      w__payload[63:56] = \$316 ;
+      w__payload[7:0] = \$298 ;
+      w__payload[15:8] = \$299 ;
+      w__payload[23:16] = \$300 ;
+      w__payload[31:24] = \$301 ;
+      w__payload[39:32] = \$302 ;
+      w__payload[47:40] = \$303 ;
+      w__payload[55:48] = \$304 ;
+      w__payload[63:56] = \$305 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     dst_keep = 1'h1;
     if (gemm_active) begin
-      dst_keep = \$328 ;
+      dst_keep = \$317 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$880  = \addr$113 [13:0];
-    if (rst) begin
-      \$880  = 14'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$881  = wr_data;
-    if (rst) begin
-      \$881  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$882  = wr_en;
-    if (rst) begin
-      \$882  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$883  = 1'h0;
-    casez (seq_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
-      3'h2:
-          if (\$594 ) begin
-            \$883  = \$596 ;
-          end
+    (* full_case = 32'd1 *)
+    casez (ins[23:22])
+      2'h0:
+          load_elem = { \$323 [8], \$323 [8], \$323 [8], \$323 [8], \$323 [8], \$323 [8], \$323 [8], \$323  };
+      2'h1:
+          load_elem = \$326 [15:0];
+      2'h2:
+          load_elem = \$329 [15:0];
+      2'h3:
+          load_elem = \$332 [15:0];
     endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$907  = \addr$113 [13:0];
     if (rst) begin
-      \$883  = 1'h0;
+      \$907  = 14'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$884  = \$411 ;
+    \$908  = \$344 [15:0];
     if (rst) begin
-      \$884  = 1'h0;
+      \$908  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$885  = \$412 ;
-    if (rst) begin
-      \$885  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$886  = \$413 ;
-    if (rst) begin
-      \$886  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$887  = \$414 ;
-    if (rst) begin
-      \$887  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$888  = \$415 ;
-    if (rst) begin
-      \$888  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$889  = \$416 ;
-    if (rst) begin
-      \$889  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$890  = \$417 ;
-    if (rst) begin
-      \$890  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$891  = \$418 ;
-    if (rst) begin
-      \$891  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$892  = \$419 ;
-    if (rst) begin
-      \$892  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$893  = \$420 ;
-    if (rst) begin
-      \$893  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$894  = \$421 ;
-    if (rst) begin
-      \$894  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$895  = \$422 ;
-    if (rst) begin
-      \$895  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$896  = \$423 ;
-    if (rst) begin
-      \$896  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$897  = \$424 ;
-    if (rst) begin
-      \$897  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$898  = \$425 ;
-    if (rst) begin
-      \$898  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$899  = \$426 [15:0];
-    if (rst) begin
-      \$899  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$900  = \$429 ;
-    if (rst) begin
-      \$900  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$901  = \$432 ;
-    if (rst) begin
-      \$901  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$902  = \$435 ;
-    if (rst) begin
-      \$902  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$903  = \$438 ;
-    if (rst) begin
-      \$903  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$904  = \$441 ;
-    if (rst) begin
-      \$904  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$905  = \$443 ;
-    if (rst) begin
-      \$905  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$906  = \$445 ;
-    if (rst) begin
-      \$906  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$907  = src0_meta;
-    if (rst) begin
-      \$907  = 3'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$908  = { \$446 , \final$509 , \last__4$508  };
-    if (rst) begin
-      \$908  = 3'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$909  = \$448 ;
+    \$909  = wr_en;
     if (rst) begin
       \$909  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$910  = \$450 ;
+    \$910  = 1'h0;
+    casez (seq_state)
+      3'h0:
+          /* empty */;
+      3'h1:
+          /* empty */;
+      3'h2:
+          if (\$613 ) begin
+            \$910  = \$615 ;
+          end
+    endcase
     if (rst) begin
       \$910  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$911  = src1_meta;
+    \$911  = \$427 ;
     if (rst) begin
-      \$911  = 3'h0;
+      \$911  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$912  = { \$451 , \final$515 , \last__4$514  };
+    \$912  = \$428 ;
     if (rst) begin
-      \$912  = 3'h0;
+      \$912  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$913  = \$458 ;
+    \$913  = \$429 ;
     if (rst) begin
       \$913  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$914  = \$466 ;
+    \$914  = \$430 ;
     if (rst) begin
       \$914  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$915  = \$471 ;
+    \$915  = \$431 ;
     if (rst) begin
       \$915  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$916  = 1'h0;
-    casez (seq_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
-      3'h2:
-          /* empty */;
-      3'h3:
-          /* empty */;
-      3'h4:
-          \$916  = \$717 ;
-    endcase
+    \$916  = \$432 ;
     if (rst) begin
       \$916  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$917  = \$499 ;
+    \$917  = \$433 ;
     if (rst) begin
       \$917  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$918  = \$502 ;
+    \$918  = \$434 ;
     if (rst) begin
       \$918  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$919  = \$505 ;
+    \$919  = \$435 ;
     if (rst) begin
       \$919  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$920  = ext_req_valid;
-    if (in_decode) begin
-      \$920  = 1'h0;
-    end
-    if (in_stream) begin
-      if (is_move) begin
-      end else if (is_load) begin
-        if (\$722 ) begin
-          \$920  = valid;
-        end
-      end else if (is_store) begin
-        if (\$726 ) begin
-          \$920  = dst_step;
-        end
-      end
-    end
+    \$920  = \$436 ;
     if (rst) begin
       \$920  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$921  = cycles;
-    if (busy) begin
-      \$921  = \$506 [47:0];
-    end
-    if (\$574 ) begin
-      \$921  = 48'h000000000000;
-    end
+    \$921  = \$437 ;
     if (rst) begin
-      \$921  = 48'h000000000000;
+      \$921  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$922  = op_cycles__0;
-    if (busy) begin
-      if (\$507 ) begin
-        \$922  = \$508 [47:0];
-      end
-    end
-    if (\$574 ) begin
-      \$922  = 48'h000000000000;
-    end
+    \$922  = \$438 ;
     if (rst) begin
-      \$922  = 48'h000000000000;
+      \$922  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$923  = op_cycles__1;
-    if (busy) begin
-      if (\$509 ) begin
-        \$923  = \$510 [47:0];
-      end
-    end
-    if (\$574 ) begin
-      \$923  = 48'h000000000000;
-    end
+    \$923  = \$439 ;
     if (rst) begin
-      \$923  = 48'h000000000000;
+      \$923  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$924  = op_cycles__2;
-    if (busy) begin
-      if (\$511 ) begin
-        \$924  = \$512 [47:0];
-      end
-    end
-    if (\$574 ) begin
-      \$924  = 48'h000000000000;
-    end
+    \$924  = \$440 ;
     if (rst) begin
-      \$924  = 48'h000000000000;
+      \$924  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$925  = op_cycles__3;
-    if (busy) begin
-      if (\$513 ) begin
-        \$925  = \$514 [47:0];
-      end
-    end
-    if (\$574 ) begin
-      \$925  = 48'h000000000000;
-    end
+    \$925  = \$441 ;
     if (rst) begin
-      \$925  = 48'h000000000000;
+      \$925  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$926  = op_cycles__4;
-    if (busy) begin
-      if (\$515 ) begin
-        \$926  = \$516 [47:0];
-      end
-    end
-    if (\$574 ) begin
-      \$926  = 48'h000000000000;
-    end
+    \$926  = \$442 [15:0];
     if (rst) begin
-      \$926  = 48'h000000000000;
+      \$926  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$927  = op_cycles__5;
-    if (busy) begin
-      if (\$517 ) begin
-        \$927  = \$518 [47:0];
-      end
-    end
-    if (\$574 ) begin
-      \$927  = 48'h000000000000;
-    end
+    \$927  = \$445 ;
     if (rst) begin
-      \$927  = 48'h000000000000;
+      \$927  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$928  = op_cycles__6;
-    if (busy) begin
-      if (\$519 ) begin
-        \$928  = \$520 [47:0];
-      end
-    end
-    if (\$574 ) begin
-      \$928  = 48'h000000000000;
-    end
+    \$928  = \$448 ;
     if (rst) begin
-      \$928  = 48'h000000000000;
+      \$928  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$929  = op_cycles__7;
-    if (busy) begin
-      if (\$521 ) begin
-        \$929  = \$522 [47:0];
-      end
-    end
-    if (\$574 ) begin
-      \$929  = 48'h000000000000;
-    end
+    \$929  = \$451 ;
     if (rst) begin
-      \$929  = 48'h000000000000;
+      \$929  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$930  = op_cycles__8;
-    if (busy) begin
-      if (\$523 ) begin
-        \$930  = \$524 [47:0];
-      end
-    end
-    if (\$574 ) begin
-      \$930  = 48'h000000000000;
-    end
+    \$930  = \$454 ;
     if (rst) begin
-      \$930  = 48'h000000000000;
+      \$930  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$931  = op_cycles__9;
-    if (busy) begin
-      if (\$525 ) begin
-        \$931  = \$526 [47:0];
-      end
-    end
-    if (\$574 ) begin
-      \$931  = 48'h000000000000;
-    end
+    \$931  = \$457 ;
     if (rst) begin
-      \$931  = 48'h000000000000;
+      \$931  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$932  = op_cycles__10;
-    if (busy) begin
-      if (\$527 ) begin
-        \$932  = \$528 [47:0];
-      end
-    end
-    if (\$574 ) begin
-      \$932  = 48'h000000000000;
-    end
+    \$932  = \$459 ;
     if (rst) begin
-      \$932  = 48'h000000000000;
+      \$932  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$933  = op_cycles__11;
-    if (busy) begin
-      if (\$529 ) begin
-        \$933  = \$530 [47:0];
-      end
-    end
-    if (\$574 ) begin
-      \$933  = 48'h000000000000;
-    end
+    \$933  = \$461 ;
     if (rst) begin
-      \$933  = 48'h000000000000;
+      \$933  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$934  = op_cycles__12;
-    if (busy) begin
-      if (\$531 ) begin
-        \$934  = \$532 [47:0];
-      end
-    end
-    if (\$574 ) begin
-      \$934  = 48'h000000000000;
-    end
+    \$934  = src0_meta;
     if (rst) begin
-      \$934  = 48'h000000000000;
+      \$934  = 3'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$935  = op_cycles__13;
-    if (busy) begin
-      if (\$533 ) begin
-        \$935  = \$534 [47:0];
-      end
-    end
-    if (\$574 ) begin
-      \$935  = 48'h000000000000;
-    end
+    \$935  = { \$462 , \final$517 , \last__4$516  };
     if (rst) begin
-      \$935  = 48'h000000000000;
+      \$935  = 3'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$936  = op_cycles__14;
-    if (busy) begin
-      if (\$535 ) begin
-        \$936  = \$536 [47:0];
-      end
-    end
-    if (\$574 ) begin
-      \$936  = 48'h000000000000;
-    end
+    \$936  = \$464 ;
     if (rst) begin
-      \$936  = 48'h000000000000;
+      \$936  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$937  = op_cycles__15;
-    if (busy) begin
-      if (\$537 ) begin
-        \$937  = \$538 [47:0];
-      end
-    end
-    if (\$574 ) begin
-      \$937  = 48'h000000000000;
-    end
+    \$937  = \$466 ;
     if (rst) begin
-      \$937  = 48'h000000000000;
+      \$937  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$938  = \$540 ;
+    \$938  = src1_meta;
     if (rst) begin
-      \$938  = 1'h0;
+      \$938  = 3'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$939  = is_end;
+    \$939  = { \$467 , \final$523 , \last__4$522  };
     if (rst) begin
-      \$939  = 1'h0;
+      \$939  = 3'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$940  = \$551 ;
+    \$940  = \$474 ;
     if (rst) begin
       \$940  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$941  = \$562 ;
+    \$941  = \$482 ;
     if (rst) begin
       \$941  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$942  = \$572 ;
+    \$942  = \$487 ;
     if (rst) begin
       \$942  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$943  = pc;
-    if (\$574 ) begin
-      \$943  = prog;
-    end
-    if (\$580 ) begin
-      \$943  = \$signal$538 ;
-    end
-    if (\$588 ) begin
-      \$943  = \$589 [31:0];
-    end
-    if (rst) begin
-      \$943  = 32'd0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$944  = busy;
-    if (\$574 ) begin
-      \$944  = 1'h1;
-    end
+    \$943  = 1'h0;
     casez (seq_state)
       3'h0:
           /* empty */;
       3'h1:
           /* empty */;
       3'h2:
-          if (\$594 ) begin
-          end else if (d_end_more) begin
-          end else if (d_end) begin
-            \$944  = 1'h0;
-          end
+          /* empty */;
       3'h3:
           /* empty */;
       3'h4:
-          /* empty */;
-      3'h5:
-          if (\$719 ) begin
-            \$944  = 1'h0;
-          end
+          \$943  = \$736 ;
     endcase
+    if (rst) begin
+      \$943  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$944  = \$518 ;
     if (rst) begin
       \$944  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$945  = done;
-    if (\$574 ) begin
-      \$945  = 1'h0;
-    end
-    casez (seq_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
-      3'h2:
-          if (\$594 ) begin
-          end else if (d_end_more) begin
-          end else if (d_end) begin
-            \$945  = 1'h1;
-          end
-      3'h3:
-          /* empty */;
-      3'h4:
-          /* empty */;
-      3'h5:
-          if (\$719 ) begin
-            \$945  = 1'h1;
-          end
-    endcase
+    \$945  = \$521 ;
     if (rst) begin
       \$945  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$946  = error;
-    if (\$574 ) begin
-      \$946  = 4'h0;
-    end
-    casez (seq_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-        begin
-          if (beat__valid) begin
-            if (beat__payload[512]) begin
-              \$946  = 4'h4;
-            end
-          end
-          if (start) begin
-            \$946  = 4'h6;
-          end
-        end
-      3'h2:
-        begin
-          (* full_case = 32'd1 *)
-          if (\$594 ) begin
-          end else if (d_end_more) begin
-          end else if (d_end) begin
-          end else if (d_count_zero) begin
-            \$946  = 4'h2;
-          end else if (d_const) begin
-          end else if (d_stream) begin
-          end else begin
-            \$946  = 4'h1;
-          end
-          if (start) begin
-            \$946  = 4'h6;
-          end
-        end
-      3'h3:
-        begin
-          if (\$632 ) begin
-            if (beat__payload[512]) begin
-              \$946  = 4'h4;
-            end
-          end
-          if (start) begin
-            \$946  = 4'h6;
-          end
-        end
-      3'h4:
-        begin
-          if (addr_fault) begin
-            \$946  = 4'h3;
-          end
-          if (\$718 ) begin
-            \$946  = fault_q;
-          end
-          if (start) begin
-            \$946  = 4'h6;
-          end
-        end
-    endcase
+    \$946  = \$524 ;
     if (rst) begin
-      \$946  = 4'h0;
+      \$946  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$947  = fetch_sent;
-    if (\$574 ) begin
+    \$947  = ext_req_valid;
+    if (in_decode) begin
       \$947  = 1'h0;
     end
-    casez (seq_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-        begin
-          if (\$591 ) begin
-            \$947  = 1'h1;
-          end
-          if (beat__valid) begin
-            \$947  = 1'h0;
-          end
+    if (in_stream) begin
+      if (is_move) begin
+      end else if (is_load) begin
+        if (\$746 ) begin
+          \$947  = ld_off_valid;
         end
-    endcase
+      end else if (is_store) begin
+        if (\$749 ) begin
+          \$947  = dst_step;
+        end
+      end
+    end
     if (rst) begin
       \$947  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$948  = \$signal$538 ;
-    if (\$574 ) begin
-      \$948  = prog;
+    \$948  = ld_off_valid;
+    if (in_decode) begin
+      \$948  = 1'h0;
+    end
+    if (in_stream) begin
+      if (is_move) begin
+      end else if (is_load) begin
+        if (\$743 ) begin
+          \$948  = valid;
+        end
+      end
     end
     if (rst) begin
-      \$948  = 32'd0;
+      \$948  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$949  = \$signal$539 ;
-    if (\$574 ) begin
-      \$949  = image_stride;
+    \$949  = cycles;
+    if (busy) begin
+      \$949  = \$525 [47:0];
+    end
+    if (\$593 ) begin
+      \$949  = 48'h000000000000;
     end
     if (rst) begin
-      \$949  = 32'd0;
+      \$949  = 48'h000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$950  = images_left;
-    if (\$574 ) begin
-      \$950  = \$576 ;
+    \$950  = op_cycles__0;
+    if (busy) begin
+      if (\$526 ) begin
+        \$950  = \$527 [47:0];
+      end
     end
-    if (\$580 ) begin
-      \$950  = \$581 [15:0];
+    if (\$593 ) begin
+      \$950  = 48'h000000000000;
     end
     if (rst) begin
-      \$950  = 16'h0000;
+      \$950  = 48'h000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$951  = offset;
-    if (\$574 ) begin
-      \$951  = 32'd0;
+    \$951  = op_cycles__1;
+    if (busy) begin
+      if (\$528 ) begin
+        \$951  = \$529 [47:0];
+      end
     end
-    if (\$580 ) begin
-      \$951  = \$582 [31:0];
+    if (\$593 ) begin
+      \$951  = 48'h000000000000;
     end
     if (rst) begin
-      \$951  = 32'd0;
+      \$951  = 48'h000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$952  = seq_state;
-    (* full_case = 32'd1 *)
-    casez (seq_state)
-      3'h0:
-          if (start) begin
-            \$952  = 3'h1;
-          end
-      3'h1:
-        begin
-          if (beat__valid) begin
-            (* full_case = 32'd1 *)
-            if (beat__payload[512]) begin
-              \$952  = 3'h5;
-            end else begin
-              \$952  = 3'h2;
-            end
-          end
-          if (start) begin
-            \$952  = 3'h5;
-          end
-        end
-      3'h2:
-        begin
-          (* full_case = 32'd1 *)
-          if (\$594 ) begin
-          end else if (d_end_more) begin
-            \$952  = 3'h1;
-          end else if (d_end) begin
-            \$952  = 3'h0;
-          end else if (d_count_zero) begin
-            \$952  = 3'h5;
-          end else if (d_const) begin
-            \$952  = 3'h3;
-          end else if (d_stream) begin
-            \$952  = 3'h4;
-          end else begin
-            \$952  = 3'h5;
-          end
-          if (start) begin
-            \$952  = 3'h5;
-          end
-        end
-      3'h3:
-        begin
-          if (\$632 ) begin
-            if (beat__payload[512]) begin
-              \$952  = 3'h5;
-            end
-          end
-          if (c_fire) begin
-            if (c_last) begin
-              \$952  = 3'h4;
-            end
-          end
-          if (\$673 ) begin
-            \$952  = 3'h4;
-          end
-          if (start) begin
-            \$952  = 3'h5;
-          end
-        end
-      3'h4:
-        begin
-          if (\$706 ) begin
-            \$952  = 3'h1;
-          end
-          if (addr_fault) begin
-            \$952  = 3'h5;
-          end
-          if (\$718 ) begin
-            \$952  = 3'h5;
-          end
-          if (start) begin
-            \$952  = 3'h5;
-          end
-        end
-      3'h5:
-          if (\$719 ) begin
-            \$952  = 3'h0;
-          end
-      default:
-          \$952  = 3'h0;
-    endcase
+    \$952  = op_cycles__2;
+    if (busy) begin
+      if (\$530 ) begin
+        \$952  = \$531 [47:0];
+      end
+    end
+    if (\$593 ) begin
+      \$952  = 48'h000000000000;
+    end
     if (rst) begin
-      \$952  = 3'h0;
+      \$952  = 48'h000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$953  = in_stream;
-    (* full_case = 32'd1 *)
-    casez (seq_state)
-      3'h0:
-          if (start) begin
-            \$953  = 1'h0;
-          end
-      3'h1:
-        begin
-          if (beat__valid) begin
-            (* full_case = 32'd1 *)
-            if (beat__payload[512]) begin
-              \$953  = 1'h0;
-            end else begin
-              \$953  = 1'h0;
-            end
-          end
-          if (start) begin
-            \$953  = 1'h0;
-          end
-        end
-      3'h2:
-        begin
-          (* full_case = 32'd1 *)
-          if (\$594 ) begin
-          end else if (d_end_more) begin
-            \$953  = 1'h0;
-          end else if (d_end) begin
-            \$953  = 1'h0;
-          end else if (d_count_zero) begin
-            \$953  = 1'h0;
-          end else if (d_const) begin
-            \$953  = 1'h0;
-          end else if (d_stream) begin
-            \$953  = 1'h1;
-          end else begin
-            \$953  = 1'h0;
-          end
-          if (start) begin
-            \$953  = 1'h0;
-          end
-        end
-      3'h3:
-        begin
-          if (\$632 ) begin
-            if (beat__payload[512]) begin
-              \$953  = 1'h0;
-            end
-          end
-          if (c_fire) begin
-            if (c_last) begin
-              \$953  = 1'h1;
-            end
-          end
-          if (\$673 ) begin
-            \$953  = 1'h1;
-          end
-          if (start) begin
-            \$953  = 1'h0;
-          end
-        end
-      3'h4:
-        begin
-          if (\$706 ) begin
-            \$953  = 1'h0;
-          end
-          if (addr_fault) begin
-            \$953  = 1'h0;
-          end
-          if (\$718 ) begin
-            \$953  = 1'h0;
-          end
-          if (start) begin
-            \$953  = 1'h0;
-          end
-        end
-      3'h5:
-          if (\$719 ) begin
-            \$953  = 1'h0;
-          end
-      default:
-          \$953  = 1'h0;
-    endcase
+    \$953  = op_cycles__3;
+    if (busy) begin
+      if (\$532 ) begin
+        \$953  = \$533 [47:0];
+      end
+    end
+    if (\$593 ) begin
+      \$953  = 48'h000000000000;
+    end
     if (rst) begin
-      \$953  = 1'h0;
+      \$953  = 48'h000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$954  = in_decode;
-    (* full_case = 32'd1 *)
-    casez (seq_state)
-      3'h0:
-          if (start) begin
-            \$954  = 1'h0;
-          end
-      3'h1:
-        begin
-          if (beat__valid) begin
-            (* full_case = 32'd1 *)
-            if (beat__payload[512]) begin
-              \$954  = 1'h0;
-            end else begin
-              \$954  = 1'h1;
-            end
-          end
-          if (start) begin
-            \$954  = 1'h0;
-          end
-        end
-      3'h2:
-        begin
-          (* full_case = 32'd1 *)
-          if (\$594 ) begin
-          end else if (d_end_more) begin
-            \$954  = 1'h0;
-          end else if (d_end) begin
-            \$954  = 1'h0;
-          end else if (d_count_zero) begin
-            \$954  = 1'h0;
-          end else if (d_const) begin
-            \$954  = 1'h0;
-          end else if (d_stream) begin
-            \$954  = 1'h0;
-          end else begin
-            \$954  = 1'h0;
-          end
-          if (start) begin
-            \$954  = 1'h0;
-          end
-        end
-      3'h3:
-        begin
-          if (\$632 ) begin
-            if (beat__payload[512]) begin
-              \$954  = 1'h0;
-            end
-          end
-          if (c_fire) begin
-            if (c_last) begin
-              \$954  = 1'h0;
-            end
-          end
-          if (\$673 ) begin
-            \$954  = 1'h0;
-          end
-          if (start) begin
-            \$954  = 1'h0;
-          end
-        end
-      3'h4:
-        begin
-          if (\$706 ) begin
-            \$954  = 1'h0;
-          end
-          if (addr_fault) begin
-            \$954  = 1'h0;
-          end
-          if (\$718 ) begin
-            \$954  = 1'h0;
-          end
-          if (start) begin
-            \$954  = 1'h0;
-          end
-        end
-      3'h5:
-          if (\$719 ) begin
-            \$954  = 1'h0;
-          end
-      default:
-          \$954  = 1'h0;
-    endcase
+    \$954  = op_cycles__4;
+    if (busy) begin
+      if (\$534 ) begin
+        \$954  = \$535 [47:0];
+      end
+    end
+    if (\$593 ) begin
+      \$954  = 48'h000000000000;
+    end
     if (rst) begin
-      \$954  = 1'h0;
+      \$954  = 48'h000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$955  = in_op;
-    (* full_case = 32'd1 *)
-    casez (seq_state)
-      3'h0:
-          if (start) begin
-            \$955  = 1'h0;
-          end
-      3'h1:
-        begin
-          if (beat__valid) begin
-            (* full_case = 32'd1 *)
-            if (beat__payload[512]) begin
-              \$955  = 1'h0;
-            end else begin
-              \$955  = 1'h0;
-            end
-          end
-          if (start) begin
-            \$955  = 1'h0;
-          end
-        end
-      3'h2:
-        begin
-          (* full_case = 32'd1 *)
-          if (\$594 ) begin
-          end else if (d_end_more) begin
-            \$955  = 1'h0;
-          end else if (d_end) begin
-            \$955  = 1'h0;
-          end else if (d_count_zero) begin
-            \$955  = 1'h0;
-          end else if (d_const) begin
-            \$955  = 1'h1;
-          end else if (d_stream) begin
-            \$955  = 1'h1;
-          end else begin
-            \$955  = 1'h0;
-          end
-          if (start) begin
-            \$955  = 1'h0;
-          end
-        end
-      3'h3:
-        begin
-          if (\$632 ) begin
-            if (beat__payload[512]) begin
-              \$955  = 1'h0;
-            end
-          end
-          if (c_fire) begin
-            if (c_last) begin
-              \$955  = 1'h1;
-            end
-          end
-          if (\$673 ) begin
-            \$955  = 1'h1;
-          end
-          if (start) begin
-            \$955  = 1'h0;
-          end
-        end
-      3'h4:
-        begin
-          if (\$706 ) begin
-            \$955  = 1'h0;
-          end
-          if (addr_fault) begin
-            \$955  = 1'h0;
-          end
-          if (\$718 ) begin
-            \$955  = 1'h0;
-          end
-          if (start) begin
-            \$955  = 1'h0;
-          end
-        end
-      3'h5:
-          if (\$719 ) begin
-            \$955  = 1'h0;
-          end
-      default:
-          \$955  = 1'h0;
-    endcase
+    \$955  = op_cycles__5;
+    if (busy) begin
+      if (\$536 ) begin
+        \$955  = \$537 [47:0];
+      end
+    end
+    if (\$593 ) begin
+      \$955  = 48'h000000000000;
+    end
     if (rst) begin
-      \$955  = 1'h0;
+      \$955  = 48'h000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$956  = unit_rst;
-    (* full_case = 32'd1 *)
-    casez (seq_state)
-      3'h0:
-          if (start) begin
-            \$956  = 1'h0;
-          end
-      3'h1:
-        begin
-          if (beat__valid) begin
-            (* full_case = 32'd1 *)
-            if (beat__payload[512]) begin
-              \$956  = 1'h1;
-            end else begin
-              \$956  = 1'h0;
-            end
-          end
-          if (start) begin
-            \$956  = 1'h1;
-          end
-        end
-      3'h2:
-        begin
-          (* full_case = 32'd1 *)
-          if (\$594 ) begin
-          end else if (d_end_more) begin
-            \$956  = 1'h0;
-          end else if (d_end) begin
-            \$956  = 1'h0;
-          end else if (d_count_zero) begin
-            \$956  = 1'h1;
-          end else if (d_const) begin
-            \$956  = 1'h0;
-          end else if (d_stream) begin
-            \$956  = 1'h0;
-          end else begin
-            \$956  = 1'h1;
-          end
-          if (start) begin
-            \$956  = 1'h1;
-          end
-        end
-      3'h3:
-        begin
-          if (\$632 ) begin
-            if (beat__payload[512]) begin
-              \$956  = 1'h1;
-            end
-          end
-          if (c_fire) begin
-            if (c_last) begin
-              \$956  = 1'h0;
-            end
-          end
-          if (\$673 ) begin
-            \$956  = 1'h0;
-          end
-          if (start) begin
-            \$956  = 1'h1;
-          end
-        end
-      3'h4:
-        begin
-          if (\$706 ) begin
-            \$956  = 1'h0;
-          end
-          if (addr_fault) begin
-            \$956  = 1'h1;
-          end
-          if (\$718 ) begin
-            \$956  = 1'h1;
-          end
-          if (start) begin
-            \$956  = 1'h1;
-          end
-        end
-      3'h5:
-          if (\$719 ) begin
-            \$956  = 1'h0;
-          end
-      default:
-          \$956  = 1'h0;
-    endcase
+    \$956  = op_cycles__6;
+    if (busy) begin
+      if (\$538 ) begin
+        \$956  = \$539 [47:0];
+      end
+    end
+    if (\$593 ) begin
+      \$956  = 48'h000000000000;
+    end
     if (rst) begin
-      \$956  = 1'h0;
+      \$956  = 48'h000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$957  = gemm_active;
-    (* full_case = 32'd1 *)
-    casez (seq_state)
-      3'h0:
-          if (start) begin
-            \$957  = 1'h0;
-          end
-      3'h1:
-        begin
-          if (beat__valid) begin
-            (* full_case = 32'd1 *)
-            if (beat__payload[512]) begin
-              \$957  = 1'h0;
-            end else begin
-              \$957  = 1'h0;
-            end
-          end
-          if (start) begin
-            \$957  = 1'h0;
-          end
-        end
-      3'h2:
-        begin
-          (* full_case = 32'd1 *)
-          if (\$594 ) begin
-          end else if (d_end_more) begin
-            \$957  = 1'h0;
-          end else if (d_end) begin
-            \$957  = 1'h0;
-          end else if (d_count_zero) begin
-            \$957  = 1'h0;
-          end else if (d_const) begin
-            \$957  = 1'h0;
-          end else if (d_stream) begin
-            \$957  = is_gemm;
-          end else begin
-            \$957  = 1'h0;
-          end
-          if (start) begin
-            \$957  = 1'h0;
-          end
-        end
-      3'h3:
-        begin
-          if (\$632 ) begin
-            if (beat__payload[512]) begin
-              \$957  = 1'h0;
-            end
-          end
-          if (c_fire) begin
-            if (c_last) begin
-              \$957  = is_gemm;
-            end
-          end
-          if (\$673 ) begin
-            \$957  = is_gemm;
-          end
-          if (start) begin
-            \$957  = 1'h0;
-          end
-        end
-      3'h4:
-        begin
-          if (\$706 ) begin
-            \$957  = 1'h0;
-          end
-          if (addr_fault) begin
-            \$957  = 1'h0;
-          end
-          if (\$718 ) begin
-            \$957  = 1'h0;
-          end
-          if (start) begin
-            \$957  = 1'h0;
-          end
-        end
-      3'h5:
-          if (\$719 ) begin
-            \$957  = 1'h0;
-          end
-      default:
-          \$957  = 1'h0;
-    endcase
+    \$957  = op_cycles__7;
+    if (busy) begin
+      if (\$540 ) begin
+        \$957  = \$541 [47:0];
+      end
+    end
+    if (\$593 ) begin
+      \$957  = 48'h000000000000;
+    end
     if (rst) begin
-      \$957  = 1'h0;
+      \$957  = 48'h000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$958  = pack_active;
-    (* full_case = 32'd1 *)
-    casez (seq_state)
-      3'h0:
-          if (start) begin
-            \$958  = 1'h0;
-          end
-      3'h1:
-        begin
-          if (beat__valid) begin
-            (* full_case = 32'd1 *)
-            if (beat__payload[512]) begin
-              \$958  = 1'h0;
-            end else begin
-              \$958  = 1'h0;
-            end
-          end
-          if (start) begin
-            \$958  = 1'h0;
-          end
-        end
-      3'h2:
-        begin
-          (* full_case = 32'd1 *)
-          if (\$594 ) begin
-          end else if (d_end_more) begin
-            \$958  = 1'h0;
-          end else if (d_end) begin
-            \$958  = 1'h0;
-          end else if (d_count_zero) begin
-            \$958  = 1'h0;
-          end else if (d_const) begin
-            \$958  = 1'h0;
-          end else if (d_stream) begin
-            \$958  = \$601 ;
-          end else begin
-            \$958  = 1'h0;
-          end
-          if (start) begin
-            \$958  = 1'h0;
-          end
-        end
-      3'h3:
-        begin
-          if (\$632 ) begin
-            if (beat__payload[512]) begin
-              \$958  = 1'h0;
-            end
-          end
-          if (c_fire) begin
-            if (c_last) begin
-              \$958  = \$646 ;
-            end
-          end
-          if (\$673 ) begin
-            \$958  = \$676 ;
-          end
-          if (start) begin
-            \$958  = 1'h0;
-          end
-        end
-      3'h4:
-        begin
-          if (\$706 ) begin
-            \$958  = 1'h0;
-          end
-          if (addr_fault) begin
-            \$958  = 1'h0;
-          end
-          if (\$718 ) begin
-            \$958  = 1'h0;
-          end
-          if (start) begin
-            \$958  = 1'h0;
-          end
-        end
-      3'h5:
-          if (\$719 ) begin
-            \$958  = 1'h0;
-          end
-      default:
-          \$958  = 1'h0;
-    endcase
+    \$958  = op_cycles__8;
+    if (busy) begin
+      if (\$542 ) begin
+        \$958  = \$543 [47:0];
+      end
+    end
+    if (\$593 ) begin
+      \$958  = 48'h000000000000;
+    end
     if (rst) begin
-      \$958  = 1'h0;
+      \$958  = 48'h000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$959  = sink_from_move;
-    (* full_case = 32'd1 *)
-    casez (seq_state)
-      3'h0:
-          if (start) begin
-            \$959  = 1'h0;
-          end
-      3'h1:
-        begin
-          if (beat__valid) begin
-            (* full_case = 32'd1 *)
-            if (beat__payload[512]) begin
-              \$959  = 1'h0;
-            end else begin
-              \$959  = 1'h0;
-            end
-          end
-          if (start) begin
-            \$959  = 1'h0;
-          end
-        end
-      3'h2:
-        begin
-          (* full_case = 32'd1 *)
-          if (\$594 ) begin
-          end else if (d_end_more) begin
-            \$959  = 1'h0;
-          end else if (d_end) begin
-            \$959  = 1'h0;
-          end else if (d_count_zero) begin
-            \$959  = 1'h0;
-          end else if (d_const) begin
-            \$959  = 1'h0;
-          end else if (d_stream) begin
-            \$959  = is_move;
-          end else begin
-            \$959  = 1'h0;
-          end
-          if (start) begin
-            \$959  = 1'h0;
-          end
-        end
-      3'h3:
-        begin
-          if (\$632 ) begin
-            if (beat__payload[512]) begin
-              \$959  = 1'h0;
-            end
-          end
-          if (c_fire) begin
-            if (c_last) begin
-              \$959  = is_move;
-            end
-          end
-          if (\$673 ) begin
-            \$959  = is_move;
-          end
-          if (start) begin
-            \$959  = 1'h0;
-          end
-        end
-      3'h4:
-        begin
-          if (\$706 ) begin
-            \$959  = 1'h0;
-          end
-          if (addr_fault) begin
-            \$959  = 1'h0;
-          end
-          if (\$718 ) begin
-            \$959  = 1'h0;
-          end
-          if (start) begin
-            \$959  = 1'h0;
-          end
-        end
-      3'h5:
-          if (\$719 ) begin
-            \$959  = 1'h0;
-          end
-      default:
-          \$959  = 1'h0;
-    endcase
+    \$959  = op_cycles__9;
+    if (busy) begin
+      if (\$544 ) begin
+        \$959  = \$545 [47:0];
+      end
+    end
+    if (\$593 ) begin
+      \$959  = 48'h000000000000;
+    end
     if (rst) begin
-      \$959  = 1'h0;
+      \$959  = 48'h000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$960  = sink_from_load;
-    (* full_case = 32'd1 *)
-    casez (seq_state)
-      3'h0:
-          if (start) begin
-            \$960  = 1'h0;
-          end
-      3'h1:
-        begin
-          if (beat__valid) begin
-            (* full_case = 32'd1 *)
-            if (beat__payload[512]) begin
-              \$960  = 1'h0;
-            end else begin
-              \$960  = 1'h0;
-            end
-          end
-          if (start) begin
-            \$960  = 1'h0;
-          end
-        end
-      3'h2:
-        begin
-          (* full_case = 32'd1 *)
-          if (\$594 ) begin
-          end else if (d_end_more) begin
-            \$960  = 1'h0;
-          end else if (d_end) begin
-            \$960  = 1'h0;
-          end else if (d_count_zero) begin
-            \$960  = 1'h0;
-          end else if (d_const) begin
-            \$960  = 1'h0;
-          end else if (d_stream) begin
-            \$960  = is_load;
-          end else begin
-            \$960  = 1'h0;
-          end
-          if (start) begin
-            \$960  = 1'h0;
-          end
-        end
-      3'h3:
-        begin
-          if (\$632 ) begin
-            if (beat__payload[512]) begin
-              \$960  = 1'h0;
-            end
-          end
-          if (c_fire) begin
-            if (c_last) begin
-              \$960  = is_load;
-            end
-          end
-          if (\$673 ) begin
-            \$960  = is_load;
-          end
-          if (start) begin
-            \$960  = 1'h0;
-          end
-        end
-      3'h4:
-        begin
-          if (\$706 ) begin
-            \$960  = 1'h0;
-          end
-          if (addr_fault) begin
-            \$960  = 1'h0;
-          end
-          if (\$718 ) begin
-            \$960  = 1'h0;
-          end
-          if (start) begin
-            \$960  = 1'h0;
-          end
-        end
-      3'h5:
-          if (\$719 ) begin
-            \$960  = 1'h0;
-          end
-      default:
-          \$960  = 1'h0;
-    endcase
+    \$960  = op_cycles__10;
+    if (busy) begin
+      if (\$546 ) begin
+        \$960  = \$547 [47:0];
+      end
+    end
+    if (\$593 ) begin
+      \$960  = 48'h000000000000;
+    end
     if (rst) begin
-      \$960  = 1'h0;
+      \$960  = 48'h000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$961  = sink_from_store;
-    (* full_case = 32'd1 *)
-    casez (seq_state)
-      3'h0:
-          if (start) begin
-            \$961  = 1'h0;
-          end
-      3'h1:
-        begin
-          if (beat__valid) begin
-            (* full_case = 32'd1 *)
-            if (beat__payload[512]) begin
-              \$961  = 1'h0;
-            end else begin
-              \$961  = 1'h0;
-            end
-          end
-          if (start) begin
-            \$961  = 1'h0;
-          end
-        end
-      3'h2:
-        begin
-          (* full_case = 32'd1 *)
-          if (\$594 ) begin
-          end else if (d_end_more) begin
-            \$961  = 1'h0;
-          end else if (d_end) begin
-            \$961  = 1'h0;
-          end else if (d_count_zero) begin
-            \$961  = 1'h0;
-          end else if (d_const) begin
-            \$961  = 1'h0;
-          end else if (d_stream) begin
-            \$961  = is_store;
-          end else begin
-            \$961  = 1'h0;
-          end
-          if (start) begin
-            \$961  = 1'h0;
-          end
-        end
-      3'h3:
-        begin
-          if (\$632 ) begin
-            if (beat__payload[512]) begin
-              \$961  = 1'h0;
-            end
-          end
-          if (c_fire) begin
-            if (c_last) begin
-              \$961  = is_store;
-            end
-          end
-          if (\$673 ) begin
-            \$961  = is_store;
-          end
-          if (start) begin
-            \$961  = 1'h0;
-          end
-        end
-      3'h4:
-        begin
-          if (\$706 ) begin
-            \$961  = 1'h0;
-          end
-          if (addr_fault) begin
-            \$961  = 1'h0;
-          end
-          if (\$718 ) begin
-            \$961  = 1'h0;
-          end
-          if (start) begin
-            \$961  = 1'h0;
-          end
-        end
-      3'h5:
-          if (\$719 ) begin
-            \$961  = 1'h0;
-          end
-      default:
-          \$961  = 1'h0;
-    endcase
+    \$961  = op_cycles__11;
+    if (busy) begin
+      if (\$548 ) begin
+        \$961  = \$549 [47:0];
+      end
+    end
+    if (\$593 ) begin
+      \$961  = 48'h000000000000;
+    end
     if (rst) begin
-      \$961  = 1'h0;
+      \$961  = 48'h000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$962  = sink_from_softmax;
-    (* full_case = 32'd1 *)
-    casez (seq_state)
-      3'h0:
-          if (start) begin
-            \$962  = 1'h0;
-          end
-      3'h1:
-        begin
-          if (beat__valid) begin
-            (* full_case = 32'd1 *)
-            if (beat__payload[512]) begin
-              \$962  = 1'h0;
-            end else begin
-              \$962  = 1'h0;
-            end
-          end
-          if (start) begin
-            \$962  = 1'h0;
-          end
-        end
-      3'h2:
-        begin
-          (* full_case = 32'd1 *)
-          if (\$594 ) begin
-          end else if (d_end_more) begin
-            \$962  = 1'h0;
-          end else if (d_end) begin
-            \$962  = 1'h0;
-          end else if (d_count_zero) begin
-            \$962  = 1'h0;
-          end else if (d_const) begin
-            \$962  = 1'h0;
-          end else if (d_stream) begin
-            \$962  = is_softmax;
-          end else begin
-            \$962  = 1'h0;
-          end
-          if (start) begin
-            \$962  = 1'h0;
-          end
-        end
-      3'h3:
-        begin
-          if (\$632 ) begin
-            if (beat__payload[512]) begin
-              \$962  = 1'h0;
-            end
-          end
-          if (c_fire) begin
-            if (c_last) begin
-              \$962  = is_softmax;
-            end
-          end
-          if (\$673 ) begin
-            \$962  = is_softmax;
-          end
-          if (start) begin
-            \$962  = 1'h0;
-          end
-        end
-      3'h4:
-        begin
-          if (\$706 ) begin
-            \$962  = 1'h0;
-          end
-          if (addr_fault) begin
-            \$962  = 1'h0;
-          end
-          if (\$718 ) begin
-            \$962  = 1'h0;
-          end
-          if (start) begin
-            \$962  = 1'h0;
-          end
-        end
-      3'h5:
-          if (\$719 ) begin
-            \$962  = 1'h0;
-          end
-      default:
-          \$962  = 1'h0;
-    endcase
+    \$962  = op_cycles__12;
+    if (busy) begin
+      if (\$550 ) begin
+        \$962  = \$551 [47:0];
+      end
+    end
+    if (\$593 ) begin
+      \$962  = 48'h000000000000;
+    end
     if (rst) begin
-      \$962  = 1'h0;
+      \$962  = 48'h000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$963  = sink_from_layernorm;
-    (* full_case = 32'd1 *)
-    casez (seq_state)
-      3'h0:
-          if (start) begin
-            \$963  = 1'h0;
-          end
-      3'h1:
-        begin
-          if (beat__valid) begin
-            (* full_case = 32'd1 *)
-            if (beat__payload[512]) begin
-              \$963  = 1'h0;
-            end else begin
-              \$963  = 1'h0;
-            end
-          end
-          if (start) begin
-            \$963  = 1'h0;
-          end
-        end
-      3'h2:
-        begin
-          (* full_case = 32'd1 *)
-          if (\$594 ) begin
-          end else if (d_end_more) begin
-            \$963  = 1'h0;
-          end else if (d_end) begin
-            \$963  = 1'h0;
-          end else if (d_count_zero) begin
-            \$963  = 1'h0;
-          end else if (d_const) begin
-            \$963  = 1'h0;
-          end else if (d_stream) begin
-            \$963  = is_layernorm;
-          end else begin
-            \$963  = 1'h0;
-          end
-          if (start) begin
-            \$963  = 1'h0;
-          end
-        end
-      3'h3:
-        begin
-          if (\$632 ) begin
-            if (beat__payload[512]) begin
-              \$963  = 1'h0;
-            end
-          end
-          if (c_fire) begin
-            if (c_last) begin
-              \$963  = is_layernorm;
-            end
-          end
-          if (\$673 ) begin
-            \$963  = is_layernorm;
-          end
-          if (start) begin
-            \$963  = 1'h0;
-          end
-        end
-      3'h4:
-        begin
-          if (\$706 ) begin
-            \$963  = 1'h0;
-          end
-          if (addr_fault) begin
-            \$963  = 1'h0;
-          end
-          if (\$718 ) begin
-            \$963  = 1'h0;
-          end
-          if (start) begin
-            \$963  = 1'h0;
-          end
-        end
-      3'h5:
-          if (\$719 ) begin
-            \$963  = 1'h0;
-          end
-      default:
-          \$963  = 1'h0;
-    endcase
+    \$963  = op_cycles__13;
+    if (busy) begin
+      if (\$552 ) begin
+        \$963  = \$553 [47:0];
+      end
+    end
+    if (\$593 ) begin
+      \$963  = 48'h000000000000;
+    end
     if (rst) begin
-      \$963  = 1'h0;
+      \$963  = 48'h000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$964  = sink_from_add;
-    (* full_case = 32'd1 *)
-    casez (seq_state)
-      3'h0:
-          if (start) begin
-            \$964  = 1'h0;
-          end
-      3'h1:
-        begin
-          if (beat__valid) begin
-            (* full_case = 32'd1 *)
-            if (beat__payload[512]) begin
-              \$964  = 1'h0;
-            end else begin
-              \$964  = 1'h0;
-            end
-          end
-          if (start) begin
-            \$964  = 1'h0;
-          end
-        end
-      3'h2:
-        begin
-          (* full_case = 32'd1 *)
-          if (\$594 ) begin
-          end else if (d_end_more) begin
-            \$964  = 1'h0;
-          end else if (d_end) begin
-            \$964  = 1'h0;
-          end else if (d_count_zero) begin
-            \$964  = 1'h0;
-          end else if (d_const) begin
-            \$964  = 1'h0;
-          end else if (d_stream) begin
-            \$964  = \$605 ;
-          end else begin
-            \$964  = 1'h0;
-          end
-          if (start) begin
-            \$964  = 1'h0;
-          end
-        end
-      3'h3:
-        begin
-          if (\$632 ) begin
-            if (beat__payload[512]) begin
-              \$964  = 1'h0;
-            end
-          end
-          if (c_fire) begin
-            if (c_last) begin
-              \$964  = \$650 ;
-            end
-          end
-          if (\$673 ) begin
-            \$964  = \$680 ;
-          end
-          if (start) begin
-            \$964  = 1'h0;
-          end
-        end
-      3'h4:
-        begin
-          if (\$706 ) begin
-            \$964  = 1'h0;
-          end
-          if (addr_fault) begin
-            \$964  = 1'h0;
-          end
-          if (\$718 ) begin
-            \$964  = 1'h0;
-          end
-          if (start) begin
-            \$964  = 1'h0;
-          end
-        end
-      3'h5:
-          if (\$719 ) begin
-            \$964  = 1'h0;
-          end
-      default:
-          \$964  = 1'h0;
-    endcase
+    \$964  = op_cycles__14;
+    if (busy) begin
+      if (\$554 ) begin
+        \$964  = \$555 [47:0];
+      end
+    end
+    if (\$593 ) begin
+      \$964  = 48'h000000000000;
+    end
     if (rst) begin
-      \$964  = 1'h0;
+      \$964  = 48'h000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$965  = sink_from_gelu0;
-    (* full_case = 32'd1 *)
-    casez (seq_state)
-      3'h0:
-          if (start) begin
-            \$965  = 1'h0;
-          end
-      3'h1:
-        begin
-          if (beat__valid) begin
-            (* full_case = 32'd1 *)
-            if (beat__payload[512]) begin
-              \$965  = 1'h0;
-            end else begin
-              \$965  = 1'h0;
-            end
-          end
-          if (start) begin
-            \$965  = 1'h0;
-          end
-        end
-      3'h2:
-        begin
-          (* full_case = 32'd1 *)
-          if (\$594 ) begin
-          end else if (d_end_more) begin
-            \$965  = 1'h0;
-          end else if (d_end) begin
-            \$965  = 1'h0;
-          end else if (d_count_zero) begin
-            \$965  = 1'h0;
-          end else if (d_const) begin
-            \$965  = 1'h0;
-          end else if (d_stream) begin
-            \$965  = \$609 ;
-          end else begin
-            \$965  = 1'h0;
-          end
-          if (start) begin
-            \$965  = 1'h0;
-          end
-        end
-      3'h3:
-        begin
-          if (\$632 ) begin
-            if (beat__payload[512]) begin
-              \$965  = 1'h0;
-            end
-          end
-          if (c_fire) begin
-            if (c_last) begin
-              \$965  = \$654 ;
-            end
-          end
-          if (\$673 ) begin
-            \$965  = \$684 ;
-          end
-          if (start) begin
-            \$965  = 1'h0;
-          end
-        end
-      3'h4:
-        begin
-          if (\$706 ) begin
-            \$965  = 1'h0;
-          end
-          if (addr_fault) begin
-            \$965  = 1'h0;
-          end
-          if (\$718 ) begin
-            \$965  = 1'h0;
-          end
-          if (start) begin
-            \$965  = 1'h0;
-          end
-        end
-      3'h5:
-          if (\$719 ) begin
-            \$965  = 1'h0;
-          end
-      default:
-          \$965  = 1'h0;
-    endcase
+    \$965  = op_cycles__15;
+    if (busy) begin
+      if (\$556 ) begin
+        \$965  = \$557 [47:0];
+      end
+    end
+    if (\$593 ) begin
+      \$965  = 48'h000000000000;
+    end
     if (rst) begin
-      \$965  = 1'h0;
+      \$965  = 48'h000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$966  = sink_from_gemm;
-    (* full_case = 32'd1 *)
-    casez (seq_state)
-      3'h0:
-          if (start) begin
-            \$966  = 1'h0;
-          end
-      3'h1:
-        begin
-          if (beat__valid) begin
-            (* full_case = 32'd1 *)
-            if (beat__payload[512]) begin
-              \$966  = 1'h0;
-            end else begin
-              \$966  = 1'h0;
-            end
-          end
-          if (start) begin
-            \$966  = 1'h0;
-          end
-        end
-      3'h2:
-        begin
-          (* full_case = 32'd1 *)
-          if (\$594 ) begin
-          end else if (d_end_more) begin
-            \$966  = 1'h0;
-          end else if (d_end) begin
-            \$966  = 1'h0;
-          end else if (d_count_zero) begin
-            \$966  = 1'h0;
-          end else if (d_const) begin
-            \$966  = 1'h0;
-          end else if (d_stream) begin
-            \$966  = \$613 ;
-          end else begin
-            \$966  = 1'h0;
-          end
-          if (start) begin
-            \$966  = 1'h0;
-          end
-        end
-      3'h3:
-        begin
-          if (\$632 ) begin
-            if (beat__payload[512]) begin
-              \$966  = 1'h0;
-            end
-          end
-          if (c_fire) begin
-            if (c_last) begin
-              \$966  = \$658 ;
-            end
-          end
-          if (\$673 ) begin
-            \$966  = \$688 ;
-          end
-          if (start) begin
-            \$966  = 1'h0;
-          end
-        end
-      3'h4:
-        begin
-          if (\$706 ) begin
-            \$966  = 1'h0;
-          end
-          if (addr_fault) begin
-            \$966  = 1'h0;
-          end
-          if (\$718 ) begin
-            \$966  = 1'h0;
-          end
-          if (start) begin
-            \$966  = 1'h0;
-          end
-        end
-      3'h5:
-          if (\$719 ) begin
-            \$966  = 1'h0;
-          end
-      default:
-          \$966  = 1'h0;
-    endcase
+    \$966  = \$559 ;
     if (rst) begin
       \$966  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$967  = a_from_softmax;
-    (* full_case = 32'd1 *)
-    casez (seq_state)
-      3'h0:
-          if (start) begin
-            \$967  = 1'h0;
-          end
-      3'h1:
-        begin
-          if (beat__valid) begin
-            (* full_case = 32'd1 *)
-            if (beat__payload[512]) begin
-              \$967  = 1'h0;
-            end else begin
-              \$967  = 1'h0;
-            end
-          end
-          if (start) begin
-            \$967  = 1'h0;
-          end
-        end
-      3'h2:
-        begin
-          (* full_case = 32'd1 *)
-          if (\$594 ) begin
-          end else if (d_end_more) begin
-            \$967  = 1'h0;
-          end else if (d_end) begin
-            \$967  = 1'h0;
-          end else if (d_count_zero) begin
-            \$967  = 1'h0;
-          end else if (d_const) begin
-            \$967  = 1'h0;
-          end else if (d_stream) begin
-            \$967  = \$614 ;
-          end else begin
-            \$967  = 1'h0;
-          end
-          if (start) begin
-            \$967  = 1'h0;
-          end
-        end
-      3'h3:
-        begin
-          if (\$632 ) begin
-            if (beat__payload[512]) begin
-              \$967  = 1'h0;
-            end
-          end
-          if (c_fire) begin
-            if (c_last) begin
-              \$967  = \$659 ;
-            end
-          end
-          if (\$673 ) begin
-            \$967  = \$689 ;
-          end
-          if (start) begin
-            \$967  = 1'h0;
-          end
-        end
-      3'h4:
-        begin
-          if (\$706 ) begin
-            \$967  = 1'h0;
-          end
-          if (addr_fault) begin
-            \$967  = 1'h0;
-          end
-          if (\$718 ) begin
-            \$967  = 1'h0;
-          end
-          if (start) begin
-            \$967  = 1'h0;
-          end
-        end
-      3'h5:
-          if (\$719 ) begin
-            \$967  = 1'h0;
-          end
-      default:
-          \$967  = 1'h0;
-    endcase
+    \$967  = is_end;
     if (rst) begin
       \$967  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$968  = a_from_layernorm;
-    (* full_case = 32'd1 *)
-    casez (seq_state)
-      3'h0:
-          if (start) begin
-            \$968  = 1'h0;
-          end
-      3'h1:
-        begin
-          if (beat__valid) begin
-            (* full_case = 32'd1 *)
-            if (beat__payload[512]) begin
-              \$968  = 1'h0;
-            end else begin
-              \$968  = 1'h0;
-            end
-          end
-          if (start) begin
-            \$968  = 1'h0;
-          end
-        end
-      3'h2:
-        begin
-          (* full_case = 32'd1 *)
-          if (\$594 ) begin
-          end else if (d_end_more) begin
-            \$968  = 1'h0;
-          end else if (d_end) begin
-            \$968  = 1'h0;
-          end else if (d_count_zero) begin
-            \$968  = 1'h0;
-          end else if (d_const) begin
-            \$968  = 1'h0;
-          end else if (d_stream) begin
-            \$968  = \$615 ;
-          end else begin
-            \$968  = 1'h0;
-          end
-          if (start) begin
-            \$968  = 1'h0;
-          end
-        end
-      3'h3:
-        begin
-          if (\$632 ) begin
-            if (beat__payload[512]) begin
-              \$968  = 1'h0;
-            end
-          end
-          if (c_fire) begin
-            if (c_last) begin
-              \$968  = \$660 ;
-            end
-          end
-          if (\$673 ) begin
-            \$968  = \$690 ;
-          end
-          if (start) begin
-            \$968  = 1'h0;
-          end
-        end
-      3'h4:
-        begin
-          if (\$706 ) begin
-            \$968  = 1'h0;
-          end
-          if (addr_fault) begin
-            \$968  = 1'h0;
-          end
-          if (\$718 ) begin
-            \$968  = 1'h0;
-          end
-          if (start) begin
-            \$968  = 1'h0;
-          end
-        end
-      3'h5:
-          if (\$719 ) begin
-            \$968  = 1'h0;
-          end
-      default:
-          \$968  = 1'h0;
-    endcase
+    \$968  = \$570 ;
     if (rst) begin
       \$968  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$969  = a_from_src0;
-    (* full_case = 32'd1 *)
-    casez (seq_state)
-      3'h0:
-          if (start) begin
-            \$969  = 1'h0;
-          end
-      3'h1:
-        begin
-          if (beat__valid) begin
-            (* full_case = 32'd1 *)
-            if (beat__payload[512]) begin
-              \$969  = 1'h0;
-            end else begin
-              \$969  = 1'h0;
-            end
-          end
-          if (start) begin
-            \$969  = 1'h0;
-          end
-        end
-      3'h2:
-        begin
-          (* full_case = 32'd1 *)
-          if (\$594 ) begin
-          end else if (d_end_more) begin
-            \$969  = 1'h0;
-          end else if (d_end) begin
-            \$969  = 1'h0;
-          end else if (d_count_zero) begin
-            \$969  = 1'h0;
-          end else if (d_const) begin
-            \$969  = 1'h0;
-          end else if (d_stream) begin
-            \$969  = \$619 ;
-          end else begin
-            \$969  = 1'h0;
-          end
-          if (start) begin
-            \$969  = 1'h0;
-          end
-        end
-      3'h3:
-        begin
-          if (\$632 ) begin
-            if (beat__payload[512]) begin
-              \$969  = 1'h0;
-            end
-          end
-          if (c_fire) begin
-            if (c_last) begin
-              \$969  = \$664 ;
-            end
-          end
-          if (\$673 ) begin
-            \$969  = \$694 ;
-          end
-          if (start) begin
-            \$969  = 1'h0;
-          end
-        end
-      3'h4:
-        begin
-          if (\$706 ) begin
-            \$969  = 1'h0;
-          end
-          if (addr_fault) begin
-            \$969  = 1'h0;
-          end
-          if (\$718 ) begin
-            \$969  = 1'h0;
-          end
-          if (start) begin
-            \$969  = 1'h0;
-          end
-        end
-      3'h5:
-          if (\$719 ) begin
-            \$969  = 1'h0;
-          end
-      default:
-          \$969  = 1'h0;
-    endcase
+    \$969  = \$581 ;
     if (rst) begin
       \$969  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$970  = const_to0;
-    (* full_case = 32'd1 *)
-    casez (seq_state)
-      3'h0:
-          if (start) begin
-            \$970  = 1'h0;
-          end
-      3'h1:
-        begin
-          if (beat__valid) begin
-            (* full_case = 32'd1 *)
-            if (beat__payload[512]) begin
-              \$970  = 1'h0;
-            end else begin
-              \$970  = 1'h0;
-            end
-          end
-          if (start) begin
-            \$970  = 1'h0;
-          end
-        end
-      3'h2:
-        begin
-          (* full_case = 32'd1 *)
-          if (\$594 ) begin
-          end else if (d_end_more) begin
-            \$970  = 1'h0;
-          end else if (d_end) begin
-            \$970  = 1'h0;
-          end else if (d_count_zero) begin
-            \$970  = 1'h0;
-          end else if (d_const) begin
-            \$970  = \$597 ;
-          end else if (d_stream) begin
-            \$970  = 1'h0;
-          end else begin
-            \$970  = 1'h0;
-          end
-          if (start) begin
-            \$970  = 1'h0;
-          end
-        end
-      3'h3:
-        begin
-          if (\$632 ) begin
-            if (beat__payload[512]) begin
-              \$970  = 1'h0;
-            end
-          end
-          if (c_fire) begin
-            if (c_last) begin
-              \$970  = 1'h0;
-            end
-          end
-          if (\$673 ) begin
-            \$970  = 1'h0;
-          end
-          if (start) begin
-            \$970  = 1'h0;
-          end
-        end
-      3'h4:
-        begin
-          if (\$706 ) begin
-            \$970  = 1'h0;
-          end
-          if (addr_fault) begin
-            \$970  = 1'h0;
-          end
-          if (\$718 ) begin
-            \$970  = 1'h0;
-          end
-          if (start) begin
-            \$970  = 1'h0;
-          end
-        end
-      3'h5:
-          if (\$719 ) begin
-            \$970  = 1'h0;
-          end
-      default:
-          \$970  = 1'h0;
-    endcase
+    \$970  = \$591 ;
     if (rst) begin
       \$970  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$971  = const_to1;
-    (* full_case = 32'd1 *)
-    casez (seq_state)
-      3'h0:
-          if (start) begin
-            \$971  = 1'h0;
-          end
-      3'h1:
-        begin
-          if (beat__valid) begin
-            (* full_case = 32'd1 *)
-            if (beat__payload[512]) begin
-              \$971  = 1'h0;
-            end else begin
-              \$971  = 1'h0;
-            end
-          end
-          if (start) begin
-            \$971  = 1'h0;
-          end
-        end
-      3'h2:
-        begin
-          (* full_case = 32'd1 *)
-          if (\$594 ) begin
-          end else if (d_end_more) begin
-            \$971  = 1'h0;
-          end else if (d_end) begin
-            \$971  = 1'h0;
-          end else if (d_count_zero) begin
-            \$971  = 1'h0;
-          end else if (d_const) begin
-            \$971  = \$598 ;
-          end else if (d_stream) begin
-            \$971  = 1'h0;
-          end else begin
-            \$971  = 1'h0;
-          end
-          if (start) begin
-            \$971  = 1'h0;
-          end
-        end
-      3'h3:
-        begin
-          if (\$632 ) begin
-            if (beat__payload[512]) begin
-              \$971  = 1'h0;
-            end
-          end
-          if (c_fire) begin
-            if (c_last) begin
-              \$971  = 1'h0;
-            end
-          end
-          if (\$673 ) begin
-            \$971  = 1'h0;
-          end
-          if (start) begin
-            \$971  = 1'h0;
-          end
-        end
-      3'h4:
-        begin
-          if (\$706 ) begin
-            \$971  = 1'h0;
-          end
-          if (addr_fault) begin
-            \$971  = 1'h0;
-          end
-          if (\$718 ) begin
-            \$971  = 1'h0;
-          end
-          if (start) begin
-            \$971  = 1'h0;
-          end
-        end
-      3'h5:
-          if (\$719 ) begin
-            \$971  = 1'h0;
-          end
-      default:
-          \$971  = 1'h0;
-    endcase
+    \$971  = pc;
+    if (\$593 ) begin
+      \$971  = prog;
+    end
+    if (\$599 ) begin
+      \$971  = \$signal$548 ;
+    end
+    if (\$607 ) begin
+      \$971  = \$608 [31:0];
+    end
     if (rst) begin
-      \$971  = 1'h0;
+      \$971  = 32'd0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$972  = const_to2;
-    (* full_case = 32'd1 *)
+    \$972  = busy;
+    if (\$593 ) begin
+      \$972  = 1'h1;
+    end
     casez (seq_state)
       3'h0:
-          if (start) begin
-            \$972  = 1'h0;
-          end
+          /* empty */;
       3'h1:
-        begin
-          if (beat__valid) begin
-            (* full_case = 32'd1 *)
-            if (beat__payload[512]) begin
-              \$972  = 1'h0;
-            end else begin
-              \$972  = 1'h0;
-            end
-          end
-          if (start) begin
-            \$972  = 1'h0;
-          end
-        end
+          /* empty */;
       3'h2:
-        begin
-          (* full_case = 32'd1 *)
-          if (\$594 ) begin
+          if (\$613 ) begin
           end else if (d_end_more) begin
-            \$972  = 1'h0;
           end else if (d_end) begin
             \$972  = 1'h0;
-          end else if (d_count_zero) begin
-            \$972  = 1'h0;
-          end else if (d_const) begin
-            \$972  = add_sel;
-          end else if (d_stream) begin
-            \$972  = 1'h0;
-          end else begin
-            \$972  = 1'h0;
           end
-          if (start) begin
-            \$972  = 1'h0;
-          end
-        end
       3'h3:
-        begin
-          if (\$632 ) begin
-            if (beat__payload[512]) begin
-              \$972  = 1'h0;
-            end
-          end
-          if (c_fire) begin
-            if (c_last) begin
-              \$972  = 1'h0;
-            end
-          end
-          if (\$673 ) begin
-            \$972  = 1'h0;
-          end
-          if (start) begin
-            \$972  = 1'h0;
-          end
-        end
+          /* empty */;
       3'h4:
-        begin
-          if (\$706 ) begin
-            \$972  = 1'h0;
-          end
-          if (addr_fault) begin
-            \$972  = 1'h0;
-          end
-          if (\$718 ) begin
-            \$972  = 1'h0;
-          end
-          if (start) begin
-            \$972  = 1'h0;
-          end
-        end
+          /* empty */;
       3'h5:
-          if (\$719 ) begin
+          if (\$738 ) begin
             \$972  = 1'h0;
           end
-      default:
-          \$972  = 1'h0;
     endcase
     if (rst) begin
       \$972  = 1'h0;
@@ -34305,88 +32342,29 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$973  = const_to3;
-    (* full_case = 32'd1 *)
+    \$973  = done;
+    if (\$593 ) begin
+      \$973  = 1'h0;
+    end
     casez (seq_state)
       3'h0:
-          if (start) begin
-            \$973  = 1'h0;
-          end
+          /* empty */;
       3'h1:
-        begin
-          if (beat__valid) begin
-            (* full_case = 32'd1 *)
-            if (beat__payload[512]) begin
-              \$973  = 1'h0;
-            end else begin
-              \$973  = 1'h0;
-            end
-          end
-          if (start) begin
-            \$973  = 1'h0;
-          end
-        end
+          /* empty */;
       3'h2:
-        begin
-          (* full_case = 32'd1 *)
-          if (\$594 ) begin
+          if (\$613 ) begin
           end else if (d_end_more) begin
-            \$973  = 1'h0;
           end else if (d_end) begin
-            \$973  = 1'h0;
-          end else if (d_count_zero) begin
-            \$973  = 1'h0;
-          end else if (d_const) begin
-            \$973  = gelu_sel0;
-          end else if (d_stream) begin
-            \$973  = 1'h0;
-          end else begin
-            \$973  = 1'h0;
+            \$973  = 1'h1;
           end
-          if (start) begin
-            \$973  = 1'h0;
-          end
-        end
       3'h3:
-        begin
-          if (\$632 ) begin
-            if (beat__payload[512]) begin
-              \$973  = 1'h0;
-            end
-          end
-          if (c_fire) begin
-            if (c_last) begin
-              \$973  = 1'h0;
-            end
-          end
-          if (\$673 ) begin
-            \$973  = 1'h0;
-          end
-          if (start) begin
-            \$973  = 1'h0;
-          end
-        end
+          /* empty */;
       3'h4:
-        begin
-          if (\$706 ) begin
-            \$973  = 1'h0;
-          end
-          if (addr_fault) begin
-            \$973  = 1'h0;
-          end
-          if (\$718 ) begin
-            \$973  = 1'h0;
-          end
-          if (start) begin
-            \$973  = 1'h0;
-          end
-        end
+          /* empty */;
       3'h5:
-          if (\$719 ) begin
-            \$973  = 1'h0;
+          if (\$738 ) begin
+            \$973  = 1'h1;
           end
-      default:
-          \$973  = 1'h0;
     endcase
     if (rst) begin
       \$973  = 1'h0;
@@ -34394,177 +32372,87 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$974  = in_fetch;
-    (* full_case = 32'd1 *)
+    \$974  = error;
+    if (\$593 ) begin
+      \$974  = 4'h0;
+    end
     casez (seq_state)
       3'h0:
-          if (start) begin
-            \$974  = 1'h1;
-          end
+          /* empty */;
       3'h1:
         begin
           if (beat__valid) begin
-            (* full_case = 32'd1 *)
             if (beat__payload[512]) begin
-              \$974  = 1'h0;
-            end else begin
-              \$974  = 1'h0;
+              \$974  = 4'h4;
             end
           end
           if (start) begin
-            \$974  = 1'h0;
+            \$974  = 4'h6;
           end
         end
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$594 ) begin
+          if (\$613 ) begin
           end else if (d_end_more) begin
-            \$974  = 1'h1;
           end else if (d_end) begin
-            \$974  = 1'h0;
           end else if (d_count_zero) begin
-            \$974  = 1'h0;
+            \$974  = 4'h2;
           end else if (d_const) begin
-            \$974  = 1'h0;
           end else if (d_stream) begin
-            \$974  = 1'h0;
           end else begin
-            \$974  = 1'h0;
+            \$974  = 4'h1;
           end
           if (start) begin
-            \$974  = 1'h0;
+            \$974  = 4'h6;
           end
         end
       3'h3:
         begin
-          if (\$632 ) begin
+          if (\$651 ) begin
             if (beat__payload[512]) begin
-              \$974  = 1'h0;
+              \$974  = 4'h4;
             end
-          end
-          if (c_fire) begin
-            if (c_last) begin
-              \$974  = 1'h0;
-            end
-          end
-          if (\$673 ) begin
-            \$974  = 1'h0;
           end
           if (start) begin
-            \$974  = 1'h0;
+            \$974  = 4'h6;
           end
         end
       3'h4:
         begin
-          if (\$706 ) begin
-            \$974  = 1'h1;
-          end
           if (addr_fault) begin
-            \$974  = 1'h0;
+            \$974  = 4'h3;
           end
-          if (\$718 ) begin
-            \$974  = 1'h0;
+          if (\$737 ) begin
+            \$974  = fault_q;
           end
           if (start) begin
-            \$974  = 1'h0;
+            \$974  = 4'h6;
           end
         end
-      3'h5:
-          if (\$719 ) begin
-            \$974  = 1'h0;
-          end
-      default:
-          \$974  = 1'h0;
     endcase
     if (rst) begin
-      \$974  = 1'h0;
+      \$974  = 4'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$975  = in_const;
-    (* full_case = 32'd1 *)
+    \$975  = fetch_sent;
+    if (\$593 ) begin
+      \$975  = 1'h0;
+    end
     casez (seq_state)
       3'h0:
-          if (start) begin
-            \$975  = 1'h0;
-          end
+          /* empty */;
       3'h1:
         begin
-          if (beat__valid) begin
-            (* full_case = 32'd1 *)
-            if (beat__payload[512]) begin
-              \$975  = 1'h0;
-            end else begin
-              \$975  = 1'h0;
-            end
-          end
-          if (start) begin
-            \$975  = 1'h0;
-          end
-        end
-      3'h2:
-        begin
-          (* full_case = 32'd1 *)
-          if (\$594 ) begin
-          end else if (d_end_more) begin
-            \$975  = 1'h0;
-          end else if (d_end) begin
-            \$975  = 1'h0;
-          end else if (d_count_zero) begin
-            \$975  = 1'h0;
-          end else if (d_const) begin
+          if (\$610 ) begin
             \$975  = 1'h1;
-          end else if (d_stream) begin
-            \$975  = 1'h0;
-          end else begin
-            \$975  = 1'h0;
           end
-          if (start) begin
+          if (beat__valid) begin
             \$975  = 1'h0;
           end
         end
-      3'h3:
-        begin
-          if (\$632 ) begin
-            if (beat__payload[512]) begin
-              \$975  = 1'h0;
-            end
-          end
-          if (c_fire) begin
-            if (c_last) begin
-              \$975  = 1'h0;
-            end
-          end
-          if (\$673 ) begin
-            \$975  = 1'h0;
-          end
-          if (start) begin
-            \$975  = 1'h0;
-          end
-        end
-      3'h4:
-        begin
-          if (\$706 ) begin
-            \$975  = 1'h0;
-          end
-          if (addr_fault) begin
-            \$975  = 1'h0;
-          end
-          if (\$718 ) begin
-            \$975  = 1'h0;
-          end
-          if (start) begin
-            \$975  = 1'h0;
-          end
-        end
-      3'h5:
-          if (\$719 ) begin
-            \$975  = 1'h0;
-          end
-      default:
-          \$975  = 1'h0;
     endcase
     if (rst) begin
       \$975  = 1'h0;
@@ -34572,477 +32460,668 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$976  = run0;
+    \$976  = \$signal$548 ;
+    if (\$593 ) begin
+      \$976  = prog;
+    end
+    if (rst) begin
+      \$976  = 32'd0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$977  = \$signal$549 ;
+    if (\$593 ) begin
+      \$977  = image_stride;
+    end
+    if (rst) begin
+      \$977  = 32'd0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$978  = images_left;
+    if (\$593 ) begin
+      \$978  = \$595 ;
+    end
+    if (\$599 ) begin
+      \$978  = \$600 [15:0];
+    end
+    if (rst) begin
+      \$978  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$979  = offset;
+    if (\$593 ) begin
+      \$979  = 32'd0;
+    end
+    if (\$599 ) begin
+      \$979  = \$601 [31:0];
+    end
+    if (rst) begin
+      \$979  = 32'd0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$980  = seq_state;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
           if (start) begin
-            \$976  = 1'h0;
+            \$980  = 3'h1;
           end
       3'h1:
         begin
           if (beat__valid) begin
             (* full_case = 32'd1 *)
             if (beat__payload[512]) begin
-              \$976  = 1'h0;
+              \$980  = 3'h5;
             end else begin
-              \$976  = 1'h0;
+              \$980  = 3'h2;
             end
           end
           if (start) begin
-            \$976  = 1'h0;
+            \$980  = 3'h5;
           end
         end
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$594 ) begin
+          if (\$613 ) begin
           end else if (d_end_more) begin
-            \$976  = 1'h0;
+            \$980  = 3'h1;
           end else if (d_end) begin
-            \$976  = 1'h0;
+            \$980  = 3'h0;
           end else if (d_count_zero) begin
-            \$976  = 1'h0;
+            \$980  = 3'h5;
           end else if (d_const) begin
-            \$976  = 1'h0;
+            \$980  = 3'h3;
           end else if (d_stream) begin
-            \$976  = \$620 ;
+            \$980  = 3'h4;
           end else begin
-            \$976  = 1'h0;
+            \$980  = 3'h5;
           end
           if (start) begin
-            \$976  = 1'h0;
+            \$980  = 3'h5;
           end
         end
       3'h3:
         begin
-          if (\$632 ) begin
+          if (\$651 ) begin
             if (beat__payload[512]) begin
-              \$976  = 1'h0;
+              \$980  = 3'h5;
             end
           end
           if (c_fire) begin
             if (c_last) begin
-              \$976  = \$665 ;
+              \$980  = 3'h4;
             end
           end
-          if (\$673 ) begin
-            \$976  = \$695 ;
+          if (\$692 ) begin
+            \$980  = 3'h4;
           end
           if (start) begin
-            \$976  = 1'h0;
+            \$980  = 3'h5;
           end
         end
       3'h4:
         begin
-          if (\$706 ) begin
-            \$976  = 1'h0;
+          if (\$725 ) begin
+            \$980  = 3'h1;
           end
           if (addr_fault) begin
-            \$976  = 1'h0;
+            \$980  = 3'h5;
           end
-          if (\$718 ) begin
-            \$976  = 1'h0;
+          if (\$737 ) begin
+            \$980  = 3'h5;
           end
           if (start) begin
-            \$976  = 1'h0;
+            \$980  = 3'h5;
           end
         end
       3'h5:
-          if (\$719 ) begin
-            \$976  = 1'h0;
+          if (\$738 ) begin
+            \$980  = 3'h0;
           end
       default:
-          \$976  = 1'h0;
+          \$980  = 3'h0;
     endcase
     if (rst) begin
-      \$976  = 1'h0;
+      \$980  = 3'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$977  = run1;
+    \$981  = in_stream;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
           if (start) begin
-            \$977  = 1'h0;
+            \$981  = 1'h0;
           end
       3'h1:
         begin
           if (beat__valid) begin
             (* full_case = 32'd1 *)
             if (beat__payload[512]) begin
-              \$977  = 1'h0;
+              \$981  = 1'h0;
             end else begin
-              \$977  = 1'h0;
+              \$981  = 1'h0;
             end
           end
           if (start) begin
-            \$977  = 1'h0;
+            \$981  = 1'h0;
           end
         end
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$594 ) begin
+          if (\$613 ) begin
           end else if (d_end_more) begin
-            \$977  = 1'h0;
+            \$981  = 1'h0;
           end else if (d_end) begin
-            \$977  = 1'h0;
+            \$981  = 1'h0;
           end else if (d_count_zero) begin
-            \$977  = 1'h0;
+            \$981  = 1'h0;
           end else if (d_const) begin
-            \$977  = 1'h0;
+            \$981  = 1'h0;
           end else if (d_stream) begin
-            \$977  = \$623 ;
+            \$981  = 1'h1;
           end else begin
-            \$977  = 1'h0;
+            \$981  = 1'h0;
           end
           if (start) begin
-            \$977  = 1'h0;
+            \$981  = 1'h0;
           end
         end
       3'h3:
         begin
-          if (\$632 ) begin
+          if (\$651 ) begin
             if (beat__payload[512]) begin
-              \$977  = 1'h0;
+              \$981  = 1'h0;
             end
           end
           if (c_fire) begin
             if (c_last) begin
-              \$977  = \$668 ;
+              \$981  = 1'h1;
             end
           end
-          if (\$673 ) begin
-            \$977  = \$698 ;
+          if (\$692 ) begin
+            \$981  = 1'h1;
           end
           if (start) begin
-            \$977  = 1'h0;
+            \$981  = 1'h0;
           end
         end
       3'h4:
         begin
-          if (\$706 ) begin
-            \$977  = 1'h0;
+          if (\$725 ) begin
+            \$981  = 1'h0;
           end
           if (addr_fault) begin
-            \$977  = 1'h0;
+            \$981  = 1'h0;
           end
-          if (\$718 ) begin
-            \$977  = 1'h0;
+          if (\$737 ) begin
+            \$981  = 1'h0;
           end
           if (start) begin
-            \$977  = 1'h0;
+            \$981  = 1'h0;
           end
         end
       3'h5:
-          if (\$719 ) begin
-            \$977  = 1'h0;
+          if (\$738 ) begin
+            \$981  = 1'h0;
           end
       default:
-          \$977  = 1'h0;
+          \$981  = 1'h0;
     endcase
     if (rst) begin
-      \$977  = 1'h0;
+      \$981  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$978  = q0_to_pack;
+    \$982  = in_decode;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
           if (start) begin
-            \$978  = 1'h0;
+            \$982  = 1'h0;
           end
       3'h1:
         begin
           if (beat__valid) begin
             (* full_case = 32'd1 *)
             if (beat__payload[512]) begin
-              \$978  = 1'h0;
+              \$982  = 1'h0;
             end else begin
-              \$978  = 1'h0;
+              \$982  = 1'h1;
             end
           end
           if (start) begin
-            \$978  = 1'h0;
+            \$982  = 1'h0;
           end
         end
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$594 ) begin
+          if (\$613 ) begin
           end else if (d_end_more) begin
-            \$978  = 1'h0;
+            \$982  = 1'h0;
           end else if (d_end) begin
-            \$978  = 1'h0;
+            \$982  = 1'h0;
           end else if (d_count_zero) begin
-            \$978  = 1'h0;
+            \$982  = 1'h0;
           end else if (d_const) begin
-            \$978  = 1'h0;
+            \$982  = 1'h0;
           end else if (d_stream) begin
-            \$978  = \$624 ;
+            \$982  = 1'h0;
           end else begin
-            \$978  = 1'h0;
+            \$982  = 1'h0;
           end
           if (start) begin
-            \$978  = 1'h0;
+            \$982  = 1'h0;
           end
         end
       3'h3:
         begin
-          if (\$632 ) begin
+          if (\$651 ) begin
             if (beat__payload[512]) begin
-              \$978  = 1'h0;
+              \$982  = 1'h0;
             end
           end
           if (c_fire) begin
             if (c_last) begin
-              \$978  = \$669 ;
+              \$982  = 1'h0;
             end
           end
-          if (\$673 ) begin
-            \$978  = \$699 ;
+          if (\$692 ) begin
+            \$982  = 1'h0;
           end
           if (start) begin
-            \$978  = 1'h0;
+            \$982  = 1'h0;
           end
         end
       3'h4:
         begin
-          if (\$706 ) begin
-            \$978  = 1'h0;
+          if (\$725 ) begin
+            \$982  = 1'h0;
           end
           if (addr_fault) begin
-            \$978  = 1'h0;
+            \$982  = 1'h0;
           end
-          if (\$718 ) begin
-            \$978  = 1'h0;
+          if (\$737 ) begin
+            \$982  = 1'h0;
           end
           if (start) begin
-            \$978  = 1'h0;
+            \$982  = 1'h0;
           end
         end
       3'h5:
-          if (\$719 ) begin
-            \$978  = 1'h0;
+          if (\$738 ) begin
+            \$982  = 1'h0;
           end
       default:
-          \$978  = 1'h0;
+          \$982  = 1'h0;
     endcase
     if (rst) begin
-      \$978  = 1'h0;
+      \$982  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$979  = res_to_pack;
+    \$983  = in_op;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
           if (start) begin
-            \$979  = 1'h0;
+            \$983  = 1'h0;
           end
       3'h1:
         begin
           if (beat__valid) begin
             (* full_case = 32'd1 *)
             if (beat__payload[512]) begin
-              \$979  = 1'h0;
+              \$983  = 1'h0;
             end else begin
-              \$979  = 1'h0;
+              \$983  = 1'h0;
             end
           end
           if (start) begin
-            \$979  = 1'h0;
+            \$983  = 1'h0;
           end
         end
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$594 ) begin
+          if (\$613 ) begin
           end else if (d_end_more) begin
-            \$979  = 1'h0;
+            \$983  = 1'h0;
           end else if (d_end) begin
-            \$979  = 1'h0;
+            \$983  = 1'h0;
           end else if (d_count_zero) begin
-            \$979  = 1'h0;
+            \$983  = 1'h0;
           end else if (d_const) begin
-            \$979  = 1'h0;
+            \$983  = 1'h1;
           end else if (d_stream) begin
-            \$979  = \$626 ;
+            \$983  = 1'h1;
           end else begin
-            \$979  = 1'h0;
+            \$983  = 1'h0;
           end
           if (start) begin
-            \$979  = 1'h0;
+            \$983  = 1'h0;
           end
         end
       3'h3:
         begin
-          if (\$632 ) begin
+          if (\$651 ) begin
             if (beat__payload[512]) begin
-              \$979  = 1'h0;
+              \$983  = 1'h0;
             end
           end
           if (c_fire) begin
             if (c_last) begin
-              \$979  = \$671 ;
+              \$983  = 1'h1;
             end
           end
-          if (\$673 ) begin
-            \$979  = \$701 ;
+          if (\$692 ) begin
+            \$983  = 1'h1;
           end
           if (start) begin
-            \$979  = 1'h0;
+            \$983  = 1'h0;
           end
         end
       3'h4:
         begin
-          if (\$706 ) begin
-            \$979  = 1'h0;
+          if (\$725 ) begin
+            \$983  = 1'h0;
           end
           if (addr_fault) begin
-            \$979  = 1'h0;
+            \$983  = 1'h0;
           end
-          if (\$718 ) begin
-            \$979  = 1'h0;
+          if (\$737 ) begin
+            \$983  = 1'h0;
           end
           if (start) begin
-            \$979  = 1'h0;
+            \$983  = 1'h0;
           end
         end
       3'h5:
-          if (\$719 ) begin
-            \$979  = 1'h0;
+          if (\$738 ) begin
+            \$983  = 1'h0;
           end
       default:
-          \$979  = 1'h0;
+          \$983  = 1'h0;
     endcase
     if (rst) begin
-      \$979  = 1'h0;
+      \$983  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$980  = ins;
+    \$984  = unit_rst;
+    (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
-          /* empty */;
+          if (start) begin
+            \$984  = 1'h0;
+          end
       3'h1:
+        begin
           if (beat__valid) begin
-            \$980  = beat__payload[511:0];
+            (* full_case = 32'd1 *)
+            if (beat__payload[512]) begin
+              \$984  = 1'h1;
+            end else begin
+              \$984  = 1'h0;
+            end
           end
+          if (start) begin
+            \$984  = 1'h1;
+          end
+        end
+      3'h2:
+        begin
+          (* full_case = 32'd1 *)
+          if (\$613 ) begin
+          end else if (d_end_more) begin
+            \$984  = 1'h0;
+          end else if (d_end) begin
+            \$984  = 1'h0;
+          end else if (d_count_zero) begin
+            \$984  = 1'h1;
+          end else if (d_const) begin
+            \$984  = 1'h0;
+          end else if (d_stream) begin
+            \$984  = 1'h0;
+          end else begin
+            \$984  = 1'h1;
+          end
+          if (start) begin
+            \$984  = 1'h1;
+          end
+        end
+      3'h3:
+        begin
+          if (\$651 ) begin
+            if (beat__payload[512]) begin
+              \$984  = 1'h1;
+            end
+          end
+          if (c_fire) begin
+            if (c_last) begin
+              \$984  = 1'h0;
+            end
+          end
+          if (\$692 ) begin
+            \$984  = 1'h0;
+          end
+          if (start) begin
+            \$984  = 1'h1;
+          end
+        end
+      3'h4:
+        begin
+          if (\$725 ) begin
+            \$984  = 1'h0;
+          end
+          if (addr_fault) begin
+            \$984  = 1'h1;
+          end
+          if (\$737 ) begin
+            \$984  = 1'h1;
+          end
+          if (start) begin
+            \$984  = 1'h1;
+          end
+        end
+      3'h5:
+          if (\$738 ) begin
+            \$984  = 1'h0;
+          end
+      default:
+          \$984  = 1'h0;
     endcase
+    if (rst) begin
+      \$984  = 1'h0;
+    end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$981  = decode_wait;
+    \$985  = gemm_active;
+    (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
-          /* empty */;
+          if (start) begin
+            \$985  = 1'h0;
+          end
       3'h1:
+        begin
           if (beat__valid) begin
-            \$981  = 3'h4;
+            (* full_case = 32'd1 *)
+            if (beat__payload[512]) begin
+              \$985  = 1'h0;
+            end else begin
+              \$985  = 1'h0;
+            end
           end
-      3'h2:
-          if (\$594 ) begin
-            \$981  = \$595 [2:0];
+          if (start) begin
+            \$985  = 1'h0;
           end
-    endcase
-    if (rst) begin
-      \$981  = 3'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$982  = c_addr;
-    casez (seq_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
+        end
       3'h2:
-          \$982  = dec_c_base;
+        begin
+          (* full_case = 32'd1 *)
+          if (\$613 ) begin
+          end else if (d_end_more) begin
+            \$985  = 1'h0;
+          end else if (d_end) begin
+            \$985  = 1'h0;
+          end else if (d_count_zero) begin
+            \$985  = 1'h0;
+          end else if (d_const) begin
+            \$985  = 1'h0;
+          end else if (d_stream) begin
+            \$985  = is_gemm;
+          end else begin
+            \$985  = 1'h0;
+          end
+          if (start) begin
+            \$985  = 1'h0;
+          end
+        end
       3'h3:
-          if (\$628 ) begin
-            \$982  = \$630 [31:0];
+        begin
+          if (\$651 ) begin
+            if (beat__payload[512]) begin
+              \$985  = 1'h0;
+            end
           end
-    endcase
-    if (rst) begin
-      \$982  = 32'd0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$983  = c_step;
-    casez (seq_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
-      3'h2:
-          \$983  = \$592 [7:0];
-    endcase
-    if (rst) begin
-      \$983  = 8'h00;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$984  = c_ask;
-    casez (seq_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
-      3'h2:
-          \$984  = { 4'h0, ins[509:498] };
-      3'h3:
-          if (\$628 ) begin
-            \$984  = \$629 [15:0];
-          end
-    endcase
-    if (rst) begin
-      \$984  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$985  = c_due;
-    casez (seq_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
-      3'h2:
-          \$985  = { 4'h0, ins[509:498] };
-      3'h3:
           if (c_fire) begin
-            \$985  = \$642 [15:0];
+            if (c_last) begin
+              \$985  = is_gemm;
+            end
           end
+          if (\$692 ) begin
+            \$985  = is_gemm;
+          end
+          if (start) begin
+            \$985  = 1'h0;
+          end
+        end
+      3'h4:
+        begin
+          if (\$725 ) begin
+            \$985  = 1'h0;
+          end
+          if (addr_fault) begin
+            \$985  = 1'h0;
+          end
+          if (\$737 ) begin
+            \$985  = 1'h0;
+          end
+          if (start) begin
+            \$985  = 1'h0;
+          end
+        end
+      3'h5:
+          if (\$738 ) begin
+            \$985  = 1'h0;
+          end
+      default:
+          \$985  = 1'h0;
     endcase
     if (rst) begin
-      \$985  = 16'h0000;
+      \$985  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$986  = c_last;
+    \$986  = pack_active;
+    (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
-      3'h2:
-          \$986  = \$593 ;
-      3'h3:
-          if (c_fire) begin
-            \$986  = \$643 ;
+          if (start) begin
+            \$986  = 1'h0;
           end
+      3'h1:
+        begin
+          if (beat__valid) begin
+            (* full_case = 32'd1 *)
+            if (beat__payload[512]) begin
+              \$986  = 1'h0;
+            end else begin
+              \$986  = 1'h0;
+            end
+          end
+          if (start) begin
+            \$986  = 1'h0;
+          end
+        end
+      3'h2:
+        begin
+          (* full_case = 32'd1 *)
+          if (\$613 ) begin
+          end else if (d_end_more) begin
+            \$986  = 1'h0;
+          end else if (d_end) begin
+            \$986  = 1'h0;
+          end else if (d_count_zero) begin
+            \$986  = 1'h0;
+          end else if (d_const) begin
+            \$986  = 1'h0;
+          end else if (d_stream) begin
+            \$986  = \$620 ;
+          end else begin
+            \$986  = 1'h0;
+          end
+          if (start) begin
+            \$986  = 1'h0;
+          end
+        end
+      3'h3:
+        begin
+          if (\$651 ) begin
+            if (beat__payload[512]) begin
+              \$986  = 1'h0;
+            end
+          end
+          if (c_fire) begin
+            if (c_last) begin
+              \$986  = \$665 ;
+            end
+          end
+          if (\$692 ) begin
+            \$986  = \$695 ;
+          end
+          if (start) begin
+            \$986  = 1'h0;
+          end
+        end
+      3'h4:
+        begin
+          if (\$725 ) begin
+            \$986  = 1'h0;
+          end
+          if (addr_fault) begin
+            \$986  = 1'h0;
+          end
+          if (\$737 ) begin
+            \$986  = 1'h0;
+          end
+          if (start) begin
+            \$986  = 1'h0;
+          end
+        end
+      3'h5:
+          if (\$738 ) begin
+            \$986  = 1'h0;
+          end
+      default:
+          \$986  = 1'h0;
     endcase
     if (rst) begin
       \$986  = 1'h0;
@@ -35050,613 +33129,2060 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$987  = c_data;
+    \$987  = sink_from_move;
+    (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
-      3'h2:
-          /* empty */;
-      3'h3:
-          if (\$632 ) begin
-            \$987  = beat__payload[65:0];
+          if (start) begin
+            \$987  = 1'h0;
           end
+      3'h1:
+        begin
+          if (beat__valid) begin
+            (* full_case = 32'd1 *)
+            if (beat__payload[512]) begin
+              \$987  = 1'h0;
+            end else begin
+              \$987  = 1'h0;
+            end
+          end
+          if (start) begin
+            \$987  = 1'h0;
+          end
+        end
+      3'h2:
+        begin
+          (* full_case = 32'd1 *)
+          if (\$613 ) begin
+          end else if (d_end_more) begin
+            \$987  = 1'h0;
+          end else if (d_end) begin
+            \$987  = 1'h0;
+          end else if (d_count_zero) begin
+            \$987  = 1'h0;
+          end else if (d_const) begin
+            \$987  = 1'h0;
+          end else if (d_stream) begin
+            \$987  = is_move;
+          end else begin
+            \$987  = 1'h0;
+          end
+          if (start) begin
+            \$987  = 1'h0;
+          end
+        end
+      3'h3:
+        begin
+          if (\$651 ) begin
+            if (beat__payload[512]) begin
+              \$987  = 1'h0;
+            end
+          end
+          if (c_fire) begin
+            if (c_last) begin
+              \$987  = is_move;
+            end
+          end
+          if (\$692 ) begin
+            \$987  = is_move;
+          end
+          if (start) begin
+            \$987  = 1'h0;
+          end
+        end
+      3'h4:
+        begin
+          if (\$725 ) begin
+            \$987  = 1'h0;
+          end
+          if (addr_fault) begin
+            \$987  = 1'h0;
+          end
+          if (\$737 ) begin
+            \$987  = 1'h0;
+          end
+          if (start) begin
+            \$987  = 1'h0;
+          end
+        end
+      3'h5:
+          if (\$738 ) begin
+            \$987  = 1'h0;
+          end
+      default:
+          \$987  = 1'h0;
     endcase
+    if (rst) begin
+      \$987  = 1'h0;
+    end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$988  = c_full;
+    \$988  = sink_from_load;
+    (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
-      3'h2:
-          /* empty */;
-      3'h3:
-        begin
-          if (\$632 ) begin
-            \$988  = \$633 ;
+          if (start) begin
+            \$988  = 1'h0;
           end
-          if (c_fire) begin
+      3'h1:
+        begin
+          if (beat__valid) begin
+            (* full_case = 32'd1 *)
+            if (beat__payload[512]) begin
+              \$988  = 1'h0;
+            end else begin
+              \$988  = 1'h0;
+            end
+          end
+          if (start) begin
             \$988  = 1'h0;
           end
         end
+      3'h2:
+        begin
+          (* full_case = 32'd1 *)
+          if (\$613 ) begin
+          end else if (d_end_more) begin
+            \$988  = 1'h0;
+          end else if (d_end) begin
+            \$988  = 1'h0;
+          end else if (d_count_zero) begin
+            \$988  = 1'h0;
+          end else if (d_const) begin
+            \$988  = 1'h0;
+          end else if (d_stream) begin
+            \$988  = is_load;
+          end else begin
+            \$988  = 1'h0;
+          end
+          if (start) begin
+            \$988  = 1'h0;
+          end
+        end
+      3'h3:
+        begin
+          if (\$651 ) begin
+            if (beat__payload[512]) begin
+              \$988  = 1'h0;
+            end
+          end
+          if (c_fire) begin
+            if (c_last) begin
+              \$988  = is_load;
+            end
+          end
+          if (\$692 ) begin
+            \$988  = is_load;
+          end
+          if (start) begin
+            \$988  = 1'h0;
+          end
+        end
+      3'h4:
+        begin
+          if (\$725 ) begin
+            \$988  = 1'h0;
+          end
+          if (addr_fault) begin
+            \$988  = 1'h0;
+          end
+          if (\$737 ) begin
+            \$988  = 1'h0;
+          end
+          if (start) begin
+            \$988  = 1'h0;
+          end
+        end
+      3'h5:
+          if (\$738 ) begin
+            \$988  = 1'h0;
+          end
+      default:
+          \$988  = 1'h0;
     endcase
-    if (unit_rst) begin
-      \$988  = 1'h0;
-    end
     if (rst) begin
       \$988  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$989  = c_valid0;
+    \$989  = sink_from_store;
+    (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
-      3'h2:
-          /* empty */;
-      3'h3:
-        begin
-          if (\$632 ) begin
-            \$989  = \$635 ;
+          if (start) begin
+            \$989  = 1'h0;
           end
-          if (c_fire) begin
+      3'h1:
+        begin
+          if (beat__valid) begin
+            (* full_case = 32'd1 *)
+            if (beat__payload[512]) begin
+              \$989  = 1'h0;
+            end else begin
+              \$989  = 1'h0;
+            end
+          end
+          if (start) begin
             \$989  = 1'h0;
           end
         end
+      3'h2:
+        begin
+          (* full_case = 32'd1 *)
+          if (\$613 ) begin
+          end else if (d_end_more) begin
+            \$989  = 1'h0;
+          end else if (d_end) begin
+            \$989  = 1'h0;
+          end else if (d_count_zero) begin
+            \$989  = 1'h0;
+          end else if (d_const) begin
+            \$989  = 1'h0;
+          end else if (d_stream) begin
+            \$989  = is_store;
+          end else begin
+            \$989  = 1'h0;
+          end
+          if (start) begin
+            \$989  = 1'h0;
+          end
+        end
+      3'h3:
+        begin
+          if (\$651 ) begin
+            if (beat__payload[512]) begin
+              \$989  = 1'h0;
+            end
+          end
+          if (c_fire) begin
+            if (c_last) begin
+              \$989  = is_store;
+            end
+          end
+          if (\$692 ) begin
+            \$989  = is_store;
+          end
+          if (start) begin
+            \$989  = 1'h0;
+          end
+        end
+      3'h4:
+        begin
+          if (\$725 ) begin
+            \$989  = 1'h0;
+          end
+          if (addr_fault) begin
+            \$989  = 1'h0;
+          end
+          if (\$737 ) begin
+            \$989  = 1'h0;
+          end
+          if (start) begin
+            \$989  = 1'h0;
+          end
+        end
+      3'h5:
+          if (\$738 ) begin
+            \$989  = 1'h0;
+          end
+      default:
+          \$989  = 1'h0;
     endcase
-    if (unit_rst) begin
-      \$989  = 1'h0;
-    end
     if (rst) begin
       \$989  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$990  = c_valid1;
+    \$990  = sink_from_softmax;
+    (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
-      3'h2:
-          /* empty */;
-      3'h3:
-        begin
-          if (\$632 ) begin
-            \$990  = \$637 ;
+          if (start) begin
+            \$990  = 1'h0;
           end
-          if (c_fire) begin
+      3'h1:
+        begin
+          if (beat__valid) begin
+            (* full_case = 32'd1 *)
+            if (beat__payload[512]) begin
+              \$990  = 1'h0;
+            end else begin
+              \$990  = 1'h0;
+            end
+          end
+          if (start) begin
             \$990  = 1'h0;
           end
         end
+      3'h2:
+        begin
+          (* full_case = 32'd1 *)
+          if (\$613 ) begin
+          end else if (d_end_more) begin
+            \$990  = 1'h0;
+          end else if (d_end) begin
+            \$990  = 1'h0;
+          end else if (d_count_zero) begin
+            \$990  = 1'h0;
+          end else if (d_const) begin
+            \$990  = 1'h0;
+          end else if (d_stream) begin
+            \$990  = is_softmax;
+          end else begin
+            \$990  = 1'h0;
+          end
+          if (start) begin
+            \$990  = 1'h0;
+          end
+        end
+      3'h3:
+        begin
+          if (\$651 ) begin
+            if (beat__payload[512]) begin
+              \$990  = 1'h0;
+            end
+          end
+          if (c_fire) begin
+            if (c_last) begin
+              \$990  = is_softmax;
+            end
+          end
+          if (\$692 ) begin
+            \$990  = is_softmax;
+          end
+          if (start) begin
+            \$990  = 1'h0;
+          end
+        end
+      3'h4:
+        begin
+          if (\$725 ) begin
+            \$990  = 1'h0;
+          end
+          if (addr_fault) begin
+            \$990  = 1'h0;
+          end
+          if (\$737 ) begin
+            \$990  = 1'h0;
+          end
+          if (start) begin
+            \$990  = 1'h0;
+          end
+        end
+      3'h5:
+          if (\$738 ) begin
+            \$990  = 1'h0;
+          end
+      default:
+          \$990  = 1'h0;
     endcase
-    if (unit_rst) begin
-      \$990  = 1'h0;
-    end
     if (rst) begin
       \$990  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$991  = c_valid2;
+    \$991  = sink_from_layernorm;
+    (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
-      3'h2:
-          /* empty */;
-      3'h3:
-        begin
-          if (\$632 ) begin
-            \$991  = \$639 ;
+          if (start) begin
+            \$991  = 1'h0;
           end
-          if (c_fire) begin
+      3'h1:
+        begin
+          if (beat__valid) begin
+            (* full_case = 32'd1 *)
+            if (beat__payload[512]) begin
+              \$991  = 1'h0;
+            end else begin
+              \$991  = 1'h0;
+            end
+          end
+          if (start) begin
             \$991  = 1'h0;
           end
         end
+      3'h2:
+        begin
+          (* full_case = 32'd1 *)
+          if (\$613 ) begin
+          end else if (d_end_more) begin
+            \$991  = 1'h0;
+          end else if (d_end) begin
+            \$991  = 1'h0;
+          end else if (d_count_zero) begin
+            \$991  = 1'h0;
+          end else if (d_const) begin
+            \$991  = 1'h0;
+          end else if (d_stream) begin
+            \$991  = is_layernorm;
+          end else begin
+            \$991  = 1'h0;
+          end
+          if (start) begin
+            \$991  = 1'h0;
+          end
+        end
+      3'h3:
+        begin
+          if (\$651 ) begin
+            if (beat__payload[512]) begin
+              \$991  = 1'h0;
+            end
+          end
+          if (c_fire) begin
+            if (c_last) begin
+              \$991  = is_layernorm;
+            end
+          end
+          if (\$692 ) begin
+            \$991  = is_layernorm;
+          end
+          if (start) begin
+            \$991  = 1'h0;
+          end
+        end
+      3'h4:
+        begin
+          if (\$725 ) begin
+            \$991  = 1'h0;
+          end
+          if (addr_fault) begin
+            \$991  = 1'h0;
+          end
+          if (\$737 ) begin
+            \$991  = 1'h0;
+          end
+          if (start) begin
+            \$991  = 1'h0;
+          end
+        end
+      3'h5:
+          if (\$738 ) begin
+            \$991  = 1'h0;
+          end
+      default:
+          \$991  = 1'h0;
     endcase
-    if (unit_rst) begin
-      \$991  = 1'h0;
-    end
     if (rst) begin
       \$991  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$992  = c_valid3;
+    \$992  = sink_from_add;
+    (* full_case = 32'd1 *)
+    casez (seq_state)
+      3'h0:
+          if (start) begin
+            \$992  = 1'h0;
+          end
+      3'h1:
+        begin
+          if (beat__valid) begin
+            (* full_case = 32'd1 *)
+            if (beat__payload[512]) begin
+              \$992  = 1'h0;
+            end else begin
+              \$992  = 1'h0;
+            end
+          end
+          if (start) begin
+            \$992  = 1'h0;
+          end
+        end
+      3'h2:
+        begin
+          (* full_case = 32'd1 *)
+          if (\$613 ) begin
+          end else if (d_end_more) begin
+            \$992  = 1'h0;
+          end else if (d_end) begin
+            \$992  = 1'h0;
+          end else if (d_count_zero) begin
+            \$992  = 1'h0;
+          end else if (d_const) begin
+            \$992  = 1'h0;
+          end else if (d_stream) begin
+            \$992  = \$624 ;
+          end else begin
+            \$992  = 1'h0;
+          end
+          if (start) begin
+            \$992  = 1'h0;
+          end
+        end
+      3'h3:
+        begin
+          if (\$651 ) begin
+            if (beat__payload[512]) begin
+              \$992  = 1'h0;
+            end
+          end
+          if (c_fire) begin
+            if (c_last) begin
+              \$992  = \$669 ;
+            end
+          end
+          if (\$692 ) begin
+            \$992  = \$699 ;
+          end
+          if (start) begin
+            \$992  = 1'h0;
+          end
+        end
+      3'h4:
+        begin
+          if (\$725 ) begin
+            \$992  = 1'h0;
+          end
+          if (addr_fault) begin
+            \$992  = 1'h0;
+          end
+          if (\$737 ) begin
+            \$992  = 1'h0;
+          end
+          if (start) begin
+            \$992  = 1'h0;
+          end
+        end
+      3'h5:
+          if (\$738 ) begin
+            \$992  = 1'h0;
+          end
+      default:
+          \$992  = 1'h0;
+    endcase
+    if (rst) begin
+      \$992  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$993  = sink_from_gelu0;
+    (* full_case = 32'd1 *)
+    casez (seq_state)
+      3'h0:
+          if (start) begin
+            \$993  = 1'h0;
+          end
+      3'h1:
+        begin
+          if (beat__valid) begin
+            (* full_case = 32'd1 *)
+            if (beat__payload[512]) begin
+              \$993  = 1'h0;
+            end else begin
+              \$993  = 1'h0;
+            end
+          end
+          if (start) begin
+            \$993  = 1'h0;
+          end
+        end
+      3'h2:
+        begin
+          (* full_case = 32'd1 *)
+          if (\$613 ) begin
+          end else if (d_end_more) begin
+            \$993  = 1'h0;
+          end else if (d_end) begin
+            \$993  = 1'h0;
+          end else if (d_count_zero) begin
+            \$993  = 1'h0;
+          end else if (d_const) begin
+            \$993  = 1'h0;
+          end else if (d_stream) begin
+            \$993  = \$628 ;
+          end else begin
+            \$993  = 1'h0;
+          end
+          if (start) begin
+            \$993  = 1'h0;
+          end
+        end
+      3'h3:
+        begin
+          if (\$651 ) begin
+            if (beat__payload[512]) begin
+              \$993  = 1'h0;
+            end
+          end
+          if (c_fire) begin
+            if (c_last) begin
+              \$993  = \$673 ;
+            end
+          end
+          if (\$692 ) begin
+            \$993  = \$703 ;
+          end
+          if (start) begin
+            \$993  = 1'h0;
+          end
+        end
+      3'h4:
+        begin
+          if (\$725 ) begin
+            \$993  = 1'h0;
+          end
+          if (addr_fault) begin
+            \$993  = 1'h0;
+          end
+          if (\$737 ) begin
+            \$993  = 1'h0;
+          end
+          if (start) begin
+            \$993  = 1'h0;
+          end
+        end
+      3'h5:
+          if (\$738 ) begin
+            \$993  = 1'h0;
+          end
+      default:
+          \$993  = 1'h0;
+    endcase
+    if (rst) begin
+      \$993  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$994  = sink_from_gemm;
+    (* full_case = 32'd1 *)
+    casez (seq_state)
+      3'h0:
+          if (start) begin
+            \$994  = 1'h0;
+          end
+      3'h1:
+        begin
+          if (beat__valid) begin
+            (* full_case = 32'd1 *)
+            if (beat__payload[512]) begin
+              \$994  = 1'h0;
+            end else begin
+              \$994  = 1'h0;
+            end
+          end
+          if (start) begin
+            \$994  = 1'h0;
+          end
+        end
+      3'h2:
+        begin
+          (* full_case = 32'd1 *)
+          if (\$613 ) begin
+          end else if (d_end_more) begin
+            \$994  = 1'h0;
+          end else if (d_end) begin
+            \$994  = 1'h0;
+          end else if (d_count_zero) begin
+            \$994  = 1'h0;
+          end else if (d_const) begin
+            \$994  = 1'h0;
+          end else if (d_stream) begin
+            \$994  = \$632 ;
+          end else begin
+            \$994  = 1'h0;
+          end
+          if (start) begin
+            \$994  = 1'h0;
+          end
+        end
+      3'h3:
+        begin
+          if (\$651 ) begin
+            if (beat__payload[512]) begin
+              \$994  = 1'h0;
+            end
+          end
+          if (c_fire) begin
+            if (c_last) begin
+              \$994  = \$677 ;
+            end
+          end
+          if (\$692 ) begin
+            \$994  = \$707 ;
+          end
+          if (start) begin
+            \$994  = 1'h0;
+          end
+        end
+      3'h4:
+        begin
+          if (\$725 ) begin
+            \$994  = 1'h0;
+          end
+          if (addr_fault) begin
+            \$994  = 1'h0;
+          end
+          if (\$737 ) begin
+            \$994  = 1'h0;
+          end
+          if (start) begin
+            \$994  = 1'h0;
+          end
+        end
+      3'h5:
+          if (\$738 ) begin
+            \$994  = 1'h0;
+          end
+      default:
+          \$994  = 1'h0;
+    endcase
+    if (rst) begin
+      \$994  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$995  = a_from_softmax;
+    (* full_case = 32'd1 *)
+    casez (seq_state)
+      3'h0:
+          if (start) begin
+            \$995  = 1'h0;
+          end
+      3'h1:
+        begin
+          if (beat__valid) begin
+            (* full_case = 32'd1 *)
+            if (beat__payload[512]) begin
+              \$995  = 1'h0;
+            end else begin
+              \$995  = 1'h0;
+            end
+          end
+          if (start) begin
+            \$995  = 1'h0;
+          end
+        end
+      3'h2:
+        begin
+          (* full_case = 32'd1 *)
+          if (\$613 ) begin
+          end else if (d_end_more) begin
+            \$995  = 1'h0;
+          end else if (d_end) begin
+            \$995  = 1'h0;
+          end else if (d_count_zero) begin
+            \$995  = 1'h0;
+          end else if (d_const) begin
+            \$995  = 1'h0;
+          end else if (d_stream) begin
+            \$995  = \$633 ;
+          end else begin
+            \$995  = 1'h0;
+          end
+          if (start) begin
+            \$995  = 1'h0;
+          end
+        end
+      3'h3:
+        begin
+          if (\$651 ) begin
+            if (beat__payload[512]) begin
+              \$995  = 1'h0;
+            end
+          end
+          if (c_fire) begin
+            if (c_last) begin
+              \$995  = \$678 ;
+            end
+          end
+          if (\$692 ) begin
+            \$995  = \$708 ;
+          end
+          if (start) begin
+            \$995  = 1'h0;
+          end
+        end
+      3'h4:
+        begin
+          if (\$725 ) begin
+            \$995  = 1'h0;
+          end
+          if (addr_fault) begin
+            \$995  = 1'h0;
+          end
+          if (\$737 ) begin
+            \$995  = 1'h0;
+          end
+          if (start) begin
+            \$995  = 1'h0;
+          end
+        end
+      3'h5:
+          if (\$738 ) begin
+            \$995  = 1'h0;
+          end
+      default:
+          \$995  = 1'h0;
+    endcase
+    if (rst) begin
+      \$995  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$996  = a_from_layernorm;
+    (* full_case = 32'd1 *)
+    casez (seq_state)
+      3'h0:
+          if (start) begin
+            \$996  = 1'h0;
+          end
+      3'h1:
+        begin
+          if (beat__valid) begin
+            (* full_case = 32'd1 *)
+            if (beat__payload[512]) begin
+              \$996  = 1'h0;
+            end else begin
+              \$996  = 1'h0;
+            end
+          end
+          if (start) begin
+            \$996  = 1'h0;
+          end
+        end
+      3'h2:
+        begin
+          (* full_case = 32'd1 *)
+          if (\$613 ) begin
+          end else if (d_end_more) begin
+            \$996  = 1'h0;
+          end else if (d_end) begin
+            \$996  = 1'h0;
+          end else if (d_count_zero) begin
+            \$996  = 1'h0;
+          end else if (d_const) begin
+            \$996  = 1'h0;
+          end else if (d_stream) begin
+            \$996  = \$634 ;
+          end else begin
+            \$996  = 1'h0;
+          end
+          if (start) begin
+            \$996  = 1'h0;
+          end
+        end
+      3'h3:
+        begin
+          if (\$651 ) begin
+            if (beat__payload[512]) begin
+              \$996  = 1'h0;
+            end
+          end
+          if (c_fire) begin
+            if (c_last) begin
+              \$996  = \$679 ;
+            end
+          end
+          if (\$692 ) begin
+            \$996  = \$709 ;
+          end
+          if (start) begin
+            \$996  = 1'h0;
+          end
+        end
+      3'h4:
+        begin
+          if (\$725 ) begin
+            \$996  = 1'h0;
+          end
+          if (addr_fault) begin
+            \$996  = 1'h0;
+          end
+          if (\$737 ) begin
+            \$996  = 1'h0;
+          end
+          if (start) begin
+            \$996  = 1'h0;
+          end
+        end
+      3'h5:
+          if (\$738 ) begin
+            \$996  = 1'h0;
+          end
+      default:
+          \$996  = 1'h0;
+    endcase
+    if (rst) begin
+      \$996  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$997  = a_from_src0;
+    (* full_case = 32'd1 *)
+    casez (seq_state)
+      3'h0:
+          if (start) begin
+            \$997  = 1'h0;
+          end
+      3'h1:
+        begin
+          if (beat__valid) begin
+            (* full_case = 32'd1 *)
+            if (beat__payload[512]) begin
+              \$997  = 1'h0;
+            end else begin
+              \$997  = 1'h0;
+            end
+          end
+          if (start) begin
+            \$997  = 1'h0;
+          end
+        end
+      3'h2:
+        begin
+          (* full_case = 32'd1 *)
+          if (\$613 ) begin
+          end else if (d_end_more) begin
+            \$997  = 1'h0;
+          end else if (d_end) begin
+            \$997  = 1'h0;
+          end else if (d_count_zero) begin
+            \$997  = 1'h0;
+          end else if (d_const) begin
+            \$997  = 1'h0;
+          end else if (d_stream) begin
+            \$997  = \$638 ;
+          end else begin
+            \$997  = 1'h0;
+          end
+          if (start) begin
+            \$997  = 1'h0;
+          end
+        end
+      3'h3:
+        begin
+          if (\$651 ) begin
+            if (beat__payload[512]) begin
+              \$997  = 1'h0;
+            end
+          end
+          if (c_fire) begin
+            if (c_last) begin
+              \$997  = \$683 ;
+            end
+          end
+          if (\$692 ) begin
+            \$997  = \$713 ;
+          end
+          if (start) begin
+            \$997  = 1'h0;
+          end
+        end
+      3'h4:
+        begin
+          if (\$725 ) begin
+            \$997  = 1'h0;
+          end
+          if (addr_fault) begin
+            \$997  = 1'h0;
+          end
+          if (\$737 ) begin
+            \$997  = 1'h0;
+          end
+          if (start) begin
+            \$997  = 1'h0;
+          end
+        end
+      3'h5:
+          if (\$738 ) begin
+            \$997  = 1'h0;
+          end
+      default:
+          \$997  = 1'h0;
+    endcase
+    if (rst) begin
+      \$997  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$998  = const_to0;
+    (* full_case = 32'd1 *)
+    casez (seq_state)
+      3'h0:
+          if (start) begin
+            \$998  = 1'h0;
+          end
+      3'h1:
+        begin
+          if (beat__valid) begin
+            (* full_case = 32'd1 *)
+            if (beat__payload[512]) begin
+              \$998  = 1'h0;
+            end else begin
+              \$998  = 1'h0;
+            end
+          end
+          if (start) begin
+            \$998  = 1'h0;
+          end
+        end
+      3'h2:
+        begin
+          (* full_case = 32'd1 *)
+          if (\$613 ) begin
+          end else if (d_end_more) begin
+            \$998  = 1'h0;
+          end else if (d_end) begin
+            \$998  = 1'h0;
+          end else if (d_count_zero) begin
+            \$998  = 1'h0;
+          end else if (d_const) begin
+            \$998  = \$616 ;
+          end else if (d_stream) begin
+            \$998  = 1'h0;
+          end else begin
+            \$998  = 1'h0;
+          end
+          if (start) begin
+            \$998  = 1'h0;
+          end
+        end
+      3'h3:
+        begin
+          if (\$651 ) begin
+            if (beat__payload[512]) begin
+              \$998  = 1'h0;
+            end
+          end
+          if (c_fire) begin
+            if (c_last) begin
+              \$998  = 1'h0;
+            end
+          end
+          if (\$692 ) begin
+            \$998  = 1'h0;
+          end
+          if (start) begin
+            \$998  = 1'h0;
+          end
+        end
+      3'h4:
+        begin
+          if (\$725 ) begin
+            \$998  = 1'h0;
+          end
+          if (addr_fault) begin
+            \$998  = 1'h0;
+          end
+          if (\$737 ) begin
+            \$998  = 1'h0;
+          end
+          if (start) begin
+            \$998  = 1'h0;
+          end
+        end
+      3'h5:
+          if (\$738 ) begin
+            \$998  = 1'h0;
+          end
+      default:
+          \$998  = 1'h0;
+    endcase
+    if (rst) begin
+      \$998  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$999  = const_to1;
+    (* full_case = 32'd1 *)
+    casez (seq_state)
+      3'h0:
+          if (start) begin
+            \$999  = 1'h0;
+          end
+      3'h1:
+        begin
+          if (beat__valid) begin
+            (* full_case = 32'd1 *)
+            if (beat__payload[512]) begin
+              \$999  = 1'h0;
+            end else begin
+              \$999  = 1'h0;
+            end
+          end
+          if (start) begin
+            \$999  = 1'h0;
+          end
+        end
+      3'h2:
+        begin
+          (* full_case = 32'd1 *)
+          if (\$613 ) begin
+          end else if (d_end_more) begin
+            \$999  = 1'h0;
+          end else if (d_end) begin
+            \$999  = 1'h0;
+          end else if (d_count_zero) begin
+            \$999  = 1'h0;
+          end else if (d_const) begin
+            \$999  = \$617 ;
+          end else if (d_stream) begin
+            \$999  = 1'h0;
+          end else begin
+            \$999  = 1'h0;
+          end
+          if (start) begin
+            \$999  = 1'h0;
+          end
+        end
+      3'h3:
+        begin
+          if (\$651 ) begin
+            if (beat__payload[512]) begin
+              \$999  = 1'h0;
+            end
+          end
+          if (c_fire) begin
+            if (c_last) begin
+              \$999  = 1'h0;
+            end
+          end
+          if (\$692 ) begin
+            \$999  = 1'h0;
+          end
+          if (start) begin
+            \$999  = 1'h0;
+          end
+        end
+      3'h4:
+        begin
+          if (\$725 ) begin
+            \$999  = 1'h0;
+          end
+          if (addr_fault) begin
+            \$999  = 1'h0;
+          end
+          if (\$737 ) begin
+            \$999  = 1'h0;
+          end
+          if (start) begin
+            \$999  = 1'h0;
+          end
+        end
+      3'h5:
+          if (\$738 ) begin
+            \$999  = 1'h0;
+          end
+      default:
+          \$999  = 1'h0;
+    endcase
+    if (rst) begin
+      \$999  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1000  = const_to2;
+    (* full_case = 32'd1 *)
+    casez (seq_state)
+      3'h0:
+          if (start) begin
+            \$1000  = 1'h0;
+          end
+      3'h1:
+        begin
+          if (beat__valid) begin
+            (* full_case = 32'd1 *)
+            if (beat__payload[512]) begin
+              \$1000  = 1'h0;
+            end else begin
+              \$1000  = 1'h0;
+            end
+          end
+          if (start) begin
+            \$1000  = 1'h0;
+          end
+        end
+      3'h2:
+        begin
+          (* full_case = 32'd1 *)
+          if (\$613 ) begin
+          end else if (d_end_more) begin
+            \$1000  = 1'h0;
+          end else if (d_end) begin
+            \$1000  = 1'h0;
+          end else if (d_count_zero) begin
+            \$1000  = 1'h0;
+          end else if (d_const) begin
+            \$1000  = add_sel;
+          end else if (d_stream) begin
+            \$1000  = 1'h0;
+          end else begin
+            \$1000  = 1'h0;
+          end
+          if (start) begin
+            \$1000  = 1'h0;
+          end
+        end
+      3'h3:
+        begin
+          if (\$651 ) begin
+            if (beat__payload[512]) begin
+              \$1000  = 1'h0;
+            end
+          end
+          if (c_fire) begin
+            if (c_last) begin
+              \$1000  = 1'h0;
+            end
+          end
+          if (\$692 ) begin
+            \$1000  = 1'h0;
+          end
+          if (start) begin
+            \$1000  = 1'h0;
+          end
+        end
+      3'h4:
+        begin
+          if (\$725 ) begin
+            \$1000  = 1'h0;
+          end
+          if (addr_fault) begin
+            \$1000  = 1'h0;
+          end
+          if (\$737 ) begin
+            \$1000  = 1'h0;
+          end
+          if (start) begin
+            \$1000  = 1'h0;
+          end
+        end
+      3'h5:
+          if (\$738 ) begin
+            \$1000  = 1'h0;
+          end
+      default:
+          \$1000  = 1'h0;
+    endcase
+    if (rst) begin
+      \$1000  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1001  = const_to3;
+    (* full_case = 32'd1 *)
+    casez (seq_state)
+      3'h0:
+          if (start) begin
+            \$1001  = 1'h0;
+          end
+      3'h1:
+        begin
+          if (beat__valid) begin
+            (* full_case = 32'd1 *)
+            if (beat__payload[512]) begin
+              \$1001  = 1'h0;
+            end else begin
+              \$1001  = 1'h0;
+            end
+          end
+          if (start) begin
+            \$1001  = 1'h0;
+          end
+        end
+      3'h2:
+        begin
+          (* full_case = 32'd1 *)
+          if (\$613 ) begin
+          end else if (d_end_more) begin
+            \$1001  = 1'h0;
+          end else if (d_end) begin
+            \$1001  = 1'h0;
+          end else if (d_count_zero) begin
+            \$1001  = 1'h0;
+          end else if (d_const) begin
+            \$1001  = gelu_sel0;
+          end else if (d_stream) begin
+            \$1001  = 1'h0;
+          end else begin
+            \$1001  = 1'h0;
+          end
+          if (start) begin
+            \$1001  = 1'h0;
+          end
+        end
+      3'h3:
+        begin
+          if (\$651 ) begin
+            if (beat__payload[512]) begin
+              \$1001  = 1'h0;
+            end
+          end
+          if (c_fire) begin
+            if (c_last) begin
+              \$1001  = 1'h0;
+            end
+          end
+          if (\$692 ) begin
+            \$1001  = 1'h0;
+          end
+          if (start) begin
+            \$1001  = 1'h0;
+          end
+        end
+      3'h4:
+        begin
+          if (\$725 ) begin
+            \$1001  = 1'h0;
+          end
+          if (addr_fault) begin
+            \$1001  = 1'h0;
+          end
+          if (\$737 ) begin
+            \$1001  = 1'h0;
+          end
+          if (start) begin
+            \$1001  = 1'h0;
+          end
+        end
+      3'h5:
+          if (\$738 ) begin
+            \$1001  = 1'h0;
+          end
+      default:
+          \$1001  = 1'h0;
+    endcase
+    if (rst) begin
+      \$1001  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1002  = in_fetch;
+    (* full_case = 32'd1 *)
+    casez (seq_state)
+      3'h0:
+          if (start) begin
+            \$1002  = 1'h1;
+          end
+      3'h1:
+        begin
+          if (beat__valid) begin
+            (* full_case = 32'd1 *)
+            if (beat__payload[512]) begin
+              \$1002  = 1'h0;
+            end else begin
+              \$1002  = 1'h0;
+            end
+          end
+          if (start) begin
+            \$1002  = 1'h0;
+          end
+        end
+      3'h2:
+        begin
+          (* full_case = 32'd1 *)
+          if (\$613 ) begin
+          end else if (d_end_more) begin
+            \$1002  = 1'h1;
+          end else if (d_end) begin
+            \$1002  = 1'h0;
+          end else if (d_count_zero) begin
+            \$1002  = 1'h0;
+          end else if (d_const) begin
+            \$1002  = 1'h0;
+          end else if (d_stream) begin
+            \$1002  = 1'h0;
+          end else begin
+            \$1002  = 1'h0;
+          end
+          if (start) begin
+            \$1002  = 1'h0;
+          end
+        end
+      3'h3:
+        begin
+          if (\$651 ) begin
+            if (beat__payload[512]) begin
+              \$1002  = 1'h0;
+            end
+          end
+          if (c_fire) begin
+            if (c_last) begin
+              \$1002  = 1'h0;
+            end
+          end
+          if (\$692 ) begin
+            \$1002  = 1'h0;
+          end
+          if (start) begin
+            \$1002  = 1'h0;
+          end
+        end
+      3'h4:
+        begin
+          if (\$725 ) begin
+            \$1002  = 1'h1;
+          end
+          if (addr_fault) begin
+            \$1002  = 1'h0;
+          end
+          if (\$737 ) begin
+            \$1002  = 1'h0;
+          end
+          if (start) begin
+            \$1002  = 1'h0;
+          end
+        end
+      3'h5:
+          if (\$738 ) begin
+            \$1002  = 1'h0;
+          end
+      default:
+          \$1002  = 1'h0;
+    endcase
+    if (rst) begin
+      \$1002  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1003  = in_const;
+    (* full_case = 32'd1 *)
+    casez (seq_state)
+      3'h0:
+          if (start) begin
+            \$1003  = 1'h0;
+          end
+      3'h1:
+        begin
+          if (beat__valid) begin
+            (* full_case = 32'd1 *)
+            if (beat__payload[512]) begin
+              \$1003  = 1'h0;
+            end else begin
+              \$1003  = 1'h0;
+            end
+          end
+          if (start) begin
+            \$1003  = 1'h0;
+          end
+        end
+      3'h2:
+        begin
+          (* full_case = 32'd1 *)
+          if (\$613 ) begin
+          end else if (d_end_more) begin
+            \$1003  = 1'h0;
+          end else if (d_end) begin
+            \$1003  = 1'h0;
+          end else if (d_count_zero) begin
+            \$1003  = 1'h0;
+          end else if (d_const) begin
+            \$1003  = 1'h1;
+          end else if (d_stream) begin
+            \$1003  = 1'h0;
+          end else begin
+            \$1003  = 1'h0;
+          end
+          if (start) begin
+            \$1003  = 1'h0;
+          end
+        end
+      3'h3:
+        begin
+          if (\$651 ) begin
+            if (beat__payload[512]) begin
+              \$1003  = 1'h0;
+            end
+          end
+          if (c_fire) begin
+            if (c_last) begin
+              \$1003  = 1'h0;
+            end
+          end
+          if (\$692 ) begin
+            \$1003  = 1'h0;
+          end
+          if (start) begin
+            \$1003  = 1'h0;
+          end
+        end
+      3'h4:
+        begin
+          if (\$725 ) begin
+            \$1003  = 1'h0;
+          end
+          if (addr_fault) begin
+            \$1003  = 1'h0;
+          end
+          if (\$737 ) begin
+            \$1003  = 1'h0;
+          end
+          if (start) begin
+            \$1003  = 1'h0;
+          end
+        end
+      3'h5:
+          if (\$738 ) begin
+            \$1003  = 1'h0;
+          end
+      default:
+          \$1003  = 1'h0;
+    endcase
+    if (rst) begin
+      \$1003  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1004  = run0;
+    (* full_case = 32'd1 *)
+    casez (seq_state)
+      3'h0:
+          if (start) begin
+            \$1004  = 1'h0;
+          end
+      3'h1:
+        begin
+          if (beat__valid) begin
+            (* full_case = 32'd1 *)
+            if (beat__payload[512]) begin
+              \$1004  = 1'h0;
+            end else begin
+              \$1004  = 1'h0;
+            end
+          end
+          if (start) begin
+            \$1004  = 1'h0;
+          end
+        end
+      3'h2:
+        begin
+          (* full_case = 32'd1 *)
+          if (\$613 ) begin
+          end else if (d_end_more) begin
+            \$1004  = 1'h0;
+          end else if (d_end) begin
+            \$1004  = 1'h0;
+          end else if (d_count_zero) begin
+            \$1004  = 1'h0;
+          end else if (d_const) begin
+            \$1004  = 1'h0;
+          end else if (d_stream) begin
+            \$1004  = \$639 ;
+          end else begin
+            \$1004  = 1'h0;
+          end
+          if (start) begin
+            \$1004  = 1'h0;
+          end
+        end
+      3'h3:
+        begin
+          if (\$651 ) begin
+            if (beat__payload[512]) begin
+              \$1004  = 1'h0;
+            end
+          end
+          if (c_fire) begin
+            if (c_last) begin
+              \$1004  = \$684 ;
+            end
+          end
+          if (\$692 ) begin
+            \$1004  = \$714 ;
+          end
+          if (start) begin
+            \$1004  = 1'h0;
+          end
+        end
+      3'h4:
+        begin
+          if (\$725 ) begin
+            \$1004  = 1'h0;
+          end
+          if (addr_fault) begin
+            \$1004  = 1'h0;
+          end
+          if (\$737 ) begin
+            \$1004  = 1'h0;
+          end
+          if (start) begin
+            \$1004  = 1'h0;
+          end
+        end
+      3'h5:
+          if (\$738 ) begin
+            \$1004  = 1'h0;
+          end
+      default:
+          \$1004  = 1'h0;
+    endcase
+    if (rst) begin
+      \$1004  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1005  = run1;
+    (* full_case = 32'd1 *)
+    casez (seq_state)
+      3'h0:
+          if (start) begin
+            \$1005  = 1'h0;
+          end
+      3'h1:
+        begin
+          if (beat__valid) begin
+            (* full_case = 32'd1 *)
+            if (beat__payload[512]) begin
+              \$1005  = 1'h0;
+            end else begin
+              \$1005  = 1'h0;
+            end
+          end
+          if (start) begin
+            \$1005  = 1'h0;
+          end
+        end
+      3'h2:
+        begin
+          (* full_case = 32'd1 *)
+          if (\$613 ) begin
+          end else if (d_end_more) begin
+            \$1005  = 1'h0;
+          end else if (d_end) begin
+            \$1005  = 1'h0;
+          end else if (d_count_zero) begin
+            \$1005  = 1'h0;
+          end else if (d_const) begin
+            \$1005  = 1'h0;
+          end else if (d_stream) begin
+            \$1005  = \$642 ;
+          end else begin
+            \$1005  = 1'h0;
+          end
+          if (start) begin
+            \$1005  = 1'h0;
+          end
+        end
+      3'h3:
+        begin
+          if (\$651 ) begin
+            if (beat__payload[512]) begin
+              \$1005  = 1'h0;
+            end
+          end
+          if (c_fire) begin
+            if (c_last) begin
+              \$1005  = \$687 ;
+            end
+          end
+          if (\$692 ) begin
+            \$1005  = \$717 ;
+          end
+          if (start) begin
+            \$1005  = 1'h0;
+          end
+        end
+      3'h4:
+        begin
+          if (\$725 ) begin
+            \$1005  = 1'h0;
+          end
+          if (addr_fault) begin
+            \$1005  = 1'h0;
+          end
+          if (\$737 ) begin
+            \$1005  = 1'h0;
+          end
+          if (start) begin
+            \$1005  = 1'h0;
+          end
+        end
+      3'h5:
+          if (\$738 ) begin
+            \$1005  = 1'h0;
+          end
+      default:
+          \$1005  = 1'h0;
+    endcase
+    if (rst) begin
+      \$1005  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1006  = q0_to_pack;
+    (* full_case = 32'd1 *)
+    casez (seq_state)
+      3'h0:
+          if (start) begin
+            \$1006  = 1'h0;
+          end
+      3'h1:
+        begin
+          if (beat__valid) begin
+            (* full_case = 32'd1 *)
+            if (beat__payload[512]) begin
+              \$1006  = 1'h0;
+            end else begin
+              \$1006  = 1'h0;
+            end
+          end
+          if (start) begin
+            \$1006  = 1'h0;
+          end
+        end
+      3'h2:
+        begin
+          (* full_case = 32'd1 *)
+          if (\$613 ) begin
+          end else if (d_end_more) begin
+            \$1006  = 1'h0;
+          end else if (d_end) begin
+            \$1006  = 1'h0;
+          end else if (d_count_zero) begin
+            \$1006  = 1'h0;
+          end else if (d_const) begin
+            \$1006  = 1'h0;
+          end else if (d_stream) begin
+            \$1006  = \$643 ;
+          end else begin
+            \$1006  = 1'h0;
+          end
+          if (start) begin
+            \$1006  = 1'h0;
+          end
+        end
+      3'h3:
+        begin
+          if (\$651 ) begin
+            if (beat__payload[512]) begin
+              \$1006  = 1'h0;
+            end
+          end
+          if (c_fire) begin
+            if (c_last) begin
+              \$1006  = \$688 ;
+            end
+          end
+          if (\$692 ) begin
+            \$1006  = \$718 ;
+          end
+          if (start) begin
+            \$1006  = 1'h0;
+          end
+        end
+      3'h4:
+        begin
+          if (\$725 ) begin
+            \$1006  = 1'h0;
+          end
+          if (addr_fault) begin
+            \$1006  = 1'h0;
+          end
+          if (\$737 ) begin
+            \$1006  = 1'h0;
+          end
+          if (start) begin
+            \$1006  = 1'h0;
+          end
+        end
+      3'h5:
+          if (\$738 ) begin
+            \$1006  = 1'h0;
+          end
+      default:
+          \$1006  = 1'h0;
+    endcase
+    if (rst) begin
+      \$1006  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1007  = res_to_pack;
+    (* full_case = 32'd1 *)
+    casez (seq_state)
+      3'h0:
+          if (start) begin
+            \$1007  = 1'h0;
+          end
+      3'h1:
+        begin
+          if (beat__valid) begin
+            (* full_case = 32'd1 *)
+            if (beat__payload[512]) begin
+              \$1007  = 1'h0;
+            end else begin
+              \$1007  = 1'h0;
+            end
+          end
+          if (start) begin
+            \$1007  = 1'h0;
+          end
+        end
+      3'h2:
+        begin
+          (* full_case = 32'd1 *)
+          if (\$613 ) begin
+          end else if (d_end_more) begin
+            \$1007  = 1'h0;
+          end else if (d_end) begin
+            \$1007  = 1'h0;
+          end else if (d_count_zero) begin
+            \$1007  = 1'h0;
+          end else if (d_const) begin
+            \$1007  = 1'h0;
+          end else if (d_stream) begin
+            \$1007  = \$645 ;
+          end else begin
+            \$1007  = 1'h0;
+          end
+          if (start) begin
+            \$1007  = 1'h0;
+          end
+        end
+      3'h3:
+        begin
+          if (\$651 ) begin
+            if (beat__payload[512]) begin
+              \$1007  = 1'h0;
+            end
+          end
+          if (c_fire) begin
+            if (c_last) begin
+              \$1007  = \$690 ;
+            end
+          end
+          if (\$692 ) begin
+            \$1007  = \$720 ;
+          end
+          if (start) begin
+            \$1007  = 1'h0;
+          end
+        end
+      3'h4:
+        begin
+          if (\$725 ) begin
+            \$1007  = 1'h0;
+          end
+          if (addr_fault) begin
+            \$1007  = 1'h0;
+          end
+          if (\$737 ) begin
+            \$1007  = 1'h0;
+          end
+          if (start) begin
+            \$1007  = 1'h0;
+          end
+        end
+      3'h5:
+          if (\$738 ) begin
+            \$1007  = 1'h0;
+          end
+      default:
+          \$1007  = 1'h0;
+    endcase
+    if (rst) begin
+      \$1007  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1008  = ins;
+    casez (seq_state)
+      3'h0:
+          /* empty */;
+      3'h1:
+          if (beat__valid) begin
+            \$1008  = beat__payload[511:0];
+          end
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1009  = decode_wait;
+    casez (seq_state)
+      3'h0:
+          /* empty */;
+      3'h1:
+          if (beat__valid) begin
+            \$1009  = 3'h5;
+          end
+      3'h2:
+          if (\$613 ) begin
+            \$1009  = \$614 [2:0];
+          end
+    endcase
+    if (rst) begin
+      \$1009  = 3'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1010  = c_addr;
     casez (seq_state)
       3'h0:
           /* empty */;
       3'h1:
           /* empty */;
       3'h2:
-          /* empty */;
+          \$1010  = dec_c_base;
       3'h3:
-        begin
-          if (\$632 ) begin
-            \$992  = \$641 ;
+          if (\$647 ) begin
+            \$1010  = \$649 [31:0];
           end
-          if (c_fire) begin
-            \$992  = 1'h0;
-          end
-        end
     endcase
-    if (unit_rst) begin
-      \$992  = 1'h0;
-    end
-    if (rst) begin
-      \$992  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$993  = ext_req_addr;
-    if (in_stream) begin
-      if (is_move) begin
-      end else if (is_load) begin
-        if (\$722 ) begin
-          \$993  = \$724 [31:0];
-        end
-      end else if (is_store) begin
-        if (\$726 ) begin
-          \$993  = \$728 [31:0];
-        end
-      end
-    end
-    if (rst) begin
-      \$993  = 32'd0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$994  = ext_req_data;
-    if (in_stream) begin
-      if (is_move) begin
-      end else if (is_load) begin
-      end else if (is_store) begin
-        if (\$726 ) begin
-          \$994  = \r_data$237 [15:0];
-        end
-      end
-    end
-    if (rst) begin
-      \$994  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$995  = \w_en$182 ;
-    if (pack_active) begin
-      if (\$729 ) begin
-        \$995  = 1'h0;
-      end
-      if (\$735 ) begin
-        if (\$737 ) begin
-          \$995  = 1'h1;
-        end
-      end
-    end
-    if (unit_rst) begin
-      \$995  = 1'h0;
-    end
-    if (rst) begin
-      \$995  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$996  = pack_a0;
-    if (pack_active) begin
-      if (\$735 ) begin
-        casez (pack_j)
-          3'h0:
-              \$996  = elem_data;
-        endcase
-      end
-    end
-    if (rst) begin
-      \$996  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$997  = pack_a1;
-    if (pack_active) begin
-      if (\$735 ) begin
-        casez (pack_j)
-          3'h0:
-              /* empty */;
-          3'h1:
-              \$997  = elem_data;
-        endcase
-      end
-    end
-    if (rst) begin
-      \$997  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$998  = pack_a2;
-    if (pack_active) begin
-      if (\$735 ) begin
-        casez (pack_j)
-          3'h0:
-              /* empty */;
-          3'h1:
-              /* empty */;
-          3'h2:
-              \$998  = elem_data;
-        endcase
-      end
-    end
-    if (rst) begin
-      \$998  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$999  = pack_a3;
-    if (pack_active) begin
-      if (\$735 ) begin
-        casez (pack_j)
-          3'h0:
-              /* empty */;
-          3'h1:
-              /* empty */;
-          3'h2:
-              /* empty */;
-          3'h3:
-              \$999  = elem_data;
-        endcase
-      end
-    end
-    if (rst) begin
-      \$999  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1000  = pack_b0;
-    if (pack_active) begin
-      if (\$735 ) begin
-        casez (pack_j)
-          3'h0:
-              \$1000  = \r_data$358 [15:0];
-        endcase
-      end
-    end
-    if (rst) begin
-      \$1000  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1001  = pack_b1;
-    if (pack_active) begin
-      if (\$735 ) begin
-        casez (pack_j)
-          3'h0:
-              /* empty */;
-          3'h1:
-              \$1001  = \r_data$358 [15:0];
-        endcase
-      end
-    end
-    if (rst) begin
-      \$1001  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1002  = pack_b2;
-    if (pack_active) begin
-      if (\$735 ) begin
-        casez (pack_j)
-          3'h0:
-              /* empty */;
-          3'h1:
-              /* empty */;
-          3'h2:
-              \$1002  = \r_data$358 [15:0];
-        endcase
-      end
-    end
-    if (rst) begin
-      \$1002  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1003  = pack_b3;
-    if (pack_active) begin
-      if (\$735 ) begin
-        casez (pack_j)
-          3'h0:
-              /* empty */;
-          3'h1:
-              /* empty */;
-          3'h2:
-              /* empty */;
-          3'h3:
-              \$1003  = \r_data$358 [15:0];
-        endcase
-      end
-    end
-    if (rst) begin
-      \$1003  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1004  = pack_j;
-    if (pack_active) begin
-      if (\$735 ) begin
-        (* full_case = 32'd1 *)
-        if (\$737 ) begin
-          \$1004  = 3'h0;
-        end else begin
-          \$1004  = \$738 [2:0];
-        end
-      end
-    end
-    if (unit_rst) begin
-      \$1004  = 3'h0;
-    end
-    if (rst) begin
-      \$1004  = 3'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1005  = pack_jo;
-    if (pack_active) begin
-      if (\$739 ) begin
-        (* full_case = 32'd1 *)
-        if (\$741 ) begin
-          \$1005  = 3'h0;
-        end else begin
-          \$1005  = \$742 [2:0];
-        end
-      end
-    end
-    if (unit_rst) begin
-      \$1005  = 3'h0;
-    end
-    if (rst) begin
-      \$1005  = 3'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1006  = tiles;
-    if (in_decode) begin
-      \$1006  = dec_tiles;
-    end
-    if (gemm_active) begin
-      if (\$749 ) begin
-        if (\$763 ) begin
-          \$1006  = \$764 [31:0];
-        end
-      end
-    end
-    if (rst) begin
-      \$1006  = 32'd0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1007  = nt;
-    if (in_decode) begin
-      \$1007  = 16'h0000;
-    end
-    if (gemm_active) begin
-      if (\$749 ) begin
-        if (\$763 ) begin
-          (* full_case = 32'd1 *)
-          if (nt_hit) begin
-            \$1007  = 16'h0000;
-          end else begin
-            \$1007  = \$770 [15:0];
-          end
-        end
-      end
-    end
-    if (rst) begin
-      \$1007  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1008  = k;
-    if (in_decode) begin
-      \$1008  = 16'h0000;
-    end
-    if (gemm_active) begin
-      if (\$749 ) begin
-        if (\$751 ) begin
-        end else if (\$756 ) begin
-          \$1008  = \$757 [15:0];
-        end
-        if (\$763 ) begin
-          \$1008  = 16'h0000;
-        end
-      end
-    end
-    if (rst) begin
-      \$1008  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1009  = w_addr;
-    if (in_decode) begin
-      \$1009  = ins[465:434];
-    end
-    if (gemm_active) begin
-      if (\$749 ) begin
-        if (want_w) begin
-          \$1009  = \$760 [31:0];
-        end
-        if (\$763 ) begin
-          if (nt_hit) begin
-            \$1009  = ins[465:434];
-          end
-        end
-      end
-    end
-    if (rst) begin
-      \$1009  = 32'd0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1010  = p_addr;
-    if (in_decode) begin
-      \$1010  = ins[497:466];
-    end
-    if (gemm_active) begin
-      if (\$749 ) begin
-        if (\$763 ) begin
-          (* full_case = 32'd1 *)
-          if (nt_hit) begin
-            \$1010  = ins[497:466];
-          end else begin
-            \$1010  = \$773 [31:0];
-          end
-        end
-      end
-    end
     if (rst) begin
       \$1010  = 32'd0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1011  = want_w;
-    if (in_decode) begin
-      \$1011  = 1'h0;
-    end
-    if (gemm_active) begin
-      if (\$749 ) begin
-        if (\$751 ) begin
-          \$1011  = 1'h1;
-        end
-        if (\$763 ) begin
-          \$1011  = 1'h0;
-        end
-      end
-    end
+    \$1011  = c_step;
+    casez (seq_state)
+      3'h0:
+          /* empty */;
+      3'h1:
+          /* empty */;
+      3'h2:
+          \$1011  = \$611 [7:0];
+    endcase
     if (rst) begin
-      \$1011  = 1'h0;
+      \$1011  = 8'h00;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1012  = w_step;
-    if (in_decode) begin
-      \$1012  = \$743 [7:0];
-    end
+    \$1012  = c_ask;
+    casez (seq_state)
+      3'h0:
+          /* empty */;
+      3'h1:
+          /* empty */;
+      3'h2:
+          \$1012  = { 4'h0, ins[509:498] };
+      3'h3:
+          if (\$647 ) begin
+            \$1012  = \$648 [15:0];
+          end
+    endcase
     if (rst) begin
-      \$1012  = 8'h00;
+      \$1012  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1013  = \$signal$463 ;
-    if (in_decode) begin
-      \$1013  = \$744 ;
-    end
-    if (gemm_active) begin
-      if (\$749 ) begin
-        if (\$763 ) begin
-          \$1013  = \$765 ;
-        end
-      end
-    end
+    \$1013  = c_due;
+    casez (seq_state)
+      3'h0:
+          /* empty */;
+      3'h1:
+          /* empty */;
+      3'h2:
+          \$1013  = { 4'h0, ins[509:498] };
+      3'h3:
+          if (c_fire) begin
+            \$1013  = \$661 [15:0];
+          end
+    endcase
     if (rst) begin
-      \$1013  = 1'h0;
+      \$1013  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1014  = \$signal$560 ;
-    if (in_decode) begin
-      \$1014  = \$746 ;
-    end
-    if (gemm_active) begin
-      if (\$749 ) begin
-        if (\$751 ) begin
-        end else if (\$756 ) begin
-          \$1014  = \$759 ;
-        end
-        if (\$763 ) begin
-          \$1014  = \$767 ;
-        end
-      end
-    end
+    \$1014  = c_last;
+    casez (seq_state)
+      3'h0:
+          /* empty */;
+      3'h1:
+          /* empty */;
+      3'h2:
+          \$1014  = \$612 ;
+      3'h3:
+          if (c_fire) begin
+            \$1014  = \$662 ;
+          end
+    endcase
     if (rst) begin
       \$1014  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1015  = nt_hit;
-    if (in_decode) begin
-      \$1015  = \$748 ;
-    end
-    if (gemm_active) begin
-      if (\$749 ) begin
-        if (\$763 ) begin
-          (* full_case = 32'd1 *)
-          if (nt_hit) begin
-            \$1015  = \$769 ;
-          end else begin
-            \$1015  = \$772 ;
+    \$1015  = c_data;
+    casez (seq_state)
+      3'h0:
+          /* empty */;
+      3'h1:
+          /* empty */;
+      3'h2:
+          /* empty */;
+      3'h3:
+          if (\$651 ) begin
+            \$1015  = beat__payload[65:0];
+          end
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1016  = c_full;
+    casez (seq_state)
+      3'h0:
+          /* empty */;
+      3'h1:
+          /* empty */;
+      3'h2:
+          /* empty */;
+      3'h3:
+        begin
+          if (\$651 ) begin
+            \$1016  = \$652 ;
+          end
+          if (c_fire) begin
+            \$1016  = 1'h0;
           end
         end
-      end
+    endcase
+    if (unit_rst) begin
+      \$1016  = 1'h0;
     end
     if (rst) begin
-      \$1015  = 1'h0;
+      \$1016  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1016  = rk;
-    if (in_decode) begin
-      \$1016  = 16'h0000;
-    end
-    if (gemm_active) begin
-      if (\$778 ) begin
-        \$1016  = \$781 [15:0];
-      end
-    end
-    if (rst) begin
-      \$1016  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1017  = rk_zero;
-    if (in_decode) begin
-      \$1017  = 1'h1;
-    end
-    if (gemm_active) begin
-      if (\$778 ) begin
-        \$1017  = \$782 ;
-      end
+    \$1017  = c_valid0;
+    casez (seq_state)
+      3'h0:
+          /* empty */;
+      3'h1:
+          /* empty */;
+      3'h2:
+          /* empty */;
+      3'h3:
+        begin
+          if (\$651 ) begin
+            \$1017  = \$654 ;
+          end
+          if (c_fire) begin
+            \$1017  = 1'h0;
+          end
+        end
+    endcase
+    if (unit_rst) begin
+      \$1017  = 1'h0;
     end
     if (rst) begin
       \$1017  = 1'h0;
@@ -35664,43 +35190,53 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1018  = \$791 ;
+    \$1018  = c_valid1;
+    casez (seq_state)
+      3'h0:
+          /* empty */;
+      3'h1:
+          /* empty */;
+      3'h2:
+          /* empty */;
+      3'h3:
+        begin
+          if (\$651 ) begin
+            \$1018  = \$656 ;
+          end
+          if (c_fire) begin
+            \$1018  = 1'h0;
+          end
+        end
+    endcase
+    if (unit_rst) begin
+      \$1018  = 1'h0;
+    end
     if (rst) begin
       \$1018  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1019  = a_filled0;
-    if (in_decode) begin
+    \$1019  = c_valid2;
+    casez (seq_state)
+      3'h0:
+          /* empty */;
+      3'h1:
+          /* empty */;
+      3'h2:
+          /* empty */;
+      3'h3:
+        begin
+          if (\$651 ) begin
+            \$1019  = \$658 ;
+          end
+          if (c_fire) begin
+            \$1019  = 1'h0;
+          end
+        end
+    endcase
+    if (unit_rst) begin
       \$1019  = 1'h0;
-    end
-    if (gemm_active) begin
-      if (\$803 ) begin
-        if (a_load_k_hit) begin
-          if (\$809 ) begin
-            casez (\$signal$297 )
-              1'h0:
-                  \$1019  = 1'h1;
-            endcase
-          end
-        end
-      end else if (\$806 ) begin
-        if (\$815 ) begin
-          if (a_load_k_hit) begin
-            casez (\$signal$297 )
-              1'h0:
-                  \$1019  = 1'h1;
-            endcase
-          end
-        end
-      end
-      if (\$827 ) begin
-        casez (a_read_half)
-          1'h0:
-              \$1019  = 1'h0;
-        endcase
-      end
     end
     if (rst) begin
       \$1019  = 1'h0;
@@ -35708,373 +35244,339 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1020  = a_filled1;
-    if (in_decode) begin
+    \$1020  = c_valid3;
+    casez (seq_state)
+      3'h0:
+          /* empty */;
+      3'h1:
+          /* empty */;
+      3'h2:
+          /* empty */;
+      3'h3:
+        begin
+          if (\$651 ) begin
+            \$1020  = \$660 ;
+          end
+          if (c_fire) begin
+            \$1020  = 1'h0;
+          end
+        end
+    endcase
+    if (unit_rst) begin
       \$1020  = 1'h0;
     end
-    if (gemm_active) begin
-      if (\$803 ) begin
-        if (a_load_k_hit) begin
-          if (\$809 ) begin
-            (* full_case = 32'd1 *)
-            casez (\$signal$297 )
-              1'h0:
-                  /* empty */;
-              1'h1:
-                  \$1020  = 1'h1;
-            endcase
-          end
-        end
-      end else if (\$806 ) begin
-        if (\$815 ) begin
-          if (a_load_k_hit) begin
-            (* full_case = 32'd1 *)
-            casez (\$signal$297 )
-              1'h0:
-                  /* empty */;
-              1'h1:
-                  \$1020  = 1'h1;
-            endcase
-          end
+    if (rst) begin
+      \$1020  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1021  = ld_off;
+    if (in_stream) begin
+      if (is_move) begin
+      end else if (is_load) begin
+        if (\$743 ) begin
+          \$1021  = \$744 ;
         end
       end
-      if (\$827 ) begin
-        (* full_case = 32'd1 *)
-        casez (a_read_half)
-          1'h0:
+    end
+    if (rst) begin
+      \$1021  = 25'h0000000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1022  = ext_req_addr;
+    if (in_stream) begin
+      if (is_move) begin
+      end else if (is_load) begin
+        if (\$746 ) begin
+          \$1022  = \$747 [31:0];
+        end
+      end else if (is_store) begin
+        if (\$749 ) begin
+          \$1022  = \$751 [31:0];
+        end
+      end
+    end
+    if (rst) begin
+      \$1022  = 32'd0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1023  = ext_req_data;
+    if (in_stream) begin
+      if (is_move) begin
+      end else if (is_load) begin
+      end else if (is_store) begin
+        if (\$749 ) begin
+          \$1023  = \r_data$247 [15:0];
+        end
+      end
+    end
+    if (rst) begin
+      \$1023  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1024  = \w_en$180 ;
+    if (pack_active) begin
+      if (\$752 ) begin
+        \$1024  = 1'h0;
+      end
+      if (\$760 ) begin
+        if (\$762 ) begin
+          \$1024  = 1'h1;
+        end
+      end
+    end
+    if (unit_rst) begin
+      \$1024  = 1'h0;
+    end
+    if (rst) begin
+      \$1024  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1025  = pack_a0;
+    if (pack_active) begin
+      if (\$754 ) begin
+        casez (pack_j)
+          3'h0:
+              \$1025  = elem_data;
+        endcase
+      end
+    end
+    if (rst) begin
+      \$1025  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1026  = pack_a1;
+    if (pack_active) begin
+      if (\$754 ) begin
+        casez (pack_j)
+          3'h0:
               /* empty */;
-          1'h1:
-              \$1020  = 1'h0;
+          3'h1:
+              \$1026  = elem_data;
         endcase
       end
     end
     if (rst) begin
-      \$1020  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1021  = \$signal$297 ;
-    if (in_decode) begin
-      \$1021  = 1'h0;
-    end
-    if (gemm_active) begin
-      if (\$803 ) begin
-        if (a_load_k_hit) begin
-          if (\$809 ) begin
-            \$1021  = \$810 ;
-          end
-        end
-      end else if (\$806 ) begin
-        if (\$815 ) begin
-          if (a_load_k_hit) begin
-            \$1021  = \$821 ;
-          end
-        end
-      end
-    end
-    if (rst) begin
-      \$1021  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1022  = \$signal$304 ;
-    if (in_decode) begin
-      \$1022  = 4'h0;
-    end
-    if (gemm_active) begin
-      if (\$803 ) begin
-        if (a_load_k_hit) begin
-          (* full_case = 32'd1 *)
-          if (\$809 ) begin
-            \$1022  = 4'h0;
-          end else begin
-            \$1022  = \$811 [3:0];
-          end
-        end
-      end else if (\$806 ) begin
-        (* full_case = 32'd1 *)
-        if (\$815 ) begin
-          \$1022  = 4'h0;
-        end else begin
-          \$1022  = \$822 [3:0];
-        end
-      end
-    end
-    if (rst) begin
-      \$1022  = 4'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1023  = lk;
-    if (in_decode) begin
-      \$1023  = 16'h0000;
-    end
-    if (gemm_active) begin
-      if (\$803 ) begin
-        (* full_case = 32'd1 *)
-        if (a_load_k_hit) begin
-          \$1023  = 16'h0000;
-        end else begin
-          \$1023  = \$812 [15:0];
-        end
-      end else if (\$806 ) begin
-        if (\$815 ) begin
-          \$1023  = \$816 [15:0];
-          if (a_load_k_hit) begin
-            \$1023  = 16'h0000;
-          end
-        end
-      end
-    end
-    if (rst) begin
-      \$1023  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1024  = \$signal$330 ;
-    if (in_decode) begin
-      \$1024  = 1'h0;
-    end
-    if (gemm_active) begin
-      if (a_issue) begin
-        if (a_feed_k_hit) begin
-          if (a_feed_nt_hit) begin
-            \$1024  = \$832 ;
-          end
-        end
-      end
-    end
-    if (rst) begin
-      \$1024  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1025  = \$signal$563 ;
-    if (in_decode) begin
-      \$1025  = 16'h0000;
-    end
-    if (gemm_active) begin
-      if (a_issue) begin
-        (* full_case = 32'd1 *)
-        if (a_feed_k_hit) begin
-          \$1025  = 16'h0000;
-        end else begin
-          \$1025  = \$838 [15:0];
-        end
-      end
-    end
-    if (rst) begin
-      \$1025  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1026  = fnt;
-    if (in_decode) begin
-      \$1026  = 16'h0000;
-    end
-    if (gemm_active) begin
-      if (a_issue) begin
-        if (a_feed_k_hit) begin
-          (* full_case = 32'd1 *)
-          if (a_feed_nt_hit) begin
-            \$1026  = 16'h0000;
-          end else begin
-            \$1026  = \$835 [15:0];
-          end
-        end
-      end
-    end
-    if (rst) begin
       \$1026  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1027  = feed_blocks;
-    if (in_decode) begin
-      \$1027  = dec_blocks;
-    end
-    if (gemm_active) begin
-      if (a_issue) begin
-        if (a_feed_k_hit) begin
-          if (a_feed_nt_hit) begin
-            \$1027  = \$833 [31:0];
-          end
-        end
+    \$1027  = pack_a2;
+    if (pack_active) begin
+      if (\$754 ) begin
+        casez (pack_j)
+          3'h0:
+              /* empty */;
+          3'h1:
+              /* empty */;
+          3'h2:
+              \$1027  = elem_data;
+        endcase
       end
     end
     if (rst) begin
-      \$1027  = 32'd0;
+      \$1027  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1028  = a_load_k_hit;
-    if (in_decode) begin
-      \$1028  = \$793 ;
+    \$1028  = pack_a3;
+    if (pack_active) begin
+      if (\$754 ) begin
+        casez (pack_j)
+          3'h0:
+              /* empty */;
+          3'h1:
+              /* empty */;
+          3'h2:
+              /* empty */;
+          3'h3:
+              \$1028  = elem_data;
+        endcase
+      end
     end
-    if (gemm_active) begin
-      if (\$803 ) begin
+    if (rst) begin
+      \$1028  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1029  = pack_b0;
+    if (pack_active) begin
+      if (\$754 ) begin
+        casez (pack_j)
+          3'h0:
+              \$1029  = \r_data$357 [15:0];
+        endcase
+      end
+    end
+    if (rst) begin
+      \$1029  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1030  = pack_b1;
+    if (pack_active) begin
+      if (\$754 ) begin
+        casez (pack_j)
+          3'h0:
+              /* empty */;
+          3'h1:
+              \$1030  = \r_data$357 [15:0];
+        endcase
+      end
+    end
+    if (rst) begin
+      \$1030  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1031  = pack_b2;
+    if (pack_active) begin
+      if (\$754 ) begin
+        casez (pack_j)
+          3'h0:
+              /* empty */;
+          3'h1:
+              /* empty */;
+          3'h2:
+              \$1031  = \r_data$357 [15:0];
+        endcase
+      end
+    end
+    if (rst) begin
+      \$1031  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1032  = pack_b3;
+    if (pack_active) begin
+      if (\$754 ) begin
+        casez (pack_j)
+          3'h0:
+              /* empty */;
+          3'h1:
+              /* empty */;
+          3'h2:
+              /* empty */;
+          3'h3:
+              \$1032  = \r_data$357 [15:0];
+        endcase
+      end
+    end
+    if (rst) begin
+      \$1032  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1033  = pack_j;
+    if (pack_active) begin
+      if (\$760 ) begin
         (* full_case = 32'd1 *)
-        if (a_load_k_hit) begin
-          \$1028  = \$808 ;
+        if (\$762 ) begin
+          \$1033  = 3'h0;
         end else begin
-          \$1028  = \$814 ;
-        end
-      end else if (\$806 ) begin
-        if (\$815 ) begin
-          \$1028  = \$818 ;
-          if (a_load_k_hit) begin
-            \$1028  = \$820 ;
-          end
+          \$1033  = \$763 [2:0];
         end
       end
     end
+    if (unit_rst) begin
+      \$1033  = 3'h0;
+    end
     if (rst) begin
-      \$1028  = 1'h0;
+      \$1033  = 3'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1029  = a_feed_k_hit;
-    if (in_decode) begin
-      \$1029  = \$795 ;
-    end
-    if (gemm_active) begin
-      if (a_issue) begin
+    \$1034  = pack_jo;
+    if (pack_active) begin
+      if (\$764 ) begin
         (* full_case = 32'd1 *)
-        if (a_feed_k_hit) begin
-          \$1029  = \$829 ;
+        if (\$766 ) begin
+          \$1034  = 3'h0;
         end else begin
-          \$1029  = \$840 ;
+          \$1034  = \$767 [2:0];
         end
       end
     end
+    if (unit_rst) begin
+      \$1034  = 3'h0;
+    end
     if (rst) begin
-      \$1029  = 1'h0;
+      \$1034  = 3'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1030  = a_feed_nt_hit;
+    \$1035  = tiles;
     if (in_decode) begin
-      \$1030  = \$797 ;
+      \$1035  = dec_tiles;
     end
     if (gemm_active) begin
-      if (a_issue) begin
-        if (a_feed_k_hit) begin
+      if (\$774 ) begin
+        if (\$788 ) begin
+          \$1035  = \$789 [31:0];
+        end
+      end
+    end
+    if (rst) begin
+      \$1035  = 32'd0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1036  = nt;
+    if (in_decode) begin
+      \$1036  = 16'h0000;
+    end
+    if (gemm_active) begin
+      if (\$774 ) begin
+        if (\$788 ) begin
           (* full_case = 32'd1 *)
-          if (a_feed_nt_hit) begin
-            \$1030  = \$831 ;
+          if (nt_hit) begin
+            \$1036  = 16'h0000;
           end else begin
-            \$1030  = \$837 ;
+            \$1036  = \$795 [15:0];
           end
         end
       end
     end
     if (rst) begin
-      \$1030  = 1'h0;
+      \$1036  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1031  = a_blocks_left;
+    \$1037  = k;
     if (in_decode) begin
-      \$1031  = \$798 ;
+      \$1037  = 16'h0000;
     end
     if (gemm_active) begin
-      if (a_issue) begin
-        if (a_feed_k_hit) begin
-          if (a_feed_nt_hit) begin
-            \$1031  = \$834 ;
-          end
+      if (\$774 ) begin
+        if (\$776 ) begin
+        end else if (\$781 ) begin
+          \$1037  = \$782 [15:0];
         end
-      end
-    end
-    if (rst) begin
-      \$1031  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1032  = a_read_last;
-    if (gemm_active) begin
-      \$1032  = a_feed_k_hit;
-    end
-    if (rst) begin
-      \$1032  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1033  = a_read_addr;
-    if (gemm_active) begin
-      \$1033  = \$824 [8:0];
-    end
-    if (rst) begin
-      \$1033  = 9'h000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1034  = a_read_half;
-    if (gemm_active) begin
-      \$1034  = \$signal$330 ;
-    end
-    if (rst) begin
-      \$1034  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1035  = a_read_free;
-    if (gemm_active) begin
-      \$1035  = \$826 ;
-    end
-    if (rst) begin
-      \$1035  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1036  = w_load_lane;
-    if (gemm_active) begin
-      if (\$845 ) begin
-        (* full_case = 32'd1 *)
-        if (\$846 ) begin
-          \$1036  = 4'h0;
-        end else begin
-          \$1036  = \$853 [3:0];
+        if (\$788 ) begin
+          \$1037  = 16'h0000;
         end
-      end
-      if (in_decode) begin
-        \$1036  = 4'h0;
-      end
-    end
-    if (rst) begin
-      \$1036  = 4'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1037  = w_load_k;
-    if (gemm_active) begin
-      if (\$845 ) begin
-        if (\$846 ) begin
-          \$1037  = \$847 [15:0];
-          if (\$849 ) begin
-            \$1037  = 16'h0000;
-          end
-        end
-      end
-      if (in_decode) begin
-        \$1037  = 16'h0000;
       end
     end
     if (rst) begin
@@ -36083,72 +35585,62 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1038  = w_load_addr;
+    \$1038  = w_addr;
+    if (in_decode) begin
+      \$1038  = ins[465:434];
+    end
     if (gemm_active) begin
-      if (\$845 ) begin
-        if (\$846 ) begin
-          \$1038  = \$848 [9:0];
-          if (\$849 ) begin
-            if (\$851 ) begin
-              \$1038  = 10'h000;
-            end
+      if (\$774 ) begin
+        if (want_w) begin
+          \$1038  = \$785 [31:0];
+        end
+        if (\$788 ) begin
+          if (nt_hit) begin
+            \$1038  = ins[465:434];
           end
         end
       end
-      if (in_decode) begin
-        \$1038  = 10'h000;
-      end
     end
     if (rst) begin
-      \$1038  = 10'h000;
+      \$1038  = 32'd0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1039  = w_load_nt;
+    \$1039  = p_addr;
+    if (in_decode) begin
+      \$1039  = ins[497:466];
+    end
     if (gemm_active) begin
-      if (\$845 ) begin
-        if (\$846 ) begin
-          if (\$849 ) begin
-            \$1039  = \$850 [15:0];
-            if (\$851 ) begin
-              \$1039  = 16'h0000;
-            end
+      if (\$774 ) begin
+        if (\$788 ) begin
+          (* full_case = 32'd1 *)
+          if (nt_hit) begin
+            \$1039  = ins[497:466];
+          end else begin
+            \$1039  = \$798 [31:0];
           end
         end
       end
-      if (in_decode) begin
-        \$1039  = 16'h0000;
-      end
     end
     if (rst) begin
-      \$1039  = 16'h0000;
+      \$1039  = 32'd0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1040  = w_filled0;
+    \$1040  = want_w;
+    if (in_decode) begin
+      \$1040  = 1'h0;
+    end
     if (gemm_active) begin
-      if (\$845 ) begin
-        if (\$846 ) begin
-          if (\$849 ) begin
-            if (\$851 ) begin
-              casez (w_load_half)
-                1'h0:
-                    \$1040  = 1'h1;
-              endcase
-            end
-          end
+      if (\$774 ) begin
+        if (\$776 ) begin
+          \$1040  = 1'h1;
         end
-      end
-      if (\$869 ) begin
-        casez (w_read_half)
-          1'h0:
-              \$1040  = 1'h0;
-        endcase
-      end
-      if (in_decode) begin
-        \$1040  = 1'h0;
+        if (\$788 ) begin
+          \$1040  = 1'h0;
+        end
       end
     end
     if (rst) begin
@@ -36157,55 +35649,25 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1041  = w_filled1;
-    if (gemm_active) begin
-      if (\$845 ) begin
-        if (\$846 ) begin
-          if (\$849 ) begin
-            if (\$851 ) begin
-              (* full_case = 32'd1 *)
-              casez (w_load_half)
-                1'h0:
-                    /* empty */;
-                1'h1:
-                    \$1041  = 1'h1;
-              endcase
-            end
-          end
-        end
-      end
-      if (\$869 ) begin
-        (* full_case = 32'd1 *)
-        casez (w_read_half)
-          1'h0:
-              /* empty */;
-          1'h1:
-              \$1041  = 1'h0;
-        endcase
-      end
-      if (in_decode) begin
-        \$1041  = 1'h0;
-      end
+    \$1041  = w_step;
+    if (in_decode) begin
+      \$1041  = \$768 [7:0];
     end
     if (rst) begin
-      \$1041  = 1'h0;
+      \$1041  = 8'h00;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1042  = w_load_half;
+    \$1042  = \$signal$466 ;
+    if (in_decode) begin
+      \$1042  = \$769 ;
+    end
     if (gemm_active) begin
-      if (\$845 ) begin
-        if (\$846 ) begin
-          if (\$849 ) begin
-            if (\$851 ) begin
-              \$1042  = \$852 ;
-            end
-          end
+      if (\$774 ) begin
+        if (\$788 ) begin
+          \$1042  = \$790 ;
         end
-      end
-      if (in_decode) begin
-        \$1042  = 1'h0;
       end
     end
     if (rst) begin
@@ -36214,19 +35676,42 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1043  = w_read_addr;
+    \$1043  = \$signal$571 ;
+    if (in_decode) begin
+      \$1043  = \$771 ;
+    end
     if (gemm_active) begin
-      \$1043  = \$856 [8:0];
+      if (\$774 ) begin
+        if (\$776 ) begin
+        end else if (\$781 ) begin
+          \$1043  = \$784 ;
+        end
+        if (\$788 ) begin
+          \$1043  = \$792 ;
+        end
+      end
     end
     if (rst) begin
-      \$1043  = 9'h000;
+      \$1043  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1044  = w_read_half;
+    \$1044  = nt_hit;
+    if (in_decode) begin
+      \$1044  = \$773 ;
+    end
     if (gemm_active) begin
-      \$1044  = w_feed_half;
+      if (\$774 ) begin
+        if (\$788 ) begin
+          (* full_case = 32'd1 *)
+          if (nt_hit) begin
+            \$1044  = \$794 ;
+          end else begin
+            \$1044  = \$797 ;
+          end
+        end
+      end
     end
     if (rst) begin
       \$1044  = 1'h0;
@@ -36234,75 +35719,72 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1045  = w_read_free;
+    \$1045  = rk;
+    if (in_decode) begin
+      \$1045  = 16'h0000;
+    end
     if (gemm_active) begin
-      \$1045  = \$862 ;
+      if (\$803 ) begin
+        \$1045  = \$806 [15:0];
+      end
     end
     if (rst) begin
-      \$1045  = 1'h0;
+      \$1045  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1046  = feed_ntk;
+    \$1046  = rk_zero;
+    if (in_decode) begin
+      \$1046  = 1'h1;
+    end
     if (gemm_active) begin
-      if (\$864 ) begin
-        if (a_feed_k_hit) begin
-          (* full_case = 32'd1 *)
-          if (a_feed_nt_hit) begin
-            \$1046  = 32'd0;
-          end else begin
-            \$1046  = \$868 [31:0];
-          end
-        end
-      end
-      if (in_decode) begin
-        \$1046  = 32'd0;
+      if (\$803 ) begin
+        \$1046  = \$807 ;
       end
     end
     if (rst) begin
-      \$1046  = 32'd0;
+      \$1046  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1047  = feed_mt;
-    if (gemm_active) begin
-      if (\$864 ) begin
-        if (a_feed_k_hit) begin
-          if (a_feed_nt_hit) begin
-            (* full_case = 32'd1 *)
-            if (\$865 ) begin
-              \$1047  = 16'h0000;
-            end else begin
-              \$1047  = \$867 [15:0];
-            end
-          end
-        end
-      end
-      if (in_decode) begin
-        \$1047  = 16'h0000;
-      end
-    end
+    \$1047  = \$816 ;
     if (rst) begin
-      \$1047  = 16'h0000;
+      \$1047  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1048  = w_feed_half;
+    \$1048  = a_filled0;
+    if (in_decode) begin
+      \$1048  = 1'h0;
+    end
     if (gemm_active) begin
-      if (\$864 ) begin
-        if (a_feed_k_hit) begin
-          if (a_feed_nt_hit) begin
-            if (\$865 ) begin
-              \$1048  = \$866 ;
-            end
+      if (\$828 ) begin
+        if (a_load_k_hit) begin
+          if (\$834 ) begin
+            casez (\$signal )
+              1'h0:
+                  \$1048  = 1'h1;
+            endcase
+          end
+        end
+      end else if (\$831 ) begin
+        if (\$840 ) begin
+          if (a_load_k_hit) begin
+            casez (\$signal )
+              1'h0:
+                  \$1048  = 1'h1;
+            endcase
           end
         end
       end
-      if (in_decode) begin
-        \$1048  = 1'h0;
+      if (\$852 ) begin
+        casez (a_read_half)
+          1'h0:
+              \$1048  = 1'h0;
+        endcase
       end
     end
     if (rst) begin
@@ -36311,31 +35793,646 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1049  = post_col;
+    \$1049  = a_filled1;
     if (in_decode) begin
-      \$1049  = 3'h0;
+      \$1049  = 1'h0;
     end
-    if (\$871 ) begin
-      if (elem_take) begin
-        \$1049  = \$874 [2:0];
+    if (gemm_active) begin
+      if (\$828 ) begin
+        if (a_load_k_hit) begin
+          if (\$834 ) begin
+            (* full_case = 32'd1 *)
+            casez (\$signal )
+              1'h0:
+                  /* empty */;
+              1'h1:
+                  \$1049  = 1'h1;
+            endcase
+          end
+        end
+      end else if (\$831 ) begin
+        if (\$840 ) begin
+          if (a_load_k_hit) begin
+            (* full_case = 32'd1 *)
+            casez (\$signal )
+              1'h0:
+                  /* empty */;
+              1'h1:
+                  \$1049  = 1'h1;
+            endcase
+          end
+        end
+      end
+      if (\$852 ) begin
+        (* full_case = 32'd1 *)
+        casez (a_read_half)
+          1'h0:
+              /* empty */;
+          1'h1:
+              \$1049  = 1'h0;
+        endcase
       end
     end
     if (rst) begin
-      \$1049  = 3'h0;
+      \$1049  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1050  = \$879 ;
+    \$1050  = \$signal ;
+    if (in_decode) begin
+      \$1050  = 1'h0;
+    end
+    if (gemm_active) begin
+      if (\$828 ) begin
+        if (a_load_k_hit) begin
+          if (\$834 ) begin
+            \$1050  = \$835 ;
+          end
+        end
+      end else if (\$831 ) begin
+        if (\$840 ) begin
+          if (a_load_k_hit) begin
+            \$1050  = \$846 ;
+          end
+        end
+      end
+    end
     if (rst) begin
       \$1050  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1051  = fault;
+    \$1051  = \$signal$303 ;
+    if (in_decode) begin
+      \$1051  = 4'h0;
+    end
+    if (gemm_active) begin
+      if (\$828 ) begin
+        if (a_load_k_hit) begin
+          (* full_case = 32'd1 *)
+          if (\$834 ) begin
+            \$1051  = 4'h0;
+          end else begin
+            \$1051  = \$836 [3:0];
+          end
+        end
+      end else if (\$831 ) begin
+        (* full_case = 32'd1 *)
+        if (\$840 ) begin
+          \$1051  = 4'h0;
+        end else begin
+          \$1051  = \$847 [3:0];
+        end
+      end
+    end
     if (rst) begin
       \$1051  = 4'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1052  = lk;
+    if (in_decode) begin
+      \$1052  = 16'h0000;
+    end
+    if (gemm_active) begin
+      if (\$828 ) begin
+        (* full_case = 32'd1 *)
+        if (a_load_k_hit) begin
+          \$1052  = 16'h0000;
+        end else begin
+          \$1052  = \$837 [15:0];
+        end
+      end else if (\$831 ) begin
+        if (\$840 ) begin
+          \$1052  = \$841 [15:0];
+          if (a_load_k_hit) begin
+            \$1052  = 16'h0000;
+          end
+        end
+      end
+    end
+    if (rst) begin
+      \$1052  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1053  = \$signal$329 ;
+    if (in_decode) begin
+      \$1053  = 1'h0;
+    end
+    if (gemm_active) begin
+      if (a_issue) begin
+        if (a_feed_k_hit) begin
+          if (a_feed_nt_hit) begin
+            \$1053  = \$857 ;
+          end
+        end
+      end
+    end
+    if (rst) begin
+      \$1053  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1054  = \$signal$574 ;
+    if (in_decode) begin
+      \$1054  = 16'h0000;
+    end
+    if (gemm_active) begin
+      if (a_issue) begin
+        (* full_case = 32'd1 *)
+        if (a_feed_k_hit) begin
+          \$1054  = 16'h0000;
+        end else begin
+          \$1054  = \$863 [15:0];
+        end
+      end
+    end
+    if (rst) begin
+      \$1054  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1055  = fnt;
+    if (in_decode) begin
+      \$1055  = 16'h0000;
+    end
+    if (gemm_active) begin
+      if (a_issue) begin
+        if (a_feed_k_hit) begin
+          (* full_case = 32'd1 *)
+          if (a_feed_nt_hit) begin
+            \$1055  = 16'h0000;
+          end else begin
+            \$1055  = \$860 [15:0];
+          end
+        end
+      end
+    end
+    if (rst) begin
+      \$1055  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1056  = feed_blocks;
+    if (in_decode) begin
+      \$1056  = dec_blocks;
+    end
+    if (gemm_active) begin
+      if (a_issue) begin
+        if (a_feed_k_hit) begin
+          if (a_feed_nt_hit) begin
+            \$1056  = \$858 [31:0];
+          end
+        end
+      end
+    end
+    if (rst) begin
+      \$1056  = 32'd0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1057  = a_load_k_hit;
+    if (in_decode) begin
+      \$1057  = \$818 ;
+    end
+    if (gemm_active) begin
+      if (\$828 ) begin
+        (* full_case = 32'd1 *)
+        if (a_load_k_hit) begin
+          \$1057  = \$833 ;
+        end else begin
+          \$1057  = \$839 ;
+        end
+      end else if (\$831 ) begin
+        if (\$840 ) begin
+          \$1057  = \$843 ;
+          if (a_load_k_hit) begin
+            \$1057  = \$845 ;
+          end
+        end
+      end
+    end
+    if (rst) begin
+      \$1057  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1058  = a_feed_k_hit;
+    if (in_decode) begin
+      \$1058  = \$820 ;
+    end
+    if (gemm_active) begin
+      if (a_issue) begin
+        (* full_case = 32'd1 *)
+        if (a_feed_k_hit) begin
+          \$1058  = \$854 ;
+        end else begin
+          \$1058  = \$865 ;
+        end
+      end
+    end
+    if (rst) begin
+      \$1058  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1059  = a_feed_nt_hit;
+    if (in_decode) begin
+      \$1059  = \$822 ;
+    end
+    if (gemm_active) begin
+      if (a_issue) begin
+        if (a_feed_k_hit) begin
+          (* full_case = 32'd1 *)
+          if (a_feed_nt_hit) begin
+            \$1059  = \$856 ;
+          end else begin
+            \$1059  = \$862 ;
+          end
+        end
+      end
+    end
+    if (rst) begin
+      \$1059  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1060  = a_blocks_left;
+    if (in_decode) begin
+      \$1060  = \$823 ;
+    end
+    if (gemm_active) begin
+      if (a_issue) begin
+        if (a_feed_k_hit) begin
+          if (a_feed_nt_hit) begin
+            \$1060  = \$859 ;
+          end
+        end
+      end
+    end
+    if (rst) begin
+      \$1060  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1061  = a_read_last;
+    if (gemm_active) begin
+      \$1061  = a_feed_k_hit;
+    end
+    if (rst) begin
+      \$1061  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1062  = a_read_addr;
+    if (gemm_active) begin
+      \$1062  = \$849 [8:0];
+    end
+    if (rst) begin
+      \$1062  = 9'h000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1063  = a_read_half;
+    if (gemm_active) begin
+      \$1063  = \$signal$329 ;
+    end
+    if (rst) begin
+      \$1063  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1064  = a_read_free;
+    if (gemm_active) begin
+      \$1064  = \$851 ;
+    end
+    if (rst) begin
+      \$1064  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1065  = w_load_lane;
+    if (gemm_active) begin
+      if (\$870 ) begin
+        (* full_case = 32'd1 *)
+        if (\$871 ) begin
+          \$1065  = 4'h0;
+        end else begin
+          \$1065  = \$878 [3:0];
+        end
+      end
+      if (in_decode) begin
+        \$1065  = 4'h0;
+      end
+    end
+    if (rst) begin
+      \$1065  = 4'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1066  = w_load_k;
+    if (gemm_active) begin
+      if (\$870 ) begin
+        if (\$871 ) begin
+          \$1066  = \$872 [15:0];
+          if (\$874 ) begin
+            \$1066  = 16'h0000;
+          end
+        end
+      end
+      if (in_decode) begin
+        \$1066  = 16'h0000;
+      end
+    end
+    if (rst) begin
+      \$1066  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1067  = w_load_addr;
+    if (gemm_active) begin
+      if (\$870 ) begin
+        if (\$871 ) begin
+          \$1067  = \$873 [9:0];
+          if (\$874 ) begin
+            if (\$876 ) begin
+              \$1067  = 10'h000;
+            end
+          end
+        end
+      end
+      if (in_decode) begin
+        \$1067  = 10'h000;
+      end
+    end
+    if (rst) begin
+      \$1067  = 10'h000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1068  = w_load_nt;
+    if (gemm_active) begin
+      if (\$870 ) begin
+        if (\$871 ) begin
+          if (\$874 ) begin
+            \$1068  = \$875 [15:0];
+            if (\$876 ) begin
+              \$1068  = 16'h0000;
+            end
+          end
+        end
+      end
+      if (in_decode) begin
+        \$1068  = 16'h0000;
+      end
+    end
+    if (rst) begin
+      \$1068  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1069  = w_filled0;
+    if (gemm_active) begin
+      if (\$870 ) begin
+        if (\$871 ) begin
+          if (\$874 ) begin
+            if (\$876 ) begin
+              casez (w_load_half)
+                1'h0:
+                    \$1069  = 1'h1;
+              endcase
+            end
+          end
+        end
+      end
+      if (\$894 ) begin
+        casez (w_read_half)
+          1'h0:
+              \$1069  = 1'h0;
+        endcase
+      end
+      if (in_decode) begin
+        \$1069  = 1'h0;
+      end
+    end
+    if (rst) begin
+      \$1069  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1070  = w_filled1;
+    if (gemm_active) begin
+      if (\$870 ) begin
+        if (\$871 ) begin
+          if (\$874 ) begin
+            if (\$876 ) begin
+              (* full_case = 32'd1 *)
+              casez (w_load_half)
+                1'h0:
+                    /* empty */;
+                1'h1:
+                    \$1070  = 1'h1;
+              endcase
+            end
+          end
+        end
+      end
+      if (\$894 ) begin
+        (* full_case = 32'd1 *)
+        casez (w_read_half)
+          1'h0:
+              /* empty */;
+          1'h1:
+              \$1070  = 1'h0;
+        endcase
+      end
+      if (in_decode) begin
+        \$1070  = 1'h0;
+      end
+    end
+    if (rst) begin
+      \$1070  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1071  = w_load_half;
+    if (gemm_active) begin
+      if (\$870 ) begin
+        if (\$871 ) begin
+          if (\$874 ) begin
+            if (\$876 ) begin
+              \$1071  = \$877 ;
+            end
+          end
+        end
+      end
+      if (in_decode) begin
+        \$1071  = 1'h0;
+      end
+    end
+    if (rst) begin
+      \$1071  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1072  = w_read_addr;
+    if (gemm_active) begin
+      \$1072  = \$881 [8:0];
+    end
+    if (rst) begin
+      \$1072  = 9'h000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1073  = w_read_half;
+    if (gemm_active) begin
+      \$1073  = w_feed_half;
+    end
+    if (rst) begin
+      \$1073  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1074  = w_read_free;
+    if (gemm_active) begin
+      \$1074  = \$887 ;
+    end
+    if (rst) begin
+      \$1074  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1075  = feed_ntk;
+    if (gemm_active) begin
+      if (\$889 ) begin
+        if (a_feed_k_hit) begin
+          (* full_case = 32'd1 *)
+          if (a_feed_nt_hit) begin
+            \$1075  = 32'd0;
+          end else begin
+            \$1075  = \$893 [31:0];
+          end
+        end
+      end
+      if (in_decode) begin
+        \$1075  = 32'd0;
+      end
+    end
+    if (rst) begin
+      \$1075  = 32'd0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1076  = feed_mt;
+    if (gemm_active) begin
+      if (\$889 ) begin
+        if (a_feed_k_hit) begin
+          if (a_feed_nt_hit) begin
+            (* full_case = 32'd1 *)
+            if (\$890 ) begin
+              \$1076  = 16'h0000;
+            end else begin
+              \$1076  = \$892 [15:0];
+            end
+          end
+        end
+      end
+      if (in_decode) begin
+        \$1076  = 16'h0000;
+      end
+    end
+    if (rst) begin
+      \$1076  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1077  = w_feed_half;
+    if (gemm_active) begin
+      if (\$889 ) begin
+        if (a_feed_k_hit) begin
+          if (a_feed_nt_hit) begin
+            if (\$890 ) begin
+              \$1077  = \$891 ;
+            end
+          end
+        end
+      end
+      if (in_decode) begin
+        \$1077  = 1'h0;
+      end
+    end
+    if (rst) begin
+      \$1077  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1078  = dst_col;
+    if (in_decode) begin
+      \$1078  = 3'h0;
+    end else if (dst_step) begin
+      \$1078  = \$896 [2:0];
+    end
+    if (rst) begin
+      \$1078  = 3'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1079  = post_col;
+    if (in_decode) begin
+      \$1079  = 3'h0;
+    end
+    if (\$898 ) begin
+      if (elem_take) begin
+        \$1079  = \$901 [2:0];
+      end
+    end
+    if (rst) begin
+      \$1079  = 3'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1080  = \$906 ;
+    if (rst) begin
+      \$1080  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1081  = fault;
+    if (rst) begin
+      \$1081  = 4'h0;
     end
   end
   assign \ar__payload$1  = ar__payload;
@@ -36378,18 +36475,18 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   assign src1_held = \w_en$107 ;
   assign \w_data$109  = { src1_held_meta, src1_elem };
   assign wr_addr = \addr$113 [13:0];
-  assign \error$125  = error;
-  assign \done$127  = done;
-  assign \busy$129  = busy;
+  assign \error$123  = error;
+  assign \done$125  = done;
+  assign \busy$127  = busy;
   assign c__payload = c_data[4:0];
   assign c__valid = c_valid0;
-  assign \c__payload$142  = c_data;
-  assign \c__valid$143  = c_valid1;
-  assign \c__payload$144  = c_data[43:0];
-  assign \c__valid$145  = c_valid2;
-  assign \c__payload$146  = c_data[52:0];
-  assign \c__valid$147  = c_valid3;
-  assign \cycles$149  = cycles;
+  assign \c__payload$140  = c_data;
+  assign \c__valid$141  = c_valid1;
+  assign \c__payload$142  = c_data[43:0];
+  assign \c__valid$143  = c_valid2;
+  assign \c__payload$144  = c_data[52:0];
+  assign \c__valid$145  = c_valid3;
+  assign \cycles$147  = cycles;
   assign op_cycles0 = op_cycles__0;
   assign op_cycles1 = op_cycles__1;
   assign op_cycles2 = op_cycles__2;
@@ -36406,27 +36503,29 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   assign op_cycles13 = op_cycles__13;
   assign op_cycles14 = op_cycles__14;
   assign op_cycles15 = op_cycles__15;
-  assign pack_full = \w_en$182 ;
-  assign \w_data$184  = { pack_b3, pack_b2, pack_b1, pack_b0, pack_a3, pack_a2, pack_a1, pack_a0 };
+  assign pack_full = \w_en$180 ;
+  assign \w_data$182  = { pack_b3, pack_b2, pack_b1, pack_b0, pack_a3, pack_a2, pack_a1, pack_a0 };
   assign add_res0 = o__payload[15:0];
   assign add_res1 = o__payload[31:16];
   assign add_res2 = o__payload[47:32];
   assign add_res3 = o__payload[63:48];
-  assign gelu0_res0 = { \o__payload$203 [7], \o__payload$203 [7], \o__payload$203 [7], \o__payload$203 [7], \o__payload$203 [7], \o__payload$203 [7], \o__payload$203 [7], \o__payload$203 [7], \o__payload$203 [7:0] };
-  assign gelu0_res1 = { \o__payload$203 [15], \o__payload$203 [15], \o__payload$203 [15], \o__payload$203 [15], \o__payload$203 [15], \o__payload$203 [15], \o__payload$203 [15], \o__payload$203 [15], \o__payload$203 [15:8] };
-  assign gelu0_res2 = { \o__payload$203 [23], \o__payload$203 [23], \o__payload$203 [23], \o__payload$203 [23], \o__payload$203 [23], \o__payload$203 [23], \o__payload$203 [23], \o__payload$203 [23], \o__payload$203 [23:16] };
-  assign gelu0_res3 = { \o__payload$203 [31], \o__payload$203 [31], \o__payload$203 [31], \o__payload$203 [31], \o__payload$203 [31], \o__payload$203 [31], \o__payload$203 [31], \o__payload$203 [31], \o__payload$203 [31:24] };
-  assign softmax_elem = { 8'h00, \o__payload$217 [7:0] };
-  assign layernorm_elem = { \o__payload$219 [7], \o__payload$219 [7], \o__payload$219 [7], \o__payload$219 [7], \o__payload$219 [7], \o__payload$219 [7], \o__payload$219 [7], \o__payload$219 [7], \o__payload$219  };
+  assign gelu0_res0 = { \o__payload$201 [7], \o__payload$201 [7], \o__payload$201 [7], \o__payload$201 [7], \o__payload$201 [7], \o__payload$201 [7], \o__payload$201 [7], \o__payload$201 [7], \o__payload$201 [7:0] };
+  assign gelu0_res1 = { \o__payload$201 [15], \o__payload$201 [15], \o__payload$201 [15], \o__payload$201 [15], \o__payload$201 [15], \o__payload$201 [15], \o__payload$201 [15], \o__payload$201 [15], \o__payload$201 [15:8] };
+  assign gelu0_res2 = { \o__payload$201 [23], \o__payload$201 [23], \o__payload$201 [23], \o__payload$201 [23], \o__payload$201 [23], \o__payload$201 [23], \o__payload$201 [23], \o__payload$201 [23], \o__payload$201 [23:16] };
+  assign gelu0_res3 = { \o__payload$201 [31], \o__payload$201 [31], \o__payload$201 [31], \o__payload$201 [31], \o__payload$201 [31], \o__payload$201 [31], \o__payload$201 [31], \o__payload$201 [31], \o__payload$201 [31:24] };
+  assign softmax_elem = { 8'h00, \o__payload$218 [7:0] };
+  assign layernorm_elem = { \o__payload$220 [7], \o__payload$220 [7], \o__payload$220 [7], \o__payload$220 [7], \o__payload$220 [7], \o__payload$220 [7], \o__payload$220 [7], \o__payload$220 [7], \o__payload$220  };
   assign p__payload = beat__payload[437:0];
-  assign w_in_valid = \w_en$285 ;
-  assign \w_data$287  = { w_beat7, w_beat6, w_beat5, w_beat4, w_beat3, w_beat2, w_beat1, w_beat0 };
-  assign \o__valid$435  = \w_en$434 ;
-  assign \o__payload$437  = \w_data$436 ;
-  assign \w_rdy$439  = \o__ready$438 ;
-  assign \r_rdy$440  = gemm_res_valid;
-  assign \next$477  = dst_step;
-  assign \i__payload$480  = \r_data$237 [15:0];
+  assign w_in_valid = \w_en$282 ;
+  assign \w_data$284  = { w_beat7, w_beat6, w_beat5, w_beat4, w_beat3, w_beat2, w_beat1, w_beat0 };
+  assign \o__valid$434  = \w_en$433 ;
+  assign \o__payload$436  = \w_data$435 ;
+  assign \w_rdy$438  = \o__ready$437 ;
+  assign \r_rdy$439  = gemm_res_valid;
+  assign wr_data = \$344 [15:0];
+  assign \next$479  = dst_step;
+  assign \w_data$482  = \r_data$247 [16:0];
+  assign \i__payload$485  = \r_data$484 [15:0];
   assign \ar__payload.addr  = ar__payload[28:0];
   assign \ar__payload.len  = ar__payload[36:29];
   assign \ar__payload$1.addr  = ar__payload[28:0];
@@ -36477,27 +36576,27 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   assign \ins.cnt  = ins[509:498];
   assign \ins.post  = ins[511:510];
   assign \c__payload.f  = c_data[4:0];
-  assign \c__payload$142.m  = c_data[15:0];
-  assign \c__payload$142.b  = c_data[58:16];
-  assign \c__payload$142.e  = c_data[64:59];
-  assign \c__payload$142.last  = c_data[65];
-  assign \c__payload$144.m_a  = c_data[15:0];
-  assign \c__payload$144.e_a  = c_data[21:16];
-  assign \c__payload$144.m_b  = c_data[37:22];
-  assign \c__payload$144.e_b  = c_data[43:38];
-  assign \c__payload$146.qb  = c_data[9:0];
-  assign \c__payload$146.qc  = c_data[24:10];
-  assign \c__payload$146.sh  = c_data[30:25];
-  assign \c__payload$146.m  = c_data[46:31];
-  assign \c__payload$146.e  = c_data[52:47];
+  assign \c__payload$140.m  = c_data[15:0];
+  assign \c__payload$140.b  = c_data[58:16];
+  assign \c__payload$140.e  = c_data[64:59];
+  assign \c__payload$140.last  = c_data[65];
+  assign \c__payload$142.m_a  = c_data[15:0];
+  assign \c__payload$142.e_a  = c_data[21:16];
+  assign \c__payload$142.m_b  = c_data[37:22];
+  assign \c__payload$142.e_b  = c_data[43:38];
+  assign \c__payload$144.qb  = c_data[9:0];
+  assign \c__payload$144.qc  = c_data[24:10];
+  assign \c__payload$144.sh  = c_data[30:25];
+  assign \c__payload$144.m  = c_data[46:31];
+  assign \c__payload$144.e  = c_data[52:47];
   assign \a__payload[0]  = a__payload[15:0];
   assign \a__payload[1]  = a__payload[31:16];
   assign \a__payload[2]  = a__payload[47:32];
   assign \a__payload[3]  = a__payload[63:48];
-  assign \b__payload$195[0]  = \b__payload$195 [15:0];
-  assign \b__payload$195[1]  = \b__payload$195 [31:16];
-  assign \b__payload$195[2]  = \b__payload$195 [47:32];
-  assign \b__payload$195[3]  = \b__payload$195 [63:48];
+  assign \b__payload$193[0]  = \b__payload$193 [15:0];
+  assign \b__payload$193[1]  = \b__payload$193 [31:16];
+  assign \b__payload$193[2]  = \b__payload$193 [47:32];
+  assign \b__payload$193[3]  = \b__payload$193 [63:48];
   assign \i__payload[0]  = i__payload[7:0];
   assign \i__payload[1]  = i__payload[15:8];
   assign \i__payload[2]  = i__payload[23:16];
@@ -36506,12 +36605,12 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   assign \o__payload[1]  = o__payload[31:16];
   assign \o__payload[2]  = o__payload[47:32];
   assign \o__payload[3]  = o__payload[63:48];
-  assign \o__payload$203[0]  = \o__payload$203 [7:0];
-  assign \o__payload$203[1]  = \o__payload$203 [15:8];
-  assign \o__payload$203[2]  = \o__payload$203 [23:16];
-  assign \o__payload$203[3]  = \o__payload$203 [31:24];
-  assign \o__payload$217.data  = \o__payload$217 [7:0];
-  assign \o__payload$217.last  = \o__payload$217 [8];
+  assign \o__payload$201[0]  = \o__payload$201 [7:0];
+  assign \o__payload$201[1]  = \o__payload$201 [15:8];
+  assign \o__payload$201[2]  = \o__payload$201 [23:16];
+  assign \o__payload$201[3]  = \o__payload$201 [31:24];
+  assign \o__payload$218.data  = \o__payload$218 [7:0];
+  assign \o__payload$218.last  = \o__payload$218 [8];
   assign \beat__payload.data  = beat__payload[511:0];
   assign \beat__payload.err  = beat__payload[512];
   assign \req__payload.addr  = req__payload[31:0];
@@ -36545,17 +36644,17 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   assign \p__payload.e[6]  = beat__payload[425:420];
   assign \p__payload.e[7]  = beat__payload[431:426];
   assign \p__payload.out_bits  = beat__payload[437:432];
-  assign \a__payload$424.data  = \a__payload$424 [80:0];
-  assign \a__payload$424.data[0]  = \a__payload$424 [8:0];
-  assign \a__payload$424.data[1]  = \a__payload$424 [17:9];
-  assign \a__payload$424.data[2]  = \a__payload$424 [26:18];
-  assign \a__payload$424.data[3]  = \a__payload$424 [35:27];
-  assign \a__payload$424.data[4]  = \a__payload$424 [44:36];
-  assign \a__payload$424.data[5]  = \a__payload$424 [53:45];
-  assign \a__payload$424.data[6]  = \a__payload$424 [62:54];
-  assign \a__payload$424.data[7]  = \a__payload$424 [71:63];
-  assign \a__payload$424.data[8]  = \a__payload$424 [80:72];
-  assign \a__payload$424.last  = \a__payload$424 [81];
+  assign \a__payload$423.data  = \a__payload$423 [80:0];
+  assign \a__payload$423.data[0]  = \a__payload$423 [8:0];
+  assign \a__payload$423.data[1]  = \a__payload$423 [17:9];
+  assign \a__payload$423.data[2]  = \a__payload$423 [26:18];
+  assign \a__payload$423.data[3]  = \a__payload$423 [35:27];
+  assign \a__payload$423.data[4]  = \a__payload$423 [44:36];
+  assign \a__payload$423.data[5]  = \a__payload$423 [53:45];
+  assign \a__payload$423.data[6]  = \a__payload$423 [62:54];
+  assign \a__payload$423.data[7]  = \a__payload$423 [71:63];
+  assign \a__payload$423.data[8]  = \a__payload$423 [80:72];
+  assign \a__payload$423.last  = \a__payload$423 [81];
   assign \w__payload[0]  = w__payload[7:0];
   assign \w__payload[1]  = w__payload[15:8];
   assign \w__payload[2]  = w__payload[23:16];
@@ -36564,30 +36663,30 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   assign \w__payload[5]  = w__payload[47:40];
   assign \w__payload[6]  = w__payload[55:48];
   assign \w__payload[7]  = w__payload[63:56];
-  assign \o__payload$437[0]  = \w_data$436 [31:0];
-  assign \o__payload$437[1]  = \w_data$436 [63:32];
-  assign \o__payload$437[2]  = \w_data$436 [95:64];
-  assign \o__payload$437[3]  = \w_data$436 [127:96];
-  assign \o__payload$437[4]  = \w_data$436 [159:128];
-  assign \o__payload$437[5]  = \w_data$436 [191:160];
-  assign \o__payload$437[6]  = \w_data$436 [223:192];
-  assign \o__payload$437[7]  = \w_data$436 [255:224];
-  assign \req__payload$464.addr  = \req__payload$464 [31:0];
-  assign \req__payload$464.lb  = \req__payload$464 [34:32];
-  assign \i__payload$479.data  = \i__payload$479 [15:0];
-  assign \i__payload$479.last  = \i__payload$479 [16];
-  assign \i__payload$479 [16] = \r_data$237 [16];
-  assign \i__payload$479 [15:0] = \r_data$237 [15:0];
-  assign \req__payload$464 [34:32] = \$362 ;
-  assign \req__payload$464 [31:0] = \$352 ;
+  assign \o__payload$436[0]  = \w_data$435 [31:0];
+  assign \o__payload$436[1]  = \w_data$435 [63:32];
+  assign \o__payload$436[2]  = \w_data$435 [95:64];
+  assign \o__payload$436[3]  = \w_data$435 [127:96];
+  assign \o__payload$436[4]  = \w_data$435 [159:128];
+  assign \o__payload$436[5]  = \w_data$435 [191:160];
+  assign \o__payload$436[6]  = \w_data$435 [223:192];
+  assign \o__payload$436[7]  = \w_data$435 [255:224];
+  assign \req__payload$467.addr  = \req__payload$467 [31:0];
+  assign \req__payload$467.lb  = \req__payload$467 [34:32];
+  assign \i__payload$483.data  = \i__payload$483 [15:0];
+  assign \i__payload$483.last  = \i__payload$483 [16];
+  assign \i__payload$483 [16] = \r_data$484 [16];
+  assign \i__payload$483 [15:0] = \r_data$484 [15:0];
+  assign \req__payload$467 [34:32] = \$371 ;
+  assign \req__payload$467 [31:0] = \$361 ;
   assign i__payload[31:24] = r_data[55:48];
   assign i__payload[23:16] = r_data[39:32];
   assign i__payload[15:8] = r_data[23:16];
   assign i__payload[7:0] = r_data[7:0];
-  assign \b__payload$195 [63:48] = r_data[127:112];
-  assign \b__payload$195 [47:32] = r_data[111:96];
-  assign \b__payload$195 [31:16] = r_data[95:80];
-  assign \b__payload$195 [15:0] = r_data[79:64];
+  assign \b__payload$193 [63:48] = r_data[127:112];
+  assign \b__payload$193 [47:32] = r_data[111:96];
+  assign \b__payload$193 [31:16] = r_data[95:80];
+  assign \b__payload$193 [15:0] = r_data[79:64];
   assign a__payload[63:48] = r_data[63:48];
   assign a__payload[47:32] = r_data[47:32];
   assign a__payload[31:16] = r_data[31:16];
@@ -36610,57 +36709,58 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   assign \$57  = { ins[159], ins[159:142] };
   assign \$58  = { ins[159:142], 3'h0 };
   assign \$60  = { ins[177:160], 3'h0 };
-  assign { \$83 [3], \$83 [1:0] } = 3'h0;
-  assign \$83 [2] = ins[10];
-  assign \$84  = ins[10];
-  assign { \$86 [3], \$86 [1:0] } = 3'h0;
-  assign \$86 [2] = ins[10];
-  assign \$87  = ins[10];
-  assign { \$89 [3], \$89 [1:0] } = 3'h0;
-  assign \$89 [2] = ins[10];
-  assign \$90  = ins[10];
-  assign { \$92 [3], \$92 [1:0] } = 3'h0;
-  assign \$92 [2] = ins[10];
-  assign \$93  = ins[10];
-  assign \$133 [3:1] = 3'h0;
-  assign \$133 [0] = ins[8];
-  assign \$134  = ins[8];
-  assign \$136 [3:1] = 3'h0;
-  assign \$136 [0] = ins[8];
-  assign \$137  = ins[8];
-  assign \$139 [3:1] = 3'h0;
-  assign \$139 [0] = ins[8];
-  assign \$140  = ins[8];
-  assign \$142 [3:1] = 3'h0;
-  assign \$142 [0] = ins[8];
-  assign \$143  = ins[8];
-  assign \$145 [3:1] = 3'h0;
-  assign \$145 [0] = ins[8];
-  assign \$146  = ins[8];
-  assign \$148 [3:1] = 3'h0;
-  assign \$148 [0] = ins[8];
-  assign \$149  = ins[8];
-  assign \$151 [3:1] = 3'h0;
-  assign \$151 [0] = ins[8];
-  assign \$152  = ins[8];
-  assign \$341  = 1'h0;
-  assign \$348  = 1'h0;
-  assign \$349  = \$347 ;
-  assign \$358  = 1'h0;
-  assign \$359  = \$357 ;
-  assign \$363  = in_fetch;
-  assign \$367  = unit_rst;
-  assign \$475  = { 19'h00000, \$474 [32:19] };
-  assign \$476  = { 3'h0, dec_n2p[16:3] };
-  assign \$481  = { 1'h0, dec_nt, 6'h00 };
-  assign \$483 [5:0] = 6'h00;
-  assign \$483 [31:6] = { 8'h00, \$482 [23:6] };
-  assign \$487  = { 1'h0, dec_mt_last };
-  assign \$488  = { dec_mt_last, 3'h0 };
-  assign \$491  = { dec_nt_last, 3'h0 };
-  assign \$493 [2:0] = 3'h0;
-  assign \$493 [3] = ins[11];
-  assign \$494  = ins[11];
+  assign \$122 [3:1] = 3'h0;
+  assign \$122 [0] = ins[8];
+  assign \$123  = ins[8];
+  assign \$125 [3:1] = 3'h0;
+  assign \$125 [0] = ins[8];
+  assign \$126  = ins[8];
+  assign \$128 [3:1] = 3'h0;
+  assign \$128 [0] = ins[8];
+  assign \$129  = ins[8];
+  assign \$131 [3:1] = 3'h0;
+  assign \$131 [0] = ins[8];
+  assign \$132  = ins[8];
+  assign \$134 [3:1] = 3'h0;
+  assign \$134 [0] = ins[8];
+  assign \$135  = ins[8];
+  assign \$137 [3:1] = 3'h0;
+  assign \$137 [0] = ins[8];
+  assign \$138  = ins[8];
+  assign \$140 [3:1] = 3'h0;
+  assign \$140 [0] = ins[8];
+  assign \$141  = ins[8];
+  assign { \$321 [3], \$321 [1:0] } = 3'h0;
+  assign \$321 [2] = ins[10];
+  assign \$322  = ins[10];
+  assign { \$324 [3], \$324 [1:0] } = 3'h0;
+  assign \$324 [2] = ins[10];
+  assign \$325  = ins[10];
+  assign { \$327 [3], \$327 [1:0] } = 3'h0;
+  assign \$327 [2] = ins[10];
+  assign \$328  = ins[10];
+  assign { \$330 [3], \$330 [1:0] } = 3'h0;
+  assign \$330 [2] = ins[10];
+  assign \$331  = ins[10];
+  assign \$350  = 1'h0;
+  assign \$357  = 1'h0;
+  assign \$358  = \$356 ;
+  assign \$367  = 1'h0;
+  assign \$368  = \$366 ;
+  assign \$372  = in_fetch;
+  assign \$376  = unit_rst;
+  assign \$491  = { 19'h00000, \$490 [32:19] };
+  assign \$492  = { 3'h0, dec_n2p[16:3] };
+  assign \$497  = { 1'h0, dec_nt, 6'h00 };
+  assign \$499 [5:0] = 6'h00;
+  assign \$499 [31:6] = { 8'h00, \$498 [23:6] };
+  assign \$504  = { 15'h0000, dec_tiles_hi, 16'h0000 };
+  assign \$506  = { 1'h0, dec_mt_last };
+  assign \$507  = { dec_mt_last, 3'h0 };
+  assign \$510  = { dec_nt_last, 3'h0 };
+  assign \$512 [2:0] = 3'h0;
+  assign \$512 [3] = ins[11];
+  assign \$513  = ins[11];
   assign \$52  = \$51 ;
 endmodule
 
@@ -41210,10 +41310,10 @@ module \accelerator.core.add (o__ready, a__ready, b__ready, o__payload, a__paylo
   \accelerator.core.add.out_queue  out_queue (
     .add_d_clk(add_d_clk),
     .add_d_rst(add_d_rst),
-    .\port$11681$0 (l0s_s2_o),
-    .\port$11773$0 (l1s_s2_o),
-    .\port$11865$0 (l2s_s2_o),
-    .\port$11957$0 (l3s_s2_o),
+    .\port$11752$0 (l0s_s2_o),
+    .\port$11844$0 (l1s_s2_o),
+    .\port$11936$0 (l2s_s2_o),
+    .\port$12028$0 (l3s_s2_o),
     .r_data(o__payload),
     .r_en(o__ready),
     .r_rdy(o__valid),
@@ -42411,7 +42511,7 @@ module \accelerator.core.add (o__ready, a__ready, b__ready, o__payload, a__paylo
 endmodule
 
 (* generator = "Amaranth" *)
-module \accelerator.core.add.out_queue (r_en, r_data, add_d_rst, \port$11681$0 , \port$11773$0 , \port$11865$0 , \port$11957$0 , w_en, r_rdy, add_d_clk);
+module \accelerator.core.add.out_queue (r_en, r_data, add_d_rst, \port$11752$0 , \port$11844$0 , \port$11936$0 , \port$12028$0 , w_en, r_rdy, add_d_clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$57  = 0;
   wire \$1 ;
   wire \$10 ;
@@ -42456,14 +42556,14 @@ module \accelerator.core.add.out_queue (r_en, r_data, add_d_rst, \port$11681$0 ,
   reg [3:0] inner_level = 4'h0;
   wire inner_r_rdy;
   wire [3:0] level;
-  input [15:0] \port$11681$0 ;
-  wire [15:0] \port$11681$0 ;
-  input [15:0] \port$11773$0 ;
-  wire [15:0] \port$11773$0 ;
-  input [15:0] \port$11865$0 ;
-  wire [15:0] \port$11865$0 ;
-  input [15:0] \port$11957$0 ;
-  wire [15:0] \port$11957$0 ;
+  input [15:0] \port$11752$0 ;
+  wire [15:0] \port$11752$0 ;
+  input [15:0] \port$11844$0 ;
+  wire [15:0] \port$11844$0 ;
+  input [15:0] \port$11936$0 ;
+  wire [15:0] \port$11936$0 ;
+  input [15:0] \port$12028$0 ;
+  wire [15:0] \port$12028$0 ;
   (* init = 4'h0 *)
   wire [3:0] produce;
   output [63:0] r_data;
@@ -42502,7 +42602,7 @@ module \accelerator.core.add.out_queue (r_en, r_data, add_d_rst, \port$11681$0 ,
   end
   always @(posedge add_d_clk) begin
     if (w_port__en)
-      storage[w_port__addr] <= { \port$11957$0 , \port$11865$0 , \port$11773$0 , \port$11681$0  };
+      storage[w_port__addr] <= { \port$12028$0 , \port$11936$0 , \port$11844$0 , \port$11752$0  };
   end
   reg [63:0] _0_;
   always @(posedge add_d_clk) begin
@@ -42602,8 +42702,8 @@ module \accelerator.core.add.out_queue (r_en, r_data, add_d_rst, \port$11681$0 ,
   assign level = \$3 [3:0];
   assign r_level = \$3 [3:0];
   assign produce = w_port__addr;
-  assign w_port__data = { \port$11957$0 , \port$11865$0 , \port$11773$0 , \port$11681$0  };
-  assign w_data = { \port$11957$0 , \port$11865$0 , \port$11773$0 , \port$11681$0  };
+  assign w_port__data = { \port$12028$0 , \port$11936$0 , \port$11844$0 , \port$11752$0  };
+  assign w_data = { \port$12028$0 , \port$11936$0 , \port$11844$0 , \port$11752$0  };
   assign consume = r_port__addr;
   assign r_port__data = r_data;
 endmodule
@@ -50100,10 +50200,10 @@ module \accelerator.core.gelu0 (o__ready, go, o__payload, i__payload, i__valid, 
   \accelerator.core.gelu0.out_queue  out_queue (
     .gelu0_d_clk(gelu0_d_clk),
     .gelu0_d_rst(gelu0_d_rst),
-    .\port$12190$0 (l0_s27_o),
-    .\port$12376$0 (l1_s27_o),
-    .\port$12562$0 (l2_s27_o),
-    .\port$12748$0 (l3_s27_o),
+    .\port$12261$0 (l0_s27_o),
+    .\port$12447$0 (l1_s27_o),
+    .\port$12633$0 (l2_s27_o),
+    .\port$12819$0 (l3_s27_o),
     .r_data(o__payload),
     .r_en(o__ready),
     .r_rdy(o__valid),
@@ -52063,7 +52163,7 @@ module \accelerator.core.gelu0 (o__ready, go, o__payload, i__payload, i__valid, 
 endmodule
 
 (* generator = "Amaranth" *)
-module \accelerator.core.gelu0.out_queue (r_en, r_data, gelu0_d_rst, \port$12190$0 , \port$12376$0 , \port$12562$0 , \port$12748$0 , w_en, r_rdy, gelu0_d_clk);
+module \accelerator.core.gelu0.out_queue (r_en, r_data, gelu0_d_rst, \port$12261$0 , \port$12447$0 , \port$12633$0 , \port$12819$0 , w_en, r_rdy, gelu0_d_clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$61  = 0;
   wire \$1 ;
   wire \$10 ;
@@ -52108,14 +52208,14 @@ module \accelerator.core.gelu0.out_queue (r_en, r_data, gelu0_d_rst, \port$12190
   reg [4:0] inner_level = 5'h00;
   wire inner_r_rdy;
   wire [4:0] level;
-  input [7:0] \port$12190$0 ;
-  wire [7:0] \port$12190$0 ;
-  input [7:0] \port$12376$0 ;
-  wire [7:0] \port$12376$0 ;
-  input [7:0] \port$12562$0 ;
-  wire [7:0] \port$12562$0 ;
-  input [7:0] \port$12748$0 ;
-  wire [7:0] \port$12748$0 ;
+  input [7:0] \port$12261$0 ;
+  wire [7:0] \port$12261$0 ;
+  input [7:0] \port$12447$0 ;
+  wire [7:0] \port$12447$0 ;
+  input [7:0] \port$12633$0 ;
+  wire [7:0] \port$12633$0 ;
+  input [7:0] \port$12819$0 ;
+  wire [7:0] \port$12819$0 ;
   (* init = 5'h00 *)
   wire [4:0] produce;
   output [31:0] r_data;
@@ -52170,7 +52270,7 @@ module \accelerator.core.gelu0.out_queue (r_en, r_data, gelu0_d_rst, \port$12190
   end
   always @(posedge gelu0_d_clk) begin
     if (w_port__en)
-      storage[w_port__addr] <= { \port$12748$0 , \port$12562$0 , \port$12376$0 , \port$12190$0  };
+      storage[w_port__addr] <= { \port$12819$0 , \port$12633$0 , \port$12447$0 , \port$12261$0  };
   end
   reg [31:0] _0_;
   always @(posedge gelu0_d_clk) begin
@@ -52270,8 +52370,8 @@ module \accelerator.core.gelu0.out_queue (r_en, r_data, gelu0_d_rst, \port$12190
   assign level = \$3 [4:0];
   assign r_level = \$3 [4:0];
   assign produce = w_port__addr;
-  assign w_port__data = { \port$12748$0 , \port$12562$0 , \port$12376$0 , \port$12190$0  };
-  assign w_data = { \port$12748$0 , \port$12562$0 , \port$12376$0 , \port$12190$0  };
+  assign w_port__data = { \port$12819$0 , \port$12633$0 , \port$12447$0 , \port$12261$0  };
+  assign w_data = { \port$12819$0 , \port$12633$0 , \port$12447$0 , \port$12261$0  };
   assign consume = r_port__addr;
   assign r_port__data = r_data;
 endmodule
@@ -68034,8 +68134,143 @@ module \accelerator.core.layernorm.out_queue (r_en, r_data, layernorm_d_rst, w_p
 endmodule
 
 (* generator = "Amaranth" *)
-module \accelerator.core.norm_out_slice (rst, w_en, w_port__data, r_en, w_rdy, r_rdy, r_data, unit_rst, clk);
+module \accelerator.core.norm_in_slice (rst, w_en, r_en, w_port__data, w_rdy, r_rdy, r_data, unit_rst, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$72  = 0;
+  wire \$1 ;
+  wire \$10 ;
+  wire \$11 ;
+  wire \$12 ;
+  wire \$13 ;
+  wire [2:0] \$14 ;
+  reg \$15 ;
+  reg \$16 ;
+  reg [1:0] \$17 ;
+  wire [1:0] \$2 ;
+  wire \$3 ;
+  wire [1:0] \$4 ;
+  wire \$5 ;
+  wire \$6 ;
+  wire \$7 ;
+  wire \$8 ;
+  wire [2:0] \$9 ;
+  input clk;
+  wire clk;
+  (* init = 1'h0 *)
+  wire consume;
+  reg [1:0] level = 2'h0;
+  (* init = 1'h0 *)
+  wire produce;
+  output [16:0] r_data;
+  wire [16:0] r_data;
+  input r_en;
+  wire r_en;
+  (* init = 2'h0 *)
+  wire [1:0] r_level;
+  reg r_port__addr = 1'h0;
+  wire [16:0] r_port__data;
+  output r_rdy;
+  wire r_rdy;
+  input rst;
+  wire rst;
+  input unit_rst;
+  wire unit_rst;
+  wire [16:0] w_data;
+  input w_en;
+  wire w_en;
+  (* init = 2'h0 *)
+  wire [1:0] w_level;
+  reg w_port__addr = 1'h0;
+  input [16:0] w_port__data;
+  wire [16:0] w_port__data;
+  wire w_port__en;
+  output w_rdy;
+  wire w_rdy;
+  reg [16:0] storage [1:0];
+  initial begin
+    storage[0] = 17'h00000;
+    storage[1] = 17'h00000;
+  end
+  always @(posedge clk) begin
+    if (w_port__en)
+      storage[w_port__addr] <= w_port__data;
+  end
+  assign r_data = storage[r_port__addr];
+  assign w_rdy = level != 2'h2;
+  assign r_rdy = | level;
+  assign w_port__en = w_en & w_rdy;
+  assign \$1  = w_rdy & w_en;
+  assign \$2  = w_port__addr + 1'h1;
+  assign \$3  = r_rdy & r_en;
+  assign \$4  = r_port__addr + 1'h1;
+  assign \$5  = w_rdy & w_en;
+  assign \$6  = r_rdy & r_en;
+  assign \$7  = ~ \$6 ;
+  assign \$8  = \$5  & \$7 ;
+  assign \$9  = level + 1'h1;
+  assign \$10  = r_rdy & r_en;
+  assign \$11  = w_rdy & w_en;
+  assign \$12  = ~ \$11 ;
+  assign \$13  = \$10  & \$12 ;
+  assign \$14  = level - 1'h1;
+  always @(posedge clk)
+    w_port__addr <= \$15 ;
+  always @(posedge clk)
+    r_port__addr <= \$16 ;
+  always @(posedge clk)
+    level <= \$17 ;
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$72 ) begin end
+    \$15  = w_port__addr;
+    if (\$1 ) begin
+      \$15  = \$2 [0];
+    end
+    if (unit_rst) begin
+      \$15  = 1'h0;
+    end
+    if (rst) begin
+      \$15  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$72 ) begin end
+    \$16  = r_port__addr;
+    if (\$3 ) begin
+      \$16  = \$4 [0];
+    end
+    if (unit_rst) begin
+      \$16  = 1'h0;
+    end
+    if (rst) begin
+      \$16  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$72 ) begin end
+    \$17  = level;
+    if (\$8 ) begin
+      \$17  = \$9 [1:0];
+    end
+    if (\$13 ) begin
+      \$17  = \$14 [1:0];
+    end
+    if (unit_rst) begin
+      \$17  = 2'h0;
+    end
+    if (rst) begin
+      \$17  = 2'h0;
+    end
+  end
+  assign w_level = level;
+  assign r_level = level;
+  assign produce = w_port__addr;
+  assign w_data = w_port__data;
+  assign consume = r_port__addr;
+  assign r_port__data = r_data;
+endmodule
+
+(* generator = "Amaranth" *)
+module \accelerator.core.norm_out_slice (rst, w_en, w_port__data, r_en, w_rdy, r_rdy, r_data, unit_rst, clk);
+  reg \$auto$verilog_backend.cc:2355:dump_module$73  = 0;
   wire \$1 ;
   wire \$10 ;
   wire \$11 ;
@@ -68119,7 +68354,7 @@ module \accelerator.core.norm_out_slice (rst, w_en, w_port__data, r_en, w_rdy, r
   always @(posedge clk)
     level <= \$17 ;
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$72 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$73 ) begin end
     \$15  = w_port__addr;
     if (\$1 ) begin
       \$15  = \$2 [0];
@@ -68132,7 +68367,7 @@ module \accelerator.core.norm_out_slice (rst, w_en, w_port__data, r_en, w_rdy, r
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$72 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$73 ) begin end
     \$16  = r_port__addr;
     if (\$3 ) begin
       \$16  = \$4 [0];
@@ -68145,7 +68380,7 @@ module \accelerator.core.norm_out_slice (rst, w_en, w_port__data, r_en, w_rdy, r
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$72 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$73 ) begin end
     \$17  = level;
     if (\$8 ) begin
       \$17  = \$9 [1:0];
@@ -68169,8 +68404,8 @@ module \accelerator.core.norm_out_slice (rst, w_en, w_port__data, r_en, w_rdy, r
 endmodule
 
 (* generator = "Amaranth" *)
-module \accelerator.core.pack_slice (rst, w_rdy, r_rdy, r_data, r_en, unit_rst, w_en, \port$9178$0 , \port$9180$0 , \port$9182$0 , \port$9184$0 , \port$9186$0 , \port$9188$0 , \port$9190$0 , \port$9192$0 , clk);
-  reg \$auto$verilog_backend.cc:2355:dump_module$73  = 0;
+module \accelerator.core.pack_slice (rst, w_rdy, r_rdy, r_data, r_en, unit_rst, w_en, \port$9247$0 , \port$9249$0 , \port$9251$0 , \port$9253$0 , \port$9255$0 , \port$9257$0 , \port$9259$0 , \port$9261$0 , clk);
+  reg \$auto$verilog_backend.cc:2355:dump_module$74  = 0;
   wire \$1 ;
   wire \$10 ;
   wire \$11 ;
@@ -68193,22 +68428,22 @@ module \accelerator.core.pack_slice (rst, w_rdy, r_rdy, r_data, r_en, unit_rst, 
   (* init = 1'h0 *)
   wire consume;
   reg [1:0] level = 2'h0;
-  input [15:0] \port$9178$0 ;
-  wire [15:0] \port$9178$0 ;
-  input [15:0] \port$9180$0 ;
-  wire [15:0] \port$9180$0 ;
-  input [15:0] \port$9182$0 ;
-  wire [15:0] \port$9182$0 ;
-  input [15:0] \port$9184$0 ;
-  wire [15:0] \port$9184$0 ;
-  input [15:0] \port$9186$0 ;
-  wire [15:0] \port$9186$0 ;
-  input [15:0] \port$9188$0 ;
-  wire [15:0] \port$9188$0 ;
-  input [15:0] \port$9190$0 ;
-  wire [15:0] \port$9190$0 ;
-  input [15:0] \port$9192$0 ;
-  wire [15:0] \port$9192$0 ;
+  input [15:0] \port$9247$0 ;
+  wire [15:0] \port$9247$0 ;
+  input [15:0] \port$9249$0 ;
+  wire [15:0] \port$9249$0 ;
+  input [15:0] \port$9251$0 ;
+  wire [15:0] \port$9251$0 ;
+  input [15:0] \port$9253$0 ;
+  wire [15:0] \port$9253$0 ;
+  input [15:0] \port$9255$0 ;
+  wire [15:0] \port$9255$0 ;
+  input [15:0] \port$9257$0 ;
+  wire [15:0] \port$9257$0 ;
+  input [15:0] \port$9259$0 ;
+  wire [15:0] \port$9259$0 ;
+  input [15:0] \port$9261$0 ;
+  wire [15:0] \port$9261$0 ;
   (* init = 1'h0 *)
   wire produce;
   output [127:0] r_data;
@@ -68242,7 +68477,7 @@ module \accelerator.core.pack_slice (rst, w_rdy, r_rdy, r_data, r_en, unit_rst, 
   end
   always @(posedge clk) begin
     if (w_port__en)
-      storage[w_port__addr] <= { \port$9192$0 , \port$9190$0 , \port$9188$0 , \port$9186$0 , \port$9184$0 , \port$9182$0 , \port$9180$0 , \port$9178$0  };
+      storage[w_port__addr] <= { \port$9261$0 , \port$9259$0 , \port$9257$0 , \port$9255$0 , \port$9253$0 , \port$9251$0 , \port$9249$0 , \port$9247$0  };
   end
   assign r_data = storage[r_port__addr];
   assign w_rdy = level != 2'h2;
@@ -68269,7 +68504,7 @@ module \accelerator.core.pack_slice (rst, w_rdy, r_rdy, r_data, r_en, unit_rst, 
   always @(posedge clk)
     level <= \$17 ;
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$73 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$74 ) begin end
     \$15  = w_port__addr;
     if (\$1 ) begin
       \$15  = \$2 [0];
@@ -68282,7 +68517,7 @@ module \accelerator.core.pack_slice (rst, w_rdy, r_rdy, r_data, r_en, unit_rst, 
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$73 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$74 ) begin end
     \$16  = r_port__addr;
     if (\$3 ) begin
       \$16  = \$4 [0];
@@ -68295,7 +68530,7 @@ module \accelerator.core.pack_slice (rst, w_rdy, r_rdy, r_data, r_en, unit_rst, 
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$73 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$74 ) begin end
     \$17  = level;
     if (\$8 ) begin
       \$17  = \$9 [1:0];
@@ -68313,163 +68548,14 @@ module \accelerator.core.pack_slice (rst, w_rdy, r_rdy, r_data, r_en, unit_rst, 
   assign w_level = level;
   assign r_level = level;
   assign produce = w_port__addr;
-  assign w_port__data = { \port$9192$0 , \port$9190$0 , \port$9188$0 , \port$9186$0 , \port$9184$0 , \port$9182$0 , \port$9180$0 , \port$9178$0  };
-  assign w_data = { \port$9192$0 , \port$9190$0 , \port$9188$0 , \port$9186$0 , \port$9184$0 , \port$9182$0 , \port$9180$0 , \port$9178$0  };
+  assign w_port__data = { \port$9261$0 , \port$9259$0 , \port$9257$0 , \port$9255$0 , \port$9253$0 , \port$9251$0 , \port$9249$0 , \port$9247$0  };
+  assign w_data = { \port$9261$0 , \port$9259$0 , \port$9257$0 , \port$9255$0 , \port$9253$0 , \port$9251$0 , \port$9249$0 , \port$9247$0  };
   assign consume = r_port__addr;
   assign r_port__data = r_data;
 endmodule
 
 (* generator = "Amaranth" *)
-module \accelerator.core.q_src0 (rst, r_en, r_rdy, r_data, w_en, \port$8983$0 , \port$8985$0 , unit_rst, clk);
-  reg \$auto$verilog_backend.cc:2355:dump_module$74  = 0;
-  wire \$1 ;
-  wire \$10 ;
-  wire \$11 ;
-  wire \$12 ;
-  wire [3:0] \$13 ;
-  wire \$14 ;
-  wire \$15 ;
-  wire \$16 ;
-  wire \$17 ;
-  wire [3:0] \$18 ;
-  reg [2:0] \$19 ;
-  wire \$2 ;
-  reg [2:0] \$20 ;
-  reg [2:0] \$21 ;
-  wire [3:0] \$3 ;
-  wire [3:0] \$4 ;
-  wire \$5 ;
-  wire \$6 ;
-  wire [3:0] \$7 ;
-  wire [3:0] \$8 ;
-  wire \$9 ;
-  input clk;
-  wire clk;
-  (* init = 3'h0 *)
-  wire [2:0] consume;
-  reg [2:0] level = 3'h0;
-  input [15:0] \port$8983$0 ;
-  wire [15:0] \port$8983$0 ;
-  input [2:0] \port$8985$0 ;
-  wire [2:0] \port$8985$0 ;
-  (* init = 3'h0 *)
-  wire [2:0] produce;
-  output [18:0] r_data;
-  wire [18:0] r_data;
-  input r_en;
-  wire r_en;
-  (* init = 3'h0 *)
-  wire [2:0] r_level;
-  reg [2:0] r_port__addr = 3'h0;
-  wire [18:0] r_port__data;
-  output r_rdy;
-  wire r_rdy;
-  input rst;
-  wire rst;
-  input unit_rst;
-  wire unit_rst;
-  wire [18:0] w_data;
-  input w_en;
-  wire w_en;
-  (* init = 3'h0 *)
-  wire [2:0] w_level;
-  reg [2:0] w_port__addr = 3'h0;
-  wire [18:0] w_port__data;
-  wire w_port__en;
-  wire w_rdy;
-  reg [18:0] storage [4:0];
-  initial begin
-    storage[0] = 19'h00000;
-    storage[1] = 19'h00000;
-    storage[2] = 19'h00000;
-    storage[3] = 19'h00000;
-    storage[4] = 19'h00000;
-  end
-  always @(posedge clk) begin
-    if (w_port__en)
-      storage[w_port__addr] <= { \port$8985$0 , \port$8983$0  };
-  end
-  assign r_data = storage[r_port__addr];
-  assign w_rdy = level != 3'h5;
-  assign r_rdy = | level;
-  assign w_port__en = w_en & w_rdy;
-  assign \$1  = w_rdy & w_en;
-  assign \$2  = w_port__addr == 3'h4;
-  assign \$3  = w_port__addr + 1'h1;
-  assign \$4  = \$2  ? 4'h0 : \$3 ;
-  assign \$5  = r_rdy & r_en;
-  assign \$6  = r_port__addr == 3'h4;
-  assign \$7  = r_port__addr + 1'h1;
-  assign \$8  = \$6  ? 4'h0 : \$7 ;
-  assign \$9  = w_rdy & w_en;
-  assign \$10  = r_rdy & r_en;
-  assign \$11  = ~ \$10 ;
-  assign \$12  = \$9  & \$11 ;
-  assign \$13  = level + 1'h1;
-  assign \$14  = r_rdy & r_en;
-  assign \$15  = w_rdy & w_en;
-  assign \$16  = ~ \$15 ;
-  assign \$17  = \$14  & \$16 ;
-  assign \$18  = level - 1'h1;
-  always @(posedge clk)
-    w_port__addr <= \$19 ;
-  always @(posedge clk)
-    r_port__addr <= \$20 ;
-  always @(posedge clk)
-    level <= \$21 ;
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$74 ) begin end
-    \$19  = w_port__addr;
-    if (\$1 ) begin
-      \$19  = \$4 [2:0];
-    end
-    if (unit_rst) begin
-      \$19  = 3'h0;
-    end
-    if (rst) begin
-      \$19  = 3'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$74 ) begin end
-    \$20  = r_port__addr;
-    if (\$5 ) begin
-      \$20  = \$8 [2:0];
-    end
-    if (unit_rst) begin
-      \$20  = 3'h0;
-    end
-    if (rst) begin
-      \$20  = 3'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$74 ) begin end
-    \$21  = level;
-    if (\$12 ) begin
-      \$21  = \$13 [2:0];
-    end
-    if (\$17 ) begin
-      \$21  = \$18 [2:0];
-    end
-    if (unit_rst) begin
-      \$21  = 3'h0;
-    end
-    if (rst) begin
-      \$21  = 3'h0;
-    end
-  end
-  assign w_level = level;
-  assign r_level = level;
-  assign produce = w_port__addr;
-  assign w_port__data = { \port$8985$0 , \port$8983$0  };
-  assign w_data = { \port$8985$0 , \port$8983$0  };
-  assign consume = r_port__addr;
-  assign r_port__data = r_data;
-endmodule
-
-(* generator = "Amaranth" *)
-module \accelerator.core.q_src1 (rst, r_rdy, r_data, r_en, w_en, \port$8992$0 , \port$8994$0 , unit_rst, clk);
+module \accelerator.core.q_src0 (rst, r_en, r_rdy, r_data, w_en, \port$9046$0 , \port$9048$0 , unit_rst, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$75  = 0;
   wire \$1 ;
   wire \$10 ;
@@ -68497,10 +68583,10 @@ module \accelerator.core.q_src1 (rst, r_rdy, r_data, r_en, w_en, \port$8992$0 , 
   (* init = 3'h0 *)
   wire [2:0] consume;
   reg [2:0] level = 3'h0;
-  input [15:0] \port$8992$0 ;
-  wire [15:0] \port$8992$0 ;
-  input [2:0] \port$8994$0 ;
-  wire [2:0] \port$8994$0 ;
+  input [15:0] \port$9046$0 ;
+  wire [15:0] \port$9046$0 ;
+  input [2:0] \port$9048$0 ;
+  wire [2:0] \port$9048$0 ;
   (* init = 3'h0 *)
   wire [2:0] produce;
   output [18:0] r_data;
@@ -68536,7 +68622,7 @@ module \accelerator.core.q_src1 (rst, r_rdy, r_data, r_en, w_en, \port$8992$0 , 
   end
   always @(posedge clk) begin
     if (w_port__en)
-      storage[w_port__addr] <= { \port$8994$0 , \port$8992$0  };
+      storage[w_port__addr] <= { \port$9048$0 , \port$9046$0  };
   end
   assign r_data = storage[r_port__addr];
   assign w_rdy = level != 3'h5;
@@ -68611,15 +68697,164 @@ module \accelerator.core.q_src1 (rst, r_rdy, r_data, r_en, w_en, \port$8992$0 , 
   assign w_level = level;
   assign r_level = level;
   assign produce = w_port__addr;
-  assign w_port__data = { \port$8994$0 , \port$8992$0  };
-  assign w_data = { \port$8994$0 , \port$8992$0  };
+  assign w_port__data = { \port$9048$0 , \port$9046$0  };
+  assign w_data = { \port$9048$0 , \port$9046$0  };
+  assign consume = r_port__addr;
+  assign r_port__data = r_data;
+endmodule
+
+(* generator = "Amaranth" *)
+module \accelerator.core.q_src1 (rst, r_rdy, r_data, r_en, w_en, \port$9055$0 , \port$9057$0 , unit_rst, clk);
+  reg \$auto$verilog_backend.cc:2355:dump_module$76  = 0;
+  wire \$1 ;
+  wire \$10 ;
+  wire \$11 ;
+  wire \$12 ;
+  wire [3:0] \$13 ;
+  wire \$14 ;
+  wire \$15 ;
+  wire \$16 ;
+  wire \$17 ;
+  wire [3:0] \$18 ;
+  reg [2:0] \$19 ;
+  wire \$2 ;
+  reg [2:0] \$20 ;
+  reg [2:0] \$21 ;
+  wire [3:0] \$3 ;
+  wire [3:0] \$4 ;
+  wire \$5 ;
+  wire \$6 ;
+  wire [3:0] \$7 ;
+  wire [3:0] \$8 ;
+  wire \$9 ;
+  input clk;
+  wire clk;
+  (* init = 3'h0 *)
+  wire [2:0] consume;
+  reg [2:0] level = 3'h0;
+  input [15:0] \port$9055$0 ;
+  wire [15:0] \port$9055$0 ;
+  input [2:0] \port$9057$0 ;
+  wire [2:0] \port$9057$0 ;
+  (* init = 3'h0 *)
+  wire [2:0] produce;
+  output [18:0] r_data;
+  wire [18:0] r_data;
+  input r_en;
+  wire r_en;
+  (* init = 3'h0 *)
+  wire [2:0] r_level;
+  reg [2:0] r_port__addr = 3'h0;
+  wire [18:0] r_port__data;
+  output r_rdy;
+  wire r_rdy;
+  input rst;
+  wire rst;
+  input unit_rst;
+  wire unit_rst;
+  wire [18:0] w_data;
+  input w_en;
+  wire w_en;
+  (* init = 3'h0 *)
+  wire [2:0] w_level;
+  reg [2:0] w_port__addr = 3'h0;
+  wire [18:0] w_port__data;
+  wire w_port__en;
+  wire w_rdy;
+  reg [18:0] storage [4:0];
+  initial begin
+    storage[0] = 19'h00000;
+    storage[1] = 19'h00000;
+    storage[2] = 19'h00000;
+    storage[3] = 19'h00000;
+    storage[4] = 19'h00000;
+  end
+  always @(posedge clk) begin
+    if (w_port__en)
+      storage[w_port__addr] <= { \port$9057$0 , \port$9055$0  };
+  end
+  assign r_data = storage[r_port__addr];
+  assign w_rdy = level != 3'h5;
+  assign r_rdy = | level;
+  assign w_port__en = w_en & w_rdy;
+  assign \$1  = w_rdy & w_en;
+  assign \$2  = w_port__addr == 3'h4;
+  assign \$3  = w_port__addr + 1'h1;
+  assign \$4  = \$2  ? 4'h0 : \$3 ;
+  assign \$5  = r_rdy & r_en;
+  assign \$6  = r_port__addr == 3'h4;
+  assign \$7  = r_port__addr + 1'h1;
+  assign \$8  = \$6  ? 4'h0 : \$7 ;
+  assign \$9  = w_rdy & w_en;
+  assign \$10  = r_rdy & r_en;
+  assign \$11  = ~ \$10 ;
+  assign \$12  = \$9  & \$11 ;
+  assign \$13  = level + 1'h1;
+  assign \$14  = r_rdy & r_en;
+  assign \$15  = w_rdy & w_en;
+  assign \$16  = ~ \$15 ;
+  assign \$17  = \$14  & \$16 ;
+  assign \$18  = level - 1'h1;
+  always @(posedge clk)
+    w_port__addr <= \$19 ;
+  always @(posedge clk)
+    r_port__addr <= \$20 ;
+  always @(posedge clk)
+    level <= \$21 ;
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$76 ) begin end
+    \$19  = w_port__addr;
+    if (\$1 ) begin
+      \$19  = \$4 [2:0];
+    end
+    if (unit_rst) begin
+      \$19  = 3'h0;
+    end
+    if (rst) begin
+      \$19  = 3'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$76 ) begin end
+    \$20  = r_port__addr;
+    if (\$5 ) begin
+      \$20  = \$8 [2:0];
+    end
+    if (unit_rst) begin
+      \$20  = 3'h0;
+    end
+    if (rst) begin
+      \$20  = 3'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$76 ) begin end
+    \$21  = level;
+    if (\$12 ) begin
+      \$21  = \$13 [2:0];
+    end
+    if (\$17 ) begin
+      \$21  = \$18 [2:0];
+    end
+    if (unit_rst) begin
+      \$21  = 3'h0;
+    end
+    if (rst) begin
+      \$21  = 3'h0;
+    end
+  end
+  assign w_level = level;
+  assign r_level = level;
+  assign produce = w_port__addr;
+  assign w_port__data = { \port$9057$0 , \port$9055$0  };
+  assign w_data = { \port$9057$0 , \port$9055$0  };
   assign consume = r_port__addr;
   assign r_port__data = r_data;
 endmodule
 
 (* generator = "Amaranth" *)
 module \accelerator.core.reader (rst, w_en, \r_en$23 , ar__valid, r__ready, idle, req__ready, beat__valid, beat__payload, ar__ready, r__valid, r__payload, w_data, ar__payload, clk);
-  reg \$auto$verilog_backend.cc:2355:dump_module$76  = 0;
+  reg \$auto$verilog_backend.cc:2355:dump_module$77  = 0;
   wire [31:0] \$1 ;
   wire [3:0] \$10 ;
   wire [11:0] \$11 ;
@@ -68871,9 +69106,9 @@ module \accelerator.core.reader (rst, w_en, \r_en$23 , ar__valid, r__ready, idle
   );
   \accelerator.core.reader.shapes  shapes (
     .clk(clk),
-    .\port$1341$0 (\$13 [4:0]),
-    .\port$1342$0 (\$14 ),
-    .\port$1485$0 (r_data[2:0]),
+    .\port$1376$0 (\$13 [4:0]),
+    .\port$1377$0 (\$14 ),
+    .\port$1520$0 (r_data[2:0]),
     .r_data(\r_data$30 ),
     .r_en(\r_en$44 ),
     .r_rdy(\r_rdy$26 ),
@@ -68882,7 +69117,7 @@ module \accelerator.core.reader (rst, w_en, \r_en$23 , ar__valid, r__ready, idle
     .w_rdy(\w_rdy$8 )
   );
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$76 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$77 ) begin end
     \r_en$44  = 1'h0;
     if (\$35 ) begin
       if (\$36 ) begin
@@ -68891,7 +69126,7 @@ module \accelerator.core.reader (rst, w_en, \r_en$23 , ar__valid, r__ready, idle
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$76 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$77 ) begin end
     \w_en$15  = 1'h0;
     if (\$35 ) begin
       if (\$36 ) begin
@@ -68900,63 +69135,63 @@ module \accelerator.core.reader (rst, w_en, \r_en$23 , ar__valid, r__ready, idle
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$76 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$77 ) begin end
     \$56  = acc0;
     if (\$41 ) begin
       \$56  = r__payload[63:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$76 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$77 ) begin end
     \$57  = acc1;
     if (at[0]) begin
       \$57  = r__payload[63:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$76 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$77 ) begin end
     \$58  = acc2;
     if (at[1]) begin
       \$58  = r__payload[63:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$76 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$77 ) begin end
     \$59  = acc3;
     if (at[2]) begin
       \$59  = r__payload[63:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$76 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$77 ) begin end
     \$60  = acc4;
     if (at[3]) begin
       \$60  = r__payload[63:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$76 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$77 ) begin end
     \$61  = acc5;
     if (at[4]) begin
       \$61  = r__payload[63:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$76 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$77 ) begin end
     \$62  = acc6;
     if (at[5]) begin
       \$62  = r__payload[63:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$76 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$77 ) begin end
     \$63  = acc7;
     if (at[6]) begin
       \$63  = r__payload[63:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$76 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$77 ) begin end
     \$64  = j;
     if (\$49 ) begin
       (* full_case = 32'd1 *)
@@ -68971,7 +69206,7 @@ module \accelerator.core.reader (rst, w_en, \r_en$23 , ar__valid, r__ready, idle
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$76 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$77 ) begin end
     \$65  = at;
     if (\$49 ) begin
       (* full_case = 32'd1 *)
@@ -68986,7 +69221,7 @@ module \accelerator.core.reader (rst, w_en, \r_en$23 , ar__valid, r__ready, idle
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$76 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$77 ) begin end
     \$66  = err;
     if (\$49 ) begin
       (* full_case = 32'd1 *)
@@ -69001,7 +69236,7 @@ module \accelerator.core.reader (rst, w_en, \r_en$23 , ar__valid, r__ready, idle
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$76 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$77 ) begin end
     \$67  = first;
     if (\$49 ) begin
       (* full_case = 32'd1 *)
@@ -69016,7 +69251,7 @@ module \accelerator.core.reader (rst, w_en, \r_en$23 , ar__valid, r__ready, idle
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$76 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$77 ) begin end
     \$68  = multi;
     if (\$49 ) begin
       (* full_case = 32'd1 *)
@@ -69031,7 +69266,7 @@ module \accelerator.core.reader (rst, w_en, \r_en$23 , ar__valid, r__ready, idle
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$76 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$77 ) begin end
     \$69  = ends;
     if (\$49 ) begin
       (* full_case = 32'd1 *)
@@ -69073,7 +69308,7 @@ endmodule
 
 (* generator = "Amaranth" *)
 module \accelerator.core.reader.beat_slice (rst, r_en, w_rdy, r_rdy, r_data, w_port__data, w_en, clk);
-  reg \$auto$verilog_backend.cc:2355:dump_module$77  = 0;
+  reg \$auto$verilog_backend.cc:2355:dump_module$78  = 0;
   wire \$1 ;
   wire \$10 ;
   wire \$11 ;
@@ -69164,7 +69399,7 @@ module \accelerator.core.reader.beat_slice (rst, r_en, w_rdy, r_rdy, r_data, w_p
   always @(posedge clk)
     level <= \$21 ;
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$77 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$78 ) begin end
     \$19  = w_port__addr;
     if (\$1 ) begin
       \$19  = \$4 [1:0];
@@ -69174,7 +69409,7 @@ module \accelerator.core.reader.beat_slice (rst, r_en, w_rdy, r_rdy, r_data, w_p
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$77 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$78 ) begin end
     \$20  = r_port__addr;
     if (\$5 ) begin
       \$20  = \$8 [1:0];
@@ -69184,7 +69419,7 @@ module \accelerator.core.reader.beat_slice (rst, r_en, w_rdy, r_rdy, r_data, w_p
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$77 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$78 ) begin end
     \$21  = level;
     if (\$12 ) begin
       \$21  = \$13 [1:0];
@@ -69206,7 +69441,7 @@ endmodule
 
 (* generator = "Amaranth" *)
 module \accelerator.core.reader.req_slice (rst, w_en, r_en, w_rdy, r_rdy, r_data, w_port__data, clk);
-  reg \$auto$verilog_backend.cc:2355:dump_module$78  = 0;
+  reg \$auto$verilog_backend.cc:2355:dump_module$79  = 0;
   wire \$1 ;
   wire \$10 ;
   wire \$11 ;
@@ -69288,7 +69523,7 @@ module \accelerator.core.reader.req_slice (rst, w_en, r_en, w_rdy, r_rdy, r_data
   always @(posedge clk)
     level <= \$17 ;
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$78 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$79 ) begin end
     \$15  = w_port__addr;
     if (\$1 ) begin
       \$15  = \$2 [0];
@@ -69298,7 +69533,7 @@ module \accelerator.core.reader.req_slice (rst, w_en, r_en, w_rdy, r_rdy, r_data
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$78 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$79 ) begin end
     \$16  = r_port__addr;
     if (\$3 ) begin
       \$16  = \$4 [0];
@@ -69308,7 +69543,7 @@ module \accelerator.core.reader.req_slice (rst, w_en, r_en, w_rdy, r_rdy, r_data
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$78 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$79 ) begin end
     \$17  = level;
     if (\$8 ) begin
       \$17  = \$9 [1:0];
@@ -69329,8 +69564,8 @@ module \accelerator.core.reader.req_slice (rst, w_en, r_en, w_rdy, r_rdy, r_data
 endmodule
 
 (* generator = "Amaranth" *)
-module \accelerator.core.reader.shapes (rst, w_en, \port$1341$0 , \port$1342$0 , w_rdy, r_data, \port$1485$0 , r_en, r_rdy, clk);
-  reg \$auto$verilog_backend.cc:2355:dump_module$79  = 0;
+module \accelerator.core.reader.shapes (rst, w_en, \port$1376$0 , \port$1377$0 , w_rdy, r_data, \port$1520$0 , r_en, r_rdy, clk);
+  reg \$auto$verilog_backend.cc:2355:dump_module$80  = 0;
   wire \$1 ;
   wire \$10 ;
   wire [4:0] \$11 ;
@@ -69371,12 +69606,12 @@ module \accelerator.core.reader.shapes (rst, w_en, \port$1341$0 , \port$1342$0 ,
   reg [3:0] inner_level = 4'h0;
   wire inner_r_rdy;
   wire [4:0] level;
-  input [4:0] \port$1341$0 ;
-  wire [4:0] \port$1341$0 ;
-  input \port$1342$0 ;
-  wire \port$1342$0 ;
-  input [2:0] \port$1485$0 ;
-  wire [2:0] \port$1485$0 ;
+  input [4:0] \port$1376$0 ;
+  wire [4:0] \port$1376$0 ;
+  input \port$1377$0 ;
+  wire \port$1377$0 ;
+  input [2:0] \port$1520$0 ;
+  wire [2:0] \port$1520$0 ;
   (* init = 4'h0 *)
   wire [3:0] produce;
   output [8:0] r_data;
@@ -69420,7 +69655,7 @@ module \accelerator.core.reader.shapes (rst, w_en, \port$1341$0 , \port$1342$0 ,
   end
   always @(posedge clk) begin
     if (w_port__en)
-      storage[w_port__addr] <= { \port$1342$0 , \port$1341$0 , \port$1485$0  };
+      storage[w_port__addr] <= { \port$1377$0 , \port$1376$0 , \port$1520$0  };
   end
   reg [8:0] _0_;
   always @(posedge clk) begin
@@ -69472,7 +69707,7 @@ module \accelerator.core.reader.shapes (rst, w_en, \port$1341$0 , \port$1342$0 ,
   always @(posedge clk)
     r_rdy <= \$33 ;
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$79 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$80 ) begin end
     \$30  = w_port__addr;
     if (\$3 ) begin
       \$30  = \$6 [3:0];
@@ -69482,7 +69717,7 @@ module \accelerator.core.reader.shapes (rst, w_en, \port$1341$0 , \port$1342$0 ,
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$79 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$80 ) begin end
     \$31  = r_port__addr;
     if (\$9 ) begin
       \$31  = \$12 [3:0];
@@ -69492,7 +69727,7 @@ module \accelerator.core.reader.shapes (rst, w_en, \port$1341$0 , \port$1342$0 ,
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$79 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$80 ) begin end
     \$32  = inner_level;
     if (\$18 ) begin
       \$32  = \$19 [3:0];
@@ -69505,7 +69740,7 @@ module \accelerator.core.reader.shapes (rst, w_en, \port$1341$0 , \port$1342$0 ,
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$79 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$80 ) begin end
     \$33  = r_rdy;
     if (\$29 ) begin
       \$33  = 1'h1;
@@ -69519,15 +69754,15 @@ module \accelerator.core.reader.shapes (rst, w_en, \port$1341$0 , \port$1342$0 ,
   assign level = w_level;
   assign r_level = w_level;
   assign produce = w_port__addr;
-  assign w_port__data = { \port$1342$0 , \port$1341$0 , \port$1485$0  };
-  assign w_data = { \port$1342$0 , \port$1341$0 , \port$1485$0  };
+  assign w_port__data = { \port$1377$0 , \port$1376$0 , \port$1520$0  };
+  assign w_data = { \port$1377$0 , \port$1376$0 , \port$1520$0  };
   assign consume = r_port__addr;
   assign r_port__data = r_data;
 endmodule
 
 (* generator = "Amaranth" *)
 module \accelerator.core.softmax (o__ready, i__valid, i__ready, idle, i__payload, softmax_d_rst, c__payload, c__valid, oq_data, oq_valid, softmax_d_clk);
-  reg \$auto$verilog_backend.cc:2355:dump_module$80  = 0;
+  reg \$auto$verilog_backend.cc:2355:dump_module$81  = 0;
   wire \$1 ;
   wire \$10 ;
   wire [5:0] \$100 ;
@@ -71576,28 +71811,28 @@ module \accelerator.core.softmax (o__ready, i__valid, i__ready, idle, i__payload
   assign \$auto$rtlil.cc:2739:Not$48  = ~ { \$289 [32], \$289 [16] };
   assign \$auto$rtlil.cc:2739:Not$50  = ~ \$445 [23];
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$80 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$81 ) begin end
     \$487  = \$1 ;
     if (softmax_d_rst) begin
       \$487  = 1'h0;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$80 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$81 ) begin end
     \$488  = \$4 ;
     if (softmax_d_rst) begin
       \$488  = 1'h0;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$80 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$81 ) begin end
     \$489  = \$6 ;
     if (softmax_d_rst) begin
       \$489  = 1'h0;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$80 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$81 ) begin end
     \$490  = f;
     if (\$8 ) begin
       \$490  = c__payload;
@@ -71607,42 +71842,42 @@ module \accelerator.core.softmax (o__ready, i__valid, i__ready, idle, i__payload
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$80 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$81 ) begin end
     \$491  = take;
     if (softmax_d_rst) begin
       \$491  = 1'h0;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$80 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$81 ) begin end
     \$492  = score_mem_wdata;
     if (take) begin
       \$492  = i__payload[15:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$80 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$81 ) begin end
     \$493  = in_last;
     if (take) begin
       \$493  = i__payload[16];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$80 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$81 ) begin end
     \$494  = \$10 ;
     if (softmax_d_rst) begin
       \$494  = 1'h0;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$80 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$81 ) begin end
     \$495  = lw;
     if (softmax_d_rst) begin
       \$495  = 1'h0;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$80 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$81 ) begin end
     \$496  = sbank0_max;
     if (end_q) begin
       if (\$11 ) begin
@@ -71654,7 +71889,7 @@ module \accelerator.core.softmax (o__ready, i__valid, i__ready, idle, i__payload
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$80 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$81 ) begin end
     \$497  = sbank1_max;
     if (end_q) begin
       if (\$12 ) begin
@@ -71666,7 +71901,7 @@ module \accelerator.core.softmax (o__ready, i__valid, i__ready, idle, i__payload
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$80 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$81 ) begin end
     \$498  = run_max;
     if (score_mem_we) begin
       \$498  = \$17 ;
@@ -71676,7 +71911,7 @@ module \accelerator.core.softmax (o__ready, i__valid, i__ready, idle, i__payload
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$80 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$81 ) begin end
     \$499  = row_first;
     if (score_mem_we) begin
       \$499  = \$19 ;
@@ -71686,7 +71921,7 @@ module \accelerator.core.softmax (o__ready, i__valid, i__ready, idle, i__payload
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$80 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$81 ) begin end
     \$500  = lcnt;
     if (score_mem_we) begin
       (* full_case = 32'd1 *)
@@ -71701,7 +71936,7 @@ module \accelerator.core.softmax (o__ready, i__valid, i__ready, idle, i__payload
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$80 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$81 ) begin end
     \$501  = lcnt_top;
     if (score_mem_we) begin
       (* full_case = 32'd1 *)
@@ -71716,7 +71951,7 @@ module \accelerator.core.softmax (o__ready, i__valid, i__ready, idle, i__payload
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$80 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$81 ) begin end
     \$502  = lw;
     if (score_mem_we) begin
       if (\$21 ) begin
@@ -71728,7 +71963,7 @@ module \accelerator.core.softmax (o__ready, i__valid, i__ready, idle, i__payload
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$80 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$81 ) begin end
     \$503  = sbank0_lenm1;
     if (score_mem_we) begin
       if (\$21 ) begin
@@ -71742,7 +71977,7 @@ module \accelerator.core.softmax (o__ready, i__valid, i__ready, idle, i__payload
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$80 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$81 ) begin end
     \$504  = sbank1_lenm1;
     if (score_mem_we) begin
       if (\$21 ) begin
@@ -71756,98 +71991,98 @@ module \accelerator.core.softmax (o__ready, i__valid, i__ready, idle, i__payload
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$80 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$81 ) begin end
     \$505  = exp_pass;
     if (softmax_d_rst) begin
       \$505  = 1'h0;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$80 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$81 ) begin end
     \$506  = exp_v0;
     if (softmax_d_rst) begin
       \$506  = 1'h0;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$80 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$81 ) begin end
     \$507  = exp_v1;
     if (softmax_d_rst) begin
       \$507  = 1'h0;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$80 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$81 ) begin end
     \$508  = exp_v2;
     if (softmax_d_rst) begin
       \$508  = 1'h0;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$80 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$81 ) begin end
     \$509  = exp_v3;
     if (softmax_d_rst) begin
       \$509  = 1'h0;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$80 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$81 ) begin end
     \$510  = exp_v4;
     if (softmax_d_rst) begin
       \$510  = 1'h0;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$80 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$81 ) begin end
     \$511  = exp_v5;
     if (softmax_d_rst) begin
       \$511  = 1'h0;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$80 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$81 ) begin end
     \$512  = exp_v6;
     if (softmax_d_rst) begin
       \$512  = 1'h0;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$80 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$81 ) begin end
     \$513  = exp_v7;
     if (softmax_d_rst) begin
       \$513  = 1'h0;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$80 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$81 ) begin end
     \$514  = exp_v8;
     if (softmax_d_rst) begin
       \$514  = 1'h0;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$80 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$81 ) begin end
     \$515  = exp_v9;
     if (softmax_d_rst) begin
       \$515  = 1'h0;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$80 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$81 ) begin end
     \$516  = ridx;
     if (softmax_d_rst) begin
       \$516  = 5'h00;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$80 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$81 ) begin end
     \$517  = exp_ra0;
     if (softmax_d_rst) begin
       \$517  = 5'h00;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$80 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$81 ) begin end
     \$555  = total;
     if (exp_mem_we) begin
       \$555  = \$38 [19:0];
@@ -71860,7 +72095,7 @@ module \accelerator.core.softmax (o__ready, i__valid, i__ready, idle, i__payload
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$80 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$81 ) begin end
     \$556  = ridx;
     if (exp_idle) begin
       \$556  = 5'h00;
@@ -71873,7 +72108,7 @@ module \accelerator.core.softmax (o__ready, i__valid, i__ready, idle, i__payload
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$80 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$81 ) begin end
     \$557  = rlenm1;
     if (exp_idle) begin
       \$557  = \$39 ;
@@ -71883,7 +72118,7 @@ module \accelerator.core.softmax (o__ready, i__valid, i__ready, idle, i__payload
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$80 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$81 ) begin end
     \$558  = r_last;
     if (exp_idle) begin
       \$558  = \$42 ;
@@ -71896,7 +72131,7 @@ module \accelerator.core.softmax (o__ready, i__valid, i__ready, idle, i__payload
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$80 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$81 ) begin end
     \$559  = rlenm2;
     if (exp_idle) begin
       \$559  = \$44 ;
@@ -71906,7 +72141,7 @@ module \accelerator.core.softmax (o__ready, i__valid, i__ready, idle, i__payload
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$80 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$81 ) begin end
     \$560  = rmax;
     if (exp_idle) begin
       \$560  = \$45 ;
@@ -71916,7 +72151,7 @@ module \accelerator.core.softmax (o__ready, i__valid, i__ready, idle, i__payload
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$80 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$81 ) begin end
     \$561  = exp_idle;
     if (\$55 ) begin
       \$561  = 1'h0;
@@ -71929,7 +72164,7 @@ module \accelerator.core.softmax (o__ready, i__valid, i__ready, idle, i__payload
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$80 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$81 ) begin end
     \$562  = exp_pass;
     if (\$55 ) begin
       \$562  = 1'h1;
@@ -71942,7 +72177,7 @@ module \accelerator.core.softmax (o__ready, i__valid, i__ready, idle, i__payload
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$80 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$81 ) begin end
     \$563  = exp_drain;
     if (\$58 ) begin
       \$563  = 1'h1;
@@ -71955,7 +72190,7 @@ module \accelerator.core.softmax (o__ready, i__valid, i__ready, idle, i__payload
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$80 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$81 ) begin end
     \$564  = er;
     if (\$58 ) begin
       \$564  = \$59 ;
@@ -71965,7 +72200,7 @@ module \accelerator.core.softmax (o__ready, i__valid, i__ready, idle, i__payload
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$80 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$81 ) begin end
     \$565  = ew;
     if (\$64 ) begin
       \$565  = { ew[1:0], ew[2] };
@@ -71975,7 +72210,7 @@ module \accelerator.core.softmax (o__ready, i__valid, i__ready, idle, i__payload
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$80 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$81 ) begin end
     \$566  = d_busy;
     if (\$64 ) begin
       \$566  = 1'h1;
@@ -71988,7 +72223,7 @@ module \accelerator.core.softmax (o__ready, i__valid, i__ready, idle, i__payload
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$80 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$81 ) begin end
     \$567  = dbank;
     if (\$65 ) begin
       \$567  = ew;
@@ -71998,7 +72233,7 @@ module \accelerator.core.softmax (o__ready, i__valid, i__ready, idle, i__payload
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$80 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$81 ) begin end
     \$568  = dlenm1;
     if (\$65 ) begin
       \$568  = rlenm1;
@@ -72008,7 +72243,7 @@ module \accelerator.core.softmax (o__ready, i__valid, i__ready, idle, i__payload
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$80 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$81 ) begin end
     \$569  = den;
     if (\$65 ) begin
       \$569  = total;
@@ -72018,7 +72253,7 @@ module \accelerator.core.softmax (o__ready, i__valid, i__ready, idle, i__payload
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$80 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$81 ) begin end
     (* full_case = 32'd1 *)
     if (\$65 ) begin
       \$570  = 17'h00000;
@@ -72030,7 +72265,7 @@ module \accelerator.core.softmax (o__ready, i__valid, i__ready, idle, i__payload
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$80 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$81 ) begin end
     (* full_case = 32'd1 *)
     if (\$65 ) begin
       \$571  = 5'h00;
@@ -72042,7 +72277,7 @@ module \accelerator.core.softmax (o__ready, i__valid, i__ready, idle, i__payload
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$80 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$81 ) begin end
     (* full_case = 32'd1 *)
     if (\$65 ) begin
       \$572  = 1'h0;
@@ -72054,7 +72289,7 @@ module \accelerator.core.softmax (o__ready, i__valid, i__ready, idle, i__payload
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$80 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$81 ) begin end
     (* full_case = 32'd1 *)
     if (\$65 ) begin
       \$573  = 20'h07fff;
@@ -72066,7 +72301,7 @@ module \accelerator.core.softmax (o__ready, i__valid, i__ready, idle, i__payload
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$80 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$81 ) begin end
     (* full_case = 32'd1 *)
     if (\$65 ) begin
       \$574  = 17'h1ffff;
@@ -72078,7 +72313,7 @@ module \accelerator.core.softmax (o__ready, i__valid, i__ready, idle, i__payload
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$80 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$81 ) begin end
     \$575  = ebank0_recip;
     if (\$75 ) begin
       if (dbank[0]) begin
@@ -72090,7 +72325,7 @@ module \accelerator.core.softmax (o__ready, i__valid, i__ready, idle, i__payload
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$80 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$81 ) begin end
     \$576  = ebank0_lenm1;
     if (\$75 ) begin
       if (dbank[0]) begin
@@ -72102,7 +72337,7 @@ module \accelerator.core.softmax (o__ready, i__valid, i__ready, idle, i__payload
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$80 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$81 ) begin end
     \$577  = ebank1_recip;
     if (\$75 ) begin
       if (dbank[1]) begin
@@ -72114,7 +72349,7 @@ module \accelerator.core.softmax (o__ready, i__valid, i__ready, idle, i__payload
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$80 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$81 ) begin end
     \$578  = ebank1_lenm1;
     if (\$75 ) begin
       if (dbank[1]) begin
@@ -72126,7 +72361,7 @@ module \accelerator.core.softmax (o__ready, i__valid, i__ready, idle, i__payload
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$80 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$81 ) begin end
     \$579  = ebank2_recip;
     if (\$75 ) begin
       if (dbank[2]) begin
@@ -72138,7 +72373,7 @@ module \accelerator.core.softmax (o__ready, i__valid, i__ready, idle, i__payload
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$80 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$81 ) begin end
     \$580  = ebank2_lenm1;
     if (\$75 ) begin
       if (dbank[2]) begin
@@ -72150,14 +72385,14 @@ module \accelerator.core.softmax (o__ready, i__valid, i__ready, idle, i__payload
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$80 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$81 ) begin end
     \$581  = \$82 ;
     if (softmax_d_rst) begin
       \$581  = 1'h0;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$80 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$81 ) begin end
     \$582  = o_run;
     if (\$86 ) begin
       \$582  = 1'h1;
@@ -72172,7 +72407,7 @@ module \accelerator.core.softmax (o__ready, i__valid, i__ready, idle, i__payload
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$80 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$81 ) begin end
     \$583  = oidx;
     if (\$86 ) begin
       \$583  = 5'h00;
@@ -72189,7 +72424,7 @@ module \accelerator.core.softmax (o__ready, i__valid, i__ready, idle, i__payload
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$80 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$81 ) begin end
     \$584  = o_last;
     if (\$86 ) begin
       \$584  = \$90 ;
@@ -72206,7 +72441,7 @@ module \accelerator.core.softmax (o__ready, i__valid, i__ready, idle, i__payload
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$80 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$81 ) begin end
     \$585  = o_lenm2;
     if (\$86 ) begin
       \$585  = \$93 ;
@@ -72216,7 +72451,7 @@ module \accelerator.core.softmax (o__ready, i__valid, i__ready, idle, i__payload
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$80 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$81 ) begin end
     \$586  = o_recip;
     if (\$86 ) begin
       \$586  = \$95 ;
@@ -72226,7 +72461,7 @@ module \accelerator.core.softmax (o__ready, i__valid, i__ready, idle, i__payload
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$80 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$81 ) begin end
     \$587  = orb;
     if (\$96 ) begin
       if (o_last) begin
@@ -72238,70 +72473,70 @@ module \accelerator.core.softmax (o__ready, i__valid, i__ready, idle, i__payload
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$80 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$81 ) begin end
     \$588  = \$101 [4:0];
     if (softmax_d_rst) begin
       \$588  = 5'h10;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$80 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$81 ) begin end
     \$589  = \$103 [7:0];
     if (softmax_d_rst) begin
       \$589  = 8'h00;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$80 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$81 ) begin end
     \$590  = \$104 ;
     if (softmax_d_rst) begin
       \$590  = 1'h0;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$80 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$81 ) begin end
     \$591  = out_v0;
     if (softmax_d_rst) begin
       \$591  = 1'h0;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$80 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$81 ) begin end
     \$592  = out_v1;
     if (softmax_d_rst) begin
       \$592  = 1'h0;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$80 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$81 ) begin end
     \$593  = out_v2;
     if (softmax_d_rst) begin
       \$593  = 1'h0;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$80 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$81 ) begin end
     \$594  = out_v3;
     if (softmax_d_rst) begin
       \$594  = 1'h0;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$80 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$81 ) begin end
     \$595  = out_v4;
     if (softmax_d_rst) begin
       \$595  = 1'h0;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$80 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$81 ) begin end
     \$619  = out_v5;
     if (softmax_d_rst) begin
       \$619  = 1'h0;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$80 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$81 ) begin end
     \$620  = oq_wptr;
     if (out_v5) begin
       \$620  = \$108 [3:0];
@@ -72311,14 +72546,14 @@ module \accelerator.core.softmax (o__ready, i__valid, i__ready, idle, i__payload
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$80 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$81 ) begin end
     \$621  = oq_data;
     if (\$112 ) begin
       \$621  = \rp__data$206 ;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$80 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$81 ) begin end
     \$622  = oq_valid;
     if (\$112 ) begin
       \$622  = 1'h1;
@@ -72330,7 +72565,7 @@ module \accelerator.core.softmax (o__ready, i__valid, i__ready, idle, i__payload
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$80 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$81 ) begin end
     \$623  = oq_rptr;
     if (\$112 ) begin
       \$623  = \$113 [3:0];
@@ -72340,21 +72575,21 @@ module \accelerator.core.softmax (o__ready, i__valid, i__ready, idle, i__payload
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$80 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$81 ) begin end
     \$624  = \$119 [4:0];
     if (softmax_d_rst) begin
       \$624  = 5'h00;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$80 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$81 ) begin end
     \$625  = \$131 ;
     if (softmax_d_rst) begin
       \$625  = 1'h0;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$80 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$81 ) begin end
     \$626  = sbank0_full;
     if (\$134 ) begin
       \$626  = 1'h0;
@@ -72367,7 +72602,7 @@ module \accelerator.core.softmax (o__ready, i__valid, i__ready, idle, i__payload
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$80 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$81 ) begin end
     \$627  = sbank1_full;
     if (\$141 ) begin
       \$627  = 1'h0;
@@ -72380,7 +72615,7 @@ module \accelerator.core.softmax (o__ready, i__valid, i__ready, idle, i__payload
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$80 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$81 ) begin end
     \$628  = ebank0_busy;
     if (\$146 ) begin
       \$628  = 1'h0;
@@ -72393,7 +72628,7 @@ module \accelerator.core.softmax (o__ready, i__valid, i__ready, idle, i__payload
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$80 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$81 ) begin end
     \$629  = ebank0_full;
     if (\$146 ) begin
       \$629  = 1'h0;
@@ -72406,7 +72641,7 @@ module \accelerator.core.softmax (o__ready, i__valid, i__ready, idle, i__payload
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$80 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$81 ) begin end
     \$630  = ebank1_busy;
     if (\$160 ) begin
       \$630  = 1'h0;
@@ -72419,7 +72654,7 @@ module \accelerator.core.softmax (o__ready, i__valid, i__ready, idle, i__payload
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$80 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$81 ) begin end
     \$631  = ebank1_full;
     if (\$160 ) begin
       \$631  = 1'h0;
@@ -72432,7 +72667,7 @@ module \accelerator.core.softmax (o__ready, i__valid, i__ready, idle, i__payload
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$80 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$81 ) begin end
     \$632  = ebank2_busy;
     if (\$174 ) begin
       \$632  = 1'h0;
@@ -72445,7 +72680,7 @@ module \accelerator.core.softmax (o__ready, i__valid, i__ready, idle, i__payload
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$80 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$81 ) begin end
     \$633  = ebank2_full;
     if (\$174 ) begin
       \$633  = 1'h0;
@@ -72458,7 +72693,7 @@ module \accelerator.core.softmax (o__ready, i__valid, i__ready, idle, i__payload
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$80 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$81 ) begin end
     e_clear = 1'h0;
     if (\$361 ) begin
       if (o_last) begin
@@ -72750,7 +72985,7 @@ endmodule
 
 (* generator = "Amaranth" *)
 module \accelerator.core.src0_credit (rst, src0_issue, r_en, r_rdy, unit_rst, src0_credit_room, clk);
-  reg \$auto$verilog_backend.cc:2355:dump_module$81  = 0;
+  reg \$auto$verilog_backend.cc:2355:dump_module$82  = 0;
   wire \$1 ;
   wire [2:0] \$10 ;
   wire [2:0] \$11 ;
@@ -72841,7 +73076,7 @@ module \accelerator.core.src0_credit (rst, src0_issue, r_en, r_rdy, unit_rst, sr
   always @(posedge clk)
     src0_credit_idle <= \$30 ;
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$81 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$82 ) begin end
     \$28  = \$11 ;
     if (unit_rst) begin
       \$28  = 3'h0;
@@ -72851,7 +73086,7 @@ module \accelerator.core.src0_credit (rst, src0_issue, r_en, r_rdy, unit_rst, sr
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$81 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$82 ) begin end
     \$29  = \$19 ;
     if (unit_rst) begin
       \$29  = 1'h1;
@@ -72861,7 +73096,7 @@ module \accelerator.core.src0_credit (rst, src0_issue, r_en, r_rdy, unit_rst, sr
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$81 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$82 ) begin end
     \$30  = \$27 ;
     if (unit_rst) begin
       \$30  = 1'h1;
@@ -72876,7 +73111,7 @@ endmodule
 
 (* generator = "Amaranth" *)
 module \accelerator.core.src1_credit (rst, src1_issue, r_rdy, r_en, unit_rst, src1_credit_room, clk);
-  reg \$auto$verilog_backend.cc:2355:dump_module$82  = 0;
+  reg \$auto$verilog_backend.cc:2355:dump_module$83  = 0;
   wire \$1 ;
   wire [2:0] \$10 ;
   wire [2:0] \$11 ;
@@ -72967,7 +73202,7 @@ module \accelerator.core.src1_credit (rst, src1_issue, r_rdy, r_en, unit_rst, sr
   always @(posedge clk)
     src1_credit_idle <= \$30 ;
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$82 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$83 ) begin end
     \$28  = \$11 ;
     if (unit_rst) begin
       \$28  = 3'h0;
@@ -72977,7 +73212,7 @@ module \accelerator.core.src1_credit (rst, src1_issue, r_rdy, r_en, unit_rst, sr
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$82 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$83 ) begin end
     \$29  = \$19 ;
     if (unit_rst) begin
       \$29  = 1'h1;
@@ -72987,7 +73222,7 @@ module \accelerator.core.src1_credit (rst, src1_issue, r_rdy, r_en, unit_rst, sr
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$82 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$83 ) begin end
     \$30  = \$27 ;
     if (unit_rst) begin
       \$30  = 1'h1;
@@ -73002,7 +73237,7 @@ endmodule
 
 (* generator = "Amaranth" *)
 module \accelerator.core.unpack_slice (rst, w_en, w_port__data, w_rdy, r_rdy, r_data, r_en, unit_rst, clk);
-  reg \$auto$verilog_backend.cc:2355:dump_module$83  = 0;
+  reg \$auto$verilog_backend.cc:2355:dump_module$84  = 0;
   wire \$1 ;
   wire \$10 ;
   wire \$11 ;
@@ -73086,7 +73321,7 @@ module \accelerator.core.unpack_slice (rst, w_en, w_port__data, w_rdy, r_rdy, r_
   always @(posedge clk)
     level <= \$17 ;
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$83 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$84 ) begin end
     \$15  = w_port__addr;
     if (\$1 ) begin
       \$15  = \$2 [0];
@@ -73099,7 +73334,7 @@ module \accelerator.core.unpack_slice (rst, w_en, w_port__data, w_rdy, r_rdy, r_
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$83 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$84 ) begin end
     \$16  = r_port__addr;
     if (\$3 ) begin
       \$16  = \$4 [0];
@@ -73112,7 +73347,7 @@ module \accelerator.core.unpack_slice (rst, w_en, w_port__data, w_rdy, r_rdy, r_
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$83 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$84 ) begin end
     \$17  = level;
     if (\$8 ) begin
       \$17  = \$9 [1:0];
@@ -73136,8 +73371,8 @@ module \accelerator.core.unpack_slice (rst, w_en, w_port__data, w_rdy, r_rdy, r_
 endmodule
 
 (* generator = "Amaranth" *)
-module \accelerator.core.w_beat_slice (rst, w_rdy, r_rdy, r_data, \port$8813$0 , \port$8814$0 , \port$8815$0 , \port$8816$0 , \port$8817$0 , \port$8818$0 , \port$8819$0 , \port$8820$0 , w_en, r_en, in_decode, unit_rst, clk);
-  reg \$auto$verilog_backend.cc:2355:dump_module$84  = 0;
+module \accelerator.core.w_beat_slice (rst, w_rdy, r_rdy, r_data, \port$8875$0 , \port$8876$0 , \port$8877$0 , \port$8878$0 , \port$8879$0 , \port$8880$0 , \port$8881$0 , \port$8882$0 , w_en, r_en, in_decode, unit_rst, clk);
+  reg \$auto$verilog_backend.cc:2355:dump_module$85  = 0;
   wire \$1 ;
   wire \$10 ;
   wire \$11 ;
@@ -73163,22 +73398,22 @@ module \accelerator.core.w_beat_slice (rst, w_rdy, r_rdy, r_data, \port$8813$0 ,
   input in_decode;
   wire in_decode;
   reg [1:0] level = 2'h0;
-  input [7:0] \port$8813$0 ;
-  wire [7:0] \port$8813$0 ;
-  input [7:0] \port$8814$0 ;
-  wire [7:0] \port$8814$0 ;
-  input [7:0] \port$8815$0 ;
-  wire [7:0] \port$8815$0 ;
-  input [7:0] \port$8816$0 ;
-  wire [7:0] \port$8816$0 ;
-  input [7:0] \port$8817$0 ;
-  wire [7:0] \port$8817$0 ;
-  input [7:0] \port$8818$0 ;
-  wire [7:0] \port$8818$0 ;
-  input [7:0] \port$8819$0 ;
-  wire [7:0] \port$8819$0 ;
-  input [7:0] \port$8820$0 ;
-  wire [7:0] \port$8820$0 ;
+  input [7:0] \port$8875$0 ;
+  wire [7:0] \port$8875$0 ;
+  input [7:0] \port$8876$0 ;
+  wire [7:0] \port$8876$0 ;
+  input [7:0] \port$8877$0 ;
+  wire [7:0] \port$8877$0 ;
+  input [7:0] \port$8878$0 ;
+  wire [7:0] \port$8878$0 ;
+  input [7:0] \port$8879$0 ;
+  wire [7:0] \port$8879$0 ;
+  input [7:0] \port$8880$0 ;
+  wire [7:0] \port$8880$0 ;
+  input [7:0] \port$8881$0 ;
+  wire [7:0] \port$8881$0 ;
+  input [7:0] \port$8882$0 ;
+  wire [7:0] \port$8882$0 ;
   (* init = 1'h0 *)
   wire produce;
   output [63:0] r_data;
@@ -73212,7 +73447,7 @@ module \accelerator.core.w_beat_slice (rst, w_rdy, r_rdy, r_data, \port$8813$0 ,
   end
   always @(posedge clk) begin
     if (w_port__en)
-      storage[w_port__addr] <= { \port$8820$0 , \port$8819$0 , \port$8818$0 , \port$8817$0 , \port$8816$0 , \port$8815$0 , \port$8814$0 , \port$8813$0  };
+      storage[w_port__addr] <= { \port$8882$0 , \port$8881$0 , \port$8880$0 , \port$8879$0 , \port$8878$0 , \port$8877$0 , \port$8876$0 , \port$8875$0  };
   end
   assign r_data = storage[r_port__addr];
   assign w_rdy = level != 2'h2;
@@ -73240,7 +73475,7 @@ module \accelerator.core.w_beat_slice (rst, w_rdy, r_rdy, r_data, \port$8813$0 ,
   always @(posedge clk)
     level <= \$18 ;
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$84 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$85 ) begin end
     \$16  = w_port__addr;
     if (\$1 ) begin
       \$16  = \$2 [0];
@@ -73253,7 +73488,7 @@ module \accelerator.core.w_beat_slice (rst, w_rdy, r_rdy, r_data, \port$8813$0 ,
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$84 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$85 ) begin end
     \$17  = r_port__addr;
     if (\$3 ) begin
       \$17  = \$4 [0];
@@ -73266,7 +73501,7 @@ module \accelerator.core.w_beat_slice (rst, w_rdy, r_rdy, r_data, \port$8813$0 ,
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$84 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$85 ) begin end
     \$18  = level;
     if (\$8 ) begin
       \$18  = \$9 [1:0];
@@ -73284,15 +73519,15 @@ module \accelerator.core.w_beat_slice (rst, w_rdy, r_rdy, r_data, \port$8813$0 ,
   assign w_level = level;
   assign r_level = level;
   assign produce = w_port__addr;
-  assign w_port__data = { \port$8820$0 , \port$8819$0 , \port$8818$0 , \port$8817$0 , \port$8816$0 , \port$8815$0 , \port$8814$0 , \port$8813$0  };
-  assign w_data = { \port$8820$0 , \port$8819$0 , \port$8818$0 , \port$8817$0 , \port$8816$0 , \port$8815$0 , \port$8814$0 , \port$8813$0  };
+  assign w_port__data = { \port$8882$0 , \port$8881$0 , \port$8880$0 , \port$8879$0 , \port$8878$0 , \port$8877$0 , \port$8876$0 , \port$8875$0  };
+  assign w_data = { \port$8882$0 , \port$8881$0 , \port$8880$0 , \port$8879$0 , \port$8878$0 , \port$8877$0 , \port$8876$0 , \port$8875$0  };
   assign consume = r_port__addr;
   assign r_port__data = r_data;
 endmodule
 
 (* generator = "Amaranth" *)
 module \accelerator.core.writer (rst, clear, aw__valid, idle, req__ready, b__valid, b__payload, aw__ready, w_en, w_data, aw__payload, err, clk);
-  reg \$auto$verilog_backend.cc:2355:dump_module$85  = 0;
+  reg \$auto$verilog_backend.cc:2355:dump_module$86  = 0;
   wire [10:0] \$1 ;
   wire \$10 ;
   wire \$11 ;
@@ -73396,7 +73631,7 @@ module \accelerator.core.writer (rst, clear, aw__valid, idle, req__ready, b__val
     .w_rdy(req__ready)
   );
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$85 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$86 ) begin end
     \$22  = pending;
     if (\$15 ) begin
       \$22  = \$19 [6:0];
@@ -73408,7 +73643,7 @@ module \accelerator.core.writer (rst, clear, aw__valid, idle, req__ready, b__val
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$85 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$86 ) begin end
     \$23  = err;
     if (clear) begin
       \$23  = 1'h0;
@@ -73441,7 +73676,7 @@ endmodule
 
 (* generator = "Amaranth" *)
 module \accelerator.core.writer.req_slice (rst, r_en, w_rdy, r_rdy, r_data, w_en, w_port__data, clk);
-  reg \$auto$verilog_backend.cc:2355:dump_module$86  = 0;
+  reg \$auto$verilog_backend.cc:2355:dump_module$87  = 0;
   wire \$1 ;
   wire \$10 ;
   wire \$11 ;
@@ -73523,7 +73758,7 @@ module \accelerator.core.writer.req_slice (rst, r_en, w_rdy, r_rdy, r_data, w_en
   always @(posedge clk)
     level <= \$17 ;
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$86 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$87 ) begin end
     \$15  = w_port__addr;
     if (\$1 ) begin
       \$15  = \$2 [0];
@@ -73533,7 +73768,7 @@ module \accelerator.core.writer.req_slice (rst, r_en, w_rdy, r_rdy, r_data, w_en
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$86 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$87 ) begin end
     \$16  = r_port__addr;
     if (\$3 ) begin
       \$16  = \$4 [0];
@@ -73543,7 +73778,7 @@ module \accelerator.core.writer.req_slice (rst, r_en, w_rdy, r_rdy, r_data, w_en
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$86 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$87 ) begin end
     \$17  = level;
     if (\$8 ) begin
       \$17  = \$9 [1:0];
@@ -73565,7 +73800,7 @@ endmodule
 
 (* generator = "Amaranth" *)
 module \accelerator.r_slice (\port$0$75 , w_en, clk, rst, r_en, w_rdy, r_rdy, r_data, \port$0$10 );
-  reg \$auto$verilog_backend.cc:2355:dump_module$87  = 0;
+  reg \$auto$verilog_backend.cc:2355:dump_module$88  = 0;
   wire \$1 ;
   wire \$10 ;
   wire \$11 ;
@@ -73650,7 +73885,7 @@ module \accelerator.r_slice (\port$0$75 , w_en, clk, rst, r_en, w_rdy, r_rdy, r_
   always @(posedge clk)
     level <= \$17 ;
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$87 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$88 ) begin end
     \$15  = w_port__addr;
     if (\$1 ) begin
       \$15  = \$2 [0];
@@ -73660,7 +73895,7 @@ module \accelerator.r_slice (\port$0$75 , w_en, clk, rst, r_en, w_rdy, r_rdy, r_
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$87 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$88 ) begin end
     \$16  = r_port__addr;
     if (\$3 ) begin
       \$16  = \$4 [0];
@@ -73670,7 +73905,7 @@ module \accelerator.r_slice (\port$0$75 , w_en, clk, rst, r_en, w_rdy, r_rdy, r_
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$87 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$88 ) begin end
     \$17  = level;
     if (\$8 ) begin
       \$17  = \$9 [1:0];

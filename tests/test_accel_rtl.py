@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -29,10 +30,12 @@ import pytest
 import torch
 
 from golden.executor import run_graph
-from hwgen.accel.compiler import MAGIC, AccelConfig, compile
+from hwgen.accel.compiler import MAGIC, AccelConfig, c_layout, compile, post_consts
 from hwgen.accel.core import AccelCore, Error
-from hwgen.accel.interpreter import batch_image, header, write_input
-from hwgen.accel.isa import COUNT_BITS, POST_ADD, POST_GELU, PRE_UNIT, FLAG_EXT_SIGNED, GEMM_OPS, INSTR_BYTES, Instr, Opcode, Port, encode_program
+from hwgen.accel.interpreter import _Machine, batch_image, header, write_input
+from hwgen.accel.isa import (COUNT_BITS, POST_ADD, POST_GELU, PRE_UNIT, FLAG_EXT_SIGNED, FLAG_W_EXT, GEMM_OPS, INSTR_BYTES,
+                             Instr, Opcode, Port, beat_bytes, encode_program, pack_beats, unpack_beats)
+from hwgen.capabilities import unit_for
 from hwgen.config import HwConfig
 from sim import accel_run, runner
 
@@ -102,6 +105,58 @@ def test_every_instruction_equals_the_interpreter(sim, hw, programs, digits_imag
             diff = (got != want).nonzero().flatten()
             bad.append(f"{c.name}: error {r['error']}, {len(diff)} elements differ"
                        + (f" (first at {int(diff[0])}: {int(got[diff[0]])} != {int(want[diff[0]])})" if len(diff) else ""))
+    assert not bad, "\n".join(bad)
+
+
+def _short_rows(image: bytes, ins: Instr, k: int, hw: HwConfig) -> tuple[bytes, Instr]:
+    """``ins`` (a GEMM) with its loop count K set to ``k``; a LayerNorm before the array then
+    takes ``k`` constant beats, the last flag on beat k - 1 (the unit reads a layer's channel
+    count from that flag), written into a copy of ``image``."""
+    one = replace(ins, n=(*ins.n[:3], k, *ins.n[4:]))
+    if not (ins.op == Opcode.LINEAR and ins.post == PRE_UNIT):
+        return image, one
+    lay = c_layout(unit_for(hw, "layernorm", None))
+    at = post_consts(ins.ext1, -(-ins.n[2] // hw.gemm_cols), hw)
+    nb = beat_bytes(lay)
+    beats = unpack_beats(lay, image[at:at + k * nb])
+    beats["last"][:] = 0
+    beats["last"][k - 1] = 1
+    img = bytearray(image)
+    img[at:at + k * nb] = pack_beats(lay, beats)
+    return bytes(img), replace(one, cnt=k)
+
+
+def test_gemms_of_the_shortest_rows_equal_the_interpreter(sim, hw, programs, digits_images):
+    """The shortest operand rows the GEMM walks, on each of the digits program's GEMM shapes (a
+    LINEAR with W from memory, a MATMUL with W from the buffer; the LayerNorm or the Softmax
+    before the array; the GELU or the add after it): the first instruction of each shape, from
+    the interpreter's buffer before it, with K = 1 (A's lane memories and the W cache hold one
+    element a lane; the Softmax normalizes rows of one element), and with K = 2 for the
+    LayerNorm, whose rows have 2 channels or more."""
+    quant, program = programs["w8a8"]
+    image = _image_with_input(program, quant, quant.quantize_input(digits_images.images[:1])[0])
+    elems = program.buffer_peak
+    shapes, cases, wants = set(), [], []
+    for k, ins, before, _ in accel_run.trace(image, hw):
+        shape = (ins.op, ins.post, bool(ins.flags & FLAG_W_EXT))
+        if ins.op not in GEMM_OPS or shape in shapes:
+            continue
+        shapes.add(shape)
+        img, one = _short_rows(image, ins, 2 if ins.op == Opcode.LINEAR and ins.post == PRE_UNIT else 1, hw)
+        mach = _Machine(bytearray(img), hw, AccelConfig())
+        mach.buf = before.clone()
+        mach.step(one)
+        img, prog, read = accel_run.snapshot_program(img, one, before, elems)
+        cases.append(accel_run.Case(f"{k}:{ins.op.name}:post {ins.post}:K={one.n[3]}", img, prog, [read]))
+        wants.append(mach.buf[:elems])
+    assert {(Opcode.LINEAR, PRE_UNIT), (Opcode.MATMUL, PRE_UNIT), (Opcode.LINEAR, POST_GELU),
+            (Opcode.LINEAR, POST_ADD)} <= {(op, post) for op, post, _ in shapes}
+    assert {w_ext for *_, w_ext in shapes} == {True, False}
+    results = accel_run.run_cases(sim, cases, "gemm_short_rows")
+    bad = [f"{c.name}: done {r['done']}, error {r['error']}, "
+           f"{int((accel_run.elements(r['read'][0]) != want).sum())} elements differ"
+           for c, want, r in zip(cases, wants, results)
+           if not (r["done"] and r["error"] == 0 and torch.equal(accel_run.elements(r["read"][0]), want))]
     assert not bad, "\n".join(bad)
 
 

@@ -55,7 +55,7 @@ from .addrgen import AddrGen
 from .compiler import AccelConfig, c_layout
 from .extmem import ExtReader, ExtWriter, read_port, write_port
 from .compiler import p_layout, w_layout
-from .isa import (COUNT_BITS, POST_ADD, POST_GELU, PRE_UNIT, EXT_BITS, FLAG_A_SIGNED, FLAG_EXT_SIGNED, FLAG_PER_IMAGE, FLAG_W_EXT, GEMM_OPS, INSTR_BYTES, LAYOUT, LEVELS,
+from .isa import (ADDR_BITS, COUNT_BITS, POST_ADD, POST_GELU, PRE_UNIT, EXT_BITS, FLAG_A_SIGNED, FLAG_EXT_SIGNED, FLAG_PER_IMAGE, FLAG_W_EXT, GEMM_OPS, INSTR_BYTES, LAYOUT, LEVELS,
                   MOVE_OPS, Opcode, beat_bytes)
 
 __all__ = ["AccelCore", "Error", "CYCLE_BITS"]
@@ -64,7 +64,7 @@ CYCLE_BITS = 48
 # the operand feed's queue: the read pipeline's three cycles (issue -> read -> data -> held) + 3
 # keep one beat a cycle (:func:`~hwgen.pipeline.credited_output`)
 FEED_QUEUE = 6
-DECODE_STAGES = 4         # the decode pipeline's depth: DECODE waits this many cycles
+DECODE_STAGES = 5         # the decode pipeline's depth: DECODE waits this many cycles
 
 
 class _State(enum.IntEnum):
@@ -306,10 +306,9 @@ class AccelCore(wiring.Component):
         s1_data = q1.r_data[:ab]
 
         # --- the sink: elements into the buffer at dst ---------------------------------------------
-        sink_valid, sink_data = Signal(), Signal(ab)
         dst = gens["dst"]
         sink_ready = dst.valid
-        m.d.comb += [wr.addr.eq(dst.addr), wr.data.eq(sink_data)]
+        m.d.comb += wr.addr.eq(dst.addr)
         # dst's step and the write enable are set once, below the sequencer (``dst_step``), from
         # one-hot flags of the op's sink: a flat OR, not a chain of the ops' selects
         dst_step = Signal(name="dst_step")
@@ -338,7 +337,7 @@ class AccelCore(wiring.Component):
         # reset net, whose fanout is timed)
         widths = {"n1p": COUNT_BITS + 1, "n2p": COUNT_BITS + 1, "mt": COUNT_BITS, "nt": COUNT_BITS,
                   "mt_last": COUNT_BITS, "nt_last": COUNT_BITS, "k_last": COUNT_BITS, "blocks": 32,
-                  "tiles": 32, "c_base": EXT_BITS, "c_lb": 3, "ext_base": EXT_BITS, "rows_last": COUNT_BITS,
+                  "tiles": 32, "tiles_lo": 32, "tiles_hi": 16, "c_base": EXT_BITS, "c_lb": 3, "ext_base": EXT_BITS, "rows_last": COUNT_BITS,
                   "cols_last": COUNT_BITS}
         dec = self.decoded = SimpleNamespace(**{k: Signal(w, name=f"dec_{k}", reset_less=True)
                                                 for k, w in widths.items()})
@@ -352,7 +351,10 @@ class AccelCore(wiring.Component):
                      dec.k_last.eq(ins.n3 - 1), dec.c_lb.eq(c_lb),
                      dec.mt_last.eq(dec.mt - 1), dec.nt_last.eq(dec.nt - 1), dec.blocks.eq(ins.n0 * dec.mt),
                      dec.c_base.eq(Mux(is_gemm, ins.ext1 + ((p_bytes + 63) & ((1 << EXT_BITS) - 64)), ins.ext0)),
-                     dec.tiles.eq(dec.blocks * dec.nt),
+                     # blocks x nt as two 16-bit products, registered, then added: as one product
+                     # (MULT18X18Ds and their sum's carry chain) it was a seed's critical path (9.83 ns)
+                     dec.tiles_lo.eq(dec.blocks[:16] * dec.nt), dec.tiles_hi.eq(dec.blocks[16:] * dec.nt),
+                     dec.tiles.eq(dec.tiles_lo + (dec.tiles_hi << 16)),
                      # the rows of the last block of R that are the tensor's (the others are padding)
                      dec.rows_last.eq(ins.n1 - _times(dec.mt_last, hw.gemm_rows)),
                      dec.cols_last.eq(ins.n2 - _times(dec.nt_last, hw.gemm_cols)),     # and columns
@@ -436,8 +438,12 @@ class AccelCore(wiring.Component):
         # reader or writer (the address arithmetic ends here, not in the request slice)
         ext_req = SimpleNamespace(valid=Signal(name="ext_req_valid"), addr=Signal(EXT_BITS, name="ext_req_addr"),
                                   data=Signal(ab, name="ext_req_data"))
+        # a LOAD's element offset (src0's external index times the element size), a stage of its
+        # own in front of ``ext_req``: the queue head's select, the shift and the 32-bit add were
+        # one path (10.31 ns, a seed's critical path)
+        ld_off = SimpleNamespace(valid=Signal(name="ld_off_valid"), addr=Signal(signed(ADDR_BITS + 5), name="ld_off"))
         with m.If(in_decode):
-            m.d.sync += ext_req.valid.eq(0)
+            m.d.sync += [ext_req.valid.eq(0), ld_off.valid.eq(0)]
 
         count_zero = Cat(*[~ins[f"n{d}"].any() for d in range(LEVELS)]).any()
         images_left = Signal(16)
@@ -637,23 +643,22 @@ class AccelCore(wiring.Component):
             m.d.comb += [r.eq(u.o.payload[k]) for k, r in enumerate(res)]
             results.append((sink_from[name], u, Cat(*res)))
         packer.res, packer.res_beat = _flagged_slice(m, "unpack", results, unit_rst)
+        unpack_elem = Signal(ab, name="unpack_elem")        # the result lane going to dst (_lanes)
+        m.d.comb += unpack_elem.eq(Array(packer.res_beat[k * ab:][:ab] for k in range(lanes))[packer.jo])
         norm = self._norm_out(m, sink_from, a_from, unit_rst)
         store_advance = ~ext_req.valid | writer.req.ready     # a STORE's request register moves on
         with m.If(streaming):
             with m.If(is_move):
-                m.d.comb += [sink_valid.eq(q0.r_rdy), sink_data.eq(s0_data)]
+                pass                                 # (dst_step and the element: below)
             with m.Elif(is_op[Opcode.LOAD]):         # src0 walks the external index
                 src = gens["src0"]
                 advance = ~ext_req.valid | reader.req.ready
-                m.d.comb += [src.next.eq(src.valid & advance), sink_valid.eq(reader.beat.valid)]
-                ext_signed = (ins.flags & FLAG_EXT_SIGNED).any()
-                with m.Switch(ins.esize):
-                    for k in range(min(4, self.word_lb + 1)):
-                        with m.Case(k):
-                            v = reader.beat.payload.data[:8 << k]
-                            m.d.comb += sink_data.eq(Mux(ext_signed, v.as_signed(), v))
+                off_advance = ~ld_off.valid | advance
+                m.d.comb += src.next.eq(src.valid & off_advance)
+                with m.If(off_advance):
+                    m.d.sync += [ld_off.valid.eq(src.valid), ld_off.addr.eq(src.addr << ins.esize)]
                 with m.If(advance):
-                    m.d.sync += [ext_req.valid.eq(src.valid), ext_req.addr.eq(dec.ext_base + (src.addr << ins.esize))]
+                    m.d.sync += [ext_req.valid.eq(ld_off.valid), ext_req.addr.eq(dec.ext_base + ld_off.addr)]
                 with m.If(reader.beat.valid & reader.beat.payload.err):
                     m.d.comb += fault.eq(Error.READ)
             with m.Elif(is_op[Opcode.STORE]):        # dst walks the external index
@@ -665,11 +670,11 @@ class AccelCore(wiring.Component):
             with m.Elif(is_gemm):
                 pass                                 # below: _gemm_feed
             with m.Elif(is_op[Opcode.SOFTMAX] | is_op[Opcode.LAYERNORM]):
-                m.d.comb += [sink_valid.eq(norm.q.r_rdy), sink_data.eq(norm.data)]
+                pass                                 # (dst_step and the element: below)
             with m.Else():                           # GELU, ADD: src0's elements into the packer
                 m.d.comb += [elems.data.eq(s0_data), elems.final.eq(s0_final)]
         with m.If(pack_active):
-            self._lanes(m, add_sel, elems, q1, s1_data, sink_valid, sink_data, sink_ready, dst)
+            self._lanes(m, add_sel, elems, q1, s1_data, sink_ready, dst)
         # the packer's elements: src0's (a GELU or ADD op) or the array's results (a post unit),
         # from one-hot flags of STREAM
         m.d.comb += elems.valid.eq((q0_to_pack & q0.r_rdy) | (res_to_pack & gemm_res_valid))
@@ -678,11 +683,25 @@ class AccelCore(wiring.Component):
         # the sequencer's signals that the GEMM's feed shares with the ops above
         seq = SimpleNamespace(ins=ins, is_linear=is_op[Opcode.LINEAR], reader=reader, gens=gens, q0=q0, q1=q1,
                               run0=run0, run1=run1, wr=wr, active=gemm_active, restart=in_decode,
-                              post=post_gelu | post_add, elems=elems, sink_valid=sink_valid, pre_ln=pre_ln,
+                              post=post_gelu | post_add, elems=elems, pre_ln=pre_ln,
                               pre_sm=pre_sm, unit_rst=unit_rst, dst_step=dst_step, dst_keep=dst_keep,
                               gemm_res_valid=gemm_res_valid, a_from=a_from, a_in_take=a_in_take,
                               sink_from=sink_from, res_to_pack=res_to_pack, reader_user=reader_user, norm=norm)
         self._gemm_feed(m, seq)
+        # dst's element from its source, a flat OR under the one-hot flags ``sink_from`` (as a
+        # chain of the ops' selects, from the reader's beat to the write register, it was a
+        # seed's critical path, 10.08 ns); a LOAD's from the reader's beat, at its element size
+        load_elem = Signal(ab, name="load_elem")
+        ext_signed = (ins.flags & FLAG_EXT_SIGNED).any()
+        with m.Switch(ins.esize):
+            for k in range(min(4, self.word_lb + 1)):
+                with m.Case(k):
+                    v = reader.beat.payload.data[:8 << k]
+                    m.d.comb += load_elem.eq(Mux(ext_signed, v.as_signed(), v))
+        m.d.comb += wr.data.eq(_one_hot([
+            (sink_from["move"], s0_data), (sink_from["load"], load_elem),
+            (sink_from["softmax"] | sink_from["layernorm"], norm.data),
+            (Cat(*[sink_from[k] for k in packed_units]).any(), unpack_elem), (sink_from["gemm"], seq.gemm_elem)]))
 
         def one_hot(field):      # the flagged user's field
             return _one_hot((u.flag, getattr(u, field)) for u in reader_users)
@@ -700,16 +719,14 @@ class AccelCore(wiring.Component):
                     "gemm": gemm_res_valid}
         m.d.comb += [dst_step.eq(dst.valid & Cat(*[sink_from[k] & v for k, v in sink_has.items()]).any()),
                      dst.next.eq(dst_step), wr.en.eq(dst_step & ~sink_from["store"] & dst_keep)]
-        self._src0_into(m, q0, sink_from, a_from)
+        norm_in_pop = self._src0_into(m, q0, sink_from, a_from, unit_rst)
         # the Softmax's and LayerNorm's results go to dst (their own op) or to operand A (a pre unit)
         norm_to_dst = sink_from["softmax"] | sink_from["layernorm"]
         norm_to_a = a_from["softmax"] | a_from["layernorm"]
         m.d.comb += norm.q.r_en.eq((norm_to_dst & dst.valid) | (norm_to_a & a_in_take))
         # q0's pop: one OR of its consumers (one flag of each is set in STREAM)
         q0_pop = [sink_from["move"] & dst.valid, sink_from["store"] & dst.valid & store_advance,
-                  *[(sink_from[name] | a_from[name]) & unit.i.ready
-                    for name, unit in (("softmax", self.softmax), ("layernorm", self.layernorm))],
-                  q0_to_pack & elems.take, a_from["src0"] & a_in_take]
+                  norm_in_pop, q0_to_pack & elems.take, a_from["src0"] & a_in_take]
         m.d.comb += q0.r_en.eq(q0.r_rdy & Cat(*q0_pop).any())
         with m.If(streaming & writer.err):
             m.d.comb += fault.eq(Error.WRITE)
@@ -731,18 +748,25 @@ class AccelCore(wiring.Component):
         q, data = _flagged_slice(m, "norm_out", units, reset)
         return SimpleNamespace(q=q, data=data)
 
-    def _src0_into(self, m, q0, sink_from, a_from):
+    def _src0_into(self, m, q0, sink_from, a_from, reset):
         """src0's elements (``q0``'s entries: element, row end, ...) into the Softmax (with their
-        row ends) and the LayerNorm, ungated; each unit's valid from the one-hot flags of its
-        op of its own (``sink_from``) or of a GEMM it feeds (``a_from``)."""
+        row ends) and the LayerNorm through one register slice, its payload to both ungated;
+        each unit's valid from the one-hot flags of its op of its own (``sink_from``) or of a
+        GEMM it feeds (``a_from``).  The slice's room, a level register, is what pops ``q0``:
+        the units' input ready (the Softmax's from its row counter) ran through q0's pop into
+        src0's credit counter (9.77 ns, a seed's critical path).  Returns q0's pop."""
         ab = self.accel.act_elem_bits
         sm, ln = self.softmax, self.layernorm
-        m.d.comb += [sm.i.payload.data.eq(q0.r_data[:ab]), sm.i.payload.last.eq(q0.r_data[ab]),
-                     ln.i.payload.eq(q0.r_data[:ab])]
-        for name, unit in (("softmax", sm), ("layernorm", ln)):
-            m.d.comb += unit.i.valid.eq((sink_from[name] | a_from[name]) & q0.r_rdy)
+        flags = [(sink_from[name] | a_from[name], unit) for name, unit in (("softmax", sm), ("layernorm", ln))]
+        in_use = Cat(*[flag for flag, _ in flags]).any()
+        q, data = register_slice(m, "norm_in", in_use & q0.r_rdy, q0.r_data[:ab + 1], None, reset=reset)
+        m.d.comb += [sm.i.payload.data.eq(data[:ab]), sm.i.payload.last.eq(data[ab]), ln.i.payload.eq(data[:ab]),
+                     q.r_en.eq(Cat(*[flag & unit.i.ready for flag, unit in flags]).any())]
+        for flag, unit in flags:
+            m.d.comb += unit.i.valid.eq(flag & q.r_rdy)
+        return in_use & q.w_rdy
 
-    def _lanes(self, m, two, elems, q1, s1_data, sink_valid, sink_data, sink_ready, dst):
+    def _lanes(self, m, two, elems, q1, s1_data, sink_ready, dst):
         """The GELU and add units take ``lanes`` elements a beat: pack ``elems`` (and, for the
         add, src1's elements) into a beat (a short last beat padded), pass it through a
         register slice to the unit, and its result beat through another; unpack the results
@@ -768,8 +792,12 @@ class AccelCore(wiring.Component):
         m.d.comb += [elems.take.eq(take), q1.r_en.eq(take & two)]
         with m.If(full & beat_q.w_rdy):
             m.d.sync += full.eq(0)
-        with m.If(take):
+        # lane j loads whenever the beat has room, taken or not: it is the lane the next element
+        # fills, so a load without a take is overwritten before the beat is full.  (Under ``take``
+        # its enables were the end of a path from src0's queue level through the take, 10.74 ns.)
+        with m.If(~full | beat_q.w_rdy):
             m.d.sync += [a[j].eq(elems.data), b[j].eq(s1_data)]
+        with m.If(take):
             with m.If(eq_const(j, lanes - 1) | elems.final):
                 m.d.sync += [full.eq(1), j.eq(0)]
             with m.Else():
@@ -781,9 +809,7 @@ class AccelCore(wiring.Component):
                 m.d.comb += u.i.valid.eq(flag & beat_q.r_rdy)
         # the result beat from its register slice (built in :meth:`elaborate`), lane by lane into dst
         res_q = self.packer.res
-        out_lanes = Array(self.packer.res_beat[k * ab:][:ab] for k in range(lanes))
-        out_valid, out_ready = res_q.r_rdy, res_q.r_en
-        m.d.comb += [sink_valid.eq(out_valid), sink_data.eq(out_lanes[jo])]
+        out_valid, out_ready = res_q.r_rdy, res_q.r_en      # (the element: unpack_elem, elaborate)
         with m.If(out_valid & sink_ready):
             with m.If(eq_const(jo, lanes - 1) | dst.final):
                 m.d.comb += out_ready.eq(1)
@@ -869,7 +895,7 @@ class AccelCore(wiring.Component):
         stream through it and its output is operand A.  ``seq`` holds the sequencer's signals
         (see :meth:`elaborate`)."""
         ins, is_linear, reader, gens, wr = seq.ins, seq.is_linear, seq.reader, seq.gens, seq.wr
-        q0, q1, run0, run1, elems, sink_valid = seq.q0, seq.q1, seq.run0, seq.run1, seq.elems, seq.sink_valid
+        q0, q1, run0, run1, elems = seq.q0, seq.q1, seq.run0, seq.run1, seq.elems
         active, restart, unit_rst = seq.active, seq.restart, seq.unit_rst
         post, pre_ln, pre_sm = seq.post, seq.pre_ln, seq.pre_sm
         hw, accel, gemm = self.hw, self.accel, self.gemm
@@ -1133,7 +1159,15 @@ class AccelCore(wiring.Component):
         dec, rb, cb = self.decoded, R.bit_length(), C.bit_length()
         keep = (((dst.index[1] != dec.mt_last) | (dst.index[3][:rb] < dec.rows_last[:rb]))
                 & ((dst.index[2] != dec.nt_last) | (dst.index[4][:cb] < dec.cols_last[:cb])))
-        lane = res_lanes[dst.index[4]]
+        # the row's element going to dst: a column counter of its own that steps with dst's walk
+        # (level 4, C columns: the walk's index[4] at every point), not the walk's queued index,
+        # whose head select and the C-way select were a seed's critical path (9.58 ns)
+        dst_col = Signal(range(C), name="dst_col")
+        with m.If(restart):
+            m.d.sync += dst_col.eq(0)
+        with m.Elif(seq.dst_step):
+            m.d.sync += dst_col.eq(Mux(dst.last[LEVELS - 1], 0, dst_col + 1))
+        lane = res_lanes[dst_col]
         jc = Signal(range(C), name="post_col")       # the result row's element going to the packer
         with m.If(restart):
             m.d.sync += jc.eq(0)
@@ -1144,8 +1178,7 @@ class AccelCore(wiring.Component):
                                   | (seq.res_to_pack & elems.take & eq_const(jc, C - 1)))
         with m.If(active):
             m.d.comb += seq.dst_keep.eq(keep)
-        with m.If(active & ~post):
-            m.d.comb += wr.data.eq(lane)
+        seq.gemm_elem = lane                      # (dst's element: elaborate, after this)
         with m.If(active & post):
             # every element of every row, padding too, goes through the unit (the packer's beats
             # stay whole); the dst walk drops the padding's results as they come out

@@ -255,7 +255,16 @@ class _Machine:
         if x.shape[-1] != cnt:
             raise UserError(f"accel program: LayerNorm rows of {x.shape[-1]} channels with {cnt} "
                             f"constant beats{self.where}")
+        if not 2 <= cnt <= u.max_channels:
+            raise UserError(f"accel program: LayerNorm rows of {cnt} channels; the unit takes 2..{u.max_channels}"
+                            f"{self.where}")
         c = self.beats(c_layout(u), ext, cnt)
+        # the unit counts a layer's channels up to the beat flagged last: a flag elsewhere would
+        # leave it waiting for beats that never come
+        last = np.flatnonzero(c["last"][:, 0])
+        if last.tolist() != [cnt - 1]:
+            raise UserError(f"accel program: LayerNorm constant beats at 0x{ext:x} flag beats {last.tolist()} as "
+                            f"the last; accepted: beat {cnt - 1} alone (the last of {cnt}){self.where}")
         attrs = {"out_bits": u.out_bits, "e": int(c["e"][0, 0]), "channels": cnt}
         consts = {"m": torch.from_numpy(c["m"][:, 0]), "b": torch.from_numpy(c["b"][:, 0])}
         return run_layernorm(Op("layernorm", "", [], [], attrs, consts), _wrap(x, u.in_bits))
