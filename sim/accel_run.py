@@ -24,9 +24,10 @@ import numpy as np
 import torch
 
 from golden.errors import UserError
-from hwgen.accel.compiler import ALIGN, AccelConfig
-from hwgen.accel.interpreter import _Machine, header
-from hwgen.accel.isa import FLAG_EXT_SIGNED, INSTR_BYTES, Instr, Opcode, Port, decode, encode_program
+from hwgen.accel.compiler import ALIGN, AccelConfig, c_layout, post_consts
+from hwgen.accel.interpreter import _Machine, _unit, header
+from hwgen.accel.isa import (FLAG_EXT_SIGNED, INSTR_BYTES, Instr, Opcode, Port, beat_bytes, decode, encode_program,
+                             pack_beats, unpack_beats)
 from hwgen.accel.memory_model import WORDS_VERILOG, AccelSimTop
 from hwgen.config import HwConfig
 from hwgen.verilog import emit_verilog
@@ -158,6 +159,21 @@ def trace(image: bytes, hw: HwConfig, accel: AccelConfig | None = None):
 
 def _align(n: int) -> int:
     return -(-n // ALIGN) * ALIGN
+
+
+def flag_layernorm_last(image: bytes, ins: Instr, hw: HwConfig, beats: int, last: int) -> tuple[bytes, list[int]]:
+    """``image`` with the ``last`` flags of the first ``beats`` constant beats of ``ins``'s
+    LayerNorm (a LINEAR's, before the array) set on beat ``last`` alone; returns the new image
+    and the flags it had."""
+    lay = c_layout(_unit(hw, "layernorm", None))
+    at, nb = post_consts(ins.ext1, -(-ins.n[2] // hw.gemm_cols), hw), beat_bytes(lay)
+    consts = unpack_beats(lay, image[at:at + beats * nb])
+    old = consts["last"][:, 0].tolist()
+    consts["last"][:] = 0
+    consts["last"][last] = 1
+    img = bytearray(image)
+    img[at:at + beats * nb] = pack_beats(lay, consts)
+    return bytes(img), old
 
 
 def snapshot_program(image: bytes, ins: Instr, before: torch.Tensor, elems: int, ebytes: int = 2):

@@ -14,12 +14,12 @@ from hypothesis import strategies as st
 
 from golden.errors import UserError
 from golden.executor import run_graph
-from hwgen.accel.compiler import AccelConfig, c_layout, compile, post_consts
+from hwgen.accel.compiler import AccelConfig, compile
 from hwgen.accel.interpreter import _Machine, header, interpret, read_logits, run, write_input
-from hwgen.accel.isa import (FIELDS, INSTR_BYTES, LAYOUT, LEVELS, MOVE_OPS, POST_ADD, POST_GELU, PRE_UNIT, Instr, Opcode, Port, beat_bytes,
-                             decode, encode, pack_beats, unpack_beats)
-from hwgen.capabilities import unit_for
+from hwgen.accel.isa import (FIELDS, INSTR_BYTES, LAYOUT, LEVELS, MOVE_OPS, POST_ADD, POST_GELU, PRE_UNIT, Instr, Opcode, Port,
+                             decode, encode)
 from hwgen.config import HwConfig
+from sim.accel_run import flag_layernorm_last
 
 REPO = Path(__file__).resolve().parents[1]
 N_IMAGES = 3
@@ -187,13 +187,9 @@ def test_layernorm_constants_without_their_last_flag_stop_in_one_line(programs, 
     _, program = programs["w8a8"]
     hw = program.hw
     ins = next(i for i in program.instrs if i.op == Opcode.LINEAR and i.post == PRE_UNIT)
-    lay = c_layout(unit_for(hw, "layernorm", None))
-    at, nb = post_consts(ins.ext1, -(-ins.n[2] // hw.gemm_cols), hw), beat_bytes(lay)
-    image = bytearray(program.image)
-    beats = unpack_beats(lay, image[at:at + ins.cnt * nb])
-    assert beats["last"][:, 0].tolist() == [0] * (ins.cnt - 1) + [1]      # as compiled
-    beats["last"][ins.cnt - 2:] = [[1], [0]]
-    image[at:at + ins.cnt * nb] = pack_beats(lay, beats)
+    moved, compiled = flag_layernorm_last(program.image, ins, hw, ins.cnt, ins.cnt - 2)
+    assert compiled == [0] * (ins.cnt - 1) + [1]
+    image = bytearray(moved)
     write_input(image, digits_w8a8.quantize_input(digits_images.images[:1])[0])
     with pytest.raises(UserError) as exc:
         run(image, hw, program.accel)

@@ -30,12 +30,11 @@ import pytest
 import torch
 
 from golden.executor import run_graph
-from hwgen.accel.compiler import MAGIC, AccelConfig, c_layout, compile, post_consts
+from hwgen.accel.compiler import MAGIC, AccelConfig, compile
 from hwgen.accel.core import AccelCore, Error
 from hwgen.accel.interpreter import _Machine, batch_image, header, write_input
 from hwgen.accel.isa import (COUNT_BITS, POST_ADD, POST_GELU, PRE_UNIT, FLAG_EXT_SIGNED, FLAG_W_EXT, GEMM_OPS, INSTR_BYTES,
-                             Instr, Opcode, Port, beat_bytes, encode_program, pack_beats, unpack_beats)
-from hwgen.capabilities import unit_for
+                             Instr, Opcode, Port, encode_program)
 from hwgen.config import HwConfig
 from sim import accel_run, runner
 
@@ -115,15 +114,8 @@ def _short_rows(image: bytes, ins: Instr, k: int, hw: HwConfig) -> tuple[bytes, 
     one = replace(ins, n=(*ins.n[:3], k, *ins.n[4:]))
     if not (ins.op == Opcode.LINEAR and ins.post == PRE_UNIT):
         return image, one
-    lay = c_layout(unit_for(hw, "layernorm", None))
-    at = post_consts(ins.ext1, -(-ins.n[2] // hw.gemm_cols), hw)
-    nb = beat_bytes(lay)
-    beats = unpack_beats(lay, image[at:at + k * nb])
-    beats["last"][:] = 0
-    beats["last"][k - 1] = 1
-    img = bytearray(image)
-    img[at:at + k * nb] = pack_beats(lay, beats)
-    return bytes(img), replace(one, cnt=k)
+    image, _ = accel_run.flag_layernorm_last(image, ins, hw, k, k - 1)
+    return image, replace(one, cnt=k)
 
 
 def test_gemms_of_the_shortest_rows_equal_the_interpreter(sim, hw, programs, digits_images):
