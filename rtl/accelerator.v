@@ -1264,96 +1264,100 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$1 ;
   wire \$10 ;
   wire \$100 ;
-  reg \$1000 ;
+  reg [15:0] \$1000 ;
   reg \$1001 ;
-  reg \$1002 ;
+  reg [65:0] \$1002 ;
   reg \$1003 ;
   reg \$1004 ;
   reg \$1005 ;
   reg \$1006 ;
   reg \$1007 ;
-  reg [511:0] \$1008 ;
-  reg [2:0] \$1009 ;
+  reg [24:0] \$1008 ;
+  reg [31:0] \$1009 ;
   wire \$101 ;
-  reg [31:0] \$1010 ;
-  reg [7:0] \$1011 ;
+  reg [15:0] \$1010 ;
+  reg \$1011 ;
   reg [15:0] \$1012 ;
   reg [15:0] \$1013 ;
-  reg \$1014 ;
-  reg [65:0] \$1015 ;
-  reg \$1016 ;
-  reg \$1017 ;
-  reg \$1018 ;
-  reg \$1019 ;
+  reg [15:0] \$1014 ;
+  reg [15:0] \$1015 ;
+  reg [15:0] \$1016 ;
+  reg [15:0] \$1017 ;
+  reg [15:0] \$1018 ;
+  reg [15:0] \$1019 ;
   wire \$102 ;
-  reg \$1020 ;
-  reg [24:0] \$1021 ;
+  reg [2:0] \$1020 ;
+  reg [2:0] \$1021 ;
   reg [31:0] \$1022 ;
   reg [15:0] \$1023 ;
-  reg \$1024 ;
-  reg [15:0] \$1025 ;
-  reg [15:0] \$1026 ;
-  reg [15:0] \$1027 ;
-  reg [15:0] \$1028 ;
-  reg [15:0] \$1029 ;
+  reg [15:0] \$1024 ;
+  reg [31:0] \$1025 ;
+  reg [31:0] \$1026 ;
+  reg \$1027 ;
+  reg [7:0] \$1028 ;
+  reg \$1029 ;
   wire \$103 ;
-  reg [15:0] \$1030 ;
-  reg [15:0] \$1031 ;
+  reg \$1030 ;
+  reg \$1031 ;
   reg [15:0] \$1032 ;
-  reg [2:0] \$1033 ;
-  reg [2:0] \$1034 ;
-  reg [31:0] \$1035 ;
-  reg [15:0] \$1036 ;
-  reg [15:0] \$1037 ;
-  reg [31:0] \$1038 ;
-  reg [31:0] \$1039 ;
+  reg \$1033 ;
+  reg \$1034 ;
+  reg \$1035 ;
+  reg \$1036 ;
+  reg \$1037 ;
+  reg [3:0] \$1038 ;
+  reg [15:0] \$1039 ;
   wire \$104 ;
   reg \$1040 ;
-  reg [7:0] \$1041 ;
-  reg \$1042 ;
-  reg \$1043 ;
+  reg [15:0] \$1041 ;
+  reg [15:0] \$1042 ;
+  reg [31:0] \$1043 ;
   reg \$1044 ;
-  reg [15:0] \$1045 ;
+  reg \$1045 ;
   reg \$1046 ;
   reg \$1047 ;
   reg \$1048 ;
   reg \$1049 ;
   wire \$105 ;
   reg \$1050 ;
-  reg [3:0] \$1051 ;
-  reg [15:0] \$1052 ;
+  reg \$1051 ;
+  reg \$1052 ;
   reg \$1053 ;
-  reg [15:0] \$1054 ;
-  reg [15:0] \$1055 ;
-  reg [31:0] \$1056 ;
+  reg \$1054 ;
+  reg \$1055 ;
+  reg \$1056 ;
   reg \$1057 ;
-  reg \$1058 ;
+  reg [8:0] \$1058 ;
   reg \$1059 ;
   wire \$106 ;
   reg \$1060 ;
-  reg \$1061 ;
-  reg [8:0] \$1062 ;
-  reg \$1063 ;
-  reg \$1064 ;
-  reg [3:0] \$1065 ;
-  reg [15:0] \$1066 ;
-  reg [9:0] \$1067 ;
-  reg [15:0] \$1068 ;
+  reg [3:0] \$1061 ;
+  reg [15:0] \$1062 ;
+  reg [9:0] \$1063 ;
+  reg [15:0] \$1064 ;
+  reg \$1065 ;
+  reg \$1066 ;
+  reg \$1067 ;
+  reg [8:0] \$1068 ;
   reg \$1069 ;
   wire \$107 ;
   reg \$1070 ;
-  reg \$1071 ;
-  reg [8:0] \$1072 ;
+  reg [31:0] \$1071 ;
+  reg [15:0] \$1072 ;
   reg \$1073 ;
   reg \$1074 ;
-  reg [31:0] \$1075 ;
-  reg [15:0] \$1076 ;
+  reg \$1075 ;
+  reg \$1076 ;
   reg \$1077 ;
-  reg [2:0] \$1078 ;
-  reg [2:0] \$1079 ;
+  reg \$1078 ;
+  reg \$1079 ;
   wire \$108 ;
   reg \$1080 ;
-  reg [3:0] \$1081 ;
+  reg \$1081 ;
+  reg [2:0] \$1082 ;
+  reg [2:0] \$1083 ;
+  reg \$1084 ;
+  reg [3:0] \$1085 ;
   wire \$109 ;
   wire \$11 ;
   wire \$110 ;
@@ -1395,8 +1399,8 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   reg \$143 ;
   wire \$144 ;
   wire \$145 ;
-  wire [9:0] \$146 ;
-  wire [16:0] \$147 ;
+  reg \$146 ;
+  wire \$147 ;
   reg \$148 ;
   wire \$149 ;
   wire \$15 ;
@@ -1404,97 +1408,97 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$151 ;
   wire \$152 ;
   wire \$153 ;
-  wire [9:0] \$154 ;
-  wire [16:0] \$155 ;
-  reg \$156 ;
+  reg \$154 ;
+  wire \$155 ;
+  wire \$156 ;
   wire \$157 ;
   wire \$158 ;
   wire \$159 ;
   wire \$16 ;
   wire \$160 ;
-  wire [9:0] \$161 ;
-  wire [16:0] \$162 ;
-  reg \$163 ;
-  wire \$164 ;
-  wire \$165 ;
-  wire \$166 ;
-  wire \$167 ;
-  wire [9:0] \$168 ;
-  wire [16:0] \$169 ;
+  wire [7:0] \$161 ;
+  wire [7:0] \$162 ;
+  wire [7:0] \$163 ;
+  wire [7:0] \$164 ;
+  wire [7:0] \$165 ;
+  wire [7:0] \$166 ;
+  wire [7:0] \$167 ;
+  wire [7:0] \$168 ;
+  wire \$169 ;
   wire [15:0] \$17 ;
-  reg \$170 ;
+  wire \$170 ;
   wire \$171 ;
   wire \$172 ;
   wire \$173 ;
   wire \$174 ;
-  wire [9:0] \$175 ;
-  wire [16:0] \$176 ;
-  reg \$177 ;
+  wire \$175 ;
+  wire \$176 ;
+  wire \$177 ;
   wire \$178 ;
   wire \$179 ;
   wire \$18 ;
   wire \$180 ;
   wire \$181 ;
-  wire [9:0] \$182 ;
-  wire [16:0] \$183 ;
-  reg \$184 ;
+  wire \$182 ;
+  reg [31:0] \$183 ;
+  wire [3:0] \$184 ;
   wire \$185 ;
-  wire \$186 ;
-  wire \$187 ;
+  wire [8:0] \$186 ;
+  wire [3:0] \$187 ;
   wire \$188 ;
-  wire [9:0] \$189 ;
+  wire [16:0] \$189 ;
   wire [17:0] \$19 ;
-  wire [16:0] \$190 ;
-  reg \$191 ;
-  wire \$192 ;
-  wire \$193 ;
+  wire [3:0] \$190 ;
+  wire \$191 ;
+  wire [32:0] \$192 ;
+  wire [3:0] \$193 ;
   wire \$194 ;
-  wire \$195 ;
-  wire [9:0] \$196 ;
-  wire [16:0] \$197 ;
-  reg \$198 ;
+  wire [64:0] \$195 ;
+  wire [15:0] \$196 ;
+  wire [15:0] \$197 ;
+  wire [15:0] \$198 ;
   wire \$199 ;
   wire \$2 ;
   wire \$20 ;
-  wire \$200 ;
-  wire \$201 ;
+  wire [15:0] \$200 ;
+  wire [15:0] \$201 ;
   wire \$202 ;
-  wire [9:0] \$203 ;
-  wire [16:0] \$204 ;
-  reg \$205 ;
-  wire \$206 ;
-  wire \$207 ;
+  wire [15:0] \$203 ;
+  wire [15:0] \$204 ;
+  reg [31:0] \$205 ;
+  wire [31:0] \$206 ;
+  wire [31:0] \$207 ;
   wire \$208 ;
   wire \$209 ;
   wire [15:0] \$21 ;
-  reg \$210 ;
+  wire \$210 ;
   wire \$211 ;
-  reg \$212 ;
+  wire \$212 ;
   wire \$213 ;
   wire \$214 ;
-  wire \$215 ;
-  wire \$216 ;
-  wire \$217 ;
-  reg \$218 ;
-  wire \$219 ;
+  wire [31:0] \$215 ;
+  wire [31:0] \$216 ;
+  wire [31:0] \$217 ;
+  wire [31:0] \$218 ;
+  wire [31:0] \$219 ;
   wire \$22 ;
   wire \$220 ;
-  wire \$221 ;
-  wire \$222 ;
-  wire [9:0] \$223 ;
-  wire [10:0] \$224 ;
-  reg \$225 ;
-  wire \$226 ;
-  wire \$227 ;
-  wire \$228 ;
-  wire \$229 ;
+  wire [31:0] \$221 ;
+  wire [31:0] \$222 ;
+  wire [31:0] \$223 ;
+  wire [31:0] \$224 ;
+  wire [2:0] \$225 ;
+  wire [2:0] \$226 ;
+  wire [2:0] \$227 ;
+  wire [1:0] \$228 ;
+  wire [2:0] \$229 ;
   wire [18:0] \$23 ;
   wire \$230 ;
-  wire \$231 ;
-  wire \$232 ;
-  wire [9:0] \$233 ;
-  wire [10:0] \$234 ;
-  reg \$235 ;
+  wire [2:0] \$231 ;
+  wire [2:0] \$232 ;
+  wire [2:0] \$233 ;
+  wire [2:0] \$234 ;
+  wire \$235 ;
   wire \$236 ;
   wire \$237 ;
   wire \$238 ;
@@ -1502,9 +1506,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire [20:0] \$24 ;
   wire \$240 ;
   wire \$241 ;
-  wire [9:0] \$242 ;
-  wire [10:0] \$243 ;
-  reg \$244 ;
+  wire \$242 ;
+  wire \$243 ;
+  wire \$244 ;
   wire \$245 ;
   wire \$246 ;
   wire \$247 ;
@@ -1512,9 +1516,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$249 ;
   wire [21:0] \$25 ;
   wire \$250 ;
-  wire [9:0] \$251 ;
-  wire [10:0] \$252 ;
-  reg \$253 ;
+  wire \$251 ;
+  wire \$252 ;
+  wire \$253 ;
   wire \$254 ;
   wire \$255 ;
   wire \$256 ;
@@ -1522,38 +1526,38 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$258 ;
   wire \$259 ;
   wire [21:0] \$26 ;
-  wire [9:0] \$260 ;
-  wire [10:0] \$261 ;
-  reg \$262 ;
+  wire \$260 ;
+  wire \$261 ;
+  wire \$262 ;
   wire \$263 ;
   wire \$264 ;
   wire \$265 ;
   wire \$266 ;
   wire \$267 ;
   wire \$268 ;
-  wire [9:0] \$269 ;
+  wire \$269 ;
   wire \$27 ;
-  wire [10:0] \$270 ;
-  reg \$271 ;
+  wire \$270 ;
+  wire \$271 ;
   wire \$272 ;
   wire \$273 ;
   wire \$274 ;
   wire \$275 ;
   wire \$276 ;
   wire \$277 ;
-  wire [9:0] \$278 ;
-  wire [10:0] \$279 ;
+  wire \$278 ;
+  wire \$279 ;
   wire [15:0] \$28 ;
-  reg \$280 ;
+  wire \$280 ;
   wire \$281 ;
   wire \$282 ;
   wire \$283 ;
   wire \$284 ;
   wire \$285 ;
   wire \$286 ;
-  wire [9:0] \$287 ;
-  wire [10:0] \$288 ;
-  reg \$289 ;
+  wire \$287 ;
+  wire \$288 ;
+  wire \$289 ;
   wire \$29 ;
   wire \$290 ;
   wire \$291 ;
@@ -1563,16 +1567,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$295 ;
   wire \$296 ;
   wire \$297 ;
-  wire [7:0] \$298 ;
-  wire [7:0] \$299 ;
+  wire \$298 ;
+  wire \$299 ;
   wire \$3 ;
   wire [18:0] \$30 ;
-  wire [7:0] \$300 ;
-  wire [7:0] \$301 ;
-  wire [7:0] \$302 ;
-  wire [7:0] \$303 ;
-  wire [7:0] \$304 ;
-  wire [7:0] \$305 ;
+  wire \$300 ;
+  wire \$301 ;
+  wire \$302 ;
+  wire \$303 ;
+  wire \$304 ;
+  wire [30:0] \$305 ;
   wire \$306 ;
   wire \$307 ;
   wire \$308 ;
@@ -1589,33 +1593,33 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$318 ;
   wire \$319 ;
   wire [21:0] \$32 ;
-  reg [31:0] \$320 ;
-  wire [3:0] \$321 ;
+  wire \$320 ;
+  wire \$321 ;
   wire \$322 ;
-  wire [8:0] \$323 ;
-  wire [3:0] \$324 ;
+  wire \$323 ;
+  wire \$324 ;
   wire \$325 ;
-  wire [16:0] \$326 ;
-  wire [3:0] \$327 ;
+  wire \$326 ;
+  wire \$327 ;
   wire \$328 ;
-  wire [32:0] \$329 ;
+  wire \$329 ;
   wire [21:0] \$33 ;
-  wire [3:0] \$330 ;
+  wire \$330 ;
   wire \$331 ;
-  wire [64:0] \$332 ;
-  wire [15:0] \$333 ;
-  wire [15:0] \$334 ;
-  wire [15:0] \$335 ;
+  wire \$332 ;
+  wire \$333 ;
+  wire \$334 ;
+  wire \$335 ;
   wire \$336 ;
-  wire [15:0] \$337 ;
-  wire [15:0] \$338 ;
+  wire \$337 ;
+  wire \$338 ;
   wire \$339 ;
   wire \$34 ;
-  wire [15:0] \$340 ;
-  wire [15:0] \$341 ;
-  reg [31:0] \$342 ;
-  wire [31:0] \$343 ;
-  wire [31:0] \$344 ;
+  wire \$340 ;
+  wire \$341 ;
+  wire \$342 ;
+  wire \$343 ;
+  wire \$344 ;
   wire \$345 ;
   wire \$346 ;
   wire \$347 ;
@@ -1623,32 +1627,32 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$349 ;
   wire [3:0] \$35 ;
   wire \$350 ;
-  wire \$351 ;
-  wire [31:0] \$352 ;
-  wire [31:0] \$353 ;
-  wire [31:0] \$354 ;
-  wire [31:0] \$355 ;
+  wire [16:0] \$351 ;
+  wire [16:0] \$352 ;
+  wire [16:0] \$353 ;
+  wire [3:0] \$354 ;
+  wire \$355 ;
   wire [31:0] \$356 ;
-  wire \$357 ;
-  wire [31:0] \$358 ;
-  wire [31:0] \$359 ;
+  wire [32:0] \$357 ;
+  wire [32:0] \$358 ;
+  wire [16:0] \$359 ;
   wire \$36 ;
-  wire [31:0] \$360 ;
-  wire [31:0] \$361 ;
-  wire [2:0] \$362 ;
-  wire [2:0] \$363 ;
-  wire [2:0] \$364 ;
-  wire [1:0] \$365 ;
-  wire [2:0] \$366 ;
-  wire \$367 ;
-  wire [2:0] \$368 ;
-  wire [2:0] \$369 ;
+  wire [16:0] \$360 ;
+  wire [16:0] \$361 ;
+  wire [62:0] \$362 ;
+  wire [63:0] \$363 ;
+  wire [22:0] \$364 ;
+  wire [23:0] \$365 ;
+  wire [31:0] \$366 ;
+  wire [32:0] \$367 ;
+  wire [32:0] \$368 ;
+  wire [16:0] \$369 ;
   wire [17:0] \$37 ;
-  wire [2:0] \$370 ;
-  wire [2:0] \$371 ;
-  wire \$372 ;
-  wire \$373 ;
-  wire \$374 ;
+  wire [18:0] \$370 ;
+  wire [19:0] \$371 ;
+  wire [20:0] \$372 ;
+  wire [18:0] \$373 ;
+  wire [19:0] \$374 ;
   wire \$375 ;
   wire \$376 ;
   wire \$377 ;
@@ -1659,43 +1663,43 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$381 ;
   wire \$382 ;
   wire \$383 ;
-  wire \$384 ;
+  wire [48:0] \$384 ;
   wire \$385 ;
-  wire \$386 ;
+  wire [48:0] \$386 ;
   wire \$387 ;
-  wire \$388 ;
+  wire [48:0] \$388 ;
   wire \$389 ;
   wire [15:0] \$39 ;
-  wire \$390 ;
+  wire [48:0] \$390 ;
   wire \$391 ;
-  wire \$392 ;
+  wire [48:0] \$392 ;
   wire \$393 ;
-  wire \$394 ;
+  wire [48:0] \$394 ;
   wire \$395 ;
-  wire \$396 ;
+  wire [48:0] \$396 ;
   wire \$397 ;
-  wire \$398 ;
+  wire [48:0] \$398 ;
   wire \$399 ;
   wire \$4 ;
   wire \$40 ;
-  wire \$400 ;
+  wire [48:0] \$400 ;
   wire \$401 ;
-  wire \$402 ;
+  wire [48:0] \$402 ;
   wire \$403 ;
-  wire \$404 ;
+  wire [48:0] \$404 ;
   wire \$405 ;
-  wire \$406 ;
+  wire [48:0] \$406 ;
   wire \$407 ;
-  wire \$408 ;
+  wire [48:0] \$408 ;
   wire \$409 ;
   wire [17:0] \$41 ;
-  wire \$410 ;
+  wire [48:0] \$410 ;
   wire \$411 ;
-  wire \$412 ;
+  wire [48:0] \$412 ;
   wire \$413 ;
-  wire \$414 ;
+  wire [48:0] \$414 ;
   wire \$415 ;
-  wire \$416 ;
+  wire [48:0] \$416 ;
   wire \$417 ;
   wire \$418 ;
   wire \$419 ;
@@ -1724,7 +1728,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire [15:0] \$44 ;
   wire \$440 ;
   wire \$441 ;
-  wire [30:0] \$442 ;
+  wire \$442 ;
   wire \$443 ;
   wire \$444 ;
   wire \$445 ;
@@ -1737,28 +1741,28 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$451 ;
   wire \$452 ;
   wire \$453 ;
-  wire \$454 ;
+  wire [15:0] \$454 ;
   wire \$455 ;
   wire \$456 ;
   wire \$457 ;
   wire \$458 ;
-  wire \$459 ;
+  wire [16:0] \$459 ;
   wire [20:0] \$46 ;
-  wire \$460 ;
+  wire [32:0] \$460 ;
   wire \$461 ;
   wire \$462 ;
   wire \$463 ;
   wire \$464 ;
   wire \$465 ;
   wire \$466 ;
-  wire \$467 ;
+  wire [32:0] \$467 ;
   wire \$468 ;
   wire \$469 ;
   wire [21:0] \$47 ;
-  wire \$470 ;
+  wire [14:0] \$470 ;
   wire \$471 ;
   wire \$472 ;
-  wire \$473 ;
+  wire [4:0] \$473 ;
   wire \$474 ;
   wire \$475 ;
   wire \$476 ;
@@ -1774,84 +1778,84 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$485 ;
   wire \$486 ;
   wire \$487 ;
-  wire [16:0] \$488 ;
-  wire [16:0] \$489 ;
+  wire \$488 ;
+  wire \$489 ;
   wire [15:0] \$49 ;
-  wire [32:0] \$490 ;
-  wire [32:0] \$491 ;
-  wire [16:0] \$492 ;
-  wire [16:0] \$493 ;
-  wire [16:0] \$494 ;
-  wire [16:0] \$495 ;
-  wire [31:0] \$496 ;
-  wire [22:0] \$497 ;
-  wire [23:0] \$498 ;
-  wire [31:0] \$499 ;
+  wire \$490 ;
+  wire \$491 ;
+  wire \$492 ;
+  wire \$493 ;
+  wire \$494 ;
+  wire \$495 ;
+  wire \$496 ;
+  wire \$497 ;
+  wire \$498 ;
+  wire \$499 ;
   wire \$5 ;
   wire [20:0] \$50 ;
-  wire [32:0] \$500 ;
-  wire [32:0] \$501 ;
-  wire [31:0] \$502 ;
-  wire [31:0] \$503 ;
-  wire [46:0] \$504 ;
-  wire [47:0] \$505 ;
-  wire [16:0] \$506 ;
-  wire [18:0] \$507 ;
-  wire [19:0] \$508 ;
-  wire [20:0] \$509 ;
+  wire \$500 ;
+  wire \$501 ;
+  wire \$502 ;
+  wire \$503 ;
+  wire \$504 ;
+  wire \$505 ;
+  wire \$506 ;
+  wire [16:0] \$507 ;
+  wire [32:0] \$508 ;
+  wire \$509 ;
   wire [20:0] \$51 ;
-  wire [18:0] \$510 ;
-  wire [19:0] \$511 ;
-  wire [3:0] \$512 ;
+  wire \$510 ;
+  wire \$511 ;
+  wire \$512 ;
   wire \$513 ;
-  wire [31:0] \$514 ;
-  wire [32:0] \$515 ;
+  wire \$514 ;
+  wire \$515 ;
   wire \$516 ;
   wire \$517 ;
   wire \$518 ;
   wire \$519 ;
   wire [20:0] \$52 ;
-  wire \$520 ;
+  wire [16:0] \$520 ;
   wire \$521 ;
   wire \$522 ;
   wire \$523 ;
   wire \$524 ;
-  wire [48:0] \$525 ;
+  wire \$525 ;
   wire \$526 ;
-  wire [48:0] \$527 ;
+  wire \$527 ;
   wire \$528 ;
-  wire [48:0] \$529 ;
+  wire \$529 ;
   wire [15:0] \$53 ;
   wire \$530 ;
-  wire [48:0] \$531 ;
+  wire \$531 ;
   wire \$532 ;
-  wire [48:0] \$533 ;
+  wire \$533 ;
   wire \$534 ;
-  wire [48:0] \$535 ;
+  wire \$535 ;
   wire \$536 ;
-  wire [48:0] \$537 ;
+  wire \$537 ;
   wire \$538 ;
-  wire [48:0] \$539 ;
+  wire \$539 ;
   wire [17:0] \$54 ;
   wire \$540 ;
-  wire [48:0] \$541 ;
+  wire \$541 ;
   wire \$542 ;
-  wire [48:0] \$543 ;
+  wire \$543 ;
   wire \$544 ;
-  wire [48:0] \$545 ;
+  wire \$545 ;
   wire \$546 ;
-  wire [48:0] \$547 ;
+  wire \$547 ;
   wire \$548 ;
-  wire [48:0] \$549 ;
+  wire \$549 ;
   wire [3:0] \$55 ;
   wire \$550 ;
-  wire [48:0] \$551 ;
+  wire \$551 ;
   wire \$552 ;
-  wire [48:0] \$553 ;
+  wire \$553 ;
   wire \$554 ;
-  wire [48:0] \$555 ;
+  wire \$555 ;
   wire \$556 ;
-  wire [48:0] \$557 ;
+  wire \$557 ;
   wire \$558 ;
   wire \$559 ;
   wire [17:0] \$56 ;
@@ -1893,29 +1897,29 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$592 ;
   wire \$593 ;
   wire \$594 ;
-  wire [15:0] \$595 ;
+  wire \$595 ;
   wire \$596 ;
   wire \$597 ;
   wire \$598 ;
   wire \$599 ;
   wire \$6 ;
   wire [20:0] \$60 ;
-  wire [16:0] \$600 ;
-  wire [32:0] \$601 ;
+  wire \$600 ;
+  wire \$601 ;
   wire \$602 ;
-  wire \$603 ;
+  wire [24:0] \$603 ;
   wire \$604 ;
   wire \$605 ;
-  wire \$606 ;
+  wire [33:0] \$606 ;
   wire \$607 ;
-  wire [32:0] \$608 ;
-  wire \$609 ;
+  wire \$608 ;
+  wire [24:0] \$609 ;
   wire \$61 ;
-  wire \$610 ;
-  wire [14:0] \$611 ;
+  wire [33:0] \$610 ;
+  wire \$611 ;
   wire \$612 ;
   wire \$613 ;
-  wire [3:0] \$614 ;
+  wire \$614 ;
   wire \$615 ;
   wire \$616 ;
   wire \$617 ;
@@ -1924,12 +1928,12 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$62 ;
   wire \$620 ;
   wire \$621 ;
-  wire \$622 ;
+  wire [3:0] \$622 ;
   wire \$623 ;
   wire \$624 ;
   wire \$625 ;
-  wire \$626 ;
-  wire \$627 ;
+  wire [3:0] \$626 ;
+  wire [14:0] \$627 ;
   wire \$628 ;
   wire \$629 ;
   wire \$63 ;
@@ -1945,36 +1949,36 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$639 ;
   wire \$64 ;
   wire \$640 ;
-  wire \$641 ;
-  wire \$642 ;
+  wire [16:0] \$641 ;
+  wire [16:0] \$642 ;
   wire \$643 ;
-  wire \$644 ;
+  wire [32:0] \$644 ;
   wire \$645 ;
   wire \$646 ;
   wire \$647 ;
-  wire [16:0] \$648 ;
-  wire [32:0] \$649 ;
+  wire [32:0] \$648 ;
+  wire \$649 ;
   wire \$65 ;
   wire \$650 ;
   wire \$651 ;
   wire \$652 ;
   wire \$653 ;
-  wire \$654 ;
-  wire \$655 ;
+  wire [16:0] \$654 ;
+  wire [16:0] \$655 ;
   wire \$656 ;
-  wire \$657 ;
+  wire [32:0] \$657 ;
   wire \$658 ;
   wire \$659 ;
   wire \$66 ;
   wire \$660 ;
-  wire [16:0] \$661 ;
+  wire \$661 ;
   wire \$662 ;
   wire \$663 ;
-  wire \$664 ;
-  wire \$665 ;
+  wire [16:0] \$664 ;
+  wire [16:0] \$665 ;
   wire \$666 ;
   wire \$667 ;
-  wire \$668 ;
+  wire [16:0] \$668 ;
   wire \$669 ;
   wire [63:0] \$67 ;
   wire \$670 ;
@@ -1991,9 +1995,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$680 ;
   wire \$681 ;
   wire \$682 ;
-  wire \$683 ;
-  wire \$684 ;
-  wire \$685 ;
+  wire [9:0] \$683 ;
+  wire [16:0] \$684 ;
+  reg \$685 ;
   wire \$686 ;
   wire \$687 ;
   wire \$688 ;
@@ -2001,13 +2005,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$69 ;
   wire \$690 ;
   wire \$691 ;
-  wire \$692 ;
+  reg \$692 ;
   wire \$693 ;
   wire \$694 ;
   wire \$695 ;
   wire \$696 ;
   wire \$697 ;
-  wire \$698 ;
+  reg \$698 ;
   wire \$699 ;
   wire \$7 ;
   wire \$70 ;
@@ -2015,110 +2019,110 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$701 ;
   wire \$702 ;
   wire \$703 ;
-  wire \$704 ;
+  reg \$704 ;
   wire \$705 ;
   wire \$706 ;
   wire \$707 ;
   wire \$708 ;
   wire \$709 ;
   wire \$71 ;
-  wire \$710 ;
+  reg \$710 ;
   wire \$711 ;
   wire \$712 ;
   wire \$713 ;
   wire \$714 ;
   wire \$715 ;
-  wire \$716 ;
+  reg \$716 ;
   wire \$717 ;
   wire \$718 ;
   wire \$719 ;
   wire \$72 ;
   wire \$720 ;
   wire \$721 ;
-  wire \$722 ;
+  reg \$722 ;
   wire \$723 ;
   wire \$724 ;
   wire \$725 ;
   wire \$726 ;
   wire \$727 ;
-  wire \$728 ;
+  reg \$728 ;
   wire \$729 ;
   wire \$73 ;
   wire \$730 ;
   wire \$731 ;
   wire \$732 ;
   wire \$733 ;
-  wire \$734 ;
+  reg \$734 ;
   wire \$735 ;
   wire \$736 ;
   wire \$737 ;
   wire \$738 ;
   wire \$739 ;
   wire [15:0] \$74 ;
-  wire \$740 ;
+  reg \$740 ;
   wire \$741 ;
   wire \$742 ;
   wire \$743 ;
-  wire [24:0] \$744 ;
-  wire \$745 ;
+  wire \$744 ;
+  reg \$745 ;
   wire \$746 ;
-  wire [33:0] \$747 ;
+  wire \$747 ;
   wire \$748 ;
   wire \$749 ;
   wire \$75 ;
-  wire [24:0] \$750 ;
-  wire [33:0] \$751 ;
-  wire \$752 ;
-  wire \$753 ;
-  wire \$754 ;
+  wire \$750 ;
+  wire \$751 ;
+  wire [4:0] \$752 ;
+  wire [16:0] \$753 ;
+  wire [16:0] \$754 ;
   wire \$755 ;
   wire \$756 ;
-  wire \$757 ;
-  wire \$758 ;
+  wire [16:0] \$757 ;
+  wire [16:0] \$758 ;
   wire \$759 ;
   wire [15:0] \$76 ;
   wire \$760 ;
   wire \$761 ;
   wire \$762 ;
-  wire [3:0] \$763 ;
-  wire \$764 ;
-  wire \$765 ;
+  wire [4:0] \$763 ;
+  wire [9:0] \$764 ;
+  wire [16:0] \$765 ;
   wire \$766 ;
-  wire [3:0] \$767 ;
-  wire [14:0] \$768 ;
+  wire \$767 ;
+  wire \$768 ;
   wire \$769 ;
   wire \$77 ;
   wire \$770 ;
   wire \$771 ;
   wire \$772 ;
   wire \$773 ;
-  wire \$774 ;
+  wire [32:0] \$774 ;
   wire \$775 ;
-  wire \$776 ;
-  wire \$777 ;
+  wire [16:0] \$776 ;
+  wire [16:0] \$777 ;
   wire \$778 ;
-  wire \$779 ;
+  wire [16:0] \$779 ;
   wire \$78 ;
-  wire \$780 ;
+  wire [16:0] \$780 ;
   wire \$781 ;
-  wire [16:0] \$782 ;
-  wire [16:0] \$783 ;
+  reg \$782 ;
+  wire \$783 ;
   wire \$784 ;
-  wire [32:0] \$785 ;
+  wire \$785 ;
   wire \$786 ;
   wire \$787 ;
-  wire \$788 ;
-  wire [32:0] \$789 ;
+  wire [16:0] \$788 ;
+  wire [10:0] \$789 ;
   wire \$79 ;
   wire \$790 ;
-  wire \$791 ;
+  wire [16:0] \$791 ;
   wire \$792 ;
   wire \$793 ;
-  wire \$794 ;
-  wire [16:0] \$795 ;
-  wire [16:0] \$796 ;
-  wire \$797 ;
-  wire [32:0] \$798 ;
+  wire [4:0] \$794 ;
+  wire [9:0] \$795 ;
+  wire [32:0] \$796 ;
+  wire [33:0] \$797 ;
+  wire \$798 ;
   wire \$799 ;
   wire \$8 ;
   wire \$80 ;
@@ -2127,16 +2131,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$802 ;
   wire \$803 ;
   wire \$804 ;
-  wire [16:0] \$805 ;
-  wire [16:0] \$806 ;
+  wire \$805 ;
+  wire \$806 ;
   wire \$807 ;
-  wire \$808 ;
-  wire [16:0] \$809 ;
+  wire [16:0] \$808 ;
+  wire [32:0] \$809 ;
   wire \$81 ;
   wire \$810 ;
-  wire \$811 ;
-  wire \$812 ;
-  wire \$813 ;
+  wire [9:0] \$811 ;
+  wire [10:0] \$812 ;
+  reg \$813 ;
   wire \$814 ;
   wire \$815 ;
   wire \$816 ;
@@ -2146,107 +2150,107 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$82 ;
   wire \$820 ;
   wire \$821 ;
-  wire \$822 ;
+  reg \$822 ;
   wire \$823 ;
-  reg \$824 ;
+  wire \$824 ;
   wire \$825 ;
   wire \$826 ;
   wire \$827 ;
   wire \$828 ;
-  reg \$829 ;
+  wire \$829 ;
   wire \$83 ;
-  wire \$830 ;
+  reg \$830 ;
   wire \$831 ;
   wire \$832 ;
   wire \$833 ;
   wire \$834 ;
   wire \$835 ;
-  wire [4:0] \$836 ;
-  wire [16:0] \$837 ;
-  wire [16:0] \$838 ;
+  wire \$836 ;
+  wire \$837 ;
+  reg \$838 ;
   wire \$839 ;
   wire \$84 ;
   wire \$840 ;
-  wire [16:0] \$841 ;
-  wire [16:0] \$842 ;
+  wire \$841 ;
+  wire \$842 ;
   wire \$843 ;
   wire \$844 ;
   wire \$845 ;
-  wire \$846 ;
-  wire [4:0] \$847 ;
-  wire [9:0] \$848 ;
-  wire [16:0] \$849 ;
+  reg \$846 ;
+  wire \$847 ;
+  wire \$848 ;
+  wire \$849 ;
   wire \$85 ;
   wire \$850 ;
   wire \$851 ;
   wire \$852 ;
   wire \$853 ;
-  wire \$854 ;
+  reg \$854 ;
   wire \$855 ;
   wire \$856 ;
   wire \$857 ;
-  wire [32:0] \$858 ;
+  wire \$858 ;
   wire \$859 ;
   wire \$86 ;
-  wire [16:0] \$860 ;
-  wire [16:0] \$861 ;
-  wire \$862 ;
-  wire [16:0] \$863 ;
-  wire [16:0] \$864 ;
+  wire \$860 ;
+  wire \$861 ;
+  reg \$862 ;
+  wire \$863 ;
+  wire \$864 ;
   wire \$865 ;
-  reg \$866 ;
+  wire \$866 ;
   wire \$867 ;
   wire \$868 ;
   wire \$869 ;
   wire \$87 ;
-  wire \$870 ;
+  reg \$870 ;
   wire \$871 ;
-  wire [16:0] \$872 ;
-  wire [10:0] \$873 ;
+  wire \$872 ;
+  wire \$873 ;
   wire \$874 ;
-  wire [16:0] \$875 ;
+  wire \$875 ;
   wire \$876 ;
   wire \$877 ;
-  wire [4:0] \$878 ;
-  wire [9:0] \$879 ;
+  wire [3:0] \$878 ;
+  wire [3:0] \$879 ;
   wire \$88 ;
-  wire [32:0] \$880 ;
-  wire [33:0] \$881 ;
+  wire \$880 ;
+  wire \$881 ;
   wire \$882 ;
-  wire \$883 ;
-  wire \$884 ;
+  wire [3:0] \$883 ;
+  wire [3:0] \$884 ;
   wire \$885 ;
   wire \$886 ;
   wire \$887 ;
   wire \$888 ;
   wire \$889 ;
   wire \$89 ;
-  wire \$890 ;
-  wire \$891 ;
+  wire [32:0] \$890 ;
+  wire [16:0] \$891 ;
   wire [16:0] \$892 ;
-  wire [32:0] \$893 ;
-  wire \$894 ;
-  wire [3:0] \$895 ;
-  wire [3:0] \$896 ;
-  wire \$897 ;
-  wire \$898 ;
-  wire \$899 ;
+  reg [13:0] \$893 ;
+  reg [15:0] \$894 ;
+  reg \$895 ;
+  reg \$896 ;
+  reg \$897 ;
+  reg \$898 ;
+  reg \$899 ;
   wire \$9 ;
   wire \$90 ;
-  wire [3:0] \$900 ;
-  wire [3:0] \$901 ;
-  wire \$902 ;
-  wire \$903 ;
-  wire \$904 ;
-  wire \$905 ;
-  wire \$906 ;
-  reg [13:0] \$907 ;
-  reg [15:0] \$908 ;
+  reg \$900 ;
+  reg \$901 ;
+  reg \$902 ;
+  reg \$903 ;
+  reg \$904 ;
+  reg \$905 ;
+  reg \$906 ;
+  reg \$907 ;
+  reg \$908 ;
   reg \$909 ;
   wire \$91 ;
   reg \$910 ;
   reg \$911 ;
-  reg \$912 ;
+  reg [15:0] \$912 ;
   reg \$913 ;
   reg \$914 ;
   reg \$915 ;
@@ -2255,13 +2259,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   reg \$918 ;
   reg \$919 ;
   wire \$92 ;
-  reg \$920 ;
-  reg \$921 ;
+  reg [2:0] \$920 ;
+  reg [2:0] \$921 ;
   reg \$922 ;
   reg \$923 ;
-  reg \$924 ;
-  reg \$925 ;
-  reg [15:0] \$926 ;
+  reg [2:0] \$924 ;
+  reg [2:0] \$925 ;
+  reg \$926 ;
   reg \$927 ;
   reg \$928 ;
   reg \$929 ;
@@ -2270,58 +2274,58 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   reg \$931 ;
   reg \$932 ;
   reg \$933 ;
-  reg [2:0] \$934 ;
-  reg [2:0] \$935 ;
-  reg \$936 ;
-  reg \$937 ;
-  reg [2:0] \$938 ;
-  reg [2:0] \$939 ;
+  reg \$934 ;
+  reg [47:0] \$935 ;
+  reg [47:0] \$936 ;
+  reg [47:0] \$937 ;
+  reg [47:0] \$938 ;
+  reg [47:0] \$939 ;
   wire \$94 ;
-  reg \$940 ;
-  reg \$941 ;
-  reg \$942 ;
-  reg \$943 ;
-  reg \$944 ;
-  reg \$945 ;
-  reg \$946 ;
-  reg \$947 ;
-  reg \$948 ;
+  reg [47:0] \$940 ;
+  reg [47:0] \$941 ;
+  reg [47:0] \$942 ;
+  reg [47:0] \$943 ;
+  reg [47:0] \$944 ;
+  reg [47:0] \$945 ;
+  reg [47:0] \$946 ;
+  reg [47:0] \$947 ;
+  reg [47:0] \$948 ;
   reg [47:0] \$949 ;
   wire \$95 ;
   reg [47:0] \$950 ;
   reg [47:0] \$951 ;
-  reg [47:0] \$952 ;
-  reg [47:0] \$953 ;
-  reg [47:0] \$954 ;
-  reg [47:0] \$955 ;
-  reg [47:0] \$956 ;
-  reg [47:0] \$957 ;
-  reg [47:0] \$958 ;
-  reg [47:0] \$959 ;
+  reg \$952 ;
+  reg \$953 ;
+  reg \$954 ;
+  reg \$955 ;
+  reg \$956 ;
+  reg [31:0] \$957 ;
+  reg \$958 ;
+  reg \$959 ;
   wire \$96 ;
-  reg [47:0] \$960 ;
-  reg [47:0] \$961 ;
-  reg [47:0] \$962 ;
-  reg [47:0] \$963 ;
-  reg [47:0] \$964 ;
-  reg [47:0] \$965 ;
-  reg \$966 ;
+  reg [3:0] \$960 ;
+  reg \$961 ;
+  reg [31:0] \$962 ;
+  reg [31:0] \$963 ;
+  reg [15:0] \$964 ;
+  reg [31:0] \$965 ;
+  reg [2:0] \$966 ;
   reg \$967 ;
   reg \$968 ;
   reg \$969 ;
   wire \$97 ;
   reg \$970 ;
-  reg [31:0] \$971 ;
+  reg \$971 ;
   reg \$972 ;
   reg \$973 ;
-  reg [3:0] \$974 ;
+  reg \$974 ;
   reg \$975 ;
-  reg [31:0] \$976 ;
-  reg [31:0] \$977 ;
-  reg [15:0] \$978 ;
-  reg [31:0] \$979 ;
+  reg \$976 ;
+  reg \$977 ;
+  reg \$978 ;
+  reg \$979 ;
   wire \$98 ;
-  reg [2:0] \$980 ;
+  reg \$980 ;
   reg \$981 ;
   reg \$982 ;
   reg \$983 ;
@@ -2336,149 +2340,165 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   reg \$991 ;
   reg \$992 ;
   reg \$993 ;
-  reg \$994 ;
-  reg \$995 ;
+  reg [511:0] \$994 ;
+  reg [3:0] \$995 ;
   reg \$996 ;
-  reg \$997 ;
-  reg \$998 ;
-  reg \$999 ;
+  reg [31:0] \$997 ;
+  reg [7:0] \$998 ;
+  reg [15:0] \$999 ;
   reg \$signal  = 1'h0;
-  reg [3:0] \$signal$303  = 4'h0;
-  reg \$signal$329  = 1'h0;
-  reg \$signal$466  = 1'h0;
-  reg [31:0] \$signal$548  = 32'd0;
-  reg [31:0] \$signal$549  = 32'd0;
-  reg \$signal$571  = 1'h0;
-  reg [15:0] \$signal$574  = 16'h0000;
+  reg \$signal$338  = 1'h0;
+  reg \$signal$483  = 1'h0;
+  reg [31:0] \$signal$567  = 32'd0;
+  reg [31:0] \$signal$568  = 32'd0;
+  reg \$signal$591  = 1'h0;
+  reg [15:0] \$signal$594  = 16'h0000;
+  reg [15:0] \$signal$595  = 16'h0000;
+  reg [3:0] \$signal$596  = 4'h0;
   wire [13:0] \$signature__addr ;
   wire [13:0] \$signature__addr$103 ;
-  reg [8:0] \$signature__addr$299 ;
-  reg [8:0] \$signature__addr$304 ;
-  reg [8:0] \$signature__addr$307 ;
-  reg [8:0] \$signature__addr$310 ;
-  reg [8:0] \$signature__addr$313 ;
-  reg [8:0] \$signature__addr$316 ;
-  reg [8:0] \$signature__addr$319 ;
-  reg [8:0] \$signature__addr$322 ;
-  reg [8:0] \$signature__addr$325 ;
-  reg [8:0] \$signature__addr$336 ;
-  reg [8:0] \$signature__addr$340 ;
-  reg [8:0] \$signature__addr$342 ;
-  reg [8:0] \$signature__addr$344 ;
-  reg [8:0] \$signature__addr$346 ;
-  reg [8:0] \$signature__addr$348 ;
-  reg [8:0] \$signature__addr$350 ;
-  reg [8:0] \$signature__addr$352 ;
-  reg [8:0] \$signature__addr$354 ;
+  wire [8:0] \$signature__addr$295 ;
+  wire [8:0] \$signature__addr$301 ;
+  wire [8:0] \$signature__addr$305 ;
+  wire [8:0] \$signature__addr$309 ;
+  wire [8:0] \$signature__addr$313 ;
+  wire [8:0] \$signature__addr$317 ;
+  wire [8:0] \$signature__addr$321 ;
+  wire [8:0] \$signature__addr$325 ;
+  wire [8:0] \$signature__addr$329 ;
+  reg [8:0] \$signature__addr$345 ;
+  reg [8:0] \$signature__addr$349 ;
+  reg [8:0] \$signature__addr$351 ;
+  reg [8:0] \$signature__addr$353 ;
+  reg [8:0] \$signature__addr$355 ;
+  reg [8:0] \$signature__addr$357 ;
   reg [8:0] \$signature__addr$359 ;
-  reg [8:0] \$signature__addr$364 ;
-  reg [8:0] \$signature__addr$367 ;
-  reg [8:0] \$signature__addr$370 ;
+  reg [8:0] \$signature__addr$361 ;
+  reg [8:0] \$signature__addr$363 ;
+  reg [8:0] \$signature__addr$368 ;
+  reg [8:0] \$signature__addr$371 ;
   reg [8:0] \$signature__addr$373 ;
-  reg [8:0] \$signature__addr$376 ;
+  reg [8:0] \$signature__addr$375 ;
+  reg [8:0] \$signature__addr$377 ;
   reg [8:0] \$signature__addr$379 ;
-  reg [8:0] \$signature__addr$382 ;
-  reg [8:0] \$signature__addr$385 ;
-  reg [8:0] \$signature__addr$388 ;
-  reg [8:0] \$signature__addr$390 ;
-  reg [8:0] \$signature__addr$392 ;
-  reg [8:0] \$signature__addr$394 ;
-  reg [8:0] \$signature__addr$396 ;
-  reg [8:0] \$signature__addr$398 ;
-  reg [8:0] \$signature__addr$400 ;
-  reg [8:0] \$signature__data ;
-  reg [8:0] \$signature__data$305 ;
-  reg [8:0] \$signature__data$308 ;
-  reg [8:0] \$signature__data$311 ;
-  reg [8:0] \$signature__data$314 ;
-  reg [8:0] \$signature__data$317 ;
-  reg [8:0] \$signature__data$320 ;
-  reg [8:0] \$signature__data$323 ;
-  reg [8:0] \$signature__data$326 ;
-  reg [7:0] \$signature__data$361 ;
-  reg [7:0] \$signature__data$365 ;
-  reg [7:0] \$signature__data$368 ;
-  reg [7:0] \$signature__data$371 ;
-  reg [7:0] \$signature__data$374 ;
-  reg [7:0] \$signature__data$377 ;
-  reg [7:0] \$signature__data$380 ;
-  reg [7:0] \$signature__data$383 ;
-  wire [8:0] \$signature__data$404 ;
-  wire [8:0] \$signature__data$405 ;
-  wire [8:0] \$signature__data$406 ;
-  wire [8:0] \$signature__data$407 ;
-  wire [8:0] \$signature__data$408 ;
-  wire [8:0] \$signature__data$409 ;
-  wire [8:0] \$signature__data$410 ;
-  wire [8:0] \$signature__data$411 ;
-  wire [8:0] \$signature__data$412 ;
-  wire [7:0] \$signature__data$413 ;
-  wire [7:0] \$signature__data$414 ;
-  wire [7:0] \$signature__data$415 ;
-  wire [7:0] \$signature__data$416 ;
-  wire [7:0] \$signature__data$417 ;
-  wire [7:0] \$signature__data$418 ;
-  wire [7:0] \$signature__data$419 ;
-  wire [7:0] \$signature__data$420 ;
-  wire [15:0] \$signature__data$514 ;
-  wire [15:0] \$signature__data$520 ;
+  reg [8:0] \$signature__addr$381 ;
+  reg [8:0] \$signature__addr$383 ;
+  wire [8:0] \$signature__addr$416 ;
+  wire [8:0] \$signature__addr$422 ;
+  wire [8:0] \$signature__addr$426 ;
+  wire [8:0] \$signature__addr$430 ;
+  wire [8:0] \$signature__addr$434 ;
+  wire [8:0] \$signature__addr$438 ;
+  wire [8:0] \$signature__addr$442 ;
+  wire [8:0] \$signature__addr$446 ;
+  reg [8:0] \$signature__data  = 9'h000;
+  (* init = 9'h000 *)
+  wire [8:0] \$signature__data$302 ;
+  (* init = 9'h000 *)
+  wire [8:0] \$signature__data$306 ;
+  (* init = 9'h000 *)
+  wire [8:0] \$signature__data$310 ;
+  (* init = 9'h000 *)
+  wire [8:0] \$signature__data$314 ;
+  (* init = 9'h000 *)
+  wire [8:0] \$signature__data$318 ;
+  (* init = 9'h000 *)
+  wire [8:0] \$signature__data$322 ;
+  (* init = 9'h000 *)
+  wire [8:0] \$signature__data$326 ;
+  (* init = 9'h000 *)
+  wire [8:0] \$signature__data$330 ;
+  wire [8:0] \$signature__data$387 ;
+  wire [8:0] \$signature__data$388 ;
+  wire [8:0] \$signature__data$389 ;
+  wire [8:0] \$signature__data$390 ;
+  wire [8:0] \$signature__data$391 ;
+  wire [8:0] \$signature__data$392 ;
+  wire [8:0] \$signature__data$393 ;
+  wire [8:0] \$signature__data$394 ;
+  wire [8:0] \$signature__data$395 ;
+  wire [7:0] \$signature__data$396 ;
+  wire [7:0] \$signature__data$397 ;
+  wire [7:0] \$signature__data$398 ;
+  wire [7:0] \$signature__data$399 ;
+  wire [7:0] \$signature__data$400 ;
+  wire [7:0] \$signature__data$401 ;
+  wire [7:0] \$signature__data$402 ;
+  wire [7:0] \$signature__data$403 ;
+  reg [7:0] \$signature__data$418  = 8'h00;
+  (* init = 8'h00 *)
+  wire [7:0] \$signature__data$423 ;
+  (* init = 8'h00 *)
+  wire [7:0] \$signature__data$427 ;
+  (* init = 8'h00 *)
+  wire [7:0] \$signature__data$431 ;
+  (* init = 8'h00 *)
+  wire [7:0] \$signature__data$435 ;
+  (* init = 8'h00 *)
+  wire [7:0] \$signature__data$439 ;
+  (* init = 8'h00 *)
+  wire [7:0] \$signature__data$443 ;
+  (* init = 8'h00 *)
+  wire [7:0] \$signature__data$447 ;
+  wire [15:0] \$signature__data$531 ;
+  wire [15:0] \$signature__data$537 ;
   wire \$signature__en ;
   wire \$signature__en$105 ;
-  reg \$signature__en$302 ;
-  reg \$signature__en$306 ;
-  reg \$signature__en$309 ;
-  reg \$signature__en$312 ;
-  reg \$signature__en$315 ;
-  reg \$signature__en$318 ;
-  reg \$signature__en$321 ;
-  reg \$signature__en$324 ;
-  reg \$signature__en$327 ;
-  reg \$signature__en$338 ;
-  reg \$signature__en$341 ;
-  reg \$signature__en$343 ;
-  reg \$signature__en$345 ;
+  reg \$signature__en$299  = 1'h0;
+  reg \$signature__en$303  = 1'h0;
+  reg \$signature__en$307  = 1'h0;
+  reg \$signature__en$311  = 1'h0;
+  reg \$signature__en$315  = 1'h0;
+  reg \$signature__en$319  = 1'h0;
+  reg \$signature__en$323  = 1'h0;
+  reg \$signature__en$327  = 1'h0;
+  reg \$signature__en$331  = 1'h0;
   reg \$signature__en$347 ;
-  reg \$signature__en$349 ;
-  reg \$signature__en$351 ;
-  reg \$signature__en$353 ;
-  reg \$signature__en$355 ;
+  reg \$signature__en$350 ;
+  reg \$signature__en$352 ;
+  reg \$signature__en$354 ;
+  reg \$signature__en$356 ;
+  reg \$signature__en$358 ;
+  reg \$signature__en$360 ;
   reg \$signature__en$362 ;
-  reg \$signature__en$366 ;
-  reg \$signature__en$369 ;
+  reg \$signature__en$364 ;
+  reg \$signature__en$370 ;
   reg \$signature__en$372 ;
-  reg \$signature__en$375 ;
+  reg \$signature__en$374 ;
+  reg \$signature__en$376 ;
   reg \$signature__en$378 ;
-  reg \$signature__en$381 ;
+  reg \$signature__en$380 ;
+  reg \$signature__en$382 ;
   reg \$signature__en$384 ;
-  reg \$signature__en$387 ;
-  reg \$signature__en$389 ;
-  reg \$signature__en$391 ;
-  reg \$signature__en$393 ;
-  reg \$signature__en$395 ;
-  reg \$signature__en$397 ;
-  reg \$signature__en$399 ;
-  reg \$signature__en$401 ;
+  reg \$signature__en$420  = 1'h0;
+  reg \$signature__en$424  = 1'h0;
+  reg \$signature__en$428  = 1'h0;
+  reg \$signature__en$432  = 1'h0;
+  reg \$signature__en$436  = 1'h0;
+  reg \$signature__en$440  = 1'h0;
+  reg \$signature__en$444  = 1'h0;
+  reg \$signature__en$448  = 1'h0;
   wire [63:0] a__payload;
-  reg [81:0] \a__payload$423 ;
-  wire [80:0] \a__payload$423.data ;
-  wire [8:0] \a__payload$423.data[0] ;
-  wire [8:0] \a__payload$423.data[1] ;
-  wire [8:0] \a__payload$423.data[2] ;
-  wire [8:0] \a__payload$423.data[3] ;
-  wire [8:0] \a__payload$423.data[4] ;
-  wire [8:0] \a__payload$423.data[5] ;
-  wire [8:0] \a__payload$423.data[6] ;
-  wire [8:0] \a__payload$423.data[7] ;
-  wire [8:0] \a__payload$423.data[8] ;
-  wire \a__payload$423.last ;
+  reg [81:0] \a__payload$406 ;
+  wire [80:0] \a__payload$406.data ;
+  wire [8:0] \a__payload$406.data[0] ;
+  wire [8:0] \a__payload$406.data[1] ;
+  wire [8:0] \a__payload$406.data[2] ;
+  wire [8:0] \a__payload$406.data[3] ;
+  wire [8:0] \a__payload$406.data[4] ;
+  wire [8:0] \a__payload$406.data[5] ;
+  wire [8:0] \a__payload$406.data[6] ;
+  wire [8:0] \a__payload$406.data[7] ;
+  wire [8:0] \a__payload$406.data[8] ;
+  wire \a__payload$406.last ;
   wire [15:0] \a__payload[0] ;
   wire [15:0] \a__payload[1] ;
   wire [15:0] \a__payload[2] ;
   wire [15:0] \a__payload[3] ;
   wire a__ready;
-  wire \a__ready$428 ;
+  wire \a__ready$411 ;
   reg a__valid;
-  reg \a__valid$421 ;
+  reg \a__valid$404 ;
   reg a_blocks_left = 1'h0;
   reg a_feed_k_hit = 1'h0;
   reg a_feed_nt_hit = 1'h0;
@@ -2498,6 +2518,27 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   reg a_read_free = 1'h0;
   reg a_read_half = 1'h0;
   reg a_read_last = 1'h0;
+  reg [16:0] a_write_addr = 17'h00000;
+  (* init = 9'h000 *)
+  wire [8:0] a_write_data;
+  (* init = 1'h0 *)
+  wire a_write_en0;
+  (* init = 1'h0 *)
+  wire a_write_en1;
+  (* init = 1'h0 *)
+  wire a_write_en2;
+  (* init = 1'h0 *)
+  wire a_write_en3;
+  (* init = 1'h0 *)
+  wire a_write_en4;
+  (* init = 1'h0 *)
+  wire a_write_en5;
+  (* init = 1'h0 *)
+  wire a_write_en6;
+  (* init = 1'h0 *)
+  wire a_write_en7;
+  (* init = 1'h0 *)
+  wire a_write_en8;
   wire add_d_clk;
   reg add_d_rst = 1'h1;
   wire [15:0] add_res0;
@@ -2568,7 +2609,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   reg busy = 1'h0;
   (* init = 1'h0 *)
   wire \busy$127 ;
-  wire \busy$589 ;
+  wire \busy$613 ;
   wire [4:0] c__payload;
   (* init = 66'h00000000000000000 *)
   wire [65:0] \c__payload$140 ;
@@ -2629,6 +2670,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   reg d_end_more = 1'h0;
   reg d_stream = 1'h0;
   reg [31:0] dec_blocks = 32'd0;
+  wire [31:0] dec_blocks_p;
   reg [31:0] dec_c_base = 32'd0;
   reg [2:0] dec_c_lb = 3'h0;
   reg [15:0] dec_cols_last = 16'h0000;
@@ -2636,15 +2678,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   reg [15:0] dec_k_last = 16'h0000;
   reg [15:0] dec_mt = 16'h0000;
   reg [15:0] dec_mt_last = 16'h0000;
+  wire [32:0] dec_mt_p;
   reg [16:0] dec_n1p = 17'h00000;
   reg [16:0] dec_n2p = 17'h00000;
   reg [15:0] dec_nt = 16'h0000;
   reg [15:0] dec_nt_last = 16'h0000;
   reg [15:0] dec_rows_last = 16'h0000;
   reg [31:0] dec_tiles = 32'd0;
-  reg [15:0] dec_tiles_hi = 16'h0000;
-  reg [31:0] dec_tiles_lo = 32'd0;
-  reg [2:0] decode_wait = 3'h0;
+  wire [31:0] dec_tiles_hi;
+  wire [31:0] dec_tiles_lo;
+  reg [3:0] decode_wait = 4'h0;
   output done;
   reg done = 1'h0;
   (* init = 1'h0 *)
@@ -2679,8 +2722,8 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire feed_valid;
   reg fetch_sent = 1'h0;
   wire \final ;
-  wire \final$517 ;
-  wire \final$523 ;
+  wire \final$534 ;
+  wire \final$540 ;
   reg [15:0] fnt = 16'h0000;
   wire gelu0_d_clk;
   reg gelu0_d_rst = 1'h1;
@@ -2699,22 +2742,22 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   (* init = 1'h1 *)
   wire gemm_rst;
   wire [31:0] i__payload;
-  wire [16:0] \i__payload$483 ;
-  wire [15:0] \i__payload$483.data ;
-  wire \i__payload$483.last ;
-  wire [15:0] \i__payload$485 ;
+  wire [16:0] \i__payload$500 ;
+  wire [15:0] \i__payload$500.data ;
+  wire \i__payload$500.last ;
+  wire [15:0] \i__payload$502 ;
   wire [7:0] \i__payload[0] ;
   wire [7:0] \i__payload[1] ;
   wire [7:0] \i__payload[2] ;
   wire [7:0] \i__payload[3] ;
   wire i__ready;
-  wire \i__ready$487 ;
-  wire \i__ready$488 ;
+  wire \i__ready$504 ;
+  wire \i__ready$505 ;
   reg i__valid;
-  wire \i__valid$489 ;
-  wire \i__valid$491 ;
+  wire \i__valid$506 ;
+  wire \i__valid$508 ;
   wire idle;
-  wire \idle$564 ;
+  wire \idle$584 ;
   input [31:0] image_stride;
   wire [31:0] image_stride;
   input [15:0] images;
@@ -2783,10 +2826,10 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   reg is_transpose = 1'h0;
   reg [15:0] k = 16'h0000;
   wire last__3;
-  wire \last__3$524 ;
+  wire \last__3$541 ;
   wire last__4;
-  wire \last__4$516 ;
-  wire \last__4$522 ;
+  wire \last__4$533 ;
+  wire \last__4$539 ;
   wire layernorm_d_clk;
   reg layernorm_d_rst = 1'h1;
   wire [15:0] layernorm_elem;
@@ -2794,7 +2837,6 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire layernorm_rst;
   reg [24:0] ld_off = 25'h0000000;
   reg ld_off_valid = 1'h0;
-  reg [15:0] lk = 16'h0000;
   reg load = 1'h0;
   (* init = 1'h0 *)
   wire \load$56 ;
@@ -2820,7 +2862,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   reg [15:0] \n__4$78 ;
   reg next;
   wire \next$106 ;
-  wire \next$479 ;
+  wire \next$496 ;
   reg [15:0] nt = 16'h0000;
   reg nt_hit = 1'h0;
   wire [63:0] o__payload;
@@ -2833,15 +2875,15 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire [7:0] \o__payload$218.data ;
   wire \o__payload$218.last ;
   wire [7:0] \o__payload$220 ;
-  wire [255:0] \o__payload$436 ;
-  wire [31:0] \o__payload$436[0] ;
-  wire [31:0] \o__payload$436[1] ;
-  wire [31:0] \o__payload$436[2] ;
-  wire [31:0] \o__payload$436[3] ;
-  wire [31:0] \o__payload$436[4] ;
-  wire [31:0] \o__payload$436[5] ;
-  wire [31:0] \o__payload$436[6] ;
-  wire [31:0] \o__payload$436[7] ;
+  wire [255:0] \o__payload$453 ;
+  wire [31:0] \o__payload$453[0] ;
+  wire [31:0] \o__payload$453[1] ;
+  wire [31:0] \o__payload$453[2] ;
+  wire [31:0] \o__payload$453[3] ;
+  wire [31:0] \o__payload$453[4] ;
+  wire [31:0] \o__payload$453[5] ;
+  wire [31:0] \o__payload$453[6] ;
+  wire [31:0] \o__payload$453[7] ;
   wire [15:0] \o__payload[0] ;
   wire [15:0] \o__payload[1] ;
   wire [15:0] \o__payload[2] ;
@@ -2850,12 +2892,12 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \o__ready$213 ;
   wire \o__ready$229 ;
   wire \o__ready$231 ;
-  wire \o__ready$437 ;
+  wire \o__ready$454 ;
   wire o__valid;
   wire \o__valid$209 ;
   wire \o__valid$224 ;
   wire \o__valid$227 ;
-  wire \o__valid$434 ;
+  wire \o__valid$451 ;
   reg [31:0] offset = 32'd0;
   (* init = 48'h000000000000 *)
   wire [47:0] op_cycles0;
@@ -2998,37 +3040,38 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire [63:0] \r_data$216 ;
   wire [18:0] \r_data$247 ;
   wire [15:0] \r_data$290 ;
-  wire [18:0] \r_data$357 ;
-  wire [63:0] \r_data$432 ;
-  wire [255:0] \r_data$454 ;
-  wire [16:0] \r_data$484 ;
+  wire [18:0] \r_data$366 ;
+  wire [63:0] \r_data$415 ;
+  wire [255:0] \r_data$471 ;
+  wire [16:0] \r_data$501 ;
   reg r_en;
   reg \r_en$259 ;
   reg \r_en$267 ;
-  reg \r_en$429 ;
-  wire \r_en$440 ;
-  wire \r_en$486 ;
-  wire \r_en$492 ;
-  wire \r_en$493 ;
+  reg \r_en$412 ;
+  wire \r_en$457 ;
+  wire \r_en$503 ;
+  wire \r_en$509 ;
+  wire \r_en$510 ;
   wire r_rdy;
   wire \r_rdy$261 ;
   wire \r_rdy$264 ;
   wire \r_rdy$269 ;
   wire \r_rdy$292 ;
-  wire \r_rdy$426 ;
-  wire \r_rdy$439 ;
-  wire \r_rdy$490 ;
+  wire \r_rdy$409 ;
+  wire \r_rdy$456 ;
+  wire \r_rdy$507 ;
+  reg read_err = 1'h0;
   reg [98:0] req__payload;
-  wire [34:0] \req__payload$467 ;
-  wire [31:0] \req__payload$467.addr ;
-  wire [2:0] \req__payload$467.lb ;
+  wire [34:0] \req__payload$484 ;
+  wire [31:0] \req__payload$484.addr ;
+  wire [2:0] \req__payload$484.lb ;
   wire [31:0] \req__payload.addr ;
   wire [63:0] \req__payload.data ;
   wire [2:0] \req__payload.lb ;
   wire req__ready;
-  wire \req__ready$478 ;
+  wire \req__ready$495 ;
   reg req__valid;
-  wire \req__valid$460 ;
+  wire \req__valid$477 ;
   reg res_to_pack = 1'h0;
   reg [15:0] rk = 16'h0000;
   reg rk_zero = 1'h0;
@@ -3125,16 +3168,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire [63:0] \w_data$210 ;
   wire [15:0] \w_data$228 ;
   wire [63:0] \w_data$284 ;
-  wire [255:0] \w_data$435 ;
-  wire [16:0] \w_data$482 ;
+  wire [255:0] \w_data$452 ;
+  wire [16:0] \w_data$499 ;
   reg w_en = 1'h0;
   reg \w_en$107  = 1'h0;
   reg \w_en$180  = 1'h0;
   wire \w_en$205 ;
   wire \w_en$221 ;
   reg \w_en$282 ;
-  wire \w_en$433 ;
-  wire \w_en$481 ;
+  wire \w_en$450 ;
+  wire \w_en$498 ;
   reg w_feed_half = 1'h0;
   reg w_filled0 = 1'h0;
   reg w_filled1 = 1'h0;
@@ -3148,13 +3191,32 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire w_rdy;
   wire \w_rdy$230 ;
   wire \w_rdy$256 ;
-  wire \w_rdy$438 ;
-  wire \w_rdy$475 ;
-  wire \w_rdy$494 ;
+  wire \w_rdy$455 ;
+  wire \w_rdy$492 ;
+  wire \w_rdy$511 ;
   reg [8:0] w_read_addr = 9'h000;
   reg w_read_free = 1'h0;
   reg w_read_half = 1'h0;
   reg [7:0] w_step = 8'h00;
+  reg [10:0] w_write_addr = 11'h000;
+  (* init = 8'h00 *)
+  wire [7:0] w_write_data;
+  (* init = 1'h0 *)
+  wire w_write_en0;
+  (* init = 1'h0 *)
+  wire w_write_en1;
+  (* init = 1'h0 *)
+  wire w_write_en2;
+  (* init = 1'h0 *)
+  wire w_write_en3;
+  (* init = 1'h0 *)
+  wire w_write_en4;
+  (* init = 1'h0 *)
+  wire w_write_en5;
+  (* init = 1'h0 *)
+  wire w_write_en6;
+  (* init = 1'h0 *)
+  wire w_write_en7;
   reg want_w = 1'h0;
   reg [7:0] welem;
   wire [13:0] wr_addr;
@@ -3680,16 +3742,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     a_cache0[511] = 9'h000;
   end
   always @(posedge gemm_d_clk) begin
-    if (\$signature__en$302 )
-      a_cache0[\$signature__addr$299 ] <= \$signature__data ;
+    if (\$signature__en$299 )
+      a_cache0[a_write_addr[8:0]] <= \$signature__data ;
   end
   reg [8:0] _0_;
   always @(posedge gemm_d_clk) begin
-    if (\$signature__en$338 ) begin
-      _0_ <= a_cache0[\$signature__addr$336 ];
+    if (\$signature__en$347 ) begin
+      _0_ <= a_cache0[\$signature__addr$345 ];
     end
   end
-  assign \$signature__data$404  = _0_;
+  assign \$signature__data$387  = _0_;
   (* no_rw_check = 32'd1 *)
   reg [8:0] a_cache1 [511:0];
   initial begin
@@ -4207,16 +4269,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     a_cache1[511] = 9'h000;
   end
   always @(posedge gemm_d_clk) begin
-    if (\$signature__en$306 )
-      a_cache1[\$signature__addr$304 ] <= \$signature__data$305 ;
+    if (\$signature__en$303 )
+      a_cache1[a_write_addr[8:0]] <= \$signature__data ;
   end
   reg [8:0] _1_;
   always @(posedge gemm_d_clk) begin
-    if (\$signature__en$341 ) begin
-      _1_ <= a_cache1[\$signature__addr$340 ];
+    if (\$signature__en$350 ) begin
+      _1_ <= a_cache1[\$signature__addr$349 ];
     end
   end
-  assign \$signature__data$405  = _1_;
+  assign \$signature__data$388  = _1_;
   (* no_rw_check = 32'd1 *)
   reg [8:0] a_cache2 [511:0];
   initial begin
@@ -4734,16 +4796,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     a_cache2[511] = 9'h000;
   end
   always @(posedge gemm_d_clk) begin
-    if (\$signature__en$309 )
-      a_cache2[\$signature__addr$307 ] <= \$signature__data$308 ;
+    if (\$signature__en$307 )
+      a_cache2[a_write_addr[8:0]] <= \$signature__data ;
   end
   reg [8:0] _2_;
   always @(posedge gemm_d_clk) begin
-    if (\$signature__en$343 ) begin
-      _2_ <= a_cache2[\$signature__addr$342 ];
+    if (\$signature__en$352 ) begin
+      _2_ <= a_cache2[\$signature__addr$351 ];
     end
   end
-  assign \$signature__data$406  = _2_;
+  assign \$signature__data$389  = _2_;
   (* no_rw_check = 32'd1 *)
   reg [8:0] a_cache3 [511:0];
   initial begin
@@ -5261,16 +5323,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     a_cache3[511] = 9'h000;
   end
   always @(posedge gemm_d_clk) begin
-    if (\$signature__en$312 )
-      a_cache3[\$signature__addr$310 ] <= \$signature__data$311 ;
+    if (\$signature__en$311 )
+      a_cache3[a_write_addr[8:0]] <= \$signature__data ;
   end
   reg [8:0] _3_;
   always @(posedge gemm_d_clk) begin
-    if (\$signature__en$345 ) begin
-      _3_ <= a_cache3[\$signature__addr$344 ];
+    if (\$signature__en$354 ) begin
+      _3_ <= a_cache3[\$signature__addr$353 ];
     end
   end
-  assign \$signature__data$407  = _3_;
+  assign \$signature__data$390  = _3_;
   (* no_rw_check = 32'd1 *)
   reg [8:0] a_cache4 [511:0];
   initial begin
@@ -5789,15 +5851,15 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @(posedge gemm_d_clk) begin
     if (\$signature__en$315 )
-      a_cache4[\$signature__addr$313 ] <= \$signature__data$314 ;
+      a_cache4[a_write_addr[8:0]] <= \$signature__data ;
   end
   reg [8:0] _4_;
   always @(posedge gemm_d_clk) begin
-    if (\$signature__en$347 ) begin
-      _4_ <= a_cache4[\$signature__addr$346 ];
+    if (\$signature__en$356 ) begin
+      _4_ <= a_cache4[\$signature__addr$355 ];
     end
   end
-  assign \$signature__data$408  = _4_;
+  assign \$signature__data$391  = _4_;
   (* no_rw_check = 32'd1 *)
   reg [8:0] a_cache5 [511:0];
   initial begin
@@ -6315,16 +6377,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     a_cache5[511] = 9'h000;
   end
   always @(posedge gemm_d_clk) begin
-    if (\$signature__en$318 )
-      a_cache5[\$signature__addr$316 ] <= \$signature__data$317 ;
+    if (\$signature__en$319 )
+      a_cache5[a_write_addr[8:0]] <= \$signature__data ;
   end
   reg [8:0] _5_;
   always @(posedge gemm_d_clk) begin
-    if (\$signature__en$349 ) begin
-      _5_ <= a_cache5[\$signature__addr$348 ];
+    if (\$signature__en$358 ) begin
+      _5_ <= a_cache5[\$signature__addr$357 ];
     end
   end
-  assign \$signature__data$409  = _5_;
+  assign \$signature__data$392  = _5_;
   (* no_rw_check = 32'd1 *)
   reg [8:0] a_cache6 [511:0];
   initial begin
@@ -6842,16 +6904,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     a_cache6[511] = 9'h000;
   end
   always @(posedge gemm_d_clk) begin
-    if (\$signature__en$321 )
-      a_cache6[\$signature__addr$319 ] <= \$signature__data$320 ;
+    if (\$signature__en$323 )
+      a_cache6[a_write_addr[8:0]] <= \$signature__data ;
   end
   reg [8:0] _6_;
   always @(posedge gemm_d_clk) begin
-    if (\$signature__en$351 ) begin
-      _6_ <= a_cache6[\$signature__addr$350 ];
+    if (\$signature__en$360 ) begin
+      _6_ <= a_cache6[\$signature__addr$359 ];
     end
   end
-  assign \$signature__data$410  = _6_;
+  assign \$signature__data$393  = _6_;
   (* no_rw_check = 32'd1 *)
   reg [8:0] a_cache7 [511:0];
   initial begin
@@ -7369,16 +7431,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     a_cache7[511] = 9'h000;
   end
   always @(posedge gemm_d_clk) begin
-    if (\$signature__en$324 )
-      a_cache7[\$signature__addr$322 ] <= \$signature__data$323 ;
+    if (\$signature__en$327 )
+      a_cache7[a_write_addr[8:0]] <= \$signature__data ;
   end
   reg [8:0] _7_;
   always @(posedge gemm_d_clk) begin
-    if (\$signature__en$353 ) begin
-      _7_ <= a_cache7[\$signature__addr$352 ];
+    if (\$signature__en$362 ) begin
+      _7_ <= a_cache7[\$signature__addr$361 ];
     end
   end
-  assign \$signature__data$411  = _7_;
+  assign \$signature__data$394  = _7_;
   (* no_rw_check = 32'd1 *)
   reg [8:0] a_cache8 [511:0];
   initial begin
@@ -7896,16 +7958,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     a_cache8[511] = 9'h000;
   end
   always @(posedge gemm_d_clk) begin
-    if (\$signature__en$327 )
-      a_cache8[\$signature__addr$325 ] <= \$signature__data$326 ;
+    if (\$signature__en$331 )
+      a_cache8[a_write_addr[8:0]] <= \$signature__data ;
   end
   reg [8:0] _8_;
   always @(posedge gemm_d_clk) begin
-    if (\$signature__en$355 ) begin
-      _8_ <= a_cache8[\$signature__addr$354 ];
+    if (\$signature__en$364 ) begin
+      _8_ <= a_cache8[\$signature__addr$363 ];
     end
   end
-  assign \$signature__data$412  = _8_;
+  assign \$signature__data$395  = _8_;
   (* no_rw_check = 32'd1 *)
   reg [15:0] buffer [16383:0];
   initial begin
@@ -24308,8 +24370,8 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       _10_ <= buffer[addr[13:0]];
     end
   end
-  assign \$signature__data$520  = _9_;
-  assign \$signature__data$514  = _10_;
+  assign \$signature__data$537  = _9_;
+  assign \$signature__data$531  = _10_;
   (* no_rw_check = 32'd1 *)
   reg [7:0] w_cache0 [511:0];
   initial begin
@@ -24827,16 +24889,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     w_cache0[511] = 8'h00;
   end
   always @(posedge gemm_d_clk) begin
-    if (\$signature__en$362 )
-      w_cache0[\$signature__addr$359 ] <= \$signature__data$361 ;
+    if (\$signature__en$420 )
+      w_cache0[w_write_addr[8:0]] <= \$signature__data$418 ;
   end
   reg [7:0] _11_;
   always @(posedge gemm_d_clk) begin
-    if (\$signature__en$387 ) begin
-      _11_ <= w_cache0[\$signature__addr$385 ];
+    if (\$signature__en$370 ) begin
+      _11_ <= w_cache0[\$signature__addr$368 ];
     end
   end
-  assign \$signature__data$413  = _11_;
+  assign \$signature__data$396  = _11_;
   (* no_rw_check = 32'd1 *)
   reg [7:0] w_cache1 [511:0];
   initial begin
@@ -25354,16 +25416,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     w_cache1[511] = 8'h00;
   end
   always @(posedge gemm_d_clk) begin
-    if (\$signature__en$366 )
-      w_cache1[\$signature__addr$364 ] <= \$signature__data$365 ;
+    if (\$signature__en$424 )
+      w_cache1[w_write_addr[8:0]] <= \$signature__data$418 ;
   end
   reg [7:0] _12_;
   always @(posedge gemm_d_clk) begin
-    if (\$signature__en$389 ) begin
-      _12_ <= w_cache1[\$signature__addr$388 ];
+    if (\$signature__en$372 ) begin
+      _12_ <= w_cache1[\$signature__addr$371 ];
     end
   end
-  assign \$signature__data$414  = _12_;
+  assign \$signature__data$397  = _12_;
   (* no_rw_check = 32'd1 *)
   reg [7:0] w_cache2 [511:0];
   initial begin
@@ -25881,16 +25943,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     w_cache2[511] = 8'h00;
   end
   always @(posedge gemm_d_clk) begin
-    if (\$signature__en$369 )
-      w_cache2[\$signature__addr$367 ] <= \$signature__data$368 ;
+    if (\$signature__en$428 )
+      w_cache2[w_write_addr[8:0]] <= \$signature__data$418 ;
   end
   reg [7:0] _13_;
   always @(posedge gemm_d_clk) begin
-    if (\$signature__en$391 ) begin
-      _13_ <= w_cache2[\$signature__addr$390 ];
+    if (\$signature__en$374 ) begin
+      _13_ <= w_cache2[\$signature__addr$373 ];
     end
   end
-  assign \$signature__data$415  = _13_;
+  assign \$signature__data$398  = _13_;
   (* no_rw_check = 32'd1 *)
   reg [7:0] w_cache3 [511:0];
   initial begin
@@ -26408,16 +26470,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     w_cache3[511] = 8'h00;
   end
   always @(posedge gemm_d_clk) begin
-    if (\$signature__en$372 )
-      w_cache3[\$signature__addr$370 ] <= \$signature__data$371 ;
+    if (\$signature__en$432 )
+      w_cache3[w_write_addr[8:0]] <= \$signature__data$418 ;
   end
   reg [7:0] _14_;
   always @(posedge gemm_d_clk) begin
-    if (\$signature__en$393 ) begin
-      _14_ <= w_cache3[\$signature__addr$392 ];
+    if (\$signature__en$376 ) begin
+      _14_ <= w_cache3[\$signature__addr$375 ];
     end
   end
-  assign \$signature__data$416  = _14_;
+  assign \$signature__data$399  = _14_;
   (* no_rw_check = 32'd1 *)
   reg [7:0] w_cache4 [511:0];
   initial begin
@@ -26935,16 +26997,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     w_cache4[511] = 8'h00;
   end
   always @(posedge gemm_d_clk) begin
-    if (\$signature__en$375 )
-      w_cache4[\$signature__addr$373 ] <= \$signature__data$374 ;
+    if (\$signature__en$436 )
+      w_cache4[w_write_addr[8:0]] <= \$signature__data$418 ;
   end
   reg [7:0] _15_;
   always @(posedge gemm_d_clk) begin
-    if (\$signature__en$395 ) begin
-      _15_ <= w_cache4[\$signature__addr$394 ];
+    if (\$signature__en$378 ) begin
+      _15_ <= w_cache4[\$signature__addr$377 ];
     end
   end
-  assign \$signature__data$417  = _15_;
+  assign \$signature__data$400  = _15_;
   (* no_rw_check = 32'd1 *)
   reg [7:0] w_cache5 [511:0];
   initial begin
@@ -27462,16 +27524,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     w_cache5[511] = 8'h00;
   end
   always @(posedge gemm_d_clk) begin
-    if (\$signature__en$378 )
-      w_cache5[\$signature__addr$376 ] <= \$signature__data$377 ;
+    if (\$signature__en$440 )
+      w_cache5[w_write_addr[8:0]] <= \$signature__data$418 ;
   end
   reg [7:0] _16_;
   always @(posedge gemm_d_clk) begin
-    if (\$signature__en$397 ) begin
-      _16_ <= w_cache5[\$signature__addr$396 ];
+    if (\$signature__en$380 ) begin
+      _16_ <= w_cache5[\$signature__addr$379 ];
     end
   end
-  assign \$signature__data$418  = _16_;
+  assign \$signature__data$401  = _16_;
   (* no_rw_check = 32'd1 *)
   reg [7:0] w_cache6 [511:0];
   initial begin
@@ -27989,16 +28051,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     w_cache6[511] = 8'h00;
   end
   always @(posedge gemm_d_clk) begin
-    if (\$signature__en$381 )
-      w_cache6[\$signature__addr$379 ] <= \$signature__data$380 ;
+    if (\$signature__en$444 )
+      w_cache6[w_write_addr[8:0]] <= \$signature__data$418 ;
   end
   reg [7:0] _17_;
   always @(posedge gemm_d_clk) begin
-    if (\$signature__en$399 ) begin
-      _17_ <= w_cache6[\$signature__addr$398 ];
+    if (\$signature__en$382 ) begin
+      _17_ <= w_cache6[\$signature__addr$381 ];
     end
   end
-  assign \$signature__data$419  = _17_;
+  assign \$signature__data$402  = _17_;
   (* no_rw_check = 32'd1 *)
   reg [7:0] w_cache7 [511:0];
   initial begin
@@ -28516,16 +28578,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     w_cache7[511] = 8'h00;
   end
   always @(posedge gemm_d_clk) begin
-    if (\$signature__en$384 )
-      w_cache7[\$signature__addr$382 ] <= \$signature__data$383 ;
+    if (\$signature__en$448 )
+      w_cache7[w_write_addr[8:0]] <= \$signature__data$418 ;
   end
   reg [7:0] _18_;
   always @(posedge gemm_d_clk) begin
-    if (\$signature__en$401 ) begin
-      _18_ <= w_cache7[\$signature__addr$400 ];
+    if (\$signature__en$384 ) begin
+      _18_ <= w_cache7[\$signature__addr$383 ];
     end
   end
-  assign \$signature__data$420  = _18_;
+  assign \$signature__data$403  = _18_;
   assign \$1  = | ins[511:510];
   assign \$2  = is_gemm & \$1 ;
   assign \$3  = ~ post_gelu;
@@ -28653,1125 +28715,1148 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   assign \$142  = \$141  ? { a_in[7], a_in[7:0] } : { 1'h0, a_in[7:0] };
   assign \$144  = ~ \$143 ;
   assign \$145  = a_in_valid & \$144 ;
-  assign \$146  = \$signal  * 9'h100;
-  assign \$147  = \$146  + lk;
-  assign \$149  = ~ \$148 ;
-  assign \$150  = a_in_valid & \$149 ;
-  assign \$151  = | \$signal$303 ;
-  assign \$152  = ~ \$151 ;
-  assign \$153  = \$150  & \$152 ;
-  assign \$154  = \$signal  * 9'h100;
-  assign \$155  = \$154  + lk;
-  assign \$157  = ~ \$156 ;
-  assign \$158  = a_in_valid & \$157 ;
-  assign \$159  = \$signal$303  == 1'h1;
-  assign \$160  = \$158  & \$159 ;
-  assign \$161  = \$signal  * 9'h100;
-  assign \$162  = \$161  + lk;
-  assign \$164  = ~ \$163 ;
-  assign \$165  = a_in_valid & \$164 ;
-  assign \$166  = \$signal$303  == 2'h2;
-  assign \$167  = \$165  & \$166 ;
-  assign \$168  = \$signal  * 9'h100;
-  assign \$169  = \$168  + lk;
-  assign \$171  = ~ \$170 ;
-  assign \$172  = a_in_valid & \$171 ;
-  assign \$173  = \$signal$303  == 2'h3;
-  assign \$174  = \$172  & \$173 ;
-  assign \$175  = \$signal  * 9'h100;
-  assign \$176  = \$175  + lk;
-  assign \$178  = ~ \$177 ;
-  assign \$179  = a_in_valid & \$178 ;
-  assign \$180  = \$signal$303  == 3'h4;
-  assign \$181  = \$179  & \$180 ;
-  assign \$182  = \$signal  * 9'h100;
-  assign \$183  = \$182  + lk;
-  assign \$185  = ~ \$184 ;
-  assign \$186  = a_in_valid & \$185 ;
-  assign \$187  = \$signal$303  == 3'h5;
-  assign \$188  = \$186  & \$187 ;
-  assign \$189  = \$signal  * 9'h100;
-  assign \$190  = \$189  + lk;
-  assign \$192  = ~ \$191 ;
-  assign \$193  = a_in_valid & \$192 ;
-  assign \$194  = \$signal$303  == 3'h6;
-  assign \$195  = \$193  & \$194 ;
-  assign \$196  = \$signal  * 9'h100;
-  assign \$197  = \$196  + lk;
-  assign \$199  = ~ \$198 ;
-  assign \$200  = a_in_valid & \$199 ;
-  assign \$201  = \$signal$303  == 3'h7;
-  assign \$202  = \$200  & \$201 ;
-  assign \$203  = \$signal  * 9'h100;
-  assign \$204  = \$203  + lk;
-  assign \$206  = ~ \$205 ;
-  assign \$207  = a_in_valid & \$206 ;
-  assign \$208  = \$signal$303  == 4'h8;
-  assign \$209  = \$207  & \$208 ;
-  assign \$211  = \$210  | a_loader_ahead;
-  assign \$213  = is_linear | \$212 ;
-  assign \$214  = \$211  & \$213 ;
-  assign \$215  = \$214  & feed_queue_room;
-  assign \$216  = \$215  & a_blocks_left;
-  assign \$217  = ~ is_linear;
-  assign \$219  = ~ \$218 ;
-  assign \$220  = r_rdy & \$219 ;
-  assign \$221  = ~ is_linear;
-  assign \$222  = \$220  & \$221 ;
-  assign \$223  = w_load_half * 9'h100;
-  assign \$224  = \$223  + w_load_addr;
-  assign \$226  = ~ \$225 ;
-  assign \$227  = r_rdy & \$226 ;
-  assign \$228  = ~ is_linear;
-  assign \$229  = \$227  & \$228 ;
-  assign \$230  = | w_load_lane;
-  assign \$231  = ~ \$230 ;
-  assign \$232  = \$229  & \$231 ;
-  assign \$233  = w_load_half * 9'h100;
-  assign \$234  = \$233  + w_load_addr;
-  assign \$236  = ~ \$235 ;
-  assign \$237  = r_rdy & \$236 ;
-  assign \$238  = ~ is_linear;
-  assign \$239  = \$237  & \$238 ;
-  assign \$240  = w_load_lane == 1'h1;
-  assign \$241  = \$239  & \$240 ;
-  assign \$242  = w_load_half * 9'h100;
-  assign \$243  = \$242  + w_load_addr;
-  assign \$245  = ~ \$244 ;
-  assign \$246  = r_rdy & \$245 ;
-  assign \$247  = ~ is_linear;
-  assign \$248  = \$246  & \$247 ;
-  assign \$249  = w_load_lane == 2'h2;
-  assign \$250  = \$248  & \$249 ;
-  assign \$251  = w_load_half * 9'h100;
-  assign \$252  = \$251  + w_load_addr;
-  assign \$254  = ~ \$253 ;
-  assign \$255  = r_rdy & \$254 ;
-  assign \$256  = ~ is_linear;
-  assign \$257  = \$255  & \$256 ;
-  assign \$258  = w_load_lane == 2'h3;
-  assign \$259  = \$257  & \$258 ;
-  assign \$260  = w_load_half * 9'h100;
-  assign \$261  = \$260  + w_load_addr;
-  assign \$263  = ~ \$262 ;
-  assign \$264  = r_rdy & \$263 ;
-  assign \$265  = ~ is_linear;
-  assign \$266  = \$264  & \$265 ;
-  assign \$267  = w_load_lane == 3'h4;
-  assign \$268  = \$266  & \$267 ;
-  assign \$269  = w_load_half * 9'h100;
-  assign \$270  = \$269  + w_load_addr;
-  assign \$272  = ~ \$271 ;
-  assign \$273  = r_rdy & \$272 ;
-  assign \$274  = ~ is_linear;
-  assign \$275  = \$273  & \$274 ;
-  assign \$276  = w_load_lane == 3'h5;
-  assign \$277  = \$275  & \$276 ;
-  assign \$278  = w_load_half * 9'h100;
-  assign \$279  = \$278  + w_load_addr;
-  assign \$281  = ~ \$280 ;
-  assign \$282  = r_rdy & \$281 ;
-  assign \$283  = ~ is_linear;
-  assign \$284  = \$282  & \$283 ;
-  assign \$285  = w_load_lane == 3'h6;
-  assign \$286  = \$284  & \$285 ;
-  assign \$287  = w_load_half * 9'h100;
-  assign \$288  = \$287  + w_load_addr;
-  assign \$290  = ~ \$289 ;
-  assign \$291  = r_rdy & \$290 ;
-  assign \$292  = ~ is_linear;
-  assign \$293  = \$291  & \$292 ;
-  assign \$294  = w_load_lane == 3'h7;
-  assign \$295  = \$293  & \$294 ;
-  assign \$296  = is_linear ? \r_rdy$426  : feed_valid;
-  assign \$297  = is_linear & w__ready;
-  assign \$298  = is_linear ? \r_data$432 [7:0] : feed_beat[89:82];
-  assign \$299  = is_linear ? \r_data$432 [15:8] : feed_beat[97:90];
-  assign \$300  = is_linear ? \r_data$432 [23:16] : feed_beat[105:98];
-  assign \$301  = is_linear ? \r_data$432 [31:24] : feed_beat[113:106];
-  assign \$302  = is_linear ? \r_data$432 [39:32] : feed_beat[121:114];
-  assign \$303  = is_linear ? \r_data$432 [47:40] : feed_beat[129:122];
-  assign \$304  = is_linear ? \r_data$432 [55:48] : feed_beat[137:130];
-  assign \$305  = is_linear ? \r_data$432 [63:56] : feed_beat[145:138];
-  assign \$306  = sink_from_gemm & dst_step;
-  assign \$307  = \$306  & last__4;
-  assign \$308  = res_to_pack & elem_take;
-  assign \$309  = post_col == 3'h7;
-  assign \$310  = \$308  & \$309 ;
-  assign \r_en$440  = \$307  | \$310 ;
-  assign \$311  = index__1 != dec_mt_last;
-  assign \$312  = index__3[3:0] < dec_rows_last[3:0];
-  assign \$313  = \$311  | \$312 ;
-  assign \$314  = index__2 != dec_nt_last;
-  assign \$315  = index__4[3:0] < dec_cols_last[3:0];
-  assign \$316  = \$314  | \$315 ;
-  assign \$317  = \$313  & \$316 ;
-  assign \$318  = post_gelu | post_add;
-  assign \$319  = gemm_active & \$318 ;
-  assign \$323  = \$322  ? { beat__payload[7], beat__payload[7:0] } : { 1'h0, beat__payload[7:0] };
-  assign \$326  = \$325  ? { beat__payload[15], beat__payload[15:0] } : { 1'h0, beat__payload[15:0] };
-  assign \$329  = \$328  ? { beat__payload[31], beat__payload[31:0] } : { 1'h0, beat__payload[31:0] };
-  assign \$332  = \$331  ? { beat__payload[63], beat__payload[63:0] } : { 1'h0, beat__payload[63:0] };
-  assign \$333  = sink_from_move ? \r_data$247 [15:0] : 16'h0000;
-  assign \$334  = sink_from_load ? load_elem : 16'h0000;
-  assign \$335  = \$333  | \$334 ;
-  assign \$336  = sink_from_softmax | sink_from_layernorm;
-  assign \$337  = \$336  ? \r_data$290  : 16'h0000;
-  assign \$338  = \$335  | \$337 ;
-  assign \$339  = | { sink_from_gelu0, sink_from_add };
-  assign \$340  = \$339  ? unpack_elem : 16'h0000;
-  assign \$341  = \$338  | \$340 ;
-  assign \$343  = sink_from_gemm ? \$342  : 32'd0;
-  assign \$344  = { 16'h0000, \$341  } | \$343 ;
-  assign \$345  = ~ fetch_sent;
-  assign \$346  = in_fetch & \$345 ;
-  assign \$347  = | c_ask;
-  assign \$348  = in_const & \$347 ;
-  assign \$349  = sink_from_load & ext_req_valid;
-  assign \$351  = gemm_active & \$signal$466 ;
-  assign \req__valid$460  = | { \$351 , \$350 , \$349 , \$348 , \$346  };
-  assign \$352  = in_fetch ? pc : 32'd0;
-  assign \$353  = in_const ? c_addr : 32'd0;
-  assign \$354  = \$352  | \$353 ;
-  assign \$355  = sink_from_load ? ext_req_addr : 32'd0;
-  assign \$356  = \$354  | \$355 ;
-  assign \$359  = want_w ? w_addr : p_addr;
-  assign \$360  = gemm_active ? \$359  : 32'd0;
-  assign \$361  = \$358  | \$360 ;
-  assign \$362  = in_fetch ? 3'h6 : 3'h0;
-  assign \$363  = in_const ? dec_c_lb : 3'h0;
-  assign \$364  = \$362  | \$363 ;
-  assign \$365  = sink_from_load ? ins[23:22] : 2'h0;
-  assign \$366  = \$364  | { 1'h0, \$365  };
-  assign \$369  = want_w ? w_lb : 3'h6;
-  assign \$370  = gemm_active ? \$369  : 3'h0;
-  assign \$371  = \$368  | \$370 ;
-  assign \$373  = ~ c_full;
-  assign \$374  = in_const & \$373 ;
-  assign \$375  = sink_from_load & \valid$265 ;
-  assign \$377  = ~ is_linear;
-  assign \$378  = \$377  | rk_zero;
-  assign \$379  = \$378  ? p__ready : \w_rdy$475 ;
-  assign \$380  = gemm_active & \$379 ;
-  assign beat__ready = | { \$380 , \$376 , \$375 , \$374 , \$372  };
-  assign \$381  = sink_from_move & \r_rdy$269 ;
-  assign \$382  = sink_from_load & beat__valid;
-  assign \$383  = ~ ext_req_valid;
-  assign \$384  = \$383  | \req__ready$478 ;
-  assign \$385  = \r_rdy$269  & \$384 ;
-  assign \$386  = sink_from_store & \$385 ;
-  assign \$387  = sink_from_softmax & \r_rdy$292 ;
-  assign \$388  = sink_from_layernorm & \r_rdy$292 ;
-  assign \$389  = sink_from_add & \r_rdy$264 ;
-  assign \$390  = sink_from_gelu0 & \r_rdy$264 ;
-  assign \$391  = sink_from_gemm & gemm_res_valid;
-  assign \$392  = | { \$391 , \$390 , \$389 , \$388 , \$387 , \$386 , \$382 , \$381  };
-  assign dst_step = \valid$265  & \$392 ;
-  assign \$393  = ~ sink_from_store;
-  assign \$394  = dst_step & \$393 ;
-  assign wr_en = \$394  & dst_keep;
-  assign \$395  = sink_from_softmax | a_from_softmax;
-  assign \$396  = sink_from_layernorm | a_from_layernorm;
-  assign \$397  = | { \$396 , \$395  };
-  assign \w_en$481  = \$397  & \r_rdy$269 ;
-  assign \$398  = sink_from_softmax | a_from_softmax;
-  assign \$399  = \$398  & \i__ready$487 ;
-  assign \$400  = sink_from_layernorm | a_from_layernorm;
-  assign \$401  = \$400  & \i__ready$488 ;
-  assign \r_en$486  = | { \$401 , \$399  };
-  assign \$402  = sink_from_softmax | a_from_softmax;
-  assign \i__valid$489  = \$402  & \r_rdy$490 ;
-  assign \$403  = sink_from_layernorm | a_from_layernorm;
-  assign \i__valid$491  = \$403  & \r_rdy$490 ;
-  assign \$404  = sink_from_softmax | sink_from_layernorm;
-  assign \$405  = \$404  & \valid$265 ;
-  assign \$406  = a_from_softmax | a_from_layernorm;
-  assign \$407  = \$406  & a_in_take;
-  assign \r_en$492  = \$405  | \$407 ;
-  assign \$408  = sink_from_move & \valid$265 ;
-  assign \$409  = sink_from_store & \valid$265 ;
-  assign \$410  = ~ ext_req_valid;
-  assign \$411  = \$410  | \req__ready$478 ;
-  assign \$412  = \$409  & \$411 ;
-  assign \$413  = sink_from_softmax | a_from_softmax;
-  assign \$414  = sink_from_layernorm | a_from_layernorm;
-  assign \$415  = | { \$414 , \$413  };
-  assign \$416  = \$415  & \w_rdy$494 ;
-  assign \$417  = q0_to_pack & elem_take;
-  assign \$418  = a_from_src0 & a_in_take;
-  assign \$419  = | { \$418 , \$417 , \$416 , \$412 , \$408  };
-  assign \r_en$493  = \r_rdy$269  & \$419 ;
-  assign \$420  = in_stream & err;
-  assign \$421  = ~ busy;
-  assign clear = start & \$421 ;
-  assign \$422  = rst | unit_rst;
-  assign \$423  = rst | unit_rst;
-  assign \$424  = rst | unit_rst;
-  assign \$425  = rst | unit_rst;
-  assign \$426  = rst | unit_rst;
-  assign \$427  = ins[5:0] == 1'h1;
-  assign \$428  = ins[5:0] == 2'h2;
-  assign \$429  = ins[5:0] == 2'h3;
-  assign \$430  = ins[5:0] == 3'h4;
-  assign \$431  = ins[5:0] == 3'h5;
-  assign \$432  = ins[5:0] == 3'h6;
-  assign \$433  = ins[5:0] == 3'h7;
-  assign \$434  = ins[5:0] == 4'h8;
-  assign \$435  = ins[5:0] == 4'h9;
-  assign \$436  = ins[5:0] == 4'ha;
-  assign \$437  = ins[5:0] == 4'hb;
-  assign \$438  = ins[5:0] == 4'hc;
-  assign \$439  = ins[5:0] == 4'hd;
-  assign \$440  = ins[5:0] == 4'he;
-  assign \$441  = ins[5:0] == 4'hf;
-  assign \$442  = 1'h1 << ins[3:0];
-  assign \$443  = ins[5:0] == 3'h4;
-  assign \$444  = ins[5:0] == 3'h5;
-  assign \$445  = \$443  | \$444 ;
-  assign \$446  = ins[5:0] == 3'h4;
-  assign \$447  = ins[511:510] == 1'h1;
-  assign \$448  = \$446  & \$447 ;
-  assign \$449  = ins[5:0] == 3'h4;
-  assign \$450  = ins[511:510] == 2'h2;
-  assign \$451  = \$449  & \$450 ;
-  assign \$452  = ins[5:0] == 3'h4;
-  assign \$453  = ins[511:510] == 2'h3;
-  assign \$454  = \$452  & \$453 ;
-  assign \$455  = ins[5:0] == 3'h5;
-  assign \$456  = ins[511:510] == 2'h3;
-  assign \$457  = \$455  & \$456 ;
-  assign \$458  = ~ unit_rst;
-  assign \$459  = src0_issue & \$458 ;
-  assign \$460  = ~ unit_rst;
-  assign \$461  = src0_inflight & \$460 ;
-  assign \$462  = last__3 & \last__4$516 ;
-  assign \$463  = ~ unit_rst;
-  assign \$464  = src1_issue & \$463 ;
-  assign \$465  = ~ unit_rst;
-  assign \$466  = src1_inflight & \$465 ;
-  assign \$467  = \last__3$524  & \last__4$522 ;
-  assign \$468  = ins[5:0] == 4'ha;
-  assign \$469  = ins[5:0] == 4'hb;
-  assign \$470  = ins[5:0] == 4'hc;
-  assign \$471  = ins[5:0] == 4'hd;
-  assign \$472  = ins[5:0] == 4'he;
-  assign \$473  = ins[5:0] == 4'hf;
-  assign \$474  = | { \$473 , \$472 , \$471 , \$470 , \$469 , \$468  };
-  assign \$475  = | ins[7:6];
-  assign \$476  = ~ \$475 ;
-  assign \$477  = ins[5:0] == 3'h7;
-  assign \$478  = ins[5:0] == 3'h4;
-  assign \$479  = ins[511:510] == 1'h1;
-  assign \$480  = \$478  & \$479 ;
-  assign \$481  = \$477  | \$480 ;
-  assign \$482  = \$476  & \$481 ;
-  assign \$483  = ins[5:0] == 4'h9;
-  assign \$484  = ins[5:0] == 3'h4;
-  assign \$485  = ins[511:510] == 2'h2;
-  assign \$486  = \$484  & \$485 ;
-  assign \$487  = \$483  | \$486 ;
-  assign \$488  = ins[55:40] + 4'h8;
-  assign \$489  = ins[71:56] + 3'h7;
-  assign \$490  = dec_n1p * 16'he38f;
-  assign \$493  = ins[87:72] - 1'h1;
-  assign \$494  = dec_mt - 1'h1;
-  assign \$495  = dec_nt - 1'h1;
-  assign \$496  = ins[39:24] * dec_mt;
-  assign \$498  = \$497  + 6'h3f;
-  assign \$500  = ins[497:466] + \$499 ;
-  assign \$501  = is_gemm ? \$500  : { 1'h0, ins[465:434] };
-  assign \$502  = dec_blocks[15:0] * dec_nt;
-  assign \$503  = dec_blocks[31:16] * dec_nt;
-  assign \$505  = dec_tiles_lo + \$504 ;
-  assign \$508  = \$506  + \$507 ;
-  assign \$509  = ins[55:40] - \$508 ;
-  assign \$511  = ins[71:56] - \$510 ;
-  assign \$514  = \$513  ? offset : 32'd0;
-  assign \$515  = ins[465:434] + \$514 ;
-  assign \$516  = in_stream & \valid$265 ;
-  assign \$517  = | \addr$113 [21:14];
-  assign \$518  = \$516  & \$517 ;
-  assign \$519  = in_stream & valid;
-  assign \$520  = | addr[21:14];
-  assign \$521  = \$519  & \$520 ;
-  assign \$522  = in_stream & \valid$101 ;
-  assign \$523  = | \addr$104 [21:14];
-  assign \$524  = \$522  & \$523 ;
-  assign \$525  = cycles + 1'h1;
-  assign \$526  = in_op & op_onehot[0];
-  assign \$527  = op_cycles__0 + 1'h1;
-  assign \$528  = in_op & op_onehot[1];
-  assign \$529  = op_cycles__1 + 1'h1;
-  assign \$530  = in_op & op_onehot[2];
-  assign \$531  = op_cycles__2 + 1'h1;
-  assign \$532  = in_op & op_onehot[3];
-  assign \$533  = op_cycles__3 + 1'h1;
-  assign \$534  = in_op & op_onehot[4];
-  assign \$535  = op_cycles__4 + 1'h1;
-  assign \$536  = in_op & op_onehot[5];
-  assign \$537  = op_cycles__5 + 1'h1;
-  assign \$538  = in_op & op_onehot[6];
-  assign \$539  = op_cycles__6 + 1'h1;
-  assign \$540  = in_op & op_onehot[7];
-  assign \$541  = op_cycles__7 + 1'h1;
-  assign \$542  = in_op & op_onehot[8];
-  assign \$543  = op_cycles__8 + 1'h1;
-  assign \$544  = in_op & op_onehot[9];
-  assign \$545  = op_cycles__9 + 1'h1;
-  assign \$546  = in_op & op_onehot[10];
-  assign \$547  = op_cycles__10 + 1'h1;
-  assign \$548  = in_op & op_onehot[11];
-  assign \$549  = op_cycles__11 + 1'h1;
-  assign \$550  = in_op & op_onehot[12];
-  assign \$551  = op_cycles__12 + 1'h1;
-  assign \$552  = in_op & op_onehot[13];
-  assign \$553  = op_cycles__13 + 1'h1;
-  assign \$554  = in_op & op_onehot[14];
-  assign \$555  = op_cycles__14 + 1'h1;
-  assign \$556  = in_op & op_onehot[15];
-  assign \$557  = op_cycles__15 + 1'h1;
-  assign \$558  = images_left > 1'h1;
-  assign \$559  = is_end & \$558 ;
-  assign \$560  = | ins[39:24];
-  assign \$561  = ~ \$560 ;
-  assign \$562  = | ins[55:40];
-  assign \$563  = ~ \$562 ;
-  assign \$564  = | ins[71:56];
-  assign \$565  = ~ \$564 ;
-  assign \$566  = | ins[87:72];
-  assign \$567  = ~ \$566 ;
-  assign \$568  = | ins[103:88];
-  assign \$569  = ~ \$568 ;
-  assign \$570  = | { \$569 , \$567 , \$565 , \$563 , \$561  };
-  assign \$571  = ~ post_bad;
-  assign \$572  = \$571  & unit_known;
-  assign \$573  = post_gelu | post_add;
-  assign \$574  = \$573  | pre_ln;
-  assign \$575  = \$574  | pre_sm;
-  assign \$576  = is_move | is_load;
-  assign \$577  = \$576  | is_store;
-  assign \$578  = \$577  | is_gemm;
-  assign \$579  = ~ \$578 ;
-  assign \$580  = \$575  | \$579 ;
-  assign \$581  = \$572  & \$580 ;
-  assign \$582  = ~ post_bad;
-  assign \$583  = post_gelu | post_add;
-  assign \$584  = \$583  | pre_ln;
-  assign \$585  = \$584  | pre_sm;
-  assign \$586  = ~ \$585 ;
-  assign \$587  = \$582  & \$586 ;
-  assign \$588  = is_move | is_load;
-  assign \$589  = \$588  | is_store;
-  assign \$590  = \$589  | is_gemm;
-  assign \$591  = \$587  & \$590 ;
-  assign \$592  = ~ busy;
-  assign \$593  = \$592  & start;
-  assign \$594  = | images;
-  assign \$595  = \$594  ? images : 16'h0001;
-  assign \$596  = | decode_wait;
-  assign \$597  = ~ \$596 ;
-  assign \$598  = in_decode & \$597 ;
-  assign \$599  = \$598  & d_end_more;
-  assign \$600  = images_left - 1'h1;
-  assign \$601  = offset + \$signal$549 ;
-  assign \$602  = in_stream & op_done;
-  assign \$603  = | fault_q;
-  assign \$604  = ~ \$603 ;
-  assign \$605  = \$602  & \$604 ;
-  assign \$606  = ~ addr_fault;
-  assign \$607  = \$605  & \$606 ;
-  assign \$608  = pc + 7'h40;
-  assign \$609  = ~ fetch_sent;
-  assign \$610  = req__ready & \$609 ;
-  assign \$611  = 1'h1 << dec_c_lb;
-  assign \$612  = ins[509:498] == 1'h1;
-  assign \$613  = | decode_wait;
-  assign \$614  = decode_wait - 1'h1;
-  assign \$615  = decode_wait == 1'h1;
-  assign \$616  = is_softmax | pre_sm;
-  assign \$617  = is_layernorm | pre_ln;
-  assign \$618  = is_gelu | is_add;
-  assign \$619  = \$618  | post_gelu;
-  assign \$620  = \$619  | post_add;
-  assign \$621  = is_gelu | is_add;
-  assign \$622  = \$621  | post_gelu;
-  assign \$623  = \$622  | post_add;
-  assign \$624  = \$623  & add_sel;
-  assign \$625  = is_gelu | is_add;
-  assign \$626  = \$625  | post_gelu;
-  assign \$627  = \$626  | post_add;
-  assign \$628  = \$627  & gelu_sel0;
-  assign \$629  = ~ post_gelu;
-  assign \$630  = is_gemm & \$629 ;
-  assign \$631  = ~ post_add;
-  assign \$632  = \$630  & \$631 ;
-  assign \$633  = is_gemm & pre_sm;
-  assign \$634  = is_gemm & pre_ln;
-  assign \$635  = ~ pre_sm;
-  assign \$636  = is_gemm & \$635 ;
-  assign \$637  = ~ pre_ln;
-  assign \$638  = \$636  & \$637 ;
-  assign \$639  = ~ is_load;
-  assign \$640  = ~ is_linear;
-  assign \$641  = is_gemm & \$640 ;
-  assign \$642  = add_sel | \$641 ;
-  assign \$643  = is_gelu | is_add;
-  assign \$644  = post_gelu | post_add;
-  assign \$645  = is_gemm & \$644 ;
-  assign \$646  = | c_ask;
-  assign \$647  = \$646  & req__ready;
-  assign \$648  = c_ask - 1'h1;
-  assign \$649  = c_addr + c_step;
-  assign \$650  = ~ c_full;
-  assign \$651  = beat__valid & \$650 ;
-  assign \$652  = ~ beat__payload[512];
-  assign \$653  = ~ beat__payload[512];
-  assign \$654  = const_to0 & \$653 ;
-  assign \$655  = ~ beat__payload[512];
-  assign \$656  = const_to1 & \$655 ;
-  assign \$657  = ~ beat__payload[512];
-  assign \$658  = const_to2 & \$657 ;
-  assign \$659  = ~ beat__payload[512];
-  assign \$660  = const_to3 & \$659 ;
-  assign \$661  = c_due - 1'h1;
-  assign \$662  = c_due == 2'h2;
-  assign \$663  = is_gelu | is_add;
-  assign \$664  = \$663  | post_gelu;
-  assign \$665  = \$664  | post_add;
-  assign \$666  = is_gelu | is_add;
-  assign \$667  = \$666  | post_gelu;
-  assign \$668  = \$667  | post_add;
-  assign \$669  = \$668  & add_sel;
-  assign \$670  = is_gelu | is_add;
-  assign \$671  = \$670  | post_gelu;
-  assign \$672  = \$671  | post_add;
-  assign \$673  = \$672  & gelu_sel0;
-  assign \$674  = ~ post_gelu;
-  assign \$675  = is_gemm & \$674 ;
-  assign \$676  = ~ post_add;
-  assign \$677  = \$675  & \$676 ;
-  assign \$678  = is_gemm & pre_sm;
-  assign \$679  = is_gemm & pre_ln;
-  assign \$680  = ~ pre_sm;
-  assign \$681  = is_gemm & \$680 ;
-  assign \$682  = ~ pre_ln;
-  assign \$683  = \$681  & \$682 ;
-  assign \$684  = ~ is_load;
-  assign \$685  = ~ is_linear;
-  assign \$686  = is_gemm & \$685 ;
-  assign \$687  = add_sel | \$686 ;
-  assign \$688  = is_gelu | is_add;
-  assign \$689  = post_gelu | post_add;
-  assign \$690  = is_gemm & \$689 ;
-  assign \$691  = | ins[509:498];
-  assign \$692  = ~ \$691 ;
-  assign \$693  = is_gelu | is_add;
-  assign \$694  = \$693  | post_gelu;
-  assign \$695  = \$694  | post_add;
-  assign \$696  = is_gelu | is_add;
-  assign \$697  = \$696  | post_gelu;
-  assign \$698  = \$697  | post_add;
-  assign \$699  = \$698  & add_sel;
-  assign \$700  = is_gelu | is_add;
-  assign \$701  = \$700  | post_gelu;
-  assign \$702  = \$701  | post_add;
-  assign \$703  = \$702  & gelu_sel0;
-  assign \$704  = ~ post_gelu;
-  assign \$705  = is_gemm & \$704 ;
-  assign \$706  = ~ post_add;
-  assign \$707  = \$705  & \$706 ;
-  assign \$708  = is_gemm & pre_sm;
-  assign \$709  = is_gemm & pre_ln;
-  assign \$710  = ~ pre_sm;
-  assign \$711  = is_gemm & \$710 ;
-  assign \$712  = ~ pre_ln;
-  assign \$713  = \$711  & \$712 ;
-  assign \$714  = ~ is_load;
-  assign \$715  = ~ is_linear;
-  assign \$716  = is_gemm & \$715 ;
-  assign \$717  = add_sel | \$716 ;
-  assign \$718  = is_gelu | is_add;
-  assign \$719  = post_gelu | post_add;
-  assign \$720  = is_gemm & \$719 ;
-  assign \$721  = | fault_q;
-  assign \$722  = ~ \$721 ;
-  assign \$723  = op_done & \$722 ;
-  assign \$724  = ~ addr_fault;
-  assign \$725  = \$723  & \$724 ;
-  assign \$726  = ~ is_load;
-  assign \$727  = src0_outside & \$726 ;
-  assign \$728  = ~ is_gemm;
-  assign \$729  = \$727  & \$728 ;
-  assign \$730  = src1_outside & is_add;
-  assign \$731  = \$729  | \$730 ;
-  assign \$732  = ~ is_store;
-  assign \$733  = dst_outside & \$732 ;
-  assign \$734  = ~ is_gemm;
-  assign \$735  = \$733  & \$734 ;
-  assign \$736  = \$731  | \$735 ;
-  assign \$737  = | fault_q;
-  assign \$738  = idle & \idle$564 ;
-  assign \$739  = is_softmax | is_layernorm;
-  assign \$740  = ~ ld_off_valid;
-  assign \$741  = ~ ext_req_valid;
-  assign \$742  = \$741  | req__ready;
-  assign \$743  = \$740  | \$742 ;
-  assign \$744  = $signed(addr) << ins[23:22];
-  assign \$745  = ~ ext_req_valid;
-  assign \$746  = \$745  | req__ready;
-  assign \$747  = $signed({ 1'h0, dec_ext_base }) + $signed(ld_off);
-  assign \$748  = ~ ext_req_valid;
-  assign \$749  = \$748  | \req__ready$478 ;
-  assign \$750  = $signed(\addr$113 ) << ins[23:22];
-  assign \$751  = $signed({ 1'h0, dec_ext_base }) + $signed(\$750 );
-  assign \$752  = \w_en$180  & \w_rdy$256 ;
-  assign \$753  = ~ \w_en$180 ;
-  assign \$754  = \$753  | \w_rdy$256 ;
-  assign \$755  = ~ \w_en$180 ;
-  assign \$756  = \$755  | \w_rdy$256 ;
-  assign \$757  = \$756  & elem_valid;
-  assign \$758  = ~ add_sel;
-  assign \$759  = r_rdy | \$758 ;
-  assign \$760  = \$757  & \$759 ;
-  assign \$761  = pack_j == 2'h3;
-  assign \$762  = \$761  | elem_final;
-  assign \$763  = pack_j + 1'h1;
-  assign \$764  = \r_rdy$264  & \valid$265 ;
-  assign \$765  = pack_jo == 2'h3;
-  assign \$766  = \$765  | \final ;
-  assign \$767  = pack_jo + 1'h1;
-  assign \$768  = 1'h1 << w_lb;
-  assign \$769  = | dec_tiles;
-  assign \$770  = | dec_k_last;
-  assign \$771  = ~ \$770 ;
-  assign \$772  = | dec_nt_last;
-  assign \$773  = ~ \$772 ;
-  assign \$774  = \$signal$466  & req__ready;
-  assign \$775  = ~ want_w;
-  assign \$776  = \$775  & is_linear;
-  assign \$777  = ~ is_linear;
-  assign \$778  = want_w & \$signal$571 ;
-  assign \$779  = \$777  | \$778 ;
-  assign \$780  = ~ \$779 ;
-  assign \$781  = want_w & \$780 ;
-  assign \$782  = k + 1'h1;
-  assign \$783  = k + 1'h1;
-  assign \$784  = \$783  == dec_k_last;
-  assign \$785  = w_addr + w_step;
-  assign \$786  = ~ is_linear;
-  assign \$787  = want_w & \$signal$571 ;
-  assign \$788  = \$786  | \$787 ;
-  assign \$789  = tiles - 1'h1;
-  assign \$790  = tiles != 1'h1;
-  assign \$791  = | dec_k_last;
-  assign \$792  = ~ \$791 ;
-  assign \$793  = | dec_nt_last;
-  assign \$794  = ~ \$793 ;
-  assign \$795  = nt + 1'h1;
-  assign \$796  = nt + 1'h1;
-  assign \$797  = \$796  == dec_nt_last;
-  assign \$798  = p_addr + 7'h40;
-  assign \$799  = ~ is_linear;
-  assign \$800  = \$799  | rk_zero;
-  assign \$801  = \$800  ? p__ready : \w_rdy$475 ;
-  assign \$802  = beat__valid & \$801 ;
-  assign \$803  = \$802  & is_linear;
-  assign \$804  = rk == ins[87:72];
-  assign \$805  = rk + 1'h1;
-  assign \$806  = \$804  ? 17'h00000 : \$805 ;
-  assign \$807  = rk == ins[87:72];
-  assign \$808  = \$signal  == \$signal$329 ;
-  assign \$809  = \$signal$574  + 1'h1;
-  assign \$810  = lk > \$809 ;
-  assign \$811  = \$808  & \$810 ;
-  assign \$812  = pre_ln | pre_sm;
-  assign \$813  = ~ \$812 ;
-  assign \$814  = \$811  & \$813 ;
-  assign \$815  = ~ in_decode;
-  assign \$816  = \$814  & \$815 ;
-  assign \$817  = | dec_k_last;
-  assign \$818  = ~ \$817 ;
-  assign \$819  = | dec_k_last;
+  assign \$147  = \$146  | a_loader_ahead;
+  assign \$149  = is_linear | \$148 ;
+  assign \$150  = \$147  & \$149 ;
+  assign \$151  = \$150  & feed_queue_room;
+  assign \$152  = \$151  & a_blocks_left;
+  assign \$153  = ~ is_linear;
+  assign \$155  = ~ \$154 ;
+  assign \$156  = r_rdy & \$155 ;
+  assign \$157  = ~ is_linear;
+  assign \$158  = \$156  & \$157 ;
+  assign \$159  = is_linear ? \r_rdy$409  : feed_valid;
+  assign \$160  = is_linear & w__ready;
+  assign \$161  = is_linear ? \r_data$415 [7:0] : feed_beat[89:82];
+  assign \$162  = is_linear ? \r_data$415 [15:8] : feed_beat[97:90];
+  assign \$163  = is_linear ? \r_data$415 [23:16] : feed_beat[105:98];
+  assign \$164  = is_linear ? \r_data$415 [31:24] : feed_beat[113:106];
+  assign \$165  = is_linear ? \r_data$415 [39:32] : feed_beat[121:114];
+  assign \$166  = is_linear ? \r_data$415 [47:40] : feed_beat[129:122];
+  assign \$167  = is_linear ? \r_data$415 [55:48] : feed_beat[137:130];
+  assign \$168  = is_linear ? \r_data$415 [63:56] : feed_beat[145:138];
+  assign \$169  = sink_from_gemm & dst_step;
+  assign \$170  = \$169  & last__4;
+  assign \$171  = res_to_pack & elem_take;
+  assign \$172  = post_col == 3'h7;
+  assign \$173  = \$171  & \$172 ;
+  assign \r_en$457  = \$170  | \$173 ;
+  assign \$174  = index__1 != dec_mt_last;
+  assign \$175  = index__3[3:0] < dec_rows_last[3:0];
+  assign \$176  = \$174  | \$175 ;
+  assign \$177  = index__2 != dec_nt_last;
+  assign \$178  = index__4[3:0] < dec_cols_last[3:0];
+  assign \$179  = \$177  | \$178 ;
+  assign \$180  = \$176  & \$179 ;
+  assign \$181  = post_gelu | post_add;
+  assign \$182  = gemm_active & \$181 ;
+  assign \$186  = \$185  ? { beat__payload[7], beat__payload[7:0] } : { 1'h0, beat__payload[7:0] };
+  assign \$189  = \$188  ? { beat__payload[15], beat__payload[15:0] } : { 1'h0, beat__payload[15:0] };
+  assign \$192  = \$191  ? { beat__payload[31], beat__payload[31:0] } : { 1'h0, beat__payload[31:0] };
+  assign \$195  = \$194  ? { beat__payload[63], beat__payload[63:0] } : { 1'h0, beat__payload[63:0] };
+  assign \$196  = sink_from_move ? \r_data$247 [15:0] : 16'h0000;
+  assign \$197  = sink_from_load ? load_elem : 16'h0000;
+  assign \$198  = \$196  | \$197 ;
+  assign \$199  = sink_from_softmax | sink_from_layernorm;
+  assign \$200  = \$199  ? \r_data$290  : 16'h0000;
+  assign \$201  = \$198  | \$200 ;
+  assign \$202  = | { sink_from_gelu0, sink_from_add };
+  assign \$203  = \$202  ? unpack_elem : 16'h0000;
+  assign \$204  = \$201  | \$203 ;
+  assign \$206  = sink_from_gemm ? \$205  : 32'd0;
+  assign \$207  = { 16'h0000, \$204  } | \$206 ;
+  assign \$208  = ~ fetch_sent;
+  assign \$209  = in_fetch & \$208 ;
+  assign \$210  = | c_ask;
+  assign \$211  = in_const & \$210 ;
+  assign \$212  = sink_from_load & ext_req_valid;
+  assign \$214  = gemm_active & \$signal$483 ;
+  assign \req__valid$477  = | { \$214 , \$213 , \$212 , \$211 , \$209  };
+  assign \$215  = in_fetch ? pc : 32'd0;
+  assign \$216  = in_const ? c_addr : 32'd0;
+  assign \$217  = \$215  | \$216 ;
+  assign \$218  = sink_from_load ? ext_req_addr : 32'd0;
+  assign \$219  = \$217  | \$218 ;
+  assign \$222  = want_w ? w_addr : p_addr;
+  assign \$223  = gemm_active ? \$222  : 32'd0;
+  assign \$224  = \$221  | \$223 ;
+  assign \$225  = in_fetch ? 3'h6 : 3'h0;
+  assign \$226  = in_const ? dec_c_lb : 3'h0;
+  assign \$227  = \$225  | \$226 ;
+  assign \$228  = sink_from_load ? ins[23:22] : 2'h0;
+  assign \$229  = \$227  | { 1'h0, \$228  };
+  assign \$232  = want_w ? w_lb : 3'h6;
+  assign \$233  = gemm_active ? \$232  : 3'h0;
+  assign \$234  = \$231  | \$233 ;
+  assign \$236  = ~ c_full;
+  assign \$237  = in_const & \$236 ;
+  assign \$238  = sink_from_load & \valid$265 ;
+  assign \$240  = ~ is_linear;
+  assign \$241  = \$240  | rk_zero;
+  assign \$242  = \$241  ? p__ready : \w_rdy$492 ;
+  assign \$243  = gemm_active & \$242 ;
+  assign beat__ready = | { \$243 , \$239 , \$238 , \$237 , \$235  };
+  assign \$244  = sink_from_move & \r_rdy$269 ;
+  assign \$245  = sink_from_load & beat__valid;
+  assign \$246  = ~ ext_req_valid;
+  assign \$247  = \$246  | \req__ready$495 ;
+  assign \$248  = \r_rdy$269  & \$247 ;
+  assign \$249  = sink_from_store & \$248 ;
+  assign \$250  = sink_from_softmax & \r_rdy$292 ;
+  assign \$251  = sink_from_layernorm & \r_rdy$292 ;
+  assign \$252  = sink_from_add & \r_rdy$264 ;
+  assign \$253  = sink_from_gelu0 & \r_rdy$264 ;
+  assign \$254  = sink_from_gemm & gemm_res_valid;
+  assign \$255  = | { \$254 , \$253 , \$252 , \$251 , \$250 , \$249 , \$245 , \$244  };
+  assign dst_step = \valid$265  & \$255 ;
+  assign \$256  = ~ sink_from_store;
+  assign \$257  = dst_step & \$256 ;
+  assign wr_en = \$257  & dst_keep;
+  assign \$258  = sink_from_softmax | a_from_softmax;
+  assign \$259  = sink_from_layernorm | a_from_layernorm;
+  assign \$260  = | { \$259 , \$258  };
+  assign \w_en$498  = \$260  & \r_rdy$269 ;
+  assign \$261  = sink_from_softmax | a_from_softmax;
+  assign \$262  = \$261  & \i__ready$504 ;
+  assign \$263  = sink_from_layernorm | a_from_layernorm;
+  assign \$264  = \$263  & \i__ready$505 ;
+  assign \r_en$503  = | { \$264 , \$262  };
+  assign \$265  = sink_from_softmax | a_from_softmax;
+  assign \i__valid$506  = \$265  & \r_rdy$507 ;
+  assign \$266  = sink_from_layernorm | a_from_layernorm;
+  assign \i__valid$508  = \$266  & \r_rdy$507 ;
+  assign \$267  = sink_from_softmax | sink_from_layernorm;
+  assign \$268  = \$267  & \valid$265 ;
+  assign \$269  = a_from_softmax | a_from_layernorm;
+  assign \$270  = \$269  & a_in_take;
+  assign \r_en$509  = \$268  | \$270 ;
+  assign \$271  = sink_from_move & \valid$265 ;
+  assign \$272  = sink_from_store & \valid$265 ;
+  assign \$273  = ~ ext_req_valid;
+  assign \$274  = \$273  | \req__ready$495 ;
+  assign \$275  = \$272  & \$274 ;
+  assign \$276  = sink_from_softmax | a_from_softmax;
+  assign \$277  = sink_from_layernorm | a_from_layernorm;
+  assign \$278  = | { \$277 , \$276  };
+  assign \$279  = \$278  & \w_rdy$511 ;
+  assign \$280  = q0_to_pack & elem_take;
+  assign \$281  = a_from_src0 & a_in_take;
+  assign \$282  = | { \$281 , \$280 , \$279 , \$275 , \$271  };
+  assign \r_en$510  = \r_rdy$269  & \$282 ;
+  assign \$283  = in_stream & err;
+  assign \$284  = ~ busy;
+  assign clear = start & \$284 ;
+  assign \$285  = rst | unit_rst;
+  assign \$286  = rst | unit_rst;
+  assign \$287  = rst | unit_rst;
+  assign \$288  = rst | unit_rst;
+  assign \$289  = rst | unit_rst;
+  assign \$290  = ins[5:0] == 1'h1;
+  assign \$291  = ins[5:0] == 2'h2;
+  assign \$292  = ins[5:0] == 2'h3;
+  assign \$293  = ins[5:0] == 3'h4;
+  assign \$294  = ins[5:0] == 3'h5;
+  assign \$295  = ins[5:0] == 3'h6;
+  assign \$296  = ins[5:0] == 3'h7;
+  assign \$297  = ins[5:0] == 4'h8;
+  assign \$298  = ins[5:0] == 4'h9;
+  assign \$299  = ins[5:0] == 4'ha;
+  assign \$300  = ins[5:0] == 4'hb;
+  assign \$301  = ins[5:0] == 4'hc;
+  assign \$302  = ins[5:0] == 4'hd;
+  assign \$303  = ins[5:0] == 4'he;
+  assign \$304  = ins[5:0] == 4'hf;
+  assign \$305  = 1'h1 << ins[3:0];
+  assign \$306  = ins[5:0] == 3'h4;
+  assign \$307  = ins[5:0] == 3'h5;
+  assign \$308  = \$306  | \$307 ;
+  assign \$309  = ins[5:0] == 3'h4;
+  assign \$310  = ins[511:510] == 1'h1;
+  assign \$311  = \$309  & \$310 ;
+  assign \$312  = ins[5:0] == 3'h4;
+  assign \$313  = ins[511:510] == 2'h2;
+  assign \$314  = \$312  & \$313 ;
+  assign \$315  = ins[5:0] == 3'h4;
+  assign \$316  = ins[511:510] == 2'h3;
+  assign \$317  = \$315  & \$316 ;
+  assign \$318  = ins[5:0] == 3'h5;
+  assign \$319  = ins[511:510] == 2'h3;
+  assign \$320  = \$318  & \$319 ;
+  assign \$321  = ~ unit_rst;
+  assign \$322  = src0_issue & \$321 ;
+  assign \$323  = ~ unit_rst;
+  assign \$324  = src0_inflight & \$323 ;
+  assign \$325  = last__3 & \last__4$533 ;
+  assign \$326  = ~ unit_rst;
+  assign \$327  = src1_issue & \$326 ;
+  assign \$328  = ~ unit_rst;
+  assign \$329  = src1_inflight & \$328 ;
+  assign \$330  = \last__3$541  & \last__4$539 ;
+  assign \$331  = ins[5:0] == 4'ha;
+  assign \$332  = ins[5:0] == 4'hb;
+  assign \$333  = ins[5:0] == 4'hc;
+  assign \$334  = ins[5:0] == 4'hd;
+  assign \$335  = ins[5:0] == 4'he;
+  assign \$336  = ins[5:0] == 4'hf;
+  assign \$337  = | { \$336 , \$335 , \$334 , \$333 , \$332 , \$331  };
+  assign \$338  = | ins[7:6];
+  assign \$339  = ~ \$338 ;
+  assign \$340  = ins[5:0] == 3'h7;
+  assign \$341  = ins[5:0] == 3'h4;
+  assign \$342  = ins[511:510] == 1'h1;
+  assign \$343  = \$341  & \$342 ;
+  assign \$344  = \$340  | \$343 ;
+  assign \$345  = \$339  & \$344 ;
+  assign \$346  = ins[5:0] == 4'h9;
+  assign \$347  = ins[5:0] == 3'h4;
+  assign \$348  = ins[511:510] == 2'h2;
+  assign \$349  = \$347  & \$348 ;
+  assign \$350  = \$346  | \$349 ;
+  assign \$351  = ins[55:40] + 4'h8;
+  assign \$352  = ins[71:56] + 3'h7;
+  assign \$353  = ins[87:72] - 1'h1;
+  assign \$356  = \$355  ? offset : 32'd0;
+  assign \$357  = ins[465:434] + \$356 ;
+  assign \$360  = dec_mt - 1'h1;
+  assign \$361  = dec_nt - 1'h1;
+  assign \$363  = dec_tiles_lo + \$362 ;
+  assign \$365  = \$364  + 6'h3f;
+  assign \$367  = ins[497:466] + \$366 ;
+  assign \$368  = is_gemm ? \$367  : { 1'h0, ins[465:434] };
+  assign \$371  = \$369  + \$370 ;
+  assign \$372  = ins[55:40] - \$371 ;
+  assign \$374  = ins[71:56] - \$373 ;
+  assign \$375  = in_stream & \valid$265 ;
+  assign \$376  = | \addr$113 [21:14];
+  assign \$377  = \$375  & \$376 ;
+  assign \$378  = in_stream & valid;
+  assign \$379  = | addr[21:14];
+  assign \$380  = \$378  & \$379 ;
+  assign \$381  = in_stream & \valid$101 ;
+  assign \$382  = | \addr$104 [21:14];
+  assign \$383  = \$381  & \$382 ;
+  assign \$384  = cycles + 1'h1;
+  assign \$385  = in_op & op_onehot[0];
+  assign \$386  = op_cycles__0 + 1'h1;
+  assign \$387  = in_op & op_onehot[1];
+  assign \$388  = op_cycles__1 + 1'h1;
+  assign \$389  = in_op & op_onehot[2];
+  assign \$390  = op_cycles__2 + 1'h1;
+  assign \$391  = in_op & op_onehot[3];
+  assign \$392  = op_cycles__3 + 1'h1;
+  assign \$393  = in_op & op_onehot[4];
+  assign \$394  = op_cycles__4 + 1'h1;
+  assign \$395  = in_op & op_onehot[5];
+  assign \$396  = op_cycles__5 + 1'h1;
+  assign \$397  = in_op & op_onehot[6];
+  assign \$398  = op_cycles__6 + 1'h1;
+  assign \$399  = in_op & op_onehot[7];
+  assign \$400  = op_cycles__7 + 1'h1;
+  assign \$401  = in_op & op_onehot[8];
+  assign \$402  = op_cycles__8 + 1'h1;
+  assign \$403  = in_op & op_onehot[9];
+  assign \$404  = op_cycles__9 + 1'h1;
+  assign \$405  = in_op & op_onehot[10];
+  assign \$406  = op_cycles__10 + 1'h1;
+  assign \$407  = in_op & op_onehot[11];
+  assign \$408  = op_cycles__11 + 1'h1;
+  assign \$409  = in_op & op_onehot[12];
+  assign \$410  = op_cycles__12 + 1'h1;
+  assign \$411  = in_op & op_onehot[13];
+  assign \$412  = op_cycles__13 + 1'h1;
+  assign \$413  = in_op & op_onehot[14];
+  assign \$414  = op_cycles__14 + 1'h1;
+  assign \$415  = in_op & op_onehot[15];
+  assign \$416  = op_cycles__15 + 1'h1;
+  assign \$417  = images_left > 1'h1;
+  assign \$418  = is_end & \$417 ;
+  assign \$419  = | ins[39:24];
+  assign \$420  = ~ \$419 ;
+  assign \$421  = | ins[55:40];
+  assign \$422  = ~ \$421 ;
+  assign \$423  = | ins[71:56];
+  assign \$424  = ~ \$423 ;
+  assign \$425  = | ins[87:72];
+  assign \$426  = ~ \$425 ;
+  assign \$427  = | ins[103:88];
+  assign \$428  = ~ \$427 ;
+  assign \$429  = | { \$428 , \$426 , \$424 , \$422 , \$420  };
+  assign \$430  = ~ post_bad;
+  assign \$431  = \$430  & unit_known;
+  assign \$432  = post_gelu | post_add;
+  assign \$433  = \$432  | pre_ln;
+  assign \$434  = \$433  | pre_sm;
+  assign \$435  = is_move | is_load;
+  assign \$436  = \$435  | is_store;
+  assign \$437  = \$436  | is_gemm;
+  assign \$438  = ~ \$437 ;
+  assign \$439  = \$434  | \$438 ;
+  assign \$440  = \$431  & \$439 ;
+  assign \$441  = ~ post_bad;
+  assign \$442  = post_gelu | post_add;
+  assign \$443  = \$442  | pre_ln;
+  assign \$444  = \$443  | pre_sm;
+  assign \$445  = ~ \$444 ;
+  assign \$446  = \$441  & \$445 ;
+  assign \$447  = is_move | is_load;
+  assign \$448  = \$447  | is_store;
+  assign \$449  = \$448  | is_gemm;
+  assign \$450  = \$446  & \$449 ;
+  assign \$451  = ~ busy;
+  assign \$452  = \$451  & start;
+  assign \$453  = | images;
+  assign \$454  = \$453  ? images : 16'h0001;
+  assign \$455  = | decode_wait;
+  assign \$456  = ~ \$455 ;
+  assign \$457  = in_decode & \$456 ;
+  assign \$458  = \$457  & d_end_more;
+  assign \$459  = images_left - 1'h1;
+  assign \$460  = offset + \$signal$568 ;
+  assign \$461  = in_stream & op_done;
+  assign \$462  = | fault_q;
+  assign \$463  = ~ \$462 ;
+  assign \$464  = \$461  & \$463 ;
+  assign \$465  = ~ addr_fault;
+  assign \$466  = \$464  & \$465 ;
+  assign \$467  = pc + 7'h40;
+  assign \$468  = ~ fetch_sent;
+  assign \$469  = req__ready & \$468 ;
+  assign \$470  = 1'h1 << dec_c_lb;
+  assign \$471  = ins[509:498] == 1'h1;
+  assign \$472  = | decode_wait;
+  assign \$473  = decode_wait - 1'h1;
+  assign \$474  = decode_wait == 1'h1;
+  assign \$475  = is_softmax | pre_sm;
+  assign \$476  = is_layernorm | pre_ln;
+  assign \$477  = is_gelu | is_add;
+  assign \$478  = \$477  | post_gelu;
+  assign \$479  = \$478  | post_add;
+  assign \$480  = is_gelu | is_add;
+  assign \$481  = \$480  | post_gelu;
+  assign \$482  = \$481  | post_add;
+  assign \$483  = \$482  & add_sel;
+  assign \$484  = is_gelu | is_add;
+  assign \$485  = \$484  | post_gelu;
+  assign \$486  = \$485  | post_add;
+  assign \$487  = \$486  & gelu_sel0;
+  assign \$488  = ~ post_gelu;
+  assign \$489  = is_gemm & \$488 ;
+  assign \$490  = ~ post_add;
+  assign \$491  = \$489  & \$490 ;
+  assign \$492  = is_gemm & pre_sm;
+  assign \$493  = is_gemm & pre_ln;
+  assign \$494  = ~ pre_sm;
+  assign \$495  = is_gemm & \$494 ;
+  assign \$496  = ~ pre_ln;
+  assign \$497  = \$495  & \$496 ;
+  assign \$498  = ~ is_load;
+  assign \$499  = ~ is_linear;
+  assign \$500  = is_gemm & \$499 ;
+  assign \$501  = add_sel | \$500 ;
+  assign \$502  = is_gelu | is_add;
+  assign \$503  = post_gelu | post_add;
+  assign \$504  = is_gemm & \$503 ;
+  assign \$505  = | c_ask;
+  assign \$506  = \$505  & req__ready;
+  assign \$507  = c_ask - 1'h1;
+  assign \$508  = c_addr + c_step;
+  assign \$509  = ~ c_full;
+  assign \$510  = beat__valid & \$509 ;
+  assign \$511  = ~ beat__payload[512];
+  assign \$512  = ~ beat__payload[512];
+  assign \$513  = const_to0 & \$512 ;
+  assign \$514  = ~ beat__payload[512];
+  assign \$515  = const_to1 & \$514 ;
+  assign \$516  = ~ beat__payload[512];
+  assign \$517  = const_to2 & \$516 ;
+  assign \$518  = ~ beat__payload[512];
+  assign \$519  = const_to3 & \$518 ;
+  assign \$520  = c_due - 1'h1;
+  assign \$521  = c_due == 2'h2;
+  assign \$522  = is_gelu | is_add;
+  assign \$523  = \$522  | post_gelu;
+  assign \$524  = \$523  | post_add;
+  assign \$525  = is_gelu | is_add;
+  assign \$526  = \$525  | post_gelu;
+  assign \$527  = \$526  | post_add;
+  assign \$528  = \$527  & add_sel;
+  assign \$529  = is_gelu | is_add;
+  assign \$530  = \$529  | post_gelu;
+  assign \$531  = \$530  | post_add;
+  assign \$532  = \$531  & gelu_sel0;
+  assign \$533  = ~ post_gelu;
+  assign \$534  = is_gemm & \$533 ;
+  assign \$535  = ~ post_add;
+  assign \$536  = \$534  & \$535 ;
+  assign \$537  = is_gemm & pre_sm;
+  assign \$538  = is_gemm & pre_ln;
+  assign \$539  = ~ pre_sm;
+  assign \$540  = is_gemm & \$539 ;
+  assign \$541  = ~ pre_ln;
+  assign \$542  = \$540  & \$541 ;
+  assign \$543  = ~ is_load;
+  assign \$544  = ~ is_linear;
+  assign \$545  = is_gemm & \$544 ;
+  assign \$546  = add_sel | \$545 ;
+  assign \$547  = is_gelu | is_add;
+  assign \$548  = post_gelu | post_add;
+  assign \$549  = is_gemm & \$548 ;
+  assign \$550  = | ins[509:498];
+  assign \$551  = ~ \$550 ;
+  assign \$552  = is_gelu | is_add;
+  assign \$553  = \$552  | post_gelu;
+  assign \$554  = \$553  | post_add;
+  assign \$555  = is_gelu | is_add;
+  assign \$556  = \$555  | post_gelu;
+  assign \$557  = \$556  | post_add;
+  assign \$558  = \$557  & add_sel;
+  assign \$559  = is_gelu | is_add;
+  assign \$560  = \$559  | post_gelu;
+  assign \$561  = \$560  | post_add;
+  assign \$562  = \$561  & gelu_sel0;
+  assign \$563  = ~ post_gelu;
+  assign \$564  = is_gemm & \$563 ;
+  assign \$565  = ~ post_add;
+  assign \$566  = \$564  & \$565 ;
+  assign \$567  = is_gemm & pre_sm;
+  assign \$568  = is_gemm & pre_ln;
+  assign \$569  = ~ pre_sm;
+  assign \$570  = is_gemm & \$569 ;
+  assign \$571  = ~ pre_ln;
+  assign \$572  = \$570  & \$571 ;
+  assign \$573  = ~ is_load;
+  assign \$574  = ~ is_linear;
+  assign \$575  = is_gemm & \$574 ;
+  assign \$576  = add_sel | \$575 ;
+  assign \$577  = is_gelu | is_add;
+  assign \$578  = post_gelu | post_add;
+  assign \$579  = is_gemm & \$578 ;
+  assign \$580  = | fault_q;
+  assign \$581  = ~ \$580 ;
+  assign \$582  = op_done & \$581 ;
+  assign \$583  = ~ addr_fault;
+  assign \$584  = \$582  & \$583 ;
+  assign \$585  = ~ is_load;
+  assign \$586  = src0_outside & \$585 ;
+  assign \$587  = ~ is_gemm;
+  assign \$588  = \$586  & \$587 ;
+  assign \$589  = src1_outside & is_add;
+  assign \$590  = \$588  | \$589 ;
+  assign \$591  = ~ is_store;
+  assign \$592  = dst_outside & \$591 ;
+  assign \$593  = ~ is_gemm;
+  assign \$594  = \$592  & \$593 ;
+  assign \$595  = \$590  | \$594 ;
+  assign \$596  = | fault_q;
+  assign \$597  = idle & \idle$584 ;
+  assign \$598  = is_softmax | is_layernorm;
+  assign \$599  = ~ ld_off_valid;
+  assign \$600  = ~ ext_req_valid;
+  assign \$601  = \$600  | req__ready;
+  assign \$602  = \$599  | \$601 ;
+  assign \$603  = $signed(addr) << ins[23:22];
+  assign \$604  = ~ ext_req_valid;
+  assign \$605  = \$604  | req__ready;
+  assign \$606  = $signed({ 1'h0, dec_ext_base }) + $signed(ld_off);
+  assign \$607  = ~ ext_req_valid;
+  assign \$608  = \$607  | \req__ready$495 ;
+  assign \$609  = $signed(\addr$113 ) << ins[23:22];
+  assign \$610  = $signed({ 1'h0, dec_ext_base }) + $signed(\$609 );
+  assign \$611  = \w_en$180  & \w_rdy$256 ;
+  assign \$612  = ~ \w_en$180 ;
+  assign \$613  = \$612  | \w_rdy$256 ;
+  assign \$614  = ~ \w_en$180 ;
+  assign \$615  = \$614  | \w_rdy$256 ;
+  assign \$616  = \$615  & elem_valid;
+  assign \$617  = ~ add_sel;
+  assign \$618  = r_rdy | \$617 ;
+  assign \$619  = \$616  & \$618 ;
+  assign \$620  = pack_j == 2'h3;
+  assign \$621  = \$620  | elem_final;
+  assign \$622  = pack_j + 1'h1;
+  assign \$623  = \r_rdy$264  & \valid$265 ;
+  assign \$624  = pack_jo == 2'h3;
+  assign \$625  = \$624  | \final ;
+  assign \$626  = pack_jo + 1'h1;
+  assign \$627  = 1'h1 << w_lb;
+  assign \$628  = | dec_tiles;
+  assign \$629  = | dec_k_last;
+  assign \$630  = ~ \$629 ;
+  assign \$631  = | dec_nt_last;
+  assign \$632  = ~ \$631 ;
+  assign \$633  = \$signal$483  & req__ready;
+  assign \$634  = ~ want_w;
+  assign \$635  = \$634  & is_linear;
+  assign \$636  = ~ is_linear;
+  assign \$637  = want_w & \$signal$591 ;
+  assign \$638  = \$636  | \$637 ;
+  assign \$639  = ~ \$638 ;
+  assign \$640  = want_w & \$639 ;
+  assign \$641  = k + 1'h1;
+  assign \$642  = k + 1'h1;
+  assign \$643  = \$642  == dec_k_last;
+  assign \$644  = w_addr + w_step;
+  assign \$645  = ~ is_linear;
+  assign \$646  = want_w & \$signal$591 ;
+  assign \$647  = \$645  | \$646 ;
+  assign \$648  = tiles - 1'h1;
+  assign \$649  = tiles != 1'h1;
+  assign \$650  = | dec_k_last;
+  assign \$651  = ~ \$650 ;
+  assign \$652  = | dec_nt_last;
+  assign \$653  = ~ \$652 ;
+  assign \$654  = nt + 1'h1;
+  assign \$655  = nt + 1'h1;
+  assign \$656  = \$655  == dec_nt_last;
+  assign \$657  = p_addr + 7'h40;
+  assign \$658  = ~ is_linear;
+  assign \$659  = \$658  | rk_zero;
+  assign \$660  = \$659  ? p__ready : \w_rdy$492 ;
+  assign \$661  = beat__valid & \$660 ;
+  assign \$662  = \$661  & is_linear;
+  assign \$663  = rk == ins[87:72];
+  assign \$664  = rk + 1'h1;
+  assign \$665  = \$663  ? 17'h00000 : \$664 ;
+  assign \$666  = rk == ins[87:72];
+  assign \$667  = \$signal  == \$signal$338 ;
+  assign \$668  = \$signal$595  + 1'h1;
+  assign \$669  = \$signal$594  > \$668 ;
+  assign \$670  = \$667  & \$669 ;
+  assign \$671  = pre_ln | pre_sm;
+  assign \$672  = ~ \$671 ;
+  assign \$673  = \$670  & \$672 ;
+  assign \$674  = ~ in_decode;
+  assign \$675  = \$673  & \$674 ;
+  assign \$676  = | dec_k_last;
+  assign \$677  = ~ \$676 ;
+  assign \$678  = | dec_k_last;
+  assign \$679  = ~ \$678 ;
+  assign \$680  = | dec_nt_last;
+  assign \$681  = ~ \$680 ;
+  assign \$682  = | dec_blocks;
+  assign \$683  = \$signal  * 9'h100;
+  assign \$684  = \$683  + \$signal$594 ;
+  assign \$686  = ~ \$685 ;
+  assign \$687  = a_in_valid & \$686 ;
+  assign \$688  = gemm_active & \$687 ;
+  assign \$689  = | \$signal$596 ;
+  assign \$690  = ~ \$689 ;
+  assign \$691  = \$688  & \$690 ;
+  assign \$693  = ~ \$692 ;
+  assign \$694  = a_in_valid & \$693 ;
+  assign \$695  = gemm_active & \$694 ;
+  assign \$696  = \$signal$596  == 1'h1;
+  assign \$697  = \$695  & \$696 ;
+  assign \$699  = ~ \$698 ;
+  assign \$700  = a_in_valid & \$699 ;
+  assign \$701  = gemm_active & \$700 ;
+  assign \$702  = \$signal$596  == 2'h2;
+  assign \$703  = \$701  & \$702 ;
+  assign \$705  = ~ \$704 ;
+  assign \$706  = a_in_valid & \$705 ;
+  assign \$707  = gemm_active & \$706 ;
+  assign \$708  = \$signal$596  == 2'h3;
+  assign \$709  = \$707  & \$708 ;
+  assign \$711  = ~ \$710 ;
+  assign \$712  = a_in_valid & \$711 ;
+  assign \$713  = gemm_active & \$712 ;
+  assign \$714  = \$signal$596  == 3'h4;
+  assign \$715  = \$713  & \$714 ;
+  assign \$717  = ~ \$716 ;
+  assign \$718  = a_in_valid & \$717 ;
+  assign \$719  = gemm_active & \$718 ;
+  assign \$720  = \$signal$596  == 3'h5;
+  assign \$721  = \$719  & \$720 ;
+  assign \$723  = ~ \$722 ;
+  assign \$724  = a_in_valid & \$723 ;
+  assign \$725  = gemm_active & \$724 ;
+  assign \$726  = \$signal$596  == 3'h6;
+  assign \$727  = \$725  & \$726 ;
+  assign \$729  = ~ \$728 ;
+  assign \$730  = a_in_valid & \$729 ;
+  assign \$731  = gemm_active & \$730 ;
+  assign \$732  = \$signal$596  == 3'h7;
+  assign \$733  = \$731  & \$732 ;
+  assign \$735  = ~ \$734 ;
+  assign \$736  = a_in_valid & \$735 ;
+  assign \$737  = gemm_active & \$736 ;
+  assign \$738  = \$signal$596  == 4'h8;
+  assign \$739  = \$737  & \$738 ;
+  assign \$741  = ~ \$740 ;
+  assign \$742  = a_in_valid & \$741 ;
+  assign \$743  = pre_ln | pre_sm;
+  assign \$744  = \$742  & \$743 ;
+  assign \$746  = ~ \$745 ;
+  assign \$747  = a_in_valid & \$746 ;
+  assign \$748  = | dec_k_last;
+  assign \$749  = ~ \$748 ;
+  assign \$750  = \$signal$596  == 4'h8;
+  assign \$751  = ~ \$signal ;
+  assign \$752  = \$signal$596  + 1'h1;
+  assign \$753  = \$signal$594  + 1'h1;
+  assign \$754  = \$signal$594  + 1'h1;
+  assign \$755  = \$754  == dec_k_last;
+  assign \$756  = \$signal$596  == 4'h8;
+  assign \$757  = \$signal$594  + 1'h1;
+  assign \$758  = \$signal$594  + 1'h1;
+  assign \$759  = \$758  == dec_k_last;
+  assign \$760  = | dec_k_last;
+  assign \$761  = ~ \$760 ;
+  assign \$762  = ~ \$signal ;
+  assign \$763  = \$signal$596  + 1'h1;
+  assign \$764  = \$signal$338  * 9'h100;
+  assign \$765  = \$764  + \$signal$595 ;
+  assign \$766  = a_issue & a_feed_k_hit;
+  assign \$767  = \$766  & a_feed_nt_hit;
+  assign \$768  = a_read & a_read_free;
+  assign \$769  = | dec_k_last;
+  assign \$770  = ~ \$769 ;
+  assign \$771  = | dec_nt_last;
+  assign \$772  = ~ \$771 ;
+  assign \$773  = ~ \$signal$338 ;
+  assign \$774  = feed_blocks - 1'h1;
+  assign \$775  = feed_blocks != 1'h1;
+  assign \$776  = fnt + 1'h1;
+  assign \$777  = fnt + 1'h1;
+  assign \$778  = \$777  == dec_nt_last;
+  assign \$779  = \$signal$595  + 1'h1;
+  assign \$780  = \$signal$595  + 1'h1;
+  assign \$781  = \$780  == dec_k_last;
+  assign \$783  = ~ \$782 ;
+  assign \$784  = r_rdy & \$783 ;
+  assign \$785  = ~ is_linear;
+  assign \$786  = \$784  & \$785 ;
+  assign \$787  = w_load_lane == 3'h7;
+  assign \$788  = w_load_k + 1'h1;
+  assign \$789  = w_load_addr + 1'h1;
+  assign \$790  = w_load_k == dec_k_last;
+  assign \$791  = w_load_nt + 1'h1;
+  assign \$792  = w_load_nt == dec_nt_last;
+  assign \$793  = ~ w_load_half;
+  assign \$794  = w_load_lane + 1'h1;
+  assign \$795  = w_feed_half * 9'h100;
+  assign \$796  = \$795  + feed_ntk;
+  assign \$797  = \$796  + \$signal$595 ;
+  assign \$798  = ~ is_linear;
+  assign \$799  = a_issue & \$798 ;
+  assign \$800  = \$799  & a_feed_k_hit;
+  assign \$801  = \$800  & a_feed_nt_hit;
+  assign \$802  = feed_mt == dec_mt_last;
+  assign \$803  = \$801  & \$802 ;
+  assign \$804  = ~ is_linear;
+  assign \$805  = a_issue & \$804 ;
+  assign \$806  = feed_mt == dec_mt_last;
+  assign \$807  = ~ w_feed_half;
+  assign \$808  = feed_mt + 1'h1;
+  assign \$809  = feed_ntk + ins[87:72];
+  assign \$810  = a_read & w_read_free;
+  assign \$811  = w_load_half * 9'h100;
+  assign \$812  = \$811  + w_load_addr;
+  assign \$814  = ~ \$813 ;
+  assign \$815  = r_rdy & \$814 ;
+  assign \$816  = ~ is_linear;
+  assign \$817  = \$815  & \$816 ;
+  assign \$818  = gemm_active & \$817 ;
+  assign \$819  = | w_load_lane;
   assign \$820  = ~ \$819 ;
-  assign \$821  = | dec_nt_last;
-  assign \$822  = ~ \$821 ;
-  assign \$823  = | dec_blocks;
-  assign \$825  = ~ \$824 ;
-  assign \$826  = a_in_valid & \$825 ;
-  assign \$827  = pre_ln | pre_sm;
-  assign \$828  = \$826  & \$827 ;
-  assign \$830  = ~ \$829 ;
-  assign \$831  = a_in_valid & \$830 ;
-  assign \$832  = | dec_k_last;
-  assign \$833  = ~ \$832 ;
-  assign \$834  = \$signal$303  == 4'h8;
-  assign \$835  = ~ \$signal ;
-  assign \$836  = \$signal$303  + 1'h1;
-  assign \$837  = lk + 1'h1;
-  assign \$838  = lk + 1'h1;
-  assign \$839  = \$838  == dec_k_last;
-  assign \$840  = \$signal$303  == 4'h8;
-  assign \$841  = lk + 1'h1;
-  assign \$842  = lk + 1'h1;
-  assign \$843  = \$842  == dec_k_last;
-  assign \$844  = | dec_k_last;
-  assign \$845  = ~ \$844 ;
-  assign \$846  = ~ \$signal ;
-  assign \$847  = \$signal$303  + 1'h1;
-  assign \$848  = \$signal$329  * 9'h100;
-  assign \$849  = \$848  + \$signal$574 ;
-  assign \$850  = a_issue & a_feed_k_hit;
-  assign \$851  = \$850  & a_feed_nt_hit;
-  assign \$852  = a_read & a_read_free;
-  assign \$853  = | dec_k_last;
-  assign \$854  = ~ \$853 ;
-  assign \$855  = | dec_nt_last;
-  assign \$856  = ~ \$855 ;
-  assign \$857  = ~ \$signal$329 ;
-  assign \$858  = feed_blocks - 1'h1;
-  assign \$859  = feed_blocks != 1'h1;
-  assign \$860  = fnt + 1'h1;
-  assign \$861  = fnt + 1'h1;
-  assign \$862  = \$861  == dec_nt_last;
-  assign \$863  = \$signal$574  + 1'h1;
-  assign \$864  = \$signal$574  + 1'h1;
-  assign \$865  = \$864  == dec_k_last;
-  assign \$867  = ~ \$866 ;
-  assign \$868  = r_rdy & \$867 ;
-  assign \$869  = ~ is_linear;
-  assign \$870  = \$868  & \$869 ;
-  assign \$871  = w_load_lane == 3'h7;
-  assign \$872  = w_load_k + 1'h1;
-  assign \$873  = w_load_addr + 1'h1;
-  assign \$874  = w_load_k == dec_k_last;
-  assign \$875  = w_load_nt + 1'h1;
-  assign \$876  = w_load_nt == dec_nt_last;
-  assign \$877  = ~ w_load_half;
-  assign \$878  = w_load_lane + 1'h1;
-  assign \$879  = w_feed_half * 9'h100;
-  assign \$880  = \$879  + feed_ntk;
-  assign \$881  = \$880  + \$signal$574 ;
-  assign \$882  = ~ is_linear;
-  assign \$883  = a_issue & \$882 ;
-  assign \$884  = \$883  & a_feed_k_hit;
-  assign \$885  = \$884  & a_feed_nt_hit;
-  assign \$886  = feed_mt == dec_mt_last;
-  assign \$887  = \$885  & \$886 ;
-  assign \$888  = ~ is_linear;
-  assign \$889  = a_issue & \$888 ;
-  assign \$890  = feed_mt == dec_mt_last;
-  assign \$891  = ~ w_feed_half;
-  assign \$892  = feed_mt + 1'h1;
-  assign \$893  = feed_ntk + ins[87:72];
-  assign \$894  = a_read & w_read_free;
-  assign \$895  = dst_col + 1'h1;
-  assign \$896  = last__4 ? 4'h0 : \$895 ;
-  assign \$897  = post_gelu | post_add;
-  assign \$898  = gemm_active & \$897 ;
-  assign \$899  = post_col == 3'h7;
-  assign \$900  = post_col + 1'h1;
-  assign \$901  = \$899  ? 4'h0 : \$900 ;
-  assign \$902  = ~ \busy$589 ;
-  assign \$903  = in_stream & \$902 ;
-  assign \$904  = ~ ext_req_valid;
-  assign \$905  = \$903  & \$904 ;
-  assign \$906  = \$905  & \idle$564 ;
+  assign \$821  = \$818  & \$820 ;
+  assign \$823  = ~ \$822 ;
+  assign \$824  = r_rdy & \$823 ;
+  assign \$825  = ~ is_linear;
+  assign \$826  = \$824  & \$825 ;
+  assign \$827  = gemm_active & \$826 ;
+  assign \$828  = w_load_lane == 1'h1;
+  assign \$829  = \$827  & \$828 ;
+  assign \$831  = ~ \$830 ;
+  assign \$832  = r_rdy & \$831 ;
+  assign \$833  = ~ is_linear;
+  assign \$834  = \$832  & \$833 ;
+  assign \$835  = gemm_active & \$834 ;
+  assign \$836  = w_load_lane == 2'h2;
+  assign \$837  = \$835  & \$836 ;
+  assign \$839  = ~ \$838 ;
+  assign \$840  = r_rdy & \$839 ;
+  assign \$841  = ~ is_linear;
+  assign \$842  = \$840  & \$841 ;
+  assign \$843  = gemm_active & \$842 ;
+  assign \$844  = w_load_lane == 2'h3;
+  assign \$845  = \$843  & \$844 ;
+  assign \$847  = ~ \$846 ;
+  assign \$848  = r_rdy & \$847 ;
+  assign \$849  = ~ is_linear;
+  assign \$850  = \$848  & \$849 ;
+  assign \$851  = gemm_active & \$850 ;
+  assign \$852  = w_load_lane == 3'h4;
+  assign \$853  = \$851  & \$852 ;
+  assign \$855  = ~ \$854 ;
+  assign \$856  = r_rdy & \$855 ;
+  assign \$857  = ~ is_linear;
+  assign \$858  = \$856  & \$857 ;
+  assign \$859  = gemm_active & \$858 ;
+  assign \$860  = w_load_lane == 3'h5;
+  assign \$861  = \$859  & \$860 ;
+  assign \$863  = ~ \$862 ;
+  assign \$864  = r_rdy & \$863 ;
+  assign \$865  = ~ is_linear;
+  assign \$866  = \$864  & \$865 ;
+  assign \$867  = gemm_active & \$866 ;
+  assign \$868  = w_load_lane == 3'h6;
+  assign \$869  = \$867  & \$868 ;
+  assign \$871  = ~ \$870 ;
+  assign \$872  = r_rdy & \$871 ;
+  assign \$873  = ~ is_linear;
+  assign \$874  = \$872  & \$873 ;
+  assign \$875  = gemm_active & \$874 ;
+  assign \$876  = w_load_lane == 3'h7;
+  assign \$877  = \$875  & \$876 ;
+  assign \$878  = dst_col + 1'h1;
+  assign \$879  = last__4 ? 4'h0 : \$878 ;
+  assign \$880  = post_gelu | post_add;
+  assign \$881  = gemm_active & \$880 ;
+  assign \$882  = post_col == 3'h7;
+  assign \$883  = post_col + 1'h1;
+  assign \$884  = \$882  ? 4'h0 : \$883 ;
+  assign \$885  = ~ \busy$613 ;
+  assign \$886  = in_stream & \$885 ;
+  assign \$887  = ~ ext_req_valid;
+  assign \$888  = \$886  & \$887 ;
+  assign \$889  = \$888  & \idle$584 ;
   always @(posedge gemm_d_clk)
-    wr_port__addr <= \$907 ;
+    wr_port__addr <= \$893 ;
   always @(posedge gemm_d_clk)
-    wr_port__data <= \$908 ;
+    wr_port__data <= \$894 ;
   always @(posedge gemm_d_clk)
-    wr_port__en <= \$909 ;
+    wr_port__en <= \$895 ;
   always @(posedge gemm_d_clk)
-    gemm_d_rst <= \$422 ;
+    gemm_d_rst <= \$285 ;
   always @(posedge gemm_d_clk)
-    softmax_d_rst <= \$423 ;
+    softmax_d_rst <= \$286 ;
   always @(posedge gemm_d_clk)
-    layernorm_d_rst <= \$424 ;
+    layernorm_d_rst <= \$287 ;
   always @(posedge gemm_d_clk)
-    add_d_rst <= \$425 ;
+    add_d_rst <= \$288 ;
   always @(posedge gemm_d_clk)
-    gelu0_d_rst <= \$426 ;
+    gelu0_d_rst <= \$289 ;
   always @(posedge gemm_d_clk)
-    load <= \$910 ;
+    load <= \$896 ;
   always @(posedge gemm_d_clk)
-    is_end <= \$911 ;
+    is_end <= \$897 ;
   always @(posedge gemm_d_clk)
-    is_load <= \$912 ;
+    is_load <= \$898 ;
   always @(posedge gemm_d_clk)
-    is_store <= \$913 ;
+    is_store <= \$899 ;
   always @(posedge gemm_d_clk)
-    is_linear <= \$914 ;
+    is_linear <= \$900 ;
   always @(posedge gemm_d_clk)
-    is_matmul <= \$915 ;
+    is_matmul <= \$901 ;
   always @(posedge gemm_d_clk)
-    is_softmax <= \$916 ;
+    is_softmax <= \$902 ;
   always @(posedge gemm_d_clk)
-    is_gelu <= \$917 ;
+    is_gelu <= \$903 ;
   always @(posedge gemm_d_clk)
-    is_layernorm <= \$918 ;
+    is_layernorm <= \$904 ;
   always @(posedge gemm_d_clk)
-    is_add <= \$919 ;
+    is_add <= \$905 ;
   always @(posedge gemm_d_clk)
-    is_im2col <= \$920 ;
+    is_im2col <= \$906 ;
   always @(posedge gemm_d_clk)
-    is_concat <= \$921 ;
+    is_concat <= \$907 ;
   always @(posedge gemm_d_clk)
-    is_split_heads <= \$922 ;
+    is_split_heads <= \$908 ;
   always @(posedge gemm_d_clk)
-    is_merge_heads <= \$923 ;
+    is_merge_heads <= \$909 ;
   always @(posedge gemm_d_clk)
-    is_transpose <= \$924 ;
+    is_transpose <= \$910 ;
   always @(posedge gemm_d_clk)
-    is_select <= \$925 ;
+    is_select <= \$911 ;
   always @(posedge gemm_d_clk)
-    op_onehot <= \$926 ;
+    op_onehot <= \$912 ;
   always @(posedge gemm_d_clk)
-    is_gemm <= \$927 ;
+    is_gemm <= \$913 ;
   always @(posedge gemm_d_clk)
-    post_gelu <= \$928 ;
+    post_gelu <= \$914 ;
   always @(posedge gemm_d_clk)
-    post_add <= \$929 ;
+    post_add <= \$915 ;
   always @(posedge gemm_d_clk)
-    pre_ln <= \$930 ;
+    pre_ln <= \$916 ;
   always @(posedge gemm_d_clk)
-    pre_sm <= \$931 ;
+    pre_sm <= \$917 ;
   always @(posedge gemm_d_clk)
-    src0_inflight <= \$932 ;
+    src0_inflight <= \$918 ;
   always @(posedge gemm_d_clk)
-    w_en <= \$933 ;
+    w_en <= \$919 ;
   always @(posedge gemm_d_clk)
-    src0_elem <= \$signature__data$514 ;
+    src0_elem <= \$signature__data$531 ;
   always @(posedge gemm_d_clk)
-    src0_held_meta <= \$934 ;
+    src0_held_meta <= \$920 ;
   always @(posedge gemm_d_clk)
-    src0_meta <= \$935 ;
+    src0_meta <= \$921 ;
   always @(posedge gemm_d_clk)
-    src1_inflight <= \$936 ;
+    src1_inflight <= \$922 ;
   always @(posedge gemm_d_clk)
-    \w_en$107  <= \$937 ;
+    \w_en$107  <= \$923 ;
   always @(posedge gemm_d_clk)
-    src1_elem <= \$signature__data$520 ;
+    src1_elem <= \$signature__data$537 ;
   always @(posedge gemm_d_clk)
-    src1_held_meta <= \$938 ;
+    src1_held_meta <= \$924 ;
   always @(posedge gemm_d_clk)
-    src1_meta <= \$939 ;
+    src1_meta <= \$925 ;
   always @(posedge gemm_d_clk)
-    is_move <= \$940 ;
+    is_move <= \$926 ;
   always @(posedge gemm_d_clk)
-    gelu_sel0 <= \$941 ;
+    gelu_sel0 <= \$927 ;
   always @(posedge gemm_d_clk)
-    add_sel <= \$942 ;
+    add_sel <= \$928 ;
   always @(posedge gemm_d_clk)
-    dec_n1p <= \$488 ;
+    dec_n1p <= \$351 ;
   always @(posedge gemm_d_clk)
-    dec_n2p <= \$489 ;
+    dec_n2p <= \$352 ;
   always @(posedge gemm_d_clk)
-    dec_mt <= \$491 [15:0];
-  always @(posedge gemm_d_clk)
-    dec_nt <= \$492 [15:0];
-  always @(posedge gemm_d_clk)
-    dec_k_last <= \$493 [15:0];
+    dec_k_last <= \$353 [15:0];
   always @(posedge gemm_d_clk)
     dec_c_lb <= c_lb;
   always @(posedge gemm_d_clk)
-    dec_mt_last <= \$494 [15:0];
+    dec_ext_base <= \$357 [31:0];
   always @(posedge gemm_d_clk)
-    dec_nt_last <= \$495 [15:0];
+    dec_mt <= \$358 [15:0];
   always @(posedge gemm_d_clk)
-    dec_blocks <= \$496 ;
+    dec_nt <= \$359 [15:0];
   always @(posedge gemm_d_clk)
-    dec_c_base <= \$501 [31:0];
+    dec_mt_last <= \$360 [15:0];
   always @(posedge gemm_d_clk)
-    dec_tiles_lo <= \$502 ;
+    dec_nt_last <= \$361 [15:0];
   always @(posedge gemm_d_clk)
-    dec_tiles_hi <= \$503 [15:0];
+    dec_blocks <= dec_blocks_p;
   always @(posedge gemm_d_clk)
-    dec_tiles <= \$505 [31:0];
+    dec_tiles <= \$363 [31:0];
   always @(posedge gemm_d_clk)
-    dec_rows_last <= \$509 [15:0];
+    dec_c_base <= \$368 [31:0];
   always @(posedge gemm_d_clk)
-    dec_cols_last <= \$511 [15:0];
+    dec_rows_last <= \$372 [15:0];
   always @(posedge gemm_d_clk)
-    dec_ext_base <= \$515 [31:0];
+    dec_cols_last <= \$374 [15:0];
   always @(posedge gemm_d_clk)
-    addr_fault <= \$943 ;
+    addr_fault <= \$929 ;
   always @(posedge gemm_d_clk)
-    dst_outside <= \$944 ;
+    dst_outside <= \$930 ;
   always @(posedge gemm_d_clk)
-    src0_outside <= \$945 ;
+    src0_outside <= \$931 ;
   always @(posedge gemm_d_clk)
-    src1_outside <= \$946 ;
+    src1_outside <= \$932 ;
   always @(posedge gemm_d_clk)
-    ext_req_valid <= \$947 ;
+    ext_req_valid <= \$933 ;
   always @(posedge gemm_d_clk)
-    ld_off_valid <= \$948 ;
+    ld_off_valid <= \$934 ;
   always @(posedge gemm_d_clk)
-    cycles <= \$949 ;
+    cycles <= \$935 ;
   always @(posedge gemm_d_clk)
-    op_cycles__0 <= \$950 ;
+    op_cycles__0 <= \$936 ;
   always @(posedge gemm_d_clk)
-    op_cycles__1 <= \$951 ;
+    op_cycles__1 <= \$937 ;
   always @(posedge gemm_d_clk)
-    op_cycles__2 <= \$952 ;
+    op_cycles__2 <= \$938 ;
   always @(posedge gemm_d_clk)
-    op_cycles__3 <= \$953 ;
+    op_cycles__3 <= \$939 ;
   always @(posedge gemm_d_clk)
-    op_cycles__4 <= \$954 ;
+    op_cycles__4 <= \$940 ;
   always @(posedge gemm_d_clk)
-    op_cycles__5 <= \$955 ;
+    op_cycles__5 <= \$941 ;
   always @(posedge gemm_d_clk)
-    op_cycles__6 <= \$956 ;
+    op_cycles__6 <= \$942 ;
   always @(posedge gemm_d_clk)
-    op_cycles__7 <= \$957 ;
+    op_cycles__7 <= \$943 ;
   always @(posedge gemm_d_clk)
-    op_cycles__8 <= \$958 ;
+    op_cycles__8 <= \$944 ;
   always @(posedge gemm_d_clk)
-    op_cycles__9 <= \$959 ;
+    op_cycles__9 <= \$945 ;
   always @(posedge gemm_d_clk)
-    op_cycles__10 <= \$960 ;
+    op_cycles__10 <= \$946 ;
   always @(posedge gemm_d_clk)
-    op_cycles__11 <= \$961 ;
+    op_cycles__11 <= \$947 ;
   always @(posedge gemm_d_clk)
-    op_cycles__12 <= \$962 ;
+    op_cycles__12 <= \$948 ;
   always @(posedge gemm_d_clk)
-    op_cycles__13 <= \$963 ;
+    op_cycles__13 <= \$949 ;
   always @(posedge gemm_d_clk)
-    op_cycles__14 <= \$964 ;
+    op_cycles__14 <= \$950 ;
   always @(posedge gemm_d_clk)
-    op_cycles__15 <= \$965 ;
+    op_cycles__15 <= \$951 ;
   always @(posedge gemm_d_clk)
-    d_end_more <= \$966 ;
+    d_end_more <= \$952 ;
   always @(posedge gemm_d_clk)
-    d_end <= \$967 ;
+    d_end <= \$953 ;
   always @(posedge gemm_d_clk)
-    d_count_zero <= \$968 ;
+    d_count_zero <= \$954 ;
   always @(posedge gemm_d_clk)
-    d_const <= \$969 ;
+    d_const <= \$955 ;
   always @(posedge gemm_d_clk)
-    d_stream <= \$970 ;
+    d_stream <= \$956 ;
   always @(posedge gemm_d_clk)
-    pc <= \$971 ;
+    pc <= \$957 ;
   always @(posedge gemm_d_clk)
-    busy <= \$972 ;
+    busy <= \$958 ;
   always @(posedge gemm_d_clk)
-    done <= \$973 ;
+    done <= \$959 ;
   always @(posedge gemm_d_clk)
-    error <= \$974 ;
+    error <= \$960 ;
   always @(posedge gemm_d_clk)
-    fetch_sent <= \$975 ;
+    fetch_sent <= \$961 ;
   always @(posedge gemm_d_clk)
-    \$signal$548  <= \$976 ;
+    \$signal$567  <= \$962 ;
   always @(posedge gemm_d_clk)
-    \$signal$549  <= \$977 ;
+    \$signal$568  <= \$963 ;
   always @(posedge gemm_d_clk)
-    images_left <= \$978 ;
+    images_left <= \$964 ;
   always @(posedge gemm_d_clk)
-    offset <= \$979 ;
+    offset <= \$965 ;
   always @(posedge gemm_d_clk)
-    seq_state <= \$980 ;
+    seq_state <= \$966 ;
   always @(posedge gemm_d_clk)
-    in_stream <= \$981 ;
+    in_stream <= \$967 ;
   always @(posedge gemm_d_clk)
-    in_decode <= \$982 ;
+    in_decode <= \$968 ;
   always @(posedge gemm_d_clk)
-    in_op <= \$983 ;
+    in_op <= \$969 ;
   always @(posedge gemm_d_clk)
-    unit_rst <= \$984 ;
+    unit_rst <= \$970 ;
   always @(posedge gemm_d_clk)
-    gemm_active <= \$985 ;
+    gemm_active <= \$971 ;
   always @(posedge gemm_d_clk)
-    pack_active <= \$986 ;
+    pack_active <= \$972 ;
   always @(posedge gemm_d_clk)
-    sink_from_move <= \$987 ;
+    sink_from_move <= \$973 ;
   always @(posedge gemm_d_clk)
-    sink_from_load <= \$988 ;
+    sink_from_load <= \$974 ;
   always @(posedge gemm_d_clk)
-    sink_from_store <= \$989 ;
+    sink_from_store <= \$975 ;
   always @(posedge gemm_d_clk)
-    sink_from_softmax <= \$990 ;
+    sink_from_softmax <= \$976 ;
   always @(posedge gemm_d_clk)
-    sink_from_layernorm <= \$991 ;
+    sink_from_layernorm <= \$977 ;
   always @(posedge gemm_d_clk)
-    sink_from_add <= \$992 ;
+    sink_from_add <= \$978 ;
   always @(posedge gemm_d_clk)
-    sink_from_gelu0 <= \$993 ;
+    sink_from_gelu0 <= \$979 ;
   always @(posedge gemm_d_clk)
-    sink_from_gemm <= \$994 ;
+    sink_from_gemm <= \$980 ;
   always @(posedge gemm_d_clk)
-    a_from_softmax <= \$995 ;
+    a_from_softmax <= \$981 ;
   always @(posedge gemm_d_clk)
-    a_from_layernorm <= \$996 ;
+    a_from_layernorm <= \$982 ;
   always @(posedge gemm_d_clk)
-    a_from_src0 <= \$997 ;
+    a_from_src0 <= \$983 ;
   always @(posedge gemm_d_clk)
-    const_to0 <= \$998 ;
+    const_to0 <= \$984 ;
   always @(posedge gemm_d_clk)
-    const_to1 <= \$999 ;
+    const_to1 <= \$985 ;
   always @(posedge gemm_d_clk)
-    const_to2 <= \$1000 ;
+    const_to2 <= \$986 ;
   always @(posedge gemm_d_clk)
-    const_to3 <= \$1001 ;
+    const_to3 <= \$987 ;
   always @(posedge gemm_d_clk)
-    in_fetch <= \$1002 ;
+    in_fetch <= \$988 ;
   always @(posedge gemm_d_clk)
-    in_const <= \$1003 ;
+    in_const <= \$989 ;
   always @(posedge gemm_d_clk)
-    run0 <= \$1004 ;
+    run0 <= \$990 ;
   always @(posedge gemm_d_clk)
-    run1 <= \$1005 ;
+    run1 <= \$991 ;
   always @(posedge gemm_d_clk)
-    q0_to_pack <= \$1006 ;
+    q0_to_pack <= \$992 ;
   always @(posedge gemm_d_clk)
-    res_to_pack <= \$1007 ;
+    res_to_pack <= \$993 ;
   always @(posedge gemm_d_clk)
-    ins <= \$1008 ;
+    ins <= \$994 ;
   always @(posedge gemm_d_clk)
-    decode_wait <= \$1009 ;
+    decode_wait <= \$995 ;
   always @(posedge gemm_d_clk)
-    c_addr <= \$1010 ;
+    read_err <= \$996 ;
   always @(posedge gemm_d_clk)
-    c_step <= \$1011 ;
+    c_addr <= \$997 ;
   always @(posedge gemm_d_clk)
-    c_ask <= \$1012 ;
+    c_step <= \$998 ;
   always @(posedge gemm_d_clk)
-    c_due <= \$1013 ;
+    c_ask <= \$999 ;
   always @(posedge gemm_d_clk)
-    c_last <= \$1014 ;
+    c_due <= \$1000 ;
   always @(posedge gemm_d_clk)
-    c_data <= \$1015 ;
+    c_last <= \$1001 ;
   always @(posedge gemm_d_clk)
-    c_full <= \$1016 ;
+    c_data <= \$1002 ;
   always @(posedge gemm_d_clk)
-    c_valid0 <= \$1017 ;
+    c_full <= \$1003 ;
   always @(posedge gemm_d_clk)
-    c_valid1 <= \$1018 ;
+    c_valid0 <= \$1004 ;
   always @(posedge gemm_d_clk)
-    c_valid2 <= \$1019 ;
+    c_valid1 <= \$1005 ;
   always @(posedge gemm_d_clk)
-    c_valid3 <= \$1020 ;
+    c_valid2 <= \$1006 ;
   always @(posedge gemm_d_clk)
-    ld_off <= \$1021 ;
+    c_valid3 <= \$1007 ;
   always @(posedge gemm_d_clk)
-    ext_req_addr <= \$1022 ;
+    ld_off <= \$1008 ;
   always @(posedge gemm_d_clk)
-    ext_req_data <= \$1023 ;
+    ext_req_addr <= \$1009 ;
   always @(posedge gemm_d_clk)
-    \w_en$180  <= \$1024 ;
+    ext_req_data <= \$1010 ;
   always @(posedge gemm_d_clk)
-    pack_a0 <= \$1025 ;
+    \w_en$180  <= \$1011 ;
   always @(posedge gemm_d_clk)
-    pack_a1 <= \$1026 ;
+    pack_a0 <= \$1012 ;
   always @(posedge gemm_d_clk)
-    pack_a2 <= \$1027 ;
+    pack_a1 <= \$1013 ;
   always @(posedge gemm_d_clk)
-    pack_a3 <= \$1028 ;
+    pack_a2 <= \$1014 ;
   always @(posedge gemm_d_clk)
-    pack_b0 <= \$1029 ;
+    pack_a3 <= \$1015 ;
   always @(posedge gemm_d_clk)
-    pack_b1 <= \$1030 ;
+    pack_b0 <= \$1016 ;
   always @(posedge gemm_d_clk)
-    pack_b2 <= \$1031 ;
+    pack_b1 <= \$1017 ;
   always @(posedge gemm_d_clk)
-    pack_b3 <= \$1032 ;
+    pack_b2 <= \$1018 ;
   always @(posedge gemm_d_clk)
-    pack_j <= \$1033 ;
+    pack_b3 <= \$1019 ;
   always @(posedge gemm_d_clk)
-    pack_jo <= \$1034 ;
+    pack_j <= \$1020 ;
   always @(posedge gemm_d_clk)
-    tiles <= \$1035 ;
+    pack_jo <= \$1021 ;
   always @(posedge gemm_d_clk)
-    nt <= \$1036 ;
+    tiles <= \$1022 ;
   always @(posedge gemm_d_clk)
-    k <= \$1037 ;
+    nt <= \$1023 ;
   always @(posedge gemm_d_clk)
-    w_addr <= \$1038 ;
+    k <= \$1024 ;
   always @(posedge gemm_d_clk)
-    p_addr <= \$1039 ;
+    w_addr <= \$1025 ;
   always @(posedge gemm_d_clk)
-    want_w <= \$1040 ;
+    p_addr <= \$1026 ;
   always @(posedge gemm_d_clk)
-    w_step <= \$1041 ;
+    want_w <= \$1027 ;
   always @(posedge gemm_d_clk)
-    \$signal$466  <= \$1042 ;
+    w_step <= \$1028 ;
   always @(posedge gemm_d_clk)
-    \$signal$571  <= \$1043 ;
+    \$signal$483  <= \$1029 ;
   always @(posedge gemm_d_clk)
-    nt_hit <= \$1044 ;
+    \$signal$591  <= \$1030 ;
   always @(posedge gemm_d_clk)
-    rk <= \$1045 ;
+    nt_hit <= \$1031 ;
   always @(posedge gemm_d_clk)
-    rk_zero <= \$1046 ;
+    rk <= \$1032 ;
   always @(posedge gemm_d_clk)
-    a_loader_ahead <= \$1047 ;
+    rk_zero <= \$1033 ;
   always @(posedge gemm_d_clk)
-    a_filled0 <= \$1048 ;
+    a_loader_ahead <= \$1034 ;
   always @(posedge gemm_d_clk)
-    a_filled1 <= \$1049 ;
+    a_filled0 <= \$1035 ;
   always @(posedge gemm_d_clk)
-    \$signal  <= \$1050 ;
+    a_filled1 <= \$1036 ;
   always @(posedge gemm_d_clk)
-    \$signal$303  <= \$1051 ;
+    \$signal  <= \$1037 ;
   always @(posedge gemm_d_clk)
-    lk <= \$1052 ;
+    \$signal$596  <= \$1038 ;
   always @(posedge gemm_d_clk)
-    \$signal$329  <= \$1053 ;
+    \$signal$594  <= \$1039 ;
   always @(posedge gemm_d_clk)
-    \$signal$574  <= \$1054 ;
+    \$signal$338  <= \$1040 ;
   always @(posedge gemm_d_clk)
-    fnt <= \$1055 ;
+    \$signal$595  <= \$1041 ;
   always @(posedge gemm_d_clk)
-    feed_blocks <= \$1056 ;
+    fnt <= \$1042 ;
   always @(posedge gemm_d_clk)
-    a_load_k_hit <= \$1057 ;
+    feed_blocks <= \$1043 ;
   always @(posedge gemm_d_clk)
-    a_feed_k_hit <= \$1058 ;
+    a_load_k_hit <= \$1044 ;
   always @(posedge gemm_d_clk)
-    a_feed_nt_hit <= \$1059 ;
+    a_feed_k_hit <= \$1045 ;
   always @(posedge gemm_d_clk)
-    a_blocks_left <= \$1060 ;
+    a_feed_nt_hit <= \$1046 ;
   always @(posedge gemm_d_clk)
-    a_read_last <= \$1061 ;
+    a_blocks_left <= \$1047 ;
   always @(posedge gemm_d_clk)
-    a_read_addr <= \$1062 ;
+    a_write_addr <= \$684 ;
   always @(posedge gemm_d_clk)
-    a_read_half <= \$1063 ;
+    \$signature__data  <= elem;
   always @(posedge gemm_d_clk)
-    a_read_free <= \$1064 ;
+    \$signature__en$299  <= \$1048 ;
   always @(posedge gemm_d_clk)
-    w_load_lane <= \$1065 ;
+    \$signature__en$303  <= \$1049 ;
   always @(posedge gemm_d_clk)
-    w_load_k <= \$1066 ;
+    \$signature__en$307  <= \$1050 ;
   always @(posedge gemm_d_clk)
-    w_load_addr <= \$1067 ;
+    \$signature__en$311  <= \$1051 ;
   always @(posedge gemm_d_clk)
-    w_load_nt <= \$1068 ;
+    \$signature__en$315  <= \$1052 ;
   always @(posedge gemm_d_clk)
-    w_filled0 <= \$1069 ;
+    \$signature__en$319  <= \$1053 ;
   always @(posedge gemm_d_clk)
-    w_filled1 <= \$1070 ;
+    \$signature__en$323  <= \$1054 ;
   always @(posedge gemm_d_clk)
-    w_load_half <= \$1071 ;
+    \$signature__en$327  <= \$1055 ;
   always @(posedge gemm_d_clk)
-    w_read_addr <= \$1072 ;
+    \$signature__en$331  <= \$1056 ;
   always @(posedge gemm_d_clk)
-    w_read_half <= \$1073 ;
+    a_read_last <= \$1057 ;
   always @(posedge gemm_d_clk)
-    w_read_free <= \$1074 ;
+    a_read_addr <= \$1058 ;
   always @(posedge gemm_d_clk)
-    feed_ntk <= \$1075 ;
+    a_read_half <= \$1059 ;
   always @(posedge gemm_d_clk)
-    feed_mt <= \$1076 ;
+    a_read_free <= \$1060 ;
   always @(posedge gemm_d_clk)
-    w_feed_half <= \$1077 ;
+    w_load_lane <= \$1061 ;
   always @(posedge gemm_d_clk)
-    dst_col <= \$1078 ;
+    w_load_k <= \$1062 ;
   always @(posedge gemm_d_clk)
-    post_col <= \$1079 ;
+    w_load_addr <= \$1063 ;
   always @(posedge gemm_d_clk)
-    op_done <= \$1080 ;
+    w_load_nt <= \$1064 ;
   always @(posedge gemm_d_clk)
-    fault_q <= \$1081 ;
+    w_filled0 <= \$1065 ;
+  always @(posedge gemm_d_clk)
+    w_filled1 <= \$1066 ;
+  always @(posedge gemm_d_clk)
+    w_load_half <= \$1067 ;
+  always @(posedge gemm_d_clk)
+    w_read_addr <= \$1068 ;
+  always @(posedge gemm_d_clk)
+    w_read_half <= \$1069 ;
+  always @(posedge gemm_d_clk)
+    w_read_free <= \$1070 ;
+  always @(posedge gemm_d_clk)
+    feed_ntk <= \$1071 ;
+  always @(posedge gemm_d_clk)
+    feed_mt <= \$1072 ;
+  always @(posedge gemm_d_clk)
+    w_feed_half <= \$1073 ;
+  always @(posedge gemm_d_clk)
+    w_write_addr <= \$812 ;
+  always @(posedge gemm_d_clk)
+    \$signature__data$418  <= welem;
+  always @(posedge gemm_d_clk)
+    \$signature__en$420  <= \$1074 ;
+  always @(posedge gemm_d_clk)
+    \$signature__en$424  <= \$1075 ;
+  always @(posedge gemm_d_clk)
+    \$signature__en$428  <= \$1076 ;
+  always @(posedge gemm_d_clk)
+    \$signature__en$432  <= \$1077 ;
+  always @(posedge gemm_d_clk)
+    \$signature__en$436  <= \$1078 ;
+  always @(posedge gemm_d_clk)
+    \$signature__en$440  <= \$1079 ;
+  always @(posedge gemm_d_clk)
+    \$signature__en$444  <= \$1080 ;
+  always @(posedge gemm_d_clk)
+    \$signature__en$448  <= \$1081 ;
+  always @(posedge gemm_d_clk)
+    dst_col <= \$1082 ;
+  always @(posedge gemm_d_clk)
+    post_col <= \$1083 ;
+  always @(posedge gemm_d_clk)
+    op_done <= \$1084 ;
+  always @(posedge gemm_d_clk)
+    fault_q <= \$1085 ;
   \accelerator.core.add  add (
     .a__payload(a__payload),
     .a__ready(a__ready),
@@ -29787,6 +29872,30 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     .o__payload(o__payload),
     .o__ready(o__ready),
     .o__valid(o__valid)
+  );
+  dsp_mult_u16_u16 dec_blocks_p_mult (
+    .a(ins[39:24]),
+    .b(\$890 [15:0]),
+    .clk(gemm_d_clk),
+    .p(dec_blocks_p)
+  );
+  dsp_mult_u17_u16 dec_mt_p_mult (
+    .a(dec_n1p),
+    .b(16'he38f),
+    .clk(gemm_d_clk),
+    .p(dec_mt_p)
+  );
+  dsp_mult_u16_u16 dec_tiles_hi_mult (
+    .a(dec_blocks_p[31:16]),
+    .b(\$892 [15:0]),
+    .clk(gemm_d_clk),
+    .p(dec_tiles_hi)
+  );
+  dsp_mult_u16_u16 dec_tiles_lo_mult (
+    .a(dec_blocks_p[15:0]),
+    .b(\$891 [15:0]),
+    .clk(gemm_d_clk),
+    .p(dec_tiles_lo)
   );
   \accelerator.core.feed  feed (
     .a_issue(a_issue),
@@ -29816,14 +29925,14 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     .o__valid(\o__valid$209 )
   );
   \accelerator.core.gemm  gemm (
-    .a__payload(\a__payload$423 ),
-    .a__ready(\a__ready$428 ),
-    .a__valid(\a__valid$421 ),
+    .a__payload(\a__payload$406 ),
+    .a__ready(\a__ready$411 ),
+    .a__valid(\a__valid$404 ),
     .gemm_d_clk(gemm_d_clk),
     .gemm_d_rst(gemm_d_rst),
-    .o__payload(\w_data$435 ),
-    .o__ready(\o__ready$437 ),
-    .o__valid(\w_en$433 ),
+    .o__payload(\w_data$452 ),
+    .o__ready(\o__ready$454 ),
+    .o__valid(\w_en$450 ),
     .p__payload(beat__payload[437:0]),
     .p__ready(p__ready),
     .p__valid(p__valid),
@@ -29833,19 +29942,19 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   );
   \accelerator.core.gemm_out_slice  gemm_out_slice (
     .clk(gemm_d_clk),
-    .r_data(\r_data$454 ),
-    .r_en(\r_en$440 ),
+    .r_data(\r_data$471 ),
+    .r_en(\r_en$457 ),
     .r_rdy(gemm_res_valid),
     .rst(rst),
     .unit_rst(unit_rst),
-    .w_en(\w_en$433 ),
-    .w_port__data(\w_data$435 ),
-    .w_rdy(\o__ready$437 )
+    .w_en(\w_en$450 ),
+    .w_port__data(\w_data$452 ),
+    .w_rdy(\o__ready$454 )
   );
   \accelerator.core.gen_dst  gen_dst (
     .addr(\addr$113 ),
     .base(ins[123:104]),
-    .busy(\busy$589 ),
+    .busy(\busy$613 ),
     .clk(gemm_d_clk),
     .\final (\final ),
     .index__1(index__1),
@@ -29872,9 +29981,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     .addr(addr),
     .base(ins[233:214]),
     .clk(gemm_d_clk),
-    .\final (\final$517 ),
+    .\final (\final$534 ),
     .last__3(last__3),
-    .last__4(\last__4$516 ),
+    .last__4(\last__4$533 ),
     .load(load),
     .n__0(\n__0$58 ),
     .n__1(\n__1$60 ),
@@ -29894,9 +30003,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     .addr(\addr$104 ),
     .base(ins[343:324]),
     .clk(gemm_d_clk),
-    .\final (\final$523 ),
-    .last__3(\last__3$524 ),
-    .last__4(\last__4$522 ),
+    .\final (\final$540 ),
+    .last__3(\last__3$541 ),
+    .last__4(\last__4$539 ),
     .load(load),
     .n__0(\n__0$70 ),
     .n__1(\n__1$72 ),
@@ -29913,11 +30022,11 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     .\valid$31 (\valid$101 )
   );
   \accelerator.core.layernorm  layernorm (
-    .buf_wdata(\r_data$484 [15:0]),
+    .buf_wdata(\r_data$501 [15:0]),
     .c__payload(c_data),
     .c__valid(c_valid1),
-    .i__ready(\i__ready$488 ),
-    .i__valid(\i__valid$491 ),
+    .i__ready(\i__ready$505 ),
+    .i__valid(\i__valid$508 ),
     .idle_r(\c__ready$132 ),
     .layernorm_d_clk(gemm_d_clk),
     .layernorm_d_rst(layernorm_d_rst),
@@ -29927,19 +30036,19 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   );
   \accelerator.core.norm_in_slice  norm_in_slice (
     .clk(gemm_d_clk),
-    .r_data(\r_data$484 ),
-    .r_en(\r_en$486 ),
-    .r_rdy(\r_rdy$490 ),
+    .r_data(\r_data$501 ),
+    .r_en(\r_en$503 ),
+    .r_rdy(\r_rdy$507 ),
     .rst(rst),
     .unit_rst(unit_rst),
-    .w_en(\w_en$481 ),
+    .w_en(\w_en$498 ),
     .w_port__data(\r_data$247 [16:0]),
-    .w_rdy(\w_rdy$494 )
+    .w_rdy(\w_rdy$511 )
   );
   \accelerator.core.norm_out_slice  norm_out_slice (
     .clk(gemm_d_clk),
     .r_data(\r_data$290 ),
-    .r_en(\r_en$492 ),
+    .r_en(\r_en$509 ),
     .r_rdy(\r_rdy$292 ),
     .rst(rst),
     .unit_rst(unit_rst),
@@ -29949,14 +30058,14 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   );
   \accelerator.core.pack_slice  pack_slice (
     .clk(gemm_d_clk),
-    .\port$9267$0 (pack_a0),
-    .\port$9269$0 (pack_a1),
-    .\port$9271$0 (pack_a2),
-    .\port$9273$0 (pack_a3),
-    .\port$9275$0 (pack_b0),
-    .\port$9277$0 (pack_b1),
-    .\port$9279$0 (pack_b2),
-    .\port$9281$0 (pack_b3),
+    .\port$9206$0 (pack_a0),
+    .\port$9208$0 (pack_a1),
+    .\port$9210$0 (pack_a2),
+    .\port$9212$0 (pack_a3),
+    .\port$9214$0 (pack_b0),
+    .\port$9216$0 (pack_b1),
+    .\port$9218$0 (pack_b2),
+    .\port$9220$0 (pack_b3),
     .r_data(r_data),
     .r_en(r_en),
     .r_rdy(\r_rdy$261 ),
@@ -29967,10 +30076,10 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   );
   \accelerator.core.q_src0  q_src0 (
     .clk(gemm_d_clk),
-    .\port$9066$0 (src0_elem),
-    .\port$9068$0 (src0_held_meta),
+    .\port$9005$0 (src0_elem),
+    .\port$9007$0 (src0_held_meta),
     .r_data(\r_data$247 ),
-    .r_en(\r_en$493 ),
+    .r_en(\r_en$510 ),
     .r_rdy(\r_rdy$269 ),
     .rst(rst),
     .unit_rst(unit_rst),
@@ -29978,9 +30087,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   );
   \accelerator.core.q_src1  q_src1 (
     .clk(gemm_d_clk),
-    .\port$9075$0 (src1_elem),
-    .\port$9077$0 (src1_held_meta),
-    .r_data(\r_data$357 ),
+    .\port$9014$0 (src1_elem),
+    .\port$9016$0 (src1_held_meta),
+    .r_data(\r_data$366 ),
     .r_en(\r_en$259 ),
     .r_rdy(r_rdy),
     .rst(rst),
@@ -30001,15 +30110,15 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     .\r_en$23 (beat__ready),
     .req__ready(req__ready),
     .rst(rst),
-    .w_data(\req__payload$467 ),
-    .w_en(\req__valid$460 )
+    .w_data(\req__payload$484 ),
+    .w_en(\req__valid$477 )
   );
   \accelerator.core.softmax  softmax (
     .c__payload(c_data[4:0]),
     .c__valid(c_valid0),
-    .i__payload(\i__payload$483 ),
-    .i__ready(\i__ready$487 ),
-    .i__valid(\i__valid$489 ),
+    .i__payload(\i__payload$500 ),
+    .i__ready(\i__ready$504 ),
+    .i__valid(\i__valid$506 ),
     .idle(c__ready),
     .o__ready(\o__ready$229 ),
     .oq_data(\o__payload$218 ),
@@ -30019,7 +30128,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   );
   \accelerator.core.src0_credit  src0_credit (
     .clk(gemm_d_clk),
-    .r_en(\r_en$493 ),
+    .r_en(\r_en$510 ),
     .r_rdy(\r_rdy$269 ),
     .rst(rst),
     .src0_credit_room(src0_credit_room),
@@ -30049,21 +30158,21 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   \accelerator.core.w_beat_slice  w_beat_slice (
     .clk(gemm_d_clk),
     .in_decode(in_decode),
-    .\port$8895$0 (w_beat0),
-    .\port$8896$0 (w_beat1),
-    .\port$8897$0 (w_beat2),
-    .\port$8898$0 (w_beat3),
-    .\port$8899$0 (w_beat4),
-    .\port$8900$0 (w_beat5),
-    .\port$8901$0 (w_beat6),
-    .\port$8902$0 (w_beat7),
-    .r_data(\r_data$432 ),
-    .r_en(\r_en$429 ),
-    .r_rdy(\r_rdy$426 ),
+    .\port$8885$0 (w_beat0),
+    .\port$8886$0 (w_beat1),
+    .\port$8887$0 (w_beat2),
+    .\port$8888$0 (w_beat3),
+    .\port$8889$0 (w_beat4),
+    .\port$8890$0 (w_beat5),
+    .\port$8891$0 (w_beat6),
+    .\port$8892$0 (w_beat7),
+    .r_data(\r_data$415 ),
+    .r_en(\r_en$412 ),
+    .r_rdy(\r_rdy$409 ),
     .rst(rst),
     .unit_rst(unit_rst),
     .w_en(\w_en$282 ),
-    .w_rdy(\w_rdy$475 )
+    .w_rdy(\w_rdy$492 )
   );
   \accelerator.core.writer  writer (
     .aw__payload(aw__payload),
@@ -30074,9 +30183,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     .clear(clear),
     .clk(gemm_d_clk),
     .err(err),
-    .idle(\idle$564 ),
+    .idle(\idle$584 ),
     .req__payload(req__payload),
-    .req__ready(\req__ready$478 ),
+    .req__ready(\req__ready$495 ),
     .rst(rst),
     .w_en(req__valid)
   );
@@ -30107,101 +30216,11 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     (* full_case = 32'd1 *)
-    casez (\$signal )
+    casez (\$signal$338 )
       1'h0:
-          \$148  = a_filled0;
+          \$146  = a_filled0;
       1'h1:
-          \$148  = a_filled1;
-    endcase
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    (* full_case = 32'd1 *)
-    casez (\$signal )
-      1'h0:
-          \$156  = a_filled0;
-      1'h1:
-          \$156  = a_filled1;
-    endcase
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    (* full_case = 32'd1 *)
-    casez (\$signal )
-      1'h0:
-          \$163  = a_filled0;
-      1'h1:
-          \$163  = a_filled1;
-    endcase
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    (* full_case = 32'd1 *)
-    casez (\$signal )
-      1'h0:
-          \$170  = a_filled0;
-      1'h1:
-          \$170  = a_filled1;
-    endcase
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    (* full_case = 32'd1 *)
-    casez (\$signal )
-      1'h0:
-          \$177  = a_filled0;
-      1'h1:
-          \$177  = a_filled1;
-    endcase
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    (* full_case = 32'd1 *)
-    casez (\$signal )
-      1'h0:
-          \$184  = a_filled0;
-      1'h1:
-          \$184  = a_filled1;
-    endcase
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    (* full_case = 32'd1 *)
-    casez (\$signal )
-      1'h0:
-          \$191  = a_filled0;
-      1'h1:
-          \$191  = a_filled1;
-    endcase
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    (* full_case = 32'd1 *)
-    casez (\$signal )
-      1'h0:
-          \$198  = a_filled0;
-      1'h1:
-          \$198  = a_filled1;
-    endcase
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    (* full_case = 32'd1 *)
-    casez (\$signal )
-      1'h0:
-          \$205  = a_filled0;
-      1'h1:
-          \$205  = a_filled1;
-    endcase
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    (* full_case = 32'd1 *)
-    casez (\$signal$329 )
-      1'h0:
-          \$210  = a_filled0;
-      1'h1:
-          \$210  = a_filled1;
+          \$146  = a_filled1;
     endcase
   end
   always @* begin
@@ -30209,9 +30228,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_feed_half)
       1'h0:
-          \$212  = w_filled0;
+          \$148  = w_filled0;
       1'h1:
-          \$212  = w_filled1;
+          \$148  = w_filled1;
     endcase
   end
   always @* begin
@@ -30219,89 +30238,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_load_half)
       1'h0:
-          \$218  = w_filled0;
+          \$154  = w_filled0;
       1'h1:
-          \$218  = w_filled1;
-    endcase
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    (* full_case = 32'd1 *)
-    casez (w_load_half)
-      1'h0:
-          \$225  = w_filled0;
-      1'h1:
-          \$225  = w_filled1;
-    endcase
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    (* full_case = 32'd1 *)
-    casez (w_load_half)
-      1'h0:
-          \$235  = w_filled0;
-      1'h1:
-          \$235  = w_filled1;
-    endcase
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    (* full_case = 32'd1 *)
-    casez (w_load_half)
-      1'h0:
-          \$244  = w_filled0;
-      1'h1:
-          \$244  = w_filled1;
-    endcase
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    (* full_case = 32'd1 *)
-    casez (w_load_half)
-      1'h0:
-          \$253  = w_filled0;
-      1'h1:
-          \$253  = w_filled1;
-    endcase
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    (* full_case = 32'd1 *)
-    casez (w_load_half)
-      1'h0:
-          \$262  = w_filled0;
-      1'h1:
-          \$262  = w_filled1;
-    endcase
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    (* full_case = 32'd1 *)
-    casez (w_load_half)
-      1'h0:
-          \$271  = w_filled0;
-      1'h1:
-          \$271  = w_filled1;
-    endcase
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    (* full_case = 32'd1 *)
-    casez (w_load_half)
-      1'h0:
-          \$280  = w_filled0;
-      1'h1:
-          \$280  = w_filled1;
-    endcase
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    (* full_case = 32'd1 *)
-    casez (w_load_half)
-      1'h0:
-          \$289  = w_filled0;
-      1'h1:
-          \$289  = w_filled1;
+          \$154  = w_filled1;
     endcase
   end
   always @* begin
@@ -30309,21 +30248,21 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (post_col)
       3'h0:
-          \$320  = \r_data$454 [31:0];
+          \$183  = \r_data$471 [31:0];
       3'h1:
-          \$320  = \r_data$454 [63:32];
+          \$183  = \r_data$471 [63:32];
       3'h2:
-          \$320  = \r_data$454 [95:64];
+          \$183  = \r_data$471 [95:64];
       3'h3:
-          \$320  = \r_data$454 [127:96];
+          \$183  = \r_data$471 [127:96];
       3'h4:
-          \$320  = \r_data$454 [159:128];
+          \$183  = \r_data$471 [159:128];
       3'h5:
-          \$320  = \r_data$454 [191:160];
+          \$183  = \r_data$471 [191:160];
       3'h6:
-          \$320  = \r_data$454 [223:192];
+          \$183  = \r_data$471 [223:192];
       3'h7:
-          \$320  = \r_data$454 [255:224];
+          \$183  = \r_data$471 [255:224];
     endcase
   end
   always @* begin
@@ -30331,21 +30270,21 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (dst_col)
       3'h0:
-          \$342  = \r_data$454 [31:0];
+          \$205  = \r_data$471 [31:0];
       3'h1:
-          \$342  = \r_data$454 [63:32];
+          \$205  = \r_data$471 [63:32];
       3'h2:
-          \$342  = \r_data$454 [95:64];
+          \$205  = \r_data$471 [95:64];
       3'h3:
-          \$342  = \r_data$454 [127:96];
+          \$205  = \r_data$471 [127:96];
       3'h4:
-          \$342  = \r_data$454 [159:128];
+          \$205  = \r_data$471 [159:128];
       3'h5:
-          \$342  = \r_data$454 [191:160];
+          \$205  = \r_data$471 [191:160];
       3'h6:
-          \$342  = \r_data$454 [223:192];
+          \$205  = \r_data$471 [223:192];
       3'h7:
-          \$342  = \r_data$454 [255:224];
+          \$205  = \r_data$471 [255:224];
     endcase
   end
   always @* begin
@@ -30353,9 +30292,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (\$signal )
       1'h0:
-          \$824  = a_filled0;
+          \$685  = a_filled0;
       1'h1:
-          \$824  = a_filled1;
+          \$685  = a_filled1;
     endcase
   end
   always @* begin
@@ -30363,9 +30302,99 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (\$signal )
       1'h0:
-          \$829  = a_filled0;
+          \$692  = a_filled0;
       1'h1:
-          \$829  = a_filled1;
+          \$692  = a_filled1;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    (* full_case = 32'd1 *)
+    casez (\$signal )
+      1'h0:
+          \$698  = a_filled0;
+      1'h1:
+          \$698  = a_filled1;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    (* full_case = 32'd1 *)
+    casez (\$signal )
+      1'h0:
+          \$704  = a_filled0;
+      1'h1:
+          \$704  = a_filled1;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    (* full_case = 32'd1 *)
+    casez (\$signal )
+      1'h0:
+          \$710  = a_filled0;
+      1'h1:
+          \$710  = a_filled1;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    (* full_case = 32'd1 *)
+    casez (\$signal )
+      1'h0:
+          \$716  = a_filled0;
+      1'h1:
+          \$716  = a_filled1;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    (* full_case = 32'd1 *)
+    casez (\$signal )
+      1'h0:
+          \$722  = a_filled0;
+      1'h1:
+          \$722  = a_filled1;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    (* full_case = 32'd1 *)
+    casez (\$signal )
+      1'h0:
+          \$728  = a_filled0;
+      1'h1:
+          \$728  = a_filled1;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    (* full_case = 32'd1 *)
+    casez (\$signal )
+      1'h0:
+          \$734  = a_filled0;
+      1'h1:
+          \$734  = a_filled1;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    (* full_case = 32'd1 *)
+    casez (\$signal )
+      1'h0:
+          \$740  = a_filled0;
+      1'h1:
+          \$740  = a_filled1;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    (* full_case = 32'd1 *)
+    casez (\$signal )
+      1'h0:
+          \$745  = a_filled0;
+      1'h1:
+          \$745  = a_filled1;
     endcase
   end
   always @* begin
@@ -30373,9 +30402,89 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_load_half)
       1'h0:
-          \$866  = w_filled0;
+          \$782  = w_filled0;
       1'h1:
-          \$866  = w_filled1;
+          \$782  = w_filled1;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    (* full_case = 32'd1 *)
+    casez (w_load_half)
+      1'h0:
+          \$813  = w_filled0;
+      1'h1:
+          \$813  = w_filled1;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    (* full_case = 32'd1 *)
+    casez (w_load_half)
+      1'h0:
+          \$822  = w_filled0;
+      1'h1:
+          \$822  = w_filled1;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    (* full_case = 32'd1 *)
+    casez (w_load_half)
+      1'h0:
+          \$830  = w_filled0;
+      1'h1:
+          \$830  = w_filled1;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    (* full_case = 32'd1 *)
+    casez (w_load_half)
+      1'h0:
+          \$838  = w_filled0;
+      1'h1:
+          \$838  = w_filled1;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    (* full_case = 32'd1 *)
+    casez (w_load_half)
+      1'h0:
+          \$846  = w_filled0;
+      1'h1:
+          \$846  = w_filled1;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    (* full_case = 32'd1 *)
+    casez (w_load_half)
+      1'h0:
+          \$854  = w_filled0;
+      1'h1:
+          \$854  = w_filled1;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    (* full_case = 32'd1 *)
+    casez (w_load_half)
+      1'h0:
+          \$862  = w_filled0;
+      1'h1:
+          \$862  = w_filled1;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    (* full_case = 32'd1 *)
+    casez (w_load_half)
+      1'h0:
+          \$870  = w_filled0;
+      1'h1:
+          \$870  = w_filled1;
     endcase
   end
   always @* begin
@@ -30625,7 +30734,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       end
     end
-    if (\$420 ) begin
+    if (\$283 ) begin
       fault = 4'h5;
     end
   end
@@ -30667,8 +30776,8 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         elem_data = \r_data$247 [15:0];
       end
     end
-    if (\$319 ) begin
-      elem_data = \$320 [15:0];
+    if (\$182 ) begin
+      elem_data = \$183 [15:0];
     end
   end
   always @* begin
@@ -30714,8 +30823,8 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       \r_en$259  = \$102 ;
     end
     if (gemm_active) begin
-      if (\$217 ) begin
-        \r_en$259  = \$222 ;
+      if (\$153 ) begin
+        \r_en$259  = \$158 ;
       end
     end
   end
@@ -30974,261 +31083,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$299  = 9'h000;
-    if (gemm_active) begin
-      \$signature__addr$299  = \$147 [8:0];
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__data  = 9'h000;
-    if (gemm_active) begin
-      \$signature__data  = elem;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$302  = 1'h0;
-    if (gemm_active) begin
-      \$signature__en$302  = \$153 ;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$304  = 9'h000;
-    if (gemm_active) begin
-      \$signature__addr$304  = \$155 [8:0];
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__data$305  = 9'h000;
-    if (gemm_active) begin
-      \$signature__data$305  = elem;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$306  = 1'h0;
-    if (gemm_active) begin
-      \$signature__en$306  = \$160 ;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$307  = 9'h000;
-    if (gemm_active) begin
-      \$signature__addr$307  = \$162 [8:0];
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__data$308  = 9'h000;
-    if (gemm_active) begin
-      \$signature__data$308  = elem;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$309  = 1'h0;
-    if (gemm_active) begin
-      \$signature__en$309  = \$167 ;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$310  = 9'h000;
-    if (gemm_active) begin
-      \$signature__addr$310  = \$169 [8:0];
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__data$311  = 9'h000;
-    if (gemm_active) begin
-      \$signature__data$311  = elem;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$312  = 1'h0;
-    if (gemm_active) begin
-      \$signature__en$312  = \$174 ;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$313  = 9'h000;
-    if (gemm_active) begin
-      \$signature__addr$313  = \$176 [8:0];
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__data$314  = 9'h000;
-    if (gemm_active) begin
-      \$signature__data$314  = elem;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$315  = 1'h0;
-    if (gemm_active) begin
-      \$signature__en$315  = \$181 ;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$316  = 9'h000;
-    if (gemm_active) begin
-      \$signature__addr$316  = \$183 [8:0];
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__data$317  = 9'h000;
-    if (gemm_active) begin
-      \$signature__data$317  = elem;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$318  = 1'h0;
-    if (gemm_active) begin
-      \$signature__en$318  = \$188 ;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$319  = 9'h000;
-    if (gemm_active) begin
-      \$signature__addr$319  = \$190 [8:0];
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__data$320  = 9'h000;
-    if (gemm_active) begin
-      \$signature__data$320  = elem;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$321  = 1'h0;
-    if (gemm_active) begin
-      \$signature__en$321  = \$195 ;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$322  = 9'h000;
-    if (gemm_active) begin
-      \$signature__addr$322  = \$197 [8:0];
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__data$323  = 9'h000;
-    if (gemm_active) begin
-      \$signature__data$323  = elem;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$324  = 1'h0;
-    if (gemm_active) begin
-      \$signature__en$324  = \$202 ;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$325  = 9'h000;
-    if (gemm_active) begin
-      \$signature__addr$325  = \$204 [8:0];
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__data$326  = 9'h000;
-    if (gemm_active) begin
-      \$signature__data$326  = elem;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$327  = 1'h0;
-    if (gemm_active) begin
-      \$signature__en$327  = \$209 ;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     a_issue = 1'h0;
     if (gemm_active) begin
-      a_issue = \$216 ;
+      a_issue = \$152 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$336  = 9'h000;
+    \$signature__addr$345  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$336  = a_read_addr;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$338  = 1'h1;
-    if (gemm_active) begin
-      \$signature__en$338  = a_read;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$340  = 9'h000;
-    if (gemm_active) begin
-      \$signature__addr$340  = a_read_addr;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$341  = 1'h1;
-    if (gemm_active) begin
-      \$signature__en$341  = a_read;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$342  = 9'h000;
-    if (gemm_active) begin
-      \$signature__addr$342  = a_read_addr;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$343  = 1'h1;
-    if (gemm_active) begin
-      \$signature__en$343  = a_read;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$344  = 9'h000;
-    if (gemm_active) begin
-      \$signature__addr$344  = a_read_addr;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$345  = 1'h1;
-    if (gemm_active) begin
-      \$signature__en$345  = a_read;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$346  = 9'h000;
-    if (gemm_active) begin
-      \$signature__addr$346  = a_read_addr;
+      \$signature__addr$345  = a_read_addr;
     end
   end
   always @* begin
@@ -31240,58 +31104,114 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$348  = 9'h000;
+    \$signature__addr$349  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$348  = a_read_addr;
+      \$signature__addr$349  = a_read_addr;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$349  = 1'h1;
+    \$signature__en$350  = 1'h1;
     if (gemm_active) begin
-      \$signature__en$349  = a_read;
+      \$signature__en$350  = a_read;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$350  = 9'h000;
+    \$signature__addr$351  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$350  = a_read_addr;
+      \$signature__addr$351  = a_read_addr;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$351  = 1'h1;
+    \$signature__en$352  = 1'h1;
     if (gemm_active) begin
-      \$signature__en$351  = a_read;
+      \$signature__en$352  = a_read;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$352  = 9'h000;
+    \$signature__addr$353  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$352  = a_read_addr;
+      \$signature__addr$353  = a_read_addr;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$353  = 1'h1;
+    \$signature__en$354  = 1'h1;
     if (gemm_active) begin
-      \$signature__en$353  = a_read;
+      \$signature__en$354  = a_read;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$354  = 9'h000;
+    \$signature__addr$355  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$354  = a_read_addr;
+      \$signature__addr$355  = a_read_addr;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$355  = 1'h1;
+    \$signature__en$356  = 1'h1;
     if (gemm_active) begin
-      \$signature__en$355  = a_read;
+      \$signature__en$356  = a_read;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$signature__addr$357  = 9'h000;
+    if (gemm_active) begin
+      \$signature__addr$357  = a_read_addr;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$signature__en$358  = 1'h1;
+    if (gemm_active) begin
+      \$signature__en$358  = a_read;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$signature__addr$359  = 9'h000;
+    if (gemm_active) begin
+      \$signature__addr$359  = a_read_addr;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$signature__en$360  = 1'h1;
+    if (gemm_active) begin
+      \$signature__en$360  = a_read;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$signature__addr$361  = 9'h000;
+    if (gemm_active) begin
+      \$signature__addr$361  = a_read_addr;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$signature__en$362  = 1'h1;
+    if (gemm_active) begin
+      \$signature__en$362  = a_read;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$signature__addr$363  = 9'h000;
+    if (gemm_active) begin
+      \$signature__addr$363  = a_read_addr;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$signature__en$364  = 1'h1;
+    if (gemm_active) begin
+      \$signature__en$364  = a_read;
     end
   end
   always @* begin
@@ -31300,372 +31220,204 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     if (gemm_active) begin
       casez (ins[21:17])
         5'h02:
-            welem = { \r_data$357 [1], \r_data$357 [1], \r_data$357 [1], \r_data$357 [1], \r_data$357 [1], \r_data$357 [1], \r_data$357 [1:0] };
+            welem = { \r_data$366 [1], \r_data$366 [1], \r_data$366 [1], \r_data$366 [1], \r_data$366 [1], \r_data$366 [1], \r_data$366 [1:0] };
         5'h03:
-            welem = { \r_data$357 [2], \r_data$357 [2], \r_data$357 [2], \r_data$357 [2], \r_data$357 [2], \r_data$357 [2:0] };
+            welem = { \r_data$366 [2], \r_data$366 [2], \r_data$366 [2], \r_data$366 [2], \r_data$366 [2], \r_data$366 [2:0] };
         5'h04:
-            welem = { \r_data$357 [3], \r_data$357 [3], \r_data$357 [3], \r_data$357 [3], \r_data$357 [3:0] };
+            welem = { \r_data$366 [3], \r_data$366 [3], \r_data$366 [3], \r_data$366 [3], \r_data$366 [3:0] };
         5'h05:
-            welem = { \r_data$357 [4], \r_data$357 [4], \r_data$357 [4], \r_data$357 [4:0] };
+            welem = { \r_data$366 [4], \r_data$366 [4], \r_data$366 [4], \r_data$366 [4:0] };
         5'h06:
-            welem = { \r_data$357 [5], \r_data$357 [5], \r_data$357 [5:0] };
+            welem = { \r_data$366 [5], \r_data$366 [5], \r_data$366 [5:0] };
         5'h07:
-            welem = { \r_data$357 [6], \r_data$357 [6:0] };
+            welem = { \r_data$366 [6], \r_data$366 [6:0] };
         5'h08:
-            welem = \r_data$357 [7:0];
+            welem = \r_data$366 [7:0];
       endcase
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$359  = 9'h000;
+    \$signature__addr$368  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$359  = \$224 [8:0];
+      \$signature__addr$368  = w_read_addr;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__data$361  = 8'h00;
+    \$signature__en$370  = 1'h1;
     if (gemm_active) begin
-      \$signature__data$361  = welem;
+      \$signature__en$370  = a_read;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$362  = 1'h0;
+    \$signature__addr$371  = 9'h000;
     if (gemm_active) begin
-      \$signature__en$362  = \$232 ;
+      \$signature__addr$371  = w_read_addr;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$364  = 9'h000;
+    \$signature__en$372  = 1'h1;
     if (gemm_active) begin
-      \$signature__addr$364  = \$234 [8:0];
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__data$365  = 8'h00;
-    if (gemm_active) begin
-      \$signature__data$365  = welem;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$366  = 1'h0;
-    if (gemm_active) begin
-      \$signature__en$366  = \$241 ;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$367  = 9'h000;
-    if (gemm_active) begin
-      \$signature__addr$367  = \$243 [8:0];
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__data$368  = 8'h00;
-    if (gemm_active) begin
-      \$signature__data$368  = welem;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$369  = 1'h0;
-    if (gemm_active) begin
-      \$signature__en$369  = \$250 ;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$370  = 9'h000;
-    if (gemm_active) begin
-      \$signature__addr$370  = \$252 [8:0];
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__data$371  = 8'h00;
-    if (gemm_active) begin
-      \$signature__data$371  = welem;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$372  = 1'h0;
-    if (gemm_active) begin
-      \$signature__en$372  = \$259 ;
+      \$signature__en$372  = a_read;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     \$signature__addr$373  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$373  = \$261 [8:0];
+      \$signature__addr$373  = w_read_addr;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__data$374  = 8'h00;
+    \$signature__en$374  = 1'h1;
     if (gemm_active) begin
-      \$signature__data$374  = welem;
+      \$signature__en$374  = a_read;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$375  = 1'h0;
+    \$signature__addr$375  = 9'h000;
     if (gemm_active) begin
-      \$signature__en$375  = \$268 ;
+      \$signature__addr$375  = w_read_addr;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$376  = 9'h000;
+    \$signature__en$376  = 1'h1;
     if (gemm_active) begin
-      \$signature__addr$376  = \$270 [8:0];
+      \$signature__en$376  = a_read;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__data$377  = 8'h00;
+    \$signature__addr$377  = 9'h000;
     if (gemm_active) begin
-      \$signature__data$377  = welem;
+      \$signature__addr$377  = w_read_addr;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$378  = 1'h0;
+    \$signature__en$378  = 1'h1;
     if (gemm_active) begin
-      \$signature__en$378  = \$277 ;
+      \$signature__en$378  = a_read;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     \$signature__addr$379  = 9'h000;
     if (gemm_active) begin
-      \$signature__addr$379  = \$279 [8:0];
+      \$signature__addr$379  = w_read_addr;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__data$380  = 8'h00;
+    \$signature__en$380  = 1'h1;
     if (gemm_active) begin
-      \$signature__data$380  = welem;
+      \$signature__en$380  = a_read;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$381  = 1'h0;
+    \$signature__addr$381  = 9'h000;
     if (gemm_active) begin
-      \$signature__en$381  = \$286 ;
+      \$signature__addr$381  = w_read_addr;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$382  = 9'h000;
+    \$signature__en$382  = 1'h1;
     if (gemm_active) begin
-      \$signature__addr$382  = \$288 [8:0];
+      \$signature__en$382  = a_read;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__data$383  = 8'h00;
+    \$signature__addr$383  = 9'h000;
     if (gemm_active) begin
-      \$signature__data$383  = welem;
+      \$signature__addr$383  = w_read_addr;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$384  = 1'h0;
+    \$signature__en$384  = 1'h1;
     if (gemm_active) begin
-      \$signature__en$384  = \$295 ;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$385  = 9'h000;
-    if (gemm_active) begin
-      \$signature__addr$385  = w_read_addr;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$387  = 1'h1;
-    if (gemm_active) begin
-      \$signature__en$387  = a_read;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$388  = 9'h000;
-    if (gemm_active) begin
-      \$signature__addr$388  = w_read_addr;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$389  = 1'h1;
-    if (gemm_active) begin
-      \$signature__en$389  = a_read;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$390  = 9'h000;
-    if (gemm_active) begin
-      \$signature__addr$390  = w_read_addr;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$391  = 1'h1;
-    if (gemm_active) begin
-      \$signature__en$391  = a_read;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$392  = 9'h000;
-    if (gemm_active) begin
-      \$signature__addr$392  = w_read_addr;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$393  = 1'h1;
-    if (gemm_active) begin
-      \$signature__en$393  = a_read;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$394  = 9'h000;
-    if (gemm_active) begin
-      \$signature__addr$394  = w_read_addr;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$395  = 1'h1;
-    if (gemm_active) begin
-      \$signature__en$395  = a_read;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$396  = 9'h000;
-    if (gemm_active) begin
-      \$signature__addr$396  = w_read_addr;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$397  = 1'h1;
-    if (gemm_active) begin
-      \$signature__en$397  = a_read;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$398  = 9'h000;
-    if (gemm_active) begin
-      \$signature__addr$398  = w_read_addr;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$399  = 1'h1;
-    if (gemm_active) begin
-      \$signature__en$399  = a_read;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__addr$400  = 9'h000;
-    if (gemm_active) begin
-      \$signature__addr$400  = w_read_addr;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$signature__en$401  = 1'h1;
-    if (gemm_active) begin
-      \$signature__en$401  = a_read;
+      \$signature__en$384  = a_read;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     feed_data = 146'h0000000000000000000000000000000000000;
     if (gemm_active) begin
-      feed_data = { \$signature__data$420 , \$signature__data$419 , \$signature__data$418 , \$signature__data$417 , \$signature__data$416 , \$signature__data$415 , \$signature__data$414 , \$signature__data$413 , \$signature__data$412 , \$signature__data$411 , \$signature__data$410 , \$signature__data$409 , \$signature__data$408 , \$signature__data$407 , \$signature__data$406 , \$signature__data$405 , \$signature__data$404 , feed_got_last };
+      feed_data = { \$signature__data$403 , \$signature__data$402 , \$signature__data$401 , \$signature__data$400 , \$signature__data$399 , \$signature__data$398 , \$signature__data$397 , \$signature__data$396 , \$signature__data$395 , \$signature__data$394 , \$signature__data$393 , \$signature__data$392 , \$signature__data$391 , \$signature__data$390 , \$signature__data$389 , \$signature__data$388 , \$signature__data$387 , feed_got_last };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \a__valid$421  = 1'h0;
+    \a__valid$404  = 1'h0;
     if (gemm_active) begin
-      \a__valid$421  = feed_valid;
+      \a__valid$404  = feed_valid;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \a__payload$423  = 82'h000000000000000000000;
+    \a__payload$406  = 82'h000000000000000000000;
     if (gemm_active) begin
-      \a__payload$423 [81] = feed_beat[0];
-      \a__payload$423 [8:0] = feed_beat[9:1];
-      \a__payload$423 [17:9] = feed_beat[18:10];
-      \a__payload$423 [26:18] = feed_beat[27:19];
-      \a__payload$423 [35:27] = feed_beat[36:28];
-      \a__payload$423 [44:36] = feed_beat[45:37];
-      \a__payload$423 [53:45] = feed_beat[54:46];
-      \a__payload$423 [62:54] = feed_beat[63:55];
-      \a__payload$423 [71:63] = feed_beat[72:64];
-      \a__payload$423 [80:72] = feed_beat[81:73];
+      \a__payload$406 [81] = feed_beat[0];
+      \a__payload$406 [8:0] = feed_beat[9:1];
+      \a__payload$406 [17:9] = feed_beat[18:10];
+      \a__payload$406 [26:18] = feed_beat[27:19];
+      \a__payload$406 [35:27] = feed_beat[36:28];
+      \a__payload$406 [44:36] = feed_beat[45:37];
+      \a__payload$406 [53:45] = feed_beat[54:46];
+      \a__payload$406 [62:54] = feed_beat[63:55];
+      \a__payload$406 [71:63] = feed_beat[72:64];
+      \a__payload$406 [80:72] = feed_beat[81:73];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     w__valid = 1'h0;
     if (gemm_active) begin
-      w__valid = \$296 ;
+      w__valid = \$159 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     feed_ready = 1'h0;
     if (gemm_active) begin
-      feed_ready = \a__ready$428 ;
+      feed_ready = \a__ready$411 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \r_en$429  = 1'h0;
+    \r_en$412  = 1'h0;
     if (gemm_active) begin
-      \r_en$429  = \$297 ;
+      \r_en$412  = \$160 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     w__payload = 64'h0000000000000000;
     if (gemm_active) begin
-      w__payload[7:0] = \$298 ;
-      w__payload[15:8] = \$299 ;
-      w__payload[23:16] = \$300 ;
-      w__payload[31:24] = \$301 ;
-      w__payload[39:32] = \$302 ;
-      w__payload[47:40] = \$303 ;
-      w__payload[55:48] = \$304 ;
-      w__payload[63:56] = \$305 ;
+      w__payload[7:0] = \$161 ;
+      w__payload[15:8] = \$162 ;
+      w__payload[23:16] = \$163 ;
+      w__payload[31:24] = \$164 ;
+      w__payload[39:32] = \$165 ;
+      w__payload[47:40] = \$166 ;
+      w__payload[55:48] = \$167 ;
+      w__payload[63:56] = \$168 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     dst_keep = 1'h1;
     if (gemm_active) begin
-      dst_keep = \$317 ;
+      dst_keep = \$180 ;
     end
   end
   always @* begin
@@ -31673,364 +31425,574 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (ins[23:22])
       2'h0:
-          load_elem = { \$323 [8], \$323 [8], \$323 [8], \$323 [8], \$323 [8], \$323 [8], \$323 [8], \$323  };
+          load_elem = { \$186 [8], \$186 [8], \$186 [8], \$186 [8], \$186 [8], \$186 [8], \$186 [8], \$186  };
       2'h1:
-          load_elem = \$326 [15:0];
+          load_elem = \$189 [15:0];
       2'h2:
-          load_elem = \$329 [15:0];
+          load_elem = \$192 [15:0];
       2'h3:
-          load_elem = \$332 [15:0];
+          load_elem = \$195 [15:0];
     endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$907  = \addr$113 [13:0];
+    \$893  = \addr$113 [13:0];
     if (rst) begin
-      \$907  = 14'h0000;
+      \$893  = 14'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$908  = \$344 [15:0];
+    \$894  = \$207 [15:0];
     if (rst) begin
-      \$908  = 16'h0000;
+      \$894  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$909  = wr_en;
+    \$895  = wr_en;
+    if (rst) begin
+      \$895  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$896  = 1'h0;
+    casez (seq_state)
+      3'h0:
+          /* empty */;
+      3'h1:
+          /* empty */;
+      3'h2:
+          if (\$472 ) begin
+            \$896  = \$474 ;
+          end
+    endcase
+    if (rst) begin
+      \$896  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$897  = \$290 ;
+    if (rst) begin
+      \$897  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$898  = \$291 ;
+    if (rst) begin
+      \$898  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$899  = \$292 ;
+    if (rst) begin
+      \$899  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$900  = \$293 ;
+    if (rst) begin
+      \$900  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$901  = \$294 ;
+    if (rst) begin
+      \$901  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$902  = \$295 ;
+    if (rst) begin
+      \$902  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$903  = \$296 ;
+    if (rst) begin
+      \$903  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$904  = \$297 ;
+    if (rst) begin
+      \$904  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$905  = \$298 ;
+    if (rst) begin
+      \$905  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$906  = \$299 ;
+    if (rst) begin
+      \$906  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$907  = \$300 ;
+    if (rst) begin
+      \$907  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$908  = \$301 ;
+    if (rst) begin
+      \$908  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$909  = \$302 ;
     if (rst) begin
       \$909  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$910  = 1'h0;
-    casez (seq_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
-      3'h2:
-          if (\$613 ) begin
-            \$910  = \$615 ;
-          end
-    endcase
+    \$910  = \$303 ;
     if (rst) begin
       \$910  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$911  = \$427 ;
+    \$911  = \$304 ;
     if (rst) begin
       \$911  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$912  = \$428 ;
+    \$912  = \$305 [15:0];
     if (rst) begin
-      \$912  = 1'h0;
+      \$912  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$913  = \$429 ;
+    \$913  = \$308 ;
     if (rst) begin
       \$913  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$914  = \$430 ;
+    \$914  = \$311 ;
     if (rst) begin
       \$914  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$915  = \$431 ;
+    \$915  = \$314 ;
     if (rst) begin
       \$915  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$916  = \$432 ;
+    \$916  = \$317 ;
     if (rst) begin
       \$916  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$917  = \$433 ;
+    \$917  = \$320 ;
     if (rst) begin
       \$917  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$918  = \$434 ;
+    \$918  = \$322 ;
     if (rst) begin
       \$918  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$919  = \$435 ;
+    \$919  = \$324 ;
     if (rst) begin
       \$919  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$920  = \$436 ;
+    \$920  = src0_meta;
     if (rst) begin
-      \$920  = 1'h0;
+      \$920  = 3'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$921  = \$437 ;
+    \$921  = { \$325 , \final$534 , \last__4$533  };
     if (rst) begin
-      \$921  = 1'h0;
+      \$921  = 3'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$922  = \$438 ;
+    \$922  = \$327 ;
     if (rst) begin
       \$922  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$923  = \$439 ;
+    \$923  = \$329 ;
     if (rst) begin
       \$923  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$924  = \$440 ;
+    \$924  = src1_meta;
     if (rst) begin
-      \$924  = 1'h0;
+      \$924  = 3'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$925  = \$441 ;
+    \$925  = { \$330 , \final$540 , \last__4$539  };
     if (rst) begin
-      \$925  = 1'h0;
+      \$925  = 3'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$926  = \$442 [15:0];
+    \$926  = \$337 ;
     if (rst) begin
-      \$926  = 16'h0000;
+      \$926  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$927  = \$445 ;
+    \$927  = \$345 ;
     if (rst) begin
       \$927  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$928  = \$448 ;
+    \$928  = \$350 ;
     if (rst) begin
       \$928  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$929  = \$451 ;
+    \$929  = 1'h0;
+    casez (seq_state)
+      3'h0:
+          /* empty */;
+      3'h1:
+          /* empty */;
+      3'h2:
+          /* empty */;
+      3'h3:
+          /* empty */;
+      3'h4:
+          \$929  = \$595 ;
+    endcase
     if (rst) begin
       \$929  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$930  = \$454 ;
+    \$930  = \$377 ;
     if (rst) begin
       \$930  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$931  = \$457 ;
+    \$931  = \$380 ;
     if (rst) begin
       \$931  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$932  = \$459 ;
+    \$932  = \$383 ;
     if (rst) begin
       \$932  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$933  = \$461 ;
+    \$933  = ext_req_valid;
+    if (in_decode) begin
+      \$933  = 1'h0;
+    end
+    if (in_stream) begin
+      if (is_move) begin
+      end else if (is_load) begin
+        if (\$605 ) begin
+          \$933  = ld_off_valid;
+        end
+      end else if (is_store) begin
+        if (\$608 ) begin
+          \$933  = dst_step;
+        end
+      end
+    end
     if (rst) begin
       \$933  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$934  = src0_meta;
-    if (rst) begin
-      \$934  = 3'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$935  = { \$462 , \final$517 , \last__4$516  };
-    if (rst) begin
-      \$935  = 3'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$936  = \$464 ;
-    if (rst) begin
-      \$936  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$937  = \$466 ;
-    if (rst) begin
-      \$937  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$938  = src1_meta;
-    if (rst) begin
-      \$938  = 3'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$939  = { \$467 , \final$523 , \last__4$522  };
-    if (rst) begin
-      \$939  = 3'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$940  = \$474 ;
-    if (rst) begin
-      \$940  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$941  = \$482 ;
-    if (rst) begin
-      \$941  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$942  = \$487 ;
-    if (rst) begin
-      \$942  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$943  = 1'h0;
-    casez (seq_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
-      3'h2:
-          /* empty */;
-      3'h3:
-          /* empty */;
-      3'h4:
-          \$943  = \$736 ;
-    endcase
-    if (rst) begin
-      \$943  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$944  = \$518 ;
-    if (rst) begin
-      \$944  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$945  = \$521 ;
-    if (rst) begin
-      \$945  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$946  = \$524 ;
-    if (rst) begin
-      \$946  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$947  = ext_req_valid;
+    \$934  = ld_off_valid;
     if (in_decode) begin
-      \$947  = 1'h0;
+      \$934  = 1'h0;
     end
     if (in_stream) begin
       if (is_move) begin
       end else if (is_load) begin
-        if (\$746 ) begin
-          \$947  = ld_off_valid;
-        end
-      end else if (is_store) begin
-        if (\$749 ) begin
-          \$947  = dst_step;
+        if (\$602 ) begin
+          \$934  = valid;
         end
       end
     end
     if (rst) begin
-      \$947  = 1'h0;
+      \$934  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$948  = ld_off_valid;
-    if (in_decode) begin
-      \$948  = 1'h0;
-    end
-    if (in_stream) begin
-      if (is_move) begin
-      end else if (is_load) begin
-        if (\$743 ) begin
-          \$948  = valid;
-        end
-      end
-    end
-    if (rst) begin
-      \$948  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$949  = cycles;
+    \$935  = cycles;
     if (busy) begin
-      \$949  = \$525 [47:0];
+      \$935  = \$384 [47:0];
     end
-    if (\$593 ) begin
+    if (\$452 ) begin
+      \$935  = 48'h000000000000;
+    end
+    if (rst) begin
+      \$935  = 48'h000000000000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$936  = op_cycles__0;
+    if (busy) begin
+      if (\$385 ) begin
+        \$936  = \$386 [47:0];
+      end
+    end
+    if (\$452 ) begin
+      \$936  = 48'h000000000000;
+    end
+    if (rst) begin
+      \$936  = 48'h000000000000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$937  = op_cycles__1;
+    if (busy) begin
+      if (\$387 ) begin
+        \$937  = \$388 [47:0];
+      end
+    end
+    if (\$452 ) begin
+      \$937  = 48'h000000000000;
+    end
+    if (rst) begin
+      \$937  = 48'h000000000000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$938  = op_cycles__2;
+    if (busy) begin
+      if (\$389 ) begin
+        \$938  = \$390 [47:0];
+      end
+    end
+    if (\$452 ) begin
+      \$938  = 48'h000000000000;
+    end
+    if (rst) begin
+      \$938  = 48'h000000000000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$939  = op_cycles__3;
+    if (busy) begin
+      if (\$391 ) begin
+        \$939  = \$392 [47:0];
+      end
+    end
+    if (\$452 ) begin
+      \$939  = 48'h000000000000;
+    end
+    if (rst) begin
+      \$939  = 48'h000000000000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$940  = op_cycles__4;
+    if (busy) begin
+      if (\$393 ) begin
+        \$940  = \$394 [47:0];
+      end
+    end
+    if (\$452 ) begin
+      \$940  = 48'h000000000000;
+    end
+    if (rst) begin
+      \$940  = 48'h000000000000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$941  = op_cycles__5;
+    if (busy) begin
+      if (\$395 ) begin
+        \$941  = \$396 [47:0];
+      end
+    end
+    if (\$452 ) begin
+      \$941  = 48'h000000000000;
+    end
+    if (rst) begin
+      \$941  = 48'h000000000000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$942  = op_cycles__6;
+    if (busy) begin
+      if (\$397 ) begin
+        \$942  = \$398 [47:0];
+      end
+    end
+    if (\$452 ) begin
+      \$942  = 48'h000000000000;
+    end
+    if (rst) begin
+      \$942  = 48'h000000000000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$943  = op_cycles__7;
+    if (busy) begin
+      if (\$399 ) begin
+        \$943  = \$400 [47:0];
+      end
+    end
+    if (\$452 ) begin
+      \$943  = 48'h000000000000;
+    end
+    if (rst) begin
+      \$943  = 48'h000000000000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$944  = op_cycles__8;
+    if (busy) begin
+      if (\$401 ) begin
+        \$944  = \$402 [47:0];
+      end
+    end
+    if (\$452 ) begin
+      \$944  = 48'h000000000000;
+    end
+    if (rst) begin
+      \$944  = 48'h000000000000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$945  = op_cycles__9;
+    if (busy) begin
+      if (\$403 ) begin
+        \$945  = \$404 [47:0];
+      end
+    end
+    if (\$452 ) begin
+      \$945  = 48'h000000000000;
+    end
+    if (rst) begin
+      \$945  = 48'h000000000000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$946  = op_cycles__10;
+    if (busy) begin
+      if (\$405 ) begin
+        \$946  = \$406 [47:0];
+      end
+    end
+    if (\$452 ) begin
+      \$946  = 48'h000000000000;
+    end
+    if (rst) begin
+      \$946  = 48'h000000000000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$947  = op_cycles__11;
+    if (busy) begin
+      if (\$407 ) begin
+        \$947  = \$408 [47:0];
+      end
+    end
+    if (\$452 ) begin
+      \$947  = 48'h000000000000;
+    end
+    if (rst) begin
+      \$947  = 48'h000000000000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$948  = op_cycles__12;
+    if (busy) begin
+      if (\$409 ) begin
+        \$948  = \$410 [47:0];
+      end
+    end
+    if (\$452 ) begin
+      \$948  = 48'h000000000000;
+    end
+    if (rst) begin
+      \$948  = 48'h000000000000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$949  = op_cycles__13;
+    if (busy) begin
+      if (\$411 ) begin
+        \$949  = \$412 [47:0];
+      end
+    end
+    if (\$452 ) begin
       \$949  = 48'h000000000000;
     end
     if (rst) begin
@@ -32039,13 +32001,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$950  = op_cycles__0;
+    \$950  = op_cycles__14;
     if (busy) begin
-      if (\$526 ) begin
-        \$950  = \$527 [47:0];
+      if (\$413 ) begin
+        \$950  = \$414 [47:0];
       end
     end
-    if (\$593 ) begin
+    if (\$452 ) begin
       \$950  = 48'h000000000000;
     end
     if (rst) begin
@@ -32054,13 +32016,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$951  = op_cycles__1;
+    \$951  = op_cycles__15;
     if (busy) begin
-      if (\$528 ) begin
-        \$951  = \$529 [47:0];
+      if (\$415 ) begin
+        \$951  = \$416 [47:0];
       end
     end
-    if (\$593 ) begin
+    if (\$452 ) begin
       \$951  = 48'h000000000000;
     end
     if (rst) begin
@@ -32069,270 +32031,60 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$952  = op_cycles__2;
-    if (busy) begin
-      if (\$530 ) begin
-        \$952  = \$531 [47:0];
-      end
-    end
-    if (\$593 ) begin
-      \$952  = 48'h000000000000;
-    end
+    \$952  = \$418 ;
     if (rst) begin
-      \$952  = 48'h000000000000;
+      \$952  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$953  = op_cycles__3;
-    if (busy) begin
-      if (\$532 ) begin
-        \$953  = \$533 [47:0];
-      end
-    end
-    if (\$593 ) begin
-      \$953  = 48'h000000000000;
-    end
+    \$953  = is_end;
     if (rst) begin
-      \$953  = 48'h000000000000;
+      \$953  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$954  = op_cycles__4;
-    if (busy) begin
-      if (\$534 ) begin
-        \$954  = \$535 [47:0];
-      end
-    end
-    if (\$593 ) begin
-      \$954  = 48'h000000000000;
-    end
+    \$954  = \$429 ;
     if (rst) begin
-      \$954  = 48'h000000000000;
+      \$954  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$955  = op_cycles__5;
-    if (busy) begin
-      if (\$536 ) begin
-        \$955  = \$537 [47:0];
-      end
-    end
-    if (\$593 ) begin
-      \$955  = 48'h000000000000;
-    end
+    \$955  = \$440 ;
     if (rst) begin
-      \$955  = 48'h000000000000;
+      \$955  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$956  = op_cycles__6;
-    if (busy) begin
-      if (\$538 ) begin
-        \$956  = \$539 [47:0];
-      end
-    end
-    if (\$593 ) begin
-      \$956  = 48'h000000000000;
-    end
+    \$956  = \$450 ;
     if (rst) begin
-      \$956  = 48'h000000000000;
+      \$956  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$957  = op_cycles__7;
-    if (busy) begin
-      if (\$540 ) begin
-        \$957  = \$541 [47:0];
-      end
+    \$957  = pc;
+    if (\$452 ) begin
+      \$957  = prog;
     end
-    if (\$593 ) begin
-      \$957  = 48'h000000000000;
+    if (\$458 ) begin
+      \$957  = \$signal$567 ;
+    end
+    if (\$466 ) begin
+      \$957  = \$467 [31:0];
     end
     if (rst) begin
-      \$957  = 48'h000000000000;
+      \$957  = 32'd0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$958  = op_cycles__8;
-    if (busy) begin
-      if (\$542 ) begin
-        \$958  = \$543 [47:0];
-      end
-    end
-    if (\$593 ) begin
-      \$958  = 48'h000000000000;
-    end
-    if (rst) begin
-      \$958  = 48'h000000000000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$959  = op_cycles__9;
-    if (busy) begin
-      if (\$544 ) begin
-        \$959  = \$545 [47:0];
-      end
-    end
-    if (\$593 ) begin
-      \$959  = 48'h000000000000;
-    end
-    if (rst) begin
-      \$959  = 48'h000000000000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$960  = op_cycles__10;
-    if (busy) begin
-      if (\$546 ) begin
-        \$960  = \$547 [47:0];
-      end
-    end
-    if (\$593 ) begin
-      \$960  = 48'h000000000000;
-    end
-    if (rst) begin
-      \$960  = 48'h000000000000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$961  = op_cycles__11;
-    if (busy) begin
-      if (\$548 ) begin
-        \$961  = \$549 [47:0];
-      end
-    end
-    if (\$593 ) begin
-      \$961  = 48'h000000000000;
-    end
-    if (rst) begin
-      \$961  = 48'h000000000000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$962  = op_cycles__12;
-    if (busy) begin
-      if (\$550 ) begin
-        \$962  = \$551 [47:0];
-      end
-    end
-    if (\$593 ) begin
-      \$962  = 48'h000000000000;
-    end
-    if (rst) begin
-      \$962  = 48'h000000000000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$963  = op_cycles__13;
-    if (busy) begin
-      if (\$552 ) begin
-        \$963  = \$553 [47:0];
-      end
-    end
-    if (\$593 ) begin
-      \$963  = 48'h000000000000;
-    end
-    if (rst) begin
-      \$963  = 48'h000000000000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$964  = op_cycles__14;
-    if (busy) begin
-      if (\$554 ) begin
-        \$964  = \$555 [47:0];
-      end
-    end
-    if (\$593 ) begin
-      \$964  = 48'h000000000000;
-    end
-    if (rst) begin
-      \$964  = 48'h000000000000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$965  = op_cycles__15;
-    if (busy) begin
-      if (\$556 ) begin
-        \$965  = \$557 [47:0];
-      end
-    end
-    if (\$593 ) begin
-      \$965  = 48'h000000000000;
-    end
-    if (rst) begin
-      \$965  = 48'h000000000000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$966  = \$559 ;
-    if (rst) begin
-      \$966  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$967  = is_end;
-    if (rst) begin
-      \$967  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$968  = \$570 ;
-    if (rst) begin
-      \$968  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$969  = \$581 ;
-    if (rst) begin
-      \$969  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$970  = \$591 ;
-    if (rst) begin
-      \$970  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$971  = pc;
-    if (\$593 ) begin
-      \$971  = prog;
-    end
-    if (\$599 ) begin
-      \$971  = \$signal$548 ;
-    end
-    if (\$607 ) begin
-      \$971  = \$608 [31:0];
-    end
-    if (rst) begin
-      \$971  = 32'd0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$972  = busy;
-    if (\$593 ) begin
-      \$972  = 1'h1;
+    \$958  = busy;
+    if (\$452 ) begin
+      \$958  = 1'h1;
     end
     casez (seq_state)
       3'h0:
@@ -32340,19 +32092,772 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h1:
           /* empty */;
       3'h2:
-          if (\$613 ) begin
+          if (\$472 ) begin
           end else if (d_end_more) begin
           end else if (d_end) begin
-            \$972  = 1'h0;
+            \$958  = 1'h0;
           end
       3'h3:
           /* empty */;
       3'h4:
           /* empty */;
       3'h5:
-          if (\$738 ) begin
+          if (\$597 ) begin
+            \$958  = 1'h0;
+          end
+    endcase
+    if (rst) begin
+      \$958  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$959  = done;
+    if (\$452 ) begin
+      \$959  = 1'h0;
+    end
+    casez (seq_state)
+      3'h0:
+          /* empty */;
+      3'h1:
+          /* empty */;
+      3'h2:
+          if (\$472 ) begin
+          end else if (d_end_more) begin
+          end else if (d_end) begin
+            \$959  = 1'h1;
+          end
+      3'h3:
+          /* empty */;
+      3'h4:
+          /* empty */;
+      3'h5:
+          if (\$597 ) begin
+            \$959  = 1'h1;
+          end
+    endcase
+    if (rst) begin
+      \$959  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$960  = error;
+    if (\$452 ) begin
+      \$960  = 4'h0;
+    end
+    casez (seq_state)
+      3'h0:
+          /* empty */;
+      3'h1:
+          if (start) begin
+            \$960  = 4'h6;
+          end
+      3'h2:
+        begin
+          (* full_case = 32'd1 *)
+          if (\$472 ) begin
+          end else if (d_end_more) begin
+          end else if (d_end) begin
+          end else if (d_count_zero) begin
+            \$960  = 4'h2;
+          end else if (d_const) begin
+          end else if (d_stream) begin
+          end else begin
+            \$960  = 4'h1;
+          end
+          if (read_err) begin
+            \$960  = 4'h4;
+          end
+          if (start) begin
+            \$960  = 4'h6;
+          end
+        end
+      3'h3:
+        begin
+          if (read_err) begin
+            \$960  = 4'h4;
+          end
+          if (start) begin
+            \$960  = 4'h6;
+          end
+        end
+      3'h4:
+        begin
+          if (addr_fault) begin
+            \$960  = 4'h3;
+          end
+          if (\$596 ) begin
+            \$960  = fault_q;
+          end
+          if (start) begin
+            \$960  = 4'h6;
+          end
+        end
+    endcase
+    if (rst) begin
+      \$960  = 4'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$961  = fetch_sent;
+    if (\$452 ) begin
+      \$961  = 1'h0;
+    end
+    casez (seq_state)
+      3'h0:
+          /* empty */;
+      3'h1:
+        begin
+          if (\$469 ) begin
+            \$961  = 1'h1;
+          end
+          if (beat__valid) begin
+            \$961  = 1'h0;
+          end
+        end
+    endcase
+    if (rst) begin
+      \$961  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$962  = \$signal$567 ;
+    if (\$452 ) begin
+      \$962  = prog;
+    end
+    if (rst) begin
+      \$962  = 32'd0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$963  = \$signal$568 ;
+    if (\$452 ) begin
+      \$963  = image_stride;
+    end
+    if (rst) begin
+      \$963  = 32'd0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$964  = images_left;
+    if (\$452 ) begin
+      \$964  = \$454 ;
+    end
+    if (\$458 ) begin
+      \$964  = \$459 [15:0];
+    end
+    if (rst) begin
+      \$964  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$965  = offset;
+    if (\$452 ) begin
+      \$965  = 32'd0;
+    end
+    if (\$458 ) begin
+      \$965  = \$460 [31:0];
+    end
+    if (rst) begin
+      \$965  = 32'd0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$966  = seq_state;
+    (* full_case = 32'd1 *)
+    casez (seq_state)
+      3'h0:
+          if (start) begin
+            \$966  = 3'h1;
+          end
+      3'h1:
+        begin
+          if (beat__valid) begin
+            \$966  = 3'h2;
+          end
+          if (start) begin
+            \$966  = 3'h5;
+          end
+        end
+      3'h2:
+        begin
+          (* full_case = 32'd1 *)
+          if (\$472 ) begin
+          end else if (d_end_more) begin
+            \$966  = 3'h1;
+          end else if (d_end) begin
+            \$966  = 3'h0;
+          end else if (d_count_zero) begin
+            \$966  = 3'h5;
+          end else if (d_const) begin
+            \$966  = 3'h3;
+          end else if (d_stream) begin
+            \$966  = 3'h4;
+          end else begin
+            \$966  = 3'h5;
+          end
+          if (read_err) begin
+            \$966  = 3'h5;
+          end
+          if (start) begin
+            \$966  = 3'h5;
+          end
+        end
+      3'h3:
+        begin
+          if (c_fire) begin
+            if (c_last) begin
+              \$966  = 3'h4;
+            end
+          end
+          if (\$551 ) begin
+            \$966  = 3'h4;
+          end
+          if (read_err) begin
+            \$966  = 3'h5;
+          end
+          if (start) begin
+            \$966  = 3'h5;
+          end
+        end
+      3'h4:
+        begin
+          if (\$584 ) begin
+            \$966  = 3'h1;
+          end
+          if (addr_fault) begin
+            \$966  = 3'h5;
+          end
+          if (\$596 ) begin
+            \$966  = 3'h5;
+          end
+          if (start) begin
+            \$966  = 3'h5;
+          end
+        end
+      3'h5:
+          if (\$597 ) begin
+            \$966  = 3'h0;
+          end
+      default:
+          \$966  = 3'h0;
+    endcase
+    if (rst) begin
+      \$966  = 3'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$967  = in_stream;
+    (* full_case = 32'd1 *)
+    casez (seq_state)
+      3'h0:
+          if (start) begin
+            \$967  = 1'h0;
+          end
+      3'h1:
+        begin
+          if (beat__valid) begin
+            \$967  = 1'h0;
+          end
+          if (start) begin
+            \$967  = 1'h0;
+          end
+        end
+      3'h2:
+        begin
+          (* full_case = 32'd1 *)
+          if (\$472 ) begin
+          end else if (d_end_more) begin
+            \$967  = 1'h0;
+          end else if (d_end) begin
+            \$967  = 1'h0;
+          end else if (d_count_zero) begin
+            \$967  = 1'h0;
+          end else if (d_const) begin
+            \$967  = 1'h0;
+          end else if (d_stream) begin
+            \$967  = 1'h1;
+          end else begin
+            \$967  = 1'h0;
+          end
+          if (read_err) begin
+            \$967  = 1'h0;
+          end
+          if (start) begin
+            \$967  = 1'h0;
+          end
+        end
+      3'h3:
+        begin
+          if (c_fire) begin
+            if (c_last) begin
+              \$967  = 1'h1;
+            end
+          end
+          if (\$551 ) begin
+            \$967  = 1'h1;
+          end
+          if (read_err) begin
+            \$967  = 1'h0;
+          end
+          if (start) begin
+            \$967  = 1'h0;
+          end
+        end
+      3'h4:
+        begin
+          if (\$584 ) begin
+            \$967  = 1'h0;
+          end
+          if (addr_fault) begin
+            \$967  = 1'h0;
+          end
+          if (\$596 ) begin
+            \$967  = 1'h0;
+          end
+          if (start) begin
+            \$967  = 1'h0;
+          end
+        end
+      3'h5:
+          if (\$597 ) begin
+            \$967  = 1'h0;
+          end
+      default:
+          \$967  = 1'h0;
+    endcase
+    if (rst) begin
+      \$967  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$968  = in_decode;
+    (* full_case = 32'd1 *)
+    casez (seq_state)
+      3'h0:
+          if (start) begin
+            \$968  = 1'h0;
+          end
+      3'h1:
+        begin
+          if (beat__valid) begin
+            \$968  = 1'h1;
+          end
+          if (start) begin
+            \$968  = 1'h0;
+          end
+        end
+      3'h2:
+        begin
+          (* full_case = 32'd1 *)
+          if (\$472 ) begin
+          end else if (d_end_more) begin
+            \$968  = 1'h0;
+          end else if (d_end) begin
+            \$968  = 1'h0;
+          end else if (d_count_zero) begin
+            \$968  = 1'h0;
+          end else if (d_const) begin
+            \$968  = 1'h0;
+          end else if (d_stream) begin
+            \$968  = 1'h0;
+          end else begin
+            \$968  = 1'h0;
+          end
+          if (read_err) begin
+            \$968  = 1'h0;
+          end
+          if (start) begin
+            \$968  = 1'h0;
+          end
+        end
+      3'h3:
+        begin
+          if (c_fire) begin
+            if (c_last) begin
+              \$968  = 1'h0;
+            end
+          end
+          if (\$551 ) begin
+            \$968  = 1'h0;
+          end
+          if (read_err) begin
+            \$968  = 1'h0;
+          end
+          if (start) begin
+            \$968  = 1'h0;
+          end
+        end
+      3'h4:
+        begin
+          if (\$584 ) begin
+            \$968  = 1'h0;
+          end
+          if (addr_fault) begin
+            \$968  = 1'h0;
+          end
+          if (\$596 ) begin
+            \$968  = 1'h0;
+          end
+          if (start) begin
+            \$968  = 1'h0;
+          end
+        end
+      3'h5:
+          if (\$597 ) begin
+            \$968  = 1'h0;
+          end
+      default:
+          \$968  = 1'h0;
+    endcase
+    if (rst) begin
+      \$968  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$969  = in_op;
+    (* full_case = 32'd1 *)
+    casez (seq_state)
+      3'h0:
+          if (start) begin
+            \$969  = 1'h0;
+          end
+      3'h1:
+        begin
+          if (beat__valid) begin
+            \$969  = 1'h0;
+          end
+          if (start) begin
+            \$969  = 1'h0;
+          end
+        end
+      3'h2:
+        begin
+          (* full_case = 32'd1 *)
+          if (\$472 ) begin
+          end else if (d_end_more) begin
+            \$969  = 1'h0;
+          end else if (d_end) begin
+            \$969  = 1'h0;
+          end else if (d_count_zero) begin
+            \$969  = 1'h0;
+          end else if (d_const) begin
+            \$969  = 1'h1;
+          end else if (d_stream) begin
+            \$969  = 1'h1;
+          end else begin
+            \$969  = 1'h0;
+          end
+          if (read_err) begin
+            \$969  = 1'h0;
+          end
+          if (start) begin
+            \$969  = 1'h0;
+          end
+        end
+      3'h3:
+        begin
+          if (c_fire) begin
+            if (c_last) begin
+              \$969  = 1'h1;
+            end
+          end
+          if (\$551 ) begin
+            \$969  = 1'h1;
+          end
+          if (read_err) begin
+            \$969  = 1'h0;
+          end
+          if (start) begin
+            \$969  = 1'h0;
+          end
+        end
+      3'h4:
+        begin
+          if (\$584 ) begin
+            \$969  = 1'h0;
+          end
+          if (addr_fault) begin
+            \$969  = 1'h0;
+          end
+          if (\$596 ) begin
+            \$969  = 1'h0;
+          end
+          if (start) begin
+            \$969  = 1'h0;
+          end
+        end
+      3'h5:
+          if (\$597 ) begin
+            \$969  = 1'h0;
+          end
+      default:
+          \$969  = 1'h0;
+    endcase
+    if (rst) begin
+      \$969  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$970  = unit_rst;
+    (* full_case = 32'd1 *)
+    casez (seq_state)
+      3'h0:
+          if (start) begin
+            \$970  = 1'h0;
+          end
+      3'h1:
+        begin
+          if (beat__valid) begin
+            \$970  = 1'h0;
+          end
+          if (start) begin
+            \$970  = 1'h1;
+          end
+        end
+      3'h2:
+        begin
+          (* full_case = 32'd1 *)
+          if (\$472 ) begin
+          end else if (d_end_more) begin
+            \$970  = 1'h0;
+          end else if (d_end) begin
+            \$970  = 1'h0;
+          end else if (d_count_zero) begin
+            \$970  = 1'h1;
+          end else if (d_const) begin
+            \$970  = 1'h0;
+          end else if (d_stream) begin
+            \$970  = 1'h0;
+          end else begin
+            \$970  = 1'h1;
+          end
+          if (read_err) begin
+            \$970  = 1'h1;
+          end
+          if (start) begin
+            \$970  = 1'h1;
+          end
+        end
+      3'h3:
+        begin
+          if (c_fire) begin
+            if (c_last) begin
+              \$970  = 1'h0;
+            end
+          end
+          if (\$551 ) begin
+            \$970  = 1'h0;
+          end
+          if (read_err) begin
+            \$970  = 1'h1;
+          end
+          if (start) begin
+            \$970  = 1'h1;
+          end
+        end
+      3'h4:
+        begin
+          if (\$584 ) begin
+            \$970  = 1'h0;
+          end
+          if (addr_fault) begin
+            \$970  = 1'h1;
+          end
+          if (\$596 ) begin
+            \$970  = 1'h1;
+          end
+          if (start) begin
+            \$970  = 1'h1;
+          end
+        end
+      3'h5:
+          if (\$597 ) begin
+            \$970  = 1'h0;
+          end
+      default:
+          \$970  = 1'h0;
+    endcase
+    if (rst) begin
+      \$970  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$971  = gemm_active;
+    (* full_case = 32'd1 *)
+    casez (seq_state)
+      3'h0:
+          if (start) begin
+            \$971  = 1'h0;
+          end
+      3'h1:
+        begin
+          if (beat__valid) begin
+            \$971  = 1'h0;
+          end
+          if (start) begin
+            \$971  = 1'h0;
+          end
+        end
+      3'h2:
+        begin
+          (* full_case = 32'd1 *)
+          if (\$472 ) begin
+          end else if (d_end_more) begin
+            \$971  = 1'h0;
+          end else if (d_end) begin
+            \$971  = 1'h0;
+          end else if (d_count_zero) begin
+            \$971  = 1'h0;
+          end else if (d_const) begin
+            \$971  = 1'h0;
+          end else if (d_stream) begin
+            \$971  = is_gemm;
+          end else begin
+            \$971  = 1'h0;
+          end
+          if (read_err) begin
+            \$971  = 1'h0;
+          end
+          if (start) begin
+            \$971  = 1'h0;
+          end
+        end
+      3'h3:
+        begin
+          if (c_fire) begin
+            if (c_last) begin
+              \$971  = is_gemm;
+            end
+          end
+          if (\$551 ) begin
+            \$971  = is_gemm;
+          end
+          if (read_err) begin
+            \$971  = 1'h0;
+          end
+          if (start) begin
+            \$971  = 1'h0;
+          end
+        end
+      3'h4:
+        begin
+          if (\$584 ) begin
+            \$971  = 1'h0;
+          end
+          if (addr_fault) begin
+            \$971  = 1'h0;
+          end
+          if (\$596 ) begin
+            \$971  = 1'h0;
+          end
+          if (start) begin
+            \$971  = 1'h0;
+          end
+        end
+      3'h5:
+          if (\$597 ) begin
+            \$971  = 1'h0;
+          end
+      default:
+          \$971  = 1'h0;
+    endcase
+    if (rst) begin
+      \$971  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$972  = pack_active;
+    (* full_case = 32'd1 *)
+    casez (seq_state)
+      3'h0:
+          if (start) begin
             \$972  = 1'h0;
           end
+      3'h1:
+        begin
+          if (beat__valid) begin
+            \$972  = 1'h0;
+          end
+          if (start) begin
+            \$972  = 1'h0;
+          end
+        end
+      3'h2:
+        begin
+          (* full_case = 32'd1 *)
+          if (\$472 ) begin
+          end else if (d_end_more) begin
+            \$972  = 1'h0;
+          end else if (d_end) begin
+            \$972  = 1'h0;
+          end else if (d_count_zero) begin
+            \$972  = 1'h0;
+          end else if (d_const) begin
+            \$972  = 1'h0;
+          end else if (d_stream) begin
+            \$972  = \$479 ;
+          end else begin
+            \$972  = 1'h0;
+          end
+          if (read_err) begin
+            \$972  = 1'h0;
+          end
+          if (start) begin
+            \$972  = 1'h0;
+          end
+        end
+      3'h3:
+        begin
+          if (c_fire) begin
+            if (c_last) begin
+              \$972  = \$524 ;
+            end
+          end
+          if (\$551 ) begin
+            \$972  = \$554 ;
+          end
+          if (read_err) begin
+            \$972  = 1'h0;
+          end
+          if (start) begin
+            \$972  = 1'h0;
+          end
+        end
+      3'h4:
+        begin
+          if (\$584 ) begin
+            \$972  = 1'h0;
+          end
+          if (addr_fault) begin
+            \$972  = 1'h0;
+          end
+          if (\$596 ) begin
+            \$972  = 1'h0;
+          end
+          if (start) begin
+            \$972  = 1'h0;
+          end
+        end
+      3'h5:
+          if (\$597 ) begin
+            \$972  = 1'h0;
+          end
+      default:
+          \$972  = 1'h0;
     endcase
     if (rst) begin
       \$972  = 1'h0;
@@ -32360,117 +32865,254 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$973  = done;
-    if (\$593 ) begin
-      \$973  = 1'h0;
-    end
+    \$973  = sink_from_move;
+    (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
-      3'h2:
-          if (\$613 ) begin
-          end else if (d_end_more) begin
-          end else if (d_end) begin
-            \$973  = 1'h1;
+          if (start) begin
+            \$973  = 1'h0;
           end
-      3'h3:
-          /* empty */;
-      3'h4:
-          /* empty */;
-      3'h5:
-          if (\$738 ) begin
-            \$973  = 1'h1;
-          end
-    endcase
-    if (rst) begin
-      \$973  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$974  = error;
-    if (\$593 ) begin
-      \$974  = 4'h0;
-    end
-    casez (seq_state)
-      3'h0:
-          /* empty */;
       3'h1:
         begin
           if (beat__valid) begin
-            if (beat__payload[512]) begin
-              \$974  = 4'h4;
-            end
+            \$973  = 1'h0;
           end
           if (start) begin
-            \$974  = 4'h6;
+            \$973  = 1'h0;
           end
         end
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$613 ) begin
+          if (\$472 ) begin
           end else if (d_end_more) begin
+            \$973  = 1'h0;
           end else if (d_end) begin
+            \$973  = 1'h0;
           end else if (d_count_zero) begin
-            \$974  = 4'h2;
+            \$973  = 1'h0;
           end else if (d_const) begin
+            \$973  = 1'h0;
           end else if (d_stream) begin
+            \$973  = is_move;
           end else begin
-            \$974  = 4'h1;
+            \$973  = 1'h0;
+          end
+          if (read_err) begin
+            \$973  = 1'h0;
           end
           if (start) begin
-            \$974  = 4'h6;
+            \$973  = 1'h0;
           end
         end
       3'h3:
         begin
-          if (\$651 ) begin
-            if (beat__payload[512]) begin
-              \$974  = 4'h4;
+          if (c_fire) begin
+            if (c_last) begin
+              \$973  = is_move;
             end
           end
+          if (\$551 ) begin
+            \$973  = is_move;
+          end
+          if (read_err) begin
+            \$973  = 1'h0;
+          end
           if (start) begin
-            \$974  = 4'h6;
+            \$973  = 1'h0;
           end
         end
       3'h4:
         begin
-          if (addr_fault) begin
-            \$974  = 4'h3;
+          if (\$584 ) begin
+            \$973  = 1'h0;
           end
-          if (\$737 ) begin
-            \$974  = fault_q;
+          if (addr_fault) begin
+            \$973  = 1'h0;
+          end
+          if (\$596 ) begin
+            \$973  = 1'h0;
           end
           if (start) begin
-            \$974  = 4'h6;
+            \$973  = 1'h0;
           end
         end
+      3'h5:
+          if (\$597 ) begin
+            \$973  = 1'h0;
+          end
+      default:
+          \$973  = 1'h0;
     endcase
     if (rst) begin
-      \$974  = 4'h0;
+      \$973  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$975  = fetch_sent;
-    if (\$593 ) begin
-      \$975  = 1'h0;
-    end
+    \$974  = sink_from_load;
+    (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
-          /* empty */;
+          if (start) begin
+            \$974  = 1'h0;
+          end
       3'h1:
         begin
-          if (\$610 ) begin
-            \$975  = 1'h1;
+          if (beat__valid) begin
+            \$974  = 1'h0;
           end
+          if (start) begin
+            \$974  = 1'h0;
+          end
+        end
+      3'h2:
+        begin
+          (* full_case = 32'd1 *)
+          if (\$472 ) begin
+          end else if (d_end_more) begin
+            \$974  = 1'h0;
+          end else if (d_end) begin
+            \$974  = 1'h0;
+          end else if (d_count_zero) begin
+            \$974  = 1'h0;
+          end else if (d_const) begin
+            \$974  = 1'h0;
+          end else if (d_stream) begin
+            \$974  = is_load;
+          end else begin
+            \$974  = 1'h0;
+          end
+          if (read_err) begin
+            \$974  = 1'h0;
+          end
+          if (start) begin
+            \$974  = 1'h0;
+          end
+        end
+      3'h3:
+        begin
+          if (c_fire) begin
+            if (c_last) begin
+              \$974  = is_load;
+            end
+          end
+          if (\$551 ) begin
+            \$974  = is_load;
+          end
+          if (read_err) begin
+            \$974  = 1'h0;
+          end
+          if (start) begin
+            \$974  = 1'h0;
+          end
+        end
+      3'h4:
+        begin
+          if (\$584 ) begin
+            \$974  = 1'h0;
+          end
+          if (addr_fault) begin
+            \$974  = 1'h0;
+          end
+          if (\$596 ) begin
+            \$974  = 1'h0;
+          end
+          if (start) begin
+            \$974  = 1'h0;
+          end
+        end
+      3'h5:
+          if (\$597 ) begin
+            \$974  = 1'h0;
+          end
+      default:
+          \$974  = 1'h0;
+    endcase
+    if (rst) begin
+      \$974  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$975  = sink_from_store;
+    (* full_case = 32'd1 *)
+    casez (seq_state)
+      3'h0:
+          if (start) begin
+            \$975  = 1'h0;
+          end
+      3'h1:
+        begin
           if (beat__valid) begin
             \$975  = 1'h0;
           end
+          if (start) begin
+            \$975  = 1'h0;
+          end
         end
+      3'h2:
+        begin
+          (* full_case = 32'd1 *)
+          if (\$472 ) begin
+          end else if (d_end_more) begin
+            \$975  = 1'h0;
+          end else if (d_end) begin
+            \$975  = 1'h0;
+          end else if (d_count_zero) begin
+            \$975  = 1'h0;
+          end else if (d_const) begin
+            \$975  = 1'h0;
+          end else if (d_stream) begin
+            \$975  = is_store;
+          end else begin
+            \$975  = 1'h0;
+          end
+          if (read_err) begin
+            \$975  = 1'h0;
+          end
+          if (start) begin
+            \$975  = 1'h0;
+          end
+        end
+      3'h3:
+        begin
+          if (c_fire) begin
+            if (c_last) begin
+              \$975  = is_store;
+            end
+          end
+          if (\$551 ) begin
+            \$975  = is_store;
+          end
+          if (read_err) begin
+            \$975  = 1'h0;
+          end
+          if (start) begin
+            \$975  = 1'h0;
+          end
+        end
+      3'h4:
+        begin
+          if (\$584 ) begin
+            \$975  = 1'h0;
+          end
+          if (addr_fault) begin
+            \$975  = 1'h0;
+          end
+          if (\$596 ) begin
+            \$975  = 1'h0;
+          end
+          if (start) begin
+            \$975  = 1'h0;
+          end
+        end
+      3'h5:
+          if (\$597 ) begin
+            \$975  = 1'h0;
+          end
+      default:
+          \$975  = 1'h0;
     endcase
     if (rst) begin
       \$975  = 1'h0;
@@ -32478,142 +33120,432 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$976  = \$signal$548 ;
-    if (\$593 ) begin
-      \$976  = prog;
-    end
-    if (rst) begin
-      \$976  = 32'd0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$977  = \$signal$549 ;
-    if (\$593 ) begin
-      \$977  = image_stride;
-    end
-    if (rst) begin
-      \$977  = 32'd0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$978  = images_left;
-    if (\$593 ) begin
-      \$978  = \$595 ;
-    end
-    if (\$599 ) begin
-      \$978  = \$600 [15:0];
-    end
-    if (rst) begin
-      \$978  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$979  = offset;
-    if (\$593 ) begin
-      \$979  = 32'd0;
-    end
-    if (\$599 ) begin
-      \$979  = \$601 [31:0];
-    end
-    if (rst) begin
-      \$979  = 32'd0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$980  = seq_state;
+    \$976  = sink_from_softmax;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
           if (start) begin
-            \$980  = 3'h1;
+            \$976  = 1'h0;
           end
       3'h1:
         begin
           if (beat__valid) begin
-            (* full_case = 32'd1 *)
-            if (beat__payload[512]) begin
-              \$980  = 3'h5;
-            end else begin
-              \$980  = 3'h2;
-            end
+            \$976  = 1'h0;
           end
           if (start) begin
-            \$980  = 3'h5;
+            \$976  = 1'h0;
           end
         end
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$613 ) begin
+          if (\$472 ) begin
           end else if (d_end_more) begin
-            \$980  = 3'h1;
+            \$976  = 1'h0;
           end else if (d_end) begin
-            \$980  = 3'h0;
+            \$976  = 1'h0;
           end else if (d_count_zero) begin
-            \$980  = 3'h5;
+            \$976  = 1'h0;
           end else if (d_const) begin
-            \$980  = 3'h3;
+            \$976  = 1'h0;
           end else if (d_stream) begin
-            \$980  = 3'h4;
+            \$976  = is_softmax;
           end else begin
-            \$980  = 3'h5;
+            \$976  = 1'h0;
+          end
+          if (read_err) begin
+            \$976  = 1'h0;
           end
           if (start) begin
-            \$980  = 3'h5;
+            \$976  = 1'h0;
           end
         end
       3'h3:
         begin
-          if (\$651 ) begin
-            if (beat__payload[512]) begin
-              \$980  = 3'h5;
-            end
-          end
           if (c_fire) begin
             if (c_last) begin
-              \$980  = 3'h4;
+              \$976  = is_softmax;
             end
           end
-          if (\$692 ) begin
-            \$980  = 3'h4;
+          if (\$551 ) begin
+            \$976  = is_softmax;
+          end
+          if (read_err) begin
+            \$976  = 1'h0;
           end
           if (start) begin
-            \$980  = 3'h5;
+            \$976  = 1'h0;
           end
         end
       3'h4:
         begin
-          if (\$725 ) begin
-            \$980  = 3'h1;
+          if (\$584 ) begin
+            \$976  = 1'h0;
           end
           if (addr_fault) begin
-            \$980  = 3'h5;
+            \$976  = 1'h0;
           end
-          if (\$737 ) begin
-            \$980  = 3'h5;
+          if (\$596 ) begin
+            \$976  = 1'h0;
           end
           if (start) begin
-            \$980  = 3'h5;
+            \$976  = 1'h0;
           end
         end
       3'h5:
-          if (\$738 ) begin
-            \$980  = 3'h0;
+          if (\$597 ) begin
+            \$976  = 1'h0;
           end
       default:
-          \$980  = 3'h0;
+          \$976  = 1'h0;
     endcase
     if (rst) begin
-      \$980  = 3'h0;
+      \$976  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$981  = in_stream;
+    \$977  = sink_from_layernorm;
+    (* full_case = 32'd1 *)
+    casez (seq_state)
+      3'h0:
+          if (start) begin
+            \$977  = 1'h0;
+          end
+      3'h1:
+        begin
+          if (beat__valid) begin
+            \$977  = 1'h0;
+          end
+          if (start) begin
+            \$977  = 1'h0;
+          end
+        end
+      3'h2:
+        begin
+          (* full_case = 32'd1 *)
+          if (\$472 ) begin
+          end else if (d_end_more) begin
+            \$977  = 1'h0;
+          end else if (d_end) begin
+            \$977  = 1'h0;
+          end else if (d_count_zero) begin
+            \$977  = 1'h0;
+          end else if (d_const) begin
+            \$977  = 1'h0;
+          end else if (d_stream) begin
+            \$977  = is_layernorm;
+          end else begin
+            \$977  = 1'h0;
+          end
+          if (read_err) begin
+            \$977  = 1'h0;
+          end
+          if (start) begin
+            \$977  = 1'h0;
+          end
+        end
+      3'h3:
+        begin
+          if (c_fire) begin
+            if (c_last) begin
+              \$977  = is_layernorm;
+            end
+          end
+          if (\$551 ) begin
+            \$977  = is_layernorm;
+          end
+          if (read_err) begin
+            \$977  = 1'h0;
+          end
+          if (start) begin
+            \$977  = 1'h0;
+          end
+        end
+      3'h4:
+        begin
+          if (\$584 ) begin
+            \$977  = 1'h0;
+          end
+          if (addr_fault) begin
+            \$977  = 1'h0;
+          end
+          if (\$596 ) begin
+            \$977  = 1'h0;
+          end
+          if (start) begin
+            \$977  = 1'h0;
+          end
+        end
+      3'h5:
+          if (\$597 ) begin
+            \$977  = 1'h0;
+          end
+      default:
+          \$977  = 1'h0;
+    endcase
+    if (rst) begin
+      \$977  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$978  = sink_from_add;
+    (* full_case = 32'd1 *)
+    casez (seq_state)
+      3'h0:
+          if (start) begin
+            \$978  = 1'h0;
+          end
+      3'h1:
+        begin
+          if (beat__valid) begin
+            \$978  = 1'h0;
+          end
+          if (start) begin
+            \$978  = 1'h0;
+          end
+        end
+      3'h2:
+        begin
+          (* full_case = 32'd1 *)
+          if (\$472 ) begin
+          end else if (d_end_more) begin
+            \$978  = 1'h0;
+          end else if (d_end) begin
+            \$978  = 1'h0;
+          end else if (d_count_zero) begin
+            \$978  = 1'h0;
+          end else if (d_const) begin
+            \$978  = 1'h0;
+          end else if (d_stream) begin
+            \$978  = \$483 ;
+          end else begin
+            \$978  = 1'h0;
+          end
+          if (read_err) begin
+            \$978  = 1'h0;
+          end
+          if (start) begin
+            \$978  = 1'h0;
+          end
+        end
+      3'h3:
+        begin
+          if (c_fire) begin
+            if (c_last) begin
+              \$978  = \$528 ;
+            end
+          end
+          if (\$551 ) begin
+            \$978  = \$558 ;
+          end
+          if (read_err) begin
+            \$978  = 1'h0;
+          end
+          if (start) begin
+            \$978  = 1'h0;
+          end
+        end
+      3'h4:
+        begin
+          if (\$584 ) begin
+            \$978  = 1'h0;
+          end
+          if (addr_fault) begin
+            \$978  = 1'h0;
+          end
+          if (\$596 ) begin
+            \$978  = 1'h0;
+          end
+          if (start) begin
+            \$978  = 1'h0;
+          end
+        end
+      3'h5:
+          if (\$597 ) begin
+            \$978  = 1'h0;
+          end
+      default:
+          \$978  = 1'h0;
+    endcase
+    if (rst) begin
+      \$978  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$979  = sink_from_gelu0;
+    (* full_case = 32'd1 *)
+    casez (seq_state)
+      3'h0:
+          if (start) begin
+            \$979  = 1'h0;
+          end
+      3'h1:
+        begin
+          if (beat__valid) begin
+            \$979  = 1'h0;
+          end
+          if (start) begin
+            \$979  = 1'h0;
+          end
+        end
+      3'h2:
+        begin
+          (* full_case = 32'd1 *)
+          if (\$472 ) begin
+          end else if (d_end_more) begin
+            \$979  = 1'h0;
+          end else if (d_end) begin
+            \$979  = 1'h0;
+          end else if (d_count_zero) begin
+            \$979  = 1'h0;
+          end else if (d_const) begin
+            \$979  = 1'h0;
+          end else if (d_stream) begin
+            \$979  = \$487 ;
+          end else begin
+            \$979  = 1'h0;
+          end
+          if (read_err) begin
+            \$979  = 1'h0;
+          end
+          if (start) begin
+            \$979  = 1'h0;
+          end
+        end
+      3'h3:
+        begin
+          if (c_fire) begin
+            if (c_last) begin
+              \$979  = \$532 ;
+            end
+          end
+          if (\$551 ) begin
+            \$979  = \$562 ;
+          end
+          if (read_err) begin
+            \$979  = 1'h0;
+          end
+          if (start) begin
+            \$979  = 1'h0;
+          end
+        end
+      3'h4:
+        begin
+          if (\$584 ) begin
+            \$979  = 1'h0;
+          end
+          if (addr_fault) begin
+            \$979  = 1'h0;
+          end
+          if (\$596 ) begin
+            \$979  = 1'h0;
+          end
+          if (start) begin
+            \$979  = 1'h0;
+          end
+        end
+      3'h5:
+          if (\$597 ) begin
+            \$979  = 1'h0;
+          end
+      default:
+          \$979  = 1'h0;
+    endcase
+    if (rst) begin
+      \$979  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$980  = sink_from_gemm;
+    (* full_case = 32'd1 *)
+    casez (seq_state)
+      3'h0:
+          if (start) begin
+            \$980  = 1'h0;
+          end
+      3'h1:
+        begin
+          if (beat__valid) begin
+            \$980  = 1'h0;
+          end
+          if (start) begin
+            \$980  = 1'h0;
+          end
+        end
+      3'h2:
+        begin
+          (* full_case = 32'd1 *)
+          if (\$472 ) begin
+          end else if (d_end_more) begin
+            \$980  = 1'h0;
+          end else if (d_end) begin
+            \$980  = 1'h0;
+          end else if (d_count_zero) begin
+            \$980  = 1'h0;
+          end else if (d_const) begin
+            \$980  = 1'h0;
+          end else if (d_stream) begin
+            \$980  = \$491 ;
+          end else begin
+            \$980  = 1'h0;
+          end
+          if (read_err) begin
+            \$980  = 1'h0;
+          end
+          if (start) begin
+            \$980  = 1'h0;
+          end
+        end
+      3'h3:
+        begin
+          if (c_fire) begin
+            if (c_last) begin
+              \$980  = \$536 ;
+            end
+          end
+          if (\$551 ) begin
+            \$980  = \$566 ;
+          end
+          if (read_err) begin
+            \$980  = 1'h0;
+          end
+          if (start) begin
+            \$980  = 1'h0;
+          end
+        end
+      3'h4:
+        begin
+          if (\$584 ) begin
+            \$980  = 1'h0;
+          end
+          if (addr_fault) begin
+            \$980  = 1'h0;
+          end
+          if (\$596 ) begin
+            \$980  = 1'h0;
+          end
+          if (start) begin
+            \$980  = 1'h0;
+          end
+        end
+      3'h5:
+          if (\$597 ) begin
+            \$980  = 1'h0;
+          end
+      default:
+          \$980  = 1'h0;
+    endcase
+    if (rst) begin
+      \$980  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$981  = a_from_softmax;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
@@ -32623,12 +33555,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h1:
         begin
           if (beat__valid) begin
-            (* full_case = 32'd1 *)
-            if (beat__payload[512]) begin
-              \$981  = 1'h0;
-            end else begin
-              \$981  = 1'h0;
-            end
+            \$981  = 1'h0;
           end
           if (start) begin
             \$981  = 1'h0;
@@ -32637,7 +33564,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$613 ) begin
+          if (\$472 ) begin
           end else if (d_end_more) begin
             \$981  = 1'h0;
           end else if (d_end) begin
@@ -32647,8 +33574,11 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end else if (d_const) begin
             \$981  = 1'h0;
           end else if (d_stream) begin
-            \$981  = 1'h1;
+            \$981  = \$492 ;
           end else begin
+            \$981  = 1'h0;
+          end
+          if (read_err) begin
             \$981  = 1'h0;
           end
           if (start) begin
@@ -32657,18 +33587,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h3:
         begin
-          if (\$651 ) begin
-            if (beat__payload[512]) begin
-              \$981  = 1'h0;
-            end
-          end
           if (c_fire) begin
             if (c_last) begin
-              \$981  = 1'h1;
+              \$981  = \$537 ;
             end
           end
-          if (\$692 ) begin
-            \$981  = 1'h1;
+          if (\$551 ) begin
+            \$981  = \$567 ;
+          end
+          if (read_err) begin
+            \$981  = 1'h0;
           end
           if (start) begin
             \$981  = 1'h0;
@@ -32676,13 +33604,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h4:
         begin
-          if (\$725 ) begin
+          if (\$584 ) begin
             \$981  = 1'h0;
           end
           if (addr_fault) begin
             \$981  = 1'h0;
           end
-          if (\$737 ) begin
+          if (\$596 ) begin
             \$981  = 1'h0;
           end
           if (start) begin
@@ -32690,7 +33618,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end
         end
       3'h5:
-          if (\$738 ) begin
+          if (\$597 ) begin
             \$981  = 1'h0;
           end
       default:
@@ -32702,7 +33630,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$982  = in_decode;
+    \$982  = a_from_layernorm;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
@@ -32712,12 +33640,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h1:
         begin
           if (beat__valid) begin
-            (* full_case = 32'd1 *)
-            if (beat__payload[512]) begin
-              \$982  = 1'h0;
-            end else begin
-              \$982  = 1'h1;
-            end
+            \$982  = 1'h0;
           end
           if (start) begin
             \$982  = 1'h0;
@@ -32726,7 +33649,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$613 ) begin
+          if (\$472 ) begin
           end else if (d_end_more) begin
             \$982  = 1'h0;
           end else if (d_end) begin
@@ -32736,8 +33659,11 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end else if (d_const) begin
             \$982  = 1'h0;
           end else if (d_stream) begin
-            \$982  = 1'h0;
+            \$982  = \$493 ;
           end else begin
+            \$982  = 1'h0;
+          end
+          if (read_err) begin
             \$982  = 1'h0;
           end
           if (start) begin
@@ -32746,17 +33672,15 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h3:
         begin
-          if (\$651 ) begin
-            if (beat__payload[512]) begin
-              \$982  = 1'h0;
-            end
-          end
           if (c_fire) begin
             if (c_last) begin
-              \$982  = 1'h0;
+              \$982  = \$538 ;
             end
           end
-          if (\$692 ) begin
+          if (\$551 ) begin
+            \$982  = \$568 ;
+          end
+          if (read_err) begin
             \$982  = 1'h0;
           end
           if (start) begin
@@ -32765,13 +33689,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h4:
         begin
-          if (\$725 ) begin
+          if (\$584 ) begin
             \$982  = 1'h0;
           end
           if (addr_fault) begin
             \$982  = 1'h0;
           end
-          if (\$737 ) begin
+          if (\$596 ) begin
             \$982  = 1'h0;
           end
           if (start) begin
@@ -32779,7 +33703,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end
         end
       3'h5:
-          if (\$738 ) begin
+          if (\$597 ) begin
             \$982  = 1'h0;
           end
       default:
@@ -32791,7 +33715,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$983  = in_op;
+    \$983  = a_from_src0;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
@@ -32801,12 +33725,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h1:
         begin
           if (beat__valid) begin
-            (* full_case = 32'd1 *)
-            if (beat__payload[512]) begin
-              \$983  = 1'h0;
-            end else begin
-              \$983  = 1'h0;
-            end
+            \$983  = 1'h0;
           end
           if (start) begin
             \$983  = 1'h0;
@@ -32815,7 +33734,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$613 ) begin
+          if (\$472 ) begin
           end else if (d_end_more) begin
             \$983  = 1'h0;
           end else if (d_end) begin
@@ -32823,10 +33742,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end else if (d_count_zero) begin
             \$983  = 1'h0;
           end else if (d_const) begin
-            \$983  = 1'h1;
+            \$983  = 1'h0;
           end else if (d_stream) begin
-            \$983  = 1'h1;
+            \$983  = \$497 ;
           end else begin
+            \$983  = 1'h0;
+          end
+          if (read_err) begin
             \$983  = 1'h0;
           end
           if (start) begin
@@ -32835,18 +33757,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h3:
         begin
-          if (\$651 ) begin
-            if (beat__payload[512]) begin
-              \$983  = 1'h0;
-            end
-          end
           if (c_fire) begin
             if (c_last) begin
-              \$983  = 1'h1;
+              \$983  = \$542 ;
             end
           end
-          if (\$692 ) begin
-            \$983  = 1'h1;
+          if (\$551 ) begin
+            \$983  = \$572 ;
+          end
+          if (read_err) begin
+            \$983  = 1'h0;
           end
           if (start) begin
             \$983  = 1'h0;
@@ -32854,13 +33774,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h4:
         begin
-          if (\$725 ) begin
+          if (\$584 ) begin
             \$983  = 1'h0;
           end
           if (addr_fault) begin
             \$983  = 1'h0;
           end
-          if (\$737 ) begin
+          if (\$596 ) begin
             \$983  = 1'h0;
           end
           if (start) begin
@@ -32868,7 +33788,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end
         end
       3'h5:
-          if (\$738 ) begin
+          if (\$597 ) begin
             \$983  = 1'h0;
           end
       default:
@@ -32880,7 +33800,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$984  = unit_rst;
+    \$984  = const_to0;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
@@ -32890,74 +33810,70 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h1:
         begin
           if (beat__valid) begin
-            (* full_case = 32'd1 *)
-            if (beat__payload[512]) begin
-              \$984  = 1'h1;
-            end else begin
-              \$984  = 1'h0;
-            end
+            \$984  = 1'h0;
           end
           if (start) begin
-            \$984  = 1'h1;
+            \$984  = 1'h0;
           end
         end
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$613 ) begin
+          if (\$472 ) begin
           end else if (d_end_more) begin
             \$984  = 1'h0;
           end else if (d_end) begin
             \$984  = 1'h0;
           end else if (d_count_zero) begin
-            \$984  = 1'h1;
-          end else if (d_const) begin
             \$984  = 1'h0;
+          end else if (d_const) begin
+            \$984  = \$475 ;
           end else if (d_stream) begin
             \$984  = 1'h0;
           end else begin
-            \$984  = 1'h1;
+            \$984  = 1'h0;
+          end
+          if (read_err) begin
+            \$984  = 1'h0;
           end
           if (start) begin
-            \$984  = 1'h1;
+            \$984  = 1'h0;
           end
         end
       3'h3:
         begin
-          if (\$651 ) begin
-            if (beat__payload[512]) begin
-              \$984  = 1'h1;
-            end
-          end
           if (c_fire) begin
             if (c_last) begin
               \$984  = 1'h0;
             end
           end
-          if (\$692 ) begin
+          if (\$551 ) begin
+            \$984  = 1'h0;
+          end
+          if (read_err) begin
             \$984  = 1'h0;
           end
           if (start) begin
-            \$984  = 1'h1;
+            \$984  = 1'h0;
           end
         end
       3'h4:
         begin
-          if (\$725 ) begin
+          if (\$584 ) begin
             \$984  = 1'h0;
           end
           if (addr_fault) begin
-            \$984  = 1'h1;
+            \$984  = 1'h0;
           end
-          if (\$737 ) begin
-            \$984  = 1'h1;
+          if (\$596 ) begin
+            \$984  = 1'h0;
           end
           if (start) begin
-            \$984  = 1'h1;
+            \$984  = 1'h0;
           end
         end
       3'h5:
-          if (\$738 ) begin
+          if (\$597 ) begin
             \$984  = 1'h0;
           end
       default:
@@ -32969,7 +33885,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$985  = gemm_active;
+    \$985  = const_to1;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
@@ -32979,12 +33895,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h1:
         begin
           if (beat__valid) begin
-            (* full_case = 32'd1 *)
-            if (beat__payload[512]) begin
-              \$985  = 1'h0;
-            end else begin
-              \$985  = 1'h0;
-            end
+            \$985  = 1'h0;
           end
           if (start) begin
             \$985  = 1'h0;
@@ -32993,7 +33904,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$613 ) begin
+          if (\$472 ) begin
           end else if (d_end_more) begin
             \$985  = 1'h0;
           end else if (d_end) begin
@@ -33001,10 +33912,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end else if (d_count_zero) begin
             \$985  = 1'h0;
           end else if (d_const) begin
-            \$985  = 1'h0;
+            \$985  = \$476 ;
           end else if (d_stream) begin
-            \$985  = is_gemm;
+            \$985  = 1'h0;
           end else begin
+            \$985  = 1'h0;
+          end
+          if (read_err) begin
             \$985  = 1'h0;
           end
           if (start) begin
@@ -33013,18 +33927,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h3:
         begin
-          if (\$651 ) begin
-            if (beat__payload[512]) begin
+          if (c_fire) begin
+            if (c_last) begin
               \$985  = 1'h0;
             end
           end
-          if (c_fire) begin
-            if (c_last) begin
-              \$985  = is_gemm;
-            end
+          if (\$551 ) begin
+            \$985  = 1'h0;
           end
-          if (\$692 ) begin
-            \$985  = is_gemm;
+          if (read_err) begin
+            \$985  = 1'h0;
           end
           if (start) begin
             \$985  = 1'h0;
@@ -33032,13 +33944,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h4:
         begin
-          if (\$725 ) begin
+          if (\$584 ) begin
             \$985  = 1'h0;
           end
           if (addr_fault) begin
             \$985  = 1'h0;
           end
-          if (\$737 ) begin
+          if (\$596 ) begin
             \$985  = 1'h0;
           end
           if (start) begin
@@ -33046,7 +33958,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end
         end
       3'h5:
-          if (\$738 ) begin
+          if (\$597 ) begin
             \$985  = 1'h0;
           end
       default:
@@ -33058,7 +33970,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$986  = pack_active;
+    \$986  = const_to2;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
@@ -33068,12 +33980,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h1:
         begin
           if (beat__valid) begin
-            (* full_case = 32'd1 *)
-            if (beat__payload[512]) begin
-              \$986  = 1'h0;
-            end else begin
-              \$986  = 1'h0;
-            end
+            \$986  = 1'h0;
           end
           if (start) begin
             \$986  = 1'h0;
@@ -33082,7 +33989,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$613 ) begin
+          if (\$472 ) begin
           end else if (d_end_more) begin
             \$986  = 1'h0;
           end else if (d_end) begin
@@ -33090,10 +33997,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end else if (d_count_zero) begin
             \$986  = 1'h0;
           end else if (d_const) begin
-            \$986  = 1'h0;
+            \$986  = add_sel;
           end else if (d_stream) begin
-            \$986  = \$620 ;
+            \$986  = 1'h0;
           end else begin
+            \$986  = 1'h0;
+          end
+          if (read_err) begin
             \$986  = 1'h0;
           end
           if (start) begin
@@ -33102,18 +34012,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h3:
         begin
-          if (\$651 ) begin
-            if (beat__payload[512]) begin
+          if (c_fire) begin
+            if (c_last) begin
               \$986  = 1'h0;
             end
           end
-          if (c_fire) begin
-            if (c_last) begin
-              \$986  = \$665 ;
-            end
+          if (\$551 ) begin
+            \$986  = 1'h0;
           end
-          if (\$692 ) begin
-            \$986  = \$695 ;
+          if (read_err) begin
+            \$986  = 1'h0;
           end
           if (start) begin
             \$986  = 1'h0;
@@ -33121,13 +34029,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h4:
         begin
-          if (\$725 ) begin
+          if (\$584 ) begin
             \$986  = 1'h0;
           end
           if (addr_fault) begin
             \$986  = 1'h0;
           end
-          if (\$737 ) begin
+          if (\$596 ) begin
             \$986  = 1'h0;
           end
           if (start) begin
@@ -33135,7 +34043,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end
         end
       3'h5:
-          if (\$738 ) begin
+          if (\$597 ) begin
             \$986  = 1'h0;
           end
       default:
@@ -33147,7 +34055,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$987  = sink_from_move;
+    \$987  = const_to3;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
@@ -33157,12 +34065,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h1:
         begin
           if (beat__valid) begin
-            (* full_case = 32'd1 *)
-            if (beat__payload[512]) begin
-              \$987  = 1'h0;
-            end else begin
-              \$987  = 1'h0;
-            end
+            \$987  = 1'h0;
           end
           if (start) begin
             \$987  = 1'h0;
@@ -33171,7 +34074,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$613 ) begin
+          if (\$472 ) begin
           end else if (d_end_more) begin
             \$987  = 1'h0;
           end else if (d_end) begin
@@ -33179,10 +34082,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end else if (d_count_zero) begin
             \$987  = 1'h0;
           end else if (d_const) begin
-            \$987  = 1'h0;
+            \$987  = gelu_sel0;
           end else if (d_stream) begin
-            \$987  = is_move;
+            \$987  = 1'h0;
           end else begin
+            \$987  = 1'h0;
+          end
+          if (read_err) begin
             \$987  = 1'h0;
           end
           if (start) begin
@@ -33191,18 +34097,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h3:
         begin
-          if (\$651 ) begin
-            if (beat__payload[512]) begin
+          if (c_fire) begin
+            if (c_last) begin
               \$987  = 1'h0;
             end
           end
-          if (c_fire) begin
-            if (c_last) begin
-              \$987  = is_move;
-            end
+          if (\$551 ) begin
+            \$987  = 1'h0;
           end
-          if (\$692 ) begin
-            \$987  = is_move;
+          if (read_err) begin
+            \$987  = 1'h0;
           end
           if (start) begin
             \$987  = 1'h0;
@@ -33210,13 +34114,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h4:
         begin
-          if (\$725 ) begin
+          if (\$584 ) begin
             \$987  = 1'h0;
           end
           if (addr_fault) begin
             \$987  = 1'h0;
           end
-          if (\$737 ) begin
+          if (\$596 ) begin
             \$987  = 1'h0;
           end
           if (start) begin
@@ -33224,7 +34128,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end
         end
       3'h5:
-          if (\$738 ) begin
+          if (\$597 ) begin
             \$987  = 1'h0;
           end
       default:
@@ -33236,22 +34140,17 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$988  = sink_from_load;
+    \$988  = in_fetch;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
           if (start) begin
-            \$988  = 1'h0;
+            \$988  = 1'h1;
           end
       3'h1:
         begin
           if (beat__valid) begin
-            (* full_case = 32'd1 *)
-            if (beat__payload[512]) begin
-              \$988  = 1'h0;
-            end else begin
-              \$988  = 1'h0;
-            end
+            \$988  = 1'h0;
           end
           if (start) begin
             \$988  = 1'h0;
@@ -33260,9 +34159,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$613 ) begin
+          if (\$472 ) begin
           end else if (d_end_more) begin
-            \$988  = 1'h0;
+            \$988  = 1'h1;
           end else if (d_end) begin
             \$988  = 1'h0;
           end else if (d_count_zero) begin
@@ -33270,8 +34169,11 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end else if (d_const) begin
             \$988  = 1'h0;
           end else if (d_stream) begin
-            \$988  = is_load;
+            \$988  = 1'h0;
           end else begin
+            \$988  = 1'h0;
+          end
+          if (read_err) begin
             \$988  = 1'h0;
           end
           if (start) begin
@@ -33280,18 +34182,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h3:
         begin
-          if (\$651 ) begin
-            if (beat__payload[512]) begin
+          if (c_fire) begin
+            if (c_last) begin
               \$988  = 1'h0;
             end
           end
-          if (c_fire) begin
-            if (c_last) begin
-              \$988  = is_load;
-            end
+          if (\$551 ) begin
+            \$988  = 1'h0;
           end
-          if (\$692 ) begin
-            \$988  = is_load;
+          if (read_err) begin
+            \$988  = 1'h0;
           end
           if (start) begin
             \$988  = 1'h0;
@@ -33299,13 +34199,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h4:
         begin
-          if (\$725 ) begin
-            \$988  = 1'h0;
+          if (\$584 ) begin
+            \$988  = 1'h1;
           end
           if (addr_fault) begin
             \$988  = 1'h0;
           end
-          if (\$737 ) begin
+          if (\$596 ) begin
             \$988  = 1'h0;
           end
           if (start) begin
@@ -33313,7 +34213,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end
         end
       3'h5:
-          if (\$738 ) begin
+          if (\$597 ) begin
             \$988  = 1'h0;
           end
       default:
@@ -33325,7 +34225,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$989  = sink_from_store;
+    \$989  = in_const;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
@@ -33335,12 +34235,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h1:
         begin
           if (beat__valid) begin
-            (* full_case = 32'd1 *)
-            if (beat__payload[512]) begin
-              \$989  = 1'h0;
-            end else begin
-              \$989  = 1'h0;
-            end
+            \$989  = 1'h0;
           end
           if (start) begin
             \$989  = 1'h0;
@@ -33349,7 +34244,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$613 ) begin
+          if (\$472 ) begin
           end else if (d_end_more) begin
             \$989  = 1'h0;
           end else if (d_end) begin
@@ -33357,10 +34252,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end else if (d_count_zero) begin
             \$989  = 1'h0;
           end else if (d_const) begin
-            \$989  = 1'h0;
+            \$989  = 1'h1;
           end else if (d_stream) begin
-            \$989  = is_store;
+            \$989  = 1'h0;
           end else begin
+            \$989  = 1'h0;
+          end
+          if (read_err) begin
             \$989  = 1'h0;
           end
           if (start) begin
@@ -33369,18 +34267,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h3:
         begin
-          if (\$651 ) begin
-            if (beat__payload[512]) begin
+          if (c_fire) begin
+            if (c_last) begin
               \$989  = 1'h0;
             end
           end
-          if (c_fire) begin
-            if (c_last) begin
-              \$989  = is_store;
-            end
+          if (\$551 ) begin
+            \$989  = 1'h0;
           end
-          if (\$692 ) begin
-            \$989  = is_store;
+          if (read_err) begin
+            \$989  = 1'h0;
           end
           if (start) begin
             \$989  = 1'h0;
@@ -33388,13 +34284,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h4:
         begin
-          if (\$725 ) begin
+          if (\$584 ) begin
             \$989  = 1'h0;
           end
           if (addr_fault) begin
             \$989  = 1'h0;
           end
-          if (\$737 ) begin
+          if (\$596 ) begin
             \$989  = 1'h0;
           end
           if (start) begin
@@ -33402,7 +34298,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end
         end
       3'h5:
-          if (\$738 ) begin
+          if (\$597 ) begin
             \$989  = 1'h0;
           end
       default:
@@ -33414,7 +34310,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$990  = sink_from_softmax;
+    \$990  = run0;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
@@ -33424,12 +34320,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h1:
         begin
           if (beat__valid) begin
-            (* full_case = 32'd1 *)
-            if (beat__payload[512]) begin
-              \$990  = 1'h0;
-            end else begin
-              \$990  = 1'h0;
-            end
+            \$990  = 1'h0;
           end
           if (start) begin
             \$990  = 1'h0;
@@ -33438,7 +34329,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$613 ) begin
+          if (\$472 ) begin
           end else if (d_end_more) begin
             \$990  = 1'h0;
           end else if (d_end) begin
@@ -33448,8 +34339,11 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end else if (d_const) begin
             \$990  = 1'h0;
           end else if (d_stream) begin
-            \$990  = is_softmax;
+            \$990  = \$498 ;
           end else begin
+            \$990  = 1'h0;
+          end
+          if (read_err) begin
             \$990  = 1'h0;
           end
           if (start) begin
@@ -33458,18 +34352,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h3:
         begin
-          if (\$651 ) begin
-            if (beat__payload[512]) begin
-              \$990  = 1'h0;
-            end
-          end
           if (c_fire) begin
             if (c_last) begin
-              \$990  = is_softmax;
+              \$990  = \$543 ;
             end
           end
-          if (\$692 ) begin
-            \$990  = is_softmax;
+          if (\$551 ) begin
+            \$990  = \$573 ;
+          end
+          if (read_err) begin
+            \$990  = 1'h0;
           end
           if (start) begin
             \$990  = 1'h0;
@@ -33477,13 +34369,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h4:
         begin
-          if (\$725 ) begin
+          if (\$584 ) begin
             \$990  = 1'h0;
           end
           if (addr_fault) begin
             \$990  = 1'h0;
           end
-          if (\$737 ) begin
+          if (\$596 ) begin
             \$990  = 1'h0;
           end
           if (start) begin
@@ -33491,7 +34383,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end
         end
       3'h5:
-          if (\$738 ) begin
+          if (\$597 ) begin
             \$990  = 1'h0;
           end
       default:
@@ -33503,7 +34395,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$991  = sink_from_layernorm;
+    \$991  = run1;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
@@ -33513,12 +34405,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h1:
         begin
           if (beat__valid) begin
-            (* full_case = 32'd1 *)
-            if (beat__payload[512]) begin
-              \$991  = 1'h0;
-            end else begin
-              \$991  = 1'h0;
-            end
+            \$991  = 1'h0;
           end
           if (start) begin
             \$991  = 1'h0;
@@ -33527,7 +34414,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$613 ) begin
+          if (\$472 ) begin
           end else if (d_end_more) begin
             \$991  = 1'h0;
           end else if (d_end) begin
@@ -33537,8 +34424,11 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end else if (d_const) begin
             \$991  = 1'h0;
           end else if (d_stream) begin
-            \$991  = is_layernorm;
+            \$991  = \$501 ;
           end else begin
+            \$991  = 1'h0;
+          end
+          if (read_err) begin
             \$991  = 1'h0;
           end
           if (start) begin
@@ -33547,18 +34437,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h3:
         begin
-          if (\$651 ) begin
-            if (beat__payload[512]) begin
-              \$991  = 1'h0;
-            end
-          end
           if (c_fire) begin
             if (c_last) begin
-              \$991  = is_layernorm;
+              \$991  = \$546 ;
             end
           end
-          if (\$692 ) begin
-            \$991  = is_layernorm;
+          if (\$551 ) begin
+            \$991  = \$576 ;
+          end
+          if (read_err) begin
+            \$991  = 1'h0;
           end
           if (start) begin
             \$991  = 1'h0;
@@ -33566,13 +34454,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h4:
         begin
-          if (\$725 ) begin
+          if (\$584 ) begin
             \$991  = 1'h0;
           end
           if (addr_fault) begin
             \$991  = 1'h0;
           end
-          if (\$737 ) begin
+          if (\$596 ) begin
             \$991  = 1'h0;
           end
           if (start) begin
@@ -33580,7 +34468,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end
         end
       3'h5:
-          if (\$738 ) begin
+          if (\$597 ) begin
             \$991  = 1'h0;
           end
       default:
@@ -33592,7 +34480,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$992  = sink_from_add;
+    \$992  = q0_to_pack;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
@@ -33602,12 +34490,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h1:
         begin
           if (beat__valid) begin
-            (* full_case = 32'd1 *)
-            if (beat__payload[512]) begin
-              \$992  = 1'h0;
-            end else begin
-              \$992  = 1'h0;
-            end
+            \$992  = 1'h0;
           end
           if (start) begin
             \$992  = 1'h0;
@@ -33616,7 +34499,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$613 ) begin
+          if (\$472 ) begin
           end else if (d_end_more) begin
             \$992  = 1'h0;
           end else if (d_end) begin
@@ -33626,8 +34509,11 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end else if (d_const) begin
             \$992  = 1'h0;
           end else if (d_stream) begin
-            \$992  = \$624 ;
+            \$992  = \$502 ;
           end else begin
+            \$992  = 1'h0;
+          end
+          if (read_err) begin
             \$992  = 1'h0;
           end
           if (start) begin
@@ -33636,18 +34522,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h3:
         begin
-          if (\$651 ) begin
-            if (beat__payload[512]) begin
-              \$992  = 1'h0;
-            end
-          end
           if (c_fire) begin
             if (c_last) begin
-              \$992  = \$669 ;
+              \$992  = \$547 ;
             end
           end
-          if (\$692 ) begin
-            \$992  = \$699 ;
+          if (\$551 ) begin
+            \$992  = \$577 ;
+          end
+          if (read_err) begin
+            \$992  = 1'h0;
           end
           if (start) begin
             \$992  = 1'h0;
@@ -33655,13 +34539,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h4:
         begin
-          if (\$725 ) begin
+          if (\$584 ) begin
             \$992  = 1'h0;
           end
           if (addr_fault) begin
             \$992  = 1'h0;
           end
-          if (\$737 ) begin
+          if (\$596 ) begin
             \$992  = 1'h0;
           end
           if (start) begin
@@ -33669,7 +34553,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end
         end
       3'h5:
-          if (\$738 ) begin
+          if (\$597 ) begin
             \$992  = 1'h0;
           end
       default:
@@ -33681,7 +34565,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$993  = sink_from_gelu0;
+    \$993  = res_to_pack;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
@@ -33691,12 +34575,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h1:
         begin
           if (beat__valid) begin
-            (* full_case = 32'd1 *)
-            if (beat__payload[512]) begin
-              \$993  = 1'h0;
-            end else begin
-              \$993  = 1'h0;
-            end
+            \$993  = 1'h0;
           end
           if (start) begin
             \$993  = 1'h0;
@@ -33705,7 +34584,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$613 ) begin
+          if (\$472 ) begin
           end else if (d_end_more) begin
             \$993  = 1'h0;
           end else if (d_end) begin
@@ -33715,8 +34594,11 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end else if (d_const) begin
             \$993  = 1'h0;
           end else if (d_stream) begin
-            \$993  = \$628 ;
+            \$993  = \$504 ;
           end else begin
+            \$993  = 1'h0;
+          end
+          if (read_err) begin
             \$993  = 1'h0;
           end
           if (start) begin
@@ -33725,18 +34607,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h3:
         begin
-          if (\$651 ) begin
-            if (beat__payload[512]) begin
-              \$993  = 1'h0;
-            end
-          end
           if (c_fire) begin
             if (c_last) begin
-              \$993  = \$673 ;
+              \$993  = \$549 ;
             end
           end
-          if (\$692 ) begin
-            \$993  = \$703 ;
+          if (\$551 ) begin
+            \$993  = \$579 ;
+          end
+          if (read_err) begin
+            \$993  = 1'h0;
           end
           if (start) begin
             \$993  = 1'h0;
@@ -33744,13 +34624,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h4:
         begin
-          if (\$725 ) begin
+          if (\$584 ) begin
             \$993  = 1'h0;
           end
           if (addr_fault) begin
             \$993  = 1'h0;
           end
-          if (\$737 ) begin
+          if (\$596 ) begin
             \$993  = 1'h0;
           end
           if (start) begin
@@ -33758,7 +34638,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end
         end
       3'h5:
-          if (\$738 ) begin
+          if (\$597 ) begin
             \$993  = 1'h0;
           end
       default:
@@ -33770,266 +34650,51 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$994  = sink_from_gemm;
-    (* full_case = 32'd1 *)
+    \$994  = ins;
     casez (seq_state)
       3'h0:
-          if (start) begin
-            \$994  = 1'h0;
-          end
+          /* empty */;
       3'h1:
-        begin
           if (beat__valid) begin
-            (* full_case = 32'd1 *)
-            if (beat__payload[512]) begin
-              \$994  = 1'h0;
-            end else begin
-              \$994  = 1'h0;
-            end
+            \$994  = beat__payload[511:0];
           end
-          if (start) begin
-            \$994  = 1'h0;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$995  = decode_wait;
+    casez (seq_state)
+      3'h0:
+          /* empty */;
+      3'h1:
+          if (beat__valid) begin
+            \$995  = 4'h8;
           end
-        end
       3'h2:
-        begin
-          (* full_case = 32'd1 *)
-          if (\$613 ) begin
-          end else if (d_end_more) begin
-            \$994  = 1'h0;
-          end else if (d_end) begin
-            \$994  = 1'h0;
-          end else if (d_count_zero) begin
-            \$994  = 1'h0;
-          end else if (d_const) begin
-            \$994  = 1'h0;
-          end else if (d_stream) begin
-            \$994  = \$632 ;
-          end else begin
-            \$994  = 1'h0;
+          if (\$472 ) begin
+            \$995  = \$473 [3:0];
           end
-          if (start) begin
-            \$994  = 1'h0;
-          end
-        end
-      3'h3:
-        begin
-          if (\$651 ) begin
-            if (beat__payload[512]) begin
-              \$994  = 1'h0;
-            end
-          end
-          if (c_fire) begin
-            if (c_last) begin
-              \$994  = \$677 ;
-            end
-          end
-          if (\$692 ) begin
-            \$994  = \$707 ;
-          end
-          if (start) begin
-            \$994  = 1'h0;
-          end
-        end
-      3'h4:
-        begin
-          if (\$725 ) begin
-            \$994  = 1'h0;
-          end
-          if (addr_fault) begin
-            \$994  = 1'h0;
-          end
-          if (\$737 ) begin
-            \$994  = 1'h0;
-          end
-          if (start) begin
-            \$994  = 1'h0;
-          end
-        end
-      3'h5:
-          if (\$738 ) begin
-            \$994  = 1'h0;
-          end
-      default:
-          \$994  = 1'h0;
     endcase
     if (rst) begin
-      \$994  = 1'h0;
+      \$995  = 4'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$995  = a_from_softmax;
-    (* full_case = 32'd1 *)
+    \$996  = read_err;
     casez (seq_state)
       3'h0:
-          if (start) begin
-            \$995  = 1'h0;
-          end
+          /* empty */;
       3'h1:
-        begin
           if (beat__valid) begin
-            (* full_case = 32'd1 *)
-            if (beat__payload[512]) begin
-              \$995  = 1'h0;
-            end else begin
-              \$995  = 1'h0;
-            end
+            \$996  = beat__payload[512];
           end
-          if (start) begin
-            \$995  = 1'h0;
-          end
-        end
       3'h2:
-        begin
-          (* full_case = 32'd1 *)
-          if (\$613 ) begin
-          end else if (d_end_more) begin
-            \$995  = 1'h0;
-          end else if (d_end) begin
-            \$995  = 1'h0;
-          end else if (d_count_zero) begin
-            \$995  = 1'h0;
-          end else if (d_const) begin
-            \$995  = 1'h0;
-          end else if (d_stream) begin
-            \$995  = \$633 ;
-          end else begin
-            \$995  = 1'h0;
-          end
-          if (start) begin
-            \$995  = 1'h0;
-          end
-        end
+          /* empty */;
       3'h3:
-        begin
-          if (\$651 ) begin
-            if (beat__payload[512]) begin
-              \$995  = 1'h0;
-            end
+          if (\$510 ) begin
+            \$996  = beat__payload[512];
           end
-          if (c_fire) begin
-            if (c_last) begin
-              \$995  = \$678 ;
-            end
-          end
-          if (\$692 ) begin
-            \$995  = \$708 ;
-          end
-          if (start) begin
-            \$995  = 1'h0;
-          end
-        end
-      3'h4:
-        begin
-          if (\$725 ) begin
-            \$995  = 1'h0;
-          end
-          if (addr_fault) begin
-            \$995  = 1'h0;
-          end
-          if (\$737 ) begin
-            \$995  = 1'h0;
-          end
-          if (start) begin
-            \$995  = 1'h0;
-          end
-        end
-      3'h5:
-          if (\$738 ) begin
-            \$995  = 1'h0;
-          end
-      default:
-          \$995  = 1'h0;
-    endcase
-    if (rst) begin
-      \$995  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$996  = a_from_layernorm;
-    (* full_case = 32'd1 *)
-    casez (seq_state)
-      3'h0:
-          if (start) begin
-            \$996  = 1'h0;
-          end
-      3'h1:
-        begin
-          if (beat__valid) begin
-            (* full_case = 32'd1 *)
-            if (beat__payload[512]) begin
-              \$996  = 1'h0;
-            end else begin
-              \$996  = 1'h0;
-            end
-          end
-          if (start) begin
-            \$996  = 1'h0;
-          end
-        end
-      3'h2:
-        begin
-          (* full_case = 32'd1 *)
-          if (\$613 ) begin
-          end else if (d_end_more) begin
-            \$996  = 1'h0;
-          end else if (d_end) begin
-            \$996  = 1'h0;
-          end else if (d_count_zero) begin
-            \$996  = 1'h0;
-          end else if (d_const) begin
-            \$996  = 1'h0;
-          end else if (d_stream) begin
-            \$996  = \$634 ;
-          end else begin
-            \$996  = 1'h0;
-          end
-          if (start) begin
-            \$996  = 1'h0;
-          end
-        end
-      3'h3:
-        begin
-          if (\$651 ) begin
-            if (beat__payload[512]) begin
-              \$996  = 1'h0;
-            end
-          end
-          if (c_fire) begin
-            if (c_last) begin
-              \$996  = \$679 ;
-            end
-          end
-          if (\$692 ) begin
-            \$996  = \$709 ;
-          end
-          if (start) begin
-            \$996  = 1'h0;
-          end
-        end
-      3'h4:
-        begin
-          if (\$725 ) begin
-            \$996  = 1'h0;
-          end
-          if (addr_fault) begin
-            \$996  = 1'h0;
-          end
-          if (\$737 ) begin
-            \$996  = 1'h0;
-          end
-          if (start) begin
-            \$996  = 1'h0;
-          end
-        end
-      3'h5:
-          if (\$738 ) begin
-            \$996  = 1'h0;
-          end
-      default:
-          \$996  = 1'h0;
     endcase
     if (rst) begin
       \$996  = 1'h0;
@@ -34037,444 +34702,90 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$997  = a_from_src0;
-    (* full_case = 32'd1 *)
+    \$997  = c_addr;
     casez (seq_state)
       3'h0:
-          if (start) begin
-            \$997  = 1'h0;
-          end
+          /* empty */;
       3'h1:
-        begin
-          if (beat__valid) begin
-            (* full_case = 32'd1 *)
-            if (beat__payload[512]) begin
-              \$997  = 1'h0;
-            end else begin
-              \$997  = 1'h0;
-            end
-          end
-          if (start) begin
-            \$997  = 1'h0;
-          end
-        end
+          /* empty */;
       3'h2:
-        begin
-          (* full_case = 32'd1 *)
-          if (\$613 ) begin
-          end else if (d_end_more) begin
-            \$997  = 1'h0;
-          end else if (d_end) begin
-            \$997  = 1'h0;
-          end else if (d_count_zero) begin
-            \$997  = 1'h0;
-          end else if (d_const) begin
-            \$997  = 1'h0;
-          end else if (d_stream) begin
-            \$997  = \$638 ;
-          end else begin
-            \$997  = 1'h0;
-          end
-          if (start) begin
-            \$997  = 1'h0;
-          end
-        end
+          \$997  = dec_c_base;
       3'h3:
-        begin
-          if (\$651 ) begin
-            if (beat__payload[512]) begin
-              \$997  = 1'h0;
-            end
+          if (\$506 ) begin
+            \$997  = \$508 [31:0];
           end
-          if (c_fire) begin
-            if (c_last) begin
-              \$997  = \$683 ;
-            end
-          end
-          if (\$692 ) begin
-            \$997  = \$713 ;
-          end
-          if (start) begin
-            \$997  = 1'h0;
-          end
-        end
-      3'h4:
-        begin
-          if (\$725 ) begin
-            \$997  = 1'h0;
-          end
-          if (addr_fault) begin
-            \$997  = 1'h0;
-          end
-          if (\$737 ) begin
-            \$997  = 1'h0;
-          end
-          if (start) begin
-            \$997  = 1'h0;
-          end
-        end
-      3'h5:
-          if (\$738 ) begin
-            \$997  = 1'h0;
-          end
-      default:
-          \$997  = 1'h0;
     endcase
     if (rst) begin
-      \$997  = 1'h0;
+      \$997  = 32'd0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$998  = const_to0;
-    (* full_case = 32'd1 *)
+    \$998  = c_step;
     casez (seq_state)
       3'h0:
-          if (start) begin
-            \$998  = 1'h0;
-          end
+          /* empty */;
       3'h1:
-        begin
-          if (beat__valid) begin
-            (* full_case = 32'd1 *)
-            if (beat__payload[512]) begin
-              \$998  = 1'h0;
-            end else begin
-              \$998  = 1'h0;
-            end
-          end
-          if (start) begin
-            \$998  = 1'h0;
-          end
-        end
+          /* empty */;
       3'h2:
-        begin
-          (* full_case = 32'd1 *)
-          if (\$613 ) begin
-          end else if (d_end_more) begin
-            \$998  = 1'h0;
-          end else if (d_end) begin
-            \$998  = 1'h0;
-          end else if (d_count_zero) begin
-            \$998  = 1'h0;
-          end else if (d_const) begin
-            \$998  = \$616 ;
-          end else if (d_stream) begin
-            \$998  = 1'h0;
-          end else begin
-            \$998  = 1'h0;
-          end
-          if (start) begin
-            \$998  = 1'h0;
-          end
-        end
-      3'h3:
-        begin
-          if (\$651 ) begin
-            if (beat__payload[512]) begin
-              \$998  = 1'h0;
-            end
-          end
-          if (c_fire) begin
-            if (c_last) begin
-              \$998  = 1'h0;
-            end
-          end
-          if (\$692 ) begin
-            \$998  = 1'h0;
-          end
-          if (start) begin
-            \$998  = 1'h0;
-          end
-        end
-      3'h4:
-        begin
-          if (\$725 ) begin
-            \$998  = 1'h0;
-          end
-          if (addr_fault) begin
-            \$998  = 1'h0;
-          end
-          if (\$737 ) begin
-            \$998  = 1'h0;
-          end
-          if (start) begin
-            \$998  = 1'h0;
-          end
-        end
-      3'h5:
-          if (\$738 ) begin
-            \$998  = 1'h0;
-          end
-      default:
-          \$998  = 1'h0;
+          \$998  = \$470 [7:0];
     endcase
     if (rst) begin
-      \$998  = 1'h0;
+      \$998  = 8'h00;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$999  = const_to1;
-    (* full_case = 32'd1 *)
+    \$999  = c_ask;
     casez (seq_state)
       3'h0:
-          if (start) begin
-            \$999  = 1'h0;
-          end
+          /* empty */;
       3'h1:
-        begin
-          if (beat__valid) begin
-            (* full_case = 32'd1 *)
-            if (beat__payload[512]) begin
-              \$999  = 1'h0;
-            end else begin
-              \$999  = 1'h0;
-            end
-          end
-          if (start) begin
-            \$999  = 1'h0;
-          end
-        end
+          /* empty */;
       3'h2:
-        begin
-          (* full_case = 32'd1 *)
-          if (\$613 ) begin
-          end else if (d_end_more) begin
-            \$999  = 1'h0;
-          end else if (d_end) begin
-            \$999  = 1'h0;
-          end else if (d_count_zero) begin
-            \$999  = 1'h0;
-          end else if (d_const) begin
-            \$999  = \$617 ;
-          end else if (d_stream) begin
-            \$999  = 1'h0;
-          end else begin
-            \$999  = 1'h0;
-          end
-          if (start) begin
-            \$999  = 1'h0;
-          end
-        end
+          \$999  = { 4'h0, ins[509:498] };
       3'h3:
-        begin
-          if (\$651 ) begin
-            if (beat__payload[512]) begin
-              \$999  = 1'h0;
-            end
+          if (\$506 ) begin
+            \$999  = \$507 [15:0];
           end
-          if (c_fire) begin
-            if (c_last) begin
-              \$999  = 1'h0;
-            end
-          end
-          if (\$692 ) begin
-            \$999  = 1'h0;
-          end
-          if (start) begin
-            \$999  = 1'h0;
-          end
-        end
-      3'h4:
-        begin
-          if (\$725 ) begin
-            \$999  = 1'h0;
-          end
-          if (addr_fault) begin
-            \$999  = 1'h0;
-          end
-          if (\$737 ) begin
-            \$999  = 1'h0;
-          end
-          if (start) begin
-            \$999  = 1'h0;
-          end
-        end
-      3'h5:
-          if (\$738 ) begin
-            \$999  = 1'h0;
-          end
-      default:
-          \$999  = 1'h0;
     endcase
     if (rst) begin
-      \$999  = 1'h0;
+      \$999  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1000  = const_to2;
-    (* full_case = 32'd1 *)
+    \$1000  = c_due;
     casez (seq_state)
       3'h0:
-          if (start) begin
-            \$1000  = 1'h0;
-          end
+          /* empty */;
       3'h1:
-        begin
-          if (beat__valid) begin
-            (* full_case = 32'd1 *)
-            if (beat__payload[512]) begin
-              \$1000  = 1'h0;
-            end else begin
-              \$1000  = 1'h0;
-            end
-          end
-          if (start) begin
-            \$1000  = 1'h0;
-          end
-        end
+          /* empty */;
       3'h2:
-        begin
-          (* full_case = 32'd1 *)
-          if (\$613 ) begin
-          end else if (d_end_more) begin
-            \$1000  = 1'h0;
-          end else if (d_end) begin
-            \$1000  = 1'h0;
-          end else if (d_count_zero) begin
-            \$1000  = 1'h0;
-          end else if (d_const) begin
-            \$1000  = add_sel;
-          end else if (d_stream) begin
-            \$1000  = 1'h0;
-          end else begin
-            \$1000  = 1'h0;
-          end
-          if (start) begin
-            \$1000  = 1'h0;
-          end
-        end
+          \$1000  = { 4'h0, ins[509:498] };
       3'h3:
-        begin
-          if (\$651 ) begin
-            if (beat__payload[512]) begin
-              \$1000  = 1'h0;
-            end
-          end
           if (c_fire) begin
-            if (c_last) begin
-              \$1000  = 1'h0;
-            end
+            \$1000  = \$520 [15:0];
           end
-          if (\$692 ) begin
-            \$1000  = 1'h0;
-          end
-          if (start) begin
-            \$1000  = 1'h0;
-          end
-        end
-      3'h4:
-        begin
-          if (\$725 ) begin
-            \$1000  = 1'h0;
-          end
-          if (addr_fault) begin
-            \$1000  = 1'h0;
-          end
-          if (\$737 ) begin
-            \$1000  = 1'h0;
-          end
-          if (start) begin
-            \$1000  = 1'h0;
-          end
-        end
-      3'h5:
-          if (\$738 ) begin
-            \$1000  = 1'h0;
-          end
-      default:
-          \$1000  = 1'h0;
     endcase
     if (rst) begin
-      \$1000  = 1'h0;
+      \$1000  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1001  = const_to3;
-    (* full_case = 32'd1 *)
+    \$1001  = c_last;
     casez (seq_state)
       3'h0:
-          if (start) begin
-            \$1001  = 1'h0;
-          end
+          /* empty */;
       3'h1:
-        begin
-          if (beat__valid) begin
-            (* full_case = 32'd1 *)
-            if (beat__payload[512]) begin
-              \$1001  = 1'h0;
-            end else begin
-              \$1001  = 1'h0;
-            end
-          end
-          if (start) begin
-            \$1001  = 1'h0;
-          end
-        end
+          /* empty */;
       3'h2:
-        begin
-          (* full_case = 32'd1 *)
-          if (\$613 ) begin
-          end else if (d_end_more) begin
-            \$1001  = 1'h0;
-          end else if (d_end) begin
-            \$1001  = 1'h0;
-          end else if (d_count_zero) begin
-            \$1001  = 1'h0;
-          end else if (d_const) begin
-            \$1001  = gelu_sel0;
-          end else if (d_stream) begin
-            \$1001  = 1'h0;
-          end else begin
-            \$1001  = 1'h0;
-          end
-          if (start) begin
-            \$1001  = 1'h0;
-          end
-        end
+          \$1001  = \$471 ;
       3'h3:
-        begin
-          if (\$651 ) begin
-            if (beat__payload[512]) begin
-              \$1001  = 1'h0;
-            end
-          end
           if (c_fire) begin
-            if (c_last) begin
-              \$1001  = 1'h0;
-            end
+            \$1001  = \$521 ;
           end
-          if (\$692 ) begin
-            \$1001  = 1'h0;
-          end
-          if (start) begin
-            \$1001  = 1'h0;
-          end
-        end
-      3'h4:
-        begin
-          if (\$725 ) begin
-            \$1001  = 1'h0;
-          end
-          if (addr_fault) begin
-            \$1001  = 1'h0;
-          end
-          if (\$737 ) begin
-            \$1001  = 1'h0;
-          end
-          if (start) begin
-            \$1001  = 1'h0;
-          end
-        end
-      3'h5:
-          if (\$738 ) begin
-            \$1001  = 1'h0;
-          end
-      default:
-          \$1001  = 1'h0;
     endcase
     if (rst) begin
       \$1001  = 1'h0;
@@ -34482,838 +34793,419 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1002  = in_fetch;
-    (* full_case = 32'd1 *)
+    \$1002  = c_data;
     casez (seq_state)
       3'h0:
-          if (start) begin
-            \$1002  = 1'h1;
-          end
+          /* empty */;
       3'h1:
-        begin
-          if (beat__valid) begin
-            (* full_case = 32'd1 *)
-            if (beat__payload[512]) begin
-              \$1002  = 1'h0;
-            end else begin
-              \$1002  = 1'h0;
-            end
-          end
-          if (start) begin
-            \$1002  = 1'h0;
-          end
-        end
+          /* empty */;
       3'h2:
-        begin
-          (* full_case = 32'd1 *)
-          if (\$613 ) begin
-          end else if (d_end_more) begin
-            \$1002  = 1'h1;
-          end else if (d_end) begin
-            \$1002  = 1'h0;
-          end else if (d_count_zero) begin
-            \$1002  = 1'h0;
-          end else if (d_const) begin
-            \$1002  = 1'h0;
-          end else if (d_stream) begin
-            \$1002  = 1'h0;
-          end else begin
-            \$1002  = 1'h0;
-          end
-          if (start) begin
-            \$1002  = 1'h0;
-          end
-        end
+          /* empty */;
       3'h3:
-        begin
-          if (\$651 ) begin
-            if (beat__payload[512]) begin
-              \$1002  = 1'h0;
-            end
+          if (\$510 ) begin
+            \$1002  = beat__payload[65:0];
           end
-          if (c_fire) begin
-            if (c_last) begin
-              \$1002  = 1'h0;
-            end
-          end
-          if (\$692 ) begin
-            \$1002  = 1'h0;
-          end
-          if (start) begin
-            \$1002  = 1'h0;
-          end
-        end
-      3'h4:
-        begin
-          if (\$725 ) begin
-            \$1002  = 1'h1;
-          end
-          if (addr_fault) begin
-            \$1002  = 1'h0;
-          end
-          if (\$737 ) begin
-            \$1002  = 1'h0;
-          end
-          if (start) begin
-            \$1002  = 1'h0;
-          end
-        end
-      3'h5:
-          if (\$738 ) begin
-            \$1002  = 1'h0;
-          end
-      default:
-          \$1002  = 1'h0;
     endcase
-    if (rst) begin
-      \$1002  = 1'h0;
-    end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1003  = in_const;
-    (* full_case = 32'd1 *)
+    \$1003  = c_full;
     casez (seq_state)
       3'h0:
-          if (start) begin
-            \$1003  = 1'h0;
-          end
+          /* empty */;
       3'h1:
-        begin
-          if (beat__valid) begin
-            (* full_case = 32'd1 *)
-            if (beat__payload[512]) begin
-              \$1003  = 1'h0;
-            end else begin
-              \$1003  = 1'h0;
-            end
-          end
-          if (start) begin
-            \$1003  = 1'h0;
-          end
-        end
+          /* empty */;
       3'h2:
-        begin
-          (* full_case = 32'd1 *)
-          if (\$613 ) begin
-          end else if (d_end_more) begin
-            \$1003  = 1'h0;
-          end else if (d_end) begin
-            \$1003  = 1'h0;
-          end else if (d_count_zero) begin
-            \$1003  = 1'h0;
-          end else if (d_const) begin
-            \$1003  = 1'h1;
-          end else if (d_stream) begin
-            \$1003  = 1'h0;
-          end else begin
-            \$1003  = 1'h0;
-          end
-          if (start) begin
-            \$1003  = 1'h0;
-          end
-        end
+          /* empty */;
       3'h3:
         begin
-          if (\$651 ) begin
-            if (beat__payload[512]) begin
-              \$1003  = 1'h0;
-            end
+          if (\$510 ) begin
+            \$1003  = \$511 ;
           end
           if (c_fire) begin
-            if (c_last) begin
-              \$1003  = 1'h0;
-            end
-          end
-          if (\$692 ) begin
-            \$1003  = 1'h0;
-          end
-          if (start) begin
             \$1003  = 1'h0;
           end
         end
-      3'h4:
-        begin
-          if (\$725 ) begin
-            \$1003  = 1'h0;
-          end
-          if (addr_fault) begin
-            \$1003  = 1'h0;
-          end
-          if (\$737 ) begin
-            \$1003  = 1'h0;
-          end
-          if (start) begin
-            \$1003  = 1'h0;
-          end
-        end
-      3'h5:
-          if (\$738 ) begin
-            \$1003  = 1'h0;
-          end
-      default:
-          \$1003  = 1'h0;
     endcase
+    if (unit_rst) begin
+      \$1003  = 1'h0;
+    end
     if (rst) begin
       \$1003  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1004  = run0;
-    (* full_case = 32'd1 *)
+    \$1004  = c_valid0;
     casez (seq_state)
       3'h0:
-          if (start) begin
-            \$1004  = 1'h0;
-          end
+          /* empty */;
       3'h1:
-        begin
-          if (beat__valid) begin
-            (* full_case = 32'd1 *)
-            if (beat__payload[512]) begin
-              \$1004  = 1'h0;
-            end else begin
-              \$1004  = 1'h0;
-            end
-          end
-          if (start) begin
-            \$1004  = 1'h0;
-          end
-        end
+          /* empty */;
       3'h2:
-        begin
-          (* full_case = 32'd1 *)
-          if (\$613 ) begin
-          end else if (d_end_more) begin
-            \$1004  = 1'h0;
-          end else if (d_end) begin
-            \$1004  = 1'h0;
-          end else if (d_count_zero) begin
-            \$1004  = 1'h0;
-          end else if (d_const) begin
-            \$1004  = 1'h0;
-          end else if (d_stream) begin
-            \$1004  = \$639 ;
-          end else begin
-            \$1004  = 1'h0;
-          end
-          if (start) begin
-            \$1004  = 1'h0;
-          end
-        end
+          /* empty */;
       3'h3:
         begin
-          if (\$651 ) begin
-            if (beat__payload[512]) begin
-              \$1004  = 1'h0;
-            end
+          if (\$510 ) begin
+            \$1004  = \$513 ;
           end
           if (c_fire) begin
-            if (c_last) begin
-              \$1004  = \$684 ;
-            end
-          end
-          if (\$692 ) begin
-            \$1004  = \$714 ;
-          end
-          if (start) begin
             \$1004  = 1'h0;
           end
         end
-      3'h4:
-        begin
-          if (\$725 ) begin
-            \$1004  = 1'h0;
-          end
-          if (addr_fault) begin
-            \$1004  = 1'h0;
-          end
-          if (\$737 ) begin
-            \$1004  = 1'h0;
-          end
-          if (start) begin
-            \$1004  = 1'h0;
-          end
-        end
-      3'h5:
-          if (\$738 ) begin
-            \$1004  = 1'h0;
-          end
-      default:
-          \$1004  = 1'h0;
     endcase
+    if (unit_rst) begin
+      \$1004  = 1'h0;
+    end
     if (rst) begin
       \$1004  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1005  = run1;
-    (* full_case = 32'd1 *)
+    \$1005  = c_valid1;
     casez (seq_state)
       3'h0:
-          if (start) begin
-            \$1005  = 1'h0;
-          end
+          /* empty */;
       3'h1:
-        begin
-          if (beat__valid) begin
-            (* full_case = 32'd1 *)
-            if (beat__payload[512]) begin
-              \$1005  = 1'h0;
-            end else begin
-              \$1005  = 1'h0;
-            end
-          end
-          if (start) begin
-            \$1005  = 1'h0;
-          end
-        end
+          /* empty */;
       3'h2:
-        begin
-          (* full_case = 32'd1 *)
-          if (\$613 ) begin
-          end else if (d_end_more) begin
-            \$1005  = 1'h0;
-          end else if (d_end) begin
-            \$1005  = 1'h0;
-          end else if (d_count_zero) begin
-            \$1005  = 1'h0;
-          end else if (d_const) begin
-            \$1005  = 1'h0;
-          end else if (d_stream) begin
-            \$1005  = \$642 ;
-          end else begin
-            \$1005  = 1'h0;
-          end
-          if (start) begin
-            \$1005  = 1'h0;
-          end
-        end
+          /* empty */;
       3'h3:
         begin
-          if (\$651 ) begin
-            if (beat__payload[512]) begin
-              \$1005  = 1'h0;
-            end
+          if (\$510 ) begin
+            \$1005  = \$515 ;
           end
           if (c_fire) begin
-            if (c_last) begin
-              \$1005  = \$687 ;
-            end
-          end
-          if (\$692 ) begin
-            \$1005  = \$717 ;
-          end
-          if (start) begin
             \$1005  = 1'h0;
           end
         end
-      3'h4:
-        begin
-          if (\$725 ) begin
-            \$1005  = 1'h0;
-          end
-          if (addr_fault) begin
-            \$1005  = 1'h0;
-          end
-          if (\$737 ) begin
-            \$1005  = 1'h0;
-          end
-          if (start) begin
-            \$1005  = 1'h0;
-          end
-        end
-      3'h5:
-          if (\$738 ) begin
-            \$1005  = 1'h0;
-          end
-      default:
-          \$1005  = 1'h0;
     endcase
+    if (unit_rst) begin
+      \$1005  = 1'h0;
+    end
     if (rst) begin
       \$1005  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1006  = q0_to_pack;
-    (* full_case = 32'd1 *)
+    \$1006  = c_valid2;
     casez (seq_state)
       3'h0:
-          if (start) begin
-            \$1006  = 1'h0;
-          end
+          /* empty */;
       3'h1:
-        begin
-          if (beat__valid) begin
-            (* full_case = 32'd1 *)
-            if (beat__payload[512]) begin
-              \$1006  = 1'h0;
-            end else begin
-              \$1006  = 1'h0;
-            end
-          end
-          if (start) begin
-            \$1006  = 1'h0;
-          end
-        end
+          /* empty */;
       3'h2:
-        begin
-          (* full_case = 32'd1 *)
-          if (\$613 ) begin
-          end else if (d_end_more) begin
-            \$1006  = 1'h0;
-          end else if (d_end) begin
-            \$1006  = 1'h0;
-          end else if (d_count_zero) begin
-            \$1006  = 1'h0;
-          end else if (d_const) begin
-            \$1006  = 1'h0;
-          end else if (d_stream) begin
-            \$1006  = \$643 ;
-          end else begin
-            \$1006  = 1'h0;
-          end
-          if (start) begin
-            \$1006  = 1'h0;
-          end
-        end
+          /* empty */;
       3'h3:
         begin
-          if (\$651 ) begin
-            if (beat__payload[512]) begin
-              \$1006  = 1'h0;
-            end
+          if (\$510 ) begin
+            \$1006  = \$517 ;
           end
           if (c_fire) begin
-            if (c_last) begin
-              \$1006  = \$688 ;
-            end
-          end
-          if (\$692 ) begin
-            \$1006  = \$718 ;
-          end
-          if (start) begin
             \$1006  = 1'h0;
           end
         end
-      3'h4:
-        begin
-          if (\$725 ) begin
-            \$1006  = 1'h0;
-          end
-          if (addr_fault) begin
-            \$1006  = 1'h0;
-          end
-          if (\$737 ) begin
-            \$1006  = 1'h0;
-          end
-          if (start) begin
-            \$1006  = 1'h0;
-          end
-        end
-      3'h5:
-          if (\$738 ) begin
-            \$1006  = 1'h0;
-          end
-      default:
-          \$1006  = 1'h0;
     endcase
+    if (unit_rst) begin
+      \$1006  = 1'h0;
+    end
     if (rst) begin
       \$1006  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1007  = res_to_pack;
-    (* full_case = 32'd1 *)
+    \$1007  = c_valid3;
     casez (seq_state)
       3'h0:
-          if (start) begin
-            \$1007  = 1'h0;
-          end
+          /* empty */;
       3'h1:
-        begin
-          if (beat__valid) begin
-            (* full_case = 32'd1 *)
-            if (beat__payload[512]) begin
-              \$1007  = 1'h0;
-            end else begin
-              \$1007  = 1'h0;
-            end
-          end
-          if (start) begin
-            \$1007  = 1'h0;
-          end
-        end
+          /* empty */;
       3'h2:
-        begin
-          (* full_case = 32'd1 *)
-          if (\$613 ) begin
-          end else if (d_end_more) begin
-            \$1007  = 1'h0;
-          end else if (d_end) begin
-            \$1007  = 1'h0;
-          end else if (d_count_zero) begin
-            \$1007  = 1'h0;
-          end else if (d_const) begin
-            \$1007  = 1'h0;
-          end else if (d_stream) begin
-            \$1007  = \$645 ;
-          end else begin
-            \$1007  = 1'h0;
-          end
-          if (start) begin
-            \$1007  = 1'h0;
-          end
-        end
+          /* empty */;
       3'h3:
         begin
-          if (\$651 ) begin
-            if (beat__payload[512]) begin
-              \$1007  = 1'h0;
-            end
+          if (\$510 ) begin
+            \$1007  = \$519 ;
           end
           if (c_fire) begin
-            if (c_last) begin
-              \$1007  = \$690 ;
-            end
-          end
-          if (\$692 ) begin
-            \$1007  = \$720 ;
-          end
-          if (start) begin
             \$1007  = 1'h0;
           end
         end
-      3'h4:
-        begin
-          if (\$725 ) begin
-            \$1007  = 1'h0;
-          end
-          if (addr_fault) begin
-            \$1007  = 1'h0;
-          end
-          if (\$737 ) begin
-            \$1007  = 1'h0;
-          end
-          if (start) begin
-            \$1007  = 1'h0;
-          end
-        end
-      3'h5:
-          if (\$738 ) begin
-            \$1007  = 1'h0;
-          end
-      default:
-          \$1007  = 1'h0;
     endcase
+    if (unit_rst) begin
+      \$1007  = 1'h0;
+    end
     if (rst) begin
       \$1007  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1008  = ins;
-    casez (seq_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-          if (beat__valid) begin
-            \$1008  = beat__payload[511:0];
-          end
-    endcase
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1009  = decode_wait;
-    casez (seq_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-          if (beat__valid) begin
-            \$1009  = 3'h5;
-          end
-      3'h2:
-          if (\$613 ) begin
-            \$1009  = \$614 [2:0];
-          end
-    endcase
+    \$1008  = ld_off;
+    if (in_stream) begin
+      if (is_move) begin
+      end else if (is_load) begin
+        if (\$602 ) begin
+          \$1008  = \$603 ;
+        end
+      end
+    end
     if (rst) begin
-      \$1009  = 3'h0;
+      \$1008  = 25'h0000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1010  = c_addr;
-    casez (seq_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
-      3'h2:
-          \$1010  = dec_c_base;
-      3'h3:
-          if (\$647 ) begin
-            \$1010  = \$649 [31:0];
-          end
-    endcase
+    \$1009  = ext_req_addr;
+    if (in_stream) begin
+      if (is_move) begin
+      end else if (is_load) begin
+        if (\$605 ) begin
+          \$1009  = \$606 [31:0];
+        end
+      end else if (is_store) begin
+        if (\$608 ) begin
+          \$1009  = \$610 [31:0];
+        end
+      end
+    end
     if (rst) begin
-      \$1010  = 32'd0;
+      \$1009  = 32'd0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1011  = c_step;
-    casez (seq_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
-      3'h2:
-          \$1011  = \$611 [7:0];
-    endcase
+    \$1010  = ext_req_data;
+    if (in_stream) begin
+      if (is_move) begin
+      end else if (is_load) begin
+      end else if (is_store) begin
+        if (\$608 ) begin
+          \$1010  = \r_data$247 [15:0];
+        end
+      end
+    end
     if (rst) begin
-      \$1011  = 8'h00;
+      \$1010  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1012  = c_ask;
-    casez (seq_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
-      3'h2:
-          \$1012  = { 4'h0, ins[509:498] };
-      3'h3:
-          if (\$647 ) begin
-            \$1012  = \$648 [15:0];
-          end
-    endcase
+    \$1011  = \w_en$180 ;
+    if (pack_active) begin
+      if (\$611 ) begin
+        \$1011  = 1'h0;
+      end
+      if (\$619 ) begin
+        if (\$621 ) begin
+          \$1011  = 1'h1;
+        end
+      end
+    end
+    if (unit_rst) begin
+      \$1011  = 1'h0;
+    end
+    if (rst) begin
+      \$1011  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1012  = pack_a0;
+    if (pack_active) begin
+      if (\$613 ) begin
+        casez (pack_j)
+          3'h0:
+              \$1012  = elem_data;
+        endcase
+      end
+    end
     if (rst) begin
       \$1012  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1013  = c_due;
-    casez (seq_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
-      3'h2:
-          \$1013  = { 4'h0, ins[509:498] };
-      3'h3:
-          if (c_fire) begin
-            \$1013  = \$661 [15:0];
-          end
-    endcase
+    \$1013  = pack_a1;
+    if (pack_active) begin
+      if (\$613 ) begin
+        casez (pack_j)
+          3'h0:
+              /* empty */;
+          3'h1:
+              \$1013  = elem_data;
+        endcase
+      end
+    end
     if (rst) begin
       \$1013  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1014  = c_last;
-    casez (seq_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
-      3'h2:
-          \$1014  = \$612 ;
-      3'h3:
-          if (c_fire) begin
-            \$1014  = \$662 ;
-          end
-    endcase
-    if (rst) begin
-      \$1014  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1015  = c_data;
-    casez (seq_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
-      3'h2:
-          /* empty */;
-      3'h3:
-          if (\$651 ) begin
-            \$1015  = beat__payload[65:0];
-          end
-    endcase
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1016  = c_full;
-    casez (seq_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
-      3'h2:
-          /* empty */;
-      3'h3:
-        begin
-          if (\$651 ) begin
-            \$1016  = \$652 ;
-          end
-          if (c_fire) begin
-            \$1016  = 1'h0;
-          end
-        end
-    endcase
-    if (unit_rst) begin
-      \$1016  = 1'h0;
-    end
-    if (rst) begin
-      \$1016  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1017  = c_valid0;
-    casez (seq_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
-      3'h2:
-          /* empty */;
-      3'h3:
-        begin
-          if (\$651 ) begin
-            \$1017  = \$654 ;
-          end
-          if (c_fire) begin
-            \$1017  = 1'h0;
-          end
-        end
-    endcase
-    if (unit_rst) begin
-      \$1017  = 1'h0;
-    end
-    if (rst) begin
-      \$1017  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1018  = c_valid1;
-    casez (seq_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
-      3'h2:
-          /* empty */;
-      3'h3:
-        begin
-          if (\$651 ) begin
-            \$1018  = \$656 ;
-          end
-          if (c_fire) begin
-            \$1018  = 1'h0;
-          end
-        end
-    endcase
-    if (unit_rst) begin
-      \$1018  = 1'h0;
-    end
-    if (rst) begin
-      \$1018  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1019  = c_valid2;
-    casez (seq_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
-      3'h2:
-          /* empty */;
-      3'h3:
-        begin
-          if (\$651 ) begin
-            \$1019  = \$658 ;
-          end
-          if (c_fire) begin
-            \$1019  = 1'h0;
-          end
-        end
-    endcase
-    if (unit_rst) begin
-      \$1019  = 1'h0;
-    end
-    if (rst) begin
-      \$1019  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1020  = c_valid3;
-    casez (seq_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
-      3'h2:
-          /* empty */;
-      3'h3:
-        begin
-          if (\$651 ) begin
-            \$1020  = \$660 ;
-          end
-          if (c_fire) begin
-            \$1020  = 1'h0;
-          end
-        end
-    endcase
-    if (unit_rst) begin
-      \$1020  = 1'h0;
-    end
-    if (rst) begin
-      \$1020  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1021  = ld_off;
-    if (in_stream) begin
-      if (is_move) begin
-      end else if (is_load) begin
-        if (\$743 ) begin
-          \$1021  = \$744 ;
-        end
+    \$1014  = pack_a2;
+    if (pack_active) begin
+      if (\$613 ) begin
+        casez (pack_j)
+          3'h0:
+              /* empty */;
+          3'h1:
+              /* empty */;
+          3'h2:
+              \$1014  = elem_data;
+        endcase
       end
     end
     if (rst) begin
-      \$1021  = 25'h0000000;
+      \$1014  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1022  = ext_req_addr;
-    if (in_stream) begin
-      if (is_move) begin
-      end else if (is_load) begin
-        if (\$746 ) begin
-          \$1022  = \$747 [31:0];
+    \$1015  = pack_a3;
+    if (pack_active) begin
+      if (\$613 ) begin
+        casez (pack_j)
+          3'h0:
+              /* empty */;
+          3'h1:
+              /* empty */;
+          3'h2:
+              /* empty */;
+          3'h3:
+              \$1015  = elem_data;
+        endcase
+      end
+    end
+    if (rst) begin
+      \$1015  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1016  = pack_b0;
+    if (pack_active) begin
+      if (\$613 ) begin
+        casez (pack_j)
+          3'h0:
+              \$1016  = \r_data$366 [15:0];
+        endcase
+      end
+    end
+    if (rst) begin
+      \$1016  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1017  = pack_b1;
+    if (pack_active) begin
+      if (\$613 ) begin
+        casez (pack_j)
+          3'h0:
+              /* empty */;
+          3'h1:
+              \$1017  = \r_data$366 [15:0];
+        endcase
+      end
+    end
+    if (rst) begin
+      \$1017  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1018  = pack_b2;
+    if (pack_active) begin
+      if (\$613 ) begin
+        casez (pack_j)
+          3'h0:
+              /* empty */;
+          3'h1:
+              /* empty */;
+          3'h2:
+              \$1018  = \r_data$366 [15:0];
+        endcase
+      end
+    end
+    if (rst) begin
+      \$1018  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1019  = pack_b3;
+    if (pack_active) begin
+      if (\$613 ) begin
+        casez (pack_j)
+          3'h0:
+              /* empty */;
+          3'h1:
+              /* empty */;
+          3'h2:
+              /* empty */;
+          3'h3:
+              \$1019  = \r_data$366 [15:0];
+        endcase
+      end
+    end
+    if (rst) begin
+      \$1019  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1020  = pack_j;
+    if (pack_active) begin
+      if (\$619 ) begin
+        (* full_case = 32'd1 *)
+        if (\$621 ) begin
+          \$1020  = 3'h0;
+        end else begin
+          \$1020  = \$622 [2:0];
         end
-      end else if (is_store) begin
-        if (\$749 ) begin
-          \$1022  = \$751 [31:0];
+      end
+    end
+    if (unit_rst) begin
+      \$1020  = 3'h0;
+    end
+    if (rst) begin
+      \$1020  = 3'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1021  = pack_jo;
+    if (pack_active) begin
+      if (\$623 ) begin
+        (* full_case = 32'd1 *)
+        if (\$625 ) begin
+          \$1021  = 3'h0;
+        end else begin
+          \$1021  = \$626 [2:0];
+        end
+      end
+    end
+    if (unit_rst) begin
+      \$1021  = 3'h0;
+    end
+    if (rst) begin
+      \$1021  = 3'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1022  = tiles;
+    if (in_decode) begin
+      \$1022  = dec_tiles;
+    end
+    if (gemm_active) begin
+      if (\$633 ) begin
+        if (\$647 ) begin
+          \$1022  = \$648 [31:0];
         end
       end
     end
@@ -35323,13 +35215,19 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1023  = ext_req_data;
-    if (in_stream) begin
-      if (is_move) begin
-      end else if (is_load) begin
-      end else if (is_store) begin
-        if (\$749 ) begin
-          \$1023  = \r_data$247 [15:0];
+    \$1023  = nt;
+    if (in_decode) begin
+      \$1023  = 16'h0000;
+    end
+    if (gemm_active) begin
+      if (\$633 ) begin
+        if (\$647 ) begin
+          (* full_case = 32'd1 *)
+          if (nt_hit) begin
+            \$1023  = 16'h0000;
+          end else begin
+            \$1023  = \$654 [15:0];
+          end
         end
       end
     end
@@ -35339,162 +35237,168 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1024  = \w_en$180 ;
-    if (pack_active) begin
-      if (\$752 ) begin
-        \$1024  = 1'h0;
-      end
-      if (\$760 ) begin
-        if (\$762 ) begin
-          \$1024  = 1'h1;
+    \$1024  = k;
+    if (in_decode) begin
+      \$1024  = 16'h0000;
+    end
+    if (gemm_active) begin
+      if (\$633 ) begin
+        if (\$635 ) begin
+        end else if (\$640 ) begin
+          \$1024  = \$641 [15:0];
+        end
+        if (\$647 ) begin
+          \$1024  = 16'h0000;
         end
       end
     end
-    if (unit_rst) begin
-      \$1024  = 1'h0;
-    end
     if (rst) begin
-      \$1024  = 1'h0;
+      \$1024  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1025  = pack_a0;
-    if (pack_active) begin
-      if (\$754 ) begin
-        casez (pack_j)
-          3'h0:
-              \$1025  = elem_data;
-        endcase
+    \$1025  = w_addr;
+    if (in_decode) begin
+      \$1025  = ins[465:434];
+    end
+    if (gemm_active) begin
+      if (\$633 ) begin
+        if (want_w) begin
+          \$1025  = \$644 [31:0];
+        end
+        if (\$647 ) begin
+          if (nt_hit) begin
+            \$1025  = ins[465:434];
+          end
+        end
       end
     end
     if (rst) begin
-      \$1025  = 16'h0000;
+      \$1025  = 32'd0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1026  = pack_a1;
-    if (pack_active) begin
-      if (\$754 ) begin
-        casez (pack_j)
-          3'h0:
-              /* empty */;
-          3'h1:
-              \$1026  = elem_data;
-        endcase
+    \$1026  = p_addr;
+    if (in_decode) begin
+      \$1026  = ins[497:466];
+    end
+    if (gemm_active) begin
+      if (\$633 ) begin
+        if (\$647 ) begin
+          (* full_case = 32'd1 *)
+          if (nt_hit) begin
+            \$1026  = ins[497:466];
+          end else begin
+            \$1026  = \$657 [31:0];
+          end
+        end
       end
     end
     if (rst) begin
-      \$1026  = 16'h0000;
+      \$1026  = 32'd0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1027  = pack_a2;
-    if (pack_active) begin
-      if (\$754 ) begin
-        casez (pack_j)
-          3'h0:
-              /* empty */;
-          3'h1:
-              /* empty */;
-          3'h2:
-              \$1027  = elem_data;
-        endcase
+    \$1027  = want_w;
+    if (in_decode) begin
+      \$1027  = 1'h0;
+    end
+    if (gemm_active) begin
+      if (\$633 ) begin
+        if (\$635 ) begin
+          \$1027  = 1'h1;
+        end
+        if (\$647 ) begin
+          \$1027  = 1'h0;
+        end
       end
     end
     if (rst) begin
-      \$1027  = 16'h0000;
+      \$1027  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1028  = pack_a3;
-    if (pack_active) begin
-      if (\$754 ) begin
-        casez (pack_j)
-          3'h0:
-              /* empty */;
-          3'h1:
-              /* empty */;
-          3'h2:
-              /* empty */;
-          3'h3:
-              \$1028  = elem_data;
-        endcase
+    \$1028  = w_step;
+    if (in_decode) begin
+      \$1028  = \$627 [7:0];
+    end
+    if (rst) begin
+      \$1028  = 8'h00;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1029  = \$signal$483 ;
+    if (in_decode) begin
+      \$1029  = \$628 ;
+    end
+    if (gemm_active) begin
+      if (\$633 ) begin
+        if (\$647 ) begin
+          \$1029  = \$649 ;
+        end
       end
     end
     if (rst) begin
-      \$1028  = 16'h0000;
+      \$1029  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1029  = pack_b0;
-    if (pack_active) begin
-      if (\$754 ) begin
-        casez (pack_j)
-          3'h0:
-              \$1029  = \r_data$357 [15:0];
-        endcase
+    \$1030  = \$signal$591 ;
+    if (in_decode) begin
+      \$1030  = \$630 ;
+    end
+    if (gemm_active) begin
+      if (\$633 ) begin
+        if (\$635 ) begin
+        end else if (\$640 ) begin
+          \$1030  = \$643 ;
+        end
+        if (\$647 ) begin
+          \$1030  = \$651 ;
+        end
       end
     end
     if (rst) begin
-      \$1029  = 16'h0000;
+      \$1030  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1030  = pack_b1;
-    if (pack_active) begin
-      if (\$754 ) begin
-        casez (pack_j)
-          3'h0:
-              /* empty */;
-          3'h1:
-              \$1030  = \r_data$357 [15:0];
-        endcase
+    \$1031  = nt_hit;
+    if (in_decode) begin
+      \$1031  = \$632 ;
+    end
+    if (gemm_active) begin
+      if (\$633 ) begin
+        if (\$647 ) begin
+          (* full_case = 32'd1 *)
+          if (nt_hit) begin
+            \$1031  = \$653 ;
+          end else begin
+            \$1031  = \$656 ;
+          end
+        end
       end
     end
     if (rst) begin
-      \$1030  = 16'h0000;
+      \$1031  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1031  = pack_b2;
-    if (pack_active) begin
-      if (\$754 ) begin
-        casez (pack_j)
-          3'h0:
-              /* empty */;
-          3'h1:
-              /* empty */;
-          3'h2:
-              \$1031  = \r_data$357 [15:0];
-        endcase
-      end
+    \$1032  = rk;
+    if (in_decode) begin
+      \$1032  = 16'h0000;
     end
-    if (rst) begin
-      \$1031  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1032  = pack_b3;
-    if (pack_active) begin
-      if (\$754 ) begin
-        casez (pack_j)
-          3'h0:
-              /* empty */;
-          3'h1:
-              /* empty */;
-          3'h2:
-              /* empty */;
-          3'h3:
-              \$1032  = \r_data$357 [15:0];
-        endcase
+    if (gemm_active) begin
+      if (\$662 ) begin
+        \$1032  = \$665 [15:0];
       end
     end
     if (rst) begin
@@ -35503,161 +35407,202 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1033  = pack_j;
-    if (pack_active) begin
-      if (\$760 ) begin
+    \$1033  = rk_zero;
+    if (in_decode) begin
+      \$1033  = 1'h1;
+    end
+    if (gemm_active) begin
+      if (\$662 ) begin
+        \$1033  = \$666 ;
+      end
+    end
+    if (rst) begin
+      \$1033  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1034  = \$675 ;
+    if (rst) begin
+      \$1034  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1035  = a_filled0;
+    if (in_decode) begin
+      \$1035  = 1'h0;
+    end
+    if (gemm_active) begin
+      if (\$744 ) begin
+        if (a_load_k_hit) begin
+          if (\$750 ) begin
+            casez (\$signal )
+              1'h0:
+                  \$1035  = 1'h1;
+            endcase
+          end
+        end
+      end else if (\$747 ) begin
+        if (\$756 ) begin
+          if (a_load_k_hit) begin
+            casez (\$signal )
+              1'h0:
+                  \$1035  = 1'h1;
+            endcase
+          end
+        end
+      end
+      if (\$768 ) begin
+        casez (a_read_half)
+          1'h0:
+              \$1035  = 1'h0;
+        endcase
+      end
+    end
+    if (rst) begin
+      \$1035  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1036  = a_filled1;
+    if (in_decode) begin
+      \$1036  = 1'h0;
+    end
+    if (gemm_active) begin
+      if (\$744 ) begin
+        if (a_load_k_hit) begin
+          if (\$750 ) begin
+            (* full_case = 32'd1 *)
+            casez (\$signal )
+              1'h0:
+                  /* empty */;
+              1'h1:
+                  \$1036  = 1'h1;
+            endcase
+          end
+        end
+      end else if (\$747 ) begin
+        if (\$756 ) begin
+          if (a_load_k_hit) begin
+            (* full_case = 32'd1 *)
+            casez (\$signal )
+              1'h0:
+                  /* empty */;
+              1'h1:
+                  \$1036  = 1'h1;
+            endcase
+          end
+        end
+      end
+      if (\$768 ) begin
         (* full_case = 32'd1 *)
-        if (\$762 ) begin
-          \$1033  = 3'h0;
-        end else begin
-          \$1033  = \$763 [2:0];
-        end
+        casez (a_read_half)
+          1'h0:
+              /* empty */;
+          1'h1:
+              \$1036  = 1'h0;
+        endcase
       end
     end
-    if (unit_rst) begin
-      \$1033  = 3'h0;
-    end
     if (rst) begin
-      \$1033  = 3'h0;
+      \$1036  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1034  = pack_jo;
-    if (pack_active) begin
-      if (\$764 ) begin
+    \$1037  = \$signal ;
+    if (in_decode) begin
+      \$1037  = 1'h0;
+    end
+    if (gemm_active) begin
+      if (\$744 ) begin
+        if (a_load_k_hit) begin
+          if (\$750 ) begin
+            \$1037  = \$751 ;
+          end
+        end
+      end else if (\$747 ) begin
+        if (\$756 ) begin
+          if (a_load_k_hit) begin
+            \$1037  = \$762 ;
+          end
+        end
+      end
+    end
+    if (rst) begin
+      \$1037  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1038  = \$signal$596 ;
+    if (in_decode) begin
+      \$1038  = 4'h0;
+    end
+    if (gemm_active) begin
+      if (\$744 ) begin
+        if (a_load_k_hit) begin
+          (* full_case = 32'd1 *)
+          if (\$750 ) begin
+            \$1038  = 4'h0;
+          end else begin
+            \$1038  = \$752 [3:0];
+          end
+        end
+      end else if (\$747 ) begin
         (* full_case = 32'd1 *)
-        if (\$766 ) begin
-          \$1034  = 3'h0;
+        if (\$756 ) begin
+          \$1038  = 4'h0;
         end else begin
-          \$1034  = \$767 [2:0];
-        end
-      end
-    end
-    if (unit_rst) begin
-      \$1034  = 3'h0;
-    end
-    if (rst) begin
-      \$1034  = 3'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1035  = tiles;
-    if (in_decode) begin
-      \$1035  = dec_tiles;
-    end
-    if (gemm_active) begin
-      if (\$774 ) begin
-        if (\$788 ) begin
-          \$1035  = \$789 [31:0];
+          \$1038  = \$763 [3:0];
         end
       end
     end
     if (rst) begin
-      \$1035  = 32'd0;
+      \$1038  = 4'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1036  = nt;
+    \$1039  = \$signal$594 ;
     if (in_decode) begin
-      \$1036  = 16'h0000;
+      \$1039  = 16'h0000;
     end
     if (gemm_active) begin
-      if (\$774 ) begin
-        if (\$788 ) begin
-          (* full_case = 32'd1 *)
-          if (nt_hit) begin
-            \$1036  = 16'h0000;
-          end else begin
-            \$1036  = \$795 [15:0];
+      if (\$744 ) begin
+        (* full_case = 32'd1 *)
+        if (a_load_k_hit) begin
+          \$1039  = 16'h0000;
+        end else begin
+          \$1039  = \$753 [15:0];
+        end
+      end else if (\$747 ) begin
+        if (\$756 ) begin
+          \$1039  = \$757 [15:0];
+          if (a_load_k_hit) begin
+            \$1039  = 16'h0000;
           end
         end
       end
     end
     if (rst) begin
-      \$1036  = 16'h0000;
+      \$1039  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1037  = k;
-    if (in_decode) begin
-      \$1037  = 16'h0000;
-    end
-    if (gemm_active) begin
-      if (\$774 ) begin
-        if (\$776 ) begin
-        end else if (\$781 ) begin
-          \$1037  = \$782 [15:0];
-        end
-        if (\$788 ) begin
-          \$1037  = 16'h0000;
-        end
-      end
-    end
-    if (rst) begin
-      \$1037  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1038  = w_addr;
-    if (in_decode) begin
-      \$1038  = ins[465:434];
-    end
-    if (gemm_active) begin
-      if (\$774 ) begin
-        if (want_w) begin
-          \$1038  = \$785 [31:0];
-        end
-        if (\$788 ) begin
-          if (nt_hit) begin
-            \$1038  = ins[465:434];
-          end
-        end
-      end
-    end
-    if (rst) begin
-      \$1038  = 32'd0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1039  = p_addr;
-    if (in_decode) begin
-      \$1039  = ins[497:466];
-    end
-    if (gemm_active) begin
-      if (\$774 ) begin
-        if (\$788 ) begin
-          (* full_case = 32'd1 *)
-          if (nt_hit) begin
-            \$1039  = ins[497:466];
-          end else begin
-            \$1039  = \$798 [31:0];
-          end
-        end
-      end
-    end
-    if (rst) begin
-      \$1039  = 32'd0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1040  = want_w;
+    \$1040  = \$signal$338 ;
     if (in_decode) begin
       \$1040  = 1'h0;
     end
     if (gemm_active) begin
-      if (\$774 ) begin
-        if (\$776 ) begin
-          \$1040  = 1'h1;
-        end
-        if (\$788 ) begin
-          \$1040  = 1'h0;
+      if (a_issue) begin
+        if (a_feed_k_hit) begin
+          if (a_feed_nt_hit) begin
+            \$1040  = \$773 ;
+          end
         end
       end
     end
@@ -35667,66 +35612,84 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1041  = w_step;
+    \$1041  = \$signal$595 ;
     if (in_decode) begin
-      \$1041  = \$768 [7:0];
-    end
-    if (rst) begin
-      \$1041  = 8'h00;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1042  = \$signal$466 ;
-    if (in_decode) begin
-      \$1042  = \$769 ;
+      \$1041  = 16'h0000;
     end
     if (gemm_active) begin
-      if (\$774 ) begin
-        if (\$788 ) begin
-          \$1042  = \$790 ;
+      if (a_issue) begin
+        (* full_case = 32'd1 *)
+        if (a_feed_k_hit) begin
+          \$1041  = 16'h0000;
+        end else begin
+          \$1041  = \$779 [15:0];
         end
       end
     end
     if (rst) begin
-      \$1042  = 1'h0;
+      \$1041  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1043  = \$signal$571 ;
+    \$1042  = fnt;
     if (in_decode) begin
-      \$1043  = \$771 ;
+      \$1042  = 16'h0000;
     end
     if (gemm_active) begin
-      if (\$774 ) begin
-        if (\$776 ) begin
-        end else if (\$781 ) begin
-          \$1043  = \$784 ;
-        end
-        if (\$788 ) begin
-          \$1043  = \$792 ;
-        end
-      end
-    end
-    if (rst) begin
-      \$1043  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1044  = nt_hit;
-    if (in_decode) begin
-      \$1044  = \$773 ;
-    end
-    if (gemm_active) begin
-      if (\$774 ) begin
-        if (\$788 ) begin
+      if (a_issue) begin
+        if (a_feed_k_hit) begin
           (* full_case = 32'd1 *)
-          if (nt_hit) begin
-            \$1044  = \$794 ;
+          if (a_feed_nt_hit) begin
+            \$1042  = 16'h0000;
           end else begin
-            \$1044  = \$797 ;
+            \$1042  = \$776 [15:0];
+          end
+        end
+      end
+    end
+    if (rst) begin
+      \$1042  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1043  = feed_blocks;
+    if (in_decode) begin
+      \$1043  = dec_blocks;
+    end
+    if (gemm_active) begin
+      if (a_issue) begin
+        if (a_feed_k_hit) begin
+          if (a_feed_nt_hit) begin
+            \$1043  = \$774 [31:0];
+          end
+        end
+      end
+    end
+    if (rst) begin
+      \$1043  = 32'd0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1044  = a_load_k_hit;
+    if (in_decode) begin
+      \$1044  = \$677 ;
+    end
+    if (gemm_active) begin
+      if (\$744 ) begin
+        (* full_case = 32'd1 *)
+        if (a_load_k_hit) begin
+          \$1044  = \$749 ;
+        end else begin
+          \$1044  = \$755 ;
+        end
+      end else if (\$747 ) begin
+        if (\$756 ) begin
+          \$1044  = \$759 ;
+          if (a_load_k_hit) begin
+            \$1044  = \$761 ;
           end
         end
       end
@@ -35737,28 +35700,40 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1045  = rk;
+    \$1045  = a_feed_k_hit;
     if (in_decode) begin
-      \$1045  = 16'h0000;
+      \$1045  = \$679 ;
     end
     if (gemm_active) begin
-      if (\$803 ) begin
-        \$1045  = \$806 [15:0];
+      if (a_issue) begin
+        (* full_case = 32'd1 *)
+        if (a_feed_k_hit) begin
+          \$1045  = \$770 ;
+        end else begin
+          \$1045  = \$781 ;
+        end
       end
     end
     if (rst) begin
-      \$1045  = 16'h0000;
+      \$1045  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1046  = rk_zero;
+    \$1046  = a_feed_nt_hit;
     if (in_decode) begin
-      \$1046  = 1'h1;
+      \$1046  = \$681 ;
     end
     if (gemm_active) begin
-      if (\$803 ) begin
-        \$1046  = \$807 ;
+      if (a_issue) begin
+        if (a_feed_k_hit) begin
+          (* full_case = 32'd1 *)
+          if (a_feed_nt_hit) begin
+            \$1046  = \$772 ;
+          end else begin
+            \$1046  = \$778 ;
+          end
+        end
       end
     end
     if (rst) begin
@@ -35767,277 +35742,91 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1047  = \$816 ;
+    \$1047  = a_blocks_left;
+    if (in_decode) begin
+      \$1047  = \$682 ;
+    end
+    if (gemm_active) begin
+      if (a_issue) begin
+        if (a_feed_k_hit) begin
+          if (a_feed_nt_hit) begin
+            \$1047  = \$775 ;
+          end
+        end
+      end
+    end
     if (rst) begin
       \$1047  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1048  = a_filled0;
-    if (in_decode) begin
-      \$1048  = 1'h0;
-    end
-    if (gemm_active) begin
-      if (\$828 ) begin
-        if (a_load_k_hit) begin
-          if (\$834 ) begin
-            casez (\$signal )
-              1'h0:
-                  \$1048  = 1'h1;
-            endcase
-          end
-        end
-      end else if (\$831 ) begin
-        if (\$840 ) begin
-          if (a_load_k_hit) begin
-            casez (\$signal )
-              1'h0:
-                  \$1048  = 1'h1;
-            endcase
-          end
-        end
-      end
-      if (\$852 ) begin
-        casez (a_read_half)
-          1'h0:
-              \$1048  = 1'h0;
-        endcase
-      end
-    end
+    \$1048  = \$691 ;
     if (rst) begin
       \$1048  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1049  = a_filled1;
-    if (in_decode) begin
-      \$1049  = 1'h0;
-    end
-    if (gemm_active) begin
-      if (\$828 ) begin
-        if (a_load_k_hit) begin
-          if (\$834 ) begin
-            (* full_case = 32'd1 *)
-            casez (\$signal )
-              1'h0:
-                  /* empty */;
-              1'h1:
-                  \$1049  = 1'h1;
-            endcase
-          end
-        end
-      end else if (\$831 ) begin
-        if (\$840 ) begin
-          if (a_load_k_hit) begin
-            (* full_case = 32'd1 *)
-            casez (\$signal )
-              1'h0:
-                  /* empty */;
-              1'h1:
-                  \$1049  = 1'h1;
-            endcase
-          end
-        end
-      end
-      if (\$852 ) begin
-        (* full_case = 32'd1 *)
-        casez (a_read_half)
-          1'h0:
-              /* empty */;
-          1'h1:
-              \$1049  = 1'h0;
-        endcase
-      end
-    end
+    \$1049  = \$697 ;
     if (rst) begin
       \$1049  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1050  = \$signal ;
-    if (in_decode) begin
-      \$1050  = 1'h0;
-    end
-    if (gemm_active) begin
-      if (\$828 ) begin
-        if (a_load_k_hit) begin
-          if (\$834 ) begin
-            \$1050  = \$835 ;
-          end
-        end
-      end else if (\$831 ) begin
-        if (\$840 ) begin
-          if (a_load_k_hit) begin
-            \$1050  = \$846 ;
-          end
-        end
-      end
-    end
+    \$1050  = \$703 ;
     if (rst) begin
       \$1050  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1051  = \$signal$303 ;
-    if (in_decode) begin
-      \$1051  = 4'h0;
-    end
-    if (gemm_active) begin
-      if (\$828 ) begin
-        if (a_load_k_hit) begin
-          (* full_case = 32'd1 *)
-          if (\$834 ) begin
-            \$1051  = 4'h0;
-          end else begin
-            \$1051  = \$836 [3:0];
-          end
-        end
-      end else if (\$831 ) begin
-        (* full_case = 32'd1 *)
-        if (\$840 ) begin
-          \$1051  = 4'h0;
-        end else begin
-          \$1051  = \$847 [3:0];
-        end
-      end
-    end
+    \$1051  = \$709 ;
     if (rst) begin
-      \$1051  = 4'h0;
+      \$1051  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1052  = lk;
-    if (in_decode) begin
-      \$1052  = 16'h0000;
-    end
-    if (gemm_active) begin
-      if (\$828 ) begin
-        (* full_case = 32'd1 *)
-        if (a_load_k_hit) begin
-          \$1052  = 16'h0000;
-        end else begin
-          \$1052  = \$837 [15:0];
-        end
-      end else if (\$831 ) begin
-        if (\$840 ) begin
-          \$1052  = \$841 [15:0];
-          if (a_load_k_hit) begin
-            \$1052  = 16'h0000;
-          end
-        end
-      end
-    end
+    \$1052  = \$715 ;
     if (rst) begin
-      \$1052  = 16'h0000;
+      \$1052  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1053  = \$signal$329 ;
-    if (in_decode) begin
-      \$1053  = 1'h0;
-    end
-    if (gemm_active) begin
-      if (a_issue) begin
-        if (a_feed_k_hit) begin
-          if (a_feed_nt_hit) begin
-            \$1053  = \$857 ;
-          end
-        end
-      end
-    end
+    \$1053  = \$721 ;
     if (rst) begin
       \$1053  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1054  = \$signal$574 ;
-    if (in_decode) begin
-      \$1054  = 16'h0000;
-    end
-    if (gemm_active) begin
-      if (a_issue) begin
-        (* full_case = 32'd1 *)
-        if (a_feed_k_hit) begin
-          \$1054  = 16'h0000;
-        end else begin
-          \$1054  = \$863 [15:0];
-        end
-      end
-    end
+    \$1054  = \$727 ;
     if (rst) begin
-      \$1054  = 16'h0000;
+      \$1054  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1055  = fnt;
-    if (in_decode) begin
-      \$1055  = 16'h0000;
-    end
-    if (gemm_active) begin
-      if (a_issue) begin
-        if (a_feed_k_hit) begin
-          (* full_case = 32'd1 *)
-          if (a_feed_nt_hit) begin
-            \$1055  = 16'h0000;
-          end else begin
-            \$1055  = \$860 [15:0];
-          end
-        end
-      end
-    end
+    \$1055  = \$733 ;
     if (rst) begin
-      \$1055  = 16'h0000;
+      \$1055  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1056  = feed_blocks;
-    if (in_decode) begin
-      \$1056  = dec_blocks;
-    end
-    if (gemm_active) begin
-      if (a_issue) begin
-        if (a_feed_k_hit) begin
-          if (a_feed_nt_hit) begin
-            \$1056  = \$858 [31:0];
-          end
-        end
-      end
-    end
+    \$1056  = \$739 ;
     if (rst) begin
-      \$1056  = 32'd0;
+      \$1056  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1057  = a_load_k_hit;
-    if (in_decode) begin
-      \$1057  = \$818 ;
-    end
+    \$1057  = a_read_last;
     if (gemm_active) begin
-      if (\$828 ) begin
-        (* full_case = 32'd1 *)
-        if (a_load_k_hit) begin
-          \$1057  = \$833 ;
-        end else begin
-          \$1057  = \$839 ;
-        end
-      end else if (\$831 ) begin
-        if (\$840 ) begin
-          \$1057  = \$843 ;
-          if (a_load_k_hit) begin
-            \$1057  = \$845 ;
-          end
-        end
-      end
+      \$1057  = a_feed_k_hit;
     end
     if (rst) begin
       \$1057  = 1'h0;
@@ -36045,41 +35834,19 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1058  = a_feed_k_hit;
-    if (in_decode) begin
-      \$1058  = \$820 ;
-    end
+    \$1058  = a_read_addr;
     if (gemm_active) begin
-      if (a_issue) begin
-        (* full_case = 32'd1 *)
-        if (a_feed_k_hit) begin
-          \$1058  = \$854 ;
-        end else begin
-          \$1058  = \$865 ;
-        end
-      end
+      \$1058  = \$765 [8:0];
     end
     if (rst) begin
-      \$1058  = 1'h0;
+      \$1058  = 9'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1059  = a_feed_nt_hit;
-    if (in_decode) begin
-      \$1059  = \$822 ;
-    end
+    \$1059  = a_read_half;
     if (gemm_active) begin
-      if (a_issue) begin
-        if (a_feed_k_hit) begin
-          (* full_case = 32'd1 *)
-          if (a_feed_nt_hit) begin
-            \$1059  = \$856 ;
-          end else begin
-            \$1059  = \$862 ;
-          end
-        end
-      end
+      \$1059  = \$signal$338 ;
     end
     if (rst) begin
       \$1059  = 1'h0;
@@ -36087,18 +35854,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1060  = a_blocks_left;
-    if (in_decode) begin
-      \$1060  = \$823 ;
-    end
+    \$1060  = a_read_free;
     if (gemm_active) begin
-      if (a_issue) begin
-        if (a_feed_k_hit) begin
-          if (a_feed_nt_hit) begin
-            \$1060  = \$859 ;
-          end
-        end
-      end
+      \$1060  = \$767 ;
     end
     if (rst) begin
       \$1060  = 1'h0;
@@ -36106,153 +35864,190 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1061  = a_read_last;
+    \$1061  = w_load_lane;
     if (gemm_active) begin
-      \$1061  = a_feed_k_hit;
-    end
-    if (rst) begin
-      \$1061  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1062  = a_read_addr;
-    if (gemm_active) begin
-      \$1062  = \$849 [8:0];
-    end
-    if (rst) begin
-      \$1062  = 9'h000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1063  = a_read_half;
-    if (gemm_active) begin
-      \$1063  = \$signal$329 ;
-    end
-    if (rst) begin
-      \$1063  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1064  = a_read_free;
-    if (gemm_active) begin
-      \$1064  = \$851 ;
-    end
-    if (rst) begin
-      \$1064  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1065  = w_load_lane;
-    if (gemm_active) begin
-      if (\$870 ) begin
+      if (\$786 ) begin
         (* full_case = 32'd1 *)
-        if (\$871 ) begin
-          \$1065  = 4'h0;
+        if (\$787 ) begin
+          \$1061  = 4'h0;
         end else begin
-          \$1065  = \$878 [3:0];
+          \$1061  = \$794 [3:0];
         end
       end
       if (in_decode) begin
-        \$1065  = 4'h0;
+        \$1061  = 4'h0;
       end
     end
     if (rst) begin
-      \$1065  = 4'h0;
+      \$1061  = 4'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1066  = w_load_k;
+    \$1062  = w_load_k;
     if (gemm_active) begin
-      if (\$870 ) begin
-        if (\$871 ) begin
-          \$1066  = \$872 [15:0];
-          if (\$874 ) begin
-            \$1066  = 16'h0000;
+      if (\$786 ) begin
+        if (\$787 ) begin
+          \$1062  = \$788 [15:0];
+          if (\$790 ) begin
+            \$1062  = 16'h0000;
           end
         end
       end
       if (in_decode) begin
-        \$1066  = 16'h0000;
+        \$1062  = 16'h0000;
       end
     end
     if (rst) begin
-      \$1066  = 16'h0000;
+      \$1062  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1067  = w_load_addr;
+    \$1063  = w_load_addr;
     if (gemm_active) begin
-      if (\$870 ) begin
-        if (\$871 ) begin
-          \$1067  = \$873 [9:0];
-          if (\$874 ) begin
-            if (\$876 ) begin
-              \$1067  = 10'h000;
+      if (\$786 ) begin
+        if (\$787 ) begin
+          \$1063  = \$789 [9:0];
+          if (\$790 ) begin
+            if (\$792 ) begin
+              \$1063  = 10'h000;
             end
           end
         end
       end
       if (in_decode) begin
-        \$1067  = 10'h000;
+        \$1063  = 10'h000;
       end
     end
     if (rst) begin
-      \$1067  = 10'h000;
+      \$1063  = 10'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1068  = w_load_nt;
+    \$1064  = w_load_nt;
     if (gemm_active) begin
-      if (\$870 ) begin
-        if (\$871 ) begin
-          if (\$874 ) begin
-            \$1068  = \$875 [15:0];
-            if (\$876 ) begin
-              \$1068  = 16'h0000;
+      if (\$786 ) begin
+        if (\$787 ) begin
+          if (\$790 ) begin
+            \$1064  = \$791 [15:0];
+            if (\$792 ) begin
+              \$1064  = 16'h0000;
             end
           end
         end
       end
       if (in_decode) begin
-        \$1068  = 16'h0000;
+        \$1064  = 16'h0000;
       end
     end
     if (rst) begin
-      \$1068  = 16'h0000;
+      \$1064  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1069  = w_filled0;
+    \$1065  = w_filled0;
     if (gemm_active) begin
-      if (\$870 ) begin
-        if (\$871 ) begin
-          if (\$874 ) begin
-            if (\$876 ) begin
+      if (\$786 ) begin
+        if (\$787 ) begin
+          if (\$790 ) begin
+            if (\$792 ) begin
               casez (w_load_half)
                 1'h0:
-                    \$1069  = 1'h1;
+                    \$1065  = 1'h1;
               endcase
             end
           end
         end
       end
-      if (\$894 ) begin
+      if (\$810 ) begin
         casez (w_read_half)
           1'h0:
-              \$1069  = 1'h0;
+              \$1065  = 1'h0;
         endcase
       end
       if (in_decode) begin
-        \$1069  = 1'h0;
+        \$1065  = 1'h0;
       end
+    end
+    if (rst) begin
+      \$1065  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1066  = w_filled1;
+    if (gemm_active) begin
+      if (\$786 ) begin
+        if (\$787 ) begin
+          if (\$790 ) begin
+            if (\$792 ) begin
+              (* full_case = 32'd1 *)
+              casez (w_load_half)
+                1'h0:
+                    /* empty */;
+                1'h1:
+                    \$1066  = 1'h1;
+              endcase
+            end
+          end
+        end
+      end
+      if (\$810 ) begin
+        (* full_case = 32'd1 *)
+        casez (w_read_half)
+          1'h0:
+              /* empty */;
+          1'h1:
+              \$1066  = 1'h0;
+        endcase
+      end
+      if (in_decode) begin
+        \$1066  = 1'h0;
+      end
+    end
+    if (rst) begin
+      \$1066  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1067  = w_load_half;
+    if (gemm_active) begin
+      if (\$786 ) begin
+        if (\$787 ) begin
+          if (\$790 ) begin
+            if (\$792 ) begin
+              \$1067  = \$793 ;
+            end
+          end
+        end
+      end
+      if (in_decode) begin
+        \$1067  = 1'h0;
+      end
+    end
+    if (rst) begin
+      \$1067  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1068  = w_read_addr;
+    if (gemm_active) begin
+      \$1068  = \$797 [8:0];
+    end
+    if (rst) begin
+      \$1068  = 9'h000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1069  = w_read_half;
+    if (gemm_active) begin
+      \$1069  = w_feed_half;
     end
     if (rst) begin
       \$1069  = 1'h0;
@@ -36260,35 +36055,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1070  = w_filled1;
+    \$1070  = w_read_free;
     if (gemm_active) begin
-      if (\$870 ) begin
-        if (\$871 ) begin
-          if (\$874 ) begin
-            if (\$876 ) begin
-              (* full_case = 32'd1 *)
-              casez (w_load_half)
-                1'h0:
-                    /* empty */;
-                1'h1:
-                    \$1070  = 1'h1;
-              endcase
-            end
-          end
-        end
-      end
-      if (\$894 ) begin
-        (* full_case = 32'd1 *)
-        casez (w_read_half)
-          1'h0:
-              /* empty */;
-          1'h1:
-              \$1070  = 1'h0;
-        endcase
-      end
-      if (in_decode) begin
-        \$1070  = 1'h0;
-      end
+      \$1070  = \$803 ;
     end
     if (rst) begin
       \$1070  = 1'h0;
@@ -36296,40 +36065,66 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1071  = w_load_half;
+    \$1071  = feed_ntk;
     if (gemm_active) begin
-      if (\$870 ) begin
-        if (\$871 ) begin
-          if (\$874 ) begin
-            if (\$876 ) begin
-              \$1071  = \$877 ;
+      if (\$805 ) begin
+        if (a_feed_k_hit) begin
+          (* full_case = 32'd1 *)
+          if (a_feed_nt_hit) begin
+            \$1071  = 32'd0;
+          end else begin
+            \$1071  = \$809 [31:0];
+          end
+        end
+      end
+      if (in_decode) begin
+        \$1071  = 32'd0;
+      end
+    end
+    if (rst) begin
+      \$1071  = 32'd0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1072  = feed_mt;
+    if (gemm_active) begin
+      if (\$805 ) begin
+        if (a_feed_k_hit) begin
+          if (a_feed_nt_hit) begin
+            (* full_case = 32'd1 *)
+            if (\$806 ) begin
+              \$1072  = 16'h0000;
+            end else begin
+              \$1072  = \$808 [15:0];
             end
           end
         end
       end
       if (in_decode) begin
-        \$1071  = 1'h0;
+        \$1072  = 16'h0000;
       end
     end
     if (rst) begin
-      \$1071  = 1'h0;
+      \$1072  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1072  = w_read_addr;
+    \$1073  = w_feed_half;
     if (gemm_active) begin
-      \$1072  = \$881 [8:0];
-    end
-    if (rst) begin
-      \$1072  = 9'h000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1073  = w_read_half;
-    if (gemm_active) begin
-      \$1073  = w_feed_half;
+      if (\$805 ) begin
+        if (a_feed_k_hit) begin
+          if (a_feed_nt_hit) begin
+            if (\$806 ) begin
+              \$1073  = \$807 ;
+            end
+          end
+        end
+      end
+      if (in_decode) begin
+        \$1073  = 1'h0;
+      end
     end
     if (rst) begin
       \$1073  = 1'h0;
@@ -36337,120 +36132,99 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1074  = w_read_free;
-    if (gemm_active) begin
-      \$1074  = \$887 ;
-    end
+    \$1074  = \$821 ;
     if (rst) begin
       \$1074  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1075  = feed_ntk;
-    if (gemm_active) begin
-      if (\$889 ) begin
-        if (a_feed_k_hit) begin
-          (* full_case = 32'd1 *)
-          if (a_feed_nt_hit) begin
-            \$1075  = 32'd0;
-          end else begin
-            \$1075  = \$893 [31:0];
-          end
-        end
-      end
-      if (in_decode) begin
-        \$1075  = 32'd0;
-      end
-    end
+    \$1075  = \$829 ;
     if (rst) begin
-      \$1075  = 32'd0;
+      \$1075  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1076  = feed_mt;
-    if (gemm_active) begin
-      if (\$889 ) begin
-        if (a_feed_k_hit) begin
-          if (a_feed_nt_hit) begin
-            (* full_case = 32'd1 *)
-            if (\$890 ) begin
-              \$1076  = 16'h0000;
-            end else begin
-              \$1076  = \$892 [15:0];
-            end
-          end
-        end
-      end
-      if (in_decode) begin
-        \$1076  = 16'h0000;
-      end
-    end
+    \$1076  = \$837 ;
     if (rst) begin
-      \$1076  = 16'h0000;
+      \$1076  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1077  = w_feed_half;
-    if (gemm_active) begin
-      if (\$889 ) begin
-        if (a_feed_k_hit) begin
-          if (a_feed_nt_hit) begin
-            if (\$890 ) begin
-              \$1077  = \$891 ;
-            end
-          end
-        end
-      end
-      if (in_decode) begin
-        \$1077  = 1'h0;
-      end
-    end
+    \$1077  = \$845 ;
     if (rst) begin
       \$1077  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1078  = dst_col;
-    if (in_decode) begin
-      \$1078  = 3'h0;
-    end else if (dst_step) begin
-      \$1078  = \$896 [2:0];
-    end
+    \$1078  = \$853 ;
     if (rst) begin
-      \$1078  = 3'h0;
+      \$1078  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1079  = post_col;
-    if (in_decode) begin
-      \$1079  = 3'h0;
-    end
-    if (\$898 ) begin
-      if (elem_take) begin
-        \$1079  = \$901 [2:0];
-      end
-    end
+    \$1079  = \$861 ;
     if (rst) begin
-      \$1079  = 3'h0;
+      \$1079  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1080  = \$906 ;
+    \$1080  = \$869 ;
     if (rst) begin
       \$1080  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1081  = fault;
+    \$1081  = \$877 ;
     if (rst) begin
-      \$1081  = 4'h0;
+      \$1081  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1082  = dst_col;
+    if (in_decode) begin
+      \$1082  = 3'h0;
+    end else if (dst_step) begin
+      \$1082  = \$879 [2:0];
+    end
+    if (rst) begin
+      \$1082  = 3'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1083  = post_col;
+    if (in_decode) begin
+      \$1083  = 3'h0;
+    end
+    if (\$881 ) begin
+      if (elem_take) begin
+        \$1083  = \$884 [2:0];
+      end
+    end
+    if (rst) begin
+      \$1083  = 3'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1084  = \$889 ;
+    if (rst) begin
+      \$1084  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1085  = fault;
+    if (rst) begin
+      \$1085  = 4'h0;
     end
   end
   assign \ar__payload$1  = ar__payload;
@@ -36536,14 +36310,65 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   assign p__payload = beat__payload[437:0];
   assign w_in_valid = \w_en$282 ;
   assign \w_data$284  = { w_beat7, w_beat6, w_beat5, w_beat4, w_beat3, w_beat2, w_beat1, w_beat0 };
-  assign \o__valid$434  = \w_en$433 ;
-  assign \o__payload$436  = \w_data$435 ;
-  assign \w_rdy$438  = \o__ready$437 ;
-  assign \r_rdy$439  = gemm_res_valid;
-  assign wr_data = \$344 [15:0];
-  assign \next$479  = dst_step;
-  assign \w_data$482  = \r_data$247 [16:0];
-  assign \i__payload$485  = \r_data$484 [15:0];
+  assign \$signature__addr$295  = a_write_addr[8:0];
+  assign a_write_data = \$signature__data ;
+  assign a_write_en0 = \$signature__en$299 ;
+  assign \$signature__addr$301  = a_write_addr[8:0];
+  assign \$signature__data$302  = \$signature__data ;
+  assign a_write_en1 = \$signature__en$303 ;
+  assign \$signature__addr$305  = a_write_addr[8:0];
+  assign \$signature__data$306  = \$signature__data ;
+  assign a_write_en2 = \$signature__en$307 ;
+  assign \$signature__addr$309  = a_write_addr[8:0];
+  assign \$signature__data$310  = \$signature__data ;
+  assign a_write_en3 = \$signature__en$311 ;
+  assign \$signature__addr$313  = a_write_addr[8:0];
+  assign \$signature__data$314  = \$signature__data ;
+  assign a_write_en4 = \$signature__en$315 ;
+  assign \$signature__addr$317  = a_write_addr[8:0];
+  assign \$signature__data$318  = \$signature__data ;
+  assign a_write_en5 = \$signature__en$319 ;
+  assign \$signature__addr$321  = a_write_addr[8:0];
+  assign \$signature__data$322  = \$signature__data ;
+  assign a_write_en6 = \$signature__en$323 ;
+  assign \$signature__addr$325  = a_write_addr[8:0];
+  assign \$signature__data$326  = \$signature__data ;
+  assign a_write_en7 = \$signature__en$327 ;
+  assign \$signature__addr$329  = a_write_addr[8:0];
+  assign \$signature__data$330  = \$signature__data ;
+  assign a_write_en8 = \$signature__en$331 ;
+  assign \$signature__addr$416  = w_write_addr[8:0];
+  assign w_write_data = \$signature__data$418 ;
+  assign w_write_en0 = \$signature__en$420 ;
+  assign \$signature__addr$422  = w_write_addr[8:0];
+  assign \$signature__data$423  = \$signature__data$418 ;
+  assign w_write_en1 = \$signature__en$424 ;
+  assign \$signature__addr$426  = w_write_addr[8:0];
+  assign \$signature__data$427  = \$signature__data$418 ;
+  assign w_write_en2 = \$signature__en$428 ;
+  assign \$signature__addr$430  = w_write_addr[8:0];
+  assign \$signature__data$431  = \$signature__data$418 ;
+  assign w_write_en3 = \$signature__en$432 ;
+  assign \$signature__addr$434  = w_write_addr[8:0];
+  assign \$signature__data$435  = \$signature__data$418 ;
+  assign w_write_en4 = \$signature__en$436 ;
+  assign \$signature__addr$438  = w_write_addr[8:0];
+  assign \$signature__data$439  = \$signature__data$418 ;
+  assign w_write_en5 = \$signature__en$440 ;
+  assign \$signature__addr$442  = w_write_addr[8:0];
+  assign \$signature__data$443  = \$signature__data$418 ;
+  assign w_write_en6 = \$signature__en$444 ;
+  assign \$signature__addr$446  = w_write_addr[8:0];
+  assign \$signature__data$447  = \$signature__data$418 ;
+  assign w_write_en7 = \$signature__en$448 ;
+  assign \o__valid$451  = \w_en$450 ;
+  assign \o__payload$453  = \w_data$452 ;
+  assign \w_rdy$455  = \o__ready$454 ;
+  assign \r_rdy$456  = gemm_res_valid;
+  assign wr_data = \$207 [15:0];
+  assign \next$496  = dst_step;
+  assign \w_data$499  = \r_data$247 [16:0];
+  assign \i__payload$502  = \r_data$501 [15:0];
   assign \ar__payload.addr  = ar__payload[28:0];
   assign \ar__payload.len  = ar__payload[36:29];
   assign \ar__payload$1.addr  = ar__payload[28:0];
@@ -36662,17 +36487,17 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   assign \p__payload.e[6]  = beat__payload[425:420];
   assign \p__payload.e[7]  = beat__payload[431:426];
   assign \p__payload.out_bits  = beat__payload[437:432];
-  assign \a__payload$423.data  = \a__payload$423 [80:0];
-  assign \a__payload$423.data[0]  = \a__payload$423 [8:0];
-  assign \a__payload$423.data[1]  = \a__payload$423 [17:9];
-  assign \a__payload$423.data[2]  = \a__payload$423 [26:18];
-  assign \a__payload$423.data[3]  = \a__payload$423 [35:27];
-  assign \a__payload$423.data[4]  = \a__payload$423 [44:36];
-  assign \a__payload$423.data[5]  = \a__payload$423 [53:45];
-  assign \a__payload$423.data[6]  = \a__payload$423 [62:54];
-  assign \a__payload$423.data[7]  = \a__payload$423 [71:63];
-  assign \a__payload$423.data[8]  = \a__payload$423 [80:72];
-  assign \a__payload$423.last  = \a__payload$423 [81];
+  assign \a__payload$406.data  = \a__payload$406 [80:0];
+  assign \a__payload$406.data[0]  = \a__payload$406 [8:0];
+  assign \a__payload$406.data[1]  = \a__payload$406 [17:9];
+  assign \a__payload$406.data[2]  = \a__payload$406 [26:18];
+  assign \a__payload$406.data[3]  = \a__payload$406 [35:27];
+  assign \a__payload$406.data[4]  = \a__payload$406 [44:36];
+  assign \a__payload$406.data[5]  = \a__payload$406 [53:45];
+  assign \a__payload$406.data[6]  = \a__payload$406 [62:54];
+  assign \a__payload$406.data[7]  = \a__payload$406 [71:63];
+  assign \a__payload$406.data[8]  = \a__payload$406 [80:72];
+  assign \a__payload$406.last  = \a__payload$406 [81];
   assign \w__payload[0]  = w__payload[7:0];
   assign \w__payload[1]  = w__payload[15:8];
   assign \w__payload[2]  = w__payload[23:16];
@@ -36681,22 +36506,22 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   assign \w__payload[5]  = w__payload[47:40];
   assign \w__payload[6]  = w__payload[55:48];
   assign \w__payload[7]  = w__payload[63:56];
-  assign \o__payload$436[0]  = \w_data$435 [31:0];
-  assign \o__payload$436[1]  = \w_data$435 [63:32];
-  assign \o__payload$436[2]  = \w_data$435 [95:64];
-  assign \o__payload$436[3]  = \w_data$435 [127:96];
-  assign \o__payload$436[4]  = \w_data$435 [159:128];
-  assign \o__payload$436[5]  = \w_data$435 [191:160];
-  assign \o__payload$436[6]  = \w_data$435 [223:192];
-  assign \o__payload$436[7]  = \w_data$435 [255:224];
-  assign \req__payload$467.addr  = \req__payload$467 [31:0];
-  assign \req__payload$467.lb  = \req__payload$467 [34:32];
-  assign \i__payload$483.data  = \i__payload$483 [15:0];
-  assign \i__payload$483.last  = \i__payload$483 [16];
-  assign \i__payload$483 [16] = \r_data$484 [16];
-  assign \i__payload$483 [15:0] = \r_data$484 [15:0];
-  assign \req__payload$467 [34:32] = \$371 ;
-  assign \req__payload$467 [31:0] = \$361 ;
+  assign \o__payload$453[0]  = \w_data$452 [31:0];
+  assign \o__payload$453[1]  = \w_data$452 [63:32];
+  assign \o__payload$453[2]  = \w_data$452 [95:64];
+  assign \o__payload$453[3]  = \w_data$452 [127:96];
+  assign \o__payload$453[4]  = \w_data$452 [159:128];
+  assign \o__payload$453[5]  = \w_data$452 [191:160];
+  assign \o__payload$453[6]  = \w_data$452 [223:192];
+  assign \o__payload$453[7]  = \w_data$452 [255:224];
+  assign \req__payload$484.addr  = \req__payload$484 [31:0];
+  assign \req__payload$484.lb  = \req__payload$484 [34:32];
+  assign \i__payload$500.data  = \i__payload$500 [15:0];
+  assign \i__payload$500.last  = \i__payload$500 [16];
+  assign \i__payload$500 [16] = \r_data$501 [16];
+  assign \i__payload$500 [15:0] = \r_data$501 [15:0];
+  assign \req__payload$484 [34:32] = \$234 ;
+  assign \req__payload$484 [31:0] = \$224 ;
   assign i__payload[31:24] = r_data[55:48];
   assign i__payload[23:16] = r_data[39:32];
   assign i__payload[15:8] = r_data[23:16];
@@ -36748,37 +36573,40 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   assign \$140 [3:1] = 3'h0;
   assign \$140 [0] = ins[8];
   assign \$141  = ins[8];
-  assign { \$321 [3], \$321 [1:0] } = 3'h0;
-  assign \$321 [2] = ins[10];
-  assign \$322  = ins[10];
-  assign { \$324 [3], \$324 [1:0] } = 3'h0;
-  assign \$324 [2] = ins[10];
-  assign \$325  = ins[10];
-  assign { \$327 [3], \$327 [1:0] } = 3'h0;
-  assign \$327 [2] = ins[10];
-  assign \$328  = ins[10];
-  assign { \$330 [3], \$330 [1:0] } = 3'h0;
-  assign \$330 [2] = ins[10];
-  assign \$331  = ins[10];
-  assign \$350  = 1'h0;
-  assign \$357  = 1'h0;
-  assign \$358  = \$356 ;
-  assign \$367  = 1'h0;
-  assign \$368  = \$366 ;
-  assign \$372  = in_fetch;
-  assign \$376  = unit_rst;
-  assign \$491  = { 19'h00000, \$490 [32:19] };
-  assign \$492  = { 3'h0, dec_n2p[16:3] };
-  assign \$497  = { 1'h0, dec_nt, 6'h00 };
-  assign \$499 [5:0] = 6'h00;
-  assign \$499 [31:6] = { 8'h00, \$498 [23:6] };
-  assign \$504  = { 15'h0000, dec_tiles_hi, 16'h0000 };
-  assign \$506  = { 1'h0, dec_mt_last };
-  assign \$507  = { dec_mt_last, 3'h0 };
-  assign \$510  = { dec_nt_last, 3'h0 };
-  assign \$512 [2:0] = 3'h0;
-  assign \$512 [3] = ins[11];
-  assign \$513  = ins[11];
+  assign { \$184 [3], \$184 [1:0] } = 3'h0;
+  assign \$184 [2] = ins[10];
+  assign \$185  = ins[10];
+  assign { \$187 [3], \$187 [1:0] } = 3'h0;
+  assign \$187 [2] = ins[10];
+  assign \$188  = ins[10];
+  assign { \$190 [3], \$190 [1:0] } = 3'h0;
+  assign \$190 [2] = ins[10];
+  assign \$191  = ins[10];
+  assign { \$193 [3], \$193 [1:0] } = 3'h0;
+  assign \$193 [2] = ins[10];
+  assign \$194  = ins[10];
+  assign \$213  = 1'h0;
+  assign \$220  = 1'h0;
+  assign \$221  = \$219 ;
+  assign \$230  = 1'h0;
+  assign \$231  = \$229 ;
+  assign \$235  = in_fetch;
+  assign \$239  = unit_rst;
+  assign \$354 [2:0] = 3'h0;
+  assign \$354 [3] = ins[11];
+  assign \$355  = ins[11];
+  assign \$358  = { 19'h00000, dec_mt_p[32:19] };
+  assign \$359  = { 3'h0, dec_n2p[16:3] };
+  assign \$362  = { 15'h0000, dec_tiles_hi, 16'h0000 };
+  assign \$364  = { 1'h0, dec_nt, 6'h00 };
+  assign \$366 [5:0] = 6'h00;
+  assign \$366 [31:6] = { 8'h00, \$365 [23:6] };
+  assign \$369  = { 1'h0, dec_mt_last };
+  assign \$370  = { dec_mt_last, 3'h0 };
+  assign \$373  = { dec_nt_last, 3'h0 };
+  assign \$890  = { 19'h00000, dec_mt_p[32:19] };
+  assign \$891  = { 3'h0, dec_n2p[16:3] };
+  assign \$892  = { 3'h0, dec_n2p[16:3] };
   assign \$52  = \$51 ;
 endmodule
 
@@ -41328,10 +41156,10 @@ module \accelerator.core.add (o__ready, a__ready, b__ready, o__payload, a__paylo
   \accelerator.core.add.out_queue  out_queue (
     .add_d_clk(add_d_clk),
     .add_d_rst(add_d_rst),
-    .\port$11774$0 (l0s_s2_o),
-    .\port$11866$0 (l1s_s2_o),
-    .\port$11958$0 (l2s_s2_o),
-    .\port$12050$0 (l3s_s2_o),
+    .\port$11751$0 (l0s_s2_o),
+    .\port$11843$0 (l1s_s2_o),
+    .\port$11935$0 (l2s_s2_o),
+    .\port$12027$0 (l3s_s2_o),
     .r_data(o__payload),
     .r_en(o__ready),
     .r_rdy(o__valid),
@@ -42529,7 +42357,7 @@ module \accelerator.core.add (o__ready, a__ready, b__ready, o__payload, a__paylo
 endmodule
 
 (* generator = "Amaranth" *)
-module \accelerator.core.add.out_queue (r_en, r_data, add_d_rst, \port$11774$0 , \port$11866$0 , \port$11958$0 , \port$12050$0 , w_en, r_rdy, add_d_clk);
+module \accelerator.core.add.out_queue (r_en, r_data, add_d_rst, \port$11751$0 , \port$11843$0 , \port$11935$0 , \port$12027$0 , w_en, r_rdy, add_d_clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$57  = 0;
   wire \$1 ;
   wire \$10 ;
@@ -42574,14 +42402,14 @@ module \accelerator.core.add.out_queue (r_en, r_data, add_d_rst, \port$11774$0 ,
   reg [3:0] inner_level = 4'h0;
   wire inner_r_rdy;
   wire [3:0] level;
-  input [15:0] \port$11774$0 ;
-  wire [15:0] \port$11774$0 ;
-  input [15:0] \port$11866$0 ;
-  wire [15:0] \port$11866$0 ;
-  input [15:0] \port$11958$0 ;
-  wire [15:0] \port$11958$0 ;
-  input [15:0] \port$12050$0 ;
-  wire [15:0] \port$12050$0 ;
+  input [15:0] \port$11751$0 ;
+  wire [15:0] \port$11751$0 ;
+  input [15:0] \port$11843$0 ;
+  wire [15:0] \port$11843$0 ;
+  input [15:0] \port$11935$0 ;
+  wire [15:0] \port$11935$0 ;
+  input [15:0] \port$12027$0 ;
+  wire [15:0] \port$12027$0 ;
   (* init = 4'h0 *)
   wire [3:0] produce;
   output [63:0] r_data;
@@ -42620,7 +42448,7 @@ module \accelerator.core.add.out_queue (r_en, r_data, add_d_rst, \port$11774$0 ,
   end
   always @(posedge add_d_clk) begin
     if (w_port__en)
-      storage[w_port__addr] <= { \port$12050$0 , \port$11958$0 , \port$11866$0 , \port$11774$0  };
+      storage[w_port__addr] <= { \port$12027$0 , \port$11935$0 , \port$11843$0 , \port$11751$0  };
   end
   reg [63:0] _0_;
   always @(posedge add_d_clk) begin
@@ -42720,8 +42548,8 @@ module \accelerator.core.add.out_queue (r_en, r_data, add_d_rst, \port$11774$0 ,
   assign level = \$3 [3:0];
   assign r_level = \$3 [3:0];
   assign produce = w_port__addr;
-  assign w_port__data = { \port$12050$0 , \port$11958$0 , \port$11866$0 , \port$11774$0  };
-  assign w_data = { \port$12050$0 , \port$11958$0 , \port$11866$0 , \port$11774$0  };
+  assign w_port__data = { \port$12027$0 , \port$11935$0 , \port$11843$0 , \port$11751$0  };
+  assign w_data = { \port$12027$0 , \port$11935$0 , \port$11843$0 , \port$11751$0  };
   assign consume = r_port__addr;
   assign r_port__data = r_data;
 endmodule
@@ -50218,10 +50046,10 @@ module \accelerator.core.gelu0 (o__ready, go, o__payload, i__payload, i__valid, 
   \accelerator.core.gelu0.out_queue  out_queue (
     .gelu0_d_clk(gelu0_d_clk),
     .gelu0_d_rst(gelu0_d_rst),
-    .\port$12283$0 (l0_s27_o),
-    .\port$12469$0 (l1_s27_o),
-    .\port$12655$0 (l2_s27_o),
-    .\port$12841$0 (l3_s27_o),
+    .\port$12260$0 (l0_s27_o),
+    .\port$12446$0 (l1_s27_o),
+    .\port$12632$0 (l2_s27_o),
+    .\port$12818$0 (l3_s27_o),
     .r_data(o__payload),
     .r_en(o__ready),
     .r_rdy(o__valid),
@@ -52181,7 +52009,7 @@ module \accelerator.core.gelu0 (o__ready, go, o__payload, i__payload, i__valid, 
 endmodule
 
 (* generator = "Amaranth" *)
-module \accelerator.core.gelu0.out_queue (r_en, r_data, gelu0_d_rst, \port$12283$0 , \port$12469$0 , \port$12655$0 , \port$12841$0 , w_en, r_rdy, gelu0_d_clk);
+module \accelerator.core.gelu0.out_queue (r_en, r_data, gelu0_d_rst, \port$12260$0 , \port$12446$0 , \port$12632$0 , \port$12818$0 , w_en, r_rdy, gelu0_d_clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$61  = 0;
   wire \$1 ;
   wire \$10 ;
@@ -52226,14 +52054,14 @@ module \accelerator.core.gelu0.out_queue (r_en, r_data, gelu0_d_rst, \port$12283
   reg [4:0] inner_level = 5'h00;
   wire inner_r_rdy;
   wire [4:0] level;
-  input [7:0] \port$12283$0 ;
-  wire [7:0] \port$12283$0 ;
-  input [7:0] \port$12469$0 ;
-  wire [7:0] \port$12469$0 ;
-  input [7:0] \port$12655$0 ;
-  wire [7:0] \port$12655$0 ;
-  input [7:0] \port$12841$0 ;
-  wire [7:0] \port$12841$0 ;
+  input [7:0] \port$12260$0 ;
+  wire [7:0] \port$12260$0 ;
+  input [7:0] \port$12446$0 ;
+  wire [7:0] \port$12446$0 ;
+  input [7:0] \port$12632$0 ;
+  wire [7:0] \port$12632$0 ;
+  input [7:0] \port$12818$0 ;
+  wire [7:0] \port$12818$0 ;
   (* init = 5'h00 *)
   wire [4:0] produce;
   output [31:0] r_data;
@@ -52288,7 +52116,7 @@ module \accelerator.core.gelu0.out_queue (r_en, r_data, gelu0_d_rst, \port$12283
   end
   always @(posedge gelu0_d_clk) begin
     if (w_port__en)
-      storage[w_port__addr] <= { \port$12841$0 , \port$12655$0 , \port$12469$0 , \port$12283$0  };
+      storage[w_port__addr] <= { \port$12818$0 , \port$12632$0 , \port$12446$0 , \port$12260$0  };
   end
   reg [31:0] _0_;
   always @(posedge gelu0_d_clk) begin
@@ -52388,8 +52216,8 @@ module \accelerator.core.gelu0.out_queue (r_en, r_data, gelu0_d_rst, \port$12283
   assign level = \$3 [4:0];
   assign r_level = \$3 [4:0];
   assign produce = w_port__addr;
-  assign w_port__data = { \port$12841$0 , \port$12655$0 , \port$12469$0 , \port$12283$0  };
-  assign w_data = { \port$12841$0 , \port$12655$0 , \port$12469$0 , \port$12283$0  };
+  assign w_port__data = { \port$12818$0 , \port$12632$0 , \port$12446$0 , \port$12260$0  };
+  assign w_data = { \port$12818$0 , \port$12632$0 , \port$12446$0 , \port$12260$0  };
   assign consume = r_port__addr;
   assign r_port__data = r_data;
 endmodule
@@ -68422,7 +68250,7 @@ module \accelerator.core.norm_out_slice (rst, w_en, w_port__data, r_en, w_rdy, r
 endmodule
 
 (* generator = "Amaranth" *)
-module \accelerator.core.pack_slice (rst, w_rdy, r_data, r_en, unit_rst, w_en, \port$9267$0 , \port$9269$0 , \port$9271$0 , \port$9273$0 , \port$9275$0 , \port$9277$0 , \port$9279$0 , \port$9281$0 , r_rdy, clk);
+module \accelerator.core.pack_slice (rst, w_rdy, r_data, r_en, unit_rst, w_en, \port$9206$0 , \port$9208$0 , \port$9210$0 , \port$9212$0 , \port$9214$0 , \port$9216$0 , \port$9218$0 , \port$9220$0 , r_rdy, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$74  = 0;
   wire \$1 ;
   wire \$10 ;
@@ -68461,22 +68289,22 @@ module \accelerator.core.pack_slice (rst, w_rdy, r_data, r_en, unit_rst, w_en, \
   reg [1:0] inner_level = 2'h0;
   wire inner_r_rdy;
   wire [1:0] level;
-  input [15:0] \port$9267$0 ;
-  wire [15:0] \port$9267$0 ;
-  input [15:0] \port$9269$0 ;
-  wire [15:0] \port$9269$0 ;
-  input [15:0] \port$9271$0 ;
-  wire [15:0] \port$9271$0 ;
-  input [15:0] \port$9273$0 ;
-  wire [15:0] \port$9273$0 ;
-  input [15:0] \port$9275$0 ;
-  wire [15:0] \port$9275$0 ;
-  input [15:0] \port$9277$0 ;
-  wire [15:0] \port$9277$0 ;
-  input [15:0] \port$9279$0 ;
-  wire [15:0] \port$9279$0 ;
-  input [15:0] \port$9281$0 ;
-  wire [15:0] \port$9281$0 ;
+  input [15:0] \port$9206$0 ;
+  wire [15:0] \port$9206$0 ;
+  input [15:0] \port$9208$0 ;
+  wire [15:0] \port$9208$0 ;
+  input [15:0] \port$9210$0 ;
+  wire [15:0] \port$9210$0 ;
+  input [15:0] \port$9212$0 ;
+  wire [15:0] \port$9212$0 ;
+  input [15:0] \port$9214$0 ;
+  wire [15:0] \port$9214$0 ;
+  input [15:0] \port$9216$0 ;
+  wire [15:0] \port$9216$0 ;
+  input [15:0] \port$9218$0 ;
+  wire [15:0] \port$9218$0 ;
+  input [15:0] \port$9220$0 ;
+  wire [15:0] \port$9220$0 ;
   (* init = 1'h0 *)
   wire produce;
   output [127:0] r_data;
@@ -68509,7 +68337,7 @@ module \accelerator.core.pack_slice (rst, w_rdy, r_data, r_en, unit_rst, w_en, \
   end
   always @(posedge clk) begin
     if (w_port__en)
-      storage[w_port__addr] <= { \port$9281$0 , \port$9279$0 , \port$9277$0 , \port$9275$0 , \port$9273$0 , \port$9271$0 , \port$9269$0 , \port$9267$0  };
+      storage[w_port__addr] <= { \port$9220$0 , \port$9218$0 , \port$9216$0 , \port$9214$0 , \port$9212$0 , \port$9210$0 , \port$9208$0 , \port$9206$0  };
   end
   reg [127:0] _0_;
   always @(posedge clk) begin
@@ -68617,14 +68445,14 @@ module \accelerator.core.pack_slice (rst, w_rdy, r_data, r_en, unit_rst, w_en, \
   assign level = \$3 [1:0];
   assign r_level = \$3 [1:0];
   assign produce = w_port__addr;
-  assign w_port__data = { \port$9281$0 , \port$9279$0 , \port$9277$0 , \port$9275$0 , \port$9273$0 , \port$9271$0 , \port$9269$0 , \port$9267$0  };
-  assign w_data = { \port$9281$0 , \port$9279$0 , \port$9277$0 , \port$9275$0 , \port$9273$0 , \port$9271$0 , \port$9269$0 , \port$9267$0  };
+  assign w_port__data = { \port$9220$0 , \port$9218$0 , \port$9216$0 , \port$9214$0 , \port$9212$0 , \port$9210$0 , \port$9208$0 , \port$9206$0  };
+  assign w_data = { \port$9220$0 , \port$9218$0 , \port$9216$0 , \port$9214$0 , \port$9212$0 , \port$9210$0 , \port$9208$0 , \port$9206$0  };
   assign consume = r_port__addr;
   assign r_port__data = r_data;
 endmodule
 
 (* generator = "Amaranth" *)
-module \accelerator.core.q_src0 (rst, r_en, r_rdy, r_data, w_en, \port$9066$0 , \port$9068$0 , unit_rst, clk);
+module \accelerator.core.q_src0 (rst, r_en, r_rdy, r_data, w_en, \port$9005$0 , \port$9007$0 , unit_rst, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$75  = 0;
   wire \$1 ;
   wire \$10 ;
@@ -68652,10 +68480,10 @@ module \accelerator.core.q_src0 (rst, r_en, r_rdy, r_data, w_en, \port$9066$0 , 
   (* init = 3'h0 *)
   wire [2:0] consume;
   reg [2:0] level = 3'h0;
-  input [15:0] \port$9066$0 ;
-  wire [15:0] \port$9066$0 ;
-  input [2:0] \port$9068$0 ;
-  wire [2:0] \port$9068$0 ;
+  input [15:0] \port$9005$0 ;
+  wire [15:0] \port$9005$0 ;
+  input [2:0] \port$9007$0 ;
+  wire [2:0] \port$9007$0 ;
   (* init = 3'h0 *)
   wire [2:0] produce;
   output [18:0] r_data;
@@ -68691,7 +68519,7 @@ module \accelerator.core.q_src0 (rst, r_en, r_rdy, r_data, w_en, \port$9066$0 , 
   end
   always @(posedge clk) begin
     if (w_port__en)
-      storage[w_port__addr] <= { \port$9068$0 , \port$9066$0  };
+      storage[w_port__addr] <= { \port$9007$0 , \port$9005$0  };
   end
   assign r_data = storage[r_port__addr];
   assign w_rdy = level != 3'h5;
@@ -68766,14 +68594,14 @@ module \accelerator.core.q_src0 (rst, r_en, r_rdy, r_data, w_en, \port$9066$0 , 
   assign w_level = level;
   assign r_level = level;
   assign produce = w_port__addr;
-  assign w_port__data = { \port$9068$0 , \port$9066$0  };
-  assign w_data = { \port$9068$0 , \port$9066$0  };
+  assign w_port__data = { \port$9007$0 , \port$9005$0  };
+  assign w_data = { \port$9007$0 , \port$9005$0  };
   assign consume = r_port__addr;
   assign r_port__data = r_data;
 endmodule
 
 (* generator = "Amaranth" *)
-module \accelerator.core.q_src1 (rst, r_rdy, r_data, r_en, w_en, \port$9075$0 , \port$9077$0 , unit_rst, clk);
+module \accelerator.core.q_src1 (rst, r_rdy, r_data, r_en, w_en, \port$9014$0 , \port$9016$0 , unit_rst, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$76  = 0;
   wire \$1 ;
   wire \$10 ;
@@ -68801,10 +68629,10 @@ module \accelerator.core.q_src1 (rst, r_rdy, r_data, r_en, w_en, \port$9075$0 , 
   (* init = 3'h0 *)
   wire [2:0] consume;
   reg [2:0] level = 3'h0;
-  input [15:0] \port$9075$0 ;
-  wire [15:0] \port$9075$0 ;
-  input [2:0] \port$9077$0 ;
-  wire [2:0] \port$9077$0 ;
+  input [15:0] \port$9014$0 ;
+  wire [15:0] \port$9014$0 ;
+  input [2:0] \port$9016$0 ;
+  wire [2:0] \port$9016$0 ;
   (* init = 3'h0 *)
   wire [2:0] produce;
   output [18:0] r_data;
@@ -68840,7 +68668,7 @@ module \accelerator.core.q_src1 (rst, r_rdy, r_data, r_en, w_en, \port$9075$0 , 
   end
   always @(posedge clk) begin
     if (w_port__en)
-      storage[w_port__addr] <= { \port$9077$0 , \port$9075$0  };
+      storage[w_port__addr] <= { \port$9016$0 , \port$9014$0  };
   end
   assign r_data = storage[r_port__addr];
   assign w_rdy = level != 3'h5;
@@ -68915,8 +68743,8 @@ module \accelerator.core.q_src1 (rst, r_rdy, r_data, r_en, w_en, \port$9075$0 , 
   assign w_level = level;
   assign r_level = level;
   assign produce = w_port__addr;
-  assign w_port__data = { \port$9077$0 , \port$9075$0  };
-  assign w_data = { \port$9077$0 , \port$9075$0  };
+  assign w_port__data = { \port$9016$0 , \port$9014$0  };
+  assign w_data = { \port$9016$0 , \port$9014$0  };
   assign consume = r_port__addr;
   assign r_port__data = r_data;
 endmodule
@@ -69175,9 +69003,9 @@ module \accelerator.core.reader (rst, w_en, \r_en$23 , ar__valid, r__ready, idle
   );
   \accelerator.core.reader.shapes  shapes (
     .clk(clk),
-    .\port$1376$0 (\$13 [4:0]),
-    .\port$1377$0 (\$14 ),
-    .\port$1520$0 (r_data[2:0]),
+    .\port$1359$0 (\$13 [4:0]),
+    .\port$1360$0 (\$14 ),
+    .\port$1503$0 (r_data[2:0]),
     .r_data(\r_data$30 ),
     .r_en(\r_en$44 ),
     .r_rdy(\r_rdy$26 ),
@@ -69633,7 +69461,7 @@ module \accelerator.core.reader.req_slice (rst, w_en, r_en, w_rdy, r_rdy, r_data
 endmodule
 
 (* generator = "Amaranth" *)
-module \accelerator.core.reader.shapes (rst, w_en, \port$1376$0 , \port$1377$0 , w_rdy, r_data, \port$1520$0 , r_en, r_rdy, clk);
+module \accelerator.core.reader.shapes (rst, w_en, \port$1359$0 , \port$1360$0 , w_rdy, r_data, \port$1503$0 , r_en, r_rdy, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$80  = 0;
   wire \$1 ;
   wire \$10 ;
@@ -69675,12 +69503,12 @@ module \accelerator.core.reader.shapes (rst, w_en, \port$1376$0 , \port$1377$0 ,
   reg [3:0] inner_level = 4'h0;
   wire inner_r_rdy;
   wire [4:0] level;
-  input [4:0] \port$1376$0 ;
-  wire [4:0] \port$1376$0 ;
-  input \port$1377$0 ;
-  wire \port$1377$0 ;
-  input [2:0] \port$1520$0 ;
-  wire [2:0] \port$1520$0 ;
+  input [4:0] \port$1359$0 ;
+  wire [4:0] \port$1359$0 ;
+  input \port$1360$0 ;
+  wire \port$1360$0 ;
+  input [2:0] \port$1503$0 ;
+  wire [2:0] \port$1503$0 ;
   (* init = 4'h0 *)
   wire [3:0] produce;
   output [8:0] r_data;
@@ -69724,7 +69552,7 @@ module \accelerator.core.reader.shapes (rst, w_en, \port$1376$0 , \port$1377$0 ,
   end
   always @(posedge clk) begin
     if (w_port__en)
-      storage[w_port__addr] <= { \port$1377$0 , \port$1376$0 , \port$1520$0  };
+      storage[w_port__addr] <= { \port$1360$0 , \port$1359$0 , \port$1503$0  };
   end
   reg [8:0] _0_;
   always @(posedge clk) begin
@@ -69823,8 +69651,8 @@ module \accelerator.core.reader.shapes (rst, w_en, \port$1376$0 , \port$1377$0 ,
   assign level = w_level;
   assign r_level = w_level;
   assign produce = w_port__addr;
-  assign w_port__data = { \port$1377$0 , \port$1376$0 , \port$1520$0  };
-  assign w_data = { \port$1377$0 , \port$1376$0 , \port$1520$0  };
+  assign w_port__data = { \port$1360$0 , \port$1359$0 , \port$1503$0  };
+  assign w_data = { \port$1360$0 , \port$1359$0 , \port$1503$0  };
   assign consume = r_port__addr;
   assign r_port__data = r_data;
 endmodule
@@ -73440,7 +73268,7 @@ module \accelerator.core.unpack_slice (rst, w_en, w_port__data, w_rdy, r_rdy, r_
 endmodule
 
 (* generator = "Amaranth" *)
-module \accelerator.core.w_beat_slice (rst, w_rdy, r_rdy, r_data, \port$8895$0 , \port$8896$0 , \port$8897$0 , \port$8898$0 , \port$8899$0 , \port$8900$0 , \port$8901$0 , \port$8902$0 , w_en, r_en, in_decode, unit_rst, clk);
+module \accelerator.core.w_beat_slice (rst, w_rdy, r_rdy, r_data, \port$8885$0 , \port$8886$0 , \port$8887$0 , \port$8888$0 , \port$8889$0 , \port$8890$0 , \port$8891$0 , \port$8892$0 , w_en, r_en, in_decode, unit_rst, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$85  = 0;
   wire \$1 ;
   wire \$10 ;
@@ -73467,22 +73295,22 @@ module \accelerator.core.w_beat_slice (rst, w_rdy, r_rdy, r_data, \port$8895$0 ,
   input in_decode;
   wire in_decode;
   reg [1:0] level = 2'h0;
-  input [7:0] \port$8895$0 ;
-  wire [7:0] \port$8895$0 ;
-  input [7:0] \port$8896$0 ;
-  wire [7:0] \port$8896$0 ;
-  input [7:0] \port$8897$0 ;
-  wire [7:0] \port$8897$0 ;
-  input [7:0] \port$8898$0 ;
-  wire [7:0] \port$8898$0 ;
-  input [7:0] \port$8899$0 ;
-  wire [7:0] \port$8899$0 ;
-  input [7:0] \port$8900$0 ;
-  wire [7:0] \port$8900$0 ;
-  input [7:0] \port$8901$0 ;
-  wire [7:0] \port$8901$0 ;
-  input [7:0] \port$8902$0 ;
-  wire [7:0] \port$8902$0 ;
+  input [7:0] \port$8885$0 ;
+  wire [7:0] \port$8885$0 ;
+  input [7:0] \port$8886$0 ;
+  wire [7:0] \port$8886$0 ;
+  input [7:0] \port$8887$0 ;
+  wire [7:0] \port$8887$0 ;
+  input [7:0] \port$8888$0 ;
+  wire [7:0] \port$8888$0 ;
+  input [7:0] \port$8889$0 ;
+  wire [7:0] \port$8889$0 ;
+  input [7:0] \port$8890$0 ;
+  wire [7:0] \port$8890$0 ;
+  input [7:0] \port$8891$0 ;
+  wire [7:0] \port$8891$0 ;
+  input [7:0] \port$8892$0 ;
+  wire [7:0] \port$8892$0 ;
   (* init = 1'h0 *)
   wire produce;
   output [63:0] r_data;
@@ -73516,7 +73344,7 @@ module \accelerator.core.w_beat_slice (rst, w_rdy, r_rdy, r_data, \port$8895$0 ,
   end
   always @(posedge clk) begin
     if (w_port__en)
-      storage[w_port__addr] <= { \port$8902$0 , \port$8901$0 , \port$8900$0 , \port$8899$0 , \port$8898$0 , \port$8897$0 , \port$8896$0 , \port$8895$0  };
+      storage[w_port__addr] <= { \port$8892$0 , \port$8891$0 , \port$8890$0 , \port$8889$0 , \port$8888$0 , \port$8887$0 , \port$8886$0 , \port$8885$0  };
   end
   assign r_data = storage[r_port__addr];
   assign w_rdy = level != 2'h2;
@@ -73588,8 +73416,8 @@ module \accelerator.core.w_beat_slice (rst, w_rdy, r_rdy, r_data, \port$8895$0 ,
   assign w_level = level;
   assign r_level = level;
   assign produce = w_port__addr;
-  assign w_port__data = { \port$8902$0 , \port$8901$0 , \port$8900$0 , \port$8899$0 , \port$8898$0 , \port$8897$0 , \port$8896$0 , \port$8895$0  };
-  assign w_data = { \port$8902$0 , \port$8901$0 , \port$8900$0 , \port$8899$0 , \port$8898$0 , \port$8897$0 , \port$8896$0 , \port$8895$0  };
+  assign w_port__data = { \port$8892$0 , \port$8891$0 , \port$8890$0 , \port$8889$0 , \port$8888$0 , \port$8887$0 , \port$8886$0 , \port$8885$0  };
+  assign w_data = { \port$8892$0 , \port$8891$0 , \port$8890$0 , \port$8889$0 , \port$8888$0 , \port$8887$0 , \port$8886$0 , \port$8885$0  };
   assign consume = r_port__addr;
   assign r_port__data = r_data;
 endmodule
@@ -74057,6 +73885,32 @@ module dsp_mult_s9_s8(a, b, p, clk);
   output [16:0] p;
   reg [16:0] p = 17'h00000;
   assign \$1  = $signed(a_q) * $signed(b_q);
+  always @(posedge clk)
+    a_q <= a;
+  always @(posedge clk)
+    b_q <= b;
+  always @(posedge clk)
+    p <= \$1 ;
+  assign \clk$4  = clk;
+endmodule
+/* Generated by Amaranth Yosys 0.50 (PyPI ver 0.50.0.0.post130, git sha1 b5170e139) */
+
+(* top =  1  *)
+(* generator = "Amaranth" *)
+module dsp_mult_u16_u16(a, b, p, clk);
+  wire [31:0] \$1 ;
+  input [15:0] a;
+  wire [15:0] a;
+  reg [15:0] a_q = 16'h0000;
+  input [15:0] b;
+  wire [15:0] b;
+  reg [15:0] b_q = 16'h0000;
+  input clk;
+  wire clk;
+  wire \clk$4 ;
+  output [31:0] p;
+  reg [31:0] p = 32'd0;
+  assign \$1  = a_q * b_q;
   always @(posedge clk)
     a_q <= a;
   always @(posedge clk)

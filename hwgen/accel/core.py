@@ -49,6 +49,7 @@ from amaranth.lib.wiring import In, Out
 
 from ..capabilities import unit_for
 from ..config import HwConfig
+from ..dsp import dsp_mult
 from ..gemm import Gemm
 from ..pipeline import credit_counter, credited_output, eq_const, register_slice
 from .addrgen import AddrGen
@@ -64,7 +65,7 @@ CYCLE_BITS = 48
 # the operand feed's queue: the read pipeline's three cycles (issue -> read -> data -> held) + 3
 # keep one beat a cycle (:func:`~hwgen.pipeline.credited_output`)
 FEED_QUEUE = 6
-DECODE_STAGES = 5         # the decode pipeline's depth: DECODE waits this many cycles
+DECODE_STAGES = 8         # the decode pipeline's depth (the stages: AccelCore.elaborate): DECODE waits this many cycles
 # The block RAMs' attribute: no read port reads the address its memory's write port writes in
 # the same cycle (the buffer: an instruction's dst never overlaps its sources, which the
 # interpreter checks, and instructions do not overlap in time; the lane memories and the W
@@ -344,29 +345,40 @@ class AccelCore(wiring.Component):
         # reset net, whose fanout is timed)
         widths = {"n1p": COUNT_BITS + 1, "n2p": COUNT_BITS + 1, "mt": COUNT_BITS, "nt": COUNT_BITS,
                   "mt_last": COUNT_BITS, "nt_last": COUNT_BITS, "k_last": COUNT_BITS, "blocks": 32,
-                  "tiles": 32, "tiles_lo": 32, "tiles_hi": 16, "c_base": EXT_BITS, "c_lb": 3, "ext_base": EXT_BITS, "rows_last": COUNT_BITS,
+                  "tiles": 32, "c_base": EXT_BITS, "c_lb": 3, "ext_base": EXT_BITS, "rows_last": COUNT_BITS,
                   "cols_last": COUNT_BITS}
         dec = self.decoded = SimpleNamespace(**{k: Signal(w, name=f"dec_{k}", reset_less=True)
                                                 for k, w in widths.items()})
         prog, stride, offset = Signal(EXT_BITS), Signal(EXT_BITS), Signal(EXT_BITS)   # of this start
         # a post unit's constant beats follow the parameter beats, 64-byte aligned (compiler.post_consts)
         p_bytes = dec.nt << _lb(beat_bytes(p_layout(hw)))
-        # the tile counts' numerators in a stage of their own: the adder's carry chain and the
-        # multiplier were one 12.6 ns path (seed 3's)
+        # The products (tile counts, blocks, tiles) are DSP leaves with their operands and product
+        # registered (:mod:`hwgen.dsp`): as fabric-registered MULT18X18Ds the routes into and out of
+        # the DSP column and the multiplier fell into one cycle (blocks[:16] x nt, 10.36 ns, a
+        # seed's critical path).  The stages, counted from ``ins`` (s1: registered from it):
+        #   s1  n1p, n2p (the tile counts' numerators: the adder apart from the product, once one
+        #       12.6 ns path), k_last, ext_base, c_lb
+        #   s3  mt, nt on the product registers (a shift where the size is a power of two: s1)
+        #   s4  mt, nt registered; s5 mt_last, nt_last, c_base; s6 rows_last, cols_last
+        #   s5  blocks = n0 x mt on its product register; s6 registered
+        #   s7  blocks x nt as two 16-bit products; s8 their sum, tiles
         m.d.sync += [dec.n1p.eq(ins.n1 + (hw.gemm_rows - 1)), dec.n2p.eq(ins.n2 + (hw.gemm_cols - 1)),
-                     dec.mt.eq(self._tiles_of(dec.n1p, hw.gemm_rows)), dec.nt.eq(self._tiles_of(dec.n2p, hw.gemm_cols)),
                      dec.k_last.eq(ins.n3 - 1), dec.c_lb.eq(c_lb),
-                     dec.mt_last.eq(dec.mt - 1), dec.nt_last.eq(dec.nt - 1), dec.blocks.eq(ins.n0 * dec.mt),
-                     dec.c_base.eq(Mux(is_gemm, ins.ext1 + ((p_bytes + 63) & ((1 << EXT_BITS) - 64)), ins.ext0)),
-                     # blocks x nt as two 16-bit products, registered, then added: as one product
-                     # (MULT18X18Ds and their sum's carry chain) it was a seed's critical path (9.83 ns)
-                     dec.tiles_lo.eq(dec.blocks[:16] * dec.nt), dec.tiles_hi.eq(dec.blocks[16:] * dec.nt),
-                     dec.tiles.eq(dec.tiles_lo + (dec.tiles_hi << 16)),
-                     # the rows of the last block of R that are the tensor's (the others are padding)
-                     dec.rows_last.eq(ins.n1 - _times(dec.mt_last, hw.gemm_rows)),
-                     dec.cols_last.eq(ins.n2 - _times(dec.nt_last, hw.gemm_cols)),     # and columns
                      # a LOAD's or STORE's ext0, moved on for image k of a start
                      dec.ext_base.eq(ins.ext0 + Mux((ins.flags & FLAG_PER_IMAGE).any(), offset, 0))]
+        def on_dsp(name):       # a product by a constant on a DSP leaf
+            return lambda x, k: dsp_mult(m, x, Const(k, k.bit_length()), name)
+        mt = self._tiles_of(dec.n1p, hw.gemm_rows, on_dsp("dec_mt_p"))[:COUNT_BITS]
+        nt = self._tiles_of(dec.n2p, hw.gemm_cols, on_dsp("dec_nt_p"))[:COUNT_BITS]
+        blocks = dsp_mult(m, ins.n0, mt, "dec_blocks_p")
+        tiles_lo = dsp_mult(m, blocks[:16], nt, "dec_tiles_lo")
+        tiles_hi = dsp_mult(m, blocks[16:32], nt, "dec_tiles_hi")
+        m.d.sync += [dec.mt.eq(mt), dec.nt.eq(nt), dec.mt_last.eq(dec.mt - 1), dec.nt_last.eq(dec.nt - 1),
+                     dec.blocks.eq(blocks), dec.tiles.eq(tiles_lo + (tiles_hi << 16)),
+                     dec.c_base.eq(Mux(is_gemm, ins.ext1 + ((p_bytes + 63) & ((1 << EXT_BITS) - 64)), ins.ext0)),
+                     # the rows of the last block of R that are the tensor's (the others are padding)
+                     dec.rows_last.eq(ins.n1 - _times(dec.mt_last, hw.gemm_rows)),
+                     dec.cols_last.eq(ins.n2 - _times(dec.nt_last, hw.gemm_cols))]     # and columns
         decode_wait = Signal(range(DECODE_STAGES + 1))
         with m.If(is_gemm):        # (after ``dec``: the walks take its tile counts)
             self._gemm_walks(m, ins, gens, post_add, pre_ln | pre_sm)
@@ -402,6 +414,7 @@ class AccelCore(wiring.Component):
         for v, (_, u) in zip(c_valid, c_targets):
             m.d.comb += [u.c.payload.as_value().eq(c_data), u.c.valid.eq(v)]
         fetch_sent = Signal()
+        read_err = Signal(name="read_err")   # FETCH's or CONST's beat came with a read error
         fault = Signal(4)        # a fault seen this cycle (0: none)
         addr_fault = Signal()    # a buffer address outside the buffer in the previous cycle of STREAM
         m.d.sync += addr_fault.eq(0)         # (STREAM sets it below)
@@ -540,13 +553,12 @@ class AccelCore(wiring.Component):
             with m.Case(_State.FETCH):
                 with m.If(reader.req.ready & ~fetch_sent):
                     m.d.sync += fetch_sent.eq(1)
+                # (a read error goes to DECODE too, in a register: DECODE stops on it.  From the
+                # beat's error bit into every transition it was a seed's critical path, 9.90 ns)
                 with m.If(reader.beat.valid):
                     m.d.sync += [ins.as_value().eq(reader.beat.payload.data[:INSTR_BYTES * 8]), fetch_sent.eq(0),
-                                 decode_wait.eq(DECODE_STAGES)]
-                    with m.If(reader.beat.payload.err):
-                        stop(Error.READ)
-                    with m.Else():
-                        goto(_State.DECODE)
+                                 decode_wait.eq(DECODE_STAGES), read_err.eq(reader.beat.payload.err)]
+                    goto(_State.DECODE)
 
                 with m.If(self.start):      # a start while busy stops the run
                     stop(Error.BUSY)
@@ -569,6 +581,8 @@ class AccelCore(wiring.Component):
                     goto(_State.STREAM)
                 with m.Else():
                     stop(Error.OPCODE)
+                with m.If(read_err):        # the instruction's read failed
+                    stop(Error.READ)
 
                 with m.If(self.start):      # a start while busy stops the run
                     stop(Error.BUSY)
@@ -578,11 +592,12 @@ class AccelCore(wiring.Component):
                     m.d.sync += [c_ask.eq(c_ask - 1), c_addr.eq(c_addr + c_step)]
                 # (the beat's handshake from the flags, not from ``reader.beat.ready``, which
                 # every state drives): the reader's beat into ``c_data``, from there to the unit
+                # (a read error in a register, as FETCH's: the unit never sees the beat, and CONST
+                # stops the cycle after)
                 with m.If(reader.beat.valid & ~c_full):
-                    m.d.sync += [c_data.eq(reader.beat.payload.data), c_full.eq(~reader.beat.payload.err)]
+                    m.d.sync += [c_data.eq(reader.beat.payload.data), c_full.eq(~reader.beat.payload.err),
+                                 read_err.eq(reader.beat.payload.err)]
                     m.d.sync += [v.eq(flag & ~reader.beat.payload.err) for v, flag in zip(c_valid, const_to)]
-                    with m.If(reader.beat.payload.err):
-                        stop(Error.READ)
                 with m.If(c_fire):
                     m.d.sync += [c_full.eq(0), c_due.eq(c_due - 1), c_last.eq(c_due == 2)]
                     m.d.sync += [v.eq(0) for v in c_valid]
@@ -590,6 +605,8 @@ class AccelCore(wiring.Component):
                         goto(_State.STREAM)
                 with m.If(~ins.cnt.any()):
                     goto(_State.STREAM)
+                with m.If(read_err):
+                    stop(Error.READ)
 
                 with m.If(self.start):      # a start while busy stops the run
                     stop(Error.BUSY)
@@ -830,16 +847,29 @@ class AccelCore(wiring.Component):
 
     # --- GEMM ------------------------------------------------------------------------------------
     @staticmethod
-    def _tiles_of(numerator, size):
+    def _tiles_of(numerator, size, times=operator.mul):
         """``numerator // size`` for a constant size, where the decode's numerator register holds
         ``v + size - 1`` of a ``COUNT_BITS`` count (so the quotient is ceil(v / size)): a shift,
         or (an array whose rows or columns are not a power of two, e.g. 9 rows for 17 tokens) a
-        product with a reciprocal, never a divider (yosys builds ``//`` as a long chain of
-        subtractors)."""
+        product ``times(numerator, mult)`` with a reciprocal (the core's: a DSP leaf), never a
+        divider (yosys builds ``//`` as a long chain of subtractors)."""
         if size & (size - 1) == 0:
             return numerator >> (size.bit_length() - 1)
         shift, mult = _reciprocal(size)
-        return (numerator * mult) >> shift
+        return times(numerator, mult) >> shift
+
+    @staticmethod
+    def _registered_writes(m, name, ports, addr, data, enables):
+        """Drive the write ports ``ports`` (one memory each, one address and element for all)
+        from registers of ``addr``, ``data`` and each port's enable: the write a cycle after the
+        caller's take, its route into the block RAMs starting at flip-flops."""
+        addr_q = Signal(len(addr), name=f"{name}_addr", reset_less=True)
+        data_q = Signal(data.shape(), name=f"{name}_data", reset_less=True)
+        m.d.sync += [addr_q.eq(addr), data_q.eq(data)]
+        for k, (port, en) in enumerate(zip(ports, enables)):
+            en_q = Signal(name=f"{name}_en{k}")
+            m.d.sync += en_q.eq(en)
+            m.d.comb += [port.addr.eq(addr_q), port.data.eq(data_q), port.en.eq(en_q)]
 
     def _feed_queue(self, m, issue, reset):
         """The operand beats' read pipeline: a beat issued in cycle t is read from the lane
@@ -1051,11 +1081,16 @@ class AccelCore(wiring.Component):
                 with m.Case(nb):
                     x = a_in[:nb]
                     m.d.comb += elem.eq(Mux(a_signed, x.as_signed(), x))
+        load = a_in_valid & ~filled[lh]
+        # the lane memories' writes a register stage behind the loader's take: from src0's queue
+        # (a LUT-RAM read) through the width select into a block RAM's write data was two seeds'
+        # critical path (9.75 and 9.99 ns).  A write then lands a cycle later; the feeder reads
+        # an element no earlier than two cycles after its take (``filled`` and ``ahead`` are
+        # registers, and the read is a cycle after the issue), so it still reads what was written
+        self._registered_writes(m, "a_write", [wp for wp, _ in lane_mems], lh * kmax + lk, elem,
+                                [active & load & eq_const(li, i) for i in range(R)])
         with m.If(active):
-            load = a_in_valid & ~filled[lh]
             m.d.comb += a_in_take.eq(load)
-            for i, (wp, _) in enumerate(lane_mems):
-                m.d.comb += [wp.addr.eq(lh * kmax + lk), wp.data.eq(elem), wp.en.eq(load & eq_const(li, i))]
             with m.If(load & pre):        # row by row: a row's K elements, then the next row
                 with m.If(lk_hit):
                     m.d.sync += [lk.eq(0), lk_hit.eq(k_one)]
@@ -1113,8 +1148,6 @@ class AccelCore(wiring.Component):
             w_load = q1.r_rdy & ~wfilled[lw] & ~is_linear
             with m.If(~is_linear):
                 m.d.comb += q1.r_en.eq(w_load)
-            for j, (wp, _) in enumerate(w_mems):
-                m.d.comb += [wp.addr.eq(lw * wh + lwa), wp.data.eq(welem), wp.en.eq(w_load & eq_const(lwj, j))]
             with m.If(w_load):            # lane by lane, k by k, column tile by column tile
                 with m.If(eq_const(lwj, C - 1)):
                     m.d.sync += [lwj.eq(0), lwk.eq(lwk + 1), lwa.eq(lwa + 1)]
@@ -1155,6 +1188,11 @@ class AccelCore(wiring.Component):
             m.d.comb += [gemm.w.payload[j].eq(Mux(is_linear, w_lanes[j * hw.w_bits:][:hw.w_bits],
                                                   out[1 + R * ab1 + j * hw.w_bits:][:hw.w_bits]))
                          for j in range(C)]
+        # W's writes a register stage behind its take, as operand A's (outside ``active``: the
+        # enables' registers must fall with it; ``wfilled`` is a register and the read a cycle
+        # after the issue, so a read still finds what was written)
+        self._registered_writes(m, "w_write", [wp for wp, _ in w_mems], lw * wh + lwa, welem,
+                                [active & w_load & eq_const(lwj, j) for j in range(C)])
 
         # --- result rows into the buffer, one element a cycle; padding dropped ----------------------
         # the rows leave the array through a register slice: the array's pop and its credit and
