@@ -259,17 +259,18 @@ def verified_manifest(folder: str | Path) -> dict | None:
     return None
 
 
-def elaborate_accelerator(hw: HwConfig, accel=None) -> dict:
+def elaborate_accelerator(hw: HwConfig, accel=None, read_during_write: str = "old") -> dict:
     """The AXI accelerator (:class:`hwgen.accel.axi.Accelerator`: the shared units, the GEMM,
     the sequencer and the buffers of :class:`hwgen.accel.compiler.AccelConfig`, default or
-    ``accel``) for ``hw``: its Verilog and what the manifest says about it."""
+    ``accel``) for ``hw``: its Verilog and what the manifest says about it.
+    ``read_during_write="new"``: the verification build of :class:`~hwgen.accel.core.AccelCore`."""
     from dataclasses import asdict
 
     from .accel.axi import REGS, Accelerator
     from .accel.compiler import AccelConfig
 
     accel = accel or AccelConfig()
-    verilog = emit_verilog(Accelerator(hw, accel), ACCEL_TOP)
+    verilog = emit_verilog(Accelerator(hw, accel, read_during_write), ACCEL_TOP)
     ecp5 = ecp5_definitions(verilog)
     return {"file": f"{ACCEL_TOP}.v", "top": ACCEL_TOP, "accel_config": asdict(accel),
             "registers": {k: f"0x{v:02x}" for k, v in REGS.items()}, "ports": _ports(verilog, ACCEL_TOP),

@@ -48,27 +48,28 @@ WORDS = 1 << 17
 
 
 def build(hw: HwConfig, accel: AccelConfig | None = None, words: int = WORDS, latency: int = 4,
-          fast: bool = True):
+          fast: bool = True, read_during_write: str = "old"):
     """The AXI accelerator with the memory model beside it (one build for both memories).
 
     Elaborating the design to its Verilog takes about a minute, so the Verilog is kept under
     ``sim_build/_accel/``, keyed by the parameters and :func:`hwgen.generate.generator_hash`
     (any change to a generator source makes a new one); the Verilator build is cached by the
     Verilog as every build is.  ``fast``: no trace support, -O2 (:func:`sim.runner.build`);
-    whole-model runs are 2^17 cycles an image."""
+    whole-model runs are 2^17 cycles an image.  ``read_during_write="new"``: the accelerator's
+    verification build (:class:`hwgen.accel.core.AccelCore`), elaborated here."""
     from hwgen.generate import generator_hash
 
     accel = accel or AccelConfig()
-    key = (hw, replace(accel, gelu_variants=accel.gelus(hw)), words, latency, fast)
+    key = (hw, replace(accel, gelu_variants=accel.gelus(hw)), words, latency, fast, read_during_write)
     if key not in _BUILDS or not (_BUILDS[key].build_dir / ".built").exists():
-        desc = json.dumps([hw.as_dict(), asdict(key[1]), words, latency, generator_hash()], sort_keys=True,
-                          default=str)
+        desc = json.dumps([hw.as_dict(), asdict(key[1]), words, latency, generator_hash(),
+                           *([read_during_write] if read_during_write != "old" else [])], sort_keys=True, default=str)
         vcache = runner.SIM_BUILD / "_accel" / f"{hashlib.sha256(desc.encode()).hexdigest()[:16]}.v"
         if vcache.exists():
             text = vcache.read_text()
         else:
             text = (emit_verilog(AccelSimTop(hw, accel, words=words, latency=latency, acc_module=ACC_MODULE), TOP)
-                    + accelerator_verilog(hw, accel) + WORDS_VERILOG)
+                    + accelerator_verilog(hw, accel, read_during_write) + WORDS_VERILOG)
             vcache.parent.mkdir(parents=True, exist_ok=True)
             tmp = vcache.with_suffix(f".tmp{os.getpid()}")
             tmp.write_text(text)
@@ -78,16 +79,16 @@ def build(hw: HwConfig, accel: AccelConfig | None = None, words: int = WORDS, la
     return _BUILDS[key]
 
 
-def accelerator_verilog(hw: HwConfig, accel: AccelConfig) -> str:
+def accelerator_verilog(hw: HwConfig, accel: AccelConfig, read_during_write: str = "old") -> str:
     """The Verilog of the accelerator (module ``accelerator``) for ``hw`` and ``accel``: the
     committed ``rtl/accelerator.v`` when ``rtl/manifest.json`` says it was generated from
     these generator sources, this configuration and these buffers, and the file is unedited;
-    otherwise elaborated here."""
+    otherwise (and for ``read_during_write="new"``) elaborated here."""
     from hwgen import generate
 
     assert ACC_MODULE == generate.ACCEL_TOP
     manifest = generate.verified_manifest(RTL)
-    if manifest is not None and manifest.get("config") == hw.as_dict():
+    if read_during_write == "old" and manifest is not None and manifest.get("config") == hw.as_dict():
         try:
             committed = AccelConfig(**manifest["accelerator"]["accel_config"])
         except (KeyError, TypeError, UserError):
@@ -95,7 +96,7 @@ def accelerator_verilog(hw: HwConfig, accel: AccelConfig) -> str:
         if committed is not None and (replace(committed, gelu_variants=committed.gelus(hw))
                                       == replace(accel, gelu_variants=accel.gelus(hw))):
             return (RTL / manifest["accelerator"]["file"]).read_text()
-    return generate.elaborate_accelerator(hw, accel)["verilog"]
+    return generate.elaborate_accelerator(hw, accel, read_during_write)["verilog"]
 
 
 @dataclass

@@ -29,6 +29,7 @@ import numpy as np
 import pytest
 import torch
 
+from golden.errors import UserError
 from golden.executor import run_graph
 from hwgen.accel.compiler import MAGIC, AccelConfig, compile
 from hwgen.accel.core import AccelCore, Error
@@ -152,10 +153,53 @@ def test_gemms_of_the_shortest_rows_equal_the_interpreter(sim, hw, programs, dig
     assert not bad, "\n".join(bad)
 
 
+@pytest.fixture(scope="module")
+def sim_new_reads(hw):
+    # the verification build: a block RAM read returns the data written in that cycle, where the
+    # generated design's returns the old data (hwgen.accel.core.AccelCore's read_during_write)
+    return accel_run.build(hw, read_during_write="new")
+
+
 @pytest.mark.parametrize("bits,index,stall,images", [("w8a8", 0, 0, 3), ("w4a8", 3, 96, 1)])
 def test_whole_program_logits_equal_golden(sim, programs, digits_images, bits, index, stall, images):
     """``stall`` / 256: probability that the memory model holds each of its readies and valids
     low.  ``images`` per start (the IMAGES register): each image's logits at its own place."""
+    _check_whole_program(sim, "program", programs, digits_images, bits, index, stall, images)
+
+
+@pytest.mark.parametrize("bits,index,stall", [("w8a8", 1, 0), ("w4a8", 4, 96), ("w8a8_plain", 5, 0)])
+def test_no_block_ram_read_in_the_cycle_of_its_write_reaches_a_result(sim_new_reads, programs, digits_images,
+                                                                      bits, index, stall):
+    """The block RAMs carry ``no_rw_check`` (``hwgen.accel.core.NO_COLLISION``): synthesis builds
+    nothing for a read of an address in the cycle it is written, so what that read returns is
+    the block RAM's to choose.  On the verification build such reads return the data written
+    (the generated design's: the old data), and the whole digits programs (W8A8; W4A8 with its
+    MATMULs in two W cache groups and the memory's stalls; every copy and unit op on its own)
+    still give the golden logits: no such read of the buffer, operand A's lane memories or the
+    W cache reaches a result.  (The next test shows this build sees one that does.)"""
+    _check_whole_program(sim_new_reads, "new_reads", programs, digits_images, bits, index, stall, 1)
+
+
+def test_the_verification_build_sees_a_read_in_the_cycle_of_its_write(sim, sim_new_reads, programs, hw):
+    """A copy written a few elements above its own source (an instruction the interpreter
+    refuses) reads, at some distance, the element that its own write stores in that cycle: the
+    two builds then leave different buffers, so the test above can fail."""
+    _, program = programs["w8a8"]
+    elems, unit, cases = program.buffer_peak, (0, 0, 0, 0, 1), []
+    before = torch.randint(-1 << 15, 1 << 15, (elems,), generator=torch.Generator().manual_seed(0))
+    for d in range(1, 17):
+        over = Instr(Opcode.CONCAT, (1, 1, 1, 1, 256), dst=Port(d, unit), src0=Port(0, unit))
+        with pytest.raises(UserError, match="dst apart from its sources"):
+            _Machine(bytearray(program.image), hw, AccelConfig()).step(over)
+        img, prog, read = accel_run.snapshot_program(program.image, over, before, elems)
+        cases.append(accel_run.Case(f"copy to src0 + {d}", img, prog, [read]))
+    runs = [accel_run.run_cases(b, cases, name) for b, name in ((sim, "overlap_old"), (sim_new_reads, "overlap_new"))]
+    assert all(r["done"] and r["error"] == 0 for rs in runs for r in rs)
+    differ = [c.name for c, old, new in zip(cases, *runs) if old["read"] != new["read"]]
+    assert differ, "no distance made a read meet its own write"
+
+
+def _check_whole_program(sim, prefix, programs, digits_images, bits, index, stall, images):
     quant, program = programs[bits]
     x = quant.quantize_input(digits_images.images[index:index + images])
     golden = run_graph(quant.graph, x)
@@ -167,7 +211,7 @@ def test_whole_program_logits_equal_golden(sim, programs, digits_images, bits, i
     case = accel_run.Case(f"{bits}_{index}", bytes(image), h["program"],
                           [(h["logits"] + k * h["image_stride"], nbytes) for k in range(images)], stall=stall,
                           images=images, image_stride=h["image_stride"])
-    r = accel_run.run_cases(sim, [case], f"program_{bits}_{index}_{stall}_{images}")[0]
+    r = accel_run.run_cases(sim, [case], f"{prefix}_{bits}_{index}_{stall}_{images}")[0]
     assert r["done"] and r["error"] == 0, r
     for k in range(images):
         assert torch.equal(accel_run.elements(r["read"][k], 1 << h["logits_esize"]), golden[k]), f"image {k}"
@@ -272,11 +316,12 @@ def test_the_simulated_accelerator_is_the_committed_rtl(hw, monkeypatch, tmp_pat
     elaborated instead."""
     from hwgen import generate
     monkeypatch.setattr(generate, "elaborate_accelerator",
-                        lambda hw, accel=None: {"verilog": "// elaborated accelerator\n"})
+                        lambda hw, accel=None, read_during_write="old": {"verilog": "// elaborated accelerator\n"})
     committed = (REPO / "rtl" / "accelerator.v").read_text()
     assert accel_run.accelerator_verilog(hw, AccelConfig()) == committed
     assert accel_run.accelerator_verilog(hw, AccelConfig(gelu_variants=(hw.gelu_variant,))) == committed
     assert accel_run.accelerator_verilog(hw, AccelConfig(w_cache_elems=32)) == "// elaborated accelerator\n"
+    assert accel_run.accelerator_verilog(hw, AccelConfig(), "new") == "// elaborated accelerator\n"
     edited = tmp_path / "rtl"
     shutil.copytree(REPO / "rtl", edited)
     monkeypatch.setattr(accel_run, "RTL", edited)

@@ -85,6 +85,8 @@ class Accelerator(wiring.Component):
     ----------
     hw, accel : HwConfig, AccelConfig
         As for the core; ``accel.ext_word_bytes`` is the AXI4 data width in bytes.
+    read_during_write : str
+        As for the core (``"new"``: a verification build).
 
     Members
     -------
@@ -93,8 +95,8 @@ class Accelerator(wiring.Component):
     irq : Out(1)
     """
 
-    def __init__(self, hw, accel=None):
-        self.core = AccelCore(hw, accel)
+    def __init__(self, hw, accel=None, read_during_write: str = "old"):
+        self.core = AccelCore(hw, accel, read_during_write)
         self.word_lb = self.core.word_lb
         super().__init__(accelerator_signature(self.word_lb))
 

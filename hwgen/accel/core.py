@@ -73,6 +73,7 @@ DECODE_STAGES = 8         # the decode pipeline's depth (the stages: AccelCore.e
 # data" on such a collision: the write delayed a register stage and a 2:1 mux after every
 # block RAM output, a LUT on each read's path.
 NO_COLLISION = {"no_rw_check": 1}
+READ_DURING_WRITE = ("old", "new")      # AccelCore's read_during_write
 
 
 class _State(enum.IntEnum):
@@ -146,6 +147,13 @@ class AccelCore(wiring.Component):
         The units' capabilities.
     accel : AccelConfig
         Buffer sizes, external word width, GELU units.
+    read_during_write : str
+        What a block RAM read returns in the cycle its address is written: ``"old"`` (the
+        memory's data before the write: amaranth's read ports, the design that is generated) or
+        ``"new"`` (the data written: transparent read ports, a build for verification only).
+        The block RAMs carry :data:`NO_COLLISION`, so synthesis builds neither: such a read
+        must never reach a result, and a program that gives the same results on both builds
+        has none that does (``tests/test_accel_rtl.py``).
 
     Members
     -------
@@ -167,8 +175,11 @@ class AccelCore(wiring.Component):
     ar, r, aw, b : external memory (:func:`~hwgen.accel.extmem.read_port`, ``write_port``)
     """
 
-    def __init__(self, hw: HwConfig, accel: AccelConfig | None = None):
+    def __init__(self, hw: HwConfig, accel: AccelConfig | None = None, read_during_write: str = "old"):
+        if read_during_write not in READ_DURING_WRITE:
+            raise ValueError(f"read_during_write {read_during_write!r}: accepted {', '.join(READ_DURING_WRITE)}")
         self.hw, self.accel = hw, accel or AccelConfig()
+        self.new_reads = read_during_write == "new"
         self.word_lb = _lb(self.accel.ext_word_bytes)
         self.softmax = unit_for(hw, "softmax")
         self.gelus = [unit_for(hw, "gelu", v) for v in self.accel.gelus(hw)]
@@ -210,7 +221,11 @@ class AccelCore(wiring.Component):
         wiring.connect(m, wiring.flipped(self.b), writer.b)
 
         m.submodules.buffer = buf = Memory(shape=unsigned(ab), depth=depth, init=[], attrs=NO_COLLISION)
-        rd0, rd1, wr_port = buf.read_port(), buf.read_port(), buf.write_port()
+        if self.new_reads:      # (ports in this order otherwise: the generated Verilog's)
+            wr_port = buf.write_port()
+            rd0, rd1 = buf.read_port(transparent_for=(wr_port,)), buf.read_port(transparent_for=(wr_port,))
+        else:
+            rd0, rd1, wr_port = buf.read_port(), buf.read_port(), buf.write_port()
         # the buffer's writes a cycle after dst's step: the port's address, data and enable come
         # from registers (the result lane's select by dst's index and its route to the buffer's
         # block RAMs across the die was a critical path, 11.15 ns).  Nothing reads an element in
@@ -859,6 +874,14 @@ class AccelCore(wiring.Component):
         return times(numerator, mult) >> shift
 
     @staticmethod
+    def _ports(mem):
+        """A lane memory's write port and a read port transparent to it (``read_during_write``
+        ``"new"``; the generated design's are made in place: amaranth names their signals from
+        the code that makes them)."""
+        wp = mem.write_port()
+        return wp, mem.read_port(transparent_for=(wp,))
+
+    @staticmethod
     def _registered_writes(m, name, ports, addr, data, enables):
         """Drive the write ports ``ports`` (one memory each, one address and element for all)
         from registers of ``addr``, ``data`` and each port's enable: the write a cycle after the
@@ -1032,12 +1055,12 @@ class AccelCore(wiring.Component):
         for i in range(R):
             mem = Memory(shape=signed(hw.a_bits + 1), depth=2 * kmax, init=[], attrs=NO_COLLISION)
             m.submodules[f"a_cache{i}"] = mem
-            lane_mems.append((mem.write_port(), mem.read_port()))
+            lane_mems.append(self._ports(mem) if self.new_reads else (mem.write_port(), mem.read_port()))
         w_mems = []
         for j in range(C):
             mem = Memory(shape=signed(hw.w_bits), depth=2 * accel.w_cache_elems, init=[], attrs=NO_COLLISION)
             m.submodules[f"w_cache{j}"] = mem
-            w_mems.append((mem.write_port(), mem.read_port()))
+            w_mems.append(self._ports(mem) if self.new_reads else (mem.write_port(), mem.read_port()))
         wfilled = Array(Signal(name=f"w_filled{h}") for h in range(2))
         fw = Signal(name="w_feed_half")
         filled = Array(Signal(name=f"a_filled{h}") for h in range(2))
