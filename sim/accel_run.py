@@ -62,8 +62,8 @@ def build(hw: HwConfig, accel: AccelConfig | None = None, words: int = WORDS, la
     accel = accel or AccelConfig()
     key = (hw, replace(accel, gelu_variants=accel.gelus(hw)), words, latency, fast, read_during_write)
     if key not in _BUILDS or not (_BUILDS[key].build_dir / ".built").exists():
-        desc = json.dumps([hw.as_dict(), asdict(key[1]), words, latency, generator_hash(),
-                           *([read_during_write] if read_during_write != "old" else [])], sort_keys=True, default=str)
+        desc = json.dumps([hw.as_dict(), asdict(key[1]), words, latency, generator_hash(), read_during_write],
+                          sort_keys=True, default=str)
         vcache = runner.SIM_BUILD / "_accel" / f"{hashlib.sha256(desc.encode()).hexdigest()[:16]}.v"
         if vcache.exists():
             text = vcache.read_text()
