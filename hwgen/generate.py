@@ -24,8 +24,7 @@ from golden.atomic import replace_dir, write_file, write_json, write_text
 from golden.errors import UserError
 
 from .config import HwConfig
-from .dsp import ecp5_definitions
-from .verilog import emit_verilog, source_hash
+from .verilog import ecp5_leaf_definitions, emit_verilog, source_hash
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = REPO / "configs" / "default.json"
@@ -201,7 +200,8 @@ def elaborate(cfg: GenConfig) -> list[UnitSpec]:
 
 def generate(cfg: GenConfig, out_dir: str | Path, program=None) -> dict:
     """Write ``<unit>.v`` for every unit, ``accelerator.v`` (the units in one AXI accelerator)
-    (and ``accelerator_ecp5.v``, its DSP leaves for ECP5: :mod:`hwgen.dsp`) and ``manifest.json``
+    (and ``accelerator_ecp5.v``, its DSP and block RAM leaves for ECP5: :mod:`hwgen.dsp`,
+    :mod:`hwgen.bram`) and ``manifest.json``
     into ``out_dir``; with ``program`` (a compiled
     :class:`hwgen.accel.compiler.Program`), also ``program.bin`` (its external-memory image,
     input region zero: the host writes the images there) and ``program.lst`` (its listing)."""
@@ -271,7 +271,7 @@ def elaborate_accelerator(hw: HwConfig, accel=None, read_during_write: str = "ol
 
     accel = accel or AccelConfig()
     verilog = emit_verilog(Accelerator(hw, accel, read_during_write), ACCEL_TOP)
-    ecp5 = ecp5_definitions(verilog)
+    ecp5 = ecp5_leaf_definitions(verilog)
     return {"file": f"{ACCEL_TOP}.v", "top": ACCEL_TOP, "accel_config": asdict(accel),
             "registers": {k: f"0x{v:02x}" for k, v in REGS.items()}, "ports": _ports(verilog, ACCEL_TOP),
             "verilog_sha256": source_hash(verilog), "verilog": verilog,

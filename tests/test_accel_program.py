@@ -199,7 +199,7 @@ def test_layernorm_constants_without_their_last_flag_stop_in_one_line(programs, 
 
 def test_an_instruction_that_writes_where_it_reads_is_refused(programs):
     """The accelerator's block RAMs are built for no read of an address in the cycle it is
-    written (hwgen.accel.core.NO_COLLISION), so an instruction's dst may not overlap what it
+    written (hwgen.bram.NO_COLLISION), so an instruction's dst may not overlap what it
     reads: a data move written over its own source, and an add over its second operand, are
     refused in one line; the compiled programs have none."""
     _, program = programs["w8a8"]

@@ -170,7 +170,7 @@ def test_whole_program_logits_equal_golden(sim, programs, digits_images, bits, i
 @pytest.mark.parametrize("bits,index,stall", [("w8a8", 1, 0), ("w4a8", 4, 96), ("w8a8_plain", 5, 0)])
 def test_no_block_ram_read_in_the_cycle_of_its_write_reaches_a_result(sim_new_reads, programs, digits_images,
                                                                       bits, index, stall):
-    """The block RAMs carry ``no_rw_check`` (``hwgen.accel.core.NO_COLLISION``): synthesis builds
+    """The block RAMs carry ``no_rw_check`` (``hwgen.bram.NO_COLLISION``): synthesis builds
     nothing for a read of an address in the cycle it is written, so what that read returns is
     the block RAM's to choose.  On the verification build such reads return the data written
     (the generated design's: the old data), and the whole digits programs (W8A8; W4A8 with its

@@ -44,11 +44,11 @@ from amaranth.hdl import (Array, Cat, ClockDomain, ClockSignal, Const, DomainRen
                           ResetSignal, Signal, signed, unsigned)
 from amaranth.lib import wiring
 from amaranth.lib.fifo import SyncFIFO
-from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from ..capabilities import unit_for
 from ..config import HwConfig
+from ..bram import block_ram
 from ..dsp import dsp_mult
 from ..gemm import Gemm
 from ..pipeline import credit_counter, credited_output, eq_const, register_slice
@@ -66,13 +66,12 @@ CYCLE_BITS = 48
 # keep one beat a cycle (:func:`~hwgen.pipeline.credited_output`)
 FEED_QUEUE = 6
 DECODE_STAGES = 8         # the decode pipeline's depth (the stages: AccelCore.elaborate): DECODE waits this many cycles
-# The block RAMs' attribute: no read port reads the address its memory's write port writes in
-# the same cycle (the buffer: an instruction's dst never overlaps its sources, which the
-# interpreter checks, and instructions do not overlap in time; the lane memories and the W
-# cache: reads and writes in different halves).  Without it yosys emulates amaranth's "old
-# data" on such a collision: the write delayed a register stage and a 2:1 mux after every
-# block RAM output, a LUT on each read's path.
-NO_COLLISION = {"no_rw_check": 1}
+# The block RAMs (hwgen.bram, with its NO_COLLISION) are never read at the address being
+# written in the same cycle (the buffer: an instruction's dst never overlaps its sources, which
+# the interpreter checks, and instructions do not overlap in time; the lane memories and the W
+# cache: reads and writes in different halves), so they need no collision logic (yosys's
+# emulation of amaranth's "old data": the write delayed a register stage and a 2:1 mux after
+# every block RAM output, a LUT on each read's path).
 READ_DURING_WRITE = ("old", "new")      # AccelCore's read_during_write
 
 
@@ -151,7 +150,7 @@ class AccelCore(wiring.Component):
         What a block RAM read returns in the cycle its address is written: ``"old"`` (the
         memory's data before the write: amaranth's read ports, the design that is generated) or
         ``"new"`` (the data written: transparent read ports, a build for verification only).
-        The block RAMs carry :data:`NO_COLLISION`, so synthesis builds neither: such a read
+        The block RAMs carry :data:`~hwgen.bram.NO_COLLISION`, so synthesis builds neither: such a read
         must never reach a result, and a program that gives the same results on both builds
         has none that does (``tests/test_accel_rtl.py``).
 
@@ -220,12 +219,9 @@ class AccelCore(wiring.Component):
         wiring.connect(m, wiring.flipped(self.aw), writer.aw)
         wiring.connect(m, wiring.flipped(self.b), writer.b)
 
-        m.submodules.buffer = buf = Memory(shape=unsigned(ab), depth=depth, init=[], attrs=NO_COLLISION)
-        if self.new_reads:      # (ports in this order otherwise: the generated Verilog's)
-            wr_port = buf.write_port()
-            rd0, rd1 = buf.read_port(transparent_for=(wr_port,)), buf.read_port(transparent_for=(wr_port,))
-        else:
-            rd0, rd1, wr_port = buf.read_port(), buf.read_port(), buf.write_port()
+        # the buffer: one block RAM leaf (hwgen.bram: the read register inside the block) per read
+        # port, both written alike (yosys made two copies of one memory with two read ports too)
+        (wr_port, rd0), (wr_port1, rd1) = (block_ram(m, f"buffer{k}", depth, ab, self.new_reads) for k in range(2))
         # the buffer's writes a cycle after dst's step: the port's address, data and enable come
         # from registers (the result lane's select by dst's index and its route to the buffer's
         # block RAMs across the die was a critical path, 11.15 ns).  Nothing reads an element in
@@ -233,7 +229,11 @@ class AccelCore(wiring.Component):
         # for its fetch and decode
         wr = SimpleNamespace(addr=Signal.like(wr_port.addr, name="wr_addr"), data=Signal(ab, name="wr_data"),
                              en=Signal(name="wr_en"))
-        m.d.sync += [wr_port.addr.eq(wr.addr), wr_port.data.eq(wr.data), wr_port.en.eq(wr.en)]
+        wr_q = SimpleNamespace(addr=Signal.like(wr_port.addr, name="wr_addr_q"), data=Signal(ab, name="wr_data_q"),
+                               en=Signal(name="wr_en_q"))
+        m.d.sync += [wr_q.addr.eq(wr.addr), wr_q.data.eq(wr.data), wr_q.en.eq(wr.en)]
+        for port in (wr_port, wr_port1):
+            m.d.comb += [port.addr.eq(wr_q.addr), port.data.eq(wr_q.data), port.en.eq(wr_q.en)]
 
         gens = {}
         for name in ("dst", "src0", "src1"):
@@ -294,10 +294,10 @@ class AccelCore(wiring.Component):
         m.d.comb += post_bad.eq(is_gemm & ins.post.any() & ~post_gelu & ~post_add & ~pre_ln & ~pre_sm)
 
         # --- buffer sources: src0, src1 -> small queues of (element, row end, k end, final) ------
-        # An element read is registered once more before its queue: the buffer's block RAMs have
-        # no output register in yosys's ECP5 mapping, and their 5.8 ns clock-to-out plus a route
-        # across the die into the queue's LUT-RAM was two seeds' critical path (10.7 ns).  With
-        # two reads in flight the queue takes 5 entries to keep one element a cycle.
+        # An element read is registered once more before its queue, by the block RAM's output
+        # register (hwgen.bram): from a block's 5.8 ns clock-to-out without it, a route across the
+        # die into the queue's LUT-RAM was two seeds' critical path (10.7 ns).  With two reads in
+        # flight the queue takes 5 entries to keep one element a cycle.
         def source(name, port, run):
             g = gens[name]
             fifo = SyncFIFO(width=ab + 3, depth=5)
@@ -306,7 +306,7 @@ class AccelCore(wiring.Component):
             held = Signal(name=f"{name}_held")                  # the element register holds one
             meta = Signal(3, name=f"{name}_meta")
             held_meta = Signal(3, name=f"{name}_held_meta")
-            elem = Signal(ab, name=f"{name}_elem", reset_less=True)
+            elem = port.data                                    # (BRAM_LATENCY after the issue)
             issue = Signal(name=f"{name}_issue")
             # the queue's room counts the reads in flight, as a register (the sum of the level
             # and the two stages' flags, compared, in front of the issue was a seed's critical
@@ -318,7 +318,7 @@ class AccelCore(wiring.Component):
                          port.addr.eq(g.addr), port.en.eq(issue), g.next.eq(issue),
                          fifo.w_en.eq(held), fifo.w_data.eq(Cat(elem, held_meta))]
             m.d.sync += [inflight.eq(issue & ~unit_rst), held.eq(inflight & ~unit_rst),
-                         elem.eq(port.data), held_meta.eq(meta),
+                         held_meta.eq(meta),
                          meta.eq(Cat(g.last[LEVELS - 1], g.final, g.last[LEVELS - 2] & g.last[LEVELS - 1]))]
             return fifo
 
@@ -704,18 +704,22 @@ class AccelCore(wiring.Component):
                     m.d.sync += [ext_req.valid.eq(ld_off.valid), ext_req.addr.eq(dec.ext_base + ld_off.addr)]
                 with m.If(reader.beat.valid & reader.beat.payload.err):
                     m.d.comb += fault.eq(Error.READ)
-            with m.Elif(is_op[Opcode.STORE]):        # dst walks the external index
-                m.d.comb += [writer.req.valid.eq(ext_req.valid), writer.req.payload.addr.eq(ext_req.addr),
-                             writer.req.payload.data.eq(ext_req.data), writer.req.payload.lb.eq(ins.esize)]
-                with m.If(store_advance):          # (dst_step: src0's element, dst, the writer's room)
-                    m.d.sync += [ext_req.valid.eq(dst_step), ext_req.addr.eq(dec.ext_base + (dst.addr << ins.esize)),
-                                 ext_req.data.eq(s0_data)]
+            with m.Elif(is_op[Opcode.STORE]):        # dst walks the external index: below
+                pass
             with m.Elif(is_gemm):
                 pass                                 # below: _gemm_feed
             with m.Elif(is_op[Opcode.SOFTMAX] | is_op[Opcode.LAYERNORM]):
                 pass                                 # (dst_step and the element: below)
             with m.Else():                           # GELU, ADD: src0's elements into the packer
                 m.d.comb += [elems.data.eq(s0_data), elems.final.eq(s0_final)]
+        # a STORE's requests to the writer, under its one-hot flag of STREAM rather than the ops'
+        # select chain above (from the chain's first select through the writer's word and
+        # strobes into its request slice was a seed's critical path, 9.21 ns)
+        m.d.comb += [writer.req.valid.eq(sink_from["store"] & ext_req.valid), writer.req.payload.addr.eq(ext_req.addr),
+                     writer.req.payload.data.eq(ext_req.data), writer.req.payload.lb.eq(ins.esize)]
+        with m.If(sink_from["store"] & store_advance):   # (dst_step: src0's element, dst, the writer's room)
+            m.d.sync += [ext_req.valid.eq(dst_step), ext_req.addr.eq(dec.ext_base + (dst.addr << ins.esize)),
+                         ext_req.data.eq(s0_data)]
         with m.If(pack_active):
             self._lanes(m, add_sel, elems, q1, s1_data, sink_ready, dst)
         # the packer's elements: src0's (a GELU or ADD op) or the array's results (a post unit),
@@ -874,14 +878,6 @@ class AccelCore(wiring.Component):
         return times(numerator, mult) >> shift
 
     @staticmethod
-    def _ports(mem):
-        """A lane memory's write port and a read port transparent to it (``read_during_write``
-        ``"new"``; the generated design's are made in place: amaranth names their signals from
-        the code that makes them)."""
-        wp = mem.write_port()
-        return wp, mem.read_port(transparent_for=(wp,))
-
-    @staticmethod
     def _registered_writes(m, name, ports, addr, data, enables):
         """Drive the write ports ``ports`` (one memory each, one address and element for all)
         from registers of ``addr``, ``data`` and each port's enable: the write a cycle after the
@@ -897,14 +893,15 @@ class AccelCore(wiring.Component):
     def _feed_queue(self, m, issue, reset):
         """The operand beats' read pipeline: a beat issued in cycle t is read from the lane
         memories in t + 1 (``read``, ``a_addr``, ``w_addr``: registers the caller sets with the
-        issue), is on their outputs in t + 2 and lands in t + 3 in a queue of :data:`FEED_QUEUE` beats
+        issue), is in their output registers in t + 3 (:data:`~hwgen.bram.BRAM_LATENCY`; its last
+        flag beside them in ``held_last``: the caller's ``data``) and enters a queue of :data:`FEED_QUEUE` beats
         (:func:`~hwgen.pipeline.credited_output`) whose output ``o`` is the GEMM's operand
         beat; ``room`` (a register) gates the issue.  ``reset`` empties it all (STOP)."""
         hw, R, C = self.hw, self.hw.gemm_rows, self.hw.gemm_cols
         kmax, wh = hw.gemm_max_k, self.accel.w_cache_elems
         width = 1 + R * (hw.a_bits + 1) + C * hw.w_bits
         f = SimpleNamespace(read=Signal(name="a_read"), last=Signal(name="a_read_last"),
-                            got_last=Signal(name="feed_got_last"),
+                            got_last=Signal(name="feed_got_last"), held_last=Signal(name="feed_held_last"),
                             a_addr=Signal(range(2 * kmax), name="a_read_addr"), a_half=Signal(name="a_read_half"),
                             a_free=Signal(name="a_read_free"), w_addr=Signal(range(2 * wh), name="w_read_addr"),
                             w_half=Signal(name="w_read_half"), w_free=Signal(name="w_read_free"),
@@ -912,14 +909,15 @@ class AccelCore(wiring.Component):
                             o=SimpleNamespace(valid=Signal(name="feed_valid"), payload=Signal(width, name="feed_beat"),
                                               ready=Signal(name="feed_ready")))
         fm = Module()
-        got = Signal(name="feed_got")                  # the read's data is on the lane memories' outputs
-        # ... and registered once before the queue: a lane memory's block RAM has no output
-        # register in yosys's ECP5 mapping (5.8 ns clock-to-out), and its route into the queue's
-        # LUT-RAM was a seed's critical path (10.28 ns)
+        got = Signal(name="feed_got")                  # the read's data is in the memories' first stage
+        # ... and in their output registers a cycle later, before the queue: without those (yosys
+        # maps a block RAM with none on ECP5: hwgen.bram), a block's 5.8 ns clock to out and its
+        # route into the queue's LUT-RAM or into a fabric register were critical paths (10.28 and
+        # 9.35 ns)
         held = Signal(name="feed_held")
-        held_data = Signal(width, name="feed_held_data", reset_less=True)
-        fm.d.sync += [f.read.eq(issue), got.eq(f.read), f.got_last.eq(f.last), held.eq(got), held_data.eq(f.data)]
-        f.room, _ = credited_output(fm, f.o, held_data, held, issue, FEED_QUEUE, name="feed_queue")
+        fm.d.sync += [f.read.eq(issue), got.eq(f.read), f.got_last.eq(f.last), held.eq(got),
+                      f.held_last.eq(f.got_last)]
+        f.room, _ = credited_output(fm, f.o, f.data, held, issue, FEED_QUEUE, name="feed_queue")
         m.submodules.feed = ResetInserter(reset)(fm)
         return f
 
@@ -1053,14 +1051,10 @@ class AccelCore(wiring.Component):
         kmax = hw.gemm_max_k
         lane_mems = []
         for i in range(R):
-            mem = Memory(shape=signed(hw.a_bits + 1), depth=2 * kmax, init=[], attrs=NO_COLLISION)
-            m.submodules[f"a_cache{i}"] = mem
-            lane_mems.append(self._ports(mem) if self.new_reads else (mem.write_port(), mem.read_port()))
+            lane_mems.append(block_ram(m, f"a_cache{i}", 2 * kmax, hw.a_bits + 1, self.new_reads))
         w_mems = []
         for j in range(C):
-            mem = Memory(shape=signed(hw.w_bits), depth=2 * accel.w_cache_elems, init=[], attrs=NO_COLLISION)
-            m.submodules[f"w_cache{j}"] = mem
-            w_mems.append(self._ports(mem) if self.new_reads else (mem.write_port(), mem.read_port()))
+            w_mems.append(block_ram(m, f"w_cache{j}", 2 * accel.w_cache_elems, hw.w_bits, self.new_reads))
         wfilled = Array(Signal(name=f"w_filled{h}") for h in range(2))
         fw = Signal(name="w_feed_half")
         filled = Array(Signal(name=f"a_filled{h}") for h in range(2))
@@ -1163,6 +1157,9 @@ class AccelCore(wiring.Component):
                                       Signal(16, name="w_load_k"), Signal(16, name="w_load_nt"),
                                       Signal(range(2 * wh + 1), name="w_load_addr"))
             fmt, fntk = Signal(16, name="feed_mt"), Signal(32, name="feed_ntk")
+            # fmt at the last row block, a flag beside it (its 16-bit compare behind the issue, into
+            # ``w_free``, was a seed's critical path, 9.32 ns)
+            fmt_hit, mt_one = Signal(name="feed_mt_hit"), ~dec.mt_last.any()
             welem = Signal(signed(hw.w_bits))
             with m.Switch(ins.w_bits):
                 for nb in range(2, hw.w_bits + 1):
@@ -1181,15 +1178,15 @@ class AccelCore(wiring.Component):
                 with m.Else():
                     m.d.sync += lwj.eq(lwj + 1)
             m.d.sync += [feed.w_addr.eq(fw * wh + fntk + fk), feed.w_half.eq(fw),
-                         feed.w_free.eq(issue & ~is_linear & fk_hit & fnt_hit & (fmt == dec.mt_last))]
+                         feed.w_free.eq(issue & ~is_linear & fk_hit & fnt_hit & fmt_hit)]
             with m.If(issue & ~is_linear):
                 with m.If(fk_hit):
                     with m.If(fnt_hit):
                         m.d.sync += fntk.eq(0)
-                        with m.If(fmt == dec.mt_last):      # the batch's last beat
-                            m.d.sync += [fmt.eq(0), fw.eq(~fw)]
+                        with m.If(fmt_hit):      # the batch's last beat
+                            m.d.sync += [fmt.eq(0), fmt_hit.eq(mt_one), fw.eq(~fw)]
                         with m.Else():
-                            m.d.sync += fmt.eq(fmt + 1)
+                            m.d.sync += [fmt.eq(fmt + 1), fmt_hit.eq(fmt + 1 == dec.mt_last)]
                     with m.Else():
                         m.d.sync += fntk.eq(fntk + ins.n3)
             with m.If(feed.read & feed.w_free):     # (read: the batch's W half is free)
@@ -1198,9 +1195,9 @@ class AccelCore(wiring.Component):
                 m.d.comb += [rp.addr.eq(feed.w_addr), rp.en.eq(feed.read)]
             with m.If(restart):
                 m.d.sync += [lw.eq(0), lwj.eq(0), lwk.eq(0), lwnt.eq(0), lwa.eq(0), wfilled[0].eq(0), wfilled[1].eq(0),
-                             fw.eq(0), fmt.eq(0), fntk.eq(0)]
+                             fw.eq(0), fmt.eq(0), fmt_hit.eq(mt_one), fntk.eq(0)]
             # the read beat into the queue: its last flag, R lanes of A, C lanes of W
-            m.d.comb += feed.data.eq(Cat(feed.got_last, *[rp.data for _, rp in lane_mems],
+            m.d.comb += feed.data.eq(Cat(feed.held_last, *[rp.data for _, rp in lane_mems],
                                          *[rp.data for _, rp in w_mems]))
             ab1, out = hw.a_bits + 1, feed.o.payload
             m.d.comb += [gemm.a.valid.eq(feed.o.valid), gemm.a.payload.last.eq(out[0]),

@@ -162,7 +162,7 @@ class _Machine:
     def scatter(self, port: Port, n, dims, values: torch.Tensor) -> None:
         idx = self.check(self.index(port, n, dims), "dst")
         # the block RAMs are built without yosys's emulation of a read and a write of one
-        # address in one cycle (hwgen.accel.core.NO_COLLISION): an instruction may not write
+        # address in one cycle (hwgen.bram.NO_COLLISION): an instruction may not write
         # where it reads
         flat = idx.reshape(-1)
         lo, hi = (int(v) for v in torch.aminmax(flat))
