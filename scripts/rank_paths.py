@@ -39,6 +39,8 @@ from golden.errors import UserError  # noqa: E402
 ROUTE = 0.55
 FANOUT = 0.3              # routing grows with a net's fanout: + FANOUT x log2(sinks) ns
 SOURCES = {"TRELLIS_FF": 0.5, "DP16KD": 2.5, "MULT18X18D": 2.0}      # clock to output (a registered DSP's)
+OUTREG_DP16KD = 0.5       # a DP16KD read through its output register (hwgen.bram's leaves: nextpnr's 0.96 ns
+                          # against 5.83 without, scripts/probe_ebr_regmode.py)
 DSP_PRODUCT = 3.93        # an unregistered MULT18X18D, operand to product (nextpnr's figure)
 CLOCKS = ("CLK", "WCK", "CLKA", "CLKB", "CLK0", "CLK1", "CLK2", "CLK3")
 
@@ -95,7 +97,8 @@ def rank(netlist: dict, top: str | None = None) -> list[dict]:
                     if not isinstance(b, int):
                         continue
                     if dirs.get(p) == "output" and t in SOURCES:
-                        arrival[b] = max(arrival[b], SOURCES[t])
+                        outreg = t == "DP16KD" and c.get("parameters", {}).get(f"REGMODE_{p[2:3]}") == "OUTREG"
+                        arrival[b] = max(arrival[b], OUTREG_DP16KD if outreg else SOURCES[t])
                     elif dirs.get(p) == "input" and p not in CLOCKS and p != "RAD":
                         endpoints.append((b, cname, p))
         for i, o, d in arcs(c):

@@ -25,7 +25,7 @@ import torch
 
 from golden.errors import UserError
 from hwgen.accel.compiler import ALIGN, AccelConfig, c_layout, post_consts
-from hwgen.accel.interpreter import _Machine, _unit, header
+from hwgen.accel.interpreter import Machine, _unit, header
 from hwgen.accel.isa import (FLAG_EXT_SIGNED, INSTR_BYTES, Instr, Opcode, Port, beat_bytes, decode, encode_program,
                              pack_beats, unpack_beats)
 from hwgen.accel.memory_model import WORDS_VERILOG, AccelSimTop
@@ -144,7 +144,7 @@ def trace(image: bytes, hw: HwConfig, accel: AccelConfig | None = None):
     buffer before it, buffer after it) for every instruction before ``END``."""
     accel = accel or AccelConfig()
     img = bytearray(image)
-    mach = _Machine(img, hw, accel)
+    mach = Machine(img, hw, accel)
     pc = header(img)["program"]
     k = 0
     while True:

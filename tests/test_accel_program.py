@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from golden.errors import UserError
 from golden.executor import run_graph
 from hwgen.accel.compiler import AccelConfig, compile
-from hwgen.accel.interpreter import _Machine, header, interpret, read_logits, run, write_input
+from hwgen.accel.interpreter import Machine, header, interpret, read_logits, run, write_input
 from hwgen.accel.isa import (FIELDS, INSTR_BYTES, LAYOUT, LEVELS, MOVE_OPS, POST_ADD, POST_GELU, PRE_UNIT, Instr, Opcode, Port,
                              decode, encode)
 from hwgen.config import HwConfig
@@ -206,7 +206,7 @@ def test_an_instruction_that_writes_where_it_reads_is_refused(programs):
     move = next(i for i in program.instrs if i.op in MOVE_OPS)
     add = next(i for i in program.instrs if i.op == Opcode.LINEAR and i.post == POST_ADD)
     for ins, src in ((replace(move, dst=move.src0), "src0"), (replace(add, dst=Port(add.src1.base, add.dst.strides)), "src1")):
-        mach = _Machine(bytearray(program.image), program.hw, program.accel)
+        mach = Machine(bytearray(program.image), program.hw, program.accel)
         with pytest.raises(UserError) as exc:
             mach.step(ins)
         msg = _one_line(exc)

@@ -33,7 +33,7 @@ from golden.errors import UserError
 from golden.executor import run_graph
 from hwgen.accel.compiler import MAGIC, AccelConfig, compile
 from hwgen.accel.core import AccelCore, Error
-from hwgen.accel.interpreter import _Machine, batch_image, header, write_input
+from hwgen.accel.interpreter import Machine, batch_image, header, write_input
 from hwgen.accel.isa import (COUNT_BITS, POST_ADD, POST_GELU, PRE_UNIT, FLAG_EXT_SIGNED, FLAG_W_EXT, GEMM_OPS, INSTR_BYTES,
                              Instr, Opcode, Port, encode_program)
 from hwgen.config import HwConfig
@@ -136,7 +136,7 @@ def test_gemms_of_the_shortest_rows_equal_the_interpreter(sim, hw, programs, dig
             continue
         shapes.add(shape)
         img, one = _short_rows(image, ins, 2 if ins.op == Opcode.LINEAR and ins.post == PRE_UNIT else 1, hw)
-        mach = _Machine(bytearray(img), hw, AccelConfig())
+        mach = Machine(bytearray(img), hw, AccelConfig())
         mach.buf = before.clone()
         mach.step(one)
         img, prog, read = accel_run.snapshot_program(img, one, before, elems)
@@ -190,7 +190,7 @@ def test_the_verification_build_sees_a_read_in_the_cycle_of_its_write(sim, sim_n
     for d in range(1, 17):
         over = Instr(Opcode.CONCAT, (1, 1, 1, 1, 256), dst=Port(d, unit), src0=Port(0, unit))
         with pytest.raises(UserError, match="dst apart from its sources"):
-            _Machine(bytearray(program.image), hw, AccelConfig()).step(over)
+            Machine(bytearray(program.image), hw, AccelConfig()).step(over)
         img, prog, read = accel_run.snapshot_program(program.image, over, before, elems)
         cases.append(accel_run.Case(f"copy to src0 + {d}", img, prog, [read]))
     runs = [accel_run.run_cases(b, cases, name) for b, name in ((sim, "overlap_old"), (sim_new_reads, "overlap_new"))]

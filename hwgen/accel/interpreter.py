@@ -41,7 +41,7 @@ from .compiler import HEADER_BYTES, HEADER_FIELDS, MAGIC, AccelConfig, Program, 
 from .isa import (POST_ADD, POST_GELU, POST_NONE, PRE_UNIT, FLAG_A_SIGNED, FLAG_EXT_SIGNED, FLAG_PER_IMAGE, FLAG_W_EXT, INSTR_BYTES, LEVELS, MOVE_OPS, Instr, Opcode, Port,
                   beat_bytes, decode, unpack_beats)
 
-__all__ = ["run", "interpret", "header", "batch_image", "write_input", "read_logits", "RunStats"]
+__all__ = ["Machine", "run", "interpret", "header", "batch_image", "write_input", "read_logits", "RunStats"]
 
 
 @dataclass
@@ -122,7 +122,13 @@ def _wrap(v: torch.Tensor, bits: int, sgn: bool = True) -> torch.Tensor:
     return v
 
 
-class _Machine:
+class Machine:
+    """The program's machine: the external memory ``img`` (a bytearray, written by STORE), the
+    activation buffer ``buf`` and the counts ``stats``.  :meth:`step` runs one instruction
+    (a :class:`UserError` for one the hardware would not run); ``read`` then lists the buffer
+    addresses it read, by source.  :func:`run` steps a whole program; tests and the RTL runner
+    step single instructions (a fault's instruction, one refused by the interpreter)."""
+
     def __init__(self, image: bytearray, hw: HwConfig, accel: AccelConfig):
         self.img, self.hw, self.accel = image, hw, accel
         self.buf = torch.zeros(accel.act_buffer_elems, dtype=torch.int64)
@@ -361,13 +367,13 @@ def run(image: bytearray, hw: HwConfig, accel: AccelConfig | None = None, max_in
     is refused in one line."""
     accel = accel or AccelConfig()
     h = header(image)
-    mach = _Machine(image, hw, accel)
+    mach = Machine(image, hw, accel)
     for k in range(images):
         _run_once(mach, image, h, k * h["image_stride"], max_instrs)
     return mach.stats
 
 
-def _run_once(mach: _Machine, image, h: dict, offset: int, max_instrs: int) -> None:
+def _run_once(mach: Machine, image, h: dict, offset: int, max_instrs: int) -> None:
     pc = h["program"]
     for i in range(max_instrs):
         mach.where = f" (instruction {i} at 0x{pc:x})"
