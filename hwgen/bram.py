@@ -38,10 +38,11 @@ from __future__ import annotations
 
 import re
 
-from amaranth.hdl import ClockDomain, ClockSignal, Const, Instance, Module, Signal, unsigned
-from amaranth.lib import wiring
+from amaranth.hdl import ClockSignal, Const, Instance, Module, Signal, unsigned
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
+
+from .leaf import Leaf, convert, defined
 
 __all__ = ["BRAM_LATENCY", "NO_COLLISION", "BlockRam", "Ecp5BlockRam", "block_ram", "bram_name", "leaf_definitions",
            "ecp5_definitions"]
@@ -64,7 +65,7 @@ def bram_name(depth: int, width: int, transparent: bool = False) -> str:
     return f"bram_{depth}x{width}{'_new' if transparent else ''}"
 
 
-class BlockRam(wiring.Component):
+class BlockRam(Leaf):
     """``depth`` words of ``width`` bits: a write port and a read port whose data is registered
     twice (read ``r_addr`` when ``r_en``; ``r_data`` :data:`BRAM_LATENCY` cycles later, held
     while ``r_en`` stays low).  No reset.
@@ -89,11 +90,6 @@ class BlockRam(wiring.Component):
         self.name = bram_name(depth, width, transparent)
         super().__init__({"clk": In(1), "w_addr": In(range(depth)), "w_data": In(width), "w_en": In(1),
                           "r_addr": In(range(depth)), "r_en": In(1), "r_data": Out(width)})
-
-    def _clock(self, m):
-        # a clock domain of the module's own, from its clk port: no reset port
-        m.domains.sync = ClockDomain(reset_less=True, local=True)
-        m.d.comb += ClockSignal().eq(self.clk)
 
     def elaborate(self, platform):
         m = Module()
@@ -174,16 +170,14 @@ def _used(text: str) -> list[tuple[int, int, bool]]:
 
 
 def _convert(shapes, cls) -> str:
-    from amaranth.back import verilog
-
-    return "".join(verilog.convert(leaf, name=leaf.name, emit_src=False) for leaf in (cls(*s) for s in shapes))
+    return convert(cls(*s) for s in shapes)
 
 
 def leaf_definitions(text: str) -> str:
     """Behavioural Verilog of the ``bram_*`` leaves that ``text`` instantiates and does not
     define ("" if none)."""
-    defined = set(re.findall(r"^module (bram_\w+)", text, re.M))
-    return _convert([s for s in _used(text) if bram_name(*s) not in defined], BlockRam)
+    have = defined(text, "bram_")
+    return _convert([s for s in _used(text) if bram_name(*s) not in have], BlockRam)
 
 
 def ecp5_definitions(text: str) -> str:

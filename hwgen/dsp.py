@@ -25,10 +25,10 @@ from __future__ import annotations
 
 import re
 
-from amaranth.hdl import ClockDomain, ClockSignal, Const, Instance, Module, Shape, Signal, signed, unsigned
-from amaranth.lib import wiring
+from amaranth.hdl import ClockSignal, Const, Instance, Module, Shape, Signal, signed, unsigned
 from amaranth.lib.wiring import In, Out
 
+from .leaf import Leaf, convert, defined
 from .pipeline import product_shape
 
 __all__ = ["DSP_LATENCY", "DspMultiplier", "Ecp5DspMultiplier", "dsp_mult", "dsp_mult_name", "leaf_definitions",
@@ -55,7 +55,7 @@ def dsp_mult_name(a_shape: Shape, b_shape: Shape) -> str:
     return f"dsp_mult_{_code(a_shape)}_{_code(b_shape)}"
 
 
-class DspMultiplier(wiring.Component):
+class DspMultiplier(Leaf):
     """``p = a * b``, two cycles: ``a`` and ``b`` registered, then the product registered.
 
     The behavioural leaf (see the module docstring); no reset, no enable (a DSP block's
@@ -79,11 +79,6 @@ class DspMultiplier(wiring.Component):
         self.name = dsp_mult_name(self.a_shape, self.b_shape)
         p_shape = product_shape(Const(0, self.a_shape), Const(0, self.b_shape))
         super().__init__({"clk": In(1), "a": In(self.a_shape), "b": In(self.b_shape), "p": Out(p_shape)})
-
-    def _clock(self, m):
-        # a clock domain of the module's own, from its clk port: no reset port
-        m.domains.sync = ClockDomain(reset_less=True, local=True)
-        m.d.comb += ClockSignal().eq(self.clk)
 
     def elaborate(self, platform):
         m = Module()
@@ -134,16 +129,14 @@ def _used(text: str) -> list[tuple[Shape, Shape]]:
 
 
 def _convert(shapes, cls) -> str:
-    from amaranth.back import verilog
-
-    return "".join(verilog.convert(leaf, name=leaf.name, emit_src=False) for leaf in (cls(a, b) for a, b in shapes))
+    return convert(cls(a, b) for a, b in shapes)
 
 
 def leaf_definitions(text: str) -> str:
     """Behavioural Verilog of the ``dsp_mult_*`` leaves that ``text`` instantiates and does not
     define ("" if none)."""
-    defined = set(re.findall(r"^module (dsp_mult_\w+)", text, re.M))
-    return _convert([s for s in _used(text) if dsp_mult_name(*s) not in defined], DspMultiplier)
+    have = defined(text, "dsp_mult_")
+    return _convert([s for s in _used(text) if dsp_mult_name(*s) not in have], DspMultiplier)
 
 
 def ecp5_definitions(text: str) -> str:
