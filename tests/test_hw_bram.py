@@ -126,9 +126,11 @@ def _stimulus(depth: int, width: int, n: int, collide: bool, rng: random.Random)
 def _reference(rows, transparent: bool):
     """The leaf's r_data after each edge (None until the first read reaches it)."""
     mem, stage, out = {}, None, []
+    regs = [None] * (BRAM_LATENCY - 1)          # the registers behind the memory's read
     for we, wa, wd, re_, ra in rows:
-        # edge: the output register takes the first stage; the first stage reads; the write lands
-        out.append(stage)
+        # edge: the output registers take the first stage; the first stage reads; the write lands
+        regs = [stage] + regs[:-1]
+        out.append(regs[-1])
         if re_:
             stage = wd if transparent and we and wa == ra else mem.get(ra, 0)
         if we:
@@ -227,4 +229,3 @@ def test_the_ecp5_leaf_is_wired_as_yosys_maps_the_memory(tmp_path, depth, width)
         assert proc.returncode == 0, proc.stderr[-2000:]
         nets[tag] = _pins(json.loads((tmp_path / f"{tag}.json").read_text()), name)
     assert nets["leaf"] == nets["yosys"] and len(nets["leaf"]) == -(-width // nets["leaf"][0]["width"])
-    assert BRAM_LATENCY == 2
