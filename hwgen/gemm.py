@@ -55,7 +55,7 @@ from amaranth.lib.wiring import In, Out
 
 from .config import GEMM_MULTIPLIERS, check_choice, check_range
 from .dsp import DSP_LATENCY, dsp_mult
-from .pipeline import compress, compress_levels, fit, lane_layout, partial_products, product_shape, sum_pair
+from .pipeline import compress, compress_levels, fit, lane_layout, data_register, partial_products, product_shape, sum_pair
 from .requant import E_BITS, requant_decode_stages, requant_decoded_fields, requant_latency, requant_param_fields, requant_stages
 
 __all__ = ["Gemm", "gemm_flush_cycles", "gemm_latency", "gemm_min_tile_period", "pe_depth"]
@@ -301,8 +301,8 @@ class Gemm(wiring.Component):
         row_a = [delayed(r_a[i], i, self.a_shape, f"a_skew{i}") for i in range(R)]
         col_w = [delayed(r_w[j], j, signed(self.w_bits), f"w_skew{j}") for j in range(C)]
 
-        def registered(value, name, reset_less=True):
-            s = Signal(value.shape(), name=name, reset_less=reset_less)
+        def registered(value, name):
+            s = data_register(value.shape(), name, value)
             m.d.sync += s.eq(value)
             return s
 

@@ -77,7 +77,7 @@ from golden.errors import UserError
 from golden.layernorm import FACTOR_BITS
 
 from .config import check_range
-from .pipeline import compress, partial_products
+from .pipeline import compress, data_register, partial_products
 
 __all__ = ["LayerNorm", "layernorm_timing", "layernorm_widths", "out_pipe_depth", "IN_PIPE_DEPTH", "E_BITS"]
 
@@ -389,7 +389,8 @@ class LayerNorm(wiring.Component):
         def reg(name, value, shape=None, reset=False):
             """A register loaded every cycle (no enable; no reset unless ``reset``)."""
             value = Value.cast(value)
-            s = Signal(shape if shape is not None else value.shape(), name=name, reset_less=not reset)
+            shape = shape if shape is not None else value.shape()
+            s = Signal(shape, name=name) if reset else data_register(shape, name, value)
             m.d.sync += s.eq(value)
             return s
 

@@ -16,10 +16,11 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 from amaranth.hdl import Cat, Const, Mux, Shape, Signal, Value, signed, unsigned
+from amaranth.hdl._ast import Concat, Operator, Slice, SwitchValue   # (not re-exported by amaranth.hdl)
 from amaranth.lib import data
 from amaranth.lib.memory import Memory
 
-__all__ = ["eq_const", "Stager", "stream_pipeline", "rshift_round_const", "rshift_round_var", "clamp", "partial_products", "compress", "compress_levels", "sum_pair", "product_shape", "fit",
+__all__ = ["eq_const", "known_bits", "data_register", "Stager", "stream_pipeline", "rshift_round_const", "rshift_round_var", "clamp", "partial_products", "compress", "compress_levels", "sum_pair", "product_shape", "fit",
            "divide_stages", "lane_layout", "register_slice", "credited_output", "credit_counter"]
 
 
@@ -28,6 +29,103 @@ def eq_const(x, k: int):
     """``x == k`` for a constant ``k``; ``x == 0`` is written ``~x.any()``: Amaranth emits it as a
     logical not, which Verilator -Wall flags (WIDTHTRUNC) when x has several bits."""
     return ~x.any() if k == 0 else x == k
+
+# --- constant bits ---------------------------------------------------------------------------
+# A datapath register whose D input is a constant c (a carry-save tree's bit where every term is
+# a constant: a partial product's complement, a sign-extension constant) is c from its second
+# cycle on; with an init of 0 where c = 1 yosys cannot drop it, and its opt_merge makes one
+# flip-flop of every such register with the same D in the whole design: in the accelerator one
+# flip-flop fed 103 cells of the Softmax, the LayerNorm and a GELU, a route across the die
+# (seed 3's critical path, 9.61 ns).  So the known constant bits of compress's wires and of
+# :func:`data_register`'s registers are tracked here, and a data register takes them as its
+# init: a register whose D and init are one constant is that constant, and synthesis removes it.
+
+_KNOWN: dict[int, tuple[Signal, tuple]] = {}     # id(signal) -> (signal, its bits: 0, 1 or None)
+
+
+def _extend(bits: list, signed_: bool, width: int) -> list:
+    if len(bits) >= width:
+        return bits[:width]
+    pad = (bits[-1] if bits else 0) if signed_ else 0
+    return bits + [pad] * (width - len(bits))
+
+
+def _operand(v: Value, width: int) -> list:
+    return _extend(known_bits(v), v.shape().signed, width)
+
+
+def known_bits(v) -> list:
+    """Each bit of ``v``: 0 or 1 where it is a constant, None where it is not known to be one.
+    Sees through constants, concatenations, slices, bitwise operators, shifts by a constant,
+    the low bits of a sum, multiplexers whose cases agree, and the signals of :func:`compress`
+    and :func:`data_register` (whose known bits are recorded); any other value is unknown."""
+    v = Value.cast(v)
+    n = len(v)
+    if isinstance(v, Const):
+        return [(v.value >> i) & 1 for i in range(n)]
+    if isinstance(v, Signal):
+        known = _KNOWN.get(id(v))
+        return list(known[1]) if known is not None and known[0] is v else [None] * n
+    if isinstance(v, Concat):
+        return [b for part in v.parts for b in known_bits(part)]
+    if isinstance(v, Slice):
+        return known_bits(v.value)[v.start:v.stop]
+    if isinstance(v, SwitchValue):
+        values = [value for _, value in v.cases]
+        if all(patterns is not None for patterns, _ in v.cases):
+            values.append(Const(0, n))       # no default: a selector matching no case gives 0
+        cases = [_operand(value, n) for value in values]
+        return [c[0] if all(x[i] == c[0] for x in cases) else None for i, c in enumerate(zip(*cases))]
+    if isinstance(v, Operator):
+        op, args = v.operator, v.operands
+        if op in ("u", "s"):
+            return known_bits(args[0])
+        if op == "~":
+            return [None if b is None else 1 - b for b in known_bits(args[0])]
+        if op in ("&", "|", "^") and len(args) == 2:
+            a, b = _operand(args[0], n), _operand(args[1], n)
+            if op == "&":
+                return [0 if 0 in (x, y) else (1 if x == y == 1 else None) for x, y in zip(a, b)]
+            if op == "|":
+                return [1 if 1 in (x, y) else (0 if x == y == 0 else None) for x, y in zip(a, b)]
+            return [None if None in (x, y) else x ^ y for x, y in zip(a, b)]
+        if op in ("<<", ">>") and isinstance(args[1], Const):
+            k, a = args[1].value, known_bits(args[0])
+            if op == "<<":
+                return _extend([0] * k + a, args[0].shape().signed, n)
+            return _extend(a[k:], args[0].shape().signed, n)
+        if op == "+" and len(args) == 2:     # the low bits, up to the first unknown one
+            a, b = _operand(args[0], n), _operand(args[1], n)
+            out, carry = [], 0
+            for x, y in zip(a, b):
+                if None in (x, y):
+                    break
+                out.append(x ^ y ^ carry)
+                carry = (x + y + carry) >> 1
+            return out + [None] * (n - len(out))
+    return [None] * n
+
+
+def _note(s: Signal, value: Value) -> None:
+    """Record the bits of ``s`` (assigned ``value``, extended or cut to its width) that are constant."""
+    bits = tuple(_operand(Value.cast(value), len(s)))
+    if any(b is not None for b in bits):
+        _KNOWN[id(s)] = (s, bits)
+
+
+def data_register(shape, name: str | None, value) -> Signal:
+    """A reset-less register for ``value`` (the caller assigns it, enabled or not), whose init
+    is ``value``'s constant bits (:func:`known_bits`), recorded as its own known bits."""
+    if not isinstance(shape, Shape):          # a layout (a View's): its init stays the default
+        return Signal(shape, name=name, reset_less=True)
+    bits = _extend(known_bits(value), Value.cast(value).shape().signed, shape.width)
+    init = sum(1 << i for i, b in enumerate(bits) if b == 1)
+    if shape.signed and init >> (shape.width - 1):
+        init -= 1 << shape.width
+    s = Signal(shape, name=name, reset_less=True, init=init)
+    _note(s, value)
+    return s
+
 
 def lane_layout(shape: Shape, lanes: int) -> data.ArrayLayout:
     """Payload layout of a multi-lane stream: lane k sits at bits [k w, (k+1) w)."""
@@ -89,6 +187,7 @@ def compress(m, terms: list[Value], width: int, levels: int | None = None, name:
         for i, v in enumerate(vals):
             s = Signal(width, name=f"{name}_l{level}_{i}")
             m.d.comb += s.eq(v)
+            _note(s, v)
             out.append(s)
         return out
 
@@ -160,7 +259,7 @@ class Stager:
         out = {}
         for name, e in exprs.items():
             v = Value.cast(e)
-            s = Signal(v.shape(), name=f"{self.prefix}s{self.depth}_{name}", reset_less=True)
+            s = data_register(v.shape(), f"{self.prefix}s{self.depth}_{name}", v)
             with self.m.If(self.en):
                 self.m.d.sync += s.eq(v)
             out[name] = s

@@ -20526,12 +20526,12 @@ module \accelerator.core.gelu0 (o__ready, go, o__payload, i__payload, i__valid, 
   reg [16:0] l0_s14_s = 17'h00000;
   reg [24:0] l0_s15_v_t0 = 25'h0000000;
   reg [24:0] l0_s15_v_t1 = 25'h0000000;
-  reg [24:0] l0_s15_v_t2 = 25'h0000000;
-  reg [24:0] l0_s15_v_t3 = 25'h0000000;
-  reg [24:0] l0_s15_v_t4 = 25'h0000000;
+  reg [24:0] l0_s15_v_t2 = 25'h000001c;
+  reg [24:0] l0_s15_v_t3 = 25'h0000004;
+  reg [24:0] l0_s15_v_t4 = 25'h1ec0000;
   reg [24:0] l0_s16_v_t0 = 25'h0000000;
   reg [24:0] l0_s16_v_t1 = 25'h0000000;
-  reg [24:0] l0_s16_v_t2 = 25'h0000000;
+  reg [24:0] l0_s16_v_t2 = 25'h1ec0000;
   reg [24:0] l0_s17_v_t0 = 25'h0000000;
   reg [24:0] l0_s17_v_t1 = 25'h0000000;
   reg [24:0] l0_s18_v = 25'h0000000;
@@ -20632,27 +20632,27 @@ module \accelerator.core.gelu0 (o__ready, go, o__payload, i__payload, i__valid, 
   wire [24:0] l0_v1_l0_0;
   (* init = 25'h0000000 *)
   wire [24:0] l0_v1_l0_1;
-  (* init = 25'h0000000 *)
+  (* init = 25'h000001c *)
   wire [24:0] l0_v1_l0_2;
-  (* init = 25'h0000000 *)
+  (* init = 25'h0000004 *)
   wire [24:0] l0_v1_l0_3;
-  (* init = 25'h0000000 *)
+  (* init = 25'h1ec0000 *)
   wire [24:0] l0_v1_l0_4;
   wire [24:0] l0_v1_l1_0;
   wire [24:0] l0_v1_l1_1;
-  (* init = 25'h0000000 *)
+  (* init = 25'h0000004 *)
   wire [24:0] l0_v1_l1_2;
-  (* init = 25'h0000000 *)
+  (* init = 25'h1ec0000 *)
   wire [24:0] l0_v1_l1_3;
   wire [24:0] l0_v1_l2_0;
   wire [24:0] l0_v1_l2_1;
-  (* init = 25'h0000000 *)
+  (* init = 25'h1ec0000 *)
   wire [24:0] l0_v1_l2_2;
   (* init = 25'h0000000 *)
   wire [24:0] l0_v2_l0_0;
   (* init = 25'h0000000 *)
   wire [24:0] l0_v2_l0_1;
-  (* init = 25'h0000000 *)
+  (* init = 25'h1ec0000 *)
   wire [24:0] l0_v2_l0_2;
   wire [24:0] l0_v2_l1_0;
   wire [24:0] l0_v2_l1_1;
@@ -20967,12 +20967,12 @@ module \accelerator.core.gelu0 (o__ready, go, o__payload, i__payload, i__valid, 
   reg [16:0] l1_s14_s = 17'h00000;
   reg [24:0] l1_s15_v_t0 = 25'h0000000;
   reg [24:0] l1_s15_v_t1 = 25'h0000000;
-  reg [24:0] l1_s15_v_t2 = 25'h0000000;
-  reg [24:0] l1_s15_v_t3 = 25'h0000000;
-  reg [24:0] l1_s15_v_t4 = 25'h0000000;
+  reg [24:0] l1_s15_v_t2 = 25'h000001c;
+  reg [24:0] l1_s15_v_t3 = 25'h0000004;
+  reg [24:0] l1_s15_v_t4 = 25'h1ec0000;
   reg [24:0] l1_s16_v_t0 = 25'h0000000;
   reg [24:0] l1_s16_v_t1 = 25'h0000000;
-  reg [24:0] l1_s16_v_t2 = 25'h0000000;
+  reg [24:0] l1_s16_v_t2 = 25'h1ec0000;
   reg [24:0] l1_s17_v_t0 = 25'h0000000;
   reg [24:0] l1_s17_v_t1 = 25'h0000000;
   reg [24:0] l1_s18_v = 25'h0000000;
@@ -21073,27 +21073,27 @@ module \accelerator.core.gelu0 (o__ready, go, o__payload, i__payload, i__valid, 
   wire [24:0] l1_v1_l0_0;
   (* init = 25'h0000000 *)
   wire [24:0] l1_v1_l0_1;
-  (* init = 25'h0000000 *)
+  (* init = 25'h000001c *)
   wire [24:0] l1_v1_l0_2;
-  (* init = 25'h0000000 *)
+  (* init = 25'h0000004 *)
   wire [24:0] l1_v1_l0_3;
-  (* init = 25'h0000000 *)
+  (* init = 25'h1ec0000 *)
   wire [24:0] l1_v1_l0_4;
   wire [24:0] l1_v1_l1_0;
   wire [24:0] l1_v1_l1_1;
-  (* init = 25'h0000000 *)
+  (* init = 25'h0000004 *)
   wire [24:0] l1_v1_l1_2;
-  (* init = 25'h0000000 *)
+  (* init = 25'h1ec0000 *)
   wire [24:0] l1_v1_l1_3;
   wire [24:0] l1_v1_l2_0;
   wire [24:0] l1_v1_l2_1;
-  (* init = 25'h0000000 *)
+  (* init = 25'h1ec0000 *)
   wire [24:0] l1_v1_l2_2;
   (* init = 25'h0000000 *)
   wire [24:0] l1_v2_l0_0;
   (* init = 25'h0000000 *)
   wire [24:0] l1_v2_l0_1;
-  (* init = 25'h0000000 *)
+  (* init = 25'h1ec0000 *)
   wire [24:0] l1_v2_l0_2;
   wire [24:0] l1_v2_l1_0;
   wire [24:0] l1_v2_l1_1;
@@ -21408,12 +21408,12 @@ module \accelerator.core.gelu0 (o__ready, go, o__payload, i__payload, i__valid, 
   reg [16:0] l2_s14_s = 17'h00000;
   reg [24:0] l2_s15_v_t0 = 25'h0000000;
   reg [24:0] l2_s15_v_t1 = 25'h0000000;
-  reg [24:0] l2_s15_v_t2 = 25'h0000000;
-  reg [24:0] l2_s15_v_t3 = 25'h0000000;
-  reg [24:0] l2_s15_v_t4 = 25'h0000000;
+  reg [24:0] l2_s15_v_t2 = 25'h000001c;
+  reg [24:0] l2_s15_v_t3 = 25'h0000004;
+  reg [24:0] l2_s15_v_t4 = 25'h1ec0000;
   reg [24:0] l2_s16_v_t0 = 25'h0000000;
   reg [24:0] l2_s16_v_t1 = 25'h0000000;
-  reg [24:0] l2_s16_v_t2 = 25'h0000000;
+  reg [24:0] l2_s16_v_t2 = 25'h1ec0000;
   reg [24:0] l2_s17_v_t0 = 25'h0000000;
   reg [24:0] l2_s17_v_t1 = 25'h0000000;
   reg [24:0] l2_s18_v = 25'h0000000;
@@ -21514,27 +21514,27 @@ module \accelerator.core.gelu0 (o__ready, go, o__payload, i__payload, i__valid, 
   wire [24:0] l2_v1_l0_0;
   (* init = 25'h0000000 *)
   wire [24:0] l2_v1_l0_1;
-  (* init = 25'h0000000 *)
+  (* init = 25'h000001c *)
   wire [24:0] l2_v1_l0_2;
-  (* init = 25'h0000000 *)
+  (* init = 25'h0000004 *)
   wire [24:0] l2_v1_l0_3;
-  (* init = 25'h0000000 *)
+  (* init = 25'h1ec0000 *)
   wire [24:0] l2_v1_l0_4;
   wire [24:0] l2_v1_l1_0;
   wire [24:0] l2_v1_l1_1;
-  (* init = 25'h0000000 *)
+  (* init = 25'h0000004 *)
   wire [24:0] l2_v1_l1_2;
-  (* init = 25'h0000000 *)
+  (* init = 25'h1ec0000 *)
   wire [24:0] l2_v1_l1_3;
   wire [24:0] l2_v1_l2_0;
   wire [24:0] l2_v1_l2_1;
-  (* init = 25'h0000000 *)
+  (* init = 25'h1ec0000 *)
   wire [24:0] l2_v1_l2_2;
   (* init = 25'h0000000 *)
   wire [24:0] l2_v2_l0_0;
   (* init = 25'h0000000 *)
   wire [24:0] l2_v2_l0_1;
-  (* init = 25'h0000000 *)
+  (* init = 25'h1ec0000 *)
   wire [24:0] l2_v2_l0_2;
   wire [24:0] l2_v2_l1_0;
   wire [24:0] l2_v2_l1_1;
@@ -21849,12 +21849,12 @@ module \accelerator.core.gelu0 (o__ready, go, o__payload, i__payload, i__valid, 
   reg [16:0] l3_s14_s = 17'h00000;
   reg [24:0] l3_s15_v_t0 = 25'h0000000;
   reg [24:0] l3_s15_v_t1 = 25'h0000000;
-  reg [24:0] l3_s15_v_t2 = 25'h0000000;
-  reg [24:0] l3_s15_v_t3 = 25'h0000000;
-  reg [24:0] l3_s15_v_t4 = 25'h0000000;
+  reg [24:0] l3_s15_v_t2 = 25'h000001c;
+  reg [24:0] l3_s15_v_t3 = 25'h0000004;
+  reg [24:0] l3_s15_v_t4 = 25'h1ec0000;
   reg [24:0] l3_s16_v_t0 = 25'h0000000;
   reg [24:0] l3_s16_v_t1 = 25'h0000000;
-  reg [24:0] l3_s16_v_t2 = 25'h0000000;
+  reg [24:0] l3_s16_v_t2 = 25'h1ec0000;
   reg [24:0] l3_s17_v_t0 = 25'h0000000;
   reg [24:0] l3_s17_v_t1 = 25'h0000000;
   reg [24:0] l3_s18_v = 25'h0000000;
@@ -21955,27 +21955,27 @@ module \accelerator.core.gelu0 (o__ready, go, o__payload, i__payload, i__valid, 
   wire [24:0] l3_v1_l0_0;
   (* init = 25'h0000000 *)
   wire [24:0] l3_v1_l0_1;
-  (* init = 25'h0000000 *)
+  (* init = 25'h000001c *)
   wire [24:0] l3_v1_l0_2;
-  (* init = 25'h0000000 *)
+  (* init = 25'h0000004 *)
   wire [24:0] l3_v1_l0_3;
-  (* init = 25'h0000000 *)
+  (* init = 25'h1ec0000 *)
   wire [24:0] l3_v1_l0_4;
   wire [24:0] l3_v1_l1_0;
   wire [24:0] l3_v1_l1_1;
-  (* init = 25'h0000000 *)
+  (* init = 25'h0000004 *)
   wire [24:0] l3_v1_l1_2;
-  (* init = 25'h0000000 *)
+  (* init = 25'h1ec0000 *)
   wire [24:0] l3_v1_l1_3;
   wire [24:0] l3_v1_l2_0;
   wire [24:0] l3_v1_l2_1;
-  (* init = 25'h0000000 *)
+  (* init = 25'h1ec0000 *)
   wire [24:0] l3_v1_l2_2;
   (* init = 25'h0000000 *)
   wire [24:0] l3_v2_l0_0;
   (* init = 25'h0000000 *)
   wire [24:0] l3_v2_l0_1;
-  (* init = 25'h0000000 *)
+  (* init = 25'h1ec0000 *)
   wire [24:0] l3_v2_l0_2;
   wire [24:0] l3_v2_l1_0;
   wire [24:0] l3_v2_l1_1;
@@ -39615,7 +39615,7 @@ module \accelerator.core.layernorm (o__ready, i__valid, i__ready, o__payload, bu
   reg [47:0] ov0_t0 = 48'h000000000000;
   reg [47:0] ov0_t1 = 48'h000000000000;
   reg [47:0] ov0_t10 = 48'h000000000000;
-  reg [47:0] ov0_t11 = 48'h000000000000;
+  reg [47:0] ov0_t11 = 48'h000000000002;
   reg [47:0] ov0_t2 = 48'h000000000000;
   reg [47:0] ov0_t3 = 48'h000000000000;
   reg [47:0] ov0_t4 = 48'h000000000000;
@@ -39630,7 +39630,7 @@ module \accelerator.core.layernorm (o__ready, i__valid, i__ready, o__payload, bu
   wire [47:0] ov1_l0_1;
   (* init = 48'h000000000000 *)
   wire [47:0] ov1_l0_10;
-  (* init = 48'h000000000000 *)
+  (* init = 48'h000000000002 *)
   wire [47:0] ov1_l0_11;
   (* init = 48'h000000000000 *)
   wire [47:0] ov1_l0_2;
@@ -39727,8 +39727,8 @@ module \accelerator.core.layernorm (o__ready, i__valid, i__ready, o__payload, bu
   wire [31:0] oz0_l1_9;
   reg [31:0] oz0_t0 = 32'd0;
   reg [31:0] oz0_t1 = 32'd0;
-  reg [31:0] oz0_t10 = 32'd0;
-  reg [31:0] oz0_t11 = 32'd0;
+  reg [31:0] oz0_t10 = 32'd32766;
+  reg [31:0] oz0_t11 = 32'd2;
   reg [31:0] oz0_t2 = 32'd0;
   reg [31:0] oz0_t3 = 32'd0;
   reg [31:0] oz0_t4 = 32'd0;
@@ -39742,9 +39742,9 @@ module \accelerator.core.layernorm (o__ready, i__valid, i__ready, o__payload, bu
   wire [31:0] oz1_l0_0;
   (* init = 32'd0 *)
   wire [31:0] oz1_l0_1;
-  (* init = 32'd0 *)
+  (* init = 32'd32766 *)
   wire [31:0] oz1_l0_10;
-  (* init = 32'd0 *)
+  (* init = 32'd2 *)
   wire [31:0] oz1_l0_11;
   (* init = 32'd0 *)
   wire [31:0] oz1_l0_2;
@@ -39780,8 +39780,8 @@ module \accelerator.core.layernorm (o__ready, i__valid, i__ready, o__payload, bu
   reg [31:0] oz1_t1 = 32'd0;
   reg [31:0] oz1_t2 = 32'd0;
   reg [31:0] oz1_t3 = 32'd0;
-  reg [31:0] oz1_t4 = 32'd0;
-  reg [31:0] oz1_t5 = 32'd0;
+  reg [31:0] oz1_t4 = 32'd16380;
+  reg [31:0] oz1_t5 = 32'd4;
   reg [5:0] oz2_ch = 6'h00;
   (* init = 32'd0 *)
   wire [31:0] oz2_l0_0;
@@ -39791,9 +39791,9 @@ module \accelerator.core.layernorm (o__ready, i__valid, i__ready, o__payload, bu
   wire [31:0] oz2_l0_2;
   (* init = 32'd0 *)
   wire [31:0] oz2_l0_3;
-  (* init = 32'd0 *)
+  (* init = 32'd16380 *)
   wire [31:0] oz2_l0_4;
-  (* init = 32'd0 *)
+  (* init = 32'd4 *)
   wire [31:0] oz2_l0_5;
   wire [31:0] oz2_l1_0;
   wire [31:0] oz2_l1_1;
@@ -39959,7 +39959,7 @@ module \accelerator.core.layernorm (o__ready, i__valid, i__ready, o__payload, bu
   wire [35:0] var1_l0_5;
   wire [35:0] var1_l0_6;
   wire [35:0] var1_l0_7;
-  (* init = 36'h000000000 *)
+  (* init = 36'h000000003 *)
   wire [35:0] var1_l0_8;
   wire [35:0] var1_l1_0;
   wire [35:0] var1_l1_1;
@@ -39974,24 +39974,24 @@ module \accelerator.core.layernorm (o__ready, i__valid, i__ready, o__payload, bu
   reg [35:0] var1_t0 = 36'h000000000;
   reg [35:0] var1_t1 = 36'h000000000;
   reg [35:0] var1_t2 = 36'h000000000;
-  reg [35:0] var1_t3 = 36'h000000000;
+  reg [35:0] var1_t3 = 36'h000000008;
   (* init = 36'h000000000 *)
   wire [35:0] var2_l0_0;
   (* init = 36'h000000000 *)
   wire [35:0] var2_l0_1;
   (* init = 36'h000000000 *)
   wire [35:0] var2_l0_2;
-  (* init = 36'h000000000 *)
+  (* init = 36'h000000008 *)
   wire [35:0] var2_l0_3;
   wire [35:0] var2_l1_0;
   wire [35:0] var2_l1_1;
-  (* init = 36'h000000000 *)
+  (* init = 36'h000000008 *)
   wire [35:0] var2_l1_2;
   wire [35:0] var2_l2_0;
   wire [35:0] var2_l2_1;
   reg [35:0] var2_t0 = 36'h000000000;
   reg [35:0] var2_t1 = 36'h000000000;
-  reg [35:0] var_k = 36'h000000000;
+  reg [35:0] var_k = 36'h000000003;
   reg [35:0] vsh = 36'h000000000;
   (* init = 8'h00 *)
   wire [7:0] w_data;
@@ -45280,7 +45280,7 @@ module \accelerator.core.softmax (o__ready, i__valid, i__ready, idle, i__payload
   reg [4:0] ex_s3_a = 5'h00;
   reg [33:0] ex_s3_exp_t = 34'h000000000;
   reg [4:0] ex_s4_a = 5'h00;
-  reg [32:0] ex_s4_exp_h0 = 33'h000000000;
+  reg [32:0] ex_s4_exp_h0 = 33'h140000000;
   reg [32:0] ex_s4_exp_h1 = 33'h000000000;
   reg [4:0] ex_s4_exp_q = 5'h00;
   reg [16:0] ex_s4_exp_r = 17'h00000;

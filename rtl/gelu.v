@@ -2720,12 +2720,12 @@ module gelu(c__valid, i__payload, i__valid, o__ready, clk, rst, c__ready, i__rea
   reg [16:0] l0_s14_s = 17'h00000;
   reg [24:0] l0_s15_v_t0 = 25'h0000000;
   reg [24:0] l0_s15_v_t1 = 25'h0000000;
-  reg [24:0] l0_s15_v_t2 = 25'h0000000;
-  reg [24:0] l0_s15_v_t3 = 25'h0000000;
-  reg [24:0] l0_s15_v_t4 = 25'h0000000;
+  reg [24:0] l0_s15_v_t2 = 25'h000001c;
+  reg [24:0] l0_s15_v_t3 = 25'h0000004;
+  reg [24:0] l0_s15_v_t4 = 25'h1ec0000;
   reg [24:0] l0_s16_v_t0 = 25'h0000000;
   reg [24:0] l0_s16_v_t1 = 25'h0000000;
-  reg [24:0] l0_s16_v_t2 = 25'h0000000;
+  reg [24:0] l0_s16_v_t2 = 25'h1ec0000;
   reg [24:0] l0_s17_v_t0 = 25'h0000000;
   reg [24:0] l0_s17_v_t1 = 25'h0000000;
   reg [24:0] l0_s18_v = 25'h0000000;
@@ -2826,27 +2826,27 @@ module gelu(c__valid, i__payload, i__valid, o__ready, clk, rst, c__ready, i__rea
   wire [24:0] l0_v1_l0_0;
   (* init = 25'h0000000 *)
   wire [24:0] l0_v1_l0_1;
-  (* init = 25'h0000000 *)
+  (* init = 25'h000001c *)
   wire [24:0] l0_v1_l0_2;
-  (* init = 25'h0000000 *)
+  (* init = 25'h0000004 *)
   wire [24:0] l0_v1_l0_3;
-  (* init = 25'h0000000 *)
+  (* init = 25'h1ec0000 *)
   wire [24:0] l0_v1_l0_4;
   wire [24:0] l0_v1_l1_0;
   wire [24:0] l0_v1_l1_1;
-  (* init = 25'h0000000 *)
+  (* init = 25'h0000004 *)
   wire [24:0] l0_v1_l1_2;
-  (* init = 25'h0000000 *)
+  (* init = 25'h1ec0000 *)
   wire [24:0] l0_v1_l1_3;
   wire [24:0] l0_v1_l2_0;
   wire [24:0] l0_v1_l2_1;
-  (* init = 25'h0000000 *)
+  (* init = 25'h1ec0000 *)
   wire [24:0] l0_v1_l2_2;
   (* init = 25'h0000000 *)
   wire [24:0] l0_v2_l0_0;
   (* init = 25'h0000000 *)
   wire [24:0] l0_v2_l0_1;
-  (* init = 25'h0000000 *)
+  (* init = 25'h1ec0000 *)
   wire [24:0] l0_v2_l0_2;
   wire [24:0] l0_v2_l1_0;
   wire [24:0] l0_v2_l1_1;
@@ -3161,12 +3161,12 @@ module gelu(c__valid, i__payload, i__valid, o__ready, clk, rst, c__ready, i__rea
   reg [16:0] l1_s14_s = 17'h00000;
   reg [24:0] l1_s15_v_t0 = 25'h0000000;
   reg [24:0] l1_s15_v_t1 = 25'h0000000;
-  reg [24:0] l1_s15_v_t2 = 25'h0000000;
-  reg [24:0] l1_s15_v_t3 = 25'h0000000;
-  reg [24:0] l1_s15_v_t4 = 25'h0000000;
+  reg [24:0] l1_s15_v_t2 = 25'h000001c;
+  reg [24:0] l1_s15_v_t3 = 25'h0000004;
+  reg [24:0] l1_s15_v_t4 = 25'h1ec0000;
   reg [24:0] l1_s16_v_t0 = 25'h0000000;
   reg [24:0] l1_s16_v_t1 = 25'h0000000;
-  reg [24:0] l1_s16_v_t2 = 25'h0000000;
+  reg [24:0] l1_s16_v_t2 = 25'h1ec0000;
   reg [24:0] l1_s17_v_t0 = 25'h0000000;
   reg [24:0] l1_s17_v_t1 = 25'h0000000;
   reg [24:0] l1_s18_v = 25'h0000000;
@@ -3267,27 +3267,27 @@ module gelu(c__valid, i__payload, i__valid, o__ready, clk, rst, c__ready, i__rea
   wire [24:0] l1_v1_l0_0;
   (* init = 25'h0000000 *)
   wire [24:0] l1_v1_l0_1;
-  (* init = 25'h0000000 *)
+  (* init = 25'h000001c *)
   wire [24:0] l1_v1_l0_2;
-  (* init = 25'h0000000 *)
+  (* init = 25'h0000004 *)
   wire [24:0] l1_v1_l0_3;
-  (* init = 25'h0000000 *)
+  (* init = 25'h1ec0000 *)
   wire [24:0] l1_v1_l0_4;
   wire [24:0] l1_v1_l1_0;
   wire [24:0] l1_v1_l1_1;
-  (* init = 25'h0000000 *)
+  (* init = 25'h0000004 *)
   wire [24:0] l1_v1_l1_2;
-  (* init = 25'h0000000 *)
+  (* init = 25'h1ec0000 *)
   wire [24:0] l1_v1_l1_3;
   wire [24:0] l1_v1_l2_0;
   wire [24:0] l1_v1_l2_1;
-  (* init = 25'h0000000 *)
+  (* init = 25'h1ec0000 *)
   wire [24:0] l1_v1_l2_2;
   (* init = 25'h0000000 *)
   wire [24:0] l1_v2_l0_0;
   (* init = 25'h0000000 *)
   wire [24:0] l1_v2_l0_1;
-  (* init = 25'h0000000 *)
+  (* init = 25'h1ec0000 *)
   wire [24:0] l1_v2_l0_2;
   wire [24:0] l1_v2_l1_0;
   wire [24:0] l1_v2_l1_1;
@@ -3602,12 +3602,12 @@ module gelu(c__valid, i__payload, i__valid, o__ready, clk, rst, c__ready, i__rea
   reg [16:0] l2_s14_s = 17'h00000;
   reg [24:0] l2_s15_v_t0 = 25'h0000000;
   reg [24:0] l2_s15_v_t1 = 25'h0000000;
-  reg [24:0] l2_s15_v_t2 = 25'h0000000;
-  reg [24:0] l2_s15_v_t3 = 25'h0000000;
-  reg [24:0] l2_s15_v_t4 = 25'h0000000;
+  reg [24:0] l2_s15_v_t2 = 25'h000001c;
+  reg [24:0] l2_s15_v_t3 = 25'h0000004;
+  reg [24:0] l2_s15_v_t4 = 25'h1ec0000;
   reg [24:0] l2_s16_v_t0 = 25'h0000000;
   reg [24:0] l2_s16_v_t1 = 25'h0000000;
-  reg [24:0] l2_s16_v_t2 = 25'h0000000;
+  reg [24:0] l2_s16_v_t2 = 25'h1ec0000;
   reg [24:0] l2_s17_v_t0 = 25'h0000000;
   reg [24:0] l2_s17_v_t1 = 25'h0000000;
   reg [24:0] l2_s18_v = 25'h0000000;
@@ -3708,27 +3708,27 @@ module gelu(c__valid, i__payload, i__valid, o__ready, clk, rst, c__ready, i__rea
   wire [24:0] l2_v1_l0_0;
   (* init = 25'h0000000 *)
   wire [24:0] l2_v1_l0_1;
-  (* init = 25'h0000000 *)
+  (* init = 25'h000001c *)
   wire [24:0] l2_v1_l0_2;
-  (* init = 25'h0000000 *)
+  (* init = 25'h0000004 *)
   wire [24:0] l2_v1_l0_3;
-  (* init = 25'h0000000 *)
+  (* init = 25'h1ec0000 *)
   wire [24:0] l2_v1_l0_4;
   wire [24:0] l2_v1_l1_0;
   wire [24:0] l2_v1_l1_1;
-  (* init = 25'h0000000 *)
+  (* init = 25'h0000004 *)
   wire [24:0] l2_v1_l1_2;
-  (* init = 25'h0000000 *)
+  (* init = 25'h1ec0000 *)
   wire [24:0] l2_v1_l1_3;
   wire [24:0] l2_v1_l2_0;
   wire [24:0] l2_v1_l2_1;
-  (* init = 25'h0000000 *)
+  (* init = 25'h1ec0000 *)
   wire [24:0] l2_v1_l2_2;
   (* init = 25'h0000000 *)
   wire [24:0] l2_v2_l0_0;
   (* init = 25'h0000000 *)
   wire [24:0] l2_v2_l0_1;
-  (* init = 25'h0000000 *)
+  (* init = 25'h1ec0000 *)
   wire [24:0] l2_v2_l0_2;
   wire [24:0] l2_v2_l1_0;
   wire [24:0] l2_v2_l1_1;
@@ -4043,12 +4043,12 @@ module gelu(c__valid, i__payload, i__valid, o__ready, clk, rst, c__ready, i__rea
   reg [16:0] l3_s14_s = 17'h00000;
   reg [24:0] l3_s15_v_t0 = 25'h0000000;
   reg [24:0] l3_s15_v_t1 = 25'h0000000;
-  reg [24:0] l3_s15_v_t2 = 25'h0000000;
-  reg [24:0] l3_s15_v_t3 = 25'h0000000;
-  reg [24:0] l3_s15_v_t4 = 25'h0000000;
+  reg [24:0] l3_s15_v_t2 = 25'h000001c;
+  reg [24:0] l3_s15_v_t3 = 25'h0000004;
+  reg [24:0] l3_s15_v_t4 = 25'h1ec0000;
   reg [24:0] l3_s16_v_t0 = 25'h0000000;
   reg [24:0] l3_s16_v_t1 = 25'h0000000;
-  reg [24:0] l3_s16_v_t2 = 25'h0000000;
+  reg [24:0] l3_s16_v_t2 = 25'h1ec0000;
   reg [24:0] l3_s17_v_t0 = 25'h0000000;
   reg [24:0] l3_s17_v_t1 = 25'h0000000;
   reg [24:0] l3_s18_v = 25'h0000000;
@@ -4149,27 +4149,27 @@ module gelu(c__valid, i__payload, i__valid, o__ready, clk, rst, c__ready, i__rea
   wire [24:0] l3_v1_l0_0;
   (* init = 25'h0000000 *)
   wire [24:0] l3_v1_l0_1;
-  (* init = 25'h0000000 *)
+  (* init = 25'h000001c *)
   wire [24:0] l3_v1_l0_2;
-  (* init = 25'h0000000 *)
+  (* init = 25'h0000004 *)
   wire [24:0] l3_v1_l0_3;
-  (* init = 25'h0000000 *)
+  (* init = 25'h1ec0000 *)
   wire [24:0] l3_v1_l0_4;
   wire [24:0] l3_v1_l1_0;
   wire [24:0] l3_v1_l1_1;
-  (* init = 25'h0000000 *)
+  (* init = 25'h0000004 *)
   wire [24:0] l3_v1_l1_2;
-  (* init = 25'h0000000 *)
+  (* init = 25'h1ec0000 *)
   wire [24:0] l3_v1_l1_3;
   wire [24:0] l3_v1_l2_0;
   wire [24:0] l3_v1_l2_1;
-  (* init = 25'h0000000 *)
+  (* init = 25'h1ec0000 *)
   wire [24:0] l3_v1_l2_2;
   (* init = 25'h0000000 *)
   wire [24:0] l3_v2_l0_0;
   (* init = 25'h0000000 *)
   wire [24:0] l3_v2_l0_1;
-  (* init = 25'h0000000 *)
+  (* init = 25'h1ec0000 *)
   wire [24:0] l3_v2_l0_2;
   wire [24:0] l3_v2_l1_0;
   wire [24:0] l3_v2_l1_1;

@@ -7194,577 +7194,577 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   wire [15:0] csa_0_0_0;
   (* init = 16'h0000 *)
   wire [15:0] csa_0_0_1;
-  (* init = 16'h0000 *)
+  (* init = 16'h001c *)
   wire [15:0] csa_0_0_2;
-  (* init = 16'h0000 *)
+  (* init = 16'h0004 *)
   wire [15:0] csa_0_0_3;
   (* init = 16'h0000 *)
   wire [15:0] csa_0_1_0;
   (* init = 16'h0000 *)
   wire [15:0] csa_0_1_1;
-  (* init = 16'h0000 *)
+  (* init = 16'h001c *)
   wire [15:0] csa_0_1_2;
-  (* init = 16'h0000 *)
+  (* init = 16'h0004 *)
   wire [15:0] csa_0_1_3;
   (* init = 16'h0000 *)
   wire [15:0] csa_0_2_0;
   (* init = 16'h0000 *)
   wire [15:0] csa_0_2_1;
-  (* init = 16'h0000 *)
+  (* init = 16'h001c *)
   wire [15:0] csa_0_2_2;
-  (* init = 16'h0000 *)
+  (* init = 16'h0004 *)
   wire [15:0] csa_0_2_3;
   (* init = 16'h0000 *)
   wire [15:0] csa_0_3_0;
   (* init = 16'h0000 *)
   wire [15:0] csa_0_3_1;
-  (* init = 16'h0000 *)
+  (* init = 16'h001c *)
   wire [15:0] csa_0_3_2;
-  (* init = 16'h0000 *)
+  (* init = 16'h0004 *)
   wire [15:0] csa_0_3_3;
   (* init = 16'h0000 *)
   wire [15:0] csa_0_4_0;
   (* init = 16'h0000 *)
   wire [15:0] csa_0_4_1;
-  (* init = 16'h0000 *)
+  (* init = 16'h001c *)
   wire [15:0] csa_0_4_2;
-  (* init = 16'h0000 *)
+  (* init = 16'h0004 *)
   wire [15:0] csa_0_4_3;
   (* init = 16'h0000 *)
   wire [15:0] csa_0_5_0;
   (* init = 16'h0000 *)
   wire [15:0] csa_0_5_1;
-  (* init = 16'h0000 *)
+  (* init = 16'h001c *)
   wire [15:0] csa_0_5_2;
-  (* init = 16'h0000 *)
+  (* init = 16'h0004 *)
   wire [15:0] csa_0_5_3;
   (* init = 16'h0000 *)
   wire [15:0] csa_0_6_0;
   (* init = 16'h0000 *)
   wire [15:0] csa_0_6_1;
-  (* init = 16'h0000 *)
+  (* init = 16'h001c *)
   wire [15:0] csa_0_6_2;
-  (* init = 16'h0000 *)
+  (* init = 16'h0004 *)
   wire [15:0] csa_0_6_3;
   (* init = 16'h0000 *)
   wire [15:0] csa_0_7_0;
   (* init = 16'h0000 *)
   wire [15:0] csa_0_7_1;
-  (* init = 16'h0000 *)
+  (* init = 16'h001c *)
   wire [15:0] csa_0_7_2;
-  (* init = 16'h0000 *)
+  (* init = 16'h0004 *)
   wire [15:0] csa_0_7_3;
   (* init = 16'h0000 *)
   wire [15:0] csa_1_0_0;
   (* init = 16'h0000 *)
   wire [15:0] csa_1_0_1;
-  (* init = 16'h0000 *)
+  (* init = 16'h001c *)
   wire [15:0] csa_1_0_2;
-  (* init = 16'h0000 *)
+  (* init = 16'h0004 *)
   wire [15:0] csa_1_0_3;
   (* init = 16'h0000 *)
   wire [15:0] csa_1_1_0;
   (* init = 16'h0000 *)
   wire [15:0] csa_1_1_1;
-  (* init = 16'h0000 *)
+  (* init = 16'h001c *)
   wire [15:0] csa_1_1_2;
-  (* init = 16'h0000 *)
+  (* init = 16'h0004 *)
   wire [15:0] csa_1_1_3;
   (* init = 16'h0000 *)
   wire [15:0] csa_1_2_0;
   (* init = 16'h0000 *)
   wire [15:0] csa_1_2_1;
-  (* init = 16'h0000 *)
+  (* init = 16'h001c *)
   wire [15:0] csa_1_2_2;
-  (* init = 16'h0000 *)
+  (* init = 16'h0004 *)
   wire [15:0] csa_1_2_3;
   (* init = 16'h0000 *)
   wire [15:0] csa_1_3_0;
   (* init = 16'h0000 *)
   wire [15:0] csa_1_3_1;
-  (* init = 16'h0000 *)
+  (* init = 16'h001c *)
   wire [15:0] csa_1_3_2;
-  (* init = 16'h0000 *)
+  (* init = 16'h0004 *)
   wire [15:0] csa_1_3_3;
   (* init = 16'h0000 *)
   wire [15:0] csa_1_4_0;
   (* init = 16'h0000 *)
   wire [15:0] csa_1_4_1;
-  (* init = 16'h0000 *)
+  (* init = 16'h001c *)
   wire [15:0] csa_1_4_2;
-  (* init = 16'h0000 *)
+  (* init = 16'h0004 *)
   wire [15:0] csa_1_4_3;
   (* init = 16'h0000 *)
   wire [15:0] csa_1_5_0;
   (* init = 16'h0000 *)
   wire [15:0] csa_1_5_1;
-  (* init = 16'h0000 *)
+  (* init = 16'h001c *)
   wire [15:0] csa_1_5_2;
-  (* init = 16'h0000 *)
+  (* init = 16'h0004 *)
   wire [15:0] csa_1_5_3;
   (* init = 16'h0000 *)
   wire [15:0] csa_1_6_0;
   (* init = 16'h0000 *)
   wire [15:0] csa_1_6_1;
-  (* init = 16'h0000 *)
+  (* init = 16'h001c *)
   wire [15:0] csa_1_6_2;
-  (* init = 16'h0000 *)
+  (* init = 16'h0004 *)
   wire [15:0] csa_1_6_3;
   (* init = 16'h0000 *)
   wire [15:0] csa_1_7_0;
   (* init = 16'h0000 *)
   wire [15:0] csa_1_7_1;
-  (* init = 16'h0000 *)
+  (* init = 16'h001c *)
   wire [15:0] csa_1_7_2;
-  (* init = 16'h0000 *)
+  (* init = 16'h0004 *)
   wire [15:0] csa_1_7_3;
   (* init = 16'h0000 *)
   wire [15:0] csa_2_0_0;
   (* init = 16'h0000 *)
   wire [15:0] csa_2_0_1;
-  (* init = 16'h0000 *)
+  (* init = 16'h001c *)
   wire [15:0] csa_2_0_2;
-  (* init = 16'h0000 *)
+  (* init = 16'h0004 *)
   wire [15:0] csa_2_0_3;
   (* init = 16'h0000 *)
   wire [15:0] csa_2_1_0;
   (* init = 16'h0000 *)
   wire [15:0] csa_2_1_1;
-  (* init = 16'h0000 *)
+  (* init = 16'h001c *)
   wire [15:0] csa_2_1_2;
-  (* init = 16'h0000 *)
+  (* init = 16'h0004 *)
   wire [15:0] csa_2_1_3;
   (* init = 16'h0000 *)
   wire [15:0] csa_2_2_0;
   (* init = 16'h0000 *)
   wire [15:0] csa_2_2_1;
-  (* init = 16'h0000 *)
+  (* init = 16'h001c *)
   wire [15:0] csa_2_2_2;
-  (* init = 16'h0000 *)
+  (* init = 16'h0004 *)
   wire [15:0] csa_2_2_3;
   (* init = 16'h0000 *)
   wire [15:0] csa_2_3_0;
   (* init = 16'h0000 *)
   wire [15:0] csa_2_3_1;
-  (* init = 16'h0000 *)
+  (* init = 16'h001c *)
   wire [15:0] csa_2_3_2;
-  (* init = 16'h0000 *)
+  (* init = 16'h0004 *)
   wire [15:0] csa_2_3_3;
   (* init = 16'h0000 *)
   wire [15:0] csa_2_4_0;
   (* init = 16'h0000 *)
   wire [15:0] csa_2_4_1;
-  (* init = 16'h0000 *)
+  (* init = 16'h001c *)
   wire [15:0] csa_2_4_2;
-  (* init = 16'h0000 *)
+  (* init = 16'h0004 *)
   wire [15:0] csa_2_4_3;
   (* init = 16'h0000 *)
   wire [15:0] csa_2_5_0;
   (* init = 16'h0000 *)
   wire [15:0] csa_2_5_1;
-  (* init = 16'h0000 *)
+  (* init = 16'h001c *)
   wire [15:0] csa_2_5_2;
-  (* init = 16'h0000 *)
+  (* init = 16'h0004 *)
   wire [15:0] csa_2_5_3;
   (* init = 16'h0000 *)
   wire [15:0] csa_2_6_0;
   (* init = 16'h0000 *)
   wire [15:0] csa_2_6_1;
-  (* init = 16'h0000 *)
+  (* init = 16'h001c *)
   wire [15:0] csa_2_6_2;
-  (* init = 16'h0000 *)
+  (* init = 16'h0004 *)
   wire [15:0] csa_2_6_3;
   (* init = 16'h0000 *)
   wire [15:0] csa_2_7_0;
   (* init = 16'h0000 *)
   wire [15:0] csa_2_7_1;
-  (* init = 16'h0000 *)
+  (* init = 16'h001c *)
   wire [15:0] csa_2_7_2;
-  (* init = 16'h0000 *)
+  (* init = 16'h0004 *)
   wire [15:0] csa_2_7_3;
   (* init = 16'h0000 *)
   wire [15:0] csa_3_0_0;
   (* init = 16'h0000 *)
   wire [15:0] csa_3_0_1;
-  (* init = 16'h0000 *)
+  (* init = 16'h001c *)
   wire [15:0] csa_3_0_2;
-  (* init = 16'h0000 *)
+  (* init = 16'h0004 *)
   wire [15:0] csa_3_0_3;
   (* init = 16'h0000 *)
   wire [15:0] csa_3_1_0;
   (* init = 16'h0000 *)
   wire [15:0] csa_3_1_1;
-  (* init = 16'h0000 *)
+  (* init = 16'h001c *)
   wire [15:0] csa_3_1_2;
-  (* init = 16'h0000 *)
+  (* init = 16'h0004 *)
   wire [15:0] csa_3_1_3;
   (* init = 16'h0000 *)
   wire [15:0] csa_3_2_0;
   (* init = 16'h0000 *)
   wire [15:0] csa_3_2_1;
-  (* init = 16'h0000 *)
+  (* init = 16'h001c *)
   wire [15:0] csa_3_2_2;
-  (* init = 16'h0000 *)
+  (* init = 16'h0004 *)
   wire [15:0] csa_3_2_3;
   (* init = 16'h0000 *)
   wire [15:0] csa_3_3_0;
   (* init = 16'h0000 *)
   wire [15:0] csa_3_3_1;
-  (* init = 16'h0000 *)
+  (* init = 16'h001c *)
   wire [15:0] csa_3_3_2;
-  (* init = 16'h0000 *)
+  (* init = 16'h0004 *)
   wire [15:0] csa_3_3_3;
   (* init = 16'h0000 *)
   wire [15:0] csa_3_4_0;
   (* init = 16'h0000 *)
   wire [15:0] csa_3_4_1;
-  (* init = 16'h0000 *)
+  (* init = 16'h001c *)
   wire [15:0] csa_3_4_2;
-  (* init = 16'h0000 *)
+  (* init = 16'h0004 *)
   wire [15:0] csa_3_4_3;
   (* init = 16'h0000 *)
   wire [15:0] csa_3_5_0;
   (* init = 16'h0000 *)
   wire [15:0] csa_3_5_1;
-  (* init = 16'h0000 *)
+  (* init = 16'h001c *)
   wire [15:0] csa_3_5_2;
-  (* init = 16'h0000 *)
+  (* init = 16'h0004 *)
   wire [15:0] csa_3_5_3;
   (* init = 16'h0000 *)
   wire [15:0] csa_3_6_0;
   (* init = 16'h0000 *)
   wire [15:0] csa_3_6_1;
-  (* init = 16'h0000 *)
+  (* init = 16'h001c *)
   wire [15:0] csa_3_6_2;
-  (* init = 16'h0000 *)
+  (* init = 16'h0004 *)
   wire [15:0] csa_3_6_3;
   (* init = 16'h0000 *)
   wire [15:0] csa_3_7_0;
   (* init = 16'h0000 *)
   wire [15:0] csa_3_7_1;
-  (* init = 16'h0000 *)
+  (* init = 16'h001c *)
   wire [15:0] csa_3_7_2;
-  (* init = 16'h0000 *)
+  (* init = 16'h0004 *)
   wire [15:0] csa_3_7_3;
   (* init = 16'h0000 *)
   wire [15:0] csa_4_0_0;
   (* init = 16'h0000 *)
   wire [15:0] csa_4_0_1;
-  (* init = 16'h0000 *)
+  (* init = 16'h001c *)
   wire [15:0] csa_4_0_2;
-  (* init = 16'h0000 *)
+  (* init = 16'h0004 *)
   wire [15:0] csa_4_0_3;
   (* init = 16'h0000 *)
   wire [15:0] csa_4_1_0;
   (* init = 16'h0000 *)
   wire [15:0] csa_4_1_1;
-  (* init = 16'h0000 *)
+  (* init = 16'h001c *)
   wire [15:0] csa_4_1_2;
-  (* init = 16'h0000 *)
+  (* init = 16'h0004 *)
   wire [15:0] csa_4_1_3;
   (* init = 16'h0000 *)
   wire [15:0] csa_4_2_0;
   (* init = 16'h0000 *)
   wire [15:0] csa_4_2_1;
-  (* init = 16'h0000 *)
+  (* init = 16'h001c *)
   wire [15:0] csa_4_2_2;
-  (* init = 16'h0000 *)
+  (* init = 16'h0004 *)
   wire [15:0] csa_4_2_3;
   (* init = 16'h0000 *)
   wire [15:0] csa_4_3_0;
   (* init = 16'h0000 *)
   wire [15:0] csa_4_3_1;
-  (* init = 16'h0000 *)
+  (* init = 16'h001c *)
   wire [15:0] csa_4_3_2;
-  (* init = 16'h0000 *)
+  (* init = 16'h0004 *)
   wire [15:0] csa_4_3_3;
   (* init = 16'h0000 *)
   wire [15:0] csa_4_4_0;
   (* init = 16'h0000 *)
   wire [15:0] csa_4_4_1;
-  (* init = 16'h0000 *)
+  (* init = 16'h001c *)
   wire [15:0] csa_4_4_2;
-  (* init = 16'h0000 *)
+  (* init = 16'h0004 *)
   wire [15:0] csa_4_4_3;
   (* init = 16'h0000 *)
   wire [15:0] csa_4_5_0;
   (* init = 16'h0000 *)
   wire [15:0] csa_4_5_1;
-  (* init = 16'h0000 *)
+  (* init = 16'h001c *)
   wire [15:0] csa_4_5_2;
-  (* init = 16'h0000 *)
+  (* init = 16'h0004 *)
   wire [15:0] csa_4_5_3;
   (* init = 16'h0000 *)
   wire [15:0] csa_4_6_0;
   (* init = 16'h0000 *)
   wire [15:0] csa_4_6_1;
-  (* init = 16'h0000 *)
+  (* init = 16'h001c *)
   wire [15:0] csa_4_6_2;
-  (* init = 16'h0000 *)
+  (* init = 16'h0004 *)
   wire [15:0] csa_4_6_3;
   (* init = 16'h0000 *)
   wire [15:0] csa_4_7_0;
   (* init = 16'h0000 *)
   wire [15:0] csa_4_7_1;
-  (* init = 16'h0000 *)
+  (* init = 16'h001c *)
   wire [15:0] csa_4_7_2;
-  (* init = 16'h0000 *)
+  (* init = 16'h0004 *)
   wire [15:0] csa_4_7_3;
   (* init = 16'h0000 *)
   wire [15:0] csa_5_0_0;
   (* init = 16'h0000 *)
   wire [15:0] csa_5_0_1;
-  (* init = 16'h0000 *)
+  (* init = 16'h001c *)
   wire [15:0] csa_5_0_2;
-  (* init = 16'h0000 *)
+  (* init = 16'h0004 *)
   wire [15:0] csa_5_0_3;
   (* init = 16'h0000 *)
   wire [15:0] csa_5_1_0;
   (* init = 16'h0000 *)
   wire [15:0] csa_5_1_1;
-  (* init = 16'h0000 *)
+  (* init = 16'h001c *)
   wire [15:0] csa_5_1_2;
-  (* init = 16'h0000 *)
+  (* init = 16'h0004 *)
   wire [15:0] csa_5_1_3;
   (* init = 16'h0000 *)
   wire [15:0] csa_5_2_0;
   (* init = 16'h0000 *)
   wire [15:0] csa_5_2_1;
-  (* init = 16'h0000 *)
+  (* init = 16'h001c *)
   wire [15:0] csa_5_2_2;
-  (* init = 16'h0000 *)
+  (* init = 16'h0004 *)
   wire [15:0] csa_5_2_3;
   (* init = 16'h0000 *)
   wire [15:0] csa_5_3_0;
   (* init = 16'h0000 *)
   wire [15:0] csa_5_3_1;
-  (* init = 16'h0000 *)
+  (* init = 16'h001c *)
   wire [15:0] csa_5_3_2;
-  (* init = 16'h0000 *)
+  (* init = 16'h0004 *)
   wire [15:0] csa_5_3_3;
   (* init = 16'h0000 *)
   wire [15:0] csa_5_4_0;
   (* init = 16'h0000 *)
   wire [15:0] csa_5_4_1;
-  (* init = 16'h0000 *)
+  (* init = 16'h001c *)
   wire [15:0] csa_5_4_2;
-  (* init = 16'h0000 *)
+  (* init = 16'h0004 *)
   wire [15:0] csa_5_4_3;
   (* init = 16'h0000 *)
   wire [15:0] csa_5_5_0;
   (* init = 16'h0000 *)
   wire [15:0] csa_5_5_1;
-  (* init = 16'h0000 *)
+  (* init = 16'h001c *)
   wire [15:0] csa_5_5_2;
-  (* init = 16'h0000 *)
+  (* init = 16'h0004 *)
   wire [15:0] csa_5_5_3;
   (* init = 16'h0000 *)
   wire [15:0] csa_5_6_0;
   (* init = 16'h0000 *)
   wire [15:0] csa_5_6_1;
-  (* init = 16'h0000 *)
+  (* init = 16'h001c *)
   wire [15:0] csa_5_6_2;
-  (* init = 16'h0000 *)
+  (* init = 16'h0004 *)
   wire [15:0] csa_5_6_3;
   (* init = 16'h0000 *)
   wire [15:0] csa_5_7_0;
   (* init = 16'h0000 *)
   wire [15:0] csa_5_7_1;
-  (* init = 16'h0000 *)
+  (* init = 16'h001c *)
   wire [15:0] csa_5_7_2;
-  (* init = 16'h0000 *)
+  (* init = 16'h0004 *)
   wire [15:0] csa_5_7_3;
   (* init = 16'h0000 *)
   wire [15:0] csa_6_0_0;
   (* init = 16'h0000 *)
   wire [15:0] csa_6_0_1;
-  (* init = 16'h0000 *)
+  (* init = 16'h001c *)
   wire [15:0] csa_6_0_2;
-  (* init = 16'h0000 *)
+  (* init = 16'h0004 *)
   wire [15:0] csa_6_0_3;
   (* init = 16'h0000 *)
   wire [15:0] csa_6_1_0;
   (* init = 16'h0000 *)
   wire [15:0] csa_6_1_1;
-  (* init = 16'h0000 *)
+  (* init = 16'h001c *)
   wire [15:0] csa_6_1_2;
-  (* init = 16'h0000 *)
+  (* init = 16'h0004 *)
   wire [15:0] csa_6_1_3;
   (* init = 16'h0000 *)
   wire [15:0] csa_6_2_0;
   (* init = 16'h0000 *)
   wire [15:0] csa_6_2_1;
-  (* init = 16'h0000 *)
+  (* init = 16'h001c *)
   wire [15:0] csa_6_2_2;
-  (* init = 16'h0000 *)
+  (* init = 16'h0004 *)
   wire [15:0] csa_6_2_3;
   (* init = 16'h0000 *)
   wire [15:0] csa_6_3_0;
   (* init = 16'h0000 *)
   wire [15:0] csa_6_3_1;
-  (* init = 16'h0000 *)
+  (* init = 16'h001c *)
   wire [15:0] csa_6_3_2;
-  (* init = 16'h0000 *)
+  (* init = 16'h0004 *)
   wire [15:0] csa_6_3_3;
   (* init = 16'h0000 *)
   wire [15:0] csa_6_4_0;
   (* init = 16'h0000 *)
   wire [15:0] csa_6_4_1;
-  (* init = 16'h0000 *)
+  (* init = 16'h001c *)
   wire [15:0] csa_6_4_2;
-  (* init = 16'h0000 *)
+  (* init = 16'h0004 *)
   wire [15:0] csa_6_4_3;
   (* init = 16'h0000 *)
   wire [15:0] csa_6_5_0;
   (* init = 16'h0000 *)
   wire [15:0] csa_6_5_1;
-  (* init = 16'h0000 *)
+  (* init = 16'h001c *)
   wire [15:0] csa_6_5_2;
-  (* init = 16'h0000 *)
+  (* init = 16'h0004 *)
   wire [15:0] csa_6_5_3;
   (* init = 16'h0000 *)
   wire [15:0] csa_6_6_0;
   (* init = 16'h0000 *)
   wire [15:0] csa_6_6_1;
-  (* init = 16'h0000 *)
+  (* init = 16'h001c *)
   wire [15:0] csa_6_6_2;
-  (* init = 16'h0000 *)
+  (* init = 16'h0004 *)
   wire [15:0] csa_6_6_3;
   (* init = 16'h0000 *)
   wire [15:0] csa_6_7_0;
   (* init = 16'h0000 *)
   wire [15:0] csa_6_7_1;
-  (* init = 16'h0000 *)
+  (* init = 16'h001c *)
   wire [15:0] csa_6_7_2;
-  (* init = 16'h0000 *)
+  (* init = 16'h0004 *)
   wire [15:0] csa_6_7_3;
   (* init = 16'h0000 *)
   wire [15:0] csa_7_0_0;
   (* init = 16'h0000 *)
   wire [15:0] csa_7_0_1;
-  (* init = 16'h0000 *)
+  (* init = 16'h001c *)
   wire [15:0] csa_7_0_2;
-  (* init = 16'h0000 *)
+  (* init = 16'h0004 *)
   wire [15:0] csa_7_0_3;
   (* init = 16'h0000 *)
   wire [15:0] csa_7_1_0;
   (* init = 16'h0000 *)
   wire [15:0] csa_7_1_1;
-  (* init = 16'h0000 *)
+  (* init = 16'h001c *)
   wire [15:0] csa_7_1_2;
-  (* init = 16'h0000 *)
+  (* init = 16'h0004 *)
   wire [15:0] csa_7_1_3;
   (* init = 16'h0000 *)
   wire [15:0] csa_7_2_0;
   (* init = 16'h0000 *)
   wire [15:0] csa_7_2_1;
-  (* init = 16'h0000 *)
+  (* init = 16'h001c *)
   wire [15:0] csa_7_2_2;
-  (* init = 16'h0000 *)
+  (* init = 16'h0004 *)
   wire [15:0] csa_7_2_3;
   (* init = 16'h0000 *)
   wire [15:0] csa_7_3_0;
   (* init = 16'h0000 *)
   wire [15:0] csa_7_3_1;
-  (* init = 16'h0000 *)
+  (* init = 16'h001c *)
   wire [15:0] csa_7_3_2;
-  (* init = 16'h0000 *)
+  (* init = 16'h0004 *)
   wire [15:0] csa_7_3_3;
   (* init = 16'h0000 *)
   wire [15:0] csa_7_4_0;
   (* init = 16'h0000 *)
   wire [15:0] csa_7_4_1;
-  (* init = 16'h0000 *)
+  (* init = 16'h001c *)
   wire [15:0] csa_7_4_2;
-  (* init = 16'h0000 *)
+  (* init = 16'h0004 *)
   wire [15:0] csa_7_4_3;
   (* init = 16'h0000 *)
   wire [15:0] csa_7_5_0;
   (* init = 16'h0000 *)
   wire [15:0] csa_7_5_1;
-  (* init = 16'h0000 *)
+  (* init = 16'h001c *)
   wire [15:0] csa_7_5_2;
-  (* init = 16'h0000 *)
+  (* init = 16'h0004 *)
   wire [15:0] csa_7_5_3;
   (* init = 16'h0000 *)
   wire [15:0] csa_7_6_0;
   (* init = 16'h0000 *)
   wire [15:0] csa_7_6_1;
-  (* init = 16'h0000 *)
+  (* init = 16'h001c *)
   wire [15:0] csa_7_6_2;
-  (* init = 16'h0000 *)
+  (* init = 16'h0004 *)
   wire [15:0] csa_7_6_3;
   (* init = 16'h0000 *)
   wire [15:0] csa_7_7_0;
   (* init = 16'h0000 *)
   wire [15:0] csa_7_7_1;
-  (* init = 16'h0000 *)
+  (* init = 16'h001c *)
   wire [15:0] csa_7_7_2;
-  (* init = 16'h0000 *)
+  (* init = 16'h0004 *)
   wire [15:0] csa_7_7_3;
   (* init = 16'h0000 *)
   wire [15:0] csa_8_0_0;
   (* init = 16'h0000 *)
   wire [15:0] csa_8_0_1;
-  (* init = 16'h0000 *)
+  (* init = 16'h001c *)
   wire [15:0] csa_8_0_2;
-  (* init = 16'h0000 *)
+  (* init = 16'h0004 *)
   wire [15:0] csa_8_0_3;
   (* init = 16'h0000 *)
   wire [15:0] csa_8_1_0;
   (* init = 16'h0000 *)
   wire [15:0] csa_8_1_1;
-  (* init = 16'h0000 *)
+  (* init = 16'h001c *)
   wire [15:0] csa_8_1_2;
-  (* init = 16'h0000 *)
+  (* init = 16'h0004 *)
   wire [15:0] csa_8_1_3;
   (* init = 16'h0000 *)
   wire [15:0] csa_8_2_0;
   (* init = 16'h0000 *)
   wire [15:0] csa_8_2_1;
-  (* init = 16'h0000 *)
+  (* init = 16'h001c *)
   wire [15:0] csa_8_2_2;
-  (* init = 16'h0000 *)
+  (* init = 16'h0004 *)
   wire [15:0] csa_8_2_3;
   (* init = 16'h0000 *)
   wire [15:0] csa_8_3_0;
   (* init = 16'h0000 *)
   wire [15:0] csa_8_3_1;
-  (* init = 16'h0000 *)
+  (* init = 16'h001c *)
   wire [15:0] csa_8_3_2;
-  (* init = 16'h0000 *)
+  (* init = 16'h0004 *)
   wire [15:0] csa_8_3_3;
   (* init = 16'h0000 *)
   wire [15:0] csa_8_4_0;
   (* init = 16'h0000 *)
   wire [15:0] csa_8_4_1;
-  (* init = 16'h0000 *)
+  (* init = 16'h001c *)
   wire [15:0] csa_8_4_2;
-  (* init = 16'h0000 *)
+  (* init = 16'h0004 *)
   wire [15:0] csa_8_4_3;
   (* init = 16'h0000 *)
   wire [15:0] csa_8_5_0;
   (* init = 16'h0000 *)
   wire [15:0] csa_8_5_1;
-  (* init = 16'h0000 *)
+  (* init = 16'h001c *)
   wire [15:0] csa_8_5_2;
-  (* init = 16'h0000 *)
+  (* init = 16'h0004 *)
   wire [15:0] csa_8_5_3;
   (* init = 16'h0000 *)
   wire [15:0] csa_8_6_0;
   (* init = 16'h0000 *)
   wire [15:0] csa_8_6_1;
-  (* init = 16'h0000 *)
+  (* init = 16'h001c *)
   wire [15:0] csa_8_6_2;
-  (* init = 16'h0000 *)
+  (* init = 16'h0004 *)
   wire [15:0] csa_8_6_3;
   (* init = 16'h0000 *)
   wire [15:0] csa_8_7_0;
   (* init = 16'h0000 *)
   wire [15:0] csa_8_7_1;
-  (* init = 16'h0000 *)
+  (* init = 16'h001c *)
   wire [15:0] csa_8_7_2;
-  (* init = 16'h0000 *)
+  (* init = 16'h0004 *)
   wire [15:0] csa_8_7_3;
   reg [15:0] csb_0_0_0 = 16'h0000;
   reg [15:0] csb_0_0_1 = 16'h0000;
@@ -8283,11 +8283,11 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   wire [15:0] pe_0_0_a_l2_3;
   reg [15:0] pe_0_0_b_l0_0 = 16'h0000;
   reg [15:0] pe_0_0_b_l0_1 = 16'h0000;
-  reg [15:0] pe_0_0_b_l0_2 = 16'h0000;
-  reg [15:0] pe_0_0_b_l0_3 = 16'h0000;
+  reg [15:0] pe_0_0_b_l0_2 = 16'h001c;
+  reg [15:0] pe_0_0_b_l0_3 = 16'h0004;
   wire [15:0] pe_0_0_b_l1_0;
   wire [15:0] pe_0_0_b_l1_1;
-  (* init = 16'h0000 *)
+  (* init = 16'h0004 *)
   wire [15:0] pe_0_0_b_l1_2;
   wire [15:0] pe_0_0_b_l2_0;
   wire [15:0] pe_0_0_b_l2_1;
@@ -8312,11 +8312,11 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   wire [15:0] pe_0_1_a_l2_3;
   reg [15:0] pe_0_1_b_l0_0 = 16'h0000;
   reg [15:0] pe_0_1_b_l0_1 = 16'h0000;
-  reg [15:0] pe_0_1_b_l0_2 = 16'h0000;
-  reg [15:0] pe_0_1_b_l0_3 = 16'h0000;
+  reg [15:0] pe_0_1_b_l0_2 = 16'h001c;
+  reg [15:0] pe_0_1_b_l0_3 = 16'h0004;
   wire [15:0] pe_0_1_b_l1_0;
   wire [15:0] pe_0_1_b_l1_1;
-  (* init = 16'h0000 *)
+  (* init = 16'h0004 *)
   wire [15:0] pe_0_1_b_l1_2;
   wire [15:0] pe_0_1_b_l2_0;
   wire [15:0] pe_0_1_b_l2_1;
@@ -8341,11 +8341,11 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   wire [15:0] pe_0_2_a_l2_3;
   reg [15:0] pe_0_2_b_l0_0 = 16'h0000;
   reg [15:0] pe_0_2_b_l0_1 = 16'h0000;
-  reg [15:0] pe_0_2_b_l0_2 = 16'h0000;
-  reg [15:0] pe_0_2_b_l0_3 = 16'h0000;
+  reg [15:0] pe_0_2_b_l0_2 = 16'h001c;
+  reg [15:0] pe_0_2_b_l0_3 = 16'h0004;
   wire [15:0] pe_0_2_b_l1_0;
   wire [15:0] pe_0_2_b_l1_1;
-  (* init = 16'h0000 *)
+  (* init = 16'h0004 *)
   wire [15:0] pe_0_2_b_l1_2;
   wire [15:0] pe_0_2_b_l2_0;
   wire [15:0] pe_0_2_b_l2_1;
@@ -8370,11 +8370,11 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   wire [15:0] pe_0_3_a_l2_3;
   reg [15:0] pe_0_3_b_l0_0 = 16'h0000;
   reg [15:0] pe_0_3_b_l0_1 = 16'h0000;
-  reg [15:0] pe_0_3_b_l0_2 = 16'h0000;
-  reg [15:0] pe_0_3_b_l0_3 = 16'h0000;
+  reg [15:0] pe_0_3_b_l0_2 = 16'h001c;
+  reg [15:0] pe_0_3_b_l0_3 = 16'h0004;
   wire [15:0] pe_0_3_b_l1_0;
   wire [15:0] pe_0_3_b_l1_1;
-  (* init = 16'h0000 *)
+  (* init = 16'h0004 *)
   wire [15:0] pe_0_3_b_l1_2;
   wire [15:0] pe_0_3_b_l2_0;
   wire [15:0] pe_0_3_b_l2_1;
@@ -8399,11 +8399,11 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   wire [15:0] pe_0_4_a_l2_3;
   reg [15:0] pe_0_4_b_l0_0 = 16'h0000;
   reg [15:0] pe_0_4_b_l0_1 = 16'h0000;
-  reg [15:0] pe_0_4_b_l0_2 = 16'h0000;
-  reg [15:0] pe_0_4_b_l0_3 = 16'h0000;
+  reg [15:0] pe_0_4_b_l0_2 = 16'h001c;
+  reg [15:0] pe_0_4_b_l0_3 = 16'h0004;
   wire [15:0] pe_0_4_b_l1_0;
   wire [15:0] pe_0_4_b_l1_1;
-  (* init = 16'h0000 *)
+  (* init = 16'h0004 *)
   wire [15:0] pe_0_4_b_l1_2;
   wire [15:0] pe_0_4_b_l2_0;
   wire [15:0] pe_0_4_b_l2_1;
@@ -8428,11 +8428,11 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   wire [15:0] pe_0_5_a_l2_3;
   reg [15:0] pe_0_5_b_l0_0 = 16'h0000;
   reg [15:0] pe_0_5_b_l0_1 = 16'h0000;
-  reg [15:0] pe_0_5_b_l0_2 = 16'h0000;
-  reg [15:0] pe_0_5_b_l0_3 = 16'h0000;
+  reg [15:0] pe_0_5_b_l0_2 = 16'h001c;
+  reg [15:0] pe_0_5_b_l0_3 = 16'h0004;
   wire [15:0] pe_0_5_b_l1_0;
   wire [15:0] pe_0_5_b_l1_1;
-  (* init = 16'h0000 *)
+  (* init = 16'h0004 *)
   wire [15:0] pe_0_5_b_l1_2;
   wire [15:0] pe_0_5_b_l2_0;
   wire [15:0] pe_0_5_b_l2_1;
@@ -8457,11 +8457,11 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   wire [15:0] pe_0_6_a_l2_3;
   reg [15:0] pe_0_6_b_l0_0 = 16'h0000;
   reg [15:0] pe_0_6_b_l0_1 = 16'h0000;
-  reg [15:0] pe_0_6_b_l0_2 = 16'h0000;
-  reg [15:0] pe_0_6_b_l0_3 = 16'h0000;
+  reg [15:0] pe_0_6_b_l0_2 = 16'h001c;
+  reg [15:0] pe_0_6_b_l0_3 = 16'h0004;
   wire [15:0] pe_0_6_b_l1_0;
   wire [15:0] pe_0_6_b_l1_1;
-  (* init = 16'h0000 *)
+  (* init = 16'h0004 *)
   wire [15:0] pe_0_6_b_l1_2;
   wire [15:0] pe_0_6_b_l2_0;
   wire [15:0] pe_0_6_b_l2_1;
@@ -8486,11 +8486,11 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   wire [15:0] pe_0_7_a_l2_3;
   reg [15:0] pe_0_7_b_l0_0 = 16'h0000;
   reg [15:0] pe_0_7_b_l0_1 = 16'h0000;
-  reg [15:0] pe_0_7_b_l0_2 = 16'h0000;
-  reg [15:0] pe_0_7_b_l0_3 = 16'h0000;
+  reg [15:0] pe_0_7_b_l0_2 = 16'h001c;
+  reg [15:0] pe_0_7_b_l0_3 = 16'h0004;
   wire [15:0] pe_0_7_b_l1_0;
   wire [15:0] pe_0_7_b_l1_1;
-  (* init = 16'h0000 *)
+  (* init = 16'h0004 *)
   wire [15:0] pe_0_7_b_l1_2;
   wire [15:0] pe_0_7_b_l2_0;
   wire [15:0] pe_0_7_b_l2_1;
@@ -8515,11 +8515,11 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   wire [15:0] pe_1_0_a_l2_3;
   reg [15:0] pe_1_0_b_l0_0 = 16'h0000;
   reg [15:0] pe_1_0_b_l0_1 = 16'h0000;
-  reg [15:0] pe_1_0_b_l0_2 = 16'h0000;
-  reg [15:0] pe_1_0_b_l0_3 = 16'h0000;
+  reg [15:0] pe_1_0_b_l0_2 = 16'h001c;
+  reg [15:0] pe_1_0_b_l0_3 = 16'h0004;
   wire [15:0] pe_1_0_b_l1_0;
   wire [15:0] pe_1_0_b_l1_1;
-  (* init = 16'h0000 *)
+  (* init = 16'h0004 *)
   wire [15:0] pe_1_0_b_l1_2;
   wire [15:0] pe_1_0_b_l2_0;
   wire [15:0] pe_1_0_b_l2_1;
@@ -8544,11 +8544,11 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   wire [15:0] pe_1_1_a_l2_3;
   reg [15:0] pe_1_1_b_l0_0 = 16'h0000;
   reg [15:0] pe_1_1_b_l0_1 = 16'h0000;
-  reg [15:0] pe_1_1_b_l0_2 = 16'h0000;
-  reg [15:0] pe_1_1_b_l0_3 = 16'h0000;
+  reg [15:0] pe_1_1_b_l0_2 = 16'h001c;
+  reg [15:0] pe_1_1_b_l0_3 = 16'h0004;
   wire [15:0] pe_1_1_b_l1_0;
   wire [15:0] pe_1_1_b_l1_1;
-  (* init = 16'h0000 *)
+  (* init = 16'h0004 *)
   wire [15:0] pe_1_1_b_l1_2;
   wire [15:0] pe_1_1_b_l2_0;
   wire [15:0] pe_1_1_b_l2_1;
@@ -8573,11 +8573,11 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   wire [15:0] pe_1_2_a_l2_3;
   reg [15:0] pe_1_2_b_l0_0 = 16'h0000;
   reg [15:0] pe_1_2_b_l0_1 = 16'h0000;
-  reg [15:0] pe_1_2_b_l0_2 = 16'h0000;
-  reg [15:0] pe_1_2_b_l0_3 = 16'h0000;
+  reg [15:0] pe_1_2_b_l0_2 = 16'h001c;
+  reg [15:0] pe_1_2_b_l0_3 = 16'h0004;
   wire [15:0] pe_1_2_b_l1_0;
   wire [15:0] pe_1_2_b_l1_1;
-  (* init = 16'h0000 *)
+  (* init = 16'h0004 *)
   wire [15:0] pe_1_2_b_l1_2;
   wire [15:0] pe_1_2_b_l2_0;
   wire [15:0] pe_1_2_b_l2_1;
@@ -8602,11 +8602,11 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   wire [15:0] pe_1_3_a_l2_3;
   reg [15:0] pe_1_3_b_l0_0 = 16'h0000;
   reg [15:0] pe_1_3_b_l0_1 = 16'h0000;
-  reg [15:0] pe_1_3_b_l0_2 = 16'h0000;
-  reg [15:0] pe_1_3_b_l0_3 = 16'h0000;
+  reg [15:0] pe_1_3_b_l0_2 = 16'h001c;
+  reg [15:0] pe_1_3_b_l0_3 = 16'h0004;
   wire [15:0] pe_1_3_b_l1_0;
   wire [15:0] pe_1_3_b_l1_1;
-  (* init = 16'h0000 *)
+  (* init = 16'h0004 *)
   wire [15:0] pe_1_3_b_l1_2;
   wire [15:0] pe_1_3_b_l2_0;
   wire [15:0] pe_1_3_b_l2_1;
@@ -8631,11 +8631,11 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   wire [15:0] pe_1_4_a_l2_3;
   reg [15:0] pe_1_4_b_l0_0 = 16'h0000;
   reg [15:0] pe_1_4_b_l0_1 = 16'h0000;
-  reg [15:0] pe_1_4_b_l0_2 = 16'h0000;
-  reg [15:0] pe_1_4_b_l0_3 = 16'h0000;
+  reg [15:0] pe_1_4_b_l0_2 = 16'h001c;
+  reg [15:0] pe_1_4_b_l0_3 = 16'h0004;
   wire [15:0] pe_1_4_b_l1_0;
   wire [15:0] pe_1_4_b_l1_1;
-  (* init = 16'h0000 *)
+  (* init = 16'h0004 *)
   wire [15:0] pe_1_4_b_l1_2;
   wire [15:0] pe_1_4_b_l2_0;
   wire [15:0] pe_1_4_b_l2_1;
@@ -8660,11 +8660,11 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   wire [15:0] pe_1_5_a_l2_3;
   reg [15:0] pe_1_5_b_l0_0 = 16'h0000;
   reg [15:0] pe_1_5_b_l0_1 = 16'h0000;
-  reg [15:0] pe_1_5_b_l0_2 = 16'h0000;
-  reg [15:0] pe_1_5_b_l0_3 = 16'h0000;
+  reg [15:0] pe_1_5_b_l0_2 = 16'h001c;
+  reg [15:0] pe_1_5_b_l0_3 = 16'h0004;
   wire [15:0] pe_1_5_b_l1_0;
   wire [15:0] pe_1_5_b_l1_1;
-  (* init = 16'h0000 *)
+  (* init = 16'h0004 *)
   wire [15:0] pe_1_5_b_l1_2;
   wire [15:0] pe_1_5_b_l2_0;
   wire [15:0] pe_1_5_b_l2_1;
@@ -8689,11 +8689,11 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   wire [15:0] pe_1_6_a_l2_3;
   reg [15:0] pe_1_6_b_l0_0 = 16'h0000;
   reg [15:0] pe_1_6_b_l0_1 = 16'h0000;
-  reg [15:0] pe_1_6_b_l0_2 = 16'h0000;
-  reg [15:0] pe_1_6_b_l0_3 = 16'h0000;
+  reg [15:0] pe_1_6_b_l0_2 = 16'h001c;
+  reg [15:0] pe_1_6_b_l0_3 = 16'h0004;
   wire [15:0] pe_1_6_b_l1_0;
   wire [15:0] pe_1_6_b_l1_1;
-  (* init = 16'h0000 *)
+  (* init = 16'h0004 *)
   wire [15:0] pe_1_6_b_l1_2;
   wire [15:0] pe_1_6_b_l2_0;
   wire [15:0] pe_1_6_b_l2_1;
@@ -8718,11 +8718,11 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   wire [15:0] pe_1_7_a_l2_3;
   reg [15:0] pe_1_7_b_l0_0 = 16'h0000;
   reg [15:0] pe_1_7_b_l0_1 = 16'h0000;
-  reg [15:0] pe_1_7_b_l0_2 = 16'h0000;
-  reg [15:0] pe_1_7_b_l0_3 = 16'h0000;
+  reg [15:0] pe_1_7_b_l0_2 = 16'h001c;
+  reg [15:0] pe_1_7_b_l0_3 = 16'h0004;
   wire [15:0] pe_1_7_b_l1_0;
   wire [15:0] pe_1_7_b_l1_1;
-  (* init = 16'h0000 *)
+  (* init = 16'h0004 *)
   wire [15:0] pe_1_7_b_l1_2;
   wire [15:0] pe_1_7_b_l2_0;
   wire [15:0] pe_1_7_b_l2_1;
@@ -8747,11 +8747,11 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   wire [15:0] pe_2_0_a_l2_3;
   reg [15:0] pe_2_0_b_l0_0 = 16'h0000;
   reg [15:0] pe_2_0_b_l0_1 = 16'h0000;
-  reg [15:0] pe_2_0_b_l0_2 = 16'h0000;
-  reg [15:0] pe_2_0_b_l0_3 = 16'h0000;
+  reg [15:0] pe_2_0_b_l0_2 = 16'h001c;
+  reg [15:0] pe_2_0_b_l0_3 = 16'h0004;
   wire [15:0] pe_2_0_b_l1_0;
   wire [15:0] pe_2_0_b_l1_1;
-  (* init = 16'h0000 *)
+  (* init = 16'h0004 *)
   wire [15:0] pe_2_0_b_l1_2;
   wire [15:0] pe_2_0_b_l2_0;
   wire [15:0] pe_2_0_b_l2_1;
@@ -8776,11 +8776,11 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   wire [15:0] pe_2_1_a_l2_3;
   reg [15:0] pe_2_1_b_l0_0 = 16'h0000;
   reg [15:0] pe_2_1_b_l0_1 = 16'h0000;
-  reg [15:0] pe_2_1_b_l0_2 = 16'h0000;
-  reg [15:0] pe_2_1_b_l0_3 = 16'h0000;
+  reg [15:0] pe_2_1_b_l0_2 = 16'h001c;
+  reg [15:0] pe_2_1_b_l0_3 = 16'h0004;
   wire [15:0] pe_2_1_b_l1_0;
   wire [15:0] pe_2_1_b_l1_1;
-  (* init = 16'h0000 *)
+  (* init = 16'h0004 *)
   wire [15:0] pe_2_1_b_l1_2;
   wire [15:0] pe_2_1_b_l2_0;
   wire [15:0] pe_2_1_b_l2_1;
@@ -8805,11 +8805,11 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   wire [15:0] pe_2_2_a_l2_3;
   reg [15:0] pe_2_2_b_l0_0 = 16'h0000;
   reg [15:0] pe_2_2_b_l0_1 = 16'h0000;
-  reg [15:0] pe_2_2_b_l0_2 = 16'h0000;
-  reg [15:0] pe_2_2_b_l0_3 = 16'h0000;
+  reg [15:0] pe_2_2_b_l0_2 = 16'h001c;
+  reg [15:0] pe_2_2_b_l0_3 = 16'h0004;
   wire [15:0] pe_2_2_b_l1_0;
   wire [15:0] pe_2_2_b_l1_1;
-  (* init = 16'h0000 *)
+  (* init = 16'h0004 *)
   wire [15:0] pe_2_2_b_l1_2;
   wire [15:0] pe_2_2_b_l2_0;
   wire [15:0] pe_2_2_b_l2_1;
@@ -8834,11 +8834,11 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   wire [15:0] pe_2_3_a_l2_3;
   reg [15:0] pe_2_3_b_l0_0 = 16'h0000;
   reg [15:0] pe_2_3_b_l0_1 = 16'h0000;
-  reg [15:0] pe_2_3_b_l0_2 = 16'h0000;
-  reg [15:0] pe_2_3_b_l0_3 = 16'h0000;
+  reg [15:0] pe_2_3_b_l0_2 = 16'h001c;
+  reg [15:0] pe_2_3_b_l0_3 = 16'h0004;
   wire [15:0] pe_2_3_b_l1_0;
   wire [15:0] pe_2_3_b_l1_1;
-  (* init = 16'h0000 *)
+  (* init = 16'h0004 *)
   wire [15:0] pe_2_3_b_l1_2;
   wire [15:0] pe_2_3_b_l2_0;
   wire [15:0] pe_2_3_b_l2_1;
@@ -8863,11 +8863,11 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   wire [15:0] pe_2_4_a_l2_3;
   reg [15:0] pe_2_4_b_l0_0 = 16'h0000;
   reg [15:0] pe_2_4_b_l0_1 = 16'h0000;
-  reg [15:0] pe_2_4_b_l0_2 = 16'h0000;
-  reg [15:0] pe_2_4_b_l0_3 = 16'h0000;
+  reg [15:0] pe_2_4_b_l0_2 = 16'h001c;
+  reg [15:0] pe_2_4_b_l0_3 = 16'h0004;
   wire [15:0] pe_2_4_b_l1_0;
   wire [15:0] pe_2_4_b_l1_1;
-  (* init = 16'h0000 *)
+  (* init = 16'h0004 *)
   wire [15:0] pe_2_4_b_l1_2;
   wire [15:0] pe_2_4_b_l2_0;
   wire [15:0] pe_2_4_b_l2_1;
@@ -8892,11 +8892,11 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   wire [15:0] pe_2_5_a_l2_3;
   reg [15:0] pe_2_5_b_l0_0 = 16'h0000;
   reg [15:0] pe_2_5_b_l0_1 = 16'h0000;
-  reg [15:0] pe_2_5_b_l0_2 = 16'h0000;
-  reg [15:0] pe_2_5_b_l0_3 = 16'h0000;
+  reg [15:0] pe_2_5_b_l0_2 = 16'h001c;
+  reg [15:0] pe_2_5_b_l0_3 = 16'h0004;
   wire [15:0] pe_2_5_b_l1_0;
   wire [15:0] pe_2_5_b_l1_1;
-  (* init = 16'h0000 *)
+  (* init = 16'h0004 *)
   wire [15:0] pe_2_5_b_l1_2;
   wire [15:0] pe_2_5_b_l2_0;
   wire [15:0] pe_2_5_b_l2_1;
@@ -8921,11 +8921,11 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   wire [15:0] pe_2_6_a_l2_3;
   reg [15:0] pe_2_6_b_l0_0 = 16'h0000;
   reg [15:0] pe_2_6_b_l0_1 = 16'h0000;
-  reg [15:0] pe_2_6_b_l0_2 = 16'h0000;
-  reg [15:0] pe_2_6_b_l0_3 = 16'h0000;
+  reg [15:0] pe_2_6_b_l0_2 = 16'h001c;
+  reg [15:0] pe_2_6_b_l0_3 = 16'h0004;
   wire [15:0] pe_2_6_b_l1_0;
   wire [15:0] pe_2_6_b_l1_1;
-  (* init = 16'h0000 *)
+  (* init = 16'h0004 *)
   wire [15:0] pe_2_6_b_l1_2;
   wire [15:0] pe_2_6_b_l2_0;
   wire [15:0] pe_2_6_b_l2_1;
@@ -8950,11 +8950,11 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   wire [15:0] pe_2_7_a_l2_3;
   reg [15:0] pe_2_7_b_l0_0 = 16'h0000;
   reg [15:0] pe_2_7_b_l0_1 = 16'h0000;
-  reg [15:0] pe_2_7_b_l0_2 = 16'h0000;
-  reg [15:0] pe_2_7_b_l0_3 = 16'h0000;
+  reg [15:0] pe_2_7_b_l0_2 = 16'h001c;
+  reg [15:0] pe_2_7_b_l0_3 = 16'h0004;
   wire [15:0] pe_2_7_b_l1_0;
   wire [15:0] pe_2_7_b_l1_1;
-  (* init = 16'h0000 *)
+  (* init = 16'h0004 *)
   wire [15:0] pe_2_7_b_l1_2;
   wire [15:0] pe_2_7_b_l2_0;
   wire [15:0] pe_2_7_b_l2_1;
@@ -8979,11 +8979,11 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   wire [15:0] pe_3_0_a_l2_3;
   reg [15:0] pe_3_0_b_l0_0 = 16'h0000;
   reg [15:0] pe_3_0_b_l0_1 = 16'h0000;
-  reg [15:0] pe_3_0_b_l0_2 = 16'h0000;
-  reg [15:0] pe_3_0_b_l0_3 = 16'h0000;
+  reg [15:0] pe_3_0_b_l0_2 = 16'h001c;
+  reg [15:0] pe_3_0_b_l0_3 = 16'h0004;
   wire [15:0] pe_3_0_b_l1_0;
   wire [15:0] pe_3_0_b_l1_1;
-  (* init = 16'h0000 *)
+  (* init = 16'h0004 *)
   wire [15:0] pe_3_0_b_l1_2;
   wire [15:0] pe_3_0_b_l2_0;
   wire [15:0] pe_3_0_b_l2_1;
@@ -9008,11 +9008,11 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   wire [15:0] pe_3_1_a_l2_3;
   reg [15:0] pe_3_1_b_l0_0 = 16'h0000;
   reg [15:0] pe_3_1_b_l0_1 = 16'h0000;
-  reg [15:0] pe_3_1_b_l0_2 = 16'h0000;
-  reg [15:0] pe_3_1_b_l0_3 = 16'h0000;
+  reg [15:0] pe_3_1_b_l0_2 = 16'h001c;
+  reg [15:0] pe_3_1_b_l0_3 = 16'h0004;
   wire [15:0] pe_3_1_b_l1_0;
   wire [15:0] pe_3_1_b_l1_1;
-  (* init = 16'h0000 *)
+  (* init = 16'h0004 *)
   wire [15:0] pe_3_1_b_l1_2;
   wire [15:0] pe_3_1_b_l2_0;
   wire [15:0] pe_3_1_b_l2_1;
@@ -9037,11 +9037,11 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   wire [15:0] pe_3_2_a_l2_3;
   reg [15:0] pe_3_2_b_l0_0 = 16'h0000;
   reg [15:0] pe_3_2_b_l0_1 = 16'h0000;
-  reg [15:0] pe_3_2_b_l0_2 = 16'h0000;
-  reg [15:0] pe_3_2_b_l0_3 = 16'h0000;
+  reg [15:0] pe_3_2_b_l0_2 = 16'h001c;
+  reg [15:0] pe_3_2_b_l0_3 = 16'h0004;
   wire [15:0] pe_3_2_b_l1_0;
   wire [15:0] pe_3_2_b_l1_1;
-  (* init = 16'h0000 *)
+  (* init = 16'h0004 *)
   wire [15:0] pe_3_2_b_l1_2;
   wire [15:0] pe_3_2_b_l2_0;
   wire [15:0] pe_3_2_b_l2_1;
@@ -9066,11 +9066,11 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   wire [15:0] pe_3_3_a_l2_3;
   reg [15:0] pe_3_3_b_l0_0 = 16'h0000;
   reg [15:0] pe_3_3_b_l0_1 = 16'h0000;
-  reg [15:0] pe_3_3_b_l0_2 = 16'h0000;
-  reg [15:0] pe_3_3_b_l0_3 = 16'h0000;
+  reg [15:0] pe_3_3_b_l0_2 = 16'h001c;
+  reg [15:0] pe_3_3_b_l0_3 = 16'h0004;
   wire [15:0] pe_3_3_b_l1_0;
   wire [15:0] pe_3_3_b_l1_1;
-  (* init = 16'h0000 *)
+  (* init = 16'h0004 *)
   wire [15:0] pe_3_3_b_l1_2;
   wire [15:0] pe_3_3_b_l2_0;
   wire [15:0] pe_3_3_b_l2_1;
@@ -9095,11 +9095,11 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   wire [15:0] pe_3_4_a_l2_3;
   reg [15:0] pe_3_4_b_l0_0 = 16'h0000;
   reg [15:0] pe_3_4_b_l0_1 = 16'h0000;
-  reg [15:0] pe_3_4_b_l0_2 = 16'h0000;
-  reg [15:0] pe_3_4_b_l0_3 = 16'h0000;
+  reg [15:0] pe_3_4_b_l0_2 = 16'h001c;
+  reg [15:0] pe_3_4_b_l0_3 = 16'h0004;
   wire [15:0] pe_3_4_b_l1_0;
   wire [15:0] pe_3_4_b_l1_1;
-  (* init = 16'h0000 *)
+  (* init = 16'h0004 *)
   wire [15:0] pe_3_4_b_l1_2;
   wire [15:0] pe_3_4_b_l2_0;
   wire [15:0] pe_3_4_b_l2_1;
@@ -9124,11 +9124,11 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   wire [15:0] pe_3_5_a_l2_3;
   reg [15:0] pe_3_5_b_l0_0 = 16'h0000;
   reg [15:0] pe_3_5_b_l0_1 = 16'h0000;
-  reg [15:0] pe_3_5_b_l0_2 = 16'h0000;
-  reg [15:0] pe_3_5_b_l0_3 = 16'h0000;
+  reg [15:0] pe_3_5_b_l0_2 = 16'h001c;
+  reg [15:0] pe_3_5_b_l0_3 = 16'h0004;
   wire [15:0] pe_3_5_b_l1_0;
   wire [15:0] pe_3_5_b_l1_1;
-  (* init = 16'h0000 *)
+  (* init = 16'h0004 *)
   wire [15:0] pe_3_5_b_l1_2;
   wire [15:0] pe_3_5_b_l2_0;
   wire [15:0] pe_3_5_b_l2_1;
@@ -9153,11 +9153,11 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   wire [15:0] pe_3_6_a_l2_3;
   reg [15:0] pe_3_6_b_l0_0 = 16'h0000;
   reg [15:0] pe_3_6_b_l0_1 = 16'h0000;
-  reg [15:0] pe_3_6_b_l0_2 = 16'h0000;
-  reg [15:0] pe_3_6_b_l0_3 = 16'h0000;
+  reg [15:0] pe_3_6_b_l0_2 = 16'h001c;
+  reg [15:0] pe_3_6_b_l0_3 = 16'h0004;
   wire [15:0] pe_3_6_b_l1_0;
   wire [15:0] pe_3_6_b_l1_1;
-  (* init = 16'h0000 *)
+  (* init = 16'h0004 *)
   wire [15:0] pe_3_6_b_l1_2;
   wire [15:0] pe_3_6_b_l2_0;
   wire [15:0] pe_3_6_b_l2_1;
@@ -9182,11 +9182,11 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   wire [15:0] pe_3_7_a_l2_3;
   reg [15:0] pe_3_7_b_l0_0 = 16'h0000;
   reg [15:0] pe_3_7_b_l0_1 = 16'h0000;
-  reg [15:0] pe_3_7_b_l0_2 = 16'h0000;
-  reg [15:0] pe_3_7_b_l0_3 = 16'h0000;
+  reg [15:0] pe_3_7_b_l0_2 = 16'h001c;
+  reg [15:0] pe_3_7_b_l0_3 = 16'h0004;
   wire [15:0] pe_3_7_b_l1_0;
   wire [15:0] pe_3_7_b_l1_1;
-  (* init = 16'h0000 *)
+  (* init = 16'h0004 *)
   wire [15:0] pe_3_7_b_l1_2;
   wire [15:0] pe_3_7_b_l2_0;
   wire [15:0] pe_3_7_b_l2_1;
@@ -9211,11 +9211,11 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   wire [15:0] pe_4_0_a_l2_3;
   reg [15:0] pe_4_0_b_l0_0 = 16'h0000;
   reg [15:0] pe_4_0_b_l0_1 = 16'h0000;
-  reg [15:0] pe_4_0_b_l0_2 = 16'h0000;
-  reg [15:0] pe_4_0_b_l0_3 = 16'h0000;
+  reg [15:0] pe_4_0_b_l0_2 = 16'h001c;
+  reg [15:0] pe_4_0_b_l0_3 = 16'h0004;
   wire [15:0] pe_4_0_b_l1_0;
   wire [15:0] pe_4_0_b_l1_1;
-  (* init = 16'h0000 *)
+  (* init = 16'h0004 *)
   wire [15:0] pe_4_0_b_l1_2;
   wire [15:0] pe_4_0_b_l2_0;
   wire [15:0] pe_4_0_b_l2_1;
@@ -9240,11 +9240,11 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   wire [15:0] pe_4_1_a_l2_3;
   reg [15:0] pe_4_1_b_l0_0 = 16'h0000;
   reg [15:0] pe_4_1_b_l0_1 = 16'h0000;
-  reg [15:0] pe_4_1_b_l0_2 = 16'h0000;
-  reg [15:0] pe_4_1_b_l0_3 = 16'h0000;
+  reg [15:0] pe_4_1_b_l0_2 = 16'h001c;
+  reg [15:0] pe_4_1_b_l0_3 = 16'h0004;
   wire [15:0] pe_4_1_b_l1_0;
   wire [15:0] pe_4_1_b_l1_1;
-  (* init = 16'h0000 *)
+  (* init = 16'h0004 *)
   wire [15:0] pe_4_1_b_l1_2;
   wire [15:0] pe_4_1_b_l2_0;
   wire [15:0] pe_4_1_b_l2_1;
@@ -9269,11 +9269,11 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   wire [15:0] pe_4_2_a_l2_3;
   reg [15:0] pe_4_2_b_l0_0 = 16'h0000;
   reg [15:0] pe_4_2_b_l0_1 = 16'h0000;
-  reg [15:0] pe_4_2_b_l0_2 = 16'h0000;
-  reg [15:0] pe_4_2_b_l0_3 = 16'h0000;
+  reg [15:0] pe_4_2_b_l0_2 = 16'h001c;
+  reg [15:0] pe_4_2_b_l0_3 = 16'h0004;
   wire [15:0] pe_4_2_b_l1_0;
   wire [15:0] pe_4_2_b_l1_1;
-  (* init = 16'h0000 *)
+  (* init = 16'h0004 *)
   wire [15:0] pe_4_2_b_l1_2;
   wire [15:0] pe_4_2_b_l2_0;
   wire [15:0] pe_4_2_b_l2_1;
@@ -9298,11 +9298,11 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   wire [15:0] pe_4_3_a_l2_3;
   reg [15:0] pe_4_3_b_l0_0 = 16'h0000;
   reg [15:0] pe_4_3_b_l0_1 = 16'h0000;
-  reg [15:0] pe_4_3_b_l0_2 = 16'h0000;
-  reg [15:0] pe_4_3_b_l0_3 = 16'h0000;
+  reg [15:0] pe_4_3_b_l0_2 = 16'h001c;
+  reg [15:0] pe_4_3_b_l0_3 = 16'h0004;
   wire [15:0] pe_4_3_b_l1_0;
   wire [15:0] pe_4_3_b_l1_1;
-  (* init = 16'h0000 *)
+  (* init = 16'h0004 *)
   wire [15:0] pe_4_3_b_l1_2;
   wire [15:0] pe_4_3_b_l2_0;
   wire [15:0] pe_4_3_b_l2_1;
@@ -9327,11 +9327,11 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   wire [15:0] pe_4_4_a_l2_3;
   reg [15:0] pe_4_4_b_l0_0 = 16'h0000;
   reg [15:0] pe_4_4_b_l0_1 = 16'h0000;
-  reg [15:0] pe_4_4_b_l0_2 = 16'h0000;
-  reg [15:0] pe_4_4_b_l0_3 = 16'h0000;
+  reg [15:0] pe_4_4_b_l0_2 = 16'h001c;
+  reg [15:0] pe_4_4_b_l0_3 = 16'h0004;
   wire [15:0] pe_4_4_b_l1_0;
   wire [15:0] pe_4_4_b_l1_1;
-  (* init = 16'h0000 *)
+  (* init = 16'h0004 *)
   wire [15:0] pe_4_4_b_l1_2;
   wire [15:0] pe_4_4_b_l2_0;
   wire [15:0] pe_4_4_b_l2_1;
@@ -9356,11 +9356,11 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   wire [15:0] pe_4_5_a_l2_3;
   reg [15:0] pe_4_5_b_l0_0 = 16'h0000;
   reg [15:0] pe_4_5_b_l0_1 = 16'h0000;
-  reg [15:0] pe_4_5_b_l0_2 = 16'h0000;
-  reg [15:0] pe_4_5_b_l0_3 = 16'h0000;
+  reg [15:0] pe_4_5_b_l0_2 = 16'h001c;
+  reg [15:0] pe_4_5_b_l0_3 = 16'h0004;
   wire [15:0] pe_4_5_b_l1_0;
   wire [15:0] pe_4_5_b_l1_1;
-  (* init = 16'h0000 *)
+  (* init = 16'h0004 *)
   wire [15:0] pe_4_5_b_l1_2;
   wire [15:0] pe_4_5_b_l2_0;
   wire [15:0] pe_4_5_b_l2_1;
@@ -9385,11 +9385,11 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   wire [15:0] pe_4_6_a_l2_3;
   reg [15:0] pe_4_6_b_l0_0 = 16'h0000;
   reg [15:0] pe_4_6_b_l0_1 = 16'h0000;
-  reg [15:0] pe_4_6_b_l0_2 = 16'h0000;
-  reg [15:0] pe_4_6_b_l0_3 = 16'h0000;
+  reg [15:0] pe_4_6_b_l0_2 = 16'h001c;
+  reg [15:0] pe_4_6_b_l0_3 = 16'h0004;
   wire [15:0] pe_4_6_b_l1_0;
   wire [15:0] pe_4_6_b_l1_1;
-  (* init = 16'h0000 *)
+  (* init = 16'h0004 *)
   wire [15:0] pe_4_6_b_l1_2;
   wire [15:0] pe_4_6_b_l2_0;
   wire [15:0] pe_4_6_b_l2_1;
@@ -9414,11 +9414,11 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   wire [15:0] pe_4_7_a_l2_3;
   reg [15:0] pe_4_7_b_l0_0 = 16'h0000;
   reg [15:0] pe_4_7_b_l0_1 = 16'h0000;
-  reg [15:0] pe_4_7_b_l0_2 = 16'h0000;
-  reg [15:0] pe_4_7_b_l0_3 = 16'h0000;
+  reg [15:0] pe_4_7_b_l0_2 = 16'h001c;
+  reg [15:0] pe_4_7_b_l0_3 = 16'h0004;
   wire [15:0] pe_4_7_b_l1_0;
   wire [15:0] pe_4_7_b_l1_1;
-  (* init = 16'h0000 *)
+  (* init = 16'h0004 *)
   wire [15:0] pe_4_7_b_l1_2;
   wire [15:0] pe_4_7_b_l2_0;
   wire [15:0] pe_4_7_b_l2_1;
@@ -9443,11 +9443,11 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   wire [15:0] pe_5_0_a_l2_3;
   reg [15:0] pe_5_0_b_l0_0 = 16'h0000;
   reg [15:0] pe_5_0_b_l0_1 = 16'h0000;
-  reg [15:0] pe_5_0_b_l0_2 = 16'h0000;
-  reg [15:0] pe_5_0_b_l0_3 = 16'h0000;
+  reg [15:0] pe_5_0_b_l0_2 = 16'h001c;
+  reg [15:0] pe_5_0_b_l0_3 = 16'h0004;
   wire [15:0] pe_5_0_b_l1_0;
   wire [15:0] pe_5_0_b_l1_1;
-  (* init = 16'h0000 *)
+  (* init = 16'h0004 *)
   wire [15:0] pe_5_0_b_l1_2;
   wire [15:0] pe_5_0_b_l2_0;
   wire [15:0] pe_5_0_b_l2_1;
@@ -9472,11 +9472,11 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   wire [15:0] pe_5_1_a_l2_3;
   reg [15:0] pe_5_1_b_l0_0 = 16'h0000;
   reg [15:0] pe_5_1_b_l0_1 = 16'h0000;
-  reg [15:0] pe_5_1_b_l0_2 = 16'h0000;
-  reg [15:0] pe_5_1_b_l0_3 = 16'h0000;
+  reg [15:0] pe_5_1_b_l0_2 = 16'h001c;
+  reg [15:0] pe_5_1_b_l0_3 = 16'h0004;
   wire [15:0] pe_5_1_b_l1_0;
   wire [15:0] pe_5_1_b_l1_1;
-  (* init = 16'h0000 *)
+  (* init = 16'h0004 *)
   wire [15:0] pe_5_1_b_l1_2;
   wire [15:0] pe_5_1_b_l2_0;
   wire [15:0] pe_5_1_b_l2_1;
@@ -9501,11 +9501,11 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   wire [15:0] pe_5_2_a_l2_3;
   reg [15:0] pe_5_2_b_l0_0 = 16'h0000;
   reg [15:0] pe_5_2_b_l0_1 = 16'h0000;
-  reg [15:0] pe_5_2_b_l0_2 = 16'h0000;
-  reg [15:0] pe_5_2_b_l0_3 = 16'h0000;
+  reg [15:0] pe_5_2_b_l0_2 = 16'h001c;
+  reg [15:0] pe_5_2_b_l0_3 = 16'h0004;
   wire [15:0] pe_5_2_b_l1_0;
   wire [15:0] pe_5_2_b_l1_1;
-  (* init = 16'h0000 *)
+  (* init = 16'h0004 *)
   wire [15:0] pe_5_2_b_l1_2;
   wire [15:0] pe_5_2_b_l2_0;
   wire [15:0] pe_5_2_b_l2_1;
@@ -9530,11 +9530,11 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   wire [15:0] pe_5_3_a_l2_3;
   reg [15:0] pe_5_3_b_l0_0 = 16'h0000;
   reg [15:0] pe_5_3_b_l0_1 = 16'h0000;
-  reg [15:0] pe_5_3_b_l0_2 = 16'h0000;
-  reg [15:0] pe_5_3_b_l0_3 = 16'h0000;
+  reg [15:0] pe_5_3_b_l0_2 = 16'h001c;
+  reg [15:0] pe_5_3_b_l0_3 = 16'h0004;
   wire [15:0] pe_5_3_b_l1_0;
   wire [15:0] pe_5_3_b_l1_1;
-  (* init = 16'h0000 *)
+  (* init = 16'h0004 *)
   wire [15:0] pe_5_3_b_l1_2;
   wire [15:0] pe_5_3_b_l2_0;
   wire [15:0] pe_5_3_b_l2_1;
@@ -9559,11 +9559,11 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   wire [15:0] pe_5_4_a_l2_3;
   reg [15:0] pe_5_4_b_l0_0 = 16'h0000;
   reg [15:0] pe_5_4_b_l0_1 = 16'h0000;
-  reg [15:0] pe_5_4_b_l0_2 = 16'h0000;
-  reg [15:0] pe_5_4_b_l0_3 = 16'h0000;
+  reg [15:0] pe_5_4_b_l0_2 = 16'h001c;
+  reg [15:0] pe_5_4_b_l0_3 = 16'h0004;
   wire [15:0] pe_5_4_b_l1_0;
   wire [15:0] pe_5_4_b_l1_1;
-  (* init = 16'h0000 *)
+  (* init = 16'h0004 *)
   wire [15:0] pe_5_4_b_l1_2;
   wire [15:0] pe_5_4_b_l2_0;
   wire [15:0] pe_5_4_b_l2_1;
@@ -9588,11 +9588,11 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   wire [15:0] pe_5_5_a_l2_3;
   reg [15:0] pe_5_5_b_l0_0 = 16'h0000;
   reg [15:0] pe_5_5_b_l0_1 = 16'h0000;
-  reg [15:0] pe_5_5_b_l0_2 = 16'h0000;
-  reg [15:0] pe_5_5_b_l0_3 = 16'h0000;
+  reg [15:0] pe_5_5_b_l0_2 = 16'h001c;
+  reg [15:0] pe_5_5_b_l0_3 = 16'h0004;
   wire [15:0] pe_5_5_b_l1_0;
   wire [15:0] pe_5_5_b_l1_1;
-  (* init = 16'h0000 *)
+  (* init = 16'h0004 *)
   wire [15:0] pe_5_5_b_l1_2;
   wire [15:0] pe_5_5_b_l2_0;
   wire [15:0] pe_5_5_b_l2_1;
@@ -9617,11 +9617,11 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   wire [15:0] pe_5_6_a_l2_3;
   reg [15:0] pe_5_6_b_l0_0 = 16'h0000;
   reg [15:0] pe_5_6_b_l0_1 = 16'h0000;
-  reg [15:0] pe_5_6_b_l0_2 = 16'h0000;
-  reg [15:0] pe_5_6_b_l0_3 = 16'h0000;
+  reg [15:0] pe_5_6_b_l0_2 = 16'h001c;
+  reg [15:0] pe_5_6_b_l0_3 = 16'h0004;
   wire [15:0] pe_5_6_b_l1_0;
   wire [15:0] pe_5_6_b_l1_1;
-  (* init = 16'h0000 *)
+  (* init = 16'h0004 *)
   wire [15:0] pe_5_6_b_l1_2;
   wire [15:0] pe_5_6_b_l2_0;
   wire [15:0] pe_5_6_b_l2_1;
@@ -9646,11 +9646,11 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   wire [15:0] pe_5_7_a_l2_3;
   reg [15:0] pe_5_7_b_l0_0 = 16'h0000;
   reg [15:0] pe_5_7_b_l0_1 = 16'h0000;
-  reg [15:0] pe_5_7_b_l0_2 = 16'h0000;
-  reg [15:0] pe_5_7_b_l0_3 = 16'h0000;
+  reg [15:0] pe_5_7_b_l0_2 = 16'h001c;
+  reg [15:0] pe_5_7_b_l0_3 = 16'h0004;
   wire [15:0] pe_5_7_b_l1_0;
   wire [15:0] pe_5_7_b_l1_1;
-  (* init = 16'h0000 *)
+  (* init = 16'h0004 *)
   wire [15:0] pe_5_7_b_l1_2;
   wire [15:0] pe_5_7_b_l2_0;
   wire [15:0] pe_5_7_b_l2_1;
@@ -9675,11 +9675,11 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   wire [15:0] pe_6_0_a_l2_3;
   reg [15:0] pe_6_0_b_l0_0 = 16'h0000;
   reg [15:0] pe_6_0_b_l0_1 = 16'h0000;
-  reg [15:0] pe_6_0_b_l0_2 = 16'h0000;
-  reg [15:0] pe_6_0_b_l0_3 = 16'h0000;
+  reg [15:0] pe_6_0_b_l0_2 = 16'h001c;
+  reg [15:0] pe_6_0_b_l0_3 = 16'h0004;
   wire [15:0] pe_6_0_b_l1_0;
   wire [15:0] pe_6_0_b_l1_1;
-  (* init = 16'h0000 *)
+  (* init = 16'h0004 *)
   wire [15:0] pe_6_0_b_l1_2;
   wire [15:0] pe_6_0_b_l2_0;
   wire [15:0] pe_6_0_b_l2_1;
@@ -9704,11 +9704,11 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   wire [15:0] pe_6_1_a_l2_3;
   reg [15:0] pe_6_1_b_l0_0 = 16'h0000;
   reg [15:0] pe_6_1_b_l0_1 = 16'h0000;
-  reg [15:0] pe_6_1_b_l0_2 = 16'h0000;
-  reg [15:0] pe_6_1_b_l0_3 = 16'h0000;
+  reg [15:0] pe_6_1_b_l0_2 = 16'h001c;
+  reg [15:0] pe_6_1_b_l0_3 = 16'h0004;
   wire [15:0] pe_6_1_b_l1_0;
   wire [15:0] pe_6_1_b_l1_1;
-  (* init = 16'h0000 *)
+  (* init = 16'h0004 *)
   wire [15:0] pe_6_1_b_l1_2;
   wire [15:0] pe_6_1_b_l2_0;
   wire [15:0] pe_6_1_b_l2_1;
@@ -9733,11 +9733,11 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   wire [15:0] pe_6_2_a_l2_3;
   reg [15:0] pe_6_2_b_l0_0 = 16'h0000;
   reg [15:0] pe_6_2_b_l0_1 = 16'h0000;
-  reg [15:0] pe_6_2_b_l0_2 = 16'h0000;
-  reg [15:0] pe_6_2_b_l0_3 = 16'h0000;
+  reg [15:0] pe_6_2_b_l0_2 = 16'h001c;
+  reg [15:0] pe_6_2_b_l0_3 = 16'h0004;
   wire [15:0] pe_6_2_b_l1_0;
   wire [15:0] pe_6_2_b_l1_1;
-  (* init = 16'h0000 *)
+  (* init = 16'h0004 *)
   wire [15:0] pe_6_2_b_l1_2;
   wire [15:0] pe_6_2_b_l2_0;
   wire [15:0] pe_6_2_b_l2_1;
@@ -9762,11 +9762,11 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   wire [15:0] pe_6_3_a_l2_3;
   reg [15:0] pe_6_3_b_l0_0 = 16'h0000;
   reg [15:0] pe_6_3_b_l0_1 = 16'h0000;
-  reg [15:0] pe_6_3_b_l0_2 = 16'h0000;
-  reg [15:0] pe_6_3_b_l0_3 = 16'h0000;
+  reg [15:0] pe_6_3_b_l0_2 = 16'h001c;
+  reg [15:0] pe_6_3_b_l0_3 = 16'h0004;
   wire [15:0] pe_6_3_b_l1_0;
   wire [15:0] pe_6_3_b_l1_1;
-  (* init = 16'h0000 *)
+  (* init = 16'h0004 *)
   wire [15:0] pe_6_3_b_l1_2;
   wire [15:0] pe_6_3_b_l2_0;
   wire [15:0] pe_6_3_b_l2_1;
@@ -9791,11 +9791,11 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   wire [15:0] pe_6_4_a_l2_3;
   reg [15:0] pe_6_4_b_l0_0 = 16'h0000;
   reg [15:0] pe_6_4_b_l0_1 = 16'h0000;
-  reg [15:0] pe_6_4_b_l0_2 = 16'h0000;
-  reg [15:0] pe_6_4_b_l0_3 = 16'h0000;
+  reg [15:0] pe_6_4_b_l0_2 = 16'h001c;
+  reg [15:0] pe_6_4_b_l0_3 = 16'h0004;
   wire [15:0] pe_6_4_b_l1_0;
   wire [15:0] pe_6_4_b_l1_1;
-  (* init = 16'h0000 *)
+  (* init = 16'h0004 *)
   wire [15:0] pe_6_4_b_l1_2;
   wire [15:0] pe_6_4_b_l2_0;
   wire [15:0] pe_6_4_b_l2_1;
@@ -9820,11 +9820,11 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   wire [15:0] pe_6_5_a_l2_3;
   reg [15:0] pe_6_5_b_l0_0 = 16'h0000;
   reg [15:0] pe_6_5_b_l0_1 = 16'h0000;
-  reg [15:0] pe_6_5_b_l0_2 = 16'h0000;
-  reg [15:0] pe_6_5_b_l0_3 = 16'h0000;
+  reg [15:0] pe_6_5_b_l0_2 = 16'h001c;
+  reg [15:0] pe_6_5_b_l0_3 = 16'h0004;
   wire [15:0] pe_6_5_b_l1_0;
   wire [15:0] pe_6_5_b_l1_1;
-  (* init = 16'h0000 *)
+  (* init = 16'h0004 *)
   wire [15:0] pe_6_5_b_l1_2;
   wire [15:0] pe_6_5_b_l2_0;
   wire [15:0] pe_6_5_b_l2_1;
@@ -9849,11 +9849,11 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   wire [15:0] pe_6_6_a_l2_3;
   reg [15:0] pe_6_6_b_l0_0 = 16'h0000;
   reg [15:0] pe_6_6_b_l0_1 = 16'h0000;
-  reg [15:0] pe_6_6_b_l0_2 = 16'h0000;
-  reg [15:0] pe_6_6_b_l0_3 = 16'h0000;
+  reg [15:0] pe_6_6_b_l0_2 = 16'h001c;
+  reg [15:0] pe_6_6_b_l0_3 = 16'h0004;
   wire [15:0] pe_6_6_b_l1_0;
   wire [15:0] pe_6_6_b_l1_1;
-  (* init = 16'h0000 *)
+  (* init = 16'h0004 *)
   wire [15:0] pe_6_6_b_l1_2;
   wire [15:0] pe_6_6_b_l2_0;
   wire [15:0] pe_6_6_b_l2_1;
@@ -9878,11 +9878,11 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   wire [15:0] pe_6_7_a_l2_3;
   reg [15:0] pe_6_7_b_l0_0 = 16'h0000;
   reg [15:0] pe_6_7_b_l0_1 = 16'h0000;
-  reg [15:0] pe_6_7_b_l0_2 = 16'h0000;
-  reg [15:0] pe_6_7_b_l0_3 = 16'h0000;
+  reg [15:0] pe_6_7_b_l0_2 = 16'h001c;
+  reg [15:0] pe_6_7_b_l0_3 = 16'h0004;
   wire [15:0] pe_6_7_b_l1_0;
   wire [15:0] pe_6_7_b_l1_1;
-  (* init = 16'h0000 *)
+  (* init = 16'h0004 *)
   wire [15:0] pe_6_7_b_l1_2;
   wire [15:0] pe_6_7_b_l2_0;
   wire [15:0] pe_6_7_b_l2_1;
@@ -9907,11 +9907,11 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   wire [15:0] pe_7_0_a_l2_3;
   reg [15:0] pe_7_0_b_l0_0 = 16'h0000;
   reg [15:0] pe_7_0_b_l0_1 = 16'h0000;
-  reg [15:0] pe_7_0_b_l0_2 = 16'h0000;
-  reg [15:0] pe_7_0_b_l0_3 = 16'h0000;
+  reg [15:0] pe_7_0_b_l0_2 = 16'h001c;
+  reg [15:0] pe_7_0_b_l0_3 = 16'h0004;
   wire [15:0] pe_7_0_b_l1_0;
   wire [15:0] pe_7_0_b_l1_1;
-  (* init = 16'h0000 *)
+  (* init = 16'h0004 *)
   wire [15:0] pe_7_0_b_l1_2;
   wire [15:0] pe_7_0_b_l2_0;
   wire [15:0] pe_7_0_b_l2_1;
@@ -9936,11 +9936,11 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   wire [15:0] pe_7_1_a_l2_3;
   reg [15:0] pe_7_1_b_l0_0 = 16'h0000;
   reg [15:0] pe_7_1_b_l0_1 = 16'h0000;
-  reg [15:0] pe_7_1_b_l0_2 = 16'h0000;
-  reg [15:0] pe_7_1_b_l0_3 = 16'h0000;
+  reg [15:0] pe_7_1_b_l0_2 = 16'h001c;
+  reg [15:0] pe_7_1_b_l0_3 = 16'h0004;
   wire [15:0] pe_7_1_b_l1_0;
   wire [15:0] pe_7_1_b_l1_1;
-  (* init = 16'h0000 *)
+  (* init = 16'h0004 *)
   wire [15:0] pe_7_1_b_l1_2;
   wire [15:0] pe_7_1_b_l2_0;
   wire [15:0] pe_7_1_b_l2_1;
@@ -9965,11 +9965,11 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   wire [15:0] pe_7_2_a_l2_3;
   reg [15:0] pe_7_2_b_l0_0 = 16'h0000;
   reg [15:0] pe_7_2_b_l0_1 = 16'h0000;
-  reg [15:0] pe_7_2_b_l0_2 = 16'h0000;
-  reg [15:0] pe_7_2_b_l0_3 = 16'h0000;
+  reg [15:0] pe_7_2_b_l0_2 = 16'h001c;
+  reg [15:0] pe_7_2_b_l0_3 = 16'h0004;
   wire [15:0] pe_7_2_b_l1_0;
   wire [15:0] pe_7_2_b_l1_1;
-  (* init = 16'h0000 *)
+  (* init = 16'h0004 *)
   wire [15:0] pe_7_2_b_l1_2;
   wire [15:0] pe_7_2_b_l2_0;
   wire [15:0] pe_7_2_b_l2_1;
@@ -9994,11 +9994,11 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   wire [15:0] pe_7_3_a_l2_3;
   reg [15:0] pe_7_3_b_l0_0 = 16'h0000;
   reg [15:0] pe_7_3_b_l0_1 = 16'h0000;
-  reg [15:0] pe_7_3_b_l0_2 = 16'h0000;
-  reg [15:0] pe_7_3_b_l0_3 = 16'h0000;
+  reg [15:0] pe_7_3_b_l0_2 = 16'h001c;
+  reg [15:0] pe_7_3_b_l0_3 = 16'h0004;
   wire [15:0] pe_7_3_b_l1_0;
   wire [15:0] pe_7_3_b_l1_1;
-  (* init = 16'h0000 *)
+  (* init = 16'h0004 *)
   wire [15:0] pe_7_3_b_l1_2;
   wire [15:0] pe_7_3_b_l2_0;
   wire [15:0] pe_7_3_b_l2_1;
@@ -10023,11 +10023,11 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   wire [15:0] pe_7_4_a_l2_3;
   reg [15:0] pe_7_4_b_l0_0 = 16'h0000;
   reg [15:0] pe_7_4_b_l0_1 = 16'h0000;
-  reg [15:0] pe_7_4_b_l0_2 = 16'h0000;
-  reg [15:0] pe_7_4_b_l0_3 = 16'h0000;
+  reg [15:0] pe_7_4_b_l0_2 = 16'h001c;
+  reg [15:0] pe_7_4_b_l0_3 = 16'h0004;
   wire [15:0] pe_7_4_b_l1_0;
   wire [15:0] pe_7_4_b_l1_1;
-  (* init = 16'h0000 *)
+  (* init = 16'h0004 *)
   wire [15:0] pe_7_4_b_l1_2;
   wire [15:0] pe_7_4_b_l2_0;
   wire [15:0] pe_7_4_b_l2_1;
@@ -10052,11 +10052,11 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   wire [15:0] pe_7_5_a_l2_3;
   reg [15:0] pe_7_5_b_l0_0 = 16'h0000;
   reg [15:0] pe_7_5_b_l0_1 = 16'h0000;
-  reg [15:0] pe_7_5_b_l0_2 = 16'h0000;
-  reg [15:0] pe_7_5_b_l0_3 = 16'h0000;
+  reg [15:0] pe_7_5_b_l0_2 = 16'h001c;
+  reg [15:0] pe_7_5_b_l0_3 = 16'h0004;
   wire [15:0] pe_7_5_b_l1_0;
   wire [15:0] pe_7_5_b_l1_1;
-  (* init = 16'h0000 *)
+  (* init = 16'h0004 *)
   wire [15:0] pe_7_5_b_l1_2;
   wire [15:0] pe_7_5_b_l2_0;
   wire [15:0] pe_7_5_b_l2_1;
@@ -10081,11 +10081,11 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   wire [15:0] pe_7_6_a_l2_3;
   reg [15:0] pe_7_6_b_l0_0 = 16'h0000;
   reg [15:0] pe_7_6_b_l0_1 = 16'h0000;
-  reg [15:0] pe_7_6_b_l0_2 = 16'h0000;
-  reg [15:0] pe_7_6_b_l0_3 = 16'h0000;
+  reg [15:0] pe_7_6_b_l0_2 = 16'h001c;
+  reg [15:0] pe_7_6_b_l0_3 = 16'h0004;
   wire [15:0] pe_7_6_b_l1_0;
   wire [15:0] pe_7_6_b_l1_1;
-  (* init = 16'h0000 *)
+  (* init = 16'h0004 *)
   wire [15:0] pe_7_6_b_l1_2;
   wire [15:0] pe_7_6_b_l2_0;
   wire [15:0] pe_7_6_b_l2_1;
@@ -10110,11 +10110,11 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   wire [15:0] pe_7_7_a_l2_3;
   reg [15:0] pe_7_7_b_l0_0 = 16'h0000;
   reg [15:0] pe_7_7_b_l0_1 = 16'h0000;
-  reg [15:0] pe_7_7_b_l0_2 = 16'h0000;
-  reg [15:0] pe_7_7_b_l0_3 = 16'h0000;
+  reg [15:0] pe_7_7_b_l0_2 = 16'h001c;
+  reg [15:0] pe_7_7_b_l0_3 = 16'h0004;
   wire [15:0] pe_7_7_b_l1_0;
   wire [15:0] pe_7_7_b_l1_1;
-  (* init = 16'h0000 *)
+  (* init = 16'h0004 *)
   wire [15:0] pe_7_7_b_l1_2;
   wire [15:0] pe_7_7_b_l2_0;
   wire [15:0] pe_7_7_b_l2_1;
@@ -10139,11 +10139,11 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   wire [15:0] pe_8_0_a_l2_3;
   reg [15:0] pe_8_0_b_l0_0 = 16'h0000;
   reg [15:0] pe_8_0_b_l0_1 = 16'h0000;
-  reg [15:0] pe_8_0_b_l0_2 = 16'h0000;
-  reg [15:0] pe_8_0_b_l0_3 = 16'h0000;
+  reg [15:0] pe_8_0_b_l0_2 = 16'h001c;
+  reg [15:0] pe_8_0_b_l0_3 = 16'h0004;
   wire [15:0] pe_8_0_b_l1_0;
   wire [15:0] pe_8_0_b_l1_1;
-  (* init = 16'h0000 *)
+  (* init = 16'h0004 *)
   wire [15:0] pe_8_0_b_l1_2;
   wire [15:0] pe_8_0_b_l2_0;
   wire [15:0] pe_8_0_b_l2_1;
@@ -10168,11 +10168,11 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   wire [15:0] pe_8_1_a_l2_3;
   reg [15:0] pe_8_1_b_l0_0 = 16'h0000;
   reg [15:0] pe_8_1_b_l0_1 = 16'h0000;
-  reg [15:0] pe_8_1_b_l0_2 = 16'h0000;
-  reg [15:0] pe_8_1_b_l0_3 = 16'h0000;
+  reg [15:0] pe_8_1_b_l0_2 = 16'h001c;
+  reg [15:0] pe_8_1_b_l0_3 = 16'h0004;
   wire [15:0] pe_8_1_b_l1_0;
   wire [15:0] pe_8_1_b_l1_1;
-  (* init = 16'h0000 *)
+  (* init = 16'h0004 *)
   wire [15:0] pe_8_1_b_l1_2;
   wire [15:0] pe_8_1_b_l2_0;
   wire [15:0] pe_8_1_b_l2_1;
@@ -10197,11 +10197,11 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   wire [15:0] pe_8_2_a_l2_3;
   reg [15:0] pe_8_2_b_l0_0 = 16'h0000;
   reg [15:0] pe_8_2_b_l0_1 = 16'h0000;
-  reg [15:0] pe_8_2_b_l0_2 = 16'h0000;
-  reg [15:0] pe_8_2_b_l0_3 = 16'h0000;
+  reg [15:0] pe_8_2_b_l0_2 = 16'h001c;
+  reg [15:0] pe_8_2_b_l0_3 = 16'h0004;
   wire [15:0] pe_8_2_b_l1_0;
   wire [15:0] pe_8_2_b_l1_1;
-  (* init = 16'h0000 *)
+  (* init = 16'h0004 *)
   wire [15:0] pe_8_2_b_l1_2;
   wire [15:0] pe_8_2_b_l2_0;
   wire [15:0] pe_8_2_b_l2_1;
@@ -10226,11 +10226,11 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   wire [15:0] pe_8_3_a_l2_3;
   reg [15:0] pe_8_3_b_l0_0 = 16'h0000;
   reg [15:0] pe_8_3_b_l0_1 = 16'h0000;
-  reg [15:0] pe_8_3_b_l0_2 = 16'h0000;
-  reg [15:0] pe_8_3_b_l0_3 = 16'h0000;
+  reg [15:0] pe_8_3_b_l0_2 = 16'h001c;
+  reg [15:0] pe_8_3_b_l0_3 = 16'h0004;
   wire [15:0] pe_8_3_b_l1_0;
   wire [15:0] pe_8_3_b_l1_1;
-  (* init = 16'h0000 *)
+  (* init = 16'h0004 *)
   wire [15:0] pe_8_3_b_l1_2;
   wire [15:0] pe_8_3_b_l2_0;
   wire [15:0] pe_8_3_b_l2_1;
@@ -10255,11 +10255,11 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   wire [15:0] pe_8_4_a_l2_3;
   reg [15:0] pe_8_4_b_l0_0 = 16'h0000;
   reg [15:0] pe_8_4_b_l0_1 = 16'h0000;
-  reg [15:0] pe_8_4_b_l0_2 = 16'h0000;
-  reg [15:0] pe_8_4_b_l0_3 = 16'h0000;
+  reg [15:0] pe_8_4_b_l0_2 = 16'h001c;
+  reg [15:0] pe_8_4_b_l0_3 = 16'h0004;
   wire [15:0] pe_8_4_b_l1_0;
   wire [15:0] pe_8_4_b_l1_1;
-  (* init = 16'h0000 *)
+  (* init = 16'h0004 *)
   wire [15:0] pe_8_4_b_l1_2;
   wire [15:0] pe_8_4_b_l2_0;
   wire [15:0] pe_8_4_b_l2_1;
@@ -10284,11 +10284,11 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   wire [15:0] pe_8_5_a_l2_3;
   reg [15:0] pe_8_5_b_l0_0 = 16'h0000;
   reg [15:0] pe_8_5_b_l0_1 = 16'h0000;
-  reg [15:0] pe_8_5_b_l0_2 = 16'h0000;
-  reg [15:0] pe_8_5_b_l0_3 = 16'h0000;
+  reg [15:0] pe_8_5_b_l0_2 = 16'h001c;
+  reg [15:0] pe_8_5_b_l0_3 = 16'h0004;
   wire [15:0] pe_8_5_b_l1_0;
   wire [15:0] pe_8_5_b_l1_1;
-  (* init = 16'h0000 *)
+  (* init = 16'h0004 *)
   wire [15:0] pe_8_5_b_l1_2;
   wire [15:0] pe_8_5_b_l2_0;
   wire [15:0] pe_8_5_b_l2_1;
@@ -10313,11 +10313,11 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   wire [15:0] pe_8_6_a_l2_3;
   reg [15:0] pe_8_6_b_l0_0 = 16'h0000;
   reg [15:0] pe_8_6_b_l0_1 = 16'h0000;
-  reg [15:0] pe_8_6_b_l0_2 = 16'h0000;
-  reg [15:0] pe_8_6_b_l0_3 = 16'h0000;
+  reg [15:0] pe_8_6_b_l0_2 = 16'h001c;
+  reg [15:0] pe_8_6_b_l0_3 = 16'h0004;
   wire [15:0] pe_8_6_b_l1_0;
   wire [15:0] pe_8_6_b_l1_1;
-  (* init = 16'h0000 *)
+  (* init = 16'h0004 *)
   wire [15:0] pe_8_6_b_l1_2;
   wire [15:0] pe_8_6_b_l2_0;
   wire [15:0] pe_8_6_b_l2_1;
@@ -10342,11 +10342,11 @@ module gemm(a__valid, w__payload, w__valid, p__payload, p__valid, o__ready, clk,
   wire [15:0] pe_8_7_a_l2_3;
   reg [15:0] pe_8_7_b_l0_0 = 16'h0000;
   reg [15:0] pe_8_7_b_l0_1 = 16'h0000;
-  reg [15:0] pe_8_7_b_l0_2 = 16'h0000;
-  reg [15:0] pe_8_7_b_l0_3 = 16'h0000;
+  reg [15:0] pe_8_7_b_l0_2 = 16'h001c;
+  reg [15:0] pe_8_7_b_l0_3 = 16'h0004;
   wire [15:0] pe_8_7_b_l1_0;
   wire [15:0] pe_8_7_b_l1_1;
-  (* init = 16'h0000 *)
+  (* init = 16'h0004 *)
   wire [15:0] pe_8_7_b_l1_2;
   wire [15:0] pe_8_7_b_l2_0;
   wire [15:0] pe_8_7_b_l2_1;

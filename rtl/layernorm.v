@@ -924,7 +924,7 @@ module layernorm(c__valid, i__payload, i__valid, o__ready, clk, rst, c__ready, i
   reg [47:0] ov0_t0 = 48'h000000000000;
   reg [47:0] ov0_t1 = 48'h000000000000;
   reg [47:0] ov0_t10 = 48'h000000000000;
-  reg [47:0] ov0_t11 = 48'h000000000000;
+  reg [47:0] ov0_t11 = 48'h000000000002;
   reg [47:0] ov0_t2 = 48'h000000000000;
   reg [47:0] ov0_t3 = 48'h000000000000;
   reg [47:0] ov0_t4 = 48'h000000000000;
@@ -939,7 +939,7 @@ module layernorm(c__valid, i__payload, i__valid, o__ready, clk, rst, c__ready, i
   wire [47:0] ov1_l0_1;
   (* init = 48'h000000000000 *)
   wire [47:0] ov1_l0_10;
-  (* init = 48'h000000000000 *)
+  (* init = 48'h000000000002 *)
   wire [47:0] ov1_l0_11;
   (* init = 48'h000000000000 *)
   wire [47:0] ov1_l0_2;
@@ -1036,8 +1036,8 @@ module layernorm(c__valid, i__payload, i__valid, o__ready, clk, rst, c__ready, i
   wire [31:0] oz0_l1_9;
   reg [31:0] oz0_t0 = 32'd0;
   reg [31:0] oz0_t1 = 32'd0;
-  reg [31:0] oz0_t10 = 32'd0;
-  reg [31:0] oz0_t11 = 32'd0;
+  reg [31:0] oz0_t10 = 32'd32766;
+  reg [31:0] oz0_t11 = 32'd2;
   reg [31:0] oz0_t2 = 32'd0;
   reg [31:0] oz0_t3 = 32'd0;
   reg [31:0] oz0_t4 = 32'd0;
@@ -1051,9 +1051,9 @@ module layernorm(c__valid, i__payload, i__valid, o__ready, clk, rst, c__ready, i
   wire [31:0] oz1_l0_0;
   (* init = 32'd0 *)
   wire [31:0] oz1_l0_1;
-  (* init = 32'd0 *)
+  (* init = 32'd32766 *)
   wire [31:0] oz1_l0_10;
-  (* init = 32'd0 *)
+  (* init = 32'd2 *)
   wire [31:0] oz1_l0_11;
   (* init = 32'd0 *)
   wire [31:0] oz1_l0_2;
@@ -1089,8 +1089,8 @@ module layernorm(c__valid, i__payload, i__valid, o__ready, clk, rst, c__ready, i
   reg [31:0] oz1_t1 = 32'd0;
   reg [31:0] oz1_t2 = 32'd0;
   reg [31:0] oz1_t3 = 32'd0;
-  reg [31:0] oz1_t4 = 32'd0;
-  reg [31:0] oz1_t5 = 32'd0;
+  reg [31:0] oz1_t4 = 32'd16380;
+  reg [31:0] oz1_t5 = 32'd4;
   reg [5:0] oz2_ch = 6'h00;
   (* init = 32'd0 *)
   wire [31:0] oz2_l0_0;
@@ -1100,9 +1100,9 @@ module layernorm(c__valid, i__payload, i__valid, o__ready, clk, rst, c__ready, i
   wire [31:0] oz2_l0_2;
   (* init = 32'd0 *)
   wire [31:0] oz2_l0_3;
-  (* init = 32'd0 *)
+  (* init = 32'd16380 *)
   wire [31:0] oz2_l0_4;
-  (* init = 32'd0 *)
+  (* init = 32'd4 *)
   wire [31:0] oz2_l0_5;
   wire [31:0] oz2_l1_0;
   wire [31:0] oz2_l1_1;
@@ -1270,7 +1270,7 @@ module layernorm(c__valid, i__payload, i__valid, o__ready, clk, rst, c__ready, i
   wire [35:0] var1_l0_5;
   wire [35:0] var1_l0_6;
   wire [35:0] var1_l0_7;
-  (* init = 36'h000000000 *)
+  (* init = 36'h000000003 *)
   wire [35:0] var1_l0_8;
   wire [35:0] var1_l1_0;
   wire [35:0] var1_l1_1;
@@ -1285,24 +1285,24 @@ module layernorm(c__valid, i__payload, i__valid, o__ready, clk, rst, c__ready, i
   reg [35:0] var1_t0 = 36'h000000000;
   reg [35:0] var1_t1 = 36'h000000000;
   reg [35:0] var1_t2 = 36'h000000000;
-  reg [35:0] var1_t3 = 36'h000000000;
+  reg [35:0] var1_t3 = 36'h000000008;
   (* init = 36'h000000000 *)
   wire [35:0] var2_l0_0;
   (* init = 36'h000000000 *)
   wire [35:0] var2_l0_1;
   (* init = 36'h000000000 *)
   wire [35:0] var2_l0_2;
-  (* init = 36'h000000000 *)
+  (* init = 36'h000000008 *)
   wire [35:0] var2_l0_3;
   wire [35:0] var2_l1_0;
   wire [35:0] var2_l1_1;
-  (* init = 36'h000000000 *)
+  (* init = 36'h000000008 *)
   wire [35:0] var2_l1_2;
   wire [35:0] var2_l2_0;
   wire [35:0] var2_l2_1;
   reg [35:0] var2_t0 = 36'h000000000;
   reg [35:0] var2_t1 = 36'h000000000;
-  reg [35:0] var_k = 36'h000000000;
+  reg [35:0] var_k = 36'h000000003;
   reg [35:0] vsh = 36'h000000000;
   (* init = 8'h00 *)
   wire [7:0] w_data;

@@ -982,7 +982,7 @@ module shift_exp(c__valid, i__payload, i__valid, o__ready, clk, rst, c__ready, i
   wire [17:0] l0_exp_n_l2_1;
   reg [16:0] l0_s1_exp_n = 17'h00000;
   reg [33:0] l0_s2_exp_t = 34'h000000000;
-  reg [32:0] l0_s3_exp_h0 = 33'h000000000;
+  reg [32:0] l0_s3_exp_h0 = 33'h140000000;
   reg [32:0] l0_s3_exp_h1 = 33'h000000000;
   reg [4:0] l0_s3_exp_q = 5'h00;
   reg [16:0] l0_s3_exp_r = 17'h00000;
@@ -1107,7 +1107,7 @@ module shift_exp(c__valid, i__payload, i__valid, o__ready, clk, rst, c__ready, i
   wire [17:0] l1_exp_n_l2_1;
   reg [16:0] l1_s1_exp_n = 17'h00000;
   reg [33:0] l1_s2_exp_t = 34'h000000000;
-  reg [32:0] l1_s3_exp_h0 = 33'h000000000;
+  reg [32:0] l1_s3_exp_h0 = 33'h140000000;
   reg [32:0] l1_s3_exp_h1 = 33'h000000000;
   reg [4:0] l1_s3_exp_q = 5'h00;
   reg [16:0] l1_s3_exp_r = 17'h00000;
@@ -1232,7 +1232,7 @@ module shift_exp(c__valid, i__payload, i__valid, o__ready, clk, rst, c__ready, i
   wire [17:0] l2_exp_n_l2_1;
   reg [16:0] l2_s1_exp_n = 17'h00000;
   reg [33:0] l2_s2_exp_t = 34'h000000000;
-  reg [32:0] l2_s3_exp_h0 = 33'h000000000;
+  reg [32:0] l2_s3_exp_h0 = 33'h140000000;
   reg [32:0] l2_s3_exp_h1 = 33'h000000000;
   reg [4:0] l2_s3_exp_q = 5'h00;
   reg [16:0] l2_s3_exp_r = 17'h00000;
@@ -1357,7 +1357,7 @@ module shift_exp(c__valid, i__payload, i__valid, o__ready, clk, rst, c__ready, i
   wire [17:0] l3_exp_n_l2_1;
   reg [16:0] l3_s1_exp_n = 17'h00000;
   reg [33:0] l3_s2_exp_t = 34'h000000000;
-  reg [32:0] l3_s3_exp_h0 = 33'h000000000;
+  reg [32:0] l3_s3_exp_h0 = 33'h140000000;
   reg [32:0] l3_s3_exp_h1 = 33'h000000000;
   reg [4:0] l3_s3_exp_q = 5'h00;
   reg [16:0] l3_s3_exp_r = 17'h00000;

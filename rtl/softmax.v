@@ -787,7 +787,7 @@ module softmax(c__valid, i__payload, i__valid, o__ready, clk, rst, c__ready, i__
   reg [4:0] ex_s3_a = 5'h00;
   reg [33:0] ex_s3_exp_t = 34'h000000000;
   reg [4:0] ex_s4_a = 5'h00;
-  reg [32:0] ex_s4_exp_h0 = 33'h000000000;
+  reg [32:0] ex_s4_exp_h0 = 33'h140000000;
   reg [32:0] ex_s4_exp_h1 = 33'h000000000;
   reg [4:0] ex_s4_exp_q = 5'h00;
   reg [16:0] ex_s4_exp_r = 17'h00000;
