@@ -21,7 +21,7 @@ stage  operation (per lane)
 2..5   ``p = s * m``: DSP partial products ``s_hi m``, ``s_lo m`` (``s = s_hi 2^17 + s_lo``;
        free-running, from DSP leaves, :mod:`hwgen.dsp`: the block's operand and product
        registers, then a fabric register), then their sum; or, with LUT products (``mult="lut"``), a carry-save tree
-       (:data:`CSA_LEVELS_PER_STAGE` levels a stage: 3 stages for 16-bit m), then the
+       (:func:`csa_stage_levels`: 1, 2, 2, 1 levels for 16-bit m), then the
        final sum (:func:`product_stages` in all)
 +1     ``t = 2p >> (e & ~7)``, +2 ``u = t >> (e & 7)`` (the barrel shifter in two levels)
 +3     ``r = (u + 1) >> 1`` (= ``rshift_round(p, e)``, :func:`~hwgen.pipeline.rshift_round_var`)
@@ -47,6 +47,10 @@ __all__ = ["Requant", "requant_latency", "product_stages", "requant_param_fields
            "requant_decode_stages", "requant_decoded_fields", "requant_stages", "E_BITS"]
 
 CSA_LEVELS_PER_STAGE = 2   # 3:2 compressor levels (one LUT each) between registers
+# ... but one in the first stage: its inputs are the partial products, each bit of s fanning out
+# to every row of m, so its register's routes are the long ones (the GEMM unit's seed-1 path:
+# 3.75 ns from an s register to the partial products, then two levels, 7.06 ns)
+CSA_FIRST_LEVELS = 1
 DSP_SPLIT_BITS = 17   # low part of a split product: unsigned 17 bits fit an 18 x 18 multiplier
 E_BITS = 6            # per-lane shift e in 0..63 (golden.dyadic.MAX_SHIFT is 62)
 
@@ -174,11 +178,21 @@ def requant_decode_stages(m: Module, p, acc_bits: int, name: str = "pdec", raw: 
     return out
 
 
+def csa_stage_levels(mult_bits: int) -> list[int]:
+    """The LUT product's 3:2 levels in each carry-save stage: :data:`CSA_FIRST_LEVELS`, then
+    :data:`CSA_LEVELS_PER_STAGE` a stage (the last one what is left)."""
+    total = compress_levels(mult_bits)
+    if total <= CSA_FIRST_LEVELS:
+        return [total] if total else []
+    left = total - CSA_FIRST_LEVELS
+    return [CSA_FIRST_LEVELS] + [min(CSA_LEVELS_PER_STAGE, left - i) for i in range(0, left, CSA_LEVELS_PER_STAGE)]
+
+
 def product_stages(mult: str = "dsp", mult_bits: int = 16) -> int:
     """Stages of the requantizer's ``s * m``: the DSP partial products and their sum, or
-    the carry-save tree (:data:`CSA_LEVELS_PER_STAGE` levels a stage) and the final sum."""
+    the carry-save tree (:func:`csa_stage_levels`) and the final sum."""
     if mult == "lut":
-        return -(-compress_levels(mult_bits) // CSA_LEVELS_PER_STAGE) + 1
+        return len(csa_stage_levels(mult_bits)) + 1
     return DSP_LATENCY + 2
 
 
@@ -224,13 +238,12 @@ def requant_stages(m: Module, en: Value, p, acc_bits: int, prefix: str = "rq_", 
 
     shape = product_shape(s1.s0, s1.m0)
     if mult == "lut":
-        # the partial products through a carry-save tree, CSA_LEVELS_PER_STAGE levels a
-        # stage, then the final sum
+        # the partial products through a carry-save tree (csa_stage_levels), then the final sum
         W = shape.width
         terms = {k: partial_products(lane(s1, "s", k), lane(s1, "m", k)) for k in range(lanes)}
         ns = s1
-        for n in range(product_stages(mult, len(s1.m0)) - 1):
-            terms = {k: compress(m, v, W, CSA_LEVELS_PER_STAGE, f"{prefix}csa{n}_{k}") for k, v in terms.items()}
+        for n, levels in enumerate(csa_stage_levels(len(s1.m0))):
+            terms = {k: compress(m, v, W, levels, f"{prefix}csa{n}_{k}") for k, v in terms.items()}
             ns = st.stage(**keep(ns), **carry(ns, "e"),
                           **{f"c{k}_{t}": v for k in range(lanes) for t, v in enumerate(terms[k])})
             terms = {k: [getattr(ns, f"c{k}_{t}") for t in range(len(v))] for k, v in terms.items()}
