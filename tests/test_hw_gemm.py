@@ -311,3 +311,18 @@ def test_lut_product_exhaustive(a_shape, b_shape):
     sim.run()
     print(f"{a_shape} x {b_shape}: {len(a_vals) * len(b_vals)} operand pairs checked")
     assert not bad, f"first mismatches (a, b, got): {bad}"
+
+
+def test_lut_requant_stages_take_every_level():
+    """The LUT requantizer's carry-save stages (csa_stage_levels) together take every 3:2 level
+    of the tree (fewer would leave more than two terms for the final sum), the first stage
+    CSA_FIRST_LEVELS (its inputs are the partial products' fan-out), no stage more than
+    CSA_LEVELS_PER_STAGE; product_stages counts them and the final sum."""
+    from hwgen.pipeline import compress_levels
+    from hwgen.requant import CSA_FIRST_LEVELS, CSA_LEVELS_PER_STAGE, csa_stage_levels, product_stages
+    for bits in range(1, 33):
+        levels = csa_stage_levels(bits)
+        assert sum(levels) == compress_levels(bits), bits
+        assert all(1 <= n <= CSA_LEVELS_PER_STAGE for n in levels), (bits, levels)
+        assert not levels or levels[0] == min(CSA_FIRST_LEVELS, compress_levels(bits)), (bits, levels)
+        assert product_stages("lut", bits) == len(levels) + 1
