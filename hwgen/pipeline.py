@@ -9,10 +9,14 @@
   (DESIGN.md) on Amaranth values; widths follow Amaranth's exact shape rules, so nothing
   wraps before the explicit clamp.
 * :func:`divide_stages`: restoring division, one quotient bit per stage.
+* :func:`known_bits`, :func:`data_register`: a value's constant bits, and a datapath register
+  that takes them as its init (so synthesis removes a register of constant D instead of merging
+  every such register of the design into one high-fanout flip-flop).
 """
 
 from __future__ import annotations
 
+import weakref
 from types import SimpleNamespace
 
 from amaranth.hdl import Cat, Const, Mux, Shape, Signal, Value, signed, unsigned
@@ -40,7 +44,9 @@ def eq_const(x, k: int):
 # :func:`data_register`'s registers are tracked here, and a data register takes them as its
 # init: a register whose D and init are one constant is that constant, and synthesis removes it.
 
-_KNOWN: dict[int, tuple[Signal, tuple]] = {}     # id(signal) -> (signal, its bits: 0, 1 or None)
+# id(signal) -> (a weak reference to it, its bits: 0, 1 or None): the entry goes with the signal,
+# so the registry keeps no design alive after its elaboration
+_KNOWN: dict[int, tuple[weakref.ref, tuple]] = {}
 
 
 def _extend(bits: list, signed_: bool, width: int) -> list:
@@ -65,7 +71,7 @@ def known_bits(v) -> list:
         return [(v.value >> i) & 1 for i in range(n)]
     if isinstance(v, Signal):
         known = _KNOWN.get(id(v))
-        return list(known[1]) if known is not None and known[0] is v else [None] * n
+        return list(known[1]) if known is not None and known[0]() is v else [None] * n
     if isinstance(v, Concat):
         return [b for part in v.parts for b in known_bits(part)]
     if isinstance(v, Slice):
@@ -110,7 +116,8 @@ def _note(s: Signal, value: Value) -> None:
     """Record the bits of ``s`` (assigned ``value``, extended or cut to its width) that are constant."""
     bits = tuple(_operand(Value.cast(value), len(s)))
     if any(b is not None for b in bits):
-        _KNOWN[id(s)] = (s, bits)
+        key = id(s)
+        _KNOWN[key] = (weakref.ref(s, lambda _, key=key: _KNOWN.pop(key, None)), bits)
 
 
 def data_register(shape, name: str | None, value) -> Signal:

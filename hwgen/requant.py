@@ -18,7 +18,7 @@ stage  operation (per lane)
        ``|x @ W^T| + |bias| < 2^(acc_bits-1)``, DESIGN.md); clamp limits from out_bits;
        for out_bits = 0 (raw) m = 1 and e = 0, so the result below is s itself
        (:func:`requant_decode`; the GEMM decodes ahead, once per tile)
-2..5   ``p = s * m``: DSP partial products ``s_hi m``, ``s_lo m`` (``s = s_hi 2^17 + s_lo``;
+2..    ``p = s * m`` (:func:`product_stages` stages: 4 with DSPs, 5 with 16-bit LUT products): DSP partial products ``s_hi m``, ``s_lo m`` (``s = s_hi 2^17 + s_lo``;
        free-running, from DSP leaves, :mod:`hwgen.dsp`: the block's operand and product
        registers, then a fabric register), then their sum; or, with LUT products (``mult="lut"``), a carry-save tree
        (:func:`csa_stage_levels`: 1, 2, 2, 1 levels for 16-bit m), then the
@@ -43,7 +43,7 @@ from .config import check_range
 from .dsp import DSP_LATENCY, dsp_mult
 from .pipeline import Stager, compress, compress_levels, fit, sum_pair, lane_layout, partial_products, product_shape, stream_pipeline
 
-__all__ = ["Requant", "requant_latency", "product_stages", "requant_param_fields", "requant_decode",
+__all__ = ["Requant", "requant_latency", "product_stages", "csa_stage_levels", "requant_param_fields", "requant_decode",
            "requant_decode_stages", "requant_decoded_fields", "requant_stages", "E_BITS"]
 
 CSA_LEVELS_PER_STAGE = 2   # 3:2 compressor levels (one LUT each) between registers
