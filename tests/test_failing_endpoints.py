@@ -1,0 +1,93 @@
+"""scripts/failing_endpoints.py: late register inputs read from nextpnr's detailed timing report."""
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+from golden.errors import UserError
+from hwgen.report import fmax_netlist, place_and_route
+from hwgen.residual_add import ResidualAdd
+from hwgen.verilog import emit_verilog
+
+spec = importlib.util.spec_from_file_location("failing_endpoints", Path(__file__).resolve().parents[1] / "scripts" / "failing_endpoints.py")
+failing_endpoints = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(failing_endpoints)
+
+
+def _report(arrivals: dict) -> dict:
+    """A nextpnr report with one net per (cell, port) -> arrival, as --detailed-timing-report writes it."""
+    return {"fmax": {"clk": {"achieved": 1000.0 / max(arrivals.values()), "constraint": 150.0}},
+            "detailed_net_timings": [{"driver": "d", "port": "F", "net": f"n{i}", "event": "posedge clk",
+                                      "endpoints": [{"cell": c, "port": p, "event": "posedge clk", "delay": [0.1, a]}]}
+                                     for i, ((c, p), a) in enumerate(arrivals.items())]}
+
+
+ARRIVALS = {("u.core.gen_src0.walk.i0_FF", "DI"): 7.0,      # late at 150 only (6.67 ns)
+            ("u.core.gen_src0.walk.i1_FF", "CE"): 8.0,      # late at 150, 140 and 130 (7.69 ns)
+            ("u.core.feed.q_FF", "LSR"): 9.0,               # late at every target
+            ("u.core.flag_FF", "DI"): 5.0,                  # on time
+            ("u.core.lane.ram", "WAD0"): 6.9}               # a RAM's write address, late at 150
+
+
+def test_late_inputs_by_target_pin_and_module():
+    res = failing_endpoints.late(failing_endpoints.arrivals(_report(ARRIVALS)), depth=3)
+    assert res["inputs"] == 5 and res["worst_ns"] == 9.0
+    t = res["targets"]
+    assert [t[m]["late_inputs"] for m in ("150", "140", "130", "120")] == [4, 2, 2, 1]
+    assert t["150"]["by_pin"] == {"data": 1, "enable": 1, "reset": 1, "ram/dsp": 1}
+    assert t["150"]["by_module"] == {"u.core.gen_src0": 2, "u.core.feed": 1, "u.core.lane": 1}
+    assert t["120"]["by_module"] == {"u.core.feed": 1}
+
+
+def test_one_input_on_two_nets_keeps_its_latest_arrival():
+    rep = _report({("a.b_FF", "DI"): 5.0})
+    rep["detailed_net_timings"].append({"driver": "e", "port": "F", "net": "m", "event": "posedge clk",
+                                        "endpoints": [{"cell": "a.b_FF", "port": "DI", "event": "posedge clk", "delay": [0.2, 7.5]}]})
+    assert failing_endpoints.arrivals(rep) == {("a.b_FF", "DI"): 7.5}
+
+
+def test_paths_from_or_to_a_pin_are_left_out():
+    rep = _report({("a.b_FF", "DI"): 5.0})
+    rep["detailed_net_timings"] += [
+        {"driver": "sout_FF", "port": "Q", "net": "sout", "event": "posedge clk",
+         "endpoints": [{"cell": "sout$tr_io", "port": "I", "event": "<async>", "delay": [0.2, 8.0]}]},
+        {"driver": "sin_LUT", "port": "F", "net": "sin", "event": "<async>",
+         "endpoints": [{"cell": "ish_FF", "port": "DI", "event": "posedge clk", "delay": [0.2, 8.0]}]}]
+    assert failing_endpoints.arrivals(rep) == {("a.b_FF", "DI"): 5.0}
+
+
+def test_a_report_without_detailed_timing_is_refused():
+    with pytest.raises(UserError, match="--detailed-timing-report"):
+        failing_endpoints.arrivals({"fmax": {}, "critical_paths": []})
+
+
+def test_command_line_reads_reports_and_refuses_bad_input(tmp_path, capsys):
+    f = tmp_path / "pnr2.json"
+    f.write_text(json.dumps(_report(ARRIVALS)))
+    out = tmp_path / "ep"
+    assert failing_endpoints.main(["--pnr-report", str(f), "--out", str(out)]) == 0
+    written = json.loads((tmp_path / "ep.json").read_text())
+    assert written["seeds"]["2"]["targets"]["150"]["late_inputs"] == 4
+    assert "| 2 | 111.11 | 9.0 | 5 | 4 | 2 | 2 | 1 |" in (tmp_path / "ep.md").read_text()
+    (tmp_path / "bad.json").write_text("{not json")
+    assert failing_endpoints.main(["--pnr-report", str(tmp_path / "bad.json"), "--out", str(out)]) == 2
+    assert failing_endpoints.main(["--seeds", "1,x", "--out", str(out)]) == 2
+    assert failing_endpoints.main(["--rtl", str(tmp_path), "--out", str(out)]) == 2      # no manifest
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 3 and all(line.startswith("failing_endpoints: error: ") for line in err)
+
+
+def test_worst_input_is_nextpnrs_critical_path(tmp_path):
+    """On a real place and route (a one-lane residual add, one seed) the latest register input
+    is the critical path nextpnr reports: the two views of one timing analysis agree."""
+    verilog = emit_verilog(ResidualAdd(bits=16, lanes=1), "residual_add")
+    (tmp_path / "residual_add.v").write_text(verilog)
+    from hwgen.generate import _ports
+    fmax_netlist(verilog, "residual_add", _ports(verilog, "residual_add"), tmp_path)
+    res = place_and_route(tmp_path, "wrap.json", "residual_add", seeds=(1,), detailed=True)
+    pnr = json.loads(Path(res["reports_by_seed"]["1"]).read_text())
+    late = failing_endpoints.late(failing_endpoints.arrivals(pnr), depth=2)
+    assert late["inputs"] > 16
+    assert abs(late["worst_ns"] - res["critical_path"]["delay_ns"]) < 0.01
+    assert abs(1000 / late["worst_ns"] - res["fmax_mhz"]) < 0.1
