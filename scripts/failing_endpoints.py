@@ -3,7 +3,7 @@ of the accelerator that nextpnr-ecp5 times later than a clock period, counted at
 and 120 MHz and grouped by the module that holds it.  Writes reports/accel_endpoints.{json,md}.
 
     python scripts/failing_endpoints.py                        # rtl/accelerator.v, the accelerator's seeds
-    python scripts/failing_endpoints.py --seeds 2              # one seed (about 20 min on 2 cores)
+    python scripts/failing_endpoints.py --seeds 2              # one seed (about 22 min: 3 of synthesis, 19 of place and route)
     python scripts/failing_endpoints.py --pnr-report build/endpoints/pnr*.json   # reports already written
 
 The netlist is the one `hwgen report` places (the same ECP5 flow, Fmax wrapper and nextpnr
