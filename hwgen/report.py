@@ -196,6 +196,23 @@ def _critical_path(pnr: dict) -> dict | None:
                       s.get("to", {}).get("loc")] for s in steps]}
 
 
+def report_fmax(pnr: dict) -> float | None:
+    """The slowest clock's Fmax (MHz, 2 decimals) in a nextpnr ``--report`` JSON; None if it has none."""
+    fmax = pnr.get("fmax") or {}
+    return round(min(v["achieved"] for v in fmax.values()), 2) if fmax else None
+
+
+def read_manifest(rtl_dir: str | Path) -> dict:
+    """``rtl_dir``/manifest.json (what ``hwgen generate`` wrote), or a one-line error."""
+    path = Path(rtl_dir) / "manifest.json"
+    if not path.is_file():
+        raise UserError(f"no manifest.json in {rtl_dir}; run 'hwgen generate' (make verilog) first")
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path}: not a readable manifest ({exc.__class__.__name__}); run 'hwgen generate' again") from None
+
+
 def place_and_route(wd: Path, netlist: str, top: str, seeds=SEEDS, pnr_args: tuple = (), detailed: bool = False) -> dict:
     """nextpnr-ecp5 (with ``pnr_args`` beside the device's) on ``netlist`` (a wrapper's JSON in
     ``wd``) for every seed: per-seed Fmax, minimum, median and the worst seed's critical path.
@@ -217,8 +234,7 @@ def place_and_route(wd: Path, netlist: str, top: str, seeds=SEEDS, pnr_args: tup
         if err is not None:
             raise RuntimeError(f"nextpnr-ecp5 failed on {top} (seed {seed}): {err}")
         pnr = json.loads((wd / out).read_text())
-        fmax = pnr["fmax"]
-        clk = round(min(v["achieved"] for v in fmax.values()), 2) if fmax else None
+        clk = report_fmax(pnr)
         per_seed[str(seed)] = clk
         paths[str(seed)] = _critical_path(pnr)
         if clk is not None and (worst is None or clk < worst[0]):
@@ -312,10 +328,7 @@ BEFORE = REPO / "reports" / "hw_before.json"   # the per-layer units (baked-in c
 
 def hardware_report(rtl_dir: str | Path, reports_dir: str | Path = "reports", progress: bool = True) -> dict:
     rtl_dir = Path(rtl_dir)
-    manifest_path = rtl_dir / "manifest.json"
-    if not manifest_path.is_file():
-        raise UserError(f"no manifest.json in {rtl_dir}; run 'hwgen generate' (make verilog) first")
-    manifest = json.loads(manifest_path.read_text())
+    manifest = read_manifest(rtl_dir)
     _tool_timeout()             # a malformed bound is refused before any tool runs
     from tqdm import tqdm
 

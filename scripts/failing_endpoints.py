@@ -81,12 +81,9 @@ def place(rtl: Path, seeds: list[int]) -> dict[str, dict]:
     detailed timing report: seed -> nextpnr's report."""
     from hwgen import report
 
-    manifest = rtl / "manifest.json"
-    if not manifest.is_file():
-        raise UserError(f"no manifest.json in {rtl}; run 'hwgen generate' (make verilog) first")
-    acc = json.loads(manifest.read_text()).get("accelerator")
+    acc = report.read_manifest(rtl).get("accelerator")
     if not acc:
-        raise UserError(f"{manifest} names no accelerator; generate one with 'hwgen generate'")
+        raise UserError(f"{rtl}/manifest.json names no accelerator; generate one with 'hwgen generate'")
     verilog = (rtl / acc["file"]).read_text()
     with tempfile.TemporaryDirectory(prefix="endpoints-") as tmp:
         wd = Path(tmp)
@@ -168,10 +165,9 @@ def run(argv=None) -> int:
         reports = place(Path(args.rtl), seeds)
         design = f"{args.rtl}/accelerator.v"
     out = {"design": design, "depth": args.depth, "seeds": {}}
+    from hwgen.report import report_fmax
     for name, pnr in reports.items():
-        fmax = pnr.get("fmax") or {}
-        out["seeds"][name] = {"fmax_mhz": round(min(v["achieved"] for v in fmax.values()), 2) if fmax else None,
-                              **late(arrivals(pnr), args.depth)}
+        out["seeds"][name] = {"fmax_mhz": report_fmax(pnr), **late(arrivals(pnr), args.depth)}
 
     from rich.console import Console
     from rich.table import Table

