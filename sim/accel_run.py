@@ -120,17 +120,19 @@ def run_cases(b, cases: list[Case], name: str, memory: str = "model", word_bytes
     """Run ``cases`` in one simulation, with the memory model (``"model"``) or cocotbext-axi's
     AxiRam (``"axi"``) as external memory; the testbench's result per case, ``read`` as bytes.
     ``lines``: also append each case's result there (JSON lines, ``read`` as hex) as it ends."""
-    tmp = Path(tempfile.mkdtemp(prefix="accel_cases_"))
-    items = []
-    for k, c in enumerate(cases):
-        path = tmp / f"{k}.bin"
-        path.write_bytes(c.image)
-        items.append({"name": c.name, "image": str(path), "prog": c.prog, "stall": c.stall, "err": c.err,
-                      "start_again_after": c.start_again_after, "max_cycles": c.max_cycles,
-                      "images": c.images, "image_stride": c.image_stride, "tag": c.tag,
-                      "read": [list(r) for r in c.read]})
-    res = runner.run(b, TB, {"memory": memory, "word_bytes": word_bytes, "memory_bytes": memory_bytes,
-                             "cases": items, "lines": str(lines) if lines else None}, name)
+    # The images go to the testbench as files, in a folder that goes when the run ends (up to 10
+    # MB a run: 523 of them, left behind by earlier runs, had gathered in /tmp)
+    with tempfile.TemporaryDirectory(prefix="accel_cases_") as folder:
+        items = []
+        for k, c in enumerate(cases):
+            path = Path(folder) / f"{k}.bin"
+            path.write_bytes(c.image)
+            items.append({"name": c.name, "image": str(path), "prog": c.prog, "stall": c.stall, "err": c.err,
+                          "start_again_after": c.start_again_after, "max_cycles": c.max_cycles,
+                          "images": c.images, "image_stride": c.image_stride, "tag": c.tag,
+                          "read": [list(r) for r in c.read]})
+        res = runner.run(b, TB, {"memory": memory, "word_bytes": word_bytes, "memory_bytes": memory_bytes,
+                                 "cases": items, "lines": str(lines) if lines else None}, name)
     out = res.get("cases", [])
     if res.get("failed") or len(out) != len(cases):
         raise RuntimeError(f"accelerator simulation {name} did not finish its cases (see {res.get('run_dir')})")

@@ -263,6 +263,17 @@ def _good_case(name: str) -> tuple[accel_run.Case, bytes]:
     return accel_run.Case(name, _small_image(code, vals.numpy().astype("<i2").tobytes()), 0, [(OUT, 128)]), want
 
 
+def test_a_run_leaves_no_files_behind(sim, monkeypatch, tmp_path):
+    """``run_cases`` hands the testbench its images as files: the folder goes when the run ends
+    (it was left in /tmp, up to 10 MB a run)."""
+    import tempfile
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    case, want = _good_case("copy")
+    result, = accel_run.run_cases(sim, [case], "leaves_no_files")
+    assert result["error"] == 0 and result["read"][0] == want
+    assert not list(tmp_path.glob("accel_cases_*")), "the images' folder was left behind"
+
+
 def test_faults_end_in_an_error_code_and_a_clean_stop(sim, hw, programs, digits_images):
     unit = (0, 0, 0, 0, 1)
     load = Instr(Opcode.LOAD, (1, 1, 1, 1, 64), Port(0, unit), Port(0, unit), flags=FLAG_EXT_SIGNED, esize=1,
