@@ -40,6 +40,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -273,9 +274,12 @@ def fmax_netlist(verilog: str, top: str, ports: list[dict], wd: Path) -> str:
 
 
 def synthesize(verilog: str, top: str, ports: list[dict], use_cache: bool = True, seeds=SEEDS,
-               pnr_args: tuple = ()) -> dict:
+               pnr_args: tuple = (), keep_pnr: Path | None = None) -> dict:
     """ECP5 and Xilinx resource counts and ECP5 Fmax (every seed; nextpnr with ``pnr_args``) of
-    one unit (cached)."""
+    one unit (cached).  ``keep_pnr``: a folder that gets nextpnr's reports, ``pnr<seed>.json``,
+    written with ``--detailed-timing-report`` (a report flag: placement and figures are the
+    same, and so is the cached result); a cache hit places nothing, so pass ``use_cache=False``
+    to have them (``scripts/failing_endpoints.py``: one place and route then serves both)."""
     # (the place and route arguments join the key only when there are any: the units' keys
     # stay those of their cached results)
     from .verilog import ecp5_leaf_definitions
@@ -299,7 +303,11 @@ def synthesize(verilog: str, top: str, ports: list[dict], use_cache: bool = True
                 lambda: fmax_netlist(verilog, top, ports, wd))
         with ThreadPoolExecutor(max_workers=max(1, min(len(jobs), os.cpu_count() or 1))) as pool:
             e_flow, x_flow, f_flow = pool.map(lambda job: job(), jobs)
-        timing = place_and_route(wd, "wrap.json", top, seeds, pnr_args)
+        timing = place_and_route(wd, "wrap.json", top, seeds, pnr_args, detailed=keep_pnr is not None)
+        if keep_pnr is not None:
+            Path(keep_pnr).mkdir(parents=True, exist_ok=True)
+            for seed, path in timing.pop("reports_by_seed").items():
+                shutil.move(path, Path(keep_pnr) / f"pnr{seed}.json")
         e, x = _cells(wd / "ecp5.json", top), _cells(wd / "xilinx.json", top)
     res = {"ecp5": {"lut4": e.get("LUT4", 0) + 2 * e.get("CCU2C", 0), "ff": e.get("TRELLIS_FF", 0),
                     "mult18": e.get("MULT18X18D", 0), "ebr": e.get("DP16KD", 0), **timing, "cells": e,

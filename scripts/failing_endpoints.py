@@ -12,6 +12,11 @@ reaches with its latest arrival, so an input misses a clock of period T when tha
 above T (the setup time of an ECP5 flip-flop's data input is 0 in nextpnr's model).  The worst
 arrival is the critical path of `hwgen report` (1000 / Fmax).  One seed's worst path moves by
 placement noise (4% between seeds); the number of late inputs says how far a clock is.
+
+Without ``--pnr-report`` the run is ``hwgen report``'s own synthesis and place and route of the
+accelerator (``hwgen.report.synthesize``, the report flag on): it fills ``hwgen report``'s
+cache, so ``hwgen report`` after it on the same RTL places nothing again (the three seeds:
+about 48 min on 2 cores, for both).
 """
 
 from __future__ import annotations
@@ -19,9 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import sys
-import tempfile
 import time
 from collections import Counter
 from pathlib import Path
@@ -77,32 +80,28 @@ def late(arr: dict, depth: int, targets=TARGETS_MHZ) -> dict:
 
 
 def place(rtl: Path, seeds: list[int]) -> dict[str, dict]:
-    """The accelerator of ``rtl`` synthesized and placed as ``hwgen report`` does, with the
-    detailed timing report: seed -> nextpnr's report."""
+    """The accelerator of ``rtl`` through ``hwgen report``'s own synthesis and place and route
+    (:func:`hwgen.report.synthesize`, its seeds' arguments), with nextpnr's detailed timing
+    reports kept in ``build/endpoints``: seed -> report.  The run also fills ``hwgen report``'s
+    cache, so a ``hwgen report`` after it places nothing again."""
     from hwgen import report
 
     acc = report.read_manifest(rtl).get("accelerator")
     if not acc:
         raise UserError(f"{rtl}/manifest.json names no accelerator; generate one with 'hwgen generate'")
-    verilog = (rtl / acc["file"]).read_text()
-    with tempfile.TemporaryDirectory(prefix="endpoints-") as tmp:
-        wd = Path(tmp)
-        t = time.time()
-        print(f"synthesizing {acc['file']} for ECP5 (yosys, a few minutes) ...", flush=True)
-        report.fmax_netlist(verilog, acc["top"], acc["ports"], wd)
-        print(f"  {time.time() - t:.0f} s; placing and routing seeds {', '.join(map(str, seeds))} "
-              f"(nextpnr-ecp5, about 20 min a seed, one per core) ...", flush=True)
-        res = report.place_and_route(wd, "wrap.json", acc["top"], tuple(seeds), report.ACCEL_PNR_ARGS, detailed=True)
-        print(f"  {time.time() - t:.0f} s", flush=True)
-        KEEP.mkdir(parents=True, exist_ok=True)
-        out = {}
-        for s, f in res["reports_by_seed"].items():
-            # nextpnr's own report is kept (tens of MB: build/, not reports/), for --pnr-report
-            kept = KEEP / f"pnr{s}.json"
-            shutil.move(f, kept)
-            out[s] = json.loads(kept.read_text())
-            print(f"  kept nextpnr's report of seed {s}: {kept}")
-        return out
+    t = time.time()
+    print(f"synthesizing {acc['file']} (yosys ECP5 and Xilinx, a few minutes), then placing and routing seeds "
+          f"{', '.join(map(str, seeds))} (nextpnr-ecp5, about 20 min a seed, one per core) ...", flush=True)
+    res = report.synthesize((rtl / acc["file"]).read_text(), acc["top"], acc["ports"], use_cache=False,
+                            seeds=tuple(seeds), pnr_args=report.ACCEL_PNR_ARGS, keep_pnr=KEEP)
+    print(f"  {time.time() - t:.0f} s; Fmax by seed {res['ecp5']['fmax_by_seed']}", flush=True)
+    out = {}
+    for s in seeds:
+        # nextpnr's own report is kept (tens of MB: build/, not reports/), for --pnr-report
+        kept = KEEP / f"pnr{s}.json"
+        out[str(s)] = json.loads(kept.read_text())
+        print(f"  kept nextpnr's report of seed {s}: {kept}")
+    return out
 
 
 def markdown(out: dict, command: str) -> str:
