@@ -63,7 +63,7 @@ def _operand(v: Value, width: int) -> list:
 def known_bits(v) -> list:
     """Each bit of ``v``: 0 or 1 where it is a constant, None where it is not known to be one.
     Sees through constants, concatenations, slices, bitwise operators, shifts by a constant,
-    the low bits of a sum, multiplexers whose cases agree, and the signals of :func:`compress`
+    sums (bit by bit, with the carries that are known), multiplexers whose cases agree, and the signals of :func:`compress`
     and :func:`data_register` (whose known bits are recorded); any other value is unknown."""
     v = Value.cast(v)
     n = len(v)
@@ -100,15 +100,14 @@ def known_bits(v) -> list:
             if op == "<<":
                 return _extend([0] * k + a, args[0].shape().signed, n)
             return _extend(a[k:], args[0].shape().signed, n)
-        if op == "+" and len(args) == 2:     # the low bits, up to the first unknown one
-            a, b = _operand(args[0], n), _operand(args[1], n)
+        if op == "+" and len(args) == 2:     # a ripple of known bits: a carry is known where
+            a, b = _operand(args[0], n), _operand(args[1], n)     # two of its three inputs agree
             out, carry = [], 0
             for x, y in zip(a, b):
-                if None in (x, y):
-                    break
-                out.append(x ^ y ^ carry)
-                carry = (x + y + carry) >> 1
-            return out + [None] * (n - len(out))
+                ins = (x, y, carry)
+                out.append(None if None in ins else x ^ y ^ carry)
+                carry = 1 if ins.count(1) >= 2 else 0 if ins.count(0) >= 2 else None
+            return out
     return [None] * n
 
 

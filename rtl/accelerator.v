@@ -1264,68 +1264,68 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$1 ;
   wire \$10 ;
   wire \$100 ;
-  reg [3:0] \$1000 ;
+  reg \$1000 ;
   reg \$1001 ;
-  reg [31:0] \$1002 ;
-  reg [7:0] \$1003 ;
-  reg [15:0] \$1004 ;
-  reg [15:0] \$1005 ;
-  reg \$1006 ;
-  reg [65:0] \$1007 ;
-  reg \$1008 ;
-  reg \$1009 ;
+  reg \$1002 ;
+  reg \$1003 ;
+  reg \$1004 ;
+  reg [511:0] \$1005 ;
+  reg [3:0] \$1006 ;
+  reg \$1007 ;
+  reg [31:0] \$1008 ;
+  reg [7:0] \$1009 ;
   wire \$101 ;
-  reg \$1010 ;
-  reg \$1011 ;
+  reg [15:0] \$1010 ;
+  reg [15:0] \$1011 ;
   reg \$1012 ;
-  reg [24:0] \$1013 ;
-  reg [31:0] \$1014 ;
-  reg [15:0] \$1015 ;
+  reg [15:0] \$1013 ;
+  reg \$1014 ;
+  reg [65:0] \$1015 ;
   reg \$1016 ;
-  reg [15:0] \$1017 ;
-  reg [15:0] \$1018 ;
-  reg [15:0] \$1019 ;
+  reg \$1017 ;
+  reg \$1018 ;
+  reg \$1019 ;
   wire \$102 ;
-  reg [15:0] \$1020 ;
-  reg [15:0] \$1021 ;
-  reg [15:0] \$1022 ;
+  reg \$1020 ;
+  reg [24:0] \$1021 ;
+  reg [31:0] \$1022 ;
   reg [15:0] \$1023 ;
-  reg [15:0] \$1024 ;
-  reg [2:0] \$1025 ;
-  reg [2:0] \$1026 ;
-  reg [31:0] \$1027 ;
+  reg \$1024 ;
+  reg [15:0] \$1025 ;
+  reg [15:0] \$1026 ;
+  reg [15:0] \$1027 ;
   reg [15:0] \$1028 ;
   reg [15:0] \$1029 ;
   wire \$103 ;
-  reg [31:0] \$1030 ;
-  reg [31:0] \$1031 ;
-  reg \$1032 ;
-  reg [7:0] \$1033 ;
-  reg \$1034 ;
-  reg \$1035 ;
-  reg \$1036 ;
+  reg [15:0] \$1030 ;
+  reg [15:0] \$1031 ;
+  reg [15:0] \$1032 ;
+  reg [2:0] \$1033 ;
+  reg [2:0] \$1034 ;
+  reg [31:0] \$1035 ;
+  reg [15:0] \$1036 ;
   reg [15:0] \$1037 ;
-  reg \$1038 ;
-  reg \$1039 ;
+  reg [31:0] \$1038 ;
+  reg [31:0] \$1039 ;
   wire \$104 ;
   reg \$1040 ;
-  reg \$1041 ;
+  reg [7:0] \$1041 ;
   reg \$1042 ;
-  reg [3:0] \$1043 ;
-  reg [15:0] \$1044 ;
-  reg \$1045 ;
-  reg [15:0] \$1046 ;
-  reg [15:0] \$1047 ;
-  reg [31:0] \$1048 ;
+  reg \$1043 ;
+  reg \$1044 ;
+  reg [15:0] \$1045 ;
+  reg \$1046 ;
+  reg \$1047 ;
+  reg \$1048 ;
   reg \$1049 ;
   wire \$105 ;
   reg \$1050 ;
-  reg \$1051 ;
-  reg \$1052 ;
+  reg [3:0] \$1051 ;
+  reg [15:0] \$1052 ;
   reg \$1053 ;
-  reg \$1054 ;
-  reg \$1055 ;
-  reg \$1056 ;
+  reg [15:0] \$1054 ;
+  reg [15:0] \$1055 ;
+  reg [31:0] \$1056 ;
   reg \$1057 ;
   reg \$1058 ;
   reg \$1059 ;
@@ -1333,38 +1333,46 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   reg \$1060 ;
   reg \$1061 ;
   reg \$1062 ;
-  reg [8:0] \$1063 ;
+  reg \$1063 ;
   reg \$1064 ;
   reg \$1065 ;
-  reg [3:0] \$1066 ;
-  reg [15:0] \$1067 ;
-  reg [9:0] \$1068 ;
-  reg [15:0] \$1069 ;
+  reg \$1066 ;
+  reg \$1067 ;
+  reg \$1068 ;
+  reg \$1069 ;
   wire \$107 ;
   reg \$1070 ;
-  reg \$1071 ;
+  reg [8:0] \$1071 ;
   reg \$1072 ;
-  reg [8:0] \$1073 ;
-  reg \$1074 ;
-  reg \$1075 ;
-  reg [31:0] \$1076 ;
+  reg \$1073 ;
+  reg [3:0] \$1074 ;
+  reg [15:0] \$1075 ;
+  reg [9:0] \$1076 ;
   reg [15:0] \$1077 ;
   reg \$1078 ;
   reg \$1079 ;
   wire \$108 ;
   reg \$1080 ;
-  reg \$1081 ;
+  reg [8:0] \$1081 ;
   reg \$1082 ;
   reg \$1083 ;
-  reg \$1084 ;
-  reg \$1085 ;
+  reg [31:0] \$1084 ;
+  reg [15:0] \$1085 ;
   reg \$1086 ;
   reg \$1087 ;
-  reg [2:0] \$1088 ;
-  reg [2:0] \$1089 ;
+  reg \$1088 ;
+  reg \$1089 ;
   wire \$109 ;
   reg \$1090 ;
-  reg [3:0] \$1091 ;
+  reg \$1091 ;
+  reg \$1092 ;
+  reg \$1093 ;
+  reg \$1094 ;
+  reg \$1095 ;
+  reg [2:0] \$1096 ;
+  reg [2:0] \$1097 ;
+  reg \$1098 ;
+  reg [3:0] \$1099 ;
   wire \$11 ;
   wire \$110 ;
   wire \$111 ;
@@ -1768,8 +1776,8 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire [14:0] \$470 ;
   wire \$471 ;
   wire \$472 ;
-  wire [4:0] \$473 ;
-  wire \$474 ;
+  wire \$473 ;
+  wire [4:0] \$474 ;
   wire \$475 ;
   wire \$476 ;
   wire \$477 ;
@@ -1806,14 +1814,14 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$504 ;
   wire \$505 ;
   wire \$506 ;
-  wire [16:0] \$507 ;
-  wire [32:0] \$508 ;
-  wire \$509 ;
+  wire \$507 ;
+  wire [16:0] \$508 ;
+  wire [32:0] \$509 ;
   wire [20:0] \$51 ;
   wire \$510 ;
   wire \$511 ;
   wire \$512 ;
-  wire \$513 ;
+  wire [16:0] \$513 ;
   wire \$514 ;
   wire \$515 ;
   wire \$516 ;
@@ -1821,12 +1829,12 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$518 ;
   wire \$519 ;
   wire [20:0] \$52 ;
-  wire [16:0] \$520 ;
+  wire \$520 ;
   wire \$521 ;
   wire \$522 ;
   wire \$523 ;
   wire \$524 ;
-  wire \$525 ;
+  wire [16:0] \$525 ;
   wire \$526 ;
   wire \$527 ;
   wire \$528 ;
@@ -1913,21 +1921,21 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$600 ;
   wire \$601 ;
   wire \$602 ;
-  wire [24:0] \$603 ;
+  wire \$603 ;
   wire \$604 ;
   wire \$605 ;
-  wire [33:0] \$606 ;
+  wire \$606 ;
   wire \$607 ;
-  wire \$608 ;
+  wire [24:0] \$608 ;
   wire \$609 ;
   wire \$61 ;
-  wire [24:0] \$610 ;
+  wire \$610 ;
   wire [33:0] \$611 ;
   wire \$612 ;
   wire \$613 ;
   wire \$614 ;
-  wire \$615 ;
-  wire \$616 ;
+  wire [24:0] \$615 ;
+  wire [33:0] \$616 ;
   wire \$617 ;
   wire \$618 ;
   wire \$619 ;
@@ -1935,18 +1943,18 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$620 ;
   wire \$621 ;
   wire \$622 ;
-  wire [3:0] \$623 ;
+  wire \$623 ;
   wire \$624 ;
   wire \$625 ;
   wire \$626 ;
-  wire [3:0] \$627 ;
-  wire [14:0] \$628 ;
+  wire \$627 ;
+  wire [3:0] \$628 ;
   wire \$629 ;
   wire \$63 ;
   wire \$630 ;
   wire \$631 ;
-  wire \$632 ;
-  wire \$633 ;
+  wire [3:0] \$632 ;
+  wire [14:0] \$633 ;
   wire \$634 ;
   wire \$635 ;
   wire \$636 ;
@@ -1956,42 +1964,42 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$64 ;
   wire \$640 ;
   wire \$641 ;
-  wire [16:0] \$642 ;
-  wire [16:0] \$643 ;
+  wire \$642 ;
+  wire \$643 ;
   wire \$644 ;
-  wire [32:0] \$645 ;
+  wire \$645 ;
   wire \$646 ;
-  wire \$647 ;
-  wire \$648 ;
-  wire [32:0] \$649 ;
+  wire [16:0] \$647 ;
+  wire [16:0] \$648 ;
+  wire \$649 ;
   wire \$65 ;
-  wire \$650 ;
+  wire [32:0] \$650 ;
   wire \$651 ;
   wire \$652 ;
   wire \$653 ;
-  wire \$654 ;
-  wire [16:0] \$655 ;
-  wire [16:0] \$656 ;
+  wire [32:0] \$654 ;
+  wire \$655 ;
+  wire \$656 ;
   wire \$657 ;
-  wire [32:0] \$658 ;
+  wire \$658 ;
   wire \$659 ;
   wire \$66 ;
-  wire \$660 ;
-  wire \$661 ;
+  wire [16:0] \$660 ;
+  wire [16:0] \$661 ;
   wire \$662 ;
-  wire \$663 ;
+  wire [32:0] \$663 ;
   wire \$664 ;
-  wire [16:0] \$665 ;
-  wire [16:0] \$666 ;
+  wire \$665 ;
+  wire \$666 ;
   wire \$667 ;
   wire \$668 ;
-  wire [16:0] \$669 ;
+  wire \$669 ;
   wire [63:0] \$67 ;
-  wire \$670 ;
-  wire \$671 ;
+  wire [16:0] \$670 ;
+  wire [16:0] \$671 ;
   wire \$672 ;
   wire \$673 ;
-  wire \$674 ;
+  wire [16:0] \$674 ;
   wire \$675 ;
   wire \$676 ;
   wire \$677 ;
@@ -2002,71 +2010,71 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$681 ;
   wire \$682 ;
   wire \$683 ;
-  wire [9:0] \$684 ;
-  wire [16:0] \$685 ;
-  reg \$686 ;
+  wire \$684 ;
+  wire \$685 ;
+  wire \$686 ;
   wire \$687 ;
   wire \$688 ;
-  wire \$689 ;
+  wire [9:0] \$689 ;
   wire \$69 ;
-  wire \$690 ;
-  wire \$691 ;
+  wire [16:0] \$690 ;
+  reg \$691 ;
   wire \$692 ;
-  reg \$693 ;
+  wire \$693 ;
   wire \$694 ;
   wire \$695 ;
   wire \$696 ;
   wire \$697 ;
-  wire \$698 ;
-  reg \$699 ;
+  reg \$698 ;
+  wire \$699 ;
   wire \$7 ;
   wire \$70 ;
   wire \$700 ;
   wire \$701 ;
   wire \$702 ;
   wire \$703 ;
-  wire \$704 ;
-  reg \$705 ;
+  reg \$704 ;
+  wire \$705 ;
   wire \$706 ;
   wire \$707 ;
   wire \$708 ;
   wire \$709 ;
   wire \$71 ;
-  wire \$710 ;
-  reg \$711 ;
+  reg \$710 ;
+  wire \$711 ;
   wire \$712 ;
   wire \$713 ;
   wire \$714 ;
   wire \$715 ;
-  wire \$716 ;
-  reg \$717 ;
+  reg \$716 ;
+  wire \$717 ;
   wire \$718 ;
   wire \$719 ;
   wire \$72 ;
   wire \$720 ;
   wire \$721 ;
-  wire \$722 ;
-  reg \$723 ;
+  reg \$722 ;
+  wire \$723 ;
   wire \$724 ;
   wire \$725 ;
   wire \$726 ;
   wire \$727 ;
-  wire \$728 ;
-  reg \$729 ;
+  reg \$728 ;
+  wire \$729 ;
   wire \$73 ;
   wire \$730 ;
   wire \$731 ;
   wire \$732 ;
   wire \$733 ;
-  wire \$734 ;
-  reg \$735 ;
+  reg \$734 ;
+  wire \$735 ;
   wire \$736 ;
   wire \$737 ;
   wire \$738 ;
   wire \$739 ;
   wire [15:0] \$74 ;
-  wire \$740 ;
-  reg \$741 ;
+  reg \$740 ;
+  wire \$741 ;
   wire \$742 ;
   wire \$743 ;
   wire \$744 ;
@@ -2077,154 +2085,154 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$749 ;
   wire \$75 ;
   wire \$750 ;
-  wire \$751 ;
+  reg \$751 ;
   wire \$752 ;
-  wire [4:0] \$753 ;
-  wire [16:0] \$754 ;
-  wire [16:0] \$755 ;
+  wire \$753 ;
+  wire \$754 ;
+  wire \$755 ;
   wire \$756 ;
   wire \$757 ;
-  wire [16:0] \$758 ;
+  wire [4:0] \$758 ;
   wire [16:0] \$759 ;
   wire [15:0] \$76 ;
-  wire \$760 ;
+  wire [16:0] \$760 ;
   wire \$761 ;
   wire \$762 ;
-  wire \$763 ;
-  wire [4:0] \$764 ;
-  wire [9:0] \$765 ;
-  wire [16:0] \$766 ;
+  wire [16:0] \$763 ;
+  wire [16:0] \$764 ;
+  wire \$765 ;
+  wire \$766 ;
   wire \$767 ;
   wire \$768 ;
-  wire \$769 ;
+  wire [4:0] \$769 ;
   wire \$77 ;
-  wire \$770 ;
-  wire \$771 ;
+  wire [9:0] \$770 ;
+  wire [16:0] \$771 ;
   wire \$772 ;
   wire \$773 ;
   wire \$774 ;
-  wire [32:0] \$775 ;
+  wire \$775 ;
   wire \$776 ;
-  wire [16:0] \$777 ;
-  wire [16:0] \$778 ;
+  wire \$777 ;
+  wire \$778 ;
   wire \$779 ;
   wire \$78 ;
-  wire [16:0] \$780 ;
-  wire [16:0] \$781 ;
-  wire \$782 ;
-  reg \$783 ;
+  wire [32:0] \$780 ;
+  wire \$781 ;
+  wire [16:0] \$782 ;
+  wire [16:0] \$783 ;
   wire \$784 ;
-  wire \$785 ;
-  wire \$786 ;
+  wire [16:0] \$785 ;
+  wire [16:0] \$786 ;
   wire \$787 ;
-  wire \$788 ;
-  wire [16:0] \$789 ;
+  reg \$788 ;
+  wire \$789 ;
   wire \$79 ;
-  wire [10:0] \$790 ;
+  wire \$790 ;
   wire \$791 ;
-  wire [16:0] \$792 ;
+  wire \$792 ;
   wire \$793 ;
-  wire \$794 ;
-  wire [4:0] \$795 ;
-  wire [9:0] \$796 ;
-  wire [32:0] \$797 ;
-  wire [33:0] \$798 ;
+  wire [16:0] \$794 ;
+  wire [10:0] \$795 ;
+  wire \$796 ;
+  wire [16:0] \$797 ;
+  wire \$798 ;
   wire \$799 ;
   wire \$8 ;
   wire \$80 ;
-  wire \$800 ;
-  wire \$801 ;
-  wire \$802 ;
-  wire \$803 ;
+  wire [4:0] \$800 ;
+  wire [9:0] \$801 ;
+  wire [32:0] \$802 ;
+  wire [33:0] \$803 ;
   wire \$804 ;
   wire \$805 ;
   wire \$806 ;
   wire \$807 ;
   wire \$808 ;
-  wire [16:0] \$809 ;
+  wire \$809 ;
   wire \$81 ;
-  wire [16:0] \$810 ;
+  wire \$810 ;
   wire \$811 ;
-  wire [32:0] \$812 ;
+  wire \$812 ;
   wire \$813 ;
-  wire \$814 ;
-  wire \$815 ;
-  wire [9:0] \$816 ;
-  wire [10:0] \$817 ;
-  reg \$818 ;
+  wire [16:0] \$814 ;
+  wire [16:0] \$815 ;
+  wire \$816 ;
+  wire [32:0] \$817 ;
+  wire \$818 ;
   wire \$819 ;
   wire \$82 ;
   wire \$820 ;
-  wire \$821 ;
-  wire \$822 ;
-  wire \$823 ;
+  wire [9:0] \$821 ;
+  wire [10:0] \$822 ;
+  reg \$823 ;
   wire \$824 ;
   wire \$825 ;
   wire \$826 ;
-  reg \$827 ;
+  wire \$827 ;
   wire \$828 ;
   wire \$829 ;
   wire \$83 ;
   wire \$830 ;
   wire \$831 ;
-  wire \$832 ;
+  reg \$832 ;
   wire \$833 ;
   wire \$834 ;
-  reg \$835 ;
+  wire \$835 ;
   wire \$836 ;
   wire \$837 ;
   wire \$838 ;
   wire \$839 ;
   wire \$84 ;
-  wire \$840 ;
+  reg \$840 ;
   wire \$841 ;
   wire \$842 ;
-  reg \$843 ;
+  wire \$843 ;
   wire \$844 ;
   wire \$845 ;
   wire \$846 ;
   wire \$847 ;
-  wire \$848 ;
+  reg \$848 ;
   wire \$849 ;
   wire \$85 ;
   wire \$850 ;
-  reg \$851 ;
+  wire \$851 ;
   wire \$852 ;
   wire \$853 ;
   wire \$854 ;
   wire \$855 ;
-  wire \$856 ;
+  reg \$856 ;
   wire \$857 ;
   wire \$858 ;
-  reg \$859 ;
+  wire \$859 ;
   wire \$86 ;
   wire \$860 ;
   wire \$861 ;
   wire \$862 ;
   wire \$863 ;
-  wire \$864 ;
+  reg \$864 ;
   wire \$865 ;
   wire \$866 ;
-  reg \$867 ;
+  wire \$867 ;
   wire \$868 ;
   wire \$869 ;
   wire \$87 ;
   wire \$870 ;
   wire \$871 ;
-  wire \$872 ;
+  reg \$872 ;
   wire \$873 ;
   wire \$874 ;
-  reg \$875 ;
+  wire \$875 ;
   wire \$876 ;
   wire \$877 ;
   wire \$878 ;
   wire \$879 ;
   wire \$88 ;
-  wire \$880 ;
+  reg \$880 ;
   wire \$881 ;
   wire \$882 ;
-  wire [3:0] \$883 ;
-  wire [3:0] \$884 ;
+  wire \$883 ;
+  wire \$884 ;
   wire \$885 ;
   wire \$886 ;
   wire \$887 ;
@@ -2234,20 +2242,20 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$890 ;
   wire \$891 ;
   wire \$892 ;
-  wire \$893 ;
-  wire \$894 ;
-  wire [32:0] \$895 ;
-  wire [16:0] \$896 ;
-  wire [16:0] \$897 ;
-  reg [13:0] \$898 ;
-  reg [15:0] \$899 ;
+  wire [3:0] \$893 ;
+  wire [3:0] \$894 ;
+  wire \$895 ;
+  wire \$896 ;
+  wire \$897 ;
+  wire \$898 ;
+  wire \$899 ;
   wire \$9 ;
   wire \$90 ;
-  reg \$900 ;
-  reg \$901 ;
-  reg \$902 ;
-  reg \$903 ;
-  reg \$904 ;
+  wire [32:0] \$900 ;
+  wire [16:0] \$901 ;
+  wire [16:0] \$902 ;
+  reg [13:0] \$903 ;
+  reg [15:0] \$904 ;
   reg \$905 ;
   reg \$906 ;
   reg \$907 ;
@@ -2261,38 +2269,38 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   reg \$914 ;
   reg \$915 ;
   reg \$916 ;
-  reg [15:0] \$917 ;
+  reg \$917 ;
   reg \$918 ;
   reg \$919 ;
   wire \$92 ;
   reg \$920 ;
   reg \$921 ;
-  reg \$922 ;
+  reg [15:0] \$922 ;
   reg \$923 ;
   reg \$924 ;
-  reg [2:0] \$925 ;
-  reg [2:0] \$926 ;
+  reg \$925 ;
+  reg \$926 ;
   reg \$927 ;
   reg \$928 ;
-  reg [2:0] \$929 ;
+  reg \$929 ;
   wire \$93 ;
   reg [2:0] \$930 ;
-  reg \$931 ;
+  reg [2:0] \$931 ;
   reg \$932 ;
   reg \$933 ;
-  reg \$934 ;
-  reg \$935 ;
+  reg [2:0] \$934 ;
+  reg [2:0] \$935 ;
   reg \$936 ;
   reg \$937 ;
   reg \$938 ;
   reg \$939 ;
   wire \$94 ;
-  reg [47:0] \$940 ;
-  reg [47:0] \$941 ;
-  reg [47:0] \$942 ;
-  reg [47:0] \$943 ;
-  reg [47:0] \$944 ;
-  reg [47:0] \$945 ;
+  reg \$940 ;
+  reg \$941 ;
+  reg \$942 ;
+  reg \$943 ;
+  reg \$944 ;
+  reg \$945 ;
   reg [47:0] \$946 ;
   reg [47:0] \$947 ;
   reg [47:0] \$948 ;
@@ -2305,29 +2313,29 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   reg [47:0] \$954 ;
   reg [47:0] \$955 ;
   reg [47:0] \$956 ;
-  reg \$957 ;
-  reg \$958 ;
-  reg \$959 ;
+  reg [47:0] \$957 ;
+  reg [47:0] \$958 ;
+  reg [47:0] \$959 ;
   wire \$96 ;
-  reg \$960 ;
-  reg \$961 ;
-  reg [31:0] \$962 ;
+  reg [47:0] \$960 ;
+  reg [47:0] \$961 ;
+  reg [47:0] \$962 ;
   reg \$963 ;
   reg \$964 ;
-  reg [3:0] \$965 ;
+  reg \$965 ;
   reg \$966 ;
-  reg [31:0] \$967 ;
+  reg \$967 ;
   reg [31:0] \$968 ;
-  reg [15:0] \$969 ;
+  reg \$969 ;
   wire \$97 ;
-  reg [31:0] \$970 ;
-  reg [2:0] \$971 ;
+  reg \$970 ;
+  reg [3:0] \$971 ;
   reg \$972 ;
-  reg \$973 ;
-  reg \$974 ;
-  reg \$975 ;
-  reg \$976 ;
-  reg \$977 ;
+  reg [31:0] \$973 ;
+  reg [31:0] \$974 ;
+  reg [15:0] \$975 ;
+  reg [31:0] \$976 ;
+  reg [2:0] \$977 ;
   reg \$978 ;
   reg \$979 ;
   wire \$98 ;
@@ -2351,16 +2359,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   reg \$996 ;
   reg \$997 ;
   reg \$998 ;
-  reg [511:0] \$999 ;
+  reg \$999 ;
   reg \$signal  = 1'h0;
   reg \$signal$348  = 1'h0;
   reg \$signal$493  = 1'h0;
-  reg [31:0] \$signal$571  = 32'd0;
   reg [31:0] \$signal$572  = 32'd0;
-  reg \$signal$595  = 1'h0;
-  reg [15:0] \$signal$598  = 16'h0000;
-  reg [15:0] \$signal$599  = 16'h0000;
-  reg [3:0] \$signal$600  = 4'h0;
+  reg [31:0] \$signal$573  = 32'd0;
+  reg \$signal$598  = 1'h0;
+  reg [15:0] \$signal$601  = 16'h0000;
+  reg [15:0] \$signal$602  = 16'h0000;
+  reg [3:0] \$signal$603  = 4'h0;
   wire [63:0] a__payload;
   reg [81:0] \a__payload$416 ;
   wire [80:0] \a__payload$416.data ;
@@ -2569,7 +2577,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   reg busy = 1'h0;
   (* init = 1'h0 *)
   wire \busy$136 ;
-  wire \busy$618 ;
+  wire \busy$621 ;
   wire [4:0] c__payload;
   (* init = 66'h00000000000000000 *)
   wire [65:0] \c__payload$149 ;
@@ -2602,10 +2610,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   (* init = 1'h0 *)
   wire \c__valid$154 ;
   reg [31:0] c_addr = 32'd0;
+  reg [15:0] c_arrive = 16'h0000;
+  reg c_arrive_last = 1'h0;
   reg [15:0] c_ask = 16'h0000;
   reg [65:0] c_data = 66'h00000000000000000;
   reg [15:0] c_due = 16'h0000;
   wire c_fire;
+  reg c_flag_bad = 1'h0;
   reg c_full = 1'h0;
   reg c_last = 1'h0;
   reg [2:0] c_lb;
@@ -2718,7 +2729,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \i__valid$515 ;
   wire \i__valid$517 ;
   wire idle;
-  wire \idle$588 ;
+  wire \idle$591 ;
   input [31:0] image_stride;
   wire [31:0] image_stride;
   input [15:0] images;
@@ -3666,7 +3677,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   assign \$457  = in_decode & \$456 ;
   assign \$458  = \$457  & d_end_more;
   assign \$459  = images_left - 1'h1;
-  assign \$460  = offset + \$signal$572 ;
+  assign \$460  = offset + \$signal$573 ;
   assign \$461  = in_stream & op_done;
   assign \$462  = | fault_q;
   assign \$463  = ~ \$462 ;
@@ -3678,415 +3689,420 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   assign \$469  = req__ready & \$468 ;
   assign \$470  = 1'h1 << dec_c_lb;
   assign \$471  = ins[509:498] == 1'h1;
-  assign \$472  = | decode_wait;
-  assign \$473  = decode_wait - 1'h1;
-  assign \$474  = decode_wait == 1'h1;
-  assign \$475  = is_softmax | pre_sm;
-  assign \$476  = is_layernorm | pre_ln;
-  assign \$477  = is_gelu | is_add;
-  assign \$478  = \$477  | post_gelu;
-  assign \$479  = \$478  | post_add;
-  assign \$480  = is_gelu | is_add;
-  assign \$481  = \$480  | post_gelu;
-  assign \$482  = \$481  | post_add;
-  assign \$483  = \$482  & add_sel;
-  assign \$484  = is_gelu | is_add;
-  assign \$485  = \$484  | post_gelu;
-  assign \$486  = \$485  | post_add;
-  assign \$487  = \$486  & gelu_sel0;
-  assign \$488  = ~ post_gelu;
-  assign \$489  = is_gemm & \$488 ;
-  assign \$490  = ~ post_add;
-  assign \$491  = \$489  & \$490 ;
-  assign \$492  = is_gemm & pre_sm;
-  assign \$493  = is_gemm & pre_ln;
-  assign \$494  = ~ pre_sm;
-  assign \$495  = is_gemm & \$494 ;
-  assign \$496  = ~ pre_ln;
-  assign \$497  = \$495  & \$496 ;
-  assign \$498  = ~ is_load;
-  assign \$499  = ~ is_linear;
-  assign \$500  = is_gemm & \$499 ;
-  assign \$501  = add_sel | \$500 ;
-  assign \$502  = is_gelu | is_add;
-  assign \$503  = post_gelu | post_add;
-  assign \$504  = is_gemm & \$503 ;
-  assign \$505  = | c_ask;
-  assign \$506  = \$505  & req__ready;
-  assign \$507  = c_ask - 1'h1;
-  assign \$508  = c_addr + c_step;
-  assign \$509  = ~ c_full;
-  assign \$510  = beat__valid & \$509 ;
-  assign \$511  = ~ beat__payload[512];
+  assign \$472  = ins[509:498] == 1'h1;
+  assign \$473  = | decode_wait;
+  assign \$474  = decode_wait - 1'h1;
+  assign \$475  = decode_wait == 1'h1;
+  assign \$476  = is_softmax | pre_sm;
+  assign \$477  = is_layernorm | pre_ln;
+  assign \$478  = is_gelu | is_add;
+  assign \$479  = \$478  | post_gelu;
+  assign \$480  = \$479  | post_add;
+  assign \$481  = is_gelu | is_add;
+  assign \$482  = \$481  | post_gelu;
+  assign \$483  = \$482  | post_add;
+  assign \$484  = \$483  & add_sel;
+  assign \$485  = is_gelu | is_add;
+  assign \$486  = \$485  | post_gelu;
+  assign \$487  = \$486  | post_add;
+  assign \$488  = \$487  & gelu_sel0;
+  assign \$489  = ~ post_gelu;
+  assign \$490  = is_gemm & \$489 ;
+  assign \$491  = ~ post_add;
+  assign \$492  = \$490  & \$491 ;
+  assign \$493  = is_gemm & pre_sm;
+  assign \$494  = is_gemm & pre_ln;
+  assign \$495  = ~ pre_sm;
+  assign \$496  = is_gemm & \$495 ;
+  assign \$497  = ~ pre_ln;
+  assign \$498  = \$496  & \$497 ;
+  assign \$499  = ~ is_load;
+  assign \$500  = ~ is_linear;
+  assign \$501  = is_gemm & \$500 ;
+  assign \$502  = add_sel | \$501 ;
+  assign \$503  = is_gelu | is_add;
+  assign \$504  = post_gelu | post_add;
+  assign \$505  = is_gemm & \$504 ;
+  assign \$506  = | c_ask;
+  assign \$507  = \$506  & req__ready;
+  assign \$508  = c_ask - 1'h1;
+  assign \$509  = c_addr + c_step;
+  assign \$510  = ~ c_full;
+  assign \$511  = beat__valid & \$510 ;
   assign \$512  = ~ beat__payload[512];
-  assign \$513  = const_to0 & \$512 ;
-  assign \$514  = ~ beat__payload[512];
-  assign \$515  = const_to1 & \$514 ;
-  assign \$516  = ~ beat__payload[512];
-  assign \$517  = const_to2 & \$516 ;
-  assign \$518  = ~ beat__payload[512];
-  assign \$519  = const_to3 & \$518 ;
-  assign \$520  = c_due - 1'h1;
-  assign \$521  = c_due == 2'h2;
-  assign \$522  = is_gelu | is_add;
-  assign \$523  = \$522  | post_gelu;
-  assign \$524  = \$523  | post_add;
-  assign \$525  = is_gelu | is_add;
-  assign \$526  = \$525  | post_gelu;
-  assign \$527  = \$526  | post_add;
-  assign \$528  = \$527  & add_sel;
-  assign \$529  = is_gelu | is_add;
-  assign \$530  = \$529  | post_gelu;
-  assign \$531  = \$530  | post_add;
-  assign \$532  = \$531  & gelu_sel0;
-  assign \$533  = ~ post_gelu;
-  assign \$534  = is_gemm & \$533 ;
-  assign \$535  = ~ post_add;
-  assign \$536  = \$534  & \$535 ;
-  assign \$537  = is_gemm & pre_sm;
-  assign \$538  = is_gemm & pre_ln;
-  assign \$539  = ~ pre_sm;
-  assign \$540  = is_gemm & \$539 ;
-  assign \$541  = ~ pre_ln;
-  assign \$542  = \$540  & \$541 ;
-  assign \$543  = ~ is_load;
-  assign \$544  = ~ is_linear;
+  assign \$513  = c_arrive - 1'h1;
+  assign \$514  = c_arrive == 2'h2;
+  assign \$515  = beat__payload[65] != c_arrive_last;
+  assign \$516  = const_to1 & \$515 ;
+  assign \$517  = ~ beat__payload[512];
+  assign \$518  = const_to0 & \$517 ;
+  assign \$519  = ~ beat__payload[512];
+  assign \$520  = const_to1 & \$519 ;
+  assign \$521  = ~ beat__payload[512];
+  assign \$522  = const_to2 & \$521 ;
+  assign \$523  = ~ beat__payload[512];
+  assign \$524  = const_to3 & \$523 ;
+  assign \$525  = c_due - 1'h1;
+  assign \$526  = c_due == 2'h2;
+  assign \$527  = is_gelu | is_add;
+  assign \$528  = \$527  | post_gelu;
+  assign \$529  = \$528  | post_add;
+  assign \$530  = is_gelu | is_add;
+  assign \$531  = \$530  | post_gelu;
+  assign \$532  = \$531  | post_add;
+  assign \$533  = \$532  & add_sel;
+  assign \$534  = is_gelu | is_add;
+  assign \$535  = \$534  | post_gelu;
+  assign \$536  = \$535  | post_add;
+  assign \$537  = \$536  & gelu_sel0;
+  assign \$538  = ~ post_gelu;
+  assign \$539  = is_gemm & \$538 ;
+  assign \$540  = ~ post_add;
+  assign \$541  = \$539  & \$540 ;
+  assign \$542  = is_gemm & pre_sm;
+  assign \$543  = is_gemm & pre_ln;
+  assign \$544  = ~ pre_sm;
   assign \$545  = is_gemm & \$544 ;
-  assign \$546  = add_sel | \$545 ;
-  assign \$547  = is_gelu | is_add;
-  assign \$548  = post_gelu | post_add;
-  assign \$549  = is_gemm & \$548 ;
-  assign \$550  = | ins[509:498];
-  assign \$551  = ~ \$550 ;
+  assign \$546  = ~ pre_ln;
+  assign \$547  = \$545  & \$546 ;
+  assign \$548  = ~ is_load;
+  assign \$549  = ~ is_linear;
+  assign \$550  = is_gemm & \$549 ;
+  assign \$551  = add_sel | \$550 ;
   assign \$552  = is_gelu | is_add;
-  assign \$553  = \$552  | post_gelu;
-  assign \$554  = \$553  | post_add;
-  assign \$555  = is_gelu | is_add;
-  assign \$556  = \$555  | post_gelu;
-  assign \$557  = \$556  | post_add;
-  assign \$558  = \$557  & add_sel;
-  assign \$559  = is_gelu | is_add;
-  assign \$560  = \$559  | post_gelu;
-  assign \$561  = \$560  | post_add;
-  assign \$562  = \$561  & gelu_sel0;
-  assign \$563  = ~ post_gelu;
-  assign \$564  = is_gemm & \$563 ;
-  assign \$565  = ~ post_add;
-  assign \$566  = \$564  & \$565 ;
-  assign \$567  = is_gemm & pre_sm;
-  assign \$568  = is_gemm & pre_ln;
-  assign \$569  = ~ pre_sm;
-  assign \$570  = is_gemm & \$569 ;
-  assign \$571  = ~ pre_ln;
-  assign \$572  = \$570  & \$571 ;
-  assign \$573  = ~ is_load;
-  assign \$574  = ~ is_linear;
+  assign \$553  = post_gelu | post_add;
+  assign \$554  = is_gemm & \$553 ;
+  assign \$555  = | ins[509:498];
+  assign \$556  = ~ \$555 ;
+  assign \$557  = is_gelu | is_add;
+  assign \$558  = \$557  | post_gelu;
+  assign \$559  = \$558  | post_add;
+  assign \$560  = is_gelu | is_add;
+  assign \$561  = \$560  | post_gelu;
+  assign \$562  = \$561  | post_add;
+  assign \$563  = \$562  & add_sel;
+  assign \$564  = is_gelu | is_add;
+  assign \$565  = \$564  | post_gelu;
+  assign \$566  = \$565  | post_add;
+  assign \$567  = \$566  & gelu_sel0;
+  assign \$568  = ~ post_gelu;
+  assign \$569  = is_gemm & \$568 ;
+  assign \$570  = ~ post_add;
+  assign \$571  = \$569  & \$570 ;
+  assign \$572  = is_gemm & pre_sm;
+  assign \$573  = is_gemm & pre_ln;
+  assign \$574  = ~ pre_sm;
   assign \$575  = is_gemm & \$574 ;
-  assign \$576  = add_sel | \$575 ;
-  assign \$577  = is_gelu | is_add;
-  assign \$578  = post_gelu | post_add;
-  assign \$579  = is_gemm & \$578 ;
-  assign \$580  = | fault_q;
-  assign \$581  = ~ \$580 ;
-  assign \$582  = op_done & \$581 ;
-  assign \$583  = ~ addr_fault;
-  assign \$584  = \$582  & \$583 ;
-  assign \$585  = ~ is_load;
-  assign \$586  = src0_outside & \$585 ;
-  assign \$587  = ~ is_gemm;
-  assign \$588  = \$586  & \$587 ;
-  assign \$589  = src1_outside & is_add;
-  assign \$590  = \$588  | \$589 ;
-  assign \$591  = ~ is_store;
-  assign \$592  = dst_outside & \$591 ;
-  assign \$593  = ~ is_gemm;
-  assign \$594  = \$592  & \$593 ;
-  assign \$595  = \$590  | \$594 ;
-  assign \$596  = | fault_q;
-  assign \$597  = idle & \idle$588 ;
-  assign \$598  = is_softmax | is_layernorm;
-  assign \$599  = ~ ld_off_valid;
-  assign \$600  = ~ ext_req_valid;
-  assign \$601  = \$600  | req__ready;
-  assign \$602  = \$599  | \$601 ;
-  assign \$603  = $signed(addr) << ins[23:22];
-  assign \$604  = ~ ext_req_valid;
-  assign \$605  = \$604  | req__ready;
-  assign \$606  = $signed({ 1'h0, dec_ext_base }) + $signed(ld_off);
-  assign \$607  = ~ ext_req_valid;
-  assign \$608  = \$607  | \req__ready$504 ;
-  assign \$609  = sink_from_store & \$608 ;
-  assign \$610  = $signed(\addr$122 ) << ins[23:22];
-  assign \$611  = $signed({ 1'h0, dec_ext_base }) + $signed(\$610 );
-  assign \$612  = \w_en$189  & \w_rdy$266 ;
-  assign \$613  = ~ \w_en$189 ;
-  assign \$614  = \$613  | \w_rdy$266 ;
-  assign \$615  = ~ \w_en$189 ;
-  assign \$616  = \$615  | \w_rdy$266 ;
-  assign \$617  = \$616  & elem_valid;
-  assign \$618  = ~ add_sel;
-  assign \$619  = r_rdy | \$618 ;
-  assign \$620  = \$617  & \$619 ;
-  assign \$621  = pack_j == 2'h3;
-  assign \$622  = \$621  | elem_final;
-  assign \$623  = pack_j + 1'h1;
-  assign \$624  = \r_rdy$274  & \valid$275 ;
-  assign \$625  = pack_jo == 2'h3;
-  assign \$626  = \$625  | \final ;
-  assign \$627  = pack_jo + 1'h1;
-  assign \$628  = 1'h1 << w_lb;
-  assign \$629  = | dec_tiles;
-  assign \$630  = | dec_k_last;
-  assign \$631  = ~ \$630 ;
-  assign \$632  = | dec_nt_last;
-  assign \$633  = ~ \$632 ;
-  assign \$634  = \$signal$493  & req__ready;
-  assign \$635  = ~ want_w;
-  assign \$636  = \$635  & is_linear;
-  assign \$637  = ~ is_linear;
-  assign \$638  = want_w & \$signal$595 ;
-  assign \$639  = \$637  | \$638 ;
-  assign \$640  = ~ \$639 ;
-  assign \$641  = want_w & \$640 ;
-  assign \$642  = k + 1'h1;
-  assign \$643  = k + 1'h1;
-  assign \$644  = \$643  == dec_k_last;
-  assign \$645  = w_addr + w_step;
-  assign \$646  = ~ is_linear;
-  assign \$647  = want_w & \$signal$595 ;
-  assign \$648  = \$646  | \$647 ;
-  assign \$649  = tiles - 1'h1;
-  assign \$650  = tiles != 1'h1;
-  assign \$651  = | dec_k_last;
-  assign \$652  = ~ \$651 ;
-  assign \$653  = | dec_nt_last;
-  assign \$654  = ~ \$653 ;
-  assign \$655  = nt + 1'h1;
-  assign \$656  = nt + 1'h1;
-  assign \$657  = \$656  == dec_nt_last;
-  assign \$658  = p_addr + 7'h40;
-  assign \$659  = ~ is_linear;
-  assign \$660  = \$659  | rk_zero;
-  assign \$661  = \$660  ? p__ready : \w_rdy$502 ;
-  assign \$662  = beat__valid & \$661 ;
-  assign \$663  = \$662  & is_linear;
-  assign \$664  = rk == ins[87:72];
-  assign \$665  = rk + 1'h1;
-  assign \$666  = \$664  ? 17'h00000 : \$665 ;
-  assign \$667  = rk == ins[87:72];
-  assign \$668  = \$signal  == \$signal$348 ;
-  assign \$669  = \$signal$599  + 1'h1;
-  assign \$670  = \$signal$598  > \$669 ;
-  assign \$671  = \$668  & \$670 ;
-  assign \$672  = pre_ln | pre_sm;
-  assign \$673  = ~ \$672 ;
-  assign \$674  = \$671  & \$673 ;
-  assign \$675  = ~ in_decode;
-  assign \$676  = \$674  & \$675 ;
-  assign \$677  = | dec_k_last;
+  assign \$576  = ~ pre_ln;
+  assign \$577  = \$575  & \$576 ;
+  assign \$578  = ~ is_load;
+  assign \$579  = ~ is_linear;
+  assign \$580  = is_gemm & \$579 ;
+  assign \$581  = add_sel | \$580 ;
+  assign \$582  = is_gelu | is_add;
+  assign \$583  = post_gelu | post_add;
+  assign \$584  = is_gemm & \$583 ;
+  assign \$585  = | fault_q;
+  assign \$586  = ~ \$585 ;
+  assign \$587  = op_done & \$586 ;
+  assign \$588  = ~ addr_fault;
+  assign \$589  = \$587  & \$588 ;
+  assign \$590  = ~ is_load;
+  assign \$591  = src0_outside & \$590 ;
+  assign \$592  = ~ is_gemm;
+  assign \$593  = \$591  & \$592 ;
+  assign \$594  = src1_outside & is_add;
+  assign \$595  = \$593  | \$594 ;
+  assign \$596  = ~ is_store;
+  assign \$597  = dst_outside & \$596 ;
+  assign \$598  = ~ is_gemm;
+  assign \$599  = \$597  & \$598 ;
+  assign \$600  = \$595  | \$599 ;
+  assign \$601  = | fault_q;
+  assign \$602  = idle & \idle$591 ;
+  assign \$603  = is_softmax | is_layernorm;
+  assign \$604  = ~ ld_off_valid;
+  assign \$605  = ~ ext_req_valid;
+  assign \$606  = \$605  | req__ready;
+  assign \$607  = \$604  | \$606 ;
+  assign \$608  = $signed(addr) << ins[23:22];
+  assign \$609  = ~ ext_req_valid;
+  assign \$610  = \$609  | req__ready;
+  assign \$611  = $signed({ 1'h0, dec_ext_base }) + $signed(ld_off);
+  assign \$612  = ~ ext_req_valid;
+  assign \$613  = \$612  | \req__ready$504 ;
+  assign \$614  = sink_from_store & \$613 ;
+  assign \$615  = $signed(\addr$122 ) << ins[23:22];
+  assign \$616  = $signed({ 1'h0, dec_ext_base }) + $signed(\$615 );
+  assign \$617  = \w_en$189  & \w_rdy$266 ;
+  assign \$618  = ~ \w_en$189 ;
+  assign \$619  = \$618  | \w_rdy$266 ;
+  assign \$620  = ~ \w_en$189 ;
+  assign \$621  = \$620  | \w_rdy$266 ;
+  assign \$622  = \$621  & elem_valid;
+  assign \$623  = ~ add_sel;
+  assign \$624  = r_rdy | \$623 ;
+  assign \$625  = \$622  & \$624 ;
+  assign \$626  = pack_j == 2'h3;
+  assign \$627  = \$626  | elem_final;
+  assign \$628  = pack_j + 1'h1;
+  assign \$629  = \r_rdy$274  & \valid$275 ;
+  assign \$630  = pack_jo == 2'h3;
+  assign \$631  = \$630  | \final ;
+  assign \$632  = pack_jo + 1'h1;
+  assign \$633  = 1'h1 << w_lb;
+  assign \$634  = | dec_tiles;
+  assign \$635  = | dec_k_last;
+  assign \$636  = ~ \$635 ;
+  assign \$637  = | dec_nt_last;
+  assign \$638  = ~ \$637 ;
+  assign \$639  = \$signal$493  & req__ready;
+  assign \$640  = ~ want_w;
+  assign \$641  = \$640  & is_linear;
+  assign \$642  = ~ is_linear;
+  assign \$643  = want_w & \$signal$598 ;
+  assign \$644  = \$642  | \$643 ;
+  assign \$645  = ~ \$644 ;
+  assign \$646  = want_w & \$645 ;
+  assign \$647  = k + 1'h1;
+  assign \$648  = k + 1'h1;
+  assign \$649  = \$648  == dec_k_last;
+  assign \$650  = w_addr + w_step;
+  assign \$651  = ~ is_linear;
+  assign \$652  = want_w & \$signal$598 ;
+  assign \$653  = \$651  | \$652 ;
+  assign \$654  = tiles - 1'h1;
+  assign \$655  = tiles != 1'h1;
+  assign \$656  = | dec_k_last;
+  assign \$657  = ~ \$656 ;
+  assign \$658  = | dec_nt_last;
+  assign \$659  = ~ \$658 ;
+  assign \$660  = nt + 1'h1;
+  assign \$661  = nt + 1'h1;
+  assign \$662  = \$661  == dec_nt_last;
+  assign \$663  = p_addr + 7'h40;
+  assign \$664  = ~ is_linear;
+  assign \$665  = \$664  | rk_zero;
+  assign \$666  = \$665  ? p__ready : \w_rdy$502 ;
+  assign \$667  = beat__valid & \$666 ;
+  assign \$668  = \$667  & is_linear;
+  assign \$669  = rk == ins[87:72];
+  assign \$670  = rk + 1'h1;
+  assign \$671  = \$669  ? 17'h00000 : \$670 ;
+  assign \$672  = rk == ins[87:72];
+  assign \$673  = \$signal  == \$signal$348 ;
+  assign \$674  = \$signal$602  + 1'h1;
+  assign \$675  = \$signal$601  > \$674 ;
+  assign \$676  = \$673  & \$675 ;
+  assign \$677  = pre_ln | pre_sm;
   assign \$678  = ~ \$677 ;
-  assign \$679  = | dec_k_last;
-  assign \$680  = ~ \$679 ;
-  assign \$681  = | dec_nt_last;
-  assign \$682  = ~ \$681 ;
-  assign \$683  = | dec_blocks;
-  assign \$684  = \$signal  * 9'h100;
-  assign \$685  = \$684  + \$signal$598 ;
+  assign \$679  = \$676  & \$678 ;
+  assign \$680  = ~ in_decode;
+  assign \$681  = \$679  & \$680 ;
+  assign \$682  = | dec_k_last;
+  assign \$683  = ~ \$682 ;
+  assign \$684  = | dec_k_last;
+  assign \$685  = ~ \$684 ;
+  assign \$686  = | dec_nt_last;
   assign \$687  = ~ \$686 ;
-  assign \$688  = a_in_valid & \$687 ;
-  assign \$689  = gemm_active & \$688 ;
-  assign \$690  = | \$signal$600 ;
-  assign \$691  = ~ \$690 ;
-  assign \$692  = \$689  & \$691 ;
-  assign \$694  = ~ \$693 ;
-  assign \$695  = a_in_valid & \$694 ;
-  assign \$696  = gemm_active & \$695 ;
-  assign \$697  = \$signal$600  == 1'h1;
-  assign \$698  = \$696  & \$697 ;
-  assign \$700  = ~ \$699 ;
-  assign \$701  = a_in_valid & \$700 ;
-  assign \$702  = gemm_active & \$701 ;
-  assign \$703  = \$signal$600  == 2'h2;
-  assign \$704  = \$702  & \$703 ;
-  assign \$706  = ~ \$705 ;
-  assign \$707  = a_in_valid & \$706 ;
-  assign \$708  = gemm_active & \$707 ;
-  assign \$709  = \$signal$600  == 2'h3;
-  assign \$710  = \$708  & \$709 ;
-  assign \$712  = ~ \$711 ;
-  assign \$713  = a_in_valid & \$712 ;
-  assign \$714  = gemm_active & \$713 ;
-  assign \$715  = \$signal$600  == 3'h4;
-  assign \$716  = \$714  & \$715 ;
-  assign \$718  = ~ \$717 ;
-  assign \$719  = a_in_valid & \$718 ;
-  assign \$720  = gemm_active & \$719 ;
-  assign \$721  = \$signal$600  == 3'h5;
-  assign \$722  = \$720  & \$721 ;
-  assign \$724  = ~ \$723 ;
-  assign \$725  = a_in_valid & \$724 ;
-  assign \$726  = gemm_active & \$725 ;
-  assign \$727  = \$signal$600  == 3'h6;
-  assign \$728  = \$726  & \$727 ;
-  assign \$730  = ~ \$729 ;
-  assign \$731  = a_in_valid & \$730 ;
-  assign \$732  = gemm_active & \$731 ;
-  assign \$733  = \$signal$600  == 3'h7;
-  assign \$734  = \$732  & \$733 ;
-  assign \$736  = ~ \$735 ;
-  assign \$737  = a_in_valid & \$736 ;
-  assign \$738  = gemm_active & \$737 ;
-  assign \$739  = \$signal$600  == 4'h8;
-  assign \$740  = \$738  & \$739 ;
-  assign \$742  = ~ \$741 ;
-  assign \$743  = a_in_valid & \$742 ;
-  assign \$744  = pre_ln | pre_sm;
+  assign \$688  = | dec_blocks;
+  assign \$689  = \$signal  * 9'h100;
+  assign \$690  = \$689  + \$signal$601 ;
+  assign \$692  = ~ \$691 ;
+  assign \$693  = a_in_valid & \$692 ;
+  assign \$694  = gemm_active & \$693 ;
+  assign \$695  = | \$signal$603 ;
+  assign \$696  = ~ \$695 ;
+  assign \$697  = \$694  & \$696 ;
+  assign \$699  = ~ \$698 ;
+  assign \$700  = a_in_valid & \$699 ;
+  assign \$701  = gemm_active & \$700 ;
+  assign \$702  = \$signal$603  == 1'h1;
+  assign \$703  = \$701  & \$702 ;
+  assign \$705  = ~ \$704 ;
+  assign \$706  = a_in_valid & \$705 ;
+  assign \$707  = gemm_active & \$706 ;
+  assign \$708  = \$signal$603  == 2'h2;
+  assign \$709  = \$707  & \$708 ;
+  assign \$711  = ~ \$710 ;
+  assign \$712  = a_in_valid & \$711 ;
+  assign \$713  = gemm_active & \$712 ;
+  assign \$714  = \$signal$603  == 2'h3;
+  assign \$715  = \$713  & \$714 ;
+  assign \$717  = ~ \$716 ;
+  assign \$718  = a_in_valid & \$717 ;
+  assign \$719  = gemm_active & \$718 ;
+  assign \$720  = \$signal$603  == 3'h4;
+  assign \$721  = \$719  & \$720 ;
+  assign \$723  = ~ \$722 ;
+  assign \$724  = a_in_valid & \$723 ;
+  assign \$725  = gemm_active & \$724 ;
+  assign \$726  = \$signal$603  == 3'h5;
+  assign \$727  = \$725  & \$726 ;
+  assign \$729  = ~ \$728 ;
+  assign \$730  = a_in_valid & \$729 ;
+  assign \$731  = gemm_active & \$730 ;
+  assign \$732  = \$signal$603  == 3'h6;
+  assign \$733  = \$731  & \$732 ;
+  assign \$735  = ~ \$734 ;
+  assign \$736  = a_in_valid & \$735 ;
+  assign \$737  = gemm_active & \$736 ;
+  assign \$738  = \$signal$603  == 3'h7;
+  assign \$739  = \$737  & \$738 ;
+  assign \$741  = ~ \$740 ;
+  assign \$742  = a_in_valid & \$741 ;
+  assign \$743  = gemm_active & \$742 ;
+  assign \$744  = \$signal$603  == 4'h8;
   assign \$745  = \$743  & \$744 ;
   assign \$747  = ~ \$746 ;
   assign \$748  = a_in_valid & \$747 ;
-  assign \$749  = | dec_k_last;
-  assign \$750  = ~ \$749 ;
-  assign \$751  = \$signal$600  == 4'h8;
-  assign \$752  = ~ \$signal ;
-  assign \$753  = \$signal$600  + 1'h1;
-  assign \$754  = \$signal$598  + 1'h1;
-  assign \$755  = \$signal$598  + 1'h1;
-  assign \$756  = \$755  == dec_k_last;
-  assign \$757  = \$signal$600  == 4'h8;
-  assign \$758  = \$signal$598  + 1'h1;
-  assign \$759  = \$signal$598  + 1'h1;
-  assign \$760  = \$759  == dec_k_last;
-  assign \$761  = | dec_k_last;
-  assign \$762  = ~ \$761 ;
-  assign \$763  = ~ \$signal ;
-  assign \$764  = \$signal$600  + 1'h1;
-  assign \$765  = \$signal$348  * 9'h100;
-  assign \$766  = \$765  + \$signal$599 ;
-  assign \$767  = a_issue & a_feed_k_hit;
-  assign \$768  = \$767  & a_feed_nt_hit;
-  assign \$769  = a_read & a_read_free;
-  assign \$770  = | dec_k_last;
-  assign \$771  = ~ \$770 ;
-  assign \$772  = | dec_nt_last;
-  assign \$773  = ~ \$772 ;
-  assign \$774  = ~ \$signal$348 ;
-  assign \$775  = feed_blocks - 1'h1;
-  assign \$776  = feed_blocks != 1'h1;
-  assign \$777  = fnt + 1'h1;
-  assign \$778  = fnt + 1'h1;
-  assign \$779  = \$778  == dec_nt_last;
-  assign \$780  = \$signal$599  + 1'h1;
-  assign \$781  = \$signal$599  + 1'h1;
-  assign \$782  = \$781  == dec_k_last;
-  assign \$784  = ~ \$783 ;
-  assign \$785  = r_rdy & \$784 ;
-  assign \$786  = ~ is_linear;
-  assign \$787  = \$785  & \$786 ;
-  assign \$788  = w_load_lane == 3'h7;
-  assign \$789  = w_load_k + 1'h1;
-  assign \$790  = w_load_addr + 1'h1;
-  assign \$791  = w_load_k == dec_k_last;
-  assign \$792  = w_load_nt + 1'h1;
-  assign \$793  = w_load_nt == dec_nt_last;
-  assign \$794  = ~ w_load_half;
-  assign \$795  = w_load_lane + 1'h1;
-  assign \$796  = w_feed_half * 9'h100;
-  assign \$797  = \$796  + feed_ntk;
-  assign \$798  = \$797  + \$signal$599 ;
-  assign \$799  = ~ is_linear;
-  assign \$800  = a_issue & \$799 ;
-  assign \$801  = \$800  & a_feed_k_hit;
-  assign \$802  = \$801  & a_feed_nt_hit;
-  assign \$803  = \$802  & feed_mt_hit;
+  assign \$749  = pre_ln | pre_sm;
+  assign \$750  = \$748  & \$749 ;
+  assign \$752  = ~ \$751 ;
+  assign \$753  = a_in_valid & \$752 ;
+  assign \$754  = | dec_k_last;
+  assign \$755  = ~ \$754 ;
+  assign \$756  = \$signal$603  == 4'h8;
+  assign \$757  = ~ \$signal ;
+  assign \$758  = \$signal$603  + 1'h1;
+  assign \$759  = \$signal$601  + 1'h1;
+  assign \$760  = \$signal$601  + 1'h1;
+  assign \$761  = \$760  == dec_k_last;
+  assign \$762  = \$signal$603  == 4'h8;
+  assign \$763  = \$signal$601  + 1'h1;
+  assign \$764  = \$signal$601  + 1'h1;
+  assign \$765  = \$764  == dec_k_last;
+  assign \$766  = | dec_k_last;
+  assign \$767  = ~ \$766 ;
+  assign \$768  = ~ \$signal ;
+  assign \$769  = \$signal$603  + 1'h1;
+  assign \$770  = \$signal$348  * 9'h100;
+  assign \$771  = \$770  + \$signal$602 ;
+  assign \$772  = a_issue & a_feed_k_hit;
+  assign \$773  = \$772  & a_feed_nt_hit;
+  assign \$774  = a_read & a_read_free;
+  assign \$775  = | dec_k_last;
+  assign \$776  = ~ \$775 ;
+  assign \$777  = | dec_nt_last;
+  assign \$778  = ~ \$777 ;
+  assign \$779  = ~ \$signal$348 ;
+  assign \$780  = feed_blocks - 1'h1;
+  assign \$781  = feed_blocks != 1'h1;
+  assign \$782  = fnt + 1'h1;
+  assign \$783  = fnt + 1'h1;
+  assign \$784  = \$783  == dec_nt_last;
+  assign \$785  = \$signal$602  + 1'h1;
+  assign \$786  = \$signal$602  + 1'h1;
+  assign \$787  = \$786  == dec_k_last;
+  assign \$789  = ~ \$788 ;
+  assign \$790  = r_rdy & \$789 ;
+  assign \$791  = ~ is_linear;
+  assign \$792  = \$790  & \$791 ;
+  assign \$793  = w_load_lane == 3'h7;
+  assign \$794  = w_load_k + 1'h1;
+  assign \$795  = w_load_addr + 1'h1;
+  assign \$796  = w_load_k == dec_k_last;
+  assign \$797  = w_load_nt + 1'h1;
+  assign \$798  = w_load_nt == dec_nt_last;
+  assign \$799  = ~ w_load_half;
+  assign \$800  = w_load_lane + 1'h1;
+  assign \$801  = w_feed_half * 9'h100;
+  assign \$802  = \$801  + feed_ntk;
+  assign \$803  = \$802  + \$signal$602 ;
   assign \$804  = ~ is_linear;
   assign \$805  = a_issue & \$804 ;
-  assign \$806  = | dec_mt_last;
-  assign \$807  = ~ \$806 ;
-  assign \$808  = ~ w_feed_half;
-  assign \$809  = feed_mt + 1'h1;
-  assign \$810  = feed_mt + 1'h1;
-  assign \$811  = \$810  == dec_mt_last;
-  assign \$812  = feed_ntk + ins[87:72];
-  assign \$813  = a_read & w_read_free;
-  assign \$814  = | dec_mt_last;
-  assign \$815  = ~ \$814 ;
-  assign \$816  = w_load_half * 9'h100;
-  assign \$817  = \$816  + w_load_addr;
-  assign \$819  = ~ \$818 ;
-  assign \$820  = r_rdy & \$819 ;
-  assign \$821  = ~ is_linear;
-  assign \$822  = \$820  & \$821 ;
-  assign \$823  = gemm_active & \$822 ;
-  assign \$824  = | w_load_lane;
-  assign \$825  = ~ \$824 ;
-  assign \$826  = \$823  & \$825 ;
-  assign \$828  = ~ \$827 ;
-  assign \$829  = r_rdy & \$828 ;
-  assign \$830  = ~ is_linear;
-  assign \$831  = \$829  & \$830 ;
-  assign \$832  = gemm_active & \$831 ;
-  assign \$833  = w_load_lane == 1'h1;
-  assign \$834  = \$832  & \$833 ;
-  assign \$836  = ~ \$835 ;
-  assign \$837  = r_rdy & \$836 ;
-  assign \$838  = ~ is_linear;
+  assign \$806  = \$805  & a_feed_k_hit;
+  assign \$807  = \$806  & a_feed_nt_hit;
+  assign \$808  = \$807  & feed_mt_hit;
+  assign \$809  = ~ is_linear;
+  assign \$810  = a_issue & \$809 ;
+  assign \$811  = | dec_mt_last;
+  assign \$812  = ~ \$811 ;
+  assign \$813  = ~ w_feed_half;
+  assign \$814  = feed_mt + 1'h1;
+  assign \$815  = feed_mt + 1'h1;
+  assign \$816  = \$815  == dec_mt_last;
+  assign \$817  = feed_ntk + ins[87:72];
+  assign \$818  = a_read & w_read_free;
+  assign \$819  = | dec_mt_last;
+  assign \$820  = ~ \$819 ;
+  assign \$821  = w_load_half * 9'h100;
+  assign \$822  = \$821  + w_load_addr;
+  assign \$824  = ~ \$823 ;
+  assign \$825  = r_rdy & \$824 ;
+  assign \$826  = ~ is_linear;
+  assign \$827  = \$825  & \$826 ;
+  assign \$828  = gemm_active & \$827 ;
+  assign \$829  = | w_load_lane;
+  assign \$830  = ~ \$829 ;
+  assign \$831  = \$828  & \$830 ;
+  assign \$833  = ~ \$832 ;
+  assign \$834  = r_rdy & \$833 ;
+  assign \$835  = ~ is_linear;
+  assign \$836  = \$834  & \$835 ;
+  assign \$837  = gemm_active & \$836 ;
+  assign \$838  = w_load_lane == 1'h1;
   assign \$839  = \$837  & \$838 ;
-  assign \$840  = gemm_active & \$839 ;
-  assign \$841  = w_load_lane == 2'h2;
-  assign \$842  = \$840  & \$841 ;
-  assign \$844  = ~ \$843 ;
-  assign \$845  = r_rdy & \$844 ;
-  assign \$846  = ~ is_linear;
+  assign \$841  = ~ \$840 ;
+  assign \$842  = r_rdy & \$841 ;
+  assign \$843  = ~ is_linear;
+  assign \$844  = \$842  & \$843 ;
+  assign \$845  = gemm_active & \$844 ;
+  assign \$846  = w_load_lane == 2'h2;
   assign \$847  = \$845  & \$846 ;
-  assign \$848  = gemm_active & \$847 ;
-  assign \$849  = w_load_lane == 2'h3;
-  assign \$850  = \$848  & \$849 ;
-  assign \$852  = ~ \$851 ;
-  assign \$853  = r_rdy & \$852 ;
-  assign \$854  = ~ is_linear;
+  assign \$849  = ~ \$848 ;
+  assign \$850  = r_rdy & \$849 ;
+  assign \$851  = ~ is_linear;
+  assign \$852  = \$850  & \$851 ;
+  assign \$853  = gemm_active & \$852 ;
+  assign \$854  = w_load_lane == 2'h3;
   assign \$855  = \$853  & \$854 ;
-  assign \$856  = gemm_active & \$855 ;
-  assign \$857  = w_load_lane == 3'h4;
-  assign \$858  = \$856  & \$857 ;
-  assign \$860  = ~ \$859 ;
-  assign \$861  = r_rdy & \$860 ;
-  assign \$862  = ~ is_linear;
+  assign \$857  = ~ \$856 ;
+  assign \$858  = r_rdy & \$857 ;
+  assign \$859  = ~ is_linear;
+  assign \$860  = \$858  & \$859 ;
+  assign \$861  = gemm_active & \$860 ;
+  assign \$862  = w_load_lane == 3'h4;
   assign \$863  = \$861  & \$862 ;
-  assign \$864  = gemm_active & \$863 ;
-  assign \$865  = w_load_lane == 3'h5;
-  assign \$866  = \$864  & \$865 ;
-  assign \$868  = ~ \$867 ;
-  assign \$869  = r_rdy & \$868 ;
-  assign \$870  = ~ is_linear;
+  assign \$865  = ~ \$864 ;
+  assign \$866  = r_rdy & \$865 ;
+  assign \$867  = ~ is_linear;
+  assign \$868  = \$866  & \$867 ;
+  assign \$869  = gemm_active & \$868 ;
+  assign \$870  = w_load_lane == 3'h5;
   assign \$871  = \$869  & \$870 ;
-  assign \$872  = gemm_active & \$871 ;
-  assign \$873  = w_load_lane == 3'h6;
-  assign \$874  = \$872  & \$873 ;
-  assign \$876  = ~ \$875 ;
-  assign \$877  = r_rdy & \$876 ;
-  assign \$878  = ~ is_linear;
+  assign \$873  = ~ \$872 ;
+  assign \$874  = r_rdy & \$873 ;
+  assign \$875  = ~ is_linear;
+  assign \$876  = \$874  & \$875 ;
+  assign \$877  = gemm_active & \$876 ;
+  assign \$878  = w_load_lane == 3'h6;
   assign \$879  = \$877  & \$878 ;
-  assign \$880  = gemm_active & \$879 ;
-  assign \$881  = w_load_lane == 3'h7;
-  assign \$882  = \$880  & \$881 ;
-  assign \$883  = dst_col + 1'h1;
-  assign \$884  = last__4 ? 4'h0 : \$883 ;
-  assign \$885  = post_gelu | post_add;
-  assign \$886  = gemm_active & \$885 ;
-  assign \$887  = post_col == 3'h7;
-  assign \$888  = post_col + 1'h1;
-  assign \$889  = \$887  ? 4'h0 : \$888 ;
-  assign \$890  = ~ \busy$618 ;
-  assign \$891  = in_stream & \$890 ;
-  assign \$892  = ~ ext_req_valid;
-  assign \$893  = \$891  & \$892 ;
-  assign \$894  = \$893  & \idle$588 ;
+  assign \$881  = ~ \$880 ;
+  assign \$882  = r_rdy & \$881 ;
+  assign \$883  = ~ is_linear;
+  assign \$884  = \$882  & \$883 ;
+  assign \$885  = gemm_active & \$884 ;
+  assign \$886  = w_load_lane == 3'h7;
+  assign \$887  = \$885  & \$886 ;
+  assign \$888  = dst_col + 1'h1;
+  assign \$889  = last__4 ? 4'h0 : \$888 ;
+  assign \$890  = post_gelu | post_add;
+  assign \$891  = gemm_active & \$890 ;
+  assign \$892  = post_col == 3'h7;
+  assign \$893  = post_col + 1'h1;
+  assign \$894  = \$892  ? 4'h0 : \$893 ;
+  assign \$895  = ~ \busy$621 ;
+  assign \$896  = in_stream & \$895 ;
+  assign \$897  = ~ ext_req_valid;
+  assign \$898  = \$896  & \$897 ;
+  assign \$899  = \$898  & \idle$591 ;
   always @(posedge gemm_d_clk)
-    buffer0_waddr <= \$898 ;
+    buffer0_waddr <= \$903 ;
   always @(posedge gemm_d_clk)
-    buffer0_wdata <= \$899 ;
+    buffer0_wdata <= \$904 ;
   always @(posedge gemm_d_clk)
-    buffer0_wen <= \$900 ;
+    buffer0_wen <= \$905 ;
   always @(posedge gemm_d_clk)
     gemm_d_rst <= \$285 ;
   always @(posedge gemm_d_clk)
@@ -4098,71 +4114,71 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   always @(posedge gemm_d_clk)
     gelu0_d_rst <= \$289 ;
   always @(posedge gemm_d_clk)
-    load <= \$901 ;
+    load <= \$906 ;
   always @(posedge gemm_d_clk)
-    is_end <= \$902 ;
+    is_end <= \$907 ;
   always @(posedge gemm_d_clk)
-    is_load <= \$903 ;
+    is_load <= \$908 ;
   always @(posedge gemm_d_clk)
-    is_store <= \$904 ;
+    is_store <= \$909 ;
   always @(posedge gemm_d_clk)
-    is_linear <= \$905 ;
+    is_linear <= \$910 ;
   always @(posedge gemm_d_clk)
-    is_matmul <= \$906 ;
+    is_matmul <= \$911 ;
   always @(posedge gemm_d_clk)
-    is_softmax <= \$907 ;
+    is_softmax <= \$912 ;
   always @(posedge gemm_d_clk)
-    is_gelu <= \$908 ;
+    is_gelu <= \$913 ;
   always @(posedge gemm_d_clk)
-    is_layernorm <= \$909 ;
+    is_layernorm <= \$914 ;
   always @(posedge gemm_d_clk)
-    is_add <= \$910 ;
+    is_add <= \$915 ;
   always @(posedge gemm_d_clk)
-    is_im2col <= \$911 ;
+    is_im2col <= \$916 ;
   always @(posedge gemm_d_clk)
-    is_concat <= \$912 ;
+    is_concat <= \$917 ;
   always @(posedge gemm_d_clk)
-    is_split_heads <= \$913 ;
+    is_split_heads <= \$918 ;
   always @(posedge gemm_d_clk)
-    is_merge_heads <= \$914 ;
+    is_merge_heads <= \$919 ;
   always @(posedge gemm_d_clk)
-    is_transpose <= \$915 ;
+    is_transpose <= \$920 ;
   always @(posedge gemm_d_clk)
-    is_select <= \$916 ;
+    is_select <= \$921 ;
   always @(posedge gemm_d_clk)
-    op_onehot <= \$917 ;
+    op_onehot <= \$922 ;
   always @(posedge gemm_d_clk)
-    is_gemm <= \$918 ;
+    is_gemm <= \$923 ;
   always @(posedge gemm_d_clk)
-    post_gelu <= \$919 ;
+    post_gelu <= \$924 ;
   always @(posedge gemm_d_clk)
-    post_add <= \$920 ;
+    post_add <= \$925 ;
   always @(posedge gemm_d_clk)
-    pre_ln <= \$921 ;
+    pre_ln <= \$926 ;
   always @(posedge gemm_d_clk)
-    pre_sm <= \$922 ;
+    pre_sm <= \$927 ;
   always @(posedge gemm_d_clk)
-    src0_inflight <= \$923 ;
+    src0_inflight <= \$928 ;
   always @(posedge gemm_d_clk)
-    w_en <= \$924 ;
+    w_en <= \$929 ;
   always @(posedge gemm_d_clk)
-    src0_held_meta <= \$925 ;
+    src0_held_meta <= \$930 ;
   always @(posedge gemm_d_clk)
-    src0_meta <= \$926 ;
+    src0_meta <= \$931 ;
   always @(posedge gemm_d_clk)
-    src1_inflight <= \$927 ;
+    src1_inflight <= \$932 ;
   always @(posedge gemm_d_clk)
-    \w_en$116  <= \$928 ;
+    \w_en$116  <= \$933 ;
   always @(posedge gemm_d_clk)
-    src1_held_meta <= \$929 ;
+    src1_held_meta <= \$934 ;
   always @(posedge gemm_d_clk)
-    src1_meta <= \$930 ;
+    src1_meta <= \$935 ;
   always @(posedge gemm_d_clk)
-    is_move <= \$931 ;
+    is_move <= \$936 ;
   always @(posedge gemm_d_clk)
-    gelu_sel0 <= \$932 ;
+    gelu_sel0 <= \$937 ;
   always @(posedge gemm_d_clk)
-    add_sel <= \$933 ;
+    add_sel <= \$938 ;
   always @(posedge gemm_d_clk)
     dec_n1p <= \$351 ;
   always @(posedge gemm_d_clk)
@@ -4192,329 +4208,335 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   always @(posedge gemm_d_clk)
     dec_cols_last <= \$374 [15:0];
   always @(posedge gemm_d_clk)
-    addr_fault <= \$934 ;
+    c_flag_bad <= \$939 ;
   always @(posedge gemm_d_clk)
-    dst_outside <= \$935 ;
+    addr_fault <= \$940 ;
   always @(posedge gemm_d_clk)
-    src0_outside <= \$936 ;
+    dst_outside <= \$941 ;
   always @(posedge gemm_d_clk)
-    src1_outside <= \$937 ;
+    src0_outside <= \$942 ;
   always @(posedge gemm_d_clk)
-    ext_req_valid <= \$938 ;
+    src1_outside <= \$943 ;
   always @(posedge gemm_d_clk)
-    ld_off_valid <= \$939 ;
+    ext_req_valid <= \$944 ;
   always @(posedge gemm_d_clk)
-    cycles <= \$940 ;
+    ld_off_valid <= \$945 ;
   always @(posedge gemm_d_clk)
-    op_cycles__0 <= \$941 ;
+    cycles <= \$946 ;
   always @(posedge gemm_d_clk)
-    op_cycles__1 <= \$942 ;
+    op_cycles__0 <= \$947 ;
   always @(posedge gemm_d_clk)
-    op_cycles__2 <= \$943 ;
+    op_cycles__1 <= \$948 ;
   always @(posedge gemm_d_clk)
-    op_cycles__3 <= \$944 ;
+    op_cycles__2 <= \$949 ;
   always @(posedge gemm_d_clk)
-    op_cycles__4 <= \$945 ;
+    op_cycles__3 <= \$950 ;
   always @(posedge gemm_d_clk)
-    op_cycles__5 <= \$946 ;
+    op_cycles__4 <= \$951 ;
   always @(posedge gemm_d_clk)
-    op_cycles__6 <= \$947 ;
+    op_cycles__5 <= \$952 ;
   always @(posedge gemm_d_clk)
-    op_cycles__7 <= \$948 ;
+    op_cycles__6 <= \$953 ;
   always @(posedge gemm_d_clk)
-    op_cycles__8 <= \$949 ;
+    op_cycles__7 <= \$954 ;
   always @(posedge gemm_d_clk)
-    op_cycles__9 <= \$950 ;
+    op_cycles__8 <= \$955 ;
   always @(posedge gemm_d_clk)
-    op_cycles__10 <= \$951 ;
+    op_cycles__9 <= \$956 ;
   always @(posedge gemm_d_clk)
-    op_cycles__11 <= \$952 ;
+    op_cycles__10 <= \$957 ;
   always @(posedge gemm_d_clk)
-    op_cycles__12 <= \$953 ;
+    op_cycles__11 <= \$958 ;
   always @(posedge gemm_d_clk)
-    op_cycles__13 <= \$954 ;
+    op_cycles__12 <= \$959 ;
   always @(posedge gemm_d_clk)
-    op_cycles__14 <= \$955 ;
+    op_cycles__13 <= \$960 ;
   always @(posedge gemm_d_clk)
-    op_cycles__15 <= \$956 ;
+    op_cycles__14 <= \$961 ;
   always @(posedge gemm_d_clk)
-    d_end_more <= \$957 ;
+    op_cycles__15 <= \$962 ;
   always @(posedge gemm_d_clk)
-    d_end <= \$958 ;
+    d_end_more <= \$963 ;
   always @(posedge gemm_d_clk)
-    d_count_zero <= \$959 ;
+    d_end <= \$964 ;
   always @(posedge gemm_d_clk)
-    d_const <= \$960 ;
+    d_count_zero <= \$965 ;
   always @(posedge gemm_d_clk)
-    d_stream <= \$961 ;
+    d_const <= \$966 ;
   always @(posedge gemm_d_clk)
-    pc <= \$962 ;
+    d_stream <= \$967 ;
   always @(posedge gemm_d_clk)
-    busy <= \$963 ;
+    pc <= \$968 ;
   always @(posedge gemm_d_clk)
-    done <= \$964 ;
+    busy <= \$969 ;
   always @(posedge gemm_d_clk)
-    error <= \$965 ;
+    done <= \$970 ;
   always @(posedge gemm_d_clk)
-    fetch_sent <= \$966 ;
+    error <= \$971 ;
   always @(posedge gemm_d_clk)
-    \$signal$571  <= \$967 ;
+    fetch_sent <= \$972 ;
   always @(posedge gemm_d_clk)
-    \$signal$572  <= \$968 ;
+    \$signal$572  <= \$973 ;
   always @(posedge gemm_d_clk)
-    images_left <= \$969 ;
+    \$signal$573  <= \$974 ;
   always @(posedge gemm_d_clk)
-    offset <= \$970 ;
+    images_left <= \$975 ;
   always @(posedge gemm_d_clk)
-    seq_state <= \$971 ;
+    offset <= \$976 ;
   always @(posedge gemm_d_clk)
-    in_stream <= \$972 ;
+    seq_state <= \$977 ;
   always @(posedge gemm_d_clk)
-    in_decode <= \$973 ;
+    in_stream <= \$978 ;
   always @(posedge gemm_d_clk)
-    in_op <= \$974 ;
+    in_decode <= \$979 ;
   always @(posedge gemm_d_clk)
-    unit_rst <= \$975 ;
+    in_op <= \$980 ;
   always @(posedge gemm_d_clk)
-    gemm_active <= \$976 ;
+    unit_rst <= \$981 ;
   always @(posedge gemm_d_clk)
-    pack_active <= \$977 ;
+    gemm_active <= \$982 ;
   always @(posedge gemm_d_clk)
-    sink_from_move <= \$978 ;
+    pack_active <= \$983 ;
   always @(posedge gemm_d_clk)
-    sink_from_load <= \$979 ;
+    sink_from_move <= \$984 ;
   always @(posedge gemm_d_clk)
-    sink_from_store <= \$980 ;
+    sink_from_load <= \$985 ;
   always @(posedge gemm_d_clk)
-    sink_from_softmax <= \$981 ;
+    sink_from_store <= \$986 ;
   always @(posedge gemm_d_clk)
-    sink_from_layernorm <= \$982 ;
+    sink_from_softmax <= \$987 ;
   always @(posedge gemm_d_clk)
-    sink_from_add <= \$983 ;
+    sink_from_layernorm <= \$988 ;
   always @(posedge gemm_d_clk)
-    sink_from_gelu0 <= \$984 ;
+    sink_from_add <= \$989 ;
   always @(posedge gemm_d_clk)
-    sink_from_gemm <= \$985 ;
+    sink_from_gelu0 <= \$990 ;
   always @(posedge gemm_d_clk)
-    a_from_softmax <= \$986 ;
+    sink_from_gemm <= \$991 ;
   always @(posedge gemm_d_clk)
-    a_from_layernorm <= \$987 ;
+    a_from_softmax <= \$992 ;
   always @(posedge gemm_d_clk)
-    a_from_src0 <= \$988 ;
+    a_from_layernorm <= \$993 ;
   always @(posedge gemm_d_clk)
-    const_to0 <= \$989 ;
+    a_from_src0 <= \$994 ;
   always @(posedge gemm_d_clk)
-    const_to1 <= \$990 ;
+    const_to0 <= \$995 ;
   always @(posedge gemm_d_clk)
-    const_to2 <= \$991 ;
+    const_to1 <= \$996 ;
   always @(posedge gemm_d_clk)
-    const_to3 <= \$992 ;
+    const_to2 <= \$997 ;
   always @(posedge gemm_d_clk)
-    in_fetch <= \$993 ;
+    const_to3 <= \$998 ;
   always @(posedge gemm_d_clk)
-    in_const <= \$994 ;
+    in_fetch <= \$999 ;
   always @(posedge gemm_d_clk)
-    run0 <= \$995 ;
+    in_const <= \$1000 ;
   always @(posedge gemm_d_clk)
-    run1 <= \$996 ;
+    run0 <= \$1001 ;
   always @(posedge gemm_d_clk)
-    q0_to_pack <= \$997 ;
+    run1 <= \$1002 ;
   always @(posedge gemm_d_clk)
-    res_to_pack <= \$998 ;
+    q0_to_pack <= \$1003 ;
   always @(posedge gemm_d_clk)
-    ins <= \$999 ;
+    res_to_pack <= \$1004 ;
   always @(posedge gemm_d_clk)
-    decode_wait <= \$1000 ;
+    ins <= \$1005 ;
   always @(posedge gemm_d_clk)
-    read_err <= \$1001 ;
+    decode_wait <= \$1006 ;
   always @(posedge gemm_d_clk)
-    c_addr <= \$1002 ;
+    read_err <= \$1007 ;
   always @(posedge gemm_d_clk)
-    c_step <= \$1003 ;
+    c_addr <= \$1008 ;
   always @(posedge gemm_d_clk)
-    c_ask <= \$1004 ;
+    c_step <= \$1009 ;
   always @(posedge gemm_d_clk)
-    c_due <= \$1005 ;
+    c_ask <= \$1010 ;
   always @(posedge gemm_d_clk)
-    c_last <= \$1006 ;
+    c_due <= \$1011 ;
   always @(posedge gemm_d_clk)
-    c_data <= \$1007 ;
+    c_last <= \$1012 ;
   always @(posedge gemm_d_clk)
-    c_full <= \$1008 ;
+    c_arrive <= \$1013 ;
   always @(posedge gemm_d_clk)
-    c_valid0 <= \$1009 ;
+    c_arrive_last <= \$1014 ;
   always @(posedge gemm_d_clk)
-    c_valid1 <= \$1010 ;
+    c_data <= \$1015 ;
   always @(posedge gemm_d_clk)
-    c_valid2 <= \$1011 ;
+    c_full <= \$1016 ;
   always @(posedge gemm_d_clk)
-    c_valid3 <= \$1012 ;
+    c_valid0 <= \$1017 ;
   always @(posedge gemm_d_clk)
-    ld_off <= \$1013 ;
+    c_valid1 <= \$1018 ;
   always @(posedge gemm_d_clk)
-    ext_req_addr <= \$1014 ;
+    c_valid2 <= \$1019 ;
   always @(posedge gemm_d_clk)
-    ext_req_data <= \$1015 ;
+    c_valid3 <= \$1020 ;
   always @(posedge gemm_d_clk)
-    \w_en$189  <= \$1016 ;
+    ld_off <= \$1021 ;
   always @(posedge gemm_d_clk)
-    pack_a0 <= \$1017 ;
+    ext_req_addr <= \$1022 ;
   always @(posedge gemm_d_clk)
-    pack_a1 <= \$1018 ;
+    ext_req_data <= \$1023 ;
   always @(posedge gemm_d_clk)
-    pack_a2 <= \$1019 ;
+    \w_en$189  <= \$1024 ;
   always @(posedge gemm_d_clk)
-    pack_a3 <= \$1020 ;
+    pack_a0 <= \$1025 ;
   always @(posedge gemm_d_clk)
-    pack_b0 <= \$1021 ;
+    pack_a1 <= \$1026 ;
   always @(posedge gemm_d_clk)
-    pack_b1 <= \$1022 ;
+    pack_a2 <= \$1027 ;
   always @(posedge gemm_d_clk)
-    pack_b2 <= \$1023 ;
+    pack_a3 <= \$1028 ;
   always @(posedge gemm_d_clk)
-    pack_b3 <= \$1024 ;
+    pack_b0 <= \$1029 ;
   always @(posedge gemm_d_clk)
-    pack_j <= \$1025 ;
+    pack_b1 <= \$1030 ;
   always @(posedge gemm_d_clk)
-    pack_jo <= \$1026 ;
+    pack_b2 <= \$1031 ;
   always @(posedge gemm_d_clk)
-    tiles <= \$1027 ;
+    pack_b3 <= \$1032 ;
   always @(posedge gemm_d_clk)
-    nt <= \$1028 ;
+    pack_j <= \$1033 ;
   always @(posedge gemm_d_clk)
-    k <= \$1029 ;
+    pack_jo <= \$1034 ;
   always @(posedge gemm_d_clk)
-    w_addr <= \$1030 ;
+    tiles <= \$1035 ;
   always @(posedge gemm_d_clk)
-    p_addr <= \$1031 ;
+    nt <= \$1036 ;
   always @(posedge gemm_d_clk)
-    want_w <= \$1032 ;
+    k <= \$1037 ;
   always @(posedge gemm_d_clk)
-    w_step <= \$1033 ;
+    w_addr <= \$1038 ;
   always @(posedge gemm_d_clk)
-    \$signal$493  <= \$1034 ;
+    p_addr <= \$1039 ;
   always @(posedge gemm_d_clk)
-    \$signal$595  <= \$1035 ;
+    want_w <= \$1040 ;
   always @(posedge gemm_d_clk)
-    nt_hit <= \$1036 ;
+    w_step <= \$1041 ;
   always @(posedge gemm_d_clk)
-    rk <= \$1037 ;
+    \$signal$493  <= \$1042 ;
   always @(posedge gemm_d_clk)
-    rk_zero <= \$1038 ;
+    \$signal$598  <= \$1043 ;
   always @(posedge gemm_d_clk)
-    a_loader_ahead <= \$1039 ;
+    nt_hit <= \$1044 ;
   always @(posedge gemm_d_clk)
-    a_filled0 <= \$1040 ;
+    rk <= \$1045 ;
   always @(posedge gemm_d_clk)
-    a_filled1 <= \$1041 ;
+    rk_zero <= \$1046 ;
   always @(posedge gemm_d_clk)
-    \$signal  <= \$1042 ;
+    a_loader_ahead <= \$1047 ;
   always @(posedge gemm_d_clk)
-    \$signal$600  <= \$1043 ;
+    a_filled0 <= \$1048 ;
   always @(posedge gemm_d_clk)
-    \$signal$598  <= \$1044 ;
+    a_filled1 <= \$1049 ;
   always @(posedge gemm_d_clk)
-    \$signal$348  <= \$1045 ;
+    \$signal  <= \$1050 ;
   always @(posedge gemm_d_clk)
-    \$signal$599  <= \$1046 ;
+    \$signal$603  <= \$1051 ;
   always @(posedge gemm_d_clk)
-    fnt <= \$1047 ;
+    \$signal$601  <= \$1052 ;
   always @(posedge gemm_d_clk)
-    feed_blocks <= \$1048 ;
+    \$signal$348  <= \$1053 ;
   always @(posedge gemm_d_clk)
-    a_load_k_hit <= \$1049 ;
+    \$signal$602  <= \$1054 ;
   always @(posedge gemm_d_clk)
-    a_feed_k_hit <= \$1050 ;
+    fnt <= \$1055 ;
   always @(posedge gemm_d_clk)
-    a_feed_nt_hit <= \$1051 ;
+    feed_blocks <= \$1056 ;
   always @(posedge gemm_d_clk)
-    a_blocks_left <= \$1052 ;
+    a_load_k_hit <= \$1057 ;
   always @(posedge gemm_d_clk)
-    a_write_addr <= \$685 ;
+    a_feed_k_hit <= \$1058 ;
+  always @(posedge gemm_d_clk)
+    a_feed_nt_hit <= \$1059 ;
+  always @(posedge gemm_d_clk)
+    a_blocks_left <= \$1060 ;
+  always @(posedge gemm_d_clk)
+    a_write_addr <= \$690 ;
   always @(posedge gemm_d_clk)
     a_cache0_wdata <= elem;
   always @(posedge gemm_d_clk)
-    a_cache0_wen <= \$1053 ;
+    a_cache0_wen <= \$1061 ;
   always @(posedge gemm_d_clk)
-    a_cache1_wen <= \$1054 ;
+    a_cache1_wen <= \$1062 ;
   always @(posedge gemm_d_clk)
-    a_cache2_wen <= \$1055 ;
+    a_cache2_wen <= \$1063 ;
   always @(posedge gemm_d_clk)
-    a_cache3_wen <= \$1056 ;
+    a_cache3_wen <= \$1064 ;
   always @(posedge gemm_d_clk)
-    a_cache4_wen <= \$1057 ;
+    a_cache4_wen <= \$1065 ;
   always @(posedge gemm_d_clk)
-    a_cache5_wen <= \$1058 ;
+    a_cache5_wen <= \$1066 ;
   always @(posedge gemm_d_clk)
-    a_cache6_wen <= \$1059 ;
+    a_cache6_wen <= \$1067 ;
   always @(posedge gemm_d_clk)
-    a_cache7_wen <= \$1060 ;
+    a_cache7_wen <= \$1068 ;
   always @(posedge gemm_d_clk)
-    a_cache8_wen <= \$1061 ;
+    a_cache8_wen <= \$1069 ;
   always @(posedge gemm_d_clk)
-    a_read_last <= \$1062 ;
+    a_read_last <= \$1070 ;
   always @(posedge gemm_d_clk)
-    a_read_addr <= \$1063 ;
+    a_read_addr <= \$1071 ;
   always @(posedge gemm_d_clk)
-    a_read_half <= \$1064 ;
+    a_read_half <= \$1072 ;
   always @(posedge gemm_d_clk)
-    a_read_free <= \$1065 ;
+    a_read_free <= \$1073 ;
   always @(posedge gemm_d_clk)
-    w_load_lane <= \$1066 ;
+    w_load_lane <= \$1074 ;
   always @(posedge gemm_d_clk)
-    w_load_k <= \$1067 ;
+    w_load_k <= \$1075 ;
   always @(posedge gemm_d_clk)
-    w_load_addr <= \$1068 ;
+    w_load_addr <= \$1076 ;
   always @(posedge gemm_d_clk)
-    w_load_nt <= \$1069 ;
+    w_load_nt <= \$1077 ;
   always @(posedge gemm_d_clk)
-    w_filled0 <= \$1070 ;
+    w_filled0 <= \$1078 ;
   always @(posedge gemm_d_clk)
-    w_filled1 <= \$1071 ;
+    w_filled1 <= \$1079 ;
   always @(posedge gemm_d_clk)
-    w_load_half <= \$1072 ;
+    w_load_half <= \$1080 ;
   always @(posedge gemm_d_clk)
-    w_read_addr <= \$1073 ;
+    w_read_addr <= \$1081 ;
   always @(posedge gemm_d_clk)
-    w_read_half <= \$1074 ;
+    w_read_half <= \$1082 ;
   always @(posedge gemm_d_clk)
-    w_read_free <= \$1075 ;
+    w_read_free <= \$1083 ;
   always @(posedge gemm_d_clk)
-    feed_ntk <= \$1076 ;
+    feed_ntk <= \$1084 ;
   always @(posedge gemm_d_clk)
-    feed_mt <= \$1077 ;
+    feed_mt <= \$1085 ;
   always @(posedge gemm_d_clk)
-    feed_mt_hit <= \$1078 ;
+    feed_mt_hit <= \$1086 ;
   always @(posedge gemm_d_clk)
-    w_feed_half <= \$1079 ;
+    w_feed_half <= \$1087 ;
   always @(posedge gemm_d_clk)
-    w_write_addr <= \$817 ;
+    w_write_addr <= \$822 ;
   always @(posedge gemm_d_clk)
     w_cache0_wdata <= welem;
   always @(posedge gemm_d_clk)
-    w_cache0_wen <= \$1080 ;
+    w_cache0_wen <= \$1088 ;
   always @(posedge gemm_d_clk)
-    w_cache1_wen <= \$1081 ;
+    w_cache1_wen <= \$1089 ;
   always @(posedge gemm_d_clk)
-    w_cache2_wen <= \$1082 ;
+    w_cache2_wen <= \$1090 ;
   always @(posedge gemm_d_clk)
-    w_cache3_wen <= \$1083 ;
+    w_cache3_wen <= \$1091 ;
   always @(posedge gemm_d_clk)
-    w_cache4_wen <= \$1084 ;
+    w_cache4_wen <= \$1092 ;
   always @(posedge gemm_d_clk)
-    w_cache5_wen <= \$1085 ;
+    w_cache5_wen <= \$1093 ;
   always @(posedge gemm_d_clk)
-    w_cache6_wen <= \$1086 ;
+    w_cache6_wen <= \$1094 ;
   always @(posedge gemm_d_clk)
-    w_cache7_wen <= \$1087 ;
+    w_cache7_wen <= \$1095 ;
   always @(posedge gemm_d_clk)
-    dst_col <= \$1088 ;
+    dst_col <= \$1096 ;
   always @(posedge gemm_d_clk)
-    post_col <= \$1089 ;
+    post_col <= \$1097 ;
   always @(posedge gemm_d_clk)
-    op_done <= \$1090 ;
+    op_done <= \$1098 ;
   always @(posedge gemm_d_clk)
-    fault_q <= \$1091 ;
+    fault_q <= \$1099 ;
   bram_512x9 a_cache0 (
     .clk(gemm_d_clk),
     .r_addr(a_cache0_raddr),
@@ -4632,7 +4654,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   );
   dsp_mult_u16_u16 dec_blocks_p_mult (
     .a(ins[39:24]),
-    .b(\$895 [15:0]),
+    .b(\$900 [15:0]),
     .clk(gemm_d_clk),
     .p(dec_blocks_p)
   );
@@ -4644,13 +4666,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   );
   dsp_mult_u16_u16 dec_tiles_hi_mult (
     .a(dec_blocks_p[31:16]),
-    .b(\$897 [15:0]),
+    .b(\$902 [15:0]),
     .clk(gemm_d_clk),
     .p(dec_tiles_hi)
   );
   dsp_mult_u16_u16 dec_tiles_lo_mult (
     .a(dec_blocks_p[15:0]),
-    .b(\$896 [15:0]),
+    .b(\$901 [15:0]),
     .clk(gemm_d_clk),
     .p(dec_tiles_lo)
   );
@@ -4711,7 +4733,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   \accelerator.core.gen_dst  gen_dst (
     .addr(\addr$122 ),
     .base(ins[123:104]),
-    .busy(\busy$618 ),
+    .busy(\busy$621 ),
     .clk(gemm_d_clk),
     .\final (\final ),
     .index__1(index__1),
@@ -4815,14 +4837,14 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   );
   \accelerator.core.pack_slice  pack_slice (
     .clk(gemm_d_clk),
-    .\port$9173$0 (pack_a0),
-    .\port$9175$0 (pack_a1),
-    .\port$9177$0 (pack_a2),
-    .\port$9179$0 (pack_a3),
-    .\port$9181$0 (pack_b0),
-    .\port$9183$0 (pack_b1),
-    .\port$9185$0 (pack_b2),
-    .\port$9187$0 (pack_b3),
+    .\port$9186$0 (pack_a0),
+    .\port$9188$0 (pack_a1),
+    .\port$9190$0 (pack_a2),
+    .\port$9192$0 (pack_a3),
+    .\port$9194$0 (pack_b0),
+    .\port$9196$0 (pack_b1),
+    .\port$9198$0 (pack_b2),
+    .\port$9200$0 (pack_b3),
     .r_data(r_data),
     .r_en(r_en),
     .r_rdy(\r_rdy$271 ),
@@ -4833,8 +4855,8 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   );
   \accelerator.core.q_src0  q_src0 (
     .clk(gemm_d_clk),
-    .\port$1604$0 (buffer0_rdata),
-    .\port$8975$0 (src0_held_meta),
+    .\port$1611$0 (buffer0_rdata),
+    .\port$8982$0 (src0_held_meta),
     .r_data(\r_data$252 ),
     .r_en(\r_en$519 ),
     .r_rdy(\r_rdy$279 ),
@@ -4844,8 +4866,8 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   );
   \accelerator.core.q_src1  q_src1 (
     .clk(gemm_d_clk),
-    .\port$1605$0 (buffer1_rdata),
-    .\port$8983$0 (src1_held_meta),
+    .\port$1612$0 (buffer1_rdata),
+    .\port$8990$0 (src1_held_meta),
     .r_data(\r_data$376 ),
     .r_en(\r_en$269 ),
     .r_rdy(r_rdy),
@@ -4915,14 +4937,14 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   \accelerator.core.w_beat_slice  w_beat_slice (
     .clk(gemm_d_clk),
     .in_decode(in_decode),
-    .\port$8854$0 (w_beat0),
-    .\port$8855$0 (w_beat1),
-    .\port$8856$0 (w_beat2),
-    .\port$8857$0 (w_beat3),
-    .\port$8858$0 (w_beat4),
-    .\port$8859$0 (w_beat5),
-    .\port$8860$0 (w_beat6),
-    .\port$8861$0 (w_beat7),
+    .\port$8861$0 (w_beat0),
+    .\port$8862$0 (w_beat1),
+    .\port$8863$0 (w_beat2),
+    .\port$8864$0 (w_beat3),
+    .\port$8865$0 (w_beat4),
+    .\port$8866$0 (w_beat5),
+    .\port$8867$0 (w_beat6),
+    .\port$8868$0 (w_beat7),
     .r_data(\r_data$425 ),
     .r_en(\r_en$422 ),
     .r_rdy(\r_rdy$419 ),
@@ -5012,7 +5034,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     .clear(clear),
     .clk(gemm_d_clk),
     .err(err),
-    .idle(\idle$588 ),
+    .idle(\idle$591 ),
     .req__payload(req__payload),
     .req__ready(\req__ready$504 ),
     .rst(rst),
@@ -5121,9 +5143,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (\$signal )
       1'h0:
-          \$686  = a_filled0;
+          \$691  = a_filled0;
       1'h1:
-          \$686  = a_filled1;
+          \$691  = a_filled1;
     endcase
   end
   always @* begin
@@ -5131,9 +5153,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (\$signal )
       1'h0:
-          \$693  = a_filled0;
+          \$698  = a_filled0;
       1'h1:
-          \$693  = a_filled1;
+          \$698  = a_filled1;
     endcase
   end
   always @* begin
@@ -5141,9 +5163,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (\$signal )
       1'h0:
-          \$699  = a_filled0;
+          \$704  = a_filled0;
       1'h1:
-          \$699  = a_filled1;
+          \$704  = a_filled1;
     endcase
   end
   always @* begin
@@ -5151,9 +5173,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (\$signal )
       1'h0:
-          \$705  = a_filled0;
+          \$710  = a_filled0;
       1'h1:
-          \$705  = a_filled1;
+          \$710  = a_filled1;
     endcase
   end
   always @* begin
@@ -5161,9 +5183,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (\$signal )
       1'h0:
-          \$711  = a_filled0;
+          \$716  = a_filled0;
       1'h1:
-          \$711  = a_filled1;
+          \$716  = a_filled1;
     endcase
   end
   always @* begin
@@ -5171,9 +5193,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (\$signal )
       1'h0:
-          \$717  = a_filled0;
+          \$722  = a_filled0;
       1'h1:
-          \$717  = a_filled1;
+          \$722  = a_filled1;
     endcase
   end
   always @* begin
@@ -5181,9 +5203,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (\$signal )
       1'h0:
-          \$723  = a_filled0;
+          \$728  = a_filled0;
       1'h1:
-          \$723  = a_filled1;
+          \$728  = a_filled1;
     endcase
   end
   always @* begin
@@ -5191,9 +5213,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (\$signal )
       1'h0:
-          \$729  = a_filled0;
+          \$734  = a_filled0;
       1'h1:
-          \$729  = a_filled1;
+          \$734  = a_filled1;
     endcase
   end
   always @* begin
@@ -5201,19 +5223,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (\$signal )
       1'h0:
-          \$735  = a_filled0;
+          \$740  = a_filled0;
       1'h1:
-          \$735  = a_filled1;
-    endcase
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    (* full_case = 32'd1 *)
-    casez (\$signal )
-      1'h0:
-          \$741  = a_filled0;
-      1'h1:
-          \$741  = a_filled1;
+          \$740  = a_filled1;
     endcase
   end
   always @* begin
@@ -5229,11 +5241,11 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
     (* full_case = 32'd1 *)
-    casez (w_load_half)
+    casez (\$signal )
       1'h0:
-          \$783  = w_filled0;
+          \$751  = a_filled0;
       1'h1:
-          \$783  = w_filled1;
+          \$751  = a_filled1;
     endcase
   end
   always @* begin
@@ -5241,9 +5253,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_load_half)
       1'h0:
-          \$818  = w_filled0;
+          \$788  = w_filled0;
       1'h1:
-          \$818  = w_filled1;
+          \$788  = w_filled1;
     endcase
   end
   always @* begin
@@ -5251,9 +5263,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_load_half)
       1'h0:
-          \$827  = w_filled0;
+          \$823  = w_filled0;
       1'h1:
-          \$827  = w_filled1;
+          \$823  = w_filled1;
     endcase
   end
   always @* begin
@@ -5261,9 +5273,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_load_half)
       1'h0:
-          \$835  = w_filled0;
+          \$832  = w_filled0;
       1'h1:
-          \$835  = w_filled1;
+          \$832  = w_filled1;
     endcase
   end
   always @* begin
@@ -5271,9 +5283,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_load_half)
       1'h0:
-          \$843  = w_filled0;
+          \$840  = w_filled0;
       1'h1:
-          \$843  = w_filled1;
+          \$840  = w_filled1;
     endcase
   end
   always @* begin
@@ -5281,9 +5293,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_load_half)
       1'h0:
-          \$851  = w_filled0;
+          \$848  = w_filled0;
       1'h1:
-          \$851  = w_filled1;
+          \$848  = w_filled1;
     endcase
   end
   always @* begin
@@ -5291,9 +5303,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_load_half)
       1'h0:
-          \$859  = w_filled0;
+          \$856  = w_filled0;
       1'h1:
-          \$859  = w_filled1;
+          \$856  = w_filled1;
     endcase
   end
   always @* begin
@@ -5301,9 +5313,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_load_half)
       1'h0:
-          \$867  = w_filled0;
+          \$864  = w_filled0;
       1'h1:
-          \$867  = w_filled1;
+          \$864  = w_filled1;
     endcase
   end
   always @* begin
@@ -5311,9 +5323,19 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_load_half)
       1'h0:
-          \$875  = w_filled0;
+          \$872  = w_filled0;
       1'h1:
-          \$875  = w_filled1;
+          \$872  = w_filled1;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    (* full_case = 32'd1 *)
+    casez (w_load_half)
+      1'h0:
+          \$880  = w_filled0;
+      1'h1:
+          \$880  = w_filled1;
     endcase
   end
   always @* begin
@@ -6241,806 +6263,663 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$898  = \addr$122 [13:0];
+    \$903  = \addr$122 [13:0];
     if (rst) begin
-      \$898  = 14'h0000;
+      \$903  = 14'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$899  = \$207 [15:0];
+    \$904  = \$207 [15:0];
     if (rst) begin
-      \$899  = 16'h0000;
+      \$904  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$900  = wr_en;
-    if (rst) begin
-      \$900  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$901  = 1'h0;
-    casez (seq_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
-      3'h2:
-          if (\$472 ) begin
-            \$901  = \$474 ;
-          end
-    endcase
-    if (rst) begin
-      \$901  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$902  = \$290 ;
-    if (rst) begin
-      \$902  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$903  = \$291 ;
-    if (rst) begin
-      \$903  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$904  = \$292 ;
-    if (rst) begin
-      \$904  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$905  = \$293 ;
+    \$905  = wr_en;
     if (rst) begin
       \$905  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$906  = \$294 ;
+    \$906  = 1'h0;
+    casez (seq_state)
+      3'h0:
+          /* empty */;
+      3'h1:
+          /* empty */;
+      3'h2:
+          if (\$473 ) begin
+            \$906  = \$475 ;
+          end
+    endcase
     if (rst) begin
       \$906  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$907  = \$295 ;
+    \$907  = \$290 ;
     if (rst) begin
       \$907  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$908  = \$296 ;
+    \$908  = \$291 ;
     if (rst) begin
       \$908  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$909  = \$297 ;
+    \$909  = \$292 ;
     if (rst) begin
       \$909  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$910  = \$298 ;
+    \$910  = \$293 ;
     if (rst) begin
       \$910  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$911  = \$299 ;
+    \$911  = \$294 ;
     if (rst) begin
       \$911  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$912  = \$300 ;
+    \$912  = \$295 ;
     if (rst) begin
       \$912  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$913  = \$301 ;
+    \$913  = \$296 ;
     if (rst) begin
       \$913  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$914  = \$302 ;
+    \$914  = \$297 ;
     if (rst) begin
       \$914  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$915  = \$303 ;
+    \$915  = \$298 ;
     if (rst) begin
       \$915  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$916  = \$304 ;
+    \$916  = \$299 ;
     if (rst) begin
       \$916  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$917  = \$305 [15:0];
+    \$917  = \$300 ;
     if (rst) begin
-      \$917  = 16'h0000;
+      \$917  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$918  = \$308 ;
+    \$918  = \$301 ;
     if (rst) begin
       \$918  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$919  = \$311 ;
+    \$919  = \$302 ;
     if (rst) begin
       \$919  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$920  = \$314 ;
+    \$920  = \$303 ;
     if (rst) begin
       \$920  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$921  = \$317 ;
+    \$921  = \$304 ;
     if (rst) begin
       \$921  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$922  = \$320 ;
+    \$922  = \$305 [15:0];
     if (rst) begin
-      \$922  = 1'h0;
+      \$922  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$923  = \$322 ;
+    \$923  = \$308 ;
     if (rst) begin
       \$923  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$924  = \$324 ;
+    \$924  = \$311 ;
     if (rst) begin
       \$924  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$925  = src0_meta;
+    \$925  = \$314 ;
     if (rst) begin
-      \$925  = 3'h0;
+      \$925  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$926  = { \$325 , \final$539 , \last__4$538  };
+    \$926  = \$317 ;
     if (rst) begin
-      \$926  = 3'h0;
+      \$926  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$927  = \$327 ;
+    \$927  = \$320 ;
     if (rst) begin
       \$927  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$928  = \$329 ;
+    \$928  = \$322 ;
     if (rst) begin
       \$928  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$929  = src1_meta;
+    \$929  = \$324 ;
     if (rst) begin
-      \$929  = 3'h0;
+      \$929  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$930  = { \$330 , \final$544 , \last__4$543  };
+    \$930  = src0_meta;
     if (rst) begin
       \$930  = 3'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$931  = \$337 ;
+    \$931  = { \$325 , \final$539 , \last__4$538  };
     if (rst) begin
-      \$931  = 1'h0;
+      \$931  = 3'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$932  = \$345 ;
+    \$932  = \$327 ;
     if (rst) begin
       \$932  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$933  = \$350 ;
+    \$933  = \$329 ;
     if (rst) begin
       \$933  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$934  = 1'h0;
-    casez (seq_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
-      3'h2:
-          /* empty */;
-      3'h3:
-          /* empty */;
-      3'h4:
-          \$934  = \$595 ;
-    endcase
+    \$934  = src1_meta;
     if (rst) begin
-      \$934  = 1'h0;
+      \$934  = 3'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$935  = \$377 ;
+    \$935  = { \$330 , \final$544 , \last__4$543  };
     if (rst) begin
-      \$935  = 1'h0;
+      \$935  = 3'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$936  = \$380 ;
+    \$936  = \$337 ;
     if (rst) begin
       \$936  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$937  = \$383 ;
+    \$937  = \$345 ;
     if (rst) begin
       \$937  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$938  = ext_req_valid;
-    if (in_decode) begin
-      \$938  = 1'h0;
-    end
-    if (in_stream) begin
-      if (is_move) begin
-      end else if (is_load) begin
-        if (\$605 ) begin
-          \$938  = ld_off_valid;
-        end
-      end
-    end
-    if (\$609 ) begin
-      \$938  = dst_step;
-    end
+    \$938  = \$350 ;
     if (rst) begin
       \$938  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$939  = ld_off_valid;
-    if (in_decode) begin
-      \$939  = 1'h0;
-    end
-    if (in_stream) begin
-      if (is_move) begin
-      end else if (is_load) begin
-        if (\$602 ) begin
-          \$939  = valid;
-        end
-      end
-    end
-    if (rst) begin
-      \$939  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$940  = cycles;
-    if (busy) begin
-      \$940  = \$384 [47:0];
-    end
-    if (\$452 ) begin
-      \$940  = 48'h000000000000;
-    end
-    if (rst) begin
-      \$940  = 48'h000000000000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$941  = op_cycles__0;
-    if (busy) begin
-      if (\$385 ) begin
-        \$941  = \$386 [47:0];
-      end
-    end
-    if (\$452 ) begin
-      \$941  = 48'h000000000000;
-    end
-    if (rst) begin
-      \$941  = 48'h000000000000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$942  = op_cycles__1;
-    if (busy) begin
-      if (\$387 ) begin
-        \$942  = \$388 [47:0];
-      end
-    end
-    if (\$452 ) begin
-      \$942  = 48'h000000000000;
-    end
-    if (rst) begin
-      \$942  = 48'h000000000000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$943  = op_cycles__2;
-    if (busy) begin
-      if (\$389 ) begin
-        \$943  = \$390 [47:0];
-      end
-    end
-    if (\$452 ) begin
-      \$943  = 48'h000000000000;
-    end
-    if (rst) begin
-      \$943  = 48'h000000000000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$944  = op_cycles__3;
-    if (busy) begin
-      if (\$391 ) begin
-        \$944  = \$392 [47:0];
-      end
-    end
-    if (\$452 ) begin
-      \$944  = 48'h000000000000;
-    end
-    if (rst) begin
-      \$944  = 48'h000000000000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$945  = op_cycles__4;
-    if (busy) begin
-      if (\$393 ) begin
-        \$945  = \$394 [47:0];
-      end
-    end
-    if (\$452 ) begin
-      \$945  = 48'h000000000000;
-    end
-    if (rst) begin
-      \$945  = 48'h000000000000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$946  = op_cycles__5;
-    if (busy) begin
-      if (\$395 ) begin
-        \$946  = \$396 [47:0];
-      end
-    end
-    if (\$452 ) begin
-      \$946  = 48'h000000000000;
-    end
-    if (rst) begin
-      \$946  = 48'h000000000000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$947  = op_cycles__6;
-    if (busy) begin
-      if (\$397 ) begin
-        \$947  = \$398 [47:0];
-      end
-    end
-    if (\$452 ) begin
-      \$947  = 48'h000000000000;
-    end
-    if (rst) begin
-      \$947  = 48'h000000000000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$948  = op_cycles__7;
-    if (busy) begin
-      if (\$399 ) begin
-        \$948  = \$400 [47:0];
-      end
-    end
-    if (\$452 ) begin
-      \$948  = 48'h000000000000;
-    end
-    if (rst) begin
-      \$948  = 48'h000000000000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$949  = op_cycles__8;
-    if (busy) begin
-      if (\$401 ) begin
-        \$949  = \$402 [47:0];
-      end
-    end
-    if (\$452 ) begin
-      \$949  = 48'h000000000000;
-    end
-    if (rst) begin
-      \$949  = 48'h000000000000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$950  = op_cycles__9;
-    if (busy) begin
-      if (\$403 ) begin
-        \$950  = \$404 [47:0];
-      end
-    end
-    if (\$452 ) begin
-      \$950  = 48'h000000000000;
-    end
-    if (rst) begin
-      \$950  = 48'h000000000000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$951  = op_cycles__10;
-    if (busy) begin
-      if (\$405 ) begin
-        \$951  = \$406 [47:0];
-      end
-    end
-    if (\$452 ) begin
-      \$951  = 48'h000000000000;
-    end
-    if (rst) begin
-      \$951  = 48'h000000000000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$952  = op_cycles__11;
-    if (busy) begin
-      if (\$407 ) begin
-        \$952  = \$408 [47:0];
-      end
-    end
-    if (\$452 ) begin
-      \$952  = 48'h000000000000;
-    end
-    if (rst) begin
-      \$952  = 48'h000000000000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$953  = op_cycles__12;
-    if (busy) begin
-      if (\$409 ) begin
-        \$953  = \$410 [47:0];
-      end
-    end
-    if (\$452 ) begin
-      \$953  = 48'h000000000000;
-    end
-    if (rst) begin
-      \$953  = 48'h000000000000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$954  = op_cycles__13;
-    if (busy) begin
-      if (\$411 ) begin
-        \$954  = \$412 [47:0];
-      end
-    end
-    if (\$452 ) begin
-      \$954  = 48'h000000000000;
-    end
-    if (rst) begin
-      \$954  = 48'h000000000000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$955  = op_cycles__14;
-    if (busy) begin
-      if (\$413 ) begin
-        \$955  = \$414 [47:0];
-      end
-    end
-    if (\$452 ) begin
-      \$955  = 48'h000000000000;
-    end
-    if (rst) begin
-      \$955  = 48'h000000000000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$956  = op_cycles__15;
-    if (busy) begin
-      if (\$415 ) begin
-        \$956  = \$416 [47:0];
-      end
-    end
-    if (\$452 ) begin
-      \$956  = 48'h000000000000;
-    end
-    if (rst) begin
-      \$956  = 48'h000000000000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$957  = \$418 ;
-    if (rst) begin
-      \$957  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$958  = is_end;
-    if (rst) begin
-      \$958  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$959  = \$429 ;
-    if (rst) begin
-      \$959  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$960  = \$440 ;
-    if (rst) begin
-      \$960  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$961  = \$450 ;
-    if (rst) begin
-      \$961  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$962  = pc;
-    if (\$452 ) begin
-      \$962  = prog;
-    end
-    if (\$458 ) begin
-      \$962  = \$signal$571 ;
-    end
-    if (\$466 ) begin
-      \$962  = \$467 [31:0];
-    end
-    if (rst) begin
-      \$962  = 32'd0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$963  = busy;
-    if (\$452 ) begin
-      \$963  = 1'h1;
-    end
+    \$939  = 1'h0;
     casez (seq_state)
       3'h0:
           /* empty */;
       3'h1:
           /* empty */;
       3'h2:
-          if (\$472 ) begin
-          end else if (d_end_more) begin
-          end else if (d_end) begin
-            \$963  = 1'h0;
+          /* empty */;
+      3'h3:
+          if (\$511 ) begin
+            \$939  = \$516 ;
           end
+    endcase
+    if (rst) begin
+      \$939  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$940  = 1'h0;
+    casez (seq_state)
+      3'h0:
+          /* empty */;
+      3'h1:
+          /* empty */;
+      3'h2:
+          /* empty */;
       3'h3:
           /* empty */;
       3'h4:
-          /* empty */;
-      3'h5:
-          if (\$597 ) begin
-            \$963  = 1'h0;
-          end
+          \$940  = \$600 ;
     endcase
+    if (rst) begin
+      \$940  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$941  = \$377 ;
+    if (rst) begin
+      \$941  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$942  = \$380 ;
+    if (rst) begin
+      \$942  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$943  = \$383 ;
+    if (rst) begin
+      \$943  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$944  = ext_req_valid;
+    if (in_decode) begin
+      \$944  = 1'h0;
+    end
+    if (in_stream) begin
+      if (is_move) begin
+      end else if (is_load) begin
+        if (\$610 ) begin
+          \$944  = ld_off_valid;
+        end
+      end
+    end
+    if (\$614 ) begin
+      \$944  = dst_step;
+    end
+    if (rst) begin
+      \$944  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$945  = ld_off_valid;
+    if (in_decode) begin
+      \$945  = 1'h0;
+    end
+    if (in_stream) begin
+      if (is_move) begin
+      end else if (is_load) begin
+        if (\$607 ) begin
+          \$945  = valid;
+        end
+      end
+    end
+    if (rst) begin
+      \$945  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$946  = cycles;
+    if (busy) begin
+      \$946  = \$384 [47:0];
+    end
+    if (\$452 ) begin
+      \$946  = 48'h000000000000;
+    end
+    if (rst) begin
+      \$946  = 48'h000000000000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$947  = op_cycles__0;
+    if (busy) begin
+      if (\$385 ) begin
+        \$947  = \$386 [47:0];
+      end
+    end
+    if (\$452 ) begin
+      \$947  = 48'h000000000000;
+    end
+    if (rst) begin
+      \$947  = 48'h000000000000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$948  = op_cycles__1;
+    if (busy) begin
+      if (\$387 ) begin
+        \$948  = \$388 [47:0];
+      end
+    end
+    if (\$452 ) begin
+      \$948  = 48'h000000000000;
+    end
+    if (rst) begin
+      \$948  = 48'h000000000000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$949  = op_cycles__2;
+    if (busy) begin
+      if (\$389 ) begin
+        \$949  = \$390 [47:0];
+      end
+    end
+    if (\$452 ) begin
+      \$949  = 48'h000000000000;
+    end
+    if (rst) begin
+      \$949  = 48'h000000000000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$950  = op_cycles__3;
+    if (busy) begin
+      if (\$391 ) begin
+        \$950  = \$392 [47:0];
+      end
+    end
+    if (\$452 ) begin
+      \$950  = 48'h000000000000;
+    end
+    if (rst) begin
+      \$950  = 48'h000000000000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$951  = op_cycles__4;
+    if (busy) begin
+      if (\$393 ) begin
+        \$951  = \$394 [47:0];
+      end
+    end
+    if (\$452 ) begin
+      \$951  = 48'h000000000000;
+    end
+    if (rst) begin
+      \$951  = 48'h000000000000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$952  = op_cycles__5;
+    if (busy) begin
+      if (\$395 ) begin
+        \$952  = \$396 [47:0];
+      end
+    end
+    if (\$452 ) begin
+      \$952  = 48'h000000000000;
+    end
+    if (rst) begin
+      \$952  = 48'h000000000000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$953  = op_cycles__6;
+    if (busy) begin
+      if (\$397 ) begin
+        \$953  = \$398 [47:0];
+      end
+    end
+    if (\$452 ) begin
+      \$953  = 48'h000000000000;
+    end
+    if (rst) begin
+      \$953  = 48'h000000000000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$954  = op_cycles__7;
+    if (busy) begin
+      if (\$399 ) begin
+        \$954  = \$400 [47:0];
+      end
+    end
+    if (\$452 ) begin
+      \$954  = 48'h000000000000;
+    end
+    if (rst) begin
+      \$954  = 48'h000000000000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$955  = op_cycles__8;
+    if (busy) begin
+      if (\$401 ) begin
+        \$955  = \$402 [47:0];
+      end
+    end
+    if (\$452 ) begin
+      \$955  = 48'h000000000000;
+    end
+    if (rst) begin
+      \$955  = 48'h000000000000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$956  = op_cycles__9;
+    if (busy) begin
+      if (\$403 ) begin
+        \$956  = \$404 [47:0];
+      end
+    end
+    if (\$452 ) begin
+      \$956  = 48'h000000000000;
+    end
+    if (rst) begin
+      \$956  = 48'h000000000000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$957  = op_cycles__10;
+    if (busy) begin
+      if (\$405 ) begin
+        \$957  = \$406 [47:0];
+      end
+    end
+    if (\$452 ) begin
+      \$957  = 48'h000000000000;
+    end
+    if (rst) begin
+      \$957  = 48'h000000000000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$958  = op_cycles__11;
+    if (busy) begin
+      if (\$407 ) begin
+        \$958  = \$408 [47:0];
+      end
+    end
+    if (\$452 ) begin
+      \$958  = 48'h000000000000;
+    end
+    if (rst) begin
+      \$958  = 48'h000000000000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$959  = op_cycles__12;
+    if (busy) begin
+      if (\$409 ) begin
+        \$959  = \$410 [47:0];
+      end
+    end
+    if (\$452 ) begin
+      \$959  = 48'h000000000000;
+    end
+    if (rst) begin
+      \$959  = 48'h000000000000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$960  = op_cycles__13;
+    if (busy) begin
+      if (\$411 ) begin
+        \$960  = \$412 [47:0];
+      end
+    end
+    if (\$452 ) begin
+      \$960  = 48'h000000000000;
+    end
+    if (rst) begin
+      \$960  = 48'h000000000000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$961  = op_cycles__14;
+    if (busy) begin
+      if (\$413 ) begin
+        \$961  = \$414 [47:0];
+      end
+    end
+    if (\$452 ) begin
+      \$961  = 48'h000000000000;
+    end
+    if (rst) begin
+      \$961  = 48'h000000000000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$962  = op_cycles__15;
+    if (busy) begin
+      if (\$415 ) begin
+        \$962  = \$416 [47:0];
+      end
+    end
+    if (\$452 ) begin
+      \$962  = 48'h000000000000;
+    end
+    if (rst) begin
+      \$962  = 48'h000000000000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$963  = \$418 ;
     if (rst) begin
       \$963  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$964  = done;
-    if (\$452 ) begin
-      \$964  = 1'h0;
-    end
-    casez (seq_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
-      3'h2:
-          if (\$472 ) begin
-          end else if (d_end_more) begin
-          end else if (d_end) begin
-            \$964  = 1'h1;
-          end
-      3'h3:
-          /* empty */;
-      3'h4:
-          /* empty */;
-      3'h5:
-          if (\$597 ) begin
-            \$964  = 1'h1;
-          end
-    endcase
+    \$964  = is_end;
     if (rst) begin
       \$964  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$965  = error;
-    if (\$452 ) begin
-      \$965  = 4'h0;
-    end
-    casez (seq_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-          if (start) begin
-            \$965  = 4'h6;
-          end
-      3'h2:
-        begin
-          (* full_case = 32'd1 *)
-          if (\$472 ) begin
-          end else if (d_end_more) begin
-          end else if (d_end) begin
-          end else if (d_count_zero) begin
-            \$965  = 4'h2;
-          end else if (d_const) begin
-          end else if (d_stream) begin
-          end else begin
-            \$965  = 4'h1;
-          end
-          if (read_err) begin
-            \$965  = 4'h4;
-          end
-          if (start) begin
-            \$965  = 4'h6;
-          end
-        end
-      3'h3:
-        begin
-          if (read_err) begin
-            \$965  = 4'h4;
-          end
-          if (start) begin
-            \$965  = 4'h6;
-          end
-        end
-      3'h4:
-        begin
-          if (addr_fault) begin
-            \$965  = 4'h3;
-          end
-          if (\$596 ) begin
-            \$965  = fault_q;
-          end
-          if (start) begin
-            \$965  = 4'h6;
-          end
-        end
-    endcase
+    \$965  = \$429 ;
     if (rst) begin
-      \$965  = 4'h0;
+      \$965  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$966  = fetch_sent;
-    if (\$452 ) begin
-      \$966  = 1'h0;
-    end
-    casez (seq_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-        begin
-          if (\$469 ) begin
-            \$966  = 1'h1;
-          end
-          if (beat__valid) begin
-            \$966  = 1'h0;
-          end
-        end
-    endcase
+    \$966  = \$440 ;
     if (rst) begin
       \$966  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$967  = \$signal$571 ;
-    if (\$452 ) begin
-      \$967  = prog;
-    end
+    \$967  = \$450 ;
     if (rst) begin
-      \$967  = 32'd0;
+      \$967  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$968  = \$signal$572 ;
+    \$968  = pc;
     if (\$452 ) begin
-      \$968  = image_stride;
+      \$968  = prog;
+    end
+    if (\$458 ) begin
+      \$968  = \$signal$572 ;
+    end
+    if (\$466 ) begin
+      \$968  = \$467 [31:0];
     end
     if (rst) begin
       \$968  = 32'd0;
@@ -7048,195 +6927,144 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$969  = images_left;
+    \$969  = busy;
     if (\$452 ) begin
-      \$969  = \$454 ;
+      \$969  = 1'h1;
     end
-    if (\$458 ) begin
-      \$969  = \$459 [15:0];
-    end
-    if (rst) begin
-      \$969  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$970  = offset;
-    if (\$452 ) begin
-      \$970  = 32'd0;
-    end
-    if (\$458 ) begin
-      \$970  = \$460 [31:0];
-    end
-    if (rst) begin
-      \$970  = 32'd0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$971  = seq_state;
-    (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
-          if (start) begin
-            \$971  = 3'h1;
-          end
+          /* empty */;
       3'h1:
-        begin
-          if (beat__valid) begin
-            \$971  = 3'h2;
-          end
-          if (start) begin
-            \$971  = 3'h5;
-          end
-        end
+          /* empty */;
       3'h2:
-        begin
-          (* full_case = 32'd1 *)
-          if (\$472 ) begin
+          if (\$473 ) begin
           end else if (d_end_more) begin
-            \$971  = 3'h1;
           end else if (d_end) begin
-            \$971  = 3'h0;
-          end else if (d_count_zero) begin
-            \$971  = 3'h5;
-          end else if (d_const) begin
-            \$971  = 3'h3;
-          end else if (d_stream) begin
-            \$971  = 3'h4;
-          end else begin
-            \$971  = 3'h5;
+            \$969  = 1'h0;
           end
-          if (read_err) begin
-            \$971  = 3'h5;
-          end
-          if (start) begin
-            \$971  = 3'h5;
-          end
-        end
       3'h3:
-        begin
-          if (c_fire) begin
-            if (c_last) begin
-              \$971  = 3'h4;
-            end
-          end
-          if (\$551 ) begin
-            \$971  = 3'h4;
-          end
-          if (read_err) begin
-            \$971  = 3'h5;
-          end
-          if (start) begin
-            \$971  = 3'h5;
-          end
-        end
+          /* empty */;
       3'h4:
-        begin
-          if (\$584 ) begin
-            \$971  = 3'h1;
-          end
-          if (addr_fault) begin
-            \$971  = 3'h5;
-          end
-          if (\$596 ) begin
-            \$971  = 3'h5;
-          end
-          if (start) begin
-            \$971  = 3'h5;
-          end
-        end
+          /* empty */;
       3'h5:
-          if (\$597 ) begin
-            \$971  = 3'h0;
+          if (\$602 ) begin
+            \$969  = 1'h0;
           end
-      default:
-          \$971  = 3'h0;
     endcase
     if (rst) begin
-      \$971  = 3'h0;
+      \$969  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$972  = in_stream;
-    (* full_case = 32'd1 *)
+    \$970  = done;
+    if (\$452 ) begin
+      \$970  = 1'h0;
+    end
     casez (seq_state)
       3'h0:
-          if (start) begin
-            \$972  = 1'h0;
-          end
+          /* empty */;
       3'h1:
-        begin
-          if (beat__valid) begin
-            \$972  = 1'h0;
+          /* empty */;
+      3'h2:
+          if (\$473 ) begin
+          end else if (d_end_more) begin
+          end else if (d_end) begin
+            \$970  = 1'h1;
           end
+      3'h3:
+          /* empty */;
+      3'h4:
+          /* empty */;
+      3'h5:
+          if (\$602 ) begin
+            \$970  = 1'h1;
+          end
+    endcase
+    if (rst) begin
+      \$970  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$971  = error;
+    if (\$452 ) begin
+      \$971  = 4'h0;
+    end
+    casez (seq_state)
+      3'h0:
+          /* empty */;
+      3'h1:
           if (start) begin
-            \$972  = 1'h0;
+            \$971  = 4'h6;
           end
-        end
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$472 ) begin
+          if (\$473 ) begin
           end else if (d_end_more) begin
-            \$972  = 1'h0;
           end else if (d_end) begin
-            \$972  = 1'h0;
           end else if (d_count_zero) begin
-            \$972  = 1'h0;
+            \$971  = 4'h2;
           end else if (d_const) begin
-            \$972  = 1'h0;
           end else if (d_stream) begin
-            \$972  = 1'h1;
           end else begin
-            \$972  = 1'h0;
+            \$971  = 4'h1;
           end
           if (read_err) begin
-            \$972  = 1'h0;
+            \$971  = 4'h4;
           end
           if (start) begin
-            \$972  = 1'h0;
+            \$971  = 4'h6;
           end
         end
       3'h3:
         begin
-          if (c_fire) begin
-            if (c_last) begin
-              \$972  = 1'h1;
-            end
-          end
-          if (\$551 ) begin
-            \$972  = 1'h1;
+          if (c_flag_bad) begin
+            \$971  = 4'h7;
           end
           if (read_err) begin
-            \$972  = 1'h0;
+            \$971  = 4'h4;
           end
           if (start) begin
-            \$972  = 1'h0;
+            \$971  = 4'h6;
           end
         end
       3'h4:
         begin
-          if (\$584 ) begin
-            \$972  = 1'h0;
-          end
           if (addr_fault) begin
-            \$972  = 1'h0;
+            \$971  = 4'h3;
           end
-          if (\$596 ) begin
-            \$972  = 1'h0;
+          if (\$601 ) begin
+            \$971  = fault_q;
           end
           if (start) begin
+            \$971  = 4'h6;
+          end
+        end
+    endcase
+    if (rst) begin
+      \$971  = 4'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$972  = fetch_sent;
+    if (\$452 ) begin
+      \$972  = 1'h0;
+    end
+    casez (seq_state)
+      3'h0:
+          /* empty */;
+      3'h1:
+        begin
+          if (\$469 ) begin
+            \$972  = 1'h1;
+          end
+          if (beat__valid) begin
             \$972  = 1'h0;
           end
         end
-      3'h5:
-          if (\$597 ) begin
-            \$972  = 1'h0;
-          end
-      default:
-          \$972  = 1'h0;
     endcase
     if (rst) begin
       \$972  = 1'h0;
@@ -7244,432 +7072,141 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$973  = in_decode;
-    (* full_case = 32'd1 *)
-    casez (seq_state)
-      3'h0:
-          if (start) begin
-            \$973  = 1'h0;
-          end
-      3'h1:
-        begin
-          if (beat__valid) begin
-            \$973  = 1'h1;
-          end
-          if (start) begin
-            \$973  = 1'h0;
-          end
-        end
-      3'h2:
-        begin
-          (* full_case = 32'd1 *)
-          if (\$472 ) begin
-          end else if (d_end_more) begin
-            \$973  = 1'h0;
-          end else if (d_end) begin
-            \$973  = 1'h0;
-          end else if (d_count_zero) begin
-            \$973  = 1'h0;
-          end else if (d_const) begin
-            \$973  = 1'h0;
-          end else if (d_stream) begin
-            \$973  = 1'h0;
-          end else begin
-            \$973  = 1'h0;
-          end
-          if (read_err) begin
-            \$973  = 1'h0;
-          end
-          if (start) begin
-            \$973  = 1'h0;
-          end
-        end
-      3'h3:
-        begin
-          if (c_fire) begin
-            if (c_last) begin
-              \$973  = 1'h0;
-            end
-          end
-          if (\$551 ) begin
-            \$973  = 1'h0;
-          end
-          if (read_err) begin
-            \$973  = 1'h0;
-          end
-          if (start) begin
-            \$973  = 1'h0;
-          end
-        end
-      3'h4:
-        begin
-          if (\$584 ) begin
-            \$973  = 1'h0;
-          end
-          if (addr_fault) begin
-            \$973  = 1'h0;
-          end
-          if (\$596 ) begin
-            \$973  = 1'h0;
-          end
-          if (start) begin
-            \$973  = 1'h0;
-          end
-        end
-      3'h5:
-          if (\$597 ) begin
-            \$973  = 1'h0;
-          end
-      default:
-          \$973  = 1'h0;
-    endcase
+    \$973  = \$signal$572 ;
+    if (\$452 ) begin
+      \$973  = prog;
+    end
     if (rst) begin
-      \$973  = 1'h0;
+      \$973  = 32'd0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$974  = in_op;
-    (* full_case = 32'd1 *)
-    casez (seq_state)
-      3'h0:
-          if (start) begin
-            \$974  = 1'h0;
-          end
-      3'h1:
-        begin
-          if (beat__valid) begin
-            \$974  = 1'h0;
-          end
-          if (start) begin
-            \$974  = 1'h0;
-          end
-        end
-      3'h2:
-        begin
-          (* full_case = 32'd1 *)
-          if (\$472 ) begin
-          end else if (d_end_more) begin
-            \$974  = 1'h0;
-          end else if (d_end) begin
-            \$974  = 1'h0;
-          end else if (d_count_zero) begin
-            \$974  = 1'h0;
-          end else if (d_const) begin
-            \$974  = 1'h1;
-          end else if (d_stream) begin
-            \$974  = 1'h1;
-          end else begin
-            \$974  = 1'h0;
-          end
-          if (read_err) begin
-            \$974  = 1'h0;
-          end
-          if (start) begin
-            \$974  = 1'h0;
-          end
-        end
-      3'h3:
-        begin
-          if (c_fire) begin
-            if (c_last) begin
-              \$974  = 1'h1;
-            end
-          end
-          if (\$551 ) begin
-            \$974  = 1'h1;
-          end
-          if (read_err) begin
-            \$974  = 1'h0;
-          end
-          if (start) begin
-            \$974  = 1'h0;
-          end
-        end
-      3'h4:
-        begin
-          if (\$584 ) begin
-            \$974  = 1'h0;
-          end
-          if (addr_fault) begin
-            \$974  = 1'h0;
-          end
-          if (\$596 ) begin
-            \$974  = 1'h0;
-          end
-          if (start) begin
-            \$974  = 1'h0;
-          end
-        end
-      3'h5:
-          if (\$597 ) begin
-            \$974  = 1'h0;
-          end
-      default:
-          \$974  = 1'h0;
-    endcase
+    \$974  = \$signal$573 ;
+    if (\$452 ) begin
+      \$974  = image_stride;
+    end
     if (rst) begin
-      \$974  = 1'h0;
+      \$974  = 32'd0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$975  = unit_rst;
-    (* full_case = 32'd1 *)
-    casez (seq_state)
-      3'h0:
-          if (start) begin
-            \$975  = 1'h0;
-          end
-      3'h1:
-        begin
-          if (beat__valid) begin
-            \$975  = 1'h0;
-          end
-          if (start) begin
-            \$975  = 1'h1;
-          end
-        end
-      3'h2:
-        begin
-          (* full_case = 32'd1 *)
-          if (\$472 ) begin
-          end else if (d_end_more) begin
-            \$975  = 1'h0;
-          end else if (d_end) begin
-            \$975  = 1'h0;
-          end else if (d_count_zero) begin
-            \$975  = 1'h1;
-          end else if (d_const) begin
-            \$975  = 1'h0;
-          end else if (d_stream) begin
-            \$975  = 1'h0;
-          end else begin
-            \$975  = 1'h1;
-          end
-          if (read_err) begin
-            \$975  = 1'h1;
-          end
-          if (start) begin
-            \$975  = 1'h1;
-          end
-        end
-      3'h3:
-        begin
-          if (c_fire) begin
-            if (c_last) begin
-              \$975  = 1'h0;
-            end
-          end
-          if (\$551 ) begin
-            \$975  = 1'h0;
-          end
-          if (read_err) begin
-            \$975  = 1'h1;
-          end
-          if (start) begin
-            \$975  = 1'h1;
-          end
-        end
-      3'h4:
-        begin
-          if (\$584 ) begin
-            \$975  = 1'h0;
-          end
-          if (addr_fault) begin
-            \$975  = 1'h1;
-          end
-          if (\$596 ) begin
-            \$975  = 1'h1;
-          end
-          if (start) begin
-            \$975  = 1'h1;
-          end
-        end
-      3'h5:
-          if (\$597 ) begin
-            \$975  = 1'h0;
-          end
-      default:
-          \$975  = 1'h0;
-    endcase
+    \$975  = images_left;
+    if (\$452 ) begin
+      \$975  = \$454 ;
+    end
+    if (\$458 ) begin
+      \$975  = \$459 [15:0];
+    end
     if (rst) begin
-      \$975  = 1'h0;
+      \$975  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$976  = gemm_active;
-    (* full_case = 32'd1 *)
-    casez (seq_state)
-      3'h0:
-          if (start) begin
-            \$976  = 1'h0;
-          end
-      3'h1:
-        begin
-          if (beat__valid) begin
-            \$976  = 1'h0;
-          end
-          if (start) begin
-            \$976  = 1'h0;
-          end
-        end
-      3'h2:
-        begin
-          (* full_case = 32'd1 *)
-          if (\$472 ) begin
-          end else if (d_end_more) begin
-            \$976  = 1'h0;
-          end else if (d_end) begin
-            \$976  = 1'h0;
-          end else if (d_count_zero) begin
-            \$976  = 1'h0;
-          end else if (d_const) begin
-            \$976  = 1'h0;
-          end else if (d_stream) begin
-            \$976  = is_gemm;
-          end else begin
-            \$976  = 1'h0;
-          end
-          if (read_err) begin
-            \$976  = 1'h0;
-          end
-          if (start) begin
-            \$976  = 1'h0;
-          end
-        end
-      3'h3:
-        begin
-          if (c_fire) begin
-            if (c_last) begin
-              \$976  = is_gemm;
-            end
-          end
-          if (\$551 ) begin
-            \$976  = is_gemm;
-          end
-          if (read_err) begin
-            \$976  = 1'h0;
-          end
-          if (start) begin
-            \$976  = 1'h0;
-          end
-        end
-      3'h4:
-        begin
-          if (\$584 ) begin
-            \$976  = 1'h0;
-          end
-          if (addr_fault) begin
-            \$976  = 1'h0;
-          end
-          if (\$596 ) begin
-            \$976  = 1'h0;
-          end
-          if (start) begin
-            \$976  = 1'h0;
-          end
-        end
-      3'h5:
-          if (\$597 ) begin
-            \$976  = 1'h0;
-          end
-      default:
-          \$976  = 1'h0;
-    endcase
+    \$976  = offset;
+    if (\$452 ) begin
+      \$976  = 32'd0;
+    end
+    if (\$458 ) begin
+      \$976  = \$460 [31:0];
+    end
     if (rst) begin
-      \$976  = 1'h0;
+      \$976  = 32'd0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$977  = pack_active;
+    \$977  = seq_state;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
           if (start) begin
-            \$977  = 1'h0;
+            \$977  = 3'h1;
           end
       3'h1:
         begin
           if (beat__valid) begin
-            \$977  = 1'h0;
+            \$977  = 3'h2;
           end
           if (start) begin
-            \$977  = 1'h0;
+            \$977  = 3'h5;
           end
         end
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$472 ) begin
+          if (\$473 ) begin
           end else if (d_end_more) begin
-            \$977  = 1'h0;
+            \$977  = 3'h1;
           end else if (d_end) begin
-            \$977  = 1'h0;
+            \$977  = 3'h0;
           end else if (d_count_zero) begin
-            \$977  = 1'h0;
+            \$977  = 3'h5;
           end else if (d_const) begin
-            \$977  = 1'h0;
+            \$977  = 3'h3;
           end else if (d_stream) begin
-            \$977  = \$479 ;
+            \$977  = 3'h4;
           end else begin
-            \$977  = 1'h0;
+            \$977  = 3'h5;
           end
           if (read_err) begin
-            \$977  = 1'h0;
+            \$977  = 3'h5;
           end
           if (start) begin
-            \$977  = 1'h0;
+            \$977  = 3'h5;
           end
         end
       3'h3:
         begin
           if (c_fire) begin
             if (c_last) begin
-              \$977  = \$524 ;
+              \$977  = 3'h4;
             end
           end
-          if (\$551 ) begin
-            \$977  = \$554 ;
+          if (\$556 ) begin
+            \$977  = 3'h4;
+          end
+          if (c_flag_bad) begin
+            \$977  = 3'h5;
           end
           if (read_err) begin
-            \$977  = 1'h0;
+            \$977  = 3'h5;
           end
           if (start) begin
-            \$977  = 1'h0;
+            \$977  = 3'h5;
           end
         end
       3'h4:
         begin
-          if (\$584 ) begin
-            \$977  = 1'h0;
+          if (\$589 ) begin
+            \$977  = 3'h1;
           end
           if (addr_fault) begin
-            \$977  = 1'h0;
+            \$977  = 3'h5;
           end
-          if (\$596 ) begin
-            \$977  = 1'h0;
+          if (\$601 ) begin
+            \$977  = 3'h5;
           end
           if (start) begin
-            \$977  = 1'h0;
+            \$977  = 3'h5;
           end
         end
       3'h5:
-          if (\$597 ) begin
-            \$977  = 1'h0;
+          if (\$602 ) begin
+            \$977  = 3'h0;
           end
       default:
-          \$977  = 1'h0;
+          \$977  = 3'h0;
     endcase
     if (rst) begin
-      \$977  = 1'h0;
+      \$977  = 3'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$978  = sink_from_move;
+    \$978  = in_stream;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
@@ -7688,7 +7225,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$472 ) begin
+          if (\$473 ) begin
           end else if (d_end_more) begin
             \$978  = 1'h0;
           end else if (d_end) begin
@@ -7698,7 +7235,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end else if (d_const) begin
             \$978  = 1'h0;
           end else if (d_stream) begin
-            \$978  = is_move;
+            \$978  = 1'h1;
           end else begin
             \$978  = 1'h0;
           end
@@ -7713,11 +7250,14 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         begin
           if (c_fire) begin
             if (c_last) begin
-              \$978  = is_move;
+              \$978  = 1'h1;
             end
           end
-          if (\$551 ) begin
-            \$978  = is_move;
+          if (\$556 ) begin
+            \$978  = 1'h1;
+          end
+          if (c_flag_bad) begin
+            \$978  = 1'h0;
           end
           if (read_err) begin
             \$978  = 1'h0;
@@ -7728,13 +7268,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h4:
         begin
-          if (\$584 ) begin
+          if (\$589 ) begin
             \$978  = 1'h0;
           end
           if (addr_fault) begin
             \$978  = 1'h0;
           end
-          if (\$596 ) begin
+          if (\$601 ) begin
             \$978  = 1'h0;
           end
           if (start) begin
@@ -7742,7 +7282,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end
         end
       3'h5:
-          if (\$597 ) begin
+          if (\$602 ) begin
             \$978  = 1'h0;
           end
       default:
@@ -7754,7 +7294,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$979  = sink_from_load;
+    \$979  = in_decode;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
@@ -7764,7 +7304,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h1:
         begin
           if (beat__valid) begin
-            \$979  = 1'h0;
+            \$979  = 1'h1;
           end
           if (start) begin
             \$979  = 1'h0;
@@ -7773,7 +7313,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$472 ) begin
+          if (\$473 ) begin
           end else if (d_end_more) begin
             \$979  = 1'h0;
           end else if (d_end) begin
@@ -7783,7 +7323,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end else if (d_const) begin
             \$979  = 1'h0;
           end else if (d_stream) begin
-            \$979  = is_load;
+            \$979  = 1'h0;
           end else begin
             \$979  = 1'h0;
           end
@@ -7798,11 +7338,14 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         begin
           if (c_fire) begin
             if (c_last) begin
-              \$979  = is_load;
+              \$979  = 1'h0;
             end
           end
-          if (\$551 ) begin
-            \$979  = is_load;
+          if (\$556 ) begin
+            \$979  = 1'h0;
+          end
+          if (c_flag_bad) begin
+            \$979  = 1'h0;
           end
           if (read_err) begin
             \$979  = 1'h0;
@@ -7813,13 +7356,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h4:
         begin
-          if (\$584 ) begin
+          if (\$589 ) begin
             \$979  = 1'h0;
           end
           if (addr_fault) begin
             \$979  = 1'h0;
           end
-          if (\$596 ) begin
+          if (\$601 ) begin
             \$979  = 1'h0;
           end
           if (start) begin
@@ -7827,7 +7370,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end
         end
       3'h5:
-          if (\$597 ) begin
+          if (\$602 ) begin
             \$979  = 1'h0;
           end
       default:
@@ -7839,7 +7382,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$980  = sink_from_store;
+    \$980  = in_op;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
@@ -7858,7 +7401,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$472 ) begin
+          if (\$473 ) begin
           end else if (d_end_more) begin
             \$980  = 1'h0;
           end else if (d_end) begin
@@ -7866,9 +7409,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end else if (d_count_zero) begin
             \$980  = 1'h0;
           end else if (d_const) begin
-            \$980  = 1'h0;
+            \$980  = 1'h1;
           end else if (d_stream) begin
-            \$980  = is_store;
+            \$980  = 1'h1;
           end else begin
             \$980  = 1'h0;
           end
@@ -7883,11 +7426,14 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         begin
           if (c_fire) begin
             if (c_last) begin
-              \$980  = is_store;
+              \$980  = 1'h1;
             end
           end
-          if (\$551 ) begin
-            \$980  = is_store;
+          if (\$556 ) begin
+            \$980  = 1'h1;
+          end
+          if (c_flag_bad) begin
+            \$980  = 1'h0;
           end
           if (read_err) begin
             \$980  = 1'h0;
@@ -7898,13 +7444,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h4:
         begin
-          if (\$584 ) begin
+          if (\$589 ) begin
             \$980  = 1'h0;
           end
           if (addr_fault) begin
             \$980  = 1'h0;
           end
-          if (\$596 ) begin
+          if (\$601 ) begin
             \$980  = 1'h0;
           end
           if (start) begin
@@ -7912,7 +7458,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end
         end
       3'h5:
-          if (\$597 ) begin
+          if (\$602 ) begin
             \$980  = 1'h0;
           end
       default:
@@ -7924,7 +7470,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$981  = sink_from_softmax;
+    \$981  = unit_rst;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
@@ -7937,67 +7483,70 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
             \$981  = 1'h0;
           end
           if (start) begin
-            \$981  = 1'h0;
+            \$981  = 1'h1;
           end
         end
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$472 ) begin
+          if (\$473 ) begin
           end else if (d_end_more) begin
             \$981  = 1'h0;
           end else if (d_end) begin
             \$981  = 1'h0;
           end else if (d_count_zero) begin
-            \$981  = 1'h0;
+            \$981  = 1'h1;
           end else if (d_const) begin
             \$981  = 1'h0;
           end else if (d_stream) begin
-            \$981  = is_softmax;
-          end else begin
             \$981  = 1'h0;
+          end else begin
+            \$981  = 1'h1;
           end
           if (read_err) begin
-            \$981  = 1'h0;
+            \$981  = 1'h1;
           end
           if (start) begin
-            \$981  = 1'h0;
+            \$981  = 1'h1;
           end
         end
       3'h3:
         begin
           if (c_fire) begin
             if (c_last) begin
-              \$981  = is_softmax;
+              \$981  = 1'h0;
             end
           end
-          if (\$551 ) begin
-            \$981  = is_softmax;
+          if (\$556 ) begin
+            \$981  = 1'h0;
+          end
+          if (c_flag_bad) begin
+            \$981  = 1'h1;
           end
           if (read_err) begin
-            \$981  = 1'h0;
+            \$981  = 1'h1;
           end
           if (start) begin
-            \$981  = 1'h0;
+            \$981  = 1'h1;
           end
         end
       3'h4:
         begin
-          if (\$584 ) begin
+          if (\$589 ) begin
             \$981  = 1'h0;
           end
           if (addr_fault) begin
-            \$981  = 1'h0;
+            \$981  = 1'h1;
           end
-          if (\$596 ) begin
-            \$981  = 1'h0;
+          if (\$601 ) begin
+            \$981  = 1'h1;
           end
           if (start) begin
-            \$981  = 1'h0;
+            \$981  = 1'h1;
           end
         end
       3'h5:
-          if (\$597 ) begin
+          if (\$602 ) begin
             \$981  = 1'h0;
           end
       default:
@@ -8009,7 +7558,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$982  = sink_from_layernorm;
+    \$982  = gemm_active;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
@@ -8028,7 +7577,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$472 ) begin
+          if (\$473 ) begin
           end else if (d_end_more) begin
             \$982  = 1'h0;
           end else if (d_end) begin
@@ -8038,7 +7587,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end else if (d_const) begin
             \$982  = 1'h0;
           end else if (d_stream) begin
-            \$982  = is_layernorm;
+            \$982  = is_gemm;
           end else begin
             \$982  = 1'h0;
           end
@@ -8053,11 +7602,14 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         begin
           if (c_fire) begin
             if (c_last) begin
-              \$982  = is_layernorm;
+              \$982  = is_gemm;
             end
           end
-          if (\$551 ) begin
-            \$982  = is_layernorm;
+          if (\$556 ) begin
+            \$982  = is_gemm;
+          end
+          if (c_flag_bad) begin
+            \$982  = 1'h0;
           end
           if (read_err) begin
             \$982  = 1'h0;
@@ -8068,13 +7620,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h4:
         begin
-          if (\$584 ) begin
+          if (\$589 ) begin
             \$982  = 1'h0;
           end
           if (addr_fault) begin
             \$982  = 1'h0;
           end
-          if (\$596 ) begin
+          if (\$601 ) begin
             \$982  = 1'h0;
           end
           if (start) begin
@@ -8082,7 +7634,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end
         end
       3'h5:
-          if (\$597 ) begin
+          if (\$602 ) begin
             \$982  = 1'h0;
           end
       default:
@@ -8094,7 +7646,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$983  = sink_from_add;
+    \$983  = pack_active;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
@@ -8113,7 +7665,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$472 ) begin
+          if (\$473 ) begin
           end else if (d_end_more) begin
             \$983  = 1'h0;
           end else if (d_end) begin
@@ -8123,7 +7675,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end else if (d_const) begin
             \$983  = 1'h0;
           end else if (d_stream) begin
-            \$983  = \$483 ;
+            \$983  = \$480 ;
           end else begin
             \$983  = 1'h0;
           end
@@ -8138,11 +7690,14 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         begin
           if (c_fire) begin
             if (c_last) begin
-              \$983  = \$528 ;
+              \$983  = \$529 ;
             end
           end
-          if (\$551 ) begin
-            \$983  = \$558 ;
+          if (\$556 ) begin
+            \$983  = \$559 ;
+          end
+          if (c_flag_bad) begin
+            \$983  = 1'h0;
           end
           if (read_err) begin
             \$983  = 1'h0;
@@ -8153,13 +7708,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h4:
         begin
-          if (\$584 ) begin
+          if (\$589 ) begin
             \$983  = 1'h0;
           end
           if (addr_fault) begin
             \$983  = 1'h0;
           end
-          if (\$596 ) begin
+          if (\$601 ) begin
             \$983  = 1'h0;
           end
           if (start) begin
@@ -8167,7 +7722,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end
         end
       3'h5:
-          if (\$597 ) begin
+          if (\$602 ) begin
             \$983  = 1'h0;
           end
       default:
@@ -8179,7 +7734,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$984  = sink_from_gelu0;
+    \$984  = sink_from_move;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
@@ -8198,7 +7753,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$472 ) begin
+          if (\$473 ) begin
           end else if (d_end_more) begin
             \$984  = 1'h0;
           end else if (d_end) begin
@@ -8208,7 +7763,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end else if (d_const) begin
             \$984  = 1'h0;
           end else if (d_stream) begin
-            \$984  = \$487 ;
+            \$984  = is_move;
           end else begin
             \$984  = 1'h0;
           end
@@ -8223,11 +7778,14 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         begin
           if (c_fire) begin
             if (c_last) begin
-              \$984  = \$532 ;
+              \$984  = is_move;
             end
           end
-          if (\$551 ) begin
-            \$984  = \$562 ;
+          if (\$556 ) begin
+            \$984  = is_move;
+          end
+          if (c_flag_bad) begin
+            \$984  = 1'h0;
           end
           if (read_err) begin
             \$984  = 1'h0;
@@ -8238,13 +7796,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h4:
         begin
-          if (\$584 ) begin
+          if (\$589 ) begin
             \$984  = 1'h0;
           end
           if (addr_fault) begin
             \$984  = 1'h0;
           end
-          if (\$596 ) begin
+          if (\$601 ) begin
             \$984  = 1'h0;
           end
           if (start) begin
@@ -8252,7 +7810,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end
         end
       3'h5:
-          if (\$597 ) begin
+          if (\$602 ) begin
             \$984  = 1'h0;
           end
       default:
@@ -8264,7 +7822,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$985  = sink_from_gemm;
+    \$985  = sink_from_load;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
@@ -8283,7 +7841,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$472 ) begin
+          if (\$473 ) begin
           end else if (d_end_more) begin
             \$985  = 1'h0;
           end else if (d_end) begin
@@ -8293,7 +7851,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end else if (d_const) begin
             \$985  = 1'h0;
           end else if (d_stream) begin
-            \$985  = \$491 ;
+            \$985  = is_load;
           end else begin
             \$985  = 1'h0;
           end
@@ -8308,11 +7866,14 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         begin
           if (c_fire) begin
             if (c_last) begin
-              \$985  = \$536 ;
+              \$985  = is_load;
             end
           end
-          if (\$551 ) begin
-            \$985  = \$566 ;
+          if (\$556 ) begin
+            \$985  = is_load;
+          end
+          if (c_flag_bad) begin
+            \$985  = 1'h0;
           end
           if (read_err) begin
             \$985  = 1'h0;
@@ -8323,13 +7884,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h4:
         begin
-          if (\$584 ) begin
+          if (\$589 ) begin
             \$985  = 1'h0;
           end
           if (addr_fault) begin
             \$985  = 1'h0;
           end
-          if (\$596 ) begin
+          if (\$601 ) begin
             \$985  = 1'h0;
           end
           if (start) begin
@@ -8337,7 +7898,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end
         end
       3'h5:
-          if (\$597 ) begin
+          if (\$602 ) begin
             \$985  = 1'h0;
           end
       default:
@@ -8349,7 +7910,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$986  = a_from_softmax;
+    \$986  = sink_from_store;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
@@ -8368,7 +7929,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$472 ) begin
+          if (\$473 ) begin
           end else if (d_end_more) begin
             \$986  = 1'h0;
           end else if (d_end) begin
@@ -8378,7 +7939,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end else if (d_const) begin
             \$986  = 1'h0;
           end else if (d_stream) begin
-            \$986  = \$492 ;
+            \$986  = is_store;
           end else begin
             \$986  = 1'h0;
           end
@@ -8393,11 +7954,14 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         begin
           if (c_fire) begin
             if (c_last) begin
-              \$986  = \$537 ;
+              \$986  = is_store;
             end
           end
-          if (\$551 ) begin
-            \$986  = \$567 ;
+          if (\$556 ) begin
+            \$986  = is_store;
+          end
+          if (c_flag_bad) begin
+            \$986  = 1'h0;
           end
           if (read_err) begin
             \$986  = 1'h0;
@@ -8408,13 +7972,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h4:
         begin
-          if (\$584 ) begin
+          if (\$589 ) begin
             \$986  = 1'h0;
           end
           if (addr_fault) begin
             \$986  = 1'h0;
           end
-          if (\$596 ) begin
+          if (\$601 ) begin
             \$986  = 1'h0;
           end
           if (start) begin
@@ -8422,7 +7986,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end
         end
       3'h5:
-          if (\$597 ) begin
+          if (\$602 ) begin
             \$986  = 1'h0;
           end
       default:
@@ -8434,7 +7998,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$987  = a_from_layernorm;
+    \$987  = sink_from_softmax;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
@@ -8453,7 +8017,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$472 ) begin
+          if (\$473 ) begin
           end else if (d_end_more) begin
             \$987  = 1'h0;
           end else if (d_end) begin
@@ -8463,7 +8027,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end else if (d_const) begin
             \$987  = 1'h0;
           end else if (d_stream) begin
-            \$987  = \$493 ;
+            \$987  = is_softmax;
           end else begin
             \$987  = 1'h0;
           end
@@ -8478,11 +8042,14 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         begin
           if (c_fire) begin
             if (c_last) begin
-              \$987  = \$538 ;
+              \$987  = is_softmax;
             end
           end
-          if (\$551 ) begin
-            \$987  = \$568 ;
+          if (\$556 ) begin
+            \$987  = is_softmax;
+          end
+          if (c_flag_bad) begin
+            \$987  = 1'h0;
           end
           if (read_err) begin
             \$987  = 1'h0;
@@ -8493,13 +8060,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h4:
         begin
-          if (\$584 ) begin
+          if (\$589 ) begin
             \$987  = 1'h0;
           end
           if (addr_fault) begin
             \$987  = 1'h0;
           end
-          if (\$596 ) begin
+          if (\$601 ) begin
             \$987  = 1'h0;
           end
           if (start) begin
@@ -8507,7 +8074,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end
         end
       3'h5:
-          if (\$597 ) begin
+          if (\$602 ) begin
             \$987  = 1'h0;
           end
       default:
@@ -8519,7 +8086,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$988  = a_from_src0;
+    \$988  = sink_from_layernorm;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
@@ -8538,7 +8105,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$472 ) begin
+          if (\$473 ) begin
           end else if (d_end_more) begin
             \$988  = 1'h0;
           end else if (d_end) begin
@@ -8548,7 +8115,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end else if (d_const) begin
             \$988  = 1'h0;
           end else if (d_stream) begin
-            \$988  = \$497 ;
+            \$988  = is_layernorm;
           end else begin
             \$988  = 1'h0;
           end
@@ -8563,11 +8130,14 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         begin
           if (c_fire) begin
             if (c_last) begin
-              \$988  = \$542 ;
+              \$988  = is_layernorm;
             end
           end
-          if (\$551 ) begin
-            \$988  = \$572 ;
+          if (\$556 ) begin
+            \$988  = is_layernorm;
+          end
+          if (c_flag_bad) begin
+            \$988  = 1'h0;
           end
           if (read_err) begin
             \$988  = 1'h0;
@@ -8578,13 +8148,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h4:
         begin
-          if (\$584 ) begin
+          if (\$589 ) begin
             \$988  = 1'h0;
           end
           if (addr_fault) begin
             \$988  = 1'h0;
           end
-          if (\$596 ) begin
+          if (\$601 ) begin
             \$988  = 1'h0;
           end
           if (start) begin
@@ -8592,7 +8162,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end
         end
       3'h5:
-          if (\$597 ) begin
+          if (\$602 ) begin
             \$988  = 1'h0;
           end
       default:
@@ -8604,7 +8174,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$989  = const_to0;
+    \$989  = sink_from_add;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
@@ -8623,7 +8193,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$472 ) begin
+          if (\$473 ) begin
           end else if (d_end_more) begin
             \$989  = 1'h0;
           end else if (d_end) begin
@@ -8631,9 +8201,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end else if (d_count_zero) begin
             \$989  = 1'h0;
           end else if (d_const) begin
-            \$989  = \$475 ;
-          end else if (d_stream) begin
             \$989  = 1'h0;
+          end else if (d_stream) begin
+            \$989  = \$484 ;
           end else begin
             \$989  = 1'h0;
           end
@@ -8648,10 +8218,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         begin
           if (c_fire) begin
             if (c_last) begin
-              \$989  = 1'h0;
+              \$989  = \$533 ;
             end
           end
-          if (\$551 ) begin
+          if (\$556 ) begin
+            \$989  = \$563 ;
+          end
+          if (c_flag_bad) begin
             \$989  = 1'h0;
           end
           if (read_err) begin
@@ -8663,13 +8236,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h4:
         begin
-          if (\$584 ) begin
+          if (\$589 ) begin
             \$989  = 1'h0;
           end
           if (addr_fault) begin
             \$989  = 1'h0;
           end
-          if (\$596 ) begin
+          if (\$601 ) begin
             \$989  = 1'h0;
           end
           if (start) begin
@@ -8677,7 +8250,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end
         end
       3'h5:
-          if (\$597 ) begin
+          if (\$602 ) begin
             \$989  = 1'h0;
           end
       default:
@@ -8689,7 +8262,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$990  = const_to1;
+    \$990  = sink_from_gelu0;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
@@ -8708,7 +8281,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$472 ) begin
+          if (\$473 ) begin
           end else if (d_end_more) begin
             \$990  = 1'h0;
           end else if (d_end) begin
@@ -8716,9 +8289,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end else if (d_count_zero) begin
             \$990  = 1'h0;
           end else if (d_const) begin
-            \$990  = \$476 ;
-          end else if (d_stream) begin
             \$990  = 1'h0;
+          end else if (d_stream) begin
+            \$990  = \$488 ;
           end else begin
             \$990  = 1'h0;
           end
@@ -8733,10 +8306,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         begin
           if (c_fire) begin
             if (c_last) begin
-              \$990  = 1'h0;
+              \$990  = \$537 ;
             end
           end
-          if (\$551 ) begin
+          if (\$556 ) begin
+            \$990  = \$567 ;
+          end
+          if (c_flag_bad) begin
             \$990  = 1'h0;
           end
           if (read_err) begin
@@ -8748,13 +8324,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h4:
         begin
-          if (\$584 ) begin
+          if (\$589 ) begin
             \$990  = 1'h0;
           end
           if (addr_fault) begin
             \$990  = 1'h0;
           end
-          if (\$596 ) begin
+          if (\$601 ) begin
             \$990  = 1'h0;
           end
           if (start) begin
@@ -8762,7 +8338,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end
         end
       3'h5:
-          if (\$597 ) begin
+          if (\$602 ) begin
             \$990  = 1'h0;
           end
       default:
@@ -8774,7 +8350,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$991  = const_to2;
+    \$991  = sink_from_gemm;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
@@ -8793,7 +8369,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$472 ) begin
+          if (\$473 ) begin
           end else if (d_end_more) begin
             \$991  = 1'h0;
           end else if (d_end) begin
@@ -8801,9 +8377,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end else if (d_count_zero) begin
             \$991  = 1'h0;
           end else if (d_const) begin
-            \$991  = add_sel;
-          end else if (d_stream) begin
             \$991  = 1'h0;
+          end else if (d_stream) begin
+            \$991  = \$492 ;
           end else begin
             \$991  = 1'h0;
           end
@@ -8818,10 +8394,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         begin
           if (c_fire) begin
             if (c_last) begin
-              \$991  = 1'h0;
+              \$991  = \$541 ;
             end
           end
-          if (\$551 ) begin
+          if (\$556 ) begin
+            \$991  = \$571 ;
+          end
+          if (c_flag_bad) begin
             \$991  = 1'h0;
           end
           if (read_err) begin
@@ -8833,13 +8412,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h4:
         begin
-          if (\$584 ) begin
+          if (\$589 ) begin
             \$991  = 1'h0;
           end
           if (addr_fault) begin
             \$991  = 1'h0;
           end
-          if (\$596 ) begin
+          if (\$601 ) begin
             \$991  = 1'h0;
           end
           if (start) begin
@@ -8847,7 +8426,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end
         end
       3'h5:
-          if (\$597 ) begin
+          if (\$602 ) begin
             \$991  = 1'h0;
           end
       default:
@@ -8859,7 +8438,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$992  = const_to3;
+    \$992  = a_from_softmax;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
@@ -8878,7 +8457,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$472 ) begin
+          if (\$473 ) begin
           end else if (d_end_more) begin
             \$992  = 1'h0;
           end else if (d_end) begin
@@ -8886,9 +8465,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end else if (d_count_zero) begin
             \$992  = 1'h0;
           end else if (d_const) begin
-            \$992  = gelu_sel0;
-          end else if (d_stream) begin
             \$992  = 1'h0;
+          end else if (d_stream) begin
+            \$992  = \$493 ;
           end else begin
             \$992  = 1'h0;
           end
@@ -8903,10 +8482,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         begin
           if (c_fire) begin
             if (c_last) begin
-              \$992  = 1'h0;
+              \$992  = \$542 ;
             end
           end
-          if (\$551 ) begin
+          if (\$556 ) begin
+            \$992  = \$572 ;
+          end
+          if (c_flag_bad) begin
             \$992  = 1'h0;
           end
           if (read_err) begin
@@ -8918,13 +8500,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h4:
         begin
-          if (\$584 ) begin
+          if (\$589 ) begin
             \$992  = 1'h0;
           end
           if (addr_fault) begin
             \$992  = 1'h0;
           end
-          if (\$596 ) begin
+          if (\$601 ) begin
             \$992  = 1'h0;
           end
           if (start) begin
@@ -8932,7 +8514,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end
         end
       3'h5:
-          if (\$597 ) begin
+          if (\$602 ) begin
             \$992  = 1'h0;
           end
       default:
@@ -8944,12 +8526,12 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$993  = in_fetch;
+    \$993  = a_from_layernorm;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
           if (start) begin
-            \$993  = 1'h1;
+            \$993  = 1'h0;
           end
       3'h1:
         begin
@@ -8963,9 +8545,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$472 ) begin
+          if (\$473 ) begin
           end else if (d_end_more) begin
-            \$993  = 1'h1;
+            \$993  = 1'h0;
           end else if (d_end) begin
             \$993  = 1'h0;
           end else if (d_count_zero) begin
@@ -8973,7 +8555,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end else if (d_const) begin
             \$993  = 1'h0;
           end else if (d_stream) begin
-            \$993  = 1'h0;
+            \$993  = \$494 ;
           end else begin
             \$993  = 1'h0;
           end
@@ -8988,10 +8570,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         begin
           if (c_fire) begin
             if (c_last) begin
-              \$993  = 1'h0;
+              \$993  = \$543 ;
             end
           end
-          if (\$551 ) begin
+          if (\$556 ) begin
+            \$993  = \$573 ;
+          end
+          if (c_flag_bad) begin
             \$993  = 1'h0;
           end
           if (read_err) begin
@@ -9003,13 +8588,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h4:
         begin
-          if (\$584 ) begin
-            \$993  = 1'h1;
+          if (\$589 ) begin
+            \$993  = 1'h0;
           end
           if (addr_fault) begin
             \$993  = 1'h0;
           end
-          if (\$596 ) begin
+          if (\$601 ) begin
             \$993  = 1'h0;
           end
           if (start) begin
@@ -9017,7 +8602,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end
         end
       3'h5:
-          if (\$597 ) begin
+          if (\$602 ) begin
             \$993  = 1'h0;
           end
       default:
@@ -9029,7 +8614,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$994  = in_const;
+    \$994  = a_from_src0;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
@@ -9048,7 +8633,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$472 ) begin
+          if (\$473 ) begin
           end else if (d_end_more) begin
             \$994  = 1'h0;
           end else if (d_end) begin
@@ -9056,9 +8641,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end else if (d_count_zero) begin
             \$994  = 1'h0;
           end else if (d_const) begin
-            \$994  = 1'h1;
-          end else if (d_stream) begin
             \$994  = 1'h0;
+          end else if (d_stream) begin
+            \$994  = \$498 ;
           end else begin
             \$994  = 1'h0;
           end
@@ -9073,10 +8658,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         begin
           if (c_fire) begin
             if (c_last) begin
-              \$994  = 1'h0;
+              \$994  = \$547 ;
             end
           end
-          if (\$551 ) begin
+          if (\$556 ) begin
+            \$994  = \$577 ;
+          end
+          if (c_flag_bad) begin
             \$994  = 1'h0;
           end
           if (read_err) begin
@@ -9088,13 +8676,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h4:
         begin
-          if (\$584 ) begin
+          if (\$589 ) begin
             \$994  = 1'h0;
           end
           if (addr_fault) begin
             \$994  = 1'h0;
           end
-          if (\$596 ) begin
+          if (\$601 ) begin
             \$994  = 1'h0;
           end
           if (start) begin
@@ -9102,7 +8690,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end
         end
       3'h5:
-          if (\$597 ) begin
+          if (\$602 ) begin
             \$994  = 1'h0;
           end
       default:
@@ -9114,7 +8702,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$995  = run0;
+    \$995  = const_to0;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
@@ -9133,7 +8721,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$472 ) begin
+          if (\$473 ) begin
           end else if (d_end_more) begin
             \$995  = 1'h0;
           end else if (d_end) begin
@@ -9141,9 +8729,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end else if (d_count_zero) begin
             \$995  = 1'h0;
           end else if (d_const) begin
-            \$995  = 1'h0;
+            \$995  = \$476 ;
           end else if (d_stream) begin
-            \$995  = \$498 ;
+            \$995  = 1'h0;
           end else begin
             \$995  = 1'h0;
           end
@@ -9158,11 +8746,14 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         begin
           if (c_fire) begin
             if (c_last) begin
-              \$995  = \$543 ;
+              \$995  = 1'h0;
             end
           end
-          if (\$551 ) begin
-            \$995  = \$573 ;
+          if (\$556 ) begin
+            \$995  = 1'h0;
+          end
+          if (c_flag_bad) begin
+            \$995  = 1'h0;
           end
           if (read_err) begin
             \$995  = 1'h0;
@@ -9173,13 +8764,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h4:
         begin
-          if (\$584 ) begin
+          if (\$589 ) begin
             \$995  = 1'h0;
           end
           if (addr_fault) begin
             \$995  = 1'h0;
           end
-          if (\$596 ) begin
+          if (\$601 ) begin
             \$995  = 1'h0;
           end
           if (start) begin
@@ -9187,7 +8778,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end
         end
       3'h5:
-          if (\$597 ) begin
+          if (\$602 ) begin
             \$995  = 1'h0;
           end
       default:
@@ -9199,7 +8790,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$996  = run1;
+    \$996  = const_to1;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
@@ -9218,7 +8809,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$472 ) begin
+          if (\$473 ) begin
           end else if (d_end_more) begin
             \$996  = 1'h0;
           end else if (d_end) begin
@@ -9226,9 +8817,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end else if (d_count_zero) begin
             \$996  = 1'h0;
           end else if (d_const) begin
-            \$996  = 1'h0;
+            \$996  = \$477 ;
           end else if (d_stream) begin
-            \$996  = \$501 ;
+            \$996  = 1'h0;
           end else begin
             \$996  = 1'h0;
           end
@@ -9243,11 +8834,14 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         begin
           if (c_fire) begin
             if (c_last) begin
-              \$996  = \$546 ;
+              \$996  = 1'h0;
             end
           end
-          if (\$551 ) begin
-            \$996  = \$576 ;
+          if (\$556 ) begin
+            \$996  = 1'h0;
+          end
+          if (c_flag_bad) begin
+            \$996  = 1'h0;
           end
           if (read_err) begin
             \$996  = 1'h0;
@@ -9258,13 +8852,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h4:
         begin
-          if (\$584 ) begin
+          if (\$589 ) begin
             \$996  = 1'h0;
           end
           if (addr_fault) begin
             \$996  = 1'h0;
           end
-          if (\$596 ) begin
+          if (\$601 ) begin
             \$996  = 1'h0;
           end
           if (start) begin
@@ -9272,7 +8866,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end
         end
       3'h5:
-          if (\$597 ) begin
+          if (\$602 ) begin
             \$996  = 1'h0;
           end
       default:
@@ -9284,7 +8878,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$997  = q0_to_pack;
+    \$997  = const_to2;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
@@ -9303,7 +8897,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$472 ) begin
+          if (\$473 ) begin
           end else if (d_end_more) begin
             \$997  = 1'h0;
           end else if (d_end) begin
@@ -9311,9 +8905,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end else if (d_count_zero) begin
             \$997  = 1'h0;
           end else if (d_const) begin
-            \$997  = 1'h0;
+            \$997  = add_sel;
           end else if (d_stream) begin
-            \$997  = \$502 ;
+            \$997  = 1'h0;
           end else begin
             \$997  = 1'h0;
           end
@@ -9328,11 +8922,14 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         begin
           if (c_fire) begin
             if (c_last) begin
-              \$997  = \$547 ;
+              \$997  = 1'h0;
             end
           end
-          if (\$551 ) begin
-            \$997  = \$577 ;
+          if (\$556 ) begin
+            \$997  = 1'h0;
+          end
+          if (c_flag_bad) begin
+            \$997  = 1'h0;
           end
           if (read_err) begin
             \$997  = 1'h0;
@@ -9343,13 +8940,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h4:
         begin
-          if (\$584 ) begin
+          if (\$589 ) begin
             \$997  = 1'h0;
           end
           if (addr_fault) begin
             \$997  = 1'h0;
           end
-          if (\$596 ) begin
+          if (\$601 ) begin
             \$997  = 1'h0;
           end
           if (start) begin
@@ -9357,7 +8954,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end
         end
       3'h5:
-          if (\$597 ) begin
+          if (\$602 ) begin
             \$997  = 1'h0;
           end
       default:
@@ -9369,7 +8966,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$998  = res_to_pack;
+    \$998  = const_to3;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
@@ -9388,7 +8985,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$472 ) begin
+          if (\$473 ) begin
           end else if (d_end_more) begin
             \$998  = 1'h0;
           end else if (d_end) begin
@@ -9396,9 +8993,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end else if (d_count_zero) begin
             \$998  = 1'h0;
           end else if (d_const) begin
-            \$998  = 1'h0;
+            \$998  = gelu_sel0;
           end else if (d_stream) begin
-            \$998  = \$504 ;
+            \$998  = 1'h0;
           end else begin
             \$998  = 1'h0;
           end
@@ -9413,11 +9010,14 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         begin
           if (c_fire) begin
             if (c_last) begin
-              \$998  = \$549 ;
+              \$998  = 1'h0;
             end
           end
-          if (\$551 ) begin
-            \$998  = \$579 ;
+          if (\$556 ) begin
+            \$998  = 1'h0;
+          end
+          if (c_flag_bad) begin
+            \$998  = 1'h0;
           end
           if (read_err) begin
             \$998  = 1'h0;
@@ -9428,13 +9028,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h4:
         begin
-          if (\$584 ) begin
+          if (\$589 ) begin
             \$998  = 1'h0;
           end
           if (addr_fault) begin
             \$998  = 1'h0;
           end
-          if (\$596 ) begin
+          if (\$601 ) begin
             \$998  = 1'h0;
           end
           if (start) begin
@@ -9442,7 +9042,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end
         end
       3'h5:
-          if (\$597 ) begin
+          if (\$602 ) begin
             \$998  = 1'h0;
           end
       default:
@@ -9454,51 +9054,263 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$999  = ins;
+    \$999  = in_fetch;
+    (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
-          /* empty */;
-      3'h1:
-          if (beat__valid) begin
-            \$999  = beat__payload[511:0];
+          if (start) begin
+            \$999  = 1'h1;
           end
-    endcase
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1000  = decode_wait;
-    casez (seq_state)
-      3'h0:
-          /* empty */;
       3'h1:
+        begin
           if (beat__valid) begin
-            \$1000  = 4'h8;
+            \$999  = 1'h0;
           end
+          if (start) begin
+            \$999  = 1'h0;
+          end
+        end
       3'h2:
-          if (\$472 ) begin
-            \$1000  = \$473 [3:0];
+        begin
+          (* full_case = 32'd1 *)
+          if (\$473 ) begin
+          end else if (d_end_more) begin
+            \$999  = 1'h1;
+          end else if (d_end) begin
+            \$999  = 1'h0;
+          end else if (d_count_zero) begin
+            \$999  = 1'h0;
+          end else if (d_const) begin
+            \$999  = 1'h0;
+          end else if (d_stream) begin
+            \$999  = 1'h0;
+          end else begin
+            \$999  = 1'h0;
           end
+          if (read_err) begin
+            \$999  = 1'h0;
+          end
+          if (start) begin
+            \$999  = 1'h0;
+          end
+        end
+      3'h3:
+        begin
+          if (c_fire) begin
+            if (c_last) begin
+              \$999  = 1'h0;
+            end
+          end
+          if (\$556 ) begin
+            \$999  = 1'h0;
+          end
+          if (c_flag_bad) begin
+            \$999  = 1'h0;
+          end
+          if (read_err) begin
+            \$999  = 1'h0;
+          end
+          if (start) begin
+            \$999  = 1'h0;
+          end
+        end
+      3'h4:
+        begin
+          if (\$589 ) begin
+            \$999  = 1'h1;
+          end
+          if (addr_fault) begin
+            \$999  = 1'h0;
+          end
+          if (\$601 ) begin
+            \$999  = 1'h0;
+          end
+          if (start) begin
+            \$999  = 1'h0;
+          end
+        end
+      3'h5:
+          if (\$602 ) begin
+            \$999  = 1'h0;
+          end
+      default:
+          \$999  = 1'h0;
     endcase
     if (rst) begin
-      \$1000  = 4'h0;
+      \$999  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1001  = read_err;
+    \$1000  = in_const;
+    (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
-          /* empty */;
+          if (start) begin
+            \$1000  = 1'h0;
+          end
       3'h1:
+        begin
           if (beat__valid) begin
-            \$1001  = beat__payload[512];
+            \$1000  = 1'h0;
           end
+          if (start) begin
+            \$1000  = 1'h0;
+          end
+        end
       3'h2:
-          /* empty */;
-      3'h3:
-          if (\$510 ) begin
-            \$1001  = beat__payload[512];
+        begin
+          (* full_case = 32'd1 *)
+          if (\$473 ) begin
+          end else if (d_end_more) begin
+            \$1000  = 1'h0;
+          end else if (d_end) begin
+            \$1000  = 1'h0;
+          end else if (d_count_zero) begin
+            \$1000  = 1'h0;
+          end else if (d_const) begin
+            \$1000  = 1'h1;
+          end else if (d_stream) begin
+            \$1000  = 1'h0;
+          end else begin
+            \$1000  = 1'h0;
           end
+          if (read_err) begin
+            \$1000  = 1'h0;
+          end
+          if (start) begin
+            \$1000  = 1'h0;
+          end
+        end
+      3'h3:
+        begin
+          if (c_fire) begin
+            if (c_last) begin
+              \$1000  = 1'h0;
+            end
+          end
+          if (\$556 ) begin
+            \$1000  = 1'h0;
+          end
+          if (c_flag_bad) begin
+            \$1000  = 1'h0;
+          end
+          if (read_err) begin
+            \$1000  = 1'h0;
+          end
+          if (start) begin
+            \$1000  = 1'h0;
+          end
+        end
+      3'h4:
+        begin
+          if (\$589 ) begin
+            \$1000  = 1'h0;
+          end
+          if (addr_fault) begin
+            \$1000  = 1'h0;
+          end
+          if (\$601 ) begin
+            \$1000  = 1'h0;
+          end
+          if (start) begin
+            \$1000  = 1'h0;
+          end
+        end
+      3'h5:
+          if (\$602 ) begin
+            \$1000  = 1'h0;
+          end
+      default:
+          \$1000  = 1'h0;
+    endcase
+    if (rst) begin
+      \$1000  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1001  = run0;
+    (* full_case = 32'd1 *)
+    casez (seq_state)
+      3'h0:
+          if (start) begin
+            \$1001  = 1'h0;
+          end
+      3'h1:
+        begin
+          if (beat__valid) begin
+            \$1001  = 1'h0;
+          end
+          if (start) begin
+            \$1001  = 1'h0;
+          end
+        end
+      3'h2:
+        begin
+          (* full_case = 32'd1 *)
+          if (\$473 ) begin
+          end else if (d_end_more) begin
+            \$1001  = 1'h0;
+          end else if (d_end) begin
+            \$1001  = 1'h0;
+          end else if (d_count_zero) begin
+            \$1001  = 1'h0;
+          end else if (d_const) begin
+            \$1001  = 1'h0;
+          end else if (d_stream) begin
+            \$1001  = \$499 ;
+          end else begin
+            \$1001  = 1'h0;
+          end
+          if (read_err) begin
+            \$1001  = 1'h0;
+          end
+          if (start) begin
+            \$1001  = 1'h0;
+          end
+        end
+      3'h3:
+        begin
+          if (c_fire) begin
+            if (c_last) begin
+              \$1001  = \$548 ;
+            end
+          end
+          if (\$556 ) begin
+            \$1001  = \$578 ;
+          end
+          if (c_flag_bad) begin
+            \$1001  = 1'h0;
+          end
+          if (read_err) begin
+            \$1001  = 1'h0;
+          end
+          if (start) begin
+            \$1001  = 1'h0;
+          end
+        end
+      3'h4:
+        begin
+          if (\$589 ) begin
+            \$1001  = 1'h0;
+          end
+          if (addr_fault) begin
+            \$1001  = 1'h0;
+          end
+          if (\$601 ) begin
+            \$1001  = 1'h0;
+          end
+          if (start) begin
+            \$1001  = 1'h0;
+          end
+        end
+      3'h5:
+          if (\$602 ) begin
+            \$1001  = 1'h0;
+          end
+      default:
+          \$1001  = 1'h0;
     endcase
     if (rst) begin
       \$1001  = 1'h0;
@@ -9506,302 +9318,485 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1002  = c_addr;
+    \$1002  = run1;
+    (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
-      3'h2:
-          \$1002  = dec_c_base;
-      3'h3:
-          if (\$506 ) begin
-            \$1002  = \$508 [31:0];
+          if (start) begin
+            \$1002  = 1'h0;
           end
-    endcase
-    if (rst) begin
-      \$1002  = 32'd0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1003  = c_step;
-    casez (seq_state)
-      3'h0:
-          /* empty */;
       3'h1:
-          /* empty */;
-      3'h2:
-          \$1003  = \$470 [7:0];
-    endcase
-    if (rst) begin
-      \$1003  = 8'h00;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1004  = c_ask;
-    casez (seq_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
-      3'h2:
-          \$1004  = { 4'h0, ins[509:498] };
-      3'h3:
-          if (\$506 ) begin
-            \$1004  = \$507 [15:0];
-          end
-    endcase
-    if (rst) begin
-      \$1004  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1005  = c_due;
-    casez (seq_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
-      3'h2:
-          \$1005  = { 4'h0, ins[509:498] };
-      3'h3:
-          if (c_fire) begin
-            \$1005  = \$520 [15:0];
-          end
-    endcase
-    if (rst) begin
-      \$1005  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1006  = c_last;
-    casez (seq_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
-      3'h2:
-          \$1006  = \$471 ;
-      3'h3:
-          if (c_fire) begin
-            \$1006  = \$521 ;
-          end
-    endcase
-    if (rst) begin
-      \$1006  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1007  = c_data;
-    casez (seq_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
-      3'h2:
-          /* empty */;
-      3'h3:
-          if (\$510 ) begin
-            \$1007  = beat__payload[65:0];
-          end
-    endcase
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1008  = c_full;
-    casez (seq_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
-      3'h2:
-          /* empty */;
-      3'h3:
         begin
-          if (\$510 ) begin
-            \$1008  = \$511 ;
+          if (beat__valid) begin
+            \$1002  = 1'h0;
           end
-          if (c_fire) begin
-            \$1008  = 1'h0;
+          if (start) begin
+            \$1002  = 1'h0;
           end
         end
+      3'h2:
+        begin
+          (* full_case = 32'd1 *)
+          if (\$473 ) begin
+          end else if (d_end_more) begin
+            \$1002  = 1'h0;
+          end else if (d_end) begin
+            \$1002  = 1'h0;
+          end else if (d_count_zero) begin
+            \$1002  = 1'h0;
+          end else if (d_const) begin
+            \$1002  = 1'h0;
+          end else if (d_stream) begin
+            \$1002  = \$502 ;
+          end else begin
+            \$1002  = 1'h0;
+          end
+          if (read_err) begin
+            \$1002  = 1'h0;
+          end
+          if (start) begin
+            \$1002  = 1'h0;
+          end
+        end
+      3'h3:
+        begin
+          if (c_fire) begin
+            if (c_last) begin
+              \$1002  = \$551 ;
+            end
+          end
+          if (\$556 ) begin
+            \$1002  = \$581 ;
+          end
+          if (c_flag_bad) begin
+            \$1002  = 1'h0;
+          end
+          if (read_err) begin
+            \$1002  = 1'h0;
+          end
+          if (start) begin
+            \$1002  = 1'h0;
+          end
+        end
+      3'h4:
+        begin
+          if (\$589 ) begin
+            \$1002  = 1'h0;
+          end
+          if (addr_fault) begin
+            \$1002  = 1'h0;
+          end
+          if (\$601 ) begin
+            \$1002  = 1'h0;
+          end
+          if (start) begin
+            \$1002  = 1'h0;
+          end
+        end
+      3'h5:
+          if (\$602 ) begin
+            \$1002  = 1'h0;
+          end
+      default:
+          \$1002  = 1'h0;
     endcase
-    if (unit_rst) begin
-      \$1008  = 1'h0;
-    end
     if (rst) begin
-      \$1008  = 1'h0;
+      \$1002  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1009  = c_valid0;
+    \$1003  = q0_to_pack;
+    (* full_case = 32'd1 *)
+    casez (seq_state)
+      3'h0:
+          if (start) begin
+            \$1003  = 1'h0;
+          end
+      3'h1:
+        begin
+          if (beat__valid) begin
+            \$1003  = 1'h0;
+          end
+          if (start) begin
+            \$1003  = 1'h0;
+          end
+        end
+      3'h2:
+        begin
+          (* full_case = 32'd1 *)
+          if (\$473 ) begin
+          end else if (d_end_more) begin
+            \$1003  = 1'h0;
+          end else if (d_end) begin
+            \$1003  = 1'h0;
+          end else if (d_count_zero) begin
+            \$1003  = 1'h0;
+          end else if (d_const) begin
+            \$1003  = 1'h0;
+          end else if (d_stream) begin
+            \$1003  = \$503 ;
+          end else begin
+            \$1003  = 1'h0;
+          end
+          if (read_err) begin
+            \$1003  = 1'h0;
+          end
+          if (start) begin
+            \$1003  = 1'h0;
+          end
+        end
+      3'h3:
+        begin
+          if (c_fire) begin
+            if (c_last) begin
+              \$1003  = \$552 ;
+            end
+          end
+          if (\$556 ) begin
+            \$1003  = \$582 ;
+          end
+          if (c_flag_bad) begin
+            \$1003  = 1'h0;
+          end
+          if (read_err) begin
+            \$1003  = 1'h0;
+          end
+          if (start) begin
+            \$1003  = 1'h0;
+          end
+        end
+      3'h4:
+        begin
+          if (\$589 ) begin
+            \$1003  = 1'h0;
+          end
+          if (addr_fault) begin
+            \$1003  = 1'h0;
+          end
+          if (\$601 ) begin
+            \$1003  = 1'h0;
+          end
+          if (start) begin
+            \$1003  = 1'h0;
+          end
+        end
+      3'h5:
+          if (\$602 ) begin
+            \$1003  = 1'h0;
+          end
+      default:
+          \$1003  = 1'h0;
+    endcase
+    if (rst) begin
+      \$1003  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1004  = res_to_pack;
+    (* full_case = 32'd1 *)
+    casez (seq_state)
+      3'h0:
+          if (start) begin
+            \$1004  = 1'h0;
+          end
+      3'h1:
+        begin
+          if (beat__valid) begin
+            \$1004  = 1'h0;
+          end
+          if (start) begin
+            \$1004  = 1'h0;
+          end
+        end
+      3'h2:
+        begin
+          (* full_case = 32'd1 *)
+          if (\$473 ) begin
+          end else if (d_end_more) begin
+            \$1004  = 1'h0;
+          end else if (d_end) begin
+            \$1004  = 1'h0;
+          end else if (d_count_zero) begin
+            \$1004  = 1'h0;
+          end else if (d_const) begin
+            \$1004  = 1'h0;
+          end else if (d_stream) begin
+            \$1004  = \$505 ;
+          end else begin
+            \$1004  = 1'h0;
+          end
+          if (read_err) begin
+            \$1004  = 1'h0;
+          end
+          if (start) begin
+            \$1004  = 1'h0;
+          end
+        end
+      3'h3:
+        begin
+          if (c_fire) begin
+            if (c_last) begin
+              \$1004  = \$554 ;
+            end
+          end
+          if (\$556 ) begin
+            \$1004  = \$584 ;
+          end
+          if (c_flag_bad) begin
+            \$1004  = 1'h0;
+          end
+          if (read_err) begin
+            \$1004  = 1'h0;
+          end
+          if (start) begin
+            \$1004  = 1'h0;
+          end
+        end
+      3'h4:
+        begin
+          if (\$589 ) begin
+            \$1004  = 1'h0;
+          end
+          if (addr_fault) begin
+            \$1004  = 1'h0;
+          end
+          if (\$601 ) begin
+            \$1004  = 1'h0;
+          end
+          if (start) begin
+            \$1004  = 1'h0;
+          end
+        end
+      3'h5:
+          if (\$602 ) begin
+            \$1004  = 1'h0;
+          end
+      default:
+          \$1004  = 1'h0;
+    endcase
+    if (rst) begin
+      \$1004  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1005  = ins;
+    casez (seq_state)
+      3'h0:
+          /* empty */;
+      3'h1:
+          if (beat__valid) begin
+            \$1005  = beat__payload[511:0];
+          end
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1006  = decode_wait;
+    casez (seq_state)
+      3'h0:
+          /* empty */;
+      3'h1:
+          if (beat__valid) begin
+            \$1006  = 4'h8;
+          end
+      3'h2:
+          if (\$473 ) begin
+            \$1006  = \$474 [3:0];
+          end
+    endcase
+    if (rst) begin
+      \$1006  = 4'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1007  = read_err;
+    casez (seq_state)
+      3'h0:
+          /* empty */;
+      3'h1:
+          if (beat__valid) begin
+            \$1007  = beat__payload[512];
+          end
+      3'h2:
+          /* empty */;
+      3'h3:
+          if (\$511 ) begin
+            \$1007  = beat__payload[512];
+          end
+    endcase
+    if (rst) begin
+      \$1007  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1008  = c_addr;
     casez (seq_state)
       3'h0:
           /* empty */;
       3'h1:
           /* empty */;
       3'h2:
-          /* empty */;
+          \$1008  = dec_c_base;
       3'h3:
-        begin
-          if (\$510 ) begin
-            \$1009  = \$513 ;
+          if (\$507 ) begin
+            \$1008  = \$509 [31:0];
           end
-          if (c_fire) begin
-            \$1009  = 1'h0;
-          end
-        end
     endcase
-    if (unit_rst) begin
-      \$1009  = 1'h0;
-    end
     if (rst) begin
-      \$1009  = 1'h0;
+      \$1008  = 32'd0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1010  = c_valid1;
+    \$1009  = c_step;
     casez (seq_state)
       3'h0:
           /* empty */;
       3'h1:
           /* empty */;
       3'h2:
-          /* empty */;
-      3'h3:
-        begin
-          if (\$510 ) begin
-            \$1010  = \$515 ;
-          end
-          if (c_fire) begin
-            \$1010  = 1'h0;
-          end
-        end
+          \$1009  = \$470 [7:0];
     endcase
-    if (unit_rst) begin
-      \$1010  = 1'h0;
-    end
     if (rst) begin
-      \$1010  = 1'h0;
+      \$1009  = 8'h00;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1011  = c_valid2;
+    \$1010  = c_ask;
     casez (seq_state)
       3'h0:
           /* empty */;
       3'h1:
           /* empty */;
       3'h2:
-          /* empty */;
+          \$1010  = { 4'h0, ins[509:498] };
       3'h3:
-        begin
-          if (\$510 ) begin
-            \$1011  = \$517 ;
+          if (\$507 ) begin
+            \$1010  = \$508 [15:0];
           end
-          if (c_fire) begin
-            \$1011  = 1'h0;
-          end
-        end
     endcase
-    if (unit_rst) begin
-      \$1011  = 1'h0;
-    end
     if (rst) begin
-      \$1011  = 1'h0;
+      \$1010  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1012  = c_valid3;
+    \$1011  = c_due;
     casez (seq_state)
       3'h0:
           /* empty */;
       3'h1:
           /* empty */;
       3'h2:
-          /* empty */;
+          \$1011  = { 4'h0, ins[509:498] };
       3'h3:
-        begin
-          if (\$510 ) begin
-            \$1012  = \$519 ;
-          end
           if (c_fire) begin
-            \$1012  = 1'h0;
+            \$1011  = \$525 [15:0];
           end
-        end
     endcase
-    if (unit_rst) begin
+    if (rst) begin
+      \$1011  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1012  = c_last;
+    casez (seq_state)
+      3'h0:
+          /* empty */;
+      3'h1:
+          /* empty */;
+      3'h2:
+          \$1012  = \$471 ;
+      3'h3:
+          if (c_fire) begin
+            \$1012  = \$526 ;
+          end
+    endcase
+    if (rst) begin
       \$1012  = 1'h0;
     end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1013  = c_arrive;
+    casez (seq_state)
+      3'h0:
+          /* empty */;
+      3'h1:
+          /* empty */;
+      3'h2:
+          \$1013  = { 4'h0, ins[509:498] };
+      3'h3:
+          if (\$511 ) begin
+            \$1013  = \$513 [15:0];
+          end
+    endcase
     if (rst) begin
-      \$1012  = 1'h0;
+      \$1013  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1013  = ld_off;
-    if (in_stream) begin
-      if (is_move) begin
-      end else if (is_load) begin
-        if (\$602 ) begin
-          \$1013  = \$603 ;
+    \$1014  = c_arrive_last;
+    casez (seq_state)
+      3'h0:
+          /* empty */;
+      3'h1:
+          /* empty */;
+      3'h2:
+          \$1014  = \$472 ;
+      3'h3:
+          if (\$511 ) begin
+            \$1014  = \$514 ;
+          end
+    endcase
+    if (rst) begin
+      \$1014  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1015  = c_data;
+    casez (seq_state)
+      3'h0:
+          /* empty */;
+      3'h1:
+          /* empty */;
+      3'h2:
+          /* empty */;
+      3'h3:
+          if (\$511 ) begin
+            \$1015  = beat__payload[65:0];
+          end
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1016  = c_full;
+    casez (seq_state)
+      3'h0:
+          /* empty */;
+      3'h1:
+          /* empty */;
+      3'h2:
+          /* empty */;
+      3'h3:
+        begin
+          if (\$511 ) begin
+            \$1016  = \$512 ;
+          end
+          if (c_fire) begin
+            \$1016  = 1'h0;
+          end
         end
-      end
-    end
-    if (rst) begin
-      \$1013  = 25'h0000000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1014  = ext_req_addr;
-    if (in_stream) begin
-      if (is_move) begin
-      end else if (is_load) begin
-        if (\$605 ) begin
-          \$1014  = \$606 [31:0];
-        end
-      end
-    end
-    if (\$609 ) begin
-      \$1014  = \$611 [31:0];
-    end
-    if (rst) begin
-      \$1014  = 32'd0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1015  = ext_req_data;
-    if (\$609 ) begin
-      \$1015  = \r_data$252 [15:0];
-    end
-    if (rst) begin
-      \$1015  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1016  = \w_en$189 ;
-    if (pack_active) begin
-      if (\$612 ) begin
-        \$1016  = 1'h0;
-      end
-      if (\$620 ) begin
-        if (\$622 ) begin
-          \$1016  = 1'h1;
-        end
-      end
-    end
+    endcase
     if (unit_rst) begin
       \$1016  = 1'h0;
     end
@@ -9811,122 +9806,150 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1017  = pack_a0;
-    if (pack_active) begin
-      if (\$614 ) begin
-        casez (pack_j)
-          3'h0:
-              \$1017  = elem_data;
-        endcase
-      end
+    \$1017  = c_valid0;
+    casez (seq_state)
+      3'h0:
+          /* empty */;
+      3'h1:
+          /* empty */;
+      3'h2:
+          /* empty */;
+      3'h3:
+        begin
+          if (\$511 ) begin
+            \$1017  = \$518 ;
+          end
+          if (c_fire) begin
+            \$1017  = 1'h0;
+          end
+        end
+    endcase
+    if (unit_rst) begin
+      \$1017  = 1'h0;
     end
     if (rst) begin
-      \$1017  = 16'h0000;
+      \$1017  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1018  = pack_a1;
-    if (pack_active) begin
-      if (\$614 ) begin
-        casez (pack_j)
-          3'h0:
-              /* empty */;
-          3'h1:
-              \$1018  = elem_data;
-        endcase
-      end
+    \$1018  = c_valid1;
+    casez (seq_state)
+      3'h0:
+          /* empty */;
+      3'h1:
+          /* empty */;
+      3'h2:
+          /* empty */;
+      3'h3:
+        begin
+          if (\$511 ) begin
+            \$1018  = \$520 ;
+          end
+          if (c_fire) begin
+            \$1018  = 1'h0;
+          end
+        end
+    endcase
+    if (unit_rst) begin
+      \$1018  = 1'h0;
     end
     if (rst) begin
-      \$1018  = 16'h0000;
+      \$1018  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1019  = pack_a2;
-    if (pack_active) begin
-      if (\$614 ) begin
-        casez (pack_j)
-          3'h0:
-              /* empty */;
-          3'h1:
-              /* empty */;
-          3'h2:
-              \$1019  = elem_data;
-        endcase
-      end
+    \$1019  = c_valid2;
+    casez (seq_state)
+      3'h0:
+          /* empty */;
+      3'h1:
+          /* empty */;
+      3'h2:
+          /* empty */;
+      3'h3:
+        begin
+          if (\$511 ) begin
+            \$1019  = \$522 ;
+          end
+          if (c_fire) begin
+            \$1019  = 1'h0;
+          end
+        end
+    endcase
+    if (unit_rst) begin
+      \$1019  = 1'h0;
     end
     if (rst) begin
-      \$1019  = 16'h0000;
+      \$1019  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1020  = pack_a3;
-    if (pack_active) begin
-      if (\$614 ) begin
-        casez (pack_j)
-          3'h0:
-              /* empty */;
-          3'h1:
-              /* empty */;
-          3'h2:
-              /* empty */;
-          3'h3:
-              \$1020  = elem_data;
-        endcase
-      end
+    \$1020  = c_valid3;
+    casez (seq_state)
+      3'h0:
+          /* empty */;
+      3'h1:
+          /* empty */;
+      3'h2:
+          /* empty */;
+      3'h3:
+        begin
+          if (\$511 ) begin
+            \$1020  = \$524 ;
+          end
+          if (c_fire) begin
+            \$1020  = 1'h0;
+          end
+        end
+    endcase
+    if (unit_rst) begin
+      \$1020  = 1'h0;
     end
     if (rst) begin
-      \$1020  = 16'h0000;
+      \$1020  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1021  = pack_b0;
-    if (pack_active) begin
-      if (\$614 ) begin
-        casez (pack_j)
-          3'h0:
-              \$1021  = \r_data$376 [15:0];
-        endcase
+    \$1021  = ld_off;
+    if (in_stream) begin
+      if (is_move) begin
+      end else if (is_load) begin
+        if (\$607 ) begin
+          \$1021  = \$608 ;
+        end
       end
     end
     if (rst) begin
-      \$1021  = 16'h0000;
+      \$1021  = 25'h0000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1022  = pack_b1;
-    if (pack_active) begin
-      if (\$614 ) begin
-        casez (pack_j)
-          3'h0:
-              /* empty */;
-          3'h1:
-              \$1022  = \r_data$376 [15:0];
-        endcase
+    \$1022  = ext_req_addr;
+    if (in_stream) begin
+      if (is_move) begin
+      end else if (is_load) begin
+        if (\$610 ) begin
+          \$1022  = \$611 [31:0];
+        end
       end
     end
+    if (\$614 ) begin
+      \$1022  = \$616 [31:0];
+    end
     if (rst) begin
-      \$1022  = 16'h0000;
+      \$1022  = 32'd0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1023  = pack_b2;
-    if (pack_active) begin
-      if (\$614 ) begin
-        casez (pack_j)
-          3'h0:
-              /* empty */;
-          3'h1:
-              /* empty */;
-          3'h2:
-              \$1023  = \r_data$376 [15:0];
-        endcase
-      end
+    \$1023  = ext_req_data;
+    if (\$614 ) begin
+      \$1023  = \r_data$252 [15:0];
     end
     if (rst) begin
       \$1023  = 16'h0000;
@@ -9934,9 +9957,80 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1024  = pack_b3;
+    \$1024  = \w_en$189 ;
     if (pack_active) begin
-      if (\$614 ) begin
+      if (\$617 ) begin
+        \$1024  = 1'h0;
+      end
+      if (\$625 ) begin
+        if (\$627 ) begin
+          \$1024  = 1'h1;
+        end
+      end
+    end
+    if (unit_rst) begin
+      \$1024  = 1'h0;
+    end
+    if (rst) begin
+      \$1024  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1025  = pack_a0;
+    if (pack_active) begin
+      if (\$619 ) begin
+        casez (pack_j)
+          3'h0:
+              \$1025  = elem_data;
+        endcase
+      end
+    end
+    if (rst) begin
+      \$1025  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1026  = pack_a1;
+    if (pack_active) begin
+      if (\$619 ) begin
+        casez (pack_j)
+          3'h0:
+              /* empty */;
+          3'h1:
+              \$1026  = elem_data;
+        endcase
+      end
+    end
+    if (rst) begin
+      \$1026  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1027  = pack_a2;
+    if (pack_active) begin
+      if (\$619 ) begin
+        casez (pack_j)
+          3'h0:
+              /* empty */;
+          3'h1:
+              /* empty */;
+          3'h2:
+              \$1027  = elem_data;
+        endcase
+      end
+    end
+    if (rst) begin
+      \$1027  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1028  = pack_a3;
+    if (pack_active) begin
+      if (\$619 ) begin
         casez (pack_j)
           3'h0:
               /* empty */;
@@ -9945,550 +10039,434 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           3'h2:
               /* empty */;
           3'h3:
-              \$1024  = \r_data$376 [15:0];
+              \$1028  = elem_data;
         endcase
       end
     end
     if (rst) begin
-      \$1024  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1025  = pack_j;
-    if (pack_active) begin
-      if (\$620 ) begin
-        (* full_case = 32'd1 *)
-        if (\$622 ) begin
-          \$1025  = 3'h0;
-        end else begin
-          \$1025  = \$623 [2:0];
-        end
-      end
-    end
-    if (unit_rst) begin
-      \$1025  = 3'h0;
-    end
-    if (rst) begin
-      \$1025  = 3'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1026  = pack_jo;
-    if (pack_active) begin
-      if (\$624 ) begin
-        (* full_case = 32'd1 *)
-        if (\$626 ) begin
-          \$1026  = 3'h0;
-        end else begin
-          \$1026  = \$627 [2:0];
-        end
-      end
-    end
-    if (unit_rst) begin
-      \$1026  = 3'h0;
-    end
-    if (rst) begin
-      \$1026  = 3'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1027  = tiles;
-    if (in_decode) begin
-      \$1027  = dec_tiles;
-    end
-    if (gemm_active) begin
-      if (\$634 ) begin
-        if (\$648 ) begin
-          \$1027  = \$649 [31:0];
-        end
-      end
-    end
-    if (rst) begin
-      \$1027  = 32'd0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1028  = nt;
-    if (in_decode) begin
       \$1028  = 16'h0000;
     end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1029  = pack_b0;
+    if (pack_active) begin
+      if (\$619 ) begin
+        casez (pack_j)
+          3'h0:
+              \$1029  = \r_data$376 [15:0];
+        endcase
+      end
+    end
+    if (rst) begin
+      \$1029  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1030  = pack_b1;
+    if (pack_active) begin
+      if (\$619 ) begin
+        casez (pack_j)
+          3'h0:
+              /* empty */;
+          3'h1:
+              \$1030  = \r_data$376 [15:0];
+        endcase
+      end
+    end
+    if (rst) begin
+      \$1030  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1031  = pack_b2;
+    if (pack_active) begin
+      if (\$619 ) begin
+        casez (pack_j)
+          3'h0:
+              /* empty */;
+          3'h1:
+              /* empty */;
+          3'h2:
+              \$1031  = \r_data$376 [15:0];
+        endcase
+      end
+    end
+    if (rst) begin
+      \$1031  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1032  = pack_b3;
+    if (pack_active) begin
+      if (\$619 ) begin
+        casez (pack_j)
+          3'h0:
+              /* empty */;
+          3'h1:
+              /* empty */;
+          3'h2:
+              /* empty */;
+          3'h3:
+              \$1032  = \r_data$376 [15:0];
+        endcase
+      end
+    end
+    if (rst) begin
+      \$1032  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1033  = pack_j;
+    if (pack_active) begin
+      if (\$625 ) begin
+        (* full_case = 32'd1 *)
+        if (\$627 ) begin
+          \$1033  = 3'h0;
+        end else begin
+          \$1033  = \$628 [2:0];
+        end
+      end
+    end
+    if (unit_rst) begin
+      \$1033  = 3'h0;
+    end
+    if (rst) begin
+      \$1033  = 3'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1034  = pack_jo;
+    if (pack_active) begin
+      if (\$629 ) begin
+        (* full_case = 32'd1 *)
+        if (\$631 ) begin
+          \$1034  = 3'h0;
+        end else begin
+          \$1034  = \$632 [2:0];
+        end
+      end
+    end
+    if (unit_rst) begin
+      \$1034  = 3'h0;
+    end
+    if (rst) begin
+      \$1034  = 3'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1035  = tiles;
+    if (in_decode) begin
+      \$1035  = dec_tiles;
+    end
     if (gemm_active) begin
-      if (\$634 ) begin
-        if (\$648 ) begin
+      if (\$639 ) begin
+        if (\$653 ) begin
+          \$1035  = \$654 [31:0];
+        end
+      end
+    end
+    if (rst) begin
+      \$1035  = 32'd0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1036  = nt;
+    if (in_decode) begin
+      \$1036  = 16'h0000;
+    end
+    if (gemm_active) begin
+      if (\$639 ) begin
+        if (\$653 ) begin
           (* full_case = 32'd1 *)
           if (nt_hit) begin
-            \$1028  = 16'h0000;
+            \$1036  = 16'h0000;
           end else begin
-            \$1028  = \$655 [15:0];
+            \$1036  = \$660 [15:0];
           end
         end
       end
     end
     if (rst) begin
-      \$1028  = 16'h0000;
+      \$1036  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1029  = k;
+    \$1037  = k;
     if (in_decode) begin
-      \$1029  = 16'h0000;
+      \$1037  = 16'h0000;
     end
     if (gemm_active) begin
-      if (\$634 ) begin
-        if (\$636 ) begin
-        end else if (\$641 ) begin
-          \$1029  = \$642 [15:0];
+      if (\$639 ) begin
+        if (\$641 ) begin
+        end else if (\$646 ) begin
+          \$1037  = \$647 [15:0];
         end
-        if (\$648 ) begin
-          \$1029  = 16'h0000;
+        if (\$653 ) begin
+          \$1037  = 16'h0000;
         end
       end
     end
     if (rst) begin
-      \$1029  = 16'h0000;
+      \$1037  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1030  = w_addr;
+    \$1038  = w_addr;
     if (in_decode) begin
-      \$1030  = ins[465:434];
+      \$1038  = ins[465:434];
     end
     if (gemm_active) begin
-      if (\$634 ) begin
+      if (\$639 ) begin
         if (want_w) begin
-          \$1030  = \$645 [31:0];
+          \$1038  = \$650 [31:0];
         end
-        if (\$648 ) begin
+        if (\$653 ) begin
           if (nt_hit) begin
-            \$1030  = ins[465:434];
+            \$1038  = ins[465:434];
           end
         end
       end
     end
     if (rst) begin
-      \$1030  = 32'd0;
+      \$1038  = 32'd0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1031  = p_addr;
+    \$1039  = p_addr;
     if (in_decode) begin
-      \$1031  = ins[497:466];
+      \$1039  = ins[497:466];
     end
     if (gemm_active) begin
-      if (\$634 ) begin
-        if (\$648 ) begin
+      if (\$639 ) begin
+        if (\$653 ) begin
           (* full_case = 32'd1 *)
           if (nt_hit) begin
-            \$1031  = ins[497:466];
+            \$1039  = ins[497:466];
           end else begin
-            \$1031  = \$658 [31:0];
+            \$1039  = \$663 [31:0];
           end
         end
       end
     end
     if (rst) begin
-      \$1031  = 32'd0;
+      \$1039  = 32'd0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1032  = want_w;
-    if (in_decode) begin
-      \$1032  = 1'h0;
-    end
-    if (gemm_active) begin
-      if (\$634 ) begin
-        if (\$636 ) begin
-          \$1032  = 1'h1;
-        end
-        if (\$648 ) begin
-          \$1032  = 1'h0;
-        end
-      end
-    end
-    if (rst) begin
-      \$1032  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1033  = w_step;
-    if (in_decode) begin
-      \$1033  = \$628 [7:0];
-    end
-    if (rst) begin
-      \$1033  = 8'h00;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1034  = \$signal$493 ;
-    if (in_decode) begin
-      \$1034  = \$629 ;
-    end
-    if (gemm_active) begin
-      if (\$634 ) begin
-        if (\$648 ) begin
-          \$1034  = \$650 ;
-        end
-      end
-    end
-    if (rst) begin
-      \$1034  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1035  = \$signal$595 ;
-    if (in_decode) begin
-      \$1035  = \$631 ;
-    end
-    if (gemm_active) begin
-      if (\$634 ) begin
-        if (\$636 ) begin
-        end else if (\$641 ) begin
-          \$1035  = \$644 ;
-        end
-        if (\$648 ) begin
-          \$1035  = \$652 ;
-        end
-      end
-    end
-    if (rst) begin
-      \$1035  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1036  = nt_hit;
-    if (in_decode) begin
-      \$1036  = \$633 ;
-    end
-    if (gemm_active) begin
-      if (\$634 ) begin
-        if (\$648 ) begin
-          (* full_case = 32'd1 *)
-          if (nt_hit) begin
-            \$1036  = \$654 ;
-          end else begin
-            \$1036  = \$657 ;
-          end
-        end
-      end
-    end
-    if (rst) begin
-      \$1036  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1037  = rk;
-    if (in_decode) begin
-      \$1037  = 16'h0000;
-    end
-    if (gemm_active) begin
-      if (\$663 ) begin
-        \$1037  = \$666 [15:0];
-      end
-    end
-    if (rst) begin
-      \$1037  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1038  = rk_zero;
-    if (in_decode) begin
-      \$1038  = 1'h1;
-    end
-    if (gemm_active) begin
-      if (\$663 ) begin
-        \$1038  = \$667 ;
-      end
-    end
-    if (rst) begin
-      \$1038  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1039  = \$676 ;
-    if (rst) begin
-      \$1039  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1040  = a_filled0;
+    \$1040  = want_w;
     if (in_decode) begin
       \$1040  = 1'h0;
     end
     if (gemm_active) begin
-      if (\$745 ) begin
+      if (\$639 ) begin
+        if (\$641 ) begin
+          \$1040  = 1'h1;
+        end
+        if (\$653 ) begin
+          \$1040  = 1'h0;
+        end
+      end
+    end
+    if (rst) begin
+      \$1040  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1041  = w_step;
+    if (in_decode) begin
+      \$1041  = \$633 [7:0];
+    end
+    if (rst) begin
+      \$1041  = 8'h00;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1042  = \$signal$493 ;
+    if (in_decode) begin
+      \$1042  = \$634 ;
+    end
+    if (gemm_active) begin
+      if (\$639 ) begin
+        if (\$653 ) begin
+          \$1042  = \$655 ;
+        end
+      end
+    end
+    if (rst) begin
+      \$1042  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1043  = \$signal$598 ;
+    if (in_decode) begin
+      \$1043  = \$636 ;
+    end
+    if (gemm_active) begin
+      if (\$639 ) begin
+        if (\$641 ) begin
+        end else if (\$646 ) begin
+          \$1043  = \$649 ;
+        end
+        if (\$653 ) begin
+          \$1043  = \$657 ;
+        end
+      end
+    end
+    if (rst) begin
+      \$1043  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1044  = nt_hit;
+    if (in_decode) begin
+      \$1044  = \$638 ;
+    end
+    if (gemm_active) begin
+      if (\$639 ) begin
+        if (\$653 ) begin
+          (* full_case = 32'd1 *)
+          if (nt_hit) begin
+            \$1044  = \$659 ;
+          end else begin
+            \$1044  = \$662 ;
+          end
+        end
+      end
+    end
+    if (rst) begin
+      \$1044  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1045  = rk;
+    if (in_decode) begin
+      \$1045  = 16'h0000;
+    end
+    if (gemm_active) begin
+      if (\$668 ) begin
+        \$1045  = \$671 [15:0];
+      end
+    end
+    if (rst) begin
+      \$1045  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1046  = rk_zero;
+    if (in_decode) begin
+      \$1046  = 1'h1;
+    end
+    if (gemm_active) begin
+      if (\$668 ) begin
+        \$1046  = \$672 ;
+      end
+    end
+    if (rst) begin
+      \$1046  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1047  = \$681 ;
+    if (rst) begin
+      \$1047  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1048  = a_filled0;
+    if (in_decode) begin
+      \$1048  = 1'h0;
+    end
+    if (gemm_active) begin
+      if (\$750 ) begin
         if (a_load_k_hit) begin
-          if (\$751 ) begin
+          if (\$756 ) begin
             casez (\$signal )
               1'h0:
-                  \$1040  = 1'h1;
+                  \$1048  = 1'h1;
             endcase
           end
         end
-      end else if (\$748 ) begin
-        if (\$757 ) begin
+      end else if (\$753 ) begin
+        if (\$762 ) begin
           if (a_load_k_hit) begin
             casez (\$signal )
               1'h0:
-                  \$1040  = 1'h1;
+                  \$1048  = 1'h1;
             endcase
           end
         end
       end
-      if (\$769 ) begin
+      if (\$774 ) begin
         casez (a_read_half)
           1'h0:
-              \$1040  = 1'h0;
+              \$1048  = 1'h0;
         endcase
       end
     end
     if (rst) begin
-      \$1040  = 1'h0;
+      \$1048  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1041  = a_filled1;
+    \$1049  = a_filled1;
     if (in_decode) begin
-      \$1041  = 1'h0;
+      \$1049  = 1'h0;
     end
     if (gemm_active) begin
-      if (\$745 ) begin
+      if (\$750 ) begin
         if (a_load_k_hit) begin
-          if (\$751 ) begin
+          if (\$756 ) begin
             (* full_case = 32'd1 *)
             casez (\$signal )
               1'h0:
                   /* empty */;
               1'h1:
-                  \$1041  = 1'h1;
+                  \$1049  = 1'h1;
             endcase
           end
         end
-      end else if (\$748 ) begin
-        if (\$757 ) begin
+      end else if (\$753 ) begin
+        if (\$762 ) begin
           if (a_load_k_hit) begin
             (* full_case = 32'd1 *)
             casez (\$signal )
               1'h0:
                   /* empty */;
               1'h1:
-                  \$1041  = 1'h1;
+                  \$1049  = 1'h1;
             endcase
           end
         end
       end
-      if (\$769 ) begin
+      if (\$774 ) begin
         (* full_case = 32'd1 *)
         casez (a_read_half)
           1'h0:
               /* empty */;
           1'h1:
-              \$1041  = 1'h0;
+              \$1049  = 1'h0;
         endcase
-      end
-    end
-    if (rst) begin
-      \$1041  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1042  = \$signal ;
-    if (in_decode) begin
-      \$1042  = 1'h0;
-    end
-    if (gemm_active) begin
-      if (\$745 ) begin
-        if (a_load_k_hit) begin
-          if (\$751 ) begin
-            \$1042  = \$752 ;
-          end
-        end
-      end else if (\$748 ) begin
-        if (\$757 ) begin
-          if (a_load_k_hit) begin
-            \$1042  = \$763 ;
-          end
-        end
-      end
-    end
-    if (rst) begin
-      \$1042  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1043  = \$signal$600 ;
-    if (in_decode) begin
-      \$1043  = 4'h0;
-    end
-    if (gemm_active) begin
-      if (\$745 ) begin
-        if (a_load_k_hit) begin
-          (* full_case = 32'd1 *)
-          if (\$751 ) begin
-            \$1043  = 4'h0;
-          end else begin
-            \$1043  = \$753 [3:0];
-          end
-        end
-      end else if (\$748 ) begin
-        (* full_case = 32'd1 *)
-        if (\$757 ) begin
-          \$1043  = 4'h0;
-        end else begin
-          \$1043  = \$764 [3:0];
-        end
-      end
-    end
-    if (rst) begin
-      \$1043  = 4'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1044  = \$signal$598 ;
-    if (in_decode) begin
-      \$1044  = 16'h0000;
-    end
-    if (gemm_active) begin
-      if (\$745 ) begin
-        (* full_case = 32'd1 *)
-        if (a_load_k_hit) begin
-          \$1044  = 16'h0000;
-        end else begin
-          \$1044  = \$754 [15:0];
-        end
-      end else if (\$748 ) begin
-        if (\$757 ) begin
-          \$1044  = \$758 [15:0];
-          if (a_load_k_hit) begin
-            \$1044  = 16'h0000;
-          end
-        end
-      end
-    end
-    if (rst) begin
-      \$1044  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1045  = \$signal$348 ;
-    if (in_decode) begin
-      \$1045  = 1'h0;
-    end
-    if (gemm_active) begin
-      if (a_issue) begin
-        if (a_feed_k_hit) begin
-          if (a_feed_nt_hit) begin
-            \$1045  = \$774 ;
-          end
-        end
-      end
-    end
-    if (rst) begin
-      \$1045  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1046  = \$signal$599 ;
-    if (in_decode) begin
-      \$1046  = 16'h0000;
-    end
-    if (gemm_active) begin
-      if (a_issue) begin
-        (* full_case = 32'd1 *)
-        if (a_feed_k_hit) begin
-          \$1046  = 16'h0000;
-        end else begin
-          \$1046  = \$780 [15:0];
-        end
-      end
-    end
-    if (rst) begin
-      \$1046  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1047  = fnt;
-    if (in_decode) begin
-      \$1047  = 16'h0000;
-    end
-    if (gemm_active) begin
-      if (a_issue) begin
-        if (a_feed_k_hit) begin
-          (* full_case = 32'd1 *)
-          if (a_feed_nt_hit) begin
-            \$1047  = 16'h0000;
-          end else begin
-            \$1047  = \$777 [15:0];
-          end
-        end
-      end
-    end
-    if (rst) begin
-      \$1047  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1048  = feed_blocks;
-    if (in_decode) begin
-      \$1048  = dec_blocks;
-    end
-    if (gemm_active) begin
-      if (a_issue) begin
-        if (a_feed_k_hit) begin
-          if (a_feed_nt_hit) begin
-            \$1048  = \$775 [31:0];
-          end
-        end
-      end
-    end
-    if (rst) begin
-      \$1048  = 32'd0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1049  = a_load_k_hit;
-    if (in_decode) begin
-      \$1049  = \$678 ;
-    end
-    if (gemm_active) begin
-      if (\$745 ) begin
-        (* full_case = 32'd1 *)
-        if (a_load_k_hit) begin
-          \$1049  = \$750 ;
-        end else begin
-          \$1049  = \$756 ;
-        end
-      end else if (\$748 ) begin
-        if (\$757 ) begin
-          \$1049  = \$760 ;
-          if (a_load_k_hit) begin
-            \$1049  = \$762 ;
-          end
-        end
       end
     end
     if (rst) begin
@@ -10497,17 +10475,22 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1050  = a_feed_k_hit;
+    \$1050  = \$signal ;
     if (in_decode) begin
-      \$1050  = \$680 ;
+      \$1050  = 1'h0;
     end
     if (gemm_active) begin
-      if (a_issue) begin
-        (* full_case = 32'd1 *)
-        if (a_feed_k_hit) begin
-          \$1050  = \$771 ;
-        end else begin
-          \$1050  = \$782 ;
+      if (\$750 ) begin
+        if (a_load_k_hit) begin
+          if (\$756 ) begin
+            \$1050  = \$757 ;
+          end
+        end
+      end else if (\$753 ) begin
+        if (\$762 ) begin
+          if (a_load_k_hit) begin
+            \$1050  = \$768 ;
+          end
         end
       end
     end
@@ -10517,257 +10500,296 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1051  = a_feed_nt_hit;
+    \$1051  = \$signal$603 ;
     if (in_decode) begin
-      \$1051  = \$682 ;
+      \$1051  = 4'h0;
     end
     if (gemm_active) begin
-      if (a_issue) begin
-        if (a_feed_k_hit) begin
+      if (\$750 ) begin
+        if (a_load_k_hit) begin
           (* full_case = 32'd1 *)
-          if (a_feed_nt_hit) begin
-            \$1051  = \$773 ;
+          if (\$756 ) begin
+            \$1051  = 4'h0;
           end else begin
-            \$1051  = \$779 ;
+            \$1051  = \$758 [3:0];
+          end
+        end
+      end else if (\$753 ) begin
+        (* full_case = 32'd1 *)
+        if (\$762 ) begin
+          \$1051  = 4'h0;
+        end else begin
+          \$1051  = \$769 [3:0];
+        end
+      end
+    end
+    if (rst) begin
+      \$1051  = 4'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1052  = \$signal$601 ;
+    if (in_decode) begin
+      \$1052  = 16'h0000;
+    end
+    if (gemm_active) begin
+      if (\$750 ) begin
+        (* full_case = 32'd1 *)
+        if (a_load_k_hit) begin
+          \$1052  = 16'h0000;
+        end else begin
+          \$1052  = \$759 [15:0];
+        end
+      end else if (\$753 ) begin
+        if (\$762 ) begin
+          \$1052  = \$763 [15:0];
+          if (a_load_k_hit) begin
+            \$1052  = 16'h0000;
           end
         end
       end
     end
     if (rst) begin
-      \$1051  = 1'h0;
+      \$1052  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1052  = a_blocks_left;
+    \$1053  = \$signal$348 ;
     if (in_decode) begin
-      \$1052  = \$683 ;
+      \$1053  = 1'h0;
     end
     if (gemm_active) begin
       if (a_issue) begin
         if (a_feed_k_hit) begin
           if (a_feed_nt_hit) begin
-            \$1052  = \$776 ;
+            \$1053  = \$779 ;
           end
         end
       end
     end
-    if (rst) begin
-      \$1052  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1053  = \$692 ;
     if (rst) begin
       \$1053  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1054  = \$698 ;
+    \$1054  = \$signal$602 ;
+    if (in_decode) begin
+      \$1054  = 16'h0000;
+    end
+    if (gemm_active) begin
+      if (a_issue) begin
+        (* full_case = 32'd1 *)
+        if (a_feed_k_hit) begin
+          \$1054  = 16'h0000;
+        end else begin
+          \$1054  = \$785 [15:0];
+        end
+      end
+    end
     if (rst) begin
-      \$1054  = 1'h0;
+      \$1054  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1055  = \$704 ;
+    \$1055  = fnt;
+    if (in_decode) begin
+      \$1055  = 16'h0000;
+    end
+    if (gemm_active) begin
+      if (a_issue) begin
+        if (a_feed_k_hit) begin
+          (* full_case = 32'd1 *)
+          if (a_feed_nt_hit) begin
+            \$1055  = 16'h0000;
+          end else begin
+            \$1055  = \$782 [15:0];
+          end
+        end
+      end
+    end
     if (rst) begin
-      \$1055  = 1'h0;
+      \$1055  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1056  = \$710 ;
+    \$1056  = feed_blocks;
+    if (in_decode) begin
+      \$1056  = dec_blocks;
+    end
+    if (gemm_active) begin
+      if (a_issue) begin
+        if (a_feed_k_hit) begin
+          if (a_feed_nt_hit) begin
+            \$1056  = \$780 [31:0];
+          end
+        end
+      end
+    end
     if (rst) begin
-      \$1056  = 1'h0;
+      \$1056  = 32'd0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1057  = \$716 ;
+    \$1057  = a_load_k_hit;
+    if (in_decode) begin
+      \$1057  = \$683 ;
+    end
+    if (gemm_active) begin
+      if (\$750 ) begin
+        (* full_case = 32'd1 *)
+        if (a_load_k_hit) begin
+          \$1057  = \$755 ;
+        end else begin
+          \$1057  = \$761 ;
+        end
+      end else if (\$753 ) begin
+        if (\$762 ) begin
+          \$1057  = \$765 ;
+          if (a_load_k_hit) begin
+            \$1057  = \$767 ;
+          end
+        end
+      end
+    end
     if (rst) begin
       \$1057  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1058  = \$722 ;
+    \$1058  = a_feed_k_hit;
+    if (in_decode) begin
+      \$1058  = \$685 ;
+    end
+    if (gemm_active) begin
+      if (a_issue) begin
+        (* full_case = 32'd1 *)
+        if (a_feed_k_hit) begin
+          \$1058  = \$776 ;
+        end else begin
+          \$1058  = \$787 ;
+        end
+      end
+    end
     if (rst) begin
       \$1058  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1059  = \$728 ;
+    \$1059  = a_feed_nt_hit;
+    if (in_decode) begin
+      \$1059  = \$687 ;
+    end
+    if (gemm_active) begin
+      if (a_issue) begin
+        if (a_feed_k_hit) begin
+          (* full_case = 32'd1 *)
+          if (a_feed_nt_hit) begin
+            \$1059  = \$778 ;
+          end else begin
+            \$1059  = \$784 ;
+          end
+        end
+      end
+    end
     if (rst) begin
       \$1059  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1060  = \$734 ;
+    \$1060  = a_blocks_left;
+    if (in_decode) begin
+      \$1060  = \$688 ;
+    end
+    if (gemm_active) begin
+      if (a_issue) begin
+        if (a_feed_k_hit) begin
+          if (a_feed_nt_hit) begin
+            \$1060  = \$781 ;
+          end
+        end
+      end
+    end
     if (rst) begin
       \$1060  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1061  = \$740 ;
+    \$1061  = \$697 ;
     if (rst) begin
       \$1061  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1062  = a_read_last;
-    if (gemm_active) begin
-      \$1062  = a_feed_k_hit;
-    end
+    \$1062  = \$703 ;
     if (rst) begin
       \$1062  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1063  = a_read_addr;
-    if (gemm_active) begin
-      \$1063  = \$766 [8:0];
-    end
+    \$1063  = \$709 ;
     if (rst) begin
-      \$1063  = 9'h000;
+      \$1063  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1064  = a_read_half;
-    if (gemm_active) begin
-      \$1064  = \$signal$348 ;
-    end
+    \$1064  = \$715 ;
     if (rst) begin
       \$1064  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1065  = a_read_free;
-    if (gemm_active) begin
-      \$1065  = \$768 ;
-    end
+    \$1065  = \$721 ;
     if (rst) begin
       \$1065  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1066  = w_load_lane;
-    if (gemm_active) begin
-      if (\$787 ) begin
-        (* full_case = 32'd1 *)
-        if (\$788 ) begin
-          \$1066  = 4'h0;
-        end else begin
-          \$1066  = \$795 [3:0];
-        end
-      end
-      if (in_decode) begin
-        \$1066  = 4'h0;
-      end
-    end
+    \$1066  = \$727 ;
     if (rst) begin
-      \$1066  = 4'h0;
+      \$1066  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1067  = w_load_k;
-    if (gemm_active) begin
-      if (\$787 ) begin
-        if (\$788 ) begin
-          \$1067  = \$789 [15:0];
-          if (\$791 ) begin
-            \$1067  = 16'h0000;
-          end
-        end
-      end
-      if (in_decode) begin
-        \$1067  = 16'h0000;
-      end
-    end
+    \$1067  = \$733 ;
     if (rst) begin
-      \$1067  = 16'h0000;
+      \$1067  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1068  = w_load_addr;
-    if (gemm_active) begin
-      if (\$787 ) begin
-        if (\$788 ) begin
-          \$1068  = \$790 [9:0];
-          if (\$791 ) begin
-            if (\$793 ) begin
-              \$1068  = 10'h000;
-            end
-          end
-        end
-      end
-      if (in_decode) begin
-        \$1068  = 10'h000;
-      end
-    end
+    \$1068  = \$739 ;
     if (rst) begin
-      \$1068  = 10'h000;
+      \$1068  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1069  = w_load_nt;
-    if (gemm_active) begin
-      if (\$787 ) begin
-        if (\$788 ) begin
-          if (\$791 ) begin
-            \$1069  = \$792 [15:0];
-            if (\$793 ) begin
-              \$1069  = 16'h0000;
-            end
-          end
-        end
-      end
-      if (in_decode) begin
-        \$1069  = 16'h0000;
-      end
-    end
+    \$1069  = \$745 ;
     if (rst) begin
-      \$1069  = 16'h0000;
+      \$1069  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1070  = w_filled0;
+    \$1070  = a_read_last;
     if (gemm_active) begin
-      if (\$787 ) begin
-        if (\$788 ) begin
-          if (\$791 ) begin
-            if (\$793 ) begin
-              casez (w_load_half)
-                1'h0:
-                    \$1070  = 1'h1;
-              endcase
-            end
-          end
-        end
-      end
-      if (\$813 ) begin
-        casez (w_read_half)
-          1'h0:
-              \$1070  = 1'h0;
-        endcase
-      end
-      if (in_decode) begin
-        \$1070  = 1'h0;
-      end
+      \$1070  = a_feed_k_hit;
     end
     if (rst) begin
       \$1070  = 1'h0;
@@ -10775,56 +10797,19 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1071  = w_filled1;
+    \$1071  = a_read_addr;
     if (gemm_active) begin
-      if (\$787 ) begin
-        if (\$788 ) begin
-          if (\$791 ) begin
-            if (\$793 ) begin
-              (* full_case = 32'd1 *)
-              casez (w_load_half)
-                1'h0:
-                    /* empty */;
-                1'h1:
-                    \$1071  = 1'h1;
-              endcase
-            end
-          end
-        end
-      end
-      if (\$813 ) begin
-        (* full_case = 32'd1 *)
-        casez (w_read_half)
-          1'h0:
-              /* empty */;
-          1'h1:
-              \$1071  = 1'h0;
-        endcase
-      end
-      if (in_decode) begin
-        \$1071  = 1'h0;
-      end
+      \$1071  = \$771 [8:0];
     end
     if (rst) begin
-      \$1071  = 1'h0;
+      \$1071  = 9'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1072  = w_load_half;
+    \$1072  = a_read_half;
     if (gemm_active) begin
-      if (\$787 ) begin
-        if (\$788 ) begin
-          if (\$791 ) begin
-            if (\$793 ) begin
-              \$1072  = \$794 ;
-            end
-          end
-        end
-      end
-      if (in_decode) begin
-        \$1072  = 1'h0;
-      end
+      \$1072  = \$signal$348 ;
     end
     if (rst) begin
       \$1072  = 1'h0;
@@ -10832,68 +10817,86 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1073  = w_read_addr;
+    \$1073  = a_read_free;
     if (gemm_active) begin
-      \$1073  = \$798 [8:0];
+      \$1073  = \$773 ;
     end
     if (rst) begin
-      \$1073  = 9'h000;
+      \$1073  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1074  = w_read_half;
+    \$1074  = w_load_lane;
     if (gemm_active) begin
-      \$1074  = w_feed_half;
+      if (\$792 ) begin
+        (* full_case = 32'd1 *)
+        if (\$793 ) begin
+          \$1074  = 4'h0;
+        end else begin
+          \$1074  = \$800 [3:0];
+        end
+      end
+      if (in_decode) begin
+        \$1074  = 4'h0;
+      end
     end
     if (rst) begin
-      \$1074  = 1'h0;
+      \$1074  = 4'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1075  = w_read_free;
+    \$1075  = w_load_k;
     if (gemm_active) begin
-      \$1075  = \$803 ;
-    end
-    if (rst) begin
-      \$1075  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1076  = feed_ntk;
-    if (gemm_active) begin
-      if (\$805 ) begin
-        if (a_feed_k_hit) begin
-          (* full_case = 32'd1 *)
-          if (a_feed_nt_hit) begin
-            \$1076  = 32'd0;
-          end else begin
-            \$1076  = \$812 [31:0];
+      if (\$792 ) begin
+        if (\$793 ) begin
+          \$1075  = \$794 [15:0];
+          if (\$796 ) begin
+            \$1075  = 16'h0000;
           end
         end
       end
       if (in_decode) begin
-        \$1076  = 32'd0;
+        \$1075  = 16'h0000;
       end
     end
     if (rst) begin
-      \$1076  = 32'd0;
+      \$1075  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1077  = feed_mt;
+    \$1076  = w_load_addr;
     if (gemm_active) begin
-      if (\$805 ) begin
-        if (a_feed_k_hit) begin
-          if (a_feed_nt_hit) begin
-            (* full_case = 32'd1 *)
-            if (feed_mt_hit) begin
+      if (\$792 ) begin
+        if (\$793 ) begin
+          \$1076  = \$795 [9:0];
+          if (\$796 ) begin
+            if (\$798 ) begin
+              \$1076  = 10'h000;
+            end
+          end
+        end
+      end
+      if (in_decode) begin
+        \$1076  = 10'h000;
+      end
+    end
+    if (rst) begin
+      \$1076  = 10'h000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1077  = w_load_nt;
+    if (gemm_active) begin
+      if (\$792 ) begin
+        if (\$793 ) begin
+          if (\$796 ) begin
+            \$1077  = \$797 [15:0];
+            if (\$798 ) begin
               \$1077  = 16'h0000;
-            end else begin
-              \$1077  = \$809 [15:0];
             end
           end
         end
@@ -10908,22 +10911,28 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1078  = feed_mt_hit;
+    \$1078  = w_filled0;
     if (gemm_active) begin
-      if (\$805 ) begin
-        if (a_feed_k_hit) begin
-          if (a_feed_nt_hit) begin
-            (* full_case = 32'd1 *)
-            if (feed_mt_hit) begin
-              \$1078  = \$807 ;
-            end else begin
-              \$1078  = \$811 ;
+      if (\$792 ) begin
+        if (\$793 ) begin
+          if (\$796 ) begin
+            if (\$798 ) begin
+              casez (w_load_half)
+                1'h0:
+                    \$1078  = 1'h1;
+              endcase
             end
           end
         end
       end
+      if (\$818 ) begin
+        casez (w_read_half)
+          1'h0:
+              \$1078  = 1'h0;
+        endcase
+      end
       if (in_decode) begin
-        \$1078  = \$815 ;
+        \$1078  = 1'h0;
       end
     end
     if (rst) begin
@@ -10932,16 +10941,31 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1079  = w_feed_half;
+    \$1079  = w_filled1;
     if (gemm_active) begin
-      if (\$805 ) begin
-        if (a_feed_k_hit) begin
-          if (a_feed_nt_hit) begin
-            if (feed_mt_hit) begin
-              \$1079  = \$808 ;
+      if (\$792 ) begin
+        if (\$793 ) begin
+          if (\$796 ) begin
+            if (\$798 ) begin
+              (* full_case = 32'd1 *)
+              casez (w_load_half)
+                1'h0:
+                    /* empty */;
+                1'h1:
+                    \$1079  = 1'h1;
+              endcase
             end
           end
         end
+      end
+      if (\$818 ) begin
+        (* full_case = 32'd1 *)
+        casez (w_read_half)
+          1'h0:
+              /* empty */;
+          1'h1:
+              \$1079  = 1'h0;
+        endcase
       end
       if (in_decode) begin
         \$1079  = 1'h0;
@@ -10953,99 +10977,241 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1080  = \$826 ;
+    \$1080  = w_load_half;
+    if (gemm_active) begin
+      if (\$792 ) begin
+        if (\$793 ) begin
+          if (\$796 ) begin
+            if (\$798 ) begin
+              \$1080  = \$799 ;
+            end
+          end
+        end
+      end
+      if (in_decode) begin
+        \$1080  = 1'h0;
+      end
+    end
     if (rst) begin
       \$1080  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1081  = \$834 ;
+    \$1081  = w_read_addr;
+    if (gemm_active) begin
+      \$1081  = \$803 [8:0];
+    end
     if (rst) begin
-      \$1081  = 1'h0;
+      \$1081  = 9'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1082  = \$842 ;
+    \$1082  = w_read_half;
+    if (gemm_active) begin
+      \$1082  = w_feed_half;
+    end
     if (rst) begin
       \$1082  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1083  = \$850 ;
+    \$1083  = w_read_free;
+    if (gemm_active) begin
+      \$1083  = \$808 ;
+    end
     if (rst) begin
       \$1083  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1084  = \$858 ;
+    \$1084  = feed_ntk;
+    if (gemm_active) begin
+      if (\$810 ) begin
+        if (a_feed_k_hit) begin
+          (* full_case = 32'd1 *)
+          if (a_feed_nt_hit) begin
+            \$1084  = 32'd0;
+          end else begin
+            \$1084  = \$817 [31:0];
+          end
+        end
+      end
+      if (in_decode) begin
+        \$1084  = 32'd0;
+      end
+    end
     if (rst) begin
-      \$1084  = 1'h0;
+      \$1084  = 32'd0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1085  = \$866 ;
+    \$1085  = feed_mt;
+    if (gemm_active) begin
+      if (\$810 ) begin
+        if (a_feed_k_hit) begin
+          if (a_feed_nt_hit) begin
+            (* full_case = 32'd1 *)
+            if (feed_mt_hit) begin
+              \$1085  = 16'h0000;
+            end else begin
+              \$1085  = \$814 [15:0];
+            end
+          end
+        end
+      end
+      if (in_decode) begin
+        \$1085  = 16'h0000;
+      end
+    end
     if (rst) begin
-      \$1085  = 1'h0;
+      \$1085  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1086  = \$874 ;
+    \$1086  = feed_mt_hit;
+    if (gemm_active) begin
+      if (\$810 ) begin
+        if (a_feed_k_hit) begin
+          if (a_feed_nt_hit) begin
+            (* full_case = 32'd1 *)
+            if (feed_mt_hit) begin
+              \$1086  = \$812 ;
+            end else begin
+              \$1086  = \$816 ;
+            end
+          end
+        end
+      end
+      if (in_decode) begin
+        \$1086  = \$820 ;
+      end
+    end
     if (rst) begin
       \$1086  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1087  = \$882 ;
+    \$1087  = w_feed_half;
+    if (gemm_active) begin
+      if (\$810 ) begin
+        if (a_feed_k_hit) begin
+          if (a_feed_nt_hit) begin
+            if (feed_mt_hit) begin
+              \$1087  = \$813 ;
+            end
+          end
+        end
+      end
+      if (in_decode) begin
+        \$1087  = 1'h0;
+      end
+    end
     if (rst) begin
       \$1087  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1088  = dst_col;
-    if (in_decode) begin
-      \$1088  = 3'h0;
-    end else if (dst_step) begin
-      \$1088  = \$884 [2:0];
-    end
+    \$1088  = \$831 ;
     if (rst) begin
-      \$1088  = 3'h0;
+      \$1088  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1089  = post_col;
-    if (in_decode) begin
-      \$1089  = 3'h0;
-    end
-    if (\$886 ) begin
-      if (elem_take) begin
-        \$1089  = \$889 [2:0];
-      end
-    end
+    \$1089  = \$839 ;
     if (rst) begin
-      \$1089  = 3'h0;
+      \$1089  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1090  = \$894 ;
+    \$1090  = \$847 ;
     if (rst) begin
       \$1090  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1091  = fault;
+    \$1091  = \$855 ;
     if (rst) begin
-      \$1091  = 4'h0;
+      \$1091  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1092  = \$863 ;
+    if (rst) begin
+      \$1092  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1093  = \$871 ;
+    if (rst) begin
+      \$1093  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1094  = \$879 ;
+    if (rst) begin
+      \$1094  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1095  = \$887 ;
+    if (rst) begin
+      \$1095  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1096  = dst_col;
+    if (in_decode) begin
+      \$1096  = 3'h0;
+    end else if (dst_step) begin
+      \$1096  = \$889 [2:0];
+    end
+    if (rst) begin
+      \$1096  = 3'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1097  = post_col;
+    if (in_decode) begin
+      \$1097  = 3'h0;
+    end
+    if (\$891 ) begin
+      if (elem_take) begin
+        \$1097  = \$894 [2:0];
+      end
+    end
+    if (rst) begin
+      \$1097  = 3'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1098  = \$899 ;
+    if (rst) begin
+      \$1098  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1099  = fault;
+    if (rst) begin
+      \$1099  = 4'h0;
     end
   end
   assign \ar__payload$1  = ar__payload;
@@ -11434,9 +11600,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   assign \$369  = { 1'h0, dec_mt_last };
   assign \$370  = { dec_mt_last, 3'h0 };
   assign \$373  = { dec_nt_last, 3'h0 };
-  assign \$895  = { 19'h00000, dec_mt_p[32:19] };
-  assign \$896  = { 3'h0, dec_n2p[16:3] };
-  assign \$897  = { 3'h0, dec_n2p[16:3] };
+  assign \$900  = { 19'h00000, dec_mt_p[32:19] };
+  assign \$901  = { 3'h0, dec_n2p[16:3] };
+  assign \$902  = { 3'h0, dec_n2p[16:3] };
   assign \$52  = \$51 ;
 endmodule
 
@@ -15986,10 +16152,10 @@ module \accelerator.core.add (o__ready, a__ready, b__ready, o__payload, a__paylo
   \accelerator.core.add.out_queue  out_queue (
     .add_d_clk(add_d_clk),
     .add_d_rst(add_d_rst),
-    .\port$11720$0 (l0s_s2_o),
-    .\port$11812$0 (l1s_s2_o),
-    .\port$11904$0 (l2s_s2_o),
-    .\port$11996$0 (l3s_s2_o),
+    .\port$11733$0 (l0s_s2_o),
+    .\port$11825$0 (l1s_s2_o),
+    .\port$11917$0 (l2s_s2_o),
+    .\port$12009$0 (l3s_s2_o),
     .r_data(o__payload),
     .r_en(o__ready),
     .r_rdy(o__valid),
@@ -17187,7 +17353,7 @@ module \accelerator.core.add (o__ready, a__ready, b__ready, o__payload, a__paylo
 endmodule
 
 (* generator = "Amaranth" *)
-module \accelerator.core.add.out_queue (r_en, r_data, add_d_rst, \port$11720$0 , \port$11812$0 , \port$11904$0 , \port$11996$0 , w_en, r_rdy, add_d_clk);
+module \accelerator.core.add.out_queue (r_en, r_data, add_d_rst, \port$11733$0 , \port$11825$0 , \port$11917$0 , \port$12009$0 , w_en, r_rdy, add_d_clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$57  = 0;
   wire \$1 ;
   wire \$10 ;
@@ -17232,14 +17398,14 @@ module \accelerator.core.add.out_queue (r_en, r_data, add_d_rst, \port$11720$0 ,
   reg [3:0] inner_level = 4'h0;
   wire inner_r_rdy;
   wire [3:0] level;
-  input [15:0] \port$11720$0 ;
-  wire [15:0] \port$11720$0 ;
-  input [15:0] \port$11812$0 ;
-  wire [15:0] \port$11812$0 ;
-  input [15:0] \port$11904$0 ;
-  wire [15:0] \port$11904$0 ;
-  input [15:0] \port$11996$0 ;
-  wire [15:0] \port$11996$0 ;
+  input [15:0] \port$11733$0 ;
+  wire [15:0] \port$11733$0 ;
+  input [15:0] \port$11825$0 ;
+  wire [15:0] \port$11825$0 ;
+  input [15:0] \port$11917$0 ;
+  wire [15:0] \port$11917$0 ;
+  input [15:0] \port$12009$0 ;
+  wire [15:0] \port$12009$0 ;
   (* init = 4'h0 *)
   wire [3:0] produce;
   output [63:0] r_data;
@@ -17278,7 +17444,7 @@ module \accelerator.core.add.out_queue (r_en, r_data, add_d_rst, \port$11720$0 ,
   end
   always @(posedge add_d_clk) begin
     if (w_port__en)
-      storage[w_port__addr] <= { \port$11996$0 , \port$11904$0 , \port$11812$0 , \port$11720$0  };
+      storage[w_port__addr] <= { \port$12009$0 , \port$11917$0 , \port$11825$0 , \port$11733$0  };
   end
   reg [63:0] _0_;
   always @(posedge add_d_clk) begin
@@ -17378,8 +17544,8 @@ module \accelerator.core.add.out_queue (r_en, r_data, add_d_rst, \port$11720$0 ,
   assign level = \$3 [3:0];
   assign r_level = \$3 [3:0];
   assign produce = w_port__addr;
-  assign w_port__data = { \port$11996$0 , \port$11904$0 , \port$11812$0 , \port$11720$0  };
-  assign w_data = { \port$11996$0 , \port$11904$0 , \port$11812$0 , \port$11720$0  };
+  assign w_port__data = { \port$12009$0 , \port$11917$0 , \port$11825$0 , \port$11733$0  };
+  assign w_data = { \port$12009$0 , \port$11917$0 , \port$11825$0 , \port$11733$0  };
   assign consume = r_port__addr;
   assign r_port__data = r_data;
 endmodule
@@ -24886,10 +25052,10 @@ module \accelerator.core.gelu0 (o__ready, go, o__payload, i__payload, i__valid, 
   \accelerator.core.gelu0.out_queue  out_queue (
     .gelu0_d_clk(gelu0_d_clk),
     .gelu0_d_rst(gelu0_d_rst),
-    .\port$12229$0 (l0_s27_o),
-    .\port$12415$0 (l1_s27_o),
-    .\port$12601$0 (l2_s27_o),
-    .\port$12787$0 (l3_s27_o),
+    .\port$12242$0 (l0_s27_o),
+    .\port$12428$0 (l1_s27_o),
+    .\port$12614$0 (l2_s27_o),
+    .\port$12800$0 (l3_s27_o),
     .r_data(o__payload),
     .r_en(o__ready),
     .r_rdy(o__valid),
@@ -26849,7 +27015,7 @@ module \accelerator.core.gelu0 (o__ready, go, o__payload, i__payload, i__valid, 
 endmodule
 
 (* generator = "Amaranth" *)
-module \accelerator.core.gelu0.out_queue (r_en, r_data, gelu0_d_rst, \port$12229$0 , \port$12415$0 , \port$12601$0 , \port$12787$0 , w_en, r_rdy, gelu0_d_clk);
+module \accelerator.core.gelu0.out_queue (r_en, r_data, gelu0_d_rst, \port$12242$0 , \port$12428$0 , \port$12614$0 , \port$12800$0 , w_en, r_rdy, gelu0_d_clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$61  = 0;
   wire \$1 ;
   wire \$10 ;
@@ -26894,14 +27060,14 @@ module \accelerator.core.gelu0.out_queue (r_en, r_data, gelu0_d_rst, \port$12229
   reg [4:0] inner_level = 5'h00;
   wire inner_r_rdy;
   wire [4:0] level;
-  input [7:0] \port$12229$0 ;
-  wire [7:0] \port$12229$0 ;
-  input [7:0] \port$12415$0 ;
-  wire [7:0] \port$12415$0 ;
-  input [7:0] \port$12601$0 ;
-  wire [7:0] \port$12601$0 ;
-  input [7:0] \port$12787$0 ;
-  wire [7:0] \port$12787$0 ;
+  input [7:0] \port$12242$0 ;
+  wire [7:0] \port$12242$0 ;
+  input [7:0] \port$12428$0 ;
+  wire [7:0] \port$12428$0 ;
+  input [7:0] \port$12614$0 ;
+  wire [7:0] \port$12614$0 ;
+  input [7:0] \port$12800$0 ;
+  wire [7:0] \port$12800$0 ;
   (* init = 5'h00 *)
   wire [4:0] produce;
   output [31:0] r_data;
@@ -26956,7 +27122,7 @@ module \accelerator.core.gelu0.out_queue (r_en, r_data, gelu0_d_rst, \port$12229
   end
   always @(posedge gelu0_d_clk) begin
     if (w_port__en)
-      storage[w_port__addr] <= { \port$12787$0 , \port$12601$0 , \port$12415$0 , \port$12229$0  };
+      storage[w_port__addr] <= { \port$12800$0 , \port$12614$0 , \port$12428$0 , \port$12242$0  };
   end
   reg [31:0] _0_;
   always @(posedge gelu0_d_clk) begin
@@ -27056,8 +27222,8 @@ module \accelerator.core.gelu0.out_queue (r_en, r_data, gelu0_d_rst, \port$12229
   assign level = \$3 [4:0];
   assign r_level = \$3 [4:0];
   assign produce = w_port__addr;
-  assign w_port__data = { \port$12787$0 , \port$12601$0 , \port$12415$0 , \port$12229$0  };
-  assign w_data = { \port$12787$0 , \port$12601$0 , \port$12415$0 , \port$12229$0  };
+  assign w_port__data = { \port$12800$0 , \port$12614$0 , \port$12428$0 , \port$12242$0  };
+  assign w_data = { \port$12800$0 , \port$12614$0 , \port$12428$0 , \port$12242$0  };
   assign consume = r_port__addr;
   assign r_port__data = r_data;
 endmodule
@@ -43090,7 +43256,7 @@ module \accelerator.core.norm_out_slice (rst, w_en, w_port__data, r_en, w_rdy, r
 endmodule
 
 (* generator = "Amaranth" *)
-module \accelerator.core.pack_slice (rst, w_rdy, r_data, r_en, unit_rst, w_en, \port$9173$0 , \port$9175$0 , \port$9177$0 , \port$9179$0 , \port$9181$0 , \port$9183$0 , \port$9185$0 , \port$9187$0 , r_rdy, clk);
+module \accelerator.core.pack_slice (rst, w_rdy, r_data, r_en, unit_rst, w_en, \port$9186$0 , \port$9188$0 , \port$9190$0 , \port$9192$0 , \port$9194$0 , \port$9196$0 , \port$9198$0 , \port$9200$0 , r_rdy, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$74  = 0;
   wire \$1 ;
   wire \$10 ;
@@ -43129,22 +43295,22 @@ module \accelerator.core.pack_slice (rst, w_rdy, r_data, r_en, unit_rst, w_en, \
   reg [1:0] inner_level = 2'h0;
   wire inner_r_rdy;
   wire [1:0] level;
-  input [15:0] \port$9173$0 ;
-  wire [15:0] \port$9173$0 ;
-  input [15:0] \port$9175$0 ;
-  wire [15:0] \port$9175$0 ;
-  input [15:0] \port$9177$0 ;
-  wire [15:0] \port$9177$0 ;
-  input [15:0] \port$9179$0 ;
-  wire [15:0] \port$9179$0 ;
-  input [15:0] \port$9181$0 ;
-  wire [15:0] \port$9181$0 ;
-  input [15:0] \port$9183$0 ;
-  wire [15:0] \port$9183$0 ;
-  input [15:0] \port$9185$0 ;
-  wire [15:0] \port$9185$0 ;
-  input [15:0] \port$9187$0 ;
-  wire [15:0] \port$9187$0 ;
+  input [15:0] \port$9186$0 ;
+  wire [15:0] \port$9186$0 ;
+  input [15:0] \port$9188$0 ;
+  wire [15:0] \port$9188$0 ;
+  input [15:0] \port$9190$0 ;
+  wire [15:0] \port$9190$0 ;
+  input [15:0] \port$9192$0 ;
+  wire [15:0] \port$9192$0 ;
+  input [15:0] \port$9194$0 ;
+  wire [15:0] \port$9194$0 ;
+  input [15:0] \port$9196$0 ;
+  wire [15:0] \port$9196$0 ;
+  input [15:0] \port$9198$0 ;
+  wire [15:0] \port$9198$0 ;
+  input [15:0] \port$9200$0 ;
+  wire [15:0] \port$9200$0 ;
   (* init = 1'h0 *)
   wire produce;
   output [127:0] r_data;
@@ -43177,7 +43343,7 @@ module \accelerator.core.pack_slice (rst, w_rdy, r_data, r_en, unit_rst, w_en, \
   end
   always @(posedge clk) begin
     if (w_port__en)
-      storage[w_port__addr] <= { \port$9187$0 , \port$9185$0 , \port$9183$0 , \port$9181$0 , \port$9179$0 , \port$9177$0 , \port$9175$0 , \port$9173$0  };
+      storage[w_port__addr] <= { \port$9200$0 , \port$9198$0 , \port$9196$0 , \port$9194$0 , \port$9192$0 , \port$9190$0 , \port$9188$0 , \port$9186$0  };
   end
   reg [127:0] _0_;
   always @(posedge clk) begin
@@ -43285,14 +43451,14 @@ module \accelerator.core.pack_slice (rst, w_rdy, r_data, r_en, unit_rst, w_en, \
   assign level = \$3 [1:0];
   assign r_level = \$3 [1:0];
   assign produce = w_port__addr;
-  assign w_port__data = { \port$9187$0 , \port$9185$0 , \port$9183$0 , \port$9181$0 , \port$9179$0 , \port$9177$0 , \port$9175$0 , \port$9173$0  };
-  assign w_data = { \port$9187$0 , \port$9185$0 , \port$9183$0 , \port$9181$0 , \port$9179$0 , \port$9177$0 , \port$9175$0 , \port$9173$0  };
+  assign w_port__data = { \port$9200$0 , \port$9198$0 , \port$9196$0 , \port$9194$0 , \port$9192$0 , \port$9190$0 , \port$9188$0 , \port$9186$0  };
+  assign w_data = { \port$9200$0 , \port$9198$0 , \port$9196$0 , \port$9194$0 , \port$9192$0 , \port$9190$0 , \port$9188$0 , \port$9186$0  };
   assign consume = r_port__addr;
   assign r_port__data = r_data;
 endmodule
 
 (* generator = "Amaranth" *)
-module \accelerator.core.q_src0 (rst, r_en, \port$1604$0 , r_rdy, r_data, w_en, \port$8975$0 , unit_rst, clk);
+module \accelerator.core.q_src0 (rst, r_en, \port$1611$0 , r_rdy, r_data, w_en, \port$8982$0 , unit_rst, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$75  = 0;
   wire \$1 ;
   wire \$10 ;
@@ -43320,10 +43486,10 @@ module \accelerator.core.q_src0 (rst, r_en, \port$1604$0 , r_rdy, r_data, w_en, 
   (* init = 3'h0 *)
   wire [2:0] consume;
   reg [2:0] level = 3'h0;
-  input [15:0] \port$1604$0 ;
-  wire [15:0] \port$1604$0 ;
-  input [2:0] \port$8975$0 ;
-  wire [2:0] \port$8975$0 ;
+  input [15:0] \port$1611$0 ;
+  wire [15:0] \port$1611$0 ;
+  input [2:0] \port$8982$0 ;
+  wire [2:0] \port$8982$0 ;
   (* init = 3'h0 *)
   wire [2:0] produce;
   output [18:0] r_data;
@@ -43359,7 +43525,7 @@ module \accelerator.core.q_src0 (rst, r_en, \port$1604$0 , r_rdy, r_data, w_en, 
   end
   always @(posedge clk) begin
     if (w_port__en)
-      storage[w_port__addr] <= { \port$8975$0 , \port$1604$0  };
+      storage[w_port__addr] <= { \port$8982$0 , \port$1611$0  };
   end
   assign r_data = storage[r_port__addr];
   assign w_rdy = level != 3'h5;
@@ -43434,14 +43600,14 @@ module \accelerator.core.q_src0 (rst, r_en, \port$1604$0 , r_rdy, r_data, w_en, 
   assign w_level = level;
   assign r_level = level;
   assign produce = w_port__addr;
-  assign w_port__data = { \port$8975$0 , \port$1604$0  };
-  assign w_data = { \port$8975$0 , \port$1604$0  };
+  assign w_port__data = { \port$8982$0 , \port$1611$0  };
+  assign w_data = { \port$8982$0 , \port$1611$0  };
   assign consume = r_port__addr;
   assign r_port__data = r_data;
 endmodule
 
 (* generator = "Amaranth" *)
-module \accelerator.core.q_src1 (rst, \port$1605$0 , r_rdy, r_data, r_en, w_en, \port$8983$0 , unit_rst, clk);
+module \accelerator.core.q_src1 (rst, \port$1612$0 , r_rdy, r_data, r_en, w_en, \port$8990$0 , unit_rst, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$76  = 0;
   wire \$1 ;
   wire \$10 ;
@@ -43469,10 +43635,10 @@ module \accelerator.core.q_src1 (rst, \port$1605$0 , r_rdy, r_data, r_en, w_en, 
   (* init = 3'h0 *)
   wire [2:0] consume;
   reg [2:0] level = 3'h0;
-  input [15:0] \port$1605$0 ;
-  wire [15:0] \port$1605$0 ;
-  input [2:0] \port$8983$0 ;
-  wire [2:0] \port$8983$0 ;
+  input [15:0] \port$1612$0 ;
+  wire [15:0] \port$1612$0 ;
+  input [2:0] \port$8990$0 ;
+  wire [2:0] \port$8990$0 ;
   (* init = 3'h0 *)
   wire [2:0] produce;
   output [18:0] r_data;
@@ -43508,7 +43674,7 @@ module \accelerator.core.q_src1 (rst, \port$1605$0 , r_rdy, r_data, r_en, w_en, 
   end
   always @(posedge clk) begin
     if (w_port__en)
-      storage[w_port__addr] <= { \port$8983$0 , \port$1605$0  };
+      storage[w_port__addr] <= { \port$8990$0 , \port$1612$0  };
   end
   assign r_data = storage[r_port__addr];
   assign w_rdy = level != 3'h5;
@@ -43583,8 +43749,8 @@ module \accelerator.core.q_src1 (rst, \port$1605$0 , r_rdy, r_data, r_en, w_en, 
   assign w_level = level;
   assign r_level = level;
   assign produce = w_port__addr;
-  assign w_port__data = { \port$8983$0 , \port$1605$0  };
-  assign w_data = { \port$8983$0 , \port$1605$0  };
+  assign w_port__data = { \port$8990$0 , \port$1612$0  };
+  assign w_data = { \port$8990$0 , \port$1612$0  };
   assign consume = r_port__addr;
   assign r_port__data = r_data;
 endmodule
@@ -43843,9 +44009,9 @@ module \accelerator.core.reader (rst, w_en, \r_en$23 , ar__valid, r__ready, idle
   );
   \accelerator.core.reader.shapes  shapes (
     .clk(clk),
-    .\port$1365$0 (\$13 [4:0]),
-    .\port$1366$0 (\$14 ),
-    .\port$1509$0 (r_data[2:0]),
+    .\port$1372$0 (\$13 [4:0]),
+    .\port$1373$0 (\$14 ),
+    .\port$1516$0 (r_data[2:0]),
     .r_data(\r_data$30 ),
     .r_en(\r_en$44 ),
     .r_rdy(\r_rdy$26 ),
@@ -44301,7 +44467,7 @@ module \accelerator.core.reader.req_slice (rst, w_en, r_en, w_rdy, r_rdy, r_data
 endmodule
 
 (* generator = "Amaranth" *)
-module \accelerator.core.reader.shapes (rst, w_en, \port$1365$0 , \port$1366$0 , w_rdy, r_data, \port$1509$0 , r_en, r_rdy, clk);
+module \accelerator.core.reader.shapes (rst, w_en, \port$1372$0 , \port$1373$0 , w_rdy, r_data, \port$1516$0 , r_en, r_rdy, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$80  = 0;
   wire \$1 ;
   wire \$10 ;
@@ -44343,12 +44509,12 @@ module \accelerator.core.reader.shapes (rst, w_en, \port$1365$0 , \port$1366$0 ,
   reg [3:0] inner_level = 4'h0;
   wire inner_r_rdy;
   wire [4:0] level;
-  input [4:0] \port$1365$0 ;
-  wire [4:0] \port$1365$0 ;
-  input \port$1366$0 ;
-  wire \port$1366$0 ;
-  input [2:0] \port$1509$0 ;
-  wire [2:0] \port$1509$0 ;
+  input [4:0] \port$1372$0 ;
+  wire [4:0] \port$1372$0 ;
+  input \port$1373$0 ;
+  wire \port$1373$0 ;
+  input [2:0] \port$1516$0 ;
+  wire [2:0] \port$1516$0 ;
   (* init = 4'h0 *)
   wire [3:0] produce;
   output [8:0] r_data;
@@ -44392,7 +44558,7 @@ module \accelerator.core.reader.shapes (rst, w_en, \port$1365$0 , \port$1366$0 ,
   end
   always @(posedge clk) begin
     if (w_port__en)
-      storage[w_port__addr] <= { \port$1366$0 , \port$1365$0 , \port$1509$0  };
+      storage[w_port__addr] <= { \port$1373$0 , \port$1372$0 , \port$1516$0  };
   end
   reg [8:0] _0_;
   always @(posedge clk) begin
@@ -44491,8 +44657,8 @@ module \accelerator.core.reader.shapes (rst, w_en, \port$1365$0 , \port$1366$0 ,
   assign level = w_level;
   assign r_level = w_level;
   assign produce = w_port__addr;
-  assign w_port__data = { \port$1366$0 , \port$1365$0 , \port$1509$0  };
-  assign w_data = { \port$1366$0 , \port$1365$0 , \port$1509$0  };
+  assign w_port__data = { \port$1373$0 , \port$1372$0 , \port$1516$0  };
+  assign w_data = { \port$1373$0 , \port$1372$0 , \port$1516$0  };
   assign consume = r_port__addr;
   assign r_port__data = r_data;
 endmodule
@@ -45285,7 +45451,7 @@ module \accelerator.core.softmax (o__ready, i__valid, i__ready, idle, i__payload
   reg [4:0] ex_s4_exp_q = 5'h00;
   reg [16:0] ex_s4_exp_r = 17'h00000;
   reg [4:0] ex_s5_a = 5'h00;
-  reg [15:0] ex_s5_exp_hv = 16'h0000;
+  reg [15:0] ex_s5_exp_hv = 16'h8000;
   reg [4:0] ex_s5_exp_q = 5'h00;
   reg [47:0] ex_s5_exp_qh = 48'h000000000000;
   reg [16:0] ex_s5_exp_r = 17'h00000;
@@ -48108,7 +48274,7 @@ module \accelerator.core.unpack_slice (rst, w_en, w_port__data, w_rdy, r_rdy, r_
 endmodule
 
 (* generator = "Amaranth" *)
-module \accelerator.core.w_beat_slice (rst, w_rdy, r_rdy, r_data, \port$8854$0 , \port$8855$0 , \port$8856$0 , \port$8857$0 , \port$8858$0 , \port$8859$0 , \port$8860$0 , \port$8861$0 , w_en, r_en, in_decode, unit_rst, clk);
+module \accelerator.core.w_beat_slice (rst, w_rdy, r_rdy, r_data, \port$8861$0 , \port$8862$0 , \port$8863$0 , \port$8864$0 , \port$8865$0 , \port$8866$0 , \port$8867$0 , \port$8868$0 , w_en, r_en, in_decode, unit_rst, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$85  = 0;
   wire \$1 ;
   wire \$10 ;
@@ -48135,22 +48301,22 @@ module \accelerator.core.w_beat_slice (rst, w_rdy, r_rdy, r_data, \port$8854$0 ,
   input in_decode;
   wire in_decode;
   reg [1:0] level = 2'h0;
-  input [7:0] \port$8854$0 ;
-  wire [7:0] \port$8854$0 ;
-  input [7:0] \port$8855$0 ;
-  wire [7:0] \port$8855$0 ;
-  input [7:0] \port$8856$0 ;
-  wire [7:0] \port$8856$0 ;
-  input [7:0] \port$8857$0 ;
-  wire [7:0] \port$8857$0 ;
-  input [7:0] \port$8858$0 ;
-  wire [7:0] \port$8858$0 ;
-  input [7:0] \port$8859$0 ;
-  wire [7:0] \port$8859$0 ;
-  input [7:0] \port$8860$0 ;
-  wire [7:0] \port$8860$0 ;
   input [7:0] \port$8861$0 ;
   wire [7:0] \port$8861$0 ;
+  input [7:0] \port$8862$0 ;
+  wire [7:0] \port$8862$0 ;
+  input [7:0] \port$8863$0 ;
+  wire [7:0] \port$8863$0 ;
+  input [7:0] \port$8864$0 ;
+  wire [7:0] \port$8864$0 ;
+  input [7:0] \port$8865$0 ;
+  wire [7:0] \port$8865$0 ;
+  input [7:0] \port$8866$0 ;
+  wire [7:0] \port$8866$0 ;
+  input [7:0] \port$8867$0 ;
+  wire [7:0] \port$8867$0 ;
+  input [7:0] \port$8868$0 ;
+  wire [7:0] \port$8868$0 ;
   (* init = 1'h0 *)
   wire produce;
   output [63:0] r_data;
@@ -48184,7 +48350,7 @@ module \accelerator.core.w_beat_slice (rst, w_rdy, r_rdy, r_data, \port$8854$0 ,
   end
   always @(posedge clk) begin
     if (w_port__en)
-      storage[w_port__addr] <= { \port$8861$0 , \port$8860$0 , \port$8859$0 , \port$8858$0 , \port$8857$0 , \port$8856$0 , \port$8855$0 , \port$8854$0  };
+      storage[w_port__addr] <= { \port$8868$0 , \port$8867$0 , \port$8866$0 , \port$8865$0 , \port$8864$0 , \port$8863$0 , \port$8862$0 , \port$8861$0  };
   end
   assign r_data = storage[r_port__addr];
   assign w_rdy = level != 2'h2;
@@ -48256,8 +48422,8 @@ module \accelerator.core.w_beat_slice (rst, w_rdy, r_rdy, r_data, \port$8854$0 ,
   assign w_level = level;
   assign r_level = level;
   assign produce = w_port__addr;
-  assign w_port__data = { \port$8861$0 , \port$8860$0 , \port$8859$0 , \port$8858$0 , \port$8857$0 , \port$8856$0 , \port$8855$0 , \port$8854$0  };
-  assign w_data = { \port$8861$0 , \port$8860$0 , \port$8859$0 , \port$8858$0 , \port$8857$0 , \port$8856$0 , \port$8855$0 , \port$8854$0  };
+  assign w_port__data = { \port$8868$0 , \port$8867$0 , \port$8866$0 , \port$8865$0 , \port$8864$0 , \port$8863$0 , \port$8862$0 , \port$8861$0  };
+  assign w_data = { \port$8868$0 , \port$8867$0 , \port$8866$0 , \port$8865$0 , \port$8864$0 , \port$8863$0 , \port$8862$0 , \port$8861$0  };
   assign consume = r_port__addr;
   assign r_port__data = r_data;
 endmodule

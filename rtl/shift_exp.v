@@ -986,7 +986,7 @@ module shift_exp(c__valid, i__payload, i__valid, o__ready, clk, rst, c__ready, i
   reg [32:0] l0_s3_exp_h1 = 33'h000000000;
   reg [4:0] l0_s3_exp_q = 5'h00;
   reg [16:0] l0_s3_exp_r = 17'h00000;
-  reg [15:0] l0_s4_exp_hv = 16'h0000;
+  reg [15:0] l0_s4_exp_hv = 16'h8000;
   reg [4:0] l0_s4_exp_q = 5'h00;
   reg [47:0] l0_s4_exp_qh = 48'h000000000000;
   reg [16:0] l0_s4_exp_r = 17'h00000;
@@ -1111,7 +1111,7 @@ module shift_exp(c__valid, i__payload, i__valid, o__ready, clk, rst, c__ready, i
   reg [32:0] l1_s3_exp_h1 = 33'h000000000;
   reg [4:0] l1_s3_exp_q = 5'h00;
   reg [16:0] l1_s3_exp_r = 17'h00000;
-  reg [15:0] l1_s4_exp_hv = 16'h0000;
+  reg [15:0] l1_s4_exp_hv = 16'h8000;
   reg [4:0] l1_s4_exp_q = 5'h00;
   reg [47:0] l1_s4_exp_qh = 48'h000000000000;
   reg [16:0] l1_s4_exp_r = 17'h00000;
@@ -1236,7 +1236,7 @@ module shift_exp(c__valid, i__payload, i__valid, o__ready, clk, rst, c__ready, i
   reg [32:0] l2_s3_exp_h1 = 33'h000000000;
   reg [4:0] l2_s3_exp_q = 5'h00;
   reg [16:0] l2_s3_exp_r = 17'h00000;
-  reg [15:0] l2_s4_exp_hv = 16'h0000;
+  reg [15:0] l2_s4_exp_hv = 16'h8000;
   reg [4:0] l2_s4_exp_q = 5'h00;
   reg [47:0] l2_s4_exp_qh = 48'h000000000000;
   reg [16:0] l2_s4_exp_r = 17'h00000;
@@ -1361,7 +1361,7 @@ module shift_exp(c__valid, i__payload, i__valid, o__ready, clk, rst, c__ready, i
   reg [32:0] l3_s3_exp_h1 = 33'h000000000;
   reg [4:0] l3_s3_exp_q = 5'h00;
   reg [16:0] l3_s3_exp_r = 17'h00000;
-  reg [15:0] l3_s4_exp_hv = 16'h0000;
+  reg [15:0] l3_s4_exp_hv = 16'h8000;
   reg [4:0] l3_s4_exp_q = 5'h00;
   reg [47:0] l3_s4_exp_qh = 48'h000000000000;
   reg [16:0] l3_s4_exp_r = 17'h00000;

@@ -792,7 +792,7 @@ module softmax(c__valid, i__payload, i__valid, o__ready, clk, rst, c__ready, i__
   reg [4:0] ex_s4_exp_q = 5'h00;
   reg [16:0] ex_s4_exp_r = 17'h00000;
   reg [4:0] ex_s5_a = 5'h00;
-  reg [15:0] ex_s5_exp_hv = 16'h0000;
+  reg [15:0] ex_s5_exp_hv = 16'h8000;
   reg [4:0] ex_s5_exp_q = 5'h00;
   reg [47:0] ex_s5_exp_qh = 48'h000000000000;
   reg [16:0] ex_s5_exp_r = 17'h00000;

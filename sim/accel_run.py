@@ -25,7 +25,7 @@ import torch
 
 from golden.errors import UserError
 from hwgen.accel.compiler import ALIGN, AccelConfig, c_layout, post_consts
-from hwgen.accel.interpreter import Machine, _unit, header
+from hwgen.accel.interpreter import Machine, header, unit_model
 from hwgen.accel.isa import (FLAG_EXT_SIGNED, INSTR_BYTES, Instr, Opcode, Port, beat_bytes, decode, encode_program,
                              pack_beats, unpack_beats)
 from hwgen.accel.memory_model import WORDS_VERILOG, AccelSimTop
@@ -168,7 +168,7 @@ def flag_layernorm_last(image: bytes, ins: Instr, hw: HwConfig, beats: int, last
     """``image`` with the ``last`` flags of the first ``beats`` constant beats of ``ins``'s
     LayerNorm (a LINEAR's, before the array) set on beat ``last`` alone; returns the new image
     and the flags it had."""
-    lay = c_layout(_unit(hw, "layernorm", None))
+    lay = c_layout(unit_model(hw, "layernorm", None))
     at, nb = post_consts(ins.ext1, -(-ins.n[2] // hw.gemm_cols), hw), beat_bytes(lay)
     consts = unpack_beats(lay, image[at:at + beats * nb])
     old = consts["last"][:, 0].tolist()

@@ -304,6 +304,16 @@ def test_faults_end_in_an_error_code_and_a_clean_stop(sim, hw, programs, digits_
         good, want = _good_case(f"after_{name}")
         cases.append(good)
         checks.append((good.name, want, None))
+    # a LayerNorm's constants with the last flag one beat early (the interpreter refuses such a
+    # program; the core must stop on it, not wait for ever)
+    at, ln = next((k, i) for k, i in enumerate(program.instrs) if i.op == Opcode.LINEAR and i.post == PRE_UNIT)
+    flag_early, _ = accel_run.flag_layernorm_last(busy_image, ln, hw, ln.cnt, ln.cnt - 2)
+    prog = header(busy_image)["program"]
+    cases.append(accel_run.Case("layernorm_last", flag_early, prog, [], max_cycles=200_000))
+    checks.append(("layernorm_last", Error.CONST, prog + at * INSTR_BYTES))
+    good, want = _good_case("after_layernorm_last")
+    cases.append(good)
+    checks.append((good.name, want, None))
     cases.append(accel_run.Case("busy", busy_image, header(busy_image)["program"], [], start_again_after=5000))
     checks.append(("busy", Error.BUSY, None))
     good, want = _good_case("after_busy")

@@ -78,6 +78,10 @@ def test_known_bits_of_operators():
     assert known_bits(x | Const(0b0101, 4)) == [1, None, 1, None]
     assert known_bits(Cat(x, Const(1, 1)).as_signed()) == [None] * 4 + [1]
     assert known_bits(x + 1) == [None] * 5
+    # carries known past an unknown bit: 0 + 0 + no carry, and 1 + 1 whatever came in
+    assert known_bits(Cat(Const(0, 1), x) + Const(1, 1)) == [1] + [None] * 4 + [0]
+    high = Cat(x, Const(1, 1))
+    assert known_bits(high + high) == [None] * 5 + [1]
 
 
 def test_no_constant_register_left_for_synthesis(tmp_path):

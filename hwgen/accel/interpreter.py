@@ -41,7 +41,7 @@ from .compiler import HEADER_BYTES, HEADER_FIELDS, MAGIC, AccelConfig, Program, 
 from .isa import (POST_ADD, POST_GELU, POST_NONE, PRE_UNIT, FLAG_A_SIGNED, FLAG_EXT_SIGNED, FLAG_PER_IMAGE, FLAG_W_EXT, INSTR_BYTES, LEVELS, MOVE_OPS, Instr, Opcode, Port,
                   beat_bytes, decode, unpack_beats)
 
-__all__ = ["Machine", "run", "interpret", "header", "batch_image", "write_input", "read_logits", "RunStats"]
+__all__ = ["Machine", "run", "interpret", "header", "batch_image", "write_input", "read_logits", "RunStats", "unit_model"]
 
 
 @dataclass
@@ -100,7 +100,7 @@ def read_logits(image, index: int = 0) -> torch.Tensor:
 
 
 @functools.lru_cache(maxsize=32)
-def _unit(hw: HwConfig, kind: str, variant: str | None):
+def unit_model(hw: HwConfig, kind: str, variant: str | None):
     """The unit of ``kind`` for ``hw`` (built once per configuration: only its attributes and
     ``c`` layout are read)."""
     unit = unit_for(hw, kind, variant)
@@ -190,7 +190,7 @@ class Machine:
                 raise UserError(f"accel program: GELU unit {index} does not exist (the accelerator has "
                                 f"{len(gelus)}){self.where}")
             variant = gelus[index]
-        return _unit(self.hw, kind, variant)
+        return unit_model(self.hw, kind, variant)
 
     def beats(self, layout, addr: int, count: int) -> dict[str, np.ndarray]:
         return unpack_beats(layout, self.ext(addr, count * beat_bytes(layout)))
