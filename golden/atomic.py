@@ -2,7 +2,8 @@
 
 * Files: :func:`write_text`, :func:`write_json`, :func:`write_file` write a temporary file in
   the target folder, then rename it over the target, so a reader (or a crash) never sees a
-  half-written file.  The result has a normal mode: the mode of the file it replaces, else
+  half-written file.  JSON is indented by 2, with a short list of scalars (or of lists of
+  scalars) on one line.  The result has a normal mode: the mode of the file it replaces, else
   ``0o666`` less the umask (``tempfile`` would leave ``0600``).
 * Folders: :func:`replace_dir` builds a whole folder in a sibling temporary folder and swaps
   it in at the end (one ``renameat2(RENAME_EXCHANGE)`` where Linux offers it, else two
@@ -83,8 +84,28 @@ def write_text(path: str | os.PathLike, text: str) -> None:
     write_file(path, writer)
 
 
+def _json_text(obj, depth: int = 0, width: int = 100) -> str:
+    """``json.dumps(obj, indent=2)``, except that a list of scalars and short lists goes on one
+    line where it fits in ``width`` characters (a timing path's steps, a cell's location:
+    indented one number a line they made ``reports/hw.json`` three times its size)."""
+    pad, inner = "  " * depth, "  " * (depth + 1)
+    if isinstance(obj, dict) and obj:
+        # (a key as json.dumps writes it: a number or a bool is quoted in its JSON spelling)
+        items = [f"{inner}{json.dumps(next(iter(json.loads(json.dumps({k: 0})))))}: {_json_text(v, depth + 1, width)}"
+                 for k, v in obj.items()]
+        return "{\n" + ",\n".join(items) + "\n" + pad + "}"
+    if isinstance(obj, (list, tuple)) and obj:
+        flat = json.dumps(obj)
+        if (all(not isinstance(x, (dict, list, tuple)) or (isinstance(x, (list, tuple))
+                and all(not isinstance(y, (dict, list, tuple)) for y in x)) for x in obj)
+                and len(inner) + len(flat) <= width):
+            return flat
+        return "[\n" + ",\n".join(inner + _json_text(x, depth + 1, width) for x in obj) + "\n" + pad + "]"
+    return json.dumps(obj)
+
+
 def write_json(path: str | os.PathLike, obj) -> None:
-    write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+    write_text(path, _json_text(obj) + "\n")
 
 
 # --- folders ---------------------------------------------------------------------------------

@@ -3,7 +3,10 @@ import json
 import sys
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from golden.atomic import write_json
 from golden.errors import UserError
 from hwgen.report import _run, _tool_timeout, LFE5U_85F, accelerator_entry, accelerator_markdown, fmax_wrapper, measure_component
 from hwgen.residual_add import ResidualAdd
@@ -82,3 +85,25 @@ def test_a_malformed_time_bound_is_refused(monkeypatch, bad):
     monkeypatch.setenv("HWGEN_TOOL_TIMEOUT_S", bad)
     with pytest.raises(UserError, match="HWGEN_TOOL_TIMEOUT_S"):
         _tool_timeout()
+
+
+
+_json_values = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
+                            lambda inner: st.lists(inner, max_size=5) | st.dictionaries(st.text(max_size=6), inner, max_size=5),
+                            max_leaves=30)
+
+
+@given(_json_values)
+@settings(max_examples=300, deadline=None)
+def test_reports_json_reads_back_as_written(tmp_path_factory, value):
+    """``write_json`` puts short lists on one line; what it writes still reads back the same."""
+    path = tmp_path_factory.mktemp("json") / "r.json"
+    write_json(path, value)
+    assert json.loads(path.read_text()) == value
+
+
+def test_reports_json_puts_a_path_step_on_one_line(tmp_path):
+    step = ["routing", "u.core.a_issue_LUT4_Z", 1.877, [73, 7]]
+    write_json(tmp_path / "hw.json", {"critical_path": {"path": [step, step]}})
+    lines = (tmp_path / "hw.json").read_text().splitlines()
+    assert lines.count("      " + json.dumps(step) + ",") == 1 and lines.count("      " + json.dumps(step)) == 1
