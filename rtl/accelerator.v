@@ -1266,66 +1266,66 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$100 ;
   reg \$1000 ;
   reg \$1001 ;
-  reg \$1002 ;
-  reg \$1003 ;
+  reg [511:0] \$1002 ;
+  reg [3:0] \$1003 ;
   reg \$1004 ;
-  reg [511:0] \$1005 ;
-  reg [3:0] \$1006 ;
-  reg \$1007 ;
-  reg [31:0] \$1008 ;
-  reg [7:0] \$1009 ;
+  reg [31:0] \$1005 ;
+  reg [7:0] \$1006 ;
+  reg [15:0] \$1007 ;
+  reg [15:0] \$1008 ;
+  reg \$1009 ;
   wire \$101 ;
-  reg [15:0] \$1010 ;
-  reg [15:0] \$1011 ;
+  reg [65:0] \$1010 ;
+  reg \$1011 ;
   reg \$1012 ;
-  reg [15:0] \$1013 ;
+  reg \$1013 ;
   reg \$1014 ;
-  reg [65:0] \$1015 ;
-  reg \$1016 ;
-  reg \$1017 ;
-  reg \$1018 ;
+  reg \$1015 ;
+  reg [24:0] \$1016 ;
+  reg [31:0] \$1017 ;
+  reg [15:0] \$1018 ;
   reg \$1019 ;
   wire \$102 ;
-  reg \$1020 ;
-  reg [24:0] \$1021 ;
-  reg [31:0] \$1022 ;
+  reg [15:0] \$1020 ;
+  reg [15:0] \$1021 ;
+  reg [15:0] \$1022 ;
   reg [15:0] \$1023 ;
-  reg \$1024 ;
+  reg [15:0] \$1024 ;
   reg [15:0] \$1025 ;
   reg [15:0] \$1026 ;
   reg [15:0] \$1027 ;
-  reg [15:0] \$1028 ;
-  reg [15:0] \$1029 ;
+  reg [2:0] \$1028 ;
+  reg [2:0] \$1029 ;
   wire \$103 ;
-  reg [15:0] \$1030 ;
+  reg [31:0] \$1030 ;
   reg [15:0] \$1031 ;
   reg [15:0] \$1032 ;
-  reg [2:0] \$1033 ;
-  reg [2:0] \$1034 ;
-  reg [31:0] \$1035 ;
-  reg [15:0] \$1036 ;
-  reg [15:0] \$1037 ;
-  reg [31:0] \$1038 ;
-  reg [31:0] \$1039 ;
+  reg [31:0] \$1033 ;
+  reg [31:0] \$1034 ;
+  reg \$1035 ;
+  reg [7:0] \$1036 ;
+  reg \$1037 ;
+  reg \$1038 ;
+  reg \$1039 ;
   wire \$104 ;
-  reg \$1040 ;
-  reg [7:0] \$1041 ;
+  reg [15:0] \$1040 ;
+  reg \$1041 ;
   reg \$1042 ;
   reg \$1043 ;
   reg \$1044 ;
-  reg [15:0] \$1045 ;
-  reg \$1046 ;
-  reg \$1047 ;
+  reg \$1045 ;
+  reg [3:0] \$1046 ;
+  reg [15:0] \$1047 ;
   reg \$1048 ;
-  reg \$1049 ;
+  reg [15:0] \$1049 ;
   wire \$105 ;
-  reg \$1050 ;
-  reg [3:0] \$1051 ;
-  reg [15:0] \$1052 ;
+  reg [15:0] \$1050 ;
+  reg [31:0] \$1051 ;
+  reg \$1052 ;
   reg \$1053 ;
-  reg [15:0] \$1054 ;
-  reg [15:0] \$1055 ;
-  reg [31:0] \$1056 ;
+  reg \$1054 ;
+  reg \$1055 ;
+  reg \$1056 ;
   reg \$1057 ;
   reg \$1058 ;
   reg \$1059 ;
@@ -1336,43 +1336,38 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   reg \$1063 ;
   reg \$1064 ;
   reg \$1065 ;
-  reg \$1066 ;
+  reg [8:0] \$1066 ;
   reg \$1067 ;
   reg \$1068 ;
-  reg \$1069 ;
+  reg [3:0] \$1069 ;
   wire \$107 ;
-  reg \$1070 ;
-  reg [8:0] \$1071 ;
-  reg \$1072 ;
+  reg [15:0] \$1070 ;
+  reg [9:0] \$1071 ;
+  reg [15:0] \$1072 ;
   reg \$1073 ;
-  reg [3:0] \$1074 ;
-  reg [15:0] \$1075 ;
-  reg [9:0] \$1076 ;
-  reg [15:0] \$1077 ;
+  reg \$1074 ;
+  reg \$1075 ;
+  reg [8:0] \$1076 ;
+  reg \$1077 ;
   reg \$1078 ;
-  reg \$1079 ;
+  reg [31:0] \$1079 ;
   wire \$108 ;
-  reg \$1080 ;
-  reg [8:0] \$1081 ;
+  reg [15:0] \$1080 ;
+  reg \$1081 ;
   reg \$1082 ;
   reg \$1083 ;
-  reg [31:0] \$1084 ;
-  reg [15:0] \$1085 ;
+  reg \$1084 ;
+  reg \$1085 ;
   reg \$1086 ;
   reg \$1087 ;
   reg \$1088 ;
   reg \$1089 ;
   wire \$109 ;
   reg \$1090 ;
-  reg \$1091 ;
-  reg \$1092 ;
+  reg [2:0] \$1091 ;
+  reg [2:0] \$1092 ;
   reg \$1093 ;
-  reg \$1094 ;
-  reg \$1095 ;
-  reg [2:0] \$1096 ;
-  reg [2:0] \$1097 ;
-  reg \$1098 ;
-  reg [3:0] \$1099 ;
+  reg [3:0] \$1094 ;
   wire \$11 ;
   wire \$110 ;
   wire \$111 ;
@@ -1776,8 +1771,8 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire [14:0] \$470 ;
   wire \$471 ;
   wire \$472 ;
-  wire \$473 ;
-  wire [4:0] \$474 ;
+  wire [4:0] \$473 ;
+  wire \$474 ;
   wire \$475 ;
   wire \$476 ;
   wire \$477 ;
@@ -1814,14 +1809,14 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$504 ;
   wire \$505 ;
   wire \$506 ;
-  wire \$507 ;
-  wire [16:0] \$508 ;
-  wire [32:0] \$509 ;
+  wire [16:0] \$507 ;
+  wire [32:0] \$508 ;
+  wire \$509 ;
   wire [20:0] \$51 ;
   wire \$510 ;
   wire \$511 ;
   wire \$512 ;
-  wire [16:0] \$513 ;
+  wire \$513 ;
   wire \$514 ;
   wire \$515 ;
   wire \$516 ;
@@ -1831,10 +1826,10 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire [20:0] \$52 ;
   wire \$520 ;
   wire \$521 ;
-  wire \$522 ;
+  wire [16:0] \$522 ;
   wire \$523 ;
   wire \$524 ;
-  wire [16:0] \$525 ;
+  wire \$525 ;
   wire \$526 ;
   wire \$527 ;
   wire \$528 ;
@@ -1923,19 +1918,19 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$602 ;
   wire \$603 ;
   wire \$604 ;
-  wire \$605 ;
+  wire [24:0] \$605 ;
   wire \$606 ;
   wire \$607 ;
-  wire [24:0] \$608 ;
+  wire [33:0] \$608 ;
   wire \$609 ;
   wire \$61 ;
   wire \$610 ;
-  wire [33:0] \$611 ;
-  wire \$612 ;
-  wire \$613 ;
+  wire \$611 ;
+  wire [24:0] \$612 ;
+  wire [33:0] \$613 ;
   wire \$614 ;
-  wire [24:0] \$615 ;
-  wire [33:0] \$616 ;
+  wire \$615 ;
+  wire \$616 ;
   wire \$617 ;
   wire \$618 ;
   wire \$619 ;
@@ -1945,16 +1940,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$622 ;
   wire \$623 ;
   wire \$624 ;
-  wire \$625 ;
+  wire [3:0] \$625 ;
   wire \$626 ;
   wire \$627 ;
-  wire [3:0] \$628 ;
-  wire \$629 ;
+  wire \$628 ;
+  wire [3:0] \$629 ;
   wire \$63 ;
-  wire \$630 ;
+  wire [14:0] \$630 ;
   wire \$631 ;
-  wire [3:0] \$632 ;
-  wire [14:0] \$633 ;
+  wire \$632 ;
+  wire \$633 ;
   wire \$634 ;
   wire \$635 ;
   wire \$636 ;
@@ -1966,40 +1961,40 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$641 ;
   wire \$642 ;
   wire \$643 ;
-  wire \$644 ;
-  wire \$645 ;
+  wire [16:0] \$644 ;
+  wire [16:0] \$645 ;
   wire \$646 ;
-  wire [16:0] \$647 ;
-  wire [16:0] \$648 ;
+  wire [32:0] \$647 ;
+  wire \$648 ;
   wire \$649 ;
   wire \$65 ;
-  wire [32:0] \$650 ;
-  wire \$651 ;
+  wire \$650 ;
+  wire [32:0] \$651 ;
   wire \$652 ;
   wire \$653 ;
-  wire [32:0] \$654 ;
+  wire \$654 ;
   wire \$655 ;
   wire \$656 ;
-  wire \$657 ;
-  wire \$658 ;
+  wire [16:0] \$657 ;
+  wire [16:0] \$658 ;
   wire \$659 ;
   wire \$66 ;
-  wire [16:0] \$660 ;
-  wire [16:0] \$661 ;
+  wire [32:0] \$660 ;
+  wire \$661 ;
   wire \$662 ;
-  wire [32:0] \$663 ;
+  wire \$663 ;
   wire \$664 ;
   wire \$665 ;
   wire \$666 ;
-  wire \$667 ;
-  wire \$668 ;
+  wire [16:0] \$667 ;
+  wire [16:0] \$668 ;
   wire \$669 ;
   wire [63:0] \$67 ;
-  wire [16:0] \$670 ;
+  wire \$670 ;
   wire [16:0] \$671 ;
   wire \$672 ;
   wire \$673 ;
-  wire [16:0] \$674 ;
+  wire \$674 ;
   wire \$675 ;
   wire \$676 ;
   wire \$677 ;
@@ -2012,138 +2007,138 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$683 ;
   wire \$684 ;
   wire \$685 ;
-  wire \$686 ;
-  wire \$687 ;
-  wire \$688 ;
-  wire [9:0] \$689 ;
+  wire [9:0] \$686 ;
+  wire [16:0] \$687 ;
+  reg \$688 ;
+  wire \$689 ;
   wire \$69 ;
-  wire [16:0] \$690 ;
-  reg \$691 ;
+  wire \$690 ;
+  wire \$691 ;
   wire \$692 ;
   wire \$693 ;
   wire \$694 ;
-  wire \$695 ;
+  reg \$695 ;
   wire \$696 ;
   wire \$697 ;
-  reg \$698 ;
+  wire \$698 ;
   wire \$699 ;
   wire \$7 ;
   wire \$70 ;
   wire \$700 ;
-  wire \$701 ;
+  reg \$701 ;
   wire \$702 ;
   wire \$703 ;
-  reg \$704 ;
+  wire \$704 ;
   wire \$705 ;
   wire \$706 ;
-  wire \$707 ;
+  reg \$707 ;
   wire \$708 ;
   wire \$709 ;
   wire \$71 ;
-  reg \$710 ;
+  wire \$710 ;
   wire \$711 ;
   wire \$712 ;
-  wire \$713 ;
+  reg \$713 ;
   wire \$714 ;
   wire \$715 ;
-  reg \$716 ;
+  wire \$716 ;
   wire \$717 ;
   wire \$718 ;
-  wire \$719 ;
+  reg \$719 ;
   wire \$72 ;
   wire \$720 ;
   wire \$721 ;
-  reg \$722 ;
+  wire \$722 ;
   wire \$723 ;
   wire \$724 ;
-  wire \$725 ;
+  reg \$725 ;
   wire \$726 ;
   wire \$727 ;
-  reg \$728 ;
+  wire \$728 ;
   wire \$729 ;
   wire \$73 ;
   wire \$730 ;
-  wire \$731 ;
+  reg \$731 ;
   wire \$732 ;
   wire \$733 ;
-  reg \$734 ;
+  wire \$734 ;
   wire \$735 ;
   wire \$736 ;
-  wire \$737 ;
+  reg \$737 ;
   wire \$738 ;
   wire \$739 ;
   wire [15:0] \$74 ;
-  reg \$740 ;
+  wire \$740 ;
   wire \$741 ;
   wire \$742 ;
-  wire \$743 ;
+  reg \$743 ;
   wire \$744 ;
   wire \$745 ;
-  reg \$746 ;
+  wire \$746 ;
   wire \$747 ;
-  wire \$748 ;
+  reg \$748 ;
   wire \$749 ;
   wire \$75 ;
   wire \$750 ;
-  reg \$751 ;
+  wire \$751 ;
   wire \$752 ;
   wire \$753 ;
   wire \$754 ;
-  wire \$755 ;
-  wire \$756 ;
-  wire \$757 ;
-  wire [4:0] \$758 ;
-  wire [16:0] \$759 ;
+  wire [4:0] \$755 ;
+  wire [16:0] \$756 ;
+  wire [16:0] \$757 ;
+  wire \$758 ;
+  wire \$759 ;
   wire [15:0] \$76 ;
   wire [16:0] \$760 ;
-  wire \$761 ;
+  wire [16:0] \$761 ;
   wire \$762 ;
-  wire [16:0] \$763 ;
-  wire [16:0] \$764 ;
+  wire \$763 ;
+  wire \$764 ;
   wire \$765 ;
-  wire \$766 ;
-  wire \$767 ;
-  wire \$768 ;
-  wire [4:0] \$769 ;
+  wire [4:0] \$766 ;
+  wire [9:0] \$767 ;
+  wire [16:0] \$768 ;
+  wire \$769 ;
   wire \$77 ;
-  wire [9:0] \$770 ;
-  wire [16:0] \$771 ;
+  wire \$770 ;
+  wire \$771 ;
   wire \$772 ;
   wire \$773 ;
   wire \$774 ;
   wire \$775 ;
   wire \$776 ;
-  wire \$777 ;
+  wire [32:0] \$777 ;
   wire \$778 ;
-  wire \$779 ;
+  wire [16:0] \$779 ;
   wire \$78 ;
-  wire [32:0] \$780 ;
+  wire [16:0] \$780 ;
   wire \$781 ;
   wire [16:0] \$782 ;
   wire [16:0] \$783 ;
   wire \$784 ;
-  wire [16:0] \$785 ;
-  wire [16:0] \$786 ;
+  reg \$785 ;
+  wire \$786 ;
   wire \$787 ;
-  reg \$788 ;
+  wire \$788 ;
   wire \$789 ;
   wire \$79 ;
   wire \$790 ;
-  wire \$791 ;
-  wire \$792 ;
+  wire [16:0] \$791 ;
+  wire [10:0] \$792 ;
   wire \$793 ;
   wire [16:0] \$794 ;
-  wire [10:0] \$795 ;
+  wire \$795 ;
   wire \$796 ;
-  wire [16:0] \$797 ;
-  wire \$798 ;
-  wire \$799 ;
+  wire [4:0] \$797 ;
+  wire [9:0] \$798 ;
+  wire [32:0] \$799 ;
   wire \$8 ;
   wire \$80 ;
-  wire [4:0] \$800 ;
-  wire [9:0] \$801 ;
-  wire [32:0] \$802 ;
-  wire [33:0] \$803 ;
+  wire [33:0] \$800 ;
+  wire \$801 ;
+  wire \$802 ;
+  wire \$803 ;
   wire \$804 ;
   wire \$805 ;
   wire \$806 ;
@@ -2152,110 +2147,110 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$809 ;
   wire \$81 ;
   wire \$810 ;
-  wire \$811 ;
-  wire \$812 ;
+  wire [16:0] \$811 ;
+  wire [16:0] \$812 ;
   wire \$813 ;
-  wire [16:0] \$814 ;
-  wire [16:0] \$815 ;
+  wire [32:0] \$814 ;
+  wire \$815 ;
   wire \$816 ;
-  wire [32:0] \$817 ;
-  wire \$818 ;
-  wire \$819 ;
+  wire \$817 ;
+  wire [9:0] \$818 ;
+  wire [10:0] \$819 ;
   wire \$82 ;
-  wire \$820 ;
-  wire [9:0] \$821 ;
-  wire [10:0] \$822 ;
-  reg \$823 ;
+  reg \$820 ;
+  wire \$821 ;
+  wire \$822 ;
+  wire \$823 ;
   wire \$824 ;
   wire \$825 ;
   wire \$826 ;
   wire \$827 ;
   wire \$828 ;
-  wire \$829 ;
+  reg \$829 ;
   wire \$83 ;
   wire \$830 ;
   wire \$831 ;
-  reg \$832 ;
+  wire \$832 ;
   wire \$833 ;
   wire \$834 ;
   wire \$835 ;
   wire \$836 ;
-  wire \$837 ;
+  reg \$837 ;
   wire \$838 ;
   wire \$839 ;
   wire \$84 ;
-  reg \$840 ;
+  wire \$840 ;
   wire \$841 ;
   wire \$842 ;
   wire \$843 ;
   wire \$844 ;
-  wire \$845 ;
+  reg \$845 ;
   wire \$846 ;
   wire \$847 ;
-  reg \$848 ;
+  wire \$848 ;
   wire \$849 ;
   wire \$85 ;
   wire \$850 ;
   wire \$851 ;
   wire \$852 ;
-  wire \$853 ;
+  reg \$853 ;
   wire \$854 ;
   wire \$855 ;
-  reg \$856 ;
+  wire \$856 ;
   wire \$857 ;
   wire \$858 ;
   wire \$859 ;
   wire \$86 ;
   wire \$860 ;
-  wire \$861 ;
+  reg \$861 ;
   wire \$862 ;
   wire \$863 ;
-  reg \$864 ;
+  wire \$864 ;
   wire \$865 ;
   wire \$866 ;
   wire \$867 ;
   wire \$868 ;
-  wire \$869 ;
+  reg \$869 ;
   wire \$87 ;
   wire \$870 ;
   wire \$871 ;
-  reg \$872 ;
+  wire \$872 ;
   wire \$873 ;
   wire \$874 ;
   wire \$875 ;
   wire \$876 ;
-  wire \$877 ;
+  reg \$877 ;
   wire \$878 ;
   wire \$879 ;
   wire \$88 ;
-  reg \$880 ;
+  wire \$880 ;
   wire \$881 ;
   wire \$882 ;
   wire \$883 ;
   wire \$884 ;
-  wire \$885 ;
-  wire \$886 ;
+  wire [3:0] \$885 ;
+  wire [3:0] \$886 ;
   wire \$887 ;
-  wire [3:0] \$888 ;
-  wire [3:0] \$889 ;
+  wire \$888 ;
+  wire \$889 ;
   wire \$89 ;
-  wire \$890 ;
-  wire \$891 ;
+  wire [3:0] \$890 ;
+  wire [3:0] \$891 ;
   wire \$892 ;
-  wire [3:0] \$893 ;
-  wire [3:0] \$894 ;
+  wire \$893 ;
+  wire \$894 ;
   wire \$895 ;
   wire \$896 ;
-  wire \$897 ;
-  wire \$898 ;
-  wire \$899 ;
+  wire [32:0] \$897 ;
+  wire [16:0] \$898 ;
+  wire [16:0] \$899 ;
   wire \$9 ;
   wire \$90 ;
-  wire [32:0] \$900 ;
-  wire [16:0] \$901 ;
-  wire [16:0] \$902 ;
-  reg [13:0] \$903 ;
-  reg [15:0] \$904 ;
+  reg [13:0] \$900 ;
+  reg [15:0] \$901 ;
+  reg \$902 ;
+  reg \$903 ;
+  reg \$904 ;
   reg \$905 ;
   reg \$906 ;
   reg \$907 ;
@@ -2271,25 +2266,25 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   reg \$916 ;
   reg \$917 ;
   reg \$918 ;
-  reg \$919 ;
+  reg [15:0] \$919 ;
   wire \$92 ;
   reg \$920 ;
   reg \$921 ;
-  reg [15:0] \$922 ;
+  reg \$922 ;
   reg \$923 ;
   reg \$924 ;
   reg \$925 ;
   reg \$926 ;
-  reg \$927 ;
-  reg \$928 ;
+  reg [2:0] \$927 ;
+  reg [2:0] \$928 ;
   reg \$929 ;
   wire \$93 ;
-  reg [2:0] \$930 ;
+  reg \$930 ;
   reg [2:0] \$931 ;
-  reg \$932 ;
+  reg [2:0] \$932 ;
   reg \$933 ;
-  reg [2:0] \$934 ;
-  reg [2:0] \$935 ;
+  reg \$934 ;
+  reg \$935 ;
   reg \$936 ;
   reg \$937 ;
   reg \$938 ;
@@ -2298,9 +2293,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   reg \$940 ;
   reg \$941 ;
   reg \$942 ;
-  reg \$943 ;
-  reg \$944 ;
-  reg \$945 ;
+  reg [47:0] \$943 ;
+  reg [47:0] \$944 ;
+  reg [47:0] \$945 ;
   reg [47:0] \$946 ;
   reg [47:0] \$947 ;
   reg [47:0] \$948 ;
@@ -2317,25 +2312,25 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   reg [47:0] \$958 ;
   reg [47:0] \$959 ;
   wire \$96 ;
-  reg [47:0] \$960 ;
-  reg [47:0] \$961 ;
-  reg [47:0] \$962 ;
+  reg \$960 ;
+  reg \$961 ;
+  reg \$962 ;
   reg \$963 ;
   reg \$964 ;
-  reg \$965 ;
+  reg [31:0] \$965 ;
   reg \$966 ;
   reg \$967 ;
-  reg [31:0] \$968 ;
+  reg [3:0] \$968 ;
   reg \$969 ;
   wire \$97 ;
-  reg \$970 ;
-  reg [3:0] \$971 ;
-  reg \$972 ;
+  reg [31:0] \$970 ;
+  reg [31:0] \$971 ;
+  reg [15:0] \$972 ;
   reg [31:0] \$973 ;
-  reg [31:0] \$974 ;
-  reg [15:0] \$975 ;
-  reg [31:0] \$976 ;
-  reg [2:0] \$977 ;
+  reg [2:0] \$974 ;
+  reg \$975 ;
+  reg \$976 ;
+  reg \$977 ;
   reg \$978 ;
   reg \$979 ;
   wire \$98 ;
@@ -2365,10 +2360,10 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   reg \$signal$493  = 1'h0;
   reg [31:0] \$signal$572  = 32'd0;
   reg [31:0] \$signal$573  = 32'd0;
-  reg \$signal$598  = 1'h0;
-  reg [15:0] \$signal$601  = 16'h0000;
-  reg [15:0] \$signal$602  = 16'h0000;
-  reg [3:0] \$signal$603  = 4'h0;
+  reg \$signal$596  = 1'h0;
+  reg [15:0] \$signal$599  = 16'h0000;
+  reg [15:0] \$signal$600  = 16'h0000;
+  reg [3:0] \$signal$601  = 4'h0;
   wire [63:0] a__payload;
   reg [81:0] \a__payload$416 ;
   wire [80:0] \a__payload$416.data ;
@@ -2577,7 +2572,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   reg busy = 1'h0;
   (* init = 1'h0 *)
   wire \busy$136 ;
-  wire \busy$621 ;
+  wire \busy$619 ;
   wire [4:0] c__payload;
   (* init = 66'h00000000000000000 *)
   wire [65:0] \c__payload$149 ;
@@ -2610,8 +2605,6 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   (* init = 1'h0 *)
   wire \c__valid$154 ;
   reg [31:0] c_addr = 32'd0;
-  reg [15:0] c_arrive = 16'h0000;
-  reg c_arrive_last = 1'h0;
   reg [15:0] c_ask = 16'h0000;
   reg [65:0] c_data = 66'h00000000000000000;
   reg [15:0] c_due = 16'h0000;
@@ -2729,7 +2722,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \i__valid$515 ;
   wire \i__valid$517 ;
   wire idle;
-  wire \idle$591 ;
+  wire \idle$589 ;
   input [31:0] image_stride;
   wire [31:0] image_stride;
   input [15:0] images;
@@ -3689,420 +3682,417 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   assign \$469  = req__ready & \$468 ;
   assign \$470  = 1'h1 << dec_c_lb;
   assign \$471  = ins[509:498] == 1'h1;
-  assign \$472  = ins[509:498] == 1'h1;
-  assign \$473  = | decode_wait;
-  assign \$474  = decode_wait - 1'h1;
-  assign \$475  = decode_wait == 1'h1;
-  assign \$476  = is_softmax | pre_sm;
-  assign \$477  = is_layernorm | pre_ln;
-  assign \$478  = is_gelu | is_add;
-  assign \$479  = \$478  | post_gelu;
-  assign \$480  = \$479  | post_add;
-  assign \$481  = is_gelu | is_add;
-  assign \$482  = \$481  | post_gelu;
-  assign \$483  = \$482  | post_add;
-  assign \$484  = \$483  & add_sel;
-  assign \$485  = is_gelu | is_add;
-  assign \$486  = \$485  | post_gelu;
-  assign \$487  = \$486  | post_add;
-  assign \$488  = \$487  & gelu_sel0;
-  assign \$489  = ~ post_gelu;
-  assign \$490  = is_gemm & \$489 ;
-  assign \$491  = ~ post_add;
-  assign \$492  = \$490  & \$491 ;
-  assign \$493  = is_gemm & pre_sm;
-  assign \$494  = is_gemm & pre_ln;
-  assign \$495  = ~ pre_sm;
-  assign \$496  = is_gemm & \$495 ;
-  assign \$497  = ~ pre_ln;
-  assign \$498  = \$496  & \$497 ;
-  assign \$499  = ~ is_load;
-  assign \$500  = ~ is_linear;
-  assign \$501  = is_gemm & \$500 ;
-  assign \$502  = add_sel | \$501 ;
-  assign \$503  = is_gelu | is_add;
-  assign \$504  = post_gelu | post_add;
-  assign \$505  = is_gemm & \$504 ;
-  assign \$506  = | c_ask;
-  assign \$507  = \$506  & req__ready;
-  assign \$508  = c_ask - 1'h1;
-  assign \$509  = c_addr + c_step;
-  assign \$510  = ~ c_full;
-  assign \$511  = beat__valid & \$510 ;
-  assign \$512  = ~ beat__payload[512];
-  assign \$513  = c_arrive - 1'h1;
-  assign \$514  = c_arrive == 2'h2;
-  assign \$515  = beat__payload[65] != c_arrive_last;
-  assign \$516  = const_to1 & \$515 ;
-  assign \$517  = ~ beat__payload[512];
-  assign \$518  = const_to0 & \$517 ;
-  assign \$519  = ~ beat__payload[512];
-  assign \$520  = const_to1 & \$519 ;
-  assign \$521  = ~ beat__payload[512];
-  assign \$522  = const_to2 & \$521 ;
-  assign \$523  = ~ beat__payload[512];
-  assign \$524  = const_to3 & \$523 ;
-  assign \$525  = c_due - 1'h1;
-  assign \$526  = c_due == 2'h2;
+  assign \$472  = | decode_wait;
+  assign \$473  = decode_wait - 1'h1;
+  assign \$474  = decode_wait == 1'h1;
+  assign \$475  = is_softmax | pre_sm;
+  assign \$476  = is_layernorm | pre_ln;
+  assign \$477  = is_gelu | is_add;
+  assign \$478  = \$477  | post_gelu;
+  assign \$479  = \$478  | post_add;
+  assign \$480  = is_gelu | is_add;
+  assign \$481  = \$480  | post_gelu;
+  assign \$482  = \$481  | post_add;
+  assign \$483  = \$482  & add_sel;
+  assign \$484  = is_gelu | is_add;
+  assign \$485  = \$484  | post_gelu;
+  assign \$486  = \$485  | post_add;
+  assign \$487  = \$486  & gelu_sel0;
+  assign \$488  = ~ post_gelu;
+  assign \$489  = is_gemm & \$488 ;
+  assign \$490  = ~ post_add;
+  assign \$491  = \$489  & \$490 ;
+  assign \$492  = is_gemm & pre_sm;
+  assign \$493  = is_gemm & pre_ln;
+  assign \$494  = ~ pre_sm;
+  assign \$495  = is_gemm & \$494 ;
+  assign \$496  = ~ pre_ln;
+  assign \$497  = \$495  & \$496 ;
+  assign \$498  = ~ is_load;
+  assign \$499  = ~ is_linear;
+  assign \$500  = is_gemm & \$499 ;
+  assign \$501  = add_sel | \$500 ;
+  assign \$502  = is_gelu | is_add;
+  assign \$503  = post_gelu | post_add;
+  assign \$504  = is_gemm & \$503 ;
+  assign \$505  = | c_ask;
+  assign \$506  = \$505  & req__ready;
+  assign \$507  = c_ask - 1'h1;
+  assign \$508  = c_addr + c_step;
+  assign \$509  = ~ c_full;
+  assign \$510  = beat__valid & \$509 ;
+  assign \$511  = ~ beat__payload[512];
+  assign \$512  = beat__payload[65] != c_last;
+  assign \$513  = const_to1 & \$512 ;
+  assign \$514  = ~ beat__payload[512];
+  assign \$515  = const_to0 & \$514 ;
+  assign \$516  = ~ beat__payload[512];
+  assign \$517  = const_to1 & \$516 ;
+  assign \$518  = ~ beat__payload[512];
+  assign \$519  = const_to2 & \$518 ;
+  assign \$520  = ~ beat__payload[512];
+  assign \$521  = const_to3 & \$520 ;
+  assign \$522  = c_due - 1'h1;
+  assign \$523  = c_due == 2'h2;
+  assign \$524  = is_gelu | is_add;
+  assign \$525  = \$524  | post_gelu;
+  assign \$526  = \$525  | post_add;
   assign \$527  = is_gelu | is_add;
   assign \$528  = \$527  | post_gelu;
   assign \$529  = \$528  | post_add;
-  assign \$530  = is_gelu | is_add;
-  assign \$531  = \$530  | post_gelu;
-  assign \$532  = \$531  | post_add;
-  assign \$533  = \$532  & add_sel;
-  assign \$534  = is_gelu | is_add;
-  assign \$535  = \$534  | post_gelu;
-  assign \$536  = \$535  | post_add;
-  assign \$537  = \$536  & gelu_sel0;
-  assign \$538  = ~ post_gelu;
-  assign \$539  = is_gemm & \$538 ;
-  assign \$540  = ~ post_add;
-  assign \$541  = \$539  & \$540 ;
-  assign \$542  = is_gemm & pre_sm;
-  assign \$543  = is_gemm & pre_ln;
-  assign \$544  = ~ pre_sm;
-  assign \$545  = is_gemm & \$544 ;
-  assign \$546  = ~ pre_ln;
-  assign \$547  = \$545  & \$546 ;
-  assign \$548  = ~ is_load;
-  assign \$549  = ~ is_linear;
-  assign \$550  = is_gemm & \$549 ;
-  assign \$551  = add_sel | \$550 ;
-  assign \$552  = is_gelu | is_add;
-  assign \$553  = post_gelu | post_add;
-  assign \$554  = is_gemm & \$553 ;
-  assign \$555  = | ins[509:498];
-  assign \$556  = ~ \$555 ;
+  assign \$530  = \$529  & add_sel;
+  assign \$531  = is_gelu | is_add;
+  assign \$532  = \$531  | post_gelu;
+  assign \$533  = \$532  | post_add;
+  assign \$534  = \$533  & gelu_sel0;
+  assign \$535  = ~ post_gelu;
+  assign \$536  = is_gemm & \$535 ;
+  assign \$537  = ~ post_add;
+  assign \$538  = \$536  & \$537 ;
+  assign \$539  = is_gemm & pre_sm;
+  assign \$540  = is_gemm & pre_ln;
+  assign \$541  = ~ pre_sm;
+  assign \$542  = is_gemm & \$541 ;
+  assign \$543  = ~ pre_ln;
+  assign \$544  = \$542  & \$543 ;
+  assign \$545  = ~ is_load;
+  assign \$546  = ~ is_linear;
+  assign \$547  = is_gemm & \$546 ;
+  assign \$548  = add_sel | \$547 ;
+  assign \$549  = is_gelu | is_add;
+  assign \$550  = post_gelu | post_add;
+  assign \$551  = is_gemm & \$550 ;
+  assign \$552  = | ins[509:498];
+  assign \$553  = ~ \$552 ;
+  assign \$554  = is_gelu | is_add;
+  assign \$555  = \$554  | post_gelu;
+  assign \$556  = \$555  | post_add;
   assign \$557  = is_gelu | is_add;
   assign \$558  = \$557  | post_gelu;
   assign \$559  = \$558  | post_add;
-  assign \$560  = is_gelu | is_add;
-  assign \$561  = \$560  | post_gelu;
-  assign \$562  = \$561  | post_add;
-  assign \$563  = \$562  & add_sel;
-  assign \$564  = is_gelu | is_add;
-  assign \$565  = \$564  | post_gelu;
-  assign \$566  = \$565  | post_add;
-  assign \$567  = \$566  & gelu_sel0;
-  assign \$568  = ~ post_gelu;
-  assign \$569  = is_gemm & \$568 ;
-  assign \$570  = ~ post_add;
-  assign \$571  = \$569  & \$570 ;
-  assign \$572  = is_gemm & pre_sm;
-  assign \$573  = is_gemm & pre_ln;
-  assign \$574  = ~ pre_sm;
-  assign \$575  = is_gemm & \$574 ;
-  assign \$576  = ~ pre_ln;
-  assign \$577  = \$575  & \$576 ;
-  assign \$578  = ~ is_load;
-  assign \$579  = ~ is_linear;
-  assign \$580  = is_gemm & \$579 ;
-  assign \$581  = add_sel | \$580 ;
-  assign \$582  = is_gelu | is_add;
-  assign \$583  = post_gelu | post_add;
-  assign \$584  = is_gemm & \$583 ;
-  assign \$585  = | fault_q;
-  assign \$586  = ~ \$585 ;
-  assign \$587  = op_done & \$586 ;
-  assign \$588  = ~ addr_fault;
-  assign \$589  = \$587  & \$588 ;
-  assign \$590  = ~ is_load;
-  assign \$591  = src0_outside & \$590 ;
-  assign \$592  = ~ is_gemm;
-  assign \$593  = \$591  & \$592 ;
-  assign \$594  = src1_outside & is_add;
-  assign \$595  = \$593  | \$594 ;
-  assign \$596  = ~ is_store;
-  assign \$597  = dst_outside & \$596 ;
-  assign \$598  = ~ is_gemm;
-  assign \$599  = \$597  & \$598 ;
-  assign \$600  = \$595  | \$599 ;
-  assign \$601  = | fault_q;
-  assign \$602  = idle & \idle$591 ;
-  assign \$603  = is_softmax | is_layernorm;
-  assign \$604  = ~ ld_off_valid;
-  assign \$605  = ~ ext_req_valid;
-  assign \$606  = \$605  | req__ready;
-  assign \$607  = \$604  | \$606 ;
-  assign \$608  = $signed(addr) << ins[23:22];
+  assign \$560  = \$559  & add_sel;
+  assign \$561  = is_gelu | is_add;
+  assign \$562  = \$561  | post_gelu;
+  assign \$563  = \$562  | post_add;
+  assign \$564  = \$563  & gelu_sel0;
+  assign \$565  = ~ post_gelu;
+  assign \$566  = is_gemm & \$565 ;
+  assign \$567  = ~ post_add;
+  assign \$568  = \$566  & \$567 ;
+  assign \$569  = is_gemm & pre_sm;
+  assign \$570  = is_gemm & pre_ln;
+  assign \$571  = ~ pre_sm;
+  assign \$572  = is_gemm & \$571 ;
+  assign \$573  = ~ pre_ln;
+  assign \$574  = \$572  & \$573 ;
+  assign \$575  = ~ is_load;
+  assign \$576  = ~ is_linear;
+  assign \$577  = is_gemm & \$576 ;
+  assign \$578  = add_sel | \$577 ;
+  assign \$579  = is_gelu | is_add;
+  assign \$580  = post_gelu | post_add;
+  assign \$581  = is_gemm & \$580 ;
+  assign \$582  = | fault_q;
+  assign \$583  = ~ \$582 ;
+  assign \$584  = op_done & \$583 ;
+  assign \$585  = ~ addr_fault;
+  assign \$586  = \$584  & \$585 ;
+  assign \$587  = ~ is_load;
+  assign \$588  = src0_outside & \$587 ;
+  assign \$589  = ~ is_gemm;
+  assign \$590  = \$588  & \$589 ;
+  assign \$591  = src1_outside & is_add;
+  assign \$592  = \$590  | \$591 ;
+  assign \$593  = ~ is_store;
+  assign \$594  = dst_outside & \$593 ;
+  assign \$595  = ~ is_gemm;
+  assign \$596  = \$594  & \$595 ;
+  assign \$597  = \$592  | \$596 ;
+  assign \$598  = | fault_q;
+  assign \$599  = idle & \idle$589 ;
+  assign \$600  = is_softmax | is_layernorm;
+  assign \$601  = ~ ld_off_valid;
+  assign \$602  = ~ ext_req_valid;
+  assign \$603  = \$602  | req__ready;
+  assign \$604  = \$601  | \$603 ;
+  assign \$605  = $signed(addr) << ins[23:22];
+  assign \$606  = ~ ext_req_valid;
+  assign \$607  = \$606  | req__ready;
+  assign \$608  = $signed({ 1'h0, dec_ext_base }) + $signed(ld_off);
   assign \$609  = ~ ext_req_valid;
-  assign \$610  = \$609  | req__ready;
-  assign \$611  = $signed({ 1'h0, dec_ext_base }) + $signed(ld_off);
-  assign \$612  = ~ ext_req_valid;
-  assign \$613  = \$612  | \req__ready$504 ;
-  assign \$614  = sink_from_store & \$613 ;
-  assign \$615  = $signed(\addr$122 ) << ins[23:22];
-  assign \$616  = $signed({ 1'h0, dec_ext_base }) + $signed(\$615 );
-  assign \$617  = \w_en$189  & \w_rdy$266 ;
-  assign \$618  = ~ \w_en$189 ;
-  assign \$619  = \$618  | \w_rdy$266 ;
-  assign \$620  = ~ \w_en$189 ;
-  assign \$621  = \$620  | \w_rdy$266 ;
-  assign \$622  = \$621  & elem_valid;
-  assign \$623  = ~ add_sel;
-  assign \$624  = r_rdy | \$623 ;
-  assign \$625  = \$622  & \$624 ;
-  assign \$626  = pack_j == 2'h3;
-  assign \$627  = \$626  | elem_final;
-  assign \$628  = pack_j + 1'h1;
-  assign \$629  = \r_rdy$274  & \valid$275 ;
-  assign \$630  = pack_jo == 2'h3;
-  assign \$631  = \$630  | \final ;
-  assign \$632  = pack_jo + 1'h1;
-  assign \$633  = 1'h1 << w_lb;
-  assign \$634  = | dec_tiles;
-  assign \$635  = | dec_k_last;
-  assign \$636  = ~ \$635 ;
-  assign \$637  = | dec_nt_last;
-  assign \$638  = ~ \$637 ;
-  assign \$639  = \$signal$493  & req__ready;
-  assign \$640  = ~ want_w;
-  assign \$641  = \$640  & is_linear;
-  assign \$642  = ~ is_linear;
-  assign \$643  = want_w & \$signal$598 ;
-  assign \$644  = \$642  | \$643 ;
-  assign \$645  = ~ \$644 ;
-  assign \$646  = want_w & \$645 ;
-  assign \$647  = k + 1'h1;
-  assign \$648  = k + 1'h1;
-  assign \$649  = \$648  == dec_k_last;
-  assign \$650  = w_addr + w_step;
-  assign \$651  = ~ is_linear;
-  assign \$652  = want_w & \$signal$598 ;
-  assign \$653  = \$651  | \$652 ;
-  assign \$654  = tiles - 1'h1;
-  assign \$655  = tiles != 1'h1;
-  assign \$656  = | dec_k_last;
-  assign \$657  = ~ \$656 ;
-  assign \$658  = | dec_nt_last;
-  assign \$659  = ~ \$658 ;
-  assign \$660  = nt + 1'h1;
-  assign \$661  = nt + 1'h1;
-  assign \$662  = \$661  == dec_nt_last;
-  assign \$663  = p_addr + 7'h40;
-  assign \$664  = ~ is_linear;
-  assign \$665  = \$664  | rk_zero;
-  assign \$666  = \$665  ? p__ready : \w_rdy$502 ;
-  assign \$667  = beat__valid & \$666 ;
-  assign \$668  = \$667  & is_linear;
+  assign \$610  = \$609  | \req__ready$504 ;
+  assign \$611  = sink_from_store & \$610 ;
+  assign \$612  = $signed(\addr$122 ) << ins[23:22];
+  assign \$613  = $signed({ 1'h0, dec_ext_base }) + $signed(\$612 );
+  assign \$614  = \w_en$189  & \w_rdy$266 ;
+  assign \$615  = ~ \w_en$189 ;
+  assign \$616  = \$615  | \w_rdy$266 ;
+  assign \$617  = ~ \w_en$189 ;
+  assign \$618  = \$617  | \w_rdy$266 ;
+  assign \$619  = \$618  & elem_valid;
+  assign \$620  = ~ add_sel;
+  assign \$621  = r_rdy | \$620 ;
+  assign \$622  = \$619  & \$621 ;
+  assign \$623  = pack_j == 2'h3;
+  assign \$624  = \$623  | elem_final;
+  assign \$625  = pack_j + 1'h1;
+  assign \$626  = \r_rdy$274  & \valid$275 ;
+  assign \$627  = pack_jo == 2'h3;
+  assign \$628  = \$627  | \final ;
+  assign \$629  = pack_jo + 1'h1;
+  assign \$630  = 1'h1 << w_lb;
+  assign \$631  = | dec_tiles;
+  assign \$632  = | dec_k_last;
+  assign \$633  = ~ \$632 ;
+  assign \$634  = | dec_nt_last;
+  assign \$635  = ~ \$634 ;
+  assign \$636  = \$signal$493  & req__ready;
+  assign \$637  = ~ want_w;
+  assign \$638  = \$637  & is_linear;
+  assign \$639  = ~ is_linear;
+  assign \$640  = want_w & \$signal$596 ;
+  assign \$641  = \$639  | \$640 ;
+  assign \$642  = ~ \$641 ;
+  assign \$643  = want_w & \$642 ;
+  assign \$644  = k + 1'h1;
+  assign \$645  = k + 1'h1;
+  assign \$646  = \$645  == dec_k_last;
+  assign \$647  = w_addr + w_step;
+  assign \$648  = ~ is_linear;
+  assign \$649  = want_w & \$signal$596 ;
+  assign \$650  = \$648  | \$649 ;
+  assign \$651  = tiles - 1'h1;
+  assign \$652  = tiles != 1'h1;
+  assign \$653  = | dec_k_last;
+  assign \$654  = ~ \$653 ;
+  assign \$655  = | dec_nt_last;
+  assign \$656  = ~ \$655 ;
+  assign \$657  = nt + 1'h1;
+  assign \$658  = nt + 1'h1;
+  assign \$659  = \$658  == dec_nt_last;
+  assign \$660  = p_addr + 7'h40;
+  assign \$661  = ~ is_linear;
+  assign \$662  = \$661  | rk_zero;
+  assign \$663  = \$662  ? p__ready : \w_rdy$502 ;
+  assign \$664  = beat__valid & \$663 ;
+  assign \$665  = \$664  & is_linear;
+  assign \$666  = rk == ins[87:72];
+  assign \$667  = rk + 1'h1;
+  assign \$668  = \$666  ? 17'h00000 : \$667 ;
   assign \$669  = rk == ins[87:72];
-  assign \$670  = rk + 1'h1;
-  assign \$671  = \$669  ? 17'h00000 : \$670 ;
-  assign \$672  = rk == ins[87:72];
-  assign \$673  = \$signal  == \$signal$348 ;
-  assign \$674  = \$signal$602  + 1'h1;
-  assign \$675  = \$signal$601  > \$674 ;
+  assign \$670  = \$signal  == \$signal$348 ;
+  assign \$671  = \$signal$600  + 1'h1;
+  assign \$672  = \$signal$599  > \$671 ;
+  assign \$673  = \$670  & \$672 ;
+  assign \$674  = pre_ln | pre_sm;
+  assign \$675  = ~ \$674 ;
   assign \$676  = \$673  & \$675 ;
-  assign \$677  = pre_ln | pre_sm;
-  assign \$678  = ~ \$677 ;
-  assign \$679  = \$676  & \$678 ;
-  assign \$680  = ~ in_decode;
-  assign \$681  = \$679  & \$680 ;
-  assign \$682  = | dec_k_last;
-  assign \$683  = ~ \$682 ;
-  assign \$684  = | dec_k_last;
-  assign \$685  = ~ \$684 ;
-  assign \$686  = | dec_nt_last;
-  assign \$687  = ~ \$686 ;
-  assign \$688  = | dec_blocks;
-  assign \$689  = \$signal  * 9'h100;
-  assign \$690  = \$689  + \$signal$601 ;
-  assign \$692  = ~ \$691 ;
-  assign \$693  = a_in_valid & \$692 ;
-  assign \$694  = gemm_active & \$693 ;
-  assign \$695  = | \$signal$603 ;
+  assign \$677  = ~ in_decode;
+  assign \$678  = \$676  & \$677 ;
+  assign \$679  = | dec_k_last;
+  assign \$680  = ~ \$679 ;
+  assign \$681  = | dec_k_last;
+  assign \$682  = ~ \$681 ;
+  assign \$683  = | dec_nt_last;
+  assign \$684  = ~ \$683 ;
+  assign \$685  = | dec_blocks;
+  assign \$686  = \$signal  * 9'h100;
+  assign \$687  = \$686  + \$signal$599 ;
+  assign \$689  = ~ \$688 ;
+  assign \$690  = a_in_valid & \$689 ;
+  assign \$691  = gemm_active & \$690 ;
+  assign \$692  = | \$signal$601 ;
+  assign \$693  = ~ \$692 ;
+  assign \$694  = \$691  & \$693 ;
   assign \$696  = ~ \$695 ;
-  assign \$697  = \$694  & \$696 ;
-  assign \$699  = ~ \$698 ;
-  assign \$700  = a_in_valid & \$699 ;
-  assign \$701  = gemm_active & \$700 ;
-  assign \$702  = \$signal$603  == 1'h1;
-  assign \$703  = \$701  & \$702 ;
-  assign \$705  = ~ \$704 ;
-  assign \$706  = a_in_valid & \$705 ;
-  assign \$707  = gemm_active & \$706 ;
-  assign \$708  = \$signal$603  == 2'h2;
-  assign \$709  = \$707  & \$708 ;
-  assign \$711  = ~ \$710 ;
-  assign \$712  = a_in_valid & \$711 ;
-  assign \$713  = gemm_active & \$712 ;
-  assign \$714  = \$signal$603  == 2'h3;
-  assign \$715  = \$713  & \$714 ;
-  assign \$717  = ~ \$716 ;
-  assign \$718  = a_in_valid & \$717 ;
-  assign \$719  = gemm_active & \$718 ;
-  assign \$720  = \$signal$603  == 3'h4;
-  assign \$721  = \$719  & \$720 ;
-  assign \$723  = ~ \$722 ;
-  assign \$724  = a_in_valid & \$723 ;
-  assign \$725  = gemm_active & \$724 ;
-  assign \$726  = \$signal$603  == 3'h5;
-  assign \$727  = \$725  & \$726 ;
-  assign \$729  = ~ \$728 ;
-  assign \$730  = a_in_valid & \$729 ;
-  assign \$731  = gemm_active & \$730 ;
-  assign \$732  = \$signal$603  == 3'h6;
-  assign \$733  = \$731  & \$732 ;
-  assign \$735  = ~ \$734 ;
-  assign \$736  = a_in_valid & \$735 ;
-  assign \$737  = gemm_active & \$736 ;
-  assign \$738  = \$signal$603  == 3'h7;
-  assign \$739  = \$737  & \$738 ;
-  assign \$741  = ~ \$740 ;
-  assign \$742  = a_in_valid & \$741 ;
-  assign \$743  = gemm_active & \$742 ;
-  assign \$744  = \$signal$603  == 4'h8;
-  assign \$745  = \$743  & \$744 ;
-  assign \$747  = ~ \$746 ;
-  assign \$748  = a_in_valid & \$747 ;
-  assign \$749  = pre_ln | pre_sm;
-  assign \$750  = \$748  & \$749 ;
+  assign \$697  = a_in_valid & \$696 ;
+  assign \$698  = gemm_active & \$697 ;
+  assign \$699  = \$signal$601  == 1'h1;
+  assign \$700  = \$698  & \$699 ;
+  assign \$702  = ~ \$701 ;
+  assign \$703  = a_in_valid & \$702 ;
+  assign \$704  = gemm_active & \$703 ;
+  assign \$705  = \$signal$601  == 2'h2;
+  assign \$706  = \$704  & \$705 ;
+  assign \$708  = ~ \$707 ;
+  assign \$709  = a_in_valid & \$708 ;
+  assign \$710  = gemm_active & \$709 ;
+  assign \$711  = \$signal$601  == 2'h3;
+  assign \$712  = \$710  & \$711 ;
+  assign \$714  = ~ \$713 ;
+  assign \$715  = a_in_valid & \$714 ;
+  assign \$716  = gemm_active & \$715 ;
+  assign \$717  = \$signal$601  == 3'h4;
+  assign \$718  = \$716  & \$717 ;
+  assign \$720  = ~ \$719 ;
+  assign \$721  = a_in_valid & \$720 ;
+  assign \$722  = gemm_active & \$721 ;
+  assign \$723  = \$signal$601  == 3'h5;
+  assign \$724  = \$722  & \$723 ;
+  assign \$726  = ~ \$725 ;
+  assign \$727  = a_in_valid & \$726 ;
+  assign \$728  = gemm_active & \$727 ;
+  assign \$729  = \$signal$601  == 3'h6;
+  assign \$730  = \$728  & \$729 ;
+  assign \$732  = ~ \$731 ;
+  assign \$733  = a_in_valid & \$732 ;
+  assign \$734  = gemm_active & \$733 ;
+  assign \$735  = \$signal$601  == 3'h7;
+  assign \$736  = \$734  & \$735 ;
+  assign \$738  = ~ \$737 ;
+  assign \$739  = a_in_valid & \$738 ;
+  assign \$740  = gemm_active & \$739 ;
+  assign \$741  = \$signal$601  == 4'h8;
+  assign \$742  = \$740  & \$741 ;
+  assign \$744  = ~ \$743 ;
+  assign \$745  = a_in_valid & \$744 ;
+  assign \$746  = pre_ln | pre_sm;
+  assign \$747  = \$745  & \$746 ;
+  assign \$749  = ~ \$748 ;
+  assign \$750  = a_in_valid & \$749 ;
+  assign \$751  = | dec_k_last;
   assign \$752  = ~ \$751 ;
-  assign \$753  = a_in_valid & \$752 ;
-  assign \$754  = | dec_k_last;
-  assign \$755  = ~ \$754 ;
-  assign \$756  = \$signal$603  == 4'h8;
-  assign \$757  = ~ \$signal ;
-  assign \$758  = \$signal$603  + 1'h1;
-  assign \$759  = \$signal$601  + 1'h1;
-  assign \$760  = \$signal$601  + 1'h1;
-  assign \$761  = \$760  == dec_k_last;
-  assign \$762  = \$signal$603  == 4'h8;
-  assign \$763  = \$signal$601  + 1'h1;
-  assign \$764  = \$signal$601  + 1'h1;
-  assign \$765  = \$764  == dec_k_last;
-  assign \$766  = | dec_k_last;
-  assign \$767  = ~ \$766 ;
-  assign \$768  = ~ \$signal ;
-  assign \$769  = \$signal$603  + 1'h1;
-  assign \$770  = \$signal$348  * 9'h100;
-  assign \$771  = \$770  + \$signal$602 ;
-  assign \$772  = a_issue & a_feed_k_hit;
-  assign \$773  = \$772  & a_feed_nt_hit;
-  assign \$774  = a_read & a_read_free;
-  assign \$775  = | dec_k_last;
-  assign \$776  = ~ \$775 ;
-  assign \$777  = | dec_nt_last;
-  assign \$778  = ~ \$777 ;
-  assign \$779  = ~ \$signal$348 ;
-  assign \$780  = feed_blocks - 1'h1;
-  assign \$781  = feed_blocks != 1'h1;
-  assign \$782  = fnt + 1'h1;
-  assign \$783  = fnt + 1'h1;
-  assign \$784  = \$783  == dec_nt_last;
-  assign \$785  = \$signal$602  + 1'h1;
-  assign \$786  = \$signal$602  + 1'h1;
-  assign \$787  = \$786  == dec_k_last;
-  assign \$789  = ~ \$788 ;
-  assign \$790  = r_rdy & \$789 ;
-  assign \$791  = ~ is_linear;
-  assign \$792  = \$790  & \$791 ;
-  assign \$793  = w_load_lane == 3'h7;
-  assign \$794  = w_load_k + 1'h1;
-  assign \$795  = w_load_addr + 1'h1;
-  assign \$796  = w_load_k == dec_k_last;
-  assign \$797  = w_load_nt + 1'h1;
-  assign \$798  = w_load_nt == dec_nt_last;
-  assign \$799  = ~ w_load_half;
-  assign \$800  = w_load_lane + 1'h1;
-  assign \$801  = w_feed_half * 9'h100;
-  assign \$802  = \$801  + feed_ntk;
-  assign \$803  = \$802  + \$signal$602 ;
-  assign \$804  = ~ is_linear;
-  assign \$805  = a_issue & \$804 ;
-  assign \$806  = \$805  & a_feed_k_hit;
-  assign \$807  = \$806  & a_feed_nt_hit;
-  assign \$808  = \$807  & feed_mt_hit;
-  assign \$809  = ~ is_linear;
-  assign \$810  = a_issue & \$809 ;
-  assign \$811  = | dec_mt_last;
-  assign \$812  = ~ \$811 ;
-  assign \$813  = ~ w_feed_half;
-  assign \$814  = feed_mt + 1'h1;
-  assign \$815  = feed_mt + 1'h1;
-  assign \$816  = \$815  == dec_mt_last;
-  assign \$817  = feed_ntk + ins[87:72];
-  assign \$818  = a_read & w_read_free;
-  assign \$819  = | dec_mt_last;
-  assign \$820  = ~ \$819 ;
-  assign \$821  = w_load_half * 9'h100;
-  assign \$822  = \$821  + w_load_addr;
-  assign \$824  = ~ \$823 ;
-  assign \$825  = r_rdy & \$824 ;
-  assign \$826  = ~ is_linear;
-  assign \$827  = \$825  & \$826 ;
-  assign \$828  = gemm_active & \$827 ;
-  assign \$829  = | w_load_lane;
+  assign \$753  = \$signal$601  == 4'h8;
+  assign \$754  = ~ \$signal ;
+  assign \$755  = \$signal$601  + 1'h1;
+  assign \$756  = \$signal$599  + 1'h1;
+  assign \$757  = \$signal$599  + 1'h1;
+  assign \$758  = \$757  == dec_k_last;
+  assign \$759  = \$signal$601  == 4'h8;
+  assign \$760  = \$signal$599  + 1'h1;
+  assign \$761  = \$signal$599  + 1'h1;
+  assign \$762  = \$761  == dec_k_last;
+  assign \$763  = | dec_k_last;
+  assign \$764  = ~ \$763 ;
+  assign \$765  = ~ \$signal ;
+  assign \$766  = \$signal$601  + 1'h1;
+  assign \$767  = \$signal$348  * 9'h100;
+  assign \$768  = \$767  + \$signal$600 ;
+  assign \$769  = a_issue & a_feed_k_hit;
+  assign \$770  = \$769  & a_feed_nt_hit;
+  assign \$771  = a_read & a_read_free;
+  assign \$772  = | dec_k_last;
+  assign \$773  = ~ \$772 ;
+  assign \$774  = | dec_nt_last;
+  assign \$775  = ~ \$774 ;
+  assign \$776  = ~ \$signal$348 ;
+  assign \$777  = feed_blocks - 1'h1;
+  assign \$778  = feed_blocks != 1'h1;
+  assign \$779  = fnt + 1'h1;
+  assign \$780  = fnt + 1'h1;
+  assign \$781  = \$780  == dec_nt_last;
+  assign \$782  = \$signal$600  + 1'h1;
+  assign \$783  = \$signal$600  + 1'h1;
+  assign \$784  = \$783  == dec_k_last;
+  assign \$786  = ~ \$785 ;
+  assign \$787  = r_rdy & \$786 ;
+  assign \$788  = ~ is_linear;
+  assign \$789  = \$787  & \$788 ;
+  assign \$790  = w_load_lane == 3'h7;
+  assign \$791  = w_load_k + 1'h1;
+  assign \$792  = w_load_addr + 1'h1;
+  assign \$793  = w_load_k == dec_k_last;
+  assign \$794  = w_load_nt + 1'h1;
+  assign \$795  = w_load_nt == dec_nt_last;
+  assign \$796  = ~ w_load_half;
+  assign \$797  = w_load_lane + 1'h1;
+  assign \$798  = w_feed_half * 9'h100;
+  assign \$799  = \$798  + feed_ntk;
+  assign \$800  = \$799  + \$signal$600 ;
+  assign \$801  = ~ is_linear;
+  assign \$802  = a_issue & \$801 ;
+  assign \$803  = \$802  & a_feed_k_hit;
+  assign \$804  = \$803  & a_feed_nt_hit;
+  assign \$805  = \$804  & feed_mt_hit;
+  assign \$806  = ~ is_linear;
+  assign \$807  = a_issue & \$806 ;
+  assign \$808  = | dec_mt_last;
+  assign \$809  = ~ \$808 ;
+  assign \$810  = ~ w_feed_half;
+  assign \$811  = feed_mt + 1'h1;
+  assign \$812  = feed_mt + 1'h1;
+  assign \$813  = \$812  == dec_mt_last;
+  assign \$814  = feed_ntk + ins[87:72];
+  assign \$815  = a_read & w_read_free;
+  assign \$816  = | dec_mt_last;
+  assign \$817  = ~ \$816 ;
+  assign \$818  = w_load_half * 9'h100;
+  assign \$819  = \$818  + w_load_addr;
+  assign \$821  = ~ \$820 ;
+  assign \$822  = r_rdy & \$821 ;
+  assign \$823  = ~ is_linear;
+  assign \$824  = \$822  & \$823 ;
+  assign \$825  = gemm_active & \$824 ;
+  assign \$826  = | w_load_lane;
+  assign \$827  = ~ \$826 ;
+  assign \$828  = \$825  & \$827 ;
   assign \$830  = ~ \$829 ;
-  assign \$831  = \$828  & \$830 ;
-  assign \$833  = ~ \$832 ;
-  assign \$834  = r_rdy & \$833 ;
-  assign \$835  = ~ is_linear;
+  assign \$831  = r_rdy & \$830 ;
+  assign \$832  = ~ is_linear;
+  assign \$833  = \$831  & \$832 ;
+  assign \$834  = gemm_active & \$833 ;
+  assign \$835  = w_load_lane == 1'h1;
   assign \$836  = \$834  & \$835 ;
-  assign \$837  = gemm_active & \$836 ;
-  assign \$838  = w_load_lane == 1'h1;
-  assign \$839  = \$837  & \$838 ;
-  assign \$841  = ~ \$840 ;
-  assign \$842  = r_rdy & \$841 ;
-  assign \$843  = ~ is_linear;
+  assign \$838  = ~ \$837 ;
+  assign \$839  = r_rdy & \$838 ;
+  assign \$840  = ~ is_linear;
+  assign \$841  = \$839  & \$840 ;
+  assign \$842  = gemm_active & \$841 ;
+  assign \$843  = w_load_lane == 2'h2;
   assign \$844  = \$842  & \$843 ;
-  assign \$845  = gemm_active & \$844 ;
-  assign \$846  = w_load_lane == 2'h2;
-  assign \$847  = \$845  & \$846 ;
-  assign \$849  = ~ \$848 ;
-  assign \$850  = r_rdy & \$849 ;
-  assign \$851  = ~ is_linear;
+  assign \$846  = ~ \$845 ;
+  assign \$847  = r_rdy & \$846 ;
+  assign \$848  = ~ is_linear;
+  assign \$849  = \$847  & \$848 ;
+  assign \$850  = gemm_active & \$849 ;
+  assign \$851  = w_load_lane == 2'h3;
   assign \$852  = \$850  & \$851 ;
-  assign \$853  = gemm_active & \$852 ;
-  assign \$854  = w_load_lane == 2'h3;
-  assign \$855  = \$853  & \$854 ;
-  assign \$857  = ~ \$856 ;
-  assign \$858  = r_rdy & \$857 ;
-  assign \$859  = ~ is_linear;
+  assign \$854  = ~ \$853 ;
+  assign \$855  = r_rdy & \$854 ;
+  assign \$856  = ~ is_linear;
+  assign \$857  = \$855  & \$856 ;
+  assign \$858  = gemm_active & \$857 ;
+  assign \$859  = w_load_lane == 3'h4;
   assign \$860  = \$858  & \$859 ;
-  assign \$861  = gemm_active & \$860 ;
-  assign \$862  = w_load_lane == 3'h4;
-  assign \$863  = \$861  & \$862 ;
-  assign \$865  = ~ \$864 ;
-  assign \$866  = r_rdy & \$865 ;
-  assign \$867  = ~ is_linear;
+  assign \$862  = ~ \$861 ;
+  assign \$863  = r_rdy & \$862 ;
+  assign \$864  = ~ is_linear;
+  assign \$865  = \$863  & \$864 ;
+  assign \$866  = gemm_active & \$865 ;
+  assign \$867  = w_load_lane == 3'h5;
   assign \$868  = \$866  & \$867 ;
-  assign \$869  = gemm_active & \$868 ;
-  assign \$870  = w_load_lane == 3'h5;
-  assign \$871  = \$869  & \$870 ;
-  assign \$873  = ~ \$872 ;
-  assign \$874  = r_rdy & \$873 ;
-  assign \$875  = ~ is_linear;
+  assign \$870  = ~ \$869 ;
+  assign \$871  = r_rdy & \$870 ;
+  assign \$872  = ~ is_linear;
+  assign \$873  = \$871  & \$872 ;
+  assign \$874  = gemm_active & \$873 ;
+  assign \$875  = w_load_lane == 3'h6;
   assign \$876  = \$874  & \$875 ;
-  assign \$877  = gemm_active & \$876 ;
-  assign \$878  = w_load_lane == 3'h6;
-  assign \$879  = \$877  & \$878 ;
-  assign \$881  = ~ \$880 ;
-  assign \$882  = r_rdy & \$881 ;
-  assign \$883  = ~ is_linear;
+  assign \$878  = ~ \$877 ;
+  assign \$879  = r_rdy & \$878 ;
+  assign \$880  = ~ is_linear;
+  assign \$881  = \$879  & \$880 ;
+  assign \$882  = gemm_active & \$881 ;
+  assign \$883  = w_load_lane == 3'h7;
   assign \$884  = \$882  & \$883 ;
-  assign \$885  = gemm_active & \$884 ;
-  assign \$886  = w_load_lane == 3'h7;
-  assign \$887  = \$885  & \$886 ;
-  assign \$888  = dst_col + 1'h1;
-  assign \$889  = last__4 ? 4'h0 : \$888 ;
-  assign \$890  = post_gelu | post_add;
-  assign \$891  = gemm_active & \$890 ;
-  assign \$892  = post_col == 3'h7;
-  assign \$893  = post_col + 1'h1;
-  assign \$894  = \$892  ? 4'h0 : \$893 ;
-  assign \$895  = ~ \busy$621 ;
-  assign \$896  = in_stream & \$895 ;
-  assign \$897  = ~ ext_req_valid;
-  assign \$898  = \$896  & \$897 ;
-  assign \$899  = \$898  & \idle$591 ;
+  assign \$885  = dst_col + 1'h1;
+  assign \$886  = last__4 ? 4'h0 : \$885 ;
+  assign \$887  = post_gelu | post_add;
+  assign \$888  = gemm_active & \$887 ;
+  assign \$889  = post_col == 3'h7;
+  assign \$890  = post_col + 1'h1;
+  assign \$891  = \$889  ? 4'h0 : \$890 ;
+  assign \$892  = ~ \busy$619 ;
+  assign \$893  = in_stream & \$892 ;
+  assign \$894  = ~ ext_req_valid;
+  assign \$895  = \$893  & \$894 ;
+  assign \$896  = \$895  & \idle$589 ;
   always @(posedge gemm_d_clk)
-    buffer0_waddr <= \$903 ;
+    buffer0_waddr <= \$900 ;
   always @(posedge gemm_d_clk)
-    buffer0_wdata <= \$904 ;
+    buffer0_wdata <= \$901 ;
   always @(posedge gemm_d_clk)
-    buffer0_wen <= \$905 ;
+    buffer0_wen <= \$902 ;
   always @(posedge gemm_d_clk)
     gemm_d_rst <= \$285 ;
   always @(posedge gemm_d_clk)
@@ -4114,71 +4104,71 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   always @(posedge gemm_d_clk)
     gelu0_d_rst <= \$289 ;
   always @(posedge gemm_d_clk)
-    load <= \$906 ;
+    load <= \$903 ;
   always @(posedge gemm_d_clk)
-    is_end <= \$907 ;
+    is_end <= \$904 ;
   always @(posedge gemm_d_clk)
-    is_load <= \$908 ;
+    is_load <= \$905 ;
   always @(posedge gemm_d_clk)
-    is_store <= \$909 ;
+    is_store <= \$906 ;
   always @(posedge gemm_d_clk)
-    is_linear <= \$910 ;
+    is_linear <= \$907 ;
   always @(posedge gemm_d_clk)
-    is_matmul <= \$911 ;
+    is_matmul <= \$908 ;
   always @(posedge gemm_d_clk)
-    is_softmax <= \$912 ;
+    is_softmax <= \$909 ;
   always @(posedge gemm_d_clk)
-    is_gelu <= \$913 ;
+    is_gelu <= \$910 ;
   always @(posedge gemm_d_clk)
-    is_layernorm <= \$914 ;
+    is_layernorm <= \$911 ;
   always @(posedge gemm_d_clk)
-    is_add <= \$915 ;
+    is_add <= \$912 ;
   always @(posedge gemm_d_clk)
-    is_im2col <= \$916 ;
+    is_im2col <= \$913 ;
   always @(posedge gemm_d_clk)
-    is_concat <= \$917 ;
+    is_concat <= \$914 ;
   always @(posedge gemm_d_clk)
-    is_split_heads <= \$918 ;
+    is_split_heads <= \$915 ;
   always @(posedge gemm_d_clk)
-    is_merge_heads <= \$919 ;
+    is_merge_heads <= \$916 ;
   always @(posedge gemm_d_clk)
-    is_transpose <= \$920 ;
+    is_transpose <= \$917 ;
   always @(posedge gemm_d_clk)
-    is_select <= \$921 ;
+    is_select <= \$918 ;
   always @(posedge gemm_d_clk)
-    op_onehot <= \$922 ;
+    op_onehot <= \$919 ;
   always @(posedge gemm_d_clk)
-    is_gemm <= \$923 ;
+    is_gemm <= \$920 ;
   always @(posedge gemm_d_clk)
-    post_gelu <= \$924 ;
+    post_gelu <= \$921 ;
   always @(posedge gemm_d_clk)
-    post_add <= \$925 ;
+    post_add <= \$922 ;
   always @(posedge gemm_d_clk)
-    pre_ln <= \$926 ;
+    pre_ln <= \$923 ;
   always @(posedge gemm_d_clk)
-    pre_sm <= \$927 ;
+    pre_sm <= \$924 ;
   always @(posedge gemm_d_clk)
-    src0_inflight <= \$928 ;
+    src0_inflight <= \$925 ;
   always @(posedge gemm_d_clk)
-    w_en <= \$929 ;
+    w_en <= \$926 ;
   always @(posedge gemm_d_clk)
-    src0_held_meta <= \$930 ;
+    src0_held_meta <= \$927 ;
   always @(posedge gemm_d_clk)
-    src0_meta <= \$931 ;
+    src0_meta <= \$928 ;
   always @(posedge gemm_d_clk)
-    src1_inflight <= \$932 ;
+    src1_inflight <= \$929 ;
   always @(posedge gemm_d_clk)
-    \w_en$116  <= \$933 ;
+    \w_en$116  <= \$930 ;
   always @(posedge gemm_d_clk)
-    src1_held_meta <= \$934 ;
+    src1_held_meta <= \$931 ;
   always @(posedge gemm_d_clk)
-    src1_meta <= \$935 ;
+    src1_meta <= \$932 ;
   always @(posedge gemm_d_clk)
-    is_move <= \$936 ;
+    is_move <= \$933 ;
   always @(posedge gemm_d_clk)
-    gelu_sel0 <= \$937 ;
+    gelu_sel0 <= \$934 ;
   always @(posedge gemm_d_clk)
-    add_sel <= \$938 ;
+    add_sel <= \$935 ;
   always @(posedge gemm_d_clk)
     dec_n1p <= \$351 ;
   always @(posedge gemm_d_clk)
@@ -4208,335 +4198,331 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   always @(posedge gemm_d_clk)
     dec_cols_last <= \$374 [15:0];
   always @(posedge gemm_d_clk)
-    c_flag_bad <= \$939 ;
+    c_flag_bad <= \$936 ;
   always @(posedge gemm_d_clk)
-    addr_fault <= \$940 ;
+    addr_fault <= \$937 ;
   always @(posedge gemm_d_clk)
-    dst_outside <= \$941 ;
+    dst_outside <= \$938 ;
   always @(posedge gemm_d_clk)
-    src0_outside <= \$942 ;
+    src0_outside <= \$939 ;
   always @(posedge gemm_d_clk)
-    src1_outside <= \$943 ;
+    src1_outside <= \$940 ;
   always @(posedge gemm_d_clk)
-    ext_req_valid <= \$944 ;
+    ext_req_valid <= \$941 ;
   always @(posedge gemm_d_clk)
-    ld_off_valid <= \$945 ;
+    ld_off_valid <= \$942 ;
   always @(posedge gemm_d_clk)
-    cycles <= \$946 ;
+    cycles <= \$943 ;
   always @(posedge gemm_d_clk)
-    op_cycles__0 <= \$947 ;
+    op_cycles__0 <= \$944 ;
   always @(posedge gemm_d_clk)
-    op_cycles__1 <= \$948 ;
+    op_cycles__1 <= \$945 ;
   always @(posedge gemm_d_clk)
-    op_cycles__2 <= \$949 ;
+    op_cycles__2 <= \$946 ;
   always @(posedge gemm_d_clk)
-    op_cycles__3 <= \$950 ;
+    op_cycles__3 <= \$947 ;
   always @(posedge gemm_d_clk)
-    op_cycles__4 <= \$951 ;
+    op_cycles__4 <= \$948 ;
   always @(posedge gemm_d_clk)
-    op_cycles__5 <= \$952 ;
+    op_cycles__5 <= \$949 ;
   always @(posedge gemm_d_clk)
-    op_cycles__6 <= \$953 ;
+    op_cycles__6 <= \$950 ;
   always @(posedge gemm_d_clk)
-    op_cycles__7 <= \$954 ;
+    op_cycles__7 <= \$951 ;
   always @(posedge gemm_d_clk)
-    op_cycles__8 <= \$955 ;
+    op_cycles__8 <= \$952 ;
   always @(posedge gemm_d_clk)
-    op_cycles__9 <= \$956 ;
+    op_cycles__9 <= \$953 ;
   always @(posedge gemm_d_clk)
-    op_cycles__10 <= \$957 ;
+    op_cycles__10 <= \$954 ;
   always @(posedge gemm_d_clk)
-    op_cycles__11 <= \$958 ;
+    op_cycles__11 <= \$955 ;
   always @(posedge gemm_d_clk)
-    op_cycles__12 <= \$959 ;
+    op_cycles__12 <= \$956 ;
   always @(posedge gemm_d_clk)
-    op_cycles__13 <= \$960 ;
+    op_cycles__13 <= \$957 ;
   always @(posedge gemm_d_clk)
-    op_cycles__14 <= \$961 ;
+    op_cycles__14 <= \$958 ;
   always @(posedge gemm_d_clk)
-    op_cycles__15 <= \$962 ;
+    op_cycles__15 <= \$959 ;
   always @(posedge gemm_d_clk)
-    d_end_more <= \$963 ;
+    d_end_more <= \$960 ;
   always @(posedge gemm_d_clk)
-    d_end <= \$964 ;
+    d_end <= \$961 ;
   always @(posedge gemm_d_clk)
-    d_count_zero <= \$965 ;
+    d_count_zero <= \$962 ;
   always @(posedge gemm_d_clk)
-    d_const <= \$966 ;
+    d_const <= \$963 ;
   always @(posedge gemm_d_clk)
-    d_stream <= \$967 ;
+    d_stream <= \$964 ;
   always @(posedge gemm_d_clk)
-    pc <= \$968 ;
+    pc <= \$965 ;
   always @(posedge gemm_d_clk)
-    busy <= \$969 ;
+    busy <= \$966 ;
   always @(posedge gemm_d_clk)
-    done <= \$970 ;
+    done <= \$967 ;
   always @(posedge gemm_d_clk)
-    error <= \$971 ;
+    error <= \$968 ;
   always @(posedge gemm_d_clk)
-    fetch_sent <= \$972 ;
+    fetch_sent <= \$969 ;
   always @(posedge gemm_d_clk)
-    \$signal$572  <= \$973 ;
+    \$signal$572  <= \$970 ;
   always @(posedge gemm_d_clk)
-    \$signal$573  <= \$974 ;
+    \$signal$573  <= \$971 ;
   always @(posedge gemm_d_clk)
-    images_left <= \$975 ;
+    images_left <= \$972 ;
   always @(posedge gemm_d_clk)
-    offset <= \$976 ;
+    offset <= \$973 ;
   always @(posedge gemm_d_clk)
-    seq_state <= \$977 ;
+    seq_state <= \$974 ;
   always @(posedge gemm_d_clk)
-    in_stream <= \$978 ;
+    in_stream <= \$975 ;
   always @(posedge gemm_d_clk)
-    in_decode <= \$979 ;
+    in_decode <= \$976 ;
   always @(posedge gemm_d_clk)
-    in_op <= \$980 ;
+    in_op <= \$977 ;
   always @(posedge gemm_d_clk)
-    unit_rst <= \$981 ;
+    unit_rst <= \$978 ;
   always @(posedge gemm_d_clk)
-    gemm_active <= \$982 ;
+    gemm_active <= \$979 ;
   always @(posedge gemm_d_clk)
-    pack_active <= \$983 ;
+    pack_active <= \$980 ;
   always @(posedge gemm_d_clk)
-    sink_from_move <= \$984 ;
+    sink_from_move <= \$981 ;
   always @(posedge gemm_d_clk)
-    sink_from_load <= \$985 ;
+    sink_from_load <= \$982 ;
   always @(posedge gemm_d_clk)
-    sink_from_store <= \$986 ;
+    sink_from_store <= \$983 ;
   always @(posedge gemm_d_clk)
-    sink_from_softmax <= \$987 ;
+    sink_from_softmax <= \$984 ;
   always @(posedge gemm_d_clk)
-    sink_from_layernorm <= \$988 ;
+    sink_from_layernorm <= \$985 ;
   always @(posedge gemm_d_clk)
-    sink_from_add <= \$989 ;
+    sink_from_add <= \$986 ;
   always @(posedge gemm_d_clk)
-    sink_from_gelu0 <= \$990 ;
+    sink_from_gelu0 <= \$987 ;
   always @(posedge gemm_d_clk)
-    sink_from_gemm <= \$991 ;
+    sink_from_gemm <= \$988 ;
   always @(posedge gemm_d_clk)
-    a_from_softmax <= \$992 ;
+    a_from_softmax <= \$989 ;
   always @(posedge gemm_d_clk)
-    a_from_layernorm <= \$993 ;
+    a_from_layernorm <= \$990 ;
   always @(posedge gemm_d_clk)
-    a_from_src0 <= \$994 ;
+    a_from_src0 <= \$991 ;
   always @(posedge gemm_d_clk)
-    const_to0 <= \$995 ;
+    const_to0 <= \$992 ;
   always @(posedge gemm_d_clk)
-    const_to1 <= \$996 ;
+    const_to1 <= \$993 ;
   always @(posedge gemm_d_clk)
-    const_to2 <= \$997 ;
+    const_to2 <= \$994 ;
   always @(posedge gemm_d_clk)
-    const_to3 <= \$998 ;
+    const_to3 <= \$995 ;
   always @(posedge gemm_d_clk)
-    in_fetch <= \$999 ;
+    in_fetch <= \$996 ;
   always @(posedge gemm_d_clk)
-    in_const <= \$1000 ;
+    in_const <= \$997 ;
   always @(posedge gemm_d_clk)
-    run0 <= \$1001 ;
+    run0 <= \$998 ;
   always @(posedge gemm_d_clk)
-    run1 <= \$1002 ;
+    run1 <= \$999 ;
   always @(posedge gemm_d_clk)
-    q0_to_pack <= \$1003 ;
+    q0_to_pack <= \$1000 ;
   always @(posedge gemm_d_clk)
-    res_to_pack <= \$1004 ;
+    res_to_pack <= \$1001 ;
   always @(posedge gemm_d_clk)
-    ins <= \$1005 ;
+    ins <= \$1002 ;
   always @(posedge gemm_d_clk)
-    decode_wait <= \$1006 ;
+    decode_wait <= \$1003 ;
   always @(posedge gemm_d_clk)
-    read_err <= \$1007 ;
+    read_err <= \$1004 ;
   always @(posedge gemm_d_clk)
-    c_addr <= \$1008 ;
+    c_addr <= \$1005 ;
   always @(posedge gemm_d_clk)
-    c_step <= \$1009 ;
+    c_step <= \$1006 ;
   always @(posedge gemm_d_clk)
-    c_ask <= \$1010 ;
+    c_ask <= \$1007 ;
   always @(posedge gemm_d_clk)
-    c_due <= \$1011 ;
+    c_due <= \$1008 ;
   always @(posedge gemm_d_clk)
-    c_last <= \$1012 ;
+    c_last <= \$1009 ;
   always @(posedge gemm_d_clk)
-    c_arrive <= \$1013 ;
+    c_data <= \$1010 ;
   always @(posedge gemm_d_clk)
-    c_arrive_last <= \$1014 ;
+    c_full <= \$1011 ;
   always @(posedge gemm_d_clk)
-    c_data <= \$1015 ;
+    c_valid0 <= \$1012 ;
   always @(posedge gemm_d_clk)
-    c_full <= \$1016 ;
+    c_valid1 <= \$1013 ;
   always @(posedge gemm_d_clk)
-    c_valid0 <= \$1017 ;
+    c_valid2 <= \$1014 ;
   always @(posedge gemm_d_clk)
-    c_valid1 <= \$1018 ;
+    c_valid3 <= \$1015 ;
   always @(posedge gemm_d_clk)
-    c_valid2 <= \$1019 ;
+    ld_off <= \$1016 ;
   always @(posedge gemm_d_clk)
-    c_valid3 <= \$1020 ;
+    ext_req_addr <= \$1017 ;
   always @(posedge gemm_d_clk)
-    ld_off <= \$1021 ;
+    ext_req_data <= \$1018 ;
   always @(posedge gemm_d_clk)
-    ext_req_addr <= \$1022 ;
+    \w_en$189  <= \$1019 ;
   always @(posedge gemm_d_clk)
-    ext_req_data <= \$1023 ;
+    pack_a0 <= \$1020 ;
   always @(posedge gemm_d_clk)
-    \w_en$189  <= \$1024 ;
+    pack_a1 <= \$1021 ;
   always @(posedge gemm_d_clk)
-    pack_a0 <= \$1025 ;
+    pack_a2 <= \$1022 ;
   always @(posedge gemm_d_clk)
-    pack_a1 <= \$1026 ;
+    pack_a3 <= \$1023 ;
   always @(posedge gemm_d_clk)
-    pack_a2 <= \$1027 ;
+    pack_b0 <= \$1024 ;
   always @(posedge gemm_d_clk)
-    pack_a3 <= \$1028 ;
+    pack_b1 <= \$1025 ;
   always @(posedge gemm_d_clk)
-    pack_b0 <= \$1029 ;
+    pack_b2 <= \$1026 ;
   always @(posedge gemm_d_clk)
-    pack_b1 <= \$1030 ;
+    pack_b3 <= \$1027 ;
   always @(posedge gemm_d_clk)
-    pack_b2 <= \$1031 ;
+    pack_j <= \$1028 ;
   always @(posedge gemm_d_clk)
-    pack_b3 <= \$1032 ;
+    pack_jo <= \$1029 ;
   always @(posedge gemm_d_clk)
-    pack_j <= \$1033 ;
+    tiles <= \$1030 ;
   always @(posedge gemm_d_clk)
-    pack_jo <= \$1034 ;
+    nt <= \$1031 ;
   always @(posedge gemm_d_clk)
-    tiles <= \$1035 ;
+    k <= \$1032 ;
   always @(posedge gemm_d_clk)
-    nt <= \$1036 ;
+    w_addr <= \$1033 ;
   always @(posedge gemm_d_clk)
-    k <= \$1037 ;
+    p_addr <= \$1034 ;
   always @(posedge gemm_d_clk)
-    w_addr <= \$1038 ;
+    want_w <= \$1035 ;
   always @(posedge gemm_d_clk)
-    p_addr <= \$1039 ;
+    w_step <= \$1036 ;
   always @(posedge gemm_d_clk)
-    want_w <= \$1040 ;
+    \$signal$493  <= \$1037 ;
   always @(posedge gemm_d_clk)
-    w_step <= \$1041 ;
+    \$signal$596  <= \$1038 ;
   always @(posedge gemm_d_clk)
-    \$signal$493  <= \$1042 ;
+    nt_hit <= \$1039 ;
   always @(posedge gemm_d_clk)
-    \$signal$598  <= \$1043 ;
+    rk <= \$1040 ;
   always @(posedge gemm_d_clk)
-    nt_hit <= \$1044 ;
+    rk_zero <= \$1041 ;
   always @(posedge gemm_d_clk)
-    rk <= \$1045 ;
+    a_loader_ahead <= \$1042 ;
   always @(posedge gemm_d_clk)
-    rk_zero <= \$1046 ;
+    a_filled0 <= \$1043 ;
   always @(posedge gemm_d_clk)
-    a_loader_ahead <= \$1047 ;
+    a_filled1 <= \$1044 ;
   always @(posedge gemm_d_clk)
-    a_filled0 <= \$1048 ;
+    \$signal  <= \$1045 ;
   always @(posedge gemm_d_clk)
-    a_filled1 <= \$1049 ;
+    \$signal$601  <= \$1046 ;
   always @(posedge gemm_d_clk)
-    \$signal  <= \$1050 ;
+    \$signal$599  <= \$1047 ;
   always @(posedge gemm_d_clk)
-    \$signal$603  <= \$1051 ;
+    \$signal$348  <= \$1048 ;
   always @(posedge gemm_d_clk)
-    \$signal$601  <= \$1052 ;
+    \$signal$600  <= \$1049 ;
   always @(posedge gemm_d_clk)
-    \$signal$348  <= \$1053 ;
+    fnt <= \$1050 ;
   always @(posedge gemm_d_clk)
-    \$signal$602  <= \$1054 ;
+    feed_blocks <= \$1051 ;
   always @(posedge gemm_d_clk)
-    fnt <= \$1055 ;
+    a_load_k_hit <= \$1052 ;
   always @(posedge gemm_d_clk)
-    feed_blocks <= \$1056 ;
+    a_feed_k_hit <= \$1053 ;
   always @(posedge gemm_d_clk)
-    a_load_k_hit <= \$1057 ;
+    a_feed_nt_hit <= \$1054 ;
   always @(posedge gemm_d_clk)
-    a_feed_k_hit <= \$1058 ;
+    a_blocks_left <= \$1055 ;
   always @(posedge gemm_d_clk)
-    a_feed_nt_hit <= \$1059 ;
-  always @(posedge gemm_d_clk)
-    a_blocks_left <= \$1060 ;
-  always @(posedge gemm_d_clk)
-    a_write_addr <= \$690 ;
+    a_write_addr <= \$687 ;
   always @(posedge gemm_d_clk)
     a_cache0_wdata <= elem;
   always @(posedge gemm_d_clk)
-    a_cache0_wen <= \$1061 ;
+    a_cache0_wen <= \$1056 ;
   always @(posedge gemm_d_clk)
-    a_cache1_wen <= \$1062 ;
+    a_cache1_wen <= \$1057 ;
   always @(posedge gemm_d_clk)
-    a_cache2_wen <= \$1063 ;
+    a_cache2_wen <= \$1058 ;
   always @(posedge gemm_d_clk)
-    a_cache3_wen <= \$1064 ;
+    a_cache3_wen <= \$1059 ;
   always @(posedge gemm_d_clk)
-    a_cache4_wen <= \$1065 ;
+    a_cache4_wen <= \$1060 ;
   always @(posedge gemm_d_clk)
-    a_cache5_wen <= \$1066 ;
+    a_cache5_wen <= \$1061 ;
   always @(posedge gemm_d_clk)
-    a_cache6_wen <= \$1067 ;
+    a_cache6_wen <= \$1062 ;
   always @(posedge gemm_d_clk)
-    a_cache7_wen <= \$1068 ;
+    a_cache7_wen <= \$1063 ;
   always @(posedge gemm_d_clk)
-    a_cache8_wen <= \$1069 ;
+    a_cache8_wen <= \$1064 ;
   always @(posedge gemm_d_clk)
-    a_read_last <= \$1070 ;
+    a_read_last <= \$1065 ;
   always @(posedge gemm_d_clk)
-    a_read_addr <= \$1071 ;
+    a_read_addr <= \$1066 ;
   always @(posedge gemm_d_clk)
-    a_read_half <= \$1072 ;
+    a_read_half <= \$1067 ;
   always @(posedge gemm_d_clk)
-    a_read_free <= \$1073 ;
+    a_read_free <= \$1068 ;
   always @(posedge gemm_d_clk)
-    w_load_lane <= \$1074 ;
+    w_load_lane <= \$1069 ;
   always @(posedge gemm_d_clk)
-    w_load_k <= \$1075 ;
+    w_load_k <= \$1070 ;
   always @(posedge gemm_d_clk)
-    w_load_addr <= \$1076 ;
+    w_load_addr <= \$1071 ;
   always @(posedge gemm_d_clk)
-    w_load_nt <= \$1077 ;
+    w_load_nt <= \$1072 ;
   always @(posedge gemm_d_clk)
-    w_filled0 <= \$1078 ;
+    w_filled0 <= \$1073 ;
   always @(posedge gemm_d_clk)
-    w_filled1 <= \$1079 ;
+    w_filled1 <= \$1074 ;
   always @(posedge gemm_d_clk)
-    w_load_half <= \$1080 ;
+    w_load_half <= \$1075 ;
   always @(posedge gemm_d_clk)
-    w_read_addr <= \$1081 ;
+    w_read_addr <= \$1076 ;
   always @(posedge gemm_d_clk)
-    w_read_half <= \$1082 ;
+    w_read_half <= \$1077 ;
   always @(posedge gemm_d_clk)
-    w_read_free <= \$1083 ;
+    w_read_free <= \$1078 ;
   always @(posedge gemm_d_clk)
-    feed_ntk <= \$1084 ;
+    feed_ntk <= \$1079 ;
   always @(posedge gemm_d_clk)
-    feed_mt <= \$1085 ;
+    feed_mt <= \$1080 ;
   always @(posedge gemm_d_clk)
-    feed_mt_hit <= \$1086 ;
+    feed_mt_hit <= \$1081 ;
   always @(posedge gemm_d_clk)
-    w_feed_half <= \$1087 ;
+    w_feed_half <= \$1082 ;
   always @(posedge gemm_d_clk)
-    w_write_addr <= \$822 ;
+    w_write_addr <= \$819 ;
   always @(posedge gemm_d_clk)
     w_cache0_wdata <= welem;
   always @(posedge gemm_d_clk)
-    w_cache0_wen <= \$1088 ;
+    w_cache0_wen <= \$1083 ;
   always @(posedge gemm_d_clk)
-    w_cache1_wen <= \$1089 ;
+    w_cache1_wen <= \$1084 ;
   always @(posedge gemm_d_clk)
-    w_cache2_wen <= \$1090 ;
+    w_cache2_wen <= \$1085 ;
   always @(posedge gemm_d_clk)
-    w_cache3_wen <= \$1091 ;
+    w_cache3_wen <= \$1086 ;
   always @(posedge gemm_d_clk)
-    w_cache4_wen <= \$1092 ;
+    w_cache4_wen <= \$1087 ;
   always @(posedge gemm_d_clk)
-    w_cache5_wen <= \$1093 ;
+    w_cache5_wen <= \$1088 ;
   always @(posedge gemm_d_clk)
-    w_cache6_wen <= \$1094 ;
+    w_cache6_wen <= \$1089 ;
   always @(posedge gemm_d_clk)
-    w_cache7_wen <= \$1095 ;
+    w_cache7_wen <= \$1090 ;
   always @(posedge gemm_d_clk)
-    dst_col <= \$1096 ;
+    dst_col <= \$1091 ;
   always @(posedge gemm_d_clk)
-    post_col <= \$1097 ;
+    post_col <= \$1092 ;
   always @(posedge gemm_d_clk)
-    op_done <= \$1098 ;
+    op_done <= \$1093 ;
   always @(posedge gemm_d_clk)
-    fault_q <= \$1099 ;
+    fault_q <= \$1094 ;
   bram_512x9 a_cache0 (
     .clk(gemm_d_clk),
     .r_addr(a_cache0_raddr),
@@ -4654,7 +4640,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   );
   dsp_mult_u16_u16 dec_blocks_p_mult (
     .a(ins[39:24]),
-    .b(\$900 [15:0]),
+    .b(\$897 [15:0]),
     .clk(gemm_d_clk),
     .p(dec_blocks_p)
   );
@@ -4666,13 +4652,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   );
   dsp_mult_u16_u16 dec_tiles_hi_mult (
     .a(dec_blocks_p[31:16]),
-    .b(\$902 [15:0]),
+    .b(\$899 [15:0]),
     .clk(gemm_d_clk),
     .p(dec_tiles_hi)
   );
   dsp_mult_u16_u16 dec_tiles_lo_mult (
     .a(dec_blocks_p[15:0]),
-    .b(\$901 [15:0]),
+    .b(\$898 [15:0]),
     .clk(gemm_d_clk),
     .p(dec_tiles_lo)
   );
@@ -4733,7 +4719,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   \accelerator.core.gen_dst  gen_dst (
     .addr(\addr$122 ),
     .base(ins[123:104]),
-    .busy(\busy$621 ),
+    .busy(\busy$619 ),
     .clk(gemm_d_clk),
     .\final (\final ),
     .index__1(index__1),
@@ -4837,14 +4823,14 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   );
   \accelerator.core.pack_slice  pack_slice (
     .clk(gemm_d_clk),
-    .\port$9186$0 (pack_a0),
-    .\port$9188$0 (pack_a1),
-    .\port$9190$0 (pack_a2),
-    .\port$9192$0 (pack_a3),
-    .\port$9194$0 (pack_b0),
-    .\port$9196$0 (pack_b1),
-    .\port$9198$0 (pack_b2),
-    .\port$9200$0 (pack_b3),
+    .\port$9179$0 (pack_a0),
+    .\port$9181$0 (pack_a1),
+    .\port$9183$0 (pack_a2),
+    .\port$9185$0 (pack_a3),
+    .\port$9187$0 (pack_b0),
+    .\port$9189$0 (pack_b1),
+    .\port$9191$0 (pack_b2),
+    .\port$9193$0 (pack_b3),
     .r_data(r_data),
     .r_en(r_en),
     .r_rdy(\r_rdy$271 ),
@@ -4855,8 +4841,8 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   );
   \accelerator.core.q_src0  q_src0 (
     .clk(gemm_d_clk),
-    .\port$1611$0 (buffer0_rdata),
-    .\port$8982$0 (src0_held_meta),
+    .\port$1608$0 (buffer0_rdata),
+    .\port$8979$0 (src0_held_meta),
     .r_data(\r_data$252 ),
     .r_en(\r_en$519 ),
     .r_rdy(\r_rdy$279 ),
@@ -4866,8 +4852,8 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   );
   \accelerator.core.q_src1  q_src1 (
     .clk(gemm_d_clk),
-    .\port$1612$0 (buffer1_rdata),
-    .\port$8990$0 (src1_held_meta),
+    .\port$1609$0 (buffer1_rdata),
+    .\port$8987$0 (src1_held_meta),
     .r_data(\r_data$376 ),
     .r_en(\r_en$269 ),
     .r_rdy(r_rdy),
@@ -4937,14 +4923,14 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   \accelerator.core.w_beat_slice  w_beat_slice (
     .clk(gemm_d_clk),
     .in_decode(in_decode),
-    .\port$8861$0 (w_beat0),
-    .\port$8862$0 (w_beat1),
-    .\port$8863$0 (w_beat2),
-    .\port$8864$0 (w_beat3),
-    .\port$8865$0 (w_beat4),
-    .\port$8866$0 (w_beat5),
-    .\port$8867$0 (w_beat6),
-    .\port$8868$0 (w_beat7),
+    .\port$8858$0 (w_beat0),
+    .\port$8859$0 (w_beat1),
+    .\port$8860$0 (w_beat2),
+    .\port$8861$0 (w_beat3),
+    .\port$8862$0 (w_beat4),
+    .\port$8863$0 (w_beat5),
+    .\port$8864$0 (w_beat6),
+    .\port$8865$0 (w_beat7),
     .r_data(\r_data$425 ),
     .r_en(\r_en$422 ),
     .r_rdy(\r_rdy$419 ),
@@ -5034,7 +5020,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     .clear(clear),
     .clk(gemm_d_clk),
     .err(err),
-    .idle(\idle$591 ),
+    .idle(\idle$589 ),
     .req__payload(req__payload),
     .req__ready(\req__ready$504 ),
     .rst(rst),
@@ -5143,9 +5129,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (\$signal )
       1'h0:
-          \$691  = a_filled0;
+          \$688  = a_filled0;
       1'h1:
-          \$691  = a_filled1;
+          \$688  = a_filled1;
     endcase
   end
   always @* begin
@@ -5153,9 +5139,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (\$signal )
       1'h0:
-          \$698  = a_filled0;
+          \$695  = a_filled0;
       1'h1:
-          \$698  = a_filled1;
+          \$695  = a_filled1;
     endcase
   end
   always @* begin
@@ -5163,9 +5149,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (\$signal )
       1'h0:
-          \$704  = a_filled0;
+          \$701  = a_filled0;
       1'h1:
-          \$704  = a_filled1;
+          \$701  = a_filled1;
     endcase
   end
   always @* begin
@@ -5173,9 +5159,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (\$signal )
       1'h0:
-          \$710  = a_filled0;
+          \$707  = a_filled0;
       1'h1:
-          \$710  = a_filled1;
+          \$707  = a_filled1;
     endcase
   end
   always @* begin
@@ -5183,9 +5169,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (\$signal )
       1'h0:
-          \$716  = a_filled0;
+          \$713  = a_filled0;
       1'h1:
-          \$716  = a_filled1;
+          \$713  = a_filled1;
     endcase
   end
   always @* begin
@@ -5193,9 +5179,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (\$signal )
       1'h0:
-          \$722  = a_filled0;
+          \$719  = a_filled0;
       1'h1:
-          \$722  = a_filled1;
+          \$719  = a_filled1;
     endcase
   end
   always @* begin
@@ -5203,9 +5189,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (\$signal )
       1'h0:
-          \$728  = a_filled0;
+          \$725  = a_filled0;
       1'h1:
-          \$728  = a_filled1;
+          \$725  = a_filled1;
     endcase
   end
   always @* begin
@@ -5213,9 +5199,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (\$signal )
       1'h0:
-          \$734  = a_filled0;
+          \$731  = a_filled0;
       1'h1:
-          \$734  = a_filled1;
+          \$731  = a_filled1;
     endcase
   end
   always @* begin
@@ -5223,9 +5209,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (\$signal )
       1'h0:
-          \$740  = a_filled0;
+          \$737  = a_filled0;
       1'h1:
-          \$740  = a_filled1;
+          \$737  = a_filled1;
     endcase
   end
   always @* begin
@@ -5233,9 +5219,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (\$signal )
       1'h0:
-          \$746  = a_filled0;
+          \$743  = a_filled0;
       1'h1:
-          \$746  = a_filled1;
+          \$743  = a_filled1;
     endcase
   end
   always @* begin
@@ -5243,9 +5229,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (\$signal )
       1'h0:
-          \$751  = a_filled0;
+          \$748  = a_filled0;
       1'h1:
-          \$751  = a_filled1;
+          \$748  = a_filled1;
     endcase
   end
   always @* begin
@@ -5253,9 +5239,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_load_half)
       1'h0:
-          \$788  = w_filled0;
+          \$785  = w_filled0;
       1'h1:
-          \$788  = w_filled1;
+          \$785  = w_filled1;
     endcase
   end
   always @* begin
@@ -5263,9 +5249,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_load_half)
       1'h0:
-          \$823  = w_filled0;
+          \$820  = w_filled0;
       1'h1:
-          \$823  = w_filled1;
+          \$820  = w_filled1;
     endcase
   end
   always @* begin
@@ -5273,9 +5259,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_load_half)
       1'h0:
-          \$832  = w_filled0;
+          \$829  = w_filled0;
       1'h1:
-          \$832  = w_filled1;
+          \$829  = w_filled1;
     endcase
   end
   always @* begin
@@ -5283,9 +5269,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_load_half)
       1'h0:
-          \$840  = w_filled0;
+          \$837  = w_filled0;
       1'h1:
-          \$840  = w_filled1;
+          \$837  = w_filled1;
     endcase
   end
   always @* begin
@@ -5293,9 +5279,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_load_half)
       1'h0:
-          \$848  = w_filled0;
+          \$845  = w_filled0;
       1'h1:
-          \$848  = w_filled1;
+          \$845  = w_filled1;
     endcase
   end
   always @* begin
@@ -5303,9 +5289,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_load_half)
       1'h0:
-          \$856  = w_filled0;
+          \$853  = w_filled0;
       1'h1:
-          \$856  = w_filled1;
+          \$853  = w_filled1;
     endcase
   end
   always @* begin
@@ -5313,9 +5299,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_load_half)
       1'h0:
-          \$864  = w_filled0;
+          \$861  = w_filled0;
       1'h1:
-          \$864  = w_filled1;
+          \$861  = w_filled1;
     endcase
   end
   always @* begin
@@ -5323,9 +5309,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_load_half)
       1'h0:
-          \$872  = w_filled0;
+          \$869  = w_filled0;
       1'h1:
-          \$872  = w_filled1;
+          \$869  = w_filled1;
     endcase
   end
   always @* begin
@@ -5333,9 +5319,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_load_half)
       1'h0:
-          \$880  = w_filled0;
+          \$877  = w_filled0;
       1'h1:
-          \$880  = w_filled1;
+          \$877  = w_filled1;
     endcase
   end
   always @* begin
@@ -6263,795 +6249,795 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$903  = \addr$122 [13:0];
+    \$900  = \addr$122 [13:0];
     if (rst) begin
-      \$903  = 14'h0000;
+      \$900  = 14'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$904  = \$207 [15:0];
+    \$901  = \$207 [15:0];
     if (rst) begin
-      \$904  = 16'h0000;
+      \$901  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$905  = wr_en;
+    \$902  = wr_en;
+    if (rst) begin
+      \$902  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$903  = 1'h0;
+    casez (seq_state)
+      3'h0:
+          /* empty */;
+      3'h1:
+          /* empty */;
+      3'h2:
+          if (\$472 ) begin
+            \$903  = \$474 ;
+          end
+    endcase
+    if (rst) begin
+      \$903  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$904  = \$290 ;
+    if (rst) begin
+      \$904  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$905  = \$291 ;
     if (rst) begin
       \$905  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$906  = 1'h0;
-    casez (seq_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
-      3'h2:
-          if (\$473 ) begin
-            \$906  = \$475 ;
-          end
-    endcase
+    \$906  = \$292 ;
     if (rst) begin
       \$906  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$907  = \$290 ;
+    \$907  = \$293 ;
     if (rst) begin
       \$907  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$908  = \$291 ;
+    \$908  = \$294 ;
     if (rst) begin
       \$908  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$909  = \$292 ;
+    \$909  = \$295 ;
     if (rst) begin
       \$909  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$910  = \$293 ;
+    \$910  = \$296 ;
     if (rst) begin
       \$910  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$911  = \$294 ;
+    \$911  = \$297 ;
     if (rst) begin
       \$911  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$912  = \$295 ;
+    \$912  = \$298 ;
     if (rst) begin
       \$912  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$913  = \$296 ;
+    \$913  = \$299 ;
     if (rst) begin
       \$913  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$914  = \$297 ;
+    \$914  = \$300 ;
     if (rst) begin
       \$914  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$915  = \$298 ;
+    \$915  = \$301 ;
     if (rst) begin
       \$915  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$916  = \$299 ;
+    \$916  = \$302 ;
     if (rst) begin
       \$916  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$917  = \$300 ;
+    \$917  = \$303 ;
     if (rst) begin
       \$917  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$918  = \$301 ;
+    \$918  = \$304 ;
     if (rst) begin
       \$918  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$919  = \$302 ;
+    \$919  = \$305 [15:0];
     if (rst) begin
-      \$919  = 1'h0;
+      \$919  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$920  = \$303 ;
+    \$920  = \$308 ;
     if (rst) begin
       \$920  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$921  = \$304 ;
+    \$921  = \$311 ;
     if (rst) begin
       \$921  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$922  = \$305 [15:0];
+    \$922  = \$314 ;
     if (rst) begin
-      \$922  = 16'h0000;
+      \$922  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$923  = \$308 ;
+    \$923  = \$317 ;
     if (rst) begin
       \$923  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$924  = \$311 ;
+    \$924  = \$320 ;
     if (rst) begin
       \$924  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$925  = \$314 ;
+    \$925  = \$322 ;
     if (rst) begin
       \$925  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$926  = \$317 ;
+    \$926  = \$324 ;
     if (rst) begin
       \$926  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$927  = \$320 ;
+    \$927  = src0_meta;
     if (rst) begin
-      \$927  = 1'h0;
+      \$927  = 3'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$928  = \$322 ;
+    \$928  = { \$325 , \final$539 , \last__4$538  };
     if (rst) begin
-      \$928  = 1'h0;
+      \$928  = 3'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$929  = \$324 ;
+    \$929  = \$327 ;
     if (rst) begin
       \$929  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$930  = src0_meta;
+    \$930  = \$329 ;
     if (rst) begin
-      \$930  = 3'h0;
+      \$930  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$931  = { \$325 , \final$539 , \last__4$538  };
+    \$931  = src1_meta;
     if (rst) begin
       \$931  = 3'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$932  = \$327 ;
+    \$932  = { \$330 , \final$544 , \last__4$543  };
     if (rst) begin
-      \$932  = 1'h0;
+      \$932  = 3'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$933  = \$329 ;
+    \$933  = \$337 ;
     if (rst) begin
       \$933  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$934  = src1_meta;
+    \$934  = \$345 ;
     if (rst) begin
-      \$934  = 3'h0;
+      \$934  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$935  = { \$330 , \final$544 , \last__4$543  };
+    \$935  = \$350 ;
     if (rst) begin
-      \$935  = 3'h0;
+      \$935  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$936  = \$337 ;
+    \$936  = 1'h0;
+    casez (seq_state)
+      3'h0:
+          /* empty */;
+      3'h1:
+          /* empty */;
+      3'h2:
+          /* empty */;
+      3'h3:
+          if (\$510 ) begin
+            \$936  = \$513 ;
+          end
+    endcase
     if (rst) begin
       \$936  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$937  = \$345 ;
+    \$937  = 1'h0;
+    casez (seq_state)
+      3'h0:
+          /* empty */;
+      3'h1:
+          /* empty */;
+      3'h2:
+          /* empty */;
+      3'h3:
+          /* empty */;
+      3'h4:
+          \$937  = \$597 ;
+    endcase
     if (rst) begin
       \$937  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$938  = \$350 ;
+    \$938  = \$377 ;
     if (rst) begin
       \$938  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$939  = 1'h0;
-    casez (seq_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
-      3'h2:
-          /* empty */;
-      3'h3:
-          if (\$511 ) begin
-            \$939  = \$516 ;
-          end
-    endcase
+    \$939  = \$380 ;
     if (rst) begin
       \$939  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$940  = 1'h0;
-    casez (seq_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
-      3'h2:
-          /* empty */;
-      3'h3:
-          /* empty */;
-      3'h4:
-          \$940  = \$600 ;
-    endcase
+    \$940  = \$383 ;
     if (rst) begin
       \$940  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$941  = \$377 ;
+    \$941  = ext_req_valid;
+    if (in_decode) begin
+      \$941  = 1'h0;
+    end
+    if (in_stream) begin
+      if (is_move) begin
+      end else if (is_load) begin
+        if (\$607 ) begin
+          \$941  = ld_off_valid;
+        end
+      end
+    end
+    if (\$611 ) begin
+      \$941  = dst_step;
+    end
     if (rst) begin
       \$941  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$942  = \$380 ;
+    \$942  = ld_off_valid;
+    if (in_decode) begin
+      \$942  = 1'h0;
+    end
+    if (in_stream) begin
+      if (is_move) begin
+      end else if (is_load) begin
+        if (\$604 ) begin
+          \$942  = valid;
+        end
+      end
+    end
     if (rst) begin
       \$942  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$943  = \$383 ;
-    if (rst) begin
-      \$943  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$944  = ext_req_valid;
-    if (in_decode) begin
-      \$944  = 1'h0;
-    end
-    if (in_stream) begin
-      if (is_move) begin
-      end else if (is_load) begin
-        if (\$610 ) begin
-          \$944  = ld_off_valid;
-        end
-      end
-    end
-    if (\$614 ) begin
-      \$944  = dst_step;
-    end
-    if (rst) begin
-      \$944  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$945  = ld_off_valid;
-    if (in_decode) begin
-      \$945  = 1'h0;
-    end
-    if (in_stream) begin
-      if (is_move) begin
-      end else if (is_load) begin
-        if (\$607 ) begin
-          \$945  = valid;
-        end
-      end
-    end
-    if (rst) begin
-      \$945  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$946  = cycles;
+    \$943  = cycles;
     if (busy) begin
-      \$946  = \$384 [47:0];
+      \$943  = \$384 [47:0];
     end
     if (\$452 ) begin
-      \$946  = 48'h000000000000;
+      \$943  = 48'h000000000000;
     end
     if (rst) begin
-      \$946  = 48'h000000000000;
+      \$943  = 48'h000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$947  = op_cycles__0;
+    \$944  = op_cycles__0;
     if (busy) begin
       if (\$385 ) begin
-        \$947  = \$386 [47:0];
+        \$944  = \$386 [47:0];
       end
     end
     if (\$452 ) begin
-      \$947  = 48'h000000000000;
+      \$944  = 48'h000000000000;
     end
     if (rst) begin
-      \$947  = 48'h000000000000;
+      \$944  = 48'h000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$948  = op_cycles__1;
+    \$945  = op_cycles__1;
     if (busy) begin
       if (\$387 ) begin
-        \$948  = \$388 [47:0];
+        \$945  = \$388 [47:0];
       end
     end
     if (\$452 ) begin
-      \$948  = 48'h000000000000;
+      \$945  = 48'h000000000000;
     end
     if (rst) begin
-      \$948  = 48'h000000000000;
+      \$945  = 48'h000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$949  = op_cycles__2;
+    \$946  = op_cycles__2;
     if (busy) begin
       if (\$389 ) begin
-        \$949  = \$390 [47:0];
+        \$946  = \$390 [47:0];
       end
     end
     if (\$452 ) begin
-      \$949  = 48'h000000000000;
+      \$946  = 48'h000000000000;
     end
     if (rst) begin
-      \$949  = 48'h000000000000;
+      \$946  = 48'h000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$950  = op_cycles__3;
+    \$947  = op_cycles__3;
     if (busy) begin
       if (\$391 ) begin
-        \$950  = \$392 [47:0];
+        \$947  = \$392 [47:0];
       end
     end
     if (\$452 ) begin
-      \$950  = 48'h000000000000;
+      \$947  = 48'h000000000000;
     end
     if (rst) begin
-      \$950  = 48'h000000000000;
+      \$947  = 48'h000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$951  = op_cycles__4;
+    \$948  = op_cycles__4;
     if (busy) begin
       if (\$393 ) begin
-        \$951  = \$394 [47:0];
+        \$948  = \$394 [47:0];
       end
     end
     if (\$452 ) begin
-      \$951  = 48'h000000000000;
+      \$948  = 48'h000000000000;
     end
     if (rst) begin
-      \$951  = 48'h000000000000;
+      \$948  = 48'h000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$952  = op_cycles__5;
+    \$949  = op_cycles__5;
     if (busy) begin
       if (\$395 ) begin
-        \$952  = \$396 [47:0];
+        \$949  = \$396 [47:0];
       end
     end
     if (\$452 ) begin
-      \$952  = 48'h000000000000;
+      \$949  = 48'h000000000000;
     end
     if (rst) begin
-      \$952  = 48'h000000000000;
+      \$949  = 48'h000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$953  = op_cycles__6;
+    \$950  = op_cycles__6;
     if (busy) begin
       if (\$397 ) begin
-        \$953  = \$398 [47:0];
+        \$950  = \$398 [47:0];
       end
     end
     if (\$452 ) begin
-      \$953  = 48'h000000000000;
+      \$950  = 48'h000000000000;
     end
     if (rst) begin
-      \$953  = 48'h000000000000;
+      \$950  = 48'h000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$954  = op_cycles__7;
+    \$951  = op_cycles__7;
     if (busy) begin
       if (\$399 ) begin
-        \$954  = \$400 [47:0];
+        \$951  = \$400 [47:0];
       end
     end
     if (\$452 ) begin
-      \$954  = 48'h000000000000;
+      \$951  = 48'h000000000000;
     end
     if (rst) begin
-      \$954  = 48'h000000000000;
+      \$951  = 48'h000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$955  = op_cycles__8;
+    \$952  = op_cycles__8;
     if (busy) begin
       if (\$401 ) begin
-        \$955  = \$402 [47:0];
+        \$952  = \$402 [47:0];
       end
     end
     if (\$452 ) begin
-      \$955  = 48'h000000000000;
+      \$952  = 48'h000000000000;
     end
     if (rst) begin
-      \$955  = 48'h000000000000;
+      \$952  = 48'h000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$956  = op_cycles__9;
+    \$953  = op_cycles__9;
     if (busy) begin
       if (\$403 ) begin
-        \$956  = \$404 [47:0];
+        \$953  = \$404 [47:0];
       end
     end
     if (\$452 ) begin
-      \$956  = 48'h000000000000;
+      \$953  = 48'h000000000000;
     end
     if (rst) begin
-      \$956  = 48'h000000000000;
+      \$953  = 48'h000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$957  = op_cycles__10;
+    \$954  = op_cycles__10;
     if (busy) begin
       if (\$405 ) begin
-        \$957  = \$406 [47:0];
+        \$954  = \$406 [47:0];
       end
     end
     if (\$452 ) begin
-      \$957  = 48'h000000000000;
+      \$954  = 48'h000000000000;
     end
     if (rst) begin
-      \$957  = 48'h000000000000;
+      \$954  = 48'h000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$958  = op_cycles__11;
+    \$955  = op_cycles__11;
     if (busy) begin
       if (\$407 ) begin
-        \$958  = \$408 [47:0];
+        \$955  = \$408 [47:0];
       end
     end
     if (\$452 ) begin
-      \$958  = 48'h000000000000;
+      \$955  = 48'h000000000000;
     end
     if (rst) begin
-      \$958  = 48'h000000000000;
+      \$955  = 48'h000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$959  = op_cycles__12;
+    \$956  = op_cycles__12;
     if (busy) begin
       if (\$409 ) begin
-        \$959  = \$410 [47:0];
+        \$956  = \$410 [47:0];
       end
     end
     if (\$452 ) begin
-      \$959  = 48'h000000000000;
+      \$956  = 48'h000000000000;
     end
     if (rst) begin
-      \$959  = 48'h000000000000;
+      \$956  = 48'h000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$960  = op_cycles__13;
+    \$957  = op_cycles__13;
     if (busy) begin
       if (\$411 ) begin
-        \$960  = \$412 [47:0];
+        \$957  = \$412 [47:0];
       end
     end
     if (\$452 ) begin
-      \$960  = 48'h000000000000;
+      \$957  = 48'h000000000000;
     end
     if (rst) begin
-      \$960  = 48'h000000000000;
+      \$957  = 48'h000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$961  = op_cycles__14;
+    \$958  = op_cycles__14;
     if (busy) begin
       if (\$413 ) begin
-        \$961  = \$414 [47:0];
+        \$958  = \$414 [47:0];
       end
     end
     if (\$452 ) begin
-      \$961  = 48'h000000000000;
+      \$958  = 48'h000000000000;
     end
     if (rst) begin
-      \$961  = 48'h000000000000;
+      \$958  = 48'h000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$962  = op_cycles__15;
+    \$959  = op_cycles__15;
     if (busy) begin
       if (\$415 ) begin
-        \$962  = \$416 [47:0];
+        \$959  = \$416 [47:0];
       end
     end
     if (\$452 ) begin
-      \$962  = 48'h000000000000;
+      \$959  = 48'h000000000000;
     end
     if (rst) begin
-      \$962  = 48'h000000000000;
+      \$959  = 48'h000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$963  = \$418 ;
+    \$960  = \$418 ;
+    if (rst) begin
+      \$960  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$961  = is_end;
+    if (rst) begin
+      \$961  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$962  = \$429 ;
+    if (rst) begin
+      \$962  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$963  = \$440 ;
     if (rst) begin
       \$963  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$964  = is_end;
+    \$964  = \$450 ;
     if (rst) begin
       \$964  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$965  = \$429 ;
+    \$965  = pc;
+    if (\$452 ) begin
+      \$965  = prog;
+    end
+    if (\$458 ) begin
+      \$965  = \$signal$572 ;
+    end
+    if (\$466 ) begin
+      \$965  = \$467 [31:0];
+    end
     if (rst) begin
-      \$965  = 1'h0;
+      \$965  = 32'd0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$966  = \$440 ;
+    \$966  = busy;
+    if (\$452 ) begin
+      \$966  = 1'h1;
+    end
+    casez (seq_state)
+      3'h0:
+          /* empty */;
+      3'h1:
+          /* empty */;
+      3'h2:
+          if (\$472 ) begin
+          end else if (d_end_more) begin
+          end else if (d_end) begin
+            \$966  = 1'h0;
+          end
+      3'h3:
+          /* empty */;
+      3'h4:
+          /* empty */;
+      3'h5:
+          if (\$599 ) begin
+            \$966  = 1'h0;
+          end
+    endcase
     if (rst) begin
       \$966  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$967  = \$450 ;
+    \$967  = done;
+    if (\$452 ) begin
+      \$967  = 1'h0;
+    end
+    casez (seq_state)
+      3'h0:
+          /* empty */;
+      3'h1:
+          /* empty */;
+      3'h2:
+          if (\$472 ) begin
+          end else if (d_end_more) begin
+          end else if (d_end) begin
+            \$967  = 1'h1;
+          end
+      3'h3:
+          /* empty */;
+      3'h4:
+          /* empty */;
+      3'h5:
+          if (\$599 ) begin
+            \$967  = 1'h1;
+          end
+    endcase
     if (rst) begin
       \$967  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$968  = pc;
+    \$968  = error;
     if (\$452 ) begin
-      \$968  = prog;
-    end
-    if (\$458 ) begin
-      \$968  = \$signal$572 ;
-    end
-    if (\$466 ) begin
-      \$968  = \$467 [31:0];
-    end
-    if (rst) begin
-      \$968  = 32'd0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$969  = busy;
-    if (\$452 ) begin
-      \$969  = 1'h1;
-    end
-    casez (seq_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
-      3'h2:
-          if (\$473 ) begin
-          end else if (d_end_more) begin
-          end else if (d_end) begin
-            \$969  = 1'h0;
-          end
-      3'h3:
-          /* empty */;
-      3'h4:
-          /* empty */;
-      3'h5:
-          if (\$602 ) begin
-            \$969  = 1'h0;
-          end
-    endcase
-    if (rst) begin
-      \$969  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$970  = done;
-    if (\$452 ) begin
-      \$970  = 1'h0;
-    end
-    casez (seq_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
-      3'h2:
-          if (\$473 ) begin
-          end else if (d_end_more) begin
-          end else if (d_end) begin
-            \$970  = 1'h1;
-          end
-      3'h3:
-          /* empty */;
-      3'h4:
-          /* empty */;
-      3'h5:
-          if (\$602 ) begin
-            \$970  = 1'h1;
-          end
-    endcase
-    if (rst) begin
-      \$970  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$971  = error;
-    if (\$452 ) begin
-      \$971  = 4'h0;
+      \$968  = 4'h0;
     end
     casez (seq_state)
       3'h0:
           /* empty */;
       3'h1:
           if (start) begin
-            \$971  = 4'h6;
+            \$968  = 4'h6;
           end
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$473 ) begin
+          if (\$472 ) begin
           end else if (d_end_more) begin
           end else if (d_end) begin
           end else if (d_count_zero) begin
-            \$971  = 4'h2;
+            \$968  = 4'h2;
           end else if (d_const) begin
           end else if (d_stream) begin
           end else begin
-            \$971  = 4'h1;
+            \$968  = 4'h1;
           end
           if (read_err) begin
-            \$971  = 4'h4;
+            \$968  = 4'h4;
           end
           if (start) begin
-            \$971  = 4'h6;
+            \$968  = 4'h6;
           end
         end
       3'h3:
         begin
           if (c_flag_bad) begin
-            \$971  = 4'h7;
+            \$968  = 4'h7;
           end
           if (read_err) begin
-            \$971  = 4'h4;
+            \$968  = 4'h4;
           end
           if (start) begin
-            \$971  = 4'h6;
+            \$968  = 4'h6;
           end
         end
       3'h4:
         begin
           if (addr_fault) begin
-            \$971  = 4'h3;
+            \$968  = 4'h3;
           end
-          if (\$601 ) begin
-            \$971  = fault_q;
+          if (\$598 ) begin
+            \$968  = fault_q;
           end
           if (start) begin
-            \$971  = 4'h6;
+            \$968  = 4'h6;
           end
         end
     endcase
     if (rst) begin
-      \$971  = 4'h0;
+      \$968  = 4'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$972  = fetch_sent;
+    \$969  = fetch_sent;
     if (\$452 ) begin
-      \$972  = 1'h0;
+      \$969  = 1'h0;
     end
     casez (seq_state)
       3'h0:
@@ -7059,22 +7045,58 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h1:
         begin
           if (\$469 ) begin
-            \$972  = 1'h1;
+            \$969  = 1'h1;
           end
           if (beat__valid) begin
-            \$972  = 1'h0;
+            \$969  = 1'h0;
           end
         end
     endcase
     if (rst) begin
-      \$972  = 1'h0;
+      \$969  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$973  = \$signal$572 ;
+    \$970  = \$signal$572 ;
     if (\$452 ) begin
-      \$973  = prog;
+      \$970  = prog;
+    end
+    if (rst) begin
+      \$970  = 32'd0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$971  = \$signal$573 ;
+    if (\$452 ) begin
+      \$971  = image_stride;
+    end
+    if (rst) begin
+      \$971  = 32'd0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$972  = images_left;
+    if (\$452 ) begin
+      \$972  = \$454 ;
+    end
+    if (\$458 ) begin
+      \$972  = \$459 [15:0];
+    end
+    if (rst) begin
+      \$972  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$973  = offset;
+    if (\$452 ) begin
+      \$973  = 32'd0;
+    end
+    if (\$458 ) begin
+      \$973  = \$460 [31:0];
     end
     if (rst) begin
       \$973  = 32'd0;
@@ -7082,131 +7104,359 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$974  = \$signal$573 ;
-    if (\$452 ) begin
-      \$974  = image_stride;
-    end
-    if (rst) begin
-      \$974  = 32'd0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$975  = images_left;
-    if (\$452 ) begin
-      \$975  = \$454 ;
-    end
-    if (\$458 ) begin
-      \$975  = \$459 [15:0];
-    end
-    if (rst) begin
-      \$975  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$976  = offset;
-    if (\$452 ) begin
-      \$976  = 32'd0;
-    end
-    if (\$458 ) begin
-      \$976  = \$460 [31:0];
-    end
-    if (rst) begin
-      \$976  = 32'd0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$977  = seq_state;
+    \$974  = seq_state;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
           if (start) begin
-            \$977  = 3'h1;
+            \$974  = 3'h1;
           end
       3'h1:
         begin
           if (beat__valid) begin
-            \$977  = 3'h2;
+            \$974  = 3'h2;
           end
           if (start) begin
-            \$977  = 3'h5;
+            \$974  = 3'h5;
           end
         end
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$473 ) begin
+          if (\$472 ) begin
           end else if (d_end_more) begin
-            \$977  = 3'h1;
+            \$974  = 3'h1;
           end else if (d_end) begin
-            \$977  = 3'h0;
+            \$974  = 3'h0;
           end else if (d_count_zero) begin
-            \$977  = 3'h5;
+            \$974  = 3'h5;
           end else if (d_const) begin
-            \$977  = 3'h3;
+            \$974  = 3'h3;
           end else if (d_stream) begin
-            \$977  = 3'h4;
+            \$974  = 3'h4;
           end else begin
-            \$977  = 3'h5;
+            \$974  = 3'h5;
           end
           if (read_err) begin
-            \$977  = 3'h5;
+            \$974  = 3'h5;
           end
           if (start) begin
-            \$977  = 3'h5;
+            \$974  = 3'h5;
           end
         end
       3'h3:
         begin
           if (c_fire) begin
             if (c_last) begin
-              \$977  = 3'h4;
+              \$974  = 3'h4;
             end
           end
-          if (\$556 ) begin
-            \$977  = 3'h4;
+          if (\$553 ) begin
+            \$974  = 3'h4;
           end
           if (c_flag_bad) begin
-            \$977  = 3'h5;
+            \$974  = 3'h5;
           end
           if (read_err) begin
-            \$977  = 3'h5;
+            \$974  = 3'h5;
           end
           if (start) begin
-            \$977  = 3'h5;
+            \$974  = 3'h5;
           end
         end
       3'h4:
         begin
-          if (\$589 ) begin
-            \$977  = 3'h1;
+          if (\$586 ) begin
+            \$974  = 3'h1;
           end
           if (addr_fault) begin
-            \$977  = 3'h5;
+            \$974  = 3'h5;
           end
-          if (\$601 ) begin
-            \$977  = 3'h5;
+          if (\$598 ) begin
+            \$974  = 3'h5;
           end
           if (start) begin
-            \$977  = 3'h5;
+            \$974  = 3'h5;
           end
         end
       3'h5:
-          if (\$602 ) begin
-            \$977  = 3'h0;
+          if (\$599 ) begin
+            \$974  = 3'h0;
           end
       default:
-          \$977  = 3'h0;
+          \$974  = 3'h0;
     endcase
     if (rst) begin
-      \$977  = 3'h0;
+      \$974  = 3'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$978  = in_stream;
+    \$975  = in_stream;
+    (* full_case = 32'd1 *)
+    casez (seq_state)
+      3'h0:
+          if (start) begin
+            \$975  = 1'h0;
+          end
+      3'h1:
+        begin
+          if (beat__valid) begin
+            \$975  = 1'h0;
+          end
+          if (start) begin
+            \$975  = 1'h0;
+          end
+        end
+      3'h2:
+        begin
+          (* full_case = 32'd1 *)
+          if (\$472 ) begin
+          end else if (d_end_more) begin
+            \$975  = 1'h0;
+          end else if (d_end) begin
+            \$975  = 1'h0;
+          end else if (d_count_zero) begin
+            \$975  = 1'h0;
+          end else if (d_const) begin
+            \$975  = 1'h0;
+          end else if (d_stream) begin
+            \$975  = 1'h1;
+          end else begin
+            \$975  = 1'h0;
+          end
+          if (read_err) begin
+            \$975  = 1'h0;
+          end
+          if (start) begin
+            \$975  = 1'h0;
+          end
+        end
+      3'h3:
+        begin
+          if (c_fire) begin
+            if (c_last) begin
+              \$975  = 1'h1;
+            end
+          end
+          if (\$553 ) begin
+            \$975  = 1'h1;
+          end
+          if (c_flag_bad) begin
+            \$975  = 1'h0;
+          end
+          if (read_err) begin
+            \$975  = 1'h0;
+          end
+          if (start) begin
+            \$975  = 1'h0;
+          end
+        end
+      3'h4:
+        begin
+          if (\$586 ) begin
+            \$975  = 1'h0;
+          end
+          if (addr_fault) begin
+            \$975  = 1'h0;
+          end
+          if (\$598 ) begin
+            \$975  = 1'h0;
+          end
+          if (start) begin
+            \$975  = 1'h0;
+          end
+        end
+      3'h5:
+          if (\$599 ) begin
+            \$975  = 1'h0;
+          end
+      default:
+          \$975  = 1'h0;
+    endcase
+    if (rst) begin
+      \$975  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$976  = in_decode;
+    (* full_case = 32'd1 *)
+    casez (seq_state)
+      3'h0:
+          if (start) begin
+            \$976  = 1'h0;
+          end
+      3'h1:
+        begin
+          if (beat__valid) begin
+            \$976  = 1'h1;
+          end
+          if (start) begin
+            \$976  = 1'h0;
+          end
+        end
+      3'h2:
+        begin
+          (* full_case = 32'd1 *)
+          if (\$472 ) begin
+          end else if (d_end_more) begin
+            \$976  = 1'h0;
+          end else if (d_end) begin
+            \$976  = 1'h0;
+          end else if (d_count_zero) begin
+            \$976  = 1'h0;
+          end else if (d_const) begin
+            \$976  = 1'h0;
+          end else if (d_stream) begin
+            \$976  = 1'h0;
+          end else begin
+            \$976  = 1'h0;
+          end
+          if (read_err) begin
+            \$976  = 1'h0;
+          end
+          if (start) begin
+            \$976  = 1'h0;
+          end
+        end
+      3'h3:
+        begin
+          if (c_fire) begin
+            if (c_last) begin
+              \$976  = 1'h0;
+            end
+          end
+          if (\$553 ) begin
+            \$976  = 1'h0;
+          end
+          if (c_flag_bad) begin
+            \$976  = 1'h0;
+          end
+          if (read_err) begin
+            \$976  = 1'h0;
+          end
+          if (start) begin
+            \$976  = 1'h0;
+          end
+        end
+      3'h4:
+        begin
+          if (\$586 ) begin
+            \$976  = 1'h0;
+          end
+          if (addr_fault) begin
+            \$976  = 1'h0;
+          end
+          if (\$598 ) begin
+            \$976  = 1'h0;
+          end
+          if (start) begin
+            \$976  = 1'h0;
+          end
+        end
+      3'h5:
+          if (\$599 ) begin
+            \$976  = 1'h0;
+          end
+      default:
+          \$976  = 1'h0;
+    endcase
+    if (rst) begin
+      \$976  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$977  = in_op;
+    (* full_case = 32'd1 *)
+    casez (seq_state)
+      3'h0:
+          if (start) begin
+            \$977  = 1'h0;
+          end
+      3'h1:
+        begin
+          if (beat__valid) begin
+            \$977  = 1'h0;
+          end
+          if (start) begin
+            \$977  = 1'h0;
+          end
+        end
+      3'h2:
+        begin
+          (* full_case = 32'd1 *)
+          if (\$472 ) begin
+          end else if (d_end_more) begin
+            \$977  = 1'h0;
+          end else if (d_end) begin
+            \$977  = 1'h0;
+          end else if (d_count_zero) begin
+            \$977  = 1'h0;
+          end else if (d_const) begin
+            \$977  = 1'h1;
+          end else if (d_stream) begin
+            \$977  = 1'h1;
+          end else begin
+            \$977  = 1'h0;
+          end
+          if (read_err) begin
+            \$977  = 1'h0;
+          end
+          if (start) begin
+            \$977  = 1'h0;
+          end
+        end
+      3'h3:
+        begin
+          if (c_fire) begin
+            if (c_last) begin
+              \$977  = 1'h1;
+            end
+          end
+          if (\$553 ) begin
+            \$977  = 1'h1;
+          end
+          if (c_flag_bad) begin
+            \$977  = 1'h0;
+          end
+          if (read_err) begin
+            \$977  = 1'h0;
+          end
+          if (start) begin
+            \$977  = 1'h0;
+          end
+        end
+      3'h4:
+        begin
+          if (\$586 ) begin
+            \$977  = 1'h0;
+          end
+          if (addr_fault) begin
+            \$977  = 1'h0;
+          end
+          if (\$598 ) begin
+            \$977  = 1'h0;
+          end
+          if (start) begin
+            \$977  = 1'h0;
+          end
+        end
+      3'h5:
+          if (\$599 ) begin
+            \$977  = 1'h0;
+          end
+      default:
+          \$977  = 1'h0;
+    endcase
+    if (rst) begin
+      \$977  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$978  = unit_rst;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
@@ -7219,70 +7469,70 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
             \$978  = 1'h0;
           end
           if (start) begin
-            \$978  = 1'h0;
+            \$978  = 1'h1;
           end
         end
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$473 ) begin
+          if (\$472 ) begin
           end else if (d_end_more) begin
             \$978  = 1'h0;
           end else if (d_end) begin
             \$978  = 1'h0;
           end else if (d_count_zero) begin
-            \$978  = 1'h0;
+            \$978  = 1'h1;
           end else if (d_const) begin
             \$978  = 1'h0;
           end else if (d_stream) begin
-            \$978  = 1'h1;
-          end else begin
             \$978  = 1'h0;
+          end else begin
+            \$978  = 1'h1;
           end
           if (read_err) begin
-            \$978  = 1'h0;
+            \$978  = 1'h1;
           end
           if (start) begin
-            \$978  = 1'h0;
+            \$978  = 1'h1;
           end
         end
       3'h3:
         begin
           if (c_fire) begin
             if (c_last) begin
-              \$978  = 1'h1;
+              \$978  = 1'h0;
             end
           end
-          if (\$556 ) begin
-            \$978  = 1'h1;
+          if (\$553 ) begin
+            \$978  = 1'h0;
           end
           if (c_flag_bad) begin
-            \$978  = 1'h0;
+            \$978  = 1'h1;
           end
           if (read_err) begin
-            \$978  = 1'h0;
+            \$978  = 1'h1;
           end
           if (start) begin
-            \$978  = 1'h0;
+            \$978  = 1'h1;
           end
         end
       3'h4:
         begin
-          if (\$589 ) begin
+          if (\$586 ) begin
             \$978  = 1'h0;
           end
           if (addr_fault) begin
-            \$978  = 1'h0;
+            \$978  = 1'h1;
           end
-          if (\$601 ) begin
-            \$978  = 1'h0;
+          if (\$598 ) begin
+            \$978  = 1'h1;
           end
           if (start) begin
-            \$978  = 1'h0;
+            \$978  = 1'h1;
           end
         end
       3'h5:
-          if (\$602 ) begin
+          if (\$599 ) begin
             \$978  = 1'h0;
           end
       default:
@@ -7294,7 +7544,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$979  = in_decode;
+    \$979  = gemm_active;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
@@ -7304,7 +7554,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h1:
         begin
           if (beat__valid) begin
-            \$979  = 1'h1;
+            \$979  = 1'h0;
           end
           if (start) begin
             \$979  = 1'h0;
@@ -7313,7 +7563,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$473 ) begin
+          if (\$472 ) begin
           end else if (d_end_more) begin
             \$979  = 1'h0;
           end else if (d_end) begin
@@ -7323,7 +7573,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end else if (d_const) begin
             \$979  = 1'h0;
           end else if (d_stream) begin
-            \$979  = 1'h0;
+            \$979  = is_gemm;
           end else begin
             \$979  = 1'h0;
           end
@@ -7338,11 +7588,11 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         begin
           if (c_fire) begin
             if (c_last) begin
-              \$979  = 1'h0;
+              \$979  = is_gemm;
             end
           end
-          if (\$556 ) begin
-            \$979  = 1'h0;
+          if (\$553 ) begin
+            \$979  = is_gemm;
           end
           if (c_flag_bad) begin
             \$979  = 1'h0;
@@ -7356,13 +7606,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h4:
         begin
-          if (\$589 ) begin
+          if (\$586 ) begin
             \$979  = 1'h0;
           end
           if (addr_fault) begin
             \$979  = 1'h0;
           end
-          if (\$601 ) begin
+          if (\$598 ) begin
             \$979  = 1'h0;
           end
           if (start) begin
@@ -7370,7 +7620,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end
         end
       3'h5:
-          if (\$602 ) begin
+          if (\$599 ) begin
             \$979  = 1'h0;
           end
       default:
@@ -7382,7 +7632,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$980  = in_op;
+    \$980  = pack_active;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
@@ -7401,7 +7651,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$473 ) begin
+          if (\$472 ) begin
           end else if (d_end_more) begin
             \$980  = 1'h0;
           end else if (d_end) begin
@@ -7409,9 +7659,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end else if (d_count_zero) begin
             \$980  = 1'h0;
           end else if (d_const) begin
-            \$980  = 1'h1;
+            \$980  = 1'h0;
           end else if (d_stream) begin
-            \$980  = 1'h1;
+            \$980  = \$479 ;
           end else begin
             \$980  = 1'h0;
           end
@@ -7426,11 +7676,11 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         begin
           if (c_fire) begin
             if (c_last) begin
-              \$980  = 1'h1;
+              \$980  = \$526 ;
             end
           end
-          if (\$556 ) begin
-            \$980  = 1'h1;
+          if (\$553 ) begin
+            \$980  = \$556 ;
           end
           if (c_flag_bad) begin
             \$980  = 1'h0;
@@ -7444,13 +7694,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h4:
         begin
-          if (\$589 ) begin
+          if (\$586 ) begin
             \$980  = 1'h0;
           end
           if (addr_fault) begin
             \$980  = 1'h0;
           end
-          if (\$601 ) begin
+          if (\$598 ) begin
             \$980  = 1'h0;
           end
           if (start) begin
@@ -7458,7 +7708,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end
         end
       3'h5:
-          if (\$602 ) begin
+          if (\$599 ) begin
             \$980  = 1'h0;
           end
       default:
@@ -7470,7 +7720,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$981  = unit_rst;
+    \$981  = sink_from_move;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
@@ -7483,70 +7733,70 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
             \$981  = 1'h0;
           end
           if (start) begin
-            \$981  = 1'h1;
+            \$981  = 1'h0;
           end
         end
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$473 ) begin
+          if (\$472 ) begin
           end else if (d_end_more) begin
             \$981  = 1'h0;
           end else if (d_end) begin
             \$981  = 1'h0;
           end else if (d_count_zero) begin
-            \$981  = 1'h1;
+            \$981  = 1'h0;
           end else if (d_const) begin
             \$981  = 1'h0;
           end else if (d_stream) begin
-            \$981  = 1'h0;
+            \$981  = is_move;
           end else begin
-            \$981  = 1'h1;
+            \$981  = 1'h0;
           end
           if (read_err) begin
-            \$981  = 1'h1;
+            \$981  = 1'h0;
           end
           if (start) begin
-            \$981  = 1'h1;
+            \$981  = 1'h0;
           end
         end
       3'h3:
         begin
           if (c_fire) begin
             if (c_last) begin
-              \$981  = 1'h0;
+              \$981  = is_move;
             end
           end
-          if (\$556 ) begin
-            \$981  = 1'h0;
+          if (\$553 ) begin
+            \$981  = is_move;
           end
           if (c_flag_bad) begin
-            \$981  = 1'h1;
+            \$981  = 1'h0;
           end
           if (read_err) begin
-            \$981  = 1'h1;
+            \$981  = 1'h0;
           end
           if (start) begin
-            \$981  = 1'h1;
+            \$981  = 1'h0;
           end
         end
       3'h4:
         begin
-          if (\$589 ) begin
+          if (\$586 ) begin
             \$981  = 1'h0;
           end
           if (addr_fault) begin
-            \$981  = 1'h1;
+            \$981  = 1'h0;
           end
-          if (\$601 ) begin
-            \$981  = 1'h1;
+          if (\$598 ) begin
+            \$981  = 1'h0;
           end
           if (start) begin
-            \$981  = 1'h1;
+            \$981  = 1'h0;
           end
         end
       3'h5:
-          if (\$602 ) begin
+          if (\$599 ) begin
             \$981  = 1'h0;
           end
       default:
@@ -7558,7 +7808,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$982  = gemm_active;
+    \$982  = sink_from_load;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
@@ -7577,7 +7827,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$473 ) begin
+          if (\$472 ) begin
           end else if (d_end_more) begin
             \$982  = 1'h0;
           end else if (d_end) begin
@@ -7587,7 +7837,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end else if (d_const) begin
             \$982  = 1'h0;
           end else if (d_stream) begin
-            \$982  = is_gemm;
+            \$982  = is_load;
           end else begin
             \$982  = 1'h0;
           end
@@ -7602,11 +7852,11 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         begin
           if (c_fire) begin
             if (c_last) begin
-              \$982  = is_gemm;
+              \$982  = is_load;
             end
           end
-          if (\$556 ) begin
-            \$982  = is_gemm;
+          if (\$553 ) begin
+            \$982  = is_load;
           end
           if (c_flag_bad) begin
             \$982  = 1'h0;
@@ -7620,13 +7870,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h4:
         begin
-          if (\$589 ) begin
+          if (\$586 ) begin
             \$982  = 1'h0;
           end
           if (addr_fault) begin
             \$982  = 1'h0;
           end
-          if (\$601 ) begin
+          if (\$598 ) begin
             \$982  = 1'h0;
           end
           if (start) begin
@@ -7634,7 +7884,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end
         end
       3'h5:
-          if (\$602 ) begin
+          if (\$599 ) begin
             \$982  = 1'h0;
           end
       default:
@@ -7646,7 +7896,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$983  = pack_active;
+    \$983  = sink_from_store;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
@@ -7665,7 +7915,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$473 ) begin
+          if (\$472 ) begin
           end else if (d_end_more) begin
             \$983  = 1'h0;
           end else if (d_end) begin
@@ -7675,7 +7925,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end else if (d_const) begin
             \$983  = 1'h0;
           end else if (d_stream) begin
-            \$983  = \$480 ;
+            \$983  = is_store;
           end else begin
             \$983  = 1'h0;
           end
@@ -7690,11 +7940,11 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         begin
           if (c_fire) begin
             if (c_last) begin
-              \$983  = \$529 ;
+              \$983  = is_store;
             end
           end
-          if (\$556 ) begin
-            \$983  = \$559 ;
+          if (\$553 ) begin
+            \$983  = is_store;
           end
           if (c_flag_bad) begin
             \$983  = 1'h0;
@@ -7708,13 +7958,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h4:
         begin
-          if (\$589 ) begin
+          if (\$586 ) begin
             \$983  = 1'h0;
           end
           if (addr_fault) begin
             \$983  = 1'h0;
           end
-          if (\$601 ) begin
+          if (\$598 ) begin
             \$983  = 1'h0;
           end
           if (start) begin
@@ -7722,7 +7972,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end
         end
       3'h5:
-          if (\$602 ) begin
+          if (\$599 ) begin
             \$983  = 1'h0;
           end
       default:
@@ -7734,7 +7984,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$984  = sink_from_move;
+    \$984  = sink_from_softmax;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
@@ -7753,7 +8003,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$473 ) begin
+          if (\$472 ) begin
           end else if (d_end_more) begin
             \$984  = 1'h0;
           end else if (d_end) begin
@@ -7763,7 +8013,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end else if (d_const) begin
             \$984  = 1'h0;
           end else if (d_stream) begin
-            \$984  = is_move;
+            \$984  = is_softmax;
           end else begin
             \$984  = 1'h0;
           end
@@ -7778,11 +8028,11 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         begin
           if (c_fire) begin
             if (c_last) begin
-              \$984  = is_move;
+              \$984  = is_softmax;
             end
           end
-          if (\$556 ) begin
-            \$984  = is_move;
+          if (\$553 ) begin
+            \$984  = is_softmax;
           end
           if (c_flag_bad) begin
             \$984  = 1'h0;
@@ -7796,13 +8046,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h4:
         begin
-          if (\$589 ) begin
+          if (\$586 ) begin
             \$984  = 1'h0;
           end
           if (addr_fault) begin
             \$984  = 1'h0;
           end
-          if (\$601 ) begin
+          if (\$598 ) begin
             \$984  = 1'h0;
           end
           if (start) begin
@@ -7810,7 +8060,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end
         end
       3'h5:
-          if (\$602 ) begin
+          if (\$599 ) begin
             \$984  = 1'h0;
           end
       default:
@@ -7822,7 +8072,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$985  = sink_from_load;
+    \$985  = sink_from_layernorm;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
@@ -7841,7 +8091,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$473 ) begin
+          if (\$472 ) begin
           end else if (d_end_more) begin
             \$985  = 1'h0;
           end else if (d_end) begin
@@ -7851,7 +8101,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end else if (d_const) begin
             \$985  = 1'h0;
           end else if (d_stream) begin
-            \$985  = is_load;
+            \$985  = is_layernorm;
           end else begin
             \$985  = 1'h0;
           end
@@ -7866,11 +8116,11 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         begin
           if (c_fire) begin
             if (c_last) begin
-              \$985  = is_load;
+              \$985  = is_layernorm;
             end
           end
-          if (\$556 ) begin
-            \$985  = is_load;
+          if (\$553 ) begin
+            \$985  = is_layernorm;
           end
           if (c_flag_bad) begin
             \$985  = 1'h0;
@@ -7884,13 +8134,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h4:
         begin
-          if (\$589 ) begin
+          if (\$586 ) begin
             \$985  = 1'h0;
           end
           if (addr_fault) begin
             \$985  = 1'h0;
           end
-          if (\$601 ) begin
+          if (\$598 ) begin
             \$985  = 1'h0;
           end
           if (start) begin
@@ -7898,7 +8148,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end
         end
       3'h5:
-          if (\$602 ) begin
+          if (\$599 ) begin
             \$985  = 1'h0;
           end
       default:
@@ -7910,7 +8160,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$986  = sink_from_store;
+    \$986  = sink_from_add;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
@@ -7929,7 +8179,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$473 ) begin
+          if (\$472 ) begin
           end else if (d_end_more) begin
             \$986  = 1'h0;
           end else if (d_end) begin
@@ -7939,7 +8189,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end else if (d_const) begin
             \$986  = 1'h0;
           end else if (d_stream) begin
-            \$986  = is_store;
+            \$986  = \$483 ;
           end else begin
             \$986  = 1'h0;
           end
@@ -7954,11 +8204,11 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         begin
           if (c_fire) begin
             if (c_last) begin
-              \$986  = is_store;
+              \$986  = \$530 ;
             end
           end
-          if (\$556 ) begin
-            \$986  = is_store;
+          if (\$553 ) begin
+            \$986  = \$560 ;
           end
           if (c_flag_bad) begin
             \$986  = 1'h0;
@@ -7972,13 +8222,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h4:
         begin
-          if (\$589 ) begin
+          if (\$586 ) begin
             \$986  = 1'h0;
           end
           if (addr_fault) begin
             \$986  = 1'h0;
           end
-          if (\$601 ) begin
+          if (\$598 ) begin
             \$986  = 1'h0;
           end
           if (start) begin
@@ -7986,7 +8236,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end
         end
       3'h5:
-          if (\$602 ) begin
+          if (\$599 ) begin
             \$986  = 1'h0;
           end
       default:
@@ -7998,7 +8248,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$987  = sink_from_softmax;
+    \$987  = sink_from_gelu0;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
@@ -8017,7 +8267,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$473 ) begin
+          if (\$472 ) begin
           end else if (d_end_more) begin
             \$987  = 1'h0;
           end else if (d_end) begin
@@ -8027,7 +8277,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end else if (d_const) begin
             \$987  = 1'h0;
           end else if (d_stream) begin
-            \$987  = is_softmax;
+            \$987  = \$487 ;
           end else begin
             \$987  = 1'h0;
           end
@@ -8042,11 +8292,11 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         begin
           if (c_fire) begin
             if (c_last) begin
-              \$987  = is_softmax;
+              \$987  = \$534 ;
             end
           end
-          if (\$556 ) begin
-            \$987  = is_softmax;
+          if (\$553 ) begin
+            \$987  = \$564 ;
           end
           if (c_flag_bad) begin
             \$987  = 1'h0;
@@ -8060,13 +8310,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h4:
         begin
-          if (\$589 ) begin
+          if (\$586 ) begin
             \$987  = 1'h0;
           end
           if (addr_fault) begin
             \$987  = 1'h0;
           end
-          if (\$601 ) begin
+          if (\$598 ) begin
             \$987  = 1'h0;
           end
           if (start) begin
@@ -8074,7 +8324,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end
         end
       3'h5:
-          if (\$602 ) begin
+          if (\$599 ) begin
             \$987  = 1'h0;
           end
       default:
@@ -8086,7 +8336,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$988  = sink_from_layernorm;
+    \$988  = sink_from_gemm;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
@@ -8105,7 +8355,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$473 ) begin
+          if (\$472 ) begin
           end else if (d_end_more) begin
             \$988  = 1'h0;
           end else if (d_end) begin
@@ -8115,7 +8365,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end else if (d_const) begin
             \$988  = 1'h0;
           end else if (d_stream) begin
-            \$988  = is_layernorm;
+            \$988  = \$491 ;
           end else begin
             \$988  = 1'h0;
           end
@@ -8130,11 +8380,11 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         begin
           if (c_fire) begin
             if (c_last) begin
-              \$988  = is_layernorm;
+              \$988  = \$538 ;
             end
           end
-          if (\$556 ) begin
-            \$988  = is_layernorm;
+          if (\$553 ) begin
+            \$988  = \$568 ;
           end
           if (c_flag_bad) begin
             \$988  = 1'h0;
@@ -8148,13 +8398,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h4:
         begin
-          if (\$589 ) begin
+          if (\$586 ) begin
             \$988  = 1'h0;
           end
           if (addr_fault) begin
             \$988  = 1'h0;
           end
-          if (\$601 ) begin
+          if (\$598 ) begin
             \$988  = 1'h0;
           end
           if (start) begin
@@ -8162,7 +8412,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end
         end
       3'h5:
-          if (\$602 ) begin
+          if (\$599 ) begin
             \$988  = 1'h0;
           end
       default:
@@ -8174,7 +8424,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$989  = sink_from_add;
+    \$989  = a_from_softmax;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
@@ -8193,7 +8443,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$473 ) begin
+          if (\$472 ) begin
           end else if (d_end_more) begin
             \$989  = 1'h0;
           end else if (d_end) begin
@@ -8203,7 +8453,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end else if (d_const) begin
             \$989  = 1'h0;
           end else if (d_stream) begin
-            \$989  = \$484 ;
+            \$989  = \$492 ;
           end else begin
             \$989  = 1'h0;
           end
@@ -8218,11 +8468,11 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         begin
           if (c_fire) begin
             if (c_last) begin
-              \$989  = \$533 ;
+              \$989  = \$539 ;
             end
           end
-          if (\$556 ) begin
-            \$989  = \$563 ;
+          if (\$553 ) begin
+            \$989  = \$569 ;
           end
           if (c_flag_bad) begin
             \$989  = 1'h0;
@@ -8236,13 +8486,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h4:
         begin
-          if (\$589 ) begin
+          if (\$586 ) begin
             \$989  = 1'h0;
           end
           if (addr_fault) begin
             \$989  = 1'h0;
           end
-          if (\$601 ) begin
+          if (\$598 ) begin
             \$989  = 1'h0;
           end
           if (start) begin
@@ -8250,7 +8500,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end
         end
       3'h5:
-          if (\$602 ) begin
+          if (\$599 ) begin
             \$989  = 1'h0;
           end
       default:
@@ -8262,7 +8512,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$990  = sink_from_gelu0;
+    \$990  = a_from_layernorm;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
@@ -8281,7 +8531,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$473 ) begin
+          if (\$472 ) begin
           end else if (d_end_more) begin
             \$990  = 1'h0;
           end else if (d_end) begin
@@ -8291,7 +8541,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end else if (d_const) begin
             \$990  = 1'h0;
           end else if (d_stream) begin
-            \$990  = \$488 ;
+            \$990  = \$493 ;
           end else begin
             \$990  = 1'h0;
           end
@@ -8306,11 +8556,11 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         begin
           if (c_fire) begin
             if (c_last) begin
-              \$990  = \$537 ;
+              \$990  = \$540 ;
             end
           end
-          if (\$556 ) begin
-            \$990  = \$567 ;
+          if (\$553 ) begin
+            \$990  = \$570 ;
           end
           if (c_flag_bad) begin
             \$990  = 1'h0;
@@ -8324,13 +8574,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h4:
         begin
-          if (\$589 ) begin
+          if (\$586 ) begin
             \$990  = 1'h0;
           end
           if (addr_fault) begin
             \$990  = 1'h0;
           end
-          if (\$601 ) begin
+          if (\$598 ) begin
             \$990  = 1'h0;
           end
           if (start) begin
@@ -8338,7 +8588,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end
         end
       3'h5:
-          if (\$602 ) begin
+          if (\$599 ) begin
             \$990  = 1'h0;
           end
       default:
@@ -8350,7 +8600,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$991  = sink_from_gemm;
+    \$991  = a_from_src0;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
@@ -8369,7 +8619,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$473 ) begin
+          if (\$472 ) begin
           end else if (d_end_more) begin
             \$991  = 1'h0;
           end else if (d_end) begin
@@ -8379,7 +8629,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end else if (d_const) begin
             \$991  = 1'h0;
           end else if (d_stream) begin
-            \$991  = \$492 ;
+            \$991  = \$497 ;
           end else begin
             \$991  = 1'h0;
           end
@@ -8394,11 +8644,11 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         begin
           if (c_fire) begin
             if (c_last) begin
-              \$991  = \$541 ;
+              \$991  = \$544 ;
             end
           end
-          if (\$556 ) begin
-            \$991  = \$571 ;
+          if (\$553 ) begin
+            \$991  = \$574 ;
           end
           if (c_flag_bad) begin
             \$991  = 1'h0;
@@ -8412,13 +8662,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h4:
         begin
-          if (\$589 ) begin
+          if (\$586 ) begin
             \$991  = 1'h0;
           end
           if (addr_fault) begin
             \$991  = 1'h0;
           end
-          if (\$601 ) begin
+          if (\$598 ) begin
             \$991  = 1'h0;
           end
           if (start) begin
@@ -8426,7 +8676,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end
         end
       3'h5:
-          if (\$602 ) begin
+          if (\$599 ) begin
             \$991  = 1'h0;
           end
       default:
@@ -8438,7 +8688,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$992  = a_from_softmax;
+    \$992  = const_to0;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
@@ -8457,7 +8707,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$473 ) begin
+          if (\$472 ) begin
           end else if (d_end_more) begin
             \$992  = 1'h0;
           end else if (d_end) begin
@@ -8465,9 +8715,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end else if (d_count_zero) begin
             \$992  = 1'h0;
           end else if (d_const) begin
-            \$992  = 1'h0;
+            \$992  = \$475 ;
           end else if (d_stream) begin
-            \$992  = \$493 ;
+            \$992  = 1'h0;
           end else begin
             \$992  = 1'h0;
           end
@@ -8482,11 +8732,11 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         begin
           if (c_fire) begin
             if (c_last) begin
-              \$992  = \$542 ;
+              \$992  = 1'h0;
             end
           end
-          if (\$556 ) begin
-            \$992  = \$572 ;
+          if (\$553 ) begin
+            \$992  = 1'h0;
           end
           if (c_flag_bad) begin
             \$992  = 1'h0;
@@ -8500,13 +8750,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h4:
         begin
-          if (\$589 ) begin
+          if (\$586 ) begin
             \$992  = 1'h0;
           end
           if (addr_fault) begin
             \$992  = 1'h0;
           end
-          if (\$601 ) begin
+          if (\$598 ) begin
             \$992  = 1'h0;
           end
           if (start) begin
@@ -8514,7 +8764,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end
         end
       3'h5:
-          if (\$602 ) begin
+          if (\$599 ) begin
             \$992  = 1'h0;
           end
       default:
@@ -8526,7 +8776,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$993  = a_from_layernorm;
+    \$993  = const_to1;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
@@ -8545,7 +8795,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$473 ) begin
+          if (\$472 ) begin
           end else if (d_end_more) begin
             \$993  = 1'h0;
           end else if (d_end) begin
@@ -8553,9 +8803,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end else if (d_count_zero) begin
             \$993  = 1'h0;
           end else if (d_const) begin
-            \$993  = 1'h0;
+            \$993  = \$476 ;
           end else if (d_stream) begin
-            \$993  = \$494 ;
+            \$993  = 1'h0;
           end else begin
             \$993  = 1'h0;
           end
@@ -8570,11 +8820,11 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         begin
           if (c_fire) begin
             if (c_last) begin
-              \$993  = \$543 ;
+              \$993  = 1'h0;
             end
           end
-          if (\$556 ) begin
-            \$993  = \$573 ;
+          if (\$553 ) begin
+            \$993  = 1'h0;
           end
           if (c_flag_bad) begin
             \$993  = 1'h0;
@@ -8588,13 +8838,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h4:
         begin
-          if (\$589 ) begin
+          if (\$586 ) begin
             \$993  = 1'h0;
           end
           if (addr_fault) begin
             \$993  = 1'h0;
           end
-          if (\$601 ) begin
+          if (\$598 ) begin
             \$993  = 1'h0;
           end
           if (start) begin
@@ -8602,7 +8852,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end
         end
       3'h5:
-          if (\$602 ) begin
+          if (\$599 ) begin
             \$993  = 1'h0;
           end
       default:
@@ -8614,7 +8864,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$994  = a_from_src0;
+    \$994  = const_to2;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
@@ -8633,7 +8883,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$473 ) begin
+          if (\$472 ) begin
           end else if (d_end_more) begin
             \$994  = 1'h0;
           end else if (d_end) begin
@@ -8641,9 +8891,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end else if (d_count_zero) begin
             \$994  = 1'h0;
           end else if (d_const) begin
-            \$994  = 1'h0;
+            \$994  = add_sel;
           end else if (d_stream) begin
-            \$994  = \$498 ;
+            \$994  = 1'h0;
           end else begin
             \$994  = 1'h0;
           end
@@ -8658,11 +8908,11 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         begin
           if (c_fire) begin
             if (c_last) begin
-              \$994  = \$547 ;
+              \$994  = 1'h0;
             end
           end
-          if (\$556 ) begin
-            \$994  = \$577 ;
+          if (\$553 ) begin
+            \$994  = 1'h0;
           end
           if (c_flag_bad) begin
             \$994  = 1'h0;
@@ -8676,13 +8926,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h4:
         begin
-          if (\$589 ) begin
+          if (\$586 ) begin
             \$994  = 1'h0;
           end
           if (addr_fault) begin
             \$994  = 1'h0;
           end
-          if (\$601 ) begin
+          if (\$598 ) begin
             \$994  = 1'h0;
           end
           if (start) begin
@@ -8690,7 +8940,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end
         end
       3'h5:
-          if (\$602 ) begin
+          if (\$599 ) begin
             \$994  = 1'h0;
           end
       default:
@@ -8702,7 +8952,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$995  = const_to0;
+    \$995  = const_to3;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
@@ -8721,7 +8971,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$473 ) begin
+          if (\$472 ) begin
           end else if (d_end_more) begin
             \$995  = 1'h0;
           end else if (d_end) begin
@@ -8729,7 +8979,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end else if (d_count_zero) begin
             \$995  = 1'h0;
           end else if (d_const) begin
-            \$995  = \$476 ;
+            \$995  = gelu_sel0;
           end else if (d_stream) begin
             \$995  = 1'h0;
           end else begin
@@ -8749,7 +8999,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
               \$995  = 1'h0;
             end
           end
-          if (\$556 ) begin
+          if (\$553 ) begin
             \$995  = 1'h0;
           end
           if (c_flag_bad) begin
@@ -8764,13 +9014,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h4:
         begin
-          if (\$589 ) begin
+          if (\$586 ) begin
             \$995  = 1'h0;
           end
           if (addr_fault) begin
             \$995  = 1'h0;
           end
-          if (\$601 ) begin
+          if (\$598 ) begin
             \$995  = 1'h0;
           end
           if (start) begin
@@ -8778,7 +9028,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end
         end
       3'h5:
-          if (\$602 ) begin
+          if (\$599 ) begin
             \$995  = 1'h0;
           end
       default:
@@ -8790,12 +9040,12 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$996  = const_to1;
+    \$996  = in_fetch;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
           if (start) begin
-            \$996  = 1'h0;
+            \$996  = 1'h1;
           end
       3'h1:
         begin
@@ -8809,15 +9059,15 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$473 ) begin
+          if (\$472 ) begin
           end else if (d_end_more) begin
-            \$996  = 1'h0;
+            \$996  = 1'h1;
           end else if (d_end) begin
             \$996  = 1'h0;
           end else if (d_count_zero) begin
             \$996  = 1'h0;
           end else if (d_const) begin
-            \$996  = \$477 ;
+            \$996  = 1'h0;
           end else if (d_stream) begin
             \$996  = 1'h0;
           end else begin
@@ -8837,7 +9087,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
               \$996  = 1'h0;
             end
           end
-          if (\$556 ) begin
+          if (\$553 ) begin
             \$996  = 1'h0;
           end
           if (c_flag_bad) begin
@@ -8852,13 +9102,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h4:
         begin
-          if (\$589 ) begin
-            \$996  = 1'h0;
+          if (\$586 ) begin
+            \$996  = 1'h1;
           end
           if (addr_fault) begin
             \$996  = 1'h0;
           end
-          if (\$601 ) begin
+          if (\$598 ) begin
             \$996  = 1'h0;
           end
           if (start) begin
@@ -8866,7 +9116,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end
         end
       3'h5:
-          if (\$602 ) begin
+          if (\$599 ) begin
             \$996  = 1'h0;
           end
       default:
@@ -8878,7 +9128,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$997  = const_to2;
+    \$997  = in_const;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
@@ -8897,7 +9147,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$473 ) begin
+          if (\$472 ) begin
           end else if (d_end_more) begin
             \$997  = 1'h0;
           end else if (d_end) begin
@@ -8905,7 +9155,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end else if (d_count_zero) begin
             \$997  = 1'h0;
           end else if (d_const) begin
-            \$997  = add_sel;
+            \$997  = 1'h1;
           end else if (d_stream) begin
             \$997  = 1'h0;
           end else begin
@@ -8925,7 +9175,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
               \$997  = 1'h0;
             end
           end
-          if (\$556 ) begin
+          if (\$553 ) begin
             \$997  = 1'h0;
           end
           if (c_flag_bad) begin
@@ -8940,13 +9190,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h4:
         begin
-          if (\$589 ) begin
+          if (\$586 ) begin
             \$997  = 1'h0;
           end
           if (addr_fault) begin
             \$997  = 1'h0;
           end
-          if (\$601 ) begin
+          if (\$598 ) begin
             \$997  = 1'h0;
           end
           if (start) begin
@@ -8954,7 +9204,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end
         end
       3'h5:
-          if (\$602 ) begin
+          if (\$599 ) begin
             \$997  = 1'h0;
           end
       default:
@@ -8966,7 +9216,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$998  = const_to3;
+    \$998  = run0;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
@@ -8985,7 +9235,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$473 ) begin
+          if (\$472 ) begin
           end else if (d_end_more) begin
             \$998  = 1'h0;
           end else if (d_end) begin
@@ -8993,9 +9243,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end else if (d_count_zero) begin
             \$998  = 1'h0;
           end else if (d_const) begin
-            \$998  = gelu_sel0;
-          end else if (d_stream) begin
             \$998  = 1'h0;
+          end else if (d_stream) begin
+            \$998  = \$498 ;
           end else begin
             \$998  = 1'h0;
           end
@@ -9010,11 +9260,11 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         begin
           if (c_fire) begin
             if (c_last) begin
-              \$998  = 1'h0;
+              \$998  = \$545 ;
             end
           end
-          if (\$556 ) begin
-            \$998  = 1'h0;
+          if (\$553 ) begin
+            \$998  = \$575 ;
           end
           if (c_flag_bad) begin
             \$998  = 1'h0;
@@ -9028,13 +9278,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h4:
         begin
-          if (\$589 ) begin
+          if (\$586 ) begin
             \$998  = 1'h0;
           end
           if (addr_fault) begin
             \$998  = 1'h0;
           end
-          if (\$601 ) begin
+          if (\$598 ) begin
             \$998  = 1'h0;
           end
           if (start) begin
@@ -9042,7 +9292,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end
         end
       3'h5:
-          if (\$602 ) begin
+          if (\$599 ) begin
             \$998  = 1'h0;
           end
       default:
@@ -9054,12 +9304,12 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$999  = in_fetch;
+    \$999  = run1;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
           if (start) begin
-            \$999  = 1'h1;
+            \$999  = 1'h0;
           end
       3'h1:
         begin
@@ -9073,9 +9323,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$473 ) begin
+          if (\$472 ) begin
           end else if (d_end_more) begin
-            \$999  = 1'h1;
+            \$999  = 1'h0;
           end else if (d_end) begin
             \$999  = 1'h0;
           end else if (d_count_zero) begin
@@ -9083,7 +9333,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end else if (d_const) begin
             \$999  = 1'h0;
           end else if (d_stream) begin
-            \$999  = 1'h0;
+            \$999  = \$501 ;
           end else begin
             \$999  = 1'h0;
           end
@@ -9098,11 +9348,11 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         begin
           if (c_fire) begin
             if (c_last) begin
-              \$999  = 1'h0;
+              \$999  = \$548 ;
             end
           end
-          if (\$556 ) begin
-            \$999  = 1'h0;
+          if (\$553 ) begin
+            \$999  = \$578 ;
           end
           if (c_flag_bad) begin
             \$999  = 1'h0;
@@ -9116,13 +9366,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h4:
         begin
-          if (\$589 ) begin
-            \$999  = 1'h1;
+          if (\$586 ) begin
+            \$999  = 1'h0;
           end
           if (addr_fault) begin
             \$999  = 1'h0;
           end
-          if (\$601 ) begin
+          if (\$598 ) begin
             \$999  = 1'h0;
           end
           if (start) begin
@@ -9130,7 +9380,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end
         end
       3'h5:
-          if (\$602 ) begin
+          if (\$599 ) begin
             \$999  = 1'h0;
           end
       default:
@@ -9142,7 +9392,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1000  = in_const;
+    \$1000  = q0_to_pack;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
@@ -9161,7 +9411,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$473 ) begin
+          if (\$472 ) begin
           end else if (d_end_more) begin
             \$1000  = 1'h0;
           end else if (d_end) begin
@@ -9169,9 +9419,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end else if (d_count_zero) begin
             \$1000  = 1'h0;
           end else if (d_const) begin
-            \$1000  = 1'h1;
-          end else if (d_stream) begin
             \$1000  = 1'h0;
+          end else if (d_stream) begin
+            \$1000  = \$502 ;
           end else begin
             \$1000  = 1'h0;
           end
@@ -9186,11 +9436,11 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         begin
           if (c_fire) begin
             if (c_last) begin
-              \$1000  = 1'h0;
+              \$1000  = \$549 ;
             end
           end
-          if (\$556 ) begin
-            \$1000  = 1'h0;
+          if (\$553 ) begin
+            \$1000  = \$579 ;
           end
           if (c_flag_bad) begin
             \$1000  = 1'h0;
@@ -9204,13 +9454,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h4:
         begin
-          if (\$589 ) begin
+          if (\$586 ) begin
             \$1000  = 1'h0;
           end
           if (addr_fault) begin
             \$1000  = 1'h0;
           end
-          if (\$601 ) begin
+          if (\$598 ) begin
             \$1000  = 1'h0;
           end
           if (start) begin
@@ -9218,7 +9468,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end
         end
       3'h5:
-          if (\$602 ) begin
+          if (\$599 ) begin
             \$1000  = 1'h0;
           end
       default:
@@ -9230,7 +9480,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1001  = run0;
+    \$1001  = res_to_pack;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
@@ -9249,7 +9499,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$473 ) begin
+          if (\$472 ) begin
           end else if (d_end_more) begin
             \$1001  = 1'h0;
           end else if (d_end) begin
@@ -9259,7 +9509,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end else if (d_const) begin
             \$1001  = 1'h0;
           end else if (d_stream) begin
-            \$1001  = \$499 ;
+            \$1001  = \$504 ;
           end else begin
             \$1001  = 1'h0;
           end
@@ -9274,11 +9524,11 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         begin
           if (c_fire) begin
             if (c_last) begin
-              \$1001  = \$548 ;
+              \$1001  = \$551 ;
             end
           end
-          if (\$556 ) begin
-            \$1001  = \$578 ;
+          if (\$553 ) begin
+            \$1001  = \$581 ;
           end
           if (c_flag_bad) begin
             \$1001  = 1'h0;
@@ -9292,13 +9542,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       3'h4:
         begin
-          if (\$589 ) begin
+          if (\$586 ) begin
             \$1001  = 1'h0;
           end
           if (addr_fault) begin
             \$1001  = 1'h0;
           end
-          if (\$601 ) begin
+          if (\$598 ) begin
             \$1001  = 1'h0;
           end
           if (start) begin
@@ -9306,7 +9556,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           end
         end
       3'h5:
-          if (\$602 ) begin
+          if (\$599 ) begin
             \$1001  = 1'h0;
           end
       default:
@@ -9318,263 +9568,51 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1002  = run1;
-    (* full_case = 32'd1 *)
+    \$1002  = ins;
     casez (seq_state)
       3'h0:
-          if (start) begin
-            \$1002  = 1'h0;
-          end
+          /* empty */;
       3'h1:
-        begin
           if (beat__valid) begin
-            \$1002  = 1'h0;
+            \$1002  = beat__payload[511:0];
           end
-          if (start) begin
-            \$1002  = 1'h0;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1003  = decode_wait;
+    casez (seq_state)
+      3'h0:
+          /* empty */;
+      3'h1:
+          if (beat__valid) begin
+            \$1003  = 4'h8;
           end
-        end
       3'h2:
-        begin
-          (* full_case = 32'd1 *)
-          if (\$473 ) begin
-          end else if (d_end_more) begin
-            \$1002  = 1'h0;
-          end else if (d_end) begin
-            \$1002  = 1'h0;
-          end else if (d_count_zero) begin
-            \$1002  = 1'h0;
-          end else if (d_const) begin
-            \$1002  = 1'h0;
-          end else if (d_stream) begin
-            \$1002  = \$502 ;
-          end else begin
-            \$1002  = 1'h0;
+          if (\$472 ) begin
+            \$1003  = \$473 [3:0];
           end
-          if (read_err) begin
-            \$1002  = 1'h0;
-          end
-          if (start) begin
-            \$1002  = 1'h0;
-          end
-        end
-      3'h3:
-        begin
-          if (c_fire) begin
-            if (c_last) begin
-              \$1002  = \$551 ;
-            end
-          end
-          if (\$556 ) begin
-            \$1002  = \$581 ;
-          end
-          if (c_flag_bad) begin
-            \$1002  = 1'h0;
-          end
-          if (read_err) begin
-            \$1002  = 1'h0;
-          end
-          if (start) begin
-            \$1002  = 1'h0;
-          end
-        end
-      3'h4:
-        begin
-          if (\$589 ) begin
-            \$1002  = 1'h0;
-          end
-          if (addr_fault) begin
-            \$1002  = 1'h0;
-          end
-          if (\$601 ) begin
-            \$1002  = 1'h0;
-          end
-          if (start) begin
-            \$1002  = 1'h0;
-          end
-        end
-      3'h5:
-          if (\$602 ) begin
-            \$1002  = 1'h0;
-          end
-      default:
-          \$1002  = 1'h0;
     endcase
     if (rst) begin
-      \$1002  = 1'h0;
+      \$1003  = 4'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1003  = q0_to_pack;
-    (* full_case = 32'd1 *)
+    \$1004  = read_err;
     casez (seq_state)
       3'h0:
-          if (start) begin
-            \$1003  = 1'h0;
-          end
+          /* empty */;
       3'h1:
-        begin
           if (beat__valid) begin
-            \$1003  = 1'h0;
+            \$1004  = beat__payload[512];
           end
-          if (start) begin
-            \$1003  = 1'h0;
-          end
-        end
       3'h2:
-        begin
-          (* full_case = 32'd1 *)
-          if (\$473 ) begin
-          end else if (d_end_more) begin
-            \$1003  = 1'h0;
-          end else if (d_end) begin
-            \$1003  = 1'h0;
-          end else if (d_count_zero) begin
-            \$1003  = 1'h0;
-          end else if (d_const) begin
-            \$1003  = 1'h0;
-          end else if (d_stream) begin
-            \$1003  = \$503 ;
-          end else begin
-            \$1003  = 1'h0;
-          end
-          if (read_err) begin
-            \$1003  = 1'h0;
-          end
-          if (start) begin
-            \$1003  = 1'h0;
-          end
-        end
+          /* empty */;
       3'h3:
-        begin
-          if (c_fire) begin
-            if (c_last) begin
-              \$1003  = \$552 ;
-            end
+          if (\$510 ) begin
+            \$1004  = beat__payload[512];
           end
-          if (\$556 ) begin
-            \$1003  = \$582 ;
-          end
-          if (c_flag_bad) begin
-            \$1003  = 1'h0;
-          end
-          if (read_err) begin
-            \$1003  = 1'h0;
-          end
-          if (start) begin
-            \$1003  = 1'h0;
-          end
-        end
-      3'h4:
-        begin
-          if (\$589 ) begin
-            \$1003  = 1'h0;
-          end
-          if (addr_fault) begin
-            \$1003  = 1'h0;
-          end
-          if (\$601 ) begin
-            \$1003  = 1'h0;
-          end
-          if (start) begin
-            \$1003  = 1'h0;
-          end
-        end
-      3'h5:
-          if (\$602 ) begin
-            \$1003  = 1'h0;
-          end
-      default:
-          \$1003  = 1'h0;
-    endcase
-    if (rst) begin
-      \$1003  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1004  = res_to_pack;
-    (* full_case = 32'd1 *)
-    casez (seq_state)
-      3'h0:
-          if (start) begin
-            \$1004  = 1'h0;
-          end
-      3'h1:
-        begin
-          if (beat__valid) begin
-            \$1004  = 1'h0;
-          end
-          if (start) begin
-            \$1004  = 1'h0;
-          end
-        end
-      3'h2:
-        begin
-          (* full_case = 32'd1 *)
-          if (\$473 ) begin
-          end else if (d_end_more) begin
-            \$1004  = 1'h0;
-          end else if (d_end) begin
-            \$1004  = 1'h0;
-          end else if (d_count_zero) begin
-            \$1004  = 1'h0;
-          end else if (d_const) begin
-            \$1004  = 1'h0;
-          end else if (d_stream) begin
-            \$1004  = \$505 ;
-          end else begin
-            \$1004  = 1'h0;
-          end
-          if (read_err) begin
-            \$1004  = 1'h0;
-          end
-          if (start) begin
-            \$1004  = 1'h0;
-          end
-        end
-      3'h3:
-        begin
-          if (c_fire) begin
-            if (c_last) begin
-              \$1004  = \$554 ;
-            end
-          end
-          if (\$556 ) begin
-            \$1004  = \$584 ;
-          end
-          if (c_flag_bad) begin
-            \$1004  = 1'h0;
-          end
-          if (read_err) begin
-            \$1004  = 1'h0;
-          end
-          if (start) begin
-            \$1004  = 1'h0;
-          end
-        end
-      3'h4:
-        begin
-          if (\$589 ) begin
-            \$1004  = 1'h0;
-          end
-          if (addr_fault) begin
-            \$1004  = 1'h0;
-          end
-          if (\$601 ) begin
-            \$1004  = 1'h0;
-          end
-          if (start) begin
-            \$1004  = 1'h0;
-          end
-        end
-      3'h5:
-          if (\$602 ) begin
-            \$1004  = 1'h0;
-          end
-      default:
-          \$1004  = 1'h0;
     endcase
     if (rst) begin
       \$1004  = 1'h0;
@@ -9582,204 +9620,222 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1005  = ins;
+    \$1005  = c_addr;
     casez (seq_state)
       3'h0:
           /* empty */;
       3'h1:
-          if (beat__valid) begin
-            \$1005  = beat__payload[511:0];
-          end
-    endcase
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1006  = decode_wait;
-    casez (seq_state)
-      3'h0:
           /* empty */;
-      3'h1:
-          if (beat__valid) begin
-            \$1006  = 4'h8;
-          end
       3'h2:
-          if (\$473 ) begin
-            \$1006  = \$474 [3:0];
-          end
-    endcase
-    if (rst) begin
-      \$1006  = 4'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1007  = read_err;
-    casez (seq_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-          if (beat__valid) begin
-            \$1007  = beat__payload[512];
-          end
-      3'h2:
-          /* empty */;
+          \$1005  = dec_c_base;
       3'h3:
-          if (\$511 ) begin
-            \$1007  = beat__payload[512];
+          if (\$506 ) begin
+            \$1005  = \$508 [31:0];
           end
     endcase
     if (rst) begin
-      \$1007  = 1'h0;
+      \$1005  = 32'd0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1008  = c_addr;
+    \$1006  = c_step;
     casez (seq_state)
       3'h0:
           /* empty */;
       3'h1:
           /* empty */;
       3'h2:
-          \$1008  = dec_c_base;
+          \$1006  = \$470 [7:0];
+    endcase
+    if (rst) begin
+      \$1006  = 8'h00;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1007  = c_ask;
+    casez (seq_state)
+      3'h0:
+          /* empty */;
+      3'h1:
+          /* empty */;
+      3'h2:
+          \$1007  = { 4'h0, ins[509:498] };
       3'h3:
-          if (\$507 ) begin
-            \$1008  = \$509 [31:0];
+          if (\$506 ) begin
+            \$1007  = \$507 [15:0];
           end
     endcase
     if (rst) begin
-      \$1008  = 32'd0;
+      \$1007  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1009  = c_step;
+    \$1008  = c_due;
     casez (seq_state)
       3'h0:
           /* empty */;
       3'h1:
           /* empty */;
       3'h2:
-          \$1009  = \$470 [7:0];
-    endcase
-    if (rst) begin
-      \$1009  = 8'h00;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1010  = c_ask;
-    casez (seq_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
-      3'h2:
-          \$1010  = { 4'h0, ins[509:498] };
-      3'h3:
-          if (\$507 ) begin
-            \$1010  = \$508 [15:0];
-          end
-    endcase
-    if (rst) begin
-      \$1010  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1011  = c_due;
-    casez (seq_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
-      3'h2:
-          \$1011  = { 4'h0, ins[509:498] };
+          \$1008  = { 4'h0, ins[509:498] };
       3'h3:
           if (c_fire) begin
-            \$1011  = \$525 [15:0];
+            \$1008  = \$522 [15:0];
           end
     endcase
     if (rst) begin
-      \$1011  = 16'h0000;
+      \$1008  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1012  = c_last;
+    \$1009  = c_last;
     casez (seq_state)
       3'h0:
           /* empty */;
       3'h1:
           /* empty */;
       3'h2:
-          \$1012  = \$471 ;
+          \$1009  = \$471 ;
       3'h3:
           if (c_fire) begin
-            \$1012  = \$526 ;
+            \$1009  = \$523 ;
           end
     endcase
+    if (rst) begin
+      \$1009  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1010  = c_data;
+    casez (seq_state)
+      3'h0:
+          /* empty */;
+      3'h1:
+          /* empty */;
+      3'h2:
+          /* empty */;
+      3'h3:
+          if (\$510 ) begin
+            \$1010  = beat__payload[65:0];
+          end
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1011  = c_full;
+    casez (seq_state)
+      3'h0:
+          /* empty */;
+      3'h1:
+          /* empty */;
+      3'h2:
+          /* empty */;
+      3'h3:
+        begin
+          if (\$510 ) begin
+            \$1011  = \$511 ;
+          end
+          if (c_fire) begin
+            \$1011  = 1'h0;
+          end
+        end
+    endcase
+    if (unit_rst) begin
+      \$1011  = 1'h0;
+    end
+    if (rst) begin
+      \$1011  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1012  = c_valid0;
+    casez (seq_state)
+      3'h0:
+          /* empty */;
+      3'h1:
+          /* empty */;
+      3'h2:
+          /* empty */;
+      3'h3:
+        begin
+          if (\$510 ) begin
+            \$1012  = \$515 ;
+          end
+          if (c_fire) begin
+            \$1012  = 1'h0;
+          end
+        end
+    endcase
+    if (unit_rst) begin
+      \$1012  = 1'h0;
+    end
     if (rst) begin
       \$1012  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1013  = c_arrive;
+    \$1013  = c_valid1;
     casez (seq_state)
       3'h0:
           /* empty */;
       3'h1:
           /* empty */;
       3'h2:
-          \$1013  = { 4'h0, ins[509:498] };
+          /* empty */;
       3'h3:
-          if (\$511 ) begin
-            \$1013  = \$513 [15:0];
+        begin
+          if (\$510 ) begin
+            \$1013  = \$517 ;
           end
+          if (c_fire) begin
+            \$1013  = 1'h0;
+          end
+        end
     endcase
+    if (unit_rst) begin
+      \$1013  = 1'h0;
+    end
     if (rst) begin
-      \$1013  = 16'h0000;
+      \$1013  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1014  = c_arrive_last;
+    \$1014  = c_valid2;
     casez (seq_state)
       3'h0:
           /* empty */;
       3'h1:
           /* empty */;
       3'h2:
-          \$1014  = \$472 ;
+          /* empty */;
       3'h3:
-          if (\$511 ) begin
-            \$1014  = \$514 ;
+        begin
+          if (\$510 ) begin
+            \$1014  = \$519 ;
           end
+          if (c_fire) begin
+            \$1014  = 1'h0;
+          end
+        end
     endcase
+    if (unit_rst) begin
+      \$1014  = 1'h0;
+    end
     if (rst) begin
       \$1014  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1015  = c_data;
-    casez (seq_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
-      3'h2:
-          /* empty */;
-      3'h3:
-          if (\$511 ) begin
-            \$1015  = beat__payload[65:0];
-          end
-    endcase
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1016  = c_full;
+    \$1015  = c_valid3;
     casez (seq_state)
       3'h0:
           /* empty */;
@@ -9789,167 +9845,151 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
           /* empty */;
       3'h3:
         begin
-          if (\$511 ) begin
-            \$1016  = \$512 ;
+          if (\$510 ) begin
+            \$1015  = \$521 ;
           end
           if (c_fire) begin
-            \$1016  = 1'h0;
+            \$1015  = 1'h0;
           end
         end
     endcase
     if (unit_rst) begin
-      \$1016  = 1'h0;
+      \$1015  = 1'h0;
     end
     if (rst) begin
-      \$1016  = 1'h0;
+      \$1015  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1017  = c_valid0;
-    casez (seq_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
-      3'h2:
-          /* empty */;
-      3'h3:
-        begin
-          if (\$511 ) begin
-            \$1017  = \$518 ;
-          end
-          if (c_fire) begin
-            \$1017  = 1'h0;
-          end
+    \$1016  = ld_off;
+    if (in_stream) begin
+      if (is_move) begin
+      end else if (is_load) begin
+        if (\$604 ) begin
+          \$1016  = \$605 ;
         end
-    endcase
-    if (unit_rst) begin
-      \$1017  = 1'h0;
+      end
     end
     if (rst) begin
-      \$1017  = 1'h0;
+      \$1016  = 25'h0000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1018  = c_valid1;
-    casez (seq_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
-      3'h2:
-          /* empty */;
-      3'h3:
-        begin
-          if (\$511 ) begin
-            \$1018  = \$520 ;
-          end
-          if (c_fire) begin
-            \$1018  = 1'h0;
-          end
-        end
-    endcase
-    if (unit_rst) begin
-      \$1018  = 1'h0;
-    end
-    if (rst) begin
-      \$1018  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1019  = c_valid2;
-    casez (seq_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
-      3'h2:
-          /* empty */;
-      3'h3:
-        begin
-          if (\$511 ) begin
-            \$1019  = \$522 ;
-          end
-          if (c_fire) begin
-            \$1019  = 1'h0;
-          end
-        end
-    endcase
-    if (unit_rst) begin
-      \$1019  = 1'h0;
-    end
-    if (rst) begin
-      \$1019  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1020  = c_valid3;
-    casez (seq_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
-      3'h2:
-          /* empty */;
-      3'h3:
-        begin
-          if (\$511 ) begin
-            \$1020  = \$524 ;
-          end
-          if (c_fire) begin
-            \$1020  = 1'h0;
-          end
-        end
-    endcase
-    if (unit_rst) begin
-      \$1020  = 1'h0;
-    end
-    if (rst) begin
-      \$1020  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1021  = ld_off;
+    \$1017  = ext_req_addr;
     if (in_stream) begin
       if (is_move) begin
       end else if (is_load) begin
         if (\$607 ) begin
-          \$1021  = \$608 ;
+          \$1017  = \$608 [31:0];
         end
       end
     end
+    if (\$611 ) begin
+      \$1017  = \$613 [31:0];
+    end
     if (rst) begin
-      \$1021  = 25'h0000000;
+      \$1017  = 32'd0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1022  = ext_req_addr;
-    if (in_stream) begin
-      if (is_move) begin
-      end else if (is_load) begin
-        if (\$610 ) begin
-          \$1022  = \$611 [31:0];
-        end
-      end
-    end
-    if (\$614 ) begin
-      \$1022  = \$616 [31:0];
+    \$1018  = ext_req_data;
+    if (\$611 ) begin
+      \$1018  = \r_data$252 [15:0];
     end
     if (rst) begin
-      \$1022  = 32'd0;
+      \$1018  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1023  = ext_req_data;
-    if (\$614 ) begin
-      \$1023  = \r_data$252 [15:0];
+    \$1019  = \w_en$189 ;
+    if (pack_active) begin
+      if (\$614 ) begin
+        \$1019  = 1'h0;
+      end
+      if (\$622 ) begin
+        if (\$624 ) begin
+          \$1019  = 1'h1;
+        end
+      end
+    end
+    if (unit_rst) begin
+      \$1019  = 1'h0;
+    end
+    if (rst) begin
+      \$1019  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1020  = pack_a0;
+    if (pack_active) begin
+      if (\$616 ) begin
+        casez (pack_j)
+          3'h0:
+              \$1020  = elem_data;
+        endcase
+      end
+    end
+    if (rst) begin
+      \$1020  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1021  = pack_a1;
+    if (pack_active) begin
+      if (\$616 ) begin
+        casez (pack_j)
+          3'h0:
+              /* empty */;
+          3'h1:
+              \$1021  = elem_data;
+        endcase
+      end
+    end
+    if (rst) begin
+      \$1021  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1022  = pack_a2;
+    if (pack_active) begin
+      if (\$616 ) begin
+        casez (pack_j)
+          3'h0:
+              /* empty */;
+          3'h1:
+              /* empty */;
+          3'h2:
+              \$1022  = elem_data;
+        endcase
+      end
+    end
+    if (rst) begin
+      \$1022  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1023  = pack_a3;
+    if (pack_active) begin
+      if (\$616 ) begin
+        casez (pack_j)
+          3'h0:
+              /* empty */;
+          3'h1:
+              /* empty */;
+          3'h2:
+              /* empty */;
+          3'h3:
+              \$1023  = elem_data;
+        endcase
+      end
     end
     if (rst) begin
       \$1023  = 16'h0000;
@@ -9957,32 +9997,29 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1024  = \w_en$189 ;
+    \$1024  = pack_b0;
     if (pack_active) begin
-      if (\$617 ) begin
-        \$1024  = 1'h0;
+      if (\$616 ) begin
+        casez (pack_j)
+          3'h0:
+              \$1024  = \r_data$376 [15:0];
+        endcase
       end
-      if (\$625 ) begin
-        if (\$627 ) begin
-          \$1024  = 1'h1;
-        end
-      end
-    end
-    if (unit_rst) begin
-      \$1024  = 1'h0;
     end
     if (rst) begin
-      \$1024  = 1'h0;
+      \$1024  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1025  = pack_a0;
+    \$1025  = pack_b1;
     if (pack_active) begin
-      if (\$619 ) begin
+      if (\$616 ) begin
         casez (pack_j)
           3'h0:
-              \$1025  = elem_data;
+              /* empty */;
+          3'h1:
+              \$1025  = \r_data$376 [15:0];
         endcase
       end
     end
@@ -9992,14 +10029,16 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1026  = pack_a1;
+    \$1026  = pack_b2;
     if (pack_active) begin
-      if (\$619 ) begin
+      if (\$616 ) begin
         casez (pack_j)
           3'h0:
               /* empty */;
           3'h1:
-              \$1026  = elem_data;
+              /* empty */;
+          3'h2:
+              \$1026  = \r_data$376 [15:0];
         endcase
       end
     end
@@ -10009,16 +10048,18 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1027  = pack_a2;
+    \$1027  = pack_b3;
     if (pack_active) begin
-      if (\$619 ) begin
+      if (\$616 ) begin
         casez (pack_j)
           3'h0:
               /* empty */;
           3'h1:
               /* empty */;
           3'h2:
-              \$1027  = elem_data;
+              /* empty */;
+          3'h3:
+              \$1027  = \r_data$376 [15:0];
         endcase
       end
     end
@@ -10028,70 +10069,77 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1028  = pack_a3;
+    \$1028  = pack_j;
     if (pack_active) begin
-      if (\$619 ) begin
-        casez (pack_j)
-          3'h0:
-              /* empty */;
-          3'h1:
-              /* empty */;
-          3'h2:
-              /* empty */;
-          3'h3:
-              \$1028  = elem_data;
-        endcase
+      if (\$622 ) begin
+        (* full_case = 32'd1 *)
+        if (\$624 ) begin
+          \$1028  = 3'h0;
+        end else begin
+          \$1028  = \$625 [2:0];
+        end
       end
     end
+    if (unit_rst) begin
+      \$1028  = 3'h0;
+    end
     if (rst) begin
-      \$1028  = 16'h0000;
+      \$1028  = 3'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1029  = pack_b0;
+    \$1029  = pack_jo;
     if (pack_active) begin
-      if (\$619 ) begin
-        casez (pack_j)
-          3'h0:
-              \$1029  = \r_data$376 [15:0];
-        endcase
+      if (\$626 ) begin
+        (* full_case = 32'd1 *)
+        if (\$628 ) begin
+          \$1029  = 3'h0;
+        end else begin
+          \$1029  = \$629 [2:0];
+        end
       end
     end
+    if (unit_rst) begin
+      \$1029  = 3'h0;
+    end
     if (rst) begin
-      \$1029  = 16'h0000;
+      \$1029  = 3'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1030  = pack_b1;
-    if (pack_active) begin
-      if (\$619 ) begin
-        casez (pack_j)
-          3'h0:
-              /* empty */;
-          3'h1:
-              \$1030  = \r_data$376 [15:0];
-        endcase
+    \$1030  = tiles;
+    if (in_decode) begin
+      \$1030  = dec_tiles;
+    end
+    if (gemm_active) begin
+      if (\$636 ) begin
+        if (\$650 ) begin
+          \$1030  = \$651 [31:0];
+        end
       end
     end
     if (rst) begin
-      \$1030  = 16'h0000;
+      \$1030  = 32'd0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1031  = pack_b2;
-    if (pack_active) begin
-      if (\$619 ) begin
-        casez (pack_j)
-          3'h0:
-              /* empty */;
-          3'h1:
-              /* empty */;
-          3'h2:
-              \$1031  = \r_data$376 [15:0];
-        endcase
+    \$1031  = nt;
+    if (in_decode) begin
+      \$1031  = 16'h0000;
+    end
+    if (gemm_active) begin
+      if (\$636 ) begin
+        if (\$650 ) begin
+          (* full_case = 32'd1 *)
+          if (nt_hit) begin
+            \$1031  = 16'h0000;
+          end else begin
+            \$1031  = \$657 [15:0];
+          end
+        end
       end
     end
     if (rst) begin
@@ -10100,19 +10148,19 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1032  = pack_b3;
-    if (pack_active) begin
-      if (\$619 ) begin
-        casez (pack_j)
-          3'h0:
-              /* empty */;
-          3'h1:
-              /* empty */;
-          3'h2:
-              /* empty */;
-          3'h3:
-              \$1032  = \r_data$376 [15:0];
-        endcase
+    \$1032  = k;
+    if (in_decode) begin
+      \$1032  = 16'h0000;
+    end
+    if (gemm_active) begin
+      if (\$636 ) begin
+        if (\$638 ) begin
+        end else if (\$643 ) begin
+          \$1032  = \$644 [15:0];
+        end
+        if (\$650 ) begin
+          \$1032  = 16'h0000;
+        end
       end
     end
     if (rst) begin
@@ -10121,210 +10169,206 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1033  = pack_j;
-    if (pack_active) begin
-      if (\$625 ) begin
-        (* full_case = 32'd1 *)
-        if (\$627 ) begin
-          \$1033  = 3'h0;
-        end else begin
-          \$1033  = \$628 [2:0];
-        end
-      end
-    end
-    if (unit_rst) begin
-      \$1033  = 3'h0;
-    end
-    if (rst) begin
-      \$1033  = 3'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1034  = pack_jo;
-    if (pack_active) begin
-      if (\$629 ) begin
-        (* full_case = 32'd1 *)
-        if (\$631 ) begin
-          \$1034  = 3'h0;
-        end else begin
-          \$1034  = \$632 [2:0];
-        end
-      end
-    end
-    if (unit_rst) begin
-      \$1034  = 3'h0;
-    end
-    if (rst) begin
-      \$1034  = 3'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1035  = tiles;
+    \$1033  = w_addr;
     if (in_decode) begin
-      \$1035  = dec_tiles;
+      \$1033  = ins[465:434];
     end
     if (gemm_active) begin
-      if (\$639 ) begin
-        if (\$653 ) begin
-          \$1035  = \$654 [31:0];
-        end
-      end
-    end
-    if (rst) begin
-      \$1035  = 32'd0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1036  = nt;
-    if (in_decode) begin
-      \$1036  = 16'h0000;
-    end
-    if (gemm_active) begin
-      if (\$639 ) begin
-        if (\$653 ) begin
-          (* full_case = 32'd1 *)
-          if (nt_hit) begin
-            \$1036  = 16'h0000;
-          end else begin
-            \$1036  = \$660 [15:0];
-          end
-        end
-      end
-    end
-    if (rst) begin
-      \$1036  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1037  = k;
-    if (in_decode) begin
-      \$1037  = 16'h0000;
-    end
-    if (gemm_active) begin
-      if (\$639 ) begin
-        if (\$641 ) begin
-        end else if (\$646 ) begin
-          \$1037  = \$647 [15:0];
-        end
-        if (\$653 ) begin
-          \$1037  = 16'h0000;
-        end
-      end
-    end
-    if (rst) begin
-      \$1037  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1038  = w_addr;
-    if (in_decode) begin
-      \$1038  = ins[465:434];
-    end
-    if (gemm_active) begin
-      if (\$639 ) begin
+      if (\$636 ) begin
         if (want_w) begin
-          \$1038  = \$650 [31:0];
+          \$1033  = \$647 [31:0];
         end
-        if (\$653 ) begin
+        if (\$650 ) begin
           if (nt_hit) begin
-            \$1038  = ins[465:434];
+            \$1033  = ins[465:434];
           end
         end
       end
     end
     if (rst) begin
-      \$1038  = 32'd0;
+      \$1033  = 32'd0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1039  = p_addr;
+    \$1034  = p_addr;
     if (in_decode) begin
-      \$1039  = ins[497:466];
+      \$1034  = ins[497:466];
     end
     if (gemm_active) begin
-      if (\$639 ) begin
-        if (\$653 ) begin
+      if (\$636 ) begin
+        if (\$650 ) begin
           (* full_case = 32'd1 *)
           if (nt_hit) begin
-            \$1039  = ins[497:466];
+            \$1034  = ins[497:466];
           end else begin
-            \$1039  = \$663 [31:0];
+            \$1034  = \$660 [31:0];
           end
         end
       end
     end
     if (rst) begin
-      \$1039  = 32'd0;
+      \$1034  = 32'd0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1040  = want_w;
+    \$1035  = want_w;
     if (in_decode) begin
-      \$1040  = 1'h0;
+      \$1035  = 1'h0;
     end
     if (gemm_active) begin
-      if (\$639 ) begin
-        if (\$641 ) begin
-          \$1040  = 1'h1;
+      if (\$636 ) begin
+        if (\$638 ) begin
+          \$1035  = 1'h1;
         end
-        if (\$653 ) begin
-          \$1040  = 1'h0;
+        if (\$650 ) begin
+          \$1035  = 1'h0;
         end
       end
     end
     if (rst) begin
-      \$1040  = 1'h0;
+      \$1035  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1041  = w_step;
+    \$1036  = w_step;
     if (in_decode) begin
-      \$1041  = \$633 [7:0];
+      \$1036  = \$630 [7:0];
     end
     if (rst) begin
-      \$1041  = 8'h00;
+      \$1036  = 8'h00;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1042  = \$signal$493 ;
+    \$1037  = \$signal$493 ;
     if (in_decode) begin
-      \$1042  = \$634 ;
+      \$1037  = \$631 ;
     end
     if (gemm_active) begin
-      if (\$639 ) begin
-        if (\$653 ) begin
-          \$1042  = \$655 ;
+      if (\$636 ) begin
+        if (\$650 ) begin
+          \$1037  = \$652 ;
         end
       end
     end
+    if (rst) begin
+      \$1037  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1038  = \$signal$596 ;
+    if (in_decode) begin
+      \$1038  = \$633 ;
+    end
+    if (gemm_active) begin
+      if (\$636 ) begin
+        if (\$638 ) begin
+        end else if (\$643 ) begin
+          \$1038  = \$646 ;
+        end
+        if (\$650 ) begin
+          \$1038  = \$654 ;
+        end
+      end
+    end
+    if (rst) begin
+      \$1038  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1039  = nt_hit;
+    if (in_decode) begin
+      \$1039  = \$635 ;
+    end
+    if (gemm_active) begin
+      if (\$636 ) begin
+        if (\$650 ) begin
+          (* full_case = 32'd1 *)
+          if (nt_hit) begin
+            \$1039  = \$656 ;
+          end else begin
+            \$1039  = \$659 ;
+          end
+        end
+      end
+    end
+    if (rst) begin
+      \$1039  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1040  = rk;
+    if (in_decode) begin
+      \$1040  = 16'h0000;
+    end
+    if (gemm_active) begin
+      if (\$665 ) begin
+        \$1040  = \$668 [15:0];
+      end
+    end
+    if (rst) begin
+      \$1040  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1041  = rk_zero;
+    if (in_decode) begin
+      \$1041  = 1'h1;
+    end
+    if (gemm_active) begin
+      if (\$665 ) begin
+        \$1041  = \$669 ;
+      end
+    end
+    if (rst) begin
+      \$1041  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1042  = \$678 ;
     if (rst) begin
       \$1042  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1043  = \$signal$598 ;
+    \$1043  = a_filled0;
     if (in_decode) begin
-      \$1043  = \$636 ;
+      \$1043  = 1'h0;
     end
     if (gemm_active) begin
-      if (\$639 ) begin
-        if (\$641 ) begin
-        end else if (\$646 ) begin
-          \$1043  = \$649 ;
+      if (\$747 ) begin
+        if (a_load_k_hit) begin
+          if (\$753 ) begin
+            casez (\$signal )
+              1'h0:
+                  \$1043  = 1'h1;
+            endcase
+          end
         end
-        if (\$653 ) begin
-          \$1043  = \$657 ;
+      end else if (\$750 ) begin
+        if (\$759 ) begin
+          if (a_load_k_hit) begin
+            casez (\$signal )
+              1'h0:
+                  \$1043  = 1'h1;
+            endcase
+          end
         end
+      end
+      if (\$771 ) begin
+        casez (a_read_half)
+          1'h0:
+              \$1043  = 1'h0;
+        endcase
       end
     end
     if (rst) begin
@@ -10333,20 +10377,44 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1044  = nt_hit;
+    \$1044  = a_filled1;
     if (in_decode) begin
-      \$1044  = \$638 ;
+      \$1044  = 1'h0;
     end
     if (gemm_active) begin
-      if (\$639 ) begin
-        if (\$653 ) begin
-          (* full_case = 32'd1 *)
-          if (nt_hit) begin
-            \$1044  = \$659 ;
-          end else begin
-            \$1044  = \$662 ;
+      if (\$747 ) begin
+        if (a_load_k_hit) begin
+          if (\$753 ) begin
+            (* full_case = 32'd1 *)
+            casez (\$signal )
+              1'h0:
+                  /* empty */;
+              1'h1:
+                  \$1044  = 1'h1;
+            endcase
           end
         end
+      end else if (\$750 ) begin
+        if (\$759 ) begin
+          if (a_load_k_hit) begin
+            (* full_case = 32'd1 *)
+            casez (\$signal )
+              1'h0:
+                  /* empty */;
+              1'h1:
+                  \$1044  = 1'h1;
+            endcase
+          end
+        end
+      end
+      if (\$771 ) begin
+        (* full_case = 32'd1 *)
+        casez (a_read_half)
+          1'h0:
+              /* empty */;
+          1'h1:
+              \$1044  = 1'h0;
+        endcase
       end
     end
     if (rst) begin
@@ -10355,217 +10423,205 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1045  = rk;
+    \$1045  = \$signal ;
     if (in_decode) begin
-      \$1045  = 16'h0000;
+      \$1045  = 1'h0;
     end
     if (gemm_active) begin
-      if (\$668 ) begin
-        \$1045  = \$671 [15:0];
-      end
-    end
-    if (rst) begin
-      \$1045  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1046  = rk_zero;
-    if (in_decode) begin
-      \$1046  = 1'h1;
-    end
-    if (gemm_active) begin
-      if (\$668 ) begin
-        \$1046  = \$672 ;
-      end
-    end
-    if (rst) begin
-      \$1046  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1047  = \$681 ;
-    if (rst) begin
-      \$1047  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1048  = a_filled0;
-    if (in_decode) begin
-      \$1048  = 1'h0;
-    end
-    if (gemm_active) begin
-      if (\$750 ) begin
+      if (\$747 ) begin
         if (a_load_k_hit) begin
-          if (\$756 ) begin
-            casez (\$signal )
-              1'h0:
-                  \$1048  = 1'h1;
-            endcase
+          if (\$753 ) begin
+            \$1045  = \$754 ;
           end
         end
-      end else if (\$753 ) begin
-        if (\$762 ) begin
+      end else if (\$750 ) begin
+        if (\$759 ) begin
           if (a_load_k_hit) begin
-            casez (\$signal )
-              1'h0:
-                  \$1048  = 1'h1;
-            endcase
-          end
-        end
-      end
-      if (\$774 ) begin
-        casez (a_read_half)
-          1'h0:
-              \$1048  = 1'h0;
-        endcase
-      end
-    end
-    if (rst) begin
-      \$1048  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1049  = a_filled1;
-    if (in_decode) begin
-      \$1049  = 1'h0;
-    end
-    if (gemm_active) begin
-      if (\$750 ) begin
-        if (a_load_k_hit) begin
-          if (\$756 ) begin
-            (* full_case = 32'd1 *)
-            casez (\$signal )
-              1'h0:
-                  /* empty */;
-              1'h1:
-                  \$1049  = 1'h1;
-            endcase
-          end
-        end
-      end else if (\$753 ) begin
-        if (\$762 ) begin
-          if (a_load_k_hit) begin
-            (* full_case = 32'd1 *)
-            casez (\$signal )
-              1'h0:
-                  /* empty */;
-              1'h1:
-                  \$1049  = 1'h1;
-            endcase
-          end
-        end
-      end
-      if (\$774 ) begin
-        (* full_case = 32'd1 *)
-        casez (a_read_half)
-          1'h0:
-              /* empty */;
-          1'h1:
-              \$1049  = 1'h0;
-        endcase
-      end
-    end
-    if (rst) begin
-      \$1049  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1050  = \$signal ;
-    if (in_decode) begin
-      \$1050  = 1'h0;
-    end
-    if (gemm_active) begin
-      if (\$750 ) begin
-        if (a_load_k_hit) begin
-          if (\$756 ) begin
-            \$1050  = \$757 ;
-          end
-        end
-      end else if (\$753 ) begin
-        if (\$762 ) begin
-          if (a_load_k_hit) begin
-            \$1050  = \$768 ;
+            \$1045  = \$765 ;
           end
         end
       end
     end
     if (rst) begin
-      \$1050  = 1'h0;
+      \$1045  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1051  = \$signal$603 ;
+    \$1046  = \$signal$601 ;
     if (in_decode) begin
-      \$1051  = 4'h0;
+      \$1046  = 4'h0;
     end
     if (gemm_active) begin
-      if (\$750 ) begin
+      if (\$747 ) begin
         if (a_load_k_hit) begin
           (* full_case = 32'd1 *)
-          if (\$756 ) begin
-            \$1051  = 4'h0;
+          if (\$753 ) begin
+            \$1046  = 4'h0;
           end else begin
-            \$1051  = \$758 [3:0];
+            \$1046  = \$755 [3:0];
           end
         end
-      end else if (\$753 ) begin
+      end else if (\$750 ) begin
         (* full_case = 32'd1 *)
-        if (\$762 ) begin
-          \$1051  = 4'h0;
+        if (\$759 ) begin
+          \$1046  = 4'h0;
         end else begin
-          \$1051  = \$769 [3:0];
+          \$1046  = \$766 [3:0];
         end
       end
     end
     if (rst) begin
-      \$1051  = 4'h0;
+      \$1046  = 4'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1052  = \$signal$601 ;
+    \$1047  = \$signal$599 ;
     if (in_decode) begin
-      \$1052  = 16'h0000;
+      \$1047  = 16'h0000;
     end
     if (gemm_active) begin
-      if (\$750 ) begin
+      if (\$747 ) begin
         (* full_case = 32'd1 *)
         if (a_load_k_hit) begin
-          \$1052  = 16'h0000;
+          \$1047  = 16'h0000;
         end else begin
-          \$1052  = \$759 [15:0];
+          \$1047  = \$756 [15:0];
         end
-      end else if (\$753 ) begin
-        if (\$762 ) begin
-          \$1052  = \$763 [15:0];
+      end else if (\$750 ) begin
+        if (\$759 ) begin
+          \$1047  = \$760 [15:0];
           if (a_load_k_hit) begin
-            \$1052  = 16'h0000;
+            \$1047  = 16'h0000;
           end
         end
       end
     end
     if (rst) begin
-      \$1052  = 16'h0000;
+      \$1047  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1053  = \$signal$348 ;
+    \$1048  = \$signal$348 ;
     if (in_decode) begin
-      \$1053  = 1'h0;
+      \$1048  = 1'h0;
     end
     if (gemm_active) begin
       if (a_issue) begin
         if (a_feed_k_hit) begin
           if (a_feed_nt_hit) begin
-            \$1053  = \$779 ;
+            \$1048  = \$776 ;
           end
+        end
+      end
+    end
+    if (rst) begin
+      \$1048  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1049  = \$signal$600 ;
+    if (in_decode) begin
+      \$1049  = 16'h0000;
+    end
+    if (gemm_active) begin
+      if (a_issue) begin
+        (* full_case = 32'd1 *)
+        if (a_feed_k_hit) begin
+          \$1049  = 16'h0000;
+        end else begin
+          \$1049  = \$782 [15:0];
+        end
+      end
+    end
+    if (rst) begin
+      \$1049  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1050  = fnt;
+    if (in_decode) begin
+      \$1050  = 16'h0000;
+    end
+    if (gemm_active) begin
+      if (a_issue) begin
+        if (a_feed_k_hit) begin
+          (* full_case = 32'd1 *)
+          if (a_feed_nt_hit) begin
+            \$1050  = 16'h0000;
+          end else begin
+            \$1050  = \$779 [15:0];
+          end
+        end
+      end
+    end
+    if (rst) begin
+      \$1050  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1051  = feed_blocks;
+    if (in_decode) begin
+      \$1051  = dec_blocks;
+    end
+    if (gemm_active) begin
+      if (a_issue) begin
+        if (a_feed_k_hit) begin
+          if (a_feed_nt_hit) begin
+            \$1051  = \$777 [31:0];
+          end
+        end
+      end
+    end
+    if (rst) begin
+      \$1051  = 32'd0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1052  = a_load_k_hit;
+    if (in_decode) begin
+      \$1052  = \$680 ;
+    end
+    if (gemm_active) begin
+      if (\$747 ) begin
+        (* full_case = 32'd1 *)
+        if (a_load_k_hit) begin
+          \$1052  = \$752 ;
+        end else begin
+          \$1052  = \$758 ;
+        end
+      end else if (\$750 ) begin
+        if (\$759 ) begin
+          \$1052  = \$762 ;
+          if (a_load_k_hit) begin
+            \$1052  = \$764 ;
+          end
+        end
+      end
+    end
+    if (rst) begin
+      \$1052  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1053  = a_feed_k_hit;
+    if (in_decode) begin
+      \$1053  = \$682 ;
+    end
+    if (gemm_active) begin
+      if (a_issue) begin
+        (* full_case = 32'd1 *)
+        if (a_feed_k_hit) begin
+          \$1053  = \$773 ;
+        end else begin
+          \$1053  = \$784 ;
         end
       end
     end
@@ -10575,251 +10631,257 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1054  = \$signal$602 ;
+    \$1054  = a_feed_nt_hit;
     if (in_decode) begin
-      \$1054  = 16'h0000;
-    end
-    if (gemm_active) begin
-      if (a_issue) begin
-        (* full_case = 32'd1 *)
-        if (a_feed_k_hit) begin
-          \$1054  = 16'h0000;
-        end else begin
-          \$1054  = \$785 [15:0];
-        end
-      end
-    end
-    if (rst) begin
-      \$1054  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1055  = fnt;
-    if (in_decode) begin
-      \$1055  = 16'h0000;
+      \$1054  = \$684 ;
     end
     if (gemm_active) begin
       if (a_issue) begin
         if (a_feed_k_hit) begin
           (* full_case = 32'd1 *)
           if (a_feed_nt_hit) begin
-            \$1055  = 16'h0000;
+            \$1054  = \$775 ;
           end else begin
-            \$1055  = \$782 [15:0];
+            \$1054  = \$781 ;
           end
         end
       end
     end
     if (rst) begin
-      \$1055  = 16'h0000;
+      \$1054  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1056  = feed_blocks;
+    \$1055  = a_blocks_left;
     if (in_decode) begin
-      \$1056  = dec_blocks;
+      \$1055  = \$685 ;
     end
     if (gemm_active) begin
       if (a_issue) begin
         if (a_feed_k_hit) begin
           if (a_feed_nt_hit) begin
-            \$1056  = \$780 [31:0];
+            \$1055  = \$778 ;
           end
         end
       end
     end
     if (rst) begin
-      \$1056  = 32'd0;
+      \$1055  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1057  = a_load_k_hit;
-    if (in_decode) begin
-      \$1057  = \$683 ;
+    \$1056  = \$694 ;
+    if (rst) begin
+      \$1056  = 1'h0;
     end
-    if (gemm_active) begin
-      if (\$750 ) begin
-        (* full_case = 32'd1 *)
-        if (a_load_k_hit) begin
-          \$1057  = \$755 ;
-        end else begin
-          \$1057  = \$761 ;
-        end
-      end else if (\$753 ) begin
-        if (\$762 ) begin
-          \$1057  = \$765 ;
-          if (a_load_k_hit) begin
-            \$1057  = \$767 ;
-          end
-        end
-      end
-    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1057  = \$700 ;
     if (rst) begin
       \$1057  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1058  = a_feed_k_hit;
-    if (in_decode) begin
-      \$1058  = \$685 ;
-    end
-    if (gemm_active) begin
-      if (a_issue) begin
-        (* full_case = 32'd1 *)
-        if (a_feed_k_hit) begin
-          \$1058  = \$776 ;
-        end else begin
-          \$1058  = \$787 ;
-        end
-      end
-    end
+    \$1058  = \$706 ;
     if (rst) begin
       \$1058  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1059  = a_feed_nt_hit;
-    if (in_decode) begin
-      \$1059  = \$687 ;
-    end
-    if (gemm_active) begin
-      if (a_issue) begin
-        if (a_feed_k_hit) begin
-          (* full_case = 32'd1 *)
-          if (a_feed_nt_hit) begin
-            \$1059  = \$778 ;
-          end else begin
-            \$1059  = \$784 ;
-          end
-        end
-      end
-    end
+    \$1059  = \$712 ;
     if (rst) begin
       \$1059  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1060  = a_blocks_left;
-    if (in_decode) begin
-      \$1060  = \$688 ;
-    end
-    if (gemm_active) begin
-      if (a_issue) begin
-        if (a_feed_k_hit) begin
-          if (a_feed_nt_hit) begin
-            \$1060  = \$781 ;
-          end
-        end
-      end
-    end
+    \$1060  = \$718 ;
     if (rst) begin
       \$1060  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1061  = \$697 ;
+    \$1061  = \$724 ;
     if (rst) begin
       \$1061  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1062  = \$703 ;
+    \$1062  = \$730 ;
     if (rst) begin
       \$1062  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1063  = \$709 ;
+    \$1063  = \$736 ;
     if (rst) begin
       \$1063  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1064  = \$715 ;
+    \$1064  = \$742 ;
     if (rst) begin
       \$1064  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1065  = \$721 ;
+    \$1065  = a_read_last;
+    if (gemm_active) begin
+      \$1065  = a_feed_k_hit;
+    end
     if (rst) begin
       \$1065  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1066  = \$727 ;
+    \$1066  = a_read_addr;
+    if (gemm_active) begin
+      \$1066  = \$768 [8:0];
+    end
     if (rst) begin
-      \$1066  = 1'h0;
+      \$1066  = 9'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1067  = \$733 ;
+    \$1067  = a_read_half;
+    if (gemm_active) begin
+      \$1067  = \$signal$348 ;
+    end
     if (rst) begin
       \$1067  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1068  = \$739 ;
+    \$1068  = a_read_free;
+    if (gemm_active) begin
+      \$1068  = \$770 ;
+    end
     if (rst) begin
       \$1068  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1069  = \$745 ;
+    \$1069  = w_load_lane;
+    if (gemm_active) begin
+      if (\$789 ) begin
+        (* full_case = 32'd1 *)
+        if (\$790 ) begin
+          \$1069  = 4'h0;
+        end else begin
+          \$1069  = \$797 [3:0];
+        end
+      end
+      if (in_decode) begin
+        \$1069  = 4'h0;
+      end
+    end
     if (rst) begin
-      \$1069  = 1'h0;
+      \$1069  = 4'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1070  = a_read_last;
+    \$1070  = w_load_k;
     if (gemm_active) begin
-      \$1070  = a_feed_k_hit;
+      if (\$789 ) begin
+        if (\$790 ) begin
+          \$1070  = \$791 [15:0];
+          if (\$793 ) begin
+            \$1070  = 16'h0000;
+          end
+        end
+      end
+      if (in_decode) begin
+        \$1070  = 16'h0000;
+      end
     end
     if (rst) begin
-      \$1070  = 1'h0;
+      \$1070  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1071  = a_read_addr;
+    \$1071  = w_load_addr;
     if (gemm_active) begin
-      \$1071  = \$771 [8:0];
+      if (\$789 ) begin
+        if (\$790 ) begin
+          \$1071  = \$792 [9:0];
+          if (\$793 ) begin
+            if (\$795 ) begin
+              \$1071  = 10'h000;
+            end
+          end
+        end
+      end
+      if (in_decode) begin
+        \$1071  = 10'h000;
+      end
     end
     if (rst) begin
-      \$1071  = 9'h000;
+      \$1071  = 10'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1072  = a_read_half;
+    \$1072  = w_load_nt;
     if (gemm_active) begin
-      \$1072  = \$signal$348 ;
+      if (\$789 ) begin
+        if (\$790 ) begin
+          if (\$793 ) begin
+            \$1072  = \$794 [15:0];
+            if (\$795 ) begin
+              \$1072  = 16'h0000;
+            end
+          end
+        end
+      end
+      if (in_decode) begin
+        \$1072  = 16'h0000;
+      end
     end
     if (rst) begin
-      \$1072  = 1'h0;
+      \$1072  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1073  = a_read_free;
+    \$1073  = w_filled0;
     if (gemm_active) begin
-      \$1073  = \$773 ;
+      if (\$789 ) begin
+        if (\$790 ) begin
+          if (\$793 ) begin
+            if (\$795 ) begin
+              casez (w_load_half)
+                1'h0:
+                    \$1073  = 1'h1;
+              endcase
+            end
+          end
+        end
+      end
+      if (\$815 ) begin
+        casez (w_read_half)
+          1'h0:
+              \$1073  = 1'h0;
+        endcase
+      end
+      if (in_decode) begin
+        \$1073  = 1'h0;
+      end
     end
     if (rst) begin
       \$1073  = 1'h0;
@@ -10827,113 +10889,86 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1074  = w_load_lane;
+    \$1074  = w_filled1;
     if (gemm_active) begin
-      if (\$792 ) begin
-        (* full_case = 32'd1 *)
-        if (\$793 ) begin
-          \$1074  = 4'h0;
-        end else begin
-          \$1074  = \$800 [3:0];
-        end
-      end
-      if (in_decode) begin
-        \$1074  = 4'h0;
-      end
-    end
-    if (rst) begin
-      \$1074  = 4'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1075  = w_load_k;
-    if (gemm_active) begin
-      if (\$792 ) begin
-        if (\$793 ) begin
-          \$1075  = \$794 [15:0];
-          if (\$796 ) begin
-            \$1075  = 16'h0000;
-          end
-        end
-      end
-      if (in_decode) begin
-        \$1075  = 16'h0000;
-      end
-    end
-    if (rst) begin
-      \$1075  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1076  = w_load_addr;
-    if (gemm_active) begin
-      if (\$792 ) begin
-        if (\$793 ) begin
-          \$1076  = \$795 [9:0];
-          if (\$796 ) begin
-            if (\$798 ) begin
-              \$1076  = 10'h000;
-            end
-          end
-        end
-      end
-      if (in_decode) begin
-        \$1076  = 10'h000;
-      end
-    end
-    if (rst) begin
-      \$1076  = 10'h000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1077  = w_load_nt;
-    if (gemm_active) begin
-      if (\$792 ) begin
-        if (\$793 ) begin
-          if (\$796 ) begin
-            \$1077  = \$797 [15:0];
-            if (\$798 ) begin
-              \$1077  = 16'h0000;
-            end
-          end
-        end
-      end
-      if (in_decode) begin
-        \$1077  = 16'h0000;
-      end
-    end
-    if (rst) begin
-      \$1077  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1078  = w_filled0;
-    if (gemm_active) begin
-      if (\$792 ) begin
-        if (\$793 ) begin
-          if (\$796 ) begin
-            if (\$798 ) begin
+      if (\$789 ) begin
+        if (\$790 ) begin
+          if (\$793 ) begin
+            if (\$795 ) begin
+              (* full_case = 32'd1 *)
               casez (w_load_half)
                 1'h0:
-                    \$1078  = 1'h1;
+                    /* empty */;
+                1'h1:
+                    \$1074  = 1'h1;
               endcase
             end
           end
         end
       end
-      if (\$818 ) begin
+      if (\$815 ) begin
+        (* full_case = 32'd1 *)
         casez (w_read_half)
           1'h0:
-              \$1078  = 1'h0;
+              /* empty */;
+          1'h1:
+              \$1074  = 1'h0;
         endcase
       end
       if (in_decode) begin
-        \$1078  = 1'h0;
+        \$1074  = 1'h0;
       end
+    end
+    if (rst) begin
+      \$1074  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1075  = w_load_half;
+    if (gemm_active) begin
+      if (\$789 ) begin
+        if (\$790 ) begin
+          if (\$793 ) begin
+            if (\$795 ) begin
+              \$1075  = \$796 ;
+            end
+          end
+        end
+      end
+      if (in_decode) begin
+        \$1075  = 1'h0;
+      end
+    end
+    if (rst) begin
+      \$1075  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1076  = w_read_addr;
+    if (gemm_active) begin
+      \$1076  = \$800 [8:0];
+    end
+    if (rst) begin
+      \$1076  = 9'h000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1077  = w_read_half;
+    if (gemm_active) begin
+      \$1077  = w_feed_half;
+    end
+    if (rst) begin
+      \$1077  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1078  = w_read_free;
+    if (gemm_active) begin
+      \$1078  = \$805 ;
     end
     if (rst) begin
       \$1078  = 1'h0;
@@ -10941,76 +10976,90 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1079  = w_filled1;
+    \$1079  = feed_ntk;
     if (gemm_active) begin
-      if (\$792 ) begin
-        if (\$793 ) begin
-          if (\$796 ) begin
-            if (\$798 ) begin
-              (* full_case = 32'd1 *)
-              casez (w_load_half)
-                1'h0:
-                    /* empty */;
-                1'h1:
-                    \$1079  = 1'h1;
-              endcase
-            end
+      if (\$807 ) begin
+        if (a_feed_k_hit) begin
+          (* full_case = 32'd1 *)
+          if (a_feed_nt_hit) begin
+            \$1079  = 32'd0;
+          end else begin
+            \$1079  = \$814 [31:0];
           end
         end
       end
-      if (\$818 ) begin
-        (* full_case = 32'd1 *)
-        casez (w_read_half)
-          1'h0:
-              /* empty */;
-          1'h1:
-              \$1079  = 1'h0;
-        endcase
-      end
       if (in_decode) begin
-        \$1079  = 1'h0;
+        \$1079  = 32'd0;
       end
     end
     if (rst) begin
-      \$1079  = 1'h0;
+      \$1079  = 32'd0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1080  = w_load_half;
+    \$1080  = feed_mt;
     if (gemm_active) begin
-      if (\$792 ) begin
-        if (\$793 ) begin
-          if (\$796 ) begin
-            if (\$798 ) begin
-              \$1080  = \$799 ;
+      if (\$807 ) begin
+        if (a_feed_k_hit) begin
+          if (a_feed_nt_hit) begin
+            (* full_case = 32'd1 *)
+            if (feed_mt_hit) begin
+              \$1080  = 16'h0000;
+            end else begin
+              \$1080  = \$811 [15:0];
             end
           end
         end
       end
       if (in_decode) begin
-        \$1080  = 1'h0;
+        \$1080  = 16'h0000;
       end
     end
     if (rst) begin
-      \$1080  = 1'h0;
+      \$1080  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1081  = w_read_addr;
+    \$1081  = feed_mt_hit;
     if (gemm_active) begin
-      \$1081  = \$803 [8:0];
+      if (\$807 ) begin
+        if (a_feed_k_hit) begin
+          if (a_feed_nt_hit) begin
+            (* full_case = 32'd1 *)
+            if (feed_mt_hit) begin
+              \$1081  = \$809 ;
+            end else begin
+              \$1081  = \$813 ;
+            end
+          end
+        end
+      end
+      if (in_decode) begin
+        \$1081  = \$817 ;
+      end
     end
     if (rst) begin
-      \$1081  = 9'h000;
+      \$1081  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1082  = w_read_half;
+    \$1082  = w_feed_half;
     if (gemm_active) begin
-      \$1082  = w_feed_half;
+      if (\$807 ) begin
+        if (a_feed_k_hit) begin
+          if (a_feed_nt_hit) begin
+            if (feed_mt_hit) begin
+              \$1082  = \$810 ;
+            end
+          end
+        end
+      end
+      if (in_decode) begin
+        \$1082  = 1'h0;
+      end
     end
     if (rst) begin
       \$1082  = 1'h0;
@@ -11018,200 +11067,99 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1083  = w_read_free;
-    if (gemm_active) begin
-      \$1083  = \$808 ;
-    end
+    \$1083  = \$828 ;
     if (rst) begin
       \$1083  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1084  = feed_ntk;
-    if (gemm_active) begin
-      if (\$810 ) begin
-        if (a_feed_k_hit) begin
-          (* full_case = 32'd1 *)
-          if (a_feed_nt_hit) begin
-            \$1084  = 32'd0;
-          end else begin
-            \$1084  = \$817 [31:0];
-          end
-        end
-      end
-      if (in_decode) begin
-        \$1084  = 32'd0;
-      end
-    end
+    \$1084  = \$836 ;
     if (rst) begin
-      \$1084  = 32'd0;
+      \$1084  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1085  = feed_mt;
-    if (gemm_active) begin
-      if (\$810 ) begin
-        if (a_feed_k_hit) begin
-          if (a_feed_nt_hit) begin
-            (* full_case = 32'd1 *)
-            if (feed_mt_hit) begin
-              \$1085  = 16'h0000;
-            end else begin
-              \$1085  = \$814 [15:0];
-            end
-          end
-        end
-      end
-      if (in_decode) begin
-        \$1085  = 16'h0000;
-      end
-    end
+    \$1085  = \$844 ;
     if (rst) begin
-      \$1085  = 16'h0000;
+      \$1085  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1086  = feed_mt_hit;
-    if (gemm_active) begin
-      if (\$810 ) begin
-        if (a_feed_k_hit) begin
-          if (a_feed_nt_hit) begin
-            (* full_case = 32'd1 *)
-            if (feed_mt_hit) begin
-              \$1086  = \$812 ;
-            end else begin
-              \$1086  = \$816 ;
-            end
-          end
-        end
-      end
-      if (in_decode) begin
-        \$1086  = \$820 ;
-      end
-    end
+    \$1086  = \$852 ;
     if (rst) begin
       \$1086  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1087  = w_feed_half;
-    if (gemm_active) begin
-      if (\$810 ) begin
-        if (a_feed_k_hit) begin
-          if (a_feed_nt_hit) begin
-            if (feed_mt_hit) begin
-              \$1087  = \$813 ;
-            end
-          end
-        end
-      end
-      if (in_decode) begin
-        \$1087  = 1'h0;
-      end
-    end
+    \$1087  = \$860 ;
     if (rst) begin
       \$1087  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1088  = \$831 ;
+    \$1088  = \$868 ;
     if (rst) begin
       \$1088  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1089  = \$839 ;
+    \$1089  = \$876 ;
     if (rst) begin
       \$1089  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1090  = \$847 ;
+    \$1090  = \$884 ;
     if (rst) begin
       \$1090  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1091  = \$855 ;
+    \$1091  = dst_col;
+    if (in_decode) begin
+      \$1091  = 3'h0;
+    end else if (dst_step) begin
+      \$1091  = \$886 [2:0];
+    end
     if (rst) begin
-      \$1091  = 1'h0;
+      \$1091  = 3'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1092  = \$863 ;
+    \$1092  = post_col;
+    if (in_decode) begin
+      \$1092  = 3'h0;
+    end
+    if (\$888 ) begin
+      if (elem_take) begin
+        \$1092  = \$891 [2:0];
+      end
+    end
     if (rst) begin
-      \$1092  = 1'h0;
+      \$1092  = 3'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1093  = \$871 ;
+    \$1093  = \$896 ;
     if (rst) begin
       \$1093  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1094  = \$879 ;
+    \$1094  = fault;
     if (rst) begin
-      \$1094  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1095  = \$887 ;
-    if (rst) begin
-      \$1095  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1096  = dst_col;
-    if (in_decode) begin
-      \$1096  = 3'h0;
-    end else if (dst_step) begin
-      \$1096  = \$889 [2:0];
-    end
-    if (rst) begin
-      \$1096  = 3'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1097  = post_col;
-    if (in_decode) begin
-      \$1097  = 3'h0;
-    end
-    if (\$891 ) begin
-      if (elem_take) begin
-        \$1097  = \$894 [2:0];
-      end
-    end
-    if (rst) begin
-      \$1097  = 3'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1098  = \$899 ;
-    if (rst) begin
-      \$1098  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1099  = fault;
-    if (rst) begin
-      \$1099  = 4'h0;
+      \$1094  = 4'h0;
     end
   end
   assign \ar__payload$1  = ar__payload;
@@ -11600,9 +11548,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   assign \$369  = { 1'h0, dec_mt_last };
   assign \$370  = { dec_mt_last, 3'h0 };
   assign \$373  = { dec_nt_last, 3'h0 };
-  assign \$900  = { 19'h00000, dec_mt_p[32:19] };
-  assign \$901  = { 3'h0, dec_n2p[16:3] };
-  assign \$902  = { 3'h0, dec_n2p[16:3] };
+  assign \$897  = { 19'h00000, dec_mt_p[32:19] };
+  assign \$898  = { 3'h0, dec_n2p[16:3] };
+  assign \$899  = { 3'h0, dec_n2p[16:3] };
   assign \$52  = \$51 ;
 endmodule
 
@@ -16152,10 +16100,10 @@ module \accelerator.core.add (o__ready, a__ready, b__ready, o__payload, a__paylo
   \accelerator.core.add.out_queue  out_queue (
     .add_d_clk(add_d_clk),
     .add_d_rst(add_d_rst),
-    .\port$11733$0 (l0s_s2_o),
-    .\port$11825$0 (l1s_s2_o),
-    .\port$11917$0 (l2s_s2_o),
-    .\port$12009$0 (l3s_s2_o),
+    .\port$11726$0 (l0s_s2_o),
+    .\port$11818$0 (l1s_s2_o),
+    .\port$11910$0 (l2s_s2_o),
+    .\port$12002$0 (l3s_s2_o),
     .r_data(o__payload),
     .r_en(o__ready),
     .r_rdy(o__valid),
@@ -17353,7 +17301,7 @@ module \accelerator.core.add (o__ready, a__ready, b__ready, o__payload, a__paylo
 endmodule
 
 (* generator = "Amaranth" *)
-module \accelerator.core.add.out_queue (r_en, r_data, add_d_rst, \port$11733$0 , \port$11825$0 , \port$11917$0 , \port$12009$0 , w_en, r_rdy, add_d_clk);
+module \accelerator.core.add.out_queue (r_en, r_data, add_d_rst, \port$11726$0 , \port$11818$0 , \port$11910$0 , \port$12002$0 , w_en, r_rdy, add_d_clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$57  = 0;
   wire \$1 ;
   wire \$10 ;
@@ -17398,14 +17346,14 @@ module \accelerator.core.add.out_queue (r_en, r_data, add_d_rst, \port$11733$0 ,
   reg [3:0] inner_level = 4'h0;
   wire inner_r_rdy;
   wire [3:0] level;
-  input [15:0] \port$11733$0 ;
-  wire [15:0] \port$11733$0 ;
-  input [15:0] \port$11825$0 ;
-  wire [15:0] \port$11825$0 ;
-  input [15:0] \port$11917$0 ;
-  wire [15:0] \port$11917$0 ;
-  input [15:0] \port$12009$0 ;
-  wire [15:0] \port$12009$0 ;
+  input [15:0] \port$11726$0 ;
+  wire [15:0] \port$11726$0 ;
+  input [15:0] \port$11818$0 ;
+  wire [15:0] \port$11818$0 ;
+  input [15:0] \port$11910$0 ;
+  wire [15:0] \port$11910$0 ;
+  input [15:0] \port$12002$0 ;
+  wire [15:0] \port$12002$0 ;
   (* init = 4'h0 *)
   wire [3:0] produce;
   output [63:0] r_data;
@@ -17444,7 +17392,7 @@ module \accelerator.core.add.out_queue (r_en, r_data, add_d_rst, \port$11733$0 ,
   end
   always @(posedge add_d_clk) begin
     if (w_port__en)
-      storage[w_port__addr] <= { \port$12009$0 , \port$11917$0 , \port$11825$0 , \port$11733$0  };
+      storage[w_port__addr] <= { \port$12002$0 , \port$11910$0 , \port$11818$0 , \port$11726$0  };
   end
   reg [63:0] _0_;
   always @(posedge add_d_clk) begin
@@ -17544,8 +17492,8 @@ module \accelerator.core.add.out_queue (r_en, r_data, add_d_rst, \port$11733$0 ,
   assign level = \$3 [3:0];
   assign r_level = \$3 [3:0];
   assign produce = w_port__addr;
-  assign w_port__data = { \port$12009$0 , \port$11917$0 , \port$11825$0 , \port$11733$0  };
-  assign w_data = { \port$12009$0 , \port$11917$0 , \port$11825$0 , \port$11733$0  };
+  assign w_port__data = { \port$12002$0 , \port$11910$0 , \port$11818$0 , \port$11726$0  };
+  assign w_data = { \port$12002$0 , \port$11910$0 , \port$11818$0 , \port$11726$0  };
   assign consume = r_port__addr;
   assign r_port__data = r_data;
 endmodule
@@ -25052,10 +25000,10 @@ module \accelerator.core.gelu0 (o__ready, go, o__payload, i__payload, i__valid, 
   \accelerator.core.gelu0.out_queue  out_queue (
     .gelu0_d_clk(gelu0_d_clk),
     .gelu0_d_rst(gelu0_d_rst),
-    .\port$12242$0 (l0_s27_o),
-    .\port$12428$0 (l1_s27_o),
-    .\port$12614$0 (l2_s27_o),
-    .\port$12800$0 (l3_s27_o),
+    .\port$12235$0 (l0_s27_o),
+    .\port$12421$0 (l1_s27_o),
+    .\port$12607$0 (l2_s27_o),
+    .\port$12793$0 (l3_s27_o),
     .r_data(o__payload),
     .r_en(o__ready),
     .r_rdy(o__valid),
@@ -27015,7 +26963,7 @@ module \accelerator.core.gelu0 (o__ready, go, o__payload, i__payload, i__valid, 
 endmodule
 
 (* generator = "Amaranth" *)
-module \accelerator.core.gelu0.out_queue (r_en, r_data, gelu0_d_rst, \port$12242$0 , \port$12428$0 , \port$12614$0 , \port$12800$0 , w_en, r_rdy, gelu0_d_clk);
+module \accelerator.core.gelu0.out_queue (r_en, r_data, gelu0_d_rst, \port$12235$0 , \port$12421$0 , \port$12607$0 , \port$12793$0 , w_en, r_rdy, gelu0_d_clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$61  = 0;
   wire \$1 ;
   wire \$10 ;
@@ -27060,14 +27008,14 @@ module \accelerator.core.gelu0.out_queue (r_en, r_data, gelu0_d_rst, \port$12242
   reg [4:0] inner_level = 5'h00;
   wire inner_r_rdy;
   wire [4:0] level;
-  input [7:0] \port$12242$0 ;
-  wire [7:0] \port$12242$0 ;
-  input [7:0] \port$12428$0 ;
-  wire [7:0] \port$12428$0 ;
-  input [7:0] \port$12614$0 ;
-  wire [7:0] \port$12614$0 ;
-  input [7:0] \port$12800$0 ;
-  wire [7:0] \port$12800$0 ;
+  input [7:0] \port$12235$0 ;
+  wire [7:0] \port$12235$0 ;
+  input [7:0] \port$12421$0 ;
+  wire [7:0] \port$12421$0 ;
+  input [7:0] \port$12607$0 ;
+  wire [7:0] \port$12607$0 ;
+  input [7:0] \port$12793$0 ;
+  wire [7:0] \port$12793$0 ;
   (* init = 5'h00 *)
   wire [4:0] produce;
   output [31:0] r_data;
@@ -27122,7 +27070,7 @@ module \accelerator.core.gelu0.out_queue (r_en, r_data, gelu0_d_rst, \port$12242
   end
   always @(posedge gelu0_d_clk) begin
     if (w_port__en)
-      storage[w_port__addr] <= { \port$12800$0 , \port$12614$0 , \port$12428$0 , \port$12242$0  };
+      storage[w_port__addr] <= { \port$12793$0 , \port$12607$0 , \port$12421$0 , \port$12235$0  };
   end
   reg [31:0] _0_;
   always @(posedge gelu0_d_clk) begin
@@ -27222,8 +27170,8 @@ module \accelerator.core.gelu0.out_queue (r_en, r_data, gelu0_d_rst, \port$12242
   assign level = \$3 [4:0];
   assign r_level = \$3 [4:0];
   assign produce = w_port__addr;
-  assign w_port__data = { \port$12800$0 , \port$12614$0 , \port$12428$0 , \port$12242$0  };
-  assign w_data = { \port$12800$0 , \port$12614$0 , \port$12428$0 , \port$12242$0  };
+  assign w_port__data = { \port$12793$0 , \port$12607$0 , \port$12421$0 , \port$12235$0  };
+  assign w_data = { \port$12793$0 , \port$12607$0 , \port$12421$0 , \port$12235$0  };
   assign consume = r_port__addr;
   assign r_port__data = r_data;
 endmodule
@@ -43256,7 +43204,7 @@ module \accelerator.core.norm_out_slice (rst, w_en, w_port__data, r_en, w_rdy, r
 endmodule
 
 (* generator = "Amaranth" *)
-module \accelerator.core.pack_slice (rst, w_rdy, r_data, r_en, unit_rst, w_en, \port$9186$0 , \port$9188$0 , \port$9190$0 , \port$9192$0 , \port$9194$0 , \port$9196$0 , \port$9198$0 , \port$9200$0 , r_rdy, clk);
+module \accelerator.core.pack_slice (rst, w_rdy, r_data, r_en, unit_rst, w_en, \port$9179$0 , \port$9181$0 , \port$9183$0 , \port$9185$0 , \port$9187$0 , \port$9189$0 , \port$9191$0 , \port$9193$0 , r_rdy, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$74  = 0;
   wire \$1 ;
   wire \$10 ;
@@ -43295,22 +43243,22 @@ module \accelerator.core.pack_slice (rst, w_rdy, r_data, r_en, unit_rst, w_en, \
   reg [1:0] inner_level = 2'h0;
   wire inner_r_rdy;
   wire [1:0] level;
-  input [15:0] \port$9186$0 ;
-  wire [15:0] \port$9186$0 ;
-  input [15:0] \port$9188$0 ;
-  wire [15:0] \port$9188$0 ;
-  input [15:0] \port$9190$0 ;
-  wire [15:0] \port$9190$0 ;
-  input [15:0] \port$9192$0 ;
-  wire [15:0] \port$9192$0 ;
-  input [15:0] \port$9194$0 ;
-  wire [15:0] \port$9194$0 ;
-  input [15:0] \port$9196$0 ;
-  wire [15:0] \port$9196$0 ;
-  input [15:0] \port$9198$0 ;
-  wire [15:0] \port$9198$0 ;
-  input [15:0] \port$9200$0 ;
-  wire [15:0] \port$9200$0 ;
+  input [15:0] \port$9179$0 ;
+  wire [15:0] \port$9179$0 ;
+  input [15:0] \port$9181$0 ;
+  wire [15:0] \port$9181$0 ;
+  input [15:0] \port$9183$0 ;
+  wire [15:0] \port$9183$0 ;
+  input [15:0] \port$9185$0 ;
+  wire [15:0] \port$9185$0 ;
+  input [15:0] \port$9187$0 ;
+  wire [15:0] \port$9187$0 ;
+  input [15:0] \port$9189$0 ;
+  wire [15:0] \port$9189$0 ;
+  input [15:0] \port$9191$0 ;
+  wire [15:0] \port$9191$0 ;
+  input [15:0] \port$9193$0 ;
+  wire [15:0] \port$9193$0 ;
   (* init = 1'h0 *)
   wire produce;
   output [127:0] r_data;
@@ -43343,7 +43291,7 @@ module \accelerator.core.pack_slice (rst, w_rdy, r_data, r_en, unit_rst, w_en, \
   end
   always @(posedge clk) begin
     if (w_port__en)
-      storage[w_port__addr] <= { \port$9200$0 , \port$9198$0 , \port$9196$0 , \port$9194$0 , \port$9192$0 , \port$9190$0 , \port$9188$0 , \port$9186$0  };
+      storage[w_port__addr] <= { \port$9193$0 , \port$9191$0 , \port$9189$0 , \port$9187$0 , \port$9185$0 , \port$9183$0 , \port$9181$0 , \port$9179$0  };
   end
   reg [127:0] _0_;
   always @(posedge clk) begin
@@ -43451,14 +43399,14 @@ module \accelerator.core.pack_slice (rst, w_rdy, r_data, r_en, unit_rst, w_en, \
   assign level = \$3 [1:0];
   assign r_level = \$3 [1:0];
   assign produce = w_port__addr;
-  assign w_port__data = { \port$9200$0 , \port$9198$0 , \port$9196$0 , \port$9194$0 , \port$9192$0 , \port$9190$0 , \port$9188$0 , \port$9186$0  };
-  assign w_data = { \port$9200$0 , \port$9198$0 , \port$9196$0 , \port$9194$0 , \port$9192$0 , \port$9190$0 , \port$9188$0 , \port$9186$0  };
+  assign w_port__data = { \port$9193$0 , \port$9191$0 , \port$9189$0 , \port$9187$0 , \port$9185$0 , \port$9183$0 , \port$9181$0 , \port$9179$0  };
+  assign w_data = { \port$9193$0 , \port$9191$0 , \port$9189$0 , \port$9187$0 , \port$9185$0 , \port$9183$0 , \port$9181$0 , \port$9179$0  };
   assign consume = r_port__addr;
   assign r_port__data = r_data;
 endmodule
 
 (* generator = "Amaranth" *)
-module \accelerator.core.q_src0 (rst, r_en, \port$1611$0 , r_rdy, r_data, w_en, \port$8982$0 , unit_rst, clk);
+module \accelerator.core.q_src0 (rst, r_en, \port$1608$0 , r_rdy, r_data, w_en, \port$8979$0 , unit_rst, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$75  = 0;
   wire \$1 ;
   wire \$10 ;
@@ -43486,10 +43434,10 @@ module \accelerator.core.q_src0 (rst, r_en, \port$1611$0 , r_rdy, r_data, w_en, 
   (* init = 3'h0 *)
   wire [2:0] consume;
   reg [2:0] level = 3'h0;
-  input [15:0] \port$1611$0 ;
-  wire [15:0] \port$1611$0 ;
-  input [2:0] \port$8982$0 ;
-  wire [2:0] \port$8982$0 ;
+  input [15:0] \port$1608$0 ;
+  wire [15:0] \port$1608$0 ;
+  input [2:0] \port$8979$0 ;
+  wire [2:0] \port$8979$0 ;
   (* init = 3'h0 *)
   wire [2:0] produce;
   output [18:0] r_data;
@@ -43525,7 +43473,7 @@ module \accelerator.core.q_src0 (rst, r_en, \port$1611$0 , r_rdy, r_data, w_en, 
   end
   always @(posedge clk) begin
     if (w_port__en)
-      storage[w_port__addr] <= { \port$8982$0 , \port$1611$0  };
+      storage[w_port__addr] <= { \port$8979$0 , \port$1608$0  };
   end
   assign r_data = storage[r_port__addr];
   assign w_rdy = level != 3'h5;
@@ -43600,14 +43548,14 @@ module \accelerator.core.q_src0 (rst, r_en, \port$1611$0 , r_rdy, r_data, w_en, 
   assign w_level = level;
   assign r_level = level;
   assign produce = w_port__addr;
-  assign w_port__data = { \port$8982$0 , \port$1611$0  };
-  assign w_data = { \port$8982$0 , \port$1611$0  };
+  assign w_port__data = { \port$8979$0 , \port$1608$0  };
+  assign w_data = { \port$8979$0 , \port$1608$0  };
   assign consume = r_port__addr;
   assign r_port__data = r_data;
 endmodule
 
 (* generator = "Amaranth" *)
-module \accelerator.core.q_src1 (rst, \port$1612$0 , r_rdy, r_data, r_en, w_en, \port$8990$0 , unit_rst, clk);
+module \accelerator.core.q_src1 (rst, \port$1609$0 , r_rdy, r_data, r_en, w_en, \port$8987$0 , unit_rst, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$76  = 0;
   wire \$1 ;
   wire \$10 ;
@@ -43635,10 +43583,10 @@ module \accelerator.core.q_src1 (rst, \port$1612$0 , r_rdy, r_data, r_en, w_en, 
   (* init = 3'h0 *)
   wire [2:0] consume;
   reg [2:0] level = 3'h0;
-  input [15:0] \port$1612$0 ;
-  wire [15:0] \port$1612$0 ;
-  input [2:0] \port$8990$0 ;
-  wire [2:0] \port$8990$0 ;
+  input [15:0] \port$1609$0 ;
+  wire [15:0] \port$1609$0 ;
+  input [2:0] \port$8987$0 ;
+  wire [2:0] \port$8987$0 ;
   (* init = 3'h0 *)
   wire [2:0] produce;
   output [18:0] r_data;
@@ -43674,7 +43622,7 @@ module \accelerator.core.q_src1 (rst, \port$1612$0 , r_rdy, r_data, r_en, w_en, 
   end
   always @(posedge clk) begin
     if (w_port__en)
-      storage[w_port__addr] <= { \port$8990$0 , \port$1612$0  };
+      storage[w_port__addr] <= { \port$8987$0 , \port$1609$0  };
   end
   assign r_data = storage[r_port__addr];
   assign w_rdy = level != 3'h5;
@@ -43749,8 +43697,8 @@ module \accelerator.core.q_src1 (rst, \port$1612$0 , r_rdy, r_data, r_en, w_en, 
   assign w_level = level;
   assign r_level = level;
   assign produce = w_port__addr;
-  assign w_port__data = { \port$8990$0 , \port$1612$0  };
-  assign w_data = { \port$8990$0 , \port$1612$0  };
+  assign w_port__data = { \port$8987$0 , \port$1609$0  };
+  assign w_data = { \port$8987$0 , \port$1609$0  };
   assign consume = r_port__addr;
   assign r_port__data = r_data;
 endmodule
@@ -44009,9 +43957,9 @@ module \accelerator.core.reader (rst, w_en, \r_en$23 , ar__valid, r__ready, idle
   );
   \accelerator.core.reader.shapes  shapes (
     .clk(clk),
-    .\port$1372$0 (\$13 [4:0]),
-    .\port$1373$0 (\$14 ),
-    .\port$1516$0 (r_data[2:0]),
+    .\port$1369$0 (\$13 [4:0]),
+    .\port$1370$0 (\$14 ),
+    .\port$1513$0 (r_data[2:0]),
     .r_data(\r_data$30 ),
     .r_en(\r_en$44 ),
     .r_rdy(\r_rdy$26 ),
@@ -44467,7 +44415,7 @@ module \accelerator.core.reader.req_slice (rst, w_en, r_en, w_rdy, r_rdy, r_data
 endmodule
 
 (* generator = "Amaranth" *)
-module \accelerator.core.reader.shapes (rst, w_en, \port$1372$0 , \port$1373$0 , w_rdy, r_data, \port$1516$0 , r_en, r_rdy, clk);
+module \accelerator.core.reader.shapes (rst, w_en, \port$1369$0 , \port$1370$0 , w_rdy, r_data, \port$1513$0 , r_en, r_rdy, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$80  = 0;
   wire \$1 ;
   wire \$10 ;
@@ -44509,12 +44457,12 @@ module \accelerator.core.reader.shapes (rst, w_en, \port$1372$0 , \port$1373$0 ,
   reg [3:0] inner_level = 4'h0;
   wire inner_r_rdy;
   wire [4:0] level;
-  input [4:0] \port$1372$0 ;
-  wire [4:0] \port$1372$0 ;
-  input \port$1373$0 ;
-  wire \port$1373$0 ;
-  input [2:0] \port$1516$0 ;
-  wire [2:0] \port$1516$0 ;
+  input [4:0] \port$1369$0 ;
+  wire [4:0] \port$1369$0 ;
+  input \port$1370$0 ;
+  wire \port$1370$0 ;
+  input [2:0] \port$1513$0 ;
+  wire [2:0] \port$1513$0 ;
   (* init = 4'h0 *)
   wire [3:0] produce;
   output [8:0] r_data;
@@ -44558,7 +44506,7 @@ module \accelerator.core.reader.shapes (rst, w_en, \port$1372$0 , \port$1373$0 ,
   end
   always @(posedge clk) begin
     if (w_port__en)
-      storage[w_port__addr] <= { \port$1373$0 , \port$1372$0 , \port$1516$0  };
+      storage[w_port__addr] <= { \port$1370$0 , \port$1369$0 , \port$1513$0  };
   end
   reg [8:0] _0_;
   always @(posedge clk) begin
@@ -44657,8 +44605,8 @@ module \accelerator.core.reader.shapes (rst, w_en, \port$1372$0 , \port$1373$0 ,
   assign level = w_level;
   assign r_level = w_level;
   assign produce = w_port__addr;
-  assign w_port__data = { \port$1373$0 , \port$1372$0 , \port$1516$0  };
-  assign w_data = { \port$1373$0 , \port$1372$0 , \port$1516$0  };
+  assign w_port__data = { \port$1370$0 , \port$1369$0 , \port$1513$0  };
+  assign w_data = { \port$1370$0 , \port$1369$0 , \port$1513$0  };
   assign consume = r_port__addr;
   assign r_port__data = r_data;
 endmodule
@@ -48274,7 +48222,7 @@ module \accelerator.core.unpack_slice (rst, w_en, w_port__data, w_rdy, r_rdy, r_
 endmodule
 
 (* generator = "Amaranth" *)
-module \accelerator.core.w_beat_slice (rst, w_rdy, r_rdy, r_data, \port$8861$0 , \port$8862$0 , \port$8863$0 , \port$8864$0 , \port$8865$0 , \port$8866$0 , \port$8867$0 , \port$8868$0 , w_en, r_en, in_decode, unit_rst, clk);
+module \accelerator.core.w_beat_slice (rst, w_rdy, r_rdy, r_data, \port$8858$0 , \port$8859$0 , \port$8860$0 , \port$8861$0 , \port$8862$0 , \port$8863$0 , \port$8864$0 , \port$8865$0 , w_en, r_en, in_decode, unit_rst, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$85  = 0;
   wire \$1 ;
   wire \$10 ;
@@ -48301,6 +48249,12 @@ module \accelerator.core.w_beat_slice (rst, w_rdy, r_rdy, r_data, \port$8861$0 ,
   input in_decode;
   wire in_decode;
   reg [1:0] level = 2'h0;
+  input [7:0] \port$8858$0 ;
+  wire [7:0] \port$8858$0 ;
+  input [7:0] \port$8859$0 ;
+  wire [7:0] \port$8859$0 ;
+  input [7:0] \port$8860$0 ;
+  wire [7:0] \port$8860$0 ;
   input [7:0] \port$8861$0 ;
   wire [7:0] \port$8861$0 ;
   input [7:0] \port$8862$0 ;
@@ -48311,12 +48265,6 @@ module \accelerator.core.w_beat_slice (rst, w_rdy, r_rdy, r_data, \port$8861$0 ,
   wire [7:0] \port$8864$0 ;
   input [7:0] \port$8865$0 ;
   wire [7:0] \port$8865$0 ;
-  input [7:0] \port$8866$0 ;
-  wire [7:0] \port$8866$0 ;
-  input [7:0] \port$8867$0 ;
-  wire [7:0] \port$8867$0 ;
-  input [7:0] \port$8868$0 ;
-  wire [7:0] \port$8868$0 ;
   (* init = 1'h0 *)
   wire produce;
   output [63:0] r_data;
@@ -48350,7 +48298,7 @@ module \accelerator.core.w_beat_slice (rst, w_rdy, r_rdy, r_data, \port$8861$0 ,
   end
   always @(posedge clk) begin
     if (w_port__en)
-      storage[w_port__addr] <= { \port$8868$0 , \port$8867$0 , \port$8866$0 , \port$8865$0 , \port$8864$0 , \port$8863$0 , \port$8862$0 , \port$8861$0  };
+      storage[w_port__addr] <= { \port$8865$0 , \port$8864$0 , \port$8863$0 , \port$8862$0 , \port$8861$0 , \port$8860$0 , \port$8859$0 , \port$8858$0  };
   end
   assign r_data = storage[r_port__addr];
   assign w_rdy = level != 2'h2;
@@ -48422,8 +48370,8 @@ module \accelerator.core.w_beat_slice (rst, w_rdy, r_rdy, r_data, \port$8861$0 ,
   assign w_level = level;
   assign r_level = level;
   assign produce = w_port__addr;
-  assign w_port__data = { \port$8868$0 , \port$8867$0 , \port$8866$0 , \port$8865$0 , \port$8864$0 , \port$8863$0 , \port$8862$0 , \port$8861$0  };
-  assign w_data = { \port$8868$0 , \port$8867$0 , \port$8866$0 , \port$8865$0 , \port$8864$0 , \port$8863$0 , \port$8862$0 , \port$8861$0  };
+  assign w_port__data = { \port$8865$0 , \port$8864$0 , \port$8863$0 , \port$8862$0 , \port$8861$0 , \port$8860$0 , \port$8859$0 , \port$8858$0  };
+  assign w_data = { \port$8865$0 , \port$8864$0 , \port$8863$0 , \port$8862$0 , \port$8861$0 , \port$8860$0 , \port$8859$0 , \port$8858$0  };
   assign consume = r_port__addr;
   assign r_port__data = r_data;
 endmodule

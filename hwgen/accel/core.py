@@ -426,10 +426,10 @@ class AccelCore(wiring.Component):
         c_data = Signal(max(len(u.c.payload.as_value()) for _, u in c_targets), name="c_data", reset_less=True)
         c_valid = [Signal(name=f"c_valid{k}") for k in range(len(c_targets))]
         # a LayerNorm loads constants up to the beat flagged last: a flag elsewhere would leave it
-        # (and the op) waiting for ever, so each arriving beat's flag is checked against the count
-        # of beats still to arrive (a register: CONST stops the cycle after, and STOP resets the unit)
-        c_arr = Signal(16, name="c_arrive")          # constant beats still to arrive
-        c_arr_last = Signal(name="c_arrive_last")    # c_arr == 1
+        # (and the op) waiting for ever, so each arriving beat's flag is checked against
+        # ``c_last`` (a register: CONST stops the cycle after, and STOP resets the unit).  A beat
+        # arrives only while ``c_full`` is 0 and a take needs it, so at an arrival the beats still
+        # to take (``c_due``) are the beats still to arrive: no count of arrivals of its own
         c_flag_bad = Signal(name="c_flag_bad")
         m.d.sync += c_flag_bad.eq(0)                 # (set by CONST's arrivals below)
         ln_k = [u for _, u in c_targets].index(self.layernorm)
@@ -590,7 +590,7 @@ class AccelCore(wiring.Component):
 
             with m.Case(_State.DECODE):
                 m.d.sync += [c_addr.eq(dec.c_base), c_step.eq(Const(1, 8) << dec.c_lb), c_ask.eq(ins.cnt),
-                             c_due.eq(ins.cnt), c_last.eq(ins.cnt == 1), c_arr.eq(ins.cnt), c_arr_last.eq(ins.cnt == 1)]
+                             c_due.eq(ins.cnt), c_last.eq(ins.cnt == 1)]
                 with m.If(decode_wait.any()):                         # the decode pipeline fills
                     m.d.sync += [decode_wait.eq(decode_wait - 1), load_gens.eq(decode_wait == 1)]
                 with m.Elif(d_end_more):                              # the next image of the start
@@ -621,8 +621,8 @@ class AccelCore(wiring.Component):
                 # stops the cycle after)
                 with m.If(reader.beat.valid & ~c_full):
                     m.d.sync += [c_data.eq(reader.beat.payload.data), c_full.eq(~reader.beat.payload.err),
-                                 read_err.eq(reader.beat.payload.err), c_arr.eq(c_arr - 1), c_arr_last.eq(c_arr == 2),
-                                 c_flag_bad.eq(const_to[ln_k] & (reader.beat.payload.data[ln_last_bit] != c_arr_last))]
+                                 read_err.eq(reader.beat.payload.err),
+                                 c_flag_bad.eq(const_to[ln_k] & (reader.beat.payload.data[ln_last_bit] != c_last))]
                     m.d.sync += [v.eq(flag & ~reader.beat.payload.err) for v, flag in zip(c_valid, const_to)]
                 with m.If(c_fire):
                     m.d.sync += [c_full.eq(0), c_due.eq(c_due - 1), c_last.eq(c_due == 2)]
