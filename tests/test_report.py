@@ -87,7 +87,6 @@ def test_a_malformed_time_bound_is_refused(monkeypatch, bad):
         _tool_timeout()
 
 
-
 _json_values = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
                             lambda inner: st.lists(inner, max_size=5) | st.dictionaries(st.text(max_size=6), inner, max_size=5),
                             max_leaves=30)
