@@ -84,22 +84,25 @@ def write_text(path: str | os.PathLike, text: str) -> None:
     write_file(path, writer)
 
 
+def _is_scalar(x) -> bool:
+    return not isinstance(x, (dict, list, tuple))
+
+
 def _json_text(obj, depth: int = 0, width: int = 100) -> str:
     """``json.dumps(obj, indent=2)``, except that a list of scalars and short lists goes on one
     line where it fits in ``width`` characters (a timing path's steps, a cell's location:
     indented one number a line they made ``reports/hw.json`` three times its size)."""
     pad, inner = "  " * depth, "  " * (depth + 1)
     if isinstance(obj, dict) and obj:
-        # (a key as json.dumps writes it: a number or a bool is quoted in its JSON spelling)
-        items = [f"{inner}{json.dumps(next(iter(json.loads(json.dumps({k: 0})))))}: {_json_text(v, depth + 1, width)}"
-                 for k, v in obj.items()]
+        # a key as json.dumps writes it (a number or a bool key quoted in its JSON spelling)
+        items = [f"{inner}{json.dumps({k: 0})[1:-4]}: {_json_text(v, depth + 1, width)}" for k, v in obj.items()]
         return "{\n" + ",\n".join(items) + "\n" + pad + "}"
     if isinstance(obj, (list, tuple)) and obj:
-        flat = json.dumps(obj)
-        if (all(not isinstance(x, (dict, list, tuple)) or (isinstance(x, (list, tuple))
-                and all(not isinstance(y, (dict, list, tuple)) for y in x)) for x in obj)
-                and len(inner) + len(flat) <= width):
-            return flat
+        # (the shape first: a deep list is not written whole only to be thrown away)
+        if all(_is_scalar(x) or (isinstance(x, (list, tuple)) and all(map(_is_scalar, x))) for x in obj):
+            flat = json.dumps(obj)
+            if len(inner) + len(flat) <= width:
+                return flat
         return "[\n" + ",\n".join(inner + _json_text(x, depth + 1, width) for x in obj) + "\n" + pad + "]"
     return json.dumps(obj)
 
