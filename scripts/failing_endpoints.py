@@ -1,6 +1,8 @@
 """Which registers miss the clock after place and route, and where they are: every register input
 of the accelerator that nextpnr-ecp5 times later than a clock period, counted at 150, 140, 130
-and 120 MHz and grouped by the module that holds it.  Writes reports/accel_endpoints.{json,md}.
+and 120 MHz and grouped by the module that holds it and by the net into it (the nets that reach
+the most late inputs: the wide-fanout controls a cut should aim at).  Writes
+reports/accel_endpoints.{json,md}.
 
     python scripts/failing_endpoints.py                        # rtl/accelerator.v, the accelerator's seeds
     python scripts/failing_endpoints.py --seeds 2              # one seed (about 22 min: 3 of synthesis, 19 of place and route)
@@ -57,6 +59,26 @@ def arrivals(pnr: dict) -> dict[tuple[str, str], float]:
             key = (e["cell"], e["port"])
             out[key] = max(out.get(key, 0.0), float(e["delay"][1]))
     return out
+
+
+def late_nets(pnr: dict, mhz: float, top: int = 10) -> list[dict]:
+    """The nets whose register inputs are latest at ``mhz``: for each net, its register inputs
+    (clock to clock), how many of them arrive later than the period and the latest arrival;
+    the ``top`` nets with the most late inputs, most first.  A net that reaches many late
+    inputs is a control signal with a wide fanout (an enable of a wide register, a state
+    transition): one cut there moves them all, where the by-module count cannot say which."""
+    period = 1000.0 / mhz
+    rows = []
+    for net in pnr.get("detailed_net_timings") or []:
+        if net.get("event") == ASYNC:
+            continue
+        delays = [float(e["delay"][1]) for e in net["endpoints"] if e.get("event") != ASYNC]
+        n_late = sum(d > period for d in delays)
+        if n_late:
+            rows.append({"net": net["net"], "register_inputs": len(delays), "late": n_late,
+                         "worst_ns": round(max(delays), 3)})
+    rows.sort(key=lambda r: (-r["late"], -r["worst_ns"], r["net"]))
+    return rows[:top]
 
 
 def module_of(cell: str, depth: int) -> str:
@@ -125,6 +147,21 @@ def markdown(out: dict, command: str) -> str:
     for mod, _ in modules.most_common(30):
         lines.append(f"| `{mod}` | " + " | ".join(str(out["seeds"][s]["targets"][top]["by_module"].get(mod, 0))
                                                    for s in seeds) + " |")
+    # the nets into them (one netlist for every seed, so a net has one name on all of them)
+    nets: dict[str, dict] = {}
+    for s in seeds:
+        for row in out["seeds"][s]["targets"][top].get("by_net", []):
+            nets.setdefault(row["net"], {"register_inputs": row["register_inputs"], "late": {}})["late"][s] = row
+    if nets:
+        order = sorted(nets, key=lambda n: (-sum(r["late"] for r in nets[n]["late"].values()), n))
+        lines += ["", f"Late at {top} MHz, by the net into them (each seed's {len(out['seeds'][seeds[0]]['targets'][top]['by_net'])} "
+                  "nets with the most; late inputs and the latest arrival in ns, a dash where the net is not "
+                  "among a seed's):", "",
+                  "| net | register inputs | " + " | ".join(f"seed {s}" for s in seeds) + " |",
+                  "| --- | ---: | " + " | ".join("---:" for _ in seeds) + " |"]
+        for n in order:
+            cells = [f"{r['late']} ({r['worst_ns']:.2f})" if (r := nets[n]["late"].get(s)) else "-" for s in seeds]
+            lines.append(f"| `{n}` | {nets[n]['register_inputs']} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -167,6 +204,8 @@ def run(argv=None) -> int:
     from hwgen.report import report_fmax
     for name, pnr in reports.items():
         out["seeds"][name] = {"fmax_mhz": report_fmax(pnr), **late(arrivals(pnr), args.depth)}
+        for mhz in TARGETS_MHZ:
+            out["seeds"][name]["targets"][str(mhz)]["by_net"] = late_nets(pnr, mhz)
 
     from rich.console import Console
     from rich.table import Table

@@ -39,6 +39,24 @@ def test_late_inputs_by_target_pin_and_module():
     assert t["120"]["by_module"] == {"u.core.feed": 1}
 
 
+def test_late_nets_rank_the_nets_by_their_late_register_inputs():
+    """A net's register inputs counted late against the period, nets with none left out, the
+    net reaching the most late inputs first, paths from a pin not counted."""
+    def ep(cell, delay, event="posedge clk"):
+        return {"cell": cell, "port": "CE", "event": event, "delay": [0.1, delay]}
+    rep = {"detailed_net_timings": [
+        {"net": "en_wide", "event": "posedge clk", "endpoints": [ep(f"r{i}", 7.0 if i < 3 else 6.0) for i in range(40)]},
+        {"net": "en_deep", "event": "posedge clk", "endpoints": [ep("s0", 9.5), ep("s1", 8.0)]},
+        {"net": "on_time", "event": "posedge clk", "endpoints": [ep("t0", 5.0)]},
+        {"net": "from_pin", "event": "<async>", "endpoints": [ep("u0", 9.9)]},
+        {"net": "to_pin", "event": "posedge clk", "endpoints": [ep("v0", 9.9, "<async>"), ep("v1", 6.0)]}]}
+    assert failing_endpoints.late_nets(rep, 150) == [
+        {"net": "en_wide", "register_inputs": 40, "late": 3, "worst_ns": 7.0},
+        {"net": "en_deep", "register_inputs": 2, "late": 2, "worst_ns": 9.5}]
+    assert failing_endpoints.late_nets(rep, 120) == [{"net": "en_deep", "register_inputs": 2, "late": 1, "worst_ns": 9.5}]
+    assert failing_endpoints.late_nets(rep, 150, top=1)[0]["net"] == "en_wide"
+
+
 def test_one_input_on_two_nets_keeps_its_latest_arrival():
     rep = _report({("a.b_FF", "DI"): 5.0})
     rep["detailed_net_timings"].append({"driver": "e", "port": "F", "net": "m", "event": "posedge clk",
@@ -68,7 +86,12 @@ def test_command_line_reads_reports_and_refuses_bad_input(tmp_path, capsys):
     assert failing_endpoints.main(["--pnr-report", str(f), "--out", str(out)]) == 0
     written = json.loads((tmp_path / "ep.json").read_text())
     assert written["seeds"]["2"]["targets"]["150"]["late_inputs"] == 4
-    assert "| 2 | 111.11 | 9.0 | 5 | 4 | 2 | 2 | 1 |" in (tmp_path / "ep.md").read_text()
+    md = (tmp_path / "ep.md").read_text()
+    assert "| 2 | 111.11 | 9.0 | 5 | 4 | 2 | 2 | 1 |" in md
+    # the by-net table: n2 (the LSR at 9.0 ns) first, n3 (on time) absent
+    assert written["seeds"]["2"]["targets"]["150"]["by_net"][0] == {"net": "n2", "register_inputs": 1, "late": 1,
+                                                                    "worst_ns": 9.0}
+    assert "| `n2` | 1 | 1 (9.00) |" in md and "`n3`" not in md
     (tmp_path / "bad.json").write_text("{not json")
     assert failing_endpoints.main(["--pnr-report", str(tmp_path / "bad.json"), "--out", str(out)]) == 2
     assert failing_endpoints.main(["--seeds", "1,x", "--out", str(out)]) == 2
