@@ -77,7 +77,7 @@ from golden.errors import UserError
 from golden.layernorm import FACTOR_BITS
 
 from .config import check_range
-from .pipeline import compress, data_register, partial_products
+from .pipeline import compress, credit_counter, data_register, partial_products
 
 __all__ = ["LayerNorm", "layernorm_timing", "layernorm_widths", "out_pipe_depth", "IN_PIPE_DEPTH", "E_BITS"]
 
@@ -630,8 +630,7 @@ class LayerNorm(wiring.Component):
 
         # --- OUT: stream the row through the affine pipeline ---------------------------------
         QD = self.queue_depth
-        credits = Signal(range(QD + 1), init=QD)       # queue entries not yet promised
-        has_credit = Signal(init=1)                      # credits != 0 (registered)
+        has_credit = Signal()        # a queue entry not yet promised (a register: ``credit_counter``)
         active = Signal()
         ch = Signal(AB)
         rslot = Signal(range(slots))
@@ -705,12 +704,12 @@ class LayerNorm(wiring.Component):
         o_take = self.o.valid & self.o.ready
         m.d.comb += [queue.w_en.eq(valid), queue.w_data.eq(o16),
                      self.o.valid.eq(queue.r_rdy), self.o.payload.eq(queue.r_data), queue.r_en.eq(self.o.ready)]
-        # has_credit follows credits without the sum in its path: the count rises (a take,
-        # no issue), falls (an issue, no take: still >= 1 iff it was >= 2) or stays
-        m.d.sync += [credits.eq(credits - issue + o_take),
-                     has_credit.eq(Mux(o_take & ~issue, 1, Mux(issue & ~o_take, credits >= 2, has_credit)))]
+        # the queue's credits: no adder between the take and the count (the consumer's ready
+        # through the sum's carry chain into the count was a seed's critical path, 8.98 ns)
+        room, out_empty = credit_counter(m, issue, o_take, QD, "out_credit")
+        m.d.comb += has_credit.eq(room)
 
         # idle: no partial row, no row held, nothing in OUT or the queue; registered, and
         # conservative (an element taken this cycle makes it busy)
-        m.d.sync += idle_r.eq(~cnt.any() & ~rows_held.any() & (credits == QD) & ~accept)
+        m.d.sync += idle_r.eq(~cnt.any() & ~rows_held.any() & out_empty & ~accept)
         return m

@@ -1264,97 +1264,97 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$1 ;
   wire \$10 ;
   wire \$100 ;
-  reg \$1000 ;
-  reg \$1001 ;
-  reg [511:0] \$1002 ;
-  reg [3:0] \$1003 ;
-  reg \$1004 ;
-  reg [31:0] \$1005 ;
-  reg [7:0] \$1006 ;
-  reg [15:0] \$1007 ;
-  reg [15:0] \$1008 ;
+  reg [31:0] \$1000 ;
+  reg [31:0] \$1001 ;
+  reg [15:0] \$1002 ;
+  reg [31:0] \$1003 ;
+  reg [2:0] \$1004 ;
+  reg \$1005 ;
+  reg \$1006 ;
+  reg \$1007 ;
+  reg \$1008 ;
   reg \$1009 ;
   wire \$101 ;
-  reg [65:0] \$1010 ;
+  reg \$1010 ;
   reg \$1011 ;
   reg \$1012 ;
   reg \$1013 ;
   reg \$1014 ;
   reg \$1015 ;
-  reg [24:0] \$1016 ;
-  reg [31:0] \$1017 ;
-  reg [15:0] \$1018 ;
+  reg \$1016 ;
+  reg \$1017 ;
+  reg \$1018 ;
   reg \$1019 ;
   wire \$102 ;
-  reg [15:0] \$1020 ;
-  reg [15:0] \$1021 ;
-  reg [15:0] \$1022 ;
-  reg [15:0] \$1023 ;
-  reg [15:0] \$1024 ;
-  reg [15:0] \$1025 ;
-  reg [15:0] \$1026 ;
-  reg [15:0] \$1027 ;
-  reg [2:0] \$1028 ;
-  reg [2:0] \$1029 ;
+  reg \$1020 ;
+  reg \$1021 ;
+  reg \$1022 ;
+  reg \$1023 ;
+  reg \$1024 ;
+  reg \$1025 ;
+  reg \$1026 ;
+  reg \$1027 ;
+  reg \$1028 ;
+  reg \$1029 ;
   wire \$103 ;
-  reg [31:0] \$1030 ;
-  reg [15:0] \$1031 ;
-  reg [15:0] \$1032 ;
-  reg [31:0] \$1033 ;
-  reg [31:0] \$1034 ;
-  reg \$1035 ;
+  reg \$1030 ;
+  reg \$1031 ;
+  reg [511:0] \$1032 ;
+  reg [3:0] \$1033 ;
+  reg \$1034 ;
+  reg [31:0] \$1035 ;
   reg [7:0] \$1036 ;
-  reg \$1037 ;
-  reg \$1038 ;
+  reg [15:0] \$1037 ;
+  reg [15:0] \$1038 ;
   reg \$1039 ;
   wire \$104 ;
-  reg [15:0] \$1040 ;
+  reg [65:0] \$1040 ;
   reg \$1041 ;
   reg \$1042 ;
   reg \$1043 ;
   reg \$1044 ;
   reg \$1045 ;
-  reg [3:0] \$1046 ;
-  reg [15:0] \$1047 ;
-  reg \$1048 ;
+  reg [24:0] \$1046 ;
+  reg [31:0] \$1047 ;
+  reg [15:0] \$1048 ;
   reg [15:0] \$1049 ;
   wire \$105 ;
-  reg [15:0] \$1050 ;
-  reg [31:0] \$1051 ;
-  reg \$1052 ;
-  reg \$1053 ;
-  reg \$1054 ;
-  reg \$1055 ;
-  reg \$1056 ;
-  reg \$1057 ;
-  reg \$1058 ;
-  reg \$1059 ;
+  reg \$1050 ;
+  reg [15:0] \$1051 ;
+  reg [15:0] \$1052 ;
+  reg [15:0] \$1053 ;
+  reg [15:0] \$1054 ;
+  reg [15:0] \$1055 ;
+  reg [15:0] \$1056 ;
+  reg [15:0] \$1057 ;
+  reg [15:0] \$1058 ;
+  reg [2:0] \$1059 ;
   wire \$106 ;
-  reg \$1060 ;
-  reg \$1061 ;
-  reg \$1062 ;
-  reg \$1063 ;
-  reg \$1064 ;
-  reg \$1065 ;
-  reg [8:0] \$1066 ;
-  reg \$1067 ;
+  reg [2:0] \$1060 ;
+  reg [31:0] \$1061 ;
+  reg [15:0] \$1062 ;
+  reg [15:0] \$1063 ;
+  reg [31:0] \$1064 ;
+  reg [31:0] \$1065 ;
+  reg \$1066 ;
+  reg [7:0] \$1067 ;
   reg \$1068 ;
-  reg [3:0] \$1069 ;
+  reg \$1069 ;
   wire \$107 ;
-  reg [15:0] \$1070 ;
-  reg [9:0] \$1071 ;
-  reg [15:0] \$1072 ;
+  reg \$1070 ;
+  reg [15:0] \$1071 ;
+  reg \$1072 ;
   reg \$1073 ;
   reg \$1074 ;
   reg \$1075 ;
-  reg [8:0] \$1076 ;
-  reg \$1077 ;
-  reg \$1078 ;
-  reg [31:0] \$1079 ;
+  reg \$1076 ;
+  reg [3:0] \$1077 ;
+  reg [15:0] \$1078 ;
+  reg \$1079 ;
   wire \$108 ;
   reg [15:0] \$1080 ;
-  reg \$1081 ;
-  reg \$1082 ;
+  reg [15:0] \$1081 ;
+  reg [31:0] \$1082 ;
   reg \$1083 ;
   reg \$1084 ;
   reg \$1085 ;
@@ -1364,14 +1364,46 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   reg \$1089 ;
   wire \$109 ;
   reg \$1090 ;
-  reg [2:0] \$1091 ;
-  reg [2:0] \$1092 ;
+  reg \$1091 ;
+  reg \$1092 ;
   reg \$1093 ;
-  reg [3:0] \$1094 ;
+  reg \$1094 ;
+  reg \$1095 ;
+  reg \$1096 ;
+  reg \$1097 ;
+  reg [8:0] \$1098 ;
+  reg \$1099 ;
   wire \$11 ;
   wire \$110 ;
+  reg \$1100 ;
+  reg [3:0] \$1101 ;
+  reg [15:0] \$1102 ;
+  reg [9:0] \$1103 ;
+  reg [15:0] \$1104 ;
+  reg \$1105 ;
+  reg \$1106 ;
+  reg \$1107 ;
+  reg [8:0] \$1108 ;
+  reg \$1109 ;
   wire \$111 ;
+  reg \$1110 ;
+  reg [31:0] \$1111 ;
+  reg [15:0] \$1112 ;
+  reg \$1113 ;
+  reg \$1114 ;
+  reg \$1115 ;
+  reg \$1116 ;
+  reg \$1117 ;
+  reg \$1118 ;
+  reg \$1119 ;
   wire \$112 ;
+  reg \$1120 ;
+  reg \$1121 ;
+  reg \$1122 ;
+  reg [2:0] \$1123 ;
+  reg [2:0] \$1124 ;
+  reg \$1125 ;
+  reg [3:0] \$1126 ;
   wire \$113 ;
   wire \$114 ;
   wire \$115 ;
@@ -1585,11 +1617,11 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$302 ;
   wire \$303 ;
   wire \$304 ;
-  wire [30:0] \$305 ;
+  wire \$305 ;
   wire \$306 ;
   wire \$307 ;
   wire \$308 ;
-  wire \$309 ;
+  wire [30:0] \$309 ;
   wire [20:0] \$31 ;
   wire \$310 ;
   wire \$311 ;
@@ -1636,45 +1668,45 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$349 ;
   wire [3:0] \$35 ;
   wire \$350 ;
-  wire [16:0] \$351 ;
-  wire [16:0] \$352 ;
-  wire [16:0] \$353 ;
-  wire [3:0] \$354 ;
-  wire \$355 ;
-  wire [31:0] \$356 ;
-  wire [32:0] \$357 ;
-  wire [32:0] \$358 ;
-  wire [16:0] \$359 ;
+  wire \$351 ;
+  wire \$352 ;
+  wire \$353 ;
+  wire \$354 ;
+  wire [16:0] \$355 ;
+  wire [16:0] \$356 ;
+  wire [16:0] \$357 ;
+  wire [3:0] \$358 ;
+  wire \$359 ;
   wire \$36 ;
-  wire [16:0] \$360 ;
-  wire [16:0] \$361 ;
-  wire [62:0] \$362 ;
-  wire [63:0] \$363 ;
-  wire [22:0] \$364 ;
-  wire [23:0] \$365 ;
-  wire [31:0] \$366 ;
-  wire [32:0] \$367 ;
-  wire [32:0] \$368 ;
-  wire [16:0] \$369 ;
+  wire [31:0] \$360 ;
+  wire [32:0] \$361 ;
+  wire [32:0] \$362 ;
+  wire [16:0] \$363 ;
+  wire [16:0] \$364 ;
+  wire [16:0] \$365 ;
+  wire [62:0] \$366 ;
+  wire [63:0] \$367 ;
+  wire [22:0] \$368 ;
+  wire [23:0] \$369 ;
   wire [17:0] \$37 ;
-  wire [18:0] \$370 ;
-  wire [19:0] \$371 ;
-  wire [20:0] \$372 ;
-  wire [18:0] \$373 ;
-  wire [19:0] \$374 ;
-  wire \$375 ;
-  wire \$376 ;
-  wire \$377 ;
-  wire \$378 ;
+  wire [31:0] \$370 ;
+  wire [32:0] \$371 ;
+  wire [32:0] \$372 ;
+  wire [16:0] \$373 ;
+  wire [18:0] \$374 ;
+  wire [19:0] \$375 ;
+  wire [20:0] \$376 ;
+  wire [18:0] \$377 ;
+  wire [19:0] \$378 ;
   wire \$379 ;
   wire \$38 ;
   wire \$380 ;
   wire \$381 ;
   wire \$382 ;
   wire \$383 ;
-  wire [48:0] \$384 ;
+  wire \$384 ;
   wire \$385 ;
-  wire [48:0] \$386 ;
+  wire \$386 ;
   wire \$387 ;
   wire [48:0] \$388 ;
   wire \$389 ;
@@ -1710,10 +1742,10 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$415 ;
   wire [48:0] \$416 ;
   wire \$417 ;
-  wire \$418 ;
+  wire [48:0] \$418 ;
   wire \$419 ;
   wire [15:0] \$42 ;
-  wire \$420 ;
+  wire [48:0] \$420 ;
   wire \$421 ;
   wire \$422 ;
   wire \$423 ;
@@ -1750,32 +1782,32 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$451 ;
   wire \$452 ;
   wire \$453 ;
-  wire [15:0] \$454 ;
+  wire \$454 ;
   wire \$455 ;
   wire \$456 ;
   wire \$457 ;
-  wire \$458 ;
-  wire [16:0] \$459 ;
+  wire [15:0] \$458 ;
+  wire \$459 ;
   wire [20:0] \$46 ;
-  wire [32:0] \$460 ;
+  wire \$460 ;
   wire \$461 ;
   wire \$462 ;
-  wire \$463 ;
-  wire \$464 ;
+  wire [16:0] \$463 ;
+  wire [32:0] \$464 ;
   wire \$465 ;
   wire \$466 ;
-  wire [32:0] \$467 ;
+  wire \$467 ;
   wire \$468 ;
   wire \$469 ;
   wire [21:0] \$47 ;
-  wire [14:0] \$470 ;
-  wire \$471 ;
+  wire \$470 ;
+  wire [32:0] \$471 ;
   wire \$472 ;
-  wire [4:0] \$473 ;
-  wire \$474 ;
+  wire \$473 ;
+  wire [14:0] \$474 ;
   wire \$475 ;
   wire \$476 ;
-  wire \$477 ;
+  wire [4:0] \$477 ;
   wire \$478 ;
   wire \$479 ;
   wire [21:0] \$48 ;
@@ -1809,13 +1841,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$504 ;
   wire \$505 ;
   wire \$506 ;
-  wire [16:0] \$507 ;
-  wire [32:0] \$508 ;
+  wire \$507 ;
+  wire \$508 ;
   wire \$509 ;
   wire [20:0] \$51 ;
   wire \$510 ;
-  wire \$511 ;
-  wire \$512 ;
+  wire [16:0] \$511 ;
+  wire [32:0] \$512 ;
   wire \$513 ;
   wire \$514 ;
   wire \$515 ;
@@ -1826,11 +1858,11 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire [20:0] \$52 ;
   wire \$520 ;
   wire \$521 ;
-  wire [16:0] \$522 ;
+  wire \$522 ;
   wire \$523 ;
   wire \$524 ;
   wire \$525 ;
-  wire \$526 ;
+  wire [16:0] \$526 ;
   wire \$527 ;
   wire \$528 ;
   wire \$529 ;
@@ -1918,65 +1950,65 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$602 ;
   wire \$603 ;
   wire \$604 ;
-  wire [24:0] \$605 ;
+  wire \$605 ;
   wire \$606 ;
   wire \$607 ;
-  wire [33:0] \$608 ;
-  wire \$609 ;
+  wire \$608 ;
+  wire [24:0] \$609 ;
   wire \$61 ;
   wire \$610 ;
   wire \$611 ;
-  wire [24:0] \$612 ;
-  wire [33:0] \$613 ;
+  wire [33:0] \$612 ;
+  wire \$613 ;
   wire \$614 ;
   wire \$615 ;
   wire \$616 ;
   wire \$617 ;
-  wire \$618 ;
+  wire [24:0] \$618 ;
   wire \$619 ;
   wire \$62 ;
   wire \$620 ;
   wire \$621 ;
-  wire \$622 ;
+  wire [33:0] \$622 ;
   wire \$623 ;
   wire \$624 ;
-  wire [3:0] \$625 ;
+  wire \$625 ;
   wire \$626 ;
   wire \$627 ;
   wire \$628 ;
-  wire [3:0] \$629 ;
+  wire \$629 ;
   wire \$63 ;
-  wire [14:0] \$630 ;
+  wire \$630 ;
   wire \$631 ;
   wire \$632 ;
   wire \$633 ;
-  wire \$634 ;
+  wire [3:0] \$634 ;
   wire \$635 ;
   wire \$636 ;
   wire \$637 ;
-  wire \$638 ;
-  wire \$639 ;
+  wire [3:0] \$638 ;
+  wire [14:0] \$639 ;
   wire \$64 ;
   wire \$640 ;
   wire \$641 ;
   wire \$642 ;
   wire \$643 ;
-  wire [16:0] \$644 ;
-  wire [16:0] \$645 ;
+  wire \$644 ;
+  wire \$645 ;
   wire \$646 ;
-  wire [32:0] \$647 ;
+  wire \$647 ;
   wire \$648 ;
   wire \$649 ;
   wire \$65 ;
   wire \$650 ;
-  wire [32:0] \$651 ;
+  wire \$651 ;
   wire \$652 ;
-  wire \$653 ;
-  wire \$654 ;
+  wire [16:0] \$653 ;
+  wire [16:0] \$654 ;
   wire \$655 ;
-  wire \$656 ;
-  wire [16:0] \$657 ;
-  wire [16:0] \$658 ;
+  wire [32:0] \$656 ;
+  wire \$657 ;
+  wire \$658 ;
   wire \$659 ;
   wire \$66 ;
   wire [32:0] \$660 ;
@@ -1985,31 +2017,31 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$663 ;
   wire \$664 ;
   wire \$665 ;
-  wire \$666 ;
+  wire [16:0] \$666 ;
   wire [16:0] \$667 ;
-  wire [16:0] \$668 ;
-  wire \$669 ;
+  wire \$668 ;
+  wire [32:0] \$669 ;
   wire [63:0] \$67 ;
   wire \$670 ;
-  wire [16:0] \$671 ;
+  wire \$671 ;
   wire \$672 ;
   wire \$673 ;
   wire \$674 ;
   wire \$675 ;
-  wire \$676 ;
-  wire \$677 ;
+  wire [16:0] \$676 ;
+  wire [16:0] \$677 ;
   wire \$678 ;
   wire \$679 ;
   wire [63:0] \$68 ;
-  wire \$680 ;
+  wire [16:0] \$680 ;
   wire \$681 ;
   wire \$682 ;
   wire \$683 ;
   wire \$684 ;
   wire \$685 ;
-  wire [9:0] \$686 ;
-  wire [16:0] \$687 ;
-  reg \$688 ;
+  wire \$686 ;
+  wire \$687 ;
+  wire \$688 ;
   wire \$689 ;
   wire \$69 ;
   wire \$690 ;
@@ -2017,271 +2049,271 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \$692 ;
   wire \$693 ;
   wire \$694 ;
-  reg \$695 ;
+  wire \$695 ;
   wire \$696 ;
   wire \$697 ;
   wire \$698 ;
   wire \$699 ;
   wire \$7 ;
   wire \$70 ;
-  wire \$700 ;
-  reg \$701 ;
-  wire \$702 ;
+  wire [9:0] \$700 ;
+  wire [16:0] \$701 ;
+  reg \$702 ;
   wire \$703 ;
   wire \$704 ;
   wire \$705 ;
   wire \$706 ;
-  reg \$707 ;
+  wire \$707 ;
   wire \$708 ;
-  wire \$709 ;
+  reg \$709 ;
   wire \$71 ;
   wire \$710 ;
   wire \$711 ;
   wire \$712 ;
-  reg \$713 ;
+  wire \$713 ;
   wire \$714 ;
-  wire \$715 ;
+  reg \$715 ;
   wire \$716 ;
   wire \$717 ;
   wire \$718 ;
-  reg \$719 ;
+  wire \$719 ;
   wire \$72 ;
   wire \$720 ;
-  wire \$721 ;
+  reg \$721 ;
   wire \$722 ;
   wire \$723 ;
   wire \$724 ;
-  reg \$725 ;
+  wire \$725 ;
   wire \$726 ;
-  wire \$727 ;
+  reg \$727 ;
   wire \$728 ;
   wire \$729 ;
   wire \$73 ;
   wire \$730 ;
-  reg \$731 ;
+  wire \$731 ;
   wire \$732 ;
-  wire \$733 ;
+  reg \$733 ;
   wire \$734 ;
   wire \$735 ;
   wire \$736 ;
-  reg \$737 ;
+  wire \$737 ;
   wire \$738 ;
-  wire \$739 ;
+  reg \$739 ;
   wire [15:0] \$74 ;
   wire \$740 ;
   wire \$741 ;
   wire \$742 ;
-  reg \$743 ;
+  wire \$743 ;
   wire \$744 ;
-  wire \$745 ;
+  reg \$745 ;
   wire \$746 ;
   wire \$747 ;
-  reg \$748 ;
+  wire \$748 ;
   wire \$749 ;
   wire \$75 ;
   wire \$750 ;
-  wire \$751 ;
+  reg \$751 ;
   wire \$752 ;
   wire \$753 ;
   wire \$754 ;
-  wire [4:0] \$755 ;
-  wire [16:0] \$756 ;
-  wire [16:0] \$757 ;
+  wire \$755 ;
+  wire \$756 ;
+  reg \$757 ;
   wire \$758 ;
   wire \$759 ;
   wire [15:0] \$76 ;
-  wire [16:0] \$760 ;
-  wire [16:0] \$761 ;
-  wire \$762 ;
+  wire \$760 ;
+  wire \$761 ;
+  reg \$762 ;
   wire \$763 ;
   wire \$764 ;
   wire \$765 ;
-  wire [4:0] \$766 ;
-  wire [9:0] \$767 ;
-  wire [16:0] \$768 ;
-  wire \$769 ;
+  wire \$766 ;
+  wire \$767 ;
+  wire \$768 ;
+  wire [4:0] \$769 ;
   wire \$77 ;
-  wire \$770 ;
-  wire \$771 ;
+  wire [16:0] \$770 ;
+  wire [16:0] \$771 ;
   wire \$772 ;
   wire \$773 ;
-  wire \$774 ;
-  wire \$775 ;
+  wire [16:0] \$774 ;
+  wire [16:0] \$775 ;
   wire \$776 ;
-  wire [32:0] \$777 ;
+  wire \$777 ;
   wire \$778 ;
-  wire [16:0] \$779 ;
+  wire \$779 ;
   wire \$78 ;
-  wire [16:0] \$780 ;
-  wire \$781 ;
+  wire [4:0] \$780 ;
+  wire [9:0] \$781 ;
   wire [16:0] \$782 ;
-  wire [16:0] \$783 ;
+  wire \$783 ;
   wire \$784 ;
-  reg \$785 ;
+  wire \$785 ;
   wire \$786 ;
-  wire \$787 ;
+  wire [16:0] \$787 ;
   wire \$788 ;
   wire \$789 ;
   wire \$79 ;
   wire \$790 ;
-  wire [16:0] \$791 ;
-  wire [10:0] \$792 ;
+  wire \$791 ;
+  wire [16:0] \$792 ;
   wire \$793 ;
-  wire [16:0] \$794 ;
+  wire \$794 ;
   wire \$795 ;
   wire \$796 ;
-  wire [4:0] \$797 ;
-  wire [9:0] \$798 ;
-  wire [32:0] \$799 ;
+  wire \$797 ;
+  wire [16:0] \$798 ;
+  wire \$799 ;
   wire \$8 ;
   wire \$80 ;
-  wire [33:0] \$800 ;
+  wire \$800 ;
   wire \$801 ;
   wire \$802 ;
-  wire \$803 ;
+  wire [16:0] \$803 ;
   wire \$804 ;
   wire \$805 ;
   wire \$806 ;
   wire \$807 ;
-  wire \$808 ;
-  wire \$809 ;
+  wire [16:0] \$808 ;
+  wire [16:0] \$809 ;
   wire \$81 ;
   wire \$810 ;
-  wire [16:0] \$811 ;
-  wire [16:0] \$812 ;
-  wire \$813 ;
-  wire [32:0] \$814 ;
+  wire [32:0] \$811 ;
+  wire \$812 ;
+  reg \$813 ;
+  wire \$814 ;
   wire \$815 ;
   wire \$816 ;
   wire \$817 ;
-  wire [9:0] \$818 ;
-  wire [10:0] \$819 ;
+  wire \$818 ;
+  wire [16:0] \$819 ;
   wire \$82 ;
-  reg \$820 ;
+  wire [10:0] \$820 ;
   wire \$821 ;
-  wire \$822 ;
+  wire [16:0] \$822 ;
   wire \$823 ;
   wire \$824 ;
-  wire \$825 ;
-  wire \$826 ;
-  wire \$827 ;
-  wire \$828 ;
-  reg \$829 ;
+  wire [4:0] \$825 ;
+  wire [9:0] \$826 ;
+  wire [32:0] \$827 ;
+  wire [33:0] \$828 ;
+  wire \$829 ;
   wire \$83 ;
   wire \$830 ;
   wire \$831 ;
   wire \$832 ;
   wire \$833 ;
   wire \$834 ;
-  wire \$835 ;
+  wire [32:0] \$835 ;
   wire \$836 ;
-  reg \$837 ;
+  wire \$837 ;
   wire \$838 ;
-  wire \$839 ;
+  wire [16:0] \$839 ;
   wire \$84 ;
-  wire \$840 ;
+  wire [16:0] \$840 ;
   wire \$841 ;
   wire \$842 ;
   wire \$843 ;
   wire \$844 ;
-  reg \$845 ;
-  wire \$846 ;
-  wire \$847 ;
+  wire [9:0] \$845 ;
+  wire [10:0] \$846 ;
+  reg \$847 ;
   wire \$848 ;
   wire \$849 ;
   wire \$85 ;
   wire \$850 ;
   wire \$851 ;
   wire \$852 ;
-  reg \$853 ;
+  wire \$853 ;
   wire \$854 ;
   wire \$855 ;
-  wire \$856 ;
+  reg \$856 ;
   wire \$857 ;
   wire \$858 ;
   wire \$859 ;
   wire \$86 ;
   wire \$860 ;
-  reg \$861 ;
+  wire \$861 ;
   wire \$862 ;
   wire \$863 ;
-  wire \$864 ;
+  reg \$864 ;
   wire \$865 ;
   wire \$866 ;
   wire \$867 ;
   wire \$868 ;
-  reg \$869 ;
+  wire \$869 ;
   wire \$87 ;
   wire \$870 ;
   wire \$871 ;
-  wire \$872 ;
+  reg \$872 ;
   wire \$873 ;
   wire \$874 ;
   wire \$875 ;
   wire \$876 ;
-  reg \$877 ;
+  wire \$877 ;
   wire \$878 ;
   wire \$879 ;
   wire \$88 ;
-  wire \$880 ;
+  reg \$880 ;
   wire \$881 ;
   wire \$882 ;
   wire \$883 ;
   wire \$884 ;
-  wire [3:0] \$885 ;
-  wire [3:0] \$886 ;
+  wire \$885 ;
+  wire \$886 ;
   wire \$887 ;
-  wire \$888 ;
+  reg \$888 ;
   wire \$889 ;
   wire \$89 ;
-  wire [3:0] \$890 ;
-  wire [3:0] \$891 ;
+  wire \$890 ;
+  wire \$891 ;
   wire \$892 ;
   wire \$893 ;
   wire \$894 ;
   wire \$895 ;
-  wire \$896 ;
-  wire [32:0] \$897 ;
-  wire [16:0] \$898 ;
-  wire [16:0] \$899 ;
+  reg \$896 ;
+  wire \$897 ;
+  wire \$898 ;
+  wire \$899 ;
   wire \$9 ;
   wire \$90 ;
-  reg [13:0] \$900 ;
-  reg [15:0] \$901 ;
-  reg \$902 ;
-  reg \$903 ;
+  wire \$900 ;
+  wire \$901 ;
+  wire \$902 ;
+  wire \$903 ;
   reg \$904 ;
-  reg \$905 ;
-  reg \$906 ;
-  reg \$907 ;
-  reg \$908 ;
-  reg \$909 ;
+  wire \$905 ;
+  wire \$906 ;
+  wire \$907 ;
+  wire \$908 ;
+  wire \$909 ;
   wire \$91 ;
-  reg \$910 ;
-  reg \$911 ;
-  reg \$912 ;
-  reg \$913 ;
-  reg \$914 ;
-  reg \$915 ;
-  reg \$916 ;
-  reg \$917 ;
-  reg \$918 ;
-  reg [15:0] \$919 ;
+  wire \$910 ;
+  wire \$911 ;
+  wire [3:0] \$912 ;
+  wire [3:0] \$913 ;
+  wire \$914 ;
+  wire \$915 ;
+  wire \$916 ;
+  wire [3:0] \$917 ;
+  wire [3:0] \$918 ;
+  wire \$919 ;
   wire \$92 ;
-  reg \$920 ;
-  reg \$921 ;
-  reg \$922 ;
-  reg \$923 ;
-  reg \$924 ;
-  reg \$925 ;
-  reg \$926 ;
-  reg [2:0] \$927 ;
-  reg [2:0] \$928 ;
-  reg \$929 ;
+  wire \$920 ;
+  wire \$921 ;
+  wire \$922 ;
+  wire \$923 ;
+  wire \$924 ;
+  wire \$925 ;
+  wire [32:0] \$926 ;
+  wire [16:0] \$927 ;
+  wire [16:0] \$928 ;
+  reg [13:0] \$929 ;
   wire \$93 ;
-  reg \$930 ;
-  reg [2:0] \$931 ;
-  reg [2:0] \$932 ;
+  reg [15:0] \$930 ;
+  reg \$931 ;
+  reg \$932 ;
   reg \$933 ;
   reg \$934 ;
   reg \$935 ;
@@ -2293,77 +2325,77 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   reg \$940 ;
   reg \$941 ;
   reg \$942 ;
-  reg [47:0] \$943 ;
-  reg [47:0] \$944 ;
-  reg [47:0] \$945 ;
-  reg [47:0] \$946 ;
-  reg [47:0] \$947 ;
-  reg [47:0] \$948 ;
-  reg [47:0] \$949 ;
+  reg \$943 ;
+  reg \$944 ;
+  reg \$945 ;
+  reg \$946 ;
+  reg \$947 ;
+  reg [15:0] \$948 ;
+  reg \$949 ;
   wire \$95 ;
-  reg [47:0] \$950 ;
-  reg [47:0] \$951 ;
-  reg [47:0] \$952 ;
-  reg [47:0] \$953 ;
-  reg [47:0] \$954 ;
-  reg [47:0] \$955 ;
-  reg [47:0] \$956 ;
-  reg [47:0] \$957 ;
-  reg [47:0] \$958 ;
-  reg [47:0] \$959 ;
+  reg \$950 ;
+  reg \$951 ;
+  reg \$952 ;
+  reg \$953 ;
+  reg \$954 ;
+  reg \$955 ;
+  reg [2:0] \$956 ;
+  reg [2:0] \$957 ;
+  reg \$958 ;
+  reg \$959 ;
   wire \$96 ;
-  reg \$960 ;
-  reg \$961 ;
+  reg [2:0] \$960 ;
+  reg [2:0] \$961 ;
   reg \$962 ;
   reg \$963 ;
   reg \$964 ;
-  reg [31:0] \$965 ;
+  reg \$965 ;
   reg \$966 ;
   reg \$967 ;
-  reg [3:0] \$968 ;
+  reg \$968 ;
   reg \$969 ;
   wire \$97 ;
-  reg [31:0] \$970 ;
-  reg [31:0] \$971 ;
-  reg [15:0] \$972 ;
-  reg [31:0] \$973 ;
-  reg [2:0] \$974 ;
-  reg \$975 ;
-  reg \$976 ;
-  reg \$977 ;
-  reg \$978 ;
-  reg \$979 ;
+  reg \$970 ;
+  reg \$971 ;
+  reg \$972 ;
+  reg [47:0] \$973 ;
+  reg [47:0] \$974 ;
+  reg [47:0] \$975 ;
+  reg [47:0] \$976 ;
+  reg [47:0] \$977 ;
+  reg [47:0] \$978 ;
+  reg [47:0] \$979 ;
   wire \$98 ;
-  reg \$980 ;
-  reg \$981 ;
-  reg \$982 ;
-  reg \$983 ;
-  reg \$984 ;
-  reg \$985 ;
-  reg \$986 ;
-  reg \$987 ;
-  reg \$988 ;
-  reg \$989 ;
+  reg [47:0] \$980 ;
+  reg [47:0] \$981 ;
+  reg [47:0] \$982 ;
+  reg [47:0] \$983 ;
+  reg [47:0] \$984 ;
+  reg [47:0] \$985 ;
+  reg [47:0] \$986 ;
+  reg [47:0] \$987 ;
+  reg [47:0] \$988 ;
+  reg [47:0] \$989 ;
   wire \$99 ;
   reg \$990 ;
   reg \$991 ;
   reg \$992 ;
   reg \$993 ;
   reg \$994 ;
-  reg \$995 ;
+  reg [31:0] \$995 ;
   reg \$996 ;
   reg \$997 ;
-  reg \$998 ;
+  reg [3:0] \$998 ;
   reg \$999 ;
   reg \$signal  = 1'h0;
   reg \$signal$348  = 1'h0;
   reg \$signal$493  = 1'h0;
-  reg [31:0] \$signal$572  = 32'd0;
   reg [31:0] \$signal$573  = 32'd0;
-  reg \$signal$596  = 1'h0;
-  reg [15:0] \$signal$599  = 16'h0000;
-  reg [15:0] \$signal$600  = 16'h0000;
-  reg [3:0] \$signal$601  = 4'h0;
+  reg [31:0] \$signal$574  = 32'd0;
+  reg \$signal$598  = 1'h0;
+  reg [15:0] \$signal$601  = 16'h0000;
+  reg [15:0] \$signal$602  = 16'h0000;
+  reg [3:0] \$signal$603  = 4'h0;
   wire [63:0] a__payload;
   reg [81:0] \a__payload$416 ;
   wire [80:0] \a__payload$416.data ;
@@ -2448,6 +2480,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   (* init = 9'h000 *)
   wire [8:0] a_cache8_wdata;
   reg a_cache8_wen = 1'h0;
+  reg a_feed_block_end = 1'h0;
   reg a_feed_k_hit = 1'h0;
   reg a_feed_nt_hit = 1'h0;
   reg a_filled0 = 1'h0;
@@ -2572,7 +2605,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   reg busy = 1'h0;
   (* init = 1'h0 *)
   wire \busy$136 ;
-  wire \busy$619 ;
+  wire \busy$622 ;
   wire [4:0] c__payload;
   (* init = 66'h00000000000000000 *)
   wire [65:0] \c__payload$149 ;
@@ -2608,6 +2641,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   reg [15:0] c_ask = 16'h0000;
   reg [65:0] c_data = 66'h00000000000000000;
   reg [15:0] c_due = 16'h0000;
+  reg c_end = 1'h0;
   wire c_fire;
   reg c_flag_bad = 1'h0;
   reg c_full = 1'h0;
@@ -2670,6 +2704,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   reg [3:0] error = 4'h0;
   (* init = 4'h0 *)
   wire [3:0] \error$132 ;
+  reg [24:0] ext_off = 25'h0000000;
+  reg [15:0] ext_off_data = 16'h0000;
+  reg ext_off_valid = 1'h0;
   reg [31:0] ext_req_addr = 32'd0;
   reg [15:0] ext_req_data = 16'h0000;
   reg ext_req_valid = 1'h0;
@@ -2722,7 +2759,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire \i__valid$515 ;
   wire \i__valid$517 ;
   wire idle;
-  wire \idle$589 ;
+  wire \idle$590 ;
   input [31:0] image_stride;
   wire [31:0] image_stride;
   input [15:0] images;
@@ -2800,8 +2837,6 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   wire [15:0] layernorm_elem;
   (* init = 1'h1 *)
   wire layernorm_rst;
-  reg [24:0] ld_off = 25'h0000000;
-  reg ld_off_valid = 1'h0;
   reg load = 1'h0;
   (* init = 1'h0 *)
   wire \load$65 ;
@@ -3319,7 +3354,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   assign \$78  = sink_from_layernorm | a_from_layernorm;
   assign \o__ready$240  = \$78  & \w_rdy$239 ;
   assign \$79  = is_softmax | is_layernorm;
-  assign \$80  = ~ ld_off_valid;
+  assign \$80  = ~ ext_off_valid;
   assign \$81  = ~ ext_req_valid;
   assign \$82  = \$81  | req__ready;
   assign \$83  = \$80  | \$82 ;
@@ -3457,1072 +3492,1107 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   assign beat__ready = | { \$243 , \$239 , \$238 , \$237 , \$235  };
   assign \$244  = sink_from_move & \r_rdy$279 ;
   assign \$245  = sink_from_load & beat__valid;
-  assign \$246  = ~ ext_req_valid;
-  assign \$247  = \$246  | \req__ready$504 ;
-  assign \$248  = \r_rdy$279  & \$247 ;
-  assign \$249  = sink_from_store & \$248 ;
-  assign \$250  = sink_from_softmax & \r_rdy$302 ;
-  assign \$251  = sink_from_layernorm & \r_rdy$302 ;
-  assign \$252  = sink_from_add & \r_rdy$274 ;
-  assign \$253  = sink_from_gelu0 & \r_rdy$274 ;
-  assign \$254  = sink_from_gemm & gemm_res_valid;
-  assign \$255  = | { \$254 , \$253 , \$252 , \$251 , \$250 , \$249 , \$245 , \$244  };
-  assign dst_step = \valid$275  & \$255 ;
-  assign \$256  = ~ sink_from_store;
-  assign \$257  = dst_step & \$256 ;
-  assign wr_en = \$257  & dst_keep;
-  assign \$258  = sink_from_softmax | a_from_softmax;
-  assign \$259  = sink_from_layernorm | a_from_layernorm;
-  assign \$260  = | { \$259 , \$258  };
-  assign \w_en$507  = \$260  & \r_rdy$279 ;
-  assign \$261  = sink_from_softmax | a_from_softmax;
-  assign \$262  = \$261  & \i__ready$513 ;
-  assign \$263  = sink_from_layernorm | a_from_layernorm;
-  assign \$264  = \$263  & \i__ready$514 ;
-  assign \r_en$512  = | { \$264 , \$262  };
-  assign \$265  = sink_from_softmax | a_from_softmax;
-  assign \i__valid$515  = \$265  & \r_rdy$516 ;
-  assign \$266  = sink_from_layernorm | a_from_layernorm;
-  assign \i__valid$517  = \$266  & \r_rdy$516 ;
-  assign \$267  = sink_from_softmax | sink_from_layernorm;
-  assign \$268  = \$267  & \valid$275 ;
-  assign \$269  = a_from_softmax | a_from_layernorm;
-  assign \$270  = \$269  & a_in_take;
-  assign \r_en$518  = \$268  | \$270 ;
-  assign \$271  = sink_from_move & \valid$275 ;
-  assign \$272  = sink_from_store & \valid$275 ;
-  assign \$273  = ~ ext_req_valid;
-  assign \$274  = \$273  | \req__ready$504 ;
-  assign \$275  = \$272  & \$274 ;
-  assign \$276  = sink_from_softmax | a_from_softmax;
-  assign \$277  = sink_from_layernorm | a_from_layernorm;
-  assign \$278  = | { \$277 , \$276  };
-  assign \$279  = \$278  & \w_rdy$520 ;
-  assign \$280  = q0_to_pack & elem_take;
-  assign \$281  = a_from_src0 & a_in_take;
-  assign \$282  = | { \$281 , \$280 , \$279 , \$275 , \$271  };
-  assign \r_en$519  = \r_rdy$279  & \$282 ;
-  assign \$283  = in_stream & err;
-  assign \$284  = ~ busy;
-  assign clear = start & \$284 ;
-  assign \$285  = rst | unit_rst;
-  assign \$286  = rst | unit_rst;
-  assign \$287  = rst | unit_rst;
-  assign \$288  = rst | unit_rst;
+  assign \$246  = ~ ext_off_valid;
+  assign \$247  = ~ ext_req_valid;
+  assign \$248  = \$247  | \req__ready$504 ;
+  assign \$249  = \$246  | \$248 ;
+  assign \$250  = \r_rdy$279  & \$249 ;
+  assign \$251  = sink_from_store & \$250 ;
+  assign \$252  = sink_from_softmax & \r_rdy$302 ;
+  assign \$253  = sink_from_layernorm & \r_rdy$302 ;
+  assign \$254  = sink_from_add & \r_rdy$274 ;
+  assign \$255  = sink_from_gelu0 & \r_rdy$274 ;
+  assign \$256  = sink_from_gemm & gemm_res_valid;
+  assign \$257  = | { \$256 , \$255 , \$254 , \$253 , \$252 , \$251 , \$245 , \$244  };
+  assign dst_step = \valid$275  & \$257 ;
+  assign \$258  = ~ sink_from_store;
+  assign \$259  = dst_step & \$258 ;
+  assign wr_en = \$259  & dst_keep;
+  assign \$260  = sink_from_softmax | a_from_softmax;
+  assign \$261  = sink_from_layernorm | a_from_layernorm;
+  assign \$262  = | { \$261 , \$260  };
+  assign \w_en$507  = \$262  & \r_rdy$279 ;
+  assign \$263  = sink_from_softmax | a_from_softmax;
+  assign \$264  = \$263  & \i__ready$513 ;
+  assign \$265  = sink_from_layernorm | a_from_layernorm;
+  assign \$266  = \$265  & \i__ready$514 ;
+  assign \r_en$512  = | { \$266 , \$264  };
+  assign \$267  = sink_from_softmax | a_from_softmax;
+  assign \i__valid$515  = \$267  & \r_rdy$516 ;
+  assign \$268  = sink_from_layernorm | a_from_layernorm;
+  assign \i__valid$517  = \$268  & \r_rdy$516 ;
+  assign \$269  = sink_from_softmax | sink_from_layernorm;
+  assign \$270  = \$269  & \valid$275 ;
+  assign \$271  = a_from_softmax | a_from_layernorm;
+  assign \$272  = \$271  & a_in_take;
+  assign \r_en$518  = \$270  | \$272 ;
+  assign \$273  = sink_from_move & \valid$275 ;
+  assign \$274  = sink_from_store & \valid$275 ;
+  assign \$275  = ~ ext_off_valid;
+  assign \$276  = ~ ext_req_valid;
+  assign \$277  = \$276  | \req__ready$504 ;
+  assign \$278  = \$275  | \$277 ;
+  assign \$279  = \$274  & \$278 ;
+  assign \$280  = sink_from_softmax | a_from_softmax;
+  assign \$281  = sink_from_layernorm | a_from_layernorm;
+  assign \$282  = | { \$281 , \$280  };
+  assign \$283  = \$282  & \w_rdy$520 ;
+  assign \$284  = q0_to_pack & elem_take;
+  assign \$285  = a_from_src0 & a_in_take;
+  assign \$286  = | { \$285 , \$284 , \$283 , \$279 , \$273  };
+  assign \r_en$519  = \r_rdy$279  & \$286 ;
+  assign \$287  = in_stream & err;
+  assign \$288  = ~ busy;
+  assign clear = start & \$288 ;
   assign \$289  = rst | unit_rst;
-  assign \$290  = ins[5:0] == 1'h1;
-  assign \$291  = ins[5:0] == 2'h2;
-  assign \$292  = ins[5:0] == 2'h3;
-  assign \$293  = ins[5:0] == 3'h4;
-  assign \$294  = ins[5:0] == 3'h5;
-  assign \$295  = ins[5:0] == 3'h6;
-  assign \$296  = ins[5:0] == 3'h7;
-  assign \$297  = ins[5:0] == 4'h8;
-  assign \$298  = ins[5:0] == 4'h9;
-  assign \$299  = ins[5:0] == 4'ha;
-  assign \$300  = ins[5:0] == 4'hb;
-  assign \$301  = ins[5:0] == 4'hc;
-  assign \$302  = ins[5:0] == 4'hd;
-  assign \$303  = ins[5:0] == 4'he;
-  assign \$304  = ins[5:0] == 4'hf;
-  assign \$305  = 1'h1 << ins[3:0];
-  assign \$306  = ins[5:0] == 3'h4;
-  assign \$307  = ins[5:0] == 3'h5;
-  assign \$308  = \$306  | \$307 ;
-  assign \$309  = ins[5:0] == 3'h4;
-  assign \$310  = ins[511:510] == 1'h1;
-  assign \$311  = \$309  & \$310 ;
-  assign \$312  = ins[5:0] == 3'h4;
-  assign \$313  = ins[511:510] == 2'h2;
-  assign \$314  = \$312  & \$313 ;
-  assign \$315  = ins[5:0] == 3'h4;
-  assign \$316  = ins[511:510] == 2'h3;
-  assign \$317  = \$315  & \$316 ;
-  assign \$318  = ins[5:0] == 3'h5;
-  assign \$319  = ins[511:510] == 2'h3;
-  assign \$320  = \$318  & \$319 ;
-  assign \$321  = ~ unit_rst;
-  assign \$322  = src0_issue & \$321 ;
-  assign \$323  = ~ unit_rst;
-  assign \$324  = src0_inflight & \$323 ;
-  assign \$325  = last__3 & \last__4$538 ;
-  assign \$326  = ~ unit_rst;
-  assign \$327  = src1_issue & \$326 ;
-  assign \$328  = ~ unit_rst;
-  assign \$329  = src1_inflight & \$328 ;
-  assign \$330  = \last__3$545  & \last__4$543 ;
-  assign \$331  = ins[5:0] == 4'ha;
-  assign \$332  = ins[5:0] == 4'hb;
-  assign \$333  = ins[5:0] == 4'hc;
-  assign \$334  = ins[5:0] == 4'hd;
-  assign \$335  = ins[5:0] == 4'he;
-  assign \$336  = ins[5:0] == 4'hf;
-  assign \$337  = | { \$336 , \$335 , \$334 , \$333 , \$332 , \$331  };
-  assign \$338  = | ins[7:6];
-  assign \$339  = ~ \$338 ;
-  assign \$340  = ins[5:0] == 3'h7;
-  assign \$341  = ins[5:0] == 3'h4;
-  assign \$342  = ins[511:510] == 1'h1;
-  assign \$343  = \$341  & \$342 ;
-  assign \$344  = \$340  | \$343 ;
-  assign \$345  = \$339  & \$344 ;
-  assign \$346  = ins[5:0] == 4'h9;
-  assign \$347  = ins[5:0] == 3'h4;
-  assign \$348  = ins[511:510] == 2'h2;
-  assign \$349  = \$347  & \$348 ;
-  assign \$350  = \$346  | \$349 ;
-  assign \$351  = ins[55:40] + 4'h8;
-  assign \$352  = ins[71:56] + 3'h7;
-  assign \$353  = ins[87:72] - 1'h1;
-  assign \$356  = \$355  ? offset : 32'd0;
-  assign \$357  = ins[465:434] + \$356 ;
-  assign \$360  = dec_mt - 1'h1;
-  assign \$361  = dec_nt - 1'h1;
-  assign \$363  = dec_tiles_lo + \$362 ;
-  assign \$365  = \$364  + 6'h3f;
-  assign \$367  = ins[497:466] + \$366 ;
-  assign \$368  = is_gemm ? \$367  : { 1'h0, ins[465:434] };
-  assign \$371  = \$369  + \$370 ;
-  assign \$372  = ins[55:40] - \$371 ;
-  assign \$374  = ins[71:56] - \$373 ;
-  assign \$375  = in_stream & \valid$275 ;
-  assign \$376  = | \addr$122 [21:14];
-  assign \$377  = \$375  & \$376 ;
-  assign \$378  = in_stream & valid;
-  assign \$379  = | addr[21:14];
-  assign \$380  = \$378  & \$379 ;
-  assign \$381  = in_stream & \valid$110 ;
-  assign \$382  = | \addr$113 [21:14];
-  assign \$383  = \$381  & \$382 ;
-  assign \$384  = cycles + 1'h1;
-  assign \$385  = in_op & op_onehot[0];
-  assign \$386  = op_cycles__0 + 1'h1;
-  assign \$387  = in_op & op_onehot[1];
-  assign \$388  = op_cycles__1 + 1'h1;
-  assign \$389  = in_op & op_onehot[2];
-  assign \$390  = op_cycles__2 + 1'h1;
-  assign \$391  = in_op & op_onehot[3];
-  assign \$392  = op_cycles__3 + 1'h1;
-  assign \$393  = in_op & op_onehot[4];
-  assign \$394  = op_cycles__4 + 1'h1;
-  assign \$395  = in_op & op_onehot[5];
-  assign \$396  = op_cycles__5 + 1'h1;
-  assign \$397  = in_op & op_onehot[6];
-  assign \$398  = op_cycles__6 + 1'h1;
-  assign \$399  = in_op & op_onehot[7];
-  assign \$400  = op_cycles__7 + 1'h1;
-  assign \$401  = in_op & op_onehot[8];
-  assign \$402  = op_cycles__8 + 1'h1;
-  assign \$403  = in_op & op_onehot[9];
-  assign \$404  = op_cycles__9 + 1'h1;
-  assign \$405  = in_op & op_onehot[10];
-  assign \$406  = op_cycles__10 + 1'h1;
-  assign \$407  = in_op & op_onehot[11];
-  assign \$408  = op_cycles__11 + 1'h1;
-  assign \$409  = in_op & op_onehot[12];
-  assign \$410  = op_cycles__12 + 1'h1;
-  assign \$411  = in_op & op_onehot[13];
-  assign \$412  = op_cycles__13 + 1'h1;
-  assign \$413  = in_op & op_onehot[14];
-  assign \$414  = op_cycles__14 + 1'h1;
-  assign \$415  = in_op & op_onehot[15];
-  assign \$416  = op_cycles__15 + 1'h1;
-  assign \$417  = images_left > 1'h1;
-  assign \$418  = is_end & \$417 ;
-  assign \$419  = | ins[39:24];
-  assign \$420  = ~ \$419 ;
-  assign \$421  = | ins[55:40];
-  assign \$422  = ~ \$421 ;
-  assign \$423  = | ins[71:56];
+  assign \$290  = rst | unit_rst;
+  assign \$291  = rst | unit_rst;
+  assign \$292  = rst | unit_rst;
+  assign \$293  = rst | unit_rst;
+  assign \$294  = ins[5:0] == 1'h1;
+  assign \$295  = ins[5:0] == 2'h2;
+  assign \$296  = ins[5:0] == 2'h3;
+  assign \$297  = ins[5:0] == 3'h4;
+  assign \$298  = ins[5:0] == 3'h5;
+  assign \$299  = ins[5:0] == 3'h6;
+  assign \$300  = ins[5:0] == 3'h7;
+  assign \$301  = ins[5:0] == 4'h8;
+  assign \$302  = ins[5:0] == 4'h9;
+  assign \$303  = ins[5:0] == 4'ha;
+  assign \$304  = ins[5:0] == 4'hb;
+  assign \$305  = ins[5:0] == 4'hc;
+  assign \$306  = ins[5:0] == 4'hd;
+  assign \$307  = ins[5:0] == 4'he;
+  assign \$308  = ins[5:0] == 4'hf;
+  assign \$309  = 1'h1 << ins[3:0];
+  assign \$310  = ins[5:0] == 3'h4;
+  assign \$311  = ins[5:0] == 3'h5;
+  assign \$312  = \$310  | \$311 ;
+  assign \$313  = ins[5:0] == 3'h4;
+  assign \$314  = ins[511:510] == 1'h1;
+  assign \$315  = \$313  & \$314 ;
+  assign \$316  = ins[5:0] == 3'h4;
+  assign \$317  = ins[511:510] == 2'h2;
+  assign \$318  = \$316  & \$317 ;
+  assign \$319  = ins[5:0] == 3'h4;
+  assign \$320  = ins[511:510] == 2'h3;
+  assign \$321  = \$319  & \$320 ;
+  assign \$322  = ins[5:0] == 3'h5;
+  assign \$323  = ins[511:510] == 2'h3;
+  assign \$324  = \$322  & \$323 ;
+  assign \$325  = ~ unit_rst;
+  assign \$326  = src0_issue & \$325 ;
+  assign \$327  = ~ unit_rst;
+  assign \$328  = src0_inflight & \$327 ;
+  assign \$329  = last__3 & \last__4$538 ;
+  assign \$330  = ~ unit_rst;
+  assign \$331  = src1_issue & \$330 ;
+  assign \$332  = ~ unit_rst;
+  assign \$333  = src1_inflight & \$332 ;
+  assign \$334  = \last__3$545  & \last__4$543 ;
+  assign \$335  = ins[5:0] == 4'ha;
+  assign \$336  = ins[5:0] == 4'hb;
+  assign \$337  = ins[5:0] == 4'hc;
+  assign \$338  = ins[5:0] == 4'hd;
+  assign \$339  = ins[5:0] == 4'he;
+  assign \$340  = ins[5:0] == 4'hf;
+  assign \$341  = | { \$340 , \$339 , \$338 , \$337 , \$336 , \$335  };
+  assign \$342  = | ins[7:6];
+  assign \$343  = ~ \$342 ;
+  assign \$344  = ins[5:0] == 3'h7;
+  assign \$345  = ins[5:0] == 3'h4;
+  assign \$346  = ins[511:510] == 1'h1;
+  assign \$347  = \$345  & \$346 ;
+  assign \$348  = \$344  | \$347 ;
+  assign \$349  = \$343  & \$348 ;
+  assign \$350  = ins[5:0] == 4'h9;
+  assign \$351  = ins[5:0] == 3'h4;
+  assign \$352  = ins[511:510] == 2'h2;
+  assign \$353  = \$351  & \$352 ;
+  assign \$354  = \$350  | \$353 ;
+  assign \$355  = ins[55:40] + 4'h8;
+  assign \$356  = ins[71:56] + 3'h7;
+  assign \$357  = ins[87:72] - 1'h1;
+  assign \$360  = \$359  ? offset : 32'd0;
+  assign \$361  = ins[465:434] + \$360 ;
+  assign \$364  = dec_mt - 1'h1;
+  assign \$365  = dec_nt - 1'h1;
+  assign \$367  = dec_tiles_lo + \$366 ;
+  assign \$369  = \$368  + 6'h3f;
+  assign \$371  = ins[497:466] + \$370 ;
+  assign \$372  = is_gemm ? \$371  : { 1'h0, ins[465:434] };
+  assign \$375  = \$373  + \$374 ;
+  assign \$376  = ins[55:40] - \$375 ;
+  assign \$378  = ins[71:56] - \$377 ;
+  assign \$379  = in_stream & \valid$275 ;
+  assign \$380  = | \addr$122 [21:14];
+  assign \$381  = \$379  & \$380 ;
+  assign \$382  = in_stream & valid;
+  assign \$383  = | addr[21:14];
+  assign \$384  = \$382  & \$383 ;
+  assign \$385  = in_stream & \valid$110 ;
+  assign \$386  = | \addr$113 [21:14];
+  assign \$387  = \$385  & \$386 ;
+  assign \$388  = cycles + 1'h1;
+  assign \$389  = in_op & op_onehot[0];
+  assign \$390  = op_cycles__0 + 1'h1;
+  assign \$391  = in_op & op_onehot[1];
+  assign \$392  = op_cycles__1 + 1'h1;
+  assign \$393  = in_op & op_onehot[2];
+  assign \$394  = op_cycles__2 + 1'h1;
+  assign \$395  = in_op & op_onehot[3];
+  assign \$396  = op_cycles__3 + 1'h1;
+  assign \$397  = in_op & op_onehot[4];
+  assign \$398  = op_cycles__4 + 1'h1;
+  assign \$399  = in_op & op_onehot[5];
+  assign \$400  = op_cycles__5 + 1'h1;
+  assign \$401  = in_op & op_onehot[6];
+  assign \$402  = op_cycles__6 + 1'h1;
+  assign \$403  = in_op & op_onehot[7];
+  assign \$404  = op_cycles__7 + 1'h1;
+  assign \$405  = in_op & op_onehot[8];
+  assign \$406  = op_cycles__8 + 1'h1;
+  assign \$407  = in_op & op_onehot[9];
+  assign \$408  = op_cycles__9 + 1'h1;
+  assign \$409  = in_op & op_onehot[10];
+  assign \$410  = op_cycles__10 + 1'h1;
+  assign \$411  = in_op & op_onehot[11];
+  assign \$412  = op_cycles__11 + 1'h1;
+  assign \$413  = in_op & op_onehot[12];
+  assign \$414  = op_cycles__12 + 1'h1;
+  assign \$415  = in_op & op_onehot[13];
+  assign \$416  = op_cycles__13 + 1'h1;
+  assign \$417  = in_op & op_onehot[14];
+  assign \$418  = op_cycles__14 + 1'h1;
+  assign \$419  = in_op & op_onehot[15];
+  assign \$420  = op_cycles__15 + 1'h1;
+  assign \$421  = images_left > 1'h1;
+  assign \$422  = is_end & \$421 ;
+  assign \$423  = | ins[39:24];
   assign \$424  = ~ \$423 ;
-  assign \$425  = | ins[87:72];
+  assign \$425  = | ins[55:40];
   assign \$426  = ~ \$425 ;
-  assign \$427  = | ins[103:88];
+  assign \$427  = | ins[71:56];
   assign \$428  = ~ \$427 ;
-  assign \$429  = | { \$428 , \$426 , \$424 , \$422 , \$420  };
-  assign \$430  = ~ post_bad;
-  assign \$431  = \$430  & unit_known;
-  assign \$432  = post_gelu | post_add;
-  assign \$433  = \$432  | pre_ln;
-  assign \$434  = \$433  | pre_sm;
-  assign \$435  = is_move | is_load;
-  assign \$436  = \$435  | is_store;
-  assign \$437  = \$436  | is_gemm;
-  assign \$438  = ~ \$437 ;
-  assign \$439  = \$434  | \$438 ;
-  assign \$440  = \$431  & \$439 ;
-  assign \$441  = ~ post_bad;
-  assign \$442  = post_gelu | post_add;
-  assign \$443  = \$442  | pre_ln;
-  assign \$444  = \$443  | pre_sm;
-  assign \$445  = ~ \$444 ;
-  assign \$446  = \$441  & \$445 ;
-  assign \$447  = is_move | is_load;
-  assign \$448  = \$447  | is_store;
-  assign \$449  = \$448  | is_gemm;
-  assign \$450  = \$446  & \$449 ;
-  assign \$451  = ~ busy;
-  assign \$452  = \$451  & start;
-  assign \$453  = | images;
-  assign \$454  = \$453  ? images : 16'h0001;
-  assign \$455  = | decode_wait;
-  assign \$456  = ~ \$455 ;
-  assign \$457  = in_decode & \$456 ;
-  assign \$458  = \$457  & d_end_more;
-  assign \$459  = images_left - 1'h1;
-  assign \$460  = offset + \$signal$573 ;
-  assign \$461  = in_stream & op_done;
-  assign \$462  = | fault_q;
-  assign \$463  = ~ \$462 ;
-  assign \$464  = \$461  & \$463 ;
-  assign \$465  = ~ addr_fault;
-  assign \$466  = \$464  & \$465 ;
-  assign \$467  = pc + 7'h40;
-  assign \$468  = ~ fetch_sent;
-  assign \$469  = req__ready & \$468 ;
-  assign \$470  = 1'h1 << dec_c_lb;
-  assign \$471  = ins[509:498] == 1'h1;
-  assign \$472  = | decode_wait;
-  assign \$473  = decode_wait - 1'h1;
-  assign \$474  = decode_wait == 1'h1;
-  assign \$475  = is_softmax | pre_sm;
-  assign \$476  = is_layernorm | pre_ln;
-  assign \$477  = is_gelu | is_add;
-  assign \$478  = \$477  | post_gelu;
-  assign \$479  = \$478  | post_add;
-  assign \$480  = is_gelu | is_add;
-  assign \$481  = \$480  | post_gelu;
-  assign \$482  = \$481  | post_add;
-  assign \$483  = \$482  & add_sel;
+  assign \$429  = | ins[87:72];
+  assign \$430  = ~ \$429 ;
+  assign \$431  = | ins[103:88];
+  assign \$432  = ~ \$431 ;
+  assign \$433  = | { \$432 , \$430 , \$428 , \$426 , \$424  };
+  assign \$434  = ~ post_bad;
+  assign \$435  = \$434  & unit_known;
+  assign \$436  = post_gelu | post_add;
+  assign \$437  = \$436  | pre_ln;
+  assign \$438  = \$437  | pre_sm;
+  assign \$439  = is_move | is_load;
+  assign \$440  = \$439  | is_store;
+  assign \$441  = \$440  | is_gemm;
+  assign \$442  = ~ \$441 ;
+  assign \$443  = \$438  | \$442 ;
+  assign \$444  = \$435  & \$443 ;
+  assign \$445  = ~ post_bad;
+  assign \$446  = post_gelu | post_add;
+  assign \$447  = \$446  | pre_ln;
+  assign \$448  = \$447  | pre_sm;
+  assign \$449  = ~ \$448 ;
+  assign \$450  = \$445  & \$449 ;
+  assign \$451  = is_move | is_load;
+  assign \$452  = \$451  | is_store;
+  assign \$453  = \$452  | is_gemm;
+  assign \$454  = \$450  & \$453 ;
+  assign \$455  = ~ busy;
+  assign \$456  = \$455  & start;
+  assign \$457  = | images;
+  assign \$458  = \$457  ? images : 16'h0001;
+  assign \$459  = | decode_wait;
+  assign \$460  = ~ \$459 ;
+  assign \$461  = in_decode & \$460 ;
+  assign \$462  = \$461  & d_end_more;
+  assign \$463  = images_left - 1'h1;
+  assign \$464  = offset + \$signal$574 ;
+  assign \$465  = in_stream & op_done;
+  assign \$466  = | fault_q;
+  assign \$467  = ~ \$466 ;
+  assign \$468  = \$465  & \$467 ;
+  assign \$469  = ~ addr_fault;
+  assign \$470  = \$468  & \$469 ;
+  assign \$471  = pc + 7'h40;
+  assign \$472  = ~ fetch_sent;
+  assign \$473  = req__ready & \$472 ;
+  assign \$474  = 1'h1 << dec_c_lb;
+  assign \$475  = ins[509:498] == 1'h1;
+  assign \$476  = | decode_wait;
+  assign \$477  = decode_wait - 1'h1;
+  assign \$478  = decode_wait == 1'h1;
+  assign \$479  = is_softmax | pre_sm;
+  assign \$480  = is_layernorm | pre_ln;
+  assign \$481  = is_gelu | is_add;
+  assign \$482  = \$481  | post_gelu;
+  assign \$483  = \$482  | post_add;
   assign \$484  = is_gelu | is_add;
   assign \$485  = \$484  | post_gelu;
   assign \$486  = \$485  | post_add;
-  assign \$487  = \$486  & gelu_sel0;
-  assign \$488  = ~ post_gelu;
-  assign \$489  = is_gemm & \$488 ;
-  assign \$490  = ~ post_add;
-  assign \$491  = \$489  & \$490 ;
-  assign \$492  = is_gemm & pre_sm;
-  assign \$493  = is_gemm & pre_ln;
-  assign \$494  = ~ pre_sm;
-  assign \$495  = is_gemm & \$494 ;
-  assign \$496  = ~ pre_ln;
-  assign \$497  = \$495  & \$496 ;
-  assign \$498  = ~ is_load;
-  assign \$499  = ~ is_linear;
-  assign \$500  = is_gemm & \$499 ;
-  assign \$501  = add_sel | \$500 ;
-  assign \$502  = is_gelu | is_add;
-  assign \$503  = post_gelu | post_add;
+  assign \$487  = \$486  & add_sel;
+  assign \$488  = is_gelu | is_add;
+  assign \$489  = \$488  | post_gelu;
+  assign \$490  = \$489  | post_add;
+  assign \$491  = \$490  & gelu_sel0;
+  assign \$492  = ~ post_gelu;
+  assign \$493  = is_gemm & \$492 ;
+  assign \$494  = ~ post_add;
+  assign \$495  = \$493  & \$494 ;
+  assign \$496  = is_gemm & pre_sm;
+  assign \$497  = is_gemm & pre_ln;
+  assign \$498  = ~ pre_sm;
+  assign \$499  = is_gemm & \$498 ;
+  assign \$500  = ~ pre_ln;
+  assign \$501  = \$499  & \$500 ;
+  assign \$502  = ~ is_load;
+  assign \$503  = ~ is_linear;
   assign \$504  = is_gemm & \$503 ;
-  assign \$505  = | c_ask;
-  assign \$506  = \$505  & req__ready;
-  assign \$507  = c_ask - 1'h1;
-  assign \$508  = c_addr + c_step;
-  assign \$509  = ~ c_full;
-  assign \$510  = beat__valid & \$509 ;
-  assign \$511  = ~ beat__payload[512];
-  assign \$512  = beat__payload[65] != c_last;
-  assign \$513  = const_to1 & \$512 ;
-  assign \$514  = ~ beat__payload[512];
-  assign \$515  = const_to0 & \$514 ;
-  assign \$516  = ~ beat__payload[512];
+  assign \$505  = add_sel | \$504 ;
+  assign \$506  = is_gelu | is_add;
+  assign \$507  = post_gelu | post_add;
+  assign \$508  = is_gemm & \$507 ;
+  assign \$509  = | c_ask;
+  assign \$510  = \$509  & req__ready;
+  assign \$511  = c_ask - 1'h1;
+  assign \$512  = c_addr + c_step;
+  assign \$513  = ~ c_full;
+  assign \$514  = beat__valid & \$513 ;
+  assign \$515  = ~ beat__payload[512];
+  assign \$516  = beat__payload[65] != c_last;
   assign \$517  = const_to1 & \$516 ;
   assign \$518  = ~ beat__payload[512];
-  assign \$519  = const_to2 & \$518 ;
+  assign \$519  = const_to0 & \$518 ;
   assign \$520  = ~ beat__payload[512];
-  assign \$521  = const_to3 & \$520 ;
-  assign \$522  = c_due - 1'h1;
-  assign \$523  = c_due == 2'h2;
-  assign \$524  = is_gelu | is_add;
-  assign \$525  = \$524  | post_gelu;
-  assign \$526  = \$525  | post_add;
-  assign \$527  = is_gelu | is_add;
-  assign \$528  = \$527  | post_gelu;
-  assign \$529  = \$528  | post_add;
-  assign \$530  = \$529  & add_sel;
+  assign \$521  = const_to1 & \$520 ;
+  assign \$522  = ~ beat__payload[512];
+  assign \$523  = const_to2 & \$522 ;
+  assign \$524  = ~ beat__payload[512];
+  assign \$525  = const_to3 & \$524 ;
+  assign \$526  = c_due - 1'h1;
+  assign \$527  = c_due == 2'h2;
+  assign \$528  = is_gelu | is_add;
+  assign \$529  = \$528  | post_gelu;
+  assign \$530  = \$529  | post_add;
   assign \$531  = is_gelu | is_add;
   assign \$532  = \$531  | post_gelu;
   assign \$533  = \$532  | post_add;
-  assign \$534  = \$533  & gelu_sel0;
-  assign \$535  = ~ post_gelu;
-  assign \$536  = is_gemm & \$535 ;
-  assign \$537  = ~ post_add;
-  assign \$538  = \$536  & \$537 ;
-  assign \$539  = is_gemm & pre_sm;
-  assign \$540  = is_gemm & pre_ln;
-  assign \$541  = ~ pre_sm;
-  assign \$542  = is_gemm & \$541 ;
-  assign \$543  = ~ pre_ln;
-  assign \$544  = \$542  & \$543 ;
-  assign \$545  = ~ is_load;
-  assign \$546  = ~ is_linear;
-  assign \$547  = is_gemm & \$546 ;
-  assign \$548  = add_sel | \$547 ;
-  assign \$549  = is_gelu | is_add;
-  assign \$550  = post_gelu | post_add;
+  assign \$534  = \$533  & add_sel;
+  assign \$535  = is_gelu | is_add;
+  assign \$536  = \$535  | post_gelu;
+  assign \$537  = \$536  | post_add;
+  assign \$538  = \$537  & gelu_sel0;
+  assign \$539  = ~ post_gelu;
+  assign \$540  = is_gemm & \$539 ;
+  assign \$541  = ~ post_add;
+  assign \$542  = \$540  & \$541 ;
+  assign \$543  = is_gemm & pre_sm;
+  assign \$544  = is_gemm & pre_ln;
+  assign \$545  = ~ pre_sm;
+  assign \$546  = is_gemm & \$545 ;
+  assign \$547  = ~ pre_ln;
+  assign \$548  = \$546  & \$547 ;
+  assign \$549  = ~ is_load;
+  assign \$550  = ~ is_linear;
   assign \$551  = is_gemm & \$550 ;
-  assign \$552  = | ins[509:498];
-  assign \$553  = ~ \$552 ;
-  assign \$554  = is_gelu | is_add;
-  assign \$555  = \$554  | post_gelu;
-  assign \$556  = \$555  | post_add;
-  assign \$557  = is_gelu | is_add;
-  assign \$558  = \$557  | post_gelu;
-  assign \$559  = \$558  | post_add;
-  assign \$560  = \$559  & add_sel;
+  assign \$552  = add_sel | \$551 ;
+  assign \$553  = is_gelu | is_add;
+  assign \$554  = post_gelu | post_add;
+  assign \$555  = is_gemm & \$554 ;
+  assign \$556  = | ins[509:498];
+  assign \$557  = ~ \$556 ;
+  assign \$558  = is_gelu | is_add;
+  assign \$559  = \$558  | post_gelu;
+  assign \$560  = \$559  | post_add;
   assign \$561  = is_gelu | is_add;
   assign \$562  = \$561  | post_gelu;
   assign \$563  = \$562  | post_add;
-  assign \$564  = \$563  & gelu_sel0;
-  assign \$565  = ~ post_gelu;
-  assign \$566  = is_gemm & \$565 ;
-  assign \$567  = ~ post_add;
-  assign \$568  = \$566  & \$567 ;
-  assign \$569  = is_gemm & pre_sm;
-  assign \$570  = is_gemm & pre_ln;
-  assign \$571  = ~ pre_sm;
-  assign \$572  = is_gemm & \$571 ;
-  assign \$573  = ~ pre_ln;
-  assign \$574  = \$572  & \$573 ;
-  assign \$575  = ~ is_load;
-  assign \$576  = ~ is_linear;
-  assign \$577  = is_gemm & \$576 ;
-  assign \$578  = add_sel | \$577 ;
-  assign \$579  = is_gelu | is_add;
-  assign \$580  = post_gelu | post_add;
+  assign \$564  = \$563  & add_sel;
+  assign \$565  = is_gelu | is_add;
+  assign \$566  = \$565  | post_gelu;
+  assign \$567  = \$566  | post_add;
+  assign \$568  = \$567  & gelu_sel0;
+  assign \$569  = ~ post_gelu;
+  assign \$570  = is_gemm & \$569 ;
+  assign \$571  = ~ post_add;
+  assign \$572  = \$570  & \$571 ;
+  assign \$573  = is_gemm & pre_sm;
+  assign \$574  = is_gemm & pre_ln;
+  assign \$575  = ~ pre_sm;
+  assign \$576  = is_gemm & \$575 ;
+  assign \$577  = ~ pre_ln;
+  assign \$578  = \$576  & \$577 ;
+  assign \$579  = ~ is_load;
+  assign \$580  = ~ is_linear;
   assign \$581  = is_gemm & \$580 ;
-  assign \$582  = | fault_q;
-  assign \$583  = ~ \$582 ;
-  assign \$584  = op_done & \$583 ;
-  assign \$585  = ~ addr_fault;
-  assign \$586  = \$584  & \$585 ;
-  assign \$587  = ~ is_load;
-  assign \$588  = src0_outside & \$587 ;
-  assign \$589  = ~ is_gemm;
+  assign \$582  = add_sel | \$581 ;
+  assign \$583  = is_gelu | is_add;
+  assign \$584  = post_gelu | post_add;
+  assign \$585  = is_gemm & \$584 ;
+  assign \$586  = | fault_q;
+  assign \$587  = ~ \$586 ;
+  assign \$588  = op_done & \$587 ;
+  assign \$589  = ~ addr_fault;
   assign \$590  = \$588  & \$589 ;
-  assign \$591  = src1_outside & is_add;
-  assign \$592  = \$590  | \$591 ;
-  assign \$593  = ~ is_store;
-  assign \$594  = dst_outside & \$593 ;
-  assign \$595  = ~ is_gemm;
-  assign \$596  = \$594  & \$595 ;
-  assign \$597  = \$592  | \$596 ;
-  assign \$598  = | fault_q;
-  assign \$599  = idle & \idle$589 ;
-  assign \$600  = is_softmax | is_layernorm;
-  assign \$601  = ~ ld_off_valid;
-  assign \$602  = ~ ext_req_valid;
-  assign \$603  = \$602  | req__ready;
-  assign \$604  = \$601  | \$603 ;
-  assign \$605  = $signed(addr) << ins[23:22];
+  assign \$591  = ~ is_load;
+  assign \$592  = src0_outside & \$591 ;
+  assign \$593  = ~ is_gemm;
+  assign \$594  = \$592  & \$593 ;
+  assign \$595  = src1_outside & is_add;
+  assign \$596  = \$594  | \$595 ;
+  assign \$597  = ~ is_store;
+  assign \$598  = dst_outside & \$597 ;
+  assign \$599  = ~ is_gemm;
+  assign \$600  = \$598  & \$599 ;
+  assign \$601  = \$596  | \$600 ;
+  assign \$602  = | fault_q;
+  assign \$603  = idle & \idle$590 ;
+  assign \$604  = is_softmax | is_layernorm;
+  assign \$605  = ~ ext_off_valid;
   assign \$606  = ~ ext_req_valid;
   assign \$607  = \$606  | req__ready;
-  assign \$608  = $signed({ 1'h0, dec_ext_base }) + $signed(ld_off);
-  assign \$609  = ~ ext_req_valid;
-  assign \$610  = \$609  | \req__ready$504 ;
-  assign \$611  = sink_from_store & \$610 ;
-  assign \$612  = $signed(\addr$122 ) << ins[23:22];
-  assign \$613  = $signed({ 1'h0, dec_ext_base }) + $signed(\$612 );
-  assign \$614  = \w_en$189  & \w_rdy$266 ;
-  assign \$615  = ~ \w_en$189 ;
-  assign \$616  = \$615  | \w_rdy$266 ;
-  assign \$617  = ~ \w_en$189 ;
-  assign \$618  = \$617  | \w_rdy$266 ;
-  assign \$619  = \$618  & elem_valid;
-  assign \$620  = ~ add_sel;
-  assign \$621  = r_rdy | \$620 ;
-  assign \$622  = \$619  & \$621 ;
-  assign \$623  = pack_j == 2'h3;
-  assign \$624  = \$623  | elem_final;
-  assign \$625  = pack_j + 1'h1;
-  assign \$626  = \r_rdy$274  & \valid$275 ;
-  assign \$627  = pack_jo == 2'h3;
-  assign \$628  = \$627  | \final ;
-  assign \$629  = pack_jo + 1'h1;
-  assign \$630  = 1'h1 << w_lb;
-  assign \$631  = | dec_tiles;
-  assign \$632  = | dec_k_last;
-  assign \$633  = ~ \$632 ;
-  assign \$634  = | dec_nt_last;
-  assign \$635  = ~ \$634 ;
-  assign \$636  = \$signal$493  & req__ready;
-  assign \$637  = ~ want_w;
-  assign \$638  = \$637  & is_linear;
-  assign \$639  = ~ is_linear;
-  assign \$640  = want_w & \$signal$596 ;
-  assign \$641  = \$639  | \$640 ;
+  assign \$608  = \$605  | \$607 ;
+  assign \$609  = $signed(addr) << ins[23:22];
+  assign \$610  = ~ ext_req_valid;
+  assign \$611  = \$610  | req__ready;
+  assign \$612  = $signed({ 1'h0, dec_ext_base }) + $signed(ext_off);
+  assign \$613  = ~ ext_off_valid;
+  assign \$614  = ~ ext_req_valid;
+  assign \$615  = \$614  | \req__ready$504 ;
+  assign \$616  = \$613  | \$615 ;
+  assign \$617  = sink_from_store & \$616 ;
+  assign \$618  = $signed(\addr$122 ) << ins[23:22];
+  assign \$619  = ~ ext_req_valid;
+  assign \$620  = \$619  | \req__ready$504 ;
+  assign \$621  = sink_from_store & \$620 ;
+  assign \$622  = $signed({ 1'h0, dec_ext_base }) + $signed(ext_off);
+  assign \$623  = \w_en$189  & \w_rdy$266 ;
+  assign \$624  = ~ \w_en$189 ;
+  assign \$625  = \$624  | \w_rdy$266 ;
+  assign \$626  = ~ \w_en$189 ;
+  assign \$627  = \$626  | \w_rdy$266 ;
+  assign \$628  = \$627  & elem_valid;
+  assign \$629  = ~ add_sel;
+  assign \$630  = r_rdy | \$629 ;
+  assign \$631  = \$628  & \$630 ;
+  assign \$632  = pack_j == 2'h3;
+  assign \$633  = \$632  | elem_final;
+  assign \$634  = pack_j + 1'h1;
+  assign \$635  = \r_rdy$274  & \valid$275 ;
+  assign \$636  = pack_jo == 2'h3;
+  assign \$637  = \$636  | \final ;
+  assign \$638  = pack_jo + 1'h1;
+  assign \$639  = 1'h1 << w_lb;
+  assign \$640  = | dec_tiles;
+  assign \$641  = | dec_k_last;
   assign \$642  = ~ \$641 ;
-  assign \$643  = want_w & \$642 ;
-  assign \$644  = k + 1'h1;
-  assign \$645  = k + 1'h1;
-  assign \$646  = \$645  == dec_k_last;
-  assign \$647  = w_addr + w_step;
+  assign \$643  = | dec_nt_last;
+  assign \$644  = ~ \$643 ;
+  assign \$645  = \$signal$493  & req__ready;
+  assign \$646  = ~ want_w;
+  assign \$647  = \$646  & is_linear;
   assign \$648  = ~ is_linear;
-  assign \$649  = want_w & \$signal$596 ;
+  assign \$649  = want_w & \$signal$598 ;
   assign \$650  = \$648  | \$649 ;
-  assign \$651  = tiles - 1'h1;
-  assign \$652  = tiles != 1'h1;
-  assign \$653  = | dec_k_last;
-  assign \$654  = ~ \$653 ;
-  assign \$655  = | dec_nt_last;
-  assign \$656  = ~ \$655 ;
-  assign \$657  = nt + 1'h1;
-  assign \$658  = nt + 1'h1;
-  assign \$659  = \$658  == dec_nt_last;
-  assign \$660  = p_addr + 7'h40;
-  assign \$661  = ~ is_linear;
-  assign \$662  = \$661  | rk_zero;
-  assign \$663  = \$662  ? p__ready : \w_rdy$502 ;
-  assign \$664  = beat__valid & \$663 ;
-  assign \$665  = \$664  & is_linear;
-  assign \$666  = rk == ins[87:72];
-  assign \$667  = rk + 1'h1;
-  assign \$668  = \$666  ? 17'h00000 : \$667 ;
-  assign \$669  = rk == ins[87:72];
-  assign \$670  = \$signal  == \$signal$348 ;
-  assign \$671  = \$signal$600  + 1'h1;
-  assign \$672  = \$signal$599  > \$671 ;
-  assign \$673  = \$670  & \$672 ;
-  assign \$674  = pre_ln | pre_sm;
-  assign \$675  = ~ \$674 ;
-  assign \$676  = \$673  & \$675 ;
-  assign \$677  = ~ in_decode;
-  assign \$678  = \$676  & \$677 ;
-  assign \$679  = | dec_k_last;
-  assign \$680  = ~ \$679 ;
-  assign \$681  = | dec_k_last;
-  assign \$682  = ~ \$681 ;
-  assign \$683  = | dec_nt_last;
+  assign \$651  = ~ \$650 ;
+  assign \$652  = want_w & \$651 ;
+  assign \$653  = k + 1'h1;
+  assign \$654  = k + 1'h1;
+  assign \$655  = \$654  == dec_k_last;
+  assign \$656  = w_addr + w_step;
+  assign \$657  = ~ is_linear;
+  assign \$658  = want_w & \$signal$598 ;
+  assign \$659  = \$657  | \$658 ;
+  assign \$660  = tiles - 1'h1;
+  assign \$661  = tiles != 1'h1;
+  assign \$662  = | dec_k_last;
+  assign \$663  = ~ \$662 ;
+  assign \$664  = | dec_nt_last;
+  assign \$665  = ~ \$664 ;
+  assign \$666  = nt + 1'h1;
+  assign \$667  = nt + 1'h1;
+  assign \$668  = \$667  == dec_nt_last;
+  assign \$669  = p_addr + 7'h40;
+  assign \$670  = ~ is_linear;
+  assign \$671  = \$670  | rk_zero;
+  assign \$672  = \$671  ? p__ready : \w_rdy$502 ;
+  assign \$673  = beat__valid & \$672 ;
+  assign \$674  = \$673  & is_linear;
+  assign \$675  = rk == ins[87:72];
+  assign \$676  = rk + 1'h1;
+  assign \$677  = \$675  ? 17'h00000 : \$676 ;
+  assign \$678  = rk == ins[87:72];
+  assign \$679  = \$signal  == \$signal$348 ;
+  assign \$680  = \$signal$602  + 1'h1;
+  assign \$681  = \$signal$601  > \$680 ;
+  assign \$682  = \$679  & \$681 ;
+  assign \$683  = pre_ln | pre_sm;
   assign \$684  = ~ \$683 ;
-  assign \$685  = | dec_blocks;
-  assign \$686  = \$signal  * 9'h100;
-  assign \$687  = \$686  + \$signal$599 ;
+  assign \$685  = \$682  & \$684 ;
+  assign \$686  = ~ in_decode;
+  assign \$687  = \$685  & \$686 ;
+  assign \$688  = | dec_k_last;
   assign \$689  = ~ \$688 ;
-  assign \$690  = a_in_valid & \$689 ;
-  assign \$691  = gemm_active & \$690 ;
-  assign \$692  = | \$signal$601 ;
+  assign \$690  = | dec_k_last;
+  assign \$691  = ~ \$690 ;
+  assign \$692  = | dec_nt_last;
   assign \$693  = ~ \$692 ;
-  assign \$694  = \$691  & \$693 ;
-  assign \$696  = ~ \$695 ;
-  assign \$697  = a_in_valid & \$696 ;
-  assign \$698  = gemm_active & \$697 ;
-  assign \$699  = \$signal$601  == 1'h1;
-  assign \$700  = \$698  & \$699 ;
-  assign \$702  = ~ \$701 ;
-  assign \$703  = a_in_valid & \$702 ;
-  assign \$704  = gemm_active & \$703 ;
-  assign \$705  = \$signal$601  == 2'h2;
-  assign \$706  = \$704  & \$705 ;
-  assign \$708  = ~ \$707 ;
-  assign \$709  = a_in_valid & \$708 ;
-  assign \$710  = gemm_active & \$709 ;
-  assign \$711  = \$signal$601  == 2'h3;
-  assign \$712  = \$710  & \$711 ;
-  assign \$714  = ~ \$713 ;
-  assign \$715  = a_in_valid & \$714 ;
-  assign \$716  = gemm_active & \$715 ;
-  assign \$717  = \$signal$601  == 3'h4;
-  assign \$718  = \$716  & \$717 ;
-  assign \$720  = ~ \$719 ;
-  assign \$721  = a_in_valid & \$720 ;
-  assign \$722  = gemm_active & \$721 ;
-  assign \$723  = \$signal$601  == 3'h5;
-  assign \$724  = \$722  & \$723 ;
-  assign \$726  = ~ \$725 ;
-  assign \$727  = a_in_valid & \$726 ;
-  assign \$728  = gemm_active & \$727 ;
-  assign \$729  = \$signal$601  == 3'h6;
-  assign \$730  = \$728  & \$729 ;
-  assign \$732  = ~ \$731 ;
-  assign \$733  = a_in_valid & \$732 ;
-  assign \$734  = gemm_active & \$733 ;
-  assign \$735  = \$signal$601  == 3'h7;
-  assign \$736  = \$734  & \$735 ;
-  assign \$738  = ~ \$737 ;
-  assign \$739  = a_in_valid & \$738 ;
-  assign \$740  = gemm_active & \$739 ;
-  assign \$741  = \$signal$601  == 4'h8;
-  assign \$742  = \$740  & \$741 ;
-  assign \$744  = ~ \$743 ;
-  assign \$745  = a_in_valid & \$744 ;
-  assign \$746  = pre_ln | pre_sm;
-  assign \$747  = \$745  & \$746 ;
-  assign \$749  = ~ \$748 ;
-  assign \$750  = a_in_valid & \$749 ;
-  assign \$751  = | dec_k_last;
+  assign \$694  = | dec_k_last;
+  assign \$695  = ~ \$694 ;
+  assign \$696  = | dec_nt_last;
+  assign \$697  = ~ \$696 ;
+  assign \$698  = \$695  & \$697 ;
+  assign \$699  = | dec_blocks;
+  assign \$700  = \$signal  * 9'h100;
+  assign \$701  = \$700  + \$signal$601 ;
+  assign \$703  = ~ \$702 ;
+  assign \$704  = a_in_valid & \$703 ;
+  assign \$705  = gemm_active & \$704 ;
+  assign \$706  = | \$signal$603 ;
+  assign \$707  = ~ \$706 ;
+  assign \$708  = \$705  & \$707 ;
+  assign \$710  = ~ \$709 ;
+  assign \$711  = a_in_valid & \$710 ;
+  assign \$712  = gemm_active & \$711 ;
+  assign \$713  = \$signal$603  == 1'h1;
+  assign \$714  = \$712  & \$713 ;
+  assign \$716  = ~ \$715 ;
+  assign \$717  = a_in_valid & \$716 ;
+  assign \$718  = gemm_active & \$717 ;
+  assign \$719  = \$signal$603  == 2'h2;
+  assign \$720  = \$718  & \$719 ;
+  assign \$722  = ~ \$721 ;
+  assign \$723  = a_in_valid & \$722 ;
+  assign \$724  = gemm_active & \$723 ;
+  assign \$725  = \$signal$603  == 2'h3;
+  assign \$726  = \$724  & \$725 ;
+  assign \$728  = ~ \$727 ;
+  assign \$729  = a_in_valid & \$728 ;
+  assign \$730  = gemm_active & \$729 ;
+  assign \$731  = \$signal$603  == 3'h4;
+  assign \$732  = \$730  & \$731 ;
+  assign \$734  = ~ \$733 ;
+  assign \$735  = a_in_valid & \$734 ;
+  assign \$736  = gemm_active & \$735 ;
+  assign \$737  = \$signal$603  == 3'h5;
+  assign \$738  = \$736  & \$737 ;
+  assign \$740  = ~ \$739 ;
+  assign \$741  = a_in_valid & \$740 ;
+  assign \$742  = gemm_active & \$741 ;
+  assign \$743  = \$signal$603  == 3'h6;
+  assign \$744  = \$742  & \$743 ;
+  assign \$746  = ~ \$745 ;
+  assign \$747  = a_in_valid & \$746 ;
+  assign \$748  = gemm_active & \$747 ;
+  assign \$749  = \$signal$603  == 3'h7;
+  assign \$750  = \$748  & \$749 ;
   assign \$752  = ~ \$751 ;
-  assign \$753  = \$signal$601  == 4'h8;
-  assign \$754  = ~ \$signal ;
-  assign \$755  = \$signal$601  + 1'h1;
-  assign \$756  = \$signal$599  + 1'h1;
-  assign \$757  = \$signal$599  + 1'h1;
-  assign \$758  = \$757  == dec_k_last;
-  assign \$759  = \$signal$601  == 4'h8;
-  assign \$760  = \$signal$599  + 1'h1;
-  assign \$761  = \$signal$599  + 1'h1;
-  assign \$762  = \$761  == dec_k_last;
-  assign \$763  = | dec_k_last;
-  assign \$764  = ~ \$763 ;
-  assign \$765  = ~ \$signal ;
-  assign \$766  = \$signal$601  + 1'h1;
-  assign \$767  = \$signal$348  * 9'h100;
-  assign \$768  = \$767  + \$signal$600 ;
-  assign \$769  = a_issue & a_feed_k_hit;
-  assign \$770  = \$769  & a_feed_nt_hit;
-  assign \$771  = a_read & a_read_free;
-  assign \$772  = | dec_k_last;
-  assign \$773  = ~ \$772 ;
-  assign \$774  = | dec_nt_last;
-  assign \$775  = ~ \$774 ;
-  assign \$776  = ~ \$signal$348 ;
-  assign \$777  = feed_blocks - 1'h1;
-  assign \$778  = feed_blocks != 1'h1;
-  assign \$779  = fnt + 1'h1;
-  assign \$780  = fnt + 1'h1;
-  assign \$781  = \$780  == dec_nt_last;
-  assign \$782  = \$signal$600  + 1'h1;
-  assign \$783  = \$signal$600  + 1'h1;
-  assign \$784  = \$783  == dec_k_last;
+  assign \$753  = a_in_valid & \$752 ;
+  assign \$754  = gemm_active & \$753 ;
+  assign \$755  = \$signal$603  == 4'h8;
+  assign \$756  = \$754  & \$755 ;
+  assign \$758  = ~ \$757 ;
+  assign \$759  = a_in_valid & \$758 ;
+  assign \$760  = pre_ln | pre_sm;
+  assign \$761  = \$759  & \$760 ;
+  assign \$763  = ~ \$762 ;
+  assign \$764  = a_in_valid & \$763 ;
+  assign \$765  = | dec_k_last;
+  assign \$766  = ~ \$765 ;
+  assign \$767  = \$signal$603  == 4'h8;
+  assign \$768  = ~ \$signal ;
+  assign \$769  = \$signal$603  + 1'h1;
+  assign \$770  = \$signal$601  + 1'h1;
+  assign \$771  = \$signal$601  + 1'h1;
+  assign \$772  = \$771  == dec_k_last;
+  assign \$773  = \$signal$603  == 4'h8;
+  assign \$774  = \$signal$601  + 1'h1;
+  assign \$775  = \$signal$601  + 1'h1;
+  assign \$776  = \$775  == dec_k_last;
+  assign \$777  = | dec_k_last;
+  assign \$778  = ~ \$777 ;
+  assign \$779  = ~ \$signal ;
+  assign \$780  = \$signal$603  + 1'h1;
+  assign \$781  = \$signal$348  * 9'h100;
+  assign \$782  = \$781  + \$signal$602 ;
+  assign \$783  = a_issue & a_feed_block_end;
+  assign \$784  = a_read & a_read_free;
+  assign \$785  = | dec_k_last;
   assign \$786  = ~ \$785 ;
-  assign \$787  = r_rdy & \$786 ;
-  assign \$788  = ~ is_linear;
-  assign \$789  = \$787  & \$788 ;
-  assign \$790  = w_load_lane == 3'h7;
-  assign \$791  = w_load_k + 1'h1;
-  assign \$792  = w_load_addr + 1'h1;
-  assign \$793  = w_load_k == dec_k_last;
-  assign \$794  = w_load_nt + 1'h1;
-  assign \$795  = w_load_nt == dec_nt_last;
-  assign \$796  = ~ w_load_half;
-  assign \$797  = w_load_lane + 1'h1;
-  assign \$798  = w_feed_half * 9'h100;
-  assign \$799  = \$798  + feed_ntk;
-  assign \$800  = \$799  + \$signal$600 ;
-  assign \$801  = ~ is_linear;
-  assign \$802  = a_issue & \$801 ;
-  assign \$803  = \$802  & a_feed_k_hit;
-  assign \$804  = \$803  & a_feed_nt_hit;
-  assign \$805  = \$804  & feed_mt_hit;
-  assign \$806  = ~ is_linear;
-  assign \$807  = a_issue & \$806 ;
-  assign \$808  = | dec_mt_last;
-  assign \$809  = ~ \$808 ;
-  assign \$810  = ~ w_feed_half;
-  assign \$811  = feed_mt + 1'h1;
-  assign \$812  = feed_mt + 1'h1;
-  assign \$813  = \$812  == dec_mt_last;
-  assign \$814  = feed_ntk + ins[87:72];
-  assign \$815  = a_read & w_read_free;
-  assign \$816  = | dec_mt_last;
-  assign \$817  = ~ \$816 ;
-  assign \$818  = w_load_half * 9'h100;
-  assign \$819  = \$818  + w_load_addr;
-  assign \$821  = ~ \$820 ;
-  assign \$822  = r_rdy & \$821 ;
-  assign \$823  = ~ is_linear;
-  assign \$824  = \$822  & \$823 ;
-  assign \$825  = gemm_active & \$824 ;
-  assign \$826  = | w_load_lane;
-  assign \$827  = ~ \$826 ;
-  assign \$828  = \$825  & \$827 ;
-  assign \$830  = ~ \$829 ;
-  assign \$831  = r_rdy & \$830 ;
-  assign \$832  = ~ is_linear;
-  assign \$833  = \$831  & \$832 ;
-  assign \$834  = gemm_active & \$833 ;
-  assign \$835  = w_load_lane == 1'h1;
-  assign \$836  = \$834  & \$835 ;
-  assign \$838  = ~ \$837 ;
-  assign \$839  = r_rdy & \$838 ;
-  assign \$840  = ~ is_linear;
-  assign \$841  = \$839  & \$840 ;
-  assign \$842  = gemm_active & \$841 ;
-  assign \$843  = w_load_lane == 2'h2;
-  assign \$844  = \$842  & \$843 ;
-  assign \$846  = ~ \$845 ;
-  assign \$847  = r_rdy & \$846 ;
-  assign \$848  = ~ is_linear;
-  assign \$849  = \$847  & \$848 ;
-  assign \$850  = gemm_active & \$849 ;
-  assign \$851  = w_load_lane == 2'h3;
-  assign \$852  = \$850  & \$851 ;
+  assign \$787  = \$signal$602  + 1'h1;
+  assign \$788  = \$787  == dec_k_last;
+  assign \$789  = a_feed_k_hit ? \$786  : \$788 ;
+  assign \$790  = | dec_nt_last;
+  assign \$791  = ~ \$790 ;
+  assign \$792  = fnt + 1'h1;
+  assign \$793  = \$792  == dec_nt_last;
+  assign \$794  = a_feed_nt_hit ? \$791  : \$793 ;
+  assign \$795  = a_feed_k_hit ? \$794  : a_feed_nt_hit;
+  assign \$796  = | dec_k_last;
+  assign \$797  = ~ \$796 ;
+  assign \$798  = \$signal$602  + 1'h1;
+  assign \$799  = \$798  == dec_k_last;
+  assign \$800  = a_feed_k_hit ? \$797  : \$799 ;
+  assign \$801  = | dec_nt_last;
+  assign \$802  = ~ \$801 ;
+  assign \$803  = fnt + 1'h1;
+  assign \$804  = \$803  == dec_nt_last;
+  assign \$805  = a_feed_nt_hit ? \$802  : \$804 ;
+  assign \$806  = a_feed_k_hit ? \$805  : a_feed_nt_hit;
+  assign \$807  = \$800  & \$806 ;
+  assign \$808  = fnt + 1'h1;
+  assign \$809  = \$signal$602  + 1'h1;
+  assign \$810  = ~ \$signal$348 ;
+  assign \$811  = feed_blocks - 1'h1;
+  assign \$812  = feed_blocks != 1'h1;
+  assign \$814  = ~ \$813 ;
+  assign \$815  = r_rdy & \$814 ;
+  assign \$816  = ~ is_linear;
+  assign \$817  = \$815  & \$816 ;
+  assign \$818  = w_load_lane == 3'h7;
+  assign \$819  = w_load_k + 1'h1;
+  assign \$820  = w_load_addr + 1'h1;
+  assign \$821  = w_load_k == dec_k_last;
+  assign \$822  = w_load_nt + 1'h1;
+  assign \$823  = w_load_nt == dec_nt_last;
+  assign \$824  = ~ w_load_half;
+  assign \$825  = w_load_lane + 1'h1;
+  assign \$826  = w_feed_half * 9'h100;
+  assign \$827  = \$826  + feed_ntk;
+  assign \$828  = \$827  + \$signal$602 ;
+  assign \$829  = ~ is_linear;
+  assign \$830  = a_issue & \$829 ;
+  assign \$831  = \$830  & a_feed_block_end;
+  assign \$832  = \$831  & feed_mt_hit;
+  assign \$833  = ~ is_linear;
+  assign \$834  = a_issue & \$833 ;
+  assign \$835  = feed_ntk + ins[87:72];
+  assign \$836  = | dec_mt_last;
+  assign \$837  = ~ \$836 ;
+  assign \$838  = ~ w_feed_half;
+  assign \$839  = feed_mt + 1'h1;
+  assign \$840  = feed_mt + 1'h1;
+  assign \$841  = \$840  == dec_mt_last;
+  assign \$842  = a_read & w_read_free;
+  assign \$843  = | dec_mt_last;
+  assign \$844  = ~ \$843 ;
+  assign \$845  = w_load_half * 9'h100;
+  assign \$846  = \$845  + w_load_addr;
+  assign \$848  = ~ \$847 ;
+  assign \$849  = r_rdy & \$848 ;
+  assign \$850  = ~ is_linear;
+  assign \$851  = \$849  & \$850 ;
+  assign \$852  = gemm_active & \$851 ;
+  assign \$853  = | w_load_lane;
   assign \$854  = ~ \$853 ;
-  assign \$855  = r_rdy & \$854 ;
-  assign \$856  = ~ is_linear;
-  assign \$857  = \$855  & \$856 ;
-  assign \$858  = gemm_active & \$857 ;
-  assign \$859  = w_load_lane == 3'h4;
+  assign \$855  = \$852  & \$854 ;
+  assign \$857  = ~ \$856 ;
+  assign \$858  = r_rdy & \$857 ;
+  assign \$859  = ~ is_linear;
   assign \$860  = \$858  & \$859 ;
-  assign \$862  = ~ \$861 ;
-  assign \$863  = r_rdy & \$862 ;
-  assign \$864  = ~ is_linear;
-  assign \$865  = \$863  & \$864 ;
-  assign \$866  = gemm_active & \$865 ;
-  assign \$867  = w_load_lane == 3'h5;
+  assign \$861  = gemm_active & \$860 ;
+  assign \$862  = w_load_lane == 1'h1;
+  assign \$863  = \$861  & \$862 ;
+  assign \$865  = ~ \$864 ;
+  assign \$866  = r_rdy & \$865 ;
+  assign \$867  = ~ is_linear;
   assign \$868  = \$866  & \$867 ;
-  assign \$870  = ~ \$869 ;
-  assign \$871  = r_rdy & \$870 ;
-  assign \$872  = ~ is_linear;
-  assign \$873  = \$871  & \$872 ;
-  assign \$874  = gemm_active & \$873 ;
-  assign \$875  = w_load_lane == 3'h6;
+  assign \$869  = gemm_active & \$868 ;
+  assign \$870  = w_load_lane == 2'h2;
+  assign \$871  = \$869  & \$870 ;
+  assign \$873  = ~ \$872 ;
+  assign \$874  = r_rdy & \$873 ;
+  assign \$875  = ~ is_linear;
   assign \$876  = \$874  & \$875 ;
-  assign \$878  = ~ \$877 ;
-  assign \$879  = r_rdy & \$878 ;
-  assign \$880  = ~ is_linear;
-  assign \$881  = \$879  & \$880 ;
-  assign \$882  = gemm_active & \$881 ;
-  assign \$883  = w_load_lane == 3'h7;
+  assign \$877  = gemm_active & \$876 ;
+  assign \$878  = w_load_lane == 2'h3;
+  assign \$879  = \$877  & \$878 ;
+  assign \$881  = ~ \$880 ;
+  assign \$882  = r_rdy & \$881 ;
+  assign \$883  = ~ is_linear;
   assign \$884  = \$882  & \$883 ;
-  assign \$885  = dst_col + 1'h1;
-  assign \$886  = last__4 ? 4'h0 : \$885 ;
-  assign \$887  = post_gelu | post_add;
-  assign \$888  = gemm_active & \$887 ;
-  assign \$889  = post_col == 3'h7;
-  assign \$890  = post_col + 1'h1;
-  assign \$891  = \$889  ? 4'h0 : \$890 ;
-  assign \$892  = ~ \busy$619 ;
-  assign \$893  = in_stream & \$892 ;
-  assign \$894  = ~ ext_req_valid;
+  assign \$885  = gemm_active & \$884 ;
+  assign \$886  = w_load_lane == 3'h4;
+  assign \$887  = \$885  & \$886 ;
+  assign \$889  = ~ \$888 ;
+  assign \$890  = r_rdy & \$889 ;
+  assign \$891  = ~ is_linear;
+  assign \$892  = \$890  & \$891 ;
+  assign \$893  = gemm_active & \$892 ;
+  assign \$894  = w_load_lane == 3'h5;
   assign \$895  = \$893  & \$894 ;
-  assign \$896  = \$895  & \idle$589 ;
+  assign \$897  = ~ \$896 ;
+  assign \$898  = r_rdy & \$897 ;
+  assign \$899  = ~ is_linear;
+  assign \$900  = \$898  & \$899 ;
+  assign \$901  = gemm_active & \$900 ;
+  assign \$902  = w_load_lane == 3'h6;
+  assign \$903  = \$901  & \$902 ;
+  assign \$905  = ~ \$904 ;
+  assign \$906  = r_rdy & \$905 ;
+  assign \$907  = ~ is_linear;
+  assign \$908  = \$906  & \$907 ;
+  assign \$909  = gemm_active & \$908 ;
+  assign \$910  = w_load_lane == 3'h7;
+  assign \$911  = \$909  & \$910 ;
+  assign \$912  = dst_col + 1'h1;
+  assign \$913  = last__4 ? 4'h0 : \$912 ;
+  assign \$914  = post_gelu | post_add;
+  assign \$915  = gemm_active & \$914 ;
+  assign \$916  = post_col == 3'h7;
+  assign \$917  = post_col + 1'h1;
+  assign \$918  = \$916  ? 4'h0 : \$917 ;
+  assign \$919  = ~ \busy$622 ;
+  assign \$920  = in_stream & \$919 ;
+  assign \$921  = ~ ext_off_valid;
+  assign \$922  = \$920  & \$921 ;
+  assign \$923  = ~ ext_req_valid;
+  assign \$924  = \$922  & \$923 ;
+  assign \$925  = \$924  & \idle$590 ;
   always @(posedge gemm_d_clk)
-    buffer0_waddr <= \$900 ;
+    buffer0_waddr <= \$929 ;
   always @(posedge gemm_d_clk)
-    buffer0_wdata <= \$901 ;
+    buffer0_wdata <= \$930 ;
   always @(posedge gemm_d_clk)
-    buffer0_wen <= \$902 ;
+    buffer0_wen <= \$931 ;
   always @(posedge gemm_d_clk)
-    gemm_d_rst <= \$285 ;
+    gemm_d_rst <= \$289 ;
   always @(posedge gemm_d_clk)
-    softmax_d_rst <= \$286 ;
+    softmax_d_rst <= \$290 ;
   always @(posedge gemm_d_clk)
-    layernorm_d_rst <= \$287 ;
+    layernorm_d_rst <= \$291 ;
   always @(posedge gemm_d_clk)
-    add_d_rst <= \$288 ;
+    add_d_rst <= \$292 ;
   always @(posedge gemm_d_clk)
-    gelu0_d_rst <= \$289 ;
+    gelu0_d_rst <= \$293 ;
   always @(posedge gemm_d_clk)
-    load <= \$903 ;
+    load <= \$932 ;
   always @(posedge gemm_d_clk)
-    is_end <= \$904 ;
+    is_end <= \$933 ;
   always @(posedge gemm_d_clk)
-    is_load <= \$905 ;
+    is_load <= \$934 ;
   always @(posedge gemm_d_clk)
-    is_store <= \$906 ;
+    is_store <= \$935 ;
   always @(posedge gemm_d_clk)
-    is_linear <= \$907 ;
+    is_linear <= \$936 ;
   always @(posedge gemm_d_clk)
-    is_matmul <= \$908 ;
+    is_matmul <= \$937 ;
   always @(posedge gemm_d_clk)
-    is_softmax <= \$909 ;
+    is_softmax <= \$938 ;
   always @(posedge gemm_d_clk)
-    is_gelu <= \$910 ;
+    is_gelu <= \$939 ;
   always @(posedge gemm_d_clk)
-    is_layernorm <= \$911 ;
+    is_layernorm <= \$940 ;
   always @(posedge gemm_d_clk)
-    is_add <= \$912 ;
+    is_add <= \$941 ;
   always @(posedge gemm_d_clk)
-    is_im2col <= \$913 ;
+    is_im2col <= \$942 ;
   always @(posedge gemm_d_clk)
-    is_concat <= \$914 ;
+    is_concat <= \$943 ;
   always @(posedge gemm_d_clk)
-    is_split_heads <= \$915 ;
+    is_split_heads <= \$944 ;
   always @(posedge gemm_d_clk)
-    is_merge_heads <= \$916 ;
+    is_merge_heads <= \$945 ;
   always @(posedge gemm_d_clk)
-    is_transpose <= \$917 ;
+    is_transpose <= \$946 ;
   always @(posedge gemm_d_clk)
-    is_select <= \$918 ;
+    is_select <= \$947 ;
   always @(posedge gemm_d_clk)
-    op_onehot <= \$919 ;
+    op_onehot <= \$948 ;
   always @(posedge gemm_d_clk)
-    is_gemm <= \$920 ;
+    is_gemm <= \$949 ;
   always @(posedge gemm_d_clk)
-    post_gelu <= \$921 ;
+    post_gelu <= \$950 ;
   always @(posedge gemm_d_clk)
-    post_add <= \$922 ;
+    post_add <= \$951 ;
   always @(posedge gemm_d_clk)
-    pre_ln <= \$923 ;
+    pre_ln <= \$952 ;
   always @(posedge gemm_d_clk)
-    pre_sm <= \$924 ;
+    pre_sm <= \$953 ;
   always @(posedge gemm_d_clk)
-    src0_inflight <= \$925 ;
+    src0_inflight <= \$954 ;
   always @(posedge gemm_d_clk)
-    w_en <= \$926 ;
+    w_en <= \$955 ;
   always @(posedge gemm_d_clk)
-    src0_held_meta <= \$927 ;
+    src0_held_meta <= \$956 ;
   always @(posedge gemm_d_clk)
-    src0_meta <= \$928 ;
+    src0_meta <= \$957 ;
   always @(posedge gemm_d_clk)
-    src1_inflight <= \$929 ;
+    src1_inflight <= \$958 ;
   always @(posedge gemm_d_clk)
-    \w_en$116  <= \$930 ;
+    \w_en$116  <= \$959 ;
   always @(posedge gemm_d_clk)
-    src1_held_meta <= \$931 ;
+    src1_held_meta <= \$960 ;
   always @(posedge gemm_d_clk)
-    src1_meta <= \$932 ;
+    src1_meta <= \$961 ;
   always @(posedge gemm_d_clk)
-    is_move <= \$933 ;
+    is_move <= \$962 ;
   always @(posedge gemm_d_clk)
-    gelu_sel0 <= \$934 ;
+    gelu_sel0 <= \$963 ;
   always @(posedge gemm_d_clk)
-    add_sel <= \$935 ;
+    add_sel <= \$964 ;
   always @(posedge gemm_d_clk)
-    dec_n1p <= \$351 ;
+    dec_n1p <= \$355 ;
   always @(posedge gemm_d_clk)
-    dec_n2p <= \$352 ;
+    dec_n2p <= \$356 ;
   always @(posedge gemm_d_clk)
-    dec_k_last <= \$353 [15:0];
+    dec_k_last <= \$357 [15:0];
   always @(posedge gemm_d_clk)
     dec_c_lb <= c_lb;
   always @(posedge gemm_d_clk)
-    dec_ext_base <= \$357 [31:0];
+    dec_ext_base <= \$361 [31:0];
   always @(posedge gemm_d_clk)
-    dec_mt <= \$358 [15:0];
+    dec_mt <= \$362 [15:0];
   always @(posedge gemm_d_clk)
-    dec_nt <= \$359 [15:0];
+    dec_nt <= \$363 [15:0];
   always @(posedge gemm_d_clk)
-    dec_mt_last <= \$360 [15:0];
+    dec_mt_last <= \$364 [15:0];
   always @(posedge gemm_d_clk)
-    dec_nt_last <= \$361 [15:0];
+    dec_nt_last <= \$365 [15:0];
   always @(posedge gemm_d_clk)
     dec_blocks <= dec_blocks_p;
   always @(posedge gemm_d_clk)
-    dec_tiles <= \$363 [31:0];
+    dec_tiles <= \$367 [31:0];
   always @(posedge gemm_d_clk)
-    dec_c_base <= \$368 [31:0];
+    dec_c_base <= \$372 [31:0];
   always @(posedge gemm_d_clk)
-    dec_rows_last <= \$372 [15:0];
+    dec_rows_last <= \$376 [15:0];
   always @(posedge gemm_d_clk)
-    dec_cols_last <= \$374 [15:0];
+    dec_cols_last <= \$378 [15:0];
   always @(posedge gemm_d_clk)
-    c_flag_bad <= \$936 ;
+    c_end <= \$965 ;
   always @(posedge gemm_d_clk)
-    addr_fault <= \$937 ;
+    c_flag_bad <= \$966 ;
   always @(posedge gemm_d_clk)
-    dst_outside <= \$938 ;
+    addr_fault <= \$967 ;
   always @(posedge gemm_d_clk)
-    src0_outside <= \$939 ;
+    dst_outside <= \$968 ;
   always @(posedge gemm_d_clk)
-    src1_outside <= \$940 ;
+    src0_outside <= \$969 ;
   always @(posedge gemm_d_clk)
-    ext_req_valid <= \$941 ;
+    src1_outside <= \$970 ;
   always @(posedge gemm_d_clk)
-    ld_off_valid <= \$942 ;
+    ext_req_valid <= \$971 ;
   always @(posedge gemm_d_clk)
-    cycles <= \$943 ;
+    ext_off_valid <= \$972 ;
   always @(posedge gemm_d_clk)
-    op_cycles__0 <= \$944 ;
+    cycles <= \$973 ;
   always @(posedge gemm_d_clk)
-    op_cycles__1 <= \$945 ;
+    op_cycles__0 <= \$974 ;
   always @(posedge gemm_d_clk)
-    op_cycles__2 <= \$946 ;
+    op_cycles__1 <= \$975 ;
   always @(posedge gemm_d_clk)
-    op_cycles__3 <= \$947 ;
+    op_cycles__2 <= \$976 ;
   always @(posedge gemm_d_clk)
-    op_cycles__4 <= \$948 ;
+    op_cycles__3 <= \$977 ;
   always @(posedge gemm_d_clk)
-    op_cycles__5 <= \$949 ;
+    op_cycles__4 <= \$978 ;
   always @(posedge gemm_d_clk)
-    op_cycles__6 <= \$950 ;
+    op_cycles__5 <= \$979 ;
   always @(posedge gemm_d_clk)
-    op_cycles__7 <= \$951 ;
+    op_cycles__6 <= \$980 ;
   always @(posedge gemm_d_clk)
-    op_cycles__8 <= \$952 ;
+    op_cycles__7 <= \$981 ;
   always @(posedge gemm_d_clk)
-    op_cycles__9 <= \$953 ;
+    op_cycles__8 <= \$982 ;
   always @(posedge gemm_d_clk)
-    op_cycles__10 <= \$954 ;
+    op_cycles__9 <= \$983 ;
   always @(posedge gemm_d_clk)
-    op_cycles__11 <= \$955 ;
+    op_cycles__10 <= \$984 ;
   always @(posedge gemm_d_clk)
-    op_cycles__12 <= \$956 ;
+    op_cycles__11 <= \$985 ;
   always @(posedge gemm_d_clk)
-    op_cycles__13 <= \$957 ;
+    op_cycles__12 <= \$986 ;
   always @(posedge gemm_d_clk)
-    op_cycles__14 <= \$958 ;
+    op_cycles__13 <= \$987 ;
   always @(posedge gemm_d_clk)
-    op_cycles__15 <= \$959 ;
+    op_cycles__14 <= \$988 ;
   always @(posedge gemm_d_clk)
-    d_end_more <= \$960 ;
+    op_cycles__15 <= \$989 ;
   always @(posedge gemm_d_clk)
-    d_end <= \$961 ;
+    d_end_more <= \$990 ;
   always @(posedge gemm_d_clk)
-    d_count_zero <= \$962 ;
+    d_end <= \$991 ;
   always @(posedge gemm_d_clk)
-    d_const <= \$963 ;
+    d_count_zero <= \$992 ;
   always @(posedge gemm_d_clk)
-    d_stream <= \$964 ;
+    d_const <= \$993 ;
   always @(posedge gemm_d_clk)
-    pc <= \$965 ;
+    d_stream <= \$994 ;
   always @(posedge gemm_d_clk)
-    busy <= \$966 ;
+    pc <= \$995 ;
   always @(posedge gemm_d_clk)
-    done <= \$967 ;
+    busy <= \$996 ;
   always @(posedge gemm_d_clk)
-    error <= \$968 ;
+    done <= \$997 ;
   always @(posedge gemm_d_clk)
-    fetch_sent <= \$969 ;
+    error <= \$998 ;
   always @(posedge gemm_d_clk)
-    \$signal$572  <= \$970 ;
+    fetch_sent <= \$999 ;
   always @(posedge gemm_d_clk)
-    \$signal$573  <= \$971 ;
+    \$signal$573  <= \$1000 ;
   always @(posedge gemm_d_clk)
-    images_left <= \$972 ;
+    \$signal$574  <= \$1001 ;
   always @(posedge gemm_d_clk)
-    offset <= \$973 ;
+    images_left <= \$1002 ;
   always @(posedge gemm_d_clk)
-    seq_state <= \$974 ;
+    offset <= \$1003 ;
   always @(posedge gemm_d_clk)
-    in_stream <= \$975 ;
+    seq_state <= \$1004 ;
   always @(posedge gemm_d_clk)
-    in_decode <= \$976 ;
+    in_stream <= \$1005 ;
   always @(posedge gemm_d_clk)
-    in_op <= \$977 ;
+    in_decode <= \$1006 ;
   always @(posedge gemm_d_clk)
-    unit_rst <= \$978 ;
+    in_op <= \$1007 ;
   always @(posedge gemm_d_clk)
-    gemm_active <= \$979 ;
+    unit_rst <= \$1008 ;
   always @(posedge gemm_d_clk)
-    pack_active <= \$980 ;
+    gemm_active <= \$1009 ;
   always @(posedge gemm_d_clk)
-    sink_from_move <= \$981 ;
+    pack_active <= \$1010 ;
   always @(posedge gemm_d_clk)
-    sink_from_load <= \$982 ;
+    sink_from_move <= \$1011 ;
   always @(posedge gemm_d_clk)
-    sink_from_store <= \$983 ;
+    sink_from_load <= \$1012 ;
   always @(posedge gemm_d_clk)
-    sink_from_softmax <= \$984 ;
+    sink_from_store <= \$1013 ;
   always @(posedge gemm_d_clk)
-    sink_from_layernorm <= \$985 ;
+    sink_from_softmax <= \$1014 ;
   always @(posedge gemm_d_clk)
-    sink_from_add <= \$986 ;
+    sink_from_layernorm <= \$1015 ;
   always @(posedge gemm_d_clk)
-    sink_from_gelu0 <= \$987 ;
+    sink_from_add <= \$1016 ;
   always @(posedge gemm_d_clk)
-    sink_from_gemm <= \$988 ;
+    sink_from_gelu0 <= \$1017 ;
   always @(posedge gemm_d_clk)
-    a_from_softmax <= \$989 ;
+    sink_from_gemm <= \$1018 ;
   always @(posedge gemm_d_clk)
-    a_from_layernorm <= \$990 ;
+    a_from_softmax <= \$1019 ;
   always @(posedge gemm_d_clk)
-    a_from_src0 <= \$991 ;
+    a_from_layernorm <= \$1020 ;
   always @(posedge gemm_d_clk)
-    const_to0 <= \$992 ;
+    a_from_src0 <= \$1021 ;
   always @(posedge gemm_d_clk)
-    const_to1 <= \$993 ;
+    const_to0 <= \$1022 ;
   always @(posedge gemm_d_clk)
-    const_to2 <= \$994 ;
+    const_to1 <= \$1023 ;
   always @(posedge gemm_d_clk)
-    const_to3 <= \$995 ;
+    const_to2 <= \$1024 ;
   always @(posedge gemm_d_clk)
-    in_fetch <= \$996 ;
+    const_to3 <= \$1025 ;
   always @(posedge gemm_d_clk)
-    in_const <= \$997 ;
+    in_fetch <= \$1026 ;
   always @(posedge gemm_d_clk)
-    run0 <= \$998 ;
+    in_const <= \$1027 ;
   always @(posedge gemm_d_clk)
-    run1 <= \$999 ;
+    run0 <= \$1028 ;
   always @(posedge gemm_d_clk)
-    q0_to_pack <= \$1000 ;
+    run1 <= \$1029 ;
   always @(posedge gemm_d_clk)
-    res_to_pack <= \$1001 ;
+    q0_to_pack <= \$1030 ;
   always @(posedge gemm_d_clk)
-    ins <= \$1002 ;
+    res_to_pack <= \$1031 ;
   always @(posedge gemm_d_clk)
-    decode_wait <= \$1003 ;
+    ins <= \$1032 ;
   always @(posedge gemm_d_clk)
-    read_err <= \$1004 ;
+    decode_wait <= \$1033 ;
   always @(posedge gemm_d_clk)
-    c_addr <= \$1005 ;
+    read_err <= \$1034 ;
   always @(posedge gemm_d_clk)
-    c_step <= \$1006 ;
+    c_addr <= \$1035 ;
   always @(posedge gemm_d_clk)
-    c_ask <= \$1007 ;
+    c_step <= \$1036 ;
   always @(posedge gemm_d_clk)
-    c_due <= \$1008 ;
+    c_ask <= \$1037 ;
   always @(posedge gemm_d_clk)
-    c_last <= \$1009 ;
+    c_due <= \$1038 ;
   always @(posedge gemm_d_clk)
-    c_data <= \$1010 ;
+    c_last <= \$1039 ;
   always @(posedge gemm_d_clk)
-    c_full <= \$1011 ;
+    c_data <= \$1040 ;
   always @(posedge gemm_d_clk)
-    c_valid0 <= \$1012 ;
+    c_full <= \$1041 ;
   always @(posedge gemm_d_clk)
-    c_valid1 <= \$1013 ;
+    c_valid0 <= \$1042 ;
   always @(posedge gemm_d_clk)
-    c_valid2 <= \$1014 ;
+    c_valid1 <= \$1043 ;
   always @(posedge gemm_d_clk)
-    c_valid3 <= \$1015 ;
+    c_valid2 <= \$1044 ;
   always @(posedge gemm_d_clk)
-    ld_off <= \$1016 ;
+    c_valid3 <= \$1045 ;
   always @(posedge gemm_d_clk)
-    ext_req_addr <= \$1017 ;
+    ext_off <= \$1046 ;
   always @(posedge gemm_d_clk)
-    ext_req_data <= \$1018 ;
+    ext_req_addr <= \$1047 ;
   always @(posedge gemm_d_clk)
-    \w_en$189  <= \$1019 ;
+    ext_off_data <= \$1048 ;
   always @(posedge gemm_d_clk)
-    pack_a0 <= \$1020 ;
+    ext_req_data <= \$1049 ;
   always @(posedge gemm_d_clk)
-    pack_a1 <= \$1021 ;
+    \w_en$189  <= \$1050 ;
   always @(posedge gemm_d_clk)
-    pack_a2 <= \$1022 ;
+    pack_a0 <= \$1051 ;
   always @(posedge gemm_d_clk)
-    pack_a3 <= \$1023 ;
+    pack_a1 <= \$1052 ;
   always @(posedge gemm_d_clk)
-    pack_b0 <= \$1024 ;
+    pack_a2 <= \$1053 ;
   always @(posedge gemm_d_clk)
-    pack_b1 <= \$1025 ;
+    pack_a3 <= \$1054 ;
   always @(posedge gemm_d_clk)
-    pack_b2 <= \$1026 ;
+    pack_b0 <= \$1055 ;
   always @(posedge gemm_d_clk)
-    pack_b3 <= \$1027 ;
+    pack_b1 <= \$1056 ;
   always @(posedge gemm_d_clk)
-    pack_j <= \$1028 ;
+    pack_b2 <= \$1057 ;
   always @(posedge gemm_d_clk)
-    pack_jo <= \$1029 ;
+    pack_b3 <= \$1058 ;
   always @(posedge gemm_d_clk)
-    tiles <= \$1030 ;
+    pack_j <= \$1059 ;
   always @(posedge gemm_d_clk)
-    nt <= \$1031 ;
+    pack_jo <= \$1060 ;
   always @(posedge gemm_d_clk)
-    k <= \$1032 ;
+    tiles <= \$1061 ;
   always @(posedge gemm_d_clk)
-    w_addr <= \$1033 ;
+    nt <= \$1062 ;
   always @(posedge gemm_d_clk)
-    p_addr <= \$1034 ;
+    k <= \$1063 ;
   always @(posedge gemm_d_clk)
-    want_w <= \$1035 ;
+    w_addr <= \$1064 ;
   always @(posedge gemm_d_clk)
-    w_step <= \$1036 ;
+    p_addr <= \$1065 ;
   always @(posedge gemm_d_clk)
-    \$signal$493  <= \$1037 ;
+    want_w <= \$1066 ;
   always @(posedge gemm_d_clk)
-    \$signal$596  <= \$1038 ;
+    w_step <= \$1067 ;
   always @(posedge gemm_d_clk)
-    nt_hit <= \$1039 ;
+    \$signal$493  <= \$1068 ;
   always @(posedge gemm_d_clk)
-    rk <= \$1040 ;
+    \$signal$598  <= \$1069 ;
   always @(posedge gemm_d_clk)
-    rk_zero <= \$1041 ;
+    nt_hit <= \$1070 ;
   always @(posedge gemm_d_clk)
-    a_loader_ahead <= \$1042 ;
+    rk <= \$1071 ;
   always @(posedge gemm_d_clk)
-    a_filled0 <= \$1043 ;
+    rk_zero <= \$1072 ;
   always @(posedge gemm_d_clk)
-    a_filled1 <= \$1044 ;
+    a_loader_ahead <= \$1073 ;
   always @(posedge gemm_d_clk)
-    \$signal  <= \$1045 ;
+    a_filled0 <= \$1074 ;
   always @(posedge gemm_d_clk)
-    \$signal$601  <= \$1046 ;
+    a_filled1 <= \$1075 ;
   always @(posedge gemm_d_clk)
-    \$signal$599  <= \$1047 ;
+    \$signal  <= \$1076 ;
   always @(posedge gemm_d_clk)
-    \$signal$348  <= \$1048 ;
+    \$signal$603  <= \$1077 ;
   always @(posedge gemm_d_clk)
-    \$signal$600  <= \$1049 ;
+    \$signal$601  <= \$1078 ;
   always @(posedge gemm_d_clk)
-    fnt <= \$1050 ;
+    \$signal$348  <= \$1079 ;
   always @(posedge gemm_d_clk)
-    feed_blocks <= \$1051 ;
+    \$signal$602  <= \$1080 ;
   always @(posedge gemm_d_clk)
-    a_load_k_hit <= \$1052 ;
+    fnt <= \$1081 ;
   always @(posedge gemm_d_clk)
-    a_feed_k_hit <= \$1053 ;
+    feed_blocks <= \$1082 ;
   always @(posedge gemm_d_clk)
-    a_feed_nt_hit <= \$1054 ;
+    a_load_k_hit <= \$1083 ;
   always @(posedge gemm_d_clk)
-    a_blocks_left <= \$1055 ;
+    a_feed_k_hit <= \$1084 ;
   always @(posedge gemm_d_clk)
-    a_write_addr <= \$687 ;
+    a_feed_nt_hit <= \$1085 ;
+  always @(posedge gemm_d_clk)
+    a_feed_block_end <= \$1086 ;
+  always @(posedge gemm_d_clk)
+    a_blocks_left <= \$1087 ;
+  always @(posedge gemm_d_clk)
+    a_write_addr <= \$701 ;
   always @(posedge gemm_d_clk)
     a_cache0_wdata <= elem;
   always @(posedge gemm_d_clk)
-    a_cache0_wen <= \$1056 ;
+    a_cache0_wen <= \$1088 ;
   always @(posedge gemm_d_clk)
-    a_cache1_wen <= \$1057 ;
+    a_cache1_wen <= \$1089 ;
   always @(posedge gemm_d_clk)
-    a_cache2_wen <= \$1058 ;
+    a_cache2_wen <= \$1090 ;
   always @(posedge gemm_d_clk)
-    a_cache3_wen <= \$1059 ;
+    a_cache3_wen <= \$1091 ;
   always @(posedge gemm_d_clk)
-    a_cache4_wen <= \$1060 ;
+    a_cache4_wen <= \$1092 ;
   always @(posedge gemm_d_clk)
-    a_cache5_wen <= \$1061 ;
+    a_cache5_wen <= \$1093 ;
   always @(posedge gemm_d_clk)
-    a_cache6_wen <= \$1062 ;
+    a_cache6_wen <= \$1094 ;
   always @(posedge gemm_d_clk)
-    a_cache7_wen <= \$1063 ;
+    a_cache7_wen <= \$1095 ;
   always @(posedge gemm_d_clk)
-    a_cache8_wen <= \$1064 ;
+    a_cache8_wen <= \$1096 ;
   always @(posedge gemm_d_clk)
-    a_read_last <= \$1065 ;
+    a_read_last <= \$1097 ;
   always @(posedge gemm_d_clk)
-    a_read_addr <= \$1066 ;
+    a_read_addr <= \$1098 ;
   always @(posedge gemm_d_clk)
-    a_read_half <= \$1067 ;
+    a_read_half <= \$1099 ;
   always @(posedge gemm_d_clk)
-    a_read_free <= \$1068 ;
+    a_read_free <= \$1100 ;
   always @(posedge gemm_d_clk)
-    w_load_lane <= \$1069 ;
+    w_load_lane <= \$1101 ;
   always @(posedge gemm_d_clk)
-    w_load_k <= \$1070 ;
+    w_load_k <= \$1102 ;
   always @(posedge gemm_d_clk)
-    w_load_addr <= \$1071 ;
+    w_load_addr <= \$1103 ;
   always @(posedge gemm_d_clk)
-    w_load_nt <= \$1072 ;
+    w_load_nt <= \$1104 ;
   always @(posedge gemm_d_clk)
-    w_filled0 <= \$1073 ;
+    w_filled0 <= \$1105 ;
   always @(posedge gemm_d_clk)
-    w_filled1 <= \$1074 ;
+    w_filled1 <= \$1106 ;
   always @(posedge gemm_d_clk)
-    w_load_half <= \$1075 ;
+    w_load_half <= \$1107 ;
   always @(posedge gemm_d_clk)
-    w_read_addr <= \$1076 ;
+    w_read_addr <= \$1108 ;
   always @(posedge gemm_d_clk)
-    w_read_half <= \$1077 ;
+    w_read_half <= \$1109 ;
   always @(posedge gemm_d_clk)
-    w_read_free <= \$1078 ;
+    w_read_free <= \$1110 ;
   always @(posedge gemm_d_clk)
-    feed_ntk <= \$1079 ;
+    feed_ntk <= \$1111 ;
   always @(posedge gemm_d_clk)
-    feed_mt <= \$1080 ;
+    feed_mt <= \$1112 ;
   always @(posedge gemm_d_clk)
-    feed_mt_hit <= \$1081 ;
+    feed_mt_hit <= \$1113 ;
   always @(posedge gemm_d_clk)
-    w_feed_half <= \$1082 ;
+    w_feed_half <= \$1114 ;
   always @(posedge gemm_d_clk)
-    w_write_addr <= \$819 ;
+    w_write_addr <= \$846 ;
   always @(posedge gemm_d_clk)
     w_cache0_wdata <= welem;
   always @(posedge gemm_d_clk)
-    w_cache0_wen <= \$1083 ;
+    w_cache0_wen <= \$1115 ;
   always @(posedge gemm_d_clk)
-    w_cache1_wen <= \$1084 ;
+    w_cache1_wen <= \$1116 ;
   always @(posedge gemm_d_clk)
-    w_cache2_wen <= \$1085 ;
+    w_cache2_wen <= \$1117 ;
   always @(posedge gemm_d_clk)
-    w_cache3_wen <= \$1086 ;
+    w_cache3_wen <= \$1118 ;
   always @(posedge gemm_d_clk)
-    w_cache4_wen <= \$1087 ;
+    w_cache4_wen <= \$1119 ;
   always @(posedge gemm_d_clk)
-    w_cache5_wen <= \$1088 ;
+    w_cache5_wen <= \$1120 ;
   always @(posedge gemm_d_clk)
-    w_cache6_wen <= \$1089 ;
+    w_cache6_wen <= \$1121 ;
   always @(posedge gemm_d_clk)
-    w_cache7_wen <= \$1090 ;
+    w_cache7_wen <= \$1122 ;
   always @(posedge gemm_d_clk)
-    dst_col <= \$1091 ;
+    dst_col <= \$1123 ;
   always @(posedge gemm_d_clk)
-    post_col <= \$1092 ;
+    post_col <= \$1124 ;
   always @(posedge gemm_d_clk)
-    op_done <= \$1093 ;
+    op_done <= \$1125 ;
   always @(posedge gemm_d_clk)
-    fault_q <= \$1094 ;
+    fault_q <= \$1126 ;
   bram_512x9 a_cache0 (
     .clk(gemm_d_clk),
     .r_addr(a_cache0_raddr),
@@ -4640,7 +4710,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   );
   dsp_mult_u16_u16 dec_blocks_p_mult (
     .a(ins[39:24]),
-    .b(\$897 [15:0]),
+    .b(\$926 [15:0]),
     .clk(gemm_d_clk),
     .p(dec_blocks_p)
   );
@@ -4652,13 +4722,13 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   );
   dsp_mult_u16_u16 dec_tiles_hi_mult (
     .a(dec_blocks_p[31:16]),
-    .b(\$899 [15:0]),
+    .b(\$928 [15:0]),
     .clk(gemm_d_clk),
     .p(dec_tiles_hi)
   );
   dsp_mult_u16_u16 dec_tiles_lo_mult (
     .a(dec_blocks_p[15:0]),
-    .b(\$898 [15:0]),
+    .b(\$927 [15:0]),
     .clk(gemm_d_clk),
     .p(dec_tiles_lo)
   );
@@ -4719,7 +4789,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   \accelerator.core.gen_dst  gen_dst (
     .addr(\addr$122 ),
     .base(ins[123:104]),
-    .busy(\busy$619 ),
+    .busy(\busy$622 ),
     .clk(gemm_d_clk),
     .\final (\final ),
     .index__1(index__1),
@@ -4823,14 +4893,14 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   );
   \accelerator.core.pack_slice  pack_slice (
     .clk(gemm_d_clk),
-    .\port$9179$0 (pack_a0),
-    .\port$9181$0 (pack_a1),
-    .\port$9183$0 (pack_a2),
-    .\port$9185$0 (pack_a3),
-    .\port$9187$0 (pack_b0),
-    .\port$9189$0 (pack_b1),
-    .\port$9191$0 (pack_b2),
-    .\port$9193$0 (pack_b3),
+    .\port$9236$0 (pack_a0),
+    .\port$9238$0 (pack_a1),
+    .\port$9240$0 (pack_a2),
+    .\port$9242$0 (pack_a3),
+    .\port$9244$0 (pack_b0),
+    .\port$9246$0 (pack_b1),
+    .\port$9248$0 (pack_b2),
+    .\port$9250$0 (pack_b3),
     .r_data(r_data),
     .r_en(r_en),
     .r_rdy(\r_rdy$271 ),
@@ -4841,8 +4911,8 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   );
   \accelerator.core.q_src0  q_src0 (
     .clk(gemm_d_clk),
-    .\port$1608$0 (buffer0_rdata),
-    .\port$8979$0 (src0_held_meta),
+    .\port$1643$0 (buffer0_rdata),
+    .\port$9032$0 (src0_held_meta),
     .r_data(\r_data$252 ),
     .r_en(\r_en$519 ),
     .r_rdy(\r_rdy$279 ),
@@ -4852,8 +4922,8 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   );
   \accelerator.core.q_src1  q_src1 (
     .clk(gemm_d_clk),
-    .\port$1609$0 (buffer1_rdata),
-    .\port$8987$0 (src1_held_meta),
+    .\port$1644$0 (buffer1_rdata),
+    .\port$9040$0 (src1_held_meta),
     .r_data(\r_data$376 ),
     .r_en(\r_en$269 ),
     .r_rdy(r_rdy),
@@ -4923,14 +4993,14 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   \accelerator.core.w_beat_slice  w_beat_slice (
     .clk(gemm_d_clk),
     .in_decode(in_decode),
-    .\port$8858$0 (w_beat0),
-    .\port$8859$0 (w_beat1),
-    .\port$8860$0 (w_beat2),
-    .\port$8861$0 (w_beat3),
-    .\port$8862$0 (w_beat4),
-    .\port$8863$0 (w_beat5),
-    .\port$8864$0 (w_beat6),
-    .\port$8865$0 (w_beat7),
+    .\port$8911$0 (w_beat0),
+    .\port$8912$0 (w_beat1),
+    .\port$8913$0 (w_beat2),
+    .\port$8914$0 (w_beat3),
+    .\port$8915$0 (w_beat4),
+    .\port$8916$0 (w_beat5),
+    .\port$8917$0 (w_beat6),
+    .\port$8918$0 (w_beat7),
     .r_data(\r_data$425 ),
     .r_en(\r_en$422 ),
     .r_rdy(\r_rdy$419 ),
@@ -5020,7 +5090,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     .clear(clear),
     .clk(gemm_d_clk),
     .err(err),
-    .idle(\idle$589 ),
+    .idle(\idle$590 ),
     .req__payload(req__payload),
     .req__ready(\req__ready$504 ),
     .rst(rst),
@@ -5129,9 +5199,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (\$signal )
       1'h0:
-          \$688  = a_filled0;
+          \$702  = a_filled0;
       1'h1:
-          \$688  = a_filled1;
+          \$702  = a_filled1;
     endcase
   end
   always @* begin
@@ -5139,9 +5209,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (\$signal )
       1'h0:
-          \$695  = a_filled0;
+          \$709  = a_filled0;
       1'h1:
-          \$695  = a_filled1;
+          \$709  = a_filled1;
     endcase
   end
   always @* begin
@@ -5149,9 +5219,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (\$signal )
       1'h0:
-          \$701  = a_filled0;
+          \$715  = a_filled0;
       1'h1:
-          \$701  = a_filled1;
+          \$715  = a_filled1;
     endcase
   end
   always @* begin
@@ -5159,9 +5229,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (\$signal )
       1'h0:
-          \$707  = a_filled0;
+          \$721  = a_filled0;
       1'h1:
-          \$707  = a_filled1;
+          \$721  = a_filled1;
     endcase
   end
   always @* begin
@@ -5169,9 +5239,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (\$signal )
       1'h0:
-          \$713  = a_filled0;
+          \$727  = a_filled0;
       1'h1:
-          \$713  = a_filled1;
+          \$727  = a_filled1;
     endcase
   end
   always @* begin
@@ -5179,9 +5249,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (\$signal )
       1'h0:
-          \$719  = a_filled0;
+          \$733  = a_filled0;
       1'h1:
-          \$719  = a_filled1;
+          \$733  = a_filled1;
     endcase
   end
   always @* begin
@@ -5189,9 +5259,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (\$signal )
       1'h0:
-          \$725  = a_filled0;
+          \$739  = a_filled0;
       1'h1:
-          \$725  = a_filled1;
+          \$739  = a_filled1;
     endcase
   end
   always @* begin
@@ -5199,9 +5269,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (\$signal )
       1'h0:
-          \$731  = a_filled0;
+          \$745  = a_filled0;
       1'h1:
-          \$731  = a_filled1;
+          \$745  = a_filled1;
     endcase
   end
   always @* begin
@@ -5209,9 +5279,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (\$signal )
       1'h0:
-          \$737  = a_filled0;
+          \$751  = a_filled0;
       1'h1:
-          \$737  = a_filled1;
+          \$751  = a_filled1;
     endcase
   end
   always @* begin
@@ -5219,9 +5289,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (\$signal )
       1'h0:
-          \$743  = a_filled0;
+          \$757  = a_filled0;
       1'h1:
-          \$743  = a_filled1;
+          \$757  = a_filled1;
     endcase
   end
   always @* begin
@@ -5229,9 +5299,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (\$signal )
       1'h0:
-          \$748  = a_filled0;
+          \$762  = a_filled0;
       1'h1:
-          \$748  = a_filled1;
+          \$762  = a_filled1;
     endcase
   end
   always @* begin
@@ -5239,9 +5309,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_load_half)
       1'h0:
-          \$785  = w_filled0;
+          \$813  = w_filled0;
       1'h1:
-          \$785  = w_filled1;
+          \$813  = w_filled1;
     endcase
   end
   always @* begin
@@ -5249,9 +5319,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_load_half)
       1'h0:
-          \$820  = w_filled0;
+          \$847  = w_filled0;
       1'h1:
-          \$820  = w_filled1;
+          \$847  = w_filled1;
     endcase
   end
   always @* begin
@@ -5259,9 +5329,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_load_half)
       1'h0:
-          \$829  = w_filled0;
+          \$856  = w_filled0;
       1'h1:
-          \$829  = w_filled1;
+          \$856  = w_filled1;
     endcase
   end
   always @* begin
@@ -5269,9 +5339,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_load_half)
       1'h0:
-          \$837  = w_filled0;
+          \$864  = w_filled0;
       1'h1:
-          \$837  = w_filled1;
+          \$864  = w_filled1;
     endcase
   end
   always @* begin
@@ -5279,9 +5349,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_load_half)
       1'h0:
-          \$845  = w_filled0;
+          \$872  = w_filled0;
       1'h1:
-          \$845  = w_filled1;
+          \$872  = w_filled1;
     endcase
   end
   always @* begin
@@ -5289,9 +5359,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_load_half)
       1'h0:
-          \$853  = w_filled0;
+          \$880  = w_filled0;
       1'h1:
-          \$853  = w_filled1;
+          \$880  = w_filled1;
     endcase
   end
   always @* begin
@@ -5299,9 +5369,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_load_half)
       1'h0:
-          \$861  = w_filled0;
+          \$888  = w_filled0;
       1'h1:
-          \$861  = w_filled1;
+          \$888  = w_filled1;
     endcase
   end
   always @* begin
@@ -5309,9 +5379,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_load_half)
       1'h0:
-          \$869  = w_filled0;
+          \$896  = w_filled0;
       1'h1:
-          \$869  = w_filled1;
+          \$896  = w_filled1;
     endcase
   end
   always @* begin
@@ -5319,9 +5389,9 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
     (* full_case = 32'd1 *)
     casez (w_load_half)
       1'h0:
-          \$877  = w_filled0;
+          \$904  = w_filled0;
       1'h1:
-          \$877  = w_filled1;
+          \$904  = w_filled1;
     endcase
   end
   always @* begin
@@ -5571,7 +5641,7 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
         end
       end
     end
-    if (\$283 ) begin
+    if (\$287 ) begin
       fault = 4'h5;
     end
   end
@@ -6249,692 +6319,298 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$900  = \addr$122 [13:0];
+    \$929  = \addr$122 [13:0];
     if (rst) begin
-      \$900  = 14'h0000;
+      \$929  = 14'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$901  = \$207 [15:0];
+    \$930  = \$207 [15:0];
     if (rst) begin
-      \$901  = 16'h0000;
+      \$930  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$902  = wr_en;
+    \$931  = wr_en;
     if (rst) begin
-      \$902  = 1'h0;
+      \$931  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$903  = 1'h0;
+    \$932  = 1'h0;
     casez (seq_state)
       3'h0:
           /* empty */;
       3'h1:
           /* empty */;
       3'h2:
-          if (\$472 ) begin
-            \$903  = \$474 ;
+          if (\$476 ) begin
+            \$932  = \$478 ;
           end
     endcase
     if (rst) begin
-      \$903  = 1'h0;
+      \$932  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$904  = \$290 ;
-    if (rst) begin
-      \$904  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$905  = \$291 ;
-    if (rst) begin
-      \$905  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$906  = \$292 ;
-    if (rst) begin
-      \$906  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$907  = \$293 ;
-    if (rst) begin
-      \$907  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$908  = \$294 ;
-    if (rst) begin
-      \$908  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$909  = \$295 ;
-    if (rst) begin
-      \$909  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$910  = \$296 ;
-    if (rst) begin
-      \$910  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$911  = \$297 ;
-    if (rst) begin
-      \$911  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$912  = \$298 ;
-    if (rst) begin
-      \$912  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$913  = \$299 ;
-    if (rst) begin
-      \$913  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$914  = \$300 ;
-    if (rst) begin
-      \$914  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$915  = \$301 ;
-    if (rst) begin
-      \$915  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$916  = \$302 ;
-    if (rst) begin
-      \$916  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$917  = \$303 ;
-    if (rst) begin
-      \$917  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$918  = \$304 ;
-    if (rst) begin
-      \$918  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$919  = \$305 [15:0];
-    if (rst) begin
-      \$919  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$920  = \$308 ;
-    if (rst) begin
-      \$920  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$921  = \$311 ;
-    if (rst) begin
-      \$921  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$922  = \$314 ;
-    if (rst) begin
-      \$922  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$923  = \$317 ;
-    if (rst) begin
-      \$923  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$924  = \$320 ;
-    if (rst) begin
-      \$924  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$925  = \$322 ;
-    if (rst) begin
-      \$925  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$926  = \$324 ;
-    if (rst) begin
-      \$926  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$927  = src0_meta;
-    if (rst) begin
-      \$927  = 3'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$928  = { \$325 , \final$539 , \last__4$538  };
-    if (rst) begin
-      \$928  = 3'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$929  = \$327 ;
-    if (rst) begin
-      \$929  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$930  = \$329 ;
-    if (rst) begin
-      \$930  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$931  = src1_meta;
-    if (rst) begin
-      \$931  = 3'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$932  = { \$330 , \final$544 , \last__4$543  };
-    if (rst) begin
-      \$932  = 3'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$933  = \$337 ;
+    \$933  = \$294 ;
     if (rst) begin
       \$933  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$934  = \$345 ;
+    \$934  = \$295 ;
     if (rst) begin
       \$934  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$935  = \$350 ;
+    \$935  = \$296 ;
     if (rst) begin
       \$935  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$936  = 1'h0;
-    casez (seq_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
-      3'h2:
-          /* empty */;
-      3'h3:
-          if (\$510 ) begin
-            \$936  = \$513 ;
-          end
-    endcase
+    \$936  = \$297 ;
     if (rst) begin
       \$936  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$937  = 1'h0;
-    casez (seq_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
-      3'h2:
-          /* empty */;
-      3'h3:
-          /* empty */;
-      3'h4:
-          \$937  = \$597 ;
-    endcase
+    \$937  = \$298 ;
     if (rst) begin
       \$937  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$938  = \$377 ;
+    \$938  = \$299 ;
     if (rst) begin
       \$938  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$939  = \$380 ;
+    \$939  = \$300 ;
     if (rst) begin
       \$939  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$940  = \$383 ;
+    \$940  = \$301 ;
     if (rst) begin
       \$940  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$941  = ext_req_valid;
-    if (in_decode) begin
-      \$941  = 1'h0;
-    end
-    if (in_stream) begin
-      if (is_move) begin
-      end else if (is_load) begin
-        if (\$607 ) begin
-          \$941  = ld_off_valid;
-        end
-      end
-    end
-    if (\$611 ) begin
-      \$941  = dst_step;
-    end
+    \$941  = \$302 ;
     if (rst) begin
       \$941  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$942  = ld_off_valid;
-    if (in_decode) begin
-      \$942  = 1'h0;
-    end
-    if (in_stream) begin
-      if (is_move) begin
-      end else if (is_load) begin
-        if (\$604 ) begin
-          \$942  = valid;
-        end
-      end
-    end
+    \$942  = \$303 ;
     if (rst) begin
       \$942  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$943  = cycles;
-    if (busy) begin
-      \$943  = \$384 [47:0];
-    end
-    if (\$452 ) begin
-      \$943  = 48'h000000000000;
-    end
+    \$943  = \$304 ;
     if (rst) begin
-      \$943  = 48'h000000000000;
+      \$943  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$944  = op_cycles__0;
-    if (busy) begin
-      if (\$385 ) begin
-        \$944  = \$386 [47:0];
-      end
-    end
-    if (\$452 ) begin
-      \$944  = 48'h000000000000;
-    end
+    \$944  = \$305 ;
     if (rst) begin
-      \$944  = 48'h000000000000;
+      \$944  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$945  = op_cycles__1;
-    if (busy) begin
-      if (\$387 ) begin
-        \$945  = \$388 [47:0];
-      end
-    end
-    if (\$452 ) begin
-      \$945  = 48'h000000000000;
-    end
+    \$945  = \$306 ;
     if (rst) begin
-      \$945  = 48'h000000000000;
+      \$945  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$946  = op_cycles__2;
-    if (busy) begin
-      if (\$389 ) begin
-        \$946  = \$390 [47:0];
-      end
-    end
-    if (\$452 ) begin
-      \$946  = 48'h000000000000;
-    end
+    \$946  = \$307 ;
     if (rst) begin
-      \$946  = 48'h000000000000;
+      \$946  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$947  = op_cycles__3;
-    if (busy) begin
-      if (\$391 ) begin
-        \$947  = \$392 [47:0];
-      end
-    end
-    if (\$452 ) begin
-      \$947  = 48'h000000000000;
-    end
+    \$947  = \$308 ;
     if (rst) begin
-      \$947  = 48'h000000000000;
+      \$947  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$948  = op_cycles__4;
-    if (busy) begin
-      if (\$393 ) begin
-        \$948  = \$394 [47:0];
-      end
-    end
-    if (\$452 ) begin
-      \$948  = 48'h000000000000;
-    end
+    \$948  = \$309 [15:0];
     if (rst) begin
-      \$948  = 48'h000000000000;
+      \$948  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$949  = op_cycles__5;
-    if (busy) begin
-      if (\$395 ) begin
-        \$949  = \$396 [47:0];
-      end
-    end
-    if (\$452 ) begin
-      \$949  = 48'h000000000000;
-    end
+    \$949  = \$312 ;
     if (rst) begin
-      \$949  = 48'h000000000000;
+      \$949  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$950  = op_cycles__6;
-    if (busy) begin
-      if (\$397 ) begin
-        \$950  = \$398 [47:0];
-      end
-    end
-    if (\$452 ) begin
-      \$950  = 48'h000000000000;
-    end
+    \$950  = \$315 ;
     if (rst) begin
-      \$950  = 48'h000000000000;
+      \$950  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$951  = op_cycles__7;
-    if (busy) begin
-      if (\$399 ) begin
-        \$951  = \$400 [47:0];
-      end
-    end
-    if (\$452 ) begin
-      \$951  = 48'h000000000000;
-    end
+    \$951  = \$318 ;
     if (rst) begin
-      \$951  = 48'h000000000000;
+      \$951  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$952  = op_cycles__8;
-    if (busy) begin
-      if (\$401 ) begin
-        \$952  = \$402 [47:0];
-      end
-    end
-    if (\$452 ) begin
-      \$952  = 48'h000000000000;
-    end
+    \$952  = \$321 ;
     if (rst) begin
-      \$952  = 48'h000000000000;
+      \$952  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$953  = op_cycles__9;
-    if (busy) begin
-      if (\$403 ) begin
-        \$953  = \$404 [47:0];
-      end
-    end
-    if (\$452 ) begin
-      \$953  = 48'h000000000000;
-    end
+    \$953  = \$324 ;
     if (rst) begin
-      \$953  = 48'h000000000000;
+      \$953  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$954  = op_cycles__10;
-    if (busy) begin
-      if (\$405 ) begin
-        \$954  = \$406 [47:0];
-      end
-    end
-    if (\$452 ) begin
-      \$954  = 48'h000000000000;
-    end
+    \$954  = \$326 ;
     if (rst) begin
-      \$954  = 48'h000000000000;
+      \$954  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$955  = op_cycles__11;
-    if (busy) begin
-      if (\$407 ) begin
-        \$955  = \$408 [47:0];
-      end
-    end
-    if (\$452 ) begin
-      \$955  = 48'h000000000000;
-    end
+    \$955  = \$328 ;
     if (rst) begin
-      \$955  = 48'h000000000000;
+      \$955  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$956  = op_cycles__12;
-    if (busy) begin
-      if (\$409 ) begin
-        \$956  = \$410 [47:0];
-      end
-    end
-    if (\$452 ) begin
-      \$956  = 48'h000000000000;
-    end
+    \$956  = src0_meta;
     if (rst) begin
-      \$956  = 48'h000000000000;
+      \$956  = 3'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$957  = op_cycles__13;
-    if (busy) begin
-      if (\$411 ) begin
-        \$957  = \$412 [47:0];
-      end
-    end
-    if (\$452 ) begin
-      \$957  = 48'h000000000000;
-    end
+    \$957  = { \$329 , \final$539 , \last__4$538  };
     if (rst) begin
-      \$957  = 48'h000000000000;
+      \$957  = 3'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$958  = op_cycles__14;
-    if (busy) begin
-      if (\$413 ) begin
-        \$958  = \$414 [47:0];
-      end
-    end
-    if (\$452 ) begin
-      \$958  = 48'h000000000000;
-    end
+    \$958  = \$331 ;
     if (rst) begin
-      \$958  = 48'h000000000000;
+      \$958  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$959  = op_cycles__15;
-    if (busy) begin
-      if (\$415 ) begin
-        \$959  = \$416 [47:0];
-      end
-    end
-    if (\$452 ) begin
-      \$959  = 48'h000000000000;
-    end
+    \$959  = \$333 ;
     if (rst) begin
-      \$959  = 48'h000000000000;
+      \$959  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$960  = \$418 ;
+    \$960  = src1_meta;
     if (rst) begin
-      \$960  = 1'h0;
+      \$960  = 3'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$961  = is_end;
+    \$961  = { \$334 , \final$544 , \last__4$543  };
     if (rst) begin
-      \$961  = 1'h0;
+      \$961  = 3'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$962  = \$429 ;
+    \$962  = \$341 ;
     if (rst) begin
       \$962  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$963  = \$440 ;
+    \$963  = \$349 ;
     if (rst) begin
       \$963  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$964  = \$450 ;
+    \$964  = \$354 ;
     if (rst) begin
       \$964  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$965  = pc;
-    if (\$452 ) begin
-      \$965  = prog;
-    end
-    if (\$458 ) begin
-      \$965  = \$signal$572 ;
-    end
-    if (\$466 ) begin
-      \$965  = \$467 [31:0];
-    end
-    if (rst) begin
-      \$965  = 32'd0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$966  = busy;
-    if (\$452 ) begin
-      \$966  = 1'h1;
-    end
+    \$965  = 1'h0;
     casez (seq_state)
       3'h0:
           /* empty */;
       3'h1:
           /* empty */;
       3'h2:
-          if (\$472 ) begin
-          end else if (d_end_more) begin
-          end else if (d_end) begin
-            \$966  = 1'h0;
-          end
+          /* empty */;
       3'h3:
+          if (c_fire) begin
+            \$965  = c_last;
+          end
+    endcase
+    if (rst) begin
+      \$965  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$966  = 1'h0;
+    casez (seq_state)
+      3'h0:
           /* empty */;
-      3'h4:
+      3'h1:
           /* empty */;
-      3'h5:
-          if (\$599 ) begin
-            \$966  = 1'h0;
+      3'h2:
+          /* empty */;
+      3'h3:
+          if (\$514 ) begin
+            \$966  = \$517 ;
           end
     endcase
     if (rst) begin
@@ -6943,29 +6619,18 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$967  = done;
-    if (\$452 ) begin
-      \$967  = 1'h0;
-    end
+    \$967  = 1'h0;
     casez (seq_state)
       3'h0:
           /* empty */;
       3'h1:
           /* empty */;
       3'h2:
-          if (\$472 ) begin
-          end else if (d_end_more) begin
-          end else if (d_end) begin
-            \$967  = 1'h1;
-          end
+          /* empty */;
       3'h3:
           /* empty */;
       3'h4:
-          /* empty */;
-      3'h5:
-          if (\$599 ) begin
-            \$967  = 1'h1;
-          end
+          \$967  = \$601 ;
     endcase
     if (rst) begin
       \$967  = 1'h0;
@@ -6973,2154 +6638,396 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$968  = error;
-    if (\$452 ) begin
-      \$968  = 4'h0;
-    end
-    casez (seq_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-          if (start) begin
-            \$968  = 4'h6;
-          end
-      3'h2:
-        begin
-          (* full_case = 32'd1 *)
-          if (\$472 ) begin
-          end else if (d_end_more) begin
-          end else if (d_end) begin
-          end else if (d_count_zero) begin
-            \$968  = 4'h2;
-          end else if (d_const) begin
-          end else if (d_stream) begin
-          end else begin
-            \$968  = 4'h1;
-          end
-          if (read_err) begin
-            \$968  = 4'h4;
-          end
-          if (start) begin
-            \$968  = 4'h6;
-          end
-        end
-      3'h3:
-        begin
-          if (c_flag_bad) begin
-            \$968  = 4'h7;
-          end
-          if (read_err) begin
-            \$968  = 4'h4;
-          end
-          if (start) begin
-            \$968  = 4'h6;
-          end
-        end
-      3'h4:
-        begin
-          if (addr_fault) begin
-            \$968  = 4'h3;
-          end
-          if (\$598 ) begin
-            \$968  = fault_q;
-          end
-          if (start) begin
-            \$968  = 4'h6;
-          end
-        end
-    endcase
+    \$968  = \$381 ;
     if (rst) begin
-      \$968  = 4'h0;
+      \$968  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$969  = fetch_sent;
-    if (\$452 ) begin
-      \$969  = 1'h0;
-    end
-    casez (seq_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-        begin
-          if (\$469 ) begin
-            \$969  = 1'h1;
-          end
-          if (beat__valid) begin
-            \$969  = 1'h0;
-          end
-        end
-    endcase
+    \$969  = \$384 ;
     if (rst) begin
       \$969  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$970  = \$signal$572 ;
-    if (\$452 ) begin
-      \$970  = prog;
-    end
+    \$970  = \$387 ;
     if (rst) begin
-      \$970  = 32'd0;
+      \$970  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$971  = \$signal$573 ;
-    if (\$452 ) begin
-      \$971  = image_stride;
+    \$971  = ext_req_valid;
+    if (in_decode) begin
+      \$971  = 1'h0;
+    end
+    if (in_stream) begin
+      if (is_move) begin
+      end else if (is_load) begin
+        if (\$611 ) begin
+          \$971  = ext_off_valid;
+        end
+      end
+    end
+    if (\$621 ) begin
+      \$971  = ext_off_valid;
     end
     if (rst) begin
-      \$971  = 32'd0;
+      \$971  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$972  = images_left;
-    if (\$452 ) begin
-      \$972  = \$454 ;
+    \$972  = ext_off_valid;
+    if (in_decode) begin
+      \$972  = 1'h0;
     end
-    if (\$458 ) begin
-      \$972  = \$459 [15:0];
+    if (in_stream) begin
+      if (is_move) begin
+      end else if (is_load) begin
+        if (\$608 ) begin
+          \$972  = valid;
+        end
+      end
+    end
+    if (\$617 ) begin
+      \$972  = dst_step;
     end
     if (rst) begin
-      \$972  = 16'h0000;
+      \$972  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$973  = offset;
-    if (\$452 ) begin
-      \$973  = 32'd0;
+    \$973  = cycles;
+    if (busy) begin
+      \$973  = \$388 [47:0];
     end
-    if (\$458 ) begin
-      \$973  = \$460 [31:0];
+    if (\$456 ) begin
+      \$973  = 48'h000000000000;
     end
     if (rst) begin
-      \$973  = 32'd0;
+      \$973  = 48'h000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$974  = seq_state;
-    (* full_case = 32'd1 *)
-    casez (seq_state)
-      3'h0:
-          if (start) begin
-            \$974  = 3'h1;
-          end
-      3'h1:
-        begin
-          if (beat__valid) begin
-            \$974  = 3'h2;
-          end
-          if (start) begin
-            \$974  = 3'h5;
-          end
-        end
-      3'h2:
-        begin
-          (* full_case = 32'd1 *)
-          if (\$472 ) begin
-          end else if (d_end_more) begin
-            \$974  = 3'h1;
-          end else if (d_end) begin
-            \$974  = 3'h0;
-          end else if (d_count_zero) begin
-            \$974  = 3'h5;
-          end else if (d_const) begin
-            \$974  = 3'h3;
-          end else if (d_stream) begin
-            \$974  = 3'h4;
-          end else begin
-            \$974  = 3'h5;
-          end
-          if (read_err) begin
-            \$974  = 3'h5;
-          end
-          if (start) begin
-            \$974  = 3'h5;
-          end
-        end
-      3'h3:
-        begin
-          if (c_fire) begin
-            if (c_last) begin
-              \$974  = 3'h4;
-            end
-          end
-          if (\$553 ) begin
-            \$974  = 3'h4;
-          end
-          if (c_flag_bad) begin
-            \$974  = 3'h5;
-          end
-          if (read_err) begin
-            \$974  = 3'h5;
-          end
-          if (start) begin
-            \$974  = 3'h5;
-          end
-        end
-      3'h4:
-        begin
-          if (\$586 ) begin
-            \$974  = 3'h1;
-          end
-          if (addr_fault) begin
-            \$974  = 3'h5;
-          end
-          if (\$598 ) begin
-            \$974  = 3'h5;
-          end
-          if (start) begin
-            \$974  = 3'h5;
-          end
-        end
-      3'h5:
-          if (\$599 ) begin
-            \$974  = 3'h0;
-          end
-      default:
-          \$974  = 3'h0;
-    endcase
+    \$974  = op_cycles__0;
+    if (busy) begin
+      if (\$389 ) begin
+        \$974  = \$390 [47:0];
+      end
+    end
+    if (\$456 ) begin
+      \$974  = 48'h000000000000;
+    end
     if (rst) begin
-      \$974  = 3'h0;
+      \$974  = 48'h000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$975  = in_stream;
-    (* full_case = 32'd1 *)
-    casez (seq_state)
-      3'h0:
-          if (start) begin
-            \$975  = 1'h0;
-          end
-      3'h1:
-        begin
-          if (beat__valid) begin
-            \$975  = 1'h0;
-          end
-          if (start) begin
-            \$975  = 1'h0;
-          end
-        end
-      3'h2:
-        begin
-          (* full_case = 32'd1 *)
-          if (\$472 ) begin
-          end else if (d_end_more) begin
-            \$975  = 1'h0;
-          end else if (d_end) begin
-            \$975  = 1'h0;
-          end else if (d_count_zero) begin
-            \$975  = 1'h0;
-          end else if (d_const) begin
-            \$975  = 1'h0;
-          end else if (d_stream) begin
-            \$975  = 1'h1;
-          end else begin
-            \$975  = 1'h0;
-          end
-          if (read_err) begin
-            \$975  = 1'h0;
-          end
-          if (start) begin
-            \$975  = 1'h0;
-          end
-        end
-      3'h3:
-        begin
-          if (c_fire) begin
-            if (c_last) begin
-              \$975  = 1'h1;
-            end
-          end
-          if (\$553 ) begin
-            \$975  = 1'h1;
-          end
-          if (c_flag_bad) begin
-            \$975  = 1'h0;
-          end
-          if (read_err) begin
-            \$975  = 1'h0;
-          end
-          if (start) begin
-            \$975  = 1'h0;
-          end
-        end
-      3'h4:
-        begin
-          if (\$586 ) begin
-            \$975  = 1'h0;
-          end
-          if (addr_fault) begin
-            \$975  = 1'h0;
-          end
-          if (\$598 ) begin
-            \$975  = 1'h0;
-          end
-          if (start) begin
-            \$975  = 1'h0;
-          end
-        end
-      3'h5:
-          if (\$599 ) begin
-            \$975  = 1'h0;
-          end
-      default:
-          \$975  = 1'h0;
-    endcase
+    \$975  = op_cycles__1;
+    if (busy) begin
+      if (\$391 ) begin
+        \$975  = \$392 [47:0];
+      end
+    end
+    if (\$456 ) begin
+      \$975  = 48'h000000000000;
+    end
     if (rst) begin
-      \$975  = 1'h0;
+      \$975  = 48'h000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$976  = in_decode;
-    (* full_case = 32'd1 *)
-    casez (seq_state)
-      3'h0:
-          if (start) begin
-            \$976  = 1'h0;
-          end
-      3'h1:
-        begin
-          if (beat__valid) begin
-            \$976  = 1'h1;
-          end
-          if (start) begin
-            \$976  = 1'h0;
-          end
-        end
-      3'h2:
-        begin
-          (* full_case = 32'd1 *)
-          if (\$472 ) begin
-          end else if (d_end_more) begin
-            \$976  = 1'h0;
-          end else if (d_end) begin
-            \$976  = 1'h0;
-          end else if (d_count_zero) begin
-            \$976  = 1'h0;
-          end else if (d_const) begin
-            \$976  = 1'h0;
-          end else if (d_stream) begin
-            \$976  = 1'h0;
-          end else begin
-            \$976  = 1'h0;
-          end
-          if (read_err) begin
-            \$976  = 1'h0;
-          end
-          if (start) begin
-            \$976  = 1'h0;
-          end
-        end
-      3'h3:
-        begin
-          if (c_fire) begin
-            if (c_last) begin
-              \$976  = 1'h0;
-            end
-          end
-          if (\$553 ) begin
-            \$976  = 1'h0;
-          end
-          if (c_flag_bad) begin
-            \$976  = 1'h0;
-          end
-          if (read_err) begin
-            \$976  = 1'h0;
-          end
-          if (start) begin
-            \$976  = 1'h0;
-          end
-        end
-      3'h4:
-        begin
-          if (\$586 ) begin
-            \$976  = 1'h0;
-          end
-          if (addr_fault) begin
-            \$976  = 1'h0;
-          end
-          if (\$598 ) begin
-            \$976  = 1'h0;
-          end
-          if (start) begin
-            \$976  = 1'h0;
-          end
-        end
-      3'h5:
-          if (\$599 ) begin
-            \$976  = 1'h0;
-          end
-      default:
-          \$976  = 1'h0;
-    endcase
+    \$976  = op_cycles__2;
+    if (busy) begin
+      if (\$393 ) begin
+        \$976  = \$394 [47:0];
+      end
+    end
+    if (\$456 ) begin
+      \$976  = 48'h000000000000;
+    end
     if (rst) begin
-      \$976  = 1'h0;
+      \$976  = 48'h000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$977  = in_op;
-    (* full_case = 32'd1 *)
-    casez (seq_state)
-      3'h0:
-          if (start) begin
-            \$977  = 1'h0;
-          end
-      3'h1:
-        begin
-          if (beat__valid) begin
-            \$977  = 1'h0;
-          end
-          if (start) begin
-            \$977  = 1'h0;
-          end
-        end
-      3'h2:
-        begin
-          (* full_case = 32'd1 *)
-          if (\$472 ) begin
-          end else if (d_end_more) begin
-            \$977  = 1'h0;
-          end else if (d_end) begin
-            \$977  = 1'h0;
-          end else if (d_count_zero) begin
-            \$977  = 1'h0;
-          end else if (d_const) begin
-            \$977  = 1'h1;
-          end else if (d_stream) begin
-            \$977  = 1'h1;
-          end else begin
-            \$977  = 1'h0;
-          end
-          if (read_err) begin
-            \$977  = 1'h0;
-          end
-          if (start) begin
-            \$977  = 1'h0;
-          end
-        end
-      3'h3:
-        begin
-          if (c_fire) begin
-            if (c_last) begin
-              \$977  = 1'h1;
-            end
-          end
-          if (\$553 ) begin
-            \$977  = 1'h1;
-          end
-          if (c_flag_bad) begin
-            \$977  = 1'h0;
-          end
-          if (read_err) begin
-            \$977  = 1'h0;
-          end
-          if (start) begin
-            \$977  = 1'h0;
-          end
-        end
-      3'h4:
-        begin
-          if (\$586 ) begin
-            \$977  = 1'h0;
-          end
-          if (addr_fault) begin
-            \$977  = 1'h0;
-          end
-          if (\$598 ) begin
-            \$977  = 1'h0;
-          end
-          if (start) begin
-            \$977  = 1'h0;
-          end
-        end
-      3'h5:
-          if (\$599 ) begin
-            \$977  = 1'h0;
-          end
-      default:
-          \$977  = 1'h0;
-    endcase
+    \$977  = op_cycles__3;
+    if (busy) begin
+      if (\$395 ) begin
+        \$977  = \$396 [47:0];
+      end
+    end
+    if (\$456 ) begin
+      \$977  = 48'h000000000000;
+    end
     if (rst) begin
-      \$977  = 1'h0;
+      \$977  = 48'h000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$978  = unit_rst;
-    (* full_case = 32'd1 *)
-    casez (seq_state)
-      3'h0:
-          if (start) begin
-            \$978  = 1'h0;
-          end
-      3'h1:
-        begin
-          if (beat__valid) begin
-            \$978  = 1'h0;
-          end
-          if (start) begin
-            \$978  = 1'h1;
-          end
-        end
-      3'h2:
-        begin
-          (* full_case = 32'd1 *)
-          if (\$472 ) begin
-          end else if (d_end_more) begin
-            \$978  = 1'h0;
-          end else if (d_end) begin
-            \$978  = 1'h0;
-          end else if (d_count_zero) begin
-            \$978  = 1'h1;
-          end else if (d_const) begin
-            \$978  = 1'h0;
-          end else if (d_stream) begin
-            \$978  = 1'h0;
-          end else begin
-            \$978  = 1'h1;
-          end
-          if (read_err) begin
-            \$978  = 1'h1;
-          end
-          if (start) begin
-            \$978  = 1'h1;
-          end
-        end
-      3'h3:
-        begin
-          if (c_fire) begin
-            if (c_last) begin
-              \$978  = 1'h0;
-            end
-          end
-          if (\$553 ) begin
-            \$978  = 1'h0;
-          end
-          if (c_flag_bad) begin
-            \$978  = 1'h1;
-          end
-          if (read_err) begin
-            \$978  = 1'h1;
-          end
-          if (start) begin
-            \$978  = 1'h1;
-          end
-        end
-      3'h4:
-        begin
-          if (\$586 ) begin
-            \$978  = 1'h0;
-          end
-          if (addr_fault) begin
-            \$978  = 1'h1;
-          end
-          if (\$598 ) begin
-            \$978  = 1'h1;
-          end
-          if (start) begin
-            \$978  = 1'h1;
-          end
-        end
-      3'h5:
-          if (\$599 ) begin
-            \$978  = 1'h0;
-          end
-      default:
-          \$978  = 1'h0;
-    endcase
+    \$978  = op_cycles__4;
+    if (busy) begin
+      if (\$397 ) begin
+        \$978  = \$398 [47:0];
+      end
+    end
+    if (\$456 ) begin
+      \$978  = 48'h000000000000;
+    end
     if (rst) begin
-      \$978  = 1'h0;
+      \$978  = 48'h000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$979  = gemm_active;
-    (* full_case = 32'd1 *)
-    casez (seq_state)
-      3'h0:
-          if (start) begin
-            \$979  = 1'h0;
-          end
-      3'h1:
-        begin
-          if (beat__valid) begin
-            \$979  = 1'h0;
-          end
-          if (start) begin
-            \$979  = 1'h0;
-          end
-        end
-      3'h2:
-        begin
-          (* full_case = 32'd1 *)
-          if (\$472 ) begin
-          end else if (d_end_more) begin
-            \$979  = 1'h0;
-          end else if (d_end) begin
-            \$979  = 1'h0;
-          end else if (d_count_zero) begin
-            \$979  = 1'h0;
-          end else if (d_const) begin
-            \$979  = 1'h0;
-          end else if (d_stream) begin
-            \$979  = is_gemm;
-          end else begin
-            \$979  = 1'h0;
-          end
-          if (read_err) begin
-            \$979  = 1'h0;
-          end
-          if (start) begin
-            \$979  = 1'h0;
-          end
-        end
-      3'h3:
-        begin
-          if (c_fire) begin
-            if (c_last) begin
-              \$979  = is_gemm;
-            end
-          end
-          if (\$553 ) begin
-            \$979  = is_gemm;
-          end
-          if (c_flag_bad) begin
-            \$979  = 1'h0;
-          end
-          if (read_err) begin
-            \$979  = 1'h0;
-          end
-          if (start) begin
-            \$979  = 1'h0;
-          end
-        end
-      3'h4:
-        begin
-          if (\$586 ) begin
-            \$979  = 1'h0;
-          end
-          if (addr_fault) begin
-            \$979  = 1'h0;
-          end
-          if (\$598 ) begin
-            \$979  = 1'h0;
-          end
-          if (start) begin
-            \$979  = 1'h0;
-          end
-        end
-      3'h5:
-          if (\$599 ) begin
-            \$979  = 1'h0;
-          end
-      default:
-          \$979  = 1'h0;
-    endcase
+    \$979  = op_cycles__5;
+    if (busy) begin
+      if (\$399 ) begin
+        \$979  = \$400 [47:0];
+      end
+    end
+    if (\$456 ) begin
+      \$979  = 48'h000000000000;
+    end
     if (rst) begin
-      \$979  = 1'h0;
+      \$979  = 48'h000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$980  = pack_active;
-    (* full_case = 32'd1 *)
-    casez (seq_state)
-      3'h0:
-          if (start) begin
-            \$980  = 1'h0;
-          end
-      3'h1:
-        begin
-          if (beat__valid) begin
-            \$980  = 1'h0;
-          end
-          if (start) begin
-            \$980  = 1'h0;
-          end
-        end
-      3'h2:
-        begin
-          (* full_case = 32'd1 *)
-          if (\$472 ) begin
-          end else if (d_end_more) begin
-            \$980  = 1'h0;
-          end else if (d_end) begin
-            \$980  = 1'h0;
-          end else if (d_count_zero) begin
-            \$980  = 1'h0;
-          end else if (d_const) begin
-            \$980  = 1'h0;
-          end else if (d_stream) begin
-            \$980  = \$479 ;
-          end else begin
-            \$980  = 1'h0;
-          end
-          if (read_err) begin
-            \$980  = 1'h0;
-          end
-          if (start) begin
-            \$980  = 1'h0;
-          end
-        end
-      3'h3:
-        begin
-          if (c_fire) begin
-            if (c_last) begin
-              \$980  = \$526 ;
-            end
-          end
-          if (\$553 ) begin
-            \$980  = \$556 ;
-          end
-          if (c_flag_bad) begin
-            \$980  = 1'h0;
-          end
-          if (read_err) begin
-            \$980  = 1'h0;
-          end
-          if (start) begin
-            \$980  = 1'h0;
-          end
-        end
-      3'h4:
-        begin
-          if (\$586 ) begin
-            \$980  = 1'h0;
-          end
-          if (addr_fault) begin
-            \$980  = 1'h0;
-          end
-          if (\$598 ) begin
-            \$980  = 1'h0;
-          end
-          if (start) begin
-            \$980  = 1'h0;
-          end
-        end
-      3'h5:
-          if (\$599 ) begin
-            \$980  = 1'h0;
-          end
-      default:
-          \$980  = 1'h0;
-    endcase
+    \$980  = op_cycles__6;
+    if (busy) begin
+      if (\$401 ) begin
+        \$980  = \$402 [47:0];
+      end
+    end
+    if (\$456 ) begin
+      \$980  = 48'h000000000000;
+    end
     if (rst) begin
-      \$980  = 1'h0;
+      \$980  = 48'h000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$981  = sink_from_move;
-    (* full_case = 32'd1 *)
-    casez (seq_state)
-      3'h0:
-          if (start) begin
-            \$981  = 1'h0;
-          end
-      3'h1:
-        begin
-          if (beat__valid) begin
-            \$981  = 1'h0;
-          end
-          if (start) begin
-            \$981  = 1'h0;
-          end
-        end
-      3'h2:
-        begin
-          (* full_case = 32'd1 *)
-          if (\$472 ) begin
-          end else if (d_end_more) begin
-            \$981  = 1'h0;
-          end else if (d_end) begin
-            \$981  = 1'h0;
-          end else if (d_count_zero) begin
-            \$981  = 1'h0;
-          end else if (d_const) begin
-            \$981  = 1'h0;
-          end else if (d_stream) begin
-            \$981  = is_move;
-          end else begin
-            \$981  = 1'h0;
-          end
-          if (read_err) begin
-            \$981  = 1'h0;
-          end
-          if (start) begin
-            \$981  = 1'h0;
-          end
-        end
-      3'h3:
-        begin
-          if (c_fire) begin
-            if (c_last) begin
-              \$981  = is_move;
-            end
-          end
-          if (\$553 ) begin
-            \$981  = is_move;
-          end
-          if (c_flag_bad) begin
-            \$981  = 1'h0;
-          end
-          if (read_err) begin
-            \$981  = 1'h0;
-          end
-          if (start) begin
-            \$981  = 1'h0;
-          end
-        end
-      3'h4:
-        begin
-          if (\$586 ) begin
-            \$981  = 1'h0;
-          end
-          if (addr_fault) begin
-            \$981  = 1'h0;
-          end
-          if (\$598 ) begin
-            \$981  = 1'h0;
-          end
-          if (start) begin
-            \$981  = 1'h0;
-          end
-        end
-      3'h5:
-          if (\$599 ) begin
-            \$981  = 1'h0;
-          end
-      default:
-          \$981  = 1'h0;
-    endcase
+    \$981  = op_cycles__7;
+    if (busy) begin
+      if (\$403 ) begin
+        \$981  = \$404 [47:0];
+      end
+    end
+    if (\$456 ) begin
+      \$981  = 48'h000000000000;
+    end
     if (rst) begin
-      \$981  = 1'h0;
+      \$981  = 48'h000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$982  = sink_from_load;
-    (* full_case = 32'd1 *)
-    casez (seq_state)
-      3'h0:
-          if (start) begin
-            \$982  = 1'h0;
-          end
-      3'h1:
-        begin
-          if (beat__valid) begin
-            \$982  = 1'h0;
-          end
-          if (start) begin
-            \$982  = 1'h0;
-          end
-        end
-      3'h2:
-        begin
-          (* full_case = 32'd1 *)
-          if (\$472 ) begin
-          end else if (d_end_more) begin
-            \$982  = 1'h0;
-          end else if (d_end) begin
-            \$982  = 1'h0;
-          end else if (d_count_zero) begin
-            \$982  = 1'h0;
-          end else if (d_const) begin
-            \$982  = 1'h0;
-          end else if (d_stream) begin
-            \$982  = is_load;
-          end else begin
-            \$982  = 1'h0;
-          end
-          if (read_err) begin
-            \$982  = 1'h0;
-          end
-          if (start) begin
-            \$982  = 1'h0;
-          end
-        end
-      3'h3:
-        begin
-          if (c_fire) begin
-            if (c_last) begin
-              \$982  = is_load;
-            end
-          end
-          if (\$553 ) begin
-            \$982  = is_load;
-          end
-          if (c_flag_bad) begin
-            \$982  = 1'h0;
-          end
-          if (read_err) begin
-            \$982  = 1'h0;
-          end
-          if (start) begin
-            \$982  = 1'h0;
-          end
-        end
-      3'h4:
-        begin
-          if (\$586 ) begin
-            \$982  = 1'h0;
-          end
-          if (addr_fault) begin
-            \$982  = 1'h0;
-          end
-          if (\$598 ) begin
-            \$982  = 1'h0;
-          end
-          if (start) begin
-            \$982  = 1'h0;
-          end
-        end
-      3'h5:
-          if (\$599 ) begin
-            \$982  = 1'h0;
-          end
-      default:
-          \$982  = 1'h0;
-    endcase
+    \$982  = op_cycles__8;
+    if (busy) begin
+      if (\$405 ) begin
+        \$982  = \$406 [47:0];
+      end
+    end
+    if (\$456 ) begin
+      \$982  = 48'h000000000000;
+    end
     if (rst) begin
-      \$982  = 1'h0;
+      \$982  = 48'h000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$983  = sink_from_store;
-    (* full_case = 32'd1 *)
-    casez (seq_state)
-      3'h0:
-          if (start) begin
-            \$983  = 1'h0;
-          end
-      3'h1:
-        begin
-          if (beat__valid) begin
-            \$983  = 1'h0;
-          end
-          if (start) begin
-            \$983  = 1'h0;
-          end
-        end
-      3'h2:
-        begin
-          (* full_case = 32'd1 *)
-          if (\$472 ) begin
-          end else if (d_end_more) begin
-            \$983  = 1'h0;
-          end else if (d_end) begin
-            \$983  = 1'h0;
-          end else if (d_count_zero) begin
-            \$983  = 1'h0;
-          end else if (d_const) begin
-            \$983  = 1'h0;
-          end else if (d_stream) begin
-            \$983  = is_store;
-          end else begin
-            \$983  = 1'h0;
-          end
-          if (read_err) begin
-            \$983  = 1'h0;
-          end
-          if (start) begin
-            \$983  = 1'h0;
-          end
-        end
-      3'h3:
-        begin
-          if (c_fire) begin
-            if (c_last) begin
-              \$983  = is_store;
-            end
-          end
-          if (\$553 ) begin
-            \$983  = is_store;
-          end
-          if (c_flag_bad) begin
-            \$983  = 1'h0;
-          end
-          if (read_err) begin
-            \$983  = 1'h0;
-          end
-          if (start) begin
-            \$983  = 1'h0;
-          end
-        end
-      3'h4:
-        begin
-          if (\$586 ) begin
-            \$983  = 1'h0;
-          end
-          if (addr_fault) begin
-            \$983  = 1'h0;
-          end
-          if (\$598 ) begin
-            \$983  = 1'h0;
-          end
-          if (start) begin
-            \$983  = 1'h0;
-          end
-        end
-      3'h5:
-          if (\$599 ) begin
-            \$983  = 1'h0;
-          end
-      default:
-          \$983  = 1'h0;
-    endcase
+    \$983  = op_cycles__9;
+    if (busy) begin
+      if (\$407 ) begin
+        \$983  = \$408 [47:0];
+      end
+    end
+    if (\$456 ) begin
+      \$983  = 48'h000000000000;
+    end
     if (rst) begin
-      \$983  = 1'h0;
+      \$983  = 48'h000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$984  = sink_from_softmax;
-    (* full_case = 32'd1 *)
-    casez (seq_state)
-      3'h0:
-          if (start) begin
-            \$984  = 1'h0;
-          end
-      3'h1:
-        begin
-          if (beat__valid) begin
-            \$984  = 1'h0;
-          end
-          if (start) begin
-            \$984  = 1'h0;
-          end
-        end
-      3'h2:
-        begin
-          (* full_case = 32'd1 *)
-          if (\$472 ) begin
-          end else if (d_end_more) begin
-            \$984  = 1'h0;
-          end else if (d_end) begin
-            \$984  = 1'h0;
-          end else if (d_count_zero) begin
-            \$984  = 1'h0;
-          end else if (d_const) begin
-            \$984  = 1'h0;
-          end else if (d_stream) begin
-            \$984  = is_softmax;
-          end else begin
-            \$984  = 1'h0;
-          end
-          if (read_err) begin
-            \$984  = 1'h0;
-          end
-          if (start) begin
-            \$984  = 1'h0;
-          end
-        end
-      3'h3:
-        begin
-          if (c_fire) begin
-            if (c_last) begin
-              \$984  = is_softmax;
-            end
-          end
-          if (\$553 ) begin
-            \$984  = is_softmax;
-          end
-          if (c_flag_bad) begin
-            \$984  = 1'h0;
-          end
-          if (read_err) begin
-            \$984  = 1'h0;
-          end
-          if (start) begin
-            \$984  = 1'h0;
-          end
-        end
-      3'h4:
-        begin
-          if (\$586 ) begin
-            \$984  = 1'h0;
-          end
-          if (addr_fault) begin
-            \$984  = 1'h0;
-          end
-          if (\$598 ) begin
-            \$984  = 1'h0;
-          end
-          if (start) begin
-            \$984  = 1'h0;
-          end
-        end
-      3'h5:
-          if (\$599 ) begin
-            \$984  = 1'h0;
-          end
-      default:
-          \$984  = 1'h0;
-    endcase
+    \$984  = op_cycles__10;
+    if (busy) begin
+      if (\$409 ) begin
+        \$984  = \$410 [47:0];
+      end
+    end
+    if (\$456 ) begin
+      \$984  = 48'h000000000000;
+    end
     if (rst) begin
-      \$984  = 1'h0;
+      \$984  = 48'h000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$985  = sink_from_layernorm;
-    (* full_case = 32'd1 *)
-    casez (seq_state)
-      3'h0:
-          if (start) begin
-            \$985  = 1'h0;
-          end
-      3'h1:
-        begin
-          if (beat__valid) begin
-            \$985  = 1'h0;
-          end
-          if (start) begin
-            \$985  = 1'h0;
-          end
-        end
-      3'h2:
-        begin
-          (* full_case = 32'd1 *)
-          if (\$472 ) begin
-          end else if (d_end_more) begin
-            \$985  = 1'h0;
-          end else if (d_end) begin
-            \$985  = 1'h0;
-          end else if (d_count_zero) begin
-            \$985  = 1'h0;
-          end else if (d_const) begin
-            \$985  = 1'h0;
-          end else if (d_stream) begin
-            \$985  = is_layernorm;
-          end else begin
-            \$985  = 1'h0;
-          end
-          if (read_err) begin
-            \$985  = 1'h0;
-          end
-          if (start) begin
-            \$985  = 1'h0;
-          end
-        end
-      3'h3:
-        begin
-          if (c_fire) begin
-            if (c_last) begin
-              \$985  = is_layernorm;
-            end
-          end
-          if (\$553 ) begin
-            \$985  = is_layernorm;
-          end
-          if (c_flag_bad) begin
-            \$985  = 1'h0;
-          end
-          if (read_err) begin
-            \$985  = 1'h0;
-          end
-          if (start) begin
-            \$985  = 1'h0;
-          end
-        end
-      3'h4:
-        begin
-          if (\$586 ) begin
-            \$985  = 1'h0;
-          end
-          if (addr_fault) begin
-            \$985  = 1'h0;
-          end
-          if (\$598 ) begin
-            \$985  = 1'h0;
-          end
-          if (start) begin
-            \$985  = 1'h0;
-          end
-        end
-      3'h5:
-          if (\$599 ) begin
-            \$985  = 1'h0;
-          end
-      default:
-          \$985  = 1'h0;
-    endcase
+    \$985  = op_cycles__11;
+    if (busy) begin
+      if (\$411 ) begin
+        \$985  = \$412 [47:0];
+      end
+    end
+    if (\$456 ) begin
+      \$985  = 48'h000000000000;
+    end
     if (rst) begin
-      \$985  = 1'h0;
+      \$985  = 48'h000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$986  = sink_from_add;
-    (* full_case = 32'd1 *)
-    casez (seq_state)
-      3'h0:
-          if (start) begin
-            \$986  = 1'h0;
-          end
-      3'h1:
-        begin
-          if (beat__valid) begin
-            \$986  = 1'h0;
-          end
-          if (start) begin
-            \$986  = 1'h0;
-          end
-        end
-      3'h2:
-        begin
-          (* full_case = 32'd1 *)
-          if (\$472 ) begin
-          end else if (d_end_more) begin
-            \$986  = 1'h0;
-          end else if (d_end) begin
-            \$986  = 1'h0;
-          end else if (d_count_zero) begin
-            \$986  = 1'h0;
-          end else if (d_const) begin
-            \$986  = 1'h0;
-          end else if (d_stream) begin
-            \$986  = \$483 ;
-          end else begin
-            \$986  = 1'h0;
-          end
-          if (read_err) begin
-            \$986  = 1'h0;
-          end
-          if (start) begin
-            \$986  = 1'h0;
-          end
-        end
-      3'h3:
-        begin
-          if (c_fire) begin
-            if (c_last) begin
-              \$986  = \$530 ;
-            end
-          end
-          if (\$553 ) begin
-            \$986  = \$560 ;
-          end
-          if (c_flag_bad) begin
-            \$986  = 1'h0;
-          end
-          if (read_err) begin
-            \$986  = 1'h0;
-          end
-          if (start) begin
-            \$986  = 1'h0;
-          end
-        end
-      3'h4:
-        begin
-          if (\$586 ) begin
-            \$986  = 1'h0;
-          end
-          if (addr_fault) begin
-            \$986  = 1'h0;
-          end
-          if (\$598 ) begin
-            \$986  = 1'h0;
-          end
-          if (start) begin
-            \$986  = 1'h0;
-          end
-        end
-      3'h5:
-          if (\$599 ) begin
-            \$986  = 1'h0;
-          end
-      default:
-          \$986  = 1'h0;
-    endcase
+    \$986  = op_cycles__12;
+    if (busy) begin
+      if (\$413 ) begin
+        \$986  = \$414 [47:0];
+      end
+    end
+    if (\$456 ) begin
+      \$986  = 48'h000000000000;
+    end
     if (rst) begin
-      \$986  = 1'h0;
+      \$986  = 48'h000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$987  = sink_from_gelu0;
-    (* full_case = 32'd1 *)
-    casez (seq_state)
-      3'h0:
-          if (start) begin
-            \$987  = 1'h0;
-          end
-      3'h1:
-        begin
-          if (beat__valid) begin
-            \$987  = 1'h0;
-          end
-          if (start) begin
-            \$987  = 1'h0;
-          end
-        end
-      3'h2:
-        begin
-          (* full_case = 32'd1 *)
-          if (\$472 ) begin
-          end else if (d_end_more) begin
-            \$987  = 1'h0;
-          end else if (d_end) begin
-            \$987  = 1'h0;
-          end else if (d_count_zero) begin
-            \$987  = 1'h0;
-          end else if (d_const) begin
-            \$987  = 1'h0;
-          end else if (d_stream) begin
-            \$987  = \$487 ;
-          end else begin
-            \$987  = 1'h0;
-          end
-          if (read_err) begin
-            \$987  = 1'h0;
-          end
-          if (start) begin
-            \$987  = 1'h0;
-          end
-        end
-      3'h3:
-        begin
-          if (c_fire) begin
-            if (c_last) begin
-              \$987  = \$534 ;
-            end
-          end
-          if (\$553 ) begin
-            \$987  = \$564 ;
-          end
-          if (c_flag_bad) begin
-            \$987  = 1'h0;
-          end
-          if (read_err) begin
-            \$987  = 1'h0;
-          end
-          if (start) begin
-            \$987  = 1'h0;
-          end
-        end
-      3'h4:
-        begin
-          if (\$586 ) begin
-            \$987  = 1'h0;
-          end
-          if (addr_fault) begin
-            \$987  = 1'h0;
-          end
-          if (\$598 ) begin
-            \$987  = 1'h0;
-          end
-          if (start) begin
-            \$987  = 1'h0;
-          end
-        end
-      3'h5:
-          if (\$599 ) begin
-            \$987  = 1'h0;
-          end
-      default:
-          \$987  = 1'h0;
-    endcase
+    \$987  = op_cycles__13;
+    if (busy) begin
+      if (\$415 ) begin
+        \$987  = \$416 [47:0];
+      end
+    end
+    if (\$456 ) begin
+      \$987  = 48'h000000000000;
+    end
     if (rst) begin
-      \$987  = 1'h0;
+      \$987  = 48'h000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$988  = sink_from_gemm;
-    (* full_case = 32'd1 *)
-    casez (seq_state)
-      3'h0:
-          if (start) begin
-            \$988  = 1'h0;
-          end
-      3'h1:
-        begin
-          if (beat__valid) begin
-            \$988  = 1'h0;
-          end
-          if (start) begin
-            \$988  = 1'h0;
-          end
-        end
-      3'h2:
-        begin
-          (* full_case = 32'd1 *)
-          if (\$472 ) begin
-          end else if (d_end_more) begin
-            \$988  = 1'h0;
-          end else if (d_end) begin
-            \$988  = 1'h0;
-          end else if (d_count_zero) begin
-            \$988  = 1'h0;
-          end else if (d_const) begin
-            \$988  = 1'h0;
-          end else if (d_stream) begin
-            \$988  = \$491 ;
-          end else begin
-            \$988  = 1'h0;
-          end
-          if (read_err) begin
-            \$988  = 1'h0;
-          end
-          if (start) begin
-            \$988  = 1'h0;
-          end
-        end
-      3'h3:
-        begin
-          if (c_fire) begin
-            if (c_last) begin
-              \$988  = \$538 ;
-            end
-          end
-          if (\$553 ) begin
-            \$988  = \$568 ;
-          end
-          if (c_flag_bad) begin
-            \$988  = 1'h0;
-          end
-          if (read_err) begin
-            \$988  = 1'h0;
-          end
-          if (start) begin
-            \$988  = 1'h0;
-          end
-        end
-      3'h4:
-        begin
-          if (\$586 ) begin
-            \$988  = 1'h0;
-          end
-          if (addr_fault) begin
-            \$988  = 1'h0;
-          end
-          if (\$598 ) begin
-            \$988  = 1'h0;
-          end
-          if (start) begin
-            \$988  = 1'h0;
-          end
-        end
-      3'h5:
-          if (\$599 ) begin
-            \$988  = 1'h0;
-          end
-      default:
-          \$988  = 1'h0;
-    endcase
+    \$988  = op_cycles__14;
+    if (busy) begin
+      if (\$417 ) begin
+        \$988  = \$418 [47:0];
+      end
+    end
+    if (\$456 ) begin
+      \$988  = 48'h000000000000;
+    end
     if (rst) begin
-      \$988  = 1'h0;
+      \$988  = 48'h000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$989  = a_from_softmax;
-    (* full_case = 32'd1 *)
-    casez (seq_state)
-      3'h0:
-          if (start) begin
-            \$989  = 1'h0;
-          end
-      3'h1:
-        begin
-          if (beat__valid) begin
-            \$989  = 1'h0;
-          end
-          if (start) begin
-            \$989  = 1'h0;
-          end
-        end
-      3'h2:
-        begin
-          (* full_case = 32'd1 *)
-          if (\$472 ) begin
-          end else if (d_end_more) begin
-            \$989  = 1'h0;
-          end else if (d_end) begin
-            \$989  = 1'h0;
-          end else if (d_count_zero) begin
-            \$989  = 1'h0;
-          end else if (d_const) begin
-            \$989  = 1'h0;
-          end else if (d_stream) begin
-            \$989  = \$492 ;
-          end else begin
-            \$989  = 1'h0;
-          end
-          if (read_err) begin
-            \$989  = 1'h0;
-          end
-          if (start) begin
-            \$989  = 1'h0;
-          end
-        end
-      3'h3:
-        begin
-          if (c_fire) begin
-            if (c_last) begin
-              \$989  = \$539 ;
-            end
-          end
-          if (\$553 ) begin
-            \$989  = \$569 ;
-          end
-          if (c_flag_bad) begin
-            \$989  = 1'h0;
-          end
-          if (read_err) begin
-            \$989  = 1'h0;
-          end
-          if (start) begin
-            \$989  = 1'h0;
-          end
-        end
-      3'h4:
-        begin
-          if (\$586 ) begin
-            \$989  = 1'h0;
-          end
-          if (addr_fault) begin
-            \$989  = 1'h0;
-          end
-          if (\$598 ) begin
-            \$989  = 1'h0;
-          end
-          if (start) begin
-            \$989  = 1'h0;
-          end
-        end
-      3'h5:
-          if (\$599 ) begin
-            \$989  = 1'h0;
-          end
-      default:
-          \$989  = 1'h0;
-    endcase
+    \$989  = op_cycles__15;
+    if (busy) begin
+      if (\$419 ) begin
+        \$989  = \$420 [47:0];
+      end
+    end
+    if (\$456 ) begin
+      \$989  = 48'h000000000000;
+    end
     if (rst) begin
-      \$989  = 1'h0;
+      \$989  = 48'h000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$990  = a_from_layernorm;
-    (* full_case = 32'd1 *)
-    casez (seq_state)
-      3'h0:
-          if (start) begin
-            \$990  = 1'h0;
-          end
-      3'h1:
-        begin
-          if (beat__valid) begin
-            \$990  = 1'h0;
-          end
-          if (start) begin
-            \$990  = 1'h0;
-          end
-        end
-      3'h2:
-        begin
-          (* full_case = 32'd1 *)
-          if (\$472 ) begin
-          end else if (d_end_more) begin
-            \$990  = 1'h0;
-          end else if (d_end) begin
-            \$990  = 1'h0;
-          end else if (d_count_zero) begin
-            \$990  = 1'h0;
-          end else if (d_const) begin
-            \$990  = 1'h0;
-          end else if (d_stream) begin
-            \$990  = \$493 ;
-          end else begin
-            \$990  = 1'h0;
-          end
-          if (read_err) begin
-            \$990  = 1'h0;
-          end
-          if (start) begin
-            \$990  = 1'h0;
-          end
-        end
-      3'h3:
-        begin
-          if (c_fire) begin
-            if (c_last) begin
-              \$990  = \$540 ;
-            end
-          end
-          if (\$553 ) begin
-            \$990  = \$570 ;
-          end
-          if (c_flag_bad) begin
-            \$990  = 1'h0;
-          end
-          if (read_err) begin
-            \$990  = 1'h0;
-          end
-          if (start) begin
-            \$990  = 1'h0;
-          end
-        end
-      3'h4:
-        begin
-          if (\$586 ) begin
-            \$990  = 1'h0;
-          end
-          if (addr_fault) begin
-            \$990  = 1'h0;
-          end
-          if (\$598 ) begin
-            \$990  = 1'h0;
-          end
-          if (start) begin
-            \$990  = 1'h0;
-          end
-        end
-      3'h5:
-          if (\$599 ) begin
-            \$990  = 1'h0;
-          end
-      default:
-          \$990  = 1'h0;
-    endcase
+    \$990  = \$422 ;
     if (rst) begin
       \$990  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$991  = a_from_src0;
-    (* full_case = 32'd1 *)
-    casez (seq_state)
-      3'h0:
-          if (start) begin
-            \$991  = 1'h0;
-          end
-      3'h1:
-        begin
-          if (beat__valid) begin
-            \$991  = 1'h0;
-          end
-          if (start) begin
-            \$991  = 1'h0;
-          end
-        end
-      3'h2:
-        begin
-          (* full_case = 32'd1 *)
-          if (\$472 ) begin
-          end else if (d_end_more) begin
-            \$991  = 1'h0;
-          end else if (d_end) begin
-            \$991  = 1'h0;
-          end else if (d_count_zero) begin
-            \$991  = 1'h0;
-          end else if (d_const) begin
-            \$991  = 1'h0;
-          end else if (d_stream) begin
-            \$991  = \$497 ;
-          end else begin
-            \$991  = 1'h0;
-          end
-          if (read_err) begin
-            \$991  = 1'h0;
-          end
-          if (start) begin
-            \$991  = 1'h0;
-          end
-        end
-      3'h3:
-        begin
-          if (c_fire) begin
-            if (c_last) begin
-              \$991  = \$544 ;
-            end
-          end
-          if (\$553 ) begin
-            \$991  = \$574 ;
-          end
-          if (c_flag_bad) begin
-            \$991  = 1'h0;
-          end
-          if (read_err) begin
-            \$991  = 1'h0;
-          end
-          if (start) begin
-            \$991  = 1'h0;
-          end
-        end
-      3'h4:
-        begin
-          if (\$586 ) begin
-            \$991  = 1'h0;
-          end
-          if (addr_fault) begin
-            \$991  = 1'h0;
-          end
-          if (\$598 ) begin
-            \$991  = 1'h0;
-          end
-          if (start) begin
-            \$991  = 1'h0;
-          end
-        end
-      3'h5:
-          if (\$599 ) begin
-            \$991  = 1'h0;
-          end
-      default:
-          \$991  = 1'h0;
-    endcase
+    \$991  = is_end;
     if (rst) begin
       \$991  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$992  = const_to0;
-    (* full_case = 32'd1 *)
-    casez (seq_state)
-      3'h0:
-          if (start) begin
-            \$992  = 1'h0;
-          end
-      3'h1:
-        begin
-          if (beat__valid) begin
-            \$992  = 1'h0;
-          end
-          if (start) begin
-            \$992  = 1'h0;
-          end
-        end
-      3'h2:
-        begin
-          (* full_case = 32'd1 *)
-          if (\$472 ) begin
-          end else if (d_end_more) begin
-            \$992  = 1'h0;
-          end else if (d_end) begin
-            \$992  = 1'h0;
-          end else if (d_count_zero) begin
-            \$992  = 1'h0;
-          end else if (d_const) begin
-            \$992  = \$475 ;
-          end else if (d_stream) begin
-            \$992  = 1'h0;
-          end else begin
-            \$992  = 1'h0;
-          end
-          if (read_err) begin
-            \$992  = 1'h0;
-          end
-          if (start) begin
-            \$992  = 1'h0;
-          end
-        end
-      3'h3:
-        begin
-          if (c_fire) begin
-            if (c_last) begin
-              \$992  = 1'h0;
-            end
-          end
-          if (\$553 ) begin
-            \$992  = 1'h0;
-          end
-          if (c_flag_bad) begin
-            \$992  = 1'h0;
-          end
-          if (read_err) begin
-            \$992  = 1'h0;
-          end
-          if (start) begin
-            \$992  = 1'h0;
-          end
-        end
-      3'h4:
-        begin
-          if (\$586 ) begin
-            \$992  = 1'h0;
-          end
-          if (addr_fault) begin
-            \$992  = 1'h0;
-          end
-          if (\$598 ) begin
-            \$992  = 1'h0;
-          end
-          if (start) begin
-            \$992  = 1'h0;
-          end
-        end
-      3'h5:
-          if (\$599 ) begin
-            \$992  = 1'h0;
-          end
-      default:
-          \$992  = 1'h0;
-    endcase
+    \$992  = \$433 ;
     if (rst) begin
       \$992  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$993  = const_to1;
-    (* full_case = 32'd1 *)
-    casez (seq_state)
-      3'h0:
-          if (start) begin
-            \$993  = 1'h0;
-          end
-      3'h1:
-        begin
-          if (beat__valid) begin
-            \$993  = 1'h0;
-          end
-          if (start) begin
-            \$993  = 1'h0;
-          end
-        end
-      3'h2:
-        begin
-          (* full_case = 32'd1 *)
-          if (\$472 ) begin
-          end else if (d_end_more) begin
-            \$993  = 1'h0;
-          end else if (d_end) begin
-            \$993  = 1'h0;
-          end else if (d_count_zero) begin
-            \$993  = 1'h0;
-          end else if (d_const) begin
-            \$993  = \$476 ;
-          end else if (d_stream) begin
-            \$993  = 1'h0;
-          end else begin
-            \$993  = 1'h0;
-          end
-          if (read_err) begin
-            \$993  = 1'h0;
-          end
-          if (start) begin
-            \$993  = 1'h0;
-          end
-        end
-      3'h3:
-        begin
-          if (c_fire) begin
-            if (c_last) begin
-              \$993  = 1'h0;
-            end
-          end
-          if (\$553 ) begin
-            \$993  = 1'h0;
-          end
-          if (c_flag_bad) begin
-            \$993  = 1'h0;
-          end
-          if (read_err) begin
-            \$993  = 1'h0;
-          end
-          if (start) begin
-            \$993  = 1'h0;
-          end
-        end
-      3'h4:
-        begin
-          if (\$586 ) begin
-            \$993  = 1'h0;
-          end
-          if (addr_fault) begin
-            \$993  = 1'h0;
-          end
-          if (\$598 ) begin
-            \$993  = 1'h0;
-          end
-          if (start) begin
-            \$993  = 1'h0;
-          end
-        end
-      3'h5:
-          if (\$599 ) begin
-            \$993  = 1'h0;
-          end
-      default:
-          \$993  = 1'h0;
-    endcase
+    \$993  = \$444 ;
     if (rst) begin
       \$993  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$994  = const_to2;
-    (* full_case = 32'd1 *)
-    casez (seq_state)
-      3'h0:
-          if (start) begin
-            \$994  = 1'h0;
-          end
-      3'h1:
-        begin
-          if (beat__valid) begin
-            \$994  = 1'h0;
-          end
-          if (start) begin
-            \$994  = 1'h0;
-          end
-        end
-      3'h2:
-        begin
-          (* full_case = 32'd1 *)
-          if (\$472 ) begin
-          end else if (d_end_more) begin
-            \$994  = 1'h0;
-          end else if (d_end) begin
-            \$994  = 1'h0;
-          end else if (d_count_zero) begin
-            \$994  = 1'h0;
-          end else if (d_const) begin
-            \$994  = add_sel;
-          end else if (d_stream) begin
-            \$994  = 1'h0;
-          end else begin
-            \$994  = 1'h0;
-          end
-          if (read_err) begin
-            \$994  = 1'h0;
-          end
-          if (start) begin
-            \$994  = 1'h0;
-          end
-        end
-      3'h3:
-        begin
-          if (c_fire) begin
-            if (c_last) begin
-              \$994  = 1'h0;
-            end
-          end
-          if (\$553 ) begin
-            \$994  = 1'h0;
-          end
-          if (c_flag_bad) begin
-            \$994  = 1'h0;
-          end
-          if (read_err) begin
-            \$994  = 1'h0;
-          end
-          if (start) begin
-            \$994  = 1'h0;
-          end
-        end
-      3'h4:
-        begin
-          if (\$586 ) begin
-            \$994  = 1'h0;
-          end
-          if (addr_fault) begin
-            \$994  = 1'h0;
-          end
-          if (\$598 ) begin
-            \$994  = 1'h0;
-          end
-          if (start) begin
-            \$994  = 1'h0;
-          end
-        end
-      3'h5:
-          if (\$599 ) begin
-            \$994  = 1'h0;
-          end
-      default:
-          \$994  = 1'h0;
-    endcase
+    \$994  = \$454 ;
     if (rst) begin
       \$994  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$995  = const_to3;
-    (* full_case = 32'd1 *)
-    casez (seq_state)
-      3'h0:
-          if (start) begin
-            \$995  = 1'h0;
-          end
-      3'h1:
-        begin
-          if (beat__valid) begin
-            \$995  = 1'h0;
-          end
-          if (start) begin
-            \$995  = 1'h0;
-          end
-        end
-      3'h2:
-        begin
-          (* full_case = 32'd1 *)
-          if (\$472 ) begin
-          end else if (d_end_more) begin
-            \$995  = 1'h0;
-          end else if (d_end) begin
-            \$995  = 1'h0;
-          end else if (d_count_zero) begin
-            \$995  = 1'h0;
-          end else if (d_const) begin
-            \$995  = gelu_sel0;
-          end else if (d_stream) begin
-            \$995  = 1'h0;
-          end else begin
-            \$995  = 1'h0;
-          end
-          if (read_err) begin
-            \$995  = 1'h0;
-          end
-          if (start) begin
-            \$995  = 1'h0;
-          end
-        end
-      3'h3:
-        begin
-          if (c_fire) begin
-            if (c_last) begin
-              \$995  = 1'h0;
-            end
-          end
-          if (\$553 ) begin
-            \$995  = 1'h0;
-          end
-          if (c_flag_bad) begin
-            \$995  = 1'h0;
-          end
-          if (read_err) begin
-            \$995  = 1'h0;
-          end
-          if (start) begin
-            \$995  = 1'h0;
-          end
-        end
-      3'h4:
-        begin
-          if (\$586 ) begin
-            \$995  = 1'h0;
-          end
-          if (addr_fault) begin
-            \$995  = 1'h0;
-          end
-          if (\$598 ) begin
-            \$995  = 1'h0;
-          end
-          if (start) begin
-            \$995  = 1'h0;
-          end
-        end
-      3'h5:
-          if (\$599 ) begin
-            \$995  = 1'h0;
-          end
-      default:
-          \$995  = 1'h0;
-    endcase
+    \$995  = pc;
+    if (\$456 ) begin
+      \$995  = prog;
+    end
+    if (\$462 ) begin
+      \$995  = \$signal$573 ;
+    end
+    if (\$470 ) begin
+      \$995  = \$471 [31:0];
+    end
     if (rst) begin
-      \$995  = 1'h0;
+      \$995  = 32'd0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$996  = in_fetch;
-    (* full_case = 32'd1 *)
+    \$996  = busy;
+    if (\$456 ) begin
+      \$996  = 1'h1;
+    end
     casez (seq_state)
       3'h0:
-          if (start) begin
-            \$996  = 1'h1;
-          end
+          /* empty */;
       3'h1:
-        begin
-          if (beat__valid) begin
-            \$996  = 1'h0;
-          end
-          if (start) begin
-            \$996  = 1'h0;
-          end
-        end
+          /* empty */;
       3'h2:
-        begin
-          (* full_case = 32'd1 *)
-          if (\$472 ) begin
+          if (\$476 ) begin
           end else if (d_end_more) begin
-            \$996  = 1'h1;
           end else if (d_end) begin
             \$996  = 1'h0;
-          end else if (d_count_zero) begin
-            \$996  = 1'h0;
-          end else if (d_const) begin
-            \$996  = 1'h0;
-          end else if (d_stream) begin
-            \$996  = 1'h0;
-          end else begin
-            \$996  = 1'h0;
           end
-          if (read_err) begin
-            \$996  = 1'h0;
-          end
-          if (start) begin
-            \$996  = 1'h0;
-          end
-        end
       3'h3:
-        begin
-          if (c_fire) begin
-            if (c_last) begin
-              \$996  = 1'h0;
-            end
-          end
-          if (\$553 ) begin
-            \$996  = 1'h0;
-          end
-          if (c_flag_bad) begin
-            \$996  = 1'h0;
-          end
-          if (read_err) begin
-            \$996  = 1'h0;
-          end
-          if (start) begin
-            \$996  = 1'h0;
-          end
-        end
+          /* empty */;
       3'h4:
-        begin
-          if (\$586 ) begin
-            \$996  = 1'h1;
-          end
-          if (addr_fault) begin
-            \$996  = 1'h0;
-          end
-          if (\$598 ) begin
-            \$996  = 1'h0;
-          end
-          if (start) begin
-            \$996  = 1'h0;
-          end
-        end
+          /* empty */;
       3'h5:
-          if (\$599 ) begin
+          if (\$603 ) begin
             \$996  = 1'h0;
           end
-      default:
-          \$996  = 1'h0;
     endcase
     if (rst) begin
       \$996  = 1'h0;
@@ -9128,87 +7035,29 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$997  = in_const;
-    (* full_case = 32'd1 *)
+    \$997  = done;
+    if (\$456 ) begin
+      \$997  = 1'h0;
+    end
     casez (seq_state)
       3'h0:
-          if (start) begin
-            \$997  = 1'h0;
-          end
+          /* empty */;
       3'h1:
-        begin
-          if (beat__valid) begin
-            \$997  = 1'h0;
-          end
-          if (start) begin
-            \$997  = 1'h0;
-          end
-        end
+          /* empty */;
       3'h2:
-        begin
-          (* full_case = 32'd1 *)
-          if (\$472 ) begin
+          if (\$476 ) begin
           end else if (d_end_more) begin
-            \$997  = 1'h0;
           end else if (d_end) begin
-            \$997  = 1'h0;
-          end else if (d_count_zero) begin
-            \$997  = 1'h0;
-          end else if (d_const) begin
             \$997  = 1'h1;
-          end else if (d_stream) begin
-            \$997  = 1'h0;
-          end else begin
-            \$997  = 1'h0;
           end
-          if (read_err) begin
-            \$997  = 1'h0;
-          end
-          if (start) begin
-            \$997  = 1'h0;
-          end
-        end
       3'h3:
-        begin
-          if (c_fire) begin
-            if (c_last) begin
-              \$997  = 1'h0;
-            end
-          end
-          if (\$553 ) begin
-            \$997  = 1'h0;
-          end
-          if (c_flag_bad) begin
-            \$997  = 1'h0;
-          end
-          if (read_err) begin
-            \$997  = 1'h0;
-          end
-          if (start) begin
-            \$997  = 1'h0;
-          end
-        end
+          /* empty */;
       3'h4:
-        begin
-          if (\$586 ) begin
-            \$997  = 1'h0;
-          end
-          if (addr_fault) begin
-            \$997  = 1'h0;
-          end
-          if (\$598 ) begin
-            \$997  = 1'h0;
-          end
-          if (start) begin
-            \$997  = 1'h0;
-          end
-        end
+          /* empty */;
       3'h5:
-          if (\$599 ) begin
-            \$997  = 1'h0;
+          if (\$603 ) begin
+            \$997  = 1'h1;
           end
-      default:
-          \$997  = 1'h0;
     endcase
     if (rst) begin
       \$997  = 1'h0;
@@ -9216,175 +7065,84 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$998  = run0;
-    (* full_case = 32'd1 *)
+    \$998  = error;
+    if (\$456 ) begin
+      \$998  = 4'h0;
+    end
     casez (seq_state)
       3'h0:
-          if (start) begin
-            \$998  = 1'h0;
-          end
+          /* empty */;
       3'h1:
-        begin
-          if (beat__valid) begin
-            \$998  = 1'h0;
-          end
           if (start) begin
-            \$998  = 1'h0;
+            \$998  = 4'h6;
           end
-        end
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$472 ) begin
+          if (\$476 ) begin
           end else if (d_end_more) begin
-            \$998  = 1'h0;
           end else if (d_end) begin
-            \$998  = 1'h0;
           end else if (d_count_zero) begin
-            \$998  = 1'h0;
+            \$998  = 4'h2;
           end else if (d_const) begin
-            \$998  = 1'h0;
           end else if (d_stream) begin
-            \$998  = \$498 ;
           end else begin
-            \$998  = 1'h0;
+            \$998  = 4'h1;
           end
           if (read_err) begin
-            \$998  = 1'h0;
+            \$998  = 4'h4;
           end
           if (start) begin
-            \$998  = 1'h0;
+            \$998  = 4'h6;
           end
         end
       3'h3:
         begin
-          if (c_fire) begin
-            if (c_last) begin
-              \$998  = \$545 ;
-            end
-          end
-          if (\$553 ) begin
-            \$998  = \$575 ;
-          end
           if (c_flag_bad) begin
-            \$998  = 1'h0;
+            \$998  = 4'h7;
           end
           if (read_err) begin
-            \$998  = 1'h0;
+            \$998  = 4'h4;
           end
           if (start) begin
-            \$998  = 1'h0;
+            \$998  = 4'h6;
           end
         end
       3'h4:
         begin
-          if (\$586 ) begin
-            \$998  = 1'h0;
-          end
           if (addr_fault) begin
-            \$998  = 1'h0;
+            \$998  = 4'h3;
           end
-          if (\$598 ) begin
-            \$998  = 1'h0;
+          if (\$602 ) begin
+            \$998  = fault_q;
           end
           if (start) begin
-            \$998  = 1'h0;
+            \$998  = 4'h6;
           end
         end
-      3'h5:
-          if (\$599 ) begin
-            \$998  = 1'h0;
-          end
-      default:
-          \$998  = 1'h0;
     endcase
     if (rst) begin
-      \$998  = 1'h0;
+      \$998  = 4'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$999  = run1;
-    (* full_case = 32'd1 *)
+    \$999  = fetch_sent;
+    if (\$456 ) begin
+      \$999  = 1'h0;
+    end
     casez (seq_state)
       3'h0:
-          if (start) begin
-            \$999  = 1'h0;
-          end
+          /* empty */;
       3'h1:
         begin
+          if (\$473 ) begin
+            \$999  = 1'h1;
+          end
           if (beat__valid) begin
             \$999  = 1'h0;
           end
-          if (start) begin
-            \$999  = 1'h0;
-          end
         end
-      3'h2:
-        begin
-          (* full_case = 32'd1 *)
-          if (\$472 ) begin
-          end else if (d_end_more) begin
-            \$999  = 1'h0;
-          end else if (d_end) begin
-            \$999  = 1'h0;
-          end else if (d_count_zero) begin
-            \$999  = 1'h0;
-          end else if (d_const) begin
-            \$999  = 1'h0;
-          end else if (d_stream) begin
-            \$999  = \$501 ;
-          end else begin
-            \$999  = 1'h0;
-          end
-          if (read_err) begin
-            \$999  = 1'h0;
-          end
-          if (start) begin
-            \$999  = 1'h0;
-          end
-        end
-      3'h3:
-        begin
-          if (c_fire) begin
-            if (c_last) begin
-              \$999  = \$548 ;
-            end
-          end
-          if (\$553 ) begin
-            \$999  = \$578 ;
-          end
-          if (c_flag_bad) begin
-            \$999  = 1'h0;
-          end
-          if (read_err) begin
-            \$999  = 1'h0;
-          end
-          if (start) begin
-            \$999  = 1'h0;
-          end
-        end
-      3'h4:
-        begin
-          if (\$586 ) begin
-            \$999  = 1'h0;
-          end
-          if (addr_fault) begin
-            \$999  = 1'h0;
-          end
-          if (\$598 ) begin
-            \$999  = 1'h0;
-          end
-          if (start) begin
-            \$999  = 1'h0;
-          end
-        end
-      3'h5:
-          if (\$599 ) begin
-            \$999  = 1'h0;
-          end
-      default:
-          \$999  = 1'h0;
     endcase
     if (rst) begin
       \$999  = 1'h0;
@@ -9392,318 +7150,561 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1000  = q0_to_pack;
+    \$1000  = \$signal$573 ;
+    if (\$456 ) begin
+      \$1000  = prog;
+    end
+    if (rst) begin
+      \$1000  = 32'd0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1001  = \$signal$574 ;
+    if (\$456 ) begin
+      \$1001  = image_stride;
+    end
+    if (rst) begin
+      \$1001  = 32'd0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1002  = images_left;
+    if (\$456 ) begin
+      \$1002  = \$458 ;
+    end
+    if (\$462 ) begin
+      \$1002  = \$463 [15:0];
+    end
+    if (rst) begin
+      \$1002  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1003  = offset;
+    if (\$456 ) begin
+      \$1003  = 32'd0;
+    end
+    if (\$462 ) begin
+      \$1003  = \$464 [31:0];
+    end
+    if (rst) begin
+      \$1003  = 32'd0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1004  = seq_state;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
           if (start) begin
-            \$1000  = 1'h0;
+            \$1004  = 3'h1;
           end
       3'h1:
         begin
           if (beat__valid) begin
-            \$1000  = 1'h0;
+            \$1004  = 3'h2;
           end
           if (start) begin
-            \$1000  = 1'h0;
+            \$1004  = 3'h5;
           end
         end
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$472 ) begin
+          if (\$476 ) begin
           end else if (d_end_more) begin
-            \$1000  = 1'h0;
+            \$1004  = 3'h1;
           end else if (d_end) begin
-            \$1000  = 1'h0;
+            \$1004  = 3'h0;
           end else if (d_count_zero) begin
-            \$1000  = 1'h0;
+            \$1004  = 3'h5;
           end else if (d_const) begin
-            \$1000  = 1'h0;
+            \$1004  = 3'h3;
           end else if (d_stream) begin
-            \$1000  = \$502 ;
+            \$1004  = 3'h4;
           end else begin
-            \$1000  = 1'h0;
+            \$1004  = 3'h5;
           end
           if (read_err) begin
-            \$1000  = 1'h0;
+            \$1004  = 3'h5;
           end
           if (start) begin
-            \$1000  = 1'h0;
+            \$1004  = 3'h5;
           end
         end
       3'h3:
         begin
-          if (c_fire) begin
-            if (c_last) begin
-              \$1000  = \$549 ;
-            end
+          if (c_end) begin
+            \$1004  = 3'h4;
           end
-          if (\$553 ) begin
-            \$1000  = \$579 ;
+          if (\$557 ) begin
+            \$1004  = 3'h4;
           end
           if (c_flag_bad) begin
-            \$1000  = 1'h0;
+            \$1004  = 3'h5;
           end
           if (read_err) begin
-            \$1000  = 1'h0;
+            \$1004  = 3'h5;
           end
           if (start) begin
-            \$1000  = 1'h0;
+            \$1004  = 3'h5;
           end
         end
       3'h4:
         begin
-          if (\$586 ) begin
-            \$1000  = 1'h0;
+          if (\$590 ) begin
+            \$1004  = 3'h1;
           end
           if (addr_fault) begin
-            \$1000  = 1'h0;
+            \$1004  = 3'h5;
           end
-          if (\$598 ) begin
-            \$1000  = 1'h0;
+          if (\$602 ) begin
+            \$1004  = 3'h5;
           end
           if (start) begin
-            \$1000  = 1'h0;
+            \$1004  = 3'h5;
           end
         end
       3'h5:
-          if (\$599 ) begin
-            \$1000  = 1'h0;
+          if (\$603 ) begin
+            \$1004  = 3'h0;
           end
       default:
-          \$1000  = 1'h0;
+          \$1004  = 3'h0;
     endcase
     if (rst) begin
-      \$1000  = 1'h0;
+      \$1004  = 3'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1001  = res_to_pack;
+    \$1005  = in_stream;
     (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
           if (start) begin
-            \$1001  = 1'h0;
+            \$1005  = 1'h0;
           end
       3'h1:
         begin
           if (beat__valid) begin
-            \$1001  = 1'h0;
+            \$1005  = 1'h0;
           end
           if (start) begin
-            \$1001  = 1'h0;
+            \$1005  = 1'h0;
           end
         end
       3'h2:
         begin
           (* full_case = 32'd1 *)
-          if (\$472 ) begin
+          if (\$476 ) begin
           end else if (d_end_more) begin
-            \$1001  = 1'h0;
+            \$1005  = 1'h0;
           end else if (d_end) begin
-            \$1001  = 1'h0;
+            \$1005  = 1'h0;
           end else if (d_count_zero) begin
-            \$1001  = 1'h0;
+            \$1005  = 1'h0;
           end else if (d_const) begin
-            \$1001  = 1'h0;
+            \$1005  = 1'h0;
           end else if (d_stream) begin
-            \$1001  = \$504 ;
+            \$1005  = 1'h1;
           end else begin
-            \$1001  = 1'h0;
+            \$1005  = 1'h0;
           end
           if (read_err) begin
-            \$1001  = 1'h0;
+            \$1005  = 1'h0;
           end
           if (start) begin
-            \$1001  = 1'h0;
+            \$1005  = 1'h0;
           end
         end
       3'h3:
         begin
-          if (c_fire) begin
-            if (c_last) begin
-              \$1001  = \$551 ;
-            end
+          if (c_end) begin
+            \$1005  = 1'h1;
           end
-          if (\$553 ) begin
-            \$1001  = \$581 ;
+          if (\$557 ) begin
+            \$1005  = 1'h1;
           end
           if (c_flag_bad) begin
-            \$1001  = 1'h0;
+            \$1005  = 1'h0;
           end
           if (read_err) begin
-            \$1001  = 1'h0;
+            \$1005  = 1'h0;
           end
           if (start) begin
-            \$1001  = 1'h0;
+            \$1005  = 1'h0;
           end
         end
       3'h4:
         begin
-          if (\$586 ) begin
-            \$1001  = 1'h0;
+          if (\$590 ) begin
+            \$1005  = 1'h0;
           end
           if (addr_fault) begin
-            \$1001  = 1'h0;
+            \$1005  = 1'h0;
           end
-          if (\$598 ) begin
-            \$1001  = 1'h0;
+          if (\$602 ) begin
+            \$1005  = 1'h0;
           end
           if (start) begin
-            \$1001  = 1'h0;
+            \$1005  = 1'h0;
           end
         end
       3'h5:
-          if (\$599 ) begin
-            \$1001  = 1'h0;
+          if (\$603 ) begin
+            \$1005  = 1'h0;
           end
       default:
-          \$1001  = 1'h0;
+          \$1005  = 1'h0;
     endcase
     if (rst) begin
-      \$1001  = 1'h0;
+      \$1005  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1002  = ins;
+    \$1006  = in_decode;
+    (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
-          /* empty */;
+          if (start) begin
+            \$1006  = 1'h0;
+          end
       3'h1:
+        begin
           if (beat__valid) begin
-            \$1002  = beat__payload[511:0];
+            \$1006  = 1'h1;
           end
+          if (start) begin
+            \$1006  = 1'h0;
+          end
+        end
+      3'h2:
+        begin
+          (* full_case = 32'd1 *)
+          if (\$476 ) begin
+          end else if (d_end_more) begin
+            \$1006  = 1'h0;
+          end else if (d_end) begin
+            \$1006  = 1'h0;
+          end else if (d_count_zero) begin
+            \$1006  = 1'h0;
+          end else if (d_const) begin
+            \$1006  = 1'h0;
+          end else if (d_stream) begin
+            \$1006  = 1'h0;
+          end else begin
+            \$1006  = 1'h0;
+          end
+          if (read_err) begin
+            \$1006  = 1'h0;
+          end
+          if (start) begin
+            \$1006  = 1'h0;
+          end
+        end
+      3'h3:
+        begin
+          if (c_end) begin
+            \$1006  = 1'h0;
+          end
+          if (\$557 ) begin
+            \$1006  = 1'h0;
+          end
+          if (c_flag_bad) begin
+            \$1006  = 1'h0;
+          end
+          if (read_err) begin
+            \$1006  = 1'h0;
+          end
+          if (start) begin
+            \$1006  = 1'h0;
+          end
+        end
+      3'h4:
+        begin
+          if (\$590 ) begin
+            \$1006  = 1'h0;
+          end
+          if (addr_fault) begin
+            \$1006  = 1'h0;
+          end
+          if (\$602 ) begin
+            \$1006  = 1'h0;
+          end
+          if (start) begin
+            \$1006  = 1'h0;
+          end
+        end
+      3'h5:
+          if (\$603 ) begin
+            \$1006  = 1'h0;
+          end
+      default:
+          \$1006  = 1'h0;
     endcase
+    if (rst) begin
+      \$1006  = 1'h0;
+    end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1003  = decode_wait;
+    \$1007  = in_op;
+    (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
-          /* empty */;
+          if (start) begin
+            \$1007  = 1'h0;
+          end
       3'h1:
+        begin
           if (beat__valid) begin
-            \$1003  = 4'h8;
+            \$1007  = 1'h0;
           end
+          if (start) begin
+            \$1007  = 1'h0;
+          end
+        end
       3'h2:
-          if (\$472 ) begin
-            \$1003  = \$473 [3:0];
+        begin
+          (* full_case = 32'd1 *)
+          if (\$476 ) begin
+          end else if (d_end_more) begin
+            \$1007  = 1'h0;
+          end else if (d_end) begin
+            \$1007  = 1'h0;
+          end else if (d_count_zero) begin
+            \$1007  = 1'h0;
+          end else if (d_const) begin
+            \$1007  = 1'h1;
+          end else if (d_stream) begin
+            \$1007  = 1'h1;
+          end else begin
+            \$1007  = 1'h0;
           end
+          if (read_err) begin
+            \$1007  = 1'h0;
+          end
+          if (start) begin
+            \$1007  = 1'h0;
+          end
+        end
+      3'h3:
+        begin
+          if (c_end) begin
+            \$1007  = 1'h1;
+          end
+          if (\$557 ) begin
+            \$1007  = 1'h1;
+          end
+          if (c_flag_bad) begin
+            \$1007  = 1'h0;
+          end
+          if (read_err) begin
+            \$1007  = 1'h0;
+          end
+          if (start) begin
+            \$1007  = 1'h0;
+          end
+        end
+      3'h4:
+        begin
+          if (\$590 ) begin
+            \$1007  = 1'h0;
+          end
+          if (addr_fault) begin
+            \$1007  = 1'h0;
+          end
+          if (\$602 ) begin
+            \$1007  = 1'h0;
+          end
+          if (start) begin
+            \$1007  = 1'h0;
+          end
+        end
+      3'h5:
+          if (\$603 ) begin
+            \$1007  = 1'h0;
+          end
+      default:
+          \$1007  = 1'h0;
     endcase
     if (rst) begin
-      \$1003  = 4'h0;
+      \$1007  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1004  = read_err;
+    \$1008  = unit_rst;
+    (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
-          /* empty */;
+          if (start) begin
+            \$1008  = 1'h0;
+          end
       3'h1:
+        begin
           if (beat__valid) begin
-            \$1004  = beat__payload[512];
+            \$1008  = 1'h0;
           end
+          if (start) begin
+            \$1008  = 1'h1;
+          end
+        end
       3'h2:
-          /* empty */;
-      3'h3:
-          if (\$510 ) begin
-            \$1004  = beat__payload[512];
+        begin
+          (* full_case = 32'd1 *)
+          if (\$476 ) begin
+          end else if (d_end_more) begin
+            \$1008  = 1'h0;
+          end else if (d_end) begin
+            \$1008  = 1'h0;
+          end else if (d_count_zero) begin
+            \$1008  = 1'h1;
+          end else if (d_const) begin
+            \$1008  = 1'h0;
+          end else if (d_stream) begin
+            \$1008  = 1'h0;
+          end else begin
+            \$1008  = 1'h1;
           end
+          if (read_err) begin
+            \$1008  = 1'h1;
+          end
+          if (start) begin
+            \$1008  = 1'h1;
+          end
+        end
+      3'h3:
+        begin
+          if (c_end) begin
+            \$1008  = 1'h0;
+          end
+          if (\$557 ) begin
+            \$1008  = 1'h0;
+          end
+          if (c_flag_bad) begin
+            \$1008  = 1'h1;
+          end
+          if (read_err) begin
+            \$1008  = 1'h1;
+          end
+          if (start) begin
+            \$1008  = 1'h1;
+          end
+        end
+      3'h4:
+        begin
+          if (\$590 ) begin
+            \$1008  = 1'h0;
+          end
+          if (addr_fault) begin
+            \$1008  = 1'h1;
+          end
+          if (\$602 ) begin
+            \$1008  = 1'h1;
+          end
+          if (start) begin
+            \$1008  = 1'h1;
+          end
+        end
+      3'h5:
+          if (\$603 ) begin
+            \$1008  = 1'h0;
+          end
+      default:
+          \$1008  = 1'h0;
     endcase
     if (rst) begin
-      \$1004  = 1'h0;
+      \$1008  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1005  = c_addr;
+    \$1009  = gemm_active;
+    (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
-      3'h2:
-          \$1005  = dec_c_base;
-      3'h3:
-          if (\$506 ) begin
-            \$1005  = \$508 [31:0];
+          if (start) begin
+            \$1009  = 1'h0;
           end
-    endcase
-    if (rst) begin
-      \$1005  = 32'd0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1006  = c_step;
-    casez (seq_state)
-      3'h0:
-          /* empty */;
       3'h1:
-          /* empty */;
-      3'h2:
-          \$1006  = \$470 [7:0];
-    endcase
-    if (rst) begin
-      \$1006  = 8'h00;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1007  = c_ask;
-    casez (seq_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
-      3'h2:
-          \$1007  = { 4'h0, ins[509:498] };
-      3'h3:
-          if (\$506 ) begin
-            \$1007  = \$507 [15:0];
+        begin
+          if (beat__valid) begin
+            \$1009  = 1'h0;
           end
-    endcase
-    if (rst) begin
-      \$1007  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1008  = c_due;
-    casez (seq_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
-      3'h2:
-          \$1008  = { 4'h0, ins[509:498] };
-      3'h3:
-          if (c_fire) begin
-            \$1008  = \$522 [15:0];
+          if (start) begin
+            \$1009  = 1'h0;
           end
-    endcase
-    if (rst) begin
-      \$1008  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1009  = c_last;
-    casez (seq_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
+        end
       3'h2:
-          \$1009  = \$471 ;
-      3'h3:
-          if (c_fire) begin
-            \$1009  = \$523 ;
+        begin
+          (* full_case = 32'd1 *)
+          if (\$476 ) begin
+          end else if (d_end_more) begin
+            \$1009  = 1'h0;
+          end else if (d_end) begin
+            \$1009  = 1'h0;
+          end else if (d_count_zero) begin
+            \$1009  = 1'h0;
+          end else if (d_const) begin
+            \$1009  = 1'h0;
+          end else if (d_stream) begin
+            \$1009  = is_gemm;
+          end else begin
+            \$1009  = 1'h0;
           end
+          if (read_err) begin
+            \$1009  = 1'h0;
+          end
+          if (start) begin
+            \$1009  = 1'h0;
+          end
+        end
+      3'h3:
+        begin
+          if (c_end) begin
+            \$1009  = is_gemm;
+          end
+          if (\$557 ) begin
+            \$1009  = is_gemm;
+          end
+          if (c_flag_bad) begin
+            \$1009  = 1'h0;
+          end
+          if (read_err) begin
+            \$1009  = 1'h0;
+          end
+          if (start) begin
+            \$1009  = 1'h0;
+          end
+        end
+      3'h4:
+        begin
+          if (\$590 ) begin
+            \$1009  = 1'h0;
+          end
+          if (addr_fault) begin
+            \$1009  = 1'h0;
+          end
+          if (\$602 ) begin
+            \$1009  = 1'h0;
+          end
+          if (start) begin
+            \$1009  = 1'h0;
+          end
+        end
+      3'h5:
+          if (\$603 ) begin
+            \$1009  = 1'h0;
+          end
+      default:
+          \$1009  = 1'h0;
     endcase
     if (rst) begin
       \$1009  = 1'h0;
@@ -9711,621 +7712,2077 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1010  = c_data;
+    \$1010  = pack_active;
+    (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
-      3'h2:
-          /* empty */;
-      3'h3:
-          if (\$510 ) begin
-            \$1010  = beat__payload[65:0];
+          if (start) begin
+            \$1010  = 1'h0;
           end
+      3'h1:
+        begin
+          if (beat__valid) begin
+            \$1010  = 1'h0;
+          end
+          if (start) begin
+            \$1010  = 1'h0;
+          end
+        end
+      3'h2:
+        begin
+          (* full_case = 32'd1 *)
+          if (\$476 ) begin
+          end else if (d_end_more) begin
+            \$1010  = 1'h0;
+          end else if (d_end) begin
+            \$1010  = 1'h0;
+          end else if (d_count_zero) begin
+            \$1010  = 1'h0;
+          end else if (d_const) begin
+            \$1010  = 1'h0;
+          end else if (d_stream) begin
+            \$1010  = \$483 ;
+          end else begin
+            \$1010  = 1'h0;
+          end
+          if (read_err) begin
+            \$1010  = 1'h0;
+          end
+          if (start) begin
+            \$1010  = 1'h0;
+          end
+        end
+      3'h3:
+        begin
+          if (c_end) begin
+            \$1010  = \$530 ;
+          end
+          if (\$557 ) begin
+            \$1010  = \$560 ;
+          end
+          if (c_flag_bad) begin
+            \$1010  = 1'h0;
+          end
+          if (read_err) begin
+            \$1010  = 1'h0;
+          end
+          if (start) begin
+            \$1010  = 1'h0;
+          end
+        end
+      3'h4:
+        begin
+          if (\$590 ) begin
+            \$1010  = 1'h0;
+          end
+          if (addr_fault) begin
+            \$1010  = 1'h0;
+          end
+          if (\$602 ) begin
+            \$1010  = 1'h0;
+          end
+          if (start) begin
+            \$1010  = 1'h0;
+          end
+        end
+      3'h5:
+          if (\$603 ) begin
+            \$1010  = 1'h0;
+          end
+      default:
+          \$1010  = 1'h0;
     endcase
+    if (rst) begin
+      \$1010  = 1'h0;
+    end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1011  = c_full;
+    \$1011  = sink_from_move;
+    (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
-      3'h2:
-          /* empty */;
-      3'h3:
-        begin
-          if (\$510 ) begin
-            \$1011  = \$511 ;
+          if (start) begin
+            \$1011  = 1'h0;
           end
-          if (c_fire) begin
+      3'h1:
+        begin
+          if (beat__valid) begin
+            \$1011  = 1'h0;
+          end
+          if (start) begin
             \$1011  = 1'h0;
           end
         end
+      3'h2:
+        begin
+          (* full_case = 32'd1 *)
+          if (\$476 ) begin
+          end else if (d_end_more) begin
+            \$1011  = 1'h0;
+          end else if (d_end) begin
+            \$1011  = 1'h0;
+          end else if (d_count_zero) begin
+            \$1011  = 1'h0;
+          end else if (d_const) begin
+            \$1011  = 1'h0;
+          end else if (d_stream) begin
+            \$1011  = is_move;
+          end else begin
+            \$1011  = 1'h0;
+          end
+          if (read_err) begin
+            \$1011  = 1'h0;
+          end
+          if (start) begin
+            \$1011  = 1'h0;
+          end
+        end
+      3'h3:
+        begin
+          if (c_end) begin
+            \$1011  = is_move;
+          end
+          if (\$557 ) begin
+            \$1011  = is_move;
+          end
+          if (c_flag_bad) begin
+            \$1011  = 1'h0;
+          end
+          if (read_err) begin
+            \$1011  = 1'h0;
+          end
+          if (start) begin
+            \$1011  = 1'h0;
+          end
+        end
+      3'h4:
+        begin
+          if (\$590 ) begin
+            \$1011  = 1'h0;
+          end
+          if (addr_fault) begin
+            \$1011  = 1'h0;
+          end
+          if (\$602 ) begin
+            \$1011  = 1'h0;
+          end
+          if (start) begin
+            \$1011  = 1'h0;
+          end
+        end
+      3'h5:
+          if (\$603 ) begin
+            \$1011  = 1'h0;
+          end
+      default:
+          \$1011  = 1'h0;
     endcase
-    if (unit_rst) begin
-      \$1011  = 1'h0;
-    end
     if (rst) begin
       \$1011  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1012  = c_valid0;
+    \$1012  = sink_from_load;
+    (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
-      3'h2:
-          /* empty */;
-      3'h3:
-        begin
-          if (\$510 ) begin
-            \$1012  = \$515 ;
+          if (start) begin
+            \$1012  = 1'h0;
           end
-          if (c_fire) begin
+      3'h1:
+        begin
+          if (beat__valid) begin
+            \$1012  = 1'h0;
+          end
+          if (start) begin
             \$1012  = 1'h0;
           end
         end
+      3'h2:
+        begin
+          (* full_case = 32'd1 *)
+          if (\$476 ) begin
+          end else if (d_end_more) begin
+            \$1012  = 1'h0;
+          end else if (d_end) begin
+            \$1012  = 1'h0;
+          end else if (d_count_zero) begin
+            \$1012  = 1'h0;
+          end else if (d_const) begin
+            \$1012  = 1'h0;
+          end else if (d_stream) begin
+            \$1012  = is_load;
+          end else begin
+            \$1012  = 1'h0;
+          end
+          if (read_err) begin
+            \$1012  = 1'h0;
+          end
+          if (start) begin
+            \$1012  = 1'h0;
+          end
+        end
+      3'h3:
+        begin
+          if (c_end) begin
+            \$1012  = is_load;
+          end
+          if (\$557 ) begin
+            \$1012  = is_load;
+          end
+          if (c_flag_bad) begin
+            \$1012  = 1'h0;
+          end
+          if (read_err) begin
+            \$1012  = 1'h0;
+          end
+          if (start) begin
+            \$1012  = 1'h0;
+          end
+        end
+      3'h4:
+        begin
+          if (\$590 ) begin
+            \$1012  = 1'h0;
+          end
+          if (addr_fault) begin
+            \$1012  = 1'h0;
+          end
+          if (\$602 ) begin
+            \$1012  = 1'h0;
+          end
+          if (start) begin
+            \$1012  = 1'h0;
+          end
+        end
+      3'h5:
+          if (\$603 ) begin
+            \$1012  = 1'h0;
+          end
+      default:
+          \$1012  = 1'h0;
     endcase
-    if (unit_rst) begin
-      \$1012  = 1'h0;
-    end
     if (rst) begin
       \$1012  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1013  = c_valid1;
+    \$1013  = sink_from_store;
+    (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
-      3'h2:
-          /* empty */;
-      3'h3:
-        begin
-          if (\$510 ) begin
-            \$1013  = \$517 ;
+          if (start) begin
+            \$1013  = 1'h0;
           end
-          if (c_fire) begin
+      3'h1:
+        begin
+          if (beat__valid) begin
+            \$1013  = 1'h0;
+          end
+          if (start) begin
             \$1013  = 1'h0;
           end
         end
+      3'h2:
+        begin
+          (* full_case = 32'd1 *)
+          if (\$476 ) begin
+          end else if (d_end_more) begin
+            \$1013  = 1'h0;
+          end else if (d_end) begin
+            \$1013  = 1'h0;
+          end else if (d_count_zero) begin
+            \$1013  = 1'h0;
+          end else if (d_const) begin
+            \$1013  = 1'h0;
+          end else if (d_stream) begin
+            \$1013  = is_store;
+          end else begin
+            \$1013  = 1'h0;
+          end
+          if (read_err) begin
+            \$1013  = 1'h0;
+          end
+          if (start) begin
+            \$1013  = 1'h0;
+          end
+        end
+      3'h3:
+        begin
+          if (c_end) begin
+            \$1013  = is_store;
+          end
+          if (\$557 ) begin
+            \$1013  = is_store;
+          end
+          if (c_flag_bad) begin
+            \$1013  = 1'h0;
+          end
+          if (read_err) begin
+            \$1013  = 1'h0;
+          end
+          if (start) begin
+            \$1013  = 1'h0;
+          end
+        end
+      3'h4:
+        begin
+          if (\$590 ) begin
+            \$1013  = 1'h0;
+          end
+          if (addr_fault) begin
+            \$1013  = 1'h0;
+          end
+          if (\$602 ) begin
+            \$1013  = 1'h0;
+          end
+          if (start) begin
+            \$1013  = 1'h0;
+          end
+        end
+      3'h5:
+          if (\$603 ) begin
+            \$1013  = 1'h0;
+          end
+      default:
+          \$1013  = 1'h0;
     endcase
-    if (unit_rst) begin
-      \$1013  = 1'h0;
-    end
     if (rst) begin
       \$1013  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1014  = c_valid2;
+    \$1014  = sink_from_softmax;
+    (* full_case = 32'd1 *)
     casez (seq_state)
       3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
-      3'h2:
-          /* empty */;
-      3'h3:
-        begin
-          if (\$510 ) begin
-            \$1014  = \$519 ;
+          if (start) begin
+            \$1014  = 1'h0;
           end
-          if (c_fire) begin
+      3'h1:
+        begin
+          if (beat__valid) begin
+            \$1014  = 1'h0;
+          end
+          if (start) begin
             \$1014  = 1'h0;
           end
         end
+      3'h2:
+        begin
+          (* full_case = 32'd1 *)
+          if (\$476 ) begin
+          end else if (d_end_more) begin
+            \$1014  = 1'h0;
+          end else if (d_end) begin
+            \$1014  = 1'h0;
+          end else if (d_count_zero) begin
+            \$1014  = 1'h0;
+          end else if (d_const) begin
+            \$1014  = 1'h0;
+          end else if (d_stream) begin
+            \$1014  = is_softmax;
+          end else begin
+            \$1014  = 1'h0;
+          end
+          if (read_err) begin
+            \$1014  = 1'h0;
+          end
+          if (start) begin
+            \$1014  = 1'h0;
+          end
+        end
+      3'h3:
+        begin
+          if (c_end) begin
+            \$1014  = is_softmax;
+          end
+          if (\$557 ) begin
+            \$1014  = is_softmax;
+          end
+          if (c_flag_bad) begin
+            \$1014  = 1'h0;
+          end
+          if (read_err) begin
+            \$1014  = 1'h0;
+          end
+          if (start) begin
+            \$1014  = 1'h0;
+          end
+        end
+      3'h4:
+        begin
+          if (\$590 ) begin
+            \$1014  = 1'h0;
+          end
+          if (addr_fault) begin
+            \$1014  = 1'h0;
+          end
+          if (\$602 ) begin
+            \$1014  = 1'h0;
+          end
+          if (start) begin
+            \$1014  = 1'h0;
+          end
+        end
+      3'h5:
+          if (\$603 ) begin
+            \$1014  = 1'h0;
+          end
+      default:
+          \$1014  = 1'h0;
     endcase
-    if (unit_rst) begin
-      \$1014  = 1'h0;
-    end
     if (rst) begin
       \$1014  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1015  = c_valid3;
+    \$1015  = sink_from_layernorm;
+    (* full_case = 32'd1 *)
+    casez (seq_state)
+      3'h0:
+          if (start) begin
+            \$1015  = 1'h0;
+          end
+      3'h1:
+        begin
+          if (beat__valid) begin
+            \$1015  = 1'h0;
+          end
+          if (start) begin
+            \$1015  = 1'h0;
+          end
+        end
+      3'h2:
+        begin
+          (* full_case = 32'd1 *)
+          if (\$476 ) begin
+          end else if (d_end_more) begin
+            \$1015  = 1'h0;
+          end else if (d_end) begin
+            \$1015  = 1'h0;
+          end else if (d_count_zero) begin
+            \$1015  = 1'h0;
+          end else if (d_const) begin
+            \$1015  = 1'h0;
+          end else if (d_stream) begin
+            \$1015  = is_layernorm;
+          end else begin
+            \$1015  = 1'h0;
+          end
+          if (read_err) begin
+            \$1015  = 1'h0;
+          end
+          if (start) begin
+            \$1015  = 1'h0;
+          end
+        end
+      3'h3:
+        begin
+          if (c_end) begin
+            \$1015  = is_layernorm;
+          end
+          if (\$557 ) begin
+            \$1015  = is_layernorm;
+          end
+          if (c_flag_bad) begin
+            \$1015  = 1'h0;
+          end
+          if (read_err) begin
+            \$1015  = 1'h0;
+          end
+          if (start) begin
+            \$1015  = 1'h0;
+          end
+        end
+      3'h4:
+        begin
+          if (\$590 ) begin
+            \$1015  = 1'h0;
+          end
+          if (addr_fault) begin
+            \$1015  = 1'h0;
+          end
+          if (\$602 ) begin
+            \$1015  = 1'h0;
+          end
+          if (start) begin
+            \$1015  = 1'h0;
+          end
+        end
+      3'h5:
+          if (\$603 ) begin
+            \$1015  = 1'h0;
+          end
+      default:
+          \$1015  = 1'h0;
+    endcase
+    if (rst) begin
+      \$1015  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1016  = sink_from_add;
+    (* full_case = 32'd1 *)
+    casez (seq_state)
+      3'h0:
+          if (start) begin
+            \$1016  = 1'h0;
+          end
+      3'h1:
+        begin
+          if (beat__valid) begin
+            \$1016  = 1'h0;
+          end
+          if (start) begin
+            \$1016  = 1'h0;
+          end
+        end
+      3'h2:
+        begin
+          (* full_case = 32'd1 *)
+          if (\$476 ) begin
+          end else if (d_end_more) begin
+            \$1016  = 1'h0;
+          end else if (d_end) begin
+            \$1016  = 1'h0;
+          end else if (d_count_zero) begin
+            \$1016  = 1'h0;
+          end else if (d_const) begin
+            \$1016  = 1'h0;
+          end else if (d_stream) begin
+            \$1016  = \$487 ;
+          end else begin
+            \$1016  = 1'h0;
+          end
+          if (read_err) begin
+            \$1016  = 1'h0;
+          end
+          if (start) begin
+            \$1016  = 1'h0;
+          end
+        end
+      3'h3:
+        begin
+          if (c_end) begin
+            \$1016  = \$534 ;
+          end
+          if (\$557 ) begin
+            \$1016  = \$564 ;
+          end
+          if (c_flag_bad) begin
+            \$1016  = 1'h0;
+          end
+          if (read_err) begin
+            \$1016  = 1'h0;
+          end
+          if (start) begin
+            \$1016  = 1'h0;
+          end
+        end
+      3'h4:
+        begin
+          if (\$590 ) begin
+            \$1016  = 1'h0;
+          end
+          if (addr_fault) begin
+            \$1016  = 1'h0;
+          end
+          if (\$602 ) begin
+            \$1016  = 1'h0;
+          end
+          if (start) begin
+            \$1016  = 1'h0;
+          end
+        end
+      3'h5:
+          if (\$603 ) begin
+            \$1016  = 1'h0;
+          end
+      default:
+          \$1016  = 1'h0;
+    endcase
+    if (rst) begin
+      \$1016  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1017  = sink_from_gelu0;
+    (* full_case = 32'd1 *)
+    casez (seq_state)
+      3'h0:
+          if (start) begin
+            \$1017  = 1'h0;
+          end
+      3'h1:
+        begin
+          if (beat__valid) begin
+            \$1017  = 1'h0;
+          end
+          if (start) begin
+            \$1017  = 1'h0;
+          end
+        end
+      3'h2:
+        begin
+          (* full_case = 32'd1 *)
+          if (\$476 ) begin
+          end else if (d_end_more) begin
+            \$1017  = 1'h0;
+          end else if (d_end) begin
+            \$1017  = 1'h0;
+          end else if (d_count_zero) begin
+            \$1017  = 1'h0;
+          end else if (d_const) begin
+            \$1017  = 1'h0;
+          end else if (d_stream) begin
+            \$1017  = \$491 ;
+          end else begin
+            \$1017  = 1'h0;
+          end
+          if (read_err) begin
+            \$1017  = 1'h0;
+          end
+          if (start) begin
+            \$1017  = 1'h0;
+          end
+        end
+      3'h3:
+        begin
+          if (c_end) begin
+            \$1017  = \$538 ;
+          end
+          if (\$557 ) begin
+            \$1017  = \$568 ;
+          end
+          if (c_flag_bad) begin
+            \$1017  = 1'h0;
+          end
+          if (read_err) begin
+            \$1017  = 1'h0;
+          end
+          if (start) begin
+            \$1017  = 1'h0;
+          end
+        end
+      3'h4:
+        begin
+          if (\$590 ) begin
+            \$1017  = 1'h0;
+          end
+          if (addr_fault) begin
+            \$1017  = 1'h0;
+          end
+          if (\$602 ) begin
+            \$1017  = 1'h0;
+          end
+          if (start) begin
+            \$1017  = 1'h0;
+          end
+        end
+      3'h5:
+          if (\$603 ) begin
+            \$1017  = 1'h0;
+          end
+      default:
+          \$1017  = 1'h0;
+    endcase
+    if (rst) begin
+      \$1017  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1018  = sink_from_gemm;
+    (* full_case = 32'd1 *)
+    casez (seq_state)
+      3'h0:
+          if (start) begin
+            \$1018  = 1'h0;
+          end
+      3'h1:
+        begin
+          if (beat__valid) begin
+            \$1018  = 1'h0;
+          end
+          if (start) begin
+            \$1018  = 1'h0;
+          end
+        end
+      3'h2:
+        begin
+          (* full_case = 32'd1 *)
+          if (\$476 ) begin
+          end else if (d_end_more) begin
+            \$1018  = 1'h0;
+          end else if (d_end) begin
+            \$1018  = 1'h0;
+          end else if (d_count_zero) begin
+            \$1018  = 1'h0;
+          end else if (d_const) begin
+            \$1018  = 1'h0;
+          end else if (d_stream) begin
+            \$1018  = \$495 ;
+          end else begin
+            \$1018  = 1'h0;
+          end
+          if (read_err) begin
+            \$1018  = 1'h0;
+          end
+          if (start) begin
+            \$1018  = 1'h0;
+          end
+        end
+      3'h3:
+        begin
+          if (c_end) begin
+            \$1018  = \$542 ;
+          end
+          if (\$557 ) begin
+            \$1018  = \$572 ;
+          end
+          if (c_flag_bad) begin
+            \$1018  = 1'h0;
+          end
+          if (read_err) begin
+            \$1018  = 1'h0;
+          end
+          if (start) begin
+            \$1018  = 1'h0;
+          end
+        end
+      3'h4:
+        begin
+          if (\$590 ) begin
+            \$1018  = 1'h0;
+          end
+          if (addr_fault) begin
+            \$1018  = 1'h0;
+          end
+          if (\$602 ) begin
+            \$1018  = 1'h0;
+          end
+          if (start) begin
+            \$1018  = 1'h0;
+          end
+        end
+      3'h5:
+          if (\$603 ) begin
+            \$1018  = 1'h0;
+          end
+      default:
+          \$1018  = 1'h0;
+    endcase
+    if (rst) begin
+      \$1018  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1019  = a_from_softmax;
+    (* full_case = 32'd1 *)
+    casez (seq_state)
+      3'h0:
+          if (start) begin
+            \$1019  = 1'h0;
+          end
+      3'h1:
+        begin
+          if (beat__valid) begin
+            \$1019  = 1'h0;
+          end
+          if (start) begin
+            \$1019  = 1'h0;
+          end
+        end
+      3'h2:
+        begin
+          (* full_case = 32'd1 *)
+          if (\$476 ) begin
+          end else if (d_end_more) begin
+            \$1019  = 1'h0;
+          end else if (d_end) begin
+            \$1019  = 1'h0;
+          end else if (d_count_zero) begin
+            \$1019  = 1'h0;
+          end else if (d_const) begin
+            \$1019  = 1'h0;
+          end else if (d_stream) begin
+            \$1019  = \$496 ;
+          end else begin
+            \$1019  = 1'h0;
+          end
+          if (read_err) begin
+            \$1019  = 1'h0;
+          end
+          if (start) begin
+            \$1019  = 1'h0;
+          end
+        end
+      3'h3:
+        begin
+          if (c_end) begin
+            \$1019  = \$543 ;
+          end
+          if (\$557 ) begin
+            \$1019  = \$573 ;
+          end
+          if (c_flag_bad) begin
+            \$1019  = 1'h0;
+          end
+          if (read_err) begin
+            \$1019  = 1'h0;
+          end
+          if (start) begin
+            \$1019  = 1'h0;
+          end
+        end
+      3'h4:
+        begin
+          if (\$590 ) begin
+            \$1019  = 1'h0;
+          end
+          if (addr_fault) begin
+            \$1019  = 1'h0;
+          end
+          if (\$602 ) begin
+            \$1019  = 1'h0;
+          end
+          if (start) begin
+            \$1019  = 1'h0;
+          end
+        end
+      3'h5:
+          if (\$603 ) begin
+            \$1019  = 1'h0;
+          end
+      default:
+          \$1019  = 1'h0;
+    endcase
+    if (rst) begin
+      \$1019  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1020  = a_from_layernorm;
+    (* full_case = 32'd1 *)
+    casez (seq_state)
+      3'h0:
+          if (start) begin
+            \$1020  = 1'h0;
+          end
+      3'h1:
+        begin
+          if (beat__valid) begin
+            \$1020  = 1'h0;
+          end
+          if (start) begin
+            \$1020  = 1'h0;
+          end
+        end
+      3'h2:
+        begin
+          (* full_case = 32'd1 *)
+          if (\$476 ) begin
+          end else if (d_end_more) begin
+            \$1020  = 1'h0;
+          end else if (d_end) begin
+            \$1020  = 1'h0;
+          end else if (d_count_zero) begin
+            \$1020  = 1'h0;
+          end else if (d_const) begin
+            \$1020  = 1'h0;
+          end else if (d_stream) begin
+            \$1020  = \$497 ;
+          end else begin
+            \$1020  = 1'h0;
+          end
+          if (read_err) begin
+            \$1020  = 1'h0;
+          end
+          if (start) begin
+            \$1020  = 1'h0;
+          end
+        end
+      3'h3:
+        begin
+          if (c_end) begin
+            \$1020  = \$544 ;
+          end
+          if (\$557 ) begin
+            \$1020  = \$574 ;
+          end
+          if (c_flag_bad) begin
+            \$1020  = 1'h0;
+          end
+          if (read_err) begin
+            \$1020  = 1'h0;
+          end
+          if (start) begin
+            \$1020  = 1'h0;
+          end
+        end
+      3'h4:
+        begin
+          if (\$590 ) begin
+            \$1020  = 1'h0;
+          end
+          if (addr_fault) begin
+            \$1020  = 1'h0;
+          end
+          if (\$602 ) begin
+            \$1020  = 1'h0;
+          end
+          if (start) begin
+            \$1020  = 1'h0;
+          end
+        end
+      3'h5:
+          if (\$603 ) begin
+            \$1020  = 1'h0;
+          end
+      default:
+          \$1020  = 1'h0;
+    endcase
+    if (rst) begin
+      \$1020  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1021  = a_from_src0;
+    (* full_case = 32'd1 *)
+    casez (seq_state)
+      3'h0:
+          if (start) begin
+            \$1021  = 1'h0;
+          end
+      3'h1:
+        begin
+          if (beat__valid) begin
+            \$1021  = 1'h0;
+          end
+          if (start) begin
+            \$1021  = 1'h0;
+          end
+        end
+      3'h2:
+        begin
+          (* full_case = 32'd1 *)
+          if (\$476 ) begin
+          end else if (d_end_more) begin
+            \$1021  = 1'h0;
+          end else if (d_end) begin
+            \$1021  = 1'h0;
+          end else if (d_count_zero) begin
+            \$1021  = 1'h0;
+          end else if (d_const) begin
+            \$1021  = 1'h0;
+          end else if (d_stream) begin
+            \$1021  = \$501 ;
+          end else begin
+            \$1021  = 1'h0;
+          end
+          if (read_err) begin
+            \$1021  = 1'h0;
+          end
+          if (start) begin
+            \$1021  = 1'h0;
+          end
+        end
+      3'h3:
+        begin
+          if (c_end) begin
+            \$1021  = \$548 ;
+          end
+          if (\$557 ) begin
+            \$1021  = \$578 ;
+          end
+          if (c_flag_bad) begin
+            \$1021  = 1'h0;
+          end
+          if (read_err) begin
+            \$1021  = 1'h0;
+          end
+          if (start) begin
+            \$1021  = 1'h0;
+          end
+        end
+      3'h4:
+        begin
+          if (\$590 ) begin
+            \$1021  = 1'h0;
+          end
+          if (addr_fault) begin
+            \$1021  = 1'h0;
+          end
+          if (\$602 ) begin
+            \$1021  = 1'h0;
+          end
+          if (start) begin
+            \$1021  = 1'h0;
+          end
+        end
+      3'h5:
+          if (\$603 ) begin
+            \$1021  = 1'h0;
+          end
+      default:
+          \$1021  = 1'h0;
+    endcase
+    if (rst) begin
+      \$1021  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1022  = const_to0;
+    (* full_case = 32'd1 *)
+    casez (seq_state)
+      3'h0:
+          if (start) begin
+            \$1022  = 1'h0;
+          end
+      3'h1:
+        begin
+          if (beat__valid) begin
+            \$1022  = 1'h0;
+          end
+          if (start) begin
+            \$1022  = 1'h0;
+          end
+        end
+      3'h2:
+        begin
+          (* full_case = 32'd1 *)
+          if (\$476 ) begin
+          end else if (d_end_more) begin
+            \$1022  = 1'h0;
+          end else if (d_end) begin
+            \$1022  = 1'h0;
+          end else if (d_count_zero) begin
+            \$1022  = 1'h0;
+          end else if (d_const) begin
+            \$1022  = \$479 ;
+          end else if (d_stream) begin
+            \$1022  = 1'h0;
+          end else begin
+            \$1022  = 1'h0;
+          end
+          if (read_err) begin
+            \$1022  = 1'h0;
+          end
+          if (start) begin
+            \$1022  = 1'h0;
+          end
+        end
+      3'h3:
+        begin
+          if (c_end) begin
+            \$1022  = 1'h0;
+          end
+          if (\$557 ) begin
+            \$1022  = 1'h0;
+          end
+          if (c_flag_bad) begin
+            \$1022  = 1'h0;
+          end
+          if (read_err) begin
+            \$1022  = 1'h0;
+          end
+          if (start) begin
+            \$1022  = 1'h0;
+          end
+        end
+      3'h4:
+        begin
+          if (\$590 ) begin
+            \$1022  = 1'h0;
+          end
+          if (addr_fault) begin
+            \$1022  = 1'h0;
+          end
+          if (\$602 ) begin
+            \$1022  = 1'h0;
+          end
+          if (start) begin
+            \$1022  = 1'h0;
+          end
+        end
+      3'h5:
+          if (\$603 ) begin
+            \$1022  = 1'h0;
+          end
+      default:
+          \$1022  = 1'h0;
+    endcase
+    if (rst) begin
+      \$1022  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1023  = const_to1;
+    (* full_case = 32'd1 *)
+    casez (seq_state)
+      3'h0:
+          if (start) begin
+            \$1023  = 1'h0;
+          end
+      3'h1:
+        begin
+          if (beat__valid) begin
+            \$1023  = 1'h0;
+          end
+          if (start) begin
+            \$1023  = 1'h0;
+          end
+        end
+      3'h2:
+        begin
+          (* full_case = 32'd1 *)
+          if (\$476 ) begin
+          end else if (d_end_more) begin
+            \$1023  = 1'h0;
+          end else if (d_end) begin
+            \$1023  = 1'h0;
+          end else if (d_count_zero) begin
+            \$1023  = 1'h0;
+          end else if (d_const) begin
+            \$1023  = \$480 ;
+          end else if (d_stream) begin
+            \$1023  = 1'h0;
+          end else begin
+            \$1023  = 1'h0;
+          end
+          if (read_err) begin
+            \$1023  = 1'h0;
+          end
+          if (start) begin
+            \$1023  = 1'h0;
+          end
+        end
+      3'h3:
+        begin
+          if (c_end) begin
+            \$1023  = 1'h0;
+          end
+          if (\$557 ) begin
+            \$1023  = 1'h0;
+          end
+          if (c_flag_bad) begin
+            \$1023  = 1'h0;
+          end
+          if (read_err) begin
+            \$1023  = 1'h0;
+          end
+          if (start) begin
+            \$1023  = 1'h0;
+          end
+        end
+      3'h4:
+        begin
+          if (\$590 ) begin
+            \$1023  = 1'h0;
+          end
+          if (addr_fault) begin
+            \$1023  = 1'h0;
+          end
+          if (\$602 ) begin
+            \$1023  = 1'h0;
+          end
+          if (start) begin
+            \$1023  = 1'h0;
+          end
+        end
+      3'h5:
+          if (\$603 ) begin
+            \$1023  = 1'h0;
+          end
+      default:
+          \$1023  = 1'h0;
+    endcase
+    if (rst) begin
+      \$1023  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1024  = const_to2;
+    (* full_case = 32'd1 *)
+    casez (seq_state)
+      3'h0:
+          if (start) begin
+            \$1024  = 1'h0;
+          end
+      3'h1:
+        begin
+          if (beat__valid) begin
+            \$1024  = 1'h0;
+          end
+          if (start) begin
+            \$1024  = 1'h0;
+          end
+        end
+      3'h2:
+        begin
+          (* full_case = 32'd1 *)
+          if (\$476 ) begin
+          end else if (d_end_more) begin
+            \$1024  = 1'h0;
+          end else if (d_end) begin
+            \$1024  = 1'h0;
+          end else if (d_count_zero) begin
+            \$1024  = 1'h0;
+          end else if (d_const) begin
+            \$1024  = add_sel;
+          end else if (d_stream) begin
+            \$1024  = 1'h0;
+          end else begin
+            \$1024  = 1'h0;
+          end
+          if (read_err) begin
+            \$1024  = 1'h0;
+          end
+          if (start) begin
+            \$1024  = 1'h0;
+          end
+        end
+      3'h3:
+        begin
+          if (c_end) begin
+            \$1024  = 1'h0;
+          end
+          if (\$557 ) begin
+            \$1024  = 1'h0;
+          end
+          if (c_flag_bad) begin
+            \$1024  = 1'h0;
+          end
+          if (read_err) begin
+            \$1024  = 1'h0;
+          end
+          if (start) begin
+            \$1024  = 1'h0;
+          end
+        end
+      3'h4:
+        begin
+          if (\$590 ) begin
+            \$1024  = 1'h0;
+          end
+          if (addr_fault) begin
+            \$1024  = 1'h0;
+          end
+          if (\$602 ) begin
+            \$1024  = 1'h0;
+          end
+          if (start) begin
+            \$1024  = 1'h0;
+          end
+        end
+      3'h5:
+          if (\$603 ) begin
+            \$1024  = 1'h0;
+          end
+      default:
+          \$1024  = 1'h0;
+    endcase
+    if (rst) begin
+      \$1024  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1025  = const_to3;
+    (* full_case = 32'd1 *)
+    casez (seq_state)
+      3'h0:
+          if (start) begin
+            \$1025  = 1'h0;
+          end
+      3'h1:
+        begin
+          if (beat__valid) begin
+            \$1025  = 1'h0;
+          end
+          if (start) begin
+            \$1025  = 1'h0;
+          end
+        end
+      3'h2:
+        begin
+          (* full_case = 32'd1 *)
+          if (\$476 ) begin
+          end else if (d_end_more) begin
+            \$1025  = 1'h0;
+          end else if (d_end) begin
+            \$1025  = 1'h0;
+          end else if (d_count_zero) begin
+            \$1025  = 1'h0;
+          end else if (d_const) begin
+            \$1025  = gelu_sel0;
+          end else if (d_stream) begin
+            \$1025  = 1'h0;
+          end else begin
+            \$1025  = 1'h0;
+          end
+          if (read_err) begin
+            \$1025  = 1'h0;
+          end
+          if (start) begin
+            \$1025  = 1'h0;
+          end
+        end
+      3'h3:
+        begin
+          if (c_end) begin
+            \$1025  = 1'h0;
+          end
+          if (\$557 ) begin
+            \$1025  = 1'h0;
+          end
+          if (c_flag_bad) begin
+            \$1025  = 1'h0;
+          end
+          if (read_err) begin
+            \$1025  = 1'h0;
+          end
+          if (start) begin
+            \$1025  = 1'h0;
+          end
+        end
+      3'h4:
+        begin
+          if (\$590 ) begin
+            \$1025  = 1'h0;
+          end
+          if (addr_fault) begin
+            \$1025  = 1'h0;
+          end
+          if (\$602 ) begin
+            \$1025  = 1'h0;
+          end
+          if (start) begin
+            \$1025  = 1'h0;
+          end
+        end
+      3'h5:
+          if (\$603 ) begin
+            \$1025  = 1'h0;
+          end
+      default:
+          \$1025  = 1'h0;
+    endcase
+    if (rst) begin
+      \$1025  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1026  = in_fetch;
+    (* full_case = 32'd1 *)
+    casez (seq_state)
+      3'h0:
+          if (start) begin
+            \$1026  = 1'h1;
+          end
+      3'h1:
+        begin
+          if (beat__valid) begin
+            \$1026  = 1'h0;
+          end
+          if (start) begin
+            \$1026  = 1'h0;
+          end
+        end
+      3'h2:
+        begin
+          (* full_case = 32'd1 *)
+          if (\$476 ) begin
+          end else if (d_end_more) begin
+            \$1026  = 1'h1;
+          end else if (d_end) begin
+            \$1026  = 1'h0;
+          end else if (d_count_zero) begin
+            \$1026  = 1'h0;
+          end else if (d_const) begin
+            \$1026  = 1'h0;
+          end else if (d_stream) begin
+            \$1026  = 1'h0;
+          end else begin
+            \$1026  = 1'h0;
+          end
+          if (read_err) begin
+            \$1026  = 1'h0;
+          end
+          if (start) begin
+            \$1026  = 1'h0;
+          end
+        end
+      3'h3:
+        begin
+          if (c_end) begin
+            \$1026  = 1'h0;
+          end
+          if (\$557 ) begin
+            \$1026  = 1'h0;
+          end
+          if (c_flag_bad) begin
+            \$1026  = 1'h0;
+          end
+          if (read_err) begin
+            \$1026  = 1'h0;
+          end
+          if (start) begin
+            \$1026  = 1'h0;
+          end
+        end
+      3'h4:
+        begin
+          if (\$590 ) begin
+            \$1026  = 1'h1;
+          end
+          if (addr_fault) begin
+            \$1026  = 1'h0;
+          end
+          if (\$602 ) begin
+            \$1026  = 1'h0;
+          end
+          if (start) begin
+            \$1026  = 1'h0;
+          end
+        end
+      3'h5:
+          if (\$603 ) begin
+            \$1026  = 1'h0;
+          end
+      default:
+          \$1026  = 1'h0;
+    endcase
+    if (rst) begin
+      \$1026  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1027  = in_const;
+    (* full_case = 32'd1 *)
+    casez (seq_state)
+      3'h0:
+          if (start) begin
+            \$1027  = 1'h0;
+          end
+      3'h1:
+        begin
+          if (beat__valid) begin
+            \$1027  = 1'h0;
+          end
+          if (start) begin
+            \$1027  = 1'h0;
+          end
+        end
+      3'h2:
+        begin
+          (* full_case = 32'd1 *)
+          if (\$476 ) begin
+          end else if (d_end_more) begin
+            \$1027  = 1'h0;
+          end else if (d_end) begin
+            \$1027  = 1'h0;
+          end else if (d_count_zero) begin
+            \$1027  = 1'h0;
+          end else if (d_const) begin
+            \$1027  = 1'h1;
+          end else if (d_stream) begin
+            \$1027  = 1'h0;
+          end else begin
+            \$1027  = 1'h0;
+          end
+          if (read_err) begin
+            \$1027  = 1'h0;
+          end
+          if (start) begin
+            \$1027  = 1'h0;
+          end
+        end
+      3'h3:
+        begin
+          if (c_end) begin
+            \$1027  = 1'h0;
+          end
+          if (\$557 ) begin
+            \$1027  = 1'h0;
+          end
+          if (c_flag_bad) begin
+            \$1027  = 1'h0;
+          end
+          if (read_err) begin
+            \$1027  = 1'h0;
+          end
+          if (start) begin
+            \$1027  = 1'h0;
+          end
+        end
+      3'h4:
+        begin
+          if (\$590 ) begin
+            \$1027  = 1'h0;
+          end
+          if (addr_fault) begin
+            \$1027  = 1'h0;
+          end
+          if (\$602 ) begin
+            \$1027  = 1'h0;
+          end
+          if (start) begin
+            \$1027  = 1'h0;
+          end
+        end
+      3'h5:
+          if (\$603 ) begin
+            \$1027  = 1'h0;
+          end
+      default:
+          \$1027  = 1'h0;
+    endcase
+    if (rst) begin
+      \$1027  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1028  = run0;
+    (* full_case = 32'd1 *)
+    casez (seq_state)
+      3'h0:
+          if (start) begin
+            \$1028  = 1'h0;
+          end
+      3'h1:
+        begin
+          if (beat__valid) begin
+            \$1028  = 1'h0;
+          end
+          if (start) begin
+            \$1028  = 1'h0;
+          end
+        end
+      3'h2:
+        begin
+          (* full_case = 32'd1 *)
+          if (\$476 ) begin
+          end else if (d_end_more) begin
+            \$1028  = 1'h0;
+          end else if (d_end) begin
+            \$1028  = 1'h0;
+          end else if (d_count_zero) begin
+            \$1028  = 1'h0;
+          end else if (d_const) begin
+            \$1028  = 1'h0;
+          end else if (d_stream) begin
+            \$1028  = \$502 ;
+          end else begin
+            \$1028  = 1'h0;
+          end
+          if (read_err) begin
+            \$1028  = 1'h0;
+          end
+          if (start) begin
+            \$1028  = 1'h0;
+          end
+        end
+      3'h3:
+        begin
+          if (c_end) begin
+            \$1028  = \$549 ;
+          end
+          if (\$557 ) begin
+            \$1028  = \$579 ;
+          end
+          if (c_flag_bad) begin
+            \$1028  = 1'h0;
+          end
+          if (read_err) begin
+            \$1028  = 1'h0;
+          end
+          if (start) begin
+            \$1028  = 1'h0;
+          end
+        end
+      3'h4:
+        begin
+          if (\$590 ) begin
+            \$1028  = 1'h0;
+          end
+          if (addr_fault) begin
+            \$1028  = 1'h0;
+          end
+          if (\$602 ) begin
+            \$1028  = 1'h0;
+          end
+          if (start) begin
+            \$1028  = 1'h0;
+          end
+        end
+      3'h5:
+          if (\$603 ) begin
+            \$1028  = 1'h0;
+          end
+      default:
+          \$1028  = 1'h0;
+    endcase
+    if (rst) begin
+      \$1028  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1029  = run1;
+    (* full_case = 32'd1 *)
+    casez (seq_state)
+      3'h0:
+          if (start) begin
+            \$1029  = 1'h0;
+          end
+      3'h1:
+        begin
+          if (beat__valid) begin
+            \$1029  = 1'h0;
+          end
+          if (start) begin
+            \$1029  = 1'h0;
+          end
+        end
+      3'h2:
+        begin
+          (* full_case = 32'd1 *)
+          if (\$476 ) begin
+          end else if (d_end_more) begin
+            \$1029  = 1'h0;
+          end else if (d_end) begin
+            \$1029  = 1'h0;
+          end else if (d_count_zero) begin
+            \$1029  = 1'h0;
+          end else if (d_const) begin
+            \$1029  = 1'h0;
+          end else if (d_stream) begin
+            \$1029  = \$505 ;
+          end else begin
+            \$1029  = 1'h0;
+          end
+          if (read_err) begin
+            \$1029  = 1'h0;
+          end
+          if (start) begin
+            \$1029  = 1'h0;
+          end
+        end
+      3'h3:
+        begin
+          if (c_end) begin
+            \$1029  = \$552 ;
+          end
+          if (\$557 ) begin
+            \$1029  = \$582 ;
+          end
+          if (c_flag_bad) begin
+            \$1029  = 1'h0;
+          end
+          if (read_err) begin
+            \$1029  = 1'h0;
+          end
+          if (start) begin
+            \$1029  = 1'h0;
+          end
+        end
+      3'h4:
+        begin
+          if (\$590 ) begin
+            \$1029  = 1'h0;
+          end
+          if (addr_fault) begin
+            \$1029  = 1'h0;
+          end
+          if (\$602 ) begin
+            \$1029  = 1'h0;
+          end
+          if (start) begin
+            \$1029  = 1'h0;
+          end
+        end
+      3'h5:
+          if (\$603 ) begin
+            \$1029  = 1'h0;
+          end
+      default:
+          \$1029  = 1'h0;
+    endcase
+    if (rst) begin
+      \$1029  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1030  = q0_to_pack;
+    (* full_case = 32'd1 *)
+    casez (seq_state)
+      3'h0:
+          if (start) begin
+            \$1030  = 1'h0;
+          end
+      3'h1:
+        begin
+          if (beat__valid) begin
+            \$1030  = 1'h0;
+          end
+          if (start) begin
+            \$1030  = 1'h0;
+          end
+        end
+      3'h2:
+        begin
+          (* full_case = 32'd1 *)
+          if (\$476 ) begin
+          end else if (d_end_more) begin
+            \$1030  = 1'h0;
+          end else if (d_end) begin
+            \$1030  = 1'h0;
+          end else if (d_count_zero) begin
+            \$1030  = 1'h0;
+          end else if (d_const) begin
+            \$1030  = 1'h0;
+          end else if (d_stream) begin
+            \$1030  = \$506 ;
+          end else begin
+            \$1030  = 1'h0;
+          end
+          if (read_err) begin
+            \$1030  = 1'h0;
+          end
+          if (start) begin
+            \$1030  = 1'h0;
+          end
+        end
+      3'h3:
+        begin
+          if (c_end) begin
+            \$1030  = \$553 ;
+          end
+          if (\$557 ) begin
+            \$1030  = \$583 ;
+          end
+          if (c_flag_bad) begin
+            \$1030  = 1'h0;
+          end
+          if (read_err) begin
+            \$1030  = 1'h0;
+          end
+          if (start) begin
+            \$1030  = 1'h0;
+          end
+        end
+      3'h4:
+        begin
+          if (\$590 ) begin
+            \$1030  = 1'h0;
+          end
+          if (addr_fault) begin
+            \$1030  = 1'h0;
+          end
+          if (\$602 ) begin
+            \$1030  = 1'h0;
+          end
+          if (start) begin
+            \$1030  = 1'h0;
+          end
+        end
+      3'h5:
+          if (\$603 ) begin
+            \$1030  = 1'h0;
+          end
+      default:
+          \$1030  = 1'h0;
+    endcase
+    if (rst) begin
+      \$1030  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1031  = res_to_pack;
+    (* full_case = 32'd1 *)
+    casez (seq_state)
+      3'h0:
+          if (start) begin
+            \$1031  = 1'h0;
+          end
+      3'h1:
+        begin
+          if (beat__valid) begin
+            \$1031  = 1'h0;
+          end
+          if (start) begin
+            \$1031  = 1'h0;
+          end
+        end
+      3'h2:
+        begin
+          (* full_case = 32'd1 *)
+          if (\$476 ) begin
+          end else if (d_end_more) begin
+            \$1031  = 1'h0;
+          end else if (d_end) begin
+            \$1031  = 1'h0;
+          end else if (d_count_zero) begin
+            \$1031  = 1'h0;
+          end else if (d_const) begin
+            \$1031  = 1'h0;
+          end else if (d_stream) begin
+            \$1031  = \$508 ;
+          end else begin
+            \$1031  = 1'h0;
+          end
+          if (read_err) begin
+            \$1031  = 1'h0;
+          end
+          if (start) begin
+            \$1031  = 1'h0;
+          end
+        end
+      3'h3:
+        begin
+          if (c_end) begin
+            \$1031  = \$555 ;
+          end
+          if (\$557 ) begin
+            \$1031  = \$585 ;
+          end
+          if (c_flag_bad) begin
+            \$1031  = 1'h0;
+          end
+          if (read_err) begin
+            \$1031  = 1'h0;
+          end
+          if (start) begin
+            \$1031  = 1'h0;
+          end
+        end
+      3'h4:
+        begin
+          if (\$590 ) begin
+            \$1031  = 1'h0;
+          end
+          if (addr_fault) begin
+            \$1031  = 1'h0;
+          end
+          if (\$602 ) begin
+            \$1031  = 1'h0;
+          end
+          if (start) begin
+            \$1031  = 1'h0;
+          end
+        end
+      3'h5:
+          if (\$603 ) begin
+            \$1031  = 1'h0;
+          end
+      default:
+          \$1031  = 1'h0;
+    endcase
+    if (rst) begin
+      \$1031  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1032  = ins;
+    casez (seq_state)
+      3'h0:
+          /* empty */;
+      3'h1:
+          if (beat__valid) begin
+            \$1032  = beat__payload[511:0];
+          end
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1033  = decode_wait;
+    casez (seq_state)
+      3'h0:
+          /* empty */;
+      3'h1:
+          if (beat__valid) begin
+            \$1033  = 4'h8;
+          end
+      3'h2:
+          if (\$476 ) begin
+            \$1033  = \$477 [3:0];
+          end
+    endcase
+    if (rst) begin
+      \$1033  = 4'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1034  = read_err;
+    casez (seq_state)
+      3'h0:
+          /* empty */;
+      3'h1:
+          if (beat__valid) begin
+            \$1034  = beat__payload[512];
+          end
+      3'h2:
+          /* empty */;
+      3'h3:
+          if (\$514 ) begin
+            \$1034  = beat__payload[512];
+          end
+    endcase
+    if (rst) begin
+      \$1034  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1035  = c_addr;
     casez (seq_state)
       3'h0:
           /* empty */;
       3'h1:
           /* empty */;
       3'h2:
-          /* empty */;
+          \$1035  = dec_c_base;
       3'h3:
-        begin
           if (\$510 ) begin
-            \$1015  = \$521 ;
+            \$1035  = \$512 [31:0];
           end
-          if (c_fire) begin
-            \$1015  = 1'h0;
-          end
-        end
     endcase
-    if (unit_rst) begin
-      \$1015  = 1'h0;
-    end
     if (rst) begin
-      \$1015  = 1'h0;
+      \$1035  = 32'd0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1016  = ld_off;
-    if (in_stream) begin
-      if (is_move) begin
-      end else if (is_load) begin
-        if (\$604 ) begin
-          \$1016  = \$605 ;
-        end
-      end
-    end
-    if (rst) begin
-      \$1016  = 25'h0000000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1017  = ext_req_addr;
-    if (in_stream) begin
-      if (is_move) begin
-      end else if (is_load) begin
-        if (\$607 ) begin
-          \$1017  = \$608 [31:0];
-        end
-      end
-    end
-    if (\$611 ) begin
-      \$1017  = \$613 [31:0];
-    end
-    if (rst) begin
-      \$1017  = 32'd0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1018  = ext_req_data;
-    if (\$611 ) begin
-      \$1018  = \r_data$252 [15:0];
-    end
-    if (rst) begin
-      \$1018  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1019  = \w_en$189 ;
-    if (pack_active) begin
-      if (\$614 ) begin
-        \$1019  = 1'h0;
-      end
-      if (\$622 ) begin
-        if (\$624 ) begin
-          \$1019  = 1'h1;
-        end
-      end
-    end
-    if (unit_rst) begin
-      \$1019  = 1'h0;
-    end
-    if (rst) begin
-      \$1019  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1020  = pack_a0;
-    if (pack_active) begin
-      if (\$616 ) begin
-        casez (pack_j)
-          3'h0:
-              \$1020  = elem_data;
-        endcase
-      end
-    end
-    if (rst) begin
-      \$1020  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1021  = pack_a1;
-    if (pack_active) begin
-      if (\$616 ) begin
-        casez (pack_j)
-          3'h0:
-              /* empty */;
-          3'h1:
-              \$1021  = elem_data;
-        endcase
-      end
-    end
-    if (rst) begin
-      \$1021  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1022  = pack_a2;
-    if (pack_active) begin
-      if (\$616 ) begin
-        casez (pack_j)
-          3'h0:
-              /* empty */;
-          3'h1:
-              /* empty */;
-          3'h2:
-              \$1022  = elem_data;
-        endcase
-      end
-    end
-    if (rst) begin
-      \$1022  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1023  = pack_a3;
-    if (pack_active) begin
-      if (\$616 ) begin
-        casez (pack_j)
-          3'h0:
-              /* empty */;
-          3'h1:
-              /* empty */;
-          3'h2:
-              /* empty */;
-          3'h3:
-              \$1023  = elem_data;
-        endcase
-      end
-    end
-    if (rst) begin
-      \$1023  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1024  = pack_b0;
-    if (pack_active) begin
-      if (\$616 ) begin
-        casez (pack_j)
-          3'h0:
-              \$1024  = \r_data$376 [15:0];
-        endcase
-      end
-    end
-    if (rst) begin
-      \$1024  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1025  = pack_b1;
-    if (pack_active) begin
-      if (\$616 ) begin
-        casez (pack_j)
-          3'h0:
-              /* empty */;
-          3'h1:
-              \$1025  = \r_data$376 [15:0];
-        endcase
-      end
-    end
-    if (rst) begin
-      \$1025  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1026  = pack_b2;
-    if (pack_active) begin
-      if (\$616 ) begin
-        casez (pack_j)
-          3'h0:
-              /* empty */;
-          3'h1:
-              /* empty */;
-          3'h2:
-              \$1026  = \r_data$376 [15:0];
-        endcase
-      end
-    end
-    if (rst) begin
-      \$1026  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1027  = pack_b3;
-    if (pack_active) begin
-      if (\$616 ) begin
-        casez (pack_j)
-          3'h0:
-              /* empty */;
-          3'h1:
-              /* empty */;
-          3'h2:
-              /* empty */;
-          3'h3:
-              \$1027  = \r_data$376 [15:0];
-        endcase
-      end
-    end
-    if (rst) begin
-      \$1027  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1028  = pack_j;
-    if (pack_active) begin
-      if (\$622 ) begin
-        (* full_case = 32'd1 *)
-        if (\$624 ) begin
-          \$1028  = 3'h0;
-        end else begin
-          \$1028  = \$625 [2:0];
-        end
-      end
-    end
-    if (unit_rst) begin
-      \$1028  = 3'h0;
-    end
-    if (rst) begin
-      \$1028  = 3'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1029  = pack_jo;
-    if (pack_active) begin
-      if (\$626 ) begin
-        (* full_case = 32'd1 *)
-        if (\$628 ) begin
-          \$1029  = 3'h0;
-        end else begin
-          \$1029  = \$629 [2:0];
-        end
-      end
-    end
-    if (unit_rst) begin
-      \$1029  = 3'h0;
-    end
-    if (rst) begin
-      \$1029  = 3'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1030  = tiles;
-    if (in_decode) begin
-      \$1030  = dec_tiles;
-    end
-    if (gemm_active) begin
-      if (\$636 ) begin
-        if (\$650 ) begin
-          \$1030  = \$651 [31:0];
-        end
-      end
-    end
-    if (rst) begin
-      \$1030  = 32'd0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1031  = nt;
-    if (in_decode) begin
-      \$1031  = 16'h0000;
-    end
-    if (gemm_active) begin
-      if (\$636 ) begin
-        if (\$650 ) begin
-          (* full_case = 32'd1 *)
-          if (nt_hit) begin
-            \$1031  = 16'h0000;
-          end else begin
-            \$1031  = \$657 [15:0];
-          end
-        end
-      end
-    end
-    if (rst) begin
-      \$1031  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1032  = k;
-    if (in_decode) begin
-      \$1032  = 16'h0000;
-    end
-    if (gemm_active) begin
-      if (\$636 ) begin
-        if (\$638 ) begin
-        end else if (\$643 ) begin
-          \$1032  = \$644 [15:0];
-        end
-        if (\$650 ) begin
-          \$1032  = 16'h0000;
-        end
-      end
-    end
-    if (rst) begin
-      \$1032  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1033  = w_addr;
-    if (in_decode) begin
-      \$1033  = ins[465:434];
-    end
-    if (gemm_active) begin
-      if (\$636 ) begin
-        if (want_w) begin
-          \$1033  = \$647 [31:0];
-        end
-        if (\$650 ) begin
-          if (nt_hit) begin
-            \$1033  = ins[465:434];
-          end
-        end
-      end
-    end
-    if (rst) begin
-      \$1033  = 32'd0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1034  = p_addr;
-    if (in_decode) begin
-      \$1034  = ins[497:466];
-    end
-    if (gemm_active) begin
-      if (\$636 ) begin
-        if (\$650 ) begin
-          (* full_case = 32'd1 *)
-          if (nt_hit) begin
-            \$1034  = ins[497:466];
-          end else begin
-            \$1034  = \$660 [31:0];
-          end
-        end
-      end
-    end
-    if (rst) begin
-      \$1034  = 32'd0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1035  = want_w;
-    if (in_decode) begin
-      \$1035  = 1'h0;
-    end
-    if (gemm_active) begin
-      if (\$636 ) begin
-        if (\$638 ) begin
-          \$1035  = 1'h1;
-        end
-        if (\$650 ) begin
-          \$1035  = 1'h0;
-        end
-      end
-    end
-    if (rst) begin
-      \$1035  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1036  = w_step;
-    if (in_decode) begin
-      \$1036  = \$630 [7:0];
-    end
+    \$1036  = c_step;
+    casez (seq_state)
+      3'h0:
+          /* empty */;
+      3'h1:
+          /* empty */;
+      3'h2:
+          \$1036  = \$474 [7:0];
+    endcase
     if (rst) begin
       \$1036  = 8'h00;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1037  = \$signal$493 ;
-    if (in_decode) begin
-      \$1037  = \$631 ;
-    end
-    if (gemm_active) begin
-      if (\$636 ) begin
-        if (\$650 ) begin
-          \$1037  = \$652 ;
-        end
-      end
-    end
-    if (rst) begin
-      \$1037  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1038  = \$signal$596 ;
-    if (in_decode) begin
-      \$1038  = \$633 ;
-    end
-    if (gemm_active) begin
-      if (\$636 ) begin
-        if (\$638 ) begin
-        end else if (\$643 ) begin
-          \$1038  = \$646 ;
-        end
-        if (\$650 ) begin
-          \$1038  = \$654 ;
-        end
-      end
-    end
-    if (rst) begin
-      \$1038  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1039  = nt_hit;
-    if (in_decode) begin
-      \$1039  = \$635 ;
-    end
-    if (gemm_active) begin
-      if (\$636 ) begin
-        if (\$650 ) begin
-          (* full_case = 32'd1 *)
-          if (nt_hit) begin
-            \$1039  = \$656 ;
-          end else begin
-            \$1039  = \$659 ;
+    \$1037  = c_ask;
+    casez (seq_state)
+      3'h0:
+          /* empty */;
+      3'h1:
+          /* empty */;
+      3'h2:
+          \$1037  = { 4'h0, ins[509:498] };
+      3'h3:
+          if (\$510 ) begin
+            \$1037  = \$511 [15:0];
           end
-        end
-      end
+    endcase
+    if (rst) begin
+      \$1037  = 16'h0000;
     end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1038  = c_due;
+    casez (seq_state)
+      3'h0:
+          /* empty */;
+      3'h1:
+          /* empty */;
+      3'h2:
+          \$1038  = { 4'h0, ins[509:498] };
+      3'h3:
+          if (c_fire) begin
+            \$1038  = \$526 [15:0];
+          end
+    endcase
+    if (rst) begin
+      \$1038  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1039  = c_last;
+    casez (seq_state)
+      3'h0:
+          /* empty */;
+      3'h1:
+          /* empty */;
+      3'h2:
+          \$1039  = \$475 ;
+      3'h3:
+          if (c_fire) begin
+            \$1039  = \$527 ;
+          end
+    endcase
     if (rst) begin
       \$1039  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1040  = rk;
-    if (in_decode) begin
-      \$1040  = 16'h0000;
-    end
-    if (gemm_active) begin
-      if (\$665 ) begin
-        \$1040  = \$668 [15:0];
-      end
-    end
-    if (rst) begin
-      \$1040  = 16'h0000;
-    end
+    \$1040  = c_data;
+    casez (seq_state)
+      3'h0:
+          /* empty */;
+      3'h1:
+          /* empty */;
+      3'h2:
+          /* empty */;
+      3'h3:
+          if (\$514 ) begin
+            \$1040  = beat__payload[65:0];
+          end
+    endcase
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1041  = rk_zero;
-    if (in_decode) begin
-      \$1041  = 1'h1;
-    end
-    if (gemm_active) begin
-      if (\$665 ) begin
-        \$1041  = \$669 ;
-      end
+    \$1041  = c_full;
+    casez (seq_state)
+      3'h0:
+          /* empty */;
+      3'h1:
+          /* empty */;
+      3'h2:
+          /* empty */;
+      3'h3:
+        begin
+          if (\$514 ) begin
+            \$1041  = \$515 ;
+          end
+          if (c_fire) begin
+            \$1041  = 1'h0;
+          end
+        end
+    endcase
+    if (unit_rst) begin
+      \$1041  = 1'h0;
     end
     if (rst) begin
       \$1041  = 1'h0;
@@ -10333,43 +9790,53 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1042  = \$678 ;
+    \$1042  = c_valid0;
+    casez (seq_state)
+      3'h0:
+          /* empty */;
+      3'h1:
+          /* empty */;
+      3'h2:
+          /* empty */;
+      3'h3:
+        begin
+          if (\$514 ) begin
+            \$1042  = \$519 ;
+          end
+          if (c_fire) begin
+            \$1042  = 1'h0;
+          end
+        end
+    endcase
+    if (unit_rst) begin
+      \$1042  = 1'h0;
+    end
     if (rst) begin
       \$1042  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1043  = a_filled0;
-    if (in_decode) begin
+    \$1043  = c_valid1;
+    casez (seq_state)
+      3'h0:
+          /* empty */;
+      3'h1:
+          /* empty */;
+      3'h2:
+          /* empty */;
+      3'h3:
+        begin
+          if (\$514 ) begin
+            \$1043  = \$521 ;
+          end
+          if (c_fire) begin
+            \$1043  = 1'h0;
+          end
+        end
+    endcase
+    if (unit_rst) begin
       \$1043  = 1'h0;
-    end
-    if (gemm_active) begin
-      if (\$747 ) begin
-        if (a_load_k_hit) begin
-          if (\$753 ) begin
-            casez (\$signal )
-              1'h0:
-                  \$1043  = 1'h1;
-            endcase
-          end
-        end
-      end else if (\$750 ) begin
-        if (\$759 ) begin
-          if (a_load_k_hit) begin
-            casez (\$signal )
-              1'h0:
-                  \$1043  = 1'h1;
-            endcase
-          end
-        end
-      end
-      if (\$771 ) begin
-        casez (a_read_half)
-          1'h0:
-              \$1043  = 1'h0;
-        endcase
-      end
     end
     if (rst) begin
       \$1043  = 1'h0;
@@ -10377,397 +9844,464 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1044  = a_filled1;
-    if (in_decode) begin
+    \$1044  = c_valid2;
+    casez (seq_state)
+      3'h0:
+          /* empty */;
+      3'h1:
+          /* empty */;
+      3'h2:
+          /* empty */;
+      3'h3:
+        begin
+          if (\$514 ) begin
+            \$1044  = \$523 ;
+          end
+          if (c_fire) begin
+            \$1044  = 1'h0;
+          end
+        end
+    endcase
+    if (unit_rst) begin
       \$1044  = 1'h0;
     end
-    if (gemm_active) begin
-      if (\$747 ) begin
-        if (a_load_k_hit) begin
-          if (\$753 ) begin
-            (* full_case = 32'd1 *)
-            casez (\$signal )
-              1'h0:
-                  /* empty */;
-              1'h1:
-                  \$1044  = 1'h1;
-            endcase
+    if (rst) begin
+      \$1044  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1045  = c_valid3;
+    casez (seq_state)
+      3'h0:
+          /* empty */;
+      3'h1:
+          /* empty */;
+      3'h2:
+          /* empty */;
+      3'h3:
+        begin
+          if (\$514 ) begin
+            \$1045  = \$525 ;
+          end
+          if (c_fire) begin
+            \$1045  = 1'h0;
           end
         end
-      end else if (\$750 ) begin
-        if (\$759 ) begin
-          if (a_load_k_hit) begin
-            (* full_case = 32'd1 *)
-            casez (\$signal )
-              1'h0:
-                  /* empty */;
-              1'h1:
-                  \$1044  = 1'h1;
-            endcase
-          end
+    endcase
+    if (unit_rst) begin
+      \$1045  = 1'h0;
+    end
+    if (rst) begin
+      \$1045  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1046  = ext_off;
+    if (in_stream) begin
+      if (is_move) begin
+      end else if (is_load) begin
+        if (\$608 ) begin
+          \$1046  = \$609 ;
         end
       end
-      if (\$771 ) begin
-        (* full_case = 32'd1 *)
-        casez (a_read_half)
-          1'h0:
+    end
+    if (\$617 ) begin
+      \$1046  = \$618 ;
+    end
+    if (rst) begin
+      \$1046  = 25'h0000000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1047  = ext_req_addr;
+    if (in_stream) begin
+      if (is_move) begin
+      end else if (is_load) begin
+        if (\$611 ) begin
+          \$1047  = \$612 [31:0];
+        end
+      end
+    end
+    if (\$621 ) begin
+      \$1047  = \$622 [31:0];
+    end
+    if (rst) begin
+      \$1047  = 32'd0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1048  = ext_off_data;
+    if (\$617 ) begin
+      \$1048  = \r_data$252 [15:0];
+    end
+    if (rst) begin
+      \$1048  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1049  = ext_req_data;
+    if (\$621 ) begin
+      \$1049  = ext_off_data;
+    end
+    if (rst) begin
+      \$1049  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1050  = \w_en$189 ;
+    if (pack_active) begin
+      if (\$623 ) begin
+        \$1050  = 1'h0;
+      end
+      if (\$631 ) begin
+        if (\$633 ) begin
+          \$1050  = 1'h1;
+        end
+      end
+    end
+    if (unit_rst) begin
+      \$1050  = 1'h0;
+    end
+    if (rst) begin
+      \$1050  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1051  = pack_a0;
+    if (pack_active) begin
+      if (\$625 ) begin
+        casez (pack_j)
+          3'h0:
+              \$1051  = elem_data;
+        endcase
+      end
+    end
+    if (rst) begin
+      \$1051  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1052  = pack_a1;
+    if (pack_active) begin
+      if (\$625 ) begin
+        casez (pack_j)
+          3'h0:
               /* empty */;
-          1'h1:
-              \$1044  = 1'h0;
+          3'h1:
+              \$1052  = elem_data;
         endcase
       end
     end
     if (rst) begin
-      \$1044  = 1'h0;
+      \$1052  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1045  = \$signal ;
+    \$1053  = pack_a2;
+    if (pack_active) begin
+      if (\$625 ) begin
+        casez (pack_j)
+          3'h0:
+              /* empty */;
+          3'h1:
+              /* empty */;
+          3'h2:
+              \$1053  = elem_data;
+        endcase
+      end
+    end
+    if (rst) begin
+      \$1053  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1054  = pack_a3;
+    if (pack_active) begin
+      if (\$625 ) begin
+        casez (pack_j)
+          3'h0:
+              /* empty */;
+          3'h1:
+              /* empty */;
+          3'h2:
+              /* empty */;
+          3'h3:
+              \$1054  = elem_data;
+        endcase
+      end
+    end
+    if (rst) begin
+      \$1054  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1055  = pack_b0;
+    if (pack_active) begin
+      if (\$625 ) begin
+        casez (pack_j)
+          3'h0:
+              \$1055  = \r_data$376 [15:0];
+        endcase
+      end
+    end
+    if (rst) begin
+      \$1055  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1056  = pack_b1;
+    if (pack_active) begin
+      if (\$625 ) begin
+        casez (pack_j)
+          3'h0:
+              /* empty */;
+          3'h1:
+              \$1056  = \r_data$376 [15:0];
+        endcase
+      end
+    end
+    if (rst) begin
+      \$1056  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1057  = pack_b2;
+    if (pack_active) begin
+      if (\$625 ) begin
+        casez (pack_j)
+          3'h0:
+              /* empty */;
+          3'h1:
+              /* empty */;
+          3'h2:
+              \$1057  = \r_data$376 [15:0];
+        endcase
+      end
+    end
+    if (rst) begin
+      \$1057  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1058  = pack_b3;
+    if (pack_active) begin
+      if (\$625 ) begin
+        casez (pack_j)
+          3'h0:
+              /* empty */;
+          3'h1:
+              /* empty */;
+          3'h2:
+              /* empty */;
+          3'h3:
+              \$1058  = \r_data$376 [15:0];
+        endcase
+      end
+    end
+    if (rst) begin
+      \$1058  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1059  = pack_j;
+    if (pack_active) begin
+      if (\$631 ) begin
+        (* full_case = 32'd1 *)
+        if (\$633 ) begin
+          \$1059  = 3'h0;
+        end else begin
+          \$1059  = \$634 [2:0];
+        end
+      end
+    end
+    if (unit_rst) begin
+      \$1059  = 3'h0;
+    end
+    if (rst) begin
+      \$1059  = 3'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1060  = pack_jo;
+    if (pack_active) begin
+      if (\$635 ) begin
+        (* full_case = 32'd1 *)
+        if (\$637 ) begin
+          \$1060  = 3'h0;
+        end else begin
+          \$1060  = \$638 [2:0];
+        end
+      end
+    end
+    if (unit_rst) begin
+      \$1060  = 3'h0;
+    end
+    if (rst) begin
+      \$1060  = 3'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1061  = tiles;
     if (in_decode) begin
-      \$1045  = 1'h0;
+      \$1061  = dec_tiles;
     end
     if (gemm_active) begin
-      if (\$747 ) begin
-        if (a_load_k_hit) begin
-          if (\$753 ) begin
-            \$1045  = \$754 ;
-          end
-        end
-      end else if (\$750 ) begin
-        if (\$759 ) begin
-          if (a_load_k_hit) begin
-            \$1045  = \$765 ;
-          end
+      if (\$645 ) begin
+        if (\$659 ) begin
+          \$1061  = \$660 [31:0];
         end
       end
     end
     if (rst) begin
-      \$1045  = 1'h0;
+      \$1061  = 32'd0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1046  = \$signal$601 ;
+    \$1062  = nt;
     if (in_decode) begin
-      \$1046  = 4'h0;
+      \$1062  = 16'h0000;
     end
     if (gemm_active) begin
-      if (\$747 ) begin
-        if (a_load_k_hit) begin
+      if (\$645 ) begin
+        if (\$659 ) begin
           (* full_case = 32'd1 *)
-          if (\$753 ) begin
-            \$1046  = 4'h0;
+          if (nt_hit) begin
+            \$1062  = 16'h0000;
           end else begin
-            \$1046  = \$755 [3:0];
-          end
-        end
-      end else if (\$750 ) begin
-        (* full_case = 32'd1 *)
-        if (\$759 ) begin
-          \$1046  = 4'h0;
-        end else begin
-          \$1046  = \$766 [3:0];
-        end
-      end
-    end
-    if (rst) begin
-      \$1046  = 4'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1047  = \$signal$599 ;
-    if (in_decode) begin
-      \$1047  = 16'h0000;
-    end
-    if (gemm_active) begin
-      if (\$747 ) begin
-        (* full_case = 32'd1 *)
-        if (a_load_k_hit) begin
-          \$1047  = 16'h0000;
-        end else begin
-          \$1047  = \$756 [15:0];
-        end
-      end else if (\$750 ) begin
-        if (\$759 ) begin
-          \$1047  = \$760 [15:0];
-          if (a_load_k_hit) begin
-            \$1047  = 16'h0000;
+            \$1062  = \$666 [15:0];
           end
         end
       end
     end
     if (rst) begin
-      \$1047  = 16'h0000;
+      \$1062  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1048  = \$signal$348 ;
+    \$1063  = k;
     if (in_decode) begin
-      \$1048  = 1'h0;
+      \$1063  = 16'h0000;
     end
     if (gemm_active) begin
-      if (a_issue) begin
-        if (a_feed_k_hit) begin
-          if (a_feed_nt_hit) begin
-            \$1048  = \$776 ;
+      if (\$645 ) begin
+        if (\$647 ) begin
+        end else if (\$652 ) begin
+          \$1063  = \$653 [15:0];
+        end
+        if (\$659 ) begin
+          \$1063  = 16'h0000;
+        end
+      end
+    end
+    if (rst) begin
+      \$1063  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1064  = w_addr;
+    if (in_decode) begin
+      \$1064  = ins[465:434];
+    end
+    if (gemm_active) begin
+      if (\$645 ) begin
+        if (want_w) begin
+          \$1064  = \$656 [31:0];
+        end
+        if (\$659 ) begin
+          if (nt_hit) begin
+            \$1064  = ins[465:434];
           end
         end
       end
     end
     if (rst) begin
-      \$1048  = 1'h0;
+      \$1064  = 32'd0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1049  = \$signal$600 ;
+    \$1065  = p_addr;
     if (in_decode) begin
-      \$1049  = 16'h0000;
+      \$1065  = ins[497:466];
     end
     if (gemm_active) begin
-      if (a_issue) begin
-        (* full_case = 32'd1 *)
-        if (a_feed_k_hit) begin
-          \$1049  = 16'h0000;
-        end else begin
-          \$1049  = \$782 [15:0];
-        end
-      end
-    end
-    if (rst) begin
-      \$1049  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1050  = fnt;
-    if (in_decode) begin
-      \$1050  = 16'h0000;
-    end
-    if (gemm_active) begin
-      if (a_issue) begin
-        if (a_feed_k_hit) begin
+      if (\$645 ) begin
+        if (\$659 ) begin
           (* full_case = 32'd1 *)
-          if (a_feed_nt_hit) begin
-            \$1050  = 16'h0000;
+          if (nt_hit) begin
+            \$1065  = ins[497:466];
           end else begin
-            \$1050  = \$779 [15:0];
+            \$1065  = \$669 [31:0];
           end
         end
       end
     end
     if (rst) begin
-      \$1050  = 16'h0000;
+      \$1065  = 32'd0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1051  = feed_blocks;
+    \$1066  = want_w;
     if (in_decode) begin
-      \$1051  = dec_blocks;
+      \$1066  = 1'h0;
     end
     if (gemm_active) begin
-      if (a_issue) begin
-        if (a_feed_k_hit) begin
-          if (a_feed_nt_hit) begin
-            \$1051  = \$777 [31:0];
-          end
+      if (\$645 ) begin
+        if (\$647 ) begin
+          \$1066  = 1'h1;
+        end
+        if (\$659 ) begin
+          \$1066  = 1'h0;
         end
       end
     end
     if (rst) begin
-      \$1051  = 32'd0;
+      \$1066  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1052  = a_load_k_hit;
+    \$1067  = w_step;
     if (in_decode) begin
-      \$1052  = \$680 ;
+      \$1067  = \$639 [7:0];
+    end
+    if (rst) begin
+      \$1067  = 8'h00;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1068  = \$signal$493 ;
+    if (in_decode) begin
+      \$1068  = \$640 ;
     end
     if (gemm_active) begin
-      if (\$747 ) begin
-        (* full_case = 32'd1 *)
-        if (a_load_k_hit) begin
-          \$1052  = \$752 ;
-        end else begin
-          \$1052  = \$758 ;
-        end
-      end else if (\$750 ) begin
-        if (\$759 ) begin
-          \$1052  = \$762 ;
-          if (a_load_k_hit) begin
-            \$1052  = \$764 ;
-          end
+      if (\$645 ) begin
+        if (\$659 ) begin
+          \$1068  = \$661 ;
         end
       end
-    end
-    if (rst) begin
-      \$1052  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1053  = a_feed_k_hit;
-    if (in_decode) begin
-      \$1053  = \$682 ;
-    end
-    if (gemm_active) begin
-      if (a_issue) begin
-        (* full_case = 32'd1 *)
-        if (a_feed_k_hit) begin
-          \$1053  = \$773 ;
-        end else begin
-          \$1053  = \$784 ;
-        end
-      end
-    end
-    if (rst) begin
-      \$1053  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1054  = a_feed_nt_hit;
-    if (in_decode) begin
-      \$1054  = \$684 ;
-    end
-    if (gemm_active) begin
-      if (a_issue) begin
-        if (a_feed_k_hit) begin
-          (* full_case = 32'd1 *)
-          if (a_feed_nt_hit) begin
-            \$1054  = \$775 ;
-          end else begin
-            \$1054  = \$781 ;
-          end
-        end
-      end
-    end
-    if (rst) begin
-      \$1054  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1055  = a_blocks_left;
-    if (in_decode) begin
-      \$1055  = \$685 ;
-    end
-    if (gemm_active) begin
-      if (a_issue) begin
-        if (a_feed_k_hit) begin
-          if (a_feed_nt_hit) begin
-            \$1055  = \$778 ;
-          end
-        end
-      end
-    end
-    if (rst) begin
-      \$1055  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1056  = \$694 ;
-    if (rst) begin
-      \$1056  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1057  = \$700 ;
-    if (rst) begin
-      \$1057  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1058  = \$706 ;
-    if (rst) begin
-      \$1058  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1059  = \$712 ;
-    if (rst) begin
-      \$1059  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1060  = \$718 ;
-    if (rst) begin
-      \$1060  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1061  = \$724 ;
-    if (rst) begin
-      \$1061  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1062  = \$730 ;
-    if (rst) begin
-      \$1062  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1063  = \$736 ;
-    if (rst) begin
-      \$1063  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1064  = \$742 ;
-    if (rst) begin
-      \$1064  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1065  = a_read_last;
-    if (gemm_active) begin
-      \$1065  = a_feed_k_hit;
-    end
-    if (rst) begin
-      \$1065  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1066  = a_read_addr;
-    if (gemm_active) begin
-      \$1066  = \$768 [8:0];
-    end
-    if (rst) begin
-      \$1066  = 9'h000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1067  = a_read_half;
-    if (gemm_active) begin
-      \$1067  = \$signal$348 ;
-    end
-    if (rst) begin
-      \$1067  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1068  = a_read_free;
-    if (gemm_active) begin
-      \$1068  = \$770 ;
     end
     if (rst) begin
       \$1068  = 1'h0;
@@ -10775,148 +10309,115 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1069  = w_load_lane;
+    \$1069  = \$signal$598 ;
+    if (in_decode) begin
+      \$1069  = \$642 ;
+    end
     if (gemm_active) begin
-      if (\$789 ) begin
-        (* full_case = 32'd1 *)
-        if (\$790 ) begin
-          \$1069  = 4'h0;
-        end else begin
-          \$1069  = \$797 [3:0];
+      if (\$645 ) begin
+        if (\$647 ) begin
+        end else if (\$652 ) begin
+          \$1069  = \$655 ;
         end
-      end
-      if (in_decode) begin
-        \$1069  = 4'h0;
+        if (\$659 ) begin
+          \$1069  = \$663 ;
+        end
       end
     end
     if (rst) begin
-      \$1069  = 4'h0;
+      \$1069  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1070  = w_load_k;
+    \$1070  = nt_hit;
+    if (in_decode) begin
+      \$1070  = \$644 ;
+    end
     if (gemm_active) begin
-      if (\$789 ) begin
-        if (\$790 ) begin
-          \$1070  = \$791 [15:0];
-          if (\$793 ) begin
-            \$1070  = 16'h0000;
+      if (\$645 ) begin
+        if (\$659 ) begin
+          (* full_case = 32'd1 *)
+          if (nt_hit) begin
+            \$1070  = \$665 ;
+          end else begin
+            \$1070  = \$668 ;
           end
         end
       end
-      if (in_decode) begin
-        \$1070  = 16'h0000;
-      end
     end
     if (rst) begin
-      \$1070  = 16'h0000;
+      \$1070  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1071  = w_load_addr;
+    \$1071  = rk;
+    if (in_decode) begin
+      \$1071  = 16'h0000;
+    end
     if (gemm_active) begin
-      if (\$789 ) begin
-        if (\$790 ) begin
-          \$1071  = \$792 [9:0];
-          if (\$793 ) begin
-            if (\$795 ) begin
-              \$1071  = 10'h000;
-            end
-          end
-        end
-      end
-      if (in_decode) begin
-        \$1071  = 10'h000;
+      if (\$674 ) begin
+        \$1071  = \$677 [15:0];
       end
     end
     if (rst) begin
-      \$1071  = 10'h000;
+      \$1071  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1072  = w_load_nt;
+    \$1072  = rk_zero;
+    if (in_decode) begin
+      \$1072  = 1'h1;
+    end
     if (gemm_active) begin
-      if (\$789 ) begin
-        if (\$790 ) begin
-          if (\$793 ) begin
-            \$1072  = \$794 [15:0];
-            if (\$795 ) begin
-              \$1072  = 16'h0000;
-            end
-          end
-        end
-      end
-      if (in_decode) begin
-        \$1072  = 16'h0000;
+      if (\$674 ) begin
+        \$1072  = \$678 ;
       end
     end
     if (rst) begin
-      \$1072  = 16'h0000;
+      \$1072  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1073  = w_filled0;
-    if (gemm_active) begin
-      if (\$789 ) begin
-        if (\$790 ) begin
-          if (\$793 ) begin
-            if (\$795 ) begin
-              casez (w_load_half)
-                1'h0:
-                    \$1073  = 1'h1;
-              endcase
-            end
-          end
-        end
-      end
-      if (\$815 ) begin
-        casez (w_read_half)
-          1'h0:
-              \$1073  = 1'h0;
-        endcase
-      end
-      if (in_decode) begin
-        \$1073  = 1'h0;
-      end
-    end
+    \$1073  = \$687 ;
     if (rst) begin
       \$1073  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1074  = w_filled1;
+    \$1074  = a_filled0;
+    if (in_decode) begin
+      \$1074  = 1'h0;
+    end
     if (gemm_active) begin
-      if (\$789 ) begin
-        if (\$790 ) begin
-          if (\$793 ) begin
-            if (\$795 ) begin
-              (* full_case = 32'd1 *)
-              casez (w_load_half)
-                1'h0:
-                    /* empty */;
-                1'h1:
-                    \$1074  = 1'h1;
-              endcase
-            end
+      if (\$761 ) begin
+        if (a_load_k_hit) begin
+          if (\$767 ) begin
+            casez (\$signal )
+              1'h0:
+                  \$1074  = 1'h1;
+            endcase
+          end
+        end
+      end else if (\$764 ) begin
+        if (\$773 ) begin
+          if (a_load_k_hit) begin
+            casez (\$signal )
+              1'h0:
+                  \$1074  = 1'h1;
+            endcase
           end
         end
       end
-      if (\$815 ) begin
-        (* full_case = 32'd1 *)
-        casez (w_read_half)
+      if (\$784 ) begin
+        casez (a_read_half)
           1'h0:
-              /* empty */;
-          1'h1:
               \$1074  = 1'h0;
         endcase
-      end
-      if (in_decode) begin
-        \$1074  = 1'h0;
       end
     end
     if (rst) begin
@@ -10925,19 +10426,44 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1075  = w_load_half;
+    \$1075  = a_filled1;
+    if (in_decode) begin
+      \$1075  = 1'h0;
+    end
     if (gemm_active) begin
-      if (\$789 ) begin
-        if (\$790 ) begin
-          if (\$793 ) begin
-            if (\$795 ) begin
-              \$1075  = \$796 ;
-            end
+      if (\$761 ) begin
+        if (a_load_k_hit) begin
+          if (\$767 ) begin
+            (* full_case = 32'd1 *)
+            casez (\$signal )
+              1'h0:
+                  /* empty */;
+              1'h1:
+                  \$1075  = 1'h1;
+            endcase
+          end
+        end
+      end else if (\$764 ) begin
+        if (\$773 ) begin
+          if (a_load_k_hit) begin
+            (* full_case = 32'd1 *)
+            casez (\$signal )
+              1'h0:
+                  /* empty */;
+              1'h1:
+                  \$1075  = 1'h1;
+            endcase
           end
         end
       end
-      if (in_decode) begin
-        \$1075  = 1'h0;
+      if (\$784 ) begin
+        (* full_case = 32'd1 *)
+        casez (a_read_half)
+          1'h0:
+              /* empty */;
+          1'h1:
+              \$1075  = 1'h0;
+        endcase
       end
     end
     if (rst) begin
@@ -10946,74 +10472,116 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1076  = w_read_addr;
+    \$1076  = \$signal ;
+    if (in_decode) begin
+      \$1076  = 1'h0;
+    end
     if (gemm_active) begin
-      \$1076  = \$800 [8:0];
+      if (\$761 ) begin
+        if (a_load_k_hit) begin
+          if (\$767 ) begin
+            \$1076  = \$768 ;
+          end
+        end
+      end else if (\$764 ) begin
+        if (\$773 ) begin
+          if (a_load_k_hit) begin
+            \$1076  = \$779 ;
+          end
+        end
+      end
     end
     if (rst) begin
-      \$1076  = 9'h000;
+      \$1076  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1077  = w_read_half;
+    \$1077  = \$signal$603 ;
+    if (in_decode) begin
+      \$1077  = 4'h0;
+    end
     if (gemm_active) begin
-      \$1077  = w_feed_half;
-    end
-    if (rst) begin
-      \$1077  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1078  = w_read_free;
-    if (gemm_active) begin
-      \$1078  = \$805 ;
-    end
-    if (rst) begin
-      \$1078  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1079  = feed_ntk;
-    if (gemm_active) begin
-      if (\$807 ) begin
-        if (a_feed_k_hit) begin
+      if (\$761 ) begin
+        if (a_load_k_hit) begin
           (* full_case = 32'd1 *)
-          if (a_feed_nt_hit) begin
-            \$1079  = 32'd0;
+          if (\$767 ) begin
+            \$1077  = 4'h0;
           end else begin
-            \$1079  = \$814 [31:0];
+            \$1077  = \$769 [3:0];
           end
         end
-      end
-      if (in_decode) begin
-        \$1079  = 32'd0;
+      end else if (\$764 ) begin
+        (* full_case = 32'd1 *)
+        if (\$773 ) begin
+          \$1077  = 4'h0;
+        end else begin
+          \$1077  = \$780 [3:0];
+        end
       end
     end
     if (rst) begin
-      \$1079  = 32'd0;
+      \$1077  = 4'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1080  = feed_mt;
+    \$1078  = \$signal$601 ;
+    if (in_decode) begin
+      \$1078  = 16'h0000;
+    end
     if (gemm_active) begin
-      if (\$807 ) begin
-        if (a_feed_k_hit) begin
-          if (a_feed_nt_hit) begin
-            (* full_case = 32'd1 *)
-            if (feed_mt_hit) begin
-              \$1080  = 16'h0000;
-            end else begin
-              \$1080  = \$811 [15:0];
-            end
+      if (\$761 ) begin
+        (* full_case = 32'd1 *)
+        if (a_load_k_hit) begin
+          \$1078  = 16'h0000;
+        end else begin
+          \$1078  = \$770 [15:0];
+        end
+      end else if (\$764 ) begin
+        if (\$773 ) begin
+          \$1078  = \$774 [15:0];
+          if (a_load_k_hit) begin
+            \$1078  = 16'h0000;
           end
         end
       end
-      if (in_decode) begin
-        \$1080  = 16'h0000;
+    end
+    if (rst) begin
+      \$1078  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1079  = \$signal$348 ;
+    if (in_decode) begin
+      \$1079  = 1'h0;
+    end
+    if (gemm_active) begin
+      if (a_issue) begin
+        if (a_feed_block_end) begin
+          \$1079  = \$810 ;
+        end
+      end
+    end
+    if (rst) begin
+      \$1079  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1080  = \$signal$602 ;
+    if (in_decode) begin
+      \$1080  = 16'h0000;
+    end
+    if (gemm_active) begin
+      if (a_issue) begin
+        (* full_case = 32'd1 *)
+        if (a_feed_k_hit) begin
+          \$1080  = 16'h0000;
+        end else begin
+          \$1080  = \$809 [15:0];
+        end
       end
     end
     if (rst) begin
@@ -11022,144 +10590,616 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1081  = feed_mt_hit;
+    \$1081  = fnt;
+    if (in_decode) begin
+      \$1081  = 16'h0000;
+    end
     if (gemm_active) begin
-      if (\$807 ) begin
+      if (a_issue) begin
         if (a_feed_k_hit) begin
+          (* full_case = 32'd1 *)
           if (a_feed_nt_hit) begin
-            (* full_case = 32'd1 *)
-            if (feed_mt_hit) begin
-              \$1081  = \$809 ;
-            end else begin
-              \$1081  = \$813 ;
-            end
+            \$1081  = 16'h0000;
+          end else begin
+            \$1081  = \$808 [15:0];
           end
         end
       end
-      if (in_decode) begin
-        \$1081  = \$817 ;
-      end
     end
     if (rst) begin
-      \$1081  = 1'h0;
+      \$1081  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1082  = w_feed_half;
+    \$1082  = feed_blocks;
+    if (in_decode) begin
+      \$1082  = dec_blocks;
+    end
     if (gemm_active) begin
-      if (\$807 ) begin
-        if (a_feed_k_hit) begin
-          if (a_feed_nt_hit) begin
-            if (feed_mt_hit) begin
-              \$1082  = \$810 ;
-            end
-          end
+      if (a_issue) begin
+        if (a_feed_block_end) begin
+          \$1082  = \$811 [31:0];
         end
-      end
-      if (in_decode) begin
-        \$1082  = 1'h0;
       end
     end
     if (rst) begin
-      \$1082  = 1'h0;
+      \$1082  = 32'd0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1083  = \$828 ;
+    \$1083  = a_load_k_hit;
+    if (in_decode) begin
+      \$1083  = \$689 ;
+    end
+    if (gemm_active) begin
+      if (\$761 ) begin
+        (* full_case = 32'd1 *)
+        if (a_load_k_hit) begin
+          \$1083  = \$766 ;
+        end else begin
+          \$1083  = \$772 ;
+        end
+      end else if (\$764 ) begin
+        if (\$773 ) begin
+          \$1083  = \$776 ;
+          if (a_load_k_hit) begin
+            \$1083  = \$778 ;
+          end
+        end
+      end
+    end
     if (rst) begin
       \$1083  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1084  = \$836 ;
+    \$1084  = a_feed_k_hit;
+    if (in_decode) begin
+      \$1084  = \$691 ;
+    end
+    if (gemm_active) begin
+      if (a_issue) begin
+        \$1084  = \$789 ;
+      end
+    end
     if (rst) begin
       \$1084  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1085  = \$844 ;
+    \$1085  = a_feed_nt_hit;
+    if (in_decode) begin
+      \$1085  = \$693 ;
+    end
+    if (gemm_active) begin
+      if (a_issue) begin
+        \$1085  = \$795 ;
+      end
+    end
     if (rst) begin
       \$1085  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1086  = \$852 ;
+    \$1086  = a_feed_block_end;
+    if (in_decode) begin
+      \$1086  = \$698 ;
+    end
+    if (gemm_active) begin
+      if (a_issue) begin
+        \$1086  = \$807 ;
+      end
+    end
     if (rst) begin
       \$1086  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1087  = \$860 ;
+    \$1087  = a_blocks_left;
+    if (in_decode) begin
+      \$1087  = \$699 ;
+    end
+    if (gemm_active) begin
+      if (a_issue) begin
+        if (a_feed_block_end) begin
+          \$1087  = \$812 ;
+        end
+      end
+    end
     if (rst) begin
       \$1087  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1088  = \$868 ;
+    \$1088  = \$708 ;
     if (rst) begin
       \$1088  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1089  = \$876 ;
+    \$1089  = \$714 ;
     if (rst) begin
       \$1089  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1090  = \$884 ;
+    \$1090  = \$720 ;
     if (rst) begin
       \$1090  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1091  = dst_col;
-    if (in_decode) begin
-      \$1091  = 3'h0;
-    end else if (dst_step) begin
-      \$1091  = \$886 [2:0];
-    end
+    \$1091  = \$726 ;
     if (rst) begin
-      \$1091  = 3'h0;
+      \$1091  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1092  = post_col;
-    if (in_decode) begin
-      \$1092  = 3'h0;
-    end
-    if (\$888 ) begin
-      if (elem_take) begin
-        \$1092  = \$891 [2:0];
-      end
-    end
+    \$1092  = \$732 ;
     if (rst) begin
-      \$1092  = 3'h0;
+      \$1092  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1093  = \$896 ;
+    \$1093  = \$738 ;
     if (rst) begin
       \$1093  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
-    \$1094  = fault;
+    \$1094  = \$744 ;
     if (rst) begin
-      \$1094  = 4'h0;
+      \$1094  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1095  = \$750 ;
+    if (rst) begin
+      \$1095  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1096  = \$756 ;
+    if (rst) begin
+      \$1096  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1097  = a_read_last;
+    if (gemm_active) begin
+      \$1097  = a_feed_k_hit;
+    end
+    if (rst) begin
+      \$1097  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1098  = a_read_addr;
+    if (gemm_active) begin
+      \$1098  = \$782 [8:0];
+    end
+    if (rst) begin
+      \$1098  = 9'h000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1099  = a_read_half;
+    if (gemm_active) begin
+      \$1099  = \$signal$348 ;
+    end
+    if (rst) begin
+      \$1099  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1100  = a_read_free;
+    if (gemm_active) begin
+      \$1100  = \$783 ;
+    end
+    if (rst) begin
+      \$1100  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1101  = w_load_lane;
+    if (gemm_active) begin
+      if (\$817 ) begin
+        (* full_case = 32'd1 *)
+        if (\$818 ) begin
+          \$1101  = 4'h0;
+        end else begin
+          \$1101  = \$825 [3:0];
+        end
+      end
+    end
+    if (in_decode) begin
+      \$1101  = 4'h0;
+    end
+    if (rst) begin
+      \$1101  = 4'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1102  = w_load_k;
+    if (gemm_active) begin
+      if (\$817 ) begin
+        if (\$818 ) begin
+          \$1102  = \$819 [15:0];
+          if (\$821 ) begin
+            \$1102  = 16'h0000;
+          end
+        end
+      end
+    end
+    if (in_decode) begin
+      \$1102  = 16'h0000;
+    end
+    if (rst) begin
+      \$1102  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1103  = w_load_addr;
+    if (gemm_active) begin
+      if (\$817 ) begin
+        if (\$818 ) begin
+          \$1103  = \$820 [9:0];
+          if (\$821 ) begin
+            if (\$823 ) begin
+              \$1103  = 10'h000;
+            end
+          end
+        end
+      end
+    end
+    if (in_decode) begin
+      \$1103  = 10'h000;
+    end
+    if (rst) begin
+      \$1103  = 10'h000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1104  = w_load_nt;
+    if (gemm_active) begin
+      if (\$817 ) begin
+        if (\$818 ) begin
+          if (\$821 ) begin
+            \$1104  = \$822 [15:0];
+            if (\$823 ) begin
+              \$1104  = 16'h0000;
+            end
+          end
+        end
+      end
+    end
+    if (in_decode) begin
+      \$1104  = 16'h0000;
+    end
+    if (rst) begin
+      \$1104  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1105  = w_filled0;
+    if (gemm_active) begin
+      if (\$817 ) begin
+        if (\$818 ) begin
+          if (\$821 ) begin
+            if (\$823 ) begin
+              casez (w_load_half)
+                1'h0:
+                    \$1105  = 1'h1;
+              endcase
+            end
+          end
+        end
+      end
+      if (\$842 ) begin
+        casez (w_read_half)
+          1'h0:
+              \$1105  = 1'h0;
+        endcase
+      end
+    end
+    if (in_decode) begin
+      \$1105  = 1'h0;
+    end
+    if (rst) begin
+      \$1105  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1106  = w_filled1;
+    if (gemm_active) begin
+      if (\$817 ) begin
+        if (\$818 ) begin
+          if (\$821 ) begin
+            if (\$823 ) begin
+              (* full_case = 32'd1 *)
+              casez (w_load_half)
+                1'h0:
+                    /* empty */;
+                1'h1:
+                    \$1106  = 1'h1;
+              endcase
+            end
+          end
+        end
+      end
+      if (\$842 ) begin
+        (* full_case = 32'd1 *)
+        casez (w_read_half)
+          1'h0:
+              /* empty */;
+          1'h1:
+              \$1106  = 1'h0;
+        endcase
+      end
+    end
+    if (in_decode) begin
+      \$1106  = 1'h0;
+    end
+    if (rst) begin
+      \$1106  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1107  = w_load_half;
+    if (gemm_active) begin
+      if (\$817 ) begin
+        if (\$818 ) begin
+          if (\$821 ) begin
+            if (\$823 ) begin
+              \$1107  = \$824 ;
+            end
+          end
+        end
+      end
+    end
+    if (in_decode) begin
+      \$1107  = 1'h0;
+    end
+    if (rst) begin
+      \$1107  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1108  = w_read_addr;
+    if (gemm_active) begin
+      \$1108  = \$828 [8:0];
+    end
+    if (rst) begin
+      \$1108  = 9'h000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1109  = w_read_half;
+    if (gemm_active) begin
+      \$1109  = w_feed_half;
+    end
+    if (rst) begin
+      \$1109  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1110  = w_read_free;
+    if (gemm_active) begin
+      \$1110  = \$832 ;
+    end
+    if (rst) begin
+      \$1110  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1111  = feed_ntk;
+    if (gemm_active) begin
+      if (\$834 ) begin
+        if (a_feed_k_hit) begin
+          (* full_case = 32'd1 *)
+          if (a_feed_nt_hit) begin
+            \$1111  = 32'd0;
+          end else begin
+            \$1111  = \$835 [31:0];
+          end
+        end
+      end
+    end
+    if (in_decode) begin
+      \$1111  = 32'd0;
+    end
+    if (rst) begin
+      \$1111  = 32'd0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1112  = feed_mt;
+    if (gemm_active) begin
+      if (\$834 ) begin
+        if (a_feed_block_end) begin
+          (* full_case = 32'd1 *)
+          if (feed_mt_hit) begin
+            \$1112  = 16'h0000;
+          end else begin
+            \$1112  = \$839 [15:0];
+          end
+        end
+      end
+    end
+    if (in_decode) begin
+      \$1112  = 16'h0000;
+    end
+    if (rst) begin
+      \$1112  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1113  = feed_mt_hit;
+    if (gemm_active) begin
+      if (\$834 ) begin
+        if (a_feed_block_end) begin
+          (* full_case = 32'd1 *)
+          if (feed_mt_hit) begin
+            \$1113  = \$837 ;
+          end else begin
+            \$1113  = \$841 ;
+          end
+        end
+      end
+    end
+    if (in_decode) begin
+      \$1113  = \$844 ;
+    end
+    if (rst) begin
+      \$1113  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1114  = w_feed_half;
+    if (gemm_active) begin
+      if (\$834 ) begin
+        if (a_feed_block_end) begin
+          if (feed_mt_hit) begin
+            \$1114  = \$838 ;
+          end
+        end
+      end
+    end
+    if (in_decode) begin
+      \$1114  = 1'h0;
+    end
+    if (rst) begin
+      \$1114  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1115  = \$855 ;
+    if (rst) begin
+      \$1115  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1116  = \$863 ;
+    if (rst) begin
+      \$1116  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1117  = \$871 ;
+    if (rst) begin
+      \$1117  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1118  = \$879 ;
+    if (rst) begin
+      \$1118  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1119  = \$887 ;
+    if (rst) begin
+      \$1119  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1120  = \$895 ;
+    if (rst) begin
+      \$1120  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1121  = \$903 ;
+    if (rst) begin
+      \$1121  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1122  = \$911 ;
+    if (rst) begin
+      \$1122  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1123  = dst_col;
+    if (in_decode) begin
+      \$1123  = 3'h0;
+    end else if (dst_step) begin
+      \$1123  = \$913 [2:0];
+    end
+    if (rst) begin
+      \$1123  = 3'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1124  = post_col;
+    if (in_decode) begin
+      \$1124  = 3'h0;
+    end
+    if (\$915 ) begin
+      if (elem_take) begin
+        \$1124  = \$918 [2:0];
+      end
+    end
+    if (rst) begin
+      \$1124  = 3'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1125  = \$925 ;
+    if (rst) begin
+      \$1125  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$55 ) begin end
+    \$1126  = fault;
+    if (rst) begin
+      \$1126  = 4'h0;
     end
   end
   assign \ar__payload$1  = ar__payload;
@@ -11536,21 +11576,21 @@ module \accelerator.core (rst, ar__valid, r__ready, aw__valid, ar__ready, r__val
   assign \$231  = \$229 ;
   assign \$235  = in_fetch;
   assign \$239  = unit_rst;
-  assign \$354 [2:0] = 3'h0;
-  assign \$354 [3] = ins[11];
-  assign \$355  = ins[11];
-  assign \$358  = { 19'h00000, dec_mt_p[32:19] };
-  assign \$359  = { 3'h0, dec_n2p[16:3] };
-  assign \$362  = { 15'h0000, dec_tiles_hi, 16'h0000 };
-  assign \$364  = { 1'h0, dec_nt, 6'h00 };
-  assign \$366 [5:0] = 6'h00;
-  assign \$366 [31:6] = { 8'h00, \$365 [23:6] };
-  assign \$369  = { 1'h0, dec_mt_last };
-  assign \$370  = { dec_mt_last, 3'h0 };
-  assign \$373  = { dec_nt_last, 3'h0 };
-  assign \$897  = { 19'h00000, dec_mt_p[32:19] };
-  assign \$898  = { 3'h0, dec_n2p[16:3] };
-  assign \$899  = { 3'h0, dec_n2p[16:3] };
+  assign \$358 [2:0] = 3'h0;
+  assign \$358 [3] = ins[11];
+  assign \$359  = ins[11];
+  assign \$362  = { 19'h00000, dec_mt_p[32:19] };
+  assign \$363  = { 3'h0, dec_n2p[16:3] };
+  assign \$366  = { 15'h0000, dec_tiles_hi, 16'h0000 };
+  assign \$368  = { 1'h0, dec_nt, 6'h00 };
+  assign \$370 [5:0] = 6'h00;
+  assign \$370 [31:6] = { 8'h00, \$369 [23:6] };
+  assign \$373  = { 1'h0, dec_mt_last };
+  assign \$374  = { dec_mt_last, 3'h0 };
+  assign \$377  = { dec_nt_last, 3'h0 };
+  assign \$926  = { 19'h00000, dec_mt_p[32:19] };
+  assign \$927  = { 3'h0, dec_n2p[16:3] };
+  assign \$928  = { 3'h0, dec_n2p[16:3] };
   assign \$52  = \$51 ;
 endmodule
 
@@ -16100,10 +16140,10 @@ module \accelerator.core.add (o__ready, a__ready, b__ready, o__payload, a__paylo
   \accelerator.core.add.out_queue  out_queue (
     .add_d_clk(add_d_clk),
     .add_d_rst(add_d_rst),
-    .\port$11726$0 (l0s_s2_o),
-    .\port$11818$0 (l1s_s2_o),
-    .\port$11910$0 (l2s_s2_o),
-    .\port$12002$0 (l3s_s2_o),
+    .\port$11787$0 (l0s_s2_o),
+    .\port$11879$0 (l1s_s2_o),
+    .\port$11971$0 (l2s_s2_o),
+    .\port$12063$0 (l3s_s2_o),
     .r_data(o__payload),
     .r_en(o__ready),
     .r_rdy(o__valid),
@@ -17301,7 +17341,7 @@ module \accelerator.core.add (o__ready, a__ready, b__ready, o__payload, a__paylo
 endmodule
 
 (* generator = "Amaranth" *)
-module \accelerator.core.add.out_queue (r_en, r_data, add_d_rst, \port$11726$0 , \port$11818$0 , \port$11910$0 , \port$12002$0 , w_en, r_rdy, add_d_clk);
+module \accelerator.core.add.out_queue (r_en, r_data, add_d_rst, \port$11787$0 , \port$11879$0 , \port$11971$0 , \port$12063$0 , w_en, r_rdy, add_d_clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$57  = 0;
   wire \$1 ;
   wire \$10 ;
@@ -17346,14 +17386,14 @@ module \accelerator.core.add.out_queue (r_en, r_data, add_d_rst, \port$11726$0 ,
   reg [3:0] inner_level = 4'h0;
   wire inner_r_rdy;
   wire [3:0] level;
-  input [15:0] \port$11726$0 ;
-  wire [15:0] \port$11726$0 ;
-  input [15:0] \port$11818$0 ;
-  wire [15:0] \port$11818$0 ;
-  input [15:0] \port$11910$0 ;
-  wire [15:0] \port$11910$0 ;
-  input [15:0] \port$12002$0 ;
-  wire [15:0] \port$12002$0 ;
+  input [15:0] \port$11787$0 ;
+  wire [15:0] \port$11787$0 ;
+  input [15:0] \port$11879$0 ;
+  wire [15:0] \port$11879$0 ;
+  input [15:0] \port$11971$0 ;
+  wire [15:0] \port$11971$0 ;
+  input [15:0] \port$12063$0 ;
+  wire [15:0] \port$12063$0 ;
   (* init = 4'h0 *)
   wire [3:0] produce;
   output [63:0] r_data;
@@ -17392,7 +17432,7 @@ module \accelerator.core.add.out_queue (r_en, r_data, add_d_rst, \port$11726$0 ,
   end
   always @(posedge add_d_clk) begin
     if (w_port__en)
-      storage[w_port__addr] <= { \port$12002$0 , \port$11910$0 , \port$11818$0 , \port$11726$0  };
+      storage[w_port__addr] <= { \port$12063$0 , \port$11971$0 , \port$11879$0 , \port$11787$0  };
   end
   reg [63:0] _0_;
   always @(posedge add_d_clk) begin
@@ -17492,8 +17532,8 @@ module \accelerator.core.add.out_queue (r_en, r_data, add_d_rst, \port$11726$0 ,
   assign level = \$3 [3:0];
   assign r_level = \$3 [3:0];
   assign produce = w_port__addr;
-  assign w_port__data = { \port$12002$0 , \port$11910$0 , \port$11818$0 , \port$11726$0  };
-  assign w_data = { \port$12002$0 , \port$11910$0 , \port$11818$0 , \port$11726$0  };
+  assign w_port__data = { \port$12063$0 , \port$11971$0 , \port$11879$0 , \port$11787$0  };
+  assign w_data = { \port$12063$0 , \port$11971$0 , \port$11879$0 , \port$11787$0  };
   assign consume = r_port__addr;
   assign r_port__data = r_data;
 endmodule
@@ -25000,10 +25040,10 @@ module \accelerator.core.gelu0 (o__ready, go, o__payload, i__payload, i__valid, 
   \accelerator.core.gelu0.out_queue  out_queue (
     .gelu0_d_clk(gelu0_d_clk),
     .gelu0_d_rst(gelu0_d_rst),
-    .\port$12235$0 (l0_s27_o),
-    .\port$12421$0 (l1_s27_o),
-    .\port$12607$0 (l2_s27_o),
-    .\port$12793$0 (l3_s27_o),
+    .\port$12296$0 (l0_s27_o),
+    .\port$12482$0 (l1_s27_o),
+    .\port$12668$0 (l2_s27_o),
+    .\port$12854$0 (l3_s27_o),
     .r_data(o__payload),
     .r_en(o__ready),
     .r_rdy(o__valid),
@@ -26963,7 +27003,7 @@ module \accelerator.core.gelu0 (o__ready, go, o__payload, i__payload, i__valid, 
 endmodule
 
 (* generator = "Amaranth" *)
-module \accelerator.core.gelu0.out_queue (r_en, r_data, gelu0_d_rst, \port$12235$0 , \port$12421$0 , \port$12607$0 , \port$12793$0 , w_en, r_rdy, gelu0_d_clk);
+module \accelerator.core.gelu0.out_queue (r_en, r_data, gelu0_d_rst, \port$12296$0 , \port$12482$0 , \port$12668$0 , \port$12854$0 , w_en, r_rdy, gelu0_d_clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$61  = 0;
   wire \$1 ;
   wire \$10 ;
@@ -27008,14 +27048,14 @@ module \accelerator.core.gelu0.out_queue (r_en, r_data, gelu0_d_rst, \port$12235
   reg [4:0] inner_level = 5'h00;
   wire inner_r_rdy;
   wire [4:0] level;
-  input [7:0] \port$12235$0 ;
-  wire [7:0] \port$12235$0 ;
-  input [7:0] \port$12421$0 ;
-  wire [7:0] \port$12421$0 ;
-  input [7:0] \port$12607$0 ;
-  wire [7:0] \port$12607$0 ;
-  input [7:0] \port$12793$0 ;
-  wire [7:0] \port$12793$0 ;
+  input [7:0] \port$12296$0 ;
+  wire [7:0] \port$12296$0 ;
+  input [7:0] \port$12482$0 ;
+  wire [7:0] \port$12482$0 ;
+  input [7:0] \port$12668$0 ;
+  wire [7:0] \port$12668$0 ;
+  input [7:0] \port$12854$0 ;
+  wire [7:0] \port$12854$0 ;
   (* init = 5'h00 *)
   wire [4:0] produce;
   output [31:0] r_data;
@@ -27070,7 +27110,7 @@ module \accelerator.core.gelu0.out_queue (r_en, r_data, gelu0_d_rst, \port$12235
   end
   always @(posedge gelu0_d_clk) begin
     if (w_port__en)
-      storage[w_port__addr] <= { \port$12793$0 , \port$12607$0 , \port$12421$0 , \port$12235$0  };
+      storage[w_port__addr] <= { \port$12854$0 , \port$12668$0 , \port$12482$0 , \port$12296$0  };
   end
   reg [31:0] _0_;
   always @(posedge gelu0_d_clk) begin
@@ -27170,8 +27210,8 @@ module \accelerator.core.gelu0.out_queue (r_en, r_data, gelu0_d_rst, \port$12235
   assign level = \$3 [4:0];
   assign r_level = \$3 [4:0];
   assign produce = w_port__addr;
-  assign w_port__data = { \port$12793$0 , \port$12607$0 , \port$12421$0 , \port$12235$0  };
-  assign w_data = { \port$12793$0 , \port$12607$0 , \port$12421$0 , \port$12235$0  };
+  assign w_port__data = { \port$12854$0 , \port$12668$0 , \port$12482$0 , \port$12296$0  };
+  assign w_data = { \port$12854$0 , \port$12668$0 , \port$12482$0 , \port$12296$0  };
   assign consume = r_port__addr;
   assign r_port__data = r_data;
 endmodule
@@ -38829,15 +38869,15 @@ module \accelerator.core.layernorm (o__ready, i__valid, i__ready, o__payload, bu
   wire [10:0] \$116 ;
   wire [7:0] \$117 ;
   wire [7:0] \$118 ;
-  wire [5:0] \$119 ;
+  wire \$119 ;
   wire \$12 ;
   wire \$120 ;
-  wire [6:0] \$121 ;
+  wire \$121 ;
   wire \$122 ;
   wire \$123 ;
   wire \$124 ;
-  wire \$125 ;
-  wire \$126 ;
+  wire [4:0] \$125 ;
+  wire [4:0] \$126 ;
   wire \$127 ;
   wire \$128 ;
   wire \$129 ;
@@ -38857,52 +38897,52 @@ module \accelerator.core.layernorm (o__ready, i__valid, i__ready, o__payload, bu
   wire \$141 ;
   wire \$142 ;
   wire \$143 ;
-  wire [15:0] \$144 ;
-  wire [16:0] \$145 ;
-  wire [14:0] \$146 ;
-  wire [17:0] \$147 ;
-  wire [13:0] \$148 ;
-  wire [20:0] \$149 ;
+  wire \$144 ;
+  wire \$145 ;
+  wire \$146 ;
+  wire \$147 ;
+  wire \$148 ;
+  wire \$149 ;
   wire \$15 ;
-  wire [12:0] \$150 ;
-  wire [19:0] \$151 ;
-  wire [11:0] \$152 ;
-  wire [26:0] \$153 ;
-  wire [10:0] \$154 ;
-  wire [25:0] \$155 ;
-  wire [9:0] \$156 ;
-  wire [24:0] \$157 ;
-  wire [8:0] \$158 ;
-  wire [23:0] \$159 ;
+  wire \$150 ;
+  wire \$151 ;
+  wire \$152 ;
+  wire \$153 ;
+  wire \$154 ;
+  wire [15:0] \$155 ;
+  wire [16:0] \$156 ;
+  wire [14:0] \$157 ;
+  wire [17:0] \$158 ;
+  wire [13:0] \$159 ;
   wire [5:0] \$16 ;
-  wire [7:0] \$160 ;
-  wire [38:0] \$161 ;
-  wire [6:0] \$162 ;
-  wire [37:0] \$163 ;
-  wire [5:0] \$164 ;
-  wire [36:0] \$165 ;
-  wire [4:0] \$166 ;
-  wire [35:0] \$167 ;
-  wire [3:0] \$168 ;
-  wire [34:0] \$169 ;
+  wire [20:0] \$160 ;
+  wire [12:0] \$161 ;
+  wire [19:0] \$162 ;
+  wire [11:0] \$163 ;
+  wire [26:0] \$164 ;
+  wire [10:0] \$165 ;
+  wire [25:0] \$166 ;
+  wire [9:0] \$167 ;
+  wire [24:0] \$168 ;
+  wire [8:0] \$169 ;
   wire [15:0] \$17 ;
-  wire [2:0] \$170 ;
-  wire [33:0] \$171 ;
-  wire [1:0] \$172 ;
-  wire [32:0] \$173 ;
-  wire [15:0] \$174 ;
-  wire [30:0] \$175 ;
-  wire [30:0] \$176 ;
-  wire [30:0] \$177 ;
-  wire [30:0] \$178 ;
-  wire [30:0] \$179 ;
+  wire [23:0] \$170 ;
+  wire [7:0] \$171 ;
+  wire [38:0] \$172 ;
+  wire [6:0] \$173 ;
+  wire [37:0] \$174 ;
+  wire [5:0] \$175 ;
+  wire [36:0] \$176 ;
+  wire [4:0] \$177 ;
+  wire [35:0] \$178 ;
+  wire [3:0] \$179 ;
   wire [15:0] \$18 ;
-  wire [30:0] \$180 ;
-  wire [30:0] \$181 ;
-  wire [30:0] \$182 ;
-  wire [30:0] \$183 ;
-  wire [30:0] \$184 ;
-  wire [30:0] \$185 ;
+  wire [34:0] \$180 ;
+  wire [2:0] \$181 ;
+  wire [33:0] \$182 ;
+  wire [1:0] \$183 ;
+  wire [32:0] \$184 ;
+  wire [15:0] \$185 ;
   wire [30:0] \$186 ;
   wire [30:0] \$187 ;
   wire [30:0] \$188 ;
@@ -38984,35 +39024,35 @@ module \accelerator.core.layernorm (o__ready, i__valid, i__ready, o__payload, bu
   wire [30:0] \$256 ;
   wire [30:0] \$257 ;
   wire [30:0] \$258 ;
-  wire [36:0] \$259 ;
+  wire [30:0] \$259 ;
   wire \$26 ;
-  wire [36:0] \$260 ;
-  wire [36:0] \$261 ;
-  wire [36:0] \$262 ;
-  wire [36:0] \$263 ;
-  wire [36:0] \$264 ;
-  wire [36:0] \$265 ;
-  wire [36:0] \$266 ;
-  wire [36:0] \$267 ;
-  wire [36:0] \$268 ;
-  wire [36:0] \$269 ;
+  wire [30:0] \$260 ;
+  wire [30:0] \$261 ;
+  wire [30:0] \$262 ;
+  wire [30:0] \$263 ;
+  wire [30:0] \$264 ;
+  wire [30:0] \$265 ;
+  wire [30:0] \$266 ;
+  wire [30:0] \$267 ;
+  wire [30:0] \$268 ;
+  wire [30:0] \$269 ;
   wire \$27 ;
   wire [36:0] \$270 ;
   wire [36:0] \$271 ;
   wire [36:0] \$272 ;
-  wire [21:0] \$273 ;
-  wire [35:0] \$274 ;
-  wire [35:0] \$275 ;
-  wire [35:0] \$276 ;
-  wire [35:0] \$277 ;
-  wire [35:0] \$278 ;
-  wire [35:0] \$279 ;
+  wire [36:0] \$273 ;
+  wire [36:0] \$274 ;
+  wire [36:0] \$275 ;
+  wire [36:0] \$276 ;
+  wire [36:0] \$277 ;
+  wire [36:0] \$278 ;
+  wire [36:0] \$279 ;
   wire [2:0] \$28 ;
-  wire [35:0] \$280 ;
-  wire [38:0] \$281 ;
-  wire [38:0] \$282 ;
-  wire [24:0] \$283 ;
-  wire [35:0] \$284 ;
+  wire [36:0] \$280 ;
+  wire [36:0] \$281 ;
+  wire [36:0] \$282 ;
+  wire [36:0] \$283 ;
+  wire [21:0] \$284 ;
   wire [35:0] \$285 ;
   wire [35:0] \$286 ;
   wire [35:0] \$287 ;
@@ -39020,26 +39060,26 @@ module \accelerator.core.layernorm (o__ready, i__valid, i__ready, o__payload, bu
   wire [35:0] \$289 ;
   wire [2:0] \$29 ;
   wire [35:0] \$290 ;
-  wire [36:0] \$291 ;
-  wire [36:0] \$292 ;
-  wire [36:0] \$293 ;
-  wire [36:0] \$294 ;
-  wire [52:0] \$295 ;
-  wire [39:0] \$296 ;
-  wire [39:0] \$297 ;
+  wire [35:0] \$291 ;
+  wire [38:0] \$292 ;
+  wire [38:0] \$293 ;
+  wire [24:0] \$294 ;
+  wire [35:0] \$295 ;
+  wire [35:0] \$296 ;
+  wire [35:0] \$297 ;
   wire [35:0] \$298 ;
   wire [35:0] \$299 ;
   wire [6:0] \$3 ;
   wire \$30 ;
   wire [35:0] \$300 ;
   wire [35:0] \$301 ;
-  wire [35:0] \$302 ;
-  wire [35:0] \$303 ;
-  wire [35:0] \$304 ;
-  wire [35:0] \$305 ;
-  wire [35:0] \$306 ;
-  wire [35:0] \$307 ;
-  wire [35:0] \$308 ;
+  wire [36:0] \$302 ;
+  wire [36:0] \$303 ;
+  wire [36:0] \$304 ;
+  wire [36:0] \$305 ;
+  wire [52:0] \$306 ;
+  wire [39:0] \$307 ;
+  wire [39:0] \$308 ;
   wire [35:0] \$309 ;
   wire \$31 ;
   wire [35:0] \$310 ;
@@ -39075,59 +39115,59 @@ module \accelerator.core.layernorm (o__ready, i__valid, i__ready, o__payload, bu
   wire [35:0] \$338 ;
   wire [35:0] \$339 ;
   wire \$34 ;
-  wire \$340 ;
-  wire \$341 ;
-  wire \$342 ;
-  wire [2:0] \$343 ;
-  wire [3:0] \$344 ;
-  wire [30:0] \$345 ;
-  wire [30:0] \$346 ;
-  wire [30:0] \$347 ;
-  wire [33:0] \$348 ;
-  wire [30:0] \$349 ;
+  wire [35:0] \$340 ;
+  wire [35:0] \$341 ;
+  wire [35:0] \$342 ;
+  wire [35:0] \$343 ;
+  wire [35:0] \$344 ;
+  wire [35:0] \$345 ;
+  wire [35:0] \$346 ;
+  wire [35:0] \$347 ;
+  wire [35:0] \$348 ;
+  wire [35:0] \$349 ;
   wire \$35 ;
-  wire [33:0] \$350 ;
-  wire [30:0] \$351 ;
-  wire [37:0] \$352 ;
-  wire [30:0] \$353 ;
-  wire [37:0] \$354 ;
-  wire [30:0] \$355 ;
-  wire [37:0] \$356 ;
+  wire [35:0] \$350 ;
+  wire \$351 ;
+  wire \$352 ;
+  wire \$353 ;
+  wire [2:0] \$354 ;
+  wire [3:0] \$355 ;
+  wire [30:0] \$356 ;
   wire [30:0] \$357 ;
-  wire [37:0] \$358 ;
-  wire [30:0] \$359 ;
+  wire [30:0] \$358 ;
+  wire [33:0] \$359 ;
   wire \$36 ;
-  wire [45:0] \$360 ;
-  wire [30:0] \$361 ;
-  wire [45:0] \$362 ;
-  wire [30:0] \$363 ;
-  wire [45:0] \$364 ;
-  wire [30:0] \$365 ;
-  wire [45:0] \$366 ;
-  wire [30:0] \$367 ;
-  wire [45:0] \$368 ;
-  wire [30:0] \$369 ;
+  wire [30:0] \$360 ;
+  wire [33:0] \$361 ;
+  wire [30:0] \$362 ;
+  wire [37:0] \$363 ;
+  wire [30:0] \$364 ;
+  wire [37:0] \$365 ;
+  wire [30:0] \$366 ;
+  wire [37:0] \$367 ;
+  wire [30:0] \$368 ;
+  wire [37:0] \$369 ;
   wire \$37 ;
-  wire [45:0] \$370 ;
-  wire [30:0] \$371 ;
-  wire [45:0] \$372 ;
-  wire [30:0] \$373 ;
-  wire [45:0] \$374 ;
-  wire [30:0] \$375 ;
-  wire [61:0] \$376 ;
-  wire [62:0] \$377 ;
-  wire [31:0] \$378 ;
-  wire [31:0] \$379 ;
+  wire [30:0] \$370 ;
+  wire [45:0] \$371 ;
+  wire [30:0] \$372 ;
+  wire [45:0] \$373 ;
+  wire [30:0] \$374 ;
+  wire [45:0] \$375 ;
+  wire [30:0] \$376 ;
+  wire [45:0] \$377 ;
+  wire [30:0] \$378 ;
+  wire [45:0] \$379 ;
   wire \$38 ;
-  wire [31:0] \$380 ;
-  wire [31:0] \$381 ;
-  wire [31:0] \$382 ;
-  wire [31:0] \$383 ;
-  wire [31:0] \$384 ;
-  wire [31:0] \$385 ;
-  wire [31:0] \$386 ;
-  wire [31:0] \$387 ;
-  wire [31:0] \$388 ;
+  wire [30:0] \$380 ;
+  wire [45:0] \$381 ;
+  wire [30:0] \$382 ;
+  wire [45:0] \$383 ;
+  wire [30:0] \$384 ;
+  wire [45:0] \$385 ;
+  wire [30:0] \$386 ;
+  wire [61:0] \$387 ;
+  wire [62:0] \$388 ;
   wire [31:0] \$389 ;
   wire [14:0] \$39 ;
   wire [31:0] \$390 ;
@@ -39224,54 +39264,54 @@ module \accelerator.core.layernorm (o__ready, i__valid, i__ready, o__payload, bu
   wire [31:0] \$472 ;
   wire [31:0] \$473 ;
   wire [31:0] \$474 ;
-  wire [32:0] \$475 ;
+  wire [31:0] \$475 ;
   wire [31:0] \$476 ;
-  wire [32:0] \$477 ;
+  wire [31:0] \$477 ;
   wire [31:0] \$478 ;
-  wire [34:0] \$479 ;
+  wire [31:0] \$479 ;
   wire [21:0] \$48 ;
   wire [31:0] \$480 ;
-  wire [34:0] \$481 ;
+  wire [31:0] \$481 ;
   wire [31:0] \$482 ;
-  wire [38:0] \$483 ;
+  wire [31:0] \$483 ;
   wire [31:0] \$484 ;
-  wire [38:0] \$485 ;
-  wire [31:0] \$486 ;
-  wire [38:0] \$487 ;
-  wire [31:0] \$488 ;
-  wire [38:0] \$489 ;
+  wire [31:0] \$485 ;
+  wire [32:0] \$486 ;
+  wire [31:0] \$487 ;
+  wire [32:0] \$488 ;
+  wire [31:0] \$489 ;
   wire [22:0] \$49 ;
-  wire [31:0] \$490 ;
-  wire [46:0] \$491 ;
-  wire [31:0] \$492 ;
-  wire [46:0] \$493 ;
-  wire [31:0] \$494 ;
-  wire [46:0] \$495 ;
-  wire [31:0] \$496 ;
-  wire [46:0] \$497 ;
-  wire [31:0] \$498 ;
-  wire [46:0] \$499 ;
+  wire [34:0] \$490 ;
+  wire [31:0] \$491 ;
+  wire [34:0] \$492 ;
+  wire [31:0] \$493 ;
+  wire [38:0] \$494 ;
+  wire [31:0] \$495 ;
+  wire [38:0] \$496 ;
+  wire [31:0] \$497 ;
+  wire [38:0] \$498 ;
+  wire [31:0] \$499 ;
   wire [6:0] \$5 ;
   wire [37:0] \$50 ;
-  wire [31:0] \$500 ;
-  wire [46:0] \$501 ;
-  wire [31:0] \$502 ;
-  wire [46:0] \$503 ;
-  wire [31:0] \$504 ;
-  wire [46:0] \$505 ;
+  wire [38:0] \$500 ;
+  wire [31:0] \$501 ;
+  wire [46:0] \$502 ;
+  wire [31:0] \$503 ;
+  wire [46:0] \$504 ;
+  wire [31:0] \$505 ;
   wire [46:0] \$506 ;
-  wire [47:0] \$507 ;
-  wire [47:0] \$508 ;
-  wire [47:0] \$509 ;
+  wire [31:0] \$507 ;
+  wire [46:0] \$508 ;
+  wire [31:0] \$509 ;
   wire [38:0] \$51 ;
-  wire [47:0] \$510 ;
-  wire [47:0] \$511 ;
-  wire [47:0] \$512 ;
-  wire [47:0] \$513 ;
-  wire [47:0] \$514 ;
-  wire [47:0] \$515 ;
-  wire [47:0] \$516 ;
-  wire [47:0] \$517 ;
+  wire [46:0] \$510 ;
+  wire [31:0] \$511 ;
+  wire [46:0] \$512 ;
+  wire [31:0] \$513 ;
+  wire [46:0] \$514 ;
+  wire [31:0] \$515 ;
+  wire [46:0] \$516 ;
+  wire [46:0] \$517 ;
   wire [47:0] \$518 ;
   wire [47:0] \$519 ;
   wire [22:0] \$52 ;
@@ -39367,106 +39407,121 @@ module \accelerator.core.layernorm (o__ready, i__valid, i__ready, o__payload, bu
   wire [47:0] \$600 ;
   wire [47:0] \$601 ;
   wire [47:0] \$602 ;
-  reg \$603 ;
-  reg \$604 ;
-  reg [5:0] \$605 ;
-  reg [5:0] \$606 ;
-  reg [5:0] \$607 ;
-  reg [5:0] \$608 ;
-  reg \$609 ;
+  wire [47:0] \$603 ;
+  wire [47:0] \$604 ;
+  wire [47:0] \$605 ;
+  wire [47:0] \$606 ;
+  wire [47:0] \$607 ;
+  wire [47:0] \$608 ;
+  wire [47:0] \$609 ;
   wire [8:0] \$61 ;
-  reg \$610 ;
-  reg \$611 ;
-  reg [5:0] \$612 ;
-  reg \$613 ;
-  reg [1:0] \$614 ;
-  reg [1:0] \$615 ;
-  reg \$616 ;
+  wire [47:0] \$610 ;
+  wire [47:0] \$611 ;
+  wire [47:0] \$612 ;
+  wire [47:0] \$613 ;
+  wire \$614 ;
+  wire [5:0] \$615 ;
+  wire [5:0] \$616 ;
   reg \$617 ;
   reg \$618 ;
-  reg \$619 ;
+  reg [5:0] \$619 ;
   wire \$62 ;
-  reg \$620 ;
-  reg \$621 ;
-  reg \$622 ;
+  reg [5:0] \$620 ;
+  reg [5:0] \$621 ;
+  reg [5:0] \$622 ;
   reg \$623 ;
   reg \$624 ;
   reg \$625 ;
-  reg \$626 ;
-  reg [21:0] \$627 ;
-  reg [36:0] \$628 ;
-  reg [36:0] \$629 ;
+  reg [5:0] \$626 ;
+  reg \$627 ;
+  reg [1:0] \$628 ;
+  reg [1:0] \$629 ;
   wire [8:0] \$63 ;
   reg \$630 ;
-  reg [21:0] \$631 ;
-  reg [36:0] \$632 ;
-  reg [36:0] \$633 ;
+  reg \$631 ;
+  reg \$632 ;
+  reg \$633 ;
   reg \$634 ;
   reg \$635 ;
-  reg [24:0] \$636 ;
-  reg [35:0] \$637 ;
-  reg [35:0] \$638 ;
-  reg [35:0] \$639 ;
+  reg \$636 ;
+  reg \$637 ;
+  reg \$638 ;
+  reg \$639 ;
   wire \$64 ;
-  reg [35:0] \$640 ;
-  reg \$641 ;
-  reg [6:0] \$642 ;
-  reg [15:0] \$643 ;
-  reg [4:0] \$644 ;
+  reg \$640 ;
+  reg [21:0] \$641 ;
+  reg [36:0] \$642 ;
+  reg [36:0] \$643 ;
+  reg \$644 ;
   reg [21:0] \$645 ;
   reg [36:0] \$646 ;
   reg [36:0] \$647 ;
   reg \$648 ;
   reg \$649 ;
   wire [8:0] \$65 ;
-  reg \$650 ;
-  reg [24:0] \$651 ;
-  reg \$652 ;
-  reg \$653 ;
-  reg \$654 ;
+  reg [24:0] \$650 ;
+  reg [35:0] \$651 ;
+  reg [35:0] \$652 ;
+  reg [35:0] \$653 ;
+  reg [35:0] \$654 ;
   reg \$655 ;
-  reg [35:0] \$656 ;
-  reg [18:0] \$657 ;
-  reg [17:0] \$658 ;
-  reg [17:0] \$659 ;
+  reg [6:0] \$656 ;
+  reg [15:0] \$657 ;
+  reg [4:0] \$658 ;
+  reg [21:0] \$659 ;
   wire \$66 ;
-  reg \$660 ;
-  reg \$661 ;
-  reg [30:0] \$662 ;
+  reg [36:0] \$660 ;
+  reg [36:0] \$661 ;
+  reg \$662 ;
   reg \$663 ;
-  reg [15:0] \$664 ;
-  reg [30:0] \$665 ;
+  reg \$664 ;
+  reg [24:0] \$665 ;
   reg \$666 ;
-  reg [5:0] \$667 ;
+  reg \$667 ;
   reg \$668 ;
   reg \$669 ;
   wire [24:0] \$67 ;
-  reg [1:0] \$670 ;
-  reg [15:0] \$671 ;
-  reg [30:0] \$672 ;
-  reg \$673 ;
+  reg [35:0] \$670 ;
+  reg [18:0] \$671 ;
+  reg [17:0] \$672 ;
+  reg [17:0] \$673 ;
   reg \$674 ;
   reg \$675 ;
-  reg \$676 ;
+  reg [30:0] \$676 ;
   reg \$677 ;
-  reg \$678 ;
-  reg \$679 ;
+  reg [15:0] \$678 ;
+  reg [30:0] \$679 ;
   wire [5:0] \$68 ;
   reg \$680 ;
-  reg \$681 ;
+  reg [5:0] \$681 ;
   reg \$682 ;
   reg \$683 ;
-  reg \$684 ;
-  reg \$685 ;
-  reg \$686 ;
+  reg [1:0] \$684 ;
+  reg [15:0] \$685 ;
+  reg [30:0] \$686 ;
   reg \$687 ;
   reg \$688 ;
-  reg [4:0] \$689 ;
+  reg \$689 ;
   wire \$69 ;
   reg \$690 ;
   reg \$691 ;
+  reg \$692 ;
+  reg \$693 ;
+  reg \$694 ;
+  reg \$695 ;
+  reg \$696 ;
+  reg \$697 ;
+  reg \$698 ;
+  reg \$699 ;
   wire [37:0] \$7 ;
   wire \$70 ;
+  reg \$700 ;
+  reg \$701 ;
+  reg \$702 ;
+  reg [4:0] \$703 ;
+  reg \$704 ;
+  reg \$705 ;
+  reg \$706 ;
   wire [36:0] \$71 ;
   wire [21:0] \$72 ;
   wire \$73 ;
@@ -39507,33 +39562,33 @@ module \accelerator.core.layernorm (o__ready, i__valid, i__ready, o__payload, bu
   (* init = 6'h00 *)
   wire [5:0] \$signature__addr ;
   (* init = 6'h00 *)
-  wire [5:0] \$signature__addr$295 ;
+  wire [5:0] \$signature__addr$302 ;
   (* init = 6'h00 *)
-  wire [5:0] \$signature__addr$303 ;
+  wire [5:0] \$signature__addr$310 ;
   (* init = 6'h00 *)
-  wire [5:0] \$signature__addr$307 ;
+  wire [5:0] \$signature__addr$314 ;
   (* init = 6'h00 *)
-  wire [5:0] \$signature__addr$311 ;
+  wire [5:0] \$signature__addr$318 ;
   (* init = 16'h0000 *)
   wire [15:0] \$signature__data ;
   (* init = 43'h00000000000 *)
-  wire [42:0] \$signature__data$296 ;
+  wire [42:0] \$signature__data$303 ;
   (* init = 16'h0000 *)
-  wire [15:0] \$signature__data$304 ;
+  wire [15:0] \$signature__data$311 ;
   (* init = 16'h0000 *)
-  wire [15:0] \$signature__data$308 ;
+  wire [15:0] \$signature__data$315 ;
   (* init = 16'h0000 *)
-  wire [15:0] \$signature__data$312 ;
+  wire [15:0] \$signature__data$319 ;
   (* init = 1'h0 *)
   wire \$signature__en ;
   (* init = 1'h0 *)
-  wire \$signature__en$297 ;
+  wire \$signature__en$304 ;
   (* init = 1'h0 *)
-  wire \$signature__en$305 ;
+  wire \$signature__en$312 ;
   (* init = 1'h0 *)
-  wire \$signature__en$309 ;
+  wire \$signature__en$316 ;
   (* init = 1'h0 *)
-  wire \$signature__en$313 ;
+  wire \$signature__en$320 ;
   wire accept;
   reg active = 1'h0;
   (* init = 6'h00 *)
@@ -39591,7 +39646,6 @@ module \accelerator.core.layernorm (o__ready, i__valid, i__ready, o__payload, bu
   reg [38:0] cn = 39'h0000000000;
   reg [24:0] cneg = 25'h0000000;
   reg [5:0] cnt = 6'h00;
-  reg [4:0] credits = 5'h14;
   reg [30:0] cur_factor = 31'h00000000;
   reg [15:0] cur_mean = 16'h0000;
   reg [6:0] d_rem = 7'h00;
@@ -39608,7 +39662,8 @@ module \accelerator.core.layernorm (o__ready, i__valid, i__ready, o__payload, bu
   reg [30:0] h2_factor = 31'h00000000;
   reg [15:0] h2_mean = 16'h0000;
   reg h2_valid = 1'h0;
-  reg has_credit = 1'h1;
+  (* init = 1'h1 *)
+  wire has_credit;
   reg hb = 1'h0;
   reg [35:0] hy_l0_0;
   reg [35:0] hy_l0_1;
@@ -39695,6 +39750,15 @@ module \accelerator.core.layernorm (o__ready, i__valid, i__ready, o__payload, bu
   reg o_valid7 = 1'h0;
   reg o_valid8 = 1'h0;
   reg o_valid9 = 1'h0;
+  wire out_credit_below_full;
+  wire out_credit_below_full1;
+  reg [4:0] out_credit_count = 5'h00;
+  reg out_credit_idle = 1'h1;
+  wire out_credit_is0;
+  wire out_credit_is1;
+  wire [4:0] out_credit_minus1;
+  wire [4:0] out_credit_plus1;
+  reg out_credit_room = 1'h1;
   reg out_last = 1'h0;
   wire [47:0] ov0_l0_0;
   wire [47:0] ov0_l0_1;
@@ -39948,13 +40012,13 @@ module \accelerator.core.layernorm (o__ready, i__valid, i__ready, o__payload, bu
   (* init = 6'h00 *)
   wire [5:0] rp__addr;
   (* init = 6'h00 *)
-  wire [5:0] \rp__addr$298 ;
+  wire [5:0] \rp__addr$305 ;
   (* init = 6'h00 *)
-  wire [5:0] \rp__addr$306 ;
+  wire [5:0] \rp__addr$313 ;
   (* init = 6'h00 *)
-  wire [5:0] \rp__addr$310 ;
+  wire [5:0] \rp__addr$317 ;
   (* init = 6'h00 *)
-  wire [5:0] \rp__addr$314 ;
+  wire [5:0] \rp__addr$321 ;
   wire [15:0] rp__data;
   wire [42:0] \rp__data$17 ;
   wire [15:0] \rp__data$38 ;
@@ -40501,326 +40565,355 @@ module \accelerator.core.layernorm (o__ready, i__valid, i__ready, o__payload, bu
     _4_ <= m_ram_bank0[oz1_ch];
   end
   assign rp__data = _4_;
-  assign \$289  = hy_l0_1 & hy_l0_2;
-  assign \$290  = \$288  | \$289 ;
-  assign \$292  = ~ \$291 ;
-  assign \$294  = ~ \$293 ;
-  assign \$297  = ~ \$296 ;
-  assign \$298  = qs_c[35:0] ^ qc_c[35:0];
-  assign var1_l1_0 = \$298  ^ \$292 [35:0];
-  assign \$299  = qs_c[35:0] & qc_c[35:0];
-  assign \$300  = qs_c[35:0] & \$292 [35:0];
+  assign \$275  = \$273  | \$274 ;
+  assign \$276  = qacc_l1_0 ^ { \$275 [35:0], 1'h0 };
+  assign qacc_l2_0 = \$276  ^ { 6'h00, sq2_t1 };
+  assign \$277  = qacc_l1_0 & { \$275 [35:0], 1'h0 };
+  assign \$278  = qacc_l1_0 & { 6'h00, sq2_t1 };
+  assign \$279  = \$277  | \$278 ;
+  assign \$280  = { \$275 [35:0], 1'h0 } & { 6'h00, sq2_t1 };
+  assign \$281  = \$279  | \$280 ;
+  assign \$284  = qbit ? s_c : 22'h000000;
+  assign \$285  = hz_l0_0 ^ hz_l0_1;
+  assign \$286  = \$285  ^ hz_l0_2;
+  assign \$287  = hz_l0_0 & hz_l0_1;
+  assign \$288  = hz_l0_0 & hz_l0_2;
+  assign \$289  = \$287  | \$288 ;
+  assign \$290  = hz_l0_1 & hz_l0_2;
+  assign \$291  = \$289  | \$290 ;
+  assign \$294  = qbit ? xc : 25'h0000000;
+  assign \$295  = hy_l0_0 ^ hy_l0_1;
+  assign \$296  = \$295  ^ hy_l0_2;
+  assign \$297  = hy_l0_0 & hy_l0_1;
+  assign \$298  = hy_l0_0 & hy_l0_2;
+  assign \$299  = \$297  | \$298 ;
+  assign \$300  = hy_l0_1 & hy_l0_2;
   assign \$301  = \$299  | \$300 ;
-  assign \$302  = qc_c[35:0] & \$292 [35:0];
-  assign \$303  = \$301  | \$302 ;
-  assign \$304  = \$294 [35:0] ^ \$signal$116 ;
-  assign var1_l1_2 = \$304  ^ yc;
-  assign \$305  = \$294 [35:0] & \$signal$116 ;
-  assign \$306  = \$294 [35:0] & yc;
-  assign \$307  = \$305  | \$306 ;
-  assign \$308  = \$signal$116  & yc;
-  assign \$309  = \$307  | \$308 ;
-  assign \$310  = \$295 [35:0] ^ \$297 [35:0];
-  assign var1_l1_4 = \$310  ^ var_k;
-  assign \$311  = \$295 [35:0] & \$297 [35:0];
-  assign \$312  = \$295 [35:0] & var_k;
-  assign \$313  = \$311  | \$312 ;
-  assign \$314  = \$297 [35:0] & var_k;
-  assign \$315  = \$313  | \$314 ;
-  assign \$316  = var1_l1_0 ^ { \$303 [34:0], 1'h0 };
-  assign var1_l2_0 = \$316  ^ var1_l1_2;
-  assign \$317  = var1_l1_0 & { \$303 [34:0], 1'h0 };
-  assign \$318  = var1_l1_0 & var1_l1_2;
-  assign \$319  = \$317  | \$318 ;
-  assign \$320  = { \$303 [34:0], 1'h0 } & var1_l1_2;
-  assign \$321  = \$319  | \$320 ;
-  assign \$322  = { \$309 [34:0], 1'h0 } ^ var1_l1_4;
-  assign var1_l2_2 = \$322  ^ { \$315 [34:0], 1'h0 };
-  assign \$323  = { \$309 [34:0], 1'h0 } & var1_l1_4;
-  assign \$324  = { \$309 [34:0], 1'h0 } & { \$315 [34:0], 1'h0 };
-  assign \$325  = \$323  | \$324 ;
-  assign \$326  = var1_l1_4 & { \$315 [34:0], 1'h0 };
-  assign \$327  = \$325  | \$326 ;
-  assign \$328  = var1_t0 ^ var1_t1;
-  assign var2_l1_0 = \$328  ^ var1_t2;
-  assign \$329  = var1_t0 & var1_t1;
-  assign \$330  = var1_t0 & var1_t2;
-  assign \$331  = \$329  | \$330 ;
-  assign \$332  = var1_t1 & var1_t2;
-  assign \$333  = \$331  | \$332 ;
-  assign \$334  = var2_l1_0 ^ { \$333 [34:0], 1'h0 };
-  assign var2_l2_0 = \$334  ^ var1_t3;
-  assign \$335  = var2_l1_0 & { \$333 [34:0], 1'h0 };
-  assign \$336  = var2_l1_0 & var1_t3;
-  assign \$337  = \$335  | \$336 ;
-  assign \$338  = { \$333 [34:0], 1'h0 } & var1_t3;
-  assign \$339  = \$337  | \$338 ;
-  assign issue = active & has_credit;
-  assign dec = issue & out_last;
-  assign \$340  = ~ active;
-  assign \$341  = has_credit & out_last;
+  assign \$303  = ~ \$302 ;
+  assign \$305  = ~ \$304 ;
+  assign \$308  = ~ \$307 ;
+  assign \$309  = qs_c[35:0] ^ qc_c[35:0];
+  assign var1_l1_0 = \$309  ^ \$303 [35:0];
+  assign \$310  = qs_c[35:0] & qc_c[35:0];
+  assign \$311  = qs_c[35:0] & \$303 [35:0];
+  assign \$312  = \$310  | \$311 ;
+  assign \$313  = qc_c[35:0] & \$303 [35:0];
+  assign \$314  = \$312  | \$313 ;
+  assign \$315  = \$305 [35:0] ^ \$signal$116 ;
+  assign var1_l1_2 = \$315  ^ yc;
+  assign \$316  = \$305 [35:0] & \$signal$116 ;
+  assign \$317  = \$305 [35:0] & yc;
+  assign \$318  = \$316  | \$317 ;
+  assign \$319  = \$signal$116  & yc;
+  assign \$320  = \$318  | \$319 ;
+  assign \$321  = \$306 [35:0] ^ \$308 [35:0];
+  assign var1_l1_4 = \$321  ^ var_k;
+  assign \$322  = \$306 [35:0] & \$308 [35:0];
+  assign \$323  = \$306 [35:0] & var_k;
+  assign \$324  = \$322  | \$323 ;
+  assign \$325  = \$308 [35:0] & var_k;
+  assign \$326  = \$324  | \$325 ;
+  assign \$327  = var1_l1_0 ^ { \$314 [34:0], 1'h0 };
+  assign var1_l2_0 = \$327  ^ var1_l1_2;
+  assign \$328  = var1_l1_0 & { \$314 [34:0], 1'h0 };
+  assign \$329  = var1_l1_0 & var1_l1_2;
+  assign \$330  = \$328  | \$329 ;
+  assign \$331  = { \$314 [34:0], 1'h0 } & var1_l1_2;
+  assign \$332  = \$330  | \$331 ;
+  assign \$333  = { \$320 [34:0], 1'h0 } ^ var1_l1_4;
+  assign var1_l2_2 = \$333  ^ { \$326 [34:0], 1'h0 };
+  assign \$334  = { \$320 [34:0], 1'h0 } & var1_l1_4;
+  assign \$335  = { \$320 [34:0], 1'h0 } & { \$326 [34:0], 1'h0 };
+  assign \$336  = \$334  | \$335 ;
+  assign \$337  = var1_l1_4 & { \$326 [34:0], 1'h0 };
+  assign \$338  = \$336  | \$337 ;
+  assign \$339  = var1_t0 ^ var1_t1;
+  assign var2_l1_0 = \$339  ^ var1_t2;
+  assign \$340  = var1_t0 & var1_t1;
+  assign \$341  = var1_t0 & var1_t2;
   assign \$342  = \$340  | \$341 ;
-  assign load = h2_valid & \$342 ;
-  assign \$343  = rows_held + \$signal ;
-  assign \$344  = \$343  - dec;
-  assign \$345  = oy_y[0] ? oy_factor : 31'h00000000;
-  assign \$346  = oy_y[1] ? oy_factor : 31'h00000000;
-  assign \$347  = oy_y[2] ? oy_factor : 31'h00000000;
-  assign \$349  = oy_y[3] ? oy_factor : 31'h00000000;
-  assign \$351  = oy_y[4] ? oy_factor : 31'h00000000;
-  assign \$353  = oy_y[5] ? oy_factor : 31'h00000000;
-  assign \$355  = oy_y[6] ? oy_factor : 31'h00000000;
-  assign \$357  = oy_y[7] ? oy_factor : 31'h00000000;
-  assign \$359  = oy_y[8] ? oy_factor : 31'h00000000;
-  assign \$361  = oy_y[9] ? oy_factor : 31'h00000000;
-  assign \$363  = oy_y[10] ? oy_factor : 31'h00000000;
-  assign \$365  = oy_y[11] ? oy_factor : 31'h00000000;
-  assign \$367  = oy_y[12] ? oy_factor : 31'h00000000;
-  assign \$369  = oy_y[13] ? oy_factor : 31'h00000000;
-  assign \$371  = oy_y[14] ? oy_factor : 31'h00000000;
-  assign \$373  = oy_y[15] ? oy_factor : 31'h00000000;
-  assign \$375  = oy_y[16] ? oy_factor : 31'h00000000;
-  assign \$377  = ~ { 1'h0, \$376  };
-  assign \$378  = oz0_l0_0 ^ oz0_l0_1;
-  assign oz0_l1_0 = \$378  ^ \$348 [31:0];
-  assign \$379  = oz0_l0_0 & oz0_l0_1;
-  assign \$380  = oz0_l0_0 & \$348 [31:0];
-  assign \$381  = \$379  | \$380 ;
-  assign \$382  = oz0_l0_1 & \$348 [31:0];
-  assign \$383  = \$381  | \$382 ;
-  assign \$384  = \$350 [31:0] ^ \$352 [31:0];
-  assign oz0_l1_2 = \$384  ^ \$354 [31:0];
-  assign \$385  = \$350 [31:0] & \$352 [31:0];
-  assign \$386  = \$350 [31:0] & \$354 [31:0];
-  assign \$387  = \$385  | \$386 ;
-  assign \$388  = \$352 [31:0] & \$354 [31:0];
-  assign \$389  = \$387  | \$388 ;
-  assign \$390  = \$356 [31:0] ^ \$358 [31:0];
-  assign oz0_l1_4 = \$390  ^ \$360 [31:0];
-  assign \$391  = \$356 [31:0] & \$358 [31:0];
-  assign \$392  = \$356 [31:0] & \$360 [31:0];
-  assign \$393  = \$391  | \$392 ;
-  assign \$394  = \$358 [31:0] & \$360 [31:0];
-  assign \$395  = \$393  | \$394 ;
-  assign \$396  = \$362 [31:0] ^ \$364 [31:0];
-  assign oz0_l1_6 = \$396  ^ \$366 [31:0];
-  assign \$397  = \$362 [31:0] & \$364 [31:0];
-  assign \$398  = \$362 [31:0] & \$366 [31:0];
-  assign \$399  = \$397  | \$398 ;
-  assign \$400  = \$364 [31:0] & \$366 [31:0];
-  assign \$401  = \$399  | \$400 ;
-  assign \$402  = \$368 [31:0] ^ \$370 [31:0];
-  assign oz0_l1_8 = \$402  ^ \$372 [31:0];
-  assign \$403  = \$368 [31:0] & \$370 [31:0];
-  assign \$404  = \$368 [31:0] & \$372 [31:0];
-  assign \$405  = \$403  | \$404 ;
-  assign \$406  = \$370 [31:0] & \$372 [31:0];
-  assign \$407  = \$405  | \$406 ;
-  assign \$408  = \$374 [31:0] ^ \$377 [31:0];
-  assign \$409  = \$374 [31:0] & \$377 [31:0];
-  assign \$413  = \$411  | \$412 ;
-  assign \$414  = oz0_t0 ^ oz0_t1;
-  assign oz1_l1_0 = \$414  ^ oz0_t2;
-  assign \$415  = oz0_t0 & oz0_t1;
-  assign \$416  = oz0_t0 & oz0_t2;
-  assign \$417  = \$415  | \$416 ;
-  assign \$418  = oz0_t1 & oz0_t2;
-  assign \$419  = \$417  | \$418 ;
-  assign \$420  = oz0_t3 ^ oz0_t4;
-  assign oz1_l1_2 = \$420  ^ oz0_t5;
-  assign \$421  = oz0_t3 & oz0_t4;
-  assign \$422  = oz0_t3 & oz0_t5;
-  assign \$423  = \$421  | \$422 ;
-  assign \$424  = oz0_t4 & oz0_t5;
-  assign \$425  = \$423  | \$424 ;
-  assign \$426  = oz0_t6 ^ oz0_t7;
-  assign oz1_l1_4 = \$426  ^ oz0_t8;
-  assign \$427  = oz0_t6 & oz0_t7;
-  assign \$428  = oz0_t6 & oz0_t8;
-  assign \$429  = \$427  | \$428 ;
-  assign \$430  = oz0_t7 & oz0_t8;
-  assign \$431  = \$429  | \$430 ;
-  assign \$432  = oz0_t9 ^ oz0_t10;
-  assign oz1_l2_4 = \$432  ^ oz0_t11;
-  assign \$433  = oz0_t9 & oz0_t10;
-  assign \$434  = oz0_t9 & oz0_t11;
-  assign \$435  = \$433  | \$434 ;
-  assign \$436  = oz0_t10 & oz0_t11;
-  assign \$437  = \$435  | \$436 ;
-  assign \$438  = oz1_l1_0 ^ { \$419 [30:0], 1'h0 };
-  assign oz1_l2_0 = \$438  ^ oz1_l1_2;
-  assign \$439  = oz1_l1_0 & { \$419 [30:0], 1'h0 };
-  assign \$440  = oz1_l1_0 & oz1_l1_2;
-  assign \$441  = \$439  | \$440 ;
-  assign \$442  = { \$419 [30:0], 1'h0 } & oz1_l1_2;
-  assign \$443  = \$441  | \$442 ;
-  assign \$444  = { \$425 [30:0], 1'h0 } ^ oz1_l1_4;
-  assign oz1_l2_2 = \$444  ^ { \$431 [30:0], 1'h0 };
-  assign \$445  = { \$425 [30:0], 1'h0 } & oz1_l1_4;
-  assign \$446  = { \$425 [30:0], 1'h0 } & { \$431 [30:0], 1'h0 };
-  assign \$447  = \$445  | \$446 ;
-  assign \$448  = oz1_l1_4 & { \$431 [30:0], 1'h0 };
-  assign \$449  = \$447  | \$448 ;
-  assign \$450  = oz1_t0 ^ oz1_t1;
-  assign oz2_l1_0 = \$450  ^ oz1_t2;
-  assign \$451  = oz1_t0 & oz1_t1;
-  assign \$452  = oz1_t0 & oz1_t2;
-  assign \$453  = \$451  | \$452 ;
-  assign \$454  = oz1_t1 & oz1_t2;
-  assign \$455  = \$453  | \$454 ;
-  assign \$456  = oz1_t3 ^ oz1_t4;
-  assign oz2_l1_2 = \$456  ^ oz1_t5;
-  assign \$457  = oz1_t3 & oz1_t4;
-  assign \$458  = oz1_t3 & oz1_t5;
-  assign \$459  = \$457  | \$458 ;
-  assign \$460  = oz1_t4 & oz1_t5;
-  assign \$461  = \$459  | \$460 ;
-  assign \$462  = oz2_l1_0 ^ { \$455 [30:0], 1'h0 };
-  assign oz2_l2_0 = \$462  ^ oz2_l1_2;
-  assign \$463  = oz2_l1_0 & { \$455 [30:0], 1'h0 };
-  assign \$464  = oz2_l1_0 & oz2_l1_2;
-  assign \$465  = \$463  | \$464 ;
-  assign \$466  = { \$455 [30:0], 1'h0 } & oz2_l1_2;
-  assign \$467  = \$465  | \$466 ;
-  assign \$468  = oz2_l2_0 ^ { \$467 [30:0], 1'h0 };
-  assign oz2_l3_0 = \$468  ^ { \$461 [30:0], 1'h0 };
-  assign \$469  = oz2_l2_0 & { \$467 [30:0], 1'h0 };
-  assign \$470  = oz2_l2_0 & { \$461 [30:0], 1'h0 };
-  assign \$471  = \$469  | \$470 ;
-  assign \$472  = { \$467 [30:0], 1'h0 } & { \$461 [30:0], 1'h0 };
-  assign \$473  = \$471  | \$472 ;
-  assign \$474  = m_ram_rbank[0] ? o7_z : 32'd0;
-  assign \$476  = m_ram_rbank[1] ? o7_z : 32'd0;
-  assign \$478  = m_ram_rbank[2] ? o7_z : 32'd0;
-  assign \$480  = m_ram_rbank[3] ? o7_z : 32'd0;
-  assign \$482  = m_ram_rbank[4] ? o7_z : 32'd0;
-  assign \$484  = m_ram_rbank[5] ? o7_z : 32'd0;
-  assign \$486  = m_ram_rbank[6] ? o7_z : 32'd0;
-  assign \$488  = m_ram_rbank[7] ? o7_z : 32'd0;
-  assign \$490  = m_ram_rbank[8] ? o7_z : 32'd0;
-  assign \$492  = m_ram_rbank[9] ? o7_z : 32'd0;
-  assign \$494  = m_ram_rbank[10] ? o7_z : 32'd0;
-  assign \$496  = m_ram_rbank[11] ? o7_z : 32'd0;
-  assign \$498  = m_ram_rbank[12] ? o7_z : 32'd0;
-  assign \$500  = m_ram_rbank[13] ? o7_z : 32'd0;
-  assign \$502  = m_ram_rbank[14] ? o7_z : 32'd0;
-  assign \$504  = m_ram_rbank[15] ? o7_z : 32'd0;
-  assign \$506  = ~ \$505 ;
-  assign \$507  = { \$475 [32], \$475 [32], \$475 [32], \$475 [32], \$475 [32], \$475 [32], \$475 [32], \$475 [32], \$475 [32], \$475 [32], \$475 [32], \$475 [32], \$475 [32], \$475 [32], \$475 [32], \$475  } ^ { \$477 [32], \$477 [32], \$477 [32], \$477 [32], \$477 [32], \$477 [32], \$477 [32], \$477 [32], \$477 [32], \$477 [32], \$477 [32], \$477 [32], \$477 [32], \$477 [32], \$477 [32], \$477  };
-  assign ov0_l1_0 = \$507  ^ { \$479 [34], \$479 [34], \$479 [34], \$479 [34], \$479 [34], \$479 [34], \$479 [34], \$479 [34], \$479 [34], \$479 [34], \$479 [34], \$479 [34], \$479 [34], \$479  };
-  assign \$508  = { \$475 [32], \$475 [32], \$475 [32], \$475 [32], \$475 [32], \$475 [32], \$475 [32], \$475 [32], \$475 [32], \$475 [32], \$475 [32], \$475 [32], \$475 [32], \$475 [32], \$475 [32], \$475  } & { \$477 [32], \$477 [32], \$477 [32], \$477 [32], \$477 [32], \$477 [32], \$477 [32], \$477 [32], \$477 [32], \$477 [32], \$477 [32], \$477 [32], \$477 [32], \$477 [32], \$477 [32], \$477  };
-  assign \$509  = { \$475 [32], \$475 [32], \$475 [32], \$475 [32], \$475 [32], \$475 [32], \$475 [32], \$475 [32], \$475 [32], \$475 [32], \$475 [32], \$475 [32], \$475 [32], \$475 [32], \$475 [32], \$475  } & { \$479 [34], \$479 [34], \$479 [34], \$479 [34], \$479 [34], \$479 [34], \$479 [34], \$479 [34], \$479 [34], \$479 [34], \$479 [34], \$479 [34], \$479 [34], \$479  };
-  assign \$510  = \$508  | \$509 ;
-  assign \$511  = { \$477 [32], \$477 [32], \$477 [32], \$477 [32], \$477 [32], \$477 [32], \$477 [32], \$477 [32], \$477 [32], \$477 [32], \$477 [32], \$477 [32], \$477 [32], \$477 [32], \$477 [32], \$477  } & { \$479 [34], \$479 [34], \$479 [34], \$479 [34], \$479 [34], \$479 [34], \$479 [34], \$479 [34], \$479 [34], \$479 [34], \$479 [34], \$479 [34], \$479 [34], \$479  };
-  assign \$512  = \$510  | \$511 ;
-  assign \$513  = { \$481 [34], \$481 [34], \$481 [34], \$481 [34], \$481 [34], \$481 [34], \$481 [34], \$481 [34], \$481 [34], \$481 [34], \$481 [34], \$481 [34], \$481 [34], \$481  } ^ { \$483 [38], \$483 [38], \$483 [38], \$483 [38], \$483 [38], \$483 [38], \$483 [38], \$483 [38], \$483 [38], \$483  };
-  assign ov0_l1_2 = \$513  ^ { \$485 [38], \$485 [38], \$485 [38], \$485 [38], \$485 [38], \$485 [38], \$485 [38], \$485 [38], \$485 [38], \$485  };
-  assign \$514  = { \$481 [34], \$481 [34], \$481 [34], \$481 [34], \$481 [34], \$481 [34], \$481 [34], \$481 [34], \$481 [34], \$481 [34], \$481 [34], \$481 [34], \$481 [34], \$481  } & { \$483 [38], \$483 [38], \$483 [38], \$483 [38], \$483 [38], \$483 [38], \$483 [38], \$483 [38], \$483 [38], \$483  };
-  assign \$515  = { \$481 [34], \$481 [34], \$481 [34], \$481 [34], \$481 [34], \$481 [34], \$481 [34], \$481 [34], \$481 [34], \$481 [34], \$481 [34], \$481 [34], \$481 [34], \$481  } & { \$485 [38], \$485 [38], \$485 [38], \$485 [38], \$485 [38], \$485 [38], \$485 [38], \$485 [38], \$485 [38], \$485  };
-  assign \$516  = \$514  | \$515 ;
-  assign \$517  = { \$483 [38], \$483 [38], \$483 [38], \$483 [38], \$483 [38], \$483 [38], \$483 [38], \$483 [38], \$483 [38], \$483  } & { \$485 [38], \$485 [38], \$485 [38], \$485 [38], \$485 [38], \$485 [38], \$485 [38], \$485 [38], \$485 [38], \$485  };
-  assign \$518  = \$516  | \$517 ;
-  assign \$519  = { \$487 [38], \$487 [38], \$487 [38], \$487 [38], \$487 [38], \$487 [38], \$487 [38], \$487 [38], \$487 [38], \$487  } ^ { \$489 [38], \$489 [38], \$489 [38], \$489 [38], \$489 [38], \$489 [38], \$489 [38], \$489 [38], \$489 [38], \$489  };
-  assign ov0_l1_4 = \$519  ^ { \$491 [46], \$491  };
-  assign \$520  = { \$487 [38], \$487 [38], \$487 [38], \$487 [38], \$487 [38], \$487 [38], \$487 [38], \$487 [38], \$487 [38], \$487  } & { \$489 [38], \$489 [38], \$489 [38], \$489 [38], \$489 [38], \$489 [38], \$489 [38], \$489 [38], \$489 [38], \$489  };
-  assign \$521  = { \$487 [38], \$487 [38], \$487 [38], \$487 [38], \$487 [38], \$487 [38], \$487 [38], \$487 [38], \$487 [38], \$487  } & { \$491 [46], \$491  };
-  assign \$522  = \$520  | \$521 ;
-  assign \$523  = { \$489 [38], \$489 [38], \$489 [38], \$489 [38], \$489 [38], \$489 [38], \$489 [38], \$489 [38], \$489 [38], \$489  } & { \$491 [46], \$491  };
-  assign \$524  = \$522  | \$523 ;
-  assign \$525  = { \$493 [46], \$493  } ^ { \$495 [46], \$495  };
-  assign ov0_l1_6 = \$525  ^ { \$497 [46], \$497  };
-  assign \$526  = { \$493 [46], \$493  } & { \$495 [46], \$495  };
-  assign \$527  = { \$493 [46], \$493  } & { \$497 [46], \$497  };
-  assign \$528  = \$526  | \$527 ;
-  assign \$529  = { \$495 [46], \$495  } & { \$497 [46], \$497  };
-  assign \$530  = \$528  | \$529 ;
-  assign \$531  = { \$499 [46], \$499  } ^ { \$501 [46], \$501  };
-  assign ov0_l1_8 = \$531  ^ { \$503 [46], \$503  };
-  assign \$532  = { \$499 [46], \$499  } & { \$501 [46], \$501  };
-  assign \$533  = { \$499 [46], \$499  } & { \$503 [46], \$503  };
-  assign \$534  = \$532  | \$533 ;
-  assign \$535  = { \$501 [46], \$501  } & { \$503 [46], \$503  };
-  assign \$536  = \$534  | \$535 ;
-  assign ov0_l1_10 = \$537  ^ { b_ram_rbank[42], b_ram_rbank[42], b_ram_rbank[42], b_ram_rbank[42], b_ram_rbank[42], b_ram_rbank };
-  assign \$539  = { \$506 [46], \$506  } & { b_ram_rbank[42], b_ram_rbank[42], b_ram_rbank[42], b_ram_rbank[42], b_ram_rbank[42], b_ram_rbank };
-  assign \$540  = \$538  | \$539 ;
-  assign \$542  = \$540  | \$541 ;
-  assign \$543  = ov0_t0 ^ ov0_t1;
-  assign ov1_l1_0 = \$543  ^ ov0_t2;
-  assign \$544  = ov0_t0 & ov0_t1;
-  assign \$545  = ov0_t0 & ov0_t2;
-  assign \$546  = \$544  | \$545 ;
-  assign \$547  = ov0_t1 & ov0_t2;
-  assign \$548  = \$546  | \$547 ;
-  assign \$549  = ov0_t3 ^ ov0_t4;
-  assign ov1_l1_2 = \$549  ^ ov0_t5;
-  assign \$550  = ov0_t3 & ov0_t4;
-  assign \$551  = ov0_t3 & ov0_t5;
-  assign \$552  = \$550  | \$551 ;
-  assign \$553  = ov0_t4 & ov0_t5;
-  assign \$554  = \$552  | \$553 ;
-  assign \$555  = ov0_t6 ^ ov0_t7;
-  assign ov1_l1_4 = \$555  ^ ov0_t8;
-  assign \$556  = ov0_t6 & ov0_t7;
-  assign \$557  = ov0_t6 & ov0_t8;
-  assign \$558  = \$556  | \$557 ;
-  assign \$559  = ov0_t7 & ov0_t8;
-  assign \$560  = \$558  | \$559 ;
-  assign \$561  = ov0_t9 ^ ov0_t10;
-  assign ov1_l2_4 = \$561  ^ ov0_t11;
-  assign \$562  = ov0_t9 & ov0_t10;
-  assign \$563  = ov0_t9 & ov0_t11;
-  assign \$564  = \$562  | \$563 ;
-  assign \$565  = ov0_t10 & ov0_t11;
-  assign \$566  = \$564  | \$565 ;
-  assign \$567  = ov1_l1_0 ^ { \$548 [46:0], 1'h0 };
-  assign ov1_l2_0 = \$567  ^ ov1_l1_2;
-  assign \$568  = ov1_l1_0 & { \$548 [46:0], 1'h0 };
-  assign \$569  = ov1_l1_0 & ov1_l1_2;
-  assign \$570  = \$568  | \$569 ;
-  assign \$571  = { \$548 [46:0], 1'h0 } & ov1_l1_2;
-  assign \$572  = \$570  | \$571 ;
-  assign \$573  = { \$554 [46:0], 1'h0 } ^ ov1_l1_4;
-  assign ov1_l2_2 = \$573  ^ { \$560 [46:0], 1'h0 };
-  assign \$574  = { \$554 [46:0], 1'h0 } & ov1_l1_4;
-  assign \$575  = { \$554 [46:0], 1'h0 } & { \$560 [46:0], 1'h0 };
-  assign \$576  = \$574  | \$575 ;
-  assign \$577  = ov1_l1_4 & { \$560 [46:0], 1'h0 };
-  assign \$578  = \$576  | \$577 ;
-  assign \$579  = ov1_t0 ^ ov1_t1;
-  assign ov2_l1_0 = \$579  ^ ov1_t2;
-  assign \$580  = ov1_t0 & ov1_t1;
-  assign \$581  = ov1_t0 & ov1_t2;
-  assign \$582  = \$580  | \$581 ;
-  assign \$583  = ov1_t1 & ov1_t2;
-  assign \$584  = \$582  | \$583 ;
-  assign \$585  = ov1_t3 ^ ov1_t4;
-  assign ov2_l1_2 = \$585  ^ ov1_t5;
-  assign \$586  = ov1_t3 & ov1_t4;
-  assign \$587  = ov1_t3 & ov1_t5;
-  assign \$588  = \$586  | \$587 ;
-  assign \$589  = ov1_t4 & ov1_t5;
-  assign \$590  = \$588  | \$589 ;
-  assign \$591  = ov2_l1_0 ^ { \$584 [46:0], 1'h0 };
-  assign ov2_l2_0 = \$591  ^ ov2_l1_2;
-  assign \$592  = ov2_l1_0 & { \$584 [46:0], 1'h0 };
-  assign \$593  = ov2_l1_0 & ov2_l1_2;
-  assign \$594  = \$592  | \$593 ;
-  assign \$595  = { \$584 [46:0], 1'h0 } & ov2_l1_2;
-  assign \$596  = \$594  | \$595 ;
-  assign \$597  = ov2_l2_0 ^ { \$596 [46:0], 1'h0 };
-  assign ov2_l3_0 = \$597  ^ { \$590 [46:0], 1'h0 };
-  assign \$598  = ov2_l2_0 & { \$596 [46:0], 1'h0 };
-  assign \$599  = ov2_l2_0 & { \$590 [46:0], 1'h0 };
-  assign \$600  = \$598  | \$599 ;
-  assign \$601  = { \$596 [46:0], 1'h0 } & { \$590 [46:0], 1'h0 };
-  assign \$602  = \$600  | \$601 ;
+  assign \$343  = var1_t1 & var1_t2;
+  assign \$344  = \$342  | \$343 ;
+  assign \$345  = var2_l1_0 ^ { \$344 [34:0], 1'h0 };
+  assign var2_l2_0 = \$345  ^ var1_t3;
+  assign \$346  = var2_l1_0 & { \$344 [34:0], 1'h0 };
+  assign \$347  = var2_l1_0 & var1_t3;
+  assign \$348  = \$346  | \$347 ;
+  assign \$349  = { \$344 [34:0], 1'h0 } & var1_t3;
+  assign \$350  = \$348  | \$349 ;
+  assign issue = active & out_credit_room;
+  assign dec = issue & out_last;
+  assign \$351  = ~ active;
+  assign \$352  = out_credit_room & out_last;
+  assign \$353  = \$351  | \$352 ;
+  assign load = h2_valid & \$353 ;
+  assign \$354  = rows_held + \$signal ;
+  assign \$355  = \$354  - dec;
+  assign \$356  = oy_y[0] ? oy_factor : 31'h00000000;
+  assign \$357  = oy_y[1] ? oy_factor : 31'h00000000;
+  assign \$358  = oy_y[2] ? oy_factor : 31'h00000000;
+  assign \$360  = oy_y[3] ? oy_factor : 31'h00000000;
+  assign \$362  = oy_y[4] ? oy_factor : 31'h00000000;
+  assign \$364  = oy_y[5] ? oy_factor : 31'h00000000;
+  assign \$366  = oy_y[6] ? oy_factor : 31'h00000000;
+  assign \$368  = oy_y[7] ? oy_factor : 31'h00000000;
+  assign \$370  = oy_y[8] ? oy_factor : 31'h00000000;
+  assign \$372  = oy_y[9] ? oy_factor : 31'h00000000;
+  assign \$374  = oy_y[10] ? oy_factor : 31'h00000000;
+  assign \$376  = oy_y[11] ? oy_factor : 31'h00000000;
+  assign \$378  = oy_y[12] ? oy_factor : 31'h00000000;
+  assign \$380  = oy_y[13] ? oy_factor : 31'h00000000;
+  assign \$382  = oy_y[14] ? oy_factor : 31'h00000000;
+  assign \$384  = oy_y[15] ? oy_factor : 31'h00000000;
+  assign \$386  = oy_y[16] ? oy_factor : 31'h00000000;
+  assign \$388  = ~ { 1'h0, \$387  };
+  assign \$389  = oz0_l0_0 ^ oz0_l0_1;
+  assign oz0_l1_0 = \$389  ^ \$359 [31:0];
+  assign \$390  = oz0_l0_0 & oz0_l0_1;
+  assign \$391  = oz0_l0_0 & \$359 [31:0];
+  assign \$392  = \$390  | \$391 ;
+  assign \$393  = oz0_l0_1 & \$359 [31:0];
+  assign \$394  = \$392  | \$393 ;
+  assign \$395  = \$361 [31:0] ^ \$363 [31:0];
+  assign oz0_l1_2 = \$395  ^ \$365 [31:0];
+  assign \$396  = \$361 [31:0] & \$363 [31:0];
+  assign \$397  = \$361 [31:0] & \$365 [31:0];
+  assign \$398  = \$396  | \$397 ;
+  assign \$399  = \$363 [31:0] & \$365 [31:0];
+  assign \$400  = \$398  | \$399 ;
+  assign \$401  = \$367 [31:0] ^ \$369 [31:0];
+  assign oz0_l1_4 = \$401  ^ \$371 [31:0];
+  assign \$402  = \$367 [31:0] & \$369 [31:0];
+  assign \$403  = \$367 [31:0] & \$371 [31:0];
+  assign \$404  = \$402  | \$403 ;
+  assign \$405  = \$369 [31:0] & \$371 [31:0];
+  assign \$406  = \$404  | \$405 ;
+  assign \$407  = \$373 [31:0] ^ \$375 [31:0];
+  assign oz0_l1_6 = \$407  ^ \$377 [31:0];
+  assign \$408  = \$373 [31:0] & \$375 [31:0];
+  assign \$409  = \$373 [31:0] & \$377 [31:0];
+  assign \$410  = \$408  | \$409 ;
+  assign \$411  = \$375 [31:0] & \$377 [31:0];
+  assign \$412  = \$410  | \$411 ;
+  assign \$413  = \$379 [31:0] ^ \$381 [31:0];
+  assign oz0_l1_8 = \$413  ^ \$383 [31:0];
+  assign \$414  = \$379 [31:0] & \$381 [31:0];
+  assign \$415  = \$379 [31:0] & \$383 [31:0];
+  assign \$416  = \$414  | \$415 ;
+  assign \$417  = \$381 [31:0] & \$383 [31:0];
+  assign \$418  = \$416  | \$417 ;
+  assign \$419  = \$385 [31:0] ^ \$388 [31:0];
+  assign \$420  = \$385 [31:0] & \$388 [31:0];
+  assign \$424  = \$422  | \$423 ;
+  assign \$425  = oz0_t0 ^ oz0_t1;
+  assign oz1_l1_0 = \$425  ^ oz0_t2;
+  assign \$426  = oz0_t0 & oz0_t1;
+  assign \$427  = oz0_t0 & oz0_t2;
+  assign \$428  = \$426  | \$427 ;
+  assign \$429  = oz0_t1 & oz0_t2;
+  assign \$430  = \$428  | \$429 ;
+  assign \$431  = oz0_t3 ^ oz0_t4;
+  assign oz1_l1_2 = \$431  ^ oz0_t5;
+  assign \$432  = oz0_t3 & oz0_t4;
+  assign \$433  = oz0_t3 & oz0_t5;
+  assign \$434  = \$432  | \$433 ;
+  assign \$435  = oz0_t4 & oz0_t5;
+  assign \$436  = \$434  | \$435 ;
+  assign \$437  = oz0_t6 ^ oz0_t7;
+  assign oz1_l1_4 = \$437  ^ oz0_t8;
+  assign \$438  = oz0_t6 & oz0_t7;
+  assign \$439  = oz0_t6 & oz0_t8;
+  assign \$440  = \$438  | \$439 ;
+  assign \$441  = oz0_t7 & oz0_t8;
+  assign \$442  = \$440  | \$441 ;
+  assign \$443  = oz0_t9 ^ oz0_t10;
+  assign oz1_l2_4 = \$443  ^ oz0_t11;
+  assign \$444  = oz0_t9 & oz0_t10;
+  assign \$445  = oz0_t9 & oz0_t11;
+  assign \$446  = \$444  | \$445 ;
+  assign \$447  = oz0_t10 & oz0_t11;
+  assign \$448  = \$446  | \$447 ;
+  assign \$449  = oz1_l1_0 ^ { \$430 [30:0], 1'h0 };
+  assign oz1_l2_0 = \$449  ^ oz1_l1_2;
+  assign \$450  = oz1_l1_0 & { \$430 [30:0], 1'h0 };
+  assign \$451  = oz1_l1_0 & oz1_l1_2;
+  assign \$452  = \$450  | \$451 ;
+  assign \$453  = { \$430 [30:0], 1'h0 } & oz1_l1_2;
+  assign \$454  = \$452  | \$453 ;
+  assign \$455  = { \$436 [30:0], 1'h0 } ^ oz1_l1_4;
+  assign oz1_l2_2 = \$455  ^ { \$442 [30:0], 1'h0 };
+  assign \$456  = { \$436 [30:0], 1'h0 } & oz1_l1_4;
+  assign \$457  = { \$436 [30:0], 1'h0 } & { \$442 [30:0], 1'h0 };
+  assign \$458  = \$456  | \$457 ;
+  assign \$459  = oz1_l1_4 & { \$442 [30:0], 1'h0 };
+  assign \$460  = \$458  | \$459 ;
+  assign \$461  = oz1_t0 ^ oz1_t1;
+  assign oz2_l1_0 = \$461  ^ oz1_t2;
+  assign \$462  = oz1_t0 & oz1_t1;
+  assign \$463  = oz1_t0 & oz1_t2;
+  assign \$464  = \$462  | \$463 ;
+  assign \$465  = oz1_t1 & oz1_t2;
+  assign \$466  = \$464  | \$465 ;
+  assign \$467  = oz1_t3 ^ oz1_t4;
+  assign oz2_l1_2 = \$467  ^ oz1_t5;
+  assign \$468  = oz1_t3 & oz1_t4;
+  assign \$469  = oz1_t3 & oz1_t5;
+  assign \$470  = \$468  | \$469 ;
+  assign \$471  = oz1_t4 & oz1_t5;
+  assign \$472  = \$470  | \$471 ;
+  assign \$473  = oz2_l1_0 ^ { \$466 [30:0], 1'h0 };
+  assign oz2_l2_0 = \$473  ^ oz2_l1_2;
+  assign \$474  = oz2_l1_0 & { \$466 [30:0], 1'h0 };
+  assign \$475  = oz2_l1_0 & oz2_l1_2;
+  assign \$476  = \$474  | \$475 ;
+  assign \$477  = { \$466 [30:0], 1'h0 } & oz2_l1_2;
+  assign \$478  = \$476  | \$477 ;
+  assign \$479  = oz2_l2_0 ^ { \$478 [30:0], 1'h0 };
+  assign oz2_l3_0 = \$479  ^ { \$472 [30:0], 1'h0 };
+  assign \$480  = oz2_l2_0 & { \$478 [30:0], 1'h0 };
+  assign \$481  = oz2_l2_0 & { \$472 [30:0], 1'h0 };
+  assign \$482  = \$480  | \$481 ;
+  assign \$483  = { \$478 [30:0], 1'h0 } & { \$472 [30:0], 1'h0 };
+  assign \$484  = \$482  | \$483 ;
+  assign \$485  = m_ram_rbank[0] ? o7_z : 32'd0;
+  assign \$487  = m_ram_rbank[1] ? o7_z : 32'd0;
+  assign \$489  = m_ram_rbank[2] ? o7_z : 32'd0;
+  assign \$491  = m_ram_rbank[3] ? o7_z : 32'd0;
+  assign \$493  = m_ram_rbank[4] ? o7_z : 32'd0;
+  assign \$495  = m_ram_rbank[5] ? o7_z : 32'd0;
+  assign \$497  = m_ram_rbank[6] ? o7_z : 32'd0;
+  assign \$499  = m_ram_rbank[7] ? o7_z : 32'd0;
+  assign \$501  = m_ram_rbank[8] ? o7_z : 32'd0;
+  assign \$503  = m_ram_rbank[9] ? o7_z : 32'd0;
+  assign \$505  = m_ram_rbank[10] ? o7_z : 32'd0;
+  assign \$507  = m_ram_rbank[11] ? o7_z : 32'd0;
+  assign \$509  = m_ram_rbank[12] ? o7_z : 32'd0;
+  assign \$511  = m_ram_rbank[13] ? o7_z : 32'd0;
+  assign \$513  = m_ram_rbank[14] ? o7_z : 32'd0;
+  assign \$515  = m_ram_rbank[15] ? o7_z : 32'd0;
+  assign \$517  = ~ \$516 ;
+  assign \$518  = { \$486 [32], \$486 [32], \$486 [32], \$486 [32], \$486 [32], \$486 [32], \$486 [32], \$486 [32], \$486 [32], \$486 [32], \$486 [32], \$486 [32], \$486 [32], \$486 [32], \$486 [32], \$486  } ^ { \$488 [32], \$488 [32], \$488 [32], \$488 [32], \$488 [32], \$488 [32], \$488 [32], \$488 [32], \$488 [32], \$488 [32], \$488 [32], \$488 [32], \$488 [32], \$488 [32], \$488 [32], \$488  };
+  assign ov0_l1_0 = \$518  ^ { \$490 [34], \$490 [34], \$490 [34], \$490 [34], \$490 [34], \$490 [34], \$490 [34], \$490 [34], \$490 [34], \$490 [34], \$490 [34], \$490 [34], \$490 [34], \$490  };
+  assign \$519  = { \$486 [32], \$486 [32], \$486 [32], \$486 [32], \$486 [32], \$486 [32], \$486 [32], \$486 [32], \$486 [32], \$486 [32], \$486 [32], \$486 [32], \$486 [32], \$486 [32], \$486 [32], \$486  } & { \$488 [32], \$488 [32], \$488 [32], \$488 [32], \$488 [32], \$488 [32], \$488 [32], \$488 [32], \$488 [32], \$488 [32], \$488 [32], \$488 [32], \$488 [32], \$488 [32], \$488 [32], \$488  };
+  assign \$520  = { \$486 [32], \$486 [32], \$486 [32], \$486 [32], \$486 [32], \$486 [32], \$486 [32], \$486 [32], \$486 [32], \$486 [32], \$486 [32], \$486 [32], \$486 [32], \$486 [32], \$486 [32], \$486  } & { \$490 [34], \$490 [34], \$490 [34], \$490 [34], \$490 [34], \$490 [34], \$490 [34], \$490 [34], \$490 [34], \$490 [34], \$490 [34], \$490 [34], \$490 [34], \$490  };
+  assign \$521  = \$519  | \$520 ;
+  assign \$522  = { \$488 [32], \$488 [32], \$488 [32], \$488 [32], \$488 [32], \$488 [32], \$488 [32], \$488 [32], \$488 [32], \$488 [32], \$488 [32], \$488 [32], \$488 [32], \$488 [32], \$488 [32], \$488  } & { \$490 [34], \$490 [34], \$490 [34], \$490 [34], \$490 [34], \$490 [34], \$490 [34], \$490 [34], \$490 [34], \$490 [34], \$490 [34], \$490 [34], \$490 [34], \$490  };
+  assign \$523  = \$521  | \$522 ;
+  assign \$524  = { \$492 [34], \$492 [34], \$492 [34], \$492 [34], \$492 [34], \$492 [34], \$492 [34], \$492 [34], \$492 [34], \$492 [34], \$492 [34], \$492 [34], \$492 [34], \$492  } ^ { \$494 [38], \$494 [38], \$494 [38], \$494 [38], \$494 [38], \$494 [38], \$494 [38], \$494 [38], \$494 [38], \$494  };
+  assign ov0_l1_2 = \$524  ^ { \$496 [38], \$496 [38], \$496 [38], \$496 [38], \$496 [38], \$496 [38], \$496 [38], \$496 [38], \$496 [38], \$496  };
+  assign \$525  = { \$492 [34], \$492 [34], \$492 [34], \$492 [34], \$492 [34], \$492 [34], \$492 [34], \$492 [34], \$492 [34], \$492 [34], \$492 [34], \$492 [34], \$492 [34], \$492  } & { \$494 [38], \$494 [38], \$494 [38], \$494 [38], \$494 [38], \$494 [38], \$494 [38], \$494 [38], \$494 [38], \$494  };
+  assign \$526  = { \$492 [34], \$492 [34], \$492 [34], \$492 [34], \$492 [34], \$492 [34], \$492 [34], \$492 [34], \$492 [34], \$492 [34], \$492 [34], \$492 [34], \$492 [34], \$492  } & { \$496 [38], \$496 [38], \$496 [38], \$496 [38], \$496 [38], \$496 [38], \$496 [38], \$496 [38], \$496 [38], \$496  };
+  assign \$527  = \$525  | \$526 ;
+  assign \$528  = { \$494 [38], \$494 [38], \$494 [38], \$494 [38], \$494 [38], \$494 [38], \$494 [38], \$494 [38], \$494 [38], \$494  } & { \$496 [38], \$496 [38], \$496 [38], \$496 [38], \$496 [38], \$496 [38], \$496 [38], \$496 [38], \$496 [38], \$496  };
+  assign \$529  = \$527  | \$528 ;
+  assign \$530  = { \$498 [38], \$498 [38], \$498 [38], \$498 [38], \$498 [38], \$498 [38], \$498 [38], \$498 [38], \$498 [38], \$498  } ^ { \$500 [38], \$500 [38], \$500 [38], \$500 [38], \$500 [38], \$500 [38], \$500 [38], \$500 [38], \$500 [38], \$500  };
+  assign ov0_l1_4 = \$530  ^ { \$502 [46], \$502  };
+  assign \$531  = { \$498 [38], \$498 [38], \$498 [38], \$498 [38], \$498 [38], \$498 [38], \$498 [38], \$498 [38], \$498 [38], \$498  } & { \$500 [38], \$500 [38], \$500 [38], \$500 [38], \$500 [38], \$500 [38], \$500 [38], \$500 [38], \$500 [38], \$500  };
+  assign \$532  = { \$498 [38], \$498 [38], \$498 [38], \$498 [38], \$498 [38], \$498 [38], \$498 [38], \$498 [38], \$498 [38], \$498  } & { \$502 [46], \$502  };
+  assign \$533  = \$531  | \$532 ;
+  assign \$534  = { \$500 [38], \$500 [38], \$500 [38], \$500 [38], \$500 [38], \$500 [38], \$500 [38], \$500 [38], \$500 [38], \$500  } & { \$502 [46], \$502  };
+  assign \$535  = \$533  | \$534 ;
+  assign \$536  = { \$504 [46], \$504  } ^ { \$506 [46], \$506  };
+  assign ov0_l1_6 = \$536  ^ { \$508 [46], \$508  };
+  assign \$537  = { \$504 [46], \$504  } & { \$506 [46], \$506  };
+  assign \$538  = { \$504 [46], \$504  } & { \$508 [46], \$508  };
+  assign \$539  = \$537  | \$538 ;
+  assign \$540  = { \$506 [46], \$506  } & { \$508 [46], \$508  };
+  assign \$541  = \$539  | \$540 ;
+  assign \$542  = { \$510 [46], \$510  } ^ { \$512 [46], \$512  };
+  assign ov0_l1_8 = \$542  ^ { \$514 [46], \$514  };
+  assign \$543  = { \$510 [46], \$510  } & { \$512 [46], \$512  };
+  assign \$544  = { \$510 [46], \$510  } & { \$514 [46], \$514  };
+  assign \$545  = \$543  | \$544 ;
+  assign \$546  = { \$512 [46], \$512  } & { \$514 [46], \$514  };
+  assign \$547  = \$545  | \$546 ;
+  assign ov0_l1_10 = \$548  ^ { b_ram_rbank[42], b_ram_rbank[42], b_ram_rbank[42], b_ram_rbank[42], b_ram_rbank[42], b_ram_rbank };
+  assign \$550  = { \$517 [46], \$517  } & { b_ram_rbank[42], b_ram_rbank[42], b_ram_rbank[42], b_ram_rbank[42], b_ram_rbank[42], b_ram_rbank };
+  assign \$551  = \$549  | \$550 ;
+  assign \$553  = \$551  | \$552 ;
+  assign \$554  = ov0_t0 ^ ov0_t1;
+  assign ov1_l1_0 = \$554  ^ ov0_t2;
+  assign \$555  = ov0_t0 & ov0_t1;
+  assign \$556  = ov0_t0 & ov0_t2;
+  assign \$557  = \$555  | \$556 ;
+  assign \$558  = ov0_t1 & ov0_t2;
+  assign \$559  = \$557  | \$558 ;
+  assign \$560  = ov0_t3 ^ ov0_t4;
+  assign ov1_l1_2 = \$560  ^ ov0_t5;
+  assign \$561  = ov0_t3 & ov0_t4;
+  assign \$562  = ov0_t3 & ov0_t5;
+  assign \$563  = \$561  | \$562 ;
+  assign \$564  = ov0_t4 & ov0_t5;
+  assign \$565  = \$563  | \$564 ;
+  assign \$566  = ov0_t6 ^ ov0_t7;
+  assign ov1_l1_4 = \$566  ^ ov0_t8;
+  assign \$567  = ov0_t6 & ov0_t7;
+  assign \$568  = ov0_t6 & ov0_t8;
+  assign \$569  = \$567  | \$568 ;
+  assign \$570  = ov0_t7 & ov0_t8;
+  assign \$571  = \$569  | \$570 ;
+  assign \$572  = ov0_t9 ^ ov0_t10;
+  assign ov1_l2_4 = \$572  ^ ov0_t11;
+  assign \$573  = ov0_t9 & ov0_t10;
+  assign \$574  = ov0_t9 & ov0_t11;
+  assign \$575  = \$573  | \$574 ;
+  assign \$576  = ov0_t10 & ov0_t11;
+  assign \$577  = \$575  | \$576 ;
+  assign \$578  = ov1_l1_0 ^ { \$559 [46:0], 1'h0 };
+  assign ov1_l2_0 = \$578  ^ ov1_l1_2;
+  assign \$579  = ov1_l1_0 & { \$559 [46:0], 1'h0 };
+  assign \$580  = ov1_l1_0 & ov1_l1_2;
+  assign \$581  = \$579  | \$580 ;
+  assign \$582  = { \$559 [46:0], 1'h0 } & ov1_l1_2;
+  assign \$583  = \$581  | \$582 ;
+  assign \$584  = { \$565 [46:0], 1'h0 } ^ ov1_l1_4;
+  assign ov1_l2_2 = \$584  ^ { \$571 [46:0], 1'h0 };
+  assign \$585  = { \$565 [46:0], 1'h0 } & ov1_l1_4;
+  assign \$586  = { \$565 [46:0], 1'h0 } & { \$571 [46:0], 1'h0 };
+  assign \$587  = \$585  | \$586 ;
+  assign \$588  = ov1_l1_4 & { \$571 [46:0], 1'h0 };
+  assign \$589  = \$587  | \$588 ;
+  assign \$590  = ov1_t0 ^ ov1_t1;
+  assign ov2_l1_0 = \$590  ^ ov1_t2;
+  assign \$591  = ov1_t0 & ov1_t1;
+  assign \$592  = ov1_t0 & ov1_t2;
+  assign \$593  = \$591  | \$592 ;
+  assign \$594  = ov1_t1 & ov1_t2;
+  assign \$595  = \$593  | \$594 ;
+  assign \$596  = ov1_t3 ^ ov1_t4;
+  assign ov2_l1_2 = \$596  ^ ov1_t5;
+  assign \$597  = ov1_t3 & ov1_t4;
+  assign \$598  = ov1_t3 & ov1_t5;
+  assign \$599  = \$597  | \$598 ;
+  assign \$600  = ov1_t4 & ov1_t5;
+  assign \$601  = \$599  | \$600 ;
+  assign \$602  = ov2_l1_0 ^ { \$595 [46:0], 1'h0 };
+  assign ov2_l2_0 = \$602  ^ ov2_l1_2;
+  assign \$603  = ov2_l1_0 & { \$595 [46:0], 1'h0 };
+  assign \$604  = ov2_l1_0 & ov2_l1_2;
+  assign \$605  = \$603  | \$604 ;
+  assign \$606  = { \$595 [46:0], 1'h0 } & ov2_l1_2;
+  assign \$607  = \$605  | \$606 ;
+  assign \$608  = ov2_l2_0 ^ { \$607 [46:0], 1'h0 };
+  assign ov2_l3_0 = \$608  ^ { \$601 [46:0], 1'h0 };
+  assign \$609  = ov2_l2_0 & { \$607 [46:0], 1'h0 };
+  assign \$610  = ov2_l2_0 & { \$601 [46:0], 1'h0 };
+  assign \$611  = \$609  | \$610 ;
+  assign \$612  = { \$607 [46:0], 1'h0 } & { \$601 [46:0], 1'h0 };
+  assign \$613  = \$611  | \$612 ;
+  assign out_credit_below_full1 = out_credit_count < 5'h13;
+  assign out_credit_below_full = out_credit_count < 5'h14;
+  assign \$614  = | out_credit_count;
+  assign out_credit_is0 = ~ \$614 ;
+  assign out_credit_is1 = out_credit_count == 1'h1;
+  assign \$615  = out_credit_count + 1'h1;
+  assign \$616  = out_credit_count - 1'h1;
   always @(posedge layernorm_d_clk)
     m_ram_wa <= m_ram_waddr;
   always @(posedge layernorm_d_clk)
     m_ram_wd <= c__payload[15:0];
   always @(posedge layernorm_d_clk)
-    m_ram_we0 <= \$603 ;
+    m_ram_we0 <= \$617 ;
   always @(posedge layernorm_d_clk)
     m_ram_rbank <= rp__data;
   always @(posedge layernorm_d_clk)
@@ -40828,17 +40921,17 @@ module \accelerator.core.layernorm (o__ready, i__valid, i__ready, o__payload, bu
   always @(posedge layernorm_d_clk)
     b_ram_wd <= c__payload[58:16];
   always @(posedge layernorm_d_clk)
-    b_ram_we0 <= \$604 ;
+    b_ram_we0 <= \$618 ;
   always @(posedge layernorm_d_clk)
     b_ram_rbank <= \rp__data$17 ;
   always @(posedge layernorm_d_clk)
-    e_r <= \$605 ;
+    e_r <= \$619 ;
   always @(posedge layernorm_d_clk)
-    cm1 <= \$606 ;
+    cm1 <= \$620 ;
   always @(posedge layernorm_d_clk)
-    cm2 <= \$607 ;
+    cm2 <= \$621 ;
   always @(posedge layernorm_d_clk)
-    m_ram_waddr <= \$608 ;
+    m_ram_waddr <= \$622 ;
   always @(posedge layernorm_d_clk)
     c_now <= \$5 ;
   always @(posedge layernorm_d_clk)
@@ -40850,31 +40943,31 @@ module \accelerator.core.layernorm (o__ready, i__valid, i__ready, o__payload, bu
   always @(posedge layernorm_d_clk)
     buf_wd <= buf_wdata;
   always @(posedge layernorm_d_clk)
-    buf_we0 <= \$609 ;
+    buf_we0 <= \$623 ;
   always @(posedge layernorm_d_clk)
-    buf_we1 <= \$610 ;
+    buf_we1 <= \$624 ;
   always @(posedge layernorm_d_clk)
-    buf_we2 <= \$611 ;
+    buf_we2 <= \$625 ;
   always @(posedge layernorm_d_clk)
     buf_rsel <= \$16 [2:0];
   always @(posedge layernorm_d_clk)
     buf_rgroup0 <= \$21 ;
   always @(posedge layernorm_d_clk)
-    cnt <= \$612 ;
+    cnt <= \$626 ;
   always @(posedge layernorm_d_clk)
-    in_last <= \$613 ;
+    in_last <= \$627 ;
   always @(posedge layernorm_d_clk)
-    wslot <= \$614 ;
+    wslot <= \$628 ;
   always @(posedge layernorm_d_clk)
-    rows_held <= \$615 ;
+    rows_held <= \$629 ;
   always @(posedge layernorm_d_clk)
-    room <= \$616 ;
+    room <= \$630 ;
   always @(posedge layernorm_d_clk)
     in1_x <= buf_wdata;
   always @(posedge layernorm_d_clk)
-    in1_v <= \$617 ;
+    in1_v <= \$631 ;
   always @(posedge layernorm_d_clk)
-    in1_l <= \$618 ;
+    in1_l <= \$632 ;
   always @(posedge layernorm_d_clk)
     in2_a <= \$39 ;
   always @(posedge layernorm_d_clk)
@@ -40882,167 +40975,167 @@ module \accelerator.core.layernorm (o__ready, i__valid, i__ready, o__payload, bu
   always @(posedge layernorm_d_clk)
     in2_x <= in1_x;
   always @(posedge layernorm_d_clk)
-    in2_v <= \$619 ;
+    in2_v <= \$633 ;
   always @(posedge layernorm_d_clk)
-    in2_l <= \$620 ;
+    in2_l <= \$634 ;
   always @(posedge layernorm_d_clk)
     sq0_t0 <= sq0_l2_0;
   always @(posedge layernorm_d_clk)
-    sq0_t1 <= { \$210 [29:0], 1'h0 };
+    sq0_t1 <= { \$221 [29:0], 1'h0 };
   always @(posedge layernorm_d_clk)
     sq0_t2 <= sq0_l2_2;
   always @(posedge layernorm_d_clk)
-    sq0_t3 <= { \$216 [29:0], 1'h0 };
+    sq0_t3 <= { \$227 [29:0], 1'h0 };
   always @(posedge layernorm_d_clk)
     sq0_t4 <= sq0_l2_4;
   always @(posedge layernorm_d_clk)
-    sq0_t5 <= { \$222 [29:0], 1'h0 };
+    sq0_t5 <= { \$233 [29:0], 1'h0 };
   always @(posedge layernorm_d_clk)
-    sq0_t6 <= { \$204 [29:0], 1'h0 };
+    sq0_t6 <= { \$215 [29:0], 1'h0 };
   always @(posedge layernorm_d_clk)
-    sq0_t7 <= { 15'h0000, \$174  };
+    sq0_t7 <= { 15'h0000, \$185  };
   always @(posedge layernorm_d_clk)
-    sq0_v <= \$621 ;
+    sq0_v <= \$635 ;
   always @(posedge layernorm_d_clk)
-    sq0_l <= \$622 ;
+    sq0_l <= \$636 ;
   always @(posedge layernorm_d_clk)
     sq0_x <= in2_x;
   always @(posedge layernorm_d_clk)
     sq1_t0 <= sq1_l2_0;
   always @(posedge layernorm_d_clk)
-    sq1_t1 <= { \$240 [29:0], 1'h0 };
+    sq1_t1 <= { \$251 [29:0], 1'h0 };
   always @(posedge layernorm_d_clk)
     sq1_t2 <= sq1_l2_2;
   always @(posedge layernorm_d_clk)
-    sq1_t3 <= { \$246 [29:0], 1'h0 };
+    sq1_t3 <= { \$257 [29:0], 1'h0 };
   always @(posedge layernorm_d_clk)
-    sq1_v <= \$623 ;
+    sq1_v <= \$637 ;
   always @(posedge layernorm_d_clk)
-    sq1_l <= \$624 ;
+    sq1_l <= \$638 ;
   always @(posedge layernorm_d_clk)
     sq1_x <= sq0_x;
   always @(posedge layernorm_d_clk)
     sq2_t0 <= sq2_l2_0;
   always @(posedge layernorm_d_clk)
-    sq2_t1 <= { \$258 [29:0], 1'h0 };
+    sq2_t1 <= { \$269 [29:0], 1'h0 };
   always @(posedge layernorm_d_clk)
-    sq2_v <= \$625 ;
+    sq2_v <= \$639 ;
   always @(posedge layernorm_d_clk)
-    sq2_l <= \$626 ;
+    sq2_l <= \$640 ;
   always @(posedge layernorm_d_clk)
     sq2_x <= sq1_x;
   always @(posedge layernorm_d_clk)
-    h1_s <= \$627 ;
+    h1_s <= \$641 ;
   always @(posedge layernorm_d_clk)
-    h1_qs <= \$628 ;
+    h1_qs <= \$642 ;
   always @(posedge layernorm_d_clk)
-    h1_qc <= \$629 ;
+    h1_qc <= \$643 ;
   always @(posedge layernorm_d_clk)
-    h1_valid <= \$630 ;
+    h1_valid <= \$644 ;
   always @(posedge layernorm_d_clk)
-    s_acc <= \$631 ;
+    s_acc <= \$645 ;
   always @(posedge layernorm_d_clk)
-    qs_acc <= \$632 ;
+    qs_acc <= \$646 ;
   always @(posedge layernorm_d_clk)
-    qc_acc <= \$633 ;
+    qc_acc <= \$647 ;
   always @(posedge layernorm_d_clk)
-    last_busy <= \$634 ;
+    last_busy <= \$648 ;
   always @(posedge layernorm_d_clk)
     c3 <= { 16'h0000, \$44  };
   always @(posedge layernorm_d_clk)
     cneg <= { \$45 [7], \$45 [7], \$45 [7], \$45 [7], \$45 [7], \$45 [7], \$45 [7], \$45 [7], \$45 [7], \$45 [7], \$45 [7], \$45 [7], \$45 [7], \$45 [7], \$45 [7], \$45 [7], \$45 [7], \$45  };
   always @(posedge layernorm_d_clk)
-    hb <= \$635 ;
+    hb <= \$649 ;
   always @(posedge layernorm_d_clk)
-    xc <= \$636 ;
+    xc <= \$650 ;
   always @(posedge layernorm_d_clk)
-    \$signal$112  <= \$637 ;
+    \$signal$112  <= \$651 ;
   always @(posedge layernorm_d_clk)
-    zc <= \$638 ;
+    zc <= \$652 ;
   always @(posedge layernorm_d_clk)
-    \$signal$116  <= \$639 ;
+    \$signal$116  <= \$653 ;
   always @(posedge layernorm_d_clk)
-    yc <= \$640 ;
+    yc <= \$654 ;
   always @(posedge layernorm_d_clk)
     var_k <= \$51 [35:0];
   always @(posedge layernorm_d_clk)
     var1_t0 <= var1_l2_0;
   always @(posedge layernorm_d_clk)
-    var1_t1 <= { \$321 [34:0], 1'h0 };
+    var1_t1 <= { \$332 [34:0], 1'h0 };
   always @(posedge layernorm_d_clk)
     var1_t2 <= var1_l2_2;
   always @(posedge layernorm_d_clk)
-    var1_t3 <= { \$327 [34:0], 1'h0 };
+    var1_t3 <= { \$338 [34:0], 1'h0 };
   always @(posedge layernorm_d_clk)
     var2_t0 <= var2_l2_0;
   always @(posedge layernorm_d_clk)
-    var2_t1 <= { \$339 [34:0], 1'h0 };
+    var2_t1 <= { \$350 [34:0], 1'h0 };
   always @(posedge layernorm_d_clk)
     h1_n <= \$53 [23:0];
   always @(posedge layernorm_d_clk)
-    h1_n_ok <= \$641 ;
+    h1_n_ok <= \$655 ;
   always @(posedge layernorm_d_clk)
-    d_rem <= \$642 ;
+    d_rem <= \$656 ;
   always @(posedge layernorm_d_clk)
-    nlo <= \$643 ;
+    nlo <= \$657 ;
   always @(posedge layernorm_d_clk)
-    k <= \$644 ;
+    k <= \$658 ;
   always @(posedge layernorm_d_clk)
-    s_c <= \$645 ;
+    s_c <= \$659 ;
   always @(posedge layernorm_d_clk)
-    qs_c <= \$646 ;
+    qs_c <= \$660 ;
   always @(posedge layernorm_d_clk)
-    qc_c <= \$647 ;
+    qc_c <= \$661 ;
   always @(posedge layernorm_d_clk)
-    calc_idle <= \$648 ;
+    calc_idle <= \$662 ;
   always @(posedge layernorm_d_clk)
-    calc_div <= \$649 ;
+    calc_div <= \$663 ;
   always @(posedge layernorm_d_clk)
-    qbit <= \$650 ;
+    qbit <= \$664 ;
   always @(posedge layernorm_d_clk)
-    xc_add <= \$651 ;
+    xc_add <= \$665 ;
   always @(posedge layernorm_d_clk)
-    calc_tail <= \$652 ;
+    calc_tail <= \$666 ;
   always @(posedge layernorm_d_clk)
-    calc_var1 <= \$653 ;
+    calc_var1 <= \$667 ;
   always @(posedge layernorm_d_clk)
-    calc_var2 <= \$654 ;
+    calc_var2 <= \$668 ;
   always @(posedge layernorm_d_clk)
-    calc_var3 <= \$655 ;
+    calc_var3 <= \$669 ;
   always @(posedge layernorm_d_clk)
-    vsh <= \$656 ;
+    vsh <= \$670 ;
   always @(posedge layernorm_d_clk)
-    r_rem <= \$657 ;
+    r_rem <= \$671 ;
   always @(posedge layernorm_d_clk)
-    root <= \$658 ;
+    root <= \$672 ;
   always @(posedge layernorm_d_clk)
-    f_rem <= \$659 ;
+    f_rem <= \$673 ;
   always @(posedge layernorm_d_clk)
-    calc_root <= \$660 ;
+    calc_root <= \$674 ;
   always @(posedge layernorm_d_clk)
-    calc_fact <= \$661 ;
+    calc_fact <= \$675 ;
   always @(posedge layernorm_d_clk)
-    f_q <= \$662 ;
+    f_q <= \$676 ;
   always @(posedge layernorm_d_clk)
-    calc_push <= \$663 ;
+    calc_push <= \$677 ;
   always @(posedge layernorm_d_clk)
-    h2_mean <= \$664 ;
+    h2_mean <= \$678 ;
   always @(posedge layernorm_d_clk)
-    h2_factor <= \$665 ;
+    h2_factor <= \$679 ;
   always @(posedge layernorm_d_clk)
-    h2_valid <= \$666 ;
+    h2_valid <= \$680 ;
   always @(posedge layernorm_d_clk)
-    ch <= \$667 ;
+    ch <= \$681 ;
   always @(posedge layernorm_d_clk)
-    out_last <= \$668 ;
+    out_last <= \$682 ;
   always @(posedge layernorm_d_clk)
-    active <= \$669 ;
+    active <= \$683 ;
   always @(posedge layernorm_d_clk)
-    rslot <= \$670 ;
+    rslot <= \$684 ;
   always @(posedge layernorm_d_clk)
-    cur_mean <= \$671 ;
+    cur_mean <= \$685 ;
   always @(posedge layernorm_d_clk)
-    cur_factor <= \$672 ;
+    cur_factor <= \$686 ;
   always @(posedge layernorm_d_clk)
     o1_mean <= cur_mean;
   always @(posedge layernorm_d_clk)
@@ -41064,47 +41157,47 @@ module \accelerator.core.layernorm (o__ready, i__valid, i__ready, o__payload, bu
   always @(posedge layernorm_d_clk)
     oz0_t0 <= oz0_l1_0;
   always @(posedge layernorm_d_clk)
-    oz0_t1 <= { \$383 [30:0], 1'h0 };
+    oz0_t1 <= { \$394 [30:0], 1'h0 };
   always @(posedge layernorm_d_clk)
     oz0_t2 <= oz0_l1_2;
   always @(posedge layernorm_d_clk)
-    oz0_t3 <= { \$389 [30:0], 1'h0 };
+    oz0_t3 <= { \$400 [30:0], 1'h0 };
   always @(posedge layernorm_d_clk)
     oz0_t4 <= oz0_l1_4;
   always @(posedge layernorm_d_clk)
-    oz0_t5 <= { \$395 [30:0], 1'h0 };
+    oz0_t5 <= { \$406 [30:0], 1'h0 };
   always @(posedge layernorm_d_clk)
     oz0_t6 <= oz0_l1_6;
   always @(posedge layernorm_d_clk)
-    oz0_t7 <= { \$401 [30:0], 1'h0 };
+    oz0_t7 <= { \$412 [30:0], 1'h0 };
   always @(posedge layernorm_d_clk)
     oz0_t8 <= oz0_l1_8;
   always @(posedge layernorm_d_clk)
-    oz0_t9 <= { \$407 [30:0], 1'h0 };
+    oz0_t9 <= { \$418 [30:0], 1'h0 };
   always @(posedge layernorm_d_clk)
     oz0_t10 <= oz0_l1_10;
   always @(posedge layernorm_d_clk)
-    oz0_t11 <= { \$413 [30:0], 1'h0 };
+    oz0_t11 <= { \$424 [30:0], 1'h0 };
   always @(posedge layernorm_d_clk)
     oz0_ch <= oy_ch;
   always @(posedge layernorm_d_clk)
     oz1_t0 <= oz1_l2_0;
   always @(posedge layernorm_d_clk)
-    oz1_t1 <= { \$443 [30:0], 1'h0 };
+    oz1_t1 <= { \$454 [30:0], 1'h0 };
   always @(posedge layernorm_d_clk)
     oz1_t2 <= oz1_l2_2;
   always @(posedge layernorm_d_clk)
-    oz1_t3 <= { \$449 [30:0], 1'h0 };
+    oz1_t3 <= { \$460 [30:0], 1'h0 };
   always @(posedge layernorm_d_clk)
     oz1_t4 <= oz1_l2_4;
   always @(posedge layernorm_d_clk)
-    oz1_t5 <= { \$437 [30:0], 1'h0 };
+    oz1_t5 <= { \$448 [30:0], 1'h0 };
   always @(posedge layernorm_d_clk)
     oz1_ch <= oz0_ch;
   always @(posedge layernorm_d_clk)
     oz2_t0 <= oz2_l3_0;
   always @(posedge layernorm_d_clk)
-    oz2_t1 <= { \$473 [30:0], 1'h0 };
+    oz2_t1 <= { \$484 [30:0], 1'h0 };
   always @(posedge layernorm_d_clk)
     oz2_ch <= oz1_ch;
   always @(posedge layernorm_d_clk)
@@ -41112,43 +41205,43 @@ module \accelerator.core.layernorm (o__ready, i__valid, i__ready, o__payload, bu
   always @(posedge layernorm_d_clk)
     ov0_t0 <= ov0_l1_0;
   always @(posedge layernorm_d_clk)
-    ov0_t1 <= { \$512 [46:0], 1'h0 };
+    ov0_t1 <= { \$523 [46:0], 1'h0 };
   always @(posedge layernorm_d_clk)
     ov0_t2 <= ov0_l1_2;
   always @(posedge layernorm_d_clk)
-    ov0_t3 <= { \$518 [46:0], 1'h0 };
+    ov0_t3 <= { \$529 [46:0], 1'h0 };
   always @(posedge layernorm_d_clk)
     ov0_t4 <= ov0_l1_4;
   always @(posedge layernorm_d_clk)
-    ov0_t5 <= { \$524 [46:0], 1'h0 };
+    ov0_t5 <= { \$535 [46:0], 1'h0 };
   always @(posedge layernorm_d_clk)
     ov0_t6 <= ov0_l1_6;
   always @(posedge layernorm_d_clk)
-    ov0_t7 <= { \$530 [46:0], 1'h0 };
+    ov0_t7 <= { \$541 [46:0], 1'h0 };
   always @(posedge layernorm_d_clk)
     ov0_t8 <= ov0_l1_8;
   always @(posedge layernorm_d_clk)
-    ov0_t9 <= { \$536 [46:0], 1'h0 };
+    ov0_t9 <= { \$547 [46:0], 1'h0 };
   always @(posedge layernorm_d_clk)
     ov0_t10 <= ov0_l1_10;
   always @(posedge layernorm_d_clk)
-    ov0_t11 <= { \$542 [46:0], 1'h0 };
+    ov0_t11 <= { \$553 [46:0], 1'h0 };
   always @(posedge layernorm_d_clk)
     ov1_t0 <= ov1_l2_0;
   always @(posedge layernorm_d_clk)
-    ov1_t1 <= { \$572 [46:0], 1'h0 };
+    ov1_t1 <= { \$583 [46:0], 1'h0 };
   always @(posedge layernorm_d_clk)
     ov1_t2 <= ov1_l2_2;
   always @(posedge layernorm_d_clk)
-    ov1_t3 <= { \$578 [46:0], 1'h0 };
+    ov1_t3 <= { \$589 [46:0], 1'h0 };
   always @(posedge layernorm_d_clk)
     ov1_t4 <= ov1_l2_4;
   always @(posedge layernorm_d_clk)
-    ov1_t5 <= { \$566 [46:0], 1'h0 };
+    ov1_t5 <= { \$577 [46:0], 1'h0 };
   always @(posedge layernorm_d_clk)
     ov2_t0 <= ov2_l3_0;
   always @(posedge layernorm_d_clk)
-    ov2_t1 <= { \$602 [46:0], 1'h0 };
+    ov2_t1 <= { \$613 [46:0], 1'h0 };
   always @(posedge layernorm_d_clk)
     o11_v <= \$104 [47:0];
   always @(posedge layernorm_d_clk)
@@ -41166,43 +41259,45 @@ module \accelerator.core.layernorm (o__ready, i__valid, i__ready, o__payload, bu
   always @(posedge layernorm_d_clk)
     o16_out <= \$118 ;
   always @(posedge layernorm_d_clk)
-    o_valid1 <= \$673 ;
+    o_valid1 <= \$687 ;
   always @(posedge layernorm_d_clk)
-    o_valid2 <= \$674 ;
+    o_valid2 <= \$688 ;
   always @(posedge layernorm_d_clk)
-    o_valid3 <= \$675 ;
+    o_valid3 <= \$689 ;
   always @(posedge layernorm_d_clk)
-    o_valid4 <= \$676 ;
+    o_valid4 <= \$690 ;
   always @(posedge layernorm_d_clk)
-    o_valid5 <= \$677 ;
+    o_valid5 <= \$691 ;
   always @(posedge layernorm_d_clk)
-    o_valid6 <= \$678 ;
+    o_valid6 <= \$692 ;
   always @(posedge layernorm_d_clk)
-    o_valid7 <= \$679 ;
+    o_valid7 <= \$693 ;
   always @(posedge layernorm_d_clk)
-    o_valid8 <= \$680 ;
+    o_valid8 <= \$694 ;
   always @(posedge layernorm_d_clk)
-    o_valid9 <= \$681 ;
+    o_valid9 <= \$695 ;
   always @(posedge layernorm_d_clk)
-    o_valid10 <= \$682 ;
+    o_valid10 <= \$696 ;
   always @(posedge layernorm_d_clk)
-    o_valid11 <= \$683 ;
+    o_valid11 <= \$697 ;
   always @(posedge layernorm_d_clk)
-    o_valid12 <= \$684 ;
+    o_valid12 <= \$698 ;
   always @(posedge layernorm_d_clk)
-    o_valid13 <= \$685 ;
+    o_valid13 <= \$699 ;
   always @(posedge layernorm_d_clk)
-    o_valid14 <= \$686 ;
+    o_valid14 <= \$700 ;
   always @(posedge layernorm_d_clk)
-    o_valid15 <= \$687 ;
+    o_valid15 <= \$701 ;
   always @(posedge layernorm_d_clk)
-    o_valid16 <= \$688 ;
+    o_valid16 <= \$702 ;
   always @(posedge layernorm_d_clk)
-    credits <= \$689 ;
+    out_credit_count <= \$703 ;
   always @(posedge layernorm_d_clk)
-    has_credit <= \$690 ;
+    out_credit_room <= \$704 ;
   always @(posedge layernorm_d_clk)
-    idle_r <= \$691 ;
+    out_credit_idle <= \$705 ;
+  always @(posedge layernorm_d_clk)
+    idle_r <= \$706 ;
   assign \$3  = m_ram_waddr - 1'h1;
   assign \$4  = m_ram_waddr + 1'h1;
   assign \$5  = cm1 + 1'h1;
@@ -41309,180 +41404,169 @@ module \accelerator.core.layernorm (o__ready, i__valid, i__ready, o__payload, bu
   assign \$116  = $signed(9'h0fc) - $signed(o14_u);
   assign \$117  = o15_hi ? 8'h7f : o15_r;
   assign \$118  = o15_lo ? 8'h80 : \$117 ;
-  assign \$119  = credits - issue;
-  assign \$120  = o__valid & o__ready;
-  assign \$121  = $signed(\$119 ) + $signed({ 1'h0, \$120  });
+  assign \$119  = o__valid & o__ready;
+  assign \$120  = ~ \$119 ;
+  assign \$121  = issue & \$120 ;
   assign \$122  = o__valid & o__ready;
   assign \$123  = ~ issue;
   assign \$124  = \$122  & \$123 ;
-  assign \$125  = o__valid & o__ready;
-  assign \$126  = ~ \$125 ;
-  assign \$127  = issue & \$126 ;
-  assign \$128  = credits >= 2'h2;
-  assign \$129  = \$127  ? \$128  : has_credit;
-  assign \$130  = \$124  ? 1'h1 : \$129 ;
-  assign \$131  = | cnt;
-  assign \$132  = ~ \$131 ;
-  assign \$133  = | rows_held;
-  assign \$134  = ~ \$133 ;
-  assign \$135  = \$132  & \$134 ;
-  assign \$136  = credits == 5'h14;
-  assign \$137  = \$135  & \$136 ;
-  assign \$138  = ~ buf_wen;
-  assign \$139  = \$137  & \$138 ;
+  assign \$125  = \$124  ? \$616 [4:0] : out_credit_count;
+  assign \$126  = \$121  ? \$615 [4:0] : \$125 ;
+  assign \$127  = o__valid & o__ready;
+  assign \$128  = ~ \$127 ;
+  assign \$129  = issue & \$128 ;
+  assign \$130  = o__valid & o__ready;
+  assign \$131  = ~ issue;
+  assign \$132  = \$130  & \$131 ;
+  assign \$133  = \$132  ? 1'h1 : out_credit_below_full;
+  assign \$134  = \$129  ? out_credit_below_full1 : \$133 ;
+  assign \$135  = o__valid & o__ready;
+  assign \$136  = ~ \$135 ;
+  assign \$137  = issue & \$136 ;
+  assign \$138  = o__valid & o__ready;
+  assign \$139  = ~ issue;
+  assign \$140  = \$138  & \$139 ;
+  assign \$141  = \$140  ? out_credit_is1 : out_credit_is0;
+  assign \$142  = \$137  ? 1'h0 : \$141 ;
+  assign \$143  = | cnt;
+  assign \$144  = ~ \$143 ;
+  assign \$145  = | rows_held;
+  assign \$146  = ~ \$145 ;
+  assign \$147  = \$144  & \$146 ;
+  assign \$148  = \$147  & out_credit_idle;
+  assign \$149  = ~ buf_wen;
+  assign \$150  = \$148  & \$149 ;
   assign m_ram_wen = c__valid & idle_r;
-  assign \$140  = ~ c__valid;
-  assign \$141  = \$140  & room;
-  assign \$142  = in_last & last_busy;
-  assign \$143  = ~ \$142 ;
-  assign i__ready = \$141  & \$143 ;
+  assign \$151  = ~ c__valid;
+  assign \$152  = \$151  & room;
+  assign \$153  = in_last & last_busy;
+  assign \$154  = ~ \$153 ;
+  assign i__ready = \$152  & \$154 ;
   assign buf_wen = i__valid & i__ready;
   assign \$signal  = buf_wen & in_last;
-  assign \$144  = in2_a[0] ? { in2_a[14:1], 2'h1 } : 16'h0000;
-  assign \$146  = in2_a[1] ? { in2_a[14:2], 2'h1 } : 15'h0000;
-  assign \$148  = in2_a[2] ? { in2_a[14:3], 2'h1 } : 14'h0000;
-  assign \$150  = in2_a[3] ? { in2_a[14:4], 2'h1 } : 13'h0000;
-  assign \$152  = in2_a[4] ? { in2_a[14:5], 2'h1 } : 12'h000;
-  assign \$154  = in2_a[5] ? { in2_a[14:6], 2'h1 } : 11'h000;
-  assign \$156  = in2_a[6] ? { in2_a[14:7], 2'h1 } : 10'h000;
-  assign \$158  = in2_a[7] ? { in2_a[14:8], 2'h1 } : 9'h000;
-  assign \$160  = in2_a[8] ? { in2_a[14:9], 2'h1 } : 8'h00;
-  assign \$162  = in2_a[9] ? { in2_a[14:10], 2'h1 } : 7'h00;
-  assign \$164  = in2_a[10] ? { in2_a[14:11], 2'h1 } : 6'h00;
-  assign \$166  = in2_a[11] ? { in2_a[14:12], 2'h1 } : 5'h00;
-  assign \$168  = in2_a[12] ? { in2_a[14:13], 2'h1 } : 4'h0;
-  assign \$170  = in2_a[13] ? { in2_a[14], 2'h1 } : 3'h0;
-  assign \$172  = in2_a[14] ? 2'h1 : 2'h0;
-  assign \$174  = in2_s ? { in2_a, 1'h1 } : 16'h0000;
-  assign \$175  = { 14'h0000, \$145  } ^ { 13'h0000, \$147  };
-  assign sq0_l1_0 = \$175  ^ { 10'h000, \$149  };
-  assign \$176  = { 14'h0000, \$145  } & { 13'h0000, \$147  };
-  assign \$177  = { 14'h0000, \$145  } & { 10'h000, \$149  };
-  assign \$178  = \$176  | \$177 ;
-  assign \$179  = { 13'h0000, \$147  } & { 10'h000, \$149  };
-  assign \$180  = \$178  | \$179 ;
-  assign \$181  = { 11'h000, \$151  } ^ { 4'h0, \$153  };
-  assign sq0_l1_2 = \$181  ^ { 5'h00, \$155  };
-  assign \$182  = { 11'h000, \$151  } & { 4'h0, \$153  };
-  assign \$183  = { 11'h000, \$151  } & { 5'h00, \$155  };
-  assign \$184  = \$182  | \$183 ;
-  assign \$185  = { 4'h0, \$153  } & { 5'h00, \$155  };
-  assign \$186  = \$184  | \$185 ;
-  assign \$187  = { 6'h00, \$157  } ^ { 7'h00, \$159  };
-  assign sq0_l1_4 = \$187  ^ \$161 [30:0];
-  assign \$188  = { 6'h00, \$157  } & { 7'h00, \$159  };
-  assign \$189  = { 6'h00, \$157  } & \$161 [30:0];
-  assign \$190  = \$188  | \$189 ;
-  assign \$191  = { 7'h00, \$159  } & \$161 [30:0];
-  assign \$192  = \$190  | \$191 ;
-  assign \$193  = \$163 [30:0] ^ \$165 [30:0];
-  assign sq0_l1_6 = \$193  ^ \$167 [30:0];
-  assign \$194  = \$163 [30:0] & \$165 [30:0];
-  assign \$195  = \$163 [30:0] & \$167 [30:0];
-  assign \$196  = \$194  | \$195 ;
-  assign \$197  = \$165 [30:0] & \$167 [30:0];
-  assign \$198  = \$196  | \$197 ;
-  assign \$199  = \$169 [30:0] ^ \$171 [30:0];
-  assign sq0_l1_8 = \$199  ^ \$173 [30:0];
-  assign \$200  = \$169 [30:0] & \$171 [30:0];
-  assign \$201  = \$169 [30:0] & \$173 [30:0];
-  assign \$202  = \$200  | \$201 ;
-  assign \$203  = \$171 [30:0] & \$173 [30:0];
-  assign \$204  = \$202  | \$203 ;
-  assign \$205  = sq0_l1_0 ^ { \$180 [29:0], 1'h0 };
-  assign sq0_l2_0 = \$205  ^ sq0_l1_2;
-  assign \$206  = sq0_l1_0 & { \$180 [29:0], 1'h0 };
-  assign \$207  = sq0_l1_0 & sq0_l1_2;
-  assign \$208  = \$206  | \$207 ;
-  assign \$209  = { \$180 [29:0], 1'h0 } & sq0_l1_2;
-  assign \$210  = \$208  | \$209 ;
-  assign \$211  = { \$186 [29:0], 1'h0 } ^ sq0_l1_4;
-  assign sq0_l2_2 = \$211  ^ { \$192 [29:0], 1'h0 };
-  assign \$212  = { \$186 [29:0], 1'h0 } & sq0_l1_4;
-  assign \$213  = { \$186 [29:0], 1'h0 } & { \$192 [29:0], 1'h0 };
-  assign \$214  = \$212  | \$213 ;
-  assign \$215  = sq0_l1_4 & { \$192 [29:0], 1'h0 };
-  assign \$216  = \$214  | \$215 ;
-  assign \$217  = sq0_l1_6 ^ { \$198 [29:0], 1'h0 };
-  assign sq0_l2_4 = \$217  ^ sq0_l1_8;
-  assign \$218  = sq0_l1_6 & { \$198 [29:0], 1'h0 };
-  assign \$219  = sq0_l1_6 & sq0_l1_8;
-  assign \$220  = \$218  | \$219 ;
-  assign \$221  = { \$198 [29:0], 1'h0 } & sq0_l1_8;
-  assign \$222  = \$220  | \$221 ;
-  assign \$223  = sq0_t0 ^ sq0_t1;
-  assign sq1_l1_0 = \$223  ^ sq0_t2;
-  assign \$224  = sq0_t0 & sq0_t1;
-  assign \$225  = sq0_t0 & sq0_t2;
-  assign \$226  = \$224  | \$225 ;
-  assign \$227  = sq0_t1 & sq0_t2;
-  assign \$228  = \$226  | \$227 ;
-  assign \$229  = sq0_t3 ^ sq0_t4;
-  assign sq1_l1_2 = \$229  ^ sq0_t5;
-  assign \$230  = sq0_t3 & sq0_t4;
-  assign \$231  = sq0_t3 & sq0_t5;
-  assign \$232  = \$230  | \$231 ;
-  assign \$233  = sq0_t4 & sq0_t5;
-  assign \$234  = \$232  | \$233 ;
-  assign \$235  = sq1_l1_0 ^ { \$228 [29:0], 1'h0 };
-  assign sq1_l2_0 = \$235  ^ sq1_l1_2;
-  assign \$236  = sq1_l1_0 & { \$228 [29:0], 1'h0 };
-  assign \$237  = sq1_l1_0 & sq1_l1_2;
-  assign \$238  = \$236  | \$237 ;
-  assign \$239  = { \$228 [29:0], 1'h0 } & sq1_l1_2;
-  assign \$240  = \$238  | \$239 ;
-  assign \$241  = { \$234 [29:0], 1'h0 } ^ sq0_t6;
-  assign sq1_l2_2 = \$241  ^ sq0_t7;
-  assign \$242  = { \$234 [29:0], 1'h0 } & sq0_t6;
-  assign \$243  = { \$234 [29:0], 1'h0 } & sq0_t7;
-  assign \$244  = \$242  | \$243 ;
-  assign \$245  = sq0_t6 & sq0_t7;
-  assign \$246  = \$244  | \$245 ;
-  assign \$247  = sq1_t0 ^ sq1_t1;
-  assign sq2_l1_0 = \$247  ^ sq1_t2;
-  assign \$248  = sq1_t0 & sq1_t1;
-  assign \$249  = sq1_t0 & sq1_t2;
-  assign \$250  = \$248  | \$249 ;
-  assign \$251  = sq1_t1 & sq1_t2;
-  assign \$252  = \$250  | \$251 ;
-  assign \$253  = sq2_l1_0 ^ { \$252 [29:0], 1'h0 };
-  assign sq2_l2_0 = \$253  ^ sq1_t3;
-  assign \$254  = sq2_l1_0 & { \$252 [29:0], 1'h0 };
-  assign \$255  = sq2_l1_0 & sq1_t3;
-  assign \$256  = \$254  | \$255 ;
-  assign \$257  = { \$252 [29:0], 1'h0 } & sq1_t3;
-  assign \$258  = \$256  | \$257 ;
-  assign \$259  = qs_acc ^ qc_acc;
-  assign qacc_l1_0 = \$259  ^ { 6'h00, sq2_t0 };
-  assign \$260  = qs_acc & qc_acc;
-  assign \$261  = qs_acc & { 6'h00, sq2_t0 };
-  assign \$262  = \$260  | \$261 ;
-  assign \$263  = qc_acc & { 6'h00, sq2_t0 };
-  assign \$264  = \$262  | \$263 ;
-  assign \$265  = qacc_l1_0 ^ { \$264 [35:0], 1'h0 };
-  assign qacc_l2_0 = \$265  ^ { 6'h00, sq2_t1 };
-  assign \$266  = qacc_l1_0 & { \$264 [35:0], 1'h0 };
-  assign \$267  = qacc_l1_0 & { 6'h00, sq2_t1 };
-  assign \$268  = \$266  | \$267 ;
-  assign \$269  = { \$264 [35:0], 1'h0 } & { 6'h00, sq2_t1 };
-  assign \$270  = \$268  | \$269 ;
-  assign \$273  = qbit ? s_c : 22'h000000;
-  assign \$274  = hz_l0_0 ^ hz_l0_1;
-  assign \$275  = \$274  ^ hz_l0_2;
-  assign \$276  = hz_l0_0 & hz_l0_1;
-  assign \$277  = hz_l0_0 & hz_l0_2;
-  assign \$278  = \$276  | \$277 ;
-  assign \$279  = hz_l0_1 & hz_l0_2;
-  assign \$280  = \$278  | \$279 ;
-  assign \$283  = qbit ? xc : 25'h0000000;
-  assign \$284  = hy_l0_0 ^ hy_l0_1;
-  assign \$285  = \$284  ^ hy_l0_2;
-  assign \$286  = hy_l0_0 & hy_l0_1;
-  assign \$287  = hy_l0_0 & hy_l0_2;
-  assign \$288  = \$286  | \$287 ;
+  assign \$155  = in2_a[0] ? { in2_a[14:1], 2'h1 } : 16'h0000;
+  assign \$157  = in2_a[1] ? { in2_a[14:2], 2'h1 } : 15'h0000;
+  assign \$159  = in2_a[2] ? { in2_a[14:3], 2'h1 } : 14'h0000;
+  assign \$161  = in2_a[3] ? { in2_a[14:4], 2'h1 } : 13'h0000;
+  assign \$163  = in2_a[4] ? { in2_a[14:5], 2'h1 } : 12'h000;
+  assign \$165  = in2_a[5] ? { in2_a[14:6], 2'h1 } : 11'h000;
+  assign \$167  = in2_a[6] ? { in2_a[14:7], 2'h1 } : 10'h000;
+  assign \$169  = in2_a[7] ? { in2_a[14:8], 2'h1 } : 9'h000;
+  assign \$171  = in2_a[8] ? { in2_a[14:9], 2'h1 } : 8'h00;
+  assign \$173  = in2_a[9] ? { in2_a[14:10], 2'h1 } : 7'h00;
+  assign \$175  = in2_a[10] ? { in2_a[14:11], 2'h1 } : 6'h00;
+  assign \$177  = in2_a[11] ? { in2_a[14:12], 2'h1 } : 5'h00;
+  assign \$179  = in2_a[12] ? { in2_a[14:13], 2'h1 } : 4'h0;
+  assign \$181  = in2_a[13] ? { in2_a[14], 2'h1 } : 3'h0;
+  assign \$183  = in2_a[14] ? 2'h1 : 2'h0;
+  assign \$185  = in2_s ? { in2_a, 1'h1 } : 16'h0000;
+  assign \$186  = { 14'h0000, \$156  } ^ { 13'h0000, \$158  };
+  assign sq0_l1_0 = \$186  ^ { 10'h000, \$160  };
+  assign \$187  = { 14'h0000, \$156  } & { 13'h0000, \$158  };
+  assign \$188  = { 14'h0000, \$156  } & { 10'h000, \$160  };
+  assign \$189  = \$187  | \$188 ;
+  assign \$190  = { 13'h0000, \$158  } & { 10'h000, \$160  };
+  assign \$191  = \$189  | \$190 ;
+  assign \$192  = { 11'h000, \$162  } ^ { 4'h0, \$164  };
+  assign sq0_l1_2 = \$192  ^ { 5'h00, \$166  };
+  assign \$193  = { 11'h000, \$162  } & { 4'h0, \$164  };
+  assign \$194  = { 11'h000, \$162  } & { 5'h00, \$166  };
+  assign \$195  = \$193  | \$194 ;
+  assign \$196  = { 4'h0, \$164  } & { 5'h00, \$166  };
+  assign \$197  = \$195  | \$196 ;
+  assign \$198  = { 6'h00, \$168  } ^ { 7'h00, \$170  };
+  assign sq0_l1_4 = \$198  ^ \$172 [30:0];
+  assign \$199  = { 6'h00, \$168  } & { 7'h00, \$170  };
+  assign \$200  = { 6'h00, \$168  } & \$172 [30:0];
+  assign \$201  = \$199  | \$200 ;
+  assign \$202  = { 7'h00, \$170  } & \$172 [30:0];
+  assign \$203  = \$201  | \$202 ;
+  assign \$204  = \$174 [30:0] ^ \$176 [30:0];
+  assign sq0_l1_6 = \$204  ^ \$178 [30:0];
+  assign \$205  = \$174 [30:0] & \$176 [30:0];
+  assign \$206  = \$174 [30:0] & \$178 [30:0];
+  assign \$207  = \$205  | \$206 ;
+  assign \$208  = \$176 [30:0] & \$178 [30:0];
+  assign \$209  = \$207  | \$208 ;
+  assign \$210  = \$180 [30:0] ^ \$182 [30:0];
+  assign sq0_l1_8 = \$210  ^ \$184 [30:0];
+  assign \$211  = \$180 [30:0] & \$182 [30:0];
+  assign \$212  = \$180 [30:0] & \$184 [30:0];
+  assign \$213  = \$211  | \$212 ;
+  assign \$214  = \$182 [30:0] & \$184 [30:0];
+  assign \$215  = \$213  | \$214 ;
+  assign \$216  = sq0_l1_0 ^ { \$191 [29:0], 1'h0 };
+  assign sq0_l2_0 = \$216  ^ sq0_l1_2;
+  assign \$217  = sq0_l1_0 & { \$191 [29:0], 1'h0 };
+  assign \$218  = sq0_l1_0 & sq0_l1_2;
+  assign \$219  = \$217  | \$218 ;
+  assign \$220  = { \$191 [29:0], 1'h0 } & sq0_l1_2;
+  assign \$221  = \$219  | \$220 ;
+  assign \$222  = { \$197 [29:0], 1'h0 } ^ sq0_l1_4;
+  assign sq0_l2_2 = \$222  ^ { \$203 [29:0], 1'h0 };
+  assign \$223  = { \$197 [29:0], 1'h0 } & sq0_l1_4;
+  assign \$224  = { \$197 [29:0], 1'h0 } & { \$203 [29:0], 1'h0 };
+  assign \$225  = \$223  | \$224 ;
+  assign \$226  = sq0_l1_4 & { \$203 [29:0], 1'h0 };
+  assign \$227  = \$225  | \$226 ;
+  assign \$228  = sq0_l1_6 ^ { \$209 [29:0], 1'h0 };
+  assign sq0_l2_4 = \$228  ^ sq0_l1_8;
+  assign \$229  = sq0_l1_6 & { \$209 [29:0], 1'h0 };
+  assign \$230  = sq0_l1_6 & sq0_l1_8;
+  assign \$231  = \$229  | \$230 ;
+  assign \$232  = { \$209 [29:0], 1'h0 } & sq0_l1_8;
+  assign \$233  = \$231  | \$232 ;
+  assign \$234  = sq0_t0 ^ sq0_t1;
+  assign sq1_l1_0 = \$234  ^ sq0_t2;
+  assign \$235  = sq0_t0 & sq0_t1;
+  assign \$236  = sq0_t0 & sq0_t2;
+  assign \$237  = \$235  | \$236 ;
+  assign \$238  = sq0_t1 & sq0_t2;
+  assign \$239  = \$237  | \$238 ;
+  assign \$240  = sq0_t3 ^ sq0_t4;
+  assign sq1_l1_2 = \$240  ^ sq0_t5;
+  assign \$241  = sq0_t3 & sq0_t4;
+  assign \$242  = sq0_t3 & sq0_t5;
+  assign \$243  = \$241  | \$242 ;
+  assign \$244  = sq0_t4 & sq0_t5;
+  assign \$245  = \$243  | \$244 ;
+  assign \$246  = sq1_l1_0 ^ { \$239 [29:0], 1'h0 };
+  assign sq1_l2_0 = \$246  ^ sq1_l1_2;
+  assign \$247  = sq1_l1_0 & { \$239 [29:0], 1'h0 };
+  assign \$248  = sq1_l1_0 & sq1_l1_2;
+  assign \$249  = \$247  | \$248 ;
+  assign \$250  = { \$239 [29:0], 1'h0 } & sq1_l1_2;
+  assign \$251  = \$249  | \$250 ;
+  assign \$252  = { \$245 [29:0], 1'h0 } ^ sq0_t6;
+  assign sq1_l2_2 = \$252  ^ sq0_t7;
+  assign \$253  = { \$245 [29:0], 1'h0 } & sq0_t6;
+  assign \$254  = { \$245 [29:0], 1'h0 } & sq0_t7;
+  assign \$255  = \$253  | \$254 ;
+  assign \$256  = sq0_t6 & sq0_t7;
+  assign \$257  = \$255  | \$256 ;
+  assign \$258  = sq1_t0 ^ sq1_t1;
+  assign sq2_l1_0 = \$258  ^ sq1_t2;
+  assign \$259  = sq1_t0 & sq1_t1;
+  assign \$260  = sq1_t0 & sq1_t2;
+  assign \$261  = \$259  | \$260 ;
+  assign \$262  = sq1_t1 & sq1_t2;
+  assign \$263  = \$261  | \$262 ;
+  assign \$264  = sq2_l1_0 ^ { \$263 [29:0], 1'h0 };
+  assign sq2_l2_0 = \$264  ^ sq1_t3;
+  assign \$265  = sq2_l1_0 & { \$263 [29:0], 1'h0 };
+  assign \$266  = sq2_l1_0 & sq1_t3;
+  assign \$267  = \$265  | \$266 ;
+  assign \$268  = { \$263 [29:0], 1'h0 } & sq1_t3;
+  assign \$269  = \$267  | \$268 ;
+  assign \$270  = qs_acc ^ qc_acc;
+  assign qacc_l1_0 = \$270  ^ { 6'h00, sq2_t0 };
+  assign \$271  = qs_acc & qc_acc;
+  assign \$272  = qs_acc & { 6'h00, sq2_t0 };
+  assign \$273  = \$271  | \$272 ;
+  assign \$274  = qc_acc & { 6'h00, sq2_t0 };
   assign \$auto$rtlil.cc:2739:Not$34  = ~ nlo[15];
-  assign \$auto$rtlil.cc:2739:Not$36  = ~ \$408 [0];
-  assign \$auto$rtlil.cc:2739:Not$38  = ~ \$506 [0];
+  assign \$auto$rtlil.cc:2739:Not$36  = ~ \$419 [0];
+  assign \$auto$rtlil.cc:2739:Not$38  = ~ \$517 [0];
   \accelerator.core.layernorm.out_queue  out_queue (
     .layernorm_d_clk(layernorm_d_clk),
     .layernorm_d_rst(layernorm_d_rst),
@@ -41494,700 +41578,541 @@ module \accelerator.core.layernorm (o__ready, i__valid, i__ready, o__payload, bu
   );
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
-    \$603  = \$1 ;
-    if (layernorm_d_rst) begin
-      \$603  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
-    \$604  = \$2 ;
-    if (layernorm_d_rst) begin
-      \$604  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
-    \$605  = e_r;
-    if (m_ram_wen) begin
-      \$605  = c__payload[64:59];
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
-    \$606  = cm1;
-    if (m_ram_wen) begin
-      if (c__payload[65]) begin
-        \$606  = m_ram_waddr;
-      end
-    end
-    if (layernorm_d_rst) begin
-      \$606  = 6'h3f;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
-    \$607  = cm2;
-    if (m_ram_wen) begin
-      if (c__payload[65]) begin
-        \$607  = \$3 [5:0];
-      end
-    end
-    if (layernorm_d_rst) begin
-      \$607  = 6'h3e;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
-    \$608  = m_ram_waddr;
-    if (m_ram_wen) begin
-      (* full_case = 32'd1 *)
-      if (c__payload[65]) begin
-        \$608  = 6'h00;
-      end else begin
-        \$608  = \$4 [5:0];
-      end
-    end
-    if (layernorm_d_rst) begin
-      \$608  = 6'h00;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
-    \$609  = \$11 ;
-    if (layernorm_d_rst) begin
-      \$609  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
-    \$610  = \$13 ;
-    if (layernorm_d_rst) begin
-      \$610  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
-    \$611  = \$15 ;
-    if (layernorm_d_rst) begin
-      \$611  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
-    \$612  = cnt;
-    if (buf_wen) begin
-      \$612  = \$23 [5:0];
-    end
-    if (layernorm_d_rst) begin
-      \$612  = 6'h00;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
-    \$613  = in_last;
-    if (buf_wen) begin
-      \$613  = \$26 ;
-    end
-    if (m_ram_wen) begin
-      \$613  = 1'h0;
-    end
-    if (layernorm_d_rst) begin
-      \$613  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
-    \$614  = wslot;
-    if (buf_wen) begin
-      if (in_last) begin
-        \$614  = \$29 [1:0];
-      end
-    end
-    if (layernorm_d_rst) begin
-      \$614  = 2'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
-    \$615  = \$344 [1:0];
-    if (layernorm_d_rst) begin
-      \$615  = 2'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
-    \$616  = \$37 ;
-    if (layernorm_d_rst) begin
-      \$616  = 1'h1;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
-    \$617  = buf_wen;
+    \$617  = \$1 ;
     if (layernorm_d_rst) begin
       \$617  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
-    \$618  = \$38 ;
+    \$618  = \$2 ;
     if (layernorm_d_rst) begin
       \$618  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
-    \$619  = in1_v;
-    if (layernorm_d_rst) begin
-      \$619  = 1'h0;
+    \$619  = e_r;
+    if (m_ram_wen) begin
+      \$619  = c__payload[64:59];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
-    \$620  = in1_l;
+    \$620  = cm1;
+    if (m_ram_wen) begin
+      if (c__payload[65]) begin
+        \$620  = m_ram_waddr;
+      end
+    end
     if (layernorm_d_rst) begin
-      \$620  = 1'h0;
+      \$620  = 6'h3f;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
-    \$621  = in2_v;
+    \$621  = cm2;
+    if (m_ram_wen) begin
+      if (c__payload[65]) begin
+        \$621  = \$3 [5:0];
+      end
+    end
     if (layernorm_d_rst) begin
-      \$621  = 1'h0;
+      \$621  = 6'h3e;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
-    \$622  = in2_l;
+    \$622  = m_ram_waddr;
+    if (m_ram_wen) begin
+      (* full_case = 32'd1 *)
+      if (c__payload[65]) begin
+        \$622  = 6'h00;
+      end else begin
+        \$622  = \$4 [5:0];
+      end
+    end
     if (layernorm_d_rst) begin
-      \$622  = 1'h0;
+      \$622  = 6'h00;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
-    \$623  = sq0_v;
+    \$623  = \$11 ;
     if (layernorm_d_rst) begin
       \$623  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
-    \$624  = sq0_l;
+    \$624  = \$13 ;
     if (layernorm_d_rst) begin
       \$624  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
-    \$625  = sq1_v;
+    \$625  = \$15 ;
     if (layernorm_d_rst) begin
       \$625  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
-    \$626  = sq1_l;
+    \$626  = cnt;
+    if (buf_wen) begin
+      \$626  = \$23 [5:0];
+    end
     if (layernorm_d_rst) begin
-      \$626  = 1'h0;
+      \$626  = 6'h00;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
-    \$627  = h1_s;
-    if (sq2_v) begin
-      if (sq2_l) begin
-        \$627  = \$40 [21:0];
-      end
+    \$627  = in_last;
+    if (buf_wen) begin
+      \$627  = \$26 ;
+    end
+    if (m_ram_wen) begin
+      \$627  = 1'h0;
+    end
+    if (layernorm_d_rst) begin
+      \$627  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
-    \$628  = h1_qs;
-    if (sq2_v) begin
-      if (sq2_l) begin
-        \$628  = qacc_l2_0;
-      end
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
-    \$629  = h1_qc;
-    if (sq2_v) begin
-      if (sq2_l) begin
-        \$629  = { \$270 [35:0], 1'h0 };
-      end
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
-    \$630  = h1_valid;
-    if (sq2_v) begin
-      if (sq2_l) begin
-        \$630  = 1'h1;
-      end
-    end
-    if (calc_idle) begin
-      if (h1_n_ok) begin
-        \$630  = 1'h0;
+    \$628  = wslot;
+    if (buf_wen) begin
+      if (in_last) begin
+        \$628  = \$29 [1:0];
       end
     end
     if (layernorm_d_rst) begin
-      \$630  = 1'h0;
+      \$628  = 2'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
-    \$631  = s_acc;
-    if (sq2_v) begin
-      (* full_case = 32'd1 *)
-      if (sq2_l) begin
-        \$631  = 22'h000000;
-      end else begin
-        \$631  = \$41 [21:0];
-      end
-    end
+    \$629  = \$355 [1:0];
     if (layernorm_d_rst) begin
-      \$631  = 22'h000000;
+      \$629  = 2'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
-    \$632  = qs_acc;
-    if (sq2_v) begin
-      (* full_case = 32'd1 *)
-      if (sq2_l) begin
-        \$632  = 37'h0000000000;
-      end else begin
-        \$632  = qacc_l2_0;
-      end
-    end
+    \$630  = \$37 ;
     if (layernorm_d_rst) begin
-      \$632  = 37'h0000000000;
+      \$630  = 1'h1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
-    \$633  = qc_acc;
-    if (sq2_v) begin
-      (* full_case = 32'd1 *)
-      if (sq2_l) begin
-        \$633  = 37'h0000000000;
-      end else begin
-        \$633  = { \$270 [35:0], 1'h0 };
-      end
-    end
+    \$631  = buf_wen;
     if (layernorm_d_rst) begin
-      \$633  = 37'h0000000000;
+      \$631  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
-    \$634  = \$42 ;
+    \$632  = \$38 ;
+    if (layernorm_d_rst) begin
+      \$632  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
+    \$633  = in1_v;
+    if (layernorm_d_rst) begin
+      \$633  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
+    \$634  = in1_l;
     if (layernorm_d_rst) begin
       \$634  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
-    \$635  = calc_div;
+    \$635  = in2_v;
     if (layernorm_d_rst) begin
       \$635  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
-    \$636  = xc;
-    if (hb) begin
-      \$636  = \$47 [24:0];
-    end
-    if (calc_idle) begin
-      if (h1_n_ok) begin
-        \$636  = { 18'h00000, c_now };
-      end
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
-    \$637  = \$signal$112 ;
-    if (hb) begin
-      \$637  = hz_l1_0;
-    end
-    if (calc_idle) begin
-      if (h1_n_ok) begin
-        \$637  = 36'h000000000;
-      end
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
-    \$638  = zc;
-    if (hb) begin
-      \$638  = hz_l1_1;
-    end
-    if (calc_idle) begin
-      if (h1_n_ok) begin
-        \$638  = 36'h000000000;
-      end
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
-    \$639  = \$signal$116 ;
-    if (hb) begin
-      \$639  = hy_l1_0;
-    end
-    if (calc_idle) begin
-      if (h1_n_ok) begin
-        \$639  = 36'h000000000;
-      end
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
-    \$640  = yc;
-    if (hb) begin
-      \$640  = hy_l1_1;
-    end
-    if (calc_idle) begin
-      if (h1_n_ok) begin
-        \$640  = 36'h000000000;
-      end
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
-    \$641  = \$56 ;
+    \$636  = in2_l;
     if (layernorm_d_rst) begin
-      \$641  = 1'h0;
+      \$636  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
-    \$642  = d_rem;
-    if (calc_idle) begin
-      \$642  = h1_n[22:16];
-    end
-    if (calc_div) begin
-      \$642  = \$60 [6:0];
+    \$637  = sq0_v;
+    if (layernorm_d_rst) begin
+      \$637  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
-    \$643  = nlo;
-    if (calc_idle) begin
-      \$643  = h1_n[15:0];
-    end
-    if (calc_div) begin
-      \$643  = { nlo[14:0], \$62  };
+    \$638  = sq0_l;
+    if (layernorm_d_rst) begin
+      \$638  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
-    \$644  = k;
-    if (calc_idle) begin
-      \$644  = 5'h0f;
+    \$639  = sq1_v;
+    if (layernorm_d_rst) begin
+      \$639  = 1'h0;
     end
-    if (calc_div) begin
-      \$644  = \$68 [4:0];
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
+    \$640  = sq1_l;
+    if (layernorm_d_rst) begin
+      \$640  = 1'h0;
     end
-    if (calc_var3) begin
-      \$644  = 5'h11;
-    end
-    if (calc_root) begin
-      \$644  = \$79 [4:0];
-      if (\$81 ) begin
-        \$644  = 5'h1e;
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
+    \$641  = h1_s;
+    if (sq2_v) begin
+      if (sq2_l) begin
+        \$641  = \$40 [21:0];
       end
     end
-    if (calc_fact) begin
-      \$644  = \$88 [4:0];
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
+    \$642  = h1_qs;
+    if (sq2_v) begin
+      if (sq2_l) begin
+        \$642  = qacc_l2_0;
+      end
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
+    \$643  = h1_qc;
+    if (sq2_v) begin
+      if (sq2_l) begin
+        \$643  = { \$281 [35:0], 1'h0 };
+      end
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
+    \$644  = h1_valid;
+    if (sq2_v) begin
+      if (sq2_l) begin
+        \$644  = 1'h1;
+      end
+    end
+    if (calc_idle) begin
+      if (h1_n_ok) begin
+        \$644  = 1'h0;
+      end
     end
     if (layernorm_d_rst) begin
-      \$644  = 5'h00;
+      \$644  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
-    \$645  = s_c;
-    if (calc_idle) begin
-      if (h1_n_ok) begin
-        \$645  = h1_s;
+    \$645  = s_acc;
+    if (sq2_v) begin
+      (* full_case = 32'd1 *)
+      if (sq2_l) begin
+        \$645  = 22'h000000;
+      end else begin
+        \$645  = \$41 [21:0];
       end
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
-    \$646  = qs_c;
-    if (calc_idle) begin
-      if (h1_n_ok) begin
-        \$646  = h1_qs;
-      end
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
-    \$647  = qc_c;
-    if (calc_idle) begin
-      if (h1_n_ok) begin
-        \$647  = h1_qc;
-      end
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
-    \$648  = calc_idle;
-    if (calc_idle) begin
-      if (h1_n_ok) begin
-        \$648  = 1'h0;
-      end
-    end
-    if (\$92 ) begin
-      \$648  = 1'h1;
     end
     if (layernorm_d_rst) begin
-      \$648  = 1'h1;
+      \$645  = 22'h000000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
+    \$646  = qs_acc;
+    if (sq2_v) begin
+      (* full_case = 32'd1 *)
+      if (sq2_l) begin
+        \$646  = 37'h0000000000;
+      end else begin
+        \$646  = qacc_l2_0;
+      end
+    end
+    if (layernorm_d_rst) begin
+      \$646  = 37'h0000000000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
+    \$647  = qc_acc;
+    if (sq2_v) begin
+      (* full_case = 32'd1 *)
+      if (sq2_l) begin
+        \$647  = 37'h0000000000;
+      end else begin
+        \$647  = { \$281 [35:0], 1'h0 };
+      end
+    end
+    if (layernorm_d_rst) begin
+      \$647  = 37'h0000000000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
+    \$648  = \$42 ;
+    if (layernorm_d_rst) begin
+      \$648  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
     \$649  = calc_div;
-    if (calc_idle) begin
-      if (h1_n_ok) begin
-        \$649  = 1'h1;
-      end
-    end
-    if (calc_div) begin
-      if (\$70 ) begin
-        \$649  = 1'h0;
-      end
-    end
     if (layernorm_d_rst) begin
       \$649  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
-    \$650  = qbit;
-    if (calc_div) begin
-      \$650  = \$64 ;
+    \$650  = xc;
+    if (hb) begin
+      \$650  = \$47 [24:0];
     end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
-    \$651  = xc_add;
-    if (calc_div) begin
-      \$651  = \$67 ;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
-    \$652  = calc_tail;
-    if (calc_div) begin
-      if (\$70 ) begin
-        \$652  = 1'h1;
+    if (calc_idle) begin
+      if (h1_n_ok) begin
+        \$650  = { 18'h00000, c_now };
       end
     end
-    if (calc_tail) begin
-      \$652  = 1'h0;
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
+    \$651  = \$signal$112 ;
+    if (hb) begin
+      \$651  = hz_l1_0;
     end
-    if (layernorm_d_rst) begin
-      \$652  = 1'h0;
+    if (calc_idle) begin
+      if (h1_n_ok) begin
+        \$651  = 36'h000000000;
+      end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
-    \$653  = calc_var1;
-    if (calc_tail) begin
-      \$653  = 1'h1;
+    \$652  = zc;
+    if (hb) begin
+      \$652  = hz_l1_1;
     end
-    if (calc_var1) begin
-      \$653  = 1'h0;
-    end
-    if (layernorm_d_rst) begin
-      \$653  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
-    \$654  = calc_var2;
-    if (calc_var1) begin
-      \$654  = 1'h1;
-    end
-    if (calc_var2) begin
-      \$654  = 1'h0;
-    end
-    if (layernorm_d_rst) begin
-      \$654  = 1'h0;
+    if (calc_idle) begin
+      if (h1_n_ok) begin
+        \$652  = 36'h000000000;
+      end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
-    \$655  = calc_var3;
-    if (calc_var2) begin
-      \$655  = 1'h1;
+    \$653  = \$signal$116 ;
+    if (hb) begin
+      \$653  = hy_l1_0;
     end
-    if (calc_var3) begin
+    if (calc_idle) begin
+      if (h1_n_ok) begin
+        \$653  = 36'h000000000;
+      end
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
+    \$654  = yc;
+    if (hb) begin
+      \$654  = hy_l1_1;
+    end
+    if (calc_idle) begin
+      if (h1_n_ok) begin
+        \$654  = 36'h000000000;
+      end
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
+    \$655  = \$56 ;
+    if (layernorm_d_rst) begin
       \$655  = 1'h0;
     end
-    if (layernorm_d_rst) begin
-      \$655  = 1'h0;
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
+    \$656  = d_rem;
+    if (calc_idle) begin
+      \$656  = h1_n[22:16];
+    end
+    if (calc_div) begin
+      \$656  = \$60 [6:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
-    \$656  = vsh;
+    \$657  = nlo;
+    if (calc_idle) begin
+      \$657  = h1_n[15:0];
+    end
+    if (calc_div) begin
+      \$657  = { nlo[14:0], \$62  };
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
+    \$658  = k;
+    if (calc_idle) begin
+      \$658  = 5'h0f;
+    end
+    if (calc_div) begin
+      \$658  = \$68 [4:0];
+    end
     if (calc_var3) begin
-      \$656  = \$71 [35:0];
+      \$658  = 5'h11;
     end
     if (calc_root) begin
-      \$656  = \$78 [35:0];
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
-    \$657  = r_rem;
-    if (calc_var3) begin
-      \$657  = 19'h00000;
-    end
-    if (calc_root) begin
-      \$657  = \$75 [18:0];
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
-    \$658  = root;
-    if (calc_var3) begin
-      \$658  = 18'h00000;
-    end
-    if (calc_root) begin
-      \$658  = { root[16:0], \$77  };
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
-    \$659  = f_rem;
-    if (calc_var3) begin
-      \$659  = 18'h00000;
-    end
-    if (calc_fact) begin
-      \$659  = \$85 [17:0];
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
-    \$660  = calc_root;
-    if (calc_var3) begin
-      \$660  = 1'h1;
-    end
-    if (calc_root) begin
+      \$658  = \$79 [4:0];
       if (\$81 ) begin
-        \$660  = 1'h0;
+        \$658  = 5'h1e;
       end
+    end
+    if (calc_fact) begin
+      \$658  = \$88 [4:0];
     end
     if (layernorm_d_rst) begin
-      \$660  = 1'h0;
+      \$658  = 5'h00;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
-    \$661  = calc_fact;
-    if (calc_root) begin
-      if (\$81 ) begin
-        \$661  = 1'h1;
+    \$659  = s_c;
+    if (calc_idle) begin
+      if (h1_n_ok) begin
+        \$659  = h1_s;
       end
     end
-    if (calc_fact) begin
-      if (\$90 ) begin
-        \$661  = 1'h0;
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
+    \$660  = qs_c;
+    if (calc_idle) begin
+      if (h1_n_ok) begin
+        \$660  = h1_qs;
       end
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
+    \$661  = qc_c;
+    if (calc_idle) begin
+      if (h1_n_ok) begin
+        \$661  = h1_qc;
+      end
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
+    \$662  = calc_idle;
+    if (calc_idle) begin
+      if (h1_n_ok) begin
+        \$662  = 1'h0;
+      end
+    end
+    if (\$92 ) begin
+      \$662  = 1'h1;
     end
     if (layernorm_d_rst) begin
-      \$661  = 1'h0;
+      \$662  = 1'h1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
-    \$662  = f_q;
-    if (calc_fact) begin
-      \$662  = { f_q[29:0], \$87  };
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
-    \$663  = calc_push;
-    if (calc_fact) begin
-      if (\$90 ) begin
+    \$663  = calc_div;
+    if (calc_idle) begin
+      if (h1_n_ok) begin
         \$663  = 1'h1;
       end
     end
-    if (\$92 ) begin
-      \$663  = 1'h0;
-    end
-    if (layernorm_d_rst) begin
-      \$663  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
-    \$664  = h2_mean;
-    if (\$92 ) begin
-      \$664  = \$93 ;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
-    \$665  = h2_factor;
-    if (\$92 ) begin
-      \$665  = f_q;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
-    \$666  = h2_valid;
-    if (\$92 ) begin
-      \$666  = 1'h1;
-    end
-    if (load) begin
-      \$666  = 1'h0;
-    end
-    if (layernorm_d_rst) begin
-      \$666  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
-    \$667  = ch;
-    if (issue) begin
-      \$667  = \$95 [5:0];
-    end
-    if (layernorm_d_rst) begin
-      \$667  = 6'h00;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
-    \$668  = out_last;
-    if (issue) begin
-      \$668  = \$98 ;
-    end
-    if (m_ram_wen) begin
-      \$668  = 1'h0;
-    end
-    if (layernorm_d_rst) begin
-      \$668  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
-    \$669  = active;
-    if (issue) begin
-      if (out_last) begin
-        \$669  = 1'h0;
+    if (calc_div) begin
+      if (\$70 ) begin
+        \$663  = 1'h0;
       end
     end
-    if (load) begin
+    if (layernorm_d_rst) begin
+      \$663  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
+    \$664  = qbit;
+    if (calc_div) begin
+      \$664  = \$64 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
+    \$665  = xc_add;
+    if (calc_div) begin
+      \$665  = \$67 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
+    \$666  = calc_tail;
+    if (calc_div) begin
+      if (\$70 ) begin
+        \$666  = 1'h1;
+      end
+    end
+    if (calc_tail) begin
+      \$666  = 1'h0;
+    end
+    if (layernorm_d_rst) begin
+      \$666  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
+    \$667  = calc_var1;
+    if (calc_tail) begin
+      \$667  = 1'h1;
+    end
+    if (calc_var1) begin
+      \$667  = 1'h0;
+    end
+    if (layernorm_d_rst) begin
+      \$667  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
+    \$668  = calc_var2;
+    if (calc_var1) begin
+      \$668  = 1'h1;
+    end
+    if (calc_var2) begin
+      \$668  = 1'h0;
+    end
+    if (layernorm_d_rst) begin
+      \$668  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
+    \$669  = calc_var3;
+    if (calc_var2) begin
       \$669  = 1'h1;
+    end
+    if (calc_var3) begin
+      \$669  = 1'h0;
     end
     if (layernorm_d_rst) begin
       \$669  = 1'h0;
@@ -42195,231 +42120,397 @@ module \accelerator.core.layernorm (o__ready, i__valid, i__ready, o__payload, bu
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
-    \$670  = rslot;
-    if (issue) begin
-      if (out_last) begin
-        \$670  = \$101 [1:0];
+    \$670  = vsh;
+    if (calc_var3) begin
+      \$670  = \$71 [35:0];
+    end
+    if (calc_root) begin
+      \$670  = \$78 [35:0];
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
+    \$671  = r_rem;
+    if (calc_var3) begin
+      \$671  = 19'h00000;
+    end
+    if (calc_root) begin
+      \$671  = \$75 [18:0];
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
+    \$672  = root;
+    if (calc_var3) begin
+      \$672  = 18'h00000;
+    end
+    if (calc_root) begin
+      \$672  = { root[16:0], \$77  };
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
+    \$673  = f_rem;
+    if (calc_var3) begin
+      \$673  = 18'h00000;
+    end
+    if (calc_fact) begin
+      \$673  = \$85 [17:0];
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
+    \$674  = calc_root;
+    if (calc_var3) begin
+      \$674  = 1'h1;
+    end
+    if (calc_root) begin
+      if (\$81 ) begin
+        \$674  = 1'h0;
       end
     end
-    if (layernorm_d_rst) begin
-      \$670  = 2'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
-    \$671  = cur_mean;
-    if (load) begin
-      \$671  = h2_mean;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
-    \$672  = cur_factor;
-    if (load) begin
-      \$672  = h2_factor;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
-    \$673  = issue;
-    if (layernorm_d_rst) begin
-      \$673  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
-    \$674  = o_valid1;
     if (layernorm_d_rst) begin
       \$674  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
-    \$675  = o_valid2;
+    \$675  = calc_fact;
+    if (calc_root) begin
+      if (\$81 ) begin
+        \$675  = 1'h1;
+      end
+    end
+    if (calc_fact) begin
+      if (\$90 ) begin
+        \$675  = 1'h0;
+      end
+    end
     if (layernorm_d_rst) begin
       \$675  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
-    \$676  = o_valid3;
-    if (layernorm_d_rst) begin
-      \$676  = 1'h0;
+    \$676  = f_q;
+    if (calc_fact) begin
+      \$676  = { f_q[29:0], \$87  };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
-    \$677  = o_valid4;
+    \$677  = calc_push;
+    if (calc_fact) begin
+      if (\$90 ) begin
+        \$677  = 1'h1;
+      end
+    end
+    if (\$92 ) begin
+      \$677  = 1'h0;
+    end
     if (layernorm_d_rst) begin
       \$677  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
-    \$678  = o_valid5;
-    if (layernorm_d_rst) begin
-      \$678  = 1'h0;
+    \$678  = h2_mean;
+    if (\$92 ) begin
+      \$678  = \$93 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
-    \$679  = o_valid6;
-    if (layernorm_d_rst) begin
-      \$679  = 1'h0;
+    \$679  = h2_factor;
+    if (\$92 ) begin
+      \$679  = f_q;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
-    \$680  = o_valid7;
+    \$680  = h2_valid;
+    if (\$92 ) begin
+      \$680  = 1'h1;
+    end
+    if (load) begin
+      \$680  = 1'h0;
+    end
     if (layernorm_d_rst) begin
       \$680  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
-    \$681  = o_valid8;
+    \$681  = ch;
+    if (issue) begin
+      \$681  = \$95 [5:0];
+    end
     if (layernorm_d_rst) begin
-      \$681  = 1'h0;
+      \$681  = 6'h00;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
-    \$682  = o_valid9;
+    \$682  = out_last;
+    if (issue) begin
+      \$682  = \$98 ;
+    end
+    if (m_ram_wen) begin
+      \$682  = 1'h0;
+    end
     if (layernorm_d_rst) begin
       \$682  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
-    \$683  = o_valid10;
+    \$683  = active;
+    if (issue) begin
+      if (out_last) begin
+        \$683  = 1'h0;
+      end
+    end
+    if (load) begin
+      \$683  = 1'h1;
+    end
     if (layernorm_d_rst) begin
       \$683  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
-    \$684  = o_valid11;
+    \$684  = rslot;
+    if (issue) begin
+      if (out_last) begin
+        \$684  = \$101 [1:0];
+      end
+    end
     if (layernorm_d_rst) begin
-      \$684  = 1'h0;
+      \$684  = 2'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
-    \$685  = o_valid12;
-    if (layernorm_d_rst) begin
-      \$685  = 1'h0;
+    \$685  = cur_mean;
+    if (load) begin
+      \$685  = h2_mean;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
-    \$686  = o_valid13;
-    if (layernorm_d_rst) begin
-      \$686  = 1'h0;
+    \$686  = cur_factor;
+    if (load) begin
+      \$686  = h2_factor;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
-    \$687  = o_valid14;
+    \$687  = issue;
     if (layernorm_d_rst) begin
       \$687  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
-    \$688  = o_valid15;
+    \$688  = o_valid1;
     if (layernorm_d_rst) begin
       \$688  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
-    \$689  = \$121 [4:0];
+    \$689  = o_valid2;
     if (layernorm_d_rst) begin
-      \$689  = 5'h14;
+      \$689  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
-    \$690  = \$130 ;
+    \$690  = o_valid3;
     if (layernorm_d_rst) begin
-      \$690  = 1'h1;
+      \$690  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
-    \$691  = \$139 ;
+    \$691  = o_valid4;
     if (layernorm_d_rst) begin
       \$691  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
+    \$692  = o_valid5;
+    if (layernorm_d_rst) begin
+      \$692  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
+    \$693  = o_valid6;
+    if (layernorm_d_rst) begin
+      \$693  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
+    \$694  = o_valid7;
+    if (layernorm_d_rst) begin
+      \$694  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
+    \$695  = o_valid8;
+    if (layernorm_d_rst) begin
+      \$695  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
+    \$696  = o_valid9;
+    if (layernorm_d_rst) begin
+      \$696  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
+    \$697  = o_valid10;
+    if (layernorm_d_rst) begin
+      \$697  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
+    \$698  = o_valid11;
+    if (layernorm_d_rst) begin
+      \$698  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
+    \$699  = o_valid12;
+    if (layernorm_d_rst) begin
+      \$699  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
+    \$700  = o_valid13;
+    if (layernorm_d_rst) begin
+      \$700  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
+    \$701  = o_valid14;
+    if (layernorm_d_rst) begin
+      \$701  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
+    \$702  = o_valid15;
+    if (layernorm_d_rst) begin
+      \$702  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
+    \$703  = \$126 ;
+    if (layernorm_d_rst) begin
+      \$703  = 5'h00;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
+    \$704  = \$134 ;
+    if (layernorm_d_rst) begin
+      \$704  = 1'h1;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
+    \$705  = \$142 ;
+    if (layernorm_d_rst) begin
+      \$705  = 1'h1;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
+    \$706  = \$150 ;
+    if (layernorm_d_rst) begin
+      \$706  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
     hz_l0_0 = 36'h000000000;
     if (hb) begin
-      hz_l0_0 = \$271 [35:0];
+      hz_l0_0 = \$282 [35:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
     hz_l0_1 = 36'h000000000;
     if (hb) begin
-      hz_l0_1 = \$272 [35:0];
+      hz_l0_1 = \$283 [35:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
     hz_l0_2 = 36'h000000000;
     if (hb) begin
-      hz_l0_2 = { \$273 [21], \$273 [21], \$273 [21], \$273 [21], \$273 [21], \$273 [21], \$273 [21], \$273 [21], \$273 [21], \$273 [21], \$273 [21], \$273 [21], \$273 [21], \$273 [21], \$273  };
+      hz_l0_2 = { \$284 [21], \$284 [21], \$284 [21], \$284 [21], \$284 [21], \$284 [21], \$284 [21], \$284 [21], \$284 [21], \$284 [21], \$284 [21], \$284 [21], \$284 [21], \$284 [21], \$284  };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
     hz_l1_0 = 36'h000000000;
     if (hb) begin
-      hz_l1_0 = \$275 ;
+      hz_l1_0 = \$286 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
     hz_l1_1 = 36'h000000000;
     if (hb) begin
-      hz_l1_1 = { \$280 [34:0], 1'h0 };
+      hz_l1_1 = { \$291 [34:0], 1'h0 };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
     hy_l0_0 = 36'h000000000;
     if (hb) begin
-      hy_l0_0 = \$281 [35:0];
+      hy_l0_0 = \$292 [35:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
     hy_l0_1 = 36'h000000000;
     if (hb) begin
-      hy_l0_1 = \$282 [35:0];
+      hy_l0_1 = \$293 [35:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
     hy_l0_2 = 36'h000000000;
     if (hb) begin
-      hy_l0_2 = { 11'h000, \$283  };
+      hy_l0_2 = { 11'h000, \$294  };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
     hy_l1_0 = 36'h000000000;
     if (hb) begin
-      hy_l1_0 = \$285 ;
+      hy_l1_0 = \$296 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$70 ) begin end
     hy_l1_1 = 36'h000000000;
     if (hb) begin
-      hy_l1_1 = { \$290 [34:0], 1'h0 };
+      hy_l1_1 = { \$301 [34:0], 1'h0 };
     end
   end
   assign m_ram_wdata = c__payload[15:0];
@@ -42431,88 +42522,90 @@ module \accelerator.core.layernorm (o__ready, i__valid, i__ready, o__payload, bu
   assign buf_waddr = { wslot, cnt };
   assign buf_raddr = { rslot, ch };
   assign accept = buf_wen;
-  assign rows_next = \$344 [1:0];
+  assign rows_next = \$355 [1:0];
   assign i__payload = buf_wdata;
-  assign sq0_l2_1 = { \$210 [29:0], 1'h0 };
-  assign sq0_l2_3 = { \$216 [29:0], 1'h0 };
-  assign sq0_l2_5 = { \$222 [29:0], 1'h0 };
-  assign sq0_l2_6 = { \$204 [29:0], 1'h0 };
-  assign sq0_l2_7 = { 15'h0000, \$174  };
-  assign sq1_l2_1 = { \$240 [29:0], 1'h0 };
-  assign sq1_l2_3 = { \$246 [29:0], 1'h0 };
-  assign sq2_l2_1 = { \$258 [29:0], 1'h0 };
-  assign qacc_l2_1 = { \$270 [35:0], 1'h0 };
-  assign var1_l2_1 = { \$321 [34:0], 1'h0 };
-  assign var1_l2_3 = { \$327 [34:0], 1'h0 };
-  assign var2_l2_1 = { \$339 [34:0], 1'h0 };
+  assign sq0_l2_1 = { \$221 [29:0], 1'h0 };
+  assign sq0_l2_3 = { \$227 [29:0], 1'h0 };
+  assign sq0_l2_5 = { \$233 [29:0], 1'h0 };
+  assign sq0_l2_6 = { \$215 [29:0], 1'h0 };
+  assign sq0_l2_7 = { 15'h0000, \$185  };
+  assign sq1_l2_1 = { \$251 [29:0], 1'h0 };
+  assign sq1_l2_3 = { \$257 [29:0], 1'h0 };
+  assign sq2_l2_1 = { \$269 [29:0], 1'h0 };
+  assign qacc_l2_1 = { \$281 [35:0], 1'h0 };
+  assign var1_l2_1 = { \$332 [34:0], 1'h0 };
+  assign var1_l2_3 = { \$338 [34:0], 1'h0 };
+  assign var2_l2_1 = { \$350 [34:0], 1'h0 };
   assign buf_rdata = buf_rgroup0;
-  assign oz0_l1_1 = { \$383 [30:0], 1'h0 };
-  assign oz0_l1_3 = { \$389 [30:0], 1'h0 };
-  assign oz0_l1_5 = { \$395 [30:0], 1'h0 };
-  assign oz0_l1_7 = { \$401 [30:0], 1'h0 };
-  assign oz0_l1_9 = { \$407 [30:0], 1'h0 };
-  assign oz0_l1_11 = { \$413 [30:0], 1'h0 };
-  assign oz1_l2_1 = { \$443 [30:0], 1'h0 };
-  assign oz1_l2_3 = { \$449 [30:0], 1'h0 };
-  assign oz1_l2_5 = { \$437 [30:0], 1'h0 };
-  assign oz2_l3_1 = { \$473 [30:0], 1'h0 };
-  assign ov0_l1_1 = { \$512 [46:0], 1'h0 };
-  assign ov0_l1_3 = { \$518 [46:0], 1'h0 };
-  assign ov0_l1_5 = { \$524 [46:0], 1'h0 };
-  assign ov0_l1_7 = { \$530 [46:0], 1'h0 };
-  assign ov0_l1_9 = { \$536 [46:0], 1'h0 };
-  assign ov0_l1_11 = { \$542 [46:0], 1'h0 };
-  assign ov1_l2_1 = { \$572 [46:0], 1'h0 };
-  assign ov1_l2_3 = { \$578 [46:0], 1'h0 };
-  assign ov1_l2_5 = { \$566 [46:0], 1'h0 };
-  assign ov2_l3_1 = { \$602 [46:0], 1'h0 };
+  assign oz0_l1_1 = { \$394 [30:0], 1'h0 };
+  assign oz0_l1_3 = { \$400 [30:0], 1'h0 };
+  assign oz0_l1_5 = { \$406 [30:0], 1'h0 };
+  assign oz0_l1_7 = { \$412 [30:0], 1'h0 };
+  assign oz0_l1_9 = { \$418 [30:0], 1'h0 };
+  assign oz0_l1_11 = { \$424 [30:0], 1'h0 };
+  assign oz1_l2_1 = { \$454 [30:0], 1'h0 };
+  assign oz1_l2_3 = { \$460 [30:0], 1'h0 };
+  assign oz1_l2_5 = { \$448 [30:0], 1'h0 };
+  assign oz2_l3_1 = { \$484 [30:0], 1'h0 };
+  assign ov0_l1_1 = { \$523 [46:0], 1'h0 };
+  assign ov0_l1_3 = { \$529 [46:0], 1'h0 };
+  assign ov0_l1_5 = { \$535 [46:0], 1'h0 };
+  assign ov0_l1_7 = { \$541 [46:0], 1'h0 };
+  assign ov0_l1_9 = { \$547 [46:0], 1'h0 };
+  assign ov0_l1_11 = { \$553 [46:0], 1'h0 };
+  assign ov1_l2_1 = { \$583 [46:0], 1'h0 };
+  assign ov1_l2_3 = { \$589 [46:0], 1'h0 };
+  assign ov1_l2_5 = { \$577 [46:0], 1'h0 };
+  assign ov2_l3_1 = { \$613 [46:0], 1'h0 };
+  assign out_credit_minus1 = \$616 [4:0];
+  assign out_credit_plus1 = \$615 [4:0];
   assign \$signature__addr  = m_ram_wa;
   assign \$signature__data  = m_ram_wd;
   assign \$signature__en  = m_ram_we0;
   assign rp__addr = oz1_ch;
   assign m_ram_raddr = oz1_ch;
   assign m_ram_rdata = m_ram_rbank;
-  assign \$signature__addr$295  = b_ram_wa;
-  assign \$signature__data$296  = b_ram_wd;
-  assign \$signature__en$297  = b_ram_we0;
-  assign \rp__addr$298  = oz1_ch;
+  assign \$signature__addr$302  = b_ram_wa;
+  assign \$signature__data$303  = b_ram_wd;
+  assign \$signature__en$304  = b_ram_we0;
+  assign \rp__addr$305  = oz1_ch;
   assign b_ram_raddr = oz1_ch;
   assign b_ram_rdata = b_ram_rbank;
   assign c__ready = idle_r;
-  assign \$signature__addr$303  = buf_wa;
-  assign \$signature__data$304  = buf_wd;
-  assign \$signature__en$305  = buf_we0;
-  assign \rp__addr$306  = ch;
-  assign \$signature__addr$307  = buf_wa;
-  assign \$signature__data$308  = buf_wd;
-  assign \$signature__en$309  = buf_we1;
-  assign \rp__addr$310  = ch;
-  assign \$signature__addr$311  = buf_wa;
-  assign \$signature__data$312  = buf_wd;
-  assign \$signature__en$313  = buf_we2;
-  assign \rp__addr$314  = ch;
-  assign sq0_l0_0 = { 14'h0000, \$145  };
-  assign sq0_l0_1 = { 13'h0000, \$147  };
-  assign sq0_l0_2 = { 10'h000, \$149  };
-  assign sq0_l0_3 = { 11'h000, \$151  };
-  assign sq0_l0_4 = { 4'h0, \$153  };
-  assign sq0_l0_5 = { 5'h00, \$155  };
-  assign sq0_l0_6 = { 6'h00, \$157  };
-  assign sq0_l0_7 = { 7'h00, \$159  };
-  assign sq0_l0_8 = \$161 [30:0];
-  assign sq0_l0_9 = \$163 [30:0];
-  assign sq0_l0_10 = \$165 [30:0];
-  assign sq0_l0_11 = \$167 [30:0];
-  assign sq0_l0_12 = \$169 [30:0];
-  assign sq0_l0_13 = \$171 [30:0];
-  assign sq0_l0_14 = \$173 [30:0];
-  assign sq0_l0_15 = { 15'h0000, \$174  };
-  assign sq0_l1_1 = { \$180 [29:0], 1'h0 };
-  assign sq0_l1_3 = { \$186 [29:0], 1'h0 };
-  assign sq0_l1_5 = { \$192 [29:0], 1'h0 };
-  assign sq0_l1_7 = { \$198 [29:0], 1'h0 };
-  assign sq0_l1_9 = { \$204 [29:0], 1'h0 };
-  assign sq0_l1_10 = { 15'h0000, \$174  };
+  assign \$signature__addr$310  = buf_wa;
+  assign \$signature__data$311  = buf_wd;
+  assign \$signature__en$312  = buf_we0;
+  assign \rp__addr$313  = ch;
+  assign \$signature__addr$314  = buf_wa;
+  assign \$signature__data$315  = buf_wd;
+  assign \$signature__en$316  = buf_we1;
+  assign \rp__addr$317  = ch;
+  assign \$signature__addr$318  = buf_wa;
+  assign \$signature__data$319  = buf_wd;
+  assign \$signature__en$320  = buf_we2;
+  assign \rp__addr$321  = ch;
+  assign sq0_l0_0 = { 14'h0000, \$156  };
+  assign sq0_l0_1 = { 13'h0000, \$158  };
+  assign sq0_l0_2 = { 10'h000, \$160  };
+  assign sq0_l0_3 = { 11'h000, \$162  };
+  assign sq0_l0_4 = { 4'h0, \$164  };
+  assign sq0_l0_5 = { 5'h00, \$166  };
+  assign sq0_l0_6 = { 6'h00, \$168  };
+  assign sq0_l0_7 = { 7'h00, \$170  };
+  assign sq0_l0_8 = \$172 [30:0];
+  assign sq0_l0_9 = \$174 [30:0];
+  assign sq0_l0_10 = \$176 [30:0];
+  assign sq0_l0_11 = \$178 [30:0];
+  assign sq0_l0_12 = \$180 [30:0];
+  assign sq0_l0_13 = \$182 [30:0];
+  assign sq0_l0_14 = \$184 [30:0];
+  assign sq0_l0_15 = { 15'h0000, \$185  };
+  assign sq0_l1_1 = { \$191 [29:0], 1'h0 };
+  assign sq0_l1_3 = { \$197 [29:0], 1'h0 };
+  assign sq0_l1_5 = { \$203 [29:0], 1'h0 };
+  assign sq0_l1_7 = { \$209 [29:0], 1'h0 };
+  assign sq0_l1_9 = { \$215 [29:0], 1'h0 };
+  assign sq0_l1_10 = { 15'h0000, \$185  };
   assign sq1_l0_0 = sq0_t0;
   assign sq1_l0_1 = sq0_t1;
   assign sq1_l0_2 = sq0_t2;
@@ -42521,56 +42614,57 @@ module \accelerator.core.layernorm (o__ready, i__valid, i__ready, o__payload, bu
   assign sq1_l0_5 = sq0_t5;
   assign sq1_l0_6 = sq0_t6;
   assign sq1_l0_7 = sq0_t7;
-  assign sq1_l1_1 = { \$228 [29:0], 1'h0 };
-  assign sq1_l1_3 = { \$234 [29:0], 1'h0 };
+  assign sq1_l1_1 = { \$239 [29:0], 1'h0 };
+  assign sq1_l1_3 = { \$245 [29:0], 1'h0 };
   assign sq1_l1_4 = sq0_t6;
   assign sq1_l1_5 = sq0_t7;
   assign sq2_l0_0 = sq1_t0;
   assign sq2_l0_1 = sq1_t1;
   assign sq2_l0_2 = sq1_t2;
   assign sq2_l0_3 = sq1_t3;
-  assign sq2_l1_1 = { \$252 [29:0], 1'h0 };
+  assign sq2_l1_1 = { \$263 [29:0], 1'h0 };
   assign sq2_l1_2 = sq1_t3;
   assign qacc_l0_0 = qs_acc;
   assign qacc_l0_1 = qc_acc;
   assign qacc_l0_2 = { 6'h00, sq2_t0 };
   assign qacc_l0_3 = { 6'h00, sq2_t1 };
-  assign qacc_l1_1 = { \$264 [35:0], 1'h0 };
+  assign qacc_l1_1 = { \$275 [35:0], 1'h0 };
   assign qacc_l1_2 = { 6'h00, sq2_t1 };
   assign var1_l0_0 = qs_c[35:0];
   assign var1_l0_1 = qc_c[35:0];
-  assign var1_l0_2 = \$292 [35:0];
-  assign var1_l0_3 = \$294 [35:0];
+  assign var1_l0_2 = \$303 [35:0];
+  assign var1_l0_3 = \$305 [35:0];
   assign var1_l0_4 = \$signal$116 ;
   assign var1_l0_5 = yc;
-  assign var1_l0_6 = \$295 [35:0];
-  assign var1_l0_7 = \$297 [35:0];
+  assign var1_l0_6 = \$306 [35:0];
+  assign var1_l0_7 = \$308 [35:0];
   assign var1_l0_8 = var_k;
-  assign var1_l1_1 = { \$303 [34:0], 1'h0 };
-  assign var1_l1_3 = { \$309 [34:0], 1'h0 };
-  assign var1_l1_5 = { \$315 [34:0], 1'h0 };
+  assign var1_l1_1 = { \$314 [34:0], 1'h0 };
+  assign var1_l1_3 = { \$320 [34:0], 1'h0 };
+  assign var1_l1_5 = { \$326 [34:0], 1'h0 };
   assign var2_l0_0 = var1_t0;
   assign var2_l0_1 = var1_t1;
   assign var2_l0_2 = var1_t2;
   assign var2_l0_3 = var1_t3;
-  assign var2_l1_1 = { \$333 [34:0], 1'h0 };
+  assign var2_l1_1 = { \$344 [34:0], 1'h0 };
   assign var2_l1_2 = var1_t3;
+  assign has_credit = out_credit_room;
   assign \release  = dec;
-  assign oz0_l0_2 = \$348 [31:0];
-  assign oz0_l0_3 = \$350 [31:0];
-  assign oz0_l0_4 = \$352 [31:0];
-  assign oz0_l0_5 = \$354 [31:0];
-  assign oz0_l0_6 = \$356 [31:0];
-  assign oz0_l0_7 = \$358 [31:0];
-  assign oz0_l0_8 = \$360 [31:0];
-  assign oz0_l0_9 = \$362 [31:0];
-  assign oz0_l0_10 = \$364 [31:0];
-  assign oz0_l0_11 = \$366 [31:0];
-  assign oz0_l0_12 = \$368 [31:0];
-  assign oz0_l0_13 = \$370 [31:0];
-  assign oz0_l0_14 = \$372 [31:0];
-  assign oz0_l0_15 = \$374 [31:0];
-  assign oz0_l0_16 = \$377 [31:0];
+  assign oz0_l0_2 = \$359 [31:0];
+  assign oz0_l0_3 = \$361 [31:0];
+  assign oz0_l0_4 = \$363 [31:0];
+  assign oz0_l0_5 = \$365 [31:0];
+  assign oz0_l0_6 = \$367 [31:0];
+  assign oz0_l0_7 = \$369 [31:0];
+  assign oz0_l0_8 = \$371 [31:0];
+  assign oz0_l0_9 = \$373 [31:0];
+  assign oz0_l0_10 = \$375 [31:0];
+  assign oz0_l0_11 = \$377 [31:0];
+  assign oz0_l0_12 = \$379 [31:0];
+  assign oz0_l0_13 = \$381 [31:0];
+  assign oz0_l0_14 = \$383 [31:0];
+  assign oz0_l0_15 = \$385 [31:0];
+  assign oz0_l0_16 = \$388 [31:0];
   assign oz0_l0_17 = 32'd1;
   assign oz1_l0_0 = oz0_t0;
   assign oz1_l0_1 = oz0_t1;
@@ -42584,37 +42678,37 @@ module \accelerator.core.layernorm (o__ready, i__valid, i__ready, o__payload, bu
   assign oz1_l0_9 = oz0_t9;
   assign oz1_l0_10 = oz0_t10;
   assign oz1_l0_11 = oz0_t11;
-  assign oz1_l1_1 = { \$419 [30:0], 1'h0 };
-  assign oz1_l1_3 = { \$425 [30:0], 1'h0 };
-  assign oz1_l1_5 = { \$431 [30:0], 1'h0 };
+  assign oz1_l1_1 = { \$430 [30:0], 1'h0 };
+  assign oz1_l1_3 = { \$436 [30:0], 1'h0 };
+  assign oz1_l1_5 = { \$442 [30:0], 1'h0 };
   assign oz1_l1_6 = oz1_l2_4;
-  assign oz1_l1_7 = { \$437 [30:0], 1'h0 };
+  assign oz1_l1_7 = { \$448 [30:0], 1'h0 };
   assign oz2_l0_0 = oz1_t0;
   assign oz2_l0_1 = oz1_t1;
   assign oz2_l0_2 = oz1_t2;
   assign oz2_l0_3 = oz1_t3;
   assign oz2_l0_4 = oz1_t4;
   assign oz2_l0_5 = oz1_t5;
-  assign oz2_l1_1 = { \$455 [30:0], 1'h0 };
-  assign oz2_l1_3 = { \$461 [30:0], 1'h0 };
-  assign oz2_l2_1 = { \$467 [30:0], 1'h0 };
-  assign oz2_l2_2 = { \$461 [30:0], 1'h0 };
-  assign ov0_l0_0 = { \$475 [32], \$475 [32], \$475 [32], \$475 [32], \$475 [32], \$475 [32], \$475 [32], \$475 [32], \$475 [32], \$475 [32], \$475 [32], \$475 [32], \$475 [32], \$475 [32], \$475 [32], \$475  };
-  assign ov0_l0_1 = { \$477 [32], \$477 [32], \$477 [32], \$477 [32], \$477 [32], \$477 [32], \$477 [32], \$477 [32], \$477 [32], \$477 [32], \$477 [32], \$477 [32], \$477 [32], \$477 [32], \$477 [32], \$477  };
-  assign ov0_l0_2 = { \$479 [34], \$479 [34], \$479 [34], \$479 [34], \$479 [34], \$479 [34], \$479 [34], \$479 [34], \$479 [34], \$479 [34], \$479 [34], \$479 [34], \$479 [34], \$479  };
-  assign ov0_l0_3 = { \$481 [34], \$481 [34], \$481 [34], \$481 [34], \$481 [34], \$481 [34], \$481 [34], \$481 [34], \$481 [34], \$481 [34], \$481 [34], \$481 [34], \$481 [34], \$481  };
-  assign ov0_l0_4 = { \$483 [38], \$483 [38], \$483 [38], \$483 [38], \$483 [38], \$483 [38], \$483 [38], \$483 [38], \$483 [38], \$483  };
-  assign ov0_l0_5 = { \$485 [38], \$485 [38], \$485 [38], \$485 [38], \$485 [38], \$485 [38], \$485 [38], \$485 [38], \$485 [38], \$485  };
-  assign ov0_l0_6 = { \$487 [38], \$487 [38], \$487 [38], \$487 [38], \$487 [38], \$487 [38], \$487 [38], \$487 [38], \$487 [38], \$487  };
-  assign ov0_l0_7 = { \$489 [38], \$489 [38], \$489 [38], \$489 [38], \$489 [38], \$489 [38], \$489 [38], \$489 [38], \$489 [38], \$489  };
-  assign ov0_l0_8 = { \$491 [46], \$491  };
-  assign ov0_l0_9 = { \$493 [46], \$493  };
-  assign ov0_l0_10 = { \$495 [46], \$495  };
-  assign ov0_l0_11 = { \$497 [46], \$497  };
-  assign ov0_l0_12 = { \$499 [46], \$499  };
-  assign ov0_l0_13 = { \$501 [46], \$501  };
-  assign ov0_l0_14 = { \$503 [46], \$503  };
-  assign ov0_l0_15 = { \$506 [46], \$506  };
+  assign oz2_l1_1 = { \$466 [30:0], 1'h0 };
+  assign oz2_l1_3 = { \$472 [30:0], 1'h0 };
+  assign oz2_l2_1 = { \$478 [30:0], 1'h0 };
+  assign oz2_l2_2 = { \$472 [30:0], 1'h0 };
+  assign ov0_l0_0 = { \$486 [32], \$486 [32], \$486 [32], \$486 [32], \$486 [32], \$486 [32], \$486 [32], \$486 [32], \$486 [32], \$486 [32], \$486 [32], \$486 [32], \$486 [32], \$486 [32], \$486 [32], \$486  };
+  assign ov0_l0_1 = { \$488 [32], \$488 [32], \$488 [32], \$488 [32], \$488 [32], \$488 [32], \$488 [32], \$488 [32], \$488 [32], \$488 [32], \$488 [32], \$488 [32], \$488 [32], \$488 [32], \$488 [32], \$488  };
+  assign ov0_l0_2 = { \$490 [34], \$490 [34], \$490 [34], \$490 [34], \$490 [34], \$490 [34], \$490 [34], \$490 [34], \$490 [34], \$490 [34], \$490 [34], \$490 [34], \$490 [34], \$490  };
+  assign ov0_l0_3 = { \$492 [34], \$492 [34], \$492 [34], \$492 [34], \$492 [34], \$492 [34], \$492 [34], \$492 [34], \$492 [34], \$492 [34], \$492 [34], \$492 [34], \$492 [34], \$492  };
+  assign ov0_l0_4 = { \$494 [38], \$494 [38], \$494 [38], \$494 [38], \$494 [38], \$494 [38], \$494 [38], \$494 [38], \$494 [38], \$494  };
+  assign ov0_l0_5 = { \$496 [38], \$496 [38], \$496 [38], \$496 [38], \$496 [38], \$496 [38], \$496 [38], \$496 [38], \$496 [38], \$496  };
+  assign ov0_l0_6 = { \$498 [38], \$498 [38], \$498 [38], \$498 [38], \$498 [38], \$498 [38], \$498 [38], \$498 [38], \$498 [38], \$498  };
+  assign ov0_l0_7 = { \$500 [38], \$500 [38], \$500 [38], \$500 [38], \$500 [38], \$500 [38], \$500 [38], \$500 [38], \$500 [38], \$500  };
+  assign ov0_l0_8 = { \$502 [46], \$502  };
+  assign ov0_l0_9 = { \$504 [46], \$504  };
+  assign ov0_l0_10 = { \$506 [46], \$506  };
+  assign ov0_l0_11 = { \$508 [46], \$508  };
+  assign ov0_l0_12 = { \$510 [46], \$510  };
+  assign ov0_l0_13 = { \$512 [46], \$512  };
+  assign ov0_l0_14 = { \$514 [46], \$514  };
+  assign ov0_l0_15 = { \$517 [46], \$517  };
   assign ov0_l0_16 = 48'h000000000001;
   assign ov0_l0_17 = { b_ram_rbank[42], b_ram_rbank[42], b_ram_rbank[42], b_ram_rbank[42], b_ram_rbank[42], b_ram_rbank };
   assign ov1_l0_0 = ov0_t0;
@@ -42629,21 +42723,21 @@ module \accelerator.core.layernorm (o__ready, i__valid, i__ready, o__payload, bu
   assign ov1_l0_9 = ov0_t9;
   assign ov1_l0_10 = ov0_t10;
   assign ov1_l0_11 = ov0_t11;
-  assign ov1_l1_1 = { \$548 [46:0], 1'h0 };
-  assign ov1_l1_3 = { \$554 [46:0], 1'h0 };
-  assign ov1_l1_5 = { \$560 [46:0], 1'h0 };
+  assign ov1_l1_1 = { \$559 [46:0], 1'h0 };
+  assign ov1_l1_3 = { \$565 [46:0], 1'h0 };
+  assign ov1_l1_5 = { \$571 [46:0], 1'h0 };
   assign ov1_l1_6 = ov1_l2_4;
-  assign ov1_l1_7 = { \$566 [46:0], 1'h0 };
+  assign ov1_l1_7 = { \$577 [46:0], 1'h0 };
   assign ov2_l0_0 = ov1_t0;
   assign ov2_l0_1 = ov1_t1;
   assign ov2_l0_2 = ov1_t2;
   assign ov2_l0_3 = ov1_t3;
   assign ov2_l0_4 = ov1_t4;
   assign ov2_l0_5 = ov1_t5;
-  assign ov2_l1_1 = { \$584 [46:0], 1'h0 };
-  assign ov2_l1_3 = { \$590 [46:0], 1'h0 };
-  assign ov2_l2_1 = { \$596 [46:0], 1'h0 };
-  assign ov2_l2_2 = { \$590 [46:0], 1'h0 };
+  assign ov2_l1_1 = { \$595 [46:0], 1'h0 };
+  assign ov2_l1_3 = { \$601 [46:0], 1'h0 };
+  assign ov2_l2_1 = { \$607 [46:0], 1'h0 };
+  assign ov2_l2_2 = { \$601 [46:0], 1'h0 };
   assign w_en = o_valid16;
   assign w_data = o16_out;
   assign r_rdy = o__valid;
@@ -42666,75 +42760,75 @@ module \accelerator.core.layernorm (o__ready, i__valid, i__ready, o__payload, bu
   assign \$93 [14:0] = nlo[14:0];
   assign \$93 [15] = \$auto$rtlil.cc:2739:Not$34 ;
   assign \$114  = { \$113 [10], \$113 [10:1] };
-  assign \$145  = { 1'h0, \$144  };
-  assign \$147  = { 1'h0, \$146 , 2'h0 };
-  assign \$149  = { 3'h0, \$148 , 4'h0 };
-  assign \$151  = { 1'h0, \$150 , 6'h00 };
-  assign \$153  = { 7'h00, \$152 , 8'h00 };
-  assign \$155  = { 5'h00, \$154 , 10'h000 };
-  assign \$157  = { 3'h0, \$156 , 12'h000 };
-  assign \$159  = { 1'h0, \$158 , 14'h0000 };
-  assign \$161  = { 15'h0000, \$160 , 16'h0000 };
-  assign \$163  = { 13'h0000, \$162 , 18'h00000 };
-  assign \$165  = { 11'h000, \$164 , 20'h00000 };
-  assign \$167  = { 9'h000, \$166 , 22'h000000 };
-  assign \$169  = { 7'h00, \$168 , 24'h000000 };
-  assign \$171  = { 5'h00, \$170 , 26'h0000000 };
-  assign \$173  = { 3'h0, \$172 , 28'h0000000 };
-  assign \$271  = { \$signal$112 , 1'h0 };
-  assign \$272  = { zc, 1'h0 };
-  assign \$281  = { 1'h0, \$signal$116 , 2'h0 };
-  assign \$282  = { 1'h0, yc, 2'h0 };
-  assign \$291  = { \$signal$112 , 1'h0 };
-  assign \$293  = { zc, 1'h0 };
-  assign \$295  = { s_c[21], s_c[21], s_c[21], s_c[21], s_c[21], s_c[21], s_c[21], s_c[21], s_c[21], s_c[21], s_c[21], s_c[21], s_c[21], s_c[21], s_c[21], s_c, 16'h0000 };
-  assign \$296  = { 1'h0, xc, 14'h0000 };
-  assign oz0_l0_0 = { 1'h0, \$345  };
-  assign oz0_l0_1 = { \$346 , 1'h0 };
-  assign \$348  = { 1'h0, \$347 , 2'h0 };
-  assign \$350  = { \$349 , 3'h0 };
-  assign \$352  = { 3'h0, \$351 , 4'h0 };
-  assign \$354  = { 2'h0, \$353 , 5'h00 };
-  assign \$356  = { 1'h0, \$355 , 6'h00 };
-  assign \$358  = { \$357 , 7'h00 };
-  assign \$360  = { 7'h00, \$359 , 8'h00 };
-  assign \$362  = { 6'h00, \$361 , 9'h000 };
-  assign \$364  = { 5'h00, \$363 , 10'h000 };
-  assign \$366  = { 4'h0, \$365 , 11'h000 };
-  assign \$368  = { 3'h0, \$367 , 12'h000 };
-  assign \$370  = { 2'h0, \$369 , 13'h0000 };
-  assign \$372  = { 1'h0, \$371 , 14'h0000 };
-  assign \$374  = { \$373 , 15'h0000 };
-  assign \$376  = { 15'h0000, \$375 , 16'h0000 };
-  assign oz0_l1_10[31:1] = \$408 [31:1];
+  assign \$156  = { 1'h0, \$155  };
+  assign \$158  = { 1'h0, \$157 , 2'h0 };
+  assign \$160  = { 3'h0, \$159 , 4'h0 };
+  assign \$162  = { 1'h0, \$161 , 6'h00 };
+  assign \$164  = { 7'h00, \$163 , 8'h00 };
+  assign \$166  = { 5'h00, \$165 , 10'h000 };
+  assign \$168  = { 3'h0, \$167 , 12'h000 };
+  assign \$170  = { 1'h0, \$169 , 14'h0000 };
+  assign \$172  = { 15'h0000, \$171 , 16'h0000 };
+  assign \$174  = { 13'h0000, \$173 , 18'h00000 };
+  assign \$176  = { 11'h000, \$175 , 20'h00000 };
+  assign \$178  = { 9'h000, \$177 , 22'h000000 };
+  assign \$180  = { 7'h00, \$179 , 24'h000000 };
+  assign \$182  = { 5'h00, \$181 , 26'h0000000 };
+  assign \$184  = { 3'h0, \$183 , 28'h0000000 };
+  assign \$282  = { \$signal$112 , 1'h0 };
+  assign \$283  = { zc, 1'h0 };
+  assign \$292  = { 1'h0, \$signal$116 , 2'h0 };
+  assign \$293  = { 1'h0, yc, 2'h0 };
+  assign \$302  = { \$signal$112 , 1'h0 };
+  assign \$304  = { zc, 1'h0 };
+  assign \$306  = { s_c[21], s_c[21], s_c[21], s_c[21], s_c[21], s_c[21], s_c[21], s_c[21], s_c[21], s_c[21], s_c[21], s_c[21], s_c[21], s_c[21], s_c[21], s_c, 16'h0000 };
+  assign \$307  = { 1'h0, xc, 14'h0000 };
+  assign oz0_l0_0 = { 1'h0, \$356  };
+  assign oz0_l0_1 = { \$357 , 1'h0 };
+  assign \$359  = { 1'h0, \$358 , 2'h0 };
+  assign \$361  = { \$360 , 3'h0 };
+  assign \$363  = { 3'h0, \$362 , 4'h0 };
+  assign \$365  = { 2'h0, \$364 , 5'h00 };
+  assign \$367  = { 1'h0, \$366 , 6'h00 };
+  assign \$369  = { \$368 , 7'h00 };
+  assign \$371  = { 7'h00, \$370 , 8'h00 };
+  assign \$373  = { 6'h00, \$372 , 9'h000 };
+  assign \$375  = { 5'h00, \$374 , 10'h000 };
+  assign \$377  = { 4'h0, \$376 , 11'h000 };
+  assign \$379  = { 3'h0, \$378 , 12'h000 };
+  assign \$381  = { 2'h0, \$380 , 13'h0000 };
+  assign \$383  = { 1'h0, \$382 , 14'h0000 };
+  assign \$385  = { \$384 , 15'h0000 };
+  assign \$387  = { 15'h0000, \$386 , 16'h0000 };
+  assign oz0_l1_10[31:1] = \$419 [31:1];
   assign oz0_l1_10[0] = \$auto$rtlil.cc:2739:Not$36 ;
-  assign \$410 [31:1] = 31'h00000000;
-  assign \$410 [0] = \$374 [0];
-  assign \$412 [31:1] = 31'h00000000;
-  assign \$412 [0] = \$377 [0];
-  assign \$475  = { \$474 [31], \$474  };
-  assign \$477  = { \$476 , 1'h0 };
-  assign \$479  = { \$478 [31], \$478 , 2'h0 };
-  assign \$481  = { \$480 , 3'h0 };
-  assign \$483  = { \$482 [31], \$482 [31], \$482 [31], \$482 , 4'h0 };
-  assign \$485  = { \$484 [31], \$484 [31], \$484 , 5'h00 };
-  assign \$487  = { \$486 [31], \$486 , 6'h00 };
-  assign \$489  = { \$488 , 7'h00 };
-  assign \$491  = { \$490 [31], \$490 [31], \$490 [31], \$490 [31], \$490 [31], \$490 [31], \$490 [31], \$490 , 8'h00 };
-  assign \$493  = { \$492 [31], \$492 [31], \$492 [31], \$492 [31], \$492 [31], \$492 [31], \$492 , 9'h000 };
-  assign \$495  = { \$494 [31], \$494 [31], \$494 [31], \$494 [31], \$494 [31], \$494 , 10'h000 };
-  assign \$497  = { \$496 [31], \$496 [31], \$496 [31], \$496 [31], \$496 , 11'h000 };
-  assign \$499  = { \$498 [31], \$498 [31], \$498 [31], \$498 , 12'h000 };
-  assign \$501  = { \$500 [31], \$500 [31], \$500 , 13'h0000 };
-  assign \$503  = { \$502 [31], \$502 , 14'h0000 };
-  assign \$505  = { \$504 , 15'h0000 };
-  assign \$537 [47:1] = { \$506 [46], \$506 [46:1] };
-  assign \$537 [0] = \$auto$rtlil.cc:2739:Not$38 ;
-  assign \$538 [47:1] = 47'h000000000000;
-  assign \$538 [0] = \$506 [0];
-  assign \$541 [47:1] = 47'h000000000000;
-  assign \$541 [0] = b_ram_rbank[0];
-  assign \$411  = \$409 ;
+  assign \$421 [31:1] = 31'h00000000;
+  assign \$421 [0] = \$385 [0];
+  assign \$423 [31:1] = 31'h00000000;
+  assign \$423 [0] = \$388 [0];
+  assign \$486  = { \$485 [31], \$485  };
+  assign \$488  = { \$487 , 1'h0 };
+  assign \$490  = { \$489 [31], \$489 , 2'h0 };
+  assign \$492  = { \$491 , 3'h0 };
+  assign \$494  = { \$493 [31], \$493 [31], \$493 [31], \$493 , 4'h0 };
+  assign \$496  = { \$495 [31], \$495 [31], \$495 , 5'h00 };
+  assign \$498  = { \$497 [31], \$497 , 6'h00 };
+  assign \$500  = { \$499 , 7'h00 };
+  assign \$502  = { \$501 [31], \$501 [31], \$501 [31], \$501 [31], \$501 [31], \$501 [31], \$501 [31], \$501 , 8'h00 };
+  assign \$504  = { \$503 [31], \$503 [31], \$503 [31], \$503 [31], \$503 [31], \$503 [31], \$503 , 9'h000 };
+  assign \$506  = { \$505 [31], \$505 [31], \$505 [31], \$505 [31], \$505 [31], \$505 , 10'h000 };
+  assign \$508  = { \$507 [31], \$507 [31], \$507 [31], \$507 [31], \$507 , 11'h000 };
+  assign \$510  = { \$509 [31], \$509 [31], \$509 [31], \$509 , 12'h000 };
+  assign \$512  = { \$511 [31], \$511 [31], \$511 , 13'h0000 };
+  assign \$514  = { \$513 [31], \$513 , 14'h0000 };
+  assign \$516  = { \$515 , 15'h0000 };
+  assign \$548 [47:1] = { \$517 [46], \$517 [46:1] };
+  assign \$548 [0] = \$auto$rtlil.cc:2739:Not$38 ;
+  assign \$549 [47:1] = 47'h000000000000;
+  assign \$549 [0] = \$517 [0];
+  assign \$552 [47:1] = 47'h000000000000;
+  assign \$552 [0] = b_ram_rbank[0];
+  assign \$422  = \$420 ;
 endmodule
 
 (* generator = "Amaranth" *)
@@ -43204,7 +43298,7 @@ module \accelerator.core.norm_out_slice (rst, w_en, w_port__data, r_en, w_rdy, r
 endmodule
 
 (* generator = "Amaranth" *)
-module \accelerator.core.pack_slice (rst, w_rdy, r_data, r_en, unit_rst, w_en, \port$9179$0 , \port$9181$0 , \port$9183$0 , \port$9185$0 , \port$9187$0 , \port$9189$0 , \port$9191$0 , \port$9193$0 , r_rdy, clk);
+module \accelerator.core.pack_slice (rst, w_rdy, r_data, r_en, unit_rst, w_en, \port$9236$0 , \port$9238$0 , \port$9240$0 , \port$9242$0 , \port$9244$0 , \port$9246$0 , \port$9248$0 , \port$9250$0 , r_rdy, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$74  = 0;
   wire \$1 ;
   wire \$10 ;
@@ -43243,22 +43337,22 @@ module \accelerator.core.pack_slice (rst, w_rdy, r_data, r_en, unit_rst, w_en, \
   reg [1:0] inner_level = 2'h0;
   wire inner_r_rdy;
   wire [1:0] level;
-  input [15:0] \port$9179$0 ;
-  wire [15:0] \port$9179$0 ;
-  input [15:0] \port$9181$0 ;
-  wire [15:0] \port$9181$0 ;
-  input [15:0] \port$9183$0 ;
-  wire [15:0] \port$9183$0 ;
-  input [15:0] \port$9185$0 ;
-  wire [15:0] \port$9185$0 ;
-  input [15:0] \port$9187$0 ;
-  wire [15:0] \port$9187$0 ;
-  input [15:0] \port$9189$0 ;
-  wire [15:0] \port$9189$0 ;
-  input [15:0] \port$9191$0 ;
-  wire [15:0] \port$9191$0 ;
-  input [15:0] \port$9193$0 ;
-  wire [15:0] \port$9193$0 ;
+  input [15:0] \port$9236$0 ;
+  wire [15:0] \port$9236$0 ;
+  input [15:0] \port$9238$0 ;
+  wire [15:0] \port$9238$0 ;
+  input [15:0] \port$9240$0 ;
+  wire [15:0] \port$9240$0 ;
+  input [15:0] \port$9242$0 ;
+  wire [15:0] \port$9242$0 ;
+  input [15:0] \port$9244$0 ;
+  wire [15:0] \port$9244$0 ;
+  input [15:0] \port$9246$0 ;
+  wire [15:0] \port$9246$0 ;
+  input [15:0] \port$9248$0 ;
+  wire [15:0] \port$9248$0 ;
+  input [15:0] \port$9250$0 ;
+  wire [15:0] \port$9250$0 ;
   (* init = 1'h0 *)
   wire produce;
   output [127:0] r_data;
@@ -43291,7 +43385,7 @@ module \accelerator.core.pack_slice (rst, w_rdy, r_data, r_en, unit_rst, w_en, \
   end
   always @(posedge clk) begin
     if (w_port__en)
-      storage[w_port__addr] <= { \port$9193$0 , \port$9191$0 , \port$9189$0 , \port$9187$0 , \port$9185$0 , \port$9183$0 , \port$9181$0 , \port$9179$0  };
+      storage[w_port__addr] <= { \port$9250$0 , \port$9248$0 , \port$9246$0 , \port$9244$0 , \port$9242$0 , \port$9240$0 , \port$9238$0 , \port$9236$0  };
   end
   reg [127:0] _0_;
   always @(posedge clk) begin
@@ -43399,14 +43493,14 @@ module \accelerator.core.pack_slice (rst, w_rdy, r_data, r_en, unit_rst, w_en, \
   assign level = \$3 [1:0];
   assign r_level = \$3 [1:0];
   assign produce = w_port__addr;
-  assign w_port__data = { \port$9193$0 , \port$9191$0 , \port$9189$0 , \port$9187$0 , \port$9185$0 , \port$9183$0 , \port$9181$0 , \port$9179$0  };
-  assign w_data = { \port$9193$0 , \port$9191$0 , \port$9189$0 , \port$9187$0 , \port$9185$0 , \port$9183$0 , \port$9181$0 , \port$9179$0  };
+  assign w_port__data = { \port$9250$0 , \port$9248$0 , \port$9246$0 , \port$9244$0 , \port$9242$0 , \port$9240$0 , \port$9238$0 , \port$9236$0  };
+  assign w_data = { \port$9250$0 , \port$9248$0 , \port$9246$0 , \port$9244$0 , \port$9242$0 , \port$9240$0 , \port$9238$0 , \port$9236$0  };
   assign consume = r_port__addr;
   assign r_port__data = r_data;
 endmodule
 
 (* generator = "Amaranth" *)
-module \accelerator.core.q_src0 (rst, r_en, \port$1608$0 , r_rdy, r_data, w_en, \port$8979$0 , unit_rst, clk);
+module \accelerator.core.q_src0 (rst, r_en, \port$1643$0 , r_rdy, r_data, w_en, \port$9032$0 , unit_rst, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$75  = 0;
   wire \$1 ;
   wire \$10 ;
@@ -43434,10 +43528,10 @@ module \accelerator.core.q_src0 (rst, r_en, \port$1608$0 , r_rdy, r_data, w_en, 
   (* init = 3'h0 *)
   wire [2:0] consume;
   reg [2:0] level = 3'h0;
-  input [15:0] \port$1608$0 ;
-  wire [15:0] \port$1608$0 ;
-  input [2:0] \port$8979$0 ;
-  wire [2:0] \port$8979$0 ;
+  input [15:0] \port$1643$0 ;
+  wire [15:0] \port$1643$0 ;
+  input [2:0] \port$9032$0 ;
+  wire [2:0] \port$9032$0 ;
   (* init = 3'h0 *)
   wire [2:0] produce;
   output [18:0] r_data;
@@ -43473,7 +43567,7 @@ module \accelerator.core.q_src0 (rst, r_en, \port$1608$0 , r_rdy, r_data, w_en, 
   end
   always @(posedge clk) begin
     if (w_port__en)
-      storage[w_port__addr] <= { \port$8979$0 , \port$1608$0  };
+      storage[w_port__addr] <= { \port$9032$0 , \port$1643$0  };
   end
   assign r_data = storage[r_port__addr];
   assign w_rdy = level != 3'h5;
@@ -43548,14 +43642,14 @@ module \accelerator.core.q_src0 (rst, r_en, \port$1608$0 , r_rdy, r_data, w_en, 
   assign w_level = level;
   assign r_level = level;
   assign produce = w_port__addr;
-  assign w_port__data = { \port$8979$0 , \port$1608$0  };
-  assign w_data = { \port$8979$0 , \port$1608$0  };
+  assign w_port__data = { \port$9032$0 , \port$1643$0  };
+  assign w_data = { \port$9032$0 , \port$1643$0  };
   assign consume = r_port__addr;
   assign r_port__data = r_data;
 endmodule
 
 (* generator = "Amaranth" *)
-module \accelerator.core.q_src1 (rst, \port$1609$0 , r_rdy, r_data, r_en, w_en, \port$8987$0 , unit_rst, clk);
+module \accelerator.core.q_src1 (rst, \port$1644$0 , r_rdy, r_data, r_en, w_en, \port$9040$0 , unit_rst, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$76  = 0;
   wire \$1 ;
   wire \$10 ;
@@ -43583,10 +43677,10 @@ module \accelerator.core.q_src1 (rst, \port$1609$0 , r_rdy, r_data, r_en, w_en, 
   (* init = 3'h0 *)
   wire [2:0] consume;
   reg [2:0] level = 3'h0;
-  input [15:0] \port$1609$0 ;
-  wire [15:0] \port$1609$0 ;
-  input [2:0] \port$8987$0 ;
-  wire [2:0] \port$8987$0 ;
+  input [15:0] \port$1644$0 ;
+  wire [15:0] \port$1644$0 ;
+  input [2:0] \port$9040$0 ;
+  wire [2:0] \port$9040$0 ;
   (* init = 3'h0 *)
   wire [2:0] produce;
   output [18:0] r_data;
@@ -43622,7 +43716,7 @@ module \accelerator.core.q_src1 (rst, \port$1609$0 , r_rdy, r_data, r_en, w_en, 
   end
   always @(posedge clk) begin
     if (w_port__en)
-      storage[w_port__addr] <= { \port$8987$0 , \port$1609$0  };
+      storage[w_port__addr] <= { \port$9040$0 , \port$1644$0  };
   end
   assign r_data = storage[r_port__addr];
   assign w_rdy = level != 3'h5;
@@ -43697,8 +43791,8 @@ module \accelerator.core.q_src1 (rst, \port$1609$0 , r_rdy, r_data, r_en, w_en, 
   assign w_level = level;
   assign r_level = level;
   assign produce = w_port__addr;
-  assign w_port__data = { \port$8987$0 , \port$1609$0  };
-  assign w_data = { \port$8987$0 , \port$1609$0  };
+  assign w_port__data = { \port$9040$0 , \port$1644$0  };
+  assign w_data = { \port$9040$0 , \port$1644$0  };
   assign consume = r_port__addr;
   assign r_port__data = r_data;
 endmodule
@@ -43957,9 +44051,9 @@ module \accelerator.core.reader (rst, w_en, \r_en$23 , ar__valid, r__ready, idle
   );
   \accelerator.core.reader.shapes  shapes (
     .clk(clk),
-    .\port$1369$0 (\$13 [4:0]),
-    .\port$1370$0 (\$14 ),
-    .\port$1513$0 (r_data[2:0]),
+    .\port$1404$0 (\$13 [4:0]),
+    .\port$1405$0 (\$14 ),
+    .\port$1548$0 (r_data[2:0]),
     .r_data(\r_data$30 ),
     .r_en(\r_en$44 ),
     .r_rdy(\r_rdy$26 ),
@@ -44415,7 +44509,7 @@ module \accelerator.core.reader.req_slice (rst, w_en, r_en, w_rdy, r_rdy, r_data
 endmodule
 
 (* generator = "Amaranth" *)
-module \accelerator.core.reader.shapes (rst, w_en, \port$1369$0 , \port$1370$0 , w_rdy, r_data, \port$1513$0 , r_en, r_rdy, clk);
+module \accelerator.core.reader.shapes (rst, w_en, \port$1404$0 , \port$1405$0 , w_rdy, r_data, \port$1548$0 , r_en, r_rdy, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$80  = 0;
   wire \$1 ;
   wire \$10 ;
@@ -44457,12 +44551,12 @@ module \accelerator.core.reader.shapes (rst, w_en, \port$1369$0 , \port$1370$0 ,
   reg [3:0] inner_level = 4'h0;
   wire inner_r_rdy;
   wire [4:0] level;
-  input [4:0] \port$1369$0 ;
-  wire [4:0] \port$1369$0 ;
-  input \port$1370$0 ;
-  wire \port$1370$0 ;
-  input [2:0] \port$1513$0 ;
-  wire [2:0] \port$1513$0 ;
+  input [4:0] \port$1404$0 ;
+  wire [4:0] \port$1404$0 ;
+  input \port$1405$0 ;
+  wire \port$1405$0 ;
+  input [2:0] \port$1548$0 ;
+  wire [2:0] \port$1548$0 ;
   (* init = 4'h0 *)
   wire [3:0] produce;
   output [8:0] r_data;
@@ -44506,7 +44600,7 @@ module \accelerator.core.reader.shapes (rst, w_en, \port$1369$0 , \port$1370$0 ,
   end
   always @(posedge clk) begin
     if (w_port__en)
-      storage[w_port__addr] <= { \port$1370$0 , \port$1369$0 , \port$1513$0  };
+      storage[w_port__addr] <= { \port$1405$0 , \port$1404$0 , \port$1548$0  };
   end
   reg [8:0] _0_;
   always @(posedge clk) begin
@@ -44605,8 +44699,8 @@ module \accelerator.core.reader.shapes (rst, w_en, \port$1369$0 , \port$1370$0 ,
   assign level = w_level;
   assign r_level = w_level;
   assign produce = w_port__addr;
-  assign w_port__data = { \port$1370$0 , \port$1369$0 , \port$1513$0  };
-  assign w_data = { \port$1370$0 , \port$1369$0 , \port$1513$0  };
+  assign w_port__data = { \port$1405$0 , \port$1404$0 , \port$1548$0  };
+  assign w_data = { \port$1405$0 , \port$1404$0 , \port$1548$0  };
   assign consume = r_port__addr;
   assign r_port__data = r_data;
 endmodule
@@ -48222,7 +48316,7 @@ module \accelerator.core.unpack_slice (rst, w_en, w_port__data, w_rdy, r_rdy, r_
 endmodule
 
 (* generator = "Amaranth" *)
-module \accelerator.core.w_beat_slice (rst, w_rdy, r_rdy, r_data, \port$8858$0 , \port$8859$0 , \port$8860$0 , \port$8861$0 , \port$8862$0 , \port$8863$0 , \port$8864$0 , \port$8865$0 , w_en, r_en, in_decode, unit_rst, clk);
+module \accelerator.core.w_beat_slice (rst, w_rdy, r_rdy, r_data, \port$8911$0 , \port$8912$0 , \port$8913$0 , \port$8914$0 , \port$8915$0 , \port$8916$0 , \port$8917$0 , \port$8918$0 , w_en, r_en, in_decode, unit_rst, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$85  = 0;
   wire \$1 ;
   wire \$10 ;
@@ -48249,22 +48343,22 @@ module \accelerator.core.w_beat_slice (rst, w_rdy, r_rdy, r_data, \port$8858$0 ,
   input in_decode;
   wire in_decode;
   reg [1:0] level = 2'h0;
-  input [7:0] \port$8858$0 ;
-  wire [7:0] \port$8858$0 ;
-  input [7:0] \port$8859$0 ;
-  wire [7:0] \port$8859$0 ;
-  input [7:0] \port$8860$0 ;
-  wire [7:0] \port$8860$0 ;
-  input [7:0] \port$8861$0 ;
-  wire [7:0] \port$8861$0 ;
-  input [7:0] \port$8862$0 ;
-  wire [7:0] \port$8862$0 ;
-  input [7:0] \port$8863$0 ;
-  wire [7:0] \port$8863$0 ;
-  input [7:0] \port$8864$0 ;
-  wire [7:0] \port$8864$0 ;
-  input [7:0] \port$8865$0 ;
-  wire [7:0] \port$8865$0 ;
+  input [7:0] \port$8911$0 ;
+  wire [7:0] \port$8911$0 ;
+  input [7:0] \port$8912$0 ;
+  wire [7:0] \port$8912$0 ;
+  input [7:0] \port$8913$0 ;
+  wire [7:0] \port$8913$0 ;
+  input [7:0] \port$8914$0 ;
+  wire [7:0] \port$8914$0 ;
+  input [7:0] \port$8915$0 ;
+  wire [7:0] \port$8915$0 ;
+  input [7:0] \port$8916$0 ;
+  wire [7:0] \port$8916$0 ;
+  input [7:0] \port$8917$0 ;
+  wire [7:0] \port$8917$0 ;
+  input [7:0] \port$8918$0 ;
+  wire [7:0] \port$8918$0 ;
   (* init = 1'h0 *)
   wire produce;
   output [63:0] r_data;
@@ -48298,7 +48392,7 @@ module \accelerator.core.w_beat_slice (rst, w_rdy, r_rdy, r_data, \port$8858$0 ,
   end
   always @(posedge clk) begin
     if (w_port__en)
-      storage[w_port__addr] <= { \port$8865$0 , \port$8864$0 , \port$8863$0 , \port$8862$0 , \port$8861$0 , \port$8860$0 , \port$8859$0 , \port$8858$0  };
+      storage[w_port__addr] <= { \port$8918$0 , \port$8917$0 , \port$8916$0 , \port$8915$0 , \port$8914$0 , \port$8913$0 , \port$8912$0 , \port$8911$0  };
   end
   assign r_data = storage[r_port__addr];
   assign w_rdy = level != 2'h2;
@@ -48370,8 +48464,8 @@ module \accelerator.core.w_beat_slice (rst, w_rdy, r_rdy, r_data, \port$8858$0 ,
   assign w_level = level;
   assign r_level = level;
   assign produce = w_port__addr;
-  assign w_port__data = { \port$8865$0 , \port$8864$0 , \port$8863$0 , \port$8862$0 , \port$8861$0 , \port$8860$0 , \port$8859$0 , \port$8858$0  };
-  assign w_data = { \port$8865$0 , \port$8864$0 , \port$8863$0 , \port$8862$0 , \port$8861$0 , \port$8860$0 , \port$8859$0 , \port$8858$0  };
+  assign w_port__data = { \port$8918$0 , \port$8917$0 , \port$8916$0 , \port$8915$0 , \port$8914$0 , \port$8913$0 , \port$8912$0 , \port$8911$0  };
+  assign w_data = { \port$8918$0 , \port$8917$0 , \port$8916$0 , \port$8915$0 , \port$8914$0 , \port$8913$0 , \port$8912$0 , \port$8911$0  };
   assign consume = r_port__addr;
   assign r_port__data = r_data;
 endmodule

@@ -431,6 +431,10 @@ class AccelCore(wiring.Component):
         # arrives only while ``c_full`` is 0 and a take needs it, so at an arrival the beats still
         # to take (``c_due``) are the beats still to arrive: no count of arrivals of its own
         c_flag_bad = Signal(name="c_flag_bad")
+        # the last beat taken, a cycle ago: CONST ends on this register (from the units' constant
+        # ready through the take into the state's thirty flags was on every seed's late paths)
+        c_end = Signal(name="c_end")
+        m.d.sync += c_end.eq(0)
         m.d.sync += c_flag_bad.eq(0)                 # (set by CONST's arrivals below)
         ln_k = [u for _, u in c_targets].index(self.layernorm)
         ln_last_bit = c_layout(self.layernorm)["last"].offset
@@ -483,12 +487,14 @@ class AccelCore(wiring.Component):
         # reader or writer (the address arithmetic ends here, not in the request slice)
         ext_req = SimpleNamespace(valid=Signal(name="ext_req_valid"), addr=Signal(EXT_BITS, name="ext_req_addr"),
                                   data=Signal(ab, name="ext_req_data"))
-        # a LOAD's element offset (src0's external index times the element size), a stage of its
-        # own in front of ``ext_req``: the queue head's select, the shift and the 32-bit add were
-        # one path (10.31 ns, a seed's critical path)
-        ld_off = SimpleNamespace(valid=Signal(name="ld_off_valid"), addr=Signal(signed(ADDR_BITS + 5), name="ld_off"))
+        # a LOAD's or STORE's element offset (src0's or dst's external index times the element
+        # size; a STORE's element beside it), a stage of its own in front of ``ext_req``: the
+        # queue head's select, the shift and the 32-bit add were one path (LOAD: 10.31 ns, STORE:
+        # 9.33 ns, each a seed's critical path)
+        ext_off = SimpleNamespace(valid=Signal(name="ext_off_valid"), addr=Signal(signed(ADDR_BITS + 5), name="ext_off"),
+                                  data=Signal(ab, name="ext_off_data"))
         with m.If(in_decode):
-            m.d.sync += [ext_req.valid.eq(0), ld_off.valid.eq(0)]
+            m.d.sync += [ext_req.valid.eq(0), ext_off.valid.eq(0)]
 
         count_zero = Cat(*[~ins[f"n{d}"].any() for d in range(LEVELS)]).any()
         images_left = Signal(16)
@@ -625,10 +631,10 @@ class AccelCore(wiring.Component):
                                  c_flag_bad.eq(const_to[ln_k] & (reader.beat.payload.data[ln_last_bit] != c_last))]
                     m.d.sync += [v.eq(flag & ~reader.beat.payload.err) for v, flag in zip(c_valid, const_to)]
                 with m.If(c_fire):
-                    m.d.sync += [c_full.eq(0), c_due.eq(c_due - 1), c_last.eq(c_due == 2)]
+                    m.d.sync += [c_full.eq(0), c_due.eq(c_due - 1), c_last.eq(c_due == 2), c_end.eq(c_last)]
                     m.d.sync += [v.eq(0) for v in c_valid]
-                    with m.If(c_last):
-                        goto(_State.STREAM)
+                with m.If(c_end):
+                    goto(_State.STREAM)
                 with m.If(~ins.cnt.any()):
                     goto(_State.STREAM)
                 with m.If(c_flag_bad):
@@ -703,18 +709,19 @@ class AccelCore(wiring.Component):
         m.d.comb += unpack_elem.eq(Array(packer.res_beat[k * ab:][:ab] for k in range(lanes))[packer.jo])
         norm = self._norm_out(m, sink_from, a_from, unit_rst)
         store_advance = ~ext_req.valid | writer.req.ready     # a STORE's request register moves on
+        store_off_advance = ~ext_off.valid | store_advance   # ... and its offset register
         with m.If(streaming):
             with m.If(is_move):
                 pass                                 # (dst_step and the element: below)
             with m.Elif(is_op[Opcode.LOAD]):         # src0 walks the external index
                 src = gens["src0"]
                 advance = ~ext_req.valid | reader.req.ready
-                off_advance = ~ld_off.valid | advance
+                off_advance = ~ext_off.valid | advance
                 m.d.comb += src.next.eq(src.valid & off_advance)
                 with m.If(off_advance):
-                    m.d.sync += [ld_off.valid.eq(src.valid), ld_off.addr.eq(src.addr << ins.esize)]
+                    m.d.sync += [ext_off.valid.eq(src.valid), ext_off.addr.eq(src.addr << ins.esize)]
                 with m.If(advance):
-                    m.d.sync += [ext_req.valid.eq(ld_off.valid), ext_req.addr.eq(dec.ext_base + ld_off.addr)]
+                    m.d.sync += [ext_req.valid.eq(ext_off.valid), ext_req.addr.eq(dec.ext_base + ext_off.addr)]
                 with m.If(reader.beat.valid & reader.beat.payload.err):
                     m.d.comb += fault.eq(Error.READ)
             with m.Elif(is_op[Opcode.STORE]):        # dst walks the external index: below
@@ -730,9 +737,11 @@ class AccelCore(wiring.Component):
         # strobes into its request slice was a seed's critical path, 9.21 ns)
         m.d.comb += [writer.req.valid.eq(sink_from["store"] & ext_req.valid), writer.req.payload.addr.eq(ext_req.addr),
                      writer.req.payload.data.eq(ext_req.data), writer.req.payload.lb.eq(ins.esize)]
-        with m.If(sink_from["store"] & store_advance):   # (dst_step: src0's element, dst, the writer's room)
-            m.d.sync += [ext_req.valid.eq(dst_step), ext_req.addr.eq(dec.ext_base + (dst.addr << ins.esize)),
-                         ext_req.data.eq(s0_data)]
+        with m.If(sink_from["store"] & store_off_advance):   # (dst_step: src0's element, dst, the room)
+            m.d.sync += [ext_off.valid.eq(dst_step), ext_off.addr.eq(dst.addr << ins.esize), ext_off.data.eq(s0_data)]
+        with m.If(sink_from["store"] & store_advance):
+            m.d.sync += [ext_req.valid.eq(ext_off.valid), ext_req.addr.eq(dec.ext_base + ext_off.addr),
+                         ext_req.data.eq(ext_off.data)]
         with m.If(pack_active):
             self._lanes(m, add_sel, elems, q1, s1_data, sink_ready, dst)
         # the packer's elements: src0's (a GELU or ADD op) or the array's results (a post unit),
@@ -770,10 +779,11 @@ class AccelCore(wiring.Component):
                      reader.req.payload.addr.eq(one_hot("addr")), reader.req.payload.lb.eq(one_hot("lb")),
                      reader.beat.ready.eq(Cat(*[u.flag & u.ready for u in reader_users]).any())]
 
-        m.d.sync += [op_done.eq(streaming & ~dst.busy & ~ext_req.valid & writer.idle), fault_q.eq(fault)]
+        m.d.sync += [op_done.eq(streaming & ~dst.busy & ~ext_off.valid & ~ext_req.valid & writer.idle),
+                     fault_q.eq(fault)]
 
         # --- dst's step: the sink's element is there and dst has its address -------------------------
-        sink_has = {"move": q0.r_rdy, "load": reader.beat.valid, "store": q0.r_rdy & store_advance,
+        sink_has = {"move": q0.r_rdy, "load": reader.beat.valid, "store": q0.r_rdy & store_off_advance,
                     "softmax": norm.q.r_rdy, "layernorm": norm.q.r_rdy,
                     **{k: packer.res.r_rdy for k in ("add", *[f"gelu{k}" for k in range(len(self.gelus))])},
                     "gemm": gemm_res_valid}
@@ -785,7 +795,7 @@ class AccelCore(wiring.Component):
         norm_to_a = a_from["softmax"] | a_from["layernorm"]
         m.d.comb += norm.q.r_en.eq((norm_to_dst & dst.valid) | (norm_to_a & a_in_take))
         # q0's pop: one OR of its consumers (one flag of each is set in STREAM)
-        q0_pop = [sink_from["move"] & dst.valid, sink_from["store"] & dst.valid & store_advance,
+        q0_pop = [sink_from["move"] & dst.valid, sink_from["store"] & dst.valid & store_off_advance,
                   norm_in_pop, q0_to_pack & elems.take, a_from["src0"] & a_in_take]
         m.d.comb += q0.r_en.eq(q0.r_rdy & Cat(*q0_pop).any())
         with m.If(streaming & writer.err):
@@ -1080,6 +1090,13 @@ class AccelCore(wiring.Component):
         lk_hit, fk_hit, fnt_hit, blocks_left = (Signal(name="a_load_k_hit"), Signal(name="a_feed_k_hit"),
                                                 Signal(name="a_feed_nt_hit"), Signal(name="a_blocks_left"))
         k_one, nt_one = ~dec.k_last.any(), ~dec.nt_last.any()            # K = 1, one column tile
+        # "the next issue ends a block" (fk and fnt at their last) as a register of its own, its
+        # next value from the flags' next values: the issue then enables the block's counters
+        # through one gate, not through the AND of the flags (from the issue through that AND
+        # into the feeder's row-block counter was a seed's critical path, 9.51 ns)
+        blk_end = Signal(name="a_feed_block_end")
+        fk_hit_next = Mux(fk_hit, k_one, fk + 1 == dec.k_last)
+        fnt_hit_next = Mux(fk_hit, Mux(fnt_hit, nt_one, fnt + 1 == dec.nt_last), fnt_hit)
         elem = Signal(signed(hw.a_bits + 1))
         # "the loader is past the feeder's k" as a register, set when the loader is two k ahead:
         # the feeder steps at most once a cycle, so one ahead still holds a cycle later, and a
@@ -1091,7 +1108,7 @@ class AccelCore(wiring.Component):
         with m.If(restart):
             m.d.sync += [filled[0].eq(0), filled[1].eq(0), lh.eq(0), li.eq(0), lk.eq(0), fh.eq(0), fk.eq(0),
                          fnt.eq(0), feed_blocks.eq(dec.blocks), lk_hit.eq(k_one), fk_hit.eq(k_one),
-                         fnt_hit.eq(nt_one), blocks_left.eq(dec.blocks.any())]
+                         fnt_hit.eq(nt_one), blk_end.eq(k_one & nt_one), blocks_left.eq(dec.blocks.any())]
         # the operand beats' reads, a cycle after their issue: the lane memories' enables and
         # addresses come straight from registers (the issue's four LUT levels and their route to
         # nine DP16KDs across the die were seeds 1 and 2's critical paths), and the beats wait in a
@@ -1144,7 +1161,7 @@ class AccelCore(wiring.Component):
             ready_k = filled[fh] | ahead
             m.d.comb += issue.eq(ready_k & (is_linear | wfilled[fw]) & feed.room & blocks_left)
             m.d.sync += [feed.last.eq(fk_hit), feed.a_addr.eq(fh * kmax + fk), feed.a_half.eq(fh),
-                         feed.a_free.eq(issue & fk_hit & fnt_hit)]
+                         feed.a_free.eq(issue & blk_end)]
             for wp, rp in lane_mems:
                 m.d.comb += [rp.addr.eq(feed.a_addr), rp.en.eq(feed.read)]
             # a block's half is free once its last beat is read (not at the issue: the loader's
@@ -1152,15 +1169,17 @@ class AccelCore(wiring.Component):
             with m.If(feed.read & feed.a_free):
                 m.d.sync += filled[feed.a_half].eq(0)
             with m.If(issue):
+                m.d.sync += [fk_hit.eq(fk_hit_next), fnt_hit.eq(fnt_hit_next), blk_end.eq(fk_hit_next & fnt_hit_next)]
                 with m.If(fk_hit):
-                    m.d.sync += [fk.eq(0), fk_hit.eq(k_one)]
-                    with m.If(fnt_hit):      # the block's last beat
-                        m.d.sync += [fnt.eq(0), fnt_hit.eq(nt_one), fh.eq(~fh),
-                                     feed_blocks.eq(feed_blocks - 1), blocks_left.eq(feed_blocks != 1)]
+                    m.d.sync += fk.eq(0)
+                    with m.If(fnt_hit):
+                        m.d.sync += fnt.eq(0)
                     with m.Else():
-                        m.d.sync += [fnt.eq(fnt + 1), fnt_hit.eq(fnt + 1 == dec.nt_last)]
+                        m.d.sync += fnt.eq(fnt + 1)
                 with m.Else():
-                    m.d.sync += [fk.eq(fk + 1), fk_hit.eq(fk + 1 == dec.k_last)]
+                    m.d.sync += fk.eq(fk + 1)
+                with m.If(blk_end):          # the block's last beat
+                    m.d.sync += [fh.eq(~fh), feed_blocks.eq(feed_blocks - 1), blocks_left.eq(feed_blocks != 1)]
 
             # MATMUL's W from the buffer: each batch's W (every column tile, K beats of C lanes) is
             # read once, one element a cycle, into C lane memories (two halves: the next batch
@@ -1190,25 +1209,26 @@ class AccelCore(wiring.Component):
                             m.d.sync += [lwnt.eq(0), lwa.eq(0), wfilled[lw].eq(1), lw.eq(~lw)]
                 with m.Else():
                     m.d.sync += lwj.eq(lwj + 1)
+            # (the batch's end: ``blk_end & fmt_hit``, one gate behind the issue.  A register of
+            # its own, its next value from the three flags' next values, put fmt's increment and
+            # compare and the other two in front of it: 9.64 ns, a seed's critical path)
             m.d.sync += [feed.w_addr.eq(fw * wh + fntk + fk), feed.w_half.eq(fw),
-                         feed.w_free.eq(issue & ~is_linear & fk_hit & fnt_hit & fmt_hit)]
+                         feed.w_free.eq(issue & ~is_linear & blk_end & fmt_hit)]
             with m.If(issue & ~is_linear):
                 with m.If(fk_hit):
                     with m.If(fnt_hit):
                         m.d.sync += fntk.eq(0)
-                        with m.If(fmt_hit):      # the batch's last beat
-                            m.d.sync += [fmt.eq(0), fmt_hit.eq(mt_one), fw.eq(~fw)]
-                        with m.Else():
-                            m.d.sync += [fmt.eq(fmt + 1), fmt_hit.eq(fmt + 1 == dec.mt_last)]
                     with m.Else():
                         m.d.sync += fntk.eq(fntk + ins.n3)
+                with m.If(blk_end):
+                    with m.If(fmt_hit):      # the batch's last beat
+                        m.d.sync += [fmt.eq(0), fmt_hit.eq(mt_one), fw.eq(~fw)]
+                    with m.Else():
+                        m.d.sync += [fmt.eq(fmt + 1), fmt_hit.eq(fmt + 1 == dec.mt_last)]
             with m.If(feed.read & feed.w_free):     # (read: the batch's W half is free)
                 m.d.sync += wfilled[feed.w_half].eq(0)
             for wp, rp in w_mems:
                 m.d.comb += [rp.addr.eq(feed.w_addr), rp.en.eq(feed.read)]
-            with m.If(restart):
-                m.d.sync += [lw.eq(0), lwj.eq(0), lwk.eq(0), lwnt.eq(0), lwa.eq(0), wfilled[0].eq(0), wfilled[1].eq(0),
-                             fw.eq(0), fmt.eq(0), fmt_hit.eq(mt_one), fntk.eq(0)]
             # the read beat into the queue: its last flag, R lanes of A, C lanes of W
             m.d.comb += feed.data.eq(Cat(feed.held_last, *[rp.data for _, rp in lane_mems],
                                          *[rp.data for _, rp in w_mems]))
@@ -1221,6 +1241,12 @@ class AccelCore(wiring.Component):
             m.d.comb += [gemm.w.payload[j].eq(Mux(is_linear, w_lanes[j * hw.w_bits:][:hw.w_bits],
                                                   out[1 + R * ab1 + j * hw.w_bits:][:hw.w_bits]))
                          for j in range(C)]
+        # (W's loader and feeder start afresh at each instruction, as A's: inside ``active``, which
+        # is 0 in DECODE, this never ran, and a MATMUL after one of another row-block count
+        # started from the last one's batch-end flag: wrong results, no error)
+        with m.If(restart):
+            m.d.sync += [lw.eq(0), lwj.eq(0), lwk.eq(0), lwnt.eq(0), lwa.eq(0), wfilled[0].eq(0), wfilled[1].eq(0),
+                         fw.eq(0), fmt.eq(0), fmt_hit.eq(mt_one), fntk.eq(0)]
         # W's writes a register stage behind its take, as operand A's (outside ``active``: the
         # enables' registers must fall with it; ``wfilled`` is a register and the read a cycle
         # after the issue, so a read still finds what was written)
