@@ -36,6 +36,7 @@ from golden.atomic import write_json, write_text  # noqa: E402
 from golden.errors import UserError  # noqa: E402
 
 TARGETS_MHZ = (150, 140, 130, 120)
+NETS_SHOWN = 10            # nets a target's by-net list keeps, per seed
 KEEP = Path(__file__).resolve().parent.parent / "build" / "endpoints"
 ASYNC = "<async>"          # nextpnr's event of a path from or to a pin
 PIN_KINDS = {"DI": "data", "M": "data", "CE": "enable", "LSR": "reset"}    # anything else: a RAM or DSP input
@@ -61,24 +62,28 @@ def arrivals(pnr: dict) -> dict[tuple[str, str], float]:
     return out
 
 
-def late_nets(pnr: dict, mhz: float, top: int = 10) -> list[dict]:
-    """The nets whose register inputs are latest at ``mhz``: for each net, its register inputs
-    (clock to clock), how many of them arrive later than the period and the latest arrival;
-    the ``top`` nets with the most late inputs, most first.  A net that reaches many late
-    inputs is a control signal with a wide fanout (an enable of a wide register, a state
-    transition): one cut there moves them all, where the by-module count cannot say which."""
-    period = 1000.0 / mhz
-    rows = []
+def late_nets(pnr: dict, targets=TARGETS_MHZ, top: int = NETS_SHOWN) -> dict[str, list[dict]]:
+    """Per target clock, the nets whose register inputs are latest: for each net, its register
+    inputs (clock to clock), how many of them arrive later than the period and the latest
+    arrival; the ``top`` nets with the most late inputs, most first (one pass over the nets for
+    every target).  A net that reaches many late inputs is a control signal with a wide fanout
+    (an enable of a wide register, a state transition): one cut there moves them all, where the
+    by-module count cannot say which."""
+    nets = []
     for net in pnr.get("detailed_net_timings") or []:
         if net.get("event") == ASYNC:
             continue
         delays = [float(e["delay"][1]) for e in net["endpoints"] if e.get("event") != ASYNC]
-        n_late = sum(d > period for d in delays)
-        if n_late:
-            rows.append({"net": net["net"], "register_inputs": len(delays), "late": n_late,
-                         "worst_ns": round(max(delays), 3)})
-    rows.sort(key=lambda r: (-r["late"], -r["worst_ns"], r["net"]))
-    return rows[:top]
+        if delays:
+            nets.append((net["net"], delays, round(max(delays), 3)))
+    out = {}
+    for mhz in targets:
+        period = 1000.0 / mhz
+        rows = [{"net": name, "register_inputs": len(delays), "late": n_late, "worst_ns": worst}
+                for name, delays, worst in nets if (n_late := sum(d > period for d in delays))]
+        rows.sort(key=lambda r: (-r["late"], -r["worst_ns"], r["net"]))
+        out[str(mhz)] = rows[:top]
+    return out
 
 
 def module_of(cell: str, depth: int) -> str:
@@ -154,7 +159,7 @@ def markdown(out: dict, command: str) -> str:
             nets.setdefault(row["net"], {"register_inputs": row["register_inputs"], "late": {}})["late"][s] = row
     if nets:
         order = sorted(nets, key=lambda n: (-sum(r["late"] for r in nets[n]["late"].values()), n))
-        lines += ["", f"Late at {top} MHz, by the net into them (each seed's {len(out['seeds'][seeds[0]]['targets'][top]['by_net'])} "
+        lines += ["", f"Late at {top} MHz, by the net into them (each seed's {NETS_SHOWN} "
                   "nets with the most; late inputs and the latest arrival in ns, a dash where the net is not "
                   "among a seed's):", "",
                   "| net | register inputs | " + " | ".join(f"seed {s}" for s in seeds) + " |",
@@ -204,8 +209,8 @@ def run(argv=None) -> int:
     from hwgen.report import report_fmax
     for name, pnr in reports.items():
         out["seeds"][name] = {"fmax_mhz": report_fmax(pnr), **late(arrivals(pnr), args.depth)}
-        for mhz in TARGETS_MHZ:
-            out["seeds"][name]["targets"][str(mhz)]["by_net"] = late_nets(pnr, mhz)
+        for mhz, rows in late_nets(pnr).items():
+            out["seeds"][name]["targets"][mhz]["by_net"] = rows
 
     from rich.console import Console
     from rich.table import Table

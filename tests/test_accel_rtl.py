@@ -136,12 +136,9 @@ def test_gemms_of_the_shortest_rows_equal_the_interpreter(sim, hw, programs, dig
             continue
         shapes.add(shape)
         img, one = _short_rows(image, ins, 2 if ins.op == Opcode.LINEAR and ins.post == PRE_UNIT else 1, hw)
-        mach = Machine(bytearray(img), hw, AccelConfig())
-        mach.buf = before.clone()
-        mach.step(one)
-        img, prog, read = accel_run.snapshot_program(img, one, before, elems)
-        cases.append(accel_run.Case(f"{k}:{ins.op.name}:post {ins.post}:K={one.n[3]}", img, prog, [read]))
-        wants.append(mach.buf[:elems])
+        case, want = _changed_instruction_case(img, one, before, elems, hw, f"{k}:{ins.op.name}:post {ins.post}:K={one.n[3]}")
+        cases.append(case)
+        wants.append(want)
     assert {(Opcode.LINEAR, PRE_UNIT), (Opcode.MATMUL, PRE_UNIT), (Opcode.LINEAR, POST_GELU),
             (Opcode.LINEAR, POST_ADD)} <= {(op, post) for op, post, _ in shapes}
     assert {w_ext for *_, w_ext in shapes} == {True, False}
@@ -160,13 +157,22 @@ def test_matmuls_of_other_row_block_counts_back_to_back_equal_the_interpreter(si
     assert ins.n[1] > hw.gemm_rows, "the MATMUL has one row block: the test would not change its count"
     cases, wants = [], []
     for variant in (ins, replace(ins, n=(ins.n[0], 1, *ins.n[2:])), ins):
-        mach = Machine(bytearray(image), hw, AccelConfig())
-        mach.buf = before.clone()
-        mach.step(variant)
-        img, prog, read = accel_run.snapshot_program(image, variant, before, elems)
-        cases.append(accel_run.Case(f"{k}:MATMUL:M={variant.n[1]}:{len(cases)}", img, prog, [read], max_cycles=200_000))
-        wants.append(mach.buf[:elems])
+        case, want = _changed_instruction_case(image, variant, before, elems, hw, f"{k}:MATMUL:M={variant.n[1]}:{len(cases)}",
+                                               max_cycles=200_000)
+        cases.append(case)
+        wants.append(want)
     _assert_buffers_equal(cases, wants, accel_run.run_cases(sim, cases, "matmul_row_blocks"))
+
+
+def _changed_instruction_case(image: bytes, ins: Instr, before: torch.Tensor, elems: int, hw: HwConfig, name: str,
+                              **case) -> tuple[accel_run.Case, torch.Tensor]:
+    """A :class:`accel_run.Case` that runs ``ins`` (an instruction changed from the program's)
+    alone from buffer state ``before``, and the interpreter's buffer after it."""
+    mach = Machine(bytearray(image), hw, AccelConfig())
+    mach.buf = before.clone()
+    mach.step(ins)
+    img, prog, read = accel_run.snapshot_program(image, ins, before, elems)
+    return accel_run.Case(name, img, prog, [read], **case), mach.buf[:elems]
 
 
 def _assert_buffers_equal(cases, wants, results):
