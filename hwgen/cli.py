@@ -101,6 +101,10 @@ def build_parser() -> argparse.ArgumentParser:
     rep = sub.add_parser("report", help="synthesize and place-and-route every unit: reports/hw.{json,md}")
     rep.add_argument("--rtl", default="rtl", help="folder with the generated Verilog and manifest.json")
     rep.add_argument("--reports", default=DEFAULT_REPORTS)
+    from hwgen.report import DEFAULT_SPEED, SPEED_GRADES
+    rep.add_argument("--speed", type=int, default=DEFAULT_SPEED, choices=SPEED_GRADES,
+                     help=f"speed grade of the LFE5U-85F to place on: {', '.join(map(str, SPEED_GRADES))} (default "
+                          f"{DEFAULT_SPEED}, the slowest: reports/hw.json's figures; another grade writes hw_speed<N>.json)")
     return ap
 
 
@@ -646,14 +650,15 @@ def cmd_report(args) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from hwgen.report import hardware_report
+    from hwgen.report import hardware_report, report_name
 
     _check_manifest(args.rtl)
-    _OUT.file(os.path.join(args.reports, "hw.json"), "--reports")
-    _OUT.file(os.path.join(args.reports, "hw.md"), "--reports")
-    rep = hardware_report(args.rtl, args.reports)
+    name = report_name(args.speed)
+    _OUT.file(os.path.join(args.reports, f"{name}.json"), "--reports")
+    _OUT.file(os.path.join(args.reports, f"{name}.md"), "--reports")
+    rep = hardware_report(args.rtl, args.reports, speed=args.speed)
     _OUT.written += [p for p, _ in _OUT.planned]
-    table = Table(title=f"generated units on ECP5 {rep['device']['device']} and Xilinx 7-series")
+    table = Table(title=f"generated units on ECP5 {rep['device']['device']} (speed grade {args.speed}) and Xilinx 7-series")
     for col in ("unit", "LUT4", "FF", "MULT18", "Fmax MHz", "LUT6", "FF (xc7)", "DSP48"):
         table.add_column(col, justify="left" if col == "unit" else "right")
     for name, u in rep["units"].items():
@@ -675,7 +680,7 @@ def cmd_report(args) -> int:
             print(f"{model}: {t['cycles_per_image']:,} cycles per image -> {t['images_per_second']} images/s at "
                   f"{e['fmax_mhz']} MHz ({t['measured_by']})")
         print(f"bandwidth assumed: {a['bandwidth_assumed']}")
-    print(f"wrote {args.reports}/hw.json and {args.reports}/hw.md")
+    print(f"wrote {args.reports}/{name}.json and {args.reports}/{name}.md")
     return 0
 
 

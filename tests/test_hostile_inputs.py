@@ -156,6 +156,11 @@ def test_outputs_checked_first(capsys, tmp_path, no_work, v2_config, command, ki
     assert snapshot(tmp_path) == before
 
 
+@pytest.mark.parametrize("speed", ["9", "5", "fast"])
+def test_report_speed_grade_the_part_lacks_is_refused(capsys, no_work, speed):
+    fails(capsys, ["report", "--speed", speed], "--speed")
+
+
 def test_two_outputs_at_one_path(capsys, tmp_path, no_work):
     out = str(tmp_path / "r.json")
     fails(capsys, ["accuracy", "--report", out, "--save-graph", out], "same path")

@@ -8,7 +8,8 @@ from hypothesis import strategies as st
 
 from golden.atomic import write_json
 from golden.errors import UserError
-from hwgen.report import _run, _tool_timeout, LFE5U_85F, accelerator_entry, accelerator_markdown, fmax_wrapper, measure_component
+from hwgen.report import (DEFAULT_SPEED, LFE5U_85F, _run, _tool_timeout, accelerator_entry, accelerator_markdown, fmax_netlist,
+                          fmax_wrapper, measure_component, place_and_route, report_name, speed_args)
 from hwgen.residual_add import ResidualAdd
 
 
@@ -26,6 +27,31 @@ def test_synthesize_residual_add():
     assert x["lut6"] > 0 and x["ff"] > 0
     # its multipliers are LUT carry-save trees (hwgen/residual_add.py), not DSP blocks
     assert e["mult18"] == 0 and x["dsp48"] == 0
+
+
+def test_a_faster_speed_grade_reaches_nextpnr(tmp_path):
+    """One netlist, one seed: placed on speed grade 8 it closes faster than on the default grade 6
+    (``hwgen report --speed``), so the grade reaches nextpnr's timing model."""
+    from hwgen.generate import _ports
+    from hwgen.verilog import emit_verilog
+
+    text = emit_verilog(ResidualAdd(bits=16, lanes=1), "residual_add")
+    fmax_netlist(text, "residual_add", _ports(text, "residual_add"), tmp_path)
+    slow = place_and_route(tmp_path, "wrap.json", "residual_add", seeds=(1,), pnr_args=speed_args(DEFAULT_SPEED))
+    fast = place_and_route(tmp_path, "wrap.json", "residual_add", seeds=(1,), pnr_args=speed_args(8))
+    assert fast["fmax_mhz"] > slow["fmax_mhz"] > 10
+
+
+def test_speed_grades_outside_the_part_are_refused():
+    # the default grade adds no argument: the results cached before the option keep their keys
+    assert speed_args(DEFAULT_SPEED) == () and speed_args(7) == ("--speed", "7")
+    # another grade's report goes beside the default's, never over it
+    assert report_name(DEFAULT_SPEED) == "hw" and report_name(8) == "hw_speed8"
+    for bad in (5, 9, "8"):
+        with pytest.raises(UserError, match="accepted 6, 7, 8"):
+            speed_args(bad)
+        with pytest.raises(UserError, match="accepted 6, 7, 8"):
+            report_name(bad)
 
 
 def test_fmax_wrapper_covers_every_port_bit():
