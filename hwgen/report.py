@@ -446,7 +446,7 @@ def accelerator_entry(res: dict, manifest: dict, cycle_reports: dict | None = No
 
 
 METHOD = (f"yosys synth_ecp5 (classic abc -lut 4; check -assert on every netlist), nextpnr-ecp5 on the "
-          f"{DEVICE['device']} {DEVICE['package']} (of the speed grade that device names) at a {TARGET_MHZ} MHz target with seeds "
+          f"{DEVICE['device']} {DEVICE['package']} at a {TARGET_MHZ} MHz target with seeds "
           f"{', '.join(map(str, SEEDS))}, on a wrapper that drives every input of the unit, reset included, "
           f"from a register (a serially loaded register with feedback, so that yosys cannot merge the "
           f"unit's own input delay lines into it) and captures every output in one: every path is "
