@@ -653,9 +653,9 @@ def cmd_report(args) -> int:
     from hwgen.report import hardware_report, report_name
 
     _check_manifest(args.rtl)
-    name = report_name(args.speed)
-    _OUT.file(os.path.join(args.reports, f"{name}.json"), "--reports")
-    _OUT.file(os.path.join(args.reports, f"{name}.md"), "--reports")
+    out_name = report_name(args.speed)
+    _OUT.file(os.path.join(args.reports, f"{out_name}.json"), "--reports")
+    _OUT.file(os.path.join(args.reports, f"{out_name}.md"), "--reports")
     rep = hardware_report(args.rtl, args.reports, speed=args.speed)
     _OUT.written += [p for p, _ in _OUT.planned]
     table = Table(title=f"generated units on ECP5 {rep['device']['device']} (speed grade {args.speed}) and Xilinx 7-series")
@@ -680,7 +680,7 @@ def cmd_report(args) -> int:
             print(f"{model}: {t['cycles_per_image']:,} cycles per image -> {t['images_per_second']} images/s at "
                   f"{e['fmax_mhz']} MHz ({t['measured_by']})")
         print(f"bandwidth assumed: {a['bandwidth_assumed']}")
-    print(f"wrote {args.reports}/{name}.json and {args.reports}/{name}.md")
+    print(f"wrote {args.reports}/{out_name}.json and {args.reports}/{out_name}.md")
     return 0
 
 

@@ -132,3 +132,24 @@ def test_reports_json_puts_a_path_step_on_one_line(tmp_path):
     write_json(tmp_path / "hw.json", {"critical_path": {"path": [step, step]}})
     lines = (tmp_path / "hw.json").read_text().splitlines()
     assert lines.count("      " + json.dumps(step) + ",") == 1 and lines.count("      " + json.dumps(step)) == 1
+
+
+def test_report_of_another_grade_says_where_it_went(capsys, tmp_path, monkeypatch):
+    """``hwgen report --speed 8`` names the files it wrote (hw_speed8.*), not a unit's name."""
+    import hwgen.report
+    from hwgen.cli import main
+
+    rtl = tmp_path / "rtl"
+    rtl.mkdir()
+    (rtl / "u.v").write_text("module u; endmodule\n")
+    (rtl / "manifest.json").write_text(json.dumps({"units": {"u": {"file": "u.v", "top": "u", "ports": []}}}))
+    unit = {"ecp5": {"lut4": 1, "ff": 1, "mult18": 0, "fmax_mhz": 200.0}, "xilinx": {"lut6": 1, "ff": 1, "dsp48": 0}}
+
+    def placed(rtl_dir, reports_dir, progress=True, speed=DEFAULT_SPEED):
+        assert speed == 8
+        return {"device": {"device": "LFE5U-85F", "speed_grade": speed}, "units": {"u": unit}}
+
+    monkeypatch.setattr(hwgen.report, "hardware_report", placed)
+    out = tmp_path / "r"
+    assert main(["report", "--rtl", str(rtl), "--reports", str(out), "--speed", "8"]) == 0
+    assert capsys.readouterr().out.strip().splitlines()[-1] == f"wrote {out}/hw_speed8.json and {out}/hw_speed8.md"
