@@ -372,8 +372,8 @@ def hardware_report(rtl_dir: str | Path, reports_dir: str | Path = "reports", pr
         res = synthesize((rtl_dir / u["file"]).read_text(), u["top"], u["ports"], pnr_args=grade)
         units[name] = {"params": u["params"], "latency": u.get("latency"), "throughput": u.get("throughput"), **res}
     out = {"device": {**{k: v for k, v in DEVICE.items() if k != "nextpnr_args"}, "speed_grade": speed},
-           "target_mhz": TARGET_MHZ, "seeds": list(SEEDS), "method": METHOD, "tools": _tool_versions(), "config": manifest.get("config"),
-           "source": manifest.get("source"), "units": units}
+           "target_mhz": TARGET_MHZ, "seeds": list(SEEDS), "method": METHOD, "tools": _tool_versions(),
+           "config": manifest.get("config"), "source": manifest.get("source"), "units": units}
     if "accelerator" in manifest:
         if progress:
             print("synthesize + place and route the whole accelerator (tens of minutes the first time; cached)",
