@@ -35,7 +35,7 @@ def test_a_faster_speed_grade_reaches_nextpnr(tmp_path):
     from hwgen.generate import _ports
     from hwgen.verilog import emit_verilog
 
-    text = emit_verilog(ResidualAdd(bits=16, lanes=1), "residual_add")
+    text = emit_verilog(ResidualAdd(bits=8, lanes=1), "residual_add")   # (the smallest: two placements)
     fmax_netlist(text, "residual_add", _ports(text, "residual_add"), tmp_path)
     slow = place_and_route(tmp_path, "wrap.json", "residual_add", seeds=(1,), pnr_args=speed_args(DEFAULT_SPEED))
     fast = place_and_route(tmp_path, "wrap.json", "residual_add", seeds=(1,), pnr_args=speed_args(8))
