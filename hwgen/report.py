@@ -81,12 +81,17 @@ def speed_args(speed: int) -> tuple[str, ...]:
     return () if speed == DEFAULT_SPEED else ("--speed", str(speed))
 
 
-def report_name(speed: int) -> str:
-    """The file name (less the suffix) of the report of speed grade ``speed``: ``hw`` for the
-    default grade, ``hw_speed<N>`` for another, so that a faster part's figures never
-    overwrite the default's."""
+def grade_suffix(speed: int) -> str:
+    """What the name of a report placed on speed grade ``speed`` ends with: nothing for the
+    default grade, ``_speed<N>`` for another, so that a faster part's figures never overwrite
+    the default's (``hw_speed8.json``, ``accel_endpoints_speed8.json``)."""
     speed_args(speed)
-    return "hw" if speed == DEFAULT_SPEED else f"hw_speed{speed}"
+    return "" if speed == DEFAULT_SPEED else f"_speed{speed}"
+
+
+def report_name(speed: int) -> str:
+    """The file name (less the suffix) of ``hwgen report``'s report of speed grade ``speed``."""
+    return "hw" + grade_suffix(speed)
 
 
 def _bin(name: str) -> str:

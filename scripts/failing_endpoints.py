@@ -106,7 +106,7 @@ def late(arr: dict, depth: int, targets=TARGETS_MHZ) -> dict:
     return out
 
 
-def place(rtl: Path, seeds: list[int]) -> dict[str, dict]:
+def place(rtl: Path, seeds: list[int], speed: int) -> dict[str, dict]:
     """The accelerator of ``rtl`` through ``hwgen report``'s own synthesis and place and route
     (:func:`hwgen.report.synthesize`, its seeds' arguments), with nextpnr's detailed timing
     reports kept in ``build/endpoints``: seed -> report.  The run also fills ``hwgen report``'s
@@ -120,7 +120,7 @@ def place(rtl: Path, seeds: list[int]) -> dict[str, dict]:
     print(f"synthesizing {acc['file']} (yosys ECP5 and Xilinx, a few minutes), then placing and routing seeds "
           f"{', '.join(map(str, seeds))} (nextpnr-ecp5, about 20 min a seed, one per core) ...", flush=True)
     res = report.synthesize((rtl / acc["file"]).read_text(), acc["top"], acc["ports"], use_cache=False,
-                            seeds=tuple(seeds), pnr_args=report.ACCEL_PNR_ARGS, keep_pnr=KEEP)
+                            seeds=tuple(seeds), pnr_args=report.ACCEL_PNR_ARGS + report.speed_args(speed), keep_pnr=KEEP)
     print(f"  {time.time() - t:.0f} s; Fmax by seed {res['ecp5']['fmax_by_seed']}", flush=True)
     out = {}
     for s in seeds:
@@ -133,7 +133,9 @@ def place(rtl: Path, seeds: list[int]) -> dict[str, dict]:
 
 def markdown(out: dict, command: str) -> str:
     seeds = list(out["seeds"])
-    lines = [f"# Register inputs later than the clock: {out['design']}", "",
+    grade = out.get("speed_grade")
+    lines = [f"# Register inputs later than the clock: {out['design']}"
+             + (f", speed grade {grade}" if grade is not None else ""), "",
              " ".join(__doc__.split("\n\n")[2].split()), "", f"Command: `{command}`.", "",
              "| seed | Fmax (MHz) | worst arrival (ns) | register inputs | "
              + " | ".join(f"late at {m} MHz" for m in TARGETS_MHZ) + " |",
@@ -185,8 +187,16 @@ def run(argv=None) -> int:
     ap.add_argument("--pnr-report", nargs="+", default=None,
                     help="nextpnr reports already written with --detailed-timing-report (nothing is placed)")
     ap.add_argument("--depth", type=int, default=3, help="hierarchy names a module keeps (default 3: u.core.<unit>)")
-    ap.add_argument("--out", default=os.path.join("reports", "accel_endpoints"), help="path of the .json / .md, less the suffix")
+    ap.add_argument("--speed", type=int, default=None,
+                    help="speed grade of the LFE5U-85F to place on: 6 (default: hwgen report's), 7, 8")
+    ap.add_argument("--out", default=None, help="path of the .json / .md, less the suffix "
+                                                "(default reports/accel_endpoints, _speed<N> after it on another grade)")
     args = ap.parse_args(argv)
+    from hwgen.report import DEFAULT_SPEED, grade_suffix
+    speed = DEFAULT_SPEED if args.speed is None else args.speed
+    suffix = grade_suffix(speed)     # a grade the part lacks is refused before anything is placed
+    if args.out is None:
+        args.out = os.path.join("reports", "accel_endpoints" + suffix)
     if args.depth < 1:
         raise UserError(f"--depth {args.depth}: expected 1 or more")
     if args.pnr_report:
@@ -203,9 +213,11 @@ def run(argv=None) -> int:
             seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else list(ACCEL_SEEDS)
         except ValueError:
             raise UserError(f"--seeds {args.seeds!r}: expected integers separated by commas, such as 1,2,3")
-        reports = place(Path(args.rtl), seeds)
+        reports = place(Path(args.rtl), seeds, speed)
         design = f"{args.rtl}/accelerator.v"
-    out = {"design": design, "depth": args.depth, "seeds": {}}
+    # (the grade of reports given with --pnr-report is what --speed says of them, else unknown)
+    grade = args.speed if args.pnr_report else speed
+    out = {"design": design, "speed_grade": grade, "depth": args.depth, "seeds": {}}
     from hwgen.report import report_fmax
     for name, pnr in reports.items():
         out["seeds"][name] = {"fmax_mhz": report_fmax(pnr), **late(arrivals(pnr), args.depth)}
@@ -214,7 +226,8 @@ def run(argv=None) -> int:
 
     from rich.console import Console
     from rich.table import Table
-    table = Table(title="register inputs later than the clock (nextpnr-ecp5, LFE5U-85F)")
+    table = Table(title="register inputs later than the clock (nextpnr-ecp5, LFE5U-85F"
+                        + (f", speed grade {grade})" if grade is not None else ")"))
     for c in ("seed", "Fmax MHz", "inputs", *(f"late @{m}" for m in TARGETS_MHZ)):
         table.add_column(c, justify="right")
     for name, r in out["seeds"].items():

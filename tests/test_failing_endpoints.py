@@ -97,8 +97,10 @@ def test_command_line_reads_reports_and_refuses_bad_input(tmp_path, capsys):
     assert failing_endpoints.main(["--pnr-report", str(tmp_path / "bad.json"), "--out", str(out)]) == 2
     assert failing_endpoints.main(["--seeds", "1,x", "--out", str(out)]) == 2
     assert failing_endpoints.main(["--rtl", str(tmp_path), "--out", str(out)]) == 2      # no manifest
+    assert failing_endpoints.main(["--speed", "9", "--rtl", str(tmp_path), "--out", str(out)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 3 and all(line.startswith("failing_endpoints: error: ") for line in err)
+    assert len(err) == 4 and all(line.startswith("failing_endpoints: error: ") for line in err)
+    assert "speed grade 9" in err[3] and "accepted 6, 7, 8" in err[3]
 
 
 def test_worst_input_is_nextpnrs_critical_path(tmp_path):
