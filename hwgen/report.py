@@ -76,7 +76,7 @@ def speed_args(speed: int) -> tuple[str, ...]:
     (nextpnr's own default, so the results cached before the option keep their keys), else
     ``--speed``; a grade the LFE5U-85F is not sold in is refused in one line."""
     if speed not in SPEED_GRADES:
-        raise UserError(f"speed grade {speed!r} is not one of the LFE5U-85F's; accepted "
+        raise UserError(f"--speed {speed!r}: speed grade {speed!r} is not one of the LFE5U-85F's; accepted "
                         f"{', '.join(map(str, SPEED_GRADES))}")
     return () if speed == DEFAULT_SPEED else ("--speed", str(speed))
 
