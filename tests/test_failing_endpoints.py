@@ -93,6 +93,17 @@ def test_command_line_reads_reports_and_refuses_bad_input(tmp_path, capsys):
     assert written["seeds"]["2"]["targets"]["150"]["by_net"][0] == {"net": "n2", "register_inputs": 1, "late": 1,
                                                                     "worst_ns": 9.0}
     assert "| `n2` | 1 | 1 (9.00) |" in md and "`n3`" not in md
+    assert "Each seed's critical path" not in md    # the report has none
+    # a report with nextpnr's critical path: the path, step by step, in the JSON and the Markdown
+    steps = [{"type": "clk-to-q", "from": {"cell": "a_FF"}, "to": {"cell": "a_FF", "loc": [3, 4]}, "delay": 0.4},
+             {"type": "routing", "from": {"cell": "a_FF"}, "to": {"cell": "u.core.feed.q_FF", "loc": [9, 9]}, "delay": 8.6}]
+    f.write_text(json.dumps({**_report(ARRIVALS), "critical_paths": [{"path": steps}]}))
+    assert failing_endpoints.main(["--pnr-report", str(f), "--out", str(out)]) == 0
+    cp = json.loads((tmp_path / "ep.json").read_text())["seeds"]["2"]["critical_path"]
+    assert (cp["from"], cp["to"], cp["delay_ns"], cp["routing_ns"], cp["steps"]) == ("a_FF", "u.core.feed.q_FF", 9.0, 8.6, 2)
+    md = (tmp_path / "ep.md").read_text()
+    assert "Seed 2: 9.0 ns, 8.6 of it routing, 2 steps:" in md and "| routing | `u.core.feed.q_FF` | (9, 9) | 8.6 |" in md
+    assert "seed 2's critical path: 9.0 ns (8.6 routing, 2 steps), a_FF -> u.core.feed.q_FF" in capsys.readouterr().out
     (tmp_path / "bad.json").write_text("{not json")
     assert failing_endpoints.main(["--pnr-report", str(tmp_path / "bad.json"), "--out", str(out)]) == 2
     assert failing_endpoints.main(["--seeds", "1,x", "--out", str(out)]) == 2
