@@ -81,6 +81,14 @@ def speed_args(speed: int) -> tuple[str, ...]:
     return () if speed == DEFAULT_SPEED else ("--speed", str(speed))
 
 
+def accel_pnr_args(speed: int = DEFAULT_SPEED) -> tuple[str, ...]:
+    """nextpnr-ecp5's arguments for the whole accelerator on speed grade ``speed``: its placer
+    weighting (:data:`ACCEL_PNR_ARGS`) and the grade's (``hwgen report`` and
+    ``scripts/failing_endpoints.py`` place the one netlist with these, so their results agree
+    and share the cache)."""
+    return ACCEL_PNR_ARGS + speed_args(speed)
+
+
 def grade_suffix(speed: int) -> str:
     """What the name of a report placed on speed grade ``speed`` ends with: nothing for the
     default grade, ``_speed<N>`` for another, so that a faster part's figures never overwrite
@@ -385,7 +393,7 @@ def hardware_report(rtl_dir: str | Path, reports_dir: str | Path = "reports", pr
                   file=sys.stderr, flush=True)
         a = manifest["accelerator"]
         res = synthesize((rtl_dir / a["file"]).read_text(), a["top"], a["ports"], seeds=ACCEL_SEEDS,
-                         pnr_args=ACCEL_PNR_ARGS + grade)
+                         pnr_args=accel_pnr_args(speed))
         out["accelerator"] = accelerator_entry(res, manifest)
     if BEFORE.is_file():
         out["before"] = {n: {k: u["ecp5"][k] for k in ("lut4", "ff", "mult18", "fmax_mhz")}

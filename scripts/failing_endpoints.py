@@ -120,7 +120,7 @@ def place(rtl: Path, seeds: list[int], speed: int) -> dict[str, dict]:
     print(f"synthesizing {acc['file']} (yosys ECP5 and Xilinx, a few minutes), then placing and routing seeds "
           f"{', '.join(map(str, seeds))} (nextpnr-ecp5, about 20 min a seed, one per core) ...", flush=True)
     res = report.synthesize((rtl / acc["file"]).read_text(), acc["top"], acc["ports"], use_cache=False,
-                            seeds=tuple(seeds), pnr_args=report.ACCEL_PNR_ARGS + report.speed_args(speed), keep_pnr=KEEP)
+                            seeds=tuple(seeds), pnr_args=report.accel_pnr_args(speed), keep_pnr=KEEP)
     print(f"  {time.time() - t:.0f} s; Fmax by seed {res['ecp5']['fmax_by_seed']}", flush=True)
     out = {}
     for s in seeds:
